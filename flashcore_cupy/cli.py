@@ -1,0 +1,203 @@
+"""Command line: `flashcore-cupy run | info | check` (also `python -m flashcore_cupy`)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import click
+import numpy as np
+
+from . import configs, loader
+from .shapes import Shape, parse_shape
+
+TOLERANCE = {"fp16": 2e-3, "bf16": 1e-2}
+_CHECK_ROWS = 512           # query rows compared with the float64 reference
+_ROTATE_BYTES = 256 << 20   # rotate input sets until they exceed any L2 several times
+_NAIVE_MAX_SCORE_BYTES = 4 << 30
+
+
+def gpu_count() -> int:
+    try:
+        import cupy
+        return cupy.cuda.runtime.getDeviceCount()
+    except Exception:   # no cupy, no driver, no device: all mean "no GPU here"
+        return 0
+
+
+def _np_dtype(dtype: str):
+    import ml_dtypes
+    return np.float16 if dtype == "fp16" else ml_dtypes.bfloat16
+
+
+def random_inputs(shape: Shape, dtype: str, rng: np.random.Generator, layout: str = "bhsd"):
+    """q, k, v on the GPU, normal with std 1, drawn fresh for each call."""
+    import cupy
+
+    from .validation import bhsd_to_layout
+
+    def draw(heads: int, seqlen: int):
+        dims = bhsd_to_layout((shape.batch, heads, seqlen, shape.head_dim), layout)
+        return cupy.asarray(rng.standard_normal(dims, dtype=np.float32).astype(_np_dtype(dtype)))
+
+    return (draw(shape.heads_q, shape.seqlen_q), draw(shape.heads_kv, shape.seqlen_k),
+            draw(shape.heads_kv, shape.seqlen_k))
+
+
+def check_rows(seqlen_q: int, rng: np.random.Generator) -> np.ndarray:
+    """Query rows to verify: all of them for short sequences, else a sample with both ends."""
+    if seqlen_q <= _CHECK_ROWS:
+        return np.arange(seqlen_q)
+    inner = rng.choice(np.arange(1, seqlen_q - 1), _CHECK_ROWS - 2, replace=False)
+    return np.sort(np.concatenate([[0, seqlen_q - 1], inner]))
+
+
+def verify(shape: Shape, dtype: str, q, k, v, out, rng: np.random.Generator) -> float:
+    """Relative L2 error of `out` (bhsd) against the float64 reference on sampled rows."""
+    from . import reference
+
+    rows = check_rows(shape.seqlen_q, rng)
+    ref = reference.attention(q, k, v, causal=shape.causal, q_positions=rows)
+    return reference.rel_error(out[:, :, rows.tolist()], ref)
+
+
+@click.group()
+def main() -> None:
+    """flashcore-cupy: fused FlashAttention kernels for CuPy, compiled at run time."""
+
+
+@main.command()
+@click.option("--shape", "shape_text", default="mission", show_default=True,
+              help="A benchmark shape name, or B,H,S,D.")
+@click.option("--dtype", type=click.Choice(list(TOLERANCE)), default="fp16", show_default=True)
+@click.option("--causal", is_flag=True, help="Causal mask (bottom-right aligned).")
+@click.option("--iters", type=click.IntRange(1), default=100, show_default=True)
+def run(shape_text: str, dtype: str, causal: bool, iters: int) -> None:
+    """Run one shape on the GPU: check it against float64, then time it."""
+    try:
+        shape = parse_shape(shape_text, causal)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--shape") from None
+    if gpu_count() == 0:
+        click.echo("no CUDA GPU found: `flashcore-cupy run` needs one; "
+                   "`flashcore-cupy check` compiles the kernels without a GPU.")
+        sys.exit(2)
+    import cupy
+
+    from . import api, naive
+    from .timing import time_latency
+
+    rng = np.random.default_rng()
+    dev = cupy.cuda.Device()
+    _, arch = api._device_arch(dev.id)
+    name = cupy.cuda.runtime.getDeviceProperties(dev.id)["name"].decode()
+    config = configs.choose_config(arch, dtype, shape.head_dim)
+    click.echo(f"{shape.name}: B={shape.batch} Hq={shape.heads_q} Hkv={shape.heads_kv} "
+               f"Sq={shape.seqlen_q} Sk={shape.seqlen_k} D={shape.head_dim} {dtype} "
+               f"{'causal' if shape.causal else 'non-causal'} on {name} ({arch}), kernel {config}")
+
+    q, k, v = random_inputs(shape, dtype, rng)
+    out = cupy.full(q.shape, np.nan, dtype=q.dtype)   # poisoned: every element must be written
+    api.attention(q, k, v, causal=shape.causal, out=out)
+    err = verify(shape, dtype, q, k, v, out, rng)
+    passed = err <= TOLERANCE[dtype]
+    click.echo(f"check: rel L2 error {err:.2e} vs float64 reference "
+               f"(limit {TOLERANCE[dtype]:.0e}) {'PASS' if passed else 'FAIL'}")
+
+    set_bytes = 2 * (q.nbytes + k.nbytes + v.nbytes)
+    sets = [(q, k, v)] + [random_inputs(shape, dtype, rng)
+                          for _ in range(min(7, _ROTATE_BYTES // set_bytes))]
+    outs = [cupy.empty_like(s[0]) for s in sets]
+
+    def call(i: int):
+        qs, ks, vs = sets[i % len(sets)]
+        return api.attention(qs, ks, vs, causal=shape.causal, out=outs[i % len(sets)])
+
+    t = time_latency(call, iters)
+    tflops = shape.flops / (t.p50 * 1e-6) / 1e12
+    click.echo(f"latency ({iters} calls, CUDA events around each, {len(sets)} input sets): "
+               f"p50 {t.p50:.1f} us  p90 {t.p90:.1f} us  p99 {t.p99:.1f} us  {tflops:.1f} TFLOP/s")
+
+    score_bytes = 4 * shape.batch * shape.heads_q * shape.seqlen_q * shape.seqlen_k
+    if score_bytes <= _NAIVE_MAX_SCORE_BYTES:
+        tn = time_latency(lambda i: naive.attention(*sets[i % len(sets)], causal=shape.causal),
+                          max(5, min(iters, 30)), warmup=3)
+        click.echo(f"naive CuPy (matmul, softmax, matmul): p50 {tn.p50:.1f} us -> "
+                   f"flashcore is {tn.p50 / t.p50:.1f}x faster")
+    else:
+        click.echo("naive CuPy: skipped (its score matrix would exceed 4 GB)")
+    sys.exit(0 if passed else 1)
+
+
+@main.command()
+def info() -> None:
+    """GPU, arch, CuPy / CUDA / NVRTC versions and the kernel cache."""
+    click.echo(f"flashcore_cupy kernels: {loader.KERNEL_DIR} (source hash {loader.source_hash()})")
+    try:
+        import cupy
+        click.echo(f"CuPy: {cupy.__version__}")
+    except ImportError:
+        click.echo("CuPy: not installed (pip install 'flashcore-cupy[cuda12]')")
+        return
+    try:
+        click.echo(f"NVRTC: {loader.nvrtc_version()}")
+    except Exception as e:
+        click.echo(f"NVRTC: not found ({e})")
+    click.echo(f"kernel cache: {os.environ.get('CUPY_CACHE_DIR', os.path.expanduser('~/.cupy/kernel_cache'))}")
+    n = gpu_count()
+    if n == 0:
+        click.echo("GPU: none found (`flashcore-cupy check` compiles without one)")
+        return
+    rt = cupy.cuda.runtime
+    click.echo(f"CUDA runtime: {rt.runtimeGetVersion()}  driver: {rt.driverGetVersion()}")
+    for dev in range(n):
+        props = rt.getDeviceProperties(dev)
+        cc = (props["major"], props["minor"])
+        click.echo(f"GPU {dev}: {props['name'].decode()}  compute capability {cc[0]}.{cc[1]}  "
+                   f"arch {loader.arch_for_capability(*cc)}  SMs {props['multiProcessorCount']}")
+
+
+def _parse_archs(ctx, param, value: str) -> list[str]:
+    archs = [a.strip() for a in value.split(",") if a.strip()]
+    bad = [a for a in archs if a not in configs.SUPPORTED_ARCHS]
+    if bad or not archs:
+        raise click.BadParameter(f"expected a comma-separated list of {', '.join(configs.SUPPORTED_ARCHS)}; "
+                                 f"got {value!r}")
+    return archs
+
+
+@main.command()
+@click.option("--arch", "archs", default=",".join(configs.SUPPORTED_ARCHS), show_default=True,
+              callback=_parse_archs, help="Comma-separated target archs.")
+def check(archs: list[str]) -> None:
+    """Compile every kernel dispatch can choose, with no GPU; fail on errors or spills."""
+    jobs = [(arch, cfg) for arch in archs for cfg in configs.all_configs(arch)]
+
+    def compile_one(job):
+        arch, cfg = job
+        try:
+            return loader.compile_only(cfg, arch)
+        except loader.KernelCompileError as e:
+            return e
+
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        results = list(pool.map(compile_one, jobs))
+
+    failures = 0
+    click.echo(f"{'arch':<7} {'kernel':<40} {'config':<24} {'regs':>4} {'smem B':>7} "
+               f"{'spill B':>7} {'secs':>5}  status")
+    for (arch, cfg), r in zip(jobs, results):
+        if isinstance(r, loader.KernelCompileError):
+            failures += 1
+            click.echo(f"{arch:<7} {cfg.kernel_file:<40} {str(cfg):<24} compile error:\n{r}")
+            continue
+        smem = r.static_smem_bytes + cfg.smem_bytes
+        problems = [p for p, bad in (("spills", r.spill_bytes > 0),
+                                     (f"smem > {configs.SMEM_LIMIT[arch]}", smem > configs.SMEM_LIMIT[arch]))
+                    if bad]
+        failures += bool(problems)
+        click.echo(f"{arch:<7} {cfg.kernel_file:<40} {str(cfg):<24} {r.registers:>4} {smem:>7} "
+                   f"{r.spill_bytes:>7} {r.seconds:>5.2f}  {'; '.join(problems) or 'ok'}")
+    click.echo(f"{len(jobs) - failures} of {len(jobs)} kernel instantiations ok")
+    sys.exit(1 if failures else 0)

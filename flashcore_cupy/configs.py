@@ -1,0 +1,101 @@
+"""Kernel configurations and the choice of one per problem.
+
+A `FwdConfig` is the single source of a kernel instantiation: it yields the
+NVRTC name expression, the launch geometry and the dynamic shared memory.
+Nothing else computes grid, block or shared-memory sizes.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+# Per-block shared-memory limits (bytes) of the archs this package compiles for.
+SMEM_LIMIT = {
+    "sm_80": 163 * 1024,
+    "sm_86": 99 * 1024,
+    "sm_89": 99 * 1024,
+    "sm_90a": 227 * 1024,
+}
+SUPPORTED_ARCHS = tuple(SMEM_LIMIT)
+DTYPES = ("fp16", "bf16")
+HEAD_DIM_BUCKETS = (32, 64, 96, 128, 160, 192, 224, 256)   # template HEAD_DIM; runtime D pads up
+MAX_HEAD_DIM = HEAD_DIM_BUCKETS[-1]
+
+
+@dataclass(frozen=True)
+class FwdConfig:
+    """One instantiation of `fc::flash_fwd` in kernels/flash_fwd_sm80.cu."""
+
+    dtype: str        # "fp16" | "bf16"
+    head_dim: int     # template HEAD_DIM (the runtime head dim rounded up)
+    warps: int
+    m_tiles: int      # 16-row slices per warp
+    block_n: int      # keys per K/V tile
+
+    kernel_file = "flash_fwd_sm80.cu"
+
+    @property
+    def name_expression(self) -> str:
+        return (f"fc::flash_fwd<fc::{self.dtype}, {self.head_dim}, {self.warps}, "
+                f"{self.m_tiles}, {self.block_n}>")
+
+    @property
+    def threads(self) -> int:
+        return 32 * self.warps
+
+    @property
+    def block_m(self) -> int:
+        return 16 * self.warps * self.m_tiles
+
+    @property
+    def smem_bytes(self) -> int:
+        # Mirrors FwdTile: Q, K and V tiles, rows padded by 8 elements, 2 bytes each.
+        row = self.head_dim + 8
+        return 2 * row * (self.block_m + 2 * self.block_n)
+
+    def grid(self, batch: int, heads_q: int, seqlen_q: int) -> tuple[int, int, int]:
+        return (-(-seqlen_q // self.block_m), heads_q, batch)
+
+    def __str__(self) -> str:
+        return f"{self.dtype} D{self.head_dim} {self.block_m}x{self.block_n} w{self.warps}"
+
+
+# Tile table: (arch family, largest template head dim) -> (warps, m_tiles, block_n).
+# The first row whose head-dim bound covers the problem wins.
+#  - D <= 64: 128 query rows as 4 warps x 2 slices (FA2's 128-row tile); 128-key
+#    tiles were rejected: S alone would take 128 registers per thread.
+#  - D <= 128: 8 warps x 1 slice; 4 warps x 2 slices spills (255 registers).
+#  - D > 128: Q no longer fits in registers next to O; 32-key tiles keep S small.
+#    128 rows need 101 KB of shared memory, over sm_86/89's 99 KB: 64 rows there.
+_TILE_TABLE: dict[str, tuple[tuple[int, tuple[int, int, int]], ...]] = {
+    "large_smem": ((64, (4, 2, 64)), (128, (8, 1, 64)), (256, (8, 1, 32))),
+    "small_smem": ((64, (4, 2, 64)), (128, (8, 1, 64)), (256, (4, 1, 32))),
+}
+_ARCH_FAMILY = {"sm_80": "large_smem", "sm_90a": "large_smem",
+                "sm_86": "small_smem", "sm_89": "small_smem"}
+
+
+def arch_family(arch: str) -> str:
+    # Archs newer than the table (sm_100, sm_120, ...) take the conservative tiles.
+    return _ARCH_FAMILY.get(arch, "small_smem")
+
+
+def bucket_head_dim(head_dim: int) -> int:
+    return next(b for b in HEAD_DIM_BUCKETS if b >= head_dim)
+
+
+@functools.lru_cache(maxsize=None)
+def choose_config(arch: str, dtype: str, head_dim: int) -> FwdConfig:
+    """The kernel config for one problem class (pure; cached)."""
+    hd = bucket_head_dim(head_dim)
+    for bound, (warps, m_tiles, block_n) in _TILE_TABLE[arch_family(arch)]:
+        if hd <= bound:
+            return FwdConfig(dtype, hd, warps, m_tiles, block_n)
+    raise AssertionError(f"no tile for head_dim={head_dim}")  # validation bounds head_dim
+
+
+def all_configs(arch: str) -> list[FwdConfig]:
+    """Every config `choose_config` can return on `arch`."""
+    return sorted({choose_config(arch, dt, hd) for dt in DTYPES for hd in HEAD_DIM_BUCKETS},
+                  key=lambda c: (c.dtype, c.head_dim))

@@ -1,0 +1,156 @@
+"""Run-time compilation of the kernels in kernels/: the only user of cupy.RawModule.
+
+Owns the NVRTC options, the arch, name expressions, the dynamic-shared-memory
+opt-in, the in-process cache and compile errors. `compile_only` compiles to
+cubin with NVRTC directly, with no GPU and no driver, for CI and `check`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+
+def _find_kernel_dir() -> Path:
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "kernels", here.parent / "kernels"):   # installed wheel, source tree
+        if (candidate / "mma_sm80.cuh").is_file():
+            return candidate
+    raise FileNotFoundError(f"flashcore_cupy: no kernels/ folder next to {here}")
+
+
+KERNEL_DIR = _find_kernel_dir()
+
+
+class KernelConfig(Protocol):
+    kernel_file: str
+    name_expression: str
+    smem_bytes: int
+
+
+class KernelCompileError(RuntimeError):
+    """NVRTC rejected a kernel; carries everything needed to reproduce it."""
+
+    def __init__(self, kernel_file: str, name_expression: str, options: tuple[str, ...], log: str):
+        self.kernel_file, self.name_expression, self.options, self.log = (
+            kernel_file, name_expression, options, log)
+        super().__init__(
+            f"NVRTC failed to compile {KERNEL_DIR / kernel_file}\n"
+            f"  name expression: {name_expression}\n"
+            f"  options: {' '.join(options)}\n"
+            f"  log:\n{log}")
+
+
+@dataclass(frozen=True)
+class CompileReport:
+    arch: str
+    registers: int
+    static_smem_bytes: int
+    spill_bytes: int          # spill stores + spill loads
+    stack_frame_bytes: int
+    seconds: float
+
+
+def source_hash() -> str:
+    """Hash of every file in kernels/: CuPy's disk cache does not see #included headers."""
+    h = hashlib.sha256()
+    for path in sorted(KERNEL_DIR.iterdir()):
+        if path.is_file():
+            h.update(path.name.encode())
+            h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+_SOURCE_HASH = source_hash()
+
+
+def arch_for_capability(major: int, minor: int) -> str:
+    """NVRTC target for a device: sm_90a on Hopper (wgmma/setmaxnreg need the 'a')."""
+    return "sm_90a" if (major, minor) == (9, 0) else f"sm_{major}{minor}"
+
+
+def nvrtc_options(arch: str) -> tuple[str, ...]:
+    return ("-std=c++17", f"-arch={arch}", f"-I{KERNEL_DIR}",
+            f"-DFLASHCORE_KERNELS_HASH=0x{_SOURCE_HASH}")
+
+
+def _read_source(kernel_file: str) -> str:
+    return (KERNEL_DIR / kernel_file).read_text()
+
+
+# --- GPU path -----------------------------------------------------------------
+
+_cache: dict[tuple[int, str, str], object] = {}
+_cache_lock = threading.Lock()
+
+
+def get_function(config: KernelConfig, device_id: int, arch: str):
+    """The compiled, launch-ready kernel for `config` on `device_id` (cached in process)."""
+    key = (device_id, config.kernel_file, config.name_expression)
+    fn = _cache.get(key)
+    if fn is not None:
+        return fn
+    import cupy
+    from cupy.cuda.compiler import CompileException
+
+    options = nvrtc_options(arch)
+    with _cache_lock, cupy.cuda.Device(device_id):
+        fn = _cache.get(key)
+        if fn is None:
+            try:
+                module = cupy.RawModule(code=_read_source(config.kernel_file), options=options,
+                                        name_expressions=[config.name_expression])
+                fn = module.get_function(config.name_expression)
+            except CompileException as e:
+                raise KernelCompileError(config.kernel_file, config.name_expression, options,
+                                         e.get_message()) from None
+            if config.smem_bytes > 48 * 1024:
+                fn.max_dynamic_shared_size_bytes = config.smem_bytes
+            _cache[key] = fn
+    return fn
+
+
+# --- compile-only path (no GPU, no driver) ---------------------------------------
+
+_PTXAS_USED = re.compile(r"Used (\d+) registers(?:.*?(\d+) bytes smem)?")
+_PTXAS_SPILL = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads")
+
+
+def parse_ptxas_log(log: str) -> tuple[int, int, int, int]:
+    """(registers, static smem, spill bytes, stack frame) from an -Xptxas=-v log."""
+    used, spill = _PTXAS_USED.search(log), _PTXAS_SPILL.search(log)
+    if used is None or spill is None:
+        raise ValueError(f"no ptxas resource report in the NVRTC log:\n{log}")
+    return (int(used.group(1)), int(used.group(2) or 0),
+            int(spill.group(2)) + int(spill.group(3)), int(spill.group(1)))
+
+
+def compile_only(config: KernelConfig, arch: str) -> CompileReport:
+    """Compile `config` to cubin for `arch` with NVRTC and report its resources."""
+    from cupy_backends.cuda.libs import nvrtc
+
+    options = nvrtc_options(arch) + ("-Xptxas=-v",)
+    prog = nvrtc.createProgram(_read_source(config.kernel_file), config.kernel_file, [], [])
+    try:
+        nvrtc.addNameExpression(prog, config.name_expression)
+        start = time.perf_counter()
+        try:
+            nvrtc.compileProgram(prog, list(options))
+        except nvrtc.NVRTCError:
+            raise KernelCompileError(config.kernel_file, config.name_expression, options,
+                                     nvrtc.getProgramLog(prog)) from None
+        seconds = time.perf_counter() - start
+        regs, smem, spills, stack = parse_ptxas_log(nvrtc.getProgramLog(prog))
+    finally:
+        nvrtc.destroyProgram(prog)
+    return CompileReport(arch, regs, smem, spills, stack, seconds)
+
+
+def nvrtc_version() -> str:
+    from cupy_backends.cuda.libs import nvrtc
+    return "%d.%d" % nvrtc.getVersion()

@@ -1,0 +1,68 @@
+"""CUDA-event timing shared by the CLI and the benchmark."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Timing:
+    us: np.ndarray   # one sample per timed call (latency) or per batch (throughput)
+
+    @property
+    def p50(self) -> float:
+        return float(np.percentile(self.us, 50))
+
+    @property
+    def p90(self) -> float:
+        return float(np.percentile(self.us, 90))
+
+    @property
+    def p99(self) -> float:
+        return float(np.percentile(self.us, 99))
+
+
+def time_latency(fn: Callable[[int], object], iters: int, warmup: int = 10) -> Timing:
+    """Events around one call after the GPU is idle: what a user sees, host cost included.
+
+    fn(i) gets the call index, so callers can rotate input sets.
+    """
+    import cupy
+
+    stream = cupy.cuda.get_current_stream()
+    for i in range(warmup):
+        fn(i)
+    start, end = cupy.cuda.Event(), cupy.cuda.Event()
+    samples = np.empty(iters)
+    for i in range(iters):
+        stream.synchronize()
+        start.record(stream)
+        fn(i)
+        end.record(stream)
+        end.synchronize()
+        samples[i] = cupy.cuda.get_elapsed_time(start, end) * 1e3
+    return Timing(samples)
+
+
+def time_throughput(fn: Callable[[int], object], iters: int, calls: int = 20,
+                    warmup: int = 10) -> Timing:
+    """Events around `calls` back-to-back calls, divided by their count; `iters` samples."""
+    import cupy
+
+    stream = cupy.cuda.get_current_stream()
+    for i in range(warmup):
+        fn(i)
+    start, end = cupy.cuda.Event(), cupy.cuda.Event()
+    samples = np.empty(iters)
+    for i in range(iters):
+        stream.synchronize()
+        start.record(stream)
+        for c in range(calls):
+            fn(i * calls + c)
+        end.record(stream)
+        end.synchronize()
+        samples[i] = cupy.cuda.get_elapsed_time(start, end) * 1e3 / calls
+    return Timing(samples)

@@ -1,0 +1,315 @@
+// FlashAttention-2 forward on mma.sync tensor cores (sm_80 and newer).
+//
+//   O = softmax(scale * Q K^T + mask) V,   LSE = log(rowsum(exp(scale * Q K^T + mask)))
+//
+// One CTA owns BLOCK_M = WARPS * 16 * M_TILES query rows of one (batch, head);
+// each warp owns M_TILES slices of 16 rows, so every warp reads the same K_j/V_j
+// tile and no cross-warp reduction is needed. For each key tile j (BLOCK_N keys):
+//
+//   S    = Q_i K_j^T * scale * log2(e)                (fp32, registers)
+//   m'   = max(m, rowmax(S));  P = exp2(S - m')
+//   l    = l * exp2(m - m') + rowsum(P)
+//   O    = O * exp2(m - m') + P V_j                    (P re-packed in registers
+//                                                       as the A operand)
+// and at the end O /= l, LSE = (m + log2 l) * ln 2.
+//
+// Masking (key >= Sk, causal key > query + Sk - Sq, i.e. bottom-right aligned)
+// is applied only to the key tiles that need it; tiles entirely above the
+// causal diagonal are never loaded. A row with no visible key gets O = 0 and
+// LSE = -inf.
+//
+// Shared memory: Q (BLOCK_M rows), K_j and V_j (BLOCK_N rows each), rows padded
+// to HEAD_DIM + 8 elements so that the 8 rows of each ldmatrix land on distinct
+// banks. Loads are cp.async 16 B, zero-filled past Sq/Sk and past the runtime
+// head dim (HEAD_DIM is the head dim rounded up to the template's size).
+// Pipeline: V_j is fetched while S = Q K_j^T runs, K_{j+1} while O += P V_j runs.
+// The host mirrors smem_bytes() in flashcore_cupy/configs.py.
+#include "mma_sm80.cuh"
+
+namespace fc {
+
+template <int HEAD_DIM, int WARPS, int M_TILES, int BLOCK_N>
+struct FwdTile {
+    static constexpr int kThreads = WARPS * 32;
+    static constexpr int kWarpRows = 16 * M_TILES;
+    static constexpr int kBlockM = WARPS * kWarpRows;
+    static constexpr int kRowStride = HEAD_DIM + 8;      // elements, see the header
+    static constexpr int kDSteps = HEAD_DIM / 16;       // k-steps of Q K^T
+    static constexpr int kDTiles = HEAD_DIM / 8;        // n8 tiles of O
+    static constexpr int kNTiles = BLOCK_N / 8;         // n8 tiles of S
+    static constexpr int kKvSteps = BLOCK_N / 16;       // k-steps of P V
+    // Q fragments stay in registers up to D = 128; above, O alone needs
+    // HEAD_DIM/2 registers per row slice, so Q is re-read from shared memory.
+    static constexpr bool kQInRegs = HEAD_DIM <= 128;
+    static constexpr int kSmemQ = kBlockM * kRowStride;
+    static constexpr int kSmemKV = BLOCK_N * kRowStride;
+
+    static_assert(HEAD_DIM % 32 == 0 && HEAD_DIM <= 256, "HEAD_DIM: multiple of 32 up to 256");
+    static_assert(BLOCK_N % 16 == 0, "BLOCK_N: multiple of 16");
+    static_assert(WARPS >= 1 && WARPS <= 16 && M_TILES >= 1, "bad warp layout");
+};
+
+// rows x HEAD_DIM tile, global (row stride `ld`) -> padded shared memory.
+template <class Tile, int ROWS>
+__device__ __forceinline__ void load_tile(u16* s, const u16* g, i64 ld, int rows_valid,
+                                          int cols_valid, int tid) {
+    constexpr int kChunks = Tile::kRowStride / 8 - 1;   // 16-byte chunks per row
+    #pragma unroll
+    for (int i = tid; i < ROWS * kChunks; i += Tile::kThreads) {
+        const int r = i / kChunks, c = i % kChunks;
+        const bool ok = r < rows_valid && c * 8 < cols_valid;
+        cp_async_16(smem_addr(s + r * Tile::kRowStride + c * 8), ok ? g + r * ld + c * 8 : g,
+                    ok ? 16 : 0);
+    }
+}
+
+// A fragment of one 16x16 block of a row-major shared tile.
+template <class Tile>
+__device__ __forceinline__ void load_a_frag(u32 (&a)[4], const u16* s, int row, int col, int lane) {
+    ldmatrix_x4(a, smem_addr(s + (row + lane % 16) * Tile::kRowStride + col + (lane / 16) * 8));
+}
+
+// S(rows of this warp, BLOCK_N) = Q K_j^T
+template <class T, class Tile, int M_TILES>
+__device__ __forceinline__ void qk_gemm(float (&s)[M_TILES][Tile::kNTiles][4],
+                                        const u32 (&q_frag)[M_TILES][Tile::kDSteps][4],
+                                        const u16* sQ, const u16* sK, int warp_row, int lane) {
+    #pragma unroll
+    for (int mt = 0; mt < M_TILES; ++mt)
+        #pragma unroll
+        for (int nt = 0; nt < Tile::kNTiles; ++nt)
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) s[mt][nt][e] = 0.f;
+
+    #pragma unroll
+    for (int ks = 0; ks < Tile::kDSteps; ++ks) {
+        u32 a[M_TILES][4];
+        #pragma unroll
+        for (int mt = 0; mt < M_TILES; ++mt) {
+            if constexpr (Tile::kQInRegs) {
+                #pragma unroll
+                for (int e = 0; e < 4; ++e) a[mt][e] = q_frag[mt][ks][e];
+            } else {
+                load_a_frag<Tile>(a[mt], sQ, warp_row + mt * 16, ks * 16, lane);
+            }
+        }
+        #pragma unroll
+        for (int np = 0; np < Tile::kNTiles / 2; ++np) {
+            // B = K^T: rows of K are the n index; non-transposed ldmatrix gives b0/b1
+            // of n-tiles 2np and 2np+1.
+            u32 b[4];
+            const int key = np * 16 + lane % 8 + (lane / 16) * 8;
+            ldmatrix_x4(b, smem_addr(sK + key * Tile::kRowStride + ks * 16 + ((lane / 8) % 2) * 8));
+            #pragma unroll
+            for (int mt = 0; mt < M_TILES; ++mt) {
+                mma_16816<T>(s[mt][2 * np], a[mt], b[0], b[1]);
+                mma_16816<T>(s[mt][2 * np + 1], a[mt], b[2], b[3]);
+            }
+        }
+    }
+}
+
+// O += P V_j, with P taken straight from the S accumulators.
+template <class T, class Tile, int M_TILES>
+__device__ __forceinline__ void pv_gemm(float (&o)[M_TILES][Tile::kDTiles][4],
+                                        const float (&p)[M_TILES][Tile::kNTiles][4],
+                                        const u16* sV, int lane) {
+    #pragma unroll
+    for (int kk = 0; kk < Tile::kKvSteps; ++kk) {
+        u32 a[M_TILES][4];
+        #pragma unroll
+        for (int mt = 0; mt < M_TILES; ++mt) {
+            a[mt][0] = pack2<T>(p[mt][2 * kk][0], p[mt][2 * kk][1]);
+            a[mt][1] = pack2<T>(p[mt][2 * kk][2], p[mt][2 * kk][3]);
+            a[mt][2] = pack2<T>(p[mt][2 * kk + 1][0], p[mt][2 * kk + 1][1]);
+            a[mt][3] = pack2<T>(p[mt][2 * kk + 1][2], p[mt][2 * kk + 1][3]);
+        }
+        #pragma unroll
+        for (int dp = 0; dp < Tile::kDTiles / 2; ++dp) {
+            // B = V (k = key, n = d) stored [key][d]: the transposed ldmatrix gives
+            // b0/b1 of d-tiles 2dp and 2dp+1.
+            u32 b[4];
+            const int key = kk * 16 + lane % 8 + ((lane / 8) % 2) * 8;
+            ldmatrix_x4_trans(b, smem_addr(sV + key * Tile::kRowStride + dp * 16 + (lane / 16) * 8));
+            #pragma unroll
+            for (int mt = 0; mt < M_TILES; ++mt) {
+                mma_16816<T>(o[mt][2 * dp], a[mt], b[0], b[1]);
+                mma_16816<T>(o[mt][2 * dp + 1], a[mt], b[2], b[3]);
+            }
+        }
+    }
+}
+
+// S *= scale*log2(e); masked entries -> -inf. Accumulator element e of n-tile nt
+// sits at row g + 8*(e/2), column nt*8 + 2t + e%2 of the warp's 16-row slice.
+template <class Tile, int M_TILES, bool MASK>
+__device__ __forceinline__ void scale_and_mask(float (&s)[M_TILES][Tile::kNTiles][4], float scale_log2,
+                                               int first_row, int first_key, int seqlen_k,
+                                               int causal_diag, bool causal, int lane) {
+    #pragma unroll
+    for (int mt = 0; mt < M_TILES; ++mt)
+        #pragma unroll
+        for (int nt = 0; nt < Tile::kNTiles; ++nt)
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                float x = s[mt][nt][e] * scale_log2;
+                if constexpr (MASK) {
+                    const int row = first_row + mt * 16 + lane / 4 + 8 * (e / 2);
+                    const int key = first_key + nt * 8 + 2 * (lane % 4) + e % 2;
+                    if (key >= seqlen_k || (causal && key > row + causal_diag)) x = neg_inf();
+                }
+                s[mt][nt][e] = x;
+            }
+}
+
+// Online softmax: update (m, l), rescale O, and turn S into P in place.
+template <class Tile, int M_TILES>
+__device__ __forceinline__ void online_softmax(float (&s)[M_TILES][Tile::kNTiles][4],
+                                               float (&o)[M_TILES][Tile::kDTiles][4],
+                                               float (&m)[M_TILES][2], float (&l)[M_TILES][2]) {
+    #pragma unroll
+    for (int mt = 0; mt < M_TILES; ++mt)
+        #pragma unroll
+        for (int half = 0; half < 2; ++half) {
+            float row_max = neg_inf();
+            #pragma unroll
+            for (int nt = 0; nt < Tile::kNTiles; ++nt)
+                row_max = fmaxf(row_max, fmaxf(s[mt][nt][2 * half], s[mt][nt][2 * half + 1]));
+            const float m_new = fmaxf(m[mt][half], quad_max(row_max));
+            // A row with every key masked so far has m_new = -inf: subtract 0
+            // instead, so that exp2 sees -inf - 0, never -inf - (-inf) = NaN.
+            const float m_base = m_new == neg_inf() ? 0.f : m_new;
+            const float alpha = exp2f(m[mt][half] - m_base);
+            m[mt][half] = m_new;
+            float row_sum = 0.f;
+            #pragma unroll
+            for (int nt = 0; nt < Tile::kNTiles; ++nt)
+                #pragma unroll
+                for (int e = 2 * half; e < 2 * half + 2; ++e) {
+                    s[mt][nt][e] = exp2f(s[mt][nt][e] - m_base);
+                    row_sum += s[mt][nt][e];
+                }
+            l[mt][half] = l[mt][half] * alpha + row_sum;   // per-lane partial; reduced at the end
+            #pragma unroll
+            for (int dt = 0; dt < Tile::kDTiles; ++dt) {
+                o[mt][dt][2 * half] *= alpha;
+                o[mt][dt][2 * half + 1] *= alpha;
+            }
+        }
+}
+
+template <class T, int HEAD_DIM, int WARPS, int M_TILES, int BLOCK_N>
+__global__ void __launch_bounds__(WARPS * 32)
+flash_fwd(const u16* __restrict__ q, const u16* __restrict__ k, const u16* __restrict__ v,
+          u16* __restrict__ o, float* __restrict__ lse,
+          i64 q_sb, i64 q_sh, i64 q_ss, i64 k_sb, i64 k_sh, i64 k_ss,
+          i64 v_sb, i64 v_sh, i64 v_ss, i64 o_sb, i64 o_sh, i64 o_ss,
+          int seqlen_q, int seqlen_k, int head_dim, int heads_per_kv, float scale_log2, int causal) {
+    using Tile = FwdTile<HEAD_DIM, WARPS, M_TILES, BLOCK_N>;
+    extern __shared__ __align__(16) unsigned char smem[];
+    u16* sQ = reinterpret_cast<u16*>(smem);
+    u16* sK = sQ + Tile::kSmemQ;
+    u16* sV = sK + Tile::kSmemKV;
+
+    const int tid = threadIdx.x, lane = tid % 32;
+    const int warp_row = (tid / 32) * Tile::kWarpRows;
+    const int m_block = gridDim.x - 1 - blockIdx.x;   // longest causal rows start first
+    const int row0 = m_block * Tile::kBlockM;
+    const int head = blockIdx.y, batch = blockIdx.z;
+    const int head_kv = head / heads_per_kv;
+
+    const u16* q_tile = q + batch * q_sb + head * q_sh + row0 * q_ss;
+    const u16* k_head = k + batch * k_sb + head_kv * k_sh;
+    const u16* v_head = v + batch * v_sb + head_kv * v_sh;
+
+    // Key j is visible to query i iff j <= i + causal_diag (bottom-right aligned).
+    const int causal_diag = seqlen_k - seqlen_q;
+    const int kv_end = causal ? min(seqlen_k, row0 + Tile::kBlockM + causal_diag) : seqlen_k;
+    const int n_blocks = kv_end > 0 ? (kv_end + BLOCK_N - 1) / BLOCK_N : 0;
+
+    load_tile<Tile, Tile::kBlockM>(sQ, q_tile, q_ss, seqlen_q - row0, head_dim, tid);
+    if (n_blocks > 0) load_tile<Tile, BLOCK_N>(sK, k_head, k_ss, seqlen_k, head_dim, tid);
+    cp_async_commit();
+
+    float o_acc[M_TILES][Tile::kDTiles][4];
+    float m[M_TILES][2], l[M_TILES][2];
+    #pragma unroll
+    for (int mt = 0; mt < M_TILES; ++mt) {
+        #pragma unroll
+        for (int dt = 0; dt < Tile::kDTiles; ++dt)
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) o_acc[mt][dt][e] = 0.f;
+        m[mt][0] = m[mt][1] = neg_inf();
+        l[mt][0] = l[mt][1] = 0.f;
+    }
+    u32 q_frag[M_TILES][Tile::kDSteps][4];
+
+    for (int j = 0; j < n_blocks; ++j) {
+        const int key0 = j * BLOCK_N;
+        cp_async_wait<0>();   // K_j (and Q at j = 0) landed ...
+        __syncthreads();      // ... for every thread, and all warps are done with V_{j-1}
+        load_tile<Tile, BLOCK_N>(sV, v_head + key0 * v_ss, v_ss, seqlen_k - key0, head_dim, tid);
+        cp_async_commit();
+
+        if constexpr (Tile::kQInRegs) {
+            if (j == 0) {
+                #pragma unroll
+                for (int mt = 0; mt < M_TILES; ++mt)
+                    #pragma unroll
+                    for (int ks = 0; ks < Tile::kDSteps; ++ks)
+                        load_a_frag<Tile>(q_frag[mt][ks], sQ, warp_row + mt * 16, ks * 16, lane);
+            }
+        }
+
+        float s[M_TILES][Tile::kNTiles][4];
+        qk_gemm<T, Tile, M_TILES>(s, q_frag, sQ, sK, warp_row, lane);
+        const bool needs_mask = key0 + BLOCK_N > seqlen_k ||
+                                (causal && key0 + BLOCK_N - 1 > row0 + causal_diag);
+        if (needs_mask)
+            scale_and_mask<Tile, M_TILES, true>(s, scale_log2, row0 + warp_row, key0, seqlen_k,
+                                                causal_diag, causal, lane);
+        else
+            scale_and_mask<Tile, M_TILES, false>(s, scale_log2, 0, 0, 0, 0, false, lane);
+        online_softmax<Tile, M_TILES>(s, o_acc, m, l);
+
+        cp_async_wait<0>();   // V_j landed ...
+        __syncthreads();      // ... for every thread, and all warps are done with K_j
+        if (j + 1 < n_blocks) {
+            load_tile<Tile, BLOCK_N>(sK, k_head + (key0 + BLOCK_N) * k_ss, k_ss,
+                                     seqlen_k - key0 - BLOCK_N, head_dim, tid);
+            cp_async_commit();
+        }
+        pv_gemm<T, Tile, M_TILES>(o_acc, s, sV, lane);
+    }
+
+    // Epilogue: O /= l, staged through the Q tile for 16-byte coalesced stores.
+    cp_async_wait<0>();
+    __syncthreads();
+    #pragma unroll
+    for (int mt = 0; mt < M_TILES; ++mt)
+        #pragma unroll
+        for (int half = 0; half < 2; ++half) {
+            const float l_row = quad_sum(l[mt][half]);
+            const float inv_l = l_row > 0.f ? 1.f / l_row : 0.f;
+            const int r = warp_row + mt * 16 + lane / 4 + 8 * half;
+            #pragma unroll
+            for (int dt = 0; dt < Tile::kDTiles; ++dt)
+                *reinterpret_cast<u32*>(sQ + r * Tile::kRowStride + dt * 8 + 2 * (lane % 4)) =
+                    pack2<T>(o_acc[mt][dt][2 * half] * inv_l, o_acc[mt][dt][2 * half + 1] * inv_l);
+            if (lse != nullptr && lane % 4 == 0 && row0 + r < seqlen_q)
+                lse[(static_cast<i64>(batch) * gridDim.y + head) * seqlen_q + row0 + r] =
+                    l_row > 0.f ? (m[mt][half] + log2f(l_row)) * LN2 : neg_inf();
+        }
+    __syncthreads();
+    u16* o_tile = o + batch * o_sb + head * o_sh + row0 * o_ss;
+    constexpr int kChunks = HEAD_DIM / 8;
+    #pragma unroll
+    for (int i = tid; i < Tile::kBlockM * kChunks; i += Tile::kThreads) {
+        const int r = i / kChunks, c = i % kChunks;
+        if (row0 + r < seqlen_q && c * 8 < head_dim)
+            *reinterpret_cast<uint4*>(o_tile + r * o_ss + c * 8) =
+                *reinterpret_cast<const uint4*>(sQ + r * Tile::kRowStride + c * 8);
+    }
+}
+
+}  // namespace fc
