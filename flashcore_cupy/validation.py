@@ -104,6 +104,9 @@ def _check_tensor(t: TensorSpec, layout: str) -> None:
         raise ValueError(f"{t.name} must be 4-D ({_layout_doc(layout)}), got shape {t.shape}")
     if any(n == 0 for n in t.shape):
         raise ValueError(f"{t.name} has an empty dimension: shape {t.shape}")
+    if t.shape[3] % 8 or t.shape[3] > MAX_HEAD_DIM:
+        raise ValueError(f"{t.name} has head_dim {t.shape[3]}; expected a multiple of 8 "
+                         f"between 8 and {MAX_HEAD_DIM}")
     if t.strides[3] != 1:
         raise ValueError(f"{t.name} must have a contiguous last dimension (stride 1), "
                          f"got strides {t.strides} (elements); use cupy.ascontiguousarray")
@@ -141,8 +144,6 @@ def check_problem(q: TensorSpec, k: TensorSpec, v: TensorSpec, *, causal: bool,
                          f"for grouped-query attention (layout {layout!r})")
     if bq > _MAX_GRID_YZ or hq > _MAX_GRID_YZ:
         raise ValueError(f"batch ({bq}) and q's heads ({hq}) must each be at most {_MAX_GRID_YZ}")
-    if dq % 8 or dq > MAX_HEAD_DIM:
-        raise ValueError(f"head_dim must be a multiple of 8 between 8 and {MAX_HEAD_DIM}, got {dq}")
     return Problem(
         batch=bq, heads_q=hq, heads_kv=hk, seqlen_q=sq, seqlen_k=sk, head_dim=dq,
         dtype=DTYPE_NAMES[q.dtype], causal=bool(causal),

@@ -1,0 +1,186 @@
+"""flashcore_cupy.attention on a GPU against the float64 reference (and SDPA, when torch is there)."""
+
+import itertools
+
+import numpy as np
+import pytest
+
+from flashcore_cupy import reference
+
+pytestmark = pytest.mark.gpu
+
+TOL = {"fp16": 2e-3, "bf16": 1e-2}
+LENGTHS = [(1, 1), (7, 7), (63, 65), (64, 64), (65, 63), (127, 239), (239, 127), (799, 1000),
+           (1000, 799), (1, 4097), (4097, 1), (4097, 4097)]
+HEADS = [(1, 3, 3), (3, 6, 2), (2, 5, 1)]   # (B, Hq, Hkv): MHA, GQA, MQA; not powers of two
+LONG_HEADS = (1, 2, 1)   # for lengths over 2000: bounds the float64 reference's time
+
+
+def _cases():
+    for dtype, d, causal, layout, heads, lengths in itertools.product(
+            ("fp16", "bf16"), (64, 128), (False, True), ("bhsd", "bshd"), HEADS, LENGTHS):
+        if max(lengths) <= 2000:
+            yield dtype, d, causal, layout, heads, lengths
+        elif heads == HEADS[0]:
+            yield dtype, d, causal, layout, LONG_HEADS, lengths
+    for dtype, d, causal, lengths in itertools.product(
+            ("fp16", "bf16"), (8, 40, 96, 160, 200, 256), (False, True), ((65, 63), (239, 1000), (1, 799))):
+        yield dtype, d, causal, "bhsd", (2, 4, 2), lengths
+
+
+CASES = list(_cases())
+
+
+def _draw(rng, dtype, dims):
+    import cupy
+    import ml_dtypes
+
+    host = rng.standard_normal(dims, dtype=np.float32)
+    return cupy.asarray(host.astype(np.float16 if dtype == "fp16" else ml_dtypes.bfloat16))
+
+
+def make_inputs(rng, dtype, d, layout, heads, lengths):
+    (b, hq, hkv), (sq, sk) = heads, lengths
+    dims = (lambda h, s: (b, h, s, d)) if layout == "bhsd" else (lambda h, s: (b, s, h, d))
+    return _draw(rng, dtype, dims(hq, sq)), _draw(rng, dtype, dims(hkv, sk)), _draw(rng, dtype, dims(hkv, sk))
+
+
+def sdpa_error(q, k, v, ref, causal, layout):
+    """SDPA's relative error on the same inputs, or None without torch / when it is undefined."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    sq, sk = (q.shape[2], k.shape[2]) if layout == "bhsd" else (q.shape[1], k.shape[1])
+    if causal and sq > sk:
+        return None   # rows that see no key: SDPA gives NaN there by definition
+    tq, tk, tv = (torch.from_dlpack(x) for x in (q, k, v))
+    if layout == "bshd":
+        tq, tk, tv = (t.transpose(1, 2) for t in (tq, tk, tv))
+    mask = None
+    if causal:   # bottom-right, as flash_attn (SDPA's is_causal is top-left)
+        i = torch.arange(sq, device=tq.device)[:, None]
+        mask = torch.arange(sk, device=tq.device)[None, :] <= i + (sk - sq)
+    o = torch.nn.functional.scaled_dot_product_attention(
+        tq, tk, tv, attn_mask=mask, enable_gqa=tq.shape[1] != tk.shape[1])
+    if layout == "bshd":
+        o = o.transpose(1, 2)
+    return reference.rel_error(o.float().cpu().numpy(), ref)
+
+
+@pytest.mark.parametrize("dtype, d, causal, layout, heads, lengths", CASES,
+                         ids=[f"{c[0]}-d{c[1]}-{'causal' if c[2] else 'full'}-{c[3]}-b{c[4][0]}h{c[4][1]}kv{c[4][2]}"
+                              f"-{c[5][0]}x{c[5][1]}" for c in CASES])
+def test_matches_reference(rng, dtype, d, causal, layout, heads, lengths):
+    import cupy
+
+    import flashcore_cupy as fc
+
+    q, k, v = make_inputs(rng, dtype, d, layout, heads, lengths)
+    out = cupy.full(q.shape, np.nan, dtype=q.dtype)   # poison: every element must be written
+    got, lse = fc.attention(q, k, v, causal=causal, layout=layout, return_lse=True, out=out)
+    assert got is out
+    ref, ref_lse = reference.attention(q, k, v, causal=causal, layout=layout, return_lse=True)
+
+    err = reference.rel_error(out, ref)
+    assert err <= TOL[dtype], f"rel err {err:.3e} > {TOL[dtype]}"
+    sdpa = sdpa_error(q, k, v, ref, causal, layout)
+    if sdpa is not None:
+        assert err <= max(2 * sdpa, 1e-6), f"rel err {err:.3e} > 2x SDPA's {sdpa:.3e}"
+
+    lse = lse.get()
+    assert lse.dtype == np.float32 and lse.shape == ref_lse.shape
+    np.testing.assert_array_equal(np.isneginf(lse), np.isneginf(ref_lse))
+    finite = np.isfinite(ref_lse)
+    np.testing.assert_allclose(lse[finite], ref_lse[finite], rtol=1e-4, atol=1e-4)
+
+    again = fc.attention(q, k, v, causal=causal, layout=layout)   # same inputs -> same bits
+    assert cupy.array_equal(again, out)
+
+
+def test_rows_that_see_no_key_are_zero(rng):
+    import cupy
+
+    import flashcore_cupy as fc
+
+    q, k, v = make_inputs(rng, "fp16", 64, "bhsd", (1, 2, 2), (300, 40))
+    out, lse = fc.attention(q, k, v, causal=True, return_lse=True)
+    assert cupy.all(out[:, :, :260] == 0) and cupy.all(cupy.isneginf(lse[:, :, :260]))
+    assert not cupy.any(cupy.isnan(out))
+
+
+def test_default_outputs_and_scale(rng):
+    import cupy
+
+    import flashcore_cupy as fc
+
+    q, k, v = make_inputs(rng, "bf16", 128, "bhsd", (2, 4, 4), (100, 130))
+    out = fc.attention(q, k, v, scale=0.05)
+    assert isinstance(out, cupy.ndarray) and out.dtype == q.dtype and out.shape == q.shape
+    ref = reference.attention(q, k, v, scale=0.05)
+    assert reference.rel_error(out, ref) <= TOL["bf16"]
+
+
+def test_runs_on_the_current_non_default_stream(rng):
+    import cupy
+
+    import flashcore_cupy as fc
+
+    q, k, v = make_inputs(rng, "fp16", 128, "bhsd", (2, 4, 2), (1000, 1000))
+    expected = fc.attention(q, k, v, causal=True)
+    stream = cupy.cuda.Stream(non_blocking=True)
+    with stream:
+        out = cupy.full(q.shape, np.nan, dtype=q.dtype)
+        fc.attention(q, k, v, causal=True, out=out)
+        stream.synchronize()
+    assert cupy.array_equal(out, expected)
+
+
+def test_strided_views_without_copies(rng):
+    import cupy
+
+    import flashcore_cupy as fc
+
+    # flash_attn's packed qkv: (B, S, 3, H, D); q/k/v are strided bshd views
+    qkv = _draw(rng, "fp16", (2, 333, 3, 4, 64))
+    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+    assert not q.flags.c_contiguous
+    out = fc.attention(q, k, v, layout="bshd", causal=True)
+    ref = reference.attention(q, k, v, layout="bshd", causal=True)
+    assert reference.rel_error(out, ref) <= TOL["fp16"]
+    # out= may be a strided view too
+    buf = cupy.full((2, 4, 333, 64 + 8), np.nan, dtype=cupy.float16)[..., :64]
+    fc.attention(q.transpose(0, 2, 1, 3), k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3),
+                 causal=True, out=buf)
+    assert reference.rel_error(buf.transpose(0, 2, 1, 3), ref) <= TOL["fp16"]
+
+
+def test_dlpack_inputs_from_torch(rng):
+    torch = pytest.importorskip("torch")
+    import cupy
+
+    import flashcore_cupy as fc
+
+    for dtype in (torch.float16, torch.bfloat16):
+        q, k, v = (torch.randn(1, 4, 200, 64, device="cuda", dtype=dtype) for _ in range(3))
+        out = fc.attention(q, k, v, causal=True)
+        assert isinstance(out, cupy.ndarray)
+        assert fc.api._as_device_array(q, "q").data.ptr == q.data_ptr()   # zero-copy
+        ref = reference.attention(*(cupy.from_dlpack(x) for x in (q, k, v)), causal=True)
+        assert reference.rel_error(out, ref) <= TOL["fp16" if dtype == torch.float16 else "bf16"]
+
+
+def test_gpu_validation_errors(rng):
+    import cupy
+
+    import flashcore_cupy as fc
+
+    q, k, v = make_inputs(rng, "fp16", 64, "bhsd", (1, 2, 2), (16, 16))
+    with pytest.raises(TypeError, match="dtype"):
+        fc.attention(q, k, v.astype(cupy.float32))
+    with pytest.raises(ValueError, match="contiguous last dimension"):
+        fc.attention(q.transpose(0, 1, 3, 2), k, v)
+    with pytest.raises(ValueError, match="out has shape"):
+        fc.attention(q, k, v, out=cupy.empty((1, 2, 16, 32), cupy.float16))
+    with pytest.raises(ValueError, match="host memory"):
+        fc.attention(q, k.get(), v)

@@ -1,0 +1,57 @@
+"""The CLI through click's runner (CPU; `run` on a GPU is covered by the GPU suite)."""
+
+import pytest
+from click.testing import CliRunner
+
+from flashcore_cupy import cli
+from flashcore_cupy.shapes import bench_shapes, parse_shape
+
+
+def test_run_without_gpu_says_so_and_exits_2(monkeypatch):
+    monkeypatch.setattr(cli, "gpu_count", lambda: 0)
+    result = CliRunner().invoke(cli.main, ["run", "--shape", "mission"])
+    assert result.exit_code == 2
+    assert "no CUDA GPU found" in result.output and "check" in result.output
+    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_run_rejects_unknown_shapes():
+    result = CliRunner().invoke(cli.main, ["run", "--shape", "huge"])
+    assert result.exit_code == 2 and "B,H,S,D" in result.output
+
+
+def test_check_compiles_and_prints_a_table():
+    result = CliRunner().invoke(cli.main, ["check", "--arch", "sm_86"])
+    assert result.exit_code == 0, result.output
+    assert "fp16 D128" in result.output and "regs" in result.output
+    assert "16 of 16 kernel instantiations ok" in result.output
+
+
+def test_check_rejects_unknown_arch():
+    result = CliRunner().invoke(cli.main, ["check", "--arch", "sm_75"])
+    assert result.exit_code == 2 and "sm_80" in result.output
+
+
+def test_info_runs_without_gpu():
+    result = CliRunner().invoke(cli.main, ["info"])
+    assert result.exit_code == 0, result.output
+    assert "kernels:" in result.output and "CuPy" in result.output
+
+
+def test_shape_parsing():
+    names = [s.name for s in bench_shapes()]
+    assert "mission" in names and len(names) >= 9
+    m = parse_shape("mission")
+    assert (m.batch, m.heads_q, m.seqlen_q, m.head_dim, m.causal) == (1, 8, 512, 64, False)
+    s = parse_shape("2,4,100,128", causal=True)
+    assert (s.batch, s.heads_q, s.heads_kv, s.seqlen_k, s.causal) == (2, 4, 4, 100, True)
+    assert s.flops == 4 * 2 * 4 * 100 * 100 * 128 / 2
+    with pytest.raises(ValueError):
+        parse_shape("2,4,100")
+
+
+def test_python_dash_m_is_the_same_cli():
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "-m", "flashcore_cupy", "--help"], capture_output=True, text=True)
+    assert r.returncode == 0 and "check" in r.stdout and "run" in r.stdout

@@ -1,0 +1,51 @@
+"""Every kernel dispatch can choose compiles for every target arch, with no GPU (CPU)."""
+
+import pytest
+
+from flashcore_cupy import configs, loader
+
+
+@pytest.mark.parametrize("arch", configs.SUPPORTED_ARCHS)
+def test_every_dispatchable_kernel_compiles_without_spills(arch):
+    for cfg in configs.all_configs(arch):
+        report = loader.compile_only(cfg, arch)
+        assert report.spill_bytes == 0 and report.stack_frame_bytes == 0, (arch, str(cfg), report)
+        assert 0 < report.registers <= 255
+        assert report.static_smem_bytes + cfg.smem_bytes <= configs.SMEM_LIMIT[arch], (arch, str(cfg))
+
+
+def test_compile_error_names_file_expression_options_and_log():
+    bad = configs.FwdConfig("fp16", 48, 4, 1, 64)   # HEAD_DIM 48 violates a static_assert
+    with pytest.raises(loader.KernelCompileError) as info:
+        loader.compile_only(bad, "sm_80")
+    msg = str(info.value)
+    assert "flash_fwd_sm80.cu" in msg and bad.name_expression in msg
+    assert "-arch=sm_80" in msg and "HEAD_DIM: multiple of 32" in msg
+
+
+def test_ptxas_report_parsing():
+    log = ("ptxas info    : Function properties for k\n"
+           "ptxas         .     16 bytes stack frame, 24 bytes spill stores, 8 bytes spill loads\n"
+           "ptxas info    : Used 96 registers, used 1 barriers, 2048 bytes smem, 400 bytes cmem[0]\n")
+    assert loader.parse_ptxas_log(log) == (96, 2048, 32, 16)
+    with pytest.raises(ValueError):
+        loader.parse_ptxas_log("nothing here")
+
+
+def test_options_carry_arch_and_a_hash_of_kernels(tmp_path, monkeypatch):
+    opts = loader.nvrtc_options("sm_90a")
+    assert "-std=c++17" in opts and "-arch=sm_90a" in opts
+    assert any(o.startswith("-DFLASHCORE_KERNELS_HASH=0x" + loader.source_hash()) for o in opts)
+    # a header edit changes the hash, so CuPy's disk cache recompiles
+    for f in loader.KERNEL_DIR.iterdir():
+        (tmp_path / f.name).write_bytes(f.read_bytes())
+    monkeypatch.setattr(loader, "KERNEL_DIR", tmp_path)
+    before = loader.source_hash()
+    (tmp_path / "mma_sm80.cuh").write_text((tmp_path / "mma_sm80.cuh").read_text() + "\n// edit\n")
+    assert loader.source_hash() != before
+
+
+def test_arch_for_capability():
+    assert loader.arch_for_capability(9, 0) == "sm_90a"
+    assert loader.arch_for_capability(8, 6) == "sm_86"
+    assert loader.arch_for_capability(8, 0) == "sm_80"

@@ -1,0 +1,138 @@
+"""Every bad input is refused before a launch, naming the argument (CPU)."""
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+import flashcore_cupy as fc
+from flashcore_cupy.validation import (TensorSpec, check_capability, check_options, check_out,
+                                       check_problem)
+
+F16, BF16 = np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16)
+
+
+def spec(name, shape, dtype=F16, device=0, strides=None, ptr=1 << 20):
+    if strides is None:
+        strides = tuple(int(np.prod(shape[i + 1:])) for i in range(len(shape)))
+    return TensorSpec(name, tuple(shape), tuple(strides), np.dtype(dtype), device, ptr)
+
+
+def qkv(q_shape=(2, 8, 100, 64), kv_shape=(2, 2, 80, 64), **kw):
+    return spec("q", q_shape, **kw), spec("k", kv_shape, **kw), spec("v", kv_shape, **kw)
+
+
+def plan(q, k, v, layout="bhsd", causal=False, scale=None):
+    return check_problem(q, k, v, causal=causal, scale=scale, layout=layout)
+
+
+def test_valid_gqa_problem_is_described():
+    p = plan(*qkv())
+    assert (p.batch, p.heads_q, p.heads_kv, p.seqlen_q, p.seqlen_k, p.head_dim) == (2, 8, 2, 100, 80, 64)
+    assert p.scale == pytest.approx(1 / 8) and p.dtype == "fp16"
+    assert p.q_strides == (8 * 100 * 64, 100 * 64, 64)
+
+
+def test_bshd_layout_reads_seq_and_heads_swapped():
+    q, k, v = qkv((2, 100, 8, 64), (2, 80, 2, 64))
+    p = plan(q, k, v, layout="bshd")
+    assert (p.heads_q, p.heads_kv, p.seqlen_q, p.seqlen_k) == (8, 2, 100, 80)
+    assert p.q_strides == (100 * 8 * 64, 64, 8 * 64) and p.out_shape == (2, 100, 8, 64)
+
+
+def test_bf16_and_strided_views_are_accepted():
+    q, k, v = qkv(dtype=BF16)
+    assert plan(q, k, v).dtype == "bf16"
+    # q as a slice of a packed (B, S, 3, H, D) qkv buffer, bshd layout
+    packed = spec("q", (2, 100, 8, 64), strides=(100 * 3 * 8 * 64, 3 * 8 * 64, 64, 1))
+    assert plan(packed, spec("k", (2, 80, 2, 64)), spec("v", (2, 80, 2, 64)), layout="bshd").q_strides == (
+        100 * 3 * 8 * 64, 64, 3 * 8 * 64)
+
+
+@pytest.mark.parametrize("make, exc, words", [
+    (lambda: qkv(dtype=np.float32), TypeError, ["q", "float16 or bfloat16"]),
+    (lambda: (spec("q", (2, 8, 100, 64)), spec("k", (2, 2, 80, 64), BF16), spec("v", (2, 2, 80, 64), BF16)),
+     TypeError, ["one dtype"]),
+    (lambda: (spec("q", (8, 100, 64)),) + qkv()[1:], ValueError, ["q", "4-D"]),
+    (lambda: qkv((2, 8, 100, 64), (2, 3, 80, 64)), ValueError, ["multiple", "heads"]),
+    (lambda: qkv((2, 8, 100, 64), (3, 2, 80, 64)), ValueError, ["batch"]),
+    (lambda: qkv((2, 8, 100, 64), (2, 2, 80, 32)), ValueError, ["head_dim"]),
+    (lambda: (qkv()[0], spec("k", (2, 2, 80, 64)), spec("v", (2, 2, 81, 64))), ValueError, ["k and v", "shape"]),
+    (lambda: qkv((2, 8, 100, 60), (2, 2, 80, 60)), ValueError, ["head_dim", "multiple of 8"]),
+    (lambda: qkv((2, 8, 100, 264), (2, 2, 80, 264)), ValueError, ["head_dim", "256"]),
+    (lambda: qkv((2, 8, 0, 64), (2, 2, 80, 64)), ValueError, ["q", "empty"]),
+    (lambda: qkv(device=None), ValueError, ["q", "host memory"]),
+    (lambda: (spec("q", (2, 8, 100, 64), device=1),) + qkv()[1:], ValueError, ["one device"]),
+    (lambda: (spec("q", (2, 8, 100, 64), strides=(51200, 6400, 1, 100)),) + qkv()[1:],
+     ValueError, ["q", "contiguous last dimension"]),
+    (lambda: (spec("q", (2, 8, 100, 64), strides=(51204, 6400, 64, 1)),) + qkv()[1:],
+     ValueError, ["q", "aligned"]),
+    (lambda: (spec("q", (2, 8, 100, 64), ptr=(1 << 20) + 2),) + qkv()[1:], ValueError, ["q", "aligned"]),
+    (lambda: qkv((70000, 8, 100, 64), (70000, 2, 80, 64)), ValueError, ["batch", "65535"]),
+])
+def test_bad_inputs_raise_naming_the_argument(make, exc, words):
+    with pytest.raises(exc) as info:
+        plan(*make())
+    for w in words:
+        assert w in str(info.value)
+
+
+@pytest.mark.parametrize("out, exc, words", [
+    (spec("out", (2, 8, 100, 64), BF16), TypeError, ["out", "dtype"]),
+    (spec("out", (2, 100, 8, 64)), ValueError, ["out", "shape", "(2, 8, 100, 64)"]),
+    (spec("out", (2, 8, 100, 64), device=None), ValueError, ["out", "host"]),
+    (spec("out", (2, 8, 100, 64), device=3), ValueError, ["out", "device"]),
+    (spec("out", (2, 8, 100, 64), strides=(51200, 6400, 1, 100)), ValueError, ["out", "contiguous"]),
+])
+def test_bad_out_buffers(out, exc, words):
+    with pytest.raises(exc) as info:
+        check_out(out, plan(*qkv()))
+    for w in words:
+        assert w in str(info.value)
+
+
+@pytest.mark.parametrize("kwargs, exc, word", [
+    (dict(causal=1), TypeError, "causal"),
+    (dict(return_lse="yes"), TypeError, "return_lse"),
+    (dict(layout="bsdh"), ValueError, "layout"),
+    (dict(scale="0.1"), TypeError, "scale"),
+    (dict(scale=float("nan")), ValueError, "scale"),
+])
+def test_bad_options(kwargs, exc, word):
+    args = dict(causal=False, scale=None, layout="bhsd", return_lse=False) | kwargs
+    with pytest.raises(exc, match=word):
+        check_options(**args)
+
+
+def test_arch_below_sm80_is_refused():
+    with pytest.raises(ValueError, match="compute capability 7.5.*sm_80"):
+        check_capability((7, 5), 0)
+    check_capability((8, 0), 0)
+    check_capability((9, 0), 0)
+
+
+def test_host_arrays_are_refused_by_the_public_api_without_touching_a_gpu():
+    x = np.zeros((1, 1, 8, 64), np.float16)
+    with pytest.raises(ValueError, match="q is a NumPy array in host memory"):
+        fc.attention(x, x, x)
+
+
+def test_cpu_dlpack_arrays_are_refused():
+    class CpuDlpack:
+        def __dlpack_device__(self):
+            return (1, 0)   # kDLCPU
+
+    with pytest.raises(ValueError, match="q is not on a CUDA device"):
+        fc.attention(CpuDlpack(), CpuDlpack(), CpuDlpack())
+
+
+def test_unknown_objects_are_a_type_error():
+    with pytest.raises(TypeError, match="q must be a cupy.ndarray"):
+        fc.attention([[1.0]], [[1.0]], [[1.0]])
+
+
+def test_bad_backend_and_options_fail_first():
+    x = np.zeros((1, 1, 8, 64), np.float16)
+    with pytest.raises(ValueError, match="backend"):
+        fc.attention(x, x, x, backend="triton")
+    with pytest.raises(ValueError, match="layout"):
+        fc.attention(x, x, x, layout="sbhd")
