@@ -8,6 +8,7 @@ import math
 def attention(q, k, v, *, causal: bool = False, scale: float | None = None, layout: str = "bhsd"):
     import cupy
 
+    dtype = q.dtype
     if layout == "bshd":
         q, k, v = (x.transpose(0, 2, 1, 3) for x in (q, k, v))
     seqlen_q, seqlen_k, head_dim = q.shape[2], k.shape[2], q.shape[3]
@@ -15,6 +16,8 @@ def attention(q, k, v, *, causal: bool = False, scale: float | None = None, layo
     if group > 1:
         k, v = cupy.repeat(k, group, axis=1), cupy.repeat(v, group, axis=1)
     scale = 1.0 / math.sqrt(head_dim) if scale is None else scale
+    if q.dtype != cupy.float16:   # cuBLAS through CuPy has no bf16 matmul: compute in fp32
+        q, k, v = (x.astype(cupy.float32) for x in (q, k, v))
     s = cupy.matmul(q, k.transpose(0, 1, 3, 2)).astype(cupy.float32) * scale
     if causal:
         rows = cupy.arange(seqlen_q)[:, None]
@@ -22,5 +25,5 @@ def attention(q, k, v, *, causal: bool = False, scale: float | None = None, layo
     s -= s.max(axis=-1, keepdims=True)
     p = cupy.exp(s)
     p /= p.sum(axis=-1, keepdims=True)
-    out = cupy.matmul(p.astype(q.dtype), v)
+    out = cupy.matmul(p.astype(q.dtype), v).astype(dtype)
     return out.transpose(0, 2, 1, 3) if layout == "bshd" else out

@@ -6,26 +6,23 @@ OUT=${OUT:-/tmp/flashcore-out}
 mkdir -p "$OUT"
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 status=0
-{
-  date -u
-  nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv
-  python3 -m flashcore_cupy info
-} 2>&1 | tee "$OUT/device.txt"
 
-python3 -m pytest tests -q -rs -p no:cacheprovider ${PYTEST_ARGS:-} 2>&1 | tee "$OUT/pytest_gpu.txt" || status=1
+step() {   # step LOGFILE CMD...: run CMD, append its output to $OUT/LOGFILE, remember a failure
+  local log=$1; shift
+  echo "\$ $*" | tee -a "$OUT/$log"
+  "$@" 2>&1 | tee -a "$OUT/$log"
+  [ "${PIPESTATUS[0]}" -eq 0 ] || { status=1; echo "FAILED: $*" | tee -a "$OUT/$log"; }
+}
 
-{
-  for args in "--shape mission" "--shape mission --dtype bf16" "--shape b2-h16-s4k-d128-causal"; do
-    echo "\$ flashcore-cupy run $args"
-    python3 -m flashcore_cupy run $args || status=1
-  done
-} 2>&1 | tee "$OUT/run.txt"
-
-{
-  for tool in memcheck racecheck synccheck; do
-    echo "\$ compute-sanitizer --tool $tool python3 scripts/sanitize_case.py"
-    compute-sanitizer --tool $tool --error-exitcode 3 python3 scripts/sanitize_case.py || status=1
-  done
-} 2>&1 | tee "$OUT/sanitizer.txt"
+step device.txt date -u
+step device.txt nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv
+step device.txt python3 -m flashcore_cupy info
+step pytest_gpu.txt python3 -m pytest tests -q -rs -p no:cacheprovider ${PYTEST_ARGS:-}
+step run.txt python3 -m flashcore_cupy run --shape mission
+step run.txt python3 -m flashcore_cupy run --shape mission --dtype bf16
+step run.txt python3 -m flashcore_cupy run --shape b2-h16-s4k-d128-causal
+for tool in memcheck racecheck synccheck; do
+  step sanitizer.txt compute-sanitizer --tool $tool --error-exitcode 3 python3 scripts/sanitize_case.py
+done
 echo "gpu_suite exit status: $status"
 exit $status
