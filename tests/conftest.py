@@ -6,6 +6,10 @@ from flashcore_cupy.cli import gpu_count
 HAS_GPU = gpu_count() > 0
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "gpu: needs a CUDA GPU (skipped without one)")
+
+
 def pytest_collection_modifyitems(config, items):
     if HAS_GPU:
         return
