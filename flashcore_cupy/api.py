@@ -1,22 +1,29 @@
-"""The public entry point: `attention(q, k, v, ...)`."""
+"""The public entry point: `attention(q, k, v, ...)`.
+
+The first call with a given signature (shapes, strides, dtypes, device,
+options) validates everything, picks and compiles the kernel and prepares a
+`FwdLaunch`; later calls with that signature check only what can change
+between them (the arrays' addresses) and launch.
+"""
 
 from __future__ import annotations
 
 import functools
-import math
 from typing import Any, Literal
 
 import numpy as np
 
 from . import loader
 from .configs import FwdConfig, choose_config
+from .launch import FwdLaunch
 from .validation import (Problem, TensorSpec, check_capability, check_options, check_out,
                          check_problem, layout_strides)
 
 Backend = Literal["auto", "sm80"]
 BACKENDS = ("auto", "sm80")
 _DLPACK_CUDA_DEVICES = (2, 3, 13)   # kDLCUDA, kDLCUDAHost, kDLCUDAManaged
-_NULL = np.uint64(0)
+_ALIGN_MASK = 15                    # validation's 16-byte rule, rechecked per call
+_MAX_CACHED_LAUNCHES = 4096
 
 
 def _as_device_array(x: Any, name: str):
@@ -43,21 +50,76 @@ def _as_device_array(x: Any, name: str):
 def _spec(a, name: str) -> TensorSpec:
     item = a.dtype.itemsize
     return TensorSpec(name, tuple(a.shape), tuple(s // item for s in a.strides), np.dtype(a.dtype),
-                      a.device.id, a.data.ptr)
+                      a.data.device_id, a.data.ptr)
 
 
 @functools.lru_cache(maxsize=None)
-def _device_arch(device_id: int) -> tuple[tuple[int, int], str]:
+def device_info(device_id: int) -> tuple[tuple[int, int], str, int]:
+    """(compute capability, NVRTC arch, SM count) of a device."""
     import cupy
 
-    cc = cupy.cuda.Device(device_id).compute_capability   # e.g. "90"
-    capability = (int(cc[:-1]), int(cc[-1]))
-    return capability, loader.arch_for_capability(*capability)
+    props = cupy.cuda.runtime.getDeviceProperties(device_id)
+    capability = (props["major"], props["minor"])
+    return capability, loader.arch_for_capability(*capability), props["multiProcessorCount"]
 
 
-def plan(problem: Problem, arch: str, backend: Backend) -> FwdConfig:
-    """Which kernel runs this problem. Every backend maps to the sm_80 kernel for now."""
-    return choose_config(arch, problem.dtype, problem.head_dim)
+def plan(problem: Problem, device_id: int, backend: Backend) -> tuple[FwdConfig, str]:
+    """Which kernel runs this problem, and for which arch. Every backend is the sm_80 kernel for now."""
+    capability, arch, num_sms = device_info(device_id)
+    check_capability(capability, device_id)
+    return choose_config(arch, problem.dtype, problem.head_dim,
+                         problem.batch * problem.heads_q, problem.seqlen_q, num_sms), arch
+
+
+def _contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(int(np.prod(shape[i + 1:], dtype=np.int64)) for i in range(len(shape)))
+
+
+def _prepare(q, k, v, out, causal, scale, layout, return_lse, backend, config=None):
+    """The slow path: convert, validate, choose (unless `config` is given) and compile."""
+    check_options(causal, scale, layout, return_lse)
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    q, k, v = _as_device_array(q, "q"), _as_device_array(k, "k"), _as_device_array(v, "v")
+    problem = check_problem(_spec(q, "q"), _spec(k, "k"), _spec(v, "v"),
+                            causal=causal, scale=scale, layout=layout)
+    if out is not None:
+        out = _as_device_array(out, "out")
+        check_out(_spec(out, "out"), problem)
+        o_strides = layout_strides(_spec(out, "out"), layout)
+    else:
+        o_strides = layout_strides(
+            TensorSpec("out", problem.out_shape, _contiguous_strides(problem.out_shape),
+                       q.dtype, problem.device, 0), layout)
+    chosen, arch = plan(problem, problem.device, backend)
+    return q, k, v, out, FwdLaunch.build(problem, config or chosen, arch, o_strides, return_lse)
+
+
+_launches: dict[tuple, FwdLaunch] = {}
+
+
+def _signature(q, k, v, out, causal, scale, layout, return_lse, backend):
+    """Everything validation looked at except the addresses; None when not on the fast path."""
+    nd = _cupy_ndarray()
+    if not (type(q) is nd and type(k) is nd and type(v) is nd and (out is None or type(out) is nd)
+            and type(causal) is bool and type(return_lse) is bool):
+        return None
+    ptrs = q.data.ptr | k.data.ptr | v.data.ptr | (0 if out is None else out.data.ptr)
+    if ptrs & _ALIGN_MASK:
+        return None
+    try:
+        return (q.shape, q.strides, q.dtype, q.data.device_id, k.shape, k.strides, k.dtype,
+                k.data.device_id, v.shape, v.strides, v.dtype, v.data.device_id,
+                None if out is None else (out.shape, out.strides, out.dtype, out.data.device_id),
+                causal, scale, layout, return_lse, backend, hash(scale))
+    except TypeError:   # an unhashable option: let validation name it
+        return None
+
+
+@functools.cache
+def _cupy_ndarray():
+    import cupy
+    return cupy.ndarray
 
 
 def attention(q: Any, k: Any, v: Any, *, causal: bool = False, scale: float | None = None,
@@ -76,31 +138,43 @@ def attention(q: Any, k: Any, v: Any, *, causal: bool = False, scale: float | No
     """
     import cupy
 
-    check_options(causal, scale, layout, return_lse)
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    qa, ka, va = _as_device_array(q, "q"), _as_device_array(k, "k"), _as_device_array(v, "v")
-    problem = check_problem(_spec(qa, "q"), _spec(ka, "k"), _spec(va, "v"),
-                            causal=causal, scale=scale, layout=layout)
-    capability, arch = _device_arch(problem.device)
-    check_capability(capability, problem.device)
-    if out is not None:
-        out = _as_device_array(out, "out")
-        check_out(_spec(out, "out"), problem)
-    config = plan(problem, arch, backend)
+    key = _signature(q, k, v, out, causal, scale, layout, return_lse, backend)
+    launch = _launches.get(key) if key is not None else None
+    if launch is None:
+        q, k, v, out, launch = _prepare(q, k, v, out, causal, scale, layout, return_lse, backend)
+        if key is not None:
+            if len(_launches) >= _MAX_CACHED_LAUNCHES:
+                _launches.clear()
+            _launches[key] = launch
 
-    with cupy.cuda.Device(problem.device):
-        if out is None:
-            out = cupy.empty(problem.out_shape, dtype=qa.dtype)
-        lse = (cupy.empty((problem.batch, problem.heads_q, problem.seqlen_q), dtype=cupy.float32)
-               if return_lse else None)
-        kernel = loader.get_function(config, problem.device, arch)
-        o_strides = layout_strides(_spec(out, "out"), layout)
-        kernel(config.grid(problem.batch, problem.heads_q, problem.seqlen_q), (config.threads,),
-               (qa, ka, va, out, _NULL if lse is None else lse,
-                *map(np.int64, problem.q_strides + problem.k_strides + problem.v_strides + o_strides),
-                np.int32(problem.seqlen_q), np.int32(problem.seqlen_k), np.int32(problem.head_dim),
-                np.int32(problem.heads_q // problem.heads_kv),
-                np.float32(problem.scale * math.log2(math.e)), np.int32(problem.causal)),
-               shared_mem=config.smem_bytes)
-    return (out, lse) if return_lse else out
+    if cupy.cuda.runtime.getDevice() == launch.device:
+        return _run(launch, q, k, v, out)
+    with cupy.cuda.Device(launch.device):
+        return _run(launch, q, k, v, out)
+
+
+def attention_with_config(config: FwdConfig, q, k, v, *, causal: bool = False,
+                          scale: float | None = None, layout: str = "bhsd",
+                          return_lse: bool = False, out: Any = None):
+    """`attention` with a given kernel config instead of dispatch's: for tests and tile search.
+
+    Not cached: every call validates and prepares its launch.
+    """
+    import cupy
+
+    q, k, v, out, launch = _prepare(q, k, v, out, causal, scale, layout, return_lse, "auto", config)
+    with cupy.cuda.Device(launch.device):
+        return _run(launch, q, k, v, out)
+
+
+def _run(launch: FwdLaunch, q, k, v, out):
+    import cupy
+
+    if out is None:
+        out = cupy.empty(launch.out_shape, dtype=q.dtype)
+    if launch.lse_shape is None:
+        launch(q, k, v, out, None)
+        return out
+    lse = cupy.empty(launch.lse_shape, dtype=cupy.float32)
+    launch(q, k, v, out, lse)
+    return out, lse

@@ -53,7 +53,7 @@ def check_rows(seqlen_q: int, rng: np.random.Generator) -> np.ndarray:
     return np.sort(np.concatenate([[0, seqlen_q - 1], inner]))
 
 
-def verify(shape: Shape, dtype: str, q, k, v, out, rng: np.random.Generator) -> float:
+def verify(shape: Shape, q, k, v, out, rng: np.random.Generator) -> float:
     """Relative L2 error of `out` (bhsd) against the float64 reference on sampled rows."""
     from . import reference
 
@@ -100,7 +100,7 @@ def run(shape_text: str, dtype: str, causal: bool, iters: int) -> None:
     q, k, v = random_inputs(shape, dtype, rng)
     out = cupy.full(q.shape, np.nan, dtype=q.dtype)   # poisoned: every element must be written
     api.attention(q, k, v, causal=shape.causal, out=out)
-    err = verify(shape, dtype, q, k, v, out, rng)
+    err = verify(shape, q, k, v, out, rng)
     passed = err <= TOLERANCE[dtype]
     click.echo(f"check: rel L2 error {err:.2e} vs float64 reference "
                f"(limit {TOLERANCE[dtype]:.0e}) {'PASS' if passed else 'FAIL'}")
@@ -201,3 +201,36 @@ def check(archs: list[str]) -> None:
                    f"{r.spill_bytes:>7} {r.seconds:>5.2f}  {'; '.join(problems) or 'ok'}")
     click.echo(f"{len(jobs) - failures} of {len(jobs)} kernel instantiations ok")
     sys.exit(1 if failures else 0)
+
+
+@main.command()
+@click.option("--shape", "shape_names", multiple=True, help="Shape name(s) from the list; default all.")
+@click.option("--dtype", "dtypes", multiple=True, type=click.Choice(list(TOLERANCE)),
+              help="Default: fp16 and bf16.")
+@click.option("--impl", "impls", multiple=True, help="Implementation(s); default all available.")
+@click.option("--iters", type=click.IntRange(5), default=50, show_default=True)
+@click.option("--out", "out_path", type=click.Path(dir_okay=False), help="Write the JSON here.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False),
+              help="Draw TFLOP/s per shape and implementation to this PNG (needs matplotlib).")
+def bench(shape_names, dtypes, impls, iters, out_path, plot_path) -> None:
+    """Benchmark the shape list against naive CuPy and PyTorch SDPA, validated first."""
+    from . import bench as bench_mod
+    from .shapes import bench_shapes
+
+    known = {s.name for s in bench_shapes()}
+    if set(shape_names) - known:
+        raise click.BadParameter(f"unknown shape(s) {sorted(set(shape_names) - known)}; "
+                                 f"known: {sorted(known)}", param_hint="--shape")
+    if set(impls) - set(bench_mod.IMPLS):
+        raise click.BadParameter(f"expected some of {bench_mod.IMPLS}", param_hint="--impl")
+    if gpu_count() == 0:
+        click.echo("no CUDA GPU found: `flashcore-cupy bench` needs one.")
+        sys.exit(2)
+    dt = ["float16" if d == "fp16" else "bfloat16" for d in (dtypes or TOLERANCE)]
+    result = bench_mod.main(list(shape_names), dt, list(impls or bench_mod.IMPLS), iters,
+                            out_path, plot_path)
+    bad = [r for r in result["rows"] if r["impl"].startswith("flashcore")
+           and not r["rel_err"] <= TOLERANCE["fp16" if r["dtype"] == "float16" else "bf16"]]
+    click.echo(f"correctness: {len(bad)} flashcore case(s) over tolerance" if bad else
+               "correctness: every timed flashcore case passed its check")
+    sys.exit(1 if bad else 0)

@@ -64,8 +64,9 @@ class FwdConfig:
 # Tile table: (arch family, largest template head dim) -> (warps, m_tiles, block_n).
 # The first row whose head-dim bound covers the problem wins.
 #  - D <= 64: 128 query rows as 4 warps x 2 slices (FA2's 128-row tile); 128-key
-#    tiles were rejected: S alone would take 128 registers per thread.
-#  - D <= 128: 8 warps x 1 slice; 4 warps x 2 slices spills (255 registers).
+#    tiles were rejected: S alone would take 128 registers per thread and spills.
+#  - D <= 128: 8 warps x 1 slice. 4 warps x 2 slices (Q re-read from shared
+#    memory) fits in 255 registers only just: measured in docs/PERF_NOTES.md.
 #  - D > 128: Q no longer fits in registers next to O; 32-key tiles keep S small.
 #    128 rows need 101 KB of shared memory, over sm_86/89's 99 KB: 64 rows there.
 _TILE_TABLE: dict[str, tuple[tuple[int, tuple[int, int, int]], ...]] = {
@@ -74,6 +75,9 @@ _TILE_TABLE: dict[str, tuple[tuple[int, tuple[int, int, int]], ...]] = {
 }
 _ARCH_FAMILY = {"sm_80": "large_smem", "sm_90a": "large_smem",
                 "sm_86": "small_smem", "sm_89": "small_smem"}
+# When 128-row tiles would leave SMs idle (short sequences, few heads), 64-row
+# tiles (4 warps x 1 slice) double the CTAs and halve each warp's serial work.
+_SMALL_GRID_TILE = {64: (4, 1, 64), 128: (4, 1, 64), 256: (4, 1, 32)}
 
 
 def arch_family(arch: str) -> str:
@@ -86,16 +90,21 @@ def bucket_head_dim(head_dim: int) -> int:
 
 
 @functools.lru_cache(maxsize=None)
-def choose_config(arch: str, dtype: str, head_dim: int) -> FwdConfig:
+def choose_config(arch: str, dtype: str, head_dim: int, batch_heads: int = 1 << 30,
+                  seqlen_q: int = 1 << 30, num_sms: int = 1) -> FwdConfig:
     """The kernel config for one problem class (pure; cached)."""
     hd = bucket_head_dim(head_dim)
-    for bound, (warps, m_tiles, block_n) in _TILE_TABLE[arch_family(arch)]:
+    for bound, tile in _TILE_TABLE[arch_family(arch)]:
         if hd <= bound:
-            return FwdConfig(dtype, hd, warps, m_tiles, block_n)
+            config = FwdConfig(dtype, hd, *tile)
+            if batch_heads * -(-seqlen_q // config.block_m) < num_sms:
+                config = FwdConfig(dtype, hd, *_SMALL_GRID_TILE[bound])
+            return config
     raise AssertionError(f"no tile for head_dim={head_dim}")  # validation bounds head_dim
 
 
 def all_configs(arch: str) -> list[FwdConfig]:
     """Every config `choose_config` can return on `arch`."""
-    return sorted({choose_config(arch, dt, hd) for dt in DTYPES for hd in HEAD_DIM_BUCKETS},
-                  key=lambda c: (c.dtype, c.head_dim))
+    return sorted({choose_config(arch, dt, hd, batch_heads=1, seqlen_q=sq, num_sms=2)
+                   for dt in DTYPES for hd in HEAD_DIM_BUCKETS for sq in (1, 1 << 20)},
+                  key=lambda c: (c.dtype, c.head_dim, c.block_m))

@@ -38,9 +38,9 @@ struct FwdTile {
     static constexpr int kDTiles = HEAD_DIM / 8;        // n8 tiles of O
     static constexpr int kNTiles = BLOCK_N / 8;         // n8 tiles of S
     static constexpr int kKvSteps = BLOCK_N / 16;       // k-steps of P V
-    // Q fragments stay in registers up to D = 128; above, O alone needs
-    // HEAD_DIM/2 registers per row slice, so Q is re-read from shared memory.
-    static constexpr bool kQInRegs = HEAD_DIM <= 128;
+    // Q fragments (M_TILES * HEAD_DIM / 4 registers) stay in registers while
+    // they fit beside O and S; past that Q is re-read from shared memory per k-step.
+    static constexpr bool kQInRegs = M_TILES * HEAD_DIM <= 128;
     static constexpr int kSmemQ = kBlockM * kRowStride;
     static constexpr int kSmemKV = BLOCK_N * kRowStride;
 
@@ -49,31 +49,54 @@ struct FwdTile {
     static_assert(WARPS >= 1 && WARPS <= 16 && M_TILES >= 1, "bad warp layout");
 };
 
-// rows x HEAD_DIM tile, global (row stride `ld`) -> padded shared memory.
+// ROWS x HEAD_DIM tile, global (row stride `ld`) -> padded shared memory at
+// byte address `s`. Thread t copies 16-byte chunk t % kChunks of rows
+// t / kChunks + pass * kRowsPerPass: one pointer and compile-time steps, which
+// keeps registers free (threads past kRowsPerPass whole rows sit out).
 template <class Tile, int ROWS>
-__device__ __forceinline__ void load_tile(u16* s, const u16* g, i64 ld, int rows_valid,
+__device__ __forceinline__ void load_tile(u32 s, const u16* g, i64 ld, int rows_valid,
                                           int cols_valid, int tid) {
-    constexpr int kChunks = Tile::kRowStride / 8 - 1;   // 16-byte chunks per row
+    constexpr int kChunks = Tile::kDTiles;   // 16-byte chunks per row
+    constexpr int kRowsPerPass = Tile::kThreads / kChunks;
+    const int r0 = tid / kChunks, c = tid % kChunks;
+    if (r0 >= kRowsPerPass) return;
+    const bool col_ok = c * 8 < cols_valid;
+    const u16* src = g + r0 * ld + c * 8;
+    const u32 dst = s + 2 * (r0 * Tile::kRowStride + c * 8);
     #pragma unroll
-    for (int i = tid; i < ROWS * kChunks; i += Tile::kThreads) {
-        const int r = i / kChunks, c = i % kChunks;
-        const bool ok = r < rows_valid && c * 8 < cols_valid;
-        cp_async_16(smem_addr(s + r * Tile::kRowStride + c * 8), ok ? g + r * ld + c * 8 : g,
-                    ok ? 16 : 0);
+    for (int pass = 0; pass < (ROWS + kRowsPerPass - 1) / kRowsPerPass; ++pass) {
+        const int r = r0 + pass * kRowsPerPass;
+        if (ROWS % kRowsPerPass != 0 && r >= ROWS) break;
+        const bool ok = col_ok && r < rows_valid;
+        cp_async_16(dst + 2 * pass * kRowsPerPass * Tile::kRowStride,
+                    ok ? src + pass * kRowsPerPass * ld : g, ok ? 16 : 0);
     }
 }
 
-// A fragment of one 16x16 block of a row-major shared tile.
+// Per-lane byte addresses of the three ldmatrix patterns within a tile; the
+// fragment offsets added to them below are compile-time immediates.
+//  A (Q, 16x16 row-major):    lane -> row lane%16, column 8*(lane/16)
+//  B (K as K^T, two n8 tiles): lane -> key lane%8 + 8*(lane/16), column 8*((lane/8)%2)
+//  B (V, transposed):          lane -> key lane%8 + 8*((lane/8)%2), column 8*(lane/16)
 template <class Tile>
-__device__ __forceinline__ void load_a_frag(u32 (&a)[4], const u16* s, int row, int col, int lane) {
-    ldmatrix_x4(a, smem_addr(s + (row + lane % 16) * Tile::kRowStride + col + (lane / 16) * 8));
-}
+struct LaneAddrs {
+    u32 q, k, v;
+    __device__ __forceinline__ LaneAddrs(const u16* sQ, const u16* sK, const u16* sV, int warp_row,
+                                         int lane)
+        : q(smem_addr(sQ + (warp_row + lane % 16) * Tile::kRowStride + (lane / 16) * 8)),
+          k(smem_addr(sK + (lane % 8 + (lane / 16) * 8) * Tile::kRowStride + ((lane / 8) % 2) * 8)),
+          v(smem_addr(sV + (lane % 8 + ((lane / 8) % 2) * 8) * Tile::kRowStride + (lane / 16) * 8)) {}
+};
+
+// Byte offset of element (row, col) in a padded tile.
+template <class Tile>
+__device__ constexpr u32 tile_offset(int row, int col) { return 2u * (row * Tile::kRowStride + col); }
 
 // S(rows of this warp, BLOCK_N) = Q K_j^T
 template <class T, class Tile, int M_TILES>
 __device__ __forceinline__ void qk_gemm(float (&s)[M_TILES][Tile::kNTiles][4],
                                         const u32 (&q_frag)[M_TILES][Tile::kDSteps][4],
-                                        const u16* sQ, const u16* sK, int warp_row, int lane) {
+                                        const LaneAddrs<Tile>& addr) {
     #pragma unroll
     for (int mt = 0; mt < M_TILES; ++mt)
         #pragma unroll
@@ -90,7 +113,7 @@ __device__ __forceinline__ void qk_gemm(float (&s)[M_TILES][Tile::kNTiles][4],
                 #pragma unroll
                 for (int e = 0; e < 4; ++e) a[mt][e] = q_frag[mt][ks][e];
             } else {
-                load_a_frag<Tile>(a[mt], sQ, warp_row + mt * 16, ks * 16, lane);
+                ldmatrix_x4(a[mt], addr.q + tile_offset<Tile>(mt * 16, ks * 16));
             }
         }
         #pragma unroll
@@ -98,8 +121,7 @@ __device__ __forceinline__ void qk_gemm(float (&s)[M_TILES][Tile::kNTiles][4],
             // B = K^T: rows of K are the n index; non-transposed ldmatrix gives b0/b1
             // of n-tiles 2np and 2np+1.
             u32 b[4];
-            const int key = np * 16 + lane % 8 + (lane / 16) * 8;
-            ldmatrix_x4(b, smem_addr(sK + key * Tile::kRowStride + ks * 16 + ((lane / 8) % 2) * 8));
+            ldmatrix_x4(b, addr.k + tile_offset<Tile>(np * 16, ks * 16));
             #pragma unroll
             for (int mt = 0; mt < M_TILES; ++mt) {
                 mma_16816<T>(s[mt][2 * np], a[mt], b[0], b[1]);
@@ -113,7 +135,7 @@ __device__ __forceinline__ void qk_gemm(float (&s)[M_TILES][Tile::kNTiles][4],
 template <class T, class Tile, int M_TILES>
 __device__ __forceinline__ void pv_gemm(float (&o)[M_TILES][Tile::kDTiles][4],
                                         const float (&p)[M_TILES][Tile::kNTiles][4],
-                                        const u16* sV, int lane) {
+                                        const LaneAddrs<Tile>& addr) {
     #pragma unroll
     for (int kk = 0; kk < Tile::kKvSteps; ++kk) {
         u32 a[M_TILES][4];
@@ -129,8 +151,7 @@ __device__ __forceinline__ void pv_gemm(float (&o)[M_TILES][Tile::kDTiles][4],
             // B = V (k = key, n = d) stored [key][d]: the transposed ldmatrix gives
             // b0/b1 of d-tiles 2dp and 2dp+1.
             u32 b[4];
-            const int key = kk * 16 + lane % 8 + ((lane / 8) % 2) * 8;
-            ldmatrix_x4_trans(b, smem_addr(sV + key * Tile::kRowStride + dp * 16 + (lane / 16) * 8));
+            ldmatrix_x4_trans(b, addr.v + tile_offset<Tile>(kk * 16, dp * 16));
             #pragma unroll
             for (int mt = 0; mt < M_TILES; ++mt) {
                 mma_16816<T>(o[mt][2 * dp], a[mt], b[0], b[1]);
@@ -179,14 +200,14 @@ __device__ __forceinline__ void online_softmax(float (&s)[M_TILES][Tile::kNTiles
             // A row with every key masked so far has m_new = -inf: subtract 0
             // instead, so that exp2 sees -inf - 0, never -inf - (-inf) = NaN.
             const float m_base = m_new == neg_inf() ? 0.f : m_new;
-            const float alpha = exp2f(m[mt][half] - m_base);
+            const float alpha = fast_exp2(m[mt][half] - m_base);
             m[mt][half] = m_new;
             float row_sum = 0.f;
             #pragma unroll
             for (int nt = 0; nt < Tile::kNTiles; ++nt)
                 #pragma unroll
                 for (int e = 2 * half; e < 2 * half + 2; ++e) {
-                    s[mt][nt][e] = exp2f(s[mt][nt][e] - m_base);
+                    s[mt][nt][e] = fast_exp2(s[mt][nt][e] - m_base);
                     row_sum += s[mt][nt][e];
                 }
             l[mt][half] = l[mt][half] * alpha + row_sum;   // per-lane partial; reduced at the end
@@ -198,14 +219,28 @@ __device__ __forceinline__ void online_softmax(float (&s)[M_TILES][Tile::kNTiles
         }
 }
 
+// One by-value argument: the host packs it with struct.Struct(FWD_PARAMS_FORMAT)
+// in flashcore_cupy/launch.py (one argument is far cheaper for CuPy to pass than 23).
+struct FwdParams {
+    const u16* q; const u16* k; const u16* v; u16* o;
+    float* lse;                                  // null: not requested
+    i64 q_sb, q_sh, q_ss, k_sb, k_sh, k_ss;      // (batch, head, seq) strides, elements
+    i64 v_sb, v_sh, v_ss, o_sb, o_sh, o_ss;
+    int seqlen_q, seqlen_k, head_dim, heads_per_kv;
+    float scale_log2;                            // scale * log2(e)
+    int causal;
+};
+static_assert(sizeof(FwdParams) == 160, "FwdParams: keep in step with launch.py");
+
 template <class T, int HEAD_DIM, int WARPS, int M_TILES, int BLOCK_N>
 __global__ void __launch_bounds__(WARPS * 32)
-flash_fwd(const u16* __restrict__ q, const u16* __restrict__ k, const u16* __restrict__ v,
-          u16* __restrict__ o, float* __restrict__ lse,
-          i64 q_sb, i64 q_sh, i64 q_ss, i64 k_sb, i64 k_sh, i64 k_ss,
-          i64 v_sb, i64 v_sh, i64 v_ss, i64 o_sb, i64 o_sh, i64 o_ss,
-          int seqlen_q, int seqlen_k, int head_dim, int heads_per_kv, float scale_log2, int causal) {
+flash_fwd(const FwdParams p) {
     using Tile = FwdTile<HEAD_DIM, WARPS, M_TILES, BLOCK_N>;
+    const u16* __restrict__ q = p.q;
+    const u16* __restrict__ k = p.k;
+    const u16* __restrict__ v = p.v;
+    const int seqlen_q = p.seqlen_q, seqlen_k = p.seqlen_k, head_dim = p.head_dim;
+    const bool causal = p.causal;
     extern __shared__ __align__(16) unsigned char smem[];
     u16* sQ = reinterpret_cast<u16*>(smem);
     u16* sK = sQ + Tile::kSmemQ;
@@ -216,19 +251,20 @@ flash_fwd(const u16* __restrict__ q, const u16* __restrict__ k, const u16* __res
     const int m_block = gridDim.x - 1 - blockIdx.x;   // longest causal rows start first
     const int row0 = m_block * Tile::kBlockM;
     const int head = blockIdx.y, batch = blockIdx.z;
-    const int head_kv = head / heads_per_kv;
+    const int head_kv = head / p.heads_per_kv;
 
-    const u16* q_tile = q + batch * q_sb + head * q_sh + row0 * q_ss;
-    const u16* k_head = k + batch * k_sb + head_kv * k_sh;
-    const u16* v_head = v + batch * v_sb + head_kv * v_sh;
+    const u16* q_tile = q + batch * p.q_sb + head * p.q_sh + row0 * p.q_ss;
+    const u16* k_head = k + batch * p.k_sb + head_kv * p.k_sh;
+    const u16* v_head = v + batch * p.v_sb + head_kv * p.v_sh;
 
     // Key j is visible to query i iff j <= i + causal_diag (bottom-right aligned).
     const int causal_diag = seqlen_k - seqlen_q;
     const int kv_end = causal ? min(seqlen_k, row0 + Tile::kBlockM + causal_diag) : seqlen_k;
     const int n_blocks = kv_end > 0 ? (kv_end + BLOCK_N - 1) / BLOCK_N : 0;
 
-    load_tile<Tile, Tile::kBlockM>(sQ, q_tile, q_ss, seqlen_q - row0, head_dim, tid);
-    if (n_blocks > 0) load_tile<Tile, BLOCK_N>(sK, k_head, k_ss, seqlen_k, head_dim, tid);
+    const LaneAddrs<Tile> addr(sQ, sK, sV, warp_row, lane);
+    load_tile<Tile, Tile::kBlockM>(smem_addr(sQ), q_tile, p.q_ss, seqlen_q - row0, head_dim, tid);
+    if (n_blocks > 0) load_tile<Tile, BLOCK_N>(smem_addr(sK), k_head, p.k_ss, seqlen_k, head_dim, tid);
     cp_async_commit();
 
     float o_acc[M_TILES][Tile::kDTiles][4];
@@ -248,7 +284,7 @@ flash_fwd(const u16* __restrict__ q, const u16* __restrict__ k, const u16* __res
         const int key0 = j * BLOCK_N;
         cp_async_wait<0>();   // K_j (and Q at j = 0) landed ...
         __syncthreads();      // ... for every thread, and all warps are done with V_{j-1}
-        load_tile<Tile, BLOCK_N>(sV, v_head + key0 * v_ss, v_ss, seqlen_k - key0, head_dim, tid);
+        load_tile<Tile, BLOCK_N>(smem_addr(sV), v_head + key0 * p.v_ss, p.v_ss, seqlen_k - key0, head_dim, tid);
         cp_async_commit();
 
         if constexpr (Tile::kQInRegs) {
@@ -257,29 +293,29 @@ flash_fwd(const u16* __restrict__ q, const u16* __restrict__ k, const u16* __res
                 for (int mt = 0; mt < M_TILES; ++mt)
                     #pragma unroll
                     for (int ks = 0; ks < Tile::kDSteps; ++ks)
-                        load_a_frag<Tile>(q_frag[mt][ks], sQ, warp_row + mt * 16, ks * 16, lane);
+                        ldmatrix_x4(q_frag[mt][ks], addr.q + tile_offset<Tile>(mt * 16, ks * 16));
             }
         }
 
         float s[M_TILES][Tile::kNTiles][4];
-        qk_gemm<T, Tile, M_TILES>(s, q_frag, sQ, sK, warp_row, lane);
+        qk_gemm<T, Tile, M_TILES>(s, q_frag, addr);
         const bool needs_mask = key0 + BLOCK_N > seqlen_k ||
                                 (causal && key0 + BLOCK_N - 1 > row0 + causal_diag);
         if (needs_mask)
-            scale_and_mask<Tile, M_TILES, true>(s, scale_log2, row0 + warp_row, key0, seqlen_k,
+            scale_and_mask<Tile, M_TILES, true>(s, p.scale_log2, row0 + warp_row, key0, seqlen_k,
                                                 causal_diag, causal, lane);
         else
-            scale_and_mask<Tile, M_TILES, false>(s, scale_log2, 0, 0, 0, 0, false, lane);
+            scale_and_mask<Tile, M_TILES, false>(s, p.scale_log2, 0, 0, 0, 0, false, lane);
         online_softmax<Tile, M_TILES>(s, o_acc, m, l);
 
         cp_async_wait<0>();   // V_j landed ...
         __syncthreads();      // ... for every thread, and all warps are done with K_j
         if (j + 1 < n_blocks) {
-            load_tile<Tile, BLOCK_N>(sK, k_head + (key0 + BLOCK_N) * k_ss, k_ss,
+            load_tile<Tile, BLOCK_N>(smem_addr(sK), k_head + (key0 + BLOCK_N) * p.k_ss, p.k_ss,
                                      seqlen_k - key0 - BLOCK_N, head_dim, tid);
             cp_async_commit();
         }
-        pv_gemm<T, Tile, M_TILES>(o_acc, s, sV, lane);
+        pv_gemm<T, Tile, M_TILES>(o_acc, s, addr);
     }
 
     // Epilogue: O /= l, staged through the Q tile for 16-byte coalesced stores.
@@ -296,18 +332,18 @@ flash_fwd(const u16* __restrict__ q, const u16* __restrict__ k, const u16* __res
             for (int dt = 0; dt < Tile::kDTiles; ++dt)
                 *reinterpret_cast<u32*>(sQ + r * Tile::kRowStride + dt * 8 + 2 * (lane % 4)) =
                     pack2<T>(o_acc[mt][dt][2 * half] * inv_l, o_acc[mt][dt][2 * half + 1] * inv_l);
-            if (lse != nullptr && lane % 4 == 0 && row0 + r < seqlen_q)
-                lse[(static_cast<i64>(batch) * gridDim.y + head) * seqlen_q + row0 + r] =
+            if (p.lse != nullptr && lane % 4 == 0 && row0 + r < seqlen_q)
+                p.lse[(static_cast<i64>(batch) * gridDim.y + head) * seqlen_q + row0 + r] =
                     l_row > 0.f ? (m[mt][half] + log2f(l_row)) * LN2 : neg_inf();
         }
     __syncthreads();
-    u16* o_tile = o + batch * o_sb + head * o_sh + row0 * o_ss;
+    u16* o_tile = p.o + batch * p.o_sb + head * p.o_sh + row0 * p.o_ss;
     constexpr int kChunks = HEAD_DIM / 8;
     #pragma unroll
     for (int i = tid; i < Tile::kBlockM * kChunks; i += Tile::kThreads) {
         const int r = i / kChunks, c = i % kChunks;
         if (row0 + r < seqlen_q && c * 8 < head_dim)
-            *reinterpret_cast<uint4*>(o_tile + r * o_ss + c * 8) =
+            *reinterpret_cast<uint4*>(o_tile + r * p.o_ss + c * 8) =
                 *reinterpret_cast<const uint4*>(sQ + r * Tile::kRowStride + c * 8);
     }
 }

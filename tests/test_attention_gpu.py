@@ -184,3 +184,30 @@ def test_gpu_validation_errors(rng):
         fc.attention(q, k, v, out=cupy.empty((1, 2, 16, 32), cupy.float16))
     with pytest.raises(ValueError, match="host memory"):
         fc.attention(q, k.get(), v)
+
+
+def _device_configs():
+    try:
+        from flashcore_cupy import api, configs
+        return configs.all_configs(api.device_info(0)[1])
+    except Exception:   # no GPU: the marker skips these
+        return []
+
+
+@pytest.mark.parametrize("config", _device_configs(), ids=str)
+@pytest.mark.parametrize("causal", [False, True])
+def test_every_dispatchable_config(rng, config, causal):
+    """Each config the chooser can return on this GPU, forced, on awkward lengths."""
+    import cupy
+
+    from flashcore_cupy import api
+
+    dtype = config.dtype
+    for lengths, d in (((1, 1), config.head_dim), ((65, 63), config.head_dim - 8),
+                       ((239, 1000), config.head_dim), ((1000, 239), config.head_dim),
+                       ((799, 1500), config.head_dim)):
+        q, k, v = make_inputs(rng, dtype, d, "bhsd", (2, 3, 1), lengths)
+        out = cupy.full(q.shape, np.nan, dtype=q.dtype)
+        api.attention_with_config(config, q, k, v, causal=causal, out=out)
+        err = reference.rel_error(out, reference.attention(q, k, v, causal=causal))
+        assert err <= TOL[dtype], f"{config} {lengths} D{d}: rel err {err:.3e}"

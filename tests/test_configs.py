@@ -14,6 +14,13 @@ def test_choice_covers_every_head_dim(arch, head_dim):
     assert cfg in configs.all_configs(arch)
 
 
+def test_small_grids_take_64_row_tiles():
+    big = configs.choose_config("sm_90a", "fp16", 64, batch_heads=32, seqlen_q=4096, num_sms=132)
+    small = configs.choose_config("sm_90a", "fp16", 64, batch_heads=8, seqlen_q=512, num_sms=132)
+    assert big.block_m == 128 and small.block_m == 64
+    assert small in configs.all_configs("sm_90a")
+
+
 def test_geometry():
     cfg = configs.FwdConfig("bf16", 128, 8, 1, 64)
     assert cfg.name_expression == "fc::flash_fwd<fc::bf16, 128, 8, 1, 64>"

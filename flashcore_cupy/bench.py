@@ -1,0 +1,212 @@
+"""Benchmark: the shape list, side by side with the peers, in one process.
+
+For each shape and dtype: validate every implementation against the float64
+reference (sampled query rows), then time it in two modes:
+  latency     CUDA events around one call after the GPU is idle (host cost included)
+  throughput  CUDA events around 20 back-to-back calls, divided by 20
+Inputs rotate over several sets when one set would sit in L2.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .shapes import Shape, bench_shapes
+from .timing import Timing, time_latency, time_throughput
+
+IMPLS = ("flashcore", "flashcore_sm80", "naive_cupy", "sdpa_flash", "sdpa_cudnn", "sdpa_efficient")
+_SDPA_BACKENDS = {"sdpa_flash": "FLASH_ATTENTION", "sdpa_cudnn": "CUDNN_ATTENTION",
+                  "sdpa_efficient": "EFFICIENT_ATTENTION"}
+_ROTATE_BYTES = 256 << 20
+_NAIVE_MAX_SCORE_BYTES = 4 << 30
+_LONG_US = 10_000   # runs longer than this get fewer repeats
+
+
+@dataclass
+class Row:
+    shape: str
+    dtype: str
+    impl: str
+    mode: str
+    us_p50: float
+    us_p90: float
+    us_p99: float
+    tflops: float
+    rel_err: float
+
+
+def _torch():
+    try:
+        import torch
+        return torch
+    except ImportError:
+        return None
+
+
+def _impls(shape: Shape, torch) -> dict[str, Callable]:
+    """name -> fn(q, k, v) returning the output (bhsd) for the implementations available."""
+    from . import api, naive
+
+    fns: dict[str, Callable] = {
+        "flashcore": lambda q, k, v: api.attention(q, k, v, causal=shape.causal),
+        "flashcore_sm80": lambda q, k, v: api.attention(q, k, v, causal=shape.causal, backend="sm80"),
+    }
+    if 4 * shape.batch * shape.heads_q * shape.seqlen_q * shape.seqlen_k <= _NAIVE_MAX_SCORE_BYTES:
+        fns["naive_cupy"] = lambda q, k, v: naive.attention(q, k, v, causal=shape.causal)
+    if torch is None:
+        return fns
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    mask = None
+    if shape.causal and shape.seqlen_q != shape.seqlen_k:   # SDPA's is_causal is top-left
+        i = torch.arange(shape.seqlen_q, device="cuda")[:, None]
+        mask = torch.arange(shape.seqlen_k, device="cuda")[None, :] <= i + shape.seqlen_k - shape.seqlen_q
+    gqa = shape.heads_q != shape.heads_kv
+
+    def sdpa(backend):
+        def fn(q, k, v):
+            tq, tk, tv = (torch.from_dlpack(x) for x in (q, k, v))
+            with sdpa_kernel(getattr(SDPBackend, backend)):
+                return torch.nn.functional.scaled_dot_product_attention(
+                    tq, tk, tv, attn_mask=mask, is_causal=shape.causal and mask is None,
+                    enable_gqa=gqa)
+        return fn
+
+    for name, backend in _SDPA_BACKENDS.items():
+        fns[name] = sdpa(backend)
+    return fns
+
+
+def _inputs(shape: Shape, dtype: str, rng) -> list:
+    from .cli import random_inputs
+
+    short = "fp16" if dtype == "float16" else "bf16"
+    first = random_inputs(shape, short, rng)
+    set_bytes = sum(x.nbytes for x in first)
+    extra = min(7, _ROTATE_BYTES // (4 * set_bytes))
+    return [first] + [random_inputs(shape, short, rng) for _ in range(extra)]
+
+
+def _rel_err(shape: Shape, out, q, k, v, rng) -> float:
+    from .cli import verify
+    import cupy
+
+    out = out if isinstance(out, cupy.ndarray) else cupy.from_dlpack(out.contiguous())
+    return verify(shape, q, k, v, out, rng)
+
+
+def run_case(shape: Shape, dtype: str, impls: list[str], iters: int, rng, torch) -> list[Row]:
+    fns = _impls(shape, torch)
+    sets = _inputs(shape, dtype, rng)
+    rows = []
+    for impl in impls:
+        fn = fns.get(impl)
+        if fn is None:
+            continue
+        q, k, v = sets[0]
+        try:
+            err = _rel_err(shape, fn(q, k, v), q, k, v, rng)
+        except RuntimeError as e:   # an SDPA backend that does not support this case
+            print(f"  {shape.name} {dtype} {impl}: not available ({str(e).splitlines()[0][:80]})")
+            continue
+        call = lambda i: fn(*sets[i % len(sets)])   # noqa: E731
+        probe = time_latency(call, 3, warmup=1)
+        n = iters if probe.p50 < _LONG_US else max(10, iters // 5)
+        for mode, t in (("latency", time_latency(call, n)),
+                        ("throughput", time_throughput(call, max(5, n // 10)))):
+            rows.append(Row(shape.name, dtype, impl, mode, t.p50, t.p90, t.p99,
+                            shape.flops / (t.p50 * 1e-6) / 1e12, err))
+    return rows
+
+
+def environment(torch) -> dict:
+    import cupy
+
+    from . import api, loader
+
+    dev = cupy.cuda.Device().id
+    props = cupy.cuda.runtime.getDeviceProperties(dev)
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                             cwd=Path(__file__).parent).stdout.strip() or None
+    except OSError:
+        sha = None
+    return {
+        "schema": 1, "git_sha": sha,
+        "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "gpu": props["name"].decode(), "arch": api.device_info(dev)[1],
+        "versions": {"cupy": cupy.__version__, "cuda": cupy.cuda.runtime.runtimeGetVersion(),
+                     "nvrtc": loader.nvrtc_version(),
+                     "torch": None if torch is None else torch.__version__},
+    }
+
+
+def format_table(rows: list[Row]) -> str:
+    """One line per (shape, dtype, impl, mode); `x fc` = this impl's time / flashcore's."""
+    base = {(r.shape, r.dtype, r.mode): r.us_p50 for r in rows if r.impl == "flashcore"}
+    lines = [f"{'shape':<30} {'dtype':<9} {'impl':<15} {'mode':<10} {'p50 us':>9} {'p90 us':>9} "
+             f"{'TFLOP/s':>8} {'rel err':>8} {'x fc':>6}"]
+    for r in rows:
+        ratio = r.us_p50 / base[(r.shape, r.dtype, r.mode)] if (r.shape, r.dtype, r.mode) in base else float("nan")
+        lines.append(f"{r.shape:<30} {r.dtype:<9} {r.impl:<15} {r.mode:<10} {r.us_p50:>9.1f} "
+                     f"{r.us_p90:>9.1f} {r.tflops:>8.1f} {r.rel_err:>8.1e} {ratio:>6.2f}")
+    return "\n".join(lines)
+
+
+def plot(rows: list[Row], path: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shapes = {s.name: s for s in bench_shapes()}
+    dtypes = sorted({r.dtype for r in rows})
+    fig, axes = plt.subplots(1, len(dtypes), figsize=(7 * len(dtypes), 5), squeeze=False)
+    for ax, dtype in zip(axes[0], dtypes):
+        order = sorted({r.shape for r in rows if r.dtype == dtype},
+                       key=lambda n: (shapes[n].seqlen_k, n) if n in shapes else (0, n))
+        for impl in IMPLS:
+            pts = {r.shape: r.tflops for r in rows
+                   if r.dtype == dtype and r.impl == impl and r.mode == "throughput"}
+            if pts:
+                ax.plot([order.index(n) for n in pts], list(pts.values()), "o-", label=impl)
+        ax.set_xticks(range(len(order)))
+        ax.set_xticklabels([f"{n}\n(S={shapes[n].seqlen_k})" if n in shapes else n for n in order],
+                           rotation=60, ha="right", fontsize=7)
+        ax.set_ylabel("TFLOP/s (throughput mode)")
+        ax.set_title(f"{dtype}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(shape_names: list[str] | None, dtypes: list[str], impls: list[str], iters: int,
+         out_path: str | None, plot_path: str | None) -> dict:
+    import cupy
+
+    torch = _torch()
+    rng = np.random.default_rng()
+    shapes = [s for s in bench_shapes() if not shape_names or s.name in shape_names]
+    result = environment(torch)
+    print(f"# {result['gpu']} ({result['arch']}), CuPy {result['versions']['cupy']}, "
+          f"NVRTC {result['versions']['nvrtc']}, torch {result['versions']['torch']}")
+    rows: list[Row] = []
+    for shape in shapes:
+        for dtype in dtypes:
+            rows += run_case(shape, dtype, impls, iters, rng, torch)
+            cupy.get_default_memory_pool().free_all_blocks()
+            print(f"  done {shape.name} {dtype}", flush=True)
+    print(format_table(rows))
+    result["rows"] = [r.__dict__ for r in rows]
+    if out_path:
+        Path(out_path).write_text(json.dumps(result, indent=1))
+    if plot_path:
+        plot(rows, plot_path)
+    return result
