@@ -90,9 +90,10 @@ def run(shape_text: str, dtype: str, causal: bool, iters: int) -> None:
 
     rng = np.random.default_rng()
     dev = cupy.cuda.Device()
-    _, arch = api._device_arch(dev.id)
+    _, arch, num_sms = api.device_info(dev.id)
     name = cupy.cuda.runtime.getDeviceProperties(dev.id)["name"].decode()
-    config = configs.choose_config(arch, dtype, shape.head_dim)
+    config = configs.choose_config(arch, dtype, shape.head_dim, shape.batch * shape.heads_q,
+                                   shape.seqlen_q, num_sms)
     click.echo(f"{shape.name}: B={shape.batch} Hq={shape.heads_q} Hkv={shape.heads_kv} "
                f"Sq={shape.seqlen_q} Sk={shape.seqlen_k} D={shape.head_dim} {dtype} "
                f"{'causal' if shape.causal else 'non-causal'} on {name} ({arch}), kernel {config}")

@@ -56,3 +56,25 @@ def test_python_dash_m_is_the_same_cli():
     import sys
     r = subprocess.run([sys.executable, "-m", "flashcore_cupy", "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "check" in r.stdout and "run" in r.stdout
+
+
+@pytest.mark.gpu
+def test_run_on_gpu_passes_and_times():
+    result = CliRunner().invoke(cli.main, ["run", "--shape", "2,3,300,64", "--causal", "--iters", "10"])
+    assert result.exit_code == 0, result.output
+    assert "PASS" in result.output and "p50" in result.output and "TFLOP/s" in result.output
+
+
+@pytest.mark.gpu
+def test_bench_writes_json(tmp_path):
+    import json
+    out = tmp_path / "bench.json"
+    result = CliRunner().invoke(cli.main, ["bench", "--shape", "mission", "--dtype", "bf16",
+                                           "--impl", "flashcore", "--impl", "naive_cupy",
+                                           "--iters", "5", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.read_text())
+    assert data["schema"] == 1 and data["gpu"] and data["arch"]
+    assert {(r["impl"], r["mode"]) for r in data["rows"]} == {
+        (i, m) for i in ("flashcore", "naive_cupy") for m in ("latency", "throughput")}
+    assert all(r["rel_err"] <= 1e-2 for r in data["rows"])
