@@ -32,13 +32,14 @@ class FwdConfig:
     warps: int
     m_tiles: int      # 16-row slices per warp
     block_n: int      # keys per K/V tile
+    stages: int       # K/V tiles in flight (shared-memory ring)
 
     kernel_file = "flash_fwd_sm80.cu"
 
     @property
     def name_expression(self) -> str:
         return (f"fc::flash_fwd<fc::{self.dtype}, {self.head_dim}, {self.warps}, "
-                f"{self.m_tiles}, {self.block_n}>")
+                f"{self.m_tiles}, {self.block_n}, {self.stages}>")
 
     @property
     def threads(self) -> int:
@@ -50,34 +51,38 @@ class FwdConfig:
 
     @property
     def smem_bytes(self) -> int:
-        # Mirrors FwdTile: Q, K and V tiles, rows padded by 8 elements, 2 bytes each.
+        # Mirrors FwdTile: Q, then `stages` K and V tiles; rows padded by 8 elements.
         row = self.head_dim + 8
-        return 2 * row * (self.block_m + 2 * self.block_n)
+        return 2 * row * (self.block_m + 2 * self.stages * self.block_n)
 
     def grid(self, batch: int, heads_q: int, seqlen_q: int) -> tuple[int, int, int]:
         return (-(-seqlen_q // self.block_m), heads_q, batch)
 
     def __str__(self) -> str:
-        return f"{self.dtype} D{self.head_dim} {self.block_m}x{self.block_n} w{self.warps}"
+        return f"{self.dtype} D{self.head_dim} {self.block_m}x{self.block_n} w{self.warps} s{self.stages}"
 
 
-# Tile table: (arch family, largest template head dim) -> (warps, m_tiles, block_n).
-# The first row whose head-dim bound covers the problem wins.
+# Tile table: (arch family, largest template head dim) -> (warps, m_tiles, block_n, stages).
+# The first row whose head-dim bound covers the problem wins. Measurements behind
+# each choice are in docs/PERF_NOTES.md.
 #  - D <= 64: 128 query rows as 4 warps x 2 slices (FA2's 128-row tile); 128-key
 #    tiles were rejected: S alone would take 128 registers per thread and spills.
-#  - D <= 128: 8 warps x 1 slice. 4 warps x 2 slices (Q re-read from shared
-#    memory) fits in 255 registers only just: measured in docs/PERF_NOTES.md.
+#  - D <= 128: 4 warps x 2 slices (32 rows per warp) share each K/V fragment
+#    between two mma, which beat 8 warps x 1 slice by 25-35 % on the H200.
+#    64-key tiles there spill (O and S need 192 registers): 32-key tiles, with
+#    one more stage to keep as many bytes in flight.
 #  - D > 128: Q no longer fits in registers next to O; 32-key tiles keep S small.
 #    128 rows need 101 KB of shared memory, over sm_86/89's 99 KB: 64 rows there.
-_TILE_TABLE: dict[str, tuple[tuple[int, tuple[int, int, int]], ...]] = {
-    "large_smem": ((64, (4, 2, 64)), (128, (8, 1, 64)), (256, (8, 1, 32))),
-    "small_smem": ((64, (4, 2, 64)), (128, (8, 1, 64)), (256, (4, 1, 32))),
+_TILE_TABLE: dict[str, tuple[tuple[int, tuple[int, int, int, int]], ...]] = {
+    "large_smem": ((64, (4, 2, 64, 2)), (128, (4, 2, 32, 3)), (256, (8, 1, 32, 2))),
+    "small_smem": ((64, (4, 2, 64, 2)), (128, (4, 2, 32, 3)), (256, (4, 1, 32, 2))),
 }
 _ARCH_FAMILY = {"sm_80": "large_smem", "sm_90a": "large_smem",
                 "sm_86": "small_smem", "sm_89": "small_smem"}
 # When 128-row tiles would leave SMs idle (short sequences, few heads), 64-row
-# tiles (4 warps x 1 slice) double the CTAs and halve each warp's serial work.
-_SMALL_GRID_TILE = {64: (4, 1, 64), 128: (4, 1, 64), 256: (4, 1, 32)}
+# tiles (4 warps x 1 slice) double the CTAs and halve each warp's serial work;
+# with little work per CTA, a deeper ring hides more of the load latency.
+_SMALL_GRID_TILE = {64: (4, 1, 64, 3), 128: (4, 1, 64, 2), 256: (4, 1, 32, 2)}
 
 
 def arch_family(arch: str) -> str:

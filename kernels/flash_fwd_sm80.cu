@@ -18,17 +18,18 @@
 // causal diagonal are never loaded. A row with no visible key gets O = 0 and
 // LSE = -inf.
 //
-// Shared memory: Q (BLOCK_M rows), K_j and V_j (BLOCK_N rows each), rows padded
+// Shared memory: Q (BLOCK_M rows), STAGES x (K_j, V_j) (BLOCK_N rows each), rows padded
 // to HEAD_DIM + 8 elements so that the 8 rows of each ldmatrix land on distinct
 // banks. Loads are cp.async 16 B, zero-filled past Sq/Sk and past the runtime
 // head dim (HEAD_DIM is the head dim rounded up to the template's size).
-// Pipeline: V_j is fetched while S = Q K_j^T runs, K_{j+1} while O += P V_j runs.
+// Pipeline: K/V tiles live in a ring of STAGES slots; tile j + STAGES - 1 is
+// fetched while tile j is computed, so one barrier per tile suffices.
 // The host mirrors smem_bytes() in flashcore_cupy/configs.py.
 #include "mma_sm80.cuh"
 
 namespace fc {
 
-template <int HEAD_DIM, int WARPS, int M_TILES, int BLOCK_N>
+template <int HEAD_DIM, int WARPS, int M_TILES, int BLOCK_N, int STAGES>
 struct FwdTile {
     static constexpr int kThreads = WARPS * 32;
     static constexpr int kWarpRows = 16 * M_TILES;
@@ -41,12 +42,13 @@ struct FwdTile {
     // Q fragments (M_TILES * HEAD_DIM / 4 registers) stay in registers while
     // they fit beside O and S; past that Q is re-read from shared memory per k-step.
     static constexpr bool kQInRegs = M_TILES * HEAD_DIM <= 128;
-    static constexpr int kSmemQ = kBlockM * kRowStride;
-    static constexpr int kSmemKV = BLOCK_N * kRowStride;
+    static constexpr int kSmemQ = kBlockM * kRowStride;     // elements
+    static constexpr int kSmemKV = BLOCK_N * kRowStride;    // one K or V tile, elements
 
     static_assert(HEAD_DIM % 32 == 0 && HEAD_DIM <= 256, "HEAD_DIM: multiple of 32 up to 256");
     static_assert(BLOCK_N % 16 == 0, "BLOCK_N: multiple of 16");
     static_assert(WARPS >= 1 && WARPS <= 16 && M_TILES >= 1, "bad warp layout");
+    static_assert(STAGES >= 2 && STAGES <= 8, "STAGES: 2..8 K/V tiles in flight");
 };
 
 // ROWS x HEAD_DIM tile, global (row stride `ld`) -> padded shared memory at
@@ -96,7 +98,7 @@ __device__ constexpr u32 tile_offset(int row, int col) { return 2u * (row * Tile
 template <class T, class Tile, int M_TILES>
 __device__ __forceinline__ void qk_gemm(float (&s)[M_TILES][Tile::kNTiles][4],
                                         const u32 (&q_frag)[M_TILES][Tile::kDSteps][4],
-                                        const LaneAddrs<Tile>& addr) {
+                                        u32 q_addr, u32 k_addr) {
     #pragma unroll
     for (int mt = 0; mt < M_TILES; ++mt)
         #pragma unroll
@@ -113,7 +115,7 @@ __device__ __forceinline__ void qk_gemm(float (&s)[M_TILES][Tile::kNTiles][4],
                 #pragma unroll
                 for (int e = 0; e < 4; ++e) a[mt][e] = q_frag[mt][ks][e];
             } else {
-                ldmatrix_x4(a[mt], addr.q + tile_offset<Tile>(mt * 16, ks * 16));
+                ldmatrix_x4(a[mt], q_addr + tile_offset<Tile>(mt * 16, ks * 16));
             }
         }
         #pragma unroll
@@ -121,7 +123,7 @@ __device__ __forceinline__ void qk_gemm(float (&s)[M_TILES][Tile::kNTiles][4],
             // B = K^T: rows of K are the n index; non-transposed ldmatrix gives b0/b1
             // of n-tiles 2np and 2np+1.
             u32 b[4];
-            ldmatrix_x4(b, addr.k + tile_offset<Tile>(np * 16, ks * 16));
+            ldmatrix_x4(b, k_addr + tile_offset<Tile>(np * 16, ks * 16));
             #pragma unroll
             for (int mt = 0; mt < M_TILES; ++mt) {
                 mma_16816<T>(s[mt][2 * np], a[mt], b[0], b[1]);
@@ -135,7 +137,7 @@ __device__ __forceinline__ void qk_gemm(float (&s)[M_TILES][Tile::kNTiles][4],
 template <class T, class Tile, int M_TILES>
 __device__ __forceinline__ void pv_gemm(float (&o)[M_TILES][Tile::kDTiles][4],
                                         const float (&p)[M_TILES][Tile::kNTiles][4],
-                                        const LaneAddrs<Tile>& addr) {
+                                        u32 v_addr) {
     #pragma unroll
     for (int kk = 0; kk < Tile::kKvSteps; ++kk) {
         u32 a[M_TILES][4];
@@ -151,7 +153,7 @@ __device__ __forceinline__ void pv_gemm(float (&o)[M_TILES][Tile::kDTiles][4],
             // B = V (k = key, n = d) stored [key][d]: the transposed ldmatrix gives
             // b0/b1 of d-tiles 2dp and 2dp+1.
             u32 b[4];
-            ldmatrix_x4_trans(b, addr.v + tile_offset<Tile>(kk * 16, dp * 16));
+            ldmatrix_x4_trans(b, v_addr + tile_offset<Tile>(kk * 16, dp * 16));
             #pragma unroll
             for (int mt = 0; mt < M_TILES; ++mt) {
                 mma_16816<T>(o[mt][2 * dp], a[mt], b[0], b[1]);
@@ -232,19 +234,17 @@ struct FwdParams {
 };
 static_assert(sizeof(FwdParams) == 160, "FwdParams: keep in step with launch.py");
 
-template <class T, int HEAD_DIM, int WARPS, int M_TILES, int BLOCK_N>
+template <class T, int HEAD_DIM, int WARPS, int M_TILES, int BLOCK_N, int STAGES>
 __global__ void __launch_bounds__(WARPS * 32)
 flash_fwd(const FwdParams p) {
-    using Tile = FwdTile<HEAD_DIM, WARPS, M_TILES, BLOCK_N>;
-    const u16* __restrict__ q = p.q;
-    const u16* __restrict__ k = p.k;
-    const u16* __restrict__ v = p.v;
+    using Tile = FwdTile<HEAD_DIM, WARPS, M_TILES, BLOCK_N, STAGES>;
     const int seqlen_q = p.seqlen_q, seqlen_k = p.seqlen_k, head_dim = p.head_dim;
     const bool causal = p.causal;
     extern __shared__ __align__(16) unsigned char smem[];
     u16* sQ = reinterpret_cast<u16*>(smem);
-    u16* sK = sQ + Tile::kSmemQ;
-    u16* sV = sK + Tile::kSmemKV;
+    u16* sK = sQ + Tile::kSmemQ;                 // STAGES K tiles, then STAGES V tiles
+    u16* sV = sK + STAGES * Tile::kSmemKV;
+    constexpr u32 kSlotBytes = 2 * Tile::kSmemKV;
 
     const int tid = threadIdx.x, lane = tid % 32;
     const int warp_row = (tid / 32) * Tile::kWarpRows;
@@ -253,9 +253,9 @@ flash_fwd(const FwdParams p) {
     const int head = blockIdx.y, batch = blockIdx.z;
     const int head_kv = head / p.heads_per_kv;
 
-    const u16* q_tile = q + batch * p.q_sb + head * p.q_sh + row0 * p.q_ss;
-    const u16* k_head = k + batch * p.k_sb + head_kv * p.k_sh;
-    const u16* v_head = v + batch * p.v_sb + head_kv * p.v_sh;
+    const u16* q_tile = p.q + batch * p.q_sb + head * p.q_sh + row0 * p.q_ss;
+    const u16* k_head = p.k + batch * p.k_sb + head_kv * p.k_sh;
+    const u16* v_head = p.v + batch * p.v_sb + head_kv * p.v_sh;
 
     // Key j is visible to query i iff j <= i + causal_diag (bottom-right aligned).
     const int causal_diag = seqlen_k - seqlen_q;
@@ -263,9 +263,23 @@ flash_fwd(const FwdParams p) {
     const int n_blocks = kv_end > 0 ? (kv_end + BLOCK_N - 1) / BLOCK_N : 0;
 
     const LaneAddrs<Tile> addr(sQ, sK, sV, warp_row, lane);
+    // K_j and V_j into ring slot j % STAGES, as one commit group.
+    auto load_kv = [&](int j) {
+        const int key0 = j * BLOCK_N, slot = j % STAGES;
+        load_tile<Tile, BLOCK_N>(smem_addr(sK) + slot * kSlotBytes, k_head + key0 * p.k_ss, p.k_ss,
+                                 seqlen_k - key0, head_dim, tid);
+        load_tile<Tile, BLOCK_N>(smem_addr(sV) + slot * kSlotBytes, v_head + key0 * p.v_ss, p.v_ss,
+                                 seqlen_k - key0, head_dim, tid);
+    };
+
+    // Prologue: Q joins tile 0's group; tiles 1..STAGES-2 follow, one group each
+    // (empty groups past the end keep the wait counts uniform).
     load_tile<Tile, Tile::kBlockM>(smem_addr(sQ), q_tile, p.q_ss, seqlen_q - row0, head_dim, tid);
-    if (n_blocks > 0) load_tile<Tile, BLOCK_N>(smem_addr(sK), k_head, p.k_ss, seqlen_k, head_dim, tid);
-    cp_async_commit();
+    #pragma unroll
+    for (int j = 0; j < STAGES - 1; ++j) {
+        if (j < n_blocks) load_kv(j);
+        cp_async_commit();
+    }
 
     float o_acc[M_TILES][Tile::kDTiles][4];
     float m[M_TILES][2], l[M_TILES][2];
@@ -281,10 +295,9 @@ flash_fwd(const FwdParams p) {
     u32 q_frag[M_TILES][Tile::kDSteps][4];
 
     for (int j = 0; j < n_blocks; ++j) {
-        const int key0 = j * BLOCK_N;
-        cp_async_wait<0>();   // K_j (and Q at j = 0) landed ...
-        __syncthreads();      // ... for every thread, and all warps are done with V_{j-1}
-        load_tile<Tile, BLOCK_N>(smem_addr(sV), v_head + key0 * p.v_ss, p.v_ss, seqlen_k - key0, head_dim, tid);
+        cp_async_wait<STAGES - 2>();   // tile j (and Q) landed for this thread ...
+        __syncthreads();               // ... and for all; every warp is done with tile j-1
+        if (j + STAGES - 1 < n_blocks) load_kv(j + STAGES - 1);   // into tile j-1's slot
         cp_async_commit();
 
         if constexpr (Tile::kQInRegs) {
@@ -297,8 +310,10 @@ flash_fwd(const FwdParams p) {
             }
         }
 
+        const int key0 = j * BLOCK_N;
+        const u32 slot_offset = (j % STAGES) * kSlotBytes;
         float s[M_TILES][Tile::kNTiles][4];
-        qk_gemm<T, Tile, M_TILES>(s, q_frag, addr);
+        qk_gemm<T, Tile, M_TILES>(s, q_frag, addr.q, addr.k + slot_offset);
         const bool needs_mask = key0 + BLOCK_N > seqlen_k ||
                                 (causal && key0 + BLOCK_N - 1 > row0 + causal_diag);
         if (needs_mask)
@@ -307,15 +322,7 @@ flash_fwd(const FwdParams p) {
         else
             scale_and_mask<Tile, M_TILES, false>(s, p.scale_log2, 0, 0, 0, 0, false, lane);
         online_softmax<Tile, M_TILES>(s, o_acc, m, l);
-
-        cp_async_wait<0>();   // V_j landed ...
-        __syncthreads();      // ... for every thread, and all warps are done with K_j
-        if (j + 1 < n_blocks) {
-            load_tile<Tile, BLOCK_N>(smem_addr(sK), k_head + (key0 + BLOCK_N) * p.k_ss, p.k_ss,
-                                     seqlen_k - key0 - BLOCK_N, head_dim, tid);
-            cp_async_commit();
-        }
-        pv_gemm<T, Tile, M_TILES>(o_acc, s, addr);
+        pv_gemm<T, Tile, M_TILES>(o_acc, s, addr.v + slot_offset);
     }
 
     // Epilogue: O /= l, staged through the Q tile for 16-byte coalesced stores.

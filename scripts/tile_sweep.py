@@ -16,19 +16,23 @@ from flashcore_cupy.configs import FwdConfig
 from flashcore_cupy.shapes import parse_shape
 from flashcore_cupy.timing import time_throughput
 
-CANDIDATES = {   # head dim -> (warps, m_tiles, block_n)
-    64: [(4, 2, 64), (8, 1, 64), (8, 1, 128), (4, 1, 64)],
-    128: [(8, 1, 64), (4, 2, 32), (4, 2, 64), (8, 1, 128), (4, 1, 64)],
+CANDIDATES = {   # shape -> (warps, m_tiles, block_n, stages)
+    "b2-h16-s4k-d64": [(4, 2, 64, 2), (4, 2, 64, 3), (4, 2, 64, 4), (8, 1, 64, 2), (8, 1, 64, 3)],
+    "b2-h16-s4k-d128": [(4, 2, 32, 2), (4, 2, 32, 3), (4, 2, 32, 4), (4, 2, 64, 2), (8, 1, 64, 2),
+                        (8, 1, 64, 3)],
+    "b2-h16-s4k-d128-causal": [(4, 2, 32, 2), (4, 2, 32, 3), (4, 2, 32, 4), (4, 2, 64, 2)],
+    "mission": [(4, 1, 64, 2), (4, 1, 64, 3), (4, 1, 64, 4), (2, 1, 64, 4), (1, 1, 64, 4),
+                (4, 1, 32, 4), (4, 2, 64, 3)],
+    "b4-h16-s1k-d64": [(4, 2, 64, 2), (4, 2, 64, 3), (4, 1, 64, 3), (8, 1, 64, 3)],
 }
-SHAPES = ["b2-h16-s4k-d64", "b2-h16-s4k-d128", "b2-h16-s4k-d128-causal", "mission", "b4-h16-s1k-d64"]
 
 rng = np.random.default_rng()
 results = []
-for name in SHAPES:
+for name in CANDIDATES:
     shape = parse_shape(name)
     q, k, v = random_inputs(shape, "fp16", rng)
     out = cupy.empty_like(q)
-    for tile in CANDIDATES[shape.head_dim]:
+    for tile in CANDIDATES[name]:
         cfg = FwdConfig("fp16", shape.head_dim, *tile)
         try:
             *_, launch = api._prepare(q, k, v, out, shape.causal, None, "bhsd", False, "auto", cfg)

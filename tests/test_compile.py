@@ -15,7 +15,7 @@ def test_every_dispatchable_kernel_compiles_without_spills(arch):
 
 
 def test_compile_error_names_file_expression_options_and_log():
-    bad = configs.FwdConfig("fp16", 48, 4, 1, 64)   # HEAD_DIM 48 violates a static_assert
+    bad = configs.FwdConfig("fp16", 48, 4, 1, 64, 2)   # HEAD_DIM 48 violates a static_assert
     with pytest.raises(loader.KernelCompileError) as info:
         loader.compile_only(bad, "sm_80")
     msg = str(info.value)

@@ -22,8 +22,8 @@ def test_small_grids_take_64_row_tiles():
 
 
 def test_geometry():
-    cfg = configs.FwdConfig("bf16", 128, 8, 1, 64)
-    assert cfg.name_expression == "fc::flash_fwd<fc::bf16, 128, 8, 1, 64>"
+    cfg = configs.FwdConfig("bf16", 128, 8, 1, 64, 3)
+    assert cfg.name_expression == "fc::flash_fwd<fc::bf16, 128, 8, 1, 64, 3>"
     assert (cfg.threads, cfg.block_m) == (256, 128)
-    assert cfg.smem_bytes == 2 * 136 * (128 + 128)
+    assert cfg.smem_bytes == 2 * 136 * (128 + 2 * 3 * 64)
     assert cfg.grid(batch=3, heads_q=5, seqlen_q=129) == (2, 5, 3)
