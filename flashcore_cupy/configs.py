@@ -68,14 +68,14 @@ class FwdConfig:
 #  - D <= 64: 128 query rows as 4 warps x 2 slices (FA2's 128-row tile); 128-key
 #    tiles were rejected: S alone would take 128 registers per thread and spills.
 #  - D <= 128: 4 warps x 2 slices (32 rows per warp) share each K/V fragment
-#    between two mma, which beat 8 warps x 1 slice by 25-35 % on the H200.
-#    64-key tiles there spill (O and S need 192 registers): 32-key tiles, with
-#    one more stage to keep as many bytes in flight.
+#    between two mma, which beat 8 warps x 1 slice by 25-30 % on the H200.
+#    64-key tiles measured 9 % faster still but spill (O and S alone take 192
+#    registers, and ptxas spills whatever the loop shape): 32-key tiles.
 #  - D > 128: Q no longer fits in registers next to O; 32-key tiles keep S small.
 #    128 rows need 101 KB of shared memory, over sm_86/89's 99 KB: 64 rows there.
 _TILE_TABLE: dict[str, tuple[tuple[int, tuple[int, int, int, int]], ...]] = {
-    "large_smem": ((64, (4, 2, 64, 2)), (128, (4, 2, 32, 3)), (256, (8, 1, 32, 2))),
-    "small_smem": ((64, (4, 2, 64, 2)), (128, (4, 2, 32, 3)), (256, (4, 1, 32, 2))),
+    "large_smem": ((64, (4, 2, 64, 3)), (128, (4, 2, 32, 3)), (256, (8, 1, 32, 2))),
+    "small_smem": ((64, (4, 2, 64, 3)), (128, (4, 2, 32, 3)), (256, (4, 1, 32, 2))),
 }
 _ARCH_FAMILY = {"sm_80": "large_smem", "sm_90a": "large_smem",
                 "sm_86": "small_smem", "sm_89": "small_smem"}

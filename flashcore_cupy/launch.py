@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import math
 import struct
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -23,7 +24,7 @@ FWD_PARAMS = struct.Struct("<5Q12q4ifi")
 _PARAMS_DTYPE = np.dtype((np.void, FWD_PARAMS.size))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class FwdLaunch:
     config: FwdConfig
     kernel: object                       # cupy RawKernel, compiled for `device`
@@ -32,6 +33,13 @@ class FwdLaunch:
     out_shape: tuple[int, int, int, int]
     lse_shape: tuple[int, int, int] | None
     scalars: tuple                       # the strides and sizes of FwdParams
+    # The packed argument, reused across calls (CuPy copies it at launch); the
+    # lock keeps two threads from packing into it at once.
+    _buf: bytearray = field(default_factory=lambda: bytearray(FWD_PARAMS.size), repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def __post_init__(self):
+        object.__setattr__(self, "_arg", np.frombuffer(self._buf, _PARAMS_DTYPE))
 
     @classmethod
     def build(cls, problem: Problem, config: FwdConfig, arch: str,
@@ -46,9 +54,8 @@ class FwdLaunch:
 
     def __call__(self, q, k, v, out, lse) -> None:
         """Launch on CuPy's current stream; the caller has made `device` current."""
-        params = np.frombuffer(
-            FWD_PARAMS.pack(q.data.ptr, k.data.ptr, v.data.ptr, out.data.ptr,
-                            0 if lse is None else lse.data.ptr, *self.scalars),
-            _PARAMS_DTYPE).copy()
-        self.kernel(self.grid, (self.config.threads,), (params,),
-                    shared_mem=self.config.smem_bytes)
+        with self._lock:
+            FWD_PARAMS.pack_into(self._buf, 0, q.data.ptr, k.data.ptr, v.data.ptr, out.data.ptr,
+                                 0 if lse is None else lse.data.ptr, *self.scalars)
+            self.kernel(self.grid, (self.config.threads,), (self._arg,),
+                        shared_mem=self.config.smem_bytes)

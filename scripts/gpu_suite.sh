@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# The device run: GPU tests, the mission shape, compute-sanitizer. Logs go to $OUT.
+# The device run: GPU tests, the mission shape, compute-sanitizer, the host-overhead
+# probe and the benchmark (JSON + plot). Logs go to $OUT.
 # Usage on the device machine, from the repository root:  bash scripts/gpu_suite.sh
+# BENCH=0 skips the benchmark; PYTEST_ARGS adds pytest options.
 set -uo pipefail
 OUT=${OUT:-/tmp/flashcore-out}
 mkdir -p "$OUT"
@@ -24,5 +26,9 @@ step run.txt python3 -m flashcore_cupy run --shape b2-h16-s4k-d128-causal
 for tool in memcheck racecheck synccheck; do
   step sanitizer.txt compute-sanitizer --tool $tool --error-exitcode 3 python3 scripts/sanitize_case.py
 done
+step host.txt python3 scripts/host_overhead.py
+if [ "${BENCH:-1}" = 1 ]; then
+  step bench.txt python3 scripts/bench.py --out "$OUT/bench.json" --plot "$OUT/bench.png"
+fi
 echo "gpu_suite exit status: $status"
 exit $status
