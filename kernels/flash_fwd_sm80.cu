@@ -213,10 +213,15 @@ __device__ __forceinline__ void online_softmax(float (&s)[M_TILES][Tile::kNTiles
                     row_sum += s[mt][nt][e];
                 }
             l[mt][half] = l[mt][half] * alpha + row_sum;   // per-lane partial; reduced at the end
-            #pragma unroll
-            for (int dt = 0; dt < Tile::kDTiles; ++dt) {
-                o[mt][dt][2 * half] *= alpha;
-                o[mt][dt][2 * half + 1] *= alpha;
+            // O *= alpha costs HEAD_DIM/4 multiplies per row slice, as many issue
+            // slots as the tile's mma at 32-key tiles; once the running maxima
+            // settle, alpha is 1 for the whole warp, so skip it (warp-uniform).
+            if (__any_sync(0xffffffffu, alpha != 1.f)) {
+                #pragma unroll
+                for (int dt = 0; dt < Tile::kDTiles; ++dt) {
+                    o[mt][dt][2 * half] *= alpha;
+                    o[mt][dt][2 * half + 1] *= alpha;
+                }
             }
         }
 }

@@ -19,6 +19,7 @@ step() {   # step LOGFILE CMD...: run CMD, append its output to $OUT/LOGFILE, re
 step device.txt date -u
 step device.txt nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv
 step device.txt python3 -m flashcore_cupy info
+step device.txt python3 -m flashcore_cupy check --arch sm_90a,sm_80
 step pytest_gpu.txt python3 -m pytest tests -q -rs -p no:cacheprovider ${PYTEST_ARGS:-}
 step run.txt python3 -m flashcore_cupy run --shape mission
 step run.txt python3 -m flashcore_cupy run --shape mission --dtype bf16
@@ -27,6 +28,7 @@ for tool in memcheck racecheck synccheck; do
   step sanitizer.txt compute-sanitizer --tool $tool --error-exitcode 3 python3 scripts/sanitize_case.py
 done
 step host.txt python3 scripts/host_overhead.py
+step host.txt python3 scripts/tile_sweep.py
 if [ "${BENCH:-1}" = 1 ]; then
   step bench.txt python3 scripts/bench.py --out "$OUT/bench.json" --plot "$OUT/bench.png"
 fi
