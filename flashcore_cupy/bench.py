@@ -13,6 +13,7 @@ import contextlib
 import datetime
 import functools
 import json
+import os
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -148,11 +149,14 @@ def environment(torch) -> dict:
 
     dev = cupy.cuda.Device().id
     props = cupy.cuda.runtime.getDeviceProperties(dev)
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                             cwd=Path(__file__).parent).stdout.strip() or None
-    except OSError:
-        sha = None
+    sha = os.environ.get("FLASHCORE_GIT_SHA")   # the device's copy of the tree has no .git
+    if not sha:
+        try:
+            r = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                               cwd=Path(__file__).parent)
+            sha = r.stdout.strip() if r.returncode == 0 else None
+        except OSError:
+            sha = None
     return {
         "schema": 1, "git_sha": sha,
         "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
