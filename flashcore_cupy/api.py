@@ -9,11 +9,11 @@ between them (the arrays' addresses) and launch.
 from __future__ import annotations
 
 import functools
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 
-from . import loader
+from . import loader, tuning
 from .configs import FwdConfig, choose_config
 from .launch import FwdLaunch
 from .validation import (Problem, TensorSpec, check_capability, check_options, check_out,
@@ -53,22 +53,41 @@ def _spec(a, name: str) -> TensorSpec:
                       a.data.device_id, a.data.ptr)
 
 
+class DeviceInfo(NamedTuple):
+    name: str
+    capability: tuple[int, int]
+    arch: str        # NVRTC target
+    num_sms: int
+
+
 @functools.lru_cache(maxsize=None)
-def device_info(device_id: int) -> tuple[tuple[int, int], str, int]:
-    """(compute capability, NVRTC arch, SM count) of a device."""
+def device_info(device_id: int) -> DeviceInfo:
     import cupy
 
     props = cupy.cuda.runtime.getDeviceProperties(device_id)
     capability = (props["major"], props["minor"])
-    return capability, loader.arch_for_capability(*capability), props["multiProcessorCount"]
+    return DeviceInfo(props["name"].decode(), capability, loader.arch_for_capability(*capability),
+                      props["multiProcessorCount"])
+
+
+@functools.lru_cache(maxsize=None)
+def tuned_table(device_id: int) -> tuple[tuple[str, FwdConfig], ...]:
+    """This device's tuned tiles (see tuning.py), read once per process."""
+    import cupy
+
+    dev = device_info(device_id)
+    table = tuning.load_table(dev.name, dev.capability, cupy.__version__, loader.nvrtc_version(),
+                              dev.arch)
+    return tuple(sorted(table.items()))
 
 
 def plan(problem: Problem, device_id: int, backend: Backend) -> tuple[FwdConfig, str]:
     """Which kernel runs this problem, and for which arch. Every backend is the sm_80 kernel for now."""
-    capability, arch, num_sms = device_info(device_id)
-    check_capability(capability, device_id)
-    return choose_config(arch, problem.dtype, problem.head_dim,
-                         problem.batch * problem.heads_q, problem.seqlen_q, num_sms), arch
+    dev = device_info(device_id)
+    check_capability(dev.capability, device_id)
+    return choose_config(dev.arch, problem.dtype, problem.head_dim,
+                         problem.batch * problem.heads_q, problem.seqlen_q, dev.num_sms,
+                         tuned_table(device_id)), dev.arch
 
 
 def _contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:

@@ -160,7 +160,7 @@ def environment(torch) -> dict:
     return {
         "schema": 1, "git_sha": sha,
         "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "gpu": props["name"].decode(), "arch": api.device_info(dev)[1],
+        "gpu": props["name"].decode(), "arch": api.device_info(dev).arch,
         "versions": {"cupy": cupy.__version__, "cuda": cupy.cuda.runtime.runtimeGetVersion(),
                      "nvrtc": loader.nvrtc_version(),
                      "torch": None if torch is None else torch.__version__},

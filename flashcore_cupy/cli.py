@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import click
@@ -45,19 +46,19 @@ def random_inputs(shape: Shape, dtype: str, rng: np.random.Generator, layout: st
             draw(shape.heads_kv, shape.seqlen_k))
 
 
-def check_rows(seqlen_q: int, rng: np.random.Generator) -> np.ndarray:
+def check_rows(seqlen_q: int, rng: np.random.Generator, n: int = _CHECK_ROWS) -> np.ndarray:
     """Query rows to verify: all of them for short sequences, else a sample with both ends."""
-    if seqlen_q <= _CHECK_ROWS:
+    if seqlen_q <= n:
         return np.arange(seqlen_q)
-    inner = rng.choice(np.arange(1, seqlen_q - 1), _CHECK_ROWS - 2, replace=False)
+    inner = rng.choice(np.arange(1, seqlen_q - 1), n - 2, replace=False)
     return np.sort(np.concatenate([[0, seqlen_q - 1], inner]))
 
 
-def verify(shape: Shape, q, k, v, out, rng: np.random.Generator) -> float:
+def verify(shape: Shape, q, k, v, out, rng: np.random.Generator, rows: int = _CHECK_ROWS) -> float:
     """Relative L2 error of `out` (bhsd) against the float64 reference on sampled rows."""
     from . import reference
 
-    rows = check_rows(shape.seqlen_q, rng)
+    rows = check_rows(shape.seqlen_q, rng, rows)
     ref = reference.attention(q, k, v, causal=shape.causal, q_positions=rows)
     return reference.rel_error(out[:, :, rows.tolist()], ref)
 
@@ -90,17 +91,21 @@ def run(shape_text: str, dtype: str, causal: bool, iters: int) -> None:
 
     rng = np.random.default_rng()
     dev = cupy.cuda.Device()
-    _, arch, num_sms = api.device_info(dev.id)
-    name = cupy.cuda.runtime.getDeviceProperties(dev.id)["name"].decode()
+    info = api.device_info(dev.id)
+    name, arch = info.name, info.arch
     config = configs.choose_config(arch, dtype, shape.head_dim, shape.batch * shape.heads_q,
-                                   shape.seqlen_q, num_sms)
+                                   shape.seqlen_q, info.num_sms, api.tuned_table(dev.id))
     click.echo(f"{shape.name}: B={shape.batch} Hq={shape.heads_q} Hkv={shape.heads_kv} "
                f"Sq={shape.seqlen_q} Sk={shape.seqlen_k} D={shape.head_dim} {dtype} "
                f"{'causal' if shape.causal else 'non-causal'} on {name} ({arch}), kernel {config}")
 
     q, k, v = random_inputs(shape, dtype, rng)
     out = cupy.full(q.shape, np.nan, dtype=q.dtype)   # poisoned: every element must be written
+    start = time.perf_counter()
     api.attention(q, k, v, causal=shape.causal, out=out)
+    cupy.cuda.get_current_stream().synchronize()
+    click.echo(f"first call: {(time.perf_counter() - start) * 1e3:.1f} ms "
+               f"(kernel compile or CuPy disk-cache load, then the run)")
     err = verify(shape, q, k, v, out, rng)
     passed = err <= TOLERANCE[dtype]
     click.echo(f"check: rel L2 error {err:.2e} vs float64 reference "
@@ -173,7 +178,9 @@ def _parse_archs(ctx, param, value: str) -> list[str]:
               callback=_parse_archs, help="Comma-separated target archs.")
 def check(archs: list[str]) -> None:
     """Compile every kernel dispatch can choose, with no GPU; fail on errors or spills."""
-    jobs = [(arch, cfg) for arch in archs for cfg in configs.all_configs(arch)]
+    from .tuning import dispatchable_configs
+
+    jobs = [(arch, cfg) for arch in archs for cfg in dispatchable_configs(arch)]
 
     def compile_one(job):
         arch, cfg = job
@@ -235,3 +242,90 @@ def bench(shape_names, dtypes, impls, iters, out_path, plot_path) -> None:
     click.echo(f"correctness: {len(bad)} flashcore case(s) over tolerance" if bad else
                "correctness: every timed flashcore case passed its check")
     sys.exit(1 if bad else 0)
+
+
+def _need_gpu(command: str) -> None:
+    if gpu_count() == 0:
+        click.echo(f"no CUDA GPU found: `flashcore-cupy {command}` needs one.")
+        sys.exit(2)
+
+
+def _shapes_option(f):
+    return click.option("--shape", "shape_names", multiple=True,
+                        help="Shape name(s) from the benchmark list, or B,H,S,D; default all.")(f)
+
+
+def _pick_shapes(shape_names) -> list:
+    from .shapes import bench_shapes
+    try:
+        return [parse_shape(n) for n in shape_names] if shape_names else bench_shapes()
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--shape") from None
+
+
+@main.command()
+@_shapes_option
+@click.option("--dtype", "dtypes", multiple=True, type=click.Choice(list(TOLERANCE)),
+              help="Default: fp16 and bf16.")
+@click.option("--budget", type=click.FloatRange(1), default=300, show_default=True,
+              help="Seconds of search in all.")
+def tune(shape_names, dtypes, budget) -> None:
+    """Search tile configs on this GPU; write the winners to the tune cache dispatch reads."""
+    shapes = _pick_shapes(shape_names)
+    _need_gpu("tune")
+    import cupy
+
+    from . import api, tuner, tuning
+
+    dev_id = cupy.cuda.Device().id
+    dev = api.device_info(dev_id)
+    groups = tuner.groups_for(shapes, list(dtypes or TOLERANCE), dev)
+    rng = np.random.default_rng()
+    entries, start = {}, time.monotonic()
+    click.echo(f"tuning {len(groups)} problem classes on {dev.name} ({dev.arch}) for {budget:.0f} s")
+    with click.progressbar(length=int(budget), label="tune", show_eta=False,
+                           item_show_func=lambda s: s) as bar:
+        done = 0
+
+        def tick(key, best, score, tried):
+            nonlocal done
+            now = int(time.monotonic() - start)
+            bar.update(max(0, min(now, int(budget)) - done), f"{key}: {tried} tried, best {best} "
+                       f"({score:.3f}x default), {max(0, budget - now):.0f} s left")
+            done = max(done, min(now, int(budget)))
+
+        for i, group in enumerate(groups):
+            share = (budget - (time.monotonic() - start)) / (len(groups) - i)
+            entries[group.key] = tuner.tune_group(group, dev.arch, share, rng, tick)
+    path = tuning.cache_path()
+    tuning.save_entries(path, tuning.device_key(dev.name, dev.capability, cupy.__version__,
+                                                loader.nvrtc_version()), entries)
+    api.tuned_table.cache_clear()
+    for key, e in sorted(entries.items()):
+        click.echo(f"{key:<18} {e['tile']} score {e['score']:.3f} (noise {e['noise']:.3f}, "
+                   f"{e['tried']} tried, best seen {e['best_seen']})")
+    click.echo(f"wrote {path}")
+
+
+@main.command()
+@_shapes_option
+@click.option("--dtype", "dtypes", multiple=True, type=click.Choice(list(TOLERANCE)),
+              help="Default: fp16 and bf16.")
+def warmup(shape_names, dtypes) -> None:
+    """Compile (or load from CuPy's disk cache) the kernels dispatch will choose for these shapes."""
+    shapes = _pick_shapes(shape_names)
+    _need_gpu("warmup")
+    import cupy
+
+    from . import api
+
+    dev_id = cupy.cuda.Device().id
+    dev = api.device_info(dev_id)
+    wanted = {configs.choose_config(dev.arch, dt, s.head_dim, s.batch * s.heads_q, s.seqlen_q,
+                                    dev.num_sms, api.tuned_table(dev_id))
+              for s in shapes for dt in (dtypes or TOLERANCE)}
+    start = time.perf_counter()
+    with click.progressbar(sorted(wanted, key=str), label="warmup", item_show_func=lambda c: c and str(c)) as bar:
+        for config in bar:
+            loader.get_function(config, dev_id, dev.arch)
+    click.echo(f"{len(wanted)} kernel(s) ready in {time.perf_counter() - start:.1f} s")

@@ -79,9 +79,11 @@ _TILE_TABLE: dict[str, tuple[tuple[int, tuple[int, int, int, int]], ...]] = {
     "small_smem": ((64, (4, 2, 64, 3)), (128, (4, 2, 32, 3)), (256, (4, 1, 32, 2))),
 }
 _ARCH_FAMILY = {"sm_80": "sm_80", "sm_90a": "sm_90a", "sm_86": "small_smem", "sm_89": "small_smem"}
-# When 128-row tiles would leave SMs idle (short sequences, few heads), 64-row
-# tiles (4 warps x 1 slice) double the CTAs and halve each warp's serial work;
+# When 128-row tiles would leave SMs idle (short sequences, few heads) or most
+# rows empty (decode), 64-row tiles (4 warps x 1 slice) double the CTAs and halve
+# each warp's serial work;
 # with little work per CTA, a deeper ring hides more of the load latency.
+_SHORT_Q = 64   # at most this many queries (decode): 64-row tiles waste half as much
 _SMALL_GRID_TILE = {64: (4, 1, 64, 3), 128: (4, 1, 64, 2), 256: (4, 1, 32, 2)}
 
 
@@ -94,22 +96,35 @@ def bucket_head_dim(head_dim: int) -> int:
     return next(b for b in HEAD_DIM_BUCKETS if b >= head_dim)
 
 
+def dispatch_key(dtype: str, head_dim: int, small_grid: bool) -> str:
+    """The tuned-table key of a problem class (see tuning.py)."""
+    return f"{dtype}/d{head_dim}/{'small' if small_grid else 'large'}"
+
+
+def problem_class(arch: str, dtype: str, head_dim: int, batch_heads: int, seqlen_q: int,
+                  num_sms: int) -> tuple[str, FwdConfig]:
+    """(dispatch key, default config) of one problem."""
+    hd = bucket_head_dim(head_dim)
+    bound, tile = next((b, t) for b, t in _TILE_TABLE[arch_family(arch)] if hd <= b)
+    config = FwdConfig(dtype, hd, *tile)
+    small = batch_heads * -(-seqlen_q // config.block_m) < num_sms or seqlen_q <= _SHORT_Q
+    if small:
+        config = FwdConfig(dtype, hd, *_SMALL_GRID_TILE[bound])
+    return dispatch_key(dtype, hd, small), config
+
+
 @functools.lru_cache(maxsize=None)
 def choose_config(arch: str, dtype: str, head_dim: int, batch_heads: int = 1 << 30,
-                  seqlen_q: int = 1 << 30, num_sms: int = 1) -> FwdConfig:
-    """The kernel config for one problem class (pure; cached)."""
-    hd = bucket_head_dim(head_dim)
-    for bound, tile in _TILE_TABLE[arch_family(arch)]:
-        if hd <= bound:
-            config = FwdConfig(dtype, hd, *tile)
-            if batch_heads * -(-seqlen_q // config.block_m) < num_sms:
-                config = FwdConfig(dtype, hd, *_SMALL_GRID_TILE[bound])
-            return config
-    raise AssertionError(f"no tile for head_dim={head_dim}")  # validation bounds head_dim
+                  seqlen_q: int = 1 << 30, num_sms: int = 1,
+                  tuned: tuple[tuple[str, FwdConfig], ...] = ()) -> FwdConfig:
+    """The kernel config for one problem (pure; cached): a tuned entry, else the table's."""
+    key, default = problem_class(arch, dtype, head_dim, batch_heads, seqlen_q, num_sms)
+    return dict(tuned).get(key, default)
 
 
 def all_configs(arch: str) -> list[FwdConfig]:
-    """Every config `choose_config` can return on `arch`."""
+    """Every config the tile table can give on `arch` (tuned tables can add more: see
+    tuning.dispatchable_configs)."""
     return sorted({choose_config(arch, dt, hd, batch_heads=1, seqlen_q=sq, num_sms=2)
                    for dt in DTYPES for hd in HEAD_DIM_BUCKETS for sq in (1, 1 << 20)},
                   key=lambda c: (c.dtype, c.head_dim, c.block_m))

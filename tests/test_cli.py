@@ -78,3 +78,22 @@ def test_bench_writes_json(tmp_path):
     assert {(r["impl"], r["mode"]) for r in data["rows"]} == {
         (i, m) for i in ("flashcore", "naive_cupy") for m in ("latency", "throughput")}
     assert all(r["rel_err"] <= 1e-2 for r in data["rows"])
+
+
+@pytest.mark.gpu
+def test_tune_and_warmup_on_gpu(tmp_path, monkeypatch):
+    monkeypatch.setenv("FLASHCORE_CUPY_TUNE_CACHE", str(tmp_path / "tune.json"))
+    result = CliRunner().invoke(cli.main, ["tune", "--shape", "2,4,300,64", "--dtype", "fp16",
+                                           "--budget", "5"])
+    assert result.exit_code == 0, result.output
+    assert "fp16/d64/small" in result.output and (tmp_path / "tune.json").is_file()
+    result = CliRunner().invoke(cli.main, ["warmup", "--shape", "mission", "--shape", "2,4,300,128"])
+    assert result.exit_code == 0, result.output
+    assert "kernel(s) ready" in result.output
+
+
+def test_tune_and_warmup_without_gpu(monkeypatch):
+    monkeypatch.setattr(cli, "gpu_count", lambda: 0)
+    for cmd in (["tune"], ["warmup"]):
+        result = CliRunner().invoke(cli.main, cmd)
+        assert result.exit_code == 2 and "no CUDA GPU found" in result.output

@@ -1,0 +1,173 @@
+"""Tile search: the config space, its legality filter, and the tuned tables dispatch reads.
+
+A tuned table maps a dispatch key ("fp16/d128/large") to a tile. Tables are
+looked up in the per-user cache file first (keyed by GPU, compute capability,
+CuPy and NVRTC versions and the kernels' source hash, so any of those changing
+makes an entry stale), then in the defaults shipped with the package (measured
+on the device's H200, keyed by GPU name and capability). A stale or corrupt
+file is ignored with a warning.
+"""
+
+from __future__ import annotations
+
+import itertools
+from concurrent.futures import ThreadPoolExecutor
+import json
+import os
+import warnings
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from . import configs, loader
+from .configs import FwdConfig
+
+SCHEMA = 1
+# The space, as data: every combination is a candidate before the filters.
+SPACE = {"warps": (4, 8), "m_tiles": (1, 2), "block_n": (32, 64, 128), "stages": (2, 3, 4)}
+_MAX_ACCUMULATOR_REGS = 192   # of 255: the rest holds fragments, addresses and the softmax
+ENV_CACHE = "FLASHCORE_CUPY_TUNE_CACHE"
+ENV_DISABLE = "FLASHCORE_CUPY_NO_TUNE"   # "1": dispatch ignores tuned tables (before/after runs)
+
+
+@dataclass(frozen=True)
+class Rejected:
+    config: FwdConfig
+    reason: str
+
+
+def space(dtype: str, head_dim: int) -> list[FwdConfig]:
+    names = list(SPACE)
+    return [FwdConfig(dtype, head_dim, **dict(zip(names, values)))
+            for values in itertools.product(*(SPACE[n] for n in names))]
+
+
+def static_reason(config: FwdConfig, arch: str) -> str | None:
+    """Why `config` cannot work on `arch` without compiling it, or None."""
+    acc = config.m_tiles * (config.head_dim + config.block_n) // 2
+    if acc > _MAX_ACCUMULATOR_REGS:
+        return f"O and S accumulators need {acc} registers per thread (> {_MAX_ACCUMULATOR_REGS})"
+    limit = configs.SMEM_LIMIT[arch]
+    if config.smem_bytes > limit:
+        return f"{config.smem_bytes} B of shared memory (> {limit} on {arch})"
+    return None
+
+
+_compile_verdicts: dict[tuple[str, str], str | None] = {}
+
+
+def compile_reason(config: FwdConfig, arch: str) -> str | None:
+    """Why `config` fails when compiled for `arch` (error or spills), or None. Cached."""
+    key = (config.name_expression, arch)
+    if key not in _compile_verdicts:
+        try:
+            report = loader.compile_only(config, arch)
+            _compile_verdicts[key] = (f"spills {report.spill_bytes} B ({report.registers} registers)"
+                                      if report.spill_bytes else None)
+        except loader.KernelCompileError as e:
+            _compile_verdicts[key] = f"compile error: {e.log.strip().splitlines()[0][:120]}"
+    return _compile_verdicts[key]
+
+
+def legal_configs(arch: str, dtype: str, head_dim: int,
+                  compile_check: bool = True) -> tuple[list[FwdConfig], list[Rejected]]:
+    """Split the space for one (arch, dtype, head dim) into legal configs and rejections."""
+    def reason(config: FwdConfig) -> str | None:
+        return static_reason(config, arch) or (compile_reason(config, arch) if compile_check else None)
+
+    cands = space(dtype, head_dim)
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:   # NVRTC drops the GIL
+        reasons = list(pool.map(reason, cands))
+    return ([c for c, r in zip(cands, reasons) if r is None],
+            [Rejected(c, r) for c, r in zip(cands, reasons) if r is not None])
+
+
+# --- tuned tables -------------------------------------------------------------
+
+
+def cache_path() -> Path:
+    if os.environ.get(ENV_CACHE):
+        return Path(os.environ[ENV_CACHE])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "flashcore_cupy" / "tune.json"
+
+
+def device_key(gpu: str, capability: tuple[int, int], cupy_version: str, nvrtc: str) -> str:
+    return f"{gpu}|sm{capability[0]}{capability[1]}|cupy {cupy_version}|nvrtc {nvrtc}|kernels {loader.source_hash()}"
+
+
+def _entry_config(key: str, entry: dict) -> FwdConfig:
+    dtype, d, _ = key.split("/")
+    tile = entry["tile"]
+    if not (isinstance(tile, list) and len(tile) == 4 and all(isinstance(x, int) for x in tile)):
+        raise ValueError(f"bad tile {tile!r}")
+    return FwdConfig(dtype, int(d[1:]), *tile)
+
+
+def _read_tables(path: Path, what: str) -> dict:
+    """{table key: {dispatch key: entry}} from a tune file; {} (with a warning) if unusable."""
+    try:
+        data = json.loads(path.read_text())
+        if data.get("schema") != SCHEMA or not isinstance(data.get("tables"), dict):
+            raise ValueError(f"schema {data.get('schema')!r}, expected {SCHEMA}")
+        return data["tables"]
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError, AttributeError) as e:
+        warnings.warn(f"flashcore_cupy: ignoring {what} {path}: {e}", stacklevel=3)
+        return {}
+
+
+def _to_configs(entries: dict, arch: str, source: str) -> dict[str, FwdConfig]:
+    out = {}
+    for key, entry in entries.items():
+        try:
+            config = _entry_config(key, entry)
+            if static_reason(config, arch) is not None:
+                raise ValueError(static_reason(config, arch))
+            out[key] = config
+        except (ValueError, KeyError, TypeError) as e:
+            warnings.warn(f"flashcore_cupy: ignoring tuned entry {key!r} from {source}: {e}",
+                          stacklevel=3)
+    return out
+
+
+def load_table(gpu: str, capability: tuple[int, int], cupy_version: str, nvrtc: str,
+               arch: str) -> dict[str, FwdConfig]:
+    """The tuned table for this device: the user's cache over the shipped defaults."""
+    if os.environ.get(ENV_DISABLE) == "1":
+        return {}
+    shipped = _read_tables(Path(str(resources.files(__package__).joinpath("tuned_defaults.json"))),
+                           "shipped tune defaults")
+    table = _to_configs(shipped.get(f"{gpu}|sm{capability[0]}{capability[1]}", {}), arch, "defaults")
+    user = _read_tables(cache_path(), "tune cache")
+    key = device_key(gpu, capability, cupy_version, nvrtc)
+    table.update(_to_configs(user.get(key, {}), arch, str(cache_path())))
+    return table
+
+
+def shipped_configs(arch: str) -> set[FwdConfig]:
+    """Tiles the shipped defaults can make dispatch choose on `arch` (for `check` and tests)."""
+    path = Path(str(resources.files(__package__).joinpath("tuned_defaults.json")))
+    found = set()
+    for table_key, entries in _read_tables(path, "shipped tune defaults").items():
+        cap = table_key.rsplit("|sm", 1)[-1]
+        if loader.arch_for_capability(int(cap[:-1]), int(cap[-1])) == arch:
+            found |= set(_to_configs(entries, arch, "defaults").values())
+    return found
+
+
+def dispatchable_configs(arch: str) -> list[FwdConfig]:
+    """Every config dispatch can choose on `arch`: the tile table's and the shipped tuned ones."""
+    return sorted(set(configs.all_configs(arch)) | shipped_configs(arch),
+                  key=lambda c: (c.dtype, c.head_dim, c.block_m, c.block_n, c.stages))
+
+
+def save_entries(path: Path, table_key: str, entries: dict[str, dict]) -> None:
+    """Merge `entries` into the table `table_key` of the tune file at `path` (atomic write)."""
+    tables = _read_tables(path, "tune cache")
+    tables.setdefault(table_key, {}).update(entries)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"schema": SCHEMA, "tables": tables}, indent=1, sort_keys=True))
+    tmp.replace(path)

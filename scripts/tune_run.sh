@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The tile-search device run: GPU tests, the benchmark with the hand-written table
+# (before), `flashcore-cupy tune` over the benchmark list, the benchmark with the
+# tuned table (after), and first-call times of `run --shape mission` in fresh
+# processes with a cold and a warm CuPy kernel cache. Logs go to $OUT.
+set -uo pipefail
+OUT=${OUT:-/tmp/flashcore-out}
+mkdir -p "$OUT"
+export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 FLASHCORE_CUPY_TUNE_CACHE="$OUT/tune.json"
+status=0
+
+step() {   # step LOGFILE CMD...: run CMD, append its output to $OUT/LOGFILE, remember a failure
+  local log=$1; shift
+  echo "\$ $*" | tee -a "$OUT/$log"
+  "$@" 2>&1 | tee -a "$OUT/$log"
+  [ "${PIPESTATUS[0]}" -eq 0 ] || { status=1; echo "FAILED: $*" | tee -a "$OUT/$log"; }
+}
+
+step pytest.txt python3 -m pytest tests -q -x -p no:cacheprovider
+step bench_before.txt env FLASHCORE_CUPY_NO_TUNE=1 python3 scripts/bench.py --impl flashcore \
+  --iters 20 --out "$OUT/bench_before.json"
+step tune.txt python3 -m flashcore_cupy tune --budget "${TUNE_BUDGET:-150}"
+step bench_after.txt python3 scripts/bench.py --impl flashcore --iters 20 --out "$OUT/bench_after.json"
+cache=$(mktemp -d)
+step firstcall.txt env CUPY_CACHE_DIR="$cache" python3 -m flashcore_cupy run --shape mission --iters 5
+step firstcall.txt env CUPY_CACHE_DIR="$cache" python3 -m flashcore_cupy run --shape mission --iters 5
+echo "tune_run exit status: $status"
+exit $status

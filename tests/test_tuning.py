@@ -1,0 +1,105 @@
+"""The tile-search space, its legality filter and the tune cache (CPU)."""
+
+import json
+import warnings
+
+import pytest
+
+from flashcore_cupy import configs, tuner, tuning
+from flashcore_cupy.configs import FwdConfig
+
+GPU, CAP, CUPY, NVRTC = "NVIDIA Test GPU", (9, 0), "14.2.0", "12.9"
+
+
+@pytest.mark.parametrize("arch", ["sm_80", "sm_89", "sm_90a"])
+def test_every_config_is_legal_or_rejected_with_a_reason(arch):
+    for dtype, dims in (("fp16", configs.HEAD_DIM_BUCKETS), ("bf16", (64, 128))):
+        for d in dims:
+            legal, rejected = tuning.legal_configs(arch, dtype, d)
+            assert set(legal) | {r.config for r in rejected} == set(tuning.space(dtype, d))
+            assert not set(legal) & {r.config for r in rejected}
+            assert all(r.reason for r in rejected)
+            for c in legal:   # legal means it compiled for this arch without spilling
+                assert tuning.compile_reason(c, arch) is None and tuning.static_reason(c, arch) is None
+            # the hand-written table's tiles are in the space and legal
+            for small in (False, True):
+                _, default = configs.problem_class(arch, dtype, d, 1 if small else 10**6, 1 << 20, 2)
+                if default in tuning.space(dtype, d):
+                    assert default in legal, (arch, str(default))
+
+
+def test_static_rules_explain_themselves():
+    big = FwdConfig("fp16", 256, 4, 2, 128, 4)
+    assert "registers" in tuning.static_reason(big, "sm_90a")
+    wide = FwdConfig("fp16", 128, 8, 1, 128, 4)
+    assert "shared memory" in tuning.static_reason(wide, "sm_86")
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    path = tmp_path / "tune.json"
+    monkeypatch.setenv(tuning.ENV_CACHE, str(path))
+    monkeypatch.delenv(tuning.ENV_DISABLE, raising=False)
+    return path
+
+
+def test_cache_round_trips_and_feeds_dispatch(cache):
+    key = tuning.device_key(GPU, CAP, CUPY, NVRTC)
+    tuning.save_entries(cache, key, {"fp16/d64/large": {"tile": [8, 1, 64, 2], "score": 0.9}})
+    tuning.save_entries(cache, key, {"bf16/d128/small": {"tile": [4, 1, 32, 3], "score": 0.95}})
+    table = tuning.load_table(GPU, CAP, CUPY, NVRTC, "sm_90a")
+    assert table == {"fp16/d64/large": FwdConfig("fp16", 64, 8, 1, 64, 2),
+                     "bf16/d128/small": FwdConfig("bf16", 128, 4, 1, 32, 3)}
+    tuned = tuple(sorted(table.items()))
+    got = configs.choose_config("sm_90a", "fp16", 64, 64, 4096, 132, tuned)
+    assert got == FwdConfig("fp16", 64, 8, 1, 64, 2)
+    assert configs.choose_config("sm_90a", "fp16", 128, 64, 4096, 132, tuned) == \
+        configs.choose_config("sm_90a", "fp16", 128, 64, 4096, 132)
+
+
+def test_stale_entries_do_not_apply(cache):
+    # another NVRTC (or kernels hash, CuPy version, GPU) is another table
+    tuning.save_entries(cache, tuning.device_key(GPU, CAP, CUPY, "13.0"),
+                        {"fp16/d64/large": {"tile": [8, 1, 64, 2]}})
+    assert tuning.load_table(GPU, CAP, CUPY, NVRTC, "sm_90a") == {}
+
+
+@pytest.mark.parametrize("text", ["{not json", json.dumps({"schema": 99, "tables": {}}), "[]"])
+def test_corrupt_cache_is_ignored_with_a_warning(cache, text):
+    cache.write_text(text)
+    with pytest.warns(UserWarning, match="ignoring tune cache"):
+        assert tuning.load_table(GPU, CAP, CUPY, NVRTC, "sm_90a") == {}
+
+
+def test_bad_entries_are_ignored_with_a_warning(cache):
+    key = tuning.device_key(GPU, CAP, CUPY, NVRTC)
+    tuning.save_entries(cache, key, {"fp16/d64/large": {"tile": "big"},
+                                     "fp16/d128/large": {"tile": [8, 2, 128, 4]},   # too many registers
+                                     "bf16/d64/small": {"tile": [4, 1, 64, 3]}})
+    with pytest.warns(UserWarning, match="ignoring tuned entry"):
+        table = tuning.load_table(GPU, CAP, CUPY, NVRTC, "sm_90a")
+    assert table == {"bf16/d64/small": FwdConfig("bf16", 64, 4, 1, 64, 3)}
+
+
+def test_disable_switch(cache, monkeypatch):
+    tuning.save_entries(cache, tuning.device_key(GPU, CAP, CUPY, NVRTC),
+                        {"fp16/d64/large": {"tile": [8, 1, 64, 2]}})
+    monkeypatch.setenv(tuning.ENV_DISABLE, "1")
+    assert tuning.load_table(GPU, CAP, CUPY, NVRTC, "sm_90a") == {}
+
+
+def test_shipped_defaults_are_well_formed():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for arch in configs.SUPPORTED_ARCHS:
+            for c in tuning.shipped_configs(arch):
+                assert tuning.static_reason(c, arch) is None
+                assert c in tuning.dispatchable_configs(arch)
+
+
+def test_neighbours_step_one_parameter():
+    c = FwdConfig("fp16", 64, 4, 2, 64, 3)
+    every = set(tuning.space("fp16", 64))
+    n = tuner.neighbours(c, every)
+    assert FwdConfig("fp16", 64, 4, 2, 32, 3) in n and FwdConfig("fp16", 64, 4, 2, 64, 4) in n
+    assert all(sum(getattr(a, f) != getattr(c, f) for f in tuning.SPACE) == 1 for a in n)
