@@ -294,8 +294,11 @@ def tune(shape_names, dtypes, budget) -> None:
                        f"({score:.3f}x default), {max(0, budget - now):.0f} s left")
             done = max(done, min(now, int(budget)))
 
-        for i, group in enumerate(groups):
-            share = (budget - (time.monotonic() - start)) / (len(groups) - i)
+        # Budget in proportion to each group's shapes: every candidate runs all of them.
+        shapes_left = sum(len(g.shapes) for g in groups)
+        for group in groups:
+            share = (budget - (time.monotonic() - start)) * len(group.shapes) / shapes_left
+            shapes_left -= len(group.shapes)
             entries[group.key] = tuner.tune_group(group, dev.arch, share, rng, tick)
     path = tuning.cache_path()
     tuning.save_entries(path, tuning.device_key(dev.name, dev.capability, cupy.__version__,

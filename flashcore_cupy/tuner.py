@@ -1,8 +1,8 @@
 """`flashcore-cupy tune`: random + local search over the legal tiles, on the GPU.
 
 Shapes are grouped by dispatch key (dtype, head dim, grid class); within a group
-a tile's score is the sum over the group's shapes of its time divided by the
-default tile's time, so 1.0 is the default. Every candidate is checked against
+a tile's score is, over the group's shapes, its time divided by the
+default tile's time, averaged, so 1.0 is the default. Every candidate is checked against
 the float64 reference on fresh inputs before it is timed (the benchmark's
 throughput method). A tile replaces the default only if it beats it by more
 than the noise measured by timing the default twice.
@@ -65,7 +65,7 @@ class Evaluator:
         return time_throughput(lambda i: launch(q, k, v, out, None), iters=5, calls=10).p50
 
     def score(self, config: FwdConfig) -> tuple[float, dict[str, float]] | None:
-        """Sum over shapes of time / default's time; None if the tile fails a check."""
+        """Mean over shapes of time / default's time; None if the tile fails a check."""
         times = {}
         for shape in self.group.shapes:
             t = self.time_one(config, shape)
@@ -74,7 +74,7 @@ class Evaluator:
             times[shape.name] = t
         if not self.baseline:
             self.baseline = dict(times)
-        return sum(times[n] / self.baseline[n] for n in times), times
+        return sum(times[n] / self.baseline[n] for n in times) / len(times), times
 
 
 def neighbours(config: FwdConfig, legal: set[FwdConfig]) -> list[FwdConfig]:

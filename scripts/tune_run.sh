@@ -3,6 +3,7 @@
 # (before), `flashcore-cupy tune` over the benchmark list, the benchmark with the
 # tuned table (after), and first-call times of `run --shape mission` in fresh
 # processes with a cold and a warm CuPy kernel cache. Logs go to $OUT.
+# SKIP_TESTS=1 leaves the GPU tests out; TUNE_BUDGET sets the search seconds.
 set -uo pipefail
 OUT=${OUT:-/tmp/flashcore-out}
 mkdir -p "$OUT"
@@ -16,7 +17,7 @@ step() {   # step LOGFILE CMD...: run CMD, append its output to $OUT/LOGFILE, re
   [ "${PIPESTATUS[0]}" -eq 0 ] || { status=1; echo "FAILED: $*" | tee -a "$OUT/$log"; }
 }
 
-step pytest.txt python3 -m pytest tests -q -x -p no:cacheprovider
+[ "${SKIP_TESTS:-0}" = 1 ] || step pytest.txt python3 -m pytest tests -q -x -p no:cacheprovider
 step bench_before.txt env FLASHCORE_CUPY_NO_TUNE=1 python3 scripts/bench.py --impl flashcore \
   --iters 20 --out "$OUT/bench_before.json"
 step tune.txt python3 -m flashcore_cupy tune --budget "${TUNE_BUDGET:-150}"
