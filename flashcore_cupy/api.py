@@ -127,12 +127,13 @@ def _signature(q, k, v, out, causal, scale, layout, return_lse, backend):
     if ptrs & _ALIGN_MASK:
         return None
     try:
-        return (q.shape, q.strides, q.dtype, q.data.device_id, k.shape, k.strides, k.dtype,
-                k.data.device_id, v.shape, v.strides, v.dtype, v.data.device_id,
-                None if out is None else (out.shape, out.strides, out.dtype, out.data.device_id),
-                causal, scale, layout, return_lse, backend, hash(scale))
+        hash((scale, layout, backend))
     except TypeError:   # an unhashable option: let validation name it
         return None
+    return (q.shape, q.strides, q.dtype, q.data.device_id, k.shape, k.strides, k.dtype,
+            k.data.device_id, v.shape, v.strides, v.dtype, v.data.device_id,
+            None if out is None else (out.shape, out.strides, out.dtype, out.data.device_id),
+            causal, scale, layout, return_lse, backend)
 
 
 @functools.cache

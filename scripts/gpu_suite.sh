@@ -4,17 +4,7 @@
 # Usage on the device machine, from the repository root:  bash scripts/gpu_suite.sh
 # BENCH=0 skips the benchmark; PYTEST_ARGS adds pytest options.
 set -uo pipefail
-OUT=${OUT:-/tmp/flashcore-out}
-mkdir -p "$OUT"
-export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
-status=0
-
-step() {   # step LOGFILE CMD...: run CMD, append its output to $OUT/LOGFILE, remember a failure
-  local log=$1; shift
-  echo "\$ $*" | tee -a "$OUT/$log"
-  "$@" 2>&1 | tee -a "$OUT/$log"
-  [ "${PIPESTATUS[0]}" -eq 0 ] || { status=1; echo "FAILED: $*" | tee -a "$OUT/$log"; }
-}
+source "$(dirname "$0")/steps.sh"
 
 step device.txt date -u
 step device.txt nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv

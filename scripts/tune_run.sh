@@ -5,17 +5,8 @@
 # processes with a cold and a warm CuPy kernel cache. Logs go to $OUT.
 # SKIP_TESTS=1 leaves the GPU tests out; TUNE_BUDGET sets the search seconds.
 set -uo pipefail
-OUT=${OUT:-/tmp/flashcore-out}
-mkdir -p "$OUT"
-export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 FLASHCORE_CUPY_TUNE_CACHE="$OUT/tune.json"
-status=0
-
-step() {   # step LOGFILE CMD...: run CMD, append its output to $OUT/LOGFILE, remember a failure
-  local log=$1; shift
-  echo "\$ $*" | tee -a "$OUT/$log"
-  "$@" 2>&1 | tee -a "$OUT/$log"
-  [ "${PIPESTATUS[0]}" -eq 0 ] || { status=1; echo "FAILED: $*" | tee -a "$OUT/$log"; }
-}
+source "$(dirname "$0")/steps.sh"
+export FLASHCORE_CUPY_TUNE_CACHE="$OUT/tune.json"
 
 [ "${SKIP_TESTS:-0}" = 1 ] || step pytest.txt python3 -m pytest tests -q -x -p no:cacheprovider
 step bench_before.txt env FLASHCORE_CUPY_NO_TUNE=1 python3 scripts/bench.py --impl flashcore \
