@@ -136,3 +136,35 @@ def test_bad_backend_and_options_fail_first():
         fc.attention(x, x, x, backend="triton")
     with pytest.raises(ValueError, match="layout"):
         fc.attention(x, x, x, layout="sbhd")
+
+
+class _FakePtr:
+    def __init__(self, ptr, device_id=0):
+        self.ptr, self.device_id = ptr, device_id
+
+
+class _FakeArray:
+    """Stands in for cupy.ndarray in the fast-path signature (no GPU needed)."""
+
+    def __init__(self, ptr=1 << 20, shape=(1, 2, 8, 64)):
+        self.shape, self.strides, self.dtype = shape, (2048, 1024, 128, 2), np.dtype(np.float16)
+        self.data = _FakePtr(ptr)
+
+
+def test_call_signature_fast_path_rules(monkeypatch):
+    from flashcore_cupy import api
+
+    monkeypatch.setattr(api, "_cupy_ndarray", lambda: _FakeArray)
+    q, k, v = _FakeArray(), _FakeArray(2 << 20), _FakeArray(3 << 20)
+    sig = api._signature(q, k, v, None, False, None, "bhsd", False, "auto")
+    assert sig is not None
+    # addresses are not part of the key: other buffers of the same layout reuse the launch
+    assert api._signature(_FakeArray(5 << 20), k, v, None, False, None, "bhsd", False, "auto") == sig
+    assert api._signature(q, k, v, None, True, None, "bhsd", False, "auto") != sig
+    assert api._signature(_FakeArray(shape=(1, 2, 9, 64)), k, v, None, False, None, "bhsd", False,
+                          "auto") != sig
+    # everything validation must see again takes the slow path
+    assert api._signature(_FakeArray((1 << 20) + 8), k, v, None, False, None, "bhsd", False, "auto") is None
+    assert api._signature(q, k, v, None, 1, None, "bhsd", False, "auto") is None          # causal not bool
+    assert api._signature(q, k, v, None, False, [0.1], "bhsd", False, "auto") is None     # unhashable scale
+    assert api._signature(np.zeros(1), k, v, None, False, None, "bhsd", False, "auto") is None
