@@ -21,14 +21,13 @@ from typing import Callable
 
 import numpy as np
 
+from . import workload
 from .shapes import Shape, bench_shapes
 from .timing import time_latency, time_throughput
 
 IMPLS = ("flashcore", "flashcore_sm80", "naive_cupy", "sdpa_flash", "sdpa_cudnn", "sdpa_efficient")
 _SDPA_BACKENDS = {"sdpa_flash": "FLASH_ATTENTION", "sdpa_cudnn": "CUDNN_ATTENTION",
                   "sdpa_efficient": "EFFICIENT_ATTENTION"}
-_ROTATE_BYTES = 256 << 20
-_NAIVE_MAX_SCORE_BYTES = 4 << 30
 _LONG_US = 10_000   # runs longer than this get fewer repeats
 
 
@@ -72,7 +71,7 @@ def _impls(shape: Shape, torch) -> dict[str, tuple[Callable, Callable, Callable]
         "flashcore_sm80": (lambda q, k, v: api.attention(q, k, v, causal=shape.causal,
                                                          backend="sm80"), _identity, none),
     }
-    if 4 * shape.batch * shape.heads_q * shape.seqlen_q * shape.seqlen_k <= _NAIVE_MAX_SCORE_BYTES:
+    if workload.naive_fits(shape):
         fns["naive_cupy"] = (lambda q, k, v: naive.attention(q, k, v, causal=shape.causal),
                              _identity, none)
     if torch is None:
@@ -97,27 +96,16 @@ def _impls(shape: Shape, torch) -> dict[str, tuple[Callable, Callable, Callable]
     return fns
 
 
-def _inputs(shape: Shape, dtype: str, rng) -> list:
-    from .cli import random_inputs
-
-    short = "fp16" if dtype == "float16" else "bf16"
-    first = random_inputs(shape, short, rng)
-    set_bytes = sum(x.nbytes for x in first)
-    extra = min(7, _ROTATE_BYTES // (4 * set_bytes))
-    return [first] + [random_inputs(shape, short, rng) for _ in range(extra)]
-
-
 def _rel_err(shape: Shape, out, q, k, v, rng) -> float:
-    from .cli import verify
     import cupy
 
     out = out if isinstance(out, cupy.ndarray) else cupy.from_dlpack(out.contiguous())
-    return verify(shape, q, k, v, out, rng)
+    return workload.verify(shape, q, k, v, out, rng)
 
 
 def run_case(shape: Shape, dtype: str, impls: list[str], iters: int, rng, torch) -> list[Row]:
     fns = _impls(shape, torch)
-    sets = _inputs(shape, dtype, rng)
+    sets = workload.input_sets(shape, "fp16" if dtype == "float16" else "bf16", rng)
     rows = []
     for impl in impls:
         if impl not in fns:

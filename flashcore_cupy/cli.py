@@ -1,4 +1,4 @@
-"""Command line: `flashcore-cupy run | info | check` (also `python -m flashcore_cupy`)."""
+"""Command line: `flashcore-cupy run | info | check | bench | tune | warmup` (also `python -m flashcore_cupy`)."""
 
 from __future__ import annotations
 
@@ -11,12 +11,8 @@ import click
 import numpy as np
 
 from . import configs, loader
-from .shapes import Shape, parse_shape
-
-TOLERANCE = {"fp16": 2e-3, "bf16": 1e-2}
-_CHECK_ROWS = 512           # query rows compared with the float64 reference
-_ROTATE_BYTES = 256 << 20   # rotate input sets until they exceed any L2 several times
-_NAIVE_MAX_SCORE_BYTES = 4 << 30
+from .shapes import parse_shape
+from .workload import TOLERANCE
 
 
 def gpu_count() -> int:
@@ -25,42 +21,6 @@ def gpu_count() -> int:
         return cupy.cuda.runtime.getDeviceCount()
     except Exception:   # no cupy, no driver, no device: all mean "no GPU here"
         return 0
-
-
-def _np_dtype(dtype: str):
-    import ml_dtypes
-    return np.float16 if dtype == "fp16" else ml_dtypes.bfloat16
-
-
-def random_inputs(shape: Shape, dtype: str, rng: np.random.Generator, layout: str = "bhsd"):
-    """q, k, v on the GPU, normal with std 1, drawn fresh for each call."""
-    import cupy
-
-    from .validation import bhsd_to_layout
-
-    def draw(heads: int, seqlen: int):
-        dims = bhsd_to_layout((shape.batch, heads, seqlen, shape.head_dim), layout)
-        return cupy.asarray(rng.standard_normal(dims, dtype=np.float32).astype(_np_dtype(dtype)))
-
-    return (draw(shape.heads_q, shape.seqlen_q), draw(shape.heads_kv, shape.seqlen_k),
-            draw(shape.heads_kv, shape.seqlen_k))
-
-
-def check_rows(seqlen_q: int, rng: np.random.Generator, n: int = _CHECK_ROWS) -> np.ndarray:
-    """Query rows to verify: all of them for short sequences, else a sample with both ends."""
-    if seqlen_q <= n:
-        return np.arange(seqlen_q)
-    inner = rng.choice(np.arange(1, seqlen_q - 1), n - 2, replace=False)
-    return np.sort(np.concatenate([[0, seqlen_q - 1], inner]))
-
-
-def verify(shape: Shape, q, k, v, out, rng: np.random.Generator, rows: int = _CHECK_ROWS) -> float:
-    """Relative L2 error of `out` (bhsd) against the float64 reference on sampled rows."""
-    from . import reference
-
-    rows = check_rows(shape.seqlen_q, rng, rows)
-    ref = reference.attention(q, k, v, causal=shape.causal, q_positions=rows)
-    return reference.rel_error(out[:, :, rows.tolist()], ref)
 
 
 @click.group()
@@ -86,7 +46,7 @@ def run(shape_text: str, dtype: str, causal: bool, iters: int) -> None:
         sys.exit(2)
     import cupy
 
-    from . import api, naive
+    from . import api, naive, workload
     from .timing import time_latency
 
     rng = np.random.default_rng()
@@ -99,21 +59,19 @@ def run(shape_text: str, dtype: str, causal: bool, iters: int) -> None:
                f"Sq={shape.seqlen_q} Sk={shape.seqlen_k} D={shape.head_dim} {dtype} "
                f"{'causal' if shape.causal else 'non-causal'} on {name} ({arch}), kernel {config}")
 
-    q, k, v = random_inputs(shape, dtype, rng)
+    q, k, v = workload.random_inputs(shape, dtype, rng)
     out = cupy.full(q.shape, np.nan, dtype=q.dtype)   # poisoned: every element must be written
     start = time.perf_counter()
     api.attention(q, k, v, causal=shape.causal, out=out)
     cupy.cuda.get_current_stream().synchronize()
     click.echo(f"first call: {(time.perf_counter() - start) * 1e3:.1f} ms "
                f"(kernel compile or CuPy disk-cache load, then the run)")
-    err = verify(shape, q, k, v, out, rng)
+    err = workload.verify(shape, q, k, v, out, rng)
     passed = err <= TOLERANCE[dtype]
     click.echo(f"check: rel L2 error {err:.2e} vs float64 reference "
                f"(limit {TOLERANCE[dtype]:.0e}) {'PASS' if passed else 'FAIL'}")
 
-    set_bytes = 2 * (q.nbytes + k.nbytes + v.nbytes)
-    sets = [(q, k, v)] + [random_inputs(shape, dtype, rng)
-                          for _ in range(min(7, _ROTATE_BYTES // set_bytes))]
+    sets = workload.input_sets(shape, dtype, rng, first=(q, k, v))
     outs = [cupy.empty_like(s[0]) for s in sets]
 
     def call(i: int):
@@ -125,8 +83,7 @@ def run(shape_text: str, dtype: str, causal: bool, iters: int) -> None:
     click.echo(f"latency ({iters} calls, CUDA events around each, {len(sets)} input sets): "
                f"p50 {t.p50:.1f} us  p90 {t.p90:.1f} us  p99 {t.p99:.1f} us  {tflops:.1f} TFLOP/s")
 
-    score_bytes = 4 * shape.batch * shape.heads_q * shape.seqlen_q * shape.seqlen_k
-    if score_bytes <= _NAIVE_MAX_SCORE_BYTES:
+    if workload.naive_fits(shape):
         tn = time_latency(lambda i: naive.attention(*sets[i % len(sets)], causal=shape.causal),
                           max(5, min(iters, 30)), warmup=3)
         click.echo(f"naive CuPy (matmul, softmax, matmul): p50 {tn.p50:.1f} us -> "

@@ -25,31 +25,9 @@ class Timing:
         return float(np.percentile(self.us, 99))
 
 
-def time_latency(fn: Callable[[int], object], iters: int, warmup: int = 10) -> Timing:
-    """Events around one call after the GPU is idle: what a user sees, host cost included.
-
-    fn(i) gets the call index, so callers can rotate input sets.
-    """
-    import cupy
-
-    stream = cupy.cuda.get_current_stream()
-    for i in range(warmup):
-        fn(i)
-    start, end = cupy.cuda.Event(), cupy.cuda.Event()
-    samples = np.empty(iters)
-    for i in range(iters):
-        stream.synchronize()
-        start.record(stream)
-        fn(i)
-        end.record(stream)
-        end.synchronize()
-        samples[i] = cupy.cuda.get_elapsed_time(start, end) * 1e3
-    return Timing(samples)
-
-
-def time_throughput(fn: Callable[[int], object], iters: int, calls: int = 20,
-                    warmup: int = 10) -> Timing:
-    """Events around `calls` back-to-back calls, divided by their count; `iters` samples."""
+def _event_samples(fn: Callable[[int], object], iters: int, calls: int, warmup: int) -> Timing:
+    """`iters` samples of CUDA events around `calls` back-to-back calls (per call), each
+    sample started with the GPU idle. fn(i) gets the call index, so callers can rotate inputs."""
     import cupy
 
     stream = cupy.cuda.get_current_stream()
@@ -66,3 +44,14 @@ def time_throughput(fn: Callable[[int], object], iters: int, calls: int = 20,
         end.synchronize()
         samples[i] = cupy.cuda.get_elapsed_time(start, end) * 1e3 / calls
     return Timing(samples)
+
+
+def time_latency(fn: Callable[[int], object], iters: int, warmup: int = 10) -> Timing:
+    """Events around one call after the GPU is idle: what a user sees, host cost included."""
+    return _event_samples(fn, iters, 1, warmup)
+
+
+def time_throughput(fn: Callable[[int], object], iters: int, calls: int = 20,
+                    warmup: int = 10) -> Timing:
+    """Events around `calls` back-to-back calls, divided by their count; `iters` samples."""
+    return _event_samples(fn, iters, calls, warmup)

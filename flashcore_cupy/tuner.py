@@ -16,12 +16,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import api, configs, tuning
+from . import api, configs, tuning, workload
 from .configs import FwdConfig
 from .shapes import Shape
 from .timing import time_throughput
+from .workload import TOLERANCE
 
-TOLERANCE = {"fp16": 2e-3, "bf16": 1e-2}
 _MIN_MARGIN = 0.02   # never adopt a tile for less than a 2 % gain
 _CHECK_ROWS = 64     # query rows checked per candidate and shape (the float64 reference is slow)
 
@@ -54,13 +54,11 @@ class Evaluator:
     def time_one(self, config: FwdConfig, shape: Shape) -> float | None:
         import cupy
 
-        from .cli import random_inputs, verify
-
-        q, k, v = random_inputs(shape, self.dtype, self.rng)
+        q, k, v = workload.random_inputs(shape, self.dtype, self.rng)
         out = cupy.full(q.shape, np.nan, dtype=q.dtype)
         *_, launch = api._prepare(q, k, v, out, shape.causal, None, "bhsd", False, "auto", config)
         launch(q, k, v, out, None)
-        if not verify(shape, q, k, v, out, self.rng, rows=_CHECK_ROWS) <= TOLERANCE[self.dtype]:
+        if not workload.verify(shape, q, k, v, out, self.rng, rows=_CHECK_ROWS) <= TOLERANCE[self.dtype]:
             return None
         return time_throughput(lambda i: launch(q, k, v, out, None), iters=5, calls=10).p50
 

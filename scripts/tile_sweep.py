@@ -11,7 +11,7 @@ import cupy
 import numpy as np
 
 from flashcore_cupy import api
-from flashcore_cupy.cli import random_inputs, verify
+from flashcore_cupy.workload import random_inputs, verify
 from flashcore_cupy.configs import FwdConfig
 from flashcore_cupy.shapes import parse_shape
 from flashcore_cupy.timing import time_throughput
