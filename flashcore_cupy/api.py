@@ -118,7 +118,10 @@ _launches: dict[tuple, FwdLaunch] = {}
 
 
 def _signature(q, k, v, out, causal, scale, layout, return_lse, backend):
-    """Everything validation looked at except the addresses; None when not on the fast path."""
+    """Everything validation looked at except the addresses; None when not on the fast path.
+
+    scale's type is part of the key: True, 1 and 1.0 hash alike, but validation refuses True.
+    """
     nd = _cupy_ndarray()
     if not (type(q) is nd and type(k) is nd and type(v) is nd and (out is None or type(out) is nd)
             and type(causal) is bool and type(return_lse) is bool):
@@ -133,7 +136,7 @@ def _signature(q, k, v, out, causal, scale, layout, return_lse, backend):
     return (q.shape, q.strides, q.dtype, q.data.device_id, k.shape, k.strides, k.dtype,
             k.data.device_id, v.shape, v.strides, v.dtype, v.data.device_id,
             None if out is None else (out.shape, out.strides, out.dtype, out.data.device_id),
-            causal, scale, layout, return_lse, backend)
+            causal, type(scale), scale, layout, return_lse, backend)
 
 
 @functools.cache

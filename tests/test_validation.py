@@ -167,4 +167,6 @@ def test_call_signature_fast_path_rules(monkeypatch):
     assert api._signature(_FakeArray((1 << 20) + 8), k, v, None, False, None, "bhsd", False, "auto") is None
     assert api._signature(q, k, v, None, 1, None, "bhsd", False, "auto") is None          # causal not bool
     assert api._signature(q, k, v, None, False, [0.1], "bhsd", False, "auto") is None     # unhashable scale
+    assert (api._signature(q, k, v, None, False, True, "bhsd", False, "auto")
+            != api._signature(q, k, v, None, False, 1.0, "bhsd", False, "auto"))
     assert api._signature(np.zeros(1), k, v, None, False, None, "bhsd", False, "auto") is None
