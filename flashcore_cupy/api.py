@@ -14,13 +14,13 @@ from typing import Any, Literal, NamedTuple
 import numpy as np
 
 from . import loader, tuning
-from .configs import FwdConfig, choose_config
-from .launch import FwdLaunch
+from .configs import FwdConfig, Sm90Config, choose_kernel
+from .launch import FwdLaunch, Sm90Launch, build_launch, sm90_blocker
 from .validation import (Problem, TensorSpec, check_capability, check_options, check_out,
                          check_problem, layout_strides)
 
-Backend = Literal["auto", "sm80"]
-BACKENDS = ("auto", "sm80")
+Backend = Literal["auto", "sm80", "sm90"]
+BACKENDS = ("auto", "sm80", "sm90")
 _DLPACK_CUDA_DEVICES = (2, 3, 13)   # kDLCUDA, kDLCUDAHost, kDLCUDAManaged
 _ALIGN_MASK = 15                    # validation's 16-byte rule, rechecked per call
 _MAX_CACHED_LAUNCHES = 4096
@@ -81,13 +81,22 @@ def tuned_table(device_id: int) -> tuple[tuple[str, FwdConfig], ...]:
     return tuple(sorted(table.items()))
 
 
-def plan(problem: Problem, device_id: int, backend: Backend) -> tuple[FwdConfig, str]:
-    """Which kernel runs this problem, and for which arch. Every backend is the sm_80 kernel for now."""
+def plan(problem: Problem, device_id: int, backend: Backend) -> tuple[FwdConfig | Sm90Config, str]:
+    """Which kernel runs this problem, and for which arch.
+
+    "auto": the Hopper kernel where it can run and fills the GPU, else the
+    portable one; "sm80": the portable kernel; "sm90": the Hopper kernel, or a
+    ValueError saying why it cannot run this problem.
+    """
     dev = device_info(device_id)
     check_capability(dev.capability, device_id)
-    return choose_config(dev.arch, problem.dtype, problem.head_dim,
+    blocker = None if backend == "sm80" else sm90_blocker(problem, dev.arch)
+    if backend == "sm90" and blocker:
+        raise ValueError(f"backend='sm90' cannot run this call: {blocker}; use backend='auto'")
+    mode = "off" if backend == "sm80" or blocker else "force" if backend == "sm90" else "auto"
+    return choose_kernel(dev.arch, problem.dtype, problem.head_dim,
                          problem.batch * problem.heads_q, problem.seqlen_q, dev.num_sms,
-                         tuned_table(device_id)), dev.arch
+                         tuned_table(device_id), mode), dev.arch
 
 
 def _contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -111,10 +120,10 @@ def _prepare(q, k, v, out, causal, scale, layout, return_lse, backend, config=No
             TensorSpec("out", problem.out_shape, _contiguous_strides(problem.out_shape),
                        q.dtype, problem.device, 0), layout)
     chosen, arch = plan(problem, problem.device, backend)
-    return q, k, v, out, FwdLaunch.build(problem, config or chosen, arch, o_strides, return_lse)
+    return q, k, v, out, build_launch(problem, config or chosen, arch, o_strides, return_lse)
 
 
-_launches: dict[tuple, FwdLaunch] = {}
+_launches: dict[tuple, FwdLaunch | Sm90Launch] = {}
 
 
 def _signature(q, k, v, out, causal, scale, layout, return_lse, backend):
@@ -158,6 +167,9 @@ def attention(q: Any, k: Any, v: Any, *, causal: bool = False, scale: float | No
     Runs on CuPy's current stream, on the arrays' device. Returns the output in
     q's dtype and layout, and with return_lse=True also the float32 log-sum-exp
     of shape (B, Hq, Sq).
+    backend: "auto" (the Hopper wgmma/TMA kernel on H100/H200 where it applies,
+    else the portable mma.sync kernel), "sm80" (always the portable kernel) or
+    "sm90" (always the Hopper kernel; a ValueError where it cannot run).
     """
     import cupy
 
@@ -176,7 +188,7 @@ def attention(q: Any, k: Any, v: Any, *, causal: bool = False, scale: float | No
         return _run(launch, q, k, v, out)
 
 
-def attention_with_config(config: FwdConfig, q, k, v, *, causal: bool = False,
+def attention_with_config(config: FwdConfig | Sm90Config, q, k, v, *, causal: bool = False,
                           scale: float | None = None, layout: str = "bhsd",
                           return_lse: bool = False, out: Any = None):
     """`attention` with a given kernel config instead of dispatch's: for tests and tile search.
@@ -185,12 +197,13 @@ def attention_with_config(config: FwdConfig, q, k, v, *, causal: bool = False,
     """
     import cupy
 
-    q, k, v, out, launch = _prepare(q, k, v, out, causal, scale, layout, return_lse, "auto", config)
+    backend = "sm90" if isinstance(config, Sm90Config) else "auto"   # sm90 checks that it can run
+    q, k, v, out, launch = _prepare(q, k, v, out, causal, scale, layout, return_lse, backend, config)
     with cupy.cuda.Device(launch.device):
         return _run(launch, q, k, v, out)
 
 
-def _run(launch: FwdLaunch, q, k, v, out):
+def _run(launch: FwdLaunch | Sm90Launch, q, k, v, out):
     import cupy
 
     if out is None:

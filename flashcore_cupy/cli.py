@@ -53,7 +53,7 @@ def run(shape_text: str, dtype: str, causal: bool, iters: int) -> None:
     dev = cupy.cuda.Device()
     info = api.device_info(dev.id)
     name, arch = info.name, info.arch
-    config = configs.choose_config(arch, dtype, shape.head_dim, shape.batch * shape.heads_q,
+    config = configs.choose_kernel(arch, dtype, shape.head_dim, shape.batch * shape.heads_q,
                                    shape.seqlen_q, info.num_sms, api.tuned_table(dev.id))
     click.echo(f"{shape.name}: B={shape.batch} Hq={shape.heads_q} Hkv={shape.heads_kv} "
                f"Sq={shape.seqlen_q} Sk={shape.seqlen_k} D={shape.head_dim} {dtype} "
@@ -281,7 +281,7 @@ def warmup(shape_names, dtypes) -> None:
 
     dev_id = cupy.cuda.Device().id
     dev = api.device_info(dev_id)
-    wanted = {configs.choose_config(dev.arch, dt, s.head_dim, s.batch * s.heads_q, s.seqlen_q,
+    wanted = {configs.choose_kernel(dev.arch, dt, s.head_dim, s.batch * s.heads_q, s.seqlen_q,
                                     dev.num_sms, api.tuned_table(dev_id))
               for s in shapes for dt in (dtypes or TOLERANCE)}
     start = time.perf_counter()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from typing import Literal
 
 # Per-block shared-memory limits (bytes) of the archs this package compiles for.
 SMEM_LIMIT = {
@@ -60,6 +61,46 @@ class FwdConfig:
 
     def __str__(self) -> str:
         return f"{self.dtype} D{self.head_dim} {self.block_m}x{self.block_n} w{self.warps} s{self.stages}"
+
+
+@dataclass(frozen=True)
+class Sm90Config:
+    """One instantiation of `fc::flash_fwd_sm90` in kernels/flash_fwd_sm90.cu (sm_90a only)."""
+
+    dtype: str        # "fp16" | "bf16"
+    head_dim: int     # 64 | 128 (the runtime head dim rounded up; TMA zero-fills the rest)
+    block_n: int      # keys per K/V tile: 64 | 128
+    stages: int       # K/V tiles in flight (TMA ring)
+    consumers: int    # consumer warpgroups, 64 query rows each
+
+    kernel_file = "flash_fwd_sm90.cu"
+    arch = "sm_90a"
+
+    @property
+    def name_expression(self) -> str:
+        return (f"fc::flash_fwd_sm90<fc::{self.dtype}, {self.head_dim}, {self.block_n}, "
+                f"{self.stages}, {self.consumers}>")
+
+    @property
+    def threads(self) -> int:
+        return 128 * (self.consumers + 1)   # + the producer warpgroup
+
+    @property
+    def block_m(self) -> int:
+        return 64 * self.consumers
+
+    @property
+    def smem_bytes(self) -> int:
+        # Mirrors Sm90Tile: 1024 bytes of alignment slack, Q, the K and V rings, barriers.
+        tiles = 2 * self.head_dim * (self.block_m + 2 * self.stages * self.block_n)
+        return 1024 + tiles + 8 * (1 + 3 * self.stages)
+
+    def grid(self, batch: int, heads_q: int, seqlen_q: int) -> tuple[int, int, int]:
+        return (-(-seqlen_q // self.block_m), heads_q, batch)
+
+    def __str__(self) -> str:
+        return (f"sm90 {self.dtype} D{self.head_dim} {self.block_m}x{self.block_n} "
+                f"c{self.consumers} s{self.stages}")
 
 
 # Tile table: (arch family, largest template head dim) -> (warps, m_tiles, block_n, stages).
@@ -122,9 +163,43 @@ def choose_config(arch: str, dtype: str, head_dim: int, batch_heads: int = 1 << 
     return dict(tuned).get(key, default)
 
 
-def all_configs(arch: str) -> list[FwdConfig]:
-    """Every config the tile table can give on `arch` (tuned tables can add more: see
+# Hopper kernel (sm_90a): head-dim bucket -> (block_n, stages, consumers).
+# 128 query rows (two consumer warpgroups) x 128-key tiles in a 2-slot TMA ring.
+SM90_ARCH = "sm_90a"
+SM90_HEAD_DIMS = (64, 128)
+_SM90_TILES = {64: (128, 2, 2), 128: (128, 2, 2)}
+Sm90Mode = Literal["off", "auto", "force"]
+
+
+def sm90_config(dtype: str, head_dim: int) -> Sm90Config:
+    hd = next(b for b in SM90_HEAD_DIMS if b >= head_dim)
+    return Sm90Config(dtype, hd, *_SM90_TILES[hd])
+
+
+@functools.lru_cache(maxsize=None)
+def choose_kernel(arch: str, dtype: str, head_dim: int, batch_heads: int = 1 << 30,
+                  seqlen_q: int = 1 << 30, num_sms: int = 1,
+                  tuned: tuple[tuple[str, FwdConfig], ...] = (),
+                  sm90: Sm90Mode = "auto") -> FwdConfig | Sm90Config:
+    """The kernel for one problem (pure; cached).
+
+    sm90="force": the Hopper kernel (the caller has checked that it can run);
+    "auto": the Hopper kernel on sm_90a for head dims up to 128 when its 128-row
+    tiles fill every SM, else the portable kernel (`choose_config`); "off": portable.
+    """
+    if sm90 == "force":
+        return sm90_config(dtype, head_dim)
+    if sm90 == "auto" and arch == SM90_ARCH and head_dim <= SM90_HEAD_DIMS[-1]:
+        config = sm90_config(dtype, head_dim)
+        if seqlen_q > _SHORT_Q and batch_heads * -(-seqlen_q // config.block_m) >= num_sms:
+            return config
+    return choose_config(arch, dtype, head_dim, batch_heads, seqlen_q, num_sms, tuned)
+
+
+def all_configs(arch: str) -> list[FwdConfig | Sm90Config]:
+    """Every config the tables can give on `arch` (tuned tables can add more: see
     tuning.dispatchable_configs)."""
-    return sorted({choose_config(arch, dt, hd, batch_heads=1, seqlen_q=sq, num_sms=2)
-                   for dt in DTYPES for hd in HEAD_DIM_BUCKETS for sq in (1, 1 << 20)},
-                  key=lambda c: (c.dtype, c.head_dim, c.block_m))
+    portable = {choose_config(arch, dt, hd, batch_heads=1, seqlen_q=sq, num_sms=2)
+                for dt in DTYPES for hd in HEAD_DIM_BUCKETS for sq in (1, 1 << 20)}
+    hopper = {sm90_config(dt, hd) for dt in DTYPES for hd in SM90_HEAD_DIMS} if arch == SM90_ARCH else set()
+    return sorted(portable | hopper, key=lambda c: (c.kernel_file, c.dtype, c.head_dim, c.block_m))

@@ -1,7 +1,8 @@
 """A prepared kernel launch: everything about a call that depends only on its signature.
 
 Built once per (shapes, strides, dtypes, device, options) and reused, so a
-repeated call only packs four pointers and launches.
+repeated call only packs its pointers and launches. One class per kernel
+family; `build_launch` picks it from the config's type.
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import loader
-from .configs import FwdConfig
+from . import loader, tma
+from .configs import SM90_ARCH, SM90_HEAD_DIMS, FwdConfig, Sm90Config, sm90_config
 from .validation import Problem
 
 # Mirrors `struct FwdParams` in kernels/flash_fwd_sm80.cu (160 bytes): q, k, v, o
@@ -59,3 +60,75 @@ class FwdLaunch:
                                  0 if lse is None else lse.data.ptr, *self.scalars)
             self.kernel(self.grid, (self.config.threads,), (self._arg,),
                         shared_mem=self.config.smem_bytes)
+
+
+# Mirrors `struct Sm90Params` in kernels/flash_fwd_sm90.cu (448 bytes): the q, k
+# and v tensor maps, then o and lse pointers, 3 output strides, seqlen_q,
+# seqlen_k, head_dim, heads_per_kv, scale*log2(e), causal.
+SM90_TAIL = struct.Struct("<2Q3q4ifi")
+
+
+@dataclass(frozen=True, eq=False)
+class Sm90Launch:
+    config: Sm90Config
+    kernel: object
+    device: int
+    grid: tuple[int, int, int]
+    out_shape: tuple[int, int, int, int]
+    lse_shape: tuple[int, int, int] | None
+    scalars: tuple                       # the tail of Sm90Params after the two pointers
+    maps: tma.TensorMaps                 # q, k, v maps + the tail: the packed argument
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @classmethod
+    def build(cls, problem: Problem, config: Sm90Config, arch: str,
+              o_strides: tuple[int, int, int], return_lse: bool) -> "Sm90Launch":
+        p = problem
+        scalars = (*o_strides, p.seqlen_q, p.seqlen_k, p.head_dim, p.heads_q // p.heads_kv,
+                   p.scale * math.log2(math.e), int(p.causal))
+        return cls(config, loader.get_function(config, p.device, arch), p.device,
+                   config.grid(p.batch, p.heads_q, p.seqlen_q), p.out_shape,
+                   (p.batch, p.heads_q, p.seqlen_q) if return_lse else None, scalars,
+                   tma.TensorMaps(config.dtype, sm90_map_specs(p, config), SM90_TAIL.size))
+
+    def __call__(self, q, k, v, out, lse) -> None:
+        """Launch on CuPy's current stream; the caller has made `device` current."""
+        maps = self.maps
+        with self._lock:
+            maps.aim(0, q.data.ptr)
+            maps.aim(1, k.data.ptr)
+            maps.aim(2, v.data.ptr)
+            SM90_TAIL.pack_into(maps.bytes, maps.tail_offset, out.data.ptr,
+                                0 if lse is None else lse.data.ptr, *self.scalars)
+            self.kernel(self.grid, (self.config.threads,), (maps.arg,),
+                        shared_mem=self.config.smem_bytes)
+
+
+def sm90_map_specs(p: Problem, config: Sm90Config) -> tuple[tma.MapSpec, ...]:
+    """Tensor-map geometry of q, k and v: Q boxes span the CTA's rows, K/V boxes one key tile."""
+    q_shape = (p.batch, p.heads_q, p.seqlen_q, p.head_dim)
+    kv_shape = (p.batch, p.heads_kv, p.seqlen_k, p.head_dim)
+    return (tma.map_spec(q_shape, p.q_strides, 2, config.block_m),
+            tma.map_spec(kv_shape, p.k_strides, 2, config.block_n),
+            tma.map_spec(kv_shape, p.v_strides, 2, config.block_n))
+
+
+def sm90_blocker(p: Problem, arch: str) -> str | None:
+    """Why the Hopper kernel cannot run `p` on `arch`, or None."""
+    if arch != SM90_ARCH:
+        return f"it needs an sm_90 GPU (H100/H200); this device compiles for {arch}"
+    if p.head_dim > SM90_HEAD_DIMS[-1]:
+        return f"head_dim {p.head_dim} is over {SM90_HEAD_DIMS[-1]}"
+    for name, spec in zip("qkv", sm90_map_specs(p, sm90_config(p.dtype, p.head_dim))):
+        reason = tma.unsupported_reason(spec)
+        if reason:
+            return f"{name} has a {reason}"
+    return None
+
+
+_LAUNCH_CLASSES = {FwdConfig: FwdLaunch, Sm90Config: Sm90Launch}
+
+
+def build_launch(problem: Problem, config: FwdConfig | Sm90Config, arch: str,
+                 o_strides: tuple[int, int, int], return_lse: bool) -> FwdLaunch | Sm90Launch:
+    return _LAUNCH_CLASSES[type(config)].build(problem, config, arch, o_strides, return_lse)

@@ -26,6 +26,7 @@
 // fetched while tile j is computed, so one barrier per tile suffices.
 // The host mirrors smem_bytes() in flashcore_cupy/configs.py.
 #include "mma_sm80.cuh"
+#include "softmax.cuh"
 
 namespace fc {
 
@@ -163,69 +164,6 @@ __device__ __forceinline__ void pv_gemm(float (&o)[M_TILES][Tile::kDTiles][4],
     }
 }
 
-// S *= scale*log2(e); masked entries -> -inf. Accumulator element e of n-tile nt
-// sits at row g + 8*(e/2), column nt*8 + 2t + e%2 of the warp's 16-row slice.
-template <class Tile, int M_TILES, bool MASK>
-__device__ __forceinline__ void scale_and_mask(float (&s)[M_TILES][Tile::kNTiles][4], float scale_log2,
-                                               int first_row, int first_key, int seqlen_k,
-                                               int causal_diag, bool causal, int lane) {
-    #pragma unroll
-    for (int mt = 0; mt < M_TILES; ++mt)
-        #pragma unroll
-        for (int nt = 0; nt < Tile::kNTiles; ++nt)
-            #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                float x = s[mt][nt][e] * scale_log2;
-                if constexpr (MASK) {
-                    const int row = first_row + mt * 16 + lane / 4 + 8 * (e / 2);
-                    const int key = first_key + nt * 8 + 2 * (lane % 4) + e % 2;
-                    if (key >= seqlen_k || (causal && key > row + causal_diag)) x = neg_inf();
-                }
-                s[mt][nt][e] = x;
-            }
-}
-
-// Online softmax: update (m, l), rescale O, and turn S into P in place.
-template <class Tile, int M_TILES>
-__device__ __forceinline__ void online_softmax(float (&s)[M_TILES][Tile::kNTiles][4],
-                                               float (&o)[M_TILES][Tile::kDTiles][4],
-                                               float (&m)[M_TILES][2], float (&l)[M_TILES][2]) {
-    #pragma unroll
-    for (int mt = 0; mt < M_TILES; ++mt)
-        #pragma unroll
-        for (int half = 0; half < 2; ++half) {
-            float row_max = neg_inf();
-            #pragma unroll
-            for (int nt = 0; nt < Tile::kNTiles; ++nt)
-                row_max = fmaxf(row_max, fmaxf(s[mt][nt][2 * half], s[mt][nt][2 * half + 1]));
-            const float m_new = fmaxf(m[mt][half], quad_max(row_max));
-            // A row with every key masked so far has m_new = -inf: subtract 0
-            // instead, so that exp2 sees -inf - 0, never -inf - (-inf) = NaN.
-            const float m_base = m_new == neg_inf() ? 0.f : m_new;
-            const float alpha = fast_exp2(m[mt][half] - m_base);
-            m[mt][half] = m_new;
-            float row_sum = 0.f;
-            #pragma unroll
-            for (int nt = 0; nt < Tile::kNTiles; ++nt)
-                #pragma unroll
-                for (int e = 2 * half; e < 2 * half + 2; ++e) {
-                    s[mt][nt][e] = fast_exp2(s[mt][nt][e] - m_base);
-                    row_sum += s[mt][nt][e];
-                }
-            l[mt][half] = l[mt][half] * alpha + row_sum;   // per-lane partial; reduced at the end
-            // O *= alpha costs HEAD_DIM/4 multiplies per row slice, as many issue
-            // slots as the tile's mma at 32-key tiles; once the running maxima
-            // settle, alpha is 1 for the whole warp, so skip it (warp-uniform).
-            if (__any_sync(0xffffffffu, alpha != 1.f)) {
-                #pragma unroll
-                for (int dt = 0; dt < Tile::kDTiles; ++dt) {
-                    o[mt][dt][2 * half] *= alpha;
-                    o[mt][dt][2 * half + 1] *= alpha;
-                }
-            }
-        }
-}
-
 // One by-value argument: the host packs it with struct.Struct(FWD_PARAMS_FORMAT)
 // in flashcore_cupy/launch.py (one argument is far cheaper for CuPy to pass than 23).
 struct FwdParams {
@@ -322,11 +260,11 @@ flash_fwd(const FwdParams p) {
         const bool needs_mask = key0 + BLOCK_N > seqlen_k ||
                                 (causal && key0 + BLOCK_N - 1 > row0 + causal_diag);
         if (needs_mask)
-            scale_and_mask<Tile, M_TILES, true>(s, p.scale_log2, row0 + warp_row, key0, seqlen_k,
+            scale_and_mask<M_TILES, Tile::kNTiles, true>(s, p.scale_log2, row0 + warp_row, key0, seqlen_k,
                                                 causal_diag, causal, lane);
         else
-            scale_and_mask<Tile, M_TILES, false>(s, p.scale_log2, 0, 0, 0, 0, false, lane);
-        online_softmax<Tile, M_TILES>(s, o_acc, m, l);
+            scale_and_mask<M_TILES, Tile::kNTiles, false>(s, p.scale_log2, 0, 0, 0, 0, false, lane);
+        online_softmax<M_TILES, Tile::kNTiles, Tile::kDTiles>(s, o_acc, m, l);
         pv_gemm<T, Tile, M_TILES>(o_acc, s, addr.v + slot_offset);
     }
 

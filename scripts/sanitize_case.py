@@ -1,4 +1,5 @@
-"""One causal and one non-causal call, small enough for compute-sanitizer; exits 1 on a wrong result."""
+"""One causal and one non-causal call per kernel family, small enough for compute-sanitizer;
+exits 1 on a wrong result."""
 
 import sys
 
@@ -6,17 +7,19 @@ import cupy
 import numpy as np
 
 import flashcore_cupy as fc
-from flashcore_cupy import reference
+from flashcore_cupy import api, configs, reference
 
 rng = np.random.default_rng()
+backends = ["sm80"] + (["sm90"] if api.device_info(0).arch == configs.SM90_ARCH else [])
 ok = True
-for causal, (sq, sk) in ((False, (200, 333)), (True, (333, 200))):
-    for dtype, d in ((np.float16, 64), (np.float16, 128)):
-        q = cupy.asarray(rng.standard_normal((2, 3, sq, d)).astype(dtype))
-        k, v = (cupy.asarray(rng.standard_normal((2, 1, sk, d)).astype(dtype)) for _ in range(2))
-        out, lse = fc.attention(q, k, v, causal=causal, return_lse=True)
-        cupy.cuda.get_current_stream().synchronize()
-        err = reference.rel_error(out, reference.attention(q, k, v, causal=causal))
-        print(f"causal={causal} D={d} {sq}x{sk}: rel err {err:.2e}")
-        ok &= err <= 2e-3
+for backend in backends:
+    for causal, (sq, sk) in ((False, (200, 333)), (True, (333, 200))):
+        for dtype, d in ((np.float16, 64), (np.float16, 128)):
+            q = cupy.asarray(rng.standard_normal((2, 3, sq, d)).astype(dtype))
+            k, v = (cupy.asarray(rng.standard_normal((2, 1, sk, d)).astype(dtype)) for _ in range(2))
+            out, lse = fc.attention(q, k, v, causal=causal, return_lse=True, backend=backend)
+            cupy.cuda.get_current_stream().synchronize()
+            err = reference.rel_error(out, reference.attention(q, k, v, causal=causal))
+            print(f"{backend} causal={causal} D={d} {sq}x{sk}: rel err {err:.2e}")
+            ok &= err <= 2e-3
 sys.exit(0 if ok else 1)

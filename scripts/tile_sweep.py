@@ -1,47 +1,82 @@
-"""Time candidate tile configs of the sm_80 kernel on a few shapes (throughput mode).
+"""Time candidate tile configs of both kernels on a few shapes (throughput mode), beside
+SDPA's cuDNN backend when torch is there.
 
 Each candidate is validated against the float64 reference before it is timed.
-Usage: python3 scripts/tile_sweep.py [--out FILE.json]
+Usage: python3 scripts/tile_sweep.py [--family sm80|sm90] [--out FILE.json]
 """
 
+import argparse
 import json
-import sys
 
 import cupy
 import numpy as np
 
 from flashcore_cupy import api
-from flashcore_cupy.workload import random_inputs, verify
-from flashcore_cupy.configs import FwdConfig
+from flashcore_cupy.configs import FwdConfig, Sm90Config
 from flashcore_cupy.shapes import parse_shape
 from flashcore_cupy.timing import time_throughput
+from flashcore_cupy.workload import random_inputs, verify
 
-CANDIDATES = {   # shape -> (warps, m_tiles, block_n, stages)
+SM80 = {   # shape -> (warps, m_tiles, block_n, stages)
     "b2-h16-s4k-d64": [(4, 2, 64, 2), (4, 2, 64, 3)],
     "b2-h16-s4k-d128": [(4, 2, 32, 3), (4, 2, 64, 2), (4, 2, 64, 3)],
     "b2-h16-s4k-d128-causal": [(4, 2, 32, 3), (4, 2, 64, 2)],
     "mission": [(4, 1, 64, 2), (4, 1, 64, 3)],
 }
+SM90 = {   # shape -> (block_n, stages, consumers)
+    "b4-h16-s1k-d64": [(128, 2, 2), (128, 3, 2), (128, 2, 3), (64, 3, 2)],
+    "b2-h16-s4k-d64": [(128, 2, 2), (128, 3, 2), (128, 2, 3), (64, 3, 2)],
+    "b2-h16-s4k-d128": [(128, 2, 2), (64, 3, 2), (64, 2, 3), (128, 3, 2)],
+    "b2-h16-s4k-d128-causal": [(128, 2, 2), (64, 3, 2), (64, 2, 3)],
+    "mission": [(128, 2, 2), (64, 2, 1), (64, 3, 2)],
+}
+FAMILIES = {"sm80": (SM80, FwdConfig), "sm90": (SM90, Sm90Config)}
+
+
+def cudnn_us(shape, q, k, v):
+    try:
+        import torch
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+    except ImportError:
+        return None
+    tq, tk, tv = (torch.from_dlpack(x) for x in (q, k, v))
+    with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+        fn = torch.nn.functional.scaled_dot_product_attention
+        return time_throughput(lambda i: fn(tq, tk, tv, is_causal=shape.causal), 10).p50
+
+
+parser = argparse.ArgumentParser()
+parser.add_argument("--family", choices=FAMILIES, default="sm80")
+parser.add_argument("--out")
+args = parser.parse_args()
+candidates, config_cls = FAMILIES[args.family]
 
 rng = np.random.default_rng()
 results = []
-for name in CANDIDATES:
+for name, tiles in candidates.items():
     shape = parse_shape(name)
     q, k, v = random_inputs(shape, "fp16", rng)
     out = cupy.empty_like(q)
-    for tile in CANDIDATES[name]:
-        cfg = FwdConfig("fp16", shape.head_dim, *tile)
+    peer = cudnn_us(shape, q, k, v)
+    if peer:
+        print(f"{name:<26} {'sdpa_cudnn':<30} {peer:9.1f} us {shape.flops / (peer * 1e-6) / 1e12:7.1f} TFLOP/s")
+    for tile in tiles:
+        cfg = config_cls("fp16", shape.head_dim, *tile)
+        backend = "sm90" if config_cls is Sm90Config else "auto"
         try:
-            *_, launch = api._prepare(q, k, v, out, shape.causal, None, "bhsd", False, "auto", cfg)
-        except Exception as e:
-            print(f"{name:<26} {str(cfg):<24} failed to build: {e}")
+            *_, launch = api._prepare(q, k, v, out, shape.causal, None, "bhsd", False, backend, cfg)
+        except Exception as e:   # noqa: BLE001 - a candidate that cannot build is reported
+            print(f"{name:<26} {str(cfg):<30} failed to build: {e}")
             continue
         out.fill(np.nan)
         launch(q, k, v, out, None)
         err = verify(shape, q, k, v, out, rng)
         t = time_throughput(lambda i: launch(q, k, v, out, None), 10)
         tf = shape.flops / (t.p50 * 1e-6) / 1e12
-        results.append(dict(shape=name, config=str(cfg), tile=tile, us_p50=t.p50, tflops=tf, rel_err=err))
-        print(f"{name:<26} {str(cfg):<24} {t.p50:9.1f} us {tf:7.1f} TFLOP/s  err {err:.1e}", flush=True)
-if len(sys.argv) > 2 and sys.argv[1] == "--out":
-    json.dump(results, open(sys.argv[2], "w"), indent=1)
+        ratio = f"  {peer / t.p50:.2f}x cuDNN" if peer else ""
+        results.append(dict(shape=name, config=str(cfg), tile=tile, us_p50=t.p50, tflops=tf,
+                            rel_err=err, cudnn_us=peer))
+        print(f"{name:<26} {str(cfg):<30} {t.p50:9.1f} us {tf:7.1f} TFLOP/s  err {err:.1e}{ratio}",
+              flush=True)
+if args.out:
+    json.dump(results, open(args.out, "w"), indent=1)

@@ -68,17 +68,36 @@ def sdpa_error(q, k, v, ref, causal, layout):
     return reference.rel_error(o.float().cpu().numpy(), ref)
 
 
+def need_backend(backend: str, head_dim: int) -> None:
+    """Skip (with the reason) where the forced kernel cannot run on this GPU."""
+    from flashcore_cupy import api, configs
+
+    if backend != "sm90":
+        return
+    arch = api.device_info(0).arch
+    if arch != configs.SM90_ARCH:
+        pytest.skip(f"the Hopper kernel needs sm_90a; this GPU is {arch}")
+    if head_dim > configs.SM90_HEAD_DIMS[-1]:
+        pytest.skip(f"head dim {head_dim} runs on the portable kernel only")
+
+
+BACKENDS = ("sm80", "sm90")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype, d, causal, layout, heads, lengths", CASES,
                          ids=[f"{c[0]}-d{c[1]}-{'causal' if c[2] else 'full'}-{c[3]}-b{c[4][0]}h{c[4][1]}kv{c[4][2]}"
                               f"-{c[5][0]}x{c[5][1]}" for c in CASES])
-def test_matches_reference(rng, dtype, d, causal, layout, heads, lengths):
+def test_matches_reference(rng, dtype, d, causal, layout, heads, lengths, backend):
     import cupy
 
     import flashcore_cupy as fc
 
+    need_backend(backend, d)
     q, k, v = make_inputs(rng, dtype, d, layout, heads, lengths)
     out = cupy.full(q.shape, np.nan, dtype=q.dtype)   # poison: every element must be written
-    got, lse = fc.attention(q, k, v, causal=causal, layout=layout, return_lse=True, out=out)
+    got, lse = fc.attention(q, k, v, causal=causal, layout=layout, return_lse=True, out=out,
+                            backend=backend)
     assert got is out
     ref, ref_lse = reference.attention(q, k, v, causal=causal, layout=layout, return_lse=True)
 
@@ -94,8 +113,8 @@ def test_matches_reference(rng, dtype, d, causal, layout, heads, lengths):
     finite = np.isfinite(ref_lse)
     np.testing.assert_allclose(lse[finite], ref_lse[finite], rtol=1e-4, atol=1e-4)
 
-    again = fc.attention(q, k, v, causal=causal, layout=layout)   # same inputs -> same bits
-    assert cupy.array_equal(again, out)
+    again = fc.attention(q, k, v, causal=causal, layout=layout, backend=backend)
+    assert cupy.array_equal(again, out)   # same inputs -> same bits
 
 
 def test_rows_that_see_no_key_are_zero(rng):
@@ -121,37 +140,41 @@ def test_default_outputs_and_scale(rng):
     assert reference.rel_error(out, ref) <= TOL["bf16"]
 
 
-def test_runs_on_the_current_non_default_stream(rng):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_runs_on_the_current_non_default_stream(rng, backend):
     import cupy
 
     import flashcore_cupy as fc
 
+    need_backend(backend, 128)
     q, k, v = make_inputs(rng, "fp16", 128, "bhsd", (2, 4, 2), (1000, 1000))
-    expected = fc.attention(q, k, v, causal=True)
+    expected = fc.attention(q, k, v, causal=True, backend=backend)
     stream = cupy.cuda.Stream(non_blocking=True)
     with stream:
         out = cupy.full(q.shape, np.nan, dtype=q.dtype)
-        fc.attention(q, k, v, causal=True, out=out)
+        fc.attention(q, k, v, causal=True, out=out, backend=backend)
         stream.synchronize()
     assert cupy.array_equal(out, expected)
 
 
-def test_strided_views_without_copies(rng):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_strided_views_without_copies(rng, backend):
     import cupy
 
     import flashcore_cupy as fc
 
+    need_backend(backend, 64)
     # flash_attn's packed qkv: (B, S, 3, H, D); q/k/v are strided bshd views
     qkv = _draw(rng, "fp16", (2, 333, 3, 4, 64))
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
     assert not q.flags.c_contiguous
-    out = fc.attention(q, k, v, layout="bshd", causal=True)
+    out = fc.attention(q, k, v, layout="bshd", causal=True, backend=backend)
     ref = reference.attention(q, k, v, layout="bshd", causal=True)
     assert reference.rel_error(out, ref) <= TOL["fp16"]
     # out= may be a strided view too
     buf = cupy.full((2, 4, 333, 64 + 8), np.nan, dtype=cupy.float16)[..., :64]
     fc.attention(q.transpose(0, 2, 1, 3), k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3),
-                 causal=True, out=buf)
+                 causal=True, out=buf, backend=backend)
     assert reference.rel_error(buf.transpose(0, 2, 1, 3), ref) <= TOL["fp16"]
 
 
@@ -211,3 +234,19 @@ def test_every_dispatchable_config(rng, config, causal):
         api.attention_with_config(config, q, k, v, causal=causal, out=out)
         err = reference.rel_error(out, reference.attention(q, k, v, causal=causal))
         assert err <= TOL[dtype], f"{config} {lengths} D{d}: rel err {err:.3e}"
+
+
+def test_auto_dispatch_takes_the_hopper_kernel_where_it_fills_the_gpu(rng):
+    import cupy
+
+    import flashcore_cupy as fc
+    from flashcore_cupy import api, configs
+
+    need_backend("sm90", 128)
+    q, k, v = make_inputs(rng, "bf16", 128, "bhsd", (2, 16, 16), (1024, 1024))
+    out = fc.attention(q, k, v)
+    launch = api._launches[api._signature(q, k, v, None, False, None, "bhsd", False, "auto")]
+    assert isinstance(launch.config, configs.Sm90Config)
+    assert cupy.array_equal(out, fc.attention(q, k, v, backend="sm90"))
+    with pytest.raises(ValueError, match="backend='sm90'.*head_dim 256"):
+        fc.attention(*make_inputs(rng, "fp16", 256, "bhsd", (1, 2, 2), (64, 64)), backend="sm90")

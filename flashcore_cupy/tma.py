@@ -1,0 +1,114 @@
+"""TMA tensor maps (CUtensorMap) for the sm_90 kernel, encoded by the CUDA driver.
+
+Each of q, k, v is described as a 4-D tensor (d, seq, head, batch), innermost
+first, with its own strides, so both layouts and strided views need no copy.
+A box is 64 columns (128 bytes, the 128B-swizzle limit) by `box_rows` rows;
+a 128-wide head dim takes two boxes. The driver is reached through ctypes on
+libcuda, which every CUDA installation has, so this adds no dependency.
+
+`map_spec` and `unsupported_reason` are pure (tested on CPU); `TensorMaps`
+needs the driver.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+from typing import NamedTuple
+
+import numpy as np
+
+MAP_BYTES = 128
+MAP_ALIGN = 64
+BOX_COLS = 64                     # 64 x 2 bytes = the 128-byte swizzle span
+_DATA_TYPE = {"fp16": 6, "bf16": 9}   # CU_TENSOR_MAP_DATA_TYPE_FLOAT16 / _BFLOAT16
+_INTERLEAVE_NONE = 0
+_SWIZZLE_128B = 3
+_L2_PROMOTION_256B = 3
+_OOB_FILL_ZEROS = 0               # rows past Sq/Sk and columns past D read as 0
+_MAX_STRIDE = 1 << 40
+_MAX_DIM = 1 << 32
+
+
+class MapSpec(NamedTuple):
+    dims: tuple[int, int, int, int]       # (d, seq, head, batch)
+    strides: tuple[int, int, int]         # bytes of seq, head, batch
+    box: tuple[int, int, int, int]
+
+
+def map_spec(shape_bhsd: tuple[int, int, int, int], strides_bhsd: tuple[int, int, int],
+             itemsize: int, box_rows: int) -> MapSpec:
+    """The map of a (B, H, S, D) tensor with (batch, head, seq) strides in elements.
+
+    A dimension of size 1 is never stepped over, so its stride is replaced by a
+    legal one (views often carry 0 or odd strides there).
+    """
+    b, h, s, d = shape_bhsd
+    row = -(-d * itemsize // 16) * 16
+    legal = {1: row, 2: row * s, 3: row * s * h}
+    strides = tuple(stride * itemsize if size > 1 else legal[i]
+                    for i, (size, stride) in enumerate(((s, strides_bhsd[2]), (h, strides_bhsd[1]),
+                                                        (b, strides_bhsd[0])), start=1))
+    return MapSpec((d, s, h, b), strides, (BOX_COLS, box_rows, 1, 1))
+
+
+def unsupported_reason(spec: MapSpec) -> str | None:
+    """Why the driver would refuse `spec`, or None."""
+    for name, stride in zip(("seq", "head", "batch"), spec.strides):
+        if stride <= 0 or stride % 16 or stride >= _MAX_STRIDE:
+            return f"{name} stride of {stride} bytes (TMA needs a positive multiple of 16 below 2^40)"
+    if any(dim >= _MAX_DIM for dim in spec.dims):
+        return f"dimension over 2^32 in {spec.dims}"
+    return None
+
+
+@functools.cache
+def _driver():
+    lib = ctypes.CDLL("libcuda.so.1")
+    encode = lib.cuTensorMapEncodeTiled
+    encode.restype = ctypes.c_int
+    encode.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_uint32, ctypes.c_void_p,
+                       ctypes.POINTER(ctypes.c_uint64), ctypes.POINTER(ctypes.c_uint64),
+                       ctypes.POINTER(ctypes.c_uint32), ctypes.POINTER(ctypes.c_uint32),
+                       ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int]
+    replace = lib.cuTensorMapReplaceAddress
+    replace.restype = ctypes.c_int
+    replace.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+    return encode, replace
+
+
+class TensorMaps:
+    """Tensor maps of `specs`, back to back in a 64-byte aligned host buffer and
+    followed by `tail_bytes` of other kernel parameters: the whole buffer is the
+    kernel's by-value argument (`arg`). A map is encoded on its first `aim` and
+    re-aimed (cuTensorMapReplaceAddress) when the array's address changes."""
+
+    def __init__(self, dtype: str, specs: tuple[MapSpec, ...], tail_bytes: int):
+        size = len(specs) * MAP_BYTES + tail_bytes
+        self._raw = np.zeros(size + MAP_ALIGN, np.uint8)
+        start = -self._raw.ctypes.data % MAP_ALIGN
+        self.bytes = self._raw[start:start + size]
+        self.tail_offset = len(specs) * MAP_BYTES
+        self.arg = self.bytes.view(np.dtype((np.void, size)))
+        self._address = self.bytes.ctypes.data
+        self._dtype, self._specs = dtype, specs
+        self._ptrs: list[int | None] = [None] * len(specs)
+
+    def aim(self, index: int, ptr: int) -> None:
+        """Point map `index` at the array at `ptr` (same shape and strides as its spec)."""
+        if self._ptrs[index] == ptr:
+            return
+        encode, replace = _driver()
+        where = self._address + index * MAP_BYTES
+        if self._ptrs[index] is None:
+            spec = self._specs[index]
+            u64x4, u64x3, u32x4 = ctypes.c_uint64 * 4, ctypes.c_uint64 * 3, ctypes.c_uint32 * 4
+            rc = encode(where, _DATA_TYPE[self._dtype], 4, ptr, u64x4(*spec.dims),
+                        u64x3(*spec.strides), u32x4(*spec.box), u32x4(1, 1, 1, 1),
+                        _INTERLEAVE_NONE, _SWIZZLE_128B, _L2_PROMOTION_256B, _OOB_FILL_ZEROS)
+            what = f"cuTensorMapEncodeTiled({spec})"
+        else:
+            rc, what = replace(where, ptr), "cuTensorMapReplaceAddress"
+        if rc != 0:
+            raise RuntimeError(f"{what} failed with CUresult {rc}")
+        self._ptrs[index] = ptr

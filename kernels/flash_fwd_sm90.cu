@@ -1,0 +1,256 @@
+// FlashAttention forward for Hopper (sm_90a): TMA, wgmma, warp specialisation.
+//
+//   O = softmax(scale * Q K^T + mask) V,   LSE = log(rowsum(exp(scale * Q K^T + mask)))
+//
+// Same math, masking and outputs as flash_fwd_sm80.cu; what differs is how the
+// tiles move and multiply. One CTA owns BLOCK_M = 64 * CONSUMERS query rows of
+// one (batch, head) and has CONSUMERS + 1 warpgroups:
+//
+//   producer (warpgroup 0, 24 registers): one thread issues TMA copies: Q once,
+//     then K_j and V_j into a ring of STAGES slots, each slot refilled once both
+//     consumers have released it (`empty` barrier);
+//   consumer c (64 query rows each, the rest of the register file): for each key tile j
+//     S   = Q_c K_j^T         wgmma m64nBLOCK_Nk16, Q and K from shared memory
+//     P   = online softmax(S) in registers (softmax.cuh, shared with sm_80)
+//     O  += P V_j             wgmma m64nHEAD_DIMk16, P from registers, V from shared
+//   then O /= l and a direct store; LSE as in the sm_80 kernel.
+//
+// The two consumers run the same loop, so one's softmax overlaps the other's
+// GEMMs on the tensor cores.
+//
+// Shared memory: every tile is stored as HEAD_DIM/64 column blocks of 64
+// elements (128-byte rows), 128B-swizzled by TMA, which is the layout the wgmma
+// descriptors below describe:
+//   Q, K (K-major operands):  stride byte offset 1024 (8 rows), k-step of 16 = +32 B
+//                             inside a column block, next block + rows * 128 B;
+//   V    (MN-major B, transposed): leading byte offset = the column-block size,
+//                             stride byte offset 1024, k-step of 16 keys = +2048 B.
+// TMA zero-fills rows past Sq/Sk and columns past the runtime head dim, so only
+// key tiles past Sk or crossing the causal diagonal need a mask; tiles entirely
+// above it are never loaded (bottom-right aligned, as in the sm_80 kernel).
+// The host builds the three tensor maps (flashcore_cupy/tma.py) and mirrors
+// smem_bytes in flashcore_cupy/configs.py.
+#include "sm90.cuh"
+#include "softmax.cuh"
+
+namespace fc {
+
+// CUtensorMap: 128 opaque bytes, 64-byte aligned, passed in the __grid_constant__ params.
+struct alignas(64) TensorMap { unsigned char bytes[128]; };
+
+// The one by-value argument; packed by flashcore_cupy/launch.py (SM90_PARAMS).
+struct Sm90Params {
+    TensorMap q, k, v;             // 4-D maps (d, seq, head, batch), boxes of 64 columns
+    u16* o;
+    float* lse;                    // null: not requested
+    i64 o_sb, o_sh, o_ss;          // output (batch, head, seq) strides, elements
+    int seqlen_q, seqlen_k, head_dim, heads_per_kv;
+    float scale_log2;              // scale * log2(e)
+    int causal;
+};
+static_assert(sizeof(Sm90Params) == 448, "Sm90Params: keep in step with launch.py");
+
+template <int HEAD_DIM, int BLOCK_N, int STAGES, int CONSUMERS>
+struct Sm90Tile {
+    static constexpr int kBlockM = 64 * CONSUMERS;
+    static constexpr int kThreads = 128 * (CONSUMERS + 1);
+    static constexpr int kColBlocks = HEAD_DIM / 64;                // 128-byte swizzle atoms per row
+    static constexpr u32 kQBytes = kBlockM * HEAD_DIM * 2;
+    static constexpr u32 kKVBytes = BLOCK_N * HEAD_DIM * 2;         // one K or V tile
+    // Shared layout (offsets from a 1024-byte aligned base): Q, K ring, V ring, barriers.
+    static constexpr u32 kOffK = kQBytes;
+    static constexpr u32 kOffV = kOffK + STAGES * kKVBytes;
+    static constexpr u32 kOffBars = kOffV + STAGES * kKVBytes;
+    // Register split of setmaxnreg: the producer keeps 24, consumers share the rest
+    // of the 64K-register file (multiples of 8, at most 256).
+    static constexpr int kProducerRegs = 24;
+    static constexpr int kConsumerRegs =
+        (65536 / 128 - kProducerRegs) / CONSUMERS / 8 * 8 > 256
+            ? 256 : (65536 / 128 - kProducerRegs) / CONSUMERS / 8 * 8;
+
+    static_assert(HEAD_DIM == 64 || HEAD_DIM == 128, "HEAD_DIM: 64 or 128 (wgmma widths built)");
+    static_assert(BLOCK_N == 64 || BLOCK_N == 128, "BLOCK_N: 64 or 128 (wgmma widths built)");
+    static_assert(STAGES >= 2 && STAGES <= 4, "STAGES: 2..4");
+    static_assert(CONSUMERS >= 1 && CONSUMERS <= 3, "CONSUMERS: 1..3 warpgroups of 64 rows");
+};
+
+// Shared-memory barriers, one 8-byte word each, after the tiles.
+template <int STAGES>
+struct Barriers {
+    u32 base;
+    __device__ u32 q_full() const { return base; }
+    __device__ u32 k_full(int s) const { return base + 8 * (1 + s); }
+    __device__ u32 v_full(int s) const { return base + 8 * (1 + STAGES + s); }
+    __device__ u32 empty(int s) const { return base + 8 * (1 + 2 * STAGES + s); }
+};
+
+// A tile of `rows` rows as HEAD_DIM/64 TMA boxes (one per column block), counted on `bar`.
+template <int HEAD_DIM>
+__device__ __forceinline__ void tma_load_tile(u32 dst, const TensorMap& map, u32 bar, int rows,
+                                              int row0, int head, int batch) {
+    #pragma unroll
+    for (int cb = 0; cb < HEAD_DIM / 64; ++cb)
+        tma_load_4d(dst + cb * rows * 128, &map, bar, cb * 64, row0, head, batch);
+}
+
+// Producer: Q, then K/V tiles 0..n_blocks-1 through the ring.
+template <class Tile, int HEAD_DIM, int BLOCK_N, int STAGES>
+__device__ __forceinline__ void produce(const Sm90Params& p, u32 sbase, const Barriers<STAGES>& bar,
+                                       int n_blocks, int row0, int head, int head_kv, int batch) {
+    prefetch_tensor_map(&p.q);
+    prefetch_tensor_map(&p.k);
+    prefetch_tensor_map(&p.v);
+    mbar_expect_tx(bar.q_full(), Tile::kQBytes);
+    tma_load_tile<HEAD_DIM>(sbase, p.q, bar.q_full(), Tile::kBlockM, row0, head, batch);
+    for (int j = 0; j < n_blocks; ++j) {
+        const int slot = j % STAGES;
+        if (j >= STAGES) mbar_wait(bar.empty(slot), (j / STAGES + 1) & 1);   // use j/STAGES - 1 released
+        mbar_expect_tx(bar.k_full(slot), Tile::kKVBytes);
+        tma_load_tile<HEAD_DIM>(sbase + Tile::kOffK + slot * Tile::kKVBytes, p.k, bar.k_full(slot),
+                                BLOCK_N, j * BLOCK_N, head_kv, batch);
+        mbar_expect_tx(bar.v_full(slot), Tile::kKVBytes);
+        tma_load_tile<HEAD_DIM>(sbase + Tile::kOffV + slot * Tile::kKVBytes, p.v, bar.v_full(slot),
+                                BLOCK_N, j * BLOCK_N, head_kv, batch);
+    }
+}
+
+// S(64 x BLOCK_N) = Q_c K^T: HEAD_DIM/16 k-steps, both operands K-major.
+template <class T, class Tile, int HEAD_DIM, int BLOCK_N>
+__device__ __forceinline__ void qk_wgmma(float (&s)[BLOCK_N / 8][4], u32 q_addr, u32 k_addr) {
+    wgmma_fence();
+    #pragma unroll
+    for (int ks = 0; ks < HEAD_DIM / 16; ++ks) {
+        const u32 cb = ks / 4, in_block = (ks % 4) * 32;
+        wgmma_ss<T, BLOCK_N>(s, smem_desc_sw128(q_addr + cb * Tile::kBlockM * 128 + in_block, 16, 1024),
+                             smem_desc_sw128(k_addr + cb * BLOCK_N * 128 + in_block, 16, 1024), ks > 0);
+    }
+    wgmma_commit();
+}
+
+// O(64 x HEAD_DIM) += P V: BLOCK_N/16 k-steps, P from registers, V MN-major.
+template <class T, int HEAD_DIM, int BLOCK_N>
+__device__ __forceinline__ void pv_wgmma(float (&o)[HEAD_DIM / 8][4], const u32 (&a)[BLOCK_N / 16][4],
+                                         u32 v_addr) {
+    wgmma_fence();
+    #pragma unroll
+    for (int kk = 0; kk < BLOCK_N / 16; ++kk)
+        wgmma_rs<T, HEAD_DIM>(o, a[kk], smem_desc_sw128(v_addr + kk * 2048, BLOCK_N * 128, 1024), true);
+    wgmma_commit();
+}
+
+// P as the A operand of P V: k-step kk is accumulator registers 8kk..8kk+7 in pairs.
+template <class T, int BLOCK_N>
+__device__ __forceinline__ void pack_p(u32 (&a)[BLOCK_N / 16][4], const float (&s)[BLOCK_N / 8][4]) {
+    #pragma unroll
+    for (int kk = 0; kk < BLOCK_N / 16; ++kk) {
+        a[kk][0] = pack2<T>(s[2 * kk][0], s[2 * kk][1]);
+        a[kk][1] = pack2<T>(s[2 * kk][2], s[2 * kk][3]);
+        a[kk][2] = pack2<T>(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+        a[kk][3] = pack2<T>(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+    }
+}
+
+template <class T, int HEAD_DIM, int BLOCK_N, int STAGES, int CONSUMERS>
+__global__ void __launch_bounds__(128 * (CONSUMERS + 1), 1)
+flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
+    using Tile = Sm90Tile<HEAD_DIM, BLOCK_N, STAGES, CONSUMERS>;
+    extern __shared__ __align__(1024) unsigned char smem[];
+    const u32 sbase = (smem_addr(smem) + 1023) & ~1023u;   // swizzle atoms need 1024-byte alignment
+    const Barriers<STAGES> bar{sbase + Tile::kOffBars};
+
+    const int seqlen_q = p.seqlen_q, seqlen_k = p.seqlen_k;
+    const int m_block = gridDim.x - 1 - blockIdx.x;        // longest causal rows start first
+    const int row0 = m_block * Tile::kBlockM;
+    const int head = blockIdx.y, batch = blockIdx.z, head_kv = head / p.heads_per_kv;
+    const int causal_diag = seqlen_k - seqlen_q;            // key j visible to query i iff j <= i + diag
+    const int kv_end = p.causal ? min(seqlen_k, row0 + Tile::kBlockM + causal_diag) : seqlen_k;
+    const int n_blocks = kv_end > 0 ? (kv_end + BLOCK_N - 1) / BLOCK_N : 0;
+
+    const int warpgroup = threadIdx.x / 128;
+    if (threadIdx.x == 0) {
+        mbar_init(bar.q_full(), 1);
+        for (int s = 0; s < STAGES; ++s) {
+            mbar_init(bar.k_full(s), 1);
+            mbar_init(bar.v_full(s), 1);
+            mbar_init(bar.empty(s), 4 * CONSUMERS);        // one arrival per consumer warp
+        }
+        mbar_fence_init();
+    }
+    __syncthreads();
+
+    if (warpgroup == 0) {
+        regs_release<Tile::kProducerRegs>();
+        if (threadIdx.x == 0)
+            produce<Tile, HEAD_DIM, BLOCK_N, STAGES>(p, sbase, bar, n_blocks, row0, head, head_kv, batch);
+        return;
+    }
+
+    regs_claim<Tile::kConsumerRegs>();
+    const int consumer = warpgroup - 1, lane = threadIdx.x % 32, warp = (threadIdx.x / 32) % 4;
+    const int c_row0 = row0 + 64 * consumer;                // this warpgroup's first query
+    const int w_row0 = c_row0 + 16 * warp;                  // this warp's first query
+    const u32 q_addr = sbase + consumer * 64 * 128;         // its rows inside each column block
+
+    float o[1][HEAD_DIM / 8][4];
+    float m[1][2] = {{neg_inf(), neg_inf()}}, l[1][2] = {{0.f, 0.f}};
+    #pragma unroll
+    for (int dt = 0; dt < HEAD_DIM / 8; ++dt)
+        #pragma unroll
+        for (int e = 0; e < 4; ++e) o[0][dt][e] = 0.f;
+
+    mbar_wait(bar.q_full(), 0);
+    for (int j = 0; j < n_blocks; ++j) {
+        const int slot = j % STAGES, key0 = j * BLOCK_N;
+        const u32 parity = (j / STAGES) & 1;
+        // Tiles wholly above this warpgroup's part of the diagonal: nothing to add.
+        if (p.causal && key0 > c_row0 + 63 + causal_diag) {
+            mbar_wait(bar.k_full(slot), parity);
+            mbar_wait(bar.v_full(slot), parity);
+            if (lane == 0) mbar_arrive(bar.empty(slot));
+            continue;
+        }
+        float s[1][BLOCK_N / 8][4];
+        mbar_wait(bar.k_full(slot), parity);
+        qk_wgmma<T, Tile, HEAD_DIM, BLOCK_N>(s[0], q_addr, sbase + Tile::kOffK + slot * Tile::kKVBytes);
+        wgmma_wait<0>();
+        fence_registers(s[0]);
+
+        const bool needs_mask = key0 + BLOCK_N > seqlen_k ||
+                                (p.causal && key0 + BLOCK_N - 1 > c_row0 + causal_diag);
+        if (needs_mask)
+            scale_and_mask<1, BLOCK_N / 8, true>(s, p.scale_log2, w_row0, key0, seqlen_k, causal_diag,
+                                                 p.causal, lane);
+        else
+            scale_and_mask<1, BLOCK_N / 8, false>(s, p.scale_log2, 0, 0, 0, 0, false, lane);
+        online_softmax<1, BLOCK_N / 8, HEAD_DIM / 8>(s, o, m, l);
+        u32 a[BLOCK_N / 16][4];
+        pack_p<T, BLOCK_N>(a, s[0]);
+
+        mbar_wait(bar.v_full(slot), parity);
+        pv_wgmma<T, HEAD_DIM, BLOCK_N>(o[0], a, sbase + Tile::kOffV + slot * Tile::kKVBytes);
+        wgmma_wait<0>();
+        fence_registers(o[0]);
+        if (lane == 0) mbar_arrive(bar.empty(slot));
+    }
+
+    // Epilogue: O /= l straight from registers (each quad writes 16 contiguous bytes of a row).
+    u16* o_head = p.o + batch * p.o_sb + head * p.o_sh;
+    #pragma unroll
+    for (int half = 0; half < 2; ++half) {
+        const float l_row = quad_sum(l[0][half]);
+        const float inv_l = l_row > 0.f ? 1.f / l_row : 0.f;
+        const int row = w_row0 + lane / 4 + 8 * half;
+        if (row >= seqlen_q) continue;
+        u16* o_row = o_head + row * p.o_ss + 2 * (lane % 4);
+        #pragma unroll
+        for (int dt = 0; dt < HEAD_DIM / 8; ++dt)
+            if (dt * 8 < p.head_dim)
+                *reinterpret_cast<u32*>(o_row + dt * 8) =
+                    pack2<T>(o[0][dt][2 * half] * inv_l, o[0][dt][2 * half + 1] * inv_l);
+        if (p.lse != nullptr && lane % 4 == 0)
+            p.lse[(static_cast<i64>(batch) * gridDim.y + head) * seqlen_q + row] =
+                l_row > 0.f ? (m[0][half] + log2f(l_row)) * LN2 : neg_inf();
+    }
+}
+
+}  // namespace fc

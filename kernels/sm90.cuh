@@ -1,0 +1,112 @@
+// Hopper (sm_90a) building blocks as inline PTX: mbarriers, TMA tile loads,
+// wgmma shared-memory descriptors and ordering, register reallocation.
+#pragma once
+#include "wgmma_sm90.cuh"
+
+namespace fc {
+
+// ---- mbarrier (shared-memory transaction barrier) --------------------------
+
+__device__ __forceinline__ void mbar_init(u32 bar, int count) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" :: "r"(bar), "r"(count) : "memory");
+}
+
+// Makes the initialised barriers visible to the async (TMA) proxy.
+__device__ __forceinline__ void mbar_fence_init() {
+    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+}
+
+// One arrival that also announces `bytes` of TMA data the phase must wait for.
+__device__ __forceinline__ void mbar_expect_tx(u32 bar, u32 bytes) {
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" :: "r"(bar), "r"(bytes)
+                 : "memory");
+}
+
+__device__ __forceinline__ void mbar_arrive(u32 bar) {
+    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" :: "r"(bar) : "memory");
+}
+
+// Wait until the phase with parity `parity` has completed.
+__device__ __forceinline__ void mbar_wait(u32 bar, u32 parity) {
+    u32 done;
+    do {
+        asm volatile(
+            "{\n.reg .pred p;\n"
+            "mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
+            "selp.u32 %0, 1, 0, p;\n}\n"
+            : "=r"(done) : "r"(bar), "r"(parity) : "memory");
+    } while (!done);
+}
+
+// ---- TMA -------------------------------------------------------------------
+
+// Box at coordinates (c0 innermost .. c3) of a 4-D tensor map into shared memory;
+// completion is counted in bytes on `bar`. Out-of-range elements arrive as zeros.
+__device__ __forceinline__ void tma_load_4d(u32 dst, const void* tensor_map, u32 bar, int c0, int c1,
+                                            int c2, int c3) {
+    asm volatile(
+        "cp.async.bulk.tensor.4d.shared::cluster.global.tile.mbarrier::complete_tx::bytes "
+        "[%0], [%1, {%2, %3, %4, %5}], [%6];"
+        :: "r"(dst), "l"(reinterpret_cast<u64>(tensor_map)), "r"(c0), "r"(c1), "r"(c2), "r"(c3),
+           "r"(bar)
+        : "memory");
+}
+
+__device__ __forceinline__ void prefetch_tensor_map(const void* tensor_map) {
+    asm volatile("prefetch.tensormap [%0];" :: "l"(reinterpret_cast<u64>(tensor_map)) : "memory");
+}
+
+// ---- wgmma -----------------------------------------------------------------
+
+// Shared-memory matrix descriptor for a 128B-swizzled operand (PTX ISA, "Matrix
+// Descriptor Format"): start address, leading and stride byte offsets, all >> 4.
+// Tiles are 1024-byte aligned, so the base-offset field stays 0.
+__device__ __forceinline__ u64 smem_desc_sw128(u32 addr, u32 leading_bytes, u32 stride_bytes) {
+    return static_cast<u64>((addr & 0x3FFFF) >> 4) |
+           static_cast<u64>((leading_bytes & 0x3FFFF) >> 4) << 16 |
+           static_cast<u64>((stride_bytes & 0x3FFFF) >> 4) << 32 |
+           1ull << 62;
+}
+
+// Orders register writes (accumulators, A fragments) before the next wgmma reads them.
+__device__ __forceinline__ void wgmma_fence() {
+    asm volatile("wgmma.fence.sync.aligned;" ::: "memory");
+}
+
+__device__ __forceinline__ void wgmma_commit() {
+    asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory");
+}
+
+// Wait until at most N committed wgmma groups are still running.
+template <int N>
+__device__ __forceinline__ void wgmma_wait() {
+    asm volatile("wgmma.wait_group.sync.aligned %0;" :: "n"(N) : "memory");
+}
+
+// Keeps the compiler from touching accumulator registers across an in-flight wgmma.
+template <int R, int C>
+__device__ __forceinline__ void fence_registers(float (&x)[R][C]) {
+    #pragma unroll
+    for (int i = 0; i < R; ++i)
+        #pragma unroll
+        for (int j = 0; j < C; ++j) asm volatile("" : "+f"(x[i][j]) :: "memory");
+}
+
+// ---- warp specialisation ---------------------------------------------------
+
+template <int REGS>
+__device__ __forceinline__ void regs_release() {
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;" :: "n"(REGS));
+}
+
+template <int REGS>
+__device__ __forceinline__ void regs_claim() {
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;" :: "n"(REGS));
+}
+
+// Barrier over `threads` threads (whole warps) on hardware barrier `id` (1..15; 0 is __syncthreads).
+__device__ __forceinline__ void named_barrier_sync(int id, int threads) {
+    asm volatile("bar.sync %0, %1;" :: "r"(id), "r"(threads) : "memory");
+}
+
+}  // namespace fc

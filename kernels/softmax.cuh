@@ -1,0 +1,75 @@
+// Online softmax on accumulator fragments, shared by the sm_80 and sm_90 kernels.
+//
+// Both kernels hold S and O per warp in mma.sync's C layout (wgmma's m64nN
+// accumulator is that layout for each warp's 16 rows): s[mt][nt][e] is row
+// g + 8*(e/2) of 16-row slice mt, column 8*nt + 2t + e%2, with g = lane/4 and
+// t = lane%4. A row lives in one quad, so row reductions are two shuffles.
+#pragma once
+#include "mma_sm80.cuh"
+
+namespace fc {
+
+// S *= scale*log2(e); masked entries -> -inf. Accumulator element e of n-tile nt
+// sits at row g + 8*(e/2), column nt*8 + 2t + e%2 of the warp's 16-row slice.
+template <int M_TILES, int N_TILES, bool MASK>
+__device__ __forceinline__ void scale_and_mask(float (&s)[M_TILES][N_TILES][4], float scale_log2,
+                                               int first_row, int first_key, int seqlen_k,
+                                               int causal_diag, bool causal, int lane) {
+    #pragma unroll
+    for (int mt = 0; mt < M_TILES; ++mt)
+        #pragma unroll
+        for (int nt = 0; nt < N_TILES; ++nt)
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                float x = s[mt][nt][e] * scale_log2;
+                if constexpr (MASK) {
+                    const int row = first_row + mt * 16 + lane / 4 + 8 * (e / 2);
+                    const int key = first_key + nt * 8 + 2 * (lane % 4) + e % 2;
+                    if (key >= seqlen_k || (causal && key > row + causal_diag)) x = neg_inf();
+                }
+                s[mt][nt][e] = x;
+            }
+}
+
+// Online softmax: update (m, l), rescale O, and turn S into P in place.
+template <int M_TILES, int N_TILES, int D_TILES>
+__device__ __forceinline__ void online_softmax(float (&s)[M_TILES][N_TILES][4],
+                                               float (&o)[M_TILES][D_TILES][4],
+                                               float (&m)[M_TILES][2], float (&l)[M_TILES][2]) {
+    #pragma unroll
+    for (int mt = 0; mt < M_TILES; ++mt)
+        #pragma unroll
+        for (int half = 0; half < 2; ++half) {
+            float row_max = neg_inf();
+            #pragma unroll
+            for (int nt = 0; nt < N_TILES; ++nt)
+                row_max = fmaxf(row_max, fmaxf(s[mt][nt][2 * half], s[mt][nt][2 * half + 1]));
+            const float m_new = fmaxf(m[mt][half], quad_max(row_max));
+            // A row with every key masked so far has m_new = -inf: subtract 0
+            // instead, so that exp2 sees -inf - 0, never -inf - (-inf) = NaN.
+            const float m_base = m_new == neg_inf() ? 0.f : m_new;
+            const float alpha = fast_exp2(m[mt][half] - m_base);
+            m[mt][half] = m_new;
+            float row_sum = 0.f;
+            #pragma unroll
+            for (int nt = 0; nt < N_TILES; ++nt)
+                #pragma unroll
+                for (int e = 2 * half; e < 2 * half + 2; ++e) {
+                    s[mt][nt][e] = fast_exp2(s[mt][nt][e] - m_base);
+                    row_sum += s[mt][nt][e];
+                }
+            l[mt][half] = l[mt][half] * alpha + row_sum;   // per-lane partial; reduced at the end
+            // O *= alpha costs HEAD_DIM/4 multiplies per row slice, as many issue
+            // slots as the tile's mma at 32-key tiles; once the running maxima
+            // settle, alpha is 1 for the whole warp, so skip it (warp-uniform).
+            if (__any_sync(0xffffffffu, alpha != 1.f)) {
+                #pragma unroll
+                for (int dt = 0; dt < D_TILES; ++dt) {
+                    o[mt][dt][2 * half] *= alpha;
+                    o[mt][dt][2 * half + 1] *= alpha;
+                }
+            }
+        }
+}
+
+}  // namespace fc

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# SASS facts of every kernel in CuPy's kernel cache ($CUPY_CACHE_DIR): per kernel,
+# the count of tensor-core instructions (HGMMA = wgmma, HMMA = mma.sync) and of
+# local-memory accesses (LDL/STL = spills). Run after the kernels were compiled.
+set -uo pipefail
+dir=${CUPY_CACHE_DIR:-$HOME/.cupy/kernel_cache}
+for f in "$dir"/*.cubin; do
+  cuobjdump --dump-sass "$f" | awk '
+    /Function :/ { if (name) print name, hgmma, hmma, local; name=$3; hgmma=hmma=local=0 }
+    /HGMMA/ { hgmma++ } /HMMA/ { hmma++ } /LDL|STL/ { local++ }
+    END { if (name) print name, hgmma, hmma, local }'
+done | sort -u | awk 'BEGIN { print "kernel HGMMA HMMA LDL+STL" } { print }'

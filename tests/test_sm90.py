@@ -1,0 +1,87 @@
+"""The Hopper path's host side: configs, dispatch, tensor-map geometry, generated header (CPU)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from flashcore_cupy import configs, launch, tma
+from flashcore_cupy.validation import TensorSpec, check_problem
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def problem(q_shape, kv_shape, layout="bhsd", strides=None, causal=False):
+    def spec(name, shape):
+        st = strides or tuple(int(np.prod(shape[i + 1:])) for i in range(4))
+        return TensorSpec(name, shape, st, np.dtype(np.float16), 0, 1 << 20)
+    return check_problem(spec("q", q_shape), spec("k", kv_shape), spec("v", kv_shape),
+                         causal=causal, scale=None, layout=layout)
+
+
+def test_geometry_and_name():
+    cfg = configs.Sm90Config("bf16", 128, 128, 2, 2)
+    assert cfg.name_expression == "fc::flash_fwd_sm90<fc::bf16, 128, 128, 2, 2>"
+    assert (cfg.threads, cfg.block_m) == (384, 128)
+    assert cfg.smem_bytes == 1024 + 2 * 128 * (128 + 2 * 2 * 128) + 8 * 7
+    assert cfg.smem_bytes <= configs.SMEM_LIMIT["sm_90a"]
+    assert cfg.grid(batch=3, heads_q=5, seqlen_q=129) == (2, 5, 3)
+
+
+@pytest.mark.parametrize("head_dim, bucket", [(8, 64), (64, 64), (72, 128), (128, 128)])
+def test_head_dims_round_up_to_a_built_width(head_dim, bucket):
+    assert configs.sm90_config("fp16", head_dim).head_dim == bucket
+
+
+def test_dispatch_table():
+    kw = dict(arch="sm_90a", dtype="fp16", num_sms=132)
+    hopper = configs.choose_kernel(head_dim=128, batch_heads=32, seqlen_q=4096, **kw)
+    assert isinstance(hopper, configs.Sm90Config)
+    # grids that leave SMs idle (the mission shape), decode and D > 128 stay portable
+    for hd, bh, sq in ((64, 8, 512), (128, 256, 1), (256, 32, 4096)):
+        assert isinstance(configs.choose_kernel(head_dim=hd, batch_heads=bh, seqlen_q=sq, **kw),
+                          configs.FwdConfig), (hd, bh, sq)
+    assert isinstance(configs.choose_kernel(head_dim=64, batch_heads=8, seqlen_q=512, sm90="force", **kw),
+                      configs.Sm90Config)
+    assert isinstance(configs.choose_kernel(head_dim=128, batch_heads=32, seqlen_q=4096, sm90="off", **kw),
+                      configs.FwdConfig)
+    # other archs never get it from auto
+    assert isinstance(configs.choose_kernel("sm_80", "fp16", 128, 32, 4096, 108), configs.FwdConfig)
+    assert {c for c in configs.all_configs("sm_90a") if isinstance(c, configs.Sm90Config)} == \
+        {configs.sm90_config(dt, hd) for dt in configs.DTYPES for hd in configs.SM90_HEAD_DIMS}
+    assert not any(isinstance(c, configs.Sm90Config) for c in configs.all_configs("sm_80"))
+
+
+def test_map_specs_follow_both_layouts():
+    bhsd = problem((2, 8, 100, 128), (2, 2, 80, 128))
+    q, k, v = launch.sm90_map_specs(bhsd, configs.sm90_config("fp16", 128))
+    assert q == tma.MapSpec((128, 100, 8, 2), (256, 100 * 256, 8 * 100 * 256), (64, 128, 1, 1))
+    assert k == v == tma.MapSpec((128, 80, 2, 2), (256, 80 * 256, 2 * 80 * 256), (64, 128, 1, 1))
+    bshd = problem((2, 100, 8, 64), (2, 80, 2, 64), layout="bshd")
+    q, k, _ = launch.sm90_map_specs(bshd, configs.sm90_config("fp16", 64))
+    assert q.dims == (64, 100, 8, 2) and q.strides == (8 * 128, 128, 100 * 8 * 128)
+    assert k.strides == (2 * 128, 128, 80 * 2 * 128)
+
+
+def test_size_one_dims_get_a_legal_stride():
+    spec = tma.map_spec((1, 1, 50, 64), (0, 0, 64), 2, 128)
+    assert spec.strides == (128, 128 * 50, 128 * 50) and tma.unsupported_reason(spec) is None
+
+
+def test_blockers_name_the_reason():
+    ok = problem((2, 8, 100, 128), (2, 2, 80, 128))
+    assert launch.sm90_blocker(ok, "sm_90a") is None
+    assert "sm_90" in launch.sm90_blocker(ok, "sm_80")
+    assert "head_dim 256" in launch.sm90_blocker(problem((1, 2, 64, 256), (1, 2, 64, 256)), "sm_90a")
+    # a broadcast (stride 0) key/value head axis cannot be a TMA stride
+    bcast = problem((1, 4, 64, 64), (1, 4, 64, 64), strides=(4 * 64 * 64, 0, 64, 1))
+    assert "stride" in launch.sm90_blocker(bcast, "sm_90a")
+
+
+def test_generated_wgmma_header_is_current():
+    out = subprocess.run([sys.executable, "-c",
+                          "import runpy; print(runpy.run_path('scripts/gen_wgmma.py', run_name='x')['render']())"],
+                         cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert out.rstrip("\n") == (ROOT / "kernels" / "wgmma_sm90.cuh").read_text().rstrip("\n")
