@@ -72,6 +72,7 @@ class Sm90Config:
     block_n: int      # keys per K/V tile: 64 | 128
     stages: int       # K/V tiles in flight (TMA ring)
     consumers: int    # consumer warpgroups, 64 query rows each
+    pingpong: bool    # consumers take turns issuing GEMMs (needs 2+)
 
     kernel_file = "flash_fwd_sm90.cu"
     arch = "sm_90a"
@@ -79,7 +80,7 @@ class Sm90Config:
     @property
     def name_expression(self) -> str:
         return (f"fc::flash_fwd_sm90<fc::{self.dtype}, {self.head_dim}, {self.block_n}, "
-                f"{self.stages}, {self.consumers}>")
+                f"{self.stages}, {self.consumers}, {'true' if self.pingpong else 'false'}>")
 
     @property
     def threads(self) -> int:
@@ -100,7 +101,7 @@ class Sm90Config:
 
     def __str__(self) -> str:
         return (f"sm90 {self.dtype} D{self.head_dim} {self.block_m}x{self.block_n} "
-                f"c{self.consumers} s{self.stages}")
+                f"c{self.consumers} s{self.stages}{' pp' if self.pingpong else ''}")
 
 
 # Tile table: (arch family, largest template head dim) -> (warps, m_tiles, block_n, stages).
@@ -163,11 +164,11 @@ def choose_config(arch: str, dtype: str, head_dim: int, batch_heads: int = 1 << 
     return dict(tuned).get(key, default)
 
 
-# Hopper kernel (sm_90a): head-dim bucket -> (block_n, stages, consumers).
+# Hopper kernel (sm_90a): head-dim bucket -> (block_n, stages, consumers, pingpong).
 # 128 query rows (two consumer warpgroups) x 128-key tiles in a 2-slot TMA ring.
 SM90_ARCH = "sm_90a"
 SM90_HEAD_DIMS = (64, 128)
-_SM90_TILES = {64: (128, 2, 2), 128: (128, 2, 2)}
+_SM90_TILES = {64: (128, 2, 2, True), 128: (128, 2, 2, True)}
 Sm90Mode = Literal["off", "auto", "force"]
 
 

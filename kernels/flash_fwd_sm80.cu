@@ -264,7 +264,9 @@ flash_fwd(const FwdParams p) {
                                                 causal_diag, causal, lane);
         else
             scale_and_mask<M_TILES, Tile::kNTiles, false>(s, p.scale_log2, 0, 0, 0, 0, false, lane);
-        online_softmax<M_TILES, Tile::kNTiles, Tile::kDTiles>(s, o_acc, m, l);
+        float alpha[M_TILES][2];
+        softmax_update<M_TILES, Tile::kNTiles>(s, m, l, alpha);
+        rescale_rows<M_TILES, Tile::kDTiles>(o_acc, alpha);
         pv_gemm<T, Tile, M_TILES>(o_acc, s, addr.v + slot_offset);
     }
 

@@ -15,8 +15,9 @@
 //     O  += P V_j             wgmma m64nHEAD_DIMk16, P from registers, V from shared
 //   then O /= l and a direct store; LSE as in the sm_80 kernel.
 //
-// The two consumers run the same loop, so one's softmax overlaps the other's
-// GEMMs on the tensor cores.
+// Overlap: inside a consumer, S_{j+1} = Q K_{j+1}^T is issued together with
+// O += P_j V_j, and the softmax of S_{j+1} runs while P_j V_j finishes (O's
+// rescale waits for it); across consumers, one's softmax overlaps another's GEMMs.
 //
 // Shared memory: every tile is stored as HEAD_DIM/64 column blocks of 64
 // elements (128-byte rows), 128B-swizzled by TMA, which is the layout the wgmma
@@ -50,7 +51,7 @@ struct Sm90Params {
 };
 static_assert(sizeof(Sm90Params) == 448, "Sm90Params: keep in step with launch.py");
 
-template <int HEAD_DIM, int BLOCK_N, int STAGES, int CONSUMERS>
+template <int HEAD_DIM, int BLOCK_N, int STAGES, int CONSUMERS, bool PINGPONG>
 struct Sm90Tile {
     static constexpr int kBlockM = 64 * CONSUMERS;
     static constexpr int kThreads = 128 * (CONSUMERS + 1);
@@ -72,6 +73,7 @@ struct Sm90Tile {
     static_assert(BLOCK_N == 64 || BLOCK_N == 128, "BLOCK_N: 64 or 128 (wgmma widths built)");
     static_assert(STAGES >= 2 && STAGES <= 4, "STAGES: 2..4");
     static_assert(CONSUMERS >= 1 && CONSUMERS <= 3, "CONSUMERS: 1..3 warpgroups of 64 rows");
+    static_assert(!PINGPONG || CONSUMERS >= 2, "PINGPONG needs two consumers to take turns");
 };
 
 // Shared-memory barriers, one 8-byte word each, after the tiles.
@@ -150,10 +152,10 @@ __device__ __forceinline__ void pack_p(u32 (&a)[BLOCK_N / 16][4], const float (&
     }
 }
 
-template <class T, int HEAD_DIM, int BLOCK_N, int STAGES, int CONSUMERS>
+template <class T, int HEAD_DIM, int BLOCK_N, int STAGES, int CONSUMERS, bool PINGPONG>
 __global__ void __launch_bounds__(128 * (CONSUMERS + 1), 1)
 flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
-    using Tile = Sm90Tile<HEAD_DIM, BLOCK_N, STAGES, CONSUMERS>;
+    using Tile = Sm90Tile<HEAD_DIM, BLOCK_N, STAGES, CONSUMERS, PINGPONG>;
     extern __shared__ __align__(1024) unsigned char smem[];
     const u32 sbase = (smem_addr(smem) + 1023) & ~1023u;   // swizzle atoms need 1024-byte alignment
     const Barriers<STAGES> bar{sbase + Tile::kOffBars};
@@ -198,23 +200,20 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
         #pragma unroll
         for (int e = 0; e < 4; ++e) o[0][dt][e] = 0.f;
 
-    mbar_wait(bar.q_full(), 0);
-    for (int j = 0; j < n_blocks; ++j) {
-        const int slot = j % STAGES, key0 = j * BLOCK_N;
-        const u32 parity = (j / STAGES) & 1;
-        // Tiles wholly above this warpgroup's part of the diagonal: nothing to add.
-        if (p.causal && key0 > c_row0 + 63 + causal_diag) {
-            mbar_wait(bar.k_full(slot), parity);
-            mbar_wait(bar.v_full(slot), parity);
-            if (lane == 0) mbar_arrive(bar.empty(slot));
-            continue;
-        }
-        float s[1][BLOCK_N / 8][4];
-        mbar_wait(bar.k_full(slot), parity);
-        qk_wgmma<T, Tile, HEAD_DIM, BLOCK_N>(s[0], q_addr, sbase + Tile::kOffK + slot * Tile::kKVBytes);
-        wgmma_wait<0>();
-        fence_registers(s[0]);
+    // This warpgroup's key tiles end at its own rows' part of the causal diagonal.
+    const int c_kv_end = p.causal ? min(seqlen_k, c_row0 + 64 + causal_diag) : seqlen_k;
+    const int c_blocks = min(n_blocks, c_kv_end > 0 ? (c_kv_end + BLOCK_N - 1) / BLOCK_N : 0);
+    auto parity = [](int j) { return static_cast<u32>((j / STAGES) & 1); };
+    auto k_tile = [&](int j) { return sbase + Tile::kOffK + (j % STAGES) * Tile::kKVBytes; };
+    auto v_tile = [&](int j) { return sbase + Tile::kOffV + (j % STAGES) * Tile::kKVBytes; };
+    auto release = [&](int j) { if (lane == 0) mbar_arrive(bar.empty(j % STAGES)); };
 
+    float s[1][BLOCK_N / 8][4];      // S_j, then P_j in fp32
+    u32 a[BLOCK_N / 16][4];          // P_j as the 16-bit A operand of P V_j
+    float alpha[1][2];
+    // S_j (landed in s) -> P_j, and alpha for O.
+    auto softmax_tile = [&](int j) {
+        const int key0 = j * BLOCK_N;
         const bool needs_mask = key0 + BLOCK_N > seqlen_k ||
                                 (p.causal && key0 + BLOCK_N - 1 > c_row0 + causal_diag);
         if (needs_mask)
@@ -222,15 +221,52 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
                                                  p.causal, lane);
         else
             scale_and_mask<1, BLOCK_N / 8, false>(s, p.scale_log2, 0, 0, 0, 0, false, lane);
-        online_softmax<1, BLOCK_N / 8, HEAD_DIM / 8>(s, o, m, l);
-        u32 a[BLOCK_N / 16][4];
-        pack_p<T, BLOCK_N>(a, s[0]);
+        softmax_update<1, BLOCK_N / 8>(s, m, l, alpha);
+    };
+    // Ping-pong: consumers take turns issuing their GEMMs (hardware barrier 1 + c
+    // is consumer c's turn), so one's softmax runs while another's GEMMs do.
+    auto await_turn = [&] { if constexpr (PINGPONG) named_barrier_sync(1 + consumer, 256); };
+    auto pass_turn = [&](bool last_step) {
+        // the last consumer's last pass would open a turn nobody takes
+        if constexpr (PINGPONG)
+            if (!(last_step && consumer == CONSUMERS - 1))
+                named_barrier_arrive(1 + (consumer + 1) % CONSUMERS, 256);
+    };
+    if (PINGPONG && consumer == CONSUMERS - 1 && n_blocks > 0)
+        named_barrier_arrive(1, 256);                 // consumer 0 goes first
 
-        mbar_wait(bar.v_full(slot), parity);
-        pv_wgmma<T, HEAD_DIM, BLOCK_N>(o[0], a, sbase + Tile::kOffV + slot * Tile::kKVBytes);
-        wgmma_wait<0>();
-        fence_registers(o[0]);
-        if (lane == 0) mbar_arrive(bar.empty(slot));
+    mbar_wait(bar.q_full(), 0);
+    // Step j issues S_j = Q K_j^T together with O += P_{j-1} V_{j-1}; the softmax
+    // of S_j then runs while P V finishes, and O's rescale waits for it.
+    for (int j = 0; n_blocks > 0 && j <= n_blocks; ++j) {
+        const bool qk = j < c_blocks, pv = j >= 1 && j - 1 < c_blocks;
+        if (qk) mbar_wait(bar.k_full(j % STAGES), parity(j));
+        if (pv) mbar_wait(bar.v_full((j - 1) % STAGES), parity(j - 1));
+        await_turn();
+        if (qk) qk_wgmma<T, Tile, HEAD_DIM, BLOCK_N>(s[0], q_addr, k_tile(j));
+        if (pv) pv_wgmma<T, HEAD_DIM, BLOCK_N>(o[0], a, v_tile(j - 1));
+        pass_turn(j == n_blocks);
+        if (qk) {
+            if (pv) wgmma_wait<1>(); else wgmma_wait<0>();   // S_j landed (groups retire in order)
+            fence_registers(s[0]);
+            softmax_tile(j);
+        }
+        if (pv) {
+            wgmma_wait<0>();              // P_{j-1} V_{j-1} done: its tiles and `a` are free
+            fence_registers(o[0]);
+            fence_registers(a);
+        }
+        if (j >= 1) {
+            if (!pv) {                    // a tile only other consumers needed (causal)
+                mbar_wait(bar.k_full((j - 1) % STAGES), parity(j - 1));
+                mbar_wait(bar.v_full((j - 1) % STAGES), parity(j - 1));
+            }
+            release(j - 1);
+        }
+        if (qk) {
+            rescale_rows<1, HEAD_DIM / 8>(o, alpha);
+            pack_p<T, BLOCK_N>(a, s[0]);
+        }
     }
 
     // Epilogue: O /= l straight from registers (each quad writes 16 contiguous bytes of a row).

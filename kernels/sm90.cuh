@@ -83,13 +83,23 @@ __device__ __forceinline__ void wgmma_wait() {
     asm volatile("wgmma.wait_group.sync.aligned %0;" :: "n"(N) : "memory");
 }
 
-// Keeps the compiler from touching accumulator registers across an in-flight wgmma.
+// After a wgmma_wait: pins the registers an in-flight wgmma wrote (accumulators)
+// or read (A fragments) to this point, so the compiler neither reads nor reuses
+// them earlier.
 template <int R, int C>
 __device__ __forceinline__ void fence_registers(float (&x)[R][C]) {
     #pragma unroll
     for (int i = 0; i < R; ++i)
         #pragma unroll
         for (int j = 0; j < C; ++j) asm volatile("" : "+f"(x[i][j]) :: "memory");
+}
+
+template <int R, int C>
+__device__ __forceinline__ void fence_registers(u32 (&x)[R][C]) {
+    #pragma unroll
+    for (int i = 0; i < R; ++i)
+        #pragma unroll
+        for (int j = 0; j < C; ++j) asm volatile("" : "+r"(x[i][j]) :: "memory");
 }
 
 // ---- warp specialisation ---------------------------------------------------
@@ -104,9 +114,14 @@ __device__ __forceinline__ void regs_claim() {
     asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;" :: "n"(REGS));
 }
 
-// Barrier over `threads` threads (whole warps) on hardware barrier `id` (1..15; 0 is __syncthreads).
+// Hardware barrier `id` (1..15; 0 is __syncthreads) over `threads` threads (whole
+// warps): sync waits for the count to be reached; arrive counts without waiting.
 __device__ __forceinline__ void named_barrier_sync(int id, int threads) {
     asm volatile("bar.sync %0, %1;" :: "r"(id), "r"(threads) : "memory");
+}
+
+__device__ __forceinline__ void named_barrier_arrive(int id, int threads) {
+    asm volatile("bar.arrive %0, %1;" :: "r"(id), "r"(threads) : "memory");
 }
 
 }  // namespace fc

@@ -31,11 +31,11 @@ __device__ __forceinline__ void scale_and_mask(float (&s)[M_TILES][N_TILES][4], 
             }
 }
 
-// Online softmax: update (m, l), rescale O, and turn S into P in place.
-template <int M_TILES, int N_TILES, int D_TILES>
-__device__ __forceinline__ void online_softmax(float (&s)[M_TILES][N_TILES][4],
-                                               float (&o)[M_TILES][D_TILES][4],
-                                               float (&m)[M_TILES][2], float (&l)[M_TILES][2]) {
+// Online softmax, first half: update (m, l), turn S into P in place, and return
+// in alpha the factor exp2(m_old - m_new) by which each row of O must shrink.
+template <int M_TILES, int N_TILES>
+__device__ __forceinline__ void softmax_update(float (&s)[M_TILES][N_TILES][4], float (&m)[M_TILES][2],
+                                               float (&l)[M_TILES][2], float (&alpha)[M_TILES][2]) {
     #pragma unroll
     for (int mt = 0; mt < M_TILES; ++mt)
         #pragma unroll
@@ -48,7 +48,7 @@ __device__ __forceinline__ void online_softmax(float (&s)[M_TILES][N_TILES][4],
             // A row with every key masked so far has m_new = -inf: subtract 0
             // instead, so that exp2 sees -inf - 0, never -inf - (-inf) = NaN.
             const float m_base = m_new == neg_inf() ? 0.f : m_new;
-            const float alpha = fast_exp2(m[mt][half] - m_base);
+            alpha[mt][half] = fast_exp2(m[mt][half] - m_base);
             m[mt][half] = m_new;
             float row_sum = 0.f;
             #pragma unroll
@@ -58,18 +58,27 @@ __device__ __forceinline__ void online_softmax(float (&s)[M_TILES][N_TILES][4],
                     s[mt][nt][e] = fast_exp2(s[mt][nt][e] - m_base);
                     row_sum += s[mt][nt][e];
                 }
-            l[mt][half] = l[mt][half] * alpha + row_sum;   // per-lane partial; reduced at the end
-            // O *= alpha costs HEAD_DIM/4 multiplies per row slice, as many issue
-            // slots as the tile's mma at 32-key tiles; once the running maxima
-            // settle, alpha is 1 for the whole warp, so skip it (warp-uniform).
-            if (__any_sync(0xffffffffu, alpha != 1.f)) {
+            l[mt][half] = l[mt][half] * alpha[mt][half] + row_sum;   // per-lane partial; reduced at the end
+        }
+}
+
+// Online softmax, second half: O *= alpha row by row. That costs D/4 multiplies
+// per row slice, as many issue slots as a tile's mma at 32-key tiles; once the
+// running maxima settle, alpha is 1 for the whole warp, so skip it (warp-uniform).
+template <int M_TILES, int D_TILES>
+__device__ __forceinline__ void rescale_rows(float (&o)[M_TILES][D_TILES][4],
+                                             const float (&alpha)[M_TILES][2]) {
+    #pragma unroll
+    for (int mt = 0; mt < M_TILES; ++mt)
+        #pragma unroll
+        for (int half = 0; half < 2; ++half)
+            if (__any_sync(0xffffffffu, alpha[mt][half] != 1.f)) {
                 #pragma unroll
                 for (int dt = 0; dt < D_TILES; ++dt) {
-                    o[mt][dt][2 * half] *= alpha;
-                    o[mt][dt][2 * half + 1] *= alpha;
+                    o[mt][dt][2 * half] *= alpha[mt][half];
+                    o[mt][dt][2 * half + 1] *= alpha[mt][half];
                 }
             }
-        }
 }
 
 }  // namespace fc
