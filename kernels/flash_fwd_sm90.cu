@@ -76,14 +76,17 @@ struct Sm90Tile {
     static_assert(!PINGPONG || CONSUMERS >= 2, "PINGPONG needs two consumers to take turns");
 };
 
-// Shared-memory barriers, one 8-byte word each, after the tiles.
+// Shared-memory barriers, one 8-byte word each, after the tiles. K and V slots
+// fill and empty separately: K_j is free once S_j has landed, long before P_j V_j
+// frees V_j, so the next K load starts a step earlier.
 template <int STAGES>
 struct Barriers {
     u32 base;
     __device__ u32 q_full() const { return base; }
     __device__ u32 k_full(int s) const { return base + 8 * (1 + s); }
     __device__ u32 v_full(int s) const { return base + 8 * (1 + STAGES + s); }
-    __device__ u32 empty(int s) const { return base + 8 * (1 + 2 * STAGES + s); }
+    __device__ u32 k_empty(int s) const { return base + 8 * (1 + 2 * STAGES + s); }
+    __device__ u32 v_empty(int s) const { return base + 8 * (1 + 3 * STAGES + s); }
 };
 
 // A tile of `rows` rows as HEAD_DIM/64 TMA boxes (one per column block), counted on `bar`.
@@ -106,10 +109,12 @@ __device__ __forceinline__ void produce(const Sm90Params& p, u32 sbase, const Ba
     tma_load_tile<HEAD_DIM>(sbase, p.q, bar.q_full(), Tile::kBlockM, row0, head, batch);
     for (int j = 0; j < n_blocks; ++j) {
         const int slot = j % STAGES;
-        if (j >= STAGES) mbar_wait(bar.empty(slot), (j / STAGES + 1) & 1);   // use j/STAGES - 1 released
+        const u32 released = (j / STAGES + 1) & 1;   // parity of use j/STAGES - 1's release
+        if (j >= STAGES) mbar_wait(bar.k_empty(slot), released);
         mbar_expect_tx(bar.k_full(slot), Tile::kKVBytes);
         tma_load_tile<HEAD_DIM>(sbase + Tile::kOffK + slot * Tile::kKVBytes, p.k, bar.k_full(slot),
                                 BLOCK_N, j * BLOCK_N, head_kv, batch);
+        if (j >= STAGES) mbar_wait(bar.v_empty(slot), released);
         mbar_expect_tx(bar.v_full(slot), Tile::kKVBytes);
         tma_load_tile<HEAD_DIM>(sbase + Tile::kOffV + slot * Tile::kKVBytes, p.v, bar.v_full(slot),
                                 BLOCK_N, j * BLOCK_N, head_kv, batch);
@@ -174,7 +179,8 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
         for (int s = 0; s < STAGES; ++s) {
             mbar_init(bar.k_full(s), 1);
             mbar_init(bar.v_full(s), 1);
-            mbar_init(bar.empty(s), 4 * CONSUMERS);        // one arrival per consumer warp
+            mbar_init(bar.k_empty(s), 4 * CONSUMERS);      // one arrival per consumer warp
+            mbar_init(bar.v_empty(s), 4 * CONSUMERS);
         }
         mbar_fence_init();
     }
@@ -206,7 +212,8 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
     auto parity = [](int j) { return static_cast<u32>((j / STAGES) & 1); };
     auto k_tile = [&](int j) { return sbase + Tile::kOffK + (j % STAGES) * Tile::kKVBytes; };
     auto v_tile = [&](int j) { return sbase + Tile::kOffV + (j % STAGES) * Tile::kKVBytes; };
-    auto release = [&](int j) { if (lane == 0) mbar_arrive(bar.empty(j % STAGES)); };
+    auto release_k = [&](int j) { if (lane == 0) mbar_arrive(bar.k_empty(j % STAGES)); };
+    auto release_v = [&](int j) { if (lane == 0) mbar_arrive(bar.v_empty(j % STAGES)); };
 
     float s[1][BLOCK_N / 8][4];      // S_j, then P_j in fp32
     u32 a[BLOCK_N / 16][4];          // P_j as the 16-bit A operand of P V_j
@@ -249,19 +256,20 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
         if (qk) {
             if (pv) wgmma_wait<1>(); else wgmma_wait<0>();   // S_j landed (groups retire in order)
             fence_registers(s[0]);
+            release_k(j);
             softmax_tile(j);
+        } else if (j < n_blocks) {        // K_j only other consumers needed (causal)
+            mbar_wait(bar.k_full(j % STAGES), parity(j));
+            release_k(j);
         }
         if (pv) {
-            wgmma_wait<0>();              // P_{j-1} V_{j-1} done: its tiles and `a` are free
+            wgmma_wait<0>();              // P_{j-1} V_{j-1} done: V_{j-1} and `a` are free
             fence_registers(o[0]);
             fence_registers(a);
-        }
-        if (j >= 1) {
-            if (!pv) {                    // a tile only other consumers needed (causal)
-                mbar_wait(bar.k_full((j - 1) % STAGES), parity(j - 1));
-                mbar_wait(bar.v_full((j - 1) % STAGES), parity(j - 1));
-            }
-            release(j - 1);
+            release_v(j - 1);
+        } else if (j >= 1) {              // V_{j-1} only other consumers needed
+            mbar_wait(bar.v_full((j - 1) % STAGES), parity(j - 1));
+            release_v(j - 1);
         }
         if (qk) {
             rescale_rows<1, HEAD_DIM / 8>(o, alpha);

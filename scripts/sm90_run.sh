@@ -11,6 +11,6 @@ step probe.txt timeout 240 python3 scripts/sm90_probe.py
 if [ $status = 0 ]; then
   step sweep.txt timeout 300 python3 scripts/tile_sweep.py --family sm90 --out "$OUT/sweep.json"
 fi
-step sass.txt bash scripts/sass_check.sh
+step sass.txt python3 scripts/sass_check.py --arch sm_90a
 echo "sm90_run exit status: $status"
 exit $status

@@ -25,7 +25,7 @@ def test_geometry_and_name():
     cfg = configs.Sm90Config("bf16", 128, 128, 2, 2, True)
     assert cfg.name_expression == "fc::flash_fwd_sm90<fc::bf16, 128, 128, 2, 2, true>"
     assert (cfg.threads, cfg.block_m) == (384, 128)
-    assert cfg.smem_bytes == 1024 + 2 * 128 * (128 + 2 * 2 * 128) + 8 * 7
+    assert cfg.smem_bytes == 1024 + 2 * 128 * (128 + 2 * 2 * 128) + 8 * 9
     assert cfg.smem_bytes <= configs.SMEM_LIMIT["sm_90a"]
     assert cfg.grid(batch=3, heads_q=5, seqlen_q=129) == (2, 5, 3)
 
