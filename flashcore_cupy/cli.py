@@ -134,7 +134,8 @@ def _parse_archs(ctx, param, value: str) -> list[str]:
 @click.option("--arch", "archs", default=",".join(configs.SUPPORTED_ARCHS), show_default=True,
               callback=_parse_archs, help="Comma-separated target archs.")
 def check(archs: list[str]) -> None:
-    """Compile every kernel dispatch can choose, with no GPU; fail on errors or spills."""
+    """Compile every kernel dispatch can choose, with no GPU; fail on errors, spills or
+    ptxas performance-loss warnings (serialised wgmma)."""
     from .tuning import dispatchable_configs
 
     jobs = [(arch, cfg) for arch in archs for cfg in dispatchable_configs(arch)]
@@ -159,7 +160,8 @@ def check(archs: list[str]) -> None:
             continue
         smem = r.static_smem_bytes + cfg.smem_bytes
         problems = [p for p, bad in (("spills", r.spill_bytes > 0),
-                                     (f"smem > {configs.SMEM_LIMIT[arch]}", smem > configs.SMEM_LIMIT[arch]))
+                                     (f"smem > {configs.SMEM_LIMIT[arch]}", smem > configs.SMEM_LIMIT[arch]),
+                                     ("ptxas: performance loss", bool(r.perf_warnings)))
                     if bad]
         failures += bool(problems)
         click.echo(f"{arch:<7} {cfg.kernel_file:<40} {str(cfg):<24} {r.registers:>4} {smem:>7} "

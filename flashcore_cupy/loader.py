@@ -54,6 +54,7 @@ class CompileReport:
     spill_bytes: int          # spill stores + spill loads
     stack_frame_bytes: int
     seconds: float
+    perf_warnings: tuple[str, ...] = ()   # ptxas "Potential Performance Loss" lines (e.g. wgmma serialised)
 
 
 def source_hash() -> str:
@@ -145,10 +146,12 @@ def compile_only(config: KernelConfig, arch: str) -> CompileReport:
             raise KernelCompileError(config.kernel_file, config.name_expression, options,
                                      nvrtc.getProgramLog(prog)) from None
         seconds = time.perf_counter() - start
-        regs, smem, spills, stack = parse_ptxas_log(nvrtc.getProgramLog(prog))
+        log = nvrtc.getProgramLog(prog)
+        regs, smem, spills, stack = parse_ptxas_log(log)
     finally:
         nvrtc.destroyProgram(prog)
-    return CompileReport(arch, regs, smem, spills, stack, seconds)
+    warnings = tuple(line.strip() for line in log.splitlines() if "Performance Loss" in line)
+    return CompileReport(arch, regs, smem, spills, stack, seconds, warnings)
 
 
 def nvrtc_version() -> str:

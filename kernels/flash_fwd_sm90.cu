@@ -232,49 +232,70 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
     };
     // Ping-pong: consumers take turns issuing their GEMMs (hardware barrier 1 + c
     // is consumer c's turn), so one's softmax runs while another's GEMMs do.
+    // Every consumer takes n_blocks + 1 turns, the last consumer's last pass is
+    // skipped (it would open a turn nobody takes), and it opens consumer 0's first.
     auto await_turn = [&] { if constexpr (PINGPONG) named_barrier_sync(1 + consumer, 256); };
-    auto pass_turn = [&](bool last_step) {
-        // the last consumer's last pass would open a turn nobody takes
+    auto pass_turn = [&](bool last_turn) {
         if constexpr (PINGPONG)
-            if (!(last_step && consumer == CONSUMERS - 1))
+            if (!(last_turn && consumer == CONSUMERS - 1))
                 named_barrier_arrive(1 + (consumer + 1) % CONSUMERS, 256);
     };
-    if (PINGPONG && consumer == CONSUMERS - 1 && n_blocks > 0)
-        named_barrier_arrive(1, 256);                 // consumer 0 goes first
+    if (PINGPONG && consumer == CONSUMERS - 1 && n_blocks > 0) named_barrier_arrive(1, 256);
 
+    // wgmma issue stays out of data-dependent branches: ptxas serialises every
+    // wgmma of a kernel that waits on one inside a divergent path (C7518).
     mbar_wait(bar.q_full(), 0);
-    // Step j issues S_j = Q K_j^T together with O += P_{j-1} V_{j-1}; the softmax
-    // of S_j then runs while P V finishes, and O's rescale waits for it.
-    for (int j = 0; n_blocks > 0 && j <= n_blocks; ++j) {
-        const bool qk = j < c_blocks, pv = j >= 1 && j - 1 < c_blocks;
-        if (qk) mbar_wait(bar.k_full(j % STAGES), parity(j));
-        if (pv) mbar_wait(bar.v_full((j - 1) % STAGES), parity(j - 1));
+    if (c_blocks > 0) {
+        mbar_wait(bar.k_full(0), 0);
         await_turn();
-        if (qk) qk_wgmma<T, Tile, HEAD_DIM, BLOCK_N>(s[0], q_addr, k_tile(j));
-        if (pv) pv_wgmma<T, HEAD_DIM, BLOCK_N>(o[0], a, v_tile(j - 1));
-        pass_turn(j == n_blocks);
-        if (qk) {
-            if (pv) wgmma_wait<1>(); else wgmma_wait<0>();   // S_j landed (groups retire in order)
-            fence_registers(s[0]);
-            release_k(j);
-            softmax_tile(j);
-        } else if (j < n_blocks) {        // K_j only other consumers needed (causal)
-            mbar_wait(bar.k_full(j % STAGES), parity(j));
-            release_k(j);
-        }
-        if (pv) {
-            wgmma_wait<0>();              // P_{j-1} V_{j-1} done: V_{j-1} and `a` are free
-            fence_registers(o[0]);
-            fence_registers(a);
-            release_v(j - 1);
-        } else if (j >= 1) {              // V_{j-1} only other consumers needed
-            mbar_wait(bar.v_full((j - 1) % STAGES), parity(j - 1));
-            release_v(j - 1);
-        }
-        if (qk) {
-            rescale_rows<1, HEAD_DIM / 8>(o, alpha);
-            pack_p<T, BLOCK_N>(a, s[0]);
-        }
+        qk_wgmma<T, Tile, HEAD_DIM, BLOCK_N>(s[0], q_addr, k_tile(0));
+        pass_turn(false);
+        wgmma_wait<0>();
+        fence_registers(s[0]);
+        release_k(0);
+        softmax_tile(0);                  // O is still 0: nothing to rescale
+        pack_p<T, BLOCK_N>(a, s[0]);
+    }
+    // Step j: S_j = Q K_j^T and O += P_{j-1} V_{j-1} in flight together; the
+    // softmax of S_j runs while P V finishes, and O's rescale waits for it.
+    for (int j = 1; j < c_blocks; ++j) {
+        mbar_wait(bar.k_full(j % STAGES), parity(j));
+        mbar_wait(bar.v_full((j - 1) % STAGES), parity(j - 1));
+        await_turn();
+        qk_wgmma<T, Tile, HEAD_DIM, BLOCK_N>(s[0], q_addr, k_tile(j));
+        pv_wgmma<T, HEAD_DIM, BLOCK_N>(o[0], a, v_tile(j - 1));
+        pass_turn(false);
+        wgmma_wait<1>();                  // S_j landed (groups retire in order)
+        fence_registers(s[0]);
+        release_k(j);
+        softmax_tile(j);
+        wgmma_wait<0>();                  // P_{j-1} V_{j-1} done: V_{j-1} and `a` are free
+        fence_registers(o[0]);
+        fence_registers(a);
+        release_v(j - 1);
+        rescale_rows<1, HEAD_DIM / 8>(o, alpha);
+        pack_p<T, BLOCK_N>(a, s[0]);
+    }
+    if (c_blocks > 0) {
+        mbar_wait(bar.v_full((c_blocks - 1) % STAGES), parity(c_blocks - 1));
+        await_turn();
+        pv_wgmma<T, HEAD_DIM, BLOCK_N>(o[0], a, v_tile(c_blocks - 1));
+        pass_turn(c_blocks == n_blocks);
+        wgmma_wait<0>();
+        fence_registers(o[0]);
+        release_v(c_blocks - 1);
+    }
+    // Causal: tiles only the consumers below needed. Release them once landed and
+    // keep taking turns, so that every consumer takes the same number.
+    for (int j = c_blocks; j < n_blocks; ++j) {
+        mbar_wait(bar.k_full(j % STAGES), parity(j));
+        mbar_wait(bar.v_full(j % STAGES), parity(j));
+        release_k(j);
+        release_v(j);
+    }
+    for (int t = c_blocks > 0 ? c_blocks + 1 : 0; n_blocks > 0 && t <= n_blocks; ++t) {
+        await_turn();
+        pass_turn(t == n_blocks);
     }
 
     // Epilogue: O /= l straight from registers (each quad writes 16 contiguous bytes of a row).

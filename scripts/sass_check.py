@@ -1,9 +1,13 @@
 """SASS facts of every kernel dispatch can choose on an arch: per kernel, the count of
 tensor-core instructions (HGMMA = wgmma, HMMA = mma.sync) and of local-memory
-accesses (LDL/STL: spills). Compiles with the library's NVRTC options, then
-disassembles with cuobjdump (from the CUDA toolkit). Exits 1 on any spill or a
-Hopper kernel without HGMMA.
-Usage: python3 scripts/sass_check.py [--arch sm_90a]
+accesses (LDL/STL: spills). Exits 1 on any spill or a Hopper kernel without HGMMA.
+
+  python3 scripts/sass_check.py --arch sm_90a [--keep DIR]   compile with the library's
+      NVRTC options (cubins kept in DIR), then disassemble;
+  python3 scripts/sass_check.py --cubins DIR                 disassemble kept cubins.
+
+A disassembler reads only cubins of its own CUDA major version (nvdisasm 13 refuses
+NVRTC 12's), so the device's cubins can be kept and read on another machine.
 """
 
 import argparse
@@ -13,37 +17,60 @@ import sys
 import tempfile
 from pathlib import Path
 
-from cupy_backends.cuda.libs import nvrtc
 
-from flashcore_cupy import configs, loader, tuning
+def compile_cubins(arch: str, folder: Path) -> None:
+    from cupy_backends.cuda.libs import nvrtc
+
+    from flashcore_cupy import loader, tuning
+
+    for config in tuning.dispatchable_configs(arch):
+        prog = nvrtc.createProgram(loader._read_source(config.kernel_file), config.kernel_file, [], [])
+        try:
+            nvrtc.addNameExpression(prog, config.name_expression)
+            nvrtc.compileProgram(prog, list(loader.nvrtc_options(arch)))
+            name = str(config).replace(" ", "_")
+            (folder / f"{name}.cubin").write_bytes(nvrtc.getCUBIN(prog))
+        finally:
+            nvrtc.destroyProgram(prog)
 
 
-def cubin(config, arch: str) -> bytes:
-    prog = nvrtc.createProgram(loader._read_source(config.kernel_file), config.kernel_file, [], [])
-    try:
-        nvrtc.addNameExpression(prog, config.name_expression)
-        nvrtc.compileProgram(prog, list(loader.nvrtc_options(arch)))
-        return nvrtc.getCUBIN(prog)
-    finally:
-        nvrtc.destroyProgram(prog)
+def disassemble(path: Path) -> str | None:
+    for tool in (["nvdisasm", "-c"], ["cuobjdump", "--dump-sass"]):
+        try:
+            r = subprocess.run(tool + [str(path)], capture_output=True, text=True)
+        except FileNotFoundError:
+            continue
+        if r.returncode == 0 and ("HMMA" in r.stdout or "HGMMA" in r.stdout):
+            return r.stdout
+    return None
+
+
+def report(folder: Path) -> int:
+    bad = 0
+    print(f"{'kernel':<40} {'HGMMA':>6} {'HMMA':>6} {'LDL/STL':>8}")
+    for path in sorted(folder.glob("*.cubin")):
+        sass = disassemble(path)
+        if sass is None:
+            print(f"{path.stem:<40} no nvdisasm/cuobjdump here reads this cubin")
+            continue
+        hgmma = len(re.findall(r"\bHGMMA\.", sass))
+        hmma = len(re.findall(r"\bHMMA\.", sass))
+        local = len(re.findall(r"\b(?:LDL|STL)\b", sass))
+        ok = local == 0 and (hgmma > 0 if path.stem.startswith("sm90") else hmma > 0)
+        bad += not ok
+        print(f"{path.stem:<40} {hgmma:>6} {hmma:>6} {local:>8}{'' if ok else '  <-- FAIL'}")
+    return bad
 
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--arch", default="sm_90a")
-arch = parser.parse_args().arch
-bad = 0
-print(f"{'kernel':<40} {'HGMMA':>6} {'HMMA':>6} {'LDL/STL':>8}")
+parser.add_argument("--keep", type=Path, help="compile into this folder and keep the cubins")
+parser.add_argument("--cubins", type=Path, help="only disassemble the cubins in this folder")
+args = parser.parse_args()
+if args.cubins:
+    sys.exit(1 if report(args.cubins) else 0)
 with tempfile.TemporaryDirectory() as tmp:
-    for config in tuning.dispatchable_configs(arch):
-        path = Path(tmp) / "k.cubin"
-        path.write_bytes(cubin(config, arch))
-        sass = subprocess.run(["cuobjdump", "--dump-sass", str(path)], capture_output=True,
-                              text=True, check=True).stdout
-        hgmma = len(re.findall(r"\bHGMMA\.", sass))
-        hmma = len(re.findall(r"\bHMMA\.", sass))
-        local = len(re.findall(r"\b(?:LDL|STL)\b", sass))
-        hopper = isinstance(config, configs.Sm90Config)
-        ok = local == 0 and (hgmma > 0 if hopper else hmma > 0)
-        bad += not ok
-        print(f"{str(config):<40} {hgmma:>6} {hmma:>6} {local:>8}{'' if ok else '  <-- FAIL'}")
-sys.exit(1 if bad else 0)
+    folder = args.keep or Path(tmp)
+    folder.mkdir(parents=True, exist_ok=True)
+    compile_cubins(args.arch, folder)
+    sys.exit(1 if report(folder) else 0)

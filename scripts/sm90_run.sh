@@ -11,6 +11,7 @@ step probe.txt timeout 240 python3 scripts/sm90_probe.py
 if [ $status = 0 ]; then
   step sweep.txt timeout 300 python3 scripts/tile_sweep.py --family sm90 --out "$OUT/sweep.json"
 fi
-step sass.txt python3 scripts/sass_check.py --arch sm_90a
+step sass.txt python3 scripts/sass_check.py --arch sm_90a --keep /tmp/fc-cubins
+tar -C /tmp -cf "$OUT/cubins.tar" fc-cubins
 echo "sm90_run exit status: $status"
 exit $status

@@ -10,6 +10,7 @@ def test_every_dispatchable_kernel_compiles_without_spills(arch):
     for cfg in configs.all_configs(arch):
         report = loader.compile_only(cfg, arch)
         assert report.spill_bytes == 0 and report.stack_frame_bytes == 0, (arch, str(cfg), report)
+        assert not report.perf_warnings, (arch, str(cfg), report.perf_warnings)   # e.g. serialised wgmma
         assert 0 < report.registers <= 255
         assert report.static_smem_bytes + cfg.smem_bytes <= configs.SMEM_LIMIT[arch], (arch, str(cfg))
 
