@@ -178,7 +178,7 @@ struct FwdParams {
 static_assert(sizeof(FwdParams) == 160, "FwdParams: keep in step with launch.py");
 
 template <class T, int HEAD_DIM, int WARPS, int M_TILES, int BLOCK_N, int STAGES>
-__global__ void __launch_bounds__(WARPS * 32)
+__global__ void __launch_bounds__(WARPS * 32, 1)
 flash_fwd(const FwdParams p) {
     using Tile = FwdTile<HEAD_DIM, WARPS, M_TILES, BLOCK_N, STAGES>;
     const int seqlen_q = p.seqlen_q, seqlen_k = p.seqlen_k, head_dim = p.head_dim;
@@ -265,7 +265,7 @@ flash_fwd(const FwdParams p) {
         else
             scale_and_mask<M_TILES, Tile::kNTiles, false>(s, p.scale_log2, 0, 0, 0, 0, false, lane);
         float alpha[M_TILES][2];
-        softmax_update<M_TILES, Tile::kNTiles>(s, m, l, alpha);
+        softmax_update<M_TILES, Tile::kNTiles>(s, m, l, alpha, p.scale_log2);
         rescale_rows<M_TILES, Tile::kDTiles>(o_acc, alpha);
         pv_gemm<T, Tile, M_TILES>(o_acc, s, addr.v + slot_offset);
     }

@@ -70,7 +70,8 @@ struct Sm90Tile {
             ? 256 : (65536 / 128 - kProducerRegs) / CONSUMERS / 8 * 8;
 
     static_assert(HEAD_DIM == 64 || HEAD_DIM == 128, "HEAD_DIM: 64 or 128 (wgmma widths built)");
-    static_assert(BLOCK_N == 64 || BLOCK_N == 128, "BLOCK_N: 64 or 128 (wgmma widths built)");
+    static_assert(BLOCK_N == 64 || BLOCK_N == 128 || BLOCK_N == 176 || BLOCK_N == 192,
+                  "BLOCK_N: 64, 128, 176 or 192 (wgmma widths built)");
     static_assert(STAGES >= 2 && STAGES <= 4, "STAGES: 2..4");
     static_assert(CONSUMERS >= 1 && CONSUMERS <= 3, "CONSUMERS: 1..3 warpgroups of 64 rows");
     static_assert(!PINGPONG || CONSUMERS >= 2, "PINGPONG needs two consumers to take turns");
@@ -228,7 +229,7 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
                                                  p.causal, lane);
         else
             scale_and_mask<1, BLOCK_N / 8, false>(s, p.scale_log2, 0, 0, 0, 0, false, lane);
-        softmax_update<1, BLOCK_N / 8>(s, m, l, alpha);
+        softmax_update<1, BLOCK_N / 8>(s, m, l, alpha, p.scale_log2);
     };
     // Ping-pong: consumers take turns issuing their GEMMs (hardware barrier 1 + c
     // is consumer c's turn), so one's softmax runs while another's GEMMs do.

@@ -9,33 +9,46 @@
 
 namespace fc {
 
-// S *= scale*log2(e); masked entries -> -inf. Accumulator element e of n-tile nt
-// sits at row g + 8*(e/2), column nt*8 + 2t + e%2 of the warp's 16-row slice.
+// S into the units softmax_update expects, masked entries -> -inf. A positive
+// scale is folded into softmax_update's exp2 (one FFMA per score instead of a
+// multiply here); zero or negative scales pre-multiply here instead, because
+// the row maximum of the raw scores only tracks the scaled one when scale > 0.
+// Accumulator element e of n-tile nt sits at row g + 8*(e/2), column
+// nt*8 + 2t + e%2 of the warp's 16-row slice.
 template <int M_TILES, int N_TILES, bool MASK>
 __device__ __forceinline__ void scale_and_mask(float (&s)[M_TILES][N_TILES][4], float scale_log2,
                                                int first_row, int first_key, int seqlen_k,
                                                int causal_diag, bool causal, int lane) {
-    #pragma unroll
-    for (int mt = 0; mt < M_TILES; ++mt)
+    if (!(scale_log2 > 0.f)) {
         #pragma unroll
-        for (int nt = 0; nt < N_TILES; ++nt)
+        for (int mt = 0; mt < M_TILES; ++mt)
             #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                float x = s[mt][nt][e] * scale_log2;
-                if constexpr (MASK) {
+            for (int nt = 0; nt < N_TILES; ++nt)
+                #pragma unroll
+                for (int e = 0; e < 4; ++e) s[mt][nt][e] *= scale_log2;
+    }
+    if constexpr (MASK) {
+        #pragma unroll
+        for (int mt = 0; mt < M_TILES; ++mt)
+            #pragma unroll
+            for (int nt = 0; nt < N_TILES; ++nt)
+                #pragma unroll
+                for (int e = 0; e < 4; ++e) {
                     const int row = first_row + mt * 16 + lane / 4 + 8 * (e / 2);
                     const int key = first_key + nt * 8 + 2 * (lane % 4) + e % 2;
-                    if (key >= seqlen_k || (causal && key > row + causal_diag)) x = neg_inf();
+                    if (key >= seqlen_k || (causal && key > row + causal_diag)) s[mt][nt][e] = neg_inf();
                 }
-                s[mt][nt][e] = x;
-            }
+    }
 }
 
-// Online softmax, first half: update (m, l), turn S into P in place, and return
-// in alpha the factor exp2(m_old - m_new) by which each row of O must shrink.
+// Online softmax, first half: update (m, l) (m in scaled log2 units), turn S
+// (from scale_and_mask) into P in place, and return in alpha the factor
+// exp2(m_old - m_new) by which each row of O must shrink.
 template <int M_TILES, int N_TILES>
 __device__ __forceinline__ void softmax_update(float (&s)[M_TILES][N_TILES][4], float (&m)[M_TILES][2],
-                                               float (&l)[M_TILES][2], float (&alpha)[M_TILES][2]) {
+                                               float (&l)[M_TILES][2], float (&alpha)[M_TILES][2],
+                                               float scale_log2) {
+    const float fold = scale_log2 > 0.f ? scale_log2 : 1.f;   // see scale_and_mask
     #pragma unroll
     for (int mt = 0; mt < M_TILES; ++mt)
         #pragma unroll
@@ -44,7 +57,7 @@ __device__ __forceinline__ void softmax_update(float (&s)[M_TILES][N_TILES][4], 
             #pragma unroll
             for (int nt = 0; nt < N_TILES; ++nt)
                 row_max = fmaxf(row_max, fmaxf(s[mt][nt][2 * half], s[mt][nt][2 * half + 1]));
-            const float m_new = fmaxf(m[mt][half], quad_max(row_max));
+            const float m_new = fmaxf(m[mt][half], quad_max(row_max) * fold);
             // A row with every key masked so far has m_new = -inf: subtract 0
             // instead, so that exp2 sees -inf - 0, never -inf - (-inf) = NaN.
             const float m_base = m_new == neg_inf() ? 0.f : m_new;
@@ -55,7 +68,7 @@ __device__ __forceinline__ void softmax_update(float (&s)[M_TILES][N_TILES][4], 
             for (int nt = 0; nt < N_TILES; ++nt)
                 #pragma unroll
                 for (int e = 2 * half; e < 2 * half + 2; ++e) {
-                    s[mt][nt][e] = fast_exp2(s[mt][nt][e] - m_base);
+                    s[mt][nt][e] = fast_exp2(fmaf(s[mt][nt][e], fold, -m_base));
                     row_sum += s[mt][nt][e];
                 }
             l[mt][half] = l[mt][half] * alpha[mt][half] + row_sum;   // per-lane partial; reduced at the end

@@ -29,7 +29,9 @@ def compile_cubins(arch: str, folder: Path) -> None:
             nvrtc.addNameExpression(prog, config.name_expression)
             nvrtc.compileProgram(prog, list(loader.nvrtc_options(arch)))
             name = str(config).replace(" ", "_")
-            (folder / f"{name}.cubin").write_bytes(nvrtc.getCUBIN(prog))
+            # CuPy's getCUBIN drops the image's last byte (it treats it like PTX's
+            # terminating NUL); put a zero back so ELF readers accept the file.
+            (folder / f"{name}.cubin").write_bytes(nvrtc.getCUBIN(prog) + b"\0")
         finally:
             nvrtc.destroyProgram(prog)
 

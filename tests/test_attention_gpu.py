@@ -128,15 +128,18 @@ def test_rows_that_see_no_key_are_zero(rng):
     assert not cupy.any(cupy.isnan(out))
 
 
-def test_default_outputs_and_scale(rng):
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("scale", [0.05, 0.0, -0.3])   # a positive scale is folded into exp2; others not
+def test_default_outputs_and_scale(rng, backend, scale):
     import cupy
 
     import flashcore_cupy as fc
 
+    need_backend(backend, 128)
     q, k, v = make_inputs(rng, "bf16", 128, "bhsd", (2, 4, 4), (100, 130))
-    out = fc.attention(q, k, v, scale=0.05)
+    out = fc.attention(q, k, v, scale=scale, causal=True, backend=backend)
     assert isinstance(out, cupy.ndarray) and out.dtype == q.dtype and out.shape == q.shape
-    ref = reference.attention(q, k, v, scale=0.05)
+    ref = reference.attention(q, k, v, scale=scale, causal=True)
     assert reference.rel_error(out, ref) <= TOL["bf16"]
 
 
