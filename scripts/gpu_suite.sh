@@ -2,23 +2,27 @@
 # The device run: GPU tests, the mission shape, compute-sanitizer, the host-overhead
 # probe and the benchmark (JSON + plot). Logs go to $OUT.
 # Usage on the device machine, from the repository root:  bash scripts/gpu_suite.sh
-# BENCH=0 skips the benchmark; PYTEST_ARGS adds pytest options.
+# BENCH=0 skips the benchmark, TESTS=0 everything before it (a run that fits the
+# device's 10-minute limit per command); PYTEST_ARGS adds pytest options.
 set -uo pipefail
 source "$(dirname "$0")/steps.sh"
 
 step device.txt date -u
 step device.txt nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv
 step device.txt python3 -m flashcore_cupy info
-step device.txt python3 -m flashcore_cupy check --arch sm_90a,sm_80
-step pytest_gpu.txt python3 -m pytest tests -q -rs -p no:cacheprovider ${PYTEST_ARGS:-}
-step run.txt python3 -m flashcore_cupy run --shape mission
-step run.txt python3 -m flashcore_cupy run --shape mission --dtype bf16
-step run.txt python3 -m flashcore_cupy run --shape b2-h16-s4k-d128-causal
-for tool in memcheck racecheck synccheck; do
-  step sanitizer.txt compute-sanitizer --tool $tool --error-exitcode 3 python3 scripts/sanitize_case.py
-done
+if [ "${TESTS:-1}" = 1 ]; then
+  step device.txt python3 -m flashcore_cupy check --arch sm_90a,sm_80
+  step pytest_gpu.txt timeout 420 python3 -m pytest tests -q -rs -p no:cacheprovider ${PYTEST_ARGS:-}
+  step run.txt python3 -m flashcore_cupy run --shape mission
+  step run.txt python3 -m flashcore_cupy run --shape mission --dtype bf16
+  step run.txt python3 -m flashcore_cupy run --shape b2-h16-s4k-d128-causal
+  for tool in memcheck racecheck synccheck; do
+    step sanitizer.txt timeout 120 compute-sanitizer --tool $tool --error-exitcode 3 python3 scripts/sanitize_case.py
+  done
+  step sass.txt python3 scripts/sass_check.py --arch sm_90a
+fi
 step host.txt python3 scripts/host_overhead.py
-step host.txt python3 scripts/tile_sweep.py
+step host.txt python3 scripts/tile_sweep.py --family all
 if [ "${BENCH:-1}" = 1 ]; then
   step bench.txt python3 scripts/bench.py --out "$OUT/bench.json" --plot "$OUT/bench.png"
 fi

@@ -2,7 +2,7 @@
 SDPA's cuDNN backend when torch is there.
 
 Each candidate is validated against the float64 reference before it is timed.
-Usage: python3 scripts/tile_sweep.py [--family sm80|sm90] [--out FILE.json]
+Usage: python3 scripts/tile_sweep.py [--family sm80|sm90|all] [--out FILE.json]
 """
 
 import argparse
@@ -47,14 +47,15 @@ def cudnn_us(shape, q, k, v):
 
 
 parser = argparse.ArgumentParser()
-parser.add_argument("--family", choices=FAMILIES, default="sm80")
+parser.add_argument("--family", choices=[*FAMILIES, "all"], default="sm80")
 parser.add_argument("--out")
 args = parser.parse_args()
-candidates, config_cls = FAMILIES[args.family]
+families = list(FAMILIES.values()) if args.family == "all" else [FAMILIES[args.family]]
+sweep = [(name, tiles, cls) for candidates, cls in families for name, tiles in candidates.items()]
 
 rng = np.random.default_rng()
 results = []
-for name, tiles in candidates.items():
+for name, tiles, config_cls in sweep:
     shape = parse_shape(name)
     q, k, v = random_inputs(shape, "fp16", rng)
     out = cupy.empty_like(q)
