@@ -81,7 +81,7 @@ def tuned_table(device_id: int) -> tuple[tuple[str, FwdConfig], ...]:
     return tuple(sorted(table.items()))
 
 
-def plan(problem: Problem, device_id: int, backend: Backend) -> tuple[FwdConfig | Sm90Config, str]:
+def plan(problem: Problem, device_id: int, backend: Backend) -> tuple[FwdConfig | Sm90Config, DeviceInfo]:
     """Which kernel runs this problem, and for which arch.
 
     "auto": the Hopper kernel where it can run and fills the GPU, else the
@@ -96,7 +96,7 @@ def plan(problem: Problem, device_id: int, backend: Backend) -> tuple[FwdConfig 
     mode = "off" if backend == "sm80" or blocker else "force" if backend == "sm90" else "auto"
     return choose_kernel(dev.arch, problem.dtype, problem.head_dim,
                          problem.batch * problem.heads_q, problem.seqlen_q, dev.num_sms,
-                         tuned_table(device_id), mode), dev.arch
+                         tuned_table(device_id), mode), dev
 
 
 def _contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -119,8 +119,9 @@ def _prepare(q, k, v, out, causal, scale, layout, return_lse, backend, config=No
         o_strides = layout_strides(
             TensorSpec("out", problem.out_shape, _contiguous_strides(problem.out_shape),
                        q.dtype, problem.device, 0), layout)
-    chosen, arch = plan(problem, problem.device, backend)
-    return q, k, v, out, build_launch(problem, config or chosen, arch, o_strides, return_lse)
+    chosen, dev = plan(problem, problem.device, backend)
+    return q, k, v, out, build_launch(problem, config or chosen, dev.arch, dev.num_sms, o_strides,
+                                      return_lse)
 
 
 _launches: dict[tuple, FwdLaunch | Sm90Launch] = {}
@@ -169,7 +170,8 @@ def attention(q: Any, k: Any, v: Any, *, causal: bool = False, scale: float | No
     of shape (B, Hq, Sq).
     backend: "auto" (the Hopper wgmma/TMA kernel on H100/H200 where it applies,
     else the portable mma.sync kernel), "sm80" (always the portable kernel) or
-    "sm90" (always the Hopper kernel; a ValueError where it cannot run).
+    "sm90" (always the Hopper kernel with its full-size tiles; a ValueError where
+    it cannot run).
     """
     import cupy
 

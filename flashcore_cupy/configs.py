@@ -94,10 +94,14 @@ class Sm90Config:
     def smem_bytes(self) -> int:
         # Mirrors Sm90Tile: 1024 bytes of alignment slack, Q, the K and V rings, barriers.
         tiles = 2 * self.head_dim * (self.block_m + 2 * self.stages * self.block_n)
-        return 1024 + tiles + 8 * (1 + 4 * self.stages)
+        return 1024 + tiles + 8 * (2 + 4 * self.stages)
 
-    def grid(self, batch: int, heads_q: int, seqlen_q: int) -> tuple[int, int, int]:
-        return (-(-seqlen_q // self.block_m), heads_q, batch)
+    def work_tiles(self, batch: int, heads_q: int, seqlen_q: int) -> int:
+        return -(-seqlen_q // self.block_m) * heads_q * batch
+
+    def grid(self, batch: int, heads_q: int, seqlen_q: int, num_sms: int) -> tuple[int, int, int]:
+        # Persistent: one CTA per SM (a CTA takes the whole register file) loops over work tiles.
+        return (min(self.work_tiles(batch, heads_q, seqlen_q), num_sms), 1, 1)
 
     def __str__(self) -> str:
         return (f"sm90 {self.dtype} D{self.head_dim} {self.block_m}x{self.block_n} "
@@ -164,20 +168,23 @@ def choose_config(arch: str, dtype: str, head_dim: int, batch_heads: int = 1 << 
     return dict(tuned).get(key, default)
 
 
-# Hopper kernel (sm_90a): head-dim bucket -> (block_n, stages, consumers, pingpong).
-# Measured on the H200 (docs/PERF_NOTES.md, sm90 v5): D128 takes 128 query rows
+# Hopper kernel (sm_90a): (head-dim bucket, grid) -> (block_n, stages, consumers, pingpong).
+# Measured on the H200 (docs/PERF_NOTES.md, sm90 v5-v6): D128 takes 128 query rows
 # (two consumer warpgroups taking turns) x 128-key tiles in a 2-slot TMA ring;
 # D64's GEMMs are half as long against the same softmax, so a third consumer
-# (192 rows) keeps the tensor cores fed (+5 % over two).
+# (192 rows) keeps the tensor cores fed (+5 % over two). Grids that leave SMs
+# idle (the mission shape, decode) take one consumer of 64 rows x 64 keys: twice
+# the CTAs of 128-row tiles, and faster than the portable kernel's 64-row tiles.
 SM90_ARCH = "sm_90a"
 SM90_HEAD_DIMS = (64, 128)
-_SM90_TILES = {64: (128, 2, 3, True), 128: (128, 2, 2, True)}
+_SM90_TILES = {(64, "large"): (128, 2, 3, True), (128, "large"): (128, 2, 2, True),
+               (64, "small"): (64, 2, 1, False), (128, "small"): (64, 2, 1, False)}
 Sm90Mode = Literal["off", "auto", "force"]
 
 
-def sm90_config(dtype: str, head_dim: int) -> Sm90Config:
+def sm90_config(dtype: str, head_dim: int, grid: str = "large") -> Sm90Config:
     hd = next(b for b in SM90_HEAD_DIMS if b >= head_dim)
-    return Sm90Config(dtype, hd, *_SM90_TILES[hd])
+    return Sm90Config(dtype, hd, *_SM90_TILES[hd, grid])
 
 
 @functools.lru_cache(maxsize=None)
@@ -187,16 +194,18 @@ def choose_kernel(arch: str, dtype: str, head_dim: int, batch_heads: int = 1 << 
                   sm90: Sm90Mode = "auto") -> FwdConfig | Sm90Config:
     """The kernel for one problem (pure; cached).
 
-    sm90="force": the Hopper kernel (the caller has checked that it can run);
-    "auto": the Hopper kernel on sm_90a for head dims up to 128 when its 128-row
-    tiles fill every SM, else the portable kernel (`choose_config`); "off": portable.
+    sm90="auto": the Hopper kernel on sm_90a for head dims up to 128 (small tiles
+    where the large ones would leave SMs idle), else the portable kernel
+    (`choose_config`); "force": the Hopper kernel's large tiles (the caller has
+    checked that it can run); "off": the portable kernel.
     """
     if sm90 == "force":
         return sm90_config(dtype, head_dim)
     if sm90 == "auto" and arch == SM90_ARCH and head_dim <= SM90_HEAD_DIMS[-1]:
-        config = sm90_config(dtype, head_dim)
-        if seqlen_q > _SHORT_Q and batch_heads * -(-seqlen_q // config.block_m) >= num_sms:
-            return config
+        large = sm90_config(dtype, head_dim)
+        fills_gpu = (seqlen_q > _SHORT_Q and
+                     batch_heads * -(-seqlen_q // large.block_m) >= num_sms)
+        return large if fills_gpu else sm90_config(dtype, head_dim, "small")
     return choose_config(arch, dtype, head_dim, batch_heads, seqlen_q, num_sms, tuned)
 
 
@@ -205,5 +214,6 @@ def all_configs(arch: str) -> list[FwdConfig | Sm90Config]:
     tuning.dispatchable_configs)."""
     portable = {choose_config(arch, dt, hd, batch_heads=1, seqlen_q=sq, num_sms=2)
                 for dt in DTYPES for hd in HEAD_DIM_BUCKETS for sq in (1, 1 << 20)}
-    hopper = {sm90_config(dt, hd) for dt in DTYPES for hd in SM90_HEAD_DIMS} if arch == SM90_ARCH else set()
+    hopper = ({sm90_config(dt, hd, grid) for dt in DTYPES for hd in SM90_HEAD_DIMS
+               for grid in ("large", "small")} if arch == SM90_ARCH else set())
     return sorted(portable | hopper, key=lambda c: (c.kernel_file, c.dtype, c.head_dim, c.block_m))

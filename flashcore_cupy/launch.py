@@ -43,7 +43,7 @@ class FwdLaunch:
         object.__setattr__(self, "_arg", np.frombuffer(self._buf, _PARAMS_DTYPE))
 
     @classmethod
-    def build(cls, problem: Problem, config: FwdConfig, arch: str,
+    def build(cls, problem: Problem, config: FwdConfig, arch: str, num_sms: int,
               o_strides: tuple[int, int, int], return_lse: bool) -> "FwdLaunch":
         p = problem
         scalars = (*p.q_strides, *p.k_strides, *p.v_strides, *o_strides,
@@ -62,10 +62,12 @@ class FwdLaunch:
                         shared_mem=self.config.smem_bytes)
 
 
-# Mirrors `struct Sm90Params` in kernels/flash_fwd_sm90.cu (448 bytes): the q, k
+# Mirrors `struct Sm90Params` in kernels/flash_fwd_sm90.cu (512 bytes): the q, k
 # and v tensor maps, then o and lse pointers, 3 output strides, seqlen_q,
-# seqlen_k, head_dim, heads_per_kv, scale*log2(e), causal.
-SM90_TAIL = struct.Struct("<2Q3q4ifi")
+# seqlen_k, head_dim, heads_per_kv, scale*log2(e), causal, heads, batch,
+# m_blocks, and padding to the struct's 64-byte alignment.
+SM90_TAIL = struct.Struct("<2Q3q4ifi3i52x")
+_MAPS_PER_LAUNCH = 16
 
 
 @dataclass(frozen=True, eq=False)
@@ -77,27 +79,34 @@ class Sm90Launch:
     out_shape: tuple[int, int, int, int]
     lse_shape: tuple[int, int, int] | None
     scalars: tuple                       # the tail of Sm90Params after the two pointers
-    maps: tma.TensorMaps                 # q, k, v maps + the tail: the packed argument
+    specs: tuple[tma.MapSpec, ...]       # q, k, v
+    # Encoded maps per (q, k, v) addresses (the oldest evicted first): a call with
+    # arrays seen before (a KV cache, rotating buffers) costs a lookup, not 3 encodes.
+    _maps: dict = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @classmethod
-    def build(cls, problem: Problem, config: Sm90Config, arch: str,
+    def build(cls, problem: Problem, config: Sm90Config, arch: str, num_sms: int,
               o_strides: tuple[int, int, int], return_lse: bool) -> "Sm90Launch":
         p = problem
         scalars = (*o_strides, p.seqlen_q, p.seqlen_k, p.head_dim, p.heads_q // p.heads_kv,
-                   p.scale * math.log2(math.e), int(p.causal))
+                   p.scale * math.log2(math.e), int(p.causal), p.heads_q, p.batch,
+                   -(-p.seqlen_q // config.block_m))
         return cls(config, loader.get_function(config, p.device, arch), p.device,
-                   config.grid(p.batch, p.heads_q, p.seqlen_q), p.out_shape,
+                   config.grid(p.batch, p.heads_q, p.seqlen_q, num_sms), p.out_shape,
                    (p.batch, p.heads_q, p.seqlen_q) if return_lse else None, scalars,
-                   tma.TensorMaps(config.dtype, sm90_map_specs(p, config), SM90_TAIL.size))
+                   sm90_map_specs(p, config))
 
     def __call__(self, q, k, v, out, lse) -> None:
         """Launch on CuPy's current stream; the caller has made `device` current."""
-        maps = self.maps
+        ptrs = (q.data.ptr, k.data.ptr, v.data.ptr)
         with self._lock:
-            maps.aim(0, q.data.ptr)
-            maps.aim(1, k.data.ptr)
-            maps.aim(2, v.data.ptr)
+            maps = self._maps.get(ptrs)
+            if maps is None:
+                if len(self._maps) >= _MAPS_PER_LAUNCH:
+                    del self._maps[next(iter(self._maps))]   # the oldest
+                maps = self._maps[ptrs] = tma.TensorMaps(self.config.dtype, self.specs, ptrs,
+                                                         SM90_TAIL.size)
             SM90_TAIL.pack_into(maps.bytes, maps.tail_offset, out.data.ptr,
                                 0 if lse is None else lse.data.ptr, *self.scalars)
             self.kernel(self.grid, (self.config.threads,), (maps.arg,),
@@ -129,6 +138,6 @@ def sm90_blocker(p: Problem, arch: str) -> str | None:
 _LAUNCH_CLASSES = {FwdConfig: FwdLaunch, Sm90Config: Sm90Launch}
 
 
-def build_launch(problem: Problem, config: FwdConfig | Sm90Config, arch: str,
+def build_launch(problem: Problem, config: FwdConfig | Sm90Config, arch: str, num_sms: int,
                  o_strides: tuple[int, int, int], return_lse: bool) -> FwdLaunch | Sm90Launch:
-    return _LAUNCH_CLASSES[type(config)].build(problem, config, arch, o_strides, return_lse)
+    return _LAUNCH_CLASSES[type(config)].build(problem, config, arch, num_sms, o_strides, return_lse)

@@ -63,52 +63,34 @@ def unsupported_reason(spec: MapSpec) -> str | None:
 
 
 @functools.cache
-def _driver():
-    lib = ctypes.CDLL("libcuda.so.1")
-    encode = lib.cuTensorMapEncodeTiled
+def _encode():
+    encode = ctypes.CDLL("libcuda.so.1").cuTensorMapEncodeTiled
     encode.restype = ctypes.c_int
     encode.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_uint32, ctypes.c_void_p,
                        ctypes.POINTER(ctypes.c_uint64), ctypes.POINTER(ctypes.c_uint64),
                        ctypes.POINTER(ctypes.c_uint32), ctypes.POINTER(ctypes.c_uint32),
                        ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int]
-    replace = lib.cuTensorMapReplaceAddress
-    replace.restype = ctypes.c_int
-    replace.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
-    return encode, replace
+    return encode
 
 
 class TensorMaps:
-    """Tensor maps of `specs`, back to back in a 64-byte aligned host buffer and
-    followed by `tail_bytes` of other kernel parameters: the whole buffer is the
-    kernel's by-value argument (`arg`). A map is encoded on its first `aim` and
-    re-aimed (cuTensorMapReplaceAddress) when the array's address changes."""
+    """The tensor maps of `specs` aimed at `ptrs`, back to back in a 64-byte aligned
+    host buffer and followed by `tail_bytes` of other kernel parameters: the whole
+    buffer is the kernel's by-value argument (`arg`)."""
 
-    def __init__(self, dtype: str, specs: tuple[MapSpec, ...], tail_bytes: int):
+    def __init__(self, dtype: str, specs: tuple[MapSpec, ...], ptrs: tuple[int, ...],
+                 tail_bytes: int):
         size = len(specs) * MAP_BYTES + tail_bytes
         self._raw = np.zeros(size + MAP_ALIGN, np.uint8)
         start = -self._raw.ctypes.data % MAP_ALIGN
         self.bytes = self._raw[start:start + size]
         self.tail_offset = len(specs) * MAP_BYTES
         self.arg = self.bytes.view(np.dtype((np.void, size)))
-        self._address = self.bytes.ctypes.data
-        self._dtype, self._specs = dtype, specs
-        self._ptrs: list[int | None] = [None] * len(specs)
-
-    def aim(self, index: int, ptr: int) -> None:
-        """Point map `index` at the array at `ptr` (same shape and strides as its spec)."""
-        if self._ptrs[index] == ptr:
-            return
-        encode, replace = _driver()
-        where = self._address + index * MAP_BYTES
-        if self._ptrs[index] is None:
-            spec = self._specs[index]
-            u64x4, u64x3, u32x4 = ctypes.c_uint64 * 4, ctypes.c_uint64 * 3, ctypes.c_uint32 * 4
-            rc = encode(where, _DATA_TYPE[self._dtype], 4, ptr, u64x4(*spec.dims),
-                        u64x3(*spec.strides), u32x4(*spec.box), u32x4(1, 1, 1, 1),
-                        _INTERLEAVE_NONE, _SWIZZLE_128B, _L2_PROMOTION_256B, _OOB_FILL_ZEROS)
-            what = f"cuTensorMapEncodeTiled({spec})"
-        else:
-            rc, what = replace(where, ptr), "cuTensorMapReplaceAddress"
-        if rc != 0:
-            raise RuntimeError(f"{what} failed with CUresult {rc}")
-        self._ptrs[index] = ptr
+        u64x4, u64x3, u32x4 = ctypes.c_uint64 * 4, ctypes.c_uint64 * 3, ctypes.c_uint32 * 4
+        for i, (spec, ptr) in enumerate(zip(specs, ptrs)):
+            rc = _encode()(self.bytes.ctypes.data + i * MAP_BYTES, _DATA_TYPE[dtype], 4, ptr,
+                           u64x4(*spec.dims), u64x3(*spec.strides), u32x4(*spec.box),
+                           u32x4(1, 1, 1, 1), _INTERLEAVE_NONE, _SWIZZLE_128B, _L2_PROMOTION_256B,
+                           _OOB_FILL_ZEROS)
+            if rc != 0:
+                raise RuntimeError(f"cuTensorMapEncodeTiled({spec}) failed with CUresult {rc}")

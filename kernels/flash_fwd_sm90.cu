@@ -48,8 +48,9 @@ struct Sm90Params {
     int seqlen_q, seqlen_k, head_dim, heads_per_kv;
     float scale_log2;              // scale * log2(e)
     int causal;
+    int heads, batch, m_blocks;    // work tiles: m_blocks x heads x batch
 };
-static_assert(sizeof(Sm90Params) == 448, "Sm90Params: keep in step with launch.py");
+static_assert(sizeof(Sm90Params) == 512, "Sm90Params: keep in step with launch.py");
 
 template <int HEAD_DIM, int BLOCK_N, int STAGES, int CONSUMERS, bool PINGPONG>
 struct Sm90Tile {
@@ -84,10 +85,11 @@ template <int STAGES>
 struct Barriers {
     u32 base;
     __device__ u32 q_full() const { return base; }
-    __device__ u32 k_full(int s) const { return base + 8 * (1 + s); }
-    __device__ u32 v_full(int s) const { return base + 8 * (1 + STAGES + s); }
-    __device__ u32 k_empty(int s) const { return base + 8 * (1 + 2 * STAGES + s); }
-    __device__ u32 v_empty(int s) const { return base + 8 * (1 + 3 * STAGES + s); }
+    __device__ u32 q_empty() const { return base + 8; }
+    __device__ u32 k_full(int s) const { return base + 8 * (2 + s); }
+    __device__ u32 v_full(int s) const { return base + 8 * (2 + STAGES + s); }
+    __device__ u32 k_empty(int s) const { return base + 8 * (2 + 2 * STAGES + s); }
+    __device__ u32 v_empty(int s) const { return base + 8 * (2 + 3 * STAGES + s); }
 };
 
 // A tile of `rows` rows as HEAD_DIM/64 TMA boxes (one per column block), counted on `bar`.
@@ -99,26 +101,60 @@ __device__ __forceinline__ void tma_load_tile(u32 dst, const TensorMap& map, u32
         tma_load_4d(dst + cb * rows * 128, &map, bar, cb * 64, row0, head, batch);
 }
 
-// Producer: Q, then K/V tiles 0..n_blocks-1 through the ring.
+// Work tile t: BLOCK_M query rows of one (head, batch). Tiles are numbered
+// longest-first (m_block descending, so causal rows that see the most keys
+// start first) and dealt round-robin to the CTAs; with one CTA per SM the grid
+// is persistent and a CTA's next tile loads while it stores the current one.
+struct WorkTile {
+    int row0, head, batch;
+    int n_blocks;            // key tiles of the CTA's rows (causal: up to the diagonal)
+};
+
+template <int BLOCK_M, int BLOCK_N>
+__device__ __forceinline__ WorkTile work_tile(const Sm90Params& p, int t) {
+    const int per_m = p.heads * p.batch;
+    const int row0 = (p.m_blocks - 1 - t / per_m) * BLOCK_M;
+    const int causal_diag = p.seqlen_k - p.seqlen_q;   // key j visible to query i iff j <= i + diag
+    const int kv_end = p.causal ? min(p.seqlen_k, row0 + BLOCK_M + causal_diag) : p.seqlen_k;
+    return {row0, (t % per_m) % p.heads, (t % per_m) / p.heads,
+            kv_end > 0 ? (kv_end + BLOCK_N - 1) / BLOCK_N : 0};
+}
+
+// Ring position of the CTA's it-th K/V tile (counted across work tiles).
+template <int STAGES>
+struct Ring {
+    int it;
+    __device__ int slot() const { return it % STAGES; }
+    __device__ u32 parity() const { return static_cast<u32>((it / STAGES) & 1); }
+};
+
+// Producer: per work tile, Q (once the consumers released the previous one),
+// then K/V tiles through the ring, each slot refilled once released.
 template <class Tile, int HEAD_DIM, int BLOCK_N, int STAGES>
-__device__ __forceinline__ void produce(const Sm90Params& p, u32 sbase, const Barriers<STAGES>& bar,
-                                       int n_blocks, int row0, int head, int head_kv, int batch) {
+__device__ __forceinline__ void produce(const Sm90Params& p, u32 sbase, const Barriers<STAGES>& bar) {
     prefetch_tensor_map(&p.q);
     prefetch_tensor_map(&p.k);
     prefetch_tensor_map(&p.v);
-    mbar_expect_tx(bar.q_full(), Tile::kQBytes);
-    tma_load_tile<HEAD_DIM>(sbase, p.q, bar.q_full(), Tile::kBlockM, row0, head, batch);
-    for (int j = 0; j < n_blocks; ++j) {
-        const int slot = j % STAGES;
-        const u32 released = (j / STAGES + 1) & 1;   // parity of use j/STAGES - 1's release
-        if (j >= STAGES) mbar_wait(bar.k_empty(slot), released);
-        mbar_expect_tx(bar.k_full(slot), Tile::kKVBytes);
-        tma_load_tile<HEAD_DIM>(sbase + Tile::kOffK + slot * Tile::kKVBytes, p.k, bar.k_full(slot),
-                                BLOCK_N, j * BLOCK_N, head_kv, batch);
-        if (j >= STAGES) mbar_wait(bar.v_empty(slot), released);
-        mbar_expect_tx(bar.v_full(slot), Tile::kKVBytes);
-        tma_load_tile<HEAD_DIM>(sbase + Tile::kOffV + slot * Tile::kKVBytes, p.v, bar.v_full(slot),
-                                BLOCK_N, j * BLOCK_N, head_kv, batch);
+    const int n_work = p.m_blocks * p.heads * p.batch;
+    int it = 0, n_done = 0;
+    for (int t = blockIdx.x; t < n_work; t += gridDim.x, ++n_done) {
+        const WorkTile w = work_tile<Tile::kBlockM, BLOCK_N>(p, t);
+        const int head_kv = w.head / p.heads_per_kv;
+        if (n_done > 0) mbar_wait(bar.q_empty(), (n_done - 1) & 1);
+        mbar_expect_tx(bar.q_full(), Tile::kQBytes);
+        tma_load_tile<HEAD_DIM>(sbase, p.q, bar.q_full(), Tile::kBlockM, w.row0, w.head, w.batch);
+        for (int j = 0; j < w.n_blocks; ++j, ++it) {
+            const Ring<STAGES> r{it};
+            const u32 released = r.parity() ^ 1;   // parity of the slot's previous use's release
+            if (it >= STAGES) mbar_wait(bar.k_empty(r.slot()), released);
+            mbar_expect_tx(bar.k_full(r.slot()), Tile::kKVBytes);
+            tma_load_tile<HEAD_DIM>(sbase + Tile::kOffK + r.slot() * Tile::kKVBytes, p.k,
+                                    bar.k_full(r.slot()), BLOCK_N, j * BLOCK_N, head_kv, w.batch);
+            if (it >= STAGES) mbar_wait(bar.v_empty(r.slot()), released);
+            mbar_expect_tx(bar.v_full(r.slot()), Tile::kKVBytes);
+            tma_load_tile<HEAD_DIM>(sbase + Tile::kOffV + r.slot() * Tile::kKVBytes, p.v,
+                                    bar.v_full(r.slot()), BLOCK_N, j * BLOCK_N, head_kv, w.batch);
+        }
     }
 }
 
@@ -166,21 +202,14 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
     const u32 sbase = (smem_addr(smem) + 1023) & ~1023u;   // swizzle atoms need 1024-byte alignment
     const Barriers<STAGES> bar{sbase + Tile::kOffBars};
 
-    const int seqlen_q = p.seqlen_q, seqlen_k = p.seqlen_k;
-    const int m_block = gridDim.x - 1 - blockIdx.x;        // longest causal rows start first
-    const int row0 = m_block * Tile::kBlockM;
-    const int head = blockIdx.y, batch = blockIdx.z, head_kv = head / p.heads_per_kv;
-    const int causal_diag = seqlen_k - seqlen_q;            // key j visible to query i iff j <= i + diag
-    const int kv_end = p.causal ? min(seqlen_k, row0 + Tile::kBlockM + causal_diag) : seqlen_k;
-    const int n_blocks = kv_end > 0 ? (kv_end + BLOCK_N - 1) / BLOCK_N : 0;
-
     const int warpgroup = threadIdx.x / 128;
     if (threadIdx.x == 0) {
         mbar_init(bar.q_full(), 1);
+        mbar_init(bar.q_empty(), 4 * CONSUMERS);           // one arrival per consumer warp
         for (int s = 0; s < STAGES; ++s) {
             mbar_init(bar.k_full(s), 1);
             mbar_init(bar.v_full(s), 1);
-            mbar_init(bar.k_empty(s), 4 * CONSUMERS);      // one arrival per consumer warp
+            mbar_init(bar.k_empty(s), 4 * CONSUMERS);
             mbar_init(bar.v_empty(s), 4 * CONSUMERS);
         }
         mbar_fence_init();
@@ -189,133 +218,143 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
 
     if (warpgroup == 0) {
         regs_release<Tile::kProducerRegs>();
-        if (threadIdx.x == 0)
-            produce<Tile, HEAD_DIM, BLOCK_N, STAGES>(p, sbase, bar, n_blocks, row0, head, head_kv, batch);
+        if (threadIdx.x == 0) produce<Tile, HEAD_DIM, BLOCK_N, STAGES>(p, sbase, bar);
         return;
     }
 
     regs_claim<Tile::kConsumerRegs>();
     const int consumer = warpgroup - 1, lane = threadIdx.x % 32, warp = (threadIdx.x / 32) % 4;
-    const int c_row0 = row0 + 64 * consumer;                // this warpgroup's first query
-    const int w_row0 = c_row0 + 16 * warp;                  // this warp's first query
-    const u32 q_addr = sbase + consumer * 64 * 128;         // its rows inside each column block
-
-    float o[1][HEAD_DIM / 8][4];
-    float m[1][2] = {{neg_inf(), neg_inf()}}, l[1][2] = {{0.f, 0.f}};
-    #pragma unroll
-    for (int dt = 0; dt < HEAD_DIM / 8; ++dt)
-        #pragma unroll
-        for (int e = 0; e < 4; ++e) o[0][dt][e] = 0.f;
-
-    // This warpgroup's key tiles end at its own rows' part of the causal diagonal.
-    const int c_kv_end = p.causal ? min(seqlen_k, c_row0 + 64 + causal_diag) : seqlen_k;
-    const int c_blocks = min(n_blocks, c_kv_end > 0 ? (c_kv_end + BLOCK_N - 1) / BLOCK_N : 0);
-    auto parity = [](int j) { return static_cast<u32>((j / STAGES) & 1); };
-    auto k_tile = [&](int j) { return sbase + Tile::kOffK + (j % STAGES) * Tile::kKVBytes; };
-    auto v_tile = [&](int j) { return sbase + Tile::kOffV + (j % STAGES) * Tile::kKVBytes; };
-    auto release_k = [&](int j) { if (lane == 0) mbar_arrive(bar.k_empty(j % STAGES)); };
-    auto release_v = [&](int j) { if (lane == 0) mbar_arrive(bar.v_empty(j % STAGES)); };
-
-    float s[1][BLOCK_N / 8][4];      // S_j, then P_j in fp32
-    u32 a[BLOCK_N / 16][4];          // P_j as the 16-bit A operand of P V_j
-    float alpha[1][2];
-    // S_j (landed in s) -> P_j, and alpha for O.
-    auto softmax_tile = [&](int j) {
-        const int key0 = j * BLOCK_N;
-        const bool needs_mask = key0 + BLOCK_N > seqlen_k ||
-                                (p.causal && key0 + BLOCK_N - 1 > c_row0 + causal_diag);
-        if (needs_mask)
-            scale_and_mask<1, BLOCK_N / 8, true>(s, p.scale_log2, w_row0, key0, seqlen_k, causal_diag,
-                                                 p.causal, lane);
-        else
-            scale_and_mask<1, BLOCK_N / 8, false>(s, p.scale_log2, 0, 0, 0, 0, false, lane);
-        softmax_update<1, BLOCK_N / 8>(s, m, l, alpha, p.scale_log2);
-    };
+    const int seqlen_q = p.seqlen_q, seqlen_k = p.seqlen_k, causal_diag = seqlen_k - seqlen_q;
+    const u32 q_addr = sbase + consumer * 64 * 128;         // this warpgroup's rows in each column block
+    auto k_tile = [&](Ring<STAGES> r) { return sbase + Tile::kOffK + r.slot() * Tile::kKVBytes; };
+    auto v_tile = [&](Ring<STAGES> r) { return sbase + Tile::kOffV + r.slot() * Tile::kKVBytes; };
+    auto release = [&](u32 barrier) { if (lane == 0) mbar_arrive(barrier); };
     // Ping-pong: consumers take turns issuing their GEMMs (hardware barrier 1 + c
     // is consumer c's turn), so one's softmax runs while another's GEMMs do.
-    // Every consumer takes n_blocks + 1 turns, the last consumer's last pass is
-    // skipped (it would open a turn nobody takes), and it opens consumer 0's first.
+    // Per work tile every consumer takes n_blocks + 1 turns, the last consumer
+    // opens consumer 0's first and skips its own last pass (nobody would take it).
     auto await_turn = [&] { if constexpr (PINGPONG) named_barrier_sync(1 + consumer, 256); };
     auto pass_turn = [&](bool last_turn) {
         if constexpr (PINGPONG)
             if (!(last_turn && consumer == CONSUMERS - 1))
                 named_barrier_arrive(1 + (consumer + 1) % CONSUMERS, 256);
     };
-    if (PINGPONG && consumer == CONSUMERS - 1 && n_blocks > 0) named_barrier_arrive(1, 256);
 
-    // wgmma issue stays out of data-dependent branches: ptxas serialises every
-    // wgmma of a kernel that waits on one inside a divergent path (C7518).
-    mbar_wait(bar.q_full(), 0);
-    if (c_blocks > 0) {
-        mbar_wait(bar.k_full(0), 0);
-        await_turn();
-        qk_wgmma<T, Tile, HEAD_DIM, BLOCK_N>(s[0], q_addr, k_tile(0));
-        pass_turn(false);
-        wgmma_wait<0>();
-        fence_registers(s[0]);
-        release_k(0);
-        softmax_tile(0);                  // O is still 0: nothing to rescale
-        pack_p<T, BLOCK_N>(a, s[0]);
-    }
-    // Step j: S_j = Q K_j^T and O += P_{j-1} V_{j-1} in flight together; the
-    // softmax of S_j runs while P V finishes, and O's rescale waits for it.
-    for (int j = 1; j < c_blocks; ++j) {
-        mbar_wait(bar.k_full(j % STAGES), parity(j));
-        mbar_wait(bar.v_full((j - 1) % STAGES), parity(j - 1));
-        await_turn();
-        qk_wgmma<T, Tile, HEAD_DIM, BLOCK_N>(s[0], q_addr, k_tile(j));
-        pv_wgmma<T, HEAD_DIM, BLOCK_N>(o[0], a, v_tile(j - 1));
-        pass_turn(false);
-        wgmma_wait<1>();                  // S_j landed (groups retire in order)
-        fence_registers(s[0]);
-        release_k(j);
-        softmax_tile(j);
-        wgmma_wait<0>();                  // P_{j-1} V_{j-1} done: V_{j-1} and `a` are free
-        fence_registers(o[0]);
-        fence_registers(a);
-        release_v(j - 1);
-        rescale_rows<1, HEAD_DIM / 8>(o, alpha);
-        pack_p<T, BLOCK_N>(a, s[0]);
-    }
-    if (c_blocks > 0) {
-        mbar_wait(bar.v_full((c_blocks - 1) % STAGES), parity(c_blocks - 1));
-        await_turn();
-        pv_wgmma<T, HEAD_DIM, BLOCK_N>(o[0], a, v_tile(c_blocks - 1));
-        pass_turn(c_blocks == n_blocks);
-        wgmma_wait<0>();
-        fence_registers(o[0]);
-        release_v(c_blocks - 1);
-    }
-    // Causal: tiles only the consumers below needed. Release them once landed and
-    // keep taking turns, so that every consumer takes the same number.
-    for (int j = c_blocks; j < n_blocks; ++j) {
-        mbar_wait(bar.k_full(j % STAGES), parity(j));
-        mbar_wait(bar.v_full(j % STAGES), parity(j));
-        release_k(j);
-        release_v(j);
-    }
-    for (int t = c_blocks > 0 ? c_blocks + 1 : 0; n_blocks > 0 && t <= n_blocks; ++t) {
-        await_turn();
-        pass_turn(t == n_blocks);
-    }
+    const int n_work = p.m_blocks * p.heads * p.batch;
+    int it = 0, n_done = 0;                                   // K/V tiles and work tiles so far
+    for (int t = blockIdx.x; t < n_work; t += gridDim.x, ++n_done) {
+        const WorkTile w = work_tile<Tile::kBlockM, BLOCK_N>(p, t);
+        const int n_blocks = w.n_blocks;
+        const int c_row0 = w.row0 + 64 * consumer;           // this warpgroup's first query
+        const int w_row0 = c_row0 + 16 * warp;               // this warp's first query
+        // This warpgroup's key tiles end at its own rows' part of the causal diagonal.
+        const int c_kv_end = p.causal ? min(seqlen_k, c_row0 + 64 + causal_diag) : seqlen_k;
+        const int c_blocks = min(n_blocks, c_kv_end > 0 ? (c_kv_end + BLOCK_N - 1) / BLOCK_N : 0);
 
-    // Epilogue: O /= l straight from registers (each quad writes 16 contiguous bytes of a row).
-    u16* o_head = p.o + batch * p.o_sb + head * p.o_sh;
-    #pragma unroll
-    for (int half = 0; half < 2; ++half) {
-        const float l_row = quad_sum(l[0][half]);
-        const float inv_l = l_row > 0.f ? 1.f / l_row : 0.f;
-        const int row = w_row0 + lane / 4 + 8 * half;
-        if (row >= seqlen_q) continue;
-        u16* o_row = o_head + row * p.o_ss + 2 * (lane % 4);
+        float o[1][HEAD_DIM / 8][4];
+        float m[1][2] = {{neg_inf(), neg_inf()}}, l[1][2] = {{0.f, 0.f}};
         #pragma unroll
         for (int dt = 0; dt < HEAD_DIM / 8; ++dt)
-            if (dt * 8 < p.head_dim)
-                *reinterpret_cast<u32*>(o_row + dt * 8) =
-                    pack2<T>(o[0][dt][2 * half] * inv_l, o[0][dt][2 * half + 1] * inv_l);
-        if (p.lse != nullptr && lane % 4 == 0)
-            p.lse[(static_cast<i64>(batch) * gridDim.y + head) * seqlen_q + row] =
-                l_row > 0.f ? (m[0][half] + log2f(l_row)) * LN2 : neg_inf();
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) o[0][dt][e] = 0.f;
+        float s[1][BLOCK_N / 8][4];      // S_j, then P_j in fp32
+        u32 a[BLOCK_N / 16][4];          // P_j as the 16-bit A operand of P V_j
+        float alpha[1][2];
+        // S_j (landed in s) -> P_j, and alpha for O.
+        auto softmax_tile = [&](int j) {
+            const int key0 = j * BLOCK_N;
+            const bool needs_mask = key0 + BLOCK_N > seqlen_k ||
+                                    (p.causal && key0 + BLOCK_N - 1 > c_row0 + causal_diag);
+            if (needs_mask)
+                scale_and_mask<1, BLOCK_N / 8, true>(s, p.scale_log2, w_row0, key0, seqlen_k, causal_diag,
+                                                     p.causal, lane);
+            else
+                scale_and_mask<1, BLOCK_N / 8, false>(s, p.scale_log2, 0, 0, 0, 0, false, lane);
+            softmax_update<1, BLOCK_N / 8>(s, m, l, alpha, p.scale_log2);
+        };
+
+        if (PINGPONG && consumer == CONSUMERS - 1 && n_blocks > 0) named_barrier_arrive(1, 256);
+        // wgmma issue stays out of data-dependent branches: ptxas serialises every
+        // wgmma of a kernel that waits on one inside a divergent path (C7518).
+        mbar_wait(bar.q_full(), n_done & 1);
+        if (c_blocks > 0) {
+            const Ring<STAGES> r{it};
+            mbar_wait(bar.k_full(r.slot()), r.parity());
+            await_turn();
+            qk_wgmma<T, Tile, HEAD_DIM, BLOCK_N>(s[0], q_addr, k_tile(r));
+            pass_turn(false);
+            wgmma_wait<0>();
+            fence_registers(s[0]);
+            release(bar.k_empty(r.slot()));
+            softmax_tile(0);                  // O is still 0: nothing to rescale
+            pack_p<T, BLOCK_N>(a, s[0]);
+        }
+        // Step j: S_j = Q K_j^T and O += P_{j-1} V_{j-1} in flight together; the
+        // softmax of S_j runs while P V finishes, and O's rescale waits for it.
+        for (int j = 1; j < c_blocks; ++j) {
+            const Ring<STAGES> r{it + j}, prev{it + j - 1};
+            mbar_wait(bar.k_full(r.slot()), r.parity());
+            mbar_wait(bar.v_full(prev.slot()), prev.parity());
+            await_turn();
+            qk_wgmma<T, Tile, HEAD_DIM, BLOCK_N>(s[0], q_addr, k_tile(r));
+            pv_wgmma<T, HEAD_DIM, BLOCK_N>(o[0], a, v_tile(prev));
+            pass_turn(false);
+            wgmma_wait<1>();                  // S_j landed (groups retire in order)
+            fence_registers(s[0]);
+            release(bar.k_empty(r.slot()));
+            softmax_tile(j);
+            wgmma_wait<0>();                  // P_{j-1} V_{j-1} done: V_{j-1} and `a` are free
+            fence_registers(o[0]);
+            fence_registers(a);
+            release(bar.v_empty(prev.slot()));
+            rescale_rows<1, HEAD_DIM / 8>(o, alpha);
+            pack_p<T, BLOCK_N>(a, s[0]);
+        }
+        if (c_blocks > 0) {
+            const Ring<STAGES> last{it + c_blocks - 1};
+            mbar_wait(bar.v_full(last.slot()), last.parity());
+            await_turn();
+            pv_wgmma<T, HEAD_DIM, BLOCK_N>(o[0], a, v_tile(last));
+            pass_turn(c_blocks == n_blocks);
+            wgmma_wait<0>();
+            fence_registers(o[0]);
+            release(bar.v_empty(last.slot()));
+        }
+        release(bar.q_empty());               // the producer may load the next tile's Q
+        // Causal: tiles only the consumers below needed. Release them once landed and
+        // keep taking turns, so that every consumer takes the same number.
+        for (int j = c_blocks; j < n_blocks; ++j) {
+            const Ring<STAGES> r{it + j};
+            mbar_wait(bar.k_full(r.slot()), r.parity());
+            mbar_wait(bar.v_full(r.slot()), r.parity());
+            release(bar.k_empty(r.slot()));
+            release(bar.v_empty(r.slot()));
+        }
+        for (int turn = c_blocks > 0 ? c_blocks + 1 : 0; n_blocks > 0 && turn <= n_blocks; ++turn) {
+            await_turn();
+            pass_turn(turn == n_blocks);
+        }
+        it += n_blocks;
+
+        // Epilogue: O /= l straight from registers (each quad writes 16 contiguous bytes
+        // of a row) while the producer already loads the next tile.
+        u16* o_head = p.o + w.batch * p.o_sb + w.head * p.o_sh;
+        #pragma unroll
+        for (int half = 0; half < 2; ++half) {
+            const float l_row = quad_sum(l[0][half]);
+            const float inv_l = l_row > 0.f ? 1.f / l_row : 0.f;
+            const int row = w_row0 + lane / 4 + 8 * half;
+            if (row >= seqlen_q) continue;
+            u16* o_row = o_head + row * p.o_ss + 2 * (lane % 4);
+            #pragma unroll
+            for (int dt = 0; dt < HEAD_DIM / 8; ++dt)
+                if (dt * 8 < p.head_dim)
+                    *reinterpret_cast<u32*>(o_row + dt * 8) =
+                        pack2<T>(o[0][dt][2 * half] * inv_l, o[0][dt][2 * half + 1] * inv_l);
+            if (p.lse != nullptr && lane % 4 == 0)
+                p.lse[(static_cast<i64>(w.batch) * p.heads + w.head) * seqlen_q + row] =
+                    l_row > 0.f ? (m[0][half] + log2f(l_row)) * LN2 : neg_inf();
+        }
     }
 }
 

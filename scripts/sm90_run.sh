@@ -9,7 +9,7 @@ export CUPY_CACHE_DIR=${CUPY_CACHE_DIR:-/tmp/flashcore-kcache}
 step device.txt nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv
 step probe.txt timeout 240 python3 scripts/sm90_probe.py
 if [ $status = 0 ]; then
-  step sweep.txt timeout 300 python3 scripts/tile_sweep.py --family sm90 --out "$OUT/sweep.json"
+  step sweep.txt timeout 300 python3 scripts/tile_sweep.py --family all --out "$OUT/sweep.json"
 fi
 step sass.txt python3 scripts/sass_check.py --arch sm_90a --keep /tmp/fc-cubins
 tar -C /tmp -cf "$OUT/cubins.tar" fc-cubins

@@ -25,9 +25,11 @@ def test_geometry_and_name():
     cfg = configs.Sm90Config("bf16", 128, 128, 2, 2, True)
     assert cfg.name_expression == "fc::flash_fwd_sm90<fc::bf16, 128, 128, 2, 2, true>"
     assert (cfg.threads, cfg.block_m) == (384, 128)
-    assert cfg.smem_bytes == 1024 + 2 * 128 * (128 + 2 * 2 * 128) + 8 * 9
+    assert cfg.smem_bytes == 1024 + 2 * 128 * (128 + 2 * 2 * 128) + 8 * 10
     assert cfg.smem_bytes <= configs.SMEM_LIMIT["sm_90a"]
-    assert cfg.grid(batch=3, heads_q=5, seqlen_q=129) == (2, 5, 3)
+    assert cfg.work_tiles(batch=3, heads_q=5, seqlen_q=129) == 2 * 5 * 3
+    assert cfg.grid(batch=3, heads_q=5, seqlen_q=129, num_sms=132) == (30, 1, 1)
+    assert cfg.grid(batch=3, heads_q=50, seqlen_q=129, num_sms=132) == (132, 1, 1)   # persistent
 
 
 @pytest.mark.parametrize("head_dim, bucket", [(8, 64), (64, 64), (72, 128), (128, 128)])
@@ -38,19 +40,22 @@ def test_head_dims_round_up_to_a_built_width(head_dim, bucket):
 def test_dispatch_table():
     kw = dict(arch="sm_90a", dtype="fp16", num_sms=132)
     hopper = configs.choose_kernel(head_dim=128, batch_heads=32, seqlen_q=4096, **kw)
-    assert isinstance(hopper, configs.Sm90Config)
-    # grids that leave SMs idle (the mission shape), decode and D > 128 stay portable
-    for hd, bh, sq in ((64, 8, 512), (128, 256, 1), (256, 32, 4096)):
-        assert isinstance(configs.choose_kernel(head_dim=hd, batch_heads=bh, seqlen_q=sq, **kw),
-                          configs.FwdConfig), (hd, bh, sq)
-    assert isinstance(configs.choose_kernel(head_dim=64, batch_heads=8, seqlen_q=512, sm90="force", **kw),
-                      configs.Sm90Config)
+    assert isinstance(hopper, configs.Sm90Config) and hopper.block_m == 128
+    assert configs.choose_kernel(head_dim=64, batch_heads=32, seqlen_q=4096, **kw).block_m == 192
+    # grids that leave SMs idle (the mission shape, decode) take 64-row Hopper tiles
+    for hd, bh, sq in ((64, 8, 512), (128, 256, 1)):
+        small = configs.choose_kernel(head_dim=hd, batch_heads=bh, seqlen_q=sq, **kw)
+        assert isinstance(small, configs.Sm90Config) and small.block_m == 64, (hd, bh, sq)
+    # D > 128 stays portable
+    assert isinstance(configs.choose_kernel(head_dim=256, batch_heads=32, seqlen_q=4096, **kw),
+                      configs.FwdConfig)
     assert isinstance(configs.choose_kernel(head_dim=128, batch_heads=32, seqlen_q=4096, sm90="off", **kw),
                       configs.FwdConfig)
     # other archs never get it from auto
     assert isinstance(configs.choose_kernel("sm_80", "fp16", 128, 32, 4096, 108), configs.FwdConfig)
     assert {c for c in configs.all_configs("sm_90a") if isinstance(c, configs.Sm90Config)} == \
-        {configs.sm90_config(dt, hd) for dt in configs.DTYPES for hd in configs.SM90_HEAD_DIMS}
+        {configs.sm90_config(dt, hd, g) for dt in configs.DTYPES for hd in configs.SM90_HEAD_DIMS
+         for g in ("large", "small")}
     assert not any(isinstance(c, configs.Sm90Config) for c in configs.all_configs("sm_80"))
 
 
