@@ -173,12 +173,13 @@ def choose_config(arch: str, dtype: str, head_dim: int, batch_heads: int = 1 << 
 # (two consumer warpgroups taking turns) x 128-key tiles in a 2-slot TMA ring;
 # D64's GEMMs are half as long against the same softmax, so a third consumer
 # (192 rows) keeps the tensor cores fed (+5 % over two). Grids that leave SMs
-# idle (the mission shape, decode) take one consumer of 64 rows x 64 keys: twice
-# the CTAs of 128-row tiles, and faster than the portable kernel's 64-row tiles.
+# idle (the mission shape, decode) take one consumer of 64 rows x 128 keys: twice
+# the CTAs of 128-row tiles; at the mission shape 8.2 us against 9.0 for 64-key
+# tiles and 10.5 for the portable kernel's best (sm90 v7).
 SM90_ARCH = "sm_90a"
 SM90_HEAD_DIMS = (64, 128)
 _SM90_TILES = {(64, "large"): (128, 2, 3, True), (128, "large"): (128, 2, 2, True),
-               (64, "small"): (64, 2, 1, False), (128, "small"): (64, 2, 1, False)}
+               (64, "small"): (128, 2, 1, False), (128, "small"): (128, 2, 1, False)}
 Sm90Mode = Literal["off", "auto", "force"]
 
 

@@ -26,10 +26,10 @@ SM80 = {   # shape -> (warps, m_tiles, block_n, stages)
 SM90 = {   # shape -> (block_n, stages, consumers, pingpong)
     "b4-h16-s1k-d64": [(128, 2, 3, True), (128, 2, 2, True)],
     "b2-h16-s4k-d64": [(128, 2, 3, True), (192, 2, 2, True)],
-    "b2-h16-s4k-d128": [(128, 2, 2, True), (128, 3, 2, True)],
+    "b2-h16-s4k-d128": [(128, 2, 2, True), (176, 2, 2, True)],
     "b2-h16-s4k-d128-causal": [(128, 2, 2, True)],
     "b1-h16-s16k-d128": [(128, 2, 2, True)],
-    "mission": [(64, 2, 1, False), (128, 2, 1, False), (64, 3, 1, False)],
+    "mission": [(128, 2, 1, False), (64, 2, 1, False)],
 }
 FAMILIES = {"sm80": (SM80, FwdConfig), "sm90": (SM90, Sm90Config)}
 
