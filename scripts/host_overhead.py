@@ -34,15 +34,19 @@ def per_call_us(fn):
 q, k, v = (cupy.asarray(np.random.standard_normal((1, 8, 512, 64)).astype(np.float16)) for _ in range(3))
 out = cupy.empty_like(q)
 fc.attention(q, k, v)
-launch = api._launches[api._signature(q, k, v, None, False, None, "bhsd", False, "auto")]
+fc.attention(q, k, v, backend="sm80")
+auto = api._launches[api._signature(q, k, v, None, False, None, "bhsd", False, "auto")]
+launch = api._launches[api._signature(q, k, v, None, False, None, "bhsd", False, "sm80")]
 params = np.frombuffer(FWD_PARAMS.pack(q.data.ptr, k.data.ptr, v.data.ptr, out.data.ptr, 0,
                                        *launch.scalars), _PARAMS_DTYPE).copy()
 kern = launch.kernel
 raw = {
-    "attention(q, k, v)": lambda: fc.attention(q, k, v),
-    "attention(q, k, v, out=out)": lambda: fc.attention(q, k, v, out=out),
+    f"attention(q, k, v) [auto: {auto.config}]": lambda: fc.attention(q, k, v),
+    f"{type(auto).__name__}(out given)": lambda: auto(q, k, v, out, None),
+    "attention(q, k, v, backend='sm80')": lambda: fc.attention(q, k, v, backend="sm80"),
+    "attention(q, k, v, out=out, backend='sm80')": lambda: fc.attention(q, k, v, out=out, backend="sm80"),
     "signature + cache lookup": lambda: api._launches.get(
-        api._signature(q, k, v, None, False, None, "bhsd", False, "auto")),
+        api._signature(q, k, v, None, False, None, "bhsd", False, "sm80")),
     "cupy.empty(out)": lambda: cupy.empty(launch.out_shape, dtype=q.dtype),
     "pack params": lambda: np.frombuffer(FWD_PARAMS.pack(q.data.ptr, k.data.ptr, v.data.ptr,
                                                          out.data.ptr, 0, *launch.scalars),
@@ -74,9 +78,9 @@ if fn_ptr:
     out.fill(np.nan)
     ctypes_launch()
     cupy.cuda.get_current_stream().synchronize()
-    ref = fc.attention(q, k, v)
+    ref = fc.attention(q, k, v, backend="sm80")
     print("ctypes launch matches:", bool(cupy.array_equal(out, ref)))
     raw["ctypes cuLaunchKernel (pack + launch)"] = ctypes_launch
 
 for name, fn in raw.items():
-    print(f"{name:<42} {per_call_us(fn):7.2f} us/call")
+    print(f"{name:<60} {per_call_us(fn):7.2f} us/call")
