@@ -99,9 +99,15 @@ class Sm90Config:
     def work_tiles(self, batch: int, heads_q: int, seqlen_q: int) -> int:
         return -(-seqlen_q // self.block_m) * heads_q * batch
 
-    def grid(self, batch: int, heads_q: int, seqlen_q: int, num_sms: int) -> tuple[int, int, int]:
-        # Persistent: one CTA per SM (a CTA takes the whole register file) loops over work tiles.
-        return (min(self.work_tiles(batch, heads_q, seqlen_q), num_sms), 1, 1)
+    def grid(self, batch: int, heads_q: int, seqlen_q: int, num_sms: int,
+             causal: bool) -> tuple[int, int, int]:
+        """Non-causal: persistent, one CTA per SM (a CTA takes the whole register file)
+        looping over the work tiles. Causal tiles differ in length, and a static deal
+        of them can leave SMs idle (at S = 16k, 128 tiles per head over 132 SMs gave
+        some CTAs only short tiles: 0.74x cuDNN), so there each tile is its own CTA
+        and the hardware hands the next one to whichever SM frees up."""
+        tiles = self.work_tiles(batch, heads_q, seqlen_q)
+        return (tiles if causal else min(tiles, num_sms), 1, 1)
 
     def __str__(self) -> str:
         return (f"sm90 {self.dtype} D{self.head_dim} {self.block_m}x{self.block_n} "

@@ -93,7 +93,7 @@ class Sm90Launch:
                    p.scale * math.log2(math.e), int(p.causal), p.heads_q, p.batch,
                    -(-p.seqlen_q // config.block_m))
         return cls(config, loader.get_function(config, p.device, arch), p.device,
-                   config.grid(p.batch, p.heads_q, p.seqlen_q, num_sms), p.out_shape,
+                   config.grid(p.batch, p.heads_q, p.seqlen_q, num_sms, p.causal), p.out_shape,
                    (p.batch, p.heads_q, p.seqlen_q) if return_lse else None, scalars,
                    sm90_map_specs(p, config))
 

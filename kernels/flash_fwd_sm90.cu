@@ -107,7 +107,8 @@ __device__ __forceinline__ void tma_load_tile(u32 dst, const TensorMap& map, u32
 // and within a head longest first (m_block descending: causal rows that see
 // the most keys start first). They are dealt round-robin to the CTAs; with one
 // CTA per SM the grid is persistent and a CTA's next tile loads while it
-// stores the current one.
+// stores the current one (the host launches causal problems with one CTA per
+// tile instead: see Sm90Config.grid).
 struct WorkTile {
     int row0, head, batch;
     int n_blocks;            // key tiles of the CTA's rows (causal: up to the diagonal)

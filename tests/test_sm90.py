@@ -28,8 +28,9 @@ def test_geometry_and_name():
     assert cfg.smem_bytes == 1024 + 2 * 128 * (128 + 2 * 2 * 128) + 8 * 10
     assert cfg.smem_bytes <= configs.SMEM_LIMIT["sm_90a"]
     assert cfg.work_tiles(batch=3, heads_q=5, seqlen_q=129) == 2 * 5 * 3
-    assert cfg.grid(batch=3, heads_q=5, seqlen_q=129, num_sms=132) == (30, 1, 1)
-    assert cfg.grid(batch=3, heads_q=50, seqlen_q=129, num_sms=132) == (132, 1, 1)   # persistent
+    assert cfg.grid(batch=3, heads_q=5, seqlen_q=129, num_sms=132, causal=False) == (30, 1, 1)
+    assert cfg.grid(batch=3, heads_q=50, seqlen_q=129, num_sms=132, causal=False) == (132, 1, 1)
+    assert cfg.grid(batch=3, heads_q=50, seqlen_q=129, num_sms=132, causal=True) == (300, 1, 1)
 
 
 @pytest.mark.parametrize("head_dim, bucket", [(8, 64), (64, 64), (72, 128), (128, 128)])
