@@ -1,0 +1,46 @@
+"""Tuned tiles against the defaults, kernel only, A/B/A/B per shape (portable kernel).
+
+For every benchmark shape and dtype whose tuned tile (this GPU's table) differs from
+the default one, time the prepared launch of each twice, interleaved, in throughput
+mode on the same inputs: the spread between a tile's two timings is the noise the
+tuned/default ratio is judged against. Every output is checked against float64 first.
+Usage: python3 scripts/tuned_ab.py
+"""
+
+import cupy
+import numpy as np
+
+from flashcore_cupy import api, configs
+from flashcore_cupy.shapes import bench_shapes
+from flashcore_cupy.timing import time_throughput
+from flashcore_cupy.workload import TOLERANCE, random_inputs, verify
+
+dev = api.device_info(cupy.cuda.Device().id)
+tuned = api.tuned_table(cupy.cuda.Device().id)
+rng = np.random.default_rng()
+print(f"{dev.name} ({dev.arch}); tuned entries: {[k for k, _ in tuned]}")
+print(f"{'shape':<30} {'dtype':<5} {'default':<24} {'tuned':<24} {'A1':>8} {'B1':>8} {'A2':>8} {'B2':>8} "
+      f"{'B/A':>6} {'noise':>6}")
+for shape in bench_shapes():
+    for dtype in ("fp16", "bf16"):
+        args = (dev.arch, dtype, shape.head_dim, shape.batch * shape.heads_q, shape.seqlen_q, dev.num_sms)
+        default, best = configs.choose_config(*args), configs.choose_config(*args, tuned)
+        if default == best:
+            continue
+        q, k, v = random_inputs(shape, dtype, rng)
+        out = cupy.empty_like(q)
+        launches = {}
+        for name, cfg in (("A", default), ("B", best)):
+            *_, launches[name] = api._prepare(q, k, v, out, shape.causal, None, "bhsd", False, "sm80", cfg)
+            out.fill(np.nan)
+            launches[name](q, k, v, out, None)
+            err = verify(shape, q, k, v, out, rng, rows=64)
+            assert err <= TOLERANCE[dtype], (shape.name, str(cfg), err)
+        t = {}
+        for rep in (1, 2):
+            for name in ("A", "B"):
+                t[name + str(rep)] = time_throughput(lambda i: launches[name](q, k, v, out, None), 10).p50
+        a, b = (t["A1"] + t["A2"]) / 2, (t["B1"] + t["B2"]) / 2
+        noise = max(abs(t["A1"] - t["A2"]) / a, abs(t["B1"] - t["B2"]) / b)
+        print(f"{shape.name:<30} {dtype:<5} {str(default):<24} {str(best):<24} {t['A1']:8.1f} {t['B1']:8.1f} "
+              f"{t['A2']:8.1f} {t['B2']:8.1f} {b / a:6.3f} {noise:6.3f}", flush=True)
