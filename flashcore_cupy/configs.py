@@ -194,12 +194,35 @@ def sm90_config(dtype: str, head_dim: int, grid: str = "large") -> Sm90Config:
     return Sm90Config(dtype, hd, *_SM90_TILES[hd, grid])
 
 
+def sm90_consumer_registers(consumers: int) -> int:
+    """Registers per consumer thread after setmaxnreg (mirrors Sm90Tile::kConsumerRegs):
+    the 64K file minus the producer's 24 per thread, in multiples of 8, at most 256."""
+    return min(256, (65536 // 128 - 24) // consumers // 8 * 8)
+
+
+def sm90_problem_class(dtype: str, head_dim: int, batch_heads: int, seqlen_q: int,
+                       num_sms: int) -> tuple[str, Sm90Config]:
+    """(dispatch key, default config) of a problem on the Hopper kernel."""
+    large = sm90_config(dtype, head_dim)
+    fills_gpu = seqlen_q > _SHORT_Q and batch_heads * -(-seqlen_q // large.block_m) >= num_sms
+    grid = "large" if fills_gpu else "small"
+    return f"sm90/{dtype}/d{large.head_dim}/{grid}", sm90_config(dtype, head_dim, grid)
+
+
+def dispatch_class(arch: str, dtype: str, head_dim: int, batch_heads: int, seqlen_q: int,
+                   num_sms: int) -> tuple[str, FwdConfig | Sm90Config]:
+    """(dispatch key, default config) of the kernel `auto` runs a problem on."""
+    if arch == SM90_ARCH and head_dim <= SM90_HEAD_DIMS[-1]:
+        return sm90_problem_class(dtype, head_dim, batch_heads, seqlen_q, num_sms)
+    return problem_class(arch, dtype, head_dim, batch_heads, seqlen_q, num_sms)
+
+
 @functools.lru_cache(maxsize=None)
 def choose_kernel(arch: str, dtype: str, head_dim: int, batch_heads: int = 1 << 30,
                   seqlen_q: int = 1 << 30, num_sms: int = 1,
-                  tuned: tuple[tuple[str, FwdConfig], ...] = (),
+                  tuned: tuple[tuple[str, FwdConfig | Sm90Config], ...] = (),
                   sm90: Sm90Mode = "auto") -> FwdConfig | Sm90Config:
-    """The kernel for one problem (pure; cached).
+    """The kernel for one problem (pure; cached): a tuned entry, else the table's.
 
     sm90="auto": the Hopper kernel on sm_90a for head dims up to 128 (small tiles
     where the large ones would leave SMs idle), else the portable kernel
@@ -207,12 +230,11 @@ def choose_kernel(arch: str, dtype: str, head_dim: int, batch_heads: int = 1 << 
     checked that it can run); "off": the portable kernel.
     """
     if sm90 == "force":
-        return sm90_config(dtype, head_dim)
-    if sm90 == "auto" and arch == SM90_ARCH and head_dim <= SM90_HEAD_DIMS[-1]:
-        large = sm90_config(dtype, head_dim)
-        fills_gpu = (seqlen_q > _SHORT_Q and
-                     batch_heads * -(-seqlen_q // large.block_m) >= num_sms)
-        return large if fills_gpu else sm90_config(dtype, head_dim, "small")
+        default = sm90_config(dtype, head_dim)
+        return dict(tuned).get(f"sm90/{dtype}/d{default.head_dim}/large", default)
+    if sm90 == "auto":
+        key, default = dispatch_class(arch, dtype, head_dim, batch_heads, seqlen_q, num_sms)
+        return dict(tuned).get(key, default)
     return choose_config(arch, dtype, head_dim, batch_heads, seqlen_q, num_sms, tuned)
 
 

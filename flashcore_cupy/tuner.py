@@ -1,6 +1,8 @@
 """`flashcore-cupy tune`: random + local search over the legal tiles, on the GPU.
 
-Shapes are grouped by dispatch key (dtype, head dim, grid class); within a group
+Shapes are grouped by dispatch key (kernel family, dtype, head dim, grid class):
+each group searches the tiles of the kernel `auto` dispatch runs it on (the
+Hopper kernel on H100/H200 for head dims up to 128, else the portable one). Within a group
 a tile's score is, over the group's shapes, its time divided by the
 default tile's time, averaged, so 1.0 is the default. Every candidate is checked against
 the float64 reference on fresh inputs before it is timed (the benchmark's
@@ -10,6 +12,7 @@ than the noise measured by timing the default twice.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import time
 from dataclasses import dataclass, field
@@ -17,7 +20,6 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import api, configs, tuning, workload
-from .configs import FwdConfig
 from .shapes import Shape
 from .timing import time_throughput
 from .workload import TOLERANCE
@@ -29,7 +31,7 @@ _CHECK_ROWS = 64     # query rows checked per candidate and shape (the float64 r
 @dataclass
 class Group:
     key: str
-    default: FwdConfig
+    default: tuning.Config
     shapes: list[Shape] = field(default_factory=list)
 
 
@@ -37,8 +39,8 @@ def groups_for(shapes: list[Shape], dtypes: list[str], dev: api.DeviceInfo) -> l
     out: dict[str, Group] = {}
     for dtype in dtypes:
         for s in shapes:
-            key, default = configs.problem_class(dev.arch, dtype, s.head_dim, s.batch * s.heads_q,
-                                                 s.seqlen_q, dev.num_sms)
+            key, default = configs.dispatch_class(dev.arch, dtype, s.head_dim, s.batch * s.heads_q,
+                                                  s.seqlen_q, dev.num_sms)
             out.setdefault(key, Group(key, default)).shapes.append(s)
     return list(out.values())
 
@@ -51,7 +53,7 @@ class Evaluator:
         self.dtype = group.default.dtype
         self.baseline: dict[str, float] = {}
 
-    def time_one(self, config: FwdConfig, shape: Shape) -> float | None:
+    def time_one(self, config: tuning.Config, shape: Shape) -> float | None:
         import cupy
 
         q, k, v = workload.random_inputs(shape, self.dtype, self.rng)
@@ -62,7 +64,7 @@ class Evaluator:
             return None
         return time_throughput(lambda i: launch(q, k, v, out, None), iters=5, calls=10).p50
 
-    def score(self, config: FwdConfig) -> tuple[float, dict[str, float]] | None:
+    def score(self, config: tuning.Config) -> tuple[float, dict[str, float]] | None:
         """Mean over shapes of time / default's time; None if the tile fails a check."""
         times = {}
         for shape in self.group.shapes:
@@ -75,14 +77,14 @@ class Evaluator:
         return sum(times[n] / self.baseline[n] for n in times) / len(times), times
 
 
-def neighbours(config: FwdConfig, legal: set[FwdConfig]) -> list[FwdConfig]:
-    """Legal tiles one step away in one parameter of the space."""
+def neighbours(config: tuning.Config, legal: set[tuning.Config]) -> list[tuning.Config]:
+    """Legal tiles one step away in one parameter of the config's family space."""
     out = []
-    for name, values in tuning.SPACE.items():
+    for name, values in tuning.family_of(config).space.items():
         i = values.index(getattr(config, name)) if getattr(config, name) in values else None
         for j in ((i - 1, i + 1) if i is not None else ()):
             if 0 <= j < len(values):
-                c = FwdConfig(**{**config.__dict__, name: values[j]})
+                c = dataclasses.replace(config, **{name: values[j]})
                 if c in legal:
                     out.append(c)
     return out
@@ -91,7 +93,8 @@ def neighbours(config: FwdConfig, legal: set[FwdConfig]) -> list[FwdConfig]:
 def tune_group(group: Group, arch: str, seconds: float, rng, tick) -> dict:
     """Search one group for `seconds`; returns its cache entry (the default when nothing wins)."""
     deadline = time.monotonic() + seconds
-    legal, _ = tuning.legal_configs(arch, group.default.dtype, group.default.head_dim)
+    legal, _ = tuning.legal_configs(arch, group.default.dtype, group.default.head_dim,
+                                    tuning.family_of(group.default).name)
     legal_set = set(legal) | {group.default}
     ev = Evaluator(group, rng)
     first = ev.score(group.default)
@@ -121,7 +124,7 @@ def tune_group(group: Group, arch: str, seconds: float, rng, tick) -> dict:
             best, best_score, best_times = c, result[0], result[1]
         tick(group.key, best, best_score, len(tried))
     adopted = best if best_score < 1.0 - margin else group.default
-    return {"tile": [adopted.warps, adopted.m_tiles, adopted.block_n, adopted.stages],
+    return {"tile": tuning.entry_tile(adopted),
             "score": round(best_score if adopted == best else 1.0, 4),
             "noise": round(margin, 4), "tried": len(tried),
             "best_seen": str(best), "us": {k: round(v, 2) for k, v in best_times.items()}}

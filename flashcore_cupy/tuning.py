@@ -1,6 +1,8 @@
-"""Tile search: the config space, its legality filter, and the tuned tables dispatch reads.
+"""Tile search: the config space per kernel family, its legality filter, and the tuned
+tables dispatch reads.
 
-A tuned table maps a dispatch key ("fp16/d128/large") to a tile. Tables are
+A tuned table maps a dispatch key ("fp16/d128/large" for the portable kernel,
+"sm90/fp16/d128/large" for the Hopper one) to a tile. Tables are
 looked up in the per-user cache file first (keyed by GPU, compute capability,
 CuPy and NVRTC versions and the kernels' source hash, so any of those changing
 makes an entry stale), then in the defaults shipped with the package (measured
@@ -20,30 +22,73 @@ from importlib import resources
 from pathlib import Path
 
 from . import configs, loader
-from .configs import FwdConfig
+from .configs import FwdConfig, Sm90Config
 
+Config = FwdConfig | Sm90Config
 SCHEMA = 1
-# The space, as data: every combination is a candidate before the filters.
-SPACE = {"warps": (4, 8), "m_tiles": (1, 2), "block_n": (32, 64, 128), "stages": (2, 3, 4)}
-_MAX_ACCUMULATOR_REGS = 192   # of 255: the rest holds fragments, addresses and the softmax
+
+
+@dataclass(frozen=True)
+class Family:
+    """One kernel's tunable fields, in the order a tuned entry's "tile" lists them."""
+
+    name: str
+    config_cls: type
+    space: dict[str, tuple]     # field -> values; every combination is a candidate
+    key_prefix: str             # of its dispatch keys
+
+
+FAMILIES = {
+    "sm80": Family("sm80", FwdConfig, {"warps": (4, 8), "m_tiles": (1, 2), "block_n": (32, 64, 128),
+                               "stages": (2, 3, 4)}, ""),
+    "sm90": Family("sm90", Sm90Config, {"block_n": (64, 128, 176, 192), "stages": (2, 3),
+                                "consumers": (1, 2, 3), "pingpong": (False, True)}, "sm90/"),
+}
+_MAX_ACCUMULATOR_REGS = 192   # sm80: of 255, the rest holds fragments, addresses and the softmax
+_SM90_SPARE_REGS = 24         # sm90: a consumer's registers beyond S, P and O (addresses, softmax)
 ENV_CACHE = "FLASHCORE_CUPY_TUNE_CACHE"
 ENV_DISABLE = "FLASHCORE_CUPY_NO_TUNE"   # "1": dispatch ignores tuned tables (before/after runs)
 
 
 @dataclass(frozen=True)
 class Rejected:
-    config: FwdConfig
+    config: Config
     reason: str
 
 
-def space(dtype: str, head_dim: int) -> list[FwdConfig]:
-    names = list(SPACE)
-    return [FwdConfig(dtype, head_dim, **dict(zip(names, values)))
-            for values in itertools.product(*(SPACE[n] for n in names))]
+def family_of(config: Config) -> Family:
+    return next(f for f in FAMILIES.values() if isinstance(config, f.config_cls))
 
 
-def static_reason(config: FwdConfig, arch: str) -> str | None:
+def space(dtype: str, head_dim: int, family: str = "sm80") -> list[Config]:
+    fam = FAMILIES[family]
+    names = list(fam.space)
+    return [fam.config_cls(dtype, head_dim, **dict(zip(names, values)))
+            for values in itertools.product(*(fam.space[n] for n in names))]
+
+
+def _sm90_static_reason(config: Sm90Config, arch: str) -> str | None:
+    if arch != configs.SM90_ARCH:
+        return f"the Hopper kernel needs {configs.SM90_ARCH}, not {arch}"
+    if config.head_dim not in configs.SM90_HEAD_DIMS:
+        return f"head dim {config.head_dim} not in {configs.SM90_HEAD_DIMS}"
+    if config.pingpong and config.consumers < 2:
+        return "ping-pong needs two or more consumer warpgroups"
+    regs = config.block_n // 2 + config.block_n // 4 + config.head_dim // 2   # S, P, O per thread
+    budget = configs.sm90_consumer_registers(config.consumers) - _SM90_SPARE_REGS
+    if regs > budget:
+        return f"S, P and O need {regs} registers per consumer thread (> {budget})"
+    return None
+
+
+def static_reason(config: Config, arch: str) -> str | None:
     """Why `config` cannot work on `arch` without compiling it, or None."""
+    if isinstance(config, Sm90Config):
+        reason = _sm90_static_reason(config, arch)
+        limit = configs.SMEM_LIMIT.get(arch, 0)
+        if reason is None and config.smem_bytes > limit:
+            reason = f"{config.smem_bytes} B of shared memory (> {limit} on {arch})"
+        return reason
     acc = config.m_tiles * (config.head_dim + config.block_n) // 2
     if acc > _MAX_ACCUMULATOR_REGS:
         return f"O and S accumulators need {acc} registers per thread (> {_MAX_ACCUMULATOR_REGS})"
@@ -56,26 +101,28 @@ def static_reason(config: FwdConfig, arch: str) -> str | None:
 _compile_verdicts: dict[tuple[str, str], str | None] = {}
 
 
-def compile_reason(config: FwdConfig, arch: str) -> str | None:
-    """Why `config` fails when compiled for `arch` (error or spills), or None. Cached."""
+def compile_reason(config: Config, arch: str) -> str | None:
+    """Why `config` fails when compiled for `arch` (error, spills, or ptxas reporting a
+    performance loss such as serialised wgmma), or None. Cached."""
     key = (config.name_expression, arch)
     if key not in _compile_verdicts:
         try:
             report = loader.compile_only(config, arch)
-            _compile_verdicts[key] = (f"spills {report.spill_bytes} B ({report.registers} registers)"
-                                      if report.spill_bytes else None)
+            _compile_verdicts[key] = (
+                f"spills {report.spill_bytes} B ({report.registers} registers)" if report.spill_bytes
+                else f"ptxas: {report.perf_warnings[0][:120]}" if report.perf_warnings else None)
         except loader.KernelCompileError as e:
             _compile_verdicts[key] = f"compile error: {e.log.strip().splitlines()[0][:120]}"
     return _compile_verdicts[key]
 
 
-def legal_configs(arch: str, dtype: str, head_dim: int,
-                  compile_check: bool = True) -> tuple[list[FwdConfig], list[Rejected]]:
-    """Split the space for one (arch, dtype, head dim) into legal configs and rejections."""
-    def reason(config: FwdConfig) -> str | None:
+def legal_configs(arch: str, dtype: str, head_dim: int, family: str = "sm80",
+                  compile_check: bool = True) -> tuple[list[Config], list[Rejected]]:
+    """Split one family's space for (arch, dtype, head dim) into legal configs and rejections."""
+    def reason(config: Config) -> str | None:
         return static_reason(config, arch) or (compile_reason(config, arch) if compile_check else None)
 
-    cands = space(dtype, head_dim)
+    cands = space(dtype, head_dim, family)
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:   # NVRTC drops the GIL
         reasons = list(pool.map(reason, cands))
     return ([c for c, r in zip(cands, reasons) if r is None],
@@ -96,12 +143,20 @@ def device_key(gpu: str, capability: tuple[int, int], cupy_version: str, nvrtc: 
     return f"{gpu}|sm{capability[0]}{capability[1]}|cupy {cupy_version}|nvrtc {nvrtc}|kernels {loader.source_hash()}"
 
 
-def _entry_config(key: str, entry: dict) -> FwdConfig:
-    dtype, d, _ = key.split("/")
+def _entry_config(key: str, entry: dict) -> Config:
+    family = next(f for f in sorted(FAMILIES.values(), key=lambda f: -len(f.key_prefix))
+                  if key.startswith(f.key_prefix))
+    dtype, d, _ = key[len(family.key_prefix):].split("/")
     tile = entry["tile"]
-    if not (isinstance(tile, list) and len(tile) == 4 and all(isinstance(x, int) for x in tile)):
-        raise ValueError(f"bad tile {tile!r}")
-    return FwdConfig(dtype, int(d[1:]), *tile)
+    if not (isinstance(tile, list) and len(tile) == len(family.space) and
+            all(type(x) in (int, bool) and x in values for x, values in zip(tile, family.space.values()))):
+        raise ValueError(f"bad tile {tile!r} (expected values of {family.space})")
+    return family.config_cls(dtype, int(d[1:]), *tile)
+
+
+def entry_tile(config: Config) -> list:
+    """The "tile" of a tuned entry for `config` (its family's fields, in order)."""
+    return [getattr(config, name) for name in family_of(config).space]
 
 
 def _read_tables(path: Path, what: str) -> dict:
@@ -118,7 +173,7 @@ def _read_tables(path: Path, what: str) -> dict:
         return {}
 
 
-def _to_configs(entries: dict, arch: str, source: str) -> dict[str, FwdConfig]:
+def _to_configs(entries: dict, arch: str, source: str) -> dict[str, Config]:
     out = {}
     for key, entry in entries.items():
         try:
@@ -133,7 +188,7 @@ def _to_configs(entries: dict, arch: str, source: str) -> dict[str, FwdConfig]:
 
 
 def load_table(gpu: str, capability: tuple[int, int], cupy_version: str, nvrtc: str,
-               arch: str) -> dict[str, FwdConfig]:
+               arch: str) -> dict[str, Config]:
     """The tuned table for this device: the user's cache over the shipped defaults."""
     if os.environ.get(ENV_DISABLE) == "1":
         return {}
@@ -146,7 +201,7 @@ def load_table(gpu: str, capability: tuple[int, int], cupy_version: str, nvrtc: 
     return table
 
 
-def shipped_configs(arch: str) -> set[FwdConfig]:
+def shipped_configs(arch: str) -> set[Config]:
     """Tiles the shipped defaults can make dispatch choose on `arch` (for `check` and tests)."""
     path = Path(str(resources.files(__package__).joinpath("tuned_defaults.json")))
     found = set()
@@ -157,7 +212,7 @@ def shipped_configs(arch: str) -> set[FwdConfig]:
     return found
 
 
-def dispatchable_configs(arch: str) -> list[FwdConfig]:
+def dispatchable_configs(arch: str) -> list[Config]:
     """Every config dispatch can choose on `arch`: the tile table's and the shipped tuned ones."""
     return sorted(set(configs.all_configs(arch)) | shipped_configs(arch),
                   key=lambda c: (c.dtype, c.head_dim, c.block_m, c.block_n, c.stages))

@@ -6,7 +6,7 @@ import warnings
 import pytest
 
 from flashcore_cupy import configs, tuner, tuning
-from flashcore_cupy.configs import FwdConfig
+from flashcore_cupy.configs import FwdConfig, Sm90Config
 
 GPU, CAP, CUPY, NVRTC = "NVIDIA Test GPU", (9, 0), "14.2.0", "12.9"
 
@@ -28,11 +28,27 @@ def test_every_config_is_legal_or_rejected_with_a_reason(arch):
                     assert default in legal, (arch, str(default))
 
 
+@pytest.mark.parametrize("dtype, d", [("fp16", 64), ("fp16", 128), ("bf16", 128)])
+def test_every_hopper_config_is_legal_or_rejected_with_a_reason(dtype, d):
+    legal, rejected = tuning.legal_configs("sm_90a", dtype, d, "sm90")
+    assert set(legal) | {r.config for r in rejected} == set(tuning.space(dtype, d, "sm90"))
+    assert all(r.reason for r in rejected) and legal
+    for c in legal:   # compiled for sm_90a with no spill and no serialised wgmma
+        assert tuning.compile_reason(c, "sm_90a") is None
+    for grid in ("large", "small"):   # dispatch's Hopper tiles are in the space and legal
+        assert configs.sm90_config(dtype, d, grid) in legal
+    # the Hopper family never applies to other archs
+    assert all("sm_90a" in tuning.static_reason(c, "sm_80") for c in tuning.space(dtype, d, "sm90"))
+
+
 def test_static_rules_explain_themselves():
     big = FwdConfig("fp16", 256, 4, 2, 128, 4)
     assert "registers" in tuning.static_reason(big, "sm_90a")
     wide = FwdConfig("fp16", 128, 8, 1, 128, 4)
     assert "shared memory" in tuning.static_reason(wide, "sm_86")
+    assert "registers" in tuning.static_reason(Sm90Config("fp16", 128, 192, 2, 3, True), "sm_90a")
+    assert "ping-pong" in tuning.static_reason(Sm90Config("fp16", 64, 128, 2, 1, True), "sm_90a")
+    assert "shared memory" in tuning.static_reason(Sm90Config("fp16", 128, 192, 3, 2, True), "sm_90a")
 
 
 @pytest.fixture
@@ -57,6 +73,20 @@ def test_cache_round_trips_and_feeds_dispatch(cache):
         configs.choose_config("sm_90a", "fp16", 128, 64, 4096, 132)
 
 
+def test_hopper_entries_round_trip_and_feed_dispatch(cache):
+    key = tuning.device_key(GPU, CAP, CUPY, NVRTC)
+    tile = Sm90Config("fp16", 128, 176, 2, 2, True)
+    tuning.save_entries(cache, key, {"sm90/fp16/d128/large": {"tile": tuning.entry_tile(tile)}})
+    table = tuning.load_table(GPU, CAP, CUPY, NVRTC, "sm_90a")
+    assert table == {"sm90/fp16/d128/large": tile}
+    tuned = tuple(sorted(table.items()))
+    assert configs.choose_kernel("sm_90a", "fp16", 128, 32, 4096, 132, tuned) == tile
+    assert configs.choose_kernel("sm_90a", "fp16", 128, 32, 4096, 132, tuned, sm90="force") == tile
+    # other classes keep the table's tiles
+    assert configs.choose_kernel("sm_90a", "bf16", 128, 32, 4096, 132, tuned) == \
+        configs.sm90_config("bf16", 128)
+
+
 def test_stale_entries_do_not_apply(cache):
     # another NVRTC (or kernels hash, CuPy version, GPU) is another table
     tuning.save_entries(cache, tuning.device_key(GPU, CAP, CUPY, "13.0"),
@@ -75,6 +105,8 @@ def test_bad_entries_are_ignored_with_a_warning(cache):
     key = tuning.device_key(GPU, CAP, CUPY, NVRTC)
     tuning.save_entries(cache, key, {"fp16/d64/large": {"tile": "big"},
                                      "fp16/d128/large": {"tile": [8, 2, 128, 4]},   # too many registers
+                                     "sm90/fp16/d64/large": {"tile": [100, 2, 2, True]},   # not in the space
+                                     "sm90/bf16/d64/large": {"tile": [128, 2, 2]},   # a field short
                                      "bf16/d64/small": {"tile": [4, 1, 64, 3]}})
     with pytest.warns(UserWarning, match="ignoring tuned entry"):
         table = tuning.load_table(GPU, CAP, CUPY, NVRTC, "sm_90a")
@@ -102,4 +134,8 @@ def test_neighbours_step_one_parameter():
     every = set(tuning.space("fp16", 64))
     n = tuner.neighbours(c, every)
     assert FwdConfig("fp16", 64, 4, 2, 32, 3) in n and FwdConfig("fp16", 64, 4, 2, 64, 4) in n
-    assert all(sum(getattr(a, f) != getattr(c, f) for f in tuning.SPACE) == 1 for a in n)
+    assert all(sum(getattr(a, f) != getattr(c, f) for f in tuning.FAMILIES["sm80"].space) == 1 for a in n)
+    h = Sm90Config("fp16", 128, 128, 2, 2, True)
+    n = tuner.neighbours(h, set(tuning.space("fp16", 128, "sm90")))
+    assert Sm90Config("fp16", 128, 176, 2, 2, True) in n and Sm90Config("fp16", 128, 128, 2, 3, True) in n
+    assert Sm90Config("fp16", 128, 128, 2, 2, False) in n and len(n) == 6
