@@ -151,12 +151,12 @@ def check(archs: list[str]) -> None:
         results = list(pool.map(compile_one, jobs))
 
     failures = 0
-    click.echo(f"{'arch':<7} {'kernel':<40} {'config':<24} {'regs':>4} {'smem B':>7} "
+    click.echo(f"{'arch':<7} {'kernel':<20} {'config':<32} {'regs':>4} {'smem B':>7} "
                f"{'spill B':>7} {'secs':>5}  status")
     for (arch, cfg), r in zip(jobs, results):
         if isinstance(r, loader.KernelCompileError):
             failures += 1
-            click.echo(f"{arch:<7} {cfg.kernel_file:<40} {str(cfg):<24} compile error:\n{r}")
+            click.echo(f"{arch:<7} {cfg.kernel_file:<20} {str(cfg):<32} compile error:\n{r}")
             continue
         smem = r.static_smem_bytes + cfg.smem_bytes
         problems = [p for p, bad in (("spills", r.spill_bytes > 0),
@@ -164,7 +164,7 @@ def check(archs: list[str]) -> None:
                                      ("ptxas: performance loss", bool(r.perf_warnings)))
                     if bad]
         failures += bool(problems)
-        click.echo(f"{arch:<7} {cfg.kernel_file:<40} {str(cfg):<24} {r.registers:>4} {smem:>7} "
+        click.echo(f"{arch:<7} {cfg.kernel_file:<20} {str(cfg):<32} {r.registers:>4} {smem:>7} "
                    f"{r.spill_bytes:>7} {r.seconds:>5.2f}  {'; '.join(problems) or 'ok'}")
     click.echo(f"{len(jobs) - failures} of {len(jobs)} kernel instantiations ok")
     sys.exit(1 if failures else 0)
