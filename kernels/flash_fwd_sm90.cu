@@ -3,12 +3,13 @@
 //   O = softmax(scale * Q K^T + mask) V,   LSE = log(rowsum(exp(scale * Q K^T + mask)))
 //
 // Same math, masking and outputs as flash_fwd_sm80.cu; what differs is how the
-// tiles move and multiply. One CTA owns BLOCK_M = 64 * CONSUMERS query rows of
-// one (batch, head) and has CONSUMERS + 1 warpgroups:
+// tiles move and multiply. A work tile is BLOCK_M = 64 * CONSUMERS query rows of
+// one (batch, head); a CTA has CONSUMERS + 1 warpgroups and takes work tiles in
+// turn (see work_tile):
 //
-//   producer (warpgroup 0, 24 registers): one thread issues TMA copies: Q once,
-//     then K_j and V_j into a ring of STAGES slots, each slot refilled once both
-//     consumers have released it (`empty` barrier);
+//   producer (warpgroup 0, 24 registers): one thread issues TMA copies: a tile's
+//     Q once the previous tile's is released, then K_j and V_j into a ring of
+//     STAGES slots, each slot refilled once every consumer has released it;
 //   consumer c (64 query rows each, the rest of the register file): for each key tile j
 //     S   = Q_c K_j^T         wgmma m64nBLOCK_Nk16, Q and K from shared memory
 //     P   = online softmax(S) in registers (softmax.cuh, shared with sm_80)
@@ -39,7 +40,7 @@ namespace fc {
 // CUtensorMap: 128 opaque bytes, 64-byte aligned, passed in the __grid_constant__ params.
 struct alignas(64) TensorMap { unsigned char bytes[128]; };
 
-// The one by-value argument; packed by flashcore_cupy/launch.py (SM90_PARAMS).
+// The one by-value argument; the maps, then a tail packed by flashcore_cupy/launch.py (SM90_TAIL).
 struct Sm90Params {
     TensorMap q, k, v;             // 4-D maps (d, seq, head, batch), boxes of 64 columns
     u16* o;
@@ -55,8 +56,6 @@ static_assert(sizeof(Sm90Params) == 512, "Sm90Params: keep in step with launch.p
 template <int HEAD_DIM, int BLOCK_N, int STAGES, int CONSUMERS, bool PINGPONG>
 struct Sm90Tile {
     static constexpr int kBlockM = 64 * CONSUMERS;
-    static constexpr int kThreads = 128 * (CONSUMERS + 1);
-    static constexpr int kColBlocks = HEAD_DIM / 64;                // 128-byte swizzle atoms per row
     static constexpr u32 kQBytes = kBlockM * HEAD_DIM * 2;
     static constexpr u32 kKVBytes = BLOCK_N * HEAD_DIM * 2;         // one K or V tile
     // Shared layout (offsets from a 1024-byte aligned base): Q, K ring, V ring, barriers.
