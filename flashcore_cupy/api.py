@@ -71,7 +71,7 @@ def device_info(device_id: int) -> DeviceInfo:
 
 
 @functools.lru_cache(maxsize=None)
-def tuned_table(device_id: int) -> tuple[tuple[str, FwdConfig], ...]:
+def tuned_table(device_id: int) -> tuple[tuple[str, FwdConfig | Sm90Config], ...]:
     """This device's tuned tiles (see tuning.py), read once per process."""
     import cupy
 
@@ -84,9 +84,10 @@ def tuned_table(device_id: int) -> tuple[tuple[str, FwdConfig], ...]:
 def plan(problem: Problem, device_id: int, backend: Backend) -> tuple[FwdConfig | Sm90Config, DeviceInfo]:
     """Which kernel runs this problem, and for which arch.
 
-    "auto": the Hopper kernel where it can run and fills the GPU, else the
-    portable one; "sm80": the portable kernel; "sm90": the Hopper kernel, or a
-    ValueError saying why it cannot run this problem.
+    "auto": the Hopper kernel where it can run (its small tiles where the large
+    ones would leave SMs idle), else the portable one; "sm80": the portable
+    kernel; "sm90": the Hopper kernel's large tiles, or a ValueError saying why
+    it cannot run this problem.
     """
     dev = device_info(device_id)
     check_capability(dev.capability, device_id)
