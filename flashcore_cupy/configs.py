@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 # Per-block shared-memory limits (bytes) of the archs this package compiles for.
 SMEM_LIMIT = {
@@ -63,6 +63,13 @@ class FwdConfig:
         return f"{self.dtype} D{self.head_dim} {self.block_m}x{self.block_n} w{self.warps} s{self.stages}"
 
 
+class Sm90Schedule(NamedTuple):
+    """How a problem's work tiles map onto the Hopper kernel's CTAs (Sm90Config.schedule)."""
+    grid: tuple[int, int, int]
+    tail_start: int   # work items from here on are 64-row sub-tiles of the last tiles
+    items: int        # work items: tiles before tail_start, then consumers per later tile
+
+
 @dataclass(frozen=True)
 class Sm90Config:
     """One instantiation of `fc::flash_fwd_sm90` in kernels/flash_fwd_sm90.cu (sm_90a only)."""
@@ -99,15 +106,22 @@ class Sm90Config:
     def work_tiles(self, batch: int, heads_q: int, seqlen_q: int) -> int:
         return -(-seqlen_q // self.block_m) * heads_q * batch
 
-    def grid(self, batch: int, heads_q: int, seqlen_q: int, num_sms: int,
-             causal: bool) -> tuple[int, int, int]:
+    def schedule(self, batch: int, heads_q: int, seqlen_q: int, num_sms: int,
+                 causal: bool) -> Sm90Schedule:
         """Non-causal: persistent, one CTA per SM (a CTA takes the whole register file)
-        looping over the work tiles. Causal tiles differ in length, and a static deal
+        looping over the work items. When the tiles leave a partial last round that
+        would still fit on the SMs as one 64-row sub-tile per consumer, those tiles
+        are split so: the round then runs on every SM, one consumer each, instead of
+        on a few with all of them. Causal tiles differ in length, and a static deal
         of them can leave SMs idle (at S = 16k, 128 tiles per head over 132 SMs gave
         some CTAs only short tiles: 0.74x cuDNN), so there each tile is its own CTA
         and the hardware hands the next one to whichever SM frees up."""
         tiles = self.work_tiles(batch, heads_q, seqlen_q)
-        return (tiles if causal else min(tiles, num_sms), 1, 1)
+        tail = tiles % num_sms if tiles > num_sms and not causal else 0
+        split = 0 < tail and tail * self.consumers <= num_sms and self.consumers > 1
+        tail_start = tiles - tail if split else tiles
+        items = tail_start + (tiles - tail_start) * self.consumers
+        return Sm90Schedule((items if causal else min(items, num_sms), 1, 1), tail_start, items)
 
     def __str__(self) -> str:
         return (f"sm90 {self.dtype} D{self.head_dim} {self.block_m}x{self.block_n} "

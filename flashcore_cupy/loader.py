@@ -86,12 +86,14 @@ def _read_source(kernel_file: str) -> str:
 
 # --- GPU path -----------------------------------------------------------------
 
-_cache: dict[tuple[int, str, str], object] = {}
+_cache: dict[tuple[int, str, str], int] = {}   # -> CUfunction handle
 _cache_lock = threading.Lock()
+_modules: list = []   # the RawKernels behind _cache's handles, kept alive
 
 
-def get_function(config: KernelConfig, device_id: int, arch: str):
-    """The compiled, launch-ready kernel for `config` on `device_id` (cached in process)."""
+def get_function(config: KernelConfig, device_id: int, arch: str) -> int:
+    """The compiled, launch-ready kernel for `config` on `device_id`, as its CUfunction
+    handle (cached in process, which keeps its module loaded)."""
     key = (device_id, config.kernel_file, config.name_expression)
     fn = _cache.get(key)
     if fn is not None:
@@ -112,7 +114,8 @@ def get_function(config: KernelConfig, device_id: int, arch: str):
                                          e.get_message()) from None
             if config.smem_bytes > 48 * 1024:
                 fn.max_dynamic_shared_size_bytes = config.smem_bytes
-            _cache[key] = fn
+            _modules.append(fn)
+            fn = _cache[key] = fn.kernel.ptr
     return fn
 
 

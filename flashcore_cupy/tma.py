@@ -6,7 +6,7 @@ A box is 64 columns (128 bytes, the 128B-swizzle limit) by `box_rows` rows;
 a 128-wide head dim takes two boxes. The driver is reached through ctypes on
 libcuda, which every CUDA installation has, so this adds no dependency.
 
-`map_spec` and `unsupported_reason` are pure (tested on CPU); `TensorMaps`
+`map_spec` and `unsupported_reason` are pure (tested on CPU); `encode_maps`
 needs the driver.
 """
 
@@ -73,24 +73,15 @@ def _encode():
     return encode
 
 
-class TensorMaps:
-    """The tensor maps of `specs` aimed at `ptrs`, back to back in a 64-byte aligned
-    host buffer and followed by `tail_bytes` of other kernel parameters: the whole
-    buffer is the kernel's by-value argument (`arg`)."""
-
-    def __init__(self, dtype: str, specs: tuple[MapSpec, ...], ptrs: tuple[int, ...],
-                 tail_bytes: int):
-        size = len(specs) * MAP_BYTES + tail_bytes
-        self._raw = np.zeros(size + MAP_ALIGN, np.uint8)
-        start = -self._raw.ctypes.data % MAP_ALIGN
-        self.bytes = self._raw[start:start + size]
-        self.tail_offset = len(specs) * MAP_BYTES
-        self.arg = self.bytes.view(np.dtype((np.void, size)))
-        u64x4, u64x3, u32x4 = ctypes.c_uint64 * 4, ctypes.c_uint64 * 3, ctypes.c_uint32 * 4
-        for i, (spec, ptr) in enumerate(zip(specs, ptrs)):
-            rc = _encode()(self.bytes.ctypes.data + i * MAP_BYTES, _DATA_TYPE[dtype], 4, ptr,
-                           u64x4(*spec.dims), u64x3(*spec.strides), u32x4(*spec.box),
-                           u32x4(1, 1, 1, 1), _INTERLEAVE_NONE, _SWIZZLE_128B, _L2_PROMOTION_256B,
-                           _OOB_FILL_ZEROS)
-            if rc != 0:
-                raise RuntimeError(f"cuTensorMapEncodeTiled({spec}) failed with CUresult {rc}")
+def encode_maps(dest: np.ndarray, dtype: str, specs: tuple[MapSpec, ...], ptrs: tuple[int, ...]) -> None:
+    """Encode the tensor maps of `specs` aimed at `ptrs` back to back into `dest`
+    (uint8, 64-byte aligned: the head of a kernel's by-value parameter block)."""
+    assert dest.ctypes.data % MAP_ALIGN == 0 and dest.size >= len(specs) * MAP_BYTES
+    u64x4, u64x3, u32x4 = ctypes.c_uint64 * 4, ctypes.c_uint64 * 3, ctypes.c_uint32 * 4
+    for i, (spec, ptr) in enumerate(zip(specs, ptrs)):
+        rc = _encode()(dest.ctypes.data + i * MAP_BYTES, _DATA_TYPE[dtype], 4, ptr,
+                       u64x4(*spec.dims), u64x3(*spec.strides), u32x4(*spec.box),
+                       u32x4(1, 1, 1, 1), _INTERLEAVE_NONE, _SWIZZLE_128B, _L2_PROMOTION_256B,
+                       _OOB_FILL_ZEROS)
+        if rc != 0:
+            raise RuntimeError(f"cuTensorMapEncodeTiled({spec}) failed with CUresult {rc}")

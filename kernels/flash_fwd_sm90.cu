@@ -50,11 +50,13 @@ struct Sm90Params {
     float scale_log2;              // scale * log2(e)
     int causal;
     int heads, batch, m_blocks;    // work tiles: m_blocks x heads x batch
+    int tail_start, n_items;       // see work_tile
 };
 static_assert(sizeof(Sm90Params) == 512, "Sm90Params: keep in step with launch.py");
 
 template <int HEAD_DIM, int BLOCK_N, int STAGES, int CONSUMERS, bool PINGPONG>
 struct Sm90Tile {
+    static constexpr int kConsumers = CONSUMERS;
     static constexpr int kBlockM = 64 * CONSUMERS;
     static constexpr u32 kQBytes = kBlockM * HEAD_DIM * 2;
     static constexpr u32 kKVBytes = BLOCK_N * HEAD_DIM * 2;         // one K or V tile
@@ -100,27 +102,36 @@ __device__ __forceinline__ void tma_load_tile(u32 dst, const TensorMap& map, u32
         tma_load_4d(dst + cb * rows * 128, &map, bar, cb * 64, row0, head, batch);
 }
 
-// Work tile t: BLOCK_M query rows of one (head, batch). Tiles are numbered head
-// by head, so the CTAs running at once share few heads' K/V in L2 (numbering
-// across heads first cost 5-7 % at S = 16k: every head's K/V in flight at once),
-// and within a head longest first (m_block descending: causal rows that see
-// the most keys start first). They are dealt round-robin to the CTAs; with one
-// CTA per SM the grid is persistent and a CTA's next tile loads while it
-// stores the current one (the host launches causal problems with one CTA per
-// tile instead: see Sm90Config.grid).
+// Work item i of the CTA's turn. Tile t is BLOCK_M = 64 * CONSUMERS query rows of
+// one (head, batch); tiles are numbered head by head, so the CTAs running at once
+// share few heads' K/V in L2 (numbering across heads first cost 5-7 % at S = 16k:
+// every head's K/V in flight at once), and within a head longest first (m_block
+// descending: causal rows that see the most keys start first). Items are dealt
+// round-robin to the CTAs; with one CTA per SM the grid is persistent and a CTA's
+// next item loads while it stores the current one (the host launches causal
+// problems with one CTA per tile instead: see Sm90Config.schedule).
+// Items from tail_start on are the last tiles split into one 64-row sub-tile per
+// consumer: when the tiles leave a partial last round, that round runs on every
+// SM with one consumer each instead of on a few with all of them. A sub-tile is
+// worked by consumer 0 alone, as are a tile's rows past Sq by nobody.
 struct WorkTile {
     int row0, head, batch;
-    int n_blocks;            // key tiles of the CTA's rows (causal: up to the diagonal)
+    int consumers;           // consumers with rows here (the first ones)
+    int n_blocks;            // key tiles of those rows (causal: up to the diagonal)
 };
 
-template <int BLOCK_M, int BLOCK_N>
-__device__ __forceinline__ WorkTile work_tile(const Sm90Params& p, int t) {
-    const int row0 = (p.m_blocks - 1 - t % p.m_blocks) * BLOCK_M;
+template <int CONSUMERS, int BLOCK_N>
+__device__ __forceinline__ WorkTile work_tile(const Sm90Params& p, int i) {
+    const bool sub = i >= p.tail_start;
+    const int t = sub ? p.tail_start + (i - p.tail_start) / CONSUMERS : i;
+    const int row0 = (p.m_blocks - 1 - t % p.m_blocks) * 64 * CONSUMERS +
+                     (sub ? 64 * ((i - p.tail_start) % CONSUMERS) : 0);
+    const int rows = max(0, min(sub ? 64 : 64 * CONSUMERS, p.seqlen_q - row0));
     const int head_batch = t / p.m_blocks;
     const int causal_diag = p.seqlen_k - p.seqlen_q;   // key j visible to query i iff j <= i + diag
-    const int kv_end = p.causal ? min(p.seqlen_k, row0 + BLOCK_M + causal_diag) : p.seqlen_k;
-    return {row0, head_batch % p.heads, head_batch / p.heads,
-            kv_end > 0 ? (kv_end + BLOCK_N - 1) / BLOCK_N : 0};
+    const int kv_end = p.causal ? min(p.seqlen_k, row0 + rows + causal_diag) : p.seqlen_k;
+    return {row0, head_batch % p.heads, head_batch / p.heads, (rows + 63) / 64,
+            rows > 0 && kv_end > 0 ? (kv_end + BLOCK_N - 1) / BLOCK_N : 0};
 }
 
 // Ring position of the CTA's it-th K/V tile (counted across work tiles).
@@ -138,10 +149,9 @@ __device__ __forceinline__ void produce(const Sm90Params& p, u32 sbase, const Ba
     prefetch_tensor_map(&p.q);
     prefetch_tensor_map(&p.k);
     prefetch_tensor_map(&p.v);
-    const int n_work = p.m_blocks * p.heads * p.batch;
     int it = 0, n_done = 0;
-    for (int t = blockIdx.x; t < n_work; t += gridDim.x, ++n_done) {
-        const WorkTile w = work_tile<Tile::kBlockM, BLOCK_N>(p, t);
+    for (int i = blockIdx.x; i < p.n_items; i += gridDim.x, ++n_done) {
+        const WorkTile w = work_tile<Tile::kConsumers, BLOCK_N>(p, i);
         const int head_kv = w.head / p.heads_per_kv;
         if (n_done > 0) mbar_wait(bar.q_empty(), (n_done - 1) & 1);
         mbar_expect_tx(bar.q_full(), Tile::kQBytes);
@@ -243,16 +253,17 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
                 named_barrier_arrive(1 + (consumer + 1) % CONSUMERS, 256);
     };
 
-    const int n_work = p.m_blocks * p.heads * p.batch;
-    int it = 0, n_done = 0;                                   // K/V tiles and work tiles so far
-    for (int t = blockIdx.x; t < n_work; t += gridDim.x, ++n_done) {
-        const WorkTile w = work_tile<Tile::kBlockM, BLOCK_N>(p, t);
+    int it = 0, n_done = 0;                                   // K/V tiles and work items so far
+    for (int i = blockIdx.x; i < p.n_items; i += gridDim.x, ++n_done) {
+        const WorkTile w = work_tile<CONSUMERS, BLOCK_N>(p, i);
         const int n_blocks = w.n_blocks;
+        const bool has_rows = consumer < w.consumers;
         const int c_row0 = w.row0 + 64 * consumer;           // this warpgroup's first query
         const int w_row0 = c_row0 + 16 * warp;               // this warp's first query
         // This warpgroup's key tiles end at its own rows' part of the causal diagonal.
         const int c_kv_end = p.causal ? min(seqlen_k, c_row0 + 64 + causal_diag) : seqlen_k;
-        const int c_blocks = min(n_blocks, c_kv_end > 0 ? (c_kv_end + BLOCK_N - 1) / BLOCK_N : 0);
+        const int c_blocks = has_rows ? min(n_blocks, c_kv_end > 0 ? (c_kv_end + BLOCK_N - 1) / BLOCK_N : 0)
+                                      : 0;
 
         float o[1][HEAD_DIM / 8][4];
         float m[1][2] = {{neg_inf(), neg_inf()}}, l[1][2] = {{0.f, 0.f}};
@@ -313,6 +324,9 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
             rescale_rows<1, HEAD_DIM / 8>(o, alpha);
             pack_p<T, BLOCK_N>(a, s[0]);
         }
+        // Every S GEMM has landed: Q is free, so the producer loads the next tile's Q
+        // during the last P V and the epilogue.
+        release(bar.q_empty());
         if (c_blocks > 0) {
             const Ring<STAGES> last{it + c_blocks - 1};
             mbar_wait(bar.v_full(last.slot()), last.parity());
@@ -323,21 +337,24 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
             fence_registers(o[0]);
             release(bar.v_empty(last.slot()));
         }
-        release(bar.q_empty());               // the producer may load the next tile's Q
-        // Causal: tiles only the consumers below needed. Release them once landed and
-        // keep taking turns, so that every consumer takes the same number.
-        for (int j = c_blocks; j < n_blocks; ++j) {
-            const Ring<STAGES> r{it + j};
-            mbar_wait(bar.k_full(r.slot()), r.parity());
-            mbar_wait(bar.v_full(r.slot()), r.parity());
-            release(bar.k_empty(r.slot()));
-            release(bar.v_empty(r.slot()));
-        }
+        // Key tiles this consumer's rows do not need (causal: the other consumers' part
+        // of the diagonal; or it has no rows here): release each once landed and keep
+        // taking turns, so that every consumer takes n_blocks + 1. One tile per turn:
+        // a tile past the ring's depth loads only after the other consumers have used
+        // earlier ones, which takes this consumer's turns.
         for (int turn = c_blocks > 0 ? c_blocks + 1 : 0; n_blocks > 0 && turn <= n_blocks; ++turn) {
+            if (turn > 0) {
+                const Ring<STAGES> r{it + turn - 1};
+                mbar_wait(bar.k_full(r.slot()), r.parity());
+                mbar_wait(bar.v_full(r.slot()), r.parity());
+                release(bar.k_empty(r.slot()));
+                release(bar.v_empty(r.slot()));
+            }
             await_turn();
             pass_turn(turn == n_blocks);
         }
         it += n_blocks;
+        if (!has_rows) continue;
 
         // Epilogue: O /= l straight from registers (each quad writes 16 contiguous bytes
         // of a row) while the producer already loads the next tile.

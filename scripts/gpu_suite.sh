@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The device run: GPU tests, the mission shape, compute-sanitizer, the host-overhead
+# The device run: GPU tests, the mission shape, compute-sanitizer, the latency
 # probe and the benchmark (JSON + plot). Logs go to $OUT.
 # Usage on the device machine, from the repository root:  bash scripts/gpu_suite.sh
 # BENCH=0 skips the benchmark, TESTS=0 everything before it (a run that fits the
@@ -21,7 +21,7 @@ if [ "${TESTS:-1}" = 1 ]; then
   done
   step sass.txt python3 scripts/sass_check.py --arch sm_90a
 fi
-step host.txt python3 scripts/host_overhead.py
+step host.txt python3 scripts/latency_probe.py
 step host.txt python3 scripts/tile_sweep.py --family all
 if [ "${BENCH:-1}" = 1 ]; then
   step bench.txt python3 scripts/bench.py --out "$OUT/bench.json" --plot "$OUT/bench.png"

@@ -25,11 +25,11 @@ SM80 = {   # shape -> (warps, m_tiles, block_n, stages)
 }
 SM90 = {   # shape -> (block_n, stages, consumers, pingpong)
     "b4-h16-s1k-d64": [(128, 2, 3, True), (128, 2, 2, True)],
-    "b2-h16-s4k-d64": [(128, 2, 3, True), (192, 2, 2, True)],
-    "b2-h16-s4k-d128": [(128, 2, 2, True), (176, 2, 2, True)],
+    "b2-h16-s4k-d64": [(128, 2, 3, True), (128, 2, 2, True)],
+    "b2-h16-s4k-d128": [(192, 2, 2, True), (128, 2, 2, True)],
     "b2-h16-s4k-d128-causal": [(128, 2, 2, True)],
-    "b1-h16-s16k-d128": [(128, 2, 2, True)],
-    "mission": [(128, 2, 1, False), (64, 2, 1, False)],
+    "b1-h16-s16k-d128": [(192, 2, 2, True)],
+    "mission": [(128, 2, 1, False)],
 }
 FAMILIES = {"sm80": (SM80, FwdConfig), "sm90": (SM90, Sm90Config)}
 
@@ -48,6 +48,7 @@ def cudnn_us(shape, q, k, v):
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--family", choices=[*FAMILIES, "all"], default="sm80")
+parser.add_argument("--dtype", choices=["fp16", "bf16"], default="fp16")
 parser.add_argument("--out")
 args = parser.parse_args()
 families = list(FAMILIES.values()) if args.family == "all" else [FAMILIES[args.family]]
@@ -57,13 +58,13 @@ rng = np.random.default_rng()
 results = []
 for name, tiles, config_cls in sweep:
     shape = parse_shape(name)
-    q, k, v = random_inputs(shape, "fp16", rng)
+    q, k, v = random_inputs(shape, args.dtype, rng)
     out = cupy.empty_like(q)
     peer = cudnn_us(shape, q, k, v)
     if peer:
         print(f"{name:<26} {'sdpa_cudnn':<30} {peer:9.1f} us {shape.flops / (peer * 1e-6) / 1e12:7.1f} TFLOP/s")
     for tile in tiles:
-        cfg = config_cls("fp16", shape.head_dim, *tile)
+        cfg = config_cls(args.dtype, shape.head_dim, *tile)
         backend = "sm90" if config_cls is Sm90Config else "auto"
         try:
             *_, launch = api._prepare(q, k, v, out, shape.causal, None, "bhsd", False, backend, cfg)

@@ -242,6 +242,31 @@ def test_every_dispatchable_config(rng, config, causal):
         assert err <= TOL[dtype], f"{config} {lengths} D{d}: rel err {err:.3e}"
 
 
+def _multi_consumer_hopper_configs():
+    return [c for c in _device_configs() if getattr(c, "consumers", 1) > 1]
+
+
+@pytest.mark.parametrize("config", _multi_consumer_hopper_configs(), ids=str)
+def test_hopper_sub_tiles_of_a_partial_last_round(rng, config):
+    """Two tiles per head, the last one partial, over SMs + 2 heads: the 4 tiles past
+    the last full round run as one 64-row sub-tile per consumer (some with no rows)."""
+    import cupy
+
+    from flashcore_cupy import api
+
+    sms = api.device_info(0).num_sms
+    sq = config.block_m + 108
+    plan = config.schedule(1, sms + 2, sq, sms, causal=False)
+    assert plan.tail_start == 2 * sms and plan.items == 2 * sms + 4 * config.consumers
+    q, k, v = make_inputs(rng, config.dtype, config.head_dim, "bhsd", (1, sms + 2, 2), (sq, 333))
+    out = cupy.full(q.shape, np.nan, dtype=q.dtype)
+    _, lse = api.attention_with_config(config, q, k, v, out=out, return_lse=True)
+    ref, ref_lse = reference.attention(q, k, v, return_lse=True)
+    err = reference.rel_error(out, ref)
+    assert err <= TOL[config.dtype], f"{config}: rel err {err:.3e}"
+    np.testing.assert_allclose(lse.get(), ref_lse, rtol=1e-4, atol=1e-4)
+
+
 def test_auto_dispatch_takes_the_hopper_kernel_where_it_fills_the_gpu(rng):
     import cupy
 

@@ -28,9 +28,22 @@ def test_geometry_and_name():
     assert cfg.smem_bytes == 1024 + 2 * 128 * (128 + 2 * 2 * 128) + 8 * 10
     assert cfg.smem_bytes <= configs.SMEM_LIMIT["sm_90a"]
     assert cfg.work_tiles(batch=3, heads_q=5, seqlen_q=129) == 2 * 5 * 3
-    assert cfg.grid(batch=3, heads_q=5, seqlen_q=129, num_sms=132, causal=False) == (30, 1, 1)
-    assert cfg.grid(batch=3, heads_q=50, seqlen_q=129, num_sms=132, causal=False) == (132, 1, 1)
-    assert cfg.grid(batch=3, heads_q=50, seqlen_q=129, num_sms=132, causal=True) == (300, 1, 1)
+    assert cfg.schedule(batch=3, heads_q=5, seqlen_q=129, num_sms=132, causal=False) == ((30, 1, 1), 30, 30)
+    # 300 tiles: 2 rounds of 132 and 36 left over, which run as 72 sub-tiles of 64 rows
+    assert cfg.schedule(batch=3, heads_q=50, seqlen_q=129, num_sms=132, causal=False) == ((132, 1, 1), 264, 336)
+    assert cfg.schedule(batch=3, heads_q=50, seqlen_q=129, num_sms=132, causal=True) == ((300, 1, 1), 300, 300)
+
+
+def test_schedule_splits_a_partial_last_round_into_sub_tiles():
+    d64 = configs.Sm90Config("fp16", 64, 128, 2, 3, True)
+    # B2 H16 S4k: 22 x 32 = 704 tiles = 5 rounds of 132 + 44, which fit as 132 sub-tiles
+    assert d64.schedule(batch=2, heads_q=16, seqlen_q=4096, num_sms=132, causal=False) == \
+        ((132, 1, 1), 660, 660 + 3 * 44)
+    # 45 left over would need 135 sub-tiles: not split; causal problems never are
+    assert d64.schedule(batch=1, heads_q=1, seqlen_q=192 * 177, num_sms=132, causal=False).items == 177
+    assert d64.schedule(batch=2, heads_q=16, seqlen_q=4096, num_sms=132, causal=True).items == 704
+    single = configs.Sm90Config("fp16", 64, 128, 2, 1, False)
+    assert single.schedule(batch=1, heads_q=133, seqlen_q=64, num_sms=132, causal=False).items == 133
 
 
 @pytest.mark.parametrize("head_dim, bucket", [(8, 64), (64, 64), (72, 128), (128, 128)])

@@ -1,0 +1,111 @@
+"""Where one mission-shape call's latency goes, on the device: kernel time alone (CUDA
+graph replay, no host in the loop), the host time of each layer of a call, and the
+event-measured latency (GPU idle, events around one call) of launch paths from an
+empty kernel up to `attention(q, k, v)`.
+
+Host times are per call over batches of 100 calls (synchronised between batches, so the
+GPU queue never fills and pushes back on the host). Usage: python3 scripts/latency_probe.py
+"""
+
+import time
+
+import cupy
+import numpy as np
+from cupy_backends.cuda.api import driver
+
+import flashcore_cupy as fc
+from flashcore_cupy import api
+from flashcore_cupy.shapes import parse_shape
+from flashcore_cupy.timing import time_latency, time_throughput
+from flashcore_cupy.workload import random_inputs
+
+BATCH, BATCHES = 100, 30
+
+
+def host_us(fn) -> float:
+    stream = cupy.cuda.get_current_stream()
+    for _ in range(BATCH):
+        fn()
+    stream.synchronize()
+    best = float("inf")
+    for _ in range(BATCHES):
+        t = time.perf_counter()
+        for _ in range(BATCH):
+            fn()
+        best = min(best, (time.perf_counter() - t) / BATCH * 1e6)
+        stream.synchronize()
+    return best
+
+
+def graph_us(fn, calls: int = 20) -> float:
+    """Kernel time alone: `calls` launches captured in a graph, replayed, per call."""
+    stream = cupy.cuda.Stream(non_blocking=True)
+    with stream:
+        fn()
+        stream.synchronize()
+        stream.begin_capture()
+        for _ in range(calls):
+            fn()
+        graph = stream.end_capture()
+        samples = time_throughput(lambda i: graph.launch(stream), 50, calls=1).us / calls
+    return float(np.median(samples))
+
+
+def main():
+    shape = parse_shape("mission")
+    rng = np.random.default_rng()
+    q, k, v = random_inputs(shape, "fp16", rng)
+    out = cupy.empty_like(q)
+    fc.attention(q, k, v)
+    launch = api._launches[api._signature(q, k, v, None, False, None, "bhsd", False, "auto")]
+    print(f"{cupy.cuda.runtime.getDeviceProperties(0)['name'].decode()}; auto: {launch.config}; "
+          f"grid {launch.grid}")
+
+    empty_mod = cupy.RawModule(code='extern "C" __global__ void empty_kernel() {}')
+    empty = empty_mod.get_function("empty_kernel")
+    empty_ptr = empty.kernel.ptr
+    no_params = np.zeros(1, np.uintp)
+    no_params_ptr = no_params.ctypes.data
+
+    def empty_driver():
+        driver.launchKernel(empty_ptr, 1, 1, 1, 32, 1, 1, 0, cupy.cuda.get_current_stream().ptr,
+                            no_params_ptr, 0)
+
+    pieces = {
+        "empty kernel, RawKernel call": lambda: empty((1,), (32,), ()),
+        "empty kernel, driver.launchKernel": empty_driver,
+        "prepared launch (out given)": lambda: launch(q, k, v, out, None),
+        "attention(q, k, v, out=out)": lambda: fc.attention(q, k, v, out=out),
+        "attention(q, k, v)": lambda: fc.attention(q, k, v),
+        "signature + lookup": lambda: api._launches.get(
+            api._signature(q, k, v, None, False, None, "bhsd", False, "auto")),
+        "cupy.empty(out)": lambda: cupy.empty(launch.out_shape, dtype=q.dtype),
+        "get_current_stream().ptr": lambda: cupy.cuda.get_current_stream().ptr,
+    }
+    try:   # the peer, for the ratio the benchmark reports
+        import torch
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        tq, tk, tv = (torch.from_dlpack(x) for x in (q, k, v))
+        sdpa_kernel(SDPBackend.CUDNN_ATTENTION).__enter__()   # for the rest of the process
+        pieces["sdpa cuDNN (torch)"] = lambda: torch.nn.functional.scaled_dot_product_attention(tq, tk, tv)
+    except ImportError:
+        pass
+    print(f"\n{'path':<40} {'host us/call':>12} {'latency p50':>12} {'p90':>8}")
+    for name, fn in pieces.items():
+        h = host_us(fn)
+        lat = time_latency(lambda i: fn(), 200) if "empty(" not in name and "lookup" not in name \
+            and "stream" not in name else None
+        print(f"{name:<40} {h:12.2f} " + (f"{lat.p50:12.2f} {lat.p90:8.2f}" if lat else ""))
+
+    print("\nkernel alone (graph replay, per launch):")
+    print(f"  empty kernel             {graph_us(lambda: empty((1,), (32,), ())):7.2f} us")
+    print(f"  {str(launch.config):<24} {graph_us(lambda: launch(q, k, v, out, None)):7.2f} us")
+    for backend in ("sm80",):
+        fc.attention(q, k, v, out=out, backend=backend)
+        other = api._launches[api._signature(q, k, v, out, False, None, "bhsd", False, backend)]
+        print(f"  {str(other.config):<24} {graph_us(lambda: other(q, k, v, out, None)):7.2f} us")
+
+
+if __name__ == "__main__":
+    main()
