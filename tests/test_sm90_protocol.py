@@ -1,0 +1,166 @@
+"""A CPU model of the Hopper kernel's synchronisation (kernels/flash_fwd_sm90.cu): one
+CTA's producer and consumers as coroutines over the same mbarriers (Q full/empty, the
+K/V ring) and ping-pong named barriers, run in random interleavings. It checks the
+protocol, not the kernel: a change to the kernel's waits, releases or turns belongs
+here too. It found the deadlock of a consumer with no rows that released every key
+tile before taking its turns.
+"""
+
+import random
+
+import pytest
+
+
+class Mbarrier:
+    def __init__(self, count):
+        self.count, self.arrived, self.phases = count, 0, 0
+
+    def arrive(self):
+        self.arrived += 1
+        if self.arrived == self.count:
+            self.arrived, self.phases = 0, self.phases + 1
+
+
+def cta(consumers, stages, pingpong, items, skip_per_turn=True):
+    """Coroutines of one CTA. items: per work item (n_blocks, per-consumer key tiles)
+    where a consumer's count is None when it has no rows in the item. skip_per_turn=False
+    is the first version's order for skipped tiles (all released, then the turns)."""
+    q_full, q_empty = Mbarrier(1), Mbarrier(consumers)
+    k_full, v_full = [Mbarrier(1) for _ in range(stages)], [Mbarrier(1) for _ in range(stages)]
+    k_empty = [Mbarrier(consumers) for _ in range(stages)]
+    v_empty = [Mbarrier(consumers) for _ in range(stages)]
+    arrivals, syncs = [0] * consumers, [0] * consumers   # named barrier 1 + c
+
+    def wait(bar, phase):
+        while bar.phases <= phase:
+            yield
+        assert bar.phases == phase + 1, "a waiter saw two phases go by (parity aliasing)"
+
+    def ring(it):
+        return it % stages, it // stages
+
+    def producer():
+        it = 0
+        for n, (n_blocks, _) in enumerate(items):
+            if n > 0:
+                yield from wait(q_empty, n - 1)
+            q_full.arrive()                                  # TMA completes the load
+            for _ in range(n_blocks):
+                slot, use = ring(it)
+                if it >= stages:
+                    yield from wait(k_empty[slot], use - 1)
+                k_full[slot].arrive()
+                if it >= stages:
+                    yield from wait(v_empty[slot], use - 1)
+                v_full[slot].arrive()
+                it += 1
+
+    def consumer(c):
+        def await_turn():
+            if pingpong:
+                syncs[c] += 1
+                while arrivals[c] < syncs[c]:
+                    yield
+
+        def pass_turn(last):
+            if pingpong and not (last and c == consumers - 1):
+                nxt = (c + 1) % consumers
+                arrivals[nxt] += 1
+                assert arrivals[nxt] - syncs[nxt] <= 1, "a named barrier took two arrivals at once"
+
+        it = 0
+        for n, (n_blocks, mine) in enumerate(items):
+            blocks = mine[c] or 0
+            if pingpong and c == consumers - 1 and n_blocks > 0:
+                pass_turn(False)
+            yield from wait(q_full, n)
+            if blocks > 0:                                   # S_0
+                slot, use = ring(it)
+                yield from wait(k_full[slot], use)
+                yield from await_turn()
+                pass_turn(False)
+                k_empty[slot].arrive()
+            for j in range(1, blocks):                       # S_j with P_{j-1} V_{j-1}
+                slot, use = ring(it + j)
+                prev, prev_use = ring(it + j - 1)
+                yield from wait(k_full[slot], use)
+                yield from wait(v_full[prev], prev_use)
+                yield from await_turn()
+                pass_turn(False)
+                k_empty[slot].arrive()
+                v_empty[prev].arrive()
+            q_empty.arrive()
+            if blocks > 0:                                   # the last P V
+                slot, use = ring(it + blocks - 1)
+                yield from wait(v_full[slot], use)
+                yield from await_turn()
+                pass_turn(blocks == n_blocks)
+                v_empty[slot].arrive()
+            if not skip_per_turn:
+                for j in range(blocks, n_blocks):
+                    slot, use = ring(it + j)
+                    yield from wait(k_full[slot], use)
+                    yield from wait(v_full[slot], use)
+                    k_empty[slot].arrive()
+                    v_empty[slot].arrive()
+            for turn in range(blocks + 1 if blocks > 0 else 0, n_blocks + 1 if n_blocks > 0 else 0):
+                if turn > 0 and skip_per_turn:               # a tile these rows skip
+                    slot, use = ring(it + turn - 1)
+                    yield from wait(k_full[slot], use)
+                    yield from wait(v_full[slot], use)
+                    k_empty[slot].arrive()
+                    v_empty[slot].arrive()
+                yield from await_turn()
+                pass_turn(turn == n_blocks)
+            it += n_blocks
+
+    return [producer()] + [consumer(c) for c in range(consumers)]
+
+
+def runs_to_the_end(coroutines, rng, patience=20000):
+    alive, idle = list(coroutines), 0
+    while alive:
+        co = rng.choice(alive)
+        try:
+            next(co)
+            idle += 1
+        except StopIteration:
+            alive.remove(co)
+            idle = 0
+        if idle > patience:
+            return False
+    return True
+
+
+def random_items(rng, consumers):
+    """Work items as the kernel makes them: full tiles, causal tiles (later consumers see
+    more keys), tiles whose last consumers have no rows (past Sq, or sub-tiles)."""
+    items = []
+    for _ in range(rng.randint(1, 4)):
+        n_blocks = rng.randint(0, 7)
+        with_rows = rng.randint(1, consumers)
+        causal = sorted(rng.randint(0, n_blocks) for _ in range(consumers))
+        mine = [(causal[c] if rng.random() < 0.5 else n_blocks) if c < with_rows else None
+                for c in range(consumers)]
+        items.append((n_blocks, mine))
+    return items
+
+
+@pytest.mark.parametrize("consumers, stages, pingpong",
+                         [(1, 2, False), (2, 2, False), (2, 2, True), (3, 2, True), (3, 3, True),
+                          (2, 3, True), (3, 2, False)])
+def test_no_deadlock_in_any_interleaving(consumers, stages, pingpong):
+    for seed in range(100):
+        rng = random.Random(seed)
+        items = random_items(rng, consumers)
+        assert runs_to_the_end(cta(consumers, stages, pingpong, items), rng), items
+
+
+def test_releasing_skipped_tiles_before_the_turns_deadlocks():
+    """The first version: a consumer released every tile its rows skip, then took its
+    turns. A tile past the ring's depth loads only after the other consumer used the
+    earlier ones, which takes this consumer's turns: it hangs."""
+    items = [(5, [5, None])]
+    assert runs_to_the_end(cta(2, 2, True, items), random.Random(0))
+    assert not runs_to_the_end(cta(2, 2, True, items, skip_per_turn=False), random.Random(0),
+                               patience=2000)
