@@ -80,6 +80,7 @@ class Sm90Config:
     stages: int       # K/V tiles in flight (TMA ring)
     consumers: int    # consumer warpgroups, 64 query rows each
     pingpong: bool    # consumers take turns issuing GEMMs (needs 2+)
+    split: bool = False   # consumers share 64 rows and split the keys (small grids)
 
     kernel_file = "flash_fwd_sm90.cu"
     arch = "sm_90a"
@@ -87,7 +88,8 @@ class Sm90Config:
     @property
     def name_expression(self) -> str:
         return (f"fc::flash_fwd_sm90<fc::{self.dtype}, {self.head_dim}, {self.block_n}, "
-                f"{self.stages}, {self.consumers}, {'true' if self.pingpong else 'false'}>")
+                f"{self.stages}, {self.consumers}, {'true' if self.pingpong else 'false'}, "
+                f"{'true' if self.split else 'false'}>")
 
     @property
     def threads(self) -> int:
@@ -95,7 +97,7 @@ class Sm90Config:
 
     @property
     def block_m(self) -> int:
-        return 64 * self.consumers
+        return 64 if self.split else 64 * self.consumers
 
     @property
     def smem_bytes(self) -> int:
@@ -117,6 +119,8 @@ class Sm90Config:
         some CTAs only short tiles: 0.74x cuDNN), so there each tile is its own CTA
         and the hardware hands the next one to whichever SM frees up."""
         tiles = self.work_tiles(batch, heads_q, seqlen_q)
+        if self.split:   # its combine reuses the K/V ring: one work tile per CTA
+            return Sm90Schedule((tiles, 1, 1), tiles, tiles)
         tail = tiles % num_sms if tiles > num_sms and not causal else 0
         split = 0 < tail and tail * self.consumers <= num_sms and self.consumers > 1
         tail_start = tiles - tail if split else tiles
@@ -125,7 +129,8 @@ class Sm90Config:
 
     def __str__(self) -> str:
         return (f"sm90 {self.dtype} D{self.head_dim} {self.block_m}x{self.block_n} "
-                f"c{self.consumers} s{self.stages}{' pp' if self.pingpong else ''}")
+                f"c{self.consumers} s{self.stages}{' pp' if self.pingpong else ''}"
+                f"{' split' if self.split else ''}")
 
 
 # Tile table: (arch family, largest template head dim) -> (warps, m_tiles, block_n, stages).
@@ -193,13 +198,14 @@ def choose_config(arch: str, dtype: str, head_dim: int, batch_heads: int = 1 << 
 # (two consumer warpgroups taking turns) x 128-key tiles in a 2-slot TMA ring;
 # D64's GEMMs are half as long against the same softmax, so a third consumer
 # (192 rows) keeps the tensor cores fed (+5 % over two). Grids that leave SMs
-# idle (the mission shape, decode) take one consumer of 64 rows x 128 keys: twice
-# the CTAs of 128-row tiles; at the mission shape 8.2 us against 9.0 for 64-key
-# tiles and 10.5 for the portable kernel's best (sm90 v7).
+# idle (the mission shape, decode) take 64-row tiles, one per CTA, whose two
+# consumers split the keys between them and merge at the end: the serial chain
+# of key tiles per CTA halves (sm90 v10; before, one consumer of 64 rows x 128
+# keys: 8.2 us at the mission shape against 10.5 for the portable kernel's best).
 SM90_ARCH = "sm_90a"
 SM90_HEAD_DIMS = (64, 128)
 _SM90_TILES = {(64, "large"): (128, 2, 3, True), (128, "large"): (128, 2, 2, True),
-               (64, "small"): (128, 2, 1, False), (128, "small"): (128, 2, 1, False)}
+               (64, "small"): (128, 4, 2, False, True), (128, "small"): (64, 4, 2, False, True)}
 Sm90Mode = Literal["off", "auto", "force"]
 
 

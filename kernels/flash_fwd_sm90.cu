@@ -54,10 +54,13 @@ struct Sm90Params {
 };
 static_assert(sizeof(Sm90Params) == 512, "Sm90Params: keep in step with launch.py");
 
-template <int HEAD_DIM, int BLOCK_N, int STAGES, int CONSUMERS, bool PINGPONG>
+template <int HEAD_DIM, int BLOCK_N, int STAGES, int CONSUMERS, bool PINGPONG, bool SPLIT>
 struct Sm90Tile {
     static constexpr int kConsumers = CONSUMERS;
-    static constexpr int kBlockM = 64 * CONSUMERS;
+    static constexpr bool kSplit = SPLIT;
+    static constexpr int kBlockM = SPLIT ? 64 : 64 * CONSUMERS;
+    // Consumers that use (and release) each K/V tile.
+    static constexpr int kTileUsers = SPLIT ? 1 : CONSUMERS;
     static constexpr u32 kQBytes = kBlockM * HEAD_DIM * 2;
     static constexpr u32 kKVBytes = BLOCK_N * HEAD_DIM * 2;         // one K or V tile
     // Shared layout (offsets from a 1024-byte aligned base): Q, K ring, V ring, barriers.
@@ -77,6 +80,12 @@ struct Sm90Tile {
     static_assert(STAGES >= 2 && STAGES <= 4, "STAGES: 2..4");
     static_assert(CONSUMERS >= 1 && CONSUMERS <= 3, "CONSUMERS: 1..3 warpgroups of 64 rows");
     static_assert(!PINGPONG || CONSUMERS >= 2, "PINGPONG needs two consumers to take turns");
+    static_assert(!SPLIT || (CONSUMERS >= 2 && !PINGPONG && STAGES % CONSUMERS == 0),
+                  "SPLIT: 2+ consumers, no ping-pong, ring slots a multiple of the consumers");
+    // SPLIT combine: each consumer but the first leaves O, m and l (HEAD_DIM / 2 + 4
+    // floats per thread) in the ring, free once every consumer is done with it.
+    static_assert(!SPLIT || (CONSUMERS - 1) * 128 * (HEAD_DIM / 2 + 4) * 4 <= 2 * STAGES * kKVBytes,
+                  "SPLIT: the combine's scratch must fit in the K/V ring");
 };
 
 // Shared-memory barriers, one 8-byte word each, after the tiles. K and V slots
@@ -120,17 +129,19 @@ struct WorkTile {
     int n_blocks;            // key tiles of those rows (causal: up to the diagonal)
 };
 
-template <int CONSUMERS, int BLOCK_N>
+template <class Tile, int BLOCK_N>
 __device__ __forceinline__ WorkTile work_tile(const Sm90Params& p, int i) {
-    const bool sub = i >= p.tail_start;
-    const int t = sub ? p.tail_start + (i - p.tail_start) / CONSUMERS : i;
-    const int row0 = (p.m_blocks - 1 - t % p.m_blocks) * 64 * CONSUMERS +
-                     (sub ? 64 * ((i - p.tail_start) % CONSUMERS) : 0);
-    const int rows = max(0, min(sub ? 64 : 64 * CONSUMERS, p.seqlen_q - row0));
+    constexpr int C = Tile::kConsumers;
+    const bool sub = i >= p.tail_start;   // never with SPLIT (its tiles are 64 rows)
+    const int t = sub ? p.tail_start + (i - p.tail_start) / C : i;
+    const int row0 = (p.m_blocks - 1 - t % p.m_blocks) * Tile::kBlockM +
+                     (sub ? 64 * ((i - p.tail_start) % C) : 0);
+    const int rows = max(0, min(sub ? 64 : Tile::kBlockM, p.seqlen_q - row0));
     const int head_batch = t / p.m_blocks;
     const int causal_diag = p.seqlen_k - p.seqlen_q;   // key j visible to query i iff j <= i + diag
     const int kv_end = p.causal ? min(p.seqlen_k, row0 + rows + causal_diag) : p.seqlen_k;
-    return {row0, head_batch % p.heads, head_batch / p.heads, (rows + 63) / 64,
+    return {row0, head_batch % p.heads, head_batch / p.heads,
+            Tile::kSplit ? (rows > 0 ? C : 0) : (rows + 63) / 64,
             rows > 0 && kv_end > 0 ? (kv_end + BLOCK_N - 1) / BLOCK_N : 0};
 }
 
@@ -151,7 +162,7 @@ __device__ __forceinline__ void produce(const Sm90Params& p, u32 sbase, const Ba
     prefetch_tensor_map(&p.v);
     int it = 0, n_done = 0;
     for (int i = blockIdx.x; i < p.n_items; i += gridDim.x, ++n_done) {
-        const WorkTile w = work_tile<Tile::kConsumers, BLOCK_N>(p, i);
+        const WorkTile w = work_tile<Tile, BLOCK_N>(p, i);
         const int head_kv = w.head / p.heads_per_kv;
         if (n_done > 0) mbar_wait(bar.q_empty(), (n_done - 1) & 1);
         mbar_expect_tx(bar.q_full(), Tile::kQBytes);
@@ -207,10 +218,56 @@ __device__ __forceinline__ void pack_p(u32 (&a)[BLOCK_N / 16][4], const float (&
     }
 }
 
-template <class T, int HEAD_DIM, int BLOCK_N, int STAGES, int CONSUMERS, bool PINGPONG>
+// SPLIT: merge the consumers' partial softmax states of the same rows into consumer
+// 0's, through `scratch` (the ring, free once all consumers reach the barrier). Each
+// thread holds the same rows and columns in every consumer, so it trades with its
+// own slot: float k of thread t at scratch[k * 128 + t] (conflict-free). A partial
+// state (m, l, O) scales by exp2(m - m_max) into the merged one.
+template <int HEAD_DIM, int CONSUMERS>
+__device__ __forceinline__ void combine_split(float* scratch, int consumer, float (&o)[1][HEAD_DIM / 8][4],
+                                              float (&m)[1][2], float (&l)[1][2]) {
+    constexpr int kFloats = HEAD_DIM / 2 + 4;
+    constexpr int kBarrier = 1 + CONSUMERS;   // ids 1..CONSUMERS are the ping-pong turns
+    const int t = threadIdx.x % 128;
+    named_barrier_sync(kBarrier, 128 * CONSUMERS);      // every consumer's GEMMs are done
+    if (consumer > 0) {
+        float* mine = scratch + (consumer - 1) * kFloats * 128 + t;
+        #pragma unroll
+        for (int dt = 0; dt < HEAD_DIM / 8; ++dt)
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) mine[(dt * 4 + e) * 128] = o[0][dt][e];
+        #pragma unroll
+        for (int half = 0; half < 2; ++half) {
+            mine[(HEAD_DIM / 2 + half) * 128] = m[0][half];
+            mine[(HEAD_DIM / 2 + 2 + half) * 128] = l[0][half];
+        }
+    }
+    named_barrier_sync(kBarrier, 128 * CONSUMERS);
+    if (consumer > 0) return;
+    #pragma unroll
+    for (int c = 1; c < CONSUMERS; ++c) {
+        const float* theirs = scratch + (c - 1) * kFloats * 128 + t;
+        #pragma unroll
+        for (int half = 0; half < 2; ++half) {
+            const float m_c = theirs[(HEAD_DIM / 2 + half) * 128];
+            const float m_max = fmaxf(m[0][half], m_c);
+            if (m_max == neg_inf()) continue;   // neither has seen a key of these rows
+            const float f_own = fast_exp2(m[0][half] - m_max), f_c = fast_exp2(m_c - m_max);
+            #pragma unroll
+            for (int dt = 0; dt < HEAD_DIM / 8; ++dt)
+                #pragma unroll
+                for (int e = 2 * half; e < 2 * half + 2; ++e)
+                    o[0][dt][e] = o[0][dt][e] * f_own + theirs[(dt * 4 + e) * 128] * f_c;
+            l[0][half] = l[0][half] * f_own + theirs[(HEAD_DIM / 2 + 2 + half) * 128] * f_c;
+            m[0][half] = m_max;
+        }
+    }
+}
+
+template <class T, int HEAD_DIM, int BLOCK_N, int STAGES, int CONSUMERS, bool PINGPONG, bool SPLIT>
 __global__ void __launch_bounds__(128 * (CONSUMERS + 1), 1)
 flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
-    using Tile = Sm90Tile<HEAD_DIM, BLOCK_N, STAGES, CONSUMERS, PINGPONG>;
+    using Tile = Sm90Tile<HEAD_DIM, BLOCK_N, STAGES, CONSUMERS, PINGPONG, SPLIT>;
     extern __shared__ __align__(1024) unsigned char smem[];
     const u32 sbase = (smem_addr(smem) + 1023) & ~1023u;   // swizzle atoms need 1024-byte alignment
     const Barriers<STAGES> bar{sbase + Tile::kOffBars};
@@ -222,8 +279,8 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
         for (int s = 0; s < STAGES; ++s) {
             mbar_init(bar.k_full(s), 1);
             mbar_init(bar.v_full(s), 1);
-            mbar_init(bar.k_empty(s), 4 * CONSUMERS);
-            mbar_init(bar.v_empty(s), 4 * CONSUMERS);
+            mbar_init(bar.k_empty(s), 4 * Tile::kTileUsers);   // one arrival per using warp
+            mbar_init(bar.v_empty(s), 4 * Tile::kTileUsers);
         }
         mbar_fence_init();
     }
@@ -238,7 +295,7 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
     regs_claim<Tile::kConsumerRegs>();
     const int consumer = warpgroup - 1, lane = threadIdx.x % 32, warp = (threadIdx.x / 32) % 4;
     const int seqlen_q = p.seqlen_q, seqlen_k = p.seqlen_k, causal_diag = seqlen_k - seqlen_q;
-    const u32 q_addr = sbase + consumer * 64 * 128;         // this warpgroup's rows in each column block
+    const u32 q_addr = sbase + (SPLIT ? 0 : consumer * 64 * 128);   // its rows in each column block
     auto k_tile = [&](Ring<STAGES> r) { return sbase + Tile::kOffK + r.slot() * Tile::kKVBytes; };
     auto v_tile = [&](Ring<STAGES> r) { return sbase + Tile::kOffV + r.slot() * Tile::kKVBytes; };
     auto release = [&](u32 barrier) { if (lane == 0) mbar_arrive(barrier); };
@@ -255,15 +312,19 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
 
     int it = 0, n_done = 0;                                   // K/V tiles and work items so far
     for (int i = blockIdx.x; i < p.n_items; i += gridDim.x, ++n_done) {
-        const WorkTile w = work_tile<CONSUMERS, BLOCK_N>(p, i);
+        const WorkTile w = work_tile<Tile, BLOCK_N>(p, i);
         const int n_blocks = w.n_blocks;
         const bool has_rows = consumer < w.consumers;
-        const int c_row0 = w.row0 + 64 * consumer;           // this warpgroup's first query
-        const int w_row0 = c_row0 + 16 * warp;               // this warp's first query
+        const int c_row0 = w.row0 + (SPLIT ? 0 : 64 * consumer);   // this warpgroup's first query
+        const int w_row0 = c_row0 + 16 * warp;                     // this warp's first query
         // This warpgroup's key tiles end at its own rows' part of the causal diagonal.
         const int c_kv_end = p.causal ? min(seqlen_k, c_row0 + 64 + causal_diag) : seqlen_k;
         const int c_blocks = has_rows ? min(n_blocks, c_kv_end > 0 ? (c_kv_end + BLOCK_N - 1) / BLOCK_N : 0)
                                       : 0;
+        // The key tiles this consumer multiplies: all of its rows' (its k-th is tile k),
+        // or with SPLIT every CONSUMERS-th (its k-th is tile consumer + k * CONSUMERS).
+        const int my_blocks = !SPLIT ? c_blocks : c_blocks > consumer ? (c_blocks - consumer - 1) / CONSUMERS + 1 : 0;
+        auto tile = [&](int k) { return SPLIT ? consumer + k * CONSUMERS : k; };
 
         float o[1][HEAD_DIM / 8][4];
         float m[1][2] = {{neg_inf(), neg_inf()}}, l[1][2] = {{0.f, 0.f}};
@@ -291,8 +352,8 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
         // wgmma issue stays out of data-dependent branches: ptxas serialises every
         // wgmma of a kernel that waits on one inside a divergent path (C7518).
         mbar_wait(bar.q_full(), n_done & 1);
-        if (c_blocks > 0) {
-            const Ring<STAGES> r{it};
+        if (my_blocks > 0) {
+            const Ring<STAGES> r{it + tile(0)};
             mbar_wait(bar.k_full(r.slot()), r.parity());
             await_turn();
             qk_wgmma<T, Tile, HEAD_DIM, BLOCK_N>(s[0], q_addr, k_tile(r));
@@ -300,13 +361,13 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
             wgmma_wait<0>();
             fence_registers(s[0]);
             release(bar.k_empty(r.slot()));
-            softmax_tile(0);                  // O is still 0: nothing to rescale
+            softmax_tile(tile(0));            // O is still 0: nothing to rescale
             pack_p<T, BLOCK_N>(a, s[0]);
         }
         // Step j: S_j = Q K_j^T and O += P_{j-1} V_{j-1} in flight together; the
         // softmax of S_j runs while P V finishes, and O's rescale waits for it.
-        for (int j = 1; j < c_blocks; ++j) {
-            const Ring<STAGES> r{it + j}, prev{it + j - 1};
+        for (int k = 1; k < my_blocks; ++k) {
+            const Ring<STAGES> r{it + tile(k)}, prev{it + tile(k - 1)};
             mbar_wait(bar.k_full(r.slot()), r.parity());
             mbar_wait(bar.v_full(prev.slot()), prev.parity());
             await_turn();
@@ -316,7 +377,7 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
             wgmma_wait<1>();                  // S_j landed (groups retire in order)
             fence_registers(s[0]);
             release(bar.k_empty(r.slot()));
-            softmax_tile(j);
+            softmax_tile(tile(k));
             wgmma_wait<0>();                  // P_{j-1} V_{j-1} done: V_{j-1} and `a` are free
             fence_registers(o[0]);
             fence_registers(a);
@@ -327,8 +388,8 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
         // Every S GEMM has landed: Q is free, so the producer loads the next tile's Q
         // during the last P V and the epilogue.
         release(bar.q_empty());
-        if (c_blocks > 0) {
-            const Ring<STAGES> last{it + c_blocks - 1};
+        if (my_blocks > 0) {
+            const Ring<STAGES> last{it + tile(my_blocks - 1)};
             mbar_wait(bar.v_full(last.slot()), last.parity());
             await_turn();
             pv_wgmma<T, HEAD_DIM, BLOCK_N>(o[0], a, v_tile(last));
@@ -342,7 +403,7 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
         // taking turns, so that every consumer takes n_blocks + 1. One tile per turn:
         // a tile past the ring's depth loads only after the other consumers have used
         // earlier ones, which takes this consumer's turns.
-        for (int turn = c_blocks > 0 ? c_blocks + 1 : 0; n_blocks > 0 && turn <= n_blocks; ++turn) {
+        for (int turn = c_blocks > 0 ? c_blocks + 1 : 0; !SPLIT && n_blocks > 0 && turn <= n_blocks; ++turn) {
             if (turn > 0) {
                 const Ring<STAGES> r{it + turn - 1};
                 mbar_wait(bar.k_full(r.slot()), r.parity());
@@ -354,7 +415,10 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
             pass_turn(turn == n_blocks);
         }
         it += n_blocks;
-        if (!has_rows) continue;
+        if constexpr (SPLIT)   // one work tile per CTA (see Sm90Config.schedule): the ring is done
+            combine_split<HEAD_DIM, CONSUMERS>(reinterpret_cast<float*>(smem + (sbase - smem_addr(smem)) +
+                                                                        Tile::kOffK), consumer, o, m, l);
+        if (!has_rows || (SPLIT && consumer > 0)) continue;
 
         // Epilogue: O /= l straight from registers (each quad writes 16 contiguous bytes
         // of a row) while the producer already loads the next tile.

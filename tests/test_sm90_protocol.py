@@ -1,9 +1,10 @@
 """A CPU model of the Hopper kernel's synchronisation (kernels/flash_fwd_sm90.cu): one
-CTA's producer and consumers as coroutines over the same mbarriers (Q full/empty, the
-K/V ring) and ping-pong named barriers, run in random interleavings. It checks the
-protocol, not the kernel: a change to the kernel's waits, releases or turns belongs
-here too. It found the deadlock of a consumer with no rows that released every key
-tile before taking its turns.
+CTA's producer, its TMA copies (landing in any order) and consumers as coroutines over
+the same mbarriers (Q full/empty, the K/V ring) and ping-pong named barriers, run in
+random interleavings. It checks the protocol, not the kernel: a change to the kernel's
+waits, releases or turns belongs here too. It reproduces the deadlock of the first
+idle-consumer order (every skipped key tile released before any turn), and the parity
+aliasing that split keys would have with a ring not a multiple of the consumers.
 """
 
 import random
@@ -21,17 +22,24 @@ class Mbarrier:
             self.arrived, self.phases = 0, self.phases + 1
 
 
-def cta(consumers, stages, pingpong, items, skip_per_turn=True):
+def cta(consumers, stages, pingpong, items, skip_per_turn=True, split=False):
     """Coroutines of one CTA. items: per work item (n_blocks, per-consumer key tiles)
     where a consumer's count is None when it has no rows in the item. skip_per_turn=False
-    is the first version's order for skipped tiles (all released, then the turns)."""
+    is the first version's order for skipped tiles (all released, then the turns).
+    split: the consumers share the rows and take every consumers-th key tile each, then
+    meet twice at a barrier to merge (one work item per CTA)."""
+    users = 1 if split else consumers
     q_full, q_empty = Mbarrier(1), Mbarrier(consumers)
     k_full, v_full = [Mbarrier(1) for _ in range(stages)], [Mbarrier(1) for _ in range(stages)]
-    k_empty = [Mbarrier(consumers) for _ in range(stages)]
-    v_empty = [Mbarrier(consumers) for _ in range(stages)]
+    k_empty = [Mbarrier(users) for _ in range(stages)]
+    v_empty = [Mbarrier(users) for _ in range(stages)]
     arrivals, syncs = [0] * consumers, [0] * consumers   # named barrier 1 + c
+    combine = [0]                                         # named barrier 1 + consumers
 
     def wait(bar, phase):
+        # mbarrier waits name a phase by its parity only: the barrier must be in that
+        # phase or the one after when the wait starts, and not move past it unseen.
+        assert bar.phases >= phase, "waits for a phase two ahead (parity aliasing)"
         while bar.phases <= phase:
             yield
         assert bar.phases == phase + 1, "a waiter saw two phases go by (parity aliasing)"
@@ -44,15 +52,15 @@ def cta(consumers, stages, pingpong, items, skip_per_turn=True):
         for n, (n_blocks, _) in enumerate(items):
             if n > 0:
                 yield from wait(q_empty, n - 1)
-            q_full.arrive()                                  # TMA completes the load
+            in_flight.append(q_full)
             for _ in range(n_blocks):
                 slot, use = ring(it)
                 if it >= stages:
                     yield from wait(k_empty[slot], use - 1)
-                k_full[slot].arrive()
+                in_flight.append(k_full[slot])
                 if it >= stages:
                     yield from wait(v_empty[slot], use - 1)
-                v_full[slot].arrive()
+                in_flight.append(v_full[slot])
                 it += 1
 
     def consumer(c):
@@ -68,21 +76,25 @@ def cta(consumers, stages, pingpong, items, skip_per_turn=True):
                 arrivals[nxt] += 1
                 assert arrivals[nxt] - syncs[nxt] <= 1, "a named barrier took two arrivals at once"
 
+        def tile(k):
+            return c + k * consumers if split else k
+
         it = 0
         for n, (n_blocks, mine) in enumerate(items):
             blocks = mine[c] or 0
+            own = len(range(c, blocks, consumers)) if split else blocks
             if pingpong and c == consumers - 1 and n_blocks > 0:
                 pass_turn(False)
             yield from wait(q_full, n)
-            if blocks > 0:                                   # S_0
-                slot, use = ring(it)
+            if own > 0:                                      # S_0
+                slot, use = ring(it + tile(0))
                 yield from wait(k_full[slot], use)
                 yield from await_turn()
                 pass_turn(False)
                 k_empty[slot].arrive()
-            for j in range(1, blocks):                       # S_j with P_{j-1} V_{j-1}
-                slot, use = ring(it + j)
-                prev, prev_use = ring(it + j - 1)
+            for k in range(1, own):                          # S_k with P_{k-1} V_{k-1}
+                slot, use = ring(it + tile(k))
+                prev, prev_use = ring(it + tile(k - 1))
                 yield from wait(k_full[slot], use)
                 yield from wait(v_full[prev], prev_use)
                 yield from await_turn()
@@ -90,12 +102,19 @@ def cta(consumers, stages, pingpong, items, skip_per_turn=True):
                 k_empty[slot].arrive()
                 v_empty[prev].arrive()
             q_empty.arrive()
-            if blocks > 0:                                   # the last P V
-                slot, use = ring(it + blocks - 1)
+            if own > 0:                                      # the last P V
+                slot, use = ring(it + tile(own - 1))
                 yield from wait(v_full[slot], use)
                 yield from await_turn()
                 pass_turn(blocks == n_blocks)
                 v_empty[slot].arrive()
+            if split:                                        # merge: two barriers
+                for meeting in (1, 2):
+                    combine[0] += 1
+                    while combine[0] < meeting * consumers:
+                        yield
+                it += n_blocks
+                continue
             if not skip_per_turn:
                 for j in range(blocks, n_blocks):
                     slot, use = ring(it + j)
@@ -114,7 +133,19 @@ def cta(consumers, stages, pingpong, items, skip_per_turn=True):
                 pass_turn(turn == n_blocks)
             it += n_blocks
 
-    return [producer()] + [consumer(c) for c in range(consumers)]
+    def tma(rng):   # lands the copies in flight in any order
+        while not (in_flight == [] and producing[0] is None):
+            if in_flight:
+                in_flight.pop(rng.randrange(len(in_flight))).arrive()
+            yield
+
+    in_flight, producing = [], [producer()]
+
+    def producer_then_done():
+        yield from producing[0]
+        producing[0] = None
+
+    return [producer_then_done(), tma(random.Random(len(items)))] + [consumer(c) for c in range(consumers)]
 
 
 def runs_to_the_end(coroutines, rng, patience=20000):
@@ -154,6 +185,15 @@ def test_no_deadlock_in_any_interleaving(consumers, stages, pingpong):
         rng = random.Random(seed)
         items = random_items(rng, consumers)
         assert runs_to_the_end(cta(consumers, stages, pingpong, items), rng), items
+
+
+@pytest.mark.parametrize("consumers, stages", [(2, 2), (2, 4), (3, 3)])
+def test_split_keys_without_deadlock(consumers, stages):
+    for seed in range(100):
+        rng = random.Random(seed)
+        n_blocks = rng.randint(0, 9)
+        items = [(n_blocks, [n_blocks] * consumers)]
+        assert runs_to_the_end(cta(consumers, stages, False, items, split=True), rng), items
 
 
 def test_releasing_skipped_tiles_before_the_turns_deadlocks():

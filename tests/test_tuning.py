@@ -49,6 +49,9 @@ def test_static_rules_explain_themselves():
     assert "registers" in tuning.static_reason(Sm90Config("fp16", 128, 192, 2, 3, True), "sm_90a")
     assert "ping-pong" in tuning.static_reason(Sm90Config("fp16", 64, 128, 2, 1, True), "sm_90a")
     assert "shared memory" in tuning.static_reason(Sm90Config("fp16", 128, 192, 3, 2, True), "sm_90a")
+    assert "split" in tuning.static_reason(Sm90Config("fp16", 64, 128, 3, 2, False, True), "sm_90a")
+    assert "split" in tuning.static_reason(Sm90Config("fp16", 64, 128, 2, 2, True, True), "sm_90a")
+    assert tuning.static_reason(Sm90Config("fp16", 64, 128, 4, 2, False, True), "sm_90a") is None
 
 
 @pytest.fixture
@@ -105,8 +108,8 @@ def test_bad_entries_are_ignored_with_a_warning(cache):
     key = tuning.device_key(GPU, CAP, CUPY, NVRTC)
     tuning.save_entries(cache, key, {"fp16/d64/large": {"tile": "big"},
                                      "fp16/d128/large": {"tile": [8, 2, 128, 4]},   # too many registers
-                                     "sm90/fp16/d64/large": {"tile": [100, 2, 2, True]},   # not in the space
-                                     "sm90/bf16/d64/large": {"tile": [128, 2, 2]},   # a field short
+                                     "sm90/fp16/d64/large": {"tile": [100, 2, 2, True, False]},   # not in the space
+                                     "sm90/bf16/d64/large": {"tile": [128, 2, 2, True]},   # a field short
                                      "bf16/d64/small": {"tile": [4, 1, 64, 3]}})
     with pytest.warns(UserWarning, match="ignoring tuned entry"):
         table = tuning.load_table(GPU, CAP, CUPY, NVRTC, "sm_90a")
@@ -138,4 +141,5 @@ def test_neighbours_step_one_parameter():
     h = Sm90Config("fp16", 128, 128, 2, 2, True)
     n = tuner.neighbours(h, set(tuning.space("fp16", 128, "sm90")))
     assert Sm90Config("fp16", 128, 176, 2, 2, True) in n and Sm90Config("fp16", 128, 128, 2, 3, True) in n
-    assert Sm90Config("fp16", 128, 128, 2, 2, False) in n and len(n) == 6
+    assert Sm90Config("fp16", 128, 128, 2, 2, False) in n and len(n) == 7
+    assert Sm90Config("fp16", 128, 128, 2, 2, True, True) in n
