@@ -13,7 +13,7 @@ step device.txt nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.
 step latency.txt timeout 150 python3 scripts/latency_probe.py
 if [ "${PYTEST:-1}" = 1 ]; then
   step pytest_sm90.txt timeout 240 python3 -m pytest tests/test_attention_gpu.py -q -x -p no:cacheprovider \
-    -k "sub_tiles or dispatchable or (reference and sm90)"
+    -k "${PYTEST_K:-sub_tiles or dispatchable or (reference and sm90)}"
 fi
 for round in $(seq "${ROUNDS:-2}"); do
   if [ -d .ab_base ]; then
