@@ -1,5 +1,5 @@
-"""One causal and one non-causal call per kernel family, small enough for compute-sanitizer;
-exits 1 on a wrong result."""
+"""One causal and one non-causal call per kernel family and Hopper tile kind, small enough
+for compute-sanitizer; exits 1 on a wrong result."""
 
 import sys
 
@@ -10,7 +10,8 @@ import flashcore_cupy as fc
 from flashcore_cupy import api, configs, reference
 
 rng = np.random.default_rng()
-backends = ["sm80"] + (["sm90"] if api.device_info(0).arch == configs.SM90_ARCH else [])
+# sm90 forces the Hopper kernel's large tiles; auto takes its small-grid split-keys tiles here
+backends = ["sm80"] + (["sm90", "auto"] if api.device_info(0).arch == configs.SM90_ARCH else [])
 ok = True
 for backend in backends:
     for causal, (sq, sk) in ((False, (200, 333)), (True, (333, 200))):
