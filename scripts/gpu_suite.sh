@@ -2,8 +2,9 @@
 # The device run: GPU tests, the mission shape, compute-sanitizer, the latency
 # probe and the benchmark (JSON + plot). Logs go to $OUT.
 # Usage on the device machine, from the repository root:  bash scripts/gpu_suite.sh
-# BENCH=0 skips the benchmark, TESTS=0 everything before it (a run that fits the
-# device's 10-minute limit per command); PYTEST_ARGS adds pytest options.
+# BENCH=0 skips the benchmark, TESTS=0 the tests, sanitizers and SASS, HOST=0 the latency
+# probe and tile sweep (runs that fit the device's 10-minute limit per command);
+# PYTEST_ARGS adds pytest options.
 set -uo pipefail
 source "$(dirname "$0")/steps.sh"
 
@@ -21,8 +22,10 @@ if [ "${TESTS:-1}" = 1 ]; then
   done
   step sass.txt python3 scripts/sass_check.py --arch sm_90a
 fi
-step host.txt python3 scripts/latency_probe.py
-step host.txt python3 scripts/tile_sweep.py --family all
+if [ "${HOST:-1}" = 1 ]; then
+  step host.txt python3 scripts/latency_probe.py
+  step host.txt python3 scripts/tile_sweep.py --family all
+fi
 if [ "${BENCH:-1}" = 1 ]; then
   step bench.txt python3 scripts/bench.py --out "$OUT/bench.json" --plot "$OUT/bench.png"
 fi
