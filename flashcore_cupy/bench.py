@@ -151,7 +151,9 @@ def environment(torch) -> dict:
         "gpu": props["name"].decode(), "arch": api.device_info(dev).arch,
         "versions": {"cupy": cupy.__version__, "cuda": cupy.cuda.runtime.runtimeGetVersion(),
                      "nvrtc": loader.nvrtc_version(),
-                     "torch": None if torch is None else torch.__version__},
+                     "torch": None if torch is None else torch.__version__,
+                     # what ran, even where git_sha cannot be trusted (a copied tree's .git)
+                     "kernels": loader.source_hash()},
     }
 
 

@@ -4,7 +4,8 @@
 # Usage on the device machine, from the repository root:  bash scripts/gpu_suite.sh
 # BENCH=0 skips the benchmark, TESTS=0 the tests, sanitizers and SASS, HOST=0 the latency
 # probe and tile sweep (runs that fit the device's 10-minute limit per command);
-# PYTEST_ARGS adds pytest options.
+# PYTEST_ARGS adds pytest options. Pass FLASHCORE_GIT_SHA=<commit> for the benchmark JSON: the
+# device's copy of the tree may carry a stale .git.
 set -uo pipefail
 source "$(dirname "$0")/steps.sh"
 
