@@ -14,7 +14,7 @@ import numpy as np
 from cupy_backends.cuda.api import driver
 
 import flashcore_cupy as fc
-from flashcore_cupy import api
+from flashcore_cupy import api, workload
 from flashcore_cupy.shapes import parse_shape
 from flashcore_cupy.timing import time_latency, time_throughput
 from flashcore_cupy.workload import random_inputs
@@ -91,6 +91,15 @@ def main():
         pieces["sdpa cuDNN (torch)"] = lambda: torch.nn.functional.scaled_dot_product_attention(tq, tk, tv)
     except ImportError:
         pass
+    # The benchmark's way: input sets in turn (workload.input_sets), called through its lambdas.
+    sets = workload.input_sets(shape, "fp16", rng, first=(q, k, v))
+    for s in sets:
+        fc.attention(*s)
+    bench_fn = lambda q_, k_, v_: fc.attention(q_, k_, v_, causal=False)   # noqa: E731
+    rotating = {
+        f"attention, {len(sets)} input sets in turn": lambda i: fc.attention(*sets[i % len(sets)]),
+        "  the same through bench.py's lambdas": lambda i: bench_fn(*sets[i % len(sets)]),
+    }
     print(f"\n{'path':<40} {'host us/call':>12} {'latency p50':>12} {'p90':>8}")
     for name, fn in pieces.items():
         h = host_us(fn)
@@ -98,9 +107,24 @@ def main():
             and "stream" not in name else None
         print(f"{name:<40} {h:12.2f} " + (f"{lat.p50:12.2f} {lat.p90:8.2f}" if lat else ""))
 
+    for name, fn in rotating.items():
+        count = [0]
+
+        def step(fn=fn):
+            count[0] += 1
+            fn(count[0])
+        lat = time_latency(fn, 200)
+        print(f"{name:<40} {host_us(step):12.2f} {lat.p50:12.2f} {lat.p90:8.2f}")
+
     print("\nkernel alone (graph replay, per launch):")
     print(f"  empty kernel             {graph_us(lambda: empty((1,), (32,), ())):7.2f} us")
     print(f"  {str(launch.config):<24} {graph_us(lambda: launch(q, k, v, out, None)):7.2f} us")
+    turn = [0]
+
+    def rotate():
+        turn[0] += 1
+        launch(*sets[turn[0] % len(sets)], out, None)
+    print(f"  {'  inputs in turn':<24} {graph_us(rotate, calls=2 * len(sets)):7.2f} us")
     for backend in ("sm80",):
         fc.attention(q, k, v, out=out, backend=backend)
         other = api._launches[api._signature(q, k, v, out, False, None, "bhsd", False, backend)]
