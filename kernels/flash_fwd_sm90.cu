@@ -20,6 +20,11 @@
 // O += P_j V_j, and the softmax of S_{j+1} runs while P_j V_j finishes (O's
 // rescale waits for it); across consumers, one's softmax overlaps another's GEMMs.
 //
+// SPLIT (small grids: short sequences, decode): a work tile is 64 rows that all
+// consumers share; consumer c takes key tiles c, c + CONSUMERS, ... and the
+// partial (m, l, O) merge into consumer 0's at the end (combine_split), which
+// halves the serial chain of key tiles behind each output row.
+//
 // Shared memory: every tile is stored as HEAD_DIM/64 column blocks of 64
 // elements (128-byte rows), 128B-swizzled by TMA, which is the layout the wgmma
 // descriptors below describe:
@@ -111,8 +116,8 @@ __device__ __forceinline__ void tma_load_tile(u32 dst, const TensorMap& map, u32
         tma_load_4d(dst + cb * rows * 128, &map, bar, cb * 64, row0, head, batch);
 }
 
-// Work item i of the CTA's turn. Tile t is BLOCK_M = 64 * CONSUMERS query rows of
-// one (head, batch); tiles are numbered head by head, so the CTAs running at once
+// Work item i of the CTA's turn. Tile t is BLOCK_M query rows (64 * CONSUMERS, or
+// 64 with SPLIT) of one (head, batch); tiles are numbered head by head, so the CTAs running at once
 // share few heads' K/V in L2 (numbering across heads first cost 5-7 % at S = 16k:
 // every head's K/V in flight at once), and within a head longest first (m_block
 // descending: causal rows that see the most keys start first). Items are dealt
@@ -323,7 +328,8 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
                                       : 0;
         // The key tiles this consumer multiplies: all of its rows' (its k-th is tile k),
         // or with SPLIT every CONSUMERS-th (its k-th is tile consumer + k * CONSUMERS).
-        const int my_blocks = !SPLIT ? c_blocks : c_blocks > consumer ? (c_blocks - consumer - 1) / CONSUMERS + 1 : 0;
+        const int my_blocks = !SPLIT ? c_blocks
+                            : c_blocks > consumer ? (c_blocks - consumer - 1) / CONSUMERS + 1 : 0;
         auto tile = [&](int k) { return SPLIT ? consumer + k * CONSUMERS : k; };
 
         float o[1][HEAD_DIM / 8][4];
@@ -403,7 +409,8 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
         // taking turns, so that every consumer takes n_blocks + 1. One tile per turn:
         // a tile past the ring's depth loads only after the other consumers have used
         // earlier ones, which takes this consumer's turns.
-        for (int turn = c_blocks > 0 ? c_blocks + 1 : 0; !SPLIT && n_blocks > 0 && turn <= n_blocks; ++turn) {
+        for (int turn = c_blocks > 0 ? c_blocks + 1 : 0; !SPLIT && n_blocks > 0 && turn <= n_blocks;
+             ++turn) {
             if (turn > 0) {
                 const Ring<STAGES> r{it + turn - 1};
                 mbar_wait(bar.k_full(r.slot()), r.parity());
