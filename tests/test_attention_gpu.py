@@ -163,6 +163,29 @@ def test_runs_on_the_current_non_default_stream(rng, backend):
     assert cupy.array_equal(out, expected)
 
 
+@pytest.mark.parametrize("backend", BACKENDS + ("auto",))
+def test_outputs_allocated_ahead_are_never_shared(rng, backend):
+    """Small calls get their output allocated after the previous launch (api._spares):
+    every call still returns a buffer of its own, per stream, holding its own result."""
+    import cupy
+
+    import flashcore_cupy as fc
+
+    need_backend(backend, 64)
+    sets = [make_inputs(rng, "fp16", 64, "bhsd", (1, 2, 2), (300, 300)) for _ in range(3)]
+    refs = [reference.attention(*s) for s in sets]
+    stream = cupy.cuda.Stream(non_blocking=True)
+    outs = [fc.attention(*sets[0], backend=backend)]
+    with stream:   # another stream: a spare of the first must not come back here
+        outs.append(fc.attention(*sets[1], backend=backend))
+        stream.synchronize()
+    outs.append(fc.attention(*sets[2], backend=backend))
+    outs.append(fc.attention(*sets[2], backend=backend, return_lse=True)[0])
+    assert len({o.data.ptr for o in outs}) == len(outs)
+    for out, ref in zip(outs, refs + refs[2:]):
+        assert reference.rel_error(out, ref) <= TOL["fp16"]
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_strided_views_without_copies(rng, backend):
     import cupy
