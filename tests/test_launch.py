@@ -1,0 +1,71 @@
+"""The prepared launches without a GPU: what reaches cuLaunchKernel (the driver call and
+tensor-map encoding are replaced by recorders) for both kernel families."""
+
+import ctypes
+from types import SimpleNamespace
+
+import pytest
+
+from flashcore_cupy import launch, tma
+from flashcore_cupy.configs import FwdConfig, Sm90Config
+
+
+def array(ptr):
+    return SimpleNamespace(data=SimpleNamespace(ptr=ptr))
+
+
+@pytest.fixture
+def driver(monkeypatch):
+    """Records each launch: its arguments and the parameter block the driver would copy."""
+    calls = []
+
+    def fake_launch(function, gx, gy, gz, bx, by, bz, smem, stream, argv, extra):
+        block = ctypes.cast(argv, ctypes.POINTER(ctypes.c_void_p))[0]
+        calls.append(dict(function=function, grid=(gx, gy, gz), block=(bx, by, bz), smem=smem,
+                          stream=stream, extra=extra, params=ctypes.string_at(block, driver.size)))
+
+    monkeypatch.setattr(launch, "_cu_launch", fake_launch)
+    monkeypatch.setattr(launch, "_current_stream", lambda: SimpleNamespace(ptr=0xABC))
+    driver = SimpleNamespace(calls=calls, size=0)
+    return driver
+
+
+def test_fwd_launch_sends_its_scalars_and_each_calls_pointers(driver):
+    cfg = FwdConfig("fp16", 64, 4, 2, 64, 3)
+    scalars = tuple(range(12)) + (300, 400, 64, 2, 0.18, 1)
+    run = launch.FwdLaunch(cfg, 77, 0, (3, 4, 2), (2, 4, 300, 64), None, scalars)
+    driver.size = launch.FWD_PARAMS.size
+    run(array(0x1000), array(0x2000), array(0x3000), array(0x4000), None)
+    run(array(0x1100), array(0x2100), array(0x3100), array(0x4100), array(0x5100))
+    first, second = driver.calls
+    assert first["params"] == launch.FWD_PARAMS.pack(0x1000, 0x2000, 0x3000, 0x4000, 0, *scalars)
+    assert second["params"] == launch.FWD_PARAMS.pack(0x1100, 0x2100, 0x3100, 0x4100, 0x5100, *scalars)
+    assert first["function"] == 77 and first["grid"] == (3, 4, 2) and first["stream"] == 0xABC
+    assert first["block"] == (cfg.threads, 1, 1) and first["smem"] == cfg.smem_bytes
+    assert run.out_elements == 2 * 4 * 300 * 64
+
+
+def test_sm90_launch_encodes_maps_once_per_address_set(driver, monkeypatch):
+    encoded = []
+
+    def fake_encode(dest, dtype, specs, ptrs):
+        encoded.append(ptrs)
+        for i, ptr in enumerate(ptrs):   # a recognisable stand-in for each map
+            dest[i * tma.MAP_BYTES:(i + 1) * tma.MAP_BYTES] = ptr % 251
+
+    monkeypatch.setattr(tma, "encode_maps", fake_encode)
+    cfg = Sm90Config("bf16", 128, 128, 2, 2, True)
+    scalars = (1, 2, 3, 300, 400, 128, 1, 0.09, 0, 16, 2, 3, 6, 6)
+    run = launch.Sm90Launch(cfg, 88, 0, (6, 1, 1), (2, 16, 300, 128), (2, 16, 300), scalars, ())
+    driver.size = 3 * tma.MAP_BYTES + launch.SM90_TAIL.size
+    qkv = (array(0x10), array(0x20), array(0x30))
+    run(*qkv, array(0x40), array(0x50))
+    run(*qkv, array(0x41), None)
+    run(array(0x11), *qkv[1:], array(0x42), None)
+    assert encoded == [(0x10, 0x20, 0x30), (0x11, 0x20, 0x30)]
+    tails = [c["params"][3 * tma.MAP_BYTES:] for c in driver.calls]
+    assert tails == [launch.SM90_TAIL.pack(o, lse, *scalars)
+                     for o, lse in ((0x40, 0x50), (0x41, 0), (0x42, 0))]
+    assert driver.calls[0]["params"][:tma.MAP_BYTES] == bytes([0x10 % 251]) * tma.MAP_BYTES
+    assert driver.calls[2]["params"][:tma.MAP_BYTES] == bytes([0x11 % 251]) * tma.MAP_BYTES
+    assert all(c["smem"] == cfg.smem_bytes and c["block"] == (cfg.threads, 1, 1) for c in driver.calls)
