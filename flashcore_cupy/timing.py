@@ -25,12 +25,31 @@ class Timing:
         return float(np.percentile(self.us, 99))
 
 
+_BUSY_MATMULS = 200   # of 2048 x 2048 fp16: ~5 ms of GPU work
+
+
+def busy_gpu() -> None:
+    """A few milliseconds of matrix products, then idle: every measurement starts from
+    the same clock state. The GPU clocks down while idle (nvidia-smi shows 345-450 MHz
+    between runs); a latency measurement of a few-microsecond kernel taken right after a
+    quiet stretch (validation on the host, say) would otherwise run at lower clocks than
+    one taken after a busy peer, and the order of the implementations would decide."""
+    import cupy
+
+    a = cupy.ones((2048, 2048), dtype=cupy.float16)
+    for _ in range(_BUSY_MATMULS):
+        a @ a
+    cupy.cuda.get_current_stream().synchronize()
+
+
 def _event_samples(fn: Callable[[int], object], iters: int, calls: int, warmup: int) -> Timing:
     """`iters` samples of CUDA events around `calls` back-to-back calls (per call), each
-    sample started with the GPU idle. fn(i) gets the call index, so callers can rotate inputs."""
+    sample started with the GPU idle (its queue empty; its clocks as `busy_gpu` leaves
+    them). fn(i) gets the call index, so callers can rotate inputs."""
     import cupy
 
     stream = cupy.cuda.get_current_stream()
+    busy_gpu()
     for i in range(warmup):
         fn(i)
     start, end = cupy.cuda.Event(), cupy.cuda.Event()
