@@ -21,14 +21,14 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import loader, tma
+from .configs import SM90_ARCH, SM90_HEAD_DIMS, FwdConfig, Sm90Config, sm90_config
+from .validation import Problem
 
 try:
     from cupy.cuda import get_current_stream as _current_stream
     from cupy_backends.cuda.api.driver import launchKernel as _cu_launch
 except ImportError:   # no CuPy on this machine: configs and packing still work
     _current_stream = _cu_launch = None
-from .configs import SM90_ARCH, SM90_HEAD_DIMS, FwdConfig, Sm90Config, sm90_config
-from .validation import Problem
 
 # Mirrors `struct FwdParams` in kernels/flash_fwd_sm80.cu (160 bytes): q, k, v, o
 # and lse pointers, 12 strides, seqlen_q, seqlen_k, head_dim, heads_per_kv,
