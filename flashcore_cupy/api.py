@@ -8,6 +8,7 @@ between them (the arrays' addresses) and launch.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from typing import Any, Literal, NamedTuple
 
@@ -238,6 +239,7 @@ def _run(launch: FwdLaunch | Sm90Launch, q, k, v, out):
     launch(q, k, v, out, lse)
     if spare_key is not None:
         if len(_spares) >= _MAX_SPARES:
-            _spares.pop(next(iter(_spares)), None)
+            with contextlib.suppress(KeyError):   # popitem is atomic; another thread may
+                _spares.popitem()                 # have emptied the dict meanwhile
         _spares[spare_key] = _allocate(launch, q.dtype)
     return out if lse is None else (out, lse)
