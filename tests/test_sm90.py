@@ -114,3 +114,33 @@ def test_generated_wgmma_header_is_current():
                           "import runpy; print(runpy.run_path('scripts/gen_wgmma.py', run_name='x')['render']())"],
                          cwd=ROOT, capture_output=True, text=True, check=True).stdout
     assert out.rstrip("\n") == (ROOT / "kernels" / "wgmma_sm90.cuh").read_text().rstrip("\n")
+
+
+def _rows_of_item(cfg, p, i):
+    """The query rows work item i's consumers own, as flash_fwd_sm90.cu's work_tile
+    (mirrored here) assigns them: ((batch, head), range of rows)."""
+    c = cfg.consumers
+    sub = i >= p["tail_start"]
+    t = p["tail_start"] + (i - p["tail_start"]) // c if sub else i
+    row0 = (p["m_blocks"] - 1 - t % p["m_blocks"]) * cfg.block_m + (64 * ((i - p["tail_start"]) % c) if sub else 0)
+    rows = max(0, min(64 if sub else cfg.block_m, p["seqlen_q"] - row0))
+    head_batch = t // p["m_blocks"]
+    return (head_batch // p["heads"], head_batch % p["heads"]), range(row0, row0 + rows)
+
+
+@pytest.mark.parametrize("cfg", [configs.Sm90Config("fp16", 64, 128, 2, 3, True),
+                                 configs.Sm90Config("fp16", 128, 192, 2, 2, True),
+                                 configs.Sm90Config("fp16", 64, 128, 4, 2, False, True)], ids=str)
+def test_work_items_cover_every_row_once(cfg):
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        batch, heads, seqlen_q = int(rng.integers(1, 4)), int(rng.integers(1, 80)), int(rng.integers(1, 1500))
+        sms, causal = int(rng.choice([8, 114, 132])), bool(rng.integers(2))
+        plan = cfg.schedule(batch, heads, seqlen_q, sms, causal)
+        p = dict(tail_start=plan.tail_start, m_blocks=-(-seqlen_q // cfg.block_m), seqlen_q=seqlen_q, heads=heads)
+        seen = np.zeros((batch, heads, seqlen_q), int)
+        for i in range(plan.items):
+            (b, h), rows = _rows_of_item(cfg, p, i)
+            seen[b, h, rows.start:rows.stop] += 1
+        assert (seen == 1).all(), (batch, heads, seqlen_q, sms, causal)
+        assert plan.grid[0] == (plan.items if causal or cfg.split else min(plan.items, sms))
