@@ -51,6 +51,43 @@ def graph_us(fn, calls: int = 20) -> float:
     return float(np.median(samples))
 
 
+_CLOCK_SRC = r"""
+extern "C" __global__ void clock_rate(unsigned long long cycles, double* mhz) {
+    unsigned long long t0, t1;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t0));
+    const long long c0 = clock64();
+    while (clock64() - c0 < (long long)cycles) {}
+    const long long c1 = clock64();
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t1));
+    *mhz = 1e3 * (double)(c1 - c0) / (double)(t1 - t0);
+}
+"""
+
+
+def sm_clock_mhz() -> float:
+    """The SM clock now: a 20k-cycle spin timed by the global nanosecond timer."""
+    kernel = cupy.RawModule(code=_CLOCK_SRC).get_function("clock_rate")
+    mhz = cupy.zeros(1, cupy.float64)
+    kernel((1,), (1,), (np.uint64(20000), mhz))
+    return float(mhz.get()[0])
+
+
+def kernel_by_size():
+    """Kernel time (graph replay) of auto's launch for mission-like shapes: how much of
+    the mission kernel is fixed cost (one key tile, one CTA) and how much the key loop."""
+    rng = np.random.default_rng()
+    print("\nkernel alone by size (graph replay; fp16 D64, auto's config):")
+    for b, h, sq, sk in ((1, 8, 512, 512), (1, 8, 512, 256), (1, 8, 512, 128), (1, 8, 512, 64),
+                         (1, 1, 64, 512), (1, 1, 64, 64), (1, 16, 512, 512), (1, 8, 1024, 512)):
+        q = cupy.asarray(rng.standard_normal((b, h, sq, 64)).astype(np.float16))
+        k, v = (cupy.asarray(rng.standard_normal((b, h, sk, 64)).astype(np.float16)) for _ in "kv")
+        out = cupy.empty_like(q)
+        fc.attention(q, k, v, out=out)
+        launch = api._launches[api._signature(q, k, v, out, False, None, "bhsd", False, "auto")]
+        print(f"  B{b} H{h} Sq{sq:<5} Sk{sk:<5} {str(launch.config):<34} grid {launch.grid[0]:4d} "
+              f"{graph_us(lambda: launch(q, k, v, out, None)):7.2f} us")
+
+
 def main():
     shape = parse_shape("mission")
     rng = np.random.default_rng()
@@ -116,6 +153,7 @@ def main():
         lat = time_latency(fn, 200)
         print(f"{name:<40} {host_us(step):12.2f} {lat.p50:12.2f} {lat.p90:8.2f}")
 
+    print(f"SM clock after the latency samples: {sm_clock_mhz():.0f} MHz")
     print("\nkernel alone (graph replay, per launch):")
     print(f"  empty kernel             {graph_us(lambda: empty((1,), (32,), ())):7.2f} us")
     print(f"  {str(launch.config):<24} {graph_us(lambda: launch(q, k, v, out, None)):7.2f} us")
@@ -125,6 +163,8 @@ def main():
         turn[0] += 1
         launch(*sets[turn[0] % len(sets)], out, None)
     print(f"  {'  inputs in turn':<24} {graph_us(rotate, calls=2 * len(sets)):7.2f} us")
+    print(f"  SM clock after the replays: {sm_clock_mhz():.0f} MHz")
+    kernel_by_size()
     for backend in ("sm80",):
         fc.attention(q, k, v, out=out, backend=backend)
         other = api._launches[api._signature(q, k, v, out, False, None, "bhsd", False, backend)]
