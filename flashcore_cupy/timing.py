@@ -74,3 +74,21 @@ def time_throughput(fn: Callable[[int], object], iters: int, calls: int = 20,
                     warmup: int = 10) -> Timing:
     """Events around `calls` back-to-back calls, divided by their count; `iters` samples."""
     return _event_samples(fn, iters, calls, warmup)
+
+
+def time_graph_replay(fn: Callable[[], object], iters: int = 50, calls: int = 20) -> Timing:
+    """Kernel time without the host: `calls` calls of fn captured in a CUDA graph on a
+    stream of its own, the graph replayed `iters` times, per call. For kernels short
+    enough that back-to-back launches from Python would time the host instead."""
+    import cupy
+
+    stream = cupy.cuda.Stream(non_blocking=True)
+    with stream:
+        fn()
+        stream.synchronize()
+        stream.begin_capture()
+        for _ in range(calls):
+            fn()
+        graph = stream.end_capture()
+        t = time_throughput(lambda i: graph.launch(stream), iters, calls=1)
+    return Timing(t.us / calls)

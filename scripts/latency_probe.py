@@ -16,7 +16,7 @@ from cupy_backends.cuda.api import driver
 import flashcore_cupy as fc
 from flashcore_cupy import api, workload
 from flashcore_cupy.shapes import parse_shape
-from flashcore_cupy.timing import time_latency, time_throughput
+from flashcore_cupy.timing import time_graph_replay, time_latency
 from flashcore_cupy.workload import random_inputs
 
 BATCH, BATCHES = 100, 30
@@ -39,16 +39,7 @@ def host_us(fn) -> float:
 
 def graph_us(fn, calls: int = 20) -> float:
     """Kernel time alone: `calls` launches captured in a graph, replayed, per call."""
-    stream = cupy.cuda.Stream(non_blocking=True)
-    with stream:
-        fn()
-        stream.synchronize()
-        stream.begin_capture()
-        for _ in range(calls):
-            fn()
-        graph = stream.end_capture()
-        samples = time_throughput(lambda i: graph.launch(stream), 50, calls=1).us / calls
-    return float(np.median(samples))
+    return time_graph_replay(fn, calls=calls).p50
 
 
 _CLOCK_SRC = r"""
