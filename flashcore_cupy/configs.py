@@ -81,16 +81,12 @@ class Sm90Config:
     consumers: int    # consumer warpgroups, 64 query rows each (shared ones with split)
     pingpong: bool    # consumers take turns issuing GEMMs (needs 2+)
     split: bool = False   # consumers share 64 rows and split the keys (small grids)
-    cluster: int = 1      # with split: CTAs (SMs) of a cluster splitting each tile's keys
 
     kernel_file = "flash_fwd_sm90.cu"
     arch = "sm_90a"
 
     @property
     def name_expression(self) -> str:
-        if self.cluster > 1:   # its own entry point (the cluster launch), split by definition
-            return (f"fc::flash_fwd_sm90_cluster<fc::{self.dtype}, {self.head_dim}, {self.block_n}, "
-                    f"{self.stages}, {self.consumers}, {self.cluster}>")
         return (f"fc::flash_fwd_sm90<fc::{self.dtype}, {self.head_dim}, {self.block_n}, "
                 f"{self.stages}, {self.consumers}, {'true' if self.pingpong else 'false'}, "
                 f"{'true' if self.split else 'false'}>")
@@ -105,11 +101,9 @@ class Sm90Config:
 
     @property
     def smem_bytes(self) -> int:
-        # Mirrors Sm90Tile: 1024 bytes of alignment slack, Q, the K and V rings, the
-        # other CTAs' softmax states (128 threads x (D/2 + 4) floats each), barriers.
+        # Mirrors Sm90Tile: 1024 bytes of alignment slack, Q, the K and V rings, barriers.
         tiles = 2 * self.head_dim * (self.block_m + 2 * self.stages * self.block_n)
-        partials = (self.cluster - 1) * 128 * (self.head_dim // 2 + 4) * 4
-        return 1024 + tiles + partials + 8 * (3 + 4 * self.stages)
+        return 1024 + tiles + 8 * (2 + 4 * self.stages)
 
     def work_tiles(self, batch: int, heads_q: int, seqlen_q: int) -> int:
         return -(-seqlen_q // self.block_m) * heads_q * batch
@@ -125,8 +119,8 @@ class Sm90Config:
         some CTAs only short tiles: 0.74x cuDNN), so there each tile is its own CTA
         and the hardware hands the next one to whichever SM frees up."""
         tiles = self.work_tiles(batch, heads_q, seqlen_q)
-        if self.split:   # its combine reuses the K/V ring: one work tile per CTA (cluster)
-            return Sm90Schedule((tiles * self.cluster, 1, 1), tiles, tiles)
+        if self.split:   # its combine reuses the K/V ring: one work tile per CTA
+            return Sm90Schedule((tiles, 1, 1), tiles, tiles)
         tail = tiles % num_sms if tiles > num_sms and not causal else 0
         sub_tiles = 0 < tail and tail * self.consumers <= num_sms and self.consumers > 1
         tail_start = tiles - tail if sub_tiles else tiles
@@ -136,7 +130,7 @@ class Sm90Config:
     def __str__(self) -> str:
         return (f"sm90 {self.dtype} D{self.head_dim} {self.block_m}x{self.block_n} "
                 f"c{self.consumers} s{self.stages}{' pp' if self.pingpong else ''}"
-                f"{' split' if self.split else ''}{f' x{self.cluster}' if self.cluster > 1 else ''}")
+                f"{' split' if self.split else ''}")
 
 
 # Tile table: (arch family, largest template head dim) -> (warps, m_tiles, block_n, stages).

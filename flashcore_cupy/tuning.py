@@ -43,7 +43,7 @@ FAMILIES = {
                                "stages": (2, 3, 4)}, ""),
     "sm90": Family("sm90", Sm90Config, {"block_n": (64, 128, 176, 192), "stages": (2, 3, 4),
                                 "consumers": (1, 2, 3), "pingpong": (False, True),
-                                "split": (False, True), "cluster": (1, 2, 4)}, "sm90/"),
+                                "split": (False, True)}, "sm90/"),
 }
 _MAX_ACCUMULATOR_REGS = 192   # sm80: of 255, the rest holds fragments, addresses and the softmax
 _SM90_SPARE_REGS = 24         # sm90: a consumer's registers beyond S, P and O (addresses, softmax)
@@ -81,8 +81,6 @@ def _sm90_static_reason(config: Sm90Config, arch: str) -> str | None:
         scratch = (config.consumers - 1) * 128 * (config.head_dim // 2 + 4) * 4
         if scratch > 4 * config.stages * config.block_n * config.head_dim:
             return f"the split combine's {scratch} B do not fit in the K/V ring"
-    elif config.cluster > 1:
-        return "a cluster splits a split tile's keys: cluster > 1 needs split"
     regs = config.block_n // 2 + config.block_n // 4 + config.head_dim // 2   # S, P, O per thread
     budget = configs.sm90_consumer_registers(config.consumers) - _SM90_SPARE_REGS
     if regs > budget:

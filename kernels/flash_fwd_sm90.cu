@@ -23,11 +23,7 @@
 // SPLIT (small grids: short sequences, decode): a work tile is 64 rows that all
 // consumers share; consumer c takes key tiles c, c + CONSUMERS, ... and the
 // partial (m, l, O) merge into consumer 0's at the end (combine_split), which
-// halves the serial chain of key tiles behind each output row. With CLUSTER > 1
-// the tile's keys are split further over a cluster of CTAs (on as many SMs):
-// CTA r's consumer c takes key tiles r*C + c + k*CLUSTER*C (C consumers), loads
-// only those, and the CTAs' merged states meet in CTA 0's shared memory
-// (send_partial / merge_partials): each SM loads and multiplies 1/CLUSTER of the keys.
+// halves the serial chain of key tiles behind each output row.
 //
 // Shared memory: every tile is stored as HEAD_DIM/64 column blocks of 64
 // elements (128-byte rows), 128B-swizzled by TMA, which is the layout the wgmma
@@ -63,24 +59,19 @@ struct Sm90Params {
 };
 static_assert(sizeof(Sm90Params) == 512, "Sm90Params: keep in step with launch.py");
 
-template <int HEAD_DIM, int BLOCK_N, int STAGES, int CONSUMERS, bool PINGPONG, bool SPLIT, int CLUSTER>
+template <int HEAD_DIM, int BLOCK_N, int STAGES, int CONSUMERS, bool PINGPONG, bool SPLIT>
 struct Sm90Tile {
     static constexpr int kConsumers = CONSUMERS;
     static constexpr bool kSplit = SPLIT;
-    static constexpr int kCluster = CLUSTER;
     static constexpr int kBlockM = SPLIT ? 64 : 64 * CONSUMERS;
     // Consumers that use (and release) each K/V tile.
     static constexpr int kTileUsers = SPLIT ? 1 : CONSUMERS;
     static constexpr u32 kQBytes = kBlockM * HEAD_DIM * 2;
     static constexpr u32 kKVBytes = BLOCK_N * HEAD_DIM * 2;         // one K or V tile
-    // A softmax state (O, m, l) in transit: HEAD_DIM / 2 + 4 floats per consumer thread.
-    static constexpr int kStateFloats = HEAD_DIM / 2 + 4;
-    // Shared layout (offsets from a 1024-byte aligned base): Q, K ring, V ring, the
-    // other CTAs' states (CTA 0 of a cluster receives them), barriers.
+    // Shared layout (offsets from a 1024-byte aligned base): Q, K ring, V ring, barriers.
     static constexpr u32 kOffK = kQBytes;
     static constexpr u32 kOffV = kOffK + STAGES * kKVBytes;
-    static constexpr u32 kOffPartials = kOffV + STAGES * kKVBytes;
-    static constexpr u32 kOffBars = kOffPartials + (CLUSTER - 1) * 128 * kStateFloats * 4;
+    static constexpr u32 kOffBars = kOffV + STAGES * kKVBytes;
     // Register split of setmaxnreg: the producer keeps 24, consumers share the rest
     // of the 64K-register file (multiples of 8, at most 256).
     static constexpr int kProducerRegs = 24;
@@ -98,23 +89,8 @@ struct Sm90Tile {
                   "SPLIT: 2+ consumers, no ping-pong, ring slots a multiple of the consumers");
     // SPLIT combine: each consumer but the first leaves O, m and l (HEAD_DIM / 2 + 4
     // floats per thread) in the ring, free once every consumer is done with it.
-    static_assert(!SPLIT || (CONSUMERS - 1) * 128 * kStateFloats * 4 <= 2 * STAGES * kKVBytes,
+    static_assert(!SPLIT || (CONSUMERS - 1) * 128 * (HEAD_DIM / 2 + 4) * 4 <= 2 * STAGES * kKVBytes,
                   "SPLIT: the combine's scratch must fit in the K/V ring");
-    static_assert(CLUSTER == 1 || (SPLIT && (CLUSTER == 2 || CLUSTER == 4)),
-                  "CLUSTER: 2 or 4 CTAs splitting a SPLIT tile's keys");
-
-    // The key tile (of the work tile's) at position `local` of CTA `rank`'s ring: with
-    // SPLIT, consumer c's k-th tile sits at local k*C + c; without, all tiles in order.
-    static __device__ int key_tile(int local, int rank) {
-        return SPLIT ? (local / CONSUMERS) * (CLUSTER * CONSUMERS) + rank * CONSUMERS + local % CONSUMERS
-                     : local;
-    }
-    // How many of a work tile's n_blocks key tiles CTA `rank` loads.
-    static __device__ int local_tiles(int n_blocks, int rank) {
-        if (CLUSTER == 1) return n_blocks;
-        const int round = CLUSTER * CONSUMERS, rest = n_blocks % round - rank * CONSUMERS;
-        return n_blocks / round * CONSUMERS + min(CONSUMERS, max(0, rest));
-    }
 };
 
 // Shared-memory barriers, one 8-byte word each, after the tiles. K and V slots
@@ -129,7 +105,6 @@ struct Barriers {
     __device__ u32 v_full(int s) const { return base + 8 * (2 + STAGES + s); }
     __device__ u32 k_empty(int s) const { return base + 8 * (2 + 2 * STAGES + s); }
     __device__ u32 v_empty(int s) const { return base + 8 * (2 + 3 * STAGES + s); }
-    __device__ u32 partials_full() const { return base + 8 * (2 + 4 * STAGES); }   // CLUSTER > 1
 };
 
 // A tile of `rows` rows as HEAD_DIM/64 TMA boxes (one per column block), counted on `bar`.
@@ -186,18 +161,18 @@ struct Ring {
 // Producer: per work tile, Q (once the consumers released the previous one),
 // then K/V tiles through the ring, each slot refilled once released.
 template <class Tile, int HEAD_DIM, int BLOCK_N, int STAGES>
-__device__ __forceinline__ void produce(const Sm90Params& p, u32 sbase, const Barriers<STAGES>& bar, int rank) {
+__device__ __forceinline__ void produce(const Sm90Params& p, u32 sbase, const Barriers<STAGES>& bar) {
     prefetch_tensor_map(&p.q);
     prefetch_tensor_map(&p.k);
     prefetch_tensor_map(&p.v);
     int it = 0, n_done = 0;
-    for (int i = blockIdx.x / Tile::kCluster; i < p.n_items; i += gridDim.x / Tile::kCluster, ++n_done) {
+    for (int i = blockIdx.x; i < p.n_items; i += gridDim.x, ++n_done) {
         const WorkTile w = work_tile<Tile, BLOCK_N>(p, i);
         const int head_kv = w.head / p.heads_per_kv;
         if (n_done > 0) mbar_wait(bar.q_empty(), (n_done - 1) & 1);
         mbar_expect_tx(bar.q_full(), Tile::kQBytes);
         tma_load_tile<HEAD_DIM>(sbase, p.q, bar.q_full(), Tile::kBlockM, w.row0, w.head, w.batch);
-        for (int local = 0, j = 0; (j = Tile::key_tile(local, rank)) < w.n_blocks; ++local, ++it) {
+        for (int j = 0; j < w.n_blocks; ++j, ++it) {
             const Ring<STAGES> r{it};
             const u32 released = r.parity() ^ 1;   // parity of the slot's previous use's release
             if (it >= STAGES) mbar_wait(bar.k_empty(r.slot()), released);
@@ -248,47 +223,11 @@ __device__ __forceinline__ void pack_p(u32 (&a)[BLOCK_N / 16][4], const float (&
     }
 }
 
-// A softmax state (O, m, l) of one consumer thread moves between warpgroups or CTAs as
-// HEAD_DIM / 2 + 4 floats, float k at [k * 128] from the thread's own slot: every
-// consumer thread holds the same rows and columns in each warpgroup, so it trades
-// with its own slot (conflict-free).
-template <int HEAD_DIM>
-__device__ __forceinline__ void merge_state(float (&o)[1][HEAD_DIM / 8][4], float (&m)[1][2], float (&l)[1][2],
-                                            const float* theirs) {
-    // A partial state (m, l, O) scales by exp2(m - m_max) into the merged one.
-    #pragma unroll
-    for (int half = 0; half < 2; ++half) {
-        const float m_c = theirs[(HEAD_DIM / 2 + half) * 128];
-        const float m_max = fmaxf(m[0][half], m_c);
-        if (m_max == neg_inf()) continue;   // neither has seen a key of these rows
-        const float f_own = fast_exp2(m[0][half] - m_max), f_c = fast_exp2(m_c - m_max);
-        #pragma unroll
-        for (int dt = 0; dt < HEAD_DIM / 8; ++dt)
-            #pragma unroll
-            for (int e = 2 * half; e < 2 * half + 2; ++e)
-                o[0][dt][e] = o[0][dt][e] * f_own + theirs[(dt * 4 + e) * 128] * f_c;
-        l[0][half] = l[0][half] * f_own + theirs[(HEAD_DIM / 2 + 2 + half) * 128] * f_c;
-        m[0][half] = m_max;
-    }
-}
-
-// Writes one thread's state in that layout, through `put(float index, value)`.
-template <int HEAD_DIM, class Put>
-__device__ __forceinline__ void put_state(const float (&o)[1][HEAD_DIM / 8][4], const float (&m)[1][2],
-                                          const float (&l)[1][2], Put put) {
-    #pragma unroll
-    for (int dt = 0; dt < HEAD_DIM / 8; ++dt)
-        #pragma unroll
-        for (int e = 0; e < 4; ++e) put((dt * 4 + e) * 128, o[0][dt][e]);
-    #pragma unroll
-    for (int half = 0; half < 2; ++half) {
-        put((HEAD_DIM / 2 + half) * 128, m[0][half]);
-        put((HEAD_DIM / 2 + 2 + half) * 128, l[0][half]);
-    }
-}
-
 // SPLIT: merge the consumers' partial softmax states of the same rows into consumer
-// 0's, through `scratch` (the ring, free once all consumers reach the barrier).
+// 0's, through `scratch` (the ring, free once all consumers reach the barrier). Each
+// thread holds the same rows and columns in every consumer, so it trades with its
+// own slot: float k of thread t at scratch[k * 128 + t] (conflict-free). A partial
+// state (m, l, O) scales by exp2(m - m_max) into the merged one.
 template <int HEAD_DIM, int CONSUMERS>
 __device__ __forceinline__ void combine_split(float* scratch, int consumer, float (&o)[1][HEAD_DIM / 8][4],
                                               float (&m)[1][2], float (&l)[1][2]) {
@@ -298,39 +237,42 @@ __device__ __forceinline__ void combine_split(float* scratch, int consumer, floa
     named_barrier_sync(kBarrier, 128 * CONSUMERS);      // every consumer's GEMMs are done
     if (consumer > 0) {
         float* mine = scratch + (consumer - 1) * kFloats * 128 + t;
-        put_state<HEAD_DIM>(o, m, l, [&](int k, float x) { mine[k] = x; });
+        #pragma unroll
+        for (int dt = 0; dt < HEAD_DIM / 8; ++dt)
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) mine[(dt * 4 + e) * 128] = o[0][dt][e];
+        #pragma unroll
+        for (int half = 0; half < 2; ++half) {
+            mine[(HEAD_DIM / 2 + half) * 128] = m[0][half];
+            mine[(HEAD_DIM / 2 + 2 + half) * 128] = l[0][half];
+        }
     }
     named_barrier_sync(kBarrier, 128 * CONSUMERS);
     if (consumer > 0) return;
     #pragma unroll
-    for (int c = 1; c < CONSUMERS; ++c) merge_state<HEAD_DIM>(o, m, l, scratch + (c - 1) * kFloats * 128 + t);
+    for (int c = 1; c < CONSUMERS; ++c) {
+        const float* theirs = scratch + (c - 1) * kFloats * 128 + t;
+        #pragma unroll
+        for (int half = 0; half < 2; ++half) {
+            const float m_c = theirs[(HEAD_DIM / 2 + half) * 128];
+            const float m_max = fmaxf(m[0][half], m_c);
+            if (m_max == neg_inf()) continue;   // neither has seen a key of these rows
+            const float f_own = fast_exp2(m[0][half] - m_max), f_c = fast_exp2(m_c - m_max);
+            #pragma unroll
+            for (int dt = 0; dt < HEAD_DIM / 8; ++dt)
+                #pragma unroll
+                for (int e = 2 * half; e < 2 * half + 2; ++e)
+                    o[0][dt][e] = o[0][dt][e] * f_own + theirs[(dt * 4 + e) * 128] * f_c;
+            l[0][half] = l[0][half] * f_own + theirs[(HEAD_DIM / 2 + 2 + half) * 128] * f_c;
+            m[0][half] = m_max;
+        }
+    }
 }
 
-// CLUSTER > 1, consumer 0 of CTA rank > 0: its CTA's merged state into CTA 0's
-// partials (slot rank - 1), released onto CTA 0's partials_full barrier.
-template <class Tile, int HEAD_DIM>
-__device__ __forceinline__ void send_partial(u32 partials, u32 partials_full, int rank,
-                                             const float (&o)[1][HEAD_DIM / 8][4], const float (&m)[1][2],
-                                             const float (&l)[1][2]) {
-    const u32 mine = cluster_map(partials + ((rank - 1) * Tile::kStateFloats * 128 + threadIdx.x % 128) * 4, 0);
-    put_state<HEAD_DIM>(o, m, l, [&](int k, float x) { st_cluster(mine + 4 * k, x); });
-    mbar_arrive_remote(cluster_map(partials_full, 0));
-}
-
-// CLUSTER > 1, consumer 0 of CTA 0: the other CTAs' states merged into its own.
-template <class Tile, int HEAD_DIM>
-__device__ __forceinline__ void merge_partials(const float* partials, u32 partials_full,
-                                               float (&o)[1][HEAD_DIM / 8][4], float (&m)[1][2], float (&l)[1][2]) {
-    mbar_wait_cluster(partials_full, 0);
-    #pragma unroll
-    for (int r = 1; r < Tile::kCluster; ++r)
-        merge_state<HEAD_DIM>(o, m, l, partials + (r - 1) * Tile::kStateFloats * 128 + threadIdx.x % 128);
-}
-
-// The kernel body; the entry points below are the plain and the cluster launches of it.
-template <class T, int HEAD_DIM, int BLOCK_N, int STAGES, int CONSUMERS, bool PINGPONG, bool SPLIT, int CLUSTER>
-__device__ __forceinline__ void attention_sm90(const Sm90Params& p) {
-    using Tile = Sm90Tile<HEAD_DIM, BLOCK_N, STAGES, CONSUMERS, PINGPONG, SPLIT, CLUSTER>;
+template <class T, int HEAD_DIM, int BLOCK_N, int STAGES, int CONSUMERS, bool PINGPONG, bool SPLIT>
+__global__ void __launch_bounds__(128 * (CONSUMERS + 1), 1)
+flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
+    using Tile = Sm90Tile<HEAD_DIM, BLOCK_N, STAGES, CONSUMERS, PINGPONG, SPLIT>;
     extern __shared__ __align__(1024) unsigned char smem[];
     const u32 sbase = (smem_addr(smem) + 1023) & ~1023u;   // swizzle atoms need 1024-byte alignment
     const Barriers<STAGES> bar{sbase + Tile::kOffBars};
@@ -345,16 +287,13 @@ __device__ __forceinline__ void attention_sm90(const Sm90Params& p) {
             mbar_init(bar.k_empty(s), 4 * Tile::kTileUsers);   // one arrival per using warp
             mbar_init(bar.v_empty(s), 4 * Tile::kTileUsers);
         }
-        if (CLUSTER > 1) mbar_init(bar.partials_full(), 128 * (CLUSTER - 1));   // every sending thread
         mbar_fence_init();
     }
-    // With a cluster, no CTA may arrive on CTA 0's partials_full before it is initialised.
-    if constexpr (CLUSTER > 1) cluster_sync(); else __syncthreads();
-    const int rank = blockIdx.x % CLUSTER;   // in the cluster (1-D clusters along x)
+    __syncthreads();
 
     if (warpgroup == 0) {
         regs_release<Tile::kProducerRegs>();
-        if (threadIdx.x == 0) produce<Tile, HEAD_DIM, BLOCK_N, STAGES>(p, sbase, bar, rank);
+        if (threadIdx.x == 0) produce<Tile, HEAD_DIM, BLOCK_N, STAGES>(p, sbase, bar);
         return;
     }
 
@@ -377,7 +316,7 @@ __device__ __forceinline__ void attention_sm90(const Sm90Params& p) {
     };
 
     int it = 0, n_done = 0;                                   // K/V tiles and work items so far
-    for (int i = blockIdx.x / CLUSTER; i < p.n_items; i += gridDim.x / CLUSTER, ++n_done) {
+    for (int i = blockIdx.x; i < p.n_items; i += gridDim.x, ++n_done) {
         const WorkTile w = work_tile<Tile, BLOCK_N>(p, i);
         const int n_blocks = w.n_blocks;
         const bool has_rows = consumer < w.consumers;
@@ -388,12 +327,10 @@ __device__ __forceinline__ void attention_sm90(const Sm90Params& p) {
         const int c_blocks = has_rows ? min(n_blocks, c_kv_end > 0 ? (c_kv_end + BLOCK_N - 1) / BLOCK_N : 0)
                                       : 0;
         // The key tiles this consumer multiplies: all of its rows' (its k-th is tile k),
-        // or with SPLIT every (CLUSTER * CONSUMERS)-th (see Sm90Tile::key_tile); `ring(k)`
-        // is its k-th tile's position in the CTA's ring, `tile(k)` the tile itself.
-        const int first = rank * CONSUMERS + consumer, step = CLUSTER * CONSUMERS;
-        const int my_blocks = !SPLIT ? c_blocks : c_blocks > first ? (c_blocks - first - 1) / step + 1 : 0;
-        auto ring = [&](int k) { return Ring<STAGES>{it + (SPLIT ? consumer + k * CONSUMERS : k)}; };
-        auto tile = [&](int k) { return SPLIT ? first + k * step : k; };
+        // or with SPLIT every CONSUMERS-th (its k-th is tile consumer + k * CONSUMERS).
+        const int my_blocks = !SPLIT ? c_blocks
+                            : c_blocks > consumer ? (c_blocks - consumer - 1) / CONSUMERS + 1 : 0;
+        auto tile = [&](int k) { return SPLIT ? consumer + k * CONSUMERS : k; };
 
         float o[1][HEAD_DIM / 8][4];
         float m[1][2] = {{neg_inf(), neg_inf()}}, l[1][2] = {{0.f, 0.f}};
@@ -422,7 +359,7 @@ __device__ __forceinline__ void attention_sm90(const Sm90Params& p) {
         // wgmma of a kernel that waits on one inside a divergent path (C7518).
         mbar_wait(bar.q_full(), n_done & 1);
         if (my_blocks > 0) {
-            const Ring<STAGES> r = ring(0);
+            const Ring<STAGES> r{it + tile(0)};
             mbar_wait(bar.k_full(r.slot()), r.parity());
             await_turn();
             qk_wgmma<T, Tile, HEAD_DIM, BLOCK_N>(s[0], q_addr, k_tile(r));
@@ -436,7 +373,7 @@ __device__ __forceinline__ void attention_sm90(const Sm90Params& p) {
         // Step j: S_j = Q K_j^T and O += P_{j-1} V_{j-1} in flight together; the
         // softmax of S_j runs while P V finishes, and O's rescale waits for it.
         for (int k = 1; k < my_blocks; ++k) {
-            const Ring<STAGES> r = ring(k), prev = ring(k - 1);
+            const Ring<STAGES> r{it + tile(k)}, prev{it + tile(k - 1)};
             mbar_wait(bar.k_full(r.slot()), r.parity());
             mbar_wait(bar.v_full(prev.slot()), prev.parity());
             await_turn();
@@ -458,7 +395,7 @@ __device__ __forceinline__ void attention_sm90(const Sm90Params& p) {
         // during the last P V and the epilogue.
         release(bar.q_empty());
         if (my_blocks > 0) {
-            const Ring<STAGES> last = ring(my_blocks - 1);
+            const Ring<STAGES> last{it + tile(my_blocks - 1)};
             mbar_wait(bar.v_full(last.slot()), last.parity());
             await_turn();
             pv_wgmma<T, HEAD_DIM, BLOCK_N>(o[0], a, v_tile(last));
@@ -484,20 +421,10 @@ __device__ __forceinline__ void attention_sm90(const Sm90Params& p) {
             await_turn();
             pass_turn(turn == n_blocks);
         }
-        it += Tile::local_tiles(n_blocks, rank);
-        if constexpr (SPLIT) {   // one work tile per CTA (see Sm90Config.schedule): the ring is done
+        it += n_blocks;
+        if constexpr (SPLIT)   // one work tile per CTA (see Sm90Config.schedule): the ring is done
             combine_split<HEAD_DIM, CONSUMERS>(reinterpret_cast<float*>(smem + (sbase - smem_addr(smem)) +
                                                                         Tile::kOffK), consumer, o, m, l);
-            if (CLUSTER > 1 && consumer == 0) {
-                if (rank > 0) {
-                    send_partial<Tile, HEAD_DIM>(sbase + Tile::kOffPartials, bar.partials_full(), rank, o, m, l);
-                    continue;
-                }
-                merge_partials<Tile, HEAD_DIM>(reinterpret_cast<const float*>(smem + (sbase - smem_addr(smem)) +
-                                                                               Tile::kOffPartials),
-                                               bar.partials_full(), o, m, l);
-            }
-        }
         if (!has_rows || (SPLIT && consumer > 0)) continue;
 
         // Epilogue: O /= l straight from registers (each quad writes 16 contiguous bytes
@@ -520,20 +447,6 @@ __device__ __forceinline__ void attention_sm90(const Sm90Params& p) {
                     l_row > 0.f ? (m[0][half] + log2f(l_row)) * LN2 : neg_inf();
         }
     }
-}
-
-template <class T, int HEAD_DIM, int BLOCK_N, int STAGES, int CONSUMERS, bool PINGPONG, bool SPLIT>
-__global__ void __launch_bounds__(128 * (CONSUMERS + 1), 1)
-flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
-    attention_sm90<T, HEAD_DIM, BLOCK_N, STAGES, CONSUMERS, PINGPONG, SPLIT, 1>(p);
-}
-
-// A cluster of CLUSTER CTAs per SPLIT work tile (its own entry: a cluster size of 1
-// would still make every launch a cluster launch).
-template <class T, int HEAD_DIM, int BLOCK_N, int STAGES, int CONSUMERS, int CLUSTER>
-__global__ void __launch_bounds__(128 * (CONSUMERS + 1), 1) __cluster_dims__(CLUSTER, 1, 1)
-flash_fwd_sm90_cluster(const __grid_constant__ Sm90Params p) {
-    attention_sm90<T, HEAD_DIM, BLOCK_N, STAGES, CONSUMERS, false, true, CLUSTER>(p);
 }
 
 }  // namespace fc

@@ -38,45 +38,6 @@ __device__ __forceinline__ void mbar_wait(u32 bar, u32 parity) {
     } while (!done);
 }
 
-// Wait as above, and see the memory writes that other CTAs of the cluster released
-// onto the barrier (mbar_arrive_remote).
-__device__ __forceinline__ void mbar_wait_cluster(u32 bar, u32 parity) {
-    u32 done;
-    do {
-        asm volatile(
-            "{\n.reg .pred p;\n"
-            "mbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 p, [%1], %2;\n"
-            "selp.u32 %0, 1, 0, p;\n}\n"
-            : "=r"(done) : "r"(bar), "r"(parity) : "memory");
-    } while (!done);
-}
-
-// ---- thread-block clusters (distributed shared memory) ---------------------
-
-// Every thread of every CTA in the cluster arrives, then waits for all of them;
-// orders what each wrote before (barrier initialisation) before what any reads after.
-__device__ __forceinline__ void cluster_sync() {
-    asm volatile("barrier.cluster.arrive.release.aligned;\n"
-                 "barrier.cluster.wait.acquire.aligned;" ::: "memory");
-}
-
-// The address of shared-memory location `addr` in the cluster's CTA `rank`.
-__device__ __forceinline__ u32 cluster_map(u32 addr, u32 rank) {
-    u32 remote;
-    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(addr), "r"(rank));
-    return remote;
-}
-
-__device__ __forceinline__ void st_cluster(u32 remote_addr, float x) {
-    asm volatile("st.shared::cluster.f32 [%0], %1;" :: "r"(remote_addr), "f"(x) : "memory");
-}
-
-// One arrival on another CTA's barrier, releasing this thread's earlier writes to it.
-__device__ __forceinline__ void mbar_arrive_remote(u32 remote_bar) {
-    asm volatile("mbarrier.arrive.release.cluster.shared::cluster.b64 _, [%0];" :: "r"(remote_bar)
-                 : "memory");
-}
-
 // ---- TMA -------------------------------------------------------------------
 
 // Box at coordinates (c0 innermost .. c3) of a 4-D tensor map into shared memory;

@@ -265,33 +265,6 @@ def test_every_dispatchable_config(rng, config, causal):
         assert err <= TOL[dtype], f"{config} {lengths} D{d}: rel err {err:.3e}"
 
 
-def _cluster_configs():
-    from flashcore_cupy.configs import Sm90Config
-    return [Sm90Config("fp16", 64, 128, 4, 2, False, True, 2), Sm90Config("bf16", 64, 64, 2, 2, False, True, 4),
-            Sm90Config("fp16", 128, 64, 4, 2, False, True, 2), Sm90Config("bf16", 128, 64, 2, 2, False, True, 4),
-            Sm90Config("fp16", 64, 128, 3, 3, False, True, 2)]
-
-
-@pytest.mark.parametrize("config", _cluster_configs(), ids=str)
-@pytest.mark.parametrize("causal", [False, True])
-def test_cluster_split_configs(rng, config, causal):
-    """Keys split over a cluster of CTAs: lengths that leave some CTAs or consumers no
-    key tile (Sk = 1, 63), rows that see no key (causal, Sq > Sk), GQA, and the LSE."""
-    import cupy
-
-    from flashcore_cupy import api
-
-    need_backend("sm90", config.head_dim)
-    for lengths in ((1, 1), (65, 63), (64, 200), (239, 1000), (1000, 239), (1, 4097)):
-        q, k, v = make_inputs(rng, config.dtype, config.head_dim, "bhsd", (2, 3, 1), lengths)
-        out = cupy.full(q.shape, np.nan, dtype=q.dtype)
-        _, lse = api.attention_with_config(config, q, k, v, causal=causal, out=out, return_lse=True)
-        ref, ref_lse = reference.attention(q, k, v, causal=causal, return_lse=True)
-        err = reference.rel_error(out, ref)
-        assert err <= TOL[config.dtype], f"{config} {lengths}: rel err {err:.3e}"
-        np.testing.assert_allclose(lse.get(), ref_lse, rtol=1e-4, atol=1e-4)
-
-
 def _multi_consumer_hopper_configs():
     """Hopper configs whose consumers own rows of their own (split ones share them)."""
     return [c for c in _device_configs() if getattr(c, "consumers", 1) > 1 and not c.split]

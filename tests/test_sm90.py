@@ -25,7 +25,7 @@ def test_geometry_and_name():
     cfg = configs.Sm90Config("bf16", 128, 128, 2, 2, True)
     assert cfg.name_expression == "fc::flash_fwd_sm90<fc::bf16, 128, 128, 2, 2, true, false>"
     assert (cfg.threads, cfg.block_m) == (384, 128)
-    assert cfg.smem_bytes == 1024 + 2 * 128 * (128 + 2 * 2 * 128) + 8 * 11
+    assert cfg.smem_bytes == 1024 + 2 * 128 * (128 + 2 * 2 * 128) + 8 * 10
     assert cfg.smem_bytes <= configs.SMEM_LIMIT["sm_90a"]
     assert cfg.work_tiles(batch=3, heads_q=5, seqlen_q=129) == 2 * 5 * 3
     assert cfg.schedule(batch=3, heads_q=5, seqlen_q=129, num_sms=132, causal=False) == ((30, 1, 1), 30, 30)
@@ -38,21 +38,10 @@ def test_split_keys_config():
     cfg = configs.Sm90Config("fp16", 64, 128, 4, 2, False, True)
     assert cfg.name_expression == "fc::flash_fwd_sm90<fc::fp16, 64, 128, 4, 2, false, true>"
     assert (cfg.threads, cfg.block_m) == (384, 64)
-    assert cfg.smem_bytes == 1024 + 2 * 64 * (64 + 2 * 4 * 128) + 8 * 19
+    assert cfg.smem_bytes == 1024 + 2 * 64 * (64 + 2 * 4 * 128) + 8 * 18
     # its combine reuses the K/V ring, so every work tile is its own CTA, never split further
     assert cfg.schedule(batch=2, heads_q=67, seqlen_q=300, num_sms=132, causal=False) == \
         ((2 * 67 * 5, 1, 1), 2 * 67 * 5, 2 * 67 * 5)
-
-
-def test_cluster_config():
-    cfg = configs.Sm90Config("fp16", 64, 64, 2, 2, False, True, 4)
-    # its own entry point: the cluster launch
-    assert cfg.name_expression == "fc::flash_fwd_sm90_cluster<fc::fp16, 64, 64, 2, 2, 4>"
-    assert str(cfg) == "sm90 fp16 D64 64x64 c2 s2 split x4"
-    # CTA 0 receives the other three CTAs' states: 128 threads x (32 + 4) floats each
-    assert cfg.smem_bytes == 1024 + 2 * 64 * (64 + 2 * 2 * 64) + 3 * 128 * 36 * 4 + 8 * 11
-    # a cluster of 4 CTAs per work tile
-    assert cfg.schedule(batch=1, heads_q=8, seqlen_q=512, num_sms=132, causal=False) == ((256, 1, 1), 64, 64)
 
 
 def test_schedule_splits_a_partial_last_round_into_sub_tiles():
@@ -141,8 +130,7 @@ def _rows_of_item(cfg, p, i):
 
 @pytest.mark.parametrize("cfg", [configs.Sm90Config("fp16", 64, 128, 2, 3, True),
                                  configs.Sm90Config("fp16", 128, 192, 2, 2, True),
-                                 configs.Sm90Config("fp16", 64, 128, 4, 2, False, True),
-                                 configs.Sm90Config("fp16", 64, 64, 2, 2, False, True, 4)], ids=str)
+                                 configs.Sm90Config("fp16", 64, 128, 4, 2, False, True)], ids=str)
 def test_work_items_cover_every_row_once(cfg):
     rng = np.random.default_rng(0)
     for _ in range(200):
@@ -155,41 +143,4 @@ def test_work_items_cover_every_row_once(cfg):
             (b, h), rows = _rows_of_item(cfg, p, i)
             seen[b, h, rows.start:rows.stop] += 1
         assert (seen == 1).all(), (batch, heads, seqlen_q, sms, causal)
-        assert plan.grid[0] == (plan.items * cfg.cluster if cfg.split else plan.items if causal
-                                else min(plan.items, sms))
-
-
-# Mirrors of Sm90Tile::key_tile / local_tiles and the consumer's first, step and my_blocks
-# (flash_fwd_sm90.cu) for SPLIT tiles split over a cluster of CTAs.
-def _key_tile(local, rank, consumers, cluster):
-    return (local // consumers) * (cluster * consumers) + rank * consumers + local % consumers
-
-
-def _local_tiles(n_blocks, rank, consumers, cluster):
-    if cluster == 1:
-        return n_blocks
-    round_, rest = cluster * consumers, n_blocks % (cluster * consumers) - rank * consumers
-    return n_blocks // round_ * consumers + min(consumers, max(0, rest))
-
-
-@pytest.mark.parametrize("consumers, cluster", [(2, 1), (3, 1), (2, 2), (2, 4), (3, 2)])
-def test_cluster_ranks_split_every_key_tile_once(consumers, cluster):
-    for n_blocks in range(0, 40):
-        multiplied = []
-        for rank in range(cluster):
-            # the producer's loop: ring positions 0, 1, ... hold key tiles while below n_blocks
-            loaded = []
-            while _key_tile(len(loaded), rank, consumers, cluster) < n_blocks:
-                loaded.append(_key_tile(len(loaded), rank, consumers, cluster))
-            assert len(loaded) == _local_tiles(n_blocks, rank, consumers, cluster)
-            read = set()
-            for c in range(consumers):
-                first, step = rank * consumers + c, cluster * consumers
-                mine = (n_blocks - first - 1) // step + 1 if n_blocks > first else 0
-                for k in range(mine):
-                    position = c + k * consumers          # ring(k)
-                    assert loaded[position] == first + k * step   # the tile it masks as, tile(k)
-                    read.add(position)
-                    multiplied.append(first + k * step)
-            assert read == set(range(len(loaded)))        # every loaded tile is released
-        assert sorted(multiplied) == list(range(n_blocks)), (n_blocks, consumers, cluster)
+        assert plan.grid[0] == (plan.items if causal or cfg.split else min(plan.items, sms))
