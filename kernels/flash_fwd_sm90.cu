@@ -7,9 +7,10 @@
 // one (batch, head); a CTA has CONSUMERS + 1 warpgroups and takes work tiles in
 // turn (see work_tile):
 //
-//   producer (warpgroup 0, 24 registers): one thread issues TMA copies: a tile's
-//     Q once the previous tile's is released, then K_j and V_j into a ring of
-//     STAGES slots, each slot refilled once every consumer has released it;
+//   producers (warpgroup 0, 24 registers): one thread issues the TMA copies of a
+//     tile's Q, once the previous tile's is released, and of K_j, another those of
+//     V_j, into rings of STAGES slots, each slot refilled once every consumer has
+//     released it;
 //   consumer c (64 query rows each, the rest of the register file): for each key tile j
 //     S   = Q_c K_j^T         wgmma m64nBLOCK_Nk16, Q and K from shared memory
 //     P   = online softmax(S) in registers (softmax.cuh, shared with sm_80)
@@ -158,31 +159,35 @@ struct Ring {
     __device__ u32 parity() const { return static_cast<u32>((it / STAGES) & 1); }
 };
 
-// Producer: per work tile, Q (once the consumers released the previous one),
-// then K/V tiles through the ring, each slot refilled once released.
-template <class Tile, int HEAD_DIM, int BLOCK_N, int STAGES>
+// Producers: two threads of warpgroup 0, each with its own order of waits. The K
+// thread loads, per work tile, Q (once the consumers released the previous one) and
+// the K tiles; the V thread the V tiles; each refills a ring slot once its tile there
+// is released. One thread for both made each K load wait behind the previous V
+// slot's release (P V, a step after S frees K): ncu showed consumers waiting on
+// K/V arrivals and the producer on V releases.
+template <class Tile, int HEAD_DIM, int BLOCK_N, int STAGES, bool LOADS_V>
 __device__ __forceinline__ void produce(const Sm90Params& p, u32 sbase, const Barriers<STAGES>& bar) {
-    prefetch_tensor_map(&p.q);
-    prefetch_tensor_map(&p.k);
-    prefetch_tensor_map(&p.v);
+    const TensorMap& map = LOADS_V ? p.v : p.k;
+    prefetch_tensor_map(&map);
+    if (!LOADS_V) prefetch_tensor_map(&p.q);
+    const u32 ring = sbase + (LOADS_V ? Tile::kOffV : Tile::kOffK);
     int it = 0, n_done = 0;
     for (int i = blockIdx.x; i < p.n_items; i += gridDim.x, ++n_done) {
         const WorkTile w = work_tile<Tile, BLOCK_N>(p, i);
         const int head_kv = w.head / p.heads_per_kv;
-        if (n_done > 0) mbar_wait(bar.q_empty(), (n_done - 1) & 1);
-        mbar_expect_tx(bar.q_full(), Tile::kQBytes);
-        tma_load_tile<HEAD_DIM>(sbase, p.q, bar.q_full(), Tile::kBlockM, w.row0, w.head, w.batch);
+        if (!LOADS_V) {
+            if (n_done > 0) mbar_wait(bar.q_empty(), (n_done - 1) & 1);
+            mbar_expect_tx(bar.q_full(), Tile::kQBytes);
+            tma_load_tile<HEAD_DIM>(sbase, p.q, bar.q_full(), Tile::kBlockM, w.row0, w.head, w.batch);
+        }
         for (int j = 0; j < w.n_blocks; ++j, ++it) {
             const Ring<STAGES> r{it};
-            const u32 released = r.parity() ^ 1;   // parity of the slot's previous use's release
-            if (it >= STAGES) mbar_wait(bar.k_empty(r.slot()), released);
-            mbar_expect_tx(bar.k_full(r.slot()), Tile::kKVBytes);
-            tma_load_tile<HEAD_DIM>(sbase + Tile::kOffK + r.slot() * Tile::kKVBytes, p.k,
-                                    bar.k_full(r.slot()), BLOCK_N, j * BLOCK_N, head_kv, w.batch);
-            if (it >= STAGES) mbar_wait(bar.v_empty(r.slot()), released);
-            mbar_expect_tx(bar.v_full(r.slot()), Tile::kKVBytes);
-            tma_load_tile<HEAD_DIM>(sbase + Tile::kOffV + r.slot() * Tile::kKVBytes, p.v,
-                                    bar.v_full(r.slot()), BLOCK_N, j * BLOCK_N, head_kv, w.batch);
+            const u32 full = LOADS_V ? bar.v_full(r.slot()) : bar.k_full(r.slot());
+            // parity of the slot's previous use's release
+            if (it >= STAGES) mbar_wait(LOADS_V ? bar.v_empty(r.slot()) : bar.k_empty(r.slot()), r.parity() ^ 1);
+            mbar_expect_tx(full, Tile::kKVBytes);
+            tma_load_tile<HEAD_DIM>(ring + r.slot() * Tile::kKVBytes, map, full, BLOCK_N, j * BLOCK_N, head_kv,
+                                    w.batch);
         }
     }
 }
@@ -293,7 +298,8 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
 
     if (warpgroup == 0) {
         regs_release<Tile::kProducerRegs>();
-        if (threadIdx.x == 0) produce<Tile, HEAD_DIM, BLOCK_N, STAGES>(p, sbase, bar);
+        if (threadIdx.x == 0) produce<Tile, HEAD_DIM, BLOCK_N, STAGES, false>(p, sbase, bar);
+        if (threadIdx.x == 32) produce<Tile, HEAD_DIM, BLOCK_N, STAGES, true>(p, sbase, bar);
         return;
     }
 

@@ -26,8 +26,8 @@ SM80 = {   # shape -> (warps, m_tiles, block_n, stages)
 }
 SM90 = {   # shape -> (block_n, stages, consumers, pingpong[, split])
     "b4-h16-s1k-d64": [(128, 2, 3, True)],
-    "b2-h16-s4k-d64": [(128, 2, 3, True)],
-    "b2-h16-s4k-d128": [(192, 2, 2, True), (128, 2, 2, True)],
+    "b2-h16-s4k-d64": [(128, 2, 3, True), (128, 3, 3, True)],
+    "b2-h16-s4k-d128": [(192, 2, 2, True), (128, 2, 2, True), (128, 3, 2, True)],
     "b2-h16-s4k-d128-causal": [(128, 2, 2, True)],
     "b1-h16-s16k-d128": [(192, 2, 2, True)],
     "mission": [(128, 2, 1, False), (128, 4, 2, False, True), (128, 3, 3, False, True),

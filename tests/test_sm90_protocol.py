@@ -1,7 +1,7 @@
 """A CPU model of the Hopper kernel's synchronisation (kernels/flash_fwd_sm90.cu): one
-CTA's producer, its TMA copies (landing in any order) and consumers as coroutines over
-the same mbarriers (Q full/empty, the K/V ring) and ping-pong named barriers, run in
-random interleavings. It checks the protocol, not the kernel: a change to the kernel's
+CTA's producers (one thread for Q and K, one for V), their TMA copies (landing in any
+order) and consumers as coroutines over the same mbarriers (Q full/empty, the K/V
+ring) and ping-pong named barriers, run in random interleavings. It checks the protocol, not the kernel: a change to the kernel's
 waits, releases or turns belongs here too. It reproduces the deadlock of the first
 idle-consumer order (every skipped key tile released before any turn), and the parity
 aliasing that split keys would have with a ring not a multiple of the consumers.
@@ -47,20 +47,18 @@ def cta(consumers, stages, pingpong, items, skip_per_turn=True, split=False):
     def ring(it):
         return it % stages, it // stages
 
-    def producer():
+    def producer(loads_v):   # the K thread (Q and K tiles) or the V thread
         it = 0
         for n, (n_blocks, _) in enumerate(items):
-            if n > 0:
-                yield from wait(q_empty, n - 1)
-            in_flight.append(q_full)
+            if not loads_v:
+                if n > 0:
+                    yield from wait(q_empty, n - 1)
+                in_flight.append(q_full)
             for _ in range(n_blocks):
                 slot, use = ring(it)
                 if it >= stages:
-                    yield from wait(k_empty[slot], use - 1)
-                in_flight.append(k_full[slot])
-                if it >= stages:
-                    yield from wait(v_empty[slot], use - 1)
-                in_flight.append(v_full[slot])
+                    yield from wait((v_empty if loads_v else k_empty)[slot], use - 1)
+                in_flight.append((v_full if loads_v else k_full)[slot])
                 it += 1
 
     def consumer(c):
@@ -134,18 +132,19 @@ def cta(consumers, stages, pingpong, items, skip_per_turn=True, split=False):
             it += n_blocks
 
     def tma(rng):   # lands the copies in flight in any order
-        while not (in_flight == [] and producing[0] is None):
+        while not (in_flight == [] and producing[0] == 0):
             if in_flight:
                 in_flight.pop(rng.randrange(len(in_flight))).arrive()
             yield
 
-    in_flight, producing = [], [producer()]
+    in_flight, producing = [], [2]   # producers still running
 
-    def producer_then_done():
-        yield from producing[0]
-        producing[0] = None
+    def producer_then_done(loads_v):
+        yield from producer(loads_v)
+        producing[0] -= 1
 
-    return [producer_then_done(), tma(random.Random(len(items)))] + [consumer(c) for c in range(consumers)]
+    return ([producer_then_done(False), producer_then_done(True), tma(random.Random(len(items)))] +
+            [consumer(c) for c in range(consumers)])
 
 
 def runs_to_the_end(coroutines, rng, patience=20000):
