@@ -103,7 +103,7 @@ class Sm90Config:
     def smem_bytes(self) -> int:
         # Mirrors Sm90Tile: 1024 bytes of alignment slack, Q, the K and V rings, barriers.
         tiles = 2 * self.head_dim * (self.block_m + 2 * self.stages * self.block_n)
-        return 1024 + tiles + 8 * (2 + 4 * self.stages)
+        return 1024 + tiles + 8 * (3 + 4 * self.stages)
 
     def work_tiles(self, batch: int, heads_q: int, seqlen_q: int) -> int:
         return -(-seqlen_q // self.block_m) * heads_q * batch

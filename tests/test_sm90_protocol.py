@@ -47,6 +47,8 @@ def cta(consumers, stages, pingpong, items, skip_per_turn=True, split=False):
     def ring(it):
         return it % stages, it // stages
 
+    v_start = Mbarrier(1)
+
     def producer(loads_v):   # the K thread (Q and K tiles) or the V thread
         it = 0
         for n, (n_blocks, _) in enumerate(items):
@@ -55,10 +57,14 @@ def cta(consumers, stages, pingpong, items, skip_per_turn=True, split=False):
                     yield from wait(q_empty, n - 1)
                 in_flight.append(q_full)
             for _ in range(n_blocks):
+                if loads_v and it == 0:                      # once the first K copy is issued
+                    yield from wait(v_start, 0)
                 slot, use = ring(it)
                 if it >= stages:
                     yield from wait((v_empty if loads_v else k_empty)[slot], use - 1)
                 in_flight.append((v_full if loads_v else k_full)[slot])
+                if not loads_v and it == 0:
+                    v_start.arrive()
                 it += 1
 
     def consumer(c):
