@@ -81,6 +81,7 @@ class Sm90Config:
     consumers: int    # consumer warpgroups, 64 query rows each (shared ones with split)
     pingpong: bool    # consumers take turns issuing GEMMs (needs 2+)
     split: bool = False   # consumers share 64 rows and split the keys (small grids)
+    producers: int = 1    # TMA-issuing threads: 1 (Q, K and V) or 2 (Q and K; V)
 
     kernel_file = "flash_fwd_sm90.cu"
     arch = "sm_90a"
@@ -89,7 +90,7 @@ class Sm90Config:
     def name_expression(self) -> str:
         return (f"fc::flash_fwd_sm90<fc::{self.dtype}, {self.head_dim}, {self.block_n}, "
                 f"{self.stages}, {self.consumers}, {'true' if self.pingpong else 'false'}, "
-                f"{'true' if self.split else 'false'}>")
+                f"{'true' if self.split else 'false'}, {self.producers}>")
 
     @property
     def threads(self) -> int:
@@ -103,7 +104,7 @@ class Sm90Config:
     def smem_bytes(self) -> int:
         # Mirrors Sm90Tile: 1024 bytes of alignment slack, Q, the K and V rings, barriers.
         tiles = 2 * self.head_dim * (self.block_m + 2 * self.stages * self.block_n)
-        return 1024 + tiles + 8 * (3 + 4 * self.stages)
+        return 1024 + tiles + 8 * (2 + 4 * self.stages)
 
     def work_tiles(self, batch: int, heads_q: int, seqlen_q: int) -> int:
         return -(-seqlen_q // self.block_m) * heads_q * batch
@@ -130,7 +131,7 @@ class Sm90Config:
     def __str__(self) -> str:
         return (f"sm90 {self.dtype} D{self.head_dim} {self.block_m}x{self.block_n} "
                 f"c{self.consumers} s{self.stages}{' pp' if self.pingpong else ''}"
-                f"{' split' if self.split else ''}")
+                f"{' split' if self.split else ''}{' p2' if self.producers == 2 else ''}")
 
 
 # Tile table: (arch family, largest template head dim) -> (warps, m_tiles, block_n, stages).
@@ -193,19 +194,22 @@ def choose_config(arch: str, dtype: str, head_dim: int, batch_heads: int = 1 << 
     return dict(tuned).get(key, default)
 
 
-# Hopper kernel (sm_90a): (head-dim bucket, grid) -> (block_n, stages, consumers, pingpong).
+# Hopper kernel (sm_90a): (head-dim bucket, grid) -> (block_n, stages, consumers, pingpong[,
+# split[, producers]]).
 # Measured on the H200 (docs/PERF_NOTES.md, sm90 v5-v6): D128 takes 128 query rows
 # (two consumer warpgroups taking turns) x 128-key tiles in a 2-slot TMA ring;
 # D64's GEMMs are half as long against the same softmax, so a third consumer
 # (192 rows) keeps the tensor cores fed (+5 % over two). Grids that leave SMs
 # idle (the mission shape, decode) take 64-row tiles, one per CTA, whose two
 # consumers split the keys between them and merge at the end (sm90 v10: mission
-# kernel 6.9 -> 6.3 us against one consumer of 64 rows x 128 keys; decode
-# 165 -> 135 us with 64-key tiles in 4 slots, 205 us with 128-key tiles in 2).
+# kernel 6.9 -> 6.3 us against one consumer of 64 rows x 128 keys). Decode streams
+# many key tiles through a short ring: K and V from producer threads of their own
+# (v12, H100: 128-key tiles in 2 slots 209 -> 119 us; 64-key tiles in 4 slots with
+# one producer, the previous choice, 136-141 us).
 SM90_ARCH = "sm_90a"
 SM90_HEAD_DIMS = (64, 128)
 _SM90_TILES = {(64, "large"): (128, 2, 3, True), (128, "large"): (128, 2, 2, True),
-               (64, "small"): (128, 4, 2, False, True), (128, "small"): (64, 4, 2, False, True)}
+               (64, "small"): (128, 4, 2, False, True), (128, "small"): (128, 2, 2, False, True, 2)}
 Sm90Mode = Literal["off", "auto", "force"]
 
 

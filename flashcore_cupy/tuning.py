@@ -43,7 +43,7 @@ FAMILIES = {
                                "stages": (2, 3, 4)}, ""),
     "sm90": Family("sm90", Sm90Config, {"block_n": (64, 128, 176, 192), "stages": (2, 3, 4),
                                 "consumers": (1, 2, 3), "pingpong": (False, True),
-                                "split": (False, True)}, "sm90/"),
+                                "split": (False, True), "producers": (1, 2)}, "sm90/"),
 }
 _MAX_ACCUMULATOR_REGS = 192   # sm80: of 255, the rest holds fragments, addresses and the softmax
 _SM90_SPARE_REGS = 24         # sm90: a consumer's registers beyond S, P and O (addresses, softmax)

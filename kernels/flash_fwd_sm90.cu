@@ -7,10 +7,10 @@
 // one (batch, head); a CTA has CONSUMERS + 1 warpgroups and takes work tiles in
 // turn (see work_tile):
 //
-//   producers (warpgroup 0, 24 registers): one thread issues the TMA copies of a
-//     tile's Q, once the previous tile's is released, and of K_j, another those of
-//     V_j, into rings of STAGES slots, each slot refilled once every consumer has
-//     released it;
+//   producer (warpgroup 0, 24 registers): one thread (or PRODUCERS = 2: one for Q
+//     and K, one for V) issues TMA copies: a tile's Q once the previous tile's is
+//     released, then K_j and V_j into rings of STAGES slots, each slot refilled
+//     once every consumer has released it;
 //   consumer c (64 query rows each, the rest of the register file): for each key tile j
 //     S   = Q_c K_j^T         wgmma m64nBLOCK_Nk16, Q and K from shared memory
 //     P   = online softmax(S) in registers (softmax.cuh, shared with sm_80)
@@ -106,7 +106,6 @@ struct Barriers {
     __device__ u32 v_full(int s) const { return base + 8 * (2 + STAGES + s); }
     __device__ u32 k_empty(int s) const { return base + 8 * (2 + 2 * STAGES + s); }
     __device__ u32 v_empty(int s) const { return base + 8 * (2 + 3 * STAGES + s); }
-    __device__ u32 v_start() const { return base + 8 * (2 + 4 * STAGES); }   // completes once
 };
 
 // A tile of `rows` rows as HEAD_DIM/64 TMA boxes (one per column block), counted on `bar`.
@@ -160,39 +159,44 @@ struct Ring {
     __device__ u32 parity() const { return static_cast<u32>((it / STAGES) & 1); }
 };
 
-// Producers: two threads of warpgroup 0, each with its own order of waits. The K
-// thread loads, per work tile, Q (once the consumers released the previous one) and
-// the K tiles; the V thread the V tiles; each refills a ring slot once its tile there
-// is released. One thread for both made each K load wait behind the previous V
-// slot's release (P V, a step after S frees K): ncu showed consumers waiting on
-// K/V arrivals and the producer on V releases. The V thread starts once the first
-// Q and K copies are issued (v_start), so that they, which the first GEMM waits
-// for, do not share the bandwidth with a ring's worth of V (mission kernel +0.5 us).
-template <class Tile, int HEAD_DIM, int BLOCK_N, int STAGES, bool LOADS_V>
+// Producer: per work tile, Q (once the consumers released the previous one), then
+// the K and V tiles through their rings, each slot refilled once released. With
+// PRODUCERS = 1 one thread issues them all (Q, K_0, V_0, K_1, ...); with 2 the K
+// thread (Q and K) and the V thread each wait only on their own releases: one thread
+// makes each K load wait behind the previous V slot's release, which costs most
+// where the ring is short against the keys (decode: 209 -> 119 us on an H100 with
+// 2) and nothing where it holds them all (the mission kernel: 6.4 against 6.9 us).
+template <class Tile, int HEAD_DIM, int BLOCK_N, int STAGES, bool LOADS_K, bool LOADS_V>
 __device__ __forceinline__ void produce(const Sm90Params& p, u32 sbase, const Barriers<STAGES>& bar) {
-    const TensorMap& map = LOADS_V ? p.v : p.k;
-    prefetch_tensor_map(&map);
-    if (!LOADS_V) prefetch_tensor_map(&p.q);
-    const u32 ring = sbase + (LOADS_V ? Tile::kOffV : Tile::kOffK);
+    if (LOADS_K) {
+        prefetch_tensor_map(&p.q);
+        prefetch_tensor_map(&p.k);
+    }
+    if (LOADS_V) prefetch_tensor_map(&p.v);
     int it = 0, n_done = 0;
     for (int i = blockIdx.x; i < p.n_items; i += gridDim.x, ++n_done) {
         const WorkTile w = work_tile<Tile, BLOCK_N>(p, i);
         const int head_kv = w.head / p.heads_per_kv;
-        if (!LOADS_V) {
+        if (LOADS_K) {
             if (n_done > 0) mbar_wait(bar.q_empty(), (n_done - 1) & 1);
             mbar_expect_tx(bar.q_full(), Tile::kQBytes);
             tma_load_tile<HEAD_DIM>(sbase, p.q, bar.q_full(), Tile::kBlockM, w.row0, w.head, w.batch);
         }
         for (int j = 0; j < w.n_blocks; ++j, ++it) {
-            if (LOADS_V && it == 0) mbar_wait(bar.v_start(), 0);
             const Ring<STAGES> r{it};
-            const u32 full = LOADS_V ? bar.v_full(r.slot()) : bar.k_full(r.slot());
-            // parity of the slot's previous use's release
-            if (it >= STAGES) mbar_wait(LOADS_V ? bar.v_empty(r.slot()) : bar.k_empty(r.slot()), r.parity() ^ 1);
-            mbar_expect_tx(full, Tile::kKVBytes);
-            tma_load_tile<HEAD_DIM>(ring + r.slot() * Tile::kKVBytes, map, full, BLOCK_N, j * BLOCK_N, head_kv,
-                                    w.batch);
-            if (!LOADS_V && it == 0) mbar_arrive(bar.v_start());
+            const u32 released = r.parity() ^ 1;   // parity of the slot's previous use's release
+            if (LOADS_K) {
+                if (it >= STAGES) mbar_wait(bar.k_empty(r.slot()), released);
+                mbar_expect_tx(bar.k_full(r.slot()), Tile::kKVBytes);
+                tma_load_tile<HEAD_DIM>(sbase + Tile::kOffK + r.slot() * Tile::kKVBytes, p.k,
+                                        bar.k_full(r.slot()), BLOCK_N, j * BLOCK_N, head_kv, w.batch);
+            }
+            if (LOADS_V) {
+                if (it >= STAGES) mbar_wait(bar.v_empty(r.slot()), released);
+                mbar_expect_tx(bar.v_full(r.slot()), Tile::kKVBytes);
+                tma_load_tile<HEAD_DIM>(sbase + Tile::kOffV + r.slot() * Tile::kKVBytes, p.v,
+                                        bar.v_full(r.slot()), BLOCK_N, j * BLOCK_N, head_kv, w.batch);
+            }
         }
     }
 }
@@ -279,10 +283,11 @@ __device__ __forceinline__ void combine_split(float* scratch, int consumer, floa
     }
 }
 
-template <class T, int HEAD_DIM, int BLOCK_N, int STAGES, int CONSUMERS, bool PINGPONG, bool SPLIT>
+template <class T, int HEAD_DIM, int BLOCK_N, int STAGES, int CONSUMERS, bool PINGPONG, bool SPLIT, int PRODUCERS>
 __global__ void __launch_bounds__(128 * (CONSUMERS + 1), 1)
 flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
     using Tile = Sm90Tile<HEAD_DIM, BLOCK_N, STAGES, CONSUMERS, PINGPONG, SPLIT>;
+    static_assert(PRODUCERS == 1 || PRODUCERS == 2, "PRODUCERS: one thread for Q, K and V, or K's and V's own");
     extern __shared__ __align__(1024) unsigned char smem[];
     const u32 sbase = (smem_addr(smem) + 1023) & ~1023u;   // swizzle atoms need 1024-byte alignment
     const Barriers<STAGES> bar{sbase + Tile::kOffBars};
@@ -297,15 +302,15 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
             mbar_init(bar.k_empty(s), 4 * Tile::kTileUsers);   // one arrival per using warp
             mbar_init(bar.v_empty(s), 4 * Tile::kTileUsers);
         }
-        mbar_init(bar.v_start(), 1);
         mbar_fence_init();
     }
     __syncthreads();
 
     if (warpgroup == 0) {
         regs_release<Tile::kProducerRegs>();
-        if (threadIdx.x == 0) produce<Tile, HEAD_DIM, BLOCK_N, STAGES, false>(p, sbase, bar);
-        if (threadIdx.x == 32) produce<Tile, HEAD_DIM, BLOCK_N, STAGES, true>(p, sbase, bar);
+        if (threadIdx.x == 0) produce<Tile, HEAD_DIM, BLOCK_N, STAGES, true, PRODUCERS == 1>(p, sbase, bar);
+        if (PRODUCERS == 2 && threadIdx.x == 32)
+            produce<Tile, HEAD_DIM, BLOCK_N, STAGES, false, true>(p, sbase, bar);
         return;
     }
 

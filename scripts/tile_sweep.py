@@ -24,7 +24,7 @@ SM80 = {   # shape -> (warps, m_tiles, block_n, stages)
     "b2-h16-s4k-d128-causal": [(4, 2, 32, 3), (4, 2, 64, 2)],
     "mission": [(4, 1, 64, 2), (4, 1, 64, 3)],
 }
-SM90 = {   # shape -> (block_n, stages, consumers, pingpong[, split])
+SM90 = {   # shape -> (block_n, stages, consumers, pingpong[, split[, producers]])
     "b4-h16-s1k-d64": [(128, 2, 3, True)],
     "b2-h16-s4k-d64": [(128, 2, 3, True), (128, 3, 3, True)],
     "b2-h16-s4k-d128": [(192, 2, 2, True), (128, 2, 2, True), (128, 3, 2, True)],
@@ -32,8 +32,8 @@ SM90 = {   # shape -> (block_n, stages, consumers, pingpong[, split])
     "b1-h16-s16k-d128": [(192, 2, 2, True)],
     "mission": [(128, 2, 1, False), (128, 4, 2, False, True), (128, 3, 3, False, True),
                 (64, 4, 2, False, True)],
-    "decode-b8-h32kv8-s8k-d128": [(128, 2, 1, False), (128, 2, 2, False, True), (64, 4, 2, False, True),
-                                  (64, 3, 3, False, True)],
+    "decode-b8-h32kv8-s8k-d128": [(128, 2, 2, False, True, 2), (128, 2, 2, False, True), (64, 4, 2, False, True),
+                                  (64, 4, 2, False, True, 2), (64, 3, 3, False, True, 2)],
 }
 FAMILIES = {"sm80": (SM80, FwdConfig), "sm90": (SM90, Sm90Config)}
 _GRAPH_BELOW_US = 30   # kernels shorter than this are timed by CUDA-graph replay

@@ -23,9 +23,9 @@ def problem(q_shape, kv_shape, layout="bhsd", strides=None, causal=False):
 
 def test_geometry_and_name():
     cfg = configs.Sm90Config("bf16", 128, 128, 2, 2, True)
-    assert cfg.name_expression == "fc::flash_fwd_sm90<fc::bf16, 128, 128, 2, 2, true, false>"
+    assert cfg.name_expression == "fc::flash_fwd_sm90<fc::bf16, 128, 128, 2, 2, true, false, 1>"
     assert (cfg.threads, cfg.block_m) == (384, 128)
-    assert cfg.smem_bytes == 1024 + 2 * 128 * (128 + 2 * 2 * 128) + 8 * 11
+    assert cfg.smem_bytes == 1024 + 2 * 128 * (128 + 2 * 2 * 128) + 8 * 10
     assert cfg.smem_bytes <= configs.SMEM_LIMIT["sm_90a"]
     assert cfg.work_tiles(batch=3, heads_q=5, seqlen_q=129) == 2 * 5 * 3
     assert cfg.schedule(batch=3, heads_q=5, seqlen_q=129, num_sms=132, causal=False) == ((30, 1, 1), 30, 30)
@@ -36,9 +36,9 @@ def test_geometry_and_name():
 
 def test_split_keys_config():
     cfg = configs.Sm90Config("fp16", 64, 128, 4, 2, False, True)
-    assert cfg.name_expression == "fc::flash_fwd_sm90<fc::fp16, 64, 128, 4, 2, false, true>"
+    assert cfg.name_expression == "fc::flash_fwd_sm90<fc::fp16, 64, 128, 4, 2, false, true, 1>"
     assert (cfg.threads, cfg.block_m) == (384, 64)
-    assert cfg.smem_bytes == 1024 + 2 * 64 * (64 + 2 * 4 * 128) + 8 * 19
+    assert cfg.smem_bytes == 1024 + 2 * 64 * (64 + 2 * 4 * 128) + 8 * 18
     # its combine reuses the K/V ring, so every work tile is its own CTA, never split further
     assert cfg.schedule(batch=2, heads_q=67, seqlen_q=300, num_sms=132, causal=False) == \
         ((2 * 67 * 5, 1, 1), 2 * 67 * 5, 2 * 67 * 5)

@@ -1,6 +1,6 @@
 """A CPU model of the Hopper kernel's synchronisation (kernels/flash_fwd_sm90.cu): one
-CTA's producers (one thread for Q and K, one for V), their TMA copies (landing in any
-order) and consumers as coroutines over the same mbarriers (Q full/empty, the K/V
+CTA's producers (one thread for Q, K and V, or one for Q and K and one for V), their
+TMA copies (landing in any order) and consumers as coroutines over the same mbarriers (Q full/empty, the K/V
 ring) and ping-pong named barriers, run in random interleavings. It checks the protocol, not the kernel: a change to the kernel's
 waits, releases or turns belongs here too. It reproduces the deadlock of the first
 idle-consumer order (every skipped key tile released before any turn), and the parity
@@ -22,12 +22,12 @@ class Mbarrier:
             self.arrived, self.phases = 0, self.phases + 1
 
 
-def cta(consumers, stages, pingpong, items, skip_per_turn=True, split=False):
+def cta(consumers, stages, pingpong, items, skip_per_turn=True, split=False, producers=1):
     """Coroutines of one CTA. items: per work item (n_blocks, per-consumer key tiles)
     where a consumer's count is None when it has no rows in the item. skip_per_turn=False
     is the first version's order for skipped tiles (all released, then the turns).
     split: the consumers share the rows and take every consumers-th key tile each, then
-    meet twice at a barrier to merge (one work item per CTA)."""
+    meet twice at a barrier to merge (one work item per CTA). producers: TMA-issuing threads."""
     users = 1 if split else consumers
     q_full, q_empty = Mbarrier(1), Mbarrier(consumers)
     k_full, v_full = [Mbarrier(1) for _ in range(stages)], [Mbarrier(1) for _ in range(stages)]
@@ -47,24 +47,20 @@ def cta(consumers, stages, pingpong, items, skip_per_turn=True, split=False):
     def ring(it):
         return it % stages, it // stages
 
-    v_start = Mbarrier(1)
-
-    def producer(loads_v):   # the K thread (Q and K tiles) or the V thread
+    def producer(loads_k, loads_v):
         it = 0
         for n, (n_blocks, _) in enumerate(items):
-            if not loads_v:
+            if loads_k:
                 if n > 0:
                     yield from wait(q_empty, n - 1)
                 in_flight.append(q_full)
             for _ in range(n_blocks):
-                if loads_v and it == 0:                      # once the first K copy is issued
-                    yield from wait(v_start, 0)
                 slot, use = ring(it)
-                if it >= stages:
-                    yield from wait((v_empty if loads_v else k_empty)[slot], use - 1)
-                in_flight.append((v_full if loads_v else k_full)[slot])
-                if not loads_v and it == 0:
-                    v_start.arrive()
+                for loads, empty, full in ((loads_k, k_empty, k_full), (loads_v, v_empty, v_full)):
+                    if loads:
+                        if it >= stages:
+                            yield from wait(empty[slot], use - 1)
+                        in_flight.append(full[slot])
                 it += 1
 
     def consumer(c):
@@ -143,13 +139,14 @@ def cta(consumers, stages, pingpong, items, skip_per_turn=True, split=False):
                 in_flight.pop(rng.randrange(len(in_flight))).arrive()
             yield
 
-    in_flight, producing = [], [2]   # producers still running
+    roles = [(True, True)] if producers == 1 else [(True, False), (False, True)]
+    in_flight, producing = [], [len(roles)]   # producers still running
 
-    def producer_then_done(loads_v):
-        yield from producer(loads_v)
+    def producer_then_done(loads_k, loads_v):
+        yield from producer(loads_k, loads_v)
         producing[0] -= 1
 
-    return ([producer_then_done(False), producer_then_done(True), tma(random.Random(len(items)))] +
+    return ([producer_then_done(*role) for role in roles] + [tma(random.Random(len(items)))] +
             [consumer(c) for c in range(consumers)])
 
 
@@ -182,23 +179,25 @@ def random_items(rng, consumers):
     return items
 
 
+@pytest.mark.parametrize("producers", [1, 2])
 @pytest.mark.parametrize("consumers, stages, pingpong",
                          [(1, 2, False), (2, 2, False), (2, 2, True), (3, 2, True), (3, 3, True),
                           (2, 3, True), (3, 2, False)])
-def test_no_deadlock_in_any_interleaving(consumers, stages, pingpong):
+def test_no_deadlock_in_any_interleaving(consumers, stages, pingpong, producers):
     for seed in range(100):
         rng = random.Random(seed)
         items = random_items(rng, consumers)
-        assert runs_to_the_end(cta(consumers, stages, pingpong, items), rng), items
+        assert runs_to_the_end(cta(consumers, stages, pingpong, items, producers=producers), rng), items
 
 
+@pytest.mark.parametrize("producers", [1, 2])
 @pytest.mark.parametrize("consumers, stages", [(2, 2), (2, 4), (3, 3)])
-def test_split_keys_without_deadlock(consumers, stages):
+def test_split_keys_without_deadlock(consumers, stages, producers):
     for seed in range(100):
         rng = random.Random(seed)
         n_blocks = rng.randint(0, 9)
         items = [(n_blocks, [n_blocks] * consumers)]
-        assert runs_to_the_end(cta(consumers, stages, False, items, split=True), rng), items
+        assert runs_to_the_end(cta(consumers, stages, False, items, split=True, producers=producers), rng), items
 
 
 def test_releasing_skipped_tiles_before_the_turns_deadlocks():

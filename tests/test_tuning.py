@@ -141,5 +141,6 @@ def test_neighbours_step_one_parameter():
     h = Sm90Config("fp16", 128, 128, 2, 2, True)
     n = tuner.neighbours(h, set(tuning.space("fp16", 128, "sm90")))
     assert Sm90Config("fp16", 128, 176, 2, 2, True) in n and Sm90Config("fp16", 128, 128, 2, 3, True) in n
-    assert Sm90Config("fp16", 128, 128, 2, 2, False) in n and len(n) == 7
+    assert Sm90Config("fp16", 128, 128, 2, 2, False) in n and len(n) == 8
     assert Sm90Config("fp16", 128, 128, 2, 2, True, True) in n
+    assert Sm90Config("fp16", 128, 128, 2, 2, True, False, 2) in n
