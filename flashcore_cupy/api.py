@@ -14,6 +14,14 @@ from typing import Any, Literal, NamedTuple
 
 import numpy as np
 
+try:   # the per-call path's CuPy entry points, bound once (the package imports without CuPy)
+    import cupy as _cupy
+    from cupy.cuda import get_current_stream as _current_stream
+    from cupy.cuda.runtime import getDevice as _get_device
+    _NDARRAY = _cupy.ndarray
+except ImportError:
+    _cupy = _current_stream = _get_device = _NDARRAY = None
+
 from . import loader, tuning
 from .configs import FwdConfig, Sm90Config, choose_kernel
 from .launch import FwdLaunch, Sm90Launch, build_launch, sm90_blocker
@@ -133,28 +141,20 @@ def _signature(q, k, v, out, causal, scale, layout, return_lse, backend):
     """Everything validation looked at except the addresses; None when not on the fast path.
 
     scale's type is part of the key: True, 1 and 1.0 hash alike, but validation refuses True.
+    An unhashable option makes the key unhashable: the lookup's TypeError sends the call to
+    validation, which names it.
     """
-    nd = _cupy_ndarray()
+    nd = _NDARRAY
     if not (type(q) is nd and type(k) is nd and type(v) is nd and (out is None or type(out) is nd)
             and type(causal) is bool and type(return_lse) is bool):
         return None
     ptrs = q.data.ptr | k.data.ptr | v.data.ptr | (0 if out is None else out.data.ptr)
     if ptrs & _ALIGN_MASK:
         return None
-    try:
-        hash((scale, layout, backend))
-    except TypeError:   # an unhashable option: let validation name it
-        return None
     return (q.shape, q.strides, q.dtype, q.data.device_id, k.shape, k.strides, k.dtype,
             k.data.device_id, v.shape, v.strides, v.dtype, v.data.device_id,
             None if out is None else (out.shape, out.strides, out.dtype, out.data.device_id),
             causal, type(scale), scale, layout, return_lse, backend)
-
-
-@functools.cache
-def _cupy_ndarray():
-    import cupy
-    return cupy.ndarray
 
 
 def attention(q: Any, k: Any, v: Any, *, causal: bool = False, scale: float | None = None,
@@ -175,10 +175,11 @@ def attention(q: Any, k: Any, v: Any, *, causal: bool = False, scale: float | No
     "sm90" (always the Hopper kernel with its full-size tiles; a ValueError where
     it cannot run).
     """
-    import cupy
-
     key = _signature(q, k, v, out, causal, scale, layout, return_lse, backend)
-    launch = _launches.get(key) if key is not None else None
+    try:
+        launch = _launches.get(key) if key is not None else None
+    except TypeError:   # an unhashable option (see _signature)
+        key = launch = None
     if launch is None:
         q, k, v, out, launch = _prepare(q, k, v, out, causal, scale, layout, return_lse, backend)
         if key is not None:
@@ -186,9 +187,9 @@ def attention(q: Any, k: Any, v: Any, *, causal: bool = False, scale: float | No
                 _launches.clear()
             _launches[key] = launch
 
-    if cupy.cuda.runtime.getDevice() == launch.device:
+    if _get_device() == launch.device:
         return _run(launch, q, k, v, out)
-    with cupy.cuda.Device(launch.device):
+    with _cupy.cuda.Device(launch.device):
         return _run(launch, q, k, v, out)
 
 
@@ -218,25 +219,23 @@ _spares: dict[tuple, tuple] = {}
 
 
 def _allocate(launch: FwdLaunch | Sm90Launch, dtype) -> tuple:
-    import cupy
-
-    out = cupy.empty(launch.out_shape, dtype=dtype)
-    lse = None if launch.lse_shape is None else cupy.empty(launch.lse_shape, dtype=cupy.float32)
+    out = _cupy.empty(launch.out_shape, dtype=dtype)
+    lse = None if launch.lse_shape is None else _cupy.empty(launch.lse_shape, dtype=_cupy.float32)
     return out, lse
 
 
 def _run(launch: FwdLaunch | Sm90Launch, q, k, v, out):
-    import cupy
-
+    """Outputs, then the launch on CuPy's current stream; `launch.device` is current."""
+    stream = _current_stream().ptr
     spare_key = None
     if out is not None:
-        lse = None if launch.lse_shape is None else cupy.empty(launch.lse_shape, dtype=cupy.float32)
+        lse = None if launch.lse_shape is None else _cupy.empty(launch.lse_shape, dtype=_cupy.float32)
     elif launch.out_elements <= _SPARE_MAX_ELEMENTS:
-        spare_key = (launch, cupy.cuda.get_current_stream().ptr)
+        spare_key = (launch, stream)
         out, lse = _spares.pop(spare_key, None) or _allocate(launch, q.dtype)
     else:
         out, lse = _allocate(launch, q.dtype)
-    launch(q, k, v, out, lse)
+    launch(q, k, v, out, lse, stream)
     if spare_key is not None:
         if len(_spares) >= _MAX_SPARES:
             with contextlib.suppress(KeyError):   # popitem is atomic; another thread may

@@ -52,10 +52,11 @@ class ParamBlock:
 
 
 def launch_kernel(function: int, grid: tuple[int, int, int], threads: int, smem: int,
-                  block: ParamBlock) -> None:
-    """cuLaunchKernel on CuPy's current stream (the caller has made the device current)."""
-    _cu_launch(function, grid[0], grid[1], grid[2], threads, 1, 1, smem, _current_stream().ptr,
-               block.argv, 0)
+                  block: ParamBlock, stream: int | None = None) -> None:
+    """cuLaunchKernel on `stream` (a handle; default CuPy's current stream); the caller
+    has made the device current."""
+    _cu_launch(function, grid[0], grid[1], grid[2], threads, 1, 1, smem,
+               _current_stream().ptr if stream is None else stream, block.argv, 0)
 
 
 @dataclass(frozen=True, eq=False)
@@ -95,13 +96,13 @@ class FwdLaunch(_Launch):
                    config.grid(p.batch, p.heads_q, p.seqlen_q), p.out_shape,
                    (p.batch, p.heads_q, p.seqlen_q) if return_lse else None, scalars)
 
-    def __call__(self, q, k, v, out, lse) -> None:
-        """Launch on CuPy's current stream; the caller has made `device` current."""
+    def __call__(self, q, k, v, out, lse, stream: int | None = None) -> None:
+        """Launch on `stream` (default CuPy's current one); the caller has made `device` current."""
         with self._lock:
             _FWD_POINTERS.pack_into(self._block.data, 0, q.data.ptr, k.data.ptr, v.data.ptr, out.data.ptr,
                                     0 if lse is None else lse.data.ptr)
             launch_kernel(self.function, self.grid, self.config.threads, self.config.smem_bytes,
-                          self._block)
+                          self._block, stream)
 
 
 # Mirrors `struct Sm90Params` in kernels/flash_fwd_sm90.cu (512 bytes): the q, k
@@ -135,8 +136,8 @@ class Sm90Launch(_Launch):
                    (p.batch, p.heads_q, p.seqlen_q) if return_lse else None, scalars,
                    sm90_map_specs(p, config))
 
-    def __call__(self, q, k, v, out, lse) -> None:
-        """Launch on CuPy's current stream; the caller has made `device` current."""
+    def __call__(self, q, k, v, out, lse, stream: int | None = None) -> None:
+        """Launch on `stream` (default CuPy's current one); the caller has made `device` current."""
         ptrs = (q.data.ptr, k.data.ptr, v.data.ptr)
         with self._lock:
             block = self._blocks.get(ptrs)
@@ -149,7 +150,7 @@ class Sm90Launch(_Launch):
             _SM90_POINTERS.pack_into(block.data, _SM90_TAIL_AT, out.data.ptr,
                                      0 if lse is None else lse.data.ptr)
             launch_kernel(self.function, self.grid, self.config.threads, self.config.smem_bytes,
-                          block)
+                          block, stream)
 
 
 def sm90_map_specs(p: Problem, config: Sm90Config) -> tuple[tma.MapSpec, ...]:

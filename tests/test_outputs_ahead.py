@@ -17,8 +17,8 @@ class FakeLaunch:
         self.lse_shape = (1,) if lse else None
         self.calls = []
 
-    def __call__(self, q, k, v, out, lse):
-        self.calls.append((out, lse))
+    def __call__(self, q, k, v, out, lse, stream):
+        self.calls.append((out, lse, stream))
 
 
 @pytest.fixture
@@ -27,8 +27,7 @@ def fake_gpu(monkeypatch):
     stream = SimpleNamespace(ptr=1)
     monkeypatch.setattr(api, "_allocate", lambda launch, dtype: (
         f"out{next(serial)}", None if launch.lse_shape is None else f"lse{next(serial)}"))
-    import cupy
-    monkeypatch.setattr(cupy.cuda, "get_current_stream", lambda: stream)
+    monkeypatch.setattr(api, "_current_stream", lambda: stream)
     monkeypatch.setattr(api, "_spares", {})
     return stream
 
@@ -40,7 +39,8 @@ def test_each_call_gets_its_own_output_and_spares_stay_bounded(fake_gpu):
     for launch in launches * 3:
         got = api._run(launch, q, q, q, None)
         out, lse = got if launch.lse_shape else (got, None)
-        assert launch.calls[-1] == (out, lse)   # what the kernel wrote is what the caller gets
+        # what the kernel wrote is what the caller gets, launched on the current stream
+        assert launch.calls[-1] == (out, lse, fake_gpu.ptr)
         handed += [out] + ([lse] if lse else [])
         assert len(api._spares) <= api._MAX_SPARES
     assert len(handed) == len(set(handed))

@@ -154,7 +154,7 @@ class _FakeArray:
 def test_call_signature_fast_path_rules(monkeypatch):
     from flashcore_cupy import api
 
-    monkeypatch.setattr(api, "_cupy_ndarray", lambda: _FakeArray)
+    monkeypatch.setattr(api, "_NDARRAY", _FakeArray)
     q, k, v = _FakeArray(), _FakeArray(2 << 20), _FakeArray(3 << 20)
     sig = api._signature(q, k, v, None, False, None, "bhsd", False, "auto")
     assert sig is not None
@@ -166,7 +166,8 @@ def test_call_signature_fast_path_rules(monkeypatch):
     # everything validation must see again takes the slow path
     assert api._signature(_FakeArray((1 << 20) + 8), k, v, None, False, None, "bhsd", False, "auto") is None
     assert api._signature(q, k, v, None, 1, None, "bhsd", False, "auto") is None          # causal not bool
-    assert api._signature(q, k, v, None, False, [0.1], "bhsd", False, "auto") is None     # unhashable scale
+    with pytest.raises(TypeError):   # an unhashable scale: attention's lookup falls back to validation
+        hash(api._signature(q, k, v, None, False, [0.1], "bhsd", False, "auto"))
     assert (api._signature(q, k, v, None, False, True, "bhsd", False, "auto")
             != api._signature(q, k, v, None, False, 1.0, "bhsd", False, "auto"))
     assert api._signature(np.zeros(1), k, v, None, False, None, "bhsd", False, "auto") is None
