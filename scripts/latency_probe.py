@@ -1,7 +1,9 @@
 """Where one mission-shape call's latency goes, on the device: kernel time alone (CUDA
 graph replay, no host in the loop), the host time of each layer of a call, and the
 event-measured latency (GPU idle, events around one call) of launch paths from an
-empty kernel up to `attention(q, k, v)`.
+empty kernel up to `attention(q, k, v)`; the SM clock after the latency samples and after
+the replays (a spin timed by the global timer); the kernel alone for mission-like sizes
+(fewer keys, one CTA, more heads), which separates its fixed cost from the key loop.
 
 Host times are per call over batches of 100 calls (synchronised between batches, so the
 GPU queue never fills and pushes back on the host). Usage: python3 scripts/latency_probe.py
