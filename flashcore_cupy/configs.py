@@ -218,6 +218,11 @@ def sm90_config(dtype: str, head_dim: int, grid: str = "large") -> Sm90Config:
     return Sm90Config(dtype, hd, *_SM90_TILES[hd, grid])
 
 
+def sm90_dispatch_key(dtype: str, head_dim: int, grid: str) -> str:
+    """The tuned-table key of a Hopper problem class (the portable kernel's, prefixed)."""
+    return "sm90/" + dispatch_key(dtype, head_dim, grid == "small")
+
+
 def sm90_consumer_registers(consumers: int) -> int:
     """Registers per consumer thread after setmaxnreg (mirrors Sm90Tile::kConsumerRegs):
     the 64K file minus the producer's 24 per thread, in multiples of 8, at most 256."""
@@ -230,7 +235,7 @@ def sm90_problem_class(dtype: str, head_dim: int, batch_heads: int, seqlen_q: in
     large = sm90_config(dtype, head_dim)
     fills_gpu = seqlen_q > _SHORT_Q and batch_heads * -(-seqlen_q // large.block_m) >= num_sms
     grid = "large" if fills_gpu else "small"
-    return f"sm90/{dtype}/d{large.head_dim}/{grid}", sm90_config(dtype, head_dim, grid)
+    return sm90_dispatch_key(dtype, large.head_dim, grid), sm90_config(dtype, head_dim, grid)
 
 
 def dispatch_class(arch: str, dtype: str, head_dim: int, batch_heads: int, seqlen_q: int,
@@ -255,7 +260,7 @@ def choose_kernel(arch: str, dtype: str, head_dim: int, batch_heads: int = 1 << 
     """
     if sm90 == "force":
         default = sm90_config(dtype, head_dim)
-        return dict(tuned).get(f"sm90/{dtype}/d{default.head_dim}/large", default)
+        return dict(tuned).get(sm90_dispatch_key(dtype, default.head_dim, "large"), default)
     if sm90 == "auto":
         key, default = dispatch_class(arch, dtype, head_dim, batch_heads, seqlen_q, num_sms)
         return dict(tuned).get(key, default)
