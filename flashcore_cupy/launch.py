@@ -51,14 +51,6 @@ class ParamBlock:
         self.argv = int(self._argv.ctypes.data)
 
 
-def launch_kernel(function: int, grid: tuple[int, int, int], threads: int, smem: int,
-                  block: ParamBlock, stream: int | None = None) -> None:
-    """cuLaunchKernel on `stream` (a handle; default CuPy's current stream); the caller
-    has made the device current."""
-    _cu_launch(function, grid[0], grid[1], grid[2], threads, 1, 1, smem,
-               _current_stream().ptr if stream is None else stream, block.argv, 0)
-
-
 @dataclass(frozen=True, eq=False)
 class _Launch:
     """What every kernel family's launch holds; hashed by identity."""
@@ -73,6 +65,17 @@ class _Launch:
     @functools.cached_property
     def out_elements(self) -> int:
         return math.prod(self.out_shape)
+
+    @functools.cached_property
+    def _dims(self) -> tuple[int, ...]:
+        """cuLaunchKernel's function, grid, block and shared-memory arguments, built once:
+        the config's properties cost ~0.4 us per call to recompute."""
+        return (self.function, *self.grid, self.config.threads, 1, 1, self.config.smem_bytes)
+
+    def _launch(self, block: ParamBlock, stream: int | None) -> None:
+        """cuLaunchKernel on `stream` (a handle; default CuPy's current stream); the caller
+        has made `device` current."""
+        _cu_launch(*self._dims, _current_stream().ptr if stream is None else stream, block.argv, 0)
 
 
 @dataclass(frozen=True, eq=False)
@@ -101,15 +104,15 @@ class FwdLaunch(_Launch):
         with self._lock:
             _FWD_POINTERS.pack_into(self._block.data, 0, q.data.ptr, k.data.ptr, v.data.ptr, out.data.ptr,
                                     0 if lse is None else lse.data.ptr)
-            launch_kernel(self.function, self.grid, self.config.threads, self.config.smem_bytes,
-                          self._block, stream)
+            self._launch(self._block, stream)
 
 
 # Mirrors `struct Sm90Params` in kernels/flash_fwd_sm90.cu (512 bytes): the q, k
 # and v tensor maps, then o and lse pointers, 3 output strides, seqlen_q,
 # seqlen_k, head_dim, heads_per_kv, scale*log2(e), causal, heads, batch,
-# m_blocks, tail_start, n_items, and padding to the struct's 64-byte alignment.
-SM90_TAIL = struct.Struct("<2Q3q4ifi5i44x")
+# m_blocks, tail_start, n_items, (mul, shr) dividing by m_blocks, heads and
+# heads_per_kv, and padding to the struct's 64-byte alignment.
+SM90_TAIL = struct.Struct("<2Q3q4ifi5i6I20x")
 _SM90_POINTERS = struct.Struct("<2Q")   # the only part a call repacks
 _SM90_TAIL_AT = 3 * tma.MAP_BYTES
 _MAPS_PER_LAUNCH = 16
@@ -129,9 +132,11 @@ class Sm90Launch(_Launch):
               o_strides: tuple[int, int, int], return_lse: bool) -> "Sm90Launch":
         p = problem
         plan = config.schedule(p.batch, p.heads_q, p.seqlen_q, num_sms, p.causal)
-        scalars = (*o_strides, p.seqlen_q, p.seqlen_k, p.head_dim, p.heads_q // p.heads_kv,
+        m_blocks, heads_per_kv = -(-p.seqlen_q // config.block_m), p.heads_q // p.heads_kv
+        scalars = (*o_strides, p.seqlen_q, p.seqlen_k, p.head_dim, heads_per_kv,
                    p.scale * math.log2(math.e), int(p.causal), p.heads_q, p.batch,
-                   -(-p.seqlen_q // config.block_m), plan.tail_start, plan.items)
+                   m_blocks, plan.tail_start, plan.items,
+                   *fast_divisor(m_blocks), *fast_divisor(p.heads_q), *fast_divisor(heads_per_kv))
         return cls(config, loader.get_function(config, p.device, arch), p.device, plan.grid, p.out_shape,
                    (p.batch, p.heads_q, p.seqlen_q) if return_lse else None, scalars,
                    sm90_map_specs(p, config))
@@ -149,8 +154,18 @@ class Sm90Launch(_Launch):
                 SM90_TAIL.pack_into(block.data, _SM90_TAIL_AT, 0, 0, *self.scalars)
             _SM90_POINTERS.pack_into(block.data, _SM90_TAIL_AT, out.data.ptr,
                                      0 if lse is None else lse.data.ptr)
-            launch_kernel(self.function, self.grid, self.config.threads, self.config.smem_bytes,
-                          block, stream)
+            self._launch(block, stream)
+
+
+def fast_divisor(d: int) -> tuple[int, int]:
+    """(mul, shr) for the kernel's FastDiv: n // d == (n * mul >> 32) >> shr for every
+    0 <= n < 2**31 (Granlund & Montgomery, with the shift rounded up); mul = 0 for d = 1."""
+    if not 1 <= d < 1 << 31:
+        raise ValueError(f"divisor {d} outside [1, 2**31)")
+    if d == 1:
+        return 0, 0
+    shift = 31 + (d - 1).bit_length()   # 31 + ceil(log2 d)
+    return ((1 << shift) + d - 1) // d, shift - 32
 
 
 def sm90_map_specs(p: Problem, config: Sm90Config) -> tuple[tma.MapSpec, ...]:

@@ -46,6 +46,17 @@ namespace fc {
 // CUtensorMap: 128 opaque bytes, 64-byte aligned, passed in the __grid_constant__ params.
 struct alignas(64) TensorMap { unsigned char bytes[128]; };
 
+// n / d for 0 <= n < 2^31 as a multiply-high and a shift (Granlund & Montgomery), with
+// (mul, shr) chosen for d on the host (launch.py: fast_divisor; mul = 0 means d = 1).
+// work_tile's three runtime divisions cost the producer ~0.5 us before its first copy
+// (H100 trace of the mission kernel, PERF_NOTES v13).
+struct FastDiv {
+    u32 mul, shr;
+    __device__ __forceinline__ int operator()(int n) const {
+        return mul ? static_cast<int>(__umulhi(static_cast<u32>(n), mul) >> shr) : n;
+    }
+};
+
 // The one by-value argument; the maps, then a tail packed by flashcore_cupy/launch.py (SM90_TAIL).
 struct Sm90Params {
     TensorMap q, k, v;             // 4-D maps (d, seq, head, batch), boxes of 64 columns
@@ -57,6 +68,7 @@ struct Sm90Params {
     int causal;
     int heads, batch, m_blocks;    // work tiles: m_blocks x heads x batch
     int tail_start, n_items;       // see work_tile
+    FastDiv by_m_blocks, by_heads, by_heads_per_kv;
 };
 static_assert(sizeof(Sm90Params) == 512, "Sm90Params: keep in step with launch.py");
 
@@ -67,6 +79,8 @@ struct Sm90Tile {
     static constexpr int kBlockM = SPLIT ? 64 : 64 * CONSUMERS;
     // Consumers that use (and release) each K/V tile.
     static constexpr int kTileUsers = SPLIT ? 1 : CONSUMERS;
+    // How many tiles the producer's K copies run ahead of its V copies (see produce).
+    static constexpr int kKAhead = SPLIT ? CONSUMERS - 1 : 0;
     static constexpr u32 kQBytes = kBlockM * HEAD_DIM * 2;
     static constexpr u32 kKVBytes = BLOCK_N * HEAD_DIM * 2;         // one K or V tile
     // Shared layout (offsets from a 1024-byte aligned base): Q, K ring, V ring, barriers.
@@ -140,13 +154,13 @@ __device__ __forceinline__ WorkTile work_tile(const Sm90Params& p, int i) {
     constexpr int C = Tile::kConsumers;
     const bool sub = i >= p.tail_start;   // never with SPLIT (its tiles are 64 rows)
     const int t = sub ? p.tail_start + (i - p.tail_start) / C : i;
-    const int row0 = (p.m_blocks - 1 - t % p.m_blocks) * Tile::kBlockM +
+    const int head_batch = p.by_m_blocks(t), batch = p.by_heads(head_batch);
+    const int row0 = (p.m_blocks - 1 - (t - head_batch * p.m_blocks)) * Tile::kBlockM +
                      (sub ? 64 * ((i - p.tail_start) % C) : 0);
     const int rows = max(0, min(sub ? 64 : Tile::kBlockM, p.seqlen_q - row0));
-    const int head_batch = t / p.m_blocks;
     const int causal_diag = p.seqlen_k - p.seqlen_q;   // key j visible to query i iff j <= i + diag
     const int kv_end = p.causal ? min(p.seqlen_k, row0 + rows + causal_diag) : p.seqlen_k;
-    return {row0, head_batch % p.heads, head_batch / p.heads,
+    return {row0, head_batch - batch * p.heads, batch,
             Tile::kSplit ? (rows > 0 ? C : 0) : (rows + 63) / 64,
             rows > 0 && kv_end > 0 ? (kv_end + BLOCK_N - 1) / BLOCK_N : 0};
 }
@@ -176,28 +190,33 @@ __device__ __forceinline__ void produce(const Sm90Params& p, u32 sbase, const Ba
     int it = 0, n_done = 0;
     for (int i = blockIdx.x; i < p.n_items; i += gridDim.x, ++n_done) {
         const WorkTile w = work_tile<Tile, BLOCK_N>(p, i);
-        const int head_kv = w.head / p.heads_per_kv;
+        const int head_kv = p.by_heads_per_kv(w.head);
         if (LOADS_K) {
             if (n_done > 0) mbar_wait(bar.q_empty(), (n_done - 1) & 1);
             mbar_expect_tx(bar.q_full(), Tile::kQBytes);
             tma_load_tile<HEAD_DIM>(sbase, p.q, bar.q_full(), Tile::kBlockM, w.row0, w.head, w.batch);
         }
-        for (int j = 0; j < w.n_blocks; ++j, ++it) {
-            const Ring<STAGES> r{it};
-            const u32 released = r.parity() ^ 1;   // parity of the slot's previous use's release
-            if (LOADS_K) {
-                if (it >= STAGES) mbar_wait(bar.k_empty(r.slot()), released);
+        // K runs kKAhead tiles ahead of V: with split keys each consumer's first S needs
+        // its own K tile, and with 64 CTAs loading at once (the mission shape) the L2 serves
+        // the copies slowly enough that V_0 ahead of K_1 delayed consumer 1's start.
+        for (int j = 0; j < w.n_blocks + Tile::kKAhead; ++j) {
+            const int jk = j, jv = j - Tile::kKAhead;
+            if (LOADS_K && jk < w.n_blocks) {
+                const Ring<STAGES> r{it + jk};
+                if (it + jk >= STAGES) mbar_wait(bar.k_empty(r.slot()), r.parity() ^ 1);
                 mbar_expect_tx(bar.k_full(r.slot()), Tile::kKVBytes);
                 tma_load_tile<HEAD_DIM>(sbase + Tile::kOffK + r.slot() * Tile::kKVBytes, p.k,
-                                        bar.k_full(r.slot()), BLOCK_N, j * BLOCK_N, head_kv, w.batch);
+                                        bar.k_full(r.slot()), BLOCK_N, jk * BLOCK_N, head_kv, w.batch);
             }
-            if (LOADS_V) {
-                if (it >= STAGES) mbar_wait(bar.v_empty(r.slot()), released);
+            if (LOADS_V && jv >= 0) {
+                const Ring<STAGES> r{it + jv};
+                if (it + jv >= STAGES) mbar_wait(bar.v_empty(r.slot()), r.parity() ^ 1);
                 mbar_expect_tx(bar.v_full(r.slot()), Tile::kKVBytes);
                 tma_load_tile<HEAD_DIM>(sbase + Tile::kOffV + r.slot() * Tile::kKVBytes, p.v,
-                                        bar.v_full(r.slot()), BLOCK_N, j * BLOCK_N, head_kv, w.batch);
+                                        bar.v_full(r.slot()), BLOCK_N, jv * BLOCK_N, head_kv, w.batch);
             }
         }
+        it += w.n_blocks;
     }
 }
 

@@ -55,7 +55,8 @@ def test_sm90_launch_encodes_maps_once_per_address_set(driver, monkeypatch):
 
     monkeypatch.setattr(tma, "encode_maps", fake_encode)
     cfg = Sm90Config("bf16", 128, 128, 2, 2, True)
-    scalars = (1, 2, 3, 300, 400, 128, 1, 0.09, 0, 16, 2, 3, 6, 6)
+    scalars = (1, 2, 3, 300, 400, 128, 1, 0.09, 0, 16, 2, 3, 6, 6,
+               *launch.fast_divisor(3), *launch.fast_divisor(16), *launch.fast_divisor(1))
     run = launch.Sm90Launch(cfg, 88, 0, (6, 1, 1), (2, 16, 300, 128), (2, 16, 300), scalars, ())
     driver.size = 3 * tma.MAP_BYTES + launch.SM90_TAIL.size
     qkv = (array(0x10), array(0x20), array(0x30))
@@ -69,3 +70,21 @@ def test_sm90_launch_encodes_maps_once_per_address_set(driver, monkeypatch):
     assert driver.calls[0]["params"][:tma.MAP_BYTES] == bytes([0x10 % 251]) * tma.MAP_BYTES
     assert driver.calls[2]["params"][:tma.MAP_BYTES] == bytes([0x11 % 251]) * tma.MAP_BYTES
     assert all(c["smem"] == cfg.smem_bytes and c["block"] == (cfg.threads, 1, 1) for c in driver.calls)
+
+
+def test_fast_divisor_divides_like_the_kernel():
+    """The kernel's FastDiv computes n / d as umulhi(n, mul) >> shr (n itself when mul = 0)
+    for any 0 <= n < 2**31: check the host's (mul, shr) on edge and random cases."""
+    import random
+
+    rng = random.Random(0)
+    divisors = (list(range(1, 2000)) + [(1 << k) + e for k in range(1, 31) for e in (-1, 0, 1)]
+                + [rng.randrange(1, 1 << 31) for _ in range(500)])
+    for d in divisors:
+        mul, shr = launch.fast_divisor(d)
+        assert 0 <= mul < 1 << 32 and 0 <= shr < 32
+        for n in [0, 1, d - 1, d, d + 1, (1 << 31) - 1] + [rng.randrange(1 << 31) for _ in range(50)]:
+            if 0 <= n < 1 << 31:
+                assert (n if mul == 0 else (n * mul >> 32) >> shr) == n // d, (d, n)
+    with pytest.raises(ValueError, match="divisor"):
+        launch.fast_divisor(0)

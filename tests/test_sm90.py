@@ -116,6 +116,25 @@ def test_generated_wgmma_header_is_current():
     assert out.rstrip("\n") == (ROOT / "kernels" / "wgmma_sm90.cuh").read_text().rstrip("\n")
 
 
+def test_trace_script_finds_its_points_and_compiles():
+    """scripts/trace_sm90.py stamps the kernel after named source lines: every one must
+    still be in flash_fwd_sm90.cu, and the stamped copy must compile (NVRTC, no GPU)."""
+    code = ("import runpy\n"
+            "from cupy_backends.cuda.libs import nvrtc\n"
+            "from flashcore_cupy import loader\n"
+            "from flashcore_cupy.configs import Sm90Config\n"
+            "t = runpy.run_path('scripts/trace_sm90.py', run_name='x')\n"
+            "src, found = t['traced_source']()\n"
+            "assert len(found) == len(t['POINTS']), set(t['POINTS']) - set(found)\n"
+            "cfg = Sm90Config('fp16', 64, 128, 4, 2, False, True)\n"
+            "prog = nvrtc.createProgram(src, 'traced.cu', [], [])\n"
+            "nvrtc.addNameExpression(prog, cfg.name_expression)\n"
+            "nvrtc.compileProgram(prog, list(loader.nvrtc_options('sm_90a')))\n"
+            "print(len(found))\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+
+
 def _rows_of_item(cfg, p, i):
     """The query rows work item i's consumers own, as flash_fwd_sm90.cu's work_tile
     (mirrored here) assigns them: ((batch, head), range of rows)."""

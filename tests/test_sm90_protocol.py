@@ -47,6 +47,8 @@ def cta(consumers, stages, pingpong, items, skip_per_turn=True, split=False, pro
     def ring(it):
         return it % stages, it // stages
 
+    k_ahead = consumers - 1 if split else 0   # the kernel's Tile::kKAhead
+
     def producer(loads_k, loads_v):
         it = 0
         for n, (n_blocks, _) in enumerate(items):
@@ -54,14 +56,15 @@ def cta(consumers, stages, pingpong, items, skip_per_turn=True, split=False, pro
                 if n > 0:
                     yield from wait(q_empty, n - 1)
                 in_flight.append(q_full)
-            for _ in range(n_blocks):
-                slot, use = ring(it)
-                for loads, empty, full in ((loads_k, k_empty, k_full), (loads_v, v_empty, v_full)):
-                    if loads:
-                        if it >= stages:
+            for j in range(n_blocks + k_ahead):   # K_j, then V_{j - k_ahead}
+                for loads, t, empty, full in ((loads_k, j, k_empty, k_full),
+                                              (loads_v, j - k_ahead, v_empty, v_full)):
+                    if loads and 0 <= t < n_blocks:
+                        slot, use = ring(it + t)
+                        if it + t >= stages:
                             yield from wait(empty[slot], use - 1)
                         in_flight.append(full[slot])
-                it += 1
+            it += n_blocks
 
     def consumer(c):
         def await_turn():
