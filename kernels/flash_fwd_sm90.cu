@@ -220,15 +220,23 @@ __device__ __forceinline__ void produce(const Sm90Params& p, u32 sbase, const Ba
     }
 }
 
+// A k-step's descriptor differs from its tile's only in the start address, bits 0..13
+// (addr >> 4) of the low word, which no offset inside a tile carries out of (shared
+// memory ends below 2^18 bytes): the tile's descriptor plus the offset. Built per k-step
+// from the address instead, each took ~8 instructions in the GEMM issue path (SASS v12).
+__device__ __forceinline__ u64 desc_advance(u64 desc, u32 bytes) {
+    return (desc & 0xFFFFFFFF00000000ull) | static_cast<u32>(static_cast<u32>(desc) + (bytes >> 4));
+}
+
 // S(64 x BLOCK_N) = Q_c K^T: HEAD_DIM/16 k-steps, both operands K-major.
 template <class T, class Tile, int HEAD_DIM, int BLOCK_N>
-__device__ __forceinline__ void qk_wgmma(float (&s)[BLOCK_N / 8][4], u32 q_addr, u32 k_addr) {
+__device__ __forceinline__ void qk_wgmma(float (&s)[BLOCK_N / 8][4], u64 q_desc, u64 k_desc) {
     wgmma_fence();
     #pragma unroll
     for (int ks = 0; ks < HEAD_DIM / 16; ++ks) {
         const u32 cb = ks / 4, in_block = (ks % 4) * 32;
-        wgmma_ss<T, BLOCK_N>(s, smem_desc_sw128(q_addr + cb * Tile::kBlockM * 128 + in_block, 16, 1024),
-                             smem_desc_sw128(k_addr + cb * BLOCK_N * 128 + in_block, 16, 1024), ks > 0);
+        wgmma_ss<T, BLOCK_N>(s, desc_advance(q_desc, cb * Tile::kBlockM * 128 + in_block),
+                             desc_advance(k_desc, cb * BLOCK_N * 128 + in_block), ks > 0);
     }
     wgmma_commit();
 }
@@ -236,11 +244,11 @@ __device__ __forceinline__ void qk_wgmma(float (&s)[BLOCK_N / 8][4], u32 q_addr,
 // O(64 x HEAD_DIM) += P V: BLOCK_N/16 k-steps, P from registers, V MN-major.
 template <class T, int HEAD_DIM, int BLOCK_N>
 __device__ __forceinline__ void pv_wgmma(float (&o)[HEAD_DIM / 8][4], const u32 (&a)[BLOCK_N / 16][4],
-                                         u32 v_addr) {
+                                         u64 v_desc) {
     wgmma_fence();
     #pragma unroll
     for (int kk = 0; kk < BLOCK_N / 16; ++kk)
-        wgmma_rs<T, HEAD_DIM>(o, a[kk], smem_desc_sw128(v_addr + kk * 2048, BLOCK_N * 128, 1024), true);
+        wgmma_rs<T, HEAD_DIM>(o, a[kk], desc_advance(v_desc, kk * 2048), true);
     wgmma_commit();
 }
 
@@ -336,9 +344,12 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
     regs_claim<Tile::kConsumerRegs>();
     const int consumer = warpgroup - 1, lane = threadIdx.x % 32, warp = (threadIdx.x / 32) % 4;
     const int seqlen_q = p.seqlen_q, seqlen_k = p.seqlen_k, causal_diag = seqlen_k - seqlen_q;
-    const u32 q_addr = sbase + (SPLIT ? 0 : consumer * 64 * 128);   // its rows in each column block
-    auto k_tile = [&](Ring<STAGES> r) { return sbase + Tile::kOffK + r.slot() * Tile::kKVBytes; };
-    auto v_tile = [&](Ring<STAGES> r) { return sbase + Tile::kOffV + r.slot() * Tile::kKVBytes; };
+    // Operand descriptors: Q's rows of this consumer (in each column block), ring slot 0's K and V.
+    const u64 q_desc = smem_desc_sw128(sbase + (SPLIT ? 0 : consumer * 64 * 128), 16, 1024);
+    const u64 k_desc0 = smem_desc_sw128(sbase + Tile::kOffK, 16, 1024);
+    const u64 v_desc0 = smem_desc_sw128(sbase + Tile::kOffV, BLOCK_N * 128, 1024);
+    auto k_tile = [&](Ring<STAGES> r) { return desc_advance(k_desc0, r.slot() * Tile::kKVBytes); };
+    auto v_tile = [&](Ring<STAGES> r) { return desc_advance(v_desc0, r.slot() * Tile::kKVBytes); };
     auto release = [&](u32 barrier) { if (lane == 0) mbar_arrive(barrier); };
     // Ping-pong: consumers take turns issuing their GEMMs (hardware barrier 1 + c
     // is consumer c's turn), so one's softmax runs while another's GEMMs do.
@@ -398,7 +409,7 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
             const Ring<STAGES> r{it + tile(0)};
             mbar_wait(bar.k_full(r.slot()), r.parity());
             await_turn();
-            qk_wgmma<T, Tile, HEAD_DIM, BLOCK_N>(s[0], q_addr, k_tile(r));
+            qk_wgmma<T, Tile, HEAD_DIM, BLOCK_N>(s[0], q_desc, k_tile(r));
             pass_turn(false);
             wgmma_wait<0>();
             fence_registers(s[0]);
@@ -413,7 +424,7 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
             mbar_wait(bar.k_full(r.slot()), r.parity());
             mbar_wait(bar.v_full(prev.slot()), prev.parity());
             await_turn();
-            qk_wgmma<T, Tile, HEAD_DIM, BLOCK_N>(s[0], q_addr, k_tile(r));
+            qk_wgmma<T, Tile, HEAD_DIM, BLOCK_N>(s[0], q_desc, k_tile(r));
             pv_wgmma<T, HEAD_DIM, BLOCK_N>(o[0], a, v_tile(prev));
             pass_turn(false);
             wgmma_wait<1>();                  // S_j landed (groups retire in order)
