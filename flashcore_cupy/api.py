@@ -157,6 +157,17 @@ def _signature(q, k, v, out, causal, scale, layout, return_lse, backend):
             causal, type(scale), scale, layout, return_lse, backend)
 
 
+def prepared_launch(q, k, v, *, causal: bool = False, scale: float | None = None,
+                    layout: str = "bhsd", return_lse: bool = False, out: Any = None,
+                    backend: Backend = "auto") -> FwdLaunch | Sm90Launch:
+    """The launch an earlier `attention` call with these arguments prepared, for scripts
+    that time or trace the kernel alone; KeyError if no such call was made."""
+    key = _signature(q, k, v, out, causal, scale, layout, return_lse, backend)
+    if key is None or key not in _launches:
+        raise KeyError("no prepared launch for these arguments: call attention with them first")
+    return _launches[key]
+
+
 def attention(q: Any, k: Any, v: Any, *, causal: bool = False, scale: float | None = None,
               layout: Literal["bhsd", "bshd"] = "bhsd", return_lse: bool = False,
               out: Any = None, backend: Backend = "auto"):

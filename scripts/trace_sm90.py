@@ -122,7 +122,7 @@ def main():
         k, v = (cupy.asarray(rng.standard_normal((b, h, sk, d)).astype(np.float16)) for _ in "kv")
         out = cupy.empty_like(q)
         fc.attention(q, k, v, out=out)
-        launch = api._launches[api._signature(q, k, v, out, False, None, "bhsd", False, "auto")]
+        launch = api.prepared_launch(q, k, v, out=out)
         traced, module, found = traced_launch(launch)
         buf = cupy.ndarray((4096 * 4 * N_POINTS,), cupy.uint64, module.get_global("fc_trace"))
         grid = launch.grid[0]

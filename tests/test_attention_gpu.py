@@ -300,7 +300,7 @@ def test_auto_dispatch_takes_the_hopper_kernel_where_it_fills_the_gpu(rng):
     need_backend("sm90", 128)
     q, k, v = make_inputs(rng, "bf16", 128, "bhsd", (2, 16, 16), (1024, 1024))
     out = fc.attention(q, k, v)
-    launch = api._launches[api._signature(q, k, v, None, False, None, "bhsd", False, "auto")]
+    launch = api.prepared_launch(q, k, v)
     assert isinstance(launch.config, configs.Sm90Config)
     assert cupy.array_equal(out, fc.attention(q, k, v, backend="sm90"))
     with pytest.raises(ValueError, match="backend='sm90'.*head_dim 256"):

@@ -171,3 +171,18 @@ def test_call_signature_fast_path_rules(monkeypatch):
     assert (api._signature(q, k, v, None, False, True, "bhsd", False, "auto")
             != api._signature(q, k, v, None, False, 1.0, "bhsd", False, "auto"))
     assert api._signature(np.zeros(1), k, v, None, False, None, "bhsd", False, "auto") is None
+
+
+def test_prepared_launch_finds_the_calls_launch(monkeypatch):
+    from flashcore_cupy import api
+
+    monkeypatch.setattr(api, "_NDARRAY", _FakeArray)
+    q, k, v = _FakeArray(), _FakeArray(2 << 20), _FakeArray(3 << 20)
+    prepared = object()
+    monkeypatch.setitem(api._launches, api._signature(q, k, v, None, True, None, "bhsd", False, "auto"),
+                        prepared)
+    assert api.prepared_launch(q, k, v, causal=True) is prepared
+    with pytest.raises(KeyError, match="call attention"):
+        api.prepared_launch(q, k, v)                       # a call with other options
+    with pytest.raises(KeyError, match="call attention"):
+        api.prepared_launch(np.zeros(1), k, v, causal=True)   # not a CuPy array
