@@ -405,6 +405,18 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
         // wgmma issue stays out of data-dependent branches: ptxas serialises every
         // wgmma of a kernel that waits on one inside a divergent path (C7518).
         mbar_wait(bar.q_full(), n_done & 1);
+        // Before P_k V_k, once P_{k-1} V_{k-1} (which reads `a` and accumulates O) is done:
+        // release V_{k-1}, O *= alpha_k, pack P_k into `a`. The wait for P_{k-1} V_{k-1} opens
+        // step k+1 instead of closing step k: ptxas hoists a wgmma wait to the top of its basic
+        // block, so written after the softmax of S_k it ran before it, and the softmax never
+        // overlapped P V (SASS v14). Behind the loop's back edge it stays where it is written.
+        auto prepare_pv = [&](int k) {
+            fence_registers(o[0]);
+            fence_registers(a);
+            if (k > 0) release(bar.v_empty(Ring<STAGES>{it + tile(k - 1)}.slot()));
+            rescale_rows<1, HEAD_DIM / 8>(o, alpha);   // before P_0 V_0: O = 0, alpha = 0
+            pack_p<T, BLOCK_N>(a, s[0]);
+        };
         if (my_blocks > 0) {
             const Ring<STAGES> r{it + tile(0)};
             mbar_wait(bar.k_full(r.slot()), r.parity());
@@ -414,12 +426,13 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
             wgmma_wait<0>();
             fence_registers(s[0]);
             release(bar.k_empty(r.slot()));
-            softmax_tile(tile(0));            // O is still 0: nothing to rescale
-            pack_p<T, BLOCK_N>(a, s[0]);
+            softmax_tile(tile(0));
         }
-        // Step j: S_j = Q K_j^T and O += P_{j-1} V_{j-1} in flight together; the
-        // softmax of S_j runs while P V finishes, and O's rescale waits for it.
+        // Step k: S_k = Q K_k^T and O += P_{k-1} V_{k-1} in flight together; the softmax of
+        // S_k runs while P V finishes.
         for (int k = 1; k < my_blocks; ++k) {
+            wgmma_wait<0>();
+            prepare_pv(k - 1);
             const Ring<STAGES> r{it + tile(k)}, prev{it + tile(k - 1)};
             mbar_wait(bar.k_full(r.slot()), r.parity());
             mbar_wait(bar.v_full(prev.slot()), prev.parity());
@@ -427,21 +440,17 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
             qk_wgmma<T, Tile, HEAD_DIM, BLOCK_N>(s[0], q_desc, k_tile(r));
             pv_wgmma<T, HEAD_DIM, BLOCK_N>(o[0], a, v_tile(prev));
             pass_turn(false);
-            wgmma_wait<1>();                  // S_j landed (groups retire in order)
+            wgmma_wait<1>();                  // S_k landed (groups retire in order)
             fence_registers(s[0]);
             release(bar.k_empty(r.slot()));
             softmax_tile(tile(k));
-            wgmma_wait<0>();                  // P_{j-1} V_{j-1} done: V_{j-1} and `a` are free
-            fence_registers(o[0]);
-            fence_registers(a);
-            release(bar.v_empty(prev.slot()));
-            rescale_rows<1, HEAD_DIM / 8>(o, alpha);
-            pack_p<T, BLOCK_N>(a, s[0]);
         }
         // Every S GEMM has landed: Q is free, so the producer loads the next tile's Q
         // during the last P V and the epilogue.
         release(bar.q_empty());
+        wgmma_wait<0>();   // not inside the branch: a P V may be in flight on entry (C7518)
         if (my_blocks > 0) {
+            prepare_pv(my_blocks - 1);
             const Ring<STAGES> last{it + tile(my_blocks - 1)};
             mbar_wait(bar.v_full(last.slot()), last.parity());
             await_turn();

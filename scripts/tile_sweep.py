@@ -30,6 +30,8 @@ SM90 = {   # shape -> (block_n, stages, consumers, pingpong[, split[, producers]
     "b2-h16-s4k-d128": [(192, 2, 2, True), (128, 2, 2, True), (128, 3, 2, True)],
     "b2-h16-s4k-d128-causal": [(128, 2, 2, True)],
     "b1-h16-s16k-d128": [(192, 2, 2, True)],
+    "b1-h16-s16k-d128-causal": [(192, 2, 2, True)],
+    "gqa-b2-h32kv8-s4k-d128-causal": [(192, 2, 2, True)],
     "mission": [(128, 2, 1, False), (128, 4, 2, False, True), (128, 3, 3, False, True),
                 (64, 4, 2, False, True)],
     "decode-b8-h32kv8-s8k-d128": [(128, 2, 2, False, True, 2), (128, 2, 2, False, True), (64, 4, 2, False, True),
