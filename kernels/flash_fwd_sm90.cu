@@ -18,8 +18,9 @@
 //   then O /= l and a direct store; LSE as in the sm_80 kernel.
 //
 // Overlap: inside a consumer, S_{j+1} = Q K_{j+1}^T is issued together with
-// O += P_j V_j, and the softmax of S_{j+1} runs while P_j V_j finishes (O's
-// rescale waits for it); across consumers, one's softmax overlaps another's GEMMs.
+// O += P_j V_j, and (large tiles) the softmax of S_{j+1} runs while P_j V_j
+// finishes (O's rescale waits for it); across consumers, one's softmax overlaps
+// another's GEMMs.
 //
 // SPLIT (small grids: short sequences, decode): a work tile is 64 rows that all
 // consumers share; consumer c takes key tiles c, c + CONSUMERS, ... and the
@@ -405,16 +406,15 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
         // wgmma issue stays out of data-dependent branches: ptxas serialises every
         // wgmma of a kernel that waits on one inside a divergent path (C7518).
         mbar_wait(bar.q_full(), n_done & 1);
-        // Before P_k V_k, once P_{k-1} V_{k-1} (which reads `a` and accumulates O) is done:
-        // release V_{k-1}, O *= alpha_k, pack P_k into `a`. The wait for P_{k-1} V_{k-1} opens
-        // step k+1 instead of closing step k: ptxas hoists a wgmma wait to the top of its basic
-        // block, so written after the softmax of S_k it ran before it, and the softmax never
-        // overlapped P V (SASS v14). Behind the loop's back edge it stays where it is written.
-        auto prepare_pv = [&](int k) {
+        // P_k V_k is done: its V tile goes back to the producer, `a` and O are free.
+        auto pv_done = [&](int k) {
             fence_registers(o[0]);
             fence_registers(a);
-            if (k > 0) release(bar.v_empty(Ring<STAGES>{it + tile(k - 1)}.slot()));
-            rescale_rows<1, HEAD_DIM / 8>(o, alpha);   // before P_0 V_0: O = 0, alpha = 0
+            if (k >= 0) release(bar.v_empty(Ring<STAGES>{it + tile(k)}.slot()));
+        };
+        // Before P_k V_k: O *= alpha_k (before P_0 V_0: O = 0, alpha = 0) and P_k into `a`.
+        auto prepare_pv = [&] {
+            rescale_rows<1, HEAD_DIM / 8>(o, alpha);
             pack_p<T, BLOCK_N>(a, s[0]);
         };
         if (my_blocks > 0) {
@@ -428,11 +428,19 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
             release(bar.k_empty(r.slot()));
             softmax_tile(tile(0));
         }
-        // Step k: S_k = Q K_k^T and O += P_{k-1} V_{k-1} in flight together; the softmax of
-        // S_k runs while P V finishes.
+        // Step k: S_k = Q K_k^T and O += P_{k-1} V_{k-1} in flight together. Large tiles
+        // (compute-bound) run the softmax of S_k while P V finishes and wait for it at the top
+        // of the next step: ptxas hoists a wgmma wait to the top of its basic block, so written
+        // after the softmax it ran before it (SASS v14), and only the loop's back edge keeps it
+        // behind. Split tiles wait before the softmax: each consumer owns STAGES / CONSUMERS
+        // ring slots, and a V slot released a softmax earlier refills that much sooner (decode,
+        // 2 slots: 115 against 150 us; PERF_NOTES v15).
         for (int k = 1; k < my_blocks; ++k) {
-            wgmma_wait<0>();
-            prepare_pv(k - 1);
+            if constexpr (!SPLIT) {
+                wgmma_wait<0>();
+                pv_done(k - 2);
+            }
+            prepare_pv();
             const Ring<STAGES> r{it + tile(k)}, prev{it + tile(k - 1)};
             mbar_wait(bar.k_full(r.slot()), r.parity());
             mbar_wait(bar.v_full(prev.slot()), prev.parity());
@@ -443,6 +451,10 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
             wgmma_wait<1>();                  // S_k landed (groups retire in order)
             fence_registers(s[0]);
             release(bar.k_empty(r.slot()));
+            if constexpr (SPLIT) {
+                wgmma_wait<0>();
+                pv_done(k - 1);
+            }
             softmax_tile(tile(k));
         }
         // Every S GEMM has landed: Q is free, so the producer loads the next tile's Q
@@ -450,15 +462,15 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
         release(bar.q_empty());
         wgmma_wait<0>();   // not inside the branch: a P V may be in flight on entry (C7518)
         if (my_blocks > 0) {
-            prepare_pv(my_blocks - 1);
+            if constexpr (!SPLIT) pv_done(my_blocks - 2);
+            prepare_pv();
             const Ring<STAGES> last{it + tile(my_blocks - 1)};
             mbar_wait(bar.v_full(last.slot()), last.parity());
             await_turn();
             pv_wgmma<T, HEAD_DIM, BLOCK_N>(o[0], a, v_tile(last));
             pass_turn(c_blocks == n_blocks);
             wgmma_wait<0>();
-            fence_registers(o[0]);
-            release(bar.v_empty(last.slot()));
+            pv_done(my_blocks - 1);
         }
         // Key tiles this consumer's rows do not need (causal: the other consumers' part
         // of the diagonal; or it has no rows here): release each once landed and keep
