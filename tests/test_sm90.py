@@ -125,7 +125,7 @@ def test_trace_script_finds_its_points_and_compiles():
             "from flashcore_cupy.configs import Sm90Config\n"
             "t = runpy.run_path('scripts/trace_sm90.py', run_name='x')\n"
             "src, found = t['traced_source']()\n"
-            "assert len(found) == len(t['POINTS']), set(t['POINTS']) - set(found)\n"
+            "assert len(found) == len(t['POINTS']), {p[2] for p in t['POINTS']} - {f[0] for f in found}\n"
             "cfg = Sm90Config('fp16', 64, 128, 4, 2, False, True)\n"
             "prog = nvrtc.createProgram(src, 'traced.cu', [], [])\n"
             "nvrtc.addNameExpression(prog, cfg.name_expression)\n"
