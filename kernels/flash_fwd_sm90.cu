@@ -412,9 +412,9 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
             fence_registers(a);
             if (k >= 0) release(bar.v_empty(Ring<STAGES>{it + tile(k)}.slot()));
         };
-        // Before P_k V_k: O *= alpha_k (before P_0 V_0: O = 0, alpha = 0) and P_k into `a`.
-        auto prepare_pv = [&] {
-            rescale_rows<1, HEAD_DIM / 8>(o, alpha);
+        // Before P_k V_k: O *= alpha_k (k > 0: O is still 0 before P_0 V_0) and P_k into `a`.
+        auto prepare_pv = [&](int k) {
+            if (k > 0) rescale_rows<1, HEAD_DIM / 8>(o, alpha);
             pack_p<T, BLOCK_N>(a, s[0]);
         };
         if (my_blocks > 0) {
@@ -427,20 +427,22 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
             fence_registers(s[0]);
             release(bar.k_empty(r.slot()));
             softmax_tile(tile(0));
+            if constexpr (SPLIT) prepare_pv(0);
         }
         // Step k: S_k = Q K_k^T and O += P_{k-1} V_{k-1} in flight together. Large tiles
-        // (compute-bound) run the softmax of S_k while P V finishes and wait for it at the top
-        // of the next step: ptxas hoists a wgmma wait to the top of its basic block, so written
-        // after the softmax it ran before it (SASS v14), and only the loop's back edge keeps it
-        // behind. Split tiles wait before the softmax: each consumer owns STAGES / CONSUMERS
-        // ring slots, and a V slot released a softmax earlier refills that much sooner (decode,
-        // 2 slots: 115 against 150 us; PERF_NOTES v15).
+        // (compute-bound) run the softmax of S_k while P V finishes, and wait for it (then
+        // rescale O and pack P_k) at the top of the next step: ptxas hoists a wgmma wait to
+        // the top of its basic block, so written after the softmax it ran before it (SASS
+        // v14), and only the loop's back edge keeps it behind. Split tiles wait before the
+        // softmax and prepare P_k V_k right after it, as before v15: each consumer owns
+        // STAGES / CONSUMERS ring slots, and a V slot released a softmax earlier refills that
+        // much sooner (decode, 2 slots: 115 against 150 us).
         for (int k = 1; k < my_blocks; ++k) {
             if constexpr (!SPLIT) {
                 wgmma_wait<0>();
                 pv_done(k - 2);
+                prepare_pv(k - 1);
             }
-            prepare_pv();
             const Ring<STAGES> r{it + tile(k)}, prev{it + tile(k - 1)};
             mbar_wait(bar.k_full(r.slot()), r.parity());
             mbar_wait(bar.v_full(prev.slot()), prev.parity());
@@ -456,14 +458,17 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
                 pv_done(k - 1);
             }
             softmax_tile(tile(k));
+            if constexpr (SPLIT) prepare_pv(k);
         }
         // Every S GEMM has landed: Q is free, so the producer loads the next tile's Q
         // during the last P V and the epilogue.
         release(bar.q_empty());
         wgmma_wait<0>();   // not inside the branch: a P V may be in flight on entry (C7518)
         if (my_blocks > 0) {
-            if constexpr (!SPLIT) pv_done(my_blocks - 2);
-            prepare_pv();
+            if constexpr (!SPLIT) {
+                pv_done(my_blocks - 2);
+                prepare_pv(my_blocks - 1);
+            }
             const Ring<STAGES> last{it + tile(my_blocks - 1)};
             mbar_wait(bar.v_full(last.slot()), last.parity());
             await_turn();
