@@ -18,7 +18,7 @@
 //   then O /= l and a direct store; LSE as in the sm_80 kernel.
 //
 // Overlap: inside a consumer, S_{j+1} = Q K_{j+1}^T is issued together with
-// O += P_j V_j, and (large tiles) the softmax of S_{j+1} runs while P_j V_j
+// O += P_j V_j, and (kOverlapPV) the softmax of S_{j+1} runs while P_j V_j
 // finishes (O's rescale waits for it); across consumers, one's softmax overlaps
 // another's GEMMs.
 //
@@ -82,6 +82,11 @@ struct Sm90Tile {
     static constexpr int kTileUsers = SPLIT ? 1 : CONSUMERS;
     // How many tiles the producer's K copies run ahead of its V copies (see produce).
     static constexpr int kKAhead = SPLIT ? CONSUMERS - 1 : 0;
+    // Whether the softmax of S_{j+1} runs while P_j V_j does, which releases V_j a softmax
+    // later (see the step loop): worth it where P V is long (D128: 512 clocks per consumer
+    // and tile); at D64 (256) the later release cost more (S = 1k: +1.5-3 %), and split tiles
+    // own only STAGES / CONSUMERS ring slots (decode: 150 against 115 us). PERF_NOTES v15.
+    static constexpr bool kOverlapPV = !SPLIT && HEAD_DIM >= 128;
     static constexpr u32 kQBytes = kBlockM * HEAD_DIM * 2;
     static constexpr u32 kKVBytes = BLOCK_N * HEAD_DIM * 2;         // one K or V tile
     // Shared layout (offsets from a 1024-byte aligned base): Q, K ring, V ring, barriers.
@@ -427,18 +432,16 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
             fence_registers(s[0]);
             release(bar.k_empty(r.slot()));
             softmax_tile(tile(0));
-            if constexpr (SPLIT) prepare_pv(0);
+            if constexpr (!Tile::kOverlapPV) prepare_pv(0);
         }
-        // Step k: S_k = Q K_k^T and O += P_{k-1} V_{k-1} in flight together. Large tiles
-        // (compute-bound) run the softmax of S_k while P V finishes, and wait for it (then
-        // rescale O and pack P_k) at the top of the next step: ptxas hoists a wgmma wait to
-        // the top of its basic block, so written after the softmax it ran before it (SASS
-        // v14), and only the loop's back edge keeps it behind. Split tiles wait before the
-        // softmax and prepare P_k V_k right after it, as before v15: each consumer owns
-        // STAGES / CONSUMERS ring slots, and a V slot released a softmax earlier refills that
-        // much sooner (decode, 2 slots: 115 against 150 us).
+        // Step k: S_k = Q K_k^T and O += P_{k-1} V_{k-1} in flight together. With
+        // kOverlapPV the softmax of S_k runs while P V finishes, and the wait for it (then
+        // O's rescale and P_k's packing) opens the next step: ptxas hoists a wgmma wait to the
+        // top of its basic block, so written after the softmax it ran before it (SASS v14),
+        // and only the loop's back edge keeps it behind. Otherwise P V is waited for (and V
+        // released) before the softmax, and P_k V_k prepared right after it.
         for (int k = 1; k < my_blocks; ++k) {
-            if constexpr (!SPLIT) {
+            if constexpr (Tile::kOverlapPV) {
                 wgmma_wait<0>();
                 pv_done(k - 2);
                 prepare_pv(k - 1);
@@ -453,19 +456,19 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
             wgmma_wait<1>();                  // S_k landed (groups retire in order)
             fence_registers(s[0]);
             release(bar.k_empty(r.slot()));
-            if constexpr (SPLIT) {
+            if constexpr (!Tile::kOverlapPV) {
                 wgmma_wait<0>();
                 pv_done(k - 1);
             }
             softmax_tile(tile(k));
-            if constexpr (SPLIT) prepare_pv(k);
+            if constexpr (!Tile::kOverlapPV) prepare_pv(k);
         }
         // Every S GEMM has landed: Q is free, so the producer loads the next tile's Q
         // during the last P V and the epilogue.
         release(bar.q_empty());
         wgmma_wait<0>();   // not inside the branch: a P V may be in flight on entry (C7518)
         if (my_blocks > 0) {
-            if constexpr (!SPLIT) {
+            if constexpr (Tile::kOverlapPV) {
                 pv_done(my_blocks - 2);
                 prepare_pv(my_blocks - 1);
             }

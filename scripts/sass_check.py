@@ -1,6 +1,9 @@
 """SASS facts of every kernel dispatch can choose on an arch: per kernel, the count of
-tensor-core instructions (HGMMA = wgmma, HMMA = mma.sync) and of local-memory
-accesses (LDL/STL: spills). Exits 1 on any spill or a Hopper kernel without HGMMA.
+tensor-core instructions (HGMMA = wgmma, HMMA = mma.sync), of local-memory accesses
+(LDL/STL: spills) and, for Hopper kernels, of exponentials (MUFU.EX2) scheduled while the
+step loop's P V is in flight: between its wait for S (wgmma wait 1) and its wait for P V
+(wait 0). Exits 1 on any spill, a Hopper kernel without HGMMA, or one whose softmax is not
+where Sm90Tile::kOverlapPV says (ptxas hoists a wgmma wait above independent code: v15).
 
   python3 scripts/sass_check.py --arch sm_90a [--keep DIR]   compile with the library's
       NVRTC options (cubins kept in DIR), then disassemble;
@@ -47,9 +50,22 @@ def disassemble(path: Path) -> str | None:
     return None
 
 
+def exps_under_pv(sass: str) -> int | None:
+    """MUFU.EX2 between the first `wgmma wait 1` and the next `wait 0` (None: no wait 1)."""
+    parts = re.split(r"WARPGROUP\.DEPBAR\.LE gsb0, 0x1", sass, maxsplit=1)
+    if len(parts) < 2:
+        return None
+    return re.split(r"WARPGROUP\.DEPBAR\.LE gsb0, 0x0", parts[1], maxsplit=1)[0].count("MUFU.EX2")
+
+
+def overlaps_pv(stem: str) -> bool:
+    """Sm90Tile::kOverlapPV from a cubin's name (str(config)): large tiles at D128."""
+    return "split" not in stem and "_D128_" in stem
+
+
 def report(folder: Path) -> int:
     bad = 0
-    print(f"{'kernel':<40} {'HGMMA':>6} {'HMMA':>6} {'LDL/STL':>8}")
+    print(f"{'kernel':<40} {'HGMMA':>6} {'HMMA':>6} {'LDL/STL':>8} {'EX2 under PV':>13}")
     for path in sorted(folder.glob("*.cubin")):
         sass = disassemble(path)
         if sass is None:
@@ -58,9 +74,13 @@ def report(folder: Path) -> int:
         hgmma = len(re.findall(r"\bHGMMA\.", sass))
         hmma = len(re.findall(r"\bHMMA\.", sass))
         local = len(re.findall(r"\b(?:LDL|STL)\b", sass))
-        ok = local == 0 and (hgmma > 0 if path.stem.startswith("sm90") else hmma > 0)
+        hopper = path.stem.startswith("sm90")
+        under = exps_under_pv(sass) if hopper else None
+        ok = local == 0 and (hgmma > 0 if hopper else hmma > 0)
+        ok = ok and (not hopper or (under is not None and (under > 0) == overlaps_pv(path.stem)))
         bad += not ok
-        print(f"{path.stem:<40} {hgmma:>6} {hmma:>6} {local:>8}{'' if ok else '  <-- FAIL'}")
+        print(f"{path.stem:<40} {hgmma:>6} {hmma:>6} {local:>8} {'' if under is None else under:>13}"
+              f"{'' if ok else '  <-- FAIL'}")
     return bad
 
 

@@ -40,7 +40,7 @@ POINTS = [
     ("mbar_wait(bar.v_full(prev.slot()), prev.parity());", 0, 8, "consumer: step 1 K, V landed"),
     ("fence_registers(s[0]);", 1, 9, "consumer: step 1 S done"),
     ("softmax_tile(tile(k));", 0, 10, "consumer: step 1 softmax done"),
-    ("if constexpr (SPLIT) prepare_pv(k);", 0, 11, "consumer: step 1 P packed (split)"),
+    ("if constexpr (!Tile::kOverlapPV) prepare_pv(k);", 0, 11, "consumer: step 1 P packed (split)"),
     ("pv_done(my_blocks - 1);", 0, 12, "consumer: last PV done"),
     ("named_barrier_sync(kBarrier, 128 * CONSUMERS);", 0, 15, "combine: every GEMM done"),
     ("named_barrier_sync(kBarrier, 128 * CONSUMERS);", 1, 16, "combine: partials stored"),
