@@ -2,7 +2,7 @@
 # One device call for a kernel change: the latency probe, the Hopper tile sweep of a base
 # tree (.ab_base, a copy of the previous commit's flashcore_cupy/, kernels/ and scripts/,
 # carried) and of this tree alternated A/B/A/B (ROUNDS=2) in separate processes, a bf16
-# sweep (BF16=0 skips it), the
+# sweep (BF16=0 skips it; SWEEP_ARGS adds tile_sweep.py options, e.g. --shape), the
 # Hopper kernel's GPU tests (PYTEST=0 skips them) and, with NCU=1, Nsight Compute's full
 # sections for the two main long-shape kernels.
 set -uo pipefail
@@ -17,12 +17,12 @@ if [ "${PYTEST:-1}" = 1 ]; then
 fi
 for round in $(seq "${ROUNDS:-2}"); do
   if [ -d .ab_base ]; then
-    step sweep.txt bash -c 'cd .ab_base && echo "== base tree" && PYTHONPATH=$PWD timeout 200 python3 scripts/tile_sweep.py --family sm90'
+    step sweep.txt bash -c 'cd .ab_base && echo "== base tree" && PYTHONPATH=$PWD timeout 200 python3 scripts/tile_sweep.py --family sm90 '"${SWEEP_ARGS:-}"
   fi
-  step sweep.txt bash -c 'echo "== this tree" && timeout 200 python3 scripts/tile_sweep.py --family sm90'
+  step sweep.txt bash -c 'echo "== this tree" && timeout 200 python3 scripts/tile_sweep.py --family sm90 '"${SWEEP_ARGS:-}"
 done
 if [ "${BF16:-1}" = 1 ]; then
-  step sweep_bf16.txt timeout 200 python3 scripts/tile_sweep.py --family sm90 --dtype bf16
+  step sweep_bf16.txt timeout 200 python3 scripts/tile_sweep.py --family sm90 --dtype bf16 ${SWEEP_ARGS:-}
 fi
 for shape in $([ "${NCU:-0}" = 1 ] && echo b2-h16-s4k-d64 b2-h16-s4k-d128); do
   step "ncu_$shape.txt" timeout 150 ncu --clock-control none --set full -k regex:flash_fwd_sm90 \

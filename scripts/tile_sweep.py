@@ -3,7 +3,8 @@ under 30 us by CUDA-graph replay, as back-to-back launches would time the host),
 SDPA's cuDNN backend when torch is there.
 
 Each candidate is validated against the float64 reference before it is timed.
-Usage: python3 scripts/tile_sweep.py [--family sm80|sm90|all] [--out FILE.json]
+Usage: python3 scripts/tile_sweep.py [--family sm80|sm90|all] [--dtype fp16|bf16]
+       [--shape NAME ...] [--out FILE.json]
 """
 
 import argparse
@@ -61,10 +62,12 @@ def cudnn_us(shape, q, k, v):
 parser = argparse.ArgumentParser()
 parser.add_argument("--family", choices=[*FAMILIES, "all"], default="sm80")
 parser.add_argument("--dtype", choices=["fp16", "bf16"], default="fp16")
+parser.add_argument("--shape", action="append", help="only these shapes (repeatable)")
 parser.add_argument("--out")
 args = parser.parse_args()
 families = list(FAMILIES.values()) if args.family == "all" else [FAMILIES[args.family]]
-sweep = [(name, tiles, cls) for candidates, cls in families for name, tiles in candidates.items()]
+sweep = [(name, tiles, cls) for candidates, cls in families for name, tiles in candidates.items()
+         if not args.shape or name in args.shape]
 
 rng = np.random.default_rng()
 results = []
