@@ -87,9 +87,6 @@ struct Sm90Tile {
     // and tile); at D64 (256) the later release cost more (S = 1k: +1.5-3 %), and split tiles
     // own only STAGES / CONSUMERS ring slots (decode: 150 against 115 us). PERF_NOTES v15.
     static constexpr bool kOverlapPV = !SPLIT && HEAD_DIM >= 128;
-    // Independent chains of a row's max and sum in the softmax (softmax.cuh): under P V the
-    // softmax is a consumer's critical path, and its dependent chains were ncu's top stall.
-    static constexpr int kSoftmaxChains = kOverlapPV ? 4 : 1;
     static constexpr u32 kQBytes = kBlockM * HEAD_DIM * 2;
     static constexpr u32 kKVBytes = BLOCK_N * HEAD_DIM * 2;         // one K or V tile
     // Shared layout (offsets from a 1024-byte aligned base): Q, K ring, V ring, barriers.
@@ -407,7 +404,7 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
                                                      p.causal, lane);
             else
                 scale_and_mask<1, BLOCK_N / 8, false>(s, p.scale_log2, 0, 0, 0, 0, false, lane);
-            softmax_update<1, BLOCK_N / 8, Tile::kSoftmaxChains>(s, m, l, alpha, p.scale_log2);
+            softmax_update<1, BLOCK_N / 8>(s, m, l, alpha, p.scale_log2);
         };
 
         if (PINGPONG && consumer == CONSUMERS - 1 && n_blocks > 0) named_barrier_arrive(1, 256);

@@ -44,46 +44,33 @@ __device__ __forceinline__ void scale_and_mask(float (&s)[M_TILES][N_TILES][4], 
 // Online softmax, first half: update (m, l) (m in scaled log2 units), turn S
 // (from scale_and_mask) into P in place, and return in alpha the factor
 // exp2(m_old - m_new) by which each row of O must shrink.
-// CHAINS: a row's max and sum as that many independent chains, combined at the end (one
-// chain is N_TILES dependent instructions: latency on the critical path where the softmax
-// runs alone in its warp, as under the Hopper kernel's P V).
-template <int M_TILES, int N_TILES, int CHAINS = 1>
+template <int M_TILES, int N_TILES>
 __device__ __forceinline__ void softmax_update(float (&s)[M_TILES][N_TILES][4], float (&m)[M_TILES][2],
                                                float (&l)[M_TILES][2], float (&alpha)[M_TILES][2],
                                                float scale_log2) {
-    static_assert(N_TILES % CHAINS == 0, "CHAINS must divide N_TILES");
     const float fold = scale_log2 > 0.f ? scale_log2 : 1.f;   // see scale_and_mask
     #pragma unroll
     for (int mt = 0; mt < M_TILES; ++mt)
         #pragma unroll
         for (int half = 0; half < 2; ++half) {
-            float chain_max[CHAINS];
-            #pragma unroll
-            for (int c = 0; c < CHAINS; ++c) chain_max[c] = neg_inf();
+            float row_max = neg_inf();
             #pragma unroll
             for (int nt = 0; nt < N_TILES; ++nt)
-                chain_max[nt % CHAINS] = fmaxf(chain_max[nt % CHAINS],
-                                               fmaxf(s[mt][nt][2 * half], s[mt][nt][2 * half + 1]));
-            float row_max = chain_max[0];
-            #pragma unroll
-            for (int c = 1; c < CHAINS; ++c) row_max = fmaxf(row_max, chain_max[c]);
+                row_max = fmaxf(row_max, fmaxf(s[mt][nt][2 * half], s[mt][nt][2 * half + 1]));
             const float m_new = fmaxf(m[mt][half], quad_max(row_max) * fold);
             // A row with every key masked so far has m_new = -inf: subtract 0
             // instead, so that exp2 sees -inf - 0, never -inf - (-inf) = NaN.
             const float m_base = m_new == neg_inf() ? 0.f : m_new;
             alpha[mt][half] = fast_exp2(m[mt][half] - m_base);
             m[mt][half] = m_new;
-            float chain_sum[CHAINS] = {};
+            float row_sum = 0.f;
             #pragma unroll
             for (int nt = 0; nt < N_TILES; ++nt)
                 #pragma unroll
                 for (int e = 2 * half; e < 2 * half + 2; ++e) {
                     s[mt][nt][e] = fast_exp2(fmaf(s[mt][nt][e], fold, -m_base));
-                    chain_sum[nt % CHAINS] += s[mt][nt][e];
+                    row_sum += s[mt][nt][e];
                 }
-            float row_sum = chain_sum[0];
-            #pragma unroll
-            for (int c = 1; c < CHAINS; ++c) row_sum += chain_sum[c];
             l[mt][half] = l[mt][half] * alpha[mt][half] + row_sum;   // per-lane partial; reduced at the end
         }
 }
