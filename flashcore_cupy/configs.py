@@ -68,7 +68,6 @@ class Sm90Schedule(NamedTuple):
     grid: tuple[int, int, int]
     tail_start: int   # work items from here on are 64-row sub-tiles of the last tiles
     items: int        # work items: tiles before tail_start, then consumers per later tile
-    counted: bool = False   # items handed out by a counter in device memory (next_item)
 
 
 @dataclass(frozen=True)
@@ -103,36 +102,31 @@ class Sm90Config:
 
     @property
     def smem_bytes(self) -> int:
-        # Mirrors Sm90Tile: 1024 bytes of alignment slack, Q, the K and V rings, barriers
-        # and the work-item word (Barriers::item).
+        # Mirrors Sm90Tile: 1024 bytes of alignment slack, Q, the K and V rings, barriers.
         tiles = 2 * self.head_dim * (self.block_m + 2 * self.stages * self.block_n)
-        return 1024 + tiles + 8 * (3 + 4 * self.stages)
+        return 1024 + tiles + 8 * (2 + 4 * self.stages)
 
     def work_tiles(self, batch: int, heads_q: int, seqlen_q: int) -> int:
         return -(-seqlen_q // self.block_m) * heads_q * batch
 
     def schedule(self, batch: int, heads_q: int, seqlen_q: int, num_sms: int,
                  causal: bool) -> Sm90Schedule:
-        """Persistent: one CTA per SM (a CTA takes the whole register file) looping over
-        the work items. Non-causal tiles are alike and dealt round-robin; when they
-        leave a partial last round that would still fit on the SMs as one 64-row
-        sub-tile per consumer, those tiles are split so: the round then runs on every
-        SM, one consumer each, instead of on a few with all of them. Causal tiles
-        differ in length, and a static deal of them left SMs idle (at S = 16k, 128
-        tiles per head over 132 SMs gave some CTAs only short tiles: 0.74x cuDNN), so
-        a counter hands each CTA its next tile when it frees up (one producer thread
-        names it to the consumers: not with two)."""
+        """Non-causal: persistent, one CTA per SM (a CTA takes the whole register file)
+        looping over the work items. When the tiles leave a partial last round that
+        would still fit on the SMs as one 64-row sub-tile per consumer, those tiles
+        are split so: the round then runs on every SM, one consumer each, instead of
+        on a few with all of them. Causal tiles differ in length, and a static deal
+        of them can leave SMs idle (at S = 16k, 128 tiles per head over 132 SMs gave
+        some CTAs only short tiles: 0.74x cuDNN), so there each tile is its own CTA
+        and the hardware hands the next one to whichever SM frees up."""
         tiles = self.work_tiles(batch, heads_q, seqlen_q)
         if self.split:   # its combine reuses the K/V ring: one work tile per CTA
             return Sm90Schedule((tiles, 1, 1), tiles, tiles)
-        if causal:
-            counted = self.producers == 1
-            return Sm90Schedule((min(tiles, num_sms) if counted else tiles, 1, 1), tiles, tiles, counted)
-        tail = tiles % num_sms if tiles > num_sms else 0
+        tail = tiles % num_sms if tiles > num_sms and not causal else 0
         sub_tiles = 0 < tail and tail * self.consumers <= num_sms and self.consumers > 1
         tail_start = tiles - tail if sub_tiles else tiles
         items = tail_start + (tiles - tail_start) * self.consumers
-        return Sm90Schedule((min(items, num_sms), 1, 1), tail_start, items)
+        return Sm90Schedule((items if causal else min(items, num_sms), 1, 1), tail_start, items)
 
     def __str__(self) -> str:
         return (f"sm90 {self.dtype} D{self.head_dim} {self.block_m}x{self.block_n} "

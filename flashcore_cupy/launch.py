@@ -108,12 +108,12 @@ class FwdLaunch(_Launch):
 
 
 # Mirrors `struct Sm90Params` in kernels/flash_fwd_sm90.cu (512 bytes): the q, k
-# and v tensor maps, then o, lse and tile-counter pointers, 3 output strides, seqlen_q,
+# and v tensor maps, then o and lse pointers, 3 output strides, seqlen_q,
 # seqlen_k, head_dim, heads_per_kv, scale*log2(e), causal, heads, batch,
 # m_blocks, tail_start, n_items, (mul, shr) dividing by m_blocks, heads and
 # heads_per_kv, and padding to the struct's 64-byte alignment.
-SM90_TAIL = struct.Struct("<3Q3q4ifi5i6I12x")
-_SM90_POINTERS = struct.Struct("<3Q")   # the only part a call repacks
+SM90_TAIL = struct.Struct("<2Q3q4ifi5i6I20x")
+_SM90_POINTERS = struct.Struct("<2Q")   # the only part a call repacks
 _SM90_TAIL_AT = 3 * tma.MAP_BYTES
 _MAPS_PER_LAUNCH = 16
 
@@ -121,15 +121,11 @@ _MAPS_PER_LAUNCH = 16
 @dataclass(frozen=True, eq=False)
 class Sm90Launch(_Launch):
     specs: tuple[tma.MapSpec, ...] = ()  # q, k, v
-    counted: bool = False                # work items handed out by a device counter
     # Parameter blocks with the maps encoded, per (q, k, v) addresses (the oldest
     # evicted first): a call with arrays seen before (a KV cache, rotating buffers)
     # costs a lookup, not 3 encodes.
     _blocks: dict = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-    # The counter of a counted launch, one per stream: the kernel puts it back to 0 when it
-    # is done with it, so launches in order on one stream share it; two streams must not.
-    _counters: dict = field(default_factory=dict, repr=False)
 
     @classmethod
     def build(cls, problem: Problem, config: Sm90Config, arch: str, num_sms: int,
@@ -143,23 +139,11 @@ class Sm90Launch(_Launch):
                    *fast_divisor(m_blocks), *fast_divisor(p.heads_q), *fast_divisor(heads_per_kv))
         return cls(config, loader.get_function(config, p.device, arch), p.device, plan.grid, p.out_shape,
                    (p.batch, p.heads_q, p.seqlen_q) if return_lse else None, scalars,
-                   sm90_map_specs(p, config), plan.counted)
-
-    def _counter(self, stream: int) -> int:
-        """The tile counter for launches on `stream`, zeroed in that stream on first use."""
-        counter = self._counters.get(stream)
-        if counter is None:
-            import cupy
-
-            with cupy.cuda.ExternalStream(stream):
-                counter = self._counters[stream] = cupy.zeros(1, cupy.int32)
-        return counter.data.ptr
+                   sm90_map_specs(p, config))
 
     def __call__(self, q, k, v, out, lse, stream: int | None = None) -> None:
         """Launch on `stream` (default CuPy's current one); the caller has made `device` current."""
         ptrs = (q.data.ptr, k.data.ptr, v.data.ptr)
-        if stream is None:
-            stream = _current_stream().ptr
         with self._lock:
             block = self._blocks.get(ptrs)
             if block is None:
@@ -167,10 +151,9 @@ class Sm90Launch(_Launch):
                     del self._blocks[next(iter(self._blocks))]   # the oldest
                 block = self._blocks[ptrs] = ParamBlock(_SM90_TAIL_AT + SM90_TAIL.size)
                 tma.encode_maps(block.data, self.config.dtype, self.specs, ptrs)
-                SM90_TAIL.pack_into(block.data, _SM90_TAIL_AT, 0, 0, 0, *self.scalars)
+                SM90_TAIL.pack_into(block.data, _SM90_TAIL_AT, 0, 0, *self.scalars)
             _SM90_POINTERS.pack_into(block.data, _SM90_TAIL_AT, out.data.ptr,
-                                     0 if lse is None else lse.data.ptr,
-                                     self._counter(stream) if self.counted else 0)
+                                     0 if lse is None else lse.data.ptr)
             self._launch(block, stream)
 
 

@@ -63,7 +63,6 @@ struct Sm90Params {
     TensorMap q, k, v;             // 4-D maps (d, seq, head, batch), boxes of 64 columns
     u16* o;
     float* lse;                    // null: not requested
-    int* tile_counter;             // null: a static deal of the work items (see next_item)
     i64 o_sb, o_sh, o_ss;          // output (batch, head, seq) strides, elements
     int seqlen_q, seqlen_k, head_dim, heads_per_kv;
     float scale_log2;              // scale * log2(e)
@@ -127,8 +126,6 @@ struct Barriers {
     __device__ u32 v_full(int s) const { return base + 8 * (2 + STAGES + s); }
     __device__ u32 k_empty(int s) const { return base + 8 * (2 + 2 * STAGES + s); }
     __device__ u32 v_empty(int s) const { return base + 8 * (2 + 3 * STAGES + s); }
-    // Not a barrier: the work item whose Q is in flight, when items are handed out (next_item).
-    __device__ u32 item() const { return base + 8 * (2 + 4 * STAGES); }
 };
 
 // A tile of `rows` rows as HEAD_DIM/64 TMA boxes (one per column block), counted on `bar`.
@@ -144,9 +141,10 @@ __device__ __forceinline__ void tma_load_tile(u32 dst, const TensorMap& map, u32
 // 64 with SPLIT) of one (head, batch); tiles are numbered head by head, so the CTAs running at once
 // share few heads' K/V in L2 (numbering across heads first cost 5-7 % at S = 16k:
 // every head's K/V in flight at once), and within a head longest first (m_block
-// descending: causal rows that see the most keys start first). Each CTA starts with
-// item blockIdx.x and takes its next from next_item; with one CTA per SM the grid is
-// persistent and a CTA's next item loads while it stores the current one.
+// descending: causal rows that see the most keys start first). Items are dealt
+// round-robin to the CTAs; with one CTA per SM the grid is persistent and a CTA's
+// next item loads while it stores the current one (the host launches causal
+// problems with one CTA per tile instead: see Sm90Config.schedule).
 // Items from tail_start on are the last tiles split into one 64-row sub-tile per
 // consumer: when the tiles leave a partial last round, that round runs on every
 // SM with one consumer each instead of on a few with all of them. A sub-tile is
@@ -156,19 +154,6 @@ struct WorkTile {
     int consumers;           // consumers with rows here (the first ones)
     int n_blocks;            // key tiles of those rows (causal: up to the diagonal)
 };
-
-// The CTA's item after item i: every gridDim.x-th (a static deal: uniform tiles), or with a
-// tile counter (causal tiles, whose lengths differ) the counter's next one plus gridDim.x,
-// so the CTA that frees up first takes it. Every launch fetches from the counter exactly
-// n_items times (each CTA once per item, its last fetch returning one past the items),
-// so the fetch that returns n_items - 1 is the last and puts the counter back to 0 for
-// the next launch on the stream (the host keeps one counter per stream).
-__device__ __forceinline__ int next_item(const Sm90Params& p, int i, bool dynamic) {
-    if (!dynamic) return i + gridDim.x;
-    const int fetched = atomicAdd(p.tile_counter, 1);
-    if (fetched == p.n_items - 1) atomicExch(p.tile_counter, 0);
-    return fetched + gridDim.x;
-}
 
 template <class Tile, int BLOCK_N>
 __device__ __forceinline__ WorkTile work_tile(const Sm90Params& p, int i) {
@@ -201,28 +186,22 @@ struct Ring {
 // makes each K load wait behind the previous V slot's release, which costs most
 // where the ring is short against the keys (decode: 209 -> 119 us on an H100 with
 // 2) and nothing where it holds them all (the mission kernel: 6.4 against 6.9 us).
-// With handed-out items (`dynamic`, one producer thread) that thread also names each item
-// to the consumers, in shared memory next to the barriers, before its Q copy completes
-// q_full; and after the last item it names one past the items with a bare arrive.
 template <class Tile, int HEAD_DIM, int BLOCK_N, int STAGES, bool LOADS_K, bool LOADS_V>
-__device__ __forceinline__ void produce(const Sm90Params& p, u32 sbase, const Barriers<STAGES>& bar,
-                                        bool dynamic) {
+__device__ __forceinline__ void produce(const Sm90Params& p, u32 sbase, const Barriers<STAGES>& bar) {
     if (LOADS_K) {
         prefetch_tensor_map(&p.q);
         prefetch_tensor_map(&p.k);
     }
     if (LOADS_V) prefetch_tensor_map(&p.v);
-    int it = 0, n_done = 0, i = blockIdx.x;
-    for (; i < p.n_items; ++n_done) {
+    int it = 0, n_done = 0;
+    for (int i = blockIdx.x; i < p.n_items; i += gridDim.x, ++n_done) {
         const WorkTile w = work_tile<Tile, BLOCK_N>(p, i);
         const int head_kv = p.by_heads_per_kv(w.head);
         if (LOADS_K) {
             if (n_done > 0) mbar_wait(bar.q_empty(), (n_done - 1) & 1);
-            if (dynamic) st_shared(bar.item(), i);
             mbar_expect_tx(bar.q_full(), Tile::kQBytes);
             tma_load_tile<HEAD_DIM>(sbase, p.q, bar.q_full(), Tile::kBlockM, w.row0, w.head, w.batch);
         }
-        const int next = next_item(p, i, dynamic);   // a fetch's latency hides behind the K/V copies
         // K runs kKAhead tiles ahead of V: with split keys each consumer's first S needs
         // its own K tile, and with 64 CTAs loading at once (the mission shape) the L2 serves
         // the copies slowly enough that V_0 ahead of K_1 delayed consumer 1's start.
@@ -244,12 +223,6 @@ __device__ __forceinline__ void produce(const Sm90Params& p, u32 sbase, const Ba
             }
         }
         it += w.n_blocks;
-        i = next;
-    }
-    if (dynamic) {
-        if (n_done > 0) mbar_wait(bar.q_empty(), (n_done - 1) & 1);
-        st_shared(bar.item(), i);
-        mbar_arrive(bar.q_full());
     }
 }
 
@@ -353,8 +326,6 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
     const Barriers<STAGES> bar{sbase + Tile::kOffBars};
 
     const int warpgroup = threadIdx.x / 128;
-    // Work items handed out by a counter (see next_item): one producer thread names them.
-    const bool dynamic = PRODUCERS == 1 && !SPLIT && p.tile_counter != nullptr;
     if (threadIdx.x == 0) {
         mbar_init(bar.q_full(), 1);
         mbar_init(bar.q_empty(), 4 * CONSUMERS);           // one arrival per consumer warp
@@ -370,10 +341,9 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
 
     if (warpgroup == 0) {
         regs_release<Tile::kProducerRegs>();
-        if (threadIdx.x == 0)
-            produce<Tile, HEAD_DIM, BLOCK_N, STAGES, true, PRODUCERS == 1>(p, sbase, bar, dynamic);
+        if (threadIdx.x == 0) produce<Tile, HEAD_DIM, BLOCK_N, STAGES, true, PRODUCERS == 1>(p, sbase, bar);
         if (PRODUCERS == 2 && threadIdx.x == 32)
-            produce<Tile, HEAD_DIM, BLOCK_N, STAGES, false, true>(p, sbase, bar, false);
+            produce<Tile, HEAD_DIM, BLOCK_N, STAGES, false, true>(p, sbase, bar);
         return;
     }
 
@@ -399,12 +369,7 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
     };
 
     int it = 0, n_done = 0;                                   // K/V tiles and work items so far
-    for (int i = blockIdx.x;; i += gridDim.x, ++n_done) {
-        if (dynamic) {                // the producer names the item whose Q lands
-            mbar_wait(bar.q_full(), n_done & 1);
-            i = ld_shared(bar.item());
-        }
-        if (i >= p.n_items) break;
+    for (int i = blockIdx.x; i < p.n_items; i += gridDim.x, ++n_done) {
         const WorkTile w = work_tile<Tile, BLOCK_N>(p, i);
         const int n_blocks = w.n_blocks;
         const bool has_rows = consumer < w.consumers;
@@ -445,7 +410,7 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
         if (PINGPONG && consumer == CONSUMERS - 1 && n_blocks > 0) named_barrier_arrive(1, 256);
         // wgmma issue stays out of data-dependent branches: ptxas serialises every
         // wgmma of a kernel that waits on one inside a divergent path (C7518).
-        if (!dynamic) mbar_wait(bar.q_full(), n_done & 1);
+        mbar_wait(bar.q_full(), n_done & 1);
         // P_k V_k is done: its V tile goes back to the producer, `a` and O are free.
         auto pv_done = [&](int k) {
             fence_registers(o[0]);

@@ -26,17 +26,6 @@ __device__ __forceinline__ void mbar_arrive(u32 bar) {
     asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" :: "r"(bar) : "memory");
 }
 
-// One 32-bit word of shared memory by address (ordered by the mbarrier arrive/wait around it).
-__device__ __forceinline__ void st_shared(u32 addr, int v) {
-    asm volatile("st.shared.s32 [%0], %1;" :: "r"(addr), "r"(v) : "memory");
-}
-
-__device__ __forceinline__ int ld_shared(u32 addr) {
-    int v;
-    asm volatile("ld.shared.s32 %0, [%1];" : "=r"(v) : "r"(addr) : "memory");
-    return v;
-}
-
 // Wait until the phase with parity `parity` has completed.
 __device__ __forceinline__ void mbar_wait(u32 bar, u32 parity) {
     u32 done;

@@ -33,7 +33,7 @@ POINTS = [
     ("if (it + jv >= STAGES) mbar_wait(bar.v_empty(r.slot()), r.parity() ^ 1);", 0, 19,
      "producer: last V copy issuing"),
     ("regs_claim<Tile::kConsumerRegs>();", 0, 3, "consumer: registers claimed"),
-    ("if (!dynamic) mbar_wait(bar.q_full(), n_done & 1);", 0, 4, "consumer: Q landed"),
+    ("mbar_wait(bar.q_full(), n_done & 1);", 0, 4, "consumer: Q landed"),
     ("mbar_wait(bar.k_full(r.slot()), r.parity());", 0, 5, "consumer: K_0 landed"),
     ("fence_registers(s[0]);", 0, 6, "consumer: S_0 done"),
     ("softmax_tile(tile(0));", 0, 7, "consumer: P_0 ready"),

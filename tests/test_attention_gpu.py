@@ -163,31 +163,6 @@ def test_runs_on_the_current_non_default_stream(rng, backend):
     assert cupy.array_equal(out, expected)
 
 
-def test_counted_causal_tiles_on_two_streams_at_once(rng):
-    """Causal Hopper launches take their tiles from a counter in device memory, one per
-    stream, which each launch puts back to 0 (next_item): calls back to back on two
-    streams at once each compute every tile, exactly as a lone call does."""
-    import cupy
-
-    import flashcore_cupy as fc
-
-    need_backend("sm90", 128)
-    q, k, v = make_inputs(rng, "fp16", 128, "bhsd", (2, 8, 4), (2048, 2048))   # 256 tiles
-    rows = rng.choice(2048, 96, replace=False)
-    expected = fc.attention(q, k, v, causal=True, backend="sm90")
-    ref = reference.attention(q, k, v, causal=True, q_positions=rows)
-    assert reference.rel_error(expected[:, :, rows], ref) <= TOL["fp16"]
-    streams = [cupy.cuda.Stream(non_blocking=True) for _ in range(2)]
-    outs = []
-    for _ in range(4):
-        for stream in streams:
-            with stream:
-                outs.append(fc.attention(q, k, v, causal=True, backend="sm90"))
-    for stream in streams:
-        stream.synchronize()
-    assert all(cupy.array_equal(out, expected) for out in outs)
-
-
 @pytest.mark.parametrize("backend", BACKENDS + ("auto",))
 def test_outputs_allocated_ahead_are_never_shared(rng, backend):
     """Small calls get their output allocated after the previous launch (api._spares):

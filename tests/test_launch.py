@@ -65,7 +65,7 @@ def test_sm90_launch_encodes_maps_once_per_address_set(driver, monkeypatch):
     run(array(0x11), *qkv[1:], array(0x42), None)
     assert encoded == [(0x10, 0x20, 0x30), (0x11, 0x20, 0x30)]
     tails = [c["params"][3 * tma.MAP_BYTES:] for c in driver.calls]
-    assert tails == [launch.SM90_TAIL.pack(o, lse, 0, *scalars)
+    assert tails == [launch.SM90_TAIL.pack(o, lse, *scalars)
                      for o, lse in ((0x40, 0x50), (0x41, 0), (0x42, 0))]
     assert driver.calls[0]["params"][:tma.MAP_BYTES] == bytes([0x10 % 251]) * tma.MAP_BYTES
     assert driver.calls[2]["params"][:tma.MAP_BYTES] == bytes([0x11 % 251]) * tma.MAP_BYTES

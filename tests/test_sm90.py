@@ -25,36 +25,30 @@ def test_geometry_and_name():
     cfg = configs.Sm90Config("bf16", 128, 128, 2, 2, True)
     assert cfg.name_expression == "fc::flash_fwd_sm90<fc::bf16, 128, 128, 2, 2, true, false, 1>"
     assert (cfg.threads, cfg.block_m) == (384, 128)
-    assert cfg.smem_bytes == 1024 + 2 * 128 * (128 + 2 * 2 * 128) + 8 * 11
+    assert cfg.smem_bytes == 1024 + 2 * 128 * (128 + 2 * 2 * 128) + 8 * 10
     assert cfg.smem_bytes <= configs.SMEM_LIMIT["sm_90a"]
     assert cfg.work_tiles(batch=3, heads_q=5, seqlen_q=129) == 2 * 5 * 3
-    assert cfg.schedule(batch=3, heads_q=5, seqlen_q=129, num_sms=132, causal=False) == ((30, 1, 1), 30, 30, False)
+    assert cfg.schedule(batch=3, heads_q=5, seqlen_q=129, num_sms=132, causal=False) == ((30, 1, 1), 30, 30)
     # 300 tiles: 2 rounds of 132 and 36 left over, which run as 72 sub-tiles of 64 rows
-    assert cfg.schedule(batch=3, heads_q=50, seqlen_q=129, num_sms=132, causal=False) == ((132, 1, 1), 264, 336, False)
-    # causal: as many CTAs as SMs, each taking its next tile from a counter as it frees up
-    assert cfg.schedule(batch=3, heads_q=50, seqlen_q=129, num_sms=132, causal=True) == \
-        ((132, 1, 1), 300, 300, True)
-    assert cfg.schedule(batch=1, heads_q=2, seqlen_q=129, num_sms=132, causal=True) == ((4, 1, 1), 4, 4, True)
-    two_producers = configs.Sm90Config("bf16", 128, 128, 2, 2, True, producers=2)
-    assert two_producers.schedule(batch=3, heads_q=50, seqlen_q=129, num_sms=132, causal=True) == \
-        ((300, 1, 1), 300, 300, False)
+    assert cfg.schedule(batch=3, heads_q=50, seqlen_q=129, num_sms=132, causal=False) == ((132, 1, 1), 264, 336)
+    assert cfg.schedule(batch=3, heads_q=50, seqlen_q=129, num_sms=132, causal=True) == ((300, 1, 1), 300, 300)
 
 
 def test_split_keys_config():
     cfg = configs.Sm90Config("fp16", 64, 128, 4, 2, False, True)
     assert cfg.name_expression == "fc::flash_fwd_sm90<fc::fp16, 64, 128, 4, 2, false, true, 1>"
     assert (cfg.threads, cfg.block_m) == (384, 64)
-    assert cfg.smem_bytes == 1024 + 2 * 64 * (64 + 2 * 4 * 128) + 8 * 19
+    assert cfg.smem_bytes == 1024 + 2 * 64 * (64 + 2 * 4 * 128) + 8 * 18
     # its combine reuses the K/V ring, so every work tile is its own CTA, never split further
     assert cfg.schedule(batch=2, heads_q=67, seqlen_q=300, num_sms=132, causal=False) == \
-        ((2 * 67 * 5, 1, 1), 2 * 67 * 5, 2 * 67 * 5, False)
+        ((2 * 67 * 5, 1, 1), 2 * 67 * 5, 2 * 67 * 5)
 
 
 def test_schedule_splits_a_partial_last_round_into_sub_tiles():
     d64 = configs.Sm90Config("fp16", 64, 128, 2, 3, True)
     # B2 H16 S4k: 22 x 32 = 704 tiles = 5 rounds of 132 + 44, which fit as 132 sub-tiles
     assert d64.schedule(batch=2, heads_q=16, seqlen_q=4096, num_sms=132, causal=False) == \
-        ((132, 1, 1), 660, 660 + 3 * 44, False)
+        ((132, 1, 1), 660, 660 + 3 * 44)
     # 45 left over would need 135 sub-tiles: not split; causal problems never are
     assert d64.schedule(batch=1, heads_q=1, seqlen_q=192 * 177, num_sms=132, causal=False).items == 177
     assert d64.schedule(batch=2, heads_q=16, seqlen_q=4096, num_sms=132, causal=True).items == 704
@@ -168,5 +162,4 @@ def test_work_items_cover_every_row_once(cfg):
             (b, h), rows = _rows_of_item(cfg, p, i)
             seen[b, h, rows.start:rows.stop] += 1
         assert (seen == 1).all(), (batch, heads, seqlen_q, sms, causal)
-        assert plan.grid[0] == (plan.items if cfg.split else min(plan.items, sms))
-        assert plan.counted == (causal and not cfg.split)
+        assert plan.grid[0] == (plan.items if causal or cfg.split else min(plan.items, sms))

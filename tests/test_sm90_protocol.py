@@ -23,15 +23,14 @@ class Mbarrier:
 
 
 def cta(consumers, stages, pingpong, items, skip_per_turn=True, split=False, producers=1,
-        overlap_pv=False, counted=False):
+        overlap_pv=False):
     """Coroutines of one CTA. items: per work item (n_blocks, per-consumer key tiles)
     where a consumer's count is None when it has no rows in the item. skip_per_turn=False
     is the first version's order for skipped tiles (all released, then the turns).
     split: the consumers share the rows and take every consumers-th key tile each, then
     meet twice at a barrier to merge (one work item per CTA). producers: TMA-issuing threads.
     overlap_pv: Sm90Tile::kOverlapPV, V_{k-1} released at the top of step k + 1 (after the
-    softmax of S_k) instead of in step k. counted: items handed out by a counter, named
-    to the consumers with each Q; after the last, a bare q_full arrive names none."""
+    softmax of S_k) instead of in step k."""
     users = 1 if split else consumers
     q_full, q_empty = Mbarrier(1), Mbarrier(consumers)
     k_full, v_full = [Mbarrier(1) for _ in range(stages)], [Mbarrier(1) for _ in range(stages)]
@@ -69,10 +68,6 @@ def cta(consumers, stages, pingpong, items, skip_per_turn=True, split=False, pro
                             yield from wait(empty[slot], use - 1)
                         in_flight.append(full[slot])
             it += n_blocks
-        if counted and loads_k:                    # no next item
-            if items:
-                yield from wait(q_empty, len(items) - 1)
-            q_full.arrive()
 
     def consumer(c):
         def await_turn():
@@ -94,12 +89,9 @@ def cta(consumers, stages, pingpong, items, skip_per_turn=True, split=False, pro
         for n, (n_blocks, mine) in enumerate(items):
             blocks = mine[c] or 0
             own = len(range(c, blocks, consumers)) if split else blocks
-            if counted:                                      # the item is named with its Q
-                yield from wait(q_full, n)
             if pingpong and c == consumers - 1 and n_blocks > 0:
                 pass_turn(False)
-            if not counted:
-                yield from wait(q_full, n)
+            yield from wait(q_full, n)
             if own > 0:                                      # S_0
                 slot, use = ring(it + tile(0))
                 yield from wait(k_full[slot], use)
@@ -151,8 +143,6 @@ def cta(consumers, stages, pingpong, items, skip_per_turn=True, split=False, pro
                 yield from await_turn()
                 pass_turn(turn == n_blocks)
             it += n_blocks
-        if counted:
-            yield from wait(q_full, len(items))
 
     def tma(rng):   # lands the copies in flight in any order
         while not (in_flight == [] and producing[0] == 0):
@@ -200,47 +190,17 @@ def random_items(rng, consumers):
     return items
 
 
-@pytest.mark.parametrize("overlap_pv, counted", [(False, False), (True, False), (True, True)])
+@pytest.mark.parametrize("overlap_pv", [False, True])
 @pytest.mark.parametrize("producers", [1, 2])
 @pytest.mark.parametrize("consumers, stages, pingpong",
                          [(1, 2, False), (2, 2, False), (2, 2, True), (3, 2, True), (3, 3, True),
                           (2, 3, True), (3, 2, False)])
-def test_no_deadlock_in_any_interleaving(consumers, stages, pingpong, producers, overlap_pv, counted):
-    if counted and producers == 2:
-        pytest.skip("counted items need the one producer thread that names them")
+def test_no_deadlock_in_any_interleaving(consumers, stages, pingpong, producers, overlap_pv):
     for seed in range(100):
         rng = random.Random(seed)
         items = random_items(rng, consumers)
         assert runs_to_the_end(cta(consumers, stages, pingpong, items, producers=producers,
-                                   overlap_pv=overlap_pv, counted=counted), rng), items
-
-
-def test_counted_items_run_once_each_and_the_counter_comes_back_to_zero():
-    """next_item in flash_fwd_sm90.cu: CTA c starts with item c, then takes the counter's
-    next value plus the grid, until that is past the items; the fetch that returns
-    n_items - 1 resets the counter. Any interleaving of the CTAs' fetches, two launches
-    in a row on one counter."""
-    for seed in range(300):
-        rng = random.Random(seed)
-        n_items = rng.randint(1, 40)
-        grid = rng.randint(1, n_items)
-        counter = [0]
-        for _launch in range(2):
-            done = []
-
-            def cta_items(c):
-                i = c
-                while i < n_items:
-                    done.append(i)
-                    yield
-                    fetched, counter[0] = counter[0], counter[0] + 1   # atomicAdd
-                    if fetched == n_items - 1:
-                        counter[0] = 0
-                    yield
-                    i = fetched + grid
-
-            assert runs_to_the_end([cta_items(c) for c in range(grid)], rng)
-            assert sorted(done) == list(range(n_items)) and counter[0] == 0, (seed, n_items, grid)
+                                   overlap_pv=overlap_pv), rng), items
 
 
 @pytest.mark.parametrize("producers", [1, 2])
