@@ -21,17 +21,23 @@ import tempfile
 from pathlib import Path
 
 
+def dispatchable(arch: str) -> dict:
+    """Every config dispatch can choose on `arch`, by its cubin's name."""
+    from flashcore_cupy import tuning
+
+    return {str(config).replace(" ", "_"): config for config in tuning.dispatchable_configs(arch)}
+
+
 def compile_cubins(arch: str, folder: Path) -> None:
     from cupy_backends.cuda.libs import nvrtc
 
-    from flashcore_cupy import loader, tuning
+    from flashcore_cupy import loader
 
-    for config in tuning.dispatchable_configs(arch):
+    for name, config in dispatchable(arch).items():
         prog = nvrtc.createProgram(loader._read_source(config.kernel_file), config.kernel_file, [], [])
         try:
             nvrtc.addNameExpression(prog, config.name_expression)
             nvrtc.compileProgram(prog, list(loader.nvrtc_options(arch)))
-            name = str(config).replace(" ", "_")
             # CuPy's getCUBIN drops the image's last byte (it treats it like PTX's
             # terminating NUL); put a zero back so ELF readers accept the file.
             (folder / f"{name}.cubin").write_bytes(nvrtc.getCUBIN(prog) + b"\0")
@@ -58,12 +64,8 @@ def exps_under_pv(sass: str) -> int | None:
     return re.split(r"WARPGROUP\.DEPBAR\.LE gsb0, 0x0", parts[1], maxsplit=1)[0].count("MUFU.EX2")
 
 
-def overlaps_pv(stem: str) -> bool:
-    """Sm90Tile::kOverlapPV from a cubin's name (str(config)): large tiles at D128."""
-    return "split" not in stem and "_D128_" in stem
-
-
-def report(folder: Path) -> int:
+def report(folder: Path, arch: str) -> int:
+    configs = dispatchable(arch)
     bad = 0
     print(f"{'kernel':<40} {'HGMMA':>6} {'HMMA':>6} {'LDL/STL':>8} {'EX2 under PV':>13}")
     for path in sorted(folder.glob("*.cubin")):
@@ -77,7 +79,7 @@ def report(folder: Path) -> int:
         hopper = path.stem.startswith("sm90")
         under = exps_under_pv(sass) if hopper else None
         ok = local == 0 and (hgmma > 0 if hopper else hmma > 0)
-        ok = ok and (not hopper or (under is not None and (under > 0) == overlaps_pv(path.stem)))
+        ok = ok and (not hopper or (under is not None and (under > 0) == configs[path.stem].overlaps_pv))
         bad += not ok
         print(f"{path.stem:<40} {hgmma:>6} {hmma:>6} {local:>8} {'' if under is None else under:>13}"
               f"{'' if ok else '  <-- FAIL'}")
@@ -90,9 +92,9 @@ parser.add_argument("--keep", type=Path, help="compile into this folder and keep
 parser.add_argument("--cubins", type=Path, help="only disassemble the cubins in this folder")
 args = parser.parse_args()
 if args.cubins:
-    sys.exit(1 if report(args.cubins) else 0)
+    sys.exit(1 if report(args.cubins, args.arch) else 0)
 with tempfile.TemporaryDirectory() as tmp:
     folder = args.keep or Path(tmp)
     folder.mkdir(parents=True, exist_ok=True)
     compile_cubins(args.arch, folder)
-    sys.exit(1 if report(folder) else 0)
+    sys.exit(1 if report(folder, args.arch) else 0)
