@@ -270,18 +270,21 @@ def _multi_consumer_hopper_configs():
     return [c for c in _device_configs() if getattr(c, "consumers", 1) > 1 and not c.split]
 
 
+@pytest.mark.parametrize("tiles_per_head", [2, 5])
 @pytest.mark.parametrize("config", _multi_consumer_hopper_configs(), ids=str)
-def test_hopper_sub_tiles_of_a_partial_last_round(rng, config):
-    """Two tiles per head, the last one partial, over SMs + 2 heads: the 4 tiles past
-    the last full round run as one 64-row sub-tile per consumer (some with no rows)."""
+def test_hopper_sub_tiles_of_a_partial_last_round(rng, config, tiles_per_head):
+    """t tiles per head, the last one partial, over SMs + 2 heads: every CTA takes t work
+    tiles or more (its Q slots and the consumers' turns wrap from tile to tile), and the
+    2t tiles past the last full round run as one 64-row sub-tile per consumer (some with
+    no rows)."""
     import cupy
 
     from flashcore_cupy import api
 
-    sms = api.device_info(0).num_sms
-    sq = config.block_m + 108
+    sms, t = api.device_info(0).num_sms, tiles_per_head
+    sq = (t - 1) * config.block_m + 108
     plan = config.schedule(1, sms + 2, sq, sms, causal=False)
-    assert plan.tail_start == 2 * sms and plan.items == 2 * sms + 4 * config.consumers
+    assert plan.tail_start == t * sms and plan.items == t * sms + 2 * t * config.consumers
     q, k, v = make_inputs(rng, config.dtype, config.head_dim, "bhsd", (1, sms + 2, 2), (sq, 333))
     out = cupy.full(q.shape, np.nan, dtype=q.dtype)
     _, lse = api.attention_with_config(config, q, k, v, out=out, return_lse=True)
