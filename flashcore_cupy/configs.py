@@ -106,17 +106,10 @@ class Sm90Config:
         return not self.split and self.head_dim >= 128
 
     @property
-    def q_stages(self) -> int:
-        # Mirrors Sm90Tile::kQStages: a second Q slot where it fits (not with split keys).
-        two = 1024 + 2 * self.head_dim * (2 * self.block_m + 2 * self.stages * self.block_n)
-        return 2 if not self.split and two + 8 * (4 + 4 * self.stages) <= SMEM_LIMIT[self.arch] else 1
-
-    @property
     def smem_bytes(self) -> int:
-        # Mirrors Sm90Tile: 1024 bytes of alignment slack, the Q, K and V rings, barriers.
-        q = self.q_stages
-        tiles = 2 * self.head_dim * (q * self.block_m + 2 * self.stages * self.block_n)
-        return 1024 + tiles + 8 * (2 * q + 4 * self.stages)
+        # Mirrors Sm90Tile: 1024 bytes of alignment slack, Q, the K and V rings, barriers.
+        tiles = 2 * self.head_dim * (self.block_m + 2 * self.stages * self.block_n)
+        return 1024 + tiles + 8 * (2 + 4 * self.stages)
 
     def work_tiles(self, batch: int, heads_q: int, seqlen_q: int) -> int:
         return -(-seqlen_q // self.block_m) * heads_q * batch

@@ -8,9 +8,9 @@
 // turn (see work_tile):
 //
 //   producer (warpgroup 0, 24 registers): one thread (or PRODUCERS = 2: one for Q
-//     and K, one for V) issues TMA copies: a tile's Q into a ring of kQStages slots,
-//     then K_j and V_j into rings of STAGES slots, each slot refilled once every
-//     consumer has released it;
+//     and K, one for V) issues TMA copies: a tile's Q once the previous tile's is
+//     released, then K_j and V_j into rings of STAGES slots, each slot refilled
+//     once every consumer has released it;
 //   consumer c (64 query rows each, the rest of the register file): for each key tile j
 //     S   = Q_c K_j^T         wgmma m64nBLOCK_Nk16, Q and K from shared memory
 //     P   = online softmax(S) in registers (softmax.cuh, shared with sm_80)
@@ -89,13 +89,8 @@ struct Sm90Tile {
     static constexpr bool kOverlapPV = !SPLIT && HEAD_DIM >= 128;
     static constexpr u32 kQBytes = kBlockM * HEAD_DIM * 2;
     static constexpr u32 kKVBytes = BLOCK_N * HEAD_DIM * 2;         // one K or V tile
-    // Q slots: two where they fit beside the K/V rings (227 KB, with the alignment slack
-    // and the barriers), so that a persistent CTA's next Q lands while the current tile
-    // runs instead of after its last S GEMM; split tiles run one work tile per CTA.
-    static constexpr int kQStages =
-        !SPLIT && 1024 + 2 * kQBytes + 2 * STAGES * kKVBytes + 8 * (4 + 4 * STAGES) <= 227 * 1024 ? 2 : 1;
-    // Shared layout (offsets from a 1024-byte aligned base): Q ring, K ring, V ring, barriers.
-    static constexpr u32 kOffK = kQStages * kQBytes;
+    // Shared layout (offsets from a 1024-byte aligned base): Q, K ring, V ring, barriers.
+    static constexpr u32 kOffK = kQBytes;
     static constexpr u32 kOffV = kOffK + STAGES * kKVBytes;
     static constexpr u32 kOffBars = kOffV + STAGES * kKVBytes;
     // Register split of setmaxnreg: the producer keeps 24, consumers share the rest
@@ -122,15 +117,15 @@ struct Sm90Tile {
 // Shared-memory barriers, one 8-byte word each, after the tiles. K and V slots
 // fill and empty separately: K_j is free once S_j has landed, long before P_j V_j
 // frees V_j, so the next K load starts a step earlier.
-template <int STAGES, int Q_STAGES>
+template <int STAGES>
 struct Barriers {
     u32 base;
-    __device__ u32 q_full(int s) const { return base + 8 * s; }
-    __device__ u32 q_empty(int s) const { return base + 8 * (Q_STAGES + s); }
-    __device__ u32 k_full(int s) const { return base + 8 * (2 * Q_STAGES + s); }
-    __device__ u32 v_full(int s) const { return base + 8 * (2 * Q_STAGES + STAGES + s); }
-    __device__ u32 k_empty(int s) const { return base + 8 * (2 * Q_STAGES + 2 * STAGES + s); }
-    __device__ u32 v_empty(int s) const { return base + 8 * (2 * Q_STAGES + 3 * STAGES + s); }
+    __device__ u32 q_full() const { return base; }
+    __device__ u32 q_empty() const { return base + 8; }
+    __device__ u32 k_full(int s) const { return base + 8 * (2 + s); }
+    __device__ u32 v_full(int s) const { return base + 8 * (2 + STAGES + s); }
+    __device__ u32 k_empty(int s) const { return base + 8 * (2 + 2 * STAGES + s); }
+    __device__ u32 v_empty(int s) const { return base + 8 * (2 + 3 * STAGES + s); }
 };
 
 // A tile of `rows` rows as HEAD_DIM/64 TMA boxes (one per column block), counted on `bar`.
@@ -176,8 +171,7 @@ __device__ __forceinline__ WorkTile work_tile(const Sm90Params& p, int i) {
             rows > 0 && kv_end > 0 ? (kv_end + BLOCK_N - 1) / BLOCK_N : 0};
 }
 
-// Ring position of the CTA's it-th K/V tile (counted across work tiles), or of its
-// it-th Q tile in the Q ring.
+// Ring position of the CTA's it-th K/V tile (counted across work tiles).
 template <int STAGES>
 struct Ring {
     int it;
@@ -185,7 +179,7 @@ struct Ring {
     __device__ u32 parity() const { return static_cast<u32>((it / STAGES) & 1); }
 };
 
-// Producer: per work tile, Q (once the consumers released its slot's last one), then
+// Producer: per work tile, Q (once the consumers released the previous one), then
 // the K and V tiles through their rings, each slot refilled once released. With
 // PRODUCERS = 1 one thread issues them all (Q, K_0, V_0, K_1, ...); with 2 the K
 // thread (Q and K) and the V thread each wait only on their own releases: one thread
@@ -193,8 +187,7 @@ struct Ring {
 // where the ring is short against the keys (decode: 209 -> 119 us on an H100 with
 // 2) and nothing where it holds them all (the mission kernel: 6.4 against 6.9 us).
 template <class Tile, int HEAD_DIM, int BLOCK_N, int STAGES, bool LOADS_K, bool LOADS_V>
-__device__ __forceinline__ void produce(const Sm90Params& p, u32 sbase,
-                                        const Barriers<STAGES, Tile::kQStages>& bar) {
+__device__ __forceinline__ void produce(const Sm90Params& p, u32 sbase, const Barriers<STAGES>& bar) {
     if (LOADS_K) {
         prefetch_tensor_map(&p.q);
         prefetch_tensor_map(&p.k);
@@ -205,11 +198,9 @@ __device__ __forceinline__ void produce(const Sm90Params& p, u32 sbase,
         const WorkTile w = work_tile<Tile, BLOCK_N>(p, i);
         const int head_kv = p.by_heads_per_kv(w.head);
         if (LOADS_K) {
-            const Ring<Tile::kQStages> q{n_done};
-            if (n_done >= Tile::kQStages) mbar_wait(bar.q_empty(q.slot()), q.parity() ^ 1);
-            mbar_expect_tx(bar.q_full(q.slot()), Tile::kQBytes);
-            tma_load_tile<HEAD_DIM>(sbase + q.slot() * Tile::kQBytes, p.q, bar.q_full(q.slot()), Tile::kBlockM,
-                                    w.row0, w.head, w.batch);
+            if (n_done > 0) mbar_wait(bar.q_empty(), (n_done - 1) & 1);
+            mbar_expect_tx(bar.q_full(), Tile::kQBytes);
+            tma_load_tile<HEAD_DIM>(sbase, p.q, bar.q_full(), Tile::kBlockM, w.row0, w.head, w.batch);
         }
         // K runs kKAhead tiles ahead of V: with split keys each consumer's first S needs
         // its own K tile, and with 64 CTAs loading at once (the mission shape) the L2 serves
@@ -332,14 +323,12 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
     static_assert(PRODUCERS == 1 || PRODUCERS == 2, "PRODUCERS: one thread for Q, K and V, or K's and V's own");
     extern __shared__ __align__(1024) unsigned char smem[];
     const u32 sbase = (smem_addr(smem) + 1023) & ~1023u;   // swizzle atoms need 1024-byte alignment
-    const Barriers<STAGES, Tile::kQStages> bar{sbase + Tile::kOffBars};
+    const Barriers<STAGES> bar{sbase + Tile::kOffBars};
 
     const int warpgroup = threadIdx.x / 128;
     if (threadIdx.x == 0) {
-        for (int s = 0; s < Tile::kQStages; ++s) {
-            mbar_init(bar.q_full(s), 1);
-            mbar_init(bar.q_empty(s), 4 * CONSUMERS);      // one arrival per consumer warp
-        }
+        mbar_init(bar.q_full(), 1);
+        mbar_init(bar.q_empty(), 4 * CONSUMERS);           // one arrival per consumer warp
         for (int s = 0; s < STAGES; ++s) {
             mbar_init(bar.k_full(s), 1);
             mbar_init(bar.v_full(s), 1);
@@ -361,8 +350,8 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
     regs_claim<Tile::kConsumerRegs>();
     const int consumer = warpgroup - 1, lane = threadIdx.x % 32, warp = (threadIdx.x / 32) % 4;
     const int seqlen_q = p.seqlen_q, seqlen_k = p.seqlen_k, causal_diag = seqlen_k - seqlen_q;
-    // Operand descriptors: Q's rows of this consumer (in each column block), ring slot 0's Q, K and V.
-    const u64 q_desc0 = smem_desc_sw128(sbase + (SPLIT ? 0 : consumer * 64 * 128), 16, 1024);
+    // Operand descriptors: Q's rows of this consumer (in each column block), ring slot 0's K and V.
+    const u64 q_desc = smem_desc_sw128(sbase + (SPLIT ? 0 : consumer * 64 * 128), 16, 1024);
     const u64 k_desc0 = smem_desc_sw128(sbase + Tile::kOffK, 16, 1024);
     const u64 v_desc0 = smem_desc_sw128(sbase + Tile::kOffV, BLOCK_N * 128, 1024);
     auto k_tile = [&](Ring<STAGES> r) { return desc_advance(k_desc0, r.slot() * Tile::kKVBytes); };
@@ -370,17 +359,12 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
     auto release = [&](u32 barrier) { if (lane == 0) mbar_arrive(barrier); };
     // Ping-pong: consumers take turns issuing their GEMMs (hardware barrier 1 + c
     // is consumer c's turn), so one's softmax runs while another's GEMMs do.
-    // Per work tile every consumer takes n_blocks + 1 turns. The last consumer's last
-    // turn opens consumer 0's first of the CTA's next tile, so that tile's first GEMMs
-    // run under the last consumer's epilogue; a tile not opened so (the CTA's first, or
-    // one after a tile without keys) is opened by the last consumer at its start, and
-    // with no next tile nobody would take that turn.
-    int next_blocks = 0;             // key tiles of the CTA's next work tile (0: none)
-    bool opened_ahead = false;       // the current tile's first turn was opened by the last one
+    // Per work tile every consumer takes n_blocks + 1 turns, the last consumer
+    // opens consumer 0's first and skips its own last pass (nobody would take it).
     auto await_turn = [&] { if constexpr (PINGPONG) named_barrier_sync(1 + consumer, 256); };
     auto pass_turn = [&](bool last_turn) {
         if constexpr (PINGPONG)
-            if (!(last_turn && consumer == CONSUMERS - 1 && next_blocks == 0))
+            if (!(last_turn && consumer == CONSUMERS - 1))
                 named_barrier_arrive(1 + (consumer + 1) % CONSUMERS, 256);
     };
 
@@ -423,16 +407,10 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
             softmax_update<1, BLOCK_N / 8>(s, m, l, alpha, p.scale_log2);
         };
 
-        if constexpr (PINGPONG) {
-            next_blocks = i + gridDim.x < p.n_items ? work_tile<Tile, BLOCK_N>(p, i + gridDim.x).n_blocks : 0;
-            if (consumer == CONSUMERS - 1 && n_blocks > 0 && !opened_ahead) named_barrier_arrive(1, 256);
-            opened_ahead = n_blocks > 0 && next_blocks > 0;
-        }
+        if (PINGPONG && consumer == CONSUMERS - 1 && n_blocks > 0) named_barrier_arrive(1, 256);
         // wgmma issue stays out of data-dependent branches: ptxas serialises every
         // wgmma of a kernel that waits on one inside a divergent path (C7518).
-        const Ring<Tile::kQStages> q_slot{n_done};
-        mbar_wait(bar.q_full(q_slot.slot()), q_slot.parity());
-        const u64 q_desc = desc_advance(q_desc0, q_slot.slot() * Tile::kQBytes);
+        mbar_wait(bar.q_full(), n_done & 1);
         // P_k V_k is done: its V tile goes back to the producer, `a` and O are free.
         auto pv_done = [&](int k) {
             fence_registers(o[0]);
@@ -485,9 +463,9 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
             softmax_tile(tile(k));
             if constexpr (!Tile::kOverlapPV) prepare_pv(k);
         }
-        // Every S GEMM has landed: Q's slot is free (with one slot, the producer loads the
-        // next tile's Q during the last P V and the epilogue).
-        release(bar.q_empty(q_slot.slot()));
+        // Every S GEMM has landed: Q is free, so the producer loads the next tile's Q
+        // during the last P V and the epilogue.
+        release(bar.q_empty());
         wgmma_wait<0>();   // not inside the branch: a P V may be in flight on entry (C7518)
         if (my_blocks > 0) {
             if constexpr (Tile::kOverlapPV) {

@@ -28,12 +28,7 @@ def test_geometry_and_name():
     assert cfg.overlaps_pv   # large D128 tiles run the softmax under P V (Sm90Tile::kOverlapPV)
     assert not configs.Sm90Config("bf16", 64, 128, 2, 3, True).overlaps_pv
     assert not configs.Sm90Config("bf16", 128, 128, 2, 2, False, True, 2).overlaps_pv
-    # two Q slots where they fit (Sm90Tile::kQStages): 192 KB here, 254 KB at 128 x 192
-    assert cfg.q_stages == 2
-    assert cfg.smem_bytes == 1024 + 2 * 128 * (2 * 128 + 2 * 2 * 128) + 8 * 12
-    wide = configs.Sm90Config("bf16", 128, 192, 2, 2, True)
-    assert wide.q_stages == 1
-    assert wide.smem_bytes == 1024 + 2 * 128 * (128 + 2 * 2 * 192) + 8 * 10
+    assert cfg.smem_bytes == 1024 + 2 * 128 * (128 + 2 * 2 * 128) + 8 * 10
     assert cfg.smem_bytes <= configs.SMEM_LIMIT["sm_90a"]
     assert cfg.work_tiles(batch=3, heads_q=5, seqlen_q=129) == 2 * 5 * 3
     assert cfg.schedule(batch=3, heads_q=5, seqlen_q=129, num_sms=132, causal=False) == ((30, 1, 1), 30, 30)
@@ -46,7 +41,6 @@ def test_split_keys_config():
     cfg = configs.Sm90Config("fp16", 64, 128, 4, 2, False, True)
     assert cfg.name_expression == "fc::flash_fwd_sm90<fc::fp16, 64, 128, 4, 2, false, true, 1>"
     assert (cfg.threads, cfg.block_m) == (384, 64)
-    assert cfg.q_stages == 1   # one work tile per CTA
     assert cfg.smem_bytes == 1024 + 2 * 64 * (64 + 2 * 4 * 128) + 8 * 18
     # its combine reuses the K/V ring, so every work tile is its own CTA, never split further
     assert cfg.schedule(batch=2, heads_q=67, seqlen_q=300, num_sms=132, causal=False) == \

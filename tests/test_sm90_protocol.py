@@ -23,17 +23,16 @@ class Mbarrier:
 
 
 def cta(consumers, stages, pingpong, items, skip_per_turn=True, split=False, producers=1,
-        overlap_pv=False, q_stages=1):
+        overlap_pv=False):
     """Coroutines of one CTA. items: per work item (n_blocks, per-consumer key tiles)
     where a consumer's count is None when it has no rows in the item. skip_per_turn=False
     is the first version's order for skipped tiles (all released, then the turns).
     split: the consumers share the rows and take every consumers-th key tile each, then
     meet twice at a barrier to merge (one work item per CTA). producers: TMA-issuing threads.
     overlap_pv: Sm90Tile::kOverlapPV, V_{k-1} released at the top of step k + 1 (after the
-    softmax of S_k) instead of in step k. q_stages: Q slots (Sm90Tile::kQStages). The last
-    consumer's last turn of an item opens consumer 0's first of the next item with keys."""
+    softmax of S_k) instead of in step k."""
     users = 1 if split else consumers
-    q_full, q_empty = [Mbarrier(1) for _ in range(q_stages)], [Mbarrier(consumers) for _ in range(q_stages)]
+    q_full, q_empty = Mbarrier(1), Mbarrier(consumers)
     k_full, v_full = [Mbarrier(1) for _ in range(stages)], [Mbarrier(1) for _ in range(stages)]
     k_empty = [Mbarrier(users) for _ in range(stages)]
     v_empty = [Mbarrier(users) for _ in range(stages)]
@@ -57,10 +56,9 @@ def cta(consumers, stages, pingpong, items, skip_per_turn=True, split=False, pro
         it = 0
         for n, (n_blocks, _) in enumerate(items):
             if loads_k:
-                slot, use = n % q_stages, n // q_stages
-                if n >= q_stages:
-                    yield from wait(q_empty[slot], use - 1)
-                in_flight.append(q_full[slot])
+                if n > 0:
+                    yield from wait(q_empty, n - 1)
+                in_flight.append(q_full)
             for j in range(n_blocks + k_ahead):   # K_j, then V_{j - k_ahead}
                 for loads, t, empty, full in ((loads_k, j, k_empty, k_full),
                                               (loads_v, j - k_ahead, v_empty, v_full)):
@@ -79,7 +77,7 @@ def cta(consumers, stages, pingpong, items, skip_per_turn=True, split=False, pro
                     yield
 
         def pass_turn(last):
-            if pingpong and not (last and c == consumers - 1 and next_blocks[0] == 0):
+            if pingpong and not (last and c == consumers - 1):
                 nxt = (c + 1) % consumers
                 arrivals[nxt] += 1
                 assert arrivals[nxt] - syncs[nxt] <= 1, "a named barrier took two arrivals at once"
@@ -87,15 +85,13 @@ def cta(consumers, stages, pingpong, items, skip_per_turn=True, split=False, pro
         def tile(k):
             return c + k * consumers if split else k
 
-        it, next_blocks, opened_ahead = 0, [0], False
+        it = 0
         for n, (n_blocks, mine) in enumerate(items):
             blocks = mine[c] or 0
             own = len(range(c, blocks, consumers)) if split else blocks
-            next_blocks[0] = items[n + 1][0] if n + 1 < len(items) else 0
-            if pingpong and c == consumers - 1 and n_blocks > 0 and not opened_ahead:
+            if pingpong and c == consumers - 1 and n_blocks > 0:
                 pass_turn(False)
-            opened_ahead = n_blocks > 0 and next_blocks[0] > 0
-            yield from wait(q_full[n % q_stages], n // q_stages)
+            yield from wait(q_full, n)
             if own > 0:                                      # S_0
                 slot, use = ring(it + tile(0))
                 yield from wait(k_full[slot], use)
@@ -114,7 +110,7 @@ def cta(consumers, stages, pingpong, items, skip_per_turn=True, split=False, pro
                 k_empty[slot].arrive()
                 if not overlap_pv:
                     v_empty[prev].arrive()
-            q_empty[n % q_stages].arrive()
+            q_empty.arrive()
             if own > 0:                                      # the last P V
                 if overlap_pv and own >= 2:
                     v_empty[ring(it + tile(own - 2))[0]].arrive()
@@ -201,18 +197,17 @@ def random_items(rng, consumers):
     return items
 
 
-@pytest.mark.parametrize("q_stages", [1, 2])
 @pytest.mark.parametrize("overlap_pv", [False, True])
 @pytest.mark.parametrize("producers", [1, 2])
 @pytest.mark.parametrize("consumers, stages, pingpong",
                          [(1, 2, False), (2, 2, False), (2, 2, True), (3, 2, True), (3, 3, True),
                           (2, 3, True), (3, 2, False)])
-def test_no_deadlock_in_any_interleaving(consumers, stages, pingpong, producers, overlap_pv, q_stages):
+def test_no_deadlock_in_any_interleaving(consumers, stages, pingpong, producers, overlap_pv):
     for seed in range(100):
         rng = random.Random(seed)
         items = random_items(rng, consumers)
         assert runs_to_the_end(cta(consumers, stages, pingpong, items, producers=producers,
-                                   overlap_pv=overlap_pv, q_stages=q_stages), rng), items
+                                   overlap_pv=overlap_pv), rng), items
 
 
 @pytest.mark.parametrize("producers", [1, 2])
