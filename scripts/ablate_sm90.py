@@ -1,0 +1,79 @@
+"""Where a Hopper kernel's time goes: the dispatched kernel timed beside copies of it with
+one part of the step loop taken out (the exponentials, the whole online softmax, the S
+GEMM or the P V GEMM), on the long benchmark shapes. The copies compute wrong outputs on
+purpose; only their times mean something: what is left when a part costs nothing bounds
+what making that part cheaper can win. The library's kernel is untouched: the copies
+live in this process only. Usage: python3 scripts/ablate_sm90.py [--shape NAME ...]
+"""
+
+import argparse
+import dataclasses
+
+import cupy
+import numpy as np
+
+import flashcore_cupy as fc
+from flashcore_cupy import api, loader
+from flashcore_cupy.shapes import parse_shape
+from flashcore_cupy.timing import time_throughput
+from flashcore_cupy.workload import random_inputs
+
+SOFTMAX_EXP = "s[mt][nt][e] = fast_exp2(fmaf(s[mt][nt][e], fold, -m_base));"
+EMPTY_GROUP = "wgmma_fence(); wgmma_commit();"   # keeps wait_group's counts as they were
+# (label, [(file, text, replacement)]): each text must occur in the shipped sources.
+VARIANTS = [
+    ("as shipped", []),
+    ("exp2 -> FFMA only (no MUFU)",
+     [("softmax.cuh", SOFTMAX_EXP, "s[mt][nt][e] = fmaf(s[mt][nt][e], fold, -m_base);")]),
+    ("no online softmax (P = S)",
+     [("flash_fwd_sm90.cu", "softmax_update<1, BLOCK_N / 8>(s, m, l, alpha, p.scale_log2);",
+       "alpha[0][0] = alpha[0][1] = 1.f;")]),
+    ("no P V GEMM",
+     [("flash_fwd_sm90.cu", "pv_wgmma<T, HEAD_DIM, BLOCK_N>(o[0], a, v_tile(prev));", EMPTY_GROUP),
+      ("flash_fwd_sm90.cu", "pv_wgmma<T, HEAD_DIM, BLOCK_N>(o[0], a, v_tile(last));", EMPTY_GROUP)]),
+    ("no S GEMM",
+     [("flash_fwd_sm90.cu", "qk_wgmma<T, Tile, HEAD_DIM, BLOCK_N>(s[0], q_desc, k_tile(r));", EMPTY_GROUP)]),
+]
+
+
+def variant_source(edits) -> str:
+    files = {name: (loader.KERNEL_DIR / name).read_text() for name in ("flash_fwd_sm90.cu", "softmax.cuh")}
+    for name, text, new in edits:
+        assert text in files[name], f"{name}: {text!r} not found (kernel edited?)"
+        files[name] = files[name].replace(text, new)
+    return files["flash_fwd_sm90.cu"].replace('#include "softmax.cuh"', files["softmax.cuh"])
+
+
+def variant_launch(launch, edits):
+    module = cupy.RawModule(code=variant_source(edits), options=loader.nvrtc_options("sm_90a"),
+                            name_expressions=[launch.config.name_expression])
+    fn = module.get_function(launch.config.name_expression)
+    fn.max_dynamic_shared_size_bytes = launch.config.smem_bytes
+    return dataclasses.replace(launch, function=fn.kernel.ptr, _blocks={}), module
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--shape", action="append")
+    parser.add_argument("--dtype", default="fp16", choices=["fp16", "bf16"])
+    args = parser.parse_args()
+    rng = np.random.default_rng()
+    print(cupy.cuda.runtime.getDeviceProperties(0)["name"].decode())
+    for name in args.shape or ["b4-h16-s1k-d64", "b2-h16-s4k-d64", "b2-h16-s4k-d128"]:
+        shape = parse_shape(name)
+        q, k, v = random_inputs(shape, args.dtype, rng)
+        out = cupy.empty_like(q)
+        fc.attention(q, k, v, causal=shape.causal, out=out)
+        launch = api.prepared_launch(q, k, v, causal=shape.causal, out=out)
+        print(f"\n{name} ({launch.config}):")
+        base = None
+        for label, edits in VARIANTS:
+            run, _module = variant_launch(launch, edits)
+            t = time_throughput(lambda i: run(q, k, v, out, None), 10).p50
+            base = base or t
+            print(f"  {label:<32} {t:9.1f} us  {t / base:5.2f}x  "
+                  f"{shape.flops / (t * 1e-6) / 1e12:6.1f} TFLOP/s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
