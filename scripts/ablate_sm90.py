@@ -1,9 +1,10 @@
 """Where a Hopper kernel's time goes: the dispatched kernel timed beside copies of it with
 one part of the step loop taken out (the exponentials, the whole online softmax, the S
-GEMM or the P V GEMM), on the long benchmark shapes. The copies compute wrong outputs on
-purpose; only their times mean something: what is left when a part costs nothing bounds
-what making that part cheaper can win. The library's kernel is untouched: the copies
-live in this process only. Usage: python3 scripts/ablate_sm90.py [--shape NAME ...]
+GEMM or the P V GEMM), on the long benchmark shapes. Those copies compute wrong outputs
+on purpose; only their times mean something: what is left when a part costs nothing
+bounds what making that part cheaper can win. Two more copies change the schedule
+instead (the softmax under P V on every tile, no ping-pong turns). The library's kernel
+is untouched: the copies live in this process only. Usage: python3 scripts/ablate_sm90.py [--shape NAME ...]
 """
 
 import argparse
@@ -16,7 +17,7 @@ import flashcore_cupy as fc
 from flashcore_cupy import api, loader
 from flashcore_cupy.shapes import parse_shape
 from flashcore_cupy.timing import time_throughput
-from flashcore_cupy.workload import random_inputs
+from flashcore_cupy.workload import random_inputs, verify
 
 SOFTMAX_EXP = "s[mt][nt][e] = fast_exp2(fmaf(s[mt][nt][e], fold, -m_base));"
 EMPTY_GROUP = "wgmma_fence(); wgmma_commit();"   # keeps wait_group's counts as they were
@@ -33,6 +34,15 @@ VARIANTS = [
       ("flash_fwd_sm90.cu", "pv_wgmma<T, HEAD_DIM, BLOCK_N>(o[0], a, v_tile(last));", EMPTY_GROUP)]),
     ("no S GEMM",
      [("flash_fwd_sm90.cu", "qk_wgmma<T, Tile, HEAD_DIM, BLOCK_N>(s[0], q_desc, k_tile(r));", EMPTY_GROUP)]),
+    ("schedule: softmax under P V", [("flash_fwd_sm90.cu", "kOverlapPV = !SPLIT && HEAD_DIM >= 128;",
+                                      "kOverlapPV = !SPLIT;")]),
+    ("schedule: no ping-pong turns",
+     [("flash_fwd_sm90.cu", "auto await_turn = [&] { if constexpr (PINGPONG)",
+       "auto await_turn = [&] { if constexpr (false)"),
+      ("flash_fwd_sm90.cu", "if constexpr (PINGPONG)\n            if (!(last_turn",
+       "if constexpr (false)\n            if (!(last_turn"),
+      ("flash_fwd_sm90.cu", "if (PINGPONG && consumer == CONSUMERS - 1 && n_blocks > 0) named_barrier_arrive(1, 256);",
+       "")]),
 ]
 
 
@@ -69,10 +79,13 @@ def main():
         base = None
         for label, edits in VARIANTS:
             run, _module = variant_launch(launch, edits)
+            out.fill(np.nan)
+            run(q, k, v, out, None)
+            err = verify(shape, q, k, v, out, rng)   # only the schedule copies should pass
             t = time_throughput(lambda i: run(q, k, v, out, None), 10).p50
             base = base or t
             print(f"  {label:<32} {t:9.1f} us  {t / base:5.2f}x  "
-                  f"{shape.flops / (t * 1e-6) / 1e12:6.1f} TFLOP/s", flush=True)
+                  f"{shape.flops / (t * 1e-6) / 1e12:6.1f} TFLOP/s  err {err:.1e}", flush=True)
 
 
 if __name__ == "__main__":

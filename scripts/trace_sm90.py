@@ -3,14 +3,16 @@
 Compiles a copy of kernels/flash_fwd_sm90.cu with timestamps (clock64, and the global
 nanosecond timer at entry and exit) written by each warpgroup's first thread right after
 the source lines named in POINTS, launches it in place of dispatch's kernel for a few
-small shapes, and prints for each point the median and max over CTAs of the time since
+small shapes (or the benchmark shapes named), and prints for each point the median and max over CTAs of the time since
 that warpgroup's entry, plus the spread of CTA entries and exits across the grid. A point
 whose line is not in the kernel (an edited kernel, an A/B base tree) is left out. The
 library's kernel is untouched: the copy lives in this process only. A stamp orders
 against other stamps and barriers, not against the arithmetic around it, so a point can
-read a little early. Usage: python3 scripts/trace_sm90.py
+read a little early. In a loop, a point holds its last pass: "step 1" is a CTA's last step.
+Usage: python3 scripts/trace_sm90.py [--shape NAME ...]
 """
 
+import argparse
 import dataclasses
 import time
 
@@ -19,7 +21,9 @@ import numpy as np
 
 import flashcore_cupy as fc
 from flashcore_cupy import api, loader
+from flashcore_cupy.shapes import parse_shape
 from flashcore_cupy.timing import busy_gpu, time_graph_replay
+from flashcore_cupy.workload import random_inputs
 
 N_POINTS = 24
 ENTRY_NS, EXIT_NS = 22, 23       # slots holding the global timer
@@ -38,7 +42,9 @@ POINTS = [
     ("fence_registers(s[0]);", 0, 6, "consumer: S_0 done"),
     ("softmax_tile(tile(0));", 0, 7, "consumer: P_0 ready"),
     ("mbar_wait(bar.v_full(prev.slot()), prev.parity());", 0, 8, "consumer: step 1 K, V landed"),
+    ("await_turn();", 1, 20, "consumer: step 1 turn taken"),
     ("fence_registers(s[0]);", 1, 9, "consumer: step 1 S done"),
+    ("pv_done(k - 1);", 0, 21, "consumer: step 1 P V done (v14 order)"),
     ("softmax_tile(tile(k));", 0, 10, "consumer: step 1 softmax done"),
     ("if constexpr (!Tile::kOverlapPV) prepare_pv(k);", 0, 11, "consumer: step 1 P packed (split)"),
     ("pv_done(my_blocks - 1);", 0, 12, "consumer: last PV done"),
@@ -112,23 +118,37 @@ def report(trace: np.ndarray, grid: int, warpgroups: int, found: list) -> None:
         print(f"  {label:<34} " + "".join(f"{c:>22}" for c in cells))
 
 
-def main():
+def problems(shape_names):
+    """(label, q, k, v, causal): the named benchmark shapes, or the mission kernel's sizes."""
     rng = np.random.default_rng()
-    dev = cupy.cuda.runtime.getDeviceProperties(0)["name"].decode()
-    print(f"{dev}")
+    for name in shape_names:
+        shape = parse_shape(name)
+        yield (name, *random_inputs(shape, "fp16", rng), shape.causal)
+    if shape_names:
+        return
     for b, h, sq, sk, d in ((1, 8, 512, 512, 64), (1, 8, 512, 128, 64), (1, 1, 64, 64, 64),
                             (1, 1, 64, 512, 64)):
         q = cupy.asarray(rng.standard_normal((b, h, sq, d)).astype(np.float16))
         k, v = (cupy.asarray(rng.standard_normal((b, h, sk, d)).astype(np.float16)) for _ in "kv")
+        yield f"B{b} H{h} Sq{sq} Sk{sk} D{d}", q, k, v, False
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--shape", action="append", default=[])
+    args = parser.parse_args()
+    dev = cupy.cuda.runtime.getDeviceProperties(0)["name"].decode()
+    print(f"{dev}")
+    for label, q, k, v, causal in problems(args.shape):
         out = cupy.empty_like(q)
-        fc.attention(q, k, v, out=out)
-        launch = api.prepared_launch(q, k, v, out=out)
+        fc.attention(q, k, v, causal=causal, out=out)
+        launch = api.prepared_launch(q, k, v, causal=causal, out=out)
         traced, module, found = traced_launch(launch)
         buf = cupy.ndarray((4096 * 4 * N_POINTS,), cupy.uint64, module.get_global("fc_trace"))
         grid = launch.grid[0]
         base_us = time_graph_replay(lambda: launch(q, k, v, out, None)).p50
         traced_us = time_graph_replay(lambda: traced(q, k, v, out, None)).p50
-        print(f"\nB{b} H{h} Sq{sq} Sk{sk} D{d}: {launch.config}, grid {grid}; graph replay "
+        print(f"\n{label}: {launch.config}, grid {grid}; graph replay "
               f"{base_us:.2f} us, traced {traced_us:.2f} us")
         for situation in ("after idle", "back to back (4th of 4)"):
             busy_gpu()
