@@ -258,18 +258,6 @@ __device__ __forceinline__ void pv_wgmma(float (&o)[HEAD_DIM / 8][4], const u32 
     wgmma_commit();
 }
 
-// P as the A operand of P V: k-step kk is accumulator registers 8kk..8kk+7 in pairs.
-template <class T, int BLOCK_N>
-__device__ __forceinline__ void pack_p(u32 (&a)[BLOCK_N / 16][4], const float (&s)[BLOCK_N / 8][4]) {
-    #pragma unroll
-    for (int kk = 0; kk < BLOCK_N / 16; ++kk) {
-        a[kk][0] = pack2<T>(s[2 * kk][0], s[2 * kk][1]);
-        a[kk][1] = pack2<T>(s[2 * kk][2], s[2 * kk][3]);
-        a[kk][2] = pack2<T>(s[2 * kk + 1][0], s[2 * kk + 1][1]);
-        a[kk][3] = pack2<T>(s[2 * kk + 1][2], s[2 * kk + 1][3]);
-    }
-}
-
 // SPLIT: merge the consumers' partial softmax states of the same rows into consumer
 // 0's, through `scratch` (the ring, free once all consumers reach the barrier). Each
 // thread holds the same rows and columns in every consumer, so it trades with its
@@ -394,8 +382,10 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
         float s[1][BLOCK_N / 8][4];      // S_j, then P_j in fp32
         u32 a[BLOCK_N / 16][4];          // P_j as the 16-bit A operand of P V_j
         float alpha[1][2];
-        // S_j (landed in s) -> P_j, and alpha for O.
-        auto softmax_tile = [&](int j) {
+        // S_j (landed in s) -> P_j, and alpha for O. Without kOverlapPV, `a` is free during
+        // the softmax (P_{j-1} V_j is done), so P_j goes there at once, and after the first
+        // tile with a lazy maximum (softmax.cuh); with it, prepare_pv packs P_j later.
+        auto softmax_tile = [&](int j, bool first = false) {
             const int key0 = j * BLOCK_N;
             const bool needs_mask = key0 + BLOCK_N > seqlen_k ||
                                     (p.causal && key0 + BLOCK_N - 1 > c_row0 + causal_diag);
@@ -404,7 +394,12 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
                                                      p.causal, lane);
             else
                 scale_and_mask<1, BLOCK_N / 8, false>(s, p.scale_log2, 0, 0, 0, 0, false, lane);
-            softmax_update<1, BLOCK_N / 8>(s, m, l, alpha, p.scale_log2);
+            if (Tile::kOverlapPV || first)
+                softmax_update<1, BLOCK_N / 8>(s, m, l, alpha, p.scale_log2);
+            if constexpr (!Tile::kOverlapPV) {
+                if (first) pack_p<T, BLOCK_N / 8>(a, s[0]);
+                else softmax_update_lazy<T, BLOCK_N / 8>(s, a, m, l, alpha, p.scale_log2);
+            }
         };
 
         if (PINGPONG && consumer == CONSUMERS - 1 && n_blocks > 0) named_barrier_arrive(1, 256);
@@ -420,7 +415,7 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
         // Before P_k V_k: O *= alpha_k (k > 0: O is still 0 before P_0 V_0) and P_k into `a`.
         auto prepare_pv = [&](int k) {
             if (k > 0) rescale_rows<1, HEAD_DIM / 8>(o, alpha);
-            pack_p<T, BLOCK_N>(a, s[0]);
+            if constexpr (Tile::kOverlapPV) pack_p<T, BLOCK_N / 8>(a, s[0]);
         };
         if (my_blocks > 0) {
             const Ring<STAGES> r{it + tile(0)};
@@ -431,7 +426,7 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
             wgmma_wait<0>();
             fence_registers(s[0]);
             release(bar.k_empty(r.slot()));
-            softmax_tile(tile(0));
+            softmax_tile(tile(0), true);
             if constexpr (!Tile::kOverlapPV) prepare_pv(0);
         }
         // Step k: S_k = Q K_k^T and O += P_{k-1} V_{k-1} in flight together. With

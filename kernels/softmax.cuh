@@ -75,6 +75,69 @@ __device__ __forceinline__ void softmax_update(float (&s)[M_TILES][N_TILES][4], 
         }
 }
 
+// P (fp32 in s, from softmax_update) as the 16-bit A operand of P V (mma.sync's A
+// fragment, and wgmma's from registers): k-step kk is n-tiles 2kk and 2kk + 1 in pairs.
+template <class T, int N_TILES>
+__device__ __forceinline__ void pack_p(u32 (&a)[N_TILES / 2][4], const float (&s)[N_TILES][4]) {
+    #pragma unroll
+    for (int kk = 0; kk < N_TILES / 2; ++kk) {
+        a[kk][0] = pack2<T>(s[2 * kk][0], s[2 * kk][1]);
+        a[kk][1] = pack2<T>(s[2 * kk][2], s[2 * kk][3]);
+        a[kk][2] = pack2<T>(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+        a[kk][3] = pack2<T>(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+    }
+}
+
+// How far (log2 units) a tile may raise a row's maximum before softmax_update_lazy
+// falls back to the exact update: P stays below 2^8, which fp16, bf16 and fp32 sums hold.
+constexpr float kLazyMaxSlack = 8.f;
+
+// Online softmax with a lazy maximum, P straight into the A operand (as pack_p). The
+// exponentials take the running maximum m as it stands, not this tile's, so they do not
+// wait on the row maximum and its shuffles, which only decide whether m must move: while
+// no row of the warp gains more than kLazyMaxSlack, m stays and alpha = 1 (O keeps its
+// scale); otherwise the tile is redone by softmax_update from S, which this leaves as
+// scale_and_mask made it. Any base gives the same softmax (P and l scale together); the
+// exact update's is only the smallest safe one.
+template <class T, int N_TILES>
+__device__ __forceinline__ void softmax_update_lazy(float (&s)[1][N_TILES][4], u32 (&a)[N_TILES / 2][4],
+                                                    float (&m)[1][2], float (&l)[1][2],
+                                                    float (&alpha)[1][2], float scale_log2) {
+    const float fold = scale_log2 > 0.f ? scale_log2 : 1.f;   // see scale_and_mask
+    bool moves = false;
+    float base[2], row_sum[2] = {0.f, 0.f};
+    #pragma unroll
+    for (int half = 0; half < 2; ++half) {
+        float row_max = neg_inf();
+        #pragma unroll
+        for (int nt = 0; nt < N_TILES; ++nt)
+            row_max = fmaxf(row_max, fmaxf(s[0][nt][2 * half], s[0][nt][2 * half + 1]));
+        // m = -inf (no key yet) moves with the first finite score; a row still without
+        // one gets P = exp2(-inf - 0) = 0 and stays.
+        moves |= quad_max(row_max) * fold > m[0][half] + kLazyMaxSlack;
+        base[half] = m[0][half] == neg_inf() ? 0.f : m[0][half];
+    }
+    #pragma unroll
+    for (int nt = 0; nt < N_TILES; ++nt)
+        #pragma unroll
+        for (int half = 0; half < 2; ++half) {
+            const float p0 = fast_exp2(fmaf(s[0][nt][2 * half], fold, -base[half]));
+            const float p1 = fast_exp2(fmaf(s[0][nt][2 * half + 1], fold, -base[half]));
+            row_sum[half] += p0 + p1;
+            a[nt / 2][2 * (nt % 2) + half] = pack2<T>(p0, p1);
+        }
+    if (__any_sync(0xffffffffu, moves)) {   // warp-uniform, like rescale_rows's skip
+        softmax_update<1, N_TILES>(s, m, l, alpha, scale_log2);
+        pack_p<T, N_TILES>(a, s[0]);
+        return;
+    }
+    #pragma unroll
+    for (int half = 0; half < 2; ++half) {
+        l[0][half] += row_sum[half];
+        alpha[0][half] = 1.f;
+    }
+}
+
 // Online softmax, second half: O *= alpha row by row. That costs D/4 multiplies
 // per row slice, as many issue slots as a tile's mma at 32-key tiles; once the
 // running maxima settle, alpha is 1 for the whole warp, so skip it (warp-uniform).

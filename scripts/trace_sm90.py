@@ -40,7 +40,7 @@ POINTS = [
     ("mbar_wait(bar.q_full(), n_done & 1);", 0, 4, "consumer: Q landed"),
     ("mbar_wait(bar.k_full(r.slot()), r.parity());", 0, 5, "consumer: K_0 landed"),
     ("fence_registers(s[0]);", 0, 6, "consumer: S_0 done"),
-    ("softmax_tile(tile(0));", 0, 7, "consumer: P_0 ready"),
+    ("softmax_tile(tile(0), true);", 0, 7, "consumer: P_0 ready"),
     ("mbar_wait(bar.v_full(prev.slot()), prev.parity());", 0, 8, "consumer: step 1 K, V landed"),
     ("await_turn();", 1, 20, "consumer: step 1 turn taken"),
     ("fence_registers(s[0]);", 1, 9, "consumer: step 1 S done"),

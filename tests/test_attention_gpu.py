@@ -120,6 +120,29 @@ def test_matches_reference(rng, dtype, d, causal, layout, heads, lengths, backen
     assert cupy.array_equal(again, out)   # same inputs -> same bits
 
 
+@pytest.mark.parametrize("backend", BACKENDS + ("auto",))
+@pytest.mark.parametrize("d", (64, 128))
+@pytest.mark.parametrize("factor", (0.125, 6.0, 60.0))
+def test_row_maxima_that_move_late(rng, backend, d, factor):
+    """Keys from 300 on scaled by `factor`: the rows' maxima jump (or shrink) tiles after
+    their first, past softmax_update_lazy's slack (60x: by hundreds of log2 units, past
+    fp32's exp2 range), which the lazy update must redo exactly."""
+    import cupy
+
+    import flashcore_cupy as fc
+
+    need_backend(backend, d)
+    for causal in (False, True):
+        q, k, v = make_inputs(rng, "fp16", d, "bhsd", (1, 4, 2), (200, 700))
+        k[:, :, 300:] = (k[:, :, 300:].astype(cupy.float32) * factor).astype(k.dtype)
+        out = cupy.full(q.shape, np.nan, dtype=q.dtype)
+        _, lse = fc.attention(q, k, v, causal=causal, out=out, return_lse=True, backend=backend)
+        ref, ref_lse = reference.attention(q, k, v, causal=causal, return_lse=True)
+        err = reference.rel_error(out, ref)
+        assert err <= TOL["fp16"], f"x{factor} causal={causal}: rel err {err:.3e}"
+        np.testing.assert_allclose(lse.get(), ref_lse, rtol=1e-4, atol=1e-3)
+
+
 def test_rows_that_see_no_key_are_zero(rng):
     import cupy
 
