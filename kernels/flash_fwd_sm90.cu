@@ -87,6 +87,12 @@ struct Sm90Tile {
     // and tile); at D64 (256) the later release cost more (S = 1k: +1.5-3 %), and split tiles
     // own only STAGES / CONSUMERS ring slots (decode: 150 against 115 us). PERF_NOTES v15.
     static constexpr bool kOverlapPV = !SPLIT && HEAD_DIM >= 128;
+    // Whether the softmax after a row block's first key tile takes a lazy maximum, writing
+    // P into the A operand at once (softmax.cuh), which needs `a` free during the softmax
+    // (so not with kOverlapPV). S = 1k D64 -3 %, S = 4k -2 to -3 %; split tiles lost more
+    // to the longer code than they won (the mission kernel, two key tiles per consumer:
+    // +0.2 us). PERF_NOTES v16.
+    static constexpr bool kLazyMax = !SPLIT && !kOverlapPV;
     static constexpr u32 kQBytes = kBlockM * HEAD_DIM * 2;
     static constexpr u32 kKVBytes = BLOCK_N * HEAD_DIM * 2;         // one K or V tile
     // Shared layout (offsets from a 1024-byte aligned base): Q, K ring, V ring, barriers.
@@ -382,9 +388,8 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
         float s[1][BLOCK_N / 8][4];      // S_j, then P_j in fp32
         u32 a[BLOCK_N / 16][4];          // P_j as the 16-bit A operand of P V_j
         float alpha[1][2];
-        // S_j (landed in s) -> P_j, and alpha for O. Without kOverlapPV, `a` is free during
-        // the softmax (P_{j-1} V_j is done), so P_j goes there at once, and after the first
-        // tile with a lazy maximum (softmax.cuh); with it, prepare_pv packs P_j later.
+        // S_j (landed in s) -> P_j, and alpha for O; with kLazyMax P_j goes into `a` at once
+        // (after the first key tile, with a lazy maximum), otherwise prepare_pv packs it.
         auto softmax_tile = [&](int j, bool first = false) {
             const int key0 = j * BLOCK_N;
             const bool needs_mask = key0 + BLOCK_N > seqlen_k ||
@@ -394,9 +399,9 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
                                                      p.causal, lane);
             else
                 scale_and_mask<1, BLOCK_N / 8, false>(s, p.scale_log2, 0, 0, 0, 0, false, lane);
-            if (Tile::kOverlapPV || first)
+            if (!Tile::kLazyMax || first)
                 softmax_update<1, BLOCK_N / 8>(s, m, l, alpha, p.scale_log2);
-            if constexpr (!Tile::kOverlapPV) {
+            if constexpr (Tile::kLazyMax) {
                 if (first) pack_p<T, BLOCK_N / 8>(a, s[0]);
                 else softmax_update_lazy<T, BLOCK_N / 8>(s, a, m, l, alpha, p.scale_log2);
             }
@@ -415,7 +420,7 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
         // Before P_k V_k: O *= alpha_k (k > 0: O is still 0 before P_0 V_0) and P_k into `a`.
         auto prepare_pv = [&](int k) {
             if (k > 0) rescale_rows<1, HEAD_DIM / 8>(o, alpha);
-            if constexpr (Tile::kOverlapPV) pack_p<T, BLOCK_N / 8>(a, s[0]);
+            if constexpr (!Tile::kLazyMax) pack_p<T, BLOCK_N / 8>(a, s[0]);
         };
         if (my_blocks > 0) {
             const Ring<STAGES> r{it + tile(0)};
