@@ -2,8 +2,11 @@
 tensor-core instructions (HGMMA = wgmma, HMMA = mma.sync), of local-memory accesses
 (LDL/STL: spills) and, for Hopper kernels, of exponentials (MUFU.EX2) scheduled while the
 step loop's P V is in flight: between its wait for S (wgmma wait 1) and its wait for P V
-(wait 0). Exits 1 on any spill, a Hopper kernel without HGMMA, or one whose softmax is not
-where Sm90Tile::kOverlapPV says (ptxas hoists a wgmma wait above independent code: v15).
+(wait 0), and of writes to the registers a P V wgmma reads its A operand (P) from while it
+may still be reading them. Exits 1 on any spill, a Hopper kernel without HGMMA, one whose
+softmax is not where Sm90Tile::kOverlapPV says (ptxas hoists a wgmma wait above
+independent code: v15), or one that writes an in-flight P (ptxas reuses those registers
+once the source stops reading them: v16's second P buffer did).
 
   python3 scripts/sass_check.py --arch sm_90a [--keep DIR]   compile with the library's
       NVRTC options (cubins kept in DIR), then disassemble;
@@ -64,10 +67,33 @@ def exps_under_pv(sass: str) -> int | None:
     return re.split(r"WARPGROUP\.DEPBAR\.LE gsb0, 0x0", parts[1], maxsplit=1)[0].count("MUFU.EX2")
 
 
+def writes_to_p_in_flight(sass: str) -> int:
+    """Instructions that write a register of an issued register-A wgmma (HGMMA with an R
+    operand: P V) before the next `wgmma wait 0`, in program order (a loop's next step is
+    further down, so this is conservative there)."""
+    ins = re.findall(r"/\*[0-9a-f]{4,}\*/\s+(.*?)\s*;", sass)
+    count, i = 0, 0
+    while i < len(ins):
+        a = re.match(r"HGMMA\.\S+ R\d+, R(\d+),", ins[i])
+        if a is None:
+            i += 1
+            continue
+        in_flight = set()
+        while i < len(ins) and not re.match(r"WARPGROUP\.DEPBAR\.LE gsb0, 0x0", ins[i]):
+            a = re.match(r"HGMMA\.\S+ R\d+, R(\d+),", ins[i])
+            if a:
+                in_flight |= set(range(int(a.group(1)), int(a.group(1)) + 4))
+            else:   # the destination: the first register operand, after any predicate output
+                d = re.match(r"(?:@!?U?P\w+ )?[A-Z][\w.]* (?:U?P[T\d]+, )?R(\d+)\b", ins[i])
+                count += d is not None and int(d.group(1)) in in_flight
+            i += 1
+    return count
+
+
 def report(folder: Path, arch: str) -> int:
     configs = dispatchable(arch)
     bad = 0
-    print(f"{'kernel':<40} {'HGMMA':>6} {'HMMA':>6} {'LDL/STL':>8} {'EX2 under PV':>13}")
+    print(f"{'kernel':<40} {'HGMMA':>6} {'HMMA':>6} {'LDL/STL':>8} {'EX2 under PV':>13} {'P writes':>9}")
     for path in sorted(folder.glob("*.cubin")):
         sass = disassemble(path)
         if sass is None:
@@ -78,23 +104,29 @@ def report(folder: Path, arch: str) -> int:
         local = len(re.findall(r"\b(?:LDL|STL)\b", sass))
         hopper = path.stem.startswith("sm90")
         under = exps_under_pv(sass) if hopper else None
-        ok = local == 0 and (hgmma > 0 if hopper else hmma > 0)
+        p_writes = writes_to_p_in_flight(sass)
+        ok = local == 0 and p_writes == 0 and (hgmma > 0 if hopper else hmma > 0)
         ok = ok and (not hopper or (under is not None and (under > 0) == configs[path.stem].overlaps_pv))
         bad += not ok
         print(f"{path.stem:<40} {hgmma:>6} {hmma:>6} {local:>8} {'' if under is None else under:>13}"
-              f"{'' if ok else '  <-- FAIL'}")
+              f" {p_writes:>9}{'' if ok else '  <-- FAIL'}")
     return bad
 
 
-parser = argparse.ArgumentParser()
-parser.add_argument("--arch", default="sm_90a")
-parser.add_argument("--keep", type=Path, help="compile into this folder and keep the cubins")
-parser.add_argument("--cubins", type=Path, help="only disassemble the cubins in this folder")
-args = parser.parse_args()
-if args.cubins:
-    sys.exit(1 if report(args.cubins, args.arch) else 0)
-with tempfile.TemporaryDirectory() as tmp:
-    folder = args.keep or Path(tmp)
-    folder.mkdir(parents=True, exist_ok=True)
-    compile_cubins(args.arch, folder)
-    sys.exit(1 if report(folder, args.arch) else 0)
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--arch", default="sm_90a")
+    parser.add_argument("--keep", type=Path, help="compile into this folder and keep the cubins")
+    parser.add_argument("--cubins", type=Path, help="only disassemble the cubins in this folder")
+    args = parser.parse_args()
+    if args.cubins:
+        return 1 if report(args.cubins, args.arch) else 0
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = args.keep or Path(tmp)
+        folder.mkdir(parents=True, exist_ok=True)
+        compile_cubins(args.arch, folder)
+        return 1 if report(folder, args.arch) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,39 @@
+"""scripts/sass_check.py's SASS rules on hand-written SASS (the device suite runs them on
+every dispatchable kernel's real SASS)."""
+
+import importlib.util
+from pathlib import Path
+
+_spec = importlib.util.spec_from_file_location(
+    "sass_check", Path(__file__).resolve().parent.parent / "scripts" / "sass_check.py")
+sass_check = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(sass_check)
+
+
+def _sass(*instructions):
+    return "\n".join(f"        /*{16 * i:04x}*/                   {x} ;" for i, x in enumerate(instructions))
+
+
+STEP = ("WARPGROUP.ARRIVE",
+        "HGMMA.64x128x16.F32 R24, gdesc[UR8], R24, gsb0",                  # S: both operands in shared
+        "HGMMA.64x128x16.F32 R88, R152, gdesc[UR12].tnspB, R88",          # P V: P in R152..R155
+        "HGMMA.64x128x16.F32 R88, R156, gdesc[UR12].tnspB, R88, gsb0",    # and R156..R159
+        "WARPGROUP.DEPBAR.LE gsb0, 0x1")
+
+
+def test_writes_to_p_in_flight():
+    # the softmax writes its own registers (and reads P), then waits for P V, then repacks P
+    clean = _sass(*STEP, "MUFU.EX2 R30, R30", "FADD R31, R152, R30", "SHFL.BFLY PT, R40, R41, 0x1, 0x1f",
+                  "WARPGROUP.DEPBAR.LE gsb0, 0x0", "F2FP.F16.F32.PACK_AB R152, R31, R30")
+    assert sass_check.writes_to_p_in_flight(clean) == 0
+    # the v16 bug: temporaries in P's registers while P V may still read them
+    racy = _sass(*STEP, "MUFU.EX2 R155, R30", "@!P0 FFMA R158, R30, R13, R12",
+                 "SHFL.BFLY PT, R153, R41, 0x1, 0x1f", "WARPGROUP.DEPBAR.LE gsb0, 0x0")
+    assert sass_check.writes_to_p_in_flight(racy) == 3
+
+
+def test_exps_under_pv():
+    sass = _sass(*STEP, "MUFU.EX2 R30, R30", "MUFU.EX2 R31, R31", "WARPGROUP.DEPBAR.LE gsb0, 0x0",
+                 "MUFU.EX2 R32, R32")
+    assert sass_check.exps_under_pv(sass) == 2
+    assert sass_check.exps_under_pv(_sass("MUFU.EX2 R30, R30")) is None
