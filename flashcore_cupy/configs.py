@@ -68,24 +68,6 @@ class Sm90Schedule(NamedTuple):
     grid: tuple[int, int, int]
     tail_start: int   # work items from here on are 64-row sub-tiles of the last tiles
     items: int        # work items: tiles before tail_start, then consumers per later tile
-    m_blocks: int     # full tiles (block_m rows) per (batch, head)
-    short_start: int  # items from here to tail_start: short tiles, after every head's full ones
-    short_rows: int = 0
-    short_per_head: int = 1
-
-
-# Time of a work item against a full tile's by how many of its 64-row strips have rows
-# (and so busy consumers), for the schedule's choice: a lone consumer takes ~60 % of a
-# full tile's time (PERF_NOTES sm90 v10), two of three ~80 % (v15: 128-row tiles at D64).
-_ITEM_TIME = {1: 0.6, 2: 0.8, 3: 1.0}
-
-
-def _makespan(item_strips: list[int], consumers: int, ctas: int) -> float:
-    """The longest CTA's time when items are dealt round-robin (item i to CTA i % ctas)."""
-    per_cta = [0.0] * ctas
-    for i, strips in enumerate(item_strips):
-        per_cta[i % ctas] += 1.0 if strips >= consumers else _ITEM_TIME[strips]
-    return max(per_cta)
 
 
 @dataclass(frozen=True)
@@ -142,41 +124,14 @@ class Sm90Config:
         of them can leave SMs idle (at S = 16k, 128 tiles per head over 132 SMs gave
         some CTAs only short tiles: 0.74x cuDNN), so there each tile is its own CTA
         and the hardware hands the next one to whichever SM frees up."""
-        tiles, m_blocks = self.work_tiles(batch, heads_q, seqlen_q), -(-seqlen_q // self.block_m)
+        tiles = self.work_tiles(batch, heads_q, seqlen_q)
         if self.split:   # its combine reuses the K/V ring: one work tile per CTA
-            return Sm90Schedule((tiles, 1, 1), tiles, tiles, m_blocks, tiles)
+            return Sm90Schedule((tiles, 1, 1), tiles, tiles)
         tail = tiles % num_sms if tiles > num_sms and not causal else 0
         sub_tiles = 0 < tail and tail * self.consumers <= num_sms and self.consumers > 1
         tail_start = tiles - tail if sub_tiles else tiles
         items = tail_start + (tiles - tail_start) * self.consumers
-        plan = Sm90Schedule((items if causal else min(items, num_sms), 1, 1), tail_start, items, m_blocks,
-                            tail_start)
-        if tail and not sub_tiles and self.consumers > 1:
-            plan = self._short_tiles(batch * heads_q, seqlen_q, num_sms, plan)
-        return plan
-
-    def _short_tiles(self, heads: int, seqlen_q: int, num_sms: int, plain: Sm90Schedule) -> Sm90Schedule:
-        """A partial last round that sub-tiles do not fit (S = 1k D64: 320 full tiles on
-        132 SMs, so some take 3 while the work is 2.6 tiles per SM): cover each head's
-        last rows with short tiles of fewer strips instead (S = 1k D64: 4 full tiles and 2
-        of 128 rows per head, 2.8), dealt after every full tile, where the item-time model
-        says the longest CTA finishes 3 % sooner."""
-        strips, c = -(-seqlen_q // 64), self.consumers
-        per_head = [min(c, strips - c * j) for j in range(-(-strips // c))]
-        best, best_time = plain, _makespan(per_head * heads, c, num_sms) * 0.97
-        for full in range(max(0, strips // c - 3), strips // c + 1):
-            rest = strips - full * c
-            for g in range(1, c):
-                if rest <= 0:
-                    continue
-                shorts = -(-rest // g)
-                order = [c] * (full * heads) + [min(g, rest - g * j) for j in range(shorts)] * heads
-                time = _makespan(order, c, num_sms)
-                if time < best_time:
-                    items = (full + shorts) * heads
-                    best, best_time = Sm90Schedule((min(items, num_sms), 1, 1), items, items, full,
-                                                   full * heads, 64 * g, shorts), time
-        return best
+        return Sm90Schedule((items if causal else min(items, num_sms), 1, 1), tail_start, items)
 
     def __str__(self) -> str:
         return (f"sm90 {self.dtype} D{self.head_dim} {self.block_m}x{self.block_n} "

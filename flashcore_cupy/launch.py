@@ -111,8 +111,8 @@ class FwdLaunch(_Launch):
 # and v tensor maps, then o and lse pointers, 3 output strides, seqlen_q,
 # seqlen_k, head_dim, heads_per_kv, scale*log2(e), causal, heads, batch,
 # m_blocks, tail_start, n_items, (mul, shr) dividing by m_blocks, heads and
-# heads_per_kv, short_start, short_rows, short_per_head and its (mul, shr).
-SM90_TAIL = struct.Struct("<2Q3q4ifi5i6I3i2I")
+# heads_per_kv, and padding to the struct's 64-byte alignment.
+SM90_TAIL = struct.Struct("<2Q3q4ifi5i6I20x")
 _SM90_POINTERS = struct.Struct("<2Q")   # the only part a call repacks
 _SM90_TAIL_AT = 3 * tma.MAP_BYTES
 _MAPS_PER_LAUNCH = 16
@@ -132,12 +132,11 @@ class Sm90Launch(_Launch):
               o_strides: tuple[int, int, int], return_lse: bool) -> "Sm90Launch":
         p = problem
         plan = config.schedule(p.batch, p.heads_q, p.seqlen_q, num_sms, p.causal)
-        heads_per_kv = p.heads_q // p.heads_kv
+        m_blocks, heads_per_kv = -(-p.seqlen_q // config.block_m), p.heads_q // p.heads_kv
         scalars = (*o_strides, p.seqlen_q, p.seqlen_k, p.head_dim, heads_per_kv,
                    p.scale * math.log2(math.e), int(p.causal), p.heads_q, p.batch,
-                   plan.m_blocks, plan.tail_start, plan.items,
-                   *fast_divisor(plan.m_blocks), *fast_divisor(p.heads_q), *fast_divisor(heads_per_kv),
-                   plan.short_start, plan.short_rows, plan.short_per_head, *fast_divisor(plan.short_per_head))
+                   m_blocks, plan.tail_start, plan.items,
+                   *fast_divisor(m_blocks), *fast_divisor(p.heads_q), *fast_divisor(heads_per_kv))
         return cls(config, loader.get_function(config, p.device, arch), p.device, plan.grid, p.out_shape,
                    (p.batch, p.heads_q, p.seqlen_q) if return_lse else None, scalars,
                    sm90_map_specs(p, config))

@@ -70,8 +70,6 @@ struct Sm90Params {
     int heads, batch, m_blocks;    // work tiles: m_blocks x heads x batch
     int tail_start, n_items;       // see work_tile
     FastDiv by_m_blocks, by_heads, by_heads_per_kv;
-    int short_start, short_rows, short_per_head;   // see work_tile
-    FastDiv by_short_per_head;
 };
 static_assert(sizeof(Sm90Params) == 512, "Sm90Params: keep in step with launch.py");
 
@@ -156,10 +154,7 @@ __device__ __forceinline__ void tma_load_tile(u32 dst, const TensorMap& map, u32
 // Items from tail_start on are the last tiles split into one 64-row sub-tile per
 // consumer: when the tiles leave a partial last round, that round runs on every
 // SM with one consumer each instead of on a few with all of them. A sub-tile is
-// worked by consumer 0 alone, as are a tile's rows past Sq by nobody. Where sub-tiles
-// do not fit, items from short_start on may instead be short tiles (short_rows rows,
-// short_per_head of them per head, after its m_blocks full ones; Sm90Config.schedule),
-// worked by their first consumers.
+// worked by consumer 0 alone, as are a tile's rows past Sq by nobody.
 struct WorkTile {
     int row0, head, batch;
     int consumers;           // consumers with rows here (the first ones)
@@ -170,21 +165,11 @@ template <class Tile, int BLOCK_N>
 __device__ __forceinline__ WorkTile work_tile(const Sm90Params& p, int i) {
     constexpr int C = Tile::kConsumers;
     const bool sub = i >= p.tail_start;   // never with SPLIT (its tiles are 64 rows)
-    int head_batch, row0, rows_max;
-    if (!Tile::kSplit && !sub && i >= p.short_start) {   // (split tiles: never)
-        const int t = i - p.short_start;
-        head_batch = p.by_short_per_head(t);
-        row0 = p.m_blocks * Tile::kBlockM + (t - head_batch * p.short_per_head) * p.short_rows;
-        rows_max = p.short_rows;
-    } else {
-        const int t = sub ? p.tail_start + (i - p.tail_start) / C : i;
-        head_batch = p.by_m_blocks(t);
-        row0 = (p.m_blocks - 1 - (t - head_batch * p.m_blocks)) * Tile::kBlockM +
-               (sub ? 64 * ((i - p.tail_start) % C) : 0);
-        rows_max = sub ? 64 : Tile::kBlockM;
-    }
-    const int batch = p.by_heads(head_batch);
-    const int rows = max(0, min(rows_max, p.seqlen_q - row0));
+    const int t = sub ? p.tail_start + (i - p.tail_start) / C : i;
+    const int head_batch = p.by_m_blocks(t), batch = p.by_heads(head_batch);
+    const int row0 = (p.m_blocks - 1 - (t - head_batch * p.m_blocks)) * Tile::kBlockM +
+                     (sub ? 64 * ((i - p.tail_start) % C) : 0);
+    const int rows = max(0, min(sub ? 64 : Tile::kBlockM, p.seqlen_q - row0));
     const int causal_diag = p.seqlen_k - p.seqlen_q;   // key j visible to query i iff j <= i + diag
     const int kv_end = p.causal ? min(p.seqlen_k, row0 + rows + causal_diag) : p.seqlen_k;
     return {row0, head_batch - batch * p.heads, batch,

@@ -317,29 +317,6 @@ def test_hopper_sub_tiles_of_a_partial_last_round(rng, config, tiles_per_head):
     np.testing.assert_allclose(lse.get(), ref_lse, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("config", _multi_consumer_hopper_configs(), ids=str)
-def test_hopper_short_tiles(rng, config):
-    """A problem whose schedule covers each head's last rows with short tiles (fewer
-    strips than consumers; Sm90Config._short_tiles), dealt after every full tile."""
-    import cupy
-
-    from flashcore_cupy import api
-
-    sms = api.device_info(0).num_sms
-    found = [(h, sq) for sq in (1024, 1536, 2048) for h in range(1, 2 * sms)
-             if (plan := config.schedule(1, h, sq, sms, causal=False)).short_start < plan.tail_start]
-    if not found:
-        pytest.skip(f"{config}: no short-tile schedule on {sms} SMs")
-    heads, sq = found[0]
-    q, k, v = make_inputs(rng, config.dtype, config.head_dim, "bhsd", (1, heads, 1), (sq, 200))
-    out = cupy.full(q.shape, np.nan, dtype=q.dtype)
-    _, lse = api.attention_with_config(config, q, k, v, out=out, return_lse=True)
-    ref, ref_lse = reference.attention(q, k, v, return_lse=True)
-    err = reference.rel_error(out, ref)
-    assert err <= TOL[config.dtype], f"{config} H{heads} Sq{sq}: rel err {err:.3e}"
-    np.testing.assert_allclose(lse.get(), ref_lse, rtol=1e-4, atol=1e-4)
-
-
 def test_auto_dispatch_takes_the_hopper_kernel_where_it_fills_the_gpu(rng):
     import cupy
 

@@ -31,10 +31,10 @@ def test_geometry_and_name():
     assert cfg.smem_bytes == 1024 + 2 * 128 * (128 + 2 * 2 * 128) + 8 * 10
     assert cfg.smem_bytes <= configs.SMEM_LIMIT["sm_90a"]
     assert cfg.work_tiles(batch=3, heads_q=5, seqlen_q=129) == 2 * 5 * 3
-    assert cfg.schedule(batch=3, heads_q=5, seqlen_q=129, num_sms=132, causal=False)[:3] == ((30, 1, 1), 30, 30)
+    assert cfg.schedule(batch=3, heads_q=5, seqlen_q=129, num_sms=132, causal=False) == ((30, 1, 1), 30, 30)
     # 300 tiles: 2 rounds of 132 and 36 left over, which run as 72 sub-tiles of 64 rows
-    assert cfg.schedule(batch=3, heads_q=50, seqlen_q=129, num_sms=132, causal=False)[:3] == ((132, 1, 1), 264, 336)
-    assert cfg.schedule(batch=3, heads_q=50, seqlen_q=129, num_sms=132, causal=True)[:3] == ((300, 1, 1), 300, 300)
+    assert cfg.schedule(batch=3, heads_q=50, seqlen_q=129, num_sms=132, causal=False) == ((132, 1, 1), 264, 336)
+    assert cfg.schedule(batch=3, heads_q=50, seqlen_q=129, num_sms=132, causal=True) == ((300, 1, 1), 300, 300)
 
 
 def test_split_keys_config():
@@ -43,34 +43,20 @@ def test_split_keys_config():
     assert (cfg.threads, cfg.block_m) == (384, 64)
     assert cfg.smem_bytes == 1024 + 2 * 64 * (64 + 2 * 4 * 128) + 8 * 18
     # its combine reuses the K/V ring, so every work tile is its own CTA, never split further
-    assert cfg.schedule(batch=2, heads_q=67, seqlen_q=300, num_sms=132, causal=False)[:3] == \
+    assert cfg.schedule(batch=2, heads_q=67, seqlen_q=300, num_sms=132, causal=False) == \
         ((2 * 67 * 5, 1, 1), 2 * 67 * 5, 2 * 67 * 5)
 
 
 def test_schedule_splits_a_partial_last_round_into_sub_tiles():
     d64 = configs.Sm90Config("fp16", 64, 128, 2, 3, True)
     # B2 H16 S4k: 22 x 32 = 704 tiles = 5 rounds of 132 + 44, which fit as 132 sub-tiles
-    assert d64.schedule(batch=2, heads_q=16, seqlen_q=4096, num_sms=132, causal=False)[:3] == \
+    assert d64.schedule(batch=2, heads_q=16, seqlen_q=4096, num_sms=132, causal=False) == \
         ((132, 1, 1), 660, 660 + 3 * 44)
     # 45 left over would need 135 sub-tiles: not split; causal problems never are
     assert d64.schedule(batch=1, heads_q=1, seqlen_q=192 * 177, num_sms=132, causal=False).items == 177
     assert d64.schedule(batch=2, heads_q=16, seqlen_q=4096, num_sms=132, causal=True).items == 704
     single = configs.Sm90Config("fp16", 64, 128, 2, 1, False)
     assert single.schedule(batch=1, heads_q=133, seqlen_q=64, num_sms=132, causal=False).items == 133
-
-
-def test_schedule_covers_the_last_rows_with_short_tiles_where_sub_tiles_do_not_fit():
-    d64 = configs.Sm90Config("fp16", 64, 128, 2, 3, True)
-    # B4 H16 S1k: 6 tiles per head (5 full, one of 64 rows) = 384 = 2 rounds + 120, which
-    # would need 360 sub-tiles; 320 full tiles leave 56 SMs three of them (3.0 tile times).
-    # 4 full tiles and 2 of 128 rows per head, the short ones last: 2 full + 1 short (2.8).
-    plan = d64.schedule(batch=4, heads_q=16, seqlen_q=1024, num_sms=132, causal=False)
-    assert plan == ((132, 1, 1), 384, 384, 4, 4 * 64, 128, 2)
-    # never for causal problems (one CTA per tile) nor where nothing is gained
-    assert d64.schedule(batch=4, heads_q=16, seqlen_q=1024, num_sms=132, causal=True).short_start == 384
-    d128 = configs.Sm90Config("fp16", 128, 192, 2, 2, True)
-    plain = d128.schedule(batch=2, heads_q=16, seqlen_q=4096, num_sms=132, causal=False)
-    assert (plain.items, plain.short_start, plain.m_blocks) == (1024, 1024, 32)
 
 
 @pytest.mark.parametrize("head_dim, bucket", [(8, 64), (64, 64), (72, 128), (128, 128)])
@@ -157,17 +143,10 @@ def _rows_of_item(cfg, p, i):
     (mirrored here) assigns them: ((batch, head), range of rows)."""
     c = cfg.consumers
     sub = i >= p["tail_start"]
-    if not sub and i >= p["short_start"]:
-        t = i - p["short_start"]
-        head_batch = t // p["short_per_head"]
-        row0 = p["m_blocks"] * cfg.block_m + t % p["short_per_head"] * p["short_rows"]
-        rows_max = p["short_rows"]
-    else:
-        t = p["tail_start"] + (i - p["tail_start"]) // c if sub else i
-        head_batch = t // p["m_blocks"]
-        row0 = (p["m_blocks"] - 1 - t % p["m_blocks"]) * cfg.block_m + (64 * ((i - p["tail_start"]) % c) if sub else 0)
-        rows_max = 64 if sub else cfg.block_m
-    rows = max(0, min(rows_max, p["seqlen_q"] - row0))
+    t = p["tail_start"] + (i - p["tail_start"]) // c if sub else i
+    row0 = (p["m_blocks"] - 1 - t % p["m_blocks"]) * cfg.block_m + (64 * ((i - p["tail_start"]) % c) if sub else 0)
+    rows = max(0, min(64 if sub else cfg.block_m, p["seqlen_q"] - row0))
+    head_batch = t // p["m_blocks"]
     return (head_batch // p["heads"], head_batch % p["heads"]), range(row0, row0 + rows)
 
 
@@ -176,17 +155,14 @@ def _rows_of_item(cfg, p, i):
                                  configs.Sm90Config("fp16", 64, 128, 4, 2, False, True)], ids=str)
 def test_work_items_cover_every_row_once(cfg):
     rng = np.random.default_rng(0)
-    shorts = 0
-    for _ in range(400):
+    for _ in range(200):
         batch, heads, seqlen_q = int(rng.integers(1, 4)), int(rng.integers(1, 80)), int(rng.integers(1, 1500))
         sms, causal = int(rng.choice([8, 114, 132])), bool(rng.integers(2))
         plan = cfg.schedule(batch, heads, seqlen_q, sms, causal)
-        p = dict(plan._asdict(), seqlen_q=seqlen_q, heads=heads)
-        shorts += plan.short_start < plan.tail_start
+        p = dict(tail_start=plan.tail_start, m_blocks=-(-seqlen_q // cfg.block_m), seqlen_q=seqlen_q, heads=heads)
         seen = np.zeros((batch, heads, seqlen_q), int)
         for i in range(plan.items):
             (b, h), rows = _rows_of_item(cfg, p, i)
             seen[b, h, rows.start:rows.stop] += 1
         assert (seen == 1).all(), (batch, heads, seqlen_q, sms, causal)
         assert plan.grid[0] == (plan.items if causal or cfg.split else min(plan.items, sms))
-    assert shorts > 0 or cfg.consumers == 1 or cfg.split   # short tiles were drawn too
