@@ -3,7 +3,8 @@ one part of the step loop taken out (the exponentials, the whole online softmax,
 GEMM or the P V GEMM), on the long benchmark shapes. Those copies compute wrong outputs
 on purpose; only their times mean something: what is left when a part costs nothing
 bounds what making that part cheaper can win. Two more copies change the schedule
-instead (the softmax under P V on every tile, no ping-pong turns). The library's kernel
+instead (the softmax under P V on every tile, or on none, where the lazy maximum
+takes over; no ping-pong turns). The library's kernel
 is untouched: the copies live in this process only. Usage: python3 scripts/ablate_sm90.py [--shape NAME ...]
 """
 
@@ -36,6 +37,8 @@ VARIANTS = [
      [("flash_fwd_sm90.cu", "qk_wgmma<T, Tile, HEAD_DIM, BLOCK_N>(s[0], q_desc, k_tile(r));", EMPTY_GROUP)]),
     ("schedule: softmax under P V", [("flash_fwd_sm90.cu", "kOverlapPV = !SPLIT && HEAD_DIM >= 128;",
                                       "kOverlapPV = !SPLIT;")]),
+    ("schedule: lazy max, not under P V", [("flash_fwd_sm90.cu", "kOverlapPV = !SPLIT && HEAD_DIM >= 128;",
+                                            "kOverlapPV = false;")]),
     ("schedule: no ping-pong turns",
      [("flash_fwd_sm90.cu", "auto await_turn = [&] { if constexpr (PINGPONG)",
        "auto await_turn = [&] { if constexpr (false)"),
