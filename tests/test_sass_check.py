@@ -37,3 +37,19 @@ def test_exps_under_pv():
                  "MUFU.EX2 R32, R32")
     assert sass_check.exps_under_pv(sass) == 2
     assert sass_check.exps_under_pv(_sass("MUFU.EX2 R30, R30")) is None
+
+
+def test_every_dispatchable_kernel_passes_the_sass_rules(tmp_path):
+    """The device suite's SASS check on this machine's NVRTC (CuPy's, e.g. 12.9 in CI):
+    every Hopper and portable kernel dispatch can choose on sm_90a compiles without
+    spills, with HGMMA (HMMA), the softmax where kOverlapPV says, and no write to an
+    in-flight P; the same NVRTC the users of that CuPy wheel compile with."""
+    import shutil
+
+    import pytest
+
+    if not (shutil.which("nvdisasm") or shutil.which("cuobjdump") or sass_check.pip_nvdisasm()):
+        pytest.skip("no nvdisasm: pip install nvidia-cuda-nvdisasm (CI does) to run the SASS rules")
+    sass_check.compile_cubins("sm_90a", tmp_path)
+    assert len(list(tmp_path.glob("*.cubin"))) == len(sass_check.dispatchable("sm_90a"))
+    assert sass_check.report(tmp_path, "sm_90a") == 0
