@@ -3,12 +3,13 @@
 Compiles a copy of kernels/flash_fwd_sm90.cu with timestamps (clock64, and the global
 nanosecond timer at entry and exit) written by each warpgroup's first thread right after
 the source lines named in POINTS, launches it in place of dispatch's kernel for a few
-small shapes (or the benchmark shapes named), and prints for each point the median and max over CTAs of the time since
-that warpgroup's entry, plus the spread of CTA entries and exits across the grid. A point
-whose line is not in the kernel (an edited kernel, an A/B base tree) is left out. The
-library's kernel is untouched: the copy lives in this process only. A stamp orders
-against other stamps and barriers, not against the arithmetic around it, so a point can
-read a little early. In a loop, a point holds its last pass: "step 1" is a CTA's last step.
+small shapes (or the benchmark shapes named), and prints for each point the median and
+max over CTAs of the time since that warpgroup's entry, plus the spread of CTA entries
+and exits across the grid. A point whose line is not in the kernel (an edited kernel, an
+A/B base tree) is left out. The library's kernel is untouched: the copy lives in this
+process only. A stamp orders against other stamps and barriers, not against the
+arithmetic around it, so a point can read a little early. In a loop, a point holds its
+last pass: "step 1" is a CTA's last step.
 Usage: python3 scripts/trace_sm90.py [--shape NAME ...]
 """
 
