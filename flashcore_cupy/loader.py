@@ -1,8 +1,9 @@
 """Run-time compilation of the kernels in kernels/: the only user of cupy.RawModule.
 
 Owns the NVRTC options, the arch, name expressions, the dynamic-shared-memory
-opt-in, the in-process cache and compile errors. `compile_only` compiles to
-cubin with NVRTC directly, with no GPU and no driver, for CI and `check`.
+opt-in, the in-process cache and compile errors. `compile_only` and `compile_cubin`
+compile with NVRTC directly, with no GPU and no driver, for CI, `check` and the SASS
+check; `variant_function` loads a modified copy of a kernel for diagnostic scripts.
 """
 
 from __future__ import annotations
@@ -91,6 +92,24 @@ _cache_lock = threading.Lock()
 _modules: list = []   # the RawKernels behind _cache's handles, kept alive
 
 
+def _load(source: str, config: KernelConfig, arch: str):
+    """(RawModule, RawKernel) of `config`'s name expression in `source`, on the current
+    device, with the dynamic-shared-memory opt-in."""
+    import cupy
+    from cupy.cuda.compiler import CompileException
+
+    options = nvrtc_options(arch)
+    try:
+        module = cupy.RawModule(code=source, options=options, name_expressions=[config.name_expression])
+        fn = module.get_function(config.name_expression)
+    except CompileException as e:
+        raise KernelCompileError(config.kernel_file, config.name_expression, options,
+                                 e.get_message()) from None
+    if config.smem_bytes > 48 * 1024:
+        fn.max_dynamic_shared_size_bytes = config.smem_bytes
+    return module, fn
+
+
 def get_function(config: KernelConfig, device_id: int, arch: str) -> int:
     """The compiled, launch-ready kernel for `config` on `device_id`, as its CUfunction
     handle (cached in process, which keeps its module loaded)."""
@@ -99,24 +118,25 @@ def get_function(config: KernelConfig, device_id: int, arch: str) -> int:
     if fn is not None:
         return fn
     import cupy
-    from cupy.cuda.compiler import CompileException
 
-    options = nvrtc_options(arch)
     with _cache_lock, cupy.cuda.Device(device_id):
         fn = _cache.get(key)
         if fn is None:
-            try:
-                module = cupy.RawModule(code=_read_source(config.kernel_file), options=options,
-                                        name_expressions=[config.name_expression])
-                fn = module.get_function(config.name_expression)
-            except CompileException as e:
-                raise KernelCompileError(config.kernel_file, config.name_expression, options,
-                                         e.get_message()) from None
-            if config.smem_bytes > 48 * 1024:
-                fn.max_dynamic_shared_size_bytes = config.smem_bytes
+            _, fn = _load(_read_source(config.kernel_file), config, arch)
             _modules.append(fn)
             fn = _cache[key] = fn.kernel.ptr
     return fn
+
+
+def variant_function(config: KernelConfig, device_id: int, arch: str, source: str):
+    """`config`'s kernel compiled from `source`, a modified copy of its file (scripts that
+    trace or ablate a kernel), as (CUfunction handle, RawModule for its globals); not
+    cached: the caller keeps the module, and with it the handle, alive."""
+    import cupy
+
+    with cupy.cuda.Device(device_id):
+        module, fn = _load(source, config, arch)
+    return fn.kernel.ptr, module
 
 
 # --- compile-only path (no GPU, no driver) ---------------------------------------
@@ -134,27 +154,38 @@ def parse_ptxas_log(log: str) -> tuple[int, int, int, int]:
             int(spill.group(2)) + int(spill.group(3)), int(spill.group(1)))
 
 
-def compile_only(config: KernelConfig, arch: str) -> CompileReport:
-    """Compile `config` to cubin for `arch` with NVRTC and report its resources."""
+def _nvrtc_compile(config: KernelConfig, options: tuple[str, ...]) -> tuple[str, bytes]:
+    """(NVRTC log, cubin) of `config` compiled with NVRTC directly."""
     from cupy_backends.cuda.libs import nvrtc
 
-    options = nvrtc_options(arch) + ("-Xptxas=-v",)
     prog = nvrtc.createProgram(_read_source(config.kernel_file), config.kernel_file, [], [])
     try:
         nvrtc.addNameExpression(prog, config.name_expression)
-        start = time.perf_counter()
         try:
             nvrtc.compileProgram(prog, list(options))
         except nvrtc.NVRTCError:
             raise KernelCompileError(config.kernel_file, config.name_expression, options,
                                      nvrtc.getProgramLog(prog)) from None
-        seconds = time.perf_counter() - start
-        log = nvrtc.getProgramLog(prog)
-        regs, smem, spills, stack = parse_ptxas_log(log)
+        # CuPy's getCUBIN drops the image's last byte (it treats it like PTX's
+        # terminating NUL); put a zero back so ELF readers accept the file.
+        return nvrtc.getProgramLog(prog), nvrtc.getCUBIN(prog) + b"\0"
     finally:
         nvrtc.destroyProgram(prog)
+
+
+def compile_only(config: KernelConfig, arch: str) -> CompileReport:
+    """Compile `config` to cubin for `arch` with NVRTC and report its resources."""
+    start = time.perf_counter()
+    log, _ = _nvrtc_compile(config, nvrtc_options(arch) + ("-Xptxas=-v",))
+    seconds = time.perf_counter() - start
+    regs, smem, spills, stack = parse_ptxas_log(log)
     warnings = tuple(line.strip() for line in log.splitlines() if "Performance Loss" in line)
     return CompileReport(arch, regs, smem, spills, stack, seconds, warnings)
+
+
+def compile_cubin(config: KernelConfig, arch: str) -> bytes:
+    """`config`'s cubin for `arch`, compiled with NVRTC directly (no GPU), for disassembly."""
+    return _nvrtc_compile(config, nvrtc_options(arch))[1]
 
 
 def nvrtc_version() -> str:

@@ -58,11 +58,8 @@ def variant_source(edits) -> str:
 
 
 def variant_launch(launch, edits):
-    module = cupy.RawModule(code=variant_source(edits), options=loader.nvrtc_options("sm_90a"),
-                            name_expressions=[launch.config.name_expression])
-    fn = module.get_function(launch.config.name_expression)
-    fn.max_dynamic_shared_size_bytes = launch.config.smem_bytes
-    return dataclasses.replace(launch, function=fn.kernel.ptr, _blocks={}), module
+    function, module = loader.variant_function(launch.config, launch.device, "sm_90a", variant_source(edits))
+    return dataclasses.replace(launch, function=function, _blocks={}), module
 
 
 def main():

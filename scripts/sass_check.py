@@ -19,6 +19,7 @@ on another machine.
 """
 
 import argparse
+import functools
 import re
 import subprocess
 import sys
@@ -34,22 +35,13 @@ def dispatchable(arch: str) -> dict:
 
 
 def compile_cubins(arch: str, folder: Path) -> None:
-    from cupy_backends.cuda.libs import nvrtc
-
     from flashcore_cupy import loader
 
     for name, config in dispatchable(arch).items():
-        prog = nvrtc.createProgram(loader._read_source(config.kernel_file), config.kernel_file, [], [])
-        try:
-            nvrtc.addNameExpression(prog, config.name_expression)
-            nvrtc.compileProgram(prog, list(loader.nvrtc_options(arch)))
-            # CuPy's getCUBIN drops the image's last byte (it treats it like PTX's
-            # terminating NUL); put a zero back so ELF readers accept the file.
-            (folder / f"{name}.cubin").write_bytes(nvrtc.getCUBIN(prog) + b"\0")
-        finally:
-            nvrtc.destroyProgram(prog)
+        (folder / f"{name}.cubin").write_bytes(loader.compile_cubin(config, arch))
 
 
+@functools.cache
 def pip_nvdisasm() -> str | None:
     """nvdisasm from the nvidia-cuda-nvdisasm wheel, if installed."""
     try:

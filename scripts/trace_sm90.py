@@ -89,11 +89,8 @@ def traced_source() -> tuple[str, list]:
 
 def traced_launch(launch):
     src, found = traced_source()
-    module = cupy.RawModule(code=src, options=loader.nvrtc_options("sm_90a"),
-                            name_expressions=[launch.config.name_expression])
-    fn = module.get_function(launch.config.name_expression)
-    fn.max_dynamic_shared_size_bytes = launch.config.smem_bytes
-    return dataclasses.replace(launch, function=fn.kernel.ptr, _blocks={}), module, found
+    function, module = loader.variant_function(launch.config, launch.device, "sm_90a", src)
+    return dataclasses.replace(launch, function=function, _blocks={}), module, found
 
 
 def report(trace: np.ndarray, grid: int, warpgroups: int, found: list) -> None:
