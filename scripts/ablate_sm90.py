@@ -20,16 +20,17 @@ from flashcore_cupy.shapes import parse_shape
 from flashcore_cupy.timing import time_throughput
 from flashcore_cupy.workload import random_inputs, verify
 
-SOFTMAX_EXP = "s[mt][nt][e] = fast_exp2(fmaf(s[mt][nt][e], fold, -m_base));"
 EMPTY_GROUP = "wgmma_fence(); wgmma_commit();"   # keeps wait_group's counts as they were
 # (label, [(file, text, replacement)]): each text must occur in the shipped sources.
 VARIANTS = [
     ("as shipped", []),
-    ("exp2 -> FFMA only (no MUFU)",
-     [("softmax.cuh", SOFTMAX_EXP, "s[mt][nt][e] = fmaf(s[mt][nt][e], fold, -m_base);")]),
+    # every score's exponential, in the exact and the lazy update (not alpha's)
+    ("exp2 -> FFMA only (no MUFU)", [("softmax.cuh", "fast_exp2(fmaf(", "(fmaf(")]),
     ("no online softmax (P = S)",
      [("flash_fwd_sm90.cu", "softmax_update<1, BLOCK_N / 8>(s, m, l, alpha, p.scale_log2);",
-       "alpha[0][0] = alpha[0][1] = 1.f;")]),
+       "alpha[0][0] = alpha[0][1] = 1.f;"),
+      ("flash_fwd_sm90.cu", "else softmax_update_lazy<T, BLOCK_N / 8>(s, a, m, l, alpha, p.scale_log2);",
+       "else pack_p<T, BLOCK_N / 8>(a, s[0]);")]),
     ("no P V GEMM",
      [("flash_fwd_sm90.cu", "pv_wgmma<T, HEAD_DIM, BLOCK_N>(o[0], a, v_tile(prev));", EMPTY_GROUP),
       ("flash_fwd_sm90.cu", "pv_wgmma<T, HEAD_DIM, BLOCK_N>(o[0], a, v_tile(last));", EMPTY_GROUP)]),
