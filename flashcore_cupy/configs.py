@@ -229,9 +229,11 @@ def sm90_dispatch_key(dtype: str, head_dim: int, grid: str) -> str:
 
 
 def sm90_consumer_registers(consumers: int) -> int:
-    """Registers per consumer thread after setmaxnreg (mirrors Sm90Tile::kConsumerRegs):
-    the 64K file minus the producer's 24 per thread, in multiples of 8, at most 256."""
-    return min(256, (65536 // 128 - 24) // consumers // 8 * 8)
+    """Registers per consumer thread after setmaxnreg (mirrors Sm90Tile::kConsumerRegs): the
+    launch bound's share of the 64K file (multiples of 8) for every warpgroup, less the
+    producer's drop to 24, split among the consumers, in multiples of 8, at most 256."""
+    launch = 65536 // (128 * (consumers + 1)) // 8 * 8
+    return min(256, (launch * (consumers + 1) - 24) // consumers // 8 * 8)
 
 
 def sm90_problem_class(dtype: str, head_dim: int, batch_heads: int, seqlen_q: int,

@@ -41,8 +41,8 @@ class Family:
 FAMILIES = {
     "sm80": Family("sm80", FwdConfig, {"warps": (4, 8), "m_tiles": (1, 2), "block_n": (32, 64, 128),
                                "stages": (2, 3, 4)}, ""),
-    "sm90": Family("sm90", Sm90Config, {"block_n": (64, 128, 176, 192), "stages": (2, 3, 4),
-                                "consumers": (1, 2, 3), "pingpong": (False, True),
+    "sm90": Family("sm90", Sm90Config, {"block_n": (64, 128, 176, 192), "stages": (2, 3, 4, 8),
+                                "consumers": (1, 2, 3, 4), "pingpong": (False, True),
                                 "split": (False, True), "producers": (1, 2)}, "sm90/"),
 }
 _MAX_ACCUMULATOR_REGS = 192   # sm80: of 255, the rest holds fragments, addresses and the softmax
@@ -75,6 +75,8 @@ def _sm90_static_reason(config: Sm90Config, arch: str) -> str | None:
         return f"head dim {config.head_dim} not in {configs.SM90_HEAD_DIMS}"
     if config.pingpong and config.consumers < 2:
         return "ping-pong needs two or more consumer warpgroups"
+    if config.consumers == 4 and not (config.split and config.block_n == 64):
+        return "four consumers compile at 96 registers: split 64-key tiles only"
     if config.split:
         if config.consumers < 2 or config.pingpong or config.stages % config.consumers:
             return "split keys need 2+ consumers, no ping-pong and stages a multiple of them"
@@ -117,10 +119,22 @@ def compile_reason(config: Config, arch: str) -> str | None:
             report = loader.compile_only(config, arch)
             _compile_verdicts[key] = (
                 f"spills {report.spill_bytes} B ({report.registers} registers)" if report.spill_bytes
-                else f"ptxas: {report.perf_warnings[0][:120]}" if report.perf_warnings else None)
+                else f"ptxas: {report.perf_warnings[0][:120]}" if report.perf_warnings
+                else _register_pool_reason(config, report.registers))
         except loader.KernelCompileError as e:
             _compile_verdicts[key] = f"compile error: {e.log.strip().splitlines()[0][:120]}"
     return _compile_verdicts[key]
+
+
+def _register_pool_reason(config: Config, registers: int) -> str | None:
+    """setmaxnreg moves registers only inside the CTA's launch allocation (`registers` per
+    thread): consumers asking for more than the producer frees would wait forever."""
+    if not isinstance(config, Sm90Config):
+        return None
+    need = 24 + config.consumers * configs.sm90_consumer_registers(config.consumers)
+    have = registers * (config.consumers + 1)
+    return (f"setmaxnreg needs {need} registers per thread of the warpgroups, the CTA holds {have}"
+            if need > have else None)
 
 
 def legal_configs(arch: str, dtype: str, head_dim: int, family: str = "sm80",

@@ -99,18 +99,24 @@ struct Sm90Tile {
     static constexpr u32 kOffK = kQBytes;
     static constexpr u32 kOffV = kOffK + STAGES * kKVBytes;
     static constexpr u32 kOffBars = kOffV + STAGES * kKVBytes;
-    // Register split of setmaxnreg: the producer keeps 24, consumers share the rest
-    // of the 64K-register file (multiples of 8, at most 256).
+    // Register split of setmaxnreg. The CTA holds what the launch bound gives every thread
+    // (ptxas compiles to it: 64K / threads in multiples of 8); setmaxnreg only moves
+    // registers inside that allocation, so the consumers share what the producer's drop to
+    // 24 frees (asking for more waits forever: four consumers hung at 120). At most 256.
     static constexpr int kProducerRegs = 24;
+    static constexpr int kLaunchRegs = 65536 / (128 * (CONSUMERS + 1)) / 8 * 8;
     static constexpr int kConsumerRegs =
-        (65536 / 128 - kProducerRegs) / CONSUMERS / 8 * 8 > 256
-            ? 256 : (65536 / 128 - kProducerRegs) / CONSUMERS / 8 * 8;
+        ((kLaunchRegs * (CONSUMERS + 1) - kProducerRegs) / CONSUMERS / 8 * 8) > 256
+            ? 256 : (kLaunchRegs * (CONSUMERS + 1) - kProducerRegs) / CONSUMERS / 8 * 8;
 
     static_assert(HEAD_DIM == 64 || HEAD_DIM == 128, "HEAD_DIM: 64 or 128 (wgmma widths built)");
     static_assert(BLOCK_N == 64 || BLOCK_N == 128 || BLOCK_N == 176 || BLOCK_N == 192,
                   "BLOCK_N: 64, 128, 176 or 192 (wgmma widths built)");
-    static_assert(STAGES >= 2 && STAGES <= 4, "STAGES: 2..4");
-    static_assert(CONSUMERS >= 1 && CONSUMERS <= 3, "CONSUMERS: 1..3 warpgroups of 64 rows");
+    static_assert(STAGES >= 2 && STAGES <= 8, "STAGES: 2..8");
+    // Four consumers leave 96 registers per thread at compile time (the launch bound):
+    // enough for split tiles of 64 keys only.
+    static_assert(CONSUMERS >= 1 && (CONSUMERS <= 3 || (CONSUMERS == 4 && SPLIT && BLOCK_N == 64)),
+                  "CONSUMERS: 1..3 warpgroups of 64 rows, or 4 sharing split 64-key tiles");
     static_assert(!PINGPONG || CONSUMERS >= 2, "PINGPONG needs two consumers to take turns");
     static_assert(!SPLIT || (CONSUMERS >= 2 && !PINGPONG && STAGES % CONSUMERS == 0),
                   "SPLIT: 2+ consumers, no ping-pong, ring slots a multiple of the consumers");

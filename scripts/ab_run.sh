@@ -3,8 +3,9 @@
 # tree (.ab_base, a copy of the previous commit's flashcore_cupy/, kernels/ and scripts/,
 # carried) and of this tree alternated A/B/A/B (ROUNDS=2) in separate processes, a bf16
 # sweep (BF16=0 skips it; SWEEP_ARGS adds tile_sweep.py options, e.g. --shape), the
-# Hopper kernel's GPU tests (PYTEST=0 skips them) and, with NCU=1, Nsight Compute's full
-# sections for the two main long-shape kernels.
+# Hopper kernel's GPU tests (PYTEST=0 skips them), with MISSION=N the mission shape's
+# benchmark beside cuDNN for both trees alternated N times (latency as users see it) and,
+# with NCU=1, Nsight Compute's full sections for the two main long-shape kernels.
 set -uo pipefail
 source "$(dirname "$0")/steps.sh"
 export CUPY_CACHE_DIR=${CUPY_CACHE_DIR:-/tmp/flashcore-kcache}
@@ -20,6 +21,13 @@ for round in $(seq "${ROUNDS:-2}"); do
     step sweep.txt bash -c 'cd .ab_base && echo "== base tree" && PYTHONPATH=$PWD timeout 200 python3 scripts/tile_sweep.py --family sm90 '"${SWEEP_ARGS:-}"
   fi
   step sweep.txt bash -c 'echo "== this tree" && timeout 200 python3 scripts/tile_sweep.py --family sm90 '"${SWEEP_ARGS:-}"
+done
+for round in $(seq "${MISSION:-0}"); do
+  mission='timeout 100 python3 scripts/bench.py --shape mission --dtype fp16 --impl flashcore --impl sdpa_cudnn --iters 200'
+  if [ -d .ab_base ]; then
+    step mission.txt bash -c 'cd .ab_base && echo "== base tree" && PYTHONPATH=$PWD '"$mission"
+  fi
+  step mission.txt bash -c 'echo "== this tree" && '"$mission"
 done
 if [ "${BF16:-1}" = 1 ]; then
   step sweep_bf16.txt timeout 200 python3 scripts/tile_sweep.py --family sm90 --dtype bf16 ${SWEEP_ARGS:-}

@@ -17,6 +17,7 @@ from cupy_backends.cuda.api import driver
 
 import flashcore_cupy as fc
 from flashcore_cupy import api, workload
+from flashcore_cupy.launch import ParamBlock
 from flashcore_cupy.shapes import parse_shape
 from flashcore_cupy.timing import time_graph_replay, time_latency
 from flashcore_cupy.workload import random_inputs
@@ -101,9 +102,26 @@ def main():
         driver.launchKernel(empty_ptr, 1, 1, 1, 32, 1, 1, 0, cupy.cuda.get_current_stream().ptr,
                             no_params_ptr, 0)
 
+    # What the launch itself costs before the kernel does anything: an empty kernel taking a
+    # by-value parameter as large as the Hopper kernel's, alone and in the mission launch's
+    # grid, block and dynamic shared memory.
+    wide_mod = cupy.RawModule(code='struct __align__(64) P { unsigned char b[512]; };'
+                                   'extern "C" __global__ void wide_kernel(const __grid_constant__ P p) {}',
+                              options=("-std=c++17",))
+    wide = wide_mod.get_function("wide_kernel")
+    wide.max_dynamic_shared_size_bytes = launch.config.smem_bytes
+    wide_params = ParamBlock(512)
+
+    def wide_driver(grid=(1, 1, 1), threads=32, smem=0):
+        driver.launchKernel(wide.kernel.ptr, *grid, threads, 1, 1, smem,
+                            cupy.cuda.get_current_stream().ptr, wide_params.argv, 0)
+
     pieces = {
         "empty kernel, RawKernel call": lambda: empty((1,), (32,), ()),
         "empty kernel, driver.launchKernel": empty_driver,
+        "  with a 512-byte parameter": wide_driver,
+        "  and the mission launch's geometry": lambda: wide_driver(launch.grid, launch.config.threads,
+                                                                  launch.config.smem_bytes),
         "prepared launch (out given)": lambda: launch(q, k, v, out, None),
         "attention(q, k, v, out=out)": lambda: fc.attention(q, k, v, out=out),
         "attention(q, k, v)": lambda: fc.attention(q, k, v),

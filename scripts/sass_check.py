@@ -3,10 +3,13 @@ tensor-core instructions (HGMMA = wgmma, HMMA = mma.sync), of local-memory acces
 (LDL/STL: spills) and, for Hopper kernels, of exponentials (MUFU.EX2) scheduled while the
 step loop's P V is in flight: between its wait for S (wgmma wait 1) and its wait for P V
 (wait 0), and of writes to the registers a P V wgmma reads its A operand (P) from while it
-may still be reading them. Exits 1 on any spill, a Hopper kernel without HGMMA, one whose
-softmax is not where Sm90Tile::kOverlapPV says (ptxas hoists a wgmma wait above
-independent code: v15), or one that writes an in-flight P (ptxas reuses those registers
-once the source stops reading them: v16's second P buffer did).
+may still be reading them, and the register counts its setmaxnreg moves to. Exits 1 on
+any spill, a Hopper kernel without HGMMA, one whose softmax is not where
+Sm90Tile::kOverlapPV says (ptxas hoists a wgmma wait above independent code: v15), one
+that writes an in-flight P (ptxas reuses those registers once the source stops reading
+them: v16's second P buffer did), or one whose setmaxnreg counts are not those of
+configs.sm90_consumer_registers (a claim beyond the CTA's pool hangs: v17's first
+four-consumer kernel did).
 
   python3 scripts/sass_check.py --arch sm_90a [--keep DIR]   compile with the library's
       NVRTC options (cubins kept in DIR), then disassemble;
@@ -97,10 +100,20 @@ def writes_to_p_in_flight(sass: str) -> int:
     return count
 
 
+def setmaxnreg(sass: str) -> tuple[int | None, int | None]:
+    """The consumers' and the producer's register counts after setmaxnreg (None: absent)."""
+    alloc = re.search(r"USETMAXREG\.TRY_ALLOC\.CTAPOOL \S+, (0x[0-9a-f]+)", sass)
+    dealloc = re.search(r"USETMAXREG\.DEALLOC\.CTAPOOL (0x[0-9a-f]+)", sass)
+    return tuple(int(m.group(1), 16) if m else None for m in (alloc, dealloc))
+
+
 def report(folder: Path, arch: str) -> int:
     configs = dispatchable(arch)
     bad = 0
-    print(f"{'kernel':<40} {'HGMMA':>6} {'HMMA':>6} {'LDL/STL':>8} {'EX2 under PV':>13} {'P writes':>9}")
+    from flashcore_cupy.configs import sm90_consumer_registers
+
+    print(f"{'kernel':<40} {'HGMMA':>6} {'HMMA':>6} {'LDL/STL':>8} {'EX2 under PV':>13} {'P writes':>9}"
+          f" {'maxnreg':>8}")
     for path in sorted(folder.glob("*.cubin")):
         sass = disassemble(path)
         if sass is None:   # unchecked is not passed
@@ -115,9 +128,12 @@ def report(folder: Path, arch: str) -> int:
         p_writes = writes_to_p_in_flight(sass)
         ok = local == 0 and p_writes == 0 and (hgmma > 0 if hopper else hmma > 0)
         ok = ok and (not hopper or (under is not None and (under > 0) == configs[path.stem].overlaps_pv))
+        # the kernel's register split is the one configs.py (and so the tuner's pool check) assumes
+        regs = setmaxnreg(sass) if hopper else None
+        ok = ok and (not hopper or regs == (sm90_consumer_registers(configs[path.stem].consumers), 24))
         bad += not ok
         print(f"{path.stem:<40} {hgmma:>6} {hmma:>6} {local:>8} {'' if under is None else under:>13}"
-              f" {p_writes:>9}{'' if ok else '  <-- FAIL'}")
+              f" {p_writes:>9} {'' if regs is None else '%s/%s' % regs:>8}{'' if ok else '  <-- FAIL'}")
     return bad
 
 

@@ -26,15 +26,15 @@ SM80 = {   # shape -> (warps, m_tiles, block_n, stages)
     "mission": [(4, 1, 64, 2), (4, 1, 64, 3)],
 }
 SM90 = {   # shape -> (block_n, stages, consumers, pingpong[, split[, producers]])
-    "b4-h16-s1k-d64": [(128, 2, 3, True), (128, 2, 3, False)],
+    "b4-h16-s1k-d64": [(128, 2, 3, True), (128, 2, 3, False), (128, 2, 2, True), (128, 3, 2, True)],
     "b2-h16-s4k-d64": [(128, 2, 3, True), (128, 3, 3, True), (128, 2, 3, False)],
     "b2-h16-s4k-d128": [(192, 2, 2, True), (128, 2, 2, True), (128, 3, 2, True)],
     "b2-h16-s4k-d128-causal": [(192, 2, 2, True), (128, 2, 2, True)],
     "b1-h16-s16k-d128": [(192, 2, 2, True), (128, 2, 2, True)],
     "b1-h16-s16k-d128-causal": [(192, 2, 2, True), (128, 2, 2, True)],
     "gqa-b2-h32kv8-s4k-d128-causal": [(192, 2, 2, True), (128, 2, 2, True)],
-    "mission": [(128, 2, 1, False), (128, 4, 2, False, True), (128, 3, 3, False, True),
-                (64, 4, 2, False, True)],
+    "mission": [(128, 2, 1, False), (128, 4, 2, False, True), (64, 8, 4, False, True),
+                (64, 6, 3, False, True), (64, 4, 2, False, True)],
     "decode-b8-h32kv8-s8k-d128": [(128, 2, 2, False, True, 2), (128, 2, 2, False, True), (64, 4, 2, False, True),
                                   (64, 4, 2, False, True, 2), (64, 3, 3, False, True, 2)],
 }

@@ -32,6 +32,13 @@ def test_writes_to_p_in_flight():
     assert sass_check.writes_to_p_in_flight(racy) == 3
 
 
+def test_setmaxnreg_counts():
+    sass = _sass("USETMAXREG.TRY_ALLOC.CTAPOOL UP0, 0x70", "HGMMA.64x64x16.F32 R24, gdesc[UR8], R24, gsb0",
+                 "USETMAXREG.DEALLOC.CTAPOOL 0x18")
+    assert sass_check.setmaxnreg(sass) == (112, 24)
+    assert sass_check.setmaxnreg(_sass("HMMA.16816.F32 R0, R4, R8, R0")) == (None, None)
+
+
 def test_exps_under_pv():
     sass = _sass(*STEP, "MUFU.EX2 R30, R30", "MUFU.EX2 R31, R31", "WARPGROUP.DEPBAR.LE gsb0, 0x0",
                  "MUFU.EX2 R32, R32")

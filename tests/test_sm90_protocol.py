@@ -211,7 +211,7 @@ def test_no_deadlock_in_any_interleaving(consumers, stages, pingpong, producers,
 
 
 @pytest.mark.parametrize("producers", [1, 2])
-@pytest.mark.parametrize("consumers, stages", [(2, 2), (2, 4), (3, 3)])
+@pytest.mark.parametrize("consumers, stages", [(2, 2), (2, 4), (3, 3), (4, 8)])
 def test_split_keys_without_deadlock(consumers, stages, producers):
     for seed in range(100):
         rng = random.Random(seed)

@@ -41,6 +41,16 @@ def test_every_hopper_config_is_legal_or_rejected_with_a_reason(dtype, d):
     assert all("sm_90a" in tuning.static_reason(c, "sm_80") for c in tuning.space(dtype, d, "sm90"))
 
 
+def test_register_pool_rule():
+    """setmaxnreg only moves registers inside the CTA's launch allocation: four consumers
+    compiled at 96 registers may claim 112 each (24 + 4 * 112 <= 5 * 96), not 120."""
+    c4 = Sm90Config("fp16", 64, 64, 8, 4, False, True)
+    assert configs.sm90_consumer_registers(4) == 112
+    assert tuning._register_pool_reason(c4, 96) is None
+    assert "setmaxnreg" in tuning._register_pool_reason(c4, 88)
+    assert [configs.sm90_consumer_registers(c) for c in (1, 2, 3)] == [256, 240, 160]
+
+
 def test_static_rules_explain_themselves():
     big = FwdConfig("fp16", 256, 4, 2, 128, 4)
     assert "registers" in tuning.static_reason(big, "sm_90a")
