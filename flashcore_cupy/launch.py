@@ -110,9 +110,9 @@ class FwdLaunch(_Launch):
 # Mirrors `struct Sm90Params` in kernels/flash_fwd_sm90.cu (512 bytes): the q, k
 # and v tensor maps, then o and lse pointers, 3 output strides, seqlen_q,
 # seqlen_k, head_dim, heads_per_kv, scale*log2(e), causal, heads, batch,
-# m_blocks, tail_start, n_items, (mul, shr) dividing by m_blocks, heads and
-# heads_per_kv, and padding to the struct's 64-byte alignment.
-SM90_TAIL = struct.Struct("<2Q3q4ifi5i6I20x")
+# m_blocks, group, tail_start, n_items, (mul, shr) dividing by group * m_blocks,
+# group, heads and heads_per_kv, and padding to the struct's 64-byte alignment.
+SM90_TAIL = struct.Struct("<2Q3q4ifi6i8I8x")
 _SM90_POINTERS = struct.Struct("<2Q")   # the only part a call repacks
 _SM90_TAIL_AT = 3 * tma.MAP_BYTES
 _MAPS_PER_LAUNCH = 16
@@ -131,12 +131,14 @@ class Sm90Launch(_Launch):
     def build(cls, problem: Problem, config: Sm90Config, arch: str, num_sms: int,
               o_strides: tuple[int, int, int], return_lse: bool) -> "Sm90Launch":
         p = problem
-        plan = config.schedule(p.batch, p.heads_q, p.seqlen_q, num_sms, p.causal)
         m_blocks, heads_per_kv = -(-p.seqlen_q // config.block_m), p.heads_q // p.heads_kv
+        kv_bytes_per_head = 2 * p.seqlen_k * p.head_dim * 2 // heads_per_kv   # K and V, 16-bit
+        plan = config.schedule(p.batch, p.heads_q, p.seqlen_q, num_sms, p.causal, kv_bytes_per_head)
         scalars = (*o_strides, p.seqlen_q, p.seqlen_k, p.head_dim, heads_per_kv,
                    p.scale * math.log2(math.e), int(p.causal), p.heads_q, p.batch,
-                   m_blocks, plan.tail_start, plan.items,
-                   *fast_divisor(m_blocks), *fast_divisor(p.heads_q), *fast_divisor(heads_per_kv))
+                   m_blocks, plan.group, plan.tail_start, plan.items,
+                   *fast_divisor(plan.group * m_blocks), *fast_divisor(plan.group),
+                   *fast_divisor(p.heads_q), *fast_divisor(heads_per_kv))
         return cls(config, loader.get_function(config, p.device, arch), p.device, plan.grid, p.out_shape,
                    (p.batch, p.heads_q, p.seqlen_q) if return_lse else None, scalars,
                    sm90_map_specs(p, config))

@@ -68,8 +68,9 @@ struct Sm90Params {
     float scale_log2;              // scale * log2(e)
     int causal;
     int heads, batch, m_blocks;    // work tiles: m_blocks x heads x batch
+    int group;                     // heads numbered together (see work_tile)
     int tail_start, n_items;       // see work_tile
-    FastDiv by_m_blocks, by_heads, by_heads_per_kv;
+    FastDiv by_group_tiles, by_group, by_heads, by_heads_per_kv;   // group_tiles = group * m_blocks
 };
 static_assert(sizeof(Sm90Params) == 512, "Sm90Params: keep in step with launch.py");
 
@@ -150,10 +151,12 @@ __device__ __forceinline__ void tma_load_tile(u32 dst, const TensorMap& map, u32
 }
 
 // Work item i of the CTA's turn. Tile t is BLOCK_M query rows (64 * CONSUMERS, or
-// 64 with SPLIT) of one (head, batch); tiles are numbered head by head, so the CTAs running at once
-// share few heads' K/V in L2 (numbering across heads first cost 5-7 % at S = 16k:
-// every head's K/V in flight at once), and within a head longest first (m_block
-// descending: causal rows that see the most keys start first). Items are dealt
+// 64 with SPLIT) of one (head, batch); tiles are numbered by groups of `group` heads,
+// so the CTAs running at once share few heads' K/V in L2 (numbering across all heads
+// first cost 5-7 % at S = 16k: every head's K/V in flight at once), and within a group
+// longest first (m_block descending, the group's heads in turn: causal rows that see
+// the most keys start first, and a group's shortest tiles fill the gaps at its end;
+// the host picks group = 1 for non-causal problems, see Sm90Config.schedule). Items are dealt
 // round-robin to the CTAs; with one CTA per SM the grid is persistent and a CTA's
 // next item loads while it stores the current one (the host launches causal
 // problems with one CTA per tile instead: see Sm90Config.schedule).
@@ -172,9 +175,10 @@ __device__ __forceinline__ WorkTile work_tile(const Sm90Params& p, int i) {
     constexpr int C = Tile::kConsumers;
     const bool sub = i >= p.tail_start;   // never with SPLIT (its tiles are 64 rows)
     const int t = sub ? p.tail_start + (i - p.tail_start) / C : i;
-    const int head_batch = p.by_m_blocks(t), batch = p.by_heads(head_batch);
-    const int row0 = (p.m_blocks - 1 - (t - head_batch * p.m_blocks)) * Tile::kBlockM +
-                     (sub ? 64 * ((i - p.tail_start) % C) : 0);
+    const int g = p.by_group_tiles(t), in_group = t - g * p.group * p.m_blocks;
+    const int m_desc = p.by_group(in_group);
+    const int head_batch = g * p.group + in_group - m_desc * p.group, batch = p.by_heads(head_batch);
+    const int row0 = (p.m_blocks - 1 - m_desc) * Tile::kBlockM + (sub ? 64 * ((i - p.tail_start) % C) : 0);
     const int rows = max(0, min(sub ? 64 : Tile::kBlockM, p.seqlen_q - row0));
     const int causal_diag = p.seqlen_k - p.seqlen_q;   // key j visible to query i iff j <= i + diag
     const int kv_end = p.causal ? min(p.seqlen_k, row0 + rows + causal_diag) : p.seqlen_k;

@@ -31,10 +31,10 @@ def test_geometry_and_name():
     assert cfg.smem_bytes == 1024 + 2 * 128 * (128 + 2 * 2 * 128) + 8 * 10
     assert cfg.smem_bytes <= configs.SMEM_LIMIT["sm_90a"]
     assert cfg.work_tiles(batch=3, heads_q=5, seqlen_q=129) == 2 * 5 * 3
-    assert cfg.schedule(batch=3, heads_q=5, seqlen_q=129, num_sms=132, causal=False) == ((30, 1, 1), 30, 30)
+    assert cfg.schedule(batch=3, heads_q=5, seqlen_q=129, num_sms=132, causal=False)[:3] == ((30, 1, 1), 30, 30)
     # 300 tiles: 2 rounds of 132 and 36 left over, which run as 72 sub-tiles of 64 rows
-    assert cfg.schedule(batch=3, heads_q=50, seqlen_q=129, num_sms=132, causal=False) == ((132, 1, 1), 264, 336)
-    assert cfg.schedule(batch=3, heads_q=50, seqlen_q=129, num_sms=132, causal=True) == ((300, 1, 1), 300, 300)
+    assert cfg.schedule(batch=3, heads_q=50, seqlen_q=129, num_sms=132, causal=False)[:3] == ((132, 1, 1), 264, 336)
+    assert cfg.schedule(batch=3, heads_q=50, seqlen_q=129, num_sms=132, causal=True)[:3] == ((300, 1, 1), 300, 300)
 
 
 def test_split_keys_config():
@@ -43,14 +43,14 @@ def test_split_keys_config():
     assert (cfg.threads, cfg.block_m) == (384, 64)
     assert cfg.smem_bytes == 1024 + 2 * 64 * (64 + 2 * 4 * 128) + 8 * 18
     # its combine reuses the K/V ring, so every work tile is its own CTA, never split further
-    assert cfg.schedule(batch=2, heads_q=67, seqlen_q=300, num_sms=132, causal=False) == \
+    assert cfg.schedule(batch=2, heads_q=67, seqlen_q=300, num_sms=132, causal=False)[:3] == \
         ((2 * 67 * 5, 1, 1), 2 * 67 * 5, 2 * 67 * 5)
 
 
 def test_schedule_splits_a_partial_last_round_into_sub_tiles():
     d64 = configs.Sm90Config("fp16", 64, 128, 2, 3, True)
     # B2 H16 S4k: 22 x 32 = 704 tiles = 5 rounds of 132 + 44, which fit as 132 sub-tiles
-    assert d64.schedule(batch=2, heads_q=16, seqlen_q=4096, num_sms=132, causal=False) == \
+    assert d64.schedule(batch=2, heads_q=16, seqlen_q=4096, num_sms=132, causal=False)[:3] == \
         ((132, 1, 1), 660, 660 + 3 * 44)
     # 45 left over would need 135 sub-tiles: not split; causal problems never are
     assert d64.schedule(batch=1, heads_q=1, seqlen_q=192 * 177, num_sms=132, causal=False).items == 177
@@ -141,12 +141,14 @@ def test_trace_script_finds_its_points_and_compiles():
 def _rows_of_item(cfg, p, i):
     """The query rows work item i's consumers own, as flash_fwd_sm90.cu's work_tile
     (mirrored here) assigns them: ((batch, head), range of rows)."""
-    c = cfg.consumers
+    c, group = cfg.consumers, p["group"]
     sub = i >= p["tail_start"]
     t = p["tail_start"] + (i - p["tail_start"]) // c if sub else i
-    row0 = (p["m_blocks"] - 1 - t % p["m_blocks"]) * cfg.block_m + (64 * ((i - p["tail_start"]) % c) if sub else 0)
+    g, in_group = divmod(t, group * p["m_blocks"])
+    m_desc, head_in_group = divmod(in_group, group)
+    row0 = (p["m_blocks"] - 1 - m_desc) * cfg.block_m + (64 * ((i - p["tail_start"]) % c) if sub else 0)
     rows = max(0, min(64 if sub else cfg.block_m, p["seqlen_q"] - row0))
-    head_batch = t // p["m_blocks"]
+    head_batch = g * group + head_in_group
     return (head_batch // p["heads"], head_batch % p["heads"]), range(row0, row0 + rows)
 
 
@@ -158,11 +160,32 @@ def test_work_items_cover_every_row_once(cfg):
     for _ in range(200):
         batch, heads, seqlen_q = int(rng.integers(1, 4)), int(rng.integers(1, 80)), int(rng.integers(1, 1500))
         sms, causal = int(rng.choice([8, 114, 132])), bool(rng.integers(2))
-        plan = cfg.schedule(batch, heads, seqlen_q, sms, causal)
-        p = dict(tail_start=plan.tail_start, m_blocks=-(-seqlen_q // cfg.block_m), seqlen_q=seqlen_q, heads=heads)
+        plan = cfg.schedule(batch, heads, seqlen_q, sms, causal, int(rng.choice([0, 1 << 20, 1 << 30])))
+        assert plan.group == 1 or (causal and not cfg.split and (batch * heads) % plan.group == 0)
+        p = dict(tail_start=plan.tail_start, m_blocks=-(-seqlen_q // cfg.block_m), seqlen_q=seqlen_q,
+                 heads=heads, group=plan.group)
         seen = np.zeros((batch, heads, seqlen_q), int)
         for i in range(plan.items):
             (b, h), rows = _rows_of_item(cfg, p, i)
             seen[b, h, rows.start:rows.stop] += 1
         assert (seen == 1).all(), (batch, heads, seqlen_q, sms, causal)
         assert plan.grid[0] == (plan.items if causal or cfg.split else min(plan.items, sms))
+
+
+def test_causal_tiles_come_longest_first_over_groups_of_heads():
+    """B2 H16 S4k D128 causal: groups of 8 heads (16 MB of K/V), each group's tiles longest
+    first, so the grid ends on each group's shortest tiles; non-causal keeps group 1."""
+    cfg = configs.Sm90Config("fp16", 128, 192, 2, 2, True)
+    kv = 2 * 4096 * 128 * 2
+    assert configs.causal_group(32, kv) == 8 and configs.causal_group(16, 4 * kv) == 2
+    assert configs.causal_group(6, 1) == 6 and configs.causal_group(7, 1) == 7   # divisors only
+    assert cfg.schedule(2, 16, 4096, 132, False, kv).group == 1
+    plan = cfg.schedule(2, 16, 4096, 132, True, kv)
+    m_blocks = 4096 // cfg.block_m
+    p = dict(tail_start=plan.tail_start, m_blocks=m_blocks, seqlen_q=4096, heads=16, group=plan.group)
+    items = [_rows_of_item(cfg, p, i) for i in range(plan.items)]
+    for g in range(32 // plan.group):
+        group = items[g * plan.group * m_blocks:(g + 1) * plan.group * m_blocks]
+        assert len({bh for bh, _ in group}) == plan.group
+        lengths = [rows.stop for _, rows in group]   # causal keys seen grow with the last row
+        assert lengths == sorted(lengths, reverse=True)
