@@ -143,12 +143,7 @@ __device__ __forceinline__ void pv_gemm(float (&o)[M_TILES][Tile::kDTiles][4],
     for (int kk = 0; kk < Tile::kKvSteps; ++kk) {
         u32 a[M_TILES][4];
         #pragma unroll
-        for (int mt = 0; mt < M_TILES; ++mt) {
-            a[mt][0] = pack2<T>(p[mt][2 * kk][0], p[mt][2 * kk][1]);
-            a[mt][1] = pack2<T>(p[mt][2 * kk][2], p[mt][2 * kk][3]);
-            a[mt][2] = pack2<T>(p[mt][2 * kk + 1][0], p[mt][2 * kk + 1][1]);
-            a[mt][3] = pack2<T>(p[mt][2 * kk + 1][2], p[mt][2 * kk + 1][3]);
-        }
+        for (int mt = 0; mt < M_TILES; ++mt) pack_kstep<T>(a[mt], p[mt][2 * kk], p[mt][2 * kk + 1]);
         #pragma unroll
         for (int dp = 0; dp < Tile::kDTiles / 2; ++dp) {
             // B = V (k = key, n = d) stored [key][d]: the transposed ldmatrix gives

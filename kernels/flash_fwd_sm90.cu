@@ -409,11 +409,15 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
                                                      p.causal, lane);
             else
                 scale_and_mask<1, BLOCK_N / 8, false>(s, p.scale_log2, 0, 0, 0, 0, false, lane);
-            if (!Tile::kLazyMax || first)
-                softmax_update<1, BLOCK_N / 8>(s, m, l, alpha, p.scale_log2);
             if constexpr (Tile::kLazyMax) {
-                if (first) pack_p<T, BLOCK_N / 8>(a, s[0]);
-                else softmax_update_lazy<T, BLOCK_N / 8>(s, a, m, l, alpha, p.scale_log2);
+                if (first) {   // the first tile sets m exactly
+                    softmax_update<1, BLOCK_N / 8>(s, m, l, alpha, p.scale_log2);
+                    pack_p<T, BLOCK_N / 8>(a, s[0]);
+                } else {
+                    softmax_update_lazy<T, BLOCK_N / 8>(s, a, m, l, alpha, p.scale_log2);
+                }
+            } else {
+                softmax_update<1, BLOCK_N / 8>(s, m, l, alpha, p.scale_log2);
             }
         };
 

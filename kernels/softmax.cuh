@@ -75,17 +75,21 @@ __device__ __forceinline__ void softmax_update(float (&s)[M_TILES][N_TILES][4], 
         }
 }
 
-// P (fp32 in s, from softmax_update) as the 16-bit A operand of P V (mma.sync's A
-// fragment, and wgmma's from registers): k-step kk is n-tiles 2kk and 2kk + 1 in pairs.
+// One 16-key k-step of P (fp32, from softmax_update) as the 16-bit A operand of P V
+// (mma.sync's A fragment, and wgmma's from registers): n-tiles 2kk and 2kk + 1 in pairs.
+template <class T>
+__device__ __forceinline__ void pack_kstep(u32 (&a)[4], const float (&lo)[4], const float (&hi)[4]) {
+    a[0] = pack2<T>(lo[0], lo[1]);
+    a[1] = pack2<T>(lo[2], lo[3]);
+    a[2] = pack2<T>(hi[0], hi[1]);
+    a[3] = pack2<T>(hi[2], hi[3]);
+}
+
+// All of a row block's P, k-step by k-step.
 template <class T, int N_TILES>
 __device__ __forceinline__ void pack_p(u32 (&a)[N_TILES / 2][4], const float (&s)[N_TILES][4]) {
     #pragma unroll
-    for (int kk = 0; kk < N_TILES / 2; ++kk) {
-        a[kk][0] = pack2<T>(s[2 * kk][0], s[2 * kk][1]);
-        a[kk][1] = pack2<T>(s[2 * kk][2], s[2 * kk][3]);
-        a[kk][2] = pack2<T>(s[2 * kk + 1][0], s[2 * kk + 1][1]);
-        a[kk][3] = pack2<T>(s[2 * kk + 1][2], s[2 * kk + 1][3]);
-    }
+    for (int kk = 0; kk < N_TILES / 2; ++kk) pack_kstep<T>(a[kk], s[2 * kk], s[2 * kk + 1]);
 }
 
 // How far (log2 units) a tile may raise a row's maximum before softmax_update_lazy
