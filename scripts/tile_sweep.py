@@ -26,8 +26,10 @@ SM80 = {   # shape -> (warps, m_tiles, block_n, stages)
     "mission": [(4, 1, 64, 2), (4, 1, 64, 3)],
 }
 SM90 = {   # shape -> (block_n, stages, consumers, pingpong[, split[, producers]])
-    "b4-h16-s1k-d64": [(128, 2, 3, True), (128, 2, 3, False), (128, 2, 2, True), (128, 3, 2, True)],
-    "b2-h16-s4k-d64": [(128, 2, 3, True), (128, 3, 3, True), (128, 2, 3, False)],
+    "b4-h16-s1k-d64": [(128, 2, 3, True), (128, 2, 3, False), (128, 2, 2, True), (192, 2, 2, True),
+                       (176, 2, 2, True), (64, 4, 3, True)],
+    "b2-h16-s4k-d64": [(128, 2, 3, True), (128, 3, 3, True), (128, 2, 3, False), (192, 2, 2, True),
+                       (192, 3, 2, True), (64, 4, 3, True)],
     "b2-h16-s4k-d128": [(192, 2, 2, True), (128, 2, 2, True), (128, 3, 2, True)],
     "b2-h16-s4k-d128-causal": [(192, 2, 2, True), (128, 2, 2, True)],
     "b1-h16-s16k-d128": [(192, 2, 2, True), (128, 2, 2, True)],
