@@ -119,6 +119,24 @@ def test_generated_wgmma_header_is_current():
     assert out.rstrip("\n") == (ROOT / "kernels" / "wgmma_sm90.cuh").read_text().rstrip("\n")
 
 
+def test_ablation_copies_find_their_text_and_compile():
+    """scripts/ablate_sm90.py edits the kernel's source text: every edit must still find its
+    text (an edit of the kernel broke one once), and each copy must compile (NVRTC, no GPU)."""
+    code = ("import runpy\n"
+            "from cupy_backends.cuda.libs import nvrtc\n"
+            "from flashcore_cupy import loader\n"
+            "from flashcore_cupy.configs import sm90_config\n"
+            "a = runpy.run_path('scripts/ablate_sm90.py', run_name='x')\n"
+            "for label, edits in a['VARIANTS']:\n"
+            "    src = a['variant_source'](edits)\n"
+            "    for cfg in (sm90_config('fp16', 64), sm90_config('fp16', 128)):\n"
+            "        prog = nvrtc.createProgram(src, 'ablated.cu', [], [])\n"
+            "        nvrtc.addNameExpression(prog, cfg.name_expression)\n"
+            "        nvrtc.compileProgram(prog, list(loader.nvrtc_options('sm_90a')))\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+
+
 def test_trace_script_finds_its_points_and_compiles():
     """scripts/trace_sm90.py stamps the kernel after named source lines: every one must
     still be in flash_fwd_sm90.cu, and the stamped copy must compile (NVRTC, no GPU)."""
