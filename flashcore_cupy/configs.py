@@ -248,12 +248,16 @@ def sm90_dispatch_key(dtype: str, head_dim: int, grid: str) -> str:
     return "sm90/" + dispatch_key(dtype, head_dim, grid == "small")
 
 
+SM90_PRODUCER_REGISTERS = 24   # the producer warpgroup's after setmaxnreg (Sm90Tile::kProducerRegs)
+
+
 def sm90_consumer_registers(consumers: int) -> int:
     """Registers per consumer thread after setmaxnreg (mirrors Sm90Tile::kConsumerRegs): the
     launch bound's share of the 64K file (multiples of 8) for every warpgroup, less the
-    producer's drop to 24, split among the consumers, in multiples of 8, at most 256."""
+    producer's drop to SM90_PRODUCER_REGISTERS, split among the consumers, in multiples of 8,
+    at most 256."""
     launch = 65536 // (128 * (consumers + 1)) // 8 * 8
-    return min(256, (launch * (consumers + 1) - 24) // consumers // 8 * 8)
+    return min(256, (launch * (consumers + 1) - SM90_PRODUCER_REGISTERS) // consumers // 8 * 8)
 
 
 def sm90_problem_class(dtype: str, head_dim: int, batch_heads: int, seqlen_q: int,

@@ -131,7 +131,7 @@ def _register_pool_reason(config: Config, registers: int) -> str | None:
     thread): consumers asking for more than the producer frees would wait forever."""
     if not isinstance(config, Sm90Config):
         return None
-    need = 24 + config.consumers * configs.sm90_consumer_registers(config.consumers)
+    need = configs.SM90_PRODUCER_REGISTERS + config.consumers * configs.sm90_consumer_registers(config.consumers)
     have = registers * (config.consumers + 1)
     return (f"setmaxnreg needs {need} registers per thread of the warpgroups, the CTA holds {have}"
             if need > have else None)

@@ -106,9 +106,8 @@ struct Sm90Tile {
     // 24 frees (asking for more waits forever: four consumers hung at 120). At most 256.
     static constexpr int kProducerRegs = 24;
     static constexpr int kLaunchRegs = 65536 / (128 * (CONSUMERS + 1)) / 8 * 8;
-    static constexpr int kConsumerRegs =
-        ((kLaunchRegs * (CONSUMERS + 1) - kProducerRegs) / CONSUMERS / 8 * 8) > 256
-            ? 256 : (kLaunchRegs * (CONSUMERS + 1) - kProducerRegs) / CONSUMERS / 8 * 8;
+    static constexpr int kPoolShare = (kLaunchRegs * (CONSUMERS + 1) - kProducerRegs) / CONSUMERS / 8 * 8;
+    static constexpr int kConsumerRegs = kPoolShare > 256 ? 256 : kPoolShare;
 
     static_assert(HEAD_DIM == 64 || HEAD_DIM == 128, "HEAD_DIM: 64 or 128 (wgmma widths built)");
     static_assert(BLOCK_N == 64 || BLOCK_N == 128 || BLOCK_N == 176 || BLOCK_N == 192,

@@ -110,7 +110,7 @@ def setmaxnreg(sass: str) -> tuple[int | None, int | None]:
 def report(folder: Path, arch: str) -> int:
     configs = dispatchable(arch)
     bad = 0
-    from flashcore_cupy.configs import sm90_consumer_registers
+    from flashcore_cupy.configs import SM90_PRODUCER_REGISTERS, sm90_consumer_registers
 
     print(f"{'kernel':<40} {'HGMMA':>6} {'HMMA':>6} {'LDL/STL':>8} {'EX2 under PV':>13} {'P writes':>9}"
           f" {'maxnreg':>8}")
@@ -130,7 +130,8 @@ def report(folder: Path, arch: str) -> int:
         ok = ok and (not hopper or (under is not None and (under > 0) == configs[path.stem].overlaps_pv))
         # the kernel's register split is the one configs.py (and so the tuner's pool check) assumes
         regs = setmaxnreg(sass) if hopper else None
-        ok = ok and (not hopper or regs == (sm90_consumer_registers(configs[path.stem].consumers), 24))
+        ok = ok and (not hopper or regs == (sm90_consumer_registers(configs[path.stem].consumers),
+                                              SM90_PRODUCER_REGISTERS))
         bad += not ok
         print(f"{path.stem:<40} {hgmma:>6} {hmma:>6} {local:>8} {'' if under is None else under:>13}"
               f" {p_writes:>9} {'' if regs is None else '%s/%s' % regs:>8}{'' if ok else '  <-- FAIL'}")
