@@ -108,10 +108,10 @@ def setmaxnreg(sass: str) -> tuple[int | None, int | None]:
 
 
 def report(folder: Path, arch: str) -> int:
-    configs = dispatchable(arch)
-    bad = 0
     from flashcore_cupy.configs import SM90_PRODUCER_REGISTERS, sm90_consumer_registers
 
+    configs = dispatchable(arch)
+    bad = 0
     print(f"{'kernel':<40} {'HGMMA':>6} {'HMMA':>6} {'LDL/STL':>8} {'EX2 under PV':>13} {'P writes':>9}"
           f" {'maxnreg':>8}")
     for path in sorted(folder.glob("*.cubin")):
