@@ -119,41 +119,41 @@ def test_generated_wgmma_header_is_current():
     assert out.rstrip("\n") == (ROOT / "kernels" / "wgmma_sm90.cuh").read_text().rstrip("\n")
 
 
-def test_ablation_copies_find_their_text_and_compile():
-    """scripts/ablate_sm90.py edits the kernel's source text: every edit must still find its
-    text (an edit of the kernel broke one once), and each copy must compile (NVRTC, no GPU)."""
+def _run_with_sm90_compile(body: str) -> None:
+    """Run `body` in a fresh interpreter at the repository root (the scripts run as
+    modules there), with compile(src, cfg) compiling a kernel source for sm_90a by NVRTC
+    (no GPU); fails with the interpreter's error."""
     code = ("import runpy\n"
             "from cupy_backends.cuda.libs import nvrtc\n"
             "from flashcore_cupy import loader\n"
-            "from flashcore_cupy.configs import sm90_config\n"
-            "a = runpy.run_path('scripts/ablate_sm90.py', run_name='x')\n"
-            "for label, edits in a['VARIANTS']:\n"
-            "    src = a['variant_source'](edits)\n"
-            "    for cfg in (sm90_config('fp16', 64), sm90_config('fp16', 128)):\n"
-            "        prog = nvrtc.createProgram(src, 'ablated.cu', [], [])\n"
-            "        nvrtc.addNameExpression(prog, cfg.name_expression)\n"
-            "        nvrtc.compileProgram(prog, list(loader.nvrtc_options('sm_90a')))\n")
+            "from flashcore_cupy.configs import Sm90Config, sm90_config\n"
+            "def compile(src, cfg):\n"
+            "    prog = nvrtc.createProgram(src, 'copy.cu', [], [])\n"
+            "    nvrtc.addNameExpression(prog, cfg.name_expression)\n"
+            "    nvrtc.compileProgram(prog, list(loader.nvrtc_options('sm_90a')))\n") + body
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
+
+
+def test_ablation_copies_find_their_text_and_compile():
+    """scripts/ablate_sm90.py edits the kernel's source text: every edit must still find its
+    text (an edit of the kernel broke one once), and each copy must compile (NVRTC, no GPU)."""
+    _run_with_sm90_compile(
+        "a = runpy.run_path('scripts/ablate_sm90.py', run_name='x')\n"
+        "for label, edits in a['VARIANTS']:\n"
+        "    src = a['variant_source'](edits)\n"
+        "    for cfg in (sm90_config('fp16', 64), sm90_config('fp16', 128)):\n"
+        "        compile(src, cfg)\n")
 
 
 def test_trace_script_finds_its_points_and_compiles():
     """scripts/trace_sm90.py stamps the kernel after named source lines: every one must
     still be in flash_fwd_sm90.cu, and the stamped copy must compile (NVRTC, no GPU)."""
-    code = ("import runpy\n"
-            "from cupy_backends.cuda.libs import nvrtc\n"
-            "from flashcore_cupy import loader\n"
-            "from flashcore_cupy.configs import Sm90Config\n"
-            "t = runpy.run_path('scripts/trace_sm90.py', run_name='x')\n"
-            "src, found = t['traced_source']()\n"
-            "assert len(found) == len(t['POINTS']), {p[2] for p in t['POINTS']} - {f[0] for f in found}\n"
-            "cfg = Sm90Config('fp16', 64, 128, 4, 2, False, True)\n"
-            "prog = nvrtc.createProgram(src, 'traced.cu', [], [])\n"
-            "nvrtc.addNameExpression(prog, cfg.name_expression)\n"
-            "nvrtc.compileProgram(prog, list(loader.nvrtc_options('sm_90a')))\n"
-            "print(len(found))\n")
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr[-2000:]
+    _run_with_sm90_compile(
+        "t = runpy.run_path('scripts/trace_sm90.py', run_name='x')\n"
+        "src, found = t['traced_source']()\n"
+        "assert len(found) == len(t['POINTS']), {p[2] for p in t['POINTS']} - {f[0] for f in found}\n"
+        "compile(src, Sm90Config('fp16', 64, 128, 4, 2, False, True))\n")
 
 
 def _rows_of_item(cfg, p, i):
