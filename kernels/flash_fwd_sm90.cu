@@ -94,9 +94,6 @@ struct Sm90Tile {
     // to the longer code than they won (the mission kernel, two key tiles per consumer:
     // +0.2 us). PERF_NOTES v16.
     static constexpr bool kLazyMax = !SPLIT && !kOverlapPV;
-    // Every kFmaExpEvery-th n-tile of a softmax takes its exponentials on the FMA pipe
-    // (fma_exp2) instead of the MUFU; 0: none.
-    static constexpr int kFmaExpEvery = 0;
     static constexpr u32 kQBytes = kBlockM * HEAD_DIM * 2;
     static constexpr u32 kKVBytes = BLOCK_N * HEAD_DIM * 2;         // one K or V tile
     // Shared layout (offsets from a 1024-byte aligned base): Q, K ring, V ring, barriers.
@@ -113,8 +110,8 @@ struct Sm90Tile {
     static constexpr int kConsumerRegs = kPoolShare > 256 ? 256 : kPoolShare;
 
     static_assert(HEAD_DIM == 64 || HEAD_DIM == 128, "HEAD_DIM: 64 or 128 (wgmma widths built)");
-    static_assert(BLOCK_N == 64 || BLOCK_N == 128 || BLOCK_N == 176 || BLOCK_N == 192 || BLOCK_N == 256,
-                  "BLOCK_N: 64, 128, 176, 192 or 256 (wgmma widths built)");
+    static_assert(BLOCK_N == 64 || BLOCK_N == 128 || BLOCK_N == 176 || BLOCK_N == 192,
+                  "BLOCK_N: 64, 128, 176 or 192 (wgmma widths built)");
     static_assert(STAGES >= 2 && STAGES <= 8, "STAGES: 2..8");
     // Four consumers leave 96 registers per thread at compile time (the launch bound):
     // enough for split tiles of 64 keys only.
@@ -413,13 +410,13 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
                 scale_and_mask<1, BLOCK_N / 8, false>(s, p.scale_log2, 0, 0, 0, 0, false, lane);
             if constexpr (Tile::kLazyMax) {
                 if (first) {   // the first tile sets m exactly
-                    softmax_update<1, BLOCK_N / 8, Tile::kFmaExpEvery>(s, m, l, alpha, p.scale_log2);
+                    softmax_update<1, BLOCK_N / 8>(s, m, l, alpha, p.scale_log2);
                     pack_p<T, BLOCK_N / 8>(a, s[0]);
                 } else {
-                    softmax_update_lazy<T, BLOCK_N / 8, Tile::kFmaExpEvery>(s, a, m, l, alpha, p.scale_log2);
+                    softmax_update_lazy<T, BLOCK_N / 8>(s, a, m, l, alpha, p.scale_log2);
                 }
             } else {
-                softmax_update<1, BLOCK_N / 8, Tile::kFmaExpEvery>(s, m, l, alpha, p.scale_log2);
+                softmax_update<1, BLOCK_N / 8>(s, m, l, alpha, p.scale_log2);
             }
         };
 

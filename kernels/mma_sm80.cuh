@@ -85,21 +85,6 @@ __device__ __forceinline__ float fast_exp2(float x) {
     return y;
 }
 
-// 2^x on the FMA pipe, for x <= 128 (-inf -> 0): 2^j * 2^f with j = round(x) and a
-// degree-3 polynomial for 2^f on [-0.5, 0.5] (relative error 7.5e-5, a sixth of fp16's
-// rounding of P). The MUFU does 16 exponentials per clock per SM against 128 FMAs, so
-// moving some of a softmax's exponentials here shortens it where the MUFU is what it
-// waits on. Nine instructions: clamp, round by the 1.5 * 2^23 trick, fraction, three FMAs,
-// 2^j built in the exponent field ((j + 127) << 23, which is 0.0 for j = -127), multiply.
-__device__ __forceinline__ float fma_exp2(float x) {
-    constexpr float kRound = 12582912.f;   // 1.5 * 2^23: adding it rounds to an integer
-    x = fmaxf(x, -127.f);
-    const float t = __fadd_rn(x, kRound);
-    const float f = __fsub_rn(x, __fsub_rn(t, kRound));
-    const float p = fmaf(fmaf(fmaf(0.0551716554f, f, 0.242611140f), f, 0.693260990f), f, 0.999928073f);
-    return p * __int_as_float((__float_as_int(t) + 127) << 23);
-}
-
 // Max / sum over the 4 lanes of a quad, which hold one accumulator row between them.
 __device__ __forceinline__ float quad_max(float x) {
     x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));

@@ -41,22 +41,10 @@ __device__ __forceinline__ void scale_and_mask(float (&s)[M_TILES][N_TILES][4], 
     }
 }
 
-// Whether n-tile nt's exponentials go to the FMA pipe (fma_exp2): every FMA_EVERY-th
-// n-tile, none for 0. A constant once the softmax loops are unrolled.
-template <int FMA_EVERY>
-__device__ __forceinline__ constexpr bool exp_on_fma(int nt) {
-    return FMA_EVERY > 0 && nt % FMA_EVERY == FMA_EVERY - 1;
-}
-
-// A score's exponential, on the FMA pipe or the MUFU.
-__device__ __forceinline__ float score_exp2(float x, bool on_fma) {
-    return on_fma ? fma_exp2(x) : fast_exp2(x);
-}
-
 // Online softmax, first half: update (m, l) (m in scaled log2 units), turn S
 // (from scale_and_mask) into P in place, and return in alpha the factor
-// exp2(m_old - m_new) by which each row of O must shrink. FMA_EVERY: see exp_on_fma.
-template <int M_TILES, int N_TILES, int FMA_EVERY = 0>
+// exp2(m_old - m_new) by which each row of O must shrink.
+template <int M_TILES, int N_TILES>
 __device__ __forceinline__ void softmax_update(float (&s)[M_TILES][N_TILES][4], float (&m)[M_TILES][2],
                                                float (&l)[M_TILES][2], float (&alpha)[M_TILES][2],
                                                float scale_log2) {
@@ -80,7 +68,7 @@ __device__ __forceinline__ void softmax_update(float (&s)[M_TILES][N_TILES][4], 
             for (int nt = 0; nt < N_TILES; ++nt)
                 #pragma unroll
                 for (int e = 2 * half; e < 2 * half + 2; ++e) {
-                    s[mt][nt][e] = score_exp2(fmaf(s[mt][nt][e], fold, -m_base), exp_on_fma<FMA_EVERY>(nt));
+                    s[mt][nt][e] = fast_exp2(fmaf(s[mt][nt][e], fold, -m_base));
                     row_sum += s[mt][nt][e];
                 }
             l[mt][half] = l[mt][half] * alpha[mt][half] + row_sum;   // per-lane partial; reduced at the end
@@ -115,7 +103,7 @@ constexpr float kLazyMaxSlack = 8.f;
 // scale); otherwise the tile is redone by softmax_update from S, which this leaves as
 // scale_and_mask made it. Any base gives the same softmax (P and l scale together); the
 // exact update's is only the smallest safe one.
-template <class T, int N_TILES, int FMA_EVERY = 0>
+template <class T, int N_TILES>
 __device__ __forceinline__ void softmax_update_lazy(float (&s)[1][N_TILES][4], u32 (&a)[N_TILES / 2][4],
                                                     float (&m)[1][2], float (&l)[1][2],
                                                     float (&alpha)[1][2], float scale_log2) {
@@ -137,13 +125,13 @@ __device__ __forceinline__ void softmax_update_lazy(float (&s)[1][N_TILES][4], u
     for (int nt = 0; nt < N_TILES; ++nt)
         #pragma unroll
         for (int half = 0; half < 2; ++half) {
-            const float p0 = score_exp2(fmaf(s[0][nt][2 * half], fold, -base[half]), exp_on_fma<FMA_EVERY>(nt));
-            const float p1 = score_exp2(fmaf(s[0][nt][2 * half + 1], fold, -base[half]), exp_on_fma<FMA_EVERY>(nt));
+            const float p0 = fast_exp2(fmaf(s[0][nt][2 * half], fold, -base[half]));
+            const float p1 = fast_exp2(fmaf(s[0][nt][2 * half + 1], fold, -base[half]));
             row_sum[half] += p0 + p1;
             a[nt / 2][2 * (nt % 2) + half] = pack2<T>(p0, p1);
         }
     if (__any_sync(0xffffffffu, moves)) {   // warp-uniform, like rescale_rows's skip
-        softmax_update<1, N_TILES, FMA_EVERY>(s, m, l, alpha, scale_log2);
+        softmax_update<1, N_TILES>(s, m, l, alpha, scale_log2);
         pack_p<T, N_TILES>(a, s[0]);
         return;
     }

@@ -1,17 +1,11 @@
-"""The dispatched Hopper kernel timed beside copies of it with one edit each, on benchmark
-shapes. The library's kernel is untouched: the copies live in this process only.
-
---set ablation (default): where the time goes. Copies with one part of the step loop taken
-out (the exponentials, the whole online softmax, the S GEMM or the P V GEMM) compute wrong
-outputs on purpose; only their times mean something: what is left when a part costs
-nothing bounds what making that part cheaper can win. Three more copies change the
-schedule instead (the softmax under P V on every tile, or on none, where the lazy maximum
-takes over; no ping-pong turns).
---set fma-exp: how many of a softmax's exponentials to move from the MUFU to the FMA pipe
-(Sm90Tile::kFmaExpEvery); these copies must pass the correctness check.
-
-Kernels under 30 us are timed by CUDA-graph replay. Usage:
-python3 scripts/ablate_sm90.py [--set ablation|fma-exp] [--shape NAME ...] [--dtype fp16|bf16]
+"""Where a Hopper kernel's time goes: the dispatched kernel timed beside copies of it with
+one part of the step loop taken out (the exponentials, the whole online softmax, the S
+GEMM or the P V GEMM), on the long benchmark shapes. Those copies compute wrong outputs
+on purpose; only their times mean something: what is left when a part costs nothing
+bounds what making that part cheaper can win. Two more copies change the schedule
+instead (the softmax under P V on every tile, or on none, where the lazy maximum
+takes over; no ping-pong turns). The library's kernel
+is untouched: the copies live in this process only. Usage: python3 scripts/ablate_sm90.py [--shape NAME ...]
 """
 
 import argparse
@@ -23,21 +17,19 @@ import numpy as np
 import flashcore_cupy as fc
 from flashcore_cupy import api, loader
 from flashcore_cupy.shapes import parse_shape
-from flashcore_cupy.timing import time_graph_replay, time_throughput
+from flashcore_cupy.timing import time_throughput
 from flashcore_cupy.workload import random_inputs, verify
 
 EMPTY_GROUP = "wgmma_fence(); wgmma_commit();"   # keeps wait_group's counts as they were
 # (label, [(file, text, replacement)]): each text must occur in the shipped sources.
-ABLATION = [
+VARIANTS = [
     ("as shipped", []),
     # every score's exponential, in the exact and the lazy update (not alpha's)
-    ("exp2 -> FFMA only (no MUFU)", [("softmax.cuh", "return on_fma ? fma_exp2(x) : fast_exp2(x);",
-                                      "return x;")]),
+    ("exp2 -> FFMA only (no MUFU)", [("softmax.cuh", "fast_exp2(fmaf(", "(fmaf(")]),
     ("no online softmax (P = S)",
-     [("flash_fwd_sm90.cu", "softmax_update<1, BLOCK_N / 8, Tile::kFmaExpEvery>(s, m, l, alpha, p.scale_log2);",
+     [("flash_fwd_sm90.cu", "softmax_update<1, BLOCK_N / 8>(s, m, l, alpha, p.scale_log2);",
        "alpha[0][0] = alpha[0][1] = 1.f;"),
-      ("flash_fwd_sm90.cu",
-       "softmax_update_lazy<T, BLOCK_N / 8, Tile::kFmaExpEvery>(s, a, m, l, alpha, p.scale_log2);",
+      ("flash_fwd_sm90.cu", "softmax_update_lazy<T, BLOCK_N / 8>(s, a, m, l, alpha, p.scale_log2);",
        "pack_p<T, BLOCK_N / 8>(a, s[0]);")]),
     ("no P V GEMM",
      [("flash_fwd_sm90.cu", "pv_wgmma<T, HEAD_DIM, BLOCK_N>(o[0], a, v_tile(prev));", EMPTY_GROUP),
@@ -56,12 +48,6 @@ ABLATION = [
       ("flash_fwd_sm90.cu", "if (PINGPONG && consumer == CONSUMERS - 1 && n_blocks > 0) named_barrier_arrive(1, 256);",
        "")]),
 ]
-_FMA_EXP = "static constexpr int kFmaExpEvery = 0;"
-FMA_EXP = [("as shipped", [])] + [
-    (f"1/{n} of the exp2 on the FMA pipe", [("flash_fwd_sm90.cu", _FMA_EXP, f"static constexpr int kFmaExpEvery = {n};")])
-    for n in (2, 3, 4, 8)]
-SETS = {"ablation": ABLATION, "fma-exp": FMA_EXP}
-_GRAPH_BELOW_US = 30   # kernels shorter than this are timed by CUDA-graph replay
 
 
 def variant_source(edits) -> str:
@@ -79,7 +65,6 @@ def variant_launch(launch, edits):
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--set", choices=list(SETS), default="ablation")
     parser.add_argument("--shape", action="append")
     parser.add_argument("--dtype", default="fp16", choices=["fp16", "bf16"])
     args = parser.parse_args()
@@ -93,14 +78,12 @@ def main():
         launch = api.prepared_launch(q, k, v, causal=shape.causal, out=out)
         print(f"\n{name} ({launch.config}):")
         base = None
-        for label, edits in SETS[args.set]:
+        for label, edits in VARIANTS:
             run, _module = variant_launch(launch, edits)
             out.fill(np.nan)
             run(q, k, v, out, None)
-            err = verify(shape, q, k, v, out, rng)   # ablation: only the schedule copies pass
+            err = verify(shape, q, k, v, out, rng)   # only the schedule copies should pass
             t = time_throughput(lambda i: run(q, k, v, out, None), 10).p50
-            if t < _GRAPH_BELOW_US:   # back-to-back launches would time the host
-                t = time_graph_replay(lambda: run(q, k, v, out, None)).p50
             base = base or t
             print(f"  {label:<32} {t:9.1f} us  {t / base:5.2f}x  "
                   f"{shape.flops / (t * 1e-6) / 1e12:6.1f} TFLOP/s  err {err:.1e}", flush=True)
