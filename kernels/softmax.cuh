@@ -92,35 +92,26 @@ __device__ __forceinline__ void pack_p(u32 (&a)[N_TILES / 2][4], const float (&s
     for (int kk = 0; kk < N_TILES / 2; ++kk) pack_kstep<T>(a[kk], s[2 * kk], s[2 * kk + 1]);
 }
 
-// How far (log2 units) a tile may raise a row's maximum before softmax_update_lazy
-// falls back to the exact update: P stays below 2^8, which fp16, bf16 and fp32 sums hold.
-constexpr float kLazyMaxSlack = 8.f;
+// The largest row sum (over one thread's part of a row) that softmax_update_lazy keeps:
+// every P in it is at most the sum, so 2^15 keeps P finite in fp16 (65504) and bf16.
+constexpr float kLazySumLimit = 32768.f;
 
 // Online softmax with a lazy maximum, P straight into the A operand (as pack_p). The
-// exponentials take the running maximum m as it stands, not this tile's, so they do not
-// wait on the row maximum and its shuffles, which only decide whether m must move: while
-// no row of the warp gains more than kLazyMaxSlack, m stays and alpha = 1 (O keeps its
-// scale); otherwise the tile is redone by softmax_update from S, which this leaves as
-// scale_and_mask made it. Any base gives the same softmax (P and l scale together); the
-// exact update's is only the smallest safe one.
+// exponentials take the running maximum m as it stands, not this tile's: any base gives
+// the same softmax (P and l scale together), and the exact update's is only the smallest
+// safe one. So no row maximum, no shuffles: what must not happen is a P past fp16's range,
+// and each P is at most its thread's row sum, which the update adds up anyway. While
+// every such sum in the warp stays under kLazySumLimit (and no row without a key so far,
+// m = -inf, gets its first), m stays and alpha = 1 (O keeps its scale); otherwise the tile
+// is redone by softmax_update from S, which this leaves as scale_and_mask made it.
 template <class T, int N_TILES>
 __device__ __forceinline__ void softmax_update_lazy(float (&s)[1][N_TILES][4], u32 (&a)[N_TILES / 2][4],
                                                     float (&m)[1][2], float (&l)[1][2],
                                                     float (&alpha)[1][2], float scale_log2) {
     const float fold = scale_log2 > 0.f ? scale_log2 : 1.f;   // see scale_and_mask
-    bool moves = false;
     float base[2], row_sum[2] = {0.f, 0.f};
     #pragma unroll
-    for (int half = 0; half < 2; ++half) {
-        float row_max = neg_inf();
-        #pragma unroll
-        for (int nt = 0; nt < N_TILES; ++nt)
-            row_max = fmaxf(row_max, fmaxf(s[0][nt][2 * half], s[0][nt][2 * half + 1]));
-        // m = -inf (no key yet) moves with the first finite score; a row still without
-        // one gets P = exp2(-inf - 0) = 0 and stays.
-        moves |= quad_max(row_max) * fold > m[0][half] + kLazyMaxSlack;
-        base[half] = m[0][half] == neg_inf() ? 0.f : m[0][half];
-    }
+    for (int half = 0; half < 2; ++half) base[half] = m[0][half] == neg_inf() ? 0.f : m[0][half];
     #pragma unroll
     for (int nt = 0; nt < N_TILES; ++nt)
         #pragma unroll
@@ -130,7 +121,11 @@ __device__ __forceinline__ void softmax_update_lazy(float (&s)[1][N_TILES][4], u
             row_sum[half] += p0 + p1;
             a[nt / 2][2 * (nt % 2) + half] = pack2<T>(p0, p1);
         }
-    if (__any_sync(0xffffffffu, moves)) {   // warp-uniform, like rescale_rows's skip
+    bool redo = false;
+    #pragma unroll
+    for (int half = 0; half < 2; ++half)   // a NaN sum fails both tests and stays NaN
+        redo |= row_sum[half] > kLazySumLimit || (m[0][half] == neg_inf() && row_sum[half] > 0.f);
+    if (__any_sync(0xffffffffu, redo)) {   // warp-uniform, like rescale_rows's skip
         softmax_update<1, N_TILES>(s, m, l, alpha, scale_log2);
         pack_p<T, N_TILES>(a, s[0]);
         return;
