@@ -142,7 +142,7 @@ def test_ablation_copies_find_their_text_and_compile():
         "a = runpy.run_path('scripts/ablate_sm90.py', run_name='x')\n"
         "for label, edits in a['VARIANTS']:\n"
         "    src = a['variant_source'](edits)\n"
-        "    for cfg in (sm90_config('fp16', 64), sm90_config('fp16', 128)):\n"
+        "    for cfg in (sm90_config('fp16', 64), sm90_config('fp16', 128), sm90_config('fp16', 64, 'small')):\n"
         "        compile(src, cfg)\n")
 
 
