@@ -118,11 +118,6 @@ class Sm90Config:
         return 64 if self.split else 64 * self.consumers
 
     @property
-    def overlaps_pv(self) -> bool:
-        # Mirrors Sm90Tile::kOverlapPV: the softmax runs under P V on large D128 tiles.
-        return not self.split and self.head_dim >= 128
-
-    @property
     def smem_bytes(self) -> int:
         # Mirrors Sm90Tile: 1024 bytes of alignment slack, Q, the K and V rings, barriers.
         tiles = 2 * self.head_dim * (self.block_m + 2 * self.stages * self.block_n)

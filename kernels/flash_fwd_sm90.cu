@@ -13,14 +13,14 @@
 //     once every consumer has released it;
 //   consumer c (64 query rows each, the rest of the register file): for each key tile j
 //     S   = Q_c K_j^T         wgmma m64nBLOCK_Nk16, Q and K from shared memory
-//     P   = online softmax(S) in registers (softmax.cuh, shared with sm_80)
+//     P   = online softmax(S) in registers (softmax.cuh, shared with sm_80): exact
+//           for a row block's first key tile, then with a lazy maximum, P straight
+//           into the A operand of
 //     O  += P V_j             wgmma m64nHEAD_DIMk16, P from registers, V from shared
 //   then O /= l and a direct store; LSE as in the sm_80 kernel.
 //
 // Overlap: inside a consumer, S_{j+1} = Q K_{j+1}^T is issued together with
-// O += P_j V_j, and (kOverlapPV) the softmax of S_{j+1} runs while P_j V_j
-// finishes (O's rescale waits for it); across consumers, one's softmax overlaps
-// another's GEMMs.
+// O += P_j V_j; across consumers, one's softmax overlaps another's GEMMs.
 //
 // SPLIT (small grids: short sequences, decode): a work tile is 64 rows that all
 // consumers share; consumer c takes key tiles c, c + CONSUMERS, ... and the
@@ -83,17 +83,6 @@ struct Sm90Tile {
     static constexpr int kTileUsers = SPLIT ? 1 : CONSUMERS;
     // How many tiles the producer's K copies run ahead of its V copies (see produce).
     static constexpr int kKAhead = SPLIT ? CONSUMERS - 1 : 0;
-    // Whether the softmax of S_{j+1} runs while P_j V_j does, which releases V_j a softmax
-    // later (see the step loop): worth it where P V is long (D128: 512 clocks per consumer
-    // and tile); at D64 (256) the later release cost more (S = 1k: +1.5-3 %), and split tiles
-    // own only STAGES / CONSUMERS ring slots (decode: 150 against 115 us). PERF_NOTES v15.
-    static constexpr bool kOverlapPV = !SPLIT && HEAD_DIM >= 128;
-    // Whether the softmax after a row block's first key tile takes a lazy maximum, writing
-    // P into the A operand at once (softmax.cuh), which needs `a` free during the softmax
-    // (so not with kOverlapPV). S = 1k D64 -3 %, S = 4k -2 to -3 %; split tiles lost more
-    // to the longer code than they won (the mission kernel, two key tiles per consumer:
-    // +0.2 us). PERF_NOTES v16.
-    static constexpr bool kLazyMax = !SPLIT && !kOverlapPV;
     static constexpr u32 kQBytes = kBlockM * HEAD_DIM * 2;
     static constexpr u32 kKVBytes = BLOCK_N * HEAD_DIM * 2;         // one K or V tile
     // Shared layout (offsets from a 1024-byte aligned base): Q, K ring, V ring, barriers.
@@ -397,8 +386,9 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
         float s[1][BLOCK_N / 8][4];      // S_j, then P_j in fp32
         u32 a[BLOCK_N / 16][4];          // P_j as the 16-bit A operand of P V_j
         float alpha[1][2];
-        // S_j (landed in s) -> P_j, and alpha for O; with kLazyMax P_j goes into `a` at once
-        // (after the first key tile, with a lazy maximum), otherwise prepare_pv packs it.
+        // S_j (landed in s) -> P_j in `a` and alpha for O. The lazy update writes `a` during
+        // the softmax, so it runs once the previous P V is done; its row sums replaced the
+        // row maximum, which left the softmax under P V (v15) slower than this (PERF_NOTES v18).
         auto softmax_tile = [&](int j, bool first = false) {
             const int key0 = j * BLOCK_N;
             const bool needs_mask = key0 + BLOCK_N > seqlen_k ||
@@ -408,15 +398,11 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
                                                      p.causal, lane);
             else
                 scale_and_mask<1, BLOCK_N / 8, false>(s, p.scale_log2, 0, 0, 0, 0, false, lane);
-            if constexpr (Tile::kLazyMax) {
-                if (first) {   // the first tile sets m exactly
-                    softmax_update<1, BLOCK_N / 8>(s, m, l, alpha, p.scale_log2);
-                    pack_p<T, BLOCK_N / 8>(a, s[0]);
-                } else {
-                    softmax_update_lazy<T, BLOCK_N / 8>(s, a, m, l, alpha, p.scale_log2);
-                }
-            } else {
+            if (first) {   // the first tile sets m exactly
                 softmax_update<1, BLOCK_N / 8>(s, m, l, alpha, p.scale_log2);
+                pack_p<T, BLOCK_N / 8>(a, s[0]);
+            } else {
+                softmax_update_lazy<T, BLOCK_N / 8>(s, a, m, l, alpha, p.scale_log2);
             }
         };
 
@@ -428,12 +414,7 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
         auto pv_done = [&](int k) {
             fence_registers(o[0]);
             fence_registers(a);
-            if (k >= 0) release(bar.v_empty(Ring<STAGES>{it + tile(k)}.slot()));
-        };
-        // Before P_k V_k: O *= alpha_k (k > 0: O is still 0 before P_0 V_0) and P_k into `a`.
-        auto prepare_pv = [&](int k) {
-            if (k > 0) rescale_rows<1, HEAD_DIM / 8>(o, alpha);
-            if constexpr (!Tile::kLazyMax) pack_p<T, BLOCK_N / 8>(a, s[0]);
+            release(bar.v_empty(Ring<STAGES>{it + tile(k)}.slot()));
         };
         if (my_blocks > 0) {
             const Ring<STAGES> r{it + tile(0)};
@@ -445,20 +426,10 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
             fence_registers(s[0]);
             release(bar.k_empty(r.slot()));
             softmax_tile(tile(0), true);
-            if constexpr (!Tile::kOverlapPV) prepare_pv(0);
         }
-        // Step k: S_k = Q K_k^T and O += P_{k-1} V_{k-1} in flight together. With
-        // kOverlapPV the softmax of S_k runs while P V finishes, and the wait for it (then
-        // O's rescale and P_k's packing) opens the next step: ptxas hoists a wgmma wait to the
-        // top of its basic block, so written after the softmax it ran before it (SASS v14),
-        // and only the loop's back edge keeps it behind. Otherwise P V is waited for (and V
-        // released) before the softmax, and P_k V_k prepared right after it.
+        // Step k: S_k = Q K_k^T and O += P_{k-1} V_{k-1} in flight together; then, once
+        // both are done, the softmax of S_k (P_k into `a`) and O *= alpha_k.
         for (int k = 1; k < my_blocks; ++k) {
-            if constexpr (Tile::kOverlapPV) {
-                wgmma_wait<0>();
-                pv_done(k - 2);
-                prepare_pv(k - 1);
-            }
             const Ring<STAGES> r{it + tile(k)}, prev{it + tile(k - 1)};
             mbar_wait(bar.k_full(r.slot()), r.parity());
             mbar_wait(bar.v_full(prev.slot()), prev.parity());
@@ -469,22 +440,15 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
             wgmma_wait<1>();                  // S_k landed (groups retire in order)
             fence_registers(s[0]);
             release(bar.k_empty(r.slot()));
-            if constexpr (!Tile::kOverlapPV) {
-                wgmma_wait<0>();
-                pv_done(k - 1);
-            }
+            wgmma_wait<0>();
+            pv_done(k - 1);
             softmax_tile(tile(k));
-            if constexpr (!Tile::kOverlapPV) prepare_pv(k);
+            rescale_rows<1, HEAD_DIM / 8>(o, alpha);
         }
         // Every S GEMM has landed: Q is free, so the producer loads the next tile's Q
         // during the last P V and the epilogue.
         release(bar.q_empty());
-        wgmma_wait<0>();   // not inside the branch: a P V may be in flight on entry (C7518)
         if (my_blocks > 0) {
-            if constexpr (Tile::kOverlapPV) {
-                pv_done(my_blocks - 2);
-                prepare_pv(my_blocks - 1);
-            }
             const Ring<STAGES> last{it + tile(my_blocks - 1)};
             mbar_wait(bar.v_full(last.slot()), last.parity());
             await_turn();

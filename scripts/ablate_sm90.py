@@ -2,9 +2,8 @@
 one part of the step loop taken out (the exponentials, the whole online softmax, the S
 GEMM or the P V GEMM), on the long benchmark shapes. Those copies compute wrong outputs
 on purpose; only their times mean something: what is left when a part costs nothing
-bounds what making that part cheaper can win. More copies change the schedule instead
-(the softmax under P V on every tile, or on none, where the lazy maximum takes over; the
-lazy maximum on split tiles too; no ping-pong turns). The library's kernel is untouched:
+bounds what making that part cheaper can win. One more copy changes the schedule instead
+(no ping-pong turns). The library's kernel is untouched:
 the copies live in this process only. Kernels under 30 us are timed by CUDA-graph replay.
 Usage: python3 scripts/ablate_sm90.py [--shape NAME ...] [--variant TEXT ...] (copies whose
 label contains TEXT, beside the shipped kernel)
@@ -38,12 +37,6 @@ VARIANTS = [
       ("flash_fwd_sm90.cu", "pv_wgmma<T, HEAD_DIM, BLOCK_N>(o[0], a, v_tile(last));", EMPTY_GROUP)]),
     ("no S GEMM",
      [("flash_fwd_sm90.cu", "qk_wgmma<T, Tile, HEAD_DIM, BLOCK_N>(s[0], q_desc, k_tile(r));", EMPTY_GROUP)]),
-    ("schedule: softmax under P V", [("flash_fwd_sm90.cu", "kOverlapPV = !SPLIT && HEAD_DIM >= 128;",
-                                      "kOverlapPV = !SPLIT;")]),
-    ("schedule: lazy max, not under P V", [("flash_fwd_sm90.cu", "kOverlapPV = !SPLIT && HEAD_DIM >= 128;",
-                                            "kOverlapPV = false;")]),
-    ("schedule: lazy max on split tiles too", [("flash_fwd_sm90.cu", "kLazyMax = !SPLIT && !kOverlapPV;",
-                                                "kLazyMax = !kOverlapPV;")]),
     ("schedule: no ping-pong turns",
      [("flash_fwd_sm90.cu", "auto await_turn = [&] { if constexpr (PINGPONG)",
        "auto await_turn = [&] { if constexpr (false)"),

@@ -25,9 +25,6 @@ def test_geometry_and_name():
     cfg = configs.Sm90Config("bf16", 128, 128, 2, 2, True)
     assert cfg.name_expression == "fc::flash_fwd_sm90<fc::bf16, 128, 128, 2, 2, true, false, 1>"
     assert (cfg.threads, cfg.block_m) == (384, 128)
-    assert cfg.overlaps_pv   # large D128 tiles run the softmax under P V (Sm90Tile::kOverlapPV)
-    assert not configs.Sm90Config("bf16", 64, 128, 2, 3, True).overlaps_pv
-    assert not configs.Sm90Config("bf16", 128, 128, 2, 2, False, True, 2).overlaps_pv
     assert cfg.smem_bytes == 1024 + 2 * 128 * (128 + 2 * 2 * 128) + 8 * 10
     assert cfg.smem_bytes <= configs.SMEM_LIMIT["sm_90a"]
     assert cfg.work_tiles(batch=3, heads_q=5, seqlen_q=129) == 2 * 5 * 3

@@ -22,15 +22,12 @@ class Mbarrier:
             self.arrived, self.phases = 0, self.phases + 1
 
 
-def cta(consumers, stages, pingpong, items, skip_per_turn=True, split=False, producers=1,
-        overlap_pv=False):
+def cta(consumers, stages, pingpong, items, skip_per_turn=True, split=False, producers=1):
     """Coroutines of one CTA. items: per work item (n_blocks, per-consumer key tiles)
     where a consumer's count is None when it has no rows in the item. skip_per_turn=False
     is the first version's order for skipped tiles (all released, then the turns).
     split: the consumers share the rows and take every consumers-th key tile each, then
-    meet twice at a barrier to merge (one work item per CTA). producers: TMA-issuing threads.
-    overlap_pv: Sm90Tile::kOverlapPV, V_{k-1} released at the top of step k + 1 (after the
-    softmax of S_k) instead of in step k."""
+    meet twice at a barrier to merge (one work item per CTA). producers: TMA-issuing threads."""
     users = 1 if split else consumers
     q_full, q_empty = Mbarrier(1), Mbarrier(consumers)
     k_full, v_full = [Mbarrier(1) for _ in range(stages)], [Mbarrier(1) for _ in range(stages)]
@@ -99,8 +96,6 @@ def cta(consumers, stages, pingpong, items, skip_per_turn=True, split=False, pro
                 pass_turn(False)
                 k_empty[slot].arrive()
             for k in range(1, own):                          # S_k with P_{k-1} V_{k-1}
-                if overlap_pv and k >= 2:
-                    v_empty[ring(it + tile(k - 2))[0]].arrive()
                 slot, use = ring(it + tile(k))
                 prev, prev_use = ring(it + tile(k - 1))
                 yield from wait(k_full[slot], use)
@@ -108,12 +103,9 @@ def cta(consumers, stages, pingpong, items, skip_per_turn=True, split=False, pro
                 yield from await_turn()
                 pass_turn(False)
                 k_empty[slot].arrive()
-                if not overlap_pv:
-                    v_empty[prev].arrive()
+                v_empty[prev].arrive()
             q_empty.arrive()
             if own > 0:                                      # the last P V
-                if overlap_pv and own >= 2:
-                    v_empty[ring(it + tile(own - 2))[0]].arrive()
                 slot, use = ring(it + tile(own - 1))
                 yield from wait(v_full[slot], use)
                 yield from await_turn()
@@ -197,17 +189,15 @@ def random_items(rng, consumers):
     return items
 
 
-@pytest.mark.parametrize("overlap_pv", [False, True])
 @pytest.mark.parametrize("producers", [1, 2])
 @pytest.mark.parametrize("consumers, stages, pingpong",
                          [(1, 2, False), (2, 2, False), (2, 2, True), (3, 2, True), (3, 3, True),
                           (2, 3, True), (3, 2, False)])
-def test_no_deadlock_in_any_interleaving(consumers, stages, pingpong, producers, overlap_pv):
+def test_no_deadlock_in_any_interleaving(consumers, stages, pingpong, producers):
     for seed in range(100):
         rng = random.Random(seed)
         items = random_items(rng, consumers)
-        assert runs_to_the_end(cta(consumers, stages, pingpong, items, producers=producers,
-                                   overlap_pv=overlap_pv), rng), items
+        assert runs_to_the_end(cta(consumers, stages, pingpong, items, producers=producers), rng), items
 
 
 @pytest.mark.parametrize("producers", [1, 2])
