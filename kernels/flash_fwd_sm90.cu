@@ -13,8 +13,8 @@
 //     once every consumer has released it;
 //   consumer c (64 query rows each, the rest of the register file): for each key tile j
 //     S   = Q_c K_j^T         wgmma m64nBLOCK_Nk16, Q and K from shared memory
-//     P   = online softmax(S) in registers (softmax.cuh, shared with sm_80): exact
-//           for a row block's first key tile, then with a lazy maximum, P straight
+//     P   = online softmax(S) in registers (softmax.cuh, shared with sm_80) with a
+//           lazy maximum (seeded by the first key tile's first columns), P straight
 //           into the A operand of
 //     O  += P V_j             wgmma m64nHEAD_DIMk16, P from registers, V from shared
 //   then O /= l and a direct store; LSE as in the sm_80 kernel.
@@ -387,8 +387,8 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
         u32 a[BLOCK_N / 16][4];          // P_j as the 16-bit A operand of P V_j
         float alpha[1][2];
         // S_j (landed in s) -> P_j in `a` and alpha for O. The lazy update writes `a` during
-        // the softmax, so it runs once the previous P V is done; its row sums replaced the
-        // row maximum, which left the softmax under P V (v15) slower than this (PERF_NOTES v18).
+        // the softmax, so it runs once the previous P V is done; without a row maximum to
+        // wait on, that beat running the exact softmax under P V (v15; PERF_NOTES v18).
         auto softmax_tile = [&](int j, bool first = false) {
             const int key0 = j * BLOCK_N;
             const bool needs_mask = key0 + BLOCK_N > seqlen_k ||
@@ -398,12 +398,8 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
                                                      p.causal, lane);
             else
                 scale_and_mask<1, BLOCK_N / 8, false>(s, p.scale_log2, 0, 0, 0, 0, false, lane);
-            if (first) {   // the first tile sets m exactly
-                softmax_update<1, BLOCK_N / 8>(s, m, l, alpha, p.scale_log2);
-                pack_p<T, BLOCK_N / 8>(a, s[0]);
-            } else {
-                softmax_update_lazy<T, BLOCK_N / 8>(s, a, m, l, alpha, p.scale_log2);
-            }
+            if (first) seed_max<BLOCK_N / 8>(s, m, p.scale_log2);
+            softmax_update_lazy<T, BLOCK_N / 8>(s, a, m, l, alpha, p.scale_log2);
         };
 
         if (PINGPONG && consumer == CONSUMERS - 1 && n_blocks > 0) named_barrier_arrive(1, 256);

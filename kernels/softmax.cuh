@@ -92,6 +92,20 @@ __device__ __forceinline__ void pack_p(u32 (&a)[N_TILES / 2][4], const float (&s
     for (int kk = 0; kk < N_TILES / 2; ++kk) pack_kstep<T>(a[kk], s[2 * kk], s[2 * kk + 1]);
 }
 
+// A row block's first maximum, for softmax_update_lazy to take as its base: the maximum
+// of n-tile 0's columns only (8 of a row's scores), a lower bound of the tile's row
+// maximum, so P never underflows against it; where it falls short by more than P's range
+// allows (or n-tile 0 is masked: -inf), the lazy update redoes the tile exactly. The full
+// row maximum's chain (BLOCK_N / 8 dependent maxima, then the shuffles) held up the first
+// exponentials of every row block.
+template <int N_TILES>
+__device__ __forceinline__ void seed_max(const float (&s)[1][N_TILES][4], float (&m)[1][2], float scale_log2) {
+    const float fold = scale_log2 > 0.f ? scale_log2 : 1.f;   // see scale_and_mask
+    #pragma unroll
+    for (int half = 0; half < 2; ++half)
+        m[0][half] = quad_max(fmaxf(s[0][0][2 * half], s[0][0][2 * half + 1])) * fold;
+}
+
 // The largest row sum (over one thread's part of a row) that softmax_update_lazy keeps:
 // every P in it is at most the sum, so 2^15 keeps P finite in fp16 (65504) and bf16.
 constexpr float kLazySumLimit = 32768.f;
