@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -27,11 +26,6 @@ class Timing:
 
 
 _BUSY_MATMULS = 200   # of 2048 x 2048 fp16: ~5 ms of GPU work
-# Warm-up lasts at least this long: a few calls of a microsecond kernel take microseconds,
-# and the host path ran 1.6x slower than in steady state for the first shapes timed on a
-# freshly started machine (v18: mission throughput 16 instead of 10 us, flashcore and
-# SDPA alike); a tenth of a second of calls brings the host to its steady state.
-_WARMUP_SECONDS = 0.1
 
 
 def busy_gpu() -> None:
@@ -51,16 +45,13 @@ def busy_gpu() -> None:
 def _event_samples(fn: Callable[[int], object], iters: int, calls: int, warmup: int) -> Timing:
     """`iters` samples of CUDA events around `calls` back-to-back calls (per call), each
     sample started with the GPU idle (its queue empty; its clocks as `busy_gpu` leaves
-    them), after `warmup` calls and at least _WARMUP_SECONDS of them. fn(i) gets the call
-    index, so callers can rotate inputs."""
+    them). fn(i) gets the call index, so callers can rotate inputs."""
     import cupy
 
     stream = cupy.cuda.get_current_stream()
     busy_gpu()
-    start, i = time.perf_counter(), 0
-    while i < warmup or time.perf_counter() - start < _WARMUP_SECONDS:
+    for i in range(warmup):
         fn(i)
-        i += 1
     start, end = cupy.cuda.Event(), cupy.cuda.Event()
     samples = np.empty(iters)
     for i in range(iters):
