@@ -1,9 +1,10 @@
 """Benchmark: the shape list, side by side with the peers, in one process.
 
 For each shape and dtype: validate every implementation against the float64
-reference (sampled query rows), then time it in two modes:
+reference (sampled query rows), then time them in two modes:
   latency     CUDA events around one call after the GPU is idle (host cost included)
   throughput  CUDA events around 20 back-to-back calls, divided by 20
+side by side: the implementations take turns sample by sample (timing.time_side_by_side).
 Inputs rotate over several sets when one set would sit in L2.
 """
 
@@ -23,7 +24,7 @@ import numpy as np
 
 from . import workload
 from .shapes import Shape, bench_shapes
-from .timing import time_latency, time_throughput
+from .timing import time_latency, time_side_by_side
 
 IMPLS = ("flashcore", "flashcore_sm80", "naive_cupy", "sdpa_flash", "sdpa_cudnn", "sdpa_efficient")
 _SDPA_BACKENDS = {"sdpa_flash": "FLASH_ATTENTION", "sdpa_cudnn": "CUDNN_ATTENTION",
@@ -104,30 +105,37 @@ def _rel_err(shape: Shape, out, q, k, v, rng) -> float:
 
 
 def run_case(shape: Shape, dtype: str, impls: list[str], iters: int, rng, torch) -> list[Row]:
+    """Validate each implementation, then time them all side by side (time_side_by_side)."""
     fns = _impls(shape, torch)
     sets = workload.input_sets(shape, "fp16" if dtype == "float16" else "bf16", rng)
-    rows = []
+    q, k, v = sets[0]
+    timed, errors, slowest = {}, {}, 0.0
     for impl in impls:
         if impl not in fns:
             continue
         fn, prepare, context = fns[impl]
         inputs = [prepare(*s) for s in sets]
-        q, k, v = sets[0]
         with context():
             try:
-                err = _rel_err(shape, fn(*inputs[0]), q, k, v, rng)
+                errors[impl] = _rel_err(shape, fn(*inputs[0]), q, k, v, rng)
             except RuntimeError as e:   # an SDPA backend that does not support this case
                 print(f"  {shape.name} {dtype} {impl}: not available ({str(e).splitlines()[0][:80]})")
                 continue
-            call = lambda i: fn(*inputs[i % len(inputs)])   # noqa: E731
-            probe = time_latency(call, 3, warmup=1)
-            n = iters if probe.p50 < _LONG_US else max(10, iters // 5)
-            timings = (("latency", time_latency(call, n)),
-                       ("throughput", time_throughput(call, max(5, n // 10))))
-        for mode, t in timings:
+            call = functools.partial(_rotating_call, fn, inputs)
+            slowest = max(slowest, time_latency(call, 3, warmup=1).p50)
+        timed[impl] = (call, context)
+    n = iters if slowest < _LONG_US else max(10, iters // 5)
+    rows = []
+    for mode, timings in (("latency", time_side_by_side(timed, n)),
+                          ("throughput", time_side_by_side(timed, max(5, n // 10), calls=20))):
+        for impl, t in timings.items():
             rows.append(Row(shape.name, dtype, impl, mode, t.p50, t.p90, t.p99,
-                            shape.flops / (t.p50 * 1e-6) / 1e12, err))
+                            shape.flops / (t.p50 * 1e-6) / 1e12, errors[impl]))
     return rows
+
+
+def _rotating_call(fn: Callable, inputs: list, i: int):
+    return fn(*inputs[i % len(inputs)])
 
 
 def environment(torch) -> dict:

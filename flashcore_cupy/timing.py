@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, ContextManager
 
 import numpy as np
 
@@ -74,6 +75,64 @@ def time_throughput(fn: Callable[[int], object], iters: int, calls: int = 20,
                     warmup: int = 10) -> Timing:
     """Events around `calls` back-to-back calls, divided by their count; `iters` samples."""
     return _event_samples(fn, iters, calls, warmup)
+
+
+Call = Callable[[int], object]
+
+
+def _warm(fn: Call, seconds: float, calls: int) -> None:
+    """Call fn in synchronised rounds of `calls` calls for at least `seconds`: the host path
+    and the clocks reach their steady state, and the GPU queue never holds more than one round
+    (an unsynchronised loop queued long kernels to the launch queue's depth, PERF_NOTES v18)."""
+    import cupy
+
+    stream = cupy.cuda.get_current_stream()
+    start, i = time.perf_counter(), 0
+    while True:
+        for _ in range(calls):
+            fn(i)
+            i += 1
+        stream.synchronize()
+        if time.perf_counter() - start >= seconds:
+            return
+
+
+def time_side_by_side(fns: dict[str, tuple[Call, Callable[[], ContextManager]]], iters: int,
+                      calls: int = 1, warmup_s: float = 0.05) -> dict[str, Timing]:
+    """`iters` samples of each implementation, taken in turn: sample i of every one before
+    sample i + 1 of any (the order reversed every other round), so that all of them meet the
+    same host and GPU states. A user's machine drifts (a freshly started one ran the host
+    path 1.6x slower for its first seconds; processes settle in faster or slower modes), and
+    timing one implementation after another would charge the drift to whichever ran then.
+    Each sample: events around `calls` back-to-back calls (per call) after the GPU is idle.
+    fns: name -> (fn(i), context): each sample runs inside its own context (entered outside
+    the events), which pins an SDPA backend; fn gets the call index, to rotate inputs."""
+    import cupy
+
+    stream = cupy.cuda.get_current_stream()
+    busy_gpu()
+    for fn, context in fns.values():
+        with context():
+            _warm(fn, warmup_s, calls)
+    start, end = cupy.cuda.Event(), cupy.cuda.Event()
+    samples = {name: np.empty(iters) for name in fns}
+    for i, name in turns(list(fns), iters):
+        fn, context = fns[name]
+        with context():
+            stream.synchronize()
+            start.record(stream)
+            for c in range(calls):
+                fn(i * calls + c)
+            end.record(stream)
+            end.synchronize()
+        samples[name][i] = cupy.cuda.get_elapsed_time(start, end) * 1e3 / calls
+    return {name: Timing(us) for name, us in samples.items()}
+
+
+def turns(names: list[str], iters: int) -> list[tuple[int, str]]:
+    """(sample index, name) in time_side_by_side's order: round i takes every name, in
+    order for even i and reversed for odd i, so no name always follows the same one."""
+    return [(i, name) for i in range(iters) for name in (names if i % 2 == 0 else names[::-1])]
 
 
 def time_graph_replay(fn: Callable[[], object], iters: int = 50, calls: int = 20) -> Timing:

@@ -318,6 +318,32 @@ def test_hopper_sub_tiles_of_a_partial_last_round(rng, config, tiles_per_head):
     np.testing.assert_allclose(lse.get(), ref_lse, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+@pytest.mark.parametrize("block_n", [176, 192])
+def test_hopper_narrow_last_key_tile(rng, dtype, block_n):
+    """Key tiles wider than 128: a last tile of at most 64 keys is multiplied as a 64-key one
+    (non-causal; causal runs alongside, unchanged). Key counts on both sides of that bound,
+    a lone narrow tile among them, outputs and LSE."""
+    import cupy
+
+    from flashcore_cupy import api, configs
+
+    need_backend("sm90", 128)
+    config = configs.Sm90Config(dtype, 128, block_n, 2, 2, True)
+    for sk in (40, 64, 65, block_n + 1, block_n + 64, block_n + 65, 21 * block_n + 64):
+        for causal in (False, True):
+            q, k, v = make_inputs(rng, dtype, 128, "bhsd", (1, 3, 1), (300, sk))
+            out = cupy.full(q.shape, np.nan, dtype=q.dtype)
+            _, lse = api.attention_with_config(config, q, k, v, causal=causal, out=out, return_lse=True)
+            ref, ref_lse = reference.attention(q, k, v, causal=causal, return_lse=True)
+            err = reference.rel_error(out, ref)
+            assert err <= TOL[dtype], f"{config} Sk={sk} causal={causal}: rel err {err:.3e}"
+            lse = lse.get()
+            np.testing.assert_array_equal(np.isneginf(lse), np.isneginf(ref_lse))
+            finite = np.isfinite(ref_lse)
+            np.testing.assert_allclose(lse[finite], ref_lse[finite], rtol=1e-4, atol=1e-4)
+
+
 def test_auto_dispatch_takes_the_hopper_kernel_where_it_fills_the_gpu(rng):
     import cupy
 
