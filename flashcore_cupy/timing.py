@@ -98,41 +98,48 @@ def _warm(fn: Call, seconds: float, calls: int) -> None:
 
 
 def time_side_by_side(fns: dict[str, tuple[Call, Callable[[], ContextManager]]], iters: int,
-                      calls: int = 1, warmup_s: float = 0.05) -> dict[str, Timing]:
-    """`iters` samples of each implementation, taken in turn: sample i of every one before
-    sample i + 1 of any (the order reversed every other round), so that all of them meet the
-    same host and GPU states. A user's machine drifts (a freshly started one ran the host
-    path 1.6x slower for its first seconds; processes settle in faster or slower modes), and
-    timing one implementation after another would charge the drift to whichever ran then.
+                      calls: int = 1, warmup_s: float = 0.05, blocks: int = 5) -> dict[str, Timing]:
+    """`iters` samples of each implementation, side by side: the implementations take turns
+    in `blocks` blocks of samples (turns), each block warmed up, then sampled back to back.
+    Back to back keeps each one's host path in the CPU's caches, as a loop of calls does (the
+    peers' anchors are measured so; sampling them call by call in turn made each one's host
+    path run cold: flashcore 18 and cuDNN 27 us at the mission shape, against ~14 and ~22).
+    Taking turns spreads each one's samples over the whole run, so that the machine's drift
+    (a freshly started one ran the host path 1.6x slower for its first seconds, v18) meets
+    them all alike instead of whichever was timed then.
     Each sample: events around `calls` back-to-back calls (per call) after the GPU is idle.
-    fns: name -> (fn(i), context): each sample runs inside its own context (entered outside
-    the events), which pins an SDPA backend; fn gets the call index, to rotate inputs."""
+    fns: name -> (fn(i), context): each block runs inside its implementation's context (entered
+    outside the events), which pins an SDPA backend; fn gets the call index, to rotate inputs."""
     import cupy
 
     stream = cupy.cuda.get_current_stream()
     busy_gpu()
-    for fn, context in fns.values():
-        with context():
-            _warm(fn, warmup_s, calls)
     start, end = cupy.cuda.Event(), cupy.cuda.Event()
     samples = {name: np.empty(iters) for name in fns}
-    for i, name in turns(list(fns), iters):
+    for name, indices in turns(list(fns), iters, blocks):
         fn, context = fns[name]
         with context():
-            stream.synchronize()
-            start.record(stream)
-            for c in range(calls):
-                fn(i * calls + c)
-            end.record(stream)
-            end.synchronize()
-        samples[name][i] = cupy.cuda.get_elapsed_time(start, end) * 1e3 / calls
+            _warm(fn, warmup_s, calls)
+            for i in indices:
+                stream.synchronize()
+                start.record(stream)
+                for c in range(calls):
+                    fn(i * calls + c)
+                end.record(stream)
+                end.synchronize()
+                samples[name][i] = cupy.cuda.get_elapsed_time(start, end) * 1e3 / calls
     return {name: Timing(us) for name, us in samples.items()}
 
 
-def turns(names: list[str], iters: int) -> list[tuple[int, str]]:
-    """(sample index, name) in time_side_by_side's order: round i takes every name, in
-    order for even i and reversed for odd i, so no name always follows the same one."""
-    return [(i, name) for i in range(iters) for name in (names if i % 2 == 0 else names[::-1])]
+def turns(names: list[str], iters: int, blocks: int) -> list[tuple[str, range]]:
+    """time_side_by_side's order: (name, sample indices) per turn. Round b gives every name
+    its b-th block of the `iters` samples (blocks as equal as can be; at least one sample
+    each), in order for even b and reversed for odd b, so that no name always follows the
+    same one."""
+    blocks = max(1, min(blocks, iters))
+    bounds = [iters * b // blocks for b in range(blocks + 1)]
+    return [(name, range(bounds[b], bounds[b + 1]))
+            for b in range(blocks) for name in (names if b % 2 == 0 else names[::-1])]
 
 
 def time_graph_replay(fn: Callable[[], object], iters: int = 50, calls: int = 20) -> Timing:

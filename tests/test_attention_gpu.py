@@ -320,10 +320,10 @@ def test_hopper_sub_tiles_of_a_partial_last_round(rng, config, tiles_per_head):
 
 @pytest.mark.parametrize("dtype", ["fp16", "bf16"])
 @pytest.mark.parametrize("block_n", [176, 192])
-def test_hopper_narrow_last_key_tile(rng, dtype, block_n):
-    """Key tiles wider than 128: a last tile of at most 64 keys is multiplied as a 64-key one
-    (non-causal; causal runs alongside, unchanged). Key counts on both sides of that bound,
-    a lone narrow tile among them, outputs and LSE."""
+def test_hopper_wide_key_tiles_with_partial_last_tiles(rng, dtype, block_n):
+    """Key tiles wider than 128 keys (the H200's tuned D128 tiles), whose last tile holds
+    1 to 64 keys or more (S = 4k with 192-key tiles: 64), a lone partial tile among them:
+    outputs and LSE, causal and not."""
     import cupy
 
     from flashcore_cupy import api, configs

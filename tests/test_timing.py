@@ -5,13 +5,14 @@ import pytest
 from flashcore_cupy import timing
 
 
-def test_turns_take_every_implementation_each_round_in_alternating_order():
-    order = timing.turns(["a", "b", "c"], 4)
-    assert order[:3] == [(0, "a"), (0, "b"), (0, "c")]
-    assert order[3:6] == [(1, "c"), (1, "b"), (1, "a")]
-    assert len(order) == 12
-    for i in range(4):   # a round holds each name once, with its own sample index
-        assert sorted(name for j, name in order if j == i) == ["a", "b", "c"]
+def test_turns_give_each_implementation_blocks_of_samples_in_alternating_order():
+    order = timing.turns(["a", "b", "c"], 10, 3)
+    assert [name for name, _ in order] == ["a", "b", "c", "c", "b", "a", "a", "b", "c"]
+    for name in "abc":   # every sample index once per name, in blocks of 3 or 4
+        blocks = [list(r) for n, r in order if n == name]
+        assert sum(blocks, []) == list(range(10)) and all(3 <= len(b) <= 4 for b in blocks)
+    assert timing.turns(["a", "b"], 2, 5) == [("a", range(0, 1)), ("b", range(0, 1)),
+                                              ("b", range(1, 2)), ("a", range(1, 2))]
 
 
 @pytest.mark.gpu
@@ -39,10 +40,11 @@ def test_side_by_side_samples_each_implementation_in_its_context():
 
     fns = {"fast": (lambda i: a.sum(), context_of("fast")), "slow": (slow, context_of("slow"))}
     t0 = time.perf_counter()
-    out = timing.time_side_by_side(fns, iters=6, calls=2, warmup_s=0.01)
-    assert time.perf_counter() - t0 >= 0.02            # each warm-up lasted its 0.01 s
+    out = timing.time_side_by_side(fns, iters=6, calls=2, warmup_s=0.01, blocks=3)
+    assert time.perf_counter() - t0 >= 0.06            # each of 6 warm-ups lasted its 0.01 s
     assert set(out) == {"fast", "slow"}
     assert all(len(t.us) == 6 and (t.us > 0).all() for t in out.values())
     assert out["slow"].p50 > 3 * out["fast"].p50
-    assert entered == {"fast": 7, "slow": 7}           # the warm-up, then one per sample
-    assert seen[-12:] == list(range(12))               # call indices i * calls + c, in order
+    assert entered == {"fast": 3, "slow": 3}           # one per block
+    timed = seen[-4:]                                  # the last block: samples 4 and 5
+    assert timed == [8, 9, 10, 11]                     # call indices i * calls + c
