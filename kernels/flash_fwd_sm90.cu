@@ -317,7 +317,10 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
     const u32 sbase = (smem_addr(smem) + 1023) & ~1023u;   // swizzle atoms need 1024-byte alignment
     const Barriers<STAGES> bar{sbase + Tile::kOffBars};
 
-    const int warpgroup = threadIdx.x / 128;
+    // Broadcast from lane 0, so ptxas sees it warp-uniform: what derives from it (the consumer,
+    // its Q rows, its turns and key tiles) then lives in uniform registers, and the wgmma
+    // descriptors are built there instead of moved over from vector registers (R2UR).
+    const int warpgroup = __shfl_sync(0xffffffffu, threadIdx.x / 128, 0);
     if (threadIdx.x == 0) {
         mbar_init(bar.q_full(), 1);
         mbar_init(bar.q_empty(), 4 * CONSUMERS);           // one arrival per consumer warp

@@ -30,7 +30,7 @@ N_POINTS = 24
 ENTRY_NS, EXIT_NS = 22, 23       # slots holding the global timer
 # (anchor in the kernel source, occurrence, point id, label): the stamp goes right after it.
 POINTS = [
-    ("const int warpgroup = threadIdx.x / 128;", 0, 0, "entry"),
+    ("const int warpgroup = __shfl_sync(0xffffffffu, threadIdx.x / 128, 0);", 0, 0, "entry"),
     ("    __syncthreads();", 0, 1, "after __syncthreads"),
     ("regs_release<Tile::kProducerRegs>();", 0, 2, "producer: registers released"),
     ("tma_load_tile<HEAD_DIM>(sbase, p.q, bar.q_full(), Tile::kBlockM, w.row0, w.head, w.batch);", 0, 18,
