@@ -77,9 +77,7 @@ def arch_for_capability(major: int, minor: int) -> str:
 
 
 def nvrtc_options(arch: str) -> tuple[str, ...]:
-    # -default-device: the kernels are device code only, and NVRTC takes an unannotated
-    # generic lambda (the Hopper kernel's steps, generic in their key count) for host code.
-    return ("-std=c++17", "-default-device", f"-arch={arch}", f"-I{KERNEL_DIR}",
+    return ("-std=c++17", f"-arch={arch}", f"-I{KERNEL_DIR}",
             f"-DFLASHCORE_KERNELS_HASH=0x{_SOURCE_HASH}")
 
 

@@ -79,11 +79,6 @@ struct Sm90Tile {
     static constexpr int kConsumers = CONSUMERS;
     static constexpr bool kSplit = SPLIT;
     static constexpr int kBlockM = SPLIT ? 64 : 64 * CONSUMERS;
-    static constexpr int kBlockN = BLOCK_N;
-    // A last key tile of 64 keys or fewer is multiplied as a 64-key tile (see the consumer
-    // loop): with tiles wider than 128 keys, where all consumers share them. (128-key tiles
-    // gain little from it, and the second copy of the step spilled D64's three consumers.)
-    static constexpr bool kNarrowLast = !SPLIT && BLOCK_N > 128;
     // Consumers that use (and release) each K/V tile.
     static constexpr int kTileUsers = SPLIT ? 1 : CONSUMERS;
     // How many tiles the producer's K copies run ahead of its V copies (see produce).
@@ -133,20 +128,6 @@ struct Barriers {
     __device__ u32 k_empty(int s) const { return base + 8 * (2 + 2 * STAGES + s); }
     __device__ u32 v_empty(int s) const { return base + 8 * (2 + 3 * STAGES + s); }
 };
-
-// The first N keys' part of a tile's S (fp32) or P (A operand) registers: the whole tile,
-// or the narrow last tile's 64 keys. Indices are compile-time, so this names registers.
-template <int N> struct Keys { static constexpr int value = N; };
-template <int N, int NT>
-__device__ __forceinline__ float (&first_keys(float (&s)[1][NT][4]))[1][N / 8][4] {
-    static_assert(N % 16 == 0 && N / 8 <= NT, "first_keys: a multiple of 16 keys within the tile");
-    return reinterpret_cast<float (&)[1][N / 8][4]>(s);
-}
-template <int N, int KS>
-__device__ __forceinline__ u32 (&first_keys(u32 (&a)[KS][4]))[N / 16][4] {
-    static_assert(N % 16 == 0 && N / 16 <= KS, "first_keys: a multiple of 16 keys within the tile");
-    return reinterpret_cast<u32 (&)[N / 16][4]>(a);
-}
 
 // A tile of `rows` rows as HEAD_DIM/64 TMA boxes (one per column block), counted on `bar`.
 template <int HEAD_DIM>
@@ -257,28 +238,26 @@ __device__ __forceinline__ u64 desc_advance(u64 desc, u32 bytes) {
     return (desc & 0xFFFFFFFF00000000ull) | static_cast<u32>(static_cast<u32>(desc) + (bytes >> 4));
 }
 
-// S(64 x N) = Q_c K^T for the first N keys of a K tile: HEAD_DIM/16 k-steps, both operands
-// K-major (a tile's column blocks are Tile::kBlockN rows apart).
-template <class T, class Tile, int HEAD_DIM, int N>
-__device__ __forceinline__ void qk_wgmma(float (&s)[N / 8][4], u64 q_desc, u64 k_desc) {
+// S(64 x BLOCK_N) = Q_c K^T: HEAD_DIM/16 k-steps, both operands K-major.
+template <class T, class Tile, int HEAD_DIM, int BLOCK_N>
+__device__ __forceinline__ void qk_wgmma(float (&s)[BLOCK_N / 8][4], u64 q_desc, u64 k_desc) {
     wgmma_fence();
     #pragma unroll
     for (int ks = 0; ks < HEAD_DIM / 16; ++ks) {
         const u32 cb = ks / 4, in_block = (ks % 4) * 32;
-        wgmma_ss<T, N>(s, desc_advance(q_desc, cb * Tile::kBlockM * 128 + in_block),
-                       desc_advance(k_desc, cb * Tile::kBlockN * 128 + in_block), ks > 0);
+        wgmma_ss<T, BLOCK_N>(s, desc_advance(q_desc, cb * Tile::kBlockM * 128 + in_block),
+                             desc_advance(k_desc, cb * BLOCK_N * 128 + in_block), ks > 0);
     }
     wgmma_commit();
 }
 
-// O(64 x HEAD_DIM) += P V for the first N keys of a V tile: N/16 k-steps, P from registers,
-// V MN-major.
-template <class T, int HEAD_DIM, int N>
-__device__ __forceinline__ void pv_wgmma(float (&o)[HEAD_DIM / 8][4], const u32 (&a)[N / 16][4],
+// O(64 x HEAD_DIM) += P V: BLOCK_N/16 k-steps, P from registers, V MN-major.
+template <class T, int HEAD_DIM, int BLOCK_N>
+__device__ __forceinline__ void pv_wgmma(float (&o)[HEAD_DIM / 8][4], const u32 (&a)[BLOCK_N / 16][4],
                                          u64 v_desc) {
     wgmma_fence();
     #pragma unroll
-    for (int kk = 0; kk < N / 16; ++kk)
+    for (int kk = 0; kk < BLOCK_N / 16; ++kk)
         wgmma_rs<T, HEAD_DIM>(o, a[kk], desc_advance(v_desc, kk * 2048), true);
     wgmma_commit();
 }
@@ -410,23 +389,20 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
         float s[1][BLOCK_N / 8][4];      // S_j, then P_j in fp32
         u32 a[BLOCK_N / 16][4];          // P_j as the 16-bit A operand of P V_j
         float alpha[1][2];
-        // S_j (landed in s) -> P_j in `a` and alpha for O, for the tile's first N keys (all
-        // of them but in a narrow last tile). The lazy update writes `a` during the softmax,
-        // so it runs once the previous P V is done; without a row maximum to wait on, that
-        // beat running the exact softmax under P V (v15; PERF_NOTES v18).
-        auto softmax_tile = [&](int j, auto keys, bool first = false) {
-            constexpr int N = decltype(keys)::value;
-            auto& sn = first_keys<N>(s);
+        // S_j (landed in s) -> P_j in `a` and alpha for O. The lazy update writes `a` during
+        // the softmax, so it runs once the previous P V is done; without a row maximum to
+        // wait on, that beat running the exact softmax under P V (v15; PERF_NOTES v18).
+        auto softmax_tile = [&](int j, bool first = false) {
             const int key0 = j * BLOCK_N;
-            const bool needs_mask = key0 + N > seqlen_k ||
-                                    (p.causal && key0 + N - 1 > c_row0 + causal_diag);
+            const bool needs_mask = key0 + BLOCK_N > seqlen_k ||
+                                    (p.causal && key0 + BLOCK_N - 1 > c_row0 + causal_diag);
             if (needs_mask)
-                scale_and_mask<1, N / 8, true>(sn, p.scale_log2, w_row0, key0, seqlen_k, causal_diag,
-                                               p.causal, lane);
+                scale_and_mask<1, BLOCK_N / 8, true>(s, p.scale_log2, w_row0, key0, seqlen_k, causal_diag,
+                                                     p.causal, lane);
             else
-                scale_and_mask<1, N / 8, false>(sn, p.scale_log2, 0, 0, 0, 0, false, lane);
-            if (first) seed_max<N / 8>(sn, m, p.scale_log2);
-            softmax_update_lazy<T, N / 8>(sn, first_keys<N>(a), m, l, alpha, p.scale_log2);
+                scale_and_mask<1, BLOCK_N / 8, false>(s, p.scale_log2, 0, 0, 0, 0, false, lane);
+            if (first) seed_max<BLOCK_N / 8>(s, m, p.scale_log2);
+            softmax_update_lazy<T, BLOCK_N / 8>(s, a, m, l, alpha, p.scale_log2);
         };
 
         if (PINGPONG && consumer == CONSUMERS - 1 && n_blocks > 0) named_barrier_arrive(1, 256);
@@ -439,65 +415,46 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
             fence_registers(a);
             release(bar.v_empty(Ring<STAGES>{it + tile(k)}.slot()));
         };
-        auto first_step = [&](auto keys) {
-            constexpr int N = decltype(keys)::value;
+        if (my_blocks > 0) {
             const Ring<STAGES> r{it + tile(0)};
             mbar_wait(bar.k_full(r.slot()), r.parity());
             await_turn();
-            qk_wgmma<T, Tile, HEAD_DIM, N>(first_keys<N>(s)[0], q_desc, k_tile(r));
+            qk_wgmma<T, Tile, HEAD_DIM, BLOCK_N>(s[0], q_desc, k_tile(r));
             pass_turn(false);
             wgmma_wait<0>();
-            fence_registers(first_keys<N>(s)[0]);
+            fence_registers(s[0]);
             release(bar.k_empty(r.slot()));
-            softmax_tile(tile(0), keys, true);
-        };
-        // Step k: S_k = Q K_k^T (N keys) and O += P_{k-1} V_{k-1} (a full tile: only the last
-        // is narrow) in flight together; then, once both are done, the softmax of S_k (P_k
-        // into `a`) and O *= alpha_k.
-        auto step = [&](int k, auto keys) {
-            constexpr int N = decltype(keys)::value;
+            softmax_tile(tile(0), true);
+        }
+        // Step k: S_k = Q K_k^T and O += P_{k-1} V_{k-1} in flight together; then, once
+        // both are done, the softmax of S_k (P_k into `a`) and O *= alpha_k.
+        for (int k = 1; k < my_blocks; ++k) {
             const Ring<STAGES> r{it + tile(k)}, prev{it + tile(k - 1)};
             mbar_wait(bar.k_full(r.slot()), r.parity());
             mbar_wait(bar.v_full(prev.slot()), prev.parity());
             await_turn();
-            qk_wgmma<T, Tile, HEAD_DIM, N>(first_keys<N>(s)[0], q_desc, k_tile(r));
+            qk_wgmma<T, Tile, HEAD_DIM, BLOCK_N>(s[0], q_desc, k_tile(r));
             pv_wgmma<T, HEAD_DIM, BLOCK_N>(o[0], a, v_tile(prev));
             pass_turn(false);
             wgmma_wait<1>();                  // S_k landed (groups retire in order)
-            fence_registers(first_keys<N>(s)[0]);
+            fence_registers(s[0]);
             release(bar.k_empty(r.slot()));
             wgmma_wait<0>();
             pv_done(k - 1);
-            softmax_tile(tile(k), keys);
+            softmax_tile(tile(k));
             rescale_rows<1, HEAD_DIM / 8>(o, alpha);
-        };
-        auto last_pv = [&](auto keys) {
-            constexpr int N = decltype(keys)::value;
-            const Ring<STAGES> last{it + tile(my_blocks - 1)};
-            mbar_wait(bar.v_full(last.slot()), last.parity());
-            await_turn();
-            pv_wgmma<T, HEAD_DIM, N>(o[0], first_keys<N>(a), v_tile(last));
-            pass_turn(c_blocks == n_blocks);
-            wgmma_wait<0>();
-            pv_done(my_blocks - 1);
-        };
-        // A last key tile of at most 64 keys (non-causal, Sk mod BLOCK_N in 1..64) is
-        // multiplied as a 64-key one: at S = 4k, the 22nd 192-key tile holds 64 keys, and
-        // its full width cost 2/3 of a tile's GEMMs and exponentials per row block. The test
-        // reads only the parameters and the work tile, so every warp takes the same path.
-        const bool narrow = Tile::kNarrowLast && !p.causal && seqlen_k - (n_blocks - 1) * BLOCK_N <= 64;
-        if (my_blocks > 0) {
-            if (narrow && my_blocks == 1) first_step(Keys<64>{});
-            else first_step(Keys<BLOCK_N>{});
         }
-        for (int k = 1; k < my_blocks - (narrow ? 1 : 0); ++k) step(k, Keys<BLOCK_N>{});
-        if (narrow && my_blocks > 1) step(my_blocks - 1, Keys<64>{});
         // Every S GEMM has landed: Q is free, so the producer loads the next tile's Q
         // during the last P V and the epilogue.
         release(bar.q_empty());
         if (my_blocks > 0) {
-            if (narrow) last_pv(Keys<64>{});
-            else last_pv(Keys<BLOCK_N>{});
+            const Ring<STAGES> last{it + tile(my_blocks - 1)};
+            mbar_wait(bar.v_full(last.slot()), last.parity());
+            await_turn();
+            pv_wgmma<T, HEAD_DIM, BLOCK_N>(o[0], a, v_tile(last));
+            pass_turn(c_blocks == n_blocks);
+            wgmma_wait<0>();
+            pv_done(my_blocks - 1);
         }
         // Key tiles this consumer's rows do not need (causal: the other consumers' part
         // of the diagonal; or it has no rows here): release each once landed and keep
