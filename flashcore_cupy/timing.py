@@ -53,17 +53,23 @@ def _event_samples(fn: Callable[[int], object], iters: int, calls: int, warmup: 
     busy_gpu()
     for i in range(warmup):
         fn(i)
-    start, end = cupy.cuda.Event(), cupy.cuda.Event()
-    samples = np.empty(iters)
-    for i in range(iters):
-        stream.synchronize()
-        start.record(stream)
-        for c in range(calls):
-            fn(i * calls + c)
-        end.record(stream)
-        end.synchronize()
-        samples[i] = cupy.cuda.get_elapsed_time(start, end) * 1e3 / calls
-    return Timing(samples)
+    events = cupy.cuda.Event(), cupy.cuda.Event()
+    return Timing(np.array([_sample(fn, i, calls, stream, events) for i in range(iters)]))
+
+
+def _sample(fn: Callable[[int], object], i: int, calls: int, stream, events) -> float:
+    """Sample i: CUDA events (start, end) around calls fn(i * calls + c), c < calls, once the
+    GPU is idle; µs per call."""
+    import cupy
+
+    start, end = events
+    stream.synchronize()
+    start.record(stream)
+    for c in range(calls):
+        fn(i * calls + c)
+    end.record(stream)
+    end.synchronize()
+    return cupy.cuda.get_elapsed_time(start, end) * 1e3 / calls
 
 
 def time_latency(fn: Callable[[int], object], iters: int, warmup: int = 10) -> Timing:
@@ -114,20 +120,14 @@ def time_side_by_side(fns: dict[str, tuple[Call, Callable[[], ContextManager]]],
 
     stream = cupy.cuda.get_current_stream()
     busy_gpu()
-    start, end = cupy.cuda.Event(), cupy.cuda.Event()
+    events = cupy.cuda.Event(), cupy.cuda.Event()
     samples = {name: np.empty(iters) for name in fns}
     for name, indices in turns(list(fns), iters, blocks):
         fn, context = fns[name]
         with context():
             _warm(fn, warmup_s, calls)
             for i in indices:
-                stream.synchronize()
-                start.record(stream)
-                for c in range(calls):
-                    fn(i * calls + c)
-                end.record(stream)
-                end.synchronize()
-                samples[name][i] = cupy.cuda.get_elapsed_time(start, end) * 1e3 / calls
+                samples[name][i] = _sample(fn, i, calls, stream, events)
     return {name: Timing(us) for name, us in samples.items()}
 
 
