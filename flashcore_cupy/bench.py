@@ -4,7 +4,7 @@ For each shape and dtype: validate every implementation against the float64
 reference (sampled query rows), then time them in two modes:
   latency     CUDA events around one call after the GPU is idle (host cost included)
   throughput  CUDA events around 20 back-to-back calls, divided by 20
-side by side: the implementations take turns sample by sample (timing.time_side_by_side).
+side by side: the implementations take turns in blocks of samples (timing.time_side_by_side).
 Inputs rotate over several sets when one set would sit in L2.
 """
 
