@@ -10,7 +10,7 @@ set -uo pipefail
 source "$(dirname "$0")/steps.sh"
 export CUPY_CACHE_DIR=${CUPY_CACHE_DIR:-/tmp/flashcore-kcache}
 
-step device.txt nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv
+step device.txt nvidia-smi --query-gpu=name,uuid,serial,vbios_version,driver_version,power.limit,clocks.sm,clocks.max.sm --format=csv
 step latency.txt timeout 150 python3 scripts/latency_probe.py
 if [ "${PYTEST:-1}" = 1 ]; then
   step pytest_sm90.txt timeout 240 python3 -m pytest tests/test_attention_gpu.py -q -x -p no:cacheprovider \

@@ -10,7 +10,7 @@ set -uo pipefail
 source "$(dirname "$0")/steps.sh"
 
 step device.txt date -u
-step device.txt nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv
+step device.txt nvidia-smi --query-gpu=name,uuid,serial,vbios_version,driver_version,power.limit,clocks.sm,clocks.max.sm --format=csv
 step device.txt python3 -m flashcore_cupy info
 if [ "${TESTS:-1}" = 1 ]; then
   step device.txt python3 -m flashcore_cupy check --arch sm_90a,sm_80

@@ -6,7 +6,7 @@ set -uo pipefail
 source "$(dirname "$0")/steps.sh"
 export CUPY_CACHE_DIR=${CUPY_CACHE_DIR:-/tmp/flashcore-kcache}
 
-step device.txt nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv
+step device.txt nvidia-smi --query-gpu=name,uuid,serial,vbios_version,driver_version,power.limit,clocks.sm,clocks.max.sm --format=csv
 step probe.txt timeout 240 python3 scripts/sm90_probe.py
 if [ $status = 0 ]; then
   step sweep.txt timeout 300 python3 scripts/tile_sweep.py --family all --out "$OUT/sweep.json"
