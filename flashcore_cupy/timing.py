@@ -8,6 +8,8 @@ from typing import Callable, ContextManager
 
 import numpy as np
 
+Call = Callable[[int], object]   # fn(i): the i-th call, so callers can rotate inputs
+
 
 @dataclass(frozen=True)
 class Timing:
@@ -43,7 +45,7 @@ def busy_gpu() -> None:
     cupy.cuda.get_current_stream().synchronize()
 
 
-def _event_samples(fn: Callable[[int], object], iters: int, calls: int, warmup: int) -> Timing:
+def _event_samples(fn: Call, iters: int, calls: int, warmup: int) -> Timing:
     """`iters` samples of CUDA events around `calls` back-to-back calls (per call), each
     sample started with the GPU idle (its queue empty; its clocks as `busy_gpu` leaves
     them). fn(i) gets the call index, so callers can rotate inputs."""
@@ -57,7 +59,7 @@ def _event_samples(fn: Callable[[int], object], iters: int, calls: int, warmup: 
     return Timing(np.array([_sample(fn, i, calls, stream, events) for i in range(iters)]))
 
 
-def _sample(fn: Callable[[int], object], i: int, calls: int, stream, events) -> float:
+def _sample(fn: Call, i: int, calls: int, stream, events) -> float:
     """Sample i: CUDA events (start, end) around calls fn(i * calls + c), c < calls, once the
     GPU is idle; µs per call."""
     import cupy
@@ -72,18 +74,15 @@ def _sample(fn: Callable[[int], object], i: int, calls: int, stream, events) -> 
     return cupy.cuda.get_elapsed_time(start, end) * 1e3 / calls
 
 
-def time_latency(fn: Callable[[int], object], iters: int, warmup: int = 10) -> Timing:
+def time_latency(fn: Call, iters: int, warmup: int = 10) -> Timing:
     """Events around one call after the GPU is idle: what a user sees, host cost included."""
     return _event_samples(fn, iters, 1, warmup)
 
 
-def time_throughput(fn: Callable[[int], object], iters: int, calls: int = 20,
+def time_throughput(fn: Call, iters: int, calls: int = 20,
                     warmup: int = 10) -> Timing:
     """Events around `calls` back-to-back calls, divided by their count; `iters` samples."""
     return _event_samples(fn, iters, calls, warmup)
-
-
-Call = Callable[[int], object]
 
 
 def _warm(fn: Call, seconds: float, calls: int) -> None:
