@@ -4,7 +4,9 @@ For each shape and dtype: validate every implementation against the float64
 reference (sampled query rows), then time them in two modes:
   latency     CUDA events around one call after the GPU is idle (host cost included)
   throughput  CUDA events around 20 back-to-back calls, divided by 20
-side by side: the implementations take turns in blocks of samples (timing.time_side_by_side).
+side by side: the implementations take turns (timing.time_side_by_side), in blocks of
+samples where a call is short enough that its host path's warmth matters, one sample per
+turn where every call is long, so that all of them meet the GPU's clock alike (see turn_plan).
 Inputs rotate over several sets when one set would sit in L2.
 """
 
@@ -30,6 +32,8 @@ IMPLS = ("flashcore", "flashcore_sm80", "naive_cupy", "sdpa_flash", "sdpa_cudnn"
 _SDPA_BACKENDS = {"sdpa_flash": "FLASH_ATTENTION", "sdpa_cudnn": "CUDNN_ATTENTION",
                   "sdpa_efficient": "EFFICIENT_ATTENTION"}
 _LONG_US = 10_000   # runs longer than this get fewer repeats
+_CLOCK_BOUND_US = 100   # cases whose every call takes this long take turns sample by sample
+_BLOCKS, _BLOCK_WARMUP_S = 5, 0.05
 
 
 @dataclass
@@ -109,7 +113,7 @@ def run_case(shape: Shape, dtype: str, impls: list[str], iters: int, rng, torch)
     fns = _impls(shape, torch)
     sets = workload.input_sets(shape, "fp16" if dtype == "float16" else "bf16", rng)
     q, k, v = sets[0]
-    timed, errors, slowest = {}, {}, 0.0
+    timed, errors, quick = {}, {}, {}
     for impl in impls:
         if impl not in fns:
             continue
@@ -122,16 +126,33 @@ def run_case(shape: Shape, dtype: str, impls: list[str], iters: int, rng, torch)
                 print(f"  {shape.name} {dtype} {impl}: not available ({str(e).splitlines()[0][:80]})")
                 continue
             call = functools.partial(_rotating_call, fn, inputs)
-            slowest = max(slowest, time_latency(call, 3, warmup=1).p50)
+            quick[impl] = time_latency(call, 3, warmup=1).p50
         timed[impl] = (call, context)
-    n = iters if slowest < _LONG_US else max(10, iters // 5)
+    n = iters if max(quick.values()) < _LONG_US else max(10, iters // 5)
     rows = []
-    for mode, timings in (("latency", time_side_by_side(timed, n)),
-                          ("throughput", time_side_by_side(timed, max(5, n // 10), calls=20))):
+    for mode, samples, calls in (("latency", n, 1), ("throughput", max(5, n // 10), 20)):
+        blocks, warmup_s = turn_plan(min(quick.values()), samples)
+        timings = time_side_by_side(timed, samples, calls, warmup_s, blocks)
         for impl, t in timings.items():
             rows.append(Row(shape.name, dtype, impl, mode, t.p50, t.p90, t.p99,
                             shape.flops / (t.p50 * 1e-6) / 1e12, errors[impl]))
     return rows
+
+
+def turn_plan(fastest_us: float, samples: int) -> tuple[int, float]:
+    """(blocks, warm-up seconds per turn) for time_side_by_side.
+
+    Under a long load the H200 lowers its SM clock within tens of milliseconds (1980 to
+    ~1640 MHz at S = 4k D128, the time of a call following the clock: correlation -0.97,
+    PERF_NOTES v20), so an implementation timed in a block right after a light one met a
+    higher clock than one timed after a heavy one. Where every call takes _CLOCK_BOUND_US
+    or more, each turn is one sample after one untimed round of the same calls (its host
+    path warm), and the implementations alternate sample by sample through the same clock
+    states. Shorter calls keep blocks of samples after a 50 ms warm-up: there the host
+    path's warmth is what varies (sampled call by call in turn, each ran cold, v19)."""
+    if fastest_us >= _CLOCK_BOUND_US:
+        return samples, 0.0
+    return _BLOCKS, _BLOCK_WARMUP_S
 
 
 def _rotating_call(fn: Callable, inputs: list, i: int):

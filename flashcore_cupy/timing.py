@@ -86,7 +86,8 @@ def time_throughput(fn: Call, iters: int, calls: int = 20,
 
 
 def _warm(fn: Call, seconds: float, calls: int) -> None:
-    """Call fn in synchronised rounds of `calls` calls for at least `seconds`: the host path
+    """Call fn in synchronised rounds of `calls` calls for at least `seconds` (at least one
+    round: seconds=0 gives one): the host path
     and the clocks reach their steady state, and the GPU queue never holds more than one round
     (an unsynchronised loop queued long kernels to the launch queue's depth, PERF_NOTES v18)."""
     import cupy
@@ -105,7 +106,9 @@ def _warm(fn: Call, seconds: float, calls: int) -> None:
 def time_side_by_side(fns: dict[str, tuple[Call, Callable[[], ContextManager]]], iters: int,
                       calls: int = 1, warmup_s: float = 0.05, blocks: int = 5) -> dict[str, Timing]:
     """`iters` samples of each implementation, side by side: the implementations take turns
-    in `blocks` blocks of samples (turns), each block warmed up, then sampled back to back.
+    in `blocks` blocks of samples (turns), each block warmed up, then sampled back to back
+    (blocks=iters: one sample per turn, so that all meet the GPU's clock alike; see
+    bench.turn_plan).
     Back to back keeps each one's host path in the CPU's caches, as a loop of calls does (the
     peers' anchors are measured so; sampling them call by call in turn made each one's host
     path run cold: flashcore 18 and cuDNN 27 us at the mission shape, against ~14 and ~22).

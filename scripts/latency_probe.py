@@ -9,6 +9,7 @@ Host times are per call over batches of 100 calls (synchronised between batches,
 GPU queue never fills and pushes back on the host). Usage: python3 scripts/latency_probe.py
 """
 
+import functools
 import time
 
 import cupy
@@ -58,9 +59,14 @@ extern "C" __global__ void clock_rate(unsigned long long cycles, double* mhz) {
 """
 
 
+@functools.lru_cache(maxsize=None)
+def _clock_kernel():
+    return cupy.RawModule(code=_CLOCK_SRC).get_function("clock_rate")
+
+
 def sm_clock_mhz() -> float:
     """The SM clock now: a 20k-cycle spin timed by the global nanosecond timer."""
-    kernel = cupy.RawModule(code=_CLOCK_SRC).get_function("clock_rate")
+    kernel = _clock_kernel()
     mhz = cupy.zeros(1, cupy.float64)
     kernel((1,), (1,), (np.uint64(20000), mhz))
     return float(mhz.get()[0])

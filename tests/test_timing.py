@@ -15,6 +15,16 @@ def test_turns_give_each_implementation_blocks_of_samples_in_alternating_order()
                                               ("b", range(1, 2)), ("a", range(1, 2))]
 
 
+def test_long_cases_take_turns_sample_by_sample_and_short_ones_in_warmed_blocks():
+    from flashcore_cupy import bench
+
+    long_blocks, long_warm = bench.turn_plan(bench._CLOCK_BOUND_US, 40)
+    assert (long_blocks, long_warm) == (40, 0.0)       # one sample per turn, one warm round
+    assert [n for n, r in timing.turns(["a", "b"], 4, long_blocks)] == ["a", "b", "b", "a"] * 2
+    short_blocks, short_warm = bench.turn_plan(bench._CLOCK_BOUND_US - 1, 40)
+    assert short_blocks == 5 and short_warm > 0
+
+
 @pytest.mark.gpu
 def test_side_by_side_samples_each_implementation_in_its_context():
     import contextlib
@@ -48,3 +58,19 @@ def test_side_by_side_samples_each_implementation_in_its_context():
     assert entered == {"fast": 3, "slow": 3}           # one per block
     timed = seen[-4:]                                  # the last block: samples 4 and 5
     assert timed == [8, 9, 10, 11]                     # call indices i * calls + c
+
+
+@pytest.mark.gpu
+def test_side_by_side_with_no_warmup_time_warms_each_turn_with_one_round():
+    import contextlib
+
+    import cupy
+
+    a = cupy.ones((256, 256), cupy.float32)
+    seen = {"x": [], "y": []}
+    fns = {name: (lambda i, name=name: (seen[name].append(i), a @ a), contextlib.nullcontext)
+           for name in seen}
+    out = timing.time_side_by_side(fns, iters=3, calls=2, warmup_s=0.0, blocks=3)
+    assert all(len(t.us) == 3 for t in out.values())
+    for calls in seen.values():   # per turn: one warm round (calls 0, 1), then its sample
+        assert calls == [0, 1, 0, 1, 0, 1, 2, 3, 0, 1, 4, 5]

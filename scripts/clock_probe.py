@@ -1,0 +1,70 @@
+"""Is a long shape's kernel time set by the SM clock it gets (power), sample by sample?
+
+For several fresh input sets, takes samples of 20 back-to-back calls of ours and of cuDNN
+(in turns) and reads the SM clock right after each sample (latency_probe.sm_clock_mhz),
+then prints time against clock. Run it beside `nvidia-smi --query-gpu=clocks.sm,power.draw,
+clocks_event_reasons.active -lms 20` for the power side.
+Usage: python3 scripts/clock_probe.py [SHAPE] [fp16|bf16] [SETS] [SAMPLES]
+"""
+
+import sys
+
+import cupy
+import numpy as np
+from latency_probe import sm_clock_mhz
+
+from flashcore_cupy import api
+from flashcore_cupy.shapes import parse_shape
+from flashcore_cupy.timing import _sample, busy_gpu
+from flashcore_cupy.workload import random_inputs
+
+shape = parse_shape(sys.argv[1] if len(sys.argv) > 1 else "b2-h16-s4k-d128")
+dtype = sys.argv[2] if len(sys.argv) > 2 else "fp16"
+sets, samples = (int(sys.argv[i]) if len(sys.argv) > i else d for i, d in ((3, 4), (4, 12)))
+rng = np.random.default_rng()
+stream = cupy.cuda.get_current_stream()
+events = cupy.cuda.Event(), cupy.cuda.Event()
+
+
+def peers(q, k, v, out):
+    *_, launch = api._prepare(q, k, v, out, shape.causal, None, "bhsd", False, "auto")
+    fns = {"ours": lambda i: launch(q, k, v, out, None)}
+    try:
+        import torch
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+        tq, tk, tv = (torch.from_dlpack(x) for x in (q, k, v))
+        sdpa = torch.nn.functional.scaled_dot_product_attention
+
+        def cudnn(i):
+            with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+                return sdpa(tq, tk, tv, is_causal=shape.causal)
+        fns["cudnn"] = cudnn
+    except ImportError:
+        pass
+    return fns
+
+
+print(f"# {cupy.cuda.runtime.getDeviceProperties(0)['name'].decode()} {shape.name} {dtype}: "
+      f"us per call over 20 back-to-back calls, SM MHz right after")
+busy_gpu()
+rows = []
+for s in range(sets):
+    q, k, v = random_inputs(shape, dtype, rng)
+    out = cupy.empty_like(q)
+    fns = peers(q, k, v, out)
+    for fn in fns.values():
+        _sample(fn, 0, 5, stream, events)   # warm
+    for i in range(samples):
+        for name, fn in fns.items():
+            us = _sample(fn, i, 20, stream, events)
+            mhz = sm_clock_mhz()
+            rows.append((s, name, us, mhz))
+            print(f"set {s} sample {i:2d} {name:<6} {us:7.1f} us  {mhz:6.0f} MHz  "
+                  f"{us * mhz / 1e3:8.1f} kcycles", flush=True)
+for name in ("ours", "cudnn"):
+    r = np.array([(us, mhz) for _, n, us, mhz in rows if n == name])
+    if len(r):
+        print(f"{name}: us p50 {np.median(r[:, 0]):.1f} (min {r[:, 0].min():.1f} max {r[:, 0].max():.1f}); "
+              f"MHz p50 {np.median(r[:, 1]):.0f} (min {r[:, 1].min():.0f} max {r[:, 1].max():.0f}); "
+              f"kcycles p50 {np.median(r[:, 0] * r[:, 1] / 1e3):.1f}; corr(us, MHz) "
+              f"{np.corrcoef(r[:, 0], r[:, 1])[0, 1]:+.2f}")

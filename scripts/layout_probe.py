@@ -1,0 +1,88 @@
+"""Does a long shape's kernel time depend on where its tensors lie in memory?
+
+The shipped S = 4k D128 kernel runs at ~408 us in some processes and ~441 in others
+(PERF_NOTES v19). This times it, and cuDNN on the same arrays as a control, with q, k, v
+and the output placed in one buffer at chosen gaps, in one process, several rounds.
+Usage: python3 scripts/layout_probe.py [SHAPE] [fp16|bf16] [ROUNDS] [--once]
+--once: one launch of ours per layout, untimed, for Nsight Compute to compare.
+"""
+
+import sys
+
+import cupy
+import numpy as np
+
+from flashcore_cupy import api
+from flashcore_cupy.shapes import parse_shape
+from flashcore_cupy.timing import time_throughput
+from flashcore_cupy.workload import random_inputs, verify
+
+once = "--once" in sys.argv
+argv = [a for a in sys.argv[1:] if a != "--once"]
+shape = parse_shape(argv[0] if argv else "b2-h16-s4k-d128")
+dtype = argv[1] if len(argv) > 1 else "fp16"
+rounds = int(argv[2]) if len(argv) > 2 else 2
+rng = np.random.default_rng()
+GAPS = {"0": 0, "4K": 4 << 10, "64K": 64 << 10, "1M": 1 << 20, "2M+4K": (2 << 20) + (4 << 10),
+        "7M": 7 << 20}
+
+
+def cudnn(q, k, v):
+    import torch
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    tq, tk, tv = (torch.from_dlpack(x) for x in (q, k, v))
+    fn = torch.nn.functional.scaled_dot_product_attention
+    with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+        return time_throughput(lambda i: fn(tq, tk, tv, is_causal=shape.causal), 10).p50
+
+
+def ours(q, k, v, out):
+    *_, launch = api._prepare(q, k, v, out, shape.causal, None, "bhsd", False, "auto")
+    out.fill(np.nan)
+    launch(q, k, v, out, None)
+    err = verify(shape, q, k, v, out, rng, rows=64)
+    return time_throughput(lambda i: launch(q, k, v, out, None), 10).p50, err, launch.config
+
+
+def packed(gap: int, order=("q", "k", "v", "out")):
+    """q, k, v and out in one buffer, in `order`, each `gap` bytes after the previous."""
+    src = dict(zip("qkv", random_inputs(shape, dtype, rng)))
+    nbytes = {n: src["q" if n == "out" else n].nbytes for n in order}
+    buf = cupy.empty(sum(nbytes.values()) + 4 * gap, dtype=np.uint8)
+    views, at = {}, 0
+    for n in order:
+        like = src["q" if n == "out" else n]
+        views[n] = buf[at:at + nbytes[n]].view(like.dtype).reshape(like.shape)
+        at += nbytes[n] + gap
+    for n in "qkv":
+        views[n][...] = src[n]
+    return views, buf
+
+
+print(f"# {cupy.cuda.runtime.getDeviceProperties(0)['name'].decode()} {shape.name} {dtype}")
+layouts = [("fresh arrays", None, None)] + [(f"packed gap {g}", GAPS[g], ("q", "k", "v", "out"))
+                                            for g in GAPS] + [
+    ("packed gap 0, v before k", 0, ("q", "v", "k", "out")),
+    ("packed gap 0, out first", 0, ("out", "q", "k", "v"))]
+for r in range(rounds):
+    for label, gap, order in layouts:
+        if gap is None:
+            q, k, v = random_inputs(shape, dtype, rng)
+            out, keep = cupy.empty_like(q), None
+        else:
+            views, keep = packed(gap, order)
+            q, k, v, out = views["q"], views["k"], views["v"], views["out"]
+        if once:
+            *_, launch = api._prepare(q, k, v, out, shape.causal, None, "bhsd", False, "auto")
+            launch(q, k, v, out, None)
+            cupy.cuda.get_current_stream().synchronize()
+            print(f"round {r} {label}", flush=True)
+            continue
+        t, err, cfg = ours(q, k, v, out)
+        c = cudnn(q, k, v)
+        addrs = " ".join(f"{n}={x.data.ptr % (1 << 30) >> 20:4d}M+{x.data.ptr % (1 << 20):7d}"
+                         for n, x in zip(("q", "k", "v", "o"), (q, k, v, out)))
+        print(f"round {r} {label:<26} ours {t:7.1f} us  cudnn {c:7.1f} us  ratio {c / t:5.3f}  "
+              f"err {err:.1e}  [{addrs}]  {cfg}", flush=True)
+        del q, k, v, out, keep
+        cupy.get_default_memory_pool().free_all_blocks()
