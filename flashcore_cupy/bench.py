@@ -130,7 +130,7 @@ def run_case(shape: Shape, dtype: str, impls: list[str], iters: int, rng, torch)
         timed[impl] = (call, context)
     n = iters if max(quick.values()) < _LONG_US else max(10, iters // 5)
     rows = []
-    for mode, samples, calls in (("latency", n, 1), ("throughput", max(5, n // 10), 20)):
+    for mode, samples, calls in (("latency", n, 1), ("throughput", max(10, n // 5), 20)):
         blocks, warmup_s = turn_plan(min(quick.values()), samples)
         timings = time_side_by_side(timed, samples, calls, warmup_s, blocks)
         for impl, t in timings.items():
