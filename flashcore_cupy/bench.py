@@ -128,6 +128,8 @@ def run_case(shape: Shape, dtype: str, impls: list[str], iters: int, rng, torch)
             call = functools.partial(_rotating_call, fn, inputs)
             quick[impl] = time_latency(call, 3, warmup=1).p50
         timed[impl] = (call, context)
+    if not timed:   # every implementation asked for was unavailable here
+        return []
     n = iters if max(quick.values()) < _LONG_US else max(10, iters // 5)
     rows = []
     for mode, samples, calls in (("latency", n, 1), ("throughput", max(10, n // 5), 20)):

@@ -87,9 +87,9 @@ def time_throughput(fn: Call, iters: int, calls: int = 20,
 
 def _warm(fn: Call, seconds: float, calls: int) -> None:
     """Call fn in synchronised rounds of `calls` calls for at least `seconds` (at least one
-    round: seconds=0 gives one): the host path
-    and the clocks reach their steady state, and the GPU queue never holds more than one round
-    (an unsynchronised loop queued long kernels to the launch queue's depth, PERF_NOTES v18)."""
+    round: seconds=0 gives one): the host path and the clocks reach their steady state, and
+    the GPU queue never holds more than one round (an unsynchronised loop queued long kernels
+    to the launch queue's depth, PERF_NOTES v18)."""
     import cupy
 
     stream = cupy.cuda.get_current_stream()

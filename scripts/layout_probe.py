@@ -36,8 +36,13 @@ def cudnn(q, k, v):
         return time_throughput(lambda i: fn(tq, tk, tv, is_causal=shape.causal), 10).p50
 
 
-def ours(q, k, v, out):
+def prepared(q, k, v, out):
     *_, launch = api._prepare(q, k, v, out, shape.causal, None, "bhsd", False, "auto")
+    return launch
+
+
+def ours(q, k, v, out):
+    launch = prepared(q, k, v, out)
     out.fill(np.nan)
     launch(q, k, v, out, None)
     err = verify(shape, q, k, v, out, rng, rows=64)
@@ -73,16 +78,15 @@ for r in range(rounds):
             views, keep = packed(gap, order)
             q, k, v, out = views["q"], views["k"], views["v"], views["out"]
         if once:
-            *_, launch = api._prepare(q, k, v, out, shape.causal, None, "bhsd", False, "auto")
-            launch(q, k, v, out, None)
+            prepared(q, k, v, out)(q, k, v, out, None)
             cupy.cuda.get_current_stream().synchronize()
             print(f"round {r} {label}", flush=True)
-            continue
-        t, err, cfg = ours(q, k, v, out)
-        c = cudnn(q, k, v)
-        addrs = " ".join(f"{n}={x.data.ptr % (1 << 30) >> 20:4d}M+{x.data.ptr % (1 << 20):7d}"
-                         for n, x in zip(("q", "k", "v", "o"), (q, k, v, out)))
-        print(f"round {r} {label:<26} ours {t:7.1f} us  cudnn {c:7.1f} us  ratio {c / t:5.3f}  "
-              f"err {err:.1e}  [{addrs}]  {cfg}", flush=True)
+        else:
+            t, err, cfg = ours(q, k, v, out)
+            c = cudnn(q, k, v)
+            addrs = " ".join(f"{n}={x.data.ptr % (1 << 30) >> 20:4d}M+{x.data.ptr % (1 << 20):7d}"
+                             for n, x in zip(("q", "k", "v", "o"), (q, k, v, out)))
+            print(f"round {r} {label:<26} ours {t:7.1f} us  cudnn {c:7.1f} us  ratio {c / t:5.3f}  "
+                  f"err {err:.1e}  [{addrs}]  {cfg}", flush=True)
         del q, k, v, out, keep
         cupy.get_default_memory_pool().free_all_blocks()

@@ -81,6 +81,17 @@ def test_bench_writes_json(tmp_path):
 
 
 @pytest.mark.gpu
+def test_bench_case_with_no_available_implementation_gives_no_rows():
+    import numpy as np
+
+    from flashcore_cupy import bench
+
+    rows = bench.run_case(parse_shape("mission"), "float16", ["sdpa_cudnn"], 5,
+                          np.random.default_rng(), torch=None)   # SDPA needs torch
+    assert rows == []
+
+
+@pytest.mark.gpu
 def test_tune_and_warmup_on_gpu(tmp_path, monkeypatch):
     monkeypatch.setenv("FLASHCORE_CUPY_TUNE_CACHE", str(tmp_path / "tune.json"))
     result = CliRunner().invoke(cli.main, ["tune", "--shape", "2,4,300,64", "--dtype", "fp16",
