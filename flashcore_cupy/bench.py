@@ -101,6 +101,18 @@ def _impls(shape: Shape, torch) -> dict[str, tuple[Callable, Callable, Callable]
     return fns
 
 
+def peer_call(shape: Shape, impl: str, q, k, v) -> tuple[Callable, Callable] | None:
+    """(fn(i), context) calling peer `impl` (one of IMPLS, e.g. "sdpa_cudnn") on q, k, v as
+    the benchmark does (fn's calls inside context()), for scripts that time a peer beside
+    our kernels; None where it cannot run here (no torch)."""
+    impls = _impls(shape, _torch())
+    if impl not in impls:
+        return None
+    fn, prepare, context = impls[impl]
+    inputs = prepare(q, k, v)
+    return (lambda i: fn(*inputs)), context
+
+
 def _rel_err(shape: Shape, out, q, k, v, rng) -> float:
     import cupy
 

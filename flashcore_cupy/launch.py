@@ -109,10 +109,10 @@ class FwdLaunch(_Launch):
 
 # Mirrors `struct Sm90Params` in kernels/flash_fwd_sm90.cu (512 bytes): the q, k
 # and v tensor maps, then o and lse pointers, 3 output strides, seqlen_q,
-# seqlen_k, head_dim, heads_per_kv, scale*log2(e), causal, heads, batch,
-# m_blocks, group, tail_start, n_items, (mul, shr) dividing by group * m_blocks,
-# group, heads and heads_per_kv, and padding to the struct's 64-byte alignment.
-SM90_TAIL = struct.Struct("<2Q3q4ifi6i8I8x")
+# seqlen_k, head_dim, scale*log2(e), causal, heads, batch, m_blocks, group,
+# tail_start, n_items, (mul, shr) dividing by group * m_blocks, group, heads and
+# heads_per_kv, and padding to the struct's 64-byte alignment.
+SM90_TAIL = struct.Struct("<2Q3q3ifi6i8I12x")
 _SM90_POINTERS = struct.Struct("<2Q")   # the only part a call repacks
 _SM90_TAIL_AT = 3 * tma.MAP_BYTES
 _MAPS_PER_LAUNCH = 16
@@ -134,9 +134,8 @@ class Sm90Launch(_Launch):
         m_blocks, heads_per_kv = -(-p.seqlen_q // config.block_m), p.heads_q // p.heads_kv
         kv_bytes_per_head = 2 * p.seqlen_k * p.head_dim * 2 // heads_per_kv   # K and V, 16-bit
         plan = config.schedule(p.batch, p.heads_q, p.seqlen_q, num_sms, p.causal, kv_bytes_per_head)
-        scalars = (*o_strides, p.seqlen_q, p.seqlen_k, p.head_dim, heads_per_kv,
-                   p.scale * math.log2(math.e), int(p.causal), p.heads_q, p.batch,
-                   m_blocks, plan.group, plan.tail_start, plan.items,
+        scalars = (*o_strides, p.seqlen_q, p.seqlen_k, p.head_dim, p.scale * math.log2(math.e),
+                   int(p.causal), p.heads_q, p.batch, m_blocks, plan.group, plan.tail_start, plan.items,
                    *fast_divisor(plan.group * m_blocks), *fast_divisor(plan.group),
                    *fast_divisor(p.heads_q), *fast_divisor(heads_per_kv))
         return cls(config, loader.get_function(config, p.device, arch), p.device, plan.grid, p.out_shape,

@@ -64,7 +64,7 @@ struct Sm90Params {
     u16* o;
     float* lse;                    // null: not requested
     i64 o_sb, o_sh, o_ss;          // output (batch, head, seq) strides, elements
-    int seqlen_q, seqlen_k, head_dim, heads_per_kv;
+    int seqlen_q, seqlen_k, head_dim;
     float scale_log2;              // scale * log2(e)
     int causal;
     int heads, batch, m_blocks;    // work tiles: m_blocks x heads x batch

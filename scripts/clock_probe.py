@@ -14,6 +14,7 @@ import numpy as np
 from latency_probe import sm_clock_mhz
 
 from flashcore_cupy import api
+from flashcore_cupy.bench import peer_call
 from flashcore_cupy.shapes import parse_shape
 from flashcore_cupy.timing import _sample, busy_gpu
 from flashcore_cupy.workload import random_inputs
@@ -29,18 +30,14 @@ events = cupy.cuda.Event(), cupy.cuda.Event()
 def peers(q, k, v, out):
     *_, launch = api._prepare(q, k, v, out, shape.causal, None, "bhsd", False, "auto")
     fns = {"ours": lambda i: launch(q, k, v, out, None)}
-    try:
-        import torch
-        from torch.nn.attention import SDPBackend, sdpa_kernel
-        tq, tk, tv = (torch.from_dlpack(x) for x in (q, k, v))
-        sdpa = torch.nn.functional.scaled_dot_product_attention
+    peer = peer_call(shape, "sdpa_cudnn", q, k, v)
+    if peer is not None:
+        fn, context = peer
 
         def cudnn(i):
-            with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
-                return sdpa(tq, tk, tv, is_causal=shape.causal)
+            with context():
+                return fn(i)
         fns["cudnn"] = cudnn
-    except ImportError:
-        pass
     return fns
 
 

@@ -13,6 +13,7 @@ import cupy
 import numpy as np
 
 from flashcore_cupy import api
+from flashcore_cupy.bench import peer_call
 from flashcore_cupy.shapes import parse_shape
 from flashcore_cupy.timing import time_throughput
 from flashcore_cupy.workload import random_inputs, verify
@@ -28,12 +29,9 @@ GAPS = {"0": 0, "4K": 4 << 10, "64K": 64 << 10, "1M": 1 << 20, "2M+4K": (2 << 20
 
 
 def cudnn(q, k, v):
-    import torch
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-    tq, tk, tv = (torch.from_dlpack(x) for x in (q, k, v))
-    fn = torch.nn.functional.scaled_dot_product_attention
-    with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
-        return time_throughput(lambda i: fn(tq, tk, tv, is_causal=shape.causal), 10).p50
+    fn, context = peer_call(shape, "sdpa_cudnn", q, k, v)
+    with context():
+        return time_throughput(fn, 10).p50
 
 
 def prepared(q, k, v, out):

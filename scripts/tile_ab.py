@@ -15,6 +15,7 @@ import cupy
 import numpy as np
 
 from flashcore_cupy import api
+from flashcore_cupy.bench import peer_call
 from flashcore_cupy.configs import Sm90Config
 from flashcore_cupy.shapes import parse_shape
 from flashcore_cupy.timing import time_side_by_side
@@ -28,16 +29,6 @@ parser.add_argument("--tile", action="append", help="block_n,stages,consumers,pi
 args = parser.parse_args()
 tiles = [tuple(int(x) for x in t.split(",")) for t in (args.tile or ["192,2,2,1", "128,2,2,1"])]
 rng = np.random.default_rng()
-
-
-def cudnn_fn(shape, q, k, v):
-    import torch
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-    tq, tk, tv = (torch.from_dlpack(x) for x in (q, k, v))
-    sdpa = torch.nn.functional.scaled_dot_product_attention
-    gqa = shape.heads_q != shape.heads_kv
-    return (lambda i: sdpa(tq, tk, tv, is_causal=shape.causal, enable_gqa=gqa),
-            lambda: sdpa_kernel(SDPBackend.CUDNN_ATTENTION))
 
 
 print(f"# {cupy.cuda.runtime.getDeviceProperties(0)['name'].decode()} {args.dtype}")
@@ -54,7 +45,7 @@ for name in args.shapes:
         err = verify(shape, q, k, v, out, rng, rows=64)
         assert err <= TOLERANCE[args.dtype], (name, str(cfg), err)
         fns[str(cfg)] = (lambda i, launch=launch, out=out: launch(q, k, v, out, None), contextlib.nullcontext)
-    fns["sdpa_cudnn"] = cudnn_fn(shape, q, k, v)
+    fns["sdpa_cudnn"] = peer_call(shape, "sdpa_cudnn", q, k, v) or parser.error("the cuDNN peer needs torch")
     for mode, calls in (("latency", 1), ("throughput", 20)):
         n = args.samples if mode == "throughput" else 2 * args.samples
         t = time_side_by_side(fns, n, calls, warmup_s=0.0, blocks=n)

@@ -14,6 +14,7 @@ import cupy
 import numpy as np
 
 from flashcore_cupy import api
+from flashcore_cupy.bench import peer_call
 from flashcore_cupy.configs import FwdConfig, Sm90Config
 from flashcore_cupy.shapes import parse_shape
 from flashcore_cupy.timing import time_graph_replay, time_throughput
@@ -45,17 +46,13 @@ _GRAPH_BELOW_US = 30   # kernels shorter than this are timed by CUDA-graph repla
 
 
 def cudnn_us(shape, q, k, v):
-    try:
-        import torch
-        from torch.nn.attention import SDPBackend, sdpa_kernel
-    except ImportError:
+    peer = peer_call(shape, "sdpa_cudnn", q, k, v)
+    if peer is None:
         return None
-    tq, tk, tv = (torch.from_dlpack(x) for x in (q, k, v))
-    gqa = shape.heads_q != shape.heads_kv
-    with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
-        fn = torch.nn.functional.scaled_dot_product_attention
+    fn, context = peer
+    with context():
         try:
-            return time_throughput(lambda i: fn(tq, tk, tv, is_causal=shape.causal, enable_gqa=gqa), 10).p50
+            return time_throughput(fn, 10).p50
         except RuntimeError as e:   # cuDNN refuses some shapes: time ours alone
             print(f"{shape.name}: no cuDNN peer ({str(e).splitlines()[0]})")
             return None

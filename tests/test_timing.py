@@ -74,3 +74,26 @@ def test_side_by_side_with_no_warmup_time_warms_each_turn_with_one_round():
     assert all(len(t.us) == 3 for t in out.values())
     for calls in seen.values():   # per turn: one warm round (calls 0, 1), then its sample
         assert calls == [0, 1, 0, 1, 0, 1, 2, 3, 0, 1, 4, 5]
+
+
+def test_peer_call_prepares_inputs_once_and_pins_the_backend(monkeypatch):
+    """Scripts time a peer through bench.peer_call: its inputs converted once, its calls
+    made inside the benchmark's context; None where the peer cannot run (no torch)."""
+    import contextlib
+
+    from flashcore_cupy import bench
+    from flashcore_cupy.shapes import parse_shape
+
+    shape, calls, prepared = parse_shape("mission"), [], []
+    monkeypatch.setattr(bench, "_torch", lambda: None)
+    assert bench.peer_call(shape, "sdpa_cudnn", 1, 2, 3) is None
+
+    def prepare(*xs):
+        prepared.append(xs)
+        return tuple(10 * x for x in xs)
+    context = contextlib.nullcontext
+    monkeypatch.setattr(bench, "_impls", lambda s, torch: {"sdpa_cudnn": (lambda *xs: calls.append(xs),
+                                                                          prepare, context)})
+    fn, ctx = bench.peer_call(shape, "sdpa_cudnn", 1, 2, 3)
+    fn(0), fn(1)
+    assert prepared == [(1, 2, 3)] and calls == [(10, 20, 30)] * 2 and ctx is context
