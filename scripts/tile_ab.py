@@ -30,7 +30,6 @@ args = parser.parse_args()
 tiles = [tuple(int(x) for x in t.split(",")) for t in (args.tile or ["192,2,2,1", "128,2,2,1"])]
 rng = np.random.default_rng()
 
-
 print(f"# {cupy.cuda.runtime.getDeviceProperties(0)['name'].decode()} {args.dtype}")
 for name in args.shapes:
     shape = parse_shape(name)
