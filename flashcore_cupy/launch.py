@@ -72,10 +72,11 @@ class _Launch:
         the config's properties cost ~0.4 us per call to recompute."""
         return (self.function, *self.grid, self.config.threads, 1, 1, self.config.smem_bytes)
 
-    def _launch(self, block: ParamBlock, stream: int | None) -> None:
-        """cuLaunchKernel on `stream` (a handle; default CuPy's current stream); the caller
-        has made `device` current."""
-        _cu_launch(*self._dims, _current_stream().ptr if stream is None else stream, block.argv, 0)
+    def __call__(self, q, k, v, out, lse, stream: int | None = None) -> None:
+        """Launch on `stream` (a handle; default CuPy's current stream); the caller has made
+        `device` current. For scripts; `attention` calls `start` with the addresses it read."""
+        self.start((q.data.ptr, k.data.ptr, v.data.ptr), out, lse,
+                   _current_stream().ptr if stream is None else stream)
 
 
 @dataclass(frozen=True, eq=False)
@@ -99,12 +100,11 @@ class FwdLaunch(_Launch):
                    config.grid(p.batch, p.heads_q, p.seqlen_q), p.out_shape,
                    (p.batch, p.heads_q, p.seqlen_q) if return_lse else None, scalars)
 
-    def __call__(self, q, k, v, out, lse, stream: int | None = None) -> None:
-        """Launch on `stream` (default CuPy's current one); the caller has made `device` current."""
+    def start(self, qkv: tuple[int, int, int], out, lse, stream: int) -> None:
+        """cuLaunchKernel with the q, k, v addresses `qkv` on `stream` (a handle)."""
         with self._lock:
-            _FWD_POINTERS.pack_into(self._block.data, 0, q.data.ptr, k.data.ptr, v.data.ptr, out.data.ptr,
-                                    0 if lse is None else lse.data.ptr)
-            self._launch(self._block, stream)
+            _FWD_POINTERS.pack_into(self._block.data, 0, *qkv, out.data.ptr, 0 if lse is None else lse.data.ptr)
+            _cu_launch(*self._dims, stream, self._block.argv, 0)
 
 
 # Mirrors `struct Sm90Params` in kernels/flash_fwd_sm90.cu (512 bytes): the q, k
@@ -142,20 +142,19 @@ class Sm90Launch(_Launch):
                    (p.batch, p.heads_q, p.seqlen_q) if return_lse else None, scalars,
                    sm90_map_specs(p, config))
 
-    def __call__(self, q, k, v, out, lse, stream: int | None = None) -> None:
-        """Launch on `stream` (default CuPy's current one); the caller has made `device` current."""
-        ptrs = (q.data.ptr, k.data.ptr, v.data.ptr)
+    def start(self, qkv: tuple[int, int, int], out, lse, stream: int) -> None:
+        """cuLaunchKernel with the q, k, v addresses `qkv` on `stream` (a handle)."""
         with self._lock:
-            block = self._blocks.get(ptrs)
+            block = self._blocks.get(qkv)
             if block is None:
                 if len(self._blocks) >= _MAPS_PER_LAUNCH:
                     del self._blocks[next(iter(self._blocks))]   # the oldest
-                block = self._blocks[ptrs] = ParamBlock(_SM90_TAIL_AT + SM90_TAIL.size)
-                tma.encode_maps(block.data, self.config.dtype, self.specs, ptrs)
+                block = self._blocks[qkv] = ParamBlock(_SM90_TAIL_AT + SM90_TAIL.size)
+                tma.encode_maps(block.data, self.config.dtype, self.specs, qkv)
                 SM90_TAIL.pack_into(block.data, _SM90_TAIL_AT, 0, 0, *self.scalars)
             _SM90_POINTERS.pack_into(block.data, _SM90_TAIL_AT, out.data.ptr,
                                      0 if lse is None else lse.data.ptr)
-            self._launch(block, stream)
+            _cu_launch(*self._dims, stream, block.argv, 0)
 
 
 def fast_divisor(d: int) -> tuple[int, int]:

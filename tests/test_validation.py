@@ -156,20 +156,24 @@ def test_call_signature_fast_path_rules(monkeypatch):
 
     monkeypatch.setattr(api, "_NDARRAY", _FakeArray)
     q, k, v = _FakeArray(), _FakeArray(2 << 20), _FakeArray(3 << 20)
+
+    def key(*args):
+        return api._signature(*args)[0]
+
     sig = api._signature(q, k, v, None, False, None, "bhsd", False, "auto")
-    assert sig is not None
+    assert sig is not None and sig[1] == (1 << 20, 2 << 20, 3 << 20)   # the addresses, for the launch
     # addresses are not part of the key: other buffers of the same layout reuse the launch
-    assert api._signature(_FakeArray(5 << 20), k, v, None, False, None, "bhsd", False, "auto") == sig
-    assert api._signature(q, k, v, None, True, None, "bhsd", False, "auto") != sig
-    assert api._signature(_FakeArray(shape=(1, 2, 9, 64)), k, v, None, False, None, "bhsd", False,
-                          "auto") != sig
+    assert key(_FakeArray(5 << 20), k, v, None, False, None, "bhsd", False, "auto") == sig[0]
+    assert key(q, k, v, None, True, None, "bhsd", False, "auto") != sig[0]
+    assert key(_FakeArray(shape=(1, 2, 9, 64)), k, v, None, False, None, "bhsd", False, "auto") != sig[0]
     # everything validation must see again takes the slow path
     assert api._signature(_FakeArray((1 << 20) + 8), k, v, None, False, None, "bhsd", False, "auto") is None
+    assert api._signature(q, k, v, _FakeArray((4 << 20) + 8), False, None, "bhsd", False, "auto") is None
     assert api._signature(q, k, v, None, 1, None, "bhsd", False, "auto") is None          # causal not bool
     with pytest.raises(TypeError):   # an unhashable scale: attention's lookup falls back to validation
-        hash(api._signature(q, k, v, None, False, [0.1], "bhsd", False, "auto"))
-    assert (api._signature(q, k, v, None, False, True, "bhsd", False, "auto")
-            != api._signature(q, k, v, None, False, 1.0, "bhsd", False, "auto"))
+        hash(key(q, k, v, None, False, [0.1], "bhsd", False, "auto"))
+    assert (key(q, k, v, None, False, True, "bhsd", False, "auto")
+            != key(q, k, v, None, False, 1.0, "bhsd", False, "auto"))
     assert api._signature(np.zeros(1), k, v, None, False, None, "bhsd", False, "auto") is None
 
 
@@ -179,7 +183,7 @@ def test_prepared_launch_finds_the_calls_launch(monkeypatch):
     monkeypatch.setattr(api, "_NDARRAY", _FakeArray)
     q, k, v = _FakeArray(), _FakeArray(2 << 20), _FakeArray(3 << 20)
     prepared = object()
-    monkeypatch.setitem(api._launches, api._signature(q, k, v, None, True, None, "bhsd", False, "auto"),
+    monkeypatch.setitem(api._launches, api._signature(q, k, v, None, True, None, "bhsd", False, "auto")[0],
                         prepared)
     assert api.prepared_launch(q, k, v, causal=True) is prepared
     with pytest.raises(KeyError, match="call attention"):
