@@ -139,6 +139,18 @@ def variant_function(config: KernelConfig, device_id: int, arch: str, source: st
     return fn.kernel.ptr, module
 
 
+def probe_function(source: str, name: str, options: tuple[str, ...] = ()):
+    """The `extern "C"` kernel `name` of a diagnostic source (probe scripts: empty kernels,
+    clock spins, pipe rates) on the current device, as a RawKernel; not cached."""
+    import cupy
+    from cupy.cuda.compiler import CompileException
+
+    try:
+        return cupy.RawModule(code=source, options=options).get_function(name)
+    except CompileException as e:
+        raise KernelCompileError("<probe source>", name, options, e.get_message()) from None
+
+
 # --- compile-only path (no GPU, no driver) ---------------------------------------
 
 _PTXAS_USED = re.compile(r"Used (\d+) registers(?:.*?(\d+) bytes smem)?")

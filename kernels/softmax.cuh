@@ -41,6 +41,10 @@ __device__ __forceinline__ void scale_and_mask(float (&s)[M_TILES][N_TILES][4], 
     }
 }
 
+// The factor softmax's exp2 applies to S as scale_and_mask leaves it: the scale where it
+// was left out (positive), else 1 (S already scaled).
+__device__ __forceinline__ float exp2_fold(float scale_log2) { return scale_log2 > 0.f ? scale_log2 : 1.f; }
+
 // Online softmax, first half: update (m, l) (m in scaled log2 units), turn S
 // (from scale_and_mask) into P in place, and return in alpha the factor
 // exp2(m_old - m_new) by which each row of O must shrink.
@@ -48,7 +52,7 @@ template <int M_TILES, int N_TILES>
 __device__ __forceinline__ void softmax_update(float (&s)[M_TILES][N_TILES][4], float (&m)[M_TILES][2],
                                                float (&l)[M_TILES][2], float (&alpha)[M_TILES][2],
                                                float scale_log2) {
-    const float fold = scale_log2 > 0.f ? scale_log2 : 1.f;   // see scale_and_mask
+    const float fold = exp2_fold(scale_log2);
     #pragma unroll
     for (int mt = 0; mt < M_TILES; ++mt)
         #pragma unroll
@@ -100,7 +104,7 @@ __device__ __forceinline__ void pack_p(u32 (&a)[N_TILES / 2][4], const float (&s
 // exponentials of every row block.
 template <int N_TILES>
 __device__ __forceinline__ void seed_max(const float (&s)[1][N_TILES][4], float (&m)[1][2], float scale_log2) {
-    const float fold = scale_log2 > 0.f ? scale_log2 : 1.f;   // see scale_and_mask
+    const float fold = exp2_fold(scale_log2);
     #pragma unroll
     for (int half = 0; half < 2; ++half)
         m[0][half] = quad_max(fmaxf(s[0][0][2 * half], s[0][0][2 * half + 1])) * fold;
@@ -122,7 +126,7 @@ template <class T, int N_TILES>
 __device__ __forceinline__ void softmax_update_lazy(float (&s)[1][N_TILES][4], u32 (&a)[N_TILES / 2][4],
                                                     float (&m)[1][2], float (&l)[1][2],
                                                     float (&alpha)[1][2], float scale_log2) {
-    const float fold = scale_log2 > 0.f ? scale_log2 : 1.f;   // see scale_and_mask
+    const float fold = exp2_fold(scale_log2);
     float base[2], row_sum[2] = {0.f, 0.f};
     #pragma unroll
     for (int half = 0; half < 2; ++half) base[half] = m[0][half] == neg_inf() ? 0.f : m[0][half];

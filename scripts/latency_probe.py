@@ -17,7 +17,7 @@ import numpy as np
 from cupy_backends.cuda.api import driver
 
 import flashcore_cupy as fc
-from flashcore_cupy import api, workload
+from flashcore_cupy import api, loader, workload
 from flashcore_cupy.launch import ParamBlock
 from flashcore_cupy.shapes import parse_shape
 from flashcore_cupy.timing import time_graph_replay, time_latency
@@ -61,7 +61,7 @@ extern "C" __global__ void clock_rate(unsigned long long cycles, double* mhz) {
 
 @functools.lru_cache(maxsize=None)
 def _clock_kernel():
-    return cupy.RawModule(code=_CLOCK_SRC).get_function("clock_rate")
+    return loader.probe_function(_CLOCK_SRC, "clock_rate")
 
 
 def sm_clock_mhz() -> float:
@@ -98,8 +98,7 @@ def main():
     print(f"{cupy.cuda.runtime.getDeviceProperties(0)['name'].decode()}; auto: {launch.config}; "
           f"grid {launch.grid}")
 
-    empty_mod = cupy.RawModule(code='extern "C" __global__ void empty_kernel() {}')
-    empty = empty_mod.get_function("empty_kernel")
+    empty = loader.probe_function('extern "C" __global__ void empty_kernel() {}', "empty_kernel")
     empty_ptr = empty.kernel.ptr
     no_params = np.zeros(1, np.uintp)
     no_params_ptr = no_params.ctypes.data
@@ -111,10 +110,9 @@ def main():
     # What the launch itself costs before the kernel does anything: an empty kernel taking a
     # by-value parameter as large as the Hopper kernel's, alone and in the mission launch's
     # grid, block and dynamic shared memory.
-    wide_mod = cupy.RawModule(code='struct __align__(64) P { unsigned char b[512]; };'
-                                   'extern "C" __global__ void wide_kernel(const __grid_constant__ P p) {}',
-                              options=("-std=c++17",))
-    wide = wide_mod.get_function("wide_kernel")
+    wide = loader.probe_function('struct __align__(64) P { unsigned char b[512]; };'
+                                 'extern "C" __global__ void wide_kernel(const __grid_constant__ P p) {}',
+                                 "wide_kernel", ("-std=c++17",))
     wide.max_dynamic_shared_size_bytes = launch.config.smem_bytes
     wide_params = ParamBlock(512)
 

@@ -9,6 +9,7 @@ latency), so the time measures throughput. Usage: python3 scripts/pipe_probe.py
 
 import cupy
 
+from flashcore_cupy import loader
 from flashcore_cupy.timing import time_throughput
 
 OPS, THREADS, BLOCKS_PER_SM = 4096, 512, 4
@@ -56,7 +57,7 @@ def main() -> None:
     print(f"{'kernel':12s} {'us':>9s} {'instr/clk/SM':>13s}  (clock from cudaDevAttrClockRate)")
     clock_khz = cupy.cuda.runtime.deviceGetAttribute(cupy.cuda.runtime.cudaDevAttrClockRate, 0)
     for name, body in bodies.items():
-        fn = cupy.RawModule(code=_source("probe", body), options=("-std=c++17",)).get_function("probe")
+        fn = loader.probe_function(_source("probe", body), "probe", ("-std=c++17",))
         t = time_throughput(lambda i: fn((grid,), (THREADS,), (out,)), iters=10, calls=1, warmup=2).p50
         instr = grid * THREADS * 8 * OPS / 32   # warp instructions, all kinds
         rate = instr * 32 / (t * 1e-6) / sms / (clock_khz * 1e3)
