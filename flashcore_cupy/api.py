@@ -219,10 +219,25 @@ def attention_with_config(config: FwdConfig | Sm90Config, q, k, v, *, causal: bo
     """
     import cupy
 
-    backend = "sm90" if isinstance(config, Sm90Config) else "auto"   # sm90 checks that it can run
-    q, k, v, out, launch = _prepare(q, k, v, out, causal, scale, layout, return_lse, backend, config)
+    q, k, v, out, launch = _prepare(q, k, v, out, causal, scale, layout, return_lse,
+                                    _config_backend(config), config)
     with cupy.cuda.Device(launch.device):
         return _run(launch, (q.data.ptr, k.data.ptr, v.data.ptr), q.dtype, out)
+
+
+def new_launch(q, k, v, *, causal: bool = False, scale: float | None = None, layout: str = "bhsd",
+               return_lse: bool = False, out: Any = None, backend: Backend = "auto",
+               config: FwdConfig | Sm90Config | None = None) -> FwdLaunch | Sm90Launch:
+    """The launch `attention` (or, given `config`, `attention_with_config`) makes for these
+    arguments, validated and compiled but neither run nor cached: for scripts that time or
+    trace kernels, as launch(q, k, v, out, lse)."""
+    if config is not None:
+        backend = _config_backend(config)
+    return _prepare(q, k, v, out, causal, scale, layout, return_lse, backend, config)[-1]
+
+
+def _config_backend(config: FwdConfig | Sm90Config) -> Backend:
+    return "sm90" if isinstance(config, Sm90Config) else "auto"   # sm90 checks that it can run
 
 
 # Outputs allocated ahead for the next call of a small launch: allocating after a

@@ -31,7 +31,7 @@ events = cupy.cuda.Event(), cupy.cuda.Event()
 def peers(q, k, v, out):
     """name -> (fn(i), context): the context (cuDNN's backend pin) is entered around each
     sample, outside its events, as the benchmark does."""
-    *_, launch = api._prepare(q, k, v, out, shape.causal, None, "bhsd", False, "auto")
+    launch = api.new_launch(q, k, v, causal=shape.causal, out=out)
     fns = {"ours": (lambda i: launch(q, k, v, out, None), contextlib.nullcontext)}
     peer = peer_call(shape, "sdpa_cudnn", q, k, v)
     if peer is not None:

@@ -35,7 +35,7 @@ def cudnn(q, k, v):
 
 
 def prepared(q, k, v, out):
-    *_, launch = api._prepare(q, k, v, out, shape.causal, None, "bhsd", False, "auto")
+    launch = api.new_launch(q, k, v, causal=shape.causal, out=out)
     return launch
 
 

@@ -38,7 +38,7 @@ for name in args.shapes:
     for block_n, stages, consumers, pingpong in tiles:
         cfg = Sm90Config(args.dtype, shape.head_dim, block_n, stages, consumers, bool(pingpong))
         out = cupy.empty_like(q)
-        *_, launch = api._prepare(q, k, v, out, shape.causal, None, "bhsd", False, "sm90", cfg)
+        launch = api.new_launch(q, k, v, causal=shape.causal, out=out, config=cfg)
         out.fill(np.nan)
         launch(q, k, v, out, None)
         err = verify(shape, q, k, v, out, rng, rows=64)

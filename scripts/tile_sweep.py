@@ -79,9 +79,8 @@ for name, tiles, config_cls in sweep:
         print(f"{name:<26} {'sdpa_cudnn':<30} {peer:9.1f} us {shape.flops / (peer * 1e-6) / 1e12:7.1f} TFLOP/s")
     for tile in tiles:
         cfg = config_cls(args.dtype, shape.head_dim, *tile)
-        backend = "sm90" if config_cls is Sm90Config else "auto"
         try:
-            *_, launch = api._prepare(q, k, v, out, shape.causal, None, "bhsd", False, backend, cfg)
+            launch = api.new_launch(q, k, v, causal=shape.causal, out=out, config=cfg)
         except Exception as e:   # noqa: BLE001 - a candidate that cannot build is reported
             print(f"{name:<26} {str(cfg):<30} failed to build: {e}")
             continue

@@ -32,7 +32,7 @@ for shape in bench_shapes():
         out = cupy.empty_like(q)
         launches = {}
         for name, cfg in (("A", default), ("B", best)):
-            *_, launches[name] = api._prepare(q, k, v, out, shape.causal, None, "bhsd", False, "auto", cfg)
+            launches[name] = api.new_launch(q, k, v, causal=shape.causal, out=out, config=cfg)
             out.fill(np.nan)
             launches[name](q, k, v, out, None)
             err = verify(shape, q, k, v, out, rng, rows=64)

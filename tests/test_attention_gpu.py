@@ -358,3 +358,28 @@ def test_auto_dispatch_takes_the_hopper_kernel_where_it_fills_the_gpu(rng):
     assert cupy.array_equal(out, fc.attention(q, k, v, backend="sm90"))
     with pytest.raises(ValueError, match="backend='sm90'.*head_dim 256"):
         fc.attention(*make_inputs(rng, "fp16", 256, "bhsd", (1, 2, 2), (64, 64)), backend="sm90")
+
+
+@pytest.mark.parametrize("backend", ["sm80", "sm90"])
+def test_new_launch_runs_what_attention_runs(rng, backend):
+    """api.new_launch (the probe scripts' launches): dispatch's kernel, or the given config's,
+    writing into the given output what attention returns for the same call."""
+    import cupy
+
+    import flashcore_cupy as fc
+    from flashcore_cupy import api, configs
+
+    need_backend(backend, 64)
+    q, k, v = make_inputs(rng, "fp16", 64, "bhsd", (1, 4, 2), (192, 320))
+    expected = fc.attention(q, k, v, causal=True, backend=backend)
+    out = cupy.full_like(q, np.nan)
+    launch = api.new_launch(q, k, v, causal=True, out=out, backend=backend)
+    assert launch.config == api.prepared_launch(q, k, v, causal=True, backend=backend).config
+    with cupy.cuda.Device(launch.device):
+        launch(q, k, v, out, None)
+    assert cupy.array_equal(out, expected)
+    if backend == "sm90":   # a config of its own, as tile_ab and tile_sweep pass
+        config = configs.Sm90Config("fp16", 64, 64, 2, 2, True)
+        out.fill(np.nan)
+        api.new_launch(q, k, v, causal=True, out=out, config=config)(q, k, v, out, None)
+        assert cupy.array_equal(out, fc.attention_with_config(config, q, k, v, causal=True))
