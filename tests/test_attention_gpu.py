@@ -382,4 +382,4 @@ def test_new_launch_runs_what_attention_runs(rng, backend):
         config = configs.Sm90Config("fp16", 64, 64, 2, 2, True)
         out.fill(np.nan)
         api.new_launch(q, k, v, causal=True, out=out, config=config)(q, k, v, out, None)
-        assert cupy.array_equal(out, fc.attention_with_config(config, q, k, v, causal=True))
+        assert cupy.array_equal(out, api.attention_with_config(config, q, k, v, causal=True))
