@@ -110,9 +110,9 @@ class FwdLaunch(_Launch):
 # Mirrors `struct Sm90Params` in kernels/flash_fwd_sm90.cu (512 bytes): the q, k
 # and v tensor maps, then o and lse pointers, 3 output strides, seqlen_q,
 # seqlen_k, head_dim, scale*log2(e), causal, heads, batch, m_blocks, group,
-# tail_start, n_items, (mul, shr) dividing by group * m_blocks, group, heads and
-# heads_per_kv, and padding to the struct's 64-byte alignment.
-SM90_TAIL = struct.Struct("<2Q3q3ifi6i8I12x")
+# tail_start, n_items, pack, (mul, shr) dividing by group * m_blocks, group, heads
+# and heads_per_kv, and padding to the struct's 64-byte alignment.
+SM90_TAIL = struct.Struct("<2Q3q3ifi7i8I8x")
 _SM90_POINTERS = struct.Struct("<2Q")   # the only part a call repacks
 _SM90_TAIL_AT = 3 * tma.MAP_BYTES
 _MAPS_PER_LAUNCH = 16
@@ -131,13 +131,18 @@ class Sm90Launch(_Launch):
     def build(cls, problem: Problem, config: Sm90Config, arch: str, num_sms: int,
               o_strides: tuple[int, int, int], return_lse: bool) -> "Sm90Launch":
         p = problem
-        m_blocks, heads_per_kv = -(-p.seqlen_q // config.block_m), p.heads_q // p.heads_kv
-        kv_bytes_per_head = 2 * p.seqlen_k * p.head_dim * 2 // heads_per_kv   # K and V, 16-bit
-        plan = config.schedule(p.batch, p.heads_q, p.seqlen_q, num_sms, p.causal, kv_bytes_per_head)
+        pack, group = gqa_pack(p), p.heads_q // p.heads_kv
+        # Packed, the tiles are (batch, kv head)s of one row block; with one query a row,
+        # the causal mask hides nothing (its key range ends at Sk).
+        heads, heads_per_kv = (p.heads_kv, 1) if pack > 1 else (p.heads_q, group)
+        m_blocks = 1 if pack > 1 else -(-p.seqlen_q // config.block_m)
+        causal = p.causal and pack == 1
+        kv_bytes_per_head = 2 * p.seqlen_k * p.head_dim * 2 // group   # K and V, 16-bit
+        plan = config.schedule(p.batch, heads, p.seqlen_q, num_sms, causal, kv_bytes_per_head)
         scalars = (*o_strides, p.seqlen_q, p.seqlen_k, p.head_dim, p.scale * math.log2(math.e),
-                   int(p.causal), p.heads_q, p.batch, m_blocks, plan.group, plan.tail_start, plan.items,
+                   int(causal), heads, p.batch, m_blocks, plan.group, plan.tail_start, plan.items, pack,
                    *fast_divisor(plan.group * m_blocks), *fast_divisor(plan.group),
-                   *fast_divisor(p.heads_q), *fast_divisor(heads_per_kv))
+                   *fast_divisor(heads), *fast_divisor(heads_per_kv))
         return cls(config, loader.get_function(config, p.device, arch), p.device, plan.grid, p.out_shape,
                    (p.batch, p.heads_q, p.seqlen_q) if return_lse else None, scalars,
                    sm90_map_specs(p, config))
@@ -168,11 +173,21 @@ def fast_divisor(d: int) -> tuple[int, int]:
     return ((1 << shift) + d - 1) // d, shift - 32
 
 
+def gqa_pack(p: Problem) -> int:
+    """Query heads the Hopper kernel packs into one tile's rows: a decode step's (Sq = 1)
+    whole GQA group, which then shares one stream of its K/V (up to 64, a consumer's rows);
+    else 1."""
+    group = p.heads_q // p.heads_kv
+    return group if p.seqlen_q == 1 and 1 < group <= 64 else 1
+
+
 def sm90_map_specs(p: Problem, config: Sm90Config) -> tuple[tma.MapSpec, ...]:
-    """Tensor-map geometry of q, k and v: Q boxes span the CTA's rows, K/V boxes one key tile."""
+    """Tensor-map geometry of q, k and v: Q boxes span the CTA's rows (packed GQA: block_m
+    heads at the one position), K/V boxes one key tile."""
     q_shape = (p.batch, p.heads_q, p.seqlen_q, p.head_dim)
     kv_shape = (p.batch, p.heads_kv, p.seqlen_k, p.head_dim)
-    return (tma.map_spec(q_shape, p.q_strides, 2, config.block_m),
+    q_box = (1, config.block_m) if gqa_pack(p) > 1 else (config.block_m, 1)
+    return (tma.map_spec(q_shape, p.q_strides, 2, *q_box),
             tma.map_spec(kv_shape, p.k_strides, 2, config.block_n),
             tma.map_spec(kv_shape, p.v_strides, 2, config.block_n))
 

@@ -37,8 +37,9 @@ class MapSpec(NamedTuple):
 
 
 def map_spec(shape_bhsd: tuple[int, int, int, int], strides_bhsd: tuple[int, int, int],
-             itemsize: int, box_rows: int) -> MapSpec:
-    """The map of a (B, H, S, D) tensor with (batch, head, seq) strides in elements.
+             itemsize: int, box_rows: int, box_heads: int = 1) -> MapSpec:
+    """The map of a (B, H, S, D) tensor with (batch, head, seq) strides in elements; a box
+    is 64 columns of `box_rows` positions of `box_heads` heads (rows head by head).
 
     A dimension of size 1 is never stepped over, so its stride is replaced by a
     legal one (views often carry 0 or odd strides there).
@@ -49,7 +50,7 @@ def map_spec(shape_bhsd: tuple[int, int, int, int], strides_bhsd: tuple[int, int
     strides = tuple(stride * itemsize if size > 1 else legal[i]
                     for i, (size, stride) in enumerate(((s, strides_bhsd[2]), (h, strides_bhsd[1]),
                                                         (b, strides_bhsd[0])), start=1))
-    return MapSpec((d, s, h, b), strides, (BOX_COLS, box_rows, 1, 1))
+    return MapSpec((d, s, h, b), strides, (BOX_COLS, box_rows, box_heads, 1))
 
 
 def unsupported_reason(spec: MapSpec) -> str | None:

@@ -22,6 +22,11 @@
 // Overlap: inside a consumer, S_{j+1} = Q K_{j+1}^T is issued together with
 // O += P_j V_j; across consumers, one's softmax overlaps another's GEMMs.
 //
+// Packed GQA (decode: Sq = 1, Hq / Hkv = pack in 2..64): a work tile is one (batch, kv
+// head), its rows the pack query heads that share that K/V (a Q box of BLOCK_M heads at
+// position 0; rows past pack are computed and never stored), so K/V streams once per kv
+// head instead of once per query head.
+//
 // SPLIT (small grids: short sequences, decode): a work tile is 64 rows that all
 // consumers share; consumer c takes key tiles c, c + CONSUMERS, ... and the
 // partial (m, l, O) merge into consumer 0's at the end (combine_split), which
@@ -70,6 +75,7 @@ struct Sm90Params {
     int heads, batch, m_blocks;    // work tiles: m_blocks x heads x batch
     int group;                     // heads numbered together (see work_tile)
     int tail_start, n_items;       // see work_tile
+    int pack;                      // packed GQA: query heads per tile row block (heads = Hkv); else 1
     FastDiv by_group_tiles, by_group, by_heads, by_heads_per_kv;   // group_tiles = group * m_blocks
 };
 static_assert(sizeof(Sm90Params) == 512, "Sm90Params: keep in step with launch.py");
@@ -204,7 +210,7 @@ __device__ __forceinline__ void produce(const Sm90Params& p, u32 sbase, const Ba
         if (LOADS_K) {
             if (n_done > 0) mbar_wait(bar.q_empty(), (n_done - 1) & 1);
             mbar_expect_tx(bar.q_full(), Tile::kQBytes);
-            tma_load_tile<HEAD_DIM>(sbase, p.q, bar.q_full(), Tile::kBlockM, w.row0, w.head, w.batch);
+            tma_load_tile<HEAD_DIM>(sbase, p.q, bar.q_full(), Tile::kBlockM, w.row0, w.head * p.pack, w.batch);
         }
         // K runs kKAhead tiles ahead of V: with split keys each consumer's first S needs
         // its own K tile, and with 64 CTAs loading at once (the mission shape) the L2 serves
@@ -480,22 +486,24 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
         if (!has_rows || (SPLIT && consumer > 0)) continue;
 
         // Epilogue: O /= l straight from registers (each quad writes 16 contiguous bytes
-        // of a row) while the producer already loads the next tile.
-        u16* o_head = p.o + w.batch * p.o_sb + w.head * p.o_sh;
+        // of a row) while the producer already loads the next tile. A row is a position of
+        // query head w.head, or with packed GQA query head w.head * pack + row at position 0.
+        const bool packed = p.pack > 1;
         #pragma unroll
         for (int half = 0; half < 2; ++half) {
             const float l_row = quad_sum(l[0][half]);
             const float inv_l = l_row > 0.f ? 1.f / l_row : 0.f;
             const int row = w_row0 + lane / 4 + 8 * half;
-            if (row >= seqlen_q) continue;
-            u16* o_row = o_head + row * p.o_ss + 2 * (lane % 4);
+            if (row >= (packed ? p.pack : seqlen_q)) continue;
+            const int q_head = w.head * p.pack + (packed ? row : 0), q_pos = packed ? 0 : row;
+            u16* o_row = p.o + w.batch * p.o_sb + q_head * p.o_sh + q_pos * p.o_ss + 2 * (lane % 4);
             #pragma unroll
             for (int dt = 0; dt < HEAD_DIM / 8; ++dt)
                 if (dt * 8 < p.head_dim)
                     *reinterpret_cast<u32*>(o_row + dt * 8) =
                         pack2<T>(o[0][dt][2 * half] * inv_l, o[0][dt][2 * half + 1] * inv_l);
             if (p.lse != nullptr && lane % 4 == 0)
-                p.lse[(static_cast<i64>(w.batch) * p.heads + w.head) * seqlen_q + row] =
+                p.lse[(static_cast<i64>(w.batch) * p.heads * p.pack + q_head) * seqlen_q + q_pos] =
                     l_row > 0.f ? (m[0][half] + log2f(l_row)) * LN2 : neg_inf();
         }
     }

@@ -33,7 +33,7 @@ POINTS = [
     ("const int warpgroup = __shfl_sync(0xffffffffu, threadIdx.x / 128, 0);", 0, 0, "entry"),
     ("    __syncthreads();", 0, 1, "after __syncthreads"),
     ("regs_release<Tile::kProducerRegs>();", 0, 2, "producer: registers released"),
-    ("tma_load_tile<HEAD_DIM>(sbase, p.q, bar.q_full(), Tile::kBlockM, w.row0, w.head, w.batch);", 0, 18,
+    ("tma_load_tile<HEAD_DIM>(sbase, p.q, bar.q_full(), Tile::kBlockM, w.row0, w.head * p.pack, w.batch);", 0, 18,
      "producer: first Q issued"),
     ("if (it + jv >= STAGES) mbar_wait(bar.v_empty(r.slot()), r.parity() ^ 1);", 0, 19,
      "producer: last V copy issuing"),

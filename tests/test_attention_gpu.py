@@ -383,3 +383,32 @@ def test_new_launch_runs_what_attention_runs(rng, backend):
         out.fill(np.nan)
         api.new_launch(q, k, v, causal=True, out=out, config=config)(q, k, v, out, None)
         assert cupy.array_equal(out, api.attention_with_config(config, q, k, v, causal=True))
+
+
+@pytest.mark.parametrize("backend", ["sm90", "auto"])
+@pytest.mark.parametrize("group", [2, 8, 64, 65])
+def test_decode_packs_each_gqa_group_into_one_tile(rng, group, backend):
+    """Decode (Sq = 1) with 2..64 query heads per kv head runs one tile per kv head whose rows
+    are those heads (launch.gqa_pack; 65 is not packed): every head's output and LSE against
+    float64, both layouts, causal alike (one query sees every key), a strided output."""
+    import cupy
+
+    import flashcore_cupy as fc
+    from flashcore_cupy import api
+
+    need_backend("sm90", 128)
+    for dtype, layout, causal, d, sk in (("fp16", "bhsd", False, 128, 1000), ("bf16", "bshd", True, 64, 4097),
+                                         ("fp16", "bshd", False, 96, 129)):
+        q, k, v = make_inputs(rng, dtype, d, layout, (2, 2 * group, 2), (1, sk))
+        wide = cupy.full((*q.shape[:3], d + 32), np.nan, dtype=q.dtype)   # rows 16 elements apart
+        out = wide[..., :d]
+        got, lse = fc.attention(q, k, v, causal=causal, layout=layout, return_lse=True, out=out,
+                                backend=backend)
+        prepared = api.prepared_launch(q, k, v, causal=causal, layout=layout, return_lse=True, out=out,
+                                       backend=backend)
+        assert prepared.scalars[14] == (group if group <= 64 else 1)   # the pack the kernel got
+        ref, ref_lse = reference.attention(q, k, v, causal=causal, layout=layout, return_lse=True)
+        err = reference.rel_error(out, ref)
+        assert err <= TOL[dtype], f"{dtype} {layout} D{d} Sk={sk}: rel err {err:.3e}"
+        assert cupy.isnan(wide[..., d:]).all()   # nothing written past the rows
+        np.testing.assert_allclose(lse.get(), ref_lse, rtol=1e-4, atol=1e-4)

@@ -55,7 +55,7 @@ def test_sm90_launch_encodes_maps_once_per_address_set(driver, monkeypatch):
 
     monkeypatch.setattr(tma, "encode_maps", fake_encode)
     cfg = Sm90Config("bf16", 128, 128, 2, 2, True)
-    scalars = (1, 2, 3, 300, 400, 128, 0.09, 0, 16, 2, 3, 1, 6, 6,
+    scalars = (1, 2, 3, 300, 400, 128, 0.09, 0, 16, 2, 3, 1, 6, 6, 1,
                *launch.fast_divisor(3), *launch.fast_divisor(1), *launch.fast_divisor(16),
                *launch.fast_divisor(1))
     run = launch.Sm90Launch(cfg, 88, 0, (6, 1, 1), (2, 16, 300, 128), (2, 16, 300), scalars, ())

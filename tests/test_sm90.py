@@ -94,6 +94,29 @@ def test_map_specs_follow_both_layouts():
     assert k.strides == (2 * 128, 128, 80 * 2 * 128)
 
 
+def test_decode_packs_each_gqa_group_into_one_tile(monkeypatch):
+    """Sq = 1 with 2..64 query heads per kv head: tiles are (batch, kv head)s whose rows are
+    the group's query heads (a Q box of block_m heads at the one position); the kernel sees
+    Hkv heads, no head division for K/V, and no causal mask (one query sees every key)."""
+    monkeypatch.setattr(launch.loader, "get_function", lambda config, device, arch: 1)
+    cfg = configs.sm90_config("fp16", 128, "small")
+    decode = problem((8, 32, 1, 128), (8, 8, 8192, 128), causal=True)
+    assert launch.gqa_pack(decode) == 4
+    q, k, _ = launch.sm90_map_specs(decode, cfg)
+    assert q.box == (64, 1, cfg.block_m, 1) and k.box == (64, cfg.block_n, 1, 1)
+    run = launch.Sm90Launch.build(decode, cfg, "sm_90a", 132, (32 * 128, 128, 128), False)
+    (o_sb, o_sh, o_ss, sq, sk, d, _, causal, heads, batch, m_blocks, group, tail_start, items, pack,
+     *divisors) = run.scalars
+    assert (causal, heads, batch, m_blocks, items, pack) == (0, 8, 8, 1, 64, 4) and run.grid == (64, 1, 1)
+    assert divisors[-2:] == list(launch.fast_divisor(1)) and run.out_shape == (8, 32, 1, 128)
+    # not packed: more than one query, MHA, or a group over one consumer's 64 rows
+    for q_shape, kv_shape in (((8, 32, 2, 128), (8, 8, 64, 128)), ((8, 8, 1, 128), (8, 8, 64, 128)),
+                              ((1, 65, 1, 128), (1, 1, 64, 128))):
+        p = problem(q_shape, kv_shape)
+        assert launch.gqa_pack(p) == 1 and launch.sm90_map_specs(p, cfg)[0].box == (64, 64, 1, 1)
+        assert launch.Sm90Launch.build(p, cfg, "sm_90a", 132, (1, 1, 1), False).scalars[14] == 1
+
+
 def test_size_one_dims_get_a_legal_stride():
     spec = tma.map_spec((1, 1, 50, 64), (0, 0, 64), 2, 128)
     assert spec.strides == (128, 128 * 50, 128 * 50) and tma.unsupported_reason(spec) is None
