@@ -1,5 +1,6 @@
-"""One causal and one non-causal call per kernel family and Hopper tile kind, small enough
-for compute-sanitizer; exits 1 on a wrong result."""
+"""One causal and one non-causal call per kernel family and Hopper tile kind, and a decode step
+(one query, three query heads per kv head: the Hopper kernel packs them into one tile), small
+enough for compute-sanitizer; exits 1 on a wrong result."""
 
 import sys
 
@@ -14,7 +15,7 @@ rng = np.random.default_rng()
 backends = ["sm80"] + (["sm90", "auto"] if api.device_info(0).arch == configs.SM90_ARCH else [])
 ok = True
 for backend in backends:
-    for causal, (sq, sk) in ((False, (200, 333)), (True, (333, 200))):
+    for causal, (sq, sk) in ((False, (200, 333)), (True, (333, 200)), (True, (1, 333))):
         for dtype, d in ((np.float16, 64), (np.float16, 128)):
             q = cupy.asarray(rng.standard_normal((2, 3, sq, d)).astype(dtype))
             k, v = (cupy.asarray(rng.standard_normal((2, 1, sk, d)).astype(dtype)) for _ in range(2))
