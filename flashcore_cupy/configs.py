@@ -99,6 +99,7 @@ class Sm90Config:
     pingpong: bool    # consumers take turns issuing GEMMs (needs 2+)
     split: bool = False   # consumers share 64 rows and split the keys (small grids)
     producers: int = 1    # TMA-issuing threads: 1 (Q, K and V) or 2 (Q and K; V)
+    warp_rows: int = 16   # query rows per warp's 16-row GEMM slice: 8 halves split tiles to 32 rows
 
     kernel_file = "flash_fwd_sm90.cu"
     arch = "sm_90a"
@@ -107,7 +108,7 @@ class Sm90Config:
     def name_expression(self) -> str:
         return (f"fc::flash_fwd_sm90<fc::{self.dtype}, {self.head_dim}, {self.block_n}, "
                 f"{self.stages}, {self.consumers}, {'true' if self.pingpong else 'false'}, "
-                f"{'true' if self.split else 'false'}, {self.producers}>")
+                f"{'true' if self.split else 'false'}, {self.producers}, {self.warp_rows}>")
 
     @property
     def threads(self) -> int:
@@ -115,12 +116,24 @@ class Sm90Config:
 
     @property
     def block_m(self) -> int:
-        return 64 if self.split else 64 * self.consumers
+        return 4 * self.warp_rows if self.split else 64 * self.consumers
+
+    @property
+    def q_box_rows(self) -> int:
+        """Rows of Q's TMA box (Sm90Tile::kQBoxRows): the tile, or one 8-row box per warp."""
+        return self.block_m if self.warp_rows == 16 else 8
+
+    @property
+    def combine_bytes(self) -> int:
+        """Split tiles: the combine's scratch (O, m and l of every consumer but the first's
+        row halves), which must fit in the K/V ring (Sm90Tile's static_assert)."""
+        return (self.consumers - 1) * 128 * (self.warp_rows // 8) * (self.head_dim // 4 + 2) * 4
 
     @property
     def smem_bytes(self) -> int:
-        # Mirrors Sm90Tile: 1024 bytes of alignment slack, Q, the K and V rings, barriers.
-        tiles = 2 * self.head_dim * (self.block_m + 2 * self.stages * self.block_n)
+        # Mirrors Sm90Tile: 1024 bytes of alignment slack, Q (64 rows at least), the K and V
+        # rings, barriers.
+        tiles = 2 * self.head_dim * (max(self.block_m, 64) + 2 * self.stages * self.block_n)
         return 1024 + tiles + 8 * (2 + 4 * self.stages)
 
     def work_tiles(self, batch: int, heads_q: int, seqlen_q: int) -> int:
@@ -151,7 +164,8 @@ class Sm90Config:
     def __str__(self) -> str:
         return (f"sm90 {self.dtype} D{self.head_dim} {self.block_m}x{self.block_n} "
                 f"c{self.consumers} s{self.stages}{' pp' if self.pingpong else ''}"
-                f"{' split' if self.split else ''}{' p2' if self.producers == 2 else ''}")
+                f"{' split' if self.split else ''}{' p2' if self.producers == 2 else ''}"
+                f"{' w8' if self.warp_rows == 8 else ''}")
 
 
 # Tile table: (arch family, largest template head dim) -> (warps, m_tiles, block_n, stages).
@@ -225,11 +239,15 @@ def choose_config(arch: str, dtype: str, head_dim: int, batch_heads: int = 1 << 
 # kernel 6.9 -> 6.3 us against one consumer of 64 rows x 128 keys). Decode streams
 # many key tiles through a short ring: K and V from producer threads of their own
 # (v12, H100: 128-key tiles in 2 slots 209 -> 119 us; 64-key tiles in 4 slots with
-# one producer, the previous choice, 136-141 us).
+# one producer, the previous choice, 136-141 us). Grids that even 64-row split tiles
+# leave half idle, but 32-row ones fit in one wave (the mission shape: 64 -> 128 CTAs),
+# take 32-row split tiles of 8 rows per warp (PERF_NOTES v24).
 SM90_ARCH = "sm_90a"
 SM90_HEAD_DIMS = (64, 128)
+SM90_GRIDS = ("large", "small", "tiny")
 _SM90_TILES = {(64, "large"): (128, 2, 3, True), (128, "large"): (128, 2, 2, True),
-               (64, "small"): (128, 4, 2, False, True), (128, "small"): (128, 2, 2, False, True, 2)}
+               (64, "small"): (128, 4, 2, False, True), (128, "small"): (128, 2, 2, False, True, 2),
+               (64, "tiny"): (128, 4, 2, False, True, 1, 8), (128, "tiny"): (128, 2, 2, False, True, 2, 8)}
 Sm90Mode = Literal["off", "auto", "force"]
 
 
@@ -239,8 +257,8 @@ def sm90_config(dtype: str, head_dim: int, grid: str = "large") -> Sm90Config:
 
 
 def sm90_dispatch_key(dtype: str, head_dim: int, grid: str) -> str:
-    """The tuned-table key of a Hopper problem class (the portable kernel's, prefixed)."""
-    return "sm90/" + dispatch_key(dtype, head_dim, grid == "small")
+    """The tuned-table key of a Hopper problem class (as the portable kernel's, prefixed)."""
+    return f"sm90/{dtype}/d{head_dim}/{grid}"
 
 
 SM90_PRODUCER_REGISTERS = 24   # the producer warpgroup's after setmaxnreg (Sm90Tile::kProducerRegs)
@@ -258,9 +276,14 @@ def sm90_consumer_registers(consumers: int) -> int:
 def sm90_problem_class(dtype: str, head_dim: int, batch_heads: int, seqlen_q: int,
                        num_sms: int) -> tuple[str, Sm90Config]:
     """(dispatch key, default config) of a problem on the Hopper kernel."""
+    def tiles(grid: str) -> int:
+        return batch_heads * -(-seqlen_q // sm90_config(dtype, head_dim, grid).block_m)
+
+    if seqlen_q <= _SHORT_Q:
+        grid = "small"
+    else:
+        grid = "large" if tiles("large") >= num_sms else "tiny" if tiles("tiny") <= num_sms else "small"
     large = sm90_config(dtype, head_dim)
-    fills_gpu = seqlen_q > _SHORT_Q and batch_heads * -(-seqlen_q // large.block_m) >= num_sms
-    grid = "large" if fills_gpu else "small"
     return sm90_dispatch_key(dtype, large.head_dim, grid), sm90_config(dtype, head_dim, grid)
 
 
@@ -299,5 +322,5 @@ def all_configs(arch: str) -> list[FwdConfig | Sm90Config]:
     portable = {choose_config(arch, dt, hd, batch_heads=1, seqlen_q=sq, num_sms=2)
                 for dt in DTYPES for hd in HEAD_DIM_BUCKETS for sq in (1, 1 << 20)}
     hopper = ({sm90_config(dt, hd, grid) for dt in DTYPES for hd in SM90_HEAD_DIMS
-               for grid in ("large", "small")} if arch == SM90_ARCH else set())
+               for grid in SM90_GRIDS} if arch == SM90_ARCH else set())
     return sorted(portable | hopper, key=lambda c: (c.kernel_file, c.dtype, c.head_dim, c.block_m))

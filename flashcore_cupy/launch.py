@@ -131,7 +131,7 @@ class Sm90Launch(_Launch):
     def build(cls, problem: Problem, config: Sm90Config, arch: str, num_sms: int,
               o_strides: tuple[int, int, int], return_lse: bool) -> "Sm90Launch":
         p = problem
-        pack, group = gqa_pack(p), p.heads_q // p.heads_kv
+        pack, group = gqa_pack(p, config), p.heads_q // p.heads_kv
         # Packed, the tiles are (batch, kv head)s of one row block; with one query a row,
         # the causal mask hides nothing (its key range ends at Sk).
         heads, heads_per_kv = (p.heads_kv, 1) if pack > 1 else (p.heads_q, group)
@@ -173,20 +173,20 @@ def fast_divisor(d: int) -> tuple[int, int]:
     return ((1 << shift) + d - 1) // d, shift - 32
 
 
-def gqa_pack(p: Problem) -> int:
+def gqa_pack(p: Problem, config: Sm90Config) -> int:
     """Query heads the Hopper kernel packs into one tile's rows: a decode step's (Sq = 1)
-    whole GQA group, which then shares one stream of its K/V (up to 64, a consumer's rows);
-    else 1."""
+    whole GQA group, which then shares one stream of its K/V (up to 64, a consumer's rows,
+    with 16-row warps); else 1."""
     group = p.heads_q // p.heads_kv
-    return group if p.seqlen_q == 1 and 1 < group <= 64 else 1
+    return group if p.seqlen_q == 1 and 1 < group <= 64 and config.warp_rows == 16 else 1
 
 
 def sm90_map_specs(p: Problem, config: Sm90Config) -> tuple[tma.MapSpec, ...]:
-    """Tensor-map geometry of q, k and v: Q boxes span the CTA's rows (packed GQA: block_m
-    heads at the one position), K/V boxes one key tile."""
+    """Tensor-map geometry of q, k and v: Q boxes span the CTA's rows (8-row warps: a warp's
+    rows; packed GQA: block_m heads at the one position), K/V boxes one key tile."""
     q_shape = (p.batch, p.heads_q, p.seqlen_q, p.head_dim)
     kv_shape = (p.batch, p.heads_kv, p.seqlen_k, p.head_dim)
-    q_box = (1, config.block_m) if gqa_pack(p) > 1 else (config.block_m, 1)
+    q_box = (1, config.block_m) if gqa_pack(p, config) > 1 else (config.q_box_rows, 1)
     return (tma.map_spec(q_shape, p.q_strides, 2, *q_box),
             tma.map_spec(kv_shape, p.k_strides, 2, config.block_n),
             tma.map_spec(kv_shape, p.v_strides, 2, config.block_n))

@@ -43,7 +43,8 @@ FAMILIES = {
                                "stages": (2, 3, 4)}, ""),
     "sm90": Family("sm90", Sm90Config, {"block_n": (64, 128, 176, 192), "stages": (2, 3, 4, 8),
                                 "consumers": (1, 2, 3, 4), "pingpong": (False, True),
-                                "split": (False, True), "producers": (1, 2)}, "sm90/"),
+                                "split": (False, True), "producers": (1, 2),
+                                "warp_rows": (8, 16)}, "sm90/"),
 }
 _MAX_ACCUMULATOR_REGS = 192   # sm80: of 255, the rest holds fragments, addresses and the softmax
 _SM90_SPARE_REGS = 24         # sm90: a consumer's registers beyond S, P and O (addresses, softmax)
@@ -77,12 +78,13 @@ def _sm90_static_reason(config: Sm90Config, arch: str) -> str | None:
         return "ping-pong needs two or more consumer warpgroups"
     if config.consumers == 4 and not (config.split and config.block_n == 64):
         return "four consumers compile at 96 registers: split 64-key tiles only"
+    if config.warp_rows == 8 and not config.split:
+        return "8-row warps need split tiles"
     if config.split:
         if config.consumers < 2 or config.pingpong or config.stages % config.consumers:
             return "split keys need 2+ consumers, no ping-pong and stages a multiple of them"
-        scratch = (config.consumers - 1) * 128 * (config.head_dim // 2 + 4) * 4
-        if scratch > 4 * config.stages * config.block_n * config.head_dim:
-            return f"the split combine's {scratch} B do not fit in the K/V ring"
+        if config.combine_bytes > 4 * config.stages * config.block_n * config.head_dim:
+            return f"the split combine's {config.combine_bytes} B do not fit in the K/V ring"
     regs = config.block_n // 2 + config.block_n // 4 + config.head_dim // 2   # S, P, O per thread
     budget = configs.sm90_consumer_registers(config.consumers) - _SM90_SPARE_REGS
     if regs > budget:

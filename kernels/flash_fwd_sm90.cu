@@ -32,6 +32,13 @@
 // partial (m, l, O) merge into consumer 0's at the end (combine_split), which
 // halves the serial chain of key tiles behind each output row.
 //
+// WARP_ROWS = 8 (split tiles on grids that even 64-row tiles leave half idle: the
+// mission shape): a work tile is 32 rows, the first 8 of each warp's 16-row slice of
+// the m64 GEMMs (Q arrives as four 8-row boxes, one per slice; the other rows of Q in
+// shared memory are never written, and their scores are never read). Each thread then
+// runs the softmax on one row half (HALVES = 1 in softmax.cuh) with P's other half
+// zero: every scheduler's exponential chain halves, and twice the SMs share the rows.
+//
 // Shared memory: every tile is stored as HEAD_DIM/64 column blocks of 64
 // elements (128-byte rows), 128B-swizzled by TMA, which is the layout the wgmma
 // descriptors below describe:
@@ -80,19 +87,24 @@ struct Sm90Params {
 };
 static_assert(sizeof(Sm90Params) == 512, "Sm90Params: keep in step with launch.py");
 
-template <int HEAD_DIM, int BLOCK_N, int STAGES, int CONSUMERS, bool PINGPONG, bool SPLIT>
+template <int HEAD_DIM, int BLOCK_N, int STAGES, int CONSUMERS, bool PINGPONG, bool SPLIT, int WARP_ROWS>
 struct Sm90Tile {
     static constexpr int kConsumers = CONSUMERS;
     static constexpr bool kSplit = SPLIT;
-    static constexpr int kBlockM = SPLIT ? 64 : 64 * CONSUMERS;
+    static constexpr int kWarpRows = WARP_ROWS;     // query rows per warp's 16-row GEMM slice
+    static constexpr int kHalves = WARP_ROWS / 8;   // accumulator row halves holding queries
+    static constexpr int kBlockM = SPLIT ? 4 * WARP_ROWS : 64 * CONSUMERS;
+    static constexpr int kQRows = SPLIT ? 64 : kBlockM;                 // Q's rows in shared memory
+    // Q's TMA boxes: the whole tile, or with 8-row warps one box per 16-row slice.
+    static constexpr int kQBoxRows = WARP_ROWS == 16 ? kBlockM : 8;
     // Consumers that use (and release) each K/V tile.
     static constexpr int kTileUsers = SPLIT ? 1 : CONSUMERS;
     // How many tiles the producer's K copies run ahead of its V copies (see produce).
     static constexpr int kKAhead = SPLIT ? CONSUMERS - 1 : 0;
-    static constexpr u32 kQBytes = kBlockM * HEAD_DIM * 2;
+    static constexpr u32 kQBytes = kBlockM * HEAD_DIM * 2;          // what Q's boxes bring
     static constexpr u32 kKVBytes = BLOCK_N * HEAD_DIM * 2;         // one K or V tile
     // Shared layout (offsets from a 1024-byte aligned base): Q, K ring, V ring, barriers.
-    static constexpr u32 kOffK = kQBytes;
+    static constexpr u32 kOffK = kQRows * HEAD_DIM * 2;
     static constexpr u32 kOffV = kOffK + STAGES * kKVBytes;
     static constexpr u32 kOffBars = kOffV + STAGES * kKVBytes;
     // Register split of setmaxnreg. The CTA holds what the launch bound gives every thread
@@ -115,9 +127,10 @@ struct Sm90Tile {
     static_assert(!PINGPONG || CONSUMERS >= 2, "PINGPONG needs two consumers to take turns");
     static_assert(!SPLIT || (CONSUMERS >= 2 && !PINGPONG && STAGES % CONSUMERS == 0),
                   "SPLIT: 2+ consumers, no ping-pong, ring slots a multiple of the consumers");
-    // SPLIT combine: each consumer but the first leaves O, m and l (HEAD_DIM / 2 + 4
-    // floats per thread) in the ring, free once every consumer is done with it.
-    static_assert(!SPLIT || (CONSUMERS - 1) * 128 * (HEAD_DIM / 2 + 4) * 4 <= 2 * STAGES * kKVBytes,
+    static_assert(WARP_ROWS == 16 || (WARP_ROWS == 8 && SPLIT), "WARP_ROWS: 16, or 8 with SPLIT");
+    // SPLIT combine: each consumer but the first leaves O, m and l (kHalves * (HEAD_DIM / 4
+    // + 2) floats per thread) in the ring, free once every consumer is done with it.
+    static_assert(!SPLIT || (CONSUMERS - 1) * 128 * kHalves * (HEAD_DIM / 4 + 2) * 4 <= 2 * STAGES * kKVBytes,
                   "SPLIT: the combine's scratch must fit in the K/V ring");
 };
 
@@ -210,7 +223,10 @@ __device__ __forceinline__ void produce(const Sm90Params& p, u32 sbase, const Ba
         if (LOADS_K) {
             if (n_done > 0) mbar_wait(bar.q_empty(), (n_done - 1) & 1);
             mbar_expect_tx(bar.q_full(), Tile::kQBytes);
-            tma_load_tile<HEAD_DIM>(sbase, p.q, bar.q_full(), Tile::kBlockM, w.row0, w.head * p.pack, w.batch);
+            #pragma unroll
+            for (int box = 0; box < Tile::kBlockM / Tile::kQBoxRows; ++box)   // slice `box`'s first rows
+                tma_load_tile<HEAD_DIM>(sbase + box * 16 * 128, p.q, bar.q_full(), Tile::kQRows,
+                                        w.row0 + box * Tile::kQBoxRows, w.head * p.pack, w.batch);
         }
         // K runs kKAhead tiles ahead of V: with split keys each consumer's first S needs
         // its own K tile, and with 64 CTAs loading at once (the mission shape) the L2 serves
@@ -251,7 +267,7 @@ __device__ __forceinline__ void qk_wgmma(float (&s)[BLOCK_N / 8][4], u64 q_desc,
     #pragma unroll
     for (int ks = 0; ks < HEAD_DIM / 16; ++ks) {
         const u32 cb = ks / 4, in_block = (ks % 4) * 32;
-        wgmma_ss<T, BLOCK_N>(s, desc_advance(q_desc, cb * Tile::kBlockM * 128 + in_block),
+        wgmma_ss<T, BLOCK_N>(s, desc_advance(q_desc, cb * Tile::kQRows * 128 + in_block),
                              desc_advance(k_desc, cb * BLOCK_N * 128 + in_block), ks > 0);
     }
     wgmma_commit();
@@ -271,25 +287,30 @@ __device__ __forceinline__ void pv_wgmma(float (&o)[HEAD_DIM / 8][4], const u32 
 // SPLIT: merge the consumers' partial softmax states of the same rows into consumer
 // 0's, through `scratch` (the ring, free once all consumers reach the barrier). Each
 // thread holds the same rows and columns in every consumer, so it trades with its
-// own slot: float k of thread t at scratch[k * 128 + t] (conflict-free). A partial
-// state (m, l, O) scales by exp2(m - m_max) into the merged one.
-template <int HEAD_DIM, int CONSUMERS>
+// own slot: float k of thread t at scratch[k * 128 + t] (conflict-free); only the
+// HALVES row halves that hold queries. A partial state (m, l, O) scales by
+// exp2(m - m_max) into the merged one.
+template <int HEAD_DIM, int CONSUMERS, int HALVES>
 __device__ __forceinline__ void combine_split(float* scratch, int consumer, float (&o)[1][HEAD_DIM / 8][4],
                                               float (&m)[1][2], float (&l)[1][2]) {
-    constexpr int kFloats = HEAD_DIM / 2 + 4;
+    constexpr int kOFloats = HALVES * HEAD_DIM / 4, kFloats = kOFloats + 2 * HALVES;
     constexpr int kBarrier = 1 + CONSUMERS;   // ids 1..CONSUMERS are the ping-pong turns
+    // Slots of a half's O pair (dt, e % 2), its m and its l.
+    auto o_at = [](int half, int dt, int e) { return ((half * HEAD_DIM / 8 + dt) * 2 + e % 2) * 128; };
+    auto m_at = [](int half) { return (kOFloats + half) * 128; };
+    auto l_at = [](int half) { return (kOFloats + HALVES + half) * 128; };
     const int t = threadIdx.x % 128;
     named_barrier_sync(kBarrier, 128 * CONSUMERS);      // every consumer's GEMMs are done
     if (consumer > 0) {
         float* mine = scratch + (consumer - 1) * kFloats * 128 + t;
         #pragma unroll
-        for (int dt = 0; dt < HEAD_DIM / 8; ++dt)
+        for (int half = 0; half < HALVES; ++half) {
             #pragma unroll
-            for (int e = 0; e < 4; ++e) mine[(dt * 4 + e) * 128] = o[0][dt][e];
-        #pragma unroll
-        for (int half = 0; half < 2; ++half) {
-            mine[(HEAD_DIM / 2 + half) * 128] = m[0][half];
-            mine[(HEAD_DIM / 2 + 2 + half) * 128] = l[0][half];
+            for (int dt = 0; dt < HEAD_DIM / 8; ++dt)
+                #pragma unroll
+                for (int e = 2 * half; e < 2 * half + 2; ++e) mine[o_at(half, dt, e)] = o[0][dt][e];
+            mine[m_at(half)] = m[0][half];
+            mine[l_at(half)] = l[0][half];
         }
     }
     named_barrier_sync(kBarrier, 128 * CONSUMERS);
@@ -298,8 +319,8 @@ __device__ __forceinline__ void combine_split(float* scratch, int consumer, floa
     for (int c = 1; c < CONSUMERS; ++c) {
         const float* theirs = scratch + (c - 1) * kFloats * 128 + t;
         #pragma unroll
-        for (int half = 0; half < 2; ++half) {
-            const float m_c = theirs[(HEAD_DIM / 2 + half) * 128];
+        for (int half = 0; half < HALVES; ++half) {
+            const float m_c = theirs[m_at(half)];
             const float m_max = fmaxf(m[0][half], m_c);
             if (m_max == neg_inf()) continue;   // neither has seen a key of these rows
             const float f_own = fast_exp2(m[0][half] - m_max), f_c = fast_exp2(m_c - m_max);
@@ -307,17 +328,19 @@ __device__ __forceinline__ void combine_split(float* scratch, int consumer, floa
             for (int dt = 0; dt < HEAD_DIM / 8; ++dt)
                 #pragma unroll
                 for (int e = 2 * half; e < 2 * half + 2; ++e)
-                    o[0][dt][e] = o[0][dt][e] * f_own + theirs[(dt * 4 + e) * 128] * f_c;
-            l[0][half] = l[0][half] * f_own + theirs[(HEAD_DIM / 2 + 2 + half) * 128] * f_c;
+                    o[0][dt][e] = o[0][dt][e] * f_own + theirs[o_at(half, dt, e)] * f_c;
+            l[0][half] = l[0][half] * f_own + theirs[l_at(half)] * f_c;
             m[0][half] = m_max;
         }
     }
 }
 
-template <class T, int HEAD_DIM, int BLOCK_N, int STAGES, int CONSUMERS, bool PINGPONG, bool SPLIT, int PRODUCERS>
+template <class T, int HEAD_DIM, int BLOCK_N, int STAGES, int CONSUMERS, bool PINGPONG, bool SPLIT, int PRODUCERS,
+          int WARP_ROWS>
 __global__ void __launch_bounds__(128 * (CONSUMERS + 1), 1)
 flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
-    using Tile = Sm90Tile<HEAD_DIM, BLOCK_N, STAGES, CONSUMERS, PINGPONG, SPLIT>;
+    using Tile = Sm90Tile<HEAD_DIM, BLOCK_N, STAGES, CONSUMERS, PINGPONG, SPLIT, WARP_ROWS>;
+    constexpr int H = Tile::kHalves;
     static_assert(PRODUCERS == 1 || PRODUCERS == 2, "PRODUCERS: one thread for Q, K and V, or K's and V's own");
     extern __shared__ __align__(1024) unsigned char smem[];
     const u32 sbase = (smem_addr(smem) + 1023) & ~1023u;   // swizzle atoms need 1024-byte alignment
@@ -375,9 +398,9 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
         const int n_blocks = w.n_blocks;
         const bool has_rows = consumer < w.consumers;
         const int c_row0 = w.row0 + (SPLIT ? 0 : 64 * consumer);   // this warpgroup's first query
-        const int w_row0 = c_row0 + 16 * warp;                     // this warp's first query
+        const int w_row0 = c_row0 + WARP_ROWS * warp;              // this warp's first query
         // This warpgroup's key tiles end at its own rows' part of the causal diagonal.
-        const int c_kv_end = p.causal ? min(seqlen_k, c_row0 + 64 + causal_diag) : seqlen_k;
+        const int c_kv_end = p.causal ? min(seqlen_k, c_row0 + 4 * WARP_ROWS + causal_diag) : seqlen_k;
         const int c_blocks = has_rows ? min(n_blocks, c_kv_end > 0 ? (c_kv_end + BLOCK_N - 1) / BLOCK_N : 0)
                                       : 0;
         // The key tiles this consumer multiplies: all of its rows' (its k-th is tile k),
@@ -403,12 +426,12 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
             const bool needs_mask = key0 + BLOCK_N > seqlen_k ||
                                     (p.causal && key0 + BLOCK_N - 1 > c_row0 + causal_diag);
             if (needs_mask)
-                scale_and_mask<1, BLOCK_N / 8, true>(s, p.scale_log2, w_row0, key0, seqlen_k, causal_diag,
-                                                     p.causal, lane);
+                scale_and_mask<1, BLOCK_N / 8, true, H>(s, p.scale_log2, w_row0, key0, seqlen_k, causal_diag,
+                                                        p.causal, lane);
             else
-                scale_and_mask<1, BLOCK_N / 8, false>(s, p.scale_log2, 0, 0, 0, 0, false, lane);
-            if (first) seed_max<BLOCK_N / 8>(s, m, p.scale_log2);
-            softmax_update_lazy<T, BLOCK_N / 8>(s, a, m, l, alpha, p.scale_log2);
+                scale_and_mask<1, BLOCK_N / 8, false, H>(s, p.scale_log2, 0, 0, 0, 0, false, lane);
+            if (first) seed_max<BLOCK_N / 8, H>(s, m, p.scale_log2);
+            softmax_update_lazy<T, BLOCK_N / 8, H>(s, a, m, l, alpha, p.scale_log2);
         };
 
         if (PINGPONG && consumer == CONSUMERS - 1 && n_blocks > 0) named_barrier_arrive(1, 256);
@@ -448,7 +471,7 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
             wgmma_wait<0>();
             pv_done(k - 1);
             softmax_tile(tile(k));
-            rescale_rows<1, HEAD_DIM / 8>(o, alpha);
+            rescale_rows<1, HEAD_DIM / 8, H>(o, alpha);
         }
         // Every S GEMM has landed: Q is free, so the producer loads the next tile's Q
         // during the last P V and the epilogue.
@@ -481,7 +504,7 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
         }
         it += n_blocks;
         if constexpr (SPLIT)   // one work tile per CTA (see Sm90Config.schedule): the ring is done
-            combine_split<HEAD_DIM, CONSUMERS>(reinterpret_cast<float*>(smem + (sbase - smem_addr(smem)) +
+            combine_split<HEAD_DIM, CONSUMERS, H>(reinterpret_cast<float*>(smem + (sbase - smem_addr(smem)) +
                                                                         Tile::kOffK), consumer, o, m, l);
         if (!has_rows || (SPLIT && consumer > 0)) continue;
 
@@ -490,7 +513,7 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
         // query head w.head, or with packed GQA query head w.head * pack + row at position 0.
         const bool packed = p.pack > 1;
         #pragma unroll
-        for (int half = 0; half < 2; ++half) {
+        for (int half = 0; half < H; ++half) {
             const float l_row = quad_sum(l[0][half]);
             const float inv_l = l_row > 0.f ? 1.f / l_row : 0.f;
             const int row = w_row0 + lane / 4 + 8 * half;

@@ -4,6 +4,10 @@
 // accumulator is that layout for each warp's 16 rows): s[mt][nt][e] is row
 // g + 8*(e/2) of 16-row slice mt, column 8*nt + 2t + e%2, with g = lane/4 and
 // t = lane%4. A row lives in one quad, so row reductions are two shuffles.
+//
+// HALVES (default 2): the row halves (e / 2) that hold queries. With 1 (the sm_90
+// kernel's 8-row warps) only half 0 is scaled, exponentiated and summed, and P's
+// half 1 is zero, so whatever the other rows' scores are never reaches O.
 #pragma once
 #include "mma_sm80.cuh"
 
@@ -15,7 +19,7 @@ namespace fc {
 // the row maximum of the raw scores only tracks the scaled one when scale > 0.
 // Accumulator element e of n-tile nt sits at row g + 8*(e/2), column
 // nt*8 + 2t + e%2 of the warp's 16-row slice.
-template <int M_TILES, int N_TILES, bool MASK>
+template <int M_TILES, int N_TILES, bool MASK, int HALVES = 2>
 __device__ __forceinline__ void scale_and_mask(float (&s)[M_TILES][N_TILES][4], float scale_log2,
                                                int first_row, int first_key, int seqlen_k,
                                                int causal_diag, bool causal, int lane) {
@@ -25,7 +29,7 @@ __device__ __forceinline__ void scale_and_mask(float (&s)[M_TILES][N_TILES][4], 
             #pragma unroll
             for (int nt = 0; nt < N_TILES; ++nt)
                 #pragma unroll
-                for (int e = 0; e < 4; ++e) s[mt][nt][e] *= scale_log2;
+                for (int e = 0; e < 2 * HALVES; ++e) s[mt][nt][e] *= scale_log2;
     }
     if constexpr (MASK) {
         #pragma unroll
@@ -33,7 +37,7 @@ __device__ __forceinline__ void scale_and_mask(float (&s)[M_TILES][N_TILES][4], 
             #pragma unroll
             for (int nt = 0; nt < N_TILES; ++nt)
                 #pragma unroll
-                for (int e = 0; e < 4; ++e) {
+                for (int e = 0; e < 2 * HALVES; ++e) {
                     const int row = first_row + mt * 16 + lane / 4 + 8 * (e / 2);
                     const int key = first_key + nt * 8 + 2 * (lane % 4) + e % 2;
                     if (key >= seqlen_k || (causal && key > row + causal_diag)) s[mt][nt][e] = neg_inf();
@@ -48,7 +52,7 @@ __device__ __forceinline__ float exp2_fold(float scale_log2) { return scale_log2
 // Online softmax, first half: update (m, l) (m in scaled log2 units), turn S
 // (from scale_and_mask) into P in place, and return in alpha the factor
 // exp2(m_old - m_new) by which each row of O must shrink.
-template <int M_TILES, int N_TILES>
+template <int M_TILES, int N_TILES, int HALVES = 2>
 __device__ __forceinline__ void softmax_update(float (&s)[M_TILES][N_TILES][4], float (&m)[M_TILES][2],
                                                float (&l)[M_TILES][2], float (&alpha)[M_TILES][2],
                                                float scale_log2) {
@@ -56,7 +60,7 @@ __device__ __forceinline__ void softmax_update(float (&s)[M_TILES][N_TILES][4], 
     #pragma unroll
     for (int mt = 0; mt < M_TILES; ++mt)
         #pragma unroll
-        for (int half = 0; half < 2; ++half) {
+        for (int half = 0; half < HALVES; ++half) {
             float row_max = neg_inf();
             #pragma unroll
             for (int nt = 0; nt < N_TILES; ++nt)
@@ -81,19 +85,19 @@ __device__ __forceinline__ void softmax_update(float (&s)[M_TILES][N_TILES][4], 
 
 // One 16-key k-step of P (fp32, from softmax_update) as the 16-bit A operand of P V
 // (mma.sync's A fragment, and wgmma's from registers): n-tiles 2kk and 2kk + 1 in pairs.
-template <class T>
+template <class T, int HALVES = 2>
 __device__ __forceinline__ void pack_kstep(u32 (&a)[4], const float (&lo)[4], const float (&hi)[4]) {
     a[0] = pack2<T>(lo[0], lo[1]);
-    a[1] = pack2<T>(lo[2], lo[3]);
+    a[1] = HALVES == 2 ? pack2<T>(lo[2], lo[3]) : 0u;
     a[2] = pack2<T>(hi[0], hi[1]);
-    a[3] = pack2<T>(hi[2], hi[3]);
+    a[3] = HALVES == 2 ? pack2<T>(hi[2], hi[3]) : 0u;
 }
 
 // All of a row block's P, k-step by k-step.
-template <class T, int N_TILES>
+template <class T, int N_TILES, int HALVES = 2>
 __device__ __forceinline__ void pack_p(u32 (&a)[N_TILES / 2][4], const float (&s)[N_TILES][4]) {
     #pragma unroll
-    for (int kk = 0; kk < N_TILES / 2; ++kk) pack_kstep<T>(a[kk], s[2 * kk], s[2 * kk + 1]);
+    for (int kk = 0; kk < N_TILES / 2; ++kk) pack_kstep<T, HALVES>(a[kk], s[2 * kk], s[2 * kk + 1]);
 }
 
 // A row block's first maximum, for softmax_update_lazy to take as its base: the maximum
@@ -102,11 +106,11 @@ __device__ __forceinline__ void pack_p(u32 (&a)[N_TILES / 2][4], const float (&s
 // allows (or n-tile 0 is masked: -inf), the lazy update redoes the tile exactly. The full
 // row maximum's chain (BLOCK_N / 8 dependent maxima, then the shuffles) held up the first
 // exponentials of every row block.
-template <int N_TILES>
+template <int N_TILES, int HALVES = 2>
 __device__ __forceinline__ void seed_max(const float (&s)[1][N_TILES][4], float (&m)[1][2], float scale_log2) {
     const float fold = exp2_fold(scale_log2);
     #pragma unroll
-    for (int half = 0; half < 2; ++half)
+    for (int half = 0; half < HALVES; ++half)
         m[0][half] = quad_max(fmaxf(s[0][0][2 * half], s[0][0][2 * half + 1])) * fold;
 }
 
@@ -122,18 +126,22 @@ constexpr float kLazySumLimit = 32768.f;
 // every such sum in the warp stays under kLazySumLimit (and no row without a key so far,
 // m = -inf, gets its first), m stays and alpha = 1 (O keeps its scale); otherwise the tile
 // is redone by softmax_update from S, which this leaves as scale_and_mask made it.
-template <class T, int N_TILES>
+template <class T, int N_TILES, int HALVES = 2>
 __device__ __forceinline__ void softmax_update_lazy(float (&s)[1][N_TILES][4], u32 (&a)[N_TILES / 2][4],
                                                     float (&m)[1][2], float (&l)[1][2],
                                                     float (&alpha)[1][2], float scale_log2) {
     const float fold = exp2_fold(scale_log2);
     float base[2], row_sum[2] = {0.f, 0.f};
     #pragma unroll
-    for (int half = 0; half < 2; ++half) base[half] = m[0][half] == neg_inf() ? 0.f : m[0][half];
+    for (int half = 0; half < HALVES; ++half) base[half] = m[0][half] == neg_inf() ? 0.f : m[0][half];
     #pragma unroll
     for (int nt = 0; nt < N_TILES; ++nt)
         #pragma unroll
         for (int half = 0; half < 2; ++half) {
+            if (half >= HALVES) {
+                a[nt / 2][2 * (nt % 2) + half] = 0u;
+                continue;
+            }
             const float p0 = fast_exp2(fmaf(s[0][nt][2 * half], fold, -base[half]));
             const float p1 = fast_exp2(fmaf(s[0][nt][2 * half + 1], fold, -base[half]));
             row_sum[half] += p0 + p1;
@@ -141,15 +149,15 @@ __device__ __forceinline__ void softmax_update_lazy(float (&s)[1][N_TILES][4], u
         }
     bool redo = false;
     #pragma unroll
-    for (int half = 0; half < 2; ++half)   // a NaN sum fails both tests and stays NaN
+    for (int half = 0; half < HALVES; ++half)   // a NaN sum fails both tests and stays NaN
         redo |= row_sum[half] > kLazySumLimit || (m[0][half] == neg_inf() && row_sum[half] > 0.f);
     if (__any_sync(0xffffffffu, redo)) {   // warp-uniform, like rescale_rows's skip
-        softmax_update<1, N_TILES>(s, m, l, alpha, scale_log2);
-        pack_p<T, N_TILES>(a, s[0]);
+        softmax_update<1, N_TILES, HALVES>(s, m, l, alpha, scale_log2);
+        pack_p<T, N_TILES, HALVES>(a, s[0]);
         return;
     }
     #pragma unroll
-    for (int half = 0; half < 2; ++half) {
+    for (int half = 0; half < HALVES; ++half) {
         l[0][half] += row_sum[half];
         alpha[0][half] = 1.f;
     }
@@ -158,13 +166,13 @@ __device__ __forceinline__ void softmax_update_lazy(float (&s)[1][N_TILES][4], u
 // Online softmax, second half: O *= alpha row by row. That costs D/4 multiplies
 // per row slice, as many issue slots as a tile's mma at 32-key tiles; once the
 // running maxima settle, alpha is 1 for the whole warp, so skip it (warp-uniform).
-template <int M_TILES, int D_TILES>
+template <int M_TILES, int D_TILES, int HALVES = 2>
 __device__ __forceinline__ void rescale_rows(float (&o)[M_TILES][D_TILES][4],
                                              const float (&alpha)[M_TILES][2]) {
     #pragma unroll
     for (int mt = 0; mt < M_TILES; ++mt)
         #pragma unroll
-        for (int half = 0; half < 2; ++half)
+        for (int half = 0; half < HALVES; ++half)
             if (__any_sync(0xffffffffu, alpha[mt][half] != 1.f)) {
                 #pragma unroll
                 for (int dt = 0; dt < D_TILES; ++dt) {

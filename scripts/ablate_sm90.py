@@ -28,8 +28,8 @@ VARIANTS = [
     # every score's exponential, in the exact and the lazy update (not alpha's)
     ("exp2 -> FFMA only (no MUFU)", [("softmax.cuh", "fast_exp2(fmaf(", "(fmaf(")]),
     ("no online softmax (P = S)",
-     [("flash_fwd_sm90.cu", "softmax_update_lazy<T, BLOCK_N / 8>(s, a, m, l, alpha, p.scale_log2);",
-       "pack_p<T, BLOCK_N / 8>(a, s[0]); alpha[0][0] = alpha[0][1] = 1.f;")]),
+     [("flash_fwd_sm90.cu", "softmax_update_lazy<T, BLOCK_N / 8, H>(s, a, m, l, alpha, p.scale_log2);",
+       "pack_p<T, BLOCK_N / 8, H>(a, s[0]); alpha[0][0] = alpha[0][1] = 1.f;")]),
     ("no P V GEMM",
      [("flash_fwd_sm90.cu", "pv_wgmma<T, HEAD_DIM, BLOCK_N>(o[0], a, v_tile(prev));", EMPTY_GROUP),
       ("flash_fwd_sm90.cu", "pv_wgmma<T, HEAD_DIM, BLOCK_N>(o[0], a, v_tile(last));", EMPTY_GROUP)]),

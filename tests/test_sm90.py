@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from flashcore_cupy import configs, launch, tma
+from flashcore_cupy import configs, launch, tma, tuning
 from flashcore_cupy.validation import TensorSpec, check_problem
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -23,7 +23,7 @@ def problem(q_shape, kv_shape, layout="bhsd", strides=None, causal=False):
 
 def test_geometry_and_name():
     cfg = configs.Sm90Config("bf16", 128, 128, 2, 2, True)
-    assert cfg.name_expression == "fc::flash_fwd_sm90<fc::bf16, 128, 128, 2, 2, true, false, 1>"
+    assert cfg.name_expression == "fc::flash_fwd_sm90<fc::bf16, 128, 128, 2, 2, true, false, 1, 16>"
     assert (cfg.threads, cfg.block_m) == (384, 128)
     assert cfg.smem_bytes == 1024 + 2 * 128 * (128 + 2 * 2 * 128) + 8 * 10
     assert cfg.smem_bytes <= configs.SMEM_LIMIT["sm_90a"]
@@ -36,7 +36,7 @@ def test_geometry_and_name():
 
 def test_split_keys_config():
     cfg = configs.Sm90Config("fp16", 64, 128, 4, 2, False, True)
-    assert cfg.name_expression == "fc::flash_fwd_sm90<fc::fp16, 64, 128, 4, 2, false, true, 1>"
+    assert cfg.name_expression == "fc::flash_fwd_sm90<fc::fp16, 64, 128, 4, 2, false, true, 1, 16>"
     assert (cfg.threads, cfg.block_m) == (384, 64)
     assert cfg.smem_bytes == 1024 + 2 * 64 * (64 + 2 * 4 * 128) + 8 * 18
     # its combine reuses the K/V ring, so every work tile is its own CTA, never split further
@@ -66,10 +66,13 @@ def test_dispatch_table():
     hopper = configs.choose_kernel(head_dim=128, batch_heads=32, seqlen_q=4096, **kw)
     assert isinstance(hopper, configs.Sm90Config) and hopper.block_m == 128
     assert configs.choose_kernel(head_dim=64, batch_heads=32, seqlen_q=4096, **kw).block_m == 192
-    # grids that leave SMs idle (the mission shape, decode) take 64-row Hopper tiles
-    for hd, bh, sq in ((64, 8, 512), (128, 256, 1)):
+    # grids that leave SMs idle take 64-row split tiles (decode always), or 32-row ones of
+    # 8-row warps where those fit in one wave (the mission shape: 128 CTAs)
+    for hd, bh, sq, block_m in ((64, 8, 512, 32), (128, 8, 512, 32), (64, 16, 512, 64),
+                                (128, 256, 1, 64), (64, 8, 64, 64), (64, 4, 1056, 32)):
         small = configs.choose_kernel(head_dim=hd, batch_heads=bh, seqlen_q=sq, **kw)
-        assert isinstance(small, configs.Sm90Config) and small.block_m == 64, (hd, bh, sq)
+        assert isinstance(small, configs.Sm90Config) and small.split, (hd, bh, sq)
+        assert small.block_m == block_m and small.warp_rows == block_m // 4, (hd, bh, sq)
     # D > 128 stays portable
     assert isinstance(configs.choose_kernel(head_dim=256, batch_heads=32, seqlen_q=4096, **kw),
                       configs.FwdConfig)
@@ -79,7 +82,7 @@ def test_dispatch_table():
     assert isinstance(configs.choose_kernel("sm_80", "fp16", 128, 32, 4096, 108), configs.FwdConfig)
     assert {c for c in configs.all_configs("sm_90a") if isinstance(c, configs.Sm90Config)} == \
         {configs.sm90_config(dt, hd, g) for dt in configs.DTYPES for hd in configs.SM90_HEAD_DIMS
-         for g in ("large", "small")}
+         for g in configs.SM90_GRIDS}
     assert not any(isinstance(c, configs.Sm90Config) for c in configs.all_configs("sm_80"))
 
 
@@ -101,7 +104,9 @@ def test_decode_packs_each_gqa_group_into_one_tile(monkeypatch):
     monkeypatch.setattr(launch.loader, "get_function", lambda config, device, arch: 1)
     cfg = configs.sm90_config("fp16", 128, "small")
     decode = problem((8, 32, 1, 128), (8, 8, 8192, 128), causal=True)
-    assert launch.gqa_pack(decode) == 4
+    assert launch.gqa_pack(decode, cfg) == 4
+    # 8-row warps never pack (their Q boxes are rows of one head)
+    assert launch.gqa_pack(decode, configs.sm90_config("fp16", 128, "tiny")) == 1
     q, k, _ = launch.sm90_map_specs(decode, cfg)
     assert q.box == (64, 1, cfg.block_m, 1) and k.box == (64, cfg.block_n, 1, 1)
     run = launch.Sm90Launch.build(decode, cfg, "sm_90a", 132, (32 * 128, 128, 128), False)
@@ -113,8 +118,23 @@ def test_decode_packs_each_gqa_group_into_one_tile(monkeypatch):
     for q_shape, kv_shape in (((8, 32, 2, 128), (8, 8, 64, 128)), ((8, 8, 1, 128), (8, 8, 64, 128)),
                               ((1, 65, 1, 128), (1, 1, 64, 128))):
         p = problem(q_shape, kv_shape)
-        assert launch.gqa_pack(p) == 1 and launch.sm90_map_specs(p, cfg)[0].box == (64, 64, 1, 1)
+        assert launch.gqa_pack(p, cfg) == 1 and launch.sm90_map_specs(p, cfg)[0].box == (64, 64, 1, 1)
         assert launch.Sm90Launch.build(p, cfg, "sm_90a", 132, (1, 1, 1), False).scalars[14] == 1
+
+
+def test_eight_row_warps_load_q_per_warp_slice():
+    """32-row split tiles: Q comes as one 8-row box per warp slice, into the first 8 of
+    its 16 rows in a 64-row Q region (shared memory as for 64 rows), and the combine
+    trades one row half."""
+    tiny, small = configs.sm90_config("fp16", 64, "tiny"), configs.sm90_config("fp16", 64, "small")
+    assert (tiny.block_m, tiny.q_box_rows, small.q_box_rows) == (32, 8, 64)
+    assert tiny.smem_bytes == small.smem_bytes and tiny.combine_bytes * 2 == small.combine_bytes
+    assert tiny.name_expression.endswith(", true, 1, 8>") and str(tiny).endswith("split w8")
+    p = problem((1, 8, 100, 64), (1, 8, 512, 64))
+    assert launch.sm90_map_specs(p, tiny)[0].box == (64, 8, 1, 1)
+    assert tiny.schedule(1, 8, 100, 132, False).grid == (8 * 4, 1, 1)
+    assert tuning.static_reason(configs.Sm90Config("fp16", 64, 128, 2, 2, True, warp_rows=8),
+                                "sm_90a") == "8-row warps need split tiles"
 
 
 def test_size_one_dims_get_a_legal_stride():

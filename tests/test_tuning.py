@@ -35,7 +35,7 @@ def test_every_hopper_config_is_legal_or_rejected_with_a_reason(dtype, d):
     assert all(r.reason for r in rejected) and legal
     for c in legal:   # compiled for sm_90a with no spill and no serialised wgmma
         assert tuning.compile_reason(c, "sm_90a") is None
-    for grid in ("large", "small"):   # dispatch's Hopper tiles are in the space and legal
+    for grid in configs.SM90_GRIDS:   # dispatch's Hopper tiles are in the space and legal
         assert configs.sm90_config(dtype, d, grid) in legal
     # the Hopper family never applies to other archs
     assert all("sm_90a" in tuning.static_reason(c, "sm_80") for c in tuning.space(dtype, d, "sm90"))
@@ -151,6 +151,6 @@ def test_neighbours_step_one_parameter():
     h = Sm90Config("fp16", 128, 128, 2, 2, True)
     n = tuner.neighbours(h, set(tuning.space("fp16", 128, "sm90")))
     assert Sm90Config("fp16", 128, 176, 2, 2, True) in n and Sm90Config("fp16", 128, 128, 2, 3, True) in n
-    assert Sm90Config("fp16", 128, 128, 2, 2, False) in n and len(n) == 8
+    assert Sm90Config("fp16", 128, 128, 2, 2, False) in n and len(n) == 9
     assert Sm90Config("fp16", 128, 128, 2, 2, True, True) in n
     assert Sm90Config("fp16", 128, 128, 2, 2, True, False, 2) in n
