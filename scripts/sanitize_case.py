@@ -11,7 +11,8 @@ import flashcore_cupy as fc
 from flashcore_cupy import api, configs, reference
 
 rng = np.random.default_rng()
-# sm90 forces the Hopper kernel's large tiles; auto takes its small-grid split-keys tiles here
+# sm90 forces the Hopper kernel's large tiles; auto takes its split-keys tiles here: 32-row
+# ones of 8-row warps, and 64-row ones for the decode step
 backends = ["sm80"] + (["sm90", "auto"] if api.device_info(0).arch == configs.SM90_ARCH else [])
 ok = True
 for backend in backends:
