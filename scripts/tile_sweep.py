@@ -26,7 +26,7 @@ SM80 = {   # shape -> (warps, m_tiles, block_n, stages)
     "b2-h16-s4k-d128-causal": [(4, 2, 32, 3), (4, 2, 64, 2)],
     "mission": [(4, 1, 64, 2), (4, 1, 64, 3)],
 }
-SM90 = {   # shape -> (block_n, stages, consumers, pingpong[, split[, producers]])
+SM90 = {   # shape -> (block_n, stages, consumers, pingpong[, split[, producers[, warp_rows]]])
     "b4-h16-s1k-d64": [(128, 2, 3, True), (128, 2, 3, False), (128, 2, 2, True), (192, 2, 2, True),
                        (176, 2, 2, True), (64, 4, 3, True)],
     "b2-h16-s4k-d64": [(128, 2, 3, True), (128, 3, 3, True), (128, 2, 3, False), (192, 2, 2, True),
@@ -37,7 +37,12 @@ SM90 = {   # shape -> (block_n, stages, consumers, pingpong[, split[, producers]
     "b1-h16-s16k-d128-causal": [(192, 2, 2, True), (128, 2, 2, True)],
     "gqa-b2-h32kv8-s4k-d128-causal": [(192, 2, 2, True), (128, 2, 2, True)],
     "mission": [(128, 2, 1, False), (128, 4, 2, False, True), (64, 8, 4, False, True),
-                (64, 6, 3, False, True), (64, 4, 2, False, True)],
+                (64, 6, 3, False, True), (64, 4, 2, False, True), (128, 4, 2, False, True, 1, 8)],
+    # grids where 32-row split tiles (8-row warps) fit in one wave, against 64-row ones
+    "1,8,512,128": [(128, 2, 2, False, True, 2), (128, 2, 2, False, True, 2, 8)],
+    "1,4,1024,64": [(128, 4, 2, False, True), (128, 4, 2, False, True, 1, 8)],
+    "1,2,2048,128": [(128, 2, 2, False, True, 2), (128, 2, 2, False, True, 2, 8)],
+    "1,1,4096,64": [(128, 4, 2, False, True), (128, 4, 2, False, True, 1, 8)],
     "decode-b8-h32kv8-s8k-d128": [(128, 2, 2, False, True, 2), (128, 2, 2, False, True), (64, 4, 2, False, True),
                                   (64, 4, 2, False, True, 2), (64, 3, 3, False, True, 2)],
 }
