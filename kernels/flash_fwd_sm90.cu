@@ -91,7 +91,6 @@ template <int HEAD_DIM, int BLOCK_N, int STAGES, int CONSUMERS, bool PINGPONG, b
 struct Sm90Tile {
     static constexpr int kConsumers = CONSUMERS;
     static constexpr bool kSplit = SPLIT;
-    static constexpr int kWarpRows = WARP_ROWS;     // query rows per warp's 16-row GEMM slice
     static constexpr int kHalves = WARP_ROWS / 8;   // accumulator row halves holding queries
     static constexpr int kBlockM = SPLIT ? 4 * WARP_ROWS : 64 * CONSUMERS;
     static constexpr int kQRows = SPLIT ? 64 : kBlockM;                 // Q's rows in shared memory
