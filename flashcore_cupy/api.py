@@ -140,7 +140,10 @@ _launches: dict[tuple, FwdLaunch | Sm90Launch] = {}
 def _signature(q, k, v, out, causal, scale, layout, return_lse, backend):
     """(key, (q, k, v addresses)) of a call, None when it is not for the fast path. The key
     holds everything validation looked at except the addresses; the addresses are read
-    here once, for the alignment recheck and the launch.
+    here once, for the alignment recheck and the launch. A C-contiguous array's strides
+    stand as True: its shape decides every stride that validation and the kernels use
+    (CuPy's flag ignores size-1 dimensions, whose strides neither does), and the flag is a
+    third of a strides read (0.035 against 0.115 us on the H200's host).
 
     scale's type is part of the key: True, 1 and 1.0 hash alike, but validation refuses True.
     An unhashable option makes the key unhashable: the lookup's TypeError sends the call to
@@ -154,9 +157,11 @@ def _signature(q, k, v, out, causal, scale, layout, return_lse, backend):
     qkv = (qd.ptr, kd.ptr, vd.ptr)
     if (qkv[0] | qkv[1] | qkv[2] | (0 if out is None else out.data.ptr)) & _ALIGN_MASK:
         return None
-    return (q.shape, q.strides, q.dtype, qd.device_id, k.shape, k.strides, k.dtype, kd.device_id,
-            v.shape, v.strides, v.dtype, vd.device_id,
-            None if out is None else (out.shape, out.strides, out.dtype, out.data.device_id),
+    return (q.shape, q._c_contiguous or q.strides, q.dtype, qd.device_id,
+            k.shape, k._c_contiguous or k.strides, k.dtype, kd.device_id,
+            v.shape, v._c_contiguous or v.strides, v.dtype, vd.device_id,
+            None if out is None else (out.shape, out._c_contiguous or out.strides, out.dtype,
+                                      out.data.device_id),
             causal, type(scale), scale, layout, return_lse, backend), qkv
 
 

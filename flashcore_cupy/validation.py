@@ -111,7 +111,10 @@ def _check_tensor(t: TensorSpec, layout: str) -> None:
         raise ValueError(f"{t.name} must have a contiguous last dimension (stride 1), "
                          f"got strides {t.strides} (elements); use cupy.ascontiguousarray")
     itemsize = t.dtype.itemsize
-    if t.ptr % _ALIGN_BYTES or any((s * itemsize) % _ALIGN_BYTES for s in t.strides[:3]):
+    # A size-1 dimension is never stepped over: its stride is not used (views often carry 0
+    # or odd ones there), as CuPy's and NumPy's contiguity flags ignore it.
+    if t.ptr % _ALIGN_BYTES or any((s * itemsize) % _ALIGN_BYTES
+                                   for s, n in zip(t.strides[:3], t.shape[:3]) if n > 1):
         raise ValueError(f"{t.name} must be 16-byte aligned with strides that are multiples of "
                          f"{_ALIGN_BYTES // itemsize} elements, got strides {t.strides} (elements) "
                          f"at address 0x{t.ptr:x}; use cupy.ascontiguousarray")

@@ -231,6 +231,31 @@ def test_strided_views_without_copies(rng, backend):
     assert reference.rel_error(buf.transpose(0, 2, 1, 3), ref) <= TOL["fp16"]
 
 
+@pytest.mark.parametrize("backend", BACKENDS + ("auto",))
+def test_size_one_dimensions_with_any_stride(rng, backend):
+    """A size-1 batch or head dimension is never stepped over, so its stride may be anything
+    (CuPy calls such arrays C-contiguous, and the fast path keys them on their shape alone):
+    the first call validates them, a repeat with odd strides reuses the launch of plain
+    arrays of that shape, and both match the reference."""
+    import cupy
+    from cupy.lib.stride_tricks import as_strided
+
+    import flashcore_cupy as fc
+
+    need_backend(backend, 64)
+    q, k, v = make_inputs(rng, "fp16", 64, "bhsd", (1, 2, 1), (200, 300))
+    odd = [as_strided(x, x.shape, (14, *x.strides[1:])) for x in (q, k, v)]    # 7 elements
+    odd[1] = as_strided(k, k.shape, (6, 10, *k.strides[2:]))                    # batch and head
+    assert all(x.flags.c_contiguous for x in odd)
+    ref = reference.attention(q, k, v, causal=True)
+    for args in ((q, k, v), odd, (q, k, v), odd):
+        out = fc.attention(*args, causal=True, backend=backend)
+        assert reference.rel_error(out, ref) <= TOL["fp16"]
+    out = as_strided(cupy.full(q.shape, np.nan, q.dtype), q.shape, (2, *q.strides[1:]))
+    fc.attention(*odd, causal=True, out=out, backend=backend)
+    assert reference.rel_error(out, ref) <= TOL["fp16"]
+
+
 def test_dlpack_inputs_from_torch(rng):
     torch = pytest.importorskip("torch")
     import cupy

@@ -46,6 +46,12 @@ def test_bf16_and_strided_views_are_accepted():
     packed = spec("q", (2, 100, 8, 64), strides=(100 * 3 * 8 * 64, 3 * 8 * 64, 64, 1))
     assert plan(packed, spec("k", (2, 80, 2, 64)), spec("v", (2, 80, 2, 64)), layout="bshd").q_strides == (
         100 * 3 * 8 * 64, 64, 3 * 8 * 64)
+    # a size-1 dimension's stride is never used: any value passes (CuPy calls such arrays
+    # C-contiguous), while the same stride on a longer dimension does not
+    odd = spec("q", (1, 8, 100, 64), strides=(7, 100 * 64, 64, 1))
+    assert plan(odd, spec("k", (1, 2, 80, 64)), spec("v", (1, 2, 80, 64))).q_strides[0] == 7
+    with pytest.raises(ValueError, match="aligned"):
+        plan(spec("q", (2, 8, 100, 64), strides=(7, 100 * 64, 64, 1)), *qkv()[1:])
 
 
 @pytest.mark.parametrize("make, exc, words", [
@@ -146,8 +152,9 @@ class _FakePtr:
 class _FakeArray:
     """Stands in for cupy.ndarray in the fast-path signature (no GPU needed)."""
 
-    def __init__(self, ptr=1 << 20, shape=(1, 2, 8, 64)):
-        self.shape, self.strides, self.dtype = shape, (2048, 1024, 128, 2), np.dtype(np.float16)
+    def __init__(self, ptr=1 << 20, shape=(1, 2, 8, 64), strides=(2048, 1024, 128, 2)):
+        self.shape, self.strides, self.dtype = shape, strides, np.dtype(np.float16)
+        self._c_contiguous = strides == tuple(2 * int(np.prod(shape[i + 1:])) for i in range(4))
         self.data = _FakePtr(ptr)
 
 
@@ -166,6 +173,10 @@ def test_call_signature_fast_path_rules(monkeypatch):
     assert key(_FakeArray(5 << 20), k, v, None, False, None, "bhsd", False, "auto") == sig[0]
     assert key(q, k, v, None, True, None, "bhsd", False, "auto") != sig[0]
     assert key(_FakeArray(shape=(1, 2, 9, 64)), k, v, None, False, None, "bhsd", False, "auto") != sig[0]
+    # C-contiguous arrays key on their shape; any other layout on its strides too
+    padded = _FakeArray(strides=(4096, 2048, 256, 2))
+    assert key(padded, k, v, None, False, None, "bhsd", False, "auto") not in (
+        sig[0], key(_FakeArray(strides=(8192, 4096, 512, 2)), k, v, None, False, None, "bhsd", False, "auto"))
     # everything validation must see again takes the slow path
     assert api._signature(_FakeArray((1 << 20) + 8), k, v, None, False, None, "bhsd", False, "auto") is None
     assert api._signature(q, k, v, _FakeArray((4 << 20) + 8), False, None, "bhsd", False, "auto") is None
