@@ -202,9 +202,10 @@ def bucket_head_dim(head_dim: int) -> int:
     return next(b for b in HEAD_DIM_BUCKETS if b >= head_dim)
 
 
-def dispatch_key(dtype: str, head_dim: int, small_grid: bool) -> str:
-    """The tuned-table key of a problem class (see tuning.py)."""
-    return f"{dtype}/d{head_dim}/{'small' if small_grid else 'large'}"
+def dispatch_key(dtype: str, head_dim: int, grid: str) -> str:
+    """The tuned-table key of a problem class (see tuning.py); grid: its grid class
+    ("large", "small", or for the Hopper kernel "tiny")."""
+    return f"{dtype}/d{head_dim}/{grid}"
 
 
 def problem_class(arch: str, dtype: str, head_dim: int, batch_heads: int, seqlen_q: int,
@@ -216,7 +217,7 @@ def problem_class(arch: str, dtype: str, head_dim: int, batch_heads: int, seqlen
     small = batch_heads * -(-seqlen_q // config.block_m) < num_sms or seqlen_q <= _SHORT_Q
     if small:
         config = FwdConfig(dtype, hd, *_SMALL_GRID_TILE[bound])
-    return dispatch_key(dtype, hd, small), config
+    return dispatch_key(dtype, hd, "small" if small else "large"), config
 
 
 @functools.lru_cache(maxsize=None)
@@ -257,8 +258,8 @@ def sm90_config(dtype: str, head_dim: int, grid: str = "large") -> Sm90Config:
 
 
 def sm90_dispatch_key(dtype: str, head_dim: int, grid: str) -> str:
-    """The tuned-table key of a Hopper problem class (as the portable kernel's, prefixed)."""
-    return f"sm90/{dtype}/d{head_dim}/{grid}"
+    """The tuned-table key of a Hopper problem class (the portable kernel's, prefixed)."""
+    return "sm90/" + dispatch_key(dtype, head_dim, grid)
 
 
 SM90_PRODUCER_REGISTERS = 24   # the producer warpgroup's after setmaxnreg (Sm90Tile::kProducerRegs)
@@ -283,8 +284,8 @@ def sm90_problem_class(dtype: str, head_dim: int, batch_heads: int, seqlen_q: in
         grid = "small"
     else:
         grid = "large" if tiles("large") >= num_sms else "tiny" if tiles("tiny") <= num_sms else "small"
-    large = sm90_config(dtype, head_dim)
-    return sm90_dispatch_key(dtype, large.head_dim, grid), sm90_config(dtype, head_dim, grid)
+    config = sm90_config(dtype, head_dim, grid)
+    return sm90_dispatch_key(dtype, config.head_dim, grid), config
 
 
 def dispatch_class(arch: str, dtype: str, head_dim: int, batch_heads: int, seqlen_q: int,
