@@ -1,13 +1,18 @@
 """Benchmark: the shape list, side by side with the peers, in one process.
 
-For each shape and dtype: validate every implementation against the float64
-reference (sampled query rows), then time them in two modes:
-  latency     CUDA events around one call after the GPU is idle (host cost included)
-  throughput  CUDA events around 20 back-to-back calls, divided by 20
-side by side: the implementations take turns (timing.time_side_by_side), in blocks of
-samples where a call is short enough that its host path's warmth matters, one sample per
-turn where every call is long, so that all of them meet the GPU's clock alike (see turn_plan).
-Inputs rotate over several sets when one set would sit in L2.
+For each shape and dtype:
+  1. every implementation runs once on every input set and is checked against the float64
+     reference of that set (sampled query rows; both the whole-output and the worst-row
+     bound). A flashcore implementation that raises or misses a bound is a failure: the
+     case records it, the run goes on, and `flashcore-cupy bench` exits 1. A peer that
+     raises (an SDPA backend refusing the case) is recorded as unavailable, with the reason.
+  2. the implementations are timed side by side (timing.time_side_by_side) in two modes:
+       latency     CUDA events around one call after the GPU is idle (host cost included)
+       throughput  CUDA events around back-to-back calls, per call
+     in the balanced order of timing.balanced_orders (every implementation follows every
+     other equally often; the order is in the JSON), with the sample counts of sample_plan.
+Inputs rotate over input sets that hold at least workload.ROTATE_BYTES together, one set
+per call, so no call finds its inputs in L2 (the same for every implementation).
 """
 
 from __future__ import annotations
@@ -18,22 +23,34 @@ import functools
 import json
 import os
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import numpy as np
 
 from . import workload
 from .shapes import Shape, bench_shapes
-from .timing import time_latency, time_side_by_side
+from .timing import balanced_orders, predecessors, time_latency, time_side_by_side, turns
 
 IMPLS = ("flashcore", "flashcore_sm80", "naive_cupy", "sdpa_flash", "sdpa_cudnn", "sdpa_efficient")
+OURS = ("flashcore", "flashcore_sm80")   # their failures fail the run
 _SDPA_BACKENDS = {"sdpa_flash": "FLASH_ATTENTION", "sdpa_cudnn": "CUDNN_ATTENTION",
                   "sdpa_efficient": "EFFICIENT_ATTENTION"}
-_LONG_US = 10_000   # runs longer than this get fewer repeats
-_CLOCK_BOUND_US = 100   # cases whose every call takes this long take turns sample by sample
-_BLOCKS, _BLOCK_WARMUP_S = 5, 0.05
+SCHEMA = 2
+LATENCY_SAMPLES, THROUGHPUT_SAMPLES, THROUGHPUT_CALLS = 50, 30, 20   # per implementation
+_LONG_US = 10_000        # an implementation slower than this per call takes the counts below
+_SLOW_SAMPLES, _SLOW_THROUGHPUT_CALLS = 10, 2
+_CLOCK_BOUND_US = 100    # cases whose every call takes this long take turns sample by sample
+_BLOCK_WARMUP_S = 0.05
+_CHECK_ROW_BUDGET = 8 * workload.CHECK_ROWS   # reference rows per case, over all its sets
+_MIN_CHECK_ROWS = 32
+
+
+class Impl(NamedTuple):
+    fn: Callable        # fn(*inputs) -> output (bhsd)
+    prepare: Callable   # prepare(q, k, v) -> inputs, once per input set
+    context: Callable   # context() entered around a turn of calls (pins an SDPA backend)
 
 
 @dataclass
@@ -46,7 +63,25 @@ class Row:
     us_p90: float
     us_p99: float
     tflops: float
-    rel_err: float
+    rel_err: float    # the largest over the input sets
+    row_err: float    # the worst row's, over the input sets
+    samples: int
+    calls: int        # back-to-back calls per sample
+
+
+@dataclass
+class Case:
+    rows: list[Row] = field(default_factory=list)
+    failures: list[dict] = field(default_factory=list)      # flashcore's: fail the run
+    unavailable: list[dict] = field(default_factory=list)   # peers that cannot run this case
+    plan: dict = field(default_factory=dict)                # what was timed how, per mode
+
+
+class Plan(NamedTuple):
+    samples: dict[str, int]
+    calls: dict[str, int]
+    rounds: int
+    warmup_s: float
 
 
 def _torch():
@@ -61,8 +96,8 @@ def _identity(q, k, v):
     return q, k, v
 
 
-def _impls(shape: Shape, torch) -> dict[str, tuple[Callable, Callable, Callable]]:
-    """name -> (fn(*inputs) -> output (bhsd), prepare(q, k, v) -> inputs, context).
+def _impls(shape: Shape, torch) -> dict[str, Impl]:
+    """name -> Impl(fn(*inputs) -> output (bhsd), prepare(q, k, v) -> inputs, context).
 
     Work a user would do once stays out of the timed calls: `prepare` converts
     each input set once (DLPack to torch for SDPA), and SDPA's backend is pinned
@@ -71,14 +106,14 @@ def _impls(shape: Shape, torch) -> dict[str, tuple[Callable, Callable, Callable]
     from . import api, naive
 
     none = contextlib.nullcontext
-    fns: dict[str, tuple[Callable, Callable, Callable]] = {
-        "flashcore": (lambda q, k, v: api.attention(q, k, v, causal=shape.causal), _identity, none),
-        "flashcore_sm80": (lambda q, k, v: api.attention(q, k, v, causal=shape.causal,
-                                                         backend="sm80"), _identity, none),
+    fns: dict[str, Impl] = {
+        "flashcore": Impl(lambda q, k, v: api.attention(q, k, v, causal=shape.causal), _identity, none),
+        "flashcore_sm80": Impl(lambda q, k, v: api.attention(q, k, v, causal=shape.causal,
+                                                             backend="sm80"), _identity, none),
     }
     if workload.naive_fits(shape):
-        fns["naive_cupy"] = (lambda q, k, v: naive.attention(q, k, v, causal=shape.causal),
-                             _identity, none)
+        fns["naive_cupy"] = Impl(lambda q, k, v: naive.attention(q, k, v, causal=shape.causal),
+                                 _identity, none)
     if torch is None:
         return fns
     from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -97,7 +132,7 @@ def _impls(shape: Shape, torch) -> dict[str, tuple[Callable, Callable, Callable]
         return torch.from_dlpack(q), torch.from_dlpack(k), torch.from_dlpack(v)
 
     for name, backend in _SDPA_BACKENDS.items():
-        fns[name] = (fn, to_torch, functools.partial(sdpa_kernel, getattr(SDPBackend, backend)))
+        fns[name] = Impl(fn, to_torch, functools.partial(sdpa_kernel, getattr(SDPBackend, backend)))
     return fns
 
 
@@ -113,60 +148,107 @@ def peer_call(shape: Shape, impl: str, q, k, v) -> tuple[Callable, Callable] | N
     return (lambda i: fn(*inputs)), context
 
 
-def _rel_err(shape: Shape, out, q, k, v, rng) -> float:
-    import cupy
-
-    out = out if isinstance(out, cupy.ndarray) else cupy.from_dlpack(out.contiguous())
-    return workload.verify(shape, q, k, v, out, rng)
-
-
-def run_case(shape: Shape, dtype: str, impls: list[str], iters: int, rng, torch) -> list[Row]:
-    """Validate each implementation, then time them all side by side (time_side_by_side)."""
-    fns = _impls(shape, torch)
-    sets = workload.input_sets(shape, "fp16" if dtype == "float16" else "bf16", rng)
-    q, k, v = sets[0]
-    timed, errors, quick = {}, {}, {}
-    for impl in impls:
-        if impl not in fns:
-            continue
-        fn, prepare, context = fns[impl]
-        inputs = [prepare(*s) for s in sets]
-        with context():
-            try:
-                errors[impl] = _rel_err(shape, fn(*inputs[0]), q, k, v, rng)
-            except RuntimeError as e:   # an SDPA backend that does not support this case
-                print(f"  {shape.name} {dtype} {impl}: not available ({str(e).splitlines()[0][:80]})")
-                continue
-            call = functools.partial(_rotating_call, fn, inputs)
-            quick[impl] = time_latency(call, 3, warmup=1).p50
-        timed[impl] = (call, context)
-    if not timed:   # every implementation asked for was unavailable here
-        return []
-    n = iters if max(quick.values()) < _LONG_US else max(10, iters // 5)
-    rows = []
-    for mode, samples, calls in (("latency", n, 1), ("throughput", max(10, n // 5), 20)):
-        blocks, warmup_s = turn_plan(min(quick.values()), samples)
-        timings = time_side_by_side(timed, samples, calls, warmup_s, blocks)
-        for impl, t in timings.items():
-            rows.append(Row(shape.name, dtype, impl, mode, t.p50, t.p90, t.p99,
-                            shape.flops / (t.p50 * 1e-6) / 1e12, errors[impl]))
-    return rows
+def _as_checkable(out):
+    """An output as an array the reference can read: CuPy and NumPy as they are, torch through
+    DLPack."""
+    if type(out).__module__.startswith("torch"):
+        import cupy
+        return cupy.from_dlpack(out.contiguous())
+    return out
 
 
-def turn_plan(fastest_us: float, samples: int) -> tuple[int, float]:
-    """(blocks, warm-up seconds per turn) for time_side_by_side.
+def _reason(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0][:200] if text else ''}"
+
+
+def check_rows_per_set(n_sets: int) -> int:
+    """Query rows checked per input set: every set is checked, the reference's cost bounded."""
+    return max(_MIN_CHECK_ROWS, min(workload.CHECK_ROWS, _CHECK_ROW_BUDGET // n_sets))
+
+
+def sample_plan(names: list[str], quick_us: dict[str, float], mode: str, iters: int) -> Plan:
+    """How many samples of how many calls each implementation takes, over how many rounds.
+
+    An implementation faster than _LONG_US a call takes `iters` (default 50) latency samples
+    and 3/5 of that (30) throughput samples of THROUGHPUT_CALLS calls, however slow the others
+    are; slower ones take _SLOW_SAMPLES. Rounds are a multiple of the balanced order's length.
 
     Under a long load the H200 lowers its SM clock within tens of milliseconds (1980 to
     ~1640 MHz at S = 4k D128, the time of a call following the clock: correlation -0.97,
-    PERF_NOTES v20), so an implementation timed in a block right after a light one met a
-    higher clock than one timed after a heavy one. Where every call takes _CLOCK_BOUND_US
-    or more, each turn is one sample after one untimed round of the same calls (its host
-    path warm), and the implementations alternate sample by sample through the same clock
-    states. Shorter calls keep blocks of samples after a 50 ms warm-up: there the host
-    path's warmth is what varies (sampled call by call in turn, each ran cold, v19)."""
-    if fastest_us >= _CLOCK_BOUND_US:
-        return samples, 0.0
-    return _BLOCKS, _BLOCK_WARMUP_S
+    PERF_NOTES v20). Where every call takes _CLOCK_BOUND_US or more, each turn is one sample
+    after one untimed round of the same calls, and the implementations alternate sample by
+    sample through the same clock states. Shorter cases take blocks of samples after
+    _BLOCK_WARMUP_S of warm-up: there the host path's warmth is what varies."""
+    cycle = len(balanced_orders(names))
+    want = iters if mode == "latency" else max(3, iters * THROUGHPUT_SAMPLES // LATENCY_SAMPLES)
+    fast = {n: quick_us[n] < _LONG_US for n in names}
+    calls = {n: 1 if mode == "latency" else THROUGHPUT_CALLS if fast[n] else _SLOW_THROUGHPUT_CALLS
+             for n in names}
+    if min(quick_us[n] for n in names) >= _CLOCK_BOUND_US:
+        rounds, warmup_s = -(-want // cycle) * cycle, 0.0
+        want = rounds
+    else:
+        rounds, warmup_s = cycle, _BLOCK_WARMUP_S
+    samples = {n: want if fast[n] else min(want, _SLOW_SAMPLES) for n in names}
+    return Plan(samples, calls, rounds, warmup_s)
+
+
+def run_case(shape: Shape, dtype: str, impls: dict[str, Impl], sets: list[tuple],
+             references: list[tuple[np.ndarray, np.ndarray]], iters: int) -> Case:
+    """Check each implementation on every input set, then time the ones that passed side by
+    side. dtype: "fp16" or "bf16"; references[i]: (query rows, their float64 reference) of
+    sets[i] (workload.sampled_reference)."""
+    case = Case()
+    errors, timed, quick = {}, {}, {}
+    for name, impl in impls.items():
+        ours = name in OURS
+        try:
+            inputs = [impl.prepare(*s) for s in sets]
+            with impl.context():
+                errs = [workload.errors(_as_checkable(impl.fn(*x)), *ref)
+                        for x, ref in zip(inputs, references)]
+                err, row_err = max(e for e, _ in errs), max(r for _, r in errs)
+                if ours and not workload.within_tolerance(dtype, err, row_err):
+                    case.failures.append(dict(shape=shape.name, dtype=dtype, impl=name,
+                                              reason=f"rel err {err:.2e}, worst row {row_err:.2e} "
+                                                     f"over the bounds"))
+                    continue
+                call = functools.partial(_rotating_call, impl.fn, inputs)
+                quick[name] = time_latency(call, 3, warmup=1).p50
+        except Exception as e:   # ours: a failure of the run; a peer: not available for this case
+            (case.failures if ours else case.unavailable).append(
+                dict(shape=shape.name, dtype=dtype, impl=name, reason=_reason(e)))
+            if not ours:
+                print(f"  {shape.name} {dtype} {name}: not available ({_reason(e)[:100]})")
+            continue
+        errors[name] = (err, row_err)
+        timed[name] = (call, impl.context)
+    if not timed:   # every implementation asked for failed or was unavailable here
+        return case
+    names = list(timed)
+    for mode in ("latency", "throughput"):
+        plan = sample_plan(names, quick, mode, iters)
+        order = turns(names, plan.samples, plan.rounds)
+        try:
+            timings = time_side_by_side(timed, plan.samples, plan.calls, plan.warmup_s, plan.rounds)
+        except Exception as e:   # nothing was recorded for this mode: the run fails
+            case.failures.append(dict(shape=shape.name, dtype=dtype, impl="timing",
+                                      reason=f"{mode}: {_reason(e)}"))
+            continue
+        cycle = balanced_orders(names)
+        case.plan[mode] = dict(rounds=plan.rounds, warmup_s=plan.warmup_s, samples=plan.samples,
+                               calls=plan.calls, orders=[cycle[r % len(cycle)] for r in range(plan.rounds)],
+                               predecessors={f"{a}>{b}": n for (a, b), n in
+                                             sorted(predecessors(order).items())})
+        for name, t in timings.items():
+            rows_err, row_err = errors[name]
+            case.rows.append(Row(shape.name, dtype, name, mode, t.p50, t.p90, t.p99,
+                                 shape.flops / (t.p50 * 1e-6) / 1e12, rows_err, row_err,
+                                 plan.samples[name], plan.calls[name]))
+    case.plan["sets"] = len(sets)
+    case.plan["check_rows"] = int(len(references[0][0])) if references else 0
+    return case
 
 
 def _rotating_call(fn: Callable, inputs: list, i: int):
@@ -189,9 +271,10 @@ def environment(torch) -> dict:
         except OSError:
             sha = None
     return {
-        "schema": 1, "git_sha": sha,
+        "schema": SCHEMA, "git_sha": sha,
         "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "gpu": props["name"].decode(), "arch": api.device_info(dev).arch,
+        "l2_bytes": props["l2CacheSize"],
         "versions": {"cupy": cupy.__version__, "cuda": cupy.cuda.runtime.runtimeGetVersion(),
                      "nvrtc": loader.nvrtc_version(),
                      "torch": None if torch is None else torch.__version__,
@@ -203,12 +286,13 @@ def environment(torch) -> dict:
 def format_table(rows: list[Row]) -> str:
     """One line per (shape, dtype, impl, mode); `x fc` = this impl's time / flashcore's."""
     base = {(r.shape, r.dtype, r.mode): r.us_p50 for r in rows if r.impl == "flashcore"}
-    lines = [f"{'shape':<30} {'dtype':<9} {'impl':<15} {'mode':<10} {'p50 us':>9} {'p90 us':>9} "
-             f"{'TFLOP/s':>8} {'rel err':>8} {'x fc':>6}"]
+    lines = [f"{'shape':<30} {'dtype':<5} {'impl':<15} {'mode':<10} {'p50 us':>9} {'p90 us':>9} "
+             f"{'TFLOP/s':>8} {'rel err':>8} {'row err':>8} {'n':>3} {'x fc':>6}"]
     for r in rows:
         ratio = r.us_p50 / base[(r.shape, r.dtype, r.mode)] if (r.shape, r.dtype, r.mode) in base else float("nan")
-        lines.append(f"{r.shape:<30} {r.dtype:<9} {r.impl:<15} {r.mode:<10} {r.us_p50:>9.1f} "
-                     f"{r.us_p90:>9.1f} {r.tflops:>8.1f} {r.rel_err:>8.1e} {ratio:>6.2f}")
+        lines.append(f"{r.shape:<30} {r.dtype:<5} {r.impl:<15} {r.mode:<10} {r.us_p50:>9.1f} "
+                     f"{r.us_p90:>9.1f} {r.tflops:>8.1f} {r.rel_err:>8.1e} {r.row_err:>8.1e} "
+                     f"{r.samples:>3} {ratio:>6.2f}")
     return "\n".join(lines)
 
 
@@ -239,21 +323,47 @@ def plot(rows: list[Row], path: str) -> None:
     fig.savefig(path, dpi=120)
 
 
+def _case_inputs(shape: Shape, dtype: str, rng) -> tuple[list[tuple], list[tuple]]:
+    """(input sets, their sampled float64 references) for one case on the GPU."""
+    sets = workload.input_sets(shape, dtype, rng)
+    rows = check_rows_per_set(len(sets))
+    return sets, [workload.sampled_reference(shape, *s, rng, rows) for s in sets]
+
+
+def _free() -> None:
+    import cupy
+    cupy.get_default_memory_pool().free_all_blocks()
+
+
 def main(shape_names: list[str] | None, dtypes: list[str], impls: list[str], iters: int,
          out_path: str | None, plot_path: str | None) -> dict:
-    import cupy
-
+    """Run the cases (dtypes: "fp16", "bf16"); print the table; write the JSON (and plot).
+    The result's "failures" lists every flashcore failure: the caller exits non-zero on any."""
     torch = _torch()
     rng = np.random.default_rng()
-    shapes = [s for s in bench_shapes() if not shape_names or s.name in shape_names]
+    shapes = [s for s in bench_shapes() if shape_names is None or s.name in shape_names]
     result = environment(torch)
+    result["method"] = dict(latency_samples=iters, throughput_samples=max(3, iters * THROUGHPUT_SAMPLES // LATENCY_SAMPLES),
+                            throughput_calls=THROUGHPUT_CALLS, slow_us=_LONG_US, slow_samples=_SLOW_SAMPLES,
+                            clock_bound_us=_CLOCK_BOUND_US, rotate_bytes=workload.ROTATE_BYTES,
+                            order="timing.balanced_orders (Williams design), cycled per round")
     print(f"# {result['gpu']} ({result['arch']}), CuPy {result['versions']['cupy']}, "
           f"NVRTC {result['versions']['nvrtc']}, torch {result['versions']['torch']}")
     rows: list[Row] = []
+    result.update(failures=[], unavailable=[], cases=[])
     for shape in shapes:
         for dtype in dtypes:
-            rows += run_case(shape, dtype, impls, iters, rng, torch)
-            cupy.get_default_memory_pool().free_all_blocks()
+            fns = {name: impl for name, impl in _impls(shape, torch).items() if name in impls}
+            sets, refs = _case_inputs(shape, dtype, rng)
+            case = run_case(shape, dtype, fns, sets, refs, iters)
+            del sets, refs
+            _free()
+            rows += case.rows
+            result["failures"] += case.failures
+            result["unavailable"] += case.unavailable
+            result["cases"].append(dict(shape=shape.name, dtype=dtype, held_out=shape.held_out, **case.plan))
+            for f in case.failures:
+                print(f"  FAILED {f['shape']} {f['dtype']} {f['impl']}: {f['reason']}", flush=True)
             print(f"  done {shape.name} {dtype}", flush=True)
     print(format_table(rows))
     result["rows"] = [r.__dict__ for r in rows]

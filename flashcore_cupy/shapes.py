@@ -17,6 +17,7 @@ class Shape:
     seqlen_k: int
     head_dim: int
     causal: bool
+    held_out: bool = False   # never seen by `tune`: the benchmark reports it apart
 
     @property
     def flops(self) -> float:
@@ -26,9 +27,16 @@ class Shape:
 
 
 def bench_shapes() -> list[Shape]:
+    """Every shape of the list, held-out ones included."""
     data = json.loads(resources.files(__package__).joinpath("bench_shapes.json").read_text())
-    return [Shape(s["name"], s["B"], s["Hq"], s["Hkv"], s["Sq"], s["Sk"], s["D"], s["causal"])
+    return [Shape(s["name"], s["B"], s["Hq"], s["Hkv"], s["Sq"], s["Sk"], s["D"], s["causal"],
+                  s.get("held_out", False))
             for s in data["shapes"]]
+
+
+def tuning_shapes() -> list[Shape]:
+    """The shapes `tune` may see by default: the list less its held-out shapes."""
+    return [s for s in bench_shapes() if not s.held_out]
 
 
 def parse_shape(text: str, causal: bool = False) -> Shape:

@@ -103,45 +103,87 @@ def _warm(fn: Call, seconds: float, calls: int) -> None:
             return
 
 
-def time_side_by_side(fns: dict[str, tuple[Call, Callable[[], ContextManager]]], iters: int,
-                      calls: int = 1, warmup_s: float = 0.05, blocks: int = 5) -> dict[str, Timing]:
-    """`iters` samples of each implementation, side by side: the implementations take turns
-    in `blocks` blocks of samples (turns), each block warmed up, then sampled back to back
-    (blocks=iters: one sample per turn, so that all meet the GPU's clock alike; see
-    bench.turn_plan).
+def time_side_by_side(fns: dict[str, tuple[Call, Callable[[], ContextManager]]],
+                      samples: int | dict[str, int], calls: int | dict[str, int] = 1,
+                      warmup_s: float = 0.05, rounds: int = 5) -> dict[str, Timing]:
+    """Samples of each implementation, side by side: the implementations take turns over
+    `rounds` rounds in the balanced order of `turns` (each follows each other equally often),
+    every turn warmed up (`_warm`: `warmup_s` seconds, or one round of its calls with 0), then
+    its block of samples back to back (rounds equal to the samples: one sample per turn, so
+    that all meet the GPU's clock alike; see bench.sample_plan).
     Back to back keeps each one's host path in the CPU's caches, as a loop of calls does (the
     peers' anchors are measured so; sampling them call by call in turn made each one's host
     path run cold: flashcore 18 and cuDNN 27 us at the mission shape, against ~14 and ~22).
     Taking turns spreads each one's samples over the whole run, so that the machine's drift
     (a freshly started one ran the host path 1.6x slower for its first seconds, v18) meets
     them all alike instead of whichever was timed then.
-    Each sample: events around `calls` back-to-back calls (per call) after the GPU is idle.
-    fns: name -> (fn(i), context): each block runs inside its implementation's context (entered
+    samples, calls: per implementation (a dict) or the same for all; a sample is events around
+    `calls` back-to-back calls (per call) after the GPU is idle.
+    fns: name -> (fn(i), context): each turn runs inside its implementation's context (entered
     outside the events), which pins an SDPA backend; fn gets the call index, to rotate inputs."""
     import cupy
 
+    names = list(fns)
+    samples = samples if isinstance(samples, dict) else dict.fromkeys(names, samples)
+    calls = calls if isinstance(calls, dict) else dict.fromkeys(names, calls)
     stream = cupy.cuda.get_current_stream()
     busy_gpu()
     events = cupy.cuda.Event(), cupy.cuda.Event()
-    samples = {name: np.empty(iters) for name in fns}
-    for name, indices in turns(list(fns), iters, blocks):
+    out = {name: np.empty(samples[name]) for name in names}
+    for name, indices in turns(names, samples, rounds):
         fn, context = fns[name]
         with context():
-            _warm(fn, warmup_s, calls)
+            _warm(fn, warmup_s, calls[name])
             for i in indices:
-                samples[name][i] = _sample(fn, i, calls, stream, events)
-    return {name: Timing(us) for name, us in samples.items()}
+                out[name][i] = _sample(fn, i, calls[name], stream, events)
+    return {name: Timing(us) for name, us in out.items()}
 
 
-def turns(names: list[str], iters: int, blocks: int) -> list[tuple[str, range]]:
-    """time_side_by_side's order: (name, sample indices) per turn. Round b gives every name
-    its b-th block of the `iters` samples (blocks as equal as can be; at least one sample
-    each), in order for even b and reversed for odd b, so that no name always follows the
-    same one."""
-    blocks = max(1, min(blocks, iters))
-    bounds = [iters * b // blocks for b in range(blocks + 1)]
-    return [(name, range(bounds[b], bounds[b + 1]))
-            for b in range(blocks) for name in (names if b % 2 == 0 else names[::-1])]
+def balanced_orders(names: list[str]) -> list[list[str]]:
+    """The rounds of a Williams design over `names`: across them every name comes right after
+    every other name equally often (once for an even count of names over n rounds; twice for an
+    odd count, over 2n rounds, the design and its mirror), and first equally often. A fixed
+    order (or one reversed every other round) made some implementation always follow the same,
+    heavier one, and the previous one's load sets the GPU's clock (PERF_NOTES v20)."""
+    n = len(names)
+    first, lo, hi = [0], 1, n - 1
+    while len(first) < n:
+        first.append(lo)
+        lo += 1
+        if len(first) < n:
+            first.append(hi)
+            hi -= 1
+    rows = [[(x + r) % n for x in first] for r in range(n)]
+    if n % 2:
+        rows += [row[::-1] for row in rows]
+    return [[names[x] for x in row] for row in rows]
+
+
+def turns(names: list[str], samples: int | dict[str, int], rounds: int) -> list[tuple[str, range]]:
+    """time_side_by_side's order: (name, sample indices) per turn. Round r takes the design's
+    row r (balanced_orders, cycled) and gives each name its r-th block of its own samples
+    (blocks as equal as can be); a name with fewer samples than rounds sits out the rounds
+    whose block is empty. Use a multiple of len(balanced_orders(names)) rounds for balance."""
+    samples = samples if isinstance(samples, dict) else dict.fromkeys(names, samples)
+    orders = balanced_orders(names)
+    rounds = max(1, rounds)
+    out = []
+    for r in range(rounds):
+        for name in orders[r % len(orders)]:
+            n = samples[name]
+            lo, hi = n * r // rounds, n * (r + 1) // rounds
+            if hi > lo:
+                out.append((name, range(lo, hi)))
+    return out
+
+
+def predecessors(order: list[tuple[str, range]]) -> dict[tuple[str, str], int]:
+    """(previous, next) -> how often `next`'s turn came right after `previous`'s, within and
+    across rounds: what the JSON records, to show that no implementation was favoured."""
+    counts: dict[tuple[str, str], int] = {}
+    for (a, _), (b, _) in zip(order, order[1:]):
+        counts[a, b] = counts.get((a, b), 0) + 1
+    return counts
 
 
 def time_graph_replay(fn: Callable[[], object], iters: int = 50, calls: int = 20) -> Timing:

@@ -22,7 +22,6 @@ import numpy as np
 from . import api, configs, tuning, workload
 from .shapes import Shape
 from .timing import time_throughput
-from .workload import TOLERANCE
 
 _MIN_MARGIN = 0.02   # never adopt a tile for less than a 2 % gain
 _CHECK_ROWS = 64     # query rows checked per candidate and shape (the float64 reference is slow)
@@ -60,7 +59,8 @@ class Evaluator:
         out = cupy.full(q.shape, np.nan, dtype=q.dtype)
         *_, launch = api._prepare(q, k, v, out, shape.causal, None, "bhsd", False, "auto", config)
         launch(q, k, v, out, None)
-        if not workload.verify(shape, q, k, v, out, self.rng, rows=_CHECK_ROWS) <= TOLERANCE[self.dtype]:
+        if not workload.within_tolerance(self.dtype, *workload.verify(shape, q, k, v, out, self.rng,
+                                                                      rows=_CHECK_ROWS)):
             return None
         return time_throughput(lambda i: launch(q, k, v, out, None), iters=5, calls=10).p50
 

@@ -1,9 +1,14 @@
-"""Markdown tables for docs/PERFORMANCE.md from a benchmark JSON.
+"""Markdown for docs/PERFORMANCE.md from benchmark JSONs: every number there comes from here.
 
-Usage: python3 scripts/report.py docs/results/<run>/bench.json
-The floor per shape: FLOPs over the bf16 matmul rate and the fewest bytes
-(q, k, v read once, out written once) over the copy bandwidth, both measured
-on the device's H200 (ANCHORS: 792 TFLOP/s, 4.22 TB/s); the larger one wins.
+Usage: python3 scripts/report.py docs/results/<run>/bench.json [more.json ...]
+Each JSON is one run (one process on one GPU): its tables compare only within it. Prints the
+run's header, how it was measured (sample counts, order, input sets: read from the JSON),
+the correctness of every implementation (error ranges over all its cases), failures and
+unavailable peers, throughput and latency tables (the list, then its held-out shapes apart),
+and the latency/throughput comparison against cuDNN.
+The floor per shape: FLOPs over the bf16 matmul rate and the fewest bytes (q, k, v read once,
+out written once) over the copy bandwidth, both measured on the device's H200 (ANCHORS: 792
+TFLOP/s, 4.22 TB/s); the larger one wins.
 """
 
 import json
@@ -12,42 +17,134 @@ import sys
 from flashcore_cupy.shapes import bench_shapes
 
 MATMUL_TFLOPS, COPY_TBPS = 792.0, 4.22
+PEERS = ("sdpa_flash", "sdpa_cudnn", "sdpa_efficient", "naive_cupy")
+NAMES = {"flashcore": "flashcore", "flashcore_sm80": "flashcore sm80", "sdpa_flash": "SDPA flash (FA2)",
+         "sdpa_cudnn": "SDPA cuDNN", "sdpa_efficient": "SDPA mem-eff", "naive_cupy": "naive CuPy"}
+DTYPES = ("fp16", "bf16")
 
 
-def floor_us(s) -> tuple[float, float, float]:
+def floor_us(s) -> float:
     byts = 2 * (2 * s.batch * s.heads_q * s.seqlen_q * s.head_dim
                 + 2 * s.batch * s.heads_kv * s.seqlen_k * s.head_dim)
-    flop_us = s.flops / (MATMUL_TFLOPS * 1e12) * 1e6
-    byte_us = byts / (COPY_TBPS * 1e12) * 1e6
-    return max(flop_us, byte_us), flop_us, byte_us
+    return max(s.flops / (MATMUL_TFLOPS * 1e12), byts / (COPY_TBPS * 1e12)) * 1e6
 
 
-def main(path: str) -> None:
-    data = json.load(open(path))
-    rows = {(r["shape"], r["dtype"], r["impl"], r["mode"]): r for r in data["rows"]}
-    print(f"{data['gpu']} ({data['arch']}), git {str(data['git_sha'])[:10]}, {data['timestamp']}, "
-          f"CuPy {data['versions']['cupy']}, NVRTC {data['versions']['nvrtc']}, "
-          f"torch {data['versions']['torch']}\n")
-    for mode in ("throughput", "latency"):
-        print(f"### {mode}: p50 µs (TFLOP/s); last columns: flashcore's speed relative to each peer\n")
-        print("| shape | dtype | floor µs | flashcore | SDPA flash (FA2) | SDPA cuDNN | SDPA mem-eff | naive CuPy "
-              "| vs FA2 | vs cuDNN | vs naive |")
-        print("|---|---|---|---|---|---|---|---|---|---|---|")
-        for s in bench_shapes():
-            for dtype in ("float16", "bfloat16"):
-                fc = rows.get((s.name, dtype, "flashcore", mode))
-                if fc is None:
-                    continue
-                cells, ratios = [], []
-                for impl in ("flashcore", "sdpa_flash", "sdpa_cudnn", "sdpa_efficient", "naive_cupy"):
-                    r = rows.get((s.name, dtype, impl, mode))
-                    cells.append("—" if r is None else f"{r['us_p50']:.1f} ({r['tflops']:.0f})")
-                for impl in ("sdpa_flash", "sdpa_cudnn", "naive_cupy"):
-                    r = rows.get((s.name, dtype, impl, mode))
-                    ratios.append("—" if r is None else f"{r['us_p50'] / fc['us_p50']:.2f}×")
-                print(f"| {s.name} | {dtype} | {floor_us(s)[0]:.1f} | " + " | ".join(cells + ratios) + " |")
-        print()
+def _rows(data) -> dict:
+    return {(r["shape"], r["dtype"], r["impl"], r["mode"]): r for r in data["rows"]}
+
+
+def header(data) -> list[str]:
+    v = data["versions"]
+    return [f"**{data['gpu']}** ({data['arch']}, L2 {data.get('l2_bytes', 0) / 2**20:.0f} MiB), git "
+            f"`{str(data['git_sha'])[:10]}`, kernels `{v['kernels']}`, {data['timestamp']}; CuPy "
+            f"{v['cupy']}, NVRTC {v['nvrtc']}, torch {v['torch']}.", ""]
+
+
+def method(data) -> list[str]:
+    m, cases = data["method"], data["cases"]
+    sets = sorted({c["sets"] for c in cases if "sets" in c})
+    rows = sorted({c["check_rows"] for c in cases if "check_rows" in c})
+    rounds = sorted({c[mode]["rounds"] for c in cases for mode in ("latency", "throughput") if mode in c})
+    return [
+        f"- Samples per implementation: {m['latency_samples']} latency (events around one call after the GPU "
+        f"is idle), {m['throughput_samples']} throughput (events around {m['throughput_calls']} back-to-back "
+        f"calls, per call); an implementation over {m['slow_us'] / 1000:.0f} ms a call takes "
+        f"{m['slow_samples']} (and 2 calls per throughput sample). Cases whose every call takes "
+        f"{m['clock_bound_us']} µs or more take turns sample by sample (rounds rounded up to the order's "
+        f"cycle); shorter ones in blocks after 50 ms of warm-up. Median (p50) reported.",
+        f"- Order: {m['order']}: in each case every implementation follows every other equally often "
+        f"within the rounds ({', '.join(map(str, rounds))} rounds); each case's orders and predecessor "
+        f"counts are in the JSON's `cases`.",
+        f"- L2: inputs rotate over {sets[0]}–{sets[-1]} input sets per case, holding at least "
+        f"{m['rotate_bytes'] >> 20} MiB together, one set per call, the same for every implementation, so "
+        f"no call finds its inputs in the L2 that earlier calls left.",
+        f"- Correctness: every implementation checked on every input set against float64 "
+        f"({rows[0]}–{rows[-1]} sampled query rows per set), before timing.", ""]
+
+
+def errors(data) -> list[str]:
+    """Error ranges per implementation and dtype, over every case of the run."""
+    out = ["| implementation | dtype | rel err (min – max) | worst row (min – max) | cases |",
+           "|---|---|---|---|---|"]
+    for impl in NAMES:
+        for dtype in DTYPES:
+            rs = [r for r in data["rows"] if r["impl"] == impl and r["dtype"] == dtype and r["mode"] == "latency"]
+            if rs:
+                e = [r["rel_err"] for r in rs]
+                w = [r["row_err"] for r in rs]
+                out.append(f"| {NAMES[impl]} | {dtype} | {min(e):.1e} – {max(e):.1e} | "
+                           f"{min(w):.1e} – {max(w):.1e} | {len(rs)} |")
+    out.append("")
+    for f in data["failures"]:
+        out.append(f"- **FAILED** {f['shape']} {f['dtype']} {f['impl']}: {f['reason']}")
+    for u in data["unavailable"]:
+        out.append(f"- unavailable: {u['shape']} {u['dtype']} {NAMES.get(u['impl'], u['impl'])}: {u['reason']}")
+    if data["failures"] or data["unavailable"]:
+        out.append("")
+    return out
+
+
+def table(data, mode: str, shapes) -> list[str]:
+    rows = _rows(data)
+    out = ["| shape | dtype | floor µs | flashcore | flashcore sm80 | " + " | ".join(NAMES[p] for p in PEERS)
+           + " | vs FA2 | vs cuDNN |", "|---" * (6 + len(PEERS)) + "|"]
+    for s in shapes:
+        for dtype in DTYPES:
+            fc = rows.get((s.name, dtype, "flashcore", mode))
+            if fc is None:
+                continue
+            cells = []
+            for impl in ("flashcore", "flashcore_sm80") + PEERS:
+                r = rows.get((s.name, dtype, impl, mode))
+                cells.append("—" if r is None else f"{r['us_p50']:.1f} ({r['tflops']:.0f})")
+            for peer in ("sdpa_flash", "sdpa_cudnn"):
+                r = rows.get((s.name, dtype, peer, mode))
+                cells.append("—" if r is None else f"{r['us_p50'] / fc['us_p50']:.2f}×")
+            out.append(f"| {s.name} | {dtype} | {floor_us(s):.1f} | " + " | ".join(cells) + " |")
+    return out + [""]
+
+
+def latency_vs_throughput(data, shapes) -> list[str]:
+    """flashcore against cuDNN in both modes: a latency ratio over the throughput one means
+    the host path or the order of turns, not the kernel, made the difference."""
+    rows = _rows(data)
+    out = ["| shape | dtype | vs cuDNN, throughput | vs cuDNN, latency | latency − throughput |",
+           "|---|---|---|---|---|"]
+    for s in shapes:
+        for dtype in DTYPES:
+            pair = {}
+            for mode in ("throughput", "latency"):
+                fc, cu = rows.get((s.name, dtype, "flashcore", mode)), rows.get((s.name, dtype, "sdpa_cudnn", mode))
+                if fc and cu:
+                    pair[mode] = cu["us_p50"] / fc["us_p50"]
+            if len(pair) == 2:
+                out.append(f"| {s.name} | {dtype} | {pair['throughput']:.2f}× | {pair['latency']:.2f}× | "
+                           f"{pair['latency'] - pair['throughput']:+.2f} |")
+    return out + [""]
+
+
+def main(paths: list[str]) -> None:
+    shapes = bench_shapes()
+    for path in paths:
+        data = json.load(open(path))
+        if data.get("schema") != 2:
+            raise SystemExit(f"{path}: schema {data.get('schema')}, this report reads 2")
+        ran = {r["shape"] for r in data["rows"]}
+        listed = [s for s in shapes if s.name in ran and not s.held_out]
+        held = [s for s in shapes if s.name in ran and s.held_out]
+        print(f"## Run `{path}`\n")
+        print("\n".join(header(data) + method(data)))
+        print("### Correctness\n")
+        print("\n".join(errors(data)))
+        for title, group in (("the list", listed), ("held-out shapes (never tuned on)", held)):
+            if not group:
+                continue
+            for mode in ("throughput", "latency"):
+                print(f"### {mode}, {title}: p50 µs (TFLOP/s); vs X = X's time / flashcore's\n")
+                print("\n".join(table(data, mode, group)))
+        print("### flashcore against cuDNN, throughput and latency\n")
+        print("\n".join(latency_vs_throughput(data, listed + held)))
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1:])

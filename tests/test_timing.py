@@ -5,24 +5,57 @@ import pytest
 from flashcore_cupy import timing
 
 
-def test_turns_give_each_implementation_blocks_of_samples_in_alternating_order():
-    order = timing.turns(["a", "b", "c"], 10, 3)
-    assert [name for name, _ in order] == ["a", "b", "c", "c", "b", "a", "a", "b", "c"]
-    for name in "abc":   # every sample index once per name, in blocks of 3 or 4
-        blocks = [list(r) for n, r in order if n == name]
-        assert sum(blocks, []) == list(range(10)) and all(3 <= len(b) <= 4 for b in blocks)
-    assert timing.turns(["a", "b"], 2, 5) == [("a", range(0, 1)), ("b", range(0, 1)),
-                                              ("b", range(1, 2)), ("a", range(1, 2))]
+@pytest.mark.parametrize("n", [2, 3, 5, 6])
+def test_balanced_orders_let_every_name_follow_every_other_equally_often(n):
+    names = list("abcdef"[:n])
+    orders = timing.balanced_orders(names)
+    assert len(orders) == (n if n % 2 == 0 else 2 * n)
+    assert all(sorted(o) == names for o in orders)
+    follows = {}
+    for order in orders:
+        for a, b in zip(order, order[1:]):
+            follows[a, b] = follows.get((a, b), 0) + 1
+    assert len(follows) == n * (n - 1) and len(set(follows.values())) == 1   # each ordered pair alike
+    firsts = [o[0] for o in orders]
+    assert all(firsts.count(x) == firsts.count(names[0]) for x in names)
 
 
-def test_long_cases_take_turns_sample_by_sample_and_short_ones_in_warmed_blocks():
+def test_a_fixed_or_reversed_order_is_what_the_design_replaces():
+    """The old order (IMPLS order, reversed every other round) let sdpa_cudnn follow only
+    sdpa_flash and sdpa_efficient; in the design it follows each of the five once."""
+    names = ["flashcore", "flashcore_sm80", "naive_cupy", "sdpa_flash", "sdpa_cudnn", "sdpa_efficient"]
+    old = [names if r % 2 == 0 else names[::-1] for r in range(6)]
+    before = {a for o in old for a, b in zip(o, o[1:]) if b == "sdpa_cudnn"}
+    assert before == {"sdpa_flash", "sdpa_efficient"}
+    after = [a for o in timing.balanced_orders(names) for a, b in zip(o, o[1:]) if b == "sdpa_cudnn"]
+    assert sorted(after) == sorted(set(names) - {"sdpa_cudnn"})
+
+
+def test_turns_give_each_name_its_own_sample_count_in_blocks():
+    order = timing.turns(["a", "b", "c"], {"a": 10, "b": 10, "c": 2}, 6)
+    for name, n in (("a", 10), ("b", 10), ("c", 2)):   # every sample index once per name
+        blocks = [list(r) for m, r in order if m == name]
+        assert sum(blocks, []) == list(range(n))
+    assert sum(1 for m, _ in order if m == "c") == 2   # sits out the rounds with no sample left
+    assert [m for m, _ in order[:2]] == ["a", "b"]   # round 0: the design's first row, c sitting out
+    one_each = timing.turns(["a", "b"], 4, 4)
+    assert one_each == [("a", range(0, 1)), ("b", range(0, 1)), ("b", range(1, 2)), ("a", range(1, 2)),
+                        ("a", range(2, 3)), ("b", range(2, 3)), ("b", range(3, 4)), ("a", range(3, 4))]
+    assert timing.predecessors(one_each) == {("a", "b"): 2, ("b", "b"): 2, ("b", "a"): 2, ("a", "a"): 1}
+
+
+def test_sample_plan_gives_fast_implementations_full_counts_beside_slow_ones():
     from flashcore_cupy import bench
 
-    long_blocks, long_warm = bench.turn_plan(bench._CLOCK_BOUND_US, 40)
-    assert (long_blocks, long_warm) == (40, 0.0)       # one sample per turn, one warm round
-    assert [n for n, r in timing.turns(["a", "b"], 4, long_blocks)] == ["a", "b", "b", "a"] * 2
-    short_blocks, short_warm = bench.turn_plan(bench._CLOCK_BOUND_US - 1, 40)
-    assert short_blocks == 5 and short_warm > 0
+    names = ["flashcore", "naive_cupy", "sdpa_cudnn"]   # odd: a 6-round cycle
+    quick = {"flashcore": 400.0, "naive_cupy": 25_000.0, "sdpa_cudnn": 500.0}
+    lat = bench.sample_plan(names, quick, "latency", 50)
+    assert lat.rounds == 54 and lat.rounds % 6 == 0 and lat.warmup_s == 0.0   # sample by sample
+    assert lat.samples == {"flashcore": 54, "naive_cupy": 10, "sdpa_cudnn": 54}
+    thr = bench.sample_plan(names, quick, "throughput", 50)
+    assert thr.samples["flashcore"] == 30 and thr.calls == {"flashcore": 20, "naive_cupy": 2, "sdpa_cudnn": 20}
+    short = bench.sample_plan(names, {**quick, "flashcore": 12.0}, "latency", 50)
+    assert short.rounds == 6 and short.warmup_s > 0 and short.samples["flashcore"] == 50   # blocks
 
 
 @pytest.mark.gpu
@@ -50,14 +83,14 @@ def test_side_by_side_samples_each_implementation_in_its_context():
 
     fns = {"fast": (lambda i: a.sum(), context_of("fast")), "slow": (slow, context_of("slow"))}
     t0 = time.perf_counter()
-    out = timing.time_side_by_side(fns, iters=6, calls=2, warmup_s=0.01, blocks=3)
-    assert time.perf_counter() - t0 >= 0.06            # each of 6 warm-ups lasted its 0.01 s
+    out = timing.time_side_by_side(fns, samples=6, calls=2, warmup_s=0.01, rounds=2)
+    assert time.perf_counter() - t0 >= 0.04            # each of 4 warm-ups lasted its 0.01 s
     assert set(out) == {"fast", "slow"}
     assert all(len(t.us) == 6 and (t.us > 0).all() for t in out.values())
     assert out["slow"].p50 > 3 * out["fast"].p50
-    assert entered == {"fast": 3, "slow": 3}           # one per block
-    timed = seen[-4:]                                  # the last block: samples 4 and 5
-    assert timed == [8, 9, 10, 11]                     # call indices i * calls + c
+    assert entered == {"fast": 2, "slow": 2}           # one per turn
+    timed = seen[-6:]                                  # slow's last turn: samples 3, 4 and 5
+    assert timed == [6, 7, 8, 9, 10, 11]               # call indices i * calls + c
 
 
 @pytest.mark.gpu
@@ -70,7 +103,7 @@ def test_side_by_side_with_no_warmup_time_warms_each_turn_with_one_round():
     seen = {"x": [], "y": []}
     fns = {name: (lambda i, name=name: (seen[name].append(i), a @ a), contextlib.nullcontext)
            for name in seen}
-    out = timing.time_side_by_side(fns, iters=3, calls=2, warmup_s=0.0, blocks=3)
+    out = timing.time_side_by_side(fns, samples=3, calls=2, warmup_s=0.0, rounds=3)
     assert all(len(t.us) == 3 for t in out.values())
     for calls in seen.values():   # per turn: one warm round (calls 0, 1), then its sample
         assert calls == [0, 1, 0, 1, 0, 1, 2, 3, 0, 1, 4, 5]

@@ -1,0 +1,133 @@
+"""The benchmark's gates on the CPU: NumPy implementations stand in for the GPU ones and a fake
+clock for CUDA events, so that what is checked is the benchmark's own logic: a flashcore failure
+fails the run (exit 1), a peer's is recorded with its reason, every input set is checked, and
+each implementation gets its sample counts."""
+
+import contextlib
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from flashcore_cupy import bench, cli, reference, timing, workload
+from flashcore_cupy.shapes import Shape
+
+SHAPE = Shape("tiny", 1, 2, 1, 40, 50, 16, True)
+
+
+def _exact(q, k, v):
+    return reference.attention(q, k, v, causal=True).astype(np.float16)
+
+
+def _impl(fn):
+    return bench.Impl(fn, lambda q, k, v: (q, k, v), contextlib.nullcontext)
+
+
+def _sets(rng, n=3):
+    def draw(h, s):
+        return rng.standard_normal((1, h, s, 16)).astype(np.float16)
+    return [(draw(2, 40), draw(1, 50), draw(1, 50)) for _ in range(n)]
+
+
+@pytest.fixture
+def fake_clock(monkeypatch):
+    """time_latency and time_side_by_side without a GPU: every sample takes 10 us; the calls
+    made are recorded (name -> call indices)."""
+    calls = {}
+
+    def side_by_side(fns, samples, calls_per, warmup_s, rounds):
+        for name, indices in timing.turns(list(fns), samples, rounds):
+            for i in indices:
+                for c in range(calls_per[name]):
+                    fns[name][0](i * calls_per[name] + c)
+                    calls.setdefault(name, []).append(i)
+        return {name: timing.Timing(np.full(samples[name], 10.0)) for name in fns}
+
+    monkeypatch.setattr(bench, "time_side_by_side", side_by_side)
+    monkeypatch.setattr(bench, "time_latency", lambda fn, iters, warmup=0: timing.Timing(np.full(iters, 10.0)))
+    return calls
+
+
+def _case(rng, impls, n_sets=3, iters=50):
+    sets = _sets(rng, n_sets)
+    refs = [workload.sampled_reference(SHAPE, *s, rng, SHAPE.seqlen_q) for s in sets]   # every row
+    return bench.run_case(SHAPE, "fp16", impls, sets, refs, iters)
+
+
+def test_every_set_is_checked_and_each_impl_gets_its_samples(fake_clock):
+    rng = np.random.default_rng(1)
+    seen = []
+
+    def exact(q, k, v):
+        seen.append(id(q))
+        return _exact(q, k, v)
+
+    case = _case(rng, {"flashcore": _impl(exact), "sdpa_cudnn": _impl(_exact)})
+    assert not case.failures and not case.unavailable
+    assert len(set(seen[:3])) == 3   # checked on each of the three sets before any timing
+    by = {(r.impl, r.mode): r for r in case.rows}
+    assert by["flashcore", "latency"].samples == 50 and by["flashcore", "throughput"].samples == 30
+    assert by["flashcore", "throughput"].calls == 20 and by["sdpa_cudnn", "latency"].rel_err < 1e-3
+    assert case.plan["latency"]["orders"][:2] == [["flashcore", "sdpa_cudnn"], ["sdpa_cudnn", "flashcore"]]
+    assert case.plan["sets"] == 3
+
+
+def test_a_wrong_result_on_any_set_is_a_failure_not_a_row(fake_clock):
+    rng = np.random.default_rng(2)
+    count = []
+
+    def wrong_on_the_last_set(q, k, v):
+        count.append(1)
+        out = _exact(q, k, v)
+        if len(count) == 3:
+            out[0, 1, 7] = 0.0   # one row of one set
+        return out
+
+    case = _case(rng, {"flashcore": _impl(wrong_on_the_last_set), "sdpa_cudnn": _impl(_exact)})
+    assert [f["impl"] for f in case.failures] == ["flashcore"] and "worst row" in case.failures[0]["reason"]
+    assert {r.impl for r in case.rows} == {"sdpa_cudnn"}
+
+
+def test_a_raising_flashcore_is_a_failure_and_a_raising_peer_is_unavailable(fake_clock):
+    def compile_error(q, k, v):
+        raise RuntimeError("NVRTC failed to compile flash_fwd_sm90.cu")
+
+    def refuses(q, k, v):
+        raise RuntimeError("No available kernel. Aborting execution.")
+
+    case = _case(np.random.default_rng(3), {"flashcore": _impl(compile_error), "sdpa_flash": _impl(refuses),
+                                            "sdpa_cudnn": _impl(_exact)})
+    assert case.failures == [dict(shape="tiny", dtype="fp16", impl="flashcore",
+                                  reason="RuntimeError: NVRTC failed to compile flash_fwd_sm90.cu")]
+    assert [u["impl"] for u in case.unavailable] == ["sdpa_flash"] and "No available kernel" in \
+        case.unavailable[0]["reason"]
+
+
+def test_the_benchmark_exits_non_zero_on_a_failing_flashcore(fake_clock, monkeypatch):
+    """`flashcore-cupy bench` end to end on fakes: the failing case is reported and the run
+    exits 1, the JSON recording it; with a correct implementation it exits 0."""
+    rng = np.random.default_rng(4)
+    monkeypatch.setattr(cli, "gpu_count", lambda: 1)
+    monkeypatch.setattr(bench, "environment", lambda torch: {"gpu": "fake", "arch": "sm_00",
+                                                             "versions": {"cupy": "-", "nvrtc": "-", "torch": None}})
+    monkeypatch.setattr(bench, "_case_inputs", lambda shape, dtype, r: (
+        (sets := _sets(rng)), [workload.sampled_reference(SHAPE, *s, rng, 16) for s in sets]))
+    monkeypatch.setattr(bench, "_free", lambda: None)
+    monkeypatch.setattr(bench, "bench_shapes", lambda: [SHAPE])
+    monkeypatch.setattr("flashcore_cupy.shapes.bench_shapes", lambda: [SHAPE])
+
+    def broken(q, k, v):
+        return _exact(q, k, v) * 1.01
+
+    for fn, code in ((broken, 1), (_exact, 0)):
+        monkeypatch.setattr(bench, "_impls", lambda shape, torch, fn=fn: {"flashcore": _impl(fn),
+                                                                          "sdpa_cudnn": _impl(_exact)})
+        result = CliRunner().invoke(cli.main, ["bench", "--dtype", "fp16"])
+        assert result.exit_code == code, result.output
+        assert ("FAILED: tiny fp16 flashcore" in result.output) == (code == 1)
+
+
+def test_check_rows_cover_every_set_within_a_budget():
+    assert bench.check_rows_per_set(1) == workload.CHECK_ROWS
+    assert bench.check_rows_per_set(171) == 32   # the mission shape's sets
+    assert workload.set_count(Shape("mission", 1, 8, 8, 512, 512, 64, False), "fp16") == 171
