@@ -113,7 +113,7 @@ def _contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(int(np.prod(shape[i + 1:], dtype=np.int64)) for i in range(len(shape)))
 
 
-def _prepare(q, k, v, out, causal, scale, layout, return_lse, backend, config=None):
+def _prepare(q, k, v, out, causal, scale, layout, return_lse, backend, config=None, defines=()):
     """The slow path: convert, validate, choose (unless `config` is given) and compile."""
     check_options(causal, scale, layout, return_lse)
     if backend not in BACKENDS:
@@ -131,7 +131,7 @@ def _prepare(q, k, v, out, causal, scale, layout, return_lse, backend, config=No
                        q.dtype, problem.device, 0), layout)
     chosen, dev = plan(problem, problem.device, backend)
     return q, k, v, out, build_launch(problem, config or chosen, dev.arch, dev.num_sms, o_strides,
-                                      return_lse)
+                                      return_lse, defines)
 
 
 _launches: dict[tuple, FwdLaunch | Sm90Launch] = {}
@@ -232,13 +232,15 @@ def attention_with_config(config: FwdConfig | Sm90Config, q, k, v, *, causal: bo
 
 def new_launch(q, k, v, *, causal: bool = False, scale: float | None = None, layout: str = "bhsd",
                return_lse: bool = False, out: Any = None, backend: Backend = "auto",
-               config: FwdConfig | Sm90Config | None = None) -> FwdLaunch | Sm90Launch:
+               config: FwdConfig | Sm90Config | None = None,
+               defines: tuple[str, ...] = ()) -> FwdLaunch | Sm90Launch:
     """The launch `attention` (or, given `config`, `attention_with_config`) makes for these
     arguments, validated and compiled but neither run nor cached: for scripts that time or
-    trace kernels, as launch(q, k, v, out, lse)."""
+    trace kernels, as launch(q, k, v, out, lse). defines: a diagnostic build's macros
+    (loader.nvrtc_options), e.g. ("FLASHCORE_RECORD_WORK=4096",)."""
     if config is not None:
         backend = _config_backend(config)
-    return _prepare(q, k, v, out, causal, scale, layout, return_lse, backend, config)[-1]
+    return _prepare(q, k, v, out, causal, scale, layout, return_lse, backend, config, defines)[-1]
 
 
 def _config_backend(config: FwdConfig | Sm90Config) -> Backend:

@@ -335,6 +335,12 @@ def _free() -> None:
     cupy.get_default_memory_pool().free_all_blocks()
 
 
+def _write(path: str, result: dict) -> None:
+    tmp = Path(path).with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=1))
+    tmp.replace(path)
+
+
 def main(shape_names: list[str] | None, dtypes: list[str], impls: list[str], iters: int,
          out_path: str | None, plot_path: str | None) -> dict:
     """Run the cases (dtypes: "fp16", "bf16"); print the table; write the JSON (and plot).
@@ -365,10 +371,13 @@ def main(shape_names: list[str] | None, dtypes: list[str], impls: list[str], ite
             for f in case.failures:
                 print(f"  FAILED {f['shape']} {f['dtype']} {f['impl']}: {f['reason']}", flush=True)
             print(f"  done {shape.name} {dtype}", flush=True)
+            if out_path:   # after every case, so that a run stopped midway keeps what it measured
+                _write(out_path, {**result, "rows": [r.__dict__ for r in rows], "complete": False})
     print(format_table(rows))
     result["rows"] = [r.__dict__ for r in rows]
+    result["complete"] = True
     if out_path:
-        Path(out_path).write_text(json.dumps(result, indent=1))
+        _write(out_path, result)
     if plot_path:
         plot(rows, plot_path)
     return result

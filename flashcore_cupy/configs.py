@@ -63,6 +63,15 @@ class FwdConfig:
         return f"{self.dtype} D{self.head_dim} {self.block_m}x{self.block_n} w{self.warps} s{self.stages}"
 
 
+class WorkTile(NamedTuple):
+    """One work item of the Hopper kernel, as its work_tile gives it (Sm90Config.work_tile)."""
+    row0: int
+    head: int
+    batch: int
+    consumers: int   # consumers with rows here (the first ones)
+    n_blocks: int    # key tiles of those rows (causal: up to the diagonal)
+
+
 class Sm90Schedule(NamedTuple):
     """How a problem's work tiles map onto the Hopper kernel's CTAs (Sm90Config.schedule)."""
     grid: tuple[int, int, int]
@@ -160,6 +169,26 @@ class Sm90Config:
         tail_start = tiles - tail if sub_tiles else tiles
         items = tail_start + (tiles - tail_start) * self.consumers
         return Sm90Schedule((min(items, num_sms), 1, 1), tail_start, items)
+
+    def work_tile(self, i: int, *, seqlen_q: int, seqlen_k: int, causal: bool, heads: int, m_blocks: int,
+                  group: int, tail_start: int) -> WorkTile:
+        """Work item i, as flash_fwd_sm90.cu's work_tile computes it from the launch's scalars
+        (heads: the kernel's, Hkv when GQA is packed; a debug build records the kernel's own,
+        which the GPU tests compare with this). Tiles are numbered by groups of `group` heads,
+        longest first within a group; items from tail_start on are 64-row sub-tiles, one per
+        consumer, of the last tiles."""
+        c = self.consumers
+        sub = i >= tail_start
+        t = tail_start + (i - tail_start) // c if sub else i
+        g, in_group = divmod(t, group * m_blocks)
+        m_desc = in_group // group
+        head_batch = g * group + in_group - m_desc * group
+        row0 = (m_blocks - 1 - m_desc) * self.block_m + (64 * ((i - tail_start) % c) if sub else 0)
+        rows = max(0, min(64 if sub else self.block_m, seqlen_q - row0))
+        kv_end = min(seqlen_k, row0 + rows + seqlen_k - seqlen_q) if causal else seqlen_k
+        return WorkTile(row0, head_batch % heads, head_batch // heads,
+                        (c if rows > 0 else 0) if self.split else (rows + 63) // 64,
+                        -(-kv_end // self.block_n) if rows > 0 and kv_end > 0 else 0)
 
     def __str__(self) -> str:
         return (f"sm90 {self.dtype} D{self.head_dim} {self.block_m}x{self.block_n} "

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import loader, tma
-from .configs import SM90_ARCH, SM90_HEAD_DIMS, FwdConfig, Sm90Config, sm90_config
+from .configs import SM90_ARCH, SM90_HEAD_DIMS, FwdConfig, Sm90Config, WorkTile, sm90_config
 from .validation import Problem
 
 try:
@@ -91,12 +91,12 @@ class FwdLaunch(_Launch):
 
     @classmethod
     def build(cls, problem: Problem, config: FwdConfig, arch: str, num_sms: int,
-              o_strides: tuple[int, int, int], return_lse: bool) -> "FwdLaunch":
+              o_strides: tuple[int, int, int], return_lse: bool, defines: tuple[str, ...] = ()) -> "FwdLaunch":
         p = problem
         scalars = (*p.q_strides, *p.k_strides, *p.v_strides, *o_strides,
                    p.seqlen_q, p.seqlen_k, p.head_dim, p.heads_q // p.heads_kv,
                    p.scale * math.log2(math.e), int(p.causal))
-        return cls(config, loader.get_function(config, p.device, arch), p.device,
+        return cls(config, loader.get_function(config, p.device, arch, defines), p.device,
                    config.grid(p.batch, p.heads_q, p.seqlen_q), p.out_shape,
                    (p.batch, p.heads_q, p.seqlen_q) if return_lse else None, scalars)
 
@@ -129,7 +129,7 @@ class Sm90Launch(_Launch):
 
     @classmethod
     def build(cls, problem: Problem, config: Sm90Config, arch: str, num_sms: int,
-              o_strides: tuple[int, int, int], return_lse: bool) -> "Sm90Launch":
+              o_strides: tuple[int, int, int], return_lse: bool, defines: tuple[str, ...] = ()) -> "Sm90Launch":
         p = problem
         pack, group = gqa_pack(p, config), p.heads_q // p.heads_kv
         # Packed, the tiles are (batch, kv head)s of one row block; with one query a row,
@@ -143,9 +143,18 @@ class Sm90Launch(_Launch):
                    int(causal), heads, p.batch, m_blocks, plan.group, plan.tail_start, plan.items, pack,
                    *fast_divisor(plan.group * m_blocks), *fast_divisor(plan.group),
                    *fast_divisor(heads), *fast_divisor(heads_per_kv))
-        return cls(config, loader.get_function(config, p.device, arch), p.device, plan.grid, p.out_shape,
+        return cls(config, loader.get_function(config, p.device, arch, defines), p.device, plan.grid, p.out_shape,
                    (p.batch, p.heads_q, p.seqlen_q) if return_lse else None, scalars,
                    sm90_map_specs(p, config))
+
+    def work_tiles(self) -> list[WorkTile]:
+        """Every work item of this launch, by index, as the kernel's work_tile computes it
+        from the scalars (Sm90Config.work_tile)."""
+        (_, _, _, seqlen_q, seqlen_k, _, _, causal, heads, _, m_blocks, group, tail_start, n_items,
+         *_) = self.scalars
+        return [self.config.work_tile(i, seqlen_q=seqlen_q, seqlen_k=seqlen_k, causal=bool(causal),
+                                      heads=heads, m_blocks=m_blocks, group=group, tail_start=tail_start)
+                for i in range(n_items)]
 
     def start(self, qkv: tuple[int, int, int], out, lse, stream: int) -> None:
         """cuLaunchKernel with the q, k, v addresses `qkv` on `stream` (a handle)."""
@@ -209,5 +218,8 @@ _LAUNCH_CLASSES = {FwdConfig: FwdLaunch, Sm90Config: Sm90Launch}
 
 
 def build_launch(problem: Problem, config: FwdConfig | Sm90Config, arch: str, num_sms: int,
-                 o_strides: tuple[int, int, int], return_lse: bool) -> FwdLaunch | Sm90Launch:
-    return _LAUNCH_CLASSES[type(config)].build(problem, config, arch, num_sms, o_strides, return_lse)
+                 o_strides: tuple[int, int, int], return_lse: bool,
+                 defines: tuple[str, ...] = ()) -> FwdLaunch | Sm90Launch:
+    """defines: a diagnostic build's macros (loader.nvrtc_options); () for the product."""
+    return _LAUNCH_CLASSES[type(config)].build(problem, config, arch, num_sms, o_strides, return_lse,
+                                               defines)

@@ -76,9 +76,11 @@ def arch_for_capability(major: int, minor: int) -> str:
     return "sm_90a" if (major, minor) == (9, 0) else f"sm_{major}{minor}"
 
 
-def nvrtc_options(arch: str) -> tuple[str, ...]:
+def nvrtc_options(arch: str, defines: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """defines: extra macros ("NAME" or "NAME=VALUE") for diagnostic builds the kernels
+    understand (FLASHCORE_RECORD_WORK, ...); the product build has none."""
     return ("-std=c++17", f"-arch={arch}", f"-I{KERNEL_DIR}",
-            f"-DFLASHCORE_KERNELS_HASH=0x{_SOURCE_HASH}")
+            f"-DFLASHCORE_KERNELS_HASH=0x{_SOURCE_HASH}", *(f"-D{d}" for d in defines))
 
 
 def _read_source(kernel_file: str) -> str:
@@ -87,18 +89,18 @@ def _read_source(kernel_file: str) -> str:
 
 # --- GPU path -----------------------------------------------------------------
 
-_cache: dict[tuple[int, str, str], int] = {}   # -> CUfunction handle
+_cache: dict[tuple, int] = {}   # (device, file, name expression, defines) -> CUfunction handle
 _cache_lock = threading.Lock()
-_modules: list = []   # the RawKernels behind _cache's handles, kept alive
+_modules: dict[tuple, tuple] = {}   # (RawModule, RawKernel) behind _cache's handles, kept alive
 
 
-def _load(source: str, config: KernelConfig, arch: str):
+def _load(source: str, config: KernelConfig, arch: str, defines: tuple[str, ...] = ()):
     """(RawModule, RawKernel) of `config`'s name expression in `source`, on the current
     device, with the dynamic-shared-memory opt-in."""
     import cupy
     from cupy.cuda.compiler import CompileException
 
-    options = nvrtc_options(arch)
+    options = nvrtc_options(arch, defines)
     try:
         module = cupy.RawModule(code=source, options=options, name_expressions=[config.name_expression])
         fn = module.get_function(config.name_expression)
@@ -110,10 +112,11 @@ def _load(source: str, config: KernelConfig, arch: str):
     return module, fn
 
 
-def get_function(config: KernelConfig, device_id: int, arch: str) -> int:
-    """The compiled, launch-ready kernel for `config` on `device_id`, as its CUfunction
-    handle (cached in process, which keeps its module loaded)."""
-    key = (device_id, config.kernel_file, config.name_expression)
+def get_function(config: KernelConfig, device_id: int, arch: str, defines: tuple[str, ...] = ()) -> int:
+    """The compiled, launch-ready kernel for `config` on `device_id` (built with `defines`,
+    see nvrtc_options), as its CUfunction handle (cached in process, which keeps its module
+    loaded)."""
+    key = (device_id, config.kernel_file, config.name_expression, defines)
     fn = _cache.get(key)
     if fn is not None:
         return fn
@@ -122,10 +125,17 @@ def get_function(config: KernelConfig, device_id: int, arch: str) -> int:
     with _cache_lock, cupy.cuda.Device(device_id):
         fn = _cache.get(key)
         if fn is None:
-            _, fn = _load(_read_source(config.kernel_file), config, arch)
-            _modules.append(fn)
-            fn = _cache[key] = fn.kernel.ptr
+            module, kernel = _load(_read_source(config.kernel_file), config, arch, defines)
+            _modules[key] = module, kernel
+            fn = _cache[key] = kernel.kernel.ptr
     return fn
+
+
+def get_global(config: KernelConfig, device_id: int, arch: str, name: str, defines: tuple[str, ...] = ()):
+    """The `__device__` variable `name` of `config`'s module on `device_id` (built with
+    `defines`; a diagnostic build's record, say), as a cupy MemoryPointer."""
+    get_function(config, device_id, arch, defines)
+    return _modules[device_id, config.kernel_file, config.name_expression, defines][0].get_global(name)
 
 
 def variant_function(config: KernelConfig, device_id: int, arch: str, source: str):
@@ -185,10 +195,10 @@ def _nvrtc_compile(config: KernelConfig, options: tuple[str, ...]) -> tuple[str,
         nvrtc.destroyProgram(prog)
 
 
-def compile_only(config: KernelConfig, arch: str) -> CompileReport:
+def compile_only(config: KernelConfig, arch: str, defines: tuple[str, ...] = ()) -> CompileReport:
     """Compile `config` to cubin for `arch` with NVRTC and report its resources."""
     start = time.perf_counter()
-    log, _ = _nvrtc_compile(config, nvrtc_options(arch) + ("-Xptxas=-v",))
+    log, _ = _nvrtc_compile(config, nvrtc_options(arch, defines) + ("-Xptxas=-v",))
     seconds = time.perf_counter() - start
     regs, smem, spills, stack = parse_ptxas_log(log)
     warnings = tuple(line.strip() for line in log.splitlines() if "Performance Loss" in line)

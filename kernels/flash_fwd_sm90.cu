@@ -193,6 +193,14 @@ __device__ __forceinline__ WorkTile work_tile(const Sm90Params& p, int i) {
             rows > 0 && kv_end > 0 ? (kv_end + BLOCK_N - 1) / BLOCK_N : 0};
 }
 
+#ifdef FLASHCORE_RECORD_WORK
+// Diagnostic build (-DFLASHCORE_RECORD_WORK=<items>; tests/test_attention_gpu.py): for work item
+// i (< items), the tile the consumers were given: CTA, row0, head, batch, consumers, n_blocks,
+// the item's place in its CTA's turn, and 1. The host compares it with Sm90Config.work_tile,
+// the Python schedule the CPU tests hold to their rules.
+__device__ int fc_work_log[FLASHCORE_RECORD_WORK][8];
+#endif
+
 // Ring position of the CTA's it-th K/V tile (counted across work tiles).
 template <int STAGES>
 struct Ring {
@@ -396,6 +404,13 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
         const WorkTile w = work_tile<Tile, BLOCK_N>(p, i);
         const int n_blocks = w.n_blocks;
         const bool has_rows = consumer < w.consumers;
+#ifdef FLASHCORE_RECORD_WORK
+        if (threadIdx.x == 128 && i < FLASHCORE_RECORD_WORK) {
+            const int entry[8] = {static_cast<int>(blockIdx.x), w.row0, w.head, w.batch, w.consumers, n_blocks,
+                                  n_done, 1};
+            for (int f = 0; f < 8; ++f) fc_work_log[i][f] = entry[f];
+        }
+#endif
         const int c_row0 = w.row0 + (SPLIT ? 0 : 64 * consumer);   // this warpgroup's first query
         const int w_row0 = c_row0 + WARP_ROWS * warp;              // this warp's first query
         // This warpgroup's key tiles end at its own rows' part of the causal diagonal.

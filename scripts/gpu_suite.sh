@@ -8,13 +8,18 @@
 # device's copy of the tree may carry a stale .git.
 set -uo pipefail
 source "$(dirname "$0")/steps.sh"
+# A run meant for a GPU that finds none fails (pytest exits 3 with the reason) instead of
+# skipping every GPU test.
+export FLASHCORE_REQUIRE_GPU=1
+python3 -c "from flashcore_cupy.cli import gpu_missing_reason as r; import sys; m = r(); print(m or 'GPU found'); sys.exit(1 if m else 0)" \
+  || { echo "gpu_suite: no usable GPU"; exit 2; }
 
 step device.txt date -u
 step device.txt nvidia-smi --query-gpu=name,uuid,serial,vbios_version,driver_version,power.limit,clocks.sm,clocks.max.sm --format=csv
 step device.txt python3 -m flashcore_cupy info
 if [ "${TESTS:-1}" = 1 ]; then
   step device.txt python3 -m flashcore_cupy check --arch sm_90a,sm_80
-  step pytest_gpu.txt timeout 420 python3 -m pytest tests -q -rs -p no:cacheprovider ${PYTEST_ARGS:-}
+  step pytest_gpu.txt timeout 500 python3 -m pytest tests -q -rs -p no:cacheprovider ${PYTEST_ARGS:-}
   step run.txt python3 -m flashcore_cupy run --shape mission
   step run.txt python3 -m flashcore_cupy run --shape mission --dtype bf16
   step run.txt python3 -m flashcore_cupy run --shape b2-h16-s4k-d128-causal
@@ -28,7 +33,8 @@ if [ "${HOST:-1}" = 1 ]; then
   step host.txt python3 scripts/tile_sweep.py --family all
 fi
 if [ "${BENCH:-1}" = 1 ]; then
-  step bench.txt python3 scripts/bench.py --out "$OUT/bench.json" --plot "$OUT/bench.png"
+  step bench.txt python3 scripts/bench.py --out "$OUT/bench.json" --plot "$OUT/bench.png" ${BENCH_ARGS:-}
+  step bench.txt python3 scripts/report.py "$OUT/bench.json"
 fi
 echo "gpu_suite exit status: $status"
 exit $status

@@ -8,7 +8,7 @@ import cupy
 import numpy as np
 
 import flashcore_cupy as fc
-from flashcore_cupy import api, configs, reference
+from flashcore_cupy import api, configs, reference, workload
 
 rng = np.random.default_rng()
 # sm90 forces the Hopper kernel's large tiles; auto takes its split-keys tiles here: 32-row
@@ -22,7 +22,8 @@ for backend in backends:
             k, v = (cupy.asarray(rng.standard_normal((2, 1, sk, d)).astype(dtype)) for _ in range(2))
             out, lse = fc.attention(q, k, v, causal=causal, return_lse=True, backend=backend)
             cupy.cuda.get_current_stream().synchronize()
-            err = reference.rel_error(out, reference.attention(q, k, v, causal=causal))
-            print(f"{backend} causal={causal} D={d} {sq}x{sk}: rel err {err:.2e}")
-            ok &= err <= 2e-3
+            ref = reference.attention(q, k, v, causal=causal)
+            err, row = reference.rel_error(out, ref), reference.row_rel_error(out, ref)
+            print(f"{backend} causal={causal} D={d} {sq}x{sk}: rel err {err:.2e}, worst row {row:.2e}")
+            ok &= workload.within_tolerance("fp16", err, row)
 sys.exit(0 if ok else 1)

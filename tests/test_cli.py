@@ -3,8 +3,8 @@
 import pytest
 from click.testing import CliRunner
 
-from flashcore_cupy import api, cli, configs
-from flashcore_cupy.shapes import bench_shapes, parse_shape
+from flashcore_cupy import api, cli, configs, tuning
+from flashcore_cupy.shapes import bench_shapes, parse_shape, tuning_shapes
 
 
 def test_run_without_gpu_says_so_and_exits_2(monkeypatch):
@@ -24,7 +24,7 @@ def test_check_compiles_and_prints_a_table():
     result = CliRunner().invoke(cli.main, ["check", "--arch", "sm_86"])
     assert result.exit_code == 0, result.output
     assert "fp16 D128" in result.output and "regs" in result.output
-    n = len(configs.all_configs("sm_86"))
+    n = len(tuning.dispatchable_configs("sm_86"))
     assert f"{n} of {n} kernel instantiations ok" in result.output
 
 
@@ -42,6 +42,8 @@ def test_info_runs_without_gpu():
 def test_shape_parsing():
     names = [s.name for s in bench_shapes()]
     assert "mission" in names and len(names) >= 9
+    held = [s for s in bench_shapes() if s.held_out]
+    assert len(held) >= 4 and not set(held) & set(tuning_shapes())
     m = parse_shape("mission")
     assert (m.batch, m.heads_q, m.seqlen_q, m.head_dim, m.causal) == (1, 8, 512, 64, False)
     s = parse_shape("2,4,100,128", causal=True)
@@ -74,21 +76,12 @@ def test_bench_writes_json(tmp_path):
                                            "--iters", "5", "--out", str(out)])
     assert result.exit_code == 0, result.output
     data = json.loads(out.read_text())
-    assert data["schema"] == 1 and data["gpu"] and data["arch"]
-    assert {(r["impl"], r["mode"]) for r in data["rows"]} == {
-        (i, m) for i in ("flashcore", "naive_cupy") for m in ("latency", "throughput")}
-    assert all(r["rel_err"] <= 1e-2 for r in data["rows"])
-
-
-@pytest.mark.gpu
-def test_bench_case_with_no_available_implementation_gives_no_rows():
-    import numpy as np
-
-    from flashcore_cupy import bench
-
-    rows = bench.run_case(parse_shape("mission"), "float16", ["sdpa_cudnn"], 5,
-                          np.random.default_rng(), torch=None)   # SDPA needs torch
-    assert rows == []
+    assert data["schema"] == 2 and data["gpu"] and data["arch"] and data["failures"] == []
+    assert {(r["impl"], r["mode"], r["dtype"]) for r in data["rows"]} == {
+        (i, m, "bf16") for i in ("flashcore", "naive_cupy") for m in ("latency", "throughput")}
+    assert all(r["rel_err"] <= 1e-2 and r["row_err"] <= 5e-2 for r in data["rows"])
+    (case,) = data["cases"]
+    assert case["sets"] > 8 and sorted(case["latency"]["orders"][0]) == ["flashcore", "naive_cupy"]
 
 
 @pytest.mark.gpu

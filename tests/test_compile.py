@@ -2,17 +2,38 @@
 
 import pytest
 
-from flashcore_cupy import configs, loader
+from flashcore_cupy import configs, loader, tuning
+
+_REGISTER_FILE = 65536   # 32-bit registers per SM on sm_80..sm_90: one CTA must fit
 
 
 @pytest.mark.parametrize("arch", configs.SUPPORTED_ARCHS)
 def test_every_dispatchable_kernel_compiles_without_spills(arch):
-    for cfg in configs.all_configs(arch):
+    """What dispatch can choose on `arch` (the tile tables' configs and the shipped tuned
+    tiles: tuning.dispatchable_configs), compiled by NVRTC with no GPU. A compile error fails
+    (KernelCompileError), as do spills, a ptxas performance warning (serialised wgmma), more
+    registers than one CTA of the config can get on an SM, and more shared memory than the
+    arch gives a block."""
+    dispatchable = tuning.dispatchable_configs(arch)
+    assert set(configs.all_configs(arch)) <= set(dispatchable)
+    assert tuning.shipped_configs(arch) <= set(dispatchable)
+    for cfg in dispatchable:
         report = loader.compile_only(cfg, arch)
         assert report.spill_bytes == 0 and report.stack_frame_bytes == 0, (arch, str(cfg), report)
         assert not report.perf_warnings, (arch, str(cfg), report.perf_warnings)   # e.g. serialised wgmma
-        assert 0 < report.registers <= 255
+        assert report.registers * cfg.threads <= _REGISTER_FILE, (arch, str(cfg), report.registers)
+        if isinstance(cfg, configs.Sm90Config):   # setmaxnreg moves registers within the CTA's pool
+            assert tuning._register_pool_reason(cfg, report.registers) is None, (str(cfg), report.registers)
         assert report.static_smem_bytes + cfg.smem_bytes <= configs.SMEM_LIMIT[arch], (arch, str(cfg))
+
+
+def test_the_shipped_tuned_tiles_are_among_what_is_compiled():
+    """The tiles the H200's tuned table makes dispatch choose (every D128 large-grid Hopper
+    shape; the D64 portable tiles): missed by a loop over the tile tables alone."""
+    shipped = tuning.shipped_configs("sm_90a")
+    assert configs.Sm90Config("fp16", 128, 192, 2, 2, True) in shipped
+    assert shipped - set(configs.all_configs("sm_90a"))   # tiles only the tuned table adds
+    assert shipped <= set(tuning.dispatchable_configs("sm_90a"))
 
 
 def test_compile_error_names_file_expression_options_and_log():

@@ -101,7 +101,7 @@ def test_decode_packs_each_gqa_group_into_one_tile(monkeypatch):
     """Sq = 1 with 2..64 query heads per kv head: tiles are (batch, kv head)s whose rows are
     the group's query heads (a Q box of block_m heads at the one position); the kernel sees
     Hkv heads, no head division for K/V, and no causal mask (one query sees every key)."""
-    monkeypatch.setattr(launch.loader, "get_function", lambda config, device, arch: 1)
+    monkeypatch.setattr(launch.loader, "get_function", lambda config, device, arch, defines=(): 1)
     cfg = configs.sm90_config("fp16", 128, "small")
     decode = problem((8, 32, 1, 128), (8, 8, 8192, 128), causal=True)
     assert launch.gqa_pack(decode, cfg) == 4
@@ -152,6 +152,15 @@ def test_blockers_name_the_reason():
     assert "stride" in launch.sm90_blocker(bcast, "sm_90a")
 
 
+def test_the_work_record_build_compiles():
+    """The debug build the GPU tests read the kernel's schedule from (FLASHCORE_RECORD_WORK)
+    compiles for sm_90a, split and persistent tiles alike (NVRTC, no GPU)."""
+    from flashcore_cupy import loader
+
+    for cfg in (configs.sm90_config("fp16", 64, "tiny"), configs.sm90_config("bf16", 128)):
+        assert loader.compile_only(cfg, "sm_90a", ("FLASHCORE_RECORD_WORK=4096",)).spill_bytes == 0
+
+
 def test_generated_wgmma_header_is_current():
     out = subprocess.run([sys.executable, "-c",
                           "import runpy; print(runpy.run_path('scripts/gen_wgmma.py', run_name='x')['render']())"],
@@ -197,17 +206,12 @@ def test_trace_script_finds_its_points_and_compiles():
 
 
 def _rows_of_item(cfg, p, i):
-    """The query rows work item i's consumers own, as flash_fwd_sm90.cu's work_tile
-    (mirrored here) assigns them: ((batch, head), range of rows)."""
-    c, group = cfg.consumers, p["group"]
-    sub = i >= p["tail_start"]
-    t = p["tail_start"] + (i - p["tail_start"]) // c if sub else i
-    g, in_group = divmod(t, group * p["m_blocks"])
-    m_desc, head_in_group = divmod(in_group, group)
-    row0 = (p["m_blocks"] - 1 - m_desc) * cfg.block_m + (64 * ((i - p["tail_start"]) % c) if sub else 0)
-    rows = max(0, min(64 if sub else cfg.block_m, p["seqlen_q"] - row0))
-    head_batch = g * group + head_in_group
-    return (head_batch // p["heads"], head_batch % p["heads"]), range(row0, row0 + rows)
+    """((batch, head), range of rows) of work item i, by Sm90Config.work_tile (the kernel's
+    work_tile in Python: the GPU tests compare the two on a debug build's record)."""
+    w = cfg.work_tile(i, seqlen_q=p["seqlen_q"], seqlen_k=p["seqlen_q"], causal=False, heads=p["heads"],
+                      m_blocks=p["m_blocks"], group=p["group"], tail_start=p["tail_start"])
+    rows = max(0, min(64 if i >= p["tail_start"] else cfg.block_m, p["seqlen_q"] - w.row0))
+    return (w.batch, w.head), range(w.row0, w.row0 + rows)
 
 
 @pytest.mark.parametrize("cfg", [configs.Sm90Config("fp16", 64, 128, 2, 3, True),
