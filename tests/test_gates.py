@@ -17,8 +17,12 @@ _SELFTEST = "FLASHCORE_SELFTEST_FAIL"
 
 
 def _pytest(args: list[str], **env) -> subprocess.CompletedProcess:
+    """pytest in a fresh interpreter, with this environment less the gates' switches (the
+    device suite exports FLASHCORE_REQUIRE_GPU=1), plus `env`."""
+    base = {k: v for k, v in os.environ.items()
+            if k not in ("FLASHCORE_REQUIRE_GPU", "FLASHCORE_TEST_SEED", _SELFTEST)}
     return subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args],
-                          cwd=ROOT, capture_output=True, text=True, env={**os.environ, **env})
+                          cwd=ROOT, capture_output=True, text=True, env={**base, **env})
 
 
 def test_a_gpu_run_with_the_gpu_hidden_fails():
