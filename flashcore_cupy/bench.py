@@ -168,11 +168,14 @@ def check_rows_per_set(n_sets: int) -> int:
 
 
 def sample_plan(names: list[str], quick_us: dict[str, float], mode: str, iters: int) -> Plan:
-    """How many samples of how many calls each implementation takes, over how many rounds.
+    """How many samples of how many calls each of a group of implementations takes, over how
+    many rounds. run_case times the implementations faster than _LONG_US a call as one group
+    and the slower ones (naive CuPy, SDPA's memory-efficient backend at 16k) as another, after:
+    within a group every implementation samples in every round, so the balanced order holds.
 
-    An implementation faster than _LONG_US a call takes `iters` (default 50) latency samples
-    and 3/5 of that (30) throughput samples of THROUGHPUT_CALLS calls, however slow the others
-    are; slower ones take _SLOW_SAMPLES. Rounds are a multiple of the balanced order's length.
+    A fast group takes `iters` (default 50) latency samples and 3/5 of that (30) throughput
+    samples of THROUGHPUT_CALLS calls each; a slow group _SLOW_SAMPLES of fewer calls. Rounds
+    are a multiple of the balanced order's cycle.
 
     Under a long load the H200 lowers its SM clock within tens of milliseconds (1980 to
     ~1640 MHz at S = 4k D128, the time of a call following the clock: correlation -0.97,
@@ -181,17 +184,24 @@ def sample_plan(names: list[str], quick_us: dict[str, float], mode: str, iters: 
     sample through the same clock states. Shorter cases take blocks of samples after
     _BLOCK_WARMUP_S of warm-up: there the host path's warmth is what varies."""
     cycle = len(balanced_orders(names))
-    want = iters if mode == "latency" else max(3, iters * THROUGHPUT_SAMPLES // LATENCY_SAMPLES)
-    fast = {n: quick_us[n] < _LONG_US for n in names}
-    calls = {n: 1 if mode == "latency" else THROUGHPUT_CALLS if fast[n] else _SLOW_THROUGHPUT_CALLS
-             for n in names}
-    if min(quick_us[n] for n in names) >= _CLOCK_BOUND_US:
-        rounds, warmup_s = -(-want // cycle) * cycle, 0.0
-        want = rounds
+    slow = min(quick_us[n] for n in names) >= _LONG_US
+    if mode == "latency":
+        want, calls = (_SLOW_SAMPLES if slow else iters), 1
     else:
-        rounds, warmup_s = cycle, _BLOCK_WARMUP_S
-    samples = {n: want if fast[n] else min(want, _SLOW_SAMPLES) for n in names}
-    return Plan(samples, calls, rounds, warmup_s)
+        want = _SLOW_SAMPLES if slow else max(3, iters * THROUGHPUT_SAMPLES // LATENCY_SAMPLES)
+        calls = _SLOW_THROUGHPUT_CALLS if slow else THROUGHPUT_CALLS
+    if min(quick_us[n] for n in names) >= _CLOCK_BOUND_US:
+        rounds = -(-want // cycle) * cycle
+        return Plan(dict.fromkeys(names, rounds), dict.fromkeys(names, calls), rounds, 0.0)
+    return Plan(dict.fromkeys(names, want), dict.fromkeys(names, calls), cycle, _BLOCK_WARMUP_S)
+
+
+def speed_groups(quick_us: dict[str, float]) -> list[list[str]]:
+    """The implementations timed side by side: those faster than _LONG_US a call, then the
+    slower ones (each group non-empty)."""
+    fast = [n for n, t in quick_us.items() if t < _LONG_US]
+    slow = [n for n, t in quick_us.items() if t >= _LONG_US]
+    return [g for g in (fast, slow) if g]
 
 
 def run_case(shape: Shape, dtype: str, impls: dict[str, Impl], sets: list[tuple],
@@ -226,26 +236,27 @@ def run_case(shape: Shape, dtype: str, impls: dict[str, Impl], sets: list[tuple]
         timed[name] = (call, impl.context)
     if not timed:   # every implementation asked for failed or was unavailable here
         return case
-    names = list(timed)
     for mode in ("latency", "throughput"):
-        plan = sample_plan(names, quick, mode, iters)
-        order = turns(names, plan.samples, plan.rounds)
-        try:
-            timings = time_side_by_side(timed, plan.samples, plan.calls, plan.warmup_s, plan.rounds)
-        except Exception as e:   # nothing was recorded for this mode: the run fails
-            case.failures.append(dict(shape=shape.name, dtype=dtype, impl="timing",
-                                      reason=f"{mode}: {_reason(e)}"))
-            continue
-        cycle = balanced_orders(names)
-        case.plan[mode] = dict(rounds=plan.rounds, warmup_s=plan.warmup_s, samples=plan.samples,
-                               calls=plan.calls, orders=[cycle[r % len(cycle)] for r in range(plan.rounds)],
-                               predecessors={f"{a}>{b}": n for (a, b), n in
-                                             sorted(predecessors(order).items())})
-        for name, t in timings.items():
-            rows_err, row_err = errors[name]
-            case.rows.append(Row(shape.name, dtype, name, mode, t.p50, t.p90, t.p99,
-                                 shape.flops / (t.p50 * 1e-6) / 1e12, rows_err, row_err,
-                                 plan.samples[name], plan.calls[name]))
+        case.plan[mode] = []
+        for group in speed_groups(quick):
+            plan = sample_plan(group, quick, mode, iters)
+            try:
+                timings = time_side_by_side({n: timed[n] for n in group}, plan.samples, plan.calls,
+                                            plan.warmup_s, plan.rounds)
+            except Exception as e:   # nothing was recorded for this group: the run fails
+                case.failures.append(dict(shape=shape.name, dtype=dtype, impl="timing",
+                                          reason=f"{mode} {group}: {_reason(e)}"))
+                continue
+            order = turns(group, plan.samples, plan.rounds)
+            case.plan[mode].append(dict(
+                impls=group, rounds=plan.rounds, warmup_s=plan.warmup_s, samples=plan.samples[group[0]],
+                calls=plan.calls[group[0]], orders=[[name for name, _ in r] for r in order],
+                predecessors={f"{a}>{b}": n for (a, b), n in sorted(predecessors(order).items())}))
+            for name, t in timings.items():
+                err, row_err = errors[name]
+                case.rows.append(Row(shape.name, dtype, name, mode, t.p50, t.p90, t.p99,
+                                     shape.flops / (t.p50 * 1e-6) / 1e12, err, row_err,
+                                     plan.samples[name], plan.calls[name]))
     case.plan["sets"] = len(sets)
     case.plan["check_rows"] = int(len(references[0][0])) if references else 0
     return case
@@ -352,7 +363,9 @@ def main(shape_names: list[str] | None, dtypes: list[str], impls: list[str], ite
     result["method"] = dict(latency_samples=iters, throughput_samples=max(3, iters * THROUGHPUT_SAMPLES // LATENCY_SAMPLES),
                             throughput_calls=THROUGHPUT_CALLS, slow_us=_LONG_US, slow_samples=_SLOW_SAMPLES,
                             clock_bound_us=_CLOCK_BOUND_US, rotate_bytes=workload.ROTATE_BYTES,
-                            order="timing.balanced_orders (Williams design), cycled per round")
+                            order="timing.balanced_orders (Williams design), cycled per round, each round "
+                                  "after the same standard load; implementations over slow_us a call "
+                                  "timed as a group of their own after the others")
     print(f"# {result['gpu']} ({result['arch']}), CuPy {result['versions']['cupy']}, "
           f"NVRTC {result['versions']['nvrtc']}, torch {result['versions']['torch']}")
     rows: list[Row] = []

@@ -107,10 +107,12 @@ def time_side_by_side(fns: dict[str, tuple[Call, Callable[[], ContextManager]]],
                       samples: int | dict[str, int], calls: int | dict[str, int] = 1,
                       warmup_s: float = 0.05, rounds: int = 5) -> dict[str, Timing]:
     """Samples of each implementation, side by side: the implementations take turns over
-    `rounds` rounds in the balanced order of `turns` (each follows each other equally often),
-    every turn warmed up (`_warm`: `warmup_s` seconds, or one round of its calls with 0), then
-    its block of samples back to back (rounds equal to the samples: one sample per turn, so
-    that all meet the GPU's clock alike; see bench.sample_plan).
+    `rounds` rounds in the balanced order of `turns` (within a round each follows each other
+    equally often, over the design's cycle), every round started by the same standard load
+    (busy_gpu: so the first turn of every round has the same predecessor), every turn warmed
+    up (`_warm`: `warmup_s` seconds, or one round of its calls with 0), then its block of
+    samples back to back (rounds equal to the samples: one sample per turn, so that all meet
+    the GPU's clock alike; see bench.sample_plan).
     Back to back keeps each one's host path in the CPU's caches, as a loop of calls does (the
     peers' anchors are measured so; sampling them call by call in turn made each one's host
     path run cold: flashcore 18 and cuDNN 27 us at the mission shape, against ~14 and ~22).
@@ -127,15 +129,16 @@ def time_side_by_side(fns: dict[str, tuple[Call, Callable[[], ContextManager]]],
     samples = samples if isinstance(samples, dict) else dict.fromkeys(names, samples)
     calls = calls if isinstance(calls, dict) else dict.fromkeys(names, calls)
     stream = cupy.cuda.get_current_stream()
-    busy_gpu()
     events = cupy.cuda.Event(), cupy.cuda.Event()
     out = {name: np.empty(samples[name]) for name in names}
-    for name, indices in turns(names, samples, rounds):
-        fn, context = fns[name]
-        with context():
-            _warm(fn, warmup_s, calls[name])
-            for i in indices:
-                out[name][i] = _sample(fn, i, calls[name], stream, events)
+    for round_turns in turns(names, samples, rounds):
+        busy_gpu()
+        for name, indices in round_turns:
+            fn, context = fns[name]
+            with context():
+                _warm(fn, warmup_s, calls[name])
+                for i in indices:
+                    out[name][i] = _sample(fn, i, calls[name], stream, events)
     return {name: Timing(us) for name, us in out.items()}
 
 
@@ -159,30 +162,40 @@ def balanced_orders(names: list[str]) -> list[list[str]]:
     return [[names[x] for x in row] for row in rows]
 
 
-def turns(names: list[str], samples: int | dict[str, int], rounds: int) -> list[tuple[str, range]]:
-    """time_side_by_side's order: (name, sample indices) per turn. Round r takes the design's
-    row r (balanced_orders, cycled) and gives each name its r-th block of its own samples
-    (blocks as equal as can be); a name with fewer samples than rounds sits out the rounds
-    whose block is empty. Use a multiple of len(balanced_orders(names)) rounds for balance."""
+Round = list[tuple[str, range]]
+
+
+def turns(names: list[str], samples: int | dict[str, int], rounds: int) -> list[Round]:
+    """time_side_by_side's order: per round, (name, sample indices) per turn. Round r takes
+    the design's row r (balanced_orders, cycled) and gives each name its r-th block of its
+    own samples (blocks as equal as can be); a name with fewer samples than rounds sits out
+    the rounds whose block is empty, which unbalances the order (bench.run_case times
+    implementations of very different speeds in separate groups). Use a multiple of
+    len(balanced_orders(names)) rounds for balance."""
     samples = samples if isinstance(samples, dict) else dict.fromkeys(names, samples)
     orders = balanced_orders(names)
     rounds = max(1, rounds)
     out = []
     for r in range(rounds):
+        this = []
         for name in orders[r % len(orders)]:
             n = samples[name]
             lo, hi = n * r // rounds, n * (r + 1) // rounds
             if hi > lo:
-                out.append((name, range(lo, hi)))
+                this.append((name, range(lo, hi)))
+        out.append(this)
     return out
 
 
-def predecessors(order: list[tuple[str, range]]) -> dict[tuple[str, str], int]:
-    """(previous, next) -> how often `next`'s turn came right after `previous`'s, within and
-    across rounds: what the JSON records, to show that no implementation was favoured."""
+def predecessors(order: list[Round]) -> dict[tuple[str, str], int]:
+    """(previous, next) -> how often `next`'s turn came right after `previous`'s; "load" is
+    the standard load that starts every round. What the JSON records, to show that no
+    implementation was favoured."""
     counts: dict[tuple[str, str], int] = {}
-    for (a, _), (b, _) in zip(order, order[1:]):
-        counts[a, b] = counts.get((a, b), 0) + 1
+    for round_turns in order:
+        names = ["load"] + [name for name, _ in round_turns]
+        for a, b in zip(names, names[1:]):
+            counts[a, b] = counts.get((a, b), 0) + 1
     return counts
 
 

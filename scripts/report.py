@@ -40,11 +40,17 @@ def header(data) -> list[str]:
             f"{v['cupy']}, NVRTC {v['nvrtc']}, torch {v['torch']}.", ""]
 
 
+def _groups(case: dict, mode: str) -> list[dict]:
+    """A case's timed groups in one mode (schema 2 runs before the speed groups: one)."""
+    g = case.get(mode, [])
+    return g if isinstance(g, list) else [g]
+
+
 def method(data) -> list[str]:
     m, cases = data["method"], data["cases"]
     sets = sorted({c["sets"] for c in cases if "sets" in c})
     rows = sorted({c["check_rows"] for c in cases if "check_rows" in c})
-    rounds = sorted({c[mode]["rounds"] for c in cases for mode in ("latency", "throughput") if mode in c})
+    rounds = sorted({g["rounds"] for c in cases for mode in ("latency", "throughput") for g in _groups(c, mode)})
     return [
         f"- Samples per implementation: {m['latency_samples']} latency (events around one call after the GPU "
         f"is idle), {m['throughput_samples']} throughput (events around {m['throughput_calls']} back-to-back "
@@ -52,9 +58,8 @@ def method(data) -> list[str]:
         f"{m['slow_samples']} (and 2 calls per throughput sample). Cases whose every call takes "
         f"{m['clock_bound_us']} µs or more take turns sample by sample (rounds rounded up to the order's "
         f"cycle); shorter ones in blocks after 50 ms of warm-up. Median (p50) reported.",
-        f"- Order: {m['order']}: in each case every implementation follows every other equally often "
-        f"within the rounds ({', '.join(map(str, rounds))} rounds); each case's orders and predecessor "
-        f"counts are in the JSON's `cases`.",
+        f"- Order: {m['order']} ({', '.join(map(str, rounds))} rounds); each case's orders and "
+        f"predecessor counts are in the JSON's `cases`.",
         f"- L2: inputs rotate over {sets[0]}–{sets[-1]} input sets per case, holding at least "
         f"{m['rotate_bytes'] >> 20} MiB together, one set per call, the same for every implementation, so "
         f"no call finds its inputs in the L2 that earlier calls left.",
@@ -87,7 +92,7 @@ def errors(data) -> list[str]:
 def table(data, mode: str, shapes) -> list[str]:
     rows = _rows(data)
     out = ["| shape | dtype | floor µs | flashcore | flashcore sm80 | " + " | ".join(NAMES[p] for p in PEERS)
-           + " | vs FA2 | vs cuDNN |", "|---" * (6 + len(PEERS)) + "|"]
+           + " | vs FA2 | vs cuDNN |", "|---" * (7 + len(PEERS)) + "|"]
     for s in shapes:
         for dtype in DTYPES:
             fc = rows.get((s.name, dtype, "flashcore", mode))

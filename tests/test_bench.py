@@ -36,7 +36,7 @@ def fake_clock(monkeypatch):
     calls = {}
 
     def side_by_side(fns, samples, calls_per, warmup_s, rounds):
-        for name, indices in timing.turns(list(fns), samples, rounds):
+        for name, indices in (turn for r in timing.turns(list(fns), samples, rounds) for turn in r):
             for i in indices:
                 for c in range(calls_per[name]):
                     fns[name][0](i * calls_per[name] + c)
@@ -68,7 +68,10 @@ def test_every_set_is_checked_and_each_impl_gets_its_samples(fake_clock):
     by = {(r.impl, r.mode): r for r in case.rows}
     assert by["flashcore", "latency"].samples == 50 and by["flashcore", "throughput"].samples == 30
     assert by["flashcore", "throughput"].calls == 20 and by["sdpa_cudnn", "latency"].rel_err < 1e-3
-    assert case.plan["latency"]["orders"][:2] == [["flashcore", "sdpa_cudnn"], ["sdpa_cudnn", "flashcore"]]
+    (group,) = case.plan["latency"]
+    assert group["orders"][:2] == [["flashcore", "sdpa_cudnn"], ["sdpa_cudnn", "flashcore"]]
+    assert group["predecessors"] == {"flashcore>sdpa_cudnn": 1, "load>flashcore": 1, "load>sdpa_cudnn": 1,
+                                     "sdpa_cudnn>flashcore": 1}   # 10 us calls: one cycle of blocks
     assert case.plan["sets"] == 3
 
 

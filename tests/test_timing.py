@@ -33,28 +33,45 @@ def test_a_fixed_or_reversed_order_is_what_the_design_replaces():
 
 def test_turns_give_each_name_its_own_sample_count_in_blocks():
     order = timing.turns(["a", "b", "c"], {"a": 10, "b": 10, "c": 2}, 6)
+    assert len(order) == 6
+    flat = [turn for r in order for turn in r]
     for name, n in (("a", 10), ("b", 10), ("c", 2)):   # every sample index once per name
-        blocks = [list(r) for m, r in order if m == name]
+        blocks = [list(r) for m, r in flat if m == name]
         assert sum(blocks, []) == list(range(n))
-    assert sum(1 for m, _ in order if m == "c") == 2   # sits out the rounds with no sample left
-    assert [m for m, _ in order[:2]] == ["a", "b"]   # round 0: the design's first row, c sitting out
+    assert sum(1 for m, _ in flat if m == "c") == 2   # sits out the rounds with no sample left
+    assert [m for m, _ in order[0]] == ["a", "b"]      # round 0: the design's first row, c sitting out
     one_each = timing.turns(["a", "b"], 4, 4)
-    assert one_each == [("a", range(0, 1)), ("b", range(0, 1)), ("b", range(1, 2)), ("a", range(1, 2)),
-                        ("a", range(2, 3)), ("b", range(2, 3)), ("b", range(3, 4)), ("a", range(3, 4))]
-    assert timing.predecessors(one_each) == {("a", "b"): 2, ("b", "b"): 2, ("b", "a"): 2, ("a", "a"): 1}
+    assert one_each == [[("a", range(0, 1)), ("b", range(0, 1))], [("b", range(1, 2)), ("a", range(1, 2))],
+                        [("a", range(2, 3)), ("b", range(2, 3))], [("b", range(3, 4)), ("a", range(3, 4))]]
+    assert timing.predecessors(one_each) == {("load", "a"): 2, ("a", "b"): 2, ("load", "b"): 2, ("b", "a"): 2}
 
 
-def test_sample_plan_gives_fast_implementations_full_counts_beside_slow_ones():
+@pytest.mark.parametrize("n", [2, 5, 6])
+def test_every_name_has_the_same_predecessors_over_a_plan(n):
+    """What the benchmark records: over rounds that are a multiple of the cycle, with every
+    name sampling in every round, each name follows each other name, and the standard load
+    that starts each round, equally often."""
+    names = [f"impl{i}" for i in range(n)]
+    cycle = len(timing.balanced_orders(names))
+    counts = timing.predecessors(timing.turns(names, 3 * cycle, 3 * cycle))
+    for b in names:
+        before = {a: counts.get((a, b), 0) for a in ["load"] + names if a != b}
+        assert len(set(before.values())) == 1, (b, before)
+
+
+def test_sample_plan_gives_each_speed_group_its_counts():
     from flashcore_cupy import bench
 
-    names = ["flashcore", "naive_cupy", "sdpa_cudnn"]   # odd: a 6-round cycle
-    quick = {"flashcore": 400.0, "naive_cupy": 25_000.0, "sdpa_cudnn": 500.0}
-    lat = bench.sample_plan(names, quick, "latency", 50)
-    assert lat.rounds == 54 and lat.rounds % 6 == 0 and lat.warmup_s == 0.0   # sample by sample
-    assert lat.samples == {"flashcore": 54, "naive_cupy": 10, "sdpa_cudnn": 54}
-    thr = bench.sample_plan(names, quick, "throughput", 50)
-    assert thr.samples["flashcore"] == 30 and thr.calls == {"flashcore": 20, "naive_cupy": 2, "sdpa_cudnn": 20}
-    short = bench.sample_plan(names, {**quick, "flashcore": 12.0}, "latency", 50)
+    quick = {"flashcore": 400.0, "naive_cupy": 25_000.0, "sdpa_cudnn": 500.0, "sdpa_flash": 700.0}
+    assert bench.speed_groups(quick) == [["flashcore", "sdpa_cudnn", "sdpa_flash"], ["naive_cupy"]]
+    fast = ["flashcore", "sdpa_cudnn", "sdpa_flash"]   # odd: a 6-round cycle
+    lat = bench.sample_plan(fast, quick, "latency", 50)
+    assert lat.rounds == 54 and lat.warmup_s == 0.0 and set(lat.samples.values()) == {54}   # sample by sample
+    thr = bench.sample_plan(fast, quick, "throughput", 50)
+    assert thr.rounds == 30 and set(thr.samples.values()) == {30} and set(thr.calls.values()) == {20}
+    slow = bench.sample_plan(["naive_cupy"], quick, "throughput", 50)
+    assert slow.samples == {"naive_cupy": 10} and slow.calls == {"naive_cupy": 2}
+    short = bench.sample_plan(fast, {**quick, "flashcore": 12.0}, "latency", 50)
     assert short.rounds == 6 and short.warmup_s > 0 and short.samples["flashcore"] == 50   # blocks
 
 
