@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import functools
 import math
-import struct
 import threading
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import loader, tma
+from . import loader, params, tma
 from .configs import SM90_ARCH, SM90_HEAD_DIMS, FwdConfig, Sm90Config, WorkTile, sm90_config
 from .validation import Problem
 
@@ -30,11 +29,9 @@ try:
 except ImportError:   # no CuPy on this machine: configs and packing still work
     _current_stream = _cu_launch = None
 
-# Mirrors `struct FwdParams` in kernels/flash_fwd_sm80.cu (160 bytes): q, k, v, o
-# and lse pointers, 12 strides, seqlen_q, seqlen_k, head_dim, heads_per_kv,
-# scale*log2(e), causal.
-FWD_PARAMS = struct.Struct("<5Q12q4ifi")
-_FWD_POINTERS = struct.Struct("<5Q")   # the only part a call repacks
+# The portable kernel's argument (params.FWD_SM80): packed whole once per launch, its
+# pointers (q .. lse) per call.
+_FWD_POINTERS_AT, _FWD_POINTERS = params.FWD_SM80.run("q", "lse")
 
 
 class ParamBlock:
@@ -60,7 +57,7 @@ class _Launch:
     grid: tuple[int, int, int]
     out_shape: tuple[int, int, int, int]
     lse_shape: tuple[int, int, int] | None
-    scalars: tuple                       # the params after the pointers (see each family)
+    scalars: dict                        # the param fields a call does not repack, by name
 
     @functools.cached_property
     def out_elements(self) -> int:
@@ -83,19 +80,23 @@ class _Launch:
 class FwdLaunch(_Launch):
     # The packed argument, reused across calls (the scalars packed once, the pointers
     # per call); the lock keeps two threads from packing into it at once.
-    _block: ParamBlock = field(default_factory=lambda: ParamBlock(FWD_PARAMS.size), repr=False)
+    _block: ParamBlock = field(default_factory=lambda: ParamBlock(params.FWD_SM80.size), repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def __post_init__(self):
-        FWD_PARAMS.pack_into(self._block.data, 0, 0, 0, 0, 0, 0, *self.scalars)
+        pointers = dict.fromkeys(("q", "k", "v", "o", "lse"), 0)
+        params.FWD_SM80.struct.pack_into(self._block.data, 0,
+                                         *params.FWD_SM80.values({**pointers, **self.scalars}))
 
     @classmethod
     def build(cls, problem: Problem, config: FwdConfig, arch: str, num_sms: int,
               o_strides: tuple[int, int, int], return_lse: bool, defines: tuple[str, ...] = ()) -> "FwdLaunch":
         p = problem
-        scalars = (*p.q_strides, *p.k_strides, *p.v_strides, *o_strides,
-                   p.seqlen_q, p.seqlen_k, p.head_dim, p.heads_q // p.heads_kv,
-                   p.scale * math.log2(math.e), int(p.causal))
+        strides = {f"{t}_s{d}": st for t, ts in zip("qkvo", (p.q_strides, p.k_strides, p.v_strides, o_strides))
+                   for d, st in zip("bhs", ts)}
+        scalars = dict(**strides, seqlen_q=p.seqlen_q, seqlen_k=p.seqlen_k, head_dim=p.head_dim,
+                       heads_per_kv=p.heads_q // p.heads_kv, scale_log2=p.scale * math.log2(math.e),
+                       causal=int(p.causal))
         return cls(config, loader.get_function(config, p.device, arch, defines), p.device,
                    config.grid(p.batch, p.heads_q, p.seqlen_q), p.out_shape,
                    (p.batch, p.heads_q, p.seqlen_q) if return_lse else None, scalars)
@@ -103,18 +104,17 @@ class FwdLaunch(_Launch):
     def start(self, qkv: tuple[int, int, int], out, lse, stream: int) -> None:
         """cuLaunchKernel with the q, k, v addresses `qkv` on `stream` (a handle)."""
         with self._lock:
-            _FWD_POINTERS.pack_into(self._block.data, 0, *qkv, out.data.ptr, 0 if lse is None else lse.data.ptr)
+            _FWD_POINTERS.pack_into(self._block.data, _FWD_POINTERS_AT, *qkv, out.data.ptr,
+                                    0 if lse is None else lse.data.ptr)
             _cu_launch(*self._dims, stream, self._block.argv, 0)
 
 
-# Mirrors `struct Sm90Params` in kernels/flash_fwd_sm90.cu (512 bytes): the q, k
-# and v tensor maps, then o and lse pointers, 3 output strides, seqlen_q,
-# seqlen_k, head_dim, scale*log2(e), causal, heads, batch, m_blocks, group,
-# tail_start, n_items, pack, (mul, shr) dividing by group * m_blocks, group, heads
-# and heads_per_kv, and padding to the struct's 64-byte alignment.
-SM90_TAIL = struct.Struct("<2Q3q3ifi7i8I8x")
-_SM90_POINTERS = struct.Struct("<2Q")   # the only part a call repacks
-_SM90_TAIL_AT = 3 * tma.MAP_BYTES
+# The Hopper kernel's argument (params.FWD_SM90): the q, k and v tensor maps encoded in place
+# per address triple (tma.encode_maps), the tail (o .. the end) packed after them, its pointers
+# (o, lse) per call.
+SM90_TAIL_AT, SM90_TAIL = params.FWD_SM90.run("o")
+_SM90_POINTERS_AT, _SM90_POINTERS = params.FWD_SM90.run("o", "lse")
+assert params.FWD_SM90.offsets["o"] == 3 * tma.MAP_BYTES
 # Encoding a block's three maps costs ~25 us of host time (ctypes into the driver): a call on
 # arrays whose maps are cached skips it. Enough for the benchmark's rotating input sets (up to
 # 1024: workload.set_count) and any ring of buffers; a block is ~0.6 KB.
@@ -142,10 +142,12 @@ class Sm90Launch(_Launch):
         causal = p.causal and pack == 1
         kv_bytes_per_head = 2 * p.seqlen_k * p.head_dim * 2 // group   # K and V, 16-bit
         plan = config.schedule(p.batch, heads, p.seqlen_q, num_sms, causal, kv_bytes_per_head)
-        scalars = (*o_strides, p.seqlen_q, p.seqlen_k, p.head_dim, p.scale * math.log2(math.e),
-                   int(causal), heads, p.batch, m_blocks, plan.group, plan.tail_start, plan.items, pack,
-                   *fast_divisor(plan.group * m_blocks), *fast_divisor(plan.group),
-                   *fast_divisor(heads), *fast_divisor(heads_per_kv))
+        scalars = dict(o_sb=o_strides[0], o_sh=o_strides[1], o_ss=o_strides[2], seqlen_q=p.seqlen_q,
+                       seqlen_k=p.seqlen_k, head_dim=p.head_dim, scale_log2=p.scale * math.log2(math.e),
+                       causal=int(causal), heads=heads, batch=p.batch, m_blocks=m_blocks, group=plan.group,
+                       tail_start=plan.tail_start, n_items=plan.items, pack=pack,
+                       by_group_tiles=fast_divisor(plan.group * m_blocks), by_group=fast_divisor(plan.group),
+                       by_heads=fast_divisor(heads), by_heads_per_kv=fast_divisor(heads_per_kv))
         return cls(config, loader.get_function(config, p.device, arch, defines), p.device, plan.grid, p.out_shape,
                    (p.batch, p.heads_q, p.seqlen_q) if return_lse else None, scalars,
                    sm90_map_specs(p, config))
@@ -153,11 +155,11 @@ class Sm90Launch(_Launch):
     def work_tiles(self) -> list[WorkTile]:
         """Every work item of this launch, by index, as the kernel's work_tile computes it
         from the scalars (Sm90Config.work_tile)."""
-        (_, _, _, seqlen_q, seqlen_k, _, _, causal, heads, _, m_blocks, group, tail_start, n_items,
-         *_) = self.scalars
-        return [self.config.work_tile(i, seqlen_q=seqlen_q, seqlen_k=seqlen_k, causal=bool(causal),
-                                      heads=heads, m_blocks=m_blocks, group=group, tail_start=tail_start)
-                for i in range(n_items)]
+        s = self.scalars
+        return [self.config.work_tile(i, seqlen_q=s["seqlen_q"], seqlen_k=s["seqlen_k"], causal=bool(s["causal"]),
+                                      heads=s["heads"], m_blocks=s["m_blocks"], group=s["group"],
+                                      tail_start=s["tail_start"])
+                for i in range(s["n_items"])]
 
     def start(self, qkv: tuple[int, int, int], out, lse, stream: int) -> None:
         """cuLaunchKernel with the q, k, v addresses `qkv` on `stream` (a handle)."""
@@ -166,10 +168,11 @@ class Sm90Launch(_Launch):
             if block is None:
                 if len(self._blocks) >= _MAPS_PER_LAUNCH:
                     del self._blocks[next(iter(self._blocks))]   # the oldest
-                block = self._blocks[qkv] = ParamBlock(_SM90_TAIL_AT + SM90_TAIL.size)
+                block = self._blocks[qkv] = ParamBlock(params.FWD_SM90.size)
                 tma.encode_maps(block.data, self.config.dtype, self.specs, qkv)
-                SM90_TAIL.pack_into(block.data, _SM90_TAIL_AT, 0, 0, *self.scalars)
-            _SM90_POINTERS.pack_into(block.data, _SM90_TAIL_AT, out.data.ptr,
+                SM90_TAIL.pack_into(block.data, SM90_TAIL_AT,
+                                    *params.FWD_SM90.values({"o": 0, "lse": 0, **self.scalars}, "o"))
+            _SM90_POINTERS.pack_into(block.data, _SM90_POINTERS_AT, out.data.ptr,
                                      0 if lse is None else lse.data.ptr)
             _cu_launch(*self._dims, stream, block.argv, 0)
 

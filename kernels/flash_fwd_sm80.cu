@@ -27,6 +27,9 @@
 // The host mirrors smem_bytes() in flashcore_cupy/configs.py.
 #include "mma_sm80.cuh"
 #include "softmax.cuh"
+// FwdParams, the one by-value argument (one is far cheaper to pass than 23), declared in
+// flashcore_cupy/params.py, which launch.py packs it from.
+#include "params_sm80.cuh"
 
 namespace fc {
 
@@ -159,18 +162,6 @@ __device__ __forceinline__ void pv_gemm(float (&o)[M_TILES][Tile::kDTiles][4],
     }
 }
 
-// One by-value argument: the host packs it with struct.Struct(FWD_PARAMS_FORMAT)
-// in flashcore_cupy/launch.py (one argument is far cheaper for CuPy to pass than 23).
-struct FwdParams {
-    const u16* q; const u16* k; const u16* v; u16* o;
-    float* lse;                                  // null: not requested
-    i64 q_sb, q_sh, q_ss, k_sb, k_sh, k_ss;      // (batch, head, seq) strides, elements
-    i64 v_sb, v_sh, v_ss, o_sb, o_sh, o_ss;
-    int seqlen_q, seqlen_k, head_dim, heads_per_kv;
-    float scale_log2;                            // scale * log2(e)
-    int causal;
-};
-static_assert(sizeof(FwdParams) == 160, "FwdParams: keep in step with launch.py");
 
 template <class T, int HEAD_DIM, int WARPS, int M_TILES, int BLOCK_N, int STAGES>
 __global__ void __launch_bounds__(WARPS * 32, 1)

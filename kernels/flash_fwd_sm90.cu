@@ -53,39 +53,11 @@
 // smem_bytes in flashcore_cupy/configs.py.
 #include "sm90.cuh"
 #include "softmax.cuh"
+// Sm90Params, the one by-value argument (__grid_constant__): the q, k and v tensor maps, then
+// what flashcore_cupy/launch.py packs after them; declared in flashcore_cupy/params.py.
+#include "params_sm90.cuh"
 
 namespace fc {
-
-// CUtensorMap: 128 opaque bytes, 64-byte aligned, passed in the __grid_constant__ params.
-struct alignas(64) TensorMap { unsigned char bytes[128]; };
-
-// n / d for 0 <= n < 2^31 as a multiply-high and a shift (Granlund & Montgomery), with
-// (mul, shr) chosen for d on the host (launch.py: fast_divisor; mul = 0 means d = 1).
-// work_tile's three runtime divisions cost the producer ~0.5 us before its first copy
-// (H100 trace of the mission kernel, PERF_NOTES v13).
-struct FastDiv {
-    u32 mul, shr;
-    __device__ __forceinline__ int operator()(int n) const {
-        return mul ? static_cast<int>(__umulhi(static_cast<u32>(n), mul) >> shr) : n;
-    }
-};
-
-// The one by-value argument; the maps, then a tail packed by flashcore_cupy/launch.py (SM90_TAIL).
-struct Sm90Params {
-    TensorMap q, k, v;             // 4-D maps (d, seq, head, batch), boxes of 64 columns
-    u16* o;
-    float* lse;                    // null: not requested
-    i64 o_sb, o_sh, o_ss;          // output (batch, head, seq) strides, elements
-    int seqlen_q, seqlen_k, head_dim;
-    float scale_log2;              // scale * log2(e)
-    int causal;
-    int heads, batch, m_blocks;    // work tiles: m_blocks x heads x batch
-    int group;                     // heads numbered together (see work_tile)
-    int tail_start, n_items;       // see work_tile
-    int pack;                      // packed GQA: query heads per tile row block (heads = Hkv); else 1
-    FastDiv by_group_tiles, by_group, by_heads, by_heads_per_kv;   // group_tiles = group * m_blocks
-};
-static_assert(sizeof(Sm90Params) == 512, "Sm90Params: keep in step with launch.py");
 
 template <int HEAD_DIM, int BLOCK_N, int STAGES, int CONSUMERS, bool PINGPONG, bool SPLIT, int WARP_ROWS>
 struct Sm90Tile {

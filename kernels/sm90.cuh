@@ -124,4 +124,20 @@ __device__ __forceinline__ void named_barrier_arrive(int id, int threads) {
     asm volatile("bar.arrive %0, %1;" :: "r"(id), "r"(threads) : "memory");
 }
 
+// ---- what the parameter struct holds (params_sm90.cuh) ----------------------------------
+
+// CUtensorMap: 128 opaque bytes, 64-byte aligned, passed in the __grid_constant__ params.
+struct alignas(64) TensorMap { unsigned char bytes[128]; };
+
+// n / d for 0 <= n < 2^31 as a multiply-high and a shift (Granlund & Montgomery), with
+// (mul, shr) chosen for d on the host (launch.py: fast_divisor; mul = 0 means d = 1).
+// work_tile's three runtime divisions cost the producer ~0.5 us before its first copy
+// (H100 trace of the mission kernel, PERF_NOTES v13).
+struct FastDiv {
+    u32 mul, shr;
+    __device__ __forceinline__ int operator()(int n) const {
+        return mul ? static_cast<int>(__umulhi(static_cast<u32>(n), mul) >> shr) : n;
+    }
+};
+
 }  // namespace fc

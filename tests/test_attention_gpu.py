@@ -457,7 +457,7 @@ def test_decode_packs_each_gqa_group_into_one_tile(rng, group, backend):
                                 backend=backend)
         prepared = api.prepared_launch(q, k, v, causal=causal, layout=layout, return_lse=True, out=out,
                                        backend=backend)
-        assert prepared.scalars[14] == (group if group <= 64 else 1)   # the pack the kernel got
+        assert prepared.scalars["pack"] == (group if group <= 64 else 1)   # the pack the kernel got
         ref, ref_lse = reference.attention(q, k, v, causal=causal, layout=layout, return_lse=True)
         assert_close(out, ref, dtype, f"{dtype} {layout} D{d} Sk={sk}:")
         assert cupy.isnan(wide[..., d:]).all()   # nothing written past the rows

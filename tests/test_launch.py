@@ -2,11 +2,12 @@
 tensor-map encoding are replaced by recorders) for both kernel families."""
 
 import ctypes
+import struct
 from types import SimpleNamespace
 
 import pytest
 
-from flashcore_cupy import launch, tma
+from flashcore_cupy import launch, params, tma
 from flashcore_cupy.configs import FwdConfig, Sm90Config
 
 
@@ -30,16 +31,23 @@ def driver(monkeypatch):
     return driver
 
 
+# The parameter layouts as they were written by hand before params.py (the kernels'
+# static_asserts check params.py's against the C++ compiler; these against the history).
+_FWD_BY_HAND = struct.Struct("<5Q12q4ifi")
+_SM90_TAIL_BY_HAND = struct.Struct("<2Q3q3ifi7i8I8x")
+
+
 def test_fwd_launch_sends_its_scalars_and_each_calls_pointers(driver):
     cfg = FwdConfig("fp16", 64, 4, 2, 64, 3)
-    scalars = tuple(range(12)) + (300, 400, 64, 2, 0.18, 1)
-    run = launch.FwdLaunch(cfg, 77, 0, (3, 4, 2), (2, 4, 300, 64), None, scalars)
-    driver.size = launch.FWD_PARAMS.size
+    names = [f.name for f in params.FWD_SM80.fields][5:]
+    values = tuple(range(12)) + (300, 400, 64, 2, 0.18, 1)
+    run = launch.FwdLaunch(cfg, 77, 0, (3, 4, 2), (2, 4, 300, 64), None, dict(zip(names, values)))
+    driver.size = params.FWD_SM80.size
     run(array(0x1000), array(0x2000), array(0x3000), array(0x4000), None)
     run(array(0x1100), array(0x2100), array(0x3100), array(0x4100), array(0x5100))
     first, second = driver.calls
-    assert first["params"] == launch.FWD_PARAMS.pack(0x1000, 0x2000, 0x3000, 0x4000, 0, *scalars)
-    assert second["params"] == launch.FWD_PARAMS.pack(0x1100, 0x2100, 0x3100, 0x4100, 0x5100, *scalars)
+    assert first["params"] == _FWD_BY_HAND.pack(0x1000, 0x2000, 0x3000, 0x4000, 0, *values)
+    assert second["params"] == _FWD_BY_HAND.pack(0x1100, 0x2100, 0x3100, 0x4100, 0x5100, *values)
     assert first["function"] == 77 and first["grid"] == (3, 4, 2) and first["stream"] == 0xABC
     assert first["block"] == (cfg.threads, 1, 1) and first["smem"] == cfg.smem_bytes
     assert run.out_elements == 2 * 4 * 300 * 64
@@ -55,18 +63,20 @@ def test_sm90_launch_encodes_maps_once_per_address_set(driver, monkeypatch):
 
     monkeypatch.setattr(tma, "encode_maps", fake_encode)
     cfg = Sm90Config("bf16", 128, 128, 2, 2, True)
-    scalars = (1, 2, 3, 300, 400, 128, 0.09, 0, 16, 2, 3, 1, 6, 6, 1,
-               *launch.fast_divisor(3), *launch.fast_divisor(1), *launch.fast_divisor(16),
-               *launch.fast_divisor(1))
-    run = launch.Sm90Launch(cfg, 88, 0, (6, 1, 1), (2, 16, 300, 128), (2, 16, 300), scalars, ())
-    driver.size = 3 * tma.MAP_BYTES + launch.SM90_TAIL.size
+    values = (1, 2, 3, 300, 400, 128, 0.09, 0, 16, 2, 3, 1, 6, 6, 1)
+    divisors = (launch.fast_divisor(3), launch.fast_divisor(1), launch.fast_divisor(16), launch.fast_divisor(1))
+    names = [f.name for f in params.FWD_SM90.fields][5:]
+    run = launch.Sm90Launch(cfg, 88, 0, (6, 1, 1), (2, 16, 300, 128), (2, 16, 300),
+                            dict(zip(names, values + divisors)), ())
+    driver.size = params.FWD_SM90.size
     qkv = (array(0x10), array(0x20), array(0x30))
     run(*qkv, array(0x40), array(0x50))
     run(*qkv, array(0x41), None)
     run(array(0x11), *qkv[1:], array(0x42), None)
     assert encoded == [(0x10, 0x20, 0x30), (0x11, 0x20, 0x30)]
     tails = [c["params"][3 * tma.MAP_BYTES:] for c in driver.calls]
-    assert tails == [launch.SM90_TAIL.pack(o, lse, *scalars)
+    flat = [x for d in divisors for x in d]
+    assert tails == [_SM90_TAIL_BY_HAND.pack(o, lse, *values, *flat)
                      for o, lse in ((0x40, 0x50), (0x41, 0), (0x42, 0))]
     assert driver.calls[0]["params"][:tma.MAP_BYTES] == bytes([0x10 % 251]) * tma.MAP_BYTES
     assert driver.calls[2]["params"][:tma.MAP_BYTES] == bytes([0x11 % 251]) * tma.MAP_BYTES

@@ -110,16 +110,16 @@ def test_decode_packs_each_gqa_group_into_one_tile(monkeypatch):
     q, k, _ = launch.sm90_map_specs(decode, cfg)
     assert q.box == (64, 1, cfg.block_m, 1) and k.box == (64, cfg.block_n, 1, 1)
     run = launch.Sm90Launch.build(decode, cfg, "sm_90a", 132, (32 * 128, 128, 128), False)
-    (o_sb, o_sh, o_ss, sq, sk, d, _, causal, heads, batch, m_blocks, group, tail_start, items, pack,
-     *divisors) = run.scalars
-    assert (causal, heads, batch, m_blocks, items, pack) == (0, 8, 8, 1, 64, 4) and run.grid == (64, 1, 1)
-    assert divisors[-2:] == list(launch.fast_divisor(1)) and run.out_shape == (8, 32, 1, 128)
+    s = run.scalars
+    assert (s["causal"], s["heads"], s["batch"], s["m_blocks"], s["n_items"], s["pack"]) == (0, 8, 8, 1, 64, 4)
+    assert run.grid == (64, 1, 1)
+    assert s["by_heads_per_kv"] == launch.fast_divisor(1) and run.out_shape == (8, 32, 1, 128)
     # not packed: more than one query, MHA, or a group over one consumer's 64 rows
     for q_shape, kv_shape in (((8, 32, 2, 128), (8, 8, 64, 128)), ((8, 8, 1, 128), (8, 8, 64, 128)),
                               ((1, 65, 1, 128), (1, 1, 64, 128))):
         p = problem(q_shape, kv_shape)
         assert launch.gqa_pack(p, cfg) == 1 and launch.sm90_map_specs(p, cfg)[0].box == (64, 64, 1, 1)
-        assert launch.Sm90Launch.build(p, cfg, "sm_90a", 132, (1, 1, 1), False).scalars[14] == 1
+        assert launch.Sm90Launch.build(p, cfg, "sm_90a", 132, (1, 1, 1), False).scalars["pack"] == 1
 
 
 def test_eight_row_warps_load_q_per_warp_slice():

@@ -1,0 +1,142 @@
+"""Kernel parameter structs, declared once: the Python packing and the C++ structs come from here.
+
+Each kernel takes one struct by value. A Schema lists its fields in order with their C++ types;
+`struct` packs them with C's layout (natural alignment, padding where C puts it, the size rounded
+up to the struct's alignment), and `header` writes the C++ struct with a static_assert on its size
+and on every field's offset, so a kernel whose struct drifted from this file fails to compile.
+`python scripts/gen_params.py` writes kernels/params_*.cuh; tests/test_params.py checks that they
+are current and that NVRTC accepts them.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+# C++ type -> (struct codes, size, alignment). Pointers travel as addresses (ints); FastDiv as
+# its (mul, shr) pair; TensorMap as the 128 bytes tma.encode_maps writes in place.
+_TYPES = {
+    "const u16*": ("Q", 8, 8), "u16*": ("Q", 8, 8), "float*": ("Q", 8, 8),
+    "i64": ("q", 8, 8), "int": ("i", 4, 4), "float": ("f", 4, 4), "u32": ("I", 4, 4),
+    "FastDiv": ("II", 8, 4), "TensorMap": ("128s", 128, 64),
+}
+
+
+@dataclass(frozen=True)
+class Field:
+    name: str
+    ctype: str
+    doc: str = ""
+
+
+def _round_up(n: int, align: int) -> int:
+    return -(-n // align) * align
+
+
+class Schema:
+    """One kernel's parameter struct: its fields' offsets, the packing and the C++ text."""
+
+    def __init__(self, name: str, fields: list[Field], doc: str):
+        self.name, self.fields, self.doc = name, tuple(fields), doc
+        self.offsets: dict[str, int] = {}
+        end, self.align = 0, max(_TYPES[f.ctype][2] for f in fields)
+        for f in self.fields:
+            end = _round_up(end, _TYPES[f.ctype][2])
+            self.offsets[f.name] = end
+            end += _TYPES[f.ctype][1]
+        self.size = _round_up(end, self.align)
+        self.names = tuple(f.name for f in self.fields)
+        self.struct = self._struct(0, len(self.fields), self.size)
+
+    def _struct(self, lo: int, hi: int, end: int) -> struct.Struct:
+        """Fields lo..hi-1, with C's padding between them and up to byte `end` of the struct."""
+        codes, at = ["<"], self.offsets[self.fields[lo].name]
+        for f in self.fields[lo:hi]:
+            codes.append("x" * (self.offsets[f.name] - at) + _TYPES[f.ctype][0])
+            at = self.offsets[f.name] + _TYPES[f.ctype][1]
+        codes.append("x" * (end - at))
+        return struct.Struct("".join(codes))
+
+    def run(self, first: str, last: str | None = None) -> tuple[int, struct.Struct]:
+        """(offset, Struct) of the fields first..last (to the struct's end when last is None):
+        what a launch repacks per call, or packs after the parts written in place."""
+        lo = self.names.index(first)
+        hi = len(self.fields) if last is None else self.names.index(last) + 1
+        end = self.size if last is None else self.offsets[last] + _TYPES[self.fields[hi - 1].ctype][1]
+        return self.offsets[first], self._struct(lo, hi, end)
+
+    def values(self, fields: dict[str, Any], first: str | None = None) -> list:
+        """The values of the fields from `first` on (all by default), in order and flattened
+        for `struct` (a FastDiv as its two numbers); every field must be given."""
+        names = self.names[self.names.index(first):] if first else self.names
+        missing = set(names) - set(fields)
+        if missing:
+            raise KeyError(f"{self.name}: no value for {sorted(missing)}")
+        out = []
+        for name in names:
+            value = fields[name]
+            out.extend(value if isinstance(value, tuple) else (value,))
+        return out
+
+    def header(self) -> str:
+        width = max(len(f.ctype) + 1 + len(f.name) for f in self.fields) + 1
+        lines = [f"// {self.doc}", f"struct {self.name} {{"]
+        for f in self.fields:
+            decl = f"{f.ctype} {f.name};"
+            lines.append(f"    {decl:<{width}} // {f.doc}" if f.doc else f"    {decl}")
+        lines.append("};")
+        check = "declared in flashcore_cupy/params.py: run scripts/gen_params.py"
+        lines.append(f'static_assert(sizeof({self.name}) == {self.size}, "{self.name}: {check}");')
+        for f in self.fields:
+            lines.append(f"static_assert(FC_OFFSETOF({self.name}, {f.name}) == {self.offsets[f.name]}, "
+                         f'"{self.name}::{f.name}");')
+        return "\n".join(lines)
+
+
+def _strides(prefix: str, doc: str) -> list[Field]:
+    return [Field(f"{prefix}_sb", "i64", doc), Field(f"{prefix}_sh", "i64"), Field(f"{prefix}_ss", "i64")]
+
+
+# The portable kernel (kernels/flash_fwd_sm80.cu).
+FWD_SM80 = Schema("FwdParams", [
+    Field("q", "const u16*"), Field("k", "const u16*"), Field("v", "const u16*"), Field("o", "u16*"),
+    Field("lse", "float*", "null: not requested"),
+    *_strides("q", "(batch, head, seq) strides, elements"), *_strides("k", ""), *_strides("v", ""),
+    *_strides("o", ""),
+    Field("seqlen_q", "int"), Field("seqlen_k", "int"), Field("head_dim", "int"),
+    Field("heads_per_kv", "int"),
+    Field("scale_log2", "float", "scale * log2(e)"),
+    Field("causal", "int"),
+], "The portable forward kernel's one argument (flash_fwd).")
+
+# The Hopper kernel (kernels/flash_fwd_sm90.cu).
+FWD_SM90 = Schema("Sm90Params", [
+    Field("q", "TensorMap", "4-D maps (d, seq, head, batch), boxes of 64 columns"),
+    Field("k", "TensorMap"), Field("v", "TensorMap"),
+    Field("o", "u16*"), Field("lse", "float*", "null: not requested"),
+    *_strides("o", "output (batch, head, seq) strides, elements"),
+    Field("seqlen_q", "int"), Field("seqlen_k", "int"), Field("head_dim", "int"),
+    Field("scale_log2", "float", "scale * log2(e)"),
+    Field("causal", "int"),
+    Field("heads", "int", "work tiles: m_blocks x heads x batch"), Field("batch", "int"),
+    Field("m_blocks", "int"),
+    Field("group", "int", "heads numbered together (see work_tile)"),
+    Field("tail_start", "int", "see work_tile"), Field("n_items", "int"),
+    Field("pack", "int", "packed GQA: query heads per tile row block (heads = Hkv); else 1"),
+    Field("by_group_tiles", "FastDiv", "n / (group * m_blocks)"), Field("by_group", "FastDiv"),
+    Field("by_heads", "FastDiv"), Field("by_heads_per_kv", "FastDiv"),
+], "The Hopper forward kernel's one argument (flash_fwd_sm90), __grid_constant__.")
+
+HEADERS = {"params_sm80.cuh": (FWD_SM80,), "params_sm90.cuh": (FWD_SM90,)}
+
+
+def render(file_name: str) -> str:
+    """The text of kernels/<file_name>."""
+    body = "\n\n".join(s.header() for s in HEADERS[file_name])
+    return ("// Generated by scripts/gen_params.py from flashcore_cupy/params.py: edit that file, not this.\n"
+            "#pragma once\n\n"
+            "// NVRTC has no <cstddef> and no __builtin_offsetof; EDG's __INTADDR__ gives a member's\n"
+            "// offset as a constant expression (NVRTC 12.9 and 13.5 checked).\n"
+            "#ifndef FC_OFFSETOF\n#define FC_OFFSETOF(S, m) __INTADDR__(&(((S*)0)->m))\n#endif\n\n"
+            "namespace fc {\n\n" + body + "\n\n}  // namespace fc\n")
