@@ -9,24 +9,50 @@ import pytest
 from flashcore_cupy import reference
 
 
-def direct(q, k, v, causal, scale):
-    """O[b,h,i] = sum_j softmax_j(scale q_i.k_j) v_j, one scalar loop per row (bhsd)."""
+def direct(q, k, v, causal, scale, window=None, softcap=0.0, slopes=None, bias=None):
+    """The reference's docstring, element by element (bhsd): for each query i, the keys j its
+    mask keeps, each score built in the stated order, then softmax and the weighted sum."""
     B, Hq, Sq, D = q.shape
     Hkv, Sk = k.shape[1], k.shape[2]
-    out = np.zeros((B, Hq, Sq, D))
+    off = 0 if causal == "top_left" else Sk - Sq
+    left, right = window or (-1, -1)
+    if causal:
+        right = 0
+    out = np.zeros((B, Hq, Sq, v.shape[-1]))
     lse = np.full((B, Hq, Sq), -np.inf)
     for b in range(B):
         for h in range(Hq):
             hk = h // (Hq // Hkv)
             for i in range(Sq):
-                keys = [j for j in range(Sk) if not causal or j <= i + Sk - Sq]
+                keys, s = [], []
+                for j in range(Sk):
+                    if (left >= 0 and j < i + off - left) or (right >= 0 and j > i + off + right):
+                        continue
+                    x = scale * float(np.dot(q[b, h, i], k[b, hk, j]))
+                    if softcap > 0:
+                        x = softcap * math.tanh(x / softcap)
+                    if slopes is not None:
+                        x -= float(np.broadcast_to(slopes, (B, Hq))[b, h]) * abs(i + off - j)
+                    if bias is not None:
+                        x += float(np.broadcast_to(bias, (B, Hq, Sq, Sk))[b, h, i, j])
+                    if x > -math.inf:
+                        keys.append(j)
+                        s.append(x)
                 if not keys:
                     continue
-                s = np.array([scale * float(np.dot(q[b, h, i], k[b, hk, j])) for j in keys])
+                s = np.array(s)
                 w = np.exp(s - s.max())
                 out[b, h, i] = sum(wj * v[b, hk, j] for wj, j in zip(w, keys)) / w.sum()
                 lse[b, h, i] = s.max() + math.log(w.sum())
     return out, lse
+
+
+def _assert_same(got, want):
+    (out, lse), (want_out, want_lse) = got, want
+    np.testing.assert_allclose(out, want_out, rtol=1e-12, atol=1e-12)
+    np.testing.assert_array_equal(np.isneginf(lse), np.isneginf(want_lse))
+    fin = np.isfinite(want_lse)
+    np.testing.assert_allclose(lse[fin], want_lse[fin], rtol=1e-12)
 
 
 @pytest.mark.parametrize("causal", [False, True])
@@ -80,3 +106,96 @@ def test_accepts_bfloat16_and_rel_error_rejects_nan(rng):
     bad[0, 0, 0, 0] = np.nan
     assert reference.rel_error(bad, out) == math.inf
     assert reference.rel_error(out * 1.01, out) == pytest.approx(0.01)
+
+
+VARIANTS = {
+    "top_left": dict(causal="top_left"),
+    "window": dict(window=(3, 2)),
+    "window_left_only": dict(window=(2, -1)),
+    "window_right_only": dict(window=(-1, 1)),
+    "causal_window": dict(causal=True, window=(2, 5)),        # causal: right becomes 0
+    "top_left_window": dict(causal="top_left", window=(1, -1)),
+    "wide_window": dict(window=(1000, 1000)),
+    "softcap": dict(softcap=2.5),
+    "alibi": dict(alibi_slopes="heads"),
+    "alibi_per_batch": dict(alibi_slopes="batch_heads"),
+    "bias": dict(bias="full"),
+    "bias_broadcast": dict(bias="rows_cols"),
+    "softcap_alibi_bias_causal": dict(softcap=1.5, alibi_slopes="heads", bias="full", causal=True),
+    "window_alibi_top_left": dict(window=(2, 1), alibi_slopes="batch_heads", causal="top_left"),
+    "bias_masks_keys": dict(bias="minus_inf"),
+}
+
+
+def _options(rng, B, Hq, Sq, Sk, spec):
+    opts = dict(spec)
+    if opts.get("alibi_slopes") == "heads":
+        opts["alibi_slopes"] = rng.uniform(0.01, 0.5, Hq).astype(np.float32)
+    elif opts.get("alibi_slopes") == "batch_heads":
+        opts["alibi_slopes"] = rng.uniform(0.01, 0.5, (B, Hq)).astype(np.float32)
+    if opts.get("bias") == "full":
+        opts["bias"] = rng.standard_normal((B, Hq, Sq, Sk))
+    elif opts.get("bias") == "rows_cols":   # batch and heads broadcast (stride 0)
+        opts["bias"] = np.broadcast_to(rng.standard_normal((1, 1, Sq, Sk)), (B, Hq, Sq, Sk))
+    elif opts.get("bias") == "minus_inf":   # a float mask hiding some keys, whole rows included
+        b = np.where(rng.random((B, 1, Sq, Sk)) < 0.4, -np.inf, 0.0)
+        b[:, :, 0] = -np.inf
+        opts["bias"] = b
+    return opts
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+@pytest.mark.parametrize("B,Hq,Hkv,Sq,Sk,D", [(1, 2, 1, 6, 6, 8), (2, 2, 2, 9, 4, 8), (1, 4, 2, 3, 10, 16)],
+                         ids=["square", "more_queries", "more_keys"])
+def test_variants_match_the_direct_formula(rng, variant, B, Hq, Hkv, Sq, Sk, D):
+    q = rng.standard_normal((B, Hq, Sq, D))
+    k = rng.standard_normal((B, Hkv, Sk, D))
+    v = rng.standard_normal((B, Hkv, Sk, D))
+    opts = _options(rng, B, Hq, Sq, Sk, VARIANTS[variant])
+    causal = opts.pop("causal", False)
+    want = direct(q, k, v, causal, 0.4, opts.get("window"), opts.get("softcap", 0.0),
+                  opts.get("alibi_slopes"), opts.get("bias"))
+    _assert_same(reference.attention(q, k, v, causal=causal, scale=0.4, return_lse=True, **opts), want)
+    rows = np.array([Sq - 1, 0])   # sampled rows keep their positions for masks, ALiBi and bias
+    part = reference.attention(q, k, v, causal=causal, scale=0.4, q_positions=rows, **opts)
+    np.testing.assert_allclose(part, want[0][:, :, rows], rtol=1e-12, atol=1e-12)
+
+
+def test_window_and_causal_alignments(rng):
+    """Sq 4, Sk 7 (off = 3): the masks as sets of keys, row by row."""
+    rows = np.arange(4)
+    def keys(**kw):
+        return [list(np.nonzero(r)[0]) for r in reference.visible(rows, 4, 7, **kw)]
+    assert keys(causal=True) == [[0, 1, 2, 3], [0, 1, 2, 3, 4], [0, 1, 2, 3, 4, 5], list(range(7))]
+    assert keys(causal="top_left") == [[0], [0, 1], [0, 1, 2], [0, 1, 2, 3]]
+    assert keys(window=(1, 1)) == [[2, 3, 4], [3, 4, 5], [4, 5, 6], [5, 6]]
+    assert keys(window=(1, 1), causal=True) == [[2, 3], [3, 4], [4, 5], [5, 6]]
+    assert keys(window=(0, -1), causal="top_left") == [[0], [1], [2], [3]]
+    assert keys(window=(-1, -1)) == keys() == [list(range(7))] * 4
+    # Sq > Sk bottom-right: the first Sq - Sk rows see nothing
+    assert [list(np.nonzero(r)[0]) for r in reference.visible(np.arange(3), 3, 1, causal=True)] == [[], [], [0]]
+
+
+def test_options_that_change_nothing(rng):
+    q, k, v = (rng.standard_normal((2, 2, 5, 8)) for _ in range(3))
+    plain = reference.attention(q, k, v, causal=True)
+    np.testing.assert_allclose(reference.attention(q, k, v, causal=True, window=(100, 100)), plain, rtol=1e-13)
+    np.testing.assert_allclose(reference.attention(q, k, v, causal=True, window=(-1, -1)), plain, rtol=1e-13)
+    np.testing.assert_allclose(reference.attention(q, k, v, causal="top_left"), plain, rtol=1e-13)   # Sq = Sk
+    np.testing.assert_allclose(reference.attention(q, k, v, causal=True, alibi_slopes=np.zeros(2)), plain,
+                               rtol=1e-13)
+    np.testing.assert_allclose(reference.attention(q, k, v, causal="bottom_right"), plain, rtol=1e-13)
+    np.testing.assert_allclose(reference.attention(q, k, v, causal=True, softcap=1e9), plain, rtol=1e-9)
+    slopes = rng.uniform(0, 1, 2)
+    np.testing.assert_allclose(reference.attention(q, k, v, alibi_slopes=slopes),
+                               reference.attention(q, k, v, alibi_slopes=np.tile(slopes, (2, 1))), rtol=1e-13)
+
+
+def test_bad_variant_arguments_are_named():
+    q = np.zeros((1, 1, 2, 8))
+    with pytest.raises(ValueError, match="causal"):
+        reference.attention(q, q, q, causal="upper")
+    with pytest.raises(ValueError, match="softcap"):
+        reference.attention(q, q, q, softcap=-1.0)
+    with pytest.raises(ValueError, match="softcap"):
+        reference.attention(q, q, q, softcap=float("nan"))
