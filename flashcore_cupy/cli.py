@@ -298,7 +298,7 @@ def tune(shape_names, dtypes, budget) -> None:
                                                 loader.nvrtc_version()), entries)
     api.tuned_table.cache_clear()
     for key, e in sorted(entries.items()):
-        click.echo(f"{key:<18} {e['tile']} score {e['score']:.3f} (noise {e['noise']:.3f}, "
+        click.echo(f"{str(key):<22} {e['tile']} score {e['score']:.3f} (noise {e['noise']:.3f}, "
                    f"{e['tried']} tried, best seen {e['best_seen']})")
     click.echo(f"wrote {path}")
 

@@ -197,9 +197,9 @@ class Sm90Config:
                 f"{' w8' if self.warp_rows == 8 else ''}")
 
 
-# Tile table: (arch family, largest template head dim) -> (warps, m_tiles, block_n, stages).
-# The first row whose head-dim bound covers the problem wins. Measurements behind
-# each choice are in docs/PERF_NOTES.md.
+# Tile table: arch family -> (largest template head dim, tile) rows, the first row whose
+# head-dim bound covers the problem winning. Measurements behind each choice are in
+# docs/PERF_NOTES.md.
 #  - D <= 64: 128 query rows as 4 warps x 2 slices (FA2's 128-row tile); 128-key
 #    tiles were rejected: S alone would take 128 registers per thread and spills.
 #  - D <= 128: 4 warps x 2 slices (32 rows per warp) share each K/V fragment
@@ -208,10 +208,20 @@ class Sm90Config:
 #    fit without spills on sm_90a only (sm_80 spills 12 bytes): 32-key elsewhere.
 #  - D > 128: Q no longer fits in registers next to O; 32-key tiles keep S small.
 #    128 rows need 101 KB of shared memory, over sm_86/89's 99 KB: 64 rows there.
-_TILE_TABLE: dict[str, tuple[tuple[int, tuple[int, int, int, int]], ...]] = {
-    "sm_90a": ((64, (4, 2, 64, 3)), (128, (4, 2, 64, 2)), (256, (8, 1, 32, 2))),
-    "sm_80": ((64, (4, 2, 64, 3)), (128, (4, 2, 32, 3)), (256, (8, 1, 32, 2))),
-    "small_smem": ((64, (4, 2, 64, 3)), (128, (4, 2, 32, 3)), (256, (4, 1, 32, 2))),
+def _tile(warps: int, m_tiles: int, block_n: int, stages: int) -> dict:
+    return dict(warps=warps, m_tiles=m_tiles, block_n=block_n, stages=stages)
+
+
+_TILE_TABLE: dict[str, tuple[tuple[int, dict], ...]] = {
+    "sm_90a": ((64, _tile(warps=4, m_tiles=2, block_n=64, stages=3)),
+               (128, _tile(warps=4, m_tiles=2, block_n=64, stages=2)),
+               (256, _tile(warps=8, m_tiles=1, block_n=32, stages=2))),
+    "sm_80": ((64, _tile(warps=4, m_tiles=2, block_n=64, stages=3)),
+              (128, _tile(warps=4, m_tiles=2, block_n=32, stages=3)),
+              (256, _tile(warps=8, m_tiles=1, block_n=32, stages=2))),
+    "small_smem": ((64, _tile(warps=4, m_tiles=2, block_n=64, stages=3)),
+                   (128, _tile(warps=4, m_tiles=2, block_n=32, stages=3)),
+                   (256, _tile(warps=4, m_tiles=1, block_n=32, stages=2))),
 }
 _ARCH_FAMILY = {"sm_80": "sm_80", "sm_90a": "sm_90a", "sm_86": "small_smem", "sm_89": "small_smem"}
 # When 128-row tiles would leave SMs idle (short sequences, few heads) or most
@@ -219,7 +229,9 @@ _ARCH_FAMILY = {"sm_80": "sm_80", "sm_90a": "sm_90a", "sm_86": "small_smem", "sm
 # each warp's serial work;
 # with little work per CTA, a deeper ring hides more of the load latency.
 _SHORT_Q = 64   # at most this many queries (decode): 64-row tiles waste half as much
-_SMALL_GRID_TILE = {64: (4, 1, 64, 3), 128: (4, 1, 64, 2), 256: (4, 1, 32, 2)}
+_SMALL_GRID_TILE = {64: _tile(warps=4, m_tiles=1, block_n=64, stages=3),
+                    128: _tile(warps=4, m_tiles=1, block_n=64, stages=2),
+                    256: _tile(warps=4, m_tiles=1, block_n=32, stages=2)}
 
 
 def arch_family(arch: str) -> str:
@@ -231,35 +243,53 @@ def bucket_head_dim(head_dim: int) -> int:
     return next(b for b in HEAD_DIM_BUCKETS if b >= head_dim)
 
 
-def dispatch_key(dtype: str, head_dim: int, grid: str) -> str:
-    """The tuned-table key of a problem class (see tuning.py); grid: its grid class
-    ("large", "small", or for the Hopper kernel "tiny")."""
-    return f"{dtype}/d{head_dim}/{grid}"
+class DispatchKey(NamedTuple):
+    """A problem class, the key of the tuned tables (tuning.py): the kernel family, dtype,
+    head-dim bucket and grid class ("large", "small", or for the Hopper kernel "tiny"). Its
+    text form, what tune files hold, is "sm90/fp16/d128/large" (the portable family's has no
+    prefix: "fp16/d128/large")."""
+    family: str      # "sm80" (portable) or "sm90" (Hopper)
+    dtype: str
+    head_dim: int
+    grid: str
+
+    def __str__(self) -> str:
+        prefix = "" if self.family == "sm80" else f"{self.family}/"
+        return f"{prefix}{self.dtype}/d{self.head_dim}/{self.grid}"
+
+    @classmethod
+    def parse(cls, text: str) -> "DispatchKey":
+        """The key whose text form is `text`; ValueError for anything else."""
+        parts = text.split("/")
+        family = parts.pop(0) if len(parts) == 4 else "sm80"
+        if not (len(parts) == 3 and family in ("sm80", "sm90") and parts[0] in DTYPES
+                and parts[1][:1] == "d" and parts[1][1:].isdigit() and parts[2] in ("large", "small", "tiny")):
+            raise ValueError(f"not a dispatch key: {text!r} (expected e.g. 'sm90/fp16/d128/large')")
+        return cls(family, parts[0], int(parts[1][1:]), parts[2])
 
 
 def problem_class(arch: str, dtype: str, head_dim: int, batch_heads: int, seqlen_q: int,
-                  num_sms: int) -> tuple[str, FwdConfig]:
-    """(dispatch key, default config) of one problem."""
+                  num_sms: int) -> tuple[DispatchKey, FwdConfig]:
+    """(dispatch key, default config) of one problem on the portable kernel."""
     hd = bucket_head_dim(head_dim)
     bound, tile = next((b, t) for b, t in _TILE_TABLE[arch_family(arch)] if hd <= b)
-    config = FwdConfig(dtype, hd, *tile)
+    config = FwdConfig(dtype, hd, **tile)
     small = batch_heads * -(-seqlen_q // config.block_m) < num_sms or seqlen_q <= _SHORT_Q
     if small:
-        config = FwdConfig(dtype, hd, *_SMALL_GRID_TILE[bound])
-    return dispatch_key(dtype, hd, "small" if small else "large"), config
+        config = FwdConfig(dtype, hd, **_SMALL_GRID_TILE[bound])
+    return DispatchKey("sm80", dtype, hd, "small" if small else "large"), config
 
 
 @functools.lru_cache(maxsize=None)
 def choose_config(arch: str, dtype: str, head_dim: int, batch_heads: int = 1 << 30,
                   seqlen_q: int = 1 << 30, num_sms: int = 1,
-                  tuned: tuple[tuple[str, FwdConfig], ...] = ()) -> FwdConfig:
+                  tuned: tuple[tuple[DispatchKey, FwdConfig], ...] = ()) -> FwdConfig:
     """The kernel config for one problem (pure; cached): a tuned entry, else the table's."""
     key, default = problem_class(arch, dtype, head_dim, batch_heads, seqlen_q, num_sms)
     return dict(tuned).get(key, default)
 
 
-# Hopper kernel (sm_90a): (head-dim bucket, grid) -> (block_n, stages, consumers, pingpong[,
-# split[, producers]]).
+# Hopper kernel (sm_90a): (head-dim bucket, grid) -> tile.
 # Measured on the H200 (docs/PERF_NOTES.md, sm90 v5-v6): D128 takes 128 query rows
 # (two consumer warpgroups taking turns) x 128-key tiles in a 2-slot TMA ring;
 # D64's GEMMs are half as long against the same softmax, so a third consumer
@@ -275,20 +305,21 @@ def choose_config(arch: str, dtype: str, head_dim: int, batch_heads: int = 1 << 
 SM90_ARCH = "sm_90a"
 SM90_HEAD_DIMS = (64, 128)
 SM90_GRIDS = ("large", "small", "tiny")
-_SM90_TILES = {(64, "large"): (128, 2, 3, True), (128, "large"): (128, 2, 2, True),
-               (64, "small"): (128, 4, 2, False, True), (128, "small"): (128, 2, 2, False, True, 2),
-               (64, "tiny"): (128, 4, 2, False, True, 1, 8), (128, "tiny"): (128, 2, 2, False, True, 2, 8)}
+_SM90_TILES = {
+    (64, "large"): dict(block_n=128, stages=2, consumers=3, pingpong=True),
+    (128, "large"): dict(block_n=128, stages=2, consumers=2, pingpong=True),
+    (64, "small"): dict(block_n=128, stages=4, consumers=2, pingpong=False, split=True),
+    (128, "small"): dict(block_n=128, stages=2, consumers=2, pingpong=False, split=True, producers=2),
+    (64, "tiny"): dict(block_n=128, stages=4, consumers=2, pingpong=False, split=True, warp_rows=8),
+    (128, "tiny"): dict(block_n=128, stages=2, consumers=2, pingpong=False, split=True, producers=2,
+                        warp_rows=8),
+}
 Sm90Mode = Literal["off", "auto", "force"]
 
 
 def sm90_config(dtype: str, head_dim: int, grid: str = "large") -> Sm90Config:
     hd = next(b for b in SM90_HEAD_DIMS if b >= head_dim)
-    return Sm90Config(dtype, hd, *_SM90_TILES[hd, grid])
-
-
-def sm90_dispatch_key(dtype: str, head_dim: int, grid: str) -> str:
-    """The tuned-table key of a Hopper problem class (the portable kernel's, prefixed)."""
-    return "sm90/" + dispatch_key(dtype, head_dim, grid)
+    return Sm90Config(dtype, hd, **_SM90_TILES[hd, grid])
 
 
 SM90_PRODUCER_REGISTERS = 24   # the producer warpgroup's after setmaxnreg (Sm90Tile::kProducerRegs)
@@ -304,7 +335,7 @@ def sm90_consumer_registers(consumers: int) -> int:
 
 
 def sm90_problem_class(dtype: str, head_dim: int, batch_heads: int, seqlen_q: int,
-                       num_sms: int) -> tuple[str, Sm90Config]:
+                       num_sms: int) -> tuple[DispatchKey, Sm90Config]:
     """(dispatch key, default config) of a problem on the Hopper kernel."""
     def tiles(grid: str) -> int:
         return batch_heads * -(-seqlen_q // sm90_config(dtype, head_dim, grid).block_m)
@@ -314,11 +345,11 @@ def sm90_problem_class(dtype: str, head_dim: int, batch_heads: int, seqlen_q: in
     else:
         grid = "large" if tiles("large") >= num_sms else "tiny" if tiles("tiny") <= num_sms else "small"
     config = sm90_config(dtype, head_dim, grid)
-    return sm90_dispatch_key(dtype, config.head_dim, grid), config
+    return DispatchKey("sm90", dtype, config.head_dim, grid), config
 
 
 def dispatch_class(arch: str, dtype: str, head_dim: int, batch_heads: int, seqlen_q: int,
-                   num_sms: int) -> tuple[str, FwdConfig | Sm90Config]:
+                   num_sms: int) -> tuple[DispatchKey, FwdConfig | Sm90Config]:
     """(dispatch key, default config) of the kernel `auto` runs a problem on."""
     if arch == SM90_ARCH and head_dim <= SM90_HEAD_DIMS[-1]:
         return sm90_problem_class(dtype, head_dim, batch_heads, seqlen_q, num_sms)
@@ -328,7 +359,7 @@ def dispatch_class(arch: str, dtype: str, head_dim: int, batch_heads: int, seqle
 @functools.lru_cache(maxsize=None)
 def choose_kernel(arch: str, dtype: str, head_dim: int, batch_heads: int = 1 << 30,
                   seqlen_q: int = 1 << 30, num_sms: int = 1,
-                  tuned: tuple[tuple[str, FwdConfig | Sm90Config], ...] = (),
+                  tuned: tuple[tuple[DispatchKey, FwdConfig | Sm90Config], ...] = (),
                   sm90: Sm90Mode = "auto") -> FwdConfig | Sm90Config:
     """The kernel for one problem (pure; cached): a tuned entry, else the table's.
 
@@ -339,7 +370,7 @@ def choose_kernel(arch: str, dtype: str, head_dim: int, batch_heads: int = 1 << 
     """
     if sm90 == "force":
         default = sm90_config(dtype, head_dim)
-        return dict(tuned).get(sm90_dispatch_key(dtype, default.head_dim, "large"), default)
+        return dict(tuned).get(DispatchKey("sm90", dtype, default.head_dim, "large"), default)
     if sm90 == "auto":
         key, default = dispatch_class(arch, dtype, head_dim, batch_heads, seqlen_q, num_sms)
         return dict(tuned).get(key, default)

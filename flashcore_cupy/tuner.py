@@ -29,13 +29,13 @@ _CHECK_ROWS = 64     # query rows checked per candidate and shape (the float64 r
 
 @dataclass
 class Group:
-    key: str
+    key: configs.DispatchKey
     default: tuning.Config
     shapes: list[Shape] = field(default_factory=list)
 
 
 def groups_for(shapes: list[Shape], dtypes: list[str], dev: api.DeviceInfo) -> list[Group]:
-    out: dict[str, Group] = {}
+    out: dict[configs.DispatchKey, Group] = {}
     for dtype in dtypes:
         for s in shapes:
             key, default = configs.dispatch_class(dev.arch, dtype, s.head_dim, s.batch * s.heads_q,

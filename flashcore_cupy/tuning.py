@@ -1,8 +1,8 @@
 """Tile search: the config space per kernel family, its legality filter, and the tuned
 tables dispatch reads.
 
-A tuned table maps a dispatch key ("fp16/d128/large" for the portable kernel,
-"sm90/fp16/d128/large" for the Hopper one) to a tile. Tables are
+A tuned table maps a dispatch key (configs.DispatchKey; written "fp16/d128/large" for the
+portable kernel, "sm90/fp16/d128/large" for the Hopper one in the files) to a tile. Tables are
 looked up in the per-user cache file first (keyed by GPU, compute capability,
 CuPy and NVRTC versions and the kernels' source hash, so any of those changing
 makes an entry stale), then in the defaults shipped with the package (measured
@@ -35,16 +35,15 @@ class Family:
     name: str
     config_cls: type
     space: dict[str, tuple]     # field -> values; every combination is a candidate
-    key_prefix: str             # of its dispatch keys
 
 
 FAMILIES = {
     "sm80": Family("sm80", FwdConfig, {"warps": (4, 8), "m_tiles": (1, 2), "block_n": (32, 64, 128),
-                               "stages": (2, 3, 4)}, ""),
+                               "stages": (2, 3, 4)}),
     "sm90": Family("sm90", Sm90Config, {"block_n": (64, 128, 176, 192), "stages": (2, 3, 4, 8),
                                 "consumers": (1, 2, 3, 4), "pingpong": (False, True),
                                 "split": (False, True), "producers": (1, 2),
-                                "warp_rows": (8, 16)}, "sm90/"),
+                                "warp_rows": (8, 16)}),
 }
 _MAX_ACCUMULATOR_REGS = 192   # sm80: of 255, the rest holds fragments, addresses and the softmax
 _SM90_SPARE_REGS = 24         # sm90: a consumer's registers beyond S, P and O (addresses, softmax)
@@ -166,15 +165,13 @@ def device_key(gpu: str, capability: tuple[int, int], cupy_version: str, nvrtc: 
     return f"{gpu}|sm{capability[0]}{capability[1]}|cupy {cupy_version}|nvrtc {nvrtc}|kernels {loader.source_hash()}"
 
 
-def _entry_config(key: str, entry: dict) -> Config:
-    family = next(f for f in sorted(FAMILIES.values(), key=lambda f: -len(f.key_prefix))
-                  if key.startswith(f.key_prefix))
-    dtype, d, _ = key[len(family.key_prefix):].split("/")
+def _entry_config(key: configs.DispatchKey, entry: dict) -> Config:
+    family = FAMILIES[key.family]
     tile = entry["tile"]
     if not (isinstance(tile, list) and len(tile) == len(family.space) and
             all(type(x) in (int, bool) and x in values for x, values in zip(tile, family.space.values()))):
         raise ValueError(f"bad tile {tile!r} (expected values of {family.space})")
-    return family.config_cls(dtype, int(d[1:]), *tile)
+    return family.config_cls(key.dtype, key.head_dim, **dict(zip(family.space, tile)))
 
 
 def entry_tile(config: Config) -> list:
@@ -196,14 +193,15 @@ def _read_tables(path: Path, what: str) -> dict:
         return {}
 
 
-def _to_configs(entries: dict, arch: str, source: str) -> dict[str, Config]:
+def _to_configs(entries: dict, arch: str, source: str) -> dict[configs.DispatchKey, Config]:
     out = {}
     for key, entry in entries.items():
         try:
-            config = _entry_config(key, entry)
+            parsed = configs.DispatchKey.parse(key)
+            config = _entry_config(parsed, entry)
             if static_reason(config, arch) is not None:
                 raise ValueError(static_reason(config, arch))
-            out[key] = config
+            out[parsed] = config
         except (ValueError, KeyError, TypeError) as e:
             warnings.warn(f"flashcore_cupy: ignoring tuned entry {key!r} from {source}: {e}",
                           stacklevel=3)
@@ -211,7 +209,7 @@ def _to_configs(entries: dict, arch: str, source: str) -> dict[str, Config]:
 
 
 def load_table(gpu: str, capability: tuple[int, int], cupy_version: str, nvrtc: str,
-               arch: str) -> dict[str, Config]:
+               arch: str) -> dict[configs.DispatchKey, Config]:
     """The tuned table for this device: the user's cache over the shipped defaults."""
     if os.environ.get(ENV_DISABLE) == "1":
         return {}
@@ -241,10 +239,11 @@ def dispatchable_configs(arch: str) -> list[Config]:
                   key=lambda c: (c.dtype, c.head_dim, c.block_m, c.block_n, c.stages))
 
 
-def save_entries(path: Path, table_key: str, entries: dict[str, dict]) -> None:
-    """Merge `entries` into the table `table_key` of the tune file at `path` (atomic write)."""
+def save_entries(path: Path, table_key: str, entries: dict) -> None:
+    """Merge `entries` (dispatch key -> entry) into the table `table_key` of the tune file at
+    `path` (atomic write); keys as their text form."""
     tables = _read_tables(path, "tune cache")
-    tables.setdefault(table_key, {}).update(entries)
+    tables.setdefault(table_key, {}).update({str(k): v for k, v in entries.items()})
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps({"schema": SCHEMA, "tables": tables}, indent=1, sort_keys=True))

@@ -8,7 +8,7 @@ from importlib import resources
 import pytest
 
 from flashcore_cupy import configs, loader, tuner, tuning
-from flashcore_cupy.configs import FwdConfig, Sm90Config
+from flashcore_cupy.configs import DispatchKey, FwdConfig, Sm90Config
 
 GPU, CAP, CUPY, NVRTC = "NVIDIA Test GPU", (9, 0), "14.2.0", "12.9"
 
@@ -59,6 +59,18 @@ def test_every_hopper_config_is_legal_or_rejected_with_a_reason(dtype, d):
     assert all("sm_90a" in tuning.static_reason(c, "sm_80") for c in tuning.space(dtype, d, "sm90"))
 
 
+def test_dispatch_keys_have_named_fields_and_the_files_text_form():
+    key = DispatchKey("sm90", "bf16", 128, "tiny")
+    assert str(key) == "sm90/bf16/d128/tiny" and DispatchKey.parse(str(key)) == key
+    assert str(DispatchKey("sm80", "fp16", 64, "large")) == "fp16/d64/large"
+    assert DispatchKey.parse("fp16/d64/large").family == "sm80"
+    for bad in ("sm90/fp16/d128", "fp32/d64/large", "sm70/fp16/d64/large", "fp16/64/large", "fp16/d64/wide"):
+        with pytest.raises(ValueError, match="dispatch key"):
+            DispatchKey.parse(bad)
+    key, config = configs.dispatch_class("sm_90a", "fp16", 100, 8, 512, 132)
+    assert key == DispatchKey("sm90", "fp16", 128, "tiny") and config.head_dim == 128
+
+
 def test_register_pool_rule():
     """setmaxnreg only moves registers inside the CTA's launch allocation: four consumers
     compiled at 96 registers may claim 112 each (24 + 4 * 112 <= 5 * 96), not 120."""
@@ -95,8 +107,8 @@ def test_cache_round_trips_and_feeds_dispatch(cache):
     tuning.save_entries(cache, key, {"fp16/d64/large": {"tile": [8, 1, 64, 2], "score": 0.9}})
     tuning.save_entries(cache, key, {"bf16/d128/small": {"tile": [4, 1, 32, 3], "score": 0.95}})
     table = tuning.load_table(GPU, CAP, CUPY, NVRTC, "sm_90a")
-    assert table == {"fp16/d64/large": FwdConfig("fp16", 64, 8, 1, 64, 2),
-                     "bf16/d128/small": FwdConfig("bf16", 128, 4, 1, 32, 3)}
+    assert table == {DispatchKey("sm80", "fp16", 64, "large"): FwdConfig("fp16", 64, 8, 1, 64, 2),
+                     DispatchKey("sm80", "bf16", 128, "small"): FwdConfig("bf16", 128, 4, 1, 32, 3)}
     tuned = tuple(sorted(table.items()))
     got = configs.choose_config("sm_90a", "fp16", 64, 64, 4096, 132, tuned)
     assert got == FwdConfig("fp16", 64, 8, 1, 64, 2)
@@ -109,7 +121,7 @@ def test_hopper_entries_round_trip_and_feed_dispatch(cache):
     tile = Sm90Config("fp16", 128, 176, 2, 2, True)
     tuning.save_entries(cache, key, {"sm90/fp16/d128/large": {"tile": tuning.entry_tile(tile)}})
     table = tuning.load_table(GPU, CAP, CUPY, NVRTC, "sm_90a")
-    assert table == {"sm90/fp16/d128/large": tile}
+    assert table == {DispatchKey("sm90", "fp16", 128, "large"): tile}
     tuned = tuple(sorted(table.items()))
     assert configs.choose_kernel("sm_90a", "fp16", 128, 32, 4096, 132, tuned) == tile
     assert configs.choose_kernel("sm_90a", "fp16", 128, 32, 4096, 132, tuned, sm90="force") == tile
@@ -138,10 +150,11 @@ def test_bad_entries_are_ignored_with_a_warning(cache):
                                      "fp16/d128/large": {"tile": [8, 2, 128, 4]},   # too many registers
                                      "sm90/fp16/d64/large": {"tile": [100, 2, 2, True, False]},   # not in the space
                                      "sm90/bf16/d64/large": {"tile": [128, 2, 2, True]},   # a field short
-                                     "bf16/d64/small": {"tile": [4, 1, 64, 3]}})
+                                     "bf16/d64/small": {"tile": [4, 1, 64, 3]},
+                                     "sm90/bf16/d64/huge": {"tile": [128, 2, 2, True, False, 1, 16]}})   # no such grid
     with pytest.warns(UserWarning, match="ignoring tuned entry"):
         table = tuning.load_table(GPU, CAP, CUPY, NVRTC, "sm_90a")
-    assert table == {"bf16/d64/small": FwdConfig("bf16", 64, 4, 1, 64, 3)}
+    assert table == {DispatchKey.parse("bf16/d64/small"): FwdConfig("bf16", 64, 4, 1, 64, 3)}
 
 
 def test_disable_switch(cache, monkeypatch):
@@ -165,14 +178,12 @@ def test_every_shipped_entry_is_what_dispatch_chooses_for_its_class():
         with warnings.catch_warnings():
             warnings.simplefilter("error")
             table = tuning.load_table(gpu, capability, CUPY, NVRTC, arch)
-        assert set(table) == set(entries)
+        assert {str(k) for k in table} == set(entries)
         tuned = tuple(sorted(table.items()))
         for key, config in table.items():
-            hopper = key.startswith("sm90/")
-            dtype, d, grid = key.removeprefix("sm90/").split("/")
-            bh, sq = representative[grid]
-            got = configs.choose_kernel(arch, dtype, int(d[1:]), bh, sq, 132, tuned,
-                                        sm90="auto" if hopper else "off")
+            bh, sq = representative[key.grid]
+            got = configs.choose_kernel(arch, key.dtype, key.head_dim, bh, sq, 132, tuned,
+                                        sm90="auto" if key.family == "sm90" else "off")
             assert got == config, (table_key, key, str(got))
 
 
