@@ -185,10 +185,10 @@ def _run_with_sm90_compile(body: str) -> None:
 
 
 def test_ablation_copies_find_their_text_and_compile():
-    """scripts/ablate_sm90.py edits the kernel's source text: every edit must still find its
+    """scripts/dev/ablate_sm90.py edits the kernel's source text: every edit must still find its
     text (an edit of the kernel broke one once), and each copy must compile (NVRTC, no GPU)."""
     _run_with_sm90_compile(
-        "a = runpy.run_path('scripts/ablate_sm90.py', run_name='x')\n"
+        "a = runpy.run_path('scripts/dev/ablate_sm90.py', run_name='x')\n"
         "for label, edits in a['VARIANTS']:\n"
         "    src = a['variant_source'](edits)\n"
         "    for cfg in (sm90_config('fp16', 64), sm90_config('fp16', 128), sm90_config('fp16', 64, 'small')):\n"
@@ -196,10 +196,10 @@ def test_ablation_copies_find_their_text_and_compile():
 
 
 def test_trace_script_finds_its_points_and_compiles():
-    """scripts/trace_sm90.py stamps the kernel after named source lines: every one must
+    """scripts/dev/trace_sm90.py stamps the kernel after named source lines: every one must
     still be in flash_fwd_sm90.cu, and the stamped copy must compile (NVRTC, no GPU)."""
     _run_with_sm90_compile(
-        "t = runpy.run_path('scripts/trace_sm90.py', run_name='x')\n"
+        "t = runpy.run_path('scripts/dev/trace_sm90.py', run_name='x')\n"
         "src, found = t['traced_source']()\n"
         "assert len(found) == len(t['POINTS']), {p[2] for p in t['POINTS']} - {f[0] for f in found}\n"
         "compile(src, Sm90Config('fp16', 64, 128, 4, 2, False, True))\n")

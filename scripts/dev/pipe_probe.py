@@ -4,7 +4,7 @@ and interleaved. If two instructions run on one pipe, their interleaved time is 
 of their times alone; on separate pipes, the larger of the two.
 
 Each thread runs 8 independent chains of OPS steps (enough warps and chains to cover
-latency), so the time measures throughput. Usage: python3 scripts/pipe_probe.py
+latency), so the time measures throughput. Usage: python3 scripts/dev/pipe_probe.py
 """
 
 import cupy

@@ -4,15 +4,17 @@ For several fresh input sets, takes samples of 20 back-to-back calls of ours and
 (in turns) and reads the SM clock right after each sample (latency_probe.sm_clock_mhz),
 then prints time against clock. Run it beside `nvidia-smi --query-gpu=clocks.sm,power.draw,
 clocks_event_reasons.active -lms 20` for the power side.
-Usage: python3 scripts/clock_probe.py [SHAPE] [fp16|bf16] [SETS] [SAMPLES]
+Usage: python3 scripts/dev/clock_probe.py [SHAPE] [fp16|bf16] [SETS] [SAMPLES]
 """
 
 import contextlib
 import sys
+from pathlib import Path
 
 import cupy
 import numpy as np
-from latency_probe import sm_clock_mhz
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))   # scripts/: the suite's latency probe
+from latency_probe import sm_clock_mhz  # noqa: E402
 
 from flashcore_cupy import api
 from flashcore_cupy.bench import peer_call

@@ -10,7 +10,7 @@ A/B base tree) is left out. The library's kernel is untouched: the copy lives in
 process only. A stamp orders against other stamps and barriers, not against the
 arithmetic around it, so a point can read a little early. In a loop, a point holds its
 last pass: "step 1" is a CTA's last step.
-Usage: python3 scripts/trace_sm90.py [--shape NAME ...]
+Usage: python3 scripts/dev/trace_sm90.py [--shape NAME ...]
 """
 
 import argparse

@@ -4,7 +4,7 @@ For each shape: every candidate tile (prepared launch) and SDPA's cuDNN backend 
 inputs, validated first, then timed side by side with time_side_by_side the way bench.py
 times calls of 100 us or more (one sample per turn after one untimed round: all meet the
 GPU's clock alike), in latency and throughput mode, with more samples than the benchmark.
-Usage: python3 scripts/tile_ab.py [--dtype fp16|bf16] [--samples N] SHAPE...
+Usage: python3 scripts/dev/tile_ab.py [--dtype fp16|bf16] [--samples N] SHAPE...
        [--tile BLOCK_N,STAGES,CONSUMERS,PINGPONG ...]
 """
 

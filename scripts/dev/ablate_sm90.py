@@ -5,7 +5,7 @@ on purpose; only their times mean something: what is left when a part costs noth
 bounds what making that part cheaper can win. One more copy changes the schedule instead
 (no ping-pong turns). The library's kernel is untouched:
 the copies live in this process only. Kernels under 30 us are timed by CUDA-graph replay.
-Usage: python3 scripts/ablate_sm90.py [--shape NAME ...] [--variant TEXT ...] (copies whose
+Usage: python3 scripts/dev/ablate_sm90.py [--shape NAME ...] [--variant TEXT ...] (copies whose
 label contains TEXT, beside the shipped kernel)
 """
 

@@ -3,7 +3,7 @@
 For each case: relative error against float64, NaN count, and the error per
 64-column block and per 64-row block of the output, so a wrong descriptor,
 swizzle or mask shows up as a pattern. Exits 1 on any failure.
-Usage: python3 scripts/sm90_probe.py
+Usage: python3 scripts/dev/sm90_probe.py
 """
 
 import sys
