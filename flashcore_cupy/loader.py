@@ -3,7 +3,8 @@
 Owns the NVRTC options, the arch, name expressions, the dynamic-shared-memory
 opt-in, the in-process cache and compile errors. `compile_only` and `compile_cubin`
 compile with NVRTC directly, with no GPU and no driver, for CI, `check` and the SASS
-check; `variant_function` loads a modified copy of a kernel for diagnostic scripts.
+check. Diagnostic builds (a work record, timestamps, ablations: kernels/diagnostics.cuh) are
+the kernels compiled with `defines`; `probe_function` loads probe scripts' own small kernels.
 """
 
 from __future__ import annotations
@@ -136,17 +137,6 @@ def get_global(config: KernelConfig, device_id: int, arch: str, name: str, defin
     `defines`; a diagnostic build's record, say), as a cupy MemoryPointer."""
     get_function(config, device_id, arch, defines)
     return _modules[device_id, config.kernel_file, config.name_expression, defines][0].get_global(name)
-
-
-def variant_function(config: KernelConfig, device_id: int, arch: str, source: str):
-    """`config`'s kernel compiled from `source`, a modified copy of its file (scripts that
-    trace or ablate a kernel), as (CUfunction handle, RawModule for its globals); not
-    cached: the caller keeps the module, and with it the handle, alive."""
-    import cupy
-
-    with cupy.cuda.Device(device_id):
-        module, fn = _load(source, config, arch)
-    return fn.kernel.ptr, module
 
 
 def probe_function(source: str, name: str, options: tuple[str, ...] = ()):

@@ -205,7 +205,7 @@ __device__ __forceinline__ void produce(const Sm90Params& p, u32 sbase, const Ba
             #pragma unroll
             for (int box = 0; box < Tile::kBlockM / Tile::kQBoxRows; ++box)   // slice `box`'s first rows
                 tma_load_tile<HEAD_DIM>(sbase + box * 16 * 128, p.q, bar.q_full(), Tile::kQRows,
-                                        w.row0 + box * Tile::kQBoxRows, w.head * p.pack, w.batch);
+                                        w.row0 + box * Tile::kQBoxRows, w.head * p.pack, w.batch); FC_TRACE(18);
         }
         // K runs kKAhead tiles ahead of V: with split keys each consumer's first S needs
         // its own K tile, and with 64 CTAs loading at once (the mission shape) the L2 serves
@@ -221,7 +221,7 @@ __device__ __forceinline__ void produce(const Sm90Params& p, u32 sbase, const Ba
             }
             if (LOADS_V && jv >= 0) {
                 const Ring<STAGES> r{it + jv};
-                if (it + jv >= STAGES) mbar_wait(bar.v_empty(r.slot()), r.parity() ^ 1);
+                if (it + jv >= STAGES) mbar_wait(bar.v_empty(r.slot()), r.parity() ^ 1); FC_TRACE(19);
                 mbar_expect_tx(bar.v_full(r.slot()), Tile::kKVBytes);
                 tma_load_tile<HEAD_DIM>(sbase + Tile::kOffV + r.slot() * Tile::kKVBytes, p.v,
                                         bar.v_full(r.slot()), BLOCK_N, jv * BLOCK_N, head_kv, w.batch);
@@ -242,6 +242,9 @@ __device__ __forceinline__ u64 desc_advance(u64 desc, u32 bytes) {
 // S(64 x BLOCK_N) = Q_c K^T: HEAD_DIM/16 k-steps, both operands K-major.
 template <class T, class Tile, int HEAD_DIM, int BLOCK_N>
 __device__ __forceinline__ void qk_wgmma(float (&s)[BLOCK_N / 8][4], u64 q_desc, u64 k_desc) {
+#ifdef FLASHCORE_ABLATE_NO_QK
+    wgmma_fence(); wgmma_commit(); return;   // an empty group keeps the waits' counts
+#endif
     wgmma_fence();
     #pragma unroll
     for (int ks = 0; ks < HEAD_DIM / 16; ++ks) {
@@ -256,6 +259,9 @@ __device__ __forceinline__ void qk_wgmma(float (&s)[BLOCK_N / 8][4], u64 q_desc,
 template <class T, int HEAD_DIM, int BLOCK_N>
 __device__ __forceinline__ void pv_wgmma(float (&o)[HEAD_DIM / 8][4], const u32 (&a)[BLOCK_N / 16][4],
                                          u64 v_desc) {
+#ifdef FLASHCORE_ABLATE_NO_PV
+    wgmma_fence(); wgmma_commit(); return;   // an empty group keeps the waits' counts
+#endif
     wgmma_fence();
     #pragma unroll
     for (int kk = 0; kk < BLOCK_N / 16; ++kk)
@@ -279,7 +285,7 @@ __device__ __forceinline__ void combine_split(float* scratch, int consumer, floa
     auto m_at = [](int half) { return (kOFloats + half) * 128; };
     auto l_at = [](int half) { return (kOFloats + HALVES + half) * 128; };
     const int t = threadIdx.x % 128;
-    named_barrier_sync(kBarrier, 128 * CONSUMERS);      // every consumer's GEMMs are done
+    named_barrier_sync(kBarrier, 128 * CONSUMERS); FC_TRACE(15);      // every consumer's GEMMs are done
     if (consumer > 0) {
         float* mine = scratch + (consumer - 1) * kFloats * 128 + t;
         #pragma unroll
@@ -292,7 +298,7 @@ __device__ __forceinline__ void combine_split(float* scratch, int consumer, floa
             mine[l_at(half)] = l[0][half];
         }
     }
-    named_barrier_sync(kBarrier, 128 * CONSUMERS);
+    named_barrier_sync(kBarrier, 128 * CONSUMERS); FC_TRACE(16);
     if (consumer > 0) return;
     #pragma unroll
     for (int c = 1; c < CONSUMERS; ++c) {
@@ -320,6 +326,11 @@ __global__ void __launch_bounds__(128 * (CONSUMERS + 1), 1)
 flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
     using Tile = Sm90Tile<HEAD_DIM, BLOCK_N, STAGES, CONSUMERS, PINGPONG, SPLIT, WARP_ROWS>;
     constexpr int H = Tile::kHalves;
+#ifdef FLASHCORE_ABLATE_NO_TURNS
+    constexpr bool kTurns = false;
+#else
+    constexpr bool kTurns = PINGPONG;   // consumers take turns issuing their GEMMs
+#endif
     static_assert(PRODUCERS == 1 || PRODUCERS == 2, "PRODUCERS: one thread for Q, K and V, or K's and V's own");
     extern __shared__ __align__(1024) unsigned char smem[];
     const u32 sbase = (smem_addr(smem) + 1023) & ~1023u;   // swizzle atoms need 1024-byte alignment
@@ -328,7 +339,7 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
     // Broadcast from lane 0, so ptxas sees it warp-uniform: what derives from it (the consumer,
     // its Q rows, its turns and key tiles) then lives in uniform registers, and the wgmma
     // descriptors are built there instead of moved over from vector registers (R2UR).
-    const int warpgroup = __shfl_sync(0xffffffffu, threadIdx.x / 128, 0);
+    const int warpgroup = __shfl_sync(0xffffffffu, threadIdx.x / 128, 0); FC_TRACE(0); FC_TRACE_NS(22);
     if (threadIdx.x == 0) {
         mbar_init(bar.q_full(), 1);
         mbar_init(bar.q_empty(), 4 * CONSUMERS);           // one arrival per consumer warp
@@ -340,17 +351,17 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
         }
         mbar_fence_init();
     }
-    __syncthreads();
+    __syncthreads(); FC_TRACE(1);
 
     if (warpgroup == 0) {
-        regs_release<Tile::kProducerRegs>();
+        regs_release<Tile::kProducerRegs>(); FC_TRACE(2);
         if (threadIdx.x == 0) produce<Tile, HEAD_DIM, BLOCK_N, STAGES, true, PRODUCERS == 1>(p, sbase, bar);
         if (PRODUCERS == 2 && threadIdx.x == 32)
             produce<Tile, HEAD_DIM, BLOCK_N, STAGES, false, true>(p, sbase, bar);
         return;
     }
 
-    regs_claim<Tile::kConsumerRegs>();
+    regs_claim<Tile::kConsumerRegs>(); FC_TRACE(3);
     const int consumer = warpgroup - 1, lane = threadIdx.x % 32, warp = (threadIdx.x / 32) % 4;
     const int seqlen_q = p.seqlen_q, seqlen_k = p.seqlen_k, causal_diag = seqlen_k - seqlen_q;
     // Operand descriptors: Q's rows of this consumer (in each column block), ring slot 0's K and V.
@@ -364,9 +375,9 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
     // is consumer c's turn), so one's softmax runs while another's GEMMs do.
     // Per work tile every consumer takes n_blocks + 1 turns, the last consumer
     // opens consumer 0's first and skips its own last pass (nobody would take it).
-    auto await_turn = [&] { if constexpr (PINGPONG) named_barrier_sync(1 + consumer, 256); };
+    auto await_turn = [&] { if constexpr (kTurns) named_barrier_sync(1 + consumer, 256); };
     auto pass_turn = [&](bool last_turn) {
-        if constexpr (PINGPONG)
+        if constexpr (kTurns)
             if (!(last_turn && consumer == CONSUMERS - 1))
                 named_barrier_arrive(1 + (consumer + 1) % CONSUMERS, 256);
     };
@@ -417,13 +428,17 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
             else
                 scale_and_mask<1, BLOCK_N / 8, false, H>(s, p.scale_log2, 0, 0, 0, 0, false, lane);
             if (first) seed_max<BLOCK_N / 8, H>(s, m, p.scale_log2);
+#ifdef FLASHCORE_ABLATE_NO_SOFTMAX
+            pack_p<T, BLOCK_N / 8, H>(a, s[0]); alpha[0][0] = alpha[0][1] = 1.f;
+#else
             softmax_update_lazy<T, BLOCK_N / 8, H>(s, a, m, l, alpha, p.scale_log2);
+#endif
         };
 
-        if (PINGPONG && consumer == CONSUMERS - 1 && n_blocks > 0) named_barrier_arrive(1, 256);
+        if (kTurns && consumer == CONSUMERS - 1 && n_blocks > 0) named_barrier_arrive(1, 256);
         // wgmma issue stays out of data-dependent branches: ptxas serialises every
         // wgmma of a kernel that waits on one inside a divergent path (C7518).
-        mbar_wait(bar.q_full(), n_done & 1);
+        mbar_wait(bar.q_full(), n_done & 1); FC_TRACE(4);
         // P_k V_k is done: its V tile goes back to the producer, `a` and O are free.
         auto pv_done = [&](int k) {
             fence_registers(o[0]);
@@ -432,32 +447,32 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
         };
         if (my_blocks > 0) {
             const Ring<STAGES> r{it + tile(0)};
-            mbar_wait(bar.k_full(r.slot()), r.parity());
+            mbar_wait(bar.k_full(r.slot()), r.parity()); FC_TRACE(5);
             await_turn();
             qk_wgmma<T, Tile, HEAD_DIM, BLOCK_N>(s[0], q_desc, k_tile(r));
             pass_turn(false);
             wgmma_wait<0>();
-            fence_registers(s[0]);
+            fence_registers(s[0]); FC_TRACE(6);
             release(bar.k_empty(r.slot()));
-            softmax_tile(tile(0), true);
+            softmax_tile(tile(0), true); FC_TRACE(7);
         }
         // Step k: S_k = Q K_k^T and O += P_{k-1} V_{k-1} in flight together; then, once
         // both are done, the softmax of S_k (P_k into `a`) and O *= alpha_k.
         for (int k = 1; k < my_blocks; ++k) {
             const Ring<STAGES> r{it + tile(k)}, prev{it + tile(k - 1)};
             mbar_wait(bar.k_full(r.slot()), r.parity());
-            mbar_wait(bar.v_full(prev.slot()), prev.parity());
-            await_turn();
+            mbar_wait(bar.v_full(prev.slot()), prev.parity()); FC_TRACE(8);
+            await_turn(); FC_TRACE(20);
             qk_wgmma<T, Tile, HEAD_DIM, BLOCK_N>(s[0], q_desc, k_tile(r));
             pv_wgmma<T, HEAD_DIM, BLOCK_N>(o[0], a, v_tile(prev));
             pass_turn(false);
             wgmma_wait<1>();                  // S_k landed (groups retire in order)
-            fence_registers(s[0]);
+            fence_registers(s[0]); FC_TRACE(9);
             release(bar.k_empty(r.slot()));
             wgmma_wait<0>();
-            pv_done(k - 1);
-            softmax_tile(tile(k));
-            rescale_rows<1, HEAD_DIM / 8, H>(o, alpha);
+            pv_done(k - 1); FC_TRACE(21);
+            softmax_tile(tile(k)); FC_TRACE(10);
+            rescale_rows<1, HEAD_DIM / 8, H>(o, alpha); FC_TRACE(11);
         }
         // Every S GEMM has landed: Q is free, so the producer loads the next tile's Q
         // during the last P V and the epilogue.
@@ -469,7 +484,7 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
             pv_wgmma<T, HEAD_DIM, BLOCK_N>(o[0], a, v_tile(last));
             pass_turn(c_blocks == n_blocks);
             wgmma_wait<0>();
-            pv_done(my_blocks - 1);
+            pv_done(my_blocks - 1); FC_TRACE(12);
         }
         // Key tiles this consumer's rows do not need (causal: the other consumers' part
         // of the diagonal; or it has no rows here): release each once landed and keep
@@ -491,7 +506,7 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
         it += n_blocks;
         if constexpr (SPLIT)   // one work tile per CTA (see Sm90Config.schedule): the ring is done
             combine_split<HEAD_DIM, CONSUMERS, H>(reinterpret_cast<float*>(smem + (sbase - smem_addr(smem)) +
-                                                                        Tile::kOffK), consumer, o, m, l);
+                                                                        Tile::kOffK), consumer, o, m, l); FC_TRACE(13);
         if (!has_rows || (SPLIT && consumer > 0)) continue;
 
         // Epilogue: O /= l straight from registers (each quad writes 16 contiguous bytes
@@ -501,7 +516,7 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
         #pragma unroll
         for (int half = 0; half < H; ++half) {
             const float l_row = quad_sum(l[0][half]);
-            const float inv_l = l_row > 0.f ? 1.f / l_row : 0.f;
+            const float inv_l = l_row > 0.f ? 1.f / l_row : 0.f; FC_TRACE(17);
             const int row = w_row0 + lane / 4 + 8 * half;
             if (row >= (packed ? p.pack : seqlen_q)) continue;
             const int q_head = w.head * p.pack + (packed ? row : 0), q_pos = packed ? 0 : row;
@@ -514,7 +529,7 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
             if (p.lse != nullptr && lane % 4 == 0)
                 p.lse[(static_cast<i64>(w.batch) * p.heads * p.pack + q_head) * seqlen_q + q_pos] =
                     l_row > 0.f ? (m[0][half] + log2f(l_row)) * LN2 : neg_inf();
-        }
+        } FC_TRACE(14); FC_TRACE_NS(23);
     }
 }
 

@@ -9,6 +9,7 @@
 // kernel's 8-row warps) only half 0 is scaled, exponentiated and summed, and P's
 // half 1 is zero, so whatever the other rows' scores are never reaches O.
 #pragma once
+#include "diagnostics.cuh"
 #include "mma_sm80.cuh"
 
 namespace fc {
@@ -76,7 +77,7 @@ __device__ __forceinline__ void softmax_update(float (&s)[M_TILES][N_TILES][4], 
             for (int nt = 0; nt < N_TILES; ++nt)
                 #pragma unroll
                 for (int e = 2 * half; e < 2 * half + 2; ++e) {
-                    s[mt][nt][e] = fast_exp2(fmaf(s[mt][nt][e], fold, -m_base));
+                    s[mt][nt][e] = FC_SCORE_EXP2(fmaf(s[mt][nt][e], fold, -m_base));
                     row_sum += s[mt][nt][e];
                 }
             l[mt][half] = l[mt][half] * alpha[mt][half] + row_sum;   // per-lane partial; reduced at the end
@@ -142,8 +143,8 @@ __device__ __forceinline__ void softmax_update_lazy(float (&s)[1][N_TILES][4], u
                 a[nt / 2][2 * (nt % 2) + half] = 0u;
                 continue;
             }
-            const float p0 = fast_exp2(fmaf(s[0][nt][2 * half], fold, -base[half]));
-            const float p1 = fast_exp2(fmaf(s[0][nt][2 * half + 1], fold, -base[half]));
+            const float p0 = FC_SCORE_EXP2(fmaf(s[0][nt][2 * half], fold, -base[half]));
+            const float p1 = FC_SCORE_EXP2(fmaf(s[0][nt][2 * half + 1], fold, -base[half]));
             row_sum[half] += p0 + p1;
             a[nt / 2][2 * (nt % 2) + half] = pack2<T>(p0, p1);
         }

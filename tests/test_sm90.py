@@ -168,41 +168,38 @@ def test_generated_wgmma_header_is_current():
     assert out.rstrip("\n") == (ROOT / "kernels" / "wgmma_sm90.cuh").read_text().rstrip("\n")
 
 
-def _run_with_sm90_compile(body: str) -> None:
-    """Run `body` in a fresh interpreter at the repository root (the scripts run as
-    modules there), with compile(src, cfg) compiling a kernel source for sm_90a by NVRTC
-    (no GPU); fails with the interpreter's error."""
-    code = ("import runpy\n"
-            "from cupy_backends.cuda.libs import nvrtc\n"
-            "from flashcore_cupy import loader\n"
-            "from flashcore_cupy.configs import Sm90Config, sm90_config\n"
-            "def compile(src, cfg):\n"
-            "    prog = nvrtc.createProgram(src, 'copy.cu', [], [])\n"
-            "    nvrtc.addNameExpression(prog, cfg.name_expression)\n"
-            "    nvrtc.compileProgram(prog, list(loader.nvrtc_options('sm_90a')))\n") + body
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr[-2000:]
+def _script(name: str) -> dict:
+    import runpy
+    return runpy.run_path(str(ROOT / "scripts" / "dev" / name), run_name="x")
 
 
-def test_ablation_copies_find_their_text_and_compile():
-    """scripts/dev/ablate_sm90.py edits the kernel's source text: every edit must still find its
-    text (an edit of the kernel broke one once), and each copy must compile (NVRTC, no GPU)."""
-    _run_with_sm90_compile(
-        "a = runpy.run_path('scripts/dev/ablate_sm90.py', run_name='x')\n"
-        "for label, edits in a['VARIANTS']:\n"
-        "    src = a['variant_source'](edits)\n"
-        "    for cfg in (sm90_config('fp16', 64), sm90_config('fp16', 128), sm90_config('fp16', 64, 'small')):\n"
-        "        compile(src, cfg)\n")
+def test_ablation_builds_compile():
+    """scripts/dev/ablate_sm90.py's copies are builds with kernels/diagnostics.cuh's
+    FLASHCORE_ABLATE_* switches: each compiles for sm_90a (NVRTC, no GPU) for the large,
+    split and ping-pong tiles."""
+    from flashcore_cupy import loader
+
+    variants = _script("ablate_sm90.py")["VARIANTS"]
+    assert variants[0][1] == () and len(variants) == 6
+    for _, defines in variants[1:]:
+        for cfg in (configs.sm90_config("fp16", 64), configs.sm90_config("fp16", 128),
+                    configs.sm90_config("fp16", 64, "small")):
+            loader.compile_only(cfg, "sm_90a", defines)
 
 
-def test_trace_script_finds_its_points_and_compiles():
-    """scripts/dev/trace_sm90.py stamps the kernel after named source lines: every one must
-    still be in flash_fwd_sm90.cu, and the stamped copy must compile (NVRTC, no GPU)."""
-    _run_with_sm90_compile(
-        "t = runpy.run_path('scripts/dev/trace_sm90.py', run_name='x')\n"
-        "src, found = t['traced_source']()\n"
-        "assert len(found) == len(t['POINTS']), {p[2] for p in t['POINTS']} - {f[0] for f in found}\n"
-        "compile(src, Sm90Config('fp16', 64, 128, 4, 2, False, True))\n")
+def test_every_trace_point_is_stamped_once_and_the_trace_build_compiles():
+    """scripts/dev/trace_sm90.py reads FC_TRACE points: each of its points is stamped exactly
+    once in the kernel, and the FLASHCORE_TRACE build compiles (NVRTC, no GPU)."""
+    import re
+
+    from flashcore_cupy import loader
+
+    trace = _script("trace_sm90.py")
+    src = (ROOT / "kernels" / "flash_fwd_sm90.cu").read_text()
+    stamped = [int(n) for n in re.findall(r"FC_TRACE\((\d+)\)", src)]
+    assert sorted(stamped) == sorted(point for point, _ in trace["POINTS"])
+    assert sorted(int(n) for n in re.findall(r"FC_TRACE_NS\((\d+)\)", src)) == [trace["ENTRY_NS"], trace["EXIT_NS"]]
+    loader.compile_only(configs.Sm90Config("fp16", 64, 128, 4, 2, False, True), "sm_90a", trace["TRACE"])
 
 
 def _rows_of_item(cfg, p, i):

@@ -1,0 +1,35 @@
+// Diagnostic builds that scripts/dev asks for with -D switches (the `defines` of
+// flashcore_cupy/loader.py); in the product build every macro here is empty, and the kernels'
+// SASS is what it is without them.
+//   FLASHCORE_TRACE           FC_TRACE(n): thread 0 of each warpgroup stores the SM clock at point
+//                             n into fc_trace[(CTA * 4 + warpgroup) * FC_TRACE_POINTS + n];
+//                             FC_TRACE_NS(n) the global timer (scripts/dev/trace_sm90.py).
+//   FLASHCORE_ABLATE_NO_EXP2  the scores' exponentials become their argument (FFMA only)
+//   FLASHCORE_ABLATE_NO_SOFTMAX, _NO_PV, _NO_QK, _NO_TURNS: the Hopper kernel's step loop with
+//                             P = S, without the P V or the S GEMM (empty wgmma groups keep the
+//                             waits' counts), or without ping-pong turns (scripts/dev/ablate_sm90.py)
+#pragma once
+
+#define FC_TRACE_POINTS 24
+#ifdef FLASHCORE_TRACE
+extern "C" __device__ unsigned long long fc_trace[4096 * 4 * FC_TRACE_POINTS];
+#define FC_TRACE_AT(n) fc_trace[(blockIdx.x * 4 + threadIdx.x / 128) * FC_TRACE_POINTS + (n)]
+#define FC_TRACE(n) do { if (threadIdx.x % 128 == 0) FC_TRACE_AT(n) = clock64(); } while (0)
+#define FC_TRACE_NS(n)                                                                     \
+    do {                                                                                   \
+        if (threadIdx.x % 128 == 0) {                                                      \
+            unsigned long long t_;                                                         \
+            asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t_));                         \
+            FC_TRACE_AT(n) = t_;                                                           \
+        }                                                                                  \
+    } while (0)
+#else
+#define FC_TRACE(n) do {} while (0)
+#define FC_TRACE_NS(n) do {} while (0)
+#endif
+
+#ifdef FLASHCORE_ABLATE_NO_EXP2
+#define FC_SCORE_EXP2(x) (x)
+#else
+#define FC_SCORE_EXP2(x) fast_exp2(x)
+#endif
