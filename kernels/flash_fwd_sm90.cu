@@ -51,11 +51,21 @@
 // above it are never loaded (bottom-right aligned, as in the sm_80 kernel).
 // The host builds the three tensor maps (flashcore_cupy/tma.py) and mirrors
 // smem_bytes in flashcore_cupy/configs.py.
+//
+// Where the parts live: sm90_pipeline.cuh (the K/V ring, its mbarriers, TMA tile loads),
+// sm90_scheduler.cuh (work_tile), sm90_producer.cuh (the producer warpgroup),
+// sm90_mainloop.cuh (the consumers' GEMMs), sm90_epilogue.cuh (the split combine); this file
+// holds the tile constants and the kernel: warp roles, the consumers' step loop, the stores.
 #include "sm90.cuh"
 #include "softmax.cuh"
 // Sm90Params, the one by-value argument (__grid_constant__): the q, k and v tensor maps, then
 // what flashcore_cupy/launch.py packs after them; declared in flashcore_cupy/params.py.
 #include "params_sm90.cuh"
+#include "sm90_epilogue.cuh"
+#include "sm90_mainloop.cuh"
+#include "sm90_pipeline.cuh"
+#include "sm90_producer.cuh"
+#include "sm90_scheduler.cuh"
 
 namespace fc {
 
@@ -104,221 +114,6 @@ struct Sm90Tile {
     static_assert(!SPLIT || (CONSUMERS - 1) * 128 * kHalves * (HEAD_DIM / 4 + 2) * 4 <= 2 * STAGES * kKVBytes,
                   "SPLIT: the combine's scratch must fit in the K/V ring");
 };
-
-// Shared-memory barriers, one 8-byte word each, after the tiles. K and V slots
-// fill and empty separately: K_j is free once S_j has landed, long before P_j V_j
-// frees V_j, so the next K load starts a step earlier.
-template <int STAGES>
-struct Barriers {
-    u32 base;
-    __device__ u32 q_full() const { return base; }
-    __device__ u32 q_empty() const { return base + 8; }
-    __device__ u32 k_full(int s) const { return base + 8 * (2 + s); }
-    __device__ u32 v_full(int s) const { return base + 8 * (2 + STAGES + s); }
-    __device__ u32 k_empty(int s) const { return base + 8 * (2 + 2 * STAGES + s); }
-    __device__ u32 v_empty(int s) const { return base + 8 * (2 + 3 * STAGES + s); }
-};
-
-// A tile of `rows` rows as HEAD_DIM/64 TMA boxes (one per column block), counted on `bar`.
-template <int HEAD_DIM>
-__device__ __forceinline__ void tma_load_tile(u32 dst, const TensorMap& map, u32 bar, int rows,
-                                              int row0, int head, int batch) {
-    #pragma unroll
-    for (int cb = 0; cb < HEAD_DIM / 64; ++cb)
-        tma_load_4d(dst + cb * rows * 128, &map, bar, cb * 64, row0, head, batch);
-}
-
-// Work item i of the CTA's turn. Tile t is BLOCK_M query rows (64 * CONSUMERS, or
-// 64 with SPLIT) of one (head, batch); tiles are numbered by groups of `group` heads,
-// so the CTAs running at once share few heads' K/V in L2 (numbering across all heads
-// first cost 5-7 % at S = 16k: every head's K/V in flight at once), and within a group
-// longest first (m_block descending, the group's heads in turn: causal rows that see
-// the most keys start first, and a group's shortest tiles fill the gaps at its end;
-// the host picks group = 1 for non-causal problems, see Sm90Config.schedule). Items are dealt
-// round-robin to the CTAs; with one CTA per SM the grid is persistent and a CTA's
-// next item loads while it stores the current one (the host launches causal
-// problems with one CTA per tile instead: see Sm90Config.schedule).
-// Items from tail_start on are the last tiles split into one 64-row sub-tile per
-// consumer: when the tiles leave a partial last round, that round runs on every
-// SM with one consumer each instead of on a few with all of them. A sub-tile is
-// worked by consumer 0 alone, as are a tile's rows past Sq by nobody.
-struct WorkTile {
-    int row0, head, batch;
-    int consumers;           // consumers with rows here (the first ones)
-    int n_blocks;            // key tiles of those rows (causal: up to the diagonal)
-};
-
-template <class Tile, int BLOCK_N>
-__device__ __forceinline__ WorkTile work_tile(const Sm90Params& p, int i) {
-    constexpr int C = Tile::kConsumers;
-    const bool sub = i >= p.tail_start;   // never with SPLIT (its tiles are 64 rows)
-    const int t = sub ? p.tail_start + (i - p.tail_start) / C : i;
-    const int g = p.by_group_tiles(t), in_group = t - g * p.group * p.m_blocks;
-    const int m_desc = p.by_group(in_group);
-    const int head_batch = g * p.group + in_group - m_desc * p.group, batch = p.by_heads(head_batch);
-    const int row0 = (p.m_blocks - 1 - m_desc) * Tile::kBlockM + (sub ? 64 * ((i - p.tail_start) % C) : 0);
-    const int rows = max(0, min(sub ? 64 : Tile::kBlockM, p.seqlen_q - row0));
-    const int causal_diag = p.seqlen_k - p.seqlen_q;   // key j visible to query i iff j <= i + diag
-    const int kv_end = p.causal ? min(p.seqlen_k, row0 + rows + causal_diag) : p.seqlen_k;
-    return {row0, head_batch - batch * p.heads, batch,
-            Tile::kSplit ? (rows > 0 ? C : 0) : (rows + 63) / 64,
-            rows > 0 && kv_end > 0 ? (kv_end + BLOCK_N - 1) / BLOCK_N : 0};
-}
-
-#ifdef FLASHCORE_RECORD_WORK
-// Diagnostic build (-DFLASHCORE_RECORD_WORK=<items>; tests/test_attention_gpu.py): for work item
-// i (< items), the tile the consumers were given: CTA, row0, head, batch, consumers, n_blocks,
-// the item's place in its CTA's turn, and 1. The host compares it with Sm90Config.work_tile,
-// the Python schedule the CPU tests hold to their rules. C linkage: the host reads it by name.
-extern "C" __device__ int fc_work_log[FLASHCORE_RECORD_WORK][8];
-#endif
-
-// Ring position of the CTA's it-th K/V tile (counted across work tiles).
-template <int STAGES>
-struct Ring {
-    int it;
-    __device__ int slot() const { return it % STAGES; }
-    __device__ u32 parity() const { return static_cast<u32>((it / STAGES) & 1); }
-};
-
-// Producer: per work tile, Q (once the consumers released the previous one), then
-// the K and V tiles through their rings, each slot refilled once released. With
-// PRODUCERS = 1 one thread issues them all (Q, K_0, V_0, K_1, ...); with 2 the K
-// thread (Q and K) and the V thread each wait only on their own releases: one thread
-// makes each K load wait behind the previous V slot's release, which costs most
-// where the ring is short against the keys (decode: 209 -> 119 us on an H100 with
-// 2) and nothing where it holds them all (the mission kernel: 6.4 against 6.9 us).
-template <class Tile, int HEAD_DIM, int BLOCK_N, int STAGES, bool LOADS_K, bool LOADS_V>
-__device__ __forceinline__ void produce(const Sm90Params& p, u32 sbase, const Barriers<STAGES>& bar) {
-    if (LOADS_K) {
-        prefetch_tensor_map(&p.q);
-        prefetch_tensor_map(&p.k);
-    }
-    if (LOADS_V) prefetch_tensor_map(&p.v);
-    int it = 0, n_done = 0;
-    for (int i = blockIdx.x; i < p.n_items; i += gridDim.x, ++n_done) {
-        const WorkTile w = work_tile<Tile, BLOCK_N>(p, i);
-        const int head_kv = p.by_heads_per_kv(w.head);
-        if (LOADS_K) {
-            if (n_done > 0) mbar_wait(bar.q_empty(), (n_done - 1) & 1);
-            mbar_expect_tx(bar.q_full(), Tile::kQBytes);
-            #pragma unroll
-            for (int box = 0; box < Tile::kBlockM / Tile::kQBoxRows; ++box)   // slice `box`'s first rows
-                tma_load_tile<HEAD_DIM>(sbase + box * 16 * 128, p.q, bar.q_full(), Tile::kQRows,
-                                        w.row0 + box * Tile::kQBoxRows, w.head * p.pack, w.batch); FC_TRACE(18);
-        }
-        // K runs kKAhead tiles ahead of V: with split keys each consumer's first S needs
-        // its own K tile, and with 64 CTAs loading at once (the mission shape) the L2 serves
-        // the copies slowly enough that V_0 ahead of K_1 delayed consumer 1's start.
-        for (int j = 0; j < w.n_blocks + Tile::kKAhead; ++j) {
-            const int jk = j, jv = j - Tile::kKAhead;
-            if (LOADS_K && jk < w.n_blocks) {
-                const Ring<STAGES> r{it + jk};
-                if (it + jk >= STAGES) mbar_wait(bar.k_empty(r.slot()), r.parity() ^ 1);
-                mbar_expect_tx(bar.k_full(r.slot()), Tile::kKVBytes);
-                tma_load_tile<HEAD_DIM>(sbase + Tile::kOffK + r.slot() * Tile::kKVBytes, p.k,
-                                        bar.k_full(r.slot()), BLOCK_N, jk * BLOCK_N, head_kv, w.batch);
-            }
-            if (LOADS_V && jv >= 0) {
-                const Ring<STAGES> r{it + jv};
-                if (it + jv >= STAGES) mbar_wait(bar.v_empty(r.slot()), r.parity() ^ 1); FC_TRACE(19);
-                mbar_expect_tx(bar.v_full(r.slot()), Tile::kKVBytes);
-                tma_load_tile<HEAD_DIM>(sbase + Tile::kOffV + r.slot() * Tile::kKVBytes, p.v,
-                                        bar.v_full(r.slot()), BLOCK_N, jv * BLOCK_N, head_kv, w.batch);
-            }
-        }
-        it += w.n_blocks;
-    }
-}
-
-// A k-step's descriptor differs from its tile's only in the start address, bits 0..13
-// (addr >> 4) of the low word, which no offset inside a tile carries out of (shared
-// memory ends below 2^18 bytes): the tile's descriptor plus the offset. Built per k-step
-// from the address instead, each took ~8 instructions in the GEMM issue path (SASS v12).
-__device__ __forceinline__ u64 desc_advance(u64 desc, u32 bytes) {
-    return (desc & 0xFFFFFFFF00000000ull) | static_cast<u32>(static_cast<u32>(desc) + (bytes >> 4));
-}
-
-// S(64 x BLOCK_N) = Q_c K^T: HEAD_DIM/16 k-steps, both operands K-major.
-template <class T, class Tile, int HEAD_DIM, int BLOCK_N>
-__device__ __forceinline__ void qk_wgmma(float (&s)[BLOCK_N / 8][4], u64 q_desc, u64 k_desc) {
-#ifdef FLASHCORE_ABLATE_NO_QK
-    wgmma_fence(); wgmma_commit(); return;   // an empty group keeps the waits' counts
-#endif
-    wgmma_fence();
-    #pragma unroll
-    for (int ks = 0; ks < HEAD_DIM / 16; ++ks) {
-        const u32 cb = ks / 4, in_block = (ks % 4) * 32;
-        wgmma_ss<T, BLOCK_N>(s, desc_advance(q_desc, cb * Tile::kQRows * 128 + in_block),
-                             desc_advance(k_desc, cb * BLOCK_N * 128 + in_block), ks > 0);
-    }
-    wgmma_commit();
-}
-
-// O(64 x HEAD_DIM) += P V: BLOCK_N/16 k-steps, P from registers, V MN-major.
-template <class T, int HEAD_DIM, int BLOCK_N>
-__device__ __forceinline__ void pv_wgmma(float (&o)[HEAD_DIM / 8][4], const u32 (&a)[BLOCK_N / 16][4],
-                                         u64 v_desc) {
-#ifdef FLASHCORE_ABLATE_NO_PV
-    wgmma_fence(); wgmma_commit(); return;   // an empty group keeps the waits' counts
-#endif
-    wgmma_fence();
-    #pragma unroll
-    for (int kk = 0; kk < BLOCK_N / 16; ++kk)
-        wgmma_rs<T, HEAD_DIM>(o, a[kk], desc_advance(v_desc, kk * 2048), true);
-    wgmma_commit();
-}
-
-// SPLIT: merge the consumers' partial softmax states of the same rows into consumer
-// 0's, through `scratch` (the ring, free once all consumers reach the barrier). Each
-// thread holds the same rows and columns in every consumer, so it trades with its
-// own slot: float k of thread t at scratch[k * 128 + t] (conflict-free); only the
-// HALVES row halves that hold queries. A partial state (m, l, O) scales by
-// exp2(m - m_max) into the merged one.
-template <int HEAD_DIM, int CONSUMERS, int HALVES>
-__device__ __forceinline__ void combine_split(float* scratch, int consumer, float (&o)[1][HEAD_DIM / 8][4],
-                                              float (&m)[1][2], float (&l)[1][2]) {
-    constexpr int kOFloats = HALVES * HEAD_DIM / 4, kFloats = kOFloats + 2 * HALVES;
-    constexpr int kBarrier = 1 + CONSUMERS;   // ids 1..CONSUMERS are the ping-pong turns
-    // Slots of a half's O pair (dt, e % 2), its m and its l.
-    auto o_at = [](int half, int dt, int e) { return ((half * HEAD_DIM / 8 + dt) * 2 + e % 2) * 128; };
-    auto m_at = [](int half) { return (kOFloats + half) * 128; };
-    auto l_at = [](int half) { return (kOFloats + HALVES + half) * 128; };
-    const int t = threadIdx.x % 128;
-    named_barrier_sync(kBarrier, 128 * CONSUMERS); FC_TRACE(15);      // every consumer's GEMMs are done
-    if (consumer > 0) {
-        float* mine = scratch + (consumer - 1) * kFloats * 128 + t;
-        #pragma unroll
-        for (int half = 0; half < HALVES; ++half) {
-            #pragma unroll
-            for (int dt = 0; dt < HEAD_DIM / 8; ++dt)
-                #pragma unroll
-                for (int e = 2 * half; e < 2 * half + 2; ++e) mine[o_at(half, dt, e)] = o[0][dt][e];
-            mine[m_at(half)] = m[0][half];
-            mine[l_at(half)] = l[0][half];
-        }
-    }
-    named_barrier_sync(kBarrier, 128 * CONSUMERS); FC_TRACE(16);
-    if (consumer > 0) return;
-    #pragma unroll
-    for (int c = 1; c < CONSUMERS; ++c) {
-        const float* theirs = scratch + (c - 1) * kFloats * 128 + t;
-        #pragma unroll
-        for (int half = 0; half < HALVES; ++half) {
-            const float m_c = theirs[m_at(half)];
-            const float m_max = fmaxf(m[0][half], m_c);
-            if (m_max == neg_inf()) continue;   // neither has seen a key of these rows
-            const float f_own = fast_exp2(m[0][half] - m_max), f_c = fast_exp2(m_c - m_max);
-            #pragma unroll
-            for (int dt = 0; dt < HEAD_DIM / 8; ++dt)
-                #pragma unroll
-                for (int e = 2 * half; e < 2 * half + 2; ++e)
-                    o[0][dt][e] = o[0][dt][e] * f_own + theirs[o_at(half, dt, e)] * f_c;
-            l[0][half] = l[0][half] * f_own + theirs[l_at(half)] * f_c;
-            m[0][half] = m_max;
-        }
-    }
-}
 
 template <class T, int HEAD_DIM, int BLOCK_N, int STAGES, int CONSUMERS, bool PINGPONG, bool SPLIT, int PRODUCERS,
           int WARP_ROWS>

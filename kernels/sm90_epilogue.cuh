@@ -1,0 +1,60 @@
+// The Hopper forward kernel's epilogue helpers: the split-keys merge of the consumers' softmax
+// states (the output and LSE stores stay in the kernel, beside the registers they read).
+#pragma once
+#include "diagnostics.cuh"
+#include "softmax.cuh"
+
+namespace fc {
+
+// SPLIT: merge the consumers' partial softmax states of the same rows into consumer
+// 0's, through `scratch` (the ring, free once all consumers reach the barrier). Each
+// thread holds the same rows and columns in every consumer, so it trades with its
+// own slot: float k of thread t at scratch[k * 128 + t] (conflict-free); only the
+// HALVES row halves that hold queries. A partial state (m, l, O) scales by
+// exp2(m - m_max) into the merged one.
+template <int HEAD_DIM, int CONSUMERS, int HALVES>
+__device__ __forceinline__ void combine_split(float* scratch, int consumer, float (&o)[1][HEAD_DIM / 8][4],
+                                              float (&m)[1][2], float (&l)[1][2]) {
+    constexpr int kOFloats = HALVES * HEAD_DIM / 4, kFloats = kOFloats + 2 * HALVES;
+    constexpr int kBarrier = 1 + CONSUMERS;   // ids 1..CONSUMERS are the ping-pong turns
+    // Slots of a half's O pair (dt, e % 2), its m and its l.
+    auto o_at = [](int half, int dt, int e) { return ((half * HEAD_DIM / 8 + dt) * 2 + e % 2) * 128; };
+    auto m_at = [](int half) { return (kOFloats + half) * 128; };
+    auto l_at = [](int half) { return (kOFloats + HALVES + half) * 128; };
+    const int t = threadIdx.x % 128;
+    named_barrier_sync(kBarrier, 128 * CONSUMERS); FC_TRACE(15);      // every consumer's GEMMs are done
+    if (consumer > 0) {
+        float* mine = scratch + (consumer - 1) * kFloats * 128 + t;
+        #pragma unroll
+        for (int half = 0; half < HALVES; ++half) {
+            #pragma unroll
+            for (int dt = 0; dt < HEAD_DIM / 8; ++dt)
+                #pragma unroll
+                for (int e = 2 * half; e < 2 * half + 2; ++e) mine[o_at(half, dt, e)] = o[0][dt][e];
+            mine[m_at(half)] = m[0][half];
+            mine[l_at(half)] = l[0][half];
+        }
+    }
+    named_barrier_sync(kBarrier, 128 * CONSUMERS); FC_TRACE(16);
+    if (consumer > 0) return;
+    #pragma unroll
+    for (int c = 1; c < CONSUMERS; ++c) {
+        const float* theirs = scratch + (c - 1) * kFloats * 128 + t;
+        #pragma unroll
+        for (int half = 0; half < HALVES; ++half) {
+            const float m_c = theirs[m_at(half)];
+            const float m_max = fmaxf(m[0][half], m_c);
+            if (m_max == neg_inf()) continue;   // neither has seen a key of these rows
+            const float f_own = fast_exp2(m[0][half] - m_max), f_c = fast_exp2(m_c - m_max);
+            #pragma unroll
+            for (int dt = 0; dt < HEAD_DIM / 8; ++dt)
+                #pragma unroll
+                for (int e = 2 * half; e < 2 * half + 2; ++e)
+                    o[0][dt][e] = o[0][dt][e] * f_own + theirs[o_at(half, dt, e)] * f_c;
+            l[0][half] = l[0][half] * f_own + theirs[l_at(half)] * f_c;
+            m[0][half] = m_max;
+        }
+    }
+}
+
+}  // namespace fc

@@ -1,0 +1,55 @@
+// The Hopper forward kernel's tile scheduler: which work tile a CTA's i-th item is. Its Python
+// mirror is flashcore_cupy/configs.py's Sm90Config.work_tile (and schedule, which sets the
+// launch's tail_start, items and group); the GPU tests compare the two through the
+// FLASHCORE_RECORD_WORK build.
+#pragma once
+#include "params_sm90.cuh"
+
+namespace fc {
+
+// Work item i of the CTA's turn. Tile t is BLOCK_M query rows (64 * CONSUMERS, or
+// 64 with SPLIT) of one (head, batch); tiles are numbered by groups of `group` heads,
+// so the CTAs running at once share few heads' K/V in L2 (numbering across all heads
+// first cost 5-7 % at S = 16k: every head's K/V in flight at once), and within a group
+// longest first (m_block descending, the group's heads in turn: causal rows that see
+// the most keys start first, and a group's shortest tiles fill the gaps at its end;
+// the host picks group = 1 for non-causal problems, see Sm90Config.schedule). Items are dealt
+// round-robin to the CTAs; with one CTA per SM the grid is persistent and a CTA's
+// next item loads while it stores the current one (the host launches causal
+// problems with one CTA per tile instead: see Sm90Config.schedule).
+// Items from tail_start on are the last tiles split into one 64-row sub-tile per
+// consumer: when the tiles leave a partial last round, that round runs on every
+// SM with one consumer each instead of on a few with all of them. A sub-tile is
+// worked by consumer 0 alone, as are a tile's rows past Sq by nobody.
+struct WorkTile {
+    int row0, head, batch;
+    int consumers;           // consumers with rows here (the first ones)
+    int n_blocks;            // key tiles of those rows (causal: up to the diagonal)
+};
+
+template <class Tile, int BLOCK_N>
+__device__ __forceinline__ WorkTile work_tile(const Sm90Params& p, int i) {
+    constexpr int C = Tile::kConsumers;
+    const bool sub = i >= p.tail_start;   // never with SPLIT (its tiles are 64 rows)
+    const int t = sub ? p.tail_start + (i - p.tail_start) / C : i;
+    const int g = p.by_group_tiles(t), in_group = t - g * p.group * p.m_blocks;
+    const int m_desc = p.by_group(in_group);
+    const int head_batch = g * p.group + in_group - m_desc * p.group, batch = p.by_heads(head_batch);
+    const int row0 = (p.m_blocks - 1 - m_desc) * Tile::kBlockM + (sub ? 64 * ((i - p.tail_start) % C) : 0);
+    const int rows = max(0, min(sub ? 64 : Tile::kBlockM, p.seqlen_q - row0));
+    const int causal_diag = p.seqlen_k - p.seqlen_q;   // key j visible to query i iff j <= i + diag
+    const int kv_end = p.causal ? min(p.seqlen_k, row0 + rows + causal_diag) : p.seqlen_k;
+    return {row0, head_batch - batch * p.heads, batch,
+            Tile::kSplit ? (rows > 0 ? C : 0) : (rows + 63) / 64,
+            rows > 0 && kv_end > 0 ? (kv_end + BLOCK_N - 1) / BLOCK_N : 0};
+}
+
+#ifdef FLASHCORE_RECORD_WORK
+// Diagnostic build (-DFLASHCORE_RECORD_WORK=<items>; tests/test_attention_gpu.py): for work item
+// i (< items), the tile the consumers were given: CTA, row0, head, batch, consumers, n_blocks,
+// the item's place in its CTA's turn, and 1. The host compares it with Sm90Config.work_tile,
+// the Python schedule the CPU tests hold to their rules. C linkage: the host reads it by name.
+extern "C" __device__ int fc_work_log[FLASHCORE_RECORD_WORK][8];
+#endif
+
+}  // namespace fc
