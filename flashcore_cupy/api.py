@@ -2,7 +2,7 @@
 
 The first call with a given signature (shapes, strides, dtypes, device,
 options) validates everything, picks and compiles the kernel and prepares a
-`FwdLaunch`; later calls with that signature check only what can change
+`Sm80FwdLaunch`; later calls with that signature check only what can change
 between them (the arrays' addresses) and launch.
 """
 
@@ -23,8 +23,8 @@ except ImportError:
     _cupy = _current_stream = _get_device = _NDARRAY = None
 
 from . import loader, tuning
-from .configs import FwdConfig, Sm90Config, choose_kernel
-from .launch import FwdLaunch, Sm90Launch, build_launch, sm90_blocker
+from .configs import Sm80FwdConfig, Sm90FwdConfig, choose_kernel
+from .launch import Sm80FwdLaunch, Sm90FwdLaunch, build_launch, sm90_blocker
 from .validation import (Problem, TensorSpec, check_capability, check_options, check_out,
                          check_problem, layout_strides)
 
@@ -80,7 +80,7 @@ def device_info(device_id: int) -> DeviceInfo:
 
 
 @functools.lru_cache(maxsize=None)
-def tuned_table(device_id: int) -> tuple[tuple[str, FwdConfig | Sm90Config], ...]:
+def tuned_table(device_id: int) -> tuple[tuple[str, Sm80FwdConfig | Sm90FwdConfig], ...]:
     """This device's tuned tiles (see tuning.py), read once per process."""
     import cupy
 
@@ -90,7 +90,7 @@ def tuned_table(device_id: int) -> tuple[tuple[str, FwdConfig | Sm90Config], ...
     return tuple(sorted(table.items()))
 
 
-def plan(problem: Problem, device_id: int, backend: Backend) -> tuple[FwdConfig | Sm90Config, DeviceInfo]:
+def plan(problem: Problem, device_id: int, backend: Backend) -> tuple[Sm80FwdConfig | Sm90FwdConfig, DeviceInfo]:
     """Which kernel runs this problem, and for which arch.
 
     "auto": the Hopper kernel where it can run (its small tiles where the large
@@ -134,7 +134,7 @@ def _prepare(q, k, v, out, causal, scale, layout, return_lse, backend, config=No
                                       return_lse, defines)
 
 
-_launches: dict[tuple, FwdLaunch | Sm90Launch] = {}
+_launches: dict[tuple, Sm80FwdLaunch | Sm90FwdLaunch] = {}
 
 
 def _signature(q, k, v, out, causal, scale, layout, return_lse, backend):
@@ -167,7 +167,7 @@ def _signature(q, k, v, out, causal, scale, layout, return_lse, backend):
 
 def prepared_launch(q, k, v, *, causal: bool = False, scale: float | None = None,
                     layout: str = "bhsd", return_lse: bool = False, out: Any = None,
-                    backend: Backend = "auto") -> FwdLaunch | Sm90Launch:
+                    backend: Backend = "auto") -> Sm80FwdLaunch | Sm90FwdLaunch:
     """The launch an earlier `attention` call with these arguments prepared, for scripts
     that time or trace the kernel alone; KeyError if no such call was made."""
     sig = _signature(q, k, v, out, causal, scale, layout, return_lse, backend)
@@ -215,7 +215,7 @@ def attention(q: Any, k: Any, v: Any, *, causal: bool = False, scale: float | No
         return _run(launch, qkv, q.dtype, out)
 
 
-def attention_with_config(config: FwdConfig | Sm90Config, q, k, v, *, causal: bool = False,
+def attention_with_config(config: Sm80FwdConfig | Sm90FwdConfig, q, k, v, *, causal: bool = False,
                           scale: float | None = None, layout: str = "bhsd",
                           return_lse: bool = False, out: Any = None):
     """`attention` with a given kernel config instead of dispatch's: for tests and tile search.
@@ -232,8 +232,8 @@ def attention_with_config(config: FwdConfig | Sm90Config, q, k, v, *, causal: bo
 
 def new_launch(q, k, v, *, causal: bool = False, scale: float | None = None, layout: str = "bhsd",
                return_lse: bool = False, out: Any = None, backend: Backend = "auto",
-               config: FwdConfig | Sm90Config | None = None,
-               defines: tuple[str, ...] = ()) -> FwdLaunch | Sm90Launch:
+               config: Sm80FwdConfig | Sm90FwdConfig | None = None,
+               defines: tuple[str, ...] = ()) -> Sm80FwdLaunch | Sm90FwdLaunch:
     """The launch `attention` (or, given `config`, `attention_with_config`) makes for these
     arguments, validated and compiled but neither run nor cached: for scripts that time or
     trace kernels, as launch(q, k, v, out, lse). defines: a diagnostic build's macros
@@ -243,8 +243,8 @@ def new_launch(q, k, v, *, causal: bool = False, scale: float | None = None, lay
     return _prepare(q, k, v, out, causal, scale, layout, return_lse, backend, config, defines)[-1]
 
 
-def _config_backend(config: FwdConfig | Sm90Config) -> Backend:
-    return "sm90" if isinstance(config, Sm90Config) else "auto"   # sm90 checks that it can run
+def _config_backend(config: Sm80FwdConfig | Sm90FwdConfig) -> Backend:
+    return "sm90" if isinstance(config, Sm90FwdConfig) else "auto"   # sm90 checks that it can run
 
 
 # Outputs allocated ahead for the next call of a small launch: allocating after a
@@ -257,7 +257,7 @@ _MAX_SPARES = 8
 _spares: dict[tuple, tuple] = {}
 
 
-def _allocate(launch: FwdLaunch | Sm90Launch, dtype) -> tuple:
+def _allocate(launch: Sm80FwdLaunch | Sm90FwdLaunch, dtype) -> tuple:
     """Uninitialised outputs from CuPy's pool: the ndarray constructor is `cupy.empty` without
     its wrapper (1.7 against 2.1 us on the H200's host)."""
     out = _cupy.ndarray(launch.out_shape, dtype)
@@ -265,7 +265,7 @@ def _allocate(launch: FwdLaunch | Sm90Launch, dtype) -> tuple:
     return out, lse
 
 
-def _run(launch: FwdLaunch | Sm90Launch, qkv: tuple[int, int, int], dtype, out):
+def _run(launch: Sm80FwdLaunch | Sm90FwdLaunch, qkv: tuple[int, int, int], dtype, out):
     """Outputs, then the launch on CuPy's current stream; `launch.device` is current.
     qkv: the inputs' addresses; dtype: theirs and the output's."""
     stream = _current_stream(launch.device).ptr   # given the device, CuPy skips a cudaGetDevice

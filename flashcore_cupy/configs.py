@@ -1,6 +1,6 @@
 """Kernel configurations and the choice of one per problem.
 
-A `FwdConfig` is the single source of a kernel instantiation: it yields the
+A `Sm80FwdConfig` is the single source of a kernel instantiation: it yields the
 NVRTC name expression, the launch geometry and the dynamic shared memory.
 Nothing else computes grid, block or shared-memory sizes.
 """
@@ -25,7 +25,7 @@ MAX_HEAD_DIM = HEAD_DIM_BUCKETS[-1]
 
 
 @dataclass(frozen=True)
-class FwdConfig:
+class Sm80FwdConfig:
     """One instantiation of `fc::flash_fwd` in kernels/flash_fwd_sm80.cu."""
 
     dtype: str        # "fp16" | "bf16"
@@ -64,7 +64,7 @@ class FwdConfig:
 
 
 class WorkTile(NamedTuple):
-    """One work item of the Hopper kernel, as its work_tile gives it (Sm90Config.work_tile)."""
+    """One work item of the Hopper kernel, as its work_tile gives it (Sm90FwdConfig.work_tile)."""
     row0: int
     head: int
     batch: int
@@ -73,7 +73,7 @@ class WorkTile(NamedTuple):
 
 
 class Sm90Schedule(NamedTuple):
-    """How a problem's work tiles map onto the Hopper kernel's CTAs (Sm90Config.schedule)."""
+    """How a problem's work tiles map onto the Hopper kernel's CTAs (Sm90FwdConfig.schedule)."""
     grid: tuple[int, int, int]
     tail_start: int   # work items from here on are 64-row sub-tiles of the last tiles
     items: int        # work items: tiles before tail_start, then consumers per later tile
@@ -97,7 +97,7 @@ def causal_group(batch_heads: int, kv_bytes_per_head: int) -> int:
 
 
 @dataclass(frozen=True)
-class Sm90Config:
+class Sm90FwdConfig:
     """One instantiation of `fc::flash_fwd_sm90` in kernels/flash_fwd_sm90.cu (sm_90a only)."""
 
     dtype: str        # "fp16" | "bf16"
@@ -268,24 +268,24 @@ class DispatchKey(NamedTuple):
         return cls(family, parts[0], int(parts[1][1:]), parts[2])
 
 
-def problem_class(arch: str, dtype: str, head_dim: int, batch_heads: int, seqlen_q: int,
-                  num_sms: int) -> tuple[DispatchKey, FwdConfig]:
+def sm80_problem_class(arch: str, dtype: str, head_dim: int, batch_heads: int, seqlen_q: int,
+                  num_sms: int) -> tuple[DispatchKey, Sm80FwdConfig]:
     """(dispatch key, default config) of one problem on the portable kernel."""
     hd = bucket_head_dim(head_dim)
     bound, tile = next((b, t) for b, t in _TILE_TABLE[arch_family(arch)] if hd <= b)
-    config = FwdConfig(dtype, hd, **tile)
+    config = Sm80FwdConfig(dtype, hd, **tile)
     small = batch_heads * -(-seqlen_q // config.block_m) < num_sms or seqlen_q <= _SHORT_Q
     if small:
-        config = FwdConfig(dtype, hd, **_SMALL_GRID_TILE[bound])
+        config = Sm80FwdConfig(dtype, hd, **_SMALL_GRID_TILE[bound])
     return DispatchKey("sm80", dtype, hd, "small" if small else "large"), config
 
 
 @functools.lru_cache(maxsize=None)
-def choose_config(arch: str, dtype: str, head_dim: int, batch_heads: int = 1 << 30,
+def choose_sm80_config(arch: str, dtype: str, head_dim: int, batch_heads: int = 1 << 30,
                   seqlen_q: int = 1 << 30, num_sms: int = 1,
-                  tuned: tuple[tuple[DispatchKey, FwdConfig], ...] = ()) -> FwdConfig:
+                  tuned: tuple[tuple[DispatchKey, Sm80FwdConfig], ...] = ()) -> Sm80FwdConfig:
     """The kernel config for one problem (pure; cached): a tuned entry, else the table's."""
-    key, default = problem_class(arch, dtype, head_dim, batch_heads, seqlen_q, num_sms)
+    key, default = sm80_problem_class(arch, dtype, head_dim, batch_heads, seqlen_q, num_sms)
     return dict(tuned).get(key, default)
 
 
@@ -317,9 +317,9 @@ _SM90_TILES = {
 Sm90Mode = Literal["off", "auto", "force"]
 
 
-def sm90_config(dtype: str, head_dim: int, grid: str = "large") -> Sm90Config:
+def sm90_config(dtype: str, head_dim: int, grid: str = "large") -> Sm90FwdConfig:
     hd = next(b for b in SM90_HEAD_DIMS if b >= head_dim)
-    return Sm90Config(dtype, hd, **_SM90_TILES[hd, grid])
+    return Sm90FwdConfig(dtype, hd, **_SM90_TILES[hd, grid])
 
 
 SM90_PRODUCER_REGISTERS = 24   # the producer warpgroup's after setmaxnreg (Sm90Tile::kProducerRegs)
@@ -335,7 +335,7 @@ def sm90_consumer_registers(consumers: int) -> int:
 
 
 def sm90_problem_class(dtype: str, head_dim: int, batch_heads: int, seqlen_q: int,
-                       num_sms: int) -> tuple[DispatchKey, Sm90Config]:
+                       num_sms: int) -> tuple[DispatchKey, Sm90FwdConfig]:
     """(dispatch key, default config) of a problem on the Hopper kernel."""
     def tiles(grid: str) -> int:
         return batch_heads * -(-seqlen_q // sm90_config(dtype, head_dim, grid).block_m)
@@ -349,23 +349,23 @@ def sm90_problem_class(dtype: str, head_dim: int, batch_heads: int, seqlen_q: in
 
 
 def dispatch_class(arch: str, dtype: str, head_dim: int, batch_heads: int, seqlen_q: int,
-                   num_sms: int) -> tuple[DispatchKey, FwdConfig | Sm90Config]:
+                   num_sms: int) -> tuple[DispatchKey, Sm80FwdConfig | Sm90FwdConfig]:
     """(dispatch key, default config) of the kernel `auto` runs a problem on."""
     if arch == SM90_ARCH and head_dim <= SM90_HEAD_DIMS[-1]:
         return sm90_problem_class(dtype, head_dim, batch_heads, seqlen_q, num_sms)
-    return problem_class(arch, dtype, head_dim, batch_heads, seqlen_q, num_sms)
+    return sm80_problem_class(arch, dtype, head_dim, batch_heads, seqlen_q, num_sms)
 
 
 @functools.lru_cache(maxsize=None)
 def choose_kernel(arch: str, dtype: str, head_dim: int, batch_heads: int = 1 << 30,
                   seqlen_q: int = 1 << 30, num_sms: int = 1,
-                  tuned: tuple[tuple[DispatchKey, FwdConfig | Sm90Config], ...] = (),
-                  sm90: Sm90Mode = "auto") -> FwdConfig | Sm90Config:
+                  tuned: tuple[tuple[DispatchKey, Sm80FwdConfig | Sm90FwdConfig], ...] = (),
+                  sm90: Sm90Mode = "auto") -> Sm80FwdConfig | Sm90FwdConfig:
     """The kernel for one problem (pure; cached): a tuned entry, else the table's.
 
     sm90="auto": the Hopper kernel on sm_90a for head dims up to 128 (small tiles
     where the large ones would leave SMs idle), else the portable kernel
-    (`choose_config`); "force": the Hopper kernel's large tiles (the caller has
+    (`choose_sm80_config`); "force": the Hopper kernel's large tiles (the caller has
     checked that it can run); "off": the portable kernel.
     """
     if sm90 == "force":
@@ -374,13 +374,13 @@ def choose_kernel(arch: str, dtype: str, head_dim: int, batch_heads: int = 1 << 
     if sm90 == "auto":
         key, default = dispatch_class(arch, dtype, head_dim, batch_heads, seqlen_q, num_sms)
         return dict(tuned).get(key, default)
-    return choose_config(arch, dtype, head_dim, batch_heads, seqlen_q, num_sms, tuned)
+    return choose_sm80_config(arch, dtype, head_dim, batch_heads, seqlen_q, num_sms, tuned)
 
 
-def all_configs(arch: str) -> list[FwdConfig | Sm90Config]:
+def all_configs(arch: str) -> list[Sm80FwdConfig | Sm90FwdConfig]:
     """Every config the tables can give on `arch` (tuned tables can add more: see
     tuning.dispatchable_configs)."""
-    portable = {choose_config(arch, dt, hd, batch_heads=1, seqlen_q=sq, num_sms=2)
+    portable = {choose_sm80_config(arch, dt, hd, batch_heads=1, seqlen_q=sq, num_sms=2)
                 for dt in DTYPES for hd in HEAD_DIM_BUCKETS for sq in (1, 1 << 20)}
     hopper = ({sm90_config(dt, hd, grid) for dt in DTYPES for hd in SM90_HEAD_DIMS
                for grid in SM90_GRIDS} if arch == SM90_ARCH else set())

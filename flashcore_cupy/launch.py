@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import loader, params, tma
-from .configs import SM90_ARCH, SM90_HEAD_DIMS, FwdConfig, Sm90Config, WorkTile, sm90_config
+from .configs import SM90_ARCH, SM90_HEAD_DIMS, Sm80FwdConfig, Sm90FwdConfig, WorkTile, sm90_config
 from .validation import Problem
 
 try:
@@ -51,7 +51,7 @@ class ParamBlock:
 @dataclass(frozen=True, eq=False)
 class _Launch:
     """What every kernel family's launch holds; hashed by identity."""
-    config: FwdConfig | Sm90Config
+    config: Sm80FwdConfig | Sm90FwdConfig
     function: int                        # CUfunction, compiled for `device`
     device: int
     grid: tuple[int, int, int]
@@ -77,7 +77,7 @@ class _Launch:
 
 
 @dataclass(frozen=True, eq=False)
-class FwdLaunch(_Launch):
+class Sm80FwdLaunch(_Launch):
     # The packed argument, reused across calls (the scalars packed once, the pointers
     # per call); the lock keeps two threads from packing into it at once.
     _block: ParamBlock = field(default_factory=lambda: ParamBlock(params.FWD_SM80.size), repr=False)
@@ -89,8 +89,8 @@ class FwdLaunch(_Launch):
                                          *params.FWD_SM80.values({**pointers, **self.scalars}))
 
     @classmethod
-    def build(cls, problem: Problem, config: FwdConfig, arch: str, num_sms: int,
-              o_strides: tuple[int, int, int], return_lse: bool, defines: tuple[str, ...] = ()) -> "FwdLaunch":
+    def build(cls, problem: Problem, config: Sm80FwdConfig, arch: str, num_sms: int,
+              o_strides: tuple[int, int, int], return_lse: bool, defines: tuple[str, ...] = ()) -> "Sm80FwdLaunch":
         p = problem
         strides = {f"{t}_s{d}": st for t, ts in zip("qkvo", (p.q_strides, p.k_strides, p.v_strides, o_strides))
                    for d, st in zip("bhs", ts)}
@@ -122,7 +122,7 @@ _MAPS_PER_LAUNCH = 1024
 
 
 @dataclass(frozen=True, eq=False)
-class Sm90Launch(_Launch):
+class Sm90FwdLaunch(_Launch):
     specs: tuple[tma.MapSpec, ...] = ()  # q, k, v
     # Parameter blocks with the maps encoded, per (q, k, v) addresses (the oldest
     # evicted first): a call with arrays seen before (a KV cache, rotating buffers)
@@ -131,8 +131,8 @@ class Sm90Launch(_Launch):
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @classmethod
-    def build(cls, problem: Problem, config: Sm90Config, arch: str, num_sms: int,
-              o_strides: tuple[int, int, int], return_lse: bool, defines: tuple[str, ...] = ()) -> "Sm90Launch":
+    def build(cls, problem: Problem, config: Sm90FwdConfig, arch: str, num_sms: int,
+              o_strides: tuple[int, int, int], return_lse: bool, defines: tuple[str, ...] = ()) -> "Sm90FwdLaunch":
         p = problem
         pack, group = gqa_pack(p, config), p.heads_q // p.heads_kv
         # Packed, the tiles are (batch, kv head)s of one row block; with one query a row,
@@ -154,7 +154,7 @@ class Sm90Launch(_Launch):
 
     def work_tiles(self) -> list[WorkTile]:
         """Every work item of this launch, by index, as the kernel's work_tile computes it
-        from the scalars (Sm90Config.work_tile)."""
+        from the scalars (Sm90FwdConfig.work_tile)."""
         s = self.scalars
         return [self.config.work_tile(i, seqlen_q=s["seqlen_q"], seqlen_k=s["seqlen_k"], causal=bool(s["causal"]),
                                       heads=s["heads"], m_blocks=s["m_blocks"], group=s["group"],
@@ -188,7 +188,7 @@ def fast_divisor(d: int) -> tuple[int, int]:
     return ((1 << shift) + d - 1) // d, shift - 32
 
 
-def gqa_pack(p: Problem, config: Sm90Config) -> int:
+def gqa_pack(p: Problem, config: Sm90FwdConfig) -> int:
     """Query heads the Hopper kernel packs into one tile's rows: a decode step's (Sq = 1)
     whole GQA group, which then shares one stream of its K/V (up to 64, a consumer's rows,
     with 16-row warps); else 1."""
@@ -196,7 +196,7 @@ def gqa_pack(p: Problem, config: Sm90Config) -> int:
     return group if p.seqlen_q == 1 and 1 < group <= 64 and config.warp_rows == 16 else 1
 
 
-def sm90_map_specs(p: Problem, config: Sm90Config) -> tuple[tma.MapSpec, ...]:
+def sm90_map_specs(p: Problem, config: Sm90FwdConfig) -> tuple[tma.MapSpec, ...]:
     """Tensor-map geometry of q, k and v: Q boxes span the CTA's rows (8-row warps: a warp's
     rows; packed GQA: block_m heads at the one position), K/V boxes one key tile."""
     q_shape = (p.batch, p.heads_q, p.seqlen_q, p.head_dim)
@@ -220,12 +220,12 @@ def sm90_blocker(p: Problem, arch: str) -> str | None:
     return None
 
 
-_LAUNCH_CLASSES = {FwdConfig: FwdLaunch, Sm90Config: Sm90Launch}
+_LAUNCH_CLASSES = {Sm80FwdConfig: Sm80FwdLaunch, Sm90FwdConfig: Sm90FwdLaunch}
 
 
-def build_launch(problem: Problem, config: FwdConfig | Sm90Config, arch: str, num_sms: int,
+def build_launch(problem: Problem, config: Sm80FwdConfig | Sm90FwdConfig, arch: str, num_sms: int,
                  o_strides: tuple[int, int, int], return_lse: bool,
-                 defines: tuple[str, ...] = ()) -> FwdLaunch | Sm90Launch:
+                 defines: tuple[str, ...] = ()) -> Sm80FwdLaunch | Sm90FwdLaunch:
     """defines: a diagnostic build's macros (loader.nvrtc_options); () for the product."""
     return _LAUNCH_CLASSES[type(config)].build(problem, config, arch, num_sms, o_strides, return_lse,
                                                defines)

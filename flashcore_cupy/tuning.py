@@ -22,9 +22,9 @@ from importlib import resources
 from pathlib import Path
 
 from . import configs, loader
-from .configs import FwdConfig, Sm90Config
+from .configs import Sm80FwdConfig, Sm90FwdConfig
 
-Config = FwdConfig | Sm90Config
+Config = Sm80FwdConfig | Sm90FwdConfig
 SCHEMA = 1
 
 
@@ -38,9 +38,9 @@ class Family:
 
 
 FAMILIES = {
-    "sm80": Family("sm80", FwdConfig, {"warps": (4, 8), "m_tiles": (1, 2), "block_n": (32, 64, 128),
+    "sm80": Family("sm80", Sm80FwdConfig, {"warps": (4, 8), "m_tiles": (1, 2), "block_n": (32, 64, 128),
                                "stages": (2, 3, 4)}),
-    "sm90": Family("sm90", Sm90Config, {"block_n": (64, 128, 176, 192), "stages": (2, 3, 4, 8),
+    "sm90": Family("sm90", Sm90FwdConfig, {"block_n": (64, 128, 176, 192), "stages": (2, 3, 4, 8),
                                 "consumers": (1, 2, 3, 4), "pingpong": (False, True),
                                 "split": (False, True), "producers": (1, 2),
                                 "warp_rows": (8, 16)}),
@@ -68,7 +68,7 @@ def space(dtype: str, head_dim: int, family: str = "sm80") -> list[Config]:
             for values in itertools.product(*(fam.space[n] for n in names))]
 
 
-def _sm90_static_reason(config: Sm90Config, arch: str) -> str | None:
+def _sm90_static_reason(config: Sm90FwdConfig, arch: str) -> str | None:
     if arch != configs.SM90_ARCH:
         return f"the Hopper kernel needs {configs.SM90_ARCH}, not {arch}"
     if config.head_dim not in configs.SM90_HEAD_DIMS:
@@ -93,7 +93,7 @@ def _sm90_static_reason(config: Sm90Config, arch: str) -> str | None:
 
 def static_reason(config: Config, arch: str) -> str | None:
     """Why `config` cannot work on `arch` without compiling it, or None."""
-    if isinstance(config, Sm90Config):
+    if isinstance(config, Sm90FwdConfig):
         reason = _sm90_static_reason(config, arch)
         limit = configs.SMEM_LIMIT.get(arch, 0)
         if reason is None and config.smem_bytes > limit:
@@ -130,7 +130,7 @@ def compile_reason(config: Config, arch: str) -> str | None:
 def _register_pool_reason(config: Config, registers: int) -> str | None:
     """setmaxnreg moves registers only inside the CTA's launch allocation (`registers` per
     thread): consumers asking for more than the producer frees would wait forever."""
-    if not isinstance(config, Sm90Config):
+    if not isinstance(config, Sm90FwdConfig):
         return None
     need = configs.SM90_PRODUCER_REGISTERS + config.consumers * configs.sm90_consumer_registers(config.consumers)
     have = registers * (config.consumers + 1)

@@ -15,7 +15,7 @@ import numpy as np
 
 from flashcore_cupy import api
 from flashcore_cupy.bench import peer_call
-from flashcore_cupy.configs import FwdConfig, Sm90Config
+from flashcore_cupy.configs import Sm80FwdConfig, Sm90FwdConfig
 from flashcore_cupy.shapes import parse_shape
 from flashcore_cupy.timing import time_graph_replay, time_throughput
 from flashcore_cupy.workload import random_inputs, verify
@@ -46,7 +46,7 @@ SM90 = {   # shape -> (block_n, stages, consumers, pingpong[, split[, producers[
     "decode-b8-h32kv8-s8k-d128": [(128, 2, 2, False, True, 2), (128, 2, 2, False, True), (64, 4, 2, False, True),
                                   (64, 4, 2, False, True, 2), (64, 3, 3, False, True, 2)],
 }
-FAMILIES = {"sm80": (SM80, FwdConfig), "sm90": (SM90, Sm90Config)}
+FAMILIES = {"sm80": (SM80, Sm80FwdConfig), "sm90": (SM90, Sm90FwdConfig)}
 _GRAPH_BELOW_US = 30   # kernels shorter than this are timed by CUDA-graph replay
 
 

@@ -378,7 +378,7 @@ def test_hopper_wide_key_tiles_with_partial_last_tiles(rng, dtype, block_n):
     from flashcore_cupy import api
 
     need_backend("sm90", 128)
-    config = configs.Sm90Config(dtype, 128, block_n, 2, 2, True)
+    config = configs.Sm90FwdConfig(dtype, 128, block_n, 2, 2, True)
     for sk in (40, 64, 65, block_n + 1, block_n + 64, block_n + 65, 21 * block_n + 64):
         for causal in (False, True):
             q, k, v = make_inputs(rng, dtype, 128, "bhsd", (1, 3, 1), (300, sk))
@@ -402,7 +402,7 @@ def test_auto_dispatch_takes_the_hopper_kernel_where_it_fills_the_gpu(rng):
     q, k, v = make_inputs(rng, "bf16", 128, "bhsd", (2, 16, 16), (1024, 1024))
     out = fc.attention(q, k, v)
     launch = api.prepared_launch(q, k, v)
-    assert isinstance(launch.config, configs.Sm90Config) and not launch.config.split
+    assert isinstance(launch.config, configs.Sm90FwdConfig) and not launch.config.split
     ref = reference.attention(q, k, v)
     assert_close(out, ref, "bf16", "auto:")
     assert_close(fc.attention(q, k, v, backend="sm90"), ref, "bf16", "sm90:")
@@ -430,7 +430,7 @@ def test_new_launch_runs_what_attention_runs(rng, backend):
         launch(q, k, v, out, None)
     assert_close(out, ref, "fp16", "new_launch:")
     if backend == "sm90":   # a config of its own, as tile_ab and tile_sweep pass
-        config = configs.Sm90Config("fp16", 64, 64, 2, 2, True)
+        config = configs.Sm90FwdConfig("fp16", 64, 64, 2, 2, True)
         out.fill(np.nan)
         api.new_launch(q, k, v, causal=True, out=out, config=config)(q, k, v, out, None)
         assert_close(out, ref, "fp16", f"{config}:")
@@ -478,13 +478,13 @@ _RECORD_DEFINE = (f"FLASHCORE_RECORD_WORK={_RECORD}",)
 
 
 def _hopper_configs():
-    return [c for c in _device_configs() if isinstance(c, configs.Sm90Config)]
+    return [c for c in _device_configs() if isinstance(c, configs.Sm90FwdConfig)]
 
 
 @pytest.mark.parametrize("config", _hopper_configs(), ids=str)
 def test_the_hopper_kernel_runs_the_python_schedule(rng, config):
     """A debug build of the kernel (-DFLASHCORE_RECORD_WORK) records each work item's tile: the
-    kernel's own schedule must be Sm90Config.work_tile's (which the CPU tests hold to cover every
+    kernel's own schedule must be Sm90FwdConfig.work_tile's (which the CPU tests hold to cover every
     row once, longest causal tiles first), item by item and CTA by CTA, on causal groups of heads,
     the sub-tiles of a partial last round, packed decode and ragged lengths; and the output of
     that build still matches float64."""

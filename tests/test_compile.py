@@ -22,7 +22,7 @@ def test_every_dispatchable_kernel_compiles_without_spills(arch):
         assert report.spill_bytes == 0 and report.stack_frame_bytes == 0, (arch, str(cfg), report)
         assert not report.perf_warnings, (arch, str(cfg), report.perf_warnings)   # e.g. serialised wgmma
         assert report.registers * cfg.threads <= _REGISTER_FILE, (arch, str(cfg), report.registers)
-        if isinstance(cfg, configs.Sm90Config):   # setmaxnreg moves registers within the CTA's pool
+        if isinstance(cfg, configs.Sm90FwdConfig):   # setmaxnreg moves registers within the CTA's pool
             assert tuning._register_pool_reason(cfg, report.registers) is None, (str(cfg), report.registers)
         assert report.static_smem_bytes + cfg.smem_bytes <= configs.SMEM_LIMIT[arch], (arch, str(cfg))
 
@@ -31,13 +31,13 @@ def test_the_shipped_tuned_tiles_are_among_what_is_compiled():
     """The tiles the H200's tuned table makes dispatch choose (every D128 large-grid Hopper
     shape; the D64 portable tiles): missed by a loop over the tile tables alone."""
     shipped = tuning.shipped_configs("sm_90a")
-    assert configs.Sm90Config("fp16", 128, 192, 2, 2, True) in shipped
+    assert configs.Sm90FwdConfig("fp16", 128, 192, 2, 2, True) in shipped
     assert shipped - set(configs.all_configs("sm_90a"))   # tiles only the tuned table adds
     assert shipped <= set(tuning.dispatchable_configs("sm_90a"))
 
 
 def test_compile_error_names_file_expression_options_and_log():
-    bad = configs.FwdConfig("fp16", 48, 4, 1, 64, 2)   # HEAD_DIM 48 violates a static_assert
+    bad = configs.Sm80FwdConfig("fp16", 48, 4, 1, 64, 2)   # HEAD_DIM 48 violates a static_assert
     with pytest.raises(loader.KernelCompileError) as info:
         loader.compile_only(bad, "sm_80")
     msg = str(info.value)

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 
 from flashcore_cupy import launch, params, tma
-from flashcore_cupy.configs import FwdConfig, Sm90Config
+from flashcore_cupy.configs import Sm80FwdConfig, Sm90FwdConfig
 
 
 def array(ptr):
@@ -38,10 +38,10 @@ _SM90_TAIL_BY_HAND = struct.Struct("<2Q3q3ifi7i8I8x")
 
 
 def test_fwd_launch_sends_its_scalars_and_each_calls_pointers(driver):
-    cfg = FwdConfig("fp16", 64, 4, 2, 64, 3)
+    cfg = Sm80FwdConfig("fp16", 64, 4, 2, 64, 3)
     names = [f.name for f in params.FWD_SM80.fields][5:]
     values = tuple(range(12)) + (300, 400, 64, 2, 0.18, 1)
-    run = launch.FwdLaunch(cfg, 77, 0, (3, 4, 2), (2, 4, 300, 64), None, dict(zip(names, values)))
+    run = launch.Sm80FwdLaunch(cfg, 77, 0, (3, 4, 2), (2, 4, 300, 64), None, dict(zip(names, values)))
     driver.size = params.FWD_SM80.size
     run(array(0x1000), array(0x2000), array(0x3000), array(0x4000), None)
     run(array(0x1100), array(0x2100), array(0x3100), array(0x4100), array(0x5100))
@@ -62,11 +62,11 @@ def test_sm90_launch_encodes_maps_once_per_address_set(driver, monkeypatch):
             dest[i * tma.MAP_BYTES:(i + 1) * tma.MAP_BYTES] = ptr % 251
 
     monkeypatch.setattr(tma, "encode_maps", fake_encode)
-    cfg = Sm90Config("bf16", 128, 128, 2, 2, True)
+    cfg = Sm90FwdConfig("bf16", 128, 128, 2, 2, True)
     values = (1, 2, 3, 300, 400, 128, 0.09, 0, 16, 2, 3, 1, 6, 6, 1)
     divisors = (launch.fast_divisor(3), launch.fast_divisor(1), launch.fast_divisor(16), launch.fast_divisor(1))
     names = [f.name for f in params.FWD_SM90.fields][5:]
-    run = launch.Sm90Launch(cfg, 88, 0, (6, 1, 1), (2, 16, 300, 128), (2, 16, 300),
+    run = launch.Sm90FwdLaunch(cfg, 88, 0, (6, 1, 1), (2, 16, 300, 128), (2, 16, 300),
                             dict(zip(names, values + divisors)), ())
     driver.size = params.FWD_SM90.size
     qkv = (array(0x10), array(0x20), array(0x30))

@@ -22,7 +22,7 @@ def problem(q_shape, kv_shape, layout="bhsd", strides=None, causal=False):
 
 
 def test_geometry_and_name():
-    cfg = configs.Sm90Config("bf16", 128, 128, 2, 2, True)
+    cfg = configs.Sm90FwdConfig("bf16", 128, 128, 2, 2, True)
     assert cfg.name_expression == "fc::flash_fwd_sm90<fc::bf16, 128, 128, 2, 2, true, false, 1, 16>"
     assert (cfg.threads, cfg.block_m) == (384, 128)
     assert cfg.smem_bytes == 1024 + 2 * 128 * (128 + 2 * 2 * 128) + 8 * 10
@@ -35,7 +35,7 @@ def test_geometry_and_name():
 
 
 def test_split_keys_config():
-    cfg = configs.Sm90Config("fp16", 64, 128, 4, 2, False, True)
+    cfg = configs.Sm90FwdConfig("fp16", 64, 128, 4, 2, False, True)
     assert cfg.name_expression == "fc::flash_fwd_sm90<fc::fp16, 64, 128, 4, 2, false, true, 1, 16>"
     assert (cfg.threads, cfg.block_m) == (384, 64)
     assert cfg.smem_bytes == 1024 + 2 * 64 * (64 + 2 * 4 * 128) + 8 * 18
@@ -45,14 +45,14 @@ def test_split_keys_config():
 
 
 def test_schedule_splits_a_partial_last_round_into_sub_tiles():
-    d64 = configs.Sm90Config("fp16", 64, 128, 2, 3, True)
+    d64 = configs.Sm90FwdConfig("fp16", 64, 128, 2, 3, True)
     # B2 H16 S4k: 22 x 32 = 704 tiles = 5 rounds of 132 + 44, which fit as 132 sub-tiles
     assert d64.schedule(batch=2, heads_q=16, seqlen_q=4096, num_sms=132, causal=False)[:3] == \
         ((132, 1, 1), 660, 660 + 3 * 44)
     # 45 left over would need 135 sub-tiles: not split; causal problems never are
     assert d64.schedule(batch=1, heads_q=1, seqlen_q=192 * 177, num_sms=132, causal=False).items == 177
     assert d64.schedule(batch=2, heads_q=16, seqlen_q=4096, num_sms=132, causal=True).items == 704
-    single = configs.Sm90Config("fp16", 64, 128, 2, 1, False)
+    single = configs.Sm90FwdConfig("fp16", 64, 128, 2, 1, False)
     assert single.schedule(batch=1, heads_q=133, seqlen_q=64, num_sms=132, causal=False).items == 133
 
 
@@ -64,26 +64,26 @@ def test_head_dims_round_up_to_a_built_width(head_dim, bucket):
 def test_dispatch_table():
     kw = dict(arch="sm_90a", dtype="fp16", num_sms=132)
     hopper = configs.choose_kernel(head_dim=128, batch_heads=32, seqlen_q=4096, **kw)
-    assert isinstance(hopper, configs.Sm90Config) and hopper.block_m == 128
+    assert isinstance(hopper, configs.Sm90FwdConfig) and hopper.block_m == 128
     assert configs.choose_kernel(head_dim=64, batch_heads=32, seqlen_q=4096, **kw).block_m == 192
     # grids that leave SMs idle take 64-row split tiles (decode always), or 32-row ones of
     # 8-row warps where those fit in one wave (the mission shape: 128 CTAs)
     for hd, bh, sq, block_m in ((64, 8, 512, 32), (128, 8, 512, 32), (64, 16, 512, 64),
                                 (128, 256, 1, 64), (64, 8, 64, 64), (64, 4, 1056, 32)):
         small = configs.choose_kernel(head_dim=hd, batch_heads=bh, seqlen_q=sq, **kw)
-        assert isinstance(small, configs.Sm90Config) and small.split, (hd, bh, sq)
+        assert isinstance(small, configs.Sm90FwdConfig) and small.split, (hd, bh, sq)
         assert small.block_m == block_m and small.warp_rows == block_m // 4, (hd, bh, sq)
     # D > 128 stays portable
     assert isinstance(configs.choose_kernel(head_dim=256, batch_heads=32, seqlen_q=4096, **kw),
-                      configs.FwdConfig)
+                      configs.Sm80FwdConfig)
     assert isinstance(configs.choose_kernel(head_dim=128, batch_heads=32, seqlen_q=4096, sm90="off", **kw),
-                      configs.FwdConfig)
+                      configs.Sm80FwdConfig)
     # other archs never get it from auto
-    assert isinstance(configs.choose_kernel("sm_80", "fp16", 128, 32, 4096, 108), configs.FwdConfig)
-    assert {c for c in configs.all_configs("sm_90a") if isinstance(c, configs.Sm90Config)} == \
+    assert isinstance(configs.choose_kernel("sm_80", "fp16", 128, 32, 4096, 108), configs.Sm80FwdConfig)
+    assert {c for c in configs.all_configs("sm_90a") if isinstance(c, configs.Sm90FwdConfig)} == \
         {configs.sm90_config(dt, hd, g) for dt in configs.DTYPES for hd in configs.SM90_HEAD_DIMS
          for g in configs.SM90_GRIDS}
-    assert not any(isinstance(c, configs.Sm90Config) for c in configs.all_configs("sm_80"))
+    assert not any(isinstance(c, configs.Sm90FwdConfig) for c in configs.all_configs("sm_80"))
 
 
 def test_map_specs_follow_both_layouts():
@@ -109,7 +109,7 @@ def test_decode_packs_each_gqa_group_into_one_tile(monkeypatch):
     assert launch.gqa_pack(decode, configs.sm90_config("fp16", 128, "tiny")) == 1
     q, k, _ = launch.sm90_map_specs(decode, cfg)
     assert q.box == (64, 1, cfg.block_m, 1) and k.box == (64, cfg.block_n, 1, 1)
-    run = launch.Sm90Launch.build(decode, cfg, "sm_90a", 132, (32 * 128, 128, 128), False)
+    run = launch.Sm90FwdLaunch.build(decode, cfg, "sm_90a", 132, (32 * 128, 128, 128), False)
     s = run.scalars
     assert (s["causal"], s["heads"], s["batch"], s["m_blocks"], s["n_items"], s["pack"]) == (0, 8, 8, 1, 64, 4)
     assert run.grid == (64, 1, 1)
@@ -119,7 +119,7 @@ def test_decode_packs_each_gqa_group_into_one_tile(monkeypatch):
                               ((1, 65, 1, 128), (1, 1, 64, 128))):
         p = problem(q_shape, kv_shape)
         assert launch.gqa_pack(p, cfg) == 1 and launch.sm90_map_specs(p, cfg)[0].box == (64, 64, 1, 1)
-        assert launch.Sm90Launch.build(p, cfg, "sm_90a", 132, (1, 1, 1), False).scalars["pack"] == 1
+        assert launch.Sm90FwdLaunch.build(p, cfg, "sm_90a", 132, (1, 1, 1), False).scalars["pack"] == 1
 
 
 def test_eight_row_warps_load_q_per_warp_slice():
@@ -133,7 +133,7 @@ def test_eight_row_warps_load_q_per_warp_slice():
     p = problem((1, 8, 100, 64), (1, 8, 512, 64))
     assert launch.sm90_map_specs(p, tiny)[0].box == (64, 8, 1, 1)
     assert tiny.schedule(1, 8, 100, 132, False).grid == (8 * 4, 1, 1)
-    assert tuning.static_reason(configs.Sm90Config("fp16", 64, 128, 2, 2, True, warp_rows=8),
+    assert tuning.static_reason(configs.Sm90FwdConfig("fp16", 64, 128, 2, 2, True, warp_rows=8),
                                 "sm_90a") == "8-row warps need split tiles"
 
 
@@ -199,11 +199,11 @@ def test_every_trace_point_is_stamped_once_and_the_trace_build_compiles():
     stamped = [int(n) for n in re.findall(r"FC_TRACE\((\d+)\)", src)]
     assert sorted(stamped) == sorted(point for point, _ in trace["POINTS"])
     assert sorted(int(n) for n in re.findall(r"FC_TRACE_NS\((\d+)\)", src)) == [trace["ENTRY_NS"], trace["EXIT_NS"]]
-    loader.compile_only(configs.Sm90Config("fp16", 64, 128, 4, 2, False, True), "sm_90a", trace["TRACE"])
+    loader.compile_only(configs.Sm90FwdConfig("fp16", 64, 128, 4, 2, False, True), "sm_90a", trace["TRACE"])
 
 
 def _rows_of_item(cfg, p, i):
-    """((batch, head), range of rows) of work item i, by Sm90Config.work_tile (the kernel's
+    """((batch, head), range of rows) of work item i, by Sm90FwdConfig.work_tile (the kernel's
     work_tile in Python: the GPU tests compare the two on a debug build's record)."""
     w = cfg.work_tile(i, seqlen_q=p["seqlen_q"], seqlen_k=p["seqlen_q"], causal=False, heads=p["heads"],
                       m_blocks=p["m_blocks"], group=p["group"], tail_start=p["tail_start"])
@@ -211,9 +211,9 @@ def _rows_of_item(cfg, p, i):
     return (w.batch, w.head), range(w.row0, w.row0 + rows)
 
 
-@pytest.mark.parametrize("cfg", [configs.Sm90Config("fp16", 64, 128, 2, 3, True),
-                                 configs.Sm90Config("fp16", 128, 192, 2, 2, True),
-                                 configs.Sm90Config("fp16", 64, 128, 4, 2, False, True)], ids=str)
+@pytest.mark.parametrize("cfg", [configs.Sm90FwdConfig("fp16", 64, 128, 2, 3, True),
+                                 configs.Sm90FwdConfig("fp16", 128, 192, 2, 2, True),
+                                 configs.Sm90FwdConfig("fp16", 64, 128, 4, 2, False, True)], ids=str)
 def test_work_items_cover_every_row_once(cfg):
     rng = np.random.default_rng(0)
     for _ in range(200):
@@ -234,7 +234,7 @@ def test_work_items_cover_every_row_once(cfg):
 def test_causal_tiles_come_longest_first_over_groups_of_heads():
     """B2 H16 S4k D128 causal: groups of 8 heads (16 MB of K/V), each group's tiles longest
     first, so the grid ends on each group's shortest tiles; non-causal keeps group 1."""
-    cfg = configs.Sm90Config("fp16", 128, 192, 2, 2, True)
+    cfg = configs.Sm90FwdConfig("fp16", 128, 192, 2, 2, True)
     kv = 2 * 4096 * 128 * 2
     assert configs.causal_group(32, kv) == 8 and configs.causal_group(16, 4 * kv) == 2
     assert configs.causal_group(6, 1) == 6 and configs.causal_group(7, 1) == 7   # divisors only

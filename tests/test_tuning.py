@@ -8,7 +8,7 @@ from importlib import resources
 import pytest
 
 from flashcore_cupy import configs, loader, tuner, tuning
-from flashcore_cupy.configs import DispatchKey, FwdConfig, Sm90Config
+from flashcore_cupy.configs import DispatchKey, Sm80FwdConfig, Sm90FwdConfig
 
 GPU, CAP, CUPY, NVRTC = "NVIDIA Test GPU", (9, 0), "14.2.0", "12.9"
 
@@ -30,7 +30,7 @@ def test_legal_configs_include_the_tables_tiles_and_reject_for_known_reasons(arc
                 assert _REASON_KINDS.match(r.reason), (str(r.config), r.reason)
             # the hand-written table's tiles are in the space and legal
             for small in (False, True):
-                _, default = configs.problem_class(arch, dtype, d, 1 if small else 10**6, 1 << 20, 2)
+                _, default = configs.sm80_problem_class(arch, dtype, d, 1 if small else 10**6, 1 << 20, 2)
                 if default in tuning.space(dtype, d):
                     assert default in legal, (arch, str(default))
 
@@ -42,7 +42,7 @@ def test_legal_means_a_fresh_compile_shows_no_spill():
     legal, rejected = tuning.legal_configs("sm_80", "fp16", 128)
     for c in legal:
         assert loader.compile_only(c, "sm_80").spill_bytes == 0, str(c)
-    spilling = FwdConfig("fp16", 128, 4, 2, 64, 3)
+    spilling = Sm80FwdConfig("fp16", 128, 4, 2, 64, 3)
     assert loader.compile_only(spilling, "sm_80").spill_bytes > 0
     assert spilling not in legal and any(r.config == spilling and r.reason.startswith("spills") for r in rejected)
 
@@ -74,7 +74,7 @@ def test_dispatch_keys_have_named_fields_and_the_files_text_form():
 def test_register_pool_rule():
     """setmaxnreg only moves registers inside the CTA's launch allocation: four consumers
     compiled at 96 registers may claim 112 each (24 + 4 * 112 <= 5 * 96), not 120."""
-    c4 = Sm90Config("fp16", 64, 64, 8, 4, False, True)
+    c4 = Sm90FwdConfig("fp16", 64, 64, 8, 4, False, True)
     assert configs.sm90_consumer_registers(4) == 112
     assert tuning._register_pool_reason(c4, 96) is None
     assert "setmaxnreg" in tuning._register_pool_reason(c4, 88)
@@ -82,16 +82,16 @@ def test_register_pool_rule():
 
 
 def test_static_rules_explain_themselves():
-    big = FwdConfig("fp16", 256, 4, 2, 128, 4)
+    big = Sm80FwdConfig("fp16", 256, 4, 2, 128, 4)
     assert "registers" in tuning.static_reason(big, "sm_90a")
-    wide = FwdConfig("fp16", 128, 8, 1, 128, 4)
+    wide = Sm80FwdConfig("fp16", 128, 8, 1, 128, 4)
     assert "shared memory" in tuning.static_reason(wide, "sm_86")
-    assert "registers" in tuning.static_reason(Sm90Config("fp16", 128, 192, 2, 3, True), "sm_90a")
-    assert "ping-pong" in tuning.static_reason(Sm90Config("fp16", 64, 128, 2, 1, True), "sm_90a")
-    assert "shared memory" in tuning.static_reason(Sm90Config("fp16", 128, 192, 3, 2, True), "sm_90a")
-    assert "split" in tuning.static_reason(Sm90Config("fp16", 64, 128, 3, 2, False, True), "sm_90a")
-    assert "split" in tuning.static_reason(Sm90Config("fp16", 64, 128, 2, 2, True, True), "sm_90a")
-    assert tuning.static_reason(Sm90Config("fp16", 64, 128, 4, 2, False, True), "sm_90a") is None
+    assert "registers" in tuning.static_reason(Sm90FwdConfig("fp16", 128, 192, 2, 3, True), "sm_90a")
+    assert "ping-pong" in tuning.static_reason(Sm90FwdConfig("fp16", 64, 128, 2, 1, True), "sm_90a")
+    assert "shared memory" in tuning.static_reason(Sm90FwdConfig("fp16", 128, 192, 3, 2, True), "sm_90a")
+    assert "split" in tuning.static_reason(Sm90FwdConfig("fp16", 64, 128, 3, 2, False, True), "sm_90a")
+    assert "split" in tuning.static_reason(Sm90FwdConfig("fp16", 64, 128, 2, 2, True, True), "sm_90a")
+    assert tuning.static_reason(Sm90FwdConfig("fp16", 64, 128, 4, 2, False, True), "sm_90a") is None
 
 
 @pytest.fixture
@@ -107,18 +107,18 @@ def test_cache_round_trips_and_feeds_dispatch(cache):
     tuning.save_entries(cache, key, {"fp16/d64/large": {"tile": [8, 1, 64, 2], "score": 0.9}})
     tuning.save_entries(cache, key, {"bf16/d128/small": {"tile": [4, 1, 32, 3], "score": 0.95}})
     table = tuning.load_table(GPU, CAP, CUPY, NVRTC, "sm_90a")
-    assert table == {DispatchKey("sm80", "fp16", 64, "large"): FwdConfig("fp16", 64, 8, 1, 64, 2),
-                     DispatchKey("sm80", "bf16", 128, "small"): FwdConfig("bf16", 128, 4, 1, 32, 3)}
+    assert table == {DispatchKey("sm80", "fp16", 64, "large"): Sm80FwdConfig("fp16", 64, 8, 1, 64, 2),
+                     DispatchKey("sm80", "bf16", 128, "small"): Sm80FwdConfig("bf16", 128, 4, 1, 32, 3)}
     tuned = tuple(sorted(table.items()))
-    got = configs.choose_config("sm_90a", "fp16", 64, 64, 4096, 132, tuned)
-    assert got == FwdConfig("fp16", 64, 8, 1, 64, 2)
-    assert configs.choose_config("sm_90a", "fp16", 128, 64, 4096, 132, tuned) == \
-        configs.choose_config("sm_90a", "fp16", 128, 64, 4096, 132)
+    got = configs.choose_sm80_config("sm_90a", "fp16", 64, 64, 4096, 132, tuned)
+    assert got == Sm80FwdConfig("fp16", 64, 8, 1, 64, 2)
+    assert configs.choose_sm80_config("sm_90a", "fp16", 128, 64, 4096, 132, tuned) == \
+        configs.choose_sm80_config("sm_90a", "fp16", 128, 64, 4096, 132)
 
 
 def test_hopper_entries_round_trip_and_feed_dispatch(cache):
     key = tuning.device_key(GPU, CAP, CUPY, NVRTC)
-    tile = Sm90Config("fp16", 128, 176, 2, 2, True)
+    tile = Sm90FwdConfig("fp16", 128, 176, 2, 2, True)
     tuning.save_entries(cache, key, {"sm90/fp16/d128/large": {"tile": tuning.entry_tile(tile)}})
     table = tuning.load_table(GPU, CAP, CUPY, NVRTC, "sm_90a")
     assert table == {DispatchKey("sm90", "fp16", 128, "large"): tile}
@@ -154,7 +154,7 @@ def test_bad_entries_are_ignored_with_a_warning(cache):
                                      "sm90/bf16/d64/huge": {"tile": [128, 2, 2, True, False, 1, 16]}})   # no such grid
     with pytest.warns(UserWarning, match="ignoring tuned entry"):
         table = tuning.load_table(GPU, CAP, CUPY, NVRTC, "sm_90a")
-    assert table == {DispatchKey.parse("bf16/d64/small"): FwdConfig("bf16", 64, 4, 1, 64, 3)}
+    assert table == {DispatchKey.parse("bf16/d64/small"): Sm80FwdConfig("bf16", 64, 4, 1, 64, 3)}
 
 
 def test_disable_switch(cache, monkeypatch):
@@ -188,14 +188,14 @@ def test_every_shipped_entry_is_what_dispatch_chooses_for_its_class():
 
 
 def test_neighbours_step_one_parameter():
-    c = FwdConfig("fp16", 64, 4, 2, 64, 3)
+    c = Sm80FwdConfig("fp16", 64, 4, 2, 64, 3)
     every = set(tuning.space("fp16", 64))
     n = tuner.neighbours(c, every)
-    assert FwdConfig("fp16", 64, 4, 2, 32, 3) in n and FwdConfig("fp16", 64, 4, 2, 64, 4) in n
+    assert Sm80FwdConfig("fp16", 64, 4, 2, 32, 3) in n and Sm80FwdConfig("fp16", 64, 4, 2, 64, 4) in n
     assert all(sum(getattr(a, f) != getattr(c, f) for f in tuning.FAMILIES["sm80"].space) == 1 for a in n)
-    h = Sm90Config("fp16", 128, 128, 2, 2, True)
+    h = Sm90FwdConfig("fp16", 128, 128, 2, 2, True)
     n = tuner.neighbours(h, set(tuning.space("fp16", 128, "sm90")))
-    assert Sm90Config("fp16", 128, 176, 2, 2, True) in n and Sm90Config("fp16", 128, 128, 2, 3, True) in n
-    assert Sm90Config("fp16", 128, 128, 2, 2, False) in n and len(n) == 9
-    assert Sm90Config("fp16", 128, 128, 2, 2, True, True) in n
-    assert Sm90Config("fp16", 128, 128, 2, 2, True, False, 2) in n
+    assert Sm90FwdConfig("fp16", 128, 176, 2, 2, True) in n and Sm90FwdConfig("fp16", 128, 128, 2, 3, True) in n
+    assert Sm90FwdConfig("fp16", 128, 128, 2, 2, False) in n and len(n) == 9
+    assert Sm90FwdConfig("fp16", 128, 128, 2, 2, True, True) in n
+    assert Sm90FwdConfig("fp16", 128, 128, 2, 2, True, False, 2) in n

@@ -16,7 +16,7 @@ import numpy as np
 
 from flashcore_cupy import api
 from flashcore_cupy.bench import peer_call
-from flashcore_cupy.configs import Sm90Config
+from flashcore_cupy.configs import Sm90FwdConfig
 from flashcore_cupy.shapes import parse_shape
 from flashcore_cupy.timing import time_side_by_side
 from flashcore_cupy.workload import within_tolerance, random_inputs, verify
@@ -36,7 +36,7 @@ for name in args.shapes:
     q, k, v = random_inputs(shape, args.dtype, rng)
     fns = {}
     for block_n, stages, consumers, pingpong in tiles:
-        cfg = Sm90Config(args.dtype, shape.head_dim, block_n, stages, consumers, bool(pingpong))
+        cfg = Sm90FwdConfig(args.dtype, shape.head_dim, block_n, stages, consumers, bool(pingpong))
         out = cupy.empty_like(q)
         launch = api.new_launch(q, k, v, causal=shape.causal, out=out, config=cfg)
         out.fill(np.nan)
