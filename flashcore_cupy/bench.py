@@ -179,7 +179,7 @@ def sample_plan(names: list[str], quick_us: dict[str, float], mode: str, iters: 
 
     Under a long load the H200 lowers its SM clock within tens of milliseconds (1980 to
     ~1640 MHz at S = 4k D128, the time of a call following the clock: correlation -0.97,
-    PERF_NOTES v20). Where every call takes _CLOCK_BOUND_US or more, each turn is one sample
+    PERF_HISTORY v20). Where every call takes _CLOCK_BOUND_US or more, each turn is one sample
     after one untimed round of the same calls, and the implementations alternate sample by
     sample through the same clock states. Shorter cases take blocks of samples after
     _BLOCK_WARMUP_S of warm-up: there the host path's warmth is what varies."""

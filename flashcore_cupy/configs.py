@@ -84,7 +84,7 @@ class Sm90Schedule(NamedTuple):
 # short tiles. Head by head, each head's longest tile came after the previous head's
 # shortest: a greedy model of the block scheduler (132 SMs, B2 H16 S4k) gave a makespan
 # 12 % over the ideal, 0.1 % with groups of 4 or 8. A group's K/V stays within this much
-# L2 (heads numbered across all at once cost 5-7 % at S = 16k, PERF_NOTES v7).
+# L2 (heads numbered across all at once cost 5-7 % at S = 16k, PERF_HISTORY v7).
 _CAUSAL_GROUP_HEADS = 8
 _CAUSAL_GROUP_KV_BYTES = 16 << 20
 
@@ -199,7 +199,7 @@ class Sm90FwdConfig:
 
 # Tile table: arch family -> (largest template head dim, tile) rows, the first row whose
 # head-dim bound covers the problem winning. Measurements behind each choice are in
-# docs/PERF_NOTES.md.
+# docs/PERF_NOTES.md and PERF_HISTORY.md.
 #  - D <= 64: 128 query rows as 4 warps x 2 slices (FA2's 128-row tile); 128-key
 #    tiles were rejected: S alone would take 128 registers per thread and spills.
 #  - D <= 128: 4 warps x 2 slices (32 rows per warp) share each K/V fragment
@@ -290,7 +290,7 @@ def choose_sm80_config(arch: str, dtype: str, head_dim: int, batch_heads: int = 
 
 
 # Hopper kernel (sm_90a): (head-dim bucket, grid) -> tile.
-# Measured on the H200 (docs/PERF_NOTES.md, sm90 v5-v6): D128 takes 128 query rows
+# Measured on the H200 (docs/PERF_HISTORY.md, sm90 v5-v6): D128 takes 128 query rows
 # (two consumer warpgroups taking turns) x 128-key tiles in a 2-slot TMA ring;
 # D64's GEMMs are half as long against the same softmax, so a third consumer
 # (192 rows) keeps the tensor cores fed (+5 % over two). Grids that leave SMs
@@ -301,7 +301,7 @@ def choose_sm80_config(arch: str, dtype: str, head_dim: int, batch_heads: int = 
 # (v12, H100: 128-key tiles in 2 slots 209 -> 119 us; 64-key tiles in 4 slots with
 # one producer, the previous choice, 136-141 us). Grids that even 64-row split tiles
 # leave half idle, but 32-row ones fit in one wave (the mission shape: 64 -> 128 CTAs),
-# take 32-row split tiles of 8 rows per warp (PERF_NOTES v24).
+# take 32-row split tiles of 8 rows per warp (PERF_HISTORY v24).
 SM90_ARCH = "sm_90a"
 SM90_HEAD_DIMS = (64, 128)
 SM90_GRIDS = ("large", "small", "tiny")

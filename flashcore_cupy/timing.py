@@ -89,7 +89,7 @@ def _warm(fn: Call, seconds: float, calls: int) -> None:
     """Call fn in synchronised rounds of `calls` calls for at least `seconds` (at least one
     round: seconds=0 gives one): the host path and the clocks reach their steady state, and
     the GPU queue never holds more than one round (an unsynchronised loop queued long kernels
-    to the launch queue's depth, PERF_NOTES v18)."""
+    to the launch queue's depth, PERF_HISTORY v18)."""
     import cupy
 
     stream = cupy.cuda.get_current_stream()
@@ -147,7 +147,7 @@ def balanced_orders(names: list[str]) -> list[list[str]]:
     every other name equally often (once for an even count of names over n rounds; twice for an
     odd count, over 2n rounds, the design and its mirror), and first equally often. A fixed
     order (or one reversed every other round) made some implementation always follow the same,
-    heavier one, and the previous one's load sets the GPU's clock (PERF_NOTES v20)."""
+    heavier one, and the previous one's load sets the GPU's clock (PERF_HISTORY v20)."""
     n = len(names)
     first, lo, hi = [0], 1, n - 1
     while len(first) < n:

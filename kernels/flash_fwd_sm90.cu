@@ -212,7 +212,7 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
         float alpha[1][2];
         // S_j (landed in s) -> P_j in `a` and alpha for O. The lazy update writes `a` during
         // the softmax, so it runs once the previous P V is done; without a row maximum to
-        // wait on, that beat running the exact softmax under P V (v15; PERF_NOTES v18).
+        // wait on, that beat running the exact softmax under P V (v15; PERF_HISTORY v18).
         auto softmax_tile = [&](int j, bool first = false) {
             const int key0 = j * BLOCK_N;
             const bool needs_mask = key0 + BLOCK_N > seqlen_k ||

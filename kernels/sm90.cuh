@@ -132,7 +132,7 @@ struct alignas(64) TensorMap { unsigned char bytes[128]; };
 // n / d for 0 <= n < 2^31 as a multiply-high and a shift (Granlund & Montgomery), with
 // (mul, shr) chosen for d on the host (launch.py: fast_divisor; mul = 0 means d = 1).
 // work_tile's three runtime divisions cost the producer ~0.5 us before its first copy
-// (H100 trace of the mission kernel, PERF_NOTES v13).
+// (H100 trace of the mission kernel, PERF_HISTORY v13).
 struct FastDiv {
     u32 mul, shr;
     __device__ __forceinline__ int operator()(int n) const {

@@ -1,7 +1,7 @@
 """Does a long shape's kernel time depend on where its tensors lie in memory?
 
 The shipped S = 4k D128 kernel runs at ~408 us in some processes and ~441 in others
-(PERF_NOTES v19). This times it, and cuDNN on the same arrays as a control, with q, k, v
+(PERF_HISTORY v19). This times it, and cuDNN on the same arrays as a control, with q, k, v
 and the output placed in one buffer at chosen gaps, in one process, several rounds.
 Usage: python3 scripts/dev/layout_probe.py [SHAPE] [fp16|bf16] [ROUNDS] [--once]
 --once: one launch of ours per layout, untimed, for Nsight Compute to compare.
