@@ -109,7 +109,7 @@ def attention(q, k, v, *, causal=False, scale: float | None = None,
             if bias is not None:
                 s = s + bias[b, h][rows]
             s = np.where(keep, s, -np.inf)
-            m = s.max(axis=1)
+            m = s.max(axis=1, initial=-np.inf)   # -inf for a row of no keys (Sk = 0 too)
             seen = m > -np.inf          # the row sees a key (a bias of -inf hides one too)
             m = np.where(seen, m, 0.0)
             p = np.exp(s - m[:, None])
@@ -145,3 +145,135 @@ def row_rel_error(out, ref) -> float:
     diff = np.linalg.norm(out - ref, axis=-1)
     norm = np.linalg.norm(ref, axis=-1)
     return float(np.max(diff / np.where(norm > 0, norm, 1.0)))
+
+
+# --- inference ops: the specs of merge_states, attention_varlen and attention_kvcache -------
+
+
+def merge_states(*args):
+    """Merge partial attention results over disjoint key sets by their natural-log LSE.
+
+    merge_states(out_a, lse_a, out_b, lse_b), or merge_states(outs, lses) with a leading split
+    axis. Each out has shape (..., Dv) and its lse shape (...) (attention's bhsd out with its
+    (B, H, S) lse; a bshd out's lse must be transposed to match). In float64:
+        lse = log(sum_i exp(lse_i)),   out = sum_i exp(lse_i - lse) * out_i
+    where every lse_i is -inf (no split saw a key): out 0 and lse -inf. Partials may be fp32.
+    Returns (out, lse)."""
+    if len(args) == 4:
+        for out, lse in (args[:2], args[2:]):
+            if np.shape(lse) != np.shape(out)[:-1] or np.shape(out) != np.shape(args[0]):
+                raise ValueError(f"lse shape {np.shape(lse)} must be the outputs' shape without its last "
+                                 f"dimension, {np.shape(args[0])[:-1]}, and the outputs of one shape")
+        outs, lses = np.stack([_to_f64(args[0]), _to_f64(args[2])]), np.stack([_to_f64(args[1]), _to_f64(args[3])])
+    elif len(args) == 2:
+        outs, lses = _to_f64(args[0]), _to_f64(args[1])
+    else:
+        raise TypeError("merge_states takes (out_a, lse_a, out_b, lse_b) or (outs, lses)")
+    if lses.shape != outs.shape[:-1]:
+        raise ValueError(f"lse shape {lses.shape} must be the outputs' shape without its last "
+                         f"dimension, {outs.shape[:-1]}")
+    m = lses.max(axis=0)
+    seen = m > -np.inf
+    m = np.where(seen, m, 0.0)
+    w = np.exp(lses - m)                      # 0 for -inf partials
+    total = w.sum(axis=0)
+    safe = np.where(seen, total, 1.0)
+    out = np.where(seen[..., None], (w[..., None] * outs).sum(axis=0) / safe[..., None], 0.0)
+    return out, np.where(seen, m + np.log(safe), -np.inf)
+
+
+def _offsets(cu_seqlens, name: str) -> np.ndarray:
+    cu = np.asarray(cu_seqlens.get() if hasattr(cu_seqlens, "get") else cu_seqlens).astype(np.int64)
+    if cu.ndim != 1 or len(cu) < 1 or cu[0] != 0 or np.any(np.diff(cu) < 0):
+        raise ValueError(f"{name} must be a 1-D non-decreasing prefix sum starting at 0, got {cu}")
+    return cu
+
+
+def _per_sequence(opts: dict, b: int) -> dict:
+    """The options of sequence b: ALiBi slopes of shape (B, Hq) take their row b."""
+    slopes = opts.get("alibi_slopes")
+    if slopes is not None and np.ndim(slopes) == 2:
+        opts = {**opts, "alibi_slopes": _to_f64(slopes)[b]}
+    return opts
+
+
+def attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, *, max_seqlen_q=None, max_seqlen_k=None,
+                     causal=False, scale=None, window=None, softcap: float = 0.0, alibi_slopes=None,
+                     return_lse: bool = False):
+    """Attention over packed sequences (flash_attn's varlen layout) in float64.
+
+    q: (total_q, Hq, D); k, v: (total_k, Hkv, D / Dv); cu_seqlens_q, cu_seqlens_k: length B + 1
+    prefix sums from 0. Sequence b's queries are q[cu_q[b]:cu_q[b+1]] and its keys
+    k[cu_k[b]:cu_k[b+1]]; each is `attention` of its own (masks aligned bottom-right within the
+    sequence, ALiBi slopes (Hq,) or (B, Hq), row b for sequence b). Sequences of length 0 are
+    allowed; a query of a sequence with no keys gives 0 and LSE -inf. max_seqlen_*: grid hints
+    of the kernels, unused here. Returns out (total_q, Hq, Dv), and with return_lse the LSE of
+    shape (Hq, total_q)."""
+    q, k, v = _to_f64(q), _to_f64(k), _to_f64(v)
+    cu_q, cu_k = _offsets(cu_seqlens_q, "cu_seqlens_q"), _offsets(cu_seqlens_k, "cu_seqlens_k")
+    if len(cu_q) != len(cu_k):
+        raise ValueError(f"cu_seqlens_q and cu_seqlens_k must have the same length, got {len(cu_q)} "
+                         f"and {len(cu_k)}")
+    if cu_q[-1] > q.shape[0] or cu_k[-1] > k.shape[0]:
+        raise ValueError("cu_seqlens run past the packed tensors")
+    opts = dict(causal=causal, scale=scale if scale is not None else 1.0 / math.sqrt(q.shape[-1]),
+                window=window, softcap=softcap, alibi_slopes=alibi_slopes)
+    out = np.zeros((q.shape[0], q.shape[1], v.shape[-1]))
+    lse = np.full((q.shape[1], q.shape[0]), -np.inf)
+    for b in range(len(cu_q) - 1):
+        (q0, q1), (k0, k1) = cu_q[b:b + 2], cu_k[b:b + 2]
+        if q1 == q0:
+            continue
+        o, l = attention(q[None, q0:q1], k[None, k0:k1], v[None, k0:k1], layout="bshd", return_lse=True,
+                         **_per_sequence(opts, b))
+        out[q0:q1], lse[:, q0:q1] = o[0], l[0]
+    return (out, lse) if return_lse else out
+
+
+def _cache_rows(cache: np.ndarray, block_table, b: int, n: int) -> np.ndarray:
+    """Indices into cache's first two axes of sequence b's first n positions: (page, slot) of a
+    paged cache, (b, position) of a dense one."""
+    t = np.arange(n)
+    if block_table is None:
+        return np.full(n, b), t
+    page_size = cache.shape[1]
+    return np.asarray(block_table)[b, t // page_size], t % page_size
+
+
+def attention_kvcache(q, k_cache, v_cache, *, cache_seqlens, block_table=None, k_new=None, v_new=None,
+                      causal=False, scale=None, window=None, softcap: float = 0.0, alibi_slopes=None,
+                      num_splits: int = 0, return_lse: bool = False):
+    """Attention of new queries over a KV cache, in float64; appends k_new, v_new to the cache.
+
+    q: (B, Sq, Hq, D). The cache is dense, (B, S_max, Hkv, D), or paged, (num_pages, page_size,
+    Hkv, D) with block_table (B, max_pages) of page indices: sequence b's position t lives in page
+    block_table[b][t // page_size] at slot t % page_size. cache_seqlens (B,): the positions
+    already in the cache. k_new, v_new (B, Sn, Hkv, D): written in place (into the NumPy caches
+    given, as the kernels write the device caches) at positions cache_seqlens[b] .. + Sn - 1,
+    before attending; cache_seqlens itself is not changed. Query i of sequence b then attends to
+    the cache_seqlens[b] + Sn keys of its sequence, the causal mask and window aligned
+    bottom-right (`attention`'s semantics, off = Sk - Sq). num_splits: how the kernels split the
+    keys; the result does not depend on it. Returns out (B, Sq, Hq, Dv), and with return_lse the
+    LSE (B, Hq, Sq)."""
+    q = _to_f64(q)
+    seqlens = np.asarray(cache_seqlens.get() if hasattr(cache_seqlens, "get") else cache_seqlens).astype(np.int64)
+    if seqlens.shape != (q.shape[0],):
+        raise ValueError(f"cache_seqlens must have shape ({q.shape[0]},), got {seqlens.shape}")
+    if (k_new is None) != (v_new is None):
+        raise ValueError("k_new and v_new go together")
+    n_new = 0 if k_new is None else k_new.shape[1]
+    for b in range(q.shape[0]):   # the append
+        if n_new:
+            rows = _cache_rows(k_cache, block_table, b, seqlens[b] + n_new)
+            at = (rows[0][seqlens[b]:], rows[1][seqlens[b]:])
+            k_cache[at] = np.asarray(k_new[b]).astype(k_cache.dtype)
+            v_cache[at] = np.asarray(v_new[b]).astype(v_cache.dtype)
+    opts = dict(causal=causal, scale=scale, window=window, softcap=softcap, alibi_slopes=alibi_slopes)
+    out = np.zeros((q.shape[0], q.shape[1], q.shape[2], v_cache.shape[-1]))
+    lse = np.full((q.shape[0], q.shape[2], q.shape[1]), -np.inf)
+    for b in range(q.shape[0]):
+        rows = _cache_rows(k_cache, block_table, b, seqlens[b] + n_new)
+        k, v = _to_f64(k_cache[rows])[None], _to_f64(v_cache[rows])[None]
+        o, l = attention(q[b:b + 1], k, v, layout="bshd", return_lse=True, **_per_sequence(opts, b))
+        out[b], lse[b] = o[0], l[0]
+    return (out, lse) if return_lse else out
