@@ -74,51 +74,110 @@ def attention(q, k, v, *, causal=False, scale: float | None = None,
     to compute (the masks, ALiBi and bias use their positions in the full sequence); the output
     then holds only those rows, in that order.
     """
-    q, k, v = _to_f64(q), _to_f64(k), _to_f64(v)
-    if layout == "bshd":
-        q, k, v = (x.transpose(0, 2, 1, 3) for x in (q, k, v))
-    elif layout != "bhsd":
-        raise ValueError(f"layout must be 'bhsd' or 'bshd', got {layout!r}")
-    if not (isinstance(softcap, (int, float)) and math.isfinite(softcap) and softcap >= 0):
-        raise ValueError(f"softcap must be a finite number >= 0, got {softcap!r}")
-    batch, heads_q, seqlen_q, head_dim = q.shape
-    heads_kv, seqlen_k = k.shape[1], k.shape[2]
-    scale = 1.0 / math.sqrt(head_dim) if scale is None else float(scale)
-    rows = np.arange(seqlen_q) if q_positions is None else np.asarray(q_positions)
-    q = q[:, :, rows]
-    group = heads_q // heads_kv
-    off = 0 if causal_mode(causal) == "top_left" else seqlen_k - seqlen_q
-
-    keep = visible(rows, seqlen_q, seqlen_k, causal, window)
-    slopes = None
-    if alibi_slopes is not None:
-        slopes = np.broadcast_to(_to_f64(alibi_slopes), (batch, heads_q))
-        distance = np.abs(rows[:, None] + off - np.arange(seqlen_k)[None, :])
-    if bias is not None:
-        bias = np.broadcast_to(_to_f64(bias), (batch, heads_q, seqlen_q, seqlen_k))
-
-    out = np.zeros((batch, heads_q, len(rows), v.shape[-1]))
-    lse = np.full((batch, heads_q, len(rows)), -np.inf)
-    for b in range(batch):
-        for h in range(heads_q):   # one head at a time bounds the memory to Sq x Sk
-            s = scale * (q[b, h] @ k[b, h // group].T)
-            if softcap > 0:
-                s = softcap * np.tanh(s / softcap)
-            if slopes is not None:
-                s = s - slopes[b, h] * distance
-            if bias is not None:
-                s = s + bias[b, h][rows]
-            s = np.where(keep, s, -np.inf)
+    pb = _Scores(q, k, v, causal, scale, window, softcap, alibi_slopes, bias, layout, q_positions)
+    out = np.zeros((pb.batch, pb.heads_q, len(pb.rows), pb.v.shape[-1]))
+    lse = np.full((pb.batch, pb.heads_q, len(pb.rows)), -np.inf)
+    for b in range(pb.batch):
+        for h in range(pb.heads_q):   # one head at a time bounds the memory to Sq x Sk
+            _, s = pb.head(b, h)
             m = s.max(axis=1, initial=-np.inf)   # -inf for a row of no keys (Sk = 0 too)
             seen = m > -np.inf          # the row sees a key (a bias of -inf hides one too)
             m = np.where(seen, m, 0.0)
             p = np.exp(s - m[:, None])
             l = np.where(seen, p.sum(axis=1), 1.0)
-            out[b, h] = np.where(seen[:, None], (p @ v[b, h // group]) / l[:, None], 0.0)
+            out[b, h] = np.where(seen[:, None], (p @ pb.v[b, h // pb.group]) / l[:, None], 0.0)
             lse[b, h] = np.where(seen, m + np.log(l), -np.inf)
     if layout == "bshd":
         out = out.transpose(0, 2, 1, 3)
     return (out, lse) if return_lse else out
+
+
+class _Scores:
+    """A problem's inputs in float64 (bhsd) and its scores head by head, in the order
+    `attention` states: what the forward and backward references share."""
+
+    def __init__(self, q, k, v, causal, scale, window, softcap, alibi_slopes, bias, layout, q_positions=None):
+        q, k, v = _to_f64(q), _to_f64(k), _to_f64(v)
+        if layout == "bshd":
+            q, k, v = (x.transpose(0, 2, 1, 3) for x in (q, k, v))
+        elif layout != "bhsd":
+            raise ValueError(f"layout must be 'bhsd' or 'bshd', got {layout!r}")
+        if not (isinstance(softcap, (int, float)) and math.isfinite(softcap) and softcap >= 0):
+            raise ValueError(f"softcap must be a finite number >= 0, got {softcap!r}")
+        self.batch, self.heads_q, self.seqlen_q, head_dim = q.shape
+        self.heads_kv, self.seqlen_k = k.shape[1], k.shape[2]
+        self.scale = 1.0 / math.sqrt(head_dim) if scale is None else float(scale)
+        self.rows = np.arange(self.seqlen_q) if q_positions is None else np.asarray(q_positions)
+        self.q, self.k, self.v = q[:, :, self.rows], k, v
+        self.group = self.heads_q // self.heads_kv
+        self.softcap = softcap
+        off = 0 if causal_mode(causal) == "top_left" else self.seqlen_k - self.seqlen_q
+        self.keep = visible(self.rows, self.seqlen_q, self.seqlen_k, causal, window)
+        self.slopes = None
+        if alibi_slopes is not None:
+            self.slopes = np.broadcast_to(_to_f64(alibi_slopes), (self.batch, self.heads_q))
+            self.distance = np.abs(self.rows[:, None] + off - np.arange(self.seqlen_k)[None, :])
+        self.bias = None if bias is None else np.broadcast_to(
+            _to_f64(bias), (self.batch, self.heads_q, self.seqlen_q, self.seqlen_k))
+
+    def head(self, b: int, h: int) -> tuple[np.ndarray, np.ndarray]:
+        """(raw = scale * q k^T, the masked scores) of query head h of batch b."""
+        raw = self.scale * (self.q[b, h] @ self.k[b, h // self.group].T)
+        s = self.softcap * np.tanh(raw / self.softcap) if self.softcap > 0 else raw
+        if self.slopes is not None:
+            s = s - self.slopes[b, h] * self.distance
+        if self.bias is not None:
+            s = s + self.bias[b, h][self.rows]
+        return raw, np.where(self.keep, s, -np.inf)
+
+
+def attention_backward(dout, q, k, v, out, lse, *, causal=False, scale: float | None = None,
+                       window: tuple[int, int] | None = None, softcap: float = 0.0, alibi_slopes=None,
+                       bias=None, layout: str = "bhsd", return_dbias: bool = False):
+    """Gradients of `attention` in float64: (dq, dk, dv), and dbias with return_dbias.
+
+    out and lse are what attention(..., return_lse=True) returned for the same inputs and
+    options. With the scores s of `attention` (masked entries -inf), per query row:
+        P = exp(s - lse)  (0 where the row sees no key),  delta = rowsum(dout * out)
+        dV = P^T dout,   dP = dout V^T,   dS = P * (dP - delta)
+    then back through the score's order: dbias = dS (summed over the bias's broadcast
+    dimensions: those it lacks, those of size 1 and those of stride 0; returned in the bias's
+    shape, a summed value repeated along a stride-0 dimension), ALiBi takes no gradient, softcap multiplies by
+    1 - tanh^2(raw / softcap), and dq = scale * dRaw K, dk = scale * dRaw^T q. dk and dv of a
+    kv head sum over its GQA group. Shapes, dtypes (float64) and layout follow q, k, v."""
+    pb = _Scores(q, k, v, causal, scale, window, softcap, alibi_slopes, bias, layout)
+    dout, out, lse = _to_f64(dout), _to_f64(out), _to_f64(lse)
+    if layout == "bshd":
+        dout, out = dout.transpose(0, 2, 1, 3), out.transpose(0, 2, 1, 3)
+    dq, dk, dv = np.zeros_like(pb.q), np.zeros_like(pb.k), np.zeros_like(pb.v)
+    ds_all = np.zeros((pb.batch, pb.heads_q, pb.seqlen_q, pb.seqlen_k)) if return_dbias else None
+    for b in range(pb.batch):
+        for h in range(pb.heads_q):
+            hk = h // pb.group
+            raw, s = pb.head(b, h)
+            seen = np.isfinite(lse[b, h])
+            p = np.where(seen[:, None], np.exp(s - np.where(seen, lse[b, h], 0.0)[:, None]), 0.0)
+            delta = (dout[b, h] * out[b, h]).sum(axis=1)
+            dv[b, hk] += p.T @ dout[b, h]
+            ds = p * (dout[b, h] @ pb.v[b, hk].T - delta[:, None])
+            if ds_all is not None:
+                ds_all[b, h] = ds
+            d_raw = ds * (1.0 - np.tanh(raw / pb.softcap) ** 2) if pb.softcap > 0 else ds
+            dq[b, h] = pb.scale * d_raw @ pb.k[b, hk]
+            dk[b, hk] += pb.scale * d_raw.T @ pb.q[b, h]
+    if layout == "bshd":
+        dq, dk, dv = (x.transpose(0, 2, 1, 3) for x in (dq, dk, dv))
+    if not return_dbias:
+        return dq, dk, dv
+    if bias is None:
+        raise ValueError("return_dbias=True needs a bias")
+    shape = np.shape(bias)
+    lead = ds_all.ndim - len(shape)   # dimensions the bias gained by broadcasting
+    dbias = ds_all.sum(axis=tuple(range(lead)))
+    # size-1 dimensions, and dimensions of stride 0 (one value seen many times), sum
+    strides = getattr(bias, "strides", None) or (1,) * len(shape)
+    summed = tuple(i for i, (n, st) in enumerate(zip(shape, strides)) if n == 1 or st == 0)
+    return dq, dk, dv, np.broadcast_to(dbias.sum(axis=summed, keepdims=True), shape).copy()
 
 
 def rel_error(out, ref) -> float:

@@ -199,3 +199,85 @@ def test_bad_variant_arguments_are_named():
         reference.attention(q, q, q, softcap=-1.0)
     with pytest.raises(ValueError, match="softcap"):
         reference.attention(q, q, q, softcap=float("nan"))
+
+
+def _finite_difference(f, x, eps=1e-6):
+    """d f / d x by central differences, element by element."""
+    grad = np.zeros_like(x)
+    for i in np.ndindex(x.shape):
+        keep = x[i]
+        x[i] = keep + eps
+        up = f()
+        x[i] = keep - eps
+        down = f()
+        x[i] = keep
+        grad[i] = (up - down) / (2 * eps)
+    return grad
+
+
+BACKWARD_OPTIONS = {
+    "plain": dict(),
+    "causal": dict(causal=True),
+    "top_left_window": dict(causal="top_left", window=(1, -1)),
+    "softcap_alibi": dict(softcap=1.3, alibi_slopes=np.array([0.3, 0.1])),
+    "bias": dict(bias="full"),
+    "broadcast_bias_causal": dict(bias="rows_cols", causal=True),
+    "masked_rows": dict(causal=True, bias="minus_inf_row"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BACKWARD_OPTIONS))
+@pytest.mark.parametrize("layout", ["bhsd", "bshd"])
+def test_backward_matches_finite_differences(rng, name, layout):
+    """The loss sum(dout * attention(q, k, v)): the reference's dq, dk, dv (and dbias) against
+    central differences of the forward reference, GQA (2 query heads on 1 kv head), Sq 5 > Sk 4
+    (bottom-right causal hides the first row), Dv 3 != D 4."""
+    b, hq, hkv, sq, sk, d, dv = 1, 2, 1, 5, 4, 4, 3
+    opts = dict(BACKWARD_OPTIONS[name])
+    if opts.get("bias") == "full":
+        opts["bias"] = rng.standard_normal((b, hq, sq, sk))
+    elif opts.get("bias") == "rows_cols":
+        opts["bias"] = rng.standard_normal((1, 1, sq, sk))
+    elif opts.get("bias") == "minus_inf_row":
+        opts["bias"] = np.zeros((b, 1, sq, sk))
+        opts["bias"][0, 0, 3] = -np.inf   # a row hidden by the bias: no gradient through it
+    def dims(h, s, dd):
+        return (b, h, s, dd) if layout == "bhsd" else (b, s, h, dd)
+    q, k = rng.standard_normal(dims(hq, sq, d)), rng.standard_normal(dims(hkv, sk, d))
+    v, dout = rng.standard_normal(dims(hkv, sk, dv)), rng.standard_normal(dims(hq, sq, dv))
+    out, lse = reference.attention(q, k, v, layout=layout, return_lse=True, **opts)
+
+    def loss():
+        return float((dout * reference.attention(q, k, v, layout=layout, **opts)).sum())
+
+    bias = opts.get("bias")
+    got = reference.attention_backward(dout, q, k, v, out, lse, layout=layout,
+                                       return_dbias=bias is not None, **opts)
+    for x, g in zip((q, k, v), got[:3]):
+        assert g.shape == x.shape
+        np.testing.assert_allclose(g, _finite_difference(loss, x), rtol=1e-6, atol=1e-7)
+    if bias is not None and np.isfinite(bias).all():
+        np.testing.assert_allclose(got[3], _finite_difference(loss, bias), rtol=1e-6, atol=1e-7)
+
+
+def test_backward_gqa_sums_the_group_and_dbias_sums_broadcast_dimensions(rng):
+    q, k, v = rng.standard_normal((2, 4, 3, 8)), rng.standard_normal((2, 2, 5, 8)), rng.standard_normal((2, 2, 5, 8))
+    dout = rng.standard_normal((2, 4, 3, 8))
+    base = rng.standard_normal((1, 1, 3, 5))
+    views = {"size_1": base, "stride_0": np.broadcast_to(base, (2, 4, 3, 5)), "full": np.tile(base, (2, 4, 1, 1))}
+    grads = {}
+    for name, bias in views.items():
+        out, lse = reference.attention(q, k, v, bias=bias, return_lse=True)
+        grads[name] = reference.attention_backward(dout, q, k, v, out, lse, bias=bias, return_dbias=True)
+        assert grads[name][3].shape == bias.shape
+    np.testing.assert_allclose(grads["stride_0"][3], np.broadcast_to(grads["size_1"][3], (2, 4, 3, 5)))
+    np.testing.assert_allclose(grads["full"][3].sum(axis=(0, 1), keepdims=True), grads["size_1"][3])
+    # GQA: a kv head's dk is the sum over its query heads, as with each query head given its own copy
+    out, lse = reference.attention(q, k, v, return_lse=True)
+    dq, dk, dv = reference.attention_backward(dout, q, k, v, out, lse)
+    k_rep, v_rep = np.repeat(k, 2, axis=1), np.repeat(v, 2, axis=1)
+    _, dk_rep, dv_rep = reference.attention_backward(dout, q, k_rep, v_rep, out, lse)
+    np.testing.assert_allclose(dk, dk_rep.reshape(2, 2, 2, 5, 8).sum(axis=2), rtol=1e-12)
+    np.testing.assert_allclose(dv, dv_rep.reshape(2, 2, 2, 5, 8).sum(axis=2), rtol=1e-12)
+    with pytest.raises(ValueError, match="bias"):
+        reference.attention_backward(dout, q, k, v, out, lse, return_dbias=True)
