@@ -2,8 +2,10 @@
 # The device run: GPU tests, the mission shape, compute-sanitizer, the latency
 # probe and the benchmark (JSON + plot). Logs go to $OUT.
 # Usage on the device machine, from the repository root:  bash scripts/gpu_suite.sh
-# BENCH=0 skips the benchmark, TESTS=0 the tests, sanitizers and SASS, HOST=0 the latency
-# probe and tile sweep (runs that fit the device's 10-minute limit per command);
+# BENCH=0 skips the benchmark, TESTS=0 the tests, sanitizers and SASS (PYTEST=0 the tests alone,
+# CHECKS=0 the run, sanitizers and SASS alone: pytest takes ~8 of a call's 10 minutes), HOST=0
+# the latency probe and tile sweep (runs that fit the device's 10-minute limit per command);
+# BENCH_ARGS passes options to the benchmark (e.g. --held-out exclude / only, to split it);
 # PYTEST_ARGS adds pytest options. Pass FLASHCORE_GIT_SHA=<commit> for the benchmark JSON: the
 # device's copy of the tree may carry a stale .git.
 set -uo pipefail
@@ -17,9 +19,11 @@ python3 -c "from flashcore_cupy.cli import gpu_missing_reason as r; import sys; 
 step device.txt date -u
 step device.txt nvidia-smi --query-gpu=name,uuid,serial,vbios_version,driver_version,power.limit,clocks.sm,clocks.max.sm --format=csv
 step device.txt python3 -m flashcore_cupy info
-if [ "${TESTS:-1}" = 1 ]; then
+if [ "${TESTS:-1}" = 1 ] && [ "${PYTEST:-1}" = 1 ]; then
   step device.txt python3 -m flashcore_cupy check --arch sm_90a,sm_80
-  step pytest_gpu.txt timeout 500 python3 -m pytest tests -q -rs -p no:cacheprovider ${PYTEST_ARGS:-}
+  step pytest_gpu.txt timeout 540 python3 -m pytest tests -q -rs -p no:cacheprovider ${PYTEST_ARGS:-}
+fi
+if [ "${TESTS:-1}" = 1 ] && [ "${CHECKS:-1}" = 1 ]; then
   step run.txt python3 -m flashcore_cupy run --shape mission
   step run.txt python3 -m flashcore_cupy run --shape mission --dtype bf16
   step run.txt python3 -m flashcore_cupy run --shape b2-h16-s4k-d128-causal
