@@ -188,8 +188,8 @@ flash_fwd(const FwdParams p) {
 
     // Key j is visible to query i iff j <= i + causal_diag (bottom-right aligned).
     const int causal_diag = seqlen_k - seqlen_q;
-    const int kv_end = causal ? min(seqlen_k, row0 + Tile::kBlockM + causal_diag) : seqlen_k;
-    const int n_blocks = kv_end > 0 ? (kv_end + BLOCK_N - 1) / BLOCK_N : 0;
+    const int kv_end = FC_KEY_END(seqlen_k, causal_diag, causal, row0, Tile::kBlockM);
+    const int n_blocks = FC_KEY_TILES(BLOCK_N, kv_end);
 
     const LaneAddrs<Tile> addr(sQ, sK, sV, warp_row, lane);
     // K_j and V_j into ring slot j % STAGES, as one commit group.
@@ -243,8 +243,7 @@ flash_fwd(const FwdParams p) {
         const u32 slot_offset = (j % STAGES) * kSlotBytes;
         float s[M_TILES][Tile::kNTiles][4];
         qk_gemm<T, Tile, M_TILES>(s, q_frag, addr.q, addr.k + slot_offset);
-        const bool needs_mask = key0 + BLOCK_N > seqlen_k ||
-                                (causal && key0 + BLOCK_N - 1 > row0 + causal_diag);
+        const bool needs_mask = FC_TILE_PARTIAL(BLOCK_N, seqlen_k, causal_diag, causal, key0, row0);
         if (needs_mask)
             scale_and_mask<M_TILES, Tile::kNTiles, true>(s, p.scale_log2, row0 + warp_row, key0, seqlen_k,
                                                 causal_diag, causal, lane);
@@ -271,8 +270,7 @@ flash_fwd(const FwdParams p) {
                 *reinterpret_cast<u32*>(sQ + r * Tile::kRowStride + dt * 8 + 2 * (lane % 4)) =
                     pack2<T>(o_acc[mt][dt][2 * half] * inv_l, o_acc[mt][dt][2 * half + 1] * inv_l);
             if (p.lse != nullptr && lane % 4 == 0 && row0 + r < seqlen_q)
-                p.lse[(static_cast<i64>(batch) * gridDim.y + head) * seqlen_q + row0 + r] =
-                    l_row > 0.f ? (m[mt][half] + log2f(l_row)) * LN2 : neg_inf();
+                p.lse[(static_cast<i64>(batch) * gridDim.y + head) * seqlen_q + row0 + r] = row_lse(m[mt][half], l_row);
         }
     __syncthreads();
     u16* o_tile = p.o + batch * p.o_sb + head * p.o_sh + row0 * p.o_ss;

@@ -192,9 +192,8 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
         const int c_row0 = w.row0 + (SPLIT ? 0 : 64 * consumer);   // this warpgroup's first query
         const int w_row0 = c_row0 + WARP_ROWS * warp;              // this warp's first query
         // This warpgroup's key tiles end at its own rows' part of the causal diagonal.
-        const int c_kv_end = p.causal ? min(seqlen_k, c_row0 + 4 * WARP_ROWS + causal_diag) : seqlen_k;
-        const int c_blocks = has_rows ? min(n_blocks, c_kv_end > 0 ? (c_kv_end + BLOCK_N - 1) / BLOCK_N : 0)
-                                      : 0;
+        const int c_kv_end = FC_KEY_END(seqlen_k, causal_diag, p.causal, c_row0, 4 * WARP_ROWS);
+        const int c_blocks = has_rows ? min(n_blocks, FC_KEY_TILES(BLOCK_N, c_kv_end)) : 0;
         // The key tiles this consumer multiplies: all of its rows' (its k-th is tile k),
         // or with SPLIT every CONSUMERS-th (its k-th is tile consumer + k * CONSUMERS).
         const int my_blocks = !SPLIT ? c_blocks
@@ -215,8 +214,7 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
         // wait on, that beat running the exact softmax under P V (v15; PERF_HISTORY v18).
         auto softmax_tile = [&](int j, bool first = false) {
             const int key0 = j * BLOCK_N;
-            const bool needs_mask = key0 + BLOCK_N > seqlen_k ||
-                                    (p.causal && key0 + BLOCK_N - 1 > c_row0 + causal_diag);
+            const bool needs_mask = FC_TILE_PARTIAL(BLOCK_N, seqlen_k, causal_diag, p.causal, key0, c_row0);
             if (needs_mask)
                 scale_and_mask<1, BLOCK_N / 8, true, H>(s, p.scale_log2, w_row0, key0, seqlen_k, causal_diag,
                                                         p.causal, lane);
@@ -323,7 +321,7 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
                         pack2<T>(o[0][dt][2 * half] * inv_l, o[0][dt][2 * half + 1] * inv_l);
             if (p.lse != nullptr && lane % 4 == 0)
                 p.lse[(static_cast<i64>(w.batch) * p.heads * p.pack + q_head) * seqlen_q + q_pos] =
-                    l_row > 0.f ? (m[0][half] + log2f(l_row)) * LN2 : neg_inf();
+                    row_lse(m[0][half], l_row);
         } FC_TRACE(14); FC_TRACE_NS(23);
     }
 }

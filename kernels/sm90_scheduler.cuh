@@ -3,6 +3,7 @@
 // launch's tail_start, items and group); the GPU tests compare the two through the
 // FLASHCORE_RECORD_WORK build.
 #pragma once
+#include "mask.cuh"
 #include "params_sm90.cuh"
 
 namespace fc {
@@ -37,11 +38,11 @@ __device__ __forceinline__ WorkTile work_tile(const Sm90Params& p, int i) {
     const int head_batch = g * p.group + in_group - m_desc * p.group, batch = p.by_heads(head_batch);
     const int row0 = (p.m_blocks - 1 - m_desc) * Tile::kBlockM + (sub ? 64 * ((i - p.tail_start) % C) : 0);
     const int rows = max(0, min(sub ? 64 : Tile::kBlockM, p.seqlen_q - row0));
-    const int causal_diag = p.seqlen_k - p.seqlen_q;   // key j visible to query i iff j <= i + diag
-    const int kv_end = p.causal ? min(p.seqlen_k, row0 + rows + causal_diag) : p.seqlen_k;
+    const int causal_diag = p.seqlen_k - p.seqlen_q;
+    const int kv_end = FC_KEY_END(p.seqlen_k, causal_diag, p.causal, row0, rows);
     return {row0, head_batch - batch * p.heads, batch,
             Tile::kSplit ? (rows > 0 ? C : 0) : (rows + 63) / 64,
-            rows > 0 && kv_end > 0 ? (kv_end + BLOCK_N - 1) / BLOCK_N : 0};
+            rows > 0 && kv_end > 0 ? FC_KEY_TILES(BLOCK_N, kv_end) : 0};
 }
 
 #ifdef FLASHCORE_RECORD_WORK

@@ -10,6 +10,7 @@
 // half 1 is zero, so whatever the other rows' scores are never reaches O.
 #pragma once
 #include "diagnostics.cuh"
+#include "mask.cuh"
 #include "mma_sm80.cuh"
 
 namespace fc {
@@ -41,7 +42,7 @@ __device__ __forceinline__ void scale_and_mask(float (&s)[M_TILES][N_TILES][4], 
                 for (int e = 0; e < 2 * HALVES; ++e) {
                     const int row = first_row + mt * 16 + lane / 4 + 8 * (e / 2);
                     const int key = first_key + nt * 8 + 2 * (lane % 4) + e % 2;
-                    if (key >= seqlen_k || (causal && key > row + causal_diag)) s[mt][nt][e] = neg_inf();
+                    if (FC_KEY_HIDDEN(seqlen_k, causal_diag, causal, row, key)) s[mt][nt][e] = neg_inf();
                 }
     }
 }
