@@ -2,7 +2,7 @@
 
 The first call with a given signature (shapes, strides, dtypes, device,
 options) validates everything, picks and compiles the kernel and prepares a
-`Sm80FwdLaunch`; later calls with that signature check only what can change
+launch (`Sm80FwdLaunch` or `Sm90FwdLaunch`); later calls with that signature check only what can change
 between them (the arrays' addresses) and launch.
 """
 
@@ -23,7 +23,7 @@ except ImportError:
     _cupy = _current_stream = _get_device = _NDARRAY = None
 
 from . import loader, tuning
-from .configs import Sm80FwdConfig, Sm90FwdConfig, choose_kernel
+from .configs import DispatchKey, Sm80FwdConfig, Sm90FwdConfig, choose_kernel
 from .launch import Sm80FwdLaunch, Sm90FwdLaunch, build_launch, sm90_blocker
 from .validation import (Problem, TensorSpec, check_capability, check_options, check_out,
                          check_problem, layout_strides)
@@ -80,7 +80,7 @@ def device_info(device_id: int) -> DeviceInfo:
 
 
 @functools.lru_cache(maxsize=None)
-def tuned_table(device_id: int) -> tuple[tuple[str, Sm80FwdConfig | Sm90FwdConfig], ...]:
+def tuned_table(device_id: int) -> tuple[tuple[DispatchKey, Sm80FwdConfig | Sm90FwdConfig], ...]:
     """This device's tuned tiles (see tuning.py), read once per process."""
     import cupy
 
