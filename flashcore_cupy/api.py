@@ -23,7 +23,7 @@ except ImportError:
     _cupy = _current_stream = _get_device = _NDARRAY = None
 
 from . import loader, tuning
-from .configs import DispatchKey, Sm80FwdConfig, Sm90FwdConfig, choose_kernel
+from .configs import DispatchKey, Sm80FwdConfig, Sm90FwdConfig, choose_kernel, variant_config
 from .launch import Sm80FwdLaunch, Sm90FwdLaunch, build_launch, sm90_blocker
 from .validation import (Problem, TensorSpec, check_capability, check_options, check_out,
                          check_problem, layout_strides)
@@ -104,23 +104,33 @@ def plan(problem: Problem, device_id: int, backend: Backend) -> tuple[Sm80FwdCon
     if backend == "sm90" and blocker:
         raise ValueError(f"backend='sm90' cannot run this call: {blocker}; use backend='auto'")
     mode = "off" if backend == "sm80" or blocker else "force" if backend == "sm90" else "auto"
-    return choose_kernel(dev.arch, problem.dtype, problem.head_dim,
-                         problem.batch * problem.heads_q, problem.seqlen_q, dev.num_sms,
-                         tuned_table(device_id), mode), dev
+    config = choose_kernel(dev.arch, problem.dtype, problem.head_dim,
+                           problem.batch * problem.heads_q, problem.seqlen_q, dev.num_sms,
+                           tuned_table(device_id), mode)
+    return variant_config(config, problem.kernel_variant), dev
 
 
 def _contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(int(np.prod(shape[i + 1:], dtype=np.int64)) for i in range(len(shape)))
 
 
-def _prepare(q, k, v, out, causal, scale, layout, return_lse, backend, config=None, defines=()):
-    """The slow path: convert, validate, choose (unless `config` is given) and compile."""
+def _prepare(q, k, v, out, causal, scale, layout, return_lse, backend, config=None, defines=(),
+             window=None, softcap=0.0, alibi_slopes=None, bias=None):
+    """The slow path: convert, validate, choose (unless `config` is given) and compile.
+    Returns (q, k, v, out, launch, pointers): pointers are the addresses the launch's `start`
+    takes (q, k, v, and a variant's slopes and bias)."""
     check_options(causal, scale, layout, return_lse)
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     q, k, v = _as_device_array(q, "q"), _as_device_array(k, "k"), _as_device_array(v, "v")
+    if alibi_slopes is not None:
+        alibi_slopes = _as_device_array(alibi_slopes, "alibi_slopes")
+    if bias is not None:
+        bias = _as_device_array(bias, "bias")
     problem = check_problem(_spec(q, "q"), _spec(k, "k"), _spec(v, "v"),
-                            causal=causal, scale=scale, layout=layout)
+                            causal=causal, scale=scale, layout=layout, window=window, softcap=softcap,
+                            alibi_slopes=None if alibi_slopes is None else _spec(alibi_slopes, "alibi_slopes"),
+                            bias=None if bias is None else _spec(bias, "bias"))
     if out is not None:
         out = _as_device_array(out, "out")
         check_out(_spec(out, "out"), problem)
@@ -130,14 +140,24 @@ def _prepare(q, k, v, out, causal, scale, layout, return_lse, backend, config=No
             TensorSpec("out", problem.out_shape, _contiguous_strides(problem.out_shape),
                        q.dtype, problem.device, 0), layout)
     chosen, dev = plan(problem, problem.device, backend)
-    return q, k, v, out, build_launch(problem, config or chosen, dev.arch, dev.num_sms, o_strides,
-                                      return_lse, defines)
+    if config is not None:
+        config = variant_config(config, problem.kernel_variant) if isinstance(config, Sm80FwdConfig) else config
+    launch = build_launch(problem, config or chosen, dev.arch, dev.num_sms, o_strides, return_lse, defines)
+    return q, k, v, out, launch, _pointers(launch, q, k, v, alibi_slopes, bias)
+
+
+def _pointers(launch, q, k, v, alibi_slopes, bias) -> tuple[int, ...]:
+    qkv = (q.data.ptr, k.data.ptr, v.data.ptr)
+    if not launch.extra_pointers:
+        return qkv
+    return qkv + (0 if alibi_slopes is None else alibi_slopes.data.ptr, 0 if bias is None else bias.data.ptr)
 
 
 _launches: dict[tuple, Sm80FwdLaunch | Sm90FwdLaunch] = {}
 
 
-def _signature(q, k, v, out, causal, scale, layout, return_lse, backend):
+def _signature(q, k, v, out, causal, scale, layout, return_lse, backend, window=None, softcap=0.0,
+               alibi_slopes=None, bias=None):
     """(key, (q, k, v addresses)) of a call, None when it is not for the fast path. The key
     holds everything validation looked at except the addresses; the addresses are read
     here once, for the alignment recheck and the launch. A C-contiguous array's strides
@@ -151,41 +171,62 @@ def _signature(q, k, v, out, causal, scale, layout, return_lse, backend):
     """
     nd = _NDARRAY
     if not (type(q) is nd and type(k) is nd and type(v) is nd and (out is None or type(out) is nd)
-            and type(causal) is bool and type(return_lse) is bool):
+            and (type(causal) is bool or type(causal) is str) and type(return_lse) is bool):
         return None
     qd, kd, vd = q.data, k.data, v.data
     qkv = (qd.ptr, kd.ptr, vd.ptr)
     if (qkv[0] | qkv[1] | qkv[2] | (0 if out is None else out.data.ptr)) & _ALIGN_MASK:
         return None
-    return (q.shape, q._c_contiguous or q.strides, q.dtype, qd.device_id,
-            k.shape, k._c_contiguous or k.strides, k.dtype, kd.device_id,
-            v.shape, v._c_contiguous or v.strides, v.dtype, vd.device_id,
-            None if out is None else (out.shape, out._c_contiguous or out.strides, out.dtype,
-                                      out.data.device_id),
-            causal, type(scale), scale, layout, return_lse, backend), qkv
+    key = (q.shape, q._c_contiguous or q.strides, q.dtype, qd.device_id,
+           k.shape, k._c_contiguous or k.strides, k.dtype, kd.device_id,
+           v.shape, v._c_contiguous or v.strides, v.dtype, vd.device_id,
+           None if out is None else (out.shape, out._c_contiguous or out.strides, out.dtype,
+                                     out.data.device_id),
+           causal, type(scale), scale, layout, return_lse, backend)
+    if window is None and softcap == 0.0 and alibi_slopes is None and bias is None:
+        return key, qkv
+    # A variant: its options and arrays' layouts join the key; the arrays' addresses follow
+    # q, k and v (0 for none), for launches that take them (Sm80VariantLaunch).
+    arrays = []
+    for a in (alibi_slopes, bias):
+        if a is not None and type(a) is not nd:
+            return None
+        arrays.append(None if a is None else (a.shape, a.strides, a.dtype, a.data.device_id))
+    return (key + (window, type(softcap), softcap, *arrays),
+            qkv + (0 if alibi_slopes is None else alibi_slopes.data.ptr, 0 if bias is None else bias.data.ptr))
 
 
-def prepared_launch(q, k, v, *, causal: bool = False, scale: float | None = None,
+def prepared_launch(q, k, v, *, causal: bool | str = False, scale: float | None = None,
                     layout: str = "bhsd", return_lse: bool = False, out: Any = None,
-                    backend: Backend = "auto") -> Sm80FwdLaunch | Sm90FwdLaunch:
+                    backend: Backend = "auto", **variant) -> Sm80FwdLaunch | Sm90FwdLaunch:
     """The launch an earlier `attention` call with these arguments prepared, for scripts
     that time or trace the kernel alone; KeyError if no such call was made."""
-    sig = _signature(q, k, v, out, causal, scale, layout, return_lse, backend)
+    sig = _signature(q, k, v, out, causal, scale, layout, return_lse, backend, **variant)
     if sig is None or sig[0] not in _launches:
         raise KeyError("no prepared launch for these arguments: call attention with them first")
     return _launches[sig[0]]
 
 
-def attention(q: Any, k: Any, v: Any, *, causal: bool = False, scale: float | None = None,
-              layout: Literal["bhsd", "bshd"] = "bhsd", return_lse: bool = False,
+def attention(q: Any, k: Any, v: Any, *, causal: bool | str = False, scale: float | None = None,
+              window: tuple[int, int] | None = None, softcap: float = 0.0, alibi_slopes: Any = None,
+              bias: Any = None, layout: Literal["bhsd", "bshd"] = "bhsd", return_lse: bool = False,
               out: Any = None, backend: Backend = "auto"):
-    """Fused scaled-dot-product attention, softmax(scale * q k^T) v.
+    """Fused scaled-dot-product attention, softmax(scale * q k^T + ...) v.
 
     q: (B, Hq, Sq, D) for layout="bhsd" (SDPA's), or (B, Sq, Hq, D) for "bshd"
     (flash_attn's); k, v: the same with Hkv heads and Sk keys, Hq a multiple of
     Hkv (GQA/MQA). float16 or bfloat16, any strides with a contiguous last dim.
-    causal: key j visible to query i iff j <= i + Sk - Sq (bottom-right aligned);
-    rows that see no key give 0 (and LSE -inf). scale defaults to 1/sqrt(D).
+    scale defaults to 1/sqrt(D). The options, in the order they apply (the spec is
+    `flashcore_cupy.reference.attention`), with off = Sk - Sq (0 under top-left causal):
+      softcap > 0: a score becomes softcap * tanh(scale * q.k / softcap) (flash_attn 2's);
+      alibi_slopes: float32 (Hq,) or (B, Hq) on q's device; adds -slope * |i + off - j|;
+      bias: added, broadcastable to (B, Hq, Sq, Sk) (batch and heads 1 or stride 0), q's
+        dtype or float32, contiguous last dim;
+      causal: False; True or "bottom_right" (key j visible to query i iff j <= i + off,
+        flash_attn's); "top_left" (j <= i, SDPA's is_causal);
+      window=(left, right): key j visible iff i + off - left <= j <= i + off + right, -1
+        unbounded on that side (flash_attn's window_size); a causal mask sets right = 0.
+    Rows that see no key give 0 (and LSE -inf). Variants run on the portable kernel.
     Runs on CuPy's current stream, on the arrays' device. Returns the output in
     q's dtype and layout, and with return_lse=True also the float32 log-sum-exp
     of shape (B, Hq, Sq).
@@ -194,20 +235,24 @@ def attention(q: Any, k: Any, v: Any, *, causal: bool = False, scale: float | No
     "sm90" (always the Hopper kernel with its full-size tiles; a ValueError where
     it cannot run).
     """
-    sig = _signature(q, k, v, out, causal, scale, layout, return_lse, backend)
+    sig = _signature(q, k, v, out, causal, scale, layout, return_lse, backend, window, softcap,
+                     alibi_slopes, bias)
     try:
         launch = _launches.get(sig[0]) if sig is not None else None
     except TypeError:   # an unhashable option (see _signature)
         sig = launch = None
     if launch is None:
-        q, k, v, out, launch = _prepare(q, k, v, out, causal, scale, layout, return_lse, backend)
+        q, k, v, out, launch, qkv = _prepare(q, k, v, out, causal, scale, layout, return_lse, backend,
+                                             window=window, softcap=softcap, alibi_slopes=alibi_slopes,
+                                             bias=bias)
         if sig is not None:
             if len(_launches) >= _MAX_CACHED_LAUNCHES:
                 _launches.clear()
             _launches[sig[0]] = launch
-        qkv = (q.data.ptr, k.data.ptr, v.data.ptr)
     else:
         qkv = sig[1]
+        if len(qkv) > 3 and not launch.extra_pointers:   # variant options that run plain
+            qkv = qkv[:3]
 
     if _get_device() == launch.device:
         return _run(launch, qkv, q.dtype, out)
@@ -215,32 +260,31 @@ def attention(q: Any, k: Any, v: Any, *, causal: bool = False, scale: float | No
         return _run(launch, qkv, q.dtype, out)
 
 
-def attention_with_config(config: Sm80FwdConfig | Sm90FwdConfig, q, k, v, *, causal: bool = False,
+def attention_with_config(config: Sm80FwdConfig | Sm90FwdConfig, q, k, v, *, causal: bool | str = False,
                           scale: float | None = None, layout: str = "bhsd",
-                          return_lse: bool = False, out: Any = None):
-    """`attention` with a given kernel config instead of dispatch's: for tests and tile search.
-
-    Not cached: every call validates and prepares its launch.
-    """
+                          return_lse: bool = False, out: Any = None, **variant):
+    """`attention` with a given kernel config instead of dispatch's (a portable one takes the
+    call's variant): for tests and tile search. Not cached: every call validates and
+    prepares its launch."""
     import cupy
 
-    q, k, v, out, launch = _prepare(q, k, v, out, causal, scale, layout, return_lse,
-                                    _config_backend(config), config)
+    q, k, v, out, launch, ptrs = _prepare(q, k, v, out, causal, scale, layout, return_lse,
+                                          _config_backend(config), config, **variant)
     with cupy.cuda.Device(launch.device):
-        return _run(launch, (q.data.ptr, k.data.ptr, v.data.ptr), q.dtype, out)
+        return _run(launch, ptrs, q.dtype, out)
 
 
-def new_launch(q, k, v, *, causal: bool = False, scale: float | None = None, layout: str = "bhsd",
+def new_launch(q, k, v, *, causal: bool | str = False, scale: float | None = None, layout: str = "bhsd",
                return_lse: bool = False, out: Any = None, backend: Backend = "auto",
                config: Sm80FwdConfig | Sm90FwdConfig | None = None,
-               defines: tuple[str, ...] = ()) -> Sm80FwdLaunch | Sm90FwdLaunch:
+               defines: tuple[str, ...] = (), **variant) -> Sm80FwdLaunch | Sm90FwdLaunch:
     """The launch `attention` (or, given `config`, `attention_with_config`) makes for these
     arguments, validated and compiled but neither run nor cached: for scripts that time or
     trace kernels, as launch(q, k, v, out, lse). defines: a diagnostic build's macros
     (loader.nvrtc_options), e.g. ("FLASHCORE_RECORD_WORK=4096",)."""
     if config is not None:
         backend = _config_backend(config)
-    return _prepare(q, k, v, out, causal, scale, layout, return_lse, backend, config, defines)[-1]
+    return _prepare(q, k, v, out, causal, scale, layout, return_lse, backend, config, defines, **variant)[-2]
 
 
 def _config_backend(config: Sm80FwdConfig | Sm90FwdConfig) -> Backend:
@@ -265,9 +309,9 @@ def _allocate(launch: Sm80FwdLaunch | Sm90FwdLaunch, dtype) -> tuple:
     return out, lse
 
 
-def _run(launch: Sm80FwdLaunch | Sm90FwdLaunch, qkv: tuple[int, int, int], dtype, out):
+def _run(launch: Sm80FwdLaunch | Sm90FwdLaunch, qkv: tuple[int, ...], dtype, out):
     """Outputs, then the launch on CuPy's current stream; `launch.device` is current.
-    qkv: the inputs' addresses; dtype: theirs and the output's."""
+    qkv: the inputs' addresses (a variant's arrays' after them); dtype: theirs and the output's."""
     stream = _current_stream(launch.device).ptr   # given the device, CuPy skips a cudaGetDevice
     spare_key = None
     if out is not None:

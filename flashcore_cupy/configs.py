@@ -7,6 +7,7 @@ Nothing else computes grid, block or shared-memory sizes.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
@@ -24,6 +25,49 @@ HEAD_DIM_BUCKETS = (32, 64, 96, 128, 160, 192, 224, 256)   # template HEAD_DIM; 
 MAX_HEAD_DIM = HEAD_DIM_BUCKETS[-1]
 
 
+BIAS_KINDS = ("none", "16bit", "fp32")   # fc::Variant's BIAS: 0, 1 (the inputs' type), 2
+
+
+@dataclass(frozen=True)
+class KernelVariant:
+    """The compile-time part of an attention variant: `fc::Plain` or `fc::Variant` in
+    kernels/variant.cuh. window: the keys are a window's (left, right; a causal mask its
+    right = 0) rather than the plain mask's (key < Sk and the bottom-right causal flag); every
+    score option takes the window's mask. softcap / alibi: the scores are capped / get ALiBi;
+    bias: "none", "16bit" (the inputs' dtype) or "fp32". The run-time values (window sides,
+    slopes, the bias) are the launch's."""
+
+    window: bool = False
+    softcap: bool = False
+    alibi: bool = False
+    bias: str = "none"
+
+    def __post_init__(self):
+        if self.bias not in BIAS_KINDS:
+            raise ValueError(f"bias kind must be one of {BIAS_KINDS}, got {self.bias!r}")
+        if not self.window and (self.softcap or self.alibi or self.bias != "none"):
+            raise ValueError("score options run under the window mask: window=True")
+
+    @property
+    def plain(self) -> bool:
+        return not self.window
+
+    @property
+    def expression(self) -> str:
+        if self.plain:
+            return "fc::Plain"
+        b = lambda x: "true" if x else "false"   # noqa: E731
+        return f"fc::Variant<{b(self.softcap)}, {b(self.alibi)}, {BIAS_KINDS.index(self.bias)}>"
+
+    def __str__(self) -> str:
+        parts = [n for n in ("softcap", "alibi") if getattr(self, n)]
+        parts += [f"bias-{self.bias}"] if self.bias != "none" else []
+        return "+".join(parts) or ("window" if self.window else "plain")
+
+
+PLAIN = KernelVariant()
+
+
 @dataclass(frozen=True)
 class Sm80FwdConfig:
     """One instantiation of `fc::flash_fwd` in kernels/flash_fwd_sm80.cu."""
@@ -34,13 +78,15 @@ class Sm80FwdConfig:
     m_tiles: int      # 16-row slices per warp
     block_n: int      # keys per K/V tile
     stages: int       # K/V tiles in flight (shared-memory ring)
+    variant: KernelVariant = PLAIN
 
     kernel_file = "flash_fwd_sm80.cu"
 
     @property
     def name_expression(self) -> str:
+        extra = "" if self.variant.plain else f", {self.variant.expression}"
         return (f"fc::flash_fwd<fc::{self.dtype}, {self.head_dim}, {self.warps}, "
-                f"{self.m_tiles}, {self.block_n}, {self.stages}>")
+                f"{self.m_tiles}, {self.block_n}, {self.stages}{extra}>")
 
     @property
     def threads(self) -> int:
@@ -60,7 +106,8 @@ class Sm80FwdConfig:
         return (-(-seqlen_q // self.block_m), heads_q, batch)
 
     def __str__(self) -> str:
-        return f"{self.dtype} D{self.head_dim} {self.block_m}x{self.block_n} w{self.warps} s{self.stages}"
+        text = f"{self.dtype} D{self.head_dim} {self.block_m}x{self.block_n} w{self.warps} s{self.stages}"
+        return text if self.variant.plain else f"{text} {self.variant}"
 
 
 class WorkTile(NamedTuple):
@@ -375,6 +422,16 @@ def choose_kernel(arch: str, dtype: str, head_dim: int, batch_heads: int = 1 << 
         key, default = dispatch_class(arch, dtype, head_dim, batch_heads, seqlen_q, num_sms)
         return dict(tuned).get(key, default)
     return choose_sm80_config(arch, dtype, head_dim, batch_heads, seqlen_q, num_sms, tuned)
+
+
+def variant_config(config: Sm80FwdConfig, variant: KernelVariant) -> Sm80FwdConfig:
+    """The portable config a variant runs on, from the plain one dispatch chose: the same tile,
+    but with score options (softcap, ALiBi, bias) 16 rows per warp, since their score step
+    beside 32 rows per warp spilled registers at D <= 128 (sm_80 and sm_90a, NVRTC 12.9)."""
+    if variant.plain:
+        return config
+    scores = variant.softcap or variant.alibi or variant.bias != "none"
+    return dataclasses.replace(config, m_tiles=1 if scores else config.m_tiles, variant=variant)
 
 
 def all_configs(arch: str) -> list[Sm80FwdConfig | Sm90FwdConfig]:

@@ -32,6 +32,9 @@ except ImportError:   # no CuPy on this machine: configs and packing still work
 # The portable kernel's argument (params.FWD_SM80): packed whole once per launch, its
 # pointers (q .. lse) per call.
 _FWD_POINTERS_AT, _FWD_POINTERS = params.FWD_SM80.run("q", "lse")
+# A variant's arrays (ALiBi slopes, bias), also per call.
+_FWD_ALIBI_AT, _FWD_ALIBI = params.FWD_SM80.run("alibi", "alibi")
+_FWD_BIAS_AT, _FWD_BIAS = params.FWD_SM80.run("bias", "bias")
 
 
 class ParamBlock:
@@ -58,6 +61,7 @@ class _Launch:
     out_shape: tuple[int, int, int, int]
     lse_shape: tuple[int, int, int] | None
     scalars: dict                        # the param fields a call does not repack, by name
+    extra_pointers = False               # start takes a variant's array addresses after q, k, v
 
     @functools.cached_property
     def out_elements(self) -> int:
@@ -84,7 +88,7 @@ class Sm80FwdLaunch(_Launch):
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def __post_init__(self):
-        pointers = dict.fromkeys(("q", "k", "v", "o", "lse"), 0)
+        pointers = dict.fromkeys(("q", "k", "v", "o", "lse", "alibi", "bias"), 0)
         params.FWD_SM80.struct.pack_into(self._block.data, 0,
                                          *params.FWD_SM80.values({**pointers, **self.scalars}))
 
@@ -96,7 +100,9 @@ class Sm80FwdLaunch(_Launch):
                    for d, st in zip("bhs", ts)}
         scalars = dict(**strides, seqlen_q=p.seqlen_q, seqlen_k=p.seqlen_k, head_dim=p.head_dim,
                        heads_per_kv=p.heads_q // p.heads_kv, scale_log2=p.scale * math.log2(math.e),
-                       causal=int(p.causal))
+                       causal=int(p.causal), **variant_scalars(p))
+        if not config.variant.plain:
+            cls = Sm80VariantLaunch
         return cls(config, loader.get_function(config, p.device, arch, defines), p.device,
                    config.grid(p.batch, p.heads_q, p.seqlen_q), p.out_shape,
                    (p.batch, p.heads_q, p.seqlen_q) if return_lse else None, scalars)
@@ -107,6 +113,35 @@ class Sm80FwdLaunch(_Launch):
             _FWD_POINTERS.pack_into(self._block.data, _FWD_POINTERS_AT, *qkv, out.data.ptr,
                                     0 if lse is None else lse.data.ptr)
             _cu_launch(*self._dims, stream, self._block.argv, 0)
+
+
+@dataclass(frozen=True, eq=False)
+class Sm80VariantLaunch(Sm80FwdLaunch):
+    """A portable launch of a variant (window, softcap, ALiBi, bias): its `start` also takes
+    the slopes' and the bias's addresses (0 for none) after q, k and v."""
+
+    extra_pointers = True
+
+    def start(self, ptrs: tuple[int, ...], out, lse, stream: int) -> None:
+        with self._lock:
+            _FWD_POINTERS.pack_into(self._block.data, _FWD_POINTERS_AT, ptrs[0], ptrs[1], ptrs[2],
+                                    out.data.ptr, 0 if lse is None else lse.data.ptr)
+            _FWD_ALIBI.pack_into(self._block.data, _FWD_ALIBI_AT, ptrs[3] if len(ptrs) > 3 else 0)
+            _FWD_BIAS.pack_into(self._block.data, _FWD_BIAS_AT, ptrs[4] if len(ptrs) > 4 else 0)
+            _cu_launch(*self._dims, stream, self._block.argv, 0)
+
+
+def variant_scalars(p: Problem) -> dict:
+    """The variant fields of a kernel's params (kernels/variant.cuh's ScoreMod), pointers
+    aside; zeros and an open window for a plain problem, whose kernel reads none of them."""
+    off, left, right = p.variant.mask(p.seqlen_q, p.seqlen_k)
+    cap = p.variant.softcap
+    alibi_sb, alibi_sh = p.variant.alibi or (0, 0)
+    bias_strides = p.variant.bias[1] if p.variant.bias else (0, 0, 0)
+    return dict(diag=off, win_left=left, win_right=right,
+                cap_scale=p.scale / cap if cap > 0 else 0.0,
+                cap_log2=cap * math.log2(math.e), alibi_sb=alibi_sb, alibi_sh=alibi_sh,
+                bias_sb=bias_strides[0], bias_sh=bias_strides[1], bias_ss=bias_strides[2])
 
 
 # The Hopper kernel's argument (params.FWD_SM90): the q, k and v tensor maps encoded in place
@@ -211,6 +246,8 @@ def sm90_blocker(p: Problem, arch: str) -> str | None:
     """Why the Hopper kernel cannot run `p` on `arch`, or None."""
     if arch != SM90_ARCH:
         return f"it needs an sm_90 GPU (H100/H200); this device compiles for {arch}"
+    if not p.kernel_variant.plain:
+        return f"the {p.kernel_variant} variant runs on the portable kernel only (no Hopper kernel yet)"
     if p.head_dim > SM90_HEAD_DIMS[-1]:
         return f"head_dim {p.head_dim} is over {SM90_HEAD_DIMS[-1]}"
     for name, spec in zip("qkv", sm90_map_specs(p, sm90_config(p.dtype, p.head_dim))):

@@ -18,6 +18,7 @@ from typing import Any
 # its (mul, shr) pair; TensorMap as the 128 bytes tma.encode_maps writes in place.
 _TYPES = {
     "const u16*": ("Q", 8, 8), "u16*": ("Q", 8, 8), "float*": ("Q", 8, 8),
+    "const float*": ("Q", 8, 8), "const void*": ("Q", 8, 8),
     "i64": ("q", 8, 8), "int": ("i", 4, 4), "float": ("f", 4, 4), "u32": ("I", 4, 4),
     "FastDiv": ("II", 8, 4), "TensorMap": ("128s", 128, 64),
 }
@@ -108,6 +109,14 @@ FWD_SM80 = Schema("FwdParams", [
     Field("heads_per_kv", "int"),
     Field("scale_log2", "float", "scale * log2(e)"),
     Field("causal", "int"),
+    # Variants (kernels/variant.cuh); a plain kernel reads none of these.
+    Field("diag", "int", "off: query i's aligned key is i + diag"),
+    Field("win_left", "int", "window sides, -1 unbounded"), Field("win_right", "int"),
+    Field("cap_scale", "float", "scale / softcap"), Field("cap_log2", "float", "softcap * log2(e)"),
+    Field("alibi", "const float*", "slopes; null: none"),
+    Field("alibi_sb", "i64", "slope strides (batch, head), elements"), Field("alibi_sh", "i64"),
+    Field("bias", "const void*", "null: none"),
+    *_strides("bias", "(batch, head, row) strides, elements; 0 broadcasts"),
 ], "The portable forward kernel's one argument (flash_fwd).")
 
 # The Hopper kernel (kernels/flash_fwd_sm90.cu).

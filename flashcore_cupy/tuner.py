@@ -57,7 +57,7 @@ class Evaluator:
 
         q, k, v = workload.random_inputs(shape, self.dtype, self.rng)
         out = cupy.full(q.shape, np.nan, dtype=q.dtype)
-        *_, launch = api._prepare(q, k, v, out, shape.causal, None, "bhsd", False, "auto", config)
+        launch = api._prepare(q, k, v, out, shape.causal, None, "bhsd", False, "auto", config)[4]
         launch(q, k, v, out, None)
         if not workload.within_tolerance(self.dtype, *workload.verify(shape, q, k, v, out, self.rng,
                                                                       rows=_CHECK_ROWS)):

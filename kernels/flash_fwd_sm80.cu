@@ -18,6 +18,10 @@
 // causal diagonal are never loaded. A row with no visible key gets O = 0 and
 // LSE = -inf.
 //
+// Variants (V, kernels/variant.cuh): windows narrow each CTA's key tiles to the ones its rows
+// see (a window's cost grows with Sq * (left + right)); softcap, ALiBi and bias rewrite the
+// scores in variant_scores. fc::Plain compiles to the kernel without them.
+//
 // Shared memory: Q (BLOCK_M rows), STAGES x (K_j, V_j) (BLOCK_N rows each), rows padded
 // to HEAD_DIM + 8 elements so that the 8 rows of each ldmatrix land on distinct
 // banks. Loads are cp.async 16 B, zero-filled past Sq/Sk and past the runtime
@@ -27,6 +31,7 @@
 // The host mirrors smem_bytes() in flashcore_cupy/configs.py.
 #include "mma_sm80.cuh"
 #include "softmax.cuh"
+#include "variant.cuh"
 // FwdParams, the one by-value argument (one is far cheaper to pass than 23), declared in
 // flashcore_cupy/params.py, which launch.py packs it from.
 #include "params_sm80.cuh"
@@ -163,7 +168,7 @@ __device__ __forceinline__ void pv_gemm(float (&o)[M_TILES][Tile::kDTiles][4],
 }
 
 
-template <class T, int HEAD_DIM, int WARPS, int M_TILES, int BLOCK_N, int STAGES>
+template <class T, int HEAD_DIM, int WARPS, int M_TILES, int BLOCK_N, int STAGES, class V = Plain>
 __global__ void __launch_bounds__(WARPS * 32, 1)
 flash_fwd(const FwdParams p) {
     using Tile = FwdTile<HEAD_DIM, WARPS, M_TILES, BLOCK_N, STAGES>;
@@ -188,8 +193,23 @@ flash_fwd(const FwdParams p) {
 
     // Key j is visible to query i iff j <= i + causal_diag (bottom-right aligned).
     const int causal_diag = seqlen_k - seqlen_q;
-    const int kv_end = FC_KEY_END(seqlen_k, causal_diag, causal, row0, Tile::kBlockM);
-    const int n_blocks = FC_KEY_TILES(BLOCK_N, kv_end);
+    // Key tiles [j_begin, n_blocks): past them every key is hidden from this CTA's rows.
+    int j_begin = 0, n_blocks;
+    ScoreMod mod;
+    if constexpr (V::kPlain) {
+        const int kv_end = FC_KEY_END(seqlen_k, causal_diag, causal, row0, Tile::kBlockM);
+        n_blocks = FC_KEY_TILES(BLOCK_N, kv_end);
+    } else {
+        mod = ScoreMod{seqlen_q, seqlen_k, p.diag, p.win_left, p.win_right, p.scale_log2,
+                       p.cap_scale, p.cap_log2, 0.f, nullptr, p.bias_ss};
+        if constexpr (V::kAlibi) mod.slope_log2 = p.alibi[batch * p.alibi_sb + head * p.alibi_sh] * LOG2E;
+        if constexpr (V::kBias != 0)
+            mod.bias = static_cast<const char*>(p.bias) +
+                       (batch * p.bias_sb + head * p.bias_sh) * (V::kBias == 2 ? 4 : 2);
+        const KeyRange keys = window_keys(mod, row0, min(Tile::kBlockM, seqlen_q - row0));
+        j_begin = keys.end > keys.begin ? keys.begin / BLOCK_N : 0;
+        n_blocks = keys.end > keys.begin ? FC_KEY_TILES(BLOCK_N, keys.end) : 0;
+    }
 
     const LaneAddrs<Tile> addr(sQ, sK, sV, warp_row, lane);
     // K_j and V_j into ring slot j % STAGES, as one commit group.
@@ -206,7 +226,7 @@ flash_fwd(const FwdParams p) {
     load_tile<Tile, Tile::kBlockM>(smem_addr(sQ), q_tile, p.q_ss, seqlen_q - row0, head_dim, tid);
     #pragma unroll
     for (int j = 0; j < STAGES - 1; ++j) {
-        if (j < n_blocks) load_kv(j);
+        if (j_begin + j < n_blocks) load_kv(j_begin + j);
         cp_async_commit();
     }
 
@@ -223,14 +243,14 @@ flash_fwd(const FwdParams p) {
     }
     u32 q_frag[M_TILES][Tile::kDSteps][4];
 
-    for (int j = 0; j < n_blocks; ++j) {
+    for (int j = j_begin; j < n_blocks; ++j) {
         cp_async_wait<STAGES - 2>();   // tile j (and Q) landed for this thread ...
         __syncthreads();               // ... and for all; every warp is done with tile j-1
         if (j + STAGES - 1 < n_blocks) load_kv(j + STAGES - 1);   // into tile j-1's slot
         cp_async_commit();
 
         if constexpr (Tile::kQInRegs) {
-            if (j == 0) {
+            if (j == j_begin) {
                 #pragma unroll
                 for (int mt = 0; mt < M_TILES; ++mt)
                     #pragma unroll
@@ -243,14 +263,20 @@ flash_fwd(const FwdParams p) {
         const u32 slot_offset = (j % STAGES) * kSlotBytes;
         float s[M_TILES][Tile::kNTiles][4];
         qk_gemm<T, Tile, M_TILES>(s, q_frag, addr.q, addr.k + slot_offset);
-        const bool needs_mask = FC_TILE_PARTIAL(BLOCK_N, seqlen_k, causal_diag, causal, key0, row0);
-        if (needs_mask)
-            scale_and_mask<M_TILES, Tile::kNTiles, true>(s, p.scale_log2, row0 + warp_row, key0, seqlen_k,
-                                                causal_diag, causal, lane);
-        else
-            scale_and_mask<M_TILES, Tile::kNTiles, false>(s, p.scale_log2, 0, 0, 0, 0, false, lane);
         float alpha[M_TILES][2];
-        softmax_update<M_TILES, Tile::kNTiles>(s, m, l, alpha, p.scale_log2);
+        if constexpr (V::kPlain) {
+            const bool needs_mask = FC_TILE_PARTIAL(BLOCK_N, seqlen_k, causal_diag, causal, key0, row0);
+            if (needs_mask)
+                scale_and_mask<M_TILES, Tile::kNTiles, true>(s, p.scale_log2, row0 + warp_row, key0, seqlen_k,
+                                                    causal_diag, causal, lane);
+            else
+                scale_and_mask<M_TILES, Tile::kNTiles, false>(s, p.scale_log2, 0, 0, 0, 0, false, lane);
+            softmax_update<M_TILES, Tile::kNTiles>(s, m, l, alpha, p.scale_log2);
+        } else {
+            const bool needs_mask = tile_partial(mod, BLOCK_N, key0, row0, Tile::kBlockM);
+            variant_scores<V, T, M_TILES, Tile::kNTiles>(s, mod, needs_mask, row0 + warp_row, key0, lane);
+            softmax_update<M_TILES, Tile::kNTiles>(s, m, l, alpha, 1.f);   // S is in log2 units
+        }
         rescale_rows<M_TILES, Tile::kDTiles>(o_acc, alpha);
         pv_gemm<T, Tile, M_TILES>(o_acc, s, addr.v + slot_offset);
     }

@@ -15,8 +15,8 @@ struct FwdParams {
     const u16* k;
     const u16* v;
     u16* o;
-    float* lse;       // null: not requested
-    i64 q_sb;         // (batch, head, seq) strides, elements
+    float* lse;         // null: not requested
+    i64 q_sb;           // (batch, head, seq) strides, elements
     i64 q_sh;
     i64 q_ss;
     i64 k_sb;
@@ -32,10 +32,22 @@ struct FwdParams {
     int seqlen_k;
     int head_dim;
     int heads_per_kv;
-    float scale_log2; // scale * log2(e)
+    float scale_log2;   // scale * log2(e)
     int causal;
+    int diag;           // off: query i's aligned key is i + diag
+    int win_left;       // window sides, -1 unbounded
+    int win_right;
+    float cap_scale;    // scale / softcap
+    float cap_log2;     // softcap * log2(e)
+    const float* alibi; // slopes; null: none
+    i64 alibi_sb;       // slope strides (batch, head), elements
+    i64 alibi_sh;
+    const void* bias;   // null: none
+    i64 bias_sb;        // (batch, head, row) strides, elements; 0 broadcasts
+    i64 bias_sh;
+    i64 bias_ss;
 };
-static_assert(sizeof(FwdParams) == 160, "FwdParams: declared in flashcore_cupy/params.py: run scripts/gen_params.py");
+static_assert(sizeof(FwdParams) == 240, "FwdParams: declared in flashcore_cupy/params.py: run scripts/gen_params.py");
 static_assert(FC_OFFSETOF(FwdParams, q) == 0, "FwdParams::q");
 static_assert(FC_OFFSETOF(FwdParams, k) == 8, "FwdParams::k");
 static_assert(FC_OFFSETOF(FwdParams, v) == 16, "FwdParams::v");
@@ -59,5 +71,17 @@ static_assert(FC_OFFSETOF(FwdParams, head_dim) == 144, "FwdParams::head_dim");
 static_assert(FC_OFFSETOF(FwdParams, heads_per_kv) == 148, "FwdParams::heads_per_kv");
 static_assert(FC_OFFSETOF(FwdParams, scale_log2) == 152, "FwdParams::scale_log2");
 static_assert(FC_OFFSETOF(FwdParams, causal) == 156, "FwdParams::causal");
+static_assert(FC_OFFSETOF(FwdParams, diag) == 160, "FwdParams::diag");
+static_assert(FC_OFFSETOF(FwdParams, win_left) == 164, "FwdParams::win_left");
+static_assert(FC_OFFSETOF(FwdParams, win_right) == 168, "FwdParams::win_right");
+static_assert(FC_OFFSETOF(FwdParams, cap_scale) == 172, "FwdParams::cap_scale");
+static_assert(FC_OFFSETOF(FwdParams, cap_log2) == 176, "FwdParams::cap_log2");
+static_assert(FC_OFFSETOF(FwdParams, alibi) == 184, "FwdParams::alibi");
+static_assert(FC_OFFSETOF(FwdParams, alibi_sb) == 192, "FwdParams::alibi_sb");
+static_assert(FC_OFFSETOF(FwdParams, alibi_sh) == 200, "FwdParams::alibi_sh");
+static_assert(FC_OFFSETOF(FwdParams, bias) == 208, "FwdParams::bias");
+static_assert(FC_OFFSETOF(FwdParams, bias_sb) == 216, "FwdParams::bias_sb");
+static_assert(FC_OFFSETOF(FwdParams, bias_sh) == 224, "FwdParams::bias_sh");
+static_assert(FC_OFFSETOF(FwdParams, bias_ss) == 232, "FwdParams::bias_ss");
 
 }  // namespace fc

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 
 from flashcore_cupy import launch, params, tma
-from flashcore_cupy.configs import Sm80FwdConfig, Sm90FwdConfig
+from flashcore_cupy.configs import KernelVariant, Sm80FwdConfig, Sm90FwdConfig
 
 
 def array(ptr):
@@ -37,20 +37,47 @@ _FWD_BY_HAND = struct.Struct("<5Q12q4ifi")
 _SM90_TAIL_BY_HAND = struct.Struct("<2Q3q3ifi7i8I8x")
 
 
+# The variant fields after them (kernels/variant.cuh), by hand: diag, window sides, the softcap
+# pair, the slopes' pointer and strides, the bias's pointer and strides.
+_FWD_VARIANT_BY_HAND = struct.Struct("<3i2f4xQ2qQ3q")
+_VARIANT_NAMES = ("diag", "win_left", "win_right", "cap_scale", "cap_log2", "alibi_sb", "alibi_sh",
+                  "bias_sb", "bias_sh", "bias_ss")
+
+
 def test_fwd_launch_sends_its_scalars_and_each_calls_pointers(driver):
     cfg = Sm80FwdConfig("fp16", 64, 4, 2, 64, 3)
-    names = [f.name for f in params.FWD_SM80.fields][5:]
+    names = [f.name for f in params.FWD_SM80.fields][5:5 + 18]
     values = tuple(range(12)) + (300, 400, 64, 2, 0.18, 1)
-    run = launch.Sm80FwdLaunch(cfg, 77, 0, (3, 4, 2), (2, 4, 300, 64), None, dict(zip(names, values)))
+    variant = (100, -1, 0, 0.5, 2.0, 3, 4, 5, 6, 7)
+    run = launch.Sm80FwdLaunch(cfg, 77, 0, (3, 4, 2), (2, 4, 300, 64), None,
+                               dict(zip(names + list(_VARIANT_NAMES), values + variant)))
     driver.size = params.FWD_SM80.size
     run(array(0x1000), array(0x2000), array(0x3000), array(0x4000), None)
     run(array(0x1100), array(0x2100), array(0x3100), array(0x4100), array(0x5100))
     first, second = driver.calls
-    assert first["params"] == _FWD_BY_HAND.pack(0x1000, 0x2000, 0x3000, 0x4000, 0, *values)
-    assert second["params"] == _FWD_BY_HAND.pack(0x1100, 0x2100, 0x3100, 0x4100, 0x5100, *values)
+    plain = _FWD_BY_HAND.size
+    assert first["params"][:plain] == _FWD_BY_HAND.pack(0x1000, 0x2000, 0x3000, 0x4000, 0, *values)
+    assert second["params"][:plain] == _FWD_BY_HAND.pack(0x1100, 0x2100, 0x3100, 0x4100, 0x5100, *values)
+    assert first["params"][plain:] == _FWD_VARIANT_BY_HAND.pack(*variant[:5], 0, *variant[5:7], 0, *variant[7:])
     assert first["function"] == 77 and first["grid"] == (3, 4, 2) and first["stream"] == 0xABC
     assert first["block"] == (cfg.threads, 1, 1) and first["smem"] == cfg.smem_bytes
     assert run.out_elements == 2 * 4 * 300 * 64
+
+
+def test_variant_launch_sends_the_slopes_and_bias_addresses_per_call(driver):
+    cfg = Sm80FwdConfig("fp16", 64, 4, 1, 64, 3, KernelVariant(window=True, alibi=True, bias="fp32"))
+    names = [f.name for f in params.FWD_SM80.fields][5:5 + 18]
+    values = tuple(range(12)) + (300, 400, 64, 2, 0.18, 0)
+    variant = (100, 8, 0, 0.0, 0.0, 0, 1, 0, 500, 400)
+    run = launch.Sm80VariantLaunch(cfg, 77, 0, (5, 4, 2), (2, 4, 300, 64), None,
+                                   dict(zip(names + list(_VARIANT_NAMES), values + variant)))
+    driver.size = params.FWD_SM80.size
+    run.start((0x1000, 0x2000, 0x3000, 0x6000, 0x7000), array(0x4000), None, 0xABC)
+    run.start((0x1100, 0x2100, 0x3100, 0x6100, 0), array(0x4100), None, 0xABC)
+    plain = _FWD_BY_HAND.size
+    for call, (a, b) in zip(driver.calls, ((0x6000, 0x7000), (0x6100, 0))):
+        assert call["params"][plain:] == _FWD_VARIANT_BY_HAND.pack(*variant[:5], a, *variant[5:7], b, *variant[7:])
+    assert driver.calls[1]["params"][:plain] == _FWD_BY_HAND.pack(0x1100, 0x2100, 0x3100, 0x4100, 0, *values)
 
 
 def test_sm90_launch_encodes_maps_once_per_address_set(driver, monkeypatch):

@@ -1,0 +1,133 @@
+// Attention variants: the compile-time policy a kernel is instantiated with, and the score
+// step every variant kernel shares. The spec is flashcore_cupy/reference.py's `attention`:
+//
+//   raw = scale * q . k -> softcap * tanh(raw / softcap) -> - slope * |i + off - j|
+//       -> + bias[b, h, i, j] -> -inf where key j is hidden from query i -> softmax
+//
+// with off = Sk - Sq (0 under top-left causal). A variant kernel's keys are those of a window
+// (left, right): key j visible iff j < Sk and i + off - left <= j <= i + off + right, -1
+// unbounded on that side; the host folds a causal mask into right = 0 (and passes (-1, -1)
+// for none), so a variant kernel has no causal flag of its own.
+//
+// The plain kernel (fc::Plain: mask.cuh's key < Sk and bottom-right causal flag) keeps every
+// kernel's plain path as it was: the kernels test V::kPlain at compile time and run their old
+// code; only the variants use what is below.
+#pragma once
+#include "mask.cuh"
+
+namespace fc {
+
+// A variant: the window mask, and SOFTCAP / ALIBI whether the scores are capped / get ALiBi;
+// BIAS: 0 none, 1 a 16-bit bias of the inputs' type, 2 a float32 bias. (The plain mask under
+// score options spilled registers on most tiles, the window mask did not: so every variant
+// takes the window's.)
+template <bool SOFTCAP, bool ALIBI, int BIAS>
+struct Variant {
+    static constexpr bool kPlain = false;
+    static constexpr bool kSoftcap = SOFTCAP;
+    static constexpr bool kAlibi = ALIBI;
+    static constexpr int kBias = BIAS;
+    static_assert(BIAS >= 0 && BIAS <= 2, "BIAS: 0 none, 1 16-bit, 2 float32");
+};
+struct Plain {
+    static constexpr bool kPlain = true;
+};
+
+// A variant's run-time values for one (batch, head), set up once per CTA from the params.
+struct ScoreMod {
+    int seqlen_q, seqlen_k;
+    int diag;            // off: query i's aligned key is i + diag
+    int left, right;     // window sides, -1 unbounded
+    float scale_log2;    // scale * log2(e)
+    float cap_scale;     // scale / softcap
+    float cap_log2;      // softcap * log2(e)
+    float slope_log2;    // this head's ALiBi slope * log2(e)
+    const void* bias;    // this (batch, head)'s bias, row 0 key 0
+    i64 bias_ss;         // its row stride, elements
+};
+
+// Keys [begin, end) that some query of rows [row0, row0 + rows) sees under a window: where
+// end <= begin the rows see none.
+struct KeyRange { int begin, end; };
+
+__device__ __forceinline__ KeyRange window_keys(const ScoreMod& m, int row0, int rows) {
+    KeyRange r;
+    r.begin = m.left >= 0 ? max(0, row0 + m.diag - m.left) : 0;
+    r.end = m.right >= 0 ? min(m.seqlen_k, row0 + rows + m.diag + m.right) : m.seqlen_k;
+    return r;
+}
+
+// Whether key tile [key0, key0 + block_n) hides a key from some row of [row0, row0 + rows).
+__device__ __forceinline__ bool tile_partial(const ScoreMod& m, int block_n, int key0, int row0, int rows) {
+    return key0 + block_n > m.seqlen_k || (m.right >= 0 && key0 + block_n - 1 > row0 + m.diag + m.right) ||
+           (m.left >= 0 && key0 < row0 + rows - 1 + m.diag - m.left);
+}
+
+__device__ __forceinline__ bool key_hidden(const ScoreMod& m, int row, int key) {
+    return key >= m.seqlen_k || (m.right >= 0 && key > row + m.diag + m.right) ||
+           (m.left >= 0 && key < row + m.diag - m.left);
+}
+
+// tanh on the special-function unit (max relative error 2^-10.99).
+__device__ __forceinline__ float fast_tanh(float x) {
+    float y;
+    asm("tanh.approx.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+
+// One bias element as float: BIAS 1 the inputs' 16-bit type T, 2 float32. The load is
+// volatile so that it stays in order with the tensor-core instructions: hoisted ahead of the
+// score step, a tile's worth of bias held in registers spilled most tiles.
+template <class T, int BIAS>
+__device__ __forceinline__ float bias_at(const void* bias, i64 index) {
+    if constexpr (BIAS == 2) {
+        float f;
+        asm volatile("ld.global.nc.f32 %0, [%1];" : "=f"(f) : "l"(static_cast<const float*>(bias) + index));
+        return f;
+    } else {
+        unsigned short bits;
+        asm volatile("ld.global.nc.u16 %0, [%1];" : "=h"(bits) : "l"(static_cast<const u16*>(bias) + index));
+        if constexpr (T::is_bf16) return __uint_as_float(static_cast<u32>(bits) << 16);
+        float f;
+        asm("{ .reg .f16 h; mov.b16 h, %1; cvt.f32.f16 %0, h; }" : "=f"(f) : "h"(bits));
+        return f;
+    }
+}
+
+// A non-plain variant's scores, in place, in the log2 units softmax_update takes with
+// scale_log2 = 1: S of this warp's rows (mma.sync's C layout, see softmax.cuh) from the raw
+// q . k to capped, ALiBi'd, biased and masked scores times log2(e). mask: the tile is
+// partial (tile_partial); hidden entries become -inf. The bias is read only where the row
+// and key exist.
+template <class V, class T, int M_TILES, int N_TILES, int HALVES = 2>
+__device__ __forceinline__ void variant_scores(float (&s)[M_TILES][N_TILES][4], const ScoreMod& m,
+                                               bool mask, int first_row, int first_key, int lane) {
+    #pragma unroll
+    for (int mt = 0; mt < M_TILES; ++mt)
+        #pragma unroll
+        for (int half = 0; half < HALVES; ++half) {
+            const int row = first_row + mt * 16 + lane / 4 + 8 * half;
+            const int key0 = first_key + 2 * (lane % 4);
+            // The bias row this thread reads (its row's keys key0 + 8 nt + {0, 1}), or none.
+            const bool bias_row = V::kBias != 0 && row < m.seqlen_q;
+            const char* bias_ptr = static_cast<const char*>(m.bias) +
+                                   (static_cast<i64>(row) * m.bias_ss + key0) * (V::kBias == 2 ? 4 : 2);
+            #pragma unroll
+            for (int nt = 0; nt < N_TILES; ++nt)
+                #pragma unroll
+                for (int c = 0; c < 2; ++c) {
+                    const int key = key0 + nt * 8 + c;
+                    float x = s[mt][nt][2 * half + c];
+                    if constexpr (V::kSoftcap) x = fast_tanh(x * m.cap_scale) * m.cap_log2;
+                    else x *= m.scale_log2;
+                    if constexpr (V::kAlibi) x -= m.slope_log2 * static_cast<float>(abs(row + m.diag - key));
+                    if constexpr (V::kBias != 0) {
+                        if (bias_row && key < m.seqlen_k) x += bias_at<T, V::kBias>(bias_ptr, nt * 8 + c) * LOG2E;
+                    }
+                    if (mask && key_hidden(m, row, key)) x = neg_inf();
+                    s[mt][nt][2 * half + c] = x;
+                }
+        }
+}
+
+}  // namespace fc
