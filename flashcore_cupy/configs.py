@@ -425,13 +425,17 @@ def choose_kernel(arch: str, dtype: str, head_dim: int, batch_heads: int = 1 << 
 
 
 def variant_config(config: Sm80FwdConfig, variant: KernelVariant) -> Sm80FwdConfig:
-    """The portable config a variant runs on, from the plain one dispatch chose: the same tile,
-    but with score options (softcap, ALiBi, bias) 16 rows per warp, since their score step
-    beside 32 rows per warp spilled registers at D <= 128 (sm_80 and sm_90a, NVRTC 12.9)."""
+    """The portable config a variant runs on, from the plain one dispatch chose: the same tile
+    where its registers allow (NVRTC 12.9, sm_80 and sm_90a, tests/test_compile.py): score
+    options (softcap, ALiBi, bias) spilled at 32 rows per warp or 128 keys, so they take 16
+    rows per warp and at most 64 keys; a window alone spilled only on the tile that needs 254
+    registers plain (D128, 64 keys: slices per warp x keys x head dim over 12288)."""
     if variant.plain:
         return config
     scores = variant.softcap or variant.alibi or variant.bias != "none"
-    return dataclasses.replace(config, m_tiles=1 if scores else config.m_tiles, variant=variant)
+    tight = config.m_tiles * config.block_n * config.head_dim > 12288
+    return dataclasses.replace(config, m_tiles=1 if scores or tight else config.m_tiles,
+                               block_n=min(config.block_n, 64) if scores else config.block_n, variant=variant)
 
 
 def all_configs(arch: str) -> list[Sm80FwdConfig | Sm90FwdConfig]:

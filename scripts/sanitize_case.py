@@ -1,6 +1,7 @@
-"""One causal and one non-causal call per kernel family and Hopper tile kind, and a decode step
-(one query, three query heads per kv head: the Hopper kernel packs them into one tile), small
-enough for compute-sanitizer; exits 1 on a wrong result."""
+"""One causal and one non-causal call per kernel family and Hopper tile kind, a decode step
+(one query, three query heads per kv head: the Hopper kernel packs them into one tile), and
+variant calls (a window with every score option, the bias broadcast and ragged), small enough
+for compute-sanitizer; exits 1 on a wrong result."""
 
 import sys
 
@@ -26,4 +27,16 @@ for backend in backends:
             err, row = reference.rel_error(out, ref), reference.row_rel_error(out, ref)
             print(f"{backend} causal={causal} D={d} {sq}x{sk}: rel err {err:.2e}, worst row {row:.2e}")
             ok &= workload.within_tolerance("fp16", err, row)
+for bias_dtype, (sq, sk) in ((np.float16, (200, 333)), (np.float32, (333, 201))):
+    q = cupy.asarray(rng.standard_normal((2, 3, sq, 64)).astype(np.float16))
+    k, v = (cupy.asarray(rng.standard_normal((2, 1, sk, 64)).astype(np.float16)) for _ in range(2))
+    opts = dict(causal="top_left", window=(40, 3), softcap=4.0,
+                alibi_slopes=cupy.asarray(rng.uniform(0, 0.3, (2, 3)).astype(np.float32)),
+                bias=cupy.asarray(rng.standard_normal((1, 3, sq, sk)).astype(bias_dtype)))
+    out, lse = fc.attention(q, k, v, return_lse=True, **opts)
+    cupy.cuda.get_current_stream().synchronize()
+    ref = reference.attention(q, k, v, **opts)
+    err, row = reference.rel_error(out, ref), reference.row_rel_error(out, ref)
+    print(f"variant bias {np.dtype(bias_dtype)} {sq}x{sk}: rel err {err:.2e}, worst row {row:.2e}")
+    ok &= workload.within_tolerance("fp16", err, row)
 sys.exit(0 if ok else 1)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import flashcore_cupy as fc
-from flashcore_cupy.validation import (TensorSpec, check_capability, check_options, check_out,
+from flashcore_cupy.validation import (TensorSpec, Variant, check_capability, check_options, check_out,
                                        check_problem)
 
 F16, BF16 = np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16)
@@ -201,3 +201,88 @@ def test_prepared_launch_finds_the_calls_launch(monkeypatch):
         api.prepared_launch(q, k, v)                       # a call with other options
     with pytest.raises(KeyError, match="call attention"):
         api.prepared_launch(np.zeros(1), k, v, causal=True)   # not a CuPy array
+
+
+# Variants (window, softcap, ALiBi, bias): every bad argument named before any launch.
+def _variant_problem(**kw):
+    q, k, v = qkv()   # B 2, Hq 8, Sq 100, Sk 80
+    return check_problem(q, k, v, causal=kw.pop("causal", False), scale=None, layout="bhsd", **kw)
+
+
+@pytest.mark.parametrize("kwargs, exc, word", [
+    (dict(window=(1,)), TypeError, "window"),
+    (dict(window=(1.0, 2)), TypeError, "window"),
+    (dict(window=(True, 2)), TypeError, "window"),
+    (dict(window="16"), TypeError, "window"),
+    (dict(window=(-2, 0)), ValueError, "window"),
+    (dict(softcap=-1.0), ValueError, "softcap"),
+    (dict(softcap=float("nan")), ValueError, "softcap"),
+    (dict(softcap=float("inf")), ValueError, "softcap"),
+    (dict(softcap="5"), TypeError, "softcap"),
+    (dict(softcap=True), TypeError, "softcap"),
+    (dict(alibi_slopes=spec("alibi_slopes", (7,), np.float32)), ValueError, "alibi_slopes"),
+    (dict(alibi_slopes=spec("alibi_slopes", (3, 8), np.float32)), ValueError, "alibi_slopes"),
+    (dict(alibi_slopes=spec("alibi_slopes", (8,), F16)), TypeError, "alibi_slopes"),
+    (dict(alibi_slopes=spec("alibi_slopes", (8,), np.float32, device=None)), ValueError, "alibi_slopes"),
+    (dict(alibi_slopes=spec("alibi_slopes", (8,), np.float32, device=1)), ValueError, "alibi_slopes"),
+    (dict(bias=spec("bias", (2, 8, 100, 81), F16)), ValueError, "bias"),
+    (dict(bias=spec("bias", (2, 3, 100, 80), F16)), ValueError, "bias"),
+    (dict(bias=spec("bias", (80,), F16)), ValueError, "bias"),
+    (dict(bias=spec("bias", (1, 2, 8, 100, 80), F16)), ValueError, "bias"),
+    (dict(bias=spec("bias", (100, 80), np.float64)), TypeError, "bias"),
+    (dict(bias=spec("bias", (100, 80), BF16)), TypeError, "bias"),
+    (dict(bias=spec("bias", (100, 80), F16, device=None)), ValueError, "bias"),
+    (dict(bias=spec("bias", (100, 80), F16, device=1)), ValueError, "bias"),
+    (dict(bias=spec("bias", (100, 80), F16, strides=(1, 100))), ValueError, "bias"),
+])
+def test_bad_variant_arguments(kwargs, exc, word):
+    with pytest.raises(exc, match=word):
+        _variant_problem(**kwargs)
+
+
+@pytest.mark.parametrize("causal", ["bottom-right", "TOP_LEFT", "", 1, None])
+def test_unknown_causal_values(causal):
+    with pytest.raises((TypeError, ValueError), match="causal"):
+        check_options(causal, None, "bhsd", False)
+
+
+def test_variants_are_one_frozen_value_with_the_kernel_they_need():
+    from flashcore_cupy.configs import PLAIN, KernelVariant
+
+    plain = _variant_problem()
+    assert plain.variant == Variant() and plain.kernel_variant == PLAIN
+    # options that are the plain mask compile no variant
+    assert _variant_problem(window=(-1, 0)).kernel_variant == PLAIN and _variant_problem(window=(-1, 0)).causal
+    assert _variant_problem(causal=True, window=(-1, 9)).kernel_variant == PLAIN
+    q, k, v = qkv(kv_shape=(2, 2, 100, 64))   # Sq = Sk: top-left is bottom-right
+    square = check_problem(q, k, v, causal="top_left", scale=None, layout="bhsd")
+    assert square.kernel_variant == PLAIN and square.causal
+    # Sq 100 != Sk 80: top-left is a window with off 0
+    top_left = _variant_problem(causal="top_left")
+    assert top_left.kernel_variant == KernelVariant(window=True) and not top_left.causal
+    assert top_left.variant.mask(100, 80) == (0, -1, 0)
+    assert _variant_problem(causal=True, window=(16, 4)).variant.mask(100, 80) == (-20, 16, 0)
+    full = _variant_problem(window=(3, 4), softcap=2.5,
+                            alibi_slopes=spec("alibi_slopes", (2, 8), np.float32, strides=(8, 1)),
+                            bias=spec("bias", (2, 1, 100, 80), np.float32, strides=(8000, 8000, 80, 1)))
+    assert full.kernel_variant == KernelVariant(window=True, softcap=True, alibi=True, bias="fp32")
+    assert full.variant.alibi == (8, 1) and full.variant.bias == ("fp32", (8000, 0, 80))
+    with pytest.raises(Exception):
+        full.variant.softcap = 1.0   # frozen
+    # a (Hq,) slope vector and a 2-D bias broadcast: stride 0 on the missing dimensions
+    broad = _variant_problem(alibi_slopes=spec("alibi_slopes", (8,), np.float32),
+                             bias=spec("bias", (100, 80), F16))
+    assert broad.variant.alibi == (0, 1) and broad.variant.bias == ("16bit", (0, 0, 80))
+
+
+def test_variant_configs_name_their_policy_and_keep_registers_in_check():
+    from flashcore_cupy.configs import KernelVariant, Sm80FwdConfig, variant_config
+
+    base = Sm80FwdConfig("fp16", 64, 4, 2, 64, 3)
+    assert base.name_expression == "fc::flash_fwd<fc::fp16, 64, 4, 2, 64, 3>"   # the plain kernel's, as before
+    window = variant_config(base, KernelVariant(window=True))
+    assert window.m_tiles == 2 and window.name_expression.endswith(", fc::Variant<false, false, 0>>")
+    scored = variant_config(base, KernelVariant(window=True, softcap=True, bias="16bit"))
+    assert scored.m_tiles == 1 and scored.name_expression.endswith(", fc::Variant<true, false, 1>>")
+    with pytest.raises(ValueError, match="window"):
+        KernelVariant(softcap=True)

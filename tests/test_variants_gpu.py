@@ -1,0 +1,184 @@
+"""attention's variants (window, top-left causal, softcap, ALiBi, bias) on a GPU, against the
+float64 reference (the spec) and, where SDPA can compute the same thing, its error."""
+
+import itertools
+
+import numpy as np
+import pytest
+
+from flashcore_cupy import configs, reference
+from test_attention_gpu import assert_close, make_inputs
+
+pytestmark = pytest.mark.gpu
+
+LENGTHS = [(1, 1), (63, 65), (128, 128), (200, 77), (77, 300), (799, 1000), (1000, 799)]
+HEADS = [(1, 3, 3), (2, 4, 2), (2, 5, 1)]   # MHA, GQA, MQA
+WINDOWS = [None, (0, 0), (16, 0), (100, 3), (-1, 40), (5000, 5000)]   # the last wider than any sequence
+CAUSALS = [False, True, "top_left"]
+SCORE_OPTIONS = ["none", "softcap", "alibi", "bias16", "bias32", "all"]
+
+
+def _options(rng, option, dtype, heads, lengths, per_batch):
+    """attention's score options for `option`, arrays on the GPU (fresh draws each call)."""
+    import cupy
+
+    (b, hq, _), (sq, sk) = heads, lengths
+    out = {}
+    if option in ("softcap", "all"):
+        out["softcap"] = float(rng.uniform(1.0, 8.0))
+    if option in ("alibi", "all"):
+        shape = (b, hq) if per_batch else (hq,)
+        out["alibi_slopes"] = cupy.asarray(rng.uniform(0.0, 0.5, shape).astype(np.float32))
+    if option in ("bias16", "bias32", "all"):
+        bias_dtype = np.float32 if option != "bias16" else None
+        shape = (b, 1, sq, sk) if per_batch else (1, hq, sq, sk)
+        host = rng.standard_normal(shape).astype(np.float32)
+        if bias_dtype is None:
+            import ml_dtypes
+            host = host.astype(np.float16 if dtype == "fp16" else ml_dtypes.bfloat16)
+        out["bias"] = cupy.asarray(host)
+    return out
+
+
+def _cases():
+    for causal, window, option in itertools.product(CAUSALS, WINDOWS, SCORE_OPTIONS):
+        if window is not None and option not in ("none", "all"):
+            continue   # windows with each mask; score options alone and all together
+        yield causal, window, option
+    for option in SCORE_OPTIONS[1:]:
+        yield False, None, option
+        yield True, (64, 0), option
+
+
+CASES = sorted(set(_cases()), key=str)
+
+
+@pytest.mark.parametrize("backend", ("sm80",))   # "auto" runs variants on it too (no Hopper variant yet)
+@pytest.mark.parametrize("causal, window, option", CASES, ids=[f"{c}-{w}-{o}" for c, w, o in CASES])
+def test_variant_matches_reference(rng, causal, window, option, backend):
+    """Every mask with every window, each score option alone and together, over lengths with
+    Sq < Sk, Sq > Sk and ragged tiles, MHA/GQA/MQA, both layouts, fp16/bf16, D 64/128:
+    poisoned outputs, LSE (-inf where a row sees no key), and the same bits twice."""
+    import cupy
+
+    import flashcore_cupy as fc
+
+    for dtype, d, layout in (("fp16", 64, "bhsd"), ("bf16", 128, "bshd")):
+        heads = HEADS[rng.integers(len(HEADS))]
+        for lengths in LENGTHS:
+            q, k, v = make_inputs(rng, dtype, d, layout, heads, lengths)
+            opts = _options(rng, option, dtype, heads, lengths, per_batch=bool(rng.integers(2)))
+            what = f"{dtype} D{d} {layout} heads {heads} lengths {lengths}:"
+            out = cupy.full(q.shape, np.nan, dtype=q.dtype)
+            got, lse = fc.attention(q, k, v, causal=causal, window=window, layout=layout, return_lse=True,
+                                    out=out, backend=backend, **opts)
+            assert got is out
+            ref, ref_lse = reference.attention(q, k, v, causal=causal, window=window, layout=layout,
+                                               return_lse=True, **opts)
+            assert_close(out, ref, dtype, what)
+            lse = lse.get()
+            np.testing.assert_array_equal(np.isneginf(lse), np.isneginf(ref_lse), err_msg=what)
+            finite = np.isfinite(ref_lse)
+            np.testing.assert_allclose(lse[finite], ref_lse[finite], rtol=1e-3, atol=2e-3, err_msg=what)
+            again = fc.attention(q, k, v, causal=causal, window=window, layout=layout, backend=backend, **opts)
+            assert cupy.array_equal(again, out), what   # same inputs -> same bits
+
+
+@pytest.mark.parametrize("d", (32, 96, 160, 256))
+def test_variants_at_every_head_dim(rng, d):
+    """The variant tiles of the other head-dim buckets (one case each, all options on)."""
+    import cupy
+
+    import flashcore_cupy as fc
+
+    for dtype in ("fp16", "bf16"):
+        heads, lengths = (2, 4, 2), (239, 300)
+        q, k, v = make_inputs(rng, dtype, d, "bhsd", heads, lengths)
+        opts = _options(rng, "all", dtype, heads, lengths, per_batch=True)
+        out = cupy.full(q.shape, np.nan, dtype=q.dtype)
+        fc.attention(q, k, v, causal="top_left", window=(50, 7), out=out, **opts)
+        assert_close(out, reference.attention(q, k, v, causal="top_left", window=(50, 7), **opts), dtype, f"D{d}")
+
+
+def test_variant_against_sdpa_error(rng):
+    """A sliding window, ALiBi and a float bias through SDPA's float mask: our error within 2x
+    SDPA's on the same inputs (its own float64 comparison)."""
+    torch = pytest.importorskip("torch")
+    import cupy
+
+    import flashcore_cupy as fc
+
+    heads, lengths = (2, 4, 4), (700, 900)
+    q, k, v = make_inputs(rng, "fp16", 128, "bhsd", heads, lengths)
+    opts = _options(rng, "alibi", "fp16", heads, lengths, per_batch=False)
+    opts |= _options(rng, "bias32", "fp16", heads, lengths, per_batch=False)
+    window = (128, 0)
+    ref = reference.attention(q, k, v, causal=True, window=window, **opts)
+    out = fc.attention(q, k, v, causal=True, window=window, **opts)
+    err = assert_close(out, ref, "fp16")
+
+    sq, sk = lengths
+    keep = reference.visible(np.arange(sq), sq, sk, True, window)
+    slopes = cupy.asnumpy(opts["alibi_slopes"]).astype(np.float64)
+    dist = np.abs(np.arange(sq)[:, None] + sk - sq - np.arange(sk)[None, :])
+    mask = (-slopes[:, None, None] * dist)[None] + cupy.asnumpy(opts["bias"]).astype(np.float64)
+    mask = np.where(keep, mask, -np.inf).astype(np.float32)
+    tq, tk, tv = (torch.from_dlpack(x) for x in (q, k, v))
+    o = torch.nn.functional.scaled_dot_product_attention(
+        tq, tk, tv, attn_mask=torch.from_numpy(mask).to(tq.device).to(tq.dtype))
+    sdpa = reference.rel_error(o.float().cpu().numpy(), ref)
+    assert err <= max(2 * sdpa, 1e-6), f"rel err {err:.3e} > 2x SDPA's {sdpa:.3e}"
+
+
+def test_top_left_equal_lengths_and_plain_windows_take_the_plain_kernel(rng):
+    """Options that mean the plain mask compile no variant: top-left causal at Sq = Sk, and
+    window (-1, 0) (bottom-right causal); their results match the reference."""
+    import flashcore_cupy as fc
+    from flashcore_cupy import api
+
+    q, k, v = make_inputs(rng, "fp16", 64, "bhsd", (1, 2, 2), (300, 300))
+    for kwargs in (dict(causal="top_left"), dict(window=(-1, 0)), dict(causal=True, window=(-1, 7))):
+        out = fc.attention(q, k, v, **kwargs)
+        assert_close(out, reference.attention(q, k, v, **kwargs), "fp16", str(kwargs))
+        assert api.prepared_launch(q, k, v, **kwargs).config.name_expression.count("Variant") == 0
+
+
+def test_a_bias_of_minus_inf_hides_keys_and_whole_rows(rng):
+    """A bias mask: -inf hides a key; a row whose every key is hidden gives 0 and LSE -inf."""
+    import cupy
+
+    import flashcore_cupy as fc
+
+    q, k, v = make_inputs(rng, "fp16", 64, "bhsd", (1, 2, 2), (100, 150))
+    bias = cupy.asarray(np.where(rng.random((1, 1, 100, 150)) < 0.5, -np.inf, 0.0).astype(np.float32))
+    bias[..., :10, :] = -cupy.inf
+    out, lse = fc.attention(q, k, v, bias=bias, return_lse=True)
+    ref, ref_lse = reference.attention(q, k, v, bias=bias, return_lse=True)
+    assert cupy.all(out[:, :, :10] == 0) and cupy.all(cupy.isneginf(lse[:, :, :10]))
+    assert_close(out, ref, "fp16")
+    np.testing.assert_allclose(lse.get()[:, :, 10:], ref_lse[:, :, 10:], rtol=1e-3, atol=2e-3)
+
+
+def test_variant_calls_follow_new_slopes_and_bias_each_call(rng):
+    """The fast path reads the slopes' and bias's addresses per call: new arrays of the same
+    layout give their own results."""
+    import flashcore_cupy as fc
+
+    heads, lengths = (1, 4, 4), (128, 128)
+    q, k, v = make_inputs(rng, "bf16", 64, "bhsd", heads, lengths)
+    for _ in range(3):
+        opts = _options(rng, "alibi", "bf16", heads, lengths, False) | _options(rng, "bias32", "bf16", heads, lengths, False)
+        out = fc.attention(q, k, v, window=(32, 32), **opts)
+        assert_close(out, reference.attention(q, k, v, window=(32, 32), **opts), "bf16")
+
+
+def test_forced_hopper_backend_names_why_a_variant_cannot_run(rng):
+    import flashcore_cupy as fc
+    from flashcore_cupy import api
+
+    if api.device_info(0).arch != configs.SM90_ARCH:
+        pytest.skip("needs sm_90a")
+    q, k, v = make_inputs(rng, "fp16", 64, "bhsd", (1, 2, 2), (100, 100))
+    with pytest.raises(ValueError, match="portable kernel only"):
+        fc.attention(q, k, v, softcap=5.0, backend="sm90")
+
