@@ -2,14 +2,16 @@
 
 The first call with a given signature (shapes, strides, dtypes, device,
 options) validates everything, picks and compiles the kernel and prepares a
-launch (`Sm80FwdLaunch` or `Sm90FwdLaunch`); later calls with that signature check only what can change
-between them (the arrays' addresses) and launch.
+launch (`Sm80FwdLaunch`, `Sm80VariantLaunch` or `Sm90FwdLaunch`) held by a `Plan`; later calls
+with that signature check only what can change between them (the arrays' addresses) and
+launch. `plan(q, k, v, **options)` returns that Plan without running it; `Plan.run` runs it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
 
 import numpy as np
@@ -90,7 +92,7 @@ def tuned_table(device_id: int) -> tuple[tuple[DispatchKey, Sm80FwdConfig | Sm90
     return tuple(sorted(table.items()))
 
 
-def plan(problem: Problem, device_id: int, backend: Backend) -> tuple[Sm80FwdConfig | Sm90FwdConfig, DeviceInfo]:
+def choose(problem: Problem, device_id: int, backend: Backend) -> tuple[Sm80FwdConfig | Sm90FwdConfig, DeviceInfo]:
     """Which kernel runs this problem, and for which arch.
 
     "auto": the Hopper kernel where it can run (its small tiles where the large
@@ -117,8 +119,8 @@ def _contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
 def _prepare(q, k, v, out, causal, scale, layout, return_lse, backend, config=None, defines=(),
              window=None, softcap=0.0, alibi_slopes=None, bias=None):
     """The slow path: convert, validate, choose (unless `config` is given) and compile.
-    Returns (q, k, v, out, launch, pointers): pointers are the addresses the launch's `start`
-    takes (q, k, v, and a variant's slopes and bias)."""
+    Returns (q, k, v, out, plan, pointers): the arrays as CuPy arrays, and the addresses the
+    launch's `start` takes (q, k, v, and a variant's slopes and bias)."""
     check_options(causal, scale, layout, return_lse)
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
@@ -139,11 +141,15 @@ def _prepare(q, k, v, out, causal, scale, layout, return_lse, backend, config=No
         o_strides = layout_strides(
             TensorSpec("out", problem.out_shape, _contiguous_strides(problem.out_shape),
                        q.dtype, problem.device, 0), layout)
-    chosen, dev = plan(problem, problem.device, backend)
+    chosen, dev = choose(problem, problem.device, backend)
     if config is not None:
         config = variant_config(config, problem.kernel_variant) if isinstance(config, Sm80FwdConfig) else config
     launch = build_launch(problem, config or chosen, dev.arch, dev.num_sms, o_strides, return_lse, defines)
-    return q, k, v, out, launch, _pointers(launch, q, k, v, alibi_slopes, bias)
+    options = dict(causal=causal, scale=scale, layout=layout, return_lse=return_lse, backend=backend,
+                   window=window, softcap=softcap)
+    sig = _signature(q, k, v, out, alibi_slopes=alibi_slopes, bias=bias, **options)
+    p = Plan(problem, launch, options, None if sig is None else sig[0], alibi_slopes is not None, bias is not None)
+    return q, k, v, out, p, _pointers(launch, q, k, v, alibi_slopes, bias)
 
 
 def _pointers(launch, q, k, v, alibi_slopes, bias) -> tuple[int, ...]:
@@ -153,7 +159,90 @@ def _pointers(launch, q, k, v, alibi_slopes, bias) -> tuple[int, ...]:
     return qkv + (0 if alibi_slopes is None else alibi_slopes.data.ptr, 0 if bias is None else bias.data.ptr)
 
 
-_launches: dict[tuple, Sm80FwdLaunch | Sm90FwdLaunch] = {}
+@dataclass(frozen=True, eq=False)
+class Plan:
+    """A validated, compiled attention call. `plan(q, k, v, **options)` prepares what
+    `attention(q, k, v, **options)` prepares on its first call (and is that call's plan: both
+    keep it for the arrays' signature); `plan.run(q, k, v, ...)` launches it on arrays of the
+    same shapes, strides, dtypes and device, at any addresses, on CuPy's current stream, with
+    no validation beyond that match (so a CUDA graph can capture it).
+
+    problem: the validated call (validation.Problem, its options in `problem.variant`);
+    config: the kernel; launch: the prepared launch, which timing scripts call directly."""
+
+    problem: Problem
+    launch: Sm80FwdLaunch | Sm90FwdLaunch
+    options: dict
+    key: tuple | None       # the arrays' signature (_signature); None: not CuPy-keyable
+    has_alibi: bool = False
+    has_bias: bool = False
+
+    @property
+    def config(self) -> Sm80FwdConfig | Sm90FwdConfig:
+        return self.launch.config
+
+    def run(self, q: Any, k: Any, v: Any, *, out: Any = None, alibi_slopes: Any = None, bias: Any = None):
+        """The planned call on these arrays: the output (and LSE, if the plan returns it)."""
+        q, k, v = _as_device_array(q, "q"), _as_device_array(k, "k"), _as_device_array(v, "v")
+        out = None if out is None else _as_device_array(out, "out")
+        if (alibi_slopes is not None) != self.has_alibi or (bias is not None) != self.has_bias:
+            raise ValueError("alibi_slopes and bias must be given exactly when the plan was made with them")
+        alibi_slopes = None if alibi_slopes is None else _as_device_array(alibi_slopes, "alibi_slopes")
+        bias = None if bias is None else _as_device_array(bias, "bias")
+        sig = _signature(q, k, v, out, alibi_slopes=alibi_slopes, bias=bias, **self.options)
+        if sig is None or sig[0] != self.key:
+            raise ValueError("these arrays do not match the plan (their shapes, strides, dtypes, device, "
+                             "16-byte alignment, or whether out is given): make a plan for them")
+        ptrs = sig[1] if self.launch.extra_pointers else sig[1][:3]
+        if _get_device() == self.launch.device:
+            return _run(self.launch, ptrs, q.dtype, out)
+        with _cupy.cuda.Device(self.launch.device):
+            return _run(self.launch, ptrs, q.dtype, out)
+
+
+def plan(q: Any, k: Any, v: Any, *, causal: bool | str = False, scale: float | None = None,
+         window: tuple[int, int] | None = None, softcap: float = 0.0, alibi_slopes: Any = None,
+         bias: Any = None, layout: Literal["bhsd", "bshd"] = "bhsd", return_lse: bool = False,
+         out: Any = None, backend: Backend = "auto",
+         config: Sm80FwdConfig | Sm90FwdConfig | None = None, defines: tuple[str, ...] = ()) -> Plan:
+    """Validate, choose and compile `attention(q, k, v, **options)` without running it: the
+    Plan attention uses for these arrays' signature (the same object). The arguments are
+    attention's; the arrays give the signature (shapes, strides, dtypes, device; their data is
+    not read). For tests, the tuner and probes: config runs the given kernel config instead of
+    dispatch's (a portable one takes the call's variant); defines builds a diagnostic kernel
+    (loader.nvrtc_options, e.g. ("FLASHCORE_RECORD_WORK=4096",)); such plans are not attention's
+    and are not kept."""
+    custom = config is not None or bool(defines)
+    if not custom:
+        sig = _signature(q, k, v, out, causal, scale, layout, return_lse, backend, window, softcap,
+                         alibi_slopes, bias)
+        try:
+            found = _plans.get(sig[0]) if sig is not None else None
+        except TypeError:   # an unhashable option (see _signature)
+            found = None
+        if found is not None:
+            return found
+    if config is not None:
+        backend = _config_backend(config)
+    p = _prepare(q, k, v, out, causal, scale, layout, return_lse, backend, config, defines,
+                 window=window, softcap=softcap, alibi_slopes=alibi_slopes, bias=bias)[4]
+    if not custom:
+        _keep(p)
+    return p
+
+
+_launches: dict[tuple, Sm80FwdLaunch | Sm90FwdLaunch] = {}   # attention's fast path: key -> launch
+_plans: dict[tuple, Plan] = {}                               # the same calls' plans
+
+
+def _keep(p: Plan) -> None:
+    if p.key is None:
+        return
+    if len(_launches) >= _MAX_CACHED_LAUNCHES:
+        _launches.clear()
+        _plans.clear()
+    _launches[p.key] = p.launch
+    _plans[p.key] = p
 
 
 def _signature(q, k, v, out, causal, scale, layout, return_lse, backend, window=None, softcap=0.0,
@@ -196,17 +285,6 @@ def _signature(q, k, v, out, causal, scale, layout, return_lse, backend, window=
             qkv + (0 if alibi_slopes is None else alibi_slopes.data.ptr, 0 if bias is None else bias.data.ptr))
 
 
-def prepared_launch(q, k, v, *, causal: bool | str = False, scale: float | None = None,
-                    layout: str = "bhsd", return_lse: bool = False, out: Any = None,
-                    backend: Backend = "auto", **variant) -> Sm80FwdLaunch | Sm90FwdLaunch:
-    """The launch an earlier `attention` call with these arguments prepared, for scripts
-    that time or trace the kernel alone; KeyError if no such call was made."""
-    sig = _signature(q, k, v, out, causal, scale, layout, return_lse, backend, **variant)
-    if sig is None or sig[0] not in _launches:
-        raise KeyError("no prepared launch for these arguments: call attention with them first")
-    return _launches[sig[0]]
-
-
 def attention(q: Any, k: Any, v: Any, *, causal: bool | str = False, scale: float | None = None,
               window: tuple[int, int] | None = None, softcap: float = 0.0, alibi_slopes: Any = None,
               bias: Any = None, layout: Literal["bhsd", "bshd"] = "bhsd", return_lse: bool = False,
@@ -242,13 +320,10 @@ def attention(q: Any, k: Any, v: Any, *, causal: bool | str = False, scale: floa
     except TypeError:   # an unhashable option (see _signature)
         sig = launch = None
     if launch is None:
-        q, k, v, out, launch, qkv = _prepare(q, k, v, out, causal, scale, layout, return_lse, backend,
-                                             window=window, softcap=softcap, alibi_slopes=alibi_slopes,
-                                             bias=bias)
-        if sig is not None:
-            if len(_launches) >= _MAX_CACHED_LAUNCHES:
-                _launches.clear()
-            _launches[sig[0]] = launch
+        q, k, v, out, p, qkv = _prepare(q, k, v, out, causal, scale, layout, return_lse, backend,
+                                        window=window, softcap=softcap, alibi_slopes=alibi_slopes, bias=bias)
+        _keep(p)
+        launch = p.launch
     else:
         qkv = sig[1]
         if len(qkv) > 3 and not launch.extra_pointers:   # variant options that run plain
@@ -258,33 +333,6 @@ def attention(q: Any, k: Any, v: Any, *, causal: bool | str = False, scale: floa
         return _run(launch, qkv, q.dtype, out)
     with _cupy.cuda.Device(launch.device):
         return _run(launch, qkv, q.dtype, out)
-
-
-def attention_with_config(config: Sm80FwdConfig | Sm90FwdConfig, q, k, v, *, causal: bool | str = False,
-                          scale: float | None = None, layout: str = "bhsd",
-                          return_lse: bool = False, out: Any = None, **variant):
-    """`attention` with a given kernel config instead of dispatch's (a portable one takes the
-    call's variant): for tests and tile search. Not cached: every call validates and
-    prepares its launch."""
-    import cupy
-
-    q, k, v, out, launch, ptrs = _prepare(q, k, v, out, causal, scale, layout, return_lse,
-                                          _config_backend(config), config, **variant)
-    with cupy.cuda.Device(launch.device):
-        return _run(launch, ptrs, q.dtype, out)
-
-
-def new_launch(q, k, v, *, causal: bool | str = False, scale: float | None = None, layout: str = "bhsd",
-               return_lse: bool = False, out: Any = None, backend: Backend = "auto",
-               config: Sm80FwdConfig | Sm90FwdConfig | None = None,
-               defines: tuple[str, ...] = (), **variant) -> Sm80FwdLaunch | Sm90FwdLaunch:
-    """The launch `attention` (or, given `config`, `attention_with_config`) makes for these
-    arguments, validated and compiled but neither run nor cached: for scripts that time or
-    trace kernels, as launch(q, k, v, out, lse). defines: a diagnostic build's macros
-    (loader.nvrtc_options), e.g. ("FLASHCORE_RECORD_WORK=4096",)."""
-    if config is not None:
-        backend = _config_backend(config)
-    return _prepare(q, k, v, out, causal, scale, layout, return_lse, backend, config, defines, **variant)[-2]
 
 
 def _config_backend(config: Sm80FwdConfig | Sm90FwdConfig) -> Backend:

@@ -57,7 +57,7 @@ class Evaluator:
 
         q, k, v = workload.random_inputs(shape, self.dtype, self.rng)
         out = cupy.full(q.shape, np.nan, dtype=q.dtype)
-        launch = api._prepare(q, k, v, out, shape.causal, None, "bhsd", False, "auto", config)[4]
+        launch = api.plan(q, k, v, causal=shape.causal, out=out, config=config).launch
         launch(q, k, v, out, None)
         if not workload.within_tolerance(self.dtype, *workload.verify(shape, q, k, v, out, self.rng,
                                                                       rows=_CHECK_ROWS)):

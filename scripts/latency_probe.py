@@ -83,7 +83,7 @@ def kernel_by_size():
         k, v = (cupy.asarray(rng.standard_normal((b, h, sk, 64)).astype(np.float16)) for _ in "kv")
         out = cupy.empty_like(q)
         fc.attention(q, k, v, out=out)
-        launch = api.prepared_launch(q, k, v, out=out)
+        launch = api.plan(q, k, v, out=out).launch
         print(f"  B{b} H{h} Sq{sq:<5} Sk{sk:<5} {str(launch.config):<34} grid {launch.grid[0]:4d} "
               f"{graph_us(lambda: launch(q, k, v, out, None)):7.2f} us")
 
@@ -94,7 +94,7 @@ def main():
     q, k, v = random_inputs(shape, "fp16", rng)
     out = cupy.empty_like(q)
     fc.attention(q, k, v)
-    launch = api.prepared_launch(q, k, v)
+    launch = api.plan(q, k, v).launch
     print(f"{cupy.cuda.runtime.getDeviceProperties(0)['name'].decode()}; auto: {launch.config}; "
           f"grid {launch.grid}")
 
@@ -182,7 +182,7 @@ def main():
     kernel_by_size()
     for backend in ("sm80",):
         fc.attention(q, k, v, out=out, backend=backend)
-        other = api.prepared_launch(q, k, v, out=out, backend=backend)
+        other = api.plan(q, k, v, out=out, backend=backend).launch
         print(f"  {str(other.config):<24} {graph_us(lambda: other(q, k, v, out, None)):7.2f} us")
 
 

@@ -85,7 +85,7 @@ for name, tiles, config_cls in sweep:
     for tile in tiles:
         cfg = config_cls(args.dtype, shape.head_dim, *tile)
         try:
-            launch = api.new_launch(q, k, v, causal=shape.causal, out=out, config=cfg)
+            launch = api.plan(q, k, v, causal=shape.causal, out=out, config=cfg).launch
         except Exception as e:   # noqa: BLE001 - a candidate that cannot build is reported
             print(f"{name:<26} {str(cfg):<30} failed to build: {e}")
             continue

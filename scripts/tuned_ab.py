@@ -32,7 +32,7 @@ for shape in bench_shapes():
         out = cupy.empty_like(q)
         launches = {}
         for name, cfg in (("A", default), ("B", best)):
-            launches[name] = api.new_launch(q, k, v, causal=shape.causal, out=out, config=cfg)
+            launches[name] = api.plan(q, k, v, causal=shape.causal, out=out, config=cfg).launch
             out.fill(np.nan)
             launches[name](q, k, v, out, None)
             err, row_err = verify(shape, q, k, v, out, rng, rows=64)

@@ -5,6 +5,7 @@ import itertools
 import numpy as np
 import pytest
 
+import flashcore_cupy as fc
 from flashcore_cupy import configs, reference
 
 pytestmark = pytest.mark.gpu
@@ -327,7 +328,6 @@ def test_every_dispatchable_config(rng, config, causal):
     """Each config the chooser can return on this GPU, forced, on awkward lengths."""
     import cupy
 
-    from flashcore_cupy import api
 
     dtype = config.dtype
     for lengths, d in (((1, 1), config.head_dim), ((65, 63), config.head_dim - 8),
@@ -335,7 +335,7 @@ def test_every_dispatchable_config(rng, config, causal):
                        ((799, 1500), config.head_dim)):
         q, k, v = make_inputs(rng, dtype, d, "bhsd", (2, 3, 1), lengths)
         out = cupy.full(q.shape, np.nan, dtype=q.dtype)
-        api.attention_with_config(config, q, k, v, causal=causal, out=out)
+        fc.plan(q, k, v, config=config, causal=causal, out=out).run(q, k, v, out=out)
         assert_close(out, reference.attention(q, k, v, causal=causal), dtype, f"{config} {lengths} D{d}:")
 
 
@@ -361,7 +361,7 @@ def test_hopper_sub_tiles_of_a_partial_last_round(rng, config, tiles_per_head):
     assert plan.tail_start == t * sms and plan.items == t * sms + 2 * t * config.consumers
     q, k, v = make_inputs(rng, config.dtype, config.head_dim, "bhsd", (1, sms + 2, 2), (sq, 333))
     out = cupy.full(q.shape, np.nan, dtype=q.dtype)
-    _, lse = api.attention_with_config(config, q, k, v, out=out, return_lse=True)
+    _, lse = fc.plan(q, k, v, config=config, out=out, return_lse=True).run(q, k, v, out=out)
     ref, ref_lse = reference.attention(q, k, v, return_lse=True)
     assert_close(out, ref, config.dtype, f"{config}:")
     np.testing.assert_allclose(lse.get(), ref_lse, rtol=1e-4, atol=1e-4)
@@ -375,7 +375,6 @@ def test_hopper_wide_key_tiles_with_partial_last_tiles(rng, dtype, block_n):
     outputs and LSE, causal and not."""
     import cupy
 
-    from flashcore_cupy import api
 
     need_backend("sm90", 128)
     config = configs.Sm90FwdConfig(dtype, 128, block_n, 2, 2, True)
@@ -383,7 +382,7 @@ def test_hopper_wide_key_tiles_with_partial_last_tiles(rng, dtype, block_n):
         for causal in (False, True):
             q, k, v = make_inputs(rng, dtype, 128, "bhsd", (1, 3, 1), (300, sk))
             out = cupy.full(q.shape, np.nan, dtype=q.dtype)
-            _, lse = api.attention_with_config(config, q, k, v, causal=causal, out=out, return_lse=True)
+            _, lse = fc.plan(q, k, v, config=config, causal=causal, out=out, return_lse=True).run(q, k, v, out=out)
             ref, ref_lse = reference.attention(q, k, v, causal=causal, return_lse=True)
             assert_close(out, ref, dtype, f"{config} Sk={sk} causal={causal}:")
             lse = lse.get()
@@ -396,12 +395,11 @@ def test_auto_dispatch_takes_the_hopper_kernel_where_it_fills_the_gpu(rng):
     """auto picks the Hopper kernel for a grid that fills the GPU; its output and forced sm90's
     each match float64 (the two may be one tuned tile, so neither is the other's reference)."""
     import flashcore_cupy as fc
-    from flashcore_cupy import api
 
     need_backend("sm90", 128)
     q, k, v = make_inputs(rng, "bf16", 128, "bhsd", (2, 16, 16), (1024, 1024))
     out = fc.attention(q, k, v)
-    launch = api.prepared_launch(q, k, v)
+    launch = fc.plan(q, k, v).launch
     assert isinstance(launch.config, configs.Sm90FwdConfig) and not launch.config.split
     ref = reference.attention(q, k, v)
     assert_close(out, ref, "bf16", "auto:")
@@ -411,28 +409,40 @@ def test_auto_dispatch_takes_the_hopper_kernel_where_it_fills_the_gpu(rng):
 
 
 @pytest.mark.parametrize("backend", ["sm80", "sm90"])
-def test_new_launch_runs_what_attention_runs(rng, backend):
-    """api.new_launch (the probe scripts' launches): dispatch's kernel, or the given config's,
-    writing into the given (poisoned) output the float64 result."""
+def test_a_plan_is_what_attention_runs(rng, backend):
+    """fc.plan: the Plan attention made for these arrays (the same object), whose run writes the
+    float64 result into a given (poisoned) output at other addresses of the same layout, and
+    whose launch the probe scripts call; a plan with a config of its own (tile_ab, tile_sweep)
+    runs that config; arrays of another layout are refused."""
     import cupy
 
     import flashcore_cupy as fc
-    from flashcore_cupy import api
 
     need_backend(backend, 64)
     q, k, v = make_inputs(rng, "fp16", 64, "bhsd", (1, 4, 2), (192, 320))
     ref = reference.attention(q, k, v, causal=True)
-    fc.attention(q, k, v, causal=True, backend=backend)
     out = cupy.full_like(q, np.nan)
-    launch = api.new_launch(q, k, v, causal=True, out=out, backend=backend)
-    assert launch.config == api.prepared_launch(q, k, v, causal=True, backend=backend).config
-    with cupy.cuda.Device(launch.device):
-        launch(q, k, v, out, None)
-    assert_close(out, ref, "fp16", "new_launch:")
+    fc.attention(q, k, v, causal=True, out=out, backend=backend)
+    p = fc.plan(q, k, v, causal=True, out=out, backend=backend)
+    assert fc.plan(q, k, v, causal=True, out=out, backend=backend) is p
+    q2, k2, v2 = q.copy(), k.copy(), v.copy()
+    out.fill(np.nan)
+    assert p.run(q2, k2, v2, out=out) is out
+    assert_close(out, ref, "fp16", "plan.run:")
+    out.fill(np.nan)
+    with cupy.cuda.Device(p.launch.device):
+        p.launch(q, k, v, out, None)
+    assert_close(out, ref, "fp16", "plan.launch:")
+    with pytest.raises(ValueError, match="do not match the plan"):
+        p.run(q[:, :, :100], k, v, out=out[:, :, :100])
+    with pytest.raises(ValueError, match="do not match the plan"):
+        p.run(q, k, v)   # planned with out=
     if backend == "sm90":   # a config of its own, as tile_ab and tile_sweep pass
         config = configs.Sm90FwdConfig("fp16", 64, 64, 2, 2, True)
         out.fill(np.nan)
-        api.new_launch(q, k, v, causal=True, out=out, config=config)(q, k, v, out, None)
+        custom = fc.plan(q, k, v, causal=True, out=out, config=config)
+        assert custom.config == config and custom is not p
+        custom.run(q, k, v, out=out)
         assert_close(out, ref, "fp16", f"{config}:")
 
 
@@ -445,7 +455,6 @@ def test_decode_packs_each_gqa_group_into_one_tile(rng, group, backend):
     import cupy
 
     import flashcore_cupy as fc
-    from flashcore_cupy import api
 
     need_backend("sm90", 128)
     for dtype, layout, causal, d, sk in (("fp16", "bhsd", False, 128, 1000), ("bf16", "bshd", True, 64, 4097),
@@ -455,8 +464,8 @@ def test_decode_packs_each_gqa_group_into_one_tile(rng, group, backend):
         out = wide[..., :d]
         got, lse = fc.attention(q, k, v, causal=causal, layout=layout, return_lse=True, out=out,
                                 backend=backend)
-        prepared = api.prepared_launch(q, k, v, causal=causal, layout=layout, return_lse=True, out=out,
-                                       backend=backend)
+        prepared = fc.plan(q, k, v, causal=causal, layout=layout, return_lse=True, out=out,
+                           backend=backend).launch
         assert prepared.scalars["pack"] == (group if group <= 64 else 1)   # the pack the kernel got
         ref, ref_lse = reference.attention(q, k, v, causal=causal, layout=layout, return_lse=True)
         assert_close(out, ref, dtype, f"{dtype} {layout} D{d} Sk={sk}:")
@@ -498,7 +507,7 @@ def test_the_hopper_kernel_runs_the_python_schedule(rng, config):
     for (b, hq, hkv), (sq, sk), causal in problems:
         q, k, v = make_inputs(rng, config.dtype, config.head_dim, "bhsd", (b, hq, hkv), (sq, sk))
         out = cupy.full(q.shape, np.nan, dtype=q.dtype)
-        launch = api.new_launch(q, k, v, causal=causal, out=out, config=config, defines=_RECORD_DEFINE)
+        launch = fc.plan(q, k, v, causal=causal, out=out, config=config, defines=_RECORD_DEFINE).launch
         expected = launch.work_tiles()
         assert len(expected) <= _RECORD
         record = cupy.ndarray((_RECORD, 8), cupy.int32,

@@ -188,19 +188,22 @@ def test_call_signature_fast_path_rules(monkeypatch):
     assert api._signature(np.zeros(1), k, v, None, False, None, "bhsd", False, "auto") is None
 
 
-def test_prepared_launch_finds_the_calls_launch(monkeypatch):
+def test_plan_returns_the_calls_plan_without_preparing_again(monkeypatch):
+    """fc.plan finds the Plan attention keeps for a signature (no validation, no compile);
+    options or arrays that differ miss it."""
     from flashcore_cupy import api
 
     monkeypatch.setattr(api, "_NDARRAY", _FakeArray)
     q, k, v = _FakeArray(), _FakeArray(2 << 20), _FakeArray(3 << 20)
-    prepared = object()
-    monkeypatch.setitem(api._launches, api._signature(q, k, v, None, True, None, "bhsd", False, "auto")[0],
-                        prepared)
-    assert api.prepared_launch(q, k, v, causal=True) is prepared
-    with pytest.raises(KeyError, match="call attention"):
-        api.prepared_launch(q, k, v)                       # a call with other options
-    with pytest.raises(KeyError, match="call attention"):
-        api.prepared_launch(np.zeros(1), k, v, causal=True)   # not a CuPy array
+    kept = object()
+    monkeypatch.setitem(api._plans, api._signature(q, k, v, None, True, None, "bhsd", False, "auto")[0], kept)
+    prepared = []
+    fresh = type("FreshPlan", (), {"key": None})()   # not kept: no signature
+    monkeypatch.setattr(api, "_prepare", lambda *a, **kw: prepared.append(a) or (None,) * 4 + (fresh, None))
+    assert fc.plan(q, k, v, causal=True) is kept and not prepared
+    assert fc.plan(q, k, v) is fresh                     # other options: prepared anew
+    assert fc.plan(q, k, v, causal=True, window=(4, 0)) is fresh   # a variant of it: prepared anew
+    assert len(prepared) == 2
 
 
 # Variants (window, softcap, ALiBi, bias): every bad argument named before any launch.

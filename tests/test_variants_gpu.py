@@ -140,7 +140,7 @@ def test_top_left_equal_lengths_and_plain_windows_take_the_plain_kernel(rng):
     for kwargs in (dict(causal="top_left"), dict(window=(-1, 0)), dict(causal=True, window=(-1, 7))):
         out = fc.attention(q, k, v, **kwargs)
         assert_close(out, reference.attention(q, k, v, **kwargs), "fp16", str(kwargs))
-        assert api.prepared_launch(q, k, v, **kwargs).config.name_expression.count("Variant") == 0
+        assert api.plan(q, k, v, **kwargs).launch.config.name_expression.count("Variant") == 0
 
 
 def test_a_bias_of_minus_inf_hides_keys_and_whole_rows(rng):

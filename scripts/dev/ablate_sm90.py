@@ -54,7 +54,7 @@ def main():
         q, k, v = random_inputs(shape, args.dtype, rng)
         out = cupy.empty_like(q)
         fc.attention(q, k, v, causal=shape.causal, out=out)
-        launch = api.prepared_launch(q, k, v, causal=shape.causal, out=out)
+        launch = api.plan(q, k, v, causal=shape.causal, out=out).launch
         print(f"\n{name} ({launch.config}):")
         base = None
         for label, defines in VARIANTS:

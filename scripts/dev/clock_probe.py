@@ -33,7 +33,7 @@ events = cupy.cuda.Event(), cupy.cuda.Event()
 def peers(q, k, v, out):
     """name -> (fn(i), context): the context (cuDNN's backend pin) is entered around each
     sample, outside its events, as the benchmark does."""
-    launch = api.new_launch(q, k, v, causal=shape.causal, out=out)
+    launch = api.plan(q, k, v, causal=shape.causal, out=out).launch
     fns = {"ours": (lambda i: launch(q, k, v, out, None), contextlib.nullcontext)}
     peer = peer_call(shape, "sdpa_cudnn", q, k, v)
     if peer is not None:

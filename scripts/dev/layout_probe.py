@@ -35,7 +35,7 @@ def cudnn(q, k, v):
 
 
 def prepared(q, k, v, out):
-    launch = api.new_launch(q, k, v, causal=shape.causal, out=out)
+    launch = api.plan(q, k, v, causal=shape.causal, out=out).launch
     return launch
 
 

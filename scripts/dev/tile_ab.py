@@ -38,7 +38,7 @@ for name in args.shapes:
     for block_n, stages, consumers, pingpong in tiles:
         cfg = Sm90FwdConfig(args.dtype, shape.head_dim, block_n, stages, consumers, bool(pingpong))
         out = cupy.empty_like(q)
-        launch = api.new_launch(q, k, v, causal=shape.causal, out=out, config=cfg)
+        launch = api.plan(q, k, v, causal=shape.causal, out=out, config=cfg).launch
         out.fill(np.nan)
         launch(q, k, v, out, None)
         err, row_err = verify(shape, q, k, v, out, rng, rows=64)

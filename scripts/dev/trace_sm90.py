@@ -96,7 +96,7 @@ def main():
     for label, q, k, v, causal in problems(args.shape):
         out = cupy.empty_like(q)
         fc.attention(q, k, v, causal=causal, out=out)
-        launch = api.prepared_launch(q, k, v, causal=causal, out=out)
+        launch = api.plan(q, k, v, causal=causal, out=out).launch
         traced, buf = traced_launch(launch)
         grid = launch.grid[0]
         base_us = time_graph_replay(lambda: launch(q, k, v, out, None)).p50
