@@ -1,5 +1,12 @@
 """Benchmark: the shape list, side by side with the peers, in one process.
 
+The list is bench_shapes.json (version 2): dense and decode rows, plain and with variants
+(window, top-left causal, softcap, ALiBi, bias); paged and varlen rows, and V head dims other
+than q's, are skipped with their reason (shapes.Shape.unsupported). On a variant row the peers
+are flashcore_plain (the same shape with the variant's options off, causal kept) and SDPA
+through an explicit mask (boolean for windows and bottom-right causal with Sq != Sk, float for
+ALiBi and bias; is_causal for top-left; softcap has none). TFLOP/s count visible pairs.
+
 For each shape and dtype:
   1. every implementation runs once on every input set and is checked against the float64
      reference of that set (sampled query rows; both the whole-output and the worst-row
@@ -33,8 +40,9 @@ from . import workload
 from .shapes import Shape, bench_shapes
 from .timing import balanced_orders, predecessors, time_latency, time_side_by_side, turns
 
-IMPLS = ("flashcore", "flashcore_sm80", "naive_cupy", "sdpa_flash", "sdpa_cudnn", "sdpa_efficient")
-OURS = ("flashcore", "flashcore_sm80")   # their failures fail the run
+IMPLS = ("flashcore", "flashcore_sm80", "flashcore_plain", "naive_cupy", "sdpa_flash", "sdpa_cudnn",
+         "sdpa_efficient")
+OURS = ("flashcore", "flashcore_sm80", "flashcore_plain")   # their failures fail the run
 _SDPA_BACKENDS = {"sdpa_flash": "FLASH_ATTENTION", "sdpa_cudnn": "CUDNN_ATTENTION",
                   "sdpa_efficient": "EFFICIENT_ATTENTION"}
 SCHEMA = 2
@@ -51,6 +59,7 @@ class Impl(NamedTuple):
     fn: Callable        # fn(*inputs) -> output (bhsd)
     prepare: Callable   # prepare(q, k, v) -> inputs, once per input set
     context: Callable   # context() entered around a turn of calls (pins an SDPA backend)
+    plain: bool = False   # computes shape.plain() (flashcore_plain): checked and counted as that
 
 
 @dataclass
@@ -96,37 +105,92 @@ def _identity(q, k, v):
     return q, k, v
 
 
-def _impls(shape: Shape, torch) -> dict[str, Impl]:
-    """name -> Impl(fn(*inputs) -> output (bhsd), prepare(q, k, v) -> inputs, context).
+def variant_arrays(shape: Shape, dtype: str, rng) -> dict:
+    """A row's ALiBi slopes (2^(-8(h+1)/Hq), float32) and bias ((1, Hq, Sq, Sk) normal, in the
+    input dtype) on the GPU, the same for every input set of the case; {} for neither."""
+    import cupy
+
+    arrays = {}
+    if shape.alibi:
+        h = np.arange(shape.heads_q)
+        arrays["alibi_slopes"] = cupy.asarray((2.0 ** (-8.0 * (h + 1) / shape.heads_q)).astype(np.float32))
+    if shape.bias:
+        host = rng.standard_normal((1, shape.heads_q, shape.seqlen_q, shape.seqlen_k), dtype=np.float32)
+        arrays["bias"] = cupy.asarray(host.astype(workload.np_dtype(dtype)))
+    return arrays
+
+
+def attention_options(shape: Shape, arrays: dict) -> dict:
+    """attention's keyword arguments for a row (its mask, softcap and the variant arrays)."""
+    opts = dict(causal=shape.causal_arg, **arrays)
+    if shape.window is not None:
+        opts["window"] = shape.window
+    if shape.softcap:
+        opts["softcap"] = shape.softcap
+    return opts
+
+
+def sdpa_mask(shape: Shape, arrays: dict, torch, dtype):
+    """(attn_mask, is_causal) giving SDPA the row's function: is_causal alone where its top-left
+    alignment is the row's; else a boolean mask of the visible keys, or with ALiBi or a bias a
+    float mask holding them (-inf where hidden). None where SDPA cannot (softcap)."""
+    from .reference import visible
+
+    if shape.softcap:
+        return None
+    sq, sk = shape.seqlen_q, shape.seqlen_k
+    top_left_ok = shape.causal_arg == "top_left" or (shape.causal and sq == sk)
+    if shape.window is None and not shape.alibi and not shape.bias and (top_left_ok or not shape.causal):
+        return None, bool(shape.causal)
+    keep = torch.from_numpy(visible(np.arange(sq), sq, sk, shape.causal_arg, shape.window)).cuda()
+    if not shape.alibi and not shape.bias:
+        return keep, False
+    mask = torch.zeros((1, shape.heads_q, sq, sk), device="cuda", dtype=torch.float32)
+    if shape.alibi:
+        off = 0 if shape.causal_arg == "top_left" else sk - sq
+        dist = (torch.arange(sq, device="cuda")[:, None] + off - torch.arange(sk, device="cuda")[None, :]).abs()
+        mask -= torch.from_dlpack(arrays["alibi_slopes"]).float()[None, :, None, None] * dist.float()
+    if shape.bias:
+        mask += torch.from_dlpack(arrays["bias"]).float()
+    return mask.masked_fill(~keep, float("-inf")).to(dtype), False
+
+
+def _impls(shape: Shape, torch, arrays: dict | None = None, dtype: str = "fp16") -> dict[str, Impl]:
+    """name -> Impl(fn(*inputs) -> output (bhsd), prepare(q, k, v) -> inputs, context, plain).
 
     Work a user would do once stays out of the timed calls: `prepare` converts
     each input set once (DLPack to torch for SDPA), and SDPA's backend is pinned
     by a context manager entered once around all of that backend's calls.
+    arrays: the row's variant arrays (variant_arrays), the same for every call.
     """
     from . import api, naive
 
     none = contextlib.nullcontext
+    opts = attention_options(shape, arrays or {})
     fns: dict[str, Impl] = {
-        "flashcore": Impl(lambda q, k, v: api.attention(q, k, v, causal=shape.causal), _identity, none),
-        "flashcore_sm80": Impl(lambda q, k, v: api.attention(q, k, v, causal=shape.causal,
-                                                             backend="sm80"), _identity, none),
+        "flashcore": Impl(lambda q, k, v: api.attention(q, k, v, **opts), _identity, none),
+        "flashcore_sm80": Impl(lambda q, k, v: api.attention(q, k, v, backend="sm80", **opts), _identity, none),
     }
-    if workload.naive_fits(shape):
+    if shape.is_variant:
+        plain = attention_options(shape.plain(), {})
+        fns["flashcore_plain"] = Impl(lambda q, k, v: api.attention(q, k, v, **plain), _identity, none, True)
+    elif workload.naive_fits(shape):
         fns["naive_cupy"] = Impl(lambda q, k, v: naive.attention(q, k, v, causal=shape.causal),
                                  _identity, none)
     if torch is None:
         return fns
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    mask = None
-    if shape.causal and shape.seqlen_q != shape.seqlen_k:   # SDPA's is_causal is top-left
-        i = torch.arange(shape.seqlen_q, device="cuda")[:, None]
-        mask = torch.arange(shape.seqlen_k, device="cuda")[None, :] <= i + shape.seqlen_k - shape.seqlen_q
+    torch_dtype = torch.float16 if dtype == "fp16" else torch.bfloat16
+    given = sdpa_mask(shape, arrays or {}, torch, torch_dtype)
+    if given is None:   # no SDPA peer for this row (softcap)
+        return fns
+    mask, is_causal = given
     gqa = shape.heads_q != shape.heads_kv
     sdpa = torch.nn.functional.scaled_dot_product_attention
 
     def fn(q, k, v):
-        return sdpa(q, k, v, attn_mask=mask, is_causal=shape.causal and mask is None, enable_gqa=gqa)
+        return sdpa(q, k, v, attn_mask=mask, is_causal=is_causal, enable_gqa=gqa)
 
     def to_torch(q, k, v):   # zero-copy views
         return torch.from_dlpack(q), torch.from_dlpack(k), torch.from_dlpack(v)
@@ -205,10 +269,12 @@ def speed_groups(quick_us: dict[str, float]) -> list[list[str]]:
 
 
 def run_case(shape: Shape, dtype: str, impls: dict[str, Impl], sets: list[tuple],
-             references: list[tuple[np.ndarray, np.ndarray]], iters: int) -> Case:
+             references: list[tuple[np.ndarray, np.ndarray]], iters: int,
+             plain_references: list[tuple[np.ndarray, np.ndarray]] | None = None) -> Case:
     """Check each implementation on every input set, then time the ones that passed side by
     side. dtype: "fp16" or "bf16"; references[i]: (query rows, their float64 reference) of
-    sets[i] (workload.sampled_reference)."""
+    sets[i] (workload.sampled_reference); plain_references: the same of shape.plain(), for the
+    implementations that compute it (flashcore_plain)."""
     case = Case()
     errors, timed, quick = {}, {}, {}
     for name, impl in impls.items():
@@ -216,8 +282,9 @@ def run_case(shape: Shape, dtype: str, impls: dict[str, Impl], sets: list[tuple]
         try:
             inputs = [impl.prepare(*s) for s in sets]
             with impl.context():
+                refs = plain_references if impl.plain else references
                 errs = [workload.errors(_as_checkable(impl.fn(*x)), *ref)
-                        for x, ref in zip(inputs, references)]
+                        for x, ref in zip(inputs, refs)]
                 err, row_err = max(e for e, _ in errs), max(r for _, r in errs)
                 if ours and not workload.within_tolerance(dtype, err, row_err):
                     case.failures.append(dict(shape=shape.name, dtype=dtype, impl=name,
@@ -254,8 +321,9 @@ def run_case(shape: Shape, dtype: str, impls: dict[str, Impl], sets: list[tuple]
                 predecessors={f"{a}>{b}": n for (a, b), n in sorted(predecessors(order).items())}))
             for name, t in timings.items():
                 err, row_err = errors[name]
+                flops = shape.plain().flops if impls[name].plain else shape.flops
                 case.rows.append(Row(shape.name, dtype, name, mode, t.p50, t.p90, t.p99,
-                                     shape.flops / (t.p50 * 1e-6) / 1e12, err, row_err,
+                                     flops / (t.p50 * 1e-6) / 1e12, err, row_err,
                                      plan.samples[name], plan.calls[name]))
     case.plan["sets"] = len(sets)
     case.plan["check_rows"] = int(len(references[0][0])) if references else 0
@@ -334,11 +402,18 @@ def plot(rows: list[Row], path: str) -> None:
     fig.savefig(path, dpi=120)
 
 
-def _case_inputs(shape: Shape, dtype: str, rng) -> tuple[list[tuple], list[tuple]]:
-    """(input sets, their sampled float64 references) for one case on the GPU."""
+def _case_inputs(shape: Shape, dtype: str, rng, arrays: dict) -> tuple[list[tuple], list[tuple], list | None]:
+    """(input sets, their sampled float64 references, those of shape.plain() for a variant
+    row, else None) for one case on the GPU; arrays: the row's variant arrays."""
     sets = workload.input_sets(shape, dtype, rng)
     rows = check_rows_per_set(len(sets))
-    return sets, [workload.sampled_reference(shape, *s, rng, rows) for s in sets]
+    refs = [workload.sampled_reference(shape, *s, rng, rows, options=attention_options(shape, arrays))
+            for s in sets]
+    plain = None
+    if shape.is_variant:
+        plain = [workload.sampled_reference(shape, *s, rng, rows, options=attention_options(shape.plain(), {}))
+                 for s in sets]
+    return sets, refs, plain
 
 
 def _free() -> None:
@@ -358,7 +433,14 @@ def main(shape_names: list[str] | None, dtypes: list[str], impls: list[str], ite
     The result's "failures" lists every flashcore failure: the caller exits non-zero on any."""
     torch = _torch()
     rng = np.random.default_rng()
-    shapes = [s for s in bench_shapes() if shape_names is None or s.name in shape_names]
+    shapes = []
+    for s in bench_shapes():
+        if shape_names is not None and s.name not in shape_names:
+            continue
+        if s.unsupported():
+            print(f"  skipped {s.name}: {s.unsupported()}")
+            continue
+        shapes.append(s)
     result = environment(torch)
     result["method"] = dict(latency_samples=iters, throughput_samples=max(3, iters * THROUGHPUT_SAMPLES // LATENCY_SAMPLES),
                             throughput_calls=THROUGHPUT_CALLS, slow_us=_LONG_US, slow_samples=_SLOW_SAMPLES,
@@ -372,15 +454,20 @@ def main(shape_names: list[str] | None, dtypes: list[str], impls: list[str], ite
     result.update(failures=[], unavailable=[], cases=[])
     for shape in shapes:
         for dtype in dtypes:
-            fns = {name: impl for name, impl in _impls(shape, torch).items() if name in impls}
-            sets, refs = _case_inputs(shape, dtype, rng)
-            case = run_case(shape, dtype, fns, sets, refs, iters)
-            del sets, refs
+            arrays = variant_arrays(shape, dtype, rng)
+            fns = {name: impl for name, impl in _impls(shape, torch, arrays, dtype).items() if name in impls}
+            sets, refs, plain_refs = _case_inputs(shape, dtype, rng, arrays)
+            case = run_case(shape, dtype, fns, sets, refs, iters, plain_refs)
+            if torch is not None and shape.softcap:
+                case.unavailable += [dict(shape=shape.name, dtype=dtype, impl=name, reason="SDPA has no softcap")
+                                     for name in _SDPA_BACKENDS if name in impls]
+            del sets, refs, plain_refs, arrays, fns
             _free()
             rows += case.rows
             result["failures"] += case.failures
             result["unavailable"] += case.unavailable
-            result["cases"].append(dict(shape=shape.name, dtype=dtype, held_out=shape.held_out, **case.plan))
+            result["cases"].append(dict(shape=shape.name, dtype=dtype, held_out=shape.held_out,
+                                        variant=shape.is_variant, flops=shape.flops, **case.plan))
             for f in case.failures:
                 print(f"  FAILED {f['shape']} {f['dtype']} {f['impl']}: {f['reason']}", flush=True)
             print(f"  done {shape.name} {dtype}", flush=True)

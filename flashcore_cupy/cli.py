@@ -49,33 +49,37 @@ def run(shape_text: str, dtype: str, causal: bool, iters: int) -> None:
         shape = parse_shape(shape_text, causal)
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--shape") from None
+    if shape.unsupported():
+        raise click.BadParameter(f"{shape.name}: {shape.unsupported()}", param_hint="--shape")
     if gpu_count() == 0:
         click.echo("no CUDA GPU found: `flashcore-cupy run` needs one; "
                    "`flashcore-cupy check` compiles the kernels without a GPU.")
         sys.exit(2)
     import cupy
 
-    from . import api, naive, workload
+    from . import api, bench, naive, workload
     from .timing import time_latency
 
     rng = np.random.default_rng()
     dev = cupy.cuda.Device()
     info = api.device_info(dev.id)
     name, arch = info.name, info.arch
-    config = configs.choose_kernel(arch, dtype, shape.head_dim, shape.batch * shape.heads_q,
-                                   shape.seqlen_q, info.num_sms, api.tuned_table(dev.id))
-    click.echo(f"{shape.name}: B={shape.batch} Hq={shape.heads_q} Hkv={shape.heads_kv} "
-               f"Sq={shape.seqlen_q} Sk={shape.seqlen_k} D={shape.head_dim} {dtype} "
-               f"{'causal' if shape.causal else 'non-causal'} on {name} ({arch}), kernel {config}")
-
+    options = bench.attention_options(shape, bench.variant_arrays(shape, dtype, rng))
     q, k, v = workload.random_inputs(shape, dtype, rng)
     out = cupy.full(q.shape, np.nan, dtype=q.dtype)   # poisoned: every element must be written
+    config = api.plan(q, k, v, out=out, **options).config
+    shown = {key: val for key, val in options.items() if not hasattr(val, "shape")}
+    click.echo(f"{shape.name}: B={shape.batch} Hq={shape.heads_q} Hkv={shape.heads_kv} "
+               f"Sq={shape.seqlen_q} Sk={shape.seqlen_k} D={shape.head_dim} {dtype} "
+               f"{shown}{' +alibi' if shape.alibi else ''}{' +bias' if shape.bias else ''} "
+               f"on {name} ({arch}), kernel {config}")
+
     start = time.perf_counter()
-    api.attention(q, k, v, causal=shape.causal, out=out)
+    api.attention(q, k, v, out=out, **options)
     cupy.cuda.get_current_stream().synchronize()
     click.echo(f"first call: {(time.perf_counter() - start) * 1e3:.1f} ms "
                f"(kernel compile or CuPy disk-cache load, then the run)")
-    err, row_err = workload.verify(shape, q, k, v, out, rng)
+    err, row_err = workload.verify(shape, q, k, v, out, rng, options=options)
     passed = workload.within_tolerance(dtype, err, row_err)
     click.echo(f"check: rel L2 error {err:.2e}, worst row {row_err:.2e} vs float64 reference "
                f"(limits {TOLERANCE[dtype]:.0e}, {workload.ROW_TOLERANCE[dtype]:.0e}) "
@@ -86,7 +90,7 @@ def run(shape_text: str, dtype: str, causal: bool, iters: int) -> None:
 
     def call(i: int):
         qs, ks, vs = sets[i % len(sets)]
-        return api.attention(qs, ks, vs, causal=shape.causal, out=outs[i % len(sets)])
+        return api.attention(qs, ks, vs, out=outs[i % len(sets)], **options)
 
     # Warm-up calls cover every set once: the Hopper launch encodes a set's tensor maps on its
     # first call (~25 us of host time) and reuses them after, as the benchmark's check does.
@@ -95,7 +99,9 @@ def run(shape_text: str, dtype: str, causal: bool, iters: int) -> None:
     click.echo(f"latency ({iters} calls, CUDA events around each, {len(sets)} input sets): "
                f"p50 {t.p50:.1f} us  p90 {t.p90:.1f} us  p99 {t.p99:.1f} us  {tflops:.1f} TFLOP/s")
 
-    if workload.naive_fits(shape):
+    if shape.is_variant:
+        click.echo("naive CuPy: skipped (it runs the plain function only)")
+    elif workload.naive_fits(shape):
         tn = time_latency(lambda i: naive.attention(*sets[i % len(sets)], causal=shape.causal),
                           max(5, min(iters, 30)), warmup=3)
         click.echo(f"naive CuPy (matmul, softmax, matmul): p50 {tn.p50:.1f} us -> "

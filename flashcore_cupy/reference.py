@@ -53,6 +53,20 @@ def visible(rows: np.ndarray, seqlen_q: int, seqlen_k: int, causal=False,
     return keep
 
 
+def visible_pairs(seqlen_q: int, seqlen_k: int, causal=False, window: tuple[int, int] | None = None) -> int:
+    """The number of visible (query, key) pairs of one head: `visible`'s count, from each row's
+    key interval without building the mask (what the benchmark's FLOPs count)."""
+    mode = causal_mode(causal)
+    off = 0 if mode == "top_left" else seqlen_k - seqlen_q
+    left, right = (-1, -1) if window is None else window
+    if mode is not None:
+        right = 0
+    diag = np.arange(seqlen_q, dtype=np.int64) + off
+    lo = np.maximum(diag - left, 0) if left >= 0 else np.zeros_like(diag)
+    hi = np.minimum(diag + right, seqlen_k - 1) if right >= 0 else np.full_like(diag, seqlen_k - 1)
+    return int(np.maximum(hi - lo + 1, 0).sum())
+
+
 def attention(q, k, v, *, causal=False, scale: float | None = None,
               window: tuple[int, int] | None = None, softcap: float = 0.0, alibi_slopes=None,
               bias=None, layout: str = "bhsd", return_lse: bool = False, q_positions=None):

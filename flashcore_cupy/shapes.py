@@ -1,14 +1,24 @@
-"""The benchmark shape list (bench_shapes.json) and the CLI's shape syntax."""
+"""The benchmark shape list (bench_shapes.json, version 2) and the CLI's shape syntax."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from importlib import resources
 
+KINDS = ("dense", "decode", "paged", "varlen")
+
 
 @dataclass(frozen=True)
 class Shape:
+    """One row of the list. kind: dense, decode (Sq new queries over a contiguous cache of Sk
+    keys: the dense call), paged, varlen (the last two: the inference-ops issue). The variant
+    fields are attention's options: causal with causal_align "bottom_right" (flash_attn's) or
+    "top_left" (SDPA's); window (left, right); softcap; alibi (slopes 2^(-8(h+1)/Hq)); bias (an
+    additive (1, Hq, Sq, Sk) bias in the input dtype). head_dim_v: V's head dim where it
+    differs from D."""
+
     name: str
     batch: int
     heads_q: int
@@ -18,32 +28,83 @@ class Shape:
     head_dim: int
     causal: bool
     held_out: bool = False   # never seen by `tune`: the benchmark reports it apart
+    kind: str = "dense"
+    head_dim_v: int | None = None
+    causal_align: str = "bottom_right"
+    window: tuple[int, int] | None = None
+    softcap: float = 0.0
+    alibi: bool = False
+    bias: bool = False
+    page_size: int | None = None
+    seqlens: tuple[int, ...] | None = None
+
+    @property
+    def causal_arg(self) -> bool | str:
+        """attention's `causal` for this row."""
+        return ("top_left" if self.causal_align == "top_left" else True) if self.causal else False
+
+    @property
+    def is_variant(self) -> bool:
+        """Whether the row has options beyond the plain kernels' (bottom-right causal)."""
+        top_left = self.causal and self.causal_align == "top_left"
+        return bool(self.window is not None or self.softcap or self.alibi or self.bias or top_left)
+
+    def plain(self) -> "Shape":
+        """The same shape with the variant options off, causal kept (bottom-right): what the
+        benchmark's flashcore_plain runs."""
+        return dataclasses.replace(self, causal_align="bottom_right", window=None, softcap=0.0,
+                                   alibi=False, bias=False)
+
+    def unsupported(self) -> str | None:
+        """Why the benchmark cannot run this row yet, or None."""
+        if self.kind in ("paged", "varlen"):
+            return f"{self.kind} rows belong to the inference ops (not built yet)"
+        if self.head_dim_v not in (None, self.head_dim):
+            return f"Dv {self.head_dim_v} != D {self.head_dim}: attention takes V of q's head dim"
+        return None
+
+    @property
+    def visible_pairs(self) -> int:
+        from .reference import visible_pairs
+
+        return self.batch * self.heads_q * visible_pairs(self.seqlen_q, self.seqlen_k, self.causal_arg,
+                                                         self.window)
 
     @property
     def flops(self) -> float:
-        """4·B·Hq·Sq·Sk·D, halved for causal (the visible half of the scores)."""
-        f = 4.0 * self.batch * self.heads_q * self.seqlen_q * self.seqlen_k * self.head_dim
-        return f / 2 if self.causal else f
+        """2·pairs·(D + Dv) over the visible (query, key) pairs: a window's or a causal mask's
+        TFLOP/s is useful work."""
+        return 2.0 * self.visible_pairs * (self.head_dim + (self.head_dim_v or self.head_dim))
+
+
+def _shape(s: dict) -> Shape:
+    seqlens = tuple(s["seqlens"]) if "seqlens" in s else None
+    batch = s.get("B", len(seqlens) if seqlens else 1)
+    sq = s.get("Sq", max(seqlens) if seqlens else 1)
+    sk = s.get("Sk", sq)
+    return Shape(s["name"], batch, s["Hq"], s["Hkv"], sq, sk, s["D"], s["causal"], s.get("held_out", False),
+                 s.get("kind", "dense"), s.get("Dv"), s.get("causal_align", "bottom_right"),
+                 tuple(s["window"]) if "window" in s else None, float(s.get("softcap", 0.0)),
+                 bool(s.get("alibi", False)), bool(s.get("bias", False)), s.get("page_size"), seqlens)
 
 
 def bench_shapes() -> list[Shape]:
-    """Every shape of the list, held-out ones included."""
+    """Every shape of the list, held-out ones and kinds the benchmark skips included."""
     data = json.loads(resources.files(__package__).joinpath("bench_shapes.json").read_text())
-    return [Shape(s["name"], s["B"], s["Hq"], s["Hkv"], s["Sq"], s["Sk"], s["D"], s["causal"],
-                  s.get("held_out", False))
-            for s in data["shapes"]]
+    return [_shape(s) for s in data["shapes"]]
 
 
 def tuning_shapes() -> list[Shape]:
-    """The shapes `tune` may see by default: the list less its held-out shapes."""
-    return [s for s in bench_shapes() if not s.held_out]
+    """The shapes `tune` may see by default: the dense plain rows less the held-out ones."""
+    return [s for s in bench_shapes()
+            if not s.held_out and not s.is_variant and s.unsupported() is None]
 
 
 def parse_shape(text: str, causal: bool = False) -> Shape:
     """A name from the benchmark list, or 'B,H,S,D' (self-attention, Hkv = H)."""
     for shape in bench_shapes():
         if shape.name == text:
-            return Shape(**{**shape.__dict__, "causal": shape.causal or causal})
+            return dataclasses.replace(shape, causal=shape.causal or causal)
     parts = text.split(",")
     if len(parts) != 4 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
         names = ", ".join(s.name for s in bench_shapes())

@@ -72,12 +72,15 @@ def check_rows(seqlen_q: int, rng: np.random.Generator, n: int = CHECK_ROWS) -> 
 
 
 def sampled_reference(shape: Shape, q, k, v, rng: np.random.Generator,
-                      rows: int = CHECK_ROWS) -> tuple[np.ndarray, np.ndarray]:
-    """(query rows picked by check_rows, the float64 reference of those rows)."""
+                      rows: int = CHECK_ROWS, options: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(query rows picked by check_rows, the float64 reference of those rows). options:
+    attention's keyword arguments (the mask, softcap, the variant arrays), by default the
+    shape's causal mask alone."""
     from . import reference
 
     picked = check_rows(shape.seqlen_q, rng, rows)
-    return picked, reference.attention(q, k, v, causal=shape.causal, q_positions=picked)
+    options = dict(causal=shape.causal_arg) if options is None else options
+    return picked, reference.attention(q, k, v, q_positions=picked, **options)
 
 
 def errors(out, picked: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
@@ -89,7 +92,7 @@ def errors(out, picked: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
 
 
 def verify(shape: Shape, q, k, v, out, rng: np.random.Generator,
-           rows: int = CHECK_ROWS) -> tuple[float, float]:
+           rows: int = CHECK_ROWS, options: dict | None = None) -> tuple[float, float]:
     """(relative L2 error, worst row's) of `out` (bhsd) against the float64 reference on
-    sampled rows."""
-    return errors(out, *sampled_reference(shape, q, k, v, rng, rows))
+    sampled rows (options: as sampled_reference's)."""
+    return errors(out, *sampled_reference(shape, q, k, v, rng, rows, options))

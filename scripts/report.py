@@ -18,7 +18,8 @@ from flashcore_cupy.shapes import bench_shapes
 
 MATMUL_TFLOPS, COPY_TBPS = 792.0, 4.22
 PEERS = ("sdpa_flash", "sdpa_cudnn", "sdpa_efficient", "naive_cupy")
-NAMES = {"flashcore": "flashcore", "flashcore_sm80": "flashcore sm80", "sdpa_flash": "SDPA flash (FA2)",
+NAMES = {"flashcore": "flashcore", "flashcore_sm80": "flashcore sm80", "flashcore_plain": "flashcore plain",
+         "sdpa_flash": "SDPA flash (FA2)",
          "sdpa_cudnn": "SDPA cuDNN", "sdpa_efficient": "SDPA mem-eff", "naive_cupy": "naive CuPy"}
 DTYPES = ("fp16", "bf16")
 
@@ -109,6 +110,45 @@ def table(data, mode: str, shapes) -> list[str]:
     return out + [""]
 
 
+# Issue 22's bars for a variant row: flashcore's TFLOP/s over flashcore_plain's, and the fastest
+# SDPA peer's time over flashcore's.
+def _bars(s) -> tuple[float, float | None]:
+    if s.window is not None:
+        return 0.85, 5.0
+    if s.bias:
+        return 0.6, 1.5
+    if s.alibi:
+        return 0.85, 2.5
+    if s.softcap:
+        return 0.85, None
+    return 0.85, 1.0   # top-left causal
+
+
+def variant_table(data, mode: str, shapes) -> list[str]:
+    """Variant rows: flashcore against flashcore_plain (useful TFLOP/s: visible pairs) and
+    against the fastest SDPA peer through a mask, beside the bars they are held to."""
+    rows = _rows(data)
+    out = ["| shape | dtype | flashcore µs (TFLOP/s) | plain µs (TFLOP/s) | TFLOP/s vs plain (bar) | "
+           "fastest SDPA µs | vs it (bar) |", "|---" * 7 + "|"]
+    for s in shapes:
+        plain_bar, peer_bar = _bars(s)
+        for dtype in DTYPES:
+            fc = rows.get((s.name, dtype, "flashcore", mode))
+            if fc is None:
+                continue
+            pl = rows.get((s.name, dtype, "flashcore_plain", mode))
+            peers = [r for p in ("sdpa_flash", "sdpa_cudnn", "sdpa_efficient")
+                     if (r := rows.get((s.name, dtype, p, mode)))]
+            best = min(peers, key=lambda r: r["us_p50"]) if peers else None
+            plain_cell = "—" if pl is None else f"{pl['us_p50']:.1f} ({pl['tflops']:.0f})"
+            ratio = "—" if pl is None else f"{fc['tflops'] / pl['tflops']:.2f}× ({plain_bar}×)"
+            peer_cell = "—" if best is None else f"{best['us_p50']:.1f} ({NAMES[best['impl']]})"
+            peer_ratio = "—" if best is None else f"{best['us_p50'] / fc['us_p50']:.2f}× ({peer_bar}×)"
+            out.append(f"| {s.name} | {dtype} | {fc['us_p50']:.1f} ({fc['tflops']:.0f}) | {plain_cell} | "
+                       f"{ratio} | {peer_cell} | {peer_ratio} |")
+    return out + [""]
+
+
 def latency_vs_throughput(data, shapes) -> list[str]:
     """flashcore against cuDNN in both modes: a latency ratio over the throughput one means
     the host path or the order of turns, not the kernel, made the difference."""
@@ -135,8 +175,9 @@ def main(paths: list[str]) -> None:
         if data.get("schema") != 2:
             raise SystemExit(f"{path}: schema {data.get('schema')}, this report reads 2")
         ran = {r["shape"] for r in data["rows"]}
-        listed = [s for s in shapes if s.name in ran and not s.held_out]
+        listed = [s for s in shapes if s.name in ran and not s.held_out and not s.is_variant]
         held = [s for s in shapes if s.name in ran and s.held_out]
+        variants = [s for s in shapes if s.name in ran and s.is_variant]
         print(f"## Run `{path}`\n")
         print("\n".join(header(data) + method(data)))
         print("### Correctness\n")
@@ -147,6 +188,9 @@ def main(paths: list[str]) -> None:
             for mode in ("throughput", "latency"):
                 print(f"### {mode}, {title}: p50 µs (TFLOP/s); vs X = X's time / flashcore's\n")
                 print("\n".join(table(data, mode, group)))
+        for mode in ("throughput", "latency") if variants else ():
+            print(f"### {mode}, variant rows: flashcore against flashcore_plain and SDPA through a mask\n")
+            print("\n".join(variant_table(data, mode, variants)))
         print("### flashcore against cuDNN, throughput and latency\n")
         print("\n".join(latency_vs_throughput(data, listed + held)))
 

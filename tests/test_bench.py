@@ -113,8 +113,8 @@ def test_the_benchmark_exits_non_zero_on_a_failing_flashcore(fake_clock, monkeyp
     monkeypatch.setattr(cli, "gpu_count", lambda: 1)
     monkeypatch.setattr(bench, "environment", lambda torch: {"gpu": "fake", "arch": "sm_00",
                                                              "versions": {"cupy": "-", "nvrtc": "-", "torch": None}})
-    monkeypatch.setattr(bench, "_case_inputs", lambda shape, dtype, r: (
-        (sets := _sets(rng)), [workload.sampled_reference(SHAPE, *s, rng, 16) for s in sets]))
+    monkeypatch.setattr(bench, "_case_inputs", lambda shape, dtype, r, arrays: (
+        (sets := _sets(rng)), [workload.sampled_reference(SHAPE, *s, rng, 16) for s in sets], None))
     monkeypatch.setattr(bench, "_free", lambda: None)
     monkeypatch.setattr(bench, "bench_shapes", lambda: [SHAPE])
     monkeypatch.setattr("flashcore_cupy.shapes.bench_shapes", lambda: [SHAPE])
@@ -123,7 +123,7 @@ def test_the_benchmark_exits_non_zero_on_a_failing_flashcore(fake_clock, monkeyp
         return _exact(q, k, v) * 1.01
 
     for fn, code in ((broken, 1), (_exact, 0)):
-        monkeypatch.setattr(bench, "_impls", lambda shape, torch, fn=fn: {"flashcore": _impl(fn),
+        monkeypatch.setattr(bench, "_impls", lambda shape, torch, arrays, dtype, fn=fn: {"flashcore": _impl(fn),
                                                                           "sdpa_cudnn": _impl(_exact)})
         result = CliRunner().invoke(cli.main, ["bench", "--dtype", "fp16"])
         assert result.exit_code == code, result.output
@@ -134,3 +134,21 @@ def test_check_rows_cover_every_set_within_a_budget():
     assert bench.check_rows_per_set(1) == workload.CHECK_ROWS
     assert bench.check_rows_per_set(171) == 32   # the mission shape's sets
     assert workload.set_count(Shape("mission", 1, 8, 8, 512, 512, 64, False), "fp16") == 171
+
+
+def test_a_variant_row_runs_its_options_beside_its_plain_twin():
+    """On a variant row flashcore and flashcore_sm80 get the row's options, flashcore_plain
+    the plain twin's (checked against the twin's reference, counted with its FLOPs), and
+    naive CuPy (plain only) sits out; SDPA's mask gives it the row's function (tests with
+    torch on the device)."""
+    from flashcore_cupy.shapes import bench_shapes
+
+    rows = {s.name: s for s in bench_shapes()}
+    w = rows["window1k-b2-h16-s8k-d128"]
+    assert bench.attention_options(w, {}) == dict(causal=True, window=(1023, 0))
+    assert bench.attention_options(rows["softcap50-b2-h16kv8-s4k-d256-causal"], {})["softcap"] == 50.0
+    assert bench.attention_options(rows["topleft-b4-h16-sq1k-sk4k-d128-causal"], {}) == dict(causal="top_left")
+    impls = bench._impls(w, None, {}, "fp16")
+    assert set(impls) == {"flashcore", "flashcore_sm80", "flashcore_plain"}
+    assert impls["flashcore_plain"].plain and not impls["flashcore"].plain
+    assert "flashcore_plain" not in bench._impls(rows["b2-h16-s4k-d128"], None, {}, "fp16")

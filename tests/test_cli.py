@@ -48,7 +48,7 @@ def test_shape_parsing():
     assert (m.batch, m.heads_q, m.seqlen_q, m.head_dim, m.causal) == (1, 8, 512, 64, False)
     s = parse_shape("2,4,100,128", causal=True)
     assert (s.batch, s.heads_q, s.heads_kv, s.seqlen_k, s.causal) == (2, 4, 4, 100, True)
-    assert s.flops == 4 * 2 * 4 * 100 * 100 * 128 / 2
+    assert s.flops == 2 * (2 * 4) * (100 * 101 // 2) * (128 + 128)   # visible pairs: the diagonal's too
     with pytest.raises(ValueError):
         parse_shape("2,4,100")
 

@@ -281,3 +281,30 @@ def test_backward_gqa_sums_the_group_and_dbias_sums_broadcast_dimensions(rng):
     np.testing.assert_allclose(dv, dv_rep.reshape(2, 2, 2, 5, 8).sum(axis=2), rtol=1e-12)
     with pytest.raises(ValueError, match="bias"):
         reference.attention_backward(dout, q, k, v, out, lse, return_dbias=True)
+
+
+@pytest.mark.parametrize("causal", [False, True, "top_left"])
+@pytest.mark.parametrize("window", [None, (0, 0), (5, 2), (-1, 3), (40, -1), (1000, 1000)])
+@pytest.mark.parametrize("sq, sk", [(1, 1), (17, 40), (40, 17), (64, 64)])
+def test_visible_pairs_counts_the_mask(causal, window, sq, sk):
+    """The benchmark's FLOPs: the count from each row's interval equals the mask's."""
+    assert reference.visible_pairs(sq, sk, causal, window) == int(
+        reference.visible(np.arange(sq), sq, sk, causal, window).sum())
+
+
+def test_variant_rows_of_the_shape_list():
+    """bench_shapes v2: its variant rows carry attention's options, FLOPs of visible pairs
+    (2 pairs (D + Dv)), and a plain twin with causal kept."""
+    from flashcore_cupy.shapes import bench_shapes
+
+    rows = {s.name: s for s in bench_shapes()}
+    w = rows["window1k-b2-h16-s8k-d128"]
+    assert w.is_variant and w.window == (1023, 0) and w.causal_arg is True
+    per_head = sum(min(i, 1023) + 1 for i in range(8192))
+    assert w.flops == 2 * 2 * 16 * per_head * 256
+    assert not w.plain().is_variant and w.plain().causal and w.plain().flops == 2 * 2 * 16 * (8192 * 8193 // 2) * 256
+    t = rows["topleft-b4-h16-sq1k-sk4k-d128-causal"]
+    assert t.causal_arg == "top_left" and t.plain().causal_arg is True
+    assert rows["mla-b2-h16-s4k-d192-dv128-causal"].unsupported()
+    assert rows["paged16-decode-b8-h32kv8-s8k-d128"].unsupported()
+    assert rows["b2-h16-s4k-d128"].unsupported() is None and not rows["b2-h16-s4k-d128"].is_variant

@@ -19,7 +19,7 @@ import numpy as np
 import flashcore_cupy as fc
 from flashcore_cupy import reference, timing
 
-SHAPES = Path(__file__).resolve().parents[2] / "flashcore_cupy" / "bench_shapes_v2.json"
+SHAPES = Path(__file__).resolve().parents[2] / "flashcore_cupy" / "bench_shapes.json"
 VARIANT_KEYS = ("window", "softcap", "alibi", "bias", "causal_align")
 
 
