@@ -117,6 +117,7 @@ class WorkTile(NamedTuple):
     batch: int
     consumers: int   # consumers with rows here (the first ones)
     n_blocks: int    # key tiles of those rows (causal: up to the diagonal)
+    first: int = 0   # the first of them (a variant's window; plain: 0)
 
 
 class Sm90Schedule(NamedTuple):
@@ -156,15 +157,17 @@ class Sm90FwdConfig:
     split: bool = False   # consumers share 64 rows and split the keys (small grids)
     producers: int = 1    # TMA-issuing threads: 1 (Q, K and V) or 2 (Q and K; V)
     warp_rows: int = 16   # query rows per warp's 16-row GEMM slice: 8 halves split tiles to 32 rows
+    variant: KernelVariant = PLAIN
 
     kernel_file = "flash_fwd_sm90.cu"
     arch = "sm_90a"
 
     @property
     def name_expression(self) -> str:
+        extra = "" if self.variant.plain else f", {self.variant.expression}"
         return (f"fc::flash_fwd_sm90<fc::{self.dtype}, {self.head_dim}, {self.block_n}, "
                 f"{self.stages}, {self.consumers}, {'true' if self.pingpong else 'false'}, "
-                f"{'true' if self.split else 'false'}, {self.producers}, {self.warp_rows}>")
+                f"{'true' if self.split else 'false'}, {self.producers}, {self.warp_rows}{extra}>")
 
     @property
     def threads(self) -> int:
@@ -218,12 +221,13 @@ class Sm90FwdConfig:
         return Sm90Schedule((min(items, num_sms), 1, 1), tail_start, items)
 
     def work_tile(self, i: int, *, seqlen_q: int, seqlen_k: int, causal: bool, heads: int, m_blocks: int,
-                  group: int, tail_start: int) -> WorkTile:
+                  group: int, tail_start: int, window: tuple[int, int, int] | None = None) -> WorkTile:
         """Work item i, as flash_fwd_sm90.cu's work_tile computes it from the launch's scalars
         (heads: the kernel's, Hkv when GQA is packed; a debug build records the kernel's own,
         which the GPU tests compare with this). Tiles are numbered by groups of `group` heads,
         longest first within a group; items from tail_start on are 64-row sub-tiles, one per
-        consumer, of the last tiles."""
+        consumer, of the last tiles. window: a variant's (diag, left, right) (variant.cuh's
+        window_tiles: its rows' keys as tiles from `first`)."""
         c = self.consumers
         sub = i >= tail_start
         t = tail_start + (i - tail_start) // c if sub else i
@@ -232,16 +236,25 @@ class Sm90FwdConfig:
         head_batch = g * group + in_group - m_desc * group
         row0 = (m_blocks - 1 - m_desc) * self.block_m + (64 * ((i - tail_start) % c) if sub else 0)
         rows = max(0, min(64 if sub else self.block_m, seqlen_q - row0))
+        consumers = (c if rows > 0 else 0) if self.split else (rows + 63) // 64
+        if window is not None:
+            diag, left, right = window
+            begin = max(0, row0 + diag - left) if left >= 0 else 0
+            end = min(seqlen_k, row0 + rows + diag + right) if right >= 0 else seqlen_k
+            if rows <= 0 or end <= begin:
+                return WorkTile(row0, head_batch % heads, head_batch // heads, consumers, 0, 0)
+            first = begin // self.block_n
+            return WorkTile(row0, head_batch % heads, head_batch // heads, consumers,
+                            -(-end // self.block_n) - first, first)
         kv_end = min(seqlen_k, row0 + rows + seqlen_k - seqlen_q) if causal else seqlen_k
-        return WorkTile(row0, head_batch % heads, head_batch // heads,
-                        (c if rows > 0 else 0) if self.split else (rows + 63) // 64,
+        return WorkTile(row0, head_batch % heads, head_batch // heads, consumers,
                         -(-kv_end // self.block_n) if rows > 0 and kv_end > 0 else 0)
 
     def __str__(self) -> str:
         return (f"sm90 {self.dtype} D{self.head_dim} {self.block_m}x{self.block_n} "
                 f"c{self.consumers} s{self.stages}{' pp' if self.pingpong else ''}"
                 f"{' split' if self.split else ''}{' p2' if self.producers == 2 else ''}"
-                f"{' w8' if self.warp_rows == 8 else ''}")
+                f"{' w8' if self.warp_rows == 8 else ''}{'' if self.variant.plain else f' {self.variant}'}")
 
 
 # Tile table: arch family -> (largest template head dim, tile) rows, the first row whose
@@ -424,15 +437,23 @@ def choose_kernel(arch: str, dtype: str, head_dim: int, batch_heads: int = 1 << 
     return choose_sm80_config(arch, dtype, head_dim, batch_heads, seqlen_q, num_sms, tuned)
 
 
-def variant_config(config: Sm80FwdConfig, variant: KernelVariant) -> Sm80FwdConfig:
-    """The portable config a variant runs on, from the plain one dispatch chose: the same tile
-    where its registers allow (NVRTC 12.9, sm_80 and sm_90a, tests/test_compile.py): score
+def variant_config(config: Sm80FwdConfig | Sm90FwdConfig, variant: KernelVariant) -> Sm80FwdConfig | Sm90FwdConfig:
+    """The config a variant runs on, from the plain one dispatch chose: the same tile where its
+    registers allow (NVRTC 12.9, sm_80 and sm_90a, tests/test_compile.py). Hopper: see below.
+    Portable: score
     options (softcap, ALiBi, bias) spilled at 32 rows per warp or 128 keys, so they take 16
     rows per warp and at most 64 keys; a window alone spilled only on the tile that needs 254
     registers plain (D128, 64 keys: slices per warp x keys x head dim over 12288)."""
     if variant.plain:
         return config
     scores = variant.softcap or variant.alibi or variant.bias != "none"
+    if isinstance(config, Sm90FwdConfig):
+        # Score options spilled with 192-key tiles and with three consumers (160 registers
+        # each): they take at most 128 keys and two consumers.
+        if scores:
+            config = dataclasses.replace(config, block_n=min(config.block_n, 128),
+                                         consumers=config.consumers if config.split else min(config.consumers, 2))
+        return dataclasses.replace(config, variant=variant)
     tight = config.m_tiles * config.block_n * config.head_dim > 12288
     return dataclasses.replace(config, m_tiles=1 if scores or tight else config.m_tiles,
                                block_n=min(config.block_n, 64) if scores else config.block_n, variant=variant)

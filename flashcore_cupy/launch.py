@@ -175,6 +175,8 @@ class Sm90FwdLaunch(_Launch):
         heads, heads_per_kv = (p.heads_kv, 1) if pack > 1 else (p.heads_q, group)
         m_blocks = 1 if pack > 1 else -(-p.seqlen_q // config.block_m)
         causal = p.causal and pack == 1
+        if not config.variant.plain:   # tiles of unequal work where the window's right is bounded
+            causal = p.variant.mask(p.seqlen_q, p.seqlen_k)[2] >= 0
         kv_bytes_per_head = 2 * p.seqlen_k * p.head_dim * 2 // group   # K and V, 16-bit
         plan = config.schedule(p.batch, heads, p.seqlen_q, num_sms, causal, kv_bytes_per_head)
         scalars = dict(o_sb=o_strides[0], o_sh=o_strides[1], o_ss=o_strides[2], seqlen_q=p.seqlen_q,
@@ -182,7 +184,11 @@ class Sm90FwdLaunch(_Launch):
                        causal=int(causal), heads=heads, batch=p.batch, m_blocks=m_blocks, group=plan.group,
                        tail_start=plan.tail_start, n_items=plan.items, pack=pack,
                        by_group_tiles=fast_divisor(plan.group * m_blocks), by_group=fast_divisor(plan.group),
-                       by_heads=fast_divisor(heads), by_heads_per_kv=fast_divisor(heads_per_kv))
+                       by_heads=fast_divisor(heads), by_heads_per_kv=fast_divisor(heads_per_kv),
+                       **variant_scalars(p))
+        if not config.variant.plain:
+            scalars["causal"] = 0   # a variant's mask is its window (variant.cuh)
+            cls = Sm90VariantLaunch
         return cls(config, loader.get_function(config, p.device, arch, defines), p.device, plan.grid, p.out_shape,
                    (p.batch, p.heads_q, p.seqlen_q) if return_lse else None, scalars,
                    sm90_map_specs(p, config))
@@ -191,24 +197,55 @@ class Sm90FwdLaunch(_Launch):
         """Every work item of this launch, by index, as the kernel's work_tile computes it
         from the scalars (Sm90FwdConfig.work_tile)."""
         s = self.scalars
+        window = None if self.config.variant.plain else (s["diag"], s["win_left"], s["win_right"])
         return [self.config.work_tile(i, seqlen_q=s["seqlen_q"], seqlen_k=s["seqlen_k"], causal=bool(s["causal"]),
                                       heads=s["heads"], m_blocks=s["m_blocks"], group=s["group"],
-                                      tail_start=s["tail_start"])
+                                      tail_start=s["tail_start"], window=window)
                 for i in range(s["n_items"])]
+
+    def _new_block(self, qkv: tuple[int, int, int]) -> ParamBlock:
+        """A parameter block with the maps of these q, k, v addresses encoded and the scalars
+        packed (the oldest block evicted past _MAPS_PER_LAUNCH); the caller holds the lock."""
+        if len(self._blocks) >= _MAPS_PER_LAUNCH:
+            del self._blocks[next(iter(self._blocks))]   # the oldest
+        block = self._blocks[qkv] = ParamBlock(params.FWD_SM90.size)
+        tma.encode_maps(block.data, self.config.dtype, self.specs, qkv)
+        SM90_TAIL.pack_into(block.data, SM90_TAIL_AT, *params.FWD_SM90.values(
+            {"o": 0, "lse": 0, "alibi": 0, "bias": 0, **self.scalars}, "o"))
+        return block
 
     def start(self, qkv: tuple[int, int, int], out, lse, stream: int) -> None:
         """cuLaunchKernel with the q, k, v addresses `qkv` on `stream` (a handle)."""
         with self._lock:
             block = self._blocks.get(qkv)
             if block is None:
-                if len(self._blocks) >= _MAPS_PER_LAUNCH:
-                    del self._blocks[next(iter(self._blocks))]   # the oldest
-                block = self._blocks[qkv] = ParamBlock(params.FWD_SM90.size)
-                tma.encode_maps(block.data, self.config.dtype, self.specs, qkv)
-                SM90_TAIL.pack_into(block.data, SM90_TAIL_AT,
-                                    *params.FWD_SM90.values({"o": 0, "lse": 0, **self.scalars}, "o"))
+                block = self._new_block(qkv)
             _SM90_POINTERS.pack_into(block.data, _SM90_POINTERS_AT, out.data.ptr,
                                      0 if lse is None else lse.data.ptr)
+            _cu_launch(*self._dims, stream, block.argv, 0)
+
+
+_SM90_ALIBI_AT, _SM90_ALIBI = params.FWD_SM90.run("alibi", "alibi")
+_SM90_BIAS_AT, _SM90_BIAS = params.FWD_SM90.run("bias", "bias")
+
+
+@dataclass(frozen=True, eq=False)
+class Sm90VariantLaunch(Sm90FwdLaunch):
+    """A Hopper launch of a variant: `start` takes the slopes' and the bias's addresses (0 for
+    none) after q, k and v, packed per call beside o and lse; the maps stay keyed by q, k, v."""
+
+    extra_pointers = True
+
+    def start(self, ptrs: tuple[int, ...], out, lse, stream: int) -> None:
+        with self._lock:
+            qkv = ptrs[:3]
+            block = self._blocks.get(qkv)
+            if block is None:
+                block = self._new_block(qkv)
+            _SM90_POINTERS.pack_into(block.data, _SM90_POINTERS_AT, out.data.ptr,
+                                     0 if lse is None else lse.data.ptr)
+            _SM90_ALIBI.pack_into(block.data, _SM90_ALIBI_AT, ptrs[3] if len(ptrs) > 3 else 0)
+            _SM90_BIAS.pack_into(block.data, _SM90_BIAS_AT, ptrs[4] if len(ptrs) > 4 else 0)
             _cu_launch(*self._dims, stream, block.argv, 0)
 
 
@@ -228,7 +265,8 @@ def gqa_pack(p: Problem, config: Sm90FwdConfig) -> int:
     whole GQA group, which then shares one stream of its K/V (up to 64, a consumer's rows,
     with 16-row warps); else 1."""
     group = p.heads_q // p.heads_kv
-    return group if p.seqlen_q == 1 and 1 < group <= 64 and config.warp_rows == 16 else 1
+    packs = p.seqlen_q == 1 and 1 < group <= 64 and config.warp_rows == 16
+    return group if packs and config.variant.plain else 1   # a variant's slopes and bias are per head
 
 
 def sm90_map_specs(p: Problem, config: Sm90FwdConfig) -> tuple[tma.MapSpec, ...]:
@@ -242,12 +280,14 @@ def sm90_map_specs(p: Problem, config: Sm90FwdConfig) -> tuple[tma.MapSpec, ...]
             tma.map_spec(kv_shape, p.v_strides, 2, config.block_n))
 
 
-def sm90_blocker(p: Problem, arch: str) -> str | None:
-    """Why the Hopper kernel cannot run `p` on `arch`, or None."""
+def sm90_blocker(p: Problem, arch: str, variants: bool = False) -> str | None:
+    """Why the Hopper kernel cannot run `p` on `arch`, or None. Its variant kernels compile but
+    have not passed their GPU tests yet: dispatch keeps variants on the portable kernel, and
+    only a plan with a Hopper config given (variants=True: the tests) runs one."""
     if arch != SM90_ARCH:
         return f"it needs an sm_90 GPU (H100/H200); this device compiles for {arch}"
-    if not p.kernel_variant.plain:
-        return f"the {p.kernel_variant} variant runs on the portable kernel only (no Hopper kernel yet)"
+    if not p.kernel_variant.plain and not variants:
+        return f"the {p.kernel_variant} variant runs on the portable kernel only (Hopper variants untested)"
     if p.head_dim > SM90_HEAD_DIMS[-1]:
         return f"head_dim {p.head_dim} is over {SM90_HEAD_DIMS[-1]}"
     for name, spec in zip("qkv", sm90_map_specs(p, sm90_config(p.dtype, p.head_dim))):

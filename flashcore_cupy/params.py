@@ -99,6 +99,20 @@ def _strides(prefix: str, doc: str) -> list[Field]:
     return [Field(f"{prefix}_sb", "i64", doc), Field(f"{prefix}_sh", "i64"), Field(f"{prefix}_ss", "i64")]
 
 
+def _variant_fields() -> list[Field]:
+    """A variant's run-time values (kernels/variant.cuh's score_mod reads them by these names,
+    in either kernel's params); a plain kernel reads none of them."""
+    return [
+        Field("diag", "int", "off: query i's aligned key is i + diag"),
+        Field("win_left", "int", "window sides, -1 unbounded"), Field("win_right", "int"),
+        Field("cap_scale", "float", "scale / softcap"), Field("cap_log2", "float", "softcap * log2(e)"),
+        Field("alibi", "const float*", "slopes; null: none"),
+        Field("alibi_sb", "i64", "slope strides (batch, head), elements"), Field("alibi_sh", "i64"),
+        Field("bias", "const void*", "null: none"),
+        *_strides("bias", "(batch, head, row) strides, elements; 0 broadcasts"),
+    ]
+
+
 # The portable kernel (kernels/flash_fwd_sm80.cu).
 FWD_SM80 = Schema("FwdParams", [
     Field("q", "const u16*"), Field("k", "const u16*"), Field("v", "const u16*"), Field("o", "u16*"),
@@ -109,14 +123,7 @@ FWD_SM80 = Schema("FwdParams", [
     Field("heads_per_kv", "int"),
     Field("scale_log2", "float", "scale * log2(e)"),
     Field("causal", "int"),
-    # Variants (kernels/variant.cuh); a plain kernel reads none of these.
-    Field("diag", "int", "off: query i's aligned key is i + diag"),
-    Field("win_left", "int", "window sides, -1 unbounded"), Field("win_right", "int"),
-    Field("cap_scale", "float", "scale / softcap"), Field("cap_log2", "float", "softcap * log2(e)"),
-    Field("alibi", "const float*", "slopes; null: none"),
-    Field("alibi_sb", "i64", "slope strides (batch, head), elements"), Field("alibi_sh", "i64"),
-    Field("bias", "const void*", "null: none"),
-    *_strides("bias", "(batch, head, row) strides, elements; 0 broadcasts"),
+    *_variant_fields(),
 ], "The portable forward kernel's one argument (flash_fwd).")
 
 # The Hopper kernel (kernels/flash_fwd_sm90.cu).
@@ -135,6 +142,7 @@ FWD_SM90 = Schema("Sm90Params", [
     Field("pack", "int", "packed GQA: query heads per tile row block (heads = Hkv); else 1"),
     Field("by_group_tiles", "FastDiv", "n / (group * m_blocks)"), Field("by_group", "FastDiv"),
     Field("by_heads", "FastDiv"), Field("by_heads_per_kv", "FastDiv"),
+    *_variant_fields(),
 ], "The Hopper forward kernel's one argument (flash_fwd_sm90), __grid_constant__.")
 
 HEADERS = {"params_sm80.cuh": (FWD_SM80,), "params_sm90.cuh": (FWD_SM90,)}

@@ -200,15 +200,10 @@ flash_fwd(const FwdParams p) {
         const int kv_end = FC_KEY_END(seqlen_k, causal_diag, causal, row0, Tile::kBlockM);
         n_blocks = FC_KEY_TILES(BLOCK_N, kv_end);
     } else {
-        mod = ScoreMod{seqlen_q, seqlen_k, p.diag, p.win_left, p.win_right, p.scale_log2,
-                       p.cap_scale, p.cap_log2, 0.f, nullptr, p.bias_ss};
-        if constexpr (V::kAlibi) mod.slope_log2 = p.alibi[batch * p.alibi_sb + head * p.alibi_sh] * LOG2E;
-        if constexpr (V::kBias != 0)
-            mod.bias = static_cast<const char*>(p.bias) +
-                       (batch * p.bias_sb + head * p.bias_sh) * (V::kBias == 2 ? 4 : 2);
-        const KeyRange keys = window_keys(mod, row0, min(Tile::kBlockM, seqlen_q - row0));
-        j_begin = keys.end > keys.begin ? keys.begin / BLOCK_N : 0;
-        n_blocks = keys.end > keys.begin ? FC_KEY_TILES(BLOCK_N, keys.end) : 0;
+        mod = score_mod<V>(p, batch, head);
+        const TileRange tiles = window_tiles(p, BLOCK_N, row0, min(Tile::kBlockM, seqlen_q - row0));
+        j_begin = tiles.first;
+        n_blocks = tiles.first + tiles.n;
     }
 
     const LaneAddrs<Tile> addr(sQ, sK, sV, warp_row, lane);

@@ -58,6 +58,7 @@
 // holds the tile constants and the kernel: warp roles, the consumers' step loop, the stores.
 #include "sm90.cuh"
 #include "softmax.cuh"
+#include "variant.cuh"
 // Sm90Params, the one by-value argument (__grid_constant__): the q, k and v tensor maps, then
 // what flashcore_cupy/launch.py packs after them; declared in flashcore_cupy/params.py.
 #include "params_sm90.cuh"
@@ -116,7 +117,7 @@ struct Sm90Tile {
 };
 
 template <class T, int HEAD_DIM, int BLOCK_N, int STAGES, int CONSUMERS, bool PINGPONG, bool SPLIT, int PRODUCERS,
-          int WARP_ROWS>
+          int WARP_ROWS, class V = Plain>
 __global__ void __launch_bounds__(128 * (CONSUMERS + 1), 1)
 flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
     using Tile = Sm90Tile<HEAD_DIM, BLOCK_N, STAGES, CONSUMERS, PINGPONG, SPLIT, WARP_ROWS>;
@@ -150,9 +151,9 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
 
     if (warpgroup == 0) {
         regs_release<Tile::kProducerRegs>(); FC_TRACE(2);
-        if (threadIdx.x == 0) produce<Tile, HEAD_DIM, BLOCK_N, STAGES, true, PRODUCERS == 1>(p, sbase, bar);
+        if (threadIdx.x == 0) produce<Tile, HEAD_DIM, BLOCK_N, STAGES, true, PRODUCERS == 1, V>(p, sbase, bar);
         if (PRODUCERS == 2 && threadIdx.x == 32)
-            produce<Tile, HEAD_DIM, BLOCK_N, STAGES, false, true>(p, sbase, bar);
+            produce<Tile, HEAD_DIM, BLOCK_N, STAGES, false, true, V>(p, sbase, bar);
         return;
     }
 
@@ -179,7 +180,7 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
 
     int it = 0, n_done = 0;                                   // K/V tiles and work items so far
     for (int i = blockIdx.x; i < p.n_items; i += gridDim.x, ++n_done) {
-        const WorkTile w = work_tile<Tile, BLOCK_N>(p, i);
+        const WorkTile w = work_tile<Tile, BLOCK_N, V>(p, i);
         const int n_blocks = w.n_blocks;
         const bool has_rows = consumer < w.consumers;
 #ifdef FLASHCORE_RECORD_WORK
@@ -191,9 +192,11 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
 #endif
         const int c_row0 = w.row0 + (SPLIT ? 0 : 64 * consumer);   // this warpgroup's first query
         const int w_row0 = c_row0 + WARP_ROWS * warp;              // this warp's first query
-        // This warpgroup's key tiles end at its own rows' part of the causal diagonal.
+        // This warpgroup's key tiles end at its own rows' part of the causal diagonal. A
+        // variant's consumers run all of the tile's (window) key tiles, the mask hiding what
+        // their own rows do not see.
         const int c_kv_end = FC_KEY_END(seqlen_k, causal_diag, p.causal, c_row0, 4 * WARP_ROWS);
-        const int c_blocks = has_rows ? min(n_blocks, FC_KEY_TILES(BLOCK_N, c_kv_end)) : 0;
+        const int c_blocks = !has_rows ? 0 : V::kPlain ? min(n_blocks, FC_KEY_TILES(BLOCK_N, c_kv_end)) : n_blocks;
         // The key tiles this consumer multiplies: all of its rows' (its k-th is tile k),
         // or with SPLIT every CONSUMERS-th (its k-th is tile consumer + k * CONSUMERS).
         const int my_blocks = !SPLIT ? c_blocks
@@ -212,19 +215,28 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
         // S_j (landed in s) -> P_j in `a` and alpha for O. The lazy update writes `a` during
         // the softmax, so it runs once the previous P V is done; without a row maximum to
         // wait on, that beat running the exact softmax under P V (v15; PERF_HISTORY v18).
+        // A variant's scores leave variant_scores in log2 units: its softmax takes scale 1.
+        ScoreMod mod{};
+        if constexpr (!V::kPlain) mod = score_mod<V>(p, w.batch, w.head);
+        const float softmax_scale = V::kPlain ? p.scale_log2 : 1.f;
         auto softmax_tile = [&](int j, bool first = false) {
-            const int key0 = j * BLOCK_N;
-            const bool needs_mask = FC_TILE_PARTIAL(BLOCK_N, seqlen_k, causal_diag, p.causal, key0, c_row0);
-            if (needs_mask)
-                scale_and_mask<1, BLOCK_N / 8, true, H>(s, p.scale_log2, w_row0, key0, seqlen_k, causal_diag,
-                                                        p.causal, lane);
-            else
-                scale_and_mask<1, BLOCK_N / 8, false, H>(s, p.scale_log2, 0, 0, 0, 0, false, lane);
-            if (first) seed_max<BLOCK_N / 8, H>(s, m, p.scale_log2);
+            const int key0 = (w.first + j) * BLOCK_N;
+            if constexpr (V::kPlain) {
+                const bool needs_mask = FC_TILE_PARTIAL(BLOCK_N, seqlen_k, causal_diag, p.causal, key0, c_row0);
+                if (needs_mask)
+                    scale_and_mask<1, BLOCK_N / 8, true, H>(s, p.scale_log2, w_row0, key0, seqlen_k, causal_diag,
+                                                            p.causal, lane);
+                else
+                    scale_and_mask<1, BLOCK_N / 8, false, H>(s, p.scale_log2, 0, 0, 0, 0, false, lane);
+            } else {
+                const bool needs_mask = tile_partial(mod, BLOCK_N, key0, c_row0, 4 * WARP_ROWS);
+                variant_scores<V, T, 1, BLOCK_N / 8, H>(s, mod, needs_mask, w_row0, key0, lane);
+            }
+            if (first) seed_max<BLOCK_N / 8, H>(s, m, softmax_scale);
 #ifdef FLASHCORE_ABLATE_NO_SOFTMAX
             pack_p<T, BLOCK_N / 8, H>(a, s[0]); alpha[0][0] = alpha[0][1] = 1.f;
 #else
-            softmax_update_lazy<T, BLOCK_N / 8, H>(s, a, m, l, alpha, p.scale_log2);
+            softmax_update_lazy<T, BLOCK_N / 8, H>(s, a, m, l, alpha, softmax_scale);
 #endif
         };
 

@@ -35,8 +35,20 @@ struct Sm90Params {
     FastDiv by_group;
     FastDiv by_heads;
     FastDiv by_heads_per_kv;
+    int diag;                // off: query i's aligned key is i + diag
+    int win_left;            // window sides, -1 unbounded
+    int win_right;
+    float cap_scale;         // scale / softcap
+    float cap_log2;          // softcap * log2(e)
+    const float* alibi;      // slopes; null: none
+    i64 alibi_sb;            // slope strides (batch, head), elements
+    i64 alibi_sh;
+    const void* bias;        // null: none
+    i64 bias_sb;             // (batch, head, row) strides, elements; 0 broadcasts
+    i64 bias_sh;
+    i64 bias_ss;
 };
-static_assert(sizeof(Sm90Params) == 512, "Sm90Params: declared in flashcore_cupy/params.py: run scripts/gen_params.py");
+static_assert(sizeof(Sm90Params) == 640, "Sm90Params: declared in flashcore_cupy/params.py: run scripts/gen_params.py");
 static_assert(FC_OFFSETOF(Sm90Params, q) == 0, "Sm90Params::q");
 static_assert(FC_OFFSETOF(Sm90Params, k) == 128, "Sm90Params::k");
 static_assert(FC_OFFSETOF(Sm90Params, v) == 256, "Sm90Params::v");
@@ -61,5 +73,17 @@ static_assert(FC_OFFSETOF(Sm90Params, by_group_tiles) == 472, "Sm90Params::by_gr
 static_assert(FC_OFFSETOF(Sm90Params, by_group) == 480, "Sm90Params::by_group");
 static_assert(FC_OFFSETOF(Sm90Params, by_heads) == 488, "Sm90Params::by_heads");
 static_assert(FC_OFFSETOF(Sm90Params, by_heads_per_kv) == 496, "Sm90Params::by_heads_per_kv");
+static_assert(FC_OFFSETOF(Sm90Params, diag) == 504, "Sm90Params::diag");
+static_assert(FC_OFFSETOF(Sm90Params, win_left) == 508, "Sm90Params::win_left");
+static_assert(FC_OFFSETOF(Sm90Params, win_right) == 512, "Sm90Params::win_right");
+static_assert(FC_OFFSETOF(Sm90Params, cap_scale) == 516, "Sm90Params::cap_scale");
+static_assert(FC_OFFSETOF(Sm90Params, cap_log2) == 520, "Sm90Params::cap_log2");
+static_assert(FC_OFFSETOF(Sm90Params, alibi) == 528, "Sm90Params::alibi");
+static_assert(FC_OFFSETOF(Sm90Params, alibi_sb) == 536, "Sm90Params::alibi_sb");
+static_assert(FC_OFFSETOF(Sm90Params, alibi_sh) == 544, "Sm90Params::alibi_sh");
+static_assert(FC_OFFSETOF(Sm90Params, bias) == 552, "Sm90Params::bias");
+static_assert(FC_OFFSETOF(Sm90Params, bias_sb) == 560, "Sm90Params::bias_sb");
+static_assert(FC_OFFSETOF(Sm90Params, bias_sh) == 568, "Sm90Params::bias_sh");
+static_assert(FC_OFFSETOF(Sm90Params, bias_ss) == 576, "Sm90Params::bias_ss");
 
 }  // namespace fc

@@ -13,7 +13,7 @@ namespace fc {
 // makes each K load wait behind the previous V slot's release, which costs most
 // where the ring is short against the keys (decode: 209 -> 119 us on an H100 with
 // 2) and nothing where it holds them all (the mission kernel: 6.4 against 6.9 us).
-template <class Tile, int HEAD_DIM, int BLOCK_N, int STAGES, bool LOADS_K, bool LOADS_V>
+template <class Tile, int HEAD_DIM, int BLOCK_N, int STAGES, bool LOADS_K, bool LOADS_V, class V>
 __device__ __forceinline__ void produce(const Sm90Params& p, u32 sbase, const Barriers<STAGES>& bar) {
     if (LOADS_K) {
         prefetch_tensor_map(&p.q);
@@ -22,7 +22,7 @@ __device__ __forceinline__ void produce(const Sm90Params& p, u32 sbase, const Ba
     if (LOADS_V) prefetch_tensor_map(&p.v);
     int it = 0, n_done = 0;
     for (int i = blockIdx.x; i < p.n_items; i += gridDim.x, ++n_done) {
-        const WorkTile w = work_tile<Tile, BLOCK_N>(p, i);
+        const WorkTile w = work_tile<Tile, BLOCK_N, V>(p, i);
         const int head_kv = p.by_heads_per_kv(w.head);
         if (LOADS_K) {
             if (n_done > 0) mbar_wait(bar.q_empty(), (n_done - 1) & 1);
@@ -42,14 +42,14 @@ __device__ __forceinline__ void produce(const Sm90Params& p, u32 sbase, const Ba
                 if (it + jk >= STAGES) mbar_wait(bar.k_empty(r.slot()), r.parity() ^ 1);
                 mbar_expect_tx(bar.k_full(r.slot()), Tile::kKVBytes);
                 tma_load_tile<HEAD_DIM>(sbase + Tile::kOffK + r.slot() * Tile::kKVBytes, p.k,
-                                        bar.k_full(r.slot()), BLOCK_N, jk * BLOCK_N, head_kv, w.batch);
+                                        bar.k_full(r.slot()), BLOCK_N, (w.first + jk) * BLOCK_N, head_kv, w.batch);
             }
             if (LOADS_V && jv >= 0) {
                 const Ring<STAGES> r{it + jv};
                 if (it + jv >= STAGES) mbar_wait(bar.v_empty(r.slot()), r.parity() ^ 1); FC_TRACE(19);
                 mbar_expect_tx(bar.v_full(r.slot()), Tile::kKVBytes);
                 tma_load_tile<HEAD_DIM>(sbase + Tile::kOffV + r.slot() * Tile::kKVBytes, p.v,
-                                        bar.v_full(r.slot()), BLOCK_N, jv * BLOCK_N, head_kv, w.batch);
+                                        bar.v_full(r.slot()), BLOCK_N, (w.first + jv) * BLOCK_N, head_kv, w.batch);
             }
         }
         it += w.n_blocks;

@@ -5,6 +5,7 @@
 #pragma once
 #include "mask.cuh"
 #include "params_sm90.cuh"
+#include "variant.cuh"
 
 namespace fc {
 
@@ -22,13 +23,15 @@ namespace fc {
 // consumer: when the tiles leave a partial last round, that round runs on every
 // SM with one consumer each instead of on a few with all of them. A sub-tile is
 // worked by consumer 0 alone, as are a tile's rows past Sq by nobody.
+// A variant's tiles (V not Plain) run the key tiles of its rows' window: first, first + 1, ...
 struct WorkTile {
     int row0, head, batch;
     int consumers;           // consumers with rows here (the first ones)
     int n_blocks;            // key tiles of those rows (causal: up to the diagonal)
+    int first = 0;           // the first of them (a variant's window; plain: 0)
 };
 
-template <class Tile, int BLOCK_N>
+template <class Tile, int BLOCK_N, class V = Plain>
 __device__ __forceinline__ WorkTile work_tile(const Sm90Params& p, int i) {
     constexpr int C = Tile::kConsumers;
     const bool sub = i >= p.tail_start;   // never with SPLIT (its tiles are 64 rows)
@@ -38,10 +41,14 @@ __device__ __forceinline__ WorkTile work_tile(const Sm90Params& p, int i) {
     const int head_batch = g * p.group + in_group - m_desc * p.group, batch = p.by_heads(head_batch);
     const int row0 = (p.m_blocks - 1 - m_desc) * Tile::kBlockM + (sub ? 64 * ((i - p.tail_start) % C) : 0);
     const int rows = max(0, min(sub ? 64 : Tile::kBlockM, p.seqlen_q - row0));
+    const int consumers = Tile::kSplit ? (rows > 0 ? C : 0) : (rows + 63) / 64;
+    if constexpr (!V::kPlain) {
+        const TileRange tiles = window_tiles(p, BLOCK_N, row0, rows);
+        return {row0, head_batch - batch * p.heads, batch, consumers, tiles.n, tiles.first};
+    }
     const int causal_diag = p.seqlen_k - p.seqlen_q;
     const int kv_end = FC_KEY_END(p.seqlen_k, causal_diag, p.causal, row0, rows);
-    return {row0, head_batch - batch * p.heads, batch,
-            Tile::kSplit ? (rows > 0 ? C : 0) : (rows + 63) / 64,
+    return {row0, head_batch - batch * p.heads, batch, consumers,
             rows > 0 && kv_end > 0 ? FC_KEY_TILES(BLOCK_N, kv_end) : 0};
 }
 

@@ -37,7 +37,7 @@ struct Plain {
 struct ScoreMod {
     int seqlen_q, seqlen_k;
     int diag;            // off: query i's aligned key is i + diag
-    int left, right;     // window sides, -1 unbounded
+    int win_left, win_right;   // window sides, -1 unbounded
     float scale_log2;    // scale * log2(e)
     float cap_scale;     // scale / softcap
     float cap_log2;      // softcap * log2(e)
@@ -46,26 +46,50 @@ struct ScoreMod {
     i64 bias_ss;         // its row stride, elements
 };
 
+// The variant values of (batch, head) from a kernel's params (either kernel's: both declare
+// the fields of flashcore_cupy/params.py's _variant_fields under the same names).
+template <class V, class P>
+__device__ __forceinline__ ScoreMod score_mod(const P& p, int batch, int head) {
+    ScoreMod m{p.seqlen_q, p.seqlen_k, p.diag, p.win_left, p.win_right, p.scale_log2,
+               p.cap_scale, p.cap_log2, 0.f, nullptr, p.bias_ss};
+    if constexpr (V::kAlibi) m.slope_log2 = p.alibi[batch * p.alibi_sb + head * p.alibi_sh] * LOG2E;
+    if constexpr (V::kBias != 0)
+        m.bias = static_cast<const char*>(p.bias) + (batch * p.bias_sb + head * p.bias_sh) * (V::kBias == 2 ? 4 : 2);
+    return m;
+}
+
 // Keys [begin, end) that some query of rows [row0, row0 + rows) sees under a window: where
 // end <= begin the rows see none.
 struct KeyRange { int begin, end; };
 
-__device__ __forceinline__ KeyRange window_keys(const ScoreMod& m, int row0, int rows) {
+template <class P>
+__device__ __forceinline__ KeyRange window_keys(const P& m, int row0, int rows) {
     KeyRange r;
-    r.begin = m.left >= 0 ? max(0, row0 + m.diag - m.left) : 0;
-    r.end = m.right >= 0 ? min(m.seqlen_k, row0 + rows + m.diag + m.right) : m.seqlen_k;
+    r.begin = m.win_left >= 0 ? max(0, row0 + m.diag - m.win_left) : 0;
+    r.end = m.win_right >= 0 ? min(m.seqlen_k, row0 + rows + m.diag + m.win_right) : m.seqlen_k;
     return r;
+}
+
+// Those keys as key tiles of block_n from tile `first`: n of them (0: none).
+struct TileRange { int first, n; };
+
+template <class P>
+__device__ __forceinline__ TileRange window_tiles(const P& m, int block_n, int row0, int rows) {
+    const KeyRange keys = window_keys(m, row0, rows);
+    if (rows <= 0 || keys.end <= keys.begin) return {0, 0};
+    const int first = keys.begin / block_n;
+    return {first, FC_KEY_TILES(block_n, keys.end) - first};
 }
 
 // Whether key tile [key0, key0 + block_n) hides a key from some row of [row0, row0 + rows).
 __device__ __forceinline__ bool tile_partial(const ScoreMod& m, int block_n, int key0, int row0, int rows) {
-    return key0 + block_n > m.seqlen_k || (m.right >= 0 && key0 + block_n - 1 > row0 + m.diag + m.right) ||
-           (m.left >= 0 && key0 < row0 + rows - 1 + m.diag - m.left);
+    return key0 + block_n > m.seqlen_k || (m.win_right >= 0 && key0 + block_n - 1 > row0 + m.diag + m.win_right) ||
+           (m.win_left >= 0 && key0 < row0 + rows - 1 + m.diag - m.win_left);
 }
 
 __device__ __forceinline__ bool key_hidden(const ScoreMod& m, int row, int key) {
-    return key >= m.seqlen_k || (m.right >= 0 && key > row + m.diag + m.right) ||
-           (m.left >= 0 && key < row + m.diag - m.left);
+    return key >= m.seqlen_k || (m.win_right >= 0 && key > row + m.diag + m.win_right) ||
+           (m.win_left >= 0 && key < row + m.diag - m.win_left);
 }
 
 // tanh on the special-function unit (max relative error 2^-10.99).

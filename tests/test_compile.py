@@ -73,16 +73,17 @@ def test_arch_for_capability():
     assert loader.arch_for_capability(8, 0) == "sm_80"
 
 
-# Variant instantiations: for every portable config dispatch can choose, the window alone
-# (its tile unchanged) and every score option on (with either bias type: the most registers),
-# on every arch; the other combinations take the same tile as these (configs.variant_config).
+# Variant instantiations: for every config dispatch can choose (Hopper ones too: the variant
+# kernels a plan with a Hopper config runs, awaiting their GPU tests), the window alone (its
+# tile unchanged) and every score option on (with either bias type: the most registers), on
+# every arch; the other combinations take the same tile as these (configs.variant_config).
 _VARIANTS = (configs.KernelVariant(window=True),
              configs.KernelVariant(window=True, softcap=True, alibi=True, bias="16bit"),
              configs.KernelVariant(window=True, softcap=True, alibi=True, bias="fp32"))
 
 
 def variant_configs(arch: str) -> list:
-    plain = [c for c in tuning.dispatchable_configs(arch) if isinstance(c, configs.Sm80FwdConfig)]
+    plain = tuning.dispatchable_configs(arch)
     return sorted({configs.variant_config(c, v) for c in plain for v in _VARIANTS}, key=str)
 
 
@@ -91,5 +92,8 @@ def test_variant_kernels_compile_without_spills(arch):
     for cfg in variant_configs(arch):
         report = loader.compile_only(cfg, arch)
         assert report.spill_bytes == 0 and report.stack_frame_bytes == 0, (arch, str(cfg), report)
+        assert not report.perf_warnings, (arch, str(cfg), report.perf_warnings)   # e.g. serialised wgmma
         assert report.registers * cfg.threads <= _REGISTER_FILE, (arch, str(cfg), report.registers)
+        if isinstance(cfg, configs.Sm90FwdConfig):
+            assert tuning._register_pool_reason(cfg, report.registers) is None, (str(cfg), report.registers)
         assert report.static_smem_bytes + cfg.smem_bytes <= configs.SMEM_LIMIT[arch], (arch, str(cfg))

@@ -92,9 +92,10 @@ def test_sm90_launch_encodes_maps_once_per_address_set(driver, monkeypatch):
     cfg = Sm90FwdConfig("bf16", 128, 128, 2, 2, True)
     values = (1, 2, 3, 300, 400, 128, 0.09, 0, 16, 2, 3, 1, 6, 6, 1)
     divisors = (launch.fast_divisor(3), launch.fast_divisor(1), launch.fast_divisor(16), launch.fast_divisor(1))
-    names = [f.name for f in params.FWD_SM90.fields][5:]
+    names = [f.name for f in params.FWD_SM90.fields][5:5 + 19]
+    variant = (0, -1, -1, 0.0, 0.0, 0, 0, 0, 0, 0)   # a plain launch's (read by no plain kernel)
     run = launch.Sm90FwdLaunch(cfg, 88, 0, (6, 1, 1), (2, 16, 300, 128), (2, 16, 300),
-                            dict(zip(names, values + divisors)), ())
+                               dict(zip(names + list(_VARIANT_NAMES), values + divisors + variant)), ())
     driver.size = params.FWD_SM90.size
     qkv = (array(0x10), array(0x20), array(0x30))
     run(*qkv, array(0x40), array(0x50))
@@ -103,8 +104,11 @@ def test_sm90_launch_encodes_maps_once_per_address_set(driver, monkeypatch):
     assert encoded == [(0x10, 0x20, 0x30), (0x11, 0x20, 0x30)]
     tails = [c["params"][3 * tma.MAP_BYTES:] for c in driver.calls]
     flat = [x for d in divisors for x in d]
-    assert tails == [_SM90_TAIL_BY_HAND.pack(o, lse, *values, *flat)
-                     for o, lse in ((0x40, 0x50), (0x41, 0), (0x42, 0))]
+    plain = _SM90_TAIL_BY_HAND.size - 8   # its last 8 bytes were padding: now the variant fields
+    assert [t[:plain] for t in tails] == [_SM90_TAIL_BY_HAND.pack(o, lse, *values, *flat)[:plain]
+                                          for o, lse in ((0x40, 0x50), (0x41, 0), (0x42, 0))]
+    variant_tail = _FWD_VARIANT_BY_HAND.pack(*variant[:5], 0, 0, 0, 0, 0, 0, 0)
+    assert all(t[plain:] == variant_tail + bytes(len(t) - plain - len(variant_tail)) for t in tails)
     assert driver.calls[0]["params"][:tma.MAP_BYTES] == bytes([0x10 % 251]) * tma.MAP_BYTES
     assert driver.calls[2]["params"][:tma.MAP_BYTES] == bytes([0x11 % 251]) * tma.MAP_BYTES
     assert all(c["smem"] == cfg.smem_bytes and c["block"] == (cfg.threads, 1, 1) for c in driver.calls)

@@ -248,3 +248,43 @@ def test_causal_tiles_come_longest_first_over_groups_of_heads():
         assert len({bh for bh, _ in group}) == plan.group
         lengths = [rows.stop for _, rows in group]   # causal keys seen grow with the last row
         assert lengths == sorted(lengths, reverse=True)
+
+
+@pytest.mark.parametrize("config", [configs.sm90_config("fp16", 128), configs.sm90_config("fp16", 64, "small")],
+                         ids=str)
+@pytest.mark.parametrize("diag, left, right", [(0, -1, 0), (3000, 1023, 0), (-200, 100, 50), (0, 40, -1),
+                                               (222, -1, -1), (0, 5000, 5000), (-900, 10, 0)])
+def test_window_work_tiles_hold_every_visible_key_and_no_empty_tile(config, diag, left, right):
+    """A variant's work tile (its window's key tiles, first .. first + n_blocks - 1, the Python
+    mirror of variant.cuh's window_tiles) covers every key its rows see (reference.visible),
+    and its first and last tiles hold a visible key: the kernel loads nothing it masks whole."""
+    from flashcore_cupy import reference
+
+    seqlen_q, seqlen_k = 700, 3700 if diag == 3000 else 1000
+    m_blocks = -(-seqlen_q // config.block_m)
+    causal = None if right != 0 else ("top_left" if diag == 0 else "bottom_right")
+    off = seqlen_k - seqlen_q if causal == "bottom_right" else diag
+    # the reference's mask where its options express (off, left, right)
+    keep_all = (reference.visible(np.arange(seqlen_q), seqlen_q, seqlen_k, False, (left, right))
+                if off == seqlen_k - seqlen_q else
+                reference.visible(np.arange(seqlen_q), seqlen_q, seqlen_k, "top_left", (left, -1))
+                if off == 0 and right == 0 else None)
+    for i in range(m_blocks):
+        w = config.work_tile(i, seqlen_q=seqlen_q, seqlen_k=seqlen_k, causal=False, heads=1, m_blocks=m_blocks,
+                             group=1, tail_start=m_blocks, window=(off, left, right))
+        rows = np.arange(w.row0, min(seqlen_q, w.row0 + config.block_m))
+        j = np.arange(seqlen_k)[None, :]
+        d = rows[:, None] + off
+        keep = np.ones((len(rows), seqlen_k), bool)
+        if left >= 0:
+            keep &= j >= d - left
+        if right >= 0:
+            keep &= j <= d + right
+        if keep_all is not None:
+            assert (keep == keep_all[rows]).all()   # the brute force is the reference's mask
+        keys = np.nonzero(keep.any(axis=0))[0]
+        if len(keys) == 0:
+            assert w.n_blocks == 0
+            continue
+        tiles = keys // config.block_n
+        assert w.first == tiles.min() and w.first + w.n_blocks - 1 == tiles.max(), (i, w)
