@@ -201,9 +201,9 @@ flash_fwd(const FwdParams p) {
         n_blocks = FC_KEY_TILES(BLOCK_N, kv_end);
     } else {
         mod = score_mod<V>(p, batch, head);
-        const TileRange tiles = window_tiles(p, BLOCK_N, row0, min(Tile::kBlockM, seqlen_q - row0));
+        const TileRange tiles = window_tiles(mod, BLOCK_N, row0, min(Tile::kBlockM, seqlen_q - row0));
         j_begin = tiles.first;
-        n_blocks = tiles.first + tiles.n;
+        n_blocks = tiles.end;
     }
 
     const LaneAddrs<Tile> addr(sQ, sK, sV, warp_row, lane);

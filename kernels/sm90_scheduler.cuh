@@ -44,7 +44,8 @@ __device__ __forceinline__ WorkTile work_tile(const Sm90Params& p, int i) {
     const int consumers = Tile::kSplit ? (rows > 0 ? C : 0) : (rows + 63) / 64;
     if constexpr (!V::kPlain) {
         const TileRange tiles = window_tiles(p, BLOCK_N, row0, rows);
-        return {row0, head_batch - batch * p.heads, batch, consumers, tiles.n, tiles.first};
+        return {row0, head_batch - batch * p.heads, batch, consumers, rows > 0 ? tiles.end - tiles.first : 0,
+                rows > 0 ? tiles.first : 0};
     }
     const int causal_diag = p.seqlen_k - p.seqlen_q;
     const int kv_end = FC_KEY_END(p.seqlen_k, causal_diag, p.causal, row0, rows);

@@ -70,15 +70,14 @@ __device__ __forceinline__ KeyRange window_keys(const P& m, int row0, int rows) 
     return r;
 }
 
-// Those keys as key tiles of block_n from tile `first`: n of them (0: none).
-struct TileRange { int first, n; };
+// Those keys as key tiles of block_n: tiles [first, end) (none: 0, 0).
+struct TileRange { int first, end; };
 
 template <class P>
 __device__ __forceinline__ TileRange window_tiles(const P& m, int block_n, int row0, int rows) {
     const KeyRange keys = window_keys(m, row0, rows);
-    if (rows <= 0 || keys.end <= keys.begin) return {0, 0};
-    const int first = keys.begin / block_n;
-    return {first, FC_KEY_TILES(block_n, keys.end) - first};
+    const bool any = keys.end > keys.begin;
+    return {any ? keys.begin / block_n : 0, any ? FC_KEY_TILES(block_n, keys.end) : 0};
 }
 
 // Whether key tile [key0, key0 + block_n) hides a key from some row of [row0, row0 + rows).
