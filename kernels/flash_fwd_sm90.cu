@@ -186,7 +186,7 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
 #ifdef FLASHCORE_RECORD_WORK
         if (threadIdx.x == 128 && i < FLASHCORE_RECORD_WORK) {
             const int entry[8] = {static_cast<int>(blockIdx.x), w.row0, w.head, w.batch, w.consumers, n_blocks,
-                                  n_done, 1};
+                                  n_done, w.first};
             for (int f = 0; f < 8; ++f) fc_work_log[i][f] = entry[f];
         }
 #endif

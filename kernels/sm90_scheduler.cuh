@@ -56,7 +56,7 @@ __device__ __forceinline__ WorkTile work_tile(const Sm90Params& p, int i) {
 #ifdef FLASHCORE_RECORD_WORK
 // Diagnostic build (-DFLASHCORE_RECORD_WORK=<items>; tests/test_attention_gpu.py): for work item
 // i (< items), the tile the consumers were given: CTA, row0, head, batch, consumers, n_blocks,
-// the item's place in its CTA's turn, and 1. The host compares it with Sm90Config.work_tile,
+// the item's place in its CTA's turn, and its first key tile. The host compares it with Sm90Config.work_tile,
 // the Python schedule the CPU tests hold to their rules. C linkage: the host reads it by name.
 extern "C" __device__ int fc_work_log[FLASHCORE_RECORD_WORK][8];
 #endif

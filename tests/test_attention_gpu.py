@@ -495,31 +495,37 @@ def test_the_hopper_kernel_runs_the_python_schedule(rng, config):
     """A debug build of the kernel (-DFLASHCORE_RECORD_WORK) records each work item's tile: the
     kernel's own schedule must be Sm90FwdConfig.work_tile's (which the CPU tests hold to cover every
     row once, longest causal tiles first), item by item and CTA by CTA, on causal groups of heads,
-    the sub-tiles of a partial last round, packed decode and ragged lengths; and the output of
-    that build still matches float64."""
+    the sub-tiles of a partial last round, packed decode, ragged lengths and a variant's windows
+    (their first key tile too); and the output of that build still matches float64."""
     import cupy
 
     from flashcore_cupy import api, loader
 
     sms = api.device_info(0).num_sms
-    problems = [((2, 16, 4), (1000, 700), True), ((3, 5, 5), (300, 900), False), ((2, 8, 2), (1, 500), False),
-                ((1, sms + 2, 2), (config.block_m + 108, 333), False), ((1, 3, 1), (129, 64), True)]
-    for (b, hq, hkv), (sq, sk), causal in problems:
+    problems = [((2, 16, 4), (1000, 700), True, None), ((3, 5, 5), (300, 900), False, None),
+                ((2, 8, 2), (1, 500), False, None), ((1, sms + 2, 2), (config.block_m + 108, 333), False, None),
+                ((1, 3, 1), (129, 64), True, None), ((2, 6, 2), (1000, 1300), True, (200, 0)),
+                ((1, 4, 4), (700, 500), "top_left", None), ((2, 3, 3), (600, 900), False, (50, 300))]
+    for (b, hq, hkv), (sq, sk), causal, window in problems:
         q, k, v = make_inputs(rng, config.dtype, config.head_dim, "bhsd", (b, hq, hkv), (sq, sk))
         out = cupy.full(q.shape, np.nan, dtype=q.dtype)
-        launch = fc.plan(q, k, v, causal=causal, out=out, config=config, defines=_RECORD_DEFINE).launch
+        launch = fc.plan(q, k, v, causal=causal, window=window, out=out, config=config,
+                         defines=_RECORD_DEFINE).launch
         expected = launch.work_tiles()
         assert len(expected) <= _RECORD
         record = cupy.ndarray((_RECORD, 8), cupy.int32,
-                              loader.get_global(config, 0, "sm_90a", "fc_work_log", _RECORD_DEFINE))
+                              loader.get_global(launch.config, 0, "sm_90a", "fc_work_log", _RECORD_DEFINE))
         record.fill(-1)
         with cupy.cuda.Device(launch.device):
-            launch(q, k, v, out, None)
+            qkv = (q.data.ptr, k.data.ptr, v.data.ptr)
+            launch.start(qkv + (0, 0) if launch.extra_pointers else qkv, out, None,
+                         cupy.cuda.get_current_stream().ptr)
         got = record.get()
-        what = f"{config} B{b} H{hq}/{hkv} {sq}x{sk} causal={causal}"
-        assert (got[:len(expected), 7] == 1).all() and (got[len(expected):] == -1).all(), what
+        what = f"{launch.config} B{b} H{hq}/{hkv} {sq}x{sk} causal={causal} window={window}"
+        assert (got[:len(expected), 1] >= 0).all() and (got[len(expected):] == -1).all(), what
         grid = launch.grid[0]
         for i, w in enumerate(expected):
-            assert tuple(got[i, 1:6]) == tuple(w), f"{what}: item {i}: kernel {tuple(got[i, 1:6])}, python {w}"
+            assert tuple(got[i, 1:6]) == tuple(w)[:5] and got[i, 7] == w.first, \
+                f"{what}: item {i}: kernel {tuple(got[i, 1:6])} first {got[i, 7]}, python {w}"
             assert (got[i, 0], got[i, 6]) == (i % grid, i // grid), f"{what}: item {i} ran on CTA {got[i, 0]}"
-        assert_close(out, reference.attention(q, k, v, causal=causal), config.dtype, what)
+        assert_close(out, reference.attention(q, k, v, causal=causal, window=window), config.dtype, what)
