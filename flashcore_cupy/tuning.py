@@ -239,6 +239,21 @@ def dispatchable_configs(arch: str) -> list[Config]:
                   key=lambda c: (c.dtype, c.head_dim, c.block_m, c.block_n, c.stages))
 
 
+# The variants whose tiles bound the rest: the window alone (its tile unchanged) and every score
+# option on, with either bias type (the most registers); any other combination takes the tile
+# of one of these (configs.variant_config).
+_BOUNDING_VARIANTS = (configs.KernelVariant(window=True),
+                      configs.KernelVariant(window=True, softcap=True, alibi=True, bias="16bit"),
+                      configs.KernelVariant(window=True, softcap=True, alibi=True, bias="fp32"))
+
+
+def variant_configs(arch: str) -> list[Config]:
+    """The variant instantiations of every config dispatch can choose on `arch` (the Hopper
+    ones included: a plan with a Hopper config runs them), for the bounding variants."""
+    return sorted({configs.variant_config(c, v) for c in dispatchable_configs(arch) for v in _BOUNDING_VARIANTS},
+                  key=str)
+
+
 def save_entries(path: Path, table_key: str, entries: dict) -> None:
     """Merge `entries` (dispatch key -> entry) into the table `table_key` of the tune file at
     `path` (atomic write); keys as their text form."""

@@ -28,6 +28,19 @@ def test_check_compiles_and_prints_a_table():
     assert f"{n} of {n} kernel instantiations ok" in result.output
 
 
+def test_check_variants_adds_the_variant_instantiations(monkeypatch):
+    from flashcore_cupy import configs, tuning
+
+    one = configs.variant_config(configs.Sm80FwdConfig("fp16", 64, 4, 1, 64, 3),
+                                 configs.KernelVariant(window=True, alibi=True, bias="fp32"))
+    monkeypatch.setattr(tuning, "dispatchable_configs", lambda arch: [])
+    monkeypatch.setattr(tuning, "variant_configs", lambda arch: [one])
+    assert "0 of 0" in CliRunner().invoke(cli.main, ["check", "--arch", "sm_80"]).output
+    result = CliRunner().invoke(cli.main, ["check", "--arch", "sm_80", "--variants"])
+    assert result.exit_code == 0, result.output
+    assert "alibi+bias-fp32" in result.output and "1 of 1 kernel instantiations ok" in result.output
+
+
 def test_check_rejects_unknown_arch():
     result = CliRunner().invoke(cli.main, ["check", "--arch", "sm_75"])
     assert result.exit_code == 2 and "sm_80" in result.output

@@ -73,23 +73,12 @@ def test_arch_for_capability():
     assert loader.arch_for_capability(8, 0) == "sm_80"
 
 
-# Variant instantiations: for every config dispatch can choose (Hopper ones too: the variant
-# kernels a plan with a Hopper config runs, awaiting their GPU tests), the window alone (its
-# tile unchanged) and every score option on (with either bias type: the most registers), on
-# every arch; the other combinations take the same tile as these (configs.variant_config).
-_VARIANTS = (configs.KernelVariant(window=True),
-             configs.KernelVariant(window=True, softcap=True, alibi=True, bias="16bit"),
-             configs.KernelVariant(window=True, softcap=True, alibi=True, bias="fp32"))
-
-
-def variant_configs(arch: str) -> list:
-    plain = tuning.dispatchable_configs(arch)
-    return sorted({configs.variant_config(c, v) for c in plain for v in _VARIANTS}, key=str)
-
-
 @pytest.mark.parametrize("arch", configs.SUPPORTED_ARCHS)
 def test_variant_kernels_compile_without_spills(arch):
-    for cfg in variant_configs(arch):
+    """tuning.variant_configs (every dispatchable tile's variant instantiations, for the variants
+    that bound the rest), as `check --variants` compiles them: no spills, no serialised wgmma,
+    registers and shared memory within the arch's."""
+    for cfg in tuning.variant_configs(arch):
         report = loader.compile_only(cfg, arch)
         assert report.spill_bytes == 0 and report.stack_frame_bytes == 0, (arch, str(cfg), report)
         assert not report.perf_warnings, (arch, str(cfg), report.perf_warnings)   # e.g. serialised wgmma
