@@ -32,9 +32,22 @@ except ImportError:   # no CuPy on this machine: configs and packing still work
 # The portable kernel's argument (params.FWD_SM80): packed whole once per launch, its
 # pointers (q .. lse) per call.
 _FWD_POINTERS_AT, _FWD_POINTERS = params.FWD_SM80.run("q", "lse")
-# A variant's arrays (ALiBi slopes, bias), also per call.
-_FWD_ALIBI_AT, _FWD_ALIBI = params.FWD_SM80.run("alibi", "alibi")
-_FWD_BIAS_AT, _FWD_BIAS = params.FWD_SM80.run("bias", "bias")
+
+
+def _array_packers(schema: params.Schema) -> tuple:
+    """A schema's (offset, Struct) of the alibi and bias fields: a variant's arrays' addresses,
+    packed per call."""
+    return schema.run("alibi", "alibi"), schema.run("bias", "bias")
+
+
+def _pack_arrays(data, packers: tuple, ptrs: tuple[int, ...]) -> None:
+    """The slopes' and bias's addresses, after q, k, v in `ptrs` (absent: 0), into `data`."""
+    (alibi_at, alibi), (bias_at, bias) = packers
+    alibi.pack_into(data, alibi_at, ptrs[3] if len(ptrs) > 3 else 0)
+    bias.pack_into(data, bias_at, ptrs[4] if len(ptrs) > 4 else 0)
+
+
+_FWD_ARRAYS = _array_packers(params.FWD_SM80)
 
 
 class ParamBlock:
@@ -126,8 +139,7 @@ class Sm80VariantLaunch(Sm80FwdLaunch):
         with self._lock:
             _FWD_POINTERS.pack_into(self._block.data, _FWD_POINTERS_AT, ptrs[0], ptrs[1], ptrs[2],
                                     out.data.ptr, 0 if lse is None else lse.data.ptr)
-            _FWD_ALIBI.pack_into(self._block.data, _FWD_ALIBI_AT, ptrs[3] if len(ptrs) > 3 else 0)
-            _FWD_BIAS.pack_into(self._block.data, _FWD_BIAS_AT, ptrs[4] if len(ptrs) > 4 else 0)
+            _pack_arrays(self._block.data, _FWD_ARRAYS, ptrs)
             _cu_launch(*self._dims, stream, self._block.argv, 0)
 
 
@@ -174,11 +186,12 @@ class Sm90FwdLaunch(_Launch):
         # the causal mask hides nothing (its key range ends at Sk).
         heads, heads_per_kv = (p.heads_kv, 1) if pack > 1 else (p.heads_q, group)
         m_blocks = 1 if pack > 1 else -(-p.seqlen_q // config.block_m)
-        causal = p.causal and pack == 1
-        if not config.variant.plain:   # tiles of unequal work where the window's right is bounded
-            causal = p.variant.mask(p.seqlen_q, p.seqlen_k)[2] >= 0
+        # The plain kernel's causal flag; a variant's mask is its window (variant.cuh).
+        causal = p.causal and pack == 1 and config.variant.plain
+        # Tiles of unequal work (causal, or a window bounded on the right) go longest first.
+        uneven = causal or (not config.variant.plain and p.variant.mask(p.seqlen_q, p.seqlen_k)[2] >= 0)
         kv_bytes_per_head = 2 * p.seqlen_k * p.head_dim * 2 // group   # K and V, 16-bit
-        plan = config.schedule(p.batch, heads, p.seqlen_q, num_sms, causal, kv_bytes_per_head)
+        plan = config.schedule(p.batch, heads, p.seqlen_q, num_sms, uneven, kv_bytes_per_head)
         scalars = dict(o_sb=o_strides[0], o_sh=o_strides[1], o_ss=o_strides[2], seqlen_q=p.seqlen_q,
                        seqlen_k=p.seqlen_k, head_dim=p.head_dim, scale_log2=p.scale * math.log2(math.e),
                        causal=int(causal), heads=heads, batch=p.batch, m_blocks=m_blocks, group=plan.group,
@@ -187,7 +200,6 @@ class Sm90FwdLaunch(_Launch):
                        by_heads=fast_divisor(heads), by_heads_per_kv=fast_divisor(heads_per_kv),
                        **variant_scalars(p))
         if not config.variant.plain:
-            scalars["causal"] = 0   # a variant's mask is its window (variant.cuh)
             cls = Sm90VariantLaunch
         return cls(config, loader.get_function(config, p.device, arch, defines), p.device, plan.grid, p.out_shape,
                    (p.batch, p.heads_q, p.seqlen_q) if return_lse else None, scalars,
@@ -225,8 +237,7 @@ class Sm90FwdLaunch(_Launch):
             _cu_launch(*self._dims, stream, block.argv, 0)
 
 
-_SM90_ALIBI_AT, _SM90_ALIBI = params.FWD_SM90.run("alibi", "alibi")
-_SM90_BIAS_AT, _SM90_BIAS = params.FWD_SM90.run("bias", "bias")
+_SM90_ARRAYS = _array_packers(params.FWD_SM90)
 
 
 @dataclass(frozen=True, eq=False)
@@ -244,8 +255,7 @@ class Sm90VariantLaunch(Sm90FwdLaunch):
                 block = self._new_block(qkv)
             _SM90_POINTERS.pack_into(block.data, _SM90_POINTERS_AT, out.data.ptr,
                                      0 if lse is None else lse.data.ptr)
-            _SM90_ALIBI.pack_into(block.data, _SM90_ALIBI_AT, ptrs[3] if len(ptrs) > 3 else 0)
-            _SM90_BIAS.pack_into(block.data, _SM90_BIAS_AT, ptrs[4] if len(ptrs) > 4 else 0)
+            _pack_arrays(block.data, _SM90_ARRAYS, ptrs)
             _cu_launch(*self._dims, stream, block.argv, 0)
 
 
