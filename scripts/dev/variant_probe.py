@@ -5,7 +5,7 @@ SDPA through the benchmark's mask (cuDNN, memory-efficient). TFLOP/s count visib
 (Shape.flops). A quick look without the benchmark's checks and input rotation: `flashcore-cupy
 bench --shape NAME` measures these rows properly.
 
-  PYTHONPATH=$PWD python3 scripts/dev/variant_probe.py [--shapes NAME,...] [--dtype fp16]
+  PYTHONPATH=$PWD python3 scripts/dev/variant_probe.py [--shapes NAME,...] [--dtype fp16] [--hopper]
 """
 
 import argparse
@@ -23,7 +23,14 @@ def main() -> int:
     ap.add_argument("--shapes", default="")
     ap.add_argument("--dtype", default="fp16,bf16")
     ap.add_argument("--samples", type=int, default=10)
+    ap.add_argument("--hopper", action="store_true",
+                    help="let dispatch choose the Hopper kernel's variants (off in the product until "
+                         "their GPU tests pass)")
     args = ap.parse_args()
+    if args.hopper:
+        import functools
+
+        api.sm90_blocker = functools.partial(api.sm90_blocker, variants=True)
     import cupy
 
     torch = bench._torch()
@@ -42,6 +49,7 @@ def main() -> int:
             plain = bench.attention_options(shape.plain(), {})
             fns = {
                 "flashcore": lambda i: api.attention(q, k, v, **opts),
+                "flashcore_sm80": lambda i: api.attention(q, k, v, backend="sm80", **opts),
                 "flashcore_plain": lambda i: api.attention(q, k, v, **plain),
                 "flashcore_plain_sm80": lambda i: api.attention(q, k, v, backend="sm80", **plain),
             }
@@ -67,6 +75,11 @@ def main() -> int:
                     ctx[name] = (lambda be: lambda: sdpa_kernel(be))(backend)
             for fn in fns.values():
                 fn(0)
+            ours_out, sm80_out = fns["flashcore"](0), fns["flashcore_sm80"](0)
+            diff = float(cupy.linalg.norm((ours_out - sm80_out).astype(cupy.float32)) /
+                         cupy.linalg.norm(sm80_out.astype(cupy.float32)))
+            print(f"{shape.name} {dt}: kernel {api.plan(q, k, v, **opts).config}; "
+                  f"rel diff to the portable kernel {diff:.2e}")
             cupy.cuda.Device().synchronize()
             result = timing.time_side_by_side({n: (fns[n], ctx[n]) for n in fns}, args.samples, calls=5,
                                               warmup_s=0.05, rounds=5)
