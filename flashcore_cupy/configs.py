@@ -449,10 +449,13 @@ def variant_config(config: Sm80FwdConfig | Sm90FwdConfig, variant: KernelVariant
     scores = variant.softcap or variant.alibi or variant.bias != "none"
     if isinstance(config, Sm90FwdConfig):
         # Score options spilled with 192-key tiles and with three consumers (160 registers
-        # each): they take at most 128 keys and two consumers.
+        # each): they take at most 128 keys and two consumers. A float32 bias tile fetched
+        # ahead (two registers per score) spilled at D128 with 16-row warps: 64 keys there.
         if scores:
             config = dataclasses.replace(config, block_n=min(config.block_n, 128),
                                          consumers=config.consumers if config.split else min(config.consumers, 2))
+        if variant.bias == "fp32" and config.head_dim > 64 and config.warp_rows == 16:
+            config = dataclasses.replace(config, block_n=min(config.block_n, 64))
         return dataclasses.replace(config, variant=variant)
     tight = config.m_tiles * config.block_n * config.head_dim > 12288
     return dataclasses.replace(config, m_tiles=1 if scores or tight else config.m_tiles,

@@ -257,6 +257,8 @@ flash_fwd(const FwdParams p) {
         const int key0 = j * BLOCK_N;
         const u32 slot_offset = (j % STAGES) * kSlotBytes;
         float s[M_TILES][Tile::kNTiles][4];
+        BiasFrag<T, V::kBias, M_TILES, Tile::kNTiles, 2> bias;   // loads in flight under the S GEMM
+        if constexpr (!V::kPlain) bias.fetch(mod, row0 + warp_row, key0, lane);
         qk_gemm<T, Tile, M_TILES>(s, q_frag, addr.q, addr.k + slot_offset);
         float alpha[M_TILES][2];
         if constexpr (V::kPlain) {
@@ -269,7 +271,7 @@ flash_fwd(const FwdParams p) {
             softmax_update<M_TILES, Tile::kNTiles>(s, m, l, alpha, p.scale_log2);
         } else {
             const bool needs_mask = tile_partial(mod, BLOCK_N, key0, row0, Tile::kBlockM);
-            variant_scores<V, T, M_TILES, Tile::kNTiles>(s, mod, needs_mask, row0 + warp_row, key0, lane);
+            variant_scores<V, T, M_TILES, Tile::kNTiles>(s, mod, bias, needs_mask, row0 + warp_row, key0, lane);
             softmax_update<M_TILES, Tile::kNTiles>(s, m, l, alpha, 1.f);   // S is in log2 units
         }
         rescale_rows<M_TILES, Tile::kDTiles>(o_acc, alpha);

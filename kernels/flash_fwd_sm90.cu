@@ -218,6 +218,11 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
         // A variant's scores leave variant_scores in log2 units: its softmax takes scale 1.
         ScoreMod mod{};
         if constexpr (!V::kPlain) mod = score_mod<V>(p, w.batch, w.head);
+        // A bias tile's loads go out right after its S GEMM is issued and land under it.
+        BiasFrag<T, V::kBias, 1, BLOCK_N / 8, H> bias;
+        auto fetch_bias = [&](int j) {
+            if constexpr (V::kBias != 0) bias.fetch(mod, w_row0, (w.first + j) * BLOCK_N, lane);
+        };
         const float softmax_scale = V::kPlain ? p.scale_log2 : 1.f;
         auto softmax_tile = [&](int j, bool first = false) {
             const int key0 = (w.first + j) * BLOCK_N;
@@ -230,7 +235,7 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
                     scale_and_mask<1, BLOCK_N / 8, false, H>(s, p.scale_log2, 0, 0, 0, 0, false, lane);
             } else {
                 const bool needs_mask = tile_partial(mod, BLOCK_N, key0, c_row0, 4 * WARP_ROWS);
-                variant_scores<V, T, 1, BLOCK_N / 8, H>(s, mod, needs_mask, w_row0, key0, lane);
+                variant_scores<V, T, 1, BLOCK_N / 8, H>(s, mod, bias, needs_mask, w_row0, key0, lane);
             }
             if (first) seed_max<BLOCK_N / 8, H>(s, m, softmax_scale);
 #ifdef FLASHCORE_ABLATE_NO_SOFTMAX
@@ -256,6 +261,7 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
             await_turn();
             qk_wgmma<T, Tile, HEAD_DIM, BLOCK_N>(s[0], q_desc, k_tile(r));
             pass_turn(false);
+            fetch_bias(tile(0));
             wgmma_wait<0>();
             fence_registers(s[0]); FC_TRACE(6);
             release(bar.k_empty(r.slot()));
@@ -271,6 +277,7 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
             qk_wgmma<T, Tile, HEAD_DIM, BLOCK_N>(s[0], q_desc, k_tile(r));
             pv_wgmma<T, HEAD_DIM, BLOCK_N>(o[0], a, v_tile(prev));
             pass_turn(false);
+            fetch_bias(tile(k));
             wgmma_wait<1>();                  // S_k landed (groups retire in order)
             fence_registers(s[0]); FC_TRACE(9);
             release(bar.k_empty(r.slot()));

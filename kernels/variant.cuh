@@ -31,6 +31,7 @@ struct Variant {
 };
 struct Plain {
     static constexpr bool kPlain = true;
+    static constexpr int kBias = 0;
 };
 
 // A variant's run-time values for one (batch, head), set up once per CTA from the params.
@@ -44,6 +45,7 @@ struct ScoreMod {
     float slope_log2;    // this head's ALiBi slope * log2(e)
     const void* bias;    // this (batch, head)'s bias, row 0 key 0
     i64 bias_ss;         // its row stride, elements
+    bool bias_pairs;     // every row starts at an even element: a key pair is one aligned load
 };
 
 // The variant values of (batch, head) from a kernel's params (either kernel's: both declare
@@ -51,10 +53,13 @@ struct ScoreMod {
 template <class V, class P>
 __device__ __forceinline__ ScoreMod score_mod(const P& p, int batch, int head) {
     ScoreMod m{p.seqlen_q, p.seqlen_k, p.diag, p.win_left, p.win_right, p.scale_log2,
-               p.cap_scale, p.cap_log2, 0.f, nullptr, p.bias_ss};
+               p.cap_scale, p.cap_log2, 0.f, nullptr, p.bias_ss, false};
     if constexpr (V::kAlibi) m.slope_log2 = p.alibi[batch * p.alibi_sb + head * p.alibi_sh] * LOG2E;
-    if constexpr (V::kBias != 0)
-        m.bias = static_cast<const char*>(p.bias) + (batch * p.bias_sb + head * p.bias_sh) * (V::kBias == 2 ? 4 : 2);
+    if constexpr (V::kBias != 0) {
+        constexpr int kBytes = V::kBias == 2 ? 4 : 2;
+        m.bias = static_cast<const char*>(p.bias) + (batch * p.bias_sb + head * p.bias_sh) * kBytes;
+        m.bias_pairs = reinterpret_cast<unsigned long long>(m.bias) % (2 * kBytes) == 0 && p.bias_ss % 2 == 0;
+    }
     return m;
 }
 
@@ -98,32 +103,87 @@ __device__ __forceinline__ float fast_tanh(float x) {
     return y;
 }
 
-// One bias element as float: BIAS 1 the inputs' 16-bit type T, 2 float32. The load is
-// volatile so that it stays in order with the tensor-core instructions: hoisted ahead of the
-// score step, a tile's worth of bias held in registers spilled most tiles.
-template <class T, int BIAS>
-__device__ __forceinline__ float bias_at(const void* bias, i64 index) {
-    if constexpr (BIAS == 2) {
-        float f;
-        asm volatile("ld.global.nc.f32 %0, [%1];" : "=f"(f) : "l"(static_cast<const float*>(bias) + index));
-        return f;
-    } else {
-        unsigned short bits;
-        asm volatile("ld.global.nc.u16 %0, [%1];" : "=h"(bits) : "l"(static_cast<const u16*>(bias) + index));
-        if constexpr (T::is_bf16) return __uint_as_float(static_cast<u32>(bits) << 16);
-        float f;
-        asm("{ .reg .f16 h; mov.b16 h, %1; cvt.f32.f16 %0, h; }" : "=f"(f) : "h"(bits));
-        return f;
-    }
+// 16-bit bias bits as float: T's type (fp16 or bf16).
+template <class T>
+__device__ __forceinline__ float bias_bits(u32 bits) {
+    if constexpr (T::is_bf16) return __uint_as_float(bits << 16);
+    float f;
+    asm("{ .reg .f16 h; mov.b16 h, %1; cvt.f32.f16 %0, h; }" : "=f"(f) : "h"(static_cast<unsigned short>(bits)));
+    return f;
 }
+
+// A thread's bias for one score tile, in the mma C layout of variant_scores: rows first_row +
+// 16 mt + lane / 4 + 8 half, keys first_key + 8 nt + 2 (lane % 4) + {0, 1}. The kernels fetch
+// it right after issuing the tile's S GEMM and use it after the GEMM lands, so that the global
+// loads overlap the GEMM; each pair of keys is one load where the bias's rows allow it
+// (ScoreMod.bias_pairs). Entries past Sq or Sk read nothing and hold 0 (those keys are masked
+// and those rows never stored). The loads are volatile: they stay where the kernel puts them,
+// between the tensor-core instructions.
+template <class T, int BIAS, int M_TILES, int N_TILES, int HALVES>
+struct BiasFrag {
+    static constexpr int kWords = BIAS == 2 ? 2 : 1;   // one key pair: 2 x 16 bits, or 2 floats
+    u32 w[M_TILES][HALVES][N_TILES][kWords];
+
+    __device__ __forceinline__ float at(int mt, int half, int nt, int c) const {
+        if constexpr (BIAS == 2) return __uint_as_float(w[mt][half][nt][c]);
+        else return bias_bits<T>(c ? w[mt][half][nt][0] >> 16 : w[mt][half][nt][0] & 0xffffu);
+    }
+
+    __device__ __forceinline__ void fetch(const ScoreMod& m, int first_row, int first_key, int lane) {
+        constexpr int kBytes = BIAS == 2 ? 4 : 2;
+        #pragma unroll
+        for (int mt = 0; mt < M_TILES; ++mt)
+            #pragma unroll
+            for (int half = 0; half < HALVES; ++half) {
+                const int row = first_row + mt * 16 + lane / 4 + 8 * half;
+                const int key0 = first_key + 2 * (lane % 4);
+                const char* row_ptr = static_cast<const char*>(m.bias) +
+                                      (static_cast<i64>(row) * m.bias_ss + key0) * kBytes;
+                #pragma unroll
+                for (int nt = 0; nt < N_TILES; ++nt) {
+                    u32 (&x)[kWords] = w[mt][half][nt];
+                    const char* ptr = row_ptr + nt * 8 * kBytes;
+                    // keys of this pair in the row: 0, 1 or 2
+                    const int keys = row < m.seqlen_q ? min(2, max(0, m.seqlen_k - (key0 + nt * 8))) : 0;
+                    #pragma unroll
+                    for (int c = 0; c < kWords; ++c) x[c] = 0u;
+                    if (keys == 2 && m.bias_pairs) {
+                        if constexpr (BIAS == 2)
+                            asm volatile("ld.global.nc.v2.b32 {%0, %1}, [%2];" : "=r"(x[0]), "=r"(x[1]) : "l"(ptr));
+                        else
+                            asm volatile("ld.global.nc.b32 %0, [%1];" : "=r"(x[0]) : "l"(ptr));
+                    } else {
+                        #pragma unroll
+                        for (int c = 0; c < 2; ++c) {
+                            if (c >= keys) break;
+                            if constexpr (BIAS == 2) {
+                                asm volatile("ld.global.nc.b32 %0, [%1];" : "=r"(x[c]) : "l"(ptr + 4 * c));
+                            } else {
+                                unsigned short bits;
+                                asm volatile("ld.global.nc.u16 %0, [%1];" : "=h"(bits) : "l"(ptr + 2 * c));
+                                x[0] |= static_cast<u32>(bits) << (16 * c);
+                            }
+                        }
+                    }
+                }
+            }
+    }
+};
+
+// No bias: nothing to fetch or hold.
+template <class T, int M_TILES, int N_TILES, int HALVES>
+struct BiasFrag<T, 0, M_TILES, N_TILES, HALVES> {
+    __device__ __forceinline__ float at(int, int, int, int) const { return 0.f; }
+    __device__ __forceinline__ void fetch(const ScoreMod&, int, int, int) {}
+};
 
 // A non-plain variant's scores, in place, in the log2 units softmax_update takes with
 // scale_log2 = 1: S of this warp's rows (mma.sync's C layout, see softmax.cuh) from the raw
 // q . k to capped, ALiBi'd, biased and masked scores times log2(e). mask: the tile is
-// partial (tile_partial); hidden entries become -inf. The bias is read only where the row
-// and key exist.
+// partial (tile_partial); hidden entries become -inf. bias: this tile's, fetched.
 template <class V, class T, int M_TILES, int N_TILES, int HALVES = 2>
 __device__ __forceinline__ void variant_scores(float (&s)[M_TILES][N_TILES][4], const ScoreMod& m,
+                                               const BiasFrag<T, V::kBias, M_TILES, N_TILES, HALVES>& bias,
                                                bool mask, int first_row, int first_key, int lane) {
     #pragma unroll
     for (int mt = 0; mt < M_TILES; ++mt)
@@ -131,10 +191,6 @@ __device__ __forceinline__ void variant_scores(float (&s)[M_TILES][N_TILES][4], 
         for (int half = 0; half < HALVES; ++half) {
             const int row = first_row + mt * 16 + lane / 4 + 8 * half;
             const int key0 = first_key + 2 * (lane % 4);
-            // The bias row this thread reads (its row's keys key0 + 8 nt + {0, 1}), or none.
-            const bool bias_row = V::kBias != 0 && row < m.seqlen_q;
-            const char* bias_ptr = static_cast<const char*>(m.bias) +
-                                   (static_cast<i64>(row) * m.bias_ss + key0) * (V::kBias == 2 ? 4 : 2);
             #pragma unroll
             for (int nt = 0; nt < N_TILES; ++nt)
                 #pragma unroll
@@ -144,9 +200,7 @@ __device__ __forceinline__ void variant_scores(float (&s)[M_TILES][N_TILES][4], 
                     if constexpr (V::kSoftcap) x = fast_tanh(x * m.cap_scale) * m.cap_log2;
                     else x *= m.scale_log2;
                     if constexpr (V::kAlibi) x -= m.slope_log2 * static_cast<float>(abs(row + m.diag - key));
-                    if constexpr (V::kBias != 0) {
-                        if (bias_row && key < m.seqlen_k) x += bias_at<T, V::kBias>(bias_ptr, nt * 8 + c) * LOG2E;
-                    }
+                    if constexpr (V::kBias != 0) x += bias.at(mt, half, nt, c) * LOG2E;
                     if (mask && key_hidden(m, row, key)) x = neg_inf();
                     s[mt][nt][2 * half + c] = x;
                 }
