@@ -92,8 +92,7 @@ def tuned_table(device_id: int) -> tuple[tuple[DispatchKey, Sm80FwdConfig | Sm90
     return tuple(sorted(table.items()))
 
 
-def choose(problem: Problem, device_id: int, backend: Backend,
-           explicit: bool = False) -> tuple[Sm80FwdConfig | Sm90FwdConfig, DeviceInfo]:
+def choose(problem: Problem, device_id: int, backend: Backend) -> tuple[Sm80FwdConfig | Sm90FwdConfig, DeviceInfo]:
     """Which kernel runs this problem, and for which arch.
 
     "auto": the Hopper kernel where it can run (its small tiles where the large
@@ -103,7 +102,7 @@ def choose(problem: Problem, device_id: int, backend: Backend,
     """
     dev = device_info(device_id)
     check_capability(dev.capability, device_id)
-    blocker = None if backend == "sm80" else sm90_blocker(problem, dev.arch, variants=explicit)
+    blocker = None if backend == "sm80" else sm90_blocker(problem, dev.arch)
     if backend == "sm90" and blocker:
         raise ValueError(f"backend='sm90' cannot run this call: {blocker}; use backend='auto'")
     mode = "off" if backend == "sm80" or blocker else "force" if backend == "sm90" else "auto"
@@ -142,7 +141,7 @@ def _prepare(q, k, v, out, causal, scale, layout, return_lse, backend, config=No
         o_strides = layout_strides(
             TensorSpec("out", problem.out_shape, _contiguous_strides(problem.out_shape),
                        q.dtype, problem.device, 0), layout)
-    chosen, dev = choose(problem, problem.device, backend, explicit=config is not None)
+    chosen, dev = choose(problem, problem.device, backend)
     if config is not None:
         config = variant_config(config, problem.kernel_variant)
     launch = build_launch(problem, config or chosen, dev.arch, dev.num_sms, o_strides, return_lse, defines)

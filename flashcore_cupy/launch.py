@@ -290,14 +290,10 @@ def sm90_map_specs(p: Problem, config: Sm90FwdConfig) -> tuple[tma.MapSpec, ...]
             tma.map_spec(kv_shape, p.v_strides, 2, config.block_n))
 
 
-def sm90_blocker(p: Problem, arch: str, variants: bool = False) -> str | None:
-    """Why the Hopper kernel cannot run `p` on `arch`, or None. Its variant kernels compile but
-    have not passed their GPU tests yet: dispatch keeps variants on the portable kernel, and
-    only a plan with a Hopper config given (variants=True: the tests) runs one."""
+def sm90_blocker(p: Problem, arch: str) -> str | None:
+    """Why the Hopper kernel cannot run `p` on `arch`, or None."""
     if arch != SM90_ARCH:
         return f"it needs an sm_90 GPU (H100/H200); this device compiles for {arch}"
-    if not p.kernel_variant.plain and not variants:
-        return f"the {p.kernel_variant} variant runs on the portable kernel only (Hopper variants untested)"
     if p.head_dim > SM90_HEAD_DIMS[-1]:
         return f"head_dim {p.head_dim} is over {SM90_HEAD_DIMS[-1]}"
     for name, spec in zip("qkv", sm90_map_specs(p, sm90_config(p.dtype, p.head_dim))):

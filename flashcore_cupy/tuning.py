@@ -249,7 +249,7 @@ _BOUNDING_VARIANTS = (configs.KernelVariant(window=True),
 
 def variant_configs(arch: str) -> list[Config]:
     """The variant instantiations of every config dispatch can choose on `arch` (the Hopper
-    ones included: a plan with a Hopper config runs them), for the bounding variants."""
+    ones included), for the bounding variants."""
     return sorted({configs.variant_config(c, v) for c in dispatchable_configs(arch) for v in _BOUNDING_VARIANTS},
                   key=str)
 

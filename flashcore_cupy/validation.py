@@ -69,6 +69,15 @@ class Variant:
         return KernelVariant(window=True, softcap=self.softcap > 0, alibi=self.alibi is not None,
                              bias="none" if self.bias is None else self.bias[0])
 
+    def keys_seen(self, seqlen_q: int, seqlen_k: int) -> int:
+        """How many leading keys some query sees: Sk, or fewer where the mask bounds the last
+        row's keys before Sk (top-left causal, or a right-bounded top-left window, with Sq < Sk):
+        the kernels read no further."""
+        off, _, right = self.mask(seqlen_q, seqlen_k)
+        if right < 0 or seqlen_q == 0:
+            return seqlen_k
+        return max(0, min(seqlen_k, seqlen_q + off + right))
+
     def plain_causal(self, seqlen_q: int, seqlen_k: int) -> bool:
         """The plain kernels' causal flag (bottom-right) for this call."""
         off, left, right = self.mask(seqlen_q, seqlen_k)
@@ -81,7 +90,10 @@ PLAIN_VARIANT = Variant()
 @dataclass(frozen=True)
 class Problem:
     """A validated attention call, in (batch, head, seq) terms for either layout. causal is
-    the plain kernels' bottom-right causal flag; every other option is in `variant`."""
+    the plain kernels' bottom-right causal flag; every other option is in `variant`.
+    seqlen_k counts the keys the kernels read: k's length, or its first Variant.keys_seen
+    where no query sees past them (so top-left causal with Sq < Sk runs the plain causal
+    kernel over the first Sq keys)."""
 
     batch: int
     heads_q: int
@@ -269,6 +281,7 @@ def check_problem(q: TensorSpec, k: TensorSpec, v: TensorSpec, *, causal: bool |
         causal=mode, window=check_window(window), softcap=check_softcap(softcap),
         alibi=None if alibi_slopes is None else check_alibi(alibi_slopes, bq, hq, q.device),
         bias=None if bias is None else check_bias(bias, q.dtype, bq, hq, sq, sk, q.device))
+    sk = variant.keys_seen(sq, sk)
     return Problem(
         batch=bq, heads_q=hq, heads_kv=hk, seqlen_q=sq, seqlen_k=sk, head_dim=dq,
         dtype=DTYPE_NAMES[q.dtype], causal=variant.plain_causal(sq, sk),

@@ -272,7 +272,7 @@ flash_fwd(const FwdParams p) {
         } else {
             const bool needs_mask = tile_partial(mod, BLOCK_N, key0, row0, Tile::kBlockM);
             variant_scores<V, T, M_TILES, Tile::kNTiles>(s, mod, bias, needs_mask, row0 + warp_row, key0, lane);
-            softmax_update<M_TILES, Tile::kNTiles>(s, m, l, alpha, 1.f);   // S is in log2 units
+            softmax_update<M_TILES, Tile::kNTiles>(s, m, l, alpha, mod.units);
         }
         rescale_rows<M_TILES, Tile::kDTiles>(o_acc, alpha);
         pv_gemm<T, Tile, M_TILES>(o_acc, s, addr.v + slot_offset);

@@ -215,7 +215,7 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
         // S_j (landed in s) -> P_j in `a` and alpha for O. The lazy update writes `a` during
         // the softmax, so it runs once the previous P V is done; without a row maximum to
         // wait on, that beat running the exact softmax under P V (v15; PERF_HISTORY v18).
-        // A variant's scores leave variant_scores in log2 units: its softmax takes scale 1.
+        // A variant's scores leave variant_scores in the units softmax takes as its scale.
         ScoreMod mod{};
         if constexpr (!V::kPlain) mod = score_mod<V>(p, w.batch, w.head);
         // A bias tile's loads go out right after its S GEMM is issued and land under it.
@@ -223,7 +223,7 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
         auto fetch_bias = [&](int j) {
             if constexpr (V::kBias != 0) bias.fetch(mod, w_row0, (w.first + j) * BLOCK_N, lane);
         };
-        const float softmax_scale = V::kPlain ? p.scale_log2 : 1.f;
+        const float softmax_scale = V::kPlain ? p.scale_log2 : mod.units;
         auto softmax_tile = [&](int j, bool first = false) {
             const int key0 = (w.first + j) * BLOCK_N;
             if constexpr (V::kPlain) {

@@ -14,6 +14,7 @@
 // code; only the variants use what is below.
 #pragma once
 #include "mask.cuh"
+#include "softmax.cuh"
 
 namespace fc {
 
@@ -41,8 +42,9 @@ struct ScoreMod {
     int win_left, win_right;   // window sides, -1 unbounded
     float scale_log2;    // scale * log2(e)
     float cap_scale;     // scale / softcap
-    float cap_log2;      // softcap * log2(e)
-    float slope_log2;    // this head's ALiBi slope * log2(e)
+    float units;         // what softmax's exp2 multiplies the score step's output by (> 0)
+    float slope_units;   // this head's ALiBi slope in those units: slope * log2(e) / units
+    float bias_units;    // log2(e) / units
     const void* bias;    // this (batch, head)'s bias, row 0 key 0
     i64 bias_ss;         // its row stride, elements
     bool bias_pairs;     // every row starts at an even element: a key pair is one aligned load
@@ -52,9 +54,14 @@ struct ScoreMod {
 // the fields of flashcore_cupy/params.py's _variant_fields under the same names).
 template <class V, class P>
 __device__ __forceinline__ ScoreMod score_mod(const P& p, int batch, int head) {
+    // The score step leaves tanh(scale q.k / softcap) (units softcap log2(e)), or q.k itself
+    // (units scale log2(e); where that is not positive, scale log2(e) q.k, units 1); ALiBi
+    // and bias join in those units, and softmax folds them into its exp2 as in the plain
+    // kernels, so a window alone costs no multiply per score.
+    const float units = V::kSoftcap ? p.cap_log2 : exp2_fold(p.scale_log2);
     ScoreMod m{p.seqlen_q, p.seqlen_k, p.diag, p.win_left, p.win_right, p.scale_log2,
-               p.cap_scale, p.cap_log2, 0.f, nullptr, p.bias_ss, false};
-    if constexpr (V::kAlibi) m.slope_log2 = p.alibi[batch * p.alibi_sb + head * p.alibi_sh] * LOG2E;
+               p.cap_scale, units, 0.f, LOG2E / units, nullptr, p.bias_ss, false};
+    if constexpr (V::kAlibi) m.slope_units = p.alibi[batch * p.alibi_sb + head * p.alibi_sh] * (LOG2E / units);
     if constexpr (V::kBias != 0) {
         constexpr int kBytes = V::kBias == 2 ? 4 : 2;
         m.bias = static_cast<const char*>(p.bias) + (batch * p.bias_sb + head * p.bias_sh) * kBytes;
@@ -89,11 +96,6 @@ __device__ __forceinline__ TileRange window_tiles(const P& m, int block_n, int r
 __device__ __forceinline__ bool tile_partial(const ScoreMod& m, int block_n, int key0, int row0, int rows) {
     return key0 + block_n > m.seqlen_k || (m.win_right >= 0 && key0 + block_n - 1 > row0 + m.diag + m.win_right) ||
            (m.win_left >= 0 && key0 < row0 + rows - 1 + m.diag - m.win_left);
-}
-
-__device__ __forceinline__ bool key_hidden(const ScoreMod& m, int row, int key) {
-    return key >= m.seqlen_k || (m.win_right >= 0 && key > row + m.diag + m.win_right) ||
-           (m.win_left >= 0 && key < row + m.diag - m.win_left);
 }
 
 // tanh on the special-function unit (max relative error 2^-10.99).
@@ -177,34 +179,60 @@ struct BiasFrag<T, 0, M_TILES, N_TILES, HALVES> {
     __device__ __forceinline__ void fetch(const ScoreMod&, int, int, int) {}
 };
 
-// A non-plain variant's scores, in place, in the log2 units softmax_update takes with
-// scale_log2 = 1: S of this warp's rows (mma.sync's C layout, see softmax.cuh) from the raw
-// q . k to capped, ALiBi'd, biased and masked scores times log2(e). mask: the tile is
-// partial (tile_partial); hidden entries become -inf. bias: this tile's, fetched.
-template <class V, class T, int M_TILES, int N_TILES, int HALVES = 2>
+// A non-plain variant's scores, in place, in the units softmax takes as its scale
+// (ScoreMod.units): S of this warp's rows (mma.sync's C layout, see softmax.cuh) from the raw
+// q . k to capped, ALiBi'd and biased scores, and with MASK (the tile is partial:
+// tile_partial) -inf where a key is hidden. bias: this tile's, fetched.
+template <class V, class T, int M_TILES, int N_TILES, int HALVES, bool MASK>
 __device__ __forceinline__ void variant_scores(float (&s)[M_TILES][N_TILES][4], const ScoreMod& m,
                                                const BiasFrag<T, V::kBias, M_TILES, N_TILES, HALVES>& bias,
-                                               bool mask, int first_row, int first_key, int lane) {
+                                               int first_row, int first_key, int lane) {
+    if constexpr (!V::kSoftcap) {
+        if (!(m.scale_log2 > 0.f)) {   // units 1: the scale goes in here (exp2_fold)
+            #pragma unroll
+            for (int mt = 0; mt < M_TILES; ++mt)
+                #pragma unroll
+                for (int nt = 0; nt < N_TILES; ++nt)
+                    #pragma unroll
+                    for (int e = 0; e < 2 * HALVES; ++e) s[mt][nt][e] *= m.scale_log2;
+        }
+    }
     #pragma unroll
     for (int mt = 0; mt < M_TILES; ++mt)
         #pragma unroll
         for (int half = 0; half < HALVES; ++half) {
             const int row = first_row + mt * 16 + lane / 4 + 8 * half;
-            const int key0 = first_key + 2 * (lane % 4);
+            const int key0 = first_key + 2 * (lane % 4);   // this thread's first key; the rest at + 8 nt + c
+            // ALiBi's distance i + off - j at key0, in float (exact below 2^24): per score a
+            // subtraction of a constant and a fused |.| multiply-add.
+            const float dist0 = static_cast<float>(row + m.diag - key0);
+            // Visible keys of this row as offsets from key0: [lo, hi).
+            const int hi = (m.win_right >= 0 ? min(m.seqlen_k, row + m.diag + m.win_right + 1) : m.seqlen_k) - key0;
+            const int lo = m.win_left >= 0 ? row + m.diag - m.win_left - key0 : -0x7fffffff - 1;
             #pragma unroll
             for (int nt = 0; nt < N_TILES; ++nt)
                 #pragma unroll
                 for (int c = 0; c < 2; ++c) {
-                    const int key = key0 + nt * 8 + c;
+                    const int at = nt * 8 + c;
                     float x = s[mt][nt][2 * half + c];
-                    if constexpr (V::kSoftcap) x = fast_tanh(x * m.cap_scale) * m.cap_log2;
-                    else x *= m.scale_log2;
-                    if constexpr (V::kAlibi) x -= m.slope_log2 * static_cast<float>(abs(row + m.diag - key));
-                    if constexpr (V::kBias != 0) x += bias.at(mt, half, nt, c) * LOG2E;
-                    if (mask && key_hidden(m, row, key)) x = neg_inf();
+                    if constexpr (V::kSoftcap) x = fast_tanh(x * m.cap_scale);
+                    if constexpr (V::kAlibi) x -= m.slope_units * fabsf(dist0 - static_cast<float>(at));
+                    if constexpr (V::kBias != 0) x = fmaf(bias.at(mt, half, nt, c), m.bias_units, x);
+                    if constexpr (MASK) {
+                        if (at >= hi || at < lo) x = neg_inf();
+                    }
                     s[mt][nt][2 * half + c] = x;
                 }
         }
+}
+
+// The score step for a tile: masked only where tile_partial says a key is hidden.
+template <class V, class T, int M_TILES, int N_TILES, int HALVES>
+__device__ __forceinline__ void variant_scores(float (&s)[M_TILES][N_TILES][4], const ScoreMod& m,
+                                               const BiasFrag<T, V::kBias, M_TILES, N_TILES, HALVES>& bias,
+                                               bool mask, int first_row, int first_key, int lane) {
+    if (mask) variant_scores<V, T, M_TILES, N_TILES, HALVES, true>(s, m, bias, first_row, first_key, lane);
+    else variant_scores<V, T, M_TILES, N_TILES, HALVES, false>(s, m, bias, first_row, first_key, lane);
 }
 
 }  // namespace fc

@@ -1,7 +1,7 @@
 """One causal and one non-causal call per kernel family and Hopper tile kind, a decode step
 (one query, three query heads per kv head: the Hopper kernel packs them into one tile), and
-variant calls (a window with every score option, the bias broadcast and ragged), small enough
-for compute-sanitizer; exits 1 on a wrong result."""
+variant calls (a window with every score option, the bias broadcast and ragged) on each
+kernel, small enough for compute-sanitizer; exits 1 on a wrong result."""
 
 import sys
 
@@ -27,18 +27,20 @@ for backend in backends:
             err, row = reference.rel_error(out, ref), reference.row_rel_error(out, ref)
             print(f"{backend} causal={causal} D={d} {sq}x{sk}: rel err {err:.2e}, worst row {row:.2e}")
             ok &= workload.within_tolerance("fp16", err, row)
-# Variants: dispatch's (the portable kernel), and on sm_90a the Hopper kernel's through a plan
-# with its config (large and split tiles), every option on.
+# Variants, every option on: the portable kernel's, dispatch's, and on sm_90a the Hopper
+# kernel's large and split tiles through a plan with their config. A bias of even rows (a
+# key pair per load) and one of odd rows (a key per load).
 hopper = ["large", "small"] if api.device_info(0).arch == configs.SM90_ARCH else []
-for kernel in ["dispatch"] + hopper:
-    for bias_dtype, (sq, sk) in ((np.float16, (200, 333)), (np.float32, (333, 201))):
+for kernel in ["sm80", "auto"] + hopper:
+    for bias_dtype, (sq, sk) in ((np.float16, (200, 334)), (np.float32, (333, 201))):
         q = cupy.asarray(rng.standard_normal((2, 3, sq, 64)).astype(np.float16))
         k, v = (cupy.asarray(rng.standard_normal((2, 1, sk, 64)).astype(np.float16)) for _ in range(2))
         arrays = dict(alibi_slopes=cupy.asarray(rng.uniform(0, 0.3, (2, 3)).astype(np.float32)),
                       bias=cupy.asarray(rng.standard_normal((1, 3, sq, sk)).astype(bias_dtype)))
         opts = dict(causal="top_left", window=(40, 3), softcap=4.0)
-        config = None if kernel == "dispatch" else configs.sm90_config("fp16", 64, kernel)
-        out = fc.plan(q, k, v, config=config, **opts, **arrays).run(q, k, v, **arrays)
+        config = configs.sm90_config("fp16", 64, kernel) if kernel in hopper else None
+        backend = kernel if kernel in ("sm80", "auto") else "auto"
+        out = fc.plan(q, k, v, config=config, backend=backend, **opts, **arrays).run(q, k, v, **arrays)
         cupy.cuda.get_current_stream().synchronize()
         ref = reference.attention(q, k, v, **opts, **arrays)
         err, row = reference.rel_error(out, ref), reference.row_rel_error(out, ref)

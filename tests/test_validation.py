@@ -263,7 +263,17 @@ def test_variants_are_one_frozen_value_with_the_kernel_they_need():
     # Sq 100 != Sk 80: top-left is a window with off 0
     top_left = _variant_problem(causal="top_left")
     assert top_left.kernel_variant == KernelVariant(window=True) and not top_left.causal
-    assert top_left.variant.mask(100, 80) == (0, -1, 0)
+    assert top_left.variant.mask(100, 80) == (0, -1, 0) and top_left.seqlen_k == 80
+    # Sq 100 < Sk 300: no query sees past key 99, so the kernels read 100 keys; top-left is
+    # then bottom-right, the plain causal kernel (a right-bounded window reads right more)
+    q, k, v = qkv(kv_shape=(2, 2, 300, 64))
+    short = check_problem(q, k, v, causal="top_left", scale=None, layout="bhsd")
+    assert short.seqlen_k == 100 and short.kernel_variant == PLAIN and short.causal
+    windowed = check_problem(q, k, v, causal=False, scale=None, layout="bhsd", window=(-1, 7))
+    assert windowed.seqlen_k == 300 and windowed.kernel_variant == KernelVariant(window=True)   # bottom-right
+    assert Variant(causal="top_left", window=(5, 7)).keys_seen(100, 300) == 100
+    assert Variant(window=(5, 7)).keys_seen(100, 300) == 300
+    assert Variant(causal="top_left").keys_seen(0, 300) == 300
     assert _variant_problem(causal=True, window=(16, 4)).variant.mask(100, 80) == (-20, 16, 0)
     full = _variant_problem(window=(3, 4), softcap=2.5,
                             alibi_slopes=spec("alibi_slopes", (2, 8), np.float32, strides=(8, 1)),

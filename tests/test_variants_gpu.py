@@ -53,7 +53,7 @@ def _cases():
 CASES = sorted(set(_cases()), key=str)
 
 
-@pytest.mark.parametrize("backend", ("sm80",))   # "auto" runs variants on it too (no Hopper variant yet)
+@pytest.mark.parametrize("backend", ("sm80", "auto"))   # auto: the Hopper kernel's on sm_90a
 @pytest.mark.parametrize("causal, window, option", CASES, ids=[f"{c}-{w}-{o}" for c, w, o in CASES])
 def test_variant_matches_reference(rng, causal, window, option, backend):
     """Every mask with every window, each score option alone and together, over lengths with
@@ -131,16 +131,24 @@ def test_variant_against_sdpa_error(rng):
 
 
 def test_top_left_equal_lengths_and_plain_windows_take_the_plain_kernel(rng):
-    """Options that mean the plain mask compile no variant: top-left causal at Sq = Sk, and
-    window (-1, 0) (bottom-right causal); their results match the reference."""
+    """Options that mean the plain mask compile no variant: top-left causal at Sq = Sk, and at
+    Sq < Sk (over the first Sq keys, both layouts), and window (-1, 0) (bottom-right causal);
+    their results and LSE match the reference."""
+    import cupy
+
     import flashcore_cupy as fc
     from flashcore_cupy import api
 
-    q, k, v = make_inputs(rng, "fp16", 64, "bhsd", (1, 2, 2), (300, 300))
-    for kwargs in (dict(causal="top_left"), dict(window=(-1, 0)), dict(causal=True, window=(-1, 7))):
-        out = fc.attention(q, k, v, **kwargs)
-        assert_close(out, reference.attention(q, k, v, **kwargs), "fp16", str(kwargs))
-        assert api.plan(q, k, v, **kwargs).launch.config.name_expression.count("Variant") == 0
+    for lengths, layout in (((300, 300), "bhsd"), ((300, 1000), "bhsd"), ((77, 5000), "bshd"), ((1, 64), "bhsd")):
+        q, k, v = make_inputs(rng, "fp16", 64, layout, (2, 4, 2), lengths)
+        for kwargs in (dict(causal="top_left"), dict(window=(-1, 0)), dict(causal=True, window=(-1, 7))):
+            what = f"{kwargs} lengths {lengths} {layout}"
+            out = cupy.full(q.shape, np.nan, dtype=q.dtype)
+            _, lse = fc.attention(q, k, v, layout=layout, out=out, return_lse=True, **kwargs)
+            ref, ref_lse = reference.attention(q, k, v, layout=layout, return_lse=True, **kwargs)
+            assert_close(out, ref, "fp16", what)
+            np.testing.assert_allclose(lse.get(), ref_lse, rtol=1e-3, atol=2e-3, err_msg=what)
+            assert api.plan(q, k, v, layout=layout, **kwargs).launch.config.name_expression.count("Variant") == 0, what
 
 
 def test_a_bias_of_minus_inf_hides_keys_and_whole_rows(rng):
@@ -172,25 +180,30 @@ def test_variant_calls_follow_new_slopes_and_bias_each_call(rng):
         assert_close(out, reference.attention(q, k, v, window=(32, 32), **opts), "bf16")
 
 
-def test_forced_hopper_backend_names_why_a_variant_cannot_run(rng):
+def test_dispatch_runs_variants_on_the_hopper_kernel(rng):
+    """On sm_90a auto takes the Hopper kernel's variant for D64/D128 (and backend='sm90' its
+    large tiles); D256 stays on the portable kernel."""
     import flashcore_cupy as fc
     from flashcore_cupy import api
 
     if api.device_info(0).arch != configs.SM90_ARCH:
         pytest.skip("needs sm_90a")
-    q, k, v = make_inputs(rng, "fp16", 64, "bhsd", (1, 2, 2), (100, 100))
-    with pytest.raises(ValueError, match="portable kernel only"):
-        fc.attention(q, k, v, softcap=5.0, backend="sm90")
-
+    for d, backend, hopper in ((64, "auto", True), (128, "sm90", True), (256, "auto", False)):
+        q, k, v = make_inputs(rng, "fp16", d, "bhsd", (1, 2, 2), (300, 500))
+        opts = dict(causal=True, window=(50, 0), softcap=5.0)
+        plan = fc.plan(q, k, v, backend=backend, **opts)
+        assert isinstance(plan.config, configs.Sm90FwdConfig) == hopper, (d, backend, str(plan.config))
+        assert not plan.config.variant.plain
+        assert_close(plan.run(q, k, v), reference.attention(q, k, v, **opts), "fp16", f"D{d} {backend}")
 
 
 @pytest.mark.parametrize("grid", configs.SM90_GRIDS)
 @pytest.mark.parametrize("d", (64, 128))
 def test_hopper_variant_kernels_match_reference(rng, grid, d):
     """The Hopper kernel's variants, each tile kind forced through a plan with its config
-    (dispatch keeps variants on the portable kernel until these pass on a GPU): windows on
-    both sides, top-left causal, every score option, ragged lengths with Sq < Sk and Sq > Sk,
-    GQA; outputs (poisoned), LSE and the same bits twice."""
+    (dispatch takes one per problem size): windows on both sides, top-left causal, every score
+    option, ragged lengths with Sq < Sk and Sq > Sk, GQA; outputs (poisoned), LSE and the same
+    bits twice."""
     import cupy
 
     import flashcore_cupy as fc

@@ -5,7 +5,7 @@ SDPA through the benchmark's mask (cuDNN, memory-efficient). TFLOP/s count visib
 (Shape.flops). A quick look without the benchmark's checks and input rotation: `flashcore-cupy
 bench --shape NAME` measures these rows properly.
 
-  PYTHONPATH=$PWD python3 scripts/dev/variant_probe.py [--shapes NAME,...] [--dtype fp16] [--hopper]
+  PYTHONPATH=$PWD python3 scripts/dev/variant_probe.py [--shapes NAME,...] [--dtype fp16]
 """
 
 import argparse
@@ -23,14 +23,7 @@ def main() -> int:
     ap.add_argument("--shapes", default="")
     ap.add_argument("--dtype", default="fp16,bf16")
     ap.add_argument("--samples", type=int, default=10)
-    ap.add_argument("--hopper", action="store_true",
-                    help="let dispatch choose the Hopper kernel's variants (off in the product until "
-                         "their GPU tests pass)")
     args = ap.parse_args()
-    if args.hopper:
-        import functools
-
-        api.sm90_blocker = functools.partial(api.sm90_blocker, variants=True)
     import cupy
 
     torch = bench._torch()
