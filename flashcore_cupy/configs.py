@@ -191,9 +191,13 @@ class Sm90FwdConfig:
     @property
     def smem_bytes(self) -> int:
         # Mirrors Sm90Tile: 1024 bytes of alignment slack, Q (64 rows at least), the K and V
-        # rings, barriers.
+        # rings, barriers; a bias variant's per-warp bias tiles (BiasStage) at the next 128 bytes.
         tiles = 2 * self.head_dim * (max(self.block_m, 64) + 2 * self.stages * self.block_n)
-        return 1024 + tiles + 8 * (2 + 4 * self.stages)
+        end = tiles + 8 * (2 + 4 * self.stages)
+        if self.variant.bias != "none":
+            elem = 4 if self.variant.bias == "fp32" else 2
+            end = -(-end // 128) * 128 + 4 * self.consumers * self.warp_rows * (self.block_n + 8) * elem
+        return 1024 + end
 
     def work_tiles(self, batch: int, heads_q: int, seqlen_q: int) -> int:
         return -(-seqlen_q // self.block_m) * heads_q * batch
@@ -449,8 +453,8 @@ def variant_config(config: Sm80FwdConfig | Sm90FwdConfig, variant: KernelVariant
     scores = variant.softcap or variant.alibi or variant.bias != "none"
     if isinstance(config, Sm90FwdConfig):
         # Score options spilled with 192-key tiles and with three consumers (160 registers
-        # each): they take at most 128 keys and two consumers. A float32 bias tile fetched
-        # ahead (two registers per score) spilled at D128 with 16-row warps: 64 keys there.
+        # each): they take at most 128 keys and two consumers. A float32 bias's staged tiles
+        # (BiasStage, one per warp) of 128 keys do not fit beside D128's ring: 64 keys there.
         if scores:
             config = dataclasses.replace(config, block_n=min(config.block_n, 128),
                                          consumers=config.consumers if config.split else min(config.consumers, 2))

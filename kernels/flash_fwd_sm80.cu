@@ -271,7 +271,7 @@ flash_fwd(const FwdParams p) {
             softmax_update<M_TILES, Tile::kNTiles>(s, m, l, alpha, p.scale_log2);
         } else {
             const bool needs_mask = tile_partial(mod, BLOCK_N, key0, row0, Tile::kBlockM);
-            variant_scores<V, T, M_TILES, Tile::kNTiles>(s, mod, bias, needs_mask, row0 + warp_row, key0, lane);
+            variant_scores<V, M_TILES, Tile::kNTiles, 2>(s, mod, bias, needs_mask, row0 + warp_row, key0, lane);
             softmax_update<M_TILES, Tile::kNTiles>(s, m, l, alpha, mod.units);
         }
         rescale_rows<M_TILES, Tile::kDTiles>(o_acc, alpha);

@@ -85,10 +85,13 @@ struct Sm90Tile {
     static constexpr int kKAhead = SPLIT ? CONSUMERS - 1 : 0;
     static constexpr u32 kQBytes = kBlockM * HEAD_DIM * 2;          // what Q's boxes bring
     static constexpr u32 kKVBytes = BLOCK_N * HEAD_DIM * 2;         // one K or V tile
-    // Shared layout (offsets from a 1024-byte aligned base): Q, K ring, V ring, barriers.
+    // Shared layout (offsets from a 1024-byte aligned base): Q, K ring, V ring, barriers,
+    // and a bias variant's bias tiles.
     static constexpr u32 kOffK = kQRows * HEAD_DIM * 2;
     static constexpr u32 kOffV = kOffK + STAGES * kKVBytes;
     static constexpr u32 kOffBars = kOffV + STAGES * kKVBytes;
+    // A bias variant's per-warp bias tiles (BiasStage), after the barriers.
+    static constexpr u32 kOffBias = (kOffBars + 8 * (2 + 4 * STAGES) + 127) / 128 * 128;
     // Register split of setmaxnreg. The CTA holds what the launch bound gives every thread
     // (ptxas compiles to it: 64K / threads in multiples of 8); setmaxnreg only moves
     // registers inside that allocation, so the consumers share what the producer's drop to
@@ -167,6 +170,9 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
     auto k_tile = [&](Ring<STAGES> r) { return desc_advance(k_desc0, r.slot() * Tile::kKVBytes); };
     auto v_tile = [&](Ring<STAGES> r) { return desc_advance(v_desc0, r.slot() * Tile::kKVBytes); };
     auto release = [&](u32 barrier) { if (lane == 0) mbar_arrive(barrier); };
+    using Stage = BiasStage<T, V::kBias == 2 ? 2 : 1, WARP_ROWS, BLOCK_N>;   // used with a bias only
+    const Stage stage{reinterpret_cast<const char*>(smem) + (sbase - smem_addr(smem)) + Tile::kOffBias +
+                      (consumer * 4 + warp) * Stage::kBytes};
     // Ping-pong: consumers take turns issuing their GEMMs (hardware barrier 1 + c
     // is consumer c's turn), so one's softmax runs while another's GEMMs do.
     // Per work tile every consumer takes n_blocks + 1 turns, the last consumer
@@ -218,11 +224,10 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
         // A variant's scores leave variant_scores in the units softmax takes as its scale.
         ScoreMod mod{};
         if constexpr (!V::kPlain) mod = score_mod<V>(p, w.batch, w.head);
-        // A bias tile's loads go out right after its S GEMM is issued and land under it.
-        BiasFrag<T, V::kBias, 1, BLOCK_N / 8, H> bias;
-        auto fetch_bias = [&](int j) {
-            if constexpr (V::kBias != 0) bias.fetch(mod, w_row0, (w.first + j) * BLOCK_N, lane);
-        };
+        // The bias: each warp's tile staged in shared memory a step ahead (BiasStage: the
+        // first one now, the next after each score step).
+        if constexpr (V::kBias != 0)
+            if (my_blocks > 0) stage.load(mod, w_row0, (w.first + tile(0)) * BLOCK_N, lane);
         const float softmax_scale = V::kPlain ? p.scale_log2 : mod.units;
         auto softmax_tile = [&](int j, bool first = false) {
             const int key0 = (w.first + j) * BLOCK_N;
@@ -235,7 +240,13 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
                     scale_and_mask<1, BLOCK_N / 8, false, H>(s, p.scale_log2, 0, 0, 0, 0, false, lane);
             } else {
                 const bool needs_mask = tile_partial(mod, BLOCK_N, key0, c_row0, 4 * WARP_ROWS);
-                variant_scores<V, T, 1, BLOCK_N / 8, H>(s, mod, bias, needs_mask, w_row0, key0, lane);
+                if constexpr (V::kBias != 0) stage.wait();
+                variant_scores<V, 1, BLOCK_N / 8, H>(s, mod, stage, needs_mask, w_row0, key0, lane);
+                if constexpr (V::kBias != 0) {
+                    __syncwarp();   // every lane has read the tile: the next may overwrite it
+                    const int next = j + (SPLIT ? CONSUMERS : 1);
+                    if (next < c_blocks) stage.load(mod, w_row0, (w.first + next) * BLOCK_N, lane);
+                }
             }
             if (first) seed_max<BLOCK_N / 8, H>(s, m, softmax_scale);
 #ifdef FLASHCORE_ABLATE_NO_SOFTMAX
@@ -261,7 +272,6 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
             await_turn();
             qk_wgmma<T, Tile, HEAD_DIM, BLOCK_N>(s[0], q_desc, k_tile(r));
             pass_turn(false);
-            fetch_bias(tile(0));
             wgmma_wait<0>();
             fence_registers(s[0]); FC_TRACE(6);
             release(bar.k_empty(r.slot()));
@@ -277,7 +287,6 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
             qk_wgmma<T, Tile, HEAD_DIM, BLOCK_N>(s[0], q_desc, k_tile(r));
             pv_wgmma<T, HEAD_DIM, BLOCK_N>(o[0], a, v_tile(prev));
             pass_turn(false);
-            fetch_bias(tile(k));
             wgmma_wait<1>();                  // S_k landed (groups retire in order)
             fence_registers(s[0]); FC_TRACE(9);
             release(bar.k_empty(r.slot()));

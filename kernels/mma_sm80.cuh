@@ -69,6 +69,12 @@ __device__ __forceinline__ void cp_async_16(u32 dst, const void* src, int src_by
                  :: "r"(dst), "l"(src), "r"(src_bytes) : "memory");
 }
 
+// 4-byte global->shared copy (through L1); src_bytes < 4 zero-fills the rest.
+__device__ __forceinline__ void cp_async_4(u32 dst, const void* src, int src_bytes) {
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;"
+                 :: "r"(dst), "l"(src), "r"(src_bytes) : "memory");
+}
+
 __device__ __forceinline__ void cp_async_commit() {
     asm volatile("cp.async.commit_group;" ::: "memory");
 }

@@ -48,6 +48,7 @@ struct ScoreMod {
     const void* bias;    // this (batch, head)'s bias, row 0 key 0
     i64 bias_ss;         // its row stride, elements
     bool bias_pairs;     // every row starts at an even element: a key pair is one aligned load
+    bool bias_chunks;    // every row starts 16-byte aligned: a tile goes by cp.async (BiasStage)
 };
 
 // The variant values of (batch, head) from a kernel's params (either kernel's: both declare
@@ -60,12 +61,14 @@ __device__ __forceinline__ ScoreMod score_mod(const P& p, int batch, int head) {
     // kernels, so a window alone costs no multiply per score.
     const float units = V::kSoftcap ? p.cap_log2 : exp2_fold(p.scale_log2);
     ScoreMod m{p.seqlen_q, p.seqlen_k, p.diag, p.win_left, p.win_right, p.scale_log2,
-               p.cap_scale, units, 0.f, LOG2E / units, nullptr, p.bias_ss, false};
+               p.cap_scale, units, 0.f, LOG2E / units, nullptr, p.bias_ss, false, false};
     if constexpr (V::kAlibi) m.slope_units = p.alibi[batch * p.alibi_sb + head * p.alibi_sh] * (LOG2E / units);
     if constexpr (V::kBias != 0) {
         constexpr int kBytes = V::kBias == 2 ? 4 : 2;
         m.bias = static_cast<const char*>(p.bias) + (batch * p.bias_sb + head * p.bias_sh) * kBytes;
-        m.bias_pairs = reinterpret_cast<unsigned long long>(m.bias) % (2 * kBytes) == 0 && p.bias_ss % 2 == 0;
+        const unsigned long long at = reinterpret_cast<unsigned long long>(m.bias);
+        m.bias_pairs = at % (2 * kBytes) == 0 && p.bias_ss % 2 == 0;
+        m.bias_chunks = at % 16 == 0 && p.bias_ss * kBytes % 16 == 0;
     }
     return m;
 }
@@ -179,14 +182,73 @@ struct BiasFrag<T, 0, M_TILES, N_TILES, HALVES> {
     __device__ __forceinline__ void fetch(const ScoreMod&, int, int, int) {}
 };
 
+// A warp's bias tile in shared memory: ROWS query rows x BLOCK_N keys, each row padded by 8
+// elements so that the score step's reads (8 rows x 4 lanes a key pair each) fall in distinct
+// banks. The kernel copies a key tile in right after the previous tile's score step and the
+// next score step reads it, so its loads have a whole step of GEMMs to land: by cp.async in
+// 16-byte chunks where the bias rows start 16-byte aligned (ScoreMod.bias_chunks), else in
+// 4-byte pairs (bias_pairs) or float32 elements; rows past Sq and keys past Sk are zero-filled
+// and nothing is read there. A 16-bit bias whose rows start at odd elements goes element by
+// element through registers (ordinary loads: the warp waits for them there).
+template <class T, int BIAS, int ROWS, int BLOCK_N>
+struct BiasStage {
+    static constexpr int kElem = BIAS == 2 ? 4 : 2;
+    static constexpr int kRowBytes = (BLOCK_N + 8) * kElem;
+    static constexpr u32 kBytes = ROWS * kRowBytes;   // one warp's
+    static_assert(BLOCK_N * kElem % 16 == 0, "a row of the tile is whole 16-byte chunks");
+    const char* stage;    // this warp's tile (shared memory)
+
+    // Rows [row0, row0 + ROWS) x keys [key0, key0 + BLOCK_N) in units of U bytes.
+    template <int U>
+    __device__ __forceinline__ void copy(const ScoreMod& m, int row0, int key0, int lane) const {
+        constexpr int kUnits = BLOCK_N * kElem / U, kPerUnit = U / kElem;
+        const u32 dst = smem_addr(stage);
+        #pragma unroll 4
+        for (int i = lane; i < ROWS * kUnits; i += 32) {
+            const int r = i / kUnits, u = i % kUnits;
+            const int row = row0 + r, key = key0 + u * kPerUnit;
+            const int keys = row < m.seqlen_q ? min(kPerUnit, max(0, m.seqlen_k - key)) : 0;
+            const char* src = static_cast<const char*>(m.bias) + (static_cast<i64>(row) * m.bias_ss + key) * kElem;
+            if constexpr (U == 16) cp_async_16(dst + r * kRowBytes + u * 16, keys > 0 ? src : m.bias, keys * kElem);
+            else if constexpr (U == 4) cp_async_4(dst + r * kRowBytes + u * 4, keys > 0 ? src : m.bias, keys * kElem);
+            else {
+                u16 bits = 0;
+                if (keys > 0) bits = *reinterpret_cast<const u16*>(src);
+                *reinterpret_cast<u16*>(const_cast<char*>(stage) + r * kRowBytes + u * 2) = bits;
+            }
+        }
+    }
+
+    __device__ __forceinline__ void load(const ScoreMod& m, int row0, int key0, int lane) const {
+        if (m.bias_chunks) copy<16>(m, row0, key0, lane);
+        else if constexpr (BIAS == 2) copy<4>(m, row0, key0, lane);
+        else if (m.bias_pairs) copy<4>(m, row0, key0, lane);
+        else copy<2>(m, row0, key0, lane);
+        cp_async_commit();
+    }
+
+    // The loaded tile is there for every lane of the warp (before the reads).
+    __device__ __forceinline__ void wait() const {
+        cp_async_wait<0>();
+        __syncwarp();
+    }
+
+    // The score step's element (mma C layout, rows from the warp's first): see BiasFrag.
+    __device__ __forceinline__ float at(int mt, int half, int nt, int c) const {
+        const int lane = threadIdx.x % 32;
+        const char* pair = stage + (mt * 16 + lane / 4 + 8 * half) * kRowBytes + (nt * 8 + 2 * (lane % 4) + c) * kElem;
+        if constexpr (BIAS == 2) return *reinterpret_cast<const float*>(pair);
+        else return bias_bits<T>(*reinterpret_cast<const u16*>(pair));
+    }
+};
+
 // A non-plain variant's scores, in place, in the units softmax takes as its scale
 // (ScoreMod.units): S of this warp's rows (mma.sync's C layout, see softmax.cuh) from the raw
 // q . k to capped, ALiBi'd and biased scores, and with MASK (the tile is partial:
 // tile_partial) -inf where a key is hidden. bias: this tile's, fetched.
-template <class V, class T, int M_TILES, int N_TILES, int HALVES, bool MASK>
+template <class V, int M_TILES, int N_TILES, int HALVES, bool MASK, class Bias>
 __device__ __forceinline__ void variant_scores(float (&s)[M_TILES][N_TILES][4], const ScoreMod& m,
-                                               const BiasFrag<T, V::kBias, M_TILES, N_TILES, HALVES>& bias,
-                                               int first_row, int first_key, int lane) {
+                                               const Bias& bias, int first_row, int first_key, int lane) {
     if constexpr (!V::kSoftcap) {
         if (!(m.scale_log2 > 0.f)) {   // units 1: the scale goes in here (exp2_fold)
             #pragma unroll
@@ -226,13 +288,13 @@ __device__ __forceinline__ void variant_scores(float (&s)[M_TILES][N_TILES][4], 
         }
 }
 
-// The score step for a tile: masked only where tile_partial says a key is hidden.
-template <class V, class T, int M_TILES, int N_TILES, int HALVES>
+// The score step for a tile: masked only where tile_partial says a key is hidden. bias: a
+// BiasFrag or a BiasStage (anything with at(mt, half, nt, c)).
+template <class V, int M_TILES, int N_TILES, int HALVES, class Bias>
 __device__ __forceinline__ void variant_scores(float (&s)[M_TILES][N_TILES][4], const ScoreMod& m,
-                                               const BiasFrag<T, V::kBias, M_TILES, N_TILES, HALVES>& bias,
-                                               bool mask, int first_row, int first_key, int lane) {
-    if (mask) variant_scores<V, T, M_TILES, N_TILES, HALVES, true>(s, m, bias, first_row, first_key, lane);
-    else variant_scores<V, T, M_TILES, N_TILES, HALVES, false>(s, m, bias, first_row, first_key, lane);
+                                               const Bias& bias, bool mask, int first_row, int first_key, int lane) {
+    if (mask) variant_scores<V, M_TILES, N_TILES, HALVES, true>(s, m, bias, first_row, first_key, lane);
+    else variant_scores<V, M_TILES, N_TILES, HALVES, false>(s, m, bias, first_row, first_key, lane);
 }
 
 }  // namespace fc
