@@ -188,8 +188,11 @@ class Sm90FwdLaunch(_Launch):
         m_blocks = 1 if pack > 1 else -(-p.seqlen_q // config.block_m)
         # The plain kernel's causal flag; a variant's mask is its window (variant.cuh).
         causal = p.causal and pack == 1 and config.variant.plain
-        # Tiles of unequal work (causal, or a window bounded on the right) go longest first.
-        uneven = causal or (not config.variant.plain and p.variant.mask(p.seqlen_q, p.seqlen_k)[2] >= 0)
+        # Tiles of unequal work (causal, or a window bounded on the right only) go longest
+        # first, a CTA each; a window bounded on both sides gives every tile about the same
+        # key tiles, so those run persistent (the next tile's Q loads under this one's end).
+        _, left, right = p.variant.mask(p.seqlen_q, p.seqlen_k)
+        uneven = causal or (not config.variant.plain and right >= 0 and left < 0)
         kv_bytes_per_head = 2 * p.seqlen_k * p.head_dim * 2 // group   # K and V, 16-bit
         plan = config.schedule(p.batch, heads, p.seqlen_q, num_sms, uneven, kv_bytes_per_head)
         scalars = dict(o_sb=o_strides[0], o_sh=o_strides[1], o_ss=o_strides[2], seqlen_q=p.seqlen_q,
