@@ -5,16 +5,17 @@ SDPA through the benchmark's mask (cuDNN, memory-efficient). TFLOP/s count visib
 (Shape.flops). A quick look without the benchmark's checks and input rotation: `flashcore-cupy
 bench --shape NAME` measures these rows properly.
 
-  PYTHONPATH=$PWD python3 scripts/dev/variant_probe.py [--shapes NAME,...] [--dtype fp16]
+  PYTHONPATH=$PWD python3 scripts/dev/variant_probe.py [--shapes NAME,...] [--dtype fp16] [--block-n 128,64]
 """
 
 import argparse
 import contextlib
+import dataclasses
 import sys
 
 import numpy as np
 
-from flashcore_cupy import api, bench, timing, workload
+from flashcore_cupy import api, bench, configs, timing, workload
 from flashcore_cupy.shapes import bench_shapes
 
 
@@ -23,6 +24,8 @@ def main() -> int:
     ap.add_argument("--shapes", default="")
     ap.add_argument("--dtype", default="fp16,bf16")
     ap.add_argument("--samples", type=int, default=10)
+    ap.add_argument("--block-n", default="",
+                    help="also time the Hopper kernel dispatch chose with these key tiles (e.g. 128,64)")
     args = ap.parse_args()
     import cupy
 
@@ -46,6 +49,11 @@ def main() -> int:
                 "flashcore_plain": lambda i: api.attention(q, k, v, **plain),
                 "flashcore_plain_sm80": lambda i: api.attention(q, k, v, backend="sm80", **plain),
             }
+            chosen = api.plan(q, k, v, **opts).config
+            for block_n in (int(n) for n in filter(None, args.block_n.split(","))):
+                if isinstance(chosen, configs.Sm90FwdConfig) and block_n != chosen.block_n:
+                    tile = api.plan(q, k, v, config=dataclasses.replace(chosen, block_n=block_n), **opts)
+                    fns[f"flashcore_n{block_n}"] = (lambda t: lambda i: t.run(q, k, v, **arrays))(tile)
             ctx = {name: contextlib.nullcontext for name in fns}
             given = None if torch is None else bench.sdpa_mask(
                 shape, arrays, torch, torch.float16 if dt == "fp16" else torch.bfloat16)
@@ -68,11 +76,12 @@ def main() -> int:
                     ctx[name] = (lambda be: lambda: sdpa_kernel(be))(backend)
             for fn in fns.values():
                 fn(0)
-            ours_out, sm80_out = fns["flashcore"](0), fns["flashcore_sm80"](0)
-            diff = float(cupy.linalg.norm((ours_out - sm80_out).astype(cupy.float32)) /
-                         cupy.linalg.norm(sm80_out.astype(cupy.float32)))
-            print(f"{shape.name} {dt}: kernel {api.plan(q, k, v, **opts).config}; "
-                  f"rel diff to the portable kernel {diff:.2e}")
+            sm80_out = fns["flashcore_sm80"](0)
+            for name in [n for n in fns if n == "flashcore" or n.startswith("flashcore_n")]:
+                diff = float(cupy.linalg.norm((fns[name](0) - sm80_out).astype(cupy.float32)) /
+                             cupy.linalg.norm(sm80_out.astype(cupy.float32)))
+                print(f"{shape.name} {dt} {name}: rel diff to the portable kernel {diff:.2e}")
+            print(f"{shape.name} {dt}: dispatch chose {chosen}")
             cupy.cuda.Device().synchronize()
             result = timing.time_side_by_side({n: (fns[n], ctx[n]) for n in fns}, args.samples, calls=5,
                                               warmup_s=0.05, rounds=5)
