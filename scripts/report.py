@@ -111,8 +111,8 @@ def table(data, mode: str, shapes) -> list[str]:
 
 
 # Issue 22's bars for a variant row: flashcore's TFLOP/s over flashcore_plain's, and the fastest
-# SDPA peer's time over flashcore's.
-def _bars(s) -> tuple[float, float | None]:
+# SDPA peer's time over flashcore's (None: the issue sets none; top-left's plain row is another mask).
+def _bars(s) -> tuple[float | None, float | None]:
     if s.window is not None:
         return 0.85, 5.0
     if s.bias:
@@ -121,7 +121,7 @@ def _bars(s) -> tuple[float, float | None]:
         return 0.85, 2.5
     if s.softcap:
         return 0.85, None
-    return 0.85, 1.0   # top-left causal
+    return None, 1.0   # top-left causal
 
 
 def variant_table(data, mode: str, shapes) -> list[str]:
@@ -141,7 +141,8 @@ def variant_table(data, mode: str, shapes) -> list[str]:
                      if (r := rows.get((s.name, dtype, p, mode)))]
             best = min(peers, key=lambda r: r["us_p50"]) if peers else None
             plain_cell = "—" if pl is None else f"{pl['us_p50']:.1f} ({pl['tflops']:.0f})"
-            ratio = "—" if pl is None else f"{fc['tflops'] / pl['tflops']:.2f}× ({plain_bar}×)"
+            bar = "no bar" if plain_bar is None else f"{plain_bar}×"
+            ratio = "—" if pl is None else f"{fc['tflops'] / pl['tflops']:.2f}× ({bar})"
             peer_cell = "—" if best is None else f"{best['us_p50']:.1f} ({NAMES[best['impl']]})"
             peer_ratio = "—" if best is None else f"{best['us_p50'] / fc['us_p50']:.2f}× ({peer_bar}×)"
             out.append(f"| {s.name} | {dtype} | {fc['us_p50']:.1f} ({fc['tflops']:.0f}) | {plain_cell} | "
