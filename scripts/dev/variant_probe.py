@@ -5,7 +5,7 @@ SDPA through the benchmark's mask (cuDNN, memory-efficient). TFLOP/s count visib
 (Shape.flops). A quick look without the benchmark's checks and input rotation: `flashcore-cupy
 bench --shape NAME` measures these rows properly.
 
-  PYTHONPATH=$PWD python3 scripts/dev/variant_probe.py [--shapes NAME,...] [--dtype fp16] [--block-n 128,64]
+  PYTHONPATH=$PWD python3 scripts/dev/variant_probe.py [--shapes NAME,...] [--dtype fp16] [--tile 128 --tile 128,3]
 """
 
 import argparse
@@ -24,8 +24,9 @@ def main() -> int:
     ap.add_argument("--shapes", default="")
     ap.add_argument("--dtype", default="fp16,bf16")
     ap.add_argument("--samples", type=int, default=10)
-    ap.add_argument("--block-n", default="",
-                    help="also time the Hopper kernel dispatch chose with these key tiles (e.g. 128,64)")
+    ap.add_argument("--tile", action="append", default=[],
+                    help="also time the Hopper kernel dispatch chose with BLOCK_N[,STAGES] instead "
+                         "(repeatable: --tile 128 --tile 128,3)")
     args = ap.parse_args()
     import cupy
 
@@ -50,10 +51,12 @@ def main() -> int:
                 "flashcore_plain_sm80": lambda i: api.attention(q, k, v, backend="sm80", **plain),
             }
             chosen = api.plan(q, k, v, **opts).config
-            for block_n in (int(n) for n in filter(None, args.block_n.split(","))):
-                if isinstance(chosen, configs.Sm90FwdConfig) and block_n != chosen.block_n:
-                    tile = api.plan(q, k, v, config=dataclasses.replace(chosen, block_n=block_n), **opts)
-                    fns[f"flashcore_n{block_n}"] = (lambda t: lambda i: t.run(q, k, v, **arrays))(tile)
+            for text in args.tile:
+                block_n, stages = (int(x) for x in (text + f",{chosen.stages}").split(",")[:2])
+                if isinstance(chosen, configs.Sm90FwdConfig) and (block_n, stages) != (chosen.block_n, chosen.stages):
+                    cfg = dataclasses.replace(chosen, block_n=block_n, stages=stages)
+                    tile = api.plan(q, k, v, config=cfg, **opts)
+                    fns[f"flashcore_n{block_n}s{stages}"] = (lambda t: lambda i: t.run(q, k, v, **arrays))(tile)
             ctx = {name: contextlib.nullcontext for name in fns}
             given = None if torch is None else bench.sdpa_mask(
                 shape, arrays, torch, torch.float16 if dt == "fp16" else torch.bfloat16)
