@@ -304,7 +304,7 @@ def attention(q: Any, k: Any, v: Any, *, causal: bool | str = False, scale: floa
         flash_attn's); "top_left" (j <= i, SDPA's is_causal);
       window=(left, right): key j visible iff i + off - left <= j <= i + off + right, -1
         unbounded on that side (flash_attn's window_size); a causal mask sets right = 0.
-    Rows that see no key give 0 (and LSE -inf). Variants run on the portable kernel.
+    Rows that see no key give 0 (and LSE -inf). Variants run on both kernels.
     Runs on CuPy's current stream, on the arrays' device. Returns the output in
     q's dtype and layout, and with return_lse=True also the float32 log-sum-exp
     of shape (B, Hq, Sq).
