@@ -110,6 +110,60 @@ class Sm80FwdConfig:
         return text if self.variant.plain else f"{text} {self.variant}"
 
 
+@dataclass(frozen=True)
+class Sm80BwdConfig:
+    """One instantiation of `fc::flash_bwd` in kernels/flash_bwd_sm80.cu: a CTA per block_n keys
+    of one (batch, query head), over query tiles of block_m = 16 * warps rows; each warp keeps
+    dK and dV of 16 keys x head_dim / d_split columns."""
+
+    dtype: str        # "fp16" | "bf16"
+    head_dim: int     # template HEAD_DIM (the runtime head dim rounded up)
+    warps: int        # 2, 4 or 8
+    d_split: int      # 1, 2 or 4: parts of the head dim (block_n = block_m / d_split)
+    variant: KernelVariant = PLAIN
+
+    kernel_file = "flash_bwd_sm80.cu"
+
+    @property
+    def name_expression(self) -> str:
+        extra = "" if self.variant.plain else f", {self.variant.expression}"
+        return f"fc::flash_bwd<fc::{self.dtype}, {self.head_dim}, {self.warps}, {self.d_split}{extra}>"
+
+    @property
+    def threads(self) -> int:
+        return 32 * self.warps
+
+    @property
+    def block_m(self) -> int:
+        return 16 * self.warps
+
+    @property
+    def block_n(self) -> int:
+        return self.block_m // self.d_split
+
+    @property
+    def smem_bytes(self) -> int:
+        # Mirrors BwdTile: K, V (block_n rows), Q_i, dO_i (block_m rows), rows padded by 8
+        # elements; P and dS (block_m rows of block_n + 8); the query tile's LSE and delta.
+        row = self.head_dim + 8
+        return 2 * (2 * self.block_n * row + 2 * self.block_m * row + 2 * self.block_m * (self.block_n + 8)) \
+            + 8 * self.block_m
+
+    def grid(self, batch: int, heads_q: int, seqlen_k: int) -> tuple[int, int, int]:
+        return (-(-seqlen_k // self.block_n), heads_q, batch)
+
+    def __str__(self) -> str:
+        text = f"bwd {self.dtype} D{self.head_dim} {self.block_m}x{self.block_n} w{self.warps}"
+        return text if self.variant.plain else f"{text} {self.variant}"
+
+
+def bwd_config(dtype: str, head_dim: int, variant: KernelVariant = PLAIN) -> Sm80BwdConfig:
+    """The portable backward's tile for a head dim bucket: four warps, 64 query rows; past D64
+    the head dim split in two (32 keys a CTA), so that each warp's dK and dV (16 keys x
+    head_dim / d_split) fit its registers; past D192 two warps (the tiles fit sm_86's 99 KB)."""
+    return Sm80BwdConfig(dtype, head_dim, 4 if head_dim <= 192 else 2, 1 if head_dim <= 64 else 2, variant)
+
+
 class WorkTile(NamedTuple):
     """One work item of the Hopper kernel, as its work_tile gives it (Sm90FwdConfig.work_tile)."""
     row0: int

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import loader, params, tma
-from .configs import SM90_ARCH, SM90_HEAD_DIMS, Sm80FwdConfig, Sm90FwdConfig, WorkTile, sm90_config
+from .configs import SM90_ARCH, SM90_HEAD_DIMS, Sm80BwdConfig, Sm80FwdConfig, Sm90FwdConfig, WorkTile, sm90_config
 from .validation import Problem
 
 try:
@@ -141,6 +141,44 @@ class Sm80VariantLaunch(Sm80FwdLaunch):
                                     out.data.ptr, 0 if lse is None else lse.data.ptr)
             _pack_arrays(self._block.data, _FWD_ARRAYS, ptrs)
             _cu_launch(*self._dims, stream, self._block.argv, 0)
+
+
+@dataclass(frozen=True, eq=False)
+class Sm80BwdLaunch:
+    """A launch of the portable backward (kernels/flash_bwd_sm80.cu) for one call signature:
+    its scalars packed with the call's addresses into params.BWD_SM80 per call."""
+    config: Sm80BwdConfig
+    function: int            # CUfunction, compiled for `device`
+    device: int
+    grid: tuple[int, int, int]
+    scalars: dict            # every field but the pointers, by name
+
+    POINTERS = ("q", "k", "v", "dout", "lse", "delta", "dq_accum", "dk", "dv", "dk_accum", "dv_accum",
+                "alibi", "bias")
+
+    @classmethod
+    def build(cls, problem: Problem, config: Sm80BwdConfig, arch: str,
+              strides: dict[str, tuple[int, int, int]]) -> "Sm80BwdLaunch":
+        """strides: the (batch, head, seq) element strides of do, dq (the float32 accumulator),
+        dk and dv."""
+        p = problem
+        given = dict(q=p.q_strides, k=p.k_strides, v=p.v_strides, **strides)
+        scalars = {f"{t}_s{d}": st for t, ts in given.items() for d, st in zip("bhs", ts)}
+        scalars.update(seqlen_q=p.seqlen_q, seqlen_k=p.seqlen_k, head_dim=p.head_dim, heads=p.heads_q,
+                       heads_kv=p.heads_kv, heads_per_kv=p.heads_q // p.heads_kv,
+                       scale_log2=p.scale * math.log2(math.e), scale=p.scale, causal=int(p.causal),
+                       **variant_scalars(p))
+        return cls(config, loader.get_function(config, p.device, arch), p.device,
+                   config.grid(p.batch, p.heads_q, p.seqlen_k), scalars)
+
+    def start(self, pointers: dict[str, int], stream: int) -> None:
+        """cuLaunchKernel on `stream` (a handle) with the arrays' addresses by field name (absent:
+        0). The driver copies the parameter block at launch."""
+        block = ParamBlock(params.BWD_SM80.size)
+        values = {**dict.fromkeys(self.POINTERS, 0), **pointers, **self.scalars}
+        params.BWD_SM80.struct.pack_into(block.data, 0, *params.BWD_SM80.values(values))
+        _cu_launch(self.function, *self.grid, self.config.threads, 1, 1, self.config.smem_bytes, stream,
+                   block.argv, 0)
 
 
 def variant_scalars(p: Problem) -> dict:

@@ -145,7 +145,27 @@ FWD_SM90 = Schema("Sm90Params", [
     *_variant_fields(),
 ], "The Hopper forward kernel's one argument (flash_fwd_sm90), __grid_constant__.")
 
-HEADERS = {"params_sm80.cuh": (FWD_SM80,), "params_sm90.cuh": (FWD_SM90,)}
+# The portable backward kernel (kernels/flash_bwd_sm80.cu).
+BWD_SM80 = Schema("BwdParams", [
+    Field("q", "const u16*"), Field("k", "const u16*"), Field("v", "const u16*"),
+    Field("dout", "const u16*"),
+    Field("lse", "const float*", "the forward's, (batch, head, seq) contiguous"),
+    Field("delta", "const float*", "rowsum(dout * out), float32, as lse"),
+    Field("dq_accum", "float*", "float32 dQ / scale, added into (zeroed by the host)"),
+    Field("dk", "u16*"), Field("dv", "u16*"),
+    Field("dk_accum", "float*", "GQA: float32 (batch, kv head, seq, head_dim) sums; else null"),
+    Field("dv_accum", "float*"),
+    *_strides("q", "(batch, head, seq) strides, elements"), *_strides("k", ""), *_strides("v", ""),
+    *_strides("do", ""), *_strides("dq", ""), *_strides("dk", ""), *_strides("dv", ""),
+    Field("seqlen_q", "int"), Field("seqlen_k", "int"), Field("head_dim", "int"),
+    Field("heads", "int", "query heads"), Field("heads_kv", "int"), Field("heads_per_kv", "int"),
+    Field("scale_log2", "float", "scale * log2(e)"), Field("scale", "float"),
+    Field("causal", "int"),
+    *_variant_fields(),
+], "The portable backward kernel's one argument (flash_bwd).")
+
+HEADERS = {"params_sm80.cuh": (FWD_SM80,), "params_sm90.cuh": (FWD_SM90,),
+           "params_sm80_bwd.cuh": (BWD_SM80,)}
 
 
 def render(file_name: str) -> str:

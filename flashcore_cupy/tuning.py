@@ -247,6 +247,13 @@ _BOUNDING_VARIANTS = (configs.KernelVariant(window=True),
                       configs.KernelVariant(window=True, softcap=True, alibi=True, bias="fp32"))
 
 
+def backward_configs(arch: str) -> list[configs.Sm80BwdConfig]:
+    """The portable backward's instantiations (every head dim bucket and dtype), plain and for
+    the bounding variants."""
+    return [configs.bwd_config(dt, hd, v) for dt in configs.DTYPES for hd in configs.HEAD_DIM_BUCKETS
+            for v in (configs.PLAIN, *_BOUNDING_VARIANTS)]
+
+
 def variant_configs(arch: str) -> list[Config]:
     """The variant instantiations of every config dispatch can choose on `arch` (the Hopper
     ones included), for the bounding variants."""

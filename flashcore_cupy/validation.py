@@ -290,15 +290,36 @@ def check_problem(q: TensorSpec, k: TensorSpec, v: TensorSpec, *, causal: bool |
         v_strides=layout_strides(v, layout), variant=variant)
 
 
-def check_out(out: TensorSpec, problem: Problem) -> None:
+def check_out(out: TensorSpec, problem: Problem, shape: tuple[int, ...] | None = None,
+              like: str = "q") -> None:
+    """An array the call writes or reads beside q (out, and the backward's dout, out and
+    gradients): on q's device, in q's dtype, of q's shape (or `shape`, `like`'s), the layout's
+    stride rules."""
     expected_dtype = next(d for d, n in DTYPE_NAMES.items() if n == problem.dtype)
+    shape = problem.out_shape if shape is None else shape
     if out.device is None:
-        raise ValueError("out is in host memory; expected a CUDA array on q's device")
+        raise ValueError(f"{out.name} is in host memory; expected a CUDA array on q's device")
     if out.device != problem.device:
-        raise ValueError(f"out is on device {out.device}, q on device {problem.device}")
+        raise ValueError(f"{out.name} is on device {out.device}, q on device {problem.device}")
     if out.dtype != expected_dtype:
-        raise TypeError(f"out has dtype {out.dtype}; expected {expected_dtype} (q's dtype)")
-    if tuple(out.shape) != problem.out_shape:
-        raise ValueError(f"out has shape {tuple(out.shape)}; expected {problem.out_shape} "
-                         f"(q's shape, layout {problem.layout!r})")
+        raise TypeError(f"{out.name} has dtype {out.dtype}; expected {expected_dtype} (q's dtype)")
+    if tuple(out.shape) != tuple(shape):
+        raise ValueError(f"{out.name} has shape {tuple(out.shape)}; expected {tuple(shape)} "
+                         f"({like}'s shape, layout {problem.layout!r})")
     _check_tensor(out, problem.layout)
+
+
+def check_lse(lse: TensorSpec, problem: Problem) -> None:
+    """The forward's LSE handed to the backward: float32 (B, Hq, Sq), contiguous, on q's device."""
+    expected = (problem.batch, problem.heads_q, problem.seqlen_q)
+    if lse.device is None:
+        raise ValueError("lse is in host memory; expected the CUDA array attention(..., return_lse=True) gave")
+    if lse.device != problem.device:
+        raise ValueError(f"lse is on device {lse.device}, q on device {problem.device}")
+    if lse.dtype != np.float32:
+        raise TypeError(f"lse has dtype {lse.dtype}; expected float32 (attention's LSE)")
+    if tuple(lse.shape) != expected:
+        raise ValueError(f"lse has shape {tuple(lse.shape)}; expected {expected} (batch, q's heads, Sq)")
+    if tuple(lse.strides) != (expected[1] * expected[2], expected[2], 1):
+        raise ValueError(f"lse must be contiguous, got strides {lse.strides} (elements); "
+                         f"use cupy.ascontiguousarray")

@@ -32,6 +32,8 @@ struct Variant {
 };
 struct Plain {
     static constexpr bool kPlain = true;
+    static constexpr bool kSoftcap = false;
+    static constexpr bool kAlibi = false;
     static constexpr int kBias = 0;
 };
 
@@ -82,6 +84,21 @@ __device__ __forceinline__ KeyRange window_keys(const P& m, int row0, int rows) 
     KeyRange r;
     r.begin = m.win_left >= 0 ? max(0, row0 + m.diag - m.win_left) : 0;
     r.end = m.win_right >= 0 ? min(m.seqlen_k, row0 + rows + m.diag + m.win_right) : m.seqlen_k;
+    return r;
+}
+
+// The other way round (the backward's): query rows [begin, end) of which some sees a key of
+// [key0, key0 + keys), under the mask (diag, left, right) (-1 unbounded; a plain kernel's
+// causal flag is right = 0, left = -1); end <= begin: none. Keys past Sk are not seen.
+struct RowRange { int begin, end; };
+
+__device__ __forceinline__ RowRange rows_seeing(int seqlen_q, int seqlen_k, int diag, int left, int right,
+                                                int key0, int keys) {
+    const int key1 = min(key0 + keys, seqlen_k) - 1;   // the last key of the tile that exists
+    RowRange r;
+    r.begin = right >= 0 ? max(0, key0 - diag - right) : 0;
+    r.end = left >= 0 ? min(seqlen_q, key1 - diag + left + 1) : seqlen_q;
+    if (key1 < key0) r.end = r.begin;
     return r;
 }
 

@@ -1,7 +1,7 @@
 """One causal and one non-causal call per kernel family and Hopper tile kind, a decode step
 (one query, three query heads per kv head: the Hopper kernel packs them into one tile), and
 variant calls (a window with every score option, the bias broadcast and ragged) on each
-kernel, small enough for compute-sanitizer; exits 1 on a wrong result."""
+kernel, and two backward calls, small enough for compute-sanitizer; exits 1 on a wrong result."""
 
 import sys
 
@@ -46,4 +46,16 @@ for kernel in ["sm80", "auto"] + hopper:
         err, row = reference.rel_error(out, ref), reference.row_rel_error(out, ref)
         print(f"variant ({kernel}) bias {np.dtype(bias_dtype)} {sq}x{sk}: rel err {err:.2e}, worst row {row:.2e}")
         ok &= workload.within_tolerance("fp16", err, row)
+# The backward (the portable kernel on every GPU): GQA, causal, and a variant with every option.
+for opts in (dict(causal=True), dict(causal="top_left", window=(40, 3), softcap=4.0)):
+    q = cupy.asarray(rng.standard_normal((2, 4, 150, 64)).astype(np.float16))
+    k, v = (cupy.asarray(rng.standard_normal((2, 2, 201, 64)).astype(np.float16)) for _ in range(2))
+    dout = cupy.asarray(rng.standard_normal(q.shape).astype(np.float16))
+    out, lse = fc.attention(q, k, v, return_lse=True, **opts)
+    grads = fc.attention_backward(dout, q, k, v, out, lse, **opts)
+    cupy.cuda.get_current_stream().synchronize()
+    refs = reference.attention_backward(dout, q, k, v, out, lse, **opts)
+    errs = [reference.rel_error(g, r) for g, r in zip(grads, refs)]
+    print(f"backward {opts}: rel err dq {errs[0]:.2e}, dk {errs[1]:.2e}, dv {errs[2]:.2e}")
+    ok &= max(errs) <= 5e-3
 sys.exit(0 if ok else 1)

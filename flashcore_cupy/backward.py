@@ -1,0 +1,116 @@
+"""The backward pass: `attention_backward(dout, q, k, v, out, lse, ...)` -> (dq, dk, dv).
+
+The spec is `flashcore_cupy.reference.attention_backward`. The arrays go through the forward's
+validation (the same Problem, so the same mask and score options) and the checks of dout,
+out, lse and the gradient buffers; then three steps on CuPy's current stream:
+  1. delta = rowsum(dout * out) in float32 (CuPy), a zeroed float32 dQ accumulator, and with
+     GQA zeroed float32 dK / dV accumulators;
+  2. kernels/flash_bwd_sm80.cu: a CTA per key tile of one (batch, query head) over the query
+     tiles that see it (dQ added into its accumulator by atomics);
+  3. dQ scaled and converted into dq (and dK / dV summed over each GQA group converted).
+Every GPU runs the portable kernel for now.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import numpy as np
+
+from . import api
+from .configs import bucket_head_dim, bwd_config
+from .launch import Sm80BwdLaunch
+from .validation import (Problem, check_capability, check_lse, check_options, check_out, check_problem,
+                         layout_strides)
+
+
+def _bhsd_view(x, layout: str):
+    """A (B, H, S, D) view of an array in `layout`."""
+    return x if layout == "bhsd" else x.transpose(0, 2, 1, 3)
+
+
+def attention_backward(dout: Any, q: Any, k: Any, v: Any, out: Any, lse: Any, *,
+                       causal: bool | str = False, scale: float | None = None,
+                       window: tuple[int, int] | None = None, softcap: float = 0.0,
+                       alibi_slopes: Any = None, bias: Any = None,
+                       layout: Literal["bhsd", "bshd"] = "bhsd", deterministic: bool = False,
+                       return_dbias: bool = False, dq: Any = None, dk: Any = None, dv: Any = None):
+    """Gradients of `attention(q, k, v, **options)`: (dq, dk, dv) in the shapes, dtypes and
+    layout of q, k and v (dk and dv summed over each GQA group).
+
+    out and lse are what attention(..., return_lse=True) returned for the same inputs and
+    options; the options mean what they mean there. dq=, dk=, dv=: buffers to write into
+    (q's, k's and v's shapes and dtype; any strides with a contiguous last dim).
+    deterministic=True and return_dbias=True are not built yet: each raises a ValueError.
+    Runs on CuPy's current stream, on the arrays' device.
+    """
+    import cupy
+
+    check_options(causal, scale, layout, False)
+    if deterministic is not False:
+        raise ValueError("deterministic=True is not built yet: the backward adds dQ with float32 atomics, "
+                         "so its last bits can differ between runs")
+    if return_dbias is not False:
+        raise ValueError("return_dbias=True is not built yet")
+    q, k, v = (api._as_device_array(x, n) for x, n in ((q, "q"), (k, "k"), (v, "v")))
+    dout, out, lse = (api._as_device_array(x, n) for x, n in ((dout, "dout"), (out, "out"), (lse, "lse")))
+    if alibi_slopes is not None:
+        alibi_slopes = api._as_device_array(alibi_slopes, "alibi_slopes")
+    if bias is not None:
+        bias = api._as_device_array(bias, "bias")
+    spec = api._spec
+    p = check_problem(spec(q, "q"), spec(k, "k"), spec(v, "v"), causal=causal, scale=scale, layout=layout,
+                      window=window, softcap=softcap,
+                      alibi_slopes=None if alibi_slopes is None else spec(alibi_slopes, "alibi_slopes"),
+                      bias=None if bias is None else spec(bias, "bias"))
+    check_out(spec(dout, "dout"), p)
+    check_out(spec(out, "out"), p)
+    check_lse(spec(lse, "lse"), p)
+    grads = []
+    for name, given, like in (("dq", dq, q), ("dk", dk, k), ("dv", dv, v)):
+        if given is None:
+            given = cupy.empty(like.shape, like.dtype)
+        else:
+            given = api._as_device_array(given, name)
+            check_out(spec(given, name), p, shape=like.shape, like=name[1])
+        grads.append(given)
+    dq, dk, dv = grads
+    dev = api.device_info(p.device)
+    check_capability(dev.capability, p.device)
+    with cupy.cuda.Device(p.device):
+        _run(p, dev.arch, dout, q, k, v, out, lse, dq, dk, dv, alibi_slopes, bias)
+    return dq, dk, dv
+
+
+def _run(p: Problem, arch: str, dout, q, k, v, out, lse, dq, dk, dv, alibi_slopes, bias) -> None:
+    import cupy
+
+    layout = p.layout
+    f32 = cupy.float32
+    delta = cupy.ascontiguousarray(
+        (_bhsd_view(dout, layout).astype(f32) * _bhsd_view(out, layout).astype(f32)).sum(axis=-1))
+    dq_accum = cupy.zeros((p.batch, p.heads_q, p.seqlen_q, p.head_dim), f32)
+    group = p.heads_q // p.heads_kv
+    kv_accum = [cupy.zeros((p.batch, p.heads_kv, p.seqlen_k, p.head_dim), f32) for _ in range(2)] \
+        if group > 1 else [None, None]
+    config = bwd_config(p.dtype, bucket_head_dim(p.head_dim), p.kernel_variant)
+    strides = {"do": layout_strides(api._spec(dout, "dout"), layout),
+               "dq": (p.heads_q * p.seqlen_q * p.head_dim, p.seqlen_q * p.head_dim, p.head_dim),
+               "dk": layout_strides(api._spec(dk, "dk"), layout), "dv": layout_strides(api._spec(dv, "dv"), layout)}
+    launch = Sm80BwdLaunch.build(p, config, arch, strides)
+    pointers = dict(q=q.data.ptr, k=k.data.ptr, v=v.data.ptr, dout=dout.data.ptr, lse=lse.data.ptr,
+                    delta=delta.data.ptr, dq_accum=dq_accum.data.ptr, dk=dk.data.ptr, dv=dv.data.ptr,
+                    dk_accum=0 if kv_accum[0] is None else kv_accum[0].data.ptr,
+                    dv_accum=0 if kv_accum[1] is None else kv_accum[1].data.ptr,
+                    alibi=0 if alibi_slopes is None else alibi_slopes.data.ptr,
+                    bias=0 if bias is None else bias.data.ptr)
+    launch.start(pointers, cupy.cuda.get_current_stream().ptr)
+    _bhsd_view(dq, layout)[...] = (dq_accum * np.float32(p.scale)).astype(dq.dtype)
+    for grad, accum in zip((dk, dv), kv_accum):
+        view = _bhsd_view(grad, layout)
+        if accum is not None:
+            view[:, :, :p.seqlen_k] = accum.astype(grad.dtype)
+        view[:, :, p.seqlen_k:] = 0   # keys no query sees (top-left causal with Sq < Sk)
+
+
+__all__ = ["attention_backward"]

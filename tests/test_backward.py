@@ -1,0 +1,89 @@
+"""The backward's host side on the CPU: its tiles, their compilation, and the validation that
+runs before any launch."""
+
+import numpy as np
+import pytest
+
+import flashcore_cupy as fc
+from flashcore_cupy import configs, loader, tuning
+from flashcore_cupy.validation import TensorSpec, check_lse, check_out, check_problem
+
+F16 = np.dtype(np.float16)
+
+
+def spec(name, shape, dtype=F16, strides=None, device=0, ptr=0x10000):
+    if strides is None:
+        strides = tuple(int(np.prod(shape[i + 1:])) for i in range(len(shape)))
+    return TensorSpec(name, shape, strides, np.dtype(dtype), device, ptr)
+
+
+def test_tiles_fit_every_arch_and_name_their_kernel():
+    for hd in configs.HEAD_DIM_BUCKETS:
+        cfg = configs.bwd_config("bf16", hd)
+        assert cfg.block_m == 16 * cfg.warps and cfg.block_n * cfg.d_split == cfg.block_m
+        assert (hd // cfg.d_split) % 16 == 0   # a warp's dK / dV part: whole k16 steps
+        assert all(cfg.smem_bytes <= limit for limit in configs.SMEM_LIMIT.values()), (hd, cfg.smem_bytes)
+    cfg = configs.bwd_config("fp16", 128, configs.KernelVariant(window=True, softcap=True))
+    assert cfg.name_expression == "fc::flash_bwd<fc::fp16, 128, 4, 2, fc::Variant<true, false, 0>>"
+    # K, V (32 rows), Q, dO (64 rows) of 136 elements, P and dS (64 x 40), LSE and delta
+    assert cfg.smem_bytes == 2 * (2 * 32 * 136 + 2 * 64 * 136 + 2 * 64 * 40) + 8 * 64
+    assert cfg.grid(batch=3, heads_q=5, seqlen_k=65) == (3, 5, 3)
+
+
+@pytest.mark.parametrize("arch", configs.SUPPORTED_ARCHS)
+def test_backward_kernels_compile_without_spills(arch):
+    """Every head dim bucket and dtype, plain and for the bounding variants: no spills, within
+    the arch's registers and shared memory."""
+    for cfg in tuning.backward_configs(arch):
+        report = loader.compile_only(cfg, arch)
+        assert report.spill_bytes == 0 and report.stack_frame_bytes == 0, (arch, str(cfg), report)
+        assert report.static_smem_bytes + cfg.smem_bytes <= configs.SMEM_LIMIT[arch], (arch, str(cfg))
+
+
+def _problem():
+    q = spec("q", (2, 4, 100, 64))
+    kv = spec("k", (2, 2, 80, 64))
+    return check_problem(q, kv, spec("v", (2, 2, 80, 64)), causal=True, scale=None, layout="bhsd")
+
+
+@pytest.mark.parametrize("lse, exc, words", [
+    (spec("lse", (2, 4, 100), np.float16), TypeError, "lse has dtype float16; expected float32"),
+    (spec("lse", (2, 4, 99), np.float32), ValueError, r"lse has shape \(2, 4, 99\); expected \(2, 4, 100\)"),
+    (spec("lse", (2, 4, 100), np.float32, strides=(800, 200, 1)), ValueError, "lse must be contiguous"),
+    (spec("lse", (2, 4, 100), np.float32, device=None), ValueError, "lse is in host memory"),
+    (spec("lse", (2, 4, 100), np.float32, device=1), ValueError, "lse is on device 1"),
+])
+def test_bad_lse_is_named(lse, exc, words):
+    with pytest.raises(exc, match=words):
+        check_lse(lse, _problem())
+
+
+def test_gradient_buffers_and_dout_are_held_to_their_arrays():
+    p = _problem()
+    check_lse(spec("lse", (2, 4, 100), np.float32), p)
+    check_out(spec("dout", (2, 4, 100, 64)), p)
+    check_out(spec("dk", (2, 2, 80, 64)), p, shape=(2, 2, 80, 64), like="k")
+    with pytest.raises(ValueError, match=r"dk has shape \(2, 4, 80, 64\); expected \(2, 2, 80, 64\) \(k's shape"):
+        check_out(spec("dk", (2, 4, 80, 64)), p, shape=(2, 2, 80, 64), like="k")
+    with pytest.raises(TypeError, match="dout has dtype float32; expected float16"):
+        check_out(spec("dout", (2, 4, 100, 64), np.float32), p)
+    with pytest.raises(ValueError, match="dq must have a contiguous last dimension"):
+        check_out(spec("dq", (2, 4, 100, 64), strides=(25600, 6400, 64, 2)), p)
+
+
+@pytest.mark.parametrize("kwargs, word", [
+    (dict(deterministic=True), "deterministic=True is not built yet"),
+    (dict(return_dbias=True), "return_dbias=True is not built yet"),
+    (dict(causal="diagonal"), "causal"),
+    (dict(layout="bsdh"), "layout"),
+])
+def test_options_not_built_or_unknown_raise_before_anything_runs(kwargs, word):
+    x = np.zeros((1, 1, 8, 64), np.float16)
+    with pytest.raises(ValueError, match=word):
+        fc.attention_backward(x, x, x, x, x, np.zeros((1, 1, 8), np.float32), **kwargs)
+
+
+def test_host_arrays_are_refused_by_name():
+    x = np.zeros((1, 1, 8, 64), np.float16)
+    with pytest.raises(ValueError, match="q is a NumPy array in host memory"):
+        fc.attention_backward(x, x, x, x, x, np.zeros((1, 1, 8), np.float32))
