@@ -87,3 +87,12 @@ def test_host_arrays_are_refused_by_name():
     x = np.zeros((1, 1, 8, 64), np.float16)
     with pytest.raises(ValueError, match="q is a NumPy array in host memory"):
         fc.attention_backward(x, x, x, x, x, np.zeros((1, 1, 8), np.float32))
+
+
+def test_importing_the_package_leaves_torch_alone():
+    """torch is never a dependency: only flashcore_cupy.torch (the adapter) imports it."""
+    import subprocess
+    import sys
+
+    code = "import sys, flashcore_cupy; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
