@@ -41,7 +41,9 @@ def attention_backward(dout: Any, q: Any, k: Any, v: Any, out: Any, lse: Any, *,
     out and lse are what attention(..., return_lse=True) returned for the same inputs and
     options; the options mean what they mean there. dq=, dk=, dv=: buffers to write into
     (q's, k's and v's shapes and dtype; any strides with a contiguous last dim).
-    deterministic=True and return_dbias=True are not built yet: each raises a ValueError.
+    return_dbias=True (with a bias) adds dbias: float32, the bias's shape, summed over the
+    dimensions it broadcasts (missing, size 1 or stride 0; repeated along a stride-0 one).
+    deterministic=True is not built yet (a ValueError).
     Runs on CuPy's current stream, on the arrays' device.
     """
     import cupy
@@ -50,8 +52,8 @@ def attention_backward(dout: Any, q: Any, k: Any, v: Any, out: Any, lse: Any, *,
     if deterministic is not False:
         raise ValueError("deterministic=True is not built yet: the backward adds dQ with float32 atomics, "
                          "so its last bits can differ between runs")
-    if return_dbias is not False:
-        raise ValueError("return_dbias=True is not built yet")
+    if return_dbias and bias is None:
+        raise ValueError("return_dbias=True needs a bias")
     q, k, v = (api._as_device_array(x, n) for x, n in ((q, "q"), (k, "k"), (v, "v")))
     dout, out, lse = (api._as_device_array(x, n) for x, n in ((dout, "dout"), (out, "out"), (lse, "lse")))
     if alibi_slopes is not None:
@@ -78,11 +80,12 @@ def attention_backward(dout: Any, q: Any, k: Any, v: Any, out: Any, lse: Any, *,
     dev = api.device_info(p.device)
     check_capability(dev.capability, p.device)
     with cupy.cuda.Device(p.device):
-        _run(p, dev.arch, dout, q, k, v, out, lse, dq, dk, dv, alibi_slopes, bias)
-    return dq, dk, dv
+        dbias = _run(p, dev.arch, dout, q, k, v, out, lse, dq, dk, dv, alibi_slopes, bias, bool(return_dbias))
+    return (dq, dk, dv, dbias) if return_dbias else (dq, dk, dv)
 
 
-def _run(p: Problem, arch: str, dout, q, k, v, out, lse, dq, dk, dv, alibi_slopes, bias) -> None:
+def _run(p: Problem, arch: str, dout, q, k, v, out, lse, dq, dk, dv, alibi_slopes, bias, want_dbias: bool):
+    """The launch and the host steps around it; returns dbias (float32, the bias's shape) or None."""
     import cupy
 
     layout = p.layout
@@ -93,15 +96,27 @@ def _run(p: Problem, arch: str, dout, q, k, v, out, lse, dq, dk, dv, alibi_slope
     group = p.heads_q // p.heads_kv
     kv_accum = [cupy.zeros((p.batch, p.heads_kv, p.seqlen_k, p.head_dim), f32) for _ in range(2)] \
         if group > 1 else [None, None]
+    # dbias summed over the bias's broadcasts as it is accumulated: one row, head or batch
+    # where the bias has stride 0 there (validation's Variant.bias strides), keys as the bias's.
+    dbias_accum, dbias_strides = None, (0, 0, 0)
+    if want_dbias:
+        sb, sh, ss = p.variant.bias[1]
+        dims = (p.batch if sb else 1, p.heads_q if sh else 1, p.seqlen_q if ss else 1, bias.shape[-1])
+        dbias_accum = cupy.zeros(dims, f32)
+        dbias_strides = tuple(0 if not given else stride
+                              for given, stride in zip((sb, sh, ss), dbias_accum.strides[:3]))
+        dbias_strides = tuple(st // 4 for st in dbias_strides)
     config = bwd_config(p.dtype, bucket_head_dim(p.head_dim), p.kernel_variant)
     strides = {"do": layout_strides(api._spec(dout, "dout"), layout),
                "dq": (p.heads_q * p.seqlen_q * p.head_dim, p.seqlen_q * p.head_dim, p.head_dim),
-               "dk": layout_strides(api._spec(dk, "dk"), layout), "dv": layout_strides(api._spec(dv, "dv"), layout)}
+               "dk": layout_strides(api._spec(dk, "dk"), layout), "dv": layout_strides(api._spec(dv, "dv"), layout),
+               "dbias": dbias_strides}
     launch = Sm80BwdLaunch.build(p, config, arch, strides)
     pointers = dict(q=q.data.ptr, k=k.data.ptr, v=v.data.ptr, dout=dout.data.ptr, lse=lse.data.ptr,
                     delta=delta.data.ptr, dq_accum=dq_accum.data.ptr, dk=dk.data.ptr, dv=dv.data.ptr,
                     dk_accum=0 if kv_accum[0] is None else kv_accum[0].data.ptr,
                     dv_accum=0 if kv_accum[1] is None else kv_accum[1].data.ptr,
+                    dbias=0 if dbias_accum is None else dbias_accum.data.ptr,
                     alibi=0 if alibi_slopes is None else alibi_slopes.data.ptr,
                     bias=0 if bias is None else bias.data.ptr)
     launch.start(pointers, cupy.cuda.get_current_stream().ptr)
@@ -111,6 +126,11 @@ def _run(p: Problem, arch: str, dout, q, k, v, out, lse, dq, dk, dv, alibi_slope
         if accum is not None:
             view[:, :, :p.seqlen_k] = accum.astype(grad.dtype)
         view[:, :, p.seqlen_k:] = 0   # keys no query sees (top-left causal with Sq < Sk)
+    if dbias_accum is None:
+        return None
+    # in the bias's shape: its leading dimensions from the (batch, head) ones it has
+    compact = dbias_accum.reshape(dbias_accum.shape[4 - bias.ndim:]) if bias.ndim < 4 else dbias_accum
+    return cupy.broadcast_to(compact, bias.shape).copy()
 
 
 __all__ = ["attention_backward"]

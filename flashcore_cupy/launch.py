@@ -154,13 +154,13 @@ class Sm80BwdLaunch:
     scalars: dict            # every field but the pointers, by name
 
     POINTERS = ("q", "k", "v", "dout", "lse", "delta", "dq_accum", "dk", "dv", "dk_accum", "dv_accum",
-                "alibi", "bias")
+                "dbias", "alibi", "bias")
 
     @classmethod
     def build(cls, problem: Problem, config: Sm80BwdConfig, arch: str,
               strides: dict[str, tuple[int, int, int]]) -> "Sm80BwdLaunch":
         """strides: the (batch, head, seq) element strides of do, dq (the float32 accumulator),
-        dk and dv."""
+        dk, dv and dbias (its accumulator; zeros without one)."""
         p = problem
         given = dict(q=p.q_strides, k=p.k_strides, v=p.v_strides, **strides)
         scalars = {f"{t}_s{d}": st for t, ts in given.items() for d, st in zip("bhs", ts)}

@@ -10,7 +10,8 @@
 //   S   = Q_i K^T                         warp w: query rows 16w.. of the tile, all BLOCK_N keys
 //         -> the forward's score step (plain mask, or variant_scores), so P is its softmax:
 //   P   = exp2(S * units - LSE * log2 e)  (0 where a row sees no key: its LSE is -inf)
-//   dP  = dO_i V^T,   dS = P * (dP - delta)   (softcap: times 1 - tanh^2 of the capped score)
+//   dP  = dO_i V^T,   dS = P * (dP - delta)   (added into dbias where asked; then softcap's
+//                                              1 - tanh^2 of the capped score)
 //   dQ_i += dS K                          fp32 atomics into dq_accum (the host scales it)
 //   P, dS -> shared memory, then          warp w: 16 keys of the tile x one of D_SPLIT parts
 //   dV  += P^T dO_i,   dK += dS^T Q_i     of the head dim (registers, over every query tile)
@@ -191,6 +192,7 @@ flash_bwd(const BwdParams p) {
     const float* lse_head = p.lse + (static_cast<i64>(batch) * p.heads + head) * seqlen_q;
     const float* delta_head = p.delta + (static_cast<i64>(batch) * p.heads + head) * seqlen_q;
     float* dq_head = p.dq_accum + batch * p.dq_sb + head * p.dq_sh;
+    float* dbias = p.dbias == nullptr ? nullptr : p.dbias + batch * p.dbias_sb + head * p.dbias_sh;
 
     load_rows<Tile, BN>(smem_addr(sK), p.k + batch * p.k_sb + head_kv * p.k_sh + key0 * p.k_ss, p.k_ss,
                         seqlen_k - key0, head_dim, tid);
@@ -281,6 +283,11 @@ flash_bwd(const BwdParams p) {
                 for (int c = 0; c < 2; ++c) {
                     const int e = 2 * half + c;
                     float ds = s[0][nt][e] * (dp[0][nt][e] - delta);
+                    if constexpr (V::kBias != 0) {   // dbias: the score's gradient, over its broadcasts
+                        const int row = row0 + r, key = key0 + nt * 8 + 2 * (lane % 4) + c;
+                        if (dbias != nullptr && row < seqlen_q && key < seqlen_k && ds != 0.f)
+                            atomicAdd(dbias + row * p.dbias_ss + key, ds);
+                    }
                     if constexpr (V::kSoftcap) {
                         const float t = fast_tanh(raw[nt][e] * mod.cap_scale);
                         ds *= 1.f - t * t;

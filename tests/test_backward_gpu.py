@@ -98,3 +98,26 @@ def test_every_element_is_written_and_repeats_stay_close(rng):
     again = fc.attention_backward(dout, q, k, v, out, lse, layout="bshd", causal="top_left")
     for a, b in zip(got, again):
         assert reference.rel_error(a, b.get().astype(np.float64)) < 1e-2
+
+
+@pytest.mark.parametrize("shape", [(1, 4, 120, 90), (2, 1, 120, 90), (120, 90), (4, 120, 90)])
+def test_dbias_sums_the_broadcast_dimensions(rng, shape):
+    """return_dbias: float32 in the bias's shape, summed over the batch and heads it broadcasts
+    (missing, size 1 or, for the expanded one, stride 0), with causal, GQA and softcap."""
+    import cupy
+
+    heads, lengths = (2, 4, 2), (120, 90)
+    q, k, v = make_inputs(rng, "fp16", 64, "bhsd", heads, lengths)
+    for expand in (False, True):
+        bias = cupy.asarray(rng.standard_normal(shape).astype(np.float32))
+        if expand:   # a stride-0 view of the full (B, Hq, Sq, Sk) shape
+            bias = cupy.broadcast_to(bias, (2, 4, 120, 90))
+        opts = dict(causal=True, softcap=3.0, bias=bias)
+        out, lse = fc.attention(q, k, v, return_lse=True, **opts)
+        dout = make_inputs(rng, "fp16", 64, "bhsd", heads, lengths)[0]
+        *grads, dbias = fc.attention_backward(dout, q, k, v, out, lse, return_dbias=True, **opts)
+        *refs, ref_dbias = reference.attention_backward(dout, q, k, v, out, lse, return_dbias=True, **opts)
+        assert dbias.shape == bias.shape and dbias.dtype == np.float32
+        _assert_grads(grads, refs, "fp16", f"bias {shape} expand={expand}")
+        err = reference.rel_error(dbias, ref_dbias)
+        assert err <= GRAD_TOL["fp16"], f"bias {shape} expand={expand}: dbias rel err {err:.3e}"
