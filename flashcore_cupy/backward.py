@@ -6,7 +6,8 @@ out, lse and the gradient buffers; then three steps on CuPy's current stream:
   1. delta = rowsum(dout * out) in float32 (CuPy), a zeroed float32 dQ accumulator, and with
      GQA zeroed float32 dK / dV accumulators;
   2. kernels/flash_bwd_sm80.cu: a CTA per key tile of one (batch, query head) over the query
-     tiles that see it (dQ added into its accumulator by atomics);
+     tiles that see it (dQ added into its accumulator by atomics; deterministic=True orders
+     them by a semaphore per query tile);
   3. dQ scaled and converted into dq (and dK / dV summed over each GQA group converted).
 Every GPU runs the portable kernel for now.
 """
@@ -43,15 +44,15 @@ def attention_backward(dout: Any, q: Any, k: Any, v: Any, out: Any, lse: Any, *,
     (q's, k's and v's shapes and dtype; any strides with a contiguous last dim).
     return_dbias=True (with a bias) adds dbias: float32, the bias's shape, summed over the
     dimensions it broadcasts (missing, size 1 or stride 0; repeated along a stride-0 one).
-    deterministic=True is not built yet (a ValueError).
+    deterministic=True: the same bits on every run (dQ's adds in a fixed order, the GQA and
+    dbias sums on the host); the default adds with float32 atomics in whatever order they come.
     Runs on CuPy's current stream, on the arrays' device.
     """
     import cupy
 
     check_options(causal, scale, layout, False)
-    if deterministic is not False:
-        raise ValueError("deterministic=True is not built yet: the backward adds dQ with float32 atomics, "
-                         "so its last bits can differ between runs")
+    if not isinstance(deterministic, bool):
+        raise TypeError(f"deterministic must be a bool, got {type(deterministic).__name__}")
     if return_dbias and bias is None:
         raise ValueError("return_dbias=True needs a bias")
     q, k, v = (api._as_device_array(x, n) for x, n in ((q, "q"), (k, "k"), (v, "v")))
@@ -80,54 +81,61 @@ def attention_backward(dout: Any, q: Any, k: Any, v: Any, out: Any, lse: Any, *,
     dev = api.device_info(p.device)
     check_capability(dev.capability, p.device)
     with cupy.cuda.Device(p.device):
-        dbias = _run(p, dev.arch, dout, q, k, v, out, lse, dq, dk, dv, alibi_slopes, bias, bool(return_dbias))
+        dbias = _run(p, dev.arch, dout, q, k, v, out, lse, dq, dk, dv, alibi_slopes, bias, bool(return_dbias),
+                     deterministic)
     return (dq, dk, dv, dbias) if return_dbias else (dq, dk, dv)
 
 
-def _run(p: Problem, arch: str, dout, q, k, v, out, lse, dq, dk, dv, alibi_slopes, bias, want_dbias: bool):
+def _run(p: Problem, arch: str, dout, q, k, v, out, lse, dq, dk, dv, alibi_slopes, bias, want_dbias: bool,
+         deterministic: bool):
     """The launch and the host steps around it; returns dbias (float32, the bias's shape) or None."""
     import cupy
 
-    layout = p.layout
-    f32 = cupy.float32
+    layout, f32 = p.layout, cupy.float32
+    config = bwd_config(p.dtype, bucket_head_dim(p.head_dim), p.kernel_variant)
     delta = cupy.ascontiguousarray(
         (_bhsd_view(dout, layout).astype(f32) * _bhsd_view(out, layout).astype(f32)).sum(axis=-1))
     dq_accum = cupy.zeros((p.batch, p.heads_q, p.seqlen_q, p.head_dim), f32)
+    dq_sem = cupy.zeros((p.batch, p.heads_q, -(-p.seqlen_q // config.block_m)), cupy.int32) if deterministic else None
+    # GQA: dK / dV accumulated in float32 per kv head (atomics over the group), or per query head
+    # and summed here (deterministic).
     group = p.heads_q // p.heads_kv
-    kv_accum = [cupy.zeros((p.batch, p.heads_kv, p.seqlen_k, p.head_dim), f32) for _ in range(2)] \
+    acc_heads = p.heads_q if deterministic else p.heads_kv
+    kv_accum = [cupy.zeros((p.batch, acc_heads, p.seqlen_k, p.head_dim), f32) for _ in range(2)] \
         if group > 1 else [None, None]
-    # dbias summed over the bias's broadcasts as it is accumulated: one row, head or batch
-    # where the bias has stride 0 there (validation's Variant.bias strides), keys as the bias's.
+    # dbias: added as it comes into one row, head or batch where the bias broadcasts there
+    # (validation's Variant.bias strides: 0), or deterministic, each element once into a full
+    # (B, Hq, Sq, Sk) and summed here; keys as the bias's.
     dbias_accum, dbias_strides = None, (0, 0, 0)
     if want_dbias:
-        sb, sh, ss = p.variant.bias[1]
-        dims = (p.batch if sb else 1, p.heads_q if sh else 1, p.seqlen_q if ss else 1, bias.shape[-1])
+        broad = tuple(st == 0 for st in p.variant.bias[1])
+        full = (p.batch, p.heads_q, p.seqlen_q)
+        dims = tuple(1 if b and not deterministic else n for b, n in zip(broad, full)) + (bias.shape[-1],)
         dbias_accum = cupy.zeros(dims, f32)
-        dbias_strides = tuple(0 if not given else stride
-                              for given, stride in zip((sb, sh, ss), dbias_accum.strides[:3]))
-        dbias_strides = tuple(st // 4 for st in dbias_strides)
-    config = bwd_config(p.dtype, bucket_head_dim(p.head_dim), p.kernel_variant)
+        dbias_strides = tuple(0 if n == 1 else st // 4 for n, st in zip(dims[:3], dbias_accum.strides[:3]))
     strides = {"do": layout_strides(api._spec(dout, "dout"), layout),
                "dq": (p.heads_q * p.seqlen_q * p.head_dim, p.seqlen_q * p.head_dim, p.head_dim),
                "dk": layout_strides(api._spec(dk, "dk"), layout), "dv": layout_strides(api._spec(dv, "dv"), layout),
                "dbias": dbias_strides}
-    launch = Sm80BwdLaunch.build(p, config, arch, strides)
+    launch = Sm80BwdLaunch.build(p, config, arch, strides, deterministic)
+    address = lambda a: 0 if a is None else a.data.ptr   # noqa: E731
     pointers = dict(q=q.data.ptr, k=k.data.ptr, v=v.data.ptr, dout=dout.data.ptr, lse=lse.data.ptr,
                     delta=delta.data.ptr, dq_accum=dq_accum.data.ptr, dk=dk.data.ptr, dv=dv.data.ptr,
-                    dk_accum=0 if kv_accum[0] is None else kv_accum[0].data.ptr,
-                    dv_accum=0 if kv_accum[1] is None else kv_accum[1].data.ptr,
-                    dbias=0 if dbias_accum is None else dbias_accum.data.ptr,
-                    alibi=0 if alibi_slopes is None else alibi_slopes.data.ptr,
-                    bias=0 if bias is None else bias.data.ptr)
+                    dk_accum=address(kv_accum[0]), dv_accum=address(kv_accum[1]), dbias=address(dbias_accum),
+                    dq_sem=address(dq_sem), alibi=address(alibi_slopes), bias=address(bias))
     launch.start(pointers, cupy.cuda.get_current_stream().ptr)
     _bhsd_view(dq, layout)[...] = (dq_accum * np.float32(p.scale)).astype(dq.dtype)
     for grad, accum in zip((dk, dv), kv_accum):
         view = _bhsd_view(grad, layout)
         if accum is not None:
+            if deterministic:
+                accum = accum.reshape(p.batch, p.heads_kv, group, p.seqlen_k, p.head_dim).sum(axis=2)
             view[:, :, :p.seqlen_k] = accum.astype(grad.dtype)
         view[:, :, p.seqlen_k:] = 0   # keys no query sees (top-left causal with Sq < Sk)
     if dbias_accum is None:
         return None
+    if deterministic:
+        dbias_accum = dbias_accum.sum(axis=tuple(i for i, b in enumerate(broad) if b), keepdims=True)
     # in the bias's shape: its leading dimensions from the (batch, head) ones it has
     compact = dbias_accum.reshape(dbias_accum.shape[4 - bias.ndim:]) if bias.ndim < 4 else dbias_accum
     return cupy.broadcast_to(compact, bias.shape).copy()

@@ -154,18 +154,20 @@ class Sm80BwdLaunch:
     scalars: dict            # every field but the pointers, by name
 
     POINTERS = ("q", "k", "v", "dout", "lse", "delta", "dq_accum", "dk", "dv", "dk_accum", "dv_accum",
-                "dbias", "alibi", "bias")
+                "dbias", "dq_sem", "alibi", "bias")
 
     @classmethod
     def build(cls, problem: Problem, config: Sm80BwdConfig, arch: str,
-              strides: dict[str, tuple[int, int, int]]) -> "Sm80BwdLaunch":
+              strides: dict[str, tuple[int, int, int]], deterministic: bool) -> "Sm80BwdLaunch":
         """strides: the (batch, head, seq) element strides of do, dq (the float32 accumulator),
-        dk, dv and dbias (its accumulator; zeros without one)."""
+        dk, dv and dbias (its accumulator; zeros without one). deterministic: GQA accumulators
+        per query head (the start's pointers then carry dq_sem)."""
         p = problem
         given = dict(q=p.q_strides, k=p.k_strides, v=p.v_strides, **strides)
         scalars = {f"{t}_s{d}": st for t, ts in given.items() for d, st in zip("bhs", ts)}
         scalars.update(seqlen_q=p.seqlen_q, seqlen_k=p.seqlen_k, head_dim=p.head_dim, heads=p.heads_q,
                        heads_kv=p.heads_kv, heads_per_kv=p.heads_q // p.heads_kv,
+                       q_tiles=-(-p.seqlen_q // config.block_m), dkv_by_q_head=int(deterministic),
                        scale_log2=p.scale * math.log2(math.e), scale=p.scale, causal=int(p.causal),
                        **variant_scalars(p))
         return cls(config, loader.get_function(config, p.device, arch), p.device,

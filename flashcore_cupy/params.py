@@ -17,7 +17,7 @@ from typing import Any
 # C++ type -> (struct codes, size, alignment). Pointers travel as addresses (ints); FastDiv as
 # its (mul, shr) pair; TensorMap as the 128 bytes tma.encode_maps writes in place.
 _TYPES = {
-    "const u16*": ("Q", 8, 8), "u16*": ("Q", 8, 8), "float*": ("Q", 8, 8),
+    "const u16*": ("Q", 8, 8), "u16*": ("Q", 8, 8), "float*": ("Q", 8, 8), "int*": ("Q", 8, 8),
     "const float*": ("Q", 8, 8), "const void*": ("Q", 8, 8),
     "i64": ("q", 8, 8), "int": ("i", 4, 4), "float": ("f", 4, 4), "u32": ("I", 4, 4),
     "FastDiv": ("II", 8, 4), "TensorMap": ("128s", 128, 64),
@@ -156,11 +156,14 @@ BWD_SM80 = Schema("BwdParams", [
     Field("dk_accum", "float*", "GQA: float32 (batch, kv head, seq, head_dim) sums; else null"),
     Field("dv_accum", "float*"),
     Field("dbias", "float*", "float32 dbias, added into (zeroed by the host); null: not asked"),
+    Field("dq_sem", "int*", "deterministic: a zeroed count per (batch, head, query tile); else null"),
     *_strides("q", "(batch, head, seq) strides, elements"), *_strides("k", ""), *_strides("v", ""),
     *_strides("do", ""), *_strides("dq", ""), *_strides("dk", ""), *_strides("dv", ""),
     *_strides("dbias", "(batch, head, row) strides of dbias, elements; 0 where the bias broadcasts"),
     Field("seqlen_q", "int"), Field("seqlen_k", "int"), Field("head_dim", "int"),
     Field("heads", "int", "query heads"), Field("heads_kv", "int"), Field("heads_per_kv", "int"),
+    Field("q_tiles", "int", "query tiles per (batch, head)"),
+    Field("dkv_by_q_head", "int", "GQA accumulators per query head (deterministic), else per kv head"),
     Field("scale_log2", "float", "scale * log2(e)"), Field("scale", "float"),
     Field("causal", "int"),
     *_variant_fields(),

@@ -18,7 +18,8 @@
 //
 // and at the end dK *= scale; dK and dV are stored in the inputs' type, or with GQA (a kv head
 // shared by heads_per_kv query heads, each its own CTA) added into fp32 accumulators the host
-// converts. Every GEMM is mma.sync m16n8k16 through ldmatrix; P^T and dS^T come from shared
+// converts (deterministic mode: one per query head, summed by the host; dQ's adds ordered by a
+// semaphore per query tile). Every GEMM is mma.sync m16n8k16 through ldmatrix; P^T and dS^T come from shared
 // memory by the transposing ldmatrix.
 //
 // BLOCK_N = BLOCK_M / D_SPLIT: splitting the head dim keeps dK and dV (16 keys x HEAD_DIM /
@@ -302,9 +303,23 @@ flash_bwd(const BwdParams p) {
         }
         u32 ds_frag[Tile::kKeySteps][4];
         pack_p<T, NT>(ds_frag, dp[0]);
+        // Deterministic mode: the key tiles add into this query tile's dQ in order, first to
+        // last of those that see it (its semaphore counts the ones done; CTAs of lower key tiles
+        // start first, so the wait always ends).
+        int* sem = p.dq_sem == nullptr ? nullptr : p.dq_sem + (static_cast<i64>(batch) * p.heads + head) * p.q_tiles + row0 / BM;
+        if (sem != nullptr) {
+            int first = 0;
+            if constexpr (!V::kPlain) first = window_tiles(mod, BN, row0, min(BM, seqlen_q - row0)).first;
+            if (tid == 0)
+                while (*reinterpret_cast<volatile int*>(sem) != static_cast<int>(blockIdx.x) - first) {}
+            __syncthreads();
+            __threadfence();
+        }
         dq_add<T, Tile>(ds_frag, bt_k, dq_head + (row0 + warp_row) * p.dq_ss, p.dq_ss,
                         seqlen_q - row0 - warp_row, head_dim, lane);
+        if (sem != nullptr) __threadfence();   // this thread's dQ adds, before the count moves on
         __syncthreads();   // P and dS of every warp are in shared memory
+        if (sem != nullptr && tid == 0) atomicAdd(sem, 1);
         gemm_cols<T, Tile>(dv, at_p, bt_do);
         gemm_cols<T, Tile>(dk, at_ds, bt_q);
     }
@@ -327,7 +342,9 @@ flash_bwd(const BwdParams p) {
                 *reinterpret_cast<u32*>(p.dk + batch * p.dk_sb + head_kv * p.dk_sh + key * p.dk_ss + col) = pack2<T>(k0, k1);
                 *reinterpret_cast<u32*>(p.dv + batch * p.dv_sb + head_kv * p.dv_sh + key * p.dv_ss + col) = pack2<T>(v0, v1);
             } else {
-                const i64 at = ((static_cast<i64>(batch) * p.heads_kv + head_kv) * seqlen_k + key) * head_dim + col;
+                // per kv head (atomics over its group), or deterministic per query head (summed on the host)
+                const int acc_head = p.dkv_by_q_head ? head : head_kv, acc_heads = p.dkv_by_q_head ? p.heads : p.heads_kv;
+                const i64 at = ((static_cast<i64>(batch) * acc_heads + acc_head) * seqlen_k + key) * head_dim + col;
                 atomicAdd(p.dk_accum + at, k0);
                 atomicAdd(p.dk_accum + at + 1, k1);
                 atomicAdd(p.dv_accum + at, v0);

@@ -23,6 +23,7 @@ struct BwdParams {
     float* dk_accum;    // GQA: float32 (batch, kv head, seq, head_dim) sums; else null
     float* dv_accum;
     float* dbias;       // float32 dbias, added into (zeroed by the host); null: not asked
+    int* dq_sem;        // deterministic: a zeroed count per (batch, head, query tile); else null
     i64 q_sb;           // (batch, head, seq) strides, elements
     i64 q_sh;
     i64 q_ss;
@@ -53,6 +54,8 @@ struct BwdParams {
     int heads;          // query heads
     int heads_kv;
     int heads_per_kv;
+    int q_tiles;        // query tiles per (batch, head)
+    int dkv_by_q_head;  // GQA accumulators per query head (deterministic), else per kv head
     float scale_log2;   // scale * log2(e)
     float scale;
     int causal;
@@ -69,7 +72,7 @@ struct BwdParams {
     i64 bias_sh;
     i64 bias_ss;
 };
-static_assert(sizeof(BwdParams) == 400, "BwdParams: declared in flashcore_cupy/params.py: run scripts/gen_params.py");
+static_assert(sizeof(BwdParams) == 416, "BwdParams: declared in flashcore_cupy/params.py: run scripts/gen_params.py");
 static_assert(FC_OFFSETOF(BwdParams, q) == 0, "BwdParams::q");
 static_assert(FC_OFFSETOF(BwdParams, k) == 8, "BwdParams::k");
 static_assert(FC_OFFSETOF(BwdParams, v) == 16, "BwdParams::v");
@@ -82,50 +85,53 @@ static_assert(FC_OFFSETOF(BwdParams, dv) == 64, "BwdParams::dv");
 static_assert(FC_OFFSETOF(BwdParams, dk_accum) == 72, "BwdParams::dk_accum");
 static_assert(FC_OFFSETOF(BwdParams, dv_accum) == 80, "BwdParams::dv_accum");
 static_assert(FC_OFFSETOF(BwdParams, dbias) == 88, "BwdParams::dbias");
-static_assert(FC_OFFSETOF(BwdParams, q_sb) == 96, "BwdParams::q_sb");
-static_assert(FC_OFFSETOF(BwdParams, q_sh) == 104, "BwdParams::q_sh");
-static_assert(FC_OFFSETOF(BwdParams, q_ss) == 112, "BwdParams::q_ss");
-static_assert(FC_OFFSETOF(BwdParams, k_sb) == 120, "BwdParams::k_sb");
-static_assert(FC_OFFSETOF(BwdParams, k_sh) == 128, "BwdParams::k_sh");
-static_assert(FC_OFFSETOF(BwdParams, k_ss) == 136, "BwdParams::k_ss");
-static_assert(FC_OFFSETOF(BwdParams, v_sb) == 144, "BwdParams::v_sb");
-static_assert(FC_OFFSETOF(BwdParams, v_sh) == 152, "BwdParams::v_sh");
-static_assert(FC_OFFSETOF(BwdParams, v_ss) == 160, "BwdParams::v_ss");
-static_assert(FC_OFFSETOF(BwdParams, do_sb) == 168, "BwdParams::do_sb");
-static_assert(FC_OFFSETOF(BwdParams, do_sh) == 176, "BwdParams::do_sh");
-static_assert(FC_OFFSETOF(BwdParams, do_ss) == 184, "BwdParams::do_ss");
-static_assert(FC_OFFSETOF(BwdParams, dq_sb) == 192, "BwdParams::dq_sb");
-static_assert(FC_OFFSETOF(BwdParams, dq_sh) == 200, "BwdParams::dq_sh");
-static_assert(FC_OFFSETOF(BwdParams, dq_ss) == 208, "BwdParams::dq_ss");
-static_assert(FC_OFFSETOF(BwdParams, dk_sb) == 216, "BwdParams::dk_sb");
-static_assert(FC_OFFSETOF(BwdParams, dk_sh) == 224, "BwdParams::dk_sh");
-static_assert(FC_OFFSETOF(BwdParams, dk_ss) == 232, "BwdParams::dk_ss");
-static_assert(FC_OFFSETOF(BwdParams, dv_sb) == 240, "BwdParams::dv_sb");
-static_assert(FC_OFFSETOF(BwdParams, dv_sh) == 248, "BwdParams::dv_sh");
-static_assert(FC_OFFSETOF(BwdParams, dv_ss) == 256, "BwdParams::dv_ss");
-static_assert(FC_OFFSETOF(BwdParams, dbias_sb) == 264, "BwdParams::dbias_sb");
-static_assert(FC_OFFSETOF(BwdParams, dbias_sh) == 272, "BwdParams::dbias_sh");
-static_assert(FC_OFFSETOF(BwdParams, dbias_ss) == 280, "BwdParams::dbias_ss");
-static_assert(FC_OFFSETOF(BwdParams, seqlen_q) == 288, "BwdParams::seqlen_q");
-static_assert(FC_OFFSETOF(BwdParams, seqlen_k) == 292, "BwdParams::seqlen_k");
-static_assert(FC_OFFSETOF(BwdParams, head_dim) == 296, "BwdParams::head_dim");
-static_assert(FC_OFFSETOF(BwdParams, heads) == 300, "BwdParams::heads");
-static_assert(FC_OFFSETOF(BwdParams, heads_kv) == 304, "BwdParams::heads_kv");
-static_assert(FC_OFFSETOF(BwdParams, heads_per_kv) == 308, "BwdParams::heads_per_kv");
-static_assert(FC_OFFSETOF(BwdParams, scale_log2) == 312, "BwdParams::scale_log2");
-static_assert(FC_OFFSETOF(BwdParams, scale) == 316, "BwdParams::scale");
-static_assert(FC_OFFSETOF(BwdParams, causal) == 320, "BwdParams::causal");
-static_assert(FC_OFFSETOF(BwdParams, diag) == 324, "BwdParams::diag");
-static_assert(FC_OFFSETOF(BwdParams, win_left) == 328, "BwdParams::win_left");
-static_assert(FC_OFFSETOF(BwdParams, win_right) == 332, "BwdParams::win_right");
-static_assert(FC_OFFSETOF(BwdParams, cap_scale) == 336, "BwdParams::cap_scale");
-static_assert(FC_OFFSETOF(BwdParams, cap_log2) == 340, "BwdParams::cap_log2");
-static_assert(FC_OFFSETOF(BwdParams, alibi) == 344, "BwdParams::alibi");
-static_assert(FC_OFFSETOF(BwdParams, alibi_sb) == 352, "BwdParams::alibi_sb");
-static_assert(FC_OFFSETOF(BwdParams, alibi_sh) == 360, "BwdParams::alibi_sh");
-static_assert(FC_OFFSETOF(BwdParams, bias) == 368, "BwdParams::bias");
-static_assert(FC_OFFSETOF(BwdParams, bias_sb) == 376, "BwdParams::bias_sb");
-static_assert(FC_OFFSETOF(BwdParams, bias_sh) == 384, "BwdParams::bias_sh");
-static_assert(FC_OFFSETOF(BwdParams, bias_ss) == 392, "BwdParams::bias_ss");
+static_assert(FC_OFFSETOF(BwdParams, dq_sem) == 96, "BwdParams::dq_sem");
+static_assert(FC_OFFSETOF(BwdParams, q_sb) == 104, "BwdParams::q_sb");
+static_assert(FC_OFFSETOF(BwdParams, q_sh) == 112, "BwdParams::q_sh");
+static_assert(FC_OFFSETOF(BwdParams, q_ss) == 120, "BwdParams::q_ss");
+static_assert(FC_OFFSETOF(BwdParams, k_sb) == 128, "BwdParams::k_sb");
+static_assert(FC_OFFSETOF(BwdParams, k_sh) == 136, "BwdParams::k_sh");
+static_assert(FC_OFFSETOF(BwdParams, k_ss) == 144, "BwdParams::k_ss");
+static_assert(FC_OFFSETOF(BwdParams, v_sb) == 152, "BwdParams::v_sb");
+static_assert(FC_OFFSETOF(BwdParams, v_sh) == 160, "BwdParams::v_sh");
+static_assert(FC_OFFSETOF(BwdParams, v_ss) == 168, "BwdParams::v_ss");
+static_assert(FC_OFFSETOF(BwdParams, do_sb) == 176, "BwdParams::do_sb");
+static_assert(FC_OFFSETOF(BwdParams, do_sh) == 184, "BwdParams::do_sh");
+static_assert(FC_OFFSETOF(BwdParams, do_ss) == 192, "BwdParams::do_ss");
+static_assert(FC_OFFSETOF(BwdParams, dq_sb) == 200, "BwdParams::dq_sb");
+static_assert(FC_OFFSETOF(BwdParams, dq_sh) == 208, "BwdParams::dq_sh");
+static_assert(FC_OFFSETOF(BwdParams, dq_ss) == 216, "BwdParams::dq_ss");
+static_assert(FC_OFFSETOF(BwdParams, dk_sb) == 224, "BwdParams::dk_sb");
+static_assert(FC_OFFSETOF(BwdParams, dk_sh) == 232, "BwdParams::dk_sh");
+static_assert(FC_OFFSETOF(BwdParams, dk_ss) == 240, "BwdParams::dk_ss");
+static_assert(FC_OFFSETOF(BwdParams, dv_sb) == 248, "BwdParams::dv_sb");
+static_assert(FC_OFFSETOF(BwdParams, dv_sh) == 256, "BwdParams::dv_sh");
+static_assert(FC_OFFSETOF(BwdParams, dv_ss) == 264, "BwdParams::dv_ss");
+static_assert(FC_OFFSETOF(BwdParams, dbias_sb) == 272, "BwdParams::dbias_sb");
+static_assert(FC_OFFSETOF(BwdParams, dbias_sh) == 280, "BwdParams::dbias_sh");
+static_assert(FC_OFFSETOF(BwdParams, dbias_ss) == 288, "BwdParams::dbias_ss");
+static_assert(FC_OFFSETOF(BwdParams, seqlen_q) == 296, "BwdParams::seqlen_q");
+static_assert(FC_OFFSETOF(BwdParams, seqlen_k) == 300, "BwdParams::seqlen_k");
+static_assert(FC_OFFSETOF(BwdParams, head_dim) == 304, "BwdParams::head_dim");
+static_assert(FC_OFFSETOF(BwdParams, heads) == 308, "BwdParams::heads");
+static_assert(FC_OFFSETOF(BwdParams, heads_kv) == 312, "BwdParams::heads_kv");
+static_assert(FC_OFFSETOF(BwdParams, heads_per_kv) == 316, "BwdParams::heads_per_kv");
+static_assert(FC_OFFSETOF(BwdParams, q_tiles) == 320, "BwdParams::q_tiles");
+static_assert(FC_OFFSETOF(BwdParams, dkv_by_q_head) == 324, "BwdParams::dkv_by_q_head");
+static_assert(FC_OFFSETOF(BwdParams, scale_log2) == 328, "BwdParams::scale_log2");
+static_assert(FC_OFFSETOF(BwdParams, scale) == 332, "BwdParams::scale");
+static_assert(FC_OFFSETOF(BwdParams, causal) == 336, "BwdParams::causal");
+static_assert(FC_OFFSETOF(BwdParams, diag) == 340, "BwdParams::diag");
+static_assert(FC_OFFSETOF(BwdParams, win_left) == 344, "BwdParams::win_left");
+static_assert(FC_OFFSETOF(BwdParams, win_right) == 348, "BwdParams::win_right");
+static_assert(FC_OFFSETOF(BwdParams, cap_scale) == 352, "BwdParams::cap_scale");
+static_assert(FC_OFFSETOF(BwdParams, cap_log2) == 356, "BwdParams::cap_log2");
+static_assert(FC_OFFSETOF(BwdParams, alibi) == 360, "BwdParams::alibi");
+static_assert(FC_OFFSETOF(BwdParams, alibi_sb) == 368, "BwdParams::alibi_sb");
+static_assert(FC_OFFSETOF(BwdParams, alibi_sh) == 376, "BwdParams::alibi_sh");
+static_assert(FC_OFFSETOF(BwdParams, bias) == 384, "BwdParams::bias");
+static_assert(FC_OFFSETOF(BwdParams, bias_sb) == 392, "BwdParams::bias_sb");
+static_assert(FC_OFFSETOF(BwdParams, bias_sh) == 400, "BwdParams::bias_sh");
+static_assert(FC_OFFSETOF(BwdParams, bias_ss) == 408, "BwdParams::bias_ss");
 
 }  // namespace fc

@@ -72,7 +72,6 @@ def test_gradient_buffers_and_dout_are_held_to_their_arrays():
 
 
 @pytest.mark.parametrize("kwargs, word", [
-    (dict(deterministic=True), "deterministic=True is not built yet"),
     (dict(return_dbias=True), "return_dbias=True needs a bias"),
     (dict(causal="diagonal"), "causal"),
     (dict(layout="bsdh"), "layout"),
@@ -81,6 +80,12 @@ def test_options_not_built_or_unknown_raise_before_anything_runs(kwargs, word):
     x = np.zeros((1, 1, 8, 64), np.float16)
     with pytest.raises(ValueError, match=word):
         fc.attention_backward(x, x, x, x, x, np.zeros((1, 1, 8), np.float32), **kwargs)
+
+
+def test_deterministic_must_be_a_bool():
+    x = np.zeros((1, 1, 8, 64), np.float16)
+    with pytest.raises(TypeError, match="deterministic must be a bool"):
+        fc.attention_backward(x, x, x, x, x, np.zeros((1, 1, 8), np.float32), deterministic=1)
 
 
 def test_host_arrays_are_refused_by_name():

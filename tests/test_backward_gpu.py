@@ -121,3 +121,23 @@ def test_dbias_sums_the_broadcast_dimensions(rng, shape):
         _assert_grads(grads, refs, "fp16", f"bias {shape} expand={expand}")
         err = reference.rel_error(dbias, ref_dbias)
         assert err <= GRAD_TOL["fp16"], f"bias {shape} expand={expand}: dbias rel err {err:.3e}"
+
+
+def test_deterministic_mode_gives_the_same_bits(rng):
+    """deterministic=True: five runs bitwise equal (dQ's ordered adds, GQA and dbias sums on the
+    host), within the bounds; with a window (its query tiles start past key tile 0) and a bias."""
+    import cupy
+
+    heads, lengths = (2, 6, 2), (300, 500)
+    q, k, v = make_inputs(rng, "bf16", 128, "bshd", heads, lengths)
+    bias = cupy.asarray(rng.standard_normal((1, 6, 300, 500)).astype(np.float32))
+    opts = dict(window=(100, 20), bias=bias, layout="bshd")
+    out, lse = fc.attention(q, k, v, return_lse=True, **opts)
+    dout = make_inputs(rng, "bf16", 128, "bshd", heads, lengths)[0]
+    first = fc.attention_backward(dout, q, k, v, out, lse, deterministic=True, return_dbias=True, **opts)
+    *refs, ref_dbias = reference.attention_backward(dout, q, k, v, out, lse, return_dbias=True, **opts)
+    _assert_grads(first[:3], refs, "bf16", "deterministic")
+    assert reference.rel_error(first[3], ref_dbias) <= GRAD_TOL["bf16"]
+    for _ in range(4):
+        again = fc.attention_backward(dout, q, k, v, out, lse, deterministic=True, return_dbias=True, **opts)
+        assert all(bool(cupy.array_equal(a, b)) for a, b in zip(first, again))
