@@ -1,0 +1,90 @@
+"""Probe: the backward on dense rows of the shape list, timed side by side (throughput, CUDA
+events, medians) against SDPA's backward from the same forward: flashcore (default and
+deterministic) and SDPA's cuDNN, flash and memory-efficient backends (autograd's backward of a
+saved forward, gradient buffers allocated per call as autograd does). FLOPs: 2.5x the
+forward's visible-pair count. Each flashcore call's gradients are checked against SDPA's first.
+A quick look before the benchmark's backward mode exists.
+
+  PYTHONPATH=$PWD python3 scripts/dev/backward_probe.py [--shapes NAME,...] [--dtype fp16]
+"""
+
+import argparse
+import contextlib
+import sys
+
+import numpy as np
+
+import flashcore_cupy as fc
+from flashcore_cupy import reference, timing, workload
+from flashcore_cupy.shapes import bench_shapes
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--shapes", default="b2-h16-s4k-d128-causal,b1-h16-s16k-d128-causal,b4-h16-s1k-d64")
+    ap.add_argument("--dtype", default="fp16,bf16")
+    ap.add_argument("--samples", type=int, default=10)
+    args = ap.parse_args()
+    import cupy
+    import torch
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    print(f"device: {cupy.cuda.runtime.getDeviceProperties(0)['name'].decode()}")
+    wanted = list(filter(None, args.shapes.split(",")))
+    shapes = {s.name: s for s in bench_shapes()}
+    for name in wanted:
+        shape = shapes[name]
+        for dt in args.dtype.split(","):
+            rng = np.random.default_rng(1)
+            q, k, v = workload.random_inputs(shape, dt, rng)
+            causal = shape.causal_arg
+            out, lse = fc.attention(q, k, v, causal=causal, return_lse=True)
+            dout = workload.random_inputs(shape, dt, rng)[0]
+            fns = {
+                "flashcore": lambda i: fc.attention_backward(dout, q, k, v, out, lse, causal=causal),
+                "flashcore_det": lambda i: fc.attention_backward(dout, q, k, v, out, lse, causal=causal,
+                                                                 deterministic=True),
+            }
+            ctx = {n: contextlib.nullcontext for n in fns}
+            tq, tk, tv = (torch.from_dlpack(x).detach().requires_grad_() for x in (q, k, v))
+            tdo = torch.from_dlpack(dout)
+            gqa = shape.heads_q != shape.heads_kv
+            for peer, backend in (("sdpa_cudnn", SDPBackend.CUDNN_ATTENTION), ("sdpa_flash", SDPBackend.FLASH_ATTENTION),
+                                  ("sdpa_efficient", SDPBackend.EFFICIENT_ATTENTION)):
+                try:
+                    with sdpa_kernel(backend):
+                        o = torch.nn.functional.scaled_dot_product_attention(tq, tk, tv, is_causal=bool(causal),
+                                                                             enable_gqa=gqa)
+                        torch.autograd.grad(o, (tq, tk, tv), tdo, retain_graph=True)
+                except RuntimeError as e:
+                    print(f"  {peer}: unavailable ({str(e).splitlines()[0][:80]})")
+                    continue
+                fns[peer] = (lambda o: lambda i: torch.autograd.grad(o, (tq, tk, tv), tdo, retain_graph=True))(o)
+                ctx[peer] = (lambda be: lambda: sdpa_kernel(be))(backend)
+            if "sdpa_cudnn" in fns:   # a sanity check against a peer (the tests hold us to float64)
+                with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+                    peer_grads = fns["sdpa_cudnn"](0)
+                for mode in ("flashcore", "flashcore_det"):
+                    ours = fns[mode](0)
+                    diffs = [reference.rel_error(a, b.float().cpu().numpy()) for a, b in zip(ours, peer_grads)]
+                    print(f"{name} {dt} {mode}: rel diff to cuDNN's dq {diffs[0]:.2e} dk {diffs[1]:.2e} dv {diffs[2]:.2e}")
+            for n, fn in fns.items():
+                with ctx[n]():
+                    fn(0)
+            cupy.cuda.Device().synchronize()
+            result = timing.time_side_by_side({n: (fns[n], ctx[n]) for n in fns}, args.samples, calls=3,
+                                              warmup_s=0.05, rounds=3)
+            flops = 2.5 * shape.flops
+            ours = result["flashcore"].p50
+            print(f"{name} {dt}: backward, {flops / 1e12:.2f} TFLOP")
+            for n, t in result.items():
+                print(f"  {n:16s} {t.p50:10.1f} us  {flops / t.p50 / 1e6:7.1f} TFLOP/s  flashcore x{t.p50 / ours:.2f}")
+            sys.stdout.flush()
+            fns.clear()
+            cupy.get_default_memory_pool().free_all_blocks()
+            torch.cuda.empty_cache()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
