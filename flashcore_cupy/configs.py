@@ -246,12 +246,24 @@ class Sm90FwdConfig:
     def smem_bytes(self) -> int:
         # Mirrors Sm90Tile: 1024 bytes of alignment slack, Q (64 rows at least), the K and V
         # rings, barriers; a bias variant's per-warp bias tiles (BiasStage) at the next 128 bytes.
+        bias_at, slot = self._bias_layout()
+        return 1024 + bias_at + self.bias_slots * slot
+
+    def _bias_layout(self) -> tuple[int, int]:
+        """(where the bias tiles start, one slot of them for every warp), as flash_fwd_sm90.cu."""
         tiles = 2 * self.head_dim * (max(self.block_m, 64) + 2 * self.stages * self.block_n)
         end = tiles + 8 * (2 + 4 * self.stages)
-        if self.variant.bias != "none":
-            elem = 4 if self.variant.bias == "fp32" else 2
-            end = -(-end // 128) * 128 + 4 * self.consumers * self.warp_rows * (self.block_n + 8) * elem
-        return 1024 + end
+        if self.variant.bias == "none":
+            return end, 0
+        elem = 4 if self.variant.bias == "fp32" else 2
+        return -(-end // 128) * 128, 4 * self.consumers * self.warp_rows * self.block_n * elem
+
+    @property
+    def bias_slots(self) -> int:
+        """A bias variant's tiles in flight per warp: two where they fit beside the ring, else
+        one (the kernel's kBiasSlots)."""
+        bias_at, slot = self._bias_layout()
+        return 2 if 1024 + bias_at + 2 * slot <= SMEM_LIMIT[self.arch] else 1
 
     def work_tiles(self, batch: int, heads_q: int, seqlen_q: int) -> int:
         return -(-seqlen_q // self.block_m) * heads_q * batch

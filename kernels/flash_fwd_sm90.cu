@@ -170,9 +170,22 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
     auto k_tile = [&](Ring<STAGES> r) { return desc_advance(k_desc0, r.slot() * Tile::kKVBytes); };
     auto v_tile = [&](Ring<STAGES> r) { return desc_advance(v_desc0, r.slot() * Tile::kKVBytes); };
     auto release = [&](u32 barrier) { if (lane == 0) mbar_arrive(barrier); };
-    using Stage = BiasStage<T, V::kBias == 2 ? 2 : 1, WARP_ROWS, BLOCK_N>;   // used with a bias only
-    const Stage stage{reinterpret_cast<const char*>(smem) + (sbase - smem_addr(smem)) + Tile::kOffBias +
+    // A bias variant's tiles (used with a bias only): two slots a warp where they fit beside
+    // the ring, else one (configs.Sm90FwdConfig.bias_slots mirrors this).
+    constexpr u32 kBiasSlot = 4 * CONSUMERS * WARP_ROWS * BLOCK_N * (V::kBias == 2 ? 4 : 2);
+#ifdef FLASHCORE_BIAS_SLOTS
+    constexpr int kBiasSlots = FLASHCORE_BIAS_SLOTS;   // A/B: -DFLASHCORE_BIAS_SLOTS=1
+#else
+    constexpr int kBiasSlots = 1024 + Tile::kOffBias + 2 * kBiasSlot <= kSm90SmemLimit ? 2 : 1;
+#endif
+    using Stage = BiasStage<T, V::kBias == 2 ? 2 : 1, WARP_ROWS, BLOCK_N, kBiasSlots>;
+    const Stage stage{reinterpret_cast<char*>(smem) + (sbase - smem_addr(smem)) + Tile::kOffBias +
                       (consumer * 4 + warp) * Stage::kBytes};
+    if constexpr (V::kBias != 0) {   // the host's smem_bytes mirrors this layout: trap, never overrun
+        u32 given;
+        asm("mov.u32 %0, %%dynamic_smem_size;" : "=r"(given));
+        if (given < (sbase - smem_addr(smem)) + Tile::kOffBias + 4 * CONSUMERS * Stage::kBytes) __trap();
+    }
     // Ping-pong: consumers take turns issuing their GEMMs (hardware barrier 1 + c
     // is consumer c's turn), so one's softmax runs while another's GEMMs do.
     // Per work tile every consumer takes n_blocks + 1 turns, the last consumer
@@ -224,10 +237,17 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
         // A variant's scores leave variant_scores in the units softmax takes as its scale.
         ScoreMod mod{};
         if constexpr (!V::kPlain) mod = score_mod<V>(p, w.batch, w.head);
-        // The bias: each warp's tile staged in shared memory a step ahead (BiasStage: the
-        // first one now, the next after each score step).
-        if constexpr (V::kBias != 0)
-            if (my_blocks > 0) stage.load(mod, w_row0, (w.first + tile(0)) * BLOCK_N, lane);
+        // The bias: each warp's tiles staged in shared memory kBiasSlots steps ahead
+        // (BiasStage: the first ones now, the next after each score step).
+        if constexpr (V::kBias != 0) {
+            if (my_blocks > 0) {
+                stage.load(0, mod, w_row0, (w.first + tile(0)) * BLOCK_N, lane);
+                if constexpr (kBiasSlots == 2) {
+                    if (my_blocks > 1) stage.load(1, mod, w_row0, (w.first + tile(1)) * BLOCK_N, lane);
+                    else stage.skip();
+                }
+            }
+        }
         const float softmax_scale = V::kPlain ? p.scale_log2 : mod.units;
         auto softmax_tile = [&](int j, bool first = false) {
             const int key0 = (w.first + j) * BLOCK_N;
@@ -240,12 +260,16 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
                     scale_and_mask<1, BLOCK_N / 8, false, H>(s, p.scale_log2, 0, 0, 0, 0, false, lane);
             } else {
                 const bool needs_mask = tile_partial(mod, BLOCK_N, key0, c_row0, 4 * WARP_ROWS);
+                const int own = SPLIT ? (j - consumer) / CONSUMERS : j;   // this consumer's own-th tile
+                const int slot = own % kBiasSlots;
                 if constexpr (V::kBias != 0) stage.wait();
-                variant_scores<V, 1, BLOCK_N / 8, H>(s, mod, stage, needs_mask, w_row0, key0, lane);
+                variant_scores<V, 1, BLOCK_N / 8, H>(s, mod, stage.reader(slot), needs_mask, w_row0, key0, lane);
                 if constexpr (V::kBias != 0) {
-                    __syncwarp();   // every lane has read the tile: the next may overwrite it
-                    const int next = j + (SPLIT ? CONSUMERS : 1);
-                    if (next < c_blocks) stage.load(mod, w_row0, (w.first + next) * BLOCK_N, lane);
+                    __syncwarp();   // every lane has read the slot: it may be refilled
+                    if (own + kBiasSlots < my_blocks)
+                        stage.load(slot, mod, w_row0, (w.first + tile(own + kBiasSlots)) * BLOCK_N, lane);
+                    else if (kBiasSlots == 2)
+                        stage.skip();
                 }
             }
             if (first) seed_max<BLOCK_N / 8, H>(s, m, softmax_scale);

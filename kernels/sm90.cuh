@@ -5,6 +5,9 @@
 
 namespace fc {
 
+// Dynamic shared memory a CTA may opt into on sm_90 (227 KB: configs.SMEM_LIMIT["sm_90a"]).
+constexpr u32 kSm90SmemLimit = 232448;
+
 // ---- mbarrier (shared-memory transaction barrier) --------------------------
 
 __device__ __forceinline__ void mbar_init(u32 bar, int count) {

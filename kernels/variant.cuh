@@ -199,64 +199,79 @@ struct BiasFrag<T, 0, M_TILES, N_TILES, HALVES> {
     __device__ __forceinline__ void fetch(const ScoreMod&, int, int, int) {}
 };
 
-// A warp's bias tile in shared memory: ROWS query rows x BLOCK_N keys, each row padded by 8
-// elements so that the score step's reads (8 rows x 4 lanes a key pair each) fall in distinct
-// banks. The kernel copies a key tile in right after the previous tile's score step and the
-// next score step reads it, so its loads have a whole step of GEMMs to land: by cp.async in
-// 16-byte chunks where the bias rows start 16-byte aligned (ScoreMod.bias_chunks), else in
-// 4-byte pairs (bias_pairs) or float32 elements; rows past Sq and keys past Sk are zero-filled
-// and nothing is read there. A 16-bit bias whose rows start at odd elements goes element by
-// element through registers (ordinary loads: the warp waits for them there).
-template <class T, int BIAS, int ROWS, int BLOCK_N>
+// A warp's bias tiles in shared memory: SLOTS tiles of ROWS query rows x BLOCK_N keys, each
+// tile's k-th one filled SLOTS score steps before it is read, so its loads have that many
+// steps of GEMMs to land. Within a row the 16-byte chunks are swizzled (chunk c of row r at
+// c ^ ((r % 8) << shift), shift 1 for float32) so that the score step's reads (8 rows x 4
+// lanes, a key pair each) fall in distinct banks. Copies go by cp.async, one commit group per
+// tile: 16-byte chunks where the bias rows start 16-byte aligned (ScoreMod.bias_chunks), else
+// 4-byte pairs or float32 elements; rows past Sq and keys past Sk are zero-filled and nothing
+// is read there. A 16-bit bias whose rows start at odd elements goes element by element
+// through registers (ordinary loads: the warp waits for them there).
+template <class T, int BIAS, int ROWS, int BLOCK_N, int SLOTS>
 struct BiasStage {
     static constexpr int kElem = BIAS == 2 ? 4 : 2;
-    static constexpr int kRowBytes = (BLOCK_N + 8) * kElem;
-    static constexpr u32 kBytes = ROWS * kRowBytes;   // one warp's
-    static_assert(BLOCK_N * kElem % 16 == 0, "a row of the tile is whole 16-byte chunks");
-    const char* stage;    // this warp's tile (shared memory)
+    static constexpr int kRowBytes = BLOCK_N * kElem;
+    static constexpr int kShift = BIAS == 2 ? 1 : 0;
+    static constexpr u32 kSlotBytes = ROWS * kRowBytes;
+    static constexpr u32 kBytes = SLOTS * kSlotBytes;   // one warp's
+    static_assert(kRowBytes / 16 >= (8 << kShift), "the swizzle needs 8 (float32: 16) chunks a row");
+    static_assert(SLOTS == 1 || SLOTS == 2, "SLOTS: 1 or 2");
+    char* stage;    // this warp's tiles (shared memory)
 
-    // Rows [row0, row0 + ROWS) x keys [key0, key0 + BLOCK_N) in units of U bytes.
+    // Byte `byte` of row r in slot `slot`.
+    __device__ __forceinline__ char* at_byte(int slot, int r, int byte) const {
+        return stage + slot * kSlotBytes + r * kRowBytes + (((byte / 16) ^ ((r % 8) << kShift)) * 16) + byte % 16;
+    }
+
+    // Rows [row0, row0 + ROWS) x keys [key0, key0 + BLOCK_N) into `slot`, in units of U bytes.
     template <int U>
-    __device__ __forceinline__ void copy(const ScoreMod& m, int row0, int key0, int lane) const {
-        constexpr int kUnits = BLOCK_N * kElem / U, kPerUnit = U / kElem;
-        const u32 dst = smem_addr(stage);
+    __device__ __forceinline__ void copy(int slot, const ScoreMod& m, int row0, int key0, int lane) const {
+        constexpr int kUnits = kRowBytes / U, kPerUnit = U / kElem;
         #pragma unroll 4
         for (int i = lane; i < ROWS * kUnits; i += 32) {
             const int r = i / kUnits, u = i % kUnits;
             const int row = row0 + r, key = key0 + u * kPerUnit;
             const int keys = row < m.seqlen_q ? min(kPerUnit, max(0, m.seqlen_k - key)) : 0;
             const char* src = static_cast<const char*>(m.bias) + (static_cast<i64>(row) * m.bias_ss + key) * kElem;
-            if constexpr (U == 16) cp_async_16(dst + r * kRowBytes + u * 16, keys > 0 ? src : m.bias, keys * kElem);
-            else if constexpr (U == 4) cp_async_4(dst + r * kRowBytes + u * 4, keys > 0 ? src : m.bias, keys * kElem);
-            else {
-                u16 bits = 0;
-                if (keys > 0) bits = *reinterpret_cast<const u16*>(src);
-                *reinterpret_cast<u16*>(const_cast<char*>(stage) + r * kRowBytes + u * 2) = bits;
-            }
+            char* dst = at_byte(slot, r, u * U);
+            if constexpr (U == 16) cp_async_16(smem_addr(dst), keys > 0 ? src : m.bias, keys * kElem);
+            else if constexpr (U == 4) cp_async_4(smem_addr(dst), keys > 0 ? src : m.bias, keys * kElem);
+            else *reinterpret_cast<u16*>(dst) = keys > 0 ? *reinterpret_cast<const u16*>(src) : u16(0);
         }
     }
 
-    __device__ __forceinline__ void load(const ScoreMod& m, int row0, int key0, int lane) const {
-        if (m.bias_chunks) copy<16>(m, row0, key0, lane);
-        else if constexpr (BIAS == 2) copy<4>(m, row0, key0, lane);
-        else if (m.bias_pairs) copy<4>(m, row0, key0, lane);
-        else copy<2>(m, row0, key0, lane);
+    // Start filling `slot` with the key tile at key0 (one commit group).
+    __device__ __forceinline__ void load(int slot, const ScoreMod& m, int row0, int key0, int lane) const {
+        if (m.bias_chunks) copy<16>(slot, m, row0, key0, lane);
+        else if constexpr (BIAS == 2) copy<4>(slot, m, row0, key0, lane);
+        else if (m.bias_pairs) copy<4>(slot, m, row0, key0, lane);
+        else copy<2>(slot, m, row0, key0, lane);
         cp_async_commit();
     }
 
-    // The loaded tile is there for every lane of the warp (before the reads).
+    // No tile to fill: an empty group, so that wait's count stays one group per step.
+    __device__ __forceinline__ void skip() const { cp_async_commit(); }
+
+    // The oldest tile in flight has landed for every lane of the warp (before its reads).
     __device__ __forceinline__ void wait() const {
-        cp_async_wait<0>();
+        cp_async_wait<SLOTS - 1>();
         __syncwarp();
     }
 
-    // The score step's element (mma C layout, rows from the warp's first): see BiasFrag.
-    __device__ __forceinline__ float at(int mt, int half, int nt, int c) const {
-        const int lane = threadIdx.x % 32;
-        const char* pair = stage + (mt * 16 + lane / 4 + 8 * half) * kRowBytes + (nt * 8 + 2 * (lane % 4) + c) * kElem;
-        if constexpr (BIAS == 2) return *reinterpret_cast<const float*>(pair);
-        else return bias_bits<T>(*reinterpret_cast<const u16*>(pair));
-    }
+    // A reader of `slot` with variant_scores' at(mt, half, nt, c) (mma C layout, rows from the
+    // warp's first: see BiasFrag).
+    struct Reader {
+        const BiasStage& stage;
+        int slot;
+        __device__ __forceinline__ float at(int mt, int half, int nt, int c) const {
+            const int lane = threadIdx.x % 32;
+            const char* e = stage.at_byte(slot, mt * 16 + lane / 4 + 8 * half, (nt * 8 + 2 * (lane % 4) + c) * kElem);
+            if constexpr (BIAS == 2) return *reinterpret_cast<const float*>(e);
+            else return bias_bits<T>(*reinterpret_cast<const u16*>(e));
+        }
+    };
+    __device__ __forceinline__ Reader reader(int slot) const { return {*this, slot}; }
 };
 
 // A non-plain variant's scores, in place, in the units softmax takes as its scale

@@ -1,5 +1,6 @@
 """The Hopper path's host side: configs, dispatch, tensor-map geometry, generated header (CPU)."""
 
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -32,6 +33,22 @@ def test_geometry_and_name():
     # 300 tiles: 2 rounds of 132 and 36 left over, which run as 72 sub-tiles of 64 rows
     assert cfg.schedule(batch=3, heads_q=50, seqlen_q=129, num_sms=132, causal=False)[:3] == ((132, 1, 1), 264, 336)
     assert cfg.schedule(batch=3, heads_q=50, seqlen_q=129, num_sms=132, causal=True)[:3] == ((300, 1, 1), 300, 300)
+
+
+def test_bias_variants_stage_their_tiles_beside_the_ring():
+    """A bias variant's shared memory: Q, the ring and barriers, then at the next 128 bytes each
+    warp's bias tiles (rows x keys, in the bias's element size), two slots where they fit."""
+    base = configs.Sm90FwdConfig("fp16", 128, 128, 2, 2, True)
+    half = dataclasses.replace(base, variant=configs.KernelVariant(window=True, bias="16bit"))
+    ring_end = 2 * 128 * (128 + 2 * 2 * 128) + 8 * 10
+    bias_at = -(-ring_end // 128) * 128
+    assert half.bias_slots == 2
+    assert half.smem_bytes == 1024 + bias_at + 2 * (8 * 16 * 128 * 2) <= configs.SMEM_LIMIT["sm_90a"]
+    # float32 at 128 keys: two slots would pass the limit, one fits (dispatch takes 64 keys there)
+    wide = dataclasses.replace(half, variant=configs.KernelVariant(window=True, bias="fp32"))
+    assert wide.bias_slots == 1 and wide.smem_bytes == 1024 + bias_at + 8 * 16 * 128 * 4
+    assert configs.variant_config(base, wide.variant).block_n == 64
+    assert dataclasses.replace(half, variant=configs.KernelVariant(window=True)).smem_bytes == base.smem_bytes
 
 
 def test_split_keys_config():
