@@ -110,7 +110,8 @@ class _Scores:
     """A problem's inputs in float64 (bhsd) and its scores head by head, in the order
     `attention` states: what the forward and backward references share."""
 
-    def __init__(self, q, k, v, causal, scale, window, softcap, alibi_slopes, bias, layout, q_positions=None):
+    def __init__(self, q, k, v, causal, scale, window, softcap, alibi_slopes, bias, layout, q_positions=None,
+                 k_positions=None):
         q, k, v = _to_f64(q), _to_f64(k), _to_f64(v)
         if layout == "bshd":
             q, k, v = (x.transpose(0, 2, 1, 3) for x in (q, k, v))
@@ -122,27 +123,45 @@ class _Scores:
         self.heads_kv, self.seqlen_k = k.shape[1], k.shape[2]
         self.scale = 1.0 / math.sqrt(head_dim) if scale is None else float(scale)
         self.rows = np.arange(self.seqlen_q) if q_positions is None else np.asarray(q_positions)
+        self.cols = np.arange(self.seqlen_k) if k_positions is None else np.asarray(k_positions)
         self.q, self.k, self.v = q[:, :, self.rows], k, v
         self.group = self.heads_q // self.heads_kv
         self.softcap = softcap
         off = 0 if causal_mode(causal) == "top_left" else self.seqlen_k - self.seqlen_q
-        self.keep = visible(self.rows, self.seqlen_q, self.seqlen_k, causal, window)
+        self.keep = visible(self.rows, self.seqlen_q, self.seqlen_k, causal, window)[:, self.cols]
         self.slopes = None
         if alibi_slopes is not None:
             self.slopes = np.broadcast_to(_to_f64(alibi_slopes), (self.batch, self.heads_q))
-            self.distance = np.abs(self.rows[:, None] + off - np.arange(self.seqlen_k)[None, :])
+            self.distance = np.abs(self.rows[:, None] + off - self.cols[None, :])
         self.bias = None if bias is None else np.broadcast_to(
             _to_f64(bias), (self.batch, self.heads_q, self.seqlen_q, self.seqlen_k))
 
     def head(self, b: int, h: int) -> tuple[np.ndarray, np.ndarray]:
-        """(raw = scale * q k^T, the masked scores) of query head h of batch b."""
-        raw = self.scale * (self.q[b, h] @ self.k[b, h // self.group].T)
+        """(raw = scale * q k^T, the masked scores) of query head h of batch b: its rows x keys."""
+        raw = self.scale * (self.q[b, h] @ self.k[b, h // self.group][self.cols].T)
         s = self.softcap * np.tanh(raw / self.softcap) if self.softcap > 0 else raw
         if self.slopes is not None:
             s = s - self.slopes[b, h] * self.distance
         if self.bias is not None:
-            s = s + self.bias[b, h][self.rows]
+            s = s + self.bias[b, h][np.ix_(self.rows, self.cols)]
         return raw, np.where(self.keep, s, -np.inf)
+
+    def grads(self, b: int, h: int, dout: np.ndarray, out: np.ndarray, lse: np.ndarray):
+        """Query head h of batch b's share of the gradients (attention_backward's formulas) from
+        the scores of this object's rows x keys: (dq of its rows, dk and dv of its keys, dS).
+        dq is whole where the object has every key; dk and dv where it has every row (the
+        head's share: a kv head sums them over its group)."""
+        hk = h // self.group
+        raw, s = self.head(b, h)
+        lse_rows = lse[b, h][self.rows]
+        seen = np.isfinite(lse_rows)
+        p = np.where(seen[:, None], np.exp(s - np.where(seen, lse_rows, 0.0)[:, None]), 0.0)
+        d_out = dout[b, h][self.rows]
+        delta = (d_out * out[b, h][self.rows]).sum(axis=1)
+        ds = p * (d_out @ self.v[b, hk][self.cols].T - delta[:, None])
+        d_raw = ds * (1.0 - np.tanh(raw / self.softcap) ** 2) if self.softcap > 0 else ds
+        return (self.scale * d_raw @ self.k[b, hk][self.cols], self.scale * d_raw.T @ self.q[b, h],
+                p.T @ d_out, ds)
 
 
 def attention_backward(dout, q, k, v, out, lse, *, causal=False, scale: float | None = None,
@@ -160,25 +179,17 @@ def attention_backward(dout, q, k, v, out, lse, *, causal=False, scale: float | 
     1 - tanh^2(raw / softcap), and dq = scale * dRaw K, dk = scale * dRaw^T q. dk and dv of a
     kv head sum over its GQA group. Shapes, dtypes (float64) and layout follow q, k, v."""
     pb = _Scores(q, k, v, causal, scale, window, softcap, alibi_slopes, bias, layout)
-    dout, out, lse = _to_f64(dout), _to_f64(out), _to_f64(lse)
-    if layout == "bshd":
-        dout, out = dout.transpose(0, 2, 1, 3), out.transpose(0, 2, 1, 3)
+    dout, out, lse = _bhsd_pair(dout, out, lse, layout)
     dq, dk, dv = np.zeros_like(pb.q), np.zeros_like(pb.k), np.zeros_like(pb.v)
     ds_all = np.zeros((pb.batch, pb.heads_q, pb.seqlen_q, pb.seqlen_k)) if return_dbias else None
     for b in range(pb.batch):
         for h in range(pb.heads_q):
             hk = h // pb.group
-            raw, s = pb.head(b, h)
-            seen = np.isfinite(lse[b, h])
-            p = np.where(seen[:, None], np.exp(s - np.where(seen, lse[b, h], 0.0)[:, None]), 0.0)
-            delta = (dout[b, h] * out[b, h]).sum(axis=1)
-            dv[b, hk] += p.T @ dout[b, h]
-            ds = p * (dout[b, h] @ pb.v[b, hk].T - delta[:, None])
+            dq[b, h], dk_h, dv_h, ds = pb.grads(b, h, dout, out, lse)
+            dk[b, hk] += dk_h
+            dv[b, hk] += dv_h
             if ds_all is not None:
                 ds_all[b, h] = ds
-            d_raw = ds * (1.0 - np.tanh(raw / pb.softcap) ** 2) if pb.softcap > 0 else ds
-            dq[b, h] = pb.scale * d_raw @ pb.k[b, hk]
-            dk[b, hk] += pb.scale * d_raw.T @ pb.q[b, h]
     if layout == "bshd":
         dq, dk, dv = (x.transpose(0, 2, 1, 3) for x in (dq, dk, dv))
     if not return_dbias:
@@ -192,6 +203,36 @@ def attention_backward(dout, q, k, v, out, lse, *, causal=False, scale: float | 
     strides = getattr(bias, "strides", None) or (1,) * len(shape)
     summed = tuple(i for i, (n, st) in enumerate(zip(shape, strides)) if n == 1 or st == 0)
     return dq, dk, dv, np.broadcast_to(dbias.sum(axis=summed, keepdims=True), shape).copy()
+
+
+def _bhsd_pair(dout, out, lse, layout: str):
+    dout, out, lse = _to_f64(dout), _to_f64(out), _to_f64(lse)
+    if layout == "bshd":
+        dout, out = dout.transpose(0, 2, 1, 3), out.transpose(0, 2, 1, 3)
+    return dout, out, lse
+
+
+def attention_backward_sampled(dout, q, k, v, out, lse, q_positions, k_positions, *, causal=False,
+                               scale: float | None = None, window: tuple[int, int] | None = None,
+                               softcap: float = 0.0, alibi_slopes=None, bias=None, layout: str = "bhsd"):
+    """attention_backward's dq on the query rows q_positions and dk, dv on the keys k_positions,
+    from those rows' scores against every key and every row's against those keys: (dq, dk, dv)
+    in float64, (B, H, rows or keys, D) whatever the layout. What a check of a backward too
+    large for the whole reference computes (the same formulas, see _Scores.grads)."""
+    opts = (causal, scale, window, softcap, alibi_slopes, bias, layout)
+    by_rows = _Scores(q, k, v, *opts, q_positions=q_positions)
+    by_keys = _Scores(q, k, v, *opts, k_positions=k_positions)
+    dout, out, lse = _bhsd_pair(dout, out, lse, layout)
+    dq = np.zeros((by_rows.batch, by_rows.heads_q, len(by_rows.rows), by_rows.q.shape[-1]))
+    dk = np.zeros((by_keys.batch, by_keys.heads_kv, len(by_keys.cols), by_keys.k.shape[-1]))
+    dv = np.zeros((by_keys.batch, by_keys.heads_kv, len(by_keys.cols), by_keys.v.shape[-1]))
+    for b in range(by_rows.batch):
+        for h in range(by_rows.heads_q):
+            dq[b, h] = by_rows.grads(b, h, dout, out, lse)[0]
+            _, dk_h, dv_h, _ = by_keys.grads(b, h, dout, out, lse)
+            dk[b, h // by_keys.group] += dk_h
+            dv[b, h // by_keys.group] += dv_h
+    return dq, dk, dv
 
 
 def rel_error(out, ref) -> float:

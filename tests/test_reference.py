@@ -260,6 +260,27 @@ def test_backward_matches_finite_differences(rng, name, layout):
         np.testing.assert_allclose(got[3], _finite_difference(loss, bias), rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.parametrize("layout", ["bhsd", "bshd"])
+def test_sampled_backward_is_the_whole_reference_on_its_rows_and_keys(rng, layout):
+    """attention_backward_sampled: dq of the picked rows and dk, dv of the picked keys equal the
+    whole reference's, with every option on, GQA and Sq != Sk."""
+    b, hq, hkv, sq, sk, d = 2, 4, 2, 37, 29, 8
+    dims = (lambda h, s: (b, h, s, d)) if layout == "bhsd" else (lambda h, s: (b, s, h, d))
+    q, k, v = rng.standard_normal(dims(hq, sq)), rng.standard_normal(dims(hkv, sk)), rng.standard_normal(dims(hkv, sk))
+    dout = rng.standard_normal(dims(hq, sq))
+    opts = dict(causal="top_left", window=(9, 3), softcap=2.0, alibi_slopes=rng.uniform(0, 0.3, hq),
+                bias=rng.standard_normal((1, hq, sq, sk)), layout=layout)
+    out, lse = reference.attention(q, k, v, return_lse=True, **opts)
+    whole = reference.attention_backward(dout, q, k, v, out, lse, **opts)
+    if layout == "bshd":
+        whole = tuple(g.transpose(0, 2, 1, 3) for g in whole)
+    rows, keys = np.array([0, 5, 36, 17]), np.array([28, 0, 3, 11])
+    dq, dk, dv = reference.attention_backward_sampled(dout, q, k, v, out, lse, rows, keys, **opts)
+    np.testing.assert_allclose(dq, whole[0][:, :, rows], rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(dk, whole[1][:, :, keys], rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(dv, whole[2][:, :, keys], rtol=1e-12, atol=1e-12)
+
+
 def test_backward_gqa_sums_the_group_and_dbias_sums_broadcast_dimensions(rng):
     q, k, v = rng.standard_normal((2, 4, 3, 8)), rng.standard_normal((2, 2, 5, 8)), rng.standard_normal((2, 2, 5, 8))
     dout = rng.standard_normal((2, 4, 3, 8))
