@@ -42,7 +42,8 @@ from .timing import balanced_orders, predecessors, time_latency, time_side_by_si
 
 IMPLS = ("flashcore", "flashcore_sm80", "flashcore_plain", "naive_cupy", "sdpa_flash", "sdpa_cudnn",
          "sdpa_efficient")
-OURS = ("flashcore", "flashcore_sm80", "flashcore_plain")   # their failures fail the run
+OURS = ("flashcore", "flashcore_sm80", "flashcore_plain", "flashcore_deterministic")   # their failures fail the run
+BACKWARD_IMPLS = ("flashcore", "flashcore_deterministic", "sdpa_flash", "sdpa_cudnn", "sdpa_efficient")
 _SDPA_BACKENDS = {"sdpa_flash": "FLASH_ATTENTION", "sdpa_cudnn": "CUDNN_ATTENTION",
                   "sdpa_efficient": "EFFICIENT_ATTENTION"}
 SCHEMA = 2
@@ -60,6 +61,16 @@ class Impl(NamedTuple):
     prepare: Callable   # prepare(q, k, v) -> inputs, once per input set
     context: Callable   # context() entered around a turn of calls (pins an SDPA backend)
     plain: bool = False   # computes shape.plain() (flashcore_plain): checked and counted as that
+
+
+class Checker(NamedTuple):
+    """How a direction checks an implementation's result against a set's reference."""
+    errors: Callable   # errors(result, reference) -> (relative L2 error, worst row's)
+    ok: Callable       # ok(dtype, err, row_err) -> within the bounds (NaN never)
+    flops: float = 1.0   # the shape's FLOPs times this (the backward: 2.5)
+
+
+FORWARD = Checker(lambda out, ref: workload.errors(_as_checkable(out), *ref), workload.within_tolerance)
 
 
 @dataclass
@@ -200,6 +211,78 @@ def _impls(shape: Shape, torch, arrays: dict | None = None, dtype: str = "fp16")
     return fns
 
 
+def _backward_impls(shape: Shape, torch, arrays: dict | None = None, dtype: str = "fp16") -> dict[str, Impl]:
+    """The backward's implementations: fn(*inputs) -> (dq, dk, dv) (bhsd), prepare(q, k, v,
+    dout, out, lse) -> inputs. flashcore runs from our forward's out and LSE (the input set
+    holds them); SDPA's backends run autograd's backward of their own forward, made once per
+    input set under the pinned backend (its graph kept for every call)."""
+    from . import backward
+
+    none = contextlib.nullcontext
+    opts = attention_options(shape, arrays or {})
+
+    def ours(deterministic):
+        return Impl(lambda *x: backward.attention_backward(*x, deterministic=deterministic, **opts),
+                    lambda q, k, v, dout, out, lse: (dout, q, k, v, out, lse), none)
+
+    fns = {"flashcore": ours(False), "flashcore_deterministic": ours(True)}
+    if torch is None:
+        return fns
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    given = sdpa_mask(shape, arrays or {}, torch, torch.float16 if dtype == "fp16" else torch.bfloat16)
+    if given is None:
+        return fns
+    mask, is_causal = given
+    gqa = shape.heads_q != shape.heads_kv
+
+    def fn(o, x, g):
+        return torch.autograd.grad(o, x, g, retain_graph=True)
+
+    for name, backend in _SDPA_BACKENDS.items():
+        context = functools.partial(sdpa_kernel, getattr(SDPBackend, backend))
+
+        def prepare(q, k, v, dout, out, lse, context=context):
+            x = tuple(torch.from_dlpack(t).detach().requires_grad_() for t in (q, k, v))
+            with context():
+                o = torch.nn.functional.scaled_dot_product_attention(*x, attn_mask=mask, is_causal=is_causal,
+                                                                     enable_gqa=gqa)
+            return o, x, torch.from_dlpack(dout)
+        fns[name] = Impl(fn, prepare, context)
+    return fns
+
+
+def _backward_errors(grads, ref) -> tuple[float, float]:
+    """The worst of dq's (on the reference's rows), dk's and dv's (on its keys) errors."""
+    from . import reference
+
+    rows, keys, (dq, dk, dv) = ref
+    got = [_as_checkable(g) for g in grads]
+    pairs = ((got[0][:, :, rows.tolist()], dq), (got[1][:, :, keys.tolist()], dk), (got[2][:, :, keys.tolist()], dv))
+    return (max(reference.rel_error(g, r) for g, r in pairs), max(reference.row_rel_error(g, r) for g, r in pairs))
+
+
+BACKWARD = Checker(_backward_errors, workload.within_grad_tolerance, 2.5)   # FLOPs: 2.5x the forward's
+
+
+def _backward_case_inputs(shape: Shape, dtype: str, rng, arrays: dict) -> tuple[list[tuple], list[tuple], None]:
+    """(input sets (q, k, v, dout, out, lse: out and LSE from our forward), their references:
+    (rows, keys, float64 dq on those rows and dk, dv on those keys, from that out and LSE), None)."""
+    from . import api, reference
+
+    opts = attention_options(shape, arrays)
+    sets, refs = [], []
+    qkv_sets = workload.input_sets(shape, dtype, rng)
+    n = check_rows_per_set(len(qkv_sets))
+    for q, k, v in qkv_sets:
+        dout = workload.random_inputs(shape, dtype, rng)[0]
+        out, lse = api.attention(q, k, v, return_lse=True, **opts)
+        rows, keys = workload.check_rows(shape.seqlen_q, rng, n), workload.check_rows(shape.seqlen_k, rng, n)
+        refs.append((rows, keys, reference.attention_backward_sampled(dout, q, k, v, out, lse, rows, keys, **opts)))
+        sets.append((q, k, v, dout, out, lse))
+    return sets, refs, None
+
+
 def peer_call(shape: Shape, impl: str, q, k, v) -> tuple[Callable, Callable] | None:
     """(fn(i), context) calling peer `impl` (one of IMPLS, e.g. "sdpa_cudnn") on q, k, v as
     the benchmark does (fn's calls inside context()), for scripts that time a peer beside
@@ -269,12 +352,13 @@ def speed_groups(quick_us: dict[str, float]) -> list[list[str]]:
 
 
 def run_case(shape: Shape, dtype: str, impls: dict[str, Impl], sets: list[tuple],
-             references: list[tuple[np.ndarray, np.ndarray]], iters: int,
-             plain_references: list[tuple[np.ndarray, np.ndarray]] | None = None) -> Case:
+             references: list[tuple], iters: int, plain_references: list[tuple] | None = None,
+             checker: Checker = FORWARD) -> Case:
     """Check each implementation on every input set, then time the ones that passed side by
-    side. dtype: "fp16" or "bf16"; references[i]: (query rows, their float64 reference) of
-    sets[i] (workload.sampled_reference); plain_references: the same of shape.plain(), for the
-    implementations that compute it (flashcore_plain)."""
+    side. dtype: "fp16" or "bf16"; references[i]: what checker.errors takes for sets[i] (the
+    forward: query rows and their float64 reference, workload.sampled_reference);
+    plain_references: the same of shape.plain(), for the implementations that compute it
+    (flashcore_plain)."""
     case = Case()
     errors, timed, quick = {}, {}, {}
     for name, impl in impls.items():
@@ -283,10 +367,9 @@ def run_case(shape: Shape, dtype: str, impls: dict[str, Impl], sets: list[tuple]
             inputs = [impl.prepare(*s) for s in sets]
             with impl.context():
                 refs = plain_references if impl.plain else references
-                errs = [workload.errors(_as_checkable(impl.fn(*x)), *ref)
-                        for x, ref in zip(inputs, refs)]
+                errs = [checker.errors(impl.fn(*x), ref) for x, ref in zip(inputs, refs)]
                 err, row_err = max(e for e, _ in errs), max(r for _, r in errs)
-                if ours and not workload.within_tolerance(dtype, err, row_err):
+                if ours and not checker.ok(dtype, err, row_err):
                     case.failures.append(dict(shape=shape.name, dtype=dtype, impl=name,
                                               reason=f"rel err {err:.2e}, worst row {row_err:.2e} "
                                                      f"over the bounds"))
@@ -321,7 +404,7 @@ def run_case(shape: Shape, dtype: str, impls: dict[str, Impl], sets: list[tuple]
                 predecessors={f"{a}>{b}": n for (a, b), n in sorted(predecessors(order).items())}))
             for name, t in timings.items():
                 err, row_err = errors[name]
-                flops = shape.plain().flops if impls[name].plain else shape.flops
+                flops = checker.flops * (shape.plain().flops if impls[name].plain else shape.flops)
                 case.rows.append(Row(shape.name, dtype, name, mode, t.p50, t.p90, t.p99,
                                      flops / (t.p50 * 1e-6) / 1e12, err, row_err,
                                      plan.samples[name], plan.calls[name]))
@@ -428,20 +511,23 @@ def _write(path: str, result: dict) -> None:
 
 
 def main(shape_names: list[str] | None, dtypes: list[str], impls: list[str], iters: int,
-         out_path: str | None, plot_path: str | None) -> dict:
+         out_path: str | None, plot_path: str | None, direction: str = "forward") -> dict:
     """Run the cases (dtypes: "fp16", "bf16"); print the table; write the JSON (and plot).
-    The result's "failures" lists every flashcore failure: the caller exits non-zero on any."""
+    The result's "failures" lists every flashcore failure: the caller exits non-zero on any.
+    direction "backward": dq, dk, dv from a saved forward, on the rows with Sq > 1."""
     torch = _torch()
     rng = np.random.default_rng()
+    backward = direction == "backward"
     shapes = []
     for s in bench_shapes():
         if shape_names is not None and s.name not in shape_names:
             continue
-        if s.unsupported():
-            print(f"  skipped {s.name}: {s.unsupported()}")
+        if s.unsupported() or (backward and s.seqlen_q == 1):
+            print(f"  skipped {s.name}: {s.unsupported() or 'one query: no backward row'}")
             continue
         shapes.append(s)
     result = environment(torch)
+    result["direction"] = direction
     result["method"] = dict(latency_samples=iters, throughput_samples=max(3, iters * THROUGHPUT_SAMPLES // LATENCY_SAMPLES),
                             throughput_calls=THROUGHPUT_CALLS, slow_us=_LONG_US, slow_samples=_SLOW_SAMPLES,
                             clock_bound_us=_CLOCK_BOUND_US, rotate_bytes=workload.ROTATE_BYTES,
@@ -455,9 +541,10 @@ def main(shape_names: list[str] | None, dtypes: list[str], impls: list[str], ite
     for shape in shapes:
         for dtype in dtypes:
             arrays = variant_arrays(shape, dtype, rng)
-            fns = {name: impl for name, impl in _impls(shape, torch, arrays, dtype).items() if name in impls}
-            sets, refs, plain_refs = _case_inputs(shape, dtype, rng, arrays)
-            case = run_case(shape, dtype, fns, sets, refs, iters, plain_refs)
+            build, inputs = (_backward_impls, _backward_case_inputs) if backward else (_impls, _case_inputs)
+            fns = {name: impl for name, impl in build(shape, torch, arrays, dtype).items() if name in impls}
+            sets, refs, plain_refs = inputs(shape, dtype, rng, arrays)
+            case = run_case(shape, dtype, fns, sets, refs, iters, plain_refs, BACKWARD if backward else FORWARD)
             if torch is not None and shape.softcap:
                 case.unavailable += [dict(shape=shape.name, dtype=dtype, impl=name, reason="SDPA has no softcap")
                                      for name in _SDPA_BACKENDS if name in impls]
@@ -467,7 +554,8 @@ def main(shape_names: list[str] | None, dtypes: list[str], impls: list[str], ite
             result["failures"] += case.failures
             result["unavailable"] += case.unavailable
             result["cases"].append(dict(shape=shape.name, dtype=dtype, held_out=shape.held_out,
-                                        variant=shape.is_variant, flops=shape.flops, **case.plan))
+                                        variant=shape.is_variant, flops=(2.5 if backward else 1) * shape.flops,
+                                        **case.plan))
             for f in case.failures:
                 print(f"  FAILED {f['shape']} {f['dtype']} {f['impl']}: {f['reason']}", flush=True)
             print(f"  done {shape.name} {dtype}", flush=True)

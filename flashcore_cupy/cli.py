@@ -205,7 +205,10 @@ def check(archs: list[str], variants: bool) -> None:
 @click.option("--out", "out_path", type=click.Path(dir_okay=False), help="Write the JSON here.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False),
               help="Draw TFLOP/s per shape and implementation to this PNG (needs matplotlib).")
-def bench(shape_names, dtypes, impls, iters, held_out, out_path, plot_path) -> None:
+@click.option("--direction", type=click.Choice(["forward", "backward"]), default="forward", show_default=True,
+              help="backward: dq, dk, dv from a saved forward (FLOPs 2.5x the forward's), the rows with Sq > 1, "
+                   "against SDPA's backward of its own forward.")
+def bench(shape_names, dtypes, impls, iters, held_out, out_path, plot_path, direction) -> None:
     """Benchmark the shape list against naive CuPy and PyTorch SDPA, validated first; exits 1
     if any flashcore case fails (an error, or a result over the bounds)."""
     from . import bench as bench_mod
@@ -221,13 +224,14 @@ def bench(shape_names, dtypes, impls, iters, held_out, out_path, plot_path) -> N
     if not shape_names:
         raise click.BadParameter(f"no shape of the list is left with --held-out {held_out}",
                                  param_hint="--shape")
-    if set(impls) - set(bench_mod.IMPLS):
-        raise click.BadParameter(f"expected some of {bench_mod.IMPLS}", param_hint="--impl")
+    known_impls = bench_mod.BACKWARD_IMPLS if direction == "backward" else bench_mod.IMPLS
+    if set(impls) - set(known_impls):
+        raise click.BadParameter(f"expected some of {known_impls} (direction {direction})", param_hint="--impl")
     if gpu_count() == 0:
         click.echo("no CUDA GPU found: `flashcore-cupy bench` needs one.")
         sys.exit(2)
-    result = bench_mod.main(list(shape_names), list(dtypes or TOLERANCE), list(impls or bench_mod.IMPLS),
-                            iters, out_path, plot_path)
+    result = bench_mod.main(list(shape_names), list(dtypes or TOLERANCE), list(impls or known_impls),
+                            iters, out_path, plot_path, direction)
     sys.exit(report_failures(result))
 
 

@@ -17,9 +17,18 @@ _MAX_SETS = 1024
 _NAIVE_MAX_SCORE_BYTES = 4 << 30  # the unfused baseline materialises B*H*Sq*Sk fp32 scores
 
 
+GRAD_TOLERANCE = {"fp16": 5e-3, "bf16": 2e-2}   # gradients: relative L2 error, each of dq, dk, dv
+GRAD_ROW_TOLERANCE = {dtype: 5 * tol for dtype, tol in GRAD_TOLERANCE.items()}
+
+
 def within_tolerance(dtype: str, err: float, row_err: float) -> bool:
     """Both bounds hold (NaN compares false, so it never passes)."""
     return err <= TOLERANCE[dtype] and row_err <= ROW_TOLERANCE[dtype]
+
+
+def within_grad_tolerance(dtype: str, err: float, row_err: float) -> bool:
+    """The gradients' bounds (the worst of dq, dk, dv; NaN never passes)."""
+    return err <= GRAD_TOLERANCE[dtype] and row_err <= GRAD_ROW_TOLERANCE[dtype]
 
 
 def np_dtype(dtype: str):

@@ -19,6 +19,7 @@ from flashcore_cupy.shapes import bench_shapes
 MATMUL_TFLOPS, COPY_TBPS = 792.0, 4.22
 PEERS = ("sdpa_flash", "sdpa_cudnn", "sdpa_efficient", "naive_cupy")
 NAMES = {"flashcore": "flashcore", "flashcore_sm80": "flashcore sm80", "flashcore_plain": "flashcore plain",
+         "flashcore_deterministic": "flashcore deterministic",
          "sdpa_flash": "SDPA flash (FA2)",
          "sdpa_cudnn": "SDPA cuDNN", "sdpa_efficient": "SDPA mem-eff", "naive_cupy": "naive CuPy"}
 DTYPES = ("fp16", "bf16")
@@ -169,6 +170,29 @@ def latency_vs_throughput(data, shapes) -> list[str]:
     return out + [""]
 
 
+def backward_table(data, mode: str, shapes) -> list[str]:
+    """A backward run: every implementation, flashcore against cuDNN's backward and the
+    deterministic mode against the default (issue 23's bars: >= 1.0x and >= 0.75x)."""
+    rows = _rows(data)
+    impls = ("flashcore", "flashcore_deterministic", "sdpa_flash", "sdpa_cudnn", "sdpa_efficient")
+    out = ["| shape | dtype | " + " | ".join(NAMES.get(i, i) for i in impls) + " | vs cuDNN (1.0×) | "
+           "deterministic / default (0.75×) |", "|---" * (4 + len(impls)) + "|"]
+    for s in shapes:
+        for dtype in DTYPES:
+            fc = rows.get((s.name, dtype, "flashcore", mode))
+            if fc is None:
+                continue
+            cells = []
+            for impl in impls:
+                r = rows.get((s.name, dtype, impl, mode))
+                cells.append("—" if r is None else f"{r['us_p50']:.1f} ({r['tflops']:.0f})")
+            cu, det = rows.get((s.name, dtype, "sdpa_cudnn", mode)), rows.get((s.name, dtype, "flashcore_deterministic", mode))
+            cells.append("—" if cu is None else f"{cu['us_p50'] / fc['us_p50']:.2f}×")
+            cells.append("—" if det is None else f"{fc['us_p50'] / det['us_p50']:.2f}×")
+            out.append(f"| {s.name} | {dtype} | " + " | ".join(cells) + " |")
+    return out + [""]
+
+
 def main(paths: list[str]) -> None:
     shapes = bench_shapes()
     for path in paths:
@@ -183,6 +207,11 @@ def main(paths: list[str]) -> None:
         print("\n".join(header(data) + method(data)))
         print("### Correctness\n")
         print("\n".join(errors(data)))
+        if data.get("direction") == "backward":
+            for mode in ("throughput", "latency"):
+                print(f"### backward, {mode}: p50 µs (TFLOP/s at 2.5x the forward's FLOPs)\n")
+                print("\n".join(backward_table(data, mode, [s for s in shapes if s.name in ran])))
+            continue
         for title, group in (("the list", listed), ("held-out shapes (never tuned on)", held)):
             if not group:
                 continue

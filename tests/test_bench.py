@@ -152,3 +152,34 @@ def test_a_variant_row_runs_its_options_beside_its_plain_twin():
     assert set(impls) == {"flashcore", "flashcore_sm80", "flashcore_plain"}
     assert impls["flashcore_plain"].plain and not impls["flashcore"].plain
     assert "flashcore_plain" not in bench._impls(rows["b2-h16-s4k-d128"], None, {}, "fp16")
+
+
+def test_the_backward_direction_checks_each_gradient_and_counts_its_flops(fake_clock):
+    """The backward's checker on NumPy stand-ins: exact gradients pass and are timed with 2.5x
+    the forward's FLOPs; a dk off by 1 % on any set is a failure, not a row."""
+    rng = np.random.default_rng(5)
+    sets, refs = [], []
+    for q, k, v in _sets(rng):
+        dout = rng.standard_normal(q.shape).astype(np.float16)
+        out, lse = reference.attention(q, k, v, causal=True, return_lse=True)
+        rows, keys = np.array([0, 7, 39]), np.array([1, 49])
+        refs.append((rows, keys, reference.attention_backward_sampled(dout, q, k, v, out, lse, rows, keys,
+                                                                      causal=True)))
+        sets.append((q, k, v, dout, out, lse))
+
+    def grads(q, k, v, dout, out, lse, dk_factor=1.0):
+        dq, dk, dv = reference.attention_backward(dout, q, k, v, out, lse, causal=True)
+        return dq.astype(np.float16), (dk * dk_factor).astype(np.float16), dv.astype(np.float16)
+
+    def impl(fn):
+        return bench.Impl(fn, lambda *x: x, contextlib.nullcontext)
+
+    case = bench.run_case(SHAPE, "fp16", {"flashcore": impl(grads),
+                                          "flashcore_deterministic": impl(lambda *x: grads(*x, dk_factor=1.01))},
+                          sets, refs, 10, checker=bench.BACKWARD)
+    assert [f["impl"] for f in case.failures] == ["flashcore_deterministic"]
+    timed = {r.impl for r in case.rows}
+    assert timed == {"flashcore"}
+    row = next(r for r in case.rows if r.mode == "throughput")
+    assert row.tflops == pytest.approx(2.5 * SHAPE.flops / (10e-6) / 1e12)
+    assert row.rel_err < 1e-3
