@@ -305,3 +305,19 @@ def test_window_work_tiles_hold_every_visible_key_and_no_empty_tile(config, diag
             continue
         tiles = keys // config.block_n
         assert w.first == tiles.min() and w.first + w.n_blocks - 1 == tiles.max(), (i, w)
+
+
+def test_narrow_windows_take_128_key_tiles():
+    """configs.window_config: a Hopper window variant whose tiles' rows see at most
+    NARROW_WINDOW_KEYS keys takes 128-key tiles; wider or one-sided windows, plain problems and
+    the portable kernel keep theirs."""
+    wide = configs.Sm90FwdConfig("fp16", 128, 192, 2, 2, True, variant=configs.KernelVariant(window=True))
+    assert configs.window_config(wide, 1023 + 1 + 128).block_n == 128
+    assert configs.window_config(wide, 4095 + 1 + 128) == wide
+    assert configs.window_config(wide, None) == wide
+    plain = dataclasses.replace(wide, variant=configs.PLAIN)
+    assert configs.window_config(plain, 100) == plain
+    portable = configs.Sm80FwdConfig("fp16", 128, 4, 1, 64, 2, variant=configs.KernelVariant(window=True))
+    assert configs.window_config(portable, 100) == portable
+    # the narrowed tile is one dispatch compiles for `check --variants` (and the GPU tests ran)
+    assert configs.window_config(wide, 1152) in tuning.variant_configs("sm_90a")
