@@ -25,7 +25,7 @@ except ImportError:
     _cupy = _current_stream = _get_device = _NDARRAY = None
 
 from . import loader, tuning
-from .configs import DispatchKey, Sm80FwdConfig, Sm90FwdConfig, choose_kernel, variant_config, window_config
+from .configs import DispatchKey, Sm80FwdConfig, Sm90FwdConfig, choose_kernel, variant_config
 from .launch import Sm80FwdLaunch, Sm90FwdLaunch, build_launch, sm90_blocker
 from .validation import (Problem, TensorSpec, check_capability, check_options, check_out,
                          check_problem, layout_strides)
@@ -106,11 +106,11 @@ def choose(problem: Problem, device_id: int, backend: Backend) -> tuple[Sm80FwdC
     if backend == "sm90" and blocker:
         raise ValueError(f"backend='sm90' cannot run this call: {blocker}; use backend='auto'")
     mode = "off" if backend == "sm80" or blocker else "force" if backend == "sm90" else "auto"
-    config = variant_config(choose_kernel(dev.arch, problem.dtype, problem.head_dim,
-                                          problem.batch * problem.heads_q, problem.seqlen_q, dev.num_sms,
-                                          tuned_table(device_id), mode), problem.kernel_variant)
+    config = choose_kernel(dev.arch, problem.dtype, problem.head_dim,
+                           problem.batch * problem.heads_q, problem.seqlen_q, dev.num_sms,
+                           tuned_table(device_id), mode)
     _, left, right = problem.variant.mask(problem.seqlen_q, problem.seqlen_k)
-    return window_config(config, left + right + 1 + config.block_m if left >= 0 and right >= 0 else None), dev
+    return variant_config(config, problem.kernel_variant, (left, right)), dev
 
 
 def _contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:

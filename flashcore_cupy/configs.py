@@ -507,13 +507,16 @@ def choose_kernel(arch: str, dtype: str, head_dim: int, batch_heads: int = 1 << 
     return choose_sm80_config(arch, dtype, head_dim, batch_heads, seqlen_q, num_sms, tuned)
 
 
-def variant_config(config: Sm80FwdConfig | Sm90FwdConfig, variant: KernelVariant) -> Sm80FwdConfig | Sm90FwdConfig:
+def variant_config(config: Sm80FwdConfig | Sm90FwdConfig, variant: KernelVariant,
+                   sides: tuple[int, int] | None = None) -> Sm80FwdConfig | Sm90FwdConfig:
     """The config a variant runs on, from the plain one dispatch chose: the same tile where its
     registers allow (NVRTC 12.9, sm_80 and sm_90a, tests/test_compile.py). Hopper: see below.
     Portable: score
     options (softcap, ALiBi, bias) spilled at 32 rows per warp or 128 keys, so they take 16
     rows per warp and at most 64 keys; a window alone spilled only on the tile that needs 254
-    registers plain (D128, 64 keys: slices per warp x keys x head dim over 12288)."""
+    registers plain (D128, 64 keys: slices per warp x keys x head dim over 12288). sides: the
+    call's window (left, right) with the causal fold, from dispatch: a narrow one takes
+    window_config's tile on Hopper."""
     if variant.plain:
         return config
     scores = variant.softcap or variant.alibi or variant.bias != "none"
@@ -526,7 +529,9 @@ def variant_config(config: Sm80FwdConfig | Sm90FwdConfig, variant: KernelVariant
                                          consumers=config.consumers if config.split else min(config.consumers, 2))
         if variant.bias == "fp32" and config.head_dim > 64 and config.warp_rows == 16:
             config = dataclasses.replace(config, block_n=min(config.block_n, 64))
-        return dataclasses.replace(config, variant=variant)
+        # sides: the call's window (left, right) after the causal fold, where dispatch knows it
+        span = None if sides is None or min(sides) < 0 else sides[0] + sides[1] + 1 + config.block_m
+        return window_config(dataclasses.replace(config, variant=variant), span)
     tight = config.m_tiles * config.block_n * config.head_dim > 12288
     return dataclasses.replace(config, m_tiles=1 if scores or tight else config.m_tiles,
                                block_n=min(config.block_n, 64) if scores else config.block_n, variant=variant)
