@@ -5,22 +5,25 @@ validation (the same Problem, so the same mask and score options) and the checks
 out, lse and the gradient buffers; then three steps on CuPy's current stream:
   1. delta = rowsum(dout * out) in float32 (CuPy), a zeroed float32 dQ accumulator, and with
      GQA zeroed float32 dK / dV accumulators;
-  2. kernels/flash_bwd_sm80.cu: a CTA per key tile of one (batch, query head) over the query
-     tiles that see it (dQ added into its accumulator by atomics; deterministic=True orders
-     them by a semaphore per query tile);
+  2. the kernel: a CTA per key tile of one (batch, query head) over the query tiles that see
+     it, dQ added into its accumulator by float32 reductions. On H100/H200, plain masks at
+     head dims up to 128: kernels/flash_bwd_sm90.cu (TMA, wgmma, warp specialisation; its
+     LSE, delta and dQ accumulator padded to whole query tiles); otherwise, and for the
+     variants and deterministic=True (dQ's adds ordered by a semaphore per query tile),
+     kernels/flash_bwd_sm80.cu;
   3. dQ scaled and converted into dq (and dK / dV summed over each GQA group converted).
-Every GPU runs the portable kernel for now.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 import numpy as np
 
 from . import api
-from .configs import bucket_head_dim, bwd_config
-from .launch import Sm80BwdLaunch
+from .configs import Sm80BwdConfig, Sm90BwdConfig, bucket_head_dim, bwd_config
+from .launch import Sm80BwdLaunch, Sm90BwdLaunch, sm90_bwd_blocker
 from .validation import (Problem, check_capability, check_lse, check_options, check_out, check_problem,
                          layout_strides)
 
@@ -35,7 +38,8 @@ def attention_backward(dout: Any, q: Any, k: Any, v: Any, out: Any, lse: Any, *,
                        window: tuple[int, int] | None = None, softcap: float = 0.0,
                        alibi_slopes: Any = None, bias: Any = None,
                        layout: Literal["bhsd", "bshd"] = "bhsd", deterministic: bool = False,
-                       return_dbias: bool = False, dq: Any = None, dk: Any = None, dv: Any = None):
+                       return_dbias: bool = False, dq: Any = None, dk: Any = None, dv: Any = None,
+                       backend: Literal["auto", "sm80", "sm90"] = "auto"):
     """Gradients of `attention(q, k, v, **options)`: (dq, dk, dv) in the shapes, dtypes and
     layout of q, k and v (dk and dv summed over each GQA group).
 
@@ -55,6 +59,8 @@ def attention_backward(dout: Any, q: Any, k: Any, v: Any, out: Any, lse: Any, *,
         raise TypeError(f"deterministic must be a bool, got {type(deterministic).__name__}")
     if return_dbias and bias is None:
         raise ValueError("return_dbias=True needs a bias")
+    if backend not in _BACKENDS:
+        raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
     q, k, v = (api._as_device_array(x, n) for x, n in ((q, "q"), (k, "k"), (v, "v")))
     dout, out, lse = (api._as_device_array(x, n) for x, n in ((dout, "dout"), (out, "out"), (lse, "lse")))
     if alibi_slopes is not None:
@@ -80,21 +86,39 @@ def attention_backward(dout: Any, q: Any, k: Any, v: Any, out: Any, lse: Any, *,
     dq, dk, dv = grads
     dev = api.device_info(p.device)
     check_capability(dev.capability, p.device)
+    config = _choose(p, dev.arch, layout_strides(spec(dout, "dout"), layout), deterministic, backend)
     with cupy.cuda.Device(p.device):
-        dbias = _run(p, dev.arch, dout, q, k, v, out, lse, dq, dk, dv, alibi_slopes, bias, bool(return_dbias),
-                     deterministic)
+        dbias = _run(p, config, dev.arch, dout, q, k, v, out, lse, dq, dk, dv, alibi_slopes, bias,
+                     bool(return_dbias), deterministic)
     return (dq, dk, dv, dbias) if return_dbias else (dq, dk, dv)
 
 
-def _run(p: Problem, arch: str, dout, q, k, v, out, lse, dq, dk, dv, alibi_slopes, bias, want_dbias: bool,
-         deterministic: bool):
+_BACKENDS = ("auto", "sm80", "sm90")
+
+
+def _choose(p: Problem, arch: str, do_strides: tuple[int, int, int], deterministic: bool,
+            backend: str) -> Sm80BwdConfig | Sm90BwdConfig:
+    """The kernel for `p`: the Hopper one where it applies (backend "auto" or "sm90"), else the
+    portable one."""
+    blocker = None if backend == "sm80" else sm90_bwd_blocker(p, arch, do_strides, deterministic)
+    if backend == "sm90" and blocker:
+        raise ValueError(f"backend='sm90' cannot run this backward: {blocker}; use backend='auto'")
+    if backend == "sm80" or blocker:
+        return bwd_config(p.dtype, bucket_head_dim(p.head_dim), p.kernel_variant)
+    return Sm90BwdConfig(p.dtype, 64 if p.head_dim <= 64 else 128)
+
+
+def _run(p: Problem, config: Sm80BwdConfig | Sm90BwdConfig, arch: str, dout, q, k, v, out, lse, dq, dk, dv,
+         alibi_slopes, bias, want_dbias: bool, deterministic: bool):
     """The launch and the host steps around it; returns dbias (float32, the bias's shape) or None."""
     import cupy
 
     layout, f32 = p.layout, cupy.float32
-    config = bwd_config(p.dtype, bucket_head_dim(p.head_dim), p.kernel_variant)
-    delta = cupy.ascontiguousarray(
-        (_bhsd_view(dout, layout).astype(f32) * _bhsd_view(out, layout).astype(f32)).sum(axis=-1))
+    delta = (_bhsd_view(dout, layout).astype(f32) * _bhsd_view(out, layout).astype(f32)).sum(axis=-1)
+    if isinstance(config, Sm90BwdConfig):
+        _run_sm90(p, config, arch, dout, q, k, v, lse, delta, dq, dk, dv)
+        return None
+    delta = cupy.ascontiguousarray(delta)
     dq_accum = cupy.zeros((p.batch, p.heads_q, p.seqlen_q, p.head_dim), f32)
     dq_sem = cupy.zeros((p.batch, p.heads_q, -(-p.seqlen_q // config.block_m)), cupy.int32) if deterministic else None
     # GQA: dK / dV accumulated in float32 per kv head (atomics over the group), or per query head
@@ -124,14 +148,9 @@ def _run(p: Problem, arch: str, dout, q, k, v, out, lse, dq, dk, dv, alibi_slope
                     dk_accum=address(kv_accum[0]), dv_accum=address(kv_accum[1]), dbias=address(dbias_accum),
                     dq_sem=address(dq_sem), alibi=address(alibi_slopes), bias=address(bias))
     launch.start(pointers, cupy.cuda.get_current_stream().ptr)
-    _bhsd_view(dq, layout)[...] = (dq_accum * np.float32(p.scale)).astype(dq.dtype)
-    for grad, accum in zip((dk, dv), kv_accum):
-        view = _bhsd_view(grad, layout)
-        if accum is not None:
-            if deterministic:
-                accum = accum.reshape(p.batch, p.heads_kv, group, p.seqlen_k, p.head_dim).sum(axis=2)
-            view[:, :, :p.seqlen_k] = accum.astype(grad.dtype)
-        view[:, :, p.seqlen_k:] = 0   # keys no query sees (top-left causal with Sq < Sk)
+    if deterministic and group > 1:
+        kv_accum = [a.reshape(p.batch, p.heads_kv, group, p.seqlen_k, p.head_dim).sum(axis=2) for a in kv_accum]
+    _convert(p, dq_accum, kv_accum, dq, dk, dv)
     if dbias_accum is None:
         return None
     if deterministic:
@@ -139,6 +158,42 @@ def _run(p: Problem, arch: str, dout, q, k, v, out, lse, dq, dk, dv, alibi_slope
     # in the bias's shape: its leading dimensions from the (batch, head) ones it has
     compact = dbias_accum.reshape(dbias_accum.shape[4 - bias.ndim:]) if bias.ndim < 4 else dbias_accum
     return cupy.broadcast_to(compact, bias.shape).copy()
+
+
+def _run_sm90(p: Problem, config: Sm90BwdConfig, arch: str, dout, q, k, v, lse, delta, dq, dk, dv) -> None:
+    """The Hopper backward: its LSE (in log2 units, +inf for a row that saw no key: P = 0
+    there), delta and dQ accumulator padded to whole query tiles."""
+    import cupy
+
+    f32, rows = cupy.float32, config.rows_pad(p.seqlen_q)
+    lse2 = cupy.full((p.batch, p.heads_q, rows), np.inf, f32)
+    lse2[:, :, :p.seqlen_q] = cupy.where(lse == -np.inf, np.inf, lse * np.float32(math.log2(math.e)))
+    delta_pad = cupy.zeros((p.batch, p.heads_q, rows), f32)
+    delta_pad[:, :, :p.seqlen_q] = delta
+    dq_accum = cupy.zeros((p.batch, p.heads_q, rows, config.head_dim), f32)
+    group = p.heads_q // p.heads_kv
+    kv_accum = [cupy.zeros((p.batch, p.heads_kv, p.seqlen_k, p.head_dim), f32) for _ in range(2)] \
+        if group > 1 else [None, None]
+    strides = {"do": layout_strides(api._spec(dout, "dout"), p.layout),
+               "dk": layout_strides(api._spec(dk, "dk"), p.layout), "dv": layout_strides(api._spec(dv, "dv"), p.layout)}
+    launch = Sm90BwdLaunch.build(p, config, arch, strides)
+    address = lambda a: 0 if a is None else a.data.ptr   # noqa: E731
+    launch.start((q.data.ptr, k.data.ptr, v.data.ptr, dout.data.ptr),
+                 dict(lse=lse2.data.ptr, delta=delta_pad.data.ptr, dq_accum=dq_accum.data.ptr, dk=dk.data.ptr,
+                      dv=dv.data.ptr, dk_accum=address(kv_accum[0]), dv_accum=address(kv_accum[1])),
+                 cupy.cuda.get_current_stream().ptr)
+    _convert(p, dq_accum[:, :, :p.seqlen_q, :p.head_dim], kv_accum, dq, dk, dv)
+
+
+def _convert(p: Problem, dq_accum, kv_accum, dq, dk, dv) -> None:
+    """dQ scaled and converted into dq; GQA's float32 dK and dV (per kv head) into dk and dv;
+    zeros for the keys past the kernels' (top-left causal with Sq < Sk: no query sees them)."""
+    _bhsd_view(dq, p.layout)[...] = (dq_accum * np.float32(p.scale)).astype(dq.dtype)
+    for grad, accum in zip((dk, dv), kv_accum):
+        view = _bhsd_view(grad, p.layout)
+        if accum is not None:
+            view[:, :, :p.seqlen_k] = accum.astype(grad.dtype)
+        view[:, :, p.seqlen_k:] = 0
 
 
 __all__ = ["attention_backward"]

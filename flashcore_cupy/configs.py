@@ -164,6 +164,54 @@ def bwd_config(dtype: str, head_dim: int, variant: KernelVariant = PLAIN) -> Sm8
     return Sm80BwdConfig(dtype, head_dim, 4 if head_dim <= 192 else 2, 1 if head_dim <= 64 else 2, variant)
 
 
+@dataclass(frozen=True)
+class Sm90BwdConfig:
+    """One instantiation of `fc::flash_bwd_sm90` in kernels/flash_bwd_sm90.cu (sm_90a, plain
+    mask): a CTA per 128 keys of one (batch, query head), two consumer warpgroups of 64 keys
+    and a producer, over query tiles of block_m rows (128 at head dim 64, 64 at 128: one
+    64 x 64 block of the tile's dQ a consumer) through a ring of `stages` slots."""
+
+    dtype: str        # "fp16" | "bf16"
+    head_dim: int     # 64 | 128
+    stages: int = 2
+
+    kernel_file = "flash_bwd_sm90.cu"
+    arch = "sm_90a"
+    block_n = 128
+    threads = 384
+    variant = PLAIN
+
+    @property
+    def block_m(self) -> int:
+        return 128 if self.head_dim == 64 else 64
+
+    @property
+    def name_expression(self) -> str:
+        return f"fc::flash_bwd_sm90<fc::{self.dtype}, {self.head_dim}, {self.block_m}, {self.stages}>"
+
+    @property
+    def smem_bytes(self) -> int:
+        # Mirrors Sm90BwdTile: K and V; the ring's Q, dO, LSE and delta; two dS^T buffers; the
+        # barriers; 1024 for the base's alignment.
+        kv = self.block_n * self.head_dim * 2
+        q = self.block_m * self.head_dim * 2
+        return 1024 + 2 * kv + 2 * self.stages * q + 2 * self.block_n * self.block_m * 2 \
+            + 2 * self.stages * self.block_m * 4 + 8 * (1 + 2 * self.stages)
+
+    def grid(self, batch: int, heads_q: int, seqlen_k: int) -> tuple[int, int, int]:
+        return (-(-seqlen_k // self.block_n), heads_q, batch)
+
+    def rows_pad(self, seqlen_q: int) -> int:
+        """Rows per (batch, head) of the LSE, delta and dQ accumulator: whole query tiles."""
+        return -(-seqlen_q // self.block_m) * self.block_m
+
+    def __str__(self) -> str:
+        return f"bwd sm90 {self.dtype} D{self.head_dim} {self.block_m}x{self.block_n} s{self.stages}"
+
+
+SM90_BWD_HEAD_DIMS = (64, 128)
+
+
 class WorkTile(NamedTuple):
     """One work item of the Hopper kernel, as its work_tile gives it (Sm90FwdConfig.work_tile)."""
     row0: int

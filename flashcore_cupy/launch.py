@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import loader, params, tma
-from .configs import SM90_ARCH, SM90_HEAD_DIMS, Sm80BwdConfig, Sm80FwdConfig, Sm90FwdConfig, WorkTile, sm90_config
+from .configs import (SM90_ARCH, SM90_BWD_HEAD_DIMS, SM90_HEAD_DIMS, Sm80BwdConfig, Sm80FwdConfig, Sm90BwdConfig,
+                      Sm90FwdConfig, WorkTile, sm90_config)
 from .validation import Problem
 
 try:
@@ -181,6 +182,78 @@ class Sm80BwdLaunch:
         params.BWD_SM80.struct.pack_into(block.data, 0, *params.BWD_SM80.values(values))
         _cu_launch(self.function, *self.grid, self.config.threads, 1, 1, self.config.smem_bytes, stream,
                    block.argv, 0)
+
+
+# The Hopper backward's argument (params.BWD_SM90): the q, k, v and dout maps encoded per call
+# (~35 us of host time against a backward's milliseconds), the rest packed after them.
+_BWD_SM90_TAIL_AT, _BWD_SM90_TAIL = params.BWD_SM90.run("lse")
+assert params.BWD_SM90.offsets["lse"] == 4 * tma.MAP_BYTES
+
+
+@dataclass(frozen=True, eq=False)
+class Sm90BwdLaunch:
+    """A launch of the Hopper backward (kernels/flash_bwd_sm90.cu) for one call signature: the
+    four tensor maps encoded and the scalars and pointers packed into params.BWD_SM90 per call."""
+    config: Sm90BwdConfig
+    function: int            # CUfunction, compiled for `device`
+    device: int
+    grid: tuple[int, int, int]
+    scalars: dict            # every field after the maps but the pointers, by name
+    specs: tuple[tma.MapSpec, ...]   # q, k, v, dout
+
+    POINTERS = ("lse", "delta", "dq_accum", "dk", "dv", "dk_accum", "dv_accum")
+
+    @classmethod
+    def build(cls, problem: Problem, config: Sm90BwdConfig, arch: str,
+              strides: dict[str, tuple[int, int, int]]) -> "Sm90BwdLaunch":
+        """strides: the (batch, head, seq) element strides of do, dk and dv."""
+        p = problem
+        scalars = {f"{t}_s{d}": st for t in ("dk", "dv") for d, st in zip("bhs", strides[t])}
+        scalars.update(seqlen_q=p.seqlen_q, seqlen_k=p.seqlen_k, head_dim=p.head_dim, heads=p.heads_q,
+                       heads_kv=p.heads_kv, heads_per_kv=p.heads_q // p.heads_kv,
+                       rows_pad=config.rows_pad(p.seqlen_q), scale_log2=p.scale * math.log2(math.e),
+                       scale=p.scale, causal=int(p.causal))
+        return cls(config, loader.get_function(config, p.device, arch), p.device,
+                   config.grid(p.batch, p.heads_q, p.seqlen_k), scalars, sm90_bwd_map_specs(p, config, strides["do"]))
+
+    def start(self, maps: tuple[int, int, int, int], pointers: dict[str, int], stream: int) -> None:
+        """cuLaunchKernel on `stream` (a handle): maps are the q, k, v and dout addresses, pointers
+        the other arrays' by field name (absent: 0)."""
+        block = ParamBlock(params.BWD_SM90.size)
+        tma.encode_maps(block.data, self.config.dtype, self.specs, maps)
+        values = {**dict.fromkeys(self.POINTERS, 0), **pointers, **self.scalars}
+        _BWD_SM90_TAIL.pack_into(block.data, _BWD_SM90_TAIL_AT, *params.BWD_SM90.values(values, "lse"))
+        _cu_launch(self.function, *self.grid, self.config.threads, 1, 1, self.config.smem_bytes, stream,
+                   block.argv, 0)
+
+
+def sm90_bwd_map_specs(p: Problem, config: Sm90BwdConfig, do_strides: tuple[int, int, int]) -> tuple[tma.MapSpec, ...]:
+    """Tensor-map geometry of the backward's q, k, v and dout: query tiles of block_m rows, key
+    tiles of block_n."""
+    q_shape = (p.batch, p.heads_q, p.seqlen_q, p.head_dim)
+    kv_shape = (p.batch, p.heads_kv, p.seqlen_k, p.head_dim)
+    return (tma.map_spec(q_shape, p.q_strides, 2, config.block_m),
+            tma.map_spec(kv_shape, p.k_strides, 2, config.block_n),
+            tma.map_spec(kv_shape, p.v_strides, 2, config.block_n),
+            tma.map_spec(q_shape, do_strides, 2, config.block_m))
+
+
+def sm90_bwd_blocker(p: Problem, arch: str, do_strides: tuple[int, int, int], deterministic: bool) -> str | None:
+    """Why the Hopper backward cannot run `p` on `arch`, or None."""
+    if arch != SM90_ARCH:
+        return f"it needs an sm_90 GPU (H100/H200); this device compiles for {arch}"
+    if p.head_dim > SM90_BWD_HEAD_DIMS[-1]:
+        return f"head_dim {p.head_dim} is over {SM90_BWD_HEAD_DIMS[-1]}"
+    if not p.kernel_variant.plain:
+        return "its variants (window, softcap, ALiBi, bias) run on the portable kernel for now"
+    if deterministic:
+        return "deterministic=True runs on the portable kernel for now"
+    config = Sm90BwdConfig(p.dtype, 64 if p.head_dim <= 64 else 128)
+    for name, spec in zip(("q", "k", "v", "dout"), sm90_bwd_map_specs(p, config, do_strides)):
+        reason = tma.unsupported_reason(spec)
+        if reason:
+            return f"{name} has a {reason}"
+    return None
 
 
 def variant_scalars(p: Problem) -> dict:

@@ -169,8 +169,28 @@ BWD_SM80 = Schema("BwdParams", [
     *_variant_fields(),
 ], "The portable backward kernel's one argument (flash_bwd).")
 
+# The Hopper backward kernel (kernels/flash_bwd_sm90.cu). Its LSE, delta and dQ accumulator
+# have rows_pad rows per (batch, head): whole query tiles, so the tiles' copies and adds stay
+# inside them.
+BWD_SM90 = Schema("Sm90BwdParams", [
+    Field("q", "TensorMap", "4-D maps (d, seq, head, batch), boxes of 64 columns"),
+    Field("k", "TensorMap"), Field("v", "TensorMap"), Field("dout", "TensorMap"),
+    Field("lse", "const float*", "the forward's LSE * log2(e), +inf for a row with no key; (batch, head, rows_pad)"),
+    Field("delta", "const float*", "rowsum(dout * out), float32, as lse (0 past Sq)"),
+    Field("dq_accum", "float*", "float32 dQ / scale, (batch, head, rows_pad, HEAD_DIM), added into (zeroed)"),
+    Field("dk", "u16*"), Field("dv", "u16*"),
+    Field("dk_accum", "float*", "GQA: float32 (batch, kv head, seq, head_dim) sums; else null"),
+    Field("dv_accum", "float*"),
+    *_strides("dk", "(batch, head, seq) strides, elements"), *_strides("dv", ""),
+    Field("seqlen_q", "int"), Field("seqlen_k", "int"), Field("head_dim", "int"),
+    Field("heads", "int", "query heads"), Field("heads_kv", "int"), Field("heads_per_kv", "int"),
+    Field("rows_pad", "int", "Sq rounded up to the query tile"),
+    Field("scale_log2", "float", "scale * log2(e)"), Field("scale", "float"),
+    Field("causal", "int"),
+], "The Hopper backward kernel's one argument (flash_bwd_sm90), __grid_constant__.")
+
 HEADERS = {"params_sm80.cuh": (FWD_SM80,), "params_sm90.cuh": (FWD_SM90,),
-           "params_sm80_bwd.cuh": (BWD_SM80,)}
+           "params_sm80_bwd.cuh": (BWD_SM80,), "params_sm90_bwd.cuh": (BWD_SM90,)}
 
 
 def render(file_name: str) -> str:

@@ -247,11 +247,13 @@ _BOUNDING_VARIANTS = (configs.KernelVariant(window=True),
                       configs.KernelVariant(window=True, softcap=True, alibi=True, bias="fp32"))
 
 
-def backward_configs(arch: str) -> list[configs.Sm80BwdConfig]:
-    """The portable backward's instantiations (every head dim bucket and dtype), plain and for
-    the bounding variants."""
-    return [configs.bwd_config(dt, hd, v) for dt in configs.DTYPES for hd in configs.HEAD_DIM_BUCKETS
-            for v in (configs.PLAIN, *_BOUNDING_VARIANTS)]
+def backward_configs(arch: str) -> list[configs.Sm80BwdConfig | configs.Sm90BwdConfig]:
+    """The backward's instantiations on `arch`: the portable kernel's (every head dim bucket and
+    dtype, plain and for the bounding variants) and on sm_90a the Hopper kernel's."""
+    portable = [configs.bwd_config(dt, hd, v) for dt in configs.DTYPES for hd in configs.HEAD_DIM_BUCKETS
+                for v in (configs.PLAIN, *_BOUNDING_VARIANTS)]
+    hopper = [configs.Sm90BwdConfig(dt, hd) for dt in configs.DTYPES for hd in configs.SM90_BWD_HEAD_DIMS]
+    return portable + (hopper if arch == configs.SM90_ARCH else [])
 
 
 def variant_configs(arch: str) -> list[Config]:

@@ -294,7 +294,7 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
             const Ring<STAGES> r{it + tile(0)};
             mbar_wait(bar.k_full(r.slot()), r.parity()); FC_TRACE(5);
             await_turn();
-            qk_wgmma<T, Tile, HEAD_DIM, BLOCK_N>(s[0], q_desc, k_tile(r));
+            qk_wgmma<T, Tile::kQRows, HEAD_DIM, BLOCK_N>(s[0], q_desc, k_tile(r));
             pass_turn(false);
             wgmma_wait<0>();
             fence_registers(s[0]); FC_TRACE(6);
@@ -308,7 +308,7 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
             mbar_wait(bar.k_full(r.slot()), r.parity());
             mbar_wait(bar.v_full(prev.slot()), prev.parity()); FC_TRACE(8);
             await_turn(); FC_TRACE(20);
-            qk_wgmma<T, Tile, HEAD_DIM, BLOCK_N>(s[0], q_desc, k_tile(r));
+            qk_wgmma<T, Tile::kQRows, HEAD_DIM, BLOCK_N>(s[0], q_desc, k_tile(r));
             pv_wgmma<T, HEAD_DIM, BLOCK_N>(o[0], a, v_tile(prev));
             pass_turn(false);
             wgmma_wait<1>();                  // S_k landed (groups retire in order)

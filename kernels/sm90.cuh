@@ -55,6 +55,25 @@ __device__ __forceinline__ void tma_load_4d(u32 dst, const void* tensor_map, u32
         : "memory");
 }
 
+// `bytes` (a multiple of 16) contiguous bytes from global memory into shared memory (both
+// 16-byte aligned), counted on `bar` as a TMA box is.
+__device__ __forceinline__ void bulk_load(u32 dst, const void* src, u32 bytes, u32 bar) {
+    asm volatile(
+        "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];"
+        :: "r"(dst), "l"(reinterpret_cast<u64>(src)), "r"(bytes), "r"(bar) : "memory");
+}
+
+// Makes this thread's shared-memory stores visible to the async proxy (a wgmma that reads
+// them as an operand); then a barrier among the threads that stored.
+__device__ __forceinline__ void fence_async_shared() {
+    asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+}
+
+// Two float32 adds into global memory (8-byte aligned) as one vector reduction (sm_90).
+__device__ __forceinline__ void red_add2(float* dst, float a, float b) {
+    asm volatile("red.global.add.v2.f32 [%0], {%1, %2};" :: "l"(dst), "f"(a), "f"(b) : "memory");
+}
+
 __device__ __forceinline__ void prefetch_tensor_map(const void* tensor_map) {
     asm volatile("prefetch.tensormap [%0];" :: "l"(reinterpret_cast<u64>(tensor_map)) : "memory");
 }

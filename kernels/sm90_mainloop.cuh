@@ -1,13 +1,16 @@
-// The Hopper forward kernel's consumer GEMMs: S = Q K^T from shared memory and O += P V with P
-// from registers, each one wgmma group (the step loop that orders them is the kernel's).
+// The Hopper kernels' consumer GEMMs: S = Q K^T from shared memory and O += P V with P from
+// registers, each one wgmma group (the step loops that order them are the kernels'). The
+// backward runs the same two forms on other operands (flash_bwd_sm90.cu).
 #pragma once
 #include "diagnostics.cuh"
 #include "sm90_pipeline.cuh"
 
 namespace fc {
 
-// S(64 x BLOCK_N) = Q_c K^T: HEAD_DIM/16 k-steps, both operands K-major.
-template <class T, class Tile, int HEAD_DIM, int BLOCK_N>
+// S(64 x BLOCK_N) = Q_c K^T: HEAD_DIM/16 k-steps, both operands K-major, in column blocks of
+// 64 (A_ROWS rows a block for A, BLOCK_N for B). The forward's S = Q K^T (A_ROWS: Q's rows)
+// and the backward's S^T = K Q^T and dP^T = V dO^T (A_ROWS: the key tile's).
+template <class T, int A_ROWS, int HEAD_DIM, int BLOCK_N>
 __device__ __forceinline__ void qk_wgmma(float (&s)[BLOCK_N / 8][4], u64 q_desc, u64 k_desc) {
 #ifdef FLASHCORE_ABLATE_NO_QK
     wgmma_fence(); wgmma_commit(); return;   // an empty group keeps the waits' counts
@@ -16,13 +19,14 @@ __device__ __forceinline__ void qk_wgmma(float (&s)[BLOCK_N / 8][4], u64 q_desc,
     #pragma unroll
     for (int ks = 0; ks < HEAD_DIM / 16; ++ks) {
         const u32 cb = ks / 4, in_block = (ks % 4) * 32;
-        wgmma_ss<T, BLOCK_N>(s, desc_advance(q_desc, cb * Tile::kQRows * 128 + in_block),
+        wgmma_ss<T, BLOCK_N>(s, desc_advance(q_desc, cb * A_ROWS * 128 + in_block),
                              desc_advance(k_desc, cb * BLOCK_N * 128 + in_block), ks > 0);
     }
     wgmma_commit();
 }
 
-// O(64 x HEAD_DIM) += P V: BLOCK_N/16 k-steps, P from registers, V MN-major.
+// O(64 x HEAD_DIM) += P V: BLOCK_N/16 k-steps, P from registers, V MN-major (the backward's
+// dV += P^T dO and dK += dS^T Q).
 template <class T, int HEAD_DIM, int BLOCK_N>
 __device__ __forceinline__ void pv_wgmma(float (&o)[HEAD_DIM / 8][4], const u32 (&a)[BLOCK_N / 16][4],
                                          u64 v_desc) {

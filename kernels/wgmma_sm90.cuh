@@ -3,7 +3,8 @@
 // wgmma.mma_async m64nNk16 with fp32 accumulators, N in {64, 128, 176, 192}:
 //   wgmma_ss: D (+)= A * B, A and B K-major in shared memory (descriptors);
 //   wgmma_rs: D (+)= A * B, A from registers (4 x 2 16-bit values per thread,
-//             mma.sync's A layout per warp), B MN-major in shared memory.
+//             mma.sync's A layout per warp), B MN-major in shared memory;
+//   wgmma_ss_mn (N in {64}): A and B both MN-major in shared memory.
 // d[i][e] is accumulator register 4i + e; `accumulate` false overwrites D.
 // Issue between wgmma_fence() and wgmma_commit(); see sm90.cuh.
 #pragma once
@@ -17,6 +18,8 @@ template <class T, int N>
 __device__ void wgmma_ss(float (&d)[N / 8][4], u64 desc_a, u64 desc_b, bool accumulate);
 template <class T, int N>
 __device__ void wgmma_rs(float (&d)[N / 8][4], const u32 (&a)[4], u64 desc_b, bool accumulate);
+template <class T, int N>
+__device__ void wgmma_ss_mn(float (&d)[N / 8][4], u64 desc_a, u64 desc_b, bool accumulate);
 
 template <> __device__ __forceinline__ void wgmma_ss<fp16, 64>(float (&d)[8][4], u64 desc_a, u64 desc_b, bool accumulate) {
     asm volatile(
@@ -160,6 +163,19 @@ template <> __device__ __forceinline__ void wgmma_rs<fp16, 192>(float (&d)[24][4
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(int(accumulate)));
 }
 
+template <> __device__ __forceinline__ void wgmma_ss_mn<fp16, 64>(float (&d)[8][4], u64 desc_a, u64 desc_b, bool accumulate) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 "
+        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
+        "%32, %33, p, 1, 1, 1, 1;\n}\n"
+        : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]),
+          "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]), "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3]),
+          "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]), "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]),
+          "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]), "+f"(d[7][0]), "+f"(d[7][1]), "+f"(d[7][2]), "+f"(d[7][3])
+        : "l"(desc_a), "l"(desc_b), "r"(int(accumulate)));
+}
+
 template <> __device__ __forceinline__ void wgmma_ss<bf16, 64>(float (&d)[8][4], u64 desc_a, u64 desc_b, bool accumulate) {
     asm volatile(
         "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
@@ -300,6 +316,19 @@ template <> __device__ __forceinline__ void wgmma_rs<bf16, 192>(float (&d)[24][4
           "+f"(d[20][0]), "+f"(d[20][1]), "+f"(d[20][2]), "+f"(d[20][3]), "+f"(d[21][0]), "+f"(d[21][1]), "+f"(d[21][2]), "+f"(d[21][3]),
           "+f"(d[22][0]), "+f"(d[22][1]), "+f"(d[22][2]), "+f"(d[22][3]), "+f"(d[23][0]), "+f"(d[23][1]), "+f"(d[23][2]), "+f"(d[23][3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(int(accumulate)));
+}
+
+template <> __device__ __forceinline__ void wgmma_ss_mn<bf16, 64>(float (&d)[8][4], u64 desc_a, u64 desc_b, bool accumulate) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
+        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
+        "%32, %33, p, 1, 1, 1, 1;\n}\n"
+        : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]),
+          "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]), "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3]),
+          "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]), "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]),
+          "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]), "+f"(d[7][0]), "+f"(d[7][1]), "+f"(d[7][2]), "+f"(d[7][3])
+        : "l"(desc_a), "l"(desc_b), "r"(int(accumulate)));
 }
 
 }  // namespace fc

@@ -10,10 +10,11 @@ from pathlib import Path
 
 HEADER = Path(__file__).resolve().parent.parent / "kernels" / "wgmma_sm90.cuh"
 WIDTHS = (64, 128, 176, 192)
+MN_WIDTHS = (64,)   # wgmma_ss_mn: the backward's dQ = dS K (64 columns a warpgroup)
 TYPES = {"fp16": "f16", "bf16": "bf16"}
 
 
-def _wrapper(n: int, a_in_regs: bool, tag: str, ptx_type: str) -> str:
+def _wrapper(n: int, a_in_regs: bool, tag: str, ptx_type: str, mn_major: bool = False) -> str:
     regs = n // 2
     acc = ", ".join(f"%{i}" for i in range(regs))
     acc_ops = ",\n          ".join(
@@ -29,9 +30,9 @@ def _wrapper(n: int, a_in_regs: bool, tag: str, ptx_type: str) -> str:
     else:
         a_ops, a_txt = '"l"(desc_a), ', f"%{regs}"
         b_idx, flag = regs + 1, regs + 2
-        tail = "1, 1, 0, 0"       # both operands K-major
+        tail = "1, 1, 1, 1" if mn_major else "1, 1, 0, 0"   # both operands MN-major, or both K-major
         sig = f"float (&d)[{n // 8}][4], u64 desc_a, u64 desc_b, bool accumulate"
-        name = "wgmma_ss"
+        name = "wgmma_ss_mn" if mn_major else "wgmma_ss"
     return (
         f"template <> __device__ __forceinline__ void {name}<{tag}, {n}>({sig}) {{\n"
         f"    asm volatile(\n"
@@ -51,7 +52,8 @@ def render() -> str:
         "// wgmma.mma_async m64nNk16 with fp32 accumulators, N in {64, 128, 176, 192}:\n"
         "//   wgmma_ss: D (+)= A * B, A and B K-major in shared memory (descriptors);\n"
         "//   wgmma_rs: D (+)= A * B, A from registers (4 x 2 16-bit values per thread,\n"
-        "//             mma.sync's A layout per warp), B MN-major in shared memory.\n"
+        "//             mma.sync's A layout per warp), B MN-major in shared memory;\n"
+        f"//   wgmma_ss_mn (N in {{{', '.join(map(str, MN_WIDTHS))}}}): A and B both MN-major in shared memory.\n"
         "// d[i][e] is accumulator register 4i + e; `accumulate` false overwrites D.\n"
         "// Issue between wgmma_fence() and wgmma_commit(); see sm90.cuh.\n"
         "#pragma once\n"
@@ -61,11 +63,15 @@ def render() -> str:
         "template <class T, int N>\n"
         "__device__ void wgmma_ss(float (&d)[N / 8][4], u64 desc_a, u64 desc_b, bool accumulate);\n"
         "template <class T, int N>\n"
-        "__device__ void wgmma_rs(float (&d)[N / 8][4], const u32 (&a)[4], u64 desc_b, bool accumulate);\n\n"]
+        "__device__ void wgmma_rs(float (&d)[N / 8][4], const u32 (&a)[4], u64 desc_b, bool accumulate);\n"
+        "template <class T, int N>\n"
+        "__device__ void wgmma_ss_mn(float (&d)[N / 8][4], u64 desc_a, u64 desc_b, bool accumulate);\n\n"]
     for tag, ptx_type in TYPES.items():
         for n in WIDTHS:
             parts.append(_wrapper(n, False, tag, ptx_type) + "\n")
             parts.append(_wrapper(n, True, tag, ptx_type) + "\n")
+        for n in MN_WIDTHS:
+            parts.append(_wrapper(n, False, tag, ptx_type, mn_major=True) + "\n")
     parts.append("}  // namespace fc\n")
     return "".join(parts)
 

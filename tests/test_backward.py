@@ -30,6 +30,40 @@ def test_tiles_fit_every_arch_and_name_their_kernel():
     assert cfg.grid(batch=3, heads_q=5, seqlen_k=65) == (3, 5, 3)
 
 
+def test_hopper_tiles_give_each_consumer_one_dq_block():
+    for hd, block_m in ((64, 128), (128, 64)):
+        cfg = configs.Sm90BwdConfig("fp16", hd)
+        assert cfg.block_m == block_m and (block_m // 64) * (hd // 64) == 2
+        assert cfg.name_expression == f"fc::flash_bwd_sm90<fc::fp16, {hd}, {block_m}, 2>"
+        # K, V; two slots of Q, dO, LSE, delta; two dS^T buffers; 5 barriers; the alignment
+        assert cfg.smem_bytes == 1024 + 2 * 128 * hd * 2 + 2 * 2 * block_m * hd * 2 + 2 * 128 * block_m * 2 \
+            + 2 * 2 * block_m * 4 + 8 * 5
+        assert cfg.smem_bytes <= configs.SMEM_LIMIT["sm_90a"]
+        assert cfg.rows_pad(1) == block_m and cfg.rows_pad(block_m + 1) == 2 * block_m
+    assert configs.Sm90BwdConfig("bf16", 128).grid(batch=3, heads_q=5, seqlen_k=129) == (2, 5, 3)
+
+
+def _dispatch(arch, deterministic=False, backend="auto", head_dim=64, **opts):
+    from flashcore_cupy import backward
+    q = spec("q", (2, 4, 100, head_dim))
+    k, v = spec("k", (2, 2, 80, head_dim)), spec("v", (2, 2, 80, head_dim))
+    p = check_problem(q, k, v, causal=True, scale=None, layout="bhsd", **opts)
+    return backward._choose(p, arch, q.strides[:3], deterministic, backend)
+
+
+def test_dispatch_takes_the_hopper_kernel_where_it_applies():
+    assert isinstance(_dispatch("sm_90a"), configs.Sm90BwdConfig)
+    assert _dispatch("sm_90a", head_dim=96).head_dim == 128
+    assert isinstance(_dispatch("sm_90a", backend="sm80"), configs.Sm80BwdConfig)
+    for arch, kw in (("sm_80", {}), ("sm_90a", dict(deterministic=True)), ("sm_90a", dict(head_dim=160)),
+                     ("sm_90a", dict(window=(16, 0)))):
+        assert isinstance(_dispatch(arch, **kw), configs.Sm80BwdConfig), (arch, kw)
+    with pytest.raises(ValueError, match="backend='sm90' cannot run this backward: deterministic=True runs on"):
+        _dispatch("sm_90a", deterministic=True, backend="sm90")
+    with pytest.raises(ValueError, match="needs an sm_90 GPU"):
+        _dispatch("sm_89", backend="sm90")
+
+
 @pytest.mark.parametrize("arch", configs.SUPPORTED_ARCHS)
 def test_backward_kernels_compile_without_spills(arch):
     """Every head dim bucket and dtype, plain and for the bounding variants: no spills, within

@@ -18,20 +18,28 @@ LENGTHS = [(1, 1), (7, 7), (63, 65), (64, 64), (65, 63), (127, 239), (239, 127),
 HEADS = [(1, 3, 3), (2, 4, 2), (2, 5, 1)]   # MHA, GQA, MQA
 
 
-def _grads(rng, dtype, d, layout, heads, lengths, poison=True, **opts):
-    """Inputs, the forward's out and LSE, a fresh dout, and flashcore's gradients written into
-    NaN-poisoned buffers."""
+def _backward(inputs, layout, backend="auto", **opts):
+    """flashcore's gradients of `inputs` (q, k, v, dout, out, lse) written into NaN-poisoned
+    buffers."""
     import cupy
 
+    q, k, v, dout, out, lse = inputs
+    bufs = [cupy.full(x.shape, np.nan, dtype=x.dtype) for x in (q, k, v)]
+    got = fc.attention_backward(dout, q, k, v, out, lse, layout=layout, dq=bufs[0], dk=bufs[1], dv=bufs[2],
+                                backend=backend, **opts)
+    assert all(g is b for g, b in zip(got, bufs))
+    return got
+
+
+def _grads(rng, dtype, d, layout, heads, lengths, **opts):
+    """Inputs, the forward's out and LSE, a fresh dout, flashcore's gradients (dispatch's
+    kernel) and the float64 reference's."""
     q, k, v = make_inputs(rng, dtype, d, layout, heads, lengths)
     out, lse = fc.attention(q, k, v, return_lse=True, layout=layout, **opts)
     dout = make_inputs(rng, dtype, d, layout, heads, lengths)[0]
-    bufs = [cupy.full(x.shape, np.nan if poison else 0, dtype=x.dtype) for x in (q, k, v)]
-    got = fc.attention_backward(dout, q, k, v, out, lse, layout=layout, dq=bufs[0], dk=bufs[1], dv=bufs[2],
-                                **opts)
-    assert all(g is b for g, b in zip(got, bufs))
+    inputs = (q, k, v, dout, out, lse)
     ref = reference.attention_backward(dout, q, k, v, out, lse, layout=layout, **opts)
-    return (q, k, v, dout, out, lse), got, ref
+    return inputs, _backward(inputs, layout, **opts), ref
 
 
 def _assert_grads(got, ref, dtype, what):
@@ -60,8 +68,11 @@ def test_gradients_match_reference(rng, dtype, d, causal, layout, all_lengths, h
     GQA and MQA, both layouts."""
     for lengths in all_lengths:
         h = (1, 2, 1) if max(lengths) > 500 else heads   # bounds the reference's time
-        _, got, ref = _grads(rng, dtype, d, layout, h, lengths, causal=causal)
-        _assert_grads(got, ref, dtype, f"{dtype} D{d} causal={causal} {layout} {h} {lengths}")
+        inputs, got, ref = _grads(rng, dtype, d, layout, h, lengths, causal=causal)
+        what = f"{dtype} D{d} causal={causal} {layout} {h} {lengths}"
+        _assert_grads(got, ref, dtype, what)
+        # On H100/H200 dispatch ran the Hopper kernel up to D128: the portable one on the same inputs.
+        _assert_grads(_backward(inputs, layout, backend="sm80", causal=causal), ref, dtype, what + " sm80")
 
 
 VARIANT_CASES = [(True, (64, 0), "none"), ("top_left", None, "none"), (False, (33, 70), "none"),
@@ -82,15 +93,18 @@ def test_gradients_within_twice_sdpa_error(rng):
     """SDPA's backward (math, float32 inputs where it fits; else its default) on the same fp16
     inputs: ours within 2x its error for each gradient."""
     torch = pytest.importorskip("torch")
-    for causal in (False, True):
-        (q, k, v, dout, out, lse), got, ref = _grads(rng, "fp16", 64, "bhsd", (1, 4, 4), (300, 300), causal=causal)
+    for causal, d in itertools.product((False, True), (64, 128)):
+        inputs, got, ref = _grads(rng, "fp16", d, "bhsd", (1, 4, 4), (300, 300), causal=causal)
+        q, k, v, dout, out, lse = inputs
         tq, tk, tv = (torch.from_dlpack(x).detach().requires_grad_() for x in (q, k, v))
         o = torch.nn.functional.scaled_dot_product_attention(tq, tk, tv, is_causal=causal)
         o.backward(torch.from_dlpack(dout))
-        for name, g, t, r in zip(("dq", "dk", "dv"), got, (tq, tk, tv), ref):
-            sdpa = reference.rel_error(t.grad.float().cpu().numpy(), r)
-            ours = reference.rel_error(g, r)
-            assert ours <= max(2 * sdpa, 1e-6), f"causal={causal} {name}: {ours:.3e} > 2x SDPA's {sdpa:.3e}"
+        for backend, grads in (("auto", got), ("sm80", _backward(inputs, "bhsd", backend="sm80", causal=causal))):
+            for name, g, t, r in zip(("dq", "dk", "dv"), grads, (tq, tk, tv), ref):
+                sdpa = reference.rel_error(t.grad.float().cpu().numpy(), r)
+                ours = reference.rel_error(g, r)
+                assert ours <= max(2 * sdpa, 1e-6), \
+                    f"{backend} causal={causal} D{d} {name}: {ours:.3e} > 2x SDPA's {sdpa:.3e}"
 
 
 def test_every_element_is_written_and_repeats_stay_close(rng):
@@ -147,6 +161,25 @@ def test_deterministic_mode_gives_the_same_bits(rng):
     for _ in range(4):
         again = fc.attention_backward(dout, q, k, v, out, lse, deterministic=True, return_dbias=True, **opts)
         assert all(bool(cupy.array_equal(a, b)) for a, b in zip(first, again))
+
+
+def test_hopper_kernel_is_dispatchs_choice_there(rng):
+    """On an H100/H200 the plain backward up to D128 runs the Hopper kernel (so the tests above
+    held it to the reference): backend='sm90' gives the same gradients as dispatch, GQA and
+    ragged tiles included; a variant it does not take is refused with the reason."""
+    from flashcore_cupy import api
+
+    if api.device_info(0).arch != "sm_90a":
+        pytest.skip("the Hopper backward needs an sm_90 GPU")
+    for d in (64, 128):
+        inputs, got, ref = _grads(rng, "fp16", d, "bshd", (2, 4, 2), (300, 257), causal=True)
+        forced = _backward(inputs, "bshd", backend="sm90", causal=True)
+        _assert_grads(forced, ref, "fp16", f"D{d} backend='sm90'")
+        for a, b in zip(got, forced):   # dispatch's choice: the same kernel, up to the atomics' order
+            assert reference.rel_error(a, b.get().astype(np.float64)) < 1e-2
+    q, k, v, dout, out, lse = inputs
+    with pytest.raises(ValueError, match="backend='sm90' cannot run this backward: its variants"):
+        fc.attention_backward(dout, q, k, v, out, lse, layout="bshd", window=(8, 0), backend="sm90")
 
 
 @pytest.mark.parametrize("lengths", [(4097, 4097), (1, 4097), (4097, 1), (2000, 4097)])

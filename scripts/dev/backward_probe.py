@@ -1,7 +1,8 @@
 """Probe: the backward on dense rows of the shape list, timed side by side (throughput, CUDA
 events, medians) against SDPA's backward from the same forward: flashcore (default and
 deterministic) and SDPA's cuDNN, flash and memory-efficient backends (autograd's backward of a
-saved forward, gradient buffers allocated per call as autograd does). FLOPs: 2.5x the
+saved forward, gradient buffers allocated per call as autograd does); flashcore_sm80 is the
+portable kernel where dispatch takes the Hopper one. FLOPs: 2.5x the
 forward's visible-pair count. Each flashcore call's gradients are checked against SDPA's first.
 A quick look before the benchmark's backward mode exists.
 
@@ -44,6 +45,8 @@ def main() -> int:
                 "flashcore": lambda i: fc.attention_backward(dout, q, k, v, out, lse, causal=causal),
                 "flashcore_det": lambda i: fc.attention_backward(dout, q, k, v, out, lse, causal=causal,
                                                                  deterministic=True),
+                "flashcore_sm80": lambda i: fc.attention_backward(dout, q, k, v, out, lse, causal=causal,
+                                                                  backend="sm80"),
             }
             ctx = {n: contextlib.nullcontext for n in fns}
             tq, tk, tv = (torch.from_dlpack(x).detach().requires_grad_() for x in (q, k, v))
@@ -64,7 +67,7 @@ def main() -> int:
             if "sdpa_cudnn" in fns:   # a sanity check against a peer (the tests hold us to float64)
                 with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
                     peer_grads = fns["sdpa_cudnn"](0)
-                for mode in ("flashcore", "flashcore_det"):
+                for mode in ("flashcore", "flashcore_det", "flashcore_sm80"):
                     ours = fns[mode](0)
                     diffs = [reference.rel_error(a, b.float().cpu().numpy()) for a, b in zip(ours, peer_grads)]
                     print(f"{name} {dt} {mode}: rel diff to cuDNN's dq {diffs[0]:.2e} dk {diffs[1]:.2e} dv {diffs[2]:.2e}")

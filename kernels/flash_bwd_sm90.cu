@@ -1,0 +1,261 @@
+// FlashAttention backward for Hopper (sm_90a): TMA, wgmma, warp specialisation. The same
+// gradients as flash_bwd_sm80.cu (its header states the math) for the plain mask:
+//
+//   P = exp2(S * scale log2 e - LSE log2 e),  dP = dO V^T,  dS = P * (dP - delta),
+//   dV = P^T dO,  dK = scale dS^T Q,  dQ = scale dS K.
+//
+// A CTA owns BLOCK_N = 128 keys of one (batch, query head): consumer warpgroup c holds keys
+// 64c.. of them, with their dK and dV (64 x HEAD_DIM each) in registers over every query tile
+// of BLOCK_M rows that sees some of its keys (rows_seeing, variant.cuh: the causal diagonal
+// bounds them). The producer warpgroup's one thread copies K and V once, then each query
+// tile's Q and dO (TMA) and its LSE and delta (bulk copies) into a ring of STAGES slots.
+// Per query tile, consumer c computes everything transposed, keys as the GEMMs' rows:
+//
+//   S^T  = K_c Q^T       wgmma m64nBLOCK_Mk16, both K-major in shared memory (qk_wgmma)
+//   dP^T = V_c dO^T      the same form
+//   P^T, dS^T in registers (each column a query row: its LSE and delta from the slot), then
+//   dV  += P^T dO        wgmma with P^T from registers, dO MN-major (pv_wgmma)
+//   dK  += dS^T Q        the same form
+//   dS^T -> shared memory; once both consumers' are there (a named barrier):
+//   dQ   = dS K          one 64 x 64 block a consumer (rows rb, columns cb of the tile's dQ),
+//                        over all 128 keys: dS and K both MN-major (wgmma_ss_mn)
+//   dQ added into the float32 accumulator (vector reductions, red.global.add.v2.f32).
+//
+// At the end dK *= scale; dK and dV are stored in the inputs' type, or with GQA added into
+// float32 accumulators the host converts. dS^T has two buffers (tile parity): a consumer
+// writes tile t's only after both passed tile t-1's barrier, so the other's dQ of tile t-2
+// has finished reading it.
+//
+// Shared memory (1024-byte aligned base; every tile 128B-swizzled in column blocks of 64
+// elements, the layout sm90_mainloop.cuh's descriptors describe): K, V (BLOCK_N rows), the
+// ring's Q and dO slots (BLOCK_M rows), two dS^T buffers (per key, BLOCK_M / 64 blocks of 64
+// query rows: the MN-major A operand of dQ), the slots' LSE and delta, the barriers. The host
+// mirrors smem_bytes in flashcore_cupy/configs.py (Sm90BwdConfig).
+#include "sm90.cuh"
+#include "mask.cuh"
+#include "softmax.cuh"
+#include "variant.cuh"
+// Sm90BwdParams, the one by-value argument (__grid_constant__): the q, k, v and dout tensor
+// maps, then what flashcore_cupy/launch.py packs after them; declared in flashcore_cupy/params.py.
+#include "params_sm90_bwd.cuh"
+#include "sm90_mainloop.cuh"
+#include "sm90_pipeline.cuh"
+
+namespace fc {
+
+template <int HEAD_DIM, int BLOCK_M, int STAGES>
+struct Sm90BwdTile {
+    static constexpr int kConsumers = 2;
+    static constexpr int kBlockN = 64 * kConsumers;        // keys of the CTA: 64 a consumer
+    static constexpr int kRowBlocks = BLOCK_M / 64;        // dQ's 64 x 64 blocks of a query tile,
+    static constexpr int kColBlocks = HEAD_DIM / 64;       //   one a consumer
+    static constexpr u32 kKVBytes = kBlockN * HEAD_DIM * 2;  // K or V
+    static constexpr u32 kQBytes = BLOCK_M * HEAD_DIM * 2;   // a slot's Q or dO
+    static constexpr u32 kDSBytes = kBlockN * BLOCK_M * 2;   // a dS^T buffer
+    static constexpr u32 kRowBytes = BLOCK_M * 4;            // a slot's LSE or delta
+    static constexpr u32 kOffK = 0;
+    static constexpr u32 kOffV = kKVBytes;
+    static constexpr u32 kOffQ = 2 * kKVBytes;
+    static constexpr u32 kOffDO = kOffQ + STAGES * kQBytes;
+    static constexpr u32 kOffDS = kOffDO + STAGES * kQBytes;
+    static constexpr u32 kOffLse = kOffDS + 2 * kDSBytes;
+    static constexpr u32 kOffDelta = kOffLse + STAGES * kRowBytes;
+    static constexpr u32 kOffBars = kOffDelta + STAGES * kRowBytes;
+    static constexpr u32 kSmemBytes = 1024 + kOffBars + 8 * (1 + 2 * STAGES);   // + the base's alignment
+    // setmaxnreg: the producer drops to 24, the two consumers share the rest (as the forward).
+    static constexpr int kProducerRegs = 24;
+    static constexpr int kLaunchRegs = 65536 / (128 * (kConsumers + 1)) / 8 * 8;
+    static constexpr int kConsumerRegs = (kLaunchRegs * (kConsumers + 1) - kProducerRegs) / kConsumers / 8 * 8;
+
+    static_assert(HEAD_DIM == 64 || HEAD_DIM == 128, "HEAD_DIM: 64 or 128");
+    static_assert(kRowBlocks * kColBlocks == kConsumers, "BLOCK_M: 128 at HEAD_DIM 64, 64 at 128 (a dQ block a consumer)");
+    static_assert(STAGES >= 1 && STAGES <= 4, "STAGES: 1..4");
+    static_assert(kSmemBytes <= kSm90SmemLimit, "shared memory over sm_90's limit");
+};
+
+// The backward's mbarriers, after the tiles: K and V landed; each slot's Q, dO, LSE and delta
+// landed / released by every consumer warp.
+template <int STAGES>
+struct BwdBarriers {
+    u32 base;
+    __device__ u32 kv_full() const { return base; }
+    __device__ u32 q_full(int s) const { return base + 8 * (1 + s); }
+    __device__ u32 q_empty(int s) const { return base + 8 * (1 + STAGES + s); }
+};
+
+template <class T, int HEAD_DIM, int BLOCK_M, int STAGES>
+__global__ void __launch_bounds__(384, 1)
+flash_bwd_sm90(const __grid_constant__ Sm90BwdParams p) {
+    using Tile = Sm90BwdTile<HEAD_DIM, BLOCK_M, STAGES>;
+    constexpr int BN = Tile::kBlockN, NT = BLOCK_M / 8;
+    extern __shared__ __align__(1024) unsigned char smem[];
+    const u32 sbase = (smem_addr(smem) + 1023) & ~1023u;
+    const float* s_rows = reinterpret_cast<const float*>(smem + (sbase - smem_addr(smem)));
+    const BwdBarriers<STAGES> bar{sbase + Tile::kOffBars};
+
+    const int warpgroup = __shfl_sync(0xffffffffu, threadIdx.x / 128, 0);
+    const int key0 = blockIdx.x * BN, head = blockIdx.y, batch = blockIdx.z;
+    const int seqlen_q = p.seqlen_q, seqlen_k = p.seqlen_k, diag = seqlen_k - seqlen_q;
+    const RowRange rows = rows_seeing(seqlen_q, seqlen_k, diag, -1, p.causal ? 0 : -1, key0, BN);
+    const int row_first = rows.begin / BLOCK_M * BLOCK_M;
+    const int n_tiles = rows.end > rows.begin ? (rows.end - row_first + BLOCK_M - 1) / BLOCK_M : 0;
+    const i64 bh = static_cast<i64>(batch) * p.heads + head;
+
+    if (threadIdx.x == 0) {
+        mbar_init(bar.kv_full(), 1);
+        for (int s = 0; s < STAGES; ++s) {
+            mbar_init(bar.q_full(s), 1);
+            mbar_init(bar.q_empty(s), 4 * Tile::kConsumers);   // one arrival per consumer warp
+        }
+        mbar_fence_init();
+    }
+    __syncthreads();
+
+    if (warpgroup == 0) {   // the producer
+        regs_release<Tile::kProducerRegs>();
+        if (threadIdx.x == 0 && n_tiles > 0) {
+            const int head_kv = head / p.heads_per_kv;
+            mbar_expect_tx(bar.kv_full(), 2 * Tile::kKVBytes);
+            tma_load_tile<HEAD_DIM>(sbase + Tile::kOffK, p.k, bar.kv_full(), BN, key0, head_kv, batch);
+            tma_load_tile<HEAD_DIM>(sbase + Tile::kOffV, p.v, bar.kv_full(), BN, key0, head_kv, batch);
+            for (int t = 0; t < n_tiles; ++t) {
+                const Ring<STAGES> r{t};
+                const int row0 = row_first + t * BLOCK_M;
+                if (t >= STAGES) mbar_wait(bar.q_empty(r.slot()), r.parity() ^ 1);
+                mbar_expect_tx(bar.q_full(r.slot()), 2 * Tile::kQBytes + 2 * Tile::kRowBytes);
+                tma_load_tile<HEAD_DIM>(sbase + Tile::kOffQ + r.slot() * Tile::kQBytes, p.q, bar.q_full(r.slot()),
+                                        BLOCK_M, row0, head, batch);
+                tma_load_tile<HEAD_DIM>(sbase + Tile::kOffDO + r.slot() * Tile::kQBytes, p.dout,
+                                        bar.q_full(r.slot()), BLOCK_M, row0, head, batch);
+                bulk_load(sbase + Tile::kOffLse + r.slot() * Tile::kRowBytes, p.lse + bh * p.rows_pad + row0,
+                          Tile::kRowBytes, bar.q_full(r.slot()));
+                bulk_load(sbase + Tile::kOffDelta + r.slot() * Tile::kRowBytes, p.delta + bh * p.rows_pad + row0,
+                          Tile::kRowBytes, bar.q_full(r.slot()));
+            }
+        }
+        return;
+    }
+
+    regs_claim<Tile::kConsumerRegs>();
+    const int consumer = warpgroup - 1, lane = threadIdx.x % 32, warp = (threadIdx.x / 32) % 4;
+    const int c_key0 = key0 + 64 * consumer;                 // this consumer's first key
+    const int rb = consumer % Tile::kRowBlocks, cb = consumer / Tile::kRowBlocks;   // its dQ block
+    // Descriptors: this consumer's K and V rows (A, K-major), slot 0's Q and dO as B (K-major, of
+    // S^T and dP^T) and as MN-major B (of dK and dV), dS^T buffer 0's row block rb (MN-major A of
+    // dQ) and K's column block cb (MN-major B of dQ).
+    const u64 k_desc = smem_desc_sw128(sbase + Tile::kOffK + consumer * 64 * 128, 16, 1024);
+    const u64 v_desc = smem_desc_sw128(sbase + Tile::kOffV + consumer * 64 * 128, 16, 1024);
+    const u64 q_desc0 = smem_desc_sw128(sbase + Tile::kOffQ, 16, 1024);
+    const u64 do_desc0 = smem_desc_sw128(sbase + Tile::kOffDO, 16, 1024);
+    const u64 q_mn_desc0 = smem_desc_sw128(sbase + Tile::kOffQ, BLOCK_M * 128, 1024);
+    const u64 do_mn_desc0 = smem_desc_sw128(sbase + Tile::kOffDO, BLOCK_M * 128, 1024);
+    const u64 ds_desc0 = smem_desc_sw128(sbase + Tile::kOffDS + rb * BN * 128, BN * 128, 1024);
+    const u64 kt_desc = smem_desc_sw128(sbase + Tile::kOffK + cb * BN * 128, BN * 128, 1024);
+
+    float dk[HEAD_DIM / 8][4], dv[HEAD_DIM / 8][4];
+    #pragma unroll
+    for (int dt = 0; dt < HEAD_DIM / 8; ++dt)
+        #pragma unroll
+        for (int e = 0; e < 4; ++e) dk[dt][e] = dv[dt][e] = 0.f;
+
+    // This thread's accumulator rows are keys c_key0 + 16 warp + lane / 4 (+ 8), its columns
+    // query rows 8 i + 2 (lane % 4) (+ 1) of the tile.
+    const int key_lane = c_key0 + 16 * warp + lane / 4, col_lane = 2 * (lane % 4);
+    // dS^T's shared stores: key k's 16-byte chunk j of a 64-row block at k * 128 + 16 (j ^ k % 8).
+    const u32 ds_lane = 128 * (64 * consumer + 16 * warp + lane / 4) + 4 * (lane % 4);
+    if (n_tiles > 0) mbar_wait(bar.kv_full(), 0);
+    for (int t = 0; t < n_tiles; ++t) {
+        const Ring<STAGES> r{t};
+        const int row0 = row_first + t * BLOCK_M, slot = r.slot();
+        mbar_wait(bar.q_full(slot), r.parity());
+        float st[1][NT][4], dpt[1][NT][4];
+        qk_wgmma<T, BN, HEAD_DIM, BLOCK_M>(st[0], k_desc, desc_advance(q_desc0, slot * Tile::kQBytes));
+        qk_wgmma<T, BN, HEAD_DIM, BLOCK_M>(dpt[0], v_desc, desc_advance(do_desc0, slot * Tile::kQBytes));
+        wgmma_wait<1>();
+        fence_registers(st[0]);
+        // P^T: the columns' LSE from the slot; hidden pairs (past Sk, above the diagonal) 0.
+        const float* lse = s_rows + (Tile::kOffLse + slot * Tile::kRowBytes) / 4;
+        const float* delta = s_rows + (Tile::kOffDelta + slot * Tile::kRowBytes) / 4;
+        const bool partial = FC_TILE_PARTIAL(64, seqlen_k, diag, p.causal, c_key0, row0);
+        #pragma unroll
+        for (int i = 0; i < NT; ++i) {
+            const float2 l2 = *reinterpret_cast<const float2*>(lse + 8 * i + col_lane);
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const float x = st[0][i][e] * p.scale_log2 - (e % 2 ? l2.y : l2.x);
+                const int key = key_lane + 8 * (e / 2), row = row0 + 8 * i + col_lane + e % 2;
+                st[0][i][e] = partial && FC_KEY_HIDDEN(seqlen_k, diag, p.causal, row, key) ? 0.f : fast_exp2(x);
+            }
+        }
+        u32 pa[NT / 2][4], dsa[NT / 2][4];
+        pack_p<T, NT>(pa, st[0]);
+        wgmma_wait<0>();
+        fence_registers(dpt[0]);
+        // dS^T = P^T (dP^T - delta), into registers (A of dK) and shared memory (A of dQ).
+        const u32 ds_buf = sbase + Tile::kOffDS + (t % 2) * Tile::kDSBytes;
+        #pragma unroll
+        for (int i = 0; i < NT; ++i) {
+            const float2 d2 = *reinterpret_cast<const float2*>(delta + 8 * i + col_lane);
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) dpt[0][i][e] = st[0][i][e] * (dpt[0][i][e] - (e % 2 ? d2.y : d2.x));
+            const u32 at = ds_buf + (i / 8) * BN * 128 + ds_lane + 16 * ((i % 8) ^ (lane / 4));
+            #pragma unroll
+            for (int h = 0; h < 2; ++h)   // key + 8 h: same chunk pattern (k % 8 unchanged), 8 rows on
+                asm volatile("st.shared.u32 [%0], %1;" :: "r"(at + h * 8 * 128),
+                             "r"(pack2<T>(dpt[0][i][2 * h], dpt[0][i][2 * h + 1])) : "memory");
+        }
+        pack_p<T, NT>(dsa, dpt[0]);
+        pv_wgmma<T, HEAD_DIM, BLOCK_M>(dv, pa, desc_advance(do_mn_desc0, slot * Tile::kQBytes));
+        pv_wgmma<T, HEAD_DIM, BLOCK_M>(dk, dsa, desc_advance(q_mn_desc0, slot * Tile::kQBytes));
+        fence_async_shared();
+        named_barrier_sync(1, 128 * Tile::kConsumers);   // both consumers' dS^T are in shared memory
+        float dq[1][8][4];
+        wgmma_fence();
+        #pragma unroll
+        for (int kk = 0; kk < BN / 16; ++kk)
+            wgmma_ss_mn<T, 64>(dq[0], desc_advance(ds_desc0, (t % 2) * Tile::kDSBytes + kk * 2048),
+                               desc_advance(kt_desc, kk * 2048), kk > 0);
+        wgmma_commit();
+        wgmma_wait<0>();
+        fence_registers(dq[0]);
+        fence_registers(dk);
+        fence_registers(dv);
+        fence_registers(pa);
+        fence_registers(dsa);
+        if (lane == 0) mbar_arrive(bar.q_empty(slot));   // Q, dO, LSE and delta of the slot are read
+        // dQ block (rb, cb) into the accumulator: rows past Sq add zeros (inside rows_pad).
+        float* dq_rows = p.dq_accum + (bh * p.rows_pad + row0 + 64 * rb + 16 * warp + lane / 4) * HEAD_DIM +
+                         64 * cb + col_lane;
+        #pragma unroll
+        for (int i = 0; i < 8; ++i)
+            #pragma unroll
+            for (int h = 0; h < 2; ++h)
+                red_add2(dq_rows + 8 * h * HEAD_DIM + 8 * i, dq[0][i][2 * h], dq[0][i][2 * h + 1]);
+    }
+
+    // dK *= scale; this thread's keys and columns out: stored, or added over the GQA group.
+    const float scale = p.scale;
+    const int head_kv = head / p.heads_per_kv;
+    #pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        const int key = key_lane + 8 * h;
+        if (key >= seqlen_k) continue;
+        #pragma unroll
+        for (int dt = 0; dt < HEAD_DIM / 8; ++dt) {
+            const int col = 8 * dt + col_lane;
+            if (col >= p.head_dim) continue;
+            const float k0 = dk[dt][2 * h] * scale, k1 = dk[dt][2 * h + 1] * scale;
+            const float v0 = dv[dt][2 * h], v1 = dv[dt][2 * h + 1];
+            if (p.dk_accum == nullptr) {
+                *reinterpret_cast<u32*>(p.dk + batch * p.dk_sb + head_kv * p.dk_sh + key * p.dk_ss + col) = pack2<T>(k0, k1);
+                *reinterpret_cast<u32*>(p.dv + batch * p.dv_sb + head_kv * p.dv_sh + key * p.dv_ss + col) = pack2<T>(v0, v1);
+            } else {
+                const i64 at = ((static_cast<i64>(batch) * p.heads_kv + head_kv) * seqlen_k + key) * p.head_dim + col;
+                red_add2(p.dk_accum + at, k0, k1);
+                red_add2(p.dv_accum + at, v0, v1);
+            }
+        }
+    }
+}
+
+}  // namespace fc
