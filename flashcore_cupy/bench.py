@@ -43,7 +43,8 @@ from .timing import balanced_orders, predecessors, time_latency, time_side_by_si
 IMPLS = ("flashcore", "flashcore_sm80", "flashcore_plain", "naive_cupy", "sdpa_flash", "sdpa_cudnn",
          "sdpa_efficient")
 OURS = ("flashcore", "flashcore_sm80", "flashcore_plain", "flashcore_deterministic")   # their failures fail the run
-BACKWARD_IMPLS = ("flashcore", "flashcore_deterministic", "sdpa_flash", "sdpa_cudnn", "sdpa_efficient")
+BACKWARD_IMPLS = ("flashcore", "flashcore_deterministic", "flashcore_sm80", "sdpa_flash", "sdpa_cudnn",
+                  "sdpa_efficient")
 _SDPA_BACKENDS = {"sdpa_flash": "FLASH_ATTENTION", "sdpa_cudnn": "CUDNN_ATTENTION",
                   "sdpa_efficient": "EFFICIENT_ATTENTION"}
 SCHEMA = 2
@@ -221,11 +222,12 @@ def _backward_impls(shape: Shape, torch, arrays: dict | None = None, dtype: str 
     none = contextlib.nullcontext
     opts = attention_options(shape, arrays or {})
 
-    def ours(deterministic):
-        return Impl(lambda *x: backward.attention_backward(*x, deterministic=deterministic, **opts),
+    def ours(**kw):
+        return Impl(lambda *x: backward.attention_backward(*x, **kw, **opts),
                     lambda q, k, v, dout, out, lse: (dout, q, k, v, out, lse), none)
 
-    fns = {"flashcore": ours(False), "flashcore_deterministic": ours(True)}
+    fns = {"flashcore": ours(), "flashcore_deterministic": ours(deterministic=True),
+           "flashcore_sm80": ours(backend="sm80")}
     if torch is None:
         return fns
     from torch.nn.attention import SDPBackend, sdpa_kernel

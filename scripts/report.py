@@ -174,7 +174,7 @@ def backward_table(data, mode: str, shapes) -> list[str]:
     """A backward run: every implementation, flashcore against cuDNN's backward and the
     deterministic mode against the default (issue 23's bars: >= 1.0x and >= 0.75x)."""
     rows = _rows(data)
-    impls = ("flashcore", "flashcore_deterministic", "sdpa_flash", "sdpa_cudnn", "sdpa_efficient")
+    impls = ("flashcore", "flashcore_deterministic", "flashcore_sm80", "sdpa_flash", "sdpa_cudnn", "sdpa_efficient")
     out = ["| shape | dtype | " + " | ".join(NAMES.get(i, i) for i in impls) + " | vs cuDNN (1.0×) | "
            "deterministic / default (0.75×) |", "|---" * (4 + len(impls)) + "|"]
     for s in shapes:
