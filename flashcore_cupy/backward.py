@@ -2,28 +2,25 @@
 
 The spec is `flashcore_cupy.reference.attention_backward`. The arrays go through the forward's
 validation (the same Problem, so the same mask and score options) and the checks of dout,
-out, lse and the gradient buffers; then three steps on CuPy's current stream:
-  1. delta = rowsum(dout * out) in float32 (CuPy), a zeroed float32 dQ accumulator, and with
-     GQA zeroed float32 dK / dV accumulators;
-  2. the kernel: a CTA per key tile of one (batch, query head) over the query tiles that see
-     it, dQ added into its accumulator by float32 reductions. On H100/H200, plain masks at
-     head dims up to 128: kernels/flash_bwd_sm90.cu (TMA, wgmma, warp specialisation; its
-     LSE, delta and dQ accumulator padded to whole query tiles); otherwise, and for the
-     variants and deterministic=True (dQ's adds ordered by a semaphore per query tile),
-     kernels/flash_bwd_sm80.cu;
-  3. dQ scaled and converted into dq (and dK / dV summed over each GQA group converted).
+out, lse and the gradient buffers; then three launches on CuPy's current stream:
+  1. bwd_prep (kernels/flash_bwd_steps.cu): delta = rowsum(dout * out) and the LSE in log2
+     units (+inf for a row that saw no key), padded to whole query tiles, and the float32 dQ
+     accumulator zeroed (with GQA, float32 dK / dV accumulators zeroed beside it);
+  2. the main kernel: a CTA per key tile of one (batch, query head) over the query tiles that
+     see it, dQ added into its accumulator by float32 reductions. On H100/H200, plain masks
+     at head dims up to 128: kernels/flash_bwd_sm90.cu (TMA, wgmma, warp specialisation);
+     otherwise, and for the variants and deterministic=True (dQ's adds ordered by a
+     semaphore per query tile), kernels/flash_bwd_sm80.cu;
+  3. bwd_convert: dq = scale * dQ in the inputs' type (and GQA's dK / dV sums into dk, dv).
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any, Literal
-
-import numpy as np
 
 from . import api
 from .configs import Sm80BwdConfig, Sm90BwdConfig, bucket_head_dim, bwd_config
-from .launch import Sm80BwdLaunch, Sm90BwdLaunch, sm90_bwd_blocker
+from .launch import Sm80BwdLaunch, Sm90BwdLaunch, launch_step, sm90_bwd_blocker
 from .validation import (Problem, check_capability, check_lse, check_options, check_out, check_problem,
                          layout_strides)
 
@@ -110,47 +107,69 @@ def _choose(p: Problem, arch: str, do_strides: tuple[int, int, int], determinist
 
 def _run(p: Problem, config: Sm80BwdConfig | Sm90BwdConfig, arch: str, dout, q, k, v, out, lse, dq, dk, dv,
          alibi_slopes, bias, want_dbias: bool, deterministic: bool):
-    """The launch and the host steps around it; returns dbias (float32, the bias's shape) or None."""
+    """bwd_prep, the main kernel, bwd_convert (kernels/flash_bwd_steps.cu); returns dbias
+    (float32, the bias's shape) or None."""
     import cupy
 
-    layout, f32 = p.layout, cupy.float32
-    delta = (_bhsd_view(dout, layout).astype(f32) * _bhsd_view(out, layout).astype(f32)).sum(axis=-1)
-    if isinstance(config, Sm90BwdConfig):
-        _run_sm90(p, config, arch, dout, q, k, v, lse, delta, dq, dk, dv)
-        return None
-    delta = cupy.ascontiguousarray(delta)
-    dq_accum = cupy.zeros((p.batch, p.heads_q, p.seqlen_q, p.head_dim), f32)
-    dq_sem = cupy.zeros((p.batch, p.heads_q, -(-p.seqlen_q // config.block_m)), cupy.int32) if deterministic else None
-    # GQA: dK / dV accumulated in float32 per kv head (atomics over the group), or per query head
-    # and summed here (deterministic).
+    layout, f32, stream = p.layout, cupy.float32, cupy.cuda.get_current_stream().ptr
+    hopper = isinstance(config, Sm90BwdConfig)
+    rows = config.rows_pad(p.seqlen_q)
+    # dQ's accumulator: the Hopper kernel's rows are its template head dim long (whole blocks).
+    dq_cols = config.head_dim if hopper else p.head_dim
+    lse2, delta = cupy.empty((2, p.batch, p.heads_q, rows), f32)
+    dq_accum = cupy.empty((p.batch, p.heads_q, rows, dq_cols), f32)
+    do_strides = layout_strides(api._spec(dout, "dout"), layout)
+    launch_step("bwd_prep", p.dtype, p.device, arch, rows, p.heads_q, p.batch, dict(
+        dout=dout.data.ptr, out=out.data.ptr, lse=lse.data.ptr, lse2=lse2.data.ptr, delta=delta.data.ptr,
+        dq_accum=dq_accum.data.ptr, **_strides("do", do_strides),
+        **_strides("o", layout_strides(api._spec(out, "out"), layout)),
+        seqlen_q=p.seqlen_q, rows_pad=rows, heads=p.heads_q, head_dim=p.head_dim, dq_cols=dq_cols), stream)
+    # GQA: dK / dV accumulated in float32 per kv head (atomics over the group), or deterministic
+    # per query head (bwd_convert sums each group in order).
     group = p.heads_q // p.heads_kv
     acc_heads = p.heads_q if deterministic else p.heads_kv
     kv_accum = [cupy.zeros((p.batch, acc_heads, p.seqlen_k, p.head_dim), f32) for _ in range(2)] \
         if group > 1 else [None, None]
-    # dbias: added as it comes into one row, head or batch where the bias broadcasts there
-    # (validation's Variant.bias strides: 0), or deterministic, each element once into a full
-    # (B, Hq, Sq, Sk) and summed here; keys as the bias's.
-    dbias_accum, dbias_strides = None, (0, 0, 0)
-    if want_dbias:
-        broad = tuple(st == 0 for st in p.variant.bias[1])
-        full = (p.batch, p.heads_q, p.seqlen_q)
-        dims = tuple(1 if b and not deterministic else n for b, n in zip(broad, full)) + (bias.shape[-1],)
-        dbias_accum = cupy.zeros(dims, f32)
-        dbias_strides = tuple(0 if n == 1 else st // 4 for n, st in zip(dims[:3], dbias_accum.strides[:3]))
-    strides = {"do": layout_strides(api._spec(dout, "dout"), layout),
-               "dq": (p.heads_q * p.seqlen_q * p.head_dim, p.seqlen_q * p.head_dim, p.head_dim),
-               "dk": layout_strides(api._spec(dk, "dk"), layout), "dv": layout_strides(api._spec(dv, "dv"), layout),
-               "dbias": dbias_strides}
-    launch = Sm80BwdLaunch.build(p, config, arch, strides, deterministic)
     address = lambda a: 0 if a is None else a.data.ptr   # noqa: E731
-    pointers = dict(q=q.data.ptr, k=k.data.ptr, v=v.data.ptr, dout=dout.data.ptr, lse=lse.data.ptr,
-                    delta=delta.data.ptr, dq_accum=dq_accum.data.ptr, dk=dk.data.ptr, dv=dv.data.ptr,
-                    dk_accum=address(kv_accum[0]), dv_accum=address(kv_accum[1]), dbias=address(dbias_accum),
-                    dq_sem=address(dq_sem), alibi=address(alibi_slopes), bias=address(bias))
-    launch.start(pointers, cupy.cuda.get_current_stream().ptr)
-    if deterministic and group > 1:
-        kv_accum = [a.reshape(p.batch, p.heads_kv, group, p.seqlen_k, p.head_dim).sum(axis=2) for a in kv_accum]
-    _convert(p, dq_accum, kv_accum, dq, dk, dv)
+    dkv_strides = {"dk": layout_strides(api._spec(dk, "dk"), layout), "dv": layout_strides(api._spec(dv, "dv"), layout)}
+    pointers = dict(lse=lse2.data.ptr, delta=delta.data.ptr, dq_accum=dq_accum.data.ptr, dk=dk.data.ptr,
+                    dv=dv.data.ptr, dk_accum=address(kv_accum[0]), dv_accum=address(kv_accum[1]))
+    dbias_accum = None
+    if hopper:
+        Sm90BwdLaunch.build(p, config, arch, {"do": do_strides, **dkv_strides}).start(
+            (q.data.ptr, k.data.ptr, v.data.ptr, dout.data.ptr), pointers, stream)
+    else:
+        dq_sem = cupy.zeros((p.batch, p.heads_q, rows // config.block_m), cupy.int32) if deterministic else None
+        # dbias: added as it comes into one row, head or batch where the bias broadcasts there
+        # (validation's Variant.bias strides: 0), or deterministic, each element once into a full
+        # (B, Hq, Sq, Sk) and summed here; keys as the bias's.
+        dbias_strides = (0, 0, 0)
+        if want_dbias:
+            broad = tuple(st == 0 for st in p.variant.bias[1])
+            full = (p.batch, p.heads_q, p.seqlen_q)
+            dims = tuple(1 if b and not deterministic else n for b, n in zip(broad, full)) + (bias.shape[-1],)
+            dbias_accum = cupy.zeros(dims, f32)
+            dbias_strides = tuple(0 if n == 1 else st // 4 for n, st in zip(dims[:3], dbias_accum.strides[:3]))
+        strides = {"do": do_strides, "dq": (p.heads_q * rows * dq_cols, rows * dq_cols, dq_cols), **dkv_strides,
+                   "dbias": dbias_strides}
+        Sm80BwdLaunch.build(p, config, arch, strides, deterministic).start(dict(
+            pointers, q=q.data.ptr, k=k.data.ptr, v=v.data.ptr, dout=dout.data.ptr, dbias=address(dbias_accum),
+            dq_sem=address(dq_sem), alibi=address(alibi_slopes), bias=address(bias)), stream)
+    # dq = scale * dQ; GQA's sums into dk and dv (keys past the kernels' -- top-left causal with
+    # Sq < Sk, which no query sees -- as zeros).
+    convert = lambda src, dst, src_rows, src_ld, heads, grp, valid, n, factor: launch_step(   # noqa: E731
+        "bwd_convert", p.dtype, p.device, arch, n, heads, p.batch, dict(
+            src=src.data.ptr, dst=dst.data.ptr, **_strides("dst", layout_strides(api._spec(dst, "grad"), layout)),
+            src_rows=src_rows, src_ld=src_ld, group=grp, rows_valid=valid, rows=n, heads=heads,
+            head_dim=p.head_dim, factor=factor), stream)
+    convert(dq_accum, dq, rows, dq_cols, p.heads_q, 1, p.seqlen_q, p.seqlen_q, p.scale)
+    keys = _bhsd_view(dk, layout).shape[2]
+    for grad, accum in zip((dk, dv), kv_accum):
+        if accum is not None:
+            convert(accum, grad, p.seqlen_k, p.head_dim, p.heads_kv, group if deterministic else 1, p.seqlen_k,
+                    keys, 1.0)
+        elif keys > p.seqlen_k:
+            _bhsd_view(grad, layout)[:, :, p.seqlen_k:] = 0
     if dbias_accum is None:
         return None
     if deterministic:
@@ -160,40 +179,8 @@ def _run(p: Problem, config: Sm80BwdConfig | Sm90BwdConfig, arch: str, dout, q, 
     return cupy.broadcast_to(compact, bias.shape).copy()
 
 
-def _run_sm90(p: Problem, config: Sm90BwdConfig, arch: str, dout, q, k, v, lse, delta, dq, dk, dv) -> None:
-    """The Hopper backward: its LSE (in log2 units, +inf for a row that saw no key: P = 0
-    there), delta and dQ accumulator padded to whole query tiles."""
-    import cupy
-
-    f32, rows = cupy.float32, config.rows_pad(p.seqlen_q)
-    lse2 = cupy.full((p.batch, p.heads_q, rows), np.inf, f32)
-    lse2[:, :, :p.seqlen_q] = cupy.where(lse == -np.inf, np.inf, lse * np.float32(math.log2(math.e)))
-    delta_pad = cupy.zeros((p.batch, p.heads_q, rows), f32)
-    delta_pad[:, :, :p.seqlen_q] = delta
-    dq_accum = cupy.zeros((p.batch, p.heads_q, rows, config.head_dim), f32)
-    group = p.heads_q // p.heads_kv
-    kv_accum = [cupy.zeros((p.batch, p.heads_kv, p.seqlen_k, p.head_dim), f32) for _ in range(2)] \
-        if group > 1 else [None, None]
-    strides = {"do": layout_strides(api._spec(dout, "dout"), p.layout),
-               "dk": layout_strides(api._spec(dk, "dk"), p.layout), "dv": layout_strides(api._spec(dv, "dv"), p.layout)}
-    launch = Sm90BwdLaunch.build(p, config, arch, strides)
-    address = lambda a: 0 if a is None else a.data.ptr   # noqa: E731
-    launch.start((q.data.ptr, k.data.ptr, v.data.ptr, dout.data.ptr),
-                 dict(lse=lse2.data.ptr, delta=delta_pad.data.ptr, dq_accum=dq_accum.data.ptr, dk=dk.data.ptr,
-                      dv=dv.data.ptr, dk_accum=address(kv_accum[0]), dv_accum=address(kv_accum[1])),
-                 cupy.cuda.get_current_stream().ptr)
-    _convert(p, dq_accum[:, :, :p.seqlen_q, :p.head_dim], kv_accum, dq, dk, dv)
-
-
-def _convert(p: Problem, dq_accum, kv_accum, dq, dk, dv) -> None:
-    """dQ scaled and converted into dq; GQA's float32 dK and dV (per kv head) into dk and dv;
-    zeros for the keys past the kernels' (top-left causal with Sq < Sk: no query sees them)."""
-    _bhsd_view(dq, p.layout)[...] = (dq_accum * np.float32(p.scale)).astype(dq.dtype)
-    for grad, accum in zip((dk, dv), kv_accum):
-        view = _bhsd_view(grad, p.layout)
-        if accum is not None:
-            view[:, :, :p.seqlen_k] = accum.astype(grad.dtype)
-        view[:, :, p.seqlen_k:] = 0
+def _strides(prefix: str, bhs: tuple[int, int, int]) -> dict[str, int]:
+    return {f"{prefix}_s{d}": st for d, st in zip("bhs", bhs)}
 
 
 __all__ = ["attention_backward"]

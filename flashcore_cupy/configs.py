@@ -152,6 +152,10 @@ class Sm80BwdConfig:
     def grid(self, batch: int, heads_q: int, seqlen_k: int) -> tuple[int, int, int]:
         return (-(-seqlen_k // self.block_n), heads_q, batch)
 
+    def rows_pad(self, seqlen_q: int) -> int:
+        """Rows per (batch, head) of the LSE, delta and dQ accumulator: whole query tiles."""
+        return -(-seqlen_q // self.block_m) * self.block_m
+
     def __str__(self) -> str:
         text = f"bwd {self.dtype} D{self.head_dim} {self.block_m}x{self.block_n} w{self.warps}"
         return text if self.variant.plain else f"{text} {self.variant}"
@@ -210,6 +214,31 @@ class Sm90BwdConfig:
 
 
 SM90_BWD_HEAD_DIMS = (64, 128)
+
+
+@dataclass(frozen=True)
+class BwdStepConfig:
+    """`fc::bwd_prep` or `fc::bwd_convert` in kernels/flash_bwd_steps.cu: a warp per row, 32
+    rows a block, on every arch."""
+
+    kernel: Literal["bwd_prep", "bwd_convert"]
+    dtype: str
+
+    kernel_file = "flash_bwd_steps.cu"
+    threads = 256
+    smem_bytes = 0
+    ROWS_PER_BLOCK = 32   # kStepWarps x kStepRowsPerWarp
+    variant = PLAIN
+
+    @property
+    def name_expression(self) -> str:
+        return f"fc::{self.kernel}<fc::{self.dtype}>"
+
+    def grid(self, batch: int, heads: int, rows: int) -> tuple[int, int, int]:
+        return (max(1, -(-rows // self.ROWS_PER_BLOCK)), heads, batch)
+
+    def __str__(self) -> str:
+        return f"{self.kernel} {self.dtype}"
 
 
 class WorkTile(NamedTuple):

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import loader, params, tma
-from .configs import (SM90_ARCH, SM90_BWD_HEAD_DIMS, SM90_HEAD_DIMS, Sm80BwdConfig, Sm80FwdConfig, Sm90BwdConfig,
-                      Sm90FwdConfig, WorkTile, sm90_config)
+from .configs import (SM90_ARCH, SM90_BWD_HEAD_DIMS, SM90_HEAD_DIMS, BwdStepConfig, Sm80BwdConfig, Sm80FwdConfig,
+                      Sm90BwdConfig, Sm90FwdConfig, WorkTile, sm90_config)
 from .validation import Problem
 
 try:
@@ -254,6 +254,21 @@ def sm90_bwd_blocker(p: Problem, arch: str, do_strides: tuple[int, int, int], de
         if reason:
             return f"{name} has a {reason}"
     return None
+
+
+_STEP_SCHEMAS = {"bwd_prep": params.BWD_PREP, "bwd_convert": params.BWD_CONVERT}
+
+
+def launch_step(kernel: str, dtype: str, device: int, arch: str, grid_rows: int, heads: int, batch: int,
+                fields: dict, stream: int) -> None:
+    """One of the backward's steps (kernels/flash_bwd_steps.cu) over `grid_rows` rows of each
+    (batch, head), its params.BWD_PREP / BWD_CONVERT fields (addresses as ints) by name."""
+    config = BwdStepConfig(kernel, dtype)
+    schema = _STEP_SCHEMAS[kernel]
+    block = ParamBlock(schema.size)
+    schema.struct.pack_into(block.data, 0, *schema.values(fields))
+    _cu_launch(loader.get_function(config, device, arch), *config.grid(batch, heads, grid_rows), config.threads,
+               1, 1, 0, stream, block.argv, 0)
 
 
 def variant_scalars(p: Problem) -> dict:

@@ -149,9 +149,9 @@ FWD_SM90 = Schema("Sm90Params", [
 BWD_SM80 = Schema("BwdParams", [
     Field("q", "const u16*"), Field("k", "const u16*"), Field("v", "const u16*"),
     Field("dout", "const u16*"),
-    Field("lse", "const float*", "the forward's, (batch, head, seq) contiguous"),
-    Field("delta", "const float*", "rowsum(dout * out), float32, as lse"),
-    Field("dq_accum", "float*", "float32 dQ / scale, added into (zeroed by the host)"),
+    Field("lse", "const float*", "the forward's * log2(e), +inf: no key; (batch, head, q_tiles * BLOCK_M)"),
+    Field("delta", "const float*", "rowsum(dout * out), float32, as lse (0 past Sq)"),
+    Field("dq_accum", "float*", "float32 dQ / scale, added into (zeroed by bwd_prep)"),
     Field("dk", "u16*"), Field("dv", "u16*"),
     Field("dk_accum", "float*", "GQA: float32 (batch, kv head, seq, head_dim) sums; else null"),
     Field("dv_accum", "float*"),
@@ -189,8 +189,31 @@ BWD_SM90 = Schema("Sm90BwdParams", [
     Field("causal", "int"),
 ], "The Hopper backward kernel's one argument (flash_bwd_sm90), __grid_constant__.")
 
+# The backward's steps around its main kernel (kernels/flash_bwd_steps.cu).
+BWD_PREP = Schema("BwdPrepParams", [
+    Field("dout", "const u16*"), Field("out", "const u16*"),
+    Field("lse", "const float*", "the forward's, (batch, head, seq) contiguous"),
+    Field("lse2", "float*", "out: LSE * log2(e), +inf for no key; (batch, head, rows_pad)"),
+    Field("delta", "float*", "out: rowsum(dout * out), as lse2"),
+    Field("dq_accum", "float*", "zeroed: (batch, head, rows_pad, dq_cols) float32"),
+    *_strides("do", "(batch, head, seq) strides, elements"), *_strides("o", ""),
+    Field("seqlen_q", "int"), Field("rows_pad", "int", "rows per (batch, head) of lse2, delta, dq_accum"),
+    Field("heads", "int"), Field("head_dim", "int"), Field("dq_cols", "int"),
+], "The backward's preprocess (bwd_prep): delta, the LSE in log2 units, dQ's accumulator zeroed.")
+
+BWD_CONVERT = Schema("BwdConvertParams", [
+    Field("src", "const float*", "(batch, heads * group, src_rows, src_ld) float32"),
+    Field("dst", "u16*"), *_strides("dst", "(batch, head, seq) strides, elements"),
+    Field("src_rows", "int"), Field("src_ld", "int"),
+    Field("group", "int", "consecutive source heads summed into each destination head"),
+    Field("rows_valid", "int", "rows with sums; zeros from there"), Field("rows", "int", "rows written"),
+    Field("heads", "int", "destination heads"), Field("head_dim", "int"),
+    Field("factor", "float"),
+], "The backward's postprocess (bwd_convert): float32 sums into a 16-bit gradient.")
+
 HEADERS = {"params_sm80.cuh": (FWD_SM80,), "params_sm90.cuh": (FWD_SM90,),
-           "params_sm80_bwd.cuh": (BWD_SM80,), "params_sm90_bwd.cuh": (BWD_SM90,)}
+           "params_sm80_bwd.cuh": (BWD_SM80,), "params_sm90_bwd.cuh": (BWD_SM90,),
+           "params_bwd_steps.cuh": (BWD_PREP, BWD_CONVERT)}
 
 
 def render(file_name: str) -> str:

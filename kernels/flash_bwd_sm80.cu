@@ -2,7 +2,7 @@
 //
 //   O = softmax(S) V,   S = the forward's scores (the plain mask, or variant.cuh's score step)
 //
-// given dO, the forward's LSE and delta = rowsum(dO * O) (fp32, from the host). One CTA owns
+// given dO, the forward's LSE and delta = rowsum(dO * O) (fp32, flash_bwd_steps.cu's bwd_prep). One CTA owns
 // BLOCK_N keys of one (batch, query head) and loops over the query tiles of BLOCK_M = 16 WARPS
 // rows that see any of them (the rows of `rows_seeing`, variant.cuh: the causal diagonal or a
 // window bound which tiles need no visit). Per query tile i:
@@ -190,8 +190,9 @@ flash_bwd(const BwdParams p) {
 
     const u16* q_head = p.q + batch * p.q_sb + head * p.q_sh;
     const u16* do_head = p.dout + batch * p.do_sb + head * p.do_sh;
-    const float* lse_head = p.lse + (static_cast<i64>(batch) * p.heads + head) * seqlen_q;
-    const float* delta_head = p.delta + (static_cast<i64>(batch) * p.heads + head) * seqlen_q;
+    // LSE (log2 units) and delta: q_tiles * BLOCK_M rows per (batch, head) (bwd_prep's).
+    const float* lse_head = p.lse + (static_cast<i64>(batch) * p.heads + head) * p.q_tiles * BM;
+    const float* delta_head = p.delta + (static_cast<i64>(batch) * p.heads + head) * p.q_tiles * BM;
     float* dq_head = p.dq_accum + batch * p.dq_sb + head * p.dq_sh;
     float* dbias = p.dbias == nullptr ? nullptr : p.dbias + batch * p.dbias_sb + head * p.dbias_sh;
 
@@ -232,10 +233,8 @@ flash_bwd(const BwdParams p) {
         load_rows<Tile, BM>(smem_addr(sdO), do_head + row0 * p.do_ss, p.do_ss, seqlen_q - row0, head_dim, tid);
         cp_async_commit();
         for (int i = tid; i < BM; i += Tile::kThreads) {
-            const int r = row0 + i;
-            const float lse = r < seqlen_q ? lse_head[r] : neg_inf();
-            s_lse[i] = lse == neg_inf() ? -neg_inf() : lse * LOG2E;
-            s_delta[i] = r < seqlen_q ? delta_head[r] : 0.f;
+            s_lse[i] = lse_head[row0 + i];
+            s_delta[i] = delta_head[row0 + i];
         }
         cp_async_wait<0>();
         __syncthreads();

@@ -211,10 +211,12 @@ flash_bwd_sm90(const __grid_constant__ Sm90BwdParams p) {
         named_barrier_sync(1, 128 * Tile::kConsumers);   // both consumers' dS^T are in shared memory
         float dq[1][8][4];
         wgmma_fence();
+#ifndef FLASHCORE_ABLATE_NO_DQ   // (timing probes: an empty group keeps the waits' counts)
         #pragma unroll
         for (int kk = 0; kk < BN / 16; ++kk)
             wgmma_ss_mn<T, 64>(dq[0], desc_advance(ds_desc0, (t % 2) * Tile::kDSBytes + kk * 2048),
                                desc_advance(kt_desc, kk * 2048), kk > 0);
+#endif
         wgmma_commit();
         wgmma_wait<0>();
         fence_registers(dq[0]);
@@ -226,11 +228,13 @@ flash_bwd_sm90(const __grid_constant__ Sm90BwdParams p) {
         // dQ block (rb, cb) into the accumulator: rows past Sq add zeros (inside rows_pad).
         float* dq_rows = p.dq_accum + (bh * p.rows_pad + row0 + 64 * rb + 16 * warp + lane / 4) * HEAD_DIM +
                          64 * cb + col_lane;
+#ifndef FLASHCORE_ABLATE_NO_DQ_ADD
         #pragma unroll
         for (int i = 0; i < 8; ++i)
             #pragma unroll
             for (int h = 0; h < 2; ++h)
                 red_add2(dq_rows + 8 * h * HEAD_DIM + 8 * i, dq[0][i][2 * h], dq[0][i][2 * h + 1]);
+#endif
     }
 
     // dK *= scale; this thread's keys and columns out: stored, or added over the GQA group.

@@ -30,6 +30,29 @@ __device__ __forceinline__ u32 pack2(float lo, float hi) {
     return r;
 }
 
+// One 16-bit element to float and back (rounded to nearest).
+template <class T>
+__device__ __forceinline__ float to_float(u16 x) {
+    if constexpr (T::is_bf16) {
+        return __uint_as_float(static_cast<u32>(x) << 16);
+    } else {
+        float f;
+        asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(x));
+        return f;
+    }
+}
+
+template <class T>
+__device__ __forceinline__ u16 to_u16(float x) {
+    u16 r;
+    if constexpr (T::is_bf16) {
+        asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(r) : "f"(x));
+    } else {
+        asm("cvt.rn.f16.f32 %0, %1;" : "=h"(r) : "f"(x));
+    }
+    return r;
+}
+
 // D += A(16x16, row) * B(16x8, col), fp32 accumulators.
 template <class T>
 __device__ __forceinline__ void mma_16816(float (&d)[4], const u32 (&a)[4], u32 b0, u32 b1) {

@@ -15,9 +15,9 @@ struct BwdParams {
     const u16* k;
     const u16* v;
     const u16* dout;
-    const float* lse;   // the forward's, (batch, head, seq) contiguous
-    const float* delta; // rowsum(dout * out), float32, as lse
-    float* dq_accum;    // float32 dQ / scale, added into (zeroed by the host)
+    const float* lse;   // the forward's * log2(e), +inf: no key; (batch, head, q_tiles * BLOCK_M)
+    const float* delta; // rowsum(dout * out), float32, as lse (0 past Sq)
+    float* dq_accum;    // float32 dQ / scale, added into (zeroed by bwd_prep)
     u16* dk;
     u16* dv;
     float* dk_accum;    // GQA: float32 (batch, kv head, seq, head_dim) sums; else null

@@ -20,11 +20,30 @@ from flashcore_cupy import reference, timing, workload
 from flashcore_cupy.shapes import bench_shapes
 
 
+def _ablated(define: str, call):
+    """call() with the Hopper backward compiled with `define` (the loader's diagnostic builds)."""
+    from flashcore_cupy import configs, loader
+    real = loader.get_function
+
+    def get_function(config, device_id, arch, defines=()):
+        extra = (define,) if isinstance(config, configs.Sm90BwdConfig) else ()
+        return real(config, device_id, arch, defines + extra)
+
+    loader.get_function = get_function
+    try:
+        return call()
+    finally:
+        loader.get_function = real
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--shapes", default="b2-h16-s4k-d128-causal,b1-h16-s16k-d128-causal,b4-h16-s1k-d64")
     ap.add_argument("--dtype", default="fp16,bf16")
     ap.add_argument("--samples", type=int, default=10)
+    ap.add_argument("--ablate", action="append", default=[],
+                    help="also time the Hopper backward built with -DFLASHCORE_ABLATE_<NAME> (wrong "
+                         "gradients, time only; repeatable: --ablate NO_DQ --ablate NO_DQ_ADD)")
     args = ap.parse_args()
     import cupy
     import torch
@@ -48,6 +67,9 @@ def main() -> int:
                 "flashcore_sm80": lambda i: fc.attention_backward(dout, q, k, v, out, lse, causal=causal,
                                                                   backend="sm80"),
             }
+            for name_ in args.ablate:
+                fns[f"ablate_{name_.lower()}"] = (lambda d: lambda i: _ablated(d, lambda: fc.attention_backward(
+                    dout, q, k, v, out, lse, causal=causal)))(f"FLASHCORE_ABLATE_{name_}")
             ctx = {n: contextlib.nullcontext for n in fns}
             tq, tk, tv = (torch.from_dlpack(x).detach().requires_grad_() for x in (q, k, v))
             tdo = torch.from_dlpack(dout)
