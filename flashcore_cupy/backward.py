@@ -157,12 +157,13 @@ def _run(p: Problem, config: Sm80BwdConfig | Sm90BwdConfig, arch: str, dout, q, 
             dq_sem=address(dq_sem), alibi=address(alibi_slopes), bias=address(bias)), stream)
     # dq = scale * dQ; GQA's sums into dk and dv (keys past the kernels' -- top-left causal with
     # Sq < Sk, which no query sees -- as zeros).
-    convert = lambda src, dst, src_rows, src_ld, heads, grp, valid, n, factor: launch_step(   # noqa: E731
+    convert = lambda src, dst, src_rows, src_ld, heads, grp, valid, n, factor, frag=0: launch_step(   # noqa: E731
         "bwd_convert", p.dtype, p.device, arch, n, heads, p.batch, dict(
             src=src.data.ptr, dst=dst.data.ptr, **_strides("dst", layout_strides(api._spec(dst, "grad"), layout)),
             src_rows=src_rows, src_ld=src_ld, group=grp, rows_valid=valid, rows=n, heads=heads,
-            head_dim=p.head_dim, factor=factor), stream)
-    convert(dq_accum, dq, rows, dq_cols, p.heads_q, 1, p.seqlen_q, p.seqlen_q, p.scale)
+            head_dim=p.head_dim, frag_rows=frag, factor=factor), stream)
+    convert(dq_accum, dq, rows, dq_cols, p.heads_q, 1, p.seqlen_q, p.seqlen_q, p.scale,
+            config.dq_frag_rows if hopper else 0)
     keys = _bhsd_view(dk, layout).shape[2]
     for grad, accum in zip((dk, dv), kv_accum):
         if accum is not None:

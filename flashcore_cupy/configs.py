@@ -178,6 +178,7 @@ class Sm90BwdConfig:
     dtype: str        # "fp16" | "bf16"
     head_dim: int     # 64 | 128
     stages: int = 2
+    dq_smem: bool = True    # dQ blocks through shared memory, bulk-reduced by a producer warp (else red.global)
 
     kernel_file = "flash_bwd_sm90.cu"
     arch = "sm_90a"
@@ -191,7 +192,8 @@ class Sm90BwdConfig:
 
     @property
     def name_expression(self) -> str:
-        return f"fc::flash_bwd_sm90<fc::{self.dtype}, {self.head_dim}, {self.block_m}, {self.stages}>"
+        return (f"fc::flash_bwd_sm90<fc::{self.dtype}, {self.head_dim}, {self.block_m}, {self.stages}, "
+                f"{'true' if self.dq_smem else 'false'}>")
 
     @property
     def smem_bytes(self) -> int:
@@ -199,8 +201,9 @@ class Sm90BwdConfig:
         # barriers; 1024 for the base's alignment.
         kv = self.block_n * self.head_dim * 2
         q = self.block_m * self.head_dim * 2
+        dq = 2 * 64 * 64 * 4 if self.dq_smem else 0
         return 1024 + 2 * kv + 2 * self.stages * q + 2 * self.block_n * self.block_m * 2 \
-            + 2 * self.stages * self.block_m * 4 + 8 * (1 + 2 * self.stages)
+            + 2 * self.stages * self.block_m * 4 + dq + 8 * (5 + 2 * self.stages)
 
     def grid(self, batch: int, heads_q: int, seqlen_k: int) -> tuple[int, int, int]:
         return (-(-seqlen_k // self.block_n), heads_q, batch)
@@ -209,8 +212,15 @@ class Sm90BwdConfig:
         """Rows per (batch, head) of the LSE, delta and dQ accumulator: whole query tiles."""
         return -(-seqlen_q // self.block_m) * self.block_m
 
+    @property
+    def dq_frag_rows(self) -> int:
+        """bwd_convert's reading of the dQ accumulator: 0, rows; block_m, each query tile's
+        rows hold the consumers' 64 x 64 blocks in fragment order (dq_smem)."""
+        return self.block_m if self.dq_smem else 0
+
     def __str__(self) -> str:
-        return f"bwd sm90 {self.dtype} D{self.head_dim} {self.block_m}x{self.block_n} s{self.stages}"
+        text = f"bwd sm90 {self.dtype} D{self.head_dim} {self.block_m}x{self.block_n} s{self.stages}"
+        return text + " dq-smem" if self.dq_smem else text
 
 
 SM90_BWD_HEAD_DIMS = (64, 128)

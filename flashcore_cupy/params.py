@@ -208,6 +208,8 @@ BWD_CONVERT = Schema("BwdConvertParams", [
     Field("group", "int", "consecutive source heads summed into each destination head"),
     Field("rows_valid", "int", "rows with sums; zeros from there"), Field("rows", "int", "rows written"),
     Field("heads", "int", "destination heads"), Field("head_dim", "int"),
+    Field("frag_rows", "int", "0: src rows as they are; else query tiles of this many rows, each "
+                              "holding 64 x 64 blocks in the Hopper backward's fragment order"),
     Field("factor", "float"),
 ], "The backward's postprocess (bwd_convert): float32 sums into a 16-bit gradient.")
 

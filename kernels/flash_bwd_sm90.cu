@@ -43,7 +43,7 @@
 
 namespace fc {
 
-template <int HEAD_DIM, int BLOCK_M, int STAGES>
+template <int HEAD_DIM, int BLOCK_M, int STAGES, bool DQ_SMEM>
 struct Sm90BwdTile {
     static constexpr int kConsumers = 2;
     static constexpr int kBlockN = 64 * kConsumers;        // keys of the CTA: 64 a consumer
@@ -60,8 +60,12 @@ struct Sm90BwdTile {
     static constexpr u32 kOffDS = kOffDO + STAGES * kQBytes;
     static constexpr u32 kOffLse = kOffDS + 2 * kDSBytes;
     static constexpr u32 kOffDelta = kOffLse + STAGES * kRowBytes;
-    static constexpr u32 kOffBars = kOffDelta + STAGES * kRowBytes;
-    static constexpr u32 kSmemBytes = 1024 + kOffBars + 8 * (1 + 2 * STAGES);   // + the base's alignment
+    // DQ_SMEM: each consumer's dQ block (64 x 64 float32, in fragment order) for the producer's
+    // bulk reduction.
+    static constexpr u32 kDQBytes = 64 * 64 * 4;
+    static constexpr u32 kOffDQ = kOffDelta + STAGES * kRowBytes;
+    static constexpr u32 kOffBars = kOffDQ + (DQ_SMEM ? kConsumers * kDQBytes : 0);
+    static constexpr u32 kSmemBytes = 1024 + kOffBars + 8 * (1 + 2 * STAGES + 2 * kConsumers);   // + the base's alignment
     // setmaxnreg: the producer drops to 24, the two consumers share the rest (as the forward).
     static constexpr int kProducerRegs = 24;
     static constexpr int kLaunchRegs = 65536 / (128 * (kConsumers + 1)) / 8 * 8;
@@ -81,12 +85,14 @@ struct BwdBarriers {
     __device__ u32 kv_full() const { return base; }
     __device__ u32 q_full(int s) const { return base + 8 * (1 + s); }
     __device__ u32 q_empty(int s) const { return base + 8 * (1 + STAGES + s); }
+    __device__ u32 dq_full(int c) const { return base + 8 * (1 + 2 * STAGES + c); }     // DQ_SMEM
+    __device__ u32 dq_empty(int c) const { return base + 8 * (3 + 2 * STAGES + c); }
 };
 
-template <class T, int HEAD_DIM, int BLOCK_M, int STAGES>
+template <class T, int HEAD_DIM, int BLOCK_M, int STAGES, bool DQ_SMEM>
 __global__ void __launch_bounds__(384, 1)
 flash_bwd_sm90(const __grid_constant__ Sm90BwdParams p) {
-    using Tile = Sm90BwdTile<HEAD_DIM, BLOCK_M, STAGES>;
+    using Tile = Sm90BwdTile<HEAD_DIM, BLOCK_M, STAGES, DQ_SMEM>;
     constexpr int BN = Tile::kBlockN, NT = BLOCK_M / 8;
     extern __shared__ __align__(1024) unsigned char smem[];
     const u32 sbase = (smem_addr(smem) + 1023) & ~1023u;
@@ -106,6 +112,10 @@ flash_bwd_sm90(const __grid_constant__ Sm90BwdParams p) {
         for (int s = 0; s < STAGES; ++s) {
             mbar_init(bar.q_full(s), 1);
             mbar_init(bar.q_empty(s), 4 * Tile::kConsumers);   // one arrival per consumer warp
+        }
+        for (int c = 0; c < Tile::kConsumers; ++c) {
+            mbar_init(bar.dq_full(c), 128);   // every thread of consumer c, after its stores
+            mbar_init(bar.dq_empty(c), 1);
         }
         mbar_fence_init();
     }
@@ -132,6 +142,23 @@ flash_bwd_sm90(const __grid_constant__ Sm90BwdParams p) {
                 bulk_load(sbase + Tile::kOffDelta + r.slot() * Tile::kRowBytes, p.delta + bh * p.rows_pad + row0,
                           Tile::kRowBytes, bar.q_full(r.slot()));
             }
+        }
+        if (DQ_SMEM && threadIdx.x == 32 && n_tiles > 0) {
+            // The dQ reducer: each tile's blocks, once stored, added into the accumulator (its
+            // tile's rows hold the consumers' blocks one after the other, in fragment order:
+            // bwd_convert reads them back), and released once read.
+            for (int t = 0; t < n_tiles; ++t) {
+                float* dst = p.dq_accum + (bh * p.rows_pad + row_first + t * BLOCK_M) * HEAD_DIM;
+                for (int c = 0; c < Tile::kConsumers; ++c) {
+                    mbar_wait(bar.dq_full(c), t & 1);
+                    bulk_reduce_add(dst + c * (Tile::kDQBytes / 4), sbase + Tile::kOffDQ + c * Tile::kDQBytes,
+                                    Tile::kDQBytes);
+                }
+                bulk_commit();
+                bulk_wait_read<0>();
+                for (int c = 0; c < Tile::kConsumers; ++c) mbar_arrive(bar.dq_empty(c));
+            }
+            bulk_wait<0>();
         }
         return;
     }
@@ -225,6 +252,20 @@ flash_bwd_sm90(const __grid_constant__ Sm90BwdParams p) {
         fence_registers(pa);
         fence_registers(dsa);
         if (lane == 0) mbar_arrive(bar.q_empty(slot));   // Q, dO, LSE and delta of the slot are read
+        if constexpr (DQ_SMEM) {
+            // dQ block (rb, cb) to shared memory in fragment order (16 bytes of thread j's
+            // n-tile i at (128 i + j) * 16: conflict-free), for the producer's bulk reduction.
+            if (t > 0) mbar_wait(bar.dq_empty(consumer), (t - 1) & 1);
+            const u32 dq_smem = sbase + Tile::kOffDQ + consumer * Tile::kDQBytes + 16 * (threadIdx.x % 128);
+            #pragma unroll
+            for (int i = 0; i < 8; ++i)
+                asm volatile("st.shared.v4.f32 [%0], {%1, %2, %3, %4};"
+                             :: "r"(dq_smem + i * 128 * 16), "f"(dq[0][i][0]), "f"(dq[0][i][1]), "f"(dq[0][i][2]),
+                                "f"(dq[0][i][3]) : "memory");
+            fence_async_shared();
+            mbar_arrive(bar.dq_full(consumer));
+            continue;
+        }
         // dQ block (rb, cb) into the accumulator: rows past Sq add zeros (inside rows_pad).
         float* dq_rows = p.dq_accum + (bh * p.rows_pad + row0 + 64 * rb + 16 * warp + lane / 4) * HEAD_DIM +
                          64 * cb + col_lane;

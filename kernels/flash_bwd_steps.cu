@@ -48,6 +48,19 @@ bwd_prep(const BwdPrepParams p) {
     }
 }
 
+// Where (row, c) of a source head is: row-major, or (frag_rows) in the Hopper backward's dQ
+// blocks: a query tile's rows hold its 64 x 64 blocks (row block rb, column block cb) as block
+// rb + cb * (frag_rows / 64), each in its consumer's fragment order (flash_bwd_sm90.cu): thread
+// 32 w + 4 (r % 8) + (c % 8) / 2 keeps element 2 ((r % 16) / 8) + c % 2 of n-tile c / 8 at
+// (128 n-tile + thread) * 4 + element, for r = 16 w + ... in the block.
+__device__ __forceinline__ i64 src_at(const BwdConvertParams& p, int row, int c) {
+    if (p.frag_rows == 0) return static_cast<i64>(row) * p.src_ld + c;
+    const int r = row % p.frag_rows, rr = r % 64, cc = c % 64;
+    const int block = r / 64 + (c / 64) * (p.frag_rows / 64);
+    const int thread = 32 * (rr / 16) + 4 * (rr % 8) + (cc % 8) / 2;
+    return static_cast<i64>(row - r) * p.src_ld + block * 4096 + ((cc / 8) * 128 + thread) * 4 + 2 * ((rr % 16) / 8) + cc % 2;
+}
+
 template <class T>
 __global__ void __launch_bounds__(32 * kStepWarps)
 bwd_convert(const BwdConvertParams p) {
@@ -61,7 +74,7 @@ bwd_convert(const BwdConvertParams p) {
         for (int c = lane; c < p.head_dim; c += 32) {
             float x = 0.f;
             if (row < p.rows_valid)
-                for (int g = 0; g < p.group; ++g) x += src[(static_cast<i64>(g) * p.src_rows + row) * p.src_ld + c];
+                for (int g = 0; g < p.group; ++g) x += src[static_cast<i64>(g) * p.src_rows * p.src_ld + src_at(p, row, c)];
             dst[row * p.dst_ss + c] = to_u16<T>(x * p.factor);
         }
     }

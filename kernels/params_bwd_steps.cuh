@@ -62,9 +62,10 @@ struct BwdConvertParams {
     int rows;         // rows written
     int heads;        // destination heads
     int head_dim;
+    int frag_rows;    // 0: src rows as they are; else query tiles of this many rows, each holding 64 x 64 blocks in the Hopper backward's fragment order
     float factor;
 };
-static_assert(sizeof(BwdConvertParams) == 72, "BwdConvertParams: declared in flashcore_cupy/params.py: run scripts/gen_params.py");
+static_assert(sizeof(BwdConvertParams) == 80, "BwdConvertParams: declared in flashcore_cupy/params.py: run scripts/gen_params.py");
 static_assert(FC_OFFSETOF(BwdConvertParams, src) == 0, "BwdConvertParams::src");
 static_assert(FC_OFFSETOF(BwdConvertParams, dst) == 8, "BwdConvertParams::dst");
 static_assert(FC_OFFSETOF(BwdConvertParams, dst_sb) == 16, "BwdConvertParams::dst_sb");
@@ -77,6 +78,7 @@ static_assert(FC_OFFSETOF(BwdConvertParams, rows_valid) == 52, "BwdConvertParams
 static_assert(FC_OFFSETOF(BwdConvertParams, rows) == 56, "BwdConvertParams::rows");
 static_assert(FC_OFFSETOF(BwdConvertParams, heads) == 60, "BwdConvertParams::heads");
 static_assert(FC_OFFSETOF(BwdConvertParams, head_dim) == 64, "BwdConvertParams::head_dim");
-static_assert(FC_OFFSETOF(BwdConvertParams, factor) == 68, "BwdConvertParams::factor");
+static_assert(FC_OFFSETOF(BwdConvertParams, frag_rows) == 68, "BwdConvertParams::frag_rows");
+static_assert(FC_OFFSETOF(BwdConvertParams, factor) == 72, "BwdConvertParams::factor");
 
 }  // namespace fc

@@ -36,6 +36,24 @@ def _ablated(define: str, call):
         loader.get_function = real
 
 
+def _with_config(fields: dict, call):
+    """call() with dispatch's Hopper backward config given `fields` (dataclasses.replace)."""
+    import dataclasses
+
+    from flashcore_cupy import backward, configs
+    real = backward._choose
+
+    def choose(*a):
+        config = real(*a)
+        return dataclasses.replace(config, **fields) if isinstance(config, configs.Sm90BwdConfig) else config
+
+    backward._choose = choose
+    try:
+        return call()
+    finally:
+        backward._choose = real
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--shapes", default="b2-h16-s4k-d128-causal,b1-h16-s16k-d128-causal,b4-h16-s1k-d64")
@@ -44,6 +62,9 @@ def main() -> int:
     ap.add_argument("--ablate", action="append", default=[],
                     help="also time the Hopper backward built with -DFLASHCORE_ABLATE_<NAME> (wrong "
                          "gradients, time only; repeatable: --ablate NO_DQ --ablate NO_DQ_ADD)")
+    ap.add_argument("--config", action="append", default=[],
+                    help="also time the Hopper backward with Sm90BwdConfig fields replaced (checked "
+                         "like the others; repeatable: --config dq_smem=0)")
     args = ap.parse_args()
     import cupy
     import torch
@@ -70,6 +91,10 @@ def main() -> int:
             for name_ in args.ablate:
                 fns[f"ablate_{name_.lower()}"] = (lambda d: lambda i: _ablated(d, lambda: fc.attention_backward(
                     dout, q, k, v, out, lse, causal=causal)))(f"FLASHCORE_ABLATE_{name_}")
+            for text in args.config:
+                fields = {kv.split("=")[0]: int(kv.split("=")[1]) for kv in text.split(",")}
+                fns[f"fc_{text}"] = (lambda f: lambda i: _with_config(f, lambda: fc.attention_backward(
+                    dout, q, k, v, out, lse, causal=causal)))(fields)
             ctx = {n: contextlib.nullcontext for n in fns}
             tq, tk, tv = (torch.from_dlpack(x).detach().requires_grad_() for x in (q, k, v))
             tdo = torch.from_dlpack(dout)
@@ -89,7 +114,7 @@ def main() -> int:
             if "sdpa_cudnn" in fns:   # a sanity check against a peer (the tests hold us to float64)
                 with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
                     peer_grads = fns["sdpa_cudnn"](0)
-                for mode in ("flashcore", "flashcore_det", "flashcore_sm80"):
+                for mode in ("flashcore", "flashcore_det", "flashcore_sm80", *(f"fc_{c}" for c in args.config)):
                     ours = fns[mode](0)
                     diffs = [reference.rel_error(a, b.float().cpu().numpy()) for a, b in zip(ours, peer_grads)]
                     print(f"{name} {dt} {mode}: rel diff to cuDNN's dq {diffs[0]:.2e} dk {diffs[1]:.2e} dv {diffs[2]:.2e}")
