@@ -163,7 +163,7 @@ def _run(p: Problem, config: Sm80BwdConfig | Sm90BwdConfig, arch: str, dout, q, 
             src_rows=src_rows, src_ld=src_ld, group=grp, rows_valid=valid, rows=n, heads=heads,
             head_dim=p.head_dim, frag_rows=frag, factor=factor), stream)
     convert(dq_accum, dq, rows, dq_cols, p.heads_q, 1, p.seqlen_q, p.seqlen_q, p.scale,
-            config.dq_frag_rows if hopper else 0)
+            config.block_m if hopper else 0)
     keys = _bhsd_view(dk, layout).shape[2]
     for grad, accum in zip((dk, dv), kv_accum):
         if accum is not None:

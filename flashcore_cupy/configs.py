@@ -173,12 +173,12 @@ class Sm90BwdConfig:
     """One instantiation of `fc::flash_bwd_sm90` in kernels/flash_bwd_sm90.cu (sm_90a, plain
     mask): a CTA per 128 keys of one (batch, query head), two consumer warpgroups of 64 keys
     and a producer, over query tiles of block_m rows (128 at head dim 64, 64 at 128: one
-    64 x 64 block of the tile's dQ a consumer) through a ring of `stages` slots."""
+    64 x 64 block of the tile's dQ a consumer, which the dQ accumulator holds in fragment order:
+    bwd_convert's frag_rows = block_m) through a ring of `stages` slots."""
 
     dtype: str        # "fp16" | "bf16"
     head_dim: int     # 64 | 128
     stages: int = 2
-    dq_smem: bool = True    # dQ blocks through shared memory, bulk-reduced by a producer warp (else red.global)
 
     kernel_file = "flash_bwd_sm90.cu"
     arch = "sm_90a"
@@ -192,16 +192,15 @@ class Sm90BwdConfig:
 
     @property
     def name_expression(self) -> str:
-        return (f"fc::flash_bwd_sm90<fc::{self.dtype}, {self.head_dim}, {self.block_m}, {self.stages}, "
-                f"{'true' if self.dq_smem else 'false'}>")
+        return f"fc::flash_bwd_sm90<fc::{self.dtype}, {self.head_dim}, {self.block_m}, {self.stages}>"
 
     @property
     def smem_bytes(self) -> int:
         # Mirrors Sm90BwdTile: K and V; the ring's Q, dO, LSE and delta; two dS^T buffers; the
-        # barriers; 1024 for the base's alignment.
+        # consumers' dQ blocks; the barriers; 1024 for the base's alignment.
         kv = self.block_n * self.head_dim * 2
         q = self.block_m * self.head_dim * 2
-        dq = 2 * 64 * 64 * 4 if self.dq_smem else 0
+        dq = 2 * 64 * 64 * 4
         return 1024 + 2 * kv + 2 * self.stages * q + 2 * self.block_n * self.block_m * 2 \
             + 2 * self.stages * self.block_m * 4 + dq + 8 * (5 + 2 * self.stages)
 
@@ -212,15 +211,8 @@ class Sm90BwdConfig:
         """Rows per (batch, head) of the LSE, delta and dQ accumulator: whole query tiles."""
         return -(-seqlen_q // self.block_m) * self.block_m
 
-    @property
-    def dq_frag_rows(self) -> int:
-        """bwd_convert's reading of the dQ accumulator: 0, rows; block_m, each query tile's
-        rows hold the consumers' 64 x 64 blocks in fragment order (dq_smem)."""
-        return self.block_m if self.dq_smem else 0
-
     def __str__(self) -> str:
-        text = f"bwd sm90 {self.dtype} D{self.head_dim} {self.block_m}x{self.block_n} s{self.stages}"
-        return text + " dq-smem" if self.dq_smem else text
+        return f"bwd sm90 {self.dtype} D{self.head_dim} {self.block_m}x{self.block_n} s{self.stages}"
 
 
 SM90_BWD_HEAD_DIMS = (64, 128)

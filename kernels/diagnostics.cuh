@@ -8,9 +8,8 @@
 //   FLASHCORE_ABLATE_NO_SOFTMAX, _NO_PV, _NO_QK, _NO_TURNS: the Hopper kernel's step loop with
 //                             P = S, without the P V or the S GEMM (empty wgmma groups keep the
 //                             waits' counts), or without ping-pong turns (scripts/dev/ablate_sm90.py)
-//   FLASHCORE_ABLATE_NO_DQ, _NO_DQ_ADD: the Hopper backward without dQ's GEMM (an empty group) or
-//                             without its reductions into the accumulator
-//                             (scripts/dev/backward_probe.py --ablate)
+//   FLASHCORE_ABLATE_NO_DQ    the Hopper backward without dQ's GEMM (an empty group)
+//                             (scripts/dev/backward_probe.py --ablate NO_DQ)
 #pragma once
 
 #define FC_TRACE_POINTS 24

@@ -1,8 +1,6 @@
 """The backward's host side on the CPU: its tiles, their compilation, and the validation that
 runs before any launch."""
 
-import dataclasses
-
 import numpy as np
 import pytest
 
@@ -36,14 +34,11 @@ def test_hopper_tiles_give_each_consumer_one_dq_block():
     for hd, block_m in ((64, 128), (128, 64)):
         cfg = configs.Sm90BwdConfig("fp16", hd)
         assert cfg.block_m == block_m and (block_m // 64) * (hd // 64) == 2
-        assert cfg.name_expression == f"fc::flash_bwd_sm90<fc::fp16, {hd}, {block_m}, 2, true>"
+        assert cfg.name_expression == f"fc::flash_bwd_sm90<fc::fp16, {hd}, {block_m}, 2>"
         # K, V; two slots of Q, dO, LSE, delta; two dS^T buffers; two dQ blocks; 9 barriers; the
         # base's alignment
         assert cfg.smem_bytes == 1024 + 2 * 128 * hd * 2 + 2 * 2 * block_m * hd * 2 + 2 * 128 * block_m * 2 \
             + 2 * 2 * block_m * 4 + 2 * 64 * 64 * 4 + 8 * 9
-        assert cfg.dq_frag_rows == block_m
-        red = dataclasses.replace(cfg, dq_smem=False)
-        assert red.smem_bytes == cfg.smem_bytes - 2 * 64 * 64 * 4 and red.dq_frag_rows == 0
         assert cfg.smem_bytes <= configs.SMEM_LIMIT["sm_90a"]
         assert cfg.rows_pad(1) == block_m and cfg.rows_pad(block_m + 1) == 2 * block_m
     assert configs.Sm90BwdConfig("bf16", 128).grid(batch=3, heads_q=5, seqlen_k=129) == (2, 5, 3)

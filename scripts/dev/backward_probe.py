@@ -64,7 +64,7 @@ def main() -> int:
                          "gradients, time only; repeatable: --ablate NO_DQ --ablate NO_DQ_ADD)")
     ap.add_argument("--config", action="append", default=[],
                     help="also time the Hopper backward with Sm90BwdConfig fields replaced (checked "
-                         "like the others; repeatable: --config dq_smem=0)")
+                         "like the others; repeatable: --config stages=1)")
     args = ap.parse_args()
     import cupy
     import torch
