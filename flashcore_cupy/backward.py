@@ -16,6 +16,7 @@ out, lse and the gradient buffers; then three launches on CuPy's current stream:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from . import api
@@ -49,11 +50,32 @@ def attention_backward(dout: Any, q: Any, k: Any, v: Any, out: Any, lse: Any, *,
     dbias sums on the host); the default adds with float32 atomics in whatever order they come.
     Runs on CuPy's current stream, on the arrays' device.
     """
-    import cupy
+    key = _key(dout, q, k, v, out, lse, dq, dk, dv, causal, scale, window, softcap, alibi_slopes, bias, layout,
+               deterministic, return_dbias, backend)
+    try:
+        plan = _plans.get(key) if key is not None else None
+    except TypeError:   # an unhashable option: validation names it
+        plan = None
+    if plan is None:
+        plan, (dout, q, k, v, out, lse, alibi_slopes, bias) = _validate(
+            dout, q, k, v, out, lse, dq, dk, dv, causal, scale, window, softcap, alibi_slopes, bias, layout,
+            deterministic, return_dbias, backend)
+        if key is not None:
+            if len(_plans) >= api._MAX_CACHED_LAUNCHES:
+                _plans.clear()
+            _plans[key] = plan
+    return plan.run(dout, q, k, v, out, lse, dq, dk, dv, alibi_slopes, bias)
 
+
+def _validate(dout, q, k, v, out, lse, dq, dk, dv, causal, scale, window, softcap, alibi_slopes, bias, layout,
+              deterministic, return_dbias, backend):
+    """Every check of a call before any launch, and the plan for its signature; with the arrays as
+    CuPy arrays (DLPack ones converted)."""
     check_options(causal, scale, layout, False)
     if not isinstance(deterministic, bool):
         raise TypeError(f"deterministic must be a bool, got {type(deterministic).__name__}")
+    if not isinstance(return_dbias, bool):
+        raise TypeError(f"return_dbias must be a bool, got {type(return_dbias).__name__}")
     if return_dbias and bias is None:
         raise ValueError("return_dbias=True needs a bias")
     if backend not in _BACKENDS:
@@ -72,22 +94,44 @@ def attention_backward(dout: Any, q: Any, k: Any, v: Any, out: Any, lse: Any, *,
     check_out(spec(dout, "dout"), p)
     check_out(spec(out, "out"), p)
     check_lse(spec(lse, "lse"), p)
-    grads = []
+    grad_strides = []
     for name, given, like in (("dq", dq, q), ("dk", dk, k), ("dv", dv, v)):
-        if given is None:
-            given = cupy.empty(like.shape, like.dtype)
-        else:
+        if given is not None:
             given = api._as_device_array(given, name)
             check_out(spec(given, name), p, shape=like.shape, like=name[1])
-        grads.append(given)
-    dq, dk, dv = grads
+            grad_strides.append(layout_strides(spec(given, name), layout))
+        else:   # a C-contiguous array of like's shape
+            shape = like.shape
+            contiguous = (shape[1] * shape[2] * shape[3], shape[2] * shape[3], shape[3])
+            grad_strides.append(contiguous if layout == "bhsd" else (contiguous[0], contiguous[2], contiguous[1]))
     dev = api.device_info(p.device)
     check_capability(dev.capability, p.device)
-    config = _choose(p, dev.arch, layout_strides(spec(dout, "dout"), layout), deterministic, backend)
-    with cupy.cuda.Device(p.device):
-        dbias = _run(p, config, dev.arch, dout, q, k, v, out, lse, dq, dk, dv, alibi_slopes, bias,
-                     bool(return_dbias), deterministic)
-    return (dq, dk, dv, dbias) if return_dbias else (dq, dk, dv)
+    do_strides = layout_strides(spec(dout, "dout"), layout)
+    config = _choose(p, dev.arch, do_strides, deterministic, backend)
+    plan = _Plan.build(p, config, dev.arch, do_strides, layout_strides(spec(out, "out"), layout), *grad_strides,
+                       deterministic, bool(return_dbias), None if bias is None else bias.shape)
+    return plan, (dout, q, k, v, out, lse, alibi_slopes, bias)
+
+
+def _key(dout, q, k, v, out, lse, dq, dk, dv, causal, scale, window, softcap, alibi_slopes, bias, layout,
+         deterministic, return_dbias, backend):
+    """Everything validation looks at but the addresses, for CuPy arrays (None otherwise: such
+    a call is validated every time); the forward's signature of q, k, v and out, and the rest."""
+    sig = api._signature(q, k, v, out, causal, scale, layout, True, backend, window, softcap, alibi_slopes, bias)
+    if sig is None:
+        return None
+    nd = api._NDARRAY
+    descs = []
+    for a in (dout, lse, dq, dk, dv):
+        if a is None:
+            descs.append(None)
+            continue
+        if type(a) is not nd or a.data.ptr & api._ALIGN_MASK:
+            return None
+        descs.append((a.shape, a._c_contiguous or a.strides, a.dtype, a.data.device_id))
+    if descs[0] is None or descs[1] is None:
+        return None
+    return sig[0], *descs, deterministic, return_dbias
 
 
 _BACKENDS = ("auto", "sm80", "sm90")
@@ -105,79 +149,121 @@ def _choose(p: Problem, arch: str, do_strides: tuple[int, int, int], determinist
     return Sm90BwdConfig(p.dtype, 64 if p.head_dim <= 64 else 128)
 
 
-def _run(p: Problem, config: Sm80BwdConfig | Sm90BwdConfig, arch: str, dout, q, k, v, out, lse, dq, dk, dv,
-         alibi_slopes, bias, want_dbias: bool, deterministic: bool):
-    """bwd_prep, the main kernel, bwd_convert (kernels/flash_bwd_steps.cu); returns dbias
-    (float32, the bias's shape) or None."""
-    import cupy
+@dataclass(frozen=True, eq=False)
+class _Plan:
+    """What a backward call does, for its signature: bwd_prep, the main kernel, bwd_convert
+    (kernels/flash_bwd_steps.cu), their geometry and prepared launch; `run` takes the arrays."""
+    p: Problem
+    config: Sm80BwdConfig | Sm90BwdConfig
+    arch: str
+    main: Sm80BwdLaunch | Sm90BwdLaunch
+    rows: int                        # rows per (batch, head) of the LSE, delta and dQ accumulator
+    dq_cols: int
+    strides: dict                    # (batch, head, seq) strides of do, o, dq, dk, dv
+    deterministic: bool
+    want_dbias: bool
+    bias_shape: tuple | None
 
-    layout, f32, stream = p.layout, cupy.float32, cupy.cuda.get_current_stream().ptr
-    hopper = isinstance(config, Sm90BwdConfig)
-    rows = config.rows_pad(p.seqlen_q)
-    # dQ's accumulator: the Hopper kernel's rows are its template head dim long (whole blocks).
-    dq_cols = config.head_dim if hopper else p.head_dim
-    lse2, delta = cupy.empty((2, p.batch, p.heads_q, rows), f32)
-    dq_accum = cupy.empty((p.batch, p.heads_q, rows, dq_cols), f32)
-    do_strides = layout_strides(api._spec(dout, "dout"), layout)
-    launch_step("bwd_prep", p.dtype, p.device, arch, rows, p.heads_q, p.batch, dict(
-        dout=dout.data.ptr, out=out.data.ptr, lse=lse.data.ptr, lse2=lse2.data.ptr, delta=delta.data.ptr,
-        dq_accum=dq_accum.data.ptr, **_strides("do", do_strides),
-        **_strides("o", layout_strides(api._spec(out, "out"), layout)),
-        seqlen_q=p.seqlen_q, rows_pad=rows, heads=p.heads_q, head_dim=p.head_dim, dq_cols=dq_cols), stream)
-    # GQA: dK / dV accumulated in float32 per kv head (atomics over the group), or deterministic
-    # per query head (bwd_convert sums each group in order).
-    group = p.heads_q // p.heads_kv
-    acc_heads = p.heads_q if deterministic else p.heads_kv
-    kv_accum = [cupy.zeros((p.batch, acc_heads, p.seqlen_k, p.head_dim), f32) for _ in range(2)] \
-        if group > 1 else [None, None]
-    address = lambda a: 0 if a is None else a.data.ptr   # noqa: E731
-    dkv_strides = {"dk": layout_strides(api._spec(dk, "dk"), layout), "dv": layout_strides(api._spec(dv, "dv"), layout)}
-    pointers = dict(lse=lse2.data.ptr, delta=delta.data.ptr, dq_accum=dq_accum.data.ptr, dk=dk.data.ptr,
-                    dv=dv.data.ptr, dk_accum=address(kv_accum[0]), dv_accum=address(kv_accum[1]))
-    dbias_accum = None
-    if hopper:
-        Sm90BwdLaunch.build(p, config, arch, {"do": do_strides, **dkv_strides}).start(
-            (q.data.ptr, k.data.ptr, v.data.ptr, dout.data.ptr), pointers, stream)
-    else:
-        dq_sem = cupy.zeros((p.batch, p.heads_q, rows // config.block_m), cupy.int32) if deterministic else None
-        # dbias: added as it comes into one row, head or batch where the bias broadcasts there
-        # (validation's Variant.bias strides: 0), or deterministic, each element once into a full
-        # (B, Hq, Sq, Sk) and summed here; keys as the bias's.
-        dbias_strides = (0, 0, 0)
-        if want_dbias:
-            broad = tuple(st == 0 for st in p.variant.bias[1])
-            full = (p.batch, p.heads_q, p.seqlen_q)
-            dims = tuple(1 if b and not deterministic else n for b, n in zip(broad, full)) + (bias.shape[-1],)
-            dbias_accum = cupy.zeros(dims, f32)
-            dbias_strides = tuple(0 if n == 1 else st // 4 for n, st in zip(dims[:3], dbias_accum.strides[:3]))
-        strides = {"do": do_strides, "dq": (p.heads_q * rows * dq_cols, rows * dq_cols, dq_cols), **dkv_strides,
-                   "dbias": dbias_strides}
-        Sm80BwdLaunch.build(p, config, arch, strides, deterministic).start(dict(
-            pointers, q=q.data.ptr, k=k.data.ptr, v=v.data.ptr, dout=dout.data.ptr, dbias=address(dbias_accum),
-            dq_sem=address(dq_sem), alibi=address(alibi_slopes), bias=address(bias)), stream)
-    # dq = scale * dQ; GQA's sums into dk and dv (keys past the kernels' -- top-left causal with
-    # Sq < Sk, which no query sees -- as zeros).
-    convert = lambda src, dst, src_rows, src_ld, heads, grp, valid, n, factor, frag=0: launch_step(   # noqa: E731
-        "bwd_convert", p.dtype, p.device, arch, n, heads, p.batch, dict(
-            src=src.data.ptr, dst=dst.data.ptr, **_strides("dst", layout_strides(api._spec(dst, "grad"), layout)),
-            src_rows=src_rows, src_ld=src_ld, group=grp, rows_valid=valid, rows=n, heads=heads,
-            head_dim=p.head_dim, frag_rows=frag, factor=factor), stream)
-    convert(dq_accum, dq, rows, dq_cols, p.heads_q, 1, p.seqlen_q, p.seqlen_q, p.scale,
-            config.block_m if hopper else 0)
-    keys = _bhsd_view(dk, layout).shape[2]
-    for grad, accum in zip((dk, dv), kv_accum):
-        if accum is not None:
-            convert(accum, grad, p.seqlen_k, p.head_dim, p.heads_kv, group if deterministic else 1, p.seqlen_k,
-                    keys, 1.0)
-        elif keys > p.seqlen_k:
-            _bhsd_view(grad, layout)[:, :, p.seqlen_k:] = 0
-    if dbias_accum is None:
-        return None
-    if deterministic:
-        dbias_accum = dbias_accum.sum(axis=tuple(i for i, b in enumerate(broad) if b), keepdims=True)
-    # in the bias's shape: its leading dimensions from the (batch, head) ones it has
-    compact = dbias_accum.reshape(dbias_accum.shape[4 - bias.ndim:]) if bias.ndim < 4 else dbias_accum
-    return cupy.broadcast_to(compact, bias.shape).copy()
+    @classmethod
+    def build(cls, p: Problem, config, arch: str, do_strides, o_strides, dq_strides, dk_strides, dv_strides,
+              deterministic: bool, want_dbias: bool, bias_shape) -> "_Plan":
+        hopper = isinstance(config, Sm90BwdConfig)
+        rows = config.rows_pad(p.seqlen_q)
+        # dQ's accumulator: the Hopper kernel's rows are its template head dim long (whole blocks).
+        dq_cols = config.head_dim if hopper else p.head_dim
+        strides = dict(do=do_strides, o=o_strides, dq=dq_strides, dk=dk_strides, dv=dv_strides)
+        if hopper:
+            main = Sm90BwdLaunch.build(p, config, arch, strides)
+        else:
+            dbias_strides = _dbias_layout(p, bias_shape, deterministic)[1] if want_dbias else (0, 0, 0)
+            main = Sm80BwdLaunch.build(p, config, arch, dict(
+                do=do_strides, dq=(p.heads_q * rows * dq_cols, rows * dq_cols, dq_cols), dk=dk_strides,
+                dv=dv_strides, dbias=dbias_strides), deterministic)
+        return cls(p, config, arch, main, rows, dq_cols, strides, deterministic, want_dbias, bias_shape)
+
+    def run(self, dout, q, k, v, out, lse, dq, dk, dv, alibi_slopes, bias):
+        import cupy
+
+        p, f32 = self.p, cupy.float32
+        with cupy.cuda.Device(p.device):
+            stream = cupy.cuda.get_current_stream().ptr
+            dq, dk, dv = (cupy.empty(like.shape, like.dtype) if g is None else g
+                          for g, like in ((dq, q), (dk, k), (dv, v)))
+            lse2, delta = cupy.empty((2, p.batch, p.heads_q, self.rows), f32)
+            dq_accum = cupy.empty((p.batch, p.heads_q, self.rows, self.dq_cols), f32)
+            self._step("bwd_prep", self.rows, p.heads_q, stream, dict(
+                dout=dout.data.ptr, out=out.data.ptr, lse=lse.data.ptr, lse2=lse2.data.ptr, delta=delta.data.ptr,
+                dq_accum=dq_accum.data.ptr, **_strides("do", self.strides["do"]), **_strides("o", self.strides["o"]),
+                seqlen_q=p.seqlen_q, rows_pad=self.rows, heads=p.heads_q, head_dim=p.head_dim, dq_cols=self.dq_cols))
+            # GQA: dK / dV accumulated in float32 per kv head (atomics over the group), or
+            # deterministic per query head (bwd_convert sums each group in order).
+            group = p.heads_q // p.heads_kv
+            acc_heads = p.heads_q if self.deterministic else p.heads_kv
+            kv_accum = [cupy.zeros((p.batch, acc_heads, p.seqlen_k, p.head_dim), f32) for _ in range(2)] \
+                if group > 1 else [None, None]
+            address = lambda a: 0 if a is None else a.data.ptr   # noqa: E731
+            pointers = dict(lse=lse2.data.ptr, delta=delta.data.ptr, dq_accum=dq_accum.data.ptr, dk=dk.data.ptr,
+                            dv=dv.data.ptr, dk_accum=address(kv_accum[0]), dv_accum=address(kv_accum[1]))
+            dbias_accum = None
+            if isinstance(self.main, Sm90BwdLaunch):
+                self.main.start((q.data.ptr, k.data.ptr, v.data.ptr, dout.data.ptr), pointers, stream)
+            else:
+                dq_sem = cupy.zeros((p.batch, p.heads_q, self.rows // self.config.block_m), cupy.int32) \
+                    if self.deterministic else None
+                if self.want_dbias:
+                    dbias_accum = cupy.zeros(_dbias_layout(p, self.bias_shape, self.deterministic)[0], f32)
+                self.main.start(dict(pointers, q=q.data.ptr, k=k.data.ptr, v=v.data.ptr, dout=dout.data.ptr,
+                                     dbias=address(dbias_accum), dq_sem=address(dq_sem),
+                                     alibi=address(alibi_slopes), bias=address(bias)), stream)
+            # dq = scale * dQ; GQA's sums into dk and dv (keys past the kernels' -- top-left causal
+            # with Sq < Sk, which no query sees -- as zeros).
+            self._convert(dq_accum, dq, "dq", self.rows, self.dq_cols, p.heads_q, 1, p.seqlen_q, p.seqlen_q, p.scale,
+                          self.config.block_m if isinstance(self.main, Sm90BwdLaunch) else 0, stream)
+            keys = _bhsd_view(dk, p.layout).shape[2]
+            for name, grad, accum in (("dk", dk, kv_accum[0]), ("dv", dv, kv_accum[1])):
+                if accum is not None:
+                    self._convert(accum, grad, name, p.seqlen_k, p.head_dim, p.heads_kv,
+                                  group if self.deterministic else 1, p.seqlen_k, keys, 1.0, 0, stream)
+                elif keys > p.seqlen_k:
+                    _bhsd_view(grad, p.layout)[:, :, p.seqlen_k:] = 0
+            dbias = None if dbias_accum is None else self._dbias(dbias_accum)
+        return (dq, dk, dv, dbias) if self.want_dbias else (dq, dk, dv)
+
+    def _step(self, kernel: str, rows: int, heads: int, stream: int, fields: dict) -> None:
+        launch_step(kernel, self.p.dtype, self.p.device, self.arch, rows, heads, self.p.batch, fields, stream)
+
+    def _convert(self, src, dst, name, src_rows, src_ld, heads, group, valid, n, factor, frag, stream) -> None:
+        self._step("bwd_convert", n, heads, stream, dict(
+            src=src.data.ptr, dst=dst.data.ptr, **_strides("dst", self.strides[name]), src_rows=src_rows,
+            src_ld=src_ld, group=group, rows_valid=valid, rows=n, heads=heads, head_dim=self.p.head_dim,
+            frag_rows=frag, factor=factor))
+
+    def _dbias(self, dbias_accum):
+        """The accumulator in the bias's shape: deterministic, its broadcast dimensions summed
+        here; its leading dimensions from the (batch, head) ones the bias has."""
+        import cupy
+
+        if self.deterministic:
+            broad = tuple(st == 0 for st in self.p.variant.bias[1])
+            dbias_accum = dbias_accum.sum(axis=tuple(i for i, b in enumerate(broad) if b), keepdims=True)
+        shape = self.bias_shape
+        compact = dbias_accum.reshape(dbias_accum.shape[4 - len(shape):]) if len(shape) < 4 else dbias_accum
+        return cupy.broadcast_to(compact, shape).copy()
+
+
+def _dbias_layout(p: Problem, bias_shape: tuple, deterministic: bool):
+    """(shape, kernel strides) of dbias's float32 accumulator: one row, head or batch where the
+    bias broadcasts there (validation's Variant.bias strides: 0), the kernel adding as it comes;
+    or deterministic, each element once into a full (B, Hq, Sq, Sk), summed by _Plan._dbias.
+    Keys as the bias's."""
+    broad = tuple(st == 0 for st in p.variant.bias[1])
+    full = (p.batch, p.heads_q, p.seqlen_q)
+    dims = tuple(1 if b and not deterministic else n for b, n in zip(broad, full)) + (bias_shape[-1],)
+    contiguous = (dims[1] * dims[2] * dims[3], dims[2] * dims[3], dims[3])
+    return dims, tuple(0 if n == 1 else st for n, st in zip(dims[:3], contiguous))
+
+
+_plans: dict[tuple, _Plan] = {}   # per call signature (_key)
 
 
 def _strides(prefix: str, bhs: tuple[int, int, int]) -> dict[str, int]:

@@ -184,8 +184,8 @@ class Sm80BwdLaunch:
                    block.argv, 0)
 
 
-# The Hopper backward's argument (params.BWD_SM90): the q, k, v and dout maps encoded per call
-# (~35 us of host time against a backward's milliseconds), the rest packed after them.
+# The Hopper backward's argument (params.BWD_SM90): the q, k, v and dout maps encoded once per
+# address quadruple (as the forward's), the rest packed after them per call.
 _BWD_SM90_TAIL_AT, _BWD_SM90_TAIL = params.BWD_SM90.run("lse")
 assert params.BWD_SM90.offsets["lse"] == 4 * tma.MAP_BYTES
 
@@ -200,6 +200,8 @@ class Sm90BwdLaunch:
     grid: tuple[int, int, int]
     scalars: dict            # every field after the maps but the pointers, by name
     specs: tuple[tma.MapSpec, ...]   # q, k, v, dout
+    _blocks: dict = field(default_factory=dict, repr=False)   # maps' addresses -> ParamBlock
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     POINTERS = ("lse", "delta", "dq_accum", "dk", "dv", "dk_accum", "dv_accum")
 
@@ -219,12 +221,17 @@ class Sm90BwdLaunch:
     def start(self, maps: tuple[int, int, int, int], pointers: dict[str, int], stream: int) -> None:
         """cuLaunchKernel on `stream` (a handle): maps are the q, k, v and dout addresses, pointers
         the other arrays' by field name (absent: 0)."""
-        block = ParamBlock(params.BWD_SM90.size)
-        tma.encode_maps(block.data, self.config.dtype, self.specs, maps)
         values = {**dict.fromkeys(self.POINTERS, 0), **pointers, **self.scalars}
-        _BWD_SM90_TAIL.pack_into(block.data, _BWD_SM90_TAIL_AT, *params.BWD_SM90.values(values, "lse"))
-        _cu_launch(self.function, *self.grid, self.config.threads, 1, 1, self.config.smem_bytes, stream,
-                   block.argv, 0)
+        with self._lock:
+            block = self._blocks.get(maps)
+            if block is None:
+                if len(self._blocks) >= _MAPS_PER_LAUNCH:
+                    del self._blocks[next(iter(self._blocks))]   # the oldest
+                block = self._blocks[maps] = ParamBlock(params.BWD_SM90.size)
+                tma.encode_maps(block.data, self.config.dtype, self.specs, maps)
+            _BWD_SM90_TAIL.pack_into(block.data, _BWD_SM90_TAIL_AT, *params.BWD_SM90.values(values, "lse"))
+            _cu_launch(self.function, *self.grid, self.config.threads, 1, 1, self.config.smem_bytes, stream,
+                       block.argv, 0)
 
 
 def sm90_bwd_map_specs(p: Problem, config: Sm90BwdConfig, do_strides: tuple[int, int, int]) -> tuple[tma.MapSpec, ...]:

@@ -163,6 +163,15 @@ def test_deterministic_mode_gives_the_same_bits(rng):
         assert all(bool(cupy.array_equal(a, b)) for a, b in zip(first, again))
 
 
+@pytest.mark.parametrize("backend", ["auto", "sm80"])
+def test_a_repeated_signature_runs_on_its_new_arrays(rng, backend):
+    """The second call of a signature takes the first's plan (and on Hopper its tensor maps are
+    keyed by the addresses): fresh arrays of the same shapes get their own gradients."""
+    for _ in range(2):
+        inputs, _, ref = _grads(rng, "fp16", 64, "bhsd", (2, 4, 2), (130, 200), causal=True)
+        _assert_grads(_backward(inputs, "bhsd", backend=backend, causal=True), ref, "fp16", f"{backend} repeat")
+
+
 def test_hopper_kernel_is_dispatchs_choice_there(rng):
     """On an H100/H200 the plain backward up to D128 runs the Hopper kernel (so the tests above
     held it to the reference): backend='sm90' gives the same gradients as dispatch, GQA and
