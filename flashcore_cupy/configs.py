@@ -205,7 +205,8 @@ class Sm90BwdConfig:
             + 2 * self.stages * self.block_m * 4 + dq + 8 * (5 + 2 * self.stages)
 
     def grid(self, batch: int, heads_q: int, seqlen_k: int) -> tuple[int, int, int]:
-        return (-(-seqlen_k // self.block_n), heads_q, batch)
+        """(heads, key tiles, batch): causal's longest CTAs (the first key tiles) start first."""
+        return (heads_q, -(-seqlen_k // self.block_n), batch)
 
     def rows_pad(self, seqlen_q: int) -> int:
         """Rows per (batch, head) of the LSE, delta and dQ accumulator: whole query tiles."""

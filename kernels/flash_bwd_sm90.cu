@@ -105,7 +105,9 @@ flash_bwd_sm90(const __grid_constant__ Sm90BwdParams p) {
     const BwdBarriers<STAGES> bar{sbase + Tile::kOffBars};
 
     const int warpgroup = __shfl_sync(0xffffffffu, threadIdx.x / 128, 0);
-    const int key0 = blockIdx.x * BN, head = blockIdx.y, batch = blockIdx.z;
+    // Grid (heads, key tiles, batch): CTAs start head by head within a key tile, so under a
+    // causal mask the longest (key tile 0 sees every query tile) start first.
+    const int key0 = blockIdx.y * BN, head = blockIdx.x, batch = blockIdx.z;
     const int seqlen_q = p.seqlen_q, seqlen_k = p.seqlen_k, diag = seqlen_k - seqlen_q;
     const RowRange rows = rows_seeing(seqlen_q, seqlen_k, diag, -1, p.causal ? 0 : -1, key0, BN);
     const int row_first = rows.begin / BLOCK_M * BLOCK_M;

@@ -41,7 +41,7 @@ def test_hopper_tiles_give_each_consumer_one_dq_block():
             + 2 * 2 * block_m * 4 + 2 * 64 * 64 * 4 + 8 * 9
         assert cfg.smem_bytes <= configs.SMEM_LIMIT["sm_90a"]
         assert cfg.rows_pad(1) == block_m and cfg.rows_pad(block_m + 1) == 2 * block_m
-    assert configs.Sm90BwdConfig("bf16", 128).grid(batch=3, heads_q=5, seqlen_k=129) == (2, 5, 3)
+    assert configs.Sm90BwdConfig("bf16", 128).grid(batch=3, heads_q=5, seqlen_k=129) == (5, 2, 3)
 
 
 def _dispatch(arch, deterministic=False, backend="auto", head_dim=64, **opts):
