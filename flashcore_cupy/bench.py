@@ -255,13 +255,14 @@ def _backward_impls(shape: Shape, torch, arrays: dict | None = None, dtype: str 
 
 
 def _backward_errors(grads, ref) -> tuple[float, float]:
-    """The worst of dq's (on the reference's rows), dk's and dv's (on its keys) errors."""
+    """The worst of dq's (on the reference's rows), dk's and dv's (on its keys) errors: relative
+    L2, and the worst row's against the typical row (reference.grad_row_error)."""
     from . import reference
 
     rows, keys, (dq, dk, dv) = ref
     got = [_as_checkable(g) for g in grads]
     pairs = ((got[0][:, :, rows.tolist()], dq), (got[1][:, :, keys.tolist()], dk), (got[2][:, :, keys.tolist()], dv))
-    return (max(reference.rel_error(g, r) for g, r in pairs), max(reference.row_rel_error(g, r) for g, r in pairs))
+    return (max(reference.rel_error(g, r) for g, r in pairs), max(reference.grad_row_error(g, r) for g, r in pairs))
 
 
 BACKWARD = Checker(_backward_errors, workload.within_grad_tolerance, 2.5)   # FLOPs: 2.5x the forward's

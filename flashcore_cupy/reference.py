@@ -261,6 +261,24 @@ def row_rel_error(out, ref) -> float:
     return float(np.max(diff / np.where(norm > 0, norm, 1.0)))
 
 
+def grad_row_error(out, ref) -> float:
+    """row_rel_error for a gradient: the worst row's ||out_row - ref_row|| over the larger of
+    ||ref_row|| and the rows' root-mean-square norm. A gradient's rows spread widely in norm
+    (under a causal mask the last keys are seen by a few queries: their dk and dv rows are small
+    sums with cancellation, where SDPA's flash and cuDNN backward err by 0.08-0.13 of the row on
+    fp16), and their error scales with the typical row's; a wrong row is still off by O(1) of
+    it. NaN or inf anywhere in `out` gives inf."""
+    out, ref = _to_f64(out), _to_f64(ref)
+    if not np.all(np.isfinite(out)):
+        return math.inf
+    if out.size == 0:
+        return 0.0
+    diff = np.linalg.norm(out - ref, axis=-1)
+    norm = np.linalg.norm(ref, axis=-1)
+    typical = math.sqrt(float(np.mean(norm ** 2)))
+    return float(np.max(diff / np.maximum(norm, typical if typical > 0 else 1.0)))
+
+
 # --- inference ops: the specs of merge_states, attention_varlen and attention_kvcache -------
 
 

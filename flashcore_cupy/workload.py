@@ -18,6 +18,7 @@ _NAIVE_MAX_SCORE_BYTES = 4 << 30  # the unfused baseline materialises B*H*Sq*Sk 
 
 
 GRAD_TOLERANCE = {"fp16": 5e-3, "bf16": 2e-2}   # gradients: relative L2 error, each of dq, dk, dv
+# The worst row's error against the typical row's norm (reference.grad_row_error).
 GRAD_ROW_TOLERANCE = {dtype: 5 * tol for dtype, tol in GRAD_TOLERANCE.items()}
 
 

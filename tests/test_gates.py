@@ -78,3 +78,20 @@ def test_row_bound_counts_rows_that_see_no_key_absolutely():
     out[0, 0, 2, 0] = np.nan
     assert reference.row_rel_error(out, ref) == np.inf and reference.rel_error(out, ref) == np.inf
     assert not workload.within_tolerance("fp16", float("nan"), 0.0)
+
+
+def test_gradient_row_bound_takes_small_rows_against_the_typical_row():
+    """A gradient row a hundred times smaller than the others, 10 % off (a causal mask's last
+    keys: SDPA errs that much there) passes the gradient bound; a typical row replaced by
+    another's fails it, as does NaN; row_rel_error would fail the first."""
+    rng = np.random.default_rng(1)
+    ref = rng.standard_normal((1, 2, 500, 64))
+    ref[0, 1, 499] *= 0.01
+    out = ref * (1 + 1e-3 * rng.standard_normal(ref.shape))
+    out[0, 1, 499] *= 1.1
+    assert reference.row_rel_error(out, ref) > workload.GRAD_ROW_TOLERANCE["fp16"]
+    assert workload.within_grad_tolerance("fp16", reference.rel_error(out, ref), reference.grad_row_error(out, ref))
+    out[0, 0, 7] = ref[0, 0, 8]
+    assert reference.grad_row_error(out, ref) > 1.0
+    out[0, 0, 3, 1] = np.nan
+    assert reference.grad_row_error(out, ref) == np.inf
