@@ -266,6 +266,51 @@ def _backward_errors(grads, ref) -> tuple[float, float]:
 
 
 BACKWARD = Checker(_backward_errors, workload.within_grad_tolerance, 2.5)   # FLOPs: 2.5x the forward's
+FWD_BWD = Checker(_backward_errors, workload.within_grad_tolerance, 3.5)    # the forward's and the backward's
+
+
+def _fwd_bwd_impls(shape: Shape, torch, arrays: dict | None = None, dtype: str = "fp16") -> dict[str, Impl]:
+    """Forward and backward together (a training step's attention): fn(q, k, v, dout) -> (dq, dk,
+    dv) (bhsd). flashcore: attention(..., return_lse=True) then attention_backward; SDPA's
+    backends: their forward with autograd's graph, then its backward, per call."""
+    from . import api, backward
+
+    none = contextlib.nullcontext
+    opts = attention_options(shape, arrays or {})
+    given = lambda q, k, v, dout, out, lse: (q, k, v, dout)   # noqa: E731  (the set's out, LSE unused)
+
+    def ours(**kw):
+        fwd = {"backend": kw["backend"]} if "backend" in kw else {}
+
+        def fn(q, k, v, dout):
+            out, lse = api.attention(q, k, v, return_lse=True, **fwd, **opts)
+            return backward.attention_backward(dout, q, k, v, out, lse, **kw, **opts)
+        return Impl(fn, given, none)
+
+    fns = {"flashcore": ours(), "flashcore_deterministic": ours(deterministic=True),
+           "flashcore_sm80": ours(backend="sm80")}
+    if torch is None:
+        return fns
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    mask_given = sdpa_mask(shape, arrays or {}, torch, torch.float16 if dtype == "fp16" else torch.bfloat16)
+    if mask_given is None:
+        return fns
+    mask, is_causal = mask_given
+    gqa = shape.heads_q != shape.heads_kv
+
+    def fn(*x):
+        q, k, v, g = x
+        o = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal,
+                                                             enable_gqa=gqa)
+        return torch.autograd.grad(o, (q, k, v), g)
+
+    def prepare(q, k, v, dout, out, lse):
+        return (*(torch.from_dlpack(t).detach().requires_grad_() for t in (q, k, v)), torch.from_dlpack(dout))
+
+    for name, backend in _SDPA_BACKENDS.items():
+        fns[name] = Impl(fn, prepare, functools.partial(sdpa_kernel, getattr(SDPBackend, backend)))
+    return fns
 
 
 def _backward_case_inputs(shape: Shape, dtype: str, rng, arrays: dict) -> tuple[list[tuple], list[tuple], None]:
@@ -377,6 +422,8 @@ def run_case(shape: Shape, dtype: str, impls: dict[str, Impl], sets: list[tuple]
                                               reason=f"rel err {err:.2e}, worst row {row_err:.2e} "
                                                      f"over the bounds"))
                     continue
+                if checker is not FORWARD:
+                    case.plan.setdefault("peak_bytes", {})[name] = _peak_bytes(name, impl.fn, inputs[0])
                 call = functools.partial(_rotating_call, impl.fn, inputs)
                 quick[name] = time_latency(call, 3, warmup=1).p50
         except Exception as e:   # ours: a failure of the run; a peer: not available for this case
@@ -414,6 +461,43 @@ def run_case(shape: Shape, dtype: str, impls: dict[str, Impl], sets: list[tuple]
     case.plan["sets"] = len(sets)
     case.plan["check_rows"] = int(len(references[0][0])) if references else 0
     return case
+
+
+def _peak_bytes(name: str, fn: Callable, inputs: tuple) -> int | None:
+    """The most device memory one call held at once beyond what was allocated before it (its
+    workspace and its outputs, the gradients): ours through a hook on CuPy's pool, SDPA's from
+    torch's allocator statistics; None where neither applies (stand-ins without a GPU)."""
+    if name.startswith("sdpa"):
+        try:
+            import torch
+        except ImportError:
+            return None
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        fn(*inputs)
+        torch.cuda.synchronize()
+        return int(torch.cuda.max_memory_allocated() - base)
+    import cupy
+
+    class Peak(cupy.cuda.MemoryHook):
+        name = "flashcore_peak"
+
+        def __init__(self):
+            self.now = self.peak = 0
+
+        def malloc_postprocess(self, device_id, size, mem_size, mem_ptr, pmem_id):
+            self.now += mem_size
+            self.peak = max(self.peak, self.now)
+
+        def free_postprocess(self, device_id, mem_size, mem_ptr, pmem_id):
+            self.now -= mem_size
+
+    hook = Peak()
+    with hook:
+        result = fn(*inputs)
+    del result
+    return hook.peak
 
 
 def _rotating_call(fn: Callable, inputs: list, i: int):
@@ -502,6 +586,17 @@ def _case_inputs(shape: Shape, dtype: str, rng, arrays: dict) -> tuple[list[tupl
     return sets, refs, plain
 
 
+
+DIRECTIONS = ("forward", "backward", "fwd_bwd")
+
+
+def direction_parts(direction: str) -> tuple[Callable, Callable, Checker]:
+    """A direction's implementations' builder, case inputs and checker (looked up per call)."""
+    return {"forward": (_impls, _case_inputs, FORWARD),
+            "backward": (_backward_impls, _backward_case_inputs, BACKWARD),
+            "fwd_bwd": (_fwd_bwd_impls, _backward_case_inputs, FWD_BWD)}[direction]
+
+
 def _free() -> None:
     import cupy
     cupy.get_default_memory_pool().free_all_blocks()
@@ -517,10 +612,13 @@ def main(shape_names: list[str] | None, dtypes: list[str], impls: list[str], ite
          out_path: str | None, plot_path: str | None, direction: str = "forward") -> dict:
     """Run the cases (dtypes: "fp16", "bf16"); print the table; write the JSON (and plot).
     The result's "failures" lists every flashcore failure: the caller exits non-zero on any.
-    direction "backward": dq, dk, dv from a saved forward, on the rows with Sq > 1."""
+    direction "backward": dq, dk, dv from a saved forward, on the rows with Sq > 1; "fwd_bwd":
+    the forward and the backward together, the same rows and checks (the gradients' reference
+    takes our forward's out and LSE, which the forward direction checks)."""
     torch = _torch()
     rng = np.random.default_rng()
-    backward = direction == "backward"
+    backward = direction != "forward"
+    build, inputs, checker = direction_parts(direction)
     shapes = []
     for s in bench_shapes():
         if shape_names is not None and s.name not in shape_names:
@@ -544,10 +642,9 @@ def main(shape_names: list[str] | None, dtypes: list[str], impls: list[str], ite
     for shape in shapes:
         for dtype in dtypes:
             arrays = variant_arrays(shape, dtype, rng)
-            build, inputs = (_backward_impls, _backward_case_inputs) if backward else (_impls, _case_inputs)
             fns = {name: impl for name, impl in build(shape, torch, arrays, dtype).items() if name in impls}
             sets, refs, plain_refs = inputs(shape, dtype, rng, arrays)
-            case = run_case(shape, dtype, fns, sets, refs, iters, plain_refs, BACKWARD if backward else FORWARD)
+            case = run_case(shape, dtype, fns, sets, refs, iters, plain_refs, checker)
             if torch is not None and shape.softcap:
                 case.unavailable += [dict(shape=shape.name, dtype=dtype, impl=name, reason="SDPA has no softcap")
                                      for name in _SDPA_BACKENDS if name in impls]
@@ -557,7 +654,7 @@ def main(shape_names: list[str] | None, dtypes: list[str], impls: list[str], ite
             result["failures"] += case.failures
             result["unavailable"] += case.unavailable
             result["cases"].append(dict(shape=shape.name, dtype=dtype, held_out=shape.held_out,
-                                        variant=shape.is_variant, flops=(2.5 if backward else 1) * shape.flops,
+                                        variant=shape.is_variant, flops=checker.flops * shape.flops,
                                         **case.plan))
             for f in case.failures:
                 print(f"  FAILED {f['shape']} {f['dtype']} {f['impl']}: {f['reason']}", flush=True)

@@ -205,9 +205,10 @@ def check(archs: list[str], variants: bool) -> None:
 @click.option("--out", "out_path", type=click.Path(dir_okay=False), help="Write the JSON here.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False),
               help="Draw TFLOP/s per shape and implementation to this PNG (needs matplotlib).")
-@click.option("--direction", type=click.Choice(["forward", "backward"]), default="forward", show_default=True,
+@click.option("--direction", type=click.Choice(["forward", "backward", "fwd_bwd"]), default="forward", show_default=True,
               help="backward: dq, dk, dv from a saved forward (FLOPs 2.5x the forward's), the rows with Sq > 1, "
-                   "against SDPA's backward of its own forward.")
+                   "against SDPA's backward of its own forward; fwd_bwd: the forward and the backward together "
+                   "(FLOPs 3.5x).")
 def bench(shape_names, dtypes, impls, iters, held_out, out_path, plot_path, direction) -> None:
     """Benchmark the shape list against naive CuPy and PyTorch SDPA, validated first; exits 1
     if any flashcore case fails (an error, or a result over the bounds)."""
@@ -224,7 +225,7 @@ def bench(shape_names, dtypes, impls, iters, held_out, out_path, plot_path, dire
     if not shape_names:
         raise click.BadParameter(f"no shape of the list is left with --held-out {held_out}",
                                  param_hint="--shape")
-    known_impls = bench_mod.BACKWARD_IMPLS if direction == "backward" else bench_mod.IMPLS
+    known_impls = bench_mod.IMPLS if direction == "forward" else bench_mod.BACKWARD_IMPLS
     if set(impls) - set(known_impls):
         raise click.BadParameter(f"expected some of {known_impls} (direction {direction})", param_hint="--impl")
     if gpu_count() == 0:

@@ -171,12 +171,13 @@ def latency_vs_throughput(data, shapes) -> list[str]:
 
 
 def backward_table(data, mode: str, shapes) -> list[str]:
-    """A backward run: every implementation, flashcore against cuDNN's backward and the
-    deterministic mode against the default (issue 23's bars: >= 1.0x and >= 0.75x)."""
+    """A backward or fwd_bwd run: every implementation, flashcore against cuDNN's and the
+    deterministic mode against the default (issue 23's bars, backward: >= 1.0x and >= 0.75x)."""
     rows = _rows(data)
     impls = ("flashcore", "flashcore_deterministic", "flashcore_sm80", "sdpa_flash", "sdpa_cudnn", "sdpa_efficient")
+    peaks = {(c["shape"], c["dtype"]): c.get("peak_bytes", {}) for c in data.get("cases", [])}
     out = ["| shape | dtype | " + " | ".join(NAMES.get(i, i) for i in impls) + " | vs cuDNN (1.0×) | "
-           "deterministic / default (0.75×) |", "|---" * (4 + len(impls)) + "|"]
+           "deterministic / default (0.75×) | peak MiB a call, flashcore / cuDNN |", "|---" * (5 + len(impls)) + "|"]
     for s in shapes:
         for dtype in DTYPES:
             fc = rows.get((s.name, dtype, "flashcore", mode))
@@ -189,6 +190,9 @@ def backward_table(data, mode: str, shapes) -> list[str]:
             cu, det = rows.get((s.name, dtype, "sdpa_cudnn", mode)), rows.get((s.name, dtype, "flashcore_deterministic", mode))
             cells.append("—" if cu is None else f"{cu['us_p50'] / fc['us_p50']:.2f}×")
             cells.append("—" if det is None else f"{fc['us_p50'] / det['us_p50']:.2f}×")
+            peak = peaks.get((s.name, dtype), {})
+            cells.append(" / ".join("—" if peak.get(i) is None else f"{peak[i] / 2**20:.0f}"
+                                    for i in ("flashcore", "sdpa_cudnn")))
             out.append(f"| {s.name} | {dtype} | " + " | ".join(cells) + " |")
     return out + [""]
 
@@ -207,9 +211,11 @@ def main(paths: list[str]) -> None:
         print("\n".join(header(data) + method(data)))
         print("### Correctness\n")
         print("\n".join(errors(data)))
-        if data.get("direction") == "backward":
+        direction = data.get("direction", "forward")
+        if direction != "forward":
+            factor = {"backward": 2.5, "fwd_bwd": 3.5}[direction]
             for mode in ("throughput", "latency"):
-                print(f"### backward, {mode}: p50 µs (TFLOP/s at 2.5x the forward's FLOPs)\n")
+                print(f"### {direction}, {mode}: p50 µs (TFLOP/s at {factor}x the forward's FLOPs)\n")
                 print("\n".join(backward_table(data, mode, [s for s in shapes if s.name in ran])))
             continue
         for title, group in (("the list", listed), ("held-out shapes (never tuned on)", held)):

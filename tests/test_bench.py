@@ -178,8 +178,23 @@ def test_the_backward_direction_checks_each_gradient_and_counts_its_flops(fake_c
                                           "flashcore_deterministic": impl(lambda *x: grads(*x, dk_factor=1.01))},
                           sets, refs, 10, checker=bench.BACKWARD)
     assert [f["impl"] for f in case.failures] == ["flashcore_deterministic"]
+    assert case.plan["peak_bytes"] == {"flashcore": 0}   # a NumPy stand-in allocates nothing on a device
     timed = {r.impl for r in case.rows}
     assert timed == {"flashcore"}
     row = next(r for r in case.rows if r.mode == "throughput")
     assert row.tflops == pytest.approx(2.5 * SHAPE.flops / (10e-6) / 1e12)
     assert row.rel_err < 1e-3
+
+
+def test_fwd_bwd_direction_runs_the_forward_then_the_backward():
+    """fwd_bwd: flashcore's implementations take q, k, v, dout from a backward input set (the
+    set's out and LSE unused), their FLOPs count 3.5x the forward's, and the CLI offers it."""
+    build, inputs, checker = bench.direction_parts("fwd_bwd")
+    assert inputs is bench.direction_parts("backward")[1] and checker.flops == 3.5
+    assert checker.errors is bench.BACKWARD.errors
+    fns = build(SHAPE, None)
+    assert set(fns) == {"flashcore", "flashcore_deterministic", "flashcore_sm80"}
+    assert fns["flashcore"].prepare(1, 2, 3, 4, 5, 6) == (1, 2, 3, 4)
+    from flashcore_cupy.cli import bench as bench_cmd
+    direction = next(p for p in bench_cmd.params if p.name == "direction")
+    assert list(direction.type.choices) == list(bench.DIRECTIONS)
