@@ -212,48 +212,6 @@ def _impls(shape: Shape, torch, arrays: dict | None = None, dtype: str = "fp16")
     return fns
 
 
-def _backward_impls(shape: Shape, torch, arrays: dict | None = None, dtype: str = "fp16") -> dict[str, Impl]:
-    """The backward's implementations: fn(*inputs) -> (dq, dk, dv) (bhsd), prepare(q, k, v,
-    dout, out, lse) -> inputs. flashcore runs from our forward's out and LSE (the input set
-    holds them); SDPA's backends run autograd's backward of their own forward, made once per
-    input set under the pinned backend (its graph kept for every call)."""
-    from . import backward
-
-    none = contextlib.nullcontext
-    opts = attention_options(shape, arrays or {})
-
-    def ours(**kw):
-        return Impl(lambda *x: backward.attention_backward(*x, **kw, **opts),
-                    lambda q, k, v, dout, out, lse: (dout, q, k, v, out, lse), none)
-
-    fns = {"flashcore": ours(), "flashcore_deterministic": ours(deterministic=True),
-           "flashcore_sm80": ours(backend="sm80")}
-    if torch is None:
-        return fns
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    given = sdpa_mask(shape, arrays or {}, torch, torch.float16 if dtype == "fp16" else torch.bfloat16)
-    if given is None:
-        return fns
-    mask, is_causal = given
-    gqa = shape.heads_q != shape.heads_kv
-
-    def fn(o, x, g):
-        return torch.autograd.grad(o, x, g, retain_graph=True)
-
-    for name, backend in _SDPA_BACKENDS.items():
-        context = functools.partial(sdpa_kernel, getattr(SDPBackend, backend))
-
-        def prepare(q, k, v, dout, out, lse, context=context):
-            x = tuple(torch.from_dlpack(t).detach().requires_grad_() for t in (q, k, v))
-            with context():
-                o = torch.nn.functional.scaled_dot_product_attention(*x, attn_mask=mask, is_causal=is_causal,
-                                                                     enable_gqa=gqa)
-            return o, x, torch.from_dlpack(dout)
-        fns[name] = Impl(fn, prepare, context)
-    return fns
-
-
 def _backward_errors(grads, ref) -> tuple[float, float]:
     """The worst of dq's (on the reference's rows), dk's and dv's (on its keys) errors: relative
     L2, and the worst row's against the typical row (reference.grad_row_error)."""
@@ -269,23 +227,29 @@ BACKWARD = Checker(_backward_errors, workload.within_grad_tolerance, 2.5)   # FL
 FWD_BWD = Checker(_backward_errors, workload.within_grad_tolerance, 3.5)    # the forward's and the backward's
 
 
-def _fwd_bwd_impls(shape: Shape, torch, arrays: dict | None = None, dtype: str = "fp16") -> dict[str, Impl]:
-    """Forward and backward together (a training step's attention): fn(q, k, v, dout) -> (dq, dk,
-    dv) (bhsd). flashcore: attention(..., return_lse=True) then attention_backward; SDPA's
-    backends: their forward with autograd's graph, then its backward, per call."""
+def _gradient_impls(shape: Shape, torch, arrays: dict | None = None, dtype: str = "fp16", *,
+                    with_forward: bool = False) -> dict[str, Impl]:
+    """The implementations of the backward (with_forward=False) or of the forward and backward
+    together: fn(*inputs) -> (dq, dk, dv) (bhsd), prepare(q, k, v, dout, out, lse) -> inputs.
+    The backward: flashcore from our forward's out and LSE (the input set holds them), SDPA's
+    backends autograd's backward of their own forward, made once per input set under the pinned
+    backend (its graph kept for every call). Together: flashcore's attention(...,
+    return_lse=True) then attention_backward, SDPA's forward then autograd's backward, per call."""
     from . import api, backward
 
     none = contextlib.nullcontext
     opts = attention_options(shape, arrays or {})
-    given = lambda q, k, v, dout, out, lse: (q, k, v, dout)   # noqa: E731  (the set's out, LSE unused)
 
     def ours(**kw):
+        if not with_forward:
+            return Impl(lambda *x: backward.attention_backward(*x, **kw, **opts),
+                        lambda q, k, v, dout, out, lse: (dout, q, k, v, out, lse), none)
         fwd = {"backend": kw["backend"]} if "backend" in kw else {}
 
         def fn(q, k, v, dout):
             out, lse = api.attention(q, k, v, return_lse=True, **fwd, **opts)
             return backward.attention_backward(dout, q, k, v, out, lse, **kw, **opts)
-        return Impl(fn, given, none)
+        return Impl(fn, lambda q, k, v, dout, out, lse: (q, k, v, dout), none)
 
     fns = {"flashcore": ours(), "flashcore_deterministic": ours(deterministic=True),
            "flashcore_sm80": ours(backend="sm80")}
@@ -293,23 +257,32 @@ def _fwd_bwd_impls(shape: Shape, torch, arrays: dict | None = None, dtype: str =
         return fns
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    mask_given = sdpa_mask(shape, arrays or {}, torch, torch.float16 if dtype == "fp16" else torch.bfloat16)
-    if mask_given is None:
+    given = sdpa_mask(shape, arrays or {}, torch, torch.float16 if dtype == "fp16" else torch.bfloat16)
+    if given is None:
         return fns
-    mask, is_causal = mask_given
+    mask, is_causal = given
     gqa = shape.heads_q != shape.heads_kv
 
-    def fn(*x):
-        q, k, v, g = x
-        o = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal,
-                                                             enable_gqa=gqa)
-        return torch.autograd.grad(o, (q, k, v), g)
+    def forward(x):
+        return torch.nn.functional.scaled_dot_product_attention(*x, attn_mask=mask, is_causal=is_causal,
+                                                                enable_gqa=gqa)
 
-    def prepare(q, k, v, dout, out, lse):
-        return (*(torch.from_dlpack(t).detach().requires_grad_() for t in (q, k, v)), torch.from_dlpack(dout))
+    def leaves(q, k, v):
+        return tuple(torch.from_dlpack(t).detach().requires_grad_() for t in (q, k, v))
 
     for name, backend in _SDPA_BACKENDS.items():
-        fns[name] = Impl(fn, prepare, functools.partial(sdpa_kernel, getattr(SDPBackend, backend)))
+        context = functools.partial(sdpa_kernel, getattr(SDPBackend, backend))
+        if with_forward:
+            fns[name] = Impl(lambda q, k, v, g: torch.autograd.grad(forward((q, k, v)), (q, k, v), g),
+                             lambda q, k, v, dout, out, lse: (*leaves(q, k, v), torch.from_dlpack(dout)), context)
+            continue
+
+        def prepare(q, k, v, dout, out, lse, context=context):
+            x = leaves(q, k, v)
+            with context():
+                o = forward(x)
+            return o, x, torch.from_dlpack(dout)
+        fns[name] = Impl(lambda o, x, g: torch.autograd.grad(o, x, g, retain_graph=True), prepare, context)
     return fns
 
 
@@ -592,9 +565,11 @@ DIRECTIONS = ("forward", "backward", "fwd_bwd")
 
 def direction_parts(direction: str) -> tuple[Callable, Callable, Checker]:
     """A direction's implementations' builder, case inputs and checker (looked up per call)."""
+    backward = functools.partial(_gradient_impls, with_forward=False)
+    fwd_bwd = functools.partial(_gradient_impls, with_forward=True)
     return {"forward": (_impls, _case_inputs, FORWARD),
-            "backward": (_backward_impls, _backward_case_inputs, BACKWARD),
-            "fwd_bwd": (_fwd_bwd_impls, _backward_case_inputs, FWD_BWD)}[direction]
+            "backward": (backward, _backward_case_inputs, BACKWARD),
+            "fwd_bwd": (fwd_bwd, _backward_case_inputs, FWD_BWD)}[direction]
 
 
 def _free() -> None:

@@ -246,19 +246,24 @@ def rel_error(out, ref) -> float:
     return float(diff / denom) if denom > 0 else float(diff)
 
 
+def _row_diffs(out, ref):
+    """(||out_row - ref_row||, ||ref_row||) over the last axis; None where out holds NaN or inf."""
+    out, ref = _to_f64(out), _to_f64(ref)
+    if not np.all(np.isfinite(out)):
+        return None
+    return np.linalg.norm(out - ref, axis=-1), np.linalg.norm(ref, axis=-1)
+
+
 def row_rel_error(out, ref) -> float:
     """The worst row's ||out_row - ref_row|| / ||ref_row||, a row being the last axis (one
     query's output); a row whose reference is zero (it sees no key) counts its absolute error.
     NaN or inf anywhere in `out` gives inf. One wrong row among many hides in rel_error (one of
     8,194 adds ~1.1e-2 to it) but not here."""
-    out, ref = _to_f64(out), _to_f64(ref)
-    if not np.all(np.isfinite(out)):
+    rows = _row_diffs(out, ref)
+    if rows is None:
         return math.inf
-    if out.size == 0:
-        return 0.0
-    diff = np.linalg.norm(out - ref, axis=-1)
-    norm = np.linalg.norm(ref, axis=-1)
-    return float(np.max(diff / np.where(norm > 0, norm, 1.0)))
+    diff, norm = rows
+    return float(np.max(diff / np.where(norm > 0, norm, 1.0), initial=0.0))
 
 
 def grad_row_error(out, ref) -> float:
@@ -268,15 +273,12 @@ def grad_row_error(out, ref) -> float:
     sums with cancellation, where SDPA's flash and cuDNN backward err by 0.08-0.13 of the row on
     fp16), and their error scales with the typical row's; a wrong row is still off by O(1) of
     it. NaN or inf anywhere in `out` gives inf."""
-    out, ref = _to_f64(out), _to_f64(ref)
-    if not np.all(np.isfinite(out)):
+    rows = _row_diffs(out, ref)
+    if rows is None:
         return math.inf
-    if out.size == 0:
-        return 0.0
-    diff = np.linalg.norm(out - ref, axis=-1)
-    norm = np.linalg.norm(ref, axis=-1)
-    typical = math.sqrt(float(np.mean(norm ** 2)))
-    return float(np.max(diff / np.maximum(norm, typical if typical > 0 else 1.0)))
+    diff, norm = rows
+    typical = math.sqrt(float(np.mean(norm ** 2))) if norm.size else 0.0
+    return float(np.max(diff / np.maximum(norm, typical if typical > 0 else 1.0), initial=0.0))
 
 
 # --- inference ops: the specs of merge_states, attention_varlen and attention_kvcache -------
