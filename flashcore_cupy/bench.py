@@ -459,12 +459,12 @@ def _peak_bytes(name: str, fn: Callable, inputs: tuple) -> int | None:
         def __init__(self):
             self.now = self.peak = 0
 
-        def malloc_postprocess(self, device_id, size, mem_size, mem_ptr, pmem_id):
-            self.now += mem_size
+        def malloc_postprocess(self, **kw):   # CuPy passes device_id, size, mem_size, mem_ptr, pmem_id
+            self.now += kw["mem_size"]
             self.peak = max(self.peak, self.now)
 
-        def free_postprocess(self, device_id, mem_size, mem_ptr, pmem_id):
-            self.now -= mem_size
+        def free_postprocess(self, **kw):
+            self.now -= kw["mem_size"]
 
     hook = Peak()
     with hook:

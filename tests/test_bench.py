@@ -198,3 +198,18 @@ def test_fwd_bwd_direction_runs_the_forward_then_the_backward():
     from flashcore_cupy.cli import bench as bench_cmd
     direction = next(p for p in bench_cmd.params if p.name == "direction")
     assert list(direction.type.choices) == list(bench.DIRECTIONS)
+
+
+def test_peak_bytes_follow_the_pool_as_cupy_reports_it():
+    """_peak_bytes's hook takes CuPy's keyword callbacks: the most held at once, frees counted."""
+    from cupy.cuda import memory_hook
+
+    def fn():
+        for h in memory_hook.get_memory_hooks().values():
+            h.malloc_postprocess(device_id=0, size=100, mem_size=512, mem_ptr=1, pmem_id=1)
+            h.malloc_postprocess(device_id=0, size=900, mem_size=1024, mem_ptr=2, pmem_id=2)
+            h.free_postprocess(device_id=0, mem_size=512, mem_ptr=1, pmem_id=1)
+            h.malloc_postprocess(device_id=0, size=10, mem_size=512, mem_ptr=3, pmem_id=3)
+
+    assert bench._peak_bytes("flashcore", fn, ()) == 1536
+    assert not memory_hook.get_memory_hooks()   # the hook is gone after the call
