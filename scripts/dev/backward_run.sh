@@ -16,7 +16,7 @@ fi
 step probe.txt timeout 150 python3 scripts/dev/backward_probe.py --dtype fp16,bf16 \
   --shapes b2-h16-s4k-d128-causal,b1-h16-s16k-d128-causal,b4-h16-s1k-d64,b2-h16-s4k-d64 ${PROBE_ARGS:-}
 if [ "${SANITIZE:-1}" = 1 ]; then
-  for tool in memcheck racecheck; do
+  for tool in memcheck racecheck synccheck; do
     step sanitizer.txt timeout 90 compute-sanitizer --tool $tool --error-exitcode 3 python3 scripts/sanitize_case.py
   done
 fi
