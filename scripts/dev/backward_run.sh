@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device call for the backward: its GPU tests (with the torch adapter's), the probe against
-# SDPA, compute-sanitizer memcheck and racecheck, and optionally the benchmark's backward mode.
+# SDPA, compute-sanitizer memcheck, racecheck and synccheck, and optionally the benchmark's backward mode.
 # Logs go to $OUT. Usage on the device machine, from the repository root:
 #   bash scripts/dev/backward_run.sh
 # PROBE_ARGS adds backward_probe.py options (--config dq_keys=1, --ablate NO_DQ, --shapes ...);
