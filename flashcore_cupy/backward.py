@@ -21,9 +21,10 @@ from typing import Any, Literal
 
 from . import api
 from .configs import Sm80BwdConfig, Sm90BwdConfig, bucket_head_dim, bwd_config
-from .launch import Sm80BwdLaunch, Sm90BwdLaunch, launch_step, sm90_bwd_blocker
-from .validation import (Problem, check_capability, check_lse, check_options, check_out, check_problem,
-                         layout_strides)
+from .launch import Sm80BwdLaunch, Sm90BwdLaunch, StepLaunch, sm90_bwd_blocker
+from .params import stride_values
+from .validation import (Problem, TensorSpec, check_capability, check_lse, check_options, check_out,
+                         check_problem, layout_strides)
 
 
 def _bhsd_view(x, layout: str):
@@ -101,15 +102,15 @@ def _validate(dout, q, k, v, out, lse, dq, dk, dv, causal, scale, window, softca
             check_out(spec(given, name), p, shape=like.shape, like=name[1])
             grad_strides.append(layout_strides(spec(given, name), layout))
         else:   # a C-contiguous array of like's shape
-            shape = like.shape
-            contiguous = (shape[1] * shape[2] * shape[3], shape[2] * shape[3], shape[3])
-            grad_strides.append(contiguous if layout == "bhsd" else (contiguous[0], contiguous[2], contiguous[1]))
+            fresh = TensorSpec(name, like.shape, api._contiguous_strides(like.shape), like.dtype, p.device, 0)
+            grad_strides.append(layout_strides(fresh, layout))
     dev = api.device_info(p.device)
     check_capability(dev.capability, p.device)
     do_strides = layout_strides(spec(dout, "dout"), layout)
     config = _choose(p, dev.arch, do_strides, deterministic, backend)
     plan = _Plan.build(p, config, dev.arch, do_strides, layout_strides(spec(out, "out"), layout), *grad_strides,
-                       deterministic, bool(return_dbias), None if bias is None else bias.shape)
+                       deterministic, bool(return_dbias), None if bias is None else bias.shape,
+                       _bhsd_view(k, layout).shape[2])
     return plan, (dout, q, k, v, out, lse, alibi_slopes, bias)
 
 
@@ -152,34 +153,51 @@ def _choose(p: Problem, arch: str, do_strides: tuple[int, int, int], determinist
 @dataclass(frozen=True, eq=False)
 class _Plan:
     """What a backward call does, for its signature: bwd_prep, the main kernel, bwd_convert
-    (kernels/flash_bwd_steps.cu), their geometry and prepared launch; `run` takes the arrays."""
+    (kernels/flash_bwd_steps.cu), each a prepared launch; `run` takes the arrays."""
     p: Problem
     config: Sm80BwdConfig | Sm90BwdConfig
-    arch: str
     main: Sm80BwdLaunch | Sm90BwdLaunch
+    prep: StepLaunch
+    converts: tuple[StepLaunch, ...]   # dq's; with GQA dk's and dv's after it
     rows: int                        # rows per (batch, head) of the LSE, delta and dQ accumulator
     dq_cols: int
-    strides: dict                    # (batch, head, seq) strides of do, o, dq, dk, dv
     deterministic: bool
     want_dbias: bool
     bias_shape: tuple | None
+    keys: int                        # k's length (seqlen_k counts the ones the kernels read)
 
     @classmethod
     def build(cls, p: Problem, config, arch: str, do_strides, o_strides, dq_strides, dk_strides, dv_strides,
-              deterministic: bool, want_dbias: bool, bias_shape) -> "_Plan":
+              deterministic: bool, want_dbias: bool, bias_shape, keys: int) -> "_Plan":
         hopper = isinstance(config, Sm90BwdConfig)
         rows = config.rows_pad(p.seqlen_q)
         # dQ's accumulator: the Hopper kernel's rows are its template head dim long (whole blocks).
         dq_cols = config.head_dim if hopper else p.head_dim
-        strides = dict(do=do_strides, o=o_strides, dq=dq_strides, dk=dk_strides, dv=dv_strides)
         if hopper:
-            main = Sm90BwdLaunch.build(p, config, arch, strides)
+            main = Sm90BwdLaunch.build(p, config, arch, dict(do=do_strides, dk=dk_strides, dv=dv_strides))
         else:
             dbias_strides = _dbias_layout(p, bias_shape, deterministic)[1] if want_dbias else (0, 0, 0)
             main = Sm80BwdLaunch.build(p, config, arch, dict(
                 do=do_strides, dq=(p.heads_q * rows * dq_cols, rows * dq_cols, dq_cols), dk=dk_strides,
                 dv=dv_strides, dbias=dbias_strides), deterministic)
-        return cls(p, config, arch, main, rows, dq_cols, strides, deterministic, want_dbias, bias_shape)
+        step = lambda kernel, n, heads, **scalars: StepLaunch.build(   # noqa: E731
+            kernel, p.dtype, p.device, arch, n, heads, p.batch, scalars)
+        prep = step("bwd_prep", rows, p.heads_q, **stride_values("do", do_strides), **stride_values("o", o_strides),
+                    seqlen_q=p.seqlen_q, rows_pad=rows, heads=p.heads_q, head_dim=p.head_dim, dq_cols=dq_cols)
+        # dq = scale * dQ; GQA's sums into dk and dv (per kv head, or deterministic per query head
+        # summed in order), keys past the kernels' -- top-left causal with Sq < Sk, which no
+        # query sees -- as zeros.
+        converts = [step("bwd_convert", p.seqlen_q, p.heads_q, **stride_values("dst", dq_strides), src_rows=rows,
+                         src_ld=dq_cols, group=1, rows_valid=p.seqlen_q, rows=p.seqlen_q, heads=p.heads_q,
+                         head_dim=p.head_dim, frag_rows=config.block_m if hopper else 0, factor=p.scale)]
+        group = p.heads_q // p.heads_kv
+        if group > 1:
+            converts += [step("bwd_convert", keys, p.heads_kv, **stride_values("dst", st), src_rows=p.seqlen_k,
+                              src_ld=p.head_dim, group=group if deterministic else 1, rows_valid=p.seqlen_k,
+                              rows=keys, heads=p.heads_kv, head_dim=p.head_dim, frag_rows=0, factor=1.0)
+                         for st in (dk_strides, dv_strides)]
+        return cls(p, config, main, prep, tuple(converts), rows, dq_cols, deterministic, want_dbias, bias_shape,
+                   keys)
 
     def run(self, dout, q, k, v, out, lse, dq, dk, dv, alibi_slopes, bias):
         import cupy
@@ -191,16 +209,13 @@ class _Plan:
                           for g, like in ((dq, q), (dk, k), (dv, v)))
             lse2, delta = cupy.empty((2, p.batch, p.heads_q, self.rows), f32)
             dq_accum = cupy.empty((p.batch, p.heads_q, self.rows, self.dq_cols), f32)
-            self._step("bwd_prep", self.rows, p.heads_q, stream, dict(
-                dout=dout.data.ptr, out=out.data.ptr, lse=lse.data.ptr, lse2=lse2.data.ptr, delta=delta.data.ptr,
-                dq_accum=dq_accum.data.ptr, **_strides("do", self.strides["do"]), **_strides("o", self.strides["o"]),
-                seqlen_q=p.seqlen_q, rows_pad=self.rows, heads=p.heads_q, head_dim=p.head_dim, dq_cols=self.dq_cols))
+            self.prep.start((dout.data.ptr, out.data.ptr, lse.data.ptr, lse2.data.ptr, delta.data.ptr,
+                             dq_accum.data.ptr), stream)
             # GQA: dK / dV accumulated in float32 per kv head (atomics over the group), or
-            # deterministic per query head (bwd_convert sums each group in order).
-            group = p.heads_q // p.heads_kv
+            # deterministic per query head.
             acc_heads = p.heads_q if self.deterministic else p.heads_kv
             kv_accum = [cupy.zeros((p.batch, acc_heads, p.seqlen_k, p.head_dim), f32) for _ in range(2)] \
-                if group > 1 else [None, None]
+                if p.heads_q > p.heads_kv else [None, None]
             address = lambda a: 0 if a is None else a.data.ptr   # noqa: E731
             pointers = dict(lse=lse2.data.ptr, delta=delta.data.ptr, dq_accum=dq_accum.data.ptr, dk=dk.data.ptr,
                             dv=dv.data.ptr, dk_accum=address(kv_accum[0]), dv_accum=address(kv_accum[1]))
@@ -215,28 +230,15 @@ class _Plan:
                 self.main.start(dict(pointers, q=q.data.ptr, k=k.data.ptr, v=v.data.ptr, dout=dout.data.ptr,
                                      dbias=address(dbias_accum), dq_sem=address(dq_sem),
                                      alibi=address(alibi_slopes), bias=address(bias)), stream)
-            # dq = scale * dQ; GQA's sums into dk and dv (keys past the kernels' -- top-left causal
-            # with Sq < Sk, which no query sees -- as zeros).
-            self._convert(dq_accum, dq, "dq", self.rows, self.dq_cols, p.heads_q, 1, p.seqlen_q, p.seqlen_q, p.scale,
-                          self.config.block_m if isinstance(self.main, Sm90BwdLaunch) else 0, stream)
-            keys = _bhsd_view(dk, p.layout).shape[2]
-            for name, grad, accum in (("dk", dk, kv_accum[0]), ("dv", dv, kv_accum[1])):
-                if accum is not None:
-                    self._convert(accum, grad, name, p.seqlen_k, p.head_dim, p.heads_kv,
-                                  group if self.deterministic else 1, p.seqlen_k, keys, 1.0, 0, stream)
-                elif keys > p.seqlen_k:
+            self.converts[0].start((dq_accum.data.ptr, dq.data.ptr), stream)
+            if kv_accum[0] is not None:
+                for convert, accum, grad in zip(self.converts[1:], kv_accum, (dk, dv)):
+                    convert.start((accum.data.ptr, grad.data.ptr), stream)
+            elif self.keys > p.seqlen_k:
+                for grad in (dk, dv):
                     _bhsd_view(grad, p.layout)[:, :, p.seqlen_k:] = 0
             dbias = None if dbias_accum is None else self._dbias(dbias_accum)
         return (dq, dk, dv, dbias) if self.want_dbias else (dq, dk, dv)
-
-    def _step(self, kernel: str, rows: int, heads: int, stream: int, fields: dict) -> None:
-        launch_step(kernel, self.p.dtype, self.p.device, self.arch, rows, heads, self.p.batch, fields, stream)
-
-    def _convert(self, src, dst, name, src_rows, src_ld, heads, group, valid, n, factor, frag, stream) -> None:
-        self._step("bwd_convert", n, heads, stream, dict(
-            src=src.data.ptr, dst=dst.data.ptr, **_strides("dst", self.strides[name]), src_rows=src_rows,
-            src_ld=src_ld, group=group, rows_valid=valid, rows=n, heads=heads, head_dim=self.p.head_dim,
-            frag_rows=frag, factor=factor))
 
     def _dbias(self, dbias_accum):
         """The accumulator in the bias's shape: deterministic, its broadcast dimensions summed
@@ -259,15 +261,11 @@ def _dbias_layout(p: Problem, bias_shape: tuple, deterministic: bool):
     broad = tuple(st == 0 for st in p.variant.bias[1])
     full = (p.batch, p.heads_q, p.seqlen_q)
     dims = tuple(1 if b and not deterministic else n for b, n in zip(broad, full)) + (bias_shape[-1],)
-    contiguous = (dims[1] * dims[2] * dims[3], dims[2] * dims[3], dims[3])
-    return dims, tuple(0 if n == 1 else st for n, st in zip(dims[:3], contiguous))
+    return dims, tuple(0 if n == 1 else st for n, st in zip(dims[:3], api._contiguous_strides(dims)))
 
 
 _plans: dict[tuple, _Plan] = {}   # per call signature (_key)
 
-
-def _strides(prefix: str, bhs: tuple[int, int, int]) -> dict[str, int]:
-    return {f"{prefix}_s{d}": st for d, st in zip("bhs", bhs)}
 
 
 __all__ = ["attention_backward"]

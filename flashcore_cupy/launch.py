@@ -110,8 +110,8 @@ class Sm80FwdLaunch(_Launch):
     def build(cls, problem: Problem, config: Sm80FwdConfig, arch: str, num_sms: int,
               o_strides: tuple[int, int, int], return_lse: bool, defines: tuple[str, ...] = ()) -> "Sm80FwdLaunch":
         p = problem
-        strides = {f"{t}_s{d}": st for t, ts in zip("qkvo", (p.q_strides, p.k_strides, p.v_strides, o_strides))
-                   for d, st in zip("bhs", ts)}
+        strides = {k: st for t, ts in zip("qkvo", (p.q_strides, p.k_strides, p.v_strides, o_strides))
+                   for k, st in params.stride_values(t, ts).items()}
         scalars = dict(**strides, seqlen_q=p.seqlen_q, seqlen_k=p.seqlen_k, head_dim=p.head_dim,
                        heads_per_kv=p.heads_q // p.heads_kv, scale_log2=p.scale * math.log2(math.e),
                        causal=int(p.causal), **variant_scalars(p))
@@ -165,7 +165,7 @@ class Sm80BwdLaunch:
         per query head (the start's pointers then carry dq_sem)."""
         p = problem
         given = dict(q=p.q_strides, k=p.k_strides, v=p.v_strides, **strides)
-        scalars = {f"{t}_s{d}": st for t, ts in given.items() for d, st in zip("bhs", ts)}
+        scalars = {k: st for t, ts in given.items() for k, st in params.stride_values(t, ts).items()}
         scalars.update(seqlen_q=p.seqlen_q, seqlen_k=p.seqlen_k, head_dim=p.head_dim, heads=p.heads_q,
                        heads_kv=p.heads_kv, heads_per_kv=p.heads_q // p.heads_kv,
                        q_tiles=-(-p.seqlen_q // config.block_m), dkv_by_q_head=int(deterministic),
@@ -210,7 +210,7 @@ class Sm90BwdLaunch:
               strides: dict[str, tuple[int, int, int]]) -> "Sm90BwdLaunch":
         """strides: the (batch, head, seq) element strides of do, dk and dv."""
         p = problem
-        scalars = {f"{t}_s{d}": st for t in ("dk", "dv") for d, st in zip("bhs", strides[t])}
+        scalars = {**params.stride_values("dk", strides["dk"]), **params.stride_values("dv", strides["dv"])}
         scalars.update(seqlen_q=p.seqlen_q, seqlen_k=p.seqlen_k, head_dim=p.head_dim, heads=p.heads_q,
                        heads_kv=p.heads_kv, heads_per_kv=p.heads_q // p.heads_kv,
                        rows_pad=config.rows_pad(p.seqlen_q), scale_log2=p.scale * math.log2(math.e),
@@ -263,19 +263,41 @@ def sm90_bwd_blocker(p: Problem, arch: str, do_strides: tuple[int, int, int], de
     return None
 
 
-_STEP_SCHEMAS = {"bwd_prep": params.BWD_PREP, "bwd_convert": params.BWD_CONVERT}
+# The backward's steps: their schemas and the leading fields that are addresses (packed per call).
+_STEP_SCHEMAS = {"bwd_prep": (params.BWD_PREP, ("dout", "dq_accum")),
+                 "bwd_convert": (params.BWD_CONVERT, ("src", "dst"))}
 
 
-def launch_step(kernel: str, dtype: str, device: int, arch: str, grid_rows: int, heads: int, batch: int,
-                fields: dict, stream: int) -> None:
-    """One of the backward's steps (kernels/flash_bwd_steps.cu) over `grid_rows` rows of each
-    (batch, head), its params.BWD_PREP / BWD_CONVERT fields (addresses as ints) by name."""
-    config = BwdStepConfig(kernel, dtype)
-    schema = _STEP_SCHEMAS[kernel]
-    block = ParamBlock(schema.size)
-    schema.struct.pack_into(block.data, 0, *schema.values(fields))
-    _cu_launch(loader.get_function(config, device, arch), *config.grid(batch, heads, grid_rows), config.threads,
-               1, 1, 0, stream, block.argv, 0)
+@dataclass(frozen=True, eq=False)
+class StepLaunch:
+    """One of the backward's steps (kernels/flash_bwd_steps.cu) for one call signature: its
+    scalars packed once into its parameter block, its addresses (the schema's leading pointer
+    fields) per call."""
+    function: int            # CUfunction, compiled for the device
+    grid: tuple[int, int, int]
+    block: ParamBlock
+    pointers: tuple          # (offset, Struct) of the address fields
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @classmethod
+    def build(cls, kernel: str, dtype: str, device: int, arch: str, grid_rows: int, heads: int, batch: int,
+              scalars: dict) -> "StepLaunch":
+        """`kernel` ("bwd_prep" or "bwd_convert") over `grid_rows` rows of each (batch, head),
+        with its params.BWD_PREP / BWD_CONVERT fields but the addresses."""
+        config = BwdStepConfig(kernel, dtype)
+        schema, (first, last) = _STEP_SCHEMAS[kernel]
+        pointers = schema.run(first, last)
+        block = ParamBlock(schema.size)
+        names = schema.names[schema.names.index(first):schema.names.index(last) + 1]
+        schema.struct.pack_into(block.data, 0, *schema.values({**dict.fromkeys(names, 0), **scalars}))
+        return cls(loader.get_function(config, device, arch), config.grid(batch, heads, grid_rows), block, pointers)
+
+    def start(self, addresses: tuple[int, ...], stream: int) -> None:
+        """cuLaunchKernel on `stream` (a handle) with the address fields' values in order."""
+        offset, struct = self.pointers
+        with self._lock:
+            struct.pack_into(self.block.data, offset, *addresses)
+            _cu_launch(self.function, *self.grid, BwdStepConfig.threads, 1, 1, 0, stream, self.block.argv, 0)
 
 
 def variant_scalars(p: Problem) -> dict:

@@ -99,6 +99,11 @@ def _strides(prefix: str, doc: str) -> list[Field]:
     return [Field(f"{prefix}_sb", "i64", doc), Field(f"{prefix}_sh", "i64"), Field(f"{prefix}_ss", "i64")]
 
 
+def stride_values(prefix: str, bhs: tuple[int, int, int]) -> dict[str, int]:
+    """The values of _strides(prefix)'s fields: {prefix_sb, prefix_sh, prefix_ss}."""
+    return {f"{prefix}_s{d}": st for d, st in zip("bhs", bhs)}
+
+
 def _variant_fields() -> list[Field]:
     """A variant's run-time values (kernels/variant.cuh's score_mod reads them by these names,
     in either kernel's params); a plain kernel reads none of them."""

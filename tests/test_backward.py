@@ -136,3 +136,26 @@ def test_importing_the_package_leaves_torch_alone():
 
     code = "import sys, flashcore_cupy; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_step_launches_pack_their_scalars_once_and_addresses_per_call(monkeypatch):
+    """A StepLaunch's block holds its scalars from build; start writes the leading address fields
+    (every pointer of the schema, none of the rest) and launches it."""
+    from flashcore_cupy import launch
+
+    monkeypatch.setattr(launch.loader, "get_function", lambda config, device, arch: 1234)
+    launched = []
+    monkeypatch.setattr(launch, "_cu_launch", lambda *a: launched.append(a))
+    for kernel, (schema, (first, last)) in launch._STEP_SCHEMAS.items():
+        n = schema.names.index(last) + 1
+        assert schema.names[0] == first and all(f.ctype.endswith("*") for f in schema.fields[:n])
+        assert not any(f.ctype.endswith("*") for f in schema.fields[n:])
+        scalars = {name: i + 3 for i, name in enumerate(schema.names[n:])}
+        step = launch.StepLaunch.build(kernel, "fp16", 0, "sm_90a", 100, 5, 2, scalars)
+        assert step.grid == (4, 5, 2)   # 32 rows a block
+        for call in range(2):
+            addresses = tuple(0x1000 * (call + 1) + 16 * i for i in range(n))
+            step.start(addresses, stream=77)
+            values = schema.struct.unpack_from(step.block.data, 0)
+            assert values[:n] == addresses and values[n:] == tuple(scalars[name] for name in schema.names[n:])
+            assert launched[-1][0] == 1234 and launched[-1][1:4] == (4, 5, 2) and launched[-1][8] == 77
