@@ -91,6 +91,15 @@ def errors(data) -> list[str]:
     return out
 
 
+def timing_cells(rows: dict, shape: str, dtype: str, impls, mode: str) -> list[str]:
+    """Each implementation's "p50 µs (TFLOP/s)" on a row, "—" where it did not run."""
+    cells = []
+    for impl in impls:
+        r = rows.get((shape, dtype, impl, mode))
+        cells.append("—" if r is None else f"{r['us_p50']:.1f} ({r['tflops']:.0f})")
+    return cells
+
+
 def table(data, mode: str, shapes) -> list[str]:
     rows = _rows(data)
     out = ["| shape | dtype | floor µs | flashcore | flashcore sm80 | " + " | ".join(NAMES[p] for p in PEERS)
@@ -100,10 +109,7 @@ def table(data, mode: str, shapes) -> list[str]:
             fc = rows.get((s.name, dtype, "flashcore", mode))
             if fc is None:
                 continue
-            cells = []
-            for impl in ("flashcore", "flashcore_sm80") + PEERS:
-                r = rows.get((s.name, dtype, impl, mode))
-                cells.append("—" if r is None else f"{r['us_p50']:.1f} ({r['tflops']:.0f})")
+            cells = timing_cells(rows, s.name, dtype, ("flashcore", "flashcore_sm80") + PEERS, mode)
             for peer in ("sdpa_flash", "sdpa_cudnn"):
                 r = rows.get((s.name, dtype, peer, mode))
                 cells.append("—" if r is None else f"{r['us_p50'] / fc['us_p50']:.2f}×")
@@ -183,10 +189,7 @@ def backward_table(data, mode: str, shapes) -> list[str]:
             fc = rows.get((s.name, dtype, "flashcore", mode))
             if fc is None:
                 continue
-            cells = []
-            for impl in impls:
-                r = rows.get((s.name, dtype, impl, mode))
-                cells.append("—" if r is None else f"{r['us_p50']:.1f} ({r['tflops']:.0f})")
+            cells = timing_cells(rows, s.name, dtype, impls, mode)
             cu, det = rows.get((s.name, dtype, "sdpa_cudnn", mode)), rows.get((s.name, dtype, "flashcore_deterministic", mode))
             cells.append("—" if cu is None else f"{cu['us_p50'] / fc['us_p50']:.2f}×")
             cells.append("—" if det is None else f"{fc['us_p50'] / det['us_p50']:.2f}×")
