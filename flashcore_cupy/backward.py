@@ -47,8 +47,10 @@ def attention_backward(dout: Any, q: Any, k: Any, v: Any, out: Any, lse: Any, *,
     (q's, k's and v's shapes and dtype; any strides with a contiguous last dim).
     return_dbias=True (with a bias) adds dbias: float32, the bias's shape, summed over the
     dimensions it broadcasts (missing, size 1 or stride 0; repeated along a stride-0 one).
-    deterministic=True: the same bits on every run (dQ's adds in a fixed order, the GQA and
-    dbias sums on the host); the default adds with float32 atomics in whatever order they come.
+    deterministic=True: the same bits on every run (dQ's adds in a fixed order, GQA's and
+    dbias's sums in order); the default adds with float32 atomics in whatever order they come.
+    backend: "auto" (the Hopper kernel where it applies, else the portable one), "sm80" (the
+    portable kernel) or "sm90" (the Hopper kernel, or a ValueError saying why it cannot run).
     Runs on CuPy's current stream, on the arrays' device.
     """
     key = _key(dout, q, k, v, out, lse, dq, dk, dv, causal, scale, window, softcap, alibi_slopes, bias, layout,
@@ -58,7 +60,7 @@ def attention_backward(dout: Any, q: Any, k: Any, v: Any, out: Any, lse: Any, *,
     except TypeError:   # an unhashable option: validation names it
         plan = None
     if plan is None:
-        plan, (dout, q, k, v, out, lse, alibi_slopes, bias) = _validate(
+        plan, (dout, q, k, v, out, lse, dq, dk, dv, alibi_slopes, bias) = _validate(
             dout, q, k, v, out, lse, dq, dk, dv, causal, scale, window, softcap, alibi_slopes, bias, layout,
             deterministic, return_dbias, backend)
         if key is not None:
@@ -71,7 +73,7 @@ def attention_backward(dout: Any, q: Any, k: Any, v: Any, out: Any, lse: Any, *,
 def _validate(dout, q, k, v, out, lse, dq, dk, dv, causal, scale, window, softcap, alibi_slopes, bias, layout,
               deterministic, return_dbias, backend):
     """Every check of a call before any launch, and the plan for its signature; with the arrays as
-    CuPy arrays (DLPack ones converted)."""
+    CuPy arrays (DLPack ones converted; absent gradient buffers stay None)."""
     check_options(causal, scale, layout, False)
     if not isinstance(deterministic, bool):
         raise TypeError(f"deterministic must be a bool, got {type(deterministic).__name__}")
@@ -95,7 +97,7 @@ def _validate(dout, q, k, v, out, lse, dq, dk, dv, causal, scale, window, softca
     check_out(spec(dout, "dout"), p)
     check_out(spec(out, "out"), p)
     check_lse(spec(lse, "lse"), p)
-    grad_strides = []
+    grads, grad_strides = [], []
     for name, given, like in (("dq", dq, q), ("dk", dk, k), ("dv", dv, v)):
         if given is not None:
             given = api._as_device_array(given, name)
@@ -104,6 +106,7 @@ def _validate(dout, q, k, v, out, lse, dq, dk, dv, causal, scale, window, softca
         else:   # a C-contiguous array of like's shape
             fresh = TensorSpec(name, like.shape, api._contiguous_strides(like.shape), like.dtype, p.device, 0)
             grad_strides.append(layout_strides(fresh, layout))
+        grads.append(given)
     dev = api.device_info(p.device)
     check_capability(dev.capability, p.device)
     do_strides = layout_strides(spec(dout, "dout"), layout)
@@ -111,7 +114,7 @@ def _validate(dout, q, k, v, out, lse, dq, dk, dv, causal, scale, window, softca
     plan = _Plan.build(p, config, dev.arch, do_strides, layout_strides(spec(out, "out"), layout), *grad_strides,
                        deterministic, bool(return_dbias), None if bias is None else bias.shape,
                        _bhsd_view(k, layout).shape[2])
-    return plan, (dout, q, k, v, out, lse, alibi_slopes, bias)
+    return plan, (dout, q, k, v, out, lse, *grads, alibi_slopes, bias)
 
 
 def _key(dout, q, k, v, out, lse, dq, dk, dv, causal, scale, window, softcap, alibi_slopes, bias, layout,

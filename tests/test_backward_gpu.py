@@ -163,6 +163,26 @@ def test_deterministic_mode_gives_the_same_bits(rng):
         assert all(bool(cupy.array_equal(a, b)) for a, b in zip(first, again))
 
 
+class _CudaArrayInterface:
+    """A GPU array known only by __cuda_array_interface__ (not a cupy.ndarray)."""
+
+    def __init__(self, a):
+        self.__cuda_array_interface__ = a.__cuda_array_interface__
+
+
+def test_gradient_buffers_given_through_the_array_interface_are_written(rng):
+    """dq=, dk=, dv= that are not CuPy arrays are converted zero-copy and written in place."""
+    import cupy
+
+    q, k, v, dout, out, lse = _grads(rng, "fp16", 64, "bhsd", (1, 2, 2), (70, 90), causal=True)[0]
+    bufs = [cupy.full(x.shape, np.nan, dtype=x.dtype) for x in (q, k, v)]
+    ref = fc.attention_backward(dout, q, k, v, out, lse, causal=True)
+    fc.attention_backward(dout, q, k, v, out, lse, causal=True, dq=_CudaArrayInterface(bufs[0]),
+                          dk=_CudaArrayInterface(bufs[1]), dv=_CudaArrayInterface(bufs[2]))
+    for got, want in zip(bufs, ref):
+        assert reference.rel_error(got, want.get().astype(np.float64)) < 1e-2
+
+
 @pytest.mark.parametrize("backend", ["auto", "sm80"])
 def test_a_repeated_signature_runs_on_its_new_arrays(rng, backend):
     """The second call of a signature takes the first's plan (and on Hopper its tensor maps are
