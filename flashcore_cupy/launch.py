@@ -184,9 +184,11 @@ class Sm80BwdLaunch:
                    block.argv, 0)
 
 
-# The Hopper backward's argument (params.BWD_SM90): the q, k, v and dout maps encoded once per
-# address quadruple (as the forward's), the rest packed after them per call.
+# The Hopper backward's argument (params.BWD_SM90): the q, k, v and dout maps encoded and the
+# scalars packed once per address quadruple (as the forward's), the other addresses (lse ..
+# dv_accum) per call.
 _BWD_SM90_TAIL_AT, _BWD_SM90_TAIL = params.BWD_SM90.run("lse")
+_BWD_SM90_POINTERS_AT, _BWD_SM90_POINTERS = params.BWD_SM90.run("lse", "dv_accum")
 assert params.BWD_SM90.offsets["lse"] == 4 * tma.MAP_BYTES
 
 
@@ -221,7 +223,6 @@ class Sm90BwdLaunch:
     def start(self, maps: tuple[int, int, int, int], pointers: dict[str, int], stream: int) -> None:
         """cuLaunchKernel on `stream` (a handle): maps are the q, k, v and dout addresses, pointers
         the other arrays' by field name (absent: 0)."""
-        values = {**dict.fromkeys(self.POINTERS, 0), **pointers, **self.scalars}
         with self._lock:
             block = self._blocks.get(maps)
             if block is None:
@@ -229,7 +230,10 @@ class Sm90BwdLaunch:
                     del self._blocks[next(iter(self._blocks))]   # the oldest
                 block = self._blocks[maps] = ParamBlock(params.BWD_SM90.size)
                 tma.encode_maps(block.data, self.config.dtype, self.specs, maps)
-            _BWD_SM90_TAIL.pack_into(block.data, _BWD_SM90_TAIL_AT, *params.BWD_SM90.values(values, "lse"))
+                _BWD_SM90_TAIL.pack_into(block.data, _BWD_SM90_TAIL_AT, *params.BWD_SM90.values(
+                    {**dict.fromkeys(self.POINTERS, 0), **self.scalars}, "lse"))
+            _BWD_SM90_POINTERS.pack_into(block.data, _BWD_SM90_POINTERS_AT,
+                                         *(pointers.get(name, 0) for name in self.POINTERS))
             _cu_launch(self.function, *self.grid, self.config.threads, 1, 1, self.config.smem_bytes, stream,
                        block.argv, 0)
 

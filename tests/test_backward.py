@@ -159,3 +159,25 @@ def test_step_launches_pack_their_scalars_once_and_addresses_per_call(monkeypatc
             values = schema.struct.unpack_from(step.block.data, 0)
             assert values[:n] == addresses and values[n:] == tuple(scalars[name] for name in schema.names[n:])
             assert launched[-1][0] == 1234 and launched[-1][1:4] == (4, 5, 2) and launched[-1][8] == 77
+
+
+def test_hopper_launch_packs_scalars_per_block_and_addresses_per_call(monkeypatch):
+    """Sm90BwdLaunch: a block per maps' addresses with the scalars packed when it is made; each
+    call writes the other addresses (POINTERS, in the schema's order) over the last call's."""
+    from flashcore_cupy import launch, params
+
+    schema = params.BWD_SM90
+    first = schema.names.index("lse")
+    assert schema.names[first:first + len(launch.Sm90BwdLaunch.POINTERS)] == launch.Sm90BwdLaunch.POINTERS
+    encoded, launched = [], []
+    monkeypatch.setattr(launch.tma, "encode_maps", lambda data, dtype, specs, maps: encoded.append(maps))
+    monkeypatch.setattr(launch, "_cu_launch", lambda *a: launched.append(a))
+    scalars = {name: 7 for name in schema.names[first + len(launch.Sm90BwdLaunch.POINTERS):]}
+    run = launch.Sm90BwdLaunch(configs.Sm90BwdConfig("fp16", 64), 99, 0, (2, 3, 4), scalars, ())
+    for call, lse in enumerate((0x100, 0x200)):
+        run.start((1, 2, 3, 4), dict(lse=lse, dk=0x300 + call), stream=5)
+        block = run._blocks[(1, 2, 3, 4)]
+        values = dict(zip(schema.names[first:], schema.run("lse")[1].unpack_from(block.data, schema.offsets["lse"])))
+        assert values["lse"] == lse and values["dk"] == 0x300 + call and values["delta"] == 0
+        assert values["seqlen_q"] == 7 and values["scale"] == 7.0
+    assert encoded == [(1, 2, 3, 4)] and len(launched) == 2 and launched[-1][0] == 99
