@@ -147,15 +147,22 @@ class Sm80VariantLaunch(Sm80FwdLaunch):
 @dataclass(frozen=True, eq=False)
 class Sm80BwdLaunch:
     """A launch of the portable backward (kernels/flash_bwd_sm80.cu) for one call signature:
-    its scalars packed with the call's addresses into params.BWD_SM80 per call."""
+    its scalars packed once into its parameter block, the call's addresses per call (q .. dq_sem,
+    and a variant's slopes and bias)."""
     config: Sm80BwdConfig
     function: int            # CUfunction, compiled for `device`
     device: int
     grid: tuple[int, int, int]
     scalars: dict            # every field but the pointers, by name
+    _block: ParamBlock = field(default_factory=lambda: ParamBlock(params.BWD_SM80.size), repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     POINTERS = ("q", "k", "v", "dout", "lse", "delta", "dq_accum", "dk", "dv", "dk_accum", "dv_accum",
-                "dbias", "dq_sem", "alibi", "bias")
+                "dbias", "dq_sem")   # the schema's leading fields; then alibi and bias among the variant's
+
+    def __post_init__(self):
+        params.BWD_SM80.struct.pack_into(self._block.data, 0, *params.BWD_SM80.values(
+            {**dict.fromkeys(self.POINTERS + ("alibi", "bias"), 0), **self.scalars}))
 
     @classmethod
     def build(cls, problem: Problem, config: Sm80BwdConfig, arch: str,
@@ -177,11 +184,17 @@ class Sm80BwdLaunch:
     def start(self, pointers: dict[str, int], stream: int) -> None:
         """cuLaunchKernel on `stream` (a handle) with the arrays' addresses by field name (absent:
         0). The driver copies the parameter block at launch."""
-        block = ParamBlock(params.BWD_SM80.size)
-        values = {**dict.fromkeys(self.POINTERS, 0), **pointers, **self.scalars}
-        params.BWD_SM80.struct.pack_into(block.data, 0, *params.BWD_SM80.values(values))
-        _cu_launch(self.function, *self.grid, self.config.threads, 1, 1, self.config.smem_bytes, stream,
-                   block.argv, 0)
+        with self._lock:
+            _BWD_SM80_POINTERS.pack_into(self._block.data, _BWD_SM80_POINTERS_AT,
+                                         *(pointers.get(name, 0) for name in self.POINTERS))
+            _pack_arrays(self._block.data, _BWD_SM80_ARRAYS,
+                         (0, 0, 0, pointers.get("alibi", 0), pointers.get("bias", 0)))
+            _cu_launch(self.function, *self.grid, self.config.threads, 1, 1, self.config.smem_bytes, stream,
+                       self._block.argv, 0)
+
+
+_BWD_SM80_POINTERS_AT, _BWD_SM80_POINTERS = params.BWD_SM80.run("q", "dq_sem")
+_BWD_SM80_ARRAYS = _array_packers(params.BWD_SM80)
 
 
 # The Hopper backward's argument (params.BWD_SM90): the q, k, v and dout maps encoded and the

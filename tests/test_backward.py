@@ -181,3 +181,22 @@ def test_hopper_launch_packs_scalars_per_block_and_addresses_per_call(monkeypatc
         assert values["lse"] == lse and values["dk"] == 0x300 + call and values["delta"] == 0
         assert values["seqlen_q"] == 7 and values["scale"] == 7.0
     assert encoded == [(1, 2, 3, 4)] and len(launched) == 2 and launched[-1][0] == 99
+
+
+def test_portable_launch_packs_scalars_once_and_addresses_per_call(monkeypatch):
+    """Sm80BwdLaunch: its block holds the scalars from the start; each call writes q .. dq_sem
+    (the schema's leading fields) and the variant's slope and bias addresses."""
+    from flashcore_cupy import launch, params
+
+    schema = params.BWD_SM80
+    assert schema.names[:len(launch.Sm80BwdLaunch.POINTERS)] == launch.Sm80BwdLaunch.POINTERS
+    launched = []
+    monkeypatch.setattr(launch, "_cu_launch", lambda *a: launched.append(a))
+    scalars = {n: 5 for n in schema.names if n not in launch.Sm80BwdLaunch.POINTERS + ("alibi", "bias")}
+    run = launch.Sm80BwdLaunch(configs.bwd_config("fp16", 64), 9, 0, (1, 2, 3), scalars)
+    for call in range(2):
+        run.start(dict(q=0x10 + call, dq_sem=0x20, bias=0x30 + call), stream=7)
+        values = dict(zip(schema.names, schema.struct.unpack_from(run._block.data, 0)))
+        assert values["q"] == 0x10 + call and values["dq_sem"] == 0x20 and values["k"] == 0
+        assert values["bias"] == 0x30 + call and values["alibi"] == 0 and values["seqlen_q"] == 5
+    assert len(launched) == 2 and launched[-1][0] == 9 and launched[-1][8] == 7
