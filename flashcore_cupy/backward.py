@@ -7,10 +7,10 @@ out, lse and the gradient buffers; then three launches on CuPy's current stream:
      units (+inf for a row that saw no key), padded to whole query tiles, and the float32 dQ
      accumulator zeroed (with GQA, float32 dK / dV accumulators zeroed beside it);
   2. the main kernel: a CTA per key tile of one (batch, query head) over the query tiles that
-     see it, dQ added into its accumulator by float32 reductions. On H100/H200, plain masks
-     at head dims up to 128: kernels/flash_bwd_sm90.cu (TMA, wgmma, warp specialisation);
-     otherwise, and for the variants and deterministic=True (dQ's adds ordered by a
-     semaphore per query tile), kernels/flash_bwd_sm80.cu;
+     see it, dQ added into its accumulator by float32 reductions (deterministic=True: in key
+     tile order, a semaphore per query tile). On H100/H200, plain masks at head dims up to
+     128: kernels/flash_bwd_sm90.cu (TMA, wgmma, warp specialisation); otherwise, and for the
+     variants, kernels/flash_bwd_sm80.cu;
   3. bwd_convert: dq = scale * dQ in the inputs' type (and GQA's dK / dV sums into dk, dv).
 """
 
@@ -110,7 +110,7 @@ def _validate(dout, q, k, v, out, lse, dq, dk, dv, causal, scale, window, softca
     dev = api.device_info(p.device)
     check_capability(dev.capability, p.device)
     do_strides = layout_strides(spec(dout, "dout"), layout)
-    config = _choose(p, dev.arch, do_strides, deterministic, backend)
+    config = _choose(p, dev.arch, do_strides, backend)
     plan = _Plan.build(p, config, dev.arch, do_strides, layout_strides(spec(out, "out"), layout), *grad_strides,
                        deterministic, bool(return_dbias), None if bias is None else bias.shape,
                        _bhsd_view(k, layout).shape[2])
@@ -141,11 +141,10 @@ def _key(dout, q, k, v, out, lse, dq, dk, dv, causal, scale, window, softcap, al
 _BACKENDS = ("auto", "sm80", "sm90")
 
 
-def _choose(p: Problem, arch: str, do_strides: tuple[int, int, int], deterministic: bool,
-            backend: str) -> Sm80BwdConfig | Sm90BwdConfig:
+def _choose(p: Problem, arch: str, do_strides: tuple[int, int, int], backend: str) -> Sm80BwdConfig | Sm90BwdConfig:
     """The kernel for `p`: the Hopper one where it applies (backend "auto" or "sm90"), else the
     portable one."""
-    blocker = None if backend == "sm80" else sm90_bwd_blocker(p, arch, do_strides, deterministic)
+    blocker = None if backend == "sm80" else sm90_bwd_blocker(p, arch, do_strides)
     if backend == "sm90" and blocker:
         raise ValueError(f"backend='sm90' cannot run this backward: {blocker}; use backend='auto'")
     if backend == "sm80" or blocker:
@@ -177,7 +176,8 @@ class _Plan:
         # dQ's accumulator: the Hopper kernel's rows are its template head dim long (whole blocks).
         dq_cols = config.head_dim if hopper else p.head_dim
         if hopper:
-            main = Sm90BwdLaunch.build(p, config, arch, dict(do=do_strides, dk=dk_strides, dv=dv_strides))
+            main = Sm90BwdLaunch.build(p, config, arch, dict(do=do_strides, dk=dk_strides, dv=dv_strides),
+                                       deterministic)
         else:
             dbias_strides = _dbias_layout(p, bias_shape, deterministic)[1] if want_dbias else (0, 0, 0)
             main = Sm80BwdLaunch.build(p, config, arch, dict(
@@ -223,11 +223,12 @@ class _Plan:
             pointers = dict(lse=lse2.data.ptr, delta=delta.data.ptr, dq_accum=dq_accum.data.ptr, dk=dk.data.ptr,
                             dv=dv.data.ptr, dk_accum=address(kv_accum[0]), dv_accum=address(kv_accum[1]))
             dbias_accum = None
+            dq_sem = cupy.zeros((p.batch, p.heads_q, self.rows // self.config.block_m), cupy.int32) \
+                if self.deterministic else None
             if isinstance(self.main, Sm90BwdLaunch):
-                self.main.start((q.data.ptr, k.data.ptr, v.data.ptr, dout.data.ptr), pointers, stream)
+                self.main.start((q.data.ptr, k.data.ptr, v.data.ptr, dout.data.ptr),
+                                dict(pointers, dq_sem=address(dq_sem)), stream)
             else:
-                dq_sem = cupy.zeros((p.batch, p.heads_q, self.rows // self.config.block_m), cupy.int32) \
-                    if self.deterministic else None
                 if self.want_dbias:
                     dbias_accum = cupy.zeros(_dbias_layout(p, self.bias_shape, self.deterministic)[0], f32)
                 self.main.start(dict(pointers, q=q.data.ptr, k=k.data.ptr, v=v.data.ptr, dout=dout.data.ptr,

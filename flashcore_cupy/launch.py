@@ -218,18 +218,19 @@ class Sm90BwdLaunch:
     _blocks: dict = field(default_factory=dict, repr=False)   # maps' addresses -> ParamBlock
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    POINTERS = ("lse", "delta", "dq_accum", "dk", "dv", "dk_accum", "dv_accum")
+    POINTERS = ("lse", "delta", "dq_accum", "dk", "dv", "dk_accum", "dv_accum", "dq_sem")
 
     @classmethod
     def build(cls, problem: Problem, config: Sm90BwdConfig, arch: str,
-              strides: dict[str, tuple[int, int, int]]) -> "Sm90BwdLaunch":
-        """strides: the (batch, head, seq) element strides of do, dk and dv."""
+              strides: dict[str, tuple[int, int, int]], deterministic: bool = False) -> "Sm90BwdLaunch":
+        """strides: the (batch, head, seq) element strides of do, dk and dv. deterministic: GQA
+        accumulators per query head (the start's pointers then carry dq_sem)."""
         p = problem
         scalars = {**params.stride_values("dk", strides["dk"]), **params.stride_values("dv", strides["dv"])}
         scalars.update(seqlen_q=p.seqlen_q, seqlen_k=p.seqlen_k, head_dim=p.head_dim, heads=p.heads_q,
                        heads_kv=p.heads_kv, heads_per_kv=p.heads_q // p.heads_kv,
-                       rows_pad=config.rows_pad(p.seqlen_q), scale_log2=p.scale * math.log2(math.e),
-                       scale=p.scale, causal=int(p.causal))
+                       rows_pad=config.rows_pad(p.seqlen_q), dkv_by_q_head=int(deterministic),
+                       scale_log2=p.scale * math.log2(math.e), scale=p.scale, causal=int(p.causal))
         return cls(config, loader.get_function(config, p.device, arch), p.device,
                    config.grid(p.batch, p.heads_q, p.seqlen_k), scalars, sm90_bwd_map_specs(p, config, strides["do"]))
 
@@ -262,7 +263,7 @@ def sm90_bwd_map_specs(p: Problem, config: Sm90BwdConfig, do_strides: tuple[int,
             tma.map_spec(q_shape, do_strides, 2, config.block_m))
 
 
-def sm90_bwd_blocker(p: Problem, arch: str, do_strides: tuple[int, int, int], deterministic: bool) -> str | None:
+def sm90_bwd_blocker(p: Problem, arch: str, do_strides: tuple[int, int, int]) -> str | None:
     """Why the Hopper backward cannot run `p` on `arch`, or None."""
     if arch != SM90_ARCH:
         return f"it needs an sm_90 GPU (H100/H200); this device compiles for {arch}"
@@ -270,8 +271,6 @@ def sm90_bwd_blocker(p: Problem, arch: str, do_strides: tuple[int, int, int], de
         return f"head_dim {p.head_dim} is over {SM90_BWD_HEAD_DIMS[-1]}"
     if not p.kernel_variant.plain:
         return "its variants (window, softcap, ALiBi, bias) run on the portable kernel for now"
-    if deterministic:
-        return "deterministic=True runs on the portable kernel for now"
     config = Sm90BwdConfig(p.dtype, 64 if p.head_dim <= 64 else 128)
     for name, spec in zip(("q", "k", "v", "dout"), sm90_bwd_map_specs(p, config, do_strides)):
         reason = tma.unsupported_reason(spec)

@@ -153,16 +153,31 @@ flash_bwd_sm90(const __grid_constant__ Sm90BwdParams p) {
         if (threadIdx.x == 32 && n_tiles > 0) {
             // The dQ reducer: each tile's blocks, once stored, added into the accumulator (its
             // tile's rows hold the consumers' blocks one after the other, in fragment order:
-            // bwd_convert reads them back), and released once read.
+            // bwd_convert reads them back), and released once read. Deterministic (dq_sem): the
+            // key tiles add into a query tile in order, 0 first (under the plain mask every
+            // query tile a CTA visits is visited by all the key tiles before it): wait for the
+            // tile's count to reach this key tile, add, wait for the adds to complete, count on.
             for (int t = 0; t < n_tiles; ++t) {
-                float* dst = p.dq_accum + (bh * p.rows_pad + row_first + t * BLOCK_M) * HEAD_DIM;
+                const int row0 = row_first + t * BLOCK_M;
+                float* dst = p.dq_accum + (bh * p.rows_pad + row0) * HEAD_DIM;
+                int* sem = p.dq_sem == nullptr ? nullptr : p.dq_sem + bh * (p.rows_pad / BLOCK_M) + row0 / BLOCK_M;
                 for (int c = 0; c < Tile::kConsumers; ++c) {
                     mbar_wait(bar.dq_full(c), t & 1);
+                    if (c == 0 && sem != nullptr) {
+                        while (ld_acquire(sem) != static_cast<int>(blockIdx.y)) {}
+                        fence_async_global();   // the adds below after the count's acquire
+                    }
                     bulk_reduce_add(dst + c * (Tile::kDQBytes / 4), sbase + Tile::kOffDQ + c * Tile::kDQBytes,
                                     Tile::kDQBytes);
                 }
                 bulk_commit();
-                bulk_wait_read<0>();
+                if (sem != nullptr) {
+                    bulk_wait<0>();         // the adds are done (not only read)
+                    fence_async_global();   // and ordered before the count's release
+                    red_release_add(sem, 1);
+                } else {
+                    bulk_wait_read<0>();
+                }
                 for (int c = 0; c < Tile::kConsumers; ++c) mbar_arrive(bar.dq_empty(c));
             }
             bulk_wait<0>();
@@ -289,7 +304,10 @@ flash_bwd_sm90(const __grid_constant__ Sm90BwdParams p) {
                 *reinterpret_cast<u32*>(p.dk + batch * p.dk_sb + head_kv * p.dk_sh + key * p.dk_ss + col) = pack2<T>(k0, k1);
                 *reinterpret_cast<u32*>(p.dv + batch * p.dv_sb + head_kv * p.dv_sh + key * p.dv_ss + col) = pack2<T>(v0, v1);
             } else {
-                const i64 at = ((static_cast<i64>(batch) * p.heads_kv + head_kv) * seqlen_k + key) * p.head_dim + col;
+                // per kv head (atomics over its group), or deterministic per query head (each
+                // element added once; bwd_convert sums the group in order)
+                const int acc_head = p.dkv_by_q_head ? head : head_kv, acc_heads = p.dkv_by_q_head ? p.heads : p.heads_kv;
+                const i64 at = ((static_cast<i64>(batch) * acc_heads + acc_head) * seqlen_k + key) * p.head_dim + col;
                 red_add2(p.dk_accum + at, k0, k1);
                 red_add2(p.dv_accum + at, v0, v1);
             }

@@ -22,6 +22,7 @@ struct Sm90BwdParams {
     u16* dv;
     float* dk_accum;    // GQA: float32 (batch, kv head, seq, head_dim) sums; else null
     float* dv_accum;
+    int* dq_sem;        // deterministic: a zeroed count per (batch, head, query tile); else null
     i64 dk_sb;          // (batch, head, seq) strides, elements
     i64 dk_sh;
     i64 dk_ss;
@@ -35,6 +36,7 @@ struct Sm90BwdParams {
     int heads_kv;
     int heads_per_kv;
     int rows_pad;       // Sq rounded up to the query tile
+    int dkv_by_q_head;  // GQA accumulators per query head (deterministic), else per kv head
     float scale_log2;   // scale * log2(e)
     float scale;
     int causal;
@@ -51,21 +53,23 @@ static_assert(FC_OFFSETOF(Sm90BwdParams, dk) == 536, "Sm90BwdParams::dk");
 static_assert(FC_OFFSETOF(Sm90BwdParams, dv) == 544, "Sm90BwdParams::dv");
 static_assert(FC_OFFSETOF(Sm90BwdParams, dk_accum) == 552, "Sm90BwdParams::dk_accum");
 static_assert(FC_OFFSETOF(Sm90BwdParams, dv_accum) == 560, "Sm90BwdParams::dv_accum");
-static_assert(FC_OFFSETOF(Sm90BwdParams, dk_sb) == 568, "Sm90BwdParams::dk_sb");
-static_assert(FC_OFFSETOF(Sm90BwdParams, dk_sh) == 576, "Sm90BwdParams::dk_sh");
-static_assert(FC_OFFSETOF(Sm90BwdParams, dk_ss) == 584, "Sm90BwdParams::dk_ss");
-static_assert(FC_OFFSETOF(Sm90BwdParams, dv_sb) == 592, "Sm90BwdParams::dv_sb");
-static_assert(FC_OFFSETOF(Sm90BwdParams, dv_sh) == 600, "Sm90BwdParams::dv_sh");
-static_assert(FC_OFFSETOF(Sm90BwdParams, dv_ss) == 608, "Sm90BwdParams::dv_ss");
-static_assert(FC_OFFSETOF(Sm90BwdParams, seqlen_q) == 616, "Sm90BwdParams::seqlen_q");
-static_assert(FC_OFFSETOF(Sm90BwdParams, seqlen_k) == 620, "Sm90BwdParams::seqlen_k");
-static_assert(FC_OFFSETOF(Sm90BwdParams, head_dim) == 624, "Sm90BwdParams::head_dim");
-static_assert(FC_OFFSETOF(Sm90BwdParams, heads) == 628, "Sm90BwdParams::heads");
-static_assert(FC_OFFSETOF(Sm90BwdParams, heads_kv) == 632, "Sm90BwdParams::heads_kv");
-static_assert(FC_OFFSETOF(Sm90BwdParams, heads_per_kv) == 636, "Sm90BwdParams::heads_per_kv");
-static_assert(FC_OFFSETOF(Sm90BwdParams, rows_pad) == 640, "Sm90BwdParams::rows_pad");
-static_assert(FC_OFFSETOF(Sm90BwdParams, scale_log2) == 644, "Sm90BwdParams::scale_log2");
-static_assert(FC_OFFSETOF(Sm90BwdParams, scale) == 648, "Sm90BwdParams::scale");
-static_assert(FC_OFFSETOF(Sm90BwdParams, causal) == 652, "Sm90BwdParams::causal");
+static_assert(FC_OFFSETOF(Sm90BwdParams, dq_sem) == 568, "Sm90BwdParams::dq_sem");
+static_assert(FC_OFFSETOF(Sm90BwdParams, dk_sb) == 576, "Sm90BwdParams::dk_sb");
+static_assert(FC_OFFSETOF(Sm90BwdParams, dk_sh) == 584, "Sm90BwdParams::dk_sh");
+static_assert(FC_OFFSETOF(Sm90BwdParams, dk_ss) == 592, "Sm90BwdParams::dk_ss");
+static_assert(FC_OFFSETOF(Sm90BwdParams, dv_sb) == 600, "Sm90BwdParams::dv_sb");
+static_assert(FC_OFFSETOF(Sm90BwdParams, dv_sh) == 608, "Sm90BwdParams::dv_sh");
+static_assert(FC_OFFSETOF(Sm90BwdParams, dv_ss) == 616, "Sm90BwdParams::dv_ss");
+static_assert(FC_OFFSETOF(Sm90BwdParams, seqlen_q) == 624, "Sm90BwdParams::seqlen_q");
+static_assert(FC_OFFSETOF(Sm90BwdParams, seqlen_k) == 628, "Sm90BwdParams::seqlen_k");
+static_assert(FC_OFFSETOF(Sm90BwdParams, head_dim) == 632, "Sm90BwdParams::head_dim");
+static_assert(FC_OFFSETOF(Sm90BwdParams, heads) == 636, "Sm90BwdParams::heads");
+static_assert(FC_OFFSETOF(Sm90BwdParams, heads_kv) == 640, "Sm90BwdParams::heads_kv");
+static_assert(FC_OFFSETOF(Sm90BwdParams, heads_per_kv) == 644, "Sm90BwdParams::heads_per_kv");
+static_assert(FC_OFFSETOF(Sm90BwdParams, rows_pad) == 648, "Sm90BwdParams::rows_pad");
+static_assert(FC_OFFSETOF(Sm90BwdParams, dkv_by_q_head) == 652, "Sm90BwdParams::dkv_by_q_head");
+static_assert(FC_OFFSETOF(Sm90BwdParams, scale_log2) == 656, "Sm90BwdParams::scale_log2");
+static_assert(FC_OFFSETOF(Sm90BwdParams, scale) == 660, "Sm90BwdParams::scale");
+static_assert(FC_OFFSETOF(Sm90BwdParams, causal) == 664, "Sm90BwdParams::causal");
 
 }  // namespace fc

@@ -89,6 +89,22 @@ __device__ __forceinline__ void bulk_wait() {
     asm volatile("cp.async.bulk.wait_group %0;" :: "n"(N) : "memory");
 }
 
+// Orders this thread's async-proxy global accesses (bulk copies and reductions) with its
+// generic ones (a flag's acquire before, its release after).
+__device__ __forceinline__ void fence_async_global() {
+    asm volatile("fence.proxy.async.global;" ::: "memory");
+}
+
+__device__ __forceinline__ int ld_acquire(const int* flag) {
+    int v;
+    asm volatile("ld.acquire.gpu.global.b32 %0, [%1];" : "=r"(v) : "l"(flag) : "memory");
+    return v;
+}
+
+__device__ __forceinline__ void red_release_add(int* flag, int v) {
+    asm volatile("red.release.gpu.global.add.s32 [%0], %1;" :: "l"(flag), "r"(v) : "memory");
+}
+
 // Two float32 adds into global memory (8-byte aligned) as one vector reduction (sm_90).
 __device__ __forceinline__ void red_add2(float* dst, float a, float b) {
     asm volatile("red.global.add.v2.f32 [%0], {%1, %2};" :: "l"(dst), "f"(a), "f"(b) : "memory");

@@ -44,23 +44,22 @@ def test_hopper_tiles_give_each_consumer_one_dq_block():
     assert configs.Sm90BwdConfig("bf16", 128).grid(batch=3, heads_q=5, seqlen_k=129) == (5, 2, 3)
 
 
-def _dispatch(arch, deterministic=False, backend="auto", head_dim=64, **opts):
+def _dispatch(arch, backend="auto", head_dim=64, **opts):
     from flashcore_cupy import backward
     q = spec("q", (2, 4, 100, head_dim))
     k, v = spec("k", (2, 2, 80, head_dim)), spec("v", (2, 2, 80, head_dim))
     p = check_problem(q, k, v, causal=True, scale=None, layout="bhsd", **opts)
-    return backward._choose(p, arch, q.strides[:3], deterministic, backend)
+    return backward._choose(p, arch, q.strides[:3], backend)
 
 
 def test_dispatch_takes_the_hopper_kernel_where_it_applies():
     assert isinstance(_dispatch("sm_90a"), configs.Sm90BwdConfig)
     assert _dispatch("sm_90a", head_dim=96).head_dim == 128
     assert isinstance(_dispatch("sm_90a", backend="sm80"), configs.Sm80BwdConfig)
-    for arch, kw in (("sm_80", {}), ("sm_90a", dict(deterministic=True)), ("sm_90a", dict(head_dim=160)),
-                     ("sm_90a", dict(window=(16, 0)))):
+    for arch, kw in (("sm_80", {}), ("sm_90a", dict(head_dim=160)), ("sm_90a", dict(window=(16, 0)))):
         assert isinstance(_dispatch(arch, **kw), configs.Sm80BwdConfig), (arch, kw)
-    with pytest.raises(ValueError, match="backend='sm90' cannot run this backward: deterministic=True runs on"):
-        _dispatch("sm_90a", deterministic=True, backend="sm90")
+    with pytest.raises(ValueError, match="backend='sm90' cannot run this backward: its variants"):
+        _dispatch("sm_90a", backend="sm90", window=(16, 0))
     with pytest.raises(ValueError, match="needs an sm_90 GPU"):
         _dispatch("sm_89", backend="sm90")
 
