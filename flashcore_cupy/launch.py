@@ -201,7 +201,7 @@ _BWD_SM80_ARRAYS = _array_packers(params.BWD_SM80)
 # scalars packed once per address quadruple (as the forward's), the other addresses (lse ..
 # dv_accum) per call.
 _BWD_SM90_TAIL_AT, _BWD_SM90_TAIL = params.BWD_SM90.run("lse")
-_BWD_SM90_POINTERS_AT, _BWD_SM90_POINTERS = params.BWD_SM90.run("lse", "dv_accum")
+_BWD_SM90_POINTERS_AT, _BWD_SM90_POINTERS = params.BWD_SM90.run("lse", "dq_sem")
 assert params.BWD_SM90.offsets["lse"] == 4 * tma.MAP_BYTES
 
 
