@@ -5,6 +5,7 @@
 #   bash scripts/dev/backward_run.sh
 # PROBE_ARGS adds backward_probe.py options (--config dq_keys=1, --ablate NO_DQ, --shapes ...);
 # BENCH_SHAPES (space-separated) runs `bench --direction ${DIRECTION:-backward}` on those rows;
+# NCU_SHAPES (space-separated) profiles the Hopper backward's main kernel on those rows (ncu --set full);
 # PYTEST=0 / SANITIZE=0 skip those steps.
 set -uo pipefail
 source "$(dirname "$0")/../steps.sh"
@@ -20,6 +21,10 @@ if [ "${SANITIZE:-1}" = 1 ]; then
     step sanitizer.txt timeout 90 compute-sanitizer --tool $tool --error-exitcode 3 python3 scripts/sanitize_case.py
   done
 fi
+for shape in ${NCU_SHAPES:-}; do
+  step "ncu_$shape.txt" timeout 150 ncu --clock-control none --set full -k regex:flash_bwd_sm90 \
+    --launch-skip 2 --launch-count 1 python3 scripts/profile_case.py "$shape" fp16 backward
+done
 if [ -n "${BENCH_SHAPES:-}" ]; then
   args=(); for s in $BENCH_SHAPES; do args+=(--shape "$s"); done
   step bench.txt python3 -m flashcore_cupy bench --direction "${DIRECTION:-backward}" "${args[@]}" \
