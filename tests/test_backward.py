@@ -199,3 +199,26 @@ def test_portable_launch_packs_scalars_once_and_addresses_per_call(monkeypatch):
         assert values["q"] == 0x10 + call and values["dq_sem"] == 0x20 and values["k"] == 0
         assert values["bias"] == 0x30 + call and values["alibi"] == 0 and values["seqlen_q"] == 5
     assert len(launched) == 2 and launched[-1][0] == 9 and launched[-1][8] == 7
+
+
+@pytest.mark.parametrize("arch, deterministic, heads_kv", [("sm_90a", False, 4), ("sm_90a", True, 2),
+                                                          ("sm_80", False, 2), ("sm_80", True, 4)])
+def test_plan_builds_its_launches(monkeypatch, arch, deterministic, heads_kv):
+    """_Plan.build for each kernel family (the compile stubbed: the launches' packing runs as on
+    a GPU): the prep step, the main kernel's launch and a convert per gradient that needs one."""
+    from flashcore_cupy import backward, launch
+    from flashcore_cupy.validation import Problem
+
+    monkeypatch.setattr(launch.loader, "get_function", lambda *a, **k: 1)
+    p = Problem(batch=2, heads_q=4, heads_kv=heads_kv, seqlen_q=300, seqlen_k=200, head_dim=128, dtype="bf16",
+                causal=True, scale=0.1, layout="bhsd", device=0, q_strides=(4 * 300 * 128, 300 * 128, 128),
+                k_strides=(heads_kv * 200 * 128, 200 * 128, 128), v_strides=(heads_kv * 200 * 128, 200 * 128, 128))
+    config = backward._choose(p, arch, p.q_strides, "auto")
+    assert isinstance(config, configs.Sm90BwdConfig) == (arch == "sm_90a")
+    kv = p.k_strides
+    plan = backward._Plan.build(p, config, arch, p.q_strides, p.q_strides, p.q_strides, kv, kv, deterministic,
+                                False, None, 200)
+    main_kind = launch.Sm90BwdLaunch if arch == "sm_90a" else launch.Sm80BwdLaunch
+    assert isinstance(plan.main, main_kind) and isinstance(plan.prep, launch.StepLaunch)
+    assert len(plan.converts) == (3 if heads_kv < 4 else 1)
+    assert plan.rows % config.block_m == 0 and plan.rows >= 300
