@@ -221,8 +221,8 @@ SM90_BWD_HEAD_DIMS = (64, 128)
 
 @dataclass(frozen=True)
 class BwdStepConfig:
-    """`fc::bwd_prep` or `fc::bwd_convert` in kernels/flash_bwd_steps.cu: a warp per row, 32
-    rows a block, on every arch."""
+    """`fc::bwd_prep` or `fc::bwd_convert` in kernels/flash_bwd_steps.cu, on every arch:
+    bwd_prep a warp per row, 32 rows a block; bwd_convert a block per 64 x 64 of a head."""
 
     kernel: Literal["bwd_prep", "bwd_convert"]
     dtype: str
@@ -230,15 +230,19 @@ class BwdStepConfig:
     kernel_file = "flash_bwd_steps.cu"
     threads = 256
     smem_bytes = 0
-    ROWS_PER_BLOCK = 32   # kStepWarps x kStepRowsPerWarp
+    ROWS_PER_BLOCK = 32   # bwd_prep: kStepWarps x kStepRowsPerWarp
+    CONVERT_BLOCK = 64    # bwd_convert: kConvertBlock
     variant = PLAIN
 
     @property
     def name_expression(self) -> str:
         return f"fc::{self.kernel}<fc::{self.dtype}>"
 
-    def grid(self, batch: int, heads: int, rows: int) -> tuple[int, int, int]:
-        return (max(1, -(-rows // self.ROWS_PER_BLOCK)), heads, batch)
+    def grid(self, batch: int, heads: int, rows: int, head_dim: int) -> tuple[int, int, int]:
+        if self.kernel == "bwd_prep":
+            return (max(1, -(-rows // self.ROWS_PER_BLOCK)), heads, batch)
+        blocks = -(-rows // self.CONVERT_BLOCK) * -(-head_dim // self.CONVERT_BLOCK)
+        return (max(1, blocks), heads, batch)
 
     def __str__(self) -> str:
         return f"{self.kernel} {self.dtype}"

@@ -306,7 +306,8 @@ class StepLaunch:
         block = ParamBlock(schema.size)
         names = schema.names[schema.names.index(first):schema.names.index(last) + 1]
         schema.struct.pack_into(block.data, 0, *schema.values({**dict.fromkeys(names, 0), **scalars}))
-        return cls(loader.get_function(config, device, arch), config.grid(batch, heads, grid_rows), block, pointers)
+        return cls(loader.get_function(config, device, arch), config.grid(batch, heads, grid_rows, scalars["head_dim"]),
+                   block, pointers)
 
     def start(self, addresses: tuple[int, ...], stream: int) -> None:
         """cuLaunchKernel on `stream` (a handle) with the address fields' values in order."""

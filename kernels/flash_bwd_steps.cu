@@ -1,13 +1,14 @@
 // The backward's steps around its main kernel (flash_bwd_sm80.cu or flash_bwd_sm90.cu), one
-// launch each, a warp per row:
+// launch each:
 //
-//   bwd_prep:    per query row, delta = rowsum(dO * O) in float32 and the forward's LSE in
+//   bwd_prep:    a warp per query row: delta = rowsum(dO * O) in float32 and the forward's LSE in
 //                log2 units (+inf for a row that saw no key: P = exp2(S - LSE) is 0 there),
 //                rows_pad rows per (batch, head) (past Sq: delta 0, LSE +inf), and the row of
 //                the float32 dQ accumulator zeroed;
 //   bwd_convert: float32 rows (dQ's accumulator, GQA's dK / dV sums) times a factor, summed
 //                over `group` consecutive source heads, into a 16-bit array with any (batch,
-//                head, seq) strides; rows past the sums' get zeros (keys no query sees).
+//                head, seq) strides; rows past the sums' get zeros (keys no query sees). A CTA
+//                per 64 x 64 block, through shared memory.
 #include "mma_sm80.cuh"
 // BwdPrepParams and BwdConvertParams, declared in flashcore_cupy/params.py.
 #include "params_bwd_steps.cuh"
@@ -48,34 +49,84 @@ bwd_prep(const BwdPrepParams p) {
     }
 }
 
-// Where (row, c) of a source head is: row-major, or (frag_rows) in the Hopper backward's dQ
-// blocks: a query tile's rows hold its 64 x 64 blocks (row block rb, column block cb) as block
-// rb + cb * (frag_rows / 64), each in its consumer's fragment order (flash_bwd_sm90.cu): thread
-// 32 w + 4 (r % 8) + (c % 8) / 2 keeps element 2 ((r % 16) / 8) + c % 2 of n-tile c / 8 at
-// (128 n-tile + thread) * 4 + element, for r = 16 w + ... in the block.
-__device__ __forceinline__ i64 src_at(const BwdConvertParams& p, int row, int c) {
-    if (p.frag_rows == 0) return static_cast<i64>(row) * p.src_ld + c;
-    const int r = row % p.frag_rows, rr = r % 64, cc = c % 64;
-    const int block = r / 64 + (c / 64) * (p.frag_rows / 64);
-    const int thread = 32 * (rr / 16) + 4 * (rr % 8) + (cc % 8) / 2;
-    return static_cast<i64>(row - r) * p.src_ld + block * 4096 + ((cc / 8) * 128 + thread) * 4 + 2 * ((rr % 16) / 8) + cc % 2;
-}
+// bwd_convert: a CTA per 64 x 64 block of a destination head. Its float32 source in 16-byte
+// vectors (coalesced): row-major, 4 columns of a row; or (frag_rows) in the Hopper backward's
+// dQ blocks, a query tile's rows holding its 64 x 64 blocks (row block rb, column block cb) as
+// block rb + cb * (frag_rows / 64), each in its consumer's fragment order (flash_bwd_sm90.cu):
+// vector 128 i + j of a block is thread j's n-tile i, rows 16 (j / 32) + (j % 32) / 4 (+ 8),
+// columns 8 i + 2 (j % 4) (+ 1). Summed over the group, times the factor, as 16-bit into
+// shared memory (zeros past rows_valid); then out in 16-byte row chunks.
+constexpr int kConvertBlock = 64, kConvertPitch = kConvertBlock + 8;   // u16 (rows 16-byte aligned)
 
 template <class T>
 __global__ void __launch_bounds__(32 * kStepWarps)
-bwd_convert(const BwdConvertParams p) {
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, head = blockIdx.y, batch = blockIdx.z;
-    u16* dst = p.dst + batch * p.dst_sb + head * p.dst_sh;
+bwd_convert(const __grid_constant__ BwdConvertParams p) {
+    __shared__ __align__(16) u16 tile[kConvertBlock * kConvertPitch];
+    const int col_blocks = (p.head_dim + kConvertBlock - 1) / kConvertBlock;
+    const int row0 = (blockIdx.x / col_blocks) * kConvertBlock, col0 = (blockIdx.x % col_blocks) * kConvertBlock;
+    const int head = blockIdx.y, batch = blockIdx.z;
     const float* src = p.src + (static_cast<i64>(batch) * p.heads + head) * p.group * p.src_rows * p.src_ld;
+    const i64 group_stride = static_cast<i64>(p.src_rows) * p.src_ld;
+    i64 block_at = 0;   // frag_rows: where this block's 4096 floats start
+    if (p.frag_rows) {
+        const int r = row0 % p.frag_rows;
+        block_at = static_cast<i64>(row0 - r) * p.src_ld + (r / 64 + (col0 / 64) * (p.frag_rows / 64)) * 4096;
+    }
+    constexpr int kVectors = kConvertBlock * kConvertBlock / 4, kThreads = 32 * kStepWarps;
+    constexpr int kPerThread = kVectors / kThreads;
+    // This thread's vectors: v = it * kThreads + threadIdx.x; their first element (r, c) in the
+    // block; frag: the vector's second pair 8 rows on, else 2 columns on.
+    const int rows_on = p.frag_rows ? 8 : 0;
+    auto place = [&](int it, int& r, int& c) {
+        const int v = it * kThreads + threadIdx.x, j = v % 128;
+        r = p.frag_rows ? 16 * (j / 32) + (j % 32) / 4 : v / (kConvertBlock / 4);
+        c = p.frag_rows ? 8 * (v / 128) + 2 * (j % 4) : 4 * (v % (kConvertBlock / 4));
+    };
+    float4 x[kPerThread];
+    #pragma unroll
+    for (int it = 0; it < kPerThread; ++it) x[it] = make_float4(0.f, 0.f, 0.f, 0.f);
     #pragma unroll 1
-    for (int i = 0; i < kStepRowsPerWarp; ++i) {
-        const int row = (blockIdx.x * kStepWarps + warp) * kStepRowsPerWarp + i;
-        if (row >= p.rows) return;
-        for (int c = lane; c < p.head_dim; c += 32) {
-            float x = 0.f;
-            if (row < p.rows_valid)
-                for (int g = 0; g < p.group; ++g) x += src[static_cast<i64>(g) * p.src_rows * p.src_ld + src_at(p, row, c)];
-            dst[row * p.dst_ss + c] = to_u16<T>(x * p.factor);
+    for (int g = 0; g < p.group; ++g) {
+        const float* from = src + g * group_stride;
+        #pragma unroll
+        for (int it = 0; it < kPerThread; ++it) {
+            int r, c;
+            place(it, r, c);
+            if (row0 + r >= p.rows_valid || col0 + c >= p.head_dim) continue;
+            const i64 at = p.frag_rows ? block_at + 4 * (it * kThreads + threadIdx.x)
+                                       : static_cast<i64>(row0 + r) * p.src_ld + col0 + c;
+            const float4 y = *reinterpret_cast<const float4*>(from + at);
+            x[it].x += y.x; x[it].y += y.y; x[it].z += y.z; x[it].w += y.w;
+        }
+    }
+    #pragma unroll
+    for (int it = 0; it < kPerThread; ++it) {
+        int r, c;
+        place(it, r, c);
+        if (rows_on && row0 + r + rows_on >= p.rows_valid) { x[it].z = 0.f; x[it].w = 0.f; }
+        *reinterpret_cast<u32*>(tile + r * kConvertPitch + c) = pack2<T>(x[it].x * p.factor, x[it].y * p.factor);
+        *reinterpret_cast<u32*>(tile + (r + rows_on) * kConvertPitch + c + (rows_on ? 0 : 2)) =
+            pack2<T>(x[it].z * p.factor, x[it].w * p.factor);
+    }
+    __syncthreads();
+    constexpr int kChunks = kConvertBlock * kConvertBlock / 8;
+    u16* dst = p.dst + batch * p.dst_sb + head * p.dst_sh;
+    #pragma unroll
+    for (int it = 0; it < kChunks / kThreads; ++it) {
+        const int q = it * kThreads + threadIdx.x, r = q / (kConvertBlock / 8), c = 8 * (q % (kConvertBlock / 8));
+        const int row = row0 + r, col = col0 + c;
+        if (row >= p.rows || col >= p.head_dim) continue;
+        const uint4 chunk = *reinterpret_cast<const uint4*>(tile + r * kConvertPitch + c);
+        u16* at = dst + row * p.dst_ss + col;
+        if ((reinterpret_cast<unsigned long long>(at) & 15) == 0) {
+            *reinterpret_cast<uint4*>(at) = chunk;
+        } else {   // strides that leave rows unaligned: element by element
+            #pragma unroll
+            for (int k = 0; k < 4; ++k) {
+                const u32 w = k == 0 ? chunk.x : k == 1 ? chunk.y : k == 2 ? chunk.z : chunk.w;
+                at[2 * k] = static_cast<u16>(w & 0xffffu);
+                at[2 * k + 1] = static_cast<u16>(w >> 16);
+            }
         }
     }
 }

@@ -149,15 +149,17 @@ def test_step_launches_pack_their_scalars_once_and_addresses_per_call(monkeypatc
         n = schema.names.index(last) + 1
         assert schema.names[0] == first and all(f.ctype.endswith("*") for f in schema.fields[:n])
         assert not any(f.ctype.endswith("*") for f in schema.fields[n:])
-        scalars = {name: i + 3 for i, name in enumerate(schema.names[n:])}
+        scalars = {name: i + 3 for i, name in enumerate(schema.names[n:])} | {"head_dim": 192}
         step = launch.StepLaunch.build(kernel, "fp16", 0, "sm_90a", 100, 5, 2, scalars)
-        assert step.grid == (4, 5, 2)   # 32 rows a block
+        # bwd_prep: 32 rows a block; bwd_convert: 64 x 64 blocks (2 row blocks x 3 column blocks)
+        grid = (4, 5, 2) if kernel == "bwd_prep" else (6, 5, 2)
+        assert step.grid == grid
         for call in range(2):
             addresses = tuple(0x1000 * (call + 1) + 16 * i for i in range(n))
             step.start(addresses, stream=77)
             values = schema.struct.unpack_from(step.block.data, 0)
             assert values[:n] == addresses and values[n:] == tuple(scalars[name] for name in schema.names[n:])
-            assert launched[-1][0] == 1234 and launched[-1][1:4] == (4, 5, 2) and launched[-1][8] == 77
+            assert launched[-1][0] == 1234 and launched[-1][1:4] == grid and launched[-1][8] == 77
 
 
 def test_hopper_launch_packs_scalars_per_block_and_addresses_per_call(monkeypatch):

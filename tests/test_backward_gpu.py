@@ -184,6 +184,26 @@ def test_gradient_buffers_given_through_the_array_interface_are_written(rng):
 
 
 @pytest.mark.parametrize("backend", ["auto", "sm80"])
+def test_gradient_buffers_with_unaligned_rows_get_the_same_bits(rng, backend):
+    """dq=, dk=, dv= views whose rows start off 16-byte boundaries (one element into a wider
+    buffer: bwd_convert's element-by-element stores) get the bits contiguous buffers get
+    (deterministic mode, GQA: every gradient goes through bwd_convert); the buffers' padding
+    stays as it was."""
+    import cupy
+
+    inputs = _grads(rng, "bf16", 64, "bhsd", (2, 4, 2), (150, 133), causal=True)[0]
+    q, k, v, dout, out, lse = inputs
+    want = fc.attention_backward(dout, q, k, v, out, lse, causal=True, deterministic=True, backend=backend)
+    wide = [cupy.full(x.shape[:3] + (x.shape[3] + 9,), np.nan, dtype=x.dtype) for x in (q, k, v)]
+    views = [w[..., 1:1 + x.shape[3]] for w, x in zip(wide, (q, k, v))]
+    fc.attention_backward(dout, q, k, v, out, lse, causal=True, deterministic=True, backend=backend,
+                          dq=views[0], dk=views[1], dv=views[2])
+    for w, view, ref in zip(wide, views, want):
+        assert bool(cupy.array_equal(view, ref))
+        assert bool(cupy.isnan(w[..., :1]).all()) and bool(cupy.isnan(w[..., 1 + ref.shape[3]:]).all())
+
+
+@pytest.mark.parametrize("backend", ["auto", "sm80"])
 def test_a_repeated_signature_runs_on_its_new_arrays(rng, backend):
     """The second call of a signature takes the first's plan (and on Hopper its tensor maps are
     keyed by the addresses): fresh arrays of the same shapes get their own gradients."""
