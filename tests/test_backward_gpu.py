@@ -184,23 +184,26 @@ def test_gradient_buffers_given_through_the_array_interface_are_written(rng):
 
 
 @pytest.mark.parametrize("backend", ["auto", "sm80"])
-def test_gradient_buffers_with_unaligned_rows_get_the_same_bits(rng, backend):
-    """dq=, dk=, dv= views whose rows start off 16-byte boundaries (one element into a wider
-    buffer: bwd_convert's element-by-element stores) get the bits contiguous buffers get
-    (deterministic mode, GQA: every gradient goes through bwd_convert); the buffers' padding
-    stays as it was."""
+def test_strided_gradient_buffers_get_the_same_bits(rng, backend):
+    """dq=, dk=, dv= views into wider buffers (rows 8 elements apart beyond head_dim, 16 bytes
+    in) get the bits contiguous buffers get (deterministic mode, GQA: every gradient goes
+    through bwd_convert), and the buffers' padding stays as it was; rows off 16-byte boundaries
+    are refused before any launch."""
     import cupy
 
     inputs = _grads(rng, "bf16", 64, "bhsd", (2, 4, 2), (150, 133), causal=True)[0]
     q, k, v, dout, out, lse = inputs
     want = fc.attention_backward(dout, q, k, v, out, lse, causal=True, deterministic=True, backend=backend)
-    wide = [cupy.full(x.shape[:3] + (x.shape[3] + 9,), np.nan, dtype=x.dtype) for x in (q, k, v)]
-    views = [w[..., 1:1 + x.shape[3]] for w, x in zip(wide, (q, k, v))]
+    wide = [cupy.full(x.shape[:3] + (x.shape[3] + 16,), np.nan, dtype=x.dtype) for x in (q, k, v)]
+    views = [w[..., 8:8 + x.shape[3]] for w, x in zip(wide, (q, k, v))]
     fc.attention_backward(dout, q, k, v, out, lse, causal=True, deterministic=True, backend=backend,
                           dq=views[0], dk=views[1], dv=views[2])
     for w, view, ref in zip(wide, views, want):
         assert bool(cupy.array_equal(view, ref))
-        assert bool(cupy.isnan(w[..., :1]).all()) and bool(cupy.isnan(w[..., 1 + ref.shape[3]:]).all())
+        assert bool(cupy.isnan(w[..., :8]).all()) and bool(cupy.isnan(w[..., 8 + ref.shape[3]:]).all())
+    with pytest.raises(ValueError, match="dq must be 16-byte aligned"):
+        fc.attention_backward(dout, q, k, v, out, lse, causal=True, backend=backend,
+                              dq=wide[0][..., 1:1 + q.shape[3]])
 
 
 @pytest.mark.parametrize("backend", ["auto", "sm80"])
