@@ -230,7 +230,7 @@ class BwdStepConfig:
     kernel_file = "flash_bwd_steps.cu"
     threads = 256
     smem_bytes = 0
-    ROWS_PER_BLOCK = 32   # bwd_prep: kStepWarps x kStepRowsPerWarp
+    ROWS_PER_BLOCK = 32   # bwd_prep: 8 threads a row (kStepWarps x 32 / 8)
     CONVERT_BLOCK = 64    # bwd_convert: kConvertBlock
     variant = PLAIN
 

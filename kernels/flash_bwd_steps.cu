@@ -1,7 +1,7 @@
 // The backward's steps around its main kernel (flash_bwd_sm80.cu or flash_bwd_sm90.cu), one
 // launch each:
 //
-//   bwd_prep:    a warp per query row: delta = rowsum(dO * O) in float32 and the forward's LSE in
+//   bwd_prep:    per query row, delta = rowsum(dO * O) in float32 and the forward's LSE in
 //                log2 units (+inf for a row that saw no key: P = exp2(S - LSE) is 0 there),
 //                rows_pad rows per (batch, head) (past Sq: delta 0, LSE +inf), and the row of
 //                the float32 dQ accumulator zeroed;
@@ -15,38 +15,41 @@
 
 namespace fc {
 
-constexpr int kStepWarps = 8, kStepRowsPerWarp = 4;   // 32 rows a block (configs.BwdStepConfig)
+constexpr int kStepWarps = 8;   // 256 threads a block (configs.BwdStepConfig)
 
-__device__ __forceinline__ float warp_sum(float x) {
-    #pragma unroll
-    for (int o = 16; o > 0; o /= 2) x += __shfl_xor_sync(0xffffffffu, x, o);
-    return x;
-}
-
+// bwd_prep: 8 threads a row (16-byte loads of dout and out, summed across the 8), 32 rows a
+// block; the block's rows of dQ's accumulator zeroed in 16-byte stores.
 template <class T>
 __global__ void __launch_bounds__(32 * kStepWarps)
-bwd_prep(const BwdPrepParams p) {
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, head = blockIdx.y, batch = blockIdx.z;
+bwd_prep(const __grid_constant__ BwdPrepParams p) {
+    constexpr int kLanes = 8, kRows = 32 * kStepWarps / kLanes;
+    const int head = blockIdx.y, batch = blockIdx.z, sub = threadIdx.x % kLanes;
+    const int row = blockIdx.x * kRows + threadIdx.x / kLanes;
     const i64 bh = static_cast<i64>(batch) * p.heads + head;
-    const u16* dout = p.dout + batch * p.do_sb + head * p.do_sh;
-    const u16* out = p.out + batch * p.o_sb + head * p.o_sh;
-    #pragma unroll 1
-    for (int i = 0; i < kStepRowsPerWarp; ++i) {
-        const int row = (blockIdx.x * kStepWarps + warp) * kStepRowsPerWarp + i;
-        if (row >= p.rows_pad) return;
-        float sum = 0.f;
-        if (row < p.seqlen_q)
-            for (int c = lane; c < p.head_dim; c += 32)
-                sum += to_float<T>(dout[row * p.do_ss + c]) * to_float<T>(out[row * p.o_ss + c]);
-        sum = warp_sum(sum);
-        if (lane == 0) {
-            const float lse = row < p.seqlen_q ? p.lse[bh * p.seqlen_q + row] : neg_inf();
-            p.lse2[bh * p.rows_pad + row] = lse == neg_inf() ? -neg_inf() : lse * LOG2E;
-            p.delta[bh * p.rows_pad + row] = sum;
+    float sum = 0.f;
+    if (row < p.seqlen_q) {
+        // validation.py: rows start 16-byte aligned (address and strides)
+        const u16* dout = p.dout + batch * p.do_sb + head * p.do_sh + row * p.do_ss;
+        const u16* out = p.out + batch * p.o_sb + head * p.o_sh + row * p.o_ss;
+        for (int c = 8 * sub; c < p.head_dim; c += 8 * kLanes) {
+            const uint4 a = *reinterpret_cast<const uint4*>(dout + c), b = *reinterpret_cast<const uint4*>(out + c);
+            const u32 aw[4] = {a.x, a.y, a.z, a.w}, bw[4] = {b.x, b.y, b.z, b.w};
+            #pragma unroll
+            for (int k = 0; k < 4; ++k)
+                sum += to_float<T>(static_cast<u16>(aw[k] & 0xffffu)) * to_float<T>(static_cast<u16>(bw[k] & 0xffffu))
+                     + to_float<T>(static_cast<u16>(aw[k] >> 16)) * to_float<T>(static_cast<u16>(bw[k] >> 16));
         }
-        float* dq = p.dq_accum + (bh * p.rows_pad + row) * p.dq_cols;
-        for (int c = lane; c < p.dq_cols; c += 32) dq[c] = 0.f;
     }
+    #pragma unroll
+    for (int o = kLanes / 2; o > 0; o /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+    if (sub == 0 && row < p.rows_pad) {
+        const float lse = row < p.seqlen_q ? p.lse[bh * p.seqlen_q + row] : neg_inf();
+        p.lse2[bh * p.rows_pad + row] = lse == neg_inf() ? -neg_inf() : lse * LOG2E;
+        p.delta[bh * p.rows_pad + row] = sum;
+    }
+    const int row0 = blockIdx.x * kRows, rows = min(kRows, p.rows_pad - row0);
+    float4* dq = reinterpret_cast<float4*>(p.dq_accum + (bh * p.rows_pad + row0) * p.dq_cols);
+    for (int at = threadIdx.x; at < rows * p.dq_cols / 4; at += 32 * kStepWarps) dq[at] = make_float4(0.f, 0.f, 0.f, 0.f);
 }
 
 // bwd_convert: a CTA per 64 x 64 block of a destination head. Its float32 source in 16-byte
