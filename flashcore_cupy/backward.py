@@ -110,7 +110,7 @@ def _validate(dout, q, k, v, out, lse, dq, dk, dv, causal, scale, window, softca
     dev = api.device_info(p.device)
     check_capability(dev.capability, p.device)
     do_strides = layout_strides(spec(dout, "dout"), layout)
-    config = _choose(p, dev.arch, do_strides, backend)
+    config = _choose(p, dev.arch, do_strides, deterministic, backend)
     plan = _Plan.build(p, config, dev.arch, do_strides, layout_strides(spec(out, "out"), layout), *grad_strides,
                        deterministic, bool(return_dbias), None if bias is None else bias.shape,
                        _bhsd_view(k, layout).shape[2])
@@ -141,15 +141,16 @@ def _key(dout, q, k, v, out, lse, dq, dk, dv, causal, scale, window, softcap, al
 _BACKENDS = ("auto", "sm80", "sm90")
 
 
-def _choose(p: Problem, arch: str, do_strides: tuple[int, int, int], backend: str) -> Sm80BwdConfig | Sm90BwdConfig:
+def _choose(p: Problem, arch: str, do_strides: tuple[int, int, int], deterministic: bool,
+            backend: str) -> Sm80BwdConfig | Sm90BwdConfig:
     """The kernel for `p`: the Hopper one where it applies (backend "auto" or "sm90"), else the
     portable one."""
-    blocker = None if backend == "sm80" else sm90_bwd_blocker(p, arch, do_strides)
+    blocker = None if backend == "sm80" else sm90_bwd_blocker(p, arch, do_strides, deterministic)
     if backend == "sm90" and blocker:
         raise ValueError(f"backend='sm90' cannot run this backward: {blocker}; use backend='auto'")
     if backend == "sm80" or blocker:
         return bwd_config(p.dtype, bucket_head_dim(p.head_dim), p.kernel_variant)
-    return Sm90BwdConfig(p.dtype, 64 if p.head_dim <= 64 else 128)
+    return Sm90BwdConfig(p.dtype, 64 if p.head_dim <= 64 else 128, variant=p.kernel_variant)
 
 
 @dataclass(frozen=True, eq=False)
@@ -175,11 +176,11 @@ class _Plan:
         rows = config.rows_pad(p.seqlen_q)
         # dQ's accumulator: the Hopper kernel's rows are its template head dim long (whole blocks).
         dq_cols = config.head_dim if hopper else p.head_dim
+        dbias_strides = _dbias_layout(p, bias_shape, deterministic)[1] if want_dbias else (0, 0, 0)
         if hopper:
-            main = Sm90BwdLaunch.build(p, config, arch, dict(do=do_strides, dk=dk_strides, dv=dv_strides),
-                                       deterministic)
+            main = Sm90BwdLaunch.build(p, config, arch, dict(do=do_strides, dk=dk_strides, dv=dv_strides,
+                                                             dbias=dbias_strides), deterministic)
         else:
-            dbias_strides = _dbias_layout(p, bias_shape, deterministic)[1] if want_dbias else (0, 0, 0)
             main = Sm80BwdLaunch.build(p, config, arch, dict(
                 do=do_strides, dq=(p.heads_q * rows * dq_cols, rows * dq_cols, dq_cols), dk=dk_strides,
                 dv=dv_strides, dbias=dbias_strides), deterministic)
@@ -222,18 +223,16 @@ class _Plan:
             address = lambda a: 0 if a is None else a.data.ptr   # noqa: E731
             pointers = dict(lse=lse2.data.ptr, delta=delta.data.ptr, dq_accum=dq_accum.data.ptr, dk=dk.data.ptr,
                             dv=dv.data.ptr, dk_accum=address(kv_accum[0]), dv_accum=address(kv_accum[1]))
-            dbias_accum = None
+            dbias_accum = cupy.zeros(_dbias_layout(p, self.bias_shape, self.deterministic)[0], f32) \
+                if self.want_dbias else None
             dq_sem = cupy.zeros((p.batch, p.heads_q, self.rows // self.config.block_m), cupy.int32) \
                 if self.deterministic else None
+            pointers.update(dbias=address(dbias_accum), dq_sem=address(dq_sem), alibi=address(alibi_slopes),
+                            bias=address(bias))
             if isinstance(self.main, Sm90BwdLaunch):
-                self.main.start((q.data.ptr, k.data.ptr, v.data.ptr, dout.data.ptr),
-                                dict(pointers, dq_sem=address(dq_sem)), stream)
+                self.main.start((q.data.ptr, k.data.ptr, v.data.ptr, dout.data.ptr), pointers, stream)
             else:
-                if self.want_dbias:
-                    dbias_accum = cupy.zeros(_dbias_layout(p, self.bias_shape, self.deterministic)[0], f32)
-                self.main.start(dict(pointers, q=q.data.ptr, k=k.data.ptr, v=v.data.ptr, dout=dout.data.ptr,
-                                     dbias=address(dbias_accum), dq_sem=address(dq_sem),
-                                     alibi=address(alibi_slopes), bias=address(bias)), stream)
+                self.main.start(dict(pointers, q=q.data.ptr, k=k.data.ptr, v=v.data.ptr, dout=dout.data.ptr), stream)
             self.converts[0].start((dq_accum.data.ptr, dq.data.ptr), stream)
             if kv_accum[0] is not None:
                 for convert, accum, grad in zip(self.converts[1:], kv_accum, (dk, dv)):

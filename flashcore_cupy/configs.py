@@ -170,8 +170,8 @@ def bwd_config(dtype: str, head_dim: int, variant: KernelVariant = PLAIN) -> Sm8
 
 @dataclass(frozen=True)
 class Sm90BwdConfig:
-    """One instantiation of `fc::flash_bwd_sm90` in kernels/flash_bwd_sm90.cu (sm_90a, plain
-    mask): a CTA per 128 keys of one (batch, query head), two consumer warpgroups of 64 keys
+    """One instantiation of `fc::flash_bwd_sm90` in kernels/flash_bwd_sm90.cu (sm_90a; the plain
+    mask or a variant): a CTA per 128 keys of one (batch, query head), two consumer warpgroups of 64 keys
     and a producer, over query tiles of block_m rows (128 at head dim 64, 64 at 128: one
     64 x 64 block of the tile's dQ a consumer, which the dQ accumulator holds in fragment order:
     bwd_convert's frag_rows = block_m) through a ring of `stages` slots."""
@@ -179,12 +179,12 @@ class Sm90BwdConfig:
     dtype: str        # "fp16" | "bf16"
     head_dim: int     # 64 | 128
     stages: int = 2
+    variant: KernelVariant = PLAIN
 
     kernel_file = "flash_bwd_sm90.cu"
     arch = "sm_90a"
     block_n = 128
     threads = 384
-    variant = PLAIN
 
     @property
     def block_m(self) -> int:
@@ -192,7 +192,8 @@ class Sm90BwdConfig:
 
     @property
     def name_expression(self) -> str:
-        return f"fc::flash_bwd_sm90<fc::{self.dtype}, {self.head_dim}, {self.block_m}, {self.stages}>"
+        extra = "" if self.variant.plain else f", {self.variant.expression}"
+        return f"fc::flash_bwd_sm90<fc::{self.dtype}, {self.head_dim}, {self.block_m}, {self.stages}{extra}>"
 
     @property
     def smem_bytes(self) -> int:
@@ -213,7 +214,8 @@ class Sm90BwdConfig:
         return -(-seqlen_q // self.block_m) * self.block_m
 
     def __str__(self) -> str:
-        return f"bwd sm90 {self.dtype} D{self.head_dim} {self.block_m}x{self.block_n} s{self.stages}"
+        text = f"bwd sm90 {self.dtype} D{self.head_dim} {self.block_m}x{self.block_n} s{self.stages}"
+        return text if self.variant.plain else f"{text} {self.variant}"
 
 
 SM90_BWD_HEAD_DIMS = (64, 128)

@@ -199,9 +199,10 @@ _BWD_SM80_ARRAYS = _array_packers(params.BWD_SM80)
 
 # The Hopper backward's argument (params.BWD_SM90): the q, k, v and dout maps encoded and the
 # scalars packed once per address quadruple (as the forward's), the other addresses (lse ..
-# dv_accum) per call.
+# dq_sem, and a variant's slopes and bias) per call.
 _BWD_SM90_TAIL_AT, _BWD_SM90_TAIL = params.BWD_SM90.run("lse")
 _BWD_SM90_POINTERS_AT, _BWD_SM90_POINTERS = params.BWD_SM90.run("lse", "dq_sem")
+_BWD_SM90_ARRAYS = _array_packers(params.BWD_SM90)
 assert params.BWD_SM90.offsets["lse"] == 4 * tma.MAP_BYTES
 
 
@@ -218,19 +219,22 @@ class Sm90BwdLaunch:
     _blocks: dict = field(default_factory=dict, repr=False)   # maps' addresses -> ParamBlock
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    POINTERS = ("lse", "delta", "dq_accum", "dk", "dv", "dk_accum", "dv_accum", "dq_sem")
+    POINTERS = ("lse", "delta", "dq_accum", "dk", "dv", "dk_accum", "dv_accum", "dbias", "dq_sem")
+    # then alibi and bias among the variant's fields
 
     @classmethod
     def build(cls, problem: Problem, config: Sm90BwdConfig, arch: str,
               strides: dict[str, tuple[int, int, int]], deterministic: bool = False) -> "Sm90BwdLaunch":
-        """strides: the (batch, head, seq) element strides of do, dk and dv. deterministic: GQA
-        accumulators per query head (the start's pointers then carry dq_sem)."""
+        """strides: the (batch, head, seq) element strides of do, dk, dv and dbias (its
+        accumulator; zeros without one). deterministic: GQA accumulators per query head (the
+        start's pointers then carry dq_sem)."""
         p = problem
-        scalars = {**params.stride_values("dk", strides["dk"]), **params.stride_values("dv", strides["dv"])}
+        scalars = {k: st for t in ("dk", "dv", "dbias") for k, st in params.stride_values(t, strides[t]).items()}
         scalars.update(seqlen_q=p.seqlen_q, seqlen_k=p.seqlen_k, head_dim=p.head_dim, heads=p.heads_q,
                        heads_kv=p.heads_kv, heads_per_kv=p.heads_q // p.heads_kv,
                        rows_pad=config.rows_pad(p.seqlen_q), dkv_by_q_head=int(deterministic),
-                       scale_log2=p.scale * math.log2(math.e), scale=p.scale, causal=int(p.causal))
+                       scale_log2=p.scale * math.log2(math.e), scale=p.scale, causal=int(p.causal),
+                       **variant_scalars(p))
         return cls(config, loader.get_function(config, p.device, arch), p.device,
                    config.grid(p.batch, p.heads_q, p.seqlen_k), scalars, sm90_bwd_map_specs(p, config, strides["do"]))
 
@@ -245,9 +249,10 @@ class Sm90BwdLaunch:
                 block = self._blocks[maps] = ParamBlock(params.BWD_SM90.size)
                 tma.encode_maps(block.data, self.config.dtype, self.specs, maps)
                 _BWD_SM90_TAIL.pack_into(block.data, _BWD_SM90_TAIL_AT, *params.BWD_SM90.values(
-                    {**dict.fromkeys(self.POINTERS, 0), **self.scalars}, "lse"))
+                    {**dict.fromkeys(self.POINTERS + ("alibi", "bias"), 0), **self.scalars}, "lse"))
             _BWD_SM90_POINTERS.pack_into(block.data, _BWD_SM90_POINTERS_AT,
                                          *(pointers.get(name, 0) for name in self.POINTERS))
+            _pack_arrays(block.data, _BWD_SM90_ARRAYS, (0, 0, 0, pointers.get("alibi", 0), pointers.get("bias", 0)))
             _cu_launch(self.function, *self.grid, self.config.threads, 1, 1, self.config.smem_bytes, stream,
                        block.argv, 0)
 
@@ -263,14 +268,16 @@ def sm90_bwd_map_specs(p: Problem, config: Sm90BwdConfig, do_strides: tuple[int,
             tma.map_spec(q_shape, do_strides, 2, config.block_m))
 
 
-def sm90_bwd_blocker(p: Problem, arch: str, do_strides: tuple[int, int, int]) -> str | None:
+def sm90_bwd_blocker(p: Problem, arch: str, do_strides: tuple[int, int, int], deterministic: bool) -> str | None:
     """Why the Hopper backward cannot run `p` on `arch`, or None."""
     if arch != SM90_ARCH:
         return f"it needs an sm_90 GPU (H100/H200); this device compiles for {arch}"
     if p.head_dim > SM90_BWD_HEAD_DIMS[-1]:
         return f"head_dim {p.head_dim} is over {SM90_BWD_HEAD_DIMS[-1]}"
-    if not p.kernel_variant.plain:
-        return "its variants (window, softcap, ALiBi, bias) run on the portable kernel for now"
+    # Its deterministic dQ adds wait for the key tiles in order from the first: a window's
+    # left bound starts a query tile's key tiles past it.
+    if deterministic and p.variant.mask(p.seqlen_q, p.seqlen_k)[1] >= 0:
+        return "deterministic=True with a window's left bound runs on the portable kernel"
     config = Sm90BwdConfig(p.dtype, 64 if p.head_dim <= 64 else 128)
     for name, spec in zip(("q", "k", "v", "dout"), sm90_bwd_map_specs(p, config, do_strides)):
         reason = tma.unsupported_reason(spec)

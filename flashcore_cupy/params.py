@@ -186,14 +186,17 @@ BWD_SM90 = Schema("Sm90BwdParams", [
     Field("dk", "u16*"), Field("dv", "u16*"),
     Field("dk_accum", "float*", "GQA: float32 (batch, kv head, seq, head_dim) sums; else null"),
     Field("dv_accum", "float*"),
+    Field("dbias", "float*", "float32 dbias, added into (zeroed by the host); null: not asked"),
     Field("dq_sem", "int*", "deterministic: a zeroed count per (batch, head, query tile); else null"),
     *_strides("dk", "(batch, head, seq) strides, elements"), *_strides("dv", ""),
+    *_strides("dbias", "(batch, head, row) strides of dbias, elements; 0 where the bias broadcasts"),
     Field("seqlen_q", "int"), Field("seqlen_k", "int"), Field("head_dim", "int"),
     Field("heads", "int", "query heads"), Field("heads_kv", "int"), Field("heads_per_kv", "int"),
     Field("rows_pad", "int", "Sq rounded up to the query tile"),
     Field("dkv_by_q_head", "int", "GQA accumulators per query head (deterministic), else per kv head"),
     Field("scale_log2", "float", "scale * log2(e)"), Field("scale", "float"),
     Field("causal", "int"),
+    *_variant_fields(),
 ], "The Hopper backward kernel's one argument (flash_bwd_sm90), __grid_constant__.")
 
 # The backward's steps around its main kernel (kernels/flash_bwd_steps.cu).

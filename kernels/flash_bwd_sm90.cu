@@ -1,5 +1,7 @@
 // FlashAttention backward for Hopper (sm_90a): TMA, wgmma, warp specialisation. The same
-// gradients as flash_bwd_sm80.cu (its header states the math) for the plain mask:
+// gradients as flash_bwd_sm80.cu (its header states the math), for the plain mask (fc::Plain)
+// or a variant (variant.cuh's score step element by element on the transposed tiles: window,
+// softcap with its derivative, ALiBi, bias and dbias):
 //
 //   P = exp2(S * scale log2 e - LSE log2 e),  dP = dO V^T,  dS = P * (dP - delta),
 //   dV = P^T dO,  dK = scale dS^T Q,  dQ = scale dS K.
@@ -94,7 +96,7 @@ struct BwdBarriers {
     __device__ u32 dq_empty(int c) const { return base + 8 * (3 + 2 * STAGES + c); }
 };
 
-template <class T, int HEAD_DIM, int BLOCK_M, int STAGES>
+template <class T, int HEAD_DIM, int BLOCK_M, int STAGES, class V = Plain>
 __global__ void __launch_bounds__(384, 1)
 flash_bwd_sm90(const __grid_constant__ Sm90BwdParams p) {
     using Tile = Sm90BwdTile<HEAD_DIM, BLOCK_M, STAGES>;
@@ -109,7 +111,11 @@ flash_bwd_sm90(const __grid_constant__ Sm90BwdParams p) {
     // causal mask the longest (key tile 0 sees every query tile) start first.
     const int key0 = blockIdx.y * BN, head = blockIdx.x, batch = blockIdx.z;
     const int seqlen_q = p.seqlen_q, seqlen_k = p.seqlen_k, diag = seqlen_k - seqlen_q;
-    const RowRange rows = rows_seeing(seqlen_q, seqlen_k, diag, -1, p.causal ? 0 : -1, key0, BN);
+    // The query rows that see some key of this tile, and a variant's score state.
+    ScoreMod mod{};
+    if constexpr (!V::kPlain) mod = score_mod<V>(p, batch, head);
+    const RowRange rows = V::kPlain ? rows_seeing(seqlen_q, seqlen_k, diag, -1, p.causal ? 0 : -1, key0, BN)
+                                    : rows_seeing(seqlen_q, seqlen_k, mod.diag, mod.win_left, mod.win_right, key0, BN);
     const int row_first = rows.begin / BLOCK_M * BLOCK_M;
     const int n_tiles = rows.end > rows.begin ? (rows.end - row_first + BLOCK_M - 1) / BLOCK_M : 0;
     const i64 bh = static_cast<i64>(batch) * p.heads + head;
@@ -222,18 +228,40 @@ flash_bwd_sm90(const __grid_constant__ Sm90BwdParams p) {
         qk_wgmma<T, BN, HEAD_DIM, BLOCK_M>(dpt[0], v_desc, desc_advance(do_desc0, slot * Tile::kQBytes));
         wgmma_wait<1>();
         fence_registers(st[0]);
-        // P^T: the columns' LSE from the slot; hidden pairs (past Sk, above the diagonal) 0.
+        // P^T: the columns' LSE from the slot; hidden pairs (past Sk, above the diagonal, outside
+        // a window) 0. A variant's scores go through the forward's score step first.
         const float* lse = s_rows + (Tile::kOffLse + slot * Tile::kRowBytes) / 4;
         const float* delta = s_rows + (Tile::kOffDelta + slot * Tile::kRowBytes) / 4;
-        const bool partial = FC_TILE_PARTIAL(64, seqlen_k, diag, p.causal, c_key0, row0);
-        #pragma unroll
-        for (int i = 0; i < NT; ++i) {
-            const float2 l2 = *reinterpret_cast<const float2*>(lse + 8 * i + col_lane);
+        float raw[V::kSoftcap ? NT : 1][4];   // softcap's derivative needs the raw scores
+        if constexpr (V::kPlain) {
+            const bool partial = FC_TILE_PARTIAL(64, seqlen_k, diag, p.causal, c_key0, row0);
             #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const float x = st[0][i][e] * p.scale_log2 - (e % 2 ? l2.y : l2.x);
-                const int key = key_lane + 8 * (e / 2), row = row0 + 8 * i + col_lane + e % 2;
-                st[0][i][e] = partial && FC_KEY_HIDDEN(seqlen_k, diag, p.causal, row, key) ? 0.f : fast_exp2(x);
+            for (int i = 0; i < NT; ++i) {
+                const float2 l2 = *reinterpret_cast<const float2*>(lse + 8 * i + col_lane);
+                #pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    const float x = st[0][i][e] * p.scale_log2 - (e % 2 ? l2.y : l2.x);
+                    const int key = key_lane + 8 * (e / 2), row = row0 + 8 * i + col_lane + e % 2;
+                    st[0][i][e] = partial && FC_KEY_HIDDEN(seqlen_k, diag, p.causal, row, key) ? 0.f : fast_exp2(x);
+                }
+            }
+        } else {
+            const bool partial = tile_partial(mod, 64, c_key0, row0, BLOCK_M);
+            // units 1 (a scale that is not positive, no softcap): the scale goes in first
+            const float pre = !V::kSoftcap && !(mod.scale_log2 > 0.f) ? mod.scale_log2 : 1.f;
+            #pragma unroll
+            for (int i = 0; i < NT; ++i) {
+                const float2 l2 = *reinterpret_cast<const float2*>(lse + 8 * i + col_lane);
+                #pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    const int key = key_lane + 8 * (e / 2), row = row0 + 8 * i + col_lane + e % 2;
+                    if constexpr (V::kSoftcap) raw[i][e] = st[0][i][e];
+                    const float b = V::kBias != 0 ? bias_at<T, V::kBias>(mod, row, key) : 0.f;
+                    const float x = score_step<V>(st[0][i][e] * pre, mod, static_cast<float>(row + mod.diag - key), b);
+                    const bool hidden = key >= seqlen_k || (mod.win_right >= 0 && key > row + mod.diag + mod.win_right) ||
+                                        (mod.win_left >= 0 && key < row + mod.diag - mod.win_left);
+                    st[0][i][e] = partial && hidden ? 0.f : fast_exp2(x * mod.units - (e % 2 ? l2.y : l2.x));
+                }
             }
         }
         u32 pa[NT / 2][4], dsa[NT / 2][4];
@@ -246,7 +274,19 @@ flash_bwd_sm90(const __grid_constant__ Sm90BwdParams p) {
         for (int i = 0; i < NT; ++i) {
             const float2 d2 = *reinterpret_cast<const float2*>(delta + 8 * i + col_lane);
             #pragma unroll
-            for (int e = 0; e < 4; ++e) dpt[0][i][e] = st[0][i][e] * (dpt[0][i][e] - (e % 2 ? d2.y : d2.x));
+            for (int e = 0; e < 4; ++e) {
+                float ds = st[0][i][e] * (dpt[0][i][e] - (e % 2 ? d2.y : d2.x));
+                if constexpr (V::kBias != 0) {   // dbias: the score's gradient, over its broadcasts
+                    const int key = key_lane + 8 * (e / 2), row = row0 + 8 * i + col_lane + e % 2;
+                    if (p.dbias != nullptr && row < seqlen_q && key < seqlen_k && ds != 0.f)
+                        atomicAdd(p.dbias + batch * p.dbias_sb + head * p.dbias_sh + row * p.dbias_ss + key, ds);
+                }
+                if constexpr (V::kSoftcap) {
+                    const float th = fast_tanh(raw[i][e] * mod.cap_scale);
+                    ds *= 1.f - th * th;
+                }
+                dpt[0][i][e] = ds;
+            }
             const u32 at = ds_buf + (i / 8) * BN * 128 + ds_lane + 16 * ((i % 8) ^ (lane / 4));
             #pragma unroll
             for (int h = 0; h < 2; ++h)   // key + 8 h: same chunk pattern (k % 8 unchanged), 8 rows on

@@ -22,6 +22,7 @@ struct Sm90BwdParams {
     u16* dv;
     float* dk_accum;    // GQA: float32 (batch, kv head, seq, head_dim) sums; else null
     float* dv_accum;
+    float* dbias;       // float32 dbias, added into (zeroed by the host); null: not asked
     int* dq_sem;        // deterministic: a zeroed count per (batch, head, query tile); else null
     i64 dk_sb;          // (batch, head, seq) strides, elements
     i64 dk_sh;
@@ -29,6 +30,9 @@ struct Sm90BwdParams {
     i64 dv_sb;
     i64 dv_sh;
     i64 dv_ss;
+    i64 dbias_sb;       // (batch, head, row) strides of dbias, elements; 0 where the bias broadcasts
+    i64 dbias_sh;
+    i64 dbias_ss;
     int seqlen_q;
     int seqlen_k;
     int head_dim;
@@ -40,8 +44,20 @@ struct Sm90BwdParams {
     float scale_log2;   // scale * log2(e)
     float scale;
     int causal;
+    int diag;           // off: query i's aligned key is i + diag
+    int win_left;       // window sides, -1 unbounded
+    int win_right;
+    float cap_scale;    // scale / softcap
+    float cap_log2;     // softcap * log2(e)
+    const float* alibi; // slopes; null: none
+    i64 alibi_sb;       // slope strides (batch, head), elements
+    i64 alibi_sh;
+    const void* bias;   // null: none
+    i64 bias_sb;        // (batch, head, row) strides, elements; 0 broadcasts
+    i64 bias_sh;
+    i64 bias_ss;
 };
-static_assert(sizeof(Sm90BwdParams) == 704, "Sm90BwdParams: declared in flashcore_cupy/params.py: run scripts/gen_params.py");
+static_assert(sizeof(Sm90BwdParams) == 832, "Sm90BwdParams: declared in flashcore_cupy/params.py: run scripts/gen_params.py");
 static_assert(FC_OFFSETOF(Sm90BwdParams, q) == 0, "Sm90BwdParams::q");
 static_assert(FC_OFFSETOF(Sm90BwdParams, k) == 128, "Sm90BwdParams::k");
 static_assert(FC_OFFSETOF(Sm90BwdParams, v) == 256, "Sm90BwdParams::v");
@@ -53,23 +69,39 @@ static_assert(FC_OFFSETOF(Sm90BwdParams, dk) == 536, "Sm90BwdParams::dk");
 static_assert(FC_OFFSETOF(Sm90BwdParams, dv) == 544, "Sm90BwdParams::dv");
 static_assert(FC_OFFSETOF(Sm90BwdParams, dk_accum) == 552, "Sm90BwdParams::dk_accum");
 static_assert(FC_OFFSETOF(Sm90BwdParams, dv_accum) == 560, "Sm90BwdParams::dv_accum");
-static_assert(FC_OFFSETOF(Sm90BwdParams, dq_sem) == 568, "Sm90BwdParams::dq_sem");
-static_assert(FC_OFFSETOF(Sm90BwdParams, dk_sb) == 576, "Sm90BwdParams::dk_sb");
-static_assert(FC_OFFSETOF(Sm90BwdParams, dk_sh) == 584, "Sm90BwdParams::dk_sh");
-static_assert(FC_OFFSETOF(Sm90BwdParams, dk_ss) == 592, "Sm90BwdParams::dk_ss");
-static_assert(FC_OFFSETOF(Sm90BwdParams, dv_sb) == 600, "Sm90BwdParams::dv_sb");
-static_assert(FC_OFFSETOF(Sm90BwdParams, dv_sh) == 608, "Sm90BwdParams::dv_sh");
-static_assert(FC_OFFSETOF(Sm90BwdParams, dv_ss) == 616, "Sm90BwdParams::dv_ss");
-static_assert(FC_OFFSETOF(Sm90BwdParams, seqlen_q) == 624, "Sm90BwdParams::seqlen_q");
-static_assert(FC_OFFSETOF(Sm90BwdParams, seqlen_k) == 628, "Sm90BwdParams::seqlen_k");
-static_assert(FC_OFFSETOF(Sm90BwdParams, head_dim) == 632, "Sm90BwdParams::head_dim");
-static_assert(FC_OFFSETOF(Sm90BwdParams, heads) == 636, "Sm90BwdParams::heads");
-static_assert(FC_OFFSETOF(Sm90BwdParams, heads_kv) == 640, "Sm90BwdParams::heads_kv");
-static_assert(FC_OFFSETOF(Sm90BwdParams, heads_per_kv) == 644, "Sm90BwdParams::heads_per_kv");
-static_assert(FC_OFFSETOF(Sm90BwdParams, rows_pad) == 648, "Sm90BwdParams::rows_pad");
-static_assert(FC_OFFSETOF(Sm90BwdParams, dkv_by_q_head) == 652, "Sm90BwdParams::dkv_by_q_head");
-static_assert(FC_OFFSETOF(Sm90BwdParams, scale_log2) == 656, "Sm90BwdParams::scale_log2");
-static_assert(FC_OFFSETOF(Sm90BwdParams, scale) == 660, "Sm90BwdParams::scale");
-static_assert(FC_OFFSETOF(Sm90BwdParams, causal) == 664, "Sm90BwdParams::causal");
+static_assert(FC_OFFSETOF(Sm90BwdParams, dbias) == 568, "Sm90BwdParams::dbias");
+static_assert(FC_OFFSETOF(Sm90BwdParams, dq_sem) == 576, "Sm90BwdParams::dq_sem");
+static_assert(FC_OFFSETOF(Sm90BwdParams, dk_sb) == 584, "Sm90BwdParams::dk_sb");
+static_assert(FC_OFFSETOF(Sm90BwdParams, dk_sh) == 592, "Sm90BwdParams::dk_sh");
+static_assert(FC_OFFSETOF(Sm90BwdParams, dk_ss) == 600, "Sm90BwdParams::dk_ss");
+static_assert(FC_OFFSETOF(Sm90BwdParams, dv_sb) == 608, "Sm90BwdParams::dv_sb");
+static_assert(FC_OFFSETOF(Sm90BwdParams, dv_sh) == 616, "Sm90BwdParams::dv_sh");
+static_assert(FC_OFFSETOF(Sm90BwdParams, dv_ss) == 624, "Sm90BwdParams::dv_ss");
+static_assert(FC_OFFSETOF(Sm90BwdParams, dbias_sb) == 632, "Sm90BwdParams::dbias_sb");
+static_assert(FC_OFFSETOF(Sm90BwdParams, dbias_sh) == 640, "Sm90BwdParams::dbias_sh");
+static_assert(FC_OFFSETOF(Sm90BwdParams, dbias_ss) == 648, "Sm90BwdParams::dbias_ss");
+static_assert(FC_OFFSETOF(Sm90BwdParams, seqlen_q) == 656, "Sm90BwdParams::seqlen_q");
+static_assert(FC_OFFSETOF(Sm90BwdParams, seqlen_k) == 660, "Sm90BwdParams::seqlen_k");
+static_assert(FC_OFFSETOF(Sm90BwdParams, head_dim) == 664, "Sm90BwdParams::head_dim");
+static_assert(FC_OFFSETOF(Sm90BwdParams, heads) == 668, "Sm90BwdParams::heads");
+static_assert(FC_OFFSETOF(Sm90BwdParams, heads_kv) == 672, "Sm90BwdParams::heads_kv");
+static_assert(FC_OFFSETOF(Sm90BwdParams, heads_per_kv) == 676, "Sm90BwdParams::heads_per_kv");
+static_assert(FC_OFFSETOF(Sm90BwdParams, rows_pad) == 680, "Sm90BwdParams::rows_pad");
+static_assert(FC_OFFSETOF(Sm90BwdParams, dkv_by_q_head) == 684, "Sm90BwdParams::dkv_by_q_head");
+static_assert(FC_OFFSETOF(Sm90BwdParams, scale_log2) == 688, "Sm90BwdParams::scale_log2");
+static_assert(FC_OFFSETOF(Sm90BwdParams, scale) == 692, "Sm90BwdParams::scale");
+static_assert(FC_OFFSETOF(Sm90BwdParams, causal) == 696, "Sm90BwdParams::causal");
+static_assert(FC_OFFSETOF(Sm90BwdParams, diag) == 700, "Sm90BwdParams::diag");
+static_assert(FC_OFFSETOF(Sm90BwdParams, win_left) == 704, "Sm90BwdParams::win_left");
+static_assert(FC_OFFSETOF(Sm90BwdParams, win_right) == 708, "Sm90BwdParams::win_right");
+static_assert(FC_OFFSETOF(Sm90BwdParams, cap_scale) == 712, "Sm90BwdParams::cap_scale");
+static_assert(FC_OFFSETOF(Sm90BwdParams, cap_log2) == 716, "Sm90BwdParams::cap_log2");
+static_assert(FC_OFFSETOF(Sm90BwdParams, alibi) == 720, "Sm90BwdParams::alibi");
+static_assert(FC_OFFSETOF(Sm90BwdParams, alibi_sb) == 728, "Sm90BwdParams::alibi_sb");
+static_assert(FC_OFFSETOF(Sm90BwdParams, alibi_sh) == 736, "Sm90BwdParams::alibi_sh");
+static_assert(FC_OFFSETOF(Sm90BwdParams, bias) == 744, "Sm90BwdParams::bias");
+static_assert(FC_OFFSETOF(Sm90BwdParams, bias_sb) == 752, "Sm90BwdParams::bias_sb");
+static_assert(FC_OFFSETOF(Sm90BwdParams, bias_sh) == 760, "Sm90BwdParams::bias_sh");
+static_assert(FC_OFFSETOF(Sm90BwdParams, bias_ss) == 768, "Sm90BwdParams::bias_ss");
 
 }  // namespace fc

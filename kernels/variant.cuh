@@ -134,6 +134,16 @@ __device__ __forceinline__ float bias_bits(u32 bits) {
     return f;
 }
 
+// The bias of (row, key) (ScoreMod.bias: this (batch, head)'s), 0 past Sq or Sk: one load, for
+// the Hopper backward's transposed tiles.
+template <class T, int BIAS>
+__device__ __forceinline__ float bias_at(const ScoreMod& m, int row, int key) {
+    if (row >= m.seqlen_q || key >= m.seqlen_k) return 0.f;
+    const i64 at = static_cast<i64>(row) * m.bias_ss + key;
+    if constexpr (BIAS == 2) return static_cast<const float*>(m.bias)[at];
+    else return bias_bits<T>(static_cast<const u16*>(m.bias)[at]);
+}
+
 // A thread's bias for one score tile, in the mma C layout of variant_scores: rows first_row +
 // 16 mt + lane / 4 + 8 half, keys first_key + 8 nt + 2 (lane % 4) + {0, 1}. The kernels fetch
 // it right after issuing the tile's S GEMM and use it after the GEMM lands, so that the global
@@ -274,6 +284,18 @@ struct BiasStage {
     __device__ __forceinline__ Reader reader(int slot) const { return {*this, slot}; }
 };
 
+// One score's variant step (the mask aside), in ScoreMod.units: x (q . k as the GEMM left it,
+// or scaled already where the units are 1) capped, ALiBi'd at distance dist = i + off - j and
+// biased by b. variant_scores runs it over a tile; the Hopper backward over its transposed
+// tiles, element by element.
+template <class V>
+__device__ __forceinline__ float score_step(float x, const ScoreMod& m, float dist, float b) {
+    if constexpr (V::kSoftcap) x = fast_tanh(x * m.cap_scale);
+    if constexpr (V::kAlibi) x -= m.slope_units * fabsf(dist);
+    if constexpr (V::kBias != 0) x = fmaf(b, m.bias_units, x);
+    return x;
+}
+
 // A non-plain variant's scores, in place, in the units softmax takes as its scale
 // (ScoreMod.units): S of this warp's rows (mma.sync's C layout, see softmax.cuh) from the raw
 // q . k to capped, ALiBi'd and biased scores, and with MASK (the tile is partial:
@@ -308,10 +330,8 @@ __device__ __forceinline__ void variant_scores(float (&s)[M_TILES][N_TILES][4], 
                 #pragma unroll
                 for (int c = 0; c < 2; ++c) {
                     const int at = nt * 8 + c;
-                    float x = s[mt][nt][2 * half + c];
-                    if constexpr (V::kSoftcap) x = fast_tanh(x * m.cap_scale);
-                    if constexpr (V::kAlibi) x -= m.slope_units * fabsf(dist0 - static_cast<float>(at));
-                    if constexpr (V::kBias != 0) x = fmaf(bias.at(mt, half, nt, c), m.bias_units, x);
+                    float x = score_step<V>(s[mt][nt][2 * half + c], m, dist0 - static_cast<float>(at),
+                                            V::kBias != 0 ? bias.at(mt, half, nt, c) : 0.f);
                     if constexpr (MASK) {
                         if (at >= hi || at < lo) x = neg_inf();
                     }

@@ -44,22 +44,27 @@ def test_hopper_tiles_give_each_consumer_one_dq_block():
     assert configs.Sm90BwdConfig("bf16", 128).grid(batch=3, heads_q=5, seqlen_k=129) == (5, 2, 3)
 
 
-def _dispatch(arch, backend="auto", head_dim=64, **opts):
+def _dispatch(arch, backend="auto", head_dim=64, deterministic=False, **opts):
     from flashcore_cupy import backward
     q = spec("q", (2, 4, 100, head_dim))
     k, v = spec("k", (2, 2, 80, head_dim)), spec("v", (2, 2, 80, head_dim))
     p = check_problem(q, k, v, causal=True, scale=None, layout="bhsd", **opts)
-    return backward._choose(p, arch, q.strides[:3], backend)
+    return backward._choose(p, arch, q.strides[:3], deterministic, backend)
 
 
 def test_dispatch_takes_the_hopper_kernel_where_it_applies():
     assert isinstance(_dispatch("sm_90a"), configs.Sm90BwdConfig)
     assert _dispatch("sm_90a", head_dim=96).head_dim == 128
     assert isinstance(_dispatch("sm_90a", backend="sm80"), configs.Sm80BwdConfig)
-    for arch, kw in (("sm_80", {}), ("sm_90a", dict(head_dim=160)), ("sm_90a", dict(window=(16, 0)))):
+    assert _dispatch("sm_90a", window=(16, 0)).variant == configs.KernelVariant(window=True)
+    assert isinstance(_dispatch("sm_90a", deterministic=True), configs.Sm90BwdConfig)
+    assert isinstance(_dispatch("sm_90a", deterministic=True, window=(-1, 0)), configs.Sm90BwdConfig)
+    for arch, kw in (("sm_80", {}), ("sm_90a", dict(head_dim=160)),
+                     ("sm_90a", dict(deterministic=True, window=(16, 0)))):
         assert isinstance(_dispatch(arch, **kw), configs.Sm80BwdConfig), (arch, kw)
-    with pytest.raises(ValueError, match="backend='sm90' cannot run this backward: its variants"):
-        _dispatch("sm_90a", backend="sm90", window=(16, 0))
+    with pytest.raises(ValueError, match="backend='sm90' cannot run this backward: deterministic=True with a "
+                                         "window's left bound"):
+        _dispatch("sm_90a", backend="sm90", deterministic=True, window=(16, 0))
     with pytest.raises(ValueError, match="needs an sm_90 GPU"):
         _dispatch("sm_89", backend="sm90")
 
@@ -215,7 +220,7 @@ def test_plan_builds_its_launches(monkeypatch, arch, deterministic, heads_kv):
     p = Problem(batch=2, heads_q=4, heads_kv=heads_kv, seqlen_q=300, seqlen_k=200, head_dim=128, dtype="bf16",
                 causal=True, scale=0.1, layout="bhsd", device=0, q_strides=(4 * 300 * 128, 300 * 128, 128),
                 k_strides=(heads_kv * 200 * 128, 200 * 128, 128), v_strides=(heads_kv * 200 * 128, 200 * 128, 128))
-    config = backward._choose(p, arch, p.q_strides, "auto")
+    config = backward._choose(p, arch, p.q_strides, deterministic, "auto")
     assert isinstance(config, configs.Sm90BwdConfig) == (arch == "sm_90a")
     kv = p.k_strides
     plan = backward._Plan.build(p, config, arch, p.q_strides, p.q_strides, p.q_strides, kv, kv, deterministic,
