@@ -256,8 +256,8 @@ flash_bwd_sm90(const __grid_constant__ Sm90BwdParams p) {
                 for (int e = 0; e < 4; ++e) {
                     const int key = key_lane + 8 * (e / 2), row = row0 + 8 * i + col_lane + e % 2;
                     if constexpr (V::kSoftcap) raw[i][e] = st[0][i][e];
-                    const float b = V::kBias != 0 ? bias_at<T, V::kBias>(mod, row, key) : 0.f;
-                    const float x = score_step<V>(st[0][i][e] * pre, mod, static_cast<float>(row + mod.diag - key), b);
+                    float x = st[0][i][e] * pre;
+                    FC_SCORE_STEP(V, x, mod, static_cast<float>(row + mod.diag - key), (bias_at<T, V::kBias>(mod, row, key)));
                     const bool hidden = key >= seqlen_k || (mod.win_right >= 0 && key > row + mod.diag + mod.win_right) ||
                                         (mod.win_left >= 0 && key < row + mod.diag - mod.win_left);
                     st[0][i][e] = partial && hidden ? 0.f : fast_exp2(x * mod.units - (e % 2 ? l2.y : l2.x));

@@ -284,17 +284,17 @@ struct BiasStage {
     __device__ __forceinline__ Reader reader(int slot) const { return {*this, slot}; }
 };
 
-// One score's variant step (the mask aside), in ScoreMod.units: x (q . k as the GEMM left it,
-// or scaled already where the units are 1) capped, ALiBi'd at distance dist = i + off - j and
-// biased by b. variant_scores runs it over a tile; the Hopper backward over its transposed
-// tiles, element by element.
-template <class V>
-__device__ __forceinline__ float score_step(float x, const ScoreMod& m, float dist, float b) {
-    if constexpr (V::kSoftcap) x = fast_tanh(x * m.cap_scale);
-    if constexpr (V::kAlibi) x -= m.slope_units * fabsf(dist);
-    if constexpr (V::kBias != 0) x = fmaf(b, m.bias_units, x);
-    return x;
-}
+// One score's variant step (the mask aside), in ScoreMod.units, on the float lvalue x (q . k as
+// the GEMM left it, or scaled already where the units are 1): capped, ALiBi'd at distance
+// dist = i + off - j and biased by `bias` (evaluated only with a bias). variant_scores runs it
+// over a tile; the Hopper backward over its transposed tiles, element by element. A macro, as
+// mask.cuh's: the forward kernels' SASS stays what it was with the steps written inline.
+#define FC_SCORE_STEP(V, x, m, dist, bias)                                          \
+    do {                                                                           \
+        if constexpr (V::kSoftcap) x = fast_tanh(x * (m).cap_scale);               \
+        if constexpr (V::kAlibi) x -= (m).slope_units * fabsf(dist);                \
+        if constexpr (V::kBias != 0) x = fmaf((bias), (m).bias_units, x);           \
+    } while (0)
 
 // A non-plain variant's scores, in place, in the units softmax takes as its scale
 // (ScoreMod.units): S of this warp's rows (mma.sync's C layout, see softmax.cuh) from the raw
@@ -330,8 +330,8 @@ __device__ __forceinline__ void variant_scores(float (&s)[M_TILES][N_TILES][4], 
                 #pragma unroll
                 for (int c = 0; c < 2; ++c) {
                     const int at = nt * 8 + c;
-                    float x = score_step<V>(s[mt][nt][2 * half + c], m, dist0 - static_cast<float>(at),
-                                            V::kBias != 0 ? bias.at(mt, half, nt, c) : 0.f);
+                    float x = s[mt][nt][2 * half + c];
+                    FC_SCORE_STEP(V, x, m, dist0 - static_cast<float>(at), bias.at(mt, half, nt, c));
                     if constexpr (MASK) {
                         if (at >= hi || at < lo) x = neg_inf();
                     }
