@@ -140,8 +140,17 @@ template <class T, int BIAS>
 __device__ __forceinline__ float bias_at(const ScoreMod& m, int row, int key) {
     if (row >= m.seqlen_q || key >= m.seqlen_k) return 0.f;
     const i64 at = static_cast<i64>(row) * m.bias_ss + key;
-    if constexpr (BIAS == 2) return static_cast<const float*>(m.bias)[at];
-    else return bias_bits<T>(static_cast<const u16*>(m.bias)[at]);
+    // volatile: the load stays where the score step needs it (hoisted, 32 of them held
+    // registers the transposed tiles do not have)
+    if constexpr (BIAS == 2) {
+        float x;
+        asm volatile("ld.global.nc.f32 %0, [%1];" : "=f"(x) : "l"(static_cast<const float*>(m.bias) + at));
+        return x;
+    } else {
+        unsigned short bits;
+        asm volatile("ld.global.nc.u16 %0, [%1];" : "=h"(bits) : "l"(static_cast<const u16*>(m.bias) + at));
+        return bias_bits<T>(bits);
+    }
 }
 
 // A thread's bias for one score tile, in the mma C layout of variant_scores: rows first_row +
