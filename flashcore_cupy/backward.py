@@ -144,13 +144,17 @@ _BACKENDS = ("auto", "sm80", "sm90")
 def _choose(p: Problem, arch: str, do_strides: tuple[int, int, int], deterministic: bool,
             backend: str) -> Sm80BwdConfig | Sm90BwdConfig:
     """The kernel for `p`: the Hopper one where it applies (backend "auto" or "sm90"), else the
-    portable one."""
+    portable one. "auto" leaves it the Hopper tiles of head dim 64 with a softcap or a bias:
+    there they spill and ptxas serialises their wgmma (a backend="sm90" call still runs them)."""
     blocker = None if backend == "sm80" else sm90_bwd_blocker(p, arch, do_strides, deterministic)
     if backend == "sm90" and blocker:
         raise ValueError(f"backend='sm90' cannot run this backward: {blocker}; use backend='auto'")
-    if backend == "sm80" or blocker:
-        return bwd_config(p.dtype, bucket_head_dim(p.head_dim), p.kernel_variant)
-    return Sm90BwdConfig(p.dtype, 64 if p.head_dim <= 64 else 128, variant=p.kernel_variant)
+    head_dim = 64 if p.head_dim <= 64 else 128
+    variant = p.kernel_variant
+    spills = head_dim == 64 and (variant.softcap or variant.bias != "none")
+    if backend == "sm80" or blocker or (backend == "auto" and spills):
+        return bwd_config(p.dtype, bucket_head_dim(p.head_dim), variant)
+    return Sm90BwdConfig(p.dtype, head_dim, variant=variant)
 
 
 @dataclass(frozen=True, eq=False)

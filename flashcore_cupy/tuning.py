@@ -249,11 +249,13 @@ _BOUNDING_VARIANTS = (configs.KernelVariant(window=True),
 
 def backward_configs(arch: str) -> list[configs.Sm80BwdConfig | configs.Sm90BwdConfig | configs.BwdStepConfig]:
     """The backward's instantiations on `arch`: its steps', the portable kernel's (every head dim
-    bucket and dtype, plain and for the bounding variants) and on sm_90a the Hopper kernel's."""
+    bucket and dtype, plain and for the bounding variants) and on sm_90a the Hopper kernel's
+    (plain and the bounding variants)."""
     steps = [configs.BwdStepConfig(k, dt) for k in ("bwd_prep", "bwd_convert") for dt in configs.DTYPES]
     portable = [configs.bwd_config(dt, hd, v) for dt in configs.DTYPES for hd in configs.HEAD_DIM_BUCKETS
                 for v in (configs.PLAIN, *_BOUNDING_VARIANTS)]
-    hopper = [configs.Sm90BwdConfig(dt, hd) for dt in configs.DTYPES for hd in configs.SM90_BWD_HEAD_DIMS]
+    hopper = [configs.Sm90BwdConfig(dt, hd, variant=v) for dt in configs.DTYPES for hd in configs.SM90_BWD_HEAD_DIMS
+              for v in (configs.PLAIN, *_BOUNDING_VARIANTS)]
     return steps + portable + (hopper if arch == configs.SM90_ARCH else [])
 
 

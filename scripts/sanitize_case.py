@@ -47,17 +47,21 @@ for kernel in ["sm80", "auto"] + hopper:
         print(f"variant ({kernel}) bias {np.dtype(bias_dtype)} {sq}x{sk}: rel err {err:.2e}, worst row {row:.2e}")
         ok &= workload.within_tolerance("fp16", err, row)
 # The backward: GQA, causal (dispatch's kernel: Hopper's on sm_90a), deterministic, and a
-# variant with every option (the portable kernel).
-for opts, det in ((dict(causal=True), False), (dict(causal=True), True),
-                  (dict(causal="top_left", window=(40, 3), softcap=4.0), False)):
-    q = cupy.asarray(rng.standard_normal((2, 4, 150, 64)).astype(np.float16))
-    k, v = (cupy.asarray(rng.standard_normal((2, 2, 201, 64)).astype(np.float16)) for _ in range(2))
+# variant with every option (the portable kernel at D64, Hopper's at D128).
+for opts, det, d in ((dict(causal=True), False, 64), (dict(causal=True), True, 64),
+                     (dict(causal="top_left", window=(40, 3), softcap=4.0), False, 64),
+                     (dict(causal="top_left", window=(40, 3), softcap=4.0), False, 128)):
+    if d == 128:   # every score option: ALiBi and a bias too
+        opts = dict(opts, alibi_slopes=cupy.asarray(rng.uniform(0, 0.3, (2, 4)).astype(np.float32)),
+                    bias=cupy.asarray(rng.standard_normal((1, 4, 150, 201)).astype(np.float16)))
+    q = cupy.asarray(rng.standard_normal((2, 4, 150, d)).astype(np.float16))
+    k, v = (cupy.asarray(rng.standard_normal((2, 2, 201, d)).astype(np.float16)) for _ in range(2))
     dout = cupy.asarray(rng.standard_normal(q.shape).astype(np.float16))
     out, lse = fc.attention(q, k, v, return_lse=True, **opts)
     grads = fc.attention_backward(dout, q, k, v, out, lse, deterministic=det, **opts)
     cupy.cuda.get_current_stream().synchronize()
     refs = reference.attention_backward(dout, q, k, v, out, lse, **opts)
     errs = [reference.rel_error(g, r) for g, r in zip(grads, refs)]
-    print(f"backward {opts} deterministic={det}: rel err dq {errs[0]:.2e}, dk {errs[1]:.2e}, dv {errs[2]:.2e}")
+    print(f"backward D{d} {sorted(opts)} deterministic={det}: rel err dq {errs[0]:.2e}, dk {errs[1]:.2e}, dv {errs[2]:.2e}")
     ok &= max(errs) <= 5e-3
 sys.exit(0 if ok else 1)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import flashcore_cupy as fc
-from flashcore_cupy import reference
+from flashcore_cupy import api, reference
 from test_attention_gpu import make_inputs
 from test_variants_gpu import _options
 
@@ -88,9 +88,13 @@ def test_variant_gradients_match_reference(rng, causal, window, option):
         inputs, got, ref = _grads(rng, dtype, d, "bhsd", heads, lengths, causal=causal, window=window, **opts)
         what = f"{dtype} D{d} causal={causal} window={window} {option} {lengths}"
         _assert_grads(got, ref, dtype, what)
-        # On H100/H200 dispatch ran the Hopper kernel: the portable one on the same inputs.
+        # On H100/H200 dispatch ran the Hopper kernel (the portable one for a softcap or bias at
+        # D64): both kernels on the same inputs.
         _assert_grads(_backward(inputs, "bhsd", backend="sm80", causal=causal, window=window, **opts), ref, dtype,
                       what + " sm80")
+        if api.device_info(0).arch == "sm_90a":
+            _assert_grads(_backward(inputs, "bhsd", backend="sm90", causal=causal, window=window, **opts), ref,
+                          dtype, what + " sm90")
 
 
 def test_gradients_within_twice_sdpa_error(rng):
@@ -131,14 +135,14 @@ def test_dbias_sums_the_broadcast_dimensions(rng, shape):
     import cupy
 
     heads, lengths = (2, 4, 2), (120, 90)
-    q, k, v = make_inputs(rng, "fp16", 64, "bhsd", heads, lengths)
-    for expand in (False, True):
+    for expand, d in ((False, 64), (True, 64), (False, 128), (True, 128)):   # D128: the Hopper kernel there
+        q, k, v = make_inputs(rng, "fp16", d, "bhsd", heads, lengths)
         bias = cupy.asarray(rng.standard_normal(shape).astype(np.float32))
         if expand:   # a stride-0 view of the full (B, Hq, Sq, Sk) shape
             bias = cupy.broadcast_to(bias, (2, 4, 120, 90))
         opts = dict(causal=True, softcap=3.0, bias=bias)
         out, lse = fc.attention(q, k, v, return_lse=True, **opts)
-        dout = make_inputs(rng, "fp16", 64, "bhsd", heads, lengths)[0]
+        dout = make_inputs(rng, "fp16", d, "bhsd", heads, lengths)[0]
         *grads, dbias = fc.attention_backward(dout, q, k, v, out, lse, return_dbias=True, **opts)
         *refs, ref_dbias = reference.attention_backward(dout, q, k, v, out, lse, return_dbias=True, **opts)
         assert dbias.shape == bias.shape and dbias.dtype == np.float32
@@ -147,15 +151,17 @@ def test_dbias_sums_the_broadcast_dimensions(rng, shape):
         assert err <= GRAD_TOL["fp16"], f"bias {shape} expand={expand}: dbias rel err {err:.3e}"
 
 
-def test_deterministic_mode_gives_the_same_bits(rng):
+@pytest.mark.parametrize("window", [(100, 20), (-1, 7)])
+def test_deterministic_mode_gives_the_same_bits(rng, window):
     """deterministic=True: five runs bitwise equal (dQ's ordered adds, GQA and dbias sums on the
-    host), within the bounds; with a window (its query tiles start past key tile 0) and a bias."""
+    host), within the bounds; with a bias and a window: with a left bound (its query tiles start
+    past key tile 0: the portable kernel) or without (the Hopper kernel on H100/H200)."""
     import cupy
 
     heads, lengths = (2, 6, 2), (300, 500)
     q, k, v = make_inputs(rng, "bf16", 128, "bshd", heads, lengths)
     bias = cupy.asarray(rng.standard_normal((1, 6, 300, 500)).astype(np.float32))
-    opts = dict(window=(100, 20), bias=bias, layout="bshd")
+    opts = dict(window=window, bias=bias, layout="bshd")
     out, lse = fc.attention(q, k, v, return_lse=True, **opts)
     dout = make_inputs(rng, "bf16", 128, "bshd", heads, lengths)[0]
     first = fc.attention_backward(dout, q, k, v, out, lse, deterministic=True, return_dbias=True, **opts)

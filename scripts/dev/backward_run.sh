@@ -3,7 +3,7 @@
 # SDPA, compute-sanitizer memcheck, racecheck and synccheck, and optionally the benchmark's backward mode.
 # Logs go to $OUT. Usage on the device machine, from the repository root:
 #   bash scripts/dev/backward_run.sh
-# PROBE_ARGS adds backward_probe.py options (--config dq_keys=1, --ablate NO_DQ, --shapes ...);
+# PROBE_SHAPES (comma-separated) replaces the probe's rows; PROBE_ARGS adds backward_probe.py options (--config dq_keys=1, --ablate NO_DQ, --shapes ...);
 # BENCH_SHAPES (space-separated) runs `bench --direction ${DIRECTION:-backward}` on those rows;
 # NCU_SHAPES (space-separated) profiles the Hopper backward's main kernel on those rows (ncu --set full);
 # PYTEST=0 / SANITIZE=0 skip those steps.
@@ -15,7 +15,7 @@ if [ "${PYTEST:-1}" = 1 ]; then
   step pytest.txt timeout 300 python3 -m pytest tests/test_backward_gpu.py tests/test_torch_adapter_gpu.py -q -rs -x -p no:cacheprovider
 fi
 step probe.txt timeout 150 python3 scripts/dev/backward_probe.py --dtype fp16,bf16 \
-  --shapes b2-h16-s4k-d128-causal,b1-h16-s16k-d128-causal,b4-h16-s1k-d64,b2-h16-s4k-d64 ${PROBE_ARGS:-}
+  --shapes ${PROBE_SHAPES:-b2-h16-s4k-d128-causal,b1-h16-s16k-d128-causal,b4-h16-s1k-d64,b2-h16-s4k-d64} ${PROBE_ARGS:-}
 if [ "${SANITIZE:-1}" = 1 ]; then
   for tool in memcheck racecheck synccheck; do
     step sanitizer.txt timeout 90 compute-sanitizer --tool $tool --error-exitcode 3 python3 scripts/sanitize_case.py
