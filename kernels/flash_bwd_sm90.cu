@@ -313,6 +313,7 @@ flash_bwd_sm90(const __grid_constant__ Sm90BwdParams p) {
         fence_registers(dv);
         fence_registers(pa);
         fence_registers(dsa);
+        __syncwarp();   // every lane's reads of the slot before lane 0's release (racecheck's model too)
         if (lane == 0) mbar_arrive(bar.q_empty(slot));   // Q, dO, LSE and delta of the slot are read
         // dQ block (rb, cb) to shared memory in fragment order (16 bytes of thread j's n-tile i
         // at (128 i + j) * 16: conflict-free), for the producer's bulk reduction.

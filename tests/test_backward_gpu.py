@@ -228,7 +228,8 @@ def test_a_repeated_signature_runs_on_its_new_arrays(rng, backend):
 def test_hopper_kernel_is_dispatchs_choice_there(rng):
     """On an H100/H200 the plain backward up to D128 runs the Hopper kernel (so the tests above
     held it to the reference): backend='sm90' gives the same gradients as dispatch, GQA and
-    ragged tiles included; a variant it does not take is refused with the reason."""
+    ragged tiles included; what it does not take (deterministic with a window's left bound) is
+    refused with the reason."""
     from flashcore_cupy import api
 
     if api.device_info(0).arch != "sm_90a":
@@ -240,8 +241,10 @@ def test_hopper_kernel_is_dispatchs_choice_there(rng):
         for a, b in zip(got, forced):   # dispatch's choice: the same kernel, up to the atomics' order
             assert reference.rel_error(a, b.get().astype(np.float64)) < 1e-2
     q, k, v, dout, out, lse = inputs
-    with pytest.raises(ValueError, match="backend='sm90' cannot run this backward: deterministic=True"):
-        fc.attention_backward(dout, q, k, v, out, lse, layout="bshd", causal=True, deterministic=True, backend="sm90")
+    with pytest.raises(ValueError, match="backend='sm90' cannot run this backward: deterministic=True with a "
+                                         "window's left bound"):
+        fc.attention_backward(dout, q, k, v, out, lse, layout="bshd", window=(30, 0), deterministic=True,
+                              backend="sm90")
 
 
 @pytest.mark.parametrize("d, causal", [(64, True), (128, False), (128, True)])
