@@ -8,9 +8,9 @@ out, lse and the gradient buffers; then three launches on CuPy's current stream:
      accumulator zeroed (with GQA, float32 dK / dV accumulators zeroed beside it);
   2. the main kernel: a CTA per key tile of one (batch, query head) over the query tiles that
      see it, dQ added into its accumulator by float32 reductions (deterministic=True: in key
-     tile order, a semaphore per query tile). On H100/H200, plain masks at head dims up to
-     128: kernels/flash_bwd_sm90.cu (TMA, wgmma, warp specialisation); otherwise, and for the
-     variants, kernels/flash_bwd_sm80.cu;
+     tile order, a semaphore per query tile). On H100/H200 at head dims up to 128:
+     kernels/flash_bwd_sm90.cu (TMA, wgmma, warp specialisation), every option but those
+     _choose leaves to kernels/flash_bwd_sm80.cu, which runs everything else;
   3. bwd_convert: dq = scale * dQ in the inputs' type (and GQA's dK / dV sums into dk, dv).
 """
 
