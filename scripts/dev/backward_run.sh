@@ -4,7 +4,9 @@
 # Logs go to $OUT. Usage on the device machine, from the repository root:
 #   bash scripts/dev/backward_run.sh
 # PROBE_SHAPES (comma-separated) replaces the probe's rows; PROBE_ARGS adds backward_probe.py options (--config dq_keys=1, --ablate NO_DQ, --shapes ...);
-# BENCH_SHAPES (space-separated) runs `bench --direction ${DIRECTION:-backward}` on those rows;
+# BENCH_SHAPES (space-separated) runs `bench --direction ${DIRECTION:-backward}` on those rows, with
+# BENCH_ARGS (e.g. "--impl flashcore --impl sdpa_cudnn --iters 10": the full list of
+# implementations on every row does not fit one 10-minute call);
 # NCU_SHAPES (space-separated) profiles the Hopper backward's main kernel on those rows (ncu --set full);
 # PYTEST=0 / SANITIZE=0 skip those steps.
 set -uo pipefail
@@ -27,7 +29,7 @@ for shape in ${NCU_SHAPES:-}; do
 done
 if [ -n "${BENCH_SHAPES:-}" ]; then
   args=(); for s in $BENCH_SHAPES; do args+=(--shape "$s"); done
-  step bench.txt python3 -m flashcore_cupy bench --direction "${DIRECTION:-backward}" "${args[@]}" \
+  step bench.txt python3 -m flashcore_cupy bench --direction "${DIRECTION:-backward}" "${args[@]}" ${BENCH_ARGS:-} \
     --out "$OUT/bench_backward.json"
   step bench.txt python3 scripts/report.py "$OUT/bench_backward.json"
 fi
