@@ -3,7 +3,8 @@
 # SDPA, compute-sanitizer memcheck, racecheck and synccheck, and optionally the benchmark's backward mode.
 # Logs go to $OUT. Usage on the device machine, from the repository root:
 #   bash scripts/dev/backward_run.sh
-# PROBE_SHAPES (comma-separated) replaces the probe's rows; PROBE_ARGS adds backward_probe.py options (--config dq_keys=1, --ablate NO_DQ, --shapes ...);
+# PROBE_SHAPES (comma-separated) replaces the probe's rows; PROBE_ARGS adds backward_probe.py options
+# (--config stages=1, --ablate NO_DQ, --dtype fp16, ...);
 # BENCH_SHAPES (space-separated) runs `bench --direction ${DIRECTION:-backward}` on those rows, with
 # BENCH_ARGS (e.g. "--impl flashcore --impl sdpa_cudnn --iters 10": the full list of
 # implementations on every row does not fit one 10-minute call);
