@@ -144,7 +144,12 @@ flash_bwd_sm90(const __grid_constant__ Sm90BwdParams p) {
             for (int t = 0; t < n_tiles; ++t) {
                 const Ring<STAGES> r{t};
                 const int row0 = row_first + t * BLOCK_M;
-                if (t >= STAGES) mbar_wait(bar.q_empty(r.slot()), r.parity() ^ 1);
+                if (t >= STAGES) {
+                    mbar_wait(bar.q_empty(r.slot()), r.parity() ^ 1);
+                    // The consumers' generic reads of the slot (LSE, delta), acquired through
+                    // the barrier, before the async proxy's copies into it.
+                    fence_async_shared();
+                }
                 mbar_expect_tx(bar.q_full(r.slot()), 2 * Tile::kQBytes + 2 * Tile::kRowBytes);
                 tma_load_tile<HEAD_DIM>(sbase + Tile::kOffQ + r.slot() * Tile::kQBytes, p.q, bar.q_full(r.slot()),
                                         BLOCK_M, row0, head, batch);
