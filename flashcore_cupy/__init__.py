@@ -4,6 +4,8 @@ from . import reference
 from .api import Plan, attention, plan
 from .backward import attention_backward
 from .loader import KernelCompileError
+from .merge import merge_states
 
 __version__ = "0.1.0"
-__all__ = ["attention", "attention_backward", "plan", "Plan", "reference", "KernelCompileError", "__version__"]
+__all__ = ["attention", "attention_backward", "merge_states", "plan", "Plan", "reference", "KernelCompileError",
+           "__version__"]

@@ -250,6 +250,35 @@ class BwdStepConfig:
         return f"{self.kernel} {self.dtype}"
 
 
+MERGE_DTYPES = ("fp16", "bf16", "f32")   # merge_states' partials and outputs
+
+
+@dataclass(frozen=True)
+class MergeConfig:
+    """`fc::merge_states<TI, TO>` in kernels/merge_states.cu, on every arch: a warp per row,
+    8 rows a block, rows of at most MAX_DV columns."""
+
+    dtype_in: str    # MERGE_DTYPES
+    dtype_out: str
+
+    kernel_file = "merge_states.cu"
+    threads = 256
+    smem_bytes = 0
+    ROWS_PER_BLOCK = 8   # kMergeWarps
+    MAX_DV = 512         # kMergeMaxDv
+    variant = PLAIN
+
+    @property
+    def name_expression(self) -> str:
+        return f"fc::merge_states<fc::{self.dtype_in}, fc::{self.dtype_out}>"
+
+    def grid(self, rows: int) -> tuple[int, int, int]:
+        return (max(1, -(-rows // self.ROWS_PER_BLOCK)), 1, 1)
+
+    def __str__(self) -> str:
+        return f"merge_states {self.dtype_in} -> {self.dtype_out}"
+
+
 class WorkTile(NamedTuple):
     """One work item of the Hopper kernel, as its work_tile gives it (Sm90FwdConfig.work_tile)."""
     row0: int

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import loader, params, tma
-from .configs import (SM90_ARCH, SM90_BWD_HEAD_DIMS, SM90_HEAD_DIMS, BwdStepConfig, Sm80BwdConfig, Sm80FwdConfig,
-                      Sm90BwdConfig, Sm90FwdConfig, WorkTile, sm90_config)
+from .configs import (SM90_ARCH, SM90_BWD_HEAD_DIMS, SM90_HEAD_DIMS, BwdStepConfig, MergeConfig, Sm80BwdConfig,
+                      Sm80FwdConfig, Sm90BwdConfig, Sm90FwdConfig, WorkTile, sm90_config)
 from .validation import Problem
 
 try:
@@ -322,6 +322,29 @@ class StepLaunch:
         with self._lock:
             struct.pack_into(self.block.data, offset, *addresses)
             _cu_launch(self.function, *self.grid, BwdStepConfig.threads, 1, 1, 0, stream, self.block.argv, 0)
+
+
+@dataclass(frozen=True, eq=False)
+class MergeLaunch:
+    """merge_states (kernels/merge_states.cu) for one (input, output) dtype pair on a device:
+    every field of params.MERGE packed per call (they are all the call's)."""
+    config: MergeConfig
+    function: int            # CUfunction, compiled for the device
+    block: ParamBlock = field(default_factory=lambda: ParamBlock(params.MERGE.size), repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @classmethod
+    def build(cls, config: MergeConfig, device: int, arch: str) -> "MergeLaunch":
+        return cls(config, loader.get_function(config, device, arch))
+
+    def start(self, fields: dict, stream: int) -> None:
+        """cuLaunchKernel on `stream` (a handle) with params.MERGE's fields by name (absent
+        pointers: 0), a block per 8 rows."""
+        with self._lock:
+            params.MERGE.struct.pack_into(self.block.data, 0, *params.MERGE.values(
+                {"outs_b": 0, "lses_b": 0, **fields}))
+            _cu_launch(self.function, *self.config.grid(fields["rows"]), self.config.threads, 1, 1, 0, stream,
+                       self.block.argv, 0)
 
 
 def variant_scalars(p: Problem) -> dict:

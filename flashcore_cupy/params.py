@@ -18,7 +18,7 @@ from typing import Any
 # its (mul, shr) pair; TensorMap as the 128 bytes tma.encode_maps writes in place.
 _TYPES = {
     "const u16*": ("Q", 8, 8), "u16*": ("Q", 8, 8), "float*": ("Q", 8, 8), "int*": ("Q", 8, 8),
-    "const float*": ("Q", 8, 8), "const void*": ("Q", 8, 8),
+    "const float*": ("Q", 8, 8), "const void*": ("Q", 8, 8), "void*": ("Q", 8, 8),
     "i64": ("q", 8, 8), "int": ("i", 4, 4), "float": ("f", 4, 4), "u32": ("I", 4, 4),
     "FastDiv": ("II", 8, 4), "TensorMap": ("128s", 128, 64),
 }
@@ -223,9 +223,22 @@ BWD_CONVERT = Schema("BwdConvertParams", [
     Field("factor", "float"),
 ], "The backward's postprocess (bwd_convert): float32 sums into a 16-bit gradient.")
 
+# merge_states (kernels/merge_states.cu): partial attention results merged by their LSE.
+MERGE = Schema("MergeParams", [
+    Field("outs", "const void*", "split 0's outputs, (rows, dv) contiguous, in the kernel's input type"),
+    Field("outs_b", "const void*", "split 1's outputs where given apart (the pair form); else null: "
+                                   "split i at outs + i * split_stride"),
+    Field("lses", "const float*", "split 0's natural-log LSE, (rows,)"),
+    Field("lses_b", "const float*", "split 1's where given apart; else null: split i at lses + i * rows"),
+    Field("out", "void*", "(rows, dv) contiguous, in the kernel's output type"),
+    Field("lse_out", "float*", "(rows,)"),
+    Field("split_stride", "i64", "elements between splits' outputs"),
+    Field("splits", "int"), Field("rows", "int"), Field("dv", "int", "at most kMergeMaxDv"),
+], "merge_states: lse = log(sum_i exp(lse_i)), out = sum_i exp(lse_i - lse) out_i; every lse_i -inf: 0, -inf.")
+
 HEADERS = {"params_sm80.cuh": (FWD_SM80,), "params_sm90.cuh": (FWD_SM90,),
            "params_sm80_bwd.cuh": (BWD_SM80,), "params_sm90_bwd.cuh": (BWD_SM90,),
-           "params_bwd_steps.cuh": (BWD_PREP, BWD_CONVERT)}
+           "params_bwd_steps.cuh": (BWD_PREP, BWD_CONVERT), "params_merge.cuh": (MERGE,)}
 
 
 def render(file_name: str) -> str:

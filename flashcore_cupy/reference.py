@@ -291,7 +291,8 @@ def merge_states(*args):
     axis. Each out has shape (..., Dv) and its lse shape (...) (attention's bhsd out with its
     (B, H, S) lse; a bshd out's lse must be transposed to match). In float64:
         lse = log(sum_i exp(lse_i)),   out = sum_i exp(lse_i - lse) * out_i
-    where every lse_i is -inf (no split saw a key): out 0 and lse -inf. Partials may be fp32.
+    where every lse_i is -inf (no split saw a key): out 0 and lse -inf. A partial whose weight
+    is 0 (its lse -inf) adds nothing, whatever its outputs hold. Partials may be fp32.
     Returns (out, lse)."""
     if len(args) == 4:
         for out, lse in (args[:2], args[2:]):
@@ -312,7 +313,8 @@ def merge_states(*args):
     w = np.exp(lses - m)                      # 0 for -inf partials
     total = w.sum(axis=0)
     safe = np.where(seen, total, 1.0)
-    out = np.where(seen[..., None], (w[..., None] * outs).sum(axis=0) / safe[..., None], 0.0)
+    terms = w[..., None] * np.where(w[..., None] > 0, outs, 0.0)   # a weight-0 partial's outputs unread
+    out = np.where(seen[..., None], terms.sum(axis=0) / safe[..., None], 0.0)
     return out, np.where(seen, m + np.log(safe), -np.inf)
 
 

@@ -42,6 +42,8 @@ def test_merge_handles_minus_inf_partials():
     np.testing.assert_allclose(out[1, 0], 1.5)                  # equal weights
     assert (out[:, 2] == 0).all() and np.isneginf(lse[:, 2]).all()   # no split saw a key
     np.testing.assert_allclose(lse[1, 0], 1.0 + np.log(2.0))
+    nan_b = np.where(np.isneginf(lse_b)[..., None], np.nan, out_b)   # a -inf partial's outputs: unread
+    np.testing.assert_array_equal(reference.merge_states(out_a, lse_a, nan_b, lse_b)[0], out)
     with pytest.raises(ValueError, match="lse shape"):
         reference.merge_states(out_a, lse_a[:, :2], out_b, lse_b)
     with pytest.raises(TypeError):
