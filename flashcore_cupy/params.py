@@ -150,6 +150,31 @@ FWD_SM90 = Schema("Sm90Params", [
     *_variant_fields(),
 ], "The Hopper forward kernel's one argument (flash_fwd_sm90), __grid_constant__.")
 
+def _bwd_gradients() -> list[Field]:
+    """Both backward kernels' gradient outputs after dq_accum, in this order."""
+    return [
+        Field("dk", "u16*"), Field("dv", "u16*"),
+        Field("dk_accum", "float*", "GQA: float32 (batch, kv head, seq, head_dim) sums; else null"),
+        Field("dv_accum", "float*"),
+        Field("dbias", "float*", "float32 dbias, added into (zeroed by the host); null: not asked"),
+        Field("dq_sem", "int*", "deterministic: a zeroed count per (batch, head, query tile); else null"),
+    ]
+
+
+def _bwd_problem(query_tiles: Field) -> list[Field]:
+    """Both backward kernels' problem fields after their strides, with the field that sizes
+    their per-row arrays (query_tiles), then the variant's."""
+    return [
+        Field("seqlen_q", "int"), Field("seqlen_k", "int"), Field("head_dim", "int"),
+        Field("heads", "int", "query heads"), Field("heads_kv", "int"), Field("heads_per_kv", "int"),
+        query_tiles,
+        Field("dkv_by_q_head", "int", "GQA accumulators per query head (deterministic), else per kv head"),
+        Field("scale_log2", "float", "scale * log2(e)"), Field("scale", "float"),
+        Field("causal", "int"),
+        *_variant_fields(),
+    ]
+
+
 # The portable backward kernel (kernels/flash_bwd_sm80.cu).
 BWD_SM80 = Schema("BwdParams", [
     Field("q", "const u16*"), Field("k", "const u16*"), Field("v", "const u16*"),
@@ -157,21 +182,11 @@ BWD_SM80 = Schema("BwdParams", [
     Field("lse", "const float*", "the forward's * log2(e), +inf: no key; (batch, head, q_tiles * BLOCK_M)"),
     Field("delta", "const float*", "rowsum(dout * out), float32, as lse (0 past Sq)"),
     Field("dq_accum", "float*", "float32 dQ / scale, added into (zeroed by bwd_prep)"),
-    Field("dk", "u16*"), Field("dv", "u16*"),
-    Field("dk_accum", "float*", "GQA: float32 (batch, kv head, seq, head_dim) sums; else null"),
-    Field("dv_accum", "float*"),
-    Field("dbias", "float*", "float32 dbias, added into (zeroed by the host); null: not asked"),
-    Field("dq_sem", "int*", "deterministic: a zeroed count per (batch, head, query tile); else null"),
+    *_bwd_gradients(),
     *_strides("q", "(batch, head, seq) strides, elements"), *_strides("k", ""), *_strides("v", ""),
     *_strides("do", ""), *_strides("dq", ""), *_strides("dk", ""), *_strides("dv", ""),
     *_strides("dbias", "(batch, head, row) strides of dbias, elements; 0 where the bias broadcasts"),
-    Field("seqlen_q", "int"), Field("seqlen_k", "int"), Field("head_dim", "int"),
-    Field("heads", "int", "query heads"), Field("heads_kv", "int"), Field("heads_per_kv", "int"),
-    Field("q_tiles", "int", "query tiles per (batch, head)"),
-    Field("dkv_by_q_head", "int", "GQA accumulators per query head (deterministic), else per kv head"),
-    Field("scale_log2", "float", "scale * log2(e)"), Field("scale", "float"),
-    Field("causal", "int"),
-    *_variant_fields(),
+    *_bwd_problem(Field("q_tiles", "int", "query tiles per (batch, head)")),
 ], "The portable backward kernel's one argument (flash_bwd).")
 
 # The Hopper backward kernel (kernels/flash_bwd_sm90.cu). Its LSE, delta and dQ accumulator
@@ -183,20 +198,10 @@ BWD_SM90 = Schema("Sm90BwdParams", [
     Field("lse", "const float*", "the forward's LSE * log2(e), +inf for a row with no key; (batch, head, rows_pad)"),
     Field("delta", "const float*", "rowsum(dout * out), float32, as lse (0 past Sq)"),
     Field("dq_accum", "float*", "float32 dQ / scale, (batch, head, rows_pad, HEAD_DIM), added into (zeroed)"),
-    Field("dk", "u16*"), Field("dv", "u16*"),
-    Field("dk_accum", "float*", "GQA: float32 (batch, kv head, seq, head_dim) sums; else null"),
-    Field("dv_accum", "float*"),
-    Field("dbias", "float*", "float32 dbias, added into (zeroed by the host); null: not asked"),
-    Field("dq_sem", "int*", "deterministic: a zeroed count per (batch, head, query tile); else null"),
+    *_bwd_gradients(),
     *_strides("dk", "(batch, head, seq) strides, elements"), *_strides("dv", ""),
     *_strides("dbias", "(batch, head, row) strides of dbias, elements; 0 where the bias broadcasts"),
-    Field("seqlen_q", "int"), Field("seqlen_k", "int"), Field("head_dim", "int"),
-    Field("heads", "int", "query heads"), Field("heads_kv", "int"), Field("heads_per_kv", "int"),
-    Field("rows_pad", "int", "Sq rounded up to the query tile"),
-    Field("dkv_by_q_head", "int", "GQA accumulators per query head (deterministic), else per kv head"),
-    Field("scale_log2", "float", "scale * log2(e)"), Field("scale", "float"),
-    Field("causal", "int"),
-    *_variant_fields(),
+    *_bwd_problem(Field("rows_pad", "int", "Sq rounded up to the query tile")),
 ], "The Hopper backward kernel's one argument (flash_bwd_sm90), __grid_constant__.")
 
 # The backward's steps around its main kernel (kernels/flash_bwd_steps.cu).
