@@ -1,7 +1,7 @@
 """One causal and one non-causal call per kernel family and Hopper tile kind, a decode step
 (one query, three query heads per kv head: the Hopper kernel packs them into one tile), and
 variant calls (a window with every score option, the bias broadcast and ragged) on each
-kernel, and two backward calls, small enough for compute-sanitizer; exits 1 on a wrong result."""
+kernel, backward calls and a merge_states, small enough for compute-sanitizer; exits 1 on a wrong result."""
 
 import sys
 
@@ -66,4 +66,14 @@ for opts, det, d in ((dict(causal=True), False, 64), (dict(causal=True), True, 6
     errs = [reference.rel_error(g, r) for g, r in zip(grads, refs)]
     print(f"backward D{d} {sorted(opts)} deterministic={det}: rel err dq {errs[0]:.2e}, dk {errs[1]:.2e}, dv {errs[2]:.2e}")
     ok &= max(errs) <= 5e-3
+# merge_states: three fp32 partials, one row's middle partial -inf (not read)
+outs = cupy.asarray(rng.standard_normal((3, 2, 5, 7, 96)).astype(np.float32))
+lses = cupy.asarray(rng.standard_normal((3, 2, 5, 7)).astype(np.float32))
+lses[1, 0, 0, 0] = -np.inf
+merged, merged_lse = fc.merge_states(outs, lses, out=cupy.empty((2, 5, 7, 96), np.float16))
+cupy.cuda.get_current_stream().synchronize()
+ref, ref_lse = reference.merge_states(outs.get(), lses.get())
+err = reference.rel_error(merged, ref)
+print(f"merge_states 3 splits: rel err {err:.2e}")
+ok &= err <= 2e-3 and bool(np.allclose(merged_lse.get(), ref_lse, rtol=1e-5, atol=1e-5))
 sys.exit(0 if ok else 1)

@@ -9,13 +9,14 @@
 # BENCH_ARGS (e.g. "--impl flashcore --impl sdpa_cudnn --iters 10": the full list of
 # implementations on every row does not fit one 10-minute call);
 # NCU_SHAPES (space-separated) profiles the Hopper backward's main kernel on those rows (ncu --set full);
-# PYTEST=0 / SANITIZE=0 skip those steps.
+# PYTEST_FILES replaces the test files; PYTEST=0 / SANITIZE=0 skip those steps.
 set -uo pipefail
 source "$(dirname "$0")/../steps.sh"
 export FLASHCORE_REQUIRE_GPU=1
 step device.txt nvidia-smi --query-gpu=name,driver_version,clocks.sm --format=csv
 if [ "${PYTEST:-1}" = 1 ]; then
-  step pytest.txt timeout 300 python3 -m pytest tests/test_backward_gpu.py tests/test_torch_adapter_gpu.py -q -rs -x -p no:cacheprovider
+  step pytest.txt timeout 300 python3 -m pytest ${PYTEST_FILES:-tests/test_backward_gpu.py tests/test_torch_adapter_gpu.py} \
+    -q -rs -x -p no:cacheprovider
 fi
 step probe.txt timeout 150 python3 scripts/dev/backward_probe.py --dtype fp16,bf16 \
   --shapes ${PROBE_SHAPES:-b2-h16-s4k-d128-causal,b1-h16-s16k-d128-causal,b4-h16-s1k-d64,b2-h16-s4k-d64} ${PROBE_ARGS:-}
