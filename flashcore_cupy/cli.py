@@ -151,15 +151,16 @@ def _parse_archs(ctx, param, value: str) -> list[str]:
 @main.command()
 @click.option("--arch", "archs", default=",".join(configs.SUPPORTED_ARCHS), show_default=True,
               callback=_parse_archs, help="Comma-separated target archs.")
-@click.option("--variants", is_flag=True, help="Also the variant instantiations (window, softcap, ALiBi, bias).")
+@click.option("--variants", is_flag=True, help="Also the variant instantiations (window, softcap, ALiBi, bias) "
+                                             "and the varlen and KV-cache ones.")
 def check(archs: list[str], variants: bool) -> None:
     """Compile every kernel dispatch can choose, with no GPU; fail on errors, spills or
     ptxas performance-loss warnings (serialised wgmma)."""
-    from .tuning import dispatchable_configs, variant_configs
+    from .tuning import dispatchable_configs, sequence_configs, variant_configs
 
     jobs = [(arch, cfg) for arch in archs for cfg in dispatchable_configs(arch)]
     if variants:
-        jobs += [(arch, cfg) for arch in archs for cfg in variant_configs(arch)]
+        jobs += [(arch, cfg) for arch in archs for cfg in variant_configs(arch) + sequence_configs(arch)]
 
     def compile_one(job):
         arch, cfg = job

@@ -67,6 +67,12 @@ class KernelVariant:
 
 PLAIN = KernelVariant()
 
+# Where a forward kernel's sequences are (kernels/sequence.cuh's policies): dense batches,
+# packed varlen sequences, a contiguous KV cache, a paged one.
+SEQ_KINDS = ("dense", "varlen", "cache", "paged")
+_SEQ_EXPRESSIONS = {"dense": "fc::Dense", "varlen": "fc::Varlen", "cache": "fc::KvCache<false>",
+                    "paged": "fc::KvCache<true>"}
+
 
 @dataclass(frozen=True)
 class Sm80FwdConfig:
@@ -79,12 +85,19 @@ class Sm80FwdConfig:
     block_n: int      # keys per K/V tile
     stages: int       # K/V tiles in flight (shared-memory ring)
     variant: KernelVariant = PLAIN
+    seq: str = "dense"   # SEQ_KINDS
 
     kernel_file = "flash_fwd_sm80.cu"
+
+    def __post_init__(self):
+        if self.seq not in SEQ_KINDS:
+            raise ValueError(f"seq must be one of {SEQ_KINDS}, got {self.seq!r}")
 
     @property
     def name_expression(self) -> str:
         extra = "" if self.variant.plain else f", {self.variant.expression}"
+        if self.seq != "dense":
+            extra = f", {self.variant.expression}, {_SEQ_EXPRESSIONS[self.seq]}"
         return (f"fc::flash_fwd<fc::{self.dtype}, {self.head_dim}, {self.warps}, "
                 f"{self.m_tiles}, {self.block_n}, {self.stages}{extra}>")
 
@@ -107,7 +120,8 @@ class Sm80FwdConfig:
 
     def __str__(self) -> str:
         text = f"{self.dtype} D{self.head_dim} {self.block_m}x{self.block_n} w{self.warps} s{self.stages}"
-        return text if self.variant.plain else f"{text} {self.variant}"
+        text = text if self.variant.plain else f"{text} {self.variant}"
+        return text if self.seq == "dense" else f"{text} {self.seq}"
 
 
 @dataclass(frozen=True)
@@ -277,6 +291,29 @@ class MergeConfig:
 
     def __str__(self) -> str:
         return f"merge_states {self.dtype_in} -> {self.dtype_out}"
+
+
+@dataclass(frozen=True)
+class AppendConfig:
+    """`fc::kvcache_append<PAGED>` in kernels/kvcache_append.cu, on every arch: k_new and v_new
+    into a KV cache (contiguous or paged), a thread per 16-byte chunk; any 16-bit dtype."""
+
+    paged: bool
+
+    kernel_file = "kvcache_append.cu"
+    threads = 256   # kAppendThreads
+    smem_bytes = 0
+    variant = PLAIN
+
+    @property
+    def name_expression(self) -> str:
+        return f"fc::kvcache_append<{'true' if self.paged else 'false'}>"
+
+    def grid(self, chunks: int, num_sms: int) -> tuple[int, int, int]:
+        return (max(1, min(-(-chunks // self.threads), 8 * num_sms)), 1, 1)
+
+    def __str__(self) -> str:
+        return f"kvcache_append {'paged' if self.paged else 'contiguous'}"
 
 
 class WorkTile(NamedTuple):
@@ -650,6 +687,16 @@ def variant_config(config: Sm80FwdConfig | Sm90FwdConfig, variant: KernelVariant
     tight = config.m_tiles * config.block_n * config.head_dim > 12288
     return dataclasses.replace(config, m_tiles=1 if scores or tight else config.m_tiles,
                                block_n=min(config.block_n, 64) if scores else config.block_n, variant=variant)
+
+
+def seq_config(config: Sm80FwdConfig, seq: str, variant: KernelVariant = PLAIN) -> Sm80FwdConfig:
+    """The portable config of a varlen or KV-cache call (seq: SEQ_KINDS), from dispatch's plain
+    dense one: a KV cache's few query rows (decode, speculative verification) and every variant
+    take 16 rows per warp (the KV cache at D128 and a varlen window at D96 spilled with 32), and
+    a variant variant_config's tile (NVRTC 12.9, sm_80 and sm_90a: tests/test_compile.py)."""
+    if seq in ("cache", "paged") or not variant.plain:
+        config = dataclasses.replace(config, m_tiles=1)
+    return dataclasses.replace(variant_config(config, variant), seq=seq)
 
 
 # A window this narrow (the keys one Hopper work tile's rows see) over 192-key tiles computes

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import loader, params, tma
-from .configs import (SM90_ARCH, SM90_BWD_HEAD_DIMS, SM90_HEAD_DIMS, BwdStepConfig, MergeConfig, Sm80BwdConfig,
-                      Sm80FwdConfig, Sm90BwdConfig, Sm90FwdConfig, WorkTile, sm90_config)
+from .configs import (SM90_ARCH, SM90_BWD_HEAD_DIMS, SM90_HEAD_DIMS, AppendConfig, BwdStepConfig, MergeConfig,
+                      Sm80BwdConfig, Sm80FwdConfig, Sm90BwdConfig, Sm90FwdConfig, WorkTile, sm90_config)
 from .validation import Problem
 
 try:
@@ -112,9 +112,8 @@ class Sm80FwdLaunch(_Launch):
         p = problem
         strides = {k: st for t, ts in zip("qkvo", (p.q_strides, p.k_strides, p.v_strides, o_strides))
                    for k, st in params.stride_values(t, ts).items()}
-        scalars = dict(**strides, seqlen_q=p.seqlen_q, seqlen_k=p.seqlen_k, head_dim=p.head_dim,
-                       heads_per_kv=p.heads_q // p.heads_kv, scale_log2=p.scale * math.log2(math.e),
-                       causal=int(p.causal), **variant_scalars(p))
+        scalars = dict(**strides, **params.stride_values("lse", (p.heads_q * p.seqlen_q, p.seqlen_q, 1)),
+                       **problem_scalars(p), **variant_scalars(p), **sequence_scalars())
         if not config.variant.plain:
             cls = Sm80VariantLaunch
         return cls(config, loader.get_function(config, p.device, arch, defines), p.device,
@@ -325,6 +324,64 @@ class StepLaunch:
 
 
 @dataclass(frozen=True, eq=False)
+class Sm80SeqLaunch:
+    """A portable forward launch of a varlen or KV-cache call (an Sm80FwdConfig whose seq is not
+    "dense"): its scalars packed once, the call's addresses by field name per call (the whole
+    block is repacked: host time is not yet what these calls are measured by)."""
+    config: Sm80FwdConfig
+    function: int            # CUfunction, compiled for `device`
+    device: int
+    grid: tuple[int, int, int]
+    scalars: dict            # every field but the addresses, by name
+    _block: ParamBlock = field(default_factory=lambda: ParamBlock(params.FWD_SM80.size), repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    POINTERS = ("q", "k", "v", "o", "lse", "alibi", "bias", "cu_seqlens_q", "cu_seqlens_k", "seqused_k",
+                "block_table", "o_accum", "lse_accum")
+
+    @classmethod
+    def build(cls, config: Sm80FwdConfig, device: int, arch: str, grid: tuple[int, int, int],
+              scalars: dict) -> "Sm80SeqLaunch":
+        missing = set(params.FWD_SM80.names) - set(scalars) - set(cls.POINTERS)
+        if missing:
+            raise KeyError(f"Sm80SeqLaunch: no value for {sorted(missing)}")
+        return cls(config, loader.get_function(config, device, arch), device, grid, scalars)
+
+    def start(self, pointers: dict[str, int], stream: int) -> None:
+        """cuLaunchKernel on `stream` (a handle) with the arrays' addresses by field name (absent: 0)."""
+        values = {**dict.fromkeys(self.POINTERS, 0), **self.scalars, **pointers}
+        with self._lock:
+            params.FWD_SM80.struct.pack_into(self._block.data, 0, *params.FWD_SM80.values(values))
+            _cu_launch(self.function, *self.grid, self.config.threads, 1, 1, self.config.smem_bytes, stream,
+                       self._block.argv, 0)
+
+
+@dataclass(frozen=True, eq=False)
+class AppendLaunch:
+    """The KV cache's append (kernels/kvcache_append.cu) for one call signature: scalars packed
+    once with the call's addresses (k_new, v_new, k, v, seqused_k, block_table) per call."""
+    config: AppendConfig
+    function: int
+    grid: tuple[int, int, int]
+    scalars: dict
+    block: ParamBlock = field(default_factory=lambda: ParamBlock(params.APPEND.size), repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    POINTERS = ("k_new", "v_new", "k", "v", "seqused_k", "block_table")
+
+    @classmethod
+    def build(cls, config: AppendConfig, device: int, arch: str, num_sms: int, scalars: dict) -> "AppendLaunch":
+        chunks = scalars["batch"] * scalars["new_keys"] * scalars["heads_kv"] * (scalars["head_dim"] // 8)
+        return cls(config, loader.get_function(config, device, arch), config.grid(chunks, num_sms), scalars)
+
+    def start(self, pointers: dict[str, int], stream: int) -> None:
+        values = {**dict.fromkeys(self.POINTERS, 0), **self.scalars, **pointers}
+        with self._lock:
+            params.APPEND.struct.pack_into(self.block.data, 0, *params.APPEND.values(values))
+            _cu_launch(self.function, *self.grid, self.config.threads, 1, 1, 0, stream, self.block.argv, 0)
+
+
+@dataclass(frozen=True, eq=False)
 class MergeLaunch:
     """merge_states (kernels/merge_states.cu) for one (input, output) dtype pair on a device:
     every field of params.MERGE packed per call (they are all the call's)."""
@@ -339,12 +396,26 @@ class MergeLaunch:
 
     def start(self, fields: dict, stream: int) -> None:
         """cuLaunchKernel on `stream` (a handle) with params.MERGE's fields by name (absent
-        pointers: 0), a block per 8 rows."""
+        pointers: 0; absent lse_seq / lse_heads: the LSE's rows as the outputs'), a block per 8 rows."""
         with self._lock:
             params.MERGE.struct.pack_into(self.block.data, 0, *params.MERGE.values(
-                {"outs_b": 0, "lses_b": 0, **fields}))
+                {"outs_b": 0, "lses_b": 0, "lse_seq": 0, "lse_heads": 0, **fields}))
             _cu_launch(self.function, *self.config.grid(fields["rows"]), self.config.threads, 1, 1, 0, stream,
                        self.block.argv, 0)
+
+
+def problem_scalars(p: Problem) -> dict:
+    """params.FWD_SM80's problem fields (seqlen_q .. causal)."""
+    return dict(seqlen_q=p.seqlen_q, seqlen_k=p.seqlen_k, head_dim=p.head_dim, heads_per_kv=p.heads_q // p.heads_kv,
+                scale_log2=p.scale * math.log2(math.e), causal=int(p.causal))
+
+
+def sequence_scalars(**given) -> dict:
+    """params.FWD_SM80's sequence fields (kernels/sequence.cuh) of a dense call (no offsets, no
+    cache, one split), with `given` in their place."""
+    fields = dict.fromkeys(("cu_seqlens_q", "cu_seqlens_k", "seqused_k", "block_table", "bt_sb", "new_keys",
+                            "num_pages", "o_accum", "lse_accum", "o_split", "lse_split"), 0)
+    return {**fields, "page_size": 1, "splits": 1, **given}
 
 
 def variant_scalars(p: Problem) -> dict:

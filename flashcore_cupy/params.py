@@ -18,6 +18,7 @@ from typing import Any
 # its (mul, shr) pair; TensorMap as the 128 bytes tma.encode_maps writes in place.
 _TYPES = {
     "const u16*": ("Q", 8, 8), "u16*": ("Q", 8, 8), "float*": ("Q", 8, 8), "int*": ("Q", 8, 8),
+    "const int*": ("Q", 8, 8),
     "const float*": ("Q", 8, 8), "const void*": ("Q", 8, 8), "void*": ("Q", 8, 8),
     "i64": ("q", 8, 8), "int": ("i", 4, 4), "float": ("f", 4, 4), "u32": ("I", 4, 4),
     "FastDiv": ("II", 8, 4), "TensorMap": ("128s", 128, 64),
@@ -118,17 +119,47 @@ def _variant_fields() -> list[Field]:
     ]
 
 
+def _paged_fields() -> list[Field]:
+    """A KV cache's run-time layout (kernels/sequence.cuh reads them by these names, in the
+    forward's params and the append's)."""
+    return [
+        Field("seqused_k", "const int*", "KV cache: cache_seqlens (B,); a sequence's keys: seqused_k[b] + new_keys"),
+        Field("block_table", "const int*", "paged: (B, bt_cols) page indices; null: a (B, S_max) cache"),
+        Field("bt_sb", "i64", "block_table's row stride, elements"),
+        Field("new_keys", "int", "keys appended this call (Sn)"),
+        Field("page_size", "int", "paged: keys a page"), Field("num_pages", "int", "paged: pages in the pool"),
+    ]
+
+
+def _sequence_fields() -> list[Field]:
+    """Where the sequences are (kernels/sequence.cuh's policies): packed (varlen) offsets, a
+    KV cache, and split-KV partials. A dense call's kernel reads none of them."""
+    return [
+        Field("cu_seqlens_q", "const int*", "varlen: (B + 1) offsets of the sequences' rows in q, o"),
+        Field("cu_seqlens_k", "const int*", "varlen: (B + 1) offsets of their keys in k, v"),
+        *_paged_fields(),
+        Field("splits", "int", "split-KV: key ranges a (query tile, head, batch); 1: none"),
+        Field("o_accum", "float*", "split-KV: float32 partial outputs, at o's strides + split * o_split; "
+                                   "null: out written directly"),
+        Field("lse_accum", "float*", "split-KV: float32 partial LSE, at lse's strides + split * lse_split"),
+        Field("o_split", "i64"), Field("lse_split", "i64"),
+    ]
+
+
 # The portable kernel (kernels/flash_fwd_sm80.cu).
 FWD_SM80 = Schema("FwdParams", [
     Field("q", "const u16*"), Field("k", "const u16*"), Field("v", "const u16*"), Field("o", "u16*"),
     Field("lse", "float*", "null: not requested"),
     *_strides("q", "(batch, head, seq) strides, elements"), *_strides("k", ""), *_strides("v", ""),
-    *_strides("o", ""),
-    Field("seqlen_q", "int"), Field("seqlen_k", "int"), Field("head_dim", "int"),
+    *_strides("o", ""), *_strides("lse", "(batch, head, row) strides of the LSE, elements"),
+    Field("seqlen_q", "int", "dense: Sq; varlen: total_q (rows of q)"),
+    Field("seqlen_k", "int", "dense: Sk; varlen: total_k; KV cache: the keys a sequence can hold"),
+    Field("head_dim", "int"),
     Field("heads_per_kv", "int"),
     Field("scale_log2", "float", "scale * log2(e)"),
     Field("causal", "int"),
     *_variant_fields(),
+    *_sequence_fields(),
 ], "The portable forward kernel's one argument (flash_fwd).")
 
 # The Hopper kernel (kernels/flash_fwd_sm90.cu).
@@ -236,14 +267,28 @@ MERGE = Schema("MergeParams", [
     Field("lses", "const float*", "split 0's natural-log LSE, (rows,)"),
     Field("lses_b", "const float*", "split 1's where given apart; else null: split i at lses + i * rows"),
     Field("out", "void*", "(rows, dv) contiguous, in the kernel's output type"),
-    Field("lse_out", "float*", "(rows,)"),
+    Field("lse_out", "float*", "(rows,); null: not written"),
     Field("split_stride", "i64", "elements between splits' outputs"),
     Field("splits", "int"), Field("rows", "int"), Field("dv", "int", "at most kMergeMaxDv"),
+    Field("lse_seq", "int", "rows (a, s, h) of lse_seq x lse_heads: lse_out at (a, h, s); 0: as the rows"),
+    Field("lse_heads", "int"),
 ], "merge_states: lse = log(sum_i exp(lse_i)), out = sum_i exp(lse_i - lse) out_i; every lse_i -inf: 0, -inf.")
+
+# The KV cache's append (kernels/kvcache_append.cu): k_new, v_new into the cache in place.
+APPEND = Schema("AppendParams", [
+    Field("k_new", "const u16*"), Field("v_new", "const u16*"), Field("k", "u16*", "the caches"),
+    Field("v", "u16*"),
+    *_strides("kn", "k_new's (batch, head, seq) strides, elements"), *_strides("vn", ""),
+    *_strides("k", "the caches' (batch or page, head, seq or slot) strides, elements"), *_strides("v", ""),
+    *_paged_fields(),
+    Field("seqlen_k", "int", "the keys a sequence can hold: appends past them are dropped"),
+    Field("batch", "int"), Field("heads_kv", "int"), Field("head_dim", "int"),
+], "The KV cache's append (kvcache_append): key i of k_new[b] to position seqused_k[b] + i.")
 
 HEADERS = {"params_sm80.cuh": (FWD_SM80,), "params_sm90.cuh": (FWD_SM90,),
            "params_sm80_bwd.cuh": (BWD_SM80,), "params_sm90_bwd.cuh": (BWD_SM90,),
-           "params_bwd_steps.cuh": (BWD_PREP, BWD_CONVERT), "params_merge.cuh": (MERGE,)}
+           "params_bwd_steps.cuh": (BWD_PREP, BWD_CONVERT), "params_merge.cuh": (MERGE,),
+           "params_append.cuh": (APPEND,)}
 
 
 def render(file_name: str) -> str:

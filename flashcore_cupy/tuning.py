@@ -266,6 +266,20 @@ def variant_configs(arch: str) -> list[Config]:
                   key=str)
 
 
+# The variants the inference ops' kernels bound: a window alone, and every score option they take
+# (no bias: varlen and KV-cache calls have none).
+_SEQUENCE_VARIANTS = (configs.PLAIN, configs.KernelVariant(window=True),
+                      configs.KernelVariant(window=True, softcap=True, alibi=True))
+
+
+def sequence_configs(arch: str, dtypes: tuple[str, ...] = configs.DTYPES) -> list[configs.Sm80FwdConfig]:
+    """The varlen and KV-cache instantiations (configs.seq_config) of every portable config the
+    tables give on `arch`, for the variants that bound the rest."""
+    base = {c for c in configs.all_configs(arch) if isinstance(c, configs.Sm80FwdConfig) and c.dtype in dtypes}
+    return sorted({configs.seq_config(c, seq, v) for c in base for seq in configs.SEQ_KINDS[1:]
+                   for v in _SEQUENCE_VARIANTS}, key=str)
+
+
 def save_entries(path: Path, table_key: str, entries: dict) -> None:
     """Merge `entries` (dispatch key -> entry) into the table `table_key` of the tune file at
     `path` (atomic write); keys as their text form."""

@@ -6,6 +6,7 @@ device, address), so every rule is testable without a GPU.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -323,3 +324,142 @@ def check_lse(lse: TensorSpec, problem: Problem) -> None:
     if tuple(lse.strides) != (expected[1] * expected[2], expected[2], 1):
         raise ValueError(f"lse must be contiguous, got strides {lse.strides} (elements); "
                          f"use cupy.ascontiguousarray")
+
+
+# --- the inference ops (attention_varlen, attention_kvcache): their arrays beside q, k, v ------
+
+
+def check_index_array(t: TensorSpec, shape: tuple[int, ...], device: int, what: str) -> None:
+    """An int32 metadata array the kernels read on the device (cu_seqlens, cache_seqlens,
+    block_table): on q's device, of `shape`, its last dimension contiguous."""
+    if t.device is None:
+        raise ValueError(f"{t.name} is in host memory; expected an int32 CUDA array on q's device ({what})")
+    if t.device != device:
+        raise ValueError(f"{t.name} is on device {t.device}, q on device {device}")
+    if t.dtype != np.int32:
+        raise TypeError(f"{t.name} has dtype {t.dtype}; expected int32 ({what})")
+    if tuple(t.shape) != tuple(shape):
+        raise ValueError(f"{t.name} has shape {tuple(t.shape)}; expected {tuple(shape)} ({what})")
+    if len(shape) and shape[-1] > 1 and t.strides[-1] != 1:
+        raise ValueError(f"{t.name} must have a contiguous last dimension, got strides {t.strides} (elements)")
+
+
+def _rows_view(t: TensorSpec, rows: int) -> TensorSpec:
+    """A packed (total, H, D) array as the bshd (1, total, H, D) one _check_tensor takes, with at
+    least one row (an empty pack is checked as one row: the kernels then read none)."""
+    if len(t.shape) != 3:
+        raise ValueError(f"{t.name} must be 3-D (total, heads, head_dim), got shape {t.shape}")
+    return TensorSpec(t.name, (1, max(rows, 1), *t.shape[1:]), (0, *t.strides), t.dtype, t.device, t.ptr)
+
+
+def _bool_causal(causal: object) -> bool:
+    if not isinstance(causal, (bool, np.bool_)):
+        raise TypeError(f"causal must be a bool (aligned bottom-right in each sequence), got {causal!r}")
+    return bool(causal)
+
+
+def check_varlen(q: TensorSpec, k: TensorSpec, v: TensorSpec, cu_seqlens_q: TensorSpec, cu_seqlens_k: TensorSpec,
+                 *, causal: object, scale: object, window: object, softcap: object,
+                 alibi_slopes: TensorSpec | None) -> tuple[Problem, int]:
+    """Validate an attention_varlen call: q (total_q, Hq, D), k and v (total_k, Hkv, D), the
+    offsets int32 (B + 1,) on q's device. Returns (problem, B): the problem as a bshd batch of 1
+    with seqlen_q = total_q and seqlen_k = total_k (the kernels' clamps), its batch set to B."""
+    check_options(_bool_causal(causal), scale, "bshd", False)
+    views = [_rows_view(t, t.shape[0] if len(t.shape) == 3 else 0) for t in (q, k, v)]
+    problem = check_problem(*views, causal=bool(causal), scale=scale, layout="bshd", window=window,
+                            softcap=softcap)
+    if len(cu_seqlens_q.shape) != 1 or cu_seqlens_q.shape[0] < 2:
+        raise ValueError(f"cu_seqlens_q has shape {cu_seqlens_q.shape}; expected (B + 1,) with B >= 1")
+    batch = cu_seqlens_q.shape[0] - 1
+    for t in (cu_seqlens_q, cu_seqlens_k):
+        check_index_array(t, (batch + 1,), problem.device, "prefix sums of the sequence lengths, from 0")
+    if batch > _MAX_GRID_YZ:
+        raise ValueError(f"{batch} sequences; expected at most {_MAX_GRID_YZ}")
+    variant = problem.variant
+    if alibi_slopes is not None:
+        variant = dataclasses.replace(variant, alibi=check_alibi(alibi_slopes, batch, problem.heads_q, problem.device))
+    return dataclasses.replace(problem, batch=batch, seqlen_q=q.shape[0], seqlen_k=k.shape[0], variant=variant), batch
+
+
+@dataclass(frozen=True)
+class CacheLayout:
+    """A KV cache's layout: paged (num_pages pages of page_size keys, block_table (B, pages_per_seq))
+    or contiguous (page_size = S_max, one page a sequence); capacity: the keys a sequence holds."""
+    paged: bool
+    page_size: int
+    num_pages: int
+    pages_per_seq: int
+
+    @property
+    def capacity(self) -> int:
+        return self.page_size * self.pages_per_seq
+
+
+def check_kvcache(q: TensorSpec, k_cache: TensorSpec, v_cache: TensorSpec, cache_seqlens: TensorSpec,
+                  block_table: TensorSpec | None, k_new: TensorSpec | None, v_new: TensorSpec | None, *,
+                  causal: object, scale: object, window: object, softcap: object,
+                  alibi_slopes: TensorSpec | None) -> tuple[Problem, CacheLayout, int]:
+    """Validate an attention_kvcache call. q (B, Sq, Hq, D); the caches (B, S_max, Hkv, D), or
+    paged (num_pages, page_size, Hkv, D) with block_table int32 (B, pages_per_seq); cache_seqlens
+    int32 (B,); k_new, v_new (B, Sn, Hkv, D) or neither. Returns (problem, layout, Sn): the
+    problem in bshd terms with seqlen_k the cache's capacity and k/v strides (batch or page,
+    head, slot)."""
+    for t in (q, k_cache, v_cache):
+        _check_tensor(t, "bshd")
+    if not (q.dtype == k_cache.dtype == v_cache.dtype):
+        raise TypeError(f"q, k_cache and v_cache must share one dtype, got {q.dtype}, {k_cache.dtype}, {v_cache.dtype}")
+    if not (q.device == k_cache.device == v_cache.device):
+        raise ValueError(f"q, k_cache and v_cache must be on one device, got devices {q.device}, {k_cache.device}, "
+                         f"{v_cache.device}")
+    if k_cache.shape != v_cache.shape:
+        raise ValueError(f"k_cache and v_cache must have the same shape, got {k_cache.shape} and {v_cache.shape}")
+    batch, seqlen_q, heads_q, head_dim = q.shape
+    pages, page_size, heads_kv, cache_dim = k_cache.shape
+    if cache_dim != head_dim:
+        raise ValueError(f"k_cache has head_dim {cache_dim} but q has head_dim {head_dim}")
+    if heads_q % heads_kv:
+        raise ValueError(f"q's heads ({heads_q}) must be a multiple of the caches' heads ({heads_kv})")
+    if batch > _MAX_GRID_YZ or heads_q > _MAX_GRID_YZ:
+        raise ValueError(f"batch ({batch}) and q's heads ({heads_q}) must each be at most {_MAX_GRID_YZ}")
+    if block_table is None:
+        if pages != batch:
+            raise ValueError(f"k_cache has batch {pages} but q has batch {batch} (a contiguous cache is "
+                             f"(B, S_max, Hkv, D); a paged one takes block_table)")
+        layout = CacheLayout(False, page_size, batch, 1)
+    else:
+        if len(block_table.shape) != 2 or block_table.shape[0] != batch:
+            raise ValueError(f"block_table has shape {block_table.shape}; expected ({batch}, pages per sequence)")
+        check_index_array(block_table, block_table.shape, q.device, "page indices into k_cache's first axis")
+        if block_table.shape[1] < 1:
+            raise ValueError("block_table has no page per sequence")
+        layout = CacheLayout(True, page_size, pages, block_table.shape[1])
+    check_index_array(cache_seqlens, (batch,), q.device, "the keys already in each sequence's cache")
+    n_new = 0
+    if (k_new is None) != (v_new is None):
+        raise ValueError("k_new and v_new must be given together")
+    if k_new is not None:
+        if k_new.shape != v_new.shape or len(k_new.shape) != 4 or k_new.shape[0] != batch or \
+                tuple(k_new.shape[2:]) != (heads_kv, head_dim):
+            raise ValueError(f"k_new and v_new must both be (B, Sn, Hkv, D) = ({batch}, Sn, {heads_kv}, {head_dim}), "
+                             f"got {k_new.shape} and {v_new.shape}")
+        n_new = k_new.shape[1]
+        for t in (k_new, v_new):
+            if t.dtype != q.dtype:
+                raise TypeError(f"{t.name} has dtype {t.dtype}; expected q's dtype {q.dtype}")
+            if t.device != q.device:
+                raise ValueError(f"{t.name} is on device {t.device}, q on device {q.device}")
+            if n_new:   # Sn = 0: nothing appended, nothing read
+                _check_tensor(t, "bshd")
+    c = _bool_causal(causal)
+    check_options(c, scale, "bshd", False)
+    variant = Variant(causal="bottom_right" if c else None, window=check_window(window),
+                      softcap=check_softcap(softcap),
+                      alibi=None if alibi_slopes is None else check_alibi(alibi_slopes, batch, heads_q, q.device))
+    k_strides = (k_cache.strides[0], k_cache.strides[2], k_cache.strides[1])
+    v_strides = (v_cache.strides[0], v_cache.strides[2], v_cache.strides[1])
+    problem = Problem(batch=batch, heads_q=heads_q, heads_kv=heads_kv, seqlen_q=seqlen_q, seqlen_k=layout.capacity,
+                      head_dim=head_dim, dtype=DTYPE_NAMES[q.dtype], causal=c,
+                      scale=1.0 / math.sqrt(head_dim) if scale is None else float(scale), layout="bshd",
+                      device=q.device, q_strides=layout_strides(q, "bshd"), k_strides=k_strides,
+                      v_strides=v_strides, variant=variant)
+    return problem, layout, n_new

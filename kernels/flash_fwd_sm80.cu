@@ -22,6 +22,12 @@
 // see (a window's cost grows with Sq * (left + right)); softcap, ALiBi and bias rewrite the
 // scores in variant_scores. fc::Plain compiles to the kernel without them.
 //
+// Sequences (S, kernels/sequence.cuh): Dense batches, packed varlen sequences (a CTA past its
+// sequence's rows exits), or a KV cache (paged: K/V rows gathered page by page, gather_tile).
+// Split-KV (KV cache, splits > 1): the grid's x holds query tiles x splits; each split takes an
+// equal share of its tile's key tiles and writes float32 partial outputs and LSE (o_accum,
+// lse_accum) that merge_states combines.
+//
 // Shared memory: Q (BLOCK_M rows), STAGES x (K_j, V_j) (BLOCK_N rows each), rows padded
 // to HEAD_DIM + 8 elements so that the 8 rows of each ldmatrix land on distinct
 // banks. Loads are cp.async 16 B, zero-filled past Sq/Sk and past the runtime
@@ -32,6 +38,7 @@
 #include "mma_sm80.cuh"
 #include "softmax.cuh"
 #include "variant.cuh"
+#include "sequence.cuh"
 // FwdParams, the one by-value argument (one is far cheaper to pass than 23), declared in
 // flashcore_cupy/params.py, which launch.py packs it from.
 #include "params_sm80.cuh"
@@ -81,6 +88,26 @@ __device__ __forceinline__ void load_tile(u32 s, const u16* g, i64 ld, int rows_
         const bool ok = col_ok && r < rows_valid;
         cp_async_16(dst + 2 * pass * kRowsPerPass * Tile::kRowStride,
                     ok ? src + pass * kRowsPerPass * ld : g, ok ? 16 : 0);
+    }
+}
+
+// load_tile's copy with row r's source from row_src(r): its address, or null (the row is
+// zero-filled and nothing is read: keys past the sequence, pages outside the pool).
+template <class Tile, int ROWS, class RowSrc>
+__device__ __forceinline__ void gather_tile(u32 s, RowSrc row_src, const u16* any, int cols_valid, int tid) {
+    constexpr int kChunks = Tile::kDTiles;
+    constexpr int kRowsPerPass = Tile::kThreads / kChunks;
+    const int r0 = tid / kChunks, c = tid % kChunks;
+    if (r0 >= kRowsPerPass) return;
+    const bool col_ok = c * 8 < cols_valid;
+    const u32 dst = s + 2 * (r0 * Tile::kRowStride + c * 8);
+    #pragma unroll
+    for (int pass = 0; pass < (ROWS + kRowsPerPass - 1) / kRowsPerPass; ++pass) {
+        const int r = r0 + pass * kRowsPerPass;
+        if (ROWS % kRowsPerPass != 0 && r >= ROWS) break;
+        const u16* src = col_ok ? row_src(r) : nullptr;
+        cp_async_16(dst + 2 * pass * kRowsPerPass * Tile::kRowStride, src != nullptr ? src + c * 8 : any,
+                    src != nullptr ? 16 : 0);
     }
 }
 
@@ -168,11 +195,45 @@ __device__ __forceinline__ void pv_gemm(float (&o)[M_TILES][Tile::kDTiles][4],
 }
 
 
-template <class T, int HEAD_DIM, int WARPS, int M_TILES, int BLOCK_N, int STAGES, class V = Plain>
+// Split-KV's epilogue: a split's O / l and LSE, float32, at o_accum / lse_accum (o's and lse's
+// strides, then split * o_split / lse_split) for rows first_row + 16 mt + lane / 4 + 8 half; a
+// split that saw no key of a row writes 0 and -inf (merge_states does not read it).
+template <class Tile, int M_TILES>
+__device__ __forceinline__ void write_partials(const FwdParams& p, const float (&o_acc)[M_TILES][Tile::kDTiles][4],
+                                               const float (&m)[M_TILES][2], const float (&l)[M_TILES][2],
+                                               int split, int batch, int head, int first_row, int seqlen_q,
+                                               int lane) {
+    float* o = p.o_accum + split * p.o_split + batch * p.o_sb + head * p.o_sh;
+    #pragma unroll
+    for (int mt = 0; mt < M_TILES; ++mt)
+        #pragma unroll
+        for (int half = 0; half < 2; ++half) {
+            const float l_row = quad_sum(l[mt][half]);
+            const float inv_l = l_row > 0.f ? 1.f / l_row : 0.f;
+            const int row = first_row + mt * 16 + lane / 4 + 8 * half;
+            if (row >= seqlen_q) continue;
+            #pragma unroll
+            for (int dt = 0; dt < Tile::kDTiles; ++dt) {
+                const int col = dt * 8 + 2 * (lane % 4);
+                if (col < p.head_dim)
+                    *reinterpret_cast<float2*>(o + row * p.o_ss + col) =
+                        make_float2(o_acc[mt][dt][2 * half] * inv_l, o_acc[mt][dt][2 * half + 1] * inv_l);
+            }
+            if (lane % 4 == 0)
+                p.lse_accum[split * p.lse_split + batch * p.lse_sb + head * p.lse_sh + row * p.lse_ss] =
+                    row_lse(m[mt][half], l_row);
+        }
+}
+
+
+template <class T, int HEAD_DIM, int WARPS, int M_TILES, int BLOCK_N, int STAGES, class V = Plain,
+          class S = Dense>
 __global__ void __launch_bounds__(WARPS * 32, 1)
 flash_fwd(const FwdParams p) {
     using Tile = FwdTile<HEAD_DIM, WARPS, M_TILES, BLOCK_N, STAGES>;
-    const int seqlen_q = p.seqlen_q, seqlen_k = p.seqlen_k, head_dim = p.head_dim;
+    const int head = blockIdx.y, batch = blockIdx.z;
+    const SeqSpan seq = seq_span<S>(p, batch);
+    const int seqlen_q = seq.seqlen_q, seqlen_k = seq.seqlen_k, head_dim = p.head_dim;
     const bool causal = p.causal;
     extern __shared__ __align__(16) unsigned char smem[];
     u16* sQ = reinterpret_cast<u16*>(smem);
@@ -182,14 +243,22 @@ flash_fwd(const FwdParams p) {
 
     const int tid = threadIdx.x, lane = tid % 32;
     const int warp_row = (tid / 32) * Tile::kWarpRows;
-    const int m_block = gridDim.x - 1 - blockIdx.x;   // longest causal rows start first
+    int m_block = gridDim.x - 1 - blockIdx.x;   // longest causal rows start first
+    int split = 0;
+    if constexpr (S::kCache) {
+        split = m_block % p.splits;
+        m_block /= p.splits;
+    }
     const int row0 = m_block * Tile::kBlockM;
-    const int head = blockIdx.y, batch = blockIdx.z;
+    if constexpr (!S::kDense)
+        if (row0 >= seqlen_q) return;   // a varlen tile past its sequence (the grid fits the longest)
     const int head_kv = head / p.heads_per_kv;
 
-    const u16* q_tile = p.q + batch * p.q_sb + head * p.q_sh + row0 * p.q_ss;
-    const u16* k_head = p.k + batch * p.k_sb + head_kv * p.k_sh;
-    const u16* v_head = p.v + batch * p.v_sb + head_kv * p.v_sh;
+    const u16* q_tile = p.q + batch * p.q_sb + head * p.q_sh + (seq.q_row0 + row0) * p.q_ss;
+    // a paged cache's batch stride is its page stride: gather_tile's rows go through cache_offset
+    const int kv_batch = S::kPaged ? 0 : batch;
+    const u16* k_head = p.k + kv_batch * p.k_sb + head_kv * p.k_sh + seq.k_row0 * p.k_ss;
+    const u16* v_head = p.v + kv_batch * p.v_sb + head_kv * p.v_sh + seq.k_row0 * p.v_ss;
 
     // Key j is visible to query i iff j <= i + causal_diag (bottom-right aligned).
     const int causal_diag = seqlen_k - seqlen_q;
@@ -201,19 +270,43 @@ flash_fwd(const FwdParams p) {
         n_blocks = FC_KEY_TILES(BLOCK_N, kv_end);
     } else {
         mod = score_mod<V>(p, batch, head);
+        if constexpr (!S::kDense) {   // this sequence's lengths, the masks aligned bottom-right in it
+            mod.seqlen_q = seqlen_q;
+            mod.seqlen_k = seqlen_k;
+            mod.diag = seqlen_k - seqlen_q;
+        }
         const TileRange tiles = window_tiles(mod, BLOCK_N, row0, min(Tile::kBlockM, seqlen_q - row0));
         j_begin = tiles.first;
         n_blocks = tiles.end;
+    }
+    if constexpr (S::kCache) {   // split-KV: this split's share of the key tiles
+        const int per_split = (n_blocks - j_begin + p.splits - 1) / p.splits;
+        j_begin += split * per_split;
+        n_blocks = min(n_blocks, j_begin + per_split);
     }
 
     const LaneAddrs<Tile> addr(sQ, sK, sV, warp_row, lane);
     // K_j and V_j into ring slot j % STAGES, as one commit group.
     auto load_kv = [&](int j) {
         const int key0 = j * BLOCK_N, slot = j % STAGES;
-        load_tile<Tile, BLOCK_N>(smem_addr(sK) + slot * kSlotBytes, k_head + key0 * p.k_ss, p.k_ss,
-                                 seqlen_k - key0, head_dim, tid);
-        load_tile<Tile, BLOCK_N>(smem_addr(sV) + slot * kSlotBytes, v_head + key0 * p.v_ss, p.v_ss,
-                                 seqlen_k - key0, head_dim, tid);
+        if constexpr (S::kPaged) {
+            auto rows = [&](const u16* head_base, i64 sb, i64 ss) {
+                return [=, &p](int r) -> const u16* {
+                    if (key0 + r >= seqlen_k) return nullptr;
+                    const i64 at = cache_offset<true>(p, batch, key0 + r, sb, ss);
+                    return at < 0 ? nullptr : head_base + at;
+                };
+            };
+            gather_tile<Tile, BLOCK_N>(smem_addr(sK) + slot * kSlotBytes, rows(k_head, p.k_sb, p.k_ss), p.k,
+                                       head_dim, tid);
+            gather_tile<Tile, BLOCK_N>(smem_addr(sV) + slot * kSlotBytes, rows(v_head, p.v_sb, p.v_ss), p.v,
+                                       head_dim, tid);
+        } else {
+            load_tile<Tile, BLOCK_N>(smem_addr(sK) + slot * kSlotBytes, k_head + key0 * p.k_ss, p.k_ss,
+                                     seqlen_k - key0, head_dim, tid);
+            load_tile<Tile, BLOCK_N>(smem_addr(sV) + slot * kSlotBytes, v_head + key0 * p.v_ss, p.v_ss,
+                                     seqlen_k - key0, head_dim, tid);
+        }
     };
 
     // Prologue: Q joins tile 0's group; tiles 1..STAGES-2 follow, one group each
@@ -280,6 +373,12 @@ flash_fwd(const FwdParams p) {
 
     // Epilogue: O /= l, staged through the Q tile for 16-byte coalesced stores.
     cp_async_wait<0>();
+    if constexpr (S::kCache) {
+        if (p.o_accum != nullptr) {   // split-KV: this split's float32 partials, from the registers
+            write_partials<Tile, M_TILES>(p, o_acc, m, l, split, batch, head, row0 + warp_row, seqlen_q, lane);
+            return;
+        }
+    }
     __syncthreads();
     #pragma unroll
     for (int mt = 0; mt < M_TILES; ++mt)
@@ -293,10 +392,11 @@ flash_fwd(const FwdParams p) {
                 *reinterpret_cast<u32*>(sQ + r * Tile::kRowStride + dt * 8 + 2 * (lane % 4)) =
                     pack2<T>(o_acc[mt][dt][2 * half] * inv_l, o_acc[mt][dt][2 * half + 1] * inv_l);
             if (p.lse != nullptr && lane % 4 == 0 && row0 + r < seqlen_q)
-                p.lse[(static_cast<i64>(batch) * gridDim.y + head) * seqlen_q + row0 + r] = row_lse(m[mt][half], l_row);
+                p.lse[batch * p.lse_sb + head * p.lse_sh + (seq.q_row0 + row0 + r) * p.lse_ss] =
+                    row_lse(m[mt][half], l_row);
         }
     __syncthreads();
-    u16* o_tile = p.o + batch * p.o_sb + head * p.o_sh + row0 * p.o_ss;
+    u16* o_tile = p.o + batch * p.o_sb + head * p.o_sh + (seq.q_row0 + row0) * p.o_ss;
     constexpr int kChunks = HEAD_DIM / 8;
     #pragma unroll
     for (int i = tid; i < Tile::kBlockM * kChunks; i += Tile::kThreads) {

@@ -6,7 +6,8 @@
 //
 // A warp per row: its lanes reduce the splits' maximum and weight sum, then each lane adds up
 // columns lane, lane + 32, ... (coalesced) over the splits, the split's weight broadcast.
-// Inputs and output in fp16, bf16 or float32 (the TI and TO type tags).
+// Inputs and output in fp16, bf16 or float32 (the TI and TO type tags). Split-KV's combine
+// writes the LSE of rows (batch, query, head) as (batch, head, query) (lse_seq, lse_heads).
 #include "mma_sm80.cuh"
 // MergeParams, declared in flashcore_cupy/params.py.
 #include "params_merge.cuh"
@@ -87,7 +88,14 @@ merge_states(const __grid_constant__ MergeParams p) {
         if (col < p.dv) store_elem<TO>(p.out, row_at + col, acc[c]);
     }
     __syncwarp();   // every lane's reads of the row's LSEs before lse_out (which may alias one)
-    if (lane == 0) p.lse_out[row] = seen ? m + logf(total) : m;
+    if (lane == 0 && p.lse_out != nullptr) {
+        i64 at = row;
+        if (p.lse_heads > 0) {   // rows (a, s, h) -> (a, h, s): a bshd output's LSE as (B, H, S)
+            const int h = row % p.lse_heads, rest = row / p.lse_heads;
+            at = (static_cast<i64>(rest / p.lse_seq) * p.lse_heads + h) * p.lse_seq + rest % p.lse_seq;
+        }
+        p.lse_out[at] = seen ? m + logf(total) : m;
+    }
 }
 
 }  // namespace fc

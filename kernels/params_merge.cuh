@@ -16,13 +16,15 @@ struct MergeParams {
     const float* lses;   // split 0's natural-log LSE, (rows,)
     const float* lses_b; // split 1's where given apart; else null: split i at lses + i * rows
     void* out;           // (rows, dv) contiguous, in the kernel's output type
-    float* lse_out;      // (rows,)
+    float* lse_out;      // (rows,); null: not written
     i64 split_stride;    // elements between splits' outputs
     int splits;
     int rows;
     int dv;              // at most kMergeMaxDv
+    int lse_seq;         // rows (a, s, h) of lse_seq x lse_heads: lse_out at (a, h, s); 0: as the rows
+    int lse_heads;
 };
-static_assert(sizeof(MergeParams) == 72, "MergeParams: declared in flashcore_cupy/params.py: run scripts/gen_params.py");
+static_assert(sizeof(MergeParams) == 80, "MergeParams: declared in flashcore_cupy/params.py: run scripts/gen_params.py");
 static_assert(FC_OFFSETOF(MergeParams, outs) == 0, "MergeParams::outs");
 static_assert(FC_OFFSETOF(MergeParams, outs_b) == 8, "MergeParams::outs_b");
 static_assert(FC_OFFSETOF(MergeParams, lses) == 16, "MergeParams::lses");
@@ -33,5 +35,7 @@ static_assert(FC_OFFSETOF(MergeParams, split_stride) == 48, "MergeParams::split_
 static_assert(FC_OFFSETOF(MergeParams, splits) == 56, "MergeParams::splits");
 static_assert(FC_OFFSETOF(MergeParams, rows) == 60, "MergeParams::rows");
 static_assert(FC_OFFSETOF(MergeParams, dv) == 64, "MergeParams::dv");
+static_assert(FC_OFFSETOF(MergeParams, lse_seq) == 68, "MergeParams::lse_seq");
+static_assert(FC_OFFSETOF(MergeParams, lse_heads) == 72, "MergeParams::lse_heads");
 
 }  // namespace fc

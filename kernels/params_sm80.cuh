@@ -15,8 +15,8 @@ struct FwdParams {
     const u16* k;
     const u16* v;
     u16* o;
-    float* lse;         // null: not requested
-    i64 q_sb;           // (batch, head, seq) strides, elements
+    float* lse;              // null: not requested
+    i64 q_sb;                // (batch, head, seq) strides, elements
     i64 q_sh;
     i64 q_ss;
     i64 k_sb;
@@ -28,26 +28,42 @@ struct FwdParams {
     i64 o_sb;
     i64 o_sh;
     i64 o_ss;
-    int seqlen_q;
-    int seqlen_k;
+    i64 lse_sb;              // (batch, head, row) strides of the LSE, elements
+    i64 lse_sh;
+    i64 lse_ss;
+    int seqlen_q;            // dense: Sq; varlen: total_q (rows of q)
+    int seqlen_k;            // dense: Sk; varlen: total_k; KV cache: the keys a sequence can hold
     int head_dim;
     int heads_per_kv;
-    float scale_log2;   // scale * log2(e)
+    float scale_log2;        // scale * log2(e)
     int causal;
-    int diag;           // off: query i's aligned key is i + diag
-    int win_left;       // window sides, -1 unbounded
+    int diag;                // off: query i's aligned key is i + diag
+    int win_left;            // window sides, -1 unbounded
     int win_right;
-    float cap_scale;    // scale / softcap
-    float cap_log2;     // softcap * log2(e)
-    const float* alibi; // slopes; null: none
-    i64 alibi_sb;       // slope strides (batch, head), elements
+    float cap_scale;         // scale / softcap
+    float cap_log2;          // softcap * log2(e)
+    const float* alibi;      // slopes; null: none
+    i64 alibi_sb;            // slope strides (batch, head), elements
     i64 alibi_sh;
-    const void* bias;   // null: none
-    i64 bias_sb;        // (batch, head, row) strides, elements; 0 broadcasts
+    const void* bias;        // null: none
+    i64 bias_sb;             // (batch, head, row) strides, elements; 0 broadcasts
     i64 bias_sh;
     i64 bias_ss;
+    const int* cu_seqlens_q; // varlen: (B + 1) offsets of the sequences' rows in q, o
+    const int* cu_seqlens_k; // varlen: (B + 1) offsets of their keys in k, v
+    const int* seqused_k;    // KV cache: cache_seqlens (B,); a sequence's keys: seqused_k[b] + new_keys
+    const int* block_table;  // paged: (B, bt_cols) page indices; null: a (B, S_max) cache
+    i64 bt_sb;               // block_table's row stride, elements
+    int new_keys;            // keys appended this call (Sn)
+    int page_size;           // paged: keys a page
+    int num_pages;           // paged: pages in the pool
+    int splits;              // split-KV: key ranges a (query tile, head, batch); 1: none
+    float* o_accum;          // split-KV: float32 partial outputs, at o's strides + split * o_split; null: out written directly
+    float* lse_accum;        // split-KV: float32 partial LSE, at lse's strides + split * lse_split
+    i64 o_split;
+    i64 lse_split;
 };
-static_assert(sizeof(FwdParams) == 240, "FwdParams: declared in flashcore_cupy/params.py: run scripts/gen_params.py");
+static_assert(sizeof(FwdParams) == 352, "FwdParams: declared in flashcore_cupy/params.py: run scripts/gen_params.py");
 static_assert(FC_OFFSETOF(FwdParams, q) == 0, "FwdParams::q");
 static_assert(FC_OFFSETOF(FwdParams, k) == 8, "FwdParams::k");
 static_assert(FC_OFFSETOF(FwdParams, v) == 16, "FwdParams::v");
@@ -65,23 +81,39 @@ static_assert(FC_OFFSETOF(FwdParams, v_ss) == 104, "FwdParams::v_ss");
 static_assert(FC_OFFSETOF(FwdParams, o_sb) == 112, "FwdParams::o_sb");
 static_assert(FC_OFFSETOF(FwdParams, o_sh) == 120, "FwdParams::o_sh");
 static_assert(FC_OFFSETOF(FwdParams, o_ss) == 128, "FwdParams::o_ss");
-static_assert(FC_OFFSETOF(FwdParams, seqlen_q) == 136, "FwdParams::seqlen_q");
-static_assert(FC_OFFSETOF(FwdParams, seqlen_k) == 140, "FwdParams::seqlen_k");
-static_assert(FC_OFFSETOF(FwdParams, head_dim) == 144, "FwdParams::head_dim");
-static_assert(FC_OFFSETOF(FwdParams, heads_per_kv) == 148, "FwdParams::heads_per_kv");
-static_assert(FC_OFFSETOF(FwdParams, scale_log2) == 152, "FwdParams::scale_log2");
-static_assert(FC_OFFSETOF(FwdParams, causal) == 156, "FwdParams::causal");
-static_assert(FC_OFFSETOF(FwdParams, diag) == 160, "FwdParams::diag");
-static_assert(FC_OFFSETOF(FwdParams, win_left) == 164, "FwdParams::win_left");
-static_assert(FC_OFFSETOF(FwdParams, win_right) == 168, "FwdParams::win_right");
-static_assert(FC_OFFSETOF(FwdParams, cap_scale) == 172, "FwdParams::cap_scale");
-static_assert(FC_OFFSETOF(FwdParams, cap_log2) == 176, "FwdParams::cap_log2");
-static_assert(FC_OFFSETOF(FwdParams, alibi) == 184, "FwdParams::alibi");
-static_assert(FC_OFFSETOF(FwdParams, alibi_sb) == 192, "FwdParams::alibi_sb");
-static_assert(FC_OFFSETOF(FwdParams, alibi_sh) == 200, "FwdParams::alibi_sh");
-static_assert(FC_OFFSETOF(FwdParams, bias) == 208, "FwdParams::bias");
-static_assert(FC_OFFSETOF(FwdParams, bias_sb) == 216, "FwdParams::bias_sb");
-static_assert(FC_OFFSETOF(FwdParams, bias_sh) == 224, "FwdParams::bias_sh");
-static_assert(FC_OFFSETOF(FwdParams, bias_ss) == 232, "FwdParams::bias_ss");
+static_assert(FC_OFFSETOF(FwdParams, lse_sb) == 136, "FwdParams::lse_sb");
+static_assert(FC_OFFSETOF(FwdParams, lse_sh) == 144, "FwdParams::lse_sh");
+static_assert(FC_OFFSETOF(FwdParams, lse_ss) == 152, "FwdParams::lse_ss");
+static_assert(FC_OFFSETOF(FwdParams, seqlen_q) == 160, "FwdParams::seqlen_q");
+static_assert(FC_OFFSETOF(FwdParams, seqlen_k) == 164, "FwdParams::seqlen_k");
+static_assert(FC_OFFSETOF(FwdParams, head_dim) == 168, "FwdParams::head_dim");
+static_assert(FC_OFFSETOF(FwdParams, heads_per_kv) == 172, "FwdParams::heads_per_kv");
+static_assert(FC_OFFSETOF(FwdParams, scale_log2) == 176, "FwdParams::scale_log2");
+static_assert(FC_OFFSETOF(FwdParams, causal) == 180, "FwdParams::causal");
+static_assert(FC_OFFSETOF(FwdParams, diag) == 184, "FwdParams::diag");
+static_assert(FC_OFFSETOF(FwdParams, win_left) == 188, "FwdParams::win_left");
+static_assert(FC_OFFSETOF(FwdParams, win_right) == 192, "FwdParams::win_right");
+static_assert(FC_OFFSETOF(FwdParams, cap_scale) == 196, "FwdParams::cap_scale");
+static_assert(FC_OFFSETOF(FwdParams, cap_log2) == 200, "FwdParams::cap_log2");
+static_assert(FC_OFFSETOF(FwdParams, alibi) == 208, "FwdParams::alibi");
+static_assert(FC_OFFSETOF(FwdParams, alibi_sb) == 216, "FwdParams::alibi_sb");
+static_assert(FC_OFFSETOF(FwdParams, alibi_sh) == 224, "FwdParams::alibi_sh");
+static_assert(FC_OFFSETOF(FwdParams, bias) == 232, "FwdParams::bias");
+static_assert(FC_OFFSETOF(FwdParams, bias_sb) == 240, "FwdParams::bias_sb");
+static_assert(FC_OFFSETOF(FwdParams, bias_sh) == 248, "FwdParams::bias_sh");
+static_assert(FC_OFFSETOF(FwdParams, bias_ss) == 256, "FwdParams::bias_ss");
+static_assert(FC_OFFSETOF(FwdParams, cu_seqlens_q) == 264, "FwdParams::cu_seqlens_q");
+static_assert(FC_OFFSETOF(FwdParams, cu_seqlens_k) == 272, "FwdParams::cu_seqlens_k");
+static_assert(FC_OFFSETOF(FwdParams, seqused_k) == 280, "FwdParams::seqused_k");
+static_assert(FC_OFFSETOF(FwdParams, block_table) == 288, "FwdParams::block_table");
+static_assert(FC_OFFSETOF(FwdParams, bt_sb) == 296, "FwdParams::bt_sb");
+static_assert(FC_OFFSETOF(FwdParams, new_keys) == 304, "FwdParams::new_keys");
+static_assert(FC_OFFSETOF(FwdParams, page_size) == 308, "FwdParams::page_size");
+static_assert(FC_OFFSETOF(FwdParams, num_pages) == 312, "FwdParams::num_pages");
+static_assert(FC_OFFSETOF(FwdParams, splits) == 316, "FwdParams::splits");
+static_assert(FC_OFFSETOF(FwdParams, o_accum) == 320, "FwdParams::o_accum");
+static_assert(FC_OFFSETOF(FwdParams, lse_accum) == 328, "FwdParams::lse_accum");
+static_assert(FC_OFFSETOF(FwdParams, o_split) == 336, "FwdParams::o_split");
+static_assert(FC_OFFSETOF(FwdParams, lse_split) == 344, "FwdParams::lse_split");
 
 }  // namespace fc

@@ -28,17 +28,20 @@ def test_check_compiles_and_prints_a_table():
     assert f"{n} of {n} kernel instantiations ok" in result.output
 
 
-def test_check_variants_adds_the_variant_instantiations(monkeypatch):
+def test_check_variants_adds_the_variant_and_sequence_instantiations(monkeypatch):
     from flashcore_cupy import configs, tuning
 
     one = configs.variant_config(configs.Sm80FwdConfig("fp16", 64, 4, 1, 64, 3),
                                  configs.KernelVariant(window=True, alibi=True, bias="fp32"))
     monkeypatch.setattr(tuning, "dispatchable_configs", lambda arch: [])
+    paged = configs.seq_config(configs.Sm80FwdConfig("fp16", 64, 4, 1, 64, 3), "paged")
     monkeypatch.setattr(tuning, "variant_configs", lambda arch: [one])
+    monkeypatch.setattr(tuning, "sequence_configs", lambda arch: [paged])
     assert "0 of 0" in CliRunner().invoke(cli.main, ["check", "--arch", "sm_80"]).output
     result = CliRunner().invoke(cli.main, ["check", "--arch", "sm_80", "--variants"])
     assert result.exit_code == 0, result.output
-    assert "alibi+bias-fp32" in result.output and "1 of 1 kernel instantiations ok" in result.output
+    assert "alibi+bias-fp32" in result.output and "2 of 2 kernel instantiations ok" in result.output
+    assert "paged" in result.output
 
 
 def test_check_rejects_unknown_arch():

@@ -33,7 +33,7 @@ def driver(monkeypatch):
 
 # The parameter layouts as they were written by hand before params.py (the kernels'
 # static_asserts check params.py's against the C++ compiler; these against the history).
-_FWD_BY_HAND = struct.Struct("<5Q12q4ifi")
+_FWD_BY_HAND = struct.Struct("<5Q15q4ifi")   # since the LSE strides (3 more i64 after o's)
 _SM90_TAIL_BY_HAND = struct.Struct("<2Q3q3ifi7i8I8x")
 
 
@@ -42,15 +42,20 @@ _SM90_TAIL_BY_HAND = struct.Struct("<2Q3q3ifi7i8I8x")
 _FWD_VARIANT_BY_HAND = struct.Struct("<3i2f4xQ2qQ3q")
 _VARIANT_NAMES = ("diag", "win_left", "win_right", "cap_scale", "cap_log2", "alibi_sb", "alibi_sh",
                   "bias_sb", "bias_sh", "bias_ss")
+# The sequence fields after those (kernels/sequence.cuh): the offsets', cache lengths' and block
+# table's pointers, the table's stride, new keys, page size, pages, splits, the partials'
+# pointers and split strides.
+_FWD_SEQUENCE_BY_HAND = struct.Struct("<4Qq4i2Q2q")
+_DENSE_SEQUENCE = (0, 0, 0, 0, 0, 0, 1, 0, 1, 0, 0, 0, 0)
 
 
 def test_fwd_launch_sends_its_scalars_and_each_calls_pointers(driver):
     cfg = Sm80FwdConfig("fp16", 64, 4, 2, 64, 3)
-    names = [f.name for f in params.FWD_SM80.fields][5:5 + 18]
-    values = tuple(range(12)) + (300, 400, 64, 2, 0.18, 1)
+    names = [f.name for f in params.FWD_SM80.fields][5:5 + 21]
+    values = tuple(range(15)) + (300, 400, 64, 2, 0.18, 1)
     variant = (100, -1, 0, 0.5, 2.0, 3, 4, 5, 6, 7)
     run = launch.Sm80FwdLaunch(cfg, 77, 0, (3, 4, 2), (2, 4, 300, 64), None,
-                               dict(zip(names + list(_VARIANT_NAMES), values + variant)))
+                               dict(zip(names + list(_VARIANT_NAMES), values + variant), **launch.sequence_scalars()))
     driver.size = params.FWD_SM80.size
     run(array(0x1000), array(0x2000), array(0x3000), array(0x4000), None)
     run(array(0x1100), array(0x2100), array(0x3100), array(0x4100), array(0x5100))
@@ -58,7 +63,9 @@ def test_fwd_launch_sends_its_scalars_and_each_calls_pointers(driver):
     plain = _FWD_BY_HAND.size
     assert first["params"][:plain] == _FWD_BY_HAND.pack(0x1000, 0x2000, 0x3000, 0x4000, 0, *values)
     assert second["params"][:plain] == _FWD_BY_HAND.pack(0x1100, 0x2100, 0x3100, 0x4100, 0x5100, *values)
-    assert first["params"][plain:] == _FWD_VARIANT_BY_HAND.pack(*variant[:5], 0, *variant[5:7], 0, *variant[7:])
+    tail = plain + _FWD_VARIANT_BY_HAND.size
+    assert first["params"][plain:tail] == _FWD_VARIANT_BY_HAND.pack(*variant[:5], 0, *variant[5:7], 0, *variant[7:])
+    assert first["params"][tail:] == _FWD_SEQUENCE_BY_HAND.pack(*_DENSE_SEQUENCE)
     assert first["function"] == 77 and first["grid"] == (3, 4, 2) and first["stream"] == 0xABC
     assert first["block"] == (cfg.threads, 1, 1) and first["smem"] == cfg.smem_bytes
     assert run.out_elements == 2 * 4 * 300 * 64
@@ -66,17 +73,18 @@ def test_fwd_launch_sends_its_scalars_and_each_calls_pointers(driver):
 
 def test_variant_launch_sends_the_slopes_and_bias_addresses_per_call(driver):
     cfg = Sm80FwdConfig("fp16", 64, 4, 1, 64, 3, KernelVariant(window=True, alibi=True, bias="fp32"))
-    names = [f.name for f in params.FWD_SM80.fields][5:5 + 18]
-    values = tuple(range(12)) + (300, 400, 64, 2, 0.18, 0)
+    names = [f.name for f in params.FWD_SM80.fields][5:5 + 21]
+    values = tuple(range(15)) + (300, 400, 64, 2, 0.18, 0)
     variant = (100, 8, 0, 0.0, 0.0, 0, 1, 0, 500, 400)
     run = launch.Sm80VariantLaunch(cfg, 77, 0, (5, 4, 2), (2, 4, 300, 64), None,
-                                   dict(zip(names + list(_VARIANT_NAMES), values + variant)))
+                                   dict(zip(names + list(_VARIANT_NAMES), values + variant), **launch.sequence_scalars()))
     driver.size = params.FWD_SM80.size
     run.start((0x1000, 0x2000, 0x3000, 0x6000, 0x7000), array(0x4000), None, 0xABC)
     run.start((0x1100, 0x2100, 0x3100, 0x6100, 0), array(0x4100), None, 0xABC)
     plain = _FWD_BY_HAND.size
     for call, (a, b) in zip(driver.calls, ((0x6000, 0x7000), (0x6100, 0))):
-        assert call["params"][plain:] == _FWD_VARIANT_BY_HAND.pack(*variant[:5], a, *variant[5:7], b, *variant[7:])
+        assert call["params"][plain:plain + _FWD_VARIANT_BY_HAND.size] == _FWD_VARIANT_BY_HAND.pack(
+            *variant[:5], a, *variant[5:7], b, *variant[7:])
     assert driver.calls[1]["params"][:plain] == _FWD_BY_HAND.pack(0x1100, 0x2100, 0x3100, 0x4100, 0, *values)
 
 

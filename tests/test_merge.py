@@ -69,8 +69,8 @@ def test_merge_kernels_compile_without_spills(arch):
 
 
 def test_launch_packs_every_field_per_call(monkeypatch):
-    """MergeLaunch: the call's fields into params.MERGE (absent pair pointers 0), a block per 8
-    rows."""
+    """MergeLaunch: the call's fields into params.MERGE (absent pair pointers 0, the LSE's rows
+    as they are), a block per 8 rows."""
     from flashcore_cupy import launch
 
     launched = []
@@ -79,6 +79,6 @@ def test_launch_packs_every_field_per_call(monkeypatch):
     fields = dict(outs=0x100, lses=0x200, out=0x300, lse_out=0x400, split_stride=640, splits=3, rows=20, dv=32)
     run.start(fields, stream=9)
     values = dict(zip(params.MERGE.names, params.MERGE.struct.unpack_from(run.block.data, 0)))
-    assert values == {**fields, "outs_b": 0, "lses_b": 0}
+    assert values == {**fields, "outs_b": 0, "lses_b": 0, "lse_seq": 0, "lse_heads": 0}
     assert launched[-1][0] == 42 and launched[-1][1:4] == (3, 1, 1) and launched[-1][4] == 256
     assert launched[-1][8] == 9

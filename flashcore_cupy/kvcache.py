@@ -1,0 +1,185 @@
+"""attention_kvcache: new queries against a KV cache, contiguous or paged, with the new keys and
+values appended in place first (flash_attn's flash_attn_with_kvcache), and split-KV.
+
+The spec is `flashcore_cupy.reference.attention_kvcache`. A call is up to three launches on
+CuPy's current stream: the append (kernels/kvcache_append.cu), the portable forward kernel with
+the KvCache sequence policy (kernels/sequence.cuh), and, where the keys are split, merge_states
+over the splits' float32 partials. No host sync; the partials' workspace is allocated on a
+signature's first call on a stream and reused after it, so with `out=` given a later call
+allocates nothing but its LSE and can be captured in a CUDA graph.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from typing import Any
+
+import numpy as np
+
+from . import api, metadata
+from .api import _as_device_array, _spec
+from .configs import AppendConfig, MergeConfig, choose_sm80_config, seq_config
+from .launch import (AppendLaunch, MergeLaunch, Sm80SeqLaunch, problem_scalars, sequence_scalars,
+                     variant_scalars)
+from .params import stride_values
+from .validation import CacheLayout, Problem, check_kvcache, check_out
+
+MAX_SPLITS = 128
+_lock = threading.Lock()
+
+
+def attention_kvcache(q: Any, k_cache: Any, v_cache: Any, *, cache_seqlens: Any, block_table: Any = None,
+                      k_new: Any = None, v_new: Any = None, causal: bool = False, scale: float | None = None,
+                      window: tuple[int, int] | None = None, softcap: float = 0.0, alibi_slopes: Any = None,
+                      num_splits: int = 0, return_lse: bool = False, out: Any = None):
+    """Attention of q over each sequence's cached keys, after appending k_new and v_new.
+
+    q: (B, Sq, Hq, D), Sq >= 1 (decode, speculative verification, chunked prefill). The caches:
+    (B, S_max, Hkv, D), or paged (num_pages, page_size, Hkv, D) with block_table int32
+    (B, pages per sequence): sequence b's position t is in page block_table[b, t // page_size],
+    slot t % page_size (any page size). cache_seqlens: int32 (B,), the keys already cached.
+    k_new, v_new: (B, Sn, Hkv, D), written in place at positions cache_seqlens[b] .. + Sn - 1
+    (cache_seqlens itself is not changed); query i then sees the cache_seqlens[b] + Sn keys, the
+    causal mask (bool) and window aligned bottom-right. softcap, alibi_slopes as in `attention`.
+    num_splits: 0 chooses how many key ranges each (query tile, head) is split into (split-KV, a
+    merge of float32 partials after); n forces n.
+    Values on the device are not checked (that would sync): a sequence's keys past what it can
+    hold are dropped (not appended, not attended), a page index outside the pool reads as zeros
+    and is not written, a negative cache_seqlens counts as 0; FLASHCORE_CUPY_CHECK_METADATA=1
+    checks them on the host first (a sync).
+    Returns out (B, Sq, Hq, D) in q's dtype (out=: a C-contiguous buffer of that shape), and
+    with return_lse the float32 LSE (B, Hq, Sq)."""
+    q, k_cache, v_cache = (_as_device_array(a, n) for a, n in ((q, "q"), (k_cache, "k_cache"), (v_cache, "v_cache")))
+    arrays = {n: None if a is None else _as_device_array(a, n)
+              for n, a in (("cache_seqlens", cache_seqlens), ("block_table", block_table), ("k_new", k_new),
+                           ("v_new", v_new), ("alibi_slopes", alibi_slopes))}
+    if arrays["cache_seqlens"] is None:
+        raise ValueError("cache_seqlens is required: an int32 (B,) CUDA array")
+    specs = {n: None if a is None else _spec(a, n) for n, a in arrays.items()}
+    problem, layout, n_new = check_kvcache(
+        _spec(q, "q"), _spec(k_cache, "k_cache"), _spec(v_cache, "v_cache"), specs["cache_seqlens"],
+        specs["block_table"], specs["k_new"], specs["v_new"], causal=causal, scale=scale, window=window,
+        softcap=softcap, alibi_slopes=specs["alibi_slopes"])
+    if isinstance(num_splits, bool) or not isinstance(num_splits, (int, np.integer)) or not 0 <= num_splits <= MAX_SPLITS:
+        raise ValueError(f"num_splits must be an int from 0 (automatic) to {MAX_SPLITS}, got {num_splits!r}")
+    if not isinstance(return_lse, (bool, np.bool_)):
+        raise TypeError(f"return_lse must be a bool, got {type(return_lse).__name__}")
+    if out is not None:
+        out = _as_device_array(out, "out")
+        check_out(_spec(out, "out"), problem)
+        if not out.flags.c_contiguous:
+            raise ValueError(f"out must be C-contiguous, got strides {out.strides} (bytes)")
+    import cupy
+
+    with cupy.cuda.Device(problem.device):
+        if metadata.checking():
+            metadata.check_cache(arrays["cache_seqlens"], arrays["block_table"], layout.num_pages,
+                                 layout.page_size, layout.capacity, n_new)
+        stream = cupy.cuda.get_current_stream()
+        new_strides = {} if not n_new else {**stride_values("kn", _bhs(arrays["k_new"])),
+                                            **stride_values("vn", _bhs(arrays["v_new"]))}
+        plan = _plan(problem, layout, n_new, int(num_splits), tuple(sorted(new_strides.items())))
+        out = cupy.empty(q.shape, q.dtype) if out is None else out
+        lse = cupy.empty((problem.batch, problem.heads_q, problem.seqlen_q), np.float32) if return_lse else None
+        plan.run(q, k_cache, v_cache, out, lse, arrays, stream)
+    return (out, lse) if return_lse else out
+
+
+class _Plan:
+    """One call signature's launches: the append, the attention and (split) the merge, and the
+    split partials' workspace per stream."""
+
+    def __init__(self, problem: Problem, layout: CacheLayout, n_new: int, num_splits: int,
+                 new_strides: tuple[tuple[str, int], ...]):
+        p = problem
+        dev = api.device_info(p.device)
+        seq = "paged" if layout.paged else "cache"
+        base = choose_sm80_config(dev.arch, p.dtype, p.head_dim, p.batch * p.heads_q, p.seqlen_q, dev.num_sms)
+        config = seq_config(base, seq, p.kernel_variant)
+        m_blocks = math.ceil(p.seqlen_q / config.block_m)
+        self.splits = num_splits or choose_splits(m_blocks * p.heads_q * p.batch, math.ceil(layout.capacity / config.block_n),
+                                                  dev.num_sms)
+        b, sq, hq, d = p.batch, p.seqlen_q, p.heads_q, p.head_dim
+        if self.splits > 1:   # partials (split, B, Sq, Hq, D) and (split, B, Sq, Hq): merge_states' rows
+            o_strides, lse_strides = (sq * hq * d, d, hq * d), (sq * hq, 1, hq)
+            split_fields = dict(o_split=b * sq * hq * d, lse_split=b * sq * hq)
+        else:                 # out (B, Sq, Hq, D) C-contiguous, LSE (B, Hq, Sq)
+            o_strides, lse_strides = (sq * hq * d, d, hq * d), (hq * sq, sq, 1)
+            split_fields = {}
+        strides = {"q": p.q_strides, "k": p.k_strides, "v": p.v_strides, "o": o_strides, "lse": lse_strides}
+        scalars = {n: st for t, ts in strides.items() for n, st in stride_values(t, ts).items()}
+        cache = self._cache_fields(layout, n_new)
+        scalars.update(problem_scalars(p), **variant_scalars(p),
+                       **sequence_scalars(splits=self.splits, **split_fields, **cache))
+        self.attention = Sm80SeqLaunch.build(config, p.device, dev.arch, (m_blocks * self.splits, hq, b), scalars)
+        self.append = None
+        if n_new:
+            append = dict(**cache, seqlen_k=layout.capacity, batch=b, heads_kv=p.heads_kv, head_dim=d,
+                          **stride_values("k", p.k_strides), **stride_values("v", p.v_strides), **dict(new_strides))
+            self.append = AppendLaunch.build(AppendConfig(layout.paged), p.device, dev.arch, dev.num_sms, append)
+        self.merge = MergeLaunch.build(MergeConfig("f32", p.dtype), p.device, dev.arch) if self.splits > 1 else None
+        self.shape = (b, sq, hq, d)
+        self.workspaces: dict[int, tuple] = {}
+
+    @staticmethod
+    def _cache_fields(layout: CacheLayout, n_new: int) -> dict:
+        return dict(new_keys=n_new, page_size=layout.page_size if layout.paged else 1,
+                    num_pages=layout.num_pages if layout.paged else 0, bt_sb=layout.pages_per_seq if layout.paged else 0)
+
+    def run(self, q, k_cache, v_cache, out, lse, arrays: dict, stream) -> None:
+        ptr = lambda name: 0 if arrays[name] is None else arrays[name].data.ptr   # noqa: E731
+        meta = dict(seqused_k=ptr("cache_seqlens"), block_table=ptr("block_table"))
+        if self.append is not None:
+            self.append.start(dict(k_new=ptr("k_new"), v_new=ptr("v_new"), k=k_cache.data.ptr, v=v_cache.data.ptr,
+                                   **meta), stream.ptr)
+        pointers = dict(q=q.data.ptr, k=k_cache.data.ptr, v=v_cache.data.ptr, alibi=ptr("alibi_slopes"), **meta)
+        if self.merge is None:
+            self.attention.start(dict(pointers, o=out.data.ptr, lse=0 if lse is None else lse.data.ptr), stream.ptr)
+            return
+        o_acc, lse_acc = self._workspace(stream)
+        self.attention.start(dict(pointers, o_accum=o_acc.data.ptr, lse_accum=lse_acc.data.ptr), stream.ptr)
+        b, sq, hq, d = self.shape
+        self.merge.start(dict(outs=o_acc.data.ptr, lses=lse_acc.data.ptr, out=out.data.ptr,
+                              lse_out=0 if lse is None else lse.data.ptr, split_stride=b * sq * hq * d,
+                              splits=self.splits, rows=b * sq * hq, dv=d, lse_seq=sq, lse_heads=hq), stream.ptr)
+
+    def _workspace(self, stream):
+        import cupy
+
+        found = self.workspaces.get(stream.ptr)
+        if found is None:
+            with _lock:
+                b, sq, hq, d = self.shape
+                found = self.workspaces.setdefault(stream.ptr, (cupy.empty((self.splits, b, sq, hq, d), np.float32),
+                                                                cupy.empty((self.splits, b, sq, hq), np.float32)))
+        return found
+
+
+def _bhs(a) -> tuple[int, int, int]:
+    """A bshd array's (batch, head, seq) element strides."""
+    st = [s // a.itemsize for s in a.strides]
+    return st[0], st[2], st[1]
+
+
+def choose_splits(ctas: int, key_tiles: int, num_sms: int) -> int:
+    """Split-KV's key ranges per (query tile, head, batch): enough for about two CTAs per SM
+    where the grid is smaller, each range at least two key tiles, at most MAX_SPLITS."""
+    if ctas >= num_sms:
+        return 1
+    return max(1, min(-(-2 * num_sms // ctas), key_tiles // 2, MAX_SPLITS))
+
+
+_plans: dict[tuple, _Plan] = {}
+
+
+def _plan(problem: Problem, layout: CacheLayout, n_new: int, num_splits: int,
+          new_strides: tuple[tuple[str, int], ...]) -> _Plan:
+    key = (problem, layout, n_new, num_splits, new_strides)
+    found = _plans.get(key)
+    if found is None:
+        with _lock:
+            if len(_plans) > 1024:
+                _plans.clear()
+            found = _plans.get(key) or _plans.setdefault(key, _Plan(problem, layout, n_new, num_splits, new_strides))
+    return found

@@ -1,0 +1,82 @@
+// Where a kernel's sequences are: the sequence policy (S) the forward kernel is instantiated
+// with, beside its variant (V). The specs are flashcore_cupy/reference.py's `attention`,
+// `attention_varlen` and `attention_kvcache`:
+//
+//   Dense          every batch entry Sq queries x Sk keys of (batch, head, seq) strided arrays
+//   Varlen         packed sequences: batch b's queries are rows cu_seqlens_q[b] .. [b + 1] of
+//                  q and o (seq strides; no batch stride), its keys rows cu_seqlens_k[b] ..
+//                  [b + 1] of k and v
+//   KvCache<PAGED> a KV cache: batch b's keys are its first seqused_k[b] + new_keys positions,
+//                  of a (B, S_max) cache or, PAGED, of the pages block_table[b][t / page_size]
+//                  (slot t % page_size) of a (num_pages, page_size) pool
+//
+// Masks align bottom-right within each sequence (off = Sk_b - Sq_b). Values read on the
+// device are clamped so that no access leaves the arrays (the host checks them only with
+// FLASHCORE_CUPY_CHECK_METADATA=1):
+//   - offsets clamp into [0, rows of the array], and an end before its start gives an empty
+//     sequence (decreasing cu_seqlens);
+//   - a cache sequence's keys clamp into [0, the positions a sequence can hold];
+//   - a page index outside [0, num_pages) reads as zeros and is not written.
+#pragma once
+#include "mma_sm80.cuh"
+
+namespace fc {
+
+struct Dense {
+    static constexpr bool kDense = true, kVarlen = false, kCache = false, kPaged = false;
+};
+struct Varlen {
+    static constexpr bool kDense = false, kVarlen = true, kCache = false, kPaged = false;
+};
+template <bool PAGED>
+struct KvCache {
+    static constexpr bool kDense = false, kVarlen = false, kCache = true, kPaged = PAGED;
+};
+
+// One batch entry's sequence: its lengths, and its first row in q / o and in k / v (varlen).
+struct SeqSpan {
+    int seqlen_q, seqlen_k;
+    int q_row0, k_row0;
+};
+
+// The keys of cache sequence `batch` after this call's append: seqused_k[b] + new_keys, at most
+// the positions it can hold (p.seqlen_k). The append writes positions [seqused, this).
+template <class P>
+__device__ __forceinline__ int cache_used(const P& p, int batch) {
+    return min(max(p.seqused_k[batch], 0), p.seqlen_k);
+}
+template <class P>
+__device__ __forceinline__ int cache_keys(const P& p, int batch) {
+    return min(cache_used(p, batch) + p.new_keys, p.seqlen_k);
+}
+
+// The element offset of position `key` of cache sequence `batch` (key < p.seqlen_k) for a
+// cache of strides (batch or page, seq or slot): paged, through block_table; -1 where the page
+// index is outside the pool (nothing read or written there).
+template <bool PAGED, class P>
+__device__ __forceinline__ i64 cache_offset(const P& p, int batch, int key, i64 sb, i64 ss) {
+    if constexpr (!PAGED) {
+        return batch * sb + key * ss;
+    } else {
+        const int page = p.block_table[batch * p.bt_sb + key / p.page_size];
+        if (page < 0 || page >= p.num_pages) return -1;
+        return page * sb + (key % p.page_size) * ss;
+    }
+}
+
+template <class S, class P>
+__device__ __forceinline__ SeqSpan seq_span(const P& p, int batch) {
+    if constexpr (S::kVarlen) {
+        const int q0 = min(max(p.cu_seqlens_q[batch], 0), p.seqlen_q);
+        const int q1 = min(max(p.cu_seqlens_q[batch + 1], q0), p.seqlen_q);
+        const int k0 = min(max(p.cu_seqlens_k[batch], 0), p.seqlen_k);
+        const int k1 = min(max(p.cu_seqlens_k[batch + 1], k0), p.seqlen_k);
+        return {q1 - q0, k1 - k0, q0, k0};
+    } else if constexpr (S::kCache) {
+        return {p.seqlen_q, cache_keys(p, batch), 0, 0};
+    } else {
+        return {p.seqlen_q, p.seqlen_k, 0, 0};
+    }
+}
+
+}  // namespace fc
