@@ -1,7 +1,7 @@
 """One causal and one non-causal call per kernel family and Hopper tile kind, a decode step
 (one query, three query heads per kv head: the Hopper kernel packs them into one tile), and
 variant calls (a window with every score option, the bias broadcast and ragged) on each
-kernel, backward calls and a merge_states, small enough for compute-sanitizer; exits 1 on a wrong result."""
+kernel, backward calls, a merge_states, a varlen prefill and a paged decode, small enough for compute-sanitizer; exits 1 on a wrong result."""
 
 import sys
 
@@ -76,4 +76,32 @@ ref, ref_lse = reference.merge_states(outs.get(), lses.get())
 err = reference.rel_error(merged, ref)
 print(f"merge_states 3 splits: rel err {err:.2e}")
 ok &= err <= 2e-3 and bool(np.allclose(merged_lse.get(), ref_lse, rtol=1e-5, atol=1e-5))
+# A varlen prefill (ragged, an empty sequence, GQA, causal) and a paged decode step with an
+# append, split-KV (page size 3: gathered rows), one page index outside the pool (read as zeros)
+cu = cupy.asarray(np.array([0, 70, 70, 201], np.int32))
+q = cupy.asarray(rng.standard_normal((201, 4, 64)).astype(np.float16))
+k, v = (cupy.asarray(rng.standard_normal((201, 2, 64)).astype(np.float16)) for _ in range(2))
+out = fc.attention_varlen(q, k, v, cu, cu, max_seqlen_q=131, max_seqlen_k=131, causal=True)
+cupy.cuda.get_current_stream().synchronize()
+err = reference.rel_error(out, reference.attention_varlen(q, k, v, cu, cu, causal=True))
+print(f"varlen prefill: rel err {err:.2e}")
+ok &= err <= 2e-3
+table = rng.permutation(3 * 40)[:2 * 40].reshape(2, 40).astype(np.int32)
+k_pages, v_pages = (rng.standard_normal((120, 3, 2, 128)).astype(np.float16) for _ in range(2))
+q = rng.standard_normal((2, 1, 8, 128)).astype(np.float16)
+k_new, v_new = (rng.standard_normal((2, 1, 2, 128)).astype(np.float16) for _ in range(2))
+seqlens = np.array([50, 118], np.int32)
+dev = [cupy.asarray(a) for a in (q, k_pages, v_pages, seqlens, table, k_new, v_new)]
+out = fc.attention_kvcache(dev[0], dev[1], dev[2], cache_seqlens=dev[3], block_table=dev[4], k_new=dev[5],
+                           v_new=dev[6], causal=True, num_splits=3)
+cupy.cuda.get_current_stream().synchronize()
+want = reference.attention_kvcache(q, k_pages, v_pages, cache_seqlens=seqlens, block_table=table, k_new=k_new,
+                                   v_new=v_new, causal=True)
+err = reference.rel_error(out, want)
+print(f"paged decode (append, 3 splits): rel err {err:.2e}")
+ok &= err <= 2e-3
+dev[4][0, 1] = 100_000   # outside the pool: read as zeros, nothing written there
+fc.attention_kvcache(dev[0], dev[1], dev[2], cache_seqlens=dev[3], block_table=dev[4], k_new=dev[5], v_new=dev[6],
+                     num_splits=3)
+cupy.cuda.get_current_stream().synchronize()
 sys.exit(0 if ok else 1)
