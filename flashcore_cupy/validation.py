@@ -349,7 +349,9 @@ def _rows_view(t: TensorSpec, rows: int) -> TensorSpec:
     least one row (an empty pack is checked as one row: the kernels then read none)."""
     if len(t.shape) != 3:
         raise ValueError(f"{t.name} must be 3-D (total, heads, head_dim), got shape {t.shape}")
-    return TensorSpec(t.name, (1, max(rows, 1), *t.shape[1:]), (0, *t.strides), t.dtype, t.device, t.ptr)
+    strides = t.strides if rows else (t.shape[1] * t.shape[2], t.shape[2], 1)   # an empty array's: 0s
+    return TensorSpec(t.name, (1, max(rows, 1), *t.shape[1:]), (0, *strides), t.dtype, t.device,
+                      t.ptr if rows else 0)
 
 
 def _bool_causal(causal: object) -> bool:

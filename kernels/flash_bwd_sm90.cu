@@ -124,7 +124,7 @@ flash_bwd_sm90(const __grid_constant__ Sm90BwdParams p) {
         mbar_init(bar.kv_full(), 1);
         for (int s = 0; s < STAGES; ++s) {
             mbar_init(bar.q_full(s), 1);
-            mbar_init(bar.q_empty(s), 4 * Tile::kConsumers);   // one arrival per consumer warp
+            mbar_init(bar.q_empty(s), 128 * Tile::kConsumers);   // every consumer thread, after its reads
         }
         for (int c = 0; c < Tile::kConsumers; ++c) {
             mbar_init(bar.dq_full(c), 128);   // every thread of consumer c, after its stores
@@ -318,8 +318,10 @@ flash_bwd_sm90(const __grid_constant__ Sm90BwdParams p) {
         fence_registers(dv);
         fence_registers(pa);
         fence_registers(dsa);
-        __syncwarp();   // every lane's reads of the slot before lane 0's release (racecheck's model too)
-        if (lane == 0) mbar_arrive(bar.q_empty(slot));   // Q, dO, LSE and delta of the slot are read
+        // Q, dO, LSE and delta of the slot are read: every thread releases its own reads (an
+        // arrive orders only the arriving thread's accesses: one lane's after a __syncwarp left
+        // racecheck reporting the next bulk copies into the slot against the other lanes' reads)
+        mbar_arrive(bar.q_empty(slot));
         // dQ block (rb, cb) to shared memory in fragment order (16 bytes of thread j's n-tile i
         // at (128 i + j) * 16: conflict-free), for the producer's bulk reduction.
         if (t > 0) mbar_wait(bar.dq_empty(consumer), (t - 1) & 1);
