@@ -76,8 +76,8 @@ def decode_row(s, dtype, samples, rng, results):
         if not err < 5e-3:
             print(f"  {name}: rel err {err:.2e} against flashcore_dense: WRONG")
     res = timing.time_side_by_side({n: (fns[n], ctx.get(n, contextlib.nullcontext)) for n in fns}, samples, calls=5)
-    copy_gbps = _gbps(2 * (k.size + v.size) * 2, res["copy"].median)
-    line = {n: _gbps(nbytes, t.median) for n, t in res.items() if n != "copy"}
+    copy_gbps = _gbps(2 * (k.size + v.size) * 2, res["copy"].p50)
+    line = {n: _gbps(nbytes, t.p50) for n, t in res.items() if n != "copy"}
     best_peer = max((line[n] for n in line if n.startswith("sdpa")), default=float("nan"))
     main = "flashcore_paged" if page else "flashcore_kvcache"
     print(f"{s.name} {dtype}: copy {copy_gbps:.0f} GB/s | " + " ".join(f"{n} {g:.0f}" for n, g in line.items())
@@ -116,7 +116,7 @@ def varlen_row(s, dtype, samples, rng, results):
     fns["flashcore_dense_s4k"] = lambda i: fc.attention(dq, dq, dq, causal=True)
     dense_flops = 4 * 2 * 16 * 128 * reference.visible_pairs(4096, 4096, causal=True)
     res = timing.time_side_by_side({n: (fns[n], ctx.get(n, contextlib.nullcontext)) for n in fns}, samples, calls=3)
-    tf = {n: (dense_flops if n == "flashcore_dense_s4k" else flops) / t.median / 1e6 for n, t in res.items()}
+    tf = {n: (dense_flops if n == "flashcore_dense_s4k" else flops) / t.p50 / 1e6 for n, t in res.items()}
     nested = tf.get("torch_nested", float("nan"))
     print(f"{s.name} {dtype}: " + " ".join(f"{n} {x:.0f} TFLOP/s" for n, x in tf.items())
           + f" | varlen/nested {tf['flashcore_varlen'] / nested:.2f}, varlen/dense {tf['flashcore_varlen'] / tf['flashcore_dense_s4k']:.2f}",
