@@ -95,11 +95,15 @@ class _Plan:
         p = problem
         dev = api.device_info(p.device)
         seq = "paged" if layout.paged else "cache"
-        base = choose_sm80_config(dev.arch, p.dtype, p.head_dim, p.batch * p.heads_q, p.seqlen_q, dev.num_sms)
+        # GQA: the query heads of a kv head share a tile (rows (query, head)), so K/V stream once
+        # per kv head; ALiBi's slope is per head, so it keeps a head a tile
+        pack = p.heads_q // p.heads_kv if p.variant.alibi is None else 1
+        rows = p.seqlen_q * pack
+        base = choose_sm80_config(dev.arch, p.dtype, p.head_dim, p.batch * p.heads_q // pack, rows, dev.num_sms)
         config = seq_config(base, seq, p.kernel_variant)
-        m_blocks = math.ceil(p.seqlen_q / config.block_m)
-        self.splits = num_splits or choose_splits(m_blocks * p.heads_q * p.batch, math.ceil(layout.capacity / config.block_n),
-                                                  dev.num_sms)
+        m_blocks = math.ceil(rows / config.block_m)
+        self.splits = num_splits or choose_splits(m_blocks * (p.heads_q // pack) * p.batch,
+                                                  math.ceil(layout.capacity / config.block_n), dev.num_sms)
         b, sq, hq, d = p.batch, p.seqlen_q, p.heads_q, p.head_dim
         if self.splits > 1:   # partials (split, B, Sq, Hq, D) and (split, B, Sq, Hq): merge_states' rows
             o_strides, lse_strides = (sq * hq * d, d, hq * d), (sq * hq, 1, hq)
@@ -111,8 +115,9 @@ class _Plan:
         scalars = {n: st for t, ts in strides.items() for n, st in stride_values(t, ts).items()}
         cache = self._cache_fields(layout, n_new)
         scalars.update(problem_scalars(p), **variant_scalars(p),
-                       **sequence_scalars(splits=self.splits, **split_fields, **cache))
-        self.attention = Sm80SeqLaunch.build(config, p.device, dev.arch, (m_blocks * self.splits, hq, b), scalars)
+                       **sequence_scalars(splits=self.splits, pack=pack, **split_fields, **cache))
+        self.attention = Sm80SeqLaunch.build(config, p.device, dev.arch, (m_blocks * self.splits, hq // pack, b),
+                                             scalars)
         self.append = None
         if n_new:
             append = dict(**cache, seqlen_k=layout.capacity, batch=b, heads_kv=p.heads_kv, head_dim=d,

@@ -415,7 +415,7 @@ def sequence_scalars(**given) -> dict:
     cache, one split), with `given` in their place."""
     fields = dict.fromkeys(("cu_seqlens_q", "cu_seqlens_k", "seqused_k", "block_table", "bt_sb", "new_keys",
                             "num_pages", "o_accum", "lse_accum", "o_split", "lse_split"), 0)
-    return {**fields, "page_size": 1, "splits": 1, **given}
+    return {**fields, "page_size": 1, "pack": 1, "splits": 1, **given}
 
 
 def variant_scalars(p: Problem) -> dict:

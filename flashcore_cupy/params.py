@@ -138,6 +138,8 @@ def _sequence_fields() -> list[Field]:
         Field("cu_seqlens_q", "const int*", "varlen: (B + 1) offsets of the sequences' rows in q, o"),
         Field("cu_seqlens_k", "const int*", "varlen: (B + 1) offsets of their keys in k, v"),
         *_paged_fields(),
+        Field("pack", "int", "KV cache: query heads packed into a tile's rows (GQA; row r: query r / pack "
+                             "of head blockIdx.y * pack + r % pack); 1: none"),
         Field("splits", "int", "split-KV: key ranges a (query tile, head, batch); 1: none"),
         Field("o_accum", "float*", "split-KV: float32 partial outputs, at o's strides + split * o_split; "
                                    "null: out written directly"),

@@ -23,9 +23,11 @@
 // scores in variant_scores. fc::Plain compiles to the kernel without them.
 //
 // Sequences (S, kernels/sequence.cuh): Dense batches, packed varlen sequences (a CTA past its
-// sequence's rows exits), or a KV cache (paged: K/V rows gathered page by page, gather_tile).
-// Split-KV (KV cache, splits > 1): the grid's x holds query tiles x splits; each split takes an
-// equal share of its tile's key tiles and writes float32 partial outputs and LSE (o_accum,
+// sequence's rows exits), or a KV cache (paged: K/V rows gathered page by page, gather_kv).
+// GQA packing (KV cache, pack > 1): a tile's rows are (query, head) pairs of the pack query
+// heads that share a kv head, so K/V stream once per kv head (decode's 1 query per head fills
+// a tile). Split-KV (KV cache, splits > 1): the grid's x holds query tiles x splits; each split
+// takes an equal share of its tile's key tiles and writes float32 partial outputs and LSE (o_accum,
 // lse_accum) that merge_states combines.
 //
 // Shared memory: Q (BLOCK_M rows), STAGES x (K_j, V_j) (BLOCK_N rows each), rows padded
@@ -92,7 +94,7 @@ __device__ __forceinline__ void load_tile(u32 s, const u16* g, i64 ld, int rows_
 }
 
 // load_tile's copy with row r's source from row_src(r): its address, or null (the row is
-// zero-filled and nothing is read: keys past the sequence, pages outside the pool).
+// zero-filled and nothing is read): a GQA-packed Q tile's rows.
 template <class Tile, int ROWS, class RowSrc>
 __device__ __forceinline__ void gather_tile(u32 s, RowSrc row_src, const u16* any, int cols_valid, int tid) {
     constexpr int kChunks = Tile::kDTiles;
@@ -108,6 +110,30 @@ __device__ __forceinline__ void gather_tile(u32 s, RowSrc row_src, const u16* an
         const u16* src = col_ok ? row_src(r) : nullptr;
         cp_async_16(dst + 2 * pass * kRowsPerPass * Tile::kRowStride, src != nullptr ? src + c * 8 : any,
                     src != nullptr ? 16 : 0);
+    }
+}
+
+// A paged K/V tile pair: row r of both from the cache rows row_at(r) gives (element offsets of
+// K's and V's row, or k < 0: the row is zero-filled and nothing is read), each page looked up
+// once for both.
+template <class Tile, int ROWS, class RowAt>
+__device__ __forceinline__ void gather_kv(u32 s_k, u32 s_v, const u16* k, const u16* v, RowAt row_at,
+                                          int cols_valid, int tid) {
+    constexpr int kChunks = Tile::kDTiles;
+    constexpr int kRowsPerPass = Tile::kThreads / kChunks;
+    const int r0 = tid / kChunks, c = tid % kChunks;
+    if (r0 >= kRowsPerPass) return;
+    const bool col_ok = c * 8 < cols_valid;
+    const u32 at = 2 * (r0 * Tile::kRowStride + c * 8);
+    #pragma unroll
+    for (int pass = 0; pass < (ROWS + kRowsPerPass - 1) / kRowsPerPass; ++pass) {
+        const int r = r0 + pass * kRowsPerPass;
+        if (ROWS % kRowsPerPass != 0 && r >= ROWS) break;
+        const longlong2 off = row_at(r);
+        const bool ok = col_ok && off.x >= 0;
+        const u32 dst = at + 2 * pass * kRowsPerPass * Tile::kRowStride;
+        cp_async_16(s_k + dst, ok ? k + off.x + c * 8 : k, ok ? 16 : 0);
+        cp_async_16(s_v + dst, ok ? v + off.y + c * 8 : v, ok ? 16 : 0);
     }
 }
 
@@ -196,14 +222,15 @@ __device__ __forceinline__ void pv_gemm(float (&o)[M_TILES][Tile::kDTiles][4],
 
 
 // Split-KV's epilogue: a split's O / l and LSE, float32, at o_accum / lse_accum (o's and lse's
-// strides, then split * o_split / lse_split) for rows first_row + 16 mt + lane / 4 + 8 half; a
-// split that saw no key of a row writes 0 and -inf (merge_states does not read it).
+// strides, then split * o_split / lse_split) for tile rows first_row + 16 mt + lane / 4 + 8 half
+// (below `rows`; GQA-packed as packed_row(row, pack, head) says); a split that saw no key of a
+// row writes 0 and -inf (merge_states does not read it).
 template <class Tile, int M_TILES>
 __device__ __forceinline__ void write_partials(const FwdParams& p, const float (&o_acc)[M_TILES][Tile::kDTiles][4],
                                                const float (&m)[M_TILES][2], const float (&l)[M_TILES][2],
-                                               int split, int batch, int head, int first_row, int seqlen_q,
+                                               int split, int batch, int head, int first_row, int rows, int pack,
                                                int lane) {
-    float* o = p.o_accum + split * p.o_split + batch * p.o_sb + head * p.o_sh;
+    float* o_batch = p.o_accum + split * p.o_split + batch * p.o_sb;
     #pragma unroll
     for (int mt = 0; mt < M_TILES; ++mt)
         #pragma unroll
@@ -211,16 +238,18 @@ __device__ __forceinline__ void write_partials(const FwdParams& p, const float (
             const float l_row = quad_sum(l[mt][half]);
             const float inv_l = l_row > 0.f ? 1.f / l_row : 0.f;
             const int row = first_row + mt * 16 + lane / 4 + 8 * half;
-            if (row >= seqlen_q) continue;
+            if (row >= rows) continue;
+            const PackedRow at = packed_row(row, pack, head);
+            float* o = o_batch + at.head * p.o_sh + at.query * p.o_ss;
             #pragma unroll
             for (int dt = 0; dt < Tile::kDTiles; ++dt) {
                 const int col = dt * 8 + 2 * (lane % 4);
                 if (col < p.head_dim)
-                    *reinterpret_cast<float2*>(o + row * p.o_ss + col) =
+                    *reinterpret_cast<float2*>(o + col) =
                         make_float2(o_acc[mt][dt][2 * half] * inv_l, o_acc[mt][dt][2 * half + 1] * inv_l);
             }
             if (lane % 4 == 0)
-                p.lse_accum[split * p.lse_split + batch * p.lse_sb + head * p.lse_sh + row * p.lse_ss] =
+                p.lse_accum[split * p.lse_split + batch * p.lse_sb + at.head * p.lse_sh + at.query * p.lse_ss] =
                     row_lse(m[mt][half], l_row);
         }
 }
@@ -231,7 +260,11 @@ template <class T, int HEAD_DIM, int WARPS, int M_TILES, int BLOCK_N, int STAGES
 __global__ void __launch_bounds__(WARPS * 32, 1)
 flash_fwd(const FwdParams p) {
     using Tile = FwdTile<HEAD_DIM, WARPS, M_TILES, BLOCK_N, STAGES>;
-    const int head = blockIdx.y, batch = blockIdx.z;
+    // GQA packing (KV cache, pack > 1): tile row r is query r / pack of query head head + r % pack
+    // (kernels/sequence.cuh's packed_row), the grid's y one block of pack heads.
+    constexpr bool kPacked = S::kCache;
+    const int pack = kPacked ? p.pack : 1;
+    const int head = blockIdx.y * pack, batch = blockIdx.z;
     const SeqSpan seq = seq_span<S>(p, batch);
     const int seqlen_q = seq.seqlen_q, seqlen_k = seq.seqlen_k, head_dim = p.head_dim;
     const bool causal = p.causal;
@@ -250,12 +283,16 @@ flash_fwd(const FwdParams p) {
         m_block /= p.splits;
     }
     const int row0 = m_block * Tile::kBlockM;
+    const int rows = seqlen_q * pack;   // the tile rows of this (batch, head block)
     if constexpr (!S::kDense)
-        if (row0 >= seqlen_q) return;   // a varlen tile past its sequence (the grid fits the longest)
+        if (row0 >= rows) return;   // a varlen tile past its sequence (the grid fits the longest)
     const int head_kv = head / p.heads_per_kv;
+    // The queries of this tile's rows: [q_first, q_first + q_rows)
+    const int q_first = kPacked ? row0 / pack : row0;
+    const int q_rows = kPacked ? (min(row0 + Tile::kBlockM, rows) - 1) / pack - q_first + 1 : Tile::kBlockM;
 
     const u16* q_tile = p.q + batch * p.q_sb + head * p.q_sh + (seq.q_row0 + row0) * p.q_ss;
-    // a paged cache's batch stride is its page stride: gather_tile's rows go through cache_offset
+    // a paged cache's batch stride is its page stride: gather_kv's rows go through cache_page
     const int kv_batch = S::kPaged ? 0 : batch;
     const u16* k_head = p.k + kv_batch * p.k_sb + head_kv * p.k_sh + seq.k_row0 * p.k_ss;
     const u16* v_head = p.v + kv_batch * p.v_sb + head_kv * p.v_sh + seq.k_row0 * p.v_ss;
@@ -266,7 +303,7 @@ flash_fwd(const FwdParams p) {
     int j_begin = 0, n_blocks;
     ScoreMod mod;
     if constexpr (V::kPlain) {
-        const int kv_end = FC_KEY_END(seqlen_k, causal_diag, causal, row0, Tile::kBlockM);
+        const int kv_end = FC_KEY_END(seqlen_k, causal_diag, causal, q_first, q_rows);
         n_blocks = FC_KEY_TILES(BLOCK_N, kv_end);
     } else {
         mod = score_mod<V>(p, batch, head);
@@ -275,7 +312,7 @@ flash_fwd(const FwdParams p) {
             mod.seqlen_k = seqlen_k;
             mod.diag = seqlen_k - seqlen_q;
         }
-        const TileRange tiles = window_tiles(mod, BLOCK_N, row0, min(Tile::kBlockM, seqlen_q - row0));
+        const TileRange tiles = window_tiles(mod, BLOCK_N, q_first, min(q_rows, seqlen_q - q_first));
         j_begin = tiles.first;
         n_blocks = tiles.end;
     }
@@ -290,17 +327,12 @@ flash_fwd(const FwdParams p) {
     auto load_kv = [&](int j) {
         const int key0 = j * BLOCK_N, slot = j % STAGES;
         if constexpr (S::kPaged) {
-            auto rows = [&](const u16* head_base, i64 sb, i64 ss) {
-                return [=, &p](int r) -> const u16* {
-                    if (key0 + r >= seqlen_k) return nullptr;
-                    const i64 at = cache_offset<true>(p, batch, key0 + r, sb, ss);
-                    return at < 0 ? nullptr : head_base + at;
-                };
-            };
-            gather_tile<Tile, BLOCK_N>(smem_addr(sK) + slot * kSlotBytes, rows(k_head, p.k_sb, p.k_ss), p.k,
-                                       head_dim, tid);
-            gather_tile<Tile, BLOCK_N>(smem_addr(sV) + slot * kSlotBytes, rows(v_head, p.v_sb, p.v_ss), p.v,
-                                       head_dim, tid);
+            gather_kv<Tile, BLOCK_N>(smem_addr(sK) + slot * kSlotBytes, smem_addr(sV) + slot * kSlotBytes, k_head,
+                                     v_head, [&](int r) {
+                const CachePage at = key0 + r < seqlen_k ? cache_page(p, batch, key0 + r) : CachePage{-1, 0};
+                return at.page < 0 ? make_longlong2(-1, -1)
+                                   : make_longlong2(at.page * p.k_sb + at.slot * p.k_ss, at.page * p.v_sb + at.slot * p.v_ss);
+            }, head_dim, tid);
         } else {
             load_tile<Tile, BLOCK_N>(smem_addr(sK) + slot * kSlotBytes, k_head + key0 * p.k_ss, p.k_ss,
                                      seqlen_k - key0, head_dim, tid);
@@ -311,7 +343,16 @@ flash_fwd(const FwdParams p) {
 
     // Prologue: Q joins tile 0's group; tiles 1..STAGES-2 follow, one group each
     // (empty groups past the end keep the wait counts uniform).
-    load_tile<Tile, Tile::kBlockM>(smem_addr(sQ), q_tile, p.q_ss, seqlen_q - row0, head_dim, tid);
+    if constexpr (kPacked) {
+        const u16* q_batch = p.q + batch * p.q_sb;
+        gather_tile<Tile, Tile::kBlockM>(smem_addr(sQ), [&](int r) -> const u16* {
+            if (row0 + r >= rows) return nullptr;
+            const PackedRow at = packed_row(row0 + r, pack, head);
+            return q_batch + at.head * p.q_sh + at.query * p.q_ss;
+        }, p.q, head_dim, tid);
+    } else {
+        load_tile<Tile, Tile::kBlockM>(smem_addr(sQ), q_tile, p.q_ss, seqlen_q - row0, head_dim, tid);
+    }
     #pragma unroll
     for (int j = 0; j < STAGES - 1; ++j) {
         if (j_begin + j < n_blocks) load_kv(j_begin + j);
@@ -355,16 +396,17 @@ flash_fwd(const FwdParams p) {
         qk_gemm<T, Tile, M_TILES>(s, q_frag, addr.q, addr.k + slot_offset);
         float alpha[M_TILES][2];
         if constexpr (V::kPlain) {
-            const bool needs_mask = FC_TILE_PARTIAL(BLOCK_N, seqlen_k, causal_diag, causal, key0, row0);
+            const bool needs_mask = FC_TILE_PARTIAL(BLOCK_N, seqlen_k, causal_diag, causal, key0, q_first);
             if (needs_mask)
-                scale_and_mask<M_TILES, Tile::kNTiles, true>(s, p.scale_log2, row0 + warp_row, key0, seqlen_k,
-                                                    causal_diag, causal, lane);
+                scale_and_mask<M_TILES, Tile::kNTiles, true, 2, kPacked>(s, p.scale_log2, row0 + warp_row, key0,
+                                                                         seqlen_k, causal_diag, causal, lane, pack);
             else
                 scale_and_mask<M_TILES, Tile::kNTiles, false>(s, p.scale_log2, 0, 0, 0, 0, false, lane);
             softmax_update<M_TILES, Tile::kNTiles>(s, m, l, alpha, p.scale_log2);
         } else {
-            const bool needs_mask = tile_partial(mod, BLOCK_N, key0, row0, Tile::kBlockM);
-            variant_scores<V, M_TILES, Tile::kNTiles, 2>(s, mod, bias, needs_mask, row0 + warp_row, key0, lane);
+            const bool needs_mask = tile_partial(mod, BLOCK_N, key0, q_first, q_rows);
+            variant_scores<V, M_TILES, Tile::kNTiles, 2, decltype(bias), kPacked>(s, mod, bias, needs_mask,
+                                                                                  row0 + warp_row, key0, lane, pack);
             softmax_update<M_TILES, Tile::kNTiles>(s, m, l, alpha, mod.units);
         }
         rescale_rows<M_TILES, Tile::kDTiles>(o_acc, alpha);
@@ -375,7 +417,7 @@ flash_fwd(const FwdParams p) {
     cp_async_wait<0>();
     if constexpr (S::kCache) {
         if (p.o_accum != nullptr) {   // split-KV: this split's float32 partials, from the registers
-            write_partials<Tile, M_TILES>(p, o_acc, m, l, split, batch, head, row0 + warp_row, seqlen_q, lane);
+            write_partials<Tile, M_TILES>(p, o_acc, m, l, split, batch, head, row0 + warp_row, rows, pack, lane);
             return;
         }
     }
@@ -391,9 +433,15 @@ flash_fwd(const FwdParams p) {
             for (int dt = 0; dt < Tile::kDTiles; ++dt)
                 *reinterpret_cast<u32*>(sQ + r * Tile::kRowStride + dt * 8 + 2 * (lane % 4)) =
                     pack2<T>(o_acc[mt][dt][2 * half] * inv_l, o_acc[mt][dt][2 * half + 1] * inv_l);
-            if (p.lse != nullptr && lane % 4 == 0 && row0 + r < seqlen_q)
-                p.lse[batch * p.lse_sb + head * p.lse_sh + (seq.q_row0 + row0 + r) * p.lse_ss] =
-                    row_lse(m[mt][half], l_row);
+            if (p.lse != nullptr && lane % 4 == 0 && row0 + r < rows) {
+                if constexpr (kPacked) {
+                    const PackedRow at = packed_row(row0 + r, pack, head);
+                    p.lse[batch * p.lse_sb + at.head * p.lse_sh + at.query * p.lse_ss] = row_lse(m[mt][half], l_row);
+                } else {
+                    p.lse[batch * p.lse_sb + head * p.lse_sh + (seq.q_row0 + row0 + r) * p.lse_ss] =
+                        row_lse(m[mt][half], l_row);
+                }
+            }
         }
     __syncthreads();
     u16* o_tile = p.o + batch * p.o_sb + head * p.o_sh + (seq.q_row0 + row0) * p.o_ss;
@@ -401,9 +449,14 @@ flash_fwd(const FwdParams p) {
     #pragma unroll
     for (int i = tid; i < Tile::kBlockM * kChunks; i += Tile::kThreads) {
         const int r = i / kChunks, c = i % kChunks;
-        if (row0 + r < seqlen_q && c * 8 < head_dim)
-            *reinterpret_cast<uint4*>(o_tile + r * p.o_ss + c * 8) =
-                *reinterpret_cast<const uint4*>(sQ + r * Tile::kRowStride + c * 8);
+        if (row0 + r < rows && c * 8 < head_dim) {
+            u16* dst = o_tile + r * p.o_ss;
+            if constexpr (kPacked) {
+                const PackedRow at = packed_row(row0 + r, pack, head);
+                dst = p.o + batch * p.o_sb + at.head * p.o_sh + at.query * p.o_ss;
+            }
+            *reinterpret_cast<uint4*>(dst + c * 8) = *reinterpret_cast<const uint4*>(sQ + r * Tile::kRowStride + c * 8);
+        }
     }
 }
 

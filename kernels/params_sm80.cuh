@@ -57,13 +57,14 @@ struct FwdParams {
     int new_keys;            // keys appended this call (Sn)
     int page_size;           // paged: keys a page
     int num_pages;           // paged: pages in the pool
+    int pack;                // KV cache: query heads packed into a tile's rows (GQA; row r: query r / pack of head blockIdx.y * pack + r % pack); 1: none
     int splits;              // split-KV: key ranges a (query tile, head, batch); 1: none
     float* o_accum;          // split-KV: float32 partial outputs, at o's strides + split * o_split; null: out written directly
     float* lse_accum;        // split-KV: float32 partial LSE, at lse's strides + split * lse_split
     i64 o_split;
     i64 lse_split;
 };
-static_assert(sizeof(FwdParams) == 352, "FwdParams: declared in flashcore_cupy/params.py: run scripts/gen_params.py");
+static_assert(sizeof(FwdParams) == 360, "FwdParams: declared in flashcore_cupy/params.py: run scripts/gen_params.py");
 static_assert(FC_OFFSETOF(FwdParams, q) == 0, "FwdParams::q");
 static_assert(FC_OFFSETOF(FwdParams, k) == 8, "FwdParams::k");
 static_assert(FC_OFFSETOF(FwdParams, v) == 16, "FwdParams::v");
@@ -110,10 +111,11 @@ static_assert(FC_OFFSETOF(FwdParams, bt_sb) == 296, "FwdParams::bt_sb");
 static_assert(FC_OFFSETOF(FwdParams, new_keys) == 304, "FwdParams::new_keys");
 static_assert(FC_OFFSETOF(FwdParams, page_size) == 308, "FwdParams::page_size");
 static_assert(FC_OFFSETOF(FwdParams, num_pages) == 312, "FwdParams::num_pages");
-static_assert(FC_OFFSETOF(FwdParams, splits) == 316, "FwdParams::splits");
-static_assert(FC_OFFSETOF(FwdParams, o_accum) == 320, "FwdParams::o_accum");
-static_assert(FC_OFFSETOF(FwdParams, lse_accum) == 328, "FwdParams::lse_accum");
-static_assert(FC_OFFSETOF(FwdParams, o_split) == 336, "FwdParams::o_split");
-static_assert(FC_OFFSETOF(FwdParams, lse_split) == 344, "FwdParams::lse_split");
+static_assert(FC_OFFSETOF(FwdParams, pack) == 316, "FwdParams::pack");
+static_assert(FC_OFFSETOF(FwdParams, splits) == 320, "FwdParams::splits");
+static_assert(FC_OFFSETOF(FwdParams, o_accum) == 328, "FwdParams::o_accum");
+static_assert(FC_OFFSETOF(FwdParams, lse_accum) == 336, "FwdParams::lse_accum");
+static_assert(FC_OFFSETOF(FwdParams, o_split) == 344, "FwdParams::o_split");
+static_assert(FC_OFFSETOF(FwdParams, lse_split) == 352, "FwdParams::lse_split");
 
 }  // namespace fc

@@ -50,18 +50,35 @@ __device__ __forceinline__ int cache_keys(const P& p, int batch) {
     return min(cache_used(p, batch) + p.new_keys, p.seqlen_k);
 }
 
+// Where position `key` of paged cache sequence `batch` lives (key < p.seqlen_k): its page and
+// slot, through block_table; page -1 where the index is outside the pool (nothing read or
+// written there).
+struct CachePage { int page, slot; };
+template <class P>
+__device__ __forceinline__ CachePage cache_page(const P& p, int batch, int key) {
+    const int n = key / p.page_size;
+    const int page = p.block_table[batch * p.bt_sb + n];
+    if (page < 0 || page >= p.num_pages) return {-1, 0};
+    return {page, key - n * p.page_size};
+}
+
 // The element offset of position `key` of cache sequence `batch` (key < p.seqlen_k) for a
-// cache of strides (batch or page, seq or slot): paged, through block_table; -1 where the page
-// index is outside the pool (nothing read or written there).
+// cache of strides (batch or page, seq or slot); -1 where cache_page finds no page.
 template <bool PAGED, class P>
 __device__ __forceinline__ i64 cache_offset(const P& p, int batch, int key, i64 sb, i64 ss) {
     if constexpr (!PAGED) {
         return batch * sb + key * ss;
     } else {
-        const int page = p.block_table[batch * p.bt_sb + key / p.page_size];
-        if (page < 0 || page >= p.num_pages) return -1;
-        return page * sb + (key % p.page_size) * ss;
+        const CachePage at = cache_page(p, batch, key);
+        return at.page < 0 ? -1 : at.page * sb + at.slot * ss;
     }
+}
+
+// Row `row` of a GQA-packed tile (KV cache, pack > 1: the pack query heads of one kv head share
+// its K/V tiles): query row / pack of query head head0 + row % pack.
+struct PackedRow { int query, head; };
+__device__ __forceinline__ PackedRow packed_row(int row, int pack, int head0) {
+    return {row / pack, head0 + row % pack};
 }
 
 template <class S, class P>

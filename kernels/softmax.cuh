@@ -20,11 +20,12 @@ namespace fc {
 // multiply here); zero or negative scales pre-multiply here instead, because
 // the row maximum of the raw scores only tracks the scaled one when scale > 0.
 // Accumulator element e of n-tile nt sits at row g + 8*(e/2), column
-// nt*8 + 2t + e%2 of the warp's 16-row slice.
-template <int M_TILES, int N_TILES, bool MASK, int HALVES = 2>
+// nt*8 + 2t + e%2 of the warp's 16-row slice. PACKED (GQA-packed tiles, kernels/sequence.cuh):
+// row r holds query r / pack.
+template <int M_TILES, int N_TILES, bool MASK, int HALVES = 2, bool PACKED = false>
 __device__ __forceinline__ void scale_and_mask(float (&s)[M_TILES][N_TILES][4], float scale_log2,
                                                int first_row, int first_key, int seqlen_k,
-                                               int causal_diag, bool causal, int lane) {
+                                               int causal_diag, bool causal, int lane, int pack = 1) {
     if (!(scale_log2 > 0.f)) {
         #pragma unroll
         for (int mt = 0; mt < M_TILES; ++mt)
@@ -40,7 +41,8 @@ __device__ __forceinline__ void scale_and_mask(float (&s)[M_TILES][N_TILES][4], 
             for (int nt = 0; nt < N_TILES; ++nt)
                 #pragma unroll
                 for (int e = 0; e < 2 * HALVES; ++e) {
-                    const int row = first_row + mt * 16 + lane / 4 + 8 * (e / 2);
+                    int row = first_row + mt * 16 + lane / 4 + 8 * (e / 2);
+                    if constexpr (PACKED) row /= pack;
                     const int key = first_key + nt * 8 + 2 * (lane % 4) + e % 2;
                     if (FC_KEY_HIDDEN(seqlen_k, causal_diag, causal, row, key)) s[mt][nt][e] = neg_inf();
                 }

@@ -308,10 +308,12 @@ struct BiasStage {
 // A non-plain variant's scores, in place, in the units softmax takes as its scale
 // (ScoreMod.units): S of this warp's rows (mma.sync's C layout, see softmax.cuh) from the raw
 // q . k to capped, ALiBi'd and biased scores, and with MASK (the tile is partial:
-// tile_partial) -inf where a key is hidden. bias: this tile's, fetched.
-template <class V, int M_TILES, int N_TILES, int HALVES, bool MASK, class Bias>
+// tile_partial) -inf where a key is hidden. bias: this tile's, fetched. PACKED (GQA-packed
+// tiles, no ALiBi or bias: kernels/sequence.cuh): row r holds query r / pack.
+template <class V, int M_TILES, int N_TILES, int HALVES, bool MASK, class Bias, bool PACKED = false>
 __device__ __forceinline__ void variant_scores(float (&s)[M_TILES][N_TILES][4], const ScoreMod& m,
-                                               const Bias& bias, int first_row, int first_key, int lane) {
+                                               const Bias& bias, int first_row, int first_key, int lane,
+                                               int pack = 1) {
     if constexpr (!V::kSoftcap) {
         if (!(m.scale_log2 > 0.f)) {   // units 1: the scale goes in here (exp2_fold)
             #pragma unroll
@@ -326,7 +328,8 @@ __device__ __forceinline__ void variant_scores(float (&s)[M_TILES][N_TILES][4], 
     for (int mt = 0; mt < M_TILES; ++mt)
         #pragma unroll
         for (int half = 0; half < HALVES; ++half) {
-            const int row = first_row + mt * 16 + lane / 4 + 8 * half;
+            int row = first_row + mt * 16 + lane / 4 + 8 * half;
+            if constexpr (PACKED) row /= pack;
             const int key0 = first_key + 2 * (lane % 4);   // this thread's first key; the rest at + 8 nt + c
             // ALiBi's distance i + off - j at key0, in float (exact below 2^24): per score a
             // subtraction of a constant and a fused |.| multiply-add.
@@ -351,11 +354,12 @@ __device__ __forceinline__ void variant_scores(float (&s)[M_TILES][N_TILES][4], 
 
 // The score step for a tile: masked only where tile_partial says a key is hidden. bias: a
 // BiasFrag or a BiasStage (anything with at(mt, half, nt, c)).
-template <class V, int M_TILES, int N_TILES, int HALVES, class Bias>
+template <class V, int M_TILES, int N_TILES, int HALVES, class Bias, bool PACKED = false>
 __device__ __forceinline__ void variant_scores(float (&s)[M_TILES][N_TILES][4], const ScoreMod& m,
-                                               const Bias& bias, bool mask, int first_row, int first_key, int lane) {
-    if (mask) variant_scores<V, M_TILES, N_TILES, HALVES, true>(s, m, bias, first_row, first_key, lane);
-    else variant_scores<V, M_TILES, N_TILES, HALVES, false>(s, m, bias, first_row, first_key, lane);
+                                               const Bias& bias, bool mask, int first_row, int first_key, int lane,
+                                               int pack = 1) {
+    if (mask) variant_scores<V, M_TILES, N_TILES, HALVES, true, Bias, PACKED>(s, m, bias, first_row, first_key, lane, pack);
+    else variant_scores<V, M_TILES, N_TILES, HALVES, false, Bias, PACKED>(s, m, bias, first_row, first_key, lane, pack);
 }
 
 }  // namespace fc
