@@ -1,0 +1,182 @@
+"""attention_varlen and attention_kvcache on the CPU: validation before any launch (naming the
+argument), the problems and cache layouts it describes, the kernels' configs, the split choice,
+the host checks of device metadata, and the launches' packing."""
+
+import numpy as np
+import pytest
+
+from flashcore_cupy import configs, launch, metadata, params
+from flashcore_cupy.kvcache import MAX_SPLITS, choose_splits
+from flashcore_cupy.validation import TensorSpec, check_kvcache, check_varlen
+
+F16, I32, F32 = np.dtype(np.float16), np.dtype(np.int32), np.dtype(np.float32)
+
+
+def spec(name, shape, dtype=F16, device=0, strides=None, ptr=1 << 20):
+    if strides is None:
+        strides = tuple(int(np.prod(shape[i + 1:])) for i in range(len(shape)))
+    return TensorSpec(name, tuple(shape), tuple(strides), np.dtype(dtype), device, ptr)
+
+
+def varlen(total_q=300, total_k=500, hq=8, hkv=2, d=128, batch=3, **changes):
+    args = dict(q=spec("q", (total_q, hq, d)), k=spec("k", (total_k, hkv, d)), v=spec("v", (total_k, hkv, d)),
+                cu_seqlens_q=spec("cu_seqlens_q", (batch + 1,), I32), cu_seqlens_k=spec("cu_seqlens_k", (batch + 1,), I32))
+    opts = dict(causal=True, scale=None, window=None, softcap=0.0, alibi_slopes=None)
+    for name, value in changes.items():
+        (args if name in args else opts)[name] = value
+    return check_varlen(*args.values(), **opts)
+
+
+def test_varlen_problem_is_the_packed_arrays_with_b_sequences():
+    p, batch = varlen()
+    assert batch == 3 and (p.batch, p.heads_q, p.heads_kv, p.seqlen_q, p.seqlen_k, p.head_dim) == (3, 8, 2, 300, 500, 128)
+    assert p.q_strides == (0, 128, 8 * 128) and p.k_strides == (0, 128, 2 * 128) and p.causal
+    assert p.kernel_variant == configs.PLAIN   # bottom-right causal: the plain kernel's flag
+    p, _ = varlen(window=(64, 0), alibi_slopes=spec("alibi_slopes", (3, 8), F32))
+    assert p.variant.alibi == (8, 1) and p.kernel_variant.window and p.kernel_variant.alibi
+    p, _ = varlen(total_k=0)   # no keys at all: validated as one row; the kernels read none
+    assert p.seqlen_k == 0
+
+
+@pytest.mark.parametrize("change, error, match", [
+    (dict(cu_seqlens_q=spec("cu_seqlens_q", (4,), np.int64)), TypeError, "cu_seqlens_q has dtype int64; expected int32"),
+    (dict(cu_seqlens_k=spec("cu_seqlens_k", (3,), I32)), ValueError, r"cu_seqlens_k has shape \(3,\); expected \(4,\)"),
+    (dict(cu_seqlens_q=spec("cu_seqlens_q", (4,), I32, device=None)), ValueError, "cu_seqlens_q is in host memory"),
+    (dict(cu_seqlens_k=spec("cu_seqlens_k", (4,), I32, device=1)), ValueError, "cu_seqlens_k is on device 1"),
+    (dict(cu_seqlens_q=spec("cu_seqlens_q", (1,), I32)), ValueError, r"expected \(B \+ 1,\) with B >= 1"),
+    (dict(q=spec("q", (2, 300, 8, 128))), ValueError, "q must be 3-D"),
+    (dict(k=spec("k", (500, 3, 128)), v=spec("v", (500, 3, 128))), ValueError, "multiple of k/v's heads"),
+    (dict(causal="top_left"), TypeError, "causal must be a bool"),
+    (dict(alibi_slopes=spec("alibi_slopes", (2, 8), F32)), ValueError, r"alibi_slopes has shape \(2, 8\)"),
+    (dict(q=spec("q", (300, 8, 128), strides=(1024, 128, 2))), ValueError, "q must have a contiguous last dimension"),
+])
+def test_varlen_refuses_bad_input_naming_it(change, error, match):
+    with pytest.raises(error, match=match):
+        varlen(**change)
+
+
+def kvcache(b=4, sq=1, hq=32, hkv=8, d=128, room=2048, paged=None, n_new=0, **changes):
+    """paged: (num_pages, page_size, pages per sequence)."""
+    q = spec("q", (b, sq, hq, d))
+    if paged:
+        pages, size, per_seq = paged
+        k = spec("k_cache", (pages, size, hkv, d))
+        table = spec("block_table", (b, per_seq), I32)
+    else:
+        k, table = spec("k_cache", (b, room, hkv, d)), None
+    args = dict(q=q, k_cache=k, v_cache=spec("v_cache", k.shape), cache_seqlens=spec("cache_seqlens", (b,), I32),
+                block_table=table, k_new=spec("k_new", (b, n_new, hkv, d)) if n_new else None,
+                v_new=spec("v_new", (b, n_new, hkv, d)) if n_new else None)
+    opts = dict(causal=False, scale=None, window=None, softcap=0.0, alibi_slopes=None)
+    for name, value in changes.items():
+        (args if name in args else opts)[name] = value
+    return check_kvcache(*args.values(), **opts)
+
+
+def test_kvcache_layouts_and_problem():
+    p, layout, n_new = kvcache(n_new=2)
+    assert not layout.paged and layout.capacity == 2048 and n_new == 2
+    assert (p.batch, p.heads_q, p.heads_kv, p.seqlen_q, p.seqlen_k) == (4, 32, 8, 1, 2048)
+    assert p.k_strides == (2048 * 8 * 128, 128, 8 * 128)   # (batch, head, position)
+    p, layout, _ = kvcache(paged=(300, 16, 40), sq=4, causal=True)
+    assert layout.paged and (layout.page_size, layout.num_pages, layout.capacity) == (16, 300, 640)
+    assert p.seqlen_k == 640 and p.k_strides == (16 * 8 * 128, 128, 8 * 128) and p.causal   # (page, head, slot)
+    assert kvcache(n_new=0, k_new=spec("k_new", (4, 0, 8, 128)), v_new=spec("v_new", (4, 0, 8, 128)))[2] == 0
+
+
+@pytest.mark.parametrize("change, error, match", [
+    (dict(cache_seqlens=spec("cache_seqlens", (4,), np.int64)), TypeError, "cache_seqlens has dtype int64"),
+    (dict(cache_seqlens=spec("cache_seqlens", (3,), I32)), ValueError, r"cache_seqlens has shape \(3,\)"),
+    (dict(cache_seqlens=spec("cache_seqlens", (4,), I32, device=None)), ValueError, "cache_seqlens is in host memory"),
+    (dict(block_table=spec("block_table", (4, 10), np.int64), k_cache=spec("k_cache", (100, 16, 8, 128)),
+          v_cache=spec("v_cache", (100, 16, 8, 128))), TypeError, "block_table has dtype int64"),
+    (dict(block_table=spec("block_table", (3, 10), I32), k_cache=spec("k_cache", (100, 16, 8, 128)),
+          v_cache=spec("v_cache", (100, 16, 8, 128))), ValueError, r"block_table has shape \(3, 10\)"),
+    (dict(k_cache=spec("k_cache", (5, 2048, 8, 128)), v_cache=spec("v_cache", (5, 2048, 8, 128))), ValueError,
+     "k_cache has batch 5 but q has batch 4"),
+    (dict(v_cache=spec("v_cache", (4, 1024, 8, 128))), ValueError, "same shape"),
+    (dict(k_cache=spec("k_cache", (4, 2048, 8, 64)), v_cache=spec("v_cache", (4, 2048, 8, 64))), ValueError,
+     "k_cache has head_dim 64"),
+    (dict(k_cache=spec("k_cache", (4, 2048, 5, 128)), v_cache=spec("v_cache", (4, 2048, 5, 128))), ValueError,
+     r"multiple of the caches' heads \(5\)"),
+    (dict(k_new=spec("k_new", (4, 1, 8, 128))), ValueError, "k_new and v_new must be given together"),
+    (dict(k_new=spec("k_new", (4, 1, 4, 128)), v_new=spec("v_new", (4, 1, 4, 128))), ValueError, r"\(B, Sn, Hkv, D\)"),
+    (dict(k_new=spec("k_new", (4, 1, 8, 128), np.float32), v_new=spec("v_new", (4, 1, 8, 128), np.float32)),
+     TypeError, "k_new has dtype float32"),
+    (dict(causal="bottom_right"), TypeError, "causal must be a bool"),
+    (dict(q=spec("q", (4, 1, 32, 128), np.float32)), TypeError, "q has dtype float32"),
+])
+def test_kvcache_refuses_bad_input_naming_it(change, error, match):
+    with pytest.raises(error, match=match):
+        kvcache(**change)
+
+
+def test_configs_of_the_inference_kernels():
+    base = configs.Sm80FwdConfig("fp16", 128, 4, 2, 64, 2)
+    cache = configs.seq_config(base, "paged")
+    assert cache.m_tiles == 1 and cache.seq == "paged" and cache.block_n == 64
+    assert cache.name_expression == "fc::flash_fwd<fc::fp16, 128, 4, 1, 64, 2, fc::Plain, fc::KvCache<true>>"
+    assert configs.seq_config(base, "varlen").m_tiles == 2   # prefill keeps the large tile
+    windowed = configs.seq_config(base, "varlen", configs.KernelVariant(window=True))
+    assert windowed.m_tiles == 1 and windowed.name_expression.endswith("fc::Variant<false, false, 0>, fc::Varlen>")
+    with pytest.raises(ValueError, match="seq must be one of"):
+        configs.Sm80FwdConfig("fp16", 128, 4, 2, 64, 2, seq="ragged")
+    assert configs.AppendConfig(True).name_expression == "fc::kvcache_append<true>"
+    assert configs.AppendConfig(False).grid(10, 132) == (1, 1, 1)
+    assert configs.AppendConfig(False).grid(10 ** 7, 132) == (8 * 132, 1, 1)
+
+
+def test_split_choice_fills_the_sms_and_keeps_ranges_of_two_tiles():
+    assert choose_splits(ctas=132, key_tiles=1000, num_sms=132) == 1    # a full wave already
+    assert choose_splits(ctas=8, key_tiles=128, num_sms=132) == 33      # two CTAs an SM
+    assert choose_splits(ctas=1, key_tiles=2048, num_sms=132) == MAX_SPLITS
+    assert choose_splits(ctas=8, key_tiles=6, num_sms=132) == 3         # at least two key tiles each
+    assert choose_splits(ctas=8, key_tiles=1, num_sms=132) == 1
+
+
+class Host:
+    """A device array's stand-in for metadata's checks: .get() gives its values."""
+
+    def __init__(self, values):
+        self.values = np.asarray(values)
+
+    def get(self):
+        return self.values
+
+
+def test_metadata_checks_name_the_bad_value(monkeypatch):
+    monkeypatch.delenv(metadata.ENV, raising=False)
+    assert not metadata.checking()
+    monkeypatch.setenv(metadata.ENV, "1")
+    assert metadata.checking()
+    metadata.check_offsets(Host([0, 3, 3, 10]), "cu_seqlens_q", 10, 7)
+    assert metadata.longest(Host([0, 3, 3, 10])) == 7 and metadata.longest(Host([0, 5, 2])) == 5
+    for cu, total, hint, match in (([1, 3], 10, None, r"cu_seqlens_q\[0\] is 1"), ([0, 5, 4], 10, None, "decreases at index 2"),
+                                   ([0, 11], 10, None, "past the 10 packed rows"), ([0, 8], 10, 7, "over the hint 7")):
+        with pytest.raises(ValueError, match=match):
+            metadata.check_offsets(Host(cu), "cu_seqlens_q", total, hint)
+    table = Host([[0, 1, 2], [3, 4, 99]])
+    metadata.check_cache(Host([40, 30]), table, 10, 16, 48, 2)   # page 99 not reached (32 keys: 2 pages)
+    with pytest.raises(ValueError, match=r"block_table\[1, 2\] is 99"):
+        metadata.check_cache(Host([40, 31]), table, 10, 16, 48, 2)
+    with pytest.raises(ValueError, match=r"cache_seqlens\[0\] \+ 2 new keys = 50, past the 48"):
+        metadata.check_cache(Host([48, 0]), None, 0, 48, 48, 2)
+    with pytest.raises(ValueError, match="negative"):
+        metadata.check_cache(Host([-1, 0]), None, 0, 48, 48, 0)
+
+
+def test_sequence_launch_packs_scalars_and_each_calls_addresses(monkeypatch):
+    launched = []
+    monkeypatch.setattr(launch, "_cu_launch", lambda *a: launched.append(a))
+    scalars = {n: 0 for n in params.FWD_SM80.names if n not in launch.Sm80SeqLaunch.POINTERS}
+    scalars.update(seqlen_q=7, pack=4, splits=3, page_size=16)
+    cfg = configs.seq_config(configs.Sm80FwdConfig("bf16", 64, 4, 1, 64, 3), "paged")
+    run = launch.Sm80SeqLaunch(cfg, 5, 0, (6, 8, 2), scalars)
+    run.start(dict(q=0x100, block_table=0x900, o_accum=0xA00), stream=3)
+    values = dict(zip(params.FWD_SM80.names, params.FWD_SM80.struct.unpack_from(run._block.data, 0)))
+    assert values["q"] == 0x100 and values["block_table"] == 0x900 and values["o_accum"] == 0xA00 and values["o"] == 0
+    assert (values["seqlen_q"], values["pack"], values["splits"], values["page_size"]) == (7, 4, 3, 16)
+    assert launched[-1][:4] == (5, 6, 8, 2) and launched[-1][4] == cfg.threads and launched[-1][7] == cfg.smem_bytes
+    with pytest.raises(KeyError, match="no value for"):
+        launch.Sm80SeqLaunch.build(cfg, 0, "sm_80", (1, 1, 1), {"seqlen_q": 1})
+
