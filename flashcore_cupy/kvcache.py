@@ -100,10 +100,11 @@ class _Plan:
         pack = p.heads_q // p.heads_kv if p.variant.alibi is None else 1
         rows = p.seqlen_q * pack
         base = choose_sm80_config(dev.arch, p.dtype, p.head_dim, p.batch * p.heads_q // pack, rows, dev.num_sms)
-        config = seq_config(base, seq, p.kernel_variant)
+        config = seq_config(base, seq, p.kernel_variant, rows)
         m_blocks = math.ceil(rows / config.block_m)
+        per_sm = 4 if config.warps == 1 else 2   # a decode tile's CTAs are small: 2-3 share an SM
         self.splits = num_splits or choose_splits(m_blocks * (p.heads_q // pack) * p.batch,
-                                                  math.ceil(layout.capacity / config.block_n), dev.num_sms)
+                                                  math.ceil(layout.capacity / config.block_n), dev.num_sms, per_sm)
         b, sq, hq, d = p.batch, p.seqlen_q, p.heads_q, p.head_dim
         if self.splits > 1:   # partials (split, B, Sq, Hq, D) and (split, B, Sq, Hq): merge_states' rows
             o_strides, lse_strides = (sq * hq * d, d, hq * d), (sq * hq, 1, hq)
@@ -167,12 +168,12 @@ def _bhs(a) -> tuple[int, int, int]:
     return st[0], st[2], st[1]
 
 
-def choose_splits(ctas: int, key_tiles: int, num_sms: int) -> int:
-    """Split-KV's key ranges per (query tile, head, batch): enough for about two CTAs per SM
+def choose_splits(ctas: int, key_tiles: int, num_sms: int, per_sm: int = 2) -> int:
+    """Split-KV's key ranges per (query tile, head, batch): enough for about per_sm CTAs an SM
     where the grid is smaller, each range at least two key tiles, at most MAX_SPLITS."""
-    if ctas >= num_sms:
+    if ctas >= per_sm * num_sms:
         return 1
-    return max(1, min(-(-2 * num_sms // ctas), key_tiles // 2, MAX_SPLITS))
+    return max(1, min(-(-per_sm * num_sms // ctas), key_tiles // 2, MAX_SPLITS))
 
 
 _plans: dict[tuple, _Plan] = {}

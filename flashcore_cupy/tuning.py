@@ -273,11 +273,11 @@ _SEQUENCE_VARIANTS = (configs.PLAIN, configs.KernelVariant(window=True),
 
 
 def sequence_configs(arch: str, dtypes: tuple[str, ...] = configs.DTYPES) -> list[configs.Sm80FwdConfig]:
-    """The varlen and KV-cache instantiations (configs.seq_config) of every portable config the
-    tables give on `arch`, for the variants that bound the rest."""
+    """The varlen and KV-cache instantiations (configs.seq_config, decode tiles included) of every
+    portable config the tables give on `arch`, for the variants that bound the rest."""
     base = {c for c in configs.all_configs(arch) if isinstance(c, configs.Sm80FwdConfig) and c.dtype in dtypes}
-    return sorted({configs.seq_config(c, seq, v) for c in base for seq in configs.SEQ_KINDS[1:]
-                   for v in _SEQUENCE_VARIANTS}, key=str)
+    return sorted({configs.seq_config(c, seq, v, rows) for c in base for seq in configs.SEQ_KINDS[1:]
+                   for v in _SEQUENCE_VARIANTS for rows in (None, configs.DECODE_ROWS)}, key=str)
 
 
 def save_entries(path: Path, table_key: str, entries: dict) -> None:

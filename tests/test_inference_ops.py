@@ -117,6 +117,10 @@ def test_configs_of_the_inference_kernels():
     assert cache.m_tiles == 1 and cache.seq == "paged" and cache.block_n == 64
     assert cache.name_expression == "fc::flash_fwd<fc::fp16, 128, 4, 1, 64, 2, fc::Plain, fc::KvCache<true>>"
     assert configs.seq_config(base, "varlen").m_tiles == 2   # prefill keeps the large tile
+    decode = configs.seq_config(base, "cache", rows=4)       # a decode step's rows fill one warp
+    assert (decode.warps, decode.m_tiles, decode.block_m, decode.seq) == (1, 1, 16, "cache")
+    assert configs.seq_config(base, "cache", rows=17).warps == 4
+    assert configs.seq_config(configs.Sm80FwdConfig("fp16", 256, 4, 1, 32, 2), "paged", rows=1).warps == 4
     windowed = configs.seq_config(base, "varlen", configs.KernelVariant(window=True))
     assert windowed.m_tiles == 1 and windowed.name_expression.endswith("fc::Variant<false, false, 0>, fc::Varlen>")
     with pytest.raises(ValueError, match="seq must be one of"):
@@ -127,7 +131,8 @@ def test_configs_of_the_inference_kernels():
 
 
 def test_split_choice_fills_the_sms_and_keeps_ranges_of_two_tiles():
-    assert choose_splits(ctas=132, key_tiles=1000, num_sms=132) == 1    # a full wave already
+    assert choose_splits(ctas=264, key_tiles=1000, num_sms=132) == 1    # two CTAs an SM already
+    assert choose_splits(ctas=132, key_tiles=1000, num_sms=132, per_sm=4) == 4
     assert choose_splits(ctas=8, key_tiles=128, num_sms=132) == 33      # two CTAs an SM
     assert choose_splits(ctas=1, key_tiles=2048, num_sms=132) == MAX_SPLITS
     assert choose_splits(ctas=8, key_tiles=6, num_sms=132) == 3         # at least two key tiles each
