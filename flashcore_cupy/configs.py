@@ -693,26 +693,29 @@ DECODE_ROWS = 16   # a KV-cache call with at most this many tile rows (after GQA
 
 
 def seq_config(config: Sm80FwdConfig, seq: str, variant: KernelVariant = PLAIN,
-               rows: int | None = None) -> Sm80FwdConfig:
+               rows: int | None = None, arch: str = SM90_ARCH) -> Sm80FwdConfig:
     """The portable config of a varlen or KV-cache call (seq: SEQ_KINDS), from dispatch's plain
     dense one: a KV cache's few query rows (decode, speculative verification) and every variant
     take 16 rows per warp (the KV cache at D128 and a varlen window at D96 spilled with 32), and
     a variant variant_config's tile (NVRTC 12.9, sm_80 and sm_90a: tests/test_compile.py).
     rows: a KV-cache call's tile rows (Sq x the GQA pack); up to DECODE_ROWS, at head dims up to
-    128, it takes one warp of 16 rows a CTA (decode_config)."""
+    128, it takes one warp of 16 rows a CTA (decode_config for `arch`)."""
     if seq in ("cache", "paged") or not variant.plain:
         config = dataclasses.replace(config, m_tiles=1)
     if seq in ("cache", "paged") and rows is not None and rows <= DECODE_ROWS and config.head_dim <= 128:
-        config = decode_config(config)   # (over D128 one warp's O and S spilled)
+        config = decode_config(config, arch)   # (over D128 one warp's O and S spilled)
     return dataclasses.replace(variant_config(config, variant), seq=seq)
 
 
-def decode_config(config: Sm80FwdConfig) -> Sm80FwdConfig:
+def decode_config(config: Sm80FwdConfig, arch: str) -> Sm80FwdConfig:
     """A decode step's tile: one warp of 16 query rows (decode's rows, GQA-packed, fill one) and
-    3 stages of 64 keys, so that a CTA computes no empty warps' rows and two or three CTAs share
-    an SM (109 KB of shared memory at D128), each with two K/V tiles in flight while it computes
-    the third."""
-    return dataclasses.replace(config, warps=1, m_tiles=1, block_n=64, stages=3)
+    64-key tiles, so that a CTA computes no empty warps' rows and several CTAs share an SM: 3
+    stages (two K/V tiles in flight while the third is computed) where two such CTAs fit the
+    arch's shared memory (109 KB at D128 on sm_90a), else 2."""
+    decode = dataclasses.replace(config, warps=1, m_tiles=1, block_n=64, stages=3)
+    if 2 * decode.smem_bytes > SMEM_LIMIT[arch]:
+        decode = dataclasses.replace(decode, stages=2)
+    return decode
 
 
 # A window this narrow (the keys one Hopper work tile's rows see) over 192-key tiles computes

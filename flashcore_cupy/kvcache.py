@@ -100,7 +100,7 @@ class _Plan:
         pack = p.heads_q // p.heads_kv if p.variant.alibi is None else 1
         rows = p.seqlen_q * pack
         base = choose_sm80_config(dev.arch, p.dtype, p.head_dim, p.batch * p.heads_q // pack, rows, dev.num_sms)
-        config = seq_config(base, seq, p.kernel_variant, rows)
+        config = seq_config(base, seq, p.kernel_variant, rows, dev.arch)
         m_blocks = math.ceil(rows / config.block_m)
         per_sm = 4 if config.warps == 1 else 2   # a decode tile's CTAs are small: 2-3 share an SM
         self.splits = num_splits or choose_splits(m_blocks * (p.heads_q // pack) * p.batch,

@@ -276,7 +276,7 @@ def sequence_configs(arch: str, dtypes: tuple[str, ...] = configs.DTYPES) -> lis
     """The varlen and KV-cache instantiations (configs.seq_config, decode tiles included) of every
     portable config the tables give on `arch`, for the variants that bound the rest."""
     base = {c for c in configs.all_configs(arch) if isinstance(c, configs.Sm80FwdConfig) and c.dtype in dtypes}
-    return sorted({configs.seq_config(c, seq, v, rows) for c in base for seq in configs.SEQ_KINDS[1:]
+    return sorted({configs.seq_config(c, seq, v, rows, arch) for c in base for seq in configs.SEQ_KINDS[1:]
                    for v in _SEQUENCE_VARIANTS for rows in (None, configs.DECODE_ROWS)}, key=str)
 
 

@@ -118,7 +118,8 @@ def test_configs_of_the_inference_kernels():
     assert cache.name_expression == "fc::flash_fwd<fc::fp16, 128, 4, 1, 64, 2, fc::Plain, fc::KvCache<true>>"
     assert configs.seq_config(base, "varlen").m_tiles == 2   # prefill keeps the large tile
     decode = configs.seq_config(base, "cache", rows=4)       # a decode step's rows fill one warp
-    assert (decode.warps, decode.m_tiles, decode.block_m, decode.seq) == (1, 1, 16, "cache")
+    assert (decode.warps, decode.m_tiles, decode.block_m, decode.stages, decode.seq) == (1, 1, 16, 3, "cache")
+    assert configs.seq_config(base, "cache", rows=4, arch="sm_86").stages == 2   # 99 KB a block there
     assert configs.seq_config(base, "cache", rows=17).warps == 4
     assert configs.seq_config(configs.Sm80FwdConfig("fp16", 256, 4, 1, 32, 2), "paged", rows=1).warps == 4
     windowed = configs.seq_config(base, "varlen", configs.KernelVariant(window=True))
