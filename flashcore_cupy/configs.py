@@ -702,6 +702,8 @@ def seq_config(config: Sm80FwdConfig, seq: str, variant: KernelVariant = PLAIN,
     128, it takes one warp of 16 rows a CTA (decode_config for `arch`)."""
     if seq in ("cache", "paged") or not variant.plain:
         config = dataclasses.replace(config, m_tiles=1)
+    if seq == "paged":   # gather_kv: a lane looks up two rows of a tile
+        config = dataclasses.replace(config, block_n=min(config.block_n, 64))
     if seq in ("cache", "paged") and rows is not None and rows <= DECODE_ROWS and config.head_dim <= 128:
         config = decode_config(config, arch)   # (over D128 one warp's O and S spilled)
     return dataclasses.replace(variant_config(config, variant), seq=seq)

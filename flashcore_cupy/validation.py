@@ -434,6 +434,10 @@ def check_kvcache(q: TensorSpec, k_cache: TensorSpec, v_cache: TensorSpec, cache
         check_index_array(block_table, block_table.shape, q.device, "page indices into k_cache's first axis")
         if block_table.shape[1] < 1:
             raise ValueError("block_table has no page per sequence")
+        for t in (k_cache, v_cache):
+            if pages > 1 and t.strides[0] != page_size * t.strides[1]:
+                raise ValueError(f"{t.name} must hold its pages' slots back to back (page stride = page_size x "
+                                 f"slot stride), got strides {t.strides} (elements)")
         layout = CacheLayout(True, page_size, pages, block_table.shape[1])
     check_index_array(cache_seqlens, (batch,), q.device, "the keys already in each sequence's cache")
     n_new = 0

@@ -113,27 +113,34 @@ __device__ __forceinline__ void gather_tile(u32 s, RowSrc row_src, const u16* an
     }
 }
 
-// A paged K/V tile pair: row r of both from the cache rows row_at(r) gives (element offsets of
-// K's and V's row, or k < 0: the row is zero-filled and nothing is read), each page looked up
-// once for both.
-template <class Tile, int ROWS, class RowAt>
-__device__ __forceinline__ void gather_kv(u32 s_k, u32 s_v, const u16* k, const u16* v, RowAt row_at,
-                                          int cols_valid, int tid) {
+// A paged K/V tile pair: row r of both is cache row phys_row(r) (page * page_size + slot: the
+// host checks that a page's slots are its stride), or -1 (zero-filled, nothing read). Each lane
+// looks up rows lane and lane + 32 (ROWS <= 64) once, and the copies take them by shuffles: a
+// lookup per copied row, each behind the previous row's copies, ran paged decode at a quarter
+// of the contiguous cache's speed. Every lane of the warp runs the passes (the shuffles).
+template <class Tile, int ROWS, class PhysRow>
+__device__ __forceinline__ void gather_kv(u32 s_k, u32 s_v, const u16* k, const u16* v, i64 k_ss, i64 v_ss,
+                                          PhysRow phys_row, int cols_valid, int tid) {
+    static_assert(ROWS <= 64, "gather_kv: a lane looks up two rows");
     constexpr int kChunks = Tile::kDTiles;
     constexpr int kRowsPerPass = Tile::kThreads / kChunks;
+    const int lane = tid % 32;
+    const int phys_lo = lane < ROWS ? phys_row(lane) : -1;
+    const int phys_hi = ROWS > 32 && lane + 32 < ROWS ? phys_row(lane + 32) : -1;
     const int r0 = tid / kChunks, c = tid % kChunks;
-    if (r0 >= kRowsPerPass) return;
-    const bool col_ok = c * 8 < cols_valid;
+    const bool active = r0 < kRowsPerPass && c * 8 < cols_valid;
     const u32 at = 2 * (r0 * Tile::kRowStride + c * 8);
     #pragma unroll
     for (int pass = 0; pass < (ROWS + kRowsPerPass - 1) / kRowsPerPass; ++pass) {
         const int r = r0 + pass * kRowsPerPass;
-        if (ROWS % kRowsPerPass != 0 && r >= ROWS) break;
-        const longlong2 off = row_at(r);
-        const bool ok = col_ok && off.x >= 0;
+        const int lo = __shfl_sync(0xffffffffu, phys_lo, r % 32);
+        const int hi = ROWS > 32 ? __shfl_sync(0xffffffffu, phys_hi, r % 32) : -1;
+        const int phys = r < 32 ? lo : hi;
+        if (!active || r >= ROWS) continue;
+        const bool ok = phys >= 0;
         const u32 dst = at + 2 * pass * kRowsPerPass * Tile::kRowStride;
-        cp_async_16(s_k + dst, ok ? k + off.x + c * 8 : k, ok ? 16 : 0);
-        cp_async_16(s_v + dst, ok ? v + off.y + c * 8 : v, ok ? 16 : 0);
+        cp_async_16(s_k + dst, ok ? k + phys * k_ss + c * 8 : k, ok ? 16 : 0);
+        cp_async_16(s_v + dst, ok ? v + phys * v_ss + c * 8 : v, ok ? 16 : 0);
     }
 }
 
@@ -328,10 +335,9 @@ flash_fwd(const FwdParams p) {
         const int key0 = j * BLOCK_N, slot = j % STAGES;
         if constexpr (S::kPaged) {
             gather_kv<Tile, BLOCK_N>(smem_addr(sK) + slot * kSlotBytes, smem_addr(sV) + slot * kSlotBytes, k_head,
-                                     v_head, [&](int r) {
+                                     v_head, p.k_ss, p.v_ss, [&](int r) {
                 const CachePage at = key0 + r < seqlen_k ? cache_page(p, batch, key0 + r) : CachePage{-1, 0};
-                return at.page < 0 ? make_longlong2(-1, -1)
-                                   : make_longlong2(at.page * p.k_sb + at.slot * p.k_ss, at.page * p.v_sb + at.slot * p.v_ss);
+                return at.page < 0 ? -1 : at.page * p.page_size + at.slot;
             }, head_dim, tid);
         } else {
             load_tile<Tile, BLOCK_N>(smem_addr(sK) + slot * kSlotBytes, k_head + key0 * p.k_ss, p.k_ss,
