@@ -68,10 +68,13 @@ class KernelVariant:
 PLAIN = KernelVariant()
 
 # Where a forward kernel's sequences are (kernels/sequence.cuh's policies): dense batches,
-# packed varlen sequences, a contiguous KV cache, a paged one.
-SEQ_KINDS = ("dense", "varlen", "cache", "paged")
-_SEQ_EXPRESSIONS = {"dense": "fc::Dense", "varlen": "fc::Varlen", "cache": "fc::KvCache<false>",
-                    "paged": "fc::KvCache<true>"}
+# packed varlen sequences, a contiguous KV cache, a paged one gathered row by row, a paged one
+# whose pages hold whole key tiles.
+SEQ_KINDS = ("dense", "varlen", "cache", "paged", "paged_tiles")
+_SEQ_EXPRESSIONS = {"dense": "fc::Dense", "varlen": "fc::Varlen",
+                    "cache": "fc::KvCache<fc::kCacheContiguous>", "paged": "fc::KvCache<fc::kCachePageRows>",
+                    "paged_tiles": "fc::KvCache<fc::kCachePageTiles>"}
+CACHE_KINDS = ("cache", "paged", "paged_tiles")
 
 
 @dataclass(frozen=True)
@@ -700,11 +703,11 @@ def seq_config(config: Sm80FwdConfig, seq: str, variant: KernelVariant = PLAIN,
     a variant variant_config's tile (NVRTC 12.9, sm_80 and sm_90a: tests/test_compile.py).
     rows: a KV-cache call's tile rows (Sq x the GQA pack); up to DECODE_ROWS, at head dims up to
     128, it takes one warp of 16 rows a CTA (decode_config for `arch`)."""
-    if seq in ("cache", "paged") or not variant.plain:
+    if seq in CACHE_KINDS or not variant.plain:
         config = dataclasses.replace(config, m_tiles=1)
     if seq == "paged":   # gather_kv: a lane looks up two rows of a tile
         config = dataclasses.replace(config, block_n=min(config.block_n, 64))
-    if seq in ("cache", "paged") and rows is not None and rows <= DECODE_ROWS and config.head_dim <= 128:
+    if seq in CACHE_KINDS and rows is not None and rows <= DECODE_ROWS and config.head_dim <= 128:
         config = decode_config(config, arch)   # (over D128 one warp's O and S spilled)
     return dataclasses.replace(variant_config(config, variant), seq=seq)
 

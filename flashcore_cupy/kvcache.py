@@ -11,6 +11,7 @@ allocates nothing but its LSE and can be captured in a CUDA graph.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import threading
 from typing import Any
@@ -101,6 +102,8 @@ class _Plan:
         rows = p.seqlen_q * pack
         base = choose_sm80_config(dev.arch, p.dtype, p.head_dim, p.batch * p.heads_q // pack, rows, dev.num_sms)
         config = seq_config(base, seq, p.kernel_variant, rows, dev.arch)
+        if layout.paged and layout.page_size % config.block_n == 0:   # every key tile in one page
+            config = dataclasses.replace(config, seq="paged_tiles")
         m_blocks = math.ceil(rows / config.block_m)
         per_sm = 4 if config.warps == 1 else 2   # a decode tile's CTAs are small: 2-3 share an SM
         self.splits = num_splits or choose_splits(m_blocks * (p.heads_q // pack) * p.batch,

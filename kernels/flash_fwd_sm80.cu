@@ -23,7 +23,8 @@
 // scores in variant_scores. fc::Plain compiles to the kernel without them.
 //
 // Sequences (S, kernels/sequence.cuh): Dense batches, packed varlen sequences (a CTA past its
-// sequence's rows exits), or a KV cache (paged: K/V rows gathered page by page, gather_kv).
+// sequence's rows exits), or a KV cache (paged: a K/V tile in one page copied as a contiguous
+// one, tiles over smaller pages gathered row by row, gather_kv).
 // GQA packing (KV cache, pack > 1): a tile's rows are (query, head) pairs of the pack query
 // heads that share a kv head, so K/V stream once per kv head (decode's 1 query per head fills
 // a tile). Split-KV (KV cache, splits > 1): the grid's x holds query tiles x splits; each split
@@ -333,7 +334,15 @@ flash_fwd(const FwdParams p) {
     // K_j and V_j into ring slot j % STAGES, as one commit group.
     auto load_kv = [&](int j) {
         const int key0 = j * BLOCK_N, slot = j % STAGES;
-        if constexpr (S::kPaged) {
+        if constexpr (S::kPageTiles) {   // the tile lies in one page: one lookup, load_tile's copies
+            const CachePage at = cache_page(p, batch, key0);
+            const i64 row = at.page < 0 ? 0 : static_cast<i64>(at.page) * p.page_size + at.slot;
+            const int valid = at.page < 0 ? 0 : seqlen_k - key0;   // a page outside the pool: zeros
+            load_tile<Tile, BLOCK_N>(smem_addr(sK) + slot * kSlotBytes, k_head + row * p.k_ss, p.k_ss, valid,
+                                     head_dim, tid);
+            load_tile<Tile, BLOCK_N>(smem_addr(sV) + slot * kSlotBytes, v_head + row * p.v_ss, p.v_ss, valid,
+                                     head_dim, tid);
+        } else if constexpr (S::kPaged) {
             gather_kv<Tile, BLOCK_N>(smem_addr(sK) + slot * kSlotBytes, smem_addr(sV) + slot * kSlotBytes, k_head,
                                      v_head, p.k_ss, p.v_ss, [&](int r) {
                 const CachePage at = key0 + r < seqlen_k ? cache_page(p, batch, key0 + r) : CachePage{-1, 0};

@@ -6,9 +6,11 @@
 //   Varlen         packed sequences: batch b's queries are rows cu_seqlens_q[b] .. [b + 1] of
 //                  q and o (seq strides; no batch stride), its keys rows cu_seqlens_k[b] ..
 //                  [b + 1] of k and v
-//   KvCache<PAGED> a KV cache: batch b's keys are its first seqused_k[b] + new_keys positions,
-//                  of a (B, S_max) cache or, PAGED, of the pages block_table[b][t / page_size]
-//                  (slot t % page_size) of a (num_pages, page_size) pool
+//   KvCache<PAGING> a KV cache: batch b's keys are its first seqused_k[b] + new_keys positions,
+//                  of a (B, S_max) cache (kContiguous) or of the pages block_table[b][t / page_size]
+//                  (slot t % page_size) of a (num_pages, page_size) pool: gathered row by row
+//                  (kCachePageRows), or a key tile at a time where every tile lies in one page
+//                  (kCachePageTiles: page_size a multiple of the tile's keys)
 //
 // Masks align bottom-right within each sequence (off = Sk_b - Sq_b). Values read on the
 // device are clamped so that no access leaves the arrays (the host checks them only with
@@ -23,14 +25,16 @@
 namespace fc {
 
 struct Dense {
-    static constexpr bool kDense = true, kVarlen = false, kCache = false, kPaged = false;
+    static constexpr bool kDense = true, kVarlen = false, kCache = false, kPaged = false, kPageTiles = false;
 };
 struct Varlen {
-    static constexpr bool kDense = false, kVarlen = true, kCache = false, kPaged = false;
+    static constexpr bool kDense = false, kVarlen = true, kCache = false, kPaged = false, kPageTiles = false;
 };
-template <bool PAGED>
+enum Paging { kCacheContiguous = 0, kCachePageRows = 1, kCachePageTiles = 2 };
+template <int PAGING>
 struct KvCache {
-    static constexpr bool kDense = false, kVarlen = false, kCache = true, kPaged = PAGED;
+    static constexpr bool kDense = false, kVarlen = false, kCache = true;
+    static constexpr bool kPaged = PAGING != kCacheContiguous, kPageTiles = PAGING == kCachePageTiles;
 };
 
 // One batch entry's sequence: its lengths, and its first row in q / o and in k / v (varlen).

@@ -118,7 +118,7 @@ def test_configs_of_the_inference_kernels():
     base = configs.Sm80FwdConfig("fp16", 128, 4, 2, 64, 2)
     cache = configs.seq_config(base, "paged")
     assert cache.m_tiles == 1 and cache.seq == "paged" and cache.block_n == 64
-    assert cache.name_expression == "fc::flash_fwd<fc::fp16, 128, 4, 1, 64, 2, fc::Plain, fc::KvCache<true>>"
+    assert cache.name_expression == "fc::flash_fwd<fc::fp16, 128, 4, 1, 64, 2, fc::Plain, fc::KvCache<fc::kCachePageRows>>"
     assert configs.seq_config(base, "varlen").m_tiles == 2   # prefill keeps the large tile
     decode = configs.seq_config(base, "cache", rows=4)       # a decode step's rows fill one warp
     assert (decode.warps, decode.m_tiles, decode.block_m, decode.stages, decode.seq) == (1, 1, 16, 3, "cache")

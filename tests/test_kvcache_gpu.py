@@ -146,20 +146,29 @@ def test_a_decode_step_is_captured_in_a_cuda_graph(rng):
     assert bool((d["k_cache"].get() == k_after).all())
 
 
-def test_metadata_out_of_range_is_clamped_and_caught_when_asked(rng, monkeypatch):
-    """cache_seqlens past the room, a page index outside the pool: no access outside the arrays
-    (compute-sanitizer's memcheck runs such a call: scripts/sanitize_case.py), finite outputs;
+@pytest.mark.parametrize("page_size", [16, 64])   # pages gathered row by row; a key tile a page
+def test_metadata_out_of_range_is_clamped_and_caught_when_asked(rng, monkeypatch, page_size):
+    """cache_seqlens past the room, a page index outside the pool (read as zeros: the output is
+    attention with that page's keys and values zero): no access outside the arrays
+    (compute-sanitizer's memcheck runs such a call: scripts/sanitize_case.py);
     FLASHCORE_CUPY_CHECK_METADATA=1 raises before any launch."""
     import cupy
 
-    case = Case(rng, "fp16", page_size=16, seqlens=(70, 0, 255), room=256, n_new=4)
-    case.dev["block_table"][0, 2] = 10_000
+    case = Case(rng, "fp16", page_size=page_size, seqlens=(150, 0, 255), room=256, n_new=4)
+    case.dev["block_table"][0, 1] = 10_000
     got = case.run(num_splits=2)
     cupy.cuda.get_current_stream().synchronize()
     assert bool(cupy.isfinite(got).all())
+    zeroed = case.k.copy(), case.v.copy()
+    for cache in zeroed:
+        cache[case.table[0, 1]] = 0
+    case.k, case.v = zeroed
+    case.seqlens = np.array([150, 0, 252], np.int32)   # (the third sequence, its appends past 256 dropped, unchecked)
+    want = case.reference()[0]
+    _check(got[:2], want[:2], "fp16", f"page {page_size}, a page outside the pool read as zeros")
     monkeypatch.setenv("FLASHCORE_CUPY_CHECK_METADATA", "1")
     with pytest.raises(ValueError, match="past the 256 keys"):
         case.run()
     case.dev["cache_seqlens"][2] = 10
-    with pytest.raises(ValueError, match=r"block_table\[0, 2\] is 10000"):
+    with pytest.raises(ValueError, match=r"block_table\[0, 1\] is 10000"):
         case.run()
