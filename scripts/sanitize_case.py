@@ -86,22 +86,24 @@ cupy.cuda.get_current_stream().synchronize()
 err = reference.rel_error(out, reference.attention_varlen(q, k, v, cu, cu, causal=True))
 print(f"varlen prefill: rel err {err:.2e}")
 ok &= err <= 2e-3
-table = rng.permutation(3 * 40)[:2 * 40].reshape(2, 40).astype(np.int32)
-k_pages, v_pages = (rng.standard_normal((120, 3, 2, 128)).astype(np.float16) for _ in range(2))
-q = rng.standard_normal((2, 1, 8, 128)).astype(np.float16)
-k_new, v_new = (rng.standard_normal((2, 1, 2, 128)).astype(np.float16) for _ in range(2))
-seqlens = np.array([50, 118], np.int32)
-dev = [cupy.asarray(a) for a in (q, k_pages, v_pages, seqlens, table, k_new, v_new)]
-out = fc.attention_kvcache(dev[0], dev[1], dev[2], cache_seqlens=dev[3], block_table=dev[4], k_new=dev[5],
-                           v_new=dev[6], causal=True, num_splits=3)
-cupy.cuda.get_current_stream().synchronize()
-want = reference.attention_kvcache(q, k_pages, v_pages, cache_seqlens=seqlens, block_table=table, k_new=k_new,
-                                   v_new=v_new, causal=True)
-err = reference.rel_error(out, want)
-print(f"paged decode (append, 3 splits): rel err {err:.2e}")
-ok &= err <= 2e-3
-dev[4][0, 1] = 100_000   # outside the pool: read as zeros, nothing written there
-fc.attention_kvcache(dev[0], dev[1], dev[2], cache_seqlens=dev[3], block_table=dev[4], k_new=dev[5], v_new=dev[6],
-                     num_splits=3)
-cupy.cuda.get_current_stream().synchronize()
+for page in (3, 64):   # rows gathered, and a key tile a page
+    per_seq = -(-120 // page)
+    table = rng.permutation(3 * per_seq)[:2 * per_seq].reshape(2, per_seq).astype(np.int32)
+    k_pages, v_pages = (rng.standard_normal((3 * per_seq, page, 2, 128)).astype(np.float16) for _ in range(2))
+    q = rng.standard_normal((2, 1, 8, 128)).astype(np.float16)
+    k_new, v_new = (rng.standard_normal((2, 1, 2, 128)).astype(np.float16) for _ in range(2))
+    seqlens = np.array([50, 118], np.int32)
+    dev = [cupy.asarray(a) for a in (q, k_pages, v_pages, seqlens, table, k_new, v_new)]
+    out = fc.attention_kvcache(dev[0], dev[1], dev[2], cache_seqlens=dev[3], block_table=dev[4], k_new=dev[5],
+                               v_new=dev[6], causal=True, num_splits=3)
+    cupy.cuda.get_current_stream().synchronize()
+    want = reference.attention_kvcache(q, k_pages, v_pages, cache_seqlens=seqlens, block_table=table, k_new=k_new,
+                                       v_new=v_new, causal=True)
+    err = reference.rel_error(out, want)
+    print(f"paged decode, page {page} (append, 3 splits): rel err {err:.2e}")
+    ok &= err <= 2e-3
+    dev[4][0, 0] = 100_000   # outside the pool: read as zeros, nothing written there
+    fc.attention_kvcache(dev[0], dev[1], dev[2], cache_seqlens=dev[3], block_table=dev[4], k_new=dev[5],
+                         v_new=dev[6], num_splits=3)
+    cupy.cuda.get_current_stream().synchronize()
 sys.exit(0 if ok else 1)
