@@ -1,8 +1,12 @@
 """Benchmark: the shape list, side by side with the peers, in one process.
 
 The list is bench_shapes.json (version 2): dense and decode rows, plain and with variants
-(window, top-left causal, softcap, ALiBi, bias); paged and varlen rows, and V head dims other
-than q's, are skipped with their reason (shapes.Shape.unsupported). On a variant row the peers
+(window, top-left causal, softcap, ALiBi, bias), and paged rows; varlen rows, and V head dims
+other than q's, are skipped with their reason (shapes.Shape.unsupported). Decode and paged rows
+also time attention_kvcache (flashcore_kvcache on the contiguous cache; on paged rows
+flashcore_paged at the row's page size and flashcore_contiguous), report GB/s (Q, K and V read,
+O written) beside TFLOP/s, and the case records copy_gbps, a device copy of the cache's bytes
+timed in the same run. On a variant row the peers
 are flashcore_plain (the same shape with the variant's options off, causal kept) and SDPA
 through an explicit mask (boolean for windows and bottom-right causal with Sq != Sk, float for
 ALiBi and bias; is_causal for top-left; softcap has none). TFLOP/s count visible pairs.
@@ -40,9 +44,11 @@ from . import workload
 from .shapes import Shape, bench_shapes
 from .timing import balanced_orders, predecessors, time_latency, time_side_by_side, turns
 
-IMPLS = ("flashcore", "flashcore_sm80", "flashcore_plain", "naive_cupy", "sdpa_flash", "sdpa_cudnn",
-         "sdpa_efficient")
-OURS = ("flashcore", "flashcore_sm80", "flashcore_plain", "flashcore_deterministic")   # their failures fail the run
+KVCACHE_IMPLS = ("flashcore_kvcache", "flashcore_contiguous", "flashcore_paged")   # decode and paged rows
+IMPLS = ("flashcore", "flashcore_sm80", "flashcore_plain", *KVCACHE_IMPLS, "naive_cupy", "sdpa_flash",
+         "sdpa_cudnn", "sdpa_efficient")
+OURS = ("flashcore", "flashcore_sm80", "flashcore_plain", "flashcore_deterministic",
+        *KVCACHE_IMPLS)   # their failures fail the run
 BACKWARD_IMPLS = ("flashcore", "flashcore_deterministic", "flashcore_sm80", "sdpa_flash", "sdpa_cudnn",
                   "sdpa_efficient")
 _SDPA_BACKENDS = {"sdpa_flash": "FLASH_ATTENTION", "sdpa_cudnn": "CUDNN_ATTENTION",
@@ -88,6 +94,7 @@ class Row:
     row_err: float    # the worst row's, over the input sets
     samples: int
     calls: int        # back-to-back calls per sample
+    gbps: float | None = None   # decode and paged rows: Q, K, V read and O written per second
 
 
 @dataclass
@@ -183,6 +190,8 @@ def _impls(shape: Shape, torch, arrays: dict | None = None, dtype: str = "fp16")
         "flashcore": Impl(lambda q, k, v: api.attention(q, k, v, **opts), _identity, none),
         "flashcore_sm80": Impl(lambda q, k, v: api.attention(q, k, v, backend="sm80", **opts), _identity, none),
     }
+    if shape.kind in ("decode", "paged"):
+        fns.update(kvcache_impls(shape, opts))
     if shape.is_variant:
         plain = attention_options(shape.plain(), {})
         fns["flashcore_plain"] = Impl(lambda q, k, v: api.attention(q, k, v, **plain), _identity, none, True)
@@ -210,6 +219,66 @@ def _impls(shape: Shape, torch, arrays: dict | None = None, dtype: str = "fp16")
     for name, backend in _SDPA_BACKENDS.items():
         fns[name] = Impl(fn, to_torch, functools.partial(sdpa_kernel, getattr(SDPBackend, backend)))
     return fns
+
+
+def kvcache_impls(shape: Shape, opts: dict) -> dict[str, Impl]:
+    """attention_kvcache on a decode or paged row's inputs (q, k, v in bhsd): the cache is k and
+    v as (B, Sk, Hkv, D) views, every sequence full (cache_seqlens = Sk); a paged row's pages
+    (page_size keys) are copied into a pool in a shuffled order once per input set. The outputs
+    are returned as bhsd views, as the other implementations'."""
+    from . import kvcache
+
+    causal = bool(opts.get("causal", False))
+    extra = {n: opts[n] for n in ("window", "softcap", "alibi_slopes") if n in opts}
+
+    def contiguous(q, k, v):
+        import cupy
+        bshd = [x.transpose(0, 2, 1, 3) for x in (q, k, v)]
+        return (*bshd, cupy.full((q.shape[0],), k.shape[2], np.int32), None)
+
+    def paged(q, k, v):
+        import cupy
+        b, hkv, sk, d = k.shape
+        page = shape.page_size
+        per_seq = -(-sk // page)
+        order = np.random.default_rng(0).permutation(b * per_seq)
+        table = cupy.asarray(order.reshape(b, per_seq).astype(np.int32))
+        pools = []
+        for x in (k, v):
+            pool = cupy.zeros((b * per_seq, page, hkv, d), x.dtype)
+            padded = cupy.zeros((b, per_seq * page, hkv, d), x.dtype)
+            padded[:, :sk] = x.transpose(0, 2, 1, 3)
+            pool[cupy.asarray(order)] = padded.reshape(b * per_seq, page, hkv, d)
+            pools.append(pool)
+        return (q.transpose(0, 2, 1, 3), *pools, cupy.full((b,), sk, np.int32), table)
+
+    def run(q, k_cache, v_cache, seqlens, table):
+        out = kvcache.attention_kvcache(q, k_cache, v_cache, cache_seqlens=seqlens, block_table=table,
+                                        causal=causal, **extra)
+        return out.transpose(0, 2, 1, 3)
+
+    none = contextlib.nullcontext
+    if shape.kind == "decode":
+        return {"flashcore_kvcache": Impl(run, contiguous, none)}
+    return {"flashcore_paged": Impl(run, paged, none), "flashcore_contiguous": Impl(run, contiguous, none)}
+
+
+def copy_gbps(sets: list[tuple]) -> float:
+    """GB/s of a device copy of the first input set's K and V (the bytes a decode call reads),
+    throughput of back-to-back copies: the roof the decode and paged rows are read against."""
+    import cupy
+
+    from .timing import time_throughput
+
+    _, k, v = sets[0][:3]
+    dst = cupy.empty_like(k), cupy.empty_like(v)
+
+    def copy(i):
+        cupy.copyto(dst[0], k)
+        cupy.copyto(dst[1], v)
+
+    t = time_throughput(copy, 20, calls=5)
+    return 2 * (k.nbytes + v.nbytes) / (t.p50 * 1e-6) / 1e9
 
 
 def _backward_errors(grads, ref) -> tuple[float, float]:
@@ -428,9 +497,10 @@ def run_case(shape: Shape, dtype: str, impls: dict[str, Impl], sets: list[tuple]
             for name, t in timings.items():
                 err, row_err = errors[name]
                 flops = checker.flops * (shape.plain().flops if impls[name].plain else shape.flops)
+                gbps = shape.bytes_moved / (t.p50 * 1e-6) / 1e9 if shape.kind in ("decode", "paged") else None
                 case.rows.append(Row(shape.name, dtype, name, mode, t.p50, t.p90, t.p99,
                                      flops / (t.p50 * 1e-6) / 1e12, err, row_err,
-                                     plan.samples[name], plan.calls[name]))
+                                     plan.samples[name], plan.calls[name], gbps))
     case.plan["sets"] = len(sets)
     case.plan["check_rows"] = int(len(references[0][0])) if references else 0
     return case
@@ -620,6 +690,8 @@ def main(shape_names: list[str] | None, dtypes: list[str], impls: list[str], ite
             fns = {name: impl for name, impl in build(shape, torch, arrays, dtype).items() if name in impls}
             sets, refs, plain_refs = inputs(shape, dtype, rng, arrays)
             case = run_case(shape, dtype, fns, sets, refs, iters, plain_refs, checker)
+            if shape.kind in ("decode", "paged") and not backward:
+                case.plan["copy_gbps"] = copy_gbps(sets)
             if torch is not None and shape.softcap:
                 case.unavailable += [dict(shape=shape.name, dtype=dtype, impl=name, reason="SDPA has no softcap")
                                      for name in _SDPA_BACKENDS if name in impls]

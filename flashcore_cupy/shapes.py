@@ -57,8 +57,8 @@ class Shape:
 
     def unsupported(self) -> str | None:
         """Why the benchmark cannot run this row yet, or None."""
-        if self.kind in ("paged", "varlen"):
-            return f"{self.kind} rows belong to the inference ops (not built yet)"
+        if self.kind == "varlen":
+            return "varlen rows are not in the benchmark yet (scripts/dev/inference_probe.py times them)"
         if self.head_dim_v not in (None, self.head_dim):
             return f"Dv {self.head_dim_v} != D {self.head_dim}: attention takes V of q's head dim"
         return None
@@ -69,6 +69,13 @@ class Shape:
 
         return self.batch * self.heads_q * visible_pairs(self.seqlen_q, self.seqlen_k, self.causal_arg,
                                                          self.window)
+
+    @property
+    def bytes_moved(self) -> int:
+        """Bytes of Q, K and V read and O written once (16-bit): a decode row's GB/s counts them."""
+        q = self.batch * self.heads_q * self.seqlen_q * self.head_dim
+        kv = self.batch * self.heads_kv * self.seqlen_k * (self.head_dim + (self.head_dim_v or self.head_dim))
+        return 2 * (2 * q + kv)
 
     @property
     def flops(self) -> float:

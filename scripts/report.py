@@ -19,7 +19,8 @@ from flashcore_cupy.shapes import bench_shapes
 MATMUL_TFLOPS, COPY_TBPS = 792.0, 4.22
 PEERS = ("sdpa_flash", "sdpa_cudnn", "sdpa_efficient", "naive_cupy")
 NAMES = {"flashcore": "flashcore", "flashcore_sm80": "flashcore sm80", "flashcore_plain": "flashcore plain",
-         "flashcore_deterministic": "flashcore deterministic",
+         "flashcore_deterministic": "flashcore deterministic", "flashcore_kvcache": "flashcore kvcache",
+         "flashcore_paged": "flashcore paged", "flashcore_contiguous": "flashcore contiguous",
          "sdpa_flash": "SDPA flash (FA2)",
          "sdpa_cudnn": "SDPA cuDNN", "sdpa_efficient": "SDPA mem-eff", "naive_cupy": "naive CuPy"}
 DTYPES = ("fp16", "bf16")
@@ -200,6 +201,33 @@ def backward_table(data, mode: str, shapes) -> list[str]:
     return out + [""]
 
 
+def kvcache_table(data, mode: str, shapes) -> list[str]:
+    """Decode and paged rows in GB/s (issue 24's bars: decode >= 1.0x the faster SDPA on the same
+    contiguous cache and >= 0.85x copy_gbps; paged >= 0.95x flashcore_contiguous at pages >= 16,
+    >= 0.7x at page 1)."""
+    rows = _rows(data)
+    copy = {(c["shape"], c["dtype"]): c.get("copy_gbps") for c in data.get("cases", [])}
+    impls = ("flashcore_kvcache", "flashcore_paged", "flashcore_contiguous", "flashcore", "sdpa_cudnn", "sdpa_flash")
+    out = ["| shape | dtype | copy GB/s | " + " | ".join(NAMES.get(i, i) for i in impls) +
+           " | ours / best SDPA | ours / copy | paged / contiguous |", "|---" * (6 + len(impls)) + "|"]
+    for s in shapes:
+        for dtype in DTYPES:
+            got = {i: rows.get((s.name, dtype, i, mode)) for i in impls}
+            ours = got["flashcore_paged"] if s.kind == "paged" else got["flashcore_kvcache"]
+            if ours is None or ours.get("gbps") is None:
+                continue
+            cp = copy.get((s.name, dtype))
+            peers = [got[i]["gbps"] for i in ("sdpa_cudnn", "sdpa_flash") if got[i] is not None]
+            cont = got["flashcore_contiguous"]
+            cells = ["—" if cp is None else f"{cp:.0f}"]
+            cells += ["—" if got[i] is None else f"{got[i]['gbps']:.0f}" for i in impls]
+            cells.append(f"{ours['gbps'] / max(peers):.2f}×" if peers else "—")
+            cells.append("—" if cp is None else f"{ours['gbps'] / cp:.2f}×")
+            cells.append("—" if s.kind != "paged" or cont is None else f"{ours['gbps'] / cont['gbps']:.2f}×")
+            out.append(f"| {s.name} | {dtype} | " + " | ".join(cells) + " |")
+    return out + [""]
+
+
 def main(paths: list[str]) -> None:
     shapes = bench_shapes()
     for path in paths:
@@ -230,6 +258,10 @@ def main(paths: list[str]) -> None:
         for mode in ("throughput", "latency") if variants else ():
             print(f"### {mode}, variant rows: flashcore against flashcore_plain and SDPA through a mask\n")
             print("\n".join(variant_table(data, mode, variants)))
+        caches = [s for s in shapes if s.name in ran and s.kind in ("decode", "paged")]
+        for mode in ("throughput",) if caches else ():
+            print(f"### {mode}, decode and paged rows: GB/s (Q, K, V read, O written)\n")
+            print("\n".join(kvcache_table(data, mode, caches)))
         print("### flashcore against cuDNN, throughput and latency\n")
         print("\n".join(latency_vs_throughput(data, listed + held)))
 

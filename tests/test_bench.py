@@ -213,3 +213,43 @@ def test_peak_bytes_follow_the_pool_as_cupy_reports_it():
 
     assert bench._peak_bytes("flashcore", fn, ()) == 1536
     assert not memory_hook.get_memory_hooks()   # the hook is gone after the call
+
+
+def test_decode_and_paged_rows_time_the_kvcache_op_and_report_bandwidth():
+    """Decode rows add flashcore_kvcache (the contiguous cache), paged rows flashcore_paged and
+    flashcore_contiguous, beside the dense call and SDPA; their bytes are Q, K, V read and O
+    written once; varlen rows are still skipped with their reason."""
+    from flashcore_cupy.shapes import bench_shapes
+
+    rows = {s.name: s for s in bench_shapes()}
+    decode, paged = rows["decode-b8-h32kv8-s8k-d128"], rows["paged16-decode-b8-h32kv8-s8k-d128"]
+    assert set(bench._impls(decode, None, {}, "fp16")) == {"flashcore", "flashcore_sm80", "flashcore_kvcache", "naive_cupy"}
+    assert {"flashcore_paged", "flashcore_contiguous"} <= set(bench._impls(paged, None, {}, "fp16"))
+    assert set(bench.KVCACHE_IMPLS) <= set(bench.OURS) and set(bench.KVCACHE_IMPLS) <= set(bench.IMPLS)
+    assert decode.bytes_moved == 2 * (2 * 8 * 32 * 128 + 2 * 8 * 8 * 8192 * 128)
+    assert paged.unsupported() is None and decode.unsupported() is None
+    assert "varlen" in rows["varlen-16seq-32k-h16-d128-causal"].unsupported()
+    assert "flashcore_kvcache" not in bench._impls(rows["b2-h16-s4k-d128"], None, {}, "fp16")
+
+
+def test_the_report_reads_decode_rows_against_sdpa_and_the_copy():
+    import importlib.util
+    from pathlib import Path
+
+    from flashcore_cupy.shapes import bench_shapes
+
+    spec = importlib.util.spec_from_file_location("report", Path(__file__).parent.parent / "scripts" / "report.py")
+    report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(report)
+    rows = {s.name: s for s in bench_shapes()}
+
+    def row(shape, impl, gbps):
+        return dict(shape=shape, dtype="fp16", impl=impl, mode="throughput", us_p50=10.0, us_p90=11.0, us_p99=12.0,
+                    tflops=1.0, gbps=gbps)
+    data = dict(rows=[row("paged16-decode-b8-h32kv8-s8k-d128", "flashcore_paged", 3000.0),
+                      row("paged16-decode-b8-h32kv8-s8k-d128", "flashcore_contiguous", 3750.0),
+                      row("paged16-decode-b8-h32kv8-s8k-d128", "sdpa_cudnn", 3600.0),
+                      row("paged16-decode-b8-h32kv8-s8k-d128", "sdpa_flash", 4000.0)],
+                cases=[dict(shape="paged16-decode-b8-h32kv8-s8k-d128", dtype="fp16", copy_gbps=4000.0)])
+    line = report.kvcache_table(data, "throughput", [rows["paged16-decode-b8-h32kv8-s8k-d128"]])[2]
+    assert line.endswith("| 0.75× | 0.75× | 0.80× |")   # against flash's 4000, the copy, contiguous
