@@ -16,6 +16,7 @@ import functools
 import math
 import threading
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 
@@ -324,61 +325,59 @@ class StepLaunch:
 
 
 @dataclass(frozen=True, eq=False)
-class Sm80SeqLaunch:
-    """A portable forward launch of a varlen or KV-cache call (an Sm80FwdConfig whose seq is not
-    "dense"): its scalars packed once, the call's addresses by field name per call (the whole
-    block is repacked: host time is not yet what these calls are measured by)."""
-    config: Sm80FwdConfig
-    function: int            # CUfunction, compiled for `device`
-    device: int
+class FieldLaunch:
+    """A launch whose whole parameter block (SCHEMA) is packed per call from its scalars and the
+    call's addresses by field name (POINTERS; absent: 0): the inference ops' launches, whose host
+    time is not yet what they are measured by. The block is the config's threads and shared
+    memory on `grid`."""
+    config: Sm80FwdConfig | AppendConfig
+    function: int            # CUfunction, compiled for the device
     grid: tuple[int, int, int]
     scalars: dict            # every field but the addresses, by name
-    _block: ParamBlock = field(default_factory=lambda: ParamBlock(params.FWD_SM80.size), repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
+    SCHEMA: ClassVar[params.Schema]
+    POINTERS: ClassVar[tuple[str, ...]] = ()
+
+    def __post_init__(self):
+        missing = set(self.SCHEMA.names) - set(self.scalars) - set(self.POINTERS)
+        if missing:
+            raise KeyError(f"{type(self).__name__}: no value for {sorted(missing)}")
+        object.__setattr__(self, "_block", ParamBlock(self.SCHEMA.size))
+
+    def start(self, pointers: dict[str, int], stream: int) -> None:
+        """cuLaunchKernel on `stream` (a handle) with the arrays' addresses by field name."""
+        values = {**dict.fromkeys(self.POINTERS, 0), **self.scalars, **pointers}
+        with self._lock:
+            self.SCHEMA.struct.pack_into(self._block.data, 0, *self.SCHEMA.values(values))
+            _cu_launch(self.function, *self.grid, self.config.threads, 1, 1, self.config.smem_bytes, stream,
+                       self._block.argv, 0)
+
+
+@dataclass(frozen=True, eq=False)
+class Sm80SeqLaunch(FieldLaunch):
+    """The portable forward on a varlen or KV-cache call (an Sm80FwdConfig whose seq is not
+    "dense", kernels/sequence.cuh)."""
+    SCHEMA = params.FWD_SM80
     POINTERS = ("q", "k", "v", "o", "lse", "alibi", "bias", "cu_seqlens_q", "cu_seqlens_k", "seqused_k",
                 "block_table", "o_accum", "lse_accum")
 
     @classmethod
     def build(cls, config: Sm80FwdConfig, device: int, arch: str, grid: tuple[int, int, int],
               scalars: dict) -> "Sm80SeqLaunch":
-        missing = set(params.FWD_SM80.names) - set(scalars) - set(cls.POINTERS)
-        if missing:
-            raise KeyError(f"Sm80SeqLaunch: no value for {sorted(missing)}")
-        return cls(config, loader.get_function(config, device, arch), device, grid, scalars)
-
-    def start(self, pointers: dict[str, int], stream: int) -> None:
-        """cuLaunchKernel on `stream` (a handle) with the arrays' addresses by field name (absent: 0)."""
-        values = {**dict.fromkeys(self.POINTERS, 0), **self.scalars, **pointers}
-        with self._lock:
-            params.FWD_SM80.struct.pack_into(self._block.data, 0, *params.FWD_SM80.values(values))
-            _cu_launch(self.function, *self.grid, self.config.threads, 1, 1, self.config.smem_bytes, stream,
-                       self._block.argv, 0)
+        return cls(config, loader.get_function(config, device, arch), grid, scalars)
 
 
 @dataclass(frozen=True, eq=False)
-class AppendLaunch:
-    """The KV cache's append (kernels/kvcache_append.cu) for one call signature: scalars packed
-    once with the call's addresses (k_new, v_new, k, v, seqused_k, block_table) per call."""
-    config: AppendConfig
-    function: int
-    grid: tuple[int, int, int]
-    scalars: dict
-    block: ParamBlock = field(default_factory=lambda: ParamBlock(params.APPEND.size), repr=False)
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-
+class AppendLaunch(FieldLaunch):
+    """The KV cache's append (kernels/kvcache_append.cu): k_new, v_new into the cache."""
+    SCHEMA = params.APPEND
     POINTERS = ("k_new", "v_new", "k", "v", "seqused_k", "block_table")
 
     @classmethod
     def build(cls, config: AppendConfig, device: int, arch: str, num_sms: int, scalars: dict) -> "AppendLaunch":
         chunks = scalars["batch"] * scalars["new_keys"] * scalars["heads_kv"] * (scalars["head_dim"] // 8)
         return cls(config, loader.get_function(config, device, arch), config.grid(chunks, num_sms), scalars)
-
-    def start(self, pointers: dict[str, int], stream: int) -> None:
-        values = {**dict.fromkeys(self.POINTERS, 0), **self.scalars, **pointers}
-        with self._lock:
-            params.APPEND.struct.pack_into(self.block.data, 0, *params.APPEND.values(values))
-            _cu_launch(self.function, *self.grid, self.config.threads, 1, 1, 0, stream, self.block.argv, 0)
 
 
 @dataclass(frozen=True, eq=False)

@@ -180,12 +180,12 @@ def test_sequence_launch_packs_scalars_and_each_calls_addresses(monkeypatch):
     scalars = {n: 0 for n in params.FWD_SM80.names if n not in launch.Sm80SeqLaunch.POINTERS}
     scalars.update(seqlen_q=7, pack=4, splits=3, page_size=16)
     cfg = configs.seq_config(configs.Sm80FwdConfig("bf16", 64, 4, 1, 64, 3), "paged")
-    run = launch.Sm80SeqLaunch(cfg, 5, 0, (6, 8, 2), scalars)
+    run = launch.Sm80SeqLaunch(cfg, 5, (6, 8, 2), scalars)
     run.start(dict(q=0x100, block_table=0x900, o_accum=0xA00), stream=3)
     values = dict(zip(params.FWD_SM80.names, params.FWD_SM80.struct.unpack_from(run._block.data, 0)))
     assert values["q"] == 0x100 and values["block_table"] == 0x900 and values["o_accum"] == 0xA00 and values["o"] == 0
     assert (values["seqlen_q"], values["pack"], values["splits"], values["page_size"]) == (7, 4, 3, 16)
     assert launched[-1][:4] == (5, 6, 8, 2) and launched[-1][4] == cfg.threads and launched[-1][7] == cfg.smem_bytes
-    with pytest.raises(KeyError, match="no value for"):
-        launch.Sm80SeqLaunch.build(cfg, 0, "sm_80", (1, 1, 1), {"seqlen_q": 1})
+    with pytest.raises(KeyError, match="Sm80SeqLaunch: no value for"):
+        launch.Sm80SeqLaunch(cfg, 5, (1, 1, 1), {"seqlen_q": 1})
 
