@@ -1,8 +1,10 @@
 """Benchmark: the shape list, side by side with the peers, in one process.
 
 The list is bench_shapes.json (version 2): dense and decode rows, plain and with variants
-(window, top-left causal, softcap, ALiBi, bias), and paged rows; varlen rows, and V head dims
-other than q's, are skipped with their reason (shapes.Shape.unsupported). Decode and paged rows
+(window, top-left causal, softcap, ALiBi, bias), paged and varlen rows; V head dims other than
+q's are skipped with their reason (shapes.Shape.unsupported). Varlen rows time
+attention_varlen (flashcore_varlen) against SDPA on jagged nested tensors (torch_nested, K and V
+expanded to Hq heads outside the timed calls), checked on sampled packed rows. Decode and paged rows
 also time attention_kvcache (flashcore_kvcache on the contiguous cache; on paged rows
 flashcore_paged at the row's page size and flashcore_contiguous), report GB/s (Q, K and V read,
 O written) beside TFLOP/s, and the case records copy_gbps, a device copy of the cache's bytes
@@ -45,10 +47,10 @@ from .shapes import Shape, bench_shapes
 from .timing import balanced_orders, predecessors, time_latency, time_side_by_side, turns
 
 KVCACHE_IMPLS = ("flashcore_kvcache", "flashcore_contiguous", "flashcore_paged")   # decode and paged rows
-IMPLS = ("flashcore", "flashcore_sm80", "flashcore_plain", *KVCACHE_IMPLS, "naive_cupy", "sdpa_flash",
-         "sdpa_cudnn", "sdpa_efficient")
+IMPLS = ("flashcore", "flashcore_sm80", "flashcore_plain", *KVCACHE_IMPLS, "flashcore_varlen", "naive_cupy",
+         "sdpa_flash", "sdpa_cudnn", "sdpa_efficient", "torch_nested")
 OURS = ("flashcore", "flashcore_sm80", "flashcore_plain", "flashcore_deterministic",
-        *KVCACHE_IMPLS)   # their failures fail the run
+        *KVCACHE_IMPLS, "flashcore_varlen")   # their failures fail the run
 BACKWARD_IMPLS = ("flashcore", "flashcore_deterministic", "flashcore_sm80", "sdpa_flash", "sdpa_cudnn",
                   "sdpa_efficient")
 _SDPA_BACKENDS = {"sdpa_flash": "FLASH_ATTENTION", "sdpa_cudnn": "CUDNN_ATTENTION",
@@ -630,6 +632,78 @@ def _case_inputs(shape: Shape, dtype: str, rng, arrays: dict) -> tuple[list[tupl
 
 
 
+def varlen_impls(shape: Shape, torch, arrays: dict | None = None, dtype: str = "fp16") -> dict[str, Impl]:
+    """A varlen row's implementations on packed inputs (q, k, v, cu_seqlens): attention_varlen
+    with the max_seqlen hints, and SDPA on jagged nested tensors (K and V expanded to Hq heads in
+    `prepare`, once per input set), whose output is returned packed."""
+    from .varlen import attention_varlen
+
+    longest = max(shape.seqlens)
+    none = contextlib.nullcontext
+    fns = {"flashcore_varlen": Impl(lambda q, k, v, cu: attention_varlen(q, k, v, cu, cu, max_seqlen_q=longest,
+                                                                        max_seqlen_k=longest, causal=shape.causal),
+                                    lambda *x: x, none)}
+    if torch is None:
+        return fns
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    group = shape.heads_q // shape.heads_kv
+
+    def nested(q, k, v, cu):
+        offsets = torch.from_dlpack(cu).to(torch.int64)
+        jagged = [torch.nested.nested_tensor_from_jagged(x, offsets).transpose(1, 2)
+                  for x in (torch.from_dlpack(q), torch.from_dlpack(k).repeat_interleave(group, dim=1),
+                            torch.from_dlpack(v).repeat_interleave(group, dim=1))]
+        return tuple(jagged)
+
+    def sdpa(q, k, v):
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=shape.causal).transpose(1, 2).values()
+
+    backends = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION]
+    fns["torch_nested"] = Impl(sdpa, nested, functools.partial(sdpa_kernel, backends))
+    return fns
+
+
+def _varlen_case_inputs(shape: Shape, dtype: str, rng, arrays: dict) -> tuple[list[tuple], list[tuple], None]:
+    """A varlen row's input sets (q, k, v packed, int32 cu_seqlens) and, per set, sampled packed
+    rows with their float64 reference (each row against its own sequence's keys)."""
+    import cupy
+
+    from . import reference
+
+    cu = np.concatenate([[0], np.cumsum(shape.seqlens)]).astype(np.int32)
+    total, d, dt = int(cu[-1]), shape.head_dim, workload.np_dtype(dtype)
+    set_bytes = 2 * d * total * (shape.heads_q + 2 * shape.heads_kv)
+    sets, refs = [], []
+    for _ in range(max(1, min(16, -(-workload.ROTATE_BYTES // set_bytes)))):
+        q = cupy.asarray(rng.standard_normal((total, shape.heads_q, d), dtype=np.float32).astype(dt))
+        k, v = (cupy.asarray(rng.standard_normal((total, shape.heads_kv, d), dtype=np.float32).astype(dt))
+                for _ in range(2))
+        sets.append((q, k, v, cupy.asarray(cu)))
+    for q, k, v, _ in sets:
+        picked = workload.check_rows(total, rng, check_rows_per_set(len(sets)))
+        want = np.empty((len(picked), shape.heads_q, d))
+        seq_of = np.searchsorted(cu, picked, side="right") - 1
+        for b in np.unique(seq_of):
+            at = np.nonzero(seq_of == b)[0]
+            lo, hi = int(cu[b]), int(cu[b + 1])
+            out = reference.attention(q[lo:hi][None], k[lo:hi][None], v[lo:hi][None], layout="bshd",
+                                      causal=shape.causal, q_positions=picked[at] - lo)
+            want[at] = out[0]
+        refs.append((picked, want))
+    return sets, refs, None
+
+
+def _varlen_errors(out, ref) -> tuple[float, float]:
+    from . import reference
+
+    picked, want = ref
+    got = _as_checkable(out)[picked.tolist()]
+    return reference.rel_error(got, want), reference.row_rel_error(got, want)
+
+
+VARLEN = Checker(_varlen_errors, workload.within_tolerance)
+
 DIRECTIONS = ("forward", "backward", "fwd_bwd")
 
 
@@ -668,8 +742,8 @@ def main(shape_names: list[str] | None, dtypes: list[str], impls: list[str], ite
     for s in bench_shapes():
         if shape_names is not None and s.name not in shape_names:
             continue
-        if s.unsupported() or (backward and s.seqlen_q == 1):
-            print(f"  skipped {s.name}: {s.unsupported() or 'one query: no backward row'}")
+        if s.unsupported() or (backward and (s.seqlen_q == 1 or s.kind == "varlen")):
+            print(f"  skipped {s.name}: {s.unsupported() or 'no backward row (one query, or varlen)'}")
             continue
         shapes.append(s)
     result = environment(torch)
@@ -687,9 +761,10 @@ def main(shape_names: list[str] | None, dtypes: list[str], impls: list[str], ite
     for shape in shapes:
         for dtype in dtypes:
             arrays = variant_arrays(shape, dtype, rng)
-            fns = {name: impl for name, impl in build(shape, torch, arrays, dtype).items() if name in impls}
-            sets, refs, plain_refs = inputs(shape, dtype, rng, arrays)
-            case = run_case(shape, dtype, fns, sets, refs, iters, plain_refs, checker)
+            row_parts = (varlen_impls, _varlen_case_inputs, VARLEN) if shape.kind == "varlen" else (build, inputs, checker)
+            fns = {name: impl for name, impl in row_parts[0](shape, torch, arrays, dtype).items() if name in impls}
+            sets, refs, plain_refs = row_parts[1](shape, dtype, rng, arrays)
+            case = run_case(shape, dtype, fns, sets, refs, iters, plain_refs, row_parts[2])
             if shape.kind in ("decode", "paged") and not backward:
                 case.plan["copy_gbps"] = copy_gbps(sets)
             if torch is not None and shape.softcap:
@@ -701,7 +776,7 @@ def main(shape_names: list[str] | None, dtypes: list[str], impls: list[str], ite
             result["failures"] += case.failures
             result["unavailable"] += case.unavailable
             result["cases"].append(dict(shape=shape.name, dtype=dtype, held_out=shape.held_out,
-                                        variant=shape.is_variant, flops=checker.flops * shape.flops,
+                                        variant=shape.is_variant, flops=row_parts[2].flops * shape.flops,
                                         **case.plan))
             for f in case.failures:
                 print(f"  FAILED {f['shape']} {f['dtype']} {f['impl']}: {f['reason']}", flush=True)

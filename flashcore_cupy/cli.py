@@ -51,6 +51,9 @@ def run(shape_text: str, dtype: str, causal: bool, iters: int) -> None:
         raise click.BadParameter(str(e), param_hint="--shape") from None
     if shape.unsupported():
         raise click.BadParameter(f"{shape.name}: {shape.unsupported()}", param_hint="--shape")
+    if shape.kind in ("paged", "varlen"):
+        raise click.BadParameter(f"{shape.name}: `run` times the dense call; `bench --shape {shape.name}` runs "
+                                 f"{shape.kind} rows", param_hint="--shape")
     if gpu_count() == 0:
         click.echo("no CUDA GPU found: `flashcore-cupy run` needs one; "
                    "`flashcore-cupy check` compiles the kernels without a GPU.")

@@ -57,16 +57,17 @@ class Shape:
 
     def unsupported(self) -> str | None:
         """Why the benchmark cannot run this row yet, or None."""
-        if self.kind == "varlen":
-            return "varlen rows are not in the benchmark yet (scripts/dev/inference_probe.py times them)"
         if self.head_dim_v not in (None, self.head_dim):
             return f"Dv {self.head_dim_v} != D {self.head_dim}: attention takes V of q's head dim"
         return None
 
     @property
     def visible_pairs(self) -> int:
+        """Visible (query, key) pairs over the batch and heads; a varlen row's per sequence."""
         from .reference import visible_pairs
 
+        if self.seqlens is not None:
+            return self.heads_q * sum(visible_pairs(n, n, self.causal_arg, self.window) for n in self.seqlens)
         return self.batch * self.heads_q * visible_pairs(self.seqlen_q, self.seqlen_k, self.causal_arg,
                                                          self.window)
 
@@ -102,9 +103,10 @@ def bench_shapes() -> list[Shape]:
 
 
 def tuning_shapes() -> list[Shape]:
-    """The shapes `tune` may see by default: the dense plain rows less the held-out ones."""
+    """The shapes `tune` may see by default: the dense and decode plain rows less the held-out
+    ones (paged and varlen rows run other kernels than the tuned dense ones)."""
     return [s for s in bench_shapes()
-            if not s.held_out and not s.is_variant and s.unsupported() is None]
+            if not s.held_out and not s.is_variant and s.unsupported() is None and s.kind in ("dense", "decode")]
 
 
 def parse_shape(text: str, causal: bool = False) -> Shape:

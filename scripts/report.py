@@ -21,6 +21,7 @@ PEERS = ("sdpa_flash", "sdpa_cudnn", "sdpa_efficient", "naive_cupy")
 NAMES = {"flashcore": "flashcore", "flashcore_sm80": "flashcore sm80", "flashcore_plain": "flashcore plain",
          "flashcore_deterministic": "flashcore deterministic", "flashcore_kvcache": "flashcore kvcache",
          "flashcore_paged": "flashcore paged", "flashcore_contiguous": "flashcore contiguous",
+         "flashcore_varlen": "flashcore varlen", "torch_nested": "SDPA nested",
          "sdpa_flash": "SDPA flash (FA2)",
          "sdpa_cudnn": "SDPA cuDNN", "sdpa_efficient": "SDPA mem-eff", "naive_cupy": "naive CuPy"}
 DTYPES = ("fp16", "bf16")
@@ -228,6 +229,29 @@ def kvcache_table(data, mode: str, shapes) -> list[str]:
     return out + [""]
 
 
+VARLEN_ANCHOR = "b2-h16-s4k-d128-causal"   # issue 24: varlen rows >= 0.8x flashcore's TFLOP/s here
+
+
+def varlen_table(data, mode: str, shapes) -> list[str]:
+    """Varlen rows in TFLOP/s (issue 24's bars: >= 2x torch_nested, >= 0.8x dense flashcore's on
+    VARLEN_ANCHOR in the same run, where the run has it)."""
+    rows = _rows(data)
+    out = ["| shape | dtype | flashcore varlen | SDPA nested | vs nested (2×) | vs dense flashcore "
+           f"{VARLEN_ANCHOR} (0.8×) |", "|---" * 6 + "|"]
+    for s in shapes:
+        for dtype in DTYPES:
+            fc = rows.get((s.name, dtype, "flashcore_varlen", mode))
+            if fc is None:
+                continue
+            nested = rows.get((s.name, dtype, "torch_nested", mode))
+            dense = rows.get((VARLEN_ANCHOR, dtype, "flashcore", mode))
+            out.append(f"| {s.name} | {dtype} | {fc['tflops']:.0f} | "
+                       + ("—" if nested is None else f"{nested['tflops']:.0f}") + " | "
+                       + ("—" if nested is None else f"{fc['tflops'] / nested['tflops']:.2f}×") + " | "
+                       + ("—" if dense is None else f"{fc['tflops'] / dense['tflops']:.2f}×") + " |")
+    return out + [""]
+
+
 def main(paths: list[str]) -> None:
     shapes = bench_shapes()
     for path in paths:
@@ -235,7 +259,7 @@ def main(paths: list[str]) -> None:
         if data.get("schema") != 2:
             raise SystemExit(f"{path}: schema {data.get('schema')}, this report reads 2")
         ran = {r["shape"] for r in data["rows"]}
-        listed = [s for s in shapes if s.name in ran and not s.held_out and not s.is_variant]
+        listed = [s for s in shapes if s.name in ran and not s.held_out and not s.is_variant and s.kind != "varlen"]
         held = [s for s in shapes if s.name in ran and s.held_out]
         variants = [s for s in shapes if s.name in ran and s.is_variant]
         print(f"## Run `{path}`\n")
@@ -258,6 +282,10 @@ def main(paths: list[str]) -> None:
         for mode in ("throughput", "latency") if variants else ():
             print(f"### {mode}, variant rows: flashcore against flashcore_plain and SDPA through a mask\n")
             print("\n".join(variant_table(data, mode, variants)))
+        packed = [s for s in shapes if s.name in ran and s.kind == "varlen"]
+        for mode in ("throughput",) if packed else ():
+            print(f"### {mode}, varlen rows: TFLOP/s\n")
+            print("\n".join(varlen_table(data, mode, packed)))
         caches = [s for s in shapes if s.name in ran and s.kind in ("decode", "paged")]
         for mode in ("throughput",) if caches else ():
             print(f"### {mode}, decode and paged rows: GB/s (Q, K, V read, O written)\n")

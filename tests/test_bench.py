@@ -228,7 +228,6 @@ def test_decode_and_paged_rows_time_the_kvcache_op_and_report_bandwidth():
     assert set(bench.KVCACHE_IMPLS) <= set(bench.OURS) and set(bench.KVCACHE_IMPLS) <= set(bench.IMPLS)
     assert decode.bytes_moved == 2 * (2 * 8 * 32 * 128 + 2 * 8 * 8 * 8192 * 128)
     assert paged.unsupported() is None and decode.unsupported() is None
-    assert "varlen" in rows["varlen-16seq-32k-h16-d128-causal"].unsupported()
     assert "flashcore_kvcache" not in bench._impls(rows["b2-h16-s4k-d128"], None, {}, "fp16")
 
 
@@ -253,3 +252,21 @@ def test_the_report_reads_decode_rows_against_sdpa_and_the_copy():
                 cases=[dict(shape="paged16-decode-b8-h32kv8-s8k-d128", dtype="fp16", copy_gbps=4000.0)])
     line = report.kvcache_table(data, "throughput", [rows["paged16-decode-b8-h32kv8-s8k-d128"]])[2]
     assert line.endswith("| 0.75× | 0.75× | 0.80× |")   # against flash's 4000, the copy, contiguous
+
+
+def test_varlen_rows_run_packed_against_nested_sdpa_and_count_each_sequence():
+    """A varlen row's FLOPs sum its sequences' visible pairs; its implementations are
+    attention_varlen (ours: a failure fails the run) and SDPA on nested tensors (with torch);
+    its check compares sampled packed rows."""
+    from flashcore_cupy.shapes import bench_shapes
+
+    row = {s.name: s for s in bench_shapes()}["varlen-16seq-32k-h16-d128-causal"]
+    assert row.unsupported() is None and row.kind == "varlen"
+    pairs = sum(n * (n + 1) // 2 for n in row.seqlens)
+    assert row.flops == 2.0 * 16 * pairs * 256
+    assert set(bench.varlen_impls(row, None)) == {"flashcore_varlen"} and "flashcore_varlen" in bench.OURS
+    picked, want = np.array([0, 3]), np.ones((2, 2, 4))
+    out = np.ones((5, 2, 4))
+    assert bench._varlen_errors(out, (picked, want)) == (0.0, 0.0)
+    out[3, 1, 2] = 2.0
+    assert bench._varlen_errors(out, (picked, want))[1] > 0.3

@@ -20,6 +20,12 @@ def test_run_rejects_unknown_shapes():
     assert result.exit_code == 2 and "B,H,S,D" in result.output
 
 
+def test_run_sends_paged_and_varlen_rows_to_bench():
+    for name in ("paged16-decode-b8-h32kv8-s8k-d128", "varlen-16seq-32k-h16-d128-causal"):
+        result = CliRunner().invoke(cli.main, ["run", "--shape", name])
+        assert result.exit_code == 2 and "`bench --shape" in result.output, result.output
+
+
 def test_check_compiles_and_prints_a_table():
     result = CliRunner().invoke(cli.main, ["check", "--arch", "sm_86"])
     assert result.exit_code == 0, result.output
