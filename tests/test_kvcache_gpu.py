@@ -101,7 +101,7 @@ def test_kvcache_matches_reference_and_appends(rng, dtype, page_size, sq, n_new,
 
 @pytest.mark.parametrize("opts", [dict(window=(50, 0), causal=True), dict(softcap=4.0, alibi_slopes="per_batch"),
                                   dict(window=(30, 2))], ids=str)
-@pytest.mark.parametrize("d, hq, hkv", [(128, 8, 1), (64, 6, 6)])
+@pytest.mark.parametrize("d, hq, hkv", [(128, 8, 1), (64, 6, 6), (256, 4, 2), (96, 2, 1)])
 def test_kvcache_variants_and_gqa(rng, opts, d, hq, hkv):
     import cupy
 

@@ -33,7 +33,7 @@ VARIANTS = [dict(), dict(causal=True), dict(causal=True, window=(37, 0)), dict(w
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("d", [64, 128])
+@pytest.mark.parametrize("d", [64, 128, 256])
 @pytest.mark.parametrize("opts", VARIANTS, ids=str)
 def test_varlen_matches_reference(rng, dtype, d, opts):
     """Ragged sequences (one empty, one with no keys, one past a tile), GQA 4:2, the LSE
