@@ -134,7 +134,7 @@ class _Plan:
     @staticmethod
     def _cache_fields(layout: CacheLayout, n_new: int) -> dict:
         return dict(new_keys=n_new, page_size=layout.page_size if layout.paged else 1,
-                    num_pages=layout.num_pages if layout.paged else 0, bt_sb=layout.pages_per_seq if layout.paged else 0)
+                    num_pages=layout.num_pages if layout.paged else 0, bt_sb=layout.table_stride)
 
     def run(self, q, k_cache, v_cache, out, lse, arrays: dict, stream) -> None:
         ptr = lambda name: 0 if arrays[name] is None else arrays[name].data.ptr   # noqa: E731

@@ -385,12 +385,14 @@ def check_varlen(q: TensorSpec, k: TensorSpec, v: TensorSpec, cu_seqlens_q: Tens
 
 @dataclass(frozen=True)
 class CacheLayout:
-    """A KV cache's layout: paged (num_pages pages of page_size keys, block_table (B, pages_per_seq))
-    or contiguous (page_size = S_max, one page a sequence); capacity: the keys a sequence holds."""
+    """A KV cache's layout: paged (num_pages pages of page_size keys, block_table (B, pages_per_seq)
+    with rows table_stride elements apart) or contiguous (page_size = S_max, one page a sequence);
+    capacity: the keys a sequence holds."""
     paged: bool
     page_size: int
     num_pages: int
     pages_per_seq: int
+    table_stride: int = 0
 
     @property
     def capacity(self) -> int:
@@ -438,7 +440,7 @@ def check_kvcache(q: TensorSpec, k_cache: TensorSpec, v_cache: TensorSpec, cache
             if pages > 1 and t.strides[0] != page_size * t.strides[1]:
                 raise ValueError(f"{t.name} must hold its pages' slots back to back (page stride = page_size x "
                                  f"slot stride), got strides {t.strides} (elements)")
-        layout = CacheLayout(True, page_size, pages, block_table.shape[1])
+        layout = CacheLayout(True, page_size, pages, block_table.shape[1], block_table.strides[0] if batch > 1 else 0)
     check_index_array(cache_seqlens, (batch,), q.device, "the keys already in each sequence's cache")
     n_new = 0
     if (k_new is None) != (v_new is None):

@@ -79,7 +79,9 @@ def test_kvcache_layouts_and_problem():
     assert (p.batch, p.heads_q, p.heads_kv, p.seqlen_q, p.seqlen_k) == (4, 32, 8, 1, 2048)
     assert p.k_strides == (2048 * 8 * 128, 128, 8 * 128)   # (batch, head, position)
     p, layout, _ = kvcache(paged=(300, 16, 40), sq=4, causal=True)
-    assert layout.paged and (layout.page_size, layout.num_pages, layout.capacity) == (16, 300, 640)
+    assert layout.paged and (layout.page_size, layout.num_pages, layout.capacity, layout.table_stride) == (16, 300, 640, 40)
+    sliced = kvcache(paged=(300, 16, 40), block_table=spec("block_table", (4, 40), I32, strides=(64, 1)))[1]
+    assert sliced.table_stride == 64   # a view of a wider table: its rows' stride, not its width
     assert p.seqlen_k == 640 and p.k_strides == (16 * 8 * 128, 128, 8 * 128) and p.causal   # (page, head, slot)
     assert kvcache(n_new=0, k_new=spec("k_new", (4, 0, 8, 128)), v_new=spec("v_new", (4, 0, 8, 128)))[2] == 0
 

@@ -116,6 +116,19 @@ def test_kvcache_variants_and_gqa(rng, opts, d, hq, hkv):
         _check_lse(lse, want_lse, f"{opts} splits {splits}")
 
 
+def test_a_block_table_view_is_read_at_its_row_stride(rng):
+    """block_table as columns of a wider table (its rows further apart than its width)."""
+    import cupy
+
+    case = Case(rng, "fp16", page_size=16, sq=2, n_new=1)
+    wide = cupy.full((case.table.shape[0], case.table.shape[1] + 5), -7, np.int32)
+    wide[:, :case.table.shape[1]] = cupy.asarray(case.table)
+    case.dev["block_table"] = wide[:, :case.table.shape[1]]
+    assert not case.dev["block_table"].flags.c_contiguous
+    want = case.reference(causal=True)[0]
+    _check(case.run(causal=True), want, "fp16", "a block table view")
+
+
 def test_a_decode_step_is_captured_in_a_cuda_graph(rng):
     """A split decode step with an append, out= given, warmed up on the capturing stream (its
     first call there allocates the split workspace): replayed on new queries, new keys and new
