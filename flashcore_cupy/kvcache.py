@@ -105,9 +105,9 @@ class _Plan:
         if layout.paged and layout.page_size % config.block_n == 0:   # every key tile in one page
             config = dataclasses.replace(config, seq="paged_tiles")
         m_blocks = math.ceil(rows / config.block_m)
-        per_sm = 4 if config.warps == 1 else 2   # a decode tile's CTAs are small: 2-3 share an SM
         self.splits = num_splits or choose_splits(m_blocks * (p.heads_q // pack) * p.batch,
-                                                  math.ceil(layout.capacity / config.block_n), dev.num_sms, per_sm)
+                                                  math.ceil(layout.capacity / config.block_n),
+                                                  dev.num_sms * resident_ctas(config, dev.arch))
         b, sq, hq, d = p.batch, p.seqlen_q, p.heads_q, p.head_dim
         if self.splits > 1:   # partials (split, B, Sq, Hq, D) and (split, B, Sq, Hq): merge_states' rows
             o_strides, lse_strides = (sq * hq * d, d, hq * d), (sq * hq, 1, hq)
@@ -171,12 +171,32 @@ def _bhs(a) -> tuple[int, int, int]:
     return st[0], st[2], st[1]
 
 
-def choose_splits(ctas: int, key_tiles: int, num_sms: int, per_sm: int = 2) -> int:
-    """Split-KV's key ranges per (query tile, head, batch): enough for about per_sm CTAs an SM
-    where the grid is smaller, each range at least two key tiles, at most MAX_SPLITS."""
-    if ctas >= per_sm * num_sms:
+def choose_splits(ctas: int, key_tiles: int, slots: int) -> int:
+    """Split-KV's key ranges per (query tile, head, batch), for a grid of `ctas` on a GPU that
+    runs `slots` such CTAs at once: the fewest splits whose waves are within 90 % of the best
+    filled (flash_attn's rule: a last wave that leaves most slots idle costs as much as a full
+    one), each range at least two key tiles, at most MAX_SPLITS. A grid of a wave or more takes
+    one."""
+    if ctas >= slots:
         return 1
-    return max(1, min(-(-per_sm * num_sms // ctas), key_tiles // 2, MAX_SPLITS))
+    top = max(1, min(key_tiles // 2, MAX_SPLITS))
+
+    def filled(n: int) -> float:
+        total = ctas * n
+        return total / (-(-total // slots) * slots)
+
+    best = max(filled(n) for n in range(1, top + 1))
+    return next(n for n in range(1, top + 1) if filled(n) >= 0.9 * best)
+
+
+def resident_ctas(config, arch: str) -> int:
+    """CTAs of `config` an SM holds at once: by shared memory (1 KB a CTA reserved) and by
+    registers at the kernels' bound of 255 a thread."""
+    from .configs import SMEM_LIMIT
+
+    by_smem = (SMEM_LIMIT[arch] + 1024) // (config.smem_bytes + 1024)
+    by_regs = 65536 // (256 * config.threads)
+    return max(1, min(by_smem, by_regs, 32))
 
 
 _plans: dict[tuple, _Plan] = {}

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from flashcore_cupy import configs, launch, metadata, params
-from flashcore_cupy.kvcache import MAX_SPLITS, choose_splits
+from flashcore_cupy.kvcache import choose_splits, resident_ctas
 from flashcore_cupy.validation import TensorSpec, check_kvcache, check_varlen
 
 F16, I32, F32 = np.dtype(np.float16), np.dtype(np.int32), np.dtype(np.float32)
@@ -136,13 +136,16 @@ def test_configs_of_the_inference_kernels():
     assert configs.AppendConfig(False).grid(10 ** 7, 132) == (8 * 132, 1, 1)
 
 
-def test_split_choice_fills_the_sms_and_keeps_ranges_of_two_tiles():
-    assert choose_splits(ctas=264, key_tiles=1000, num_sms=132) == 1    # two CTAs an SM already
-    assert choose_splits(ctas=132, key_tiles=1000, num_sms=132, per_sm=4) == 4
-    assert choose_splits(ctas=8, key_tiles=128, num_sms=132) == 33      # two CTAs an SM
-    assert choose_splits(ctas=1, key_tiles=2048, num_sms=132) == MAX_SPLITS
-    assert choose_splits(ctas=8, key_tiles=6, num_sms=132) == 3         # at least two key tiles each
-    assert choose_splits(ctas=8, key_tiles=1, num_sms=132) == 1
+def test_split_choice_fills_whole_waves_and_keeps_ranges_of_two_tiles():
+    assert choose_splits(ctas=264, key_tiles=1000, slots=264) == 1      # a full wave already
+    assert choose_splits(ctas=64, key_tiles=128, slots=264) == 4        # 256 of 264 slots, not 2.2 waves
+    assert choose_splits(ctas=8, key_tiles=2048, slots=264) == 30       # 240 of 264: the fewest within 90 %
+    assert choose_splits(ctas=1, key_tiles=4096, slots=264) == 116      # within 90 % of the cap's 128
+    assert choose_splits(ctas=8, key_tiles=6, slots=264) == 3           # at least two key tiles each
+    assert choose_splits(ctas=8, key_tiles=1, slots=264) == 1
+    decode = configs.seq_config(configs.Sm80FwdConfig("fp16", 128, 4, 2, 64, 2), "cache", rows=4)
+    assert resident_ctas(decode, "sm_90a") == 2      # 109 KB of shared memory each
+    assert resident_ctas(configs.Sm80FwdConfig("fp16", 64, 4, 1, 64, 2, seq="cache"), "sm_90a") == 2   # registers
 
 
 class Host:
