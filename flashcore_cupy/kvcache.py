@@ -24,7 +24,7 @@ from .configs import AppendConfig, MergeConfig, choose_sm80_config, seq_config
 from .launch import (AppendLaunch, MergeLaunch, Sm80SeqLaunch, problem_scalars, sequence_scalars,
                      variant_scalars)
 from .params import stride_values
-from .validation import CacheLayout, Problem, check_kvcache, check_out
+from .validation import CacheLayout, Problem, check_kvcache, check_out, layout_strides
 
 MAX_SPLITS = 128
 _lock = threading.Lock()
@@ -78,8 +78,8 @@ def attention_kvcache(q: Any, k_cache: Any, v_cache: Any, *, cache_seqlens: Any,
             metadata.check_cache(arrays["cache_seqlens"], arrays["block_table"], layout.num_pages,
                                  layout.page_size, layout.capacity, n_new)
         stream = cupy.cuda.get_current_stream()
-        new_strides = {} if not n_new else {**stride_values("kn", _bhs(arrays["k_new"])),
-                                            **stride_values("vn", _bhs(arrays["v_new"]))}
+        new_strides = {} if not n_new else {**stride_values("kn", layout_strides(specs["k_new"], "bshd")),
+                                            **stride_values("vn", layout_strides(specs["v_new"], "bshd"))}
         plan = _plan(problem, layout, n_new, int(num_splits), tuple(sorted(new_strides.items())))
         out = cupy.empty(q.shape, q.dtype) if out is None else out
         lse = cupy.empty((problem.batch, problem.heads_q, problem.seqlen_q), np.float32) if return_lse else None
@@ -163,12 +163,6 @@ class _Plan:
                 found = self.workspaces.setdefault(stream.ptr, (cupy.empty((self.splits, b, sq, hq, d), np.float32),
                                                                 cupy.empty((self.splits, b, sq, hq), np.float32)))
         return found
-
-
-def _bhs(a) -> tuple[int, int, int]:
-    """A bshd array's (batch, head, seq) element strides."""
-    st = [s // a.itemsize for s in a.strides]
-    return st[0], st[2], st[1]
 
 
 def choose_splits(ctas: int, key_tiles: int, slots: int) -> int:

@@ -326,10 +326,9 @@ class StepLaunch:
 
 @dataclass(frozen=True, eq=False)
 class FieldLaunch:
-    """A launch whose whole parameter block (SCHEMA) is packed per call from its scalars and the
-    call's addresses by field name (POINTERS; absent: 0): the inference ops' launches, whose host
-    time is not yet what they are measured by. The block is the config's threads and shared
-    memory on `grid`."""
+    """A launch whose parameter block (SCHEMA) holds its scalars, packed once, and the call's
+    addresses by field name (POINTERS; absent: 0), packed per call: the inference ops'
+    launches. The block is the config's threads and shared memory on `grid`."""
     config: Sm80FwdConfig | AppendConfig
     function: int            # CUfunction, compiled for the device
     grid: tuple[int, int, int]
@@ -343,13 +342,17 @@ class FieldLaunch:
         missing = set(self.SCHEMA.names) - set(self.scalars) - set(self.POINTERS)
         if missing:
             raise KeyError(f"{type(self).__name__}: no value for {sorted(missing)}")
-        object.__setattr__(self, "_block", ParamBlock(self.SCHEMA.size))
+        block = ParamBlock(self.SCHEMA.size)
+        self.SCHEMA.struct.pack_into(block.data, 0, *self.SCHEMA.values(
+            {**dict.fromkeys(self.POINTERS, 0), **self.scalars}))
+        object.__setattr__(self, "_block", block)
+        object.__setattr__(self, "_pointer_packers", tuple((n, *self.SCHEMA.run(n, n)) for n in self.POINTERS))
 
     def start(self, pointers: dict[str, int], stream: int) -> None:
         """cuLaunchKernel on `stream` (a handle) with the arrays' addresses by field name."""
-        values = {**dict.fromkeys(self.POINTERS, 0), **self.scalars, **pointers}
         with self._lock:
-            self.SCHEMA.struct.pack_into(self._block.data, 0, *self.SCHEMA.values(values))
+            for name, offset, packer in self._pointer_packers:
+                packer.pack_into(self._block.data, offset, pointers.get(name, 0))
             _cu_launch(self.function, *self.grid, self.config.threads, 1, 1, self.config.smem_bytes, stream,
                        self._block.argv, 0)
 
