@@ -75,6 +75,8 @@ _SEQ_EXPRESSIONS = {"dense": "fc::Dense", "varlen": "fc::Varlen",
                     "cache": "fc::KvCache<fc::kCacheContiguous>", "paged": "fc::KvCache<fc::kCachePageRows>",
                     "paged_tiles": "fc::KvCache<fc::kCachePageTiles>"}
 CACHE_KINDS = ("cache", "paged", "paged_tiles")
+# The Hopper kernel's: a paged cache there is always loaded by TMA boxes of whole pages (or tiles).
+SM90_SEQ_KINDS = ("dense", "cache", "paged_tiles")
 
 
 @dataclass(frozen=True)
@@ -367,13 +369,22 @@ class Sm90FwdConfig:
     producers: int = 1    # TMA-issuing threads: 1 (Q, K and V) or 2 (Q and K; V)
     warp_rows: int = 16   # query rows per warp's 16-row GEMM slice: 8 halves split tiles to 32 rows
     variant: KernelVariant = PLAIN
+    seq: str = "dense"    # "dense", or a plain KV cache: "cache" | "paged_tiles" (SM90_SEQ_KINDS)
 
     kernel_file = "flash_fwd_sm90.cu"
     arch = "sm_90a"
 
+    def __post_init__(self):
+        if self.seq not in SM90_SEQ_KINDS:
+            raise ValueError(f"seq must be one of {SM90_SEQ_KINDS}, got {self.seq!r}")
+        if self.seq != "dense" and not (self.split and self.warp_rows == 16 and self.variant.plain):
+            raise ValueError("a Hopper KV-cache config has split tiles of 16-row warps and no variant")
+
     @property
     def name_expression(self) -> str:
         extra = "" if self.variant.plain else f", {self.variant.expression}"
+        if self.seq != "dense":
+            extra = f", {self.variant.expression}, {_SEQ_EXPRESSIONS[self.seq]}"
         return (f"fc::flash_fwd_sm90<fc::{self.dtype}, {self.head_dim}, {self.block_n}, "
                 f"{self.stages}, {self.consumers}, {'true' if self.pingpong else 'false'}, "
                 f"{'true' if self.split else 'false'}, {self.producers}, {self.warp_rows}{extra}>")
@@ -479,7 +490,8 @@ class Sm90FwdConfig:
         return (f"sm90 {self.dtype} D{self.head_dim} {self.block_m}x{self.block_n} "
                 f"c{self.consumers} s{self.stages}{' pp' if self.pingpong else ''}"
                 f"{' split' if self.split else ''}{' p2' if self.producers == 2 else ''}"
-                f"{' w8' if self.warp_rows == 8 else ''}{'' if self.variant.plain else f' {self.variant}'}")
+                f"{' w8' if self.warp_rows == 8 else ''}{'' if self.variant.plain else f' {self.variant}'}"
+                f"{'' if self.seq == 'dense' else f' {self.seq}'}")
 
 
 # Tile table: arch family -> (largest template head dim, tile) rows, the first row whose
@@ -605,6 +617,12 @@ Sm90Mode = Literal["off", "auto", "force"]
 def sm90_config(dtype: str, head_dim: int, grid: str = "large") -> Sm90FwdConfig:
     hd = next(b for b in SM90_HEAD_DIMS if b >= head_dim)
     return Sm90FwdConfig(dtype, hd, **_SM90_TILES[hd, grid])
+
+
+def sm90_cache_config(dtype: str, head_dim: int, paged: bool) -> Sm90FwdConfig:
+    """The Hopper kernel's tile for a KV-cache decode step: the small grids' split tile (64 rows
+    of the packed GQA group, two consumers splitting the keys), with the cache's sequence policy."""
+    return dataclasses.replace(sm90_config(dtype, head_dim, "small"), seq="paged_tiles" if paged else "cache")
 
 
 SM90_PRODUCER_REGISTERS = 24   # the producer warpgroup's after setmaxnreg (Sm90Tile::kProducerRegs)

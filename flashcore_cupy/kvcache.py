@@ -2,9 +2,10 @@
 values appended in place first (flash_attn's flash_attn_with_kvcache), and split-KV.
 
 The spec is `flashcore_cupy.reference.attention_kvcache`. A call is up to three launches on
-CuPy's current stream: the append (kernels/kvcache_append.cu), the portable forward kernel with
-the KvCache sequence policy (kernels/sequence.cuh), and, where the keys are split, merge_states
-over the splits' float32 partials. No host sync; the partials' workspace is allocated on a
+CuPy's current stream: the append (kernels/kvcache_append.cu), a forward kernel with the KvCache
+sequence policy (kernels/sequence.cuh: the Hopper kernel for a plain decode step on sm_90, see
+sm90_cache_plan, else the portable one), and, where the keys are split, merge_states over the
+splits' float32 partials. No host sync; the partials' workspace is allocated on a
 signature's first call on a stream and reused after it, so with `out=` given a later call
 allocates nothing but its LSE and can be captured in a CUDA graph.
 """
@@ -18,11 +19,12 @@ from typing import Any
 
 import numpy as np
 
-from . import api, metadata
+from . import api, metadata, tma
 from .api import _as_device_array, _spec
-from .configs import AppendConfig, MergeConfig, choose_sm80_config, seq_config
-from .launch import (AppendLaunch, MergeLaunch, Sm80SeqLaunch, problem_scalars, sequence_scalars,
-                     variant_scalars)
+from .configs import (SM90_ARCH, SM90_HEAD_DIMS, AppendConfig, MergeConfig, Sm90FwdConfig, choose_sm80_config,
+                      seq_config, sm90_cache_config)
+from .launch import (AppendLaunch, MergeLaunch, Sm80SeqLaunch, Sm90SeqLaunch, fast_divisor, problem_scalars,
+                     sequence_scalars, sm90_cache_map_specs, sm90_sequence_scalars, variant_scalars)
 from .params import stride_values
 from .validation import CacheLayout, Problem, check_kvcache, check_out, layout_strides
 
@@ -89,39 +91,61 @@ def attention_kvcache(q: Any, k_cache: Any, v_cache: Any, *, cache_seqlens: Any,
 
 class _Plan:
     """One call signature's launches: the append, the attention and (split) the merge, and the
-    split partials' workspace per stream."""
+    split partials' workspace per stream. The attention runs on the Hopper kernel where
+    sm90_cache_plan takes the call, else on the portable one."""
 
     def __init__(self, problem: Problem, layout: CacheLayout, n_new: int, num_splits: int,
                  new_strides: tuple[tuple[str, int], ...]):
         p = problem
         dev = api.device_info(p.device)
-        seq = "paged" if layout.paged else "cache"
-        # GQA: the query heads of a kv head share a tile (rows (query, head)), so K/V stream once
-        # per kv head; ALiBi's slope is per head, so it keeps a head a tile
-        pack = p.heads_q // p.heads_kv if p.variant.alibi is None else 1
-        rows = p.seqlen_q * pack
-        base = choose_sm80_config(dev.arch, p.dtype, p.head_dim, p.batch * p.heads_q // pack, rows, dev.num_sms)
-        config = seq_config(base, seq, p.kernel_variant, rows, dev.arch)
-        if layout.paged and layout.page_size % config.block_n == 0:   # every key tile in one page
-            config = dataclasses.replace(config, seq="paged_tiles")
-        m_blocks = math.ceil(rows / config.block_m)
-        self.splits = num_splits or choose_splits(m_blocks * (p.heads_q // pack) * p.batch,
-                                                  math.ceil(layout.capacity / config.block_n),
-                                                  dev.num_sms * resident_ctas(config, dev.arch))
         b, sq, hq, d = p.batch, p.seqlen_q, p.heads_q, p.head_dim
+        hopper = sm90_cache_plan(p, layout, dev.arch)
+        if hopper is not None:
+            config, pack = hopper
+            m_blocks = 1 if pack > 1 else math.ceil(sq / config.block_m)
+            slots = dev.num_sms   # a CTA takes an SM's registers
+        else:
+            # GQA: the query heads of a kv head share a tile (rows (query, head)), so K/V stream
+            # once per kv head; ALiBi's slope is per head, so it keeps a head a tile
+            pack = p.heads_q // p.heads_kv if p.variant.alibi is None else 1
+            rows = sq * pack
+            base = choose_sm80_config(dev.arch, p.dtype, d, b * hq // pack, rows, dev.num_sms)
+            config = seq_config(base, "paged" if layout.paged else "cache", p.kernel_variant, rows, dev.arch)
+            if layout.paged and layout.page_size % config.block_n == 0:   # every key tile in one page
+                config = dataclasses.replace(config, seq="paged_tiles")
+            m_blocks = math.ceil(rows / config.block_m)
+            slots = dev.num_sms * resident_ctas(config, dev.arch)
+        tiles = m_blocks * (hq // pack) * b
+        self.config = config
+        self.splits = num_splits or choose_splits(tiles, math.ceil(layout.capacity / config.block_n), slots)
         if self.splits > 1:   # partials (split, B, Sq, Hq, D) and (split, B, Sq, Hq): merge_states' rows
             o_strides, lse_strides = (sq * hq * d, d, hq * d), (sq * hq, 1, hq)
             split_fields = dict(o_split=b * sq * hq * d, lse_split=b * sq * hq)
         else:                 # out (B, Sq, Hq, D) C-contiguous, LSE (B, Hq, Sq)
             o_strides, lse_strides = (sq * hq * d, d, hq * d), (hq * sq, sq, 1)
             split_fields = {}
-        strides = {"q": p.q_strides, "k": p.k_strides, "v": p.v_strides, "o": o_strides, "lse": lse_strides}
-        scalars = {n: st for t, ts in strides.items() for n, st in stride_values(t, ts).items()}
         cache = self._cache_fields(layout, n_new)
-        scalars.update(problem_scalars(p), **variant_scalars(p),
-                       **sequence_scalars(splits=self.splits, pack=pack, **split_fields, **cache))
-        self.attention = Sm80SeqLaunch.build(config, p.device, dev.arch, (m_blocks * self.splits, hq // pack, b),
-                                             scalars)
+        if hopper is not None:
+            heads, heads_per_kv = (p.heads_kv, 1) if pack > 1 else (hq, hq // p.heads_kv)
+            scalars = dict(**stride_values("o", o_strides), seqlen_q=sq, seqlen_k=p.seqlen_k, head_dim=d,
+                           scale_log2=p.scale * math.log2(math.e), causal=int(p.causal and pack == 1), heads=heads,
+                           batch=b, m_blocks=m_blocks, group=1, tail_start=tiles, n_items=tiles * self.splits,
+                           pack=pack, by_group_tiles=fast_divisor(m_blocks), by_group=fast_divisor(1),
+                           by_heads=fast_divisor(heads), by_heads_per_kv=fast_divisor(heads_per_kv),
+                           **variant_scalars(p),
+                           **sm90_sequence_scalars(**cache, by_page_size=fast_divisor(cache["page_size"]),
+                                                   **stride_values("lse", lse_strides), splits=self.splits,
+                                                   **split_fields))
+            specs = sm90_cache_map_specs(p, layout.paged, layout.num_pages, layout.page_size, config, pack)
+            self.attention = Sm90SeqLaunch.build_seq(config, p.device, dev.arch, (tiles * self.splits, 1, 1), scalars,
+                                                     specs)
+        else:
+            strides = {"q": p.q_strides, "k": p.k_strides, "v": p.v_strides, "o": o_strides, "lse": lse_strides}
+            scalars = {n: st for t, ts in strides.items() for n, st in stride_values(t, ts).items()}
+            scalars.update(problem_scalars(p), **variant_scalars(p),
+                           **sequence_scalars(splits=self.splits, pack=pack, **split_fields, **cache))
+            self.attention = Sm80SeqLaunch.build(config, p.device, dev.arch, (m_blocks * self.splits, hq // pack, b),
+                                                 scalars)
         self.append = None
         if n_new:
             append = dict(**cache, seqlen_k=layout.capacity, batch=b, heads_kv=p.heads_kv, head_dim=d,
@@ -163,6 +187,26 @@ class _Plan:
                 found = self.workspaces.setdefault(stream.ptr, (cupy.empty((self.splits, b, sq, hq, d), np.float32),
                                                                 cupy.empty((self.splits, b, sq, hq), np.float32)))
         return found
+
+
+def sm90_cache_plan(p: Problem, layout: CacheLayout, arch: str) -> tuple[Sm90FwdConfig, int] | None:
+    """The Hopper kernel's config and GQA pack (query heads a tile's rows) for a KV-cache call, or
+    None where it does not take it: sm_90 only, a plain problem (causal at most) of head dim up
+    to 128, one query a sequence (decode; its GQA group of up to 64 heads packed into a tile's
+    rows), a paged cache whose pages are TMA boxes that tile the key tiles (a multiple of 8 keys
+    that divides block_n or that block_n divides), and maps the driver takes."""
+    if arch != SM90_ARCH or not p.kernel_variant.plain or p.head_dim > SM90_HEAD_DIMS[-1] or p.seqlen_q != 1:
+        return None
+    config = sm90_cache_config(p.dtype, p.head_dim, layout.paged)
+    size, block_n = layout.page_size, config.block_n
+    if layout.paged and (size % 8 or (size % block_n and block_n % size)):
+        return None
+    group = p.heads_q // p.heads_kv
+    pack = group if group <= 64 else 1
+    specs = sm90_cache_map_specs(p, layout.paged, layout.num_pages, size, config, pack)
+    if any(tma.unsupported_reason(spec) for spec in specs):
+        return None
+    return config, pack
 
 
 def choose_splits(ctas: int, key_tiles: int, slots: int) -> int:

@@ -478,7 +478,7 @@ class Sm90FwdLaunch(_Launch):
                        tail_start=plan.tail_start, n_items=plan.items, pack=pack,
                        by_group_tiles=fast_divisor(plan.group * m_blocks), by_group=fast_divisor(plan.group),
                        by_heads=fast_divisor(heads), by_heads_per_kv=fast_divisor(heads_per_kv),
-                       **variant_scalars(p))
+                       **variant_scalars(p), **sm90_sequence_scalars())
         if not config.variant.plain:
             cls = Sm90VariantLaunch
         return cls(config, loader.get_function(config, p.device, arch, defines), p.device, plan.grid, p.out_shape,
@@ -539,6 +539,47 @@ class Sm90VariantLaunch(Sm90FwdLaunch):
             _cu_launch(*self._dims, stream, block.argv, 0)
 
 
+def sm90_sequence_scalars(**given) -> dict:
+    """params.FWD_SM90's KV-cache and split-KV fields of a dense call (no cache, one split), with
+    `given` in their place."""
+    fields = dict.fromkeys(("seqused_k", "block_table", "bt_sb", "new_keys", "num_pages", "lse_sb", "lse_sh",
+                            "lse_ss", "o_accum", "lse_accum", "o_split", "lse_split"), 0)
+    return {**fields, "page_size": 1, "by_page_size": fast_divisor(1), "splits": 1, **given}
+
+
+@dataclass(frozen=True, eq=False)
+class Sm90SeqLaunch(Sm90FwdLaunch):
+    """The Hopper forward on a KV-cache call (an Sm90FwdConfig whose seq is not "dense"): the
+    maps encoded per (q, k, v) addresses as Sm90FwdLaunch's, the call's other addresses packed
+    per call by field name (POINTERS; absent: 0)."""
+    POINTERS: ClassVar[tuple[str, ...]] = ("o", "lse", "seqused_k", "block_table", "o_accum", "lse_accum")
+
+    @classmethod
+    def build_seq(cls, config: Sm90FwdConfig, device: int, arch: str, grid: tuple[int, int, int], scalars: dict,
+                  specs: tuple[tma.MapSpec, ...]) -> "Sm90SeqLaunch":
+        missing = set(params.FWD_SM90.names[3:]) - set(scalars) - set(cls.POINTERS) - {"alibi", "bias"}
+        if missing:
+            raise KeyError(f"{cls.__name__}: no value for {sorted(missing)}")
+        return cls(config, loader.get_function(config, device, arch), device, grid, (0, 0, 0, 0), None,
+                   {**dict.fromkeys(cls.POINTERS, 0), **scalars}, specs)
+
+    @functools.cached_property
+    def _packers(self) -> tuple:
+        return tuple((n, *params.FWD_SM90.run(n, n)) for n in self.POINTERS)
+
+    def start(self, pointers: dict[str, int], stream: int) -> None:
+        """cuLaunchKernel on `stream` (a handle) with the arrays' addresses by field name (q, k
+        and v through their maps)."""
+        with self._lock:
+            qkv = (pointers["q"], pointers["k"], pointers["v"])
+            block = self._blocks.get(qkv)
+            if block is None:
+                block = self._new_block(qkv)
+            for name, offset, packer in self._packers:
+                packer.pack_into(block.data, offset, pointers.get(name, 0))
+            _cu_launch(*self._dims, stream, block.argv, 0)
+
+
 def fast_divisor(d: int) -> tuple[int, int]:
     """(mul, shr) for the kernel's FastDiv: n // d == (n * mul >> 32) >> shr for every
     0 <= n < 2**31 (Granlund & Montgomery, with the shift rounded up); mul = 0 for d = 1."""
@@ -568,6 +609,20 @@ def sm90_map_specs(p: Problem, config: Sm90FwdConfig) -> tuple[tma.MapSpec, ...]
     return (tma.map_spec(q_shape, p.q_strides, 2, *q_box),
             tma.map_spec(kv_shape, p.k_strides, 2, config.block_n),
             tma.map_spec(kv_shape, p.v_strides, 2, config.block_n))
+
+
+def sm90_cache_map_specs(p: Problem, paged: bool, num_pages: int, page_size: int, config: Sm90FwdConfig,
+                         pack: int) -> tuple[tma.MapSpec, ...]:
+    """Tensor-map geometry of a KV-cache call's q, k and v (p in bshd terms, seqlen_k the cache's
+    capacity): Q as sm90_map_specs's; a contiguous cache's K/V boxes one key tile of a sequence's
+    room, a paged one's a page of the pool (the map's "batch" is the page), or a tile in one."""
+    q_box = (1, config.block_m) if pack > 1 else (config.q_box_rows, 1)
+    if paged:
+        kv_shape, rows = (num_pages, p.heads_kv, page_size, p.head_dim), min(page_size, config.block_n)
+    else:
+        kv_shape, rows = (p.batch, p.heads_kv, p.seqlen_k, p.head_dim), config.block_n
+    return (tma.map_spec((p.batch, p.heads_q, p.seqlen_q, p.head_dim), p.q_strides, 2, *q_box),
+            tma.map_spec(kv_shape, p.k_strides, 2, rows), tma.map_spec(kv_shape, p.v_strides, 2, rows))
 
 
 def sm90_blocker(p: Problem, arch: str) -> str | None:

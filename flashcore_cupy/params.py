@@ -140,6 +140,14 @@ def _sequence_fields() -> list[Field]:
         *_paged_fields(),
         Field("pack", "int", "KV cache: query heads packed into a tile's rows (GQA; row r: query r / pack "
                              "of head blockIdx.y * pack + r % pack); 1: none"),
+        *_split_fields(),
+    ]
+
+
+def _split_fields() -> list[Field]:
+    """Split-KV's partials (kernels/split_kv.cuh reads them by these names, in either forward
+    kernel's params)."""
+    return [
         Field("splits", "int", "split-KV: key ranges a (query tile, head, batch); 1: none"),
         Field("o_accum", "float*", "split-KV: float32 partial outputs, at o's strides + split * o_split; "
                                    "null: out written directly"),
@@ -181,6 +189,11 @@ FWD_SM90 = Schema("Sm90Params", [
     Field("by_group_tiles", "FastDiv", "n / (group * m_blocks)"), Field("by_group", "FastDiv"),
     Field("by_heads", "FastDiv"), Field("by_heads_per_kv", "FastDiv"),
     *_variant_fields(),
+    # a KV cache (kernels/sequence.cuh): seqlen_k is the keys a sequence can hold
+    *_paged_fields(),
+    Field("by_page_size", "FastDiv", "paged: key / page_size"),
+    *_strides("lse", "split-KV: (batch, head, row) strides of the partial LSE, elements"),
+    *_split_fields(),
 ], "The Hopper forward kernel's one argument (flash_fwd_sm90), __grid_constant__.")
 
 def _bwd_gradients() -> list[Field]:

@@ -272,12 +272,17 @@ _SEQUENCE_VARIANTS = (configs.PLAIN, configs.KernelVariant(window=True),
                       configs.KernelVariant(window=True, softcap=True, alibi=True))
 
 
-def sequence_configs(arch: str, dtypes: tuple[str, ...] = configs.DTYPES) -> list[configs.Sm80FwdConfig]:
+def sequence_configs(arch: str, dtypes: tuple[str, ...] = configs.DTYPES) -> list[configs.Sm80FwdConfig | configs.Sm90FwdConfig]:
     """The varlen and KV-cache instantiations (configs.seq_config, decode tiles included) of every
-    portable config the tables give on `arch`, for the variants that bound the rest."""
+    portable config the tables give on `arch`, for the variants that bound the rest; on sm_90a
+    the Hopper kernel's KV-cache tiles (configs.sm90_cache_config) too."""
     base = {c for c in configs.all_configs(arch) if isinstance(c, configs.Sm80FwdConfig) and c.dtype in dtypes}
-    return sorted({configs.seq_config(c, seq, v, rows, arch) for c in base for seq in configs.SEQ_KINDS[1:]
-                   for v in _SEQUENCE_VARIANTS for rows in (None, configs.DECODE_ROWS)}, key=str)
+    found = {configs.seq_config(c, seq, v, rows, arch) for c in base for seq in configs.SEQ_KINDS[1:]
+             for v in _SEQUENCE_VARIANTS for rows in (None, configs.DECODE_ROWS)}
+    if arch == configs.SM90_ARCH:
+        found |= {configs.sm90_cache_config(dt, hd, paged) for dt in dtypes for hd in configs.SM90_HEAD_DIMS
+                  for paged in (False, True)}
+    return sorted(found, key=str)
 
 
 def save_entries(path: Path, table_key: str, entries: dict) -> None:

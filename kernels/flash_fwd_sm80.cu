@@ -42,6 +42,7 @@
 #include "softmax.cuh"
 #include "variant.cuh"
 #include "sequence.cuh"
+#include "split_kv.cuh"
 // FwdParams, the one by-value argument (one is far cheaper to pass than 23), declared in
 // flashcore_cupy/params.py, which launch.py packs it from.
 #include "params_sm80.cuh"
@@ -229,40 +230,6 @@ __device__ __forceinline__ void pv_gemm(float (&o)[M_TILES][Tile::kDTiles][4],
 }
 
 
-// Split-KV's epilogue: a split's O / l and LSE, float32, at o_accum / lse_accum (o's and lse's
-// strides, then split * o_split / lse_split) for tile rows first_row + 16 mt + lane / 4 + 8 half
-// (below `rows`; GQA-packed as packed_row(row, pack, head) says); a split that saw no key of a
-// row writes 0 and -inf (merge_states does not read it).
-template <class Tile, int M_TILES>
-__device__ __forceinline__ void write_partials(const FwdParams& p, const float (&o_acc)[M_TILES][Tile::kDTiles][4],
-                                               const float (&m)[M_TILES][2], const float (&l)[M_TILES][2],
-                                               int split, int batch, int head, int first_row, int rows, int pack,
-                                               int lane) {
-    float* o_batch = p.o_accum + split * p.o_split + batch * p.o_sb;
-    #pragma unroll
-    for (int mt = 0; mt < M_TILES; ++mt)
-        #pragma unroll
-        for (int half = 0; half < 2; ++half) {
-            const float l_row = quad_sum(l[mt][half]);
-            const float inv_l = l_row > 0.f ? 1.f / l_row : 0.f;
-            const int row = first_row + mt * 16 + lane / 4 + 8 * half;
-            if (row >= rows) continue;
-            const PackedRow at = packed_row(row, pack, head);
-            float* o = o_batch + at.head * p.o_sh + at.query * p.o_ss;
-            #pragma unroll
-            for (int dt = 0; dt < Tile::kDTiles; ++dt) {
-                const int col = dt * 8 + 2 * (lane % 4);
-                if (col < p.head_dim)
-                    *reinterpret_cast<float2*>(o + col) =
-                        make_float2(o_acc[mt][dt][2 * half] * inv_l, o_acc[mt][dt][2 * half + 1] * inv_l);
-            }
-            if (lane % 4 == 0)
-                p.lse_accum[split * p.lse_split + batch * p.lse_sb + at.head * p.lse_sh + at.query * p.lse_ss] =
-                    row_lse(m[mt][half], l_row);
-        }
-}
-
-
 template <class T, int HEAD_DIM, int WARPS, int M_TILES, int BLOCK_N, int STAGES, class V = Plain,
           class S = Dense>
 __global__ void __launch_bounds__(WARPS * 32, 1)
@@ -324,11 +291,7 @@ flash_fwd(const FwdParams p) {
         j_begin = tiles.first;
         n_blocks = tiles.end;
     }
-    if constexpr (S::kCache) {   // split-KV: this split's share of the key tiles
-        const int per_split = (n_blocks - j_begin + p.splits - 1) / p.splits;
-        j_begin += split * per_split;
-        n_blocks = min(n_blocks, j_begin + per_split);
-    }
+    if constexpr (S::kCache) split_share(j_begin, n_blocks, split, p.splits);   // split-KV: this split's share
 
     const LaneAddrs<Tile> addr(sQ, sK, sV, warp_row, lane);
     // K_j and V_j into ring slot j % STAGES, as one commit group.
@@ -432,7 +395,7 @@ flash_fwd(const FwdParams p) {
     cp_async_wait<0>();
     if constexpr (S::kCache) {
         if (p.o_accum != nullptr) {   // split-KV: this split's float32 partials, from the registers
-            write_partials<Tile, M_TILES>(p, o_acc, m, l, split, batch, head, row0 + warp_row, rows, pack, lane);
+            write_partials<Tile::kDTiles, M_TILES>(p, o_acc, m, l, split, batch, head, row0 + warp_row, rows, pack, lane);
             return;
         }
     }

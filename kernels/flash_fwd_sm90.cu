@@ -27,6 +27,14 @@
 // position 0; rows past pack are computed and never stored), so K/V streams once per kv
 // head instead of once per query head.
 //
+// KV cache (S = KvCache<...>, kernels/sequence.cuh; plain decode steps, SPLIT tiles): a work
+// tile's keys are its sequence's (seqused_k + new keys, read per item), its K/V tiles loaded
+// from the cache's room (contiguous) or page by page (TMA boxes of a page, or of a tile in one;
+// the producer's warp looks the pages up). Rows of a tile past its sequence hold what the cache
+// held there: the consumer zeroes V's before P V reads them. Split-KV: item i is split
+// i % splits of its tile, a share of its key tiles, stored as float32 partials (split_kv.cuh)
+// that merge_states combines.
+//
 // SPLIT (small grids: short sequences, decode): a work tile is 64 rows that all
 // consumers share; consumer c takes key tiles c, c + CONSUMERS, ... and the
 // partial (m, l, O) merge into consumer 0's at the end (combine_split), which
@@ -120,7 +128,7 @@ struct Sm90Tile {
 };
 
 template <class T, int HEAD_DIM, int BLOCK_N, int STAGES, int CONSUMERS, bool PINGPONG, bool SPLIT, int PRODUCERS,
-          int WARP_ROWS, class V = Plain>
+          int WARP_ROWS, class V = Plain, class S = Dense>
 __global__ void __launch_bounds__(128 * (CONSUMERS + 1), 1)
 flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
     using Tile = Sm90Tile<HEAD_DIM, BLOCK_N, STAGES, CONSUMERS, PINGPONG, SPLIT, WARP_ROWS>;
@@ -131,6 +139,9 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
     constexpr bool kTurns = PINGPONG;   // consumers take turns issuing their GEMMs
 #endif
     static_assert(PRODUCERS == 1 || PRODUCERS == 2, "PRODUCERS: one thread for Q, K and V, or K's and V's own");
+    // A KV cache's tiles are SPLIT ones (one consumer a K/V tile: it clears the tile's stale rows
+    // alone) of 16-row warps (write_partials' row halves).
+    static_assert(S::kDense || (SPLIT && WARP_ROWS == 16), "KV cache: SPLIT tiles of 16-row warps");
     extern __shared__ __align__(1024) unsigned char smem[];
     const u32 sbase = (smem_addr(smem) + 1023) & ~1023u;   // swizzle atoms need 1024-byte alignment
     const Barriers<STAGES> bar{sbase + Tile::kOffBars};
@@ -154,15 +165,17 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
 
     if (warpgroup == 0) {
         regs_release<Tile::kProducerRegs>(); FC_TRACE(2);
-        if (threadIdx.x == 0) produce<Tile, HEAD_DIM, BLOCK_N, STAGES, true, PRODUCERS == 1, V>(p, sbase, bar);
-        if (PRODUCERS == 2 && threadIdx.x == 32)
-            produce<Tile, HEAD_DIM, BLOCK_N, STAGES, false, true, V>(p, sbase, bar);
+        // one thread each (a paged cache: the thread's warp, see produce)
+        const int producer = S::kPaged || threadIdx.x % 32 == 0 ? threadIdx.x / 32 : -1;
+        if (producer == 0) produce<Tile, HEAD_DIM, BLOCK_N, STAGES, true, PRODUCERS == 1, V, S>(p, sbase, bar);
+        if (PRODUCERS == 2 && producer == 1)
+            produce<Tile, HEAD_DIM, BLOCK_N, STAGES, false, true, V, S>(p, sbase, bar);
         return;
     }
 
     regs_claim<Tile::kConsumerRegs>(); FC_TRACE(3);
     const int consumer = warpgroup - 1, lane = threadIdx.x % 32, warp = (threadIdx.x / 32) % 4;
-    const int seqlen_q = p.seqlen_q, seqlen_k = p.seqlen_k, causal_diag = seqlen_k - seqlen_q;
+    const int seqlen_q = p.seqlen_q;
     // Operand descriptors: Q's rows of this consumer (in each column block), ring slot 0's K and V.
     const u64 q_desc = smem_desc_sw128(sbase + (SPLIT ? 0 : consumer * 64 * 128), 16, 1024);
     const u64 k_desc0 = smem_desc_sw128(sbase + Tile::kOffK, 16, 1024);
@@ -199,8 +212,9 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
 
     int it = 0, n_done = 0;                                   // K/V tiles and work items so far
     for (int i = blockIdx.x; i < p.n_items; i += gridDim.x, ++n_done) {
-        const WorkTile w = work_tile<Tile, BLOCK_N, V>(p, i);
+        const WorkTile w = work_tile<Tile, BLOCK_N, V, S>(p, i);
         const int n_blocks = w.n_blocks;
+        const int seqlen_k = w.seqlen_k, causal_diag = seqlen_k - seqlen_q;
         const bool has_rows = consumer < w.consumers;
 #ifdef FLASHCORE_RECORD_WORK
         if (threadIdx.x == 128 && i < FLASHCORE_RECORD_WORK) {
@@ -215,7 +229,8 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
         // variant's consumers run all of the tile's (window) key tiles, the mask hiding what
         // their own rows do not see.
         const int c_kv_end = FC_KEY_END(seqlen_k, causal_diag, p.causal, c_row0, 4 * WARP_ROWS);
-        const int c_blocks = !has_rows ? 0 : V::kPlain ? min(n_blocks, FC_KEY_TILES(BLOCK_N, c_kv_end)) : n_blocks;
+        const int c_blocks = !has_rows ? 0
+                           : V::kPlain ? min(n_blocks, max(0, FC_KEY_TILES(BLOCK_N, c_kv_end) - w.first)) : n_blocks;
         // The key tiles this consumer multiplies: all of its rows' (its k-th is tile k),
         // or with SPLIT every CONSUMERS-th (its k-th is tile consumer + k * CONSUMERS).
         const int my_blocks = !SPLIT ? c_blocks
@@ -285,6 +300,16 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
         // wgmma of a kernel that waits on one inside a divergent path (C7518).
         mbar_wait(bar.q_full(), n_done & 1); FC_TRACE(4);
         // P_k V_k is done: its V tile goes back to the producer, `a` and O are free.
+        // A KV cache's tile past its sequence's end: V's rows there are whatever the cache held
+        // (the maps span every sequence's room) and a masked P (0) times a NaN is NaN: zero them.
+        auto clear_stale = [&](int k) {
+            if constexpr (S::kCache) {
+                const int from = seqlen_k - (w.first + tile(k)) * BLOCK_N;
+                if (from < BLOCK_N)
+                    clear_tile_rows<HEAD_DIM, BLOCK_N>(sbase + Tile::kOffV + Ring<STAGES>{it + tile(k)}.slot() *
+                                                       Tile::kKVBytes, from, 2 + CONSUMERS + consumer);
+            }
+        };
         auto pv_done = [&](int k) {
             fence_registers(o[0]);
             fence_registers(a);
@@ -307,6 +332,7 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
             const Ring<STAGES> r{it + tile(k)}, prev{it + tile(k - 1)};
             mbar_wait(bar.k_full(r.slot()), r.parity());
             mbar_wait(bar.v_full(prev.slot()), prev.parity()); FC_TRACE(8);
+            clear_stale(k - 1);
             await_turn(); FC_TRACE(20);
             qk_wgmma<T, Tile::kQRows, HEAD_DIM, BLOCK_N>(s[0], q_desc, k_tile(r));
             pv_wgmma<T, HEAD_DIM, BLOCK_N>(o[0], a, v_tile(prev));
@@ -325,6 +351,7 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
         if (my_blocks > 0) {
             const Ring<STAGES> last{it + tile(my_blocks - 1)};
             mbar_wait(bar.v_full(last.slot()), last.parity());
+            clear_stale(my_blocks - 1);
             await_turn();
             pv_wgmma<T, HEAD_DIM, BLOCK_N>(o[0], a, v_tile(last));
             pass_turn(c_blocks == n_blocks);
@@ -353,6 +380,13 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
             combine_split<HEAD_DIM, CONSUMERS, H>(reinterpret_cast<float*>(smem + (sbase - smem_addr(smem)) +
                                                                         Tile::kOffK), consumer, o, m, l); FC_TRACE(13);
         if (!has_rows || (SPLIT && consumer > 0)) continue;
+        if constexpr (S::kCache) {
+            if (p.o_accum != nullptr) {   // split-KV: this split's float32 partials, from the registers
+                write_partials<HEAD_DIM / 8, 1>(p, o, m, l, w.split, w.batch, w.head * p.pack, w_row0,
+                                                seqlen_q * p.pack, p.pack, lane);
+                continue;
+            }
+        }
 
         // Epilogue: O /= l straight from registers (each quad writes 16 contiguous bytes
         // of a row) while the producer already loads the next tile. A row is a position of

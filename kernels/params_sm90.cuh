@@ -47,8 +47,23 @@ struct Sm90Params {
     i64 bias_sb;             // (batch, head, row) strides, elements; 0 broadcasts
     i64 bias_sh;
     i64 bias_ss;
+    const int* seqused_k;    // KV cache: cache_seqlens (B,); a sequence's keys: seqused_k[b] + new_keys
+    const int* block_table;  // paged: (B, bt_cols) page indices; null: a (B, S_max) cache
+    i64 bt_sb;               // block_table's row stride, elements
+    int new_keys;            // keys appended this call (Sn)
+    int page_size;           // paged: keys a page
+    int num_pages;           // paged: pages in the pool
+    FastDiv by_page_size;    // paged: key / page_size
+    i64 lse_sb;              // split-KV: (batch, head, row) strides of the partial LSE, elements
+    i64 lse_sh;
+    i64 lse_ss;
+    int splits;              // split-KV: key ranges a (query tile, head, batch); 1: none
+    float* o_accum;          // split-KV: float32 partial outputs, at o's strides + split * o_split; null: out written directly
+    float* lse_accum;        // split-KV: float32 partial LSE, at lse's strides + split * lse_split
+    i64 o_split;
+    i64 lse_split;
 };
-static_assert(sizeof(Sm90Params) == 640, "Sm90Params: declared in flashcore_cupy/params.py: run scripts/gen_params.py");
+static_assert(sizeof(Sm90Params) == 704, "Sm90Params: declared in flashcore_cupy/params.py: run scripts/gen_params.py");
 static_assert(FC_OFFSETOF(Sm90Params, q) == 0, "Sm90Params::q");
 static_assert(FC_OFFSETOF(Sm90Params, k) == 128, "Sm90Params::k");
 static_assert(FC_OFFSETOF(Sm90Params, v) == 256, "Sm90Params::v");
@@ -85,5 +100,20 @@ static_assert(FC_OFFSETOF(Sm90Params, bias) == 552, "Sm90Params::bias");
 static_assert(FC_OFFSETOF(Sm90Params, bias_sb) == 560, "Sm90Params::bias_sb");
 static_assert(FC_OFFSETOF(Sm90Params, bias_sh) == 568, "Sm90Params::bias_sh");
 static_assert(FC_OFFSETOF(Sm90Params, bias_ss) == 576, "Sm90Params::bias_ss");
+static_assert(FC_OFFSETOF(Sm90Params, seqused_k) == 584, "Sm90Params::seqused_k");
+static_assert(FC_OFFSETOF(Sm90Params, block_table) == 592, "Sm90Params::block_table");
+static_assert(FC_OFFSETOF(Sm90Params, bt_sb) == 600, "Sm90Params::bt_sb");
+static_assert(FC_OFFSETOF(Sm90Params, new_keys) == 608, "Sm90Params::new_keys");
+static_assert(FC_OFFSETOF(Sm90Params, page_size) == 612, "Sm90Params::page_size");
+static_assert(FC_OFFSETOF(Sm90Params, num_pages) == 616, "Sm90Params::num_pages");
+static_assert(FC_OFFSETOF(Sm90Params, by_page_size) == 620, "Sm90Params::by_page_size");
+static_assert(FC_OFFSETOF(Sm90Params, lse_sb) == 632, "Sm90Params::lse_sb");
+static_assert(FC_OFFSETOF(Sm90Params, lse_sh) == 640, "Sm90Params::lse_sh");
+static_assert(FC_OFFSETOF(Sm90Params, lse_ss) == 648, "Sm90Params::lse_ss");
+static_assert(FC_OFFSETOF(Sm90Params, splits) == 656, "Sm90Params::splits");
+static_assert(FC_OFFSETOF(Sm90Params, o_accum) == 664, "Sm90Params::o_accum");
+static_assert(FC_OFFSETOF(Sm90Params, lse_accum) == 672, "Sm90Params::lse_accum");
+static_assert(FC_OFFSETOF(Sm90Params, o_split) == 680, "Sm90Params::o_split");
+static_assert(FC_OFFSETOF(Sm90Params, lse_split) == 688, "Sm90Params::lse_split");
 
 }  // namespace fc

@@ -59,11 +59,15 @@ __device__ __forceinline__ int cache_keys(const P& p, int batch) {
 // written there).
 struct CachePage { int page, slot; };
 template <class P>
-__device__ __forceinline__ CachePage cache_page(const P& p, int batch, int key) {
-    const int n = key / p.page_size;
+__device__ __forceinline__ CachePage table_page(const P& p, int batch, int n, int slot) {   // n = key / page_size
     const int page = p.block_table[batch * p.bt_sb + n];
     if (page < 0 || page >= p.num_pages) return {-1, 0};
-    return {page, key - n * p.page_size};
+    return {page, slot};
+}
+template <class P>
+__device__ __forceinline__ CachePage cache_page(const P& p, int batch, int key) {
+    const int n = key / p.page_size;
+    return table_page(p, batch, n, key - n * p.page_size);
 }
 
 // The element offset of position `key` of cache sequence `batch` (key < p.seqlen_k) for a

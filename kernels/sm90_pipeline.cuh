@@ -20,13 +20,15 @@ struct Barriers {
     __device__ u32 v_empty(int s) const { return base + 8 * (2 + 3 * STAGES + s); }
 };
 
-// A tile of `rows` rows as HEAD_DIM/64 TMA boxes (one per column block), counted on `bar`.
+// A tile of `rows` rows as HEAD_DIM/64 TMA boxes (one per column block), counted on `bar`;
+// or, from tile row `at` (a multiple of 8: the swizzle repeats every 8 rows), the map's box
+// rows of it (a page's: the box is smaller than the tile).
 template <int HEAD_DIM>
 __device__ __forceinline__ void tma_load_tile(u32 dst, const TensorMap& map, u32 bar, int rows,
-                                              int row0, int head, int batch) {
+                                              int row0, int head, int batch, int at = 0) {
     #pragma unroll
     for (int cb = 0; cb < HEAD_DIM / 64; ++cb)
-        tma_load_4d(dst + cb * rows * 128, &map, bar, cb * 64, row0, head, batch);
+        tma_load_4d(dst + (cb * rows + at) * 128, &map, bar, cb * 64, row0, head, batch);
 }
 
 // Ring position of the CTA's it-th K/V tile (counted across work tiles).
@@ -36,6 +38,21 @@ struct Ring {
     __device__ int slot() const { return it % STAGES; }
     __device__ u32 parity() const { return static_cast<u32>((it / STAGES) & 1); }
 };
+
+// Rows [from, ROWS) of a K/V tile set to zero by the 128 threads of a warpgroup, visible to its
+// wgmma reads after (the async proxy) through named barrier `barrier`: a KV cache's rows past a
+// sequence's end, which the cache's map spans with whatever the cache held there. A row is 128
+// bytes in each column block, its 16-byte chunks permuted only among themselves by the swizzle.
+template <int HEAD_DIM, int ROWS>
+__device__ __forceinline__ void clear_tile_rows(u32 tile, int from, int barrier) {
+    constexpr int kChunks = HEAD_DIM / 8;
+    for (int c = max(from, 0) * kChunks + static_cast<int>(threadIdx.x % 128); c < ROWS * kChunks; c += 128) {
+        const u32 at = tile + ((c % kChunks) / 8 * ROWS + c / kChunks) * 128 + (c % 8) * 16;
+        asm volatile("st.shared.v4.u32 [%0], {%1, %1, %1, %1};" :: "r"(at), "r"(0u) : "memory");
+    }
+    fence_async_shared();
+    named_barrier_sync(barrier, 128);
+}
 
 // A k-step's descriptor differs from its tile's only in the start address, bits 0..13
 // (addr >> 4) of the low word, which no offset inside a tile carries out of (shared

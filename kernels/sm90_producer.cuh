@@ -13,24 +13,62 @@ namespace fc {
 // makes each K load wait behind the previous V slot's release, which costs most
 // where the ring is short against the keys (decode: 209 -> 119 us on an H100 with
 // 2) and nothing where it holds them all (the mission kernel: 6.4 against 6.9 us).
-template <class Tile, int HEAD_DIM, int BLOCK_N, int STAGES, bool LOADS_K, bool LOADS_V, class V>
+//
+// A KV cache (S = KvCache<...>): K/V tiles at their sequence's positions (the maps span each
+// sequence's room; a paged cache's map is the pool, one page a "batch" entry). Paged, a tile is
+// the map's boxes of min(page_size, BLOCK_N) rows, each at its page: the producer's whole warp
+// runs this (PAGED_WARP), lane b looking up box b's page, and lane 0 issues the copies. A page
+// index outside the pool, and positions past the sequence, load as zeros (coordinates past the
+// map: TMA's fill).
+template <class Tile, int HEAD_DIM, int BLOCK_N, int STAGES, bool LOADS_K, bool LOADS_V, class V, class S = Dense>
 __device__ __forceinline__ void produce(const Sm90Params& p, u32 sbase, const Barriers<STAGES>& bar) {
-    if (LOADS_K) {
-        prefetch_tensor_map(&p.q);
-        prefetch_tensor_map(&p.k);
+    const int lane = threadIdx.x % 32;
+    const bool issues = !S::kPaged || lane == 0;   // paged: the warp looks up, lane 0 copies
+    if (issues) {
+        if (LOADS_K) {
+            prefetch_tensor_map(&p.q);
+            prefetch_tensor_map(&p.k);
+        }
+        if (LOADS_V) prefetch_tensor_map(&p.v);
     }
-    if (LOADS_V) prefetch_tensor_map(&p.v);
     int it = 0, n_done = 0;
     for (int i = blockIdx.x; i < p.n_items; i += gridDim.x, ++n_done) {
-        const WorkTile w = work_tile<Tile, BLOCK_N, V>(p, i);
+        const WorkTile w = work_tile<Tile, BLOCK_N, V, S>(p, i);
         const int head_kv = p.by_heads_per_kv(w.head);
+        // Paged: the page of box `lane` of key tile j (-1: none), looked up before the copies
+        // wait for their slot; the copies of key tile j into ring slot `dst` of `map`, on `full`.
+        // A box is a page, or a tile in one (its slot: key0 % page_size, 0 for smaller pages).
+        auto lookup = [&](int j) {
+            if constexpr (S::kPaged) {
+                const int box = min(p.page_size, BLOCK_N), key = (w.first + j) * BLOCK_N + lane * box;
+                if (lane * box < BLOCK_N && key < w.seqlen_k) return table_page(p, w.batch, p.by_page_size(key), 0).page;
+            }
+            return -1;
+        };
+        auto load_kv = [&](u32 dst, const TensorMap& map, u32 full, int j, int my_page) {
+            const int key0 = (w.first + j) * BLOCK_N;
+            if constexpr (S::kPaged) {
+                const int box = min(p.page_size, BLOCK_N);   // the map's box rows (host: a multiple of 8)
+                const int slot = key0 - p.by_page_size(key0) * p.page_size;
+                for (int b = 0; b * box < BLOCK_N; ++b) {
+                    const int page = __shfl_sync(0xffffffffu, my_page, b);
+                    if (issues)
+                        tma_load_tile<HEAD_DIM>(dst, map, full, BLOCK_N, slot, head_kv, page < 0 ? p.num_pages : page,
+                                                b * box);
+                }
+            } else {
+                tma_load_tile<HEAD_DIM>(dst, map, full, BLOCK_N, key0, head_kv, w.batch);
+            }
+        };
         if (LOADS_K) {
             if (n_done > 0) mbar_wait(bar.q_empty(), (n_done - 1) & 1);
-            mbar_expect_tx(bar.q_full(), Tile::kQBytes);
-            #pragma unroll
-            for (int box = 0; box < Tile::kBlockM / Tile::kQBoxRows; ++box)   // slice `box`'s first rows
-                tma_load_tile<HEAD_DIM>(sbase + box * 16 * 128, p.q, bar.q_full(), Tile::kQRows,
-                                        w.row0 + box * Tile::kQBoxRows, w.head * p.pack, w.batch); FC_TRACE(18);
+            if (issues) {
+                mbar_expect_tx(bar.q_full(), Tile::kQBytes);
+                #pragma unroll
+                for (int box = 0; box < Tile::kBlockM / Tile::kQBoxRows; ++box)   // slice `box`'s first rows
+                    tma_load_tile<HEAD_DIM>(sbase + box * 16 * 128, p.q, bar.q_full(), Tile::kQRows,
+                                            w.row0 + box * Tile::kQBoxRows, w.head * p.pack, w.batch); FC_TRACE(18);
+            }
         }
         // K runs kKAhead tiles ahead of V: with split keys each consumer's first S needs
         // its own K tile, and with 64 CTAs loading at once (the mission shape) the L2 serves
@@ -39,20 +77,21 @@ __device__ __forceinline__ void produce(const Sm90Params& p, u32 sbase, const Ba
             const int jk = j, jv = j - Tile::kKAhead;
             if (LOADS_K && jk < w.n_blocks) {
                 const Ring<STAGES> r{it + jk};
+                const int page = lookup(jk);
                 if (it + jk >= STAGES) mbar_wait(bar.k_empty(r.slot()), r.parity() ^ 1);
-                mbar_expect_tx(bar.k_full(r.slot()), Tile::kKVBytes);
-                tma_load_tile<HEAD_DIM>(sbase + Tile::kOffK + r.slot() * Tile::kKVBytes, p.k,
-                                        bar.k_full(r.slot()), BLOCK_N, (w.first + jk) * BLOCK_N, head_kv, w.batch);
+                if (issues) mbar_expect_tx(bar.k_full(r.slot()), Tile::kKVBytes);
+                load_kv(sbase + Tile::kOffK + r.slot() * Tile::kKVBytes, p.k, bar.k_full(r.slot()), jk, page);
             }
             if (LOADS_V && jv >= 0) {
                 const Ring<STAGES> r{it + jv};
+                const int page = lookup(jv);
                 if (it + jv >= STAGES) mbar_wait(bar.v_empty(r.slot()), r.parity() ^ 1); FC_TRACE(19);
-                mbar_expect_tx(bar.v_full(r.slot()), Tile::kKVBytes);
-                tma_load_tile<HEAD_DIM>(sbase + Tile::kOffV + r.slot() * Tile::kKVBytes, p.v,
-                                        bar.v_full(r.slot()), BLOCK_N, (w.first + jv) * BLOCK_N, head_kv, w.batch);
+                if (issues) mbar_expect_tx(bar.v_full(r.slot()), Tile::kKVBytes);
+                load_kv(sbase + Tile::kOffV + r.slot() * Tile::kKVBytes, p.v, bar.v_full(r.slot()), jv, page);
             }
         }
         it += w.n_blocks;
+        if (Tile::kSplit) break;   // a CTA a work tile (Sm90Config.schedule): gridDim.x need not stay live
     }
 }
 

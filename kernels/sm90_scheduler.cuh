@@ -5,6 +5,8 @@
 #pragma once
 #include "mask.cuh"
 #include "params_sm90.cuh"
+#include "sequence.cuh"
+#include "split_kv.cuh"
 #include "variant.cuh"
 
 namespace fc {
@@ -24,16 +26,27 @@ namespace fc {
 // SM with one consumer each instead of on a few with all of them. A sub-tile is
 // worked by consumer 0 alone, as are a tile's rows past Sq by nobody.
 // A variant's tiles (V not Plain) run the key tiles of its rows' window: first, first + 1, ...
+// A KV cache's (S = KvCache<...>, plain only) see their own sequence's keys (seqlen_k, read from
+// seqused_k per item), and with split-KV item i is split i % splits of tile i / splits: its share
+// of the tile's key tiles, from first.
 struct WorkTile {
     int row0, head, batch;
     int consumers;           // consumers with rows here (the first ones)
     int n_blocks;            // key tiles of those rows (causal: up to the diagonal)
-    int first = 0;           // the first of them (a variant's window; plain: 0)
+    int first;               // the first of them (a variant's window, a split's share; else 0)
+    int seqlen_k;            // the keys of this tile's sequence (dense: p.seqlen_k)
+    int split;               // split-KV: which share (else 0)
 };
 
-template <class Tile, int BLOCK_N, class V = Plain>
+template <class Tile, int BLOCK_N, class V = Plain, class S = Dense>
 __device__ __forceinline__ WorkTile work_tile(const Sm90Params& p, int i) {
+    static_assert(S::kDense || (S::kCache && V::kPlain), "the Hopper kernel: dense batches, or a plain KV cache");
     constexpr int C = Tile::kConsumers;
+    int split = 0;
+    if constexpr (S::kCache) {
+        split = i % p.splits;
+        i /= p.splits;
+    }
     const bool sub = i >= p.tail_start;   // never with SPLIT (its tiles are 64 rows)
     const int t = sub ? p.tail_start + (i - p.tail_start) / C : i;
     const int g = p.by_group_tiles(t), in_group = t - g * p.group * p.m_blocks;
@@ -42,15 +55,22 @@ __device__ __forceinline__ WorkTile work_tile(const Sm90Params& p, int i) {
     const int row0 = (p.m_blocks - 1 - m_desc) * Tile::kBlockM + (sub ? 64 * ((i - p.tail_start) % C) : 0);
     const int rows = max(0, min(sub ? 64 : Tile::kBlockM, p.seqlen_q - row0));
     const int consumers = Tile::kSplit ? (rows > 0 ? C : 0) : (rows + 63) / 64;
+    const int seqlen_k = S::kCache ? cache_keys(p, batch) : p.seqlen_k;
+    WorkTile w{row0, head_batch - batch * p.heads, batch, consumers, 0, 0, seqlen_k, split};
     if constexpr (!V::kPlain) {
         const TileRange tiles = window_tiles(p, BLOCK_N, row0, rows);
-        return {row0, head_batch - batch * p.heads, batch, consumers, rows > 0 ? tiles.end - tiles.first : 0,
-                rows > 0 ? tiles.first : 0};
+        w.n_blocks = rows > 0 ? tiles.end - tiles.first : 0;
+        w.first = rows > 0 ? tiles.first : 0;
+    } else {
+        const int kv_end = FC_KEY_END(seqlen_k, seqlen_k - p.seqlen_q, p.causal, row0, rows);
+        int end = rows > 0 && kv_end > 0 ? FC_KEY_TILES(BLOCK_N, kv_end) : 0;
+        if constexpr (S::kCache) {
+            split_share(w.first, end, split, p.splits);
+            end = max(end, w.first);
+        }
+        w.n_blocks = end - w.first;
     }
-    const int causal_diag = p.seqlen_k - p.seqlen_q;
-    const int kv_end = FC_KEY_END(p.seqlen_k, causal_diag, p.causal, row0, rows);
-    return {row0, head_batch - batch * p.heads, batch, consumers,
-            rows > 0 && kv_end > 0 ? FC_KEY_TILES(BLOCK_N, kv_end) : 0};
+    return w;
 }
 
 #ifdef FLASHCORE_RECORD_WORK

@@ -194,3 +194,42 @@ def test_sequence_launch_packs_scalars_and_each_calls_addresses(monkeypatch):
     with pytest.raises(KeyError, match="Sm80SeqLaunch: no value for"):
         launch.Sm80SeqLaunch(cfg, 5, (1, 1, 1), {"seqlen_q": 1})
 
+
+
+@pytest.mark.parametrize("paged, sq, window, hopper", [
+    (None, 1, None, "cache"), ((600, 16, 128), 1, None, "paged_tiles"), ((40, 256, 8), 1, None, "paged_tiles"),
+    ((600, 3, 683), 1, None, None),       # pages of 3 keys: no TMA box tiles a key tile
+    ((600, 24, 86), 1, None, None),       # 24 neither divides 128 nor is a multiple of it
+    (None, 4, None, None),                # speculative rows: the portable kernel packs (query, head)s
+    (None, 1, (64, 0), None),             # a variant
+])
+def test_kvcache_plan_takes_the_hopper_kernel_where_it_can(monkeypatch, paged, sq, window, hopper):
+    """On sm_90 a plain decode step runs on the Hopper kernel (its GQA group packed in a tile,
+    split-KV to fill the SMs, the cache's maps over each sequence's room or the page pool); the
+    rest on the portable kernel. The compile is stubbed: the launches' packing runs as on a GPU."""
+    from flashcore_cupy import api, kvcache as kv
+
+    monkeypatch.setattr(launch.loader, "get_function", lambda *a, **k: 1)
+    monkeypatch.setattr(api, "device_info", lambda device: api.DeviceInfo("H200", (9, 0), "sm_90a", 132))
+    p, layout, n_new = kvcache(sq=sq, paged=paged, window=window)
+    plan = kv._Plan(p, layout, n_new, 0, ())
+    if hopper is None:
+        assert isinstance(plan.attention, launch.Sm80SeqLaunch) and plan.config.seq != "dense"
+        return
+    assert isinstance(plan.attention, launch.Sm90SeqLaunch) and plan.config.seq == hopper and plan.config.split
+    s = plan.attention.scalars
+    assert (s["heads"], s["pack"], s["m_blocks"], s["causal"]) == (8, 4, 1, 0)   # B4 x Hkv 8 tiles of 4 heads
+    tiles = 4 * 8
+    assert plan.splits == kv.choose_splits(tiles, -(-layout.capacity // 128), 132) > 1
+    assert plan.attention.grid == (tiles * plan.splits, 1, 1) and s["n_items"] == tiles * plan.splits
+    assert s["splits"] == plan.splits and s["o_split"] == 4 * 1 * 32 * 128 and s["lse_split"] == 4 * 32
+    q_spec, k_spec, _ = plan.attention.specs
+    assert q_spec.box[1:3] == (1, 64)   # one position of 64 heads: the packed group and the rows past it
+    if paged:
+        num_pages, page_size, _ = paged
+        assert k_spec.dims == (128, page_size, 8, num_pages) and k_spec.box[1] == min(page_size, 128)
+        assert s["page_size"] == page_size and s["by_page_size"] == launch.fast_divisor(page_size)
+    else:
+        assert k_spec.dims == (128, 2048, 8, 4) and k_spec.box[1] == 128
+    forced = kv._Plan(p, layout, n_new, 1, ())
+    assert forced.splits == 1 and forced.merge is None and forced.attention.scalars["o_accum"] == 0

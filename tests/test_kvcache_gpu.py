@@ -116,6 +116,57 @@ def test_kvcache_variants_and_gqa(rng, opts, d, hq, hkv):
         _check_lse(lse, want_lse, f"{opts} splits {splits}")
 
 
+@pytest.mark.parametrize("page_size", [None, 3, 16, 64, 256])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_positions_past_each_sequence_are_never_used_even_nan(rng, page_size, dtype):
+    """Long ragged sequences (several key tiles, the last ones partial, an empty one) over a cache
+    whose every other position holds NaN (an uninitialised cache may): no NaN reaches the output,
+    split or not. The Hopper kernel loads whole key tiles of the cache and must zero the rows past
+    a sequence before P V reads them (a masked P of 0 times NaN is NaN)."""
+    import cupy
+
+    case = Case(rng, dtype, batch=4, hq=32, hkv=8, d=128, seqlens=(1500, 0, 129, 2047), room=2048,
+                page_size=page_size, n_new=1)
+    for name, host in (("k_cache", case.k), ("v_cache", case.v)):
+        poisoned = np.full_like(host, np.nan)
+        for b, n in enumerate(case.seqlens):
+            if page_size is None:
+                poisoned[b, :n] = host[b, :n]
+            else:
+                for t in range(n):
+                    page, slot = case.table[b, t // page_size], t % page_size
+                    poisoned[page, slot] = host[page, slot]
+        host[...] = poisoned
+        case.dev[name] = cupy.asarray(poisoned)
+    want, want_lse, _, _ = case.reference()
+    for splits in (1, 0, 7):
+        got, lse = case.run(return_lse=True, num_splits=splits)
+        what = f"{dtype} page {page_size} num_splits={splits}"
+        assert bool(cupy.isfinite(got).all()), what
+        _check(got, want, dtype, what)
+        _check_lse(lse, want_lse, what)
+
+
+def test_decode_runs_on_the_hopper_kernel_on_sm90():
+    """What the tests above cover there: a plain decode step over a contiguous cache or pages of
+    16 keys is the Hopper kernel's (kvcache.sm90_cache_plan), pages of 3 the portable one's."""
+    import cupy
+
+    from flashcore_cupy import api, kvcache
+    from flashcore_cupy.validation import check_kvcache
+
+    if api.device_info(cupy.cuda.Device().id).arch != "sm_90a":
+        pytest.skip("needs an sm_90 GPU (H100/H200)")
+    rng = np.random.default_rng(0)
+    for page_size, hopper in ((None, True), (16, True), (3, False)):
+        case = Case(rng, "bf16", page_size=page_size)
+        specs = {n: None if a is None else api._spec(a, n) for n, a in case.dev.items()}
+        p, layout, _ = check_kvcache(specs["q"], specs["k_cache"], specs["v_cache"], specs["cache_seqlens"],
+                                     specs["block_table"], None, None, causal=False, scale=None, window=None,
+                                     softcap=0.0, alibi_slopes=None)
+        assert (kvcache.sm90_cache_plan(p, layout, "sm_90a") is not None) == hopper, page_size
+
+
 def test_a_block_table_view_is_read_at_its_row_stride(rng):
     """block_table as columns of a wider table (its rows further apart than its width)."""
     import cupy

@@ -103,7 +103,8 @@ def test_sm90_launch_encodes_maps_once_per_address_set(driver, monkeypatch):
     names = [f.name for f in params.FWD_SM90.fields][5:5 + 19]
     variant = (0, -1, -1, 0.0, 0.0, 0, 0, 0, 0, 0)   # a plain launch's (read by no plain kernel)
     run = launch.Sm90FwdLaunch(cfg, 88, 0, (6, 1, 1), (2, 16, 300, 128), (2, 16, 300),
-                               dict(zip(names + list(_VARIANT_NAMES), values + divisors + variant)), ())
+                               dict(zip(names + list(_VARIANT_NAMES), values + divisors + variant),
+                                    **launch.sm90_sequence_scalars()), ())
     driver.size = params.FWD_SM90.size
     qkv = (array(0x10), array(0x20), array(0x30))
     run(*qkv, array(0x40), array(0x50))
@@ -116,7 +117,13 @@ def test_sm90_launch_encodes_maps_once_per_address_set(driver, monkeypatch):
     assert [t[:plain] for t in tails] == [_SM90_TAIL_BY_HAND.pack(o, lse, *values, *flat)[:plain]
                                           for o, lse in ((0x40, 0x50), (0x41, 0), (0x42, 0))]
     variant_tail = _FWD_VARIANT_BY_HAND.pack(*variant[:5], 0, 0, 0, 0, 0, 0, 0)
-    assert all(t[plain:] == variant_tail + bytes(len(t) - plain - len(variant_tail)) for t in tails)
+    assert all(t[plain:plain + len(variant_tail)] == variant_tail for t in tails)
+    # a dense call's KV-cache fields: no cache, one split (the rest zero)
+    at = {n: params.FWD_SM90.offsets[n] - 3 * tma.MAP_BYTES for n in ("page_size", "splits", "seqused_k")}
+    for t in tails:
+        assert int.from_bytes(t[at["page_size"]:at["page_size"] + 4], "little") == 1
+        assert int.from_bytes(t[at["splits"]:at["splits"] + 4], "little") == 1
+        assert int.from_bytes(t[at["seqused_k"]:at["seqused_k"] + 8], "little") == 0
     assert driver.calls[0]["params"][:tma.MAP_BYTES] == bytes([0x10 % 251]) * tma.MAP_BYTES
     assert driver.calls[2]["params"][:tma.MAP_BYTES] == bytes([0x11 % 251]) * tma.MAP_BYTES
     assert all(c["smem"] == cfg.smem_bytes and c["block"] == (cfg.threads, 1, 1) for c in driver.calls)

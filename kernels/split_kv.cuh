@@ -1,0 +1,53 @@
+// Split-KV (KV cache, splits > 1): each split of a tile's key tiles ends in float32 partials that
+// merge_states (kernels/merge_states.cu) combines by their LSE. Both forward kernels store them
+// here, from the accumulators every mma/wgmma m16 layout shares: thread `lane` holds rows
+// lane / 4 and lane / 4 + 8 of each 16-row slice, columns 8 dt + 2 (lane % 4) and the next.
+#pragma once
+#include "mma_sm80.cuh"
+#include "sequence.cuh"
+#include "softmax.cuh"
+
+namespace fc {
+
+// A split's O / l and LSE, float32, at o_accum / lse_accum (the params' o and lse strides, then
+// split * o_split / lse_split) for tile rows first_row + 16 mt + lane / 4 + 8 half (below `rows`;
+// GQA-packed as packed_row(row, pack, head) says); a split that saw no key of a row writes 0 and
+// -inf (merge_states does not read it).
+template <int D_TILES, int M_TILES, class P>
+__device__ __forceinline__ void write_partials(const P& p, const float (&o_acc)[M_TILES][D_TILES][4],
+                                               const float (&m)[M_TILES][2], const float (&l)[M_TILES][2],
+                                               int split, int batch, int head, int first_row, int rows, int pack,
+                                               int lane) {
+    float* o_batch = p.o_accum + split * p.o_split + batch * p.o_sb;
+    #pragma unroll
+    for (int mt = 0; mt < M_TILES; ++mt)
+        #pragma unroll
+        for (int half = 0; half < 2; ++half) {
+            const float l_row = quad_sum(l[mt][half]);
+            const float inv_l = l_row > 0.f ? 1.f / l_row : 0.f;
+            const int row = first_row + mt * 16 + lane / 4 + 8 * half;
+            if (row >= rows) continue;
+            const PackedRow at = packed_row(row, pack, head);
+            float* o = o_batch + at.head * p.o_sh + at.query * p.o_ss;
+            #pragma unroll
+            for (int dt = 0; dt < D_TILES; ++dt) {
+                const int col = dt * 8 + 2 * (lane % 4);
+                if (col < p.head_dim)
+                    *reinterpret_cast<float2*>(o + col) =
+                        make_float2(o_acc[mt][dt][2 * half] * inv_l, o_acc[mt][dt][2 * half + 1] * inv_l);
+            }
+            if (lane % 4 == 0)
+                p.lse_accum[split * p.lse_split + batch * p.lse_sb + at.head * p.lse_sh + at.query * p.lse_ss] =
+                    row_lse(m[mt][half], l_row);
+        }
+}
+
+// Split `split` of `splits`' share of key tiles [first, end): equal shares, the last ones short
+// (or empty), in place.
+__device__ __forceinline__ void split_share(int& first, int& end, int split, int splits) {
+    const int per_split = (end - first + splits - 1) / splits;
+    first += split * per_split;
+    end = min(end, first + per_split);
+}
+
+}  // namespace fc
