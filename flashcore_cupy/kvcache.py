@@ -53,10 +53,63 @@ def attention_kvcache(q: Any, k_cache: Any, v_cache: Any, *, cache_seqlens: Any,
     checks them on the host first (a sync).
     Returns out (B, Sq, Hq, D) in q's dtype (out=: a C-contiguous buffer of that shape), and
     with return_lse the float32 LSE (B, Hq, Sq)."""
+    sig = _signature(q, k_cache, v_cache, cache_seqlens, block_table, k_new, v_new, alibi_slopes, out,
+                     (causal, type(scale), scale, window, type(softcap), softcap, type(num_splits), num_splits,
+                      type(return_lse), return_lse))
+    try:
+        call = _calls.get(sig) if sig is not None else None
+    except TypeError:   # an unhashable option: validation names it
+        sig = call = None
+    arrays = dict(cache_seqlens=cache_seqlens, block_table=block_table, k_new=k_new, v_new=v_new,
+                  alibi_slopes=alibi_slopes)
+    if call is None:
+        q, k_cache, v_cache, out, arrays, call = _prepare(q, k_cache, v_cache, out, arrays, causal, scale, window,
+                                                          softcap, num_splits, return_lse)
+        if sig is not None:
+            with _lock:
+                if len(_calls) > 1024:
+                    _calls.clear()
+                _calls[sig] = call
+    plan, layout, n_new = call
+    import cupy
+
+    with cupy.cuda.Device(q.data.device_id):
+        if metadata.checking():
+            metadata.check_cache(arrays["cache_seqlens"], arrays["block_table"], layout.num_pages,
+                                 layout.page_size, layout.capacity, n_new)
+        stream = cupy.cuda.get_current_stream()
+        out = cupy.ndarray(q.shape, q.dtype) if out is None else out
+        lse = cupy.ndarray(plan.lse_shape, np.float32) if return_lse else None
+        plan.run(q, k_cache, v_cache, out, lse, arrays, stream)
+    return (out, lse) if return_lse else out
+
+
+def _signature(q, k_cache, v_cache, cache_seqlens, block_table, k_new, v_new, alibi_slopes, out,
+               options: tuple) -> tuple | None:
+    """A call's key for the fast path (everything validation looked at but the addresses:
+    shapes, strides, dtypes and devices of every array, the options), None when it is not for
+    it (an array that is not a CuPy one, a 16-bit array's address off 16 bytes). A C-contiguous
+    array's strides stand as True (its shape decides them), as api._signature's."""
+    nd = api._NDARRAY
+    key = []
+    for i, a in enumerate((q, k_cache, v_cache, cache_seqlens, block_table, k_new, v_new, alibi_slopes, out)):
+        if a is None:
+            key.append(None)
+            continue
+        if type(a) is not nd:
+            return None
+        data = a.data
+        if i in (0, 1, 2, 5, 6, 8) and data.ptr & api._ALIGN_MASK:
+            return None
+        key.append((a.shape, a._c_contiguous or a.strides, a.dtype, data.device_id))
+    return (*key, options)
+
+
+def _prepare(q, k_cache, v_cache, out, arrays: dict, causal, scale, window, softcap, num_splits, return_lse):
+    """The first call of a signature: every check (naming the argument), then its plan; returns
+    the arrays as device arrays and (plan, layout, new keys)."""
     q, k_cache, v_cache = (_as_device_array(a, n) for a, n in ((q, "q"), (k_cache, "k_cache"), (v_cache, "v_cache")))
-    arrays = {n: None if a is None else _as_device_array(a, n)
-              for n, a in (("cache_seqlens", cache_seqlens), ("block_table", block_table), ("k_new", k_new),
-                           ("v_new", v_new), ("alibi_slopes", alibi_slopes))}
+    arrays = {n: None if a is None else _as_device_array(a, n) for n, a in arrays.items()}
     if arrays["cache_seqlens"] is None:
         raise ValueError("cache_seqlens is required: an int32 (B,) CUDA array")
     specs = {n: None if a is None else _spec(a, n) for n, a in arrays.items()}
@@ -73,20 +126,18 @@ def attention_kvcache(q: Any, k_cache: Any, v_cache: Any, *, cache_seqlens: Any,
         check_out(_spec(out, "out"), problem)
         if not out.flags.c_contiguous:
             raise ValueError(f"out must be C-contiguous, got strides {out.strides} (bytes)")
+    new_strides = {} if not n_new else {**stride_values("kn", layout_strides(specs["k_new"], "bshd")),
+                                        **stride_values("vn", layout_strides(specs["v_new"], "bshd"))}
     import cupy
 
     with cupy.cuda.Device(problem.device):
-        if metadata.checking():
-            metadata.check_cache(arrays["cache_seqlens"], arrays["block_table"], layout.num_pages,
-                                 layout.page_size, layout.capacity, n_new)
-        stream = cupy.cuda.get_current_stream()
-        new_strides = {} if not n_new else {**stride_values("kn", layout_strides(specs["k_new"], "bshd")),
-                                            **stride_values("vn", layout_strides(specs["v_new"], "bshd"))}
         plan = _plan(problem, layout, n_new, int(num_splits), tuple(sorted(new_strides.items())))
-        out = cupy.empty(q.shape, q.dtype) if out is None else out
-        lse = cupy.empty((problem.batch, problem.heads_q, problem.seqlen_q), np.float32) if return_lse else None
-        plan.run(q, k_cache, v_cache, out, lse, arrays, stream)
-    return (out, lse) if return_lse else out
+    return q, k_cache, v_cache, out, arrays, (plan, layout, n_new)
+
+
+# Validated signatures (_signature) -> (plan, layout, new keys): a later call with the same one
+# skips validation.
+_calls: dict[tuple, tuple] = {}
 
 
 class _Plan:
@@ -153,6 +204,7 @@ class _Plan:
             self.append = AppendLaunch.build(AppendConfig(layout.paged), p.device, dev.arch, dev.num_sms, append)
         self.merge = MergeLaunch.build(MergeConfig("f32", p.dtype), p.device, dev.arch) if self.splits > 1 else None
         self.shape = (b, sq, hq, d)
+        self.lse_shape = (b, hq, sq)
         self.workspaces: dict[int, tuple] = {}
 
     @staticmethod
