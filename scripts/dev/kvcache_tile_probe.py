@@ -86,6 +86,7 @@ def main():
             kvcache.sm90_cache_config = lambda dtype, hd, paged, tile=tile: C(  # noqa: E731
                 dtype, hd, pingpong=False, split=True, producers=2, seq="paged_tiles" if paged else "cache", **tile)
             kvcache._plans.clear()
+            kvcache._calls.clear()
             stream = cupy.cuda.Stream(non_blocking=True)
             with stream:
                 fc.attention_kvcache(q, kc, vc, **kw)
@@ -104,8 +105,23 @@ def main():
                 stream.synchronize()
                 us = events_us(lambda: graph.launch(stream), stream=stream) / 20
             plan = next(iter(kvcache._plans.values()))
+            parts = {}   # host time of the call's parts (us), 200 calls each
+            arrays = dict(cache_seqlens=seqlens, block_table=kw.get("block_table"), k_new=None, v_new=None,
+                          alibi_slopes=None)
+            for part, fn in (("signature", lambda: kvcache._signature(q, kc, vc, seqlens, kw.get("block_table"), None,
+                                                                      None, None, out, (False,))),
+                             ("run", lambda: plan.run(q, kc, vc, out, None, arrays, stream)),
+                             ("attention.start", lambda: plan.attention.start(dict(q=q.data.ptr, k=kc.data.ptr,
+                                                                                    v=vc.data.ptr, o=out.data.ptr),
+                                                                               stream.ptr))):
+                t0 = time.perf_counter()
+                for _ in range(200):
+                    fn()
+                parts[part] = (time.perf_counter() - t0) / 200 * 1e6
+            stream.synchronize()
             print(f"  {cand:12s} splits {plan.splits:3d}: {nbytes / us / 1e3:6.0f} GB/s ({us:6.1f} us, "
-                  f"{cudnn_us / us:.2f}x cuDNN), host {host_us:.1f} us/call, max err vs cuDNN {err:.1e}", flush=True)
+                  f"{cudnn_us / us:.2f}x cuDNN), host {host_us:.1f} us/call "
+                  f"({', '.join(f'{n} {t:.1f}' for n, t in parts.items())}), max err vs cuDNN {err:.1e}", flush=True)
         kvcache.sm90_cache_config = base
 
 
