@@ -111,9 +111,11 @@ def main():
             for part, fn in (("signature", lambda: kvcache._signature(q, kc, vc, seqlens, kw.get("block_table"), None,
                                                                       None, None, out, (False,))),
                              ("run", lambda: plan.run(q, kc, vc, out, None, arrays, stream)),
-                             ("attention.start", lambda: plan.attention.start(dict(q=q.data.ptr, k=kc.data.ptr,
-                                                                                    v=vc.data.ptr, o=out.data.ptr),
-                                                                               stream.ptr))):
+                             ("attention.start", lambda: plan.attention.start(dict(
+                                 q=q.data.ptr, k=kc.data.ptr, v=vc.data.ptr, o=out.data.ptr,
+                                 seqused_k=seqlens.data.ptr, block_table=0 if not s.page_size else
+                                 kw["block_table"].data.ptr, o_accum=plan._workspace(stream)[0].data.ptr,
+                                 lse_accum=plan._workspace(stream)[1].data.ptr), stream.ptr))):
                 t0 = time.perf_counter()
                 for _ in range(200):
                     fn()
