@@ -4,8 +4,9 @@ values appended in place first (flash_attn's flash_attn_with_kvcache), and split
 The spec is `flashcore_cupy.reference.attention_kvcache`. A call is up to three launches on
 CuPy's current stream: the append (kernels/kvcache_append.cu), a forward kernel with the KvCache
 sequence policy (kernels/sequence.cuh: the Hopper kernel for a plain decode step on sm_90, see
-sm90_cache_plan, else the portable one), and, where the keys are split, merge_states over the
-splits' float32 partials. No host sync; the partials' workspace is allocated on a
+sm90_cache_plan, else the portable one), and, where the portable kernel's keys are split,
+merge_states over the splits' float32 partials (the Hopper kernel's last split of a tile merges
+them itself: kernels/split_kv.cuh). No host sync; the partials' workspace is allocated on a
 signature's first call on a stream and reused after it, so with `out=` given a later call
 allocates nothing but its LSE and can be captured in a CUDA graph.
 """
@@ -202,7 +203,11 @@ class _Plan:
             append = dict(**cache, seqlen_k=layout.capacity, batch=b, heads_kv=p.heads_kv, head_dim=d,
                           **stride_values("k", p.k_strides), **stride_values("v", p.v_strides), **dict(new_strides))
             self.append = AppendLaunch.build(AppendConfig(layout.paged), p.device, dev.arch, dev.num_sms, append)
-        self.merge = MergeLaunch.build(MergeConfig("f32", p.dtype), p.device, dev.arch) if self.splits > 1 else None
+        # Split partials: the Hopper kernel's last split of a tile merges them (a counter a tile),
+        # the portable kernel's are merged by merge_states after it.
+        self.counters = tiles if hopper is not None and self.splits > 1 else 0
+        self.merge = (MergeLaunch.build(MergeConfig("f32", p.dtype), p.device, dev.arch)
+                      if self.splits > 1 and not self.counters else None)
         self.shape = (b, sq, hq, d)
         self.lse_shape = (b, hq, sq)
         self.workspaces: dict[int, tuple] = {}
@@ -218,12 +223,16 @@ class _Plan:
         if self.append is not None:
             self.append.start(dict(k_new=ptr("k_new"), v_new=ptr("v_new"), k=k_cache.data.ptr, v=v_cache.data.ptr,
                                    **meta), stream.ptr)
-        pointers = dict(q=q.data.ptr, k=k_cache.data.ptr, v=v_cache.data.ptr, alibi=ptr("alibi_slopes"), **meta)
-        if self.merge is None:
-            self.attention.start(dict(pointers, o=out.data.ptr, lse=0 if lse is None else lse.data.ptr), stream.ptr)
+        pointers = dict(q=q.data.ptr, k=k_cache.data.ptr, v=v_cache.data.ptr, alibi=ptr("alibi_slopes"),
+                        o=out.data.ptr, lse=0 if lse is None else lse.data.ptr, **meta)
+        if self.splits == 1:
+            self.attention.start(pointers, stream.ptr)
             return
-        o_acc, lse_acc = self._workspace(stream)
-        self.attention.start(dict(pointers, o_accum=o_acc.data.ptr, lse_accum=lse_acc.data.ptr), stream.ptr)
+        o_acc, lse_acc, counters = self._workspace(stream)
+        self.attention.start(dict(pointers, o_accum=o_acc.data.ptr, lse_accum=lse_acc.data.ptr,
+                                  split_count=0 if counters is None else counters.data.ptr), stream.ptr)
+        if self.merge is None:
+            return
         b, sq, hq, d = self.shape
         self.merge.start(dict(outs=o_acc.data.ptr, lses=lse_acc.data.ptr, out=out.data.ptr,
                               lse_out=0 if lse is None else lse.data.ptr, split_stride=b * sq * hq * d,
@@ -236,8 +245,9 @@ class _Plan:
         if found is None:
             with _lock:
                 b, sq, hq, d = self.shape
-                found = self.workspaces.setdefault(stream.ptr, (cupy.empty((self.splits, b, sq, hq, d), np.float32),
-                                                                cupy.empty((self.splits, b, sq, hq), np.float32)))
+                found = self.workspaces.setdefault(stream.ptr, (
+                    cupy.empty((self.splits, b, sq, hq, d), np.float32), cupy.empty((self.splits, b, sq, hq), np.float32),
+                    cupy.zeros((self.counters,), np.int32) if self.counters else None))
         return found
 
 

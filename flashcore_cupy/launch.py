@@ -416,7 +416,7 @@ def sequence_scalars(**given) -> dict:
     """params.FWD_SM80's sequence fields (kernels/sequence.cuh) of a dense call (no offsets, no
     cache, one split), with `given` in their place."""
     fields = dict.fromkeys(("cu_seqlens_q", "cu_seqlens_k", "seqused_k", "block_table", "bt_sb", "new_keys",
-                            "num_pages", "o_accum", "lse_accum", "o_split", "lse_split"), 0)
+                            "num_pages", "o_accum", "lse_accum", "o_split", "lse_split", "split_count"), 0)
     return {**fields, "page_size": 1, "pack": 1, "splits": 1, **given}
 
 
@@ -543,7 +543,7 @@ def sm90_sequence_scalars(**given) -> dict:
     """params.FWD_SM90's KV-cache and split-KV fields of a dense call (no cache, one split), with
     `given` in their place."""
     fields = dict.fromkeys(("seqused_k", "block_table", "bt_sb", "new_keys", "num_pages", "lse_sb", "lse_sh",
-                            "lse_ss", "o_accum", "lse_accum", "o_split", "lse_split"), 0)
+                            "lse_ss", "o_accum", "lse_accum", "o_split", "lse_split", "split_count"), 0)
     return {**fields, "page_size": 1, "by_page_size": fast_divisor(1), "splits": 1, **given}
 
 
@@ -552,7 +552,8 @@ class Sm90SeqLaunch(Sm90FwdLaunch):
     """The Hopper forward on a KV-cache call (an Sm90FwdConfig whose seq is not "dense"): the
     maps encoded per (q, k, v) addresses as Sm90FwdLaunch's, the call's other addresses packed
     per call by field name (POINTERS; absent: 0)."""
-    POINTERS: ClassVar[tuple[str, ...]] = ("o", "lse", "seqused_k", "block_table", "o_accum", "lse_accum")
+    POINTERS: ClassVar[tuple[str, ...]] = ("o", "lse", "seqused_k", "block_table", "o_accum", "lse_accum",
+                                           "split_count")
 
     @classmethod
     def build_seq(cls, config: Sm90FwdConfig, device: int, arch: str, grid: tuple[int, int, int], scalars: dict,

@@ -153,6 +153,8 @@ def _split_fields() -> list[Field]:
                                    "null: out written directly"),
         Field("lse_accum", "float*", "split-KV: float32 partial LSE, at lse's strides + split * lse_split"),
         Field("o_split", "i64"), Field("lse_split", "i64"),
+        Field("split_count", "int*", "split-KV: a zeroed int per tile; its last split merges the partials into "
+                                     "o and lse (and zeroes it); null: merge_states does"),
     ]
 
 

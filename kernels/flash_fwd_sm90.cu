@@ -382,8 +382,14 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
         if (!has_rows || (SPLIT && consumer > 0)) continue;
         if constexpr (S::kCache) {
             if (p.o_accum != nullptr) {   // split-KV: this split's float32 partials, from the registers
-                write_partials<HEAD_DIM / 8, 1>(p, o, m, l, w.split, w.batch, w.head * p.pack, w_row0,
-                                                seqlen_q * p.pack, p.pack, lane);
+                const int rows = seqlen_q * p.pack, head0 = w.head * p.pack;
+                write_partials<HEAD_DIM / 8, 1>(p, o, m, l, w.split, w.batch, head0, w_row0, rows, p.pack, lane);
+                if (p.split_count != nullptr)   // the tile's last split merges them (final LSE: (B, Hq, Sq))
+                    merge_if_last_split<T, HEAD_DIM>(
+                        p, i / p.splits, w.batch, head0, w.row0, min(w.row0 + Tile::kBlockM, rows), p.pack,
+                        threadIdx.x - 128, 128, [] { named_barrier_sync(2 + CONSUMERS, 128); },
+                        [&](PackedRow at) { return (static_cast<i64>(w.batch) * p.heads * p.pack + at.head) * seqlen_q +
+                                                   at.query; });
                 continue;
             }
         }

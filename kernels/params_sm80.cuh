@@ -63,8 +63,9 @@ struct FwdParams {
     float* lse_accum;        // split-KV: float32 partial LSE, at lse's strides + split * lse_split
     i64 o_split;
     i64 lse_split;
+    int* split_count;        // split-KV: a zeroed int per tile; its last split merges the partials into o and lse (and zeroes it); null: merge_states does
 };
-static_assert(sizeof(FwdParams) == 360, "FwdParams: declared in flashcore_cupy/params.py: run scripts/gen_params.py");
+static_assert(sizeof(FwdParams) == 368, "FwdParams: declared in flashcore_cupy/params.py: run scripts/gen_params.py");
 static_assert(FC_OFFSETOF(FwdParams, q) == 0, "FwdParams::q");
 static_assert(FC_OFFSETOF(FwdParams, k) == 8, "FwdParams::k");
 static_assert(FC_OFFSETOF(FwdParams, v) == 16, "FwdParams::v");
@@ -117,5 +118,6 @@ static_assert(FC_OFFSETOF(FwdParams, o_accum) == 328, "FwdParams::o_accum");
 static_assert(FC_OFFSETOF(FwdParams, lse_accum) == 336, "FwdParams::lse_accum");
 static_assert(FC_OFFSETOF(FwdParams, o_split) == 344, "FwdParams::o_split");
 static_assert(FC_OFFSETOF(FwdParams, lse_split) == 352, "FwdParams::lse_split");
+static_assert(FC_OFFSETOF(FwdParams, split_count) == 360, "FwdParams::split_count");
 
 }  // namespace fc

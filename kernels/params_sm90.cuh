@@ -62,6 +62,7 @@ struct Sm90Params {
     float* lse_accum;        // split-KV: float32 partial LSE, at lse's strides + split * lse_split
     i64 o_split;
     i64 lse_split;
+    int* split_count;        // split-KV: a zeroed int per tile; its last split merges the partials into o and lse (and zeroes it); null: merge_states does
 };
 static_assert(sizeof(Sm90Params) == 704, "Sm90Params: declared in flashcore_cupy/params.py: run scripts/gen_params.py");
 static_assert(FC_OFFSETOF(Sm90Params, q) == 0, "Sm90Params::q");
@@ -115,5 +116,6 @@ static_assert(FC_OFFSETOF(Sm90Params, o_accum) == 664, "Sm90Params::o_accum");
 static_assert(FC_OFFSETOF(Sm90Params, lse_accum) == 672, "Sm90Params::lse_accum");
 static_assert(FC_OFFSETOF(Sm90Params, o_split) == 680, "Sm90Params::o_split");
 static_assert(FC_OFFSETOF(Sm90Params, lse_split) == 688, "Sm90Params::lse_split");
+static_assert(FC_OFFSETOF(Sm90Params, split_count) == 696, "Sm90Params::split_count");
 
 }  // namespace fc

@@ -3,6 +3,7 @@
 // here, from the accumulators every mma/wgmma m16 layout shares: thread `lane` holds rows
 // lane / 4 and lane / 4 + 8 of each 16-row slice, columns 8 dt + 2 (lane % 4) and the next.
 #pragma once
+#include "merge.cuh"
 #include "mma_sm80.cuh"
 #include "sequence.cuh"
 #include "softmax.cuh"
@@ -48,6 +49,35 @@ __device__ __forceinline__ void split_share(int& first, int& end, int split, int
     const int per_split = (end - first + splits - 1) / splits;
     first += split * per_split;
     end = min(end, first + per_split);
+}
+
+// The in-kernel combine (split_count given): each split's CTA, once its partials are stored,
+// counts itself on its tile's counter; the last one merges every split's partials of tile rows
+// [first_row, end_row) into o (T, at o's strides) and the LSE (at lse_at(row's PackedRow); null
+// lse: none), merge.cuh's math, and zeroes the counter for the next call (a replayed graph finds
+// it so). The caller's `threads` threads (whole warps, `thread` this one's index) stored the
+// partials; `sync` is their barrier.
+template <class T, int MAX_DV, class P, class Sync, class LseAt>
+__device__ __forceinline__ void merge_if_last_split(const P& p, int tile, int batch, int head0, int first_row,
+                                                    int end_row, int pack, int thread, int threads, Sync sync,
+                                                    LseAt lse_at) {
+    __shared__ int last;
+    __threadfence();   // this thread's partials, visible device-wide before the count says so
+    sync();
+    if (thread == 0) last = atomicAdd(p.split_count + tile, 1) == p.splits - 1;
+    sync();
+    if (!last) return;
+    __threadfence();
+    for (int row = first_row + thread / 32; row < end_row; row += threads / 32) {
+        const PackedRow at = packed_row(row, pack, head0);
+        const i64 o_at = batch * p.o_sb + at.head * p.o_sh + at.query * p.o_ss;
+        const i64 l_at = batch * p.lse_sb + at.head * p.lse_sh + at.query * p.lse_ss;
+        merge_row<f32, T, MAX_DV>(
+            p.splits, p.head_dim, [&](int i) { return __ldcg(p.lse_accum + i * p.lse_split + l_at); },
+            [&](int i) -> const void* { return p.o_accum + i * p.o_split; }, o_at, p.o, o_at,
+            p.lse == nullptr ? nullptr : p.lse + lse_at(at), thread % 32);
+    }
+    if (thread == 0) p.split_count[tile] = 0;
 }
 
 }  // namespace fc

@@ -215,6 +215,7 @@ def test_kvcache_plan_takes_the_hopper_kernel_where_it_can(monkeypatch, paged, s
     plan = kv._Plan(p, layout, n_new, 0, ())
     if hopper is None:
         assert isinstance(plan.attention, launch.Sm80SeqLaunch) and plan.config.seq != "dense"
+        assert plan.counters == 0 and (plan.merge is not None) == (plan.splits > 1)   # merge_states after it
         return
     assert isinstance(plan.attention, launch.Sm90SeqLaunch) and plan.config.seq == hopper and plan.config.split
     s = plan.attention.scalars
@@ -223,6 +224,7 @@ def test_kvcache_plan_takes_the_hopper_kernel_where_it_can(monkeypatch, paged, s
     assert plan.splits == kv.choose_splits(tiles, -(-layout.capacity // 128), 132) > 1
     assert plan.attention.grid == (tiles * plan.splits, 1, 1) and s["n_items"] == tiles * plan.splits
     assert s["splits"] == plan.splits and s["o_split"] == 4 * 1 * 32 * 128 and s["lse_split"] == 4 * 32
+    assert plan.merge is None and plan.counters == tiles   # the last split of a tile merges in the kernel
     q_spec, k_spec, _ = plan.attention.specs
     assert q_spec.box[1:3] == (1, 64)   # one position of 64 heads: the packed group and the rows past it
     if paged:

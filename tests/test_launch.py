@@ -45,8 +45,8 @@ _VARIANT_NAMES = ("diag", "win_left", "win_right", "cap_scale", "cap_log2", "ali
 # The sequence fields after those (kernels/sequence.cuh): the offsets', cache lengths' and block
 # table's pointers, the table's stride, new keys, page size, pages, splits, the partials'
 # pointers and split strides.
-_FWD_SEQUENCE_BY_HAND = struct.Struct("<4Qq5i4x2Q2q")
-_DENSE_SEQUENCE = (0, 0, 0, 0, 0, 0, 1, 0, 1, 1, 0, 0, 0, 0)
+_FWD_SEQUENCE_BY_HAND = struct.Struct("<4Qq5i4x2Q2qQ")
+_DENSE_SEQUENCE = (0, 0, 0, 0, 0, 0, 1, 0, 1, 1, 0, 0, 0, 0, 0)
 
 
 def test_fwd_launch_sends_its_scalars_and_each_calls_pointers(driver):
