@@ -324,6 +324,12 @@ class StepLaunch:
             _cu_launch(self.function, *self.grid, BwdStepConfig.threads, 1, 1, 0, stream, self.block.argv, 0)
 
 
+def pointer_words(block: ParamBlock, schema: params.Schema, names: tuple[str, ...]) -> tuple:
+    """(the block as 64-bit words, (name, word index) of each pointer field): a call writes its
+    addresses as words (an index store: a struct pack a field cost ~1 us of host time)."""
+    return block.data.view(np.uint64), tuple((n, schema.offsets[n] // 8) for n in names)
+
+
 @dataclass(frozen=True, eq=False)
 class FieldLaunch:
     """A launch whose parameter block (SCHEMA) holds its scalars, packed once, and the call's
@@ -346,13 +352,14 @@ class FieldLaunch:
         self.SCHEMA.struct.pack_into(block.data, 0, *self.SCHEMA.values(
             {**dict.fromkeys(self.POINTERS, 0), **self.scalars}))
         object.__setattr__(self, "_block", block)
-        object.__setattr__(self, "_pointer_packers", tuple((n, *self.SCHEMA.run(n, n)) for n in self.POINTERS))
+        object.__setattr__(self, "_words", pointer_words(block, self.SCHEMA, self.POINTERS))
 
     def start(self, pointers: dict[str, int], stream: int) -> None:
         """cuLaunchKernel on `stream` (a handle) with the arrays' addresses by field name."""
         with self._lock:
-            for name, offset, packer in self._pointer_packers:
-                packer.pack_into(self._block.data, offset, pointers.get(name, 0))
+            words, at = self._words
+            for name, i in at:
+                words[i] = pointers.get(name, 0)
             _cu_launch(self.function, *self.grid, self.config.threads, 1, 1, self.config.smem_bytes, stream,
                        self._block.argv, 0)
 
@@ -564,9 +571,6 @@ class Sm90SeqLaunch(Sm90FwdLaunch):
         return cls(config, loader.get_function(config, device, arch), device, grid, (0, 0, 0, 0), None,
                    {**dict.fromkeys(cls.POINTERS, 0), **scalars}, specs)
 
-    @functools.cached_property
-    def _packers(self) -> tuple:
-        return tuple((n, *params.FWD_SM90.run(n, n)) for n in self.POINTERS)
 
     def start(self, pointers: dict[str, int], stream: int) -> None:
         """cuLaunchKernel on `stream` (a handle) with the arrays' addresses by field name (q, k
@@ -576,8 +580,10 @@ class Sm90SeqLaunch(Sm90FwdLaunch):
             block = self._blocks.get(qkv)
             if block is None:
                 block = self._new_block(qkv)
-            for name, offset, packer in self._packers:
-                packer.pack_into(block.data, offset, pointers.get(name, 0))
+                block.words = pointer_words(block, params.FWD_SM90, self.POINTERS)
+            words, at = block.words
+            for name, i in at:
+                words[i] = pointers.get(name, 0)
             _cu_launch(*self._dims, stream, block.argv, 0)
 
 

@@ -139,8 +139,9 @@ def test_configs_of_the_inference_kernels():
 def test_split_choice_fills_whole_waves_and_keeps_ranges_of_two_tiles():
     assert choose_splits(ctas=264, key_tiles=1000, slots=264) == 1      # a full wave already
     assert choose_splits(ctas=64, key_tiles=128, slots=264) == 4        # 256 of 264 slots, not 2.2 waves
-    assert choose_splits(ctas=8, key_tiles=2048, slots=264) == 30       # 240 of 264: the fewest within 90 %
-    assert choose_splits(ctas=1, key_tiles=4096, slots=264) == 116      # within 90 % of the cap's 128
+    assert choose_splits(ctas=8, key_tiles=2048, slots=264) == 32       # 256 of 264: the fewest within 95 %
+    assert choose_splits(ctas=8, key_tiles=1024, slots=132) == 16       # 128 of 132 (15: 120, 91 %)
+    assert choose_splits(ctas=1, key_tiles=4096, slots=264) == 122      # within 95 % of the cap's 128
     assert choose_splits(ctas=8, key_tiles=6, slots=264) == 3           # at least two key tiles each
     assert choose_splits(ctas=8, key_tiles=1, slots=264) == 1
     decode = configs.seq_config(configs.Sm80FwdConfig("fp16", 128, 4, 2, 64, 2), "cache", rows=4)
@@ -233,5 +234,16 @@ def test_kvcache_plan_takes_the_hopper_kernel_where_it_can(monkeypatch, paged, s
         assert s["page_size"] == page_size and s["by_page_size"] == launch.fast_divisor(page_size)
     else:
         assert k_spec.dims == (128, 2048, 8, 4) and k_spec.box[1] == 128
+    launched = []   # a call packs its addresses (the maps' encoding stubbed: it needs the driver)
+    monkeypatch.setattr(launch, "_cu_launch", lambda *a: launched.append(a))
+    monkeypatch.setattr(launch.tma, "encode_maps", lambda *a: None)
+    plan.attention.start(dict(q=0x100, k=0x200, v=0x300, o=0x400, seqused_k=0x500, split_count=0x600), stream=7)
+    block = plan.attention._blocks[(0x100, 0x200, 0x300)]
+    fields = params.FWD_SM90.offsets
+    for name, value in (("o", 0x400), ("seqused_k", 0x500), ("split_count", 0x600), ("lse", 0), ("o_accum", 0)):
+        assert int.from_bytes(block.data[fields[name]:fields[name] + 8].tobytes(), "little") == value, name
+    at = fields["splits"]
+    assert int.from_bytes(block.data[at:at + 4].tobytes(), "little") == plan.splits
+    assert launched[-1][:4] == (1, tiles * plan.splits, 1, 1) and launched[-1][-3] == 7
     forced = kv._Plan(p, layout, n_new, 1, ())
     assert forced.splits == 1 and forced.merge is None and forced.attention.scalars["o_accum"] == 0
