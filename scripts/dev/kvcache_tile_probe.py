@@ -47,6 +47,7 @@ def main():
                                       "decode-b64-h32kv8-s2k-d128,paged16-decode-b8-h32kv8-s8k-d128")
     ap.add_argument("--dtype", default="fp16")
     ap.add_argument("--candidates", default=",".join(CANDIDATES))
+    ap.add_argument("--splits", default="0", help="num_splits values to time (0: the automatic choice)")
     args = ap.parse_args()
     shapes = {s.name: s for s in bench_shapes()}
     rng = np.random.default_rng(0)
@@ -81,7 +82,8 @@ def main():
                             .transpose(1, 2).contiguous())
         print(f"{name} {args.dtype}: copy {2 * k.nbytes / copy_us / 1e3:.0f} GB/s (read+write), "
               f"cuDNN {nbytes / cudnn_us / 1e3:.0f} GB/s ({cudnn_us:.1f} us)", flush=True)
-        for cand in args.candidates.split(","):
+        for cand, splits in [(c, int(n)) for c in args.candidates.split(",") for n in args.splits.split(",")]:
+            kw["num_splits"] = splits
             tile = CANDIDATES[cand]
             kvcache.sm90_cache_config = lambda dtype, hd, paged, tile=tile: C(  # noqa: E731
                 dtype, hd, pingpong=False, split=True, producers=2, seq="paged_tiles" if paged else "cache", **tile)
