@@ -169,7 +169,9 @@ class _Plan:
             slots = dev.num_sms * resident_ctas(config, dev.arch)
         tiles = m_blocks * (hq // pack) * b
         self.config = config
-        self.splits = num_splits or choose_splits(tiles, math.ceil(layout.capacity / config.block_n), slots)
+        key_tiles = math.ceil(layout.capacity / config.block_n)
+        self.splits = num_splits or (sm90_splits(tiles, key_tiles, dev.num_sms) if hopper is not None
+                                     else choose_splits(tiles, key_tiles, slots))
         if self.splits > 1:   # partials (split, B, Sq, Hq, D) and (split, B, Sq, Hq): merge_states' rows
             o_strides, lse_strides = (sq * hq * d, d, hq * d), (sq * hq, 1, hq)
             split_fields = dict(o_split=b * sq * hq * d, lse_split=b * sq * hq)
@@ -287,6 +289,16 @@ def choose_splits(ctas: int, key_tiles: int, slots: int) -> int:
 
     best = max(filled(n) for n in range(1, top + 1))
     return next(n for n in range(1, top + 1) if filled(n) >= 0.95 * best)
+
+
+def sm90_splits(tiles: int, key_tiles: int, num_sms: int) -> int:
+    """The Hopper decode's split-KV ranges per tile: enough that the CTAs fill half the SMs,
+    (num_sms // 2) // tiles, each range at least two key tiles, at most MAX_SPLITS. Half the
+    H200's SMs already stream its DRAM's bandwidth, and each split more costs its partials, the
+    merge and a CTA's start (v37, CUDA graphs, fp16: B8 Sk 8k's 64 tiles 67.3 us unsplit against
+    71.8 with 2 splits and 94.9 with 16; B1 Sk 128k's 8 tiles 135.6 us with 8 splits against
+    143.3 with 16 and 209.5 with 4; cuDNN 70.8 and 131.6)."""
+    return max(1, min((num_sms // 2) // tiles, key_tiles // 2, MAX_SPLITS))
 
 
 def resident_ctas(config, arch: str) -> int:

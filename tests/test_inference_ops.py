@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from flashcore_cupy import configs, launch, metadata, params
+from flashcore_cupy import kvcache as kv
 from flashcore_cupy.kvcache import choose_splits, resident_ctas
 from flashcore_cupy.validation import TensorSpec, check_kvcache, check_varlen
 
@@ -144,6 +145,8 @@ def test_split_choice_fills_whole_waves_and_keeps_ranges_of_two_tiles():
     assert choose_splits(ctas=1, key_tiles=4096, slots=264) == 122      # within 95 % of the cap's 128
     assert choose_splits(ctas=8, key_tiles=6, slots=264) == 3           # at least two key tiles each
     assert choose_splits(ctas=8, key_tiles=1, slots=264) == 1
+    assert (kv.sm90_splits(64, 64, 132), kv.sm90_splits(8, 1024, 132), kv.sm90_splits(8, 6, 132)) == (1, 8, 3)
+    assert kv.sm90_splits(1, 4096, 132) == 66 and kv.sm90_splits(512, 16, 132) == 1
     decode = configs.seq_config(configs.Sm80FwdConfig("fp16", 128, 4, 2, 64, 2), "cache", rows=4)
     assert resident_ctas(decode, "sm_90a") == 2      # 109 KB of shared memory each
     assert resident_ctas(configs.Sm80FwdConfig("fp16", 64, 4, 1, 64, 2, seq="cache"), "sm_90a") == 2   # registers
@@ -222,7 +225,7 @@ def test_kvcache_plan_takes_the_hopper_kernel_where_it_can(monkeypatch, paged, s
     s = plan.attention.scalars
     assert (s["heads"], s["pack"], s["m_blocks"], s["causal"]) == (8, 4, 1, 0)   # B4 x Hkv 8 tiles of 4 heads
     tiles = 4 * 8
-    assert plan.splits == kv.choose_splits(tiles, -(-layout.capacity // 128), 132) > 1
+    assert plan.splits == kv.sm90_splits(tiles, -(-layout.capacity // 128), 132) == 2   # 64 CTAs: half the SMs
     assert plan.attention.grid == (tiles * plan.splits, 1, 1) and s["n_items"] == tiles * plan.splits
     assert s["splits"] == plan.splits and s["o_split"] == 4 * 1 * 32 * 128 and s["lse_split"] == 4 * 32
     assert plan.merge is None and plan.counters == tiles   # the last split of a tile merges in the kernel
