@@ -170,7 +170,10 @@ class _Plan:
         tiles = m_blocks * (hq // pack) * b
         self.config = config
         key_tiles = math.ceil(layout.capacity / config.block_n)
-        self.splits = num_splits or (sm90_splits(tiles, key_tiles, dev.num_sms) if hopper is not None
+        # Hopper: half the SMs stream the DRAM, but a tile of pages smaller than it (a TMA box
+        # and a lookup a page, from one lane) streams at about half a CTA's speed: those fill them.
+        small_pages = layout.paged and layout.page_size < config.block_n
+        self.splits = num_splits or (sm90_splits(tiles, key_tiles, dev.num_sms) if hopper is not None and not small_pages
                                      else choose_splits(tiles, key_tiles, slots))
         if self.splits > 1:   # partials (split, B, Sq, Hq, D) and (split, B, Sq, Hq): merge_states' rows
             o_strides, lse_strides = (sq * hq * d, d, hq * d), (sq * hq, 1, hq)

@@ -225,7 +225,10 @@ def test_kvcache_plan_takes_the_hopper_kernel_where_it_can(monkeypatch, paged, s
     s = plan.attention.scalars
     assert (s["heads"], s["pack"], s["m_blocks"], s["causal"]) == (8, 4, 1, 0)   # B4 x Hkv 8 tiles of 4 heads
     tiles = 4 * 8
-    assert plan.splits == kv.sm90_splits(tiles, -(-layout.capacity // 128), 132) == 2   # 64 CTAs: half the SMs
+    if paged and paged[1] < 128:   # pages smaller than a tile: CTAs for every SM
+        assert plan.splits == kv.choose_splits(tiles, -(-layout.capacity // 128), 132) == 4
+    else:                          # 64 CTAs: half the SMs
+        assert plan.splits == kv.sm90_splits(tiles, -(-layout.capacity // 128), 132) == 2
     assert plan.attention.grid == (tiles * plan.splits, 1, 1) and s["n_items"] == tiles * plan.splits
     assert s["splits"] == plan.splits and s["o_split"] == 4 * 1 * 32 * 128 and s["lse_split"] == 4 * 32
     assert plan.merge is None and plan.counters == tiles   # the last split of a tile merges in the kernel
