@@ -27,7 +27,7 @@ except ImportError:
 from . import loader, tuning
 from .configs import DispatchKey, Sm80FwdConfig, Sm90FwdConfig, choose_kernel, variant_config
 from .launch import Sm80FwdLaunch, Sm90FwdLaunch, build_launch, sm90_blocker
-from .validation import (Problem, TensorSpec, check_capability, check_options, check_out,
+from .validation import (Problem, TensorSpec, byte_span, check_capability, check_no_overlap, check_options, check_out,
                          check_problem, layout_strides)
 
 Backend = Literal["auto", "sm80", "sm90"]
@@ -137,6 +137,9 @@ def _prepare(q, k, v, out, causal, scale, layout, return_lse, backend, config=No
     if out is not None:
         out = _as_device_array(out, "out")
         check_out(_spec(out, "out"), problem)
+        check_no_overlap([_spec(out, "out")], [_spec(q, "q"), _spec(k, "k"), _spec(v, "v"),
+                                               None if alibi_slopes is None else _spec(alibi_slopes, "alibi_slopes"),
+                                               None if bias is None else _spec(bias, "bias")])
         o_strides = layout_strides(_spec(out, "out"), layout)
     else:
         o_strides = layout_strides(
@@ -149,8 +152,35 @@ def _prepare(q, k, v, out, causal, scale, layout, return_lse, backend, config=No
     options = dict(causal=causal, scale=scale, layout=layout, return_lse=return_lse, backend=backend,
                    window=window, softcap=softcap)
     sig = _signature(q, k, v, out, alibi_slopes=alibi_slopes, bias=bias, **options)
-    p = Plan(problem, launch, options, None if sig is None else sig[0], alibi_slopes is not None, bias is not None)
+    spans = None if out is None else _relative_spans(q, k, v, alibi_slopes, bias, out)
+    p = Plan(problem, launch, options, None if sig is None else sig[0], alibi_slopes is not None, bias is not None,
+             spans)
     return q, k, v, out, p, _pointers(launch, q, k, v, alibi_slopes, bias)
+
+
+def _relative_spans(*arrays) -> tuple:
+    """Each array's byte span (validation.byte_span) from its address (None for an absent one):
+    they depend only on the signature, so the fast path checks `out=` against the inputs with
+    the addresses alone (_out_overlaps)."""
+    spans = []
+    for a in arrays:
+        if a is None:
+            spans.append(None)
+            continue
+        lo, hi = byte_span(_spec(a, ""))
+        spans.append((lo - a.data.ptr, hi - a.data.ptr))
+    return tuple(spans)
+
+
+def _out_overlaps(spans: tuple, ptrs: tuple[int, ...], out) -> bool:
+    """Whether `out` (whose span is spans' last) shares bytes with an input at `ptrs` (q, k, v,
+    then a variant's slopes and bias where the launch takes them; spans in that order)."""
+    o = out.data.ptr
+    o_lo, o_hi = o + spans[-1][0], o + spans[-1][1]
+    for ptr, span in zip(ptrs, spans[:-1]):
+        if span is not None and span[0] < span[1] and ptr + span[0] < o_hi and o_lo < ptr + span[1]:
+            return o_lo < o_hi
+    return False
 
 
 def _pointers(launch, q, k, v, alibi_slopes, bias) -> tuple[int, ...]:
@@ -177,6 +207,7 @@ class Plan:
     key: tuple | None       # the arrays' signature (_signature); None: not CuPy-keyable
     has_alibi: bool = False
     has_bias: bool = False
+    spans: tuple | None = None   # with out=: the arrays' byte spans from their addresses (_relative_spans)
 
     @property
     def config(self) -> Sm80FwdConfig | Sm90FwdConfig:
@@ -194,6 +225,10 @@ class Plan:
         if sig is None or sig[0] != self.key:
             raise ValueError("these arrays do not match the plan (their shapes, strides, dtypes, device, "
                              "16-byte alignment, or whether out is given): make a plan for them")
+        if out is not None and _out_overlaps(self.spans, sig[1], out):
+            check_no_overlap([_spec(out, "out")], [_spec(q, "q"), _spec(k, "k"), _spec(v, "v"),
+                                                   None if alibi_slopes is None else _spec(alibi_slopes, "alibi_slopes"),
+                                                   None if bias is None else _spec(bias, "bias")])
         ptrs = sig[1] if self.launch.extra_pointers else sig[1][:3]
         if _get_device() == self.launch.device:
             return _run(self.launch, ptrs, q.dtype, out)
@@ -308,7 +343,8 @@ def attention(q: Any, k: Any, v: Any, *, causal: bool | str = False, scale: floa
     Rows that see no key give 0 (and LSE -inf). Variants run on both kernels.
     Runs on CuPy's current stream, on the arrays' device. Returns the output in
     q's dtype and layout, and with return_lse=True also the float32 log-sum-exp
-    of shape (B, Hq, Sq).
+    of shape (B, Hq, Sq). out= must not share memory with an input (a ValueError
+    naming both: the kernel reads them while it writes it).
     backend: "auto" (the Hopper wgmma/TMA kernel on H100/H200 where it applies,
     else the portable mma.sync kernel), "sm80" (always the portable kernel) or
     "sm90" (always the Hopper kernel with its full-size tiles; a ValueError where
@@ -320,6 +356,10 @@ def attention(q: Any, k: Any, v: Any, *, causal: bool | str = False, scale: floa
         launch = _launches.get(sig[0]) if sig is not None else None
     except TypeError:   # an unhashable option (see _signature)
         sig = launch = None
+    if launch is not None and out is not None:
+        kept = _plans.get(sig[0])
+        if kept is None or _out_overlaps(kept.spans, sig[1], out):
+            launch = None   # out= over an input: validation raises, naming both
     if launch is None:
         q, k, v, out, p, qkv = _prepare(q, k, v, out, causal, scale, layout, return_lse, backend,
                                         window=window, softcap=softcap, alibi_slopes=alibi_slopes, bias=bias)

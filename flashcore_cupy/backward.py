@@ -23,8 +23,8 @@ from . import api
 from .configs import Sm80BwdConfig, Sm90BwdConfig, bucket_head_dim, bwd_config
 from .launch import Sm80BwdLaunch, Sm90BwdLaunch, StepLaunch, sm90_bwd_blocker
 from .params import stride_values
-from .validation import (Problem, TensorSpec, check_capability, check_lse, check_options, check_out,
-                         check_problem, layout_strides)
+from .validation import (Problem, TensorSpec, check_capability, check_lse, check_no_overlap, check_options,
+                         check_out, check_problem, layout_strides)
 
 
 def _bhsd_view(x, layout: str):
@@ -59,6 +59,9 @@ def attention_backward(dout: Any, q: Any, k: Any, v: Any, out: Any, lse: Any, *,
         plan = _plans.get(key) if key is not None else None
     except TypeError:   # an unhashable option: validation names it
         plan = None
+    if plan is not None and (dq is not None or dk is not None or dv is not None) and _grads_overlap(
+            _spans.get(key), (dout, q, k, v, out, lse, alibi_slopes, bias), (dq, dk, dv)):
+        plan = None   # a gradient buffer over an input or another: validation raises, naming both
     if plan is None:
         plan, (dout, q, k, v, out, lse, dq, dk, dv, alibi_slopes, bias) = _validate(
             dout, q, k, v, out, lse, dq, dk, dv, causal, scale, window, softcap, alibi_slopes, bias, layout,
@@ -66,6 +69,8 @@ def attention_backward(dout: Any, q: Any, k: Any, v: Any, out: Any, lse: Any, *,
         if key is not None:
             if len(_plans) >= api._MAX_CACHED_LAUNCHES:
                 _plans.clear()
+                _spans.clear()
+            _spans[key] = api._relative_spans(dout, q, k, v, out, lse, alibi_slopes, bias, dq, dk, dv)
             _plans[key] = plan
     return plan.run(dout, q, k, v, out, lse, dq, dk, dv, alibi_slopes, bias)
 
@@ -107,6 +112,11 @@ def _validate(dout, q, k, v, out, lse, dq, dk, dv, causal, scale, window, softca
             fresh = TensorSpec(name, like.shape, api._contiguous_strides(like.shape), like.dtype, p.device, 0)
             grad_strides.append(layout_strides(fresh, layout))
         grads.append(given)
+    # the gradients are written while every input is read (and each other written)
+    check_no_overlap([None if g is None else spec(g, n) for g, n in zip(grads, ("dq", "dk", "dv"))],
+                     [spec(dout, "dout"), spec(q, "q"), spec(k, "k"), spec(v, "v"), spec(out, "out"), spec(lse, "lse"),
+                      None if alibi_slopes is None else spec(alibi_slopes, "alibi_slopes"),
+                      None if bias is None else spec(bias, "bias")])
     dev = api.device_info(p.device)
     check_capability(dev.capability, p.device)
     do_strides = layout_strides(spec(dout, "dout"), layout)
@@ -115,6 +125,25 @@ def _validate(dout, q, k, v, out, lse, dq, dk, dv, causal, scale, window, softca
                        deterministic, bool(return_dbias), None if bias is None else bias.shape,
                        _bhsd_view(k, layout).shape[2])
     return plan, (dout, q, k, v, out, lse, *grads, alibi_slopes, bias)
+
+
+def _grads_overlap(spans: tuple | None, inputs: tuple, grads: tuple) -> bool:
+    """Whether a given gradient buffer's bytes meet an input's or another buffer's, from the
+    signature's relative spans (api._relative_spans: the inputs', then dq's, dk's, dv's) and the
+    addresses alone; True where the spans are unknown."""
+    if spans is None:
+        return True
+    ranges = [None if a is None or span is None or span[0] == span[1] else (a.data.ptr + span[0], a.data.ptr + span[1])
+              for a, span in zip((*inputs, *grads), spans)]
+    written, read = ranges[len(inputs):], ranges[:len(inputs)]
+    for i, w in enumerate(written):
+        if w is not None and any(r is not None and r[0] < w[1] and w[0] < r[1] for r in read + written[i + 1:]):
+            return True
+    return False
+
+
+# Each kept plan's arrays' byte spans from their addresses (its signature fixes them).
+_spans: dict[tuple, tuple] = {}
 
 
 def _key(dout, q, k, v, out, lse, dq, dk, dv, causal, scale, window, softcap, alibi_slopes, bias, layout,

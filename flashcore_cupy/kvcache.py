@@ -27,7 +27,7 @@ from .configs import (SM90_ARCH, SM90_HEAD_DIMS, AppendConfig, MergeConfig, Sm90
 from .launch import (AppendLaunch, MergeLaunch, Sm80SeqLaunch, Sm90SeqLaunch, fast_divisor, problem_scalars,
                      sequence_scalars, sm90_cache_map_specs, sm90_sequence_scalars, variant_scalars)
 from .params import stride_values
-from .validation import CacheLayout, Problem, check_kvcache, check_out, layout_strides
+from .validation import CacheLayout, Problem, check_kvcache, check_no_overlap, check_out, layout_strides
 
 MAX_SPLITS = 128
 _lock = threading.Lock()
@@ -63,6 +63,9 @@ def attention_kvcache(q: Any, k_cache: Any, v_cache: Any, *, cache_seqlens: Any,
         sig = call = None
     arrays = dict(cache_seqlens=cache_seqlens, block_table=block_table, k_new=k_new, v_new=v_new,
                   alibi_slopes=alibi_slopes)
+    if call is not None and out is not None and api._out_overlaps(call[3], tuple(
+            0 if a is None else a.data.ptr for a in (q, k_cache, v_cache, k_new, v_new)), out):
+        call = None   # out= over an input: validation raises, naming both
     if call is None:
         q, k_cache, v_cache, out, arrays, call = _prepare(q, k_cache, v_cache, out, arrays, causal, scale, window,
                                                           softcap, num_splits, return_lse)
@@ -71,7 +74,7 @@ def attention_kvcache(q: Any, k_cache: Any, v_cache: Any, *, cache_seqlens: Any,
                 if len(_calls) > 1024:
                     _calls.clear()
                 _calls[sig] = call
-    plan, layout, n_new = call
+    plan, layout, n_new, _ = call
     import cupy
 
     with cupy.cuda.Device(q.data.device_id):
@@ -127,17 +130,23 @@ def _prepare(q, k_cache, v_cache, out, arrays: dict, causal, scale, window, soft
         check_out(_spec(out, "out"), problem)
         if not out.flags.c_contiguous:
             raise ValueError(f"out must be C-contiguous, got strides {out.strides} (bytes)")
+    # what the launches write (out; the caches where keys are appended) against what they read
+    caches = [_spec(k_cache, "k_cache"), _spec(v_cache, "v_cache")]
+    check_no_overlap([None if out is None else _spec(out, "out"), *(caches if n_new else [])],
+                     [_spec(q, "q"), *(specs[n] for n in ("cache_seqlens", "block_table", "k_new", "v_new",
+                                                          "alibi_slopes")), *([] if n_new else caches)])
     new_strides = {} if not n_new else {**stride_values("kn", layout_strides(specs["k_new"], "bshd")),
                                         **stride_values("vn", layout_strides(specs["v_new"], "bshd"))}
     import cupy
 
     with cupy.cuda.Device(problem.device):
         plan = _plan(problem, layout, n_new, int(num_splits), tuple(sorted(new_strides.items())))
-    return q, k_cache, v_cache, out, arrays, (plan, layout, n_new)
+    spans = None if out is None else api._relative_spans(q, k_cache, v_cache, arrays["k_new"], arrays["v_new"], out)
+    return q, k_cache, v_cache, out, arrays, (plan, layout, n_new, spans)
 
 
-# Validated signatures (_signature) -> (plan, layout, new keys): a later call with the same one
-# skips validation.
+# Validated signatures (_signature) -> (plan, layout, new keys, the arrays' relative byte spans
+# with out=): a later call with the same one skips validation.
 _calls: dict[tuple, tuple] = {}
 
 

@@ -16,7 +16,7 @@ from . import api
 from .api import _contiguous_strides
 from .configs import MergeConfig
 from .launch import MergeLaunch
-from .validation import DTYPE_NAMES, TensorSpec, check_capability
+from .validation import DTYPE_NAMES, TensorSpec, check_capability, check_no_overlap
 
 _NAMES = {**DTYPE_NAMES, np.dtype(np.float32): "f32"}
 _launches: dict[tuple, MergeLaunch] = {}   # (device, MergeConfig) -> prepared launch
@@ -40,8 +40,10 @@ def merge_states(*args, out=None, lse_out=None):
     names = ("out_a", "lse_a", "out_b", "lse_b") if len(args) == 4 else ("outs", "lses")
     arrays = [api._as_device_array(a, n) for a, n in zip(args, names)]
     given = {n: api._as_device_array(a, n) for n, a in (("out", out), ("lse_out", lse_out)) if a is not None}
-    splits, row_shape, dv = check_merge([api._spec(a, n) for a, n in zip(arrays, names)],
-                                        *(api._spec(given[n], n) if n in given else None for n in ("out", "lse_out")))
+    parts = [api._spec(a, n) for a, n in zip(arrays, names)]
+    buffers = [api._spec(given[n], n) if n in given else None for n in ("out", "lse_out")]
+    splits, row_shape, dv = check_merge(parts, *buffers)
+    check_no_overlap(buffers, parts)   # a row's merge reads every split's rows of it while others are written
     import cupy
 
     first = arrays[0]

@@ -310,6 +310,34 @@ def check_out(out: TensorSpec, problem: Problem, shape: tuple[int, ...] | None =
     _check_tensor(out, problem.layout)
 
 
+def byte_span(t: TensorSpec) -> tuple[int, int]:
+    """The bytes [lo, hi) an array's elements lie in (its strides may be negative or zero); an
+    empty array's is empty."""
+    if any(n == 0 for n in t.shape):
+        return t.ptr, t.ptr
+    low = sum((n - 1) * s for n, s in zip(t.shape, t.strides) if s < 0)
+    high = sum((n - 1) * s for n, s in zip(t.shape, t.strides) if s > 0)
+    return t.ptr + low * t.dtype.itemsize, t.ptr + (high + 1) * t.dtype.itemsize
+
+
+def spans_overlap(a: tuple[int, int], b: tuple[int, int]) -> bool:
+    return a[0] < b[1] and b[0] < a[1] and a[0] < a[1] and b[0] < b[1]
+
+
+def check_no_overlap(written: list[TensorSpec | None], read: list[TensorSpec | None]) -> None:
+    """A ValueError naming both arrays where one a call writes shares bytes (their spans, as
+    numpy.may_share_memory's bounds) with one it reads or another it writes: the kernels read
+    their inputs while they write, so an output over an input is a race, never an in-place op."""
+    outs = [t for t in written if t is not None]
+    ins = [t for t in read if t is not None]
+    for i, w in enumerate(outs):
+        span = byte_span(w)
+        for other in outs[i + 1:] + ins:
+            if spans_overlap(span, byte_span(other)):
+                raise ValueError(f"{w.name} overlaps {other.name} in memory: the kernel writes {w.name} while it "
+                                 f"reads {other.name}; give {w.name} a buffer of its own")
+
+
 def check_lse(lse: TensorSpec, problem: Problem) -> None:
     """The forward's LSE handed to the backward: float32 (B, Hq, Sq), contiguous, on q's device."""
     expected = (problem.batch, problem.heads_q, problem.seqlen_q)

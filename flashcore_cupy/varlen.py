@@ -18,7 +18,7 @@ from .api import _as_device_array, _spec
 from .configs import choose_sm80_config, seq_config
 from .launch import Sm80SeqLaunch, problem_scalars, sequence_scalars, variant_scalars
 from .params import stride_values
-from .validation import Problem, TensorSpec, check_out, check_varlen
+from .validation import Problem, TensorSpec, check_no_overlap, check_out, check_varlen
 
 
 def attention_varlen(q: Any, k: Any, v: Any, cu_seqlens_q: Any, cu_seqlens_k: Any, *,
@@ -56,6 +56,8 @@ def attention_varlen(q: Any, k: Any, v: Any, cu_seqlens_q: Any, cu_seqlens_k: An
             raise ValueError(f"out has shape {o.shape}; expected {q.shape} (q's)")
         check_out(TensorSpec("out", (1, *o.shape), (0, *o.strides), o.dtype, o.device, o.ptr), problem,
                   (1, total_q, heads_q, head_dim))
+        check_no_overlap([o], [_spec(q, "q"), _spec(k, "k"), _spec(v, "v"), _spec(cu_q, "cu_seqlens_q"),
+                               _spec(cu_k, "cu_seqlens_k"), None if slopes is None else _spec(slopes, "alibi_slopes")])
     for name, hint in (("max_seqlen_q", max_seqlen_q), ("max_seqlen_k", max_seqlen_k)):
         if hint is not None and (isinstance(hint, bool) or not isinstance(hint, (int, np.integer)) or hint < 0):
             raise ValueError(f"{name} must be an int >= 0 or None, got {hint!r}")

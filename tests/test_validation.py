@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 import flashcore_cupy as fc
-from flashcore_cupy.validation import (TensorSpec, Variant, check_capability, check_options, check_out,
-                                       check_problem)
+from flashcore_cupy.validation import (TensorSpec, Variant, byte_span, check_capability, check_no_overlap,
+                                       check_options, check_out, check_problem, spans_overlap)
 
 F16, BF16 = np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16)
 
@@ -299,3 +299,69 @@ def test_variant_configs_name_their_policy_and_keep_registers_in_check():
     assert scored.m_tiles == 1 and scored.name_expression.endswith(", fc::Variant<true, false, 1>>")
     with pytest.raises(ValueError, match="window"):
         KernelVariant(softcap=True)
+
+
+def test_byte_spans_cover_every_element_whatever_the_strides():
+    assert byte_span(spec("a", (2, 3, 4, 8))) == (1 << 20, (1 << 20) + 2 * 3 * 4 * 8 * 2)
+    assert byte_span(spec("a", (2, 3), strides=(-3, 1), ptr=1000)) == (1000 - 6, 1000 + 6)   # reversed rows
+    assert byte_span(spec("a", (4, 8), strides=(0, 1), ptr=64)) == (64, 64 + 16)            # broadcast rows
+    assert byte_span(spec("a", (0, 8))) == (1 << 20, 1 << 20)                                # empty
+    assert not spans_overlap((0, 10), (10, 20)) and spans_overlap((0, 11), (10, 20))
+    assert not spans_overlap((5, 5), (0, 20))   # an empty span meets nothing
+
+
+def test_an_output_over_an_input_raises_naming_both():
+    q = spec("q", (1, 2, 64, 64), ptr=0x10000)
+    k = spec("k", (1, 2, 64, 64), ptr=0x20000)
+    check_no_overlap([spec("out", (1, 2, 64, 64), ptr=0x30000)], [q, k, None])
+    with pytest.raises(ValueError, match="out overlaps k in memory"):
+        check_no_overlap([spec("out", (1, 2, 64, 64), ptr=0x20000 + 1024)], [q, k])
+    # q and k as interleaved views of one packed tensor are only read: never checked against each other
+    check_no_overlap([], [spec("q", (2, 64), strides=(128, 1), ptr=0), spec("k", (2, 64), strides=(128, 1), ptr=128)])
+    with pytest.raises(ValueError, match="dq overlaps dk in memory"):   # written twice
+        check_no_overlap([spec("dq", (4, 64), ptr=0), spec("dk", (4, 64), ptr=256)], [])
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda a: fc.attention(a["q"], a["k"], a["v"], out=a["q"]), "out overlaps q"),
+    (lambda a: fc.attention(a["packed"][:, :, :64], a["k"], a["v"], out=a["packed"][:, :, 32:96]), "out overlaps q"),
+    (lambda a: fc.attention_backward(a["q"], a["q"], a["k"], a["v"], a["o"], a["lse"], dq=a["k"]), "dq overlaps k"),
+    (lambda a: fc.merge_states(a["outs"], a["lses"], out=a["outs"][0]), "out overlaps outs"),
+])
+@pytest.mark.gpu
+def test_the_ops_refuse_outputs_over_their_inputs(call, match):
+    """On a GPU (the arrays are CuPy's): validation names both arrays, before any launch; the
+    attention fast path (a signature seen with a separate out=) sends an aliased call back to it."""
+    import cupy
+
+    arrays = dict(q=cupy.zeros((1, 2, 64, 64), np.float16), k=cupy.zeros((1, 2, 64, 64), np.float16),
+                  v=cupy.zeros((1, 2, 64, 64), np.float16), o=cupy.zeros((1, 2, 64, 64), np.float16),
+                  lse=cupy.zeros((1, 2, 64), np.float32), packed=cupy.zeros((1, 2, 256, 64), np.float16),
+                  outs=cupy.zeros((2, 4, 64), np.float32), lses=cupy.zeros((2, 4), np.float32))
+    fc.attention(arrays["q"], arrays["k"], arrays["v"], out=cupy.empty_like(arrays["q"]))   # the fast path's signature
+    with pytest.raises(ValueError, match=match):
+        call(arrays)
+
+
+class _At:
+    """A stand-in for a CuPy array's address (a.data.ptr)."""
+
+    def __init__(self, ptr):
+        self.data = type("Data", (), {"ptr": ptr})()
+
+
+def test_the_fast_paths_find_an_aliased_buffer_from_the_addresses_alone():
+    """attention's and attention_kvcache's fast path (api._out_overlaps) and attention_backward's
+    (backward._grads_overlap): the signature's relative spans plus this call's addresses."""
+    from flashcore_cupy import api, backward
+
+    spans = ((0, 1024), (0, 1024), (0, 1024), None, None, (0, 1024))   # q, k, v, slopes, bias, out
+    assert not api._out_overlaps(spans, (0x1000, 0x2000, 0x3000), _At(0x4000))
+    assert api._out_overlaps(spans, (0x1000, 0x2000, 0x3000), _At(0x2000 + 1000))
+    assert not api._out_overlaps(spans, (0x1000, 0x2000, 0x3000), _At(0x1000 - 1024))   # ends where q starts
+    grads = ((0, 64),) * 6 + (None, None) + ((0, 64),) * 3   # dout, q, k, v, out, lse, slopes, bias; dq, dk, dv
+    inputs = tuple(_At(0x100 * i) for i in range(1, 7)) + (None, None)
+    assert not backward._grads_overlap(grads, inputs, (_At(0x1000), _At(0x2000), None))
+    assert backward._grads_overlap(grads, inputs, (_At(0x1000), _At(0x1000 + 32), None))   # dq over dk
+    assert backward._grads_overlap(grads, inputs, (None, _At(0x300 + 8), None))             # dk over k
+    assert backward._grads_overlap(None, inputs, (_At(0x1000), None, None))                 # unknown: validate
