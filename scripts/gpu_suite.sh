@@ -2,7 +2,7 @@
 # The device run: GPU tests, the mission shape, compute-sanitizer, the latency
 # probe and the benchmark (JSON + plot). Logs go to $OUT.
 # Usage on the device machine, from the repository root:  bash scripts/gpu_suite.sh
-# BENCH=0 skips the benchmark, TESTS=0 the tests, sanitizers and SASS (PYTEST=0 the tests alone,
+# BENCH=0 skips the benchmark, NOTEBOOK=0 the quickstart's run, TESTS=0 the tests, sanitizers and SASS (PYTEST=0 the tests alone,
 # CHECKS=0 the run, sanitizers and SASS alone: pytest takes ~8 of a call's 10 minutes), HOST=0
 # the latency probe and tile sweep (runs that fit the device's 10-minute limit per command);
 # BENCH_ARGS passes options to the benchmark (e.g. --held-out exclude / only, to split it);
@@ -31,6 +31,9 @@ if [ "${TESTS:-1}" = 1 ] && [ "${CHECKS:-1}" = 1 ]; then
     step sanitizer.txt timeout 120 compute-sanitizer --tool $tool --error-exitcode 3 python3 scripts/sanitize_case.py
   done
   step sass.txt python3 scripts/sass_check.py --arch sm_90a
+fi
+if [ "${NOTEBOOK:-1}" = 1 ]; then   # the quickstart end to end, its outputs and plots in $OUT
+  step notebook.txt timeout 300 python3 scripts/run_notebook.py examples/quickstart.ipynb --out "$OUT/quickstart.ipynb"
 fi
 if [ "${HOST:-1}" = 1 ]; then
   step host.txt python3 scripts/latency_probe.py
