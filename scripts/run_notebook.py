@@ -17,7 +17,14 @@ import traceback
 
 
 def run(path: str, out_path: str) -> int:
+    import os
+    import tempfile
+
     import matplotlib
+
+    # the notebook's `tune` writes the tune cache dispatch reads: a run here leaves the
+    # machine's own alone (FLASHCORE_CUPY_TUNE_CACHE, unless the caller set it)
+    os.environ.setdefault("FLASHCORE_CUPY_TUNE_CACHE", os.path.join(tempfile.mkdtemp(), "tune.json"))
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
