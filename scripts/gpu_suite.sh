@@ -2,7 +2,8 @@
 # The device run: GPU tests, the mission shape, compute-sanitizer, the latency
 # probe and the benchmark (JSON + plot). Logs go to $OUT.
 # Usage on the device machine, from the repository root:  bash scripts/gpu_suite.sh
-# BENCH=0 skips the benchmark, NOTEBOOK=0 the quickstart's run, TESTS=0 the tests, sanitizers and SASS (PYTEST=0 the tests alone,
+# BENCH=0 skips the benchmark, NOTEBOOK=0 the quickstart's run, SWEEP=1 adds the random sweep
+# (scripts/random_sweep.py; SWEEP_ARGS="--seed S --first i" continues one), TESTS=0 the tests, sanitizers and SASS (PYTEST=0 the tests alone,
 # CHECKS=0 the run, sanitizers and SASS alone: pytest takes ~8 of a call's 10 minutes), HOST=0
 # the latency probe and tile sweep (runs that fit the device's 10-minute limit per command);
 # BENCH_ARGS passes options to the benchmark (e.g. --held-out exclude / only, to split it);
@@ -31,6 +32,9 @@ if [ "${TESTS:-1}" = 1 ] && [ "${CHECKS:-1}" = 1 ]; then
     step sanitizer.txt timeout 120 compute-sanitizer --tool $tool --error-exitcode 3 python3 scripts/sanitize_case.py
   done
   step sass.txt python3 scripts/sass_check.py --arch sm_90a
+fi
+if [ "${SWEEP:-0}" = 1 ]; then   # the seeded random sweep (its own call: compiles dominate on a bare machine)
+  step sweep.txt python3 scripts/random_sweep.py --cases "${SWEEP_CASES:-2000}" --max-seconds 540 ${SWEEP_ARGS:-}
 fi
 if [ "${NOTEBOOK:-1}" = 1 ]; then   # the quickstart end to end, its outputs and plots in $OUT
   step notebook.txt timeout 300 python3 scripts/run_notebook.py examples/quickstart.ipynb --out "$OUT/quickstart.ipynb"
