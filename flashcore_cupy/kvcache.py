@@ -25,7 +25,7 @@ from .api import _as_device_array, _spec
 from .configs import (SM90_ARCH, SM90_HEAD_DIMS, AppendConfig, MergeConfig, Sm90FwdConfig, choose_sm80_config,
                       seq_config, sm90_cache_config)
 from .launch import (AppendLaunch, MergeLaunch, Sm80SeqLaunch, Sm90SeqLaunch, fast_divisor, problem_scalars,
-                     sequence_scalars, sm90_cache_map_specs, sm90_sequence_scalars, variant_scalars)
+                     sequence_scalars, sm90_cache_map_specs, sm90_scalars, variant_scalars)
 from .params import stride_values
 from .validation import CacheLayout, Problem, check_kvcache, check_no_overlap, check_out, layout_strides
 
@@ -193,15 +193,10 @@ class _Plan:
         cache = self._cache_fields(layout, n_new)
         if hopper is not None:
             heads, heads_per_kv = (p.heads_kv, 1) if pack > 1 else (hq, hq // p.heads_kv)
-            scalars = dict(**stride_values("o", o_strides), seqlen_q=sq, seqlen_k=p.seqlen_k, head_dim=d,
-                           scale_log2=p.scale * math.log2(math.e), causal=int(p.causal and pack == 1), heads=heads,
-                           batch=b, m_blocks=m_blocks, group=1, tail_start=tiles, n_items=tiles * self.splits,
-                           pack=pack, by_group_tiles=fast_divisor(m_blocks), by_group=fast_divisor(1),
-                           by_heads=fast_divisor(heads), by_heads_per_kv=fast_divisor(heads_per_kv),
-                           **variant_scalars(p),
-                           **sm90_sequence_scalars(**cache, by_page_size=fast_divisor(cache["page_size"]),
-                                                   **stride_values("lse", lse_strides), splits=self.splits,
-                                                   **split_fields))
+            # one work tile a CTA (split tiles), split i % splits of tile i / splits
+            scalars = sm90_scalars(p, o_strides, p.causal and pack == 1, heads, heads_per_kv, m_blocks, 1, tiles,
+                                   tiles * self.splits, pack, **cache, by_page_size=fast_divisor(cache["page_size"]),
+                                   **stride_values("lse", lse_strides), splits=self.splits, **split_fields)
             specs = sm90_cache_map_specs(p, layout.paged, layout.num_pages, layout.page_size, config, pack)
             self.attention = Sm90SeqLaunch.build_seq(config, p.device, dev.arch, (tiles * self.splits, 1, 1), scalars,
                                                      specs)

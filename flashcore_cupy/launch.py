@@ -422,8 +422,7 @@ def problem_scalars(p: Problem) -> dict:
 def sequence_scalars(**given) -> dict:
     """params.FWD_SM80's sequence fields (kernels/sequence.cuh) of a dense call (no offsets, no
     cache, one split), with `given` in their place."""
-    fields = dict.fromkeys(("cu_seqlens_q", "cu_seqlens_k", "seqused_k", "block_table", "bt_sb", "new_keys",
-                            "num_pages", "o_accum", "lse_accum", "o_split", "lse_split", "split_count"), 0)
+    fields = dict.fromkeys(("cu_seqlens_q", "cu_seqlens_k", *params.cache_field_names()), 0)
     return {**fields, "page_size": 1, "pack": 1, "splits": 1, **given}
 
 
@@ -479,13 +478,8 @@ class Sm90FwdLaunch(_Launch):
         uneven = causal or (not config.variant.plain and right >= 0 and left < 0)
         kv_bytes_per_head = 2 * p.seqlen_k * p.head_dim * 2 // group   # K and V, 16-bit
         plan = config.schedule(p.batch, heads, p.seqlen_q, num_sms, uneven, kv_bytes_per_head)
-        scalars = dict(o_sb=o_strides[0], o_sh=o_strides[1], o_ss=o_strides[2], seqlen_q=p.seqlen_q,
-                       seqlen_k=p.seqlen_k, head_dim=p.head_dim, scale_log2=p.scale * math.log2(math.e),
-                       causal=int(causal), heads=heads, batch=p.batch, m_blocks=m_blocks, group=plan.group,
-                       tail_start=plan.tail_start, n_items=plan.items, pack=pack,
-                       by_group_tiles=fast_divisor(plan.group * m_blocks), by_group=fast_divisor(plan.group),
-                       by_heads=fast_divisor(heads), by_heads_per_kv=fast_divisor(heads_per_kv),
-                       **variant_scalars(p), **sm90_sequence_scalars())
+        scalars = sm90_scalars(p, o_strides, causal, heads, heads_per_kv, m_blocks, plan.group, plan.tail_start,
+                               plan.items, pack)
         if not config.variant.plain:
             cls = Sm90VariantLaunch
         return cls(config, loader.get_function(config, p.device, arch, defines), p.device, plan.grid, p.out_shape,
@@ -546,11 +540,24 @@ class Sm90VariantLaunch(Sm90FwdLaunch):
             _cu_launch(*self._dims, stream, block.argv, 0)
 
 
+def sm90_scalars(p: Problem, o_strides: tuple[int, int, int], causal: bool, heads: int, heads_per_kv: int,
+                 m_blocks: int, group: int, tail_start: int, items: int, pack: int, **sequence) -> dict:
+    """params.FWD_SM90's fields after the maps and pointers: the problem, its work tiles (heads x
+    m_blocks x batch, numbered by groups of `group` heads, sub-tiles from tail_start; the FastDivs
+    work_tile divides by), the variant's, and `sequence` (sm90_sequence_scalars: a dense call's
+    when empty)."""
+    return dict(**params.stride_values("o", o_strides), seqlen_q=p.seqlen_q, seqlen_k=p.seqlen_k,
+                head_dim=p.head_dim, scale_log2=p.scale * math.log2(math.e), causal=int(causal), heads=heads,
+                batch=p.batch, m_blocks=m_blocks, group=group, tail_start=tail_start, n_items=items, pack=pack,
+                by_group_tiles=fast_divisor(group * m_blocks), by_group=fast_divisor(group),
+                by_heads=fast_divisor(heads), by_heads_per_kv=fast_divisor(heads_per_kv),
+                **variant_scalars(p), **sm90_sequence_scalars(**sequence))
+
+
 def sm90_sequence_scalars(**given) -> dict:
     """params.FWD_SM90's KV-cache and split-KV fields of a dense call (no cache, one split), with
     `given` in their place."""
-    fields = dict.fromkeys(("seqused_k", "block_table", "bt_sb", "new_keys", "num_pages", "lse_sb", "lse_sh",
-                            "lse_ss", "o_accum", "lse_accum", "o_split", "lse_split", "split_count"), 0)
+    fields = dict.fromkeys((*params.cache_field_names(), "lse_sb", "lse_sh", "lse_ss"), 0)
     return {**fields, "page_size": 1, "by_page_size": fast_divisor(1), "splits": 1, **given}
 
 

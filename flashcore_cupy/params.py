@@ -131,6 +131,12 @@ def _paged_fields() -> list[Field]:
     ]
 
 
+def cache_field_names() -> tuple[str, ...]:
+    """The KV-cache and split-KV fields both forward kernels' params hold (_paged_fields,
+    _split_fields): launch.py gives a dense call's defaults for them."""
+    return tuple(f.name for f in (*_paged_fields(), *_split_fields()))
+
+
 def _sequence_fields() -> list[Field]:
     """Where the sequences are (kernels/sequence.cuh's policies): packed (varlen) offsets, a
     KV cache, and split-KV partials. A dense call's kernel reads none of them."""
