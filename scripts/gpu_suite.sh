@@ -34,7 +34,7 @@ if [ "${TESTS:-1}" = 1 ] && [ "${CHECKS:-1}" = 1 ]; then
   step sass.txt python3 scripts/sass_check.py --arch sm_90a
 fi
 if [ "${SWEEP:-0}" = 1 ]; then   # the seeded random sweep (its own call: compiles dominate on a bare machine)
-  step sweep.txt python3 scripts/random_sweep.py --cases "${SWEEP_CASES:-2000}" --max-seconds 540 ${SWEEP_ARGS:-}
+  step sweep.txt python3 scripts/random_sweep.py --cases "${SWEEP_CASES:-2000}" --max-seconds 480 --workers 8 ${SWEEP_ARGS:-}
 fi
 if [ "${NOTEBOOK:-1}" = 1 ]; then   # the quickstart end to end, its outputs and plots in $OUT
   step notebook.txt timeout 300 python3 scripts/run_notebook.py examples/quickstart.ipynb --out "$OUT/quickstart.ipynb"

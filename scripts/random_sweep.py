@@ -9,15 +9,18 @@ or automatic splits, speculative rows) and merge_states (pairs and stacks, -inf 
 Outputs within workload's bounds (gradients within its gradient bounds; NaN never passes), LSEs
 equal in where they are -inf and close elsewhere, appended caches equal element by element.
 
-  PYTHONPATH=$PWD python3 scripts/random_sweep.py --cases 2000 [--seed S] [--max-seconds 540]
+  PYTHONPATH=$PWD python3 scripts/random_sweep.py --cases 2000 [--seed S] [--max-seconds 540] [--workers 8]
 
 Prints the seed first, a line per failure (op, case index, options), a summary per op; exits 1
-on any failure, 2 when the time ran out before the cases did.
+on any failure, 2 when the time ran out before the cases did. --workers N runs the cases in N
+processes of consecutive ranges (NVRTC's compiles, not the GPU, bound a bare machine's sweep),
+prints each one's output and exits with the worst status.
 """
 
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 import time
 import traceback
@@ -250,8 +253,11 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=None, help="default: a fresh one (printed)")
     ap.add_argument("--first", type=int, default=0, help="the first case index (replays: --first i --cases 1)")
     ap.add_argument("--max-seconds", type=float, default=540.0)
+    ap.add_argument("--workers", type=int, default=1, help="processes, each a consecutive range of the cases")
     args = ap.parse_args()
     seed = args.seed if args.seed is not None else int(np.random.SeedSequence().entropy % (1 << 32))
+    if args.workers > 1:
+        return _run_workers(seed, args)
     print(f"random_sweep seed {seed}, cases {args.first}..{args.first + args.cases - 1}", flush=True)
     start, ran = time.monotonic(), {op: 0 for op in OPS}
     failed = {op: 0 for op in OPS}
@@ -278,6 +284,29 @@ def main() -> int:
     if sum(failed.values()):
         return 1
     return 2 if total < args.cases else 0
+
+
+def _run_workers(seed: int, args) -> int:
+    """The cases in args.workers processes of consecutive ranges; their outputs in turn, the
+    worst exit status (1 a failure, 2 time out)."""
+    print(f"random_sweep seed {seed}, cases {args.first}..{args.first + args.cases - 1}, "
+          f"{args.workers} workers", flush=True)
+    per = -(-args.cases // args.workers)
+    procs = []
+    for w in range(args.workers):
+        first, count = args.first + w * per, min(per, args.cases - w * per)
+        if count > 0:
+            procs.append(subprocess.Popen(
+                [sys.executable, __file__, "--seed", str(seed), "--first", str(first), "--cases", str(count),
+                 "--max-seconds", str(args.max_seconds)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                text=True))
+    codes = []
+    for proc in procs:
+        output, _ = proc.communicate()
+        print(output, end="", flush=True)
+        codes.append(proc.returncode)
+    print(f"seed {seed}: worker exit codes {codes}")
+    return 1 if 1 in codes or any(c not in (0, 2) for c in codes) else max(codes, default=0)
 
 
 if __name__ == "__main__":
