@@ -218,7 +218,7 @@ class _Plan:
                 do=do_strides, dq=(p.heads_q * rows * dq_cols, rows * dq_cols, dq_cols), dk=dk_strides,
                 dv=dv_strides, dbias=dbias_strides), deterministic)
         step = lambda kernel_, rows_, heads_, **scalars: StepLaunch.build(   # noqa: E731
-            kernel_, p.dtype, p.device, arch, rows_, heads_, p.batch, scalars)
+            kernel_, p.dtype, p.device, arch, rows_, heads_, p.batch, dict(scalars, batch=p.batch))
         prep = step("bwd_prep", rows, p.heads_q, **stride_values("do", do_strides), **stride_values("o", o_strides),
                     seqlen_q=p.seqlen_q, rows_pad=rows, heads=p.heads_q, head_dim=p.head_dim, dq_cols=dq_cols)
         # dq = scale * dQ; GQA's sums into dk and dv (per kv head, or deterministic per query head

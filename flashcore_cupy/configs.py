@@ -20,6 +20,18 @@ SMEM_LIMIT = {
     "sm_90a": 227 * 1024,
 }
 SUPPORTED_ARCHS = tuple(SMEM_LIMIT)
+GRID_YZ_MAX = 65535   # CUDA's cap on a grid's y and z
+
+
+def fold_heads_batch(x: int, heads: int, batch: int) -> tuple[int, int, int]:
+    """A grid of x blocks per (head, batch): (x, heads, batch) while both fit y and z; past
+    that, heads x batch numbered over y and z, the head fastest (kernels/grid.cuh's
+    fold_head_batch undoes either; the last row's blocks past the end return)."""
+    if heads <= GRID_YZ_MAX and batch <= GRID_YZ_MAX:
+        return (x, heads, batch)
+    items = heads * batch
+    y = min(items, GRID_YZ_MAX)
+    return (x, y, -(-items // y))
 DTYPES = ("fp16", "bf16")
 HEAD_DIM_BUCKETS = (32, 64, 96, 128, 160, 192, 224, 256)   # template HEAD_DIM; runtime D pads up
 MAX_HEAD_DIM = HEAD_DIM_BUCKETS[-1]
@@ -121,7 +133,7 @@ class Sm80FwdConfig:
         return 2 * row * (self.block_m + 2 * self.stages * self.block_n)
 
     def grid(self, batch: int, heads_q: int, seqlen_q: int) -> tuple[int, int, int]:
-        return (-(-seqlen_q // self.block_m), heads_q, batch)
+        return fold_heads_batch(-(-seqlen_q // self.block_m), heads_q, batch)
 
     def __str__(self) -> str:
         text = f"{self.dtype} D{self.head_dim} {self.block_m}x{self.block_n} w{self.warps} s{self.stages}"
@@ -169,7 +181,7 @@ class Sm80BwdConfig:
             + 8 * self.block_m
 
     def grid(self, batch: int, heads_q: int, seqlen_k: int) -> tuple[int, int, int]:
-        return (-(-seqlen_k // self.block_n), heads_q, batch)
+        return fold_heads_batch(-(-seqlen_k // self.block_n), heads_q, batch)
 
     def rows_pad(self, seqlen_q: int) -> int:
         """Rows per (batch, head) of the LSE, delta and dQ accumulator: whole query tiles."""
@@ -225,8 +237,10 @@ class Sm90BwdConfig:
             + 2 * self.stages * self.block_m * 4 + dq + 8 * (5 + 2 * self.stages)
 
     def grid(self, batch: int, heads_q: int, seqlen_k: int) -> tuple[int, int, int]:
-        """(heads, key tiles, batch): causal's longest CTAs (the first key tiles) start first."""
-        return (heads_q, -(-seqlen_k // self.block_n), batch)
+        """(heads, key tiles, batch): causal's longest CTAs (the first key tiles) start first;
+        past 65535 batches, (heads x batch, key tiles, 1) (kernels/grid.cuh)."""
+        tiles = -(-seqlen_k // self.block_n)
+        return (heads_q, tiles, batch) if batch <= GRID_YZ_MAX else (heads_q * batch, tiles, 1)
 
     def rows_pad(self, seqlen_q: int) -> int:
         """Rows per (batch, head) of the LSE, delta and dQ accumulator: whole query tiles."""
@@ -261,9 +275,9 @@ class BwdStepConfig:
 
     def grid(self, batch: int, heads: int, rows: int, head_dim: int) -> tuple[int, int, int]:
         if self.kernel == "bwd_prep":
-            return (max(1, -(-rows // self.ROWS_PER_BLOCK)), heads, batch)
+            return fold_heads_batch(max(1, -(-rows // self.ROWS_PER_BLOCK)), heads, batch)
         blocks = -(-rows // self.CONVERT_BLOCK) * -(-head_dim // self.CONVERT_BLOCK)
-        return (max(1, blocks), heads, batch)
+        return fold_heads_batch(max(1, blocks), heads, batch)
 
     def __str__(self) -> str:
         return f"{self.kernel} {self.dtype}"

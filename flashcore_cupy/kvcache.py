@@ -23,7 +23,7 @@ import numpy as np
 from . import api, metadata, tma
 from .api import _as_device_array, _spec
 from .configs import (SM90_ARCH, SM90_HEAD_DIMS, AppendConfig, MergeConfig, Sm90FwdConfig, choose_sm80_config,
-                      seq_config, sm90_cache_config)
+                      fold_heads_batch, seq_config, sm90_cache_config)
 from .launch import (AppendLaunch, MergeLaunch, Sm80SeqLaunch, Sm90SeqLaunch, fast_divisor, problem_scalars,
                      sequence_scalars, sm90_cache_map_specs, sm90_scalars, variant_scalars)
 from .params import stride_values
@@ -204,9 +204,10 @@ class _Plan:
             strides = {"q": p.q_strides, "k": p.k_strides, "v": p.v_strides, "o": o_strides, "lse": lse_strides}
             scalars = {n: st for t, ts in strides.items() for n, st in stride_values(t, ts).items()}
             scalars.update(problem_scalars(p), **variant_scalars(p),
-                           **sequence_scalars(splits=self.splits, pack=pack, **split_fields, **cache))
-            self.attention = Sm80SeqLaunch.build(config, p.device, dev.arch, (m_blocks * self.splits, hq // pack, b),
-                                                 scalars)
+                           **sequence_scalars(splits=self.splits, pack=pack, **split_fields, **cache),
+                           grid_heads=hq // pack)
+            self.attention = Sm80SeqLaunch.build(config, p.device, dev.arch,
+                                                 fold_heads_batch(m_blocks * self.splits, hq // pack, b), scalars)
         self.append = None
         if n_new:
             append = dict(**cache, seqlen_k=layout.capacity, batch=b, heads_kv=p.heads_kv, head_dim=d,

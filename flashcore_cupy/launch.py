@@ -21,7 +21,7 @@ from typing import ClassVar
 import numpy as np
 
 from . import loader, params, tma
-from .configs import (SM90_ARCH, SM90_BWD_HEAD_DIMS, SM90_HEAD_DIMS, AppendConfig, BwdStepConfig, MergeConfig,
+from .configs import (GRID_YZ_MAX, SM90_ARCH, SM90_BWD_HEAD_DIMS, SM90_HEAD_DIMS, AppendConfig, BwdStepConfig, MergeConfig,
                       Sm80BwdConfig, Sm80FwdConfig, Sm90BwdConfig, Sm90FwdConfig, WorkTile, sm90_config)
 from .validation import Problem
 
@@ -174,7 +174,7 @@ class Sm80BwdLaunch:
         given = dict(q=p.q_strides, k=p.k_strides, v=p.v_strides, **strides)
         scalars = {k: st for t, ts in given.items() for k, st in params.stride_values(t, ts).items()}
         scalars.update(seqlen_q=p.seqlen_q, seqlen_k=p.seqlen_k, head_dim=p.head_dim, heads=p.heads_q,
-                       heads_kv=p.heads_kv, heads_per_kv=p.heads_q // p.heads_kv,
+                       heads_kv=p.heads_kv, heads_per_kv=p.heads_q // p.heads_kv, batch=p.batch,
                        q_tiles=-(-p.seqlen_q // config.block_m), dkv_by_q_head=int(deterministic),
                        scale_log2=p.scale * math.log2(math.e), scale=p.scale, causal=int(p.causal),
                        **variant_scalars(p))
@@ -231,7 +231,7 @@ class Sm90BwdLaunch:
         p = problem
         scalars = {k: st for t in ("dk", "dv", "dbias") for k, st in params.stride_values(t, strides[t]).items()}
         scalars.update(seqlen_q=p.seqlen_q, seqlen_k=p.seqlen_k, head_dim=p.head_dim, heads=p.heads_q,
-                       heads_kv=p.heads_kv, heads_per_kv=p.heads_q // p.heads_kv,
+                       heads_kv=p.heads_kv, heads_per_kv=p.heads_q // p.heads_kv, batch=p.batch,
                        rows_pad=config.rows_pad(p.seqlen_q), dkv_by_q_head=int(deterministic),
                        scale_log2=p.scale * math.log2(math.e), scale=p.scale, causal=int(p.causal),
                        **variant_scalars(p))
@@ -274,6 +274,8 @@ def sm90_bwd_blocker(p: Problem, arch: str, do_strides: tuple[int, int, int], de
         return f"it needs an sm_90 GPU (H100/H200); this device compiles for {arch}"
     if p.head_dim > SM90_BWD_HEAD_DIMS[-1]:
         return f"head_dim {p.head_dim} is over {SM90_BWD_HEAD_DIMS[-1]}"
+    if -(-p.seqlen_k // Sm90BwdConfig.block_n) > GRID_YZ_MAX:   # key tiles are its grid's y
+        return f"Sk ({p.seqlen_k}) is over {GRID_YZ_MAX} key tiles of {Sm90BwdConfig.block_n}"
     # Its deterministic dQ adds wait for the key tiles in order from the first: a window's
     # left bound starts a query tile's key tiles past it.
     if deterministic and p.variant.mask(p.seqlen_q, p.seqlen_k)[1] >= 0:
@@ -414,9 +416,10 @@ class MergeLaunch:
 
 
 def problem_scalars(p: Problem) -> dict:
-    """params.FWD_SM80's problem fields (seqlen_q .. causal)."""
+    """params.FWD_SM80's problem fields (seqlen_q .. batch; a GQA-packed grid's heads are
+    heads_q / pack: the caller's grid_heads then)."""
     return dict(seqlen_q=p.seqlen_q, seqlen_k=p.seqlen_k, head_dim=p.head_dim, heads_per_kv=p.heads_q // p.heads_kv,
-                scale_log2=p.scale * math.log2(math.e), causal=int(p.causal))
+                scale_log2=p.scale * math.log2(math.e), causal=int(p.causal), grid_heads=p.heads_q, batch=p.batch)
 
 
 def sequence_scalars(**given) -> dict:

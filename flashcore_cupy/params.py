@@ -176,6 +176,8 @@ FWD_SM80 = Schema("FwdParams", [
     Field("heads_per_kv", "int"),
     Field("scale_log2", "float", "scale * log2(e)"),
     Field("causal", "int"),
+    Field("grid_heads", "int", "the grid's heads (Hq / pack), folded with the batch over y, z (grid.cuh)"),
+    Field("batch", "int", "dense: B; varlen: sequences"),
     *_variant_fields(),
     *_sequence_fields(),
 ], "The portable forward kernel's one argument (flash_fwd).")
@@ -221,7 +223,7 @@ def _bwd_problem(query_tiles: Field) -> list[Field]:
     return [
         Field("seqlen_q", "int"), Field("seqlen_k", "int"), Field("head_dim", "int"),
         Field("heads", "int", "query heads"), Field("heads_kv", "int"), Field("heads_per_kv", "int"),
-        query_tiles,
+        Field("batch", "int"), query_tiles,
         Field("dkv_by_q_head", "int", "GQA accumulators per query head (deterministic), else per kv head"),
         Field("scale_log2", "float", "scale * log2(e)"), Field("scale", "float"),
         Field("causal", "int"),
@@ -267,7 +269,7 @@ BWD_PREP = Schema("BwdPrepParams", [
     Field("dq_accum", "float*", "zeroed: (batch, head, rows_pad, dq_cols) float32"),
     *_strides("do", "(batch, head, seq) strides, elements"), *_strides("o", ""),
     Field("seqlen_q", "int"), Field("rows_pad", "int", "rows per (batch, head) of lse2, delta, dq_accum"),
-    Field("heads", "int"), Field("head_dim", "int"), Field("dq_cols", "int"),
+    Field("heads", "int"), Field("batch", "int"), Field("head_dim", "int"), Field("dq_cols", "int"),
 ], "The backward's preprocess (bwd_prep): delta, the LSE in log2 units, dQ's accumulator zeroed.")
 
 BWD_CONVERT = Schema("BwdConvertParams", [
@@ -276,7 +278,7 @@ BWD_CONVERT = Schema("BwdConvertParams", [
     Field("src_rows", "int"), Field("src_ld", "int"),
     Field("group", "int", "consecutive source heads summed into each destination head"),
     Field("rows_valid", "int", "rows with sums; zeros from there"), Field("rows", "int", "rows written"),
-    Field("heads", "int", "destination heads"), Field("head_dim", "int"),
+    Field("heads", "int", "destination heads"), Field("batch", "int"), Field("head_dim", "int"),
     Field("frag_rows", "int", "0: src rows as they are; else query tiles of this many rows, each "
                               "holding 64 x 64 blocks in the Hopper backward's fragment order"),
     Field("factor", "float"),

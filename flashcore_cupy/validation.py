@@ -19,7 +19,18 @@ LAYOUTS = ("bhsd", "bshd")
 DTYPE_NAMES = {np.dtype(np.float16): "fp16", np.dtype(ml_dtypes.bfloat16): "bf16"}
 MIN_CAPABILITY = (8, 0)
 _ALIGN_BYTES = 16   # cp.async moves 16-byte chunks
-_MAX_GRID_YZ = 65535   # heads and batch are the grid's y and z
+# The kernels number a call's query rows (batch x heads x queries: the output's and the LSE's
+# rows, and the work tiles among them) and its (head, batch) pairs, folded over a grid's y and z
+# past 65535 (kernels/grid.cuh), in 32 bits.
+MAX_ROWS = 2 ** 31 - 1 - 65535
+
+
+def check_rows(batch: int, heads_q: int, seqlen_q: int) -> None:
+    """Any batch and head count, up to MAX_ROWS query rows in all."""
+    rows = batch * heads_q * max(seqlen_q, 1)
+    if rows > MAX_ROWS:
+        raise ValueError(f"batch ({batch}) x q's heads ({heads_q}) x queries ({seqlen_q}) is {rows} rows; "
+                         f"expected at most {MAX_ROWS}")
 
 
 @dataclass(frozen=True)
@@ -275,8 +286,7 @@ def check_problem(q: TensorSpec, k: TensorSpec, v: TensorSpec, *, causal: bool |
     if hq % hk:
         raise ValueError(f"q's heads ({hq}) must be a multiple of k/v's heads ({hk}) "
                          f"for grouped-query attention (layout {layout!r})")
-    if bq > _MAX_GRID_YZ or hq > _MAX_GRID_YZ:
-        raise ValueError(f"batch ({bq}) and q's heads ({hq}) must each be at most {_MAX_GRID_YZ}")
+    check_rows(bq, hq, sq)
     mode = ("top_left" if causal == "top_left" else "bottom_right") if isinstance(causal, str) or causal else None
     variant = Variant(
         causal=mode, window=check_window(window), softcap=check_softcap(softcap),
@@ -403,8 +413,7 @@ def check_varlen(q: TensorSpec, k: TensorSpec, v: TensorSpec, cu_seqlens_q: Tens
     batch = cu_seqlens_q.shape[0] - 1
     for t in (cu_seqlens_q, cu_seqlens_k):
         check_index_array(t, (batch + 1,), problem.device, "prefix sums of the sequence lengths, from 0")
-    if batch > _MAX_GRID_YZ:
-        raise ValueError(f"{batch} sequences; expected at most {_MAX_GRID_YZ}")
+    check_rows(batch, problem.heads_q, 1)
     variant = problem.variant
     if alibi_slopes is not None:
         variant = dataclasses.replace(variant, alibi=check_alibi(alibi_slopes, batch, problem.heads_q, problem.device))
@@ -451,8 +460,7 @@ def check_kvcache(q: TensorSpec, k_cache: TensorSpec, v_cache: TensorSpec, cache
         raise ValueError(f"k_cache has head_dim {cache_dim} but q has head_dim {head_dim}")
     if heads_q % heads_kv:
         raise ValueError(f"q's heads ({heads_q}) must be a multiple of the caches' heads ({heads_kv})")
-    if batch > _MAX_GRID_YZ or heads_q > _MAX_GRID_YZ:
-        raise ValueError(f"batch ({batch}) and q's heads ({heads_q}) must each be at most {_MAX_GRID_YZ}")
+    check_rows(batch, heads_q, seqlen_q)
     if block_table is None:
         if pages != batch:
             raise ValueError(f"k_cache has batch {pages} but q has batch {batch} (a contiguous cache is "

@@ -15,7 +15,7 @@ import numpy as np
 
 from . import api, metadata
 from .api import _as_device_array, _spec
-from .configs import choose_sm80_config, seq_config
+from .configs import choose_sm80_config, fold_heads_batch, seq_config
 from .launch import Sm80SeqLaunch, problem_scalars, sequence_scalars, variant_scalars
 from .params import stride_values
 from .validation import Problem, TensorSpec, check_no_overlap, check_out, check_varlen
@@ -98,7 +98,7 @@ def _launch(problem: Problem, max_seqlen_q: int, o_strides: tuple[int, int]) -> 
                "lse": (0, p.seqlen_q, 1)}
     scalars = {name: st for t, ts in strides.items() for name, st in stride_values(t, ts).items()}
     scalars.update(problem_scalars(p), **variant_scalars(p), **sequence_scalars())
-    grid = (math.ceil(max_seqlen_q / config.block_m), p.heads_q, p.batch)
+    grid = fold_heads_batch(math.ceil(max_seqlen_q / config.block_m), p.heads_q, p.batch)
     launch = Sm80SeqLaunch.build(config, p.device, dev.arch, grid, scalars)
     if len(_launches) > 1024:
         _launches.clear()

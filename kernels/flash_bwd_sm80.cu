@@ -28,6 +28,7 @@
 // (BLOCK_M rows), P and dS (BLOCK_M rows of BLOCK_N + 8), the tile's LSE and delta. Loads are cp.async 16 B,
 // zero-filled past Sq/Sk and the runtime head dim. The host mirrors smem_bytes() in
 // flashcore_cupy/configs.py (Sm80BwdConfig).
+#include "grid.cuh"
 #include "mma_sm80.cuh"
 #include "softmax.cuh"
 #include "variant.cuh"
@@ -172,7 +173,9 @@ flash_bwd(const BwdParams p) {
     float* s_delta = s_lse + BM;
 
     const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
-    const int key0 = blockIdx.x * BN, head = blockIdx.y, batch = blockIdx.z;
+    const HeadBatch at_grid = fold_head_batch(blockIdx.y, gridDim.y, blockIdx.z, p.heads);
+    if (at_grid.batch >= p.batch) return;
+    const int key0 = blockIdx.x * BN, head = at_grid.head, batch = at_grid.batch;
     const int head_kv = head / p.heads_per_kv;
     const int seqlen_q = p.seqlen_q, seqlen_k = p.seqlen_k, head_dim = p.head_dim;
     const int diag = seqlen_k - seqlen_q;

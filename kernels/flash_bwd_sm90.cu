@@ -38,6 +38,7 @@
 // ring's Q and dO slots (BLOCK_M rows), two dS^T buffers (per key, BLOCK_M / 64 blocks of 64
 // query rows: the MN-major A operand of dQ), the slots' LSE and delta, the consumers' dQ
 // blocks, the barriers. The host mirrors smem_bytes in flashcore_cupy/configs.py (Sm90BwdConfig).
+#include "grid.cuh"
 #include "sm90.cuh"
 #include "mask.cuh"
 #include "softmax.cuh"
@@ -108,8 +109,11 @@ flash_bwd_sm90(const __grid_constant__ Sm90BwdParams p) {
 
     const int warpgroup = __shfl_sync(0xffffffffu, threadIdx.x / 128, 0);
     // Grid (heads, key tiles, batch): CTAs start head by head within a key tile, so under a
-    // causal mask the longest (key tile 0 sees every query tile) start first.
-    const int key0 = blockIdx.y * BN, head = blockIdx.x, batch = blockIdx.z;
+    // causal mask the longest (key tile 0 sees every query tile) start first. Past 65535
+    // batches, x is heads x batch (grid.cuh).
+    const HeadBatch at_grid = fold_head_batch(blockIdx.x, gridDim.x, blockIdx.z, p.heads);
+    if (at_grid.batch >= p.batch) return;
+    const int key0 = blockIdx.y * BN, head = at_grid.head, batch = at_grid.batch;
     const int seqlen_q = p.seqlen_q, seqlen_k = p.seqlen_k, diag = seqlen_k - seqlen_q;
     // The query rows that see some key of this tile, and a variant's score state.
     ScoreMod mod{};

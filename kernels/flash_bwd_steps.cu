@@ -9,6 +9,7 @@
 //                over `group` consecutive source heads, into a 16-bit array with any (batch,
 //                head, seq) strides; rows past the sums' get zeros (keys no query sees). A CTA
 //                per 64 x 64 block, through shared memory.
+#include "grid.cuh"
 #include "mma_sm80.cuh"
 // BwdPrepParams and BwdConvertParams, declared in flashcore_cupy/params.py.
 #include "params_bwd_steps.cuh"
@@ -23,7 +24,9 @@ template <class T>
 __global__ void __launch_bounds__(32 * kStepWarps)
 bwd_prep(const __grid_constant__ BwdPrepParams p) {
     constexpr int kLanes = 8, kRows = 32 * kStepWarps / kLanes;
-    const int head = blockIdx.y, batch = blockIdx.z, sub = threadIdx.x % kLanes;
+    const HeadBatch at_grid = fold_head_batch(blockIdx.y, gridDim.y, blockIdx.z, p.heads);
+    if (at_grid.batch >= p.batch) return;
+    const int head = at_grid.head, batch = at_grid.batch, sub = threadIdx.x % kLanes;
     const int row = blockIdx.x * kRows + threadIdx.x / kLanes;
     const i64 bh = static_cast<i64>(batch) * p.heads + head;
     float sum = 0.f;
@@ -67,7 +70,9 @@ bwd_convert(const __grid_constant__ BwdConvertParams p) {
     __shared__ __align__(16) u16 tile[kConvertBlock * kConvertPitch];
     const int col_blocks = (p.head_dim + kConvertBlock - 1) / kConvertBlock;
     const int row0 = (blockIdx.x / col_blocks) * kConvertBlock, col0 = (blockIdx.x % col_blocks) * kConvertBlock;
-    const int head = blockIdx.y, batch = blockIdx.z;
+    const HeadBatch at_grid = fold_head_batch(blockIdx.y, gridDim.y, blockIdx.z, p.heads);
+    if (at_grid.batch >= p.batch) return;
+    const int head = at_grid.head, batch = at_grid.batch;
     const float* src = p.src + (static_cast<i64>(batch) * p.heads + head) * p.group * p.src_rows * p.src_ld;
     const i64 group_stride = static_cast<i64>(p.src_rows) * p.src_ld;
     i64 block_at = 0;   // frag_rows: where this block's 4096 floats start

@@ -38,6 +38,7 @@
 // Pipeline: K/V tiles live in a ring of STAGES slots; tile j + STAGES - 1 is
 // fetched while tile j is computed, so one barrier per tile suffices.
 // The host mirrors smem_bytes() in flashcore_cupy/configs.py.
+#include "grid.cuh"
 #include "mma_sm80.cuh"
 #include "softmax.cuh"
 #include "variant.cuh"
@@ -239,7 +240,9 @@ flash_fwd(const FwdParams p) {
     // (kernels/sequence.cuh's packed_row), the grid's y one block of pack heads.
     constexpr bool kPacked = S::kCache;
     const int pack = kPacked ? p.pack : 1;
-    const int head = blockIdx.y * pack, batch = blockIdx.z;
+    const HeadBatch at_grid = fold_head_batch(blockIdx.y, gridDim.y, blockIdx.z, p.grid_heads);
+    if (at_grid.batch >= p.batch) return;
+    const int head = at_grid.head * pack, batch = at_grid.batch;
     const SeqSpan seq = seq_span<S>(p, batch);
     const int seqlen_q = seq.seqlen_q, seqlen_k = seq.seqlen_k, head_dim = p.head_dim;
     const bool causal = p.causal;

@@ -26,6 +26,7 @@ struct BwdPrepParams {
     int seqlen_q;
     int rows_pad;     // rows per (batch, head) of lse2, delta, dq_accum
     int heads;
+    int batch;
     int head_dim;
     int dq_cols;
 };
@@ -45,8 +46,9 @@ static_assert(FC_OFFSETOF(BwdPrepParams, o_ss) == 88, "BwdPrepParams::o_ss");
 static_assert(FC_OFFSETOF(BwdPrepParams, seqlen_q) == 96, "BwdPrepParams::seqlen_q");
 static_assert(FC_OFFSETOF(BwdPrepParams, rows_pad) == 100, "BwdPrepParams::rows_pad");
 static_assert(FC_OFFSETOF(BwdPrepParams, heads) == 104, "BwdPrepParams::heads");
-static_assert(FC_OFFSETOF(BwdPrepParams, head_dim) == 108, "BwdPrepParams::head_dim");
-static_assert(FC_OFFSETOF(BwdPrepParams, dq_cols) == 112, "BwdPrepParams::dq_cols");
+static_assert(FC_OFFSETOF(BwdPrepParams, batch) == 108, "BwdPrepParams::batch");
+static_assert(FC_OFFSETOF(BwdPrepParams, head_dim) == 112, "BwdPrepParams::head_dim");
+static_assert(FC_OFFSETOF(BwdPrepParams, dq_cols) == 116, "BwdPrepParams::dq_cols");
 
 // The backward's postprocess (bwd_convert): float32 sums into a 16-bit gradient.
 struct BwdConvertParams {
@@ -61,6 +63,7 @@ struct BwdConvertParams {
     int rows_valid;   // rows with sums; zeros from there
     int rows;         // rows written
     int heads;        // destination heads
+    int batch;
     int head_dim;
     int frag_rows;    // 0: src rows as they are; else query tiles of this many rows, each holding 64 x 64 blocks in the Hopper backward's fragment order
     float factor;
@@ -77,8 +80,9 @@ static_assert(FC_OFFSETOF(BwdConvertParams, group) == 48, "BwdConvertParams::gro
 static_assert(FC_OFFSETOF(BwdConvertParams, rows_valid) == 52, "BwdConvertParams::rows_valid");
 static_assert(FC_OFFSETOF(BwdConvertParams, rows) == 56, "BwdConvertParams::rows");
 static_assert(FC_OFFSETOF(BwdConvertParams, heads) == 60, "BwdConvertParams::heads");
-static_assert(FC_OFFSETOF(BwdConvertParams, head_dim) == 64, "BwdConvertParams::head_dim");
-static_assert(FC_OFFSETOF(BwdConvertParams, frag_rows) == 68, "BwdConvertParams::frag_rows");
-static_assert(FC_OFFSETOF(BwdConvertParams, factor) == 72, "BwdConvertParams::factor");
+static_assert(FC_OFFSETOF(BwdConvertParams, batch) == 64, "BwdConvertParams::batch");
+static_assert(FC_OFFSETOF(BwdConvertParams, head_dim) == 68, "BwdConvertParams::head_dim");
+static_assert(FC_OFFSETOF(BwdConvertParams, frag_rows) == 72, "BwdConvertParams::frag_rows");
+static_assert(FC_OFFSETOF(BwdConvertParams, factor) == 76, "BwdConvertParams::factor");
 
 }  // namespace fc

@@ -37,6 +37,8 @@ struct FwdParams {
     int heads_per_kv;
     float scale_log2;        // scale * log2(e)
     int causal;
+    int grid_heads;          // the grid's heads (Hq / pack), folded with the batch over y, z (grid.cuh)
+    int batch;               // dense: B; varlen: sequences
     int diag;                // off: query i's aligned key is i + diag
     int win_left;            // window sides, -1 unbounded
     int win_right;
@@ -65,7 +67,7 @@ struct FwdParams {
     i64 lse_split;
     int* split_count;        // split-KV: a zeroed int per tile; its last split merges the partials into o and lse (and zeroes it); null: merge_states does
 };
-static_assert(sizeof(FwdParams) == 368, "FwdParams: declared in flashcore_cupy/params.py: run scripts/gen_params.py");
+static_assert(sizeof(FwdParams) == 376, "FwdParams: declared in flashcore_cupy/params.py: run scripts/gen_params.py");
 static_assert(FC_OFFSETOF(FwdParams, q) == 0, "FwdParams::q");
 static_assert(FC_OFFSETOF(FwdParams, k) == 8, "FwdParams::k");
 static_assert(FC_OFFSETOF(FwdParams, v) == 16, "FwdParams::v");
@@ -92,32 +94,34 @@ static_assert(FC_OFFSETOF(FwdParams, head_dim) == 168, "FwdParams::head_dim");
 static_assert(FC_OFFSETOF(FwdParams, heads_per_kv) == 172, "FwdParams::heads_per_kv");
 static_assert(FC_OFFSETOF(FwdParams, scale_log2) == 176, "FwdParams::scale_log2");
 static_assert(FC_OFFSETOF(FwdParams, causal) == 180, "FwdParams::causal");
-static_assert(FC_OFFSETOF(FwdParams, diag) == 184, "FwdParams::diag");
-static_assert(FC_OFFSETOF(FwdParams, win_left) == 188, "FwdParams::win_left");
-static_assert(FC_OFFSETOF(FwdParams, win_right) == 192, "FwdParams::win_right");
-static_assert(FC_OFFSETOF(FwdParams, cap_scale) == 196, "FwdParams::cap_scale");
-static_assert(FC_OFFSETOF(FwdParams, cap_log2) == 200, "FwdParams::cap_log2");
-static_assert(FC_OFFSETOF(FwdParams, alibi) == 208, "FwdParams::alibi");
-static_assert(FC_OFFSETOF(FwdParams, alibi_sb) == 216, "FwdParams::alibi_sb");
-static_assert(FC_OFFSETOF(FwdParams, alibi_sh) == 224, "FwdParams::alibi_sh");
-static_assert(FC_OFFSETOF(FwdParams, bias) == 232, "FwdParams::bias");
-static_assert(FC_OFFSETOF(FwdParams, bias_sb) == 240, "FwdParams::bias_sb");
-static_assert(FC_OFFSETOF(FwdParams, bias_sh) == 248, "FwdParams::bias_sh");
-static_assert(FC_OFFSETOF(FwdParams, bias_ss) == 256, "FwdParams::bias_ss");
-static_assert(FC_OFFSETOF(FwdParams, cu_seqlens_q) == 264, "FwdParams::cu_seqlens_q");
-static_assert(FC_OFFSETOF(FwdParams, cu_seqlens_k) == 272, "FwdParams::cu_seqlens_k");
-static_assert(FC_OFFSETOF(FwdParams, seqused_k) == 280, "FwdParams::seqused_k");
-static_assert(FC_OFFSETOF(FwdParams, block_table) == 288, "FwdParams::block_table");
-static_assert(FC_OFFSETOF(FwdParams, bt_sb) == 296, "FwdParams::bt_sb");
-static_assert(FC_OFFSETOF(FwdParams, new_keys) == 304, "FwdParams::new_keys");
-static_assert(FC_OFFSETOF(FwdParams, page_size) == 308, "FwdParams::page_size");
-static_assert(FC_OFFSETOF(FwdParams, num_pages) == 312, "FwdParams::num_pages");
-static_assert(FC_OFFSETOF(FwdParams, pack) == 316, "FwdParams::pack");
-static_assert(FC_OFFSETOF(FwdParams, splits) == 320, "FwdParams::splits");
-static_assert(FC_OFFSETOF(FwdParams, o_accum) == 328, "FwdParams::o_accum");
-static_assert(FC_OFFSETOF(FwdParams, lse_accum) == 336, "FwdParams::lse_accum");
-static_assert(FC_OFFSETOF(FwdParams, o_split) == 344, "FwdParams::o_split");
-static_assert(FC_OFFSETOF(FwdParams, lse_split) == 352, "FwdParams::lse_split");
-static_assert(FC_OFFSETOF(FwdParams, split_count) == 360, "FwdParams::split_count");
+static_assert(FC_OFFSETOF(FwdParams, grid_heads) == 184, "FwdParams::grid_heads");
+static_assert(FC_OFFSETOF(FwdParams, batch) == 188, "FwdParams::batch");
+static_assert(FC_OFFSETOF(FwdParams, diag) == 192, "FwdParams::diag");
+static_assert(FC_OFFSETOF(FwdParams, win_left) == 196, "FwdParams::win_left");
+static_assert(FC_OFFSETOF(FwdParams, win_right) == 200, "FwdParams::win_right");
+static_assert(FC_OFFSETOF(FwdParams, cap_scale) == 204, "FwdParams::cap_scale");
+static_assert(FC_OFFSETOF(FwdParams, cap_log2) == 208, "FwdParams::cap_log2");
+static_assert(FC_OFFSETOF(FwdParams, alibi) == 216, "FwdParams::alibi");
+static_assert(FC_OFFSETOF(FwdParams, alibi_sb) == 224, "FwdParams::alibi_sb");
+static_assert(FC_OFFSETOF(FwdParams, alibi_sh) == 232, "FwdParams::alibi_sh");
+static_assert(FC_OFFSETOF(FwdParams, bias) == 240, "FwdParams::bias");
+static_assert(FC_OFFSETOF(FwdParams, bias_sb) == 248, "FwdParams::bias_sb");
+static_assert(FC_OFFSETOF(FwdParams, bias_sh) == 256, "FwdParams::bias_sh");
+static_assert(FC_OFFSETOF(FwdParams, bias_ss) == 264, "FwdParams::bias_ss");
+static_assert(FC_OFFSETOF(FwdParams, cu_seqlens_q) == 272, "FwdParams::cu_seqlens_q");
+static_assert(FC_OFFSETOF(FwdParams, cu_seqlens_k) == 280, "FwdParams::cu_seqlens_k");
+static_assert(FC_OFFSETOF(FwdParams, seqused_k) == 288, "FwdParams::seqused_k");
+static_assert(FC_OFFSETOF(FwdParams, block_table) == 296, "FwdParams::block_table");
+static_assert(FC_OFFSETOF(FwdParams, bt_sb) == 304, "FwdParams::bt_sb");
+static_assert(FC_OFFSETOF(FwdParams, new_keys) == 312, "FwdParams::new_keys");
+static_assert(FC_OFFSETOF(FwdParams, page_size) == 316, "FwdParams::page_size");
+static_assert(FC_OFFSETOF(FwdParams, num_pages) == 320, "FwdParams::num_pages");
+static_assert(FC_OFFSETOF(FwdParams, pack) == 324, "FwdParams::pack");
+static_assert(FC_OFFSETOF(FwdParams, splits) == 328, "FwdParams::splits");
+static_assert(FC_OFFSETOF(FwdParams, o_accum) == 336, "FwdParams::o_accum");
+static_assert(FC_OFFSETOF(FwdParams, lse_accum) == 344, "FwdParams::lse_accum");
+static_assert(FC_OFFSETOF(FwdParams, o_split) == 352, "FwdParams::o_split");
+static_assert(FC_OFFSETOF(FwdParams, lse_split) == 360, "FwdParams::lse_split");
+static_assert(FC_OFFSETOF(FwdParams, split_count) == 368, "FwdParams::split_count");
 
 }  // namespace fc

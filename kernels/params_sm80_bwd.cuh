@@ -54,6 +54,7 @@ struct BwdParams {
     int heads;          // query heads
     int heads_kv;
     int heads_per_kv;
+    int batch;
     int q_tiles;        // query tiles per (batch, head)
     int dkv_by_q_head;  // GQA accumulators per query head (deterministic), else per kv head
     float scale_log2;   // scale * log2(e)
@@ -72,7 +73,7 @@ struct BwdParams {
     i64 bias_sh;
     i64 bias_ss;
 };
-static_assert(sizeof(BwdParams) == 416, "BwdParams: declared in flashcore_cupy/params.py: run scripts/gen_params.py");
+static_assert(sizeof(BwdParams) == 424, "BwdParams: declared in flashcore_cupy/params.py: run scripts/gen_params.py");
 static_assert(FC_OFFSETOF(BwdParams, q) == 0, "BwdParams::q");
 static_assert(FC_OFFSETOF(BwdParams, k) == 8, "BwdParams::k");
 static_assert(FC_OFFSETOF(BwdParams, v) == 16, "BwdParams::v");
@@ -116,22 +117,23 @@ static_assert(FC_OFFSETOF(BwdParams, head_dim) == 304, "BwdParams::head_dim");
 static_assert(FC_OFFSETOF(BwdParams, heads) == 308, "BwdParams::heads");
 static_assert(FC_OFFSETOF(BwdParams, heads_kv) == 312, "BwdParams::heads_kv");
 static_assert(FC_OFFSETOF(BwdParams, heads_per_kv) == 316, "BwdParams::heads_per_kv");
-static_assert(FC_OFFSETOF(BwdParams, q_tiles) == 320, "BwdParams::q_tiles");
-static_assert(FC_OFFSETOF(BwdParams, dkv_by_q_head) == 324, "BwdParams::dkv_by_q_head");
-static_assert(FC_OFFSETOF(BwdParams, scale_log2) == 328, "BwdParams::scale_log2");
-static_assert(FC_OFFSETOF(BwdParams, scale) == 332, "BwdParams::scale");
-static_assert(FC_OFFSETOF(BwdParams, causal) == 336, "BwdParams::causal");
-static_assert(FC_OFFSETOF(BwdParams, diag) == 340, "BwdParams::diag");
-static_assert(FC_OFFSETOF(BwdParams, win_left) == 344, "BwdParams::win_left");
-static_assert(FC_OFFSETOF(BwdParams, win_right) == 348, "BwdParams::win_right");
-static_assert(FC_OFFSETOF(BwdParams, cap_scale) == 352, "BwdParams::cap_scale");
-static_assert(FC_OFFSETOF(BwdParams, cap_log2) == 356, "BwdParams::cap_log2");
-static_assert(FC_OFFSETOF(BwdParams, alibi) == 360, "BwdParams::alibi");
-static_assert(FC_OFFSETOF(BwdParams, alibi_sb) == 368, "BwdParams::alibi_sb");
-static_assert(FC_OFFSETOF(BwdParams, alibi_sh) == 376, "BwdParams::alibi_sh");
-static_assert(FC_OFFSETOF(BwdParams, bias) == 384, "BwdParams::bias");
-static_assert(FC_OFFSETOF(BwdParams, bias_sb) == 392, "BwdParams::bias_sb");
-static_assert(FC_OFFSETOF(BwdParams, bias_sh) == 400, "BwdParams::bias_sh");
-static_assert(FC_OFFSETOF(BwdParams, bias_ss) == 408, "BwdParams::bias_ss");
+static_assert(FC_OFFSETOF(BwdParams, batch) == 320, "BwdParams::batch");
+static_assert(FC_OFFSETOF(BwdParams, q_tiles) == 324, "BwdParams::q_tiles");
+static_assert(FC_OFFSETOF(BwdParams, dkv_by_q_head) == 328, "BwdParams::dkv_by_q_head");
+static_assert(FC_OFFSETOF(BwdParams, scale_log2) == 332, "BwdParams::scale_log2");
+static_assert(FC_OFFSETOF(BwdParams, scale) == 336, "BwdParams::scale");
+static_assert(FC_OFFSETOF(BwdParams, causal) == 340, "BwdParams::causal");
+static_assert(FC_OFFSETOF(BwdParams, diag) == 344, "BwdParams::diag");
+static_assert(FC_OFFSETOF(BwdParams, win_left) == 348, "BwdParams::win_left");
+static_assert(FC_OFFSETOF(BwdParams, win_right) == 352, "BwdParams::win_right");
+static_assert(FC_OFFSETOF(BwdParams, cap_scale) == 356, "BwdParams::cap_scale");
+static_assert(FC_OFFSETOF(BwdParams, cap_log2) == 360, "BwdParams::cap_log2");
+static_assert(FC_OFFSETOF(BwdParams, alibi) == 368, "BwdParams::alibi");
+static_assert(FC_OFFSETOF(BwdParams, alibi_sb) == 376, "BwdParams::alibi_sb");
+static_assert(FC_OFFSETOF(BwdParams, alibi_sh) == 384, "BwdParams::alibi_sh");
+static_assert(FC_OFFSETOF(BwdParams, bias) == 392, "BwdParams::bias");
+static_assert(FC_OFFSETOF(BwdParams, bias_sb) == 400, "BwdParams::bias_sb");
+static_assert(FC_OFFSETOF(BwdParams, bias_sh) == 408, "BwdParams::bias_sh");
+static_assert(FC_OFFSETOF(BwdParams, bias_ss) == 416, "BwdParams::bias_ss");
 
 }  // namespace fc

@@ -39,6 +39,7 @@ struct Sm90BwdParams {
     int heads;          // query heads
     int heads_kv;
     int heads_per_kv;
+    int batch;
     int rows_pad;       // Sq rounded up to the query tile
     int dkv_by_q_head;  // GQA accumulators per query head (deterministic), else per kv head
     float scale_log2;   // scale * log2(e)
@@ -86,22 +87,23 @@ static_assert(FC_OFFSETOF(Sm90BwdParams, head_dim) == 664, "Sm90BwdParams::head_
 static_assert(FC_OFFSETOF(Sm90BwdParams, heads) == 668, "Sm90BwdParams::heads");
 static_assert(FC_OFFSETOF(Sm90BwdParams, heads_kv) == 672, "Sm90BwdParams::heads_kv");
 static_assert(FC_OFFSETOF(Sm90BwdParams, heads_per_kv) == 676, "Sm90BwdParams::heads_per_kv");
-static_assert(FC_OFFSETOF(Sm90BwdParams, rows_pad) == 680, "Sm90BwdParams::rows_pad");
-static_assert(FC_OFFSETOF(Sm90BwdParams, dkv_by_q_head) == 684, "Sm90BwdParams::dkv_by_q_head");
-static_assert(FC_OFFSETOF(Sm90BwdParams, scale_log2) == 688, "Sm90BwdParams::scale_log2");
-static_assert(FC_OFFSETOF(Sm90BwdParams, scale) == 692, "Sm90BwdParams::scale");
-static_assert(FC_OFFSETOF(Sm90BwdParams, causal) == 696, "Sm90BwdParams::causal");
-static_assert(FC_OFFSETOF(Sm90BwdParams, diag) == 700, "Sm90BwdParams::diag");
-static_assert(FC_OFFSETOF(Sm90BwdParams, win_left) == 704, "Sm90BwdParams::win_left");
-static_assert(FC_OFFSETOF(Sm90BwdParams, win_right) == 708, "Sm90BwdParams::win_right");
-static_assert(FC_OFFSETOF(Sm90BwdParams, cap_scale) == 712, "Sm90BwdParams::cap_scale");
-static_assert(FC_OFFSETOF(Sm90BwdParams, cap_log2) == 716, "Sm90BwdParams::cap_log2");
-static_assert(FC_OFFSETOF(Sm90BwdParams, alibi) == 720, "Sm90BwdParams::alibi");
-static_assert(FC_OFFSETOF(Sm90BwdParams, alibi_sb) == 728, "Sm90BwdParams::alibi_sb");
-static_assert(FC_OFFSETOF(Sm90BwdParams, alibi_sh) == 736, "Sm90BwdParams::alibi_sh");
-static_assert(FC_OFFSETOF(Sm90BwdParams, bias) == 744, "Sm90BwdParams::bias");
-static_assert(FC_OFFSETOF(Sm90BwdParams, bias_sb) == 752, "Sm90BwdParams::bias_sb");
-static_assert(FC_OFFSETOF(Sm90BwdParams, bias_sh) == 760, "Sm90BwdParams::bias_sh");
-static_assert(FC_OFFSETOF(Sm90BwdParams, bias_ss) == 768, "Sm90BwdParams::bias_ss");
+static_assert(FC_OFFSETOF(Sm90BwdParams, batch) == 680, "Sm90BwdParams::batch");
+static_assert(FC_OFFSETOF(Sm90BwdParams, rows_pad) == 684, "Sm90BwdParams::rows_pad");
+static_assert(FC_OFFSETOF(Sm90BwdParams, dkv_by_q_head) == 688, "Sm90BwdParams::dkv_by_q_head");
+static_assert(FC_OFFSETOF(Sm90BwdParams, scale_log2) == 692, "Sm90BwdParams::scale_log2");
+static_assert(FC_OFFSETOF(Sm90BwdParams, scale) == 696, "Sm90BwdParams::scale");
+static_assert(FC_OFFSETOF(Sm90BwdParams, causal) == 700, "Sm90BwdParams::causal");
+static_assert(FC_OFFSETOF(Sm90BwdParams, diag) == 704, "Sm90BwdParams::diag");
+static_assert(FC_OFFSETOF(Sm90BwdParams, win_left) == 708, "Sm90BwdParams::win_left");
+static_assert(FC_OFFSETOF(Sm90BwdParams, win_right) == 712, "Sm90BwdParams::win_right");
+static_assert(FC_OFFSETOF(Sm90BwdParams, cap_scale) == 716, "Sm90BwdParams::cap_scale");
+static_assert(FC_OFFSETOF(Sm90BwdParams, cap_log2) == 720, "Sm90BwdParams::cap_log2");
+static_assert(FC_OFFSETOF(Sm90BwdParams, alibi) == 728, "Sm90BwdParams::alibi");
+static_assert(FC_OFFSETOF(Sm90BwdParams, alibi_sb) == 736, "Sm90BwdParams::alibi_sb");
+static_assert(FC_OFFSETOF(Sm90BwdParams, alibi_sh) == 744, "Sm90BwdParams::alibi_sh");
+static_assert(FC_OFFSETOF(Sm90BwdParams, bias) == 752, "Sm90BwdParams::bias");
+static_assert(FC_OFFSETOF(Sm90BwdParams, bias_sb) == 760, "Sm90BwdParams::bias_sb");
+static_assert(FC_OFFSETOF(Sm90BwdParams, bias_sh) == 768, "Sm90BwdParams::bias_sh");
+static_assert(FC_OFFSETOF(Sm90BwdParams, bias_ss) == 776, "Sm90BwdParams::bias_ss");
 
 }  // namespace fc

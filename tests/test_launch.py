@@ -33,7 +33,7 @@ def driver(monkeypatch):
 
 # The parameter layouts as they were written by hand before params.py (the kernels'
 # static_asserts check params.py's against the C++ compiler; these against the history).
-_FWD_BY_HAND = struct.Struct("<5Q15q4ifi")   # since the LSE strides (3 more i64 after o's)
+_FWD_BY_HAND = struct.Struct("<5Q15q4ifi2i")   # since the grid's heads and the batch (after causal)
 _SM90_TAIL_BY_HAND = struct.Struct("<2Q3q3ifi7i8I8x")
 
 
@@ -51,8 +51,8 @@ _DENSE_SEQUENCE = (0, 0, 0, 0, 0, 0, 1, 0, 1, 1, 0, 0, 0, 0, 0)
 
 def test_fwd_launch_sends_its_scalars_and_each_calls_pointers(driver):
     cfg = Sm80FwdConfig("fp16", 64, 4, 2, 64, 3)
-    names = [f.name for f in params.FWD_SM80.fields][5:5 + 21]
-    values = tuple(range(15)) + (300, 400, 64, 2, 0.18, 1)
+    names = [f.name for f in params.FWD_SM80.fields][5:5 + 23]
+    values = tuple(range(15)) + (300, 400, 64, 2, 0.18, 1, 4, 2)
     variant = (100, -1, 0, 0.5, 2.0, 3, 4, 5, 6, 7)
     run = launch.Sm80FwdLaunch(cfg, 77, 0, (3, 4, 2), (2, 4, 300, 64), None,
                                dict(zip(names + list(_VARIANT_NAMES), values + variant), **launch.sequence_scalars()))
@@ -73,8 +73,8 @@ def test_fwd_launch_sends_its_scalars_and_each_calls_pointers(driver):
 
 def test_variant_launch_sends_the_slopes_and_bias_addresses_per_call(driver):
     cfg = Sm80FwdConfig("fp16", 64, 4, 1, 64, 3, KernelVariant(window=True, alibi=True, bias="fp32"))
-    names = [f.name for f in params.FWD_SM80.fields][5:5 + 21]
-    values = tuple(range(15)) + (300, 400, 64, 2, 0.18, 0)
+    names = [f.name for f in params.FWD_SM80.fields][5:5 + 23]
+    values = tuple(range(15)) + (300, 400, 64, 2, 0.18, 0, 4, 2)
     variant = (100, 8, 0, 0.0, 0.0, 0, 1, 0, 500, 400)
     run = launch.Sm80VariantLaunch(cfg, 77, 0, (5, 4, 2), (2, 4, 300, 64), None,
                                    dict(zip(names + list(_VARIANT_NAMES), values + variant), **launch.sequence_scalars()))
