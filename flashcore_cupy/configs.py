@@ -82,13 +82,13 @@ PLAIN = KernelVariant()
 # Where a forward kernel's sequences are (kernels/sequence.cuh's policies): dense batches,
 # packed varlen sequences, a contiguous KV cache, a paged one gathered row by row, a paged one
 # whose pages hold whole key tiles.
-SEQ_KINDS = ("dense", "varlen", "cache", "paged", "paged_tiles")
-_SEQ_EXPRESSIONS = {"dense": "fc::Dense", "varlen": "fc::Varlen",
+SEQ_KINDS = ("dense", "dense_split", "varlen", "cache", "paged", "paged_tiles")
+_SEQ_EXPRESSIONS = {"dense": "fc::Dense", "dense_split": "fc::DenseSplit", "varlen": "fc::Varlen",
                     "cache": "fc::KvCache<fc::kCacheContiguous>", "paged": "fc::KvCache<fc::kCachePageRows>",
                     "paged_tiles": "fc::KvCache<fc::kCachePageTiles>"}
 CACHE_KINDS = ("cache", "paged", "paged_tiles")
 # The Hopper kernel's: a paged cache there is always loaded by TMA boxes of whole pages (or tiles).
-SM90_SEQ_KINDS = ("dense", "cache", "paged_tiles")
+SM90_SEQ_KINDS = ("dense", "dense_split", "cache", "paged_tiles")
 
 
 @dataclass(frozen=True)
@@ -383,7 +383,7 @@ class Sm90FwdConfig:
     producers: int = 1    # TMA-issuing threads: 1 (Q, K and V) or 2 (Q and K; V)
     warp_rows: int = 16   # query rows per warp's 16-row GEMM slice: 8 halves split tiles to 32 rows
     variant: KernelVariant = PLAIN
-    seq: str = "dense"    # "dense", or a plain KV cache: "cache" | "paged_tiles" (SM90_SEQ_KINDS)
+    seq: str = "dense"    # "dense", "dense_split" (split-KV), or a plain KV cache: "cache" | "paged_tiles"
 
     kernel_file = "flash_fwd_sm90.cu"
     arch = "sm_90a"
@@ -391,7 +391,7 @@ class Sm90FwdConfig:
     def __post_init__(self):
         if self.seq not in SM90_SEQ_KINDS:
             raise ValueError(f"seq must be one of {SM90_SEQ_KINDS}, got {self.seq!r}")
-        if self.seq != "dense" and not (self.split and self.warp_rows == 16 and self.variant.plain):
+        if self.seq not in ("dense", "dense_split") and not (self.split and self.warp_rows == 16 and self.variant.plain):
             raise ValueError("a Hopper KV-cache config has split tiles of 16-row warps and no variant")
 
     @property
@@ -730,12 +730,12 @@ DECODE_ROWS = 16   # a KV-cache call with at most this many tile rows (after GQA
 def seq_config(config: Sm80FwdConfig, seq: str, variant: KernelVariant = PLAIN,
                rows: int | None = None, arch: str = SM90_ARCH) -> Sm80FwdConfig:
     """The portable config of a varlen or KV-cache call (seq: SEQ_KINDS), from dispatch's plain
-    dense one: a KV cache's few query rows (decode, speculative verification) and every variant
-    take 16 rows per warp (the KV cache at D128 and a varlen window at D96 spilled with 32), and
+    dense one: a KV cache's few query rows (decode, speculative verification), split-KV (its
+    partials' merge spilled at 32 rows a warp, D96 and D128) and every variant take 16 rows per warp (the KV cache at D128 and a varlen window at D96 spilled with 32), and
     a variant variant_config's tile (NVRTC 12.9, sm_80 and sm_90a: tests/test_compile.py).
     rows: a KV-cache call's tile rows (Sq x the GQA pack); up to DECODE_ROWS, at head dims up to
     128, it takes one warp of 16 rows a CTA (decode_config for `arch`)."""
-    if seq in CACHE_KINDS or not variant.plain:
+    if seq in CACHE_KINDS or seq == "dense_split" or not variant.plain:
         config = dataclasses.replace(config, m_tiles=1)
     if seq == "paged":   # gather_kv: a lane looks up two rows of a tile
         config = dataclasses.replace(config, block_n=min(config.block_n, 64))

@@ -4,11 +4,10 @@ values appended in place first (flash_attn's flash_attn_with_kvcache), and split
 The spec is `flashcore_cupy.reference.attention_kvcache`. A call is up to three launches on
 CuPy's current stream: the append (kernels/kvcache_append.cu), a forward kernel with the KvCache
 sequence policy (kernels/sequence.cuh: the Hopper kernel for a plain decode step on sm_90, see
-sm90_cache_plan, else the portable one), and, where the portable kernel's keys are split,
-merge_states over the splits' float32 partials (the Hopper kernel's last split of a tile merges
-them itself: kernels/split_kv.cuh). No host sync; the partials' workspace is allocated on a
-signature's first call on a stream and reused after it, so with `out=` given a later call
-allocates nothing but its LSE and can be captured in a CUDA graph.
+sm90_cache_plan, else the portable one); where the keys are split (split.py), each tile's last
+split merges the float32 partials (kernels/split_kv.cuh). No host sync; the partials' workspace
+is allocated on a signature's first call on a stream and reused after it, so with `out=` given a
+later call allocates nothing but its LSE and can be captured in a CUDA graph.
 """
 
 from __future__ import annotations
@@ -22,14 +21,14 @@ import numpy as np
 
 from . import api, metadata, tma
 from .api import _as_device_array, _spec
-from .configs import (SM90_ARCH, SM90_HEAD_DIMS, AppendConfig, MergeConfig, Sm90FwdConfig, choose_sm80_config,
-                      fold_heads_batch, seq_config, sm90_cache_config)
-from .launch import (AppendLaunch, MergeLaunch, Sm80SeqLaunch, Sm90SeqLaunch, fast_divisor, problem_scalars,
-                     sequence_scalars, sm90_cache_map_specs, sm90_scalars, variant_scalars)
+from .configs import (SM90_ARCH, SM90_HEAD_DIMS, AppendConfig, Sm90FwdConfig, choose_sm80_config, fold_heads_batch,
+                      seq_config, sm90_cache_config)
+from .launch import (AppendLaunch, Sm80SeqLaunch, Sm90SeqLaunch, fast_divisor, problem_scalars, sequence_scalars,
+                     sm90_cache_map_specs, sm90_scalars, variant_scalars)
 from .params import stride_values
+from .split import MAX_SPLITS, Workspace, choose_splits, resident_ctas, sm90_splits
 from .validation import CacheLayout, Problem, check_kvcache, check_no_overlap, check_out, layout_strides
 
-MAX_SPLITS = 128
 _lock = threading.Lock()
 
 
@@ -151,9 +150,9 @@ _calls: dict[tuple, tuple] = {}
 
 
 class _Plan:
-    """One call signature's launches: the append, the attention and (split) the merge, and the
-    split partials' workspace per stream. The attention runs on the Hopper kernel where
-    sm90_cache_plan takes the call, else on the portable one."""
+    """One call signature's launches: the append and the attention, and (split) the partials'
+    workspace per stream. The attention runs on the Hopper kernel where sm90_cache_plan takes
+    the call, else on the portable one."""
 
     def __init__(self, problem: Problem, layout: CacheLayout, n_new: int, num_splits: int,
                  new_strides: tuple[tuple[str, int], ...]):
@@ -184,7 +183,7 @@ class _Plan:
         small_pages = layout.paged and layout.page_size < config.block_n
         self.splits = num_splits or (sm90_splits(tiles, key_tiles, dev.num_sms) if hopper is not None and not small_pages
                                      else choose_splits(tiles, key_tiles, slots))
-        if self.splits > 1:   # partials (split, B, Sq, Hq, D) and (split, B, Sq, Hq): merge_states' rows
+        if self.splits > 1:   # partials (split, B, Sq, Hq, D) and (split, B, Sq, Hq), the output's strides
             o_strides, lse_strides = (sq * hq * d, d, hq * d), (sq * hq, 1, hq)
             split_fields = dict(o_split=b * sq * hq * d, lse_split=b * sq * hq)
         else:                 # out (B, Sq, Hq, D) C-contiguous, LSE (B, Hq, Sq)
@@ -213,14 +212,12 @@ class _Plan:
             append = dict(**cache, seqlen_k=layout.capacity, batch=b, heads_kv=p.heads_kv, head_dim=d,
                           **stride_values("k", p.k_strides), **stride_values("v", p.v_strides), **dict(new_strides))
             self.append = AppendLaunch.build(AppendConfig(layout.paged), p.device, dev.arch, dev.num_sms, append)
-        # Split partials: the Hopper kernel's last split of a tile merges them (a counter a tile),
-        # the portable kernel's are merged by merge_states after it.
-        self.counters = tiles if hopper is not None and self.splits > 1 else 0
-        self.merge = (MergeLaunch.build(MergeConfig("f32", p.dtype), p.device, dev.arch)
-                      if self.splits > 1 and not self.counters else None)
+        # Split partials: a tile's last split merges them (a counter a tile; the Hopper kernel's
+        # a consumer's rows).
+        counters = tiles * (config.consumers if hopper is not None else 1)
+        self.workspace = Workspace(self.splits, b * sq * hq * d, b * sq * hq, counters) if self.splits > 1 else None
         self.shape = (b, sq, hq, d)
         self.lse_shape = (b, hq, sq)
-        self.workspaces: dict[int, tuple] = {}
 
     @staticmethod
     def _cache_fields(layout: CacheLayout, n_new: int) -> dict:
@@ -238,27 +235,9 @@ class _Plan:
         if self.splits == 1:
             self.attention.start(pointers, stream.ptr)
             return
-        o_acc, lse_acc, counters = self._workspace(stream)
+        o_acc, lse_acc, counters = self.workspace.get(stream.ptr)
         self.attention.start(dict(pointers, o_accum=o_acc.data.ptr, lse_accum=lse_acc.data.ptr,
-                                  split_count=0 if counters is None else counters.data.ptr), stream.ptr)
-        if self.merge is None:
-            return
-        b, sq, hq, d = self.shape
-        self.merge.start(dict(outs=o_acc.data.ptr, lses=lse_acc.data.ptr, out=out.data.ptr,
-                              lse_out=0 if lse is None else lse.data.ptr, split_stride=b * sq * hq * d,
-                              splits=self.splits, rows=b * sq * hq, dv=d, lse_seq=sq, lse_heads=hq), stream.ptr)
-
-    def _workspace(self, stream):
-        import cupy
-
-        found = self.workspaces.get(stream.ptr)
-        if found is None:
-            with _lock:
-                b, sq, hq, d = self.shape
-                found = self.workspaces.setdefault(stream.ptr, (
-                    cupy.empty((self.splits, b, sq, hq, d), np.float32), cupy.empty((self.splits, b, sq, hq), np.float32),
-                    cupy.zeros((self.counters,), np.int32) if self.counters else None))
-        return found
+                                  split_count=counters.data.ptr), stream.ptr)
 
 
 def sm90_cache_plan(p: Problem, layout: CacheLayout, arch: str) -> tuple[Sm90FwdConfig, int] | None:
@@ -279,44 +258,6 @@ def sm90_cache_plan(p: Problem, layout: CacheLayout, arch: str) -> tuple[Sm90Fwd
     if any(tma.unsupported_reason(spec) for spec in specs):
         return None
     return config, pack
-
-
-def choose_splits(ctas: int, key_tiles: int, slots: int) -> int:
-    """Split-KV's key ranges per (query tile, head, batch), for a grid of `ctas` on a GPU that
-    runs `slots` such CTAs at once: the fewest splits whose waves are within 95 % of the best
-    filled (a last wave that leaves most slots idle costs as much as a full one; at 90 % the
-    H200's B1 Sk 128k decode took 15 splits of 8 tiles, 120 of 132 SMs, 0.92x cuDNN), each range
-    at least two key tiles, at most MAX_SPLITS. A grid of a wave or more takes one."""
-    if ctas >= slots:
-        return 1
-    top = max(1, min(key_tiles // 2, MAX_SPLITS))
-
-    def filled(n: int) -> float:
-        total = ctas * n
-        return total / (-(-total // slots) * slots)
-
-    best = max(filled(n) for n in range(1, top + 1))
-    return next(n for n in range(1, top + 1) if filled(n) >= 0.95 * best)
-
-
-def sm90_splits(tiles: int, key_tiles: int, num_sms: int) -> int:
-    """The Hopper decode's split-KV ranges per tile: enough that the CTAs fill half the SMs,
-    (num_sms // 2) // tiles, each range at least two key tiles, at most MAX_SPLITS. Half the
-    H200's SMs already stream its DRAM's bandwidth, and each split more costs its partials, the
-    merge and a CTA's start (v37, CUDA graphs, fp16: B8 Sk 8k's 64 tiles 67.3 us unsplit against
-    71.8 with 2 splits and 94.9 with 16; B1 Sk 128k's 8 tiles 135.6 us with 8 splits against
-    143.3 with 16 and 209.5 with 4; cuDNN 70.8 and 131.6)."""
-    return max(1, min((num_sms // 2) // tiles, key_tiles // 2, MAX_SPLITS))
-
-
-def resident_ctas(config, arch: str) -> int:
-    """CTAs of `config` an SM holds at once: by shared memory (1 KB a CTA reserved) and by
-    registers at the kernels' bound of 255 a thread."""
-    from .configs import SMEM_LIMIT
-
-    by_smem = (SMEM_LIMIT[arch] + 1024) // (config.smem_bytes + 1024)
-    by_regs = 65536 // (256 * config.threads)
-    return max(1, min(by_smem, by_regs, 32))
 
 
 _plans: dict[tuple, _Plan] = {}

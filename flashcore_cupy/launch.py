@@ -12,6 +12,7 @@ this path (4.3 against 7.1 us of host time at the mission shape, H200).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import threading
@@ -20,9 +21,9 @@ from typing import ClassVar
 
 import numpy as np
 
-from . import loader, params, tma
+from . import loader, params, split, tma
 from .configs import (GRID_YZ_MAX, SM90_ARCH, SM90_BWD_HEAD_DIMS, SM90_HEAD_DIMS, AppendConfig, BwdStepConfig, MergeConfig,
-                      Sm80BwdConfig, Sm80FwdConfig, Sm90BwdConfig, Sm90FwdConfig, WorkTile, sm90_config)
+                      Sm80BwdConfig, Sm80FwdConfig, Sm90BwdConfig, Sm90FwdConfig, WorkTile, fold_heads_batch, sm90_config)
 from .validation import Problem
 
 try:
@@ -372,7 +373,7 @@ class Sm80SeqLaunch(FieldLaunch):
     "dense", kernels/sequence.cuh)."""
     SCHEMA = params.FWD_SM80
     POINTERS = ("q", "k", "v", "o", "lse", "alibi", "bias", "cu_seqlens_q", "cu_seqlens_k", "seqused_k",
-                "block_table", "o_accum", "lse_accum")
+                "block_table", "o_accum", "lse_accum", "split_count")
 
     @classmethod
     def build(cls, config: Sm80FwdConfig, device: int, arch: str, grid: tuple[int, int, int],
@@ -569,13 +570,13 @@ class Sm90SeqLaunch(Sm90FwdLaunch):
     """The Hopper forward on a KV-cache call (an Sm90FwdConfig whose seq is not "dense"): the
     maps encoded per (q, k, v) addresses as Sm90FwdLaunch's, the call's other addresses packed
     per call by field name (POINTERS; absent: 0)."""
-    POINTERS: ClassVar[tuple[str, ...]] = ("o", "lse", "seqused_k", "block_table", "o_accum", "lse_accum",
-                                           "split_count")
+    POINTERS: ClassVar[tuple[str, ...]] = ("o", "lse", "alibi", "bias", "seqused_k", "block_table", "o_accum",
+                                           "lse_accum", "split_count")
 
     @classmethod
     def build_seq(cls, config: Sm90FwdConfig, device: int, arch: str, grid: tuple[int, int, int], scalars: dict,
                   specs: tuple[tma.MapSpec, ...]) -> "Sm90SeqLaunch":
-        missing = set(params.FWD_SM90.names[3:]) - set(scalars) - set(cls.POINTERS) - {"alibi", "bias"}
+        missing = set(params.FWD_SM90.names[3:]) - set(scalars) - set(cls.POINTERS)
         if missing:
             raise KeyError(f"{cls.__name__}: no value for {sorted(missing)}")
         return cls(config, loader.get_function(config, device, arch), device, grid, (0, 0, 0, 0), None,
@@ -658,9 +659,86 @@ def sm90_blocker(p: Problem, arch: str) -> str | None:
 _LAUNCH_CLASSES = {Sm80FwdConfig: Sm80FwdLaunch, Sm90FwdConfig: Sm90FwdLaunch}
 
 
+@dataclass(frozen=True, eq=False)
+class SplitFwdLaunch:
+    """A dense call whose keys run in split-KV ranges (split.dense_splits: a long Sk), on either
+    kernel: `inner` (a "dense_split" config's Sm80SeqLaunch or Sm90SeqLaunch, a CTA per split of
+    a tile) stores float32 partials at the output's strides in `workspace`, and each tile's last
+    split merges them into out and the LSE. `start` and `__call__` as the dense launches'."""
+    inner: Sm80SeqLaunch | Sm90SeqLaunch
+    workspace: split.Workspace
+    device: int
+    out_shape: tuple[int, int, int, int]
+    lse_shape: tuple[int, int, int] | None
+    extra_pointers = True
+
+    @property
+    def config(self):
+        return self.inner.config
+
+    @property
+    def splits(self) -> int:
+        return self.workspace.splits
+
+    @functools.cached_property
+    def out_elements(self) -> int:
+        return math.prod(self.out_shape)
+
+    @classmethod
+    def build(cls, problem: Problem, config: Sm80FwdConfig | Sm90FwdConfig, arch: str, num_sms: int,
+              o_strides: tuple[int, int, int], return_lse: bool, defines: tuple[str, ...] = ()) -> "SplitFwdLaunch | None":
+        """The split launch of a dense call that split.dense_splits splits, else None."""
+        p, hopper = problem, isinstance(config, Sm90FwdConfig)
+        # the portable kernel's 16 rows a warp (configs.seq_config)
+        config = dataclasses.replace(config, seq="dense_split", **({} if hopper else {"m_tiles": 1}))
+        pack = gqa_pack(p, config) if hopper else 1
+        heads = p.heads_kv if pack > 1 else p.heads_q
+        m_blocks = 1 if pack > 1 else -(-p.seqlen_q // config.block_m)
+        tiles = m_blocks * heads * p.batch
+        # partials at the output's strides: one split spans its elements
+        o_elements = sum((n - 1) * st for n, st in zip(p.out_shape[:3], o_strides)) + p.head_dim
+        lse_elements = p.batch * p.heads_q * p.seqlen_q
+        slots = num_sms if hopper else num_sms * split.resident_ctas(config, arch)
+        chain = split.chain_keys(p.seqlen_k, p.variant.mask(p.seqlen_q, p.seqlen_k)[1:], config.block_m)
+        splits = split.dense_splits(chain, config.block_n, tiles, slots, 4 * (o_elements + lse_elements))
+        if splits == 1:
+            return None
+        lse_strides = (p.heads_q * p.seqlen_q, p.seqlen_q, 1)   # the partials' and the LSE's: (B, Hq, Sq)
+        split_fields = dict(splits=splits, o_split=o_elements, lse_split=lse_elements)
+        function = loader.get_function(config, p.device, arch, defines)
+        if hopper:
+            causal = p.causal and pack == 1 and config.variant.plain
+            scalars = sm90_scalars(p, o_strides, causal, heads, 1 if pack > 1 else p.heads_q // p.heads_kv, m_blocks,
+                                   1, tiles, tiles * splits, pack, **params.stride_values("lse", lse_strides),
+                                   **split_fields)
+            inner = Sm90SeqLaunch(config, function, p.device, (tiles * splits, 1, 1), (0, 0, 0, 0), None,
+                                  {**dict.fromkeys(Sm90SeqLaunch.POINTERS, 0), **scalars}, sm90_map_specs(p, config))
+            counters = tiles * config.consumers
+        else:
+            strides = dict(q=p.q_strides, k=p.k_strides, v=p.v_strides, o=o_strides, lse=lse_strides)
+            scalars = {k: st for t, ts in strides.items() for k, st in params.stride_values(t, ts).items()}
+            scalars.update(problem_scalars(p), **variant_scalars(p), **sequence_scalars(**split_fields))
+            inner = Sm80SeqLaunch(config, function, fold_heads_batch(m_blocks * splits, p.heads_q, p.batch), scalars)
+            counters = tiles
+        return cls(inner, split.Workspace(splits, o_elements, lse_elements, counters), p.device, p.out_shape,
+                   (p.batch, p.heads_q, p.seqlen_q) if return_lse else None)
+
+    def start(self, ptrs: tuple[int, ...], out, lse, stream: int) -> None:
+        """The launch with the q, k, v addresses and a variant's slopes' and bias's (0: none)."""
+        o_acc, lse_acc, counters = self.workspace.get(stream)
+        self.inner.start(dict(q=ptrs[0], k=ptrs[1], v=ptrs[2], alibi=ptrs[3] if len(ptrs) > 3 else 0,
+                              bias=ptrs[4] if len(ptrs) > 4 else 0, o=out.data.ptr, lse=0 if lse is None else lse.data.ptr,
+                              o_accum=o_acc.data.ptr, lse_accum=lse_acc.data.ptr, split_count=counters.data.ptr),
+                         stream)
+
+    def __call__(self, q, k, v, out, lse, stream: int | None = None) -> None:
+        self.start((q.data.ptr, k.data.ptr, v.data.ptr), out, lse, _current_stream().ptr if stream is None else stream)
+
+
 def build_launch(problem: Problem, config: Sm80FwdConfig | Sm90FwdConfig, arch: str, num_sms: int,
                  o_strides: tuple[int, int, int], return_lse: bool,
-                 defines: tuple[str, ...] = ()) -> Sm80FwdLaunch | Sm90FwdLaunch:
-    """defines: a diagnostic build's macros (loader.nvrtc_options); () for the product."""
-    return _LAUNCH_CLASSES[type(config)].build(problem, config, arch, num_sms, o_strides, return_lse,
-                                               defines)
+                 defines: tuple[str, ...] = ()) -> Sm80FwdLaunch | Sm90FwdLaunch | SplitFwdLaunch:
+    """defines: a diagnostic build's macros (loader.nvrtc_options); () for the product. A long
+    Sk's call splits its keys (SplitFwdLaunch)."""
+    return (SplitFwdLaunch.build(problem, config, arch, num_sms, o_strides, return_lse, defines)
+            or _LAUNCH_CLASSES[type(config)].build(problem, config, arch, num_sms, o_strides, return_lse, defines))

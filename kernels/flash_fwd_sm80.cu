@@ -256,7 +256,7 @@ flash_fwd(const FwdParams p) {
     const int warp_row = (tid / 32) * Tile::kWarpRows;
     int m_block = gridDim.x - 1 - blockIdx.x;   // longest causal rows start first
     int split = 0;
-    if constexpr (S::kCache) {
+    if constexpr (S::kSplitKV) {
         split = m_block % p.splits;
         m_block /= p.splits;
     }
@@ -294,7 +294,7 @@ flash_fwd(const FwdParams p) {
         j_begin = tiles.first;
         n_blocks = tiles.end;
     }
-    if constexpr (S::kCache) split_share(j_begin, n_blocks, split, p.splits);   // split-KV: this split's share
+    if constexpr (S::kSplitKV) split_share(j_begin, n_blocks, split, p.splits);   // split-KV: this split's share
 
     const LaneAddrs<Tile> addr(sQ, sK, sV, warp_row, lane);
     // K_j and V_j into ring slot j % STAGES, as one commit group.
@@ -396,9 +396,17 @@ flash_fwd(const FwdParams p) {
 
     // Epilogue: O /= l, staged through the Q tile for 16-byte coalesced stores.
     cp_async_wait<0>();
-    if constexpr (S::kCache) {
+    if constexpr (S::kSplitKV) {
         if (p.o_accum != nullptr) {   // split-KV: this split's float32 partials, from the registers
             write_partials<Tile::kDTiles, M_TILES>(p, o_acc, m, l, split, batch, head, row0 + warp_row, rows, pack, lane);
+            if (p.split_count != nullptr) {   // the tile's last split merges them (LSE (B, Hq, Sq))
+                const int tile = (batch * p.grid_heads + at_grid.head) * (gridDim.x / p.splits) + m_block;
+                const int heads = p.grid_heads * pack;
+                merge_if_last_split<T, HEAD_DIM>(
+                    p, tile, batch, head, row0, min(row0 + Tile::kBlockM, rows), pack, tid, WARPS * 32,
+                    reinterpret_cast<int*>(sQ), [] { __syncthreads(); },
+                    [&](PackedRow at) { return (static_cast<i64>(batch) * heads + at.head) * seqlen_q + at.query; });
+            }
             return;
         }
     }

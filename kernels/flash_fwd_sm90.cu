@@ -380,14 +380,19 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
             combine_split<HEAD_DIM, CONSUMERS, H>(reinterpret_cast<float*>(smem + (sbase - smem_addr(smem)) +
                                                                         Tile::kOffK), consumer, o, m, l); FC_TRACE(13);
         if (!has_rows || (SPLIT && consumer > 0)) continue;
-        if constexpr (S::kCache) {
+        if constexpr (S::kSplitKV) {
             if (p.o_accum != nullptr) {   // split-KV: this split's float32 partials, from the registers
                 const int rows = seqlen_q * p.pack, head0 = w.head * p.pack;
                 write_partials<HEAD_DIM / 8, 1>(p, o, m, l, w.split, w.batch, head0, w_row0, rows, p.pack, lane);
-                if (p.split_count != nullptr)   // the tile's last split merges them (final LSE: (B, Hq, Sq))
+                // Each consumer's 64 rows (split tiles: consumer 0's, the tile's) have a counter;
+                // their last split merges them (final LSE: (B, Hq, Sq)).
+                __shared__ int split_last[CONSUMERS];
+                if (p.split_count != nullptr)
                     merge_if_last_split<T, HEAD_DIM>(
-                        p, i / p.splits, w.batch, head0, w.row0, min(w.row0 + Tile::kBlockM, rows), p.pack,
-                        threadIdx.x - 128, 128, [] { named_barrier_sync(2 + CONSUMERS, 128); },
+                        p, i / p.splits * CONSUMERS + consumer, w.batch, head0, c_row0,
+                        min(c_row0 + (SPLIT ? Tile::kBlockM : 64), rows),
+                        p.pack, threadIdx.x - 128 * (consumer + 1), 128, split_last + consumer,
+                        [&] { named_barrier_sync(2 + CONSUMERS + consumer, 128); },
                         [&](PackedRow at) { return (static_cast<i64>(w.batch) * p.heads * p.pack + at.head) * seqlen_q +
                                                    at.query; });
                 continue;

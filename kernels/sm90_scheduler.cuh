@@ -27,8 +27,8 @@ namespace fc {
 // worked by consumer 0 alone, as are a tile's rows past Sq by nobody.
 // A variant's tiles (V not Plain) run the key tiles of its rows' window: first, first + 1, ...
 // A KV cache's (S = KvCache<...>, plain only) see their own sequence's keys (seqlen_k, read from
-// seqused_k per item), and with split-KV item i is split i % splits of tile i / splits: its share
-// of the tile's key tiles, from first.
+// seqused_k per item). With split-KV (S::kSplitKV: a cache's, or DenseSplit's) item i is split
+// i % splits of tile i / splits: its share of the tile's key tiles (or its window's), from first.
 struct WorkTile {
     int row0, head, batch;
     int consumers;           // consumers with rows here (the first ones)
@@ -43,7 +43,7 @@ __device__ __forceinline__ WorkTile work_tile(const Sm90Params& p, int i) {
     static_assert(S::kDense || (S::kCache && V::kPlain), "the Hopper kernel: dense batches, or a plain KV cache");
     constexpr int C = Tile::kConsumers;
     int split = 0;
-    if constexpr (S::kCache) {
+    if constexpr (S::kSplitKV) {
         split = i % p.splits;
         i /= p.splits;
     }
@@ -59,12 +59,17 @@ __device__ __forceinline__ WorkTile work_tile(const Sm90Params& p, int i) {
     WorkTile w{row0, head_batch - batch * p.heads, batch, consumers, 0, 0, seqlen_k, split};
     if constexpr (!V::kPlain) {
         const TileRange tiles = window_tiles(p, BLOCK_N, row0, rows);
-        w.n_blocks = rows > 0 ? tiles.end - tiles.first : 0;
         w.first = rows > 0 ? tiles.first : 0;
+        int end = rows > 0 ? max(tiles.end, tiles.first) : 0;
+        if constexpr (S::kSplitKV) {
+            split_share(w.first, end, split, p.splits);
+            end = max(end, w.first);
+        }
+        w.n_blocks = end - w.first;
     } else {
         const int kv_end = FC_KEY_END(seqlen_k, seqlen_k - p.seqlen_q, p.causal, row0, rows);
         int end = rows > 0 && kv_end > 0 ? FC_KEY_TILES(BLOCK_N, kv_end) : 0;
-        if constexpr (S::kCache) {
+        if constexpr (S::kSplitKV) {
             split_share(w.first, end, split, p.splits);
             end = max(end, w.first);
         }

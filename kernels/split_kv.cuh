@@ -1,4 +1,4 @@
-// Split-KV (KV cache, splits > 1): each split of a tile's key tiles ends in float32 partials that
+// Split-KV (a KV cache's, or a long dense Sk's: S::kSplitKV, splits > 1): each split of a tile's key tiles ends in float32 partials that
 // merge_states (kernels/merge_states.cu) combines by their LSE. Both forward kernels store them
 // here, from the accumulators every mma/wgmma m16 layout shares: thread `lane` holds rows
 // lane / 4 and lane / 4 + 8 of each 16-row slice, columns 8 dt + 2 (lane % 4) and the next.
@@ -52,21 +52,22 @@ __device__ __forceinline__ void split_share(int& first, int& end, int split, int
 }
 
 // The in-kernel combine (split_count given): each split's CTA, once its partials are stored,
-// counts itself on its tile's counter; the last one merges every split's partials of tile rows
-// [first_row, end_row) into o (T, at o's strides) and the LSE (at lse_at(row's PackedRow); null
-// lse: none), merge.cuh's math, and zeroes the counter for the next call (a replayed graph finds
-// it so). The caller's `threads` threads (whole warps, `thread` this one's index) stored the
-// partials; `sync` is their barrier.
+// counts itself on its rows' counter (`counter`: a tile's, or a Hopper consumer's 64 rows'); the
+// last one merges every split's partials of tile rows [first_row, end_row) into o (T, at o's
+// strides: the partials' too) and the LSE (at lse_at(row's PackedRow); null lse: none),
+// merge.cuh's math, and zeroes the counter for the next call (a replayed graph finds it so).
+// The caller's `threads` threads (whole warps, `thread` this one's index) stored the partials;
+// `sync` is their barrier, and `last` a shared int of theirs that no other thread touches past
+// it (the portable kernel's Q tile; no static shared memory: its tiles fill sm_86's).
 template <class T, int MAX_DV, class P, class Sync, class LseAt>
-__device__ __forceinline__ void merge_if_last_split(const P& p, int tile, int batch, int head0, int first_row,
-                                                    int end_row, int pack, int thread, int threads, Sync sync,
-                                                    LseAt lse_at) {
-    __shared__ int last;
+__device__ __forceinline__ void merge_if_last_split(const P& p, int counter, int batch, int head0, int first_row,
+                                                    int end_row, int pack, int thread, int threads, int* last,
+                                                    Sync sync, LseAt lse_at) {
     __threadfence();   // this thread's partials, visible device-wide before the count says so
     sync();
-    if (thread == 0) last = atomicAdd(p.split_count + tile, 1) == p.splits - 1;
+    if (thread == 0) *last = atomicAdd(p.split_count + counter, 1) == p.splits - 1;
     sync();
-    if (!last) return;
+    if (!*last) return;
     __threadfence();
     for (int row = first_row + thread / 32; row < end_row; row += threads / 32) {
         const PackedRow at = packed_row(row, pack, head0);
@@ -77,7 +78,7 @@ __device__ __forceinline__ void merge_if_last_split(const P& p, int tile, int ba
             [&](int i) -> const void* { return p.o_accum + i * p.o_split; }, o_at, p.o, o_at,
             p.lse == nullptr ? nullptr : p.lse + lse_at(at), thread % 32);
     }
-    if (thread == 0) p.split_count[tile] = 0;
+    if (thread == 0) p.split_count[counter] = 0;
 }
 
 }  // namespace fc

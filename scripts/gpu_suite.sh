@@ -2,7 +2,8 @@
 # The device run: GPU tests, the mission shape, compute-sanitizer, the latency
 # probe and the benchmark (JSON + plot). Logs go to $OUT.
 # Usage on the device machine, from the repository root:  bash scripts/gpu_suite.sh
-# BENCH=0 skips the benchmark, NOTEBOOK=0 the quickstart's run, SWEEP=1 adds the random sweep
+# BENCH=0 skips the benchmark, NOTEBOOK=0 the quickstart's run, LONGSK=0 the error at Sk 1M..16M
+# (scripts/long_sk_numerics.py, against SDPA flash), SWEEP=1 adds the random sweep
 # (scripts/random_sweep.py; SWEEP_ARGS="--seed S --first i" continues one), TESTS=0 the tests, sanitizers and SASS (PYTEST=0 the tests alone,
 # CHECKS=0 the run, sanitizers and SASS alone: pytest takes ~8 of a call's 10 minutes), HOST=0
 # the latency probe and tile sweep (runs that fit the device's 10-minute limit per command);
@@ -32,6 +33,9 @@ if [ "${TESTS:-1}" = 1 ] && [ "${CHECKS:-1}" = 1 ]; then
     step sanitizer.txt timeout 120 compute-sanitizer --tool $tool --error-exitcode 3 python3 scripts/sanitize_case.py
   done
   step sass.txt python3 scripts/sass_check.py --arch sm_90a
+fi
+if [ "${LONGSK:-1}" = 1 ]; then   # long-Sk numerics: flashcore within 1.5x SDPA flash's error
+  step long_sk.txt timeout 300 python3 scripts/long_sk_numerics.py --sk 1M,4M,16M
 fi
 if [ "${SWEEP:-0}" = 1 ]; then   # the seeded random sweep (its own call: compiles dominate on a bare machine)
   step sweep.txt python3 scripts/random_sweep.py --cases "${SWEEP_CASES:-2000}" --max-seconds 480 --workers 8 ${SWEEP_ARGS:-}

@@ -5,9 +5,9 @@ the host checks of device metadata, and the launches' packing."""
 import numpy as np
 import pytest
 
-from flashcore_cupy import configs, launch, metadata, params
+from flashcore_cupy import configs, launch, metadata, params, split
 from flashcore_cupy import kvcache as kv
-from flashcore_cupy.kvcache import choose_splits, resident_ctas
+from flashcore_cupy.split import choose_splits, resident_ctas
 from flashcore_cupy.validation import TensorSpec, check_kvcache, check_varlen
 
 F16, I32, F32 = np.dtype(np.float16), np.dtype(np.int32), np.dtype(np.float32)
@@ -145,8 +145,8 @@ def test_split_choice_fills_whole_waves_and_keeps_ranges_of_two_tiles():
     assert choose_splits(ctas=1, key_tiles=4096, slots=264) == 122      # within 95 % of the cap's 128
     assert choose_splits(ctas=8, key_tiles=6, slots=264) == 3           # at least two key tiles each
     assert choose_splits(ctas=8, key_tiles=1, slots=264) == 1
-    assert (kv.sm90_splits(64, 64, 132), kv.sm90_splits(8, 1024, 132), kv.sm90_splits(8, 6, 132)) == (1, 8, 3)
-    assert kv.sm90_splits(1, 4096, 132) == 66 and kv.sm90_splits(512, 16, 132) == 1
+    assert (split.sm90_splits(64, 64, 132), split.sm90_splits(8, 1024, 132), split.sm90_splits(8, 6, 132)) == (1, 8, 3)
+    assert split.sm90_splits(1, 4096, 132) == 66 and split.sm90_splits(512, 16, 132) == 1
     decode = configs.seq_config(configs.Sm80FwdConfig("fp16", 128, 4, 2, 64, 2), "cache", rows=4)
     assert resident_ctas(decode, "sm_90a") == 2      # 109 KB of shared memory each
     assert resident_ctas(configs.Sm80FwdConfig("fp16", 64, 4, 1, 64, 2, seq="cache"), "sm_90a") == 2   # registers
@@ -219,19 +219,22 @@ def test_kvcache_plan_takes_the_hopper_kernel_where_it_can(monkeypatch, paged, s
     plan = kv._Plan(p, layout, n_new, 0, ())
     if hopper is None:
         assert isinstance(plan.attention, launch.Sm80SeqLaunch) and plan.config.seq != "dense"
-        assert plan.counters == 0 and (plan.merge is not None) == (plan.splits > 1)   # merge_states after it
+        assert (plan.workspace is not None) == (plan.splits > 1)   # a tile's last split merges them
+        if plan.splits > 1:
+            assert plan.workspace.counters == plan.attention.grid[0] // plan.splits * plan.attention.grid[1] * \
+                plan.attention.grid[2]
         return
     assert isinstance(plan.attention, launch.Sm90SeqLaunch) and plan.config.seq == hopper and plan.config.split
     s = plan.attention.scalars
     assert (s["heads"], s["pack"], s["m_blocks"], s["causal"]) == (8, 4, 1, 0)   # B4 x Hkv 8 tiles of 4 heads
     tiles = 4 * 8
     if paged and paged[1] < 128:   # pages smaller than a tile: CTAs for every SM
-        assert plan.splits == kv.choose_splits(tiles, -(-layout.capacity // 128), 132) == 4
+        assert plan.splits == split.choose_splits(tiles, -(-layout.capacity // 128), 132) == 4
     else:                          # 64 CTAs: half the SMs
-        assert plan.splits == kv.sm90_splits(tiles, -(-layout.capacity // 128), 132) == 2
+        assert plan.splits == split.sm90_splits(tiles, -(-layout.capacity // 128), 132) == 2
     assert plan.attention.grid == (tiles * plan.splits, 1, 1) and s["n_items"] == tiles * plan.splits
     assert s["splits"] == plan.splits and s["o_split"] == 4 * 1 * 32 * 128 and s["lse_split"] == 4 * 32
-    assert plan.merge is None and plan.counters == tiles   # the last split of a tile merges in the kernel
+    assert plan.workspace.counters == tiles * plan.config.consumers   # a counter for each consumer's rows
     q_spec, k_spec, _ = plan.attention.specs
     assert q_spec.box[1:3] == (1, 64)   # one position of 64 heads: the packed group and the rows past it
     if paged:
@@ -252,4 +255,4 @@ def test_kvcache_plan_takes_the_hopper_kernel_where_it_can(monkeypatch, paged, s
     assert int.from_bytes(block.data[at:at + 4].tobytes(), "little") == plan.splits
     assert launched[-1][:4] == (1, tiles * plan.splits, 1, 1) and launched[-1][-3] == 7
     forced = kv._Plan(p, layout, n_new, 1, ())
-    assert forced.splits == 1 and forced.merge is None and forced.attention.scalars["o_accum"] == 0
+    assert forced.splits == 1 and forced.workspace is None and forced.attention.scalars["o_accum"] == 0

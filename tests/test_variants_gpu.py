@@ -236,3 +236,46 @@ def test_hopper_variant_kernels_match_reference(rng, grid, d):
                 first = out.copy()
                 p.run(q, k, v, out=out, **arrays)
                 assert cupy.array_equal(first, out), what
+
+
+SPLIT_CASES = [(False, None, "none"), (True, None, "none"), ("top_left", (100, 3), "all"), (True, (16, 0), "none"),
+               (False, (-1, 40), "alibi"), (False, None, "bias32"), (True, None, "softcap")]
+
+
+@pytest.mark.parametrize("backend", ("sm80", "auto"))
+@pytest.mark.parametrize("causal, window, option", SPLIT_CASES, ids=[f"{c}-{w}-{o}" for c, w, o in SPLIT_CASES])
+def test_split_kv_of_long_rows_matches_reference(rng, monkeypatch, causal, window, option, backend):
+    """A dense call whose rows see more than split.MAX_CHAIN_KEYS keys runs split-KV (each
+    tile's last split merges the partials in the kernel): the bound lowered to 256 keys so that
+    these lengths split, every mask and score option, MHA/GQA, both layouts, poisoned out= and
+    LSE, the same bits twice."""
+    import cupy
+
+    import flashcore_cupy as fc
+    from flashcore_cupy import api, launch, split
+
+    monkeypatch.setattr(split, "MAX_CHAIN_KEYS", 256)
+    monkeypatch.setattr(api, "_launches", {})
+    monkeypatch.setattr(api, "_plans", {})
+    for dtype, d, layout in (("fp16", 64, "bhsd"), ("bf16", 128, "bshd")):
+        heads = HEADS[rng.integers(len(HEADS))]
+        for lengths in ((77, 300), (799, 1000), (1000, 799), (8, 3000)):
+            q, k, v = make_inputs(rng, dtype, d, layout, heads, lengths)
+            opts = _options(rng, option, dtype, heads, lengths, per_batch=bool(rng.integers(2)))
+            what = f"{dtype} D{d} {layout} heads {heads} lengths {lengths}:"
+            plan = fc.plan(q, k, v, causal=causal, window=window, layout=layout, return_lse=True, backend=backend,
+                           **opts)
+            chain = split.chain_keys(lengths[1], plan.problem.variant.mask(*lengths)[1:], plan.config.block_m)
+            assert isinstance(plan.launch, launch.SplitFwdLaunch) == (chain > 256), what
+            out = cupy.full(q.shape, np.nan, dtype=q.dtype)
+            got, lse = fc.attention(q, k, v, causal=causal, window=window, layout=layout, return_lse=True,
+                                    out=out, backend=backend, **opts)
+            ref, ref_lse = reference.attention(q, k, v, causal=causal, window=window, layout=layout,
+                                               return_lse=True, **opts)
+            assert_close(out, ref, dtype, what)
+            lse = lse.get()
+            np.testing.assert_array_equal(np.isneginf(lse), np.isneginf(ref_lse), err_msg=what)
+            finite = np.isfinite(ref_lse)
+            np.testing.assert_allclose(lse[finite], ref_lse[finite], rtol=1e-3, atol=2e-3, err_msg=what)
+            again = fc.attention(q, k, v, causal=causal, window=window, layout=layout, backend=backend, **opts)
+            assert cupy.array_equal(again, out), what   # the merge's order is fixed: same bits
