@@ -696,7 +696,7 @@ class SplitFwdLaunch:
         m_blocks = 1 if pack > 1 else -(-p.seqlen_q // config.block_m)
         tiles = m_blocks * heads * p.batch
         # partials at the output's strides: one split spans its elements
-        o_elements = sum((n - 1) * st for n, st in zip(p.out_shape[:3], o_strides)) + p.head_dim
+        o_elements = sum((n - 1) * st for n, st in zip((p.batch, p.heads_q, p.seqlen_q), o_strides)) + p.head_dim
         lse_elements = p.batch * p.heads_q * p.seqlen_q
         slots = num_sms if hopper else num_sms * split.resident_ctas(config, arch)
         chain = split.chain_keys(p.seqlen_k, p.variant.mask(p.seqlen_q, p.seqlen_k)[1:], config.block_m)

@@ -383,7 +383,7 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
         if constexpr (S::kSplitKV) {
             if (p.o_accum != nullptr) {   // split-KV: this split's float32 partials, from the registers
                 const int rows = seqlen_q * p.pack, head0 = w.head * p.pack;
-                write_partials<HEAD_DIM / 8, 1>(p, o, m, l, w.split, w.batch, head0, w_row0, rows, p.pack, lane);
+                write_partials<HEAD_DIM / 8, 1, H>(p, o, m, l, w.split, w.batch, head0, w_row0, rows, p.pack, lane);
                 // Each consumer's 64 rows (split tiles: consumer 0's, the tile's) have a counter;
                 // their last split merges them (final LSE: (B, Hq, Sq)).
                 __shared__ int split_last[CONSUMERS];

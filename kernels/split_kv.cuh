@@ -13,8 +13,9 @@ namespace fc {
 // A split's O / l and LSE, float32, at o_accum / lse_accum (the params' o and lse strides, then
 // split * o_split / lse_split) for tile rows first_row + 16 mt + lane / 4 + 8 half (below `rows`;
 // GQA-packed as packed_row(row, pack, head) says); a split that saw no key of a row writes 0 and
-// -inf (merge_states does not read it).
-template <int D_TILES, int M_TILES, class P>
+// -inf (the merge does not read it). HALVES: the row halves a warp's 16-row slice holds (1: the
+// Hopper kernel's 8-row warps, whose second half is not theirs).
+template <int D_TILES, int M_TILES, int HALVES = 2, class P>
 __device__ __forceinline__ void write_partials(const P& p, const float (&o_acc)[M_TILES][D_TILES][4],
                                                const float (&m)[M_TILES][2], const float (&l)[M_TILES][2],
                                                int split, int batch, int head, int first_row, int rows, int pack,
@@ -23,7 +24,7 @@ __device__ __forceinline__ void write_partials(const P& p, const float (&o_acc)[
     #pragma unroll
     for (int mt = 0; mt < M_TILES; ++mt)
         #pragma unroll
-        for (int half = 0; half < 2; ++half) {
+        for (int half = 0; half < HALVES; ++half) {
             const float l_row = quad_sum(l[mt][half]);
             const float inv_l = l_row > 0.f ? 1.f / l_row : 0.f;
             const int row = first_row + mt * 16 + lane / 4 + 8 * half;

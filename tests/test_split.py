@@ -92,6 +92,16 @@ def test_a_long_sk_call_builds_a_split_launch(stubbed, hopper):
         assert int.from_bytes(block[at:at + 8].tobytes(), "little") == value, name
 
 
+def test_partials_span_a_bshd_output(stubbed):
+    """The partials take the output's strides: one split's span is the whole (B, Sq, Hq, D)
+    output of a bshd call (its strides are (batch, head, seq) ones)."""
+    b, hq, sq = 2, 4, 77
+    p = _problem(sq, 1 << 20, heads=(b, hq, 2))
+    config = configs.choose_sm80_config("sm_90a", "fp16", 64, b * hq, sq, 132)
+    run = launch.build_launch(p, config, "sm_90a", 132, (sq * hq * 64, 64, hq * 64), False)
+    assert run.workspace.o_elements == b * sq * hq * 64
+
+
 def test_calls_within_the_bound_keep_their_launch(stubbed):
     p = _problem(4096, 16384, heads=(1, 16, 16), d=128)
     config = configs.sm90_config("fp16", 128, "large")
