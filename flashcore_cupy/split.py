@@ -6,11 +6,13 @@ LSE); the tile's last split to finish merges them into the output and the LSE
 
 - To fill the GPU: a decode step's few tiles (attention_kvcache: choose_splits, sm90_splits).
 - To bound the keys one accumulator sums: a dense call whose rows see more than
-  MAX_CHAIN_KEYS keys (dense_splits). One CTA summing P V over a long Sk lost accuracy linearly
-  in Sk (H200, fp16, Sq 8, D64: 6.5e-4 at Sk 1M, 1.0e-2 at 16M, against FlashAttention 2's
-  2.7-3.5e-4, which splits such grids); the tensor cores' float32 accumulation rounds each
-  wgmma / mma's sum into a running O that grows with the keys. Bounded at MAX_CHAIN_KEYS keys a
-  chain, the merge adds a few partials in float32 at plain FMA rounding.
+  MAX_CHAIN_KEYS keys (dense_splits). The error of one CTA's float32 O accumulated over every
+  key grew linearly with Sk, the same on both kernels as in cuDNN, which does not split (H200,
+  fp16, one head, Sq 8, D64: Hopper 6.8e-4 / 2.4e-3 / 1.0e-2 at Sk 1M / 4M / 16M, portable
+  1.3e-3 / 4.8e-3 / 2.0e-2 like cuDNN's): a bias of the tensor cores' accumulation into an O
+  that grows with the keys, which a shorter chain bounds. Split to 64k keys a chain, with the
+  partials merged in float32, both kernels gave 2.9-3.1e-4 at every length, the output's own
+  rounding (FlashAttention 2: 2.9-3.4e-4): docs/results/2026-12-04-h200-v38-limits-sweep.
 """
 
 from __future__ import annotations
