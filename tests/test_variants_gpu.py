@@ -59,29 +59,35 @@ def test_variant_matches_reference(rng, causal, window, option, backend):
     """Every mask with every window, each score option alone and together, over lengths with
     Sq < Sk, Sq > Sk and ragged tiles, MHA/GQA/MQA, both layouts, fp16/bf16, D 64/128:
     poisoned outputs, LSE (-inf where a row sees no key), and the same bits twice."""
-    import cupy
-
-    import flashcore_cupy as fc
-
     for dtype, d, layout in (("fp16", 64, "bhsd"), ("bf16", 128, "bshd")):
         heads = HEADS[rng.integers(len(HEADS))]
         for lengths in LENGTHS:
             q, k, v = make_inputs(rng, dtype, d, layout, heads, lengths)
             opts = _options(rng, option, dtype, heads, lengths, per_batch=bool(rng.integers(2)))
             what = f"{dtype} D{d} {layout} heads {heads} lengths {lengths}:"
-            out = cupy.full(q.shape, np.nan, dtype=q.dtype)
-            got, lse = fc.attention(q, k, v, causal=causal, window=window, layout=layout, return_lse=True,
-                                    out=out, backend=backend, **opts)
-            assert got is out
-            ref, ref_lse = reference.attention(q, k, v, causal=causal, window=window, layout=layout,
-                                               return_lse=True, **opts)
-            assert_close(out, ref, dtype, what)
-            lse = lse.get()
-            np.testing.assert_array_equal(np.isneginf(lse), np.isneginf(ref_lse), err_msg=what)
-            finite = np.isfinite(ref_lse)
-            np.testing.assert_allclose(lse[finite], ref_lse[finite], rtol=1e-3, atol=2e-3, err_msg=what)
-            again = fc.attention(q, k, v, causal=causal, window=window, layout=layout, backend=backend, **opts)
-            assert cupy.array_equal(again, out), what   # same inputs -> same bits
+            _check_call(q, k, v, dict(causal=causal, window=window, layout=layout, backend=backend, **opts), dtype,
+                        what)
+
+
+def _check_call(q, k, v, options: dict, dtype: str, what: str) -> None:
+    """attention with `options` into a poisoned out= with its LSE, against the reference (the
+    LSE -inf exactly where a row sees no key); the same bits when repeated."""
+    import cupy
+
+    import flashcore_cupy as fc
+
+    out = cupy.full(q.shape, np.nan, dtype=q.dtype)
+    got, lse = fc.attention(q, k, v, return_lse=True, out=out, **options)
+    assert got is out
+    ref_options = {n: o for n, o in options.items() if n != "backend"}
+    ref, ref_lse = reference.attention(q, k, v, return_lse=True, **ref_options)
+    assert_close(out, ref, dtype, what)
+    lse = lse.get()
+    np.testing.assert_array_equal(np.isneginf(lse), np.isneginf(ref_lse), err_msg=what)
+    finite = np.isfinite(ref_lse)
+    np.testing.assert_allclose(lse[finite], ref_lse[finite], rtol=1e-3, atol=2e-3, err_msg=what)
+    again = fc.attention(q, k, v, **options)
+    assert cupy.array_equal(again, out), what   # same inputs -> same bits (a split's merge in a fixed order)
 
 
 @pytest.mark.parametrize("d", (32, 96, 160, 256))
@@ -249,8 +255,6 @@ def test_split_kv_of_long_rows_matches_reference(rng, monkeypatch, causal, windo
     tile's last split merges the partials in the kernel): the bound lowered to 256 keys so that
     these lengths split, every mask and score option, MHA/GQA, both layouts, poisoned out= and
     LSE, the same bits twice."""
-    import cupy
-
     import flashcore_cupy as fc
     from flashcore_cupy import api, launch, split
 
@@ -267,15 +271,5 @@ def test_split_kv_of_long_rows_matches_reference(rng, monkeypatch, causal, windo
                            **opts)
             chain = split.chain_keys(lengths[1], plan.problem.variant.mask(*lengths)[1:], plan.config.block_m)
             assert isinstance(plan.launch, launch.SplitFwdLaunch) == (chain > 256), what
-            out = cupy.full(q.shape, np.nan, dtype=q.dtype)
-            got, lse = fc.attention(q, k, v, causal=causal, window=window, layout=layout, return_lse=True,
-                                    out=out, backend=backend, **opts)
-            ref, ref_lse = reference.attention(q, k, v, causal=causal, window=window, layout=layout,
-                                               return_lse=True, **opts)
-            assert_close(out, ref, dtype, what)
-            lse = lse.get()
-            np.testing.assert_array_equal(np.isneginf(lse), np.isneginf(ref_lse), err_msg=what)
-            finite = np.isfinite(ref_lse)
-            np.testing.assert_allclose(lse[finite], ref_lse[finite], rtol=1e-3, atol=2e-3, err_msg=what)
-            again = fc.attention(q, k, v, causal=causal, window=window, layout=layout, backend=backend, **opts)
-            assert cupy.array_equal(again, out), what   # the merge's order is fixed: same bits
+            _check_call(q, k, v, dict(causal=causal, window=window, layout=layout, backend=backend, **opts), dtype,
+                        what)
