@@ -26,7 +26,7 @@ except ImportError:
 
 from . import loader, tuning
 from .configs import DispatchKey, Sm80FwdConfig, Sm90FwdConfig, choose_kernel, variant_config
-from .launch import Sm80FwdLaunch, Sm90FwdLaunch, build_launch, sm90_blocker
+from .launch import Sm80FwdLaunch, Sm90FwdLaunch, SplitFwdLaunch, build_launch, sm90_blocker
 from .validation import (Problem, TensorSpec, byte_span, check_capability, check_no_overlap, check_options, check_out,
                          check_problem, layout_strides)
 
@@ -202,7 +202,7 @@ class Plan:
     config: the kernel; launch: the prepared launch, which timing scripts call directly."""
 
     problem: Problem
-    launch: Sm80FwdLaunch | Sm90FwdLaunch
+    launch: Sm80FwdLaunch | Sm90FwdLaunch | SplitFwdLaunch   # the last: a long Sk's split-KV
     options: dict
     key: tuple | None       # the arrays' signature (_signature); None: not CuPy-keyable
     has_alibi: bool = False

@@ -680,6 +680,10 @@ class SplitFwdLaunch:
     def splits(self) -> int:
         return self.workspace.splits
 
+    @property
+    def grid(self) -> tuple[int, int, int]:
+        return self.inner.grid
+
     @functools.cached_property
     def out_elements(self) -> int:
         return math.prod(self.out_shape)
