@@ -1,0 +1,20 @@
+"""Context parallelism: ring attention across ranks (issue 27), built in layers.
+
+- `sharding`: a sequence's chunks per rank (zigzag for causal runs: rank i holds chunks i and
+  2N - 1 - i, so every rank does the same causal work), shard / unshard.
+- `schedule`: the ring's order (at step s rank r holds rank (r - s) mod N's K/V, and in the
+  backward their dK/dV accumulators) and each (query chunk, key chunk) block's kind: full,
+  masked (the causal diagonal, a window's edge) or skipped.
+- `simulate`: the whole ring on N virtual ranks in float64 NumPy, each block through
+  `reference.attention` / `attention_backward` with its mask in global positions and the
+  partials merged by `reference.merge_states`: the CPU tests hold it to the reference on the
+  whole sequence.
+
+The GPU ring (NCCL through cupyx.distributed, the blocks on the kernels, the next shard's
+transfer on its own stream) is not built yet.
+"""
+
+from .schedule import Block, block_kind, ring_source, rank_blocks
+from .sharding import chunk_spans, shard, unshard
+
+__all__ = ["Block", "block_kind", "ring_source", "rank_blocks", "chunk_spans", "shard", "unshard"]

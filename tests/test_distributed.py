@@ -1,0 +1,103 @@
+"""The ring attention schedule on the CPU (issue 27): zigzag sharding, the blocks each rank
+computes, and the whole ring simulated on N virtual ranks (flashcore_cupy.distributed.simulate)
+against the float64 reference on the whole sequence, forward and backward."""
+
+import numpy as np
+import pytest
+
+from flashcore_cupy import reference
+from flashcore_cupy.distributed import block_kind, chunk_spans, rank_blocks, ring_source, shard, unshard
+from flashcore_cupy.distributed.simulate import ring_backward, ring_forward, visible
+
+WORLDS = (1, 2, 3, 4, 8)
+
+
+@pytest.mark.parametrize("world", WORLDS)
+@pytest.mark.parametrize("zigzag", (False, True))
+def test_shards_cover_the_sequence_once_and_unshard_back(world, zigzag):
+    seqlen = 2 * world * 5
+    spans = [s for r in range(world) for s in chunk_spans(r, world, seqlen, zigzag)]
+    covered = sorted(p for start, n in spans for p in range(start, start + n))
+    assert covered == list(range(seqlen))
+    if zigzag:
+        assert chunk_spans(0, world, seqlen, True) == ((0, 5), ((2 * world - 1) * 5, 5))
+    x = np.arange(3 * seqlen * 2).reshape(3, seqlen, 2)
+    shards = [shard(x, r, world, axis=1, zigzag=zigzag) for r in range(world)]
+    assert all(s.shape == (3, seqlen // world, 2) for s in shards)
+    np.testing.assert_array_equal(unshard(shards, world, axis=1, zigzag=zigzag), x)
+
+
+def test_lengths_that_do_not_divide_raise():
+    with pytest.raises(ValueError, match="multiple of 8"):
+        chunk_spans(0, 4, 30, zigzag=True)
+    with pytest.raises(ValueError, match="rank"):
+        chunk_spans(4, 4, 32, zigzag=False)
+
+
+def test_the_ring_brings_every_shard_to_every_rank_once():
+    for world in WORLDS:
+        for r in range(world):
+            assert sorted(ring_source(r, s, world) for s in range(world)) == list(range(world))
+            assert ring_source(r, 0, world) == r
+
+
+def test_block_kinds_against_the_mask():
+    """A block is skipped iff no pair in it is visible, full iff every pair is: checked against
+    the masks in global positions for spans around the diagonal and windows."""
+    spans = [(0, 4), (4, 4), (8, 4), (12, 4), (3, 5)]
+    for causal in (False, True):
+        for window in (None, (0, 0), (2, 0), (5, 3), (-1, 2), (6, -1)):
+            for q_span in spans:
+                for k_span in spans:
+                    keep = visible(q_span, k_span, causal, window)
+                    want = "skip" if not keep.any() else "full" if keep.all() else "masked"
+                    assert block_kind(q_span, k_span, causal, window) == want, (causal, window, q_span, k_span)
+
+
+@pytest.mark.parametrize("world", WORLDS[1:])
+def test_zigzag_balances_causal_work_and_masks_only_the_diagonal(world):
+    """Under a causal mask with zigzag shards every rank sees the same number of (query, key)
+    pairs; blocks above the diagonal are skipped and only the diagonal ones are masked."""
+    seqlen = 2 * world * 4
+    work = []
+    for r in range(world):
+        blocks = rank_blocks(r, world, seqlen, causal=True)
+        assert all((b.kind == "masked") == (b.q_span == b.k_span) for b in blocks)
+        work.append(sum(int(visible(b.q_span, b.k_span, True, None).sum()) for b in blocks))
+    assert len(set(work)) == 1 and sum(work) == seqlen * (seqlen + 1) // 2
+
+
+def _inputs(rng, seqlen, hq=4, hkv=2, d=16, b=2):
+    q = rng.standard_normal((b, seqlen, hq, d))
+    k = rng.standard_normal((b, seqlen, hkv, d))
+    v = rng.standard_normal((b, seqlen, hkv, d))
+    return q, k, v
+
+
+CASES = [(False, None), (True, None), (True, (5, 0)), (False, (3, 2))]
+
+
+@pytest.mark.parametrize("world", WORLDS)
+@pytest.mark.parametrize("causal, window", CASES)
+def test_ring_forward_and_backward_equal_the_whole_sequence(world, causal, window):
+    """The ring on `world` virtual ranks (zigzag when causal), GQA, a window or not: out, LSE and
+    dq, dk, dv equal the reference on the whole sequence."""
+    rng = np.random.default_rng(world * 100 + len(CASES))
+    seqlen = 2 * world * 3
+    q, k, v = _inputs(rng, seqlen)
+    dout = rng.standard_normal(q.shape)
+    want, want_lse = reference.attention(q, k, v, causal=causal, window=window, layout="bshd", return_lse=True)
+    out, lse = ring_forward(q, k, v, world, causal=causal, window=window)
+    np.testing.assert_allclose(out, want, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(lse, want_lse, rtol=1e-10, atol=1e-12)
+    wants = reference.attention_backward(dout, q, k, v, want, want_lse, causal=causal, window=window, layout="bshd")
+    grads = ring_backward(dout, q, k, v, out, lse, world, causal=causal, window=window)
+    for name, g, w in zip(("dq", "dk", "dv"), grads, wants):
+        np.testing.assert_allclose(g, w, rtol=1e-9, atol=1e-11, err_msg=name)
+
+
+def test_contiguous_shards_under_a_causal_mask_also_equal_the_reference():
+    rng = np.random.default_rng(7)
+    q, k, v = _inputs(rng, 24)
+    out, lse = ring_forward(q, k, v, 3, causal=True, zigzag=False)
+    np.testing.assert_allclose(out, reference.attention(q, k, v, causal=True, layout="bshd"), rtol=1e-10, atol=1e-12)
