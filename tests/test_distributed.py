@@ -101,3 +101,37 @@ def test_contiguous_shards_under_a_causal_mask_also_equal_the_reference():
     q, k, v = _inputs(rng, 24)
     out, lse = ring_forward(q, k, v, 3, causal=True, zigzag=False)
     np.testing.assert_allclose(out, reference.attention(q, k, v, causal=True, layout="bshd"), rtol=1e-10, atol=1e-12)
+
+
+def test_the_launcher_starts_a_process_per_rank(tmp_path):
+    """Each process sees its RANK, WORLD_SIZE and the rendezvous address; a failing rank's
+    status is the launcher's."""
+    import os
+    import pathlib
+    import subprocess
+    import sys
+
+    root = str(pathlib.Path(__file__).resolve().parents[1])
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, (root, os.environ.get("PYTHONPATH")))))
+    script = tmp_path / "show.py"
+    script.write_text(
+        "import os, sys\n"
+        "from flashcore_cupy.distributed.launch import rank_from_env\n"
+        "rank, world = rank_from_env()\n"
+        "open(sys.argv[1] + f'/rank{rank}', 'w').write(f\"{world} {os.environ['CUPYX_DISTRIBUTED_PORT']} {sys.argv[2]}\")\n"
+        "sys.exit(3 if sys.argv[2] == 'fail' and rank == 1 else 0)\n")
+    run = lambda *extra: subprocess.run([sys.executable, "-m", "flashcore_cupy.distributed.launch", "--nproc", "3",  # noqa: E731
+                                         str(script), str(tmp_path), *extra], capture_output=True, text=True,
+                                        env=env)
+    assert run("ok").returncode == 0
+    seen = sorted((tmp_path / f"rank{r}").read_text().split() for r in range(3))
+    assert all(s[0] == "3" and s[2] == "ok" for s in seen) and len({s[1] for s in seen}) == 1
+    assert run("fail").returncode == 3
+
+
+def test_rank_from_env_explains_a_missing_launcher(monkeypatch):
+    from flashcore_cupy.distributed.launch import rank_from_env
+
+    monkeypatch.delenv("RANK", raising=False)
+    with pytest.raises(ValueError, match="distributed.launch"):
+        rank_from_env()

@@ -10,6 +10,9 @@
   partials merged by `reference.merge_states`: the CPU tests hold it to the reference on the
   whole sequence.
 
+- `launch`: `python -m flashcore_cupy.distributed.launch --nproc N script.py`, a process per
+  GPU with the rank, world size and cupyx.distributed's rendezvous address in its environment.
+
 The GPU ring (NCCL through cupyx.distributed, the blocks on the kernels, the next shard's
 transfer on its own stream) is not built yet.
 """
