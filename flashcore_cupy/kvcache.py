@@ -26,7 +26,7 @@ from .configs import (SM90_ARCH, SM90_HEAD_DIMS, AppendConfig, Sm90FwdConfig, ch
 from .launch import (AppendLaunch, Sm80SeqLaunch, Sm90SeqLaunch, fast_divisor, problem_scalars, sequence_scalars,
                      sm90_cache_map_specs, sm90_scalars, variant_scalars)
 from .params import stride_values
-from .split import MAX_SPLITS, Workspace, choose_splits, resident_ctas, sm90_splits
+from .split import MAX_SPLITS, Workspace, chain_splits, choose_splits, resident_ctas, sm90_splits
 from .validation import CacheLayout, Problem, check_kvcache, check_no_overlap, check_out, layout_strides
 
 _lock = threading.Lock()
@@ -181,8 +181,11 @@ class _Plan:
         # Hopper: half the SMs stream the DRAM, but a tile of pages smaller than it (a TMA box
         # and a lookup a page, from one lane) streams at about half a CTA's speed: those fill them.
         small_pages = layout.paged and layout.page_size < config.block_n
-        self.splits = num_splits or (sm90_splits(tiles, key_tiles, dev.num_sms) if hopper is not None and not small_pages
-                                     else choose_splits(tiles, key_tiles, slots))
+        self.splits = num_splits or max(
+            sm90_splits(tiles, key_tiles, dev.num_sms) if hopper is not None and not small_pages
+            else choose_splits(tiles, key_tiles, slots),
+            # and ranges of at most MAX_CHAIN_KEYS keys (the accumulators' precision: split.py)
+            chain_splits(layout.capacity, 4 * (b * sq * hq * d + b * sq * hq), MAX_SPLITS))
         if self.splits > 1:   # partials (split, B, Sq, Hq, D) and (split, B, Sq, Hq), the output's strides
             o_strides, lse_strides = (sq * hq * d, d, hq * d), (sq * hq, 1, hq)
             split_fields = dict(o_split=b * sq * hq * d, lse_split=b * sq * hq)

@@ -72,6 +72,12 @@ def chain_keys(seqlen_k: int, window: tuple[int, int], block_m: int) -> int:
     return seqlen_k
 
 
+def chain_splits(chain: int, split_bytes: int, most: int) -> int:
+    """The ranges that keep each within MAX_CHAIN_KEYS of a tile's `chain` keys: at most `most`,
+    and fewer where the partials (split_bytes a split) would pass WORKSPACE_BYTES."""
+    return max(1, min(-(-chain // MAX_CHAIN_KEYS), most, WORKSPACE_BYTES // max(split_bytes, 1)))
+
+
 def dense_splits(chain: int, block_n: int, tiles: int, slots: int, split_bytes: int) -> int:
     """A dense call's split-KV ranges per tile: one while a tile's rows see at most
     MAX_CHAIN_KEYS keys (chain: chain_keys); past that enough that each range is within it, and
@@ -80,7 +86,7 @@ def dense_splits(chain: int, block_n: int, tiles: int, slots: int, split_bytes: 
     if chain <= MAX_CHAIN_KEYS:
         return 1
     splits = max(-(-chain // MAX_CHAIN_KEYS), choose_splits(tiles, -(-chain // block_n), slots))
-    return max(1, min(splits, MAX_DENSE_SPLITS, WORKSPACE_BYTES // max(split_bytes, 1)))
+    return chain_splits(splits * MAX_CHAIN_KEYS, split_bytes, MAX_DENSE_SPLITS)
 
 
 class Workspace:

@@ -256,3 +256,19 @@ def test_kvcache_plan_takes_the_hopper_kernel_where_it_can(monkeypatch, paged, s
     assert launched[-1][:4] == (1, tiles * plan.splits, 1, 1) and launched[-1][-3] == 7
     forced = kv._Plan(p, layout, n_new, 1, ())
     assert forced.splits == 1 and forced.workspace is None and forced.attention.scalars["o_accum"] == 0
+
+
+@pytest.mark.parametrize("hopper", [True, False])
+def test_a_kv_cache_longer_than_the_chain_bound_splits_to_it(monkeypatch, hopper):
+    """A full-wave decode (B64 x 8 kv heads) over a 1M-key room: split anyway, so that each range
+    holds at most split.MAX_CHAIN_KEYS keys (the accumulators' precision); a given num_splits is
+    kept."""
+    from flashcore_cupy import api, kvcache as kv
+
+    monkeypatch.setattr(launch.loader, "get_function", lambda *a, **k: 1)
+    monkeypatch.setattr(api, "device_info", lambda device: api.DeviceInfo("H200", (9, 0), "sm_90a", 132))
+    p, layout, n_new = kvcache(b=64, room=1 << 20, softcap=0.0 if hopper else 20.0)
+    plan = kv._Plan(p, layout, n_new, 0, ())
+    assert isinstance(plan.attention, launch.Sm90SeqLaunch if hopper else launch.Sm80SeqLaunch)
+    assert plan.splits == (1 << 20) // split.MAX_CHAIN_KEYS
+    assert kv._Plan(p, layout, n_new, 3, ()).splits == 3

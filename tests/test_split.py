@@ -107,3 +107,11 @@ def test_calls_within_the_bound_keep_their_launch(stubbed):
     config = configs.sm90_config("fp16", 128, "large")
     assert isinstance(launch.build_launch(p, config, "sm_90a", 132, (16 * 4096 * 128, 4096 * 128, 128), False),
                       launch.Sm90FwdLaunch)
+
+
+
+def test_chain_splits_bound_each_range_and_the_workspace():
+    assert split.chain_splits(1 << 20, 4096, split.MAX_SPLITS) == (1 << 20) // split.MAX_CHAIN_KEYS
+    assert split.chain_splits(split.MAX_CHAIN_KEYS, 4, split.MAX_SPLITS) == 1
+    assert split.chain_splits(1 << 40, 4, split.MAX_SPLITS) == split.MAX_SPLITS
+    assert split.chain_splits(1 << 20, split.WORKSPACE_BYTES // 2, split.MAX_SPLITS) == 2
