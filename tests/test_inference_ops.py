@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from flashcore_cupy import configs, launch, metadata, params, split
-from flashcore_cupy import kvcache as kv
 from flashcore_cupy.split import choose_splits, resident_ctas
 from flashcore_cupy.validation import TensorSpec, check_kvcache, check_varlen
 
