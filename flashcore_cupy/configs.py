@@ -700,8 +700,9 @@ def variant_config(config: Sm80FwdConfig | Sm90FwdConfig, variant: KernelVariant
     registers allow (NVRTC 12.9, sm_80 and sm_90a, tests/test_compile.py). Hopper: see below.
     Portable: score
     options (softcap, ALiBi, bias) spilled at 32 rows per warp or 128 keys, so they take 16
-    rows per warp and at most 64 keys; a window alone spilled only on the tile that needs 254
-    registers plain (D128, 64 keys: slices per warp x keys x head dim over 12288). sides: the
+    rows per warp and at most 64 keys; a window alone spilled only on the tiles that need the most
+    registers plain (slices per warp x keys x head dim of 12288 or more: D128 at 64 keys; D96 at
+    64 keys since the folded grid's head and batch, grid.cuh, took 4 more). sides: the
     call's window (left, right) with the causal fold, from dispatch: a narrow one takes
     window_config's tile on Hopper."""
     if variant.plain:
@@ -719,7 +720,7 @@ def variant_config(config: Sm80FwdConfig | Sm90FwdConfig, variant: KernelVariant
         # sides: the call's window (left, right) after the causal fold, where dispatch knows it
         span = None if sides is None or min(sides) < 0 else sides[0] + sides[1] + 1 + config.block_m
         return window_config(dataclasses.replace(config, variant=variant), span)
-    tight = config.m_tiles * config.block_n * config.head_dim > 12288
+    tight = config.m_tiles * config.block_n * config.head_dim >= 12288
     return dataclasses.replace(config, m_tiles=1 if scores or tight else config.m_tiles,
                                block_n=min(config.block_n, 64) if scores else config.block_n, variant=variant)
 
