@@ -468,13 +468,8 @@ class Sm90FwdLaunch(_Launch):
     def build(cls, problem: Problem, config: Sm90FwdConfig, arch: str, num_sms: int,
               o_strides: tuple[int, int, int], return_lse: bool, defines: tuple[str, ...] = ()) -> "Sm90FwdLaunch":
         p = problem
-        pack, group = gqa_pack(p, config), p.heads_q // p.heads_kv
-        # Packed, the tiles are (batch, kv head)s of one row block; with one query a row,
-        # the causal mask hides nothing (its key range ends at Sk).
-        heads, heads_per_kv = (p.heads_kv, 1) if pack > 1 else (p.heads_q, group)
-        m_blocks = 1 if pack > 1 else -(-p.seqlen_q // config.block_m)
-        # The plain kernel's causal flag; a variant's mask is its window (variant.cuh).
-        causal = p.causal and pack == 1 and config.variant.plain
+        pack, heads, heads_per_kv, m_blocks, causal = sm90_tiling(p, config)
+        group = p.heads_q // p.heads_kv
         # Tiles of unequal work (causal, or a window bounded on the right only) go longest
         # first, a CTA each; a window bounded on both sides gives every tile about the same
         # key tiles, so those run persistent (the next tile's Q loads under this one's end).
@@ -542,6 +537,18 @@ class Sm90VariantLaunch(Sm90FwdLaunch):
                                      0 if lse is None else lse.data.ptr)
             _pack_arrays(block.data, _SM90_ARRAYS, ptrs)
             _cu_launch(*self._dims, stream, block.argv, 0)
+
+
+def sm90_tiling(p: Problem, config: Sm90FwdConfig) -> tuple[int, int, int, int, bool]:
+    """A dense call's Hopper work tiles: (GQA pack, heads and heads per kv head the tiles count,
+    row blocks, the plain kernel's causal flag)."""
+    pack = gqa_pack(p, config)
+    # Packed, the tiles are (batch, kv head)s of one row block; with one query a row, the causal
+    # mask hides nothing (its key range ends at Sk).
+    heads, heads_per_kv = (p.heads_kv, 1) if pack > 1 else (p.heads_q, p.heads_q // p.heads_kv)
+    m_blocks = 1 if pack > 1 else -(-p.seqlen_q // config.block_m)
+    # The plain kernel's causal flag; a variant's mask is its window (variant.cuh).
+    return pack, heads, heads_per_kv, m_blocks, p.causal and pack == 1 and config.variant.plain
 
 
 def sm90_scalars(p: Problem, o_strides: tuple[int, int, int], causal: bool, heads: int, heads_per_kv: int,
@@ -695,9 +702,10 @@ class SplitFwdLaunch:
         p, hopper = problem, isinstance(config, Sm90FwdConfig)
         # the portable kernel's 16 rows a warp (configs.seq_config)
         config = dataclasses.replace(config, seq="dense_split", **({} if hopper else {"m_tiles": 1}))
-        pack = gqa_pack(p, config) if hopper else 1
-        heads = p.heads_kv if pack > 1 else p.heads_q
-        m_blocks = 1 if pack > 1 else -(-p.seqlen_q // config.block_m)
+        if hopper:
+            pack, heads, heads_per_kv, m_blocks, causal = sm90_tiling(p, config)
+        else:
+            heads, m_blocks = p.heads_q, -(-p.seqlen_q // config.block_m)
         tiles = m_blocks * heads * p.batch
         # partials at the output's strides: one split spans its elements
         o_elements = sum((n - 1) * st for n, st in zip((p.batch, p.heads_q, p.seqlen_q), o_strides)) + p.head_dim
@@ -711,10 +719,8 @@ class SplitFwdLaunch:
         split_fields = dict(splits=splits, o_split=o_elements, lse_split=lse_elements)
         function = loader.get_function(config, p.device, arch, defines)
         if hopper:
-            causal = p.causal and pack == 1 and config.variant.plain
-            scalars = sm90_scalars(p, o_strides, causal, heads, 1 if pack > 1 else p.heads_q // p.heads_kv, m_blocks,
-                                   1, tiles, tiles * splits, pack, **params.stride_values("lse", lse_strides),
-                                   **split_fields)
+            scalars = sm90_scalars(p, o_strides, causal, heads, heads_per_kv, m_blocks, 1, tiles, tiles * splits,
+                                   pack, **params.stride_values("lse", lse_strides), **split_fields)
             inner = Sm90SeqLaunch(config, function, p.device, (tiles * splits, 1, 1), (0, 0, 0, 0), None,
                                   {**dict.fromkeys(Sm90SeqLaunch.POINTERS, 0), **scalars}, sm90_map_specs(p, config))
             counters = tiles * config.consumers
