@@ -374,8 +374,8 @@ class Sm90FwdConfig:
     """One instantiation of `fc::flash_fwd_sm90` in kernels/flash_fwd_sm90.cu (sm_90a only)."""
 
     dtype: str        # "fp16" | "bf16"
-    head_dim: int     # 64 | 128 (the runtime head dim rounded up; TMA zero-fills the rest)
-    block_n: int      # keys per K/V tile: 64 | 128
+    head_dim: int     # 64 | 96 | 128 | 192 | 256 (the runtime head dim rounded up; TMA zero-fills the rest)
+    block_n: int      # keys per K/V tile: 64 | 80 | 96 | 112 | 128 | 176 | 192
     stages: int       # K/V tiles in flight (TMA ring)
     consumers: int    # consumer warpgroups, 64 query rows each (shared ones with split)
     pingpong: bool    # consumers take turns issuing GEMMs (needs 2+)
@@ -417,6 +417,11 @@ class Sm90FwdConfig:
         return self.block_m if self.warp_rows == 16 else 8
 
     @property
+    def d_pad(self) -> int:
+        """Columns of a tile's row in shared memory: whole 64-column blocks (Sm90Tile::kDPad)."""
+        return -(-self.head_dim // 64) * 64
+
+    @property
     def combine_bytes(self) -> int:
         """Split tiles: the combine's scratch (O, m and l of every consumer but the first's
         row halves), which must fit in the K/V ring (Sm90Tile's static_assert)."""
@@ -431,7 +436,7 @@ class Sm90FwdConfig:
 
     def _bias_layout(self) -> tuple[int, int]:
         """(where the bias tiles start, one slot of them for every warp), as flash_fwd_sm90.cu."""
-        tiles = 2 * self.head_dim * (max(self.block_m, 64) + 2 * self.stages * self.block_n)
+        tiles = 2 * self.d_pad * (max(self.block_m, 64) + 2 * self.stages * self.block_n)
         end = tiles + 8 * (2 + 4 * self.stages)
         if self.variant.bias == "none":
             return end, 0
@@ -614,8 +619,16 @@ def choose_sm80_config(arch: str, dtype: str, head_dim: int, batch_heads: int = 
 # leave half idle, but 32-row ones fit in one wave (the mission shape: 64 -> 128 CTAs),
 # take 32-row split tiles of 8 rows per warp (PERF_HISTORY v24).
 SM90_ARCH = "sm_90a"
-SM90_HEAD_DIMS = (64, 128)
+#
+# Wider heads (D96 keeps D128's tiles: its rows take as much shared memory, half a column block
+# zero-filled). D192 and D256 hold O in 96 and 128 registers a consumer thread, and their K/V
+# rows are 384 and 512 bytes: 112- and 80-key tiles (FA3's) in a 2-slot ring beside 128 rows of Q
+# fill the 227 KB; their split tiles take 64 keys (a power of two: paged caches' boxes tile it).
+SM90_HEAD_DIMS = (64, 96, 128, 192, 256)
 SM90_GRIDS = ("large", "small", "tiny")
+_SM90_WIDE = {"large": dict(stages=2, consumers=2, pingpong=True),
+              "small": dict(block_n=64, consumers=2, pingpong=False, split=True, producers=2),
+              "tiny": dict(block_n=64, consumers=2, pingpong=False, split=True, producers=2, warp_rows=8)}
 _SM90_TILES = {
     (64, "large"): dict(block_n=128, stages=2, consumers=3, pingpong=True),
     (128, "large"): dict(block_n=128, stages=2, consumers=2, pingpong=True),
@@ -624,7 +637,14 @@ _SM90_TILES = {
     (64, "tiny"): dict(block_n=128, stages=4, consumers=2, pingpong=False, split=True, warp_rows=8),
     (128, "tiny"): dict(block_n=128, stages=2, consumers=2, pingpong=False, split=True, producers=2,
                         warp_rows=8),
+    (192, "large"): dict(block_n=112, **_SM90_WIDE["large"]),
+    (192, "small"): dict(stages=4, **_SM90_WIDE["small"]),
+    (192, "tiny"): dict(stages=4, **_SM90_WIDE["tiny"]),
+    (256, "large"): dict(block_n=80, **_SM90_WIDE["large"]),
+    (256, "small"): dict(stages=2, **_SM90_WIDE["small"]),
+    (256, "tiny"): dict(stages=2, **_SM90_WIDE["tiny"]),
 }
+_SM90_TILES.update({(96, grid): _SM90_TILES[128, grid] for grid in SM90_GRIDS})
 Sm90Mode = Literal["off", "auto", "force"]
 
 
@@ -717,6 +737,11 @@ def variant_config(config: Sm80FwdConfig | Sm90FwdConfig, variant: KernelVariant
                                          consumers=config.consumers if config.split else min(config.consumers, 2))
         if variant.bias == "fp32" and config.head_dim > 64 and config.warp_rows == 16:
             config = dataclasses.replace(config, block_n=min(config.block_n, 64))
+        # D192 and D256 fill the 227 KB with their ring: beside a bias's staged tiles it takes 64
+        # keys, then two slots.
+        for smaller in (dict(block_n=64), dict(stages=2)):
+            if dataclasses.replace(config, variant=variant).smem_bytes > SMEM_LIMIT[config.arch]:
+                config = dataclasses.replace(config, **smaller)
         # sides: the call's window (left, right) after the causal fold, where dispatch knows it
         span = None if sides is None or min(sides) < 0 else sides[0] + sides[1] + 1 + config.block_m
         return window_config(dataclasses.replace(config, variant=variant), span)

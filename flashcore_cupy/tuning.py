@@ -42,7 +42,7 @@ class Family:
 FAMILIES = {
     "sm80": Family("sm80", Sm80FwdConfig, {"warps": (4, 8), "m_tiles": (1, 2), "block_n": (32, 64, 128),
                                "stages": (2, 3, 4)}),
-    "sm90": Family("sm90", Sm90FwdConfig, {"block_n": (64, 128, 176, 192), "stages": (2, 3, 4, 8),
+    "sm90": Family("sm90", Sm90FwdConfig, {"block_n": (64, 80, 96, 112, 128, 176, 192), "stages": (2, 3, 4, 8),
                                 "consumers": (1, 2, 3, 4), "pingpong": (False, True),
                                 "split": (False, True), "producers": (1, 2),
                                 "warp_rows": (8, 16)}),
@@ -84,7 +84,7 @@ def _sm90_static_reason(config: Sm90FwdConfig, arch: str) -> str | None:
     if config.split:
         if config.consumers < 2 or config.pingpong or config.stages % config.consumers:
             return "split keys need 2+ consumers, no ping-pong and stages a multiple of them"
-        if config.combine_bytes > 4 * config.stages * config.block_n * config.head_dim:
+        if config.combine_bytes > 4 * config.stages * config.block_n * config.d_pad:
             return f"the split combine's {config.combine_bytes} B do not fit in the K/V ring"
     regs = config.block_n // 2 + config.block_n // 4 + config.head_dim // 2   # S, P, O per thread
     budget = configs.sm90_consumer_registers(config.consumers) - _SM90_SPARE_REGS

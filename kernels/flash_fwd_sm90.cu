@@ -47,7 +47,7 @@
 // runs the softmax on one row half (HALVES = 1 in softmax.cuh) with P's other half
 // zero: every scheduler's exponential chain halves, and twice the SMs share the rows.
 //
-// Shared memory: every tile is stored as HEAD_DIM/64 column blocks of 64
+// Shared memory: every tile is stored as ceil(HEAD_DIM/64) column blocks of 64
 // elements (128-byte rows), 128B-swizzled by TMA, which is the layout the wgmma
 // descriptors below describe:
 //   Q, K (K-major operands):  stride byte offset 1024 (8 rows), k-step of 16 = +32 B
@@ -91,11 +91,14 @@ struct Sm90Tile {
     static constexpr int kTileUsers = SPLIT ? 1 : CONSUMERS;
     // How many tiles the producer's K copies run ahead of its V copies (see produce).
     static constexpr int kKAhead = SPLIT ? CONSUMERS - 1 : 0;
-    static constexpr u32 kQBytes = kBlockM * HEAD_DIM * 2;          // what Q's boxes bring
-    static constexpr u32 kKVBytes = BLOCK_N * HEAD_DIM * 2;         // one K or V tile
+    // A row in shared memory: whole 64-column blocks (D96's second block half zero-filled by TMA,
+    // and never read: the GEMMs stop at HEAD_DIM).
+    static constexpr int kDPad = (HEAD_DIM + 63) / 64 * 64;
+    static constexpr u32 kQBytes = kBlockM * kDPad * 2;             // what Q's boxes bring
+    static constexpr u32 kKVBytes = BLOCK_N * kDPad * 2;            // one K or V tile
     // Shared layout (offsets from a 1024-byte aligned base): Q, K ring, V ring, barriers,
     // and a bias variant's bias tiles.
-    static constexpr u32 kOffK = kQRows * HEAD_DIM * 2;
+    static constexpr u32 kOffK = kQRows * kDPad * 2;
     static constexpr u32 kOffV = kOffK + STAGES * kKVBytes;
     static constexpr u32 kOffBars = kOffV + STAGES * kKVBytes;
     // A bias variant's per-warp bias tiles (BiasStage), after the barriers.
@@ -109,9 +112,10 @@ struct Sm90Tile {
     static constexpr int kPoolShare = (kLaunchRegs * (CONSUMERS + 1) - kProducerRegs) / CONSUMERS / 8 * 8;
     static constexpr int kConsumerRegs = kPoolShare > 256 ? 256 : kPoolShare;
 
-    static_assert(HEAD_DIM == 64 || HEAD_DIM == 128, "HEAD_DIM: 64 or 128 (wgmma widths built)");
-    static_assert(BLOCK_N == 64 || BLOCK_N == 128 || BLOCK_N == 176 || BLOCK_N == 192,
-                  "BLOCK_N: 64, 128, 176 or 192 (wgmma widths built)");
+    static_assert(HEAD_DIM == 64 || HEAD_DIM == 96 || HEAD_DIM == 128 || HEAD_DIM == 192 || HEAD_DIM == 256,
+                  "HEAD_DIM: 64, 96, 128, 192 or 256 (wgmma widths built)");
+    static_assert(BLOCK_N == 64 || BLOCK_N == 80 || BLOCK_N == 96 || BLOCK_N == 112 || BLOCK_N == 128 ||
+                  BLOCK_N == 176 || BLOCK_N == 192, "BLOCK_N: 64, 80, 96, 112, 128, 176 or 192 (wgmma widths built)");
     static_assert(STAGES >= 2 && STAGES <= 8, "STAGES: 2..8");
     // Four consumers leave 96 registers per thread at compile time (the launch bound):
     // enough for split tiles of 64 keys only.

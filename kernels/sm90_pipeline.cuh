@@ -20,14 +20,14 @@ struct Barriers {
     __device__ u32 v_empty(int s) const { return base + 8 * (2 + 3 * STAGES + s); }
 };
 
-// A tile of `rows` rows as HEAD_DIM/64 TMA boxes (one per column block), counted on `bar`;
+// A tile of `rows` rows as ceil(HEAD_DIM/64) TMA boxes (one per column block), counted on `bar`;
 // or, from tile row `at` (a multiple of 8: the swizzle repeats every 8 rows), the map's box
 // rows of it (a page's: the box is smaller than the tile).
 template <int HEAD_DIM>
 __device__ __forceinline__ void tma_load_tile(u32 dst, const TensorMap& map, u32 bar, int rows,
                                               int row0, int head, int batch, int at = 0) {
     #pragma unroll
-    for (int cb = 0; cb < HEAD_DIM / 64; ++cb)
+    for (int cb = 0; cb < (HEAD_DIM + 63) / 64; ++cb)
         tma_load_4d(dst + (cb * rows + at) * 128, &map, bar, cb * 64, row0, head, batch);
 }
 

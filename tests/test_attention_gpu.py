@@ -34,7 +34,7 @@ def _cases():
         elif heads == HEADS[0]:
             yield dtype, d, causal, layout, LONG_HEADS, lengths
     for dtype, d, causal, lengths in itertools.product(
-            ("fp16", "bf16"), (8, 40, 96, 160, 200, 256), (False, True), ((65, 63), (239, 1000), (1, 799))):
+            ("fp16", "bf16"), (8, 40, 96, 160, 192, 200, 256), (False, True), ((65, 63), (239, 1000), (1, 799))):
         yield dtype, d, causal, "bhsd", (2, 4, 2), lengths
 
 

@@ -73,7 +73,8 @@ def test_schedule_splits_a_partial_last_round_into_sub_tiles():
     assert single.schedule(batch=1, heads_q=133, seqlen_q=64, num_sms=132, causal=False).items == 133
 
 
-@pytest.mark.parametrize("head_dim, bucket", [(8, 64), (64, 64), (72, 128), (128, 128)])
+@pytest.mark.parametrize("head_dim, bucket", [(8, 64), (64, 64), (72, 96), (96, 96), (128, 128),
+                                              (136, 192), (192, 192), (200, 256), (256, 256)])
 def test_head_dims_round_up_to_a_built_width(head_dim, bucket):
     assert configs.sm90_config("fp16", head_dim).head_dim == bucket
 
@@ -90,9 +91,11 @@ def test_dispatch_table():
         small = configs.choose_kernel(head_dim=hd, batch_heads=bh, seqlen_q=sq, **kw)
         assert isinstance(small, configs.Sm90FwdConfig) and small.split, (hd, bh, sq)
         assert small.block_m == block_m and small.warp_rows == block_m // 4, (hd, bh, sq)
-    # D > 128 stays portable
-    assert isinstance(configs.choose_kernel(head_dim=256, batch_heads=32, seqlen_q=4096, **kw),
-                      configs.Sm80FwdConfig)
+    # every head dim the library takes (up to 256) runs on it, at the next built width
+    for hd, width in ((80, 96), (96, 96), (160, 192), (192, 192), (256, 256)):
+        wide = configs.choose_kernel(head_dim=hd, batch_heads=32, seqlen_q=4096, **kw)
+        assert isinstance(wide, configs.Sm90FwdConfig) and wide.head_dim == width and wide.block_m == 128
+        assert wide.smem_bytes <= configs.SMEM_LIMIT["sm_90a"]
     assert isinstance(configs.choose_kernel(head_dim=128, batch_heads=32, seqlen_q=4096, sm90="off", **kw),
                       configs.Sm80FwdConfig)
     # other archs never get it from auto
@@ -163,7 +166,7 @@ def test_blockers_name_the_reason():
     ok = problem((2, 8, 100, 128), (2, 2, 80, 128))
     assert launch.sm90_blocker(ok, "sm_90a") is None
     assert "sm_90" in launch.sm90_blocker(ok, "sm_80")
-    assert "head_dim 256" in launch.sm90_blocker(problem((1, 2, 64, 256), (1, 2, 64, 256)), "sm_90a")
+    assert launch.sm90_blocker(problem((1, 2, 64, 256), (1, 2, 64, 256)), "sm_90a") is None
     # a broadcast (stride 0) key/value head axis cannot be a TMA stride
     bcast = problem((1, 4, 64, 64), (1, 4, 64, 64), strides=(4 * 64 * 64, 0, 64, 1))
     assert "stride" in launch.sm90_blocker(bcast, "sm_90a")
