@@ -25,7 +25,7 @@ except ImportError:
     _cupy = _current_stream = _get_device = _NDARRAY = None
 
 from . import loader, tuning
-from .configs import DispatchKey, Sm80FwdConfig, Sm90FwdConfig, choose_kernel, variant_config
+from .configs import DispatchKey, Sm80FwdConfig, Sm90FwdConfig, choose_kernel, variant_config, with_value_dim
 from .launch import Sm80FwdLaunch, Sm90FwdLaunch, SplitFwdLaunch, build_launch, sm90_blocker
 from .validation import (Problem, TensorSpec, byte_span, check_capability, check_no_overlap, check_options, check_out,
                          check_problem, layout_strides)
@@ -106,9 +106,10 @@ def choose(problem: Problem, device_id: int, backend: Backend) -> tuple[Sm80FwdC
     if backend == "sm90" and blocker:
         raise ValueError(f"backend='sm90' cannot run this call: {blocker}; use backend='auto'")
     mode = "off" if backend == "sm80" or blocker else "force" if backend == "sm90" else "auto"
-    config = choose_kernel(dev.arch, problem.dtype, problem.head_dim,
+    config = choose_kernel(dev.arch, problem.dtype, max(problem.head_dim, problem.dv),
                            problem.batch * problem.heads_q, problem.seqlen_q, dev.num_sms,
                            tuned_table(device_id), mode)
+    config = with_value_dim(config, problem.head_dim, problem.dv)
     _, left, right = problem.variant.mask(problem.seqlen_q, problem.seqlen_k)
     return variant_config(config, problem.kernel_variant, (left, right)), dev
 

@@ -24,7 +24,7 @@ from .configs import Sm80BwdConfig, Sm90BwdConfig, bucket_head_dim, bwd_config
 from .launch import Sm80BwdLaunch, Sm90BwdLaunch, StepLaunch, sm90_bwd_blocker
 from .params import stride_values
 from .validation import (Problem, TensorSpec, check_capability, check_lse, check_no_overlap, check_options,
-                         check_out, check_problem, layout_strides)
+                         check_out, check_problem, check_value_dim, layout_strides)
 
 
 def _bhsd_view(x, layout: str):
@@ -99,6 +99,7 @@ def _validate(dout, q, k, v, out, lse, dq, dk, dv, causal, scale, window, softca
                       window=window, softcap=softcap,
                       alibi_slopes=None if alibi_slopes is None else spec(alibi_slopes, "alibi_slopes"),
                       bias=None if bias is None else spec(bias, "bias"))
+    check_value_dim(p, "attention_backward")
     check_out(spec(dout, "dout"), p)
     check_out(spec(out, "out"), p)
     check_lse(spec(lse, "lse"), p)

@@ -384,6 +384,7 @@ class Sm90FwdConfig:
     warp_rows: int = 16   # query rows per warp's 16-row GEMM slice: 8 halves split tiles to 32 rows
     variant: KernelVariant = PLAIN
     seq: str = "dense"    # "dense", "dense_split" (split-KV), or a plain KV cache: "cache" | "paged_tiles"
+    head_dim_v: int | None = None   # V's and O's width where it differs from head_dim (a built width)
 
     kernel_file = "flash_fwd_sm90.cu"
     arch = "sm_90a"
@@ -393,13 +394,20 @@ class Sm90FwdConfig:
             raise ValueError(f"seq must be one of {SM90_SEQ_KINDS}, got {self.seq!r}")
         if self.seq not in ("dense", "dense_split") and not (self.split and self.warp_rows == 16 and self.variant.plain):
             raise ValueError("a Hopper KV-cache config has split tiles of 16-row warps and no variant")
+        if self.head_dim_v == self.head_dim:
+            raise ValueError("head_dim_v: None where V's width is head_dim (one config, one name)")
+
+    @property
+    def dv(self) -> int:
+        """V's and the output's width in the kernel (the template's DV)."""
+        return self.head_dim_v or self.head_dim
 
     @property
     def name_expression(self) -> str:
         extra = "" if self.variant.plain else f", {self.variant.expression}"
         if self.seq != "dense":
             extra = f", {self.variant.expression}, {_SEQ_EXPRESSIONS[self.seq]}"
-        return (f"fc::flash_fwd_sm90<fc::{self.dtype}, {self.head_dim}, {self.block_n}, "
+        return (f"fc::flash_fwd_sm90<fc::{self.dtype}, {self.head_dim}, {self.dv}, {self.block_n}, "
                 f"{self.stages}, {self.consumers}, {'true' if self.pingpong else 'false'}, "
                 f"{'true' if self.split else 'false'}, {self.producers}, {self.warp_rows}{extra}>")
 
@@ -418,14 +426,19 @@ class Sm90FwdConfig:
 
     @property
     def d_pad(self) -> int:
-        """Columns of a tile's row in shared memory: whole 64-column blocks (Sm90Tile::kDPad)."""
+        """Columns of a Q or K row in shared memory: whole 64-column blocks (Sm90Tile::kDPad)."""
         return -(-self.head_dim // 64) * 64
+
+    @property
+    def dv_pad(self) -> int:
+        """Columns of a V row in shared memory (Sm90Tile::kDvPad)."""
+        return -(-self.dv // 64) * 64
 
     @property
     def combine_bytes(self) -> int:
         """Split tiles: the combine's scratch (O, m and l of every consumer but the first's
         row halves), which must fit in the K/V ring (Sm90Tile's static_assert)."""
-        return (self.consumers - 1) * 128 * (self.warp_rows // 8) * (self.head_dim // 4 + 2) * 4
+        return (self.consumers - 1) * 128 * (self.warp_rows // 8) * (self.dv // 4 + 2) * 4
 
     @property
     def smem_bytes(self) -> int:
@@ -436,7 +449,7 @@ class Sm90FwdConfig:
 
     def _bias_layout(self) -> tuple[int, int]:
         """(where the bias tiles start, one slot of them for every warp), as flash_fwd_sm90.cu."""
-        tiles = 2 * self.d_pad * (max(self.block_m, 64) + 2 * self.stages * self.block_n)
+        tiles = 2 * (self.d_pad * (max(self.block_m, 64) + self.stages * self.block_n) + self.dv_pad * self.stages * self.block_n)
         end = tiles + 8 * (2 + 4 * self.stages)
         if self.variant.bias == "none":
             return end, 0
@@ -506,7 +519,8 @@ class Sm90FwdConfig:
                         -(-kv_end // self.block_n) if rows > 0 and kv_end > 0 else 0)
 
     def __str__(self) -> str:
-        return (f"sm90 {self.dtype} D{self.head_dim} {self.block_m}x{self.block_n} "
+        return (f"sm90 {self.dtype} D{self.head_dim}{f'/{self.head_dim_v}' if self.head_dim_v else ''} "
+                f"{self.block_m}x{self.block_n} "
                 f"c{self.consumers} s{self.stages}{' pp' if self.pingpong else ''}"
                 f"{' split' if self.split else ''}{' p2' if self.producers == 2 else ''}"
                 f"{' w8' if self.warp_rows == 8 else ''}{'' if self.variant.plain else f' {self.variant}'}"
@@ -645,12 +659,35 @@ _SM90_TILES = {
     (256, "tiny"): dict(stages=2, **_SM90_WIDE["tiny"]),
 }
 _SM90_TILES.update({(96, grid): _SM90_TILES[128, grid] for grid in SM90_GRIDS})
+# V narrower than Q and K (DeepSeek's MLA: 192 / 128): where V's tiles leave room, longer key
+# tiles than the wider head's (D192 / 128 at 128 keys: 209 KB, O in 64 registers).
+_SM90_PAIR_TILES = {(192, 128, "large"): dict(block_n=128)}
+SM90_PAIRS = ((192, 128),)   # (D, Dv) pairs dispatch has its own tiles for (all_configs lists them)
 Sm90Mode = Literal["off", "auto", "force"]
 
 
 def sm90_config(dtype: str, head_dim: int, grid: str = "large") -> Sm90FwdConfig:
-    hd = next(b for b in SM90_HEAD_DIMS if b >= head_dim)
+    hd = sm90_width(head_dim)
     return Sm90FwdConfig(dtype, hd, **_SM90_TILES[hd, grid])
+
+
+def sm90_width(head_dim: int) -> int:
+    """The Hopper kernel's built width a head dim runs at (TMA zero-fills the rest)."""
+    return next(b for b in SM90_HEAD_DIMS if b >= head_dim)
+
+
+def with_value_dim(config: Sm80FwdConfig | Sm90FwdConfig, head_dim: int,
+                   head_dim_v: int) -> Sm80FwdConfig | Sm90FwdConfig:
+    """The config of a call whose V (and output) has head_dim_v columns, from the one dispatch chose
+    for max(head_dim, head_dim_v): the portable kernel's (its HEAD_DIM spans both; columns past
+    each load as zeros) unchanged; the Hopper kernel's at Q/K's and V's own widths, on a pair's
+    own tile where _SM90_PAIR_TILES has one (else the wider head's tile, which fits both)."""
+    if not isinstance(config, Sm90FwdConfig) or head_dim == head_dim_v:
+        return config
+    d, dv = sm90_width(head_dim), sm90_width(head_dim_v)
+    grid = "tiny" if config.warp_rows == 8 else "small" if config.split else "large"
+    return dataclasses.replace(config, head_dim=d, head_dim_v=None if dv == d else dv,
+                               **_SM90_PAIR_TILES.get((d, dv, grid), {}))
 
 
 def sm90_cache_config(dtype: str, head_dim: int, paged: bool) -> Sm90FwdConfig:
@@ -801,6 +838,7 @@ def all_configs(arch: str) -> list[Sm80FwdConfig | Sm90FwdConfig]:
     tuning.dispatchable_configs)."""
     portable = {choose_sm80_config(arch, dt, hd, batch_heads=1, seqlen_q=sq, num_sms=2)
                 for dt in DTYPES for hd in HEAD_DIM_BUCKETS for sq in (1, 1 << 20)}
-    hopper = ({sm90_config(dt, hd, grid) for dt in DTYPES for hd in SM90_HEAD_DIMS
+    hopper = ({sm90_config(dt, hd, grid) for dt in DTYPES for hd in SM90_HEAD_DIMS for grid in SM90_GRIDS} |
+              {with_value_dim(sm90_config(dt, max(pair), grid), *pair) for dt in DTYPES for pair in SM90_PAIRS
                for grid in SM90_GRIDS} if arch == SM90_ARCH else set())
     return sorted(portable | hopper, key=lambda c: (c.kernel_file, c.dtype, c.head_dim, c.block_m))

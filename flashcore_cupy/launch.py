@@ -419,7 +419,8 @@ class MergeLaunch:
 def problem_scalars(p: Problem) -> dict:
     """params.FWD_SM80's problem fields (seqlen_q .. batch; a GQA-packed grid's heads are
     heads_q / pack: the caller's grid_heads then)."""
-    return dict(seqlen_q=p.seqlen_q, seqlen_k=p.seqlen_k, head_dim=p.head_dim, heads_per_kv=p.heads_q // p.heads_kv,
+    return dict(seqlen_q=p.seqlen_q, seqlen_k=p.seqlen_k, head_dim=p.head_dim, head_dim_v=p.dv,
+                heads_per_kv=p.heads_q // p.heads_kv,
                 scale_log2=p.scale * math.log2(math.e), causal=int(p.causal), grid_heads=p.heads_q, batch=p.batch)
 
 
@@ -475,7 +476,7 @@ class Sm90FwdLaunch(_Launch):
         # key tiles, so those run persistent (the next tile's Q loads under this one's end).
         _, left, right = p.variant.mask(p.seqlen_q, p.seqlen_k)
         uneven = causal or (not config.variant.plain and right >= 0 and left < 0)
-        kv_bytes_per_head = 2 * p.seqlen_k * p.head_dim * 2 // group   # K and V, 16-bit
+        kv_bytes_per_head = p.seqlen_k * (p.head_dim + p.dv) * 2 // group   # K and V, 16-bit
         plan = config.schedule(p.batch, heads, p.seqlen_q, num_sms, uneven, kv_bytes_per_head)
         scalars = sm90_scalars(p, o_strides, causal, heads, heads_per_kv, m_blocks, plan.group, plan.tail_start,
                                plan.items, pack)
@@ -558,7 +559,8 @@ def sm90_scalars(p: Problem, o_strides: tuple[int, int, int], causal: bool, head
     work_tile divides by), the variant's, and `sequence` (sm90_sequence_scalars: a dense call's
     when empty)."""
     return dict(**params.stride_values("o", o_strides), seqlen_q=p.seqlen_q, seqlen_k=p.seqlen_k,
-                head_dim=p.head_dim, scale_log2=p.scale * math.log2(math.e), causal=int(causal), heads=heads,
+                head_dim=p.head_dim, head_dim_v=p.dv, scale_log2=p.scale * math.log2(math.e), causal=int(causal),
+                heads=heads,
                 batch=p.batch, m_blocks=m_blocks, group=group, tail_start=tail_start, n_items=items, pack=pack,
                 by_group_tiles=fast_divisor(group * m_blocks), by_group=fast_divisor(group),
                 by_heads=fast_divisor(heads), by_heads_per_kv=fast_divisor(heads_per_kv),
@@ -629,11 +631,11 @@ def sm90_map_specs(p: Problem, config: Sm90FwdConfig) -> tuple[tma.MapSpec, ...]
     """Tensor-map geometry of q, k and v: Q boxes span the CTA's rows (8-row warps: a warp's
     rows; packed GQA: block_m heads at the one position), K/V boxes one key tile."""
     q_shape = (p.batch, p.heads_q, p.seqlen_q, p.head_dim)
-    kv_shape = (p.batch, p.heads_kv, p.seqlen_k, p.head_dim)
+    k_shape = (p.batch, p.heads_kv, p.seqlen_k, p.head_dim)
     q_box = (1, config.block_m) if gqa_pack(p, config) > 1 else (config.q_box_rows, 1)
     return (tma.map_spec(q_shape, p.q_strides, 2, *q_box),
-            tma.map_spec(kv_shape, p.k_strides, 2, config.block_n),
-            tma.map_spec(kv_shape, p.v_strides, 2, config.block_n))
+            tma.map_spec(k_shape, p.k_strides, 2, config.block_n),
+            tma.map_spec(k_shape[:3] + (p.dv,), p.v_strides, 2, config.block_n))
 
 
 def sm90_cache_map_specs(p: Problem, paged: bool, num_pages: int, page_size: int, config: Sm90FwdConfig,
@@ -656,7 +658,7 @@ def sm90_blocker(p: Problem, arch: str) -> str | None:
         return f"it needs an sm_90 GPU (H100/H200); this device compiles for {arch}"
     if p.head_dim > SM90_HEAD_DIMS[-1]:
         return f"head_dim {p.head_dim} is over {SM90_HEAD_DIMS[-1]}"
-    for name, spec in zip("qkv", sm90_map_specs(p, sm90_config(p.dtype, p.head_dim))):
+    for name, spec in zip("qkv", sm90_map_specs(p, sm90_config(p.dtype, max(p.head_dim, p.dv)))):
         reason = tma.unsupported_reason(spec)
         if reason:
             return f"{name} has a {reason}"
@@ -708,7 +710,7 @@ class SplitFwdLaunch:
             heads, m_blocks = p.heads_q, -(-p.seqlen_q // config.block_m)
         tiles = m_blocks * heads * p.batch
         # partials at the output's strides: one split spans its elements
-        o_elements = sum((n - 1) * st for n, st in zip((p.batch, p.heads_q, p.seqlen_q), o_strides)) + p.head_dim
+        o_elements = sum((n - 1) * st for n, st in zip((p.batch, p.heads_q, p.seqlen_q), o_strides)) + p.dv
         lse_elements = p.batch * p.heads_q * p.seqlen_q
         slots = num_sms if hopper else num_sms * split.resident_ctas(config, arch)
         chain = split.chain_keys(p.seqlen_k, p.variant.mask(p.seqlen_q, p.seqlen_k)[1:], config.block_m)

@@ -83,6 +83,7 @@ def attention(q, k, v, *, causal=False, scale: float | None = None,
     window=(left, right), flash_attn's: visible iff i + off - left <= j <= i + off + right, -1
     unbounded on that side; (-1, -1) is no window; a causal mask sets right = 0.
     Then out_i = sum_j softmax_j(masked) v_j and lse_i = log sum_j exp(masked_j) (natural log);
+    v may have its own head dim Dv (q and k share D): out's last dimension is Dv;
     a row that sees no key (or whose every visible score is -inf, a bias mask) gives 0 and LSE
     -inf. q_positions: optional indices of the query rows
     to compute (the masks, ALiBi and bias use their positions in the full sequence); the output

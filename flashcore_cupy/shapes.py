@@ -55,10 +55,10 @@ class Shape:
         return dataclasses.replace(self, causal_align="bottom_right", window=None, softcap=0.0,
                                    alibi=False, bias=False)
 
-    def unsupported(self) -> str | None:
-        """Why the benchmark cannot run this row yet, or None."""
-        if self.head_dim_v not in (None, self.head_dim):
-            return f"Dv {self.head_dim_v} != D {self.head_dim}: attention takes V of q's head dim"
+    def unsupported(self, backward: bool = False) -> str | None:
+        """Why the benchmark cannot run this row (backward: in its backward modes) yet, or None."""
+        if backward and self.head_dim_v not in (None, self.head_dim):
+            return f"Dv {self.head_dim_v} != D {self.head_dim}: attention_backward takes V of q's head dim"
         return None
 
     @property
@@ -106,7 +106,8 @@ def tuning_shapes() -> list[Shape]:
     """The shapes `tune` may see by default: the dense and decode plain rows less the held-out
     ones (paged and varlen rows run other kernels than the tuned dense ones)."""
     return [s for s in bench_shapes()
-            if not s.held_out and not s.is_variant and s.unsupported() is None and s.kind in ("dense", "decode")]
+            if not s.held_out and not s.is_variant and s.head_dim_v in (None, s.head_dim)
+            and s.kind in ("dense", "decode")]
 
 
 def parse_shape(text: str, causal: bool = False) -> Shape:

@@ -122,6 +122,11 @@ class Problem:
     k_strides: tuple[int, int, int]
     v_strides: tuple[int, int, int]
     variant: Variant = PLAIN_VARIANT
+    head_dim_v: int | None = None   # v's (and the output's) head dim where it differs from q's and k's
+
+    @property
+    def dv(self) -> int:
+        return self.head_dim_v or self.head_dim
 
     @property
     def kernel_variant(self) -> KernelVariant:
@@ -129,7 +134,7 @@ class Problem:
 
     @property
     def out_shape(self) -> tuple[int, int, int, int]:
-        return bhsd_to_layout((self.batch, self.heads_q, self.seqlen_q, self.head_dim), self.layout)
+        return bhsd_to_layout((self.batch, self.heads_q, self.seqlen_q, self.dv), self.layout)
 
 
 def bhsd_to_layout(dims: tuple[int, int, int, int], layout: str) -> tuple[int, int, int, int]:
@@ -277,8 +282,9 @@ def check_problem(q: TensorSpec, k: TensorSpec, v: TensorSpec, *, causal: bool |
                          f"{q.device}, {k.device}, {v.device}")
     bq, hq, sq, dq = _bhsd(q.shape, layout)
     bk, hk, sk, dk = _bhsd(k.shape, layout)
-    if k.shape != v.shape:
-        raise ValueError(f"k and v must have the same shape, got {k.shape} and {v.shape}")
+    if k.shape[:3] != v.shape[:3]:
+        raise ValueError(f"k and v must have the same shape but for v's head_dim (Dv may differ from D), "
+                         f"got {k.shape} and {v.shape}")
     if bk != bq:
         raise ValueError(f"k has batch {bk} but q has batch {bq} (layout {layout!r})")
     if dk != dq:
@@ -298,7 +304,14 @@ def check_problem(q: TensorSpec, k: TensorSpec, v: TensorSpec, *, causal: bool |
         dtype=DTYPE_NAMES[q.dtype], causal=variant.plain_causal(sq, sk),
         scale=1.0 / math.sqrt(dq) if scale is None else float(scale), layout=layout,
         device=q.device, q_strides=layout_strides(q, layout), k_strides=layout_strides(k, layout),
-        v_strides=layout_strides(v, layout), variant=variant)
+        v_strides=layout_strides(v, layout), variant=variant, head_dim_v=None if v.shape[3] == dq else v.shape[3])
+
+
+def check_value_dim(problem: Problem, op: str) -> None:
+    """Ops that take v of q's head dim only (attention alone takes Dv != D)."""
+    if problem.head_dim_v is not None:
+        raise ValueError(f"v has head_dim {problem.head_dim_v} but q has head_dim {problem.head_dim}; "
+                         f"{op} takes v of q's head dim (attention takes Dv != D)")
 
 
 def check_out(out: TensorSpec, problem: Problem, shape: tuple[int, ...] | None = None,
@@ -408,6 +421,7 @@ def check_varlen(q: TensorSpec, k: TensorSpec, v: TensorSpec, cu_seqlens_q: Tens
     views = [_rows_view(t, t.shape[0] if len(t.shape) == 3 else 0) for t in (q, k, v)]
     problem = check_problem(*views, causal=bool(causal), scale=scale, layout="bshd", window=window,
                             softcap=softcap)
+    check_value_dim(problem, "attention_varlen")
     if len(cu_seqlens_q.shape) != 1 or cu_seqlens_q.shape[0] < 2:
         raise ValueError(f"cu_seqlens_q has shape {cu_seqlens_q.shape}; expected (B + 1,) with B >= 1")
     batch = cu_seqlens_q.shape[0] - 1

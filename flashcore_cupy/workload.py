@@ -43,20 +43,21 @@ def random_inputs(shape: Shape, dtype: str, rng: np.random.Generator, layout: st
 
     from .validation import bhsd_to_layout
 
-    def draw(heads: int, seqlen: int):
-        dims = bhsd_to_layout((shape.batch, heads, seqlen, shape.head_dim), layout)
+    def draw(heads: int, seqlen: int, head_dim: int):
+        dims = bhsd_to_layout((shape.batch, heads, seqlen, head_dim), layout)
         return cupy.asarray(rng.standard_normal(dims, dtype=np.float32).astype(np_dtype(dtype)))
 
-    return (draw(shape.heads_q, shape.seqlen_q), draw(shape.heads_kv, shape.seqlen_k),
-            draw(shape.heads_kv, shape.seqlen_k))
+    return (draw(shape.heads_q, shape.seqlen_q, shape.head_dim), draw(shape.heads_kv, shape.seqlen_k, shape.head_dim),
+            draw(shape.heads_kv, shape.seqlen_k, shape.head_dim_v or shape.head_dim))
 
 
 def set_count(shape: Shape, dtype: str, rotate_bytes: int = ROTATE_BYTES) -> int:
     """Input sets whose q, k and v together hold at least `rotate_bytes`, so that timing them
     in turn (one call per set) finds none of a call's inputs left in L2 by the calls before."""
     item = 2   # fp16 and bf16
-    set_bytes = item * shape.head_dim * shape.batch * (shape.heads_q * shape.seqlen_q
-                                                       + 2 * shape.heads_kv * shape.seqlen_k)
+    dv = shape.head_dim_v or shape.head_dim
+    set_bytes = item * shape.batch * (shape.head_dim * (shape.heads_q * shape.seqlen_q + shape.heads_kv * shape.seqlen_k)
+                                      + dv * shape.heads_kv * shape.seqlen_k)
     return max(1, min(_MAX_SETS, -(-rotate_bytes // set_bytes)))
 
 

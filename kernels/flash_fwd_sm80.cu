@@ -244,7 +244,9 @@ flash_fwd(const FwdParams p) {
     if (at_grid.batch >= p.batch) return;
     const int head = at_grid.head * pack, batch = at_grid.batch;
     const SeqSpan seq = seq_span<S>(p, batch);
-    const int seqlen_q = seq.seqlen_q, seqlen_k = seq.seqlen_k, head_dim = p.head_dim;
+    // HEAD_DIM covers q's and k's head dim and v's (head_dim_v: the output's); columns past each
+    // load as zeros, so S and O come out the same, O's past head_dim_v never stored.
+    const int seqlen_q = seq.seqlen_q, seqlen_k = seq.seqlen_k, head_dim = p.head_dim, head_dim_v = p.head_dim_v;
     const bool causal = p.causal;
     extern __shared__ __align__(16) unsigned char smem[];
     u16* sQ = reinterpret_cast<u16*>(smem);
@@ -307,7 +309,7 @@ flash_fwd(const FwdParams p) {
             load_tile<Tile, BLOCK_N>(smem_addr(sK) + slot * kSlotBytes, k_head + row * p.k_ss, p.k_ss, valid,
                                      head_dim, tid);
             load_tile<Tile, BLOCK_N>(smem_addr(sV) + slot * kSlotBytes, v_head + row * p.v_ss, p.v_ss, valid,
-                                     head_dim, tid);
+                                     head_dim_v, tid);
         } else if constexpr (S::kPaged) {
             gather_kv<Tile, BLOCK_N>(smem_addr(sK) + slot * kSlotBytes, smem_addr(sV) + slot * kSlotBytes, k_head,
                                      v_head, p.k_ss, p.v_ss, [&](int r) {
@@ -318,7 +320,7 @@ flash_fwd(const FwdParams p) {
             load_tile<Tile, BLOCK_N>(smem_addr(sK) + slot * kSlotBytes, k_head + key0 * p.k_ss, p.k_ss,
                                      seqlen_k - key0, head_dim, tid);
             load_tile<Tile, BLOCK_N>(smem_addr(sV) + slot * kSlotBytes, v_head + key0 * p.v_ss, p.v_ss,
-                                     seqlen_k - key0, head_dim, tid);
+                                     seqlen_k - key0, head_dim_v, tid);
         }
     };
 
@@ -438,7 +440,7 @@ flash_fwd(const FwdParams p) {
     #pragma unroll
     for (int i = tid; i < Tile::kBlockM * kChunks; i += Tile::kThreads) {
         const int r = i / kChunks, c = i % kChunks;
-        if (row0 + r < rows && c * 8 < head_dim) {
+        if (row0 + r < rows && c * 8 < head_dim_v) {
             u16* dst = o_tile + r * p.o_ss;
             if constexpr (kPacked) {
                 const PackedRow at = packed_row(row0 + r, pack, head);

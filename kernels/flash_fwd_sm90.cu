@@ -78,7 +78,7 @@
 
 namespace fc {
 
-template <int HEAD_DIM, int BLOCK_N, int STAGES, int CONSUMERS, bool PINGPONG, bool SPLIT, int WARP_ROWS>
+template <int HEAD_DIM, int DV, int BLOCK_N, int STAGES, int CONSUMERS, bool PINGPONG, bool SPLIT, int WARP_ROWS>
 struct Sm90Tile {
     static constexpr int kConsumers = CONSUMERS;
     static constexpr bool kSplit = SPLIT;
@@ -92,15 +92,16 @@ struct Sm90Tile {
     // How many tiles the producer's K copies run ahead of its V copies (see produce).
     static constexpr int kKAhead = SPLIT ? CONSUMERS - 1 : 0;
     // A row in shared memory: whole 64-column blocks (D96's second block half zero-filled by TMA,
-    // and never read: the GEMMs stop at HEAD_DIM).
-    static constexpr int kDPad = (HEAD_DIM + 63) / 64 * 64;
+    // and never read: the GEMMs stop at HEAD_DIM and DV, V's and O's head dim).
+    static constexpr int kDPad = (HEAD_DIM + 63) / 64 * 64, kDvPad = (DV + 63) / 64 * 64;
     static constexpr u32 kQBytes = kBlockM * kDPad * 2;             // what Q's boxes bring
-    static constexpr u32 kKVBytes = BLOCK_N * kDPad * 2;            // one K or V tile
+    static constexpr u32 kKBytes = BLOCK_N * kDPad * 2;             // one K tile
+    static constexpr u32 kVBytes = BLOCK_N * kDvPad * 2;            // one V tile
     // Shared layout (offsets from a 1024-byte aligned base): Q, K ring, V ring, barriers,
     // and a bias variant's bias tiles.
     static constexpr u32 kOffK = kQRows * kDPad * 2;
-    static constexpr u32 kOffV = kOffK + STAGES * kKVBytes;
-    static constexpr u32 kOffBars = kOffV + STAGES * kKVBytes;
+    static constexpr u32 kOffV = kOffK + STAGES * kKBytes;
+    static constexpr u32 kOffBars = kOffV + STAGES * kVBytes;
     // A bias variant's per-warp bias tiles (BiasStage), after the barriers.
     static constexpr u32 kOffBias = (kOffBars + 8 * (2 + 4 * STAGES) + 127) / 128 * 128;
     // Register split of setmaxnreg. The CTA holds what the launch bound gives every thread
@@ -114,6 +115,7 @@ struct Sm90Tile {
 
     static_assert(HEAD_DIM == 64 || HEAD_DIM == 96 || HEAD_DIM == 128 || HEAD_DIM == 192 || HEAD_DIM == 256,
                   "HEAD_DIM: 64, 96, 128, 192 or 256 (wgmma widths built)");
+    static_assert(DV == 64 || DV == 96 || DV == 128 || DV == 192 || DV == 256, "DV: 64, 96, 128, 192 or 256");
     static_assert(BLOCK_N == 64 || BLOCK_N == 80 || BLOCK_N == 96 || BLOCK_N == 112 || BLOCK_N == 128 ||
                   BLOCK_N == 176 || BLOCK_N == 192, "BLOCK_N: 64, 80, 96, 112, 128, 176 or 192 (wgmma widths built)");
     static_assert(STAGES >= 2 && STAGES <= 8, "STAGES: 2..8");
@@ -125,17 +127,17 @@ struct Sm90Tile {
     static_assert(!SPLIT || (CONSUMERS >= 2 && !PINGPONG && STAGES % CONSUMERS == 0),
                   "SPLIT: 2+ consumers, no ping-pong, ring slots a multiple of the consumers");
     static_assert(WARP_ROWS == 16 || (WARP_ROWS == 8 && SPLIT), "WARP_ROWS: 16, or 8 with SPLIT");
-    // SPLIT combine: each consumer but the first leaves O, m and l (kHalves * (HEAD_DIM / 4
-    // + 2) floats per thread) in the ring, free once every consumer is done with it.
-    static_assert(!SPLIT || (CONSUMERS - 1) * 128 * kHalves * (HEAD_DIM / 4 + 2) * 4 <= 2 * STAGES * kKVBytes,
+    // SPLIT combine: each consumer but the first leaves O, m and l (kHalves * (DV / 4 + 2)
+    // floats per thread) in the ring, free once every consumer is done with it.
+    static_assert(!SPLIT || (CONSUMERS - 1) * 128 * kHalves * (DV / 4 + 2) * 4 <= STAGES * (kKBytes + kVBytes),
                   "SPLIT: the combine's scratch must fit in the K/V ring");
 };
 
-template <class T, int HEAD_DIM, int BLOCK_N, int STAGES, int CONSUMERS, bool PINGPONG, bool SPLIT, int PRODUCERS,
-          int WARP_ROWS, class V = Plain, class S = Dense>
+template <class T, int HEAD_DIM, int DV, int BLOCK_N, int STAGES, int CONSUMERS, bool PINGPONG, bool SPLIT,
+          int PRODUCERS, int WARP_ROWS, class V = Plain, class S = Dense>
 __global__ void __launch_bounds__(128 * (CONSUMERS + 1), 1)
 flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
-    using Tile = Sm90Tile<HEAD_DIM, BLOCK_N, STAGES, CONSUMERS, PINGPONG, SPLIT, WARP_ROWS>;
+    using Tile = Sm90Tile<HEAD_DIM, DV, BLOCK_N, STAGES, CONSUMERS, PINGPONG, SPLIT, WARP_ROWS>;
     constexpr int H = Tile::kHalves;
 #ifdef FLASHCORE_ABLATE_NO_TURNS
     constexpr bool kTurns = false;
@@ -171,9 +173,9 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
         regs_release<Tile::kProducerRegs>(); FC_TRACE(2);
         // one thread each (a paged cache: the thread's warp, see produce)
         const int producer = S::kPaged || threadIdx.x % 32 == 0 ? threadIdx.x / 32 : -1;
-        if (producer == 0) produce<Tile, HEAD_DIM, BLOCK_N, STAGES, true, PRODUCERS == 1, V, S>(p, sbase, bar);
+        if (producer == 0) produce<Tile, HEAD_DIM, DV, BLOCK_N, STAGES, true, PRODUCERS == 1, V, S>(p, sbase, bar);
         if (PRODUCERS == 2 && producer == 1)
-            produce<Tile, HEAD_DIM, BLOCK_N, STAGES, false, true, V, S>(p, sbase, bar);
+            produce<Tile, HEAD_DIM, DV, BLOCK_N, STAGES, false, true, V, S>(p, sbase, bar);
         return;
     }
 
@@ -184,8 +186,8 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
     const u64 q_desc = smem_desc_sw128(sbase + (SPLIT ? 0 : consumer * 64 * 128), 16, 1024);
     const u64 k_desc0 = smem_desc_sw128(sbase + Tile::kOffK, 16, 1024);
     const u64 v_desc0 = smem_desc_sw128(sbase + Tile::kOffV, BLOCK_N * 128, 1024);
-    auto k_tile = [&](Ring<STAGES> r) { return desc_advance(k_desc0, r.slot() * Tile::kKVBytes); };
-    auto v_tile = [&](Ring<STAGES> r) { return desc_advance(v_desc0, r.slot() * Tile::kKVBytes); };
+    auto k_tile = [&](Ring<STAGES> r) { return desc_advance(k_desc0, r.slot() * Tile::kKBytes); };
+    auto v_tile = [&](Ring<STAGES> r) { return desc_advance(v_desc0, r.slot() * Tile::kVBytes); };
     auto release = [&](u32 barrier) { if (lane == 0) mbar_arrive(barrier); };
     // A bias variant's tiles (used with a bias only): two slots a warp where they fit beside
     // the ring, else one (configs.Sm90FwdConfig.bias_slots mirrors this).
@@ -241,10 +243,10 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
                             : c_blocks > consumer ? (c_blocks - consumer - 1) / CONSUMERS + 1 : 0;
         auto tile = [&](int k) { return SPLIT ? consumer + k * CONSUMERS : k; };
 
-        float o[1][HEAD_DIM / 8][4];
+        float o[1][DV / 8][4];
         float m[1][2] = {{neg_inf(), neg_inf()}}, l[1][2] = {{0.f, 0.f}};
         #pragma unroll
-        for (int dt = 0; dt < HEAD_DIM / 8; ++dt)
+        for (int dt = 0; dt < DV / 8; ++dt)
             #pragma unroll
             for (int e = 0; e < 4; ++e) o[0][dt][e] = 0.f;
         float s[1][BLOCK_N / 8][4];      // S_j, then P_j in fp32
@@ -310,8 +312,8 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
             if constexpr (S::kCache) {
                 const int from = seqlen_k - (w.first + tile(k)) * BLOCK_N;
                 if (from < BLOCK_N)
-                    clear_tile_rows<HEAD_DIM, BLOCK_N>(sbase + Tile::kOffV + Ring<STAGES>{it + tile(k)}.slot() *
-                                                       Tile::kKVBytes, from, 2 + CONSUMERS + consumer);
+                    clear_tile_rows<DV, BLOCK_N>(sbase + Tile::kOffV + Ring<STAGES>{it + tile(k)}.slot() *
+                                                 Tile::kVBytes, from, 2 + CONSUMERS + consumer);
             }
         };
         auto pv_done = [&](int k) {
@@ -339,7 +341,7 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
             clear_stale(k - 1);
             await_turn(); FC_TRACE(20);
             qk_wgmma<T, Tile::kQRows, HEAD_DIM, BLOCK_N>(s[0], q_desc, k_tile(r));
-            pv_wgmma<T, HEAD_DIM, BLOCK_N>(o[0], a, v_tile(prev));
+            pv_wgmma<T, DV, BLOCK_N>(o[0], a, v_tile(prev));
             pass_turn(false);
             wgmma_wait<1>();                  // S_k landed (groups retire in order)
             fence_registers(s[0]); FC_TRACE(9);
@@ -347,7 +349,7 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
             wgmma_wait<0>();
             pv_done(k - 1); FC_TRACE(21);
             softmax_tile(tile(k)); FC_TRACE(10);
-            rescale_rows<1, HEAD_DIM / 8, H>(o, alpha); FC_TRACE(11);
+            rescale_rows<1, DV / 8, H>(o, alpha); FC_TRACE(11);
         }
         // Every S GEMM has landed: Q is free, so the producer loads the next tile's Q
         // during the last P V and the epilogue.
@@ -357,7 +359,7 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
             mbar_wait(bar.v_full(last.slot()), last.parity());
             clear_stale(my_blocks - 1);
             await_turn();
-            pv_wgmma<T, HEAD_DIM, BLOCK_N>(o[0], a, v_tile(last));
+            pv_wgmma<T, DV, BLOCK_N>(o[0], a, v_tile(last));
             pass_turn(c_blocks == n_blocks);
             wgmma_wait<0>();
             pv_done(my_blocks - 1); FC_TRACE(12);
@@ -381,18 +383,18 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
         }
         it += n_blocks;
         if constexpr (SPLIT)   // one work tile per CTA (see Sm90Config.schedule): the ring is done
-            combine_split<HEAD_DIM, CONSUMERS, H>(reinterpret_cast<float*>(smem + (sbase - smem_addr(smem)) +
+            combine_split<DV, CONSUMERS, H>(reinterpret_cast<float*>(smem + (sbase - smem_addr(smem)) +
                                                                         Tile::kOffK), consumer, o, m, l); FC_TRACE(13);
         if (!has_rows || (SPLIT && consumer > 0)) continue;
         if constexpr (S::kSplitKV) {
             if (p.o_accum != nullptr) {   // split-KV: this split's float32 partials, from the registers
                 const int rows = seqlen_q * p.pack, head0 = w.head * p.pack;
-                write_partials<HEAD_DIM / 8, 1, H>(p, o, m, l, w.split, w.batch, head0, w_row0, rows, p.pack, lane);
+                write_partials<DV / 8, 1, H>(p, o, m, l, w.split, w.batch, head0, w_row0, rows, p.pack, lane);
                 // Each consumer's 64 rows (split tiles: consumer 0's, the tile's) have a counter;
                 // their last split merges them (final LSE: (B, Hq, Sq)).
                 __shared__ int split_last[CONSUMERS];
                 if (p.split_count != nullptr)
-                    merge_if_last_split<T, HEAD_DIM>(
+                    merge_if_last_split<T, DV>(
                         p, i / p.splits * CONSUMERS + consumer, w.batch, head0, c_row0,
                         min(c_row0 + (SPLIT ? Tile::kBlockM : 64), rows),
                         p.pack, threadIdx.x - 128 * (consumer + 1), 128, split_last + consumer,
@@ -416,8 +418,8 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
             const int q_head = w.head * p.pack + (packed ? row : 0), q_pos = packed ? 0 : row;
             u16* o_row = p.o + w.batch * p.o_sb + q_head * p.o_sh + q_pos * p.o_ss + 2 * (lane % 4);
             #pragma unroll
-            for (int dt = 0; dt < HEAD_DIM / 8; ++dt)
-                if (dt * 8 < p.head_dim)
+            for (int dt = 0; dt < DV / 8; ++dt)
+                if (dt * 8 < p.head_dim_v)
                     *reinterpret_cast<u32*>(o_row + dt * 8) =
                         pack2<T>(o[0][dt][2 * half] * inv_l, o[0][dt][2 * half + 1] * inv_l);
             if (p.lse != nullptr && lane % 4 == 0)

@@ -33,7 +33,8 @@ struct FwdParams {
     i64 lse_ss;
     int seqlen_q;            // dense: Sq; varlen: total_q (rows of q)
     int seqlen_k;            // dense: Sk; varlen: total_k; KV cache: the keys a sequence can hold
-    int head_dim;
+    int head_dim;            // q's and k's
+    int head_dim_v;          // v's and the output's
     int heads_per_kv;
     float scale_log2;        // scale * log2(e)
     int causal;
@@ -91,16 +92,17 @@ static_assert(FC_OFFSETOF(FwdParams, lse_ss) == 152, "FwdParams::lse_ss");
 static_assert(FC_OFFSETOF(FwdParams, seqlen_q) == 160, "FwdParams::seqlen_q");
 static_assert(FC_OFFSETOF(FwdParams, seqlen_k) == 164, "FwdParams::seqlen_k");
 static_assert(FC_OFFSETOF(FwdParams, head_dim) == 168, "FwdParams::head_dim");
-static_assert(FC_OFFSETOF(FwdParams, heads_per_kv) == 172, "FwdParams::heads_per_kv");
-static_assert(FC_OFFSETOF(FwdParams, scale_log2) == 176, "FwdParams::scale_log2");
-static_assert(FC_OFFSETOF(FwdParams, causal) == 180, "FwdParams::causal");
-static_assert(FC_OFFSETOF(FwdParams, grid_heads) == 184, "FwdParams::grid_heads");
-static_assert(FC_OFFSETOF(FwdParams, batch) == 188, "FwdParams::batch");
-static_assert(FC_OFFSETOF(FwdParams, diag) == 192, "FwdParams::diag");
-static_assert(FC_OFFSETOF(FwdParams, win_left) == 196, "FwdParams::win_left");
-static_assert(FC_OFFSETOF(FwdParams, win_right) == 200, "FwdParams::win_right");
-static_assert(FC_OFFSETOF(FwdParams, cap_scale) == 204, "FwdParams::cap_scale");
-static_assert(FC_OFFSETOF(FwdParams, cap_log2) == 208, "FwdParams::cap_log2");
+static_assert(FC_OFFSETOF(FwdParams, head_dim_v) == 172, "FwdParams::head_dim_v");
+static_assert(FC_OFFSETOF(FwdParams, heads_per_kv) == 176, "FwdParams::heads_per_kv");
+static_assert(FC_OFFSETOF(FwdParams, scale_log2) == 180, "FwdParams::scale_log2");
+static_assert(FC_OFFSETOF(FwdParams, causal) == 184, "FwdParams::causal");
+static_assert(FC_OFFSETOF(FwdParams, grid_heads) == 188, "FwdParams::grid_heads");
+static_assert(FC_OFFSETOF(FwdParams, batch) == 192, "FwdParams::batch");
+static_assert(FC_OFFSETOF(FwdParams, diag) == 196, "FwdParams::diag");
+static_assert(FC_OFFSETOF(FwdParams, win_left) == 200, "FwdParams::win_left");
+static_assert(FC_OFFSETOF(FwdParams, win_right) == 204, "FwdParams::win_right");
+static_assert(FC_OFFSETOF(FwdParams, cap_scale) == 208, "FwdParams::cap_scale");
+static_assert(FC_OFFSETOF(FwdParams, cap_log2) == 212, "FwdParams::cap_log2");
 static_assert(FC_OFFSETOF(FwdParams, alibi) == 216, "FwdParams::alibi");
 static_assert(FC_OFFSETOF(FwdParams, alibi_sb) == 224, "FwdParams::alibi_sb");
 static_assert(FC_OFFSETOF(FwdParams, alibi_sh) == 232, "FwdParams::alibi_sh");

@@ -21,7 +21,8 @@ struct Sm90Params {
     i64 o_ss;
     int seqlen_q;
     int seqlen_k;
-    int head_dim;
+    int head_dim;            // q's and k's
+    int head_dim_v;          // v's and the output's
     float scale_log2;        // scale * log2(e)
     int causal;
     int heads;               // work tiles: m_blocks x heads x batch
@@ -76,24 +77,25 @@ static_assert(FC_OFFSETOF(Sm90Params, o_ss) == 416, "Sm90Params::o_ss");
 static_assert(FC_OFFSETOF(Sm90Params, seqlen_q) == 424, "Sm90Params::seqlen_q");
 static_assert(FC_OFFSETOF(Sm90Params, seqlen_k) == 428, "Sm90Params::seqlen_k");
 static_assert(FC_OFFSETOF(Sm90Params, head_dim) == 432, "Sm90Params::head_dim");
-static_assert(FC_OFFSETOF(Sm90Params, scale_log2) == 436, "Sm90Params::scale_log2");
-static_assert(FC_OFFSETOF(Sm90Params, causal) == 440, "Sm90Params::causal");
-static_assert(FC_OFFSETOF(Sm90Params, heads) == 444, "Sm90Params::heads");
-static_assert(FC_OFFSETOF(Sm90Params, batch) == 448, "Sm90Params::batch");
-static_assert(FC_OFFSETOF(Sm90Params, m_blocks) == 452, "Sm90Params::m_blocks");
-static_assert(FC_OFFSETOF(Sm90Params, group) == 456, "Sm90Params::group");
-static_assert(FC_OFFSETOF(Sm90Params, tail_start) == 460, "Sm90Params::tail_start");
-static_assert(FC_OFFSETOF(Sm90Params, n_items) == 464, "Sm90Params::n_items");
-static_assert(FC_OFFSETOF(Sm90Params, pack) == 468, "Sm90Params::pack");
-static_assert(FC_OFFSETOF(Sm90Params, by_group_tiles) == 472, "Sm90Params::by_group_tiles");
-static_assert(FC_OFFSETOF(Sm90Params, by_group) == 480, "Sm90Params::by_group");
-static_assert(FC_OFFSETOF(Sm90Params, by_heads) == 488, "Sm90Params::by_heads");
-static_assert(FC_OFFSETOF(Sm90Params, by_heads_per_kv) == 496, "Sm90Params::by_heads_per_kv");
-static_assert(FC_OFFSETOF(Sm90Params, diag) == 504, "Sm90Params::diag");
-static_assert(FC_OFFSETOF(Sm90Params, win_left) == 508, "Sm90Params::win_left");
-static_assert(FC_OFFSETOF(Sm90Params, win_right) == 512, "Sm90Params::win_right");
-static_assert(FC_OFFSETOF(Sm90Params, cap_scale) == 516, "Sm90Params::cap_scale");
-static_assert(FC_OFFSETOF(Sm90Params, cap_log2) == 520, "Sm90Params::cap_log2");
+static_assert(FC_OFFSETOF(Sm90Params, head_dim_v) == 436, "Sm90Params::head_dim_v");
+static_assert(FC_OFFSETOF(Sm90Params, scale_log2) == 440, "Sm90Params::scale_log2");
+static_assert(FC_OFFSETOF(Sm90Params, causal) == 444, "Sm90Params::causal");
+static_assert(FC_OFFSETOF(Sm90Params, heads) == 448, "Sm90Params::heads");
+static_assert(FC_OFFSETOF(Sm90Params, batch) == 452, "Sm90Params::batch");
+static_assert(FC_OFFSETOF(Sm90Params, m_blocks) == 456, "Sm90Params::m_blocks");
+static_assert(FC_OFFSETOF(Sm90Params, group) == 460, "Sm90Params::group");
+static_assert(FC_OFFSETOF(Sm90Params, tail_start) == 464, "Sm90Params::tail_start");
+static_assert(FC_OFFSETOF(Sm90Params, n_items) == 468, "Sm90Params::n_items");
+static_assert(FC_OFFSETOF(Sm90Params, pack) == 472, "Sm90Params::pack");
+static_assert(FC_OFFSETOF(Sm90Params, by_group_tiles) == 476, "Sm90Params::by_group_tiles");
+static_assert(FC_OFFSETOF(Sm90Params, by_group) == 484, "Sm90Params::by_group");
+static_assert(FC_OFFSETOF(Sm90Params, by_heads) == 492, "Sm90Params::by_heads");
+static_assert(FC_OFFSETOF(Sm90Params, by_heads_per_kv) == 500, "Sm90Params::by_heads_per_kv");
+static_assert(FC_OFFSETOF(Sm90Params, diag) == 508, "Sm90Params::diag");
+static_assert(FC_OFFSETOF(Sm90Params, win_left) == 512, "Sm90Params::win_left");
+static_assert(FC_OFFSETOF(Sm90Params, win_right) == 516, "Sm90Params::win_right");
+static_assert(FC_OFFSETOF(Sm90Params, cap_scale) == 520, "Sm90Params::cap_scale");
+static_assert(FC_OFFSETOF(Sm90Params, cap_log2) == 524, "Sm90Params::cap_log2");
 static_assert(FC_OFFSETOF(Sm90Params, alibi) == 528, "Sm90Params::alibi");
 static_assert(FC_OFFSETOF(Sm90Params, alibi_sb) == 536, "Sm90Params::alibi_sb");
 static_assert(FC_OFFSETOF(Sm90Params, alibi_sh) == 544, "Sm90Params::alibi_sh");

@@ -20,7 +20,8 @@ namespace fc {
 // runs this (PAGED_WARP), lane b looking up box b's page, and lane 0 issues the copies. A page
 // index outside the pool, and positions past the sequence, load as zeros (coordinates past the
 // map: TMA's fill).
-template <class Tile, int HEAD_DIM, int BLOCK_N, int STAGES, bool LOADS_K, bool LOADS_V, class V, class S = Dense>
+template <class Tile, int HEAD_DIM, int DV, int BLOCK_N, int STAGES, bool LOADS_K, bool LOADS_V, class V,
+          class S = Dense>
 __device__ __forceinline__ void produce(const Sm90Params& p, u32 sbase, const Barriers<STAGES>& bar) {
     const int lane = threadIdx.x % 32;
     const bool issues = !S::kPaged || lane == 0;   // paged: the warp looks up, lane 0 copies
@@ -45,7 +46,12 @@ __device__ __forceinline__ void produce(const Sm90Params& p, u32 sbase, const Ba
             }
             return -1;
         };
-        auto load_kv = [&](u32 dst, const TensorMap& map, u32 full, int j, int my_page) {
+        // (a K tile HEAD_DIM columns wide, a V tile DV: a constant `is_v` at each call)
+        auto load_box = [&](bool is_v, u32 dst, const TensorMap& map, u32 full, int row0, int batch, int at = 0) {
+            if (is_v) tma_load_tile<DV>(dst, map, full, BLOCK_N, row0, head_kv, batch, at);
+            else tma_load_tile<HEAD_DIM>(dst, map, full, BLOCK_N, row0, head_kv, batch, at);
+        };
+        auto load_kv = [&](bool is_v, u32 dst, const TensorMap& map, u32 full, int j, int my_page) {
             const int key0 = (w.first + j) * BLOCK_N;
             if constexpr (S::kPaged) {
                 const int box = min(p.page_size, BLOCK_N);   // the map's box rows (host: a multiple of 8)
@@ -53,11 +59,10 @@ __device__ __forceinline__ void produce(const Sm90Params& p, u32 sbase, const Ba
                 for (int b = 0; b * box < BLOCK_N; ++b) {
                     const int page = __shfl_sync(0xffffffffu, my_page, b);
                     if (issues)
-                        tma_load_tile<HEAD_DIM>(dst, map, full, BLOCK_N, slot, head_kv, page < 0 ? p.num_pages : page,
-                                                b * box);
+                        load_box(is_v, dst, map, full, slot, page < 0 ? p.num_pages : page, b * box);
                 }
             } else {
-                tma_load_tile<HEAD_DIM>(dst, map, full, BLOCK_N, key0, head_kv, w.batch);
+                load_box(is_v, dst, map, full, key0, w.batch);
             }
         };
         if (LOADS_K) {
@@ -79,15 +84,17 @@ __device__ __forceinline__ void produce(const Sm90Params& p, u32 sbase, const Ba
                 const Ring<STAGES> r{it + jk};
                 const int page = lookup(jk);
                 if (it + jk >= STAGES) mbar_wait(bar.k_empty(r.slot()), r.parity() ^ 1);
-                if (issues) mbar_expect_tx(bar.k_full(r.slot()), Tile::kKVBytes);
-                load_kv(sbase + Tile::kOffK + r.slot() * Tile::kKVBytes, p.k, bar.k_full(r.slot()), jk, page);
+                if (issues) mbar_expect_tx(bar.k_full(r.slot()), Tile::kKBytes);
+                load_kv(false, sbase + Tile::kOffK + r.slot() * Tile::kKBytes, p.k, bar.k_full(r.slot()),
+                        jk, page);
             }
             if (LOADS_V && jv >= 0) {
                 const Ring<STAGES> r{it + jv};
                 const int page = lookup(jv);
                 if (it + jv >= STAGES) mbar_wait(bar.v_empty(r.slot()), r.parity() ^ 1); FC_TRACE(19);
-                if (issues) mbar_expect_tx(bar.v_full(r.slot()), Tile::kKVBytes);
-                load_kv(sbase + Tile::kOffV + r.slot() * Tile::kKVBytes, p.v, bar.v_full(r.slot()), jv, page);
+                if (issues) mbar_expect_tx(bar.v_full(r.slot()), Tile::kVBytes);
+                load_kv(true, sbase + Tile::kOffV + r.slot() * Tile::kVBytes, p.v, bar.v_full(r.slot()), jv,
+                        page);
             }
         }
         it += w.n_blocks;

@@ -34,7 +34,7 @@ __device__ __forceinline__ void write_partials(const P& p, const float (&o_acc)[
             #pragma unroll
             for (int dt = 0; dt < D_TILES; ++dt) {
                 const int col = dt * 8 + 2 * (lane % 4);
-                if (col < p.head_dim)
+                if (col < p.head_dim_v)
                     *reinterpret_cast<float2*>(o + col) =
                         make_float2(o_acc[mt][dt][2 * half] * inv_l, o_acc[mt][dt][2 * half + 1] * inv_l);
             }
@@ -75,7 +75,7 @@ __device__ __forceinline__ void merge_if_last_split(const P& p, int counter, int
         const i64 o_at = batch * p.o_sb + at.head * p.o_sh + at.query * p.o_ss;
         const i64 l_at = batch * p.lse_sb + at.head * p.lse_sh + at.query * p.lse_ss;
         merge_row<f32, T, MAX_DV>(
-            p.splits, p.head_dim, [&](int i) { return __ldcg(p.lse_accum + i * p.lse_split + l_at); },
+            p.splits, p.head_dim_v, [&](int i) { return __ldcg(p.lse_accum + i * p.lse_split + l_at); },
             [&](int i) -> const void* { return p.o_accum + i * p.o_split; }, o_at, p.o, o_at,
             p.lse == nullptr ? nullptr : p.lse + lse_at(at), thread % 32);
     }

@@ -1,4 +1,5 @@
-"""One causal and one non-causal call per kernel family and Hopper tile kind, a decode step
+"""One causal and one non-causal call per kernel family and Hopper tile kind (head dims 64, 96,
+128 and 256, and V of its own 128 beside D192), a decode step
 (one query, three query heads per kv head: the Hopper kernel packs them into one tile), and
 variant calls (a window with every score option, the bias broadcast and ragged) on each
 kernel, backward calls, a merge_states, a varlen prefill and a paged decode, small enough for compute-sanitizer; exits 1 on a wrong result."""
@@ -18,14 +19,15 @@ backends = ["sm80"] + (["sm90", "auto"] if api.device_info(0).arch == configs.SM
 ok = True
 for backend in backends:
     for causal, (sq, sk) in ((False, (200, 333)), (True, (333, 200)), (True, (1, 333))):
-        for dtype, d in ((np.float16, 64), (np.float16, 128)):
-            q = cupy.asarray(rng.standard_normal((2, 3, sq, d)).astype(dtype))
-            k, v = (cupy.asarray(rng.standard_normal((2, 1, sk, d)).astype(dtype)) for _ in range(2))
+        for d, dv in ((64, 64), (128, 128), (96, 96), (256, 256), (192, 128)):
+            q = cupy.asarray(rng.standard_normal((2, 3, sq, d)).astype(np.float16))
+            k = cupy.asarray(rng.standard_normal((2, 1, sk, d)).astype(np.float16))
+            v = cupy.asarray(rng.standard_normal((2, 1, sk, dv)).astype(np.float16))
             out, lse = fc.attention(q, k, v, causal=causal, return_lse=True, backend=backend)
             cupy.cuda.get_current_stream().synchronize()
             ref = reference.attention(q, k, v, causal=causal)
             err, row = reference.rel_error(out, ref), reference.row_rel_error(out, ref)
-            print(f"{backend} causal={causal} D={d} {sq}x{sk}: rel err {err:.2e}, worst row {row:.2e}")
+            print(f"{backend} causal={causal} D={d} Dv={dv} {sq}x{sk}: rel err {err:.2e}, worst row {row:.2e}")
             ok &= workload.within_tolerance("fp16", err, row)
 # Variants, every option on: the portable kernel's, dispatch's, and on sm_90a the Hopper
 # kernel's large and split tiles through a plan with their config. A bias of even rows (a

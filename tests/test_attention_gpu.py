@@ -129,6 +129,46 @@ def test_matches_reference(rng, dtype, d, causal, layout, heads, lengths, backen
     assert cupy.array_equal(again, out)   # same inputs -> same bits
 
 
+# (D, Dv): DeepSeek's MLA pair first (the Hopper kernel's own tile), then narrower and wider V,
+# and head dims that round up to a built width on either side
+VALUE_DIMS = [(192, 128), (128, 64), (64, 128), (96, 256), (256, 128), (40, 72)]
+
+
+@pytest.mark.parametrize("backend", BACKENDS + ("auto",))
+@pytest.mark.parametrize("d, dv", VALUE_DIMS, ids=[f"d{d}-dv{dv}" for d, dv in VALUE_DIMS])
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("layout, heads, lengths", [("bhsd", (2, 4, 2), (239, 1000)), ("bshd", (1, 3, 1), (1000, 799)),
+                                                    ("bhsd", (1, 2, 2), (1, 300))])
+def test_value_head_dim_of_its_own(rng, backend, d, dv, causal, layout, heads, lengths):
+    """V of head dim Dv != D (out (..., Dv); the LSE as ever), on both kernels, against float64
+    and SDPA's error; out= poisoned, and the call twice gives the same bits."""
+    import cupy
+
+    import flashcore_cupy as fc
+
+    need_backend(backend, max(d, dv))
+    dtype = "bf16" if dv == 128 else "fp16"
+    q, k, _ = make_inputs(rng, dtype, d, layout, heads, lengths)
+    v = make_inputs(rng, dtype, dv, layout, heads, lengths)[2]
+    out_shape = q.shape[:3] + (dv,)
+    out = cupy.full(out_shape, np.nan, dtype=q.dtype)
+    got, lse = fc.attention(q, k, v, causal=causal, layout=layout, return_lse=True, out=out, backend=backend)
+    assert got is out
+    ref, ref_lse = reference.attention(q, k, v, causal=causal, layout=layout, return_lse=True)
+    assert ref.shape == out_shape
+    err = assert_close(out, ref, dtype, f"{backend} D{d} Dv{dv}:")
+    sdpa = sdpa_error(q, k, v, ref, causal, layout)
+    if sdpa is not None:
+        assert err <= max(2 * sdpa, 1e-6), f"rel err {err:.3e} > 2x SDPA's {sdpa:.3e}"
+    finite = np.isfinite(ref_lse)
+    np.testing.assert_array_equal(np.isneginf(lse.get()), np.isneginf(ref_lse))
+    np.testing.assert_allclose(lse.get()[finite], ref_lse[finite], rtol=1e-4, atol=1e-4)
+    assert cupy.array_equal(fc.attention(q, k, v, causal=causal, layout=layout, backend=backend), out)
+    if backend == "auto":   # the backward takes v of q's head dim only, and says so
+        with pytest.raises(ValueError, match="attention_backward takes v of q's head dim"):
+            fc.attention_backward(out, q, k, v, out, lse, causal=causal, layout=layout)
+
+
 @pytest.mark.parametrize("backend", BACKENDS + ("auto",))
 @pytest.mark.parametrize("d", (64, 128))
 @pytest.mark.parametrize("factor", (0.125, 2.0, 6.0, 60.0))
@@ -394,6 +434,8 @@ def test_hopper_wide_key_tiles_with_partial_last_tiles(rng, dtype, block_n):
 def test_auto_dispatch_takes_the_hopper_kernel_where_it_fills_the_gpu(rng):
     """auto picks the Hopper kernel for a grid that fills the GPU; its output and forced sm90's
     each match float64 (the two may be one tuned tile, so neither is the other's reference)."""
+    import cupy
+
     import flashcore_cupy as fc
 
     need_backend("sm90", 128)
@@ -404,8 +446,11 @@ def test_auto_dispatch_takes_the_hopper_kernel_where_it_fills_the_gpu(rng):
     ref = reference.attention(q, k, v)
     assert_close(out, ref, "bf16", "auto:")
     assert_close(fc.attention(q, k, v, backend="sm90"), ref, "bf16", "sm90:")
-    with pytest.raises(ValueError, match="backend='sm90'.*head_dim 256"):
-        fc.attention(*make_inputs(rng, "fp16", 256, "bhsd", (1, 2, 2), (64, 64)), backend="sm90")
+    # what the Hopper kernel cannot take (a K head axis of stride 0: no TMA stride) is refused by name
+    q, k, v = make_inputs(rng, "fp16", 64, "bhsd", (1, 4, 1), (64, 64))
+    k, v = (cupy.broadcast_to(t, (1, 4, 64, 64)) for t in (k, v))
+    with pytest.raises(ValueError, match="backend='sm90'.*stride"):
+        fc.attention(q, k, v, backend="sm90")
 
 
 @pytest.mark.parametrize("backend", ["sm80", "sm90"])

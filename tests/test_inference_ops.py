@@ -49,6 +49,7 @@ def test_varlen_problem_is_the_packed_arrays_with_b_sequences():
     (dict(causal="top_left"), TypeError, "causal must be a bool"),
     (dict(alibi_slopes=spec("alibi_slopes", (2, 8), F32)), ValueError, r"alibi_slopes has shape \(2, 8\)"),
     (dict(q=spec("q", (300, 8, 128), strides=(1024, 128, 2))), ValueError, "q must have a contiguous last dimension"),
+    (dict(v=spec("v", (500, 2, 64))), ValueError, "v has head_dim 64 but q has head_dim 128; attention_varlen takes"),
 ])
 def test_varlen_refuses_bad_input_naming_it(change, error, match):
     with pytest.raises(error, match=match):

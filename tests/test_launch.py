@@ -33,13 +33,14 @@ def driver(monkeypatch):
 
 # The parameter layouts as they were written by hand before params.py (the kernels'
 # static_asserts check params.py's against the C++ compiler; these against the history).
-_FWD_BY_HAND = struct.Struct("<5Q15q4ifi2i")   # since the grid's heads and the batch (after causal)
-_SM90_TAIL_BY_HAND = struct.Struct("<2Q3q3ifi7i8I8x")
+# (since the grid's heads and the batch after causal, and head_dim_v after head_dim)
+_FWD_BY_HAND = struct.Struct("<5Q15q5ifi2i")
+_SM90_TAIL_BY_HAND = struct.Struct("<2Q3q4ifi7i8I")
 
 
 # The variant fields after them (kernels/variant.cuh), by hand: diag, window sides, the softcap
 # pair, the slopes' pointer and strides, the bias's pointer and strides.
-_FWD_VARIANT_BY_HAND = struct.Struct("<3i2f4xQ2qQ3q")
+_FWD_VARIANT_BY_HAND = struct.Struct("<3i2fQ2qQ3q")   # 8-aligned after head_dim_v: no padding before the slopes
 _VARIANT_NAMES = ("diag", "win_left", "win_right", "cap_scale", "cap_log2", "alibi_sb", "alibi_sh",
                   "bias_sb", "bias_sh", "bias_ss")
 # The sequence fields after those (kernels/sequence.cuh): the offsets', cache lengths' and block
@@ -51,8 +52,8 @@ _DENSE_SEQUENCE = (0, 0, 0, 0, 0, 0, 1, 0, 1, 1, 0, 0, 0, 0, 0)
 
 def test_fwd_launch_sends_its_scalars_and_each_calls_pointers(driver):
     cfg = Sm80FwdConfig("fp16", 64, 4, 2, 64, 3)
-    names = [f.name for f in params.FWD_SM80.fields][5:5 + 23]
-    values = tuple(range(15)) + (300, 400, 64, 2, 0.18, 1, 4, 2)
+    names = [f.name for f in params.FWD_SM80.fields][5:5 + 24]
+    values = tuple(range(15)) + (300, 400, 64, 64, 2, 0.18, 1, 4, 2)
     variant = (100, -1, 0, 0.5, 2.0, 3, 4, 5, 6, 7)
     run = launch.Sm80FwdLaunch(cfg, 77, 0, (3, 4, 2), (2, 4, 300, 64), None,
                                dict(zip(names + list(_VARIANT_NAMES), values + variant), **launch.sequence_scalars()))
@@ -73,8 +74,8 @@ def test_fwd_launch_sends_its_scalars_and_each_calls_pointers(driver):
 
 def test_variant_launch_sends_the_slopes_and_bias_addresses_per_call(driver):
     cfg = Sm80FwdConfig("fp16", 64, 4, 1, 64, 3, KernelVariant(window=True, alibi=True, bias="fp32"))
-    names = [f.name for f in params.FWD_SM80.fields][5:5 + 23]
-    values = tuple(range(15)) + (300, 400, 64, 2, 0.18, 0, 4, 2)
+    names = [f.name for f in params.FWD_SM80.fields][5:5 + 24]
+    values = tuple(range(15)) + (300, 400, 64, 64, 2, 0.18, 0, 4, 2)
     variant = (100, 8, 0, 0.0, 0.0, 0, 1, 0, 500, 400)
     run = launch.Sm80VariantLaunch(cfg, 77, 0, (5, 4, 2), (2, 4, 300, 64), None,
                                    dict(zip(names + list(_VARIANT_NAMES), values + variant), **launch.sequence_scalars()))
@@ -98,9 +99,9 @@ def test_sm90_launch_encodes_maps_once_per_address_set(driver, monkeypatch):
 
     monkeypatch.setattr(tma, "encode_maps", fake_encode)
     cfg = Sm90FwdConfig("bf16", 128, 128, 2, 2, True)
-    values = (1, 2, 3, 300, 400, 128, 0.09, 0, 16, 2, 3, 1, 6, 6, 1)
+    values = (1, 2, 3, 300, 400, 128, 128, 0.09, 0, 16, 2, 3, 1, 6, 6, 1)
     divisors = (launch.fast_divisor(3), launch.fast_divisor(1), launch.fast_divisor(16), launch.fast_divisor(1))
-    names = [f.name for f in params.FWD_SM90.fields][5:5 + 19]
+    names = [f.name for f in params.FWD_SM90.fields][5:5 + 20]
     variant = (0, -1, -1, 0.0, 0.0, 0, 0, 0, 0, 0)   # a plain launch's (read by no plain kernel)
     run = launch.Sm90FwdLaunch(cfg, 88, 0, (6, 1, 1), (2, 16, 300, 128), (2, 16, 300),
                                dict(zip(names + list(_VARIANT_NAMES), values + divisors + variant),
@@ -113,7 +114,7 @@ def test_sm90_launch_encodes_maps_once_per_address_set(driver, monkeypatch):
     assert encoded == [(0x10, 0x20, 0x30), (0x11, 0x20, 0x30)]
     tails = [c["params"][3 * tma.MAP_BYTES:] for c in driver.calls]
     flat = [x for d in divisors for x in d]
-    plain = _SM90_TAIL_BY_HAND.size - 8   # its last 8 bytes were padding: now the variant fields
+    plain = _SM90_TAIL_BY_HAND.size   # the variant fields follow
     assert [t[:plain] for t in tails] == [_SM90_TAIL_BY_HAND.pack(o, lse, *values, *flat)[:plain]
                                           for o, lse in ((0x40, 0x50), (0x41, 0), (0x42, 0))]
     variant_tail = _FWD_VARIANT_BY_HAND.pack(*variant[:5], 0, 0, 0, 0, 0, 0, 0)

@@ -24,7 +24,7 @@ def problem(q_shape, kv_shape, layout="bhsd", strides=None, causal=False):
 
 def test_geometry_and_name():
     cfg = configs.Sm90FwdConfig("bf16", 128, 128, 2, 2, True)
-    assert cfg.name_expression == "fc::flash_fwd_sm90<fc::bf16, 128, 128, 2, 2, true, false, 1, 16>"
+    assert cfg.name_expression == "fc::flash_fwd_sm90<fc::bf16, 128, 128, 128, 2, 2, true, false, 1, 16>"
     assert (cfg.threads, cfg.block_m) == (384, 128)
     assert cfg.smem_bytes == 1024 + 2 * 128 * (128 + 2 * 2 * 128) + 8 * 10
     assert cfg.smem_bytes <= configs.SMEM_LIMIT["sm_90a"]
@@ -53,7 +53,7 @@ def test_bias_variants_stage_their_tiles_beside_the_ring():
 
 def test_split_keys_config():
     cfg = configs.Sm90FwdConfig("fp16", 64, 128, 4, 2, False, True)
-    assert cfg.name_expression == "fc::flash_fwd_sm90<fc::fp16, 64, 128, 4, 2, false, true, 1, 16>"
+    assert cfg.name_expression == "fc::flash_fwd_sm90<fc::fp16, 64, 64, 128, 4, 2, false, true, 1, 16>"
     assert (cfg.threads, cfg.block_m) == (384, 64)
     assert cfg.smem_bytes == 1024 + 2 * 64 * (64 + 2 * 4 * 128) + 8 * 18
     # its combine reuses the K/V ring, so every work tile is its own CTA, never split further
@@ -102,6 +102,8 @@ def test_dispatch_table():
     assert isinstance(configs.choose_kernel("sm_80", "fp16", 128, 32, 4096, 108), configs.Sm80FwdConfig)
     assert {c for c in configs.all_configs("sm_90a") if isinstance(c, configs.Sm90FwdConfig)} == \
         {configs.sm90_config(dt, hd, g) for dt in configs.DTYPES for hd in configs.SM90_HEAD_DIMS
+         for g in configs.SM90_GRIDS} | \
+        {configs.with_value_dim(configs.sm90_config(dt, 192, g), 192, 128) for dt in configs.DTYPES
          for g in configs.SM90_GRIDS}
     assert not any(isinstance(c, configs.Sm90FwdConfig) for c in configs.all_configs("sm_80"))
 
@@ -160,6 +162,27 @@ def test_eight_row_warps_load_q_per_warp_slice():
 def test_size_one_dims_get_a_legal_stride():
     spec = tma.map_spec((1, 1, 50, 64), (0, 0, 64), 2, 128)
     assert spec.strides == (128, 128 * 50, 128 * 50) and tma.unsupported_reason(spec) is None
+
+
+def test_a_value_head_dim_of_its_own_takes_both_widths():
+    """D != Dv: the Hopper config holds Q/K's and V's built widths (the MLA pair on its own tile,
+    128 keys), the portable one spans both (unchanged); V's map and the shared memory follow Dv."""
+    wide = configs.sm90_config("bf16", 192)
+    mla = configs.with_value_dim(wide, 192, 128)
+    assert (mla.head_dim, mla.dv, mla.block_n) == (192, 128, 128) and mla.smem_bytes <= configs.SMEM_LIMIT["sm_90a"]
+    assert "fc::bf16, 192, 128, 128," in mla.name_expression and str(mla).startswith("sm90 bf16 D192/128 ")
+    assert configs.with_value_dim(wide, 192, 192) == wide
+    narrow_q = configs.with_value_dim(configs.sm90_config("fp16", 128), 40, 72)
+    assert (narrow_q.head_dim, narrow_q.dv) == (64, 96)
+    portable = configs.choose_sm80_config("sm_80", "fp16", 192)
+    assert configs.with_value_dim(portable, 192, 128) == portable
+    with pytest.raises(ValueError, match="head_dim_v"):
+        dataclasses.replace(wide, head_dim_v=192)
+    p = problem((2, 8, 100, 192), (2, 2, 80, 192))
+    p = dataclasses.replace(p, head_dim_v=128)
+    assert p.out_shape == (2, 8, 100, 128)
+    q_spec, k_spec, v_spec = launch.sm90_map_specs(p, mla)
+    assert k_spec.dims[0] == 192 and v_spec.dims[0] == 128 and q_spec.dims[0] == 192
 
 
 def test_blockers_name_the_reason():

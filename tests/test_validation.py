@@ -38,6 +38,22 @@ def test_valid_gqa_problem_is_described():
     assert p.q_strides == (8 * 100 * 64, 100 * 64, 64)
 
 
+def test_v_may_have_a_head_dim_of_its_own():
+    """Dv != D (MLA's 192 / 128): the output takes Dv; k and v agree on everything else."""
+    q, k, _ = qkv((2, 8, 100, 192), (2, 2, 80, 192))
+    p = plan(q, k, spec("v", (2, 2, 80, 128)))
+    assert (p.head_dim, p.head_dim_v, p.dv, p.out_shape) == (192, 128, 128, (2, 8, 100, 128))
+    assert plan(*qkv()).head_dim_v is None and plan(*qkv()).dv == 64
+    p = plan(spec("q", (2, 100, 8, 64)), spec("k", (2, 80, 2, 64)), spec("v", (2, 80, 2, 256)), layout="bshd")
+    assert p.out_shape == (2, 100, 8, 256)
+    with pytest.raises(ValueError, match="k and v must have the same shape but for v's head_dim"):
+        plan(q, k, spec("v", (2, 2, 81, 128)))
+    with pytest.raises(ValueError, match="v has head_dim 100; expected a multiple of 8"):
+        plan(q, k, spec("v", (2, 2, 80, 100)))
+    with pytest.raises(ValueError, match="v has head_dim 264; expected a multiple of 8 between 8 and 256"):
+        plan(q, k, spec("v", (2, 2, 80, 264)))
+
+
 def test_bshd_layout_reads_seq_and_heads_swapped():
     q, k, v = qkv((2, 100, 8, 64), (2, 80, 2, 64))
     p = plan(q, k, v, layout="bshd")
