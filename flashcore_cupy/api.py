@@ -148,6 +148,7 @@ def _prepare(q, k, v, out, causal, scale, layout, return_lse, backend, config=No
                        q.dtype, problem.device, 0), layout)
     chosen, dev = choose(problem, problem.device, backend)
     if config is not None:
+        _check_config_widths(config, problem)
         config = variant_config(config, problem.kernel_variant)
     launch = build_launch(problem, config or chosen, dev.arch, dev.num_sms, o_strides, return_lse, defines)
     options = dict(causal=causal, scale=scale, layout=layout, return_lse=return_lse, backend=backend,
@@ -157,6 +158,16 @@ def _prepare(q, k, v, out, causal, scale, layout, return_lse, backend, config=No
     p = Plan(problem, launch, options, None if sig is None else sig[0], alibi_slopes is not None, bias is not None,
              spans)
     return q, k, v, out, p, _pointers(launch, q, k, v, alibi_slopes, bias)
+
+
+def _check_config_widths(config: Sm80FwdConfig | Sm90FwdConfig, problem: Problem) -> None:
+    """A given config must span the call's head dims: q's and k's, and v's (the portable kernel's
+    one width covers both; the Hopper kernel's head_dim and dv each theirs). Columns past them
+    load as zeros; columns short of them would go uncomputed."""
+    d, dv = (config.head_dim, config.dv) if isinstance(config, Sm90FwdConfig) else (config.head_dim,) * 2
+    if d < problem.head_dim or dv < problem.dv:
+        raise ValueError(f"config {config} computes head dims up to D {d} and Dv {dv}; this call has D "
+                         f"{problem.head_dim} and Dv {problem.dv}")
 
 
 def _relative_spans(*arrays) -> tuple:

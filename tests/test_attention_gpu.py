@@ -369,14 +369,19 @@ def test_every_dispatchable_config(rng, config, causal):
     import cupy
 
 
-    dtype = config.dtype
-    for lengths, d in (((1, 1), config.head_dim), ((65, 63), config.head_dim - 8),
-                       ((239, 1000), config.head_dim), ((1000, 239), config.head_dim),
-                       ((799, 1500), config.head_dim)):
-        q, k, v = make_inputs(rng, dtype, d, "bhsd", (2, 3, 1), lengths)
-        out = cupy.full(q.shape, np.nan, dtype=q.dtype)
+    dtype, dv_full = config.dtype, getattr(config, "dv", config.head_dim)
+    for lengths, d, dv in (((1, 1), config.head_dim, dv_full), ((65, 63), config.head_dim - 8, dv_full - 8),
+                           ((239, 1000), config.head_dim, dv_full), ((1000, 239), config.head_dim, dv_full),
+                           ((799, 1500), config.head_dim, dv_full)):
+        q, k, _ = make_inputs(rng, dtype, d, "bhsd", (2, 3, 1), lengths)
+        v = make_inputs(rng, dtype, dv, "bhsd", (2, 3, 1), lengths)[2]
+        out = cupy.full(q.shape[:3] + (dv,), np.nan, dtype=q.dtype)
         fc.plan(q, k, v, config=config, causal=causal, out=out).run(q, k, v, out=out)
-        assert_close(out, reference.attention(q, k, v, causal=causal), dtype, f"{config} {lengths} D{d}:")
+        assert_close(out, reference.attention(q, k, v, causal=causal), dtype, f"{config} {lengths} D{d} Dv{dv}:")
+    if dv_full != config.head_dim:   # a config short of the call's Dv is refused, not run on part of it
+        q, k, _ = make_inputs(rng, dtype, config.head_dim, "bhsd", (1, 1, 1), (64, 64))
+        with pytest.raises(ValueError, match="computes head dims up to"):
+            fc.plan(q, k, k, config=config)
 
 
 def _multi_consumer_hopper_configs():
