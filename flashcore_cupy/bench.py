@@ -1,8 +1,8 @@
 """Benchmark: the shape list, side by side with the peers, in one process.
 
 The list is bench_shapes.json (version 2): dense and decode rows, plain and with variants
-(window, top-left causal, softcap, ALiBi, bias), paged and varlen rows; V head dims other than
-q's are skipped with their reason (shapes.Shape.unsupported). Varlen rows time
+(window, top-left causal, softcap, ALiBi, bias), paged and varlen rows; the backward directions
+skip V head dims other than q's with their reason (shapes.Shape.unsupported). Varlen rows time
 attention_varlen (flashcore_varlen) against SDPA on jagged nested tensors (torch_nested, K and V
 expanded to Hq heads outside the timed calls), checked on sampled packed rows. Decode and paged rows
 also time attention_kvcache (flashcore_kvcache on the contiguous cache; on paged rows
@@ -22,6 +22,11 @@ For each shape and dtype:
   2. the implementations are timed side by side (timing.time_side_by_side) in two modes:
        latency     CUDA events around one call after the GPU is idle (host cost included)
        throughput  CUDA events around back-to-back calls, per call
+     and on the graph rows (graph_row: the dense plain rows of Sq and Sk <= 1024, the mission
+     shape's kind, where the host's cost per call is the kernel's order) in a third:
+       graph       each input set's call captured once in a CUDA graph (ours into an out=
+                   buffer; SDPA through torch.cuda.graph) and replayed back to back, per
+                   call; every set's replayed output is checked as the call's was
      in the balanced order of timing.balanced_orders (every implementation follows every
      other equally often; the order is in the JSON), with the sample counts of sample_plan.
 Inputs rotate over input sets that hold at least workload.ROTATE_BYTES together, one set
@@ -189,8 +194,9 @@ def _impls(shape: Shape, torch, arrays: dict | None = None, dtype: str = "fp16")
     none = contextlib.nullcontext
     opts = attention_options(shape, arrays or {})
     fns: dict[str, Impl] = {
-        "flashcore": Impl(lambda q, k, v: api.attention(q, k, v, **opts), _identity, none),
-        "flashcore_sm80": Impl(lambda q, k, v: api.attention(q, k, v, backend="sm80", **opts), _identity, none),
+        "flashcore": Impl(lambda q, k, v, out=None: api.attention(q, k, v, out=out, **opts), _identity, none),
+        "flashcore_sm80": Impl(lambda q, k, v, out=None: api.attention(q, k, v, backend="sm80", out=out, **opts),
+                               _identity, none),
     }
     if shape.kind in ("decode", "paged"):
         fns.update(kvcache_impls(shape, opts))
@@ -452,7 +458,7 @@ def run_case(shape: Shape, dtype: str, impls: dict[str, Impl], sets: list[tuple]
     plain_references: the same of shape.plain(), for the implementations that compute it
     (flashcore_plain)."""
     case = Case()
-    errors, timed, quick = {}, {}, {}
+    errors, timed, quick, prepared = {}, {}, {}, {}
     for name, impl in impls.items():
         ours = name in OURS
         try:
@@ -478,14 +484,18 @@ def run_case(shape: Shape, dtype: str, impls: dict[str, Impl], sets: list[tuple]
             continue
         errors[name] = (err, row_err)
         timed[name] = (call, impl.context)
+        prepared[name] = inputs
     if not timed:   # every implementation asked for failed or was unavailable here
         return case
-    for mode in ("latency", "throughput"):
+    modes = {"latency": timed, "throughput": timed}
+    if checker is FORWARD and graph_row(shape):
+        modes["graph"] = _graphed_calls(shape, dtype, impls, prepared, references, case, {n: quick[n] for n in timed})
+    for mode, calls in modes.items():
         case.plan[mode] = []
-        for group in speed_groups(quick):
-            plan = sample_plan(group, quick, mode, iters)
+        for group in speed_groups({n: quick[n] for n in calls}):
+            plan = sample_plan(group, quick, "latency" if mode == "latency" else "throughput", iters)
             try:
-                timings = time_side_by_side({n: timed[n] for n in group}, plan.samples, plan.calls,
+                timings = time_side_by_side({n: calls[n] for n in group}, plan.samples, plan.calls,
                                             plan.warmup_s, plan.rounds)
             except Exception as e:   # nothing was recorded for this group: the run fails
                 case.failures.append(dict(shape=shape.name, dtype=dtype, impl="timing",
@@ -506,6 +516,86 @@ def run_case(shape: Shape, dtype: str, impls: dict[str, Impl], sets: list[tuple]
     case.plan["sets"] = len(sets)
     case.plan["check_rows"] = int(len(references[0][0])) if references else 0
     return case
+
+
+def graph_row(shape: Shape) -> bool:
+    """The rows timed in graph mode too: dense, no variant, Sq and Sk at most 1024 (the mission
+    shape and the S1k rows)."""
+    return shape.kind == "dense" and not shape.is_variant and max(shape.seqlen_q, shape.seqlen_k) <= 1024
+
+
+def _graphed_calls(shape: Shape, dtype: str, impls: dict[str, Impl], prepared: dict[str, list],
+                   references: list[tuple], case: Case, quick: dict[str, float]) -> dict:
+    """name -> (fn(i), context) replaying input set i's call captured in a CUDA graph, for the
+    implementations that capture (ours with an out= buffer, the SDPA ones; others are left out),
+    each set's replayed output checked; a failure to capture or check is ours' failure, a peer's
+    unavailability (in graph mode)."""
+    graphed = {}
+    for name in quick:
+        impl, ours = impls[name], name in OURS
+        if not (name.startswith("sdpa") or name in ("flashcore", "flashcore_sm80")):
+            continue
+        try:
+            with impl.context():
+                replay, outs = (_capture_torch if name.startswith("sdpa") else _capture_cupy)(impl.fn, prepared[name])
+                for i, (out, ref) in enumerate(zip(outs, references)):
+                    _poison(out)   # the replay must write every element
+                    replay(i)
+                    err, row_err = FORWARD.errors(out, ref)
+                    if not FORWARD.ok(dtype, err, row_err):
+                        raise ValueError(f"graph replay of set {i}: rel err {err:.2e}, worst row {row_err:.2e}")
+        except Exception as e:
+            (case.failures if ours else case.unavailable).append(
+                dict(shape=shape.name, dtype=dtype, impl=name, reason=f"graph mode: {_reason(e)}"))
+            continue
+        graphed[name] = (replay, impl.context)
+    return graphed
+
+
+def _poison(out) -> None:
+    """NaN over an output (a CuPy array or a torch tensor)."""
+    if hasattr(out, "fill_"):
+        out.fill_(float("nan"))
+    else:
+        out.fill(np.nan)
+
+
+def _capture_cupy(fn: Callable, inputs: list) -> tuple[Callable, list]:
+    """fn(*x, out=buffer) captured once per input set on a side stream (after a call that
+    compiles and plans); replay(i) launches set i's graph on the current stream."""
+    import cupy
+
+    side, graphs, outs = cupy.cuda.Stream(non_blocking=True), [], []
+    with side:
+        for x in inputs:
+            out = fn(*x)
+            fn(*x, out=out)
+            side.begin_capture()
+            fn(*x, out=out)
+            graphs.append(side.end_capture())
+            outs.append(out)
+    side.synchronize()
+    return (lambda i: graphs[i % len(graphs)].launch(cupy.cuda.get_current_stream())), outs
+
+
+def _capture_torch(fn: Callable, inputs: list) -> tuple[Callable, list]:
+    """fn(*x) captured by torch.cuda.graph once per input set (after warm-up calls on a side
+    stream, as torch asks); replay(i) replays set i's graph on torch's current stream."""
+    import torch
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for x in inputs:
+            fn(*x)
+    torch.cuda.current_stream().wait_stream(side)
+    graphs, outs = [], []
+    for x in inputs:
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            outs.append(fn(*x))
+        graphs.append(g)
+    return (lambda i: graphs[i % len(graphs)].replay()), outs
 
 
 def _peak_bytes(name: str, fn: Callable, inputs: tuple) -> int | None:

@@ -276,9 +276,14 @@ def main(paths: list[str]) -> None:
         for title, group in (("the list", listed), ("held-out shapes (never tuned on)", held)):
             if not group:
                 continue
-            for mode in ("throughput", "latency"):
-                print(f"### {mode}, {title}: p50 µs (TFLOP/s); vs X = X's time / flashcore's\n")
-                print("\n".join(table(data, mode, group)))
+            graphed = {r["shape"] for r in data["rows"] if r["mode"] == "graph"}
+            for mode in ("throughput", "latency") + (("graph",) if graphed else ()):
+                rows = group if mode != "graph" else [s for s in group if s.name in graphed]
+                if not rows:
+                    continue
+                what = " (each call captured in a CUDA graph and replayed)" if mode == "graph" else ""
+                print(f"### {mode}, {title}{what}: p50 µs (TFLOP/s); vs X = X's time / flashcore's\n")
+                print("\n".join(table(data, mode, rows)))
         for mode in ("throughput", "latency") if variants else ():
             print(f"### {mode}, variant rows: flashcore against flashcore_plain and SDPA through a mask\n")
             print("\n".join(variant_table(data, mode, variants)))

@@ -45,7 +45,18 @@ def fake_clock(monkeypatch):
 
     monkeypatch.setattr(bench, "time_side_by_side", side_by_side)
     monkeypatch.setattr(bench, "time_latency", lambda fn, iters, warmup=0: timing.Timing(np.full(iters, 10.0)))
+    monkeypatch.setattr(bench, "_capture_cupy", _fake_capture)
+    monkeypatch.setattr(bench, "_capture_torch", _fake_capture)
     return calls
+
+
+def _fake_capture(fn, inputs):
+    """A CUDA graph's stand-in: each set's output array, rewritten in place by a replay."""
+    outs = [np.array(fn(*x)) for x in inputs]
+
+    def replay(i):
+        outs[i % len(outs)][...] = fn(*inputs[i % len(inputs)])
+    return replay, outs
 
 
 def _case(rng, impls, n_sets=3, iters=50):
@@ -73,6 +84,43 @@ def test_every_set_is_checked_and_each_impl_gets_its_samples(fake_clock):
     assert group["predecessors"] == {"flashcore>sdpa_cudnn": 1, "load>flashcore": 1, "load>sdpa_cudnn": 1,
                                      "sdpa_cudnn>flashcore": 1}   # 10 us calls: one cycle of blocks
     assert case.plan["sets"] == 3
+
+
+def test_short_dense_rows_are_also_timed_replayed_from_cuda_graphs(fake_clock, monkeypatch):
+    """graph mode on the mission-like rows only, for ours (with out=) and the SDPA peers; each
+    set's replayed output is poisoned, then checked: a replay that leaves a row unwritten is a
+    failure of ours (a peer's: unavailable in graph mode)."""
+    rng = np.random.default_rng(4)
+    assert bench.graph_row(SHAPE) and not bench.graph_row(Shape("long", 1, 2, 1, 2048, 2048, 16, True))
+    replays = []
+
+    def exact(q, k, v, out=None):
+        replays.append(out)
+        return _exact(q, k, v)
+
+    case = _case(rng, {"flashcore": _impl(exact), "sdpa_cudnn": _impl(_exact), "naive_cupy": _impl(_exact)})
+    assert not case.failures and not case.unavailable
+    graph = {r.impl for r in case.rows if r.mode == "graph"}
+    assert graph == {"flashcore", "sdpa_cudnn"} and len(case.plan["graph"]) == 1
+
+    state = {"captured": False}
+
+    def stale_row(q, k, v, out=None):   # right when checked and captured, one row stale on replay
+        got = _exact(q, k, v)
+        if state["captured"]:
+            got[0, 1, 3] = np.nan
+        return got
+
+    def capture(fn, inputs):
+        replay, outs = _fake_capture(fn, inputs)
+        state["captured"] = True
+        return replay, outs
+
+    monkeypatch.setattr(bench, "_capture_cupy", capture)
+    case = _case(rng, {"flashcore": _impl(stale_row), "sdpa_cudnn": _impl(_exact)})
+    assert [f["impl"] for f in case.failures] == ["flashcore"] and "graph mode" in case.failures[0]["reason"]
+    assert {r.impl for r in case.rows if r.mode == "graph"} == {"sdpa_cudnn"}
+    assert {r.impl for r in case.rows if r.mode == "throughput"} == {"flashcore", "sdpa_cudnn"}
 
 
 def test_a_wrong_result_on_any_set_is_a_failure_not_a_row(fake_clock):
