@@ -169,6 +169,31 @@ def test_value_head_dim_of_its_own(rng, backend, d, dv, causal, layout, heads, l
             fc.attention_backward(out, q, k, v, out, lse, causal=causal, layout=layout)
 
 
+@pytest.mark.parametrize("backend", ("sm80", "auto"))
+@pytest.mark.parametrize("d, dv", [(256, 256), (192, 128), (96, 96)], ids=["d256", "d192-dv128", "d96"])
+def test_split_kv_at_wide_heads(rng, monkeypatch, backend, d, dv):
+    """Long rows split the keys at every head dim and with Dv != D (the bound lowered to 256 keys
+    so that these lengths split): poisoned out= and LSE against float64."""
+    import cupy
+
+    import flashcore_cupy as fc
+    from flashcore_cupy import api, launch, split
+
+    monkeypatch.setattr(split, "MAX_CHAIN_KEYS", 256)
+    monkeypatch.setattr(api, "_launches", {})
+    monkeypatch.setattr(api, "_plans", {})
+    for causal, lengths in ((False, (77, 1000)), (True, (300, 3000)), (False, (8, 3000))):
+        q, k, _ = make_inputs(rng, "bf16", d, "bhsd", (1, 4, 2), lengths)
+        v = make_inputs(rng, "bf16", dv, "bhsd", (1, 4, 2), lengths)[2]
+        out = cupy.full(q.shape[:3] + (dv,), np.nan, dtype=q.dtype)
+        plan = fc.plan(q, k, v, causal=causal, return_lse=True, backend=backend, out=out)
+        assert isinstance(plan.launch, launch.SplitFwdLaunch), (backend, d, lengths)
+        got, lse = plan.run(q, k, v, out=out)
+        ref, ref_lse = reference.attention(q, k, v, causal=causal, return_lse=True)
+        assert_close(out, ref, "bf16", f"{backend} D{d}/{dv} {lengths} causal {causal}:")
+        np.testing.assert_allclose(lse.get(), ref_lse, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("backend", BACKENDS + ("auto",))
 @pytest.mark.parametrize("d", (64, 128))
 @pytest.mark.parametrize("factor", (0.125, 2.0, 6.0, 60.0))

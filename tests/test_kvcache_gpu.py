@@ -167,6 +167,30 @@ def test_decode_runs_on_the_hopper_kernel_on_sm90():
         assert (kvcache.sm90_cache_plan(p, layout, "sm_90a") is not None) == hopper, page_size
 
 
+@pytest.mark.parametrize("d", [96, 192, 256])
+@pytest.mark.parametrize("page_size", [None, 16, 64])
+def test_wide_heads_decode_on_the_hopper_kernel(rng, d, page_size):
+    """Head dims over 128 (and D96) decode on the Hopper kernel too (its 64-key split tiles):
+    GQA-packed, appending, unsplit, forced and automatic splits, against the reference."""
+    import cupy
+
+    from flashcore_cupy import api, kvcache
+    from flashcore_cupy.validation import check_kvcache
+
+    case = Case(rng, "bf16", hq=8, hkv=2, d=d, page_size=page_size, n_new=1, seqlens=(700, 0, 1500), room=1600)
+    if api.device_info(cupy.cuda.Device().id).arch == "sm_90a":
+        specs = {n: None if a is None else api._spec(a, n) for n, a in case.dev.items()}
+        p, layout, _ = check_kvcache(specs["q"], specs["k_cache"], specs["v_cache"], specs["cache_seqlens"],
+                                     specs["block_table"], None, None, causal=True, scale=None, window=None,
+                                     softcap=0.0, alibi_slopes=None)
+        assert kvcache.sm90_cache_plan(p, layout, "sm_90a") is not None
+    want, want_lse, _, _ = case.reference(causal=True)
+    for splits in (1, 3, 0):
+        got, lse = case.run(causal=True, return_lse=True, num_splits=splits)
+        _check(got, want, "bf16", f"D{d} page {page_size} splits {splits}")
+        _check_lse(lse, want_lse, f"D{d} page {page_size} splits {splits}")
+
+
 def test_a_block_table_view_is_read_at_its_row_stride(rng):
     """block_table as columns of a wider table (its rows further apart than its width)."""
     import cupy

@@ -90,20 +90,27 @@ def _check_call(q, k, v, options: dict, dtype: str, what: str) -> None:
     assert cupy.array_equal(again, out), what   # same inputs -> same bits (a split's merge in a fixed order)
 
 
-@pytest.mark.parametrize("d", (32, 96, 160, 256))
-def test_variants_at_every_head_dim(rng, d):
-    """The variant tiles of the other head-dim buckets (one case each, all options on)."""
+WIDE = [(32, 32), (96, 96), (160, 160), (192, 192), (256, 256), (192, 128)]
+
+
+@pytest.mark.parametrize("backend", ("sm80", "auto"))   # auto: the Hopper kernel's on sm_90a
+@pytest.mark.parametrize("d, dv", WIDE, ids=[f"d{d}-dv{dv}" for d, dv in WIDE])
+def test_variants_at_every_head_dim(rng, d, dv, backend):
+    """The variant tiles of the other head-dim buckets, and V of its own head dim (one case
+    each, all options on)."""
     import cupy
 
     import flashcore_cupy as fc
 
     for dtype in ("fp16", "bf16"):
         heads, lengths = (2, 4, 2), (239, 300)
-        q, k, v = make_inputs(rng, dtype, d, "bhsd", heads, lengths)
+        q, k, _ = make_inputs(rng, dtype, d, "bhsd", heads, lengths)
+        v = make_inputs(rng, dtype, dv, "bhsd", heads, lengths)[2]
         opts = _options(rng, "all", dtype, heads, lengths, per_batch=True)
-        out = cupy.full(q.shape, np.nan, dtype=q.dtype)
-        fc.attention(q, k, v, causal="top_left", window=(50, 7), out=out, **opts)
-        assert_close(out, reference.attention(q, k, v, causal="top_left", window=(50, 7), **opts), dtype, f"D{d}")
+        out = cupy.full(q.shape[:3] + (dv,), np.nan, dtype=q.dtype)
+        fc.attention(q, k, v, causal="top_left", window=(50, 7), out=out, backend=backend, **opts)
+        assert_close(out, reference.attention(q, k, v, causal="top_left", window=(50, 7), **opts), dtype,
+                     f"{backend} D{d} Dv{dv}")
 
 
 def test_variant_against_sdpa_error(rng):
