@@ -10,14 +10,16 @@
   partials merged by `reference.merge_states`: the CPU tests hold it to the reference on the
   whole sequence.
 
+- `ring`: `ring_attention` / `ring_attention_backward` on the GPUs of a cupyx.distributed NCCL
+  group: the schedule's blocks on the kernels (`attention`, `attention_backward`), partials
+  merged by `merge_states`, the next shard's transfer on a stream of its own.
 - `launch`: `python -m flashcore_cupy.distributed.launch --nproc N script.py`, a process per
   GPU with the rank, world size and cupyx.distributed's rendezvous address in its environment.
-
-The GPU ring (NCCL through cupyx.distributed, the blocks on the kernels, the next shard's
-transfer on its own stream) is not built yet.
 """
 
+from .ring import ring_attention, ring_attention_backward
 from .schedule import Block, block_kind, ring_source, rank_blocks
 from .sharding import chunk_spans, shard, unshard
 
-__all__ = ["Block", "block_kind", "ring_source", "rank_blocks", "chunk_spans", "shard", "unshard"]
+__all__ = ["Block", "block_kind", "ring_source", "rank_blocks", "chunk_spans", "shard", "unshard",
+           "ring_attention", "ring_attention_backward"]

@@ -1,0 +1,185 @@
+"""Ring attention on the GPUs of an NCCL group (cupyx.distributed): each rank holds a shard of
+the sequence, the K/V shards travel around the ring, and each rank attends its own queries to
+the shard it holds, the blocks of schedule.rank_blocks on the library's kernels.
+
+Forward: a block is `attention` on one query chunk against one key chunk (a causal diagonal
+block with causal=True, a window's edge block with a 0 / -inf float32 bias in global
+positions, a full block unmasked); each query chunk's partials are merged by their LSE
+(`merge_states`, float32 arithmetic). The next shard's send / receive runs on a stream of its
+own, ordered against the blocks by events, so it overlaps them.
+
+Backward: `attention_backward` per block with the forward's merged out and LSE; dQ stays local
+(a float32 accumulator), the held shard's dK/dV accumulate in float32 and travel with it, one
+last pass bringing them home.
+
+Partials are each block's output in q's dtype (the kernels write that), merged in float32;
+the LSE, the merge and the travelling gradients are float32.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .. import api, backward
+from ..merge import merge_states
+from ..validation import check_window
+from .schedule import Block, rank_blocks
+from .simulate import visible
+from .sharding import chunk_spans
+
+LAYOUTS = ("bshd", "bhsd")
+
+
+def group_rank_world(group: Any) -> tuple[int, int]:
+    """(rank, world size) of cupyx.distributed's communicator (init_process_group's)."""
+    rank, world = getattr(group, "rank", None), getattr(group, "_n_devices", None)
+    if not (isinstance(rank, int) and isinstance(world, int) and 0 <= rank < world):
+        raise TypeError(f"group must be cupyx.distributed's communicator (init_process_group(n, rank)), "
+                        f"got {type(group).__name__}")
+    return rank, world
+
+
+def _prepare(q, k, v, group, causal, layout, window):
+    """The shards as CuPy arrays, (rank, world), the sequence axis, the whole length, zigzag,
+    this rank's chunks and blocks; errors name the argument."""
+    rank, world = group_rank_world(group)
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    if not isinstance(causal, (bool, np.bool_)):
+        raise TypeError(f"causal must be a bool (the whole sequence's, top-left = bottom-right), got {causal!r}")
+    window = None if window is None or tuple(window) == (-1, -1) else tuple(check_window(window))
+    q, k, v = (api._as_device_array(x, n) for x, n in ((q, "q"), (k, "k"), (v, "v")))
+    axis = 1 if layout == "bshd" else 2
+    if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
+        raise ValueError(f"q, k and v must be 4-D shards ({layout}), got {q.shape}, {k.shape}, {v.shape}")
+    if not q.shape[axis] == k.shape[axis] == v.shape[axis]:
+        raise ValueError(f"q, k and v must be shards of one sequence (the same length on axis {axis}), got "
+                         f"{q.shape}, {k.shape}, {v.shape}")
+    seqlen, zigzag = q.shape[axis] * world, bool(causal)
+    mine = chunk_spans(rank, world, seqlen, zigzag)   # ValueError when the shard does not split in chunks
+    blocks = rank_blocks(rank, world, seqlen, causal=bool(causal), window=window, zigzag=zigzag)
+    return q, k, v, rank, world, axis, seqlen, zigzag, mine, blocks, window
+
+
+def _chunk(x, index: int, spans, axis: int):
+    """Chunk `index` of a shard (a view) whose chunks have lengths spans[*][1]."""
+    at = sum(n for _, n in spans[:index])
+    cut = slice(at, at + spans[index][1])
+    return x[:, cut] if axis == 1 else x[:, :, cut]
+
+
+def _mask(blk: Block, causal: bool, window) -> dict:
+    """The block's mask as attention options: none (full), causal=True (a causal diagonal: the
+    chunks start together), or a float32 bias of 0 / -inf in global positions (a window's edge)."""
+    import cupy
+
+    if blk.kind == "full":
+        return {}
+    if window is None:
+        assert blk.q_span == blk.k_span, blk   # under a causal mask alone only the diagonal is masked
+        return dict(causal=True)
+    keep = visible(blk.q_span, blk.k_span, causal, window)
+    return dict(bias=cupy.asarray(np.where(keep, 0.0, -np.inf).astype(np.float32))[None, None])
+
+
+def _pass_on(group, sends, recvs, rank: int, world: int, comm, compute) -> None:
+    """sends to rank + 1 and recvs from rank - 1 on stream `comm`, once `compute` has done what
+    it has queued (the sent arrays are ready and the received ones free); as bytes (NCCL has
+    no bfloat16 of CuPy's)."""
+    from cupy.cuda import nccl
+
+    comm.wait_event(compute.record())
+    nccl.groupStart()
+    for a in sends:
+        group.send(a.reshape(-1).view(np.uint8), (rank + 1) % world, comm)
+    for a in recvs:
+        group.recv(a.reshape(-1).view(np.uint8), (rank - 1) % world, comm)
+    nccl.groupEnd()
+
+
+def ring_attention(q, k, v, *, group, causal: bool = False, scale: float | None = None, layout: str = "bshd",
+                   window: tuple[int, int] | None = None, return_lse: bool = False):
+    """Attention over the whole sequence whose shards q, k and v this rank holds (causal runs:
+    zigzag shards, sharding.shard's; else contiguous ones), computed around the ring of `group`
+    (cupyx.distributed.init_process_group's NCCL communicator). Returns this rank's output
+    shard (q's dtype and layout, v's head dim), and with return_lse its float32 LSE
+    (B, Hq, L). causal and window mean attention's over the whole sequence (Sq = Sk: top-left
+    and bottom-right agree); scale defaults to 1/sqrt(D)."""
+    import cupy
+
+    q, k, v, rank, world, axis, seqlen, zigzag, mine, blocks, window = _prepare(q, k, v, group, causal, layout,
+                                                                                  window)
+    compute, comm = cupy.cuda.get_current_stream(), cupy.cuda.Stream(non_blocking=True)
+    held = (cupy.ascontiguousarray(k), cupy.ascontiguousarray(v))
+    spare = tuple(cupy.empty_like(x) for x in held) if world > 1 else ()
+    parts: dict[int, list] = {i: [] for i in range(len(mine))}
+    for step in range(world):
+        if step + 1 < world:
+            _pass_on(group, held, spare, rank, world, comm, compute)
+        theirs = chunk_spans((rank - step) % world, world, seqlen, zigzag)
+        for blk in (b for b in blocks if b.step == step):
+            o, lse = api.attention(_chunk(q, blk.q_chunk, mine, axis), _chunk(held[0], blk.k_chunk, theirs, axis),
+                                   _chunk(held[1], blk.k_chunk, theirs, axis), scale=scale, layout=layout,
+                                   return_lse=True, **_mask(blk, causal, window))
+            parts[blk.q_chunk].append((o, lse))
+        if step + 1 < world:
+            compute.wait_event(comm.record())
+            held, spare = spare, held
+    out_shape = q.shape[:3] + (v.shape[3],)
+    out = cupy.empty(out_shape, q.dtype)
+    lse_all = cupy.empty((q.shape[0], q.shape[2] if axis == 1 else q.shape[1], q.shape[axis]), np.float32)
+    for i, (start_global, n) in enumerate(mine):
+        at = sum(m for _, m in mine[:i])
+        o_dst, l_dst = _chunk(out, i, mine, axis), lse_all[:, :, at:at + n]
+        if not parts[i]:   # no key visible to any of these queries
+            o_dst[...] = 0
+            l_dst[...] = -np.inf
+            continue
+        # rows as the merge takes them: bshd's (B, L, H) or bhsd's (B, H, L), the LSE to match
+        rows = (lambda lse: lse.transpose(0, 2, 1)) if axis == 1 else (lambda lse: lse)
+        outs = cupy.stack([o for o, _ in parts[i]])
+        lses = cupy.ascontiguousarray(cupy.stack([rows(lse) for _, lse in parts[i]]))
+        merged, merged_lse = merge_states(outs, lses, out=cupy.empty(o_dst.shape, q.dtype))
+        o_dst[...] = merged
+        l_dst[...] = rows(merged_lse)
+    return (out, lse_all) if return_lse else out
+
+
+def ring_attention_backward(dout, q, k, v, out, lse, *, group, causal: bool = False, scale: float | None = None,
+                            layout: str = "bshd", window: tuple[int, int] | None = None):
+    """(dq, dk, dv) of ring_attention's shards: dout, out and lse this rank's (out and lse as
+    ring_attention returned them), the same options. dQ accumulates locally and each K/V shard's
+    dK/dV travel with it in float32, home after one last pass; returned in q's, k's and v's
+    dtypes."""
+    import cupy
+
+    q, k, v, rank, world, axis, seqlen, zigzag, mine, blocks, window = _prepare(q, k, v, group, causal, layout,
+                                                                                  window)
+    dout, out, lse = (api._as_device_array(x, n) for x, n in ((dout, "dout"), (out, "out"), (lse, "lse")))
+    compute, comm = cupy.cuda.get_current_stream(), cupy.cuda.Stream(non_blocking=True)
+    dq = cupy.zeros(q.shape, np.float32)
+    held = (cupy.ascontiguousarray(k), cupy.ascontiguousarray(v), cupy.zeros(k.shape, np.float32),
+            cupy.zeros(v.shape, np.float32))
+    spare = tuple(cupy.empty_like(x) for x in held) if world > 1 else ()
+    for step in range(world):
+        if step + 1 < world:   # this step only reads K/V: they travel on now, dK/dV after it
+            _pass_on(group, held[:2], spare[:2], rank, world, comm, compute)
+        theirs = chunk_spans((rank - step) % world, world, seqlen, zigzag)
+        for blk in (b for b in blocks if b.step == step):
+            at = sum(n for _, n in mine[:blk.q_chunk])
+            mine_of = lambda x: _chunk(x, blk.q_chunk, mine, axis)  # noqa: E731
+            theirs_of = lambda x: _chunk(x, blk.k_chunk, theirs, axis)  # noqa: E731
+            g_q, g_k, g_v = backward.attention_backward(
+                mine_of(dout), mine_of(q), theirs_of(held[0]), theirs_of(held[1]), mine_of(out),
+                cupy.ascontiguousarray(lse[:, :, at:at + mine[blk.q_chunk][1]]), scale=scale, layout=layout,
+                **_mask(blk, causal, window))
+            mine_of(dq)[...] += g_q
+            theirs_of(held[2])[...] += g_k
+            theirs_of(held[3])[...] += g_v
+        if world > 1:   # the shard's dK/dV follow it (after the last step: home)
+            _pass_on(group, held[2:], spare[2:], rank, world, comm, compute)
+            compute.wait_event(comm.record())
+            held, spare = spare, held
+    return dq.astype(q.dtype), held[2].astype(k.dtype), held[3].astype(v.dtype)
