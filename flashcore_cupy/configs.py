@@ -535,7 +535,9 @@ class Sm90FwdConfig:
 #  - D <= 128: 4 warps x 2 slices (32 rows per warp) share each K/V fragment
 #    between two mma, which beat 8 warps x 1 slice by 25-30 % on the H200.
 #    64-key tiles are ~9 % faster than 32-key ones but need 254 registers: they
-#    fit without spills on sm_90a only (sm_80 spills 12 bytes): 32-key elsewhere.
+#    fit without spills on sm_90a; sm_80 spilled 12 bytes (NVRTC 12.9) until the
+#    kernel took V's own head dim (v39: 0 bytes at 255), and keeps 32-key tiles
+#    (no sm_80 GPU to time the change on).
 #  - D > 128: Q no longer fits in registers next to O; 32-key tiles keep S small.
 #    128 rows need 101 KB of shared memory, over sm_86/89's 99 KB: 64 rows there.
 def _tile(warps: int, m_tiles: int, block_n: int, stages: int) -> dict:

@@ -35,7 +35,7 @@ def dispatchable(arch: str) -> dict:
     """Every config dispatch can choose on `arch`, by its cubin's name."""
     from flashcore_cupy import tuning
 
-    return {str(config).replace(" ", "_"): config for config in tuning.dispatchable_configs(arch)}
+    return {str(config).replace(" ", "_").replace("/", "v"): config for config in tuning.dispatchable_configs(arch)}
 
 
 def compile_cubins(arch: str, folder: Path) -> None:

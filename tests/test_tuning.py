@@ -37,12 +37,13 @@ def test_legal_configs_include_the_tables_tiles_and_reject_for_known_reasons(arc
 
 def test_legal_means_a_fresh_compile_shows_no_spill():
     """Every legal sm_80 D128 tile recompiled with NVRTC, outside the verdict cache: none
-    spills; and the space holds tiles that do (the reason the filter exists: 64-key tiles of
-    32 rows per warp need 255 registers on sm_80), which it rejects."""
-    legal, rejected = tuning.legal_configs("sm_80", "fp16", 128)
+    spills; and the space holds tiles that do (the reason the filter exists: at D64, 128-key
+    tiles of 32 rows per warp need more than 255 registers on sm_80), which it rejects."""
+    legal, _ = tuning.legal_configs("sm_80", "fp16", 128)
     for c in legal:
         assert loader.compile_only(c, "sm_80").spill_bytes == 0, str(c)
-    spilling = Sm80FwdConfig("fp16", 128, 4, 2, 64, 3)
+    legal, rejected = tuning.legal_configs("sm_80", "fp16", 64)
+    spilling = Sm80FwdConfig("fp16", 64, 4, 2, 128, 2)
     assert loader.compile_only(spilling, "sm_80").spill_bytes > 0
     assert spilling not in legal and any(r.config == spilling and r.reason.startswith("spills") for r in rejected)
 
