@@ -739,8 +739,8 @@ def choose_kernel(arch: str, dtype: str, head_dim: int, batch_heads: int = 1 << 
                   sm90: Sm90Mode = "auto") -> Sm80FwdConfig | Sm90FwdConfig:
     """The kernel for one problem (pure; cached): a tuned entry, else the table's.
 
-    sm90="auto": the Hopper kernel on sm_90a for head dims up to 128 (small tiles
-    where the large ones would leave SMs idle), else the portable kernel
+    sm90="auto": the Hopper kernel on sm_90a at every head dim (small tiles where the
+    large ones would leave SMs idle), else the portable kernel
     (`choose_sm80_config`); "force": the Hopper kernel's large tiles (the caller has
     checked that it can run); "off": the portable kernel.
     """

@@ -2,7 +2,7 @@
 
 Shapes are grouped by dispatch key (kernel family, dtype, head dim, grid class):
 each group searches the tiles of the kernel `auto` dispatch runs it on (the
-Hopper kernel on H100/H200 for head dims up to 128, else the portable one). Within a group
+Hopper kernel on H100/H200, else the portable one). Within a group
 a tile's score is, over the group's shapes, its time divided by the
 default tile's time, averaged, so 1.0 is the default. Every candidate is checked against
 the float64 reference on fresh inputs before it is timed (the benchmark's
