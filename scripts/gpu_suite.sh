@@ -4,7 +4,8 @@
 # Usage on the device machine, from the repository root:  bash scripts/gpu_suite.sh
 # BENCH=0 skips the benchmark, NOTEBOOK=0 the quickstart's run, LONGSK=0 the error at Sk 1M..16M
 # (scripts/long_sk_numerics.py, against SDPA flash), SWEEP=1 adds the random sweep
-# (scripts/random_sweep.py; SWEEP_ARGS="--seed S --first i" continues one), TESTS=0 the tests, sanitizers and SASS (PYTEST=0 the tests alone,
+# (scripts/random_sweep.py; SWEEP_ARGS="--seed S --first i" continues one), RING=1 the ring's benchmark on every GPU
+# and memcheck on 2 ranks (multi-GPU kinds; RING_ARGS passes --seqlen ...), TESTS=0 the tests, sanitizers and SASS (PYTEST=0 the tests alone,
 # CHECKS=0 the run, sanitizers and SASS alone: pytest takes ~8 of a call's 10 minutes), HOST=0
 # the latency probe and tile sweep (runs that fit the device's 10-minute limit per command);
 # BENCH_ARGS passes options to the benchmark (e.g. --held-out exclude / only, to split it);
@@ -39,6 +40,13 @@ if [ "${LONGSK:-1}" = 1 ]; then   # long-Sk numerics: flashcore within 1.5x SDPA
 fi
 if [ "${SWEEP:-0}" = 1 ]; then   # the seeded random sweep (its own call: compiles dominate on a bare machine)
   step sweep.txt python3 scripts/random_sweep.py --cases "${SWEEP_CASES:-2000}" --max-seconds 480 --workers 8 ${SWEEP_ARGS:-}
+fi
+if [ "${RING:-0}" = 1 ]; then   # multi-GPU kinds: the ring on every GPU (benchmark), memcheck on 2 ranks
+  gpus=$(python3 -c "import cupy; print(cupy.cuda.runtime.getDeviceCount())")
+  step ring.txt timeout 400 python3 -m flashcore_cupy.distributed.launch --nproc "$gpus" scripts/ring_bench.py \
+    --out "$OUT/ring_bench.json" ${RING_ARGS:-}
+  step ring.txt timeout 200 compute-sanitizer --tool memcheck --target-processes all --error-exitcode 3 \
+    python3 -m flashcore_cupy.distributed.launch --nproc 2 examples/ring_attention.py --seqlen 2048 --causal
 fi
 if [ "${NOTEBOOK:-1}" = 1 ]; then   # the quickstart end to end, its outputs and plots in $OUT
   step notebook.txt timeout 300 python3 scripts/run_notebook.py examples/quickstart.ipynb --out "$OUT/quickstart.ipynb"
