@@ -57,8 +57,12 @@ class Shape:
 
     def unsupported(self, backward: bool = False) -> str | None:
         """Why the benchmark cannot run this row (backward: in its backward modes) yet, or None."""
-        if backward and self.head_dim_v not in (None, self.head_dim):
+        if not backward:
+            return None
+        if self.head_dim_v not in (None, self.head_dim):
             return f"Dv {self.head_dim_v} != D {self.head_dim}: attention_backward takes V of q's head dim"
+        if self.seqlen_q == 1 or self.kind == "varlen":
+            return "no backward row (one query, or varlen)"
         return None
 
     @property

@@ -27,7 +27,7 @@ from ..merge import merge_states
 from ..validation import check_window
 from .schedule import Block, rank_blocks
 from .simulate import visible
-from .sharding import chunk_spans
+from .sharding import chunk_of, chunk_spans
 
 LAYOUTS = ("bshd", "bhsd")
 
@@ -61,13 +61,6 @@ def _prepare(q, k, v, group, causal, layout, window):
     mine = chunk_spans(rank, world, seqlen, zigzag)   # ValueError when the shard does not split in chunks
     blocks = rank_blocks(rank, world, seqlen, causal=bool(causal), window=window, zigzag=zigzag)
     return q, k, v, rank, world, axis, seqlen, zigzag, mine, blocks, window
-
-
-def _chunk(x, index: int, spans, axis: int):
-    """Chunk `index` of a shard (a view) whose chunks have lengths spans[*][1]."""
-    at = sum(n for _, n in spans[:index])
-    cut = slice(at, at + spans[index][1])
-    return x[:, cut] if axis == 1 else x[:, :, cut]
 
 
 def _mask(blk: Block, causal: bool, window) -> dict:
@@ -120,8 +113,8 @@ def ring_attention(q, k, v, *, group, causal: bool = False, scale: float | None 
             _pass_on(group, held, spare, rank, world, comm, compute)
         theirs = chunk_spans((rank - step) % world, world, seqlen, zigzag)
         for blk in (b for b in blocks if b.step == step):
-            o, lse = api.attention(_chunk(q, blk.q_chunk, mine, axis), _chunk(held[0], blk.k_chunk, theirs, axis),
-                                   _chunk(held[1], blk.k_chunk, theirs, axis), scale=scale, layout=layout,
+            o, lse = api.attention(chunk_of(q, blk.q_chunk, mine, axis), chunk_of(held[0], blk.k_chunk, theirs, axis),
+                                   chunk_of(held[1], blk.k_chunk, theirs, axis), scale=scale, layout=layout,
                                    return_lse=True, **_mask(blk, causal, window))
             parts[blk.q_chunk].append((o, lse))
         if step + 1 < world:
@@ -130,9 +123,8 @@ def ring_attention(q, k, v, *, group, causal: bool = False, scale: float | None 
     out_shape = q.shape[:3] + (v.shape[3],)
     out = cupy.empty(out_shape, q.dtype)
     lse_all = cupy.empty((q.shape[0], q.shape[2] if axis == 1 else q.shape[1], q.shape[axis]), np.float32)
-    for i, (start_global, n) in enumerate(mine):
-        at = sum(m for _, m in mine[:i])
-        o_dst, l_dst = _chunk(out, i, mine, axis), lse_all[:, :, at:at + n]
+    for i in range(len(mine)):
+        o_dst, l_dst = chunk_of(out, i, mine, axis), chunk_of(lse_all, i, mine, 2)
         if not parts[i]:   # no key visible to any of these queries
             o_dst[...] = 0
             l_dst[...] = -np.inf
@@ -168,12 +160,11 @@ def ring_attention_backward(dout, q, k, v, out, lse, *, group, causal: bool = Fa
             _pass_on(group, held[:2], spare[:2], rank, world, comm, compute)
         theirs = chunk_spans((rank - step) % world, world, seqlen, zigzag)
         for blk in (b for b in blocks if b.step == step):
-            at = sum(n for _, n in mine[:blk.q_chunk])
-            mine_of = lambda x: _chunk(x, blk.q_chunk, mine, axis)  # noqa: E731
-            theirs_of = lambda x: _chunk(x, blk.k_chunk, theirs, axis)  # noqa: E731
+            mine_of = lambda x: chunk_of(x, blk.q_chunk, mine, axis)  # noqa: E731
+            theirs_of = lambda x: chunk_of(x, blk.k_chunk, theirs, axis)  # noqa: E731
             g_q, g_k, g_v = backward.attention_backward(
                 mine_of(dout), mine_of(q), theirs_of(held[0]), theirs_of(held[1]), mine_of(out),
-                cupy.ascontiguousarray(lse[:, :, at:at + mine[blk.q_chunk][1]]), scale=scale, layout=layout,
+                cupy.ascontiguousarray(chunk_of(lse, blk.q_chunk, mine, 2)), scale=scale, layout=layout,
                 **_mask(blk, causal, window))
             mine_of(dq)[...] += g_q
             theirs_of(held[2])[...] += g_k

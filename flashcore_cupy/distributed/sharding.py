@@ -29,6 +29,14 @@ def chunk_spans(rank: int, world: int, seqlen: int, zigzag: bool) -> tuple[tuple
     return tuple((i * length, length) for i in ids)
 
 
+def chunk_of(x, index: int, spans, axis: int = 1):
+    """Chunk `index` of a shard (a view; the sequence along `axis`, 1 or 2) whose chunks have
+    lengths spans[*][1] (chunk_spans' order). NumPy or CuPy."""
+    at = sum(n for _, n in spans[:index])
+    cut = slice(at, at + spans[index][1])
+    return x[:, cut] if axis == 1 else x[:, :, cut]
+
+
 def _xp(x):
     try:
         import cupy

@@ -10,7 +10,7 @@ import numpy as np
 
 from .. import reference
 from .schedule import rank_blocks
-from .sharding import chunk_spans, shard, unshard
+from .sharding import chunk_of, chunk_spans, shard, unshard
 
 
 def visible(q_span: tuple[int, int], k_span: tuple[int, int], causal: bool,
@@ -39,12 +39,6 @@ def _mask_bias(blk, causal, window) -> np.ndarray | None:
     return np.where(visible(blk.q_span, blk.k_span, causal, window), 0.0, -np.inf)[None, None]
 
 
-def _chunk(x: np.ndarray, index: int, spans) -> np.ndarray:
-    """Chunk `index` of a shard whose chunks have lengths spans[*][1]."""
-    at = sum(n for _, n in spans[:index])
-    return x[:, at:at + spans[index][1]]
-
-
 def ring_forward(q, k, v, world: int, *, causal: bool = False, window=None, scale=None, zigzag=None):
     """(out, lse) of attention over the whole sequence, computed as the ring does: bshd, LSE
     (B, Hq, S)."""
@@ -57,8 +51,8 @@ def ring_forward(q, k, v, world: int, *, causal: bool = False, window=None, scal
         parts = {i: [] for i in range(len(mine))}
         for blk in rank_blocks(r, world, seqlen, causal=causal, window=window, zigzag=zigzag):
             theirs = chunk_spans(blk.source, world, seqlen, zigzag)
-            o, lse = reference.attention(_chunk(qs[r], blk.q_chunk, mine), _chunk(ks[blk.source], blk.k_chunk, theirs),
-                                         _chunk(vs[blk.source], blk.k_chunk, theirs), scale=scale, layout="bshd",
+            o, lse = reference.attention(chunk_of(qs[r], blk.q_chunk, mine), chunk_of(ks[blk.source], blk.k_chunk, theirs),
+                                         chunk_of(vs[blk.source], blk.k_chunk, theirs), scale=scale, layout="bshd",
                                          bias=_mask_bias(blk, causal, window), return_lse=True)
             parts[blk.q_chunk].append((o, lse.transpose(0, 2, 1)))   # the LSE as the rows (B, L, H)
         o_chunks, l_chunks = [], []
@@ -97,17 +91,15 @@ def ring_backward(dout, q, k, v, out, lse, world: int, *, causal: bool = False, 
             mine, theirs = chunk_spans(r, world, seqlen, zigzag), chunk_spans(owner, world, seqlen, zigzag)
             for blk in (b for b in blocks[r] if b.step == step):
                 assert blk.source == owner   # the schedule's source is the shard the ring brought
-                qc = lambda x: _chunk(x, blk.q_chunk, mine)  # noqa: E731
-                lse_c = _chunk(ls[r].transpose(0, 2, 1), blk.q_chunk, mine).transpose(0, 2, 1)
+                qc = lambda x: chunk_of(x, blk.q_chunk, mine)  # noqa: E731
+                lse_c = chunk_of(ls[r].transpose(0, 2, 1), blk.q_chunk, mine).transpose(0, 2, 1)
                 dq, dk, dv = reference.attention_backward(
-                    qc(dos[r]), qc(qs[r]), _chunk(k_r, blk.k_chunk, theirs), _chunk(v_r, blk.k_chunk, theirs),
+                    qc(dos[r]), qc(qs[r]), chunk_of(k_r, blk.k_chunk, theirs), chunk_of(v_r, blk.k_chunk, theirs),
                     qc(os_[r]), lse_c, scale=scale, layout="bshd",
                     bias=_mask_bias(blk, causal, window))
-                at_q = sum(n for _, n in mine[:blk.q_chunk])
-                dqs[r][:, at_q:at_q + mine[blk.q_chunk][1]] += dq
-                at_k = sum(n for _, n in theirs[:blk.k_chunk])
-                dk_r[:, at_k:at_k + theirs[blk.k_chunk][1]] += dk
-                dv_r[:, at_k:at_k + theirs[blk.k_chunk][1]] += dv
+                qc(dqs[r])[...] += dq
+                chunk_of(dk_r, blk.k_chunk, theirs)[...] += dk
+                chunk_of(dv_r, blk.k_chunk, theirs)[...] += dv
         held = [held[(r - 1) % world] for r in range(world)]   # each passes to rank + 1
     # after N passes every shard (with its sums) is back with its owner
     assert all(held[r][0] == r for r in range(world))
