@@ -217,7 +217,7 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
     };
 
     int it = 0, n_done = 0;                                   // K/V tiles and work items so far
-    for (int i = blockIdx.x; i < p.n_items; i += gridDim.x, ++n_done) {
+    for (int i = blockIdx.x; i < p.n_items; ++n_done, i = next_item(i, n_done)) {
         const WorkTile w = work_tile<Tile, BLOCK_N, V, S>(p, i);
         const int n_blocks = w.n_blocks;
         const int seqlen_k = w.seqlen_k, causal_diag = seqlen_k - seqlen_q;
@@ -262,16 +262,16 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
         // (BiasStage: the first ones now, the next after each score step).
         if constexpr (V::kBias != 0) {
             if (my_blocks > 0) {
-                stage.load(0, mod, w_row0, (w.first + tile(0)) * BLOCK_N, lane);
+                stage.load(0, mod, w_row0, w.key_tile<V>(tile(0)) * BLOCK_N, lane);
                 if constexpr (kBiasSlots == 2) {
-                    if (my_blocks > 1) stage.load(1, mod, w_row0, (w.first + tile(1)) * BLOCK_N, lane);
+                    if (my_blocks > 1) stage.load(1, mod, w_row0, w.key_tile<V>(tile(1)) * BLOCK_N, lane);
                     else stage.skip();
                 }
             }
         }
         const float softmax_scale = V::kPlain ? p.scale_log2 : mod.units;
         auto softmax_tile = [&](int j, bool first = false) {
-            const int key0 = (w.first + j) * BLOCK_N;
+            const int key0 = w.key_tile<V>(j) * BLOCK_N;
             if constexpr (V::kPlain) {
                 const bool needs_mask = FC_TILE_PARTIAL(BLOCK_N, seqlen_k, causal_diag, p.causal, key0, c_row0);
                 if (needs_mask)
@@ -288,7 +288,7 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
                 if constexpr (V::kBias != 0) {
                     __syncwarp();   // every lane has read the slot: it may be refilled
                     if (own + kBiasSlots < my_blocks)
-                        stage.load(slot, mod, w_row0, (w.first + tile(own + kBiasSlots)) * BLOCK_N, lane);
+                        stage.load(slot, mod, w_row0, w.key_tile<V>(tile(own + kBiasSlots)) * BLOCK_N, lane);
                     else if (kBiasSlots == 2)
                         stage.skip();
                 }
@@ -310,7 +310,7 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
         // (the maps span every sequence's room) and a masked P (0) times a NaN is NaN: zero them.
         auto clear_stale = [&](int k) {
             if constexpr (S::kCache) {
-                const int from = seqlen_k - (w.first + tile(k)) * BLOCK_N;
+                const int from = seqlen_k - w.key_tile<V>(tile(k)) * BLOCK_N;
                 if (from < BLOCK_N)
                     clear_tile_rows<DV, BLOCK_N>(sbase + Tile::kOffV + Ring<STAGES>{it + tile(k)}.slot() *
                                                  Tile::kVBytes, from, 2 + CONSUMERS + consumer);

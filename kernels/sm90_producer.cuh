@@ -33,7 +33,7 @@ __device__ __forceinline__ void produce(const Sm90Params& p, u32 sbase, const Ba
         if (LOADS_V) prefetch_tensor_map(&p.v);
     }
     int it = 0, n_done = 0;
-    for (int i = blockIdx.x; i < p.n_items; i += gridDim.x, ++n_done) {
+    for (int i = blockIdx.x; i < p.n_items; ++n_done, i = next_item(i, n_done)) {
         const WorkTile w = work_tile<Tile, BLOCK_N, V, S>(p, i);
         const int head_kv = p.by_heads_per_kv(w.head);
         // Paged: the page of box `lane` of key tile j (-1: none), looked up before the copies
@@ -41,7 +41,7 @@ __device__ __forceinline__ void produce(const Sm90Params& p, u32 sbase, const Ba
         // A box is a page, or a tile in one (its slot: key0 % page_size, 0 for smaller pages).
         auto lookup = [&](int j) {
             if constexpr (S::kPaged) {
-                const int box = min(p.page_size, BLOCK_N), key = (w.first + j) * BLOCK_N + lane * box;
+                const int box = min(p.page_size, BLOCK_N), key = w.key_tile<V>(j) * BLOCK_N + lane * box;
                 if (lane * box < BLOCK_N && key < w.seqlen_k) return table_page(p, w.batch, p.by_page_size(key), 0).page;
             }
             return -1;
@@ -52,7 +52,7 @@ __device__ __forceinline__ void produce(const Sm90Params& p, u32 sbase, const Ba
             else tma_load_tile<HEAD_DIM>(dst, map, full, BLOCK_N, row0, head_kv, batch, at);
         };
         auto load_kv = [&](bool is_v, u32 dst, const TensorMap& map, u32 full, int j, int my_page) {
-            const int key0 = (w.first + j) * BLOCK_N;
+            const int key0 = w.key_tile<V>(j) * BLOCK_N;
             if constexpr (S::kPaged) {
                 const int box = min(p.page_size, BLOCK_N);   // the map's box rows (host: a multiple of 8)
                 const int slot = key0 - p.by_page_size(key0) * p.page_size;

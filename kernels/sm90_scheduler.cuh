@@ -26,6 +26,7 @@ namespace fc {
 // SM with one consumer each instead of on a few with all of them. A sub-tile is
 // worked by consumer 0 alone, as are a tile's rows past Sq by nobody.
 // A variant's tiles (V not Plain) run the key tiles of its rows' window: first, first + 1, ...
+// (or from the last down: WorkTile::key_tile).
 // A KV cache's (S = KvCache<...>, plain only) see their own sequence's keys (seqlen_k, read from
 // seqused_k per item). With split-KV (S::kSplitKV: a cache's, or DenseSplit's) item i is split
 // i % splits of tile i / splits: its share of the tile's key tiles (or its window's), from first.
@@ -36,6 +37,11 @@ struct WorkTile {
     int first;               // the first of them (a variant's window, a split's share; else 0)
     int seqlen_k;            // the keys of this tile's sequence (dense: p.seqlen_k)
     int split;               // split-KV: which share (else 0)
+
+    // The key tile of a work tile's step j: first + j, or with V::kDescending (variant.cuh) the
+    // last one down.
+    template <class V>
+    __device__ __forceinline__ int key_tile(int j) const { return V::kDescending ? first + n_blocks - 1 - j : first + j; }
 };
 
 template <class Tile, int BLOCK_N, class V = Plain, class S = Dense>
@@ -76,6 +82,18 @@ __device__ __forceinline__ WorkTile work_tile(const Sm90Params& p, int i) {
         w.n_blocks = end - w.first;
     }
     return w;
+}
+
+// A CTA's next work item after item i, its n-th (n from 0): the deal goes round the grid, CTA b
+// taking item b of each round; -DFLASHCORE_ZIGZAG (probe: scripts/dev/schedule_probe.py) deals
+// the odd rounds from the grid's end (CTA b takes item G - 1 - b), so that on tiles numbered
+// longest first a CTA's long and short tiles alternate.
+__device__ __forceinline__ int next_item(int i, int n) {
+#ifdef FLASHCORE_ZIGZAG
+    return n * gridDim.x + (n % 2 ? gridDim.x - 1 - blockIdx.x : blockIdx.x);
+#else
+    return i + gridDim.x;
+#endif
 }
 
 #ifdef FLASHCORE_RECORD_WORK

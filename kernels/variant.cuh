@@ -22,12 +22,21 @@ namespace fc {
 // BIAS: 0 none, 1 a 16-bit bias of the inputs' type, 2 a float32 bias. (The plain mask under
 // score options spilled registers on most tiles, the window mask did not: so every variant
 // takes the window's.)
+// kDescending: the Hopper forward runs a work tile's key tiles last to first. ALiBi's scores
+// grow toward the diagonal, so in ascending order each tile's exceeded the lazy softmax's running
+// maximum by slope * BLOCK_N (log2 units: over 15 from slope 0.09 at 128 keys) and the tile was
+// redone exactly (softmax.cuh); from the diagonal down the maximum comes first.
 template <bool SOFTCAP, bool ALIBI, int BIAS>
 struct Variant {
     static constexpr bool kPlain = false;
     static constexpr bool kSoftcap = SOFTCAP;
     static constexpr bool kAlibi = ALIBI;
     static constexpr int kBias = BIAS;
+#ifdef FLASHCORE_ABLATE_ASCENDING
+    static constexpr bool kDescending = false;
+#else
+    static constexpr bool kDescending = true;
+#endif
     static_assert(BIAS >= 0 && BIAS <= 2, "BIAS: 0 none, 1 16-bit, 2 float32");
 };
 struct Plain {
@@ -35,6 +44,7 @@ struct Plain {
     static constexpr bool kSoftcap = false;
     static constexpr bool kAlibi = false;
     static constexpr int kBias = 0;
+    static constexpr bool kDescending = false;
 };
 
 // A variant's run-time values for one (batch, head), set up once per CTA from the params.

@@ -6,8 +6,10 @@ bounds what making that part cheaper can win. One more copy changes the schedule
 (no ping-pong turns). The copies are builds with the -D switches of kernels/diagnostics.cuh
 (FLASHCORE_ABLATE_*); without them the shipped kernel is unchanged. Kernels under 30 us are
 timed by CUDA-graph replay.
+Variant rows of the shape list run with their options (window, ALiBi, bias, softcap); --window
+L times such a row again with the window (L, 0), and --alibi-scale X with its slopes times X.
 Usage: python3 scripts/dev/ablate_sm90.py [--shape NAME ...] [--variant TEXT ...] (copies whose
-label contains TEXT, beside the shipped kernel)
+label contains TEXT, beside the shipped kernel) [--window L ...] [--alibi-scale X]
 """
 
 import argparse
@@ -16,8 +18,7 @@ import dataclasses
 import cupy
 import numpy as np
 
-import flashcore_cupy as fc
-from flashcore_cupy import api, loader
+from flashcore_cupy import api, bench
 from flashcore_cupy.shapes import parse_shape
 from flashcore_cupy.timing import time_graph_replay, time_throughput
 from flashcore_cupy.workload import random_inputs, verify
@@ -31,14 +32,9 @@ VARIANTS = [
     ("no P V GEMM", ("FLASHCORE_ABLATE_NO_PV",)),
     ("no S GEMM", ("FLASHCORE_ABLATE_NO_QK",)),
     ("schedule: no ping-pong turns", ("FLASHCORE_ABLATE_NO_TURNS",)),
+    ("schedule: key tiles ascending", ("FLASHCORE_ABLATE_ASCENDING",)),   # only ALiBi's differ
 ]
 _GRAPH_BELOW_US = 30   # kernels shorter than this are timed by CUDA-graph replay
-
-
-def variant_launch(launch, defines):
-    """`launch` with its kernel built with `defines` (the shipped one for ())."""
-    function = loader.get_function(launch.config, launch.device, "sm_90a", defines)
-    return dataclasses.replace(launch, function=function, _blocks={})
 
 
 def main():
@@ -46,27 +42,36 @@ def main():
     parser.add_argument("--shape", action="append")
     parser.add_argument("--variant", action="append", help="only copies whose label contains this")
     parser.add_argument("--dtype", default="fp16", choices=["fp16", "bf16"])
+    parser.add_argument("--window", type=int, action="append", default=[],
+                        help="a window row again with the window (L, 0)")
+    parser.add_argument("--alibi-scale", type=float, default=1.0, help="ALiBi slopes times this")
     args = parser.parse_args()
     rng = np.random.default_rng()
     print(cupy.cuda.runtime.getDeviceProperties(0)["name"].decode())
-    for name in args.shape or ["b4-h16-s1k-d64", "b2-h16-s4k-d64", "b2-h16-s4k-d128"]:
-        shape = parse_shape(name)
+    shapes = [parse_shape(name) for name in args.shape or ["b4-h16-s1k-d64", "b2-h16-s4k-d64", "b2-h16-s4k-d128"]]
+    shapes += [dataclasses.replace(shape, name=f"{shape.name} window ({left}, 0)", window=(left, 0))
+               for shape in list(shapes) if shape.window is not None for left in args.window]
+    for shape in shapes:
         q, k, v = random_inputs(shape, args.dtype, rng)
+        arrays = bench.variant_arrays(shape, args.dtype, rng)
+        if "alibi_slopes" in arrays:
+            arrays["alibi_slopes"] *= args.alibi_scale
+        opts = bench.attention_options(shape, arrays)
         out = cupy.empty_like(q)
-        fc.attention(q, k, v, causal=shape.causal, out=out)
-        launch = api.plan(q, k, v, causal=shape.causal, out=out).launch
-        print(f"\n{name} ({launch.config}):")
+        print(f"\n{shape.name} ({api.plan(q, k, v, out=out, **opts).config}):")
         base = None
         for label, defines in VARIANTS:
             if args.variant and defines and not any(text in label for text in args.variant):
                 continue
-            run = variant_launch(launch, defines)
+            plan = api.plan(q, k, v, out=out, defines=defines, **opts)
+            run = lambda: plan.run(q, k, v, out=out, **arrays)   # noqa: E731
             out.fill(np.nan)
-            run(q, k, v, out, None)
-            err = verify(shape, q, k, v, out, rng)[0]   # the whole output's; only the schedule copy should pass
-            t = time_throughput(lambda i: run(q, k, v, out, None), 10).p50
+            run()
+            # the whole output's; only the schedule copies should pass
+            err = verify(shape, q, k, v, out, rng, options=opts)[0]
+            t = time_throughput(lambda i: run(), 10).p50
             if t < _GRAPH_BELOW_US:   # back-to-back launches would time the host
-                t = time_graph_replay(lambda: run(q, k, v, out, None)).p50
+                t = time_graph_replay(run).p50
             base = base or t
             print(f"  {label:<32} {t:9.1f} us  {t / base:5.2f}x  "
                   f"{shape.flops / (t * 1e-6) / 1e12:6.1f} TFLOP/s  err {err:.1e}", flush=True)
