@@ -381,16 +381,18 @@ def _backward_case_inputs(shape: Shape, dtype: str, rng, arrays: dict) -> tuple[
     return sets, refs, None
 
 
-def peer_call(shape: Shape, impl: str, q, k, v) -> tuple[Callable, Callable] | None:
+def peer_call(shape: Shape, impl: str, q, k, v, arrays: dict | None = None,
+              dtype: str = "fp16") -> tuple[Callable, Callable] | None:
     """(fn(i), context) calling peer `impl` (one of IMPLS, e.g. "sdpa_cudnn") on q, k, v as
-    the benchmark does (fn's calls inside context()), for scripts that time a peer beside
-    our kernels; None where it cannot run here (no torch)."""
-    impls = _impls(shape, _torch())
+    the benchmark does (fn's calls inside context(); arrays: a variant row's, variant_arrays),
+    for scripts that time a peer beside our kernels; None where it cannot run here (no torch,
+    or no such peer for the row)."""
+    impls = _impls(shape, _torch(), arrays, dtype)
     if impl not in impls:
         return None
-    fn, prepare, context = impls[impl]
-    inputs = prepare(q, k, v)
-    return (lambda i: fn(*inputs)), context
+    chosen = impls[impl]
+    inputs = chosen.prepare(q, k, v)
+    return (lambda i: chosen.fn(*inputs)), chosen.context
 
 
 def _as_checkable(out):

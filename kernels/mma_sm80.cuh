@@ -92,6 +92,11 @@ __device__ __forceinline__ void cp_async_16(u32 dst, const void* src, int src_by
                  :: "r"(dst), "l"(src), "r"(src_bytes) : "memory");
 }
 
+// 16-byte global->shared copy, all of it in bounds.
+__device__ __forceinline__ void cp_async_16(u32 dst, const void* src) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" :: "r"(dst), "l"(src) : "memory");
+}
+
 // 4-byte global->shared copy (through L1); src_bytes < 4 zero-fills the rest.
 __device__ __forceinline__ void cp_async_4(u32 dst, const void* src, int src_bytes) {
     asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;"

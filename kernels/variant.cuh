@@ -144,6 +144,16 @@ __device__ __forceinline__ float bias_bits(u32 bits) {
     return f;
 }
 
+// Half c (0: the low 16 bits) of two 16-bit bias values in a word, as float.
+template <class T>
+__device__ __forceinline__ float bias_half(u32 word, int c) {
+    if constexpr (T::is_bf16) return __uint_as_float(c ? word & 0xffff0000u : word << 16);
+    float f;
+    if (c) asm("{ .reg .f16 lo, hi; mov.b32 {lo, hi}, %1; cvt.f32.f16 %0, hi; }" : "=f"(f) : "r"(word));
+    else asm("{ .reg .f16 lo, hi; mov.b32 {lo, hi}, %1; cvt.f32.f16 %0, lo; }" : "=f"(f) : "r"(word));
+    return f;
+}
+
 // The bias of (row, key) (ScoreMod.bias: this (batch, head)'s), 0 past Sq or Sk: one load, for
 // the Hopper backward's transposed tiles.
 template <class T, int BIAS>
@@ -254,19 +264,44 @@ struct BiasStage {
     }
 
     // Rows [row0, row0 + ROWS) x keys [key0, key0 + BLOCK_N) into `slot`, in units of U bytes.
+    // Where a row's units divide the warp (kUnits of 8, 16 or 32), each lane copies one unit
+    // column, every 32 / kUnits rows: its key bound and its source pointer are set once and the
+    // pointer steps by rows; otherwise lane i takes units i, i + 32, ... of the tile.
     template <int U>
     __device__ __forceinline__ void copy(int slot, const ScoreMod& m, int row0, int key0, int lane) const {
         constexpr int kUnits = kRowBytes / U, kPerUnit = U / kElem;
-        #pragma unroll 4
-        for (int i = lane; i < ROWS * kUnits; i += 32) {
-            const int r = i / kUnits, u = i % kUnits;
-            const int row = row0 + r, key = key0 + u * kPerUnit;
-            const int keys = row < m.seqlen_q ? min(kPerUnit, max(0, m.seqlen_k - key)) : 0;
-            const char* src = static_cast<const char*>(m.bias) + (static_cast<i64>(row) * m.bias_ss + key) * kElem;
-            char* dst = at_byte(slot, r, u * U);
-            if constexpr (U == 16) cp_async_16(smem_addr(dst), keys > 0 ? src : m.bias, keys * kElem);
-            else if constexpr (U == 4) cp_async_4(smem_addr(dst), keys > 0 ? src : m.bias, keys * kElem);
-            else *reinterpret_cast<u16*>(dst) = keys > 0 ? *reinterpret_cast<const u16*>(src) : u16(0);
+        if constexpr (U >= 4 && 32 % kUnits == 0 && ROWS % (32 / kUnits) == 0) {
+            constexpr int kRowsPerPass = 32 / kUnits;
+            const int u = lane % kUnits, r0 = lane / kUnits, key = key0 + u * kPerUnit;
+            const int key_bytes = min(kPerUnit, max(0, m.seqlen_k - key)) * kElem;
+            const char* src = static_cast<const char*>(m.bias) + (static_cast<i64>(row0 + r0) * m.bias_ss + key) * kElem;
+            const i64 step = static_cast<i64>(kRowsPerPass) * m.bias_ss * kElem;
+            if (U == 16 && row0 + ROWS <= m.seqlen_q && key0 + BLOCK_N <= m.seqlen_k) {   // (warp-uniform)
+                #pragma unroll
+                for (int n = 0; n < ROWS / kRowsPerPass; ++n, src += step)   // the whole tile: no fill
+                    cp_async_16(smem_addr(at_byte(slot, r0 + n * kRowsPerPass, u * U)), src);
+                return;
+            }
+            #pragma unroll
+            for (int n = 0; n < ROWS / kRowsPerPass; ++n, src += step) {
+                const int r = r0 + n * kRowsPerPass;
+                const int bytes = row0 + r < m.seqlen_q ? key_bytes : 0;
+                const u32 dst = smem_addr(at_byte(slot, r, u * U));
+                if constexpr (U == 16) cp_async_16(dst, bytes > 0 ? src : m.bias, bytes);
+                else cp_async_4(dst, bytes > 0 ? src : m.bias, bytes);
+            }
+        } else {
+            #pragma unroll 4
+            for (int i = lane; i < ROWS * kUnits; i += 32) {
+                const int r = i / kUnits, u = i % kUnits;
+                const int row = row0 + r, key = key0 + u * kPerUnit;
+                const int keys = row < m.seqlen_q ? min(kPerUnit, max(0, m.seqlen_k - key)) : 0;
+                const char* src = static_cast<const char*>(m.bias) + (static_cast<i64>(row) * m.bias_ss + key) * kElem;
+                char* dst = at_byte(slot, r, u * U);
+                if constexpr (U == 16) cp_async_16(smem_addr(dst), keys > 0 ? src : m.bias, keys * kElem);
+                else if constexpr (U == 4) cp_async_4(smem_addr(dst), keys > 0 ? src : m.bias, keys * kElem);
+                else *reinterpret_cast<u16*>(dst) = keys > 0 ? *reinterpret_cast<const u16*>(src) : u16(0);
+            }
         }
     }
 
@@ -289,15 +324,20 @@ struct BiasStage {
     }
 
     // A reader of `slot` with variant_scores' at(mt, half, nt, c) (mma C layout, rows from the
-    // warp's first: see BiasFrag).
+    // warp's first: see BiasFrag). A thread's two keys c = 0, 1 sit side by side in one 4-byte
+    // (float32: 8-byte) word: both reads load that word, which the compiler loads once.
     struct Reader {
         const BiasStage& stage;
         int slot;
         __device__ __forceinline__ float at(int mt, int half, int nt, int c) const {
             const int lane = threadIdx.x % 32;
-            const char* e = stage.at_byte(slot, mt * 16 + lane / 4 + 8 * half, (nt * 8 + 2 * (lane % 4) + c) * kElem);
-            if constexpr (BIAS == 2) return *reinterpret_cast<const float*>(e);
-            else return bias_bits<T>(*reinterpret_cast<const u16*>(e));
+            const char* e = stage.at_byte(slot, mt * 16 + lane / 4 + 8 * half, (nt * 8 + 2 * (lane % 4)) * kElem);
+            if constexpr (BIAS == 2) {
+                const float2 pair = *reinterpret_cast<const float2*>(e);
+                return c ? pair.y : pair.x;
+            } else {
+                return bias_half<T>(*reinterpret_cast<const u32*>(e), c);
+            }
         }
     };
     __device__ __forceinline__ Reader reader(int slot) const { return {*this, slot}; }

@@ -141,9 +141,13 @@ def test_peer_call_prepares_inputs_once_and_pins_the_backend(monkeypatch):
     def prepare(*xs):
         prepared.append(xs)
         return tuple(10 * x for x in xs)
-    context = contextlib.nullcontext
-    monkeypatch.setattr(bench, "_impls", lambda s, torch: {"sdpa_cudnn": (lambda *xs: calls.append(xs),
-                                                                          prepare, context)})
-    fn, ctx = bench.peer_call(shape, "sdpa_cudnn", 1, 2, 3)
+    context, asked = contextlib.nullcontext, []
+
+    def impls(s, torch, arrays=None, dtype="fp16"):   # the benchmark's table: Impl rows
+        asked.append((arrays, dtype))
+        return {"sdpa_cudnn": bench.Impl(lambda *xs: calls.append(xs), prepare, context)}
+    monkeypatch.setattr(bench, "_impls", impls)
+    fn, ctx = bench.peer_call(shape, "sdpa_cudnn", 1, 2, 3, {"bias": 4}, "bf16")
     fn(0), fn(1)
     assert prepared == [(1, 2, 3)] and calls == [(10, 20, 30)] * 2 and ctx is context
+    assert asked == [({"bias": 4}, "bf16")]   # a variant row's arrays reach its mask

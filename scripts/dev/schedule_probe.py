@@ -63,7 +63,7 @@ def main() -> int:
                   f"{'' if ok else '  FAILED'}", flush=True)
             if ok:
                 fns[label] = (run, contextlib.nullcontext)
-        peer = bench.peer_call(shape, "sdpa_cudnn", q, k, v)
+        peer = bench.peer_call(shape, "sdpa_cudnn", q, k, v, arrays, args.dtype)
         if peer is not None:
             fns["sdpa_cudnn"] = peer
         t = time_side_by_side(fns, args.samples, 20, warmup_s=0.0, rounds=args.samples)
