@@ -223,11 +223,22 @@ def test_ablation_builds_compile():
     from flashcore_cupy import loader
 
     variants = _script("ablate_sm90.py")["VARIANTS"]
-    assert variants[0][1] == () and len(variants) == 6
+    assert variants[0][1] == () and len(variants) == 7
+    alibi = configs.variant_config(configs.sm90_config("fp16", 128), configs.KernelVariant(window=True, alibi=True))
     for _, defines in variants[1:]:
         for cfg in (configs.sm90_config("fp16", 64), configs.sm90_config("fp16", 128),
-                    configs.sm90_config("fp16", 64, "small")):
+                    configs.sm90_config("fp16", 64, "small"), alibi):
             loader.compile_only(cfg, "sm_90a", defines)
+
+
+def test_schedule_probe_build_compiles():
+    """scripts/dev/schedule_probe.py's zig-zag deal is the -DFLASHCORE_ZIGZAG build of the Hopper
+    kernel: it compiles (NVRTC, no GPU) for a plain and a variant tile."""
+    from flashcore_cupy import loader
+
+    window = configs.variant_config(configs.sm90_config("fp16", 128), configs.KernelVariant(window=True))
+    for cfg in (configs.sm90_config("fp16", 128), window):
+        assert loader.compile_only(cfg, "sm_90a", ("FLASHCORE_ZIGZAG",)).spill_bytes == 0
 
 
 def test_every_trace_point_is_stamped_once_and_the_trace_build_compiles():
