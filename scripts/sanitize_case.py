@@ -31,10 +31,12 @@ for backend in backends:
             ok &= workload.within_tolerance("fp16", err, row)
 # Variants, every option on: the portable kernel's, dispatch's, and on sm_90a the Hopper
 # kernel's large and split tiles through a plan with their config. A bias of even rows (a
-# key pair per load) and one of odd rows (a key per load).
+# key pair per load), one of odd rows (a key per load), and two whose rows start 16-byte
+# aligned (16-byte copies: whole tiles unfilled, the last key tile and rows zero-filled).
 hopper = ["large", "small"] if api.device_info(0).arch == configs.SM90_ARCH else []
 for kernel in ["sm80", "auto"] + hopper:
-    for bias_dtype, (sq, sk) in ((np.float16, (200, 334)), (np.float32, (333, 201))):
+    for bias_dtype, (sq, sk) in ((np.float16, (200, 334)), (np.float32, (333, 201)), (np.float16, (200, 336)),
+                                 (np.float32, (130, 264))):
         q = cupy.asarray(rng.standard_normal((2, 3, sq, 64)).astype(np.float16))
         k, v = (cupy.asarray(rng.standard_normal((2, 1, sk, 64)).astype(np.float16)) for _ in range(2))
         arrays = dict(alibi_slopes=cupy.asarray(rng.uniform(0, 0.3, (2, 3)).astype(np.float32)),
