@@ -194,14 +194,14 @@ def test_variant_calls_follow_new_slopes_and_bias_each_call(rng):
 
 
 def test_dispatch_runs_variants_on_the_hopper_kernel(rng):
-    """On sm_90a auto takes the Hopper kernel's variant for D64/D128 (and backend='sm90' its
-    large tiles); D256 stays on the portable kernel."""
+    """On sm_90a auto takes the Hopper kernel's variant at every head dim it builds (D64 and D256
+    here; backend='sm90' its large tiles at D128)."""
     import flashcore_cupy as fc
     from flashcore_cupy import api
 
     if api.device_info(0).arch != configs.SM90_ARCH:
         pytest.skip("needs sm_90a")
-    for d, backend, hopper in ((64, "auto", True), (128, "sm90", True), (256, "auto", False)):
+    for d, backend, hopper in ((64, "auto", True), (128, "sm90", True), (256, "auto", True)):
         q, k, v = make_inputs(rng, "fp16", d, "bhsd", (1, 2, 2), (300, 500))
         opts = dict(causal=True, window=(50, 0), softcap=5.0)
         plan = fc.plan(q, k, v, backend=backend, **opts)
