@@ -10,6 +10,10 @@
 //                             waits' counts), or without ping-pong turns (scripts/dev/ablate_sm90.py)
 //   FLASHCORE_ABLATE_NO_DQ    the Hopper backward without dQ's GEMM (an empty group)
 //                             (scripts/dev/backward_probe.py --ablate NO_DQ)
+//   FLASHCORE_ABLATE_ASCENDING  the Hopper forward's variants run their key tiles first to last
+//                             (Variant::kDescending in variant.cuh; ablate_sm90.py)
+//   FLASHCORE_ZIGZAG          the Hopper forward's persistent deal takes odd rounds from the grid's
+//                             end (next_item in sm90_scheduler.cuh; scripts/dev/schedule_probe.py)
 #pragma once
 
 #define FC_TRACE_POINTS 24
