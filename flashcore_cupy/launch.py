@@ -570,7 +570,7 @@ def sm90_scalars(p: Problem, o_strides: tuple[int, int, int], causal: bool, head
 def sm90_sequence_scalars(**given) -> dict:
     """params.FWD_SM90's KV-cache and split-KV fields of a dense call (no cache, one split), with
     `given` in their place."""
-    fields = dict.fromkeys((*params.cache_field_names(), "lse_sb", "lse_sh", "lse_ss"), 0)
+    fields = dict.fromkeys((*params.cache_field_names(), "lse_sb", "lse_sh", "lse_ss", "tile_counter"), 0)
     return {**fields, "page_size": 1, "by_page_size": fast_divisor(1), "splits": 1, **given}
 
 

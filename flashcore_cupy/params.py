@@ -205,6 +205,8 @@ FWD_SM90 = Schema("Sm90Params", [
     Field("by_page_size", "FastDiv", "paged: key / page_size"),
     *_strides("lse", "split-KV: (batch, head, row) strides of the partial LSE, elements"),
     *_split_fields(),
+    Field("tile_counter", "int*", "probe builds (-DFLASHCORE_DYNAMIC): two zeroed ints, the next work item "
+                                  "and the CTAs done (kernels/sm90_scheduler.cuh); else null"),
 ], "The Hopper forward kernel's one argument (flash_fwd_sm90), __grid_constant__.")
 
 def _bwd_gradients() -> list[Field]:

@@ -104,6 +104,8 @@ struct Sm90Tile {
     static constexpr u32 kOffBars = kOffV + STAGES * kVBytes;
     // A bias variant's per-warp bias tiles (BiasStage), after the barriers.
     static constexpr u32 kOffBias = (kOffBars + 8 * (2 + 4 * STAGES) + 127) / 128 * 128;
+    // The dynamic deal's item slots (probe build: sm90_scheduler.cuh), after the barriers.
+    static constexpr u32 kOffItems = kOffBars + 8 * (2 + 4 * STAGES);
     // Register split of setmaxnreg. The CTA holds what the launch bound gives every thread
     // (ptxas compiles to it: 64K / threads in multiples of 8); setmaxnreg only moves
     // registers inside that allocation, so the consumers share what the producer's drop to
@@ -165,6 +167,9 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
             mbar_init(bar.k_empty(s), 4 * Tile::kTileUsers);   // one arrival per using warp
             mbar_init(bar.v_empty(s), 4 * Tile::kTileUsers);
         }
+#ifdef FLASHCORE_DYNAMIC
+        ItemSlots{sbase + Tile::kOffItems}.init(4 * CONSUMERS);   // every consumer warp takes each item
+#endif
         mbar_fence_init();
     }
     __syncthreads(); FC_TRACE(1);
@@ -217,7 +222,12 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
     };
 
     int it = 0, n_done = 0;                                   // K/V tiles and work items so far
-    for (int i = blockIdx.x; i < p.n_items; ++n_done, i = next_item(i, n_done)) {
+#ifdef FLASHCORE_DYNAMIC
+    static_assert(S::kDense && PRODUCERS == 1 && !SPLIT && V::kBias == 0,
+                  "FLASHCORE_DYNAMIC: dense, one producer thread, no split tiles, no bias (its tiles' place)");
+    const ItemSlots items{sbase + Tile::kOffItems};
+#endif
+    for (int i = blockIdx.x; i < p.n_items; ++n_done, i = FC_CONSUMER_NEXT(i, n_done)) {
         const WorkTile w = work_tile<Tile, BLOCK_N, V, S>(p, i);
         const int n_blocks = w.n_blocks;
         const int seqlen_k = w.seqlen_k, causal_diag = seqlen_k - seqlen_q;

@@ -64,8 +64,9 @@ struct Sm90Params {
     i64 o_split;
     i64 lse_split;
     int* split_count;        // split-KV: a zeroed int per tile; its last split merges the partials into o and lse (and zeroes it); null: merge_states does
+    int* tile_counter;       // probe builds (-DFLASHCORE_DYNAMIC): two zeroed ints, the next work item and the CTAs done (kernels/sm90_scheduler.cuh); else null
 };
-static_assert(sizeof(Sm90Params) == 704, "Sm90Params: declared in flashcore_cupy/params.py: run scripts/gen_params.py");
+static_assert(sizeof(Sm90Params) == 768, "Sm90Params: declared in flashcore_cupy/params.py: run scripts/gen_params.py");
 static_assert(FC_OFFSETOF(Sm90Params, q) == 0, "Sm90Params::q");
 static_assert(FC_OFFSETOF(Sm90Params, k) == 128, "Sm90Params::k");
 static_assert(FC_OFFSETOF(Sm90Params, v) == 256, "Sm90Params::v");
@@ -119,5 +120,6 @@ static_assert(FC_OFFSETOF(Sm90Params, lse_accum) == 672, "Sm90Params::lse_accum"
 static_assert(FC_OFFSETOF(Sm90Params, o_split) == 680, "Sm90Params::o_split");
 static_assert(FC_OFFSETOF(Sm90Params, lse_split) == 688, "Sm90Params::lse_split");
 static_assert(FC_OFFSETOF(Sm90Params, split_count) == 696, "Sm90Params::split_count");
+static_assert(FC_OFFSETOF(Sm90Params, tile_counter) == 704, "Sm90Params::tile_counter");
 
 }  // namespace fc

@@ -33,8 +33,15 @@ __device__ __forceinline__ void produce(const Sm90Params& p, u32 sbase, const Ba
         if (LOADS_V) prefetch_tensor_map(&p.v);
     }
     int it = 0, n_done = 0;
-    for (int i = blockIdx.x; i < p.n_items; ++n_done, i = next_item(i, n_done)) {
+#ifdef FLASHCORE_DYNAMIC
+    const ItemSlots items{sbase + Tile::kOffItems};   // (flash_fwd_sm90 asserts one producer thread)
+    int fetched = 0;
+#endif
+    for (int i = blockIdx.x; i < p.n_items; ++n_done, i = FC_PRODUCER_NEXT(i, n_done)) {
         const WorkTile w = work_tile<Tile, BLOCK_N, V, S>(p, i);
+#ifdef FLASHCORE_DYNAMIC
+        fetched = items.publish(p.tile_counter, n_done);   // the next item's fetch under this one's loads
+#endif
         const int head_kv = p.by_heads_per_kv(w.head);
         // Paged: the page of box `lane` of key tile j (-1: none), looked up before the copies
         // wait for their slot; the copies of key tile j into ring slot `dst` of `map`, on `full`.
@@ -100,6 +107,9 @@ __device__ __forceinline__ void produce(const Sm90Params& p, u32 sbase, const Ba
         it += w.n_blocks;
         if (Tile::kSplit) break;   // a CTA a work tile (Sm90Config.schedule): gridDim.x need not stay live
     }
+#ifdef FLASHCORE_DYNAMIC
+    items_done(p.tile_counter);
+#endif
 }
 
 }  // namespace fc

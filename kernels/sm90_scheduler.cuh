@@ -96,6 +96,72 @@ __device__ __forceinline__ int next_item(int i, int n) {
 #endif
 }
 
+#ifdef FLASHCORE_DYNAMIC
+// Dynamic deal (probe build, -DFLASHCORE_DYNAMIC; scripts/dev/schedule_probe.py): a CTA's first
+// item is blockIdx.x, each next one p.tile_counter[0]++ + gridDim.x, fetched by the producer a
+// work tile ahead (while it loads the current one) and handed to the consumers through two
+// shared slots: the m-th fetched item (m from 0) in slot m % 2, published on full(m % 2) and
+// released by every consumer warp on empty(m % 2). The slots and their barriers sit after the
+// kernel's barriers (40 bytes the host adds: the probe's). The producer that fetches past the
+// items counts its CTA done in p.tile_counter[1]; the last CTA done zeroes both for the next
+// launch (one launch at a time per counter: the probe's). Dense calls, one producer thread.
+struct ItemSlots {
+    u32 at;   // full(0), full(1), empty(0), empty(1), then the two items (shared memory)
+    __device__ u32 full(int s) const { return at + 8 * s; }
+    __device__ u32 empty(int s) const { return at + 8 * (2 + s); }
+    __device__ u32 item(int s) const { return at + 32 + 4 * s; }
+
+    __device__ __forceinline__ void init(int consumer_warps) const {
+        for (int s = 0; s < 2; ++s) {
+            mbar_init(full(s), 1);
+            mbar_init(empty(s), consumer_warps);
+        }
+    }
+
+    // Producer: fetch the CTA's m-th next item and publish it.
+    __device__ __forceinline__ int publish(int* counter, int m) const {
+        const int next = atomicAdd(counter, 1) + static_cast<int>(gridDim.x);
+        const int s = m % 2;
+        if (m >= 2) mbar_wait(empty(s), ((m - 2) / 2) & 1);
+        asm volatile("st.shared.u32 [%0], %1;" :: "r"(item(s)), "r"(next) : "memory");
+        mbar_arrive(full(s));   // release: the store is visible to the waiters
+        return next;
+    }
+
+    // Consumer: the CTA's m-th fetched item (every lane waits; lane 0 of each warp releases it).
+    __device__ __forceinline__ int take(int m, int lane) const {
+        const int s = m % 2;
+        mbar_wait(full(s), (m / 2) & 1);
+        int next;
+        asm volatile("ld.shared.u32 %0, [%1];" : "=r"(next) : "r"(item(s)) : "memory");
+        __syncwarp();
+        if (lane == 0) mbar_arrive(empty(s));
+        return next;
+    }
+};
+
+// The producer's last act: this CTA has fetched past the items; the last CTA zeroes the counters.
+__device__ __forceinline__ void items_done(int* counter) {
+    __threadfence();
+    if (atomicAdd(counter + 1, 1) == static_cast<int>(gridDim.x) - 1) {
+        counter[0] = 0;
+        counter[1] = 0;
+        __threadfence();
+    }
+}
+#endif
+
+// The loops' next item: next_item's deal, or with FLASHCORE_DYNAMIC what the producer fetched
+// (its `fetched`) and what the consumers take from the slots (their `items`: the m-th item after
+// the first is item n = m + 1).
+#ifdef FLASHCORE_DYNAMIC
+#define FC_PRODUCER_NEXT(i, n) fetched
+#define FC_CONSUMER_NEXT(i, n) items.take((n) - 1, lane)
+#else
+#define FC_PRODUCER_NEXT(i, n) next_item(i, n)
+#define FC_CONSUMER_NEXT(i, n) next_item(i, n)
+#endif
+
 #ifdef FLASHCORE_RECORD_WORK
 // Diagnostic build (-DFLASHCORE_RECORD_WORK=<items>; tests/test_attention_gpu.py): for work item
 // i (< items), the tile the consumers were given: CTA, row0, head, batch, consumers, n_blocks,

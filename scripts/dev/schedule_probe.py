@@ -2,9 +2,11 @@
 CTA per tile (the hardware hands the next tile to whichever SM frees up, but nothing of the next
 tile loads under this one's end); the alternatives here run them persistent, one CTA per SM
 looping over the tiles (the next tile's K/V and Q load under this one's epilogue), dealt round
-the grid as numbered (longest first by groups of heads), or zig-zag (-DFLASHCORE_ZIGZAG: odd
-rounds from the grid's end). Each is checked against the reference, then timed side by side with
-SDPA cuDNN (throughput: 20 calls a sample).
+the grid as numbered (longest first by groups of heads), zig-zag (-DFLASHCORE_ZIGZAG: odd
+rounds from the grid's end), or dynamically (-DFLASHCORE_DYNAMIC: each CTA's next tile from a
+counter in global memory, fetched by its producer a tile ahead; the probe gives the kernel the 64
+bytes of shared memory its item slots take and a zeroed counter). Each is checked against the
+reference, then timed side by side with SDPA cuDNN (throughput: 20 calls a sample).
 Usage: PYTHONPATH=$PWD python3 scripts/dev/schedule_probe.py [--dtype fp16] SHAPE...
        (a name of the shape list, or B,H,S,D[,causal])
 """
@@ -22,6 +24,22 @@ from flashcore_cupy.timing import time_side_by_side
 from flashcore_cupy.workload import random_inputs, verify, within_tolerance
 
 _shipped_schedule = configs.Sm90FwdConfig.schedule
+_shipped_smem = configs.Sm90FwdConfig.smem_bytes
+_ITEM_SLOTS_BYTES = 64   # the dynamic deal's slots and barriers after the kernel's (flash_fwd_sm90.cu)
+
+
+@contextlib.contextmanager
+def probe_build(persistent: bool, dynamic: bool):
+    """Plans made (and first run) inside take the persistent schedule, and with `dynamic` the
+    item slots' shared memory."""
+    configs.Sm90FwdConfig.schedule = persistent_schedule if persistent else _shipped_schedule
+    if dynamic:
+        configs.Sm90FwdConfig.smem_bytes = property(lambda self: _shipped_smem.fget(self) + _ITEM_SLOTS_BYTES)
+    try:
+        yield
+    finally:
+        configs.Sm90FwdConfig.schedule = _shipped_schedule
+        configs.Sm90FwdConfig.smem_bytes = _shipped_smem
 
 
 def persistent_schedule(self, batch, heads_q, seqlen_q, num_sms, causal, kv_bytes_per_head=0):
@@ -49,14 +67,22 @@ def main() -> int:
         opts = bench.attention_options(shape, arrays)
         fns = {}
         for label, persistent, defines in (("shipped", False, ()), ("persistent", True, ()),
-                                           ("persistent zigzag", True, ("FLASHCORE_ZIGZAG",))):
-            configs.Sm90FwdConfig.schedule = persistent_schedule if persistent else _shipped_schedule
+                                           ("persistent zigzag", True, ("FLASHCORE_ZIGZAG",)),
+                                           ("persistent dynamic", True, ("FLASHCORE_DYNAMIC",))):
+            dynamic = "FLASHCORE_DYNAMIC" in defines
             out = cupy.empty(q.shape[:-1] + (v.shape[-1],), q.dtype)
-            plan = api.plan(q, k, v, out=out, defines=defines or ("FLASHCORE_SCHEDULE_PROBE",), **opts)
-            configs.Sm90FwdConfig.schedule = _shipped_schedule
-            run = (lambda plan, out: lambda i: plan.run(q, k, v, out=out, **arrays))(plan, out)
-            out.fill(np.nan)
-            run(0)
+            with probe_build(persistent, dynamic):
+                plan = api.plan(q, k, v, out=out, defines=defines or ("FLASHCORE_SCHEDULE_PROBE",), **opts)
+                if dynamic:
+                    counter = cupy.zeros(2, np.int32)   # the kernel's last CTA zeroes it again
+                    plan.launch.scalars["tile_counter"] = counter.data.ptr
+                run = (lambda plan, out: lambda i: plan.run(q, k, v, out=out, **arrays))(plan, out)
+                out.fill(np.nan)
+                run(0)
+            if dynamic:
+                out.fill(np.nan)
+                run(1)   # a second launch on the counter the first left
+                assert int(counter.sum()) == 0, f"the counter was left at {counter.get()}"
             err, row_err = verify(shape, q, k, v, out, rng, rows=64, options=opts)
             ok = within_tolerance(args.dtype, err, row_err)
             print(f"{name:<34} {label:<18} {plan.config}  grid {plan.launch._dims[0]}  err {err:.1e}"
