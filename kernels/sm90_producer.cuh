@@ -40,7 +40,7 @@ __device__ __forceinline__ void produce(const Sm90Params& p, u32 sbase, const Ba
     for (int i = blockIdx.x; i < p.n_items; ++n_done, i = FC_PRODUCER_NEXT(i, n_done)) {
         const WorkTile w = work_tile<Tile, BLOCK_N, V, S>(p, i);
 #ifdef FLASHCORE_DYNAMIC
-        fetched = items.publish(p.tile_counter, n_done);   // the next item's fetch under this one's loads
+        const int next = items.fetch(p.tile_counter);   // its latency under this tile's loads
 #endif
         const int head_kv = p.by_heads_per_kv(w.head);
         // Paged: the page of box `lane` of key tile j (-1: none), looked up before the copies
@@ -105,6 +105,9 @@ __device__ __forceinline__ void produce(const Sm90Params& p, u32 sbase, const Ba
             }
         }
         it += w.n_blocks;
+#ifdef FLASHCORE_DYNAMIC
+        fetched = items.publish(next, n_done);   // the consumers take it when this tile ends
+#endif
         if (Tile::kSplit) break;   // a CTA a work tile (Sm90Config.schedule): gridDim.x need not stay live
     }
 #ifdef FLASHCORE_DYNAMIC

@@ -99,9 +99,9 @@ __device__ __forceinline__ int next_item(int i, int n) {
 #ifdef FLASHCORE_DYNAMIC
 // Dynamic deal (probe build, -DFLASHCORE_DYNAMIC; scripts/dev/schedule_probe.py): a CTA's first
 // item is blockIdx.x, each next one p.tile_counter[0]++ + gridDim.x, fetched by the producer a
-// work tile ahead (while it loads the current one) and handed to the consumers through two
-// shared slots: the m-th fetched item (m from 0) in slot m % 2, published on full(m % 2) and
-// released by every consumer warp on empty(m % 2). The slots and their barriers sit after the
+// work tile ahead (as it starts loading the current one; published once those loads are issued)
+// and handed to the consumers through two shared slots: the m-th fetched item (m from 0) in slot
+// m % 2, published on full(m % 2) and released by every consumer warp on empty(m % 2). The slots and their barriers sit after the
 // kernel's barriers (40 bytes the host adds: the probe's). The producer that fetches past the
 // items counts its CTA done in p.tile_counter[1]; the last CTA done zeroes both for the next
 // launch (one launch at a time per counter: the probe's). Dense calls, one producer thread.
@@ -118,9 +118,14 @@ struct ItemSlots {
         }
     }
 
-    // Producer: fetch the CTA's m-th next item and publish it.
-    __device__ __forceinline__ int publish(int* counter, int m) const {
-        const int next = atomicAdd(counter, 1) + static_cast<int>(gridDim.x);
+    // Producer: the CTA's next item from the counter (fetched as a tile starts: the thread waits
+    // for it only where publish stores it, after issuing the tile's loads).
+    __device__ __forceinline__ int fetch(int* counter) const {
+        return atomicAdd(counter, 1) + static_cast<int>(gridDim.x);
+    }
+
+    // Producer: publish `next` as the CTA's m-th fetched item.
+    __device__ __forceinline__ int publish(int next, int m) const {
         const int s = m % 2;
         if (m >= 2) mbar_wait(empty(s), ((m - 2) / 2) & 1);
         asm volatile("st.shared.u32 [%0], %1;" :: "r"(item(s)), "r"(next) : "memory");
