@@ -12,8 +12,8 @@
 //                             (scripts/dev/backward_probe.py --ablate NO_DQ)
 //   FLASHCORE_ABLATE_ASCENDING  the Hopper forward's variants run their key tiles first to last
 //                             (Variant::kDescending in variant.cuh; ablate_sm90.py)
-//   FLASHCORE_ZIGZAG          the Hopper forward's persistent deal takes odd rounds from the grid's
-//                             end (next_item in sm90_scheduler.cuh; scripts/dev/schedule_probe.py)
+//   FLASHCORE_DYNAMIC         the Hopper forward's persistent CTAs take their next tile from a
+//                             counter (sm90_scheduler.cuh; scripts/dev/schedule_probe.py)
 #pragma once
 
 #define FC_TRACE_POINTS 24

@@ -103,9 +103,10 @@ struct Sm90Tile {
     static constexpr u32 kOffV = kOffK + STAGES * kKBytes;
     static constexpr u32 kOffBars = kOffV + STAGES * kVBytes;
     // A bias variant's per-warp bias tiles (BiasStage), after the barriers.
-    static constexpr u32 kOffBias = (kOffBars + 8 * (2 + 4 * STAGES) + 127) / 128 * 128;
+    static constexpr u32 kBarsEnd = kOffBars + 8 * (2 + 4 * STAGES);
+    static constexpr u32 kOffBias = (kBarsEnd + 127) / 128 * 128;
     // The dynamic deal's item slots (probe build: sm90_scheduler.cuh), after the barriers.
-    static constexpr u32 kOffItems = kOffBars + 8 * (2 + 4 * STAGES);
+    static constexpr u32 kOffItems = kBarsEnd;
     // Register split of setmaxnreg. The CTA holds what the launch bound gives every thread
     // (ptxas compiles to it: 64K / threads in multiples of 8); setmaxnreg only moves
     // registers inside that allocation, so the consumers share what the producer's drop to

@@ -84,27 +84,16 @@ __device__ __forceinline__ WorkTile work_tile(const Sm90Params& p, int i) {
     return w;
 }
 
-// A CTA's next work item after item i, its n-th (n from 0): the deal goes round the grid, CTA b
-// taking item b of each round; -DFLASHCORE_ZIGZAG (probe: scripts/dev/schedule_probe.py) deals
-// the odd rounds from the grid's end (CTA b takes item G - 1 - b), so that on tiles numbered
-// longest first a CTA's long and short tiles alternate.
-__device__ __forceinline__ int next_item(int i, int n) {
-#ifdef FLASHCORE_ZIGZAG
-    return n * gridDim.x + (n % 2 ? gridDim.x - 1 - blockIdx.x : blockIdx.x);
-#else
-    return i + gridDim.x;
-#endif
-}
-
 #ifdef FLASHCORE_DYNAMIC
 // Dynamic deal (probe build, -DFLASHCORE_DYNAMIC; scripts/dev/schedule_probe.py): a CTA's first
 // item is blockIdx.x, each next one p.tile_counter[0]++ + gridDim.x, fetched by the producer a
 // work tile ahead (as it starts loading the current one; published once those loads are issued)
 // and handed to the consumers through two shared slots: the m-th fetched item (m from 0) in slot
-// m % 2, published on full(m % 2) and released by every consumer warp on empty(m % 2). The slots and their barriers sit after the
-// kernel's barriers (40 bytes the host adds: the probe's). The producer that fetches past the
-// items counts its CTA done in p.tile_counter[1]; the last CTA done zeroes both for the next
-// launch (one launch at a time per counter: the probe's). Dense calls, one producer thread.
+// m % 2, published on full(m % 2) and released by every consumer warp on empty(m % 2). The slots
+// and their barriers (40 bytes) follow the kernel's barriers, in shared memory the probe adds to
+// the config's. The producer that fetches past the items counts its CTA done in
+// p.tile_counter[1]; the last CTA done zeroes both for the next launch (one launch at a time per
+// counter: the probe's). Dense calls, one producer thread.
 struct ItemSlots {
     u32 at;   // full(0), full(1), empty(0), empty(1), then the two items (shared memory)
     __device__ u32 full(int s) const { return at + 8 * s; }
@@ -156,15 +145,15 @@ __device__ __forceinline__ void items_done(int* counter) {
 }
 #endif
 
-// The loops' next item: next_item's deal, or with FLASHCORE_DYNAMIC what the producer fetched
-// (its `fetched`) and what the consumers take from the slots (their `items`: the m-th item after
-// the first is item n = m + 1).
+// The loops' next item: the next round of the deal round the grid, or with FLASHCORE_DYNAMIC what
+// the producer fetched (its `fetched`) and what the consumers take from the slots (their `items`:
+// the m-th item after the first is item n = m + 1).
 #ifdef FLASHCORE_DYNAMIC
 #define FC_PRODUCER_NEXT(i, n) fetched
 #define FC_CONSUMER_NEXT(i, n) items.take((n) - 1, lane)
 #else
-#define FC_PRODUCER_NEXT(i, n) next_item(i, n)
-#define FC_CONSUMER_NEXT(i, n) next_item(i, n)
+#define FC_PRODUCER_NEXT(i, n) (i) + gridDim.x
+#define FC_CONSUMER_NEXT(i, n) (i) + gridDim.x
 #endif
 
 #ifdef FLASHCORE_RECORD_WORK

@@ -190,7 +190,7 @@ struct BiasFrag {
 
     __device__ __forceinline__ float at(int mt, int half, int nt, int c) const {
         if constexpr (BIAS == 2) return __uint_as_float(w[mt][half][nt][c]);
-        else return bias_bits<T>(c ? w[mt][half][nt][0] >> 16 : w[mt][half][nt][0] & 0xffffu);
+        else return bias_half<T>(w[mt][half][nt][0], c);
     }
 
     __device__ __forceinline__ void fetch(const ScoreMod& m, int first_row, int first_key, int lane) {

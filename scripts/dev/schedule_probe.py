@@ -2,8 +2,8 @@
 CTA per tile (the hardware hands the next tile to whichever SM frees up, but nothing of the next
 tile loads under this one's end); the alternatives here run them persistent, one CTA per SM
 looping over the tiles (the next tile's K/V and Q load under this one's epilogue), dealt round
-the grid as numbered (longest first by groups of heads), zig-zag (-DFLASHCORE_ZIGZAG: odd
-rounds from the grid's end), or dynamically (-DFLASHCORE_DYNAMIC: each CTA's next tile from a
+the grid as numbered (longest first by groups of heads; a zig-zag deal, odd rounds from the
+grid's end, was slower still and is gone: v40), or dynamically (-DFLASHCORE_DYNAMIC: each CTA's next tile from a
 counter in global memory, fetched by its producer a tile ahead; the probe gives the kernel the 64
 bytes of shared memory its item slots take and a zeroed counter). Each is checked against the
 reference, then timed side by side with SDPA cuDNN (throughput: 20 calls a sample).
@@ -67,7 +67,6 @@ def main() -> int:
         opts = bench.attention_options(shape, arrays)
         fns = {}
         for label, persistent, defines in (("shipped", False, ()), ("persistent", True, ()),
-                                           ("persistent zigzag", True, ("FLASHCORE_ZIGZAG",)),
                                            ("persistent dynamic", True, ("FLASHCORE_DYNAMIC",))):
             dynamic = "FLASHCORE_DYNAMIC" in defines
             out = cupy.empty(q.shape[:-1] + (v.shape[-1],), q.dtype)
