@@ -88,7 +88,7 @@ _SEQ_EXPRESSIONS = {"dense": "fc::Dense", "dense_split": "fc::DenseSplit", "varl
                     "paged_tiles": "fc::KvCache<fc::kCachePageTiles>"}
 CACHE_KINDS = ("cache", "paged", "paged_tiles")
 # The Hopper kernel's: a paged cache there is always loaded by TMA boxes of whole pages (or tiles).
-SM90_SEQ_KINDS = ("dense", "dense_split", "cache", "paged_tiles")
+SM90_SEQ_KINDS = ("dense", "dense_split", "varlen", "cache", "paged_tiles")
 
 
 @dataclass(frozen=True)
@@ -383,7 +383,7 @@ class Sm90FwdConfig:
     producers: int = 1    # TMA-issuing threads: 1 (Q, K and V) or 2 (Q and K; V)
     warp_rows: int = 16   # query rows per warp's 16-row GEMM slice: 8 halves split tiles to 32 rows
     variant: KernelVariant = PLAIN
-    seq: str = "dense"    # "dense", "dense_split" (split-KV), or a plain KV cache: "cache" | "paged_tiles"
+    seq: str = "dense"    # "dense", "dense_split" (split-KV), plain "varlen", or a plain KV cache: "cache" | "paged_tiles"
     head_dim_v: int | None = None   # V's and O's width where it differs from head_dim (a built width)
 
     kernel_file = "flash_fwd_sm90.cu"
@@ -392,7 +392,9 @@ class Sm90FwdConfig:
     def __post_init__(self):
         if self.seq not in SM90_SEQ_KINDS:
             raise ValueError(f"seq must be one of {SM90_SEQ_KINDS}, got {self.seq!r}")
-        if self.seq not in ("dense", "dense_split") and not (self.split and self.warp_rows == 16 and self.variant.plain):
+        if self.seq == "varlen" and (self.split or not self.variant.plain):
+            raise ValueError("a Hopper varlen config has whole tiles and no variant")
+        if self.seq in CACHE_KINDS and not (self.split and self.warp_rows == 16 and self.variant.plain):
             raise ValueError("a Hopper KV-cache config has split tiles of 16-row warps and no variant")
         if self.head_dim_v == self.head_dim:
             raise ValueError("head_dim_v: None where V's width is head_dim (one config, one name)")
@@ -517,6 +519,23 @@ class Sm90FwdConfig:
         kv_end = min(seqlen_k, row0 + rows + seqlen_k - seqlen_q) if causal else seqlen_k
         return WorkTile(row0, head_batch % heads, head_batch // heads, consumers,
                         -(-kv_end // self.block_n) if rows > 0 and kv_end > 0 else 0)
+
+    def varlen_work_tiles(self, seqlens_q: list[int], seqlens_k: list[int], heads: int, causal: bool,
+                          items: int) -> list[WorkTile]:
+        """A varlen launch's `items` work items, as flash_fwd_sm90.cu's work_tile gives them
+        (sm90_scheduler.cuh's varlen_item): sequence by sequence, each ceil(Sq_b / block_m) *
+        heads items, its last row block first with the heads in turn; then empty items (no
+        consumers, no keys) up to `items`."""
+        tiles = []
+        for b, (sq, sk) in enumerate(zip(seqlens_q, seqlens_k)):
+            m_blocks = -(-sq // self.block_m)
+            for u in range(m_blocks * heads):
+                m_desc, head = divmod(u, heads)
+                row0 = (m_blocks - 1 - m_desc) * self.block_m
+                rows = min(self.block_m, sq - row0)
+                kv_end = min(sk, row0 + rows + sk - sq) if causal else sk
+                tiles.append(WorkTile(row0, head, b, -(-rows // 64), -(-kv_end // self.block_n) if kv_end > 0 else 0))
+        return (tiles + [WorkTile(0, 0, 0, 0, 0)] * items)[:items]
 
     def __str__(self) -> str:
         return (f"sm90 {self.dtype} D{self.head_dim}{f'/{self.head_dim_v}' if self.head_dim_v else ''} "
@@ -696,6 +715,12 @@ def sm90_cache_config(dtype: str, head_dim: int, paged: bool) -> Sm90FwdConfig:
     """The Hopper kernel's tile for a KV-cache decode step: the small grids' split tile (64 rows
     of the packed GQA group, two consumers splitting the keys), with the cache's sequence policy."""
     return dataclasses.replace(sm90_config(dtype, head_dim, "small"), seq="paged_tiles" if paged else "cache")
+
+
+def sm90_varlen_config(dtype: str, head_dim: int) -> Sm90FwdConfig:
+    """The Hopper kernel's tile for packed sequences: the large grids' whole tiles (a CTA each,
+    the sequences' longest first), with the varlen sequence policy."""
+    return dataclasses.replace(sm90_config(dtype, head_dim, "large"), seq="varlen")
 
 
 SM90_PRODUCER_REGISTERS = 24   # the producer warpgroup's after setmaxnreg (Sm90Tile::kProducerRegs)

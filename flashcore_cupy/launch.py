@@ -568,27 +568,28 @@ def sm90_scalars(p: Problem, o_strides: tuple[int, int, int], causal: bool, head
 
 
 def sm90_sequence_scalars(**given) -> dict:
-    """params.FWD_SM90's KV-cache and split-KV fields of a dense call (no cache, one split), with
-    `given` in their place."""
-    fields = dict.fromkeys((*params.cache_field_names(), "lse_sb", "lse_sh", "lse_ss", "tile_counter"), 0)
+    """params.FWD_SM90's KV-cache, split-KV and varlen fields of a dense call (no cache, one split,
+    no offsets), with `given` in their place."""
+    fields = dict.fromkeys((*params.cache_field_names(), "lse_sb", "lse_sh", "lse_ss", "tile_counter",
+                            "cu_seqlens_q", "cu_seqlens_k"), 0)
     return {**fields, "page_size": 1, "by_page_size": fast_divisor(1), "splits": 1, **given}
 
 
 @dataclass(frozen=True, eq=False)
 class Sm90SeqLaunch(Sm90FwdLaunch):
-    """The Hopper forward on a KV-cache call (an Sm90FwdConfig whose seq is not "dense"): the
-    maps encoded per (q, k, v) addresses as Sm90FwdLaunch's, the call's other addresses packed
-    per call by field name (POINTERS; absent: 0)."""
+    """The Hopper forward on a KV-cache, split-KV or varlen call (an Sm90FwdConfig whose seq is not
+    "dense"): the maps encoded per (q, k, v) addresses as Sm90FwdLaunch's, the call's other
+    addresses packed per call by field name (POINTERS; absent: 0)."""
     POINTERS: ClassVar[tuple[str, ...]] = ("o", "lse", "alibi", "bias", "seqused_k", "block_table", "o_accum",
-                                           "lse_accum", "split_count")
+                                           "lse_accum", "split_count", "cu_seqlens_q", "cu_seqlens_k")
 
     @classmethod
     def build_seq(cls, config: Sm90FwdConfig, device: int, arch: str, grid: tuple[int, int, int], scalars: dict,
-                  specs: tuple[tma.MapSpec, ...]) -> "Sm90SeqLaunch":
+                  specs: tuple[tma.MapSpec, ...], defines: tuple[str, ...] = ()) -> "Sm90SeqLaunch":
         missing = set(params.FWD_SM90.names[3:]) - set(scalars) - set(cls.POINTERS)
         if missing:
             raise KeyError(f"{cls.__name__}: no value for {sorted(missing)}")
-        return cls(config, loader.get_function(config, device, arch), device, grid, (0, 0, 0, 0), None,
+        return cls(config, loader.get_function(config, device, arch, defines), device, grid, (0, 0, 0, 0), None,
                    {**dict.fromkeys(cls.POINTERS, 0), **scalars}, specs)
 
 

@@ -137,12 +137,19 @@ def cache_field_names() -> tuple[str, ...]:
     return tuple(f.name for f in (*_paged_fields(), *_split_fields()))
 
 
+def _varlen_fields() -> list[Field]:
+    """Packed sequences' offsets (kernels/sequence.cuh's seq_span reads them by these names)."""
+    return [
+        Field("cu_seqlens_q", "const int*", "varlen: (B + 1) offsets of the sequences' rows in q, o"),
+        Field("cu_seqlens_k", "const int*", "varlen: (B + 1) offsets of their keys in k, v"),
+    ]
+
+
 def _sequence_fields() -> list[Field]:
     """Where the sequences are (kernels/sequence.cuh's policies): packed (varlen) offsets, a
     KV cache, and split-KV partials. A dense call's kernel reads none of them."""
     return [
-        Field("cu_seqlens_q", "const int*", "varlen: (B + 1) offsets of the sequences' rows in q, o"),
-        Field("cu_seqlens_k", "const int*", "varlen: (B + 1) offsets of their keys in k, v"),
+        *_varlen_fields(),
         *_paged_fields(),
         Field("pack", "int", "KV cache: query heads packed into a tile's rows (GQA; row r: query r / pack "
                              "of head blockIdx.y * pack + r % pack); 1: none"),
@@ -207,6 +214,8 @@ FWD_SM90 = Schema("Sm90Params", [
     *_split_fields(),
     Field("tile_counter", "int*", "probe builds (-DFLASHCORE_DYNAMIC): two zeroed ints, the next work item "
                                   "and the CTAs done (kernels/sm90_scheduler.cuh); else null"),
+    # packed sequences (kernels/sequence.cuh): seqlen_q and seqlen_k are total_q and total_k
+    *_varlen_fields(),
 ], "The Hopper forward kernel's one argument (flash_fwd_sm90), __grid_constant__.")
 
 def _bwd_gradients() -> list[Field]:

@@ -277,14 +277,15 @@ _SEQUENCE_VARIANTS = (configs.PLAIN, configs.KernelVariant(window=True),
 def sequence_configs(arch: str, dtypes: tuple[str, ...] = configs.DTYPES) -> list[configs.Sm80FwdConfig | configs.Sm90FwdConfig]:
     """The split-KV dense, varlen and KV-cache instantiations (configs.seq_config, decode tiles
     included) of every portable config the tables give on `arch`, for the variants that bound the
-    rest; on sm_90a the Hopper kernel's KV-cache tiles (configs.sm90_cache_config) and its
-    dispatchable tiles' split-KV dense ones too."""
+    rest; on sm_90a the Hopper kernel's KV-cache and varlen tiles (configs.sm90_cache_config,
+    sm90_varlen_config) and its dispatchable tiles' split-KV dense ones too."""
     base = {c for c in configs.all_configs(arch) if isinstance(c, configs.Sm80FwdConfig) and c.dtype in dtypes}
     found = {configs.seq_config(c, seq, v, rows, arch) for c in base for seq in configs.SEQ_KINDS[1:]
              for v in _SEQUENCE_VARIANTS for rows in (None, configs.DECODE_ROWS)}
     if arch == configs.SM90_ARCH:
         found |= {configs.sm90_cache_config(dt, hd, paged) for dt in dtypes for hd in configs.SM90_HEAD_DIMS
                   for paged in (False, True)}
+        found |= {configs.sm90_varlen_config(dt, hd) for dt in dtypes for hd in configs.SM90_HEAD_DIMS}
         found |= {dataclasses.replace(configs.variant_config(c, v), seq="dense_split")
                   for c in dispatchable_configs(arch) if isinstance(c, configs.Sm90FwdConfig) and c.dtype in dtypes
                   for v in _SEQUENCE_VARIANTS}

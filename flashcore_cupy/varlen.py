@@ -1,30 +1,34 @@
 """attention_varlen: attention over packed sequences of different lengths (flash_attn's varlen
-layout), on the portable forward kernel with the Varlen sequence policy (kernels/sequence.cuh).
+layout), with the Varlen sequence policy (kernels/sequence.cuh) on the Hopper kernel (a plain
+call on an sm_90 GPU: sm90_varlen_plan) or the portable one.
 
 The spec is `flashcore_cupy.reference.attention_varlen`. One launch on CuPy's current stream;
-with max_seqlen_q and max_seqlen_k given and `out=` passed, no host sync and no allocation but
-the LSE's, so a call can be captured in a CUDA graph.
+with `out=` passed (and on the portable kernel max_seqlen_q given), no host sync and no
+allocation but the LSE's, so a call can be captured in a CUDA graph.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
 import numpy as np
 
-from . import api, metadata
+from . import api, metadata, tma
 from .api import _as_device_array, _spec
-from .configs import choose_sm80_config, fold_heads_batch, seq_config
-from .launch import Sm80SeqLaunch, problem_scalars, sequence_scalars, variant_scalars
+from .configs import (SM90_ARCH, SM90_HEAD_DIMS, Sm90FwdConfig, choose_sm80_config, fold_heads_batch, seq_config,
+                      sm90_varlen_config)
+from .launch import (Sm80SeqLaunch, Sm90SeqLaunch, problem_scalars, sequence_scalars, sm90_map_specs, sm90_scalars,
+                     variant_scalars)
 from .params import stride_values
-from .validation import Problem, TensorSpec, check_no_overlap, check_out, check_varlen
+from .validation import Problem, TensorSpec, check_capability, check_no_overlap, check_out, check_varlen
 
 
 def attention_varlen(q: Any, k: Any, v: Any, cu_seqlens_q: Any, cu_seqlens_k: Any, *,
                      max_seqlen_q: int | None = None, max_seqlen_k: int | None = None, causal: bool = False,
                      scale: float | None = None, window: tuple[int, int] | None = None, softcap: float = 0.0,
-                     alibi_slopes: Any = None, return_lse: bool = False, out: Any = None):
+                     alibi_slopes: Any = None, return_lse: bool = False, out: Any = None, backend: str = "auto"):
     """Attention over B packed sequences: sequence b's queries are q[cu_seqlens_q[b]:cu_seqlens_q[b+1]]
     and its keys k[cu_seqlens_k[b]:cu_seqlens_k[b+1]] (v alike).
 
@@ -33,11 +37,15 @@ def attention_varlen(q: Any, k: Any, v: Any, cu_seqlens_q: Any, cu_seqlens_k: An
     arrays of length B + 1, prefix sums from 0. causal (bool) and window=(left, right) align
     bottom-right within each sequence; softcap and alibi_slopes ((Hq,) or (B, Hq) float32) as in
     `attention`. A sequence may be empty; a query whose sequence has no keys gets 0 (LSE -inf).
-    max_seqlen_q, max_seqlen_k: the longest sequences, the grid's size; when omitted they are
-    read from the device, which synchronises with it. A sequence longer than max_seqlen_q has
-    its rows past it left unwritten, as are rows past cu_seqlens_q[-1]; offsets that decrease or
-    run past the arrays are clamped into them (FLASHCORE_CUPY_CHECK_METADATA=1 checks them on the
-    host first: that syncs too).
+    max_seqlen_q, max_seqlen_k: the longest sequences, the portable kernel's grid size; when it
+    runs and they are omitted they are read from the device, which synchronises with it (the
+    Hopper kernel's grid needs neither). On the portable kernel a sequence longer than
+    max_seqlen_q has its rows past it left unwritten; on either, rows past cu_seqlens_q[-1];
+    offsets that decrease or run past the arrays are clamped into them
+    (FLASHCORE_CUPY_CHECK_METADATA=1 checks them on the host first: that syncs too).
+    backend: "auto" (the Hopper kernel on H100/H200 for a call without softcap, ALiBi or a
+    window, else the portable one), "sm80" (the portable kernel) or "sm90" (the Hopper kernel;
+    a ValueError where it cannot run the call).
     Returns out (total_q, Hq, D) in q's dtype (out=: a buffer of that shape), and with
     return_lse the float32 LSE of shape (Hq, total_q)."""
     q, k, v = (_as_device_array(a, n) for a, n in ((q, "q"), (k, "k"), (v, "v")))
@@ -61,18 +69,29 @@ def attention_varlen(q: Any, k: Any, v: Any, cu_seqlens_q: Any, cu_seqlens_k: An
     for name, hint in (("max_seqlen_q", max_seqlen_q), ("max_seqlen_k", max_seqlen_k)):
         if hint is not None and (isinstance(hint, bool) or not isinstance(hint, (int, np.integer)) or hint < 0):
             raise ValueError(f"{name} must be an int >= 0 or None, got {hint!r}")
+    if backend not in api.BACKENDS:
+        raise ValueError(f"backend must be one of {api.BACKENDS}, got {backend!r}")
     import cupy
 
     with cupy.cuda.Device(problem.device):
+        dev = api.device_info(problem.device)
+        check_capability(dev.capability, problem.device)
+        hopper = None
+        if backend != "sm80":
+            blocker = sm90_varlen_blocker(problem, dev.arch)
+            if backend == "sm90" and blocker:
+                raise ValueError(f"backend='sm90' cannot run this call: {blocker}; use backend='auto'")
+            hopper = None if blocker else sm90_varlen_config(problem.dtype, problem.head_dim)
         if metadata.checking():
             metadata.check_offsets(cu_q, "cu_seqlens_q", total_q, max_seqlen_q)
             metadata.check_offsets(cu_k, "cu_seqlens_k", k.shape[0], max_seqlen_k)
-        if max_seqlen_q is None:
+        if max_seqlen_q is None and hopper is None:
             max_seqlen_q = metadata.longest(cu_q)
         out = cupy.empty(q.shape, q.dtype) if out is None else out
         lse = cupy.empty((heads_q, total_q), np.float32) if return_lse else None
-        if total_q and max_seqlen_q:   # no keys at all (total_k 0): the kernel reads none
-            launch = _launch(problem, int(max_seqlen_q), (out.strides[1] // out.itemsize, out.strides[0] // out.itemsize))
+        if total_q and (hopper is not None or max_seqlen_q):   # no keys at all (total_k 0): the kernel reads none
+            o_strides = (out.strides[1] // out.itemsize, out.strides[0] // out.itemsize)
+            launch = _launch(problem, hopper, 0 if hopper is not None else int(max_seqlen_q), o_strides)
             launch.start(dict(q=q.data.ptr, k=k.data.ptr, v=v.data.ptr, o=out.data.ptr,
                               lse=0 if lse is None else lse.data.ptr, alibi=0 if slopes is None else slopes.data.ptr,
                               cu_seqlens_q=cu_q.data.ptr, cu_seqlens_k=cu_k.data.ptr),
@@ -80,16 +99,59 @@ def attention_varlen(q: Any, k: Any, v: Any, cu_seqlens_q: Any, cu_seqlens_k: An
     return (out, lse) if return_lse else out
 
 
-_launches: dict[tuple, Sm80SeqLaunch] = {}
+def sm90_varlen_blocker(p: Problem, arch: str) -> str | None:
+    """Why the Hopper kernel cannot run the varlen problem `p` (in check_varlen's terms), or None:
+    sm_90 only, a plain call (causal at most), a built head width, keys to map, and maps the
+    driver takes."""
+    if arch != SM90_ARCH:
+        return f"it needs an sm_90 GPU (H100/H200); this device compiles for {arch}"
+    if not p.kernel_variant.plain:
+        return "its varlen tiles run plain calls (causal at most): no softcap, ALiBi or window"
+    if p.head_dim > SM90_HEAD_DIMS[-1]:
+        return f"head_dim {p.head_dim} is over {SM90_HEAD_DIMS[-1]}"
+    if p.seqlen_k == 0:
+        return "k has no rows"
+    for name, spec in zip("qkv", sm90_map_specs(dataclasses.replace(p, batch=1), sm90_varlen_config(p.dtype, p.head_dim))):
+        reason = tma.unsupported_reason(spec)
+        if reason:
+            return f"{name} has a {reason}"
+    return None
 
 
-def _launch(problem: Problem, max_seqlen_q: int, o_strides: tuple[int, int]) -> Sm80SeqLaunch:
-    """The prepared launch of a varlen problem (kept per problem, grid and output strides)."""
-    key = (problem, max_seqlen_q, o_strides)
+_launches: dict[tuple, Sm80SeqLaunch | Sm90SeqLaunch] = {}
+
+
+def _launch(problem: Problem, hopper: Sm90FwdConfig | None, max_seqlen_q: int,
+            o_strides: tuple[int, int]) -> Sm80SeqLaunch | Sm90SeqLaunch:
+    """The prepared launch of a varlen problem (kept per problem, kernel, grid and output strides)."""
+    key = (problem, hopper, max_seqlen_q, o_strides)
     launch = _launches.get(key)
     if launch is not None:
         return launch
     dev = api.device_info(problem.device)
+    if hopper is not None:
+        launch = _sm90_launch(problem, hopper, o_strides, dev.arch)
+    else:
+        launch = _sm80_launch(problem, max_seqlen_q, o_strides, dev)
+    if len(_launches) > 1024:
+        _launches.clear()
+    _launches[key] = launch
+    return launch
+
+
+def _sm90_launch(p: Problem, config: Sm90FwdConfig, o_strides: tuple[int, int], arch: str,
+                 defines: tuple[str, ...] = ()) -> Sm90SeqLaunch:
+    """The Hopper kernel over packed sequences: one CTA a work item, at most ceil(total_q /
+    block_m) + B row blocks a head (each sequence's last one may be partial), those past the
+    sequences' doing nothing; the maps span q, k and v as one batch entry; the LSE (Hq, total_q).
+    defines: a diagnostic build's (the GPU tests' FLASHCORE_RECORD_WORK)."""
+    items = (math.ceil(p.seqlen_q / config.block_m) + p.batch) * p.heads_q
+    scalars = sm90_scalars(p, (0, *o_strides), p.causal, p.heads_q, p.heads_q // p.heads_kv, 1, 1, items, items, 1)
+    return Sm90SeqLaunch.build_seq(config, p.device, arch, (items, 1, 1), scalars,
+                                   sm90_map_specs(dataclasses.replace(p, batch=1), config), defines)
+
+
+def _sm80_launch(problem: Problem, max_seqlen_q: int, o_strides: tuple[int, int], dev) -> Sm80SeqLaunch:
     base = choose_sm80_config(dev.arch, problem.dtype, problem.head_dim, problem.batch * problem.heads_q,
                               max_seqlen_q, dev.num_sms)
     config = seq_config(base, "varlen", problem.kernel_variant)
@@ -99,8 +161,4 @@ def _launch(problem: Problem, max_seqlen_q: int, o_strides: tuple[int, int]) -> 
     scalars = {name: st for t, ts in strides.items() for name, st in stride_values(t, ts).items()}
     scalars.update(problem_scalars(p), **variant_scalars(p), **sequence_scalars())
     grid = fold_heads_batch(math.ceil(max_seqlen_q / config.block_m), p.heads_q, p.batch)
-    launch = Sm80SeqLaunch.build(config, p.device, dev.arch, grid, scalars)
-    if len(_launches) > 1024:
-        _launches.clear()
-    _launches[key] = launch
-    return launch
+    return Sm80SeqLaunch.build(config, p.device, dev.arch, grid, scalars)

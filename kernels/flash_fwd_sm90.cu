@@ -35,6 +35,12 @@
 // i % splits of its tile, a share of its key tiles, stored as float32 partials (split_kv.cuh)
 // that merge_states combines.
 //
+// Packed sequences (S = Varlen, plain; flash_attn's varlen layout): the maps span the packed q,
+// k and v as one batch entry, a tile's boxes start at its sequence's rows (cu_seqlens), and its
+// keys and causal diagonal are its sequence's. Rows of a box past its sequence are the next
+// sequence's: their queries are never stored, their keys masked, their V rows zeroed as a KV
+// cache's. One CTA a work tile, the tiles of each sequence longest first (work_tile).
+//
 // SPLIT (small grids: short sequences, decode): a work tile is 64 rows that all
 // consumers share; consumer c takes key tiles c, c + CONSUMERS, ... and the
 // partial (m, l, O) merge into consumer 0's at the end (combine_split), which
@@ -149,8 +155,10 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
 #endif
     static_assert(PRODUCERS == 1 || PRODUCERS == 2, "PRODUCERS: one thread for Q, K and V, or K's and V's own");
     // A KV cache's tiles are SPLIT ones (one consumer a K/V tile: it clears the tile's stale rows
-    // alone) of 16-row warps (write_partials' row halves).
-    static_assert(S::kDense || (SPLIT && WARP_ROWS == 16), "KV cache: SPLIT tiles of 16-row warps");
+    // alone) of 16-row warps (write_partials' row halves); packed sequences' are whole tiles (each
+    // consumer clears the stale rows of the tiles it multiplies: the same zeros).
+    static_assert(S::kDense || (S::kVarlen && !SPLIT) || (SPLIT && WARP_ROWS == 16),
+                  "KV cache: SPLIT tiles of 16-row warps; varlen: whole tiles");
     extern __shared__ __align__(1024) unsigned char smem[];
     const u32 sbase = (smem_addr(smem) + 1023) & ~1023u;   // swizzle atoms need 1024-byte alignment
     const Barriers<STAGES> bar{sbase + Tile::kOffBars};
@@ -177,8 +185,8 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
 
     if (warpgroup == 0) {
         regs_release<Tile::kProducerRegs>(); FC_TRACE(2);
-        // one thread each (a paged cache: the thread's warp, see produce)
-        const int producer = S::kPaged || threadIdx.x % 32 == 0 ? threadIdx.x / 32 : -1;
+        // one thread each (a paged cache, packed sequences: the thread's warp, see produce)
+        const int producer = S::kPaged || S::kVarlen || threadIdx.x % 32 == 0 ? threadIdx.x / 32 : -1;
         if (producer == 0) produce<Tile, HEAD_DIM, DV, BLOCK_N, STAGES, true, PRODUCERS == 1, V, S>(p, sbase, bar);
         if (PRODUCERS == 2 && producer == 1)
             produce<Tile, HEAD_DIM, DV, BLOCK_N, STAGES, false, true, V, S>(p, sbase, bar);
@@ -231,7 +239,9 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
     for (int i = blockIdx.x; i < p.n_items; ++n_done, i = FC_CONSUMER_NEXT(i, n_done)) {
         const WorkTile w = work_tile<Tile, BLOCK_N, V, S>(p, i);
         const int n_blocks = w.n_blocks;
-        const int seqlen_k = w.seqlen_k, causal_diag = seqlen_k - seqlen_q;
+        // The tile's sequence: its queries (varlen: its own; else p.seqlen_q) and keys.
+        const int seq_q = S::kVarlen ? w.seqlen_q : seqlen_q;
+        const int seqlen_k = w.seqlen_k, causal_diag = seqlen_k - seq_q;
         const bool has_rows = consumer < w.consumers;
 #ifdef FLASHCORE_RECORD_WORK
         if (threadIdx.x == 128 && i < FLASHCORE_RECORD_WORK) {
@@ -318,9 +328,10 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
         mbar_wait(bar.q_full(), n_done & 1); FC_TRACE(4);
         // P_k V_k is done: its V tile goes back to the producer, `a` and O are free.
         // A KV cache's tile past its sequence's end: V's rows there are whatever the cache held
-        // (the maps span every sequence's room) and a masked P (0) times a NaN is NaN: zero them.
+        // (the maps span every sequence's room; packed sequences: the next sequence's rows) and a
+        // masked P (0) times a NaN is NaN: zero them.
         auto clear_stale = [&](int k) {
-            if constexpr (S::kCache) {
+            if constexpr (S::kCache || S::kVarlen) {
                 const int from = seqlen_k - w.key_tile<V>(tile(k)) * BLOCK_N;
                 if (from < BLOCK_N)
                     clear_tile_rows<DV, BLOCK_N>(sbase + Tile::kOffV + Ring<STAGES>{it + tile(k)}.slot() *
@@ -425,8 +436,9 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
             const float l_row = quad_sum(l[0][half]);
             const float inv_l = l_row > 0.f ? 1.f / l_row : 0.f; FC_TRACE(17);
             const int row = w_row0 + lane / 4 + 8 * half;
-            if (row >= (packed ? p.pack : seqlen_q)) continue;
-            const int q_head = w.head * p.pack + (packed ? row : 0), q_pos = packed ? 0 : row;
+            if (row >= (packed ? p.pack : seq_q)) continue;
+            // varlen: the row of packed o and of the LSE's (Hq, total_q) (o_sb 0: one "batch")
+            const int q_head = w.head * p.pack + (packed ? row : 0), q_pos = packed ? 0 : w.q_row0 + row;
             u16* o_row = p.o + w.batch * p.o_sb + q_head * p.o_sh + q_pos * p.o_ss + 2 * (lane % 4);
             #pragma unroll
             for (int dt = 0; dt < DV / 8; ++dt)
@@ -434,7 +446,7 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
                     *reinterpret_cast<u32*>(o_row + dt * 8) =
                         pack2<T>(o[0][dt][2 * half] * inv_l, o[0][dt][2 * half + 1] * inv_l);
             if (p.lse != nullptr && lane % 4 == 0)
-                p.lse[(static_cast<i64>(w.batch) * p.heads * p.pack + q_head) * seqlen_q + q_pos] =
+                p.lse[(static_cast<i64>(S::kVarlen ? 0 : w.batch) * p.heads * p.pack + q_head) * seqlen_q + q_pos] =
                     row_lse(m[0][half], l_row);
         } FC_TRACE(14); FC_TRACE_NS(23);
     }

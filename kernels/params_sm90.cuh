@@ -65,6 +65,8 @@ struct Sm90Params {
     i64 lse_split;
     int* split_count;        // split-KV: a zeroed int per tile; its last split merges the partials into o and lse (and zeroes it); null: merge_states does
     int* tile_counter;       // probe builds (-DFLASHCORE_DYNAMIC): two zeroed ints, the next work item and the CTAs done (kernels/sm90_scheduler.cuh); else null
+    const int* cu_seqlens_q; // varlen: (B + 1) offsets of the sequences' rows in q, o
+    const int* cu_seqlens_k; // varlen: (B + 1) offsets of their keys in k, v
 };
 static_assert(sizeof(Sm90Params) == 768, "Sm90Params: declared in flashcore_cupy/params.py: run scripts/gen_params.py");
 static_assert(FC_OFFSETOF(Sm90Params, q) == 0, "Sm90Params::q");
@@ -121,5 +123,7 @@ static_assert(FC_OFFSETOF(Sm90Params, o_split) == 680, "Sm90Params::o_split");
 static_assert(FC_OFFSETOF(Sm90Params, lse_split) == 688, "Sm90Params::lse_split");
 static_assert(FC_OFFSETOF(Sm90Params, split_count) == 696, "Sm90Params::split_count");
 static_assert(FC_OFFSETOF(Sm90Params, tile_counter) == 704, "Sm90Params::tile_counter");
+static_assert(FC_OFFSETOF(Sm90Params, cu_seqlens_q) == 712, "Sm90Params::cu_seqlens_q");
+static_assert(FC_OFFSETOF(Sm90Params, cu_seqlens_k) == 720, "Sm90Params::cu_seqlens_k");
 
 }  // namespace fc

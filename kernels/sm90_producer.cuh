@@ -20,11 +20,13 @@ namespace fc {
 // runs this (PAGED_WARP), lane b looking up box b's page, and lane 0 issues the copies. A page
 // index outside the pool, and positions past the sequence, load as zeros (coordinates past the
 // map: TMA's fill).
+// Packed sequences (S = Varlen): the warp runs this too (work_tile's scan is warp-wide), lane 0
+// issuing; boxes at the sequence's rows of the packed tensors (the maps' one batch entry).
 template <class Tile, int HEAD_DIM, int DV, int BLOCK_N, int STAGES, bool LOADS_K, bool LOADS_V, class V,
           class S = Dense>
 __device__ __forceinline__ void produce(const Sm90Params& p, u32 sbase, const Barriers<STAGES>& bar) {
     const int lane = threadIdx.x % 32;
-    const bool issues = !S::kPaged || lane == 0;   // paged: the warp looks up, lane 0 copies
+    const bool issues = !(S::kPaged || S::kVarlen) || lane == 0;   // paged: the warp looks up, lane 0 copies
     if (issues) {
         if (LOADS_K) {
             prefetch_tensor_map(&p.q);
@@ -68,8 +70,8 @@ __device__ __forceinline__ void produce(const Sm90Params& p, u32 sbase, const Ba
                     if (issues)
                         load_box(is_v, dst, map, full, slot, page < 0 ? p.num_pages : page, b * box);
                 }
-            } else {
-                load_box(is_v, dst, map, full, key0, w.batch);
+            } else if (issues) {
+                load_box(is_v, dst, map, full, w.k_row0 + key0, S::kVarlen ? 0 : w.batch);
             }
         };
         if (LOADS_K) {
@@ -79,7 +81,8 @@ __device__ __forceinline__ void produce(const Sm90Params& p, u32 sbase, const Ba
                 #pragma unroll
                 for (int box = 0; box < Tile::kBlockM / Tile::kQBoxRows; ++box)   // slice `box`'s first rows
                     tma_load_tile<HEAD_DIM>(sbase + box * 16 * 128, p.q, bar.q_full(), Tile::kQRows,
-                                            w.row0 + box * Tile::kQBoxRows, w.head * p.pack, w.batch); FC_TRACE(18);
+                                            w.q_row0 + w.row0 + box * Tile::kQBoxRows, w.head * p.pack,
+                                            S::kVarlen ? 0 : w.batch); FC_TRACE(18);
             }
         }
         // K runs kKAhead tiles ahead of V: with split keys each consumer's first S needs

@@ -30,6 +30,8 @@ namespace fc {
 // A KV cache's (S = KvCache<...>, plain only) see their own sequence's keys (seqlen_k, read from
 // seqused_k per item). With split-KV (S::kSplitKV: a cache's, or DenseSplit's) item i is split
 // i % splits of tile i / splits: its share of the tile's key tiles (or its window's), from first.
+// Packed sequences (S = Varlen, plain only): see varlen_item; a tile's rows and keys are its
+// sequence's, at rows q_row0 and k_row0 of the packed q and k.
 struct WorkTile {
     int row0, head, batch;
     int consumers;           // consumers with rows here (the first ones)
@@ -37,6 +39,8 @@ struct WorkTile {
     int first;               // the first of them (a variant's window, a split's share; else 0)
     int seqlen_k;            // the keys of this tile's sequence (dense: p.seqlen_k)
     int split;               // split-KV: which share (else 0)
+    int seqlen_q;            // the queries of this tile's sequence (dense: p.seqlen_q)
+    int q_row0, k_row0;      // varlen: the sequence's first row in q (and o) and in k, v; else 0
 
     // The key tile of a work tile's step j: first + j, or with V::kDescending (variant.cuh) the
     // last one down.
@@ -44,10 +48,51 @@ struct WorkTile {
     __device__ __forceinline__ int key_tile(int j) const { return V::kDescending ? first + n_blocks - 1 - j : first + j; }
 };
 
+// Packed sequences: item i is the u-th of sequence `batch`'s ceil(Sq_b / BLOCK_M) * heads items
+// (the sequences' items in order; within one, its last row block first, the heads in turn, as a
+// dense group's); batch -1 past the last sequence's. The calling warp's every lane takes part: a
+// warp-wide scan of 32 sequences' item counts a step.
+struct VarlenItem { int batch, u; };
+template <class Tile>
+__device__ __forceinline__ VarlenItem varlen_item(const Sm90Params& p, int i) {
+    const int lane = threadIdx.x % 32;
+    int before = 0;   // the items of the sequences before this step's 32
+    for (int b0 = 0; b0 < p.batch; b0 += 32) {
+        const int b = b0 + lane;
+        const int items = b < p.batch ? (seq_span<Varlen>(p, b).seqlen_q + Tile::kBlockM - 1) / Tile::kBlockM * p.heads : 0;
+        int upto = items;   // inclusive prefix sum over the lanes
+        #pragma unroll
+        for (int d = 1; d < 32; d *= 2) {
+            const int x = __shfl_up_sync(0xffffffffu, upto, d);
+            if (lane >= d) upto += x;
+        }
+        const u32 past = __ballot_sync(0xffffffffu, before + upto > i);
+        if (past != 0) {
+            const int at = __ffs(past) - 1;
+            return {b0 + at, i - before - __shfl_sync(0xffffffffu, upto - items, at)};
+        }
+        before += __shfl_sync(0xffffffffu, upto, 31);
+    }
+    return {-1, 0};
+}
+
 template <class Tile, int BLOCK_N, class V = Plain, class S = Dense>
 __device__ __forceinline__ WorkTile work_tile(const Sm90Params& p, int i) {
-    static_assert(S::kDense || (S::kCache && V::kPlain), "the Hopper kernel: dense batches, or a plain KV cache");
+    static_assert(S::kDense || ((S::kCache || S::kVarlen) && V::kPlain),
+                  "the Hopper kernel: dense batches, or a plain KV cache or packed sequences");
     constexpr int C = Tile::kConsumers;
+    if constexpr (S::kVarlen) {
+        static_assert(!Tile::kSplit, "varlen: whole tiles (64 rows a consumer)");
+        const VarlenItem at = varlen_item<Tile>(p, i);
+        if (at.batch < 0) return WorkTile{0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0};
+        const SeqSpan span = seq_span<S>(p, at.batch);
+        const int m_desc = p.by_heads(at.u), m_blocks = (span.seqlen_q + Tile::kBlockM - 1) / Tile::kBlockM;
+        const int row0 = (m_blocks - 1 - m_desc) * Tile::kBlockM, rows = min(Tile::kBlockM, span.seqlen_q - row0);
+        const int kv_end = FC_KEY_END(span.seqlen_k, span.seqlen_k - span.seqlen_q, p.causal, row0, rows);
+        return WorkTile{row0, at.u - m_desc * p.heads, at.batch, (rows + 63) / 64,
+                        kv_end > 0 ? FC_KEY_TILES(BLOCK_N, kv_end) : 0, 0, span.seqlen_k, 0, span.seqlen_q,
+                        span.q_row0, span.k_row0};
+    }
     int split = 0;
     if constexpr (S::kSplitKV) {
         split = i % p.splits;
@@ -62,7 +107,7 @@ __device__ __forceinline__ WorkTile work_tile(const Sm90Params& p, int i) {
     const int rows = max(0, min(sub ? 64 : Tile::kBlockM, p.seqlen_q - row0));
     const int consumers = Tile::kSplit ? (rows > 0 ? C : 0) : (rows + 63) / 64;
     const int seqlen_k = S::kCache ? cache_keys(p, batch) : p.seqlen_k;
-    WorkTile w{row0, head_batch - batch * p.heads, batch, consumers, 0, 0, seqlen_k, split};
+    WorkTile w{row0, head_batch - batch * p.heads, batch, consumers, 0, 0, seqlen_k, split, p.seqlen_q, 0, 0};
     if constexpr (!V::kPlain) {
         const TileRange tiles = window_tiles(p, BLOCK_N, row0, rows);
         w.first = rows > 0 ? tiles.first : 0;

@@ -92,13 +92,13 @@ def test_variant_kernels_compile_without_spills(arch):
 def test_varlen_and_kvcache_kernels_compile_without_spills(arch):
     """tuning.sequence_configs (the split-KV dense, varlen, contiguous-cache and paged-cache
     instantiations of every portable tile, plain and for the variants that bound the rest; the
-    Hopper kernel's KV-cache tiles and split-KV dense tiles), fp16 (`check
+    Hopper kernel's KV-cache, varlen and split-KV dense tiles), fp16 (`check
     --variants` compiles bf16 too): no spills, registers and shared memory within the arch's."""
     for cfg in tuning.sequence_configs(arch, ("fp16",)):
         report = loader.compile_only(cfg, arch)
         assert report.spill_bytes == 0 and report.stack_frame_bytes == 0, (arch, str(cfg), report)
         assert not report.perf_warnings, (arch, str(cfg), report.perf_warnings)
         assert report.registers * cfg.threads <= _REGISTER_FILE, (arch, str(cfg), report.registers)
-        if isinstance(cfg, configs.Sm90FwdConfig):   # the Hopper kernel's KV-cache and split-KV tiles
+        if isinstance(cfg, configs.Sm90FwdConfig):   # the Hopper kernel's sequence tiles
             assert tuning._register_pool_reason(cfg, report.registers) is None, (str(cfg), report.registers)
         assert report.static_smem_bytes + cfg.smem_bytes <= configs.SMEM_LIMIT[arch], (arch, str(cfg))

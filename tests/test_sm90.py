@@ -289,6 +289,40 @@ def test_work_items_cover_every_row_once(cfg):
         assert plan.grid[0] == (plan.items if causal or cfg.split else min(plan.items, sms))
 
 
+@pytest.mark.parametrize("hd", [64, 128, 256])
+def test_varlen_items_cover_every_row_once_longest_first(hd):
+    """The Hopper varlen launch's items (Sm90FwdConfig.varlen_work_tiles, the kernel's
+    varlen_item in Python): within the grid varlen.py sizes (ceil(total_q / block_m) + B row
+    blocks a head) every (sequence, head, row) once, each sequence's causal tiles longest first,
+    the rest empty; over 32 sequences (the kernel's scan steps) and with empty ones."""
+    cfg = configs.sm90_varlen_config("fp16", hd)
+    assert cfg.seq == "varlen" and not cfg.split and "fc::Varlen" in cfg.name_expression
+    rng = np.random.default_rng(hd)
+    for _ in range(100):
+        batch, heads = int(rng.integers(1, 80)), int(rng.integers(1, 6))
+        lengths_q = rng.integers(0, 700, batch) * (rng.random(batch) > 0.2)
+        lengths_k = rng.integers(0, 900, batch)
+        causal = bool(rng.integers(2))
+        items = (-(-int(lengths_q.sum()) // cfg.block_m) + batch) * heads
+        tiles = cfg.varlen_work_tiles(list(lengths_q), list(lengths_k), heads, causal, items)
+        seen = [np.zeros((heads, n), int) for n in lengths_q]
+        last = {}
+        for w in tiles:
+            if w.consumers == 0:
+                assert w == configs.WorkTile(0, 0, 0, 0, 0)
+                continue
+            rows = min(cfg.block_m, lengths_q[w.batch] - w.row0)
+            assert 0 < rows and -(-rows // 64) == w.consumers
+            seen[w.batch][w.head, w.row0:w.row0 + rows] += 1
+            if causal:   # within a sequence, key tiles never grow from one item to the next
+                assert w.n_blocks <= last.get(w.batch, w.n_blocks)
+                last[w.batch] = w.n_blocks
+            sk, sq = lengths_k[w.batch], lengths_q[w.batch]
+            kv_end = min(sk, w.row0 + rows + sk - sq) if causal else sk
+            assert w.n_blocks == max(0, -(-kv_end // cfg.block_n))
+        assert all((s == 1).all() for s in seen), (batch, heads, causal)
+
+
 def test_causal_tiles_come_longest_first_over_groups_of_heads():
     """B2 H16 S4k D128 causal: groups of 8 heads (16 MB of K/V), each group's tiles longest
     first, so the grid ends on each group's shortest tiles; non-causal keeps group 1."""
