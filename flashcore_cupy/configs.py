@@ -89,6 +89,7 @@ _SEQ_EXPRESSIONS = {"dense": "fc::Dense", "dense_split": "fc::DenseSplit", "varl
 CACHE_KINDS = ("cache", "paged", "paged_tiles")
 # The Hopper kernel's: a paged cache there is always loaded by TMA boxes of whole pages (or tiles).
 SM90_SEQ_KINDS = ("dense", "dense_split", "varlen", "cache", "paged_tiles")
+SM90_ITEM_SLOT_BYTES = 40   # a dynamic deal's two item slots and their four barriers, after the kernel's
 
 
 @dataclass(frozen=True)
@@ -453,6 +454,8 @@ class Sm90FwdConfig:
         """(where the bias tiles start, one slot of them for every warp), as flash_fwd_sm90.cu."""
         tiles = 2 * (self.d_pad * (max(self.block_m, 64) + self.stages * self.block_n) + self.dv_pad * self.stages * self.block_n)
         end = tiles + 8 * (2 + 4 * self.stages)
+        if self.seq == "varlen":   # the dynamic deal's item slots (sm90_scheduler.cuh's ItemSlots)
+            end += SM90_ITEM_SLOT_BYTES
         if self.variant.bias == "none":
             return end, 0
         elem = 4 if self.variant.bias == "fp32" else 2

@@ -17,7 +17,7 @@ import functools
 import math
 import threading
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -581,7 +581,7 @@ class Sm90SeqLaunch(Sm90FwdLaunch):
     "dense"): the maps encoded per (q, k, v) addresses as Sm90FwdLaunch's, the call's other
     addresses packed per call by field name (POINTERS; absent: 0)."""
     POINTERS: ClassVar[tuple[str, ...]] = ("o", "lse", "alibi", "bias", "seqused_k", "block_table", "o_accum",
-                                           "lse_accum", "split_count", "cu_seqlens_q", "cu_seqlens_k")
+                                           "lse_accum", "split_count", "cu_seqlens_q", "cu_seqlens_k", "tile_counter")
 
     @classmethod
     def build_seq(cls, config: Sm90FwdConfig, device: int, arch: str, grid: tuple[int, int, int], scalars: dict,
@@ -606,6 +606,29 @@ class Sm90SeqLaunch(Sm90FwdLaunch):
             for name, i in at:
                 words[i] = pointers.get(name, 0)
             _cu_launch(*self._dims, stream, block.argv, 0)
+
+
+class StreamCounters:
+    """Zeroed int32 counters that a launch's kernel leaves zeroed when it ends (the dynamic deal's
+    pair: kernels/sm90_scheduler.cuh), one set per stream handle: a stream's launches run in
+    order, two streams' at once need their own. Allocated on a stream's first call (a later one
+    allocates nothing: graph capture)."""
+
+    def __init__(self, count: int):
+        self.count = count
+        self._sets: dict[int, Any] = {}
+        self._lock = threading.Lock()
+
+    def get(self, stream: int):
+        found = self._sets.get(stream)
+        if found is None:
+            import cupy
+
+            with self._lock:
+                found = self._sets.get(stream)
+                if found is None:
+                    found = self._sets[stream] = cupy.zeros(self.count, np.int32)
+        return found
 
 
 def fast_divisor(d: int) -> tuple[int, int]:

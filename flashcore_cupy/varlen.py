@@ -19,8 +19,8 @@ from . import api, metadata, tma
 from .api import _as_device_array, _spec
 from .configs import (SM90_ARCH, SM90_HEAD_DIMS, Sm90FwdConfig, choose_sm80_config, fold_heads_batch, seq_config,
                       sm90_varlen_config)
-from .launch import (Sm80SeqLaunch, Sm90SeqLaunch, problem_scalars, sequence_scalars, sm90_map_specs, sm90_scalars,
-                     variant_scalars)
+from .launch import (Sm80SeqLaunch, Sm90SeqLaunch, StreamCounters, problem_scalars, sequence_scalars, sm90_map_specs,
+                     sm90_scalars, variant_scalars)
 from .params import stride_values
 from .validation import Problem, TensorSpec, check_capability, check_no_overlap, check_out, check_varlen
 
@@ -118,11 +118,11 @@ def sm90_varlen_blocker(p: Problem, arch: str) -> str | None:
     return None
 
 
-_launches: dict[tuple, Sm80SeqLaunch | Sm90SeqLaunch] = {}
+_launches: dict[tuple, Sm80SeqLaunch | Sm90VarlenLaunch] = {}
 
 
 def _launch(problem: Problem, hopper: Sm90FwdConfig | None, max_seqlen_q: int,
-            o_strides: tuple[int, int]) -> Sm80SeqLaunch | Sm90SeqLaunch:
+            o_strides: tuple[int, int]) -> Sm80SeqLaunch | Sm90VarlenLaunch:
     """The prepared launch of a varlen problem (kept per problem, kernel, grid and output strides)."""
     key = (problem, hopper, max_seqlen_q, o_strides)
     launch = _launches.get(key)
@@ -130,7 +130,7 @@ def _launch(problem: Problem, hopper: Sm90FwdConfig | None, max_seqlen_q: int,
         return launch
     dev = api.device_info(problem.device)
     if hopper is not None:
-        launch = _sm90_launch(problem, hopper, o_strides, dev.arch)
+        launch = _sm90_launch(problem, hopper, o_strides, dev.arch, dev.num_sms)
     else:
         launch = _sm80_launch(problem, max_seqlen_q, o_strides, dev)
     if len(_launches) > 1024:
@@ -139,16 +139,31 @@ def _launch(problem: Problem, hopper: Sm90FwdConfig | None, max_seqlen_q: int,
     return launch
 
 
-def _sm90_launch(p: Problem, config: Sm90FwdConfig, o_strides: tuple[int, int], arch: str,
-                 defines: tuple[str, ...] = ()) -> Sm90SeqLaunch:
-    """The Hopper kernel over packed sequences: one CTA a work item, at most ceil(total_q /
-    block_m) + B row blocks a head (each sequence's last one may be partial), those past the
-    sequences' doing nothing; the maps span q, k and v as one batch entry; the LSE (Hq, total_q).
-    defines: a diagnostic build's (the GPU tests' FLASHCORE_RECORD_WORK)."""
+@dataclasses.dataclass(frozen=True, eq=False)
+class Sm90VarlenLaunch:
+    """The Hopper kernel over packed sequences: a persistent grid (a CTA an SM) dealt the work
+    items dynamically from a counter pair per stream; at most ceil(total_q / block_m) + B row
+    blocks a head (each sequence's last one may be partial), the CTAs stopping at the first past
+    the sequences'. The maps span q, k and v as one batch entry; the LSE is (Hq, total_q)."""
+    inner: Sm90SeqLaunch
+    counters: StreamCounters
+
+    @property
+    def grid(self) -> tuple[int, int, int]:
+        return self.inner.grid
+
+    def start(self, pointers: dict[str, int], stream: int) -> None:
+        self.inner.start(dict(pointers, tile_counter=self.counters.get(stream).data.ptr), stream)
+
+
+def _sm90_launch(p: Problem, config: Sm90FwdConfig, o_strides: tuple[int, int], arch: str, num_sms: int,
+                 defines: tuple[str, ...] = ()) -> Sm90VarlenLaunch:
+    """defines: a diagnostic build's (the GPU tests' FLASHCORE_RECORD_WORK)."""
     items = (math.ceil(p.seqlen_q / config.block_m) + p.batch) * p.heads_q
     scalars = sm90_scalars(p, (0, *o_strides), p.causal, p.heads_q, p.heads_q // p.heads_kv, 1, 1, items, items, 1)
-    return Sm90SeqLaunch.build_seq(config, p.device, arch, (items, 1, 1), scalars,
-                                   sm90_map_specs(dataclasses.replace(p, batch=1), config), defines)
+    inner = Sm90SeqLaunch.build_seq(config, p.device, arch, (min(items, num_sms), 1, 1), scalars,
+                                    sm90_map_specs(dataclasses.replace(p, batch=1), config), defines)
+    return Sm90VarlenLaunch(inner, StreamCounters(2))
 
 
 def _sm80_launch(problem: Problem, max_seqlen_q: int, o_strides: tuple[int, int], dev) -> Sm80SeqLaunch:

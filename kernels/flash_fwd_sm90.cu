@@ -39,7 +39,9 @@
 // k and v as one batch entry, a tile's boxes start at its sequence's rows (cu_seqlens), and its
 // keys and causal diagonal are its sequence's. Rows of a box past its sequence are the next
 // sequence's: their queries are never stored, their keys masked, their V rows zeroed as a KV
-// cache's. One CTA a work tile, the tiles of each sequence longest first (work_tile).
+// cache's. The tiles (each sequence's longest first: work_tile) go to a persistent grid by the
+// dynamic deal (sm90_scheduler.cuh): many tiles of unequal work, the next one's loads under this
+// one's end.
 //
 // SPLIT (small grids: short sequences, decode): a work tile is 64 rows that all
 // consumers share; consumer c takes key tiles c, c + CONSUMERS, ... and the
@@ -176,9 +178,7 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
             mbar_init(bar.k_empty(s), 4 * Tile::kTileUsers);   // one arrival per using warp
             mbar_init(bar.v_empty(s), 4 * Tile::kTileUsers);
         }
-#ifdef FLASHCORE_DYNAMIC
-        ItemSlots{sbase + Tile::kOffItems}.init(4 * CONSUMERS);   // every consumer warp takes each item
-#endif
+        if (dynamic_deal<S>()) ItemSlots{sbase + Tile::kOffItems}.init(4 * CONSUMERS);   // every consumer warp takes each item
         mbar_fence_init();
     }
     __syncthreads(); FC_TRACE(1);
@@ -231,13 +231,16 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
     };
 
     int it = 0, n_done = 0;                                   // K/V tiles and work items so far
-#ifdef FLASHCORE_DYNAMIC
-    static_assert(S::kDense && PRODUCERS == 1 && !SPLIT && V::kBias == 0,
-                  "FLASHCORE_DYNAMIC: dense, one producer thread, no split tiles, no bias (its tiles' place)");
+    // The deal (sm90_scheduler.cuh): round the grid, or dynamic (the m-th item after the first
+    // taken from the producer's slots).
+    constexpr bool kDynamic = dynamic_deal<S>();
+    static_assert(!kDynamic || ((S::kDense || S::kVarlen) && PRODUCERS == 1 && !SPLIT && V::kBias == 0),
+                  "a dynamic deal: dense or varlen, one producer thread, no split tiles, no bias (its tiles' place)");
     const ItemSlots items{sbase + Tile::kOffItems};
-#endif
-    for (int i = blockIdx.x; i < p.n_items; ++n_done, i = FC_CONSUMER_NEXT(i, n_done)) {
+    for (int i = blockIdx.x; i < p.n_items;
+         ++n_done, i = kDynamic ? items.take(n_done - 1, lane) : i + gridDim.x) {
         const WorkTile w = work_tile<Tile, BLOCK_N, V, S>(p, i);
+        if (S::kVarlen && w.batch < 0) break;   // past the sequences' items (the producer stops there too)
         const int n_blocks = w.n_blocks;
         // The tile's sequence: its queries (varlen: its own; else p.seqlen_q) and keys.
         const int seq_q = S::kVarlen ? w.seqlen_q : seqlen_q;

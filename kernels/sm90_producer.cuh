@@ -35,15 +35,14 @@ __device__ __forceinline__ void produce(const Sm90Params& p, u32 sbase, const Ba
         if (LOADS_V) prefetch_tensor_map(&p.v);
     }
     int it = 0, n_done = 0;
-#ifdef FLASHCORE_DYNAMIC
-    const ItemSlots items{sbase + Tile::kOffItems};   // (flash_fwd_sm90 asserts one producer thread)
+    constexpr bool kDynamic = dynamic_deal<S>();   // (flash_fwd_sm90 asserts one producer thread)
+    const ItemSlots items{sbase + Tile::kOffItems};
     int fetched = 0;
-#endif
-    for (int i = blockIdx.x; i < p.n_items; ++n_done, i = FC_PRODUCER_NEXT(i, n_done)) {
+    for (int i = blockIdx.x; i < p.n_items; ++n_done, i = kDynamic ? fetched : i + gridDim.x) {
         const WorkTile w = work_tile<Tile, BLOCK_N, V, S>(p, i);
-#ifdef FLASHCORE_DYNAMIC
-        const int next = items.fetch(p.tile_counter);   // its latency under this tile's loads
-#endif
+        if (S::kVarlen && w.batch < 0) break;   // past the sequences' items, as is every later one
+        int next = 0;
+        if (kDynamic && issues) next = items.fetch(p.tile_counter);   // its latency under this tile's loads
         const int head_kv = p.by_heads_per_kv(w.head);
         // Paged: the page of box `lane` of key tile j (-1: none), looked up before the copies
         // wait for their slot; the copies of key tile j into ring slot `dst` of `map`, on `full`.
@@ -108,14 +107,13 @@ __device__ __forceinline__ void produce(const Sm90Params& p, u32 sbase, const Ba
             }
         }
         it += w.n_blocks;
-#ifdef FLASHCORE_DYNAMIC
-        fetched = items.publish(next, n_done);   // the consumers take it when this tile ends
-#endif
+        if constexpr (kDynamic) {
+            if (issues) items.publish(next, n_done);   // the consumers take it when this tile ends
+            fetched = S::kVarlen ? __shfl_sync(0xffffffffu, next, 0) : next;
+        }
         if (Tile::kSplit) break;   // a CTA a work tile (Sm90Config.schedule): gridDim.x need not stay live
     }
-#ifdef FLASHCORE_DYNAMIC
-    items_done(p.tile_counter);
-#endif
+    if (kDynamic && issues) items_done(p.tile_counter);
 }
 
 }  // namespace fc

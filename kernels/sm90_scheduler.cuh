@@ -129,16 +129,26 @@ __device__ __forceinline__ WorkTile work_tile(const Sm90Params& p, int i) {
     return w;
 }
 
+// Dynamic deal (S = Varlen, whose tiles differ in length and number many per SM; dense problems
+// in the probe build -DFLASHCORE_DYNAMIC, scripts/dev/schedule_probe.py): on a persistent grid a
+// CTA's first item is blockIdx.x, each next one p.tile_counter[0]++ + gridDim.x, fetched by the
+// producer a work tile ahead (as it starts loading the current one; published once those loads
+// are issued) and handed to the consumers through two shared slots: the m-th fetched item (m from
+// 0) in slot m % 2, published on full(m % 2) and released by every consumer warp on empty(m % 2).
+// The slots and their barriers (40 bytes) follow the kernel's barriers (Sm90Tile::kOffItems;
+// configs.Sm90FwdConfig.smem_bytes counts them). The producer that fetches past the items counts
+// its CTA done in p.tile_counter[1]; the last CTA done zeroes both for the next launch (one
+// launch at a time per counter: the host keeps a pair per stream). One producer thread issues
+// (a varlen producer's warp runs along, lane 0 fetching and publishing).
+template <class S>
+__device__ constexpr bool dynamic_deal() {
 #ifdef FLASHCORE_DYNAMIC
-// Dynamic deal (probe build, -DFLASHCORE_DYNAMIC; scripts/dev/schedule_probe.py): a CTA's first
-// item is blockIdx.x, each next one p.tile_counter[0]++ + gridDim.x, fetched by the producer a
-// work tile ahead (as it starts loading the current one; published once those loads are issued)
-// and handed to the consumers through two shared slots: the m-th fetched item (m from 0) in slot
-// m % 2, published on full(m % 2) and released by every consumer warp on empty(m % 2). The slots
-// and their barriers (40 bytes) follow the kernel's barriers, in shared memory the probe adds to
-// the config's. The producer that fetches past the items counts its CTA done in
-// p.tile_counter[1]; the last CTA done zeroes both for the next launch (one launch at a time per
-// counter: the probe's). Dense calls, one producer thread.
+    return true;
+#else
+    return S::kVarlen;
+#endif
+}
+
 struct ItemSlots {
     u32 at;   // full(0), full(1), empty(0), empty(1), then the two items (shared memory)
     __device__ u32 full(int s) const { return at + 8 * s; }
@@ -188,18 +198,6 @@ __device__ __forceinline__ void items_done(int* counter) {
         __threadfence();
     }
 }
-#endif
-
-// The loops' next item: the next round of the deal round the grid, or with FLASHCORE_DYNAMIC what
-// the producer fetched (its `fetched`) and what the consumers take from the slots (their `items`:
-// the m-th item after the first is item n = m + 1).
-#ifdef FLASHCORE_DYNAMIC
-#define FC_PRODUCER_NEXT(i, n) fetched
-#define FC_CONSUMER_NEXT(i, n) items.take((n) - 1, lane)
-#else
-#define FC_PRODUCER_NEXT(i, n) (i) + gridDim.x
-#define FC_CONSUMER_NEXT(i, n) (i) + gridDim.x
-#endif
 
 #ifdef FLASHCORE_RECORD_WORK
 // Diagnostic build (-DFLASHCORE_RECORD_WORK=<items>; tests/test_attention_gpu.py): for work item

@@ -233,16 +233,19 @@ def test_ablation_builds_compile():
 
 def test_schedule_probe_build_compiles():
     """scripts/dev/schedule_probe.py's dynamic deal is the -DFLASHCORE_DYNAMIC build of the Hopper
-    kernel: it compiles (NVRTC, no GPU) for a plain and a variant tile with no static shared
-    memory (its slots follow the barriers, in the 64 bytes the probe adds: a static array would
-    cost 1024, past 227 KB at 128x192)."""
+    kernel (the varlen kernel's deal on dense tiles): it compiles (NVRTC, no GPU) for a plain and a
+    variant tile with no static shared memory (its slots follow the barriers, in the bytes the
+    probe adds, as a varlen config counts them: a static array would cost 1024, past 227 KB at
+    128x192)."""
     from flashcore_cupy import loader
 
     window = configs.variant_config(configs.sm90_config("fp16", 128), configs.KernelVariant(window=True))
     for cfg in (configs.sm90_config("fp16", 128), window):
         report = loader.compile_only(cfg, "sm_90a", ("FLASHCORE_DYNAMIC",))
         assert report.spill_bytes == 0 and report.static_smem_bytes == 0, (str(cfg), report)
-    assert _script("schedule_probe.py")["_ITEM_SLOTS_BYTES"] >= 8 * 4 + 4 * 2   # 4 barriers, 2 items
+    assert _script("schedule_probe.py")["_ITEM_SLOTS_BYTES"] == configs.SM90_ITEM_SLOT_BYTES == 8 * 4 + 4 * 2
+    plain, varlen = configs.sm90_config("fp16", 128), configs.sm90_varlen_config("fp16", 128)
+    assert varlen.smem_bytes == plain.smem_bytes + configs.SM90_ITEM_SLOT_BYTES   # 4 barriers, 2 items
 
 
 def test_every_trace_point_is_stamped_once_and_the_trace_build_compiles():

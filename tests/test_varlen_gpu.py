@@ -131,7 +131,9 @@ _RECORD_DEFINE = (f"FLASHCORE_RECORD_WORK={_RECORD}",)
 def test_the_hopper_varlen_kernel_runs_the_python_schedule(rng, d):
     """A debug build (-DFLASHCORE_RECORD_WORK) records each work item's tile: the kernel's own
     (its warp-wide scan of the offsets) must be Sm90FwdConfig.varlen_work_tiles', item by item,
-    with the items past the sequences' empty; the output of that build matches float64."""
+    each item on one of the persistent grid's CTAs (the dynamic deal: any), none past the
+    sequences' items run; the output of that build matches float64; a second launch (the deal's
+    counters zeroed again by the first) records the same."""
     import cupy
 
     from flashcore_cupy import api, loader, validation, varlen
@@ -145,20 +147,25 @@ def test_the_hopper_varlen_kernel_runs_the_python_schedule(rng, d):
             (q, "q"), (k, "k"), (v, "v"), (cu_q, "cu_seqlens_q"), (cu_k, "cu_seqlens_k"))),
             causal=causal, scale=None, window=None, softcap=0.0, alibi_slopes=None)
         out = cupy.full(q.shape, np.nan, q.dtype)
-        launch = varlen._sm90_launch(problem, cfg, (out.strides[1] // 2, out.strides[0] // 2), "sm_90a",
+        sms = api.device_info(0).num_sms
+        launch = varlen._sm90_launch(problem, cfg, (out.strides[1] // 2, out.strides[0] // 2), "sm_90a", sms,
                                      _RECORD_DEFINE)
+        assert launch.grid[0] <= sms
+        items = launch.inner.scalars["n_items"]
         record = cupy.ndarray((_RECORD, 8), cupy.int32, loader.get_global(cfg, 0, "sm_90a", "fc_work_log",
                                                                           _RECORD_DEFINE))
-        record.fill(-1)
-        launch.start(dict(q=q.data.ptr, k=k.data.ptr, v=v.data.ptr, o=out.data.ptr, cu_seqlens_q=cu_q.data.ptr,
-                          cu_seqlens_k=cu_k.data.ptr), cupy.cuda.get_current_stream().ptr)
-        expected = cfg.varlen_work_tiles(lengths_q, lengths_k, 3, causal, launch.grid[0])
+        expected = [w for w in cfg.varlen_work_tiles(lengths_q, lengths_k, 3, causal, items) if w.consumers]
         assert len(expected) <= _RECORD
-        got = record.get()
-        for i, w in enumerate(expected):
-            assert tuple(got[i, 1:6]) == tuple(w)[:5] and (got[i, 0], got[i, 6], got[i, 7]) == (i, 0, 0), \
-                f"D{d} causal={causal} item {i}: kernel {tuple(got[i])}, python {w}"
-        assert (got[len(expected):] == -1).all()
+        for attempt in range(2):
+            record.fill(-1)
+            launch.start(dict(q=q.data.ptr, k=k.data.ptr, v=v.data.ptr, o=out.data.ptr, cu_seqlens_q=cu_q.data.ptr,
+                              cu_seqlens_k=cu_k.data.ptr), cupy.cuda.get_current_stream().ptr)
+            got = record.get()
+            for i, w in enumerate(expected):   # the real items come first (varlen_work_tiles' order)
+                assert tuple(got[i, 1:6]) == tuple(w)[:5] and 0 <= got[i, 0] < launch.grid[0] and got[i, 7] == 0, \
+                    f"D{d} causal={causal} launch {attempt} item {i}: kernel {tuple(got[i])}, python {w}"
+            assert (got[len(expected):] == -1).all()
+            assert not launch.counters.get(cupy.cuda.get_current_stream().ptr).any()
         _check(out, reference.attention_varlen(q, k, v, cu_q, cu_k, causal=causal), "fp16", f"record build D{d}")
 
 

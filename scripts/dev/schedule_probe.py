@@ -25,7 +25,7 @@ from flashcore_cupy.workload import random_inputs, verify, within_tolerance
 
 _shipped_schedule = configs.Sm90FwdConfig.schedule
 _shipped_smem = configs.Sm90FwdConfig.smem_bytes
-_ITEM_SLOTS_BYTES = 64   # the dynamic deal's slots and barriers after the kernel's (flash_fwd_sm90.cu)
+_ITEM_SLOTS_BYTES = configs.SM90_ITEM_SLOT_BYTES
 
 
 @contextlib.contextmanager
