@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from . import api
-from .configs import Sm80BwdConfig, Sm90BwdConfig, bucket_head_dim, bwd_config
+from .configs import SM90_BWD_HEAD_DIMS, Sm80BwdConfig, Sm90BwdConfig, bucket_head_dim, bwd_config, sm90_bwd_width
 from .launch import Sm80BwdLaunch, Sm90BwdLaunch, StepLaunch, sm90_bwd_blocker
 from .params import stride_values
 from .validation import (Problem, TensorSpec, check_capability, check_lse, check_no_overlap, check_options,
@@ -179,7 +179,7 @@ def _choose(p: Problem, arch: str, do_strides: tuple[int, int, int], determinist
     blocker = None if backend == "sm80" else sm90_bwd_blocker(p, arch, do_strides, deterministic)
     if backend == "sm90" and blocker:
         raise ValueError(f"backend='sm90' cannot run this backward: {blocker}; use backend='auto'")
-    head_dim = 64 if p.head_dim <= 64 else 128
+    head_dim = sm90_bwd_width(p.head_dim) if p.head_dim <= SM90_BWD_HEAD_DIMS[-1] else 0
     variant = p.kernel_variant
     spills = head_dim == 64 and (variant.softcap or variant.bias != "none")
     if backend == "sm80" or blocker or (backend == "auto" and spills):

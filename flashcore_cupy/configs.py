@@ -206,17 +206,27 @@ class Sm90BwdConfig:
     mask or a variant): a CTA per 128 keys of one (batch, query head), two consumer warpgroups of 64 keys
     and a producer, over query tiles of block_m rows (128 at head dim 64, 64 at 128: one
     64 x 64 block of the tile's dQ a consumer, which the dQ accumulator holds in fragment order:
-    bwd_convert's frag_rows = block_m) through a ring of `stages` slots."""
+    bwd_convert's frag_rows = block_m) through a ring of `stages` slots. Head dim 256 (split_d):
+    a CTA per 64 keys that both consumers share, each holding half of dK's and dV's columns and
+    adding two of dQ's blocks from registers."""
 
     dtype: str        # "fp16" | "bf16"
-    head_dim: int     # 64 | 128
+    head_dim: int     # 64 | 128 | 256
     stages: int = 2
     variant: KernelVariant = PLAIN
 
     kernel_file = "flash_bwd_sm90.cu"
     arch = "sm_90a"
-    block_n = 128
     threads = 384
+
+    @property
+    def split_d(self) -> bool:
+        """The consumers split dK's and dV's columns (Sm90BwdTile::kSplitD)."""
+        return self.head_dim > 128
+
+    @property
+    def block_n(self) -> int:
+        return 64 if self.split_d else 128
 
     @property
     def block_m(self) -> int:
@@ -233,7 +243,7 @@ class Sm90BwdConfig:
         # consumers' dQ blocks; the barriers; 1024 for the base's alignment.
         kv = self.block_n * self.head_dim * 2
         q = self.block_m * self.head_dim * 2
-        dq = 2 * 64 * 64 * 4
+        dq = 0 if self.split_d else 2 * 64 * 64 * 4
         return 1024 + 2 * kv + 2 * self.stages * q + 2 * self.block_n * self.block_m * 2 \
             + 2 * self.stages * self.block_m * 4 + dq + 8 * (5 + 2 * self.stages)
 
@@ -252,7 +262,12 @@ class Sm90BwdConfig:
         return text if self.variant.plain else f"{text} {self.variant}"
 
 
-SM90_BWD_HEAD_DIMS = (64, 128)
+SM90_BWD_HEAD_DIMS = (64, 128, 256)
+
+
+def sm90_bwd_width(head_dim: int) -> int:
+    """The Hopper backward's built width a head dim runs at (TMA zero-fills the rest)."""
+    return next(b for b in SM90_BWD_HEAD_DIMS if b >= head_dim)
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,8 @@ import numpy as np
 
 from . import loader, params, split, tma
 from .configs import (GRID_YZ_MAX, SM90_ARCH, SM90_BWD_HEAD_DIMS, SM90_HEAD_DIMS, AppendConfig, BwdStepConfig, MergeConfig,
-                      Sm80BwdConfig, Sm80FwdConfig, Sm90BwdConfig, Sm90FwdConfig, WorkTile, fold_heads_batch, sm90_config)
+                      Sm80BwdConfig, Sm80FwdConfig, Sm90BwdConfig, Sm90FwdConfig, WorkTile, fold_heads_batch, sm90_bwd_width,
+                      sm90_config)
 from .validation import Problem
 
 try:
@@ -275,13 +276,15 @@ def sm90_bwd_blocker(p: Problem, arch: str, do_strides: tuple[int, int, int], de
         return f"it needs an sm_90 GPU (H100/H200); this device compiles for {arch}"
     if p.head_dim > SM90_BWD_HEAD_DIMS[-1]:
         return f"head_dim {p.head_dim} is over {SM90_BWD_HEAD_DIMS[-1]}"
-    if -(-p.seqlen_k // Sm90BwdConfig.block_n) > GRID_YZ_MAX:   # key tiles are its grid's y
-        return f"Sk ({p.seqlen_k}) is over {GRID_YZ_MAX} key tiles of {Sm90BwdConfig.block_n}"
+    config = Sm90BwdConfig(p.dtype, sm90_bwd_width(p.head_dim))
+    if -(-p.seqlen_k // config.block_n) > GRID_YZ_MAX:   # key tiles are its grid's y
+        return f"Sk ({p.seqlen_k}) is over {GRID_YZ_MAX} key tiles of {config.block_n}"
     # Its deterministic dQ adds wait for the key tiles in order from the first: a window's
-    # left bound starts a query tile's key tiles past it.
+    # left bound starts a query tile's key tiles past it; the split head dim adds from registers.
     if deterministic and p.variant.mask(p.seqlen_q, p.seqlen_k)[1] >= 0:
         return "deterministic=True with a window's left bound runs on the portable kernel"
-    config = Sm90BwdConfig(p.dtype, 64 if p.head_dim <= 64 else 128)
+    if deterministic and config.split_d:
+        return f"deterministic=True at head_dim {p.head_dim} (over 128) runs on the portable kernel"
     for name, spec in zip(("q", "k", "v", "dout"), sm90_bwd_map_specs(p, config, do_strides)):
         reason = tma.unsupported_reason(spec)
         if reason:

@@ -27,6 +27,14 @@
 //         accumulator hold its blocks one after the other, as bwd_convert reads them (1.14-1.30x
 //         faster than each consumer's red.global.add.v2 from registers, v32).
 //
+// Head dim 256 (SPLIT_D: 64 keys' dK and dV in full would take 256 registers a thread): the CTA
+// owns 64 keys, which both consumers share; consumer c holds columns 128c.. of their dK and dV.
+// Both compute the tile's S^T and dP^T over every column (the same values: a third more tensor
+// work than the split needs, against an exchange of partial sums through shared memory), each
+// stores its half of dS^T's query columns, and each computes dQ's column blocks 2c and 2c + 1
+// over the 64 keys, added from registers into the accumulator's blocks (its fragment order,
+// with red.global: no shared memory is left for dQ blocks beside two ring slots).
+//
 // At the end dK *= scale; dK and dV are stored in the inputs' type, or with GQA added into
 // float32 accumulators the host converts. dS^T has two buffers (tile parity): a consumer
 // writes tile t's only after both passed tile t-1's barrier, so the other's dQ of tile t-2
@@ -54,9 +62,12 @@ namespace fc {
 template <int HEAD_DIM, int BLOCK_M, int STAGES>
 struct Sm90BwdTile {
     static constexpr int kConsumers = 2;
-    static constexpr int kBlockN = 64 * kConsumers;        // keys of the CTA: 64 a consumer
+    // SPLIT_D (head dim 256): the consumers share 64 keys and split dK's and dV's columns.
+    static constexpr bool kSplitD = HEAD_DIM > 128;
+    static constexpr int kBlockN = kSplitD ? 64 : 64 * kConsumers;   // keys of the CTA: 64 a consumer, or shared
+    static constexpr int kDkv = kSplitD ? HEAD_DIM / kConsumers : HEAD_DIM;   // dK / dV columns a consumer holds
     static constexpr int kRowBlocks = BLOCK_M / 64;        // dQ's 64 x 64 blocks of a query tile,
-    static constexpr int kColBlocks = HEAD_DIM / 64;       //   one a consumer
+    static constexpr int kColBlocks = HEAD_DIM / 64;       //   one a consumer (SPLIT_D: two)
     static constexpr u32 kKVBytes = kBlockN * HEAD_DIM * 2;  // K or V
     static constexpr u32 kQBytes = BLOCK_M * HEAD_DIM * 2;   // a slot's Q or dO
     static constexpr u32 kDSBytes = kBlockN * BLOCK_M * 2;   // a dS^T buffer
@@ -69,18 +80,19 @@ struct Sm90BwdTile {
     static constexpr u32 kOffLse = kOffDS + 2 * kDSBytes;
     static constexpr u32 kOffDelta = kOffLse + STAGES * kRowBytes;
     // Each consumer's dQ block (64 x 64 float32, in fragment order) for the producer's bulk
-    // reduction.
+    // reduction (SPLIT_D: none, dQ goes from registers).
     static constexpr u32 kDQBytes = 64 * 64 * 4;
     static constexpr u32 kOffDQ = kOffDelta + STAGES * kRowBytes;
-    static constexpr u32 kOffBars = kOffDQ + kConsumers * kDQBytes;
+    static constexpr u32 kOffBars = kOffDQ + (kSplitD ? 0 : kConsumers * kDQBytes);
     static constexpr u32 kSmemBytes = 1024 + kOffBars + 8 * (1 + 2 * STAGES + 2 * kConsumers);   // + the base's alignment
     // setmaxnreg: the producer drops to 24, the two consumers share the rest (as the forward).
     static constexpr int kProducerRegs = 24;
     static constexpr int kLaunchRegs = 65536 / (128 * (kConsumers + 1)) / 8 * 8;
     static constexpr int kConsumerRegs = (kLaunchRegs * (kConsumers + 1) - kProducerRegs) / kConsumers / 8 * 8;
 
-    static_assert(HEAD_DIM == 64 || HEAD_DIM == 128, "HEAD_DIM: 64 or 128");
-    static_assert(kRowBlocks * kColBlocks == kConsumers, "BLOCK_M: 128 at HEAD_DIM 64, 64 at 128 (a dQ block a consumer)");
+    static_assert(HEAD_DIM == 64 || HEAD_DIM == 128 || HEAD_DIM == 256, "HEAD_DIM: 64, 128 or 256");
+    static_assert(kRowBlocks * kColBlocks == kConsumers * (kSplitD ? 2 : 1),
+                  "BLOCK_M: 128 at HEAD_DIM 64, 64 at 128 and 256 (a dQ block a consumer; SPLIT_D two)");
     static_assert(STAGES >= 1 && STAGES <= 4, "STAGES: 1..4");
     static_assert(kSmemBytes <= kSm90SmemLimit, "shared memory over sm_90's limit");
 };
@@ -165,7 +177,7 @@ flash_bwd_sm90(const __grid_constant__ Sm90BwdParams p) {
                           Tile::kRowBytes, bar.q_full(r.slot()));
             }
         }
-        if (threadIdx.x == 32 && n_tiles > 0) {
+        if (!Tile::kSplitD && threadIdx.x == 32 && n_tiles > 0) {
             // The dQ reducer: each tile's blocks, once stored, added into the accumulator (its
             // tile's rows hold the consumers' blocks one after the other, in fragment order:
             // bwd_convert reads them back), and released once read. Deterministic (dq_sem): the
@@ -202,23 +214,29 @@ flash_bwd_sm90(const __grid_constant__ Sm90BwdParams p) {
 
     regs_claim<Tile::kConsumerRegs>();
     const int consumer = warpgroup - 1, lane = threadIdx.x % 32, warp = (threadIdx.x / 32) % 4;
-    const int c_key0 = key0 + 64 * consumer;                 // this consumer's first key
+    constexpr int DKV = Tile::kDkv;
+    const int c_key0 = key0 + (Tile::kSplitD ? 0 : 64 * consumer);   // this consumer's first key
+    const int c_col0 = Tile::kSplitD ? consumer * DKV : 0;           // and dK / dV column
     const int rb = consumer % Tile::kRowBlocks, cb = consumer / Tile::kRowBlocks;   // its dQ block
     // Descriptors: this consumer's K and V rows (A, K-major), slot 0's Q and dO as B (K-major, of
     // S^T and dP^T) and as MN-major B (of dK and dV), dS^T buffer 0's row block rb (MN-major A of
     // dQ) and K's column block cb (MN-major B of dQ).
-    const u64 k_desc = smem_desc_sw128(sbase + Tile::kOffK + consumer * 64 * 128, 16, 1024);
-    const u64 v_desc = smem_desc_sw128(sbase + Tile::kOffV + consumer * 64 * 128, 16, 1024);
+    const u32 c_rows = Tile::kSplitD ? 0 : consumer * 64 * 128;   // its key rows' offset in a column block
+    const u64 k_desc = smem_desc_sw128(sbase + Tile::kOffK + c_rows, 16, 1024);
+    const u64 v_desc = smem_desc_sw128(sbase + Tile::kOffV + c_rows, 16, 1024);
     const u64 q_desc0 = smem_desc_sw128(sbase + Tile::kOffQ, 16, 1024);
     const u64 do_desc0 = smem_desc_sw128(sbase + Tile::kOffDO, 16, 1024);
-    const u64 q_mn_desc0 = smem_desc_sw128(sbase + Tile::kOffQ, BLOCK_M * 128, 1024);
-    const u64 do_mn_desc0 = smem_desc_sw128(sbase + Tile::kOffDO, BLOCK_M * 128, 1024);
+    // (as dK's and dV's B: from this consumer's first column block)
+    const u32 c_cols = (c_col0 / 64) * BLOCK_M * 128;
+    const u64 q_mn_desc0 = smem_desc_sw128(sbase + Tile::kOffQ + c_cols, BLOCK_M * 128, 1024);
+    const u64 do_mn_desc0 = smem_desc_sw128(sbase + Tile::kOffDO + c_cols, BLOCK_M * 128, 1024);
     const u64 ds_desc0 = smem_desc_sw128(sbase + Tile::kOffDS + rb * BN * 128, BN * 128, 1024);
-    const u64 kt_desc = smem_desc_sw128(sbase + Tile::kOffK + cb * BN * 128, BN * 128, 1024);
+    // (SPLIT_D: column block 0's, each pass's block an advance from it)
+    const u64 kt_desc = smem_desc_sw128(sbase + Tile::kOffK + (Tile::kSplitD ? 0 : cb) * BN * 128, BN * 128, 1024);
 
-    float dk[HEAD_DIM / 8][4], dv[HEAD_DIM / 8][4];
+    float dk[DKV / 8][4], dv[DKV / 8][4];
     #pragma unroll
-    for (int dt = 0; dt < HEAD_DIM / 8; ++dt)
+    for (int dt = 0; dt < DKV / 8; ++dt)
         #pragma unroll
         for (int e = 0; e < 4; ++e) dk[dt][e] = dv[dt][e] = 0.f;
 
@@ -226,7 +244,10 @@ flash_bwd_sm90(const __grid_constant__ Sm90BwdParams p) {
     // query rows 8 i + 2 (lane % 4) (+ 1) of the tile.
     const int key_lane = c_key0 + 16 * warp + lane / 4, col_lane = 2 * (lane % 4);
     // dS^T's shared stores: key k's 16-byte chunk j of a 64-row block at k * 128 + 16 (j ^ k % 8).
-    const u32 ds_lane = 128 * (64 * consumer + 16 * warp + lane / 4) + 4 * (lane % 4);
+    const u32 ds_lane = 128 * ((Tile::kSplitD ? 0 : 64 * consumer) + 16 * warp + lane / 4) + 4 * (lane % 4);
+    // The dS^T columns (n-tiles of 8 query rows) this consumer stores: all of its keys', or with
+    // SPLIT_D (both hold the same dS^T) its half of them; dbias likewise adds each score once.
+    auto stores_ds = [&](int i) { return !Tile::kSplitD || i / (NT / 2) == consumer; };
     if (n_tiles > 0) mbar_wait(bar.kv_full(), 0);
     for (int t = 0; t < n_tiles; ++t) {
         const Ring<STAGES> r{t};
@@ -287,7 +308,7 @@ flash_bwd_sm90(const __grid_constant__ Sm90BwdParams p) {
                 float ds = st[0][i][e] * (dpt[0][i][e] - (e % 2 ? d2.y : d2.x));
                 if constexpr (V::kBias != 0) {   // dbias: the score's gradient, over its broadcasts
                     const int key = key_lane + 8 * (e / 2), row = row0 + 8 * i + col_lane + e % 2;
-                    if (p.dbias != nullptr && row < seqlen_q && key < seqlen_k && ds != 0.f)
+                    if (p.dbias != nullptr && stores_ds(i) && row < seqlen_q && key < seqlen_k && ds != 0.f)
                         atomicAdd(p.dbias + batch * p.dbias_sb + head * p.dbias_sh + row * p.dbias_ss + key, ds);
                 }
                 if constexpr (V::kSoftcap) {
@@ -299,14 +320,47 @@ flash_bwd_sm90(const __grid_constant__ Sm90BwdParams p) {
             const u32 at = ds_buf + (i / 8) * BN * 128 + ds_lane + 16 * ((i % 8) ^ (lane / 4));
             #pragma unroll
             for (int h = 0; h < 2; ++h)   // key + 8 h: same chunk pattern (k % 8 unchanged), 8 rows on
-                asm volatile("st.shared.u32 [%0], %1;" :: "r"(at + h * 8 * 128),
-                             "r"(pack2<T>(dpt[0][i][2 * h], dpt[0][i][2 * h + 1])) : "memory");
+                if (stores_ds(i))
+                    asm volatile("st.shared.u32 [%0], %1;" :: "r"(at + h * 8 * 128),
+                                 "r"(pack2<T>(dpt[0][i][2 * h], dpt[0][i][2 * h + 1])) : "memory");
         }
         pack_p<T, NT>(dsa, dpt[0]);
-        pv_wgmma<T, HEAD_DIM, BLOCK_M>(dv, pa, desc_advance(do_mn_desc0, slot * Tile::kQBytes));
-        pv_wgmma<T, HEAD_DIM, BLOCK_M>(dk, dsa, desc_advance(q_mn_desc0, slot * Tile::kQBytes));
+        pv_wgmma<T, DKV, BLOCK_M>(dv, pa, desc_advance(do_mn_desc0, slot * Tile::kQBytes));
+        pv_wgmma<T, DKV, BLOCK_M>(dk, dsa, desc_advance(q_mn_desc0, slot * Tile::kQBytes));
         fence_async_shared();
         named_barrier_sync(1, 128 * Tile::kConsumers);   // both consumers' dS^T are in shared memory
+        if constexpr (Tile::kSplitD) {
+            // dQ's column blocks of this consumer (64 x 64 each, over the CTA's 64 keys), added
+            // from registers into the accumulator's blocks in their fragment order (thread j's
+            // n-tile i at floats 512 i + 4 j of a block, as the reducer's bulk adds lay them).
+            constexpr int kMine = Tile::kColBlocks / Tile::kConsumers;
+            float* dq_tile = p.dq_accum + (bh * p.rows_pad + row0) * HEAD_DIM + 4 * (threadIdx.x % 128);
+            #pragma unroll
+            for (int pass = 0; pass < kMine; ++pass) {
+                const int cb_d = consumer * kMine + pass;
+                float dq[1][8][4];
+                wgmma_fence();
+                #pragma unroll
+                for (int kk = 0; kk < BN / 16; ++kk)
+                    wgmma_ss_mn<T, 64>(dq[0], desc_advance(ds_desc0, (t % 2) * Tile::kDSBytes + kk * 2048),
+                                       desc_advance(kt_desc, cb_d * BN * 128 + kk * 2048), kk > 0);
+                wgmma_commit();
+                wgmma_wait<0>();
+                fence_registers(dq[0]);
+                float* dst = dq_tile + cb_d * 4096;
+                #pragma unroll
+                for (int i = 0; i < 8; ++i) {
+                    red_add2(dst + 512 * i, dq[0][i][0], dq[0][i][1]);
+                    red_add2(dst + 512 * i + 2, dq[0][i][2], dq[0][i][3]);
+                }
+            }
+            fence_registers(dk);
+            fence_registers(dv);
+            fence_registers(pa);
+            fence_registers(dsa);
+            mbar_arrive(bar.q_empty(slot));   // (every thread its own reads, as below)
+            continue;
+        }
         float dq[1][8][4];
         wgmma_fence();
 #ifndef FLASHCORE_ABLATE_NO_DQ   // (timing probes: an empty group keeps the waits' counts)
@@ -347,8 +401,8 @@ flash_bwd_sm90(const __grid_constant__ Sm90BwdParams p) {
         const int key = key_lane + 8 * h;
         if (key >= seqlen_k) continue;
         #pragma unroll
-        for (int dt = 0; dt < HEAD_DIM / 8; ++dt) {
-            const int col = 8 * dt + col_lane;
+        for (int dt = 0; dt < DKV / 8; ++dt) {
+            const int col = c_col0 + 8 * dt + col_lane;
             if (col >= p.head_dim) continue;
             const float k0 = dk[dt][2 * h] * scale, k1 = dk[dt][2 * h + 1] * scale;
             const float v0 = dv[dt][2 * h], v1 = dv[dt][2 * h + 1];

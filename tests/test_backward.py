@@ -44,6 +44,19 @@ def test_hopper_tiles_give_each_consumer_one_dq_block():
     assert configs.Sm90BwdConfig("bf16", 128).grid(batch=3, heads_q=5, seqlen_k=129) == (5, 2, 3)
 
 
+def test_hopper_tiles_at_head_dim_256_split_its_columns():
+    """Head dim 256: 64 keys a CTA that both consumers share (dK's and dV's columns split), 64-row
+    query tiles (dQ's four 64 x 64 blocks, two a consumer, added from registers: no dQ blocks in
+    shared memory), within sm_90's shared memory with two ring slots."""
+    cfg = configs.Sm90BwdConfig("fp16", 256)
+    assert cfg.split_d and (cfg.block_n, cfg.block_m) == (64, 64) and not configs.Sm90BwdConfig("fp16", 128).split_d
+    assert cfg.name_expression == "fc::flash_bwd_sm90<fc::fp16, 256, 64, 2>"
+    assert cfg.smem_bytes == 1024 + 2 * 64 * 256 * 2 + 2 * 2 * 64 * 256 * 2 + 2 * 64 * 64 * 2 + 2 * 2 * 64 * 4 + 8 * 9
+    assert cfg.smem_bytes <= configs.SMEM_LIMIT["sm_90a"]
+    assert cfg.grid(batch=3, heads_q=5, seqlen_k=129) == (5, 3, 3)
+    assert [configs.sm90_bwd_width(d) for d in (32, 64, 96, 128, 160, 256)] == [64, 64, 128, 128, 256, 256]
+
+
 def _dispatch(arch, backend="auto", head_dim=64, deterministic=False, **opts):
     from flashcore_cupy import backward
     q = spec("q", (2, 4, 100, head_dim))
@@ -62,9 +75,13 @@ def test_dispatch_takes_the_hopper_kernel_where_it_applies():
     assert isinstance(_dispatch("sm_90a", window=(16, 0), softcap=5.0, backend="sm90"), configs.Sm90BwdConfig)
     assert isinstance(_dispatch("sm_90a", deterministic=True), configs.Sm90BwdConfig)
     assert isinstance(_dispatch("sm_90a", deterministic=True, window=(-1, 0)), configs.Sm90BwdConfig)
-    for arch, kw in (("sm_80", {}), ("sm_90a", dict(head_dim=160)),
+    assert _dispatch("sm_90a", head_dim=160).head_dim == 256 and _dispatch("sm_90a", head_dim=256).split_d
+    assert _dispatch("sm_90a", head_dim=256, window=(16, 0), softcap=5.0).variant.softcap
+    for arch, kw in (("sm_80", {}), ("sm_90a", dict(head_dim=256, deterministic=True)),
                      ("sm_90a", dict(deterministic=True, window=(16, 0)))):
         assert isinstance(_dispatch(arch, **kw), configs.Sm80BwdConfig), (arch, kw)
+    with pytest.raises(ValueError, match="deterministic=True at head_dim 256"):
+        _dispatch("sm_90a", backend="sm90", head_dim=256, deterministic=True)
     with pytest.raises(ValueError, match="backend='sm90' cannot run this backward: deterministic=True with a "
                                          "window's left bound"):
         _dispatch("sm_90a", backend="sm90", deterministic=True, window=(16, 0))
@@ -77,12 +94,12 @@ def test_backward_kernels_compile_without_spills(arch):
     """Every head dim bucket and dtype, plain and for the bounding variants: no spills, within
     the arch's registers and shared memory. The Hopper kernel's variants with a score option
     (softcap, ALiBi, bias) spill: about 1 KB at most and wgmma not serialised where dispatch takes them
-    (head dim 128); at head dim 64 dispatch leaves softcap and bias to the portable kernel."""
+    (head dims 128 and 256); at head dim 64 dispatch leaves softcap and bias to the portable kernel."""
     for cfg in tuning.backward_configs(arch):
         report = loader.compile_only(cfg, arch)
         v = cfg.variant
         if isinstance(cfg, configs.Sm90BwdConfig) and (v.softcap or v.alibi or v.bias != "none"):
-            if cfg.head_dim == 128:
+            if cfg.head_dim in (128, 256):
                 assert report.spill_bytes < 2048 and not report.perf_warnings, (str(cfg), report)
         else:
             assert report.spill_bytes == 0 and report.stack_frame_bytes == 0, (arch, str(cfg), report)

@@ -97,6 +97,43 @@ def test_variant_gradients_match_reference(rng, causal, window, option):
                           dtype, what + " sm90")
 
 
+def test_the_hopper_backward_at_head_dim_256(rng):
+    """The split-head-dim tiles (64 keys a CTA shared by both consumers, dK's and dV's columns
+    split between them, dQ's blocks added from registers): D256 and D192 (padded), MHA, GQA and
+    MQA, Sq < Sk and Sq > Sk with ragged tiles, causal or not, both dtypes, then a case per
+    variant option, on backend="sm90" against the reference; deterministic=True there goes to the
+    portable kernel (auto) or raises (sm90)."""
+    import cupy
+
+    if api.device_info(0).arch != "sm_90a":
+        pytest.skip("the Hopper backward needs an sm_90 GPU (H100/H200)")
+    cases = [("fp16", 256, False, (1, 3, 3), (63, 65)), ("bf16", 256, True, (2, 4, 2), (127, 239)),
+             ("fp16", 256, True, (2, 5, 1), (239, 127)), ("bf16", 192, False, (2, 4, 2), (200, 333)),
+             ("fp16", 256, "top_left", (1, 2, 1), (1000, 799))]
+    for dtype, d, causal, heads, lengths in cases:
+        q, k, v = make_inputs(rng, dtype, d, "bhsd", heads, lengths)
+        out, lse = fc.attention(q, k, v, return_lse=True, causal=causal)
+        dout = make_inputs(rng, dtype, d, "bhsd", heads, lengths)[0]
+        inputs = (q, k, v, dout, out, lse)
+        ref = reference.attention_backward(dout, q, k, v, out, lse, causal=causal)
+        _assert_grads(_backward(inputs, "bhsd", backend="sm90", causal=causal), ref, dtype,
+                      f"{dtype} D{d} causal={causal} {heads} {lengths} sm90")
+    for causal, window, option in VARIANT_CASES:
+        heads, lengths = (2, 4, 2), (150, 220)
+        opts = _options(rng, option, "bf16", heads, lengths, per_batch=True)
+        q, k, v = make_inputs(rng, "bf16", 256, "bhsd", heads, lengths)
+        out, lse = fc.attention(q, k, v, return_lse=True, causal=causal, window=window, **opts)
+        dout = make_inputs(rng, "bf16", 256, "bhsd", heads, lengths)[0]
+        ref = reference.attention_backward(dout, q, k, v, out, lse, causal=causal, window=window, **opts)
+        _assert_grads(_backward((q, k, v, dout, out, lse), "bhsd", backend="sm90", causal=causal, window=window,
+                                **opts), ref, "bf16", f"D256 causal={causal} window={window} {option} sm90")
+    with pytest.raises(ValueError, match="deterministic=True at head_dim 256"):
+        _backward(inputs, "bhsd", backend="sm90", causal="top_left", deterministic=True)
+    a = _backward(inputs, "bhsd", causal="top_left", deterministic=True)
+    b = _backward(inputs, "bhsd", causal="top_left", deterministic=True)
+    assert all(bool(cupy.array_equal(x, y)) for x, y in zip(a, b))
+
+
 def test_gradients_within_twice_sdpa_error(rng):
     """SDPA's backward (math, float32 inputs where it fits; else its default) on the same fp16
     inputs: ours within 2x its error for each gradient."""
