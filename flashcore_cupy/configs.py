@@ -542,8 +542,8 @@ class Sm90FwdConfig:
                           items: int) -> list[WorkTile]:
         """A varlen launch's `items` work items, as flash_fwd_sm90.cu's work_tile gives them
         (sm90_scheduler.cuh's varlen_item): sequence by sequence, each ceil(Sq_b / block_m) *
-        heads items, its last row block first with the heads in turn; then empty items (no
-        consumers, no keys) up to `items`."""
+        heads items, its last row block first with the heads in turn; then items past the
+        sequences' (batch -1: a CTA stops at the first it meets) up to `items`."""
         tiles = []
         for b, (sq, sk) in enumerate(zip(seqlens_q, seqlens_k)):
             m_blocks = -(-sq // self.block_m)
@@ -553,7 +553,7 @@ class Sm90FwdConfig:
                 rows = min(self.block_m, sq - row0)
                 kv_end = min(sk, row0 + rows + sk - sq) if causal else sk
                 tiles.append(WorkTile(row0, head, b, -(-rows // 64), -(-kv_end // self.block_n) if kv_end > 0 else 0))
-        return (tiles + [WorkTile(0, 0, 0, 0, 0)] * items)[:items]
+        return (tiles + [WorkTile(0, 0, -1, 0, 0)] * items)[:items]
 
     def __str__(self) -> str:
         return (f"sm90 {self.dtype} D{self.head_dim}{f'/{self.head_dim_v}' if self.head_dim_v else ''} "

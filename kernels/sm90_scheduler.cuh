@@ -84,7 +84,7 @@ __device__ __forceinline__ WorkTile work_tile(const Sm90Params& p, int i) {
     if constexpr (S::kVarlen) {
         static_assert(!Tile::kSplit, "varlen: whole tiles (64 rows a consumer)");
         const VarlenItem at = varlen_item<Tile>(p, i);
-        if (at.batch < 0) return WorkTile{0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0};
+        if (at.batch < 0) return WorkTile{0, 0, -1, 0, 0, 0, 0, 0, 0, 0, 0};   // past the sequences' items
         const SeqSpan span = seq_span<S>(p, at.batch);
         const int m_desc = p.by_heads(at.u), m_blocks = (span.seqlen_q + Tile::kBlockM - 1) / Tile::kBlockM;
         const int row0 = (m_blocks - 1 - m_desc) * Tile::kBlockM, rows = min(Tile::kBlockM, span.seqlen_q - row0);

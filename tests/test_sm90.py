@@ -297,7 +297,7 @@ def test_varlen_items_cover_every_row_once_longest_first(hd):
     """The Hopper varlen launch's items (Sm90FwdConfig.varlen_work_tiles, the kernel's
     varlen_item in Python): within the grid varlen.py sizes (ceil(total_q / block_m) + B row
     blocks a head) every (sequence, head, row) once, each sequence's causal tiles longest first,
-    the rest empty; over 32 sequences (the kernel's scan steps) and with empty ones."""
+    the rest past the sequences' (batch -1); over 32 sequences (the kernel's scan steps) and with empty ones."""
     cfg = configs.sm90_varlen_config("fp16", hd)
     assert cfg.seq == "varlen" and not cfg.split and "fc::Varlen" in cfg.name_expression
     rng = np.random.default_rng(hd)
@@ -312,7 +312,7 @@ def test_varlen_items_cover_every_row_once_longest_first(hd):
         last = {}
         for w in tiles:
             if w.consumers == 0:
-                assert w == configs.WorkTile(0, 0, 0, 0, 0)
+                assert w == configs.WorkTile(0, 0, -1, 0, 0)   # past the sequences' items
                 continue
             rows = min(cfg.block_m, lengths_q[w.batch] - w.row0)
             assert 0 < rows and -(-rows // 64) == w.consumers
