@@ -399,7 +399,7 @@ class Sm90FwdConfig:
     producers: int = 1    # TMA-issuing threads: 1 (Q, K and V) or 2 (Q and K; V)
     warp_rows: int = 16   # query rows per warp's 16-row GEMM slice: 8 halves split tiles to 32 rows
     variant: KernelVariant = PLAIN
-    seq: str = "dense"    # "dense", "dense_split" (split-KV), plain "varlen", or a plain KV cache: "cache" | "paged_tiles"
+    seq: str = "dense"    # "dense", "dense_split" (split-KV), "varlen" (no bias), or a plain KV cache: "cache" | "paged_tiles"
     head_dim_v: int | None = None   # V's and O's width where it differs from head_dim (a built width)
 
     kernel_file = "flash_fwd_sm90.cu"
@@ -408,8 +408,8 @@ class Sm90FwdConfig:
     def __post_init__(self):
         if self.seq not in SM90_SEQ_KINDS:
             raise ValueError(f"seq must be one of {SM90_SEQ_KINDS}, got {self.seq!r}")
-        if self.seq == "varlen" and (self.split or not self.variant.plain):
-            raise ValueError("a Hopper varlen config has whole tiles and no variant")
+        if self.seq == "varlen" and (self.split or self.variant.bias != "none"):
+            raise ValueError("a Hopper varlen config has whole tiles and no bias")
         if self.seq in CACHE_KINDS and not (self.split and self.warp_rows == 16 and self.variant.plain):
             raise ValueError("a Hopper KV-cache config has split tiles of 16-row warps and no variant")
         if self.head_dim_v == self.head_dim:
@@ -735,10 +735,10 @@ def sm90_cache_config(dtype: str, head_dim: int, paged: bool) -> Sm90FwdConfig:
     return dataclasses.replace(sm90_config(dtype, head_dim, "small"), seq="paged_tiles" if paged else "cache")
 
 
-def sm90_varlen_config(dtype: str, head_dim: int) -> Sm90FwdConfig:
-    """The Hopper kernel's tile for packed sequences: the large grids' whole tiles (a CTA each,
-    the sequences' longest first), with the varlen sequence policy."""
-    return dataclasses.replace(sm90_config(dtype, head_dim, "large"), seq="varlen")
+def sm90_varlen_config(dtype: str, head_dim: int, variant: KernelVariant = PLAIN) -> Sm90FwdConfig:
+    """The Hopper kernel's tile for packed sequences: the large grids' whole tiles (a variant's
+    as variant_config makes them), with the varlen sequence policy."""
+    return dataclasses.replace(variant_config(sm90_config(dtype, head_dim, "large"), variant), seq="varlen")
 
 
 SM90_PRODUCER_REGISTERS = 24   # the producer warpgroup's after setmaxnreg (Sm90Tile::kProducerRegs)

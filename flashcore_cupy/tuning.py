@@ -285,7 +285,8 @@ def sequence_configs(arch: str, dtypes: tuple[str, ...] = configs.DTYPES) -> lis
     if arch == configs.SM90_ARCH:
         found |= {configs.sm90_cache_config(dt, hd, paged) for dt in dtypes for hd in configs.SM90_HEAD_DIMS
                   for paged in (False, True)}
-        found |= {configs.sm90_varlen_config(dt, hd) for dt in dtypes for hd in configs.SM90_HEAD_DIMS}
+        found |= {configs.sm90_varlen_config(dt, hd, v) for dt in dtypes for hd in configs.SM90_HEAD_DIMS
+                  for v in _SEQUENCE_VARIANTS}
         found |= {dataclasses.replace(configs.variant_config(c, v), seq="dense_split")
                   for c in dispatchable_configs(arch) if isinstance(c, configs.Sm90FwdConfig) and c.dtype in dtypes
                   for v in _SEQUENCE_VARIANTS}

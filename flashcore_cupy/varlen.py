@@ -43,9 +43,8 @@ def attention_varlen(q: Any, k: Any, v: Any, cu_seqlens_q: Any, cu_seqlens_k: An
     max_seqlen_q has its rows past it left unwritten; on either, rows past cu_seqlens_q[-1];
     offsets that decrease or run past the arrays are clamped into them
     (FLASHCORE_CUPY_CHECK_METADATA=1 checks them on the host first: that syncs too).
-    backend: "auto" (the Hopper kernel on H100/H200 for a call without softcap, ALiBi or a
-    window, else the portable one), "sm80" (the portable kernel) or "sm90" (the Hopper kernel;
-    a ValueError where it cannot run the call).
+    backend: "auto" (the Hopper kernel on H100/H200, else the portable one), "sm80" (the
+    portable kernel) or "sm90" (the Hopper kernel; a ValueError where it cannot run the call).
     Returns out (total_q, Hq, D) in q's dtype (out=: a buffer of that shape), and with
     return_lse the float32 LSE of shape (Hq, total_q)."""
     q, k, v = (_as_device_array(a, n) for a, n in ((q, "q"), (k, "k"), (v, "v")))
@@ -81,7 +80,7 @@ def attention_varlen(q: Any, k: Any, v: Any, cu_seqlens_q: Any, cu_seqlens_k: An
             blocker = sm90_varlen_blocker(problem, dev.arch)
             if backend == "sm90" and blocker:
                 raise ValueError(f"backend='sm90' cannot run this call: {blocker}; use backend='auto'")
-            hopper = None if blocker else sm90_varlen_config(problem.dtype, problem.head_dim)
+            hopper = None if blocker else sm90_varlen_config(problem.dtype, problem.head_dim, problem.kernel_variant)
         if metadata.checking():
             metadata.check_offsets(cu_q, "cu_seqlens_q", total_q, max_seqlen_q)
             metadata.check_offsets(cu_k, "cu_seqlens_k", k.shape[0], max_seqlen_k)
@@ -101,17 +100,15 @@ def attention_varlen(q: Any, k: Any, v: Any, cu_seqlens_q: Any, cu_seqlens_k: An
 
 def sm90_varlen_blocker(p: Problem, arch: str) -> str | None:
     """Why the Hopper kernel cannot run the varlen problem `p` (in check_varlen's terms), or None:
-    sm_90 only, a plain call (causal at most), a built head width, keys to map, and maps the
-    driver takes."""
+    sm_90 only, a built head width, keys to map, and maps the driver takes."""
     if arch != SM90_ARCH:
         return f"it needs an sm_90 GPU (H100/H200); this device compiles for {arch}"
-    if not p.kernel_variant.plain:
-        return "its varlen tiles run plain calls (causal at most): no softcap, ALiBi or window"
     if p.head_dim > SM90_HEAD_DIMS[-1]:
         return f"head_dim {p.head_dim} is over {SM90_HEAD_DIMS[-1]}"
     if p.seqlen_k == 0:
         return "k has no rows"
-    for name, spec in zip("qkv", sm90_map_specs(dataclasses.replace(p, batch=1), sm90_varlen_config(p.dtype, p.head_dim))):
+    config = sm90_varlen_config(p.dtype, p.head_dim, p.kernel_variant)
+    for name, spec in zip("qkv", sm90_map_specs(dataclasses.replace(p, batch=1), config)):
         reason = tma.unsupported_reason(spec)
         if reason:
             return f"{name} has a {reason}"
@@ -160,7 +157,9 @@ def _sm90_launch(p: Problem, config: Sm90FwdConfig, o_strides: tuple[int, int], 
                  defines: tuple[str, ...] = ()) -> Sm90VarlenLaunch:
     """defines: a diagnostic build's (the GPU tests' FLASHCORE_RECORD_WORK)."""
     items = (math.ceil(p.seqlen_q / config.block_m) + p.batch) * p.heads_q
-    scalars = sm90_scalars(p, (0, *o_strides), p.causal, p.heads_q, p.heads_q // p.heads_kv, 1, 1, items, items, 1)
+    # (a variant's causal mask is its window's right side: variant_scalars folds it)
+    scalars = sm90_scalars(p, (0, *o_strides), p.causal and config.variant.plain, p.heads_q, p.heads_q // p.heads_kv,
+                           1, 1, items, items, 1)
     inner = Sm90SeqLaunch.build_seq(config, p.device, arch, (min(items, num_sms), 1, 1), scalars,
                                     sm90_map_specs(dataclasses.replace(p, batch=1), config), defines)
     return Sm90VarlenLaunch(inner, StreamCounters(2))

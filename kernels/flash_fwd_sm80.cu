@@ -286,12 +286,7 @@ flash_fwd(const FwdParams p) {
         const int kv_end = FC_KEY_END(seqlen_k, causal_diag, causal, q_first, q_rows);
         n_blocks = FC_KEY_TILES(BLOCK_N, kv_end);
     } else {
-        mod = score_mod<V>(p, batch, head);
-        if constexpr (!S::kDense) {   // this sequence's lengths, the masks aligned bottom-right in it
-            mod.seqlen_q = seqlen_q;
-            mod.seqlen_k = seqlen_k;
-            mod.diag = seqlen_k - seqlen_q;
-        }
+        mod = seq_score_mod<V, S>(p, batch, head, seq);   // this sequence's masks (packed or cached)
         const TileRange tiles = window_tiles(mod, BLOCK_N, q_first, min(q_rows, seqlen_q - q_first));
         j_begin = tiles.first;
         n_blocks = tiles.end;

@@ -35,9 +35,9 @@
 // i % splits of its tile, a share of its key tiles, stored as float32 partials (split_kv.cuh)
 // that merge_states combines.
 //
-// Packed sequences (S = Varlen, plain; flash_attn's varlen layout): the maps span the packed q,
-// k and v as one batch entry, a tile's boxes start at its sequence's rows (cu_seqlens), and its
-// keys and causal diagonal are its sequence's. Rows of a box past its sequence are the next
+// Packed sequences (S = Varlen, plain or a variant without bias; flash_attn's varlen layout):
+// the maps span the packed q, k and v as one batch entry, a tile's boxes start at its sequence's
+// rows (cu_seqlens), and its keys, causal diagonal and window are its sequence's. Rows of a box past its sequence are the next
 // sequence's: their queries are never stored, their keys masked, their V rows zeroed as a KV
 // cache's. The tiles (each sequence's longest first: work_tile) go to a persistent grid by the
 // dynamic deal (sm90_scheduler.cuh): many tiles of unequal work, the next one's loads under this
@@ -281,7 +281,8 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
         // wait on, that beat running the exact softmax under P V (v15; PERF_HISTORY v18).
         // A variant's scores leave variant_scores in the units softmax takes as its scale.
         ScoreMod mod{};
-        if constexpr (!V::kPlain) mod = score_mod<V>(p, w.batch, w.head);
+        if constexpr (!V::kPlain)   // (varlen: the masks aligned bottom-right in the tile's sequence)
+            mod = seq_score_mod<V, S>(p, w.batch, w.head, SeqSpan{w.seqlen_q, w.seqlen_k, w.q_row0, w.k_row0});
         // The bias: each warp's tiles staged in shared memory kBiasSlots steps ahead
         // (BiasStage: the first ones now, the next after each score step).
         if constexpr (V::kBias != 0) {

@@ -24,6 +24,7 @@
 //   - a page index outside [0, num_pages) reads as zeros and is not written.
 #pragma once
 #include "mma_sm80.cuh"
+#include "variant.cuh"
 
 namespace fc {
 
@@ -112,6 +113,19 @@ __device__ __forceinline__ SeqSpan seq_span(const P& p, int batch) {
     } else {
         return {p.seqlen_q, p.seqlen_k, 0, 0};
     }
+}
+
+// A variant's score state for (batch, head) of sequence `seq` (seq_span's): its masks aligned
+// bottom-right in that sequence where the policy packs or caches sequences (dense: the call's).
+template <class V, class S, class P>
+__device__ __forceinline__ ScoreMod seq_score_mod(const P& p, int batch, int head, const SeqSpan& seq) {
+    ScoreMod mod = score_mod<V>(p, batch, head);
+    if constexpr (!S::kDense) {
+        mod.seqlen_q = seq.seqlen_q;
+        mod.seqlen_k = seq.seqlen_k;
+        mod.diag = seq.seqlen_k - seq.seqlen_q;
+    }
+    return mod;
 }
 
 }  // namespace fc

@@ -30,7 +30,7 @@ namespace fc {
 // A KV cache's (S = KvCache<...>, plain only) see their own sequence's keys (seqlen_k, read from
 // seqused_k per item). With split-KV (S::kSplitKV: a cache's, or DenseSplit's) item i is split
 // i % splits of tile i / splits: its share of the tile's key tiles (or its window's), from first.
-// Packed sequences (S = Varlen, plain only): see varlen_item; a tile's rows and keys are its
+// Packed sequences (S = Varlen, no bias): see varlen_item; a tile's rows, keys and masks are its
 // sequence's, at rows q_row0 and k_row0 of the packed q and k.
 struct WorkTile {
     int row0, head, batch;
@@ -78,8 +78,8 @@ __device__ __forceinline__ VarlenItem varlen_item(const Sm90Params& p, int i) {
 
 template <class Tile, int BLOCK_N, class V = Plain, class S = Dense>
 __device__ __forceinline__ WorkTile work_tile(const Sm90Params& p, int i) {
-    static_assert(S::kDense || ((S::kCache || S::kVarlen) && V::kPlain),
-                  "the Hopper kernel: dense batches, or a plain KV cache or packed sequences");
+    static_assert(S::kDense || S::kVarlen || (S::kCache && V::kPlain),
+                  "the Hopper kernel: dense batches, packed sequences, or a plain KV cache");
     constexpr int C = Tile::kConsumers;
     if constexpr (S::kVarlen) {
         static_assert(!Tile::kSplit, "varlen: whole tiles (64 rows a consumer)");
@@ -88,10 +88,18 @@ __device__ __forceinline__ WorkTile work_tile(const Sm90Params& p, int i) {
         const SeqSpan span = seq_span<S>(p, at.batch);
         const int m_desc = p.by_heads(at.u), m_blocks = (span.seqlen_q + Tile::kBlockM - 1) / Tile::kBlockM;
         const int row0 = (m_blocks - 1 - m_desc) * Tile::kBlockM, rows = min(Tile::kBlockM, span.seqlen_q - row0);
-        const int kv_end = FC_KEY_END(span.seqlen_k, span.seqlen_k - span.seqlen_q, p.causal, row0, rows);
-        return WorkTile{row0, at.u - m_desc * p.heads, at.batch, (rows + 63) / 64,
-                        kv_end > 0 ? FC_KEY_TILES(BLOCK_N, kv_end) : 0, 0, span.seqlen_k, 0, span.seqlen_q,
-                        span.q_row0, span.k_row0};
+        WorkTile w{row0, at.u - m_desc * p.heads, at.batch, (rows + 63) / 64, 0, 0, span.seqlen_k, 0,
+                   span.seqlen_q, span.q_row0, span.k_row0};
+        if constexpr (V::kPlain) {
+            const int kv_end = FC_KEY_END(span.seqlen_k, span.seqlen_k - span.seqlen_q, p.causal, row0, rows);
+            w.n_blocks = kv_end > 0 ? FC_KEY_TILES(BLOCK_N, kv_end) : 0;
+        } else {   // the window's key tiles, aligned bottom-right in the sequence (seq_score_mod's)
+            const SeqWindow win{span.seqlen_k, span.seqlen_k - span.seqlen_q, p.win_left, p.win_right};
+            const TileRange tiles = window_tiles(win, BLOCK_N, row0, rows);
+            w.first = tiles.first;
+            w.n_blocks = max(tiles.end, tiles.first) - tiles.first;
+        }
+        return w;
     }
     int split = 0;
     if constexpr (S::kSplitKV) {

@@ -115,6 +115,10 @@ __device__ __forceinline__ RowRange rows_seeing(int seqlen_q, int seqlen_k, int 
     return r;
 }
 
+// A window's geometry alone (window_keys and window_tiles read these fields of a ScoreMod or a
+// kernel's params): a sequence's keys and diagonal where they are not the call's (varlen).
+struct SeqWindow { int seqlen_k, diag, win_left, win_right; };
+
 // Those keys as key tiles of block_n: tiles [first, end) (none: 0, 0).
 struct TileRange { int first, end; };
 

@@ -27,10 +27,11 @@ def varlen(total_q=300, total_k=500, hq=8, hkv=2, d=128, batch=3, **changes):
     return check_varlen(*args.values(), **opts)
 
 
-def test_the_hopper_kernel_takes_plain_varlen_calls_only():
-    """sm90_varlen_blocker: on sm_90a a plain call (causal at most) with keys and maps the driver
-    takes (validation's 16-byte rows are TMA's); a softcap, ALiBi or a window, no keys or another
-    arch are refused with the reason (backend='sm90' raises it; 'auto' runs the portable kernel)."""
+def test_the_hopper_kernel_takes_varlen_calls_with_keys():
+    """sm90_varlen_blocker: on sm_90a every call (plain or with a softcap, ALiBi or a window) with
+    keys and maps the driver takes (validation's 16-byte rows are TMA's), on the variant's tile
+    with the varlen policy; no keys or another arch are refused with the reason (backend='sm90'
+    raises it; 'auto' runs the portable kernel)."""
     from flashcore_cupy.varlen import sm90_varlen_blocker
 
     for d in (64, 96, 128, 256):
@@ -38,8 +39,13 @@ def test_the_hopper_kernel_takes_plain_varlen_calls_only():
         assert sm90_varlen_blocker(varlen(d=d, causal=False)[0], "sm_90a") is None
     assert "sm_90" in sm90_varlen_blocker(varlen()[0], "sm_80")
     for opts in (dict(softcap=3.0), dict(window=(64, 0)), dict(alibi_slopes=spec("alibi_slopes", (8,), F32))):
-        assert "plain" in sm90_varlen_blocker(varlen(**opts)[0], "sm_90a"), opts
+        p = varlen(**opts)[0]
+        assert sm90_varlen_blocker(p, "sm_90a") is None, opts
+        cfg = configs.sm90_varlen_config("fp16", 128, p.kernel_variant)
+        assert cfg.seq == "varlen" and cfg.variant == p.kernel_variant and cfg.consumers == 2, opts
     assert "no rows" in sm90_varlen_blocker(varlen(total_k=0)[0], "sm_90a")
+    with pytest.raises(ValueError, match="no bias"):
+        configs.sm90_varlen_config("fp16", 128, configs.KernelVariant(window=True, bias="16bit"))
 
 
 def test_varlen_problem_is_the_packed_arrays_with_b_sequences():

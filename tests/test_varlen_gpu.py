@@ -38,9 +38,8 @@ def _hopper():
 
 VARIANTS = [dict(), dict(causal=True), dict(causal=True, window=(37, 0)), dict(window=(20, 9)),
             dict(softcap=5.0, alibi_slopes="per_batch", causal=True)]
-# Each option set on the kernels that take it: plain calls on both, the variants on the portable one.
-CASES = [(opts, backend) for opts in VARIANTS
-         for backend in (("sm80", "sm90") if set(opts) <= {"causal"} else ("auto",))]
+# Every option set on both kernels.
+CASES = [(opts, backend) for opts in VARIANTS for backend in ("sm80", "sm90")]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -89,21 +88,22 @@ def test_varlen_reaches_the_dense_kernel_per_sequence(rng, backend):
 @pytest.mark.parametrize("backend", ["sm80", "sm90"])
 def test_the_next_sequences_rows_never_reach_a_sequence(rng, backend):
     """A tile's boxes run past its sequence into the next one's rows: infinities and NaNs there
-    (in k, v and q) leave the first sequence's output and LSE what the reference gives for it."""
+    (in k, v and q) leave the first sequence's output and LSE what the reference gives for it,
+    plain or with a window and softcap."""
     import cupy
 
     if backend == "sm90":
         _hopper()
-    for causal in (False, True):
+    for opts in (dict(causal=False), dict(causal=True), dict(causal=True, window=(37, 0), softcap=5.0)):
         q, k, v, cu_q, cu_k = _packed(rng, [100, 300], [130, 300], 4, 2, 128, "bf16")
         for a, at in ((q, 100), (k, 130), (v, 130)):
             a[at:at + 150:2] = cupy.inf
             a[at + 1:at + 150:2] = cupy.nan
         out = cupy.full(q.shape, np.nan, q.dtype)
-        got, lse = fc.attention_varlen(q, k, v, cu_q, cu_k, causal=causal, return_lse=True, out=out, backend=backend)
-        want, want_lse = reference.attention_varlen(q[:100], k[:130], v[:130], cu_q[:2], cu_k[:2], causal=causal,
-                                                    return_lse=True)
-        _check(got[:100], want, "bf16", f"first sequence, causal={causal}, {backend}")
+        got, lse = fc.attention_varlen(q, k, v, cu_q, cu_k, return_lse=True, out=out, backend=backend, **opts)
+        want, want_lse = reference.attention_varlen(q[:100], k[:130], v[:130], cu_q[:2], cu_k[:2], return_lse=True,
+                                                    **opts)
+        _check(got[:100], want, "bf16", f"first sequence, {opts}, {backend}")
         np.testing.assert_allclose(lse[:, :100].get(), want_lse, rtol=2e-3, atol=2e-3)
 
 
