@@ -51,11 +51,14 @@ for kernel in ["sm80", "auto"] + hopper:
         print(f"variant ({kernel}) bias {np.dtype(bias_dtype)} {sq}x{sk}: rel err {err:.2e}, worst row {row:.2e}")
         ok &= workload.within_tolerance("fp16", err, row)
 # The backward: GQA, causal (dispatch's kernel: Hopper's on sm_90a), deterministic, and a
-# variant with every option (the portable kernel at D64, Hopper's at D128).
+# variant with every option (the portable kernel at D64, Hopper's at D128 and D256: its split
+# head dim).
 for opts, det, d in ((dict(causal=True), False, 64), (dict(causal=True), True, 64),
                      (dict(causal="top_left", window=(40, 3), softcap=4.0), False, 64),
-                     (dict(causal="top_left", window=(40, 3), softcap=4.0), False, 128)):
-    if d == 128:   # every score option: ALiBi and a bias too
+                     (dict(causal="top_left", window=(40, 3), softcap=4.0), False, 128),
+                     (dict(causal=True), False, 256),
+                     (dict(causal="top_left", window=(40, 3), softcap=4.0), False, 256)):
+    if d >= 128 and "softcap" in opts:   # every score option: ALiBi and a bias too
         opts = dict(opts, alibi_slopes=cupy.asarray(rng.uniform(0, 0.3, (2, 4)).astype(np.float32)),
                     bias=cupy.asarray(rng.standard_normal((1, 4, 300, 201)).astype(np.float16)))
     # 300 query rows: 3 query tiles of 128 at D64 (5 of 64 at D128), so the Hopper kernel's ring
