@@ -4,6 +4,7 @@
 variant calls (a window with every score option, the bias broadcast and ragged) on each
 kernel, backward calls, a merge_states, a varlen prefill on each kernel and a paged decode, small enough for compute-sanitizer; exits 1 on a wrong result."""
 
+import itertools
 import sys
 
 import cupy
@@ -88,11 +89,15 @@ ok &= err <= 2e-3 and bool(np.allclose(merged_lse.get(), ref_lse, rtol=1e-5, ato
 cu = cupy.asarray(np.array([0, 70, 70, 201], np.int32))
 q = cupy.asarray(rng.standard_normal((201, 4, 64)).astype(np.float16))
 k, v = (cupy.asarray(rng.standard_normal((201, 2, 64)).astype(np.float16)) for _ in range(2))
-for backend in ("sm80", "auto"):   # the portable kernel, and on an H100/H200 the Hopper one
-    out = fc.attention_varlen(q, k, v, cu, cu, max_seqlen_q=131, max_seqlen_k=131, causal=True, backend=backend)
+slopes = cupy.asarray(rng.uniform(0.01, 0.3, (3, 4)).astype(np.float32))
+for backend, opts in itertools.product(("sm80", "auto"), (dict(), dict(window=(50, 0), softcap=4.0,
+                                                                         alibi_slopes=slopes))):
+    # the portable kernel, and on an H100/H200 the Hopper one; plain causal and every option
+    out = fc.attention_varlen(q, k, v, cu, cu, max_seqlen_q=131, max_seqlen_k=131, causal=True, backend=backend,
+                              **opts)
     cupy.cuda.get_current_stream().synchronize()
-    err = reference.rel_error(out, reference.attention_varlen(q, k, v, cu, cu, causal=True))
-    print(f"varlen prefill ({backend}): rel err {err:.2e}")
+    err = reference.rel_error(out, reference.attention_varlen(q, k, v, cu, cu, causal=True, **opts))
+    print(f"varlen prefill ({backend}) {sorted(opts)}: rel err {err:.2e}")
     ok &= err <= 2e-3
 for page in (3, 64):   # rows gathered, and a key tile a page
     per_seq = -(-120 // page)
