@@ -22,12 +22,17 @@ class Mbarrier:
             self.arrived, self.phases = 0, self.phases + 1
 
 
-def cta(consumers, stages, pingpong, items, skip_per_turn=True, split=False, producers=1):
+def cta(consumers, stages, pingpong, items, skip_per_turn=True, split=False, producers=1, dynamic=False):
     """Coroutines of one CTA. items: per work item (n_blocks, per-consumer key tiles)
     where a consumer's count is None when it has no rows in the item. skip_per_turn=False
     is the first version's order for skipped tiles (all released, then the turns).
     split: the consumers share the rows and take every consumers-th key tile each, then
-    meet twice at a barrier to merge (one work item per CTA). producers: TMA-issuing threads."""
+    meet twice at a barrier to merge (one work item per CTA). producers: TMA-issuing threads.
+    dynamic: the dynamic deal's item slots (sm90_scheduler.cuh's ItemSlots): the producer
+    publishes item n's successor once it has issued item n's copies (slot n % 2, after the
+    consumers took the slot's previous item), every consumer takes it when item n ends; the
+    last one published is past the items (where the kernel's loops stop). (The slot's empty wait
+    is insurance: Q's release already keeps the producer within an item of every consumer.)"""
     users = 1 if split else consumers
     q_full, q_empty = Mbarrier(1), Mbarrier(consumers)
     k_full, v_full = [Mbarrier(1) for _ in range(stages)], [Mbarrier(1) for _ in range(stages)]
@@ -35,6 +40,7 @@ def cta(consumers, stages, pingpong, items, skip_per_turn=True, split=False, pro
     v_empty = [Mbarrier(users) for _ in range(stages)]
     arrivals, syncs = [0] * consumers, [0] * consumers   # named barrier 1 + c
     combine = [0]                                         # named barrier 1 + consumers
+    item_full, item_empty = [Mbarrier(1) for _ in range(2)], [Mbarrier(consumers) for _ in range(2)]
 
     def wait(bar, phase):
         # mbarrier waits name a phase by its parity only: the barrier must be in that
@@ -65,6 +71,10 @@ def cta(consumers, stages, pingpong, items, skip_per_turn=True, split=False, pro
                             yield from wait(empty[slot], use - 1)
                         in_flight.append(full[slot])
             it += n_blocks
+            if dynamic and loads_k:   # publish the next item (ItemSlots.publish)
+                if n >= 2:
+                    yield from wait(item_empty[n % 2], (n - 2) // 2)
+                item_full[n % 2].arrive()
 
     def consumer(c):
         def await_turn():
@@ -135,6 +145,9 @@ def cta(consumers, stages, pingpong, items, skip_per_turn=True, split=False, pro
                 yield from await_turn()
                 pass_turn(turn == n_blocks)
             it += n_blocks
+            if dynamic:   # take the next item (ItemSlots.take)
+                yield from wait(item_full[n % 2], n // 2)
+                item_empty[n % 2].arrive()
 
     def tma(rng):   # lands the copies in flight in any order
         while not (in_flight == [] and producing[0] == 0):
@@ -187,6 +200,16 @@ def random_items(rng, consumers):
                 for c in range(consumers)]
         items.append((n_blocks, mine))
     return items
+
+
+@pytest.mark.parametrize("consumers, stages, pingpong", [(2, 2, True), (3, 2, True), (2, 3, False), (1, 2, False)])
+def test_the_dynamic_deal_never_deadlocks(consumers, stages, pingpong):
+    """The dynamic deal (varlen's, and the probe's on dense tiles): one producer thread, whole
+    tiles; up to 8 items a CTA so that both slots turn over, in random interleavings."""
+    for seed in range(200):
+        rng = random.Random(seed)
+        items = random_items(rng, consumers) + random_items(rng, consumers)
+        assert runs_to_the_end(cta(consumers, stages, pingpong, items, dynamic=True), rng), items
 
 
 @pytest.mark.parametrize("producers", [1, 2])
