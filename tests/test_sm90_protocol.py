@@ -1,7 +1,7 @@
 """A CPU model of the Hopper kernel's synchronisation (kernels/flash_fwd_sm90.cu): one
 CTA's producers (one thread for Q, K and V, or one for Q and K and one for V), their
 TMA copies (landing in any order) and consumers as coroutines over the same mbarriers (Q full/empty, the K/V
-ring) and ping-pong named barriers, run in random interleavings. It checks the protocol, not the kernel: a change to the kernel's
+ring, the dynamic deal's item slots) and ping-pong named barriers, run in random interleavings. It checks the protocol, not the kernel: a change to the kernel's
 waits, releases or turns belongs here too. It reproduces the deadlock of the first
 idle-consumer order (every skipped key tile released before any turn), and the parity
 aliasing that split keys would have with a ring not a multiple of the consumers.
