@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from flashcore_cupy import configs, launch, tma, tuning
+from flashcore_cupy import configs, launch, params, tma, tuning
 from flashcore_cupy.validation import TensorSpec, check_problem
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -106,6 +106,29 @@ def test_dispatch_table():
         {configs.with_value_dim(configs.sm90_config(dt, 192, g), 192, 128) for dt in configs.DTYPES
          for g in configs.SM90_GRIDS}
     assert not any(isinstance(c, configs.Sm90FwdConfig) for c in configs.all_configs("sm_80"))
+
+
+def test_encode_maps_passes_each_spec_to_the_driver(monkeypatch):
+    """encode_maps: one cuTensorMapEncodeTiled a map, 128 bytes apart, at the given addresses,
+    with the spec's dims, strides and box (arrays built once per spec), unit element strides,
+    128B swizzle, zero fill; a failing CUresult raises naming the spec."""
+    calls = []
+
+    def driver(dest, dtype, rank, ptr, dims, strides, box, steps, *modes):
+        calls.append((dest, dtype, rank, ptr, tuple(dims), tuple(strides), tuple(box), tuple(steps), modes))
+        return 0 if ptr else 1
+
+    monkeypatch.setattr(tma, "_encode", lambda: driver)
+    q, k, _ = launch.sm90_map_specs(problem((2, 8, 100, 128), (2, 2, 80, 128)), configs.sm90_config("bf16", 128))
+    block = launch.ParamBlock(params.FWD_SM90.size)
+    for _ in range(2):
+        tma.encode_maps(block.data, "bf16", (q, k), (1 << 20, 2 << 20))
+    at = block.data.ctypes.data
+    assert calls[0] == (at, 9, 4, 1 << 20, q.dims, q.strides, q.box, (1, 1, 1, 1), (0, 3, 3, 0))
+    assert calls[1] == (at + tma.MAP_BYTES, 9, 4, 2 << 20, k.dims, k.strides, k.box, (1, 1, 1, 1), (0, 3, 3, 0))
+    assert calls[2:] == calls[:2] and tma._geometry(q) is tma._geometry(q)
+    with pytest.raises(RuntimeError, match="cuTensorMapEncodeTiled.*failed with CUresult 1"):
+        tma.encode_maps(block.data, "bf16", (q,), (0,))
 
 
 def test_map_specs_follow_both_layouts():
