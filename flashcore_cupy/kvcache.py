@@ -196,8 +196,10 @@ class _Plan:
         if hopper is not None:
             heads, heads_per_kv = (p.heads_kv, 1) if pack > 1 else (hq, hq // p.heads_kv)
             # one work tile a CTA (split tiles), split i % splits of tile i / splits
-            scalars = sm90_scalars(p, o_strides, p.causal and pack == 1, heads, heads_per_kv, m_blocks, 1, tiles,
-                                   tiles * self.splits, pack, **cache, by_page_size=fast_divisor(cache["page_size"]),
+            # (one query a sequence: the causal mask hides nothing; speculative rows: by query)
+            causal = p.causal and (pack == 1 or sq > 1)
+            scalars = sm90_scalars(p, o_strides, causal, heads, heads_per_kv, m_blocks, 1, tiles, tiles * self.splits,
+                                   pack, **cache, by_page_size=fast_divisor(cache["page_size"]),
                                    **stride_values("lse", lse_strides), splits=self.splits, **split_fields)
             specs = sm90_cache_map_specs(p, layout.paged, layout.num_pages, layout.page_size, config, pack)
             self.attention = Sm90SeqLaunch.build_seq(config, p.device, dev.arch, (tiles * self.splits, 1, 1), scalars,
@@ -245,18 +247,24 @@ class _Plan:
 
 def sm90_cache_plan(p: Problem, layout: CacheLayout, arch: str) -> tuple[Sm90FwdConfig, int] | None:
     """The Hopper kernel's config and GQA pack (query heads a tile's rows) for a KV-cache call, or
-    None where it does not take it: sm_90 only, a plain problem (causal at most) of head dim up
-    to 128, one query a sequence (decode; its GQA group of up to 64 heads packed into a tile's
-    rows), a paged cache whose pages are TMA boxes that tile the key tiles (a multiple of 8 keys
-    that divides block_n or that block_n divides), and maps the driver takes."""
-    if arch != SM90_ARCH or not p.kernel_variant.plain or p.head_dim > SM90_HEAD_DIMS[-1] or p.seqlen_q != 1:
+    None where it does not take it: sm_90 only, a plain problem (causal at most) of a built head
+    dim; one query a sequence (decode: its GQA group of up to 64 heads packed into a tile's
+    rows), or speculative rows that fit one tile (Sq x the group <= 64, the group dividing 64:
+    (query, head) rows); a paged cache whose pages are TMA boxes that tile the key tiles (a
+    multiple of 8 keys that divides block_n or that block_n divides); and maps the driver takes."""
+    if arch != SM90_ARCH or not p.kernel_variant.plain or p.head_dim > SM90_HEAD_DIMS[-1]:
         return None
     config = sm90_cache_config(p.dtype, p.head_dim, layout.paged)
     size, block_n = layout.page_size, config.block_n
     if layout.paged and (size % 8 or (size % block_n and block_n % size)):
         return None
     group = p.heads_q // p.heads_kv
-    pack = group if group <= 64 else 1
+    if p.seqlen_q == 1:
+        pack = group if group <= 64 else 1
+    elif p.seqlen_q * group <= config.block_m and config.block_m % group == 0:
+        pack = group
+    else:
+        return None
     specs = sm90_cache_map_specs(p, layout.paged, layout.num_pages, size, config, pack)
     if any(tma.unsupported_reason(spec) for spec in specs):
         return None

@@ -669,14 +669,20 @@ def sm90_cache_map_specs(p: Problem, paged: bool, num_pages: int, page_size: int
                          pack: int) -> tuple[tma.MapSpec, ...]:
     """Tensor-map geometry of a KV-cache call's q, k and v (p in bshd terms, seqlen_k the cache's
     capacity): Q as sm90_map_specs's; a contiguous cache's K/V boxes one key tile of a sequence's
-    room, a paged one's a page of the pool (the map's "batch" is the page), or a tile in one."""
-    q_box = (1, config.block_m) if pack > 1 else (config.q_box_rows, 1)
+    room, a paged one's a page of the pool (the map's "batch" is the page), or a tile in one.
+    Speculative rows (Sq > 1, packed): q's map swaps its heads and queries, a box the group's pack
+    heads by block_m / pack queries (those past Sq read as zeros), landing query-major."""
+    if pack > 1 and p.seqlen_q > 1:
+        sb, sh, ss = p.q_strides
+        q = tma.map_spec((p.batch, p.seqlen_q, p.heads_q, p.head_dim), (sb, ss, sh), 2, pack, config.block_m // pack)
+    else:
+        q_box = (1, config.block_m) if pack > 1 else (config.q_box_rows, 1)
+        q = tma.map_spec((p.batch, p.heads_q, p.seqlen_q, p.head_dim), p.q_strides, 2, *q_box)
     if paged:
         kv_shape, rows = (num_pages, p.heads_kv, page_size, p.head_dim), min(page_size, config.block_n)
     else:
         kv_shape, rows = (p.batch, p.heads_kv, p.seqlen_k, p.head_dim), config.block_n
-    return (tma.map_spec((p.batch, p.heads_q, p.seqlen_q, p.head_dim), p.q_strides, 2, *q_box),
-            tma.map_spec(kv_shape, p.k_strides, 2, rows), tma.map_spec(kv_shape, p.v_strides, 2, rows))
+    return (q, tma.map_spec(kv_shape, p.k_strides, 2, rows), tma.map_spec(kv_shape, p.v_strides, 2, rows))
 
 
 def sm90_blocker(p: Problem, arch: str) -> str | None:

@@ -25,7 +25,9 @@
 // Packed GQA (decode: Sq = 1, Hq / Hkv = pack in 2..64): a work tile is one (batch, kv
 // head), its rows the pack query heads that share that K/V (a Q box of BLOCK_M heads at
 // position 0; rows past pack are computed and never stored), so K/V streams once per kv
-// head instead of once per query head.
+// head instead of once per query head. A KV cache's speculative rows (Sq > 1, pack * Sq <= 64,
+// pack dividing 64) pack the same way, (query, head) rows query-major (row r: query r / pack,
+// as the portable kernel's packed_row), from one box of a map whose rows are the heads.
 //
 // KV cache (S = KvCache<...>, kernels/sequence.cuh; plain decode steps, SPLIT tiles): a work
 // tile's keys are its sequence's (seqused_k + new keys, read per item), its K/V tiles loaded
@@ -299,7 +301,10 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
             const int key0 = w.key_tile<V>(j) * BLOCK_N;
             if constexpr (V::kPlain) {
                 const bool needs_mask = FC_TILE_PARTIAL(BLOCK_N, seqlen_k, causal_diag, p.causal, key0, c_row0);
-                if (needs_mask)
+                if (needs_mask && S::kCache && p.pack > 1)   // packed (query, head) rows: row r is query r / pack
+                    scale_and_mask<1, BLOCK_N / 8, true, H, true>(s, p.scale_log2, w_row0, key0, seqlen_k,
+                                                                  causal_diag, p.causal, lane, p.pack);
+                else if (needs_mask)
                     scale_and_mask<1, BLOCK_N / 8, true, H>(s, p.scale_log2, w_row0, key0, seqlen_k, causal_diag,
                                                             p.causal, lane);
                 else
@@ -440,9 +445,11 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
             const float l_row = quad_sum(l[0][half]);
             const float inv_l = l_row > 0.f ? 1.f / l_row : 0.f; FC_TRACE(17);
             const int row = w_row0 + lane / 4 + 8 * half;
-            if (row >= (packed ? p.pack : seq_q)) continue;
+            // packed: a KV cache's rows are (query, head)s, query r / pack (one query a dense call's)
+            if (row >= (packed ? p.pack * (S::kCache ? seq_q : 1) : seq_q)) continue;
             // varlen: the row of packed o and of the LSE's (Hq, total_q) (o_sb 0: one "batch")
-            const int q_head = w.head * p.pack + (packed ? row : 0), q_pos = packed ? 0 : w.q_row0 + row;
+            const int q_head = w.head * p.pack + (packed ? (S::kCache ? row % p.pack : row) : 0);
+            const int q_pos = packed ? (S::kCache ? row / p.pack : 0) : w.q_row0 + row;
             u16* o_row = p.o + w.batch * p.o_sb + q_head * p.o_sh + q_pos * p.o_ss + 2 * (lane % 4);
             #pragma unroll
             for (int dt = 0; dt < DV / 8; ++dt)

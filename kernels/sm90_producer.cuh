@@ -75,13 +75,17 @@ __device__ __forceinline__ void produce(const Sm90Params& p, u32 sbase, const Ba
         };
         if (LOADS_K) {
             if (n_done > 0) mbar_wait(bar.q_empty(), (n_done - 1) & 1);
+            // A KV cache's speculative rows (Sq > 1 with a packed GQA group): q's map has the
+            // heads as its rows and the queries as its heads (kvcache.py), so one box at (the
+            // group's first head, query 0) lands query-major: row r is query r / pack.
+            const bool q_swapped = S::kCache && p.pack > 1 && p.seqlen_q > 1;
             if (issues) {
                 mbar_expect_tx(bar.q_full(), Tile::kQBytes);
                 #pragma unroll
                 for (int box = 0; box < Tile::kBlockM / Tile::kQBoxRows; ++box)   // slice `box`'s first rows
                     tma_load_tile<HEAD_DIM>(sbase + box * 16 * 128, p.q, bar.q_full(), Tile::kQRows,
-                                            w.q_row0 + w.row0 + box * Tile::kQBoxRows, w.head * p.pack,
-                                            S::kVarlen ? 0 : w.batch); FC_TRACE(18);
+                                            q_swapped ? w.head * p.pack : w.q_row0 + w.row0 + box * Tile::kQBoxRows,
+                                            q_swapped ? 0 : w.head * p.pack, S::kVarlen ? 0 : w.batch); FC_TRACE(18);
             }
         }
         // K runs kKAhead tiles ahead of V: with split keys each consumer's first S needs

@@ -225,11 +225,12 @@ def test_sequence_launch_packs_scalars_and_each_calls_addresses(monkeypatch):
     (None, 1, None, "cache"), ((600, 16, 128), 1, None, "paged_tiles"), ((40, 256, 8), 1, None, "paged_tiles"),
     ((600, 3, 683), 1, None, None),       # pages of 3 keys: no TMA box tiles a key tile
     ((600, 24, 86), 1, None, None),       # 24 neither divides 128 nor is a multiple of it
-    (None, 4, None, None),                # speculative rows: the portable kernel packs (query, head)s
+    (None, 4, None, "cache"),             # speculative rows: (query, head)s packed, 16 of a tile's 64
+    (None, 32, None, None),               # 32 x 4 rows: over a tile (the portable kernel)
     (None, 1, (64, 0), None),             # a variant
 ])
 def test_kvcache_plan_takes_the_hopper_kernel_where_it_can(monkeypatch, paged, sq, window, hopper):
-    """On sm_90 a plain decode step runs on the Hopper kernel (its GQA group packed in a tile,
+    """On sm_90 a plain decode step (or speculative rows that fit a tile) runs on the Hopper kernel (its GQA group packed in a tile,
     split-KV to fill the SMs, the cache's maps over each sequence's room or the page pool); the
     rest on the portable kernel. The compile is stubbed: the launches' packing runs as on a GPU."""
     from flashcore_cupy import api, kvcache as kv
@@ -248,16 +249,23 @@ def test_kvcache_plan_takes_the_hopper_kernel_where_it_can(monkeypatch, paged, s
     assert isinstance(plan.attention, launch.Sm90SeqLaunch) and plan.config.seq == hopper and plan.config.split
     s = plan.attention.scalars
     assert (s["heads"], s["pack"], s["m_blocks"], s["causal"]) == (8, 4, 1, 0)   # B4 x Hkv 8 tiles of 4 heads
+    if sq > 1:   # causal speculative rows keep the mask (by query, row / pack)
+        causal = kv._Plan(kvcache(sq=sq, paged=paged, window=window, causal=True)[0], layout, n_new, 0, ())
+        assert causal.attention.scalars["causal"] == 1
     tiles = 4 * 8
     if paged and paged[1] < 128:   # pages smaller than a tile: CTAs for every SM
         assert plan.splits == split.choose_splits(tiles, -(-layout.capacity // 128), 132) == 4
     else:                          # 64 CTAs: half the SMs
         assert plan.splits == split.sm90_splits(tiles, -(-layout.capacity // 128), 132) == 2
     assert plan.attention.grid == (tiles * plan.splits, 1, 1) and s["n_items"] == tiles * plan.splits
-    assert s["splits"] == plan.splits and s["o_split"] == 4 * 1 * 32 * 128 and s["lse_split"] == 4 * 32
+    assert s["splits"] == plan.splits and s["o_split"] == 4 * sq * 32 * 128 and s["lse_split"] == 4 * sq * 32
     assert plan.workspace.counters == tiles * plan.config.consumers   # a counter for each consumer's rows
     q_spec, k_spec, _ = plan.attention.specs
-    assert q_spec.box[1:3] == (1, 64)   # one position of 64 heads: the packed group and the rows past it
+    if sq == 1:
+        assert q_spec.box[1:3] == (1, 64)   # one position of 64 heads: the packed group and the rows past it
+    else:   # heads as the map's rows, queries as its heads: a box of the group's 4 heads x 16 queries
+        assert q_spec.dims == (128, 32, sq, 4) and q_spec.box[1:3] == (4, 16)
+        assert q_spec.strides == (128 * 2, 32 * 128 * 2, sq * 32 * 128 * 2)   # (head, query, batch) bytes
     if paged:
         num_pages, page_size, _ = paged
         assert k_spec.dims == (128, page_size, 8, num_pages) and k_spec.box[1] == min(page_size, 128)

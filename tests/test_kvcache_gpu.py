@@ -149,7 +149,8 @@ def test_positions_past_each_sequence_are_never_used_even_nan(rng, page_size, dt
 
 def test_decode_runs_on_the_hopper_kernel_on_sm90():
     """What the tests above cover there: a plain decode step over a contiguous cache or pages of
-    16 keys is the Hopper kernel's (kvcache.sm90_cache_plan), pages of 3 the portable one's."""
+    16 keys is the Hopper kernel's (kvcache.sm90_cache_plan), as are speculative rows that fit a
+    tile (Sq 4 of a group of 4: (query, head) rows), pages of 3 the portable one's."""
     import cupy
 
     from flashcore_cupy import api, kvcache
@@ -158,13 +159,40 @@ def test_decode_runs_on_the_hopper_kernel_on_sm90():
     if api.device_info(cupy.cuda.Device().id).arch != "sm_90a":
         pytest.skip("needs an sm_90 GPU (H100/H200)")
     rng = np.random.default_rng(0)
-    for page_size, hopper in ((None, True), (16, True), (3, False)):
-        case = Case(rng, "bf16", page_size=page_size)
+    for page_size, sq, hopper in ((None, 1, True), (16, 1, True), (3, 1, False), (None, 4, True), (16, 4, True)):
+        case = Case(rng, "bf16", page_size=page_size, sq=sq)
         specs = {n: None if a is None else api._spec(a, n) for n, a in case.dev.items()}
         p, layout, _ = check_kvcache(specs["q"], specs["k_cache"], specs["v_cache"], specs["cache_seqlens"],
                                      specs["block_table"], None, None, causal=False, scale=None, window=None,
                                      softcap=0.0, alibi_slopes=None)
-        assert (kvcache.sm90_cache_plan(p, layout, "sm_90a") is not None) == hopper, page_size
+        assert (kvcache.sm90_cache_plan(p, layout, "sm_90a") is not None) == hopper, (page_size, sq)
+
+
+@pytest.mark.parametrize("hq, hkv, sq, page_size", [(4, 4, 4, None), (8, 1, 8, 16), (16, 2, 3, None)])
+def test_speculative_rows_on_the_hopper_kernel(rng, hq, hkv, sq, page_size):
+    """Sq > 1 on a KV cache: MHA (rows the queries), a group of 8 with 8 queries (a whole 64-row
+    tile of (query, head) rows) and with 3; causal over appended keys, unsplit, forced and
+    automatic splits, against the reference (on an H100/H200 the Hopper kernel's)."""
+    import cupy
+
+    from flashcore_cupy import api, kvcache
+    from flashcore_cupy.validation import check_kvcache
+
+    case = Case(rng, "fp16", hq=hq, hkv=hkv, d=128, page_size=page_size, sq=sq, n_new=sq, seqlens=(300, 0, 1000),
+                room=1100)
+    if api.device_info(cupy.cuda.Device().id).arch == "sm_90a":
+        specs = {n: None if a is None else api._spec(a, n) for n, a in case.dev.items()}
+        p, layout, _ = check_kvcache(specs["q"], specs["k_cache"], specs["v_cache"], specs["cache_seqlens"],
+                                     specs["block_table"], specs["k_new"], specs["v_new"], causal=True, scale=None,
+                                     window=None, softcap=0.0, alibi_slopes=None)
+        assert kvcache.sm90_cache_plan(p, layout, "sm_90a") is not None
+    want, want_lse, _, _ = case.reference(causal=True)
+    for splits in (1, 3, 0):
+        got, lse = case.run(causal=True, return_lse=True, num_splits=splits)
+        what = f"H{hq}/{hkv} Sq {sq} page {page_size} splits {splits}"
+        assert bool(cupy.isfinite(got).all()), what
+        _check(got, want, "fp16", what)
+        _check_lse(lse, want_lse, what)
 
 
 @pytest.mark.parametrize("d", [96, 192, 256])
