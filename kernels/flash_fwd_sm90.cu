@@ -301,7 +301,9 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
             const int key0 = w.key_tile<V>(j) * BLOCK_N;
             if constexpr (V::kPlain) {
                 const bool needs_mask = FC_TILE_PARTIAL(BLOCK_N, seqlen_k, causal_diag, p.causal, key0, c_row0);
-                if (needs_mask && S::kCache && p.pack > 1)   // packed (query, head) rows: row r is query r / pack
+                // packed (query, head) rows under a causal mask (speculative rows): row r is query
+                // r / pack (a decode step's one query sees every key: only Sk bounds its rows)
+                if (needs_mask && S::kCache && p.pack > 1 && p.causal)
                     scale_and_mask<1, BLOCK_N / 8, true, H, true>(s, p.scale_log2, w_row0, key0, seqlen_k,
                                                                   causal_diag, p.causal, lane, p.pack);
                 else if (needs_mask)
