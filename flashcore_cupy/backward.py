@@ -208,8 +208,8 @@ class _Plan:
               deterministic: bool, want_dbias: bool, bias_shape, keys: int) -> "_Plan":
         hopper = isinstance(config, Sm90BwdConfig)
         rows = config.rows_pad(p.seqlen_q)
-        # dQ's accumulator: the Hopper kernel's rows are its template head dim long (whole blocks).
-        dq_cols = config.head_dim if hopper else p.head_dim
+        # dQ's accumulator: the Hopper kernel's rows are whole 64-column blocks (its d_pad).
+        dq_cols = config.d_pad if hopper else p.head_dim
         dbias_strides = _dbias_layout(p, bias_shape, deterministic)[1] if want_dbias else (0, 0, 0)
         if hopper:
             main = Sm90BwdLaunch.build(p, config, arch, dict(do=do_strides, dk=dk_strides, dv=dv_strides,

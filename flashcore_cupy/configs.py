@@ -211,7 +211,7 @@ class Sm90BwdConfig:
     adding two of dQ's blocks from registers."""
 
     dtype: str        # "fp16" | "bf16"
-    head_dim: int     # 64 | 128 | 256
+    head_dim: int     # 64 | 96 | 128 | 256 (the runtime head dim rounded up; TMA zero-fills the rest)
     stages: int = 2
     variant: KernelVariant = PLAIN
 
@@ -223,6 +223,12 @@ class Sm90BwdConfig:
     def split_d(self) -> bool:
         """The consumers split dK's and dV's columns (Sm90BwdTile::kSplitD)."""
         return self.head_dim > 128
+
+    @property
+    def d_pad(self) -> int:
+        """Columns of a row in shared memory and in dQ's accumulator: whole 64-column blocks
+        (Sm90BwdTile::kDPad; D96's GEMMs stop at 96 but its dQ blocks span 128)."""
+        return -(-self.head_dim // 64) * 64
 
     @property
     def block_n(self) -> int:
@@ -241,8 +247,8 @@ class Sm90BwdConfig:
     def smem_bytes(self) -> int:
         # Mirrors Sm90BwdTile: K and V; the ring's Q, dO, LSE and delta; two dS^T buffers; the
         # consumers' dQ blocks; the barriers; 1024 for the base's alignment.
-        kv = self.block_n * self.head_dim * 2
-        q = self.block_m * self.head_dim * 2
+        kv = self.block_n * self.d_pad * 2
+        q = self.block_m * self.d_pad * 2
         dq = 0 if self.split_d else 2 * 64 * 64 * 4
         return 1024 + 2 * kv + 2 * self.stages * q + 2 * self.block_n * self.block_m * 2 \
             + 2 * self.stages * self.block_m * 4 + dq + 8 * (5 + 2 * self.stages)
@@ -262,7 +268,7 @@ class Sm90BwdConfig:
         return text if self.variant.plain else f"{text} {self.variant}"
 
 
-SM90_BWD_HEAD_DIMS = (64, 128, 256)
+SM90_BWD_HEAD_DIMS = (64, 96, 128, 256)
 
 
 def sm90_bwd_width(head_dim: int) -> int:

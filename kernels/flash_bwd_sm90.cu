@@ -64,12 +64,15 @@ struct Sm90BwdTile {
     static constexpr int kConsumers = 2;
     // SPLIT_D (head dim 256): the consumers share 64 keys and split dK's and dV's columns.
     static constexpr bool kSplitD = HEAD_DIM > 128;
+    // A row in shared memory and in dQ's accumulator: whole 64-column blocks (D96's second block
+    // half zero-filled by TMA; the S, dP, dK and dV GEMMs stop at HEAD_DIM, dQ's runs the block).
+    static constexpr int kDPad = (HEAD_DIM + 63) / 64 * 64;
     static constexpr int kBlockN = kSplitD ? 64 : 64 * kConsumers;   // keys of the CTA: 64 a consumer, or shared
     static constexpr int kDkv = kSplitD ? HEAD_DIM / kConsumers : HEAD_DIM;   // dK / dV columns a consumer holds
     static constexpr int kRowBlocks = BLOCK_M / 64;        // dQ's 64 x 64 blocks of a query tile,
-    static constexpr int kColBlocks = HEAD_DIM / 64;       //   one a consumer (SPLIT_D: two)
-    static constexpr u32 kKVBytes = kBlockN * HEAD_DIM * 2;  // K or V
-    static constexpr u32 kQBytes = BLOCK_M * HEAD_DIM * 2;   // a slot's Q or dO
+    static constexpr int kColBlocks = kDPad / 64;          //   one a consumer (SPLIT_D: two)
+    static constexpr u32 kKVBytes = kBlockN * kDPad * 2;     // K or V
+    static constexpr u32 kQBytes = BLOCK_M * kDPad * 2;      // a slot's Q or dO
     static constexpr u32 kDSBytes = kBlockN * BLOCK_M * 2;   // a dS^T buffer
     static constexpr u32 kRowBytes = BLOCK_M * 4;            // a slot's LSE or delta
     static constexpr u32 kOffK = 0;
@@ -90,9 +93,9 @@ struct Sm90BwdTile {
     static constexpr int kLaunchRegs = 65536 / (128 * (kConsumers + 1)) / 8 * 8;
     static constexpr int kConsumerRegs = (kLaunchRegs * (kConsumers + 1) - kProducerRegs) / kConsumers / 8 * 8;
 
-    static_assert(HEAD_DIM == 64 || HEAD_DIM == 128 || HEAD_DIM == 256, "HEAD_DIM: 64, 128 or 256");
+    static_assert(HEAD_DIM == 64 || HEAD_DIM == 96 || HEAD_DIM == 128 || HEAD_DIM == 256, "HEAD_DIM: 64, 96, 128 or 256");
     static_assert(kRowBlocks * kColBlocks == kConsumers * (kSplitD ? 2 : 1),
-                  "BLOCK_M: 128 at HEAD_DIM 64, 64 at 128 and 256 (a dQ block a consumer; SPLIT_D two)");
+                  "BLOCK_M: 128 at HEAD_DIM 64, 64 at 96, 128 and 256 (a dQ block a consumer; SPLIT_D two)");
     static_assert(STAGES >= 1 && STAGES <= 4, "STAGES: 1..4");
     static_assert(kSmemBytes <= kSm90SmemLimit, "shared memory over sm_90's limit");
 };
@@ -186,7 +189,7 @@ flash_bwd_sm90(const __grid_constant__ Sm90BwdParams p) {
             // tile's count to reach this key tile, add, wait for the adds to complete, count on.
             for (int t = 0; t < n_tiles; ++t) {
                 const int row0 = row_first + t * BLOCK_M;
-                float* dst = p.dq_accum + (bh * p.rows_pad + row0) * HEAD_DIM;
+                float* dst = p.dq_accum + (bh * p.rows_pad + row0) * Tile::kDPad;
                 int* sem = p.dq_sem == nullptr ? nullptr : p.dq_sem + bh * (p.rows_pad / BLOCK_M) + row0 / BLOCK_M;
                 for (int c = 0; c < Tile::kConsumers; ++c) {
                     mbar_wait(bar.dq_full(c), t & 1);
@@ -334,7 +337,7 @@ flash_bwd_sm90(const __grid_constant__ Sm90BwdParams p) {
             // from registers into the accumulator's blocks in their fragment order (thread j's
             // n-tile i at floats 512 i + 4 j of a block, as the reducer's bulk adds lay them).
             constexpr int kMine = Tile::kColBlocks / Tile::kConsumers;
-            float* dq_tile = p.dq_accum + (bh * p.rows_pad + row0) * HEAD_DIM + 4 * (threadIdx.x % 128);
+            float* dq_tile = p.dq_accum + (bh * p.rows_pad + row0) * Tile::kDPad + 4 * (threadIdx.x % 128);
             #pragma unroll
             for (int pass = 0; pass < kMine; ++pass) {
                 const int cb_d = consumer * kMine + pass;

@@ -44,6 +44,16 @@ def test_hopper_tiles_give_each_consumer_one_dq_block():
     assert configs.Sm90BwdConfig("bf16", 128).grid(batch=3, heads_q=5, seqlen_k=129) == (5, 2, 3)
 
 
+def test_hopper_tiles_at_head_dim_96_pad_their_rows():
+    """Head dim 96: its GEMMs stop at 96 (S^T and dP^T over 96 columns, dK and dV 96 wide), its
+    rows in shared memory and in dQ's accumulator two whole 64-column blocks (a dQ block a
+    consumer, as at 128): the shared memory of D128's tile."""
+    cfg = configs.Sm90BwdConfig("fp16", 96)
+    assert cfg.d_pad == 128 and (cfg.block_n, cfg.block_m) == (128, 64) and not cfg.split_d
+    assert cfg.name_expression == "fc::flash_bwd_sm90<fc::fp16, 96, 64, 2>"
+    assert cfg.smem_bytes == configs.Sm90BwdConfig("fp16", 128).smem_bytes
+
+
 def test_hopper_tiles_at_head_dim_256_split_its_columns():
     """Head dim 256: 64 keys a CTA that both consumers share (dK's and dV's columns split), 64-row
     query tiles (dQ's four 64 x 64 blocks, two a consumer, added from registers: no dQ blocks in
@@ -54,7 +64,7 @@ def test_hopper_tiles_at_head_dim_256_split_its_columns():
     assert cfg.smem_bytes == 1024 + 2 * 64 * 256 * 2 + 2 * 2 * 64 * 256 * 2 + 2 * 64 * 64 * 2 + 2 * 2 * 64 * 4 + 8 * 9
     assert cfg.smem_bytes <= configs.SMEM_LIMIT["sm_90a"]
     assert cfg.grid(batch=3, heads_q=5, seqlen_k=129) == (5, 3, 3)
-    assert [configs.sm90_bwd_width(d) for d in (32, 64, 96, 128, 160, 256)] == [64, 64, 128, 128, 256, 256]
+    assert [configs.sm90_bwd_width(d) for d in (32, 64, 80, 96, 128, 160, 256)] == [64, 64, 96, 96, 128, 256, 256]
 
 
 def _dispatch(arch, backend="auto", head_dim=64, deterministic=False, **opts):
@@ -67,7 +77,7 @@ def _dispatch(arch, backend="auto", head_dim=64, deterministic=False, **opts):
 
 def test_dispatch_takes_the_hopper_kernel_where_it_applies():
     assert isinstance(_dispatch("sm_90a"), configs.Sm90BwdConfig)
-    assert _dispatch("sm_90a", head_dim=96).head_dim == 128
+    assert _dispatch("sm_90a", head_dim=96).head_dim == 96 and _dispatch("sm_90a", head_dim=112).head_dim == 128
     assert isinstance(_dispatch("sm_90a", backend="sm80"), configs.Sm80BwdConfig)
     assert _dispatch("sm_90a", window=(16, 0)).variant == configs.KernelVariant(window=True)
     assert _dispatch("sm_90a", head_dim=128, window=(16, 0), softcap=5.0).variant.softcap
@@ -94,12 +104,12 @@ def test_backward_kernels_compile_without_spills(arch):
     """Every head dim bucket and dtype, plain and for the bounding variants: no spills, within
     the arch's registers and shared memory. The Hopper kernel's variants with a score option
     (softcap, ALiBi, bias) spill: about 1 KB at most and wgmma not serialised where dispatch takes them
-    (head dims 128 and 256); at head dim 64 dispatch leaves softcap and bias to the portable kernel."""
+    (head dims 96, 128 and 256); at head dim 64 dispatch leaves softcap and bias to the portable kernel."""
     for cfg in tuning.backward_configs(arch):
         report = loader.compile_only(cfg, arch)
         v = cfg.variant
         if isinstance(cfg, configs.Sm90BwdConfig) and (v.softcap or v.alibi or v.bias != "none"):
-            if cfg.head_dim in (128, 256):
+            if cfg.head_dim in (96, 128, 256):
                 assert report.spill_bytes < 2048 and not report.perf_warnings, (str(cfg), report)
         else:
             assert report.spill_bytes == 0 and report.stack_frame_bytes == 0, (arch, str(cfg), report)

@@ -97,17 +97,19 @@ def test_variant_gradients_match_reference(rng, causal, window, option):
                           dtype, what + " sm90")
 
 
-def test_the_hopper_backward_at_head_dim_256(rng):
-    """The split-head-dim tiles (64 keys a CTA shared by both consumers, dK's and dV's columns
-    split between them, dQ's blocks added from registers): D256 and D192 (padded), MHA, GQA and
-    MQA, Sq < Sk and Sq > Sk with ragged tiles, causal or not, both dtypes, then a case per
-    variant option, on backend="sm90" against the reference; deterministic=True there goes to the
-    portable kernel (auto) or raises (sm90)."""
+def test_the_hopper_backward_at_head_dims_96_and_256(rng):
+    """D96's tiles (GEMMs 96 wide in rows padded to 128; D80 on them too) and the split-head-dim
+    tiles (64 keys a CTA shared by both consumers, dK's and dV's columns split between them, dQ's
+    blocks added from registers): D256 and D192 (padded), MHA, GQA and MQA, Sq < Sk and Sq > Sk
+    with ragged tiles, causal or not, both dtypes, then a case per variant option at D256, on
+    backend="sm90" against the reference; deterministic=True at D256 goes to the portable kernel
+    (auto) or raises (sm90)."""
     import cupy
 
     if api.device_info(0).arch != "sm_90a":
         pytest.skip("the Hopper backward needs an sm_90 GPU (H100/H200)")
-    cases = [("fp16", 256, False, (1, 3, 3), (63, 65)), ("bf16", 256, True, (2, 4, 2), (127, 239)),
+    cases = [("fp16", 96, True, (2, 4, 2), (127, 239)), ("bf16", 80, False, (1, 3, 3), (63, 65)),
+             ("fp16", 256, False, (1, 3, 3), (63, 65)), ("bf16", 256, True, (2, 4, 2), (127, 239)),
              ("fp16", 256, True, (2, 5, 1), (239, 127)), ("bf16", 192, False, (2, 4, 2), (200, 333)),
              ("fp16", 256, "top_left", (1, 2, 1), (1000, 799))]
     for dtype, d, causal, heads, lengths in cases:
