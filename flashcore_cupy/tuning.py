@@ -261,10 +261,16 @@ def backward_configs(arch: str) -> list[configs.Sm80BwdConfig | configs.Sm90BwdC
     return steps + portable + (hopper if arch == configs.SM90_ARCH else [])
 
 
+# ALiBi alone keeps the Hopper kernel's wider key tiles (configs.variant_config): bounded by none
+# of the above there.
+_HOPPER_ALIBI = configs.KernelVariant(window=True, alibi=True)
+
+
 def variant_configs(arch: str) -> list[Config]:
     """The variant instantiations of every config dispatch can choose on `arch` (the Hopper
-    ones included), for the bounding variants."""
-    return sorted({configs.variant_config(c, v) for c in dispatchable_configs(arch) for v in _BOUNDING_VARIANTS},
+    ones included), for the bounding variants (and on the Hopper kernel ALiBi alone)."""
+    return sorted({configs.variant_config(c, v) for c in dispatchable_configs(arch)
+                   for v in _BOUNDING_VARIANTS + ((_HOPPER_ALIBI,) if isinstance(c, configs.Sm90FwdConfig) else ())},
                   key=str)
 
 
