@@ -1,6 +1,6 @@
 """attention_varlen: attention over packed sequences of different lengths (flash_attn's varlen
-layout), with the Varlen sequence policy (kernels/sequence.cuh) on the Hopper kernel (a plain
-call on an sm_90 GPU: sm90_varlen_plan) or the portable one.
+layout), with the Varlen sequence policy (kernels/sequence.cuh) on the Hopper kernel (a call
+with keys on an sm_90 GPU: sm90_varlen_blocker) or the portable one.
 
 The spec is `flashcore_cupy.reference.attention_varlen`. One launch on CuPy's current stream;
 with `out=` passed (and on the portable kernel max_seqlen_q given), no host sync and no
@@ -10,6 +10,7 @@ allocation but the LSE's, so a call can be captured in a CUDA graph.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any
 
@@ -73,14 +74,7 @@ def attention_varlen(q: Any, k: Any, v: Any, cu_seqlens_q: Any, cu_seqlens_k: An
     import cupy
 
     with cupy.cuda.Device(problem.device):
-        dev = api.device_info(problem.device)
-        check_capability(dev.capability, problem.device)
-        hopper = None
-        if backend != "sm80":
-            blocker = sm90_varlen_blocker(problem, dev.arch)
-            if backend == "sm90" and blocker:
-                raise ValueError(f"backend='sm90' cannot run this call: {blocker}; use backend='auto'")
-            hopper = None if blocker else sm90_varlen_config(problem.dtype, problem.head_dim, problem.kernel_variant)
+        hopper = _hopper_config(problem, backend)
         if metadata.checking():
             metadata.check_offsets(cu_q, "cu_seqlens_q", total_q, max_seqlen_q)
             metadata.check_offsets(cu_k, "cu_seqlens_k", k.shape[0], max_seqlen_k)
@@ -113,6 +107,20 @@ def sm90_varlen_blocker(p: Problem, arch: str) -> str | None:
         if reason:
             return f"{name} has a {reason}"
     return None
+
+
+@functools.lru_cache(maxsize=1024)
+def _hopper_config(problem: Problem, backend: str) -> Sm90FwdConfig | None:
+    """The Hopper kernel's config for a varlen problem, or None where the portable kernel runs it
+    (backend "sm90": a ValueError naming why not); asked of the device once per problem."""
+    dev = api.device_info(problem.device)
+    check_capability(dev.capability, problem.device)
+    if backend == "sm80":
+        return None
+    blocker = sm90_varlen_blocker(problem, dev.arch)
+    if backend == "sm90" and blocker:
+        raise ValueError(f"backend='sm90' cannot run this call: {blocker}; use backend='auto'")
+    return None if blocker else sm90_varlen_config(problem.dtype, problem.head_dim, problem.kernel_variant)
 
 
 _launches: dict[tuple, Sm80SeqLaunch | Sm90VarlenLaunch] = {}

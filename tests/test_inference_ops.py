@@ -48,6 +48,31 @@ def test_the_hopper_kernel_takes_varlen_calls_with_keys():
         configs.sm90_varlen_config("fp16", 128, configs.KernelVariant(window=True, bias="16bit"))
 
 
+def test_the_varlen_kernel_choice_asks_the_device_once_per_problem(monkeypatch):
+    """attention_varlen's choice of kernel (_hopper_config) asks the device once per problem and
+    backend, not per call; backend="sm90" where the Hopper kernel cannot run raises naming why."""
+    from flashcore_cupy import api, varlen as vl
+
+    asked = []
+
+    def device_info(device):
+        asked.append(device)
+        return api.DeviceInfo("H200", (9, 0), "sm_90a", 132)
+
+    monkeypatch.setattr(api, "device_info", device_info)
+    vl._hopper_config.cache_clear()
+    try:
+        p = varlen()[0]
+        for _ in range(3):
+            assert vl._hopper_config(p, "auto") == configs.sm90_varlen_config("fp16", 128)
+        assert vl._hopper_config(p, "sm80") is None and len(asked) == 2
+        with pytest.raises(ValueError, match="backend='sm90' cannot run this call: k has no rows"):
+            vl._hopper_config(varlen(total_k=0)[0], "sm90")
+        assert vl._hopper_config(varlen(total_k=0)[0], "auto") is None
+    finally:
+        vl._hopper_config.cache_clear()
+
+
 def test_varlen_problem_is_the_packed_arrays_with_b_sequences():
     p, batch = varlen()
     assert batch == 3 and (p.batch, p.heads_q, p.heads_kv, p.seqlen_q, p.seqlen_k, p.head_dim) == (3, 8, 2, 300, 500, 128)
