@@ -60,9 +60,9 @@ def test_the_varlen_kernel_choice_asks_the_device_once_per_problem(monkeypatch):
         for _ in range(3):
             assert vl._hopper_config(p, "auto") == configs.sm90_varlen_config("fp16", 128)
         assert vl._hopper_config(p, "sm80") is None and len(asked) == 2
-        with pytest.raises(ValueError, match="backend='sm90' cannot run this call: its varlen tiles run plain"):
-            vl._hopper_config(varlen(softcap=3.0)[0], "sm90")
-        assert vl._hopper_config(varlen(softcap=3.0)[0], "auto") is None
+        with pytest.raises(ValueError, match="backend='sm90' cannot run this call: k has no rows"):
+            vl._hopper_config(varlen(total_k=0)[0], "sm90")
+        assert vl._hopper_config(varlen(total_k=0)[0], "auto") is None
     finally:
         vl._hopper_config.cache_clear()
 
