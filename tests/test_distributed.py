@@ -7,6 +7,7 @@ import pytest
 
 from flashcore_cupy import reference
 from flashcore_cupy.distributed import block_kind, chunk_spans, rank_blocks, ring_source, shard, unshard
+from flashcore_cupy.distributed.schedule import BlockCall, block_call
 from flashcore_cupy.distributed.simulate import ring_backward, ring_forward, visible
 
 WORLDS = (1, 2, 3, 4, 8)
@@ -52,6 +53,39 @@ def test_block_kinds_against_the_mask():
                     keep = visible(q_span, k_span, causal, window)
                     want = "skip" if not keep.any() else "full" if keep.all() else "masked"
                     assert block_kind(q_span, k_span, causal, window) == want, (causal, window, q_span, k_span)
+
+
+def test_block_calls_mask_what_the_block_masks():
+    """block_call's call (leading rows and keys, causal flag, window aligned bottom-right), as the
+    reference masks it and padded with invisible pairs, is the block's mask in global positions,
+    for random spans and masks; its options are ones attention accepts; full blocks run
+    unmasked, the causal diagonal as causal=True; some calls drop rows or keys."""
+    from flashcore_cupy.validation import check_window
+
+    rng = np.random.default_rng(11)
+    trimmed = 0
+    for _ in range(4000):
+        (qs, ks), (n, m) = rng.integers(0, 40, 2), rng.integers(1, 12, 2)
+        causal = bool(rng.integers(2))
+        window = None if rng.random() < 0.2 else tuple(int(x) for x in rng.integers(-1, 15, 2))
+        kind = block_kind((qs, n), (ks, m), causal, window)
+        if kind == "skip":
+            with pytest.raises(ValueError, match="no visible pair"):
+                block_call((qs, n), (ks, m), causal, window)
+            continue
+        call = block_call((qs, n), (ks, m), causal, window)
+        assert 1 <= call.rows <= n and 1 <= call.keys <= m, call
+        if call.window is not None:
+            check_window(call.window)
+        got = np.zeros((n, m), bool)
+        got[:call.rows, :call.keys] = reference.visible(np.arange(call.rows), call.rows, call.keys, **call.options())
+        np.testing.assert_array_equal(got, visible((qs, n), (ks, m), causal, window),
+                                      err_msg=str((qs, n, ks, m, causal, window, call)))
+        if kind == "full":
+            assert call == BlockCall(n, m, False, None)
+        trimmed += (call.rows, call.keys) != (n, m)
+    assert block_call((8, 4), (8, 4), True, None) == BlockCall(4, 4, True, None)
+    assert trimmed > 100
 
 
 @pytest.mark.parametrize("world", WORLDS[1:])

@@ -2,9 +2,10 @@
 the sequence, the K/V shards travel around the ring, and each rank attends its own queries to
 the shard it holds, the blocks of schedule.rank_blocks on the library's kernels.
 
-Forward: a block is `attention` on one query chunk against one key chunk (a causal diagonal
-block with causal=True, a window's edge block with a 0 / -inf float32 bias in global
-positions, a full block unmasked); each query chunk's partials are merged by their LSE
+Forward: a block is `attention` on one query chunk against one key chunk, its mask restated
+as the kernels' own options by schedule.block_call (a causal flag and a window aligned on the
+block's leading rows and keys; a full block unmasked, no block needs a bias); a block's
+queries past its call's rows get an LSE of -inf; each query chunk's partials are merged by their LSE
 (`merge_states`, float32 arithmetic). The next shard's send / receive runs on a stream of its
 own, ordered against the blocks by events, so it overlaps them.
 
@@ -25,8 +26,7 @@ import numpy as np
 from .. import api, backward
 from ..merge import merge_states
 from ..validation import check_window
-from .schedule import Block, rank_blocks
-from .simulate import visible
+from .schedule import block_call, rank_blocks
 from .sharding import chunk_of, chunk_spans
 
 LAYOUTS = ("bshd", "bhsd")
@@ -63,18 +63,9 @@ def _prepare(q, k, v, group, causal, layout, window):
     return q, k, v, rank, world, axis, seqlen, zigzag, mine, blocks, window
 
 
-def _mask(blk: Block, causal: bool, window) -> dict:
-    """The block's mask as attention options: none (full), causal=True (a causal diagonal: the
-    chunks start together), or a float32 bias of 0 / -inf in global positions (a window's edge)."""
-    import cupy
-
-    if blk.kind == "full":
-        return {}
-    if window is None:
-        assert blk.q_span == blk.k_span, blk   # under a causal mask alone only the diagonal is masked
-        return dict(causal=True)
-    keep = visible(blk.q_span, blk.k_span, causal, window)
-    return dict(bias=cupy.asarray(np.where(keep, 0.0, -np.inf).astype(np.float32))[None, None])
+def _lead(x, n: int, axis: int):
+    """The first n positions of x along the sequence axis (1 or 2): a view."""
+    return x[:, :n] if axis == 1 else x[:, :, :n]
 
 
 def _pass_on(group, sends, recvs, rank: int, world: int, comm, compute) -> None:
@@ -113,9 +104,17 @@ def ring_attention(q, k, v, *, group, causal: bool = False, scale: float | None 
             _pass_on(group, held, spare, rank, world, comm, compute)
         theirs = chunk_spans((rank - step) % world, world, seqlen, zigzag)
         for blk in (b for b in blocks if b.step == step):
-            o, lse = api.attention(chunk_of(q, blk.q_chunk, mine, axis), chunk_of(held[0], blk.k_chunk, theirs, axis),
-                                   chunk_of(held[1], blk.k_chunk, theirs, axis), scale=scale, layout=layout,
-                                   return_lse=True, **_mask(blk, causal, window))
+            call = block_call(blk.q_span, blk.k_span, causal, window)
+            q_c = chunk_of(q, blk.q_chunk, mine, axis)
+            k_c, v_c = (_lead(chunk_of(x, blk.k_chunk, theirs, axis), call.keys, axis) for x in held)
+            o, lse = api.attention(_lead(q_c, call.rows, axis), k_c, v_c, scale=scale, layout=layout,
+                                   return_lse=True, **call.options())
+            if call.rows < q_c.shape[axis]:   # the later rows see none of the block's keys
+                o_all = cupy.empty(q_c.shape[:3] + (v.shape[3],), q.dtype)
+                lse_all = cupy.full(lse.shape[:2] + (q_c.shape[axis],), -np.inf, np.float32)
+                _lead(o_all, call.rows, axis)[...] = o
+                lse_all[..., :call.rows] = lse
+                o, lse = o_all, lse_all
             parts[blk.q_chunk].append((o, lse))
         if step + 1 < world:
             compute.wait_event(comm.record())
@@ -160,12 +159,13 @@ def ring_attention_backward(dout, q, k, v, out, lse, *, group, causal: bool = Fa
             _pass_on(group, held[:2], spare[:2], rank, world, comm, compute)
         theirs = chunk_spans((rank - step) % world, world, seqlen, zigzag)
         for blk in (b for b in blocks if b.step == step):
-            mine_of = lambda x: chunk_of(x, blk.q_chunk, mine, axis)  # noqa: E731
-            theirs_of = lambda x: chunk_of(x, blk.k_chunk, theirs, axis)  # noqa: E731
+            call = block_call(blk.q_span, blk.k_span, causal, window)
+            mine_of = lambda x: _lead(chunk_of(x, blk.q_chunk, mine, axis), call.rows, axis)  # noqa: E731
+            theirs_of = lambda x: _lead(chunk_of(x, blk.k_chunk, theirs, axis), call.keys, axis)  # noqa: E731
             g_q, g_k, g_v = backward.attention_backward(
                 mine_of(dout), mine_of(q), theirs_of(held[0]), theirs_of(held[1]), mine_of(out),
-                cupy.ascontiguousarray(chunk_of(lse, blk.q_chunk, mine, 2)), scale=scale, layout=layout,
-                **_mask(blk, causal, window))
+                cupy.ascontiguousarray(chunk_of(lse, blk.q_chunk, mine, 2)[..., :call.rows]), scale=scale,
+                layout=layout, **call.options())
             mine_of(dq)[...] += g_q
             theirs_of(held[2])[...] += g_k
             theirs_of(held[3])[...] += g_v

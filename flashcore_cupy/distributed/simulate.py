@@ -1,6 +1,7 @@
 """The ring on N virtual ranks, in float64 NumPy: the schedule's blocks through the reference
-with their masks in global positions, the partials merged by their LSE, K/V and the backward's
-dK/dV accumulators passed from rank to rank as the ring passes them. What the CPU tests hold to
+with the options the GPU ring passes the kernels (schedule.block_call), the partials merged by
+their LSE, K/V and the backward's dK/dV accumulators passed from rank to rank as the ring
+passes them. What the CPU tests hold to
 the reference on the whole sequence; layout bshd (B, S, H, D), the sequence on axis 1.
 """
 
@@ -9,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import reference
-from .schedule import rank_blocks
+from .schedule import block_call, rank_blocks
 from .sharding import chunk_of, chunk_spans, shard, unshard
 
 
@@ -31,14 +32,6 @@ def visible(q_span: tuple[int, int], k_span: tuple[int, int], causal: bool,
     return keep
 
 
-def _mask_bias(blk, causal, window) -> np.ndarray | None:
-    """A masked block's mask as an additive bias (0 or -inf); a full block runs unmasked, as
-    the kernels will run it."""
-    if blk.kind == "full":
-        return None
-    return np.where(visible(blk.q_span, blk.k_span, causal, window), 0.0, -np.inf)[None, None]
-
-
 def ring_forward(q, k, v, world: int, *, causal: bool = False, window=None, scale=None, zigzag=None):
     """(out, lse) of attention over the whole sequence, computed as the ring does: bshd, LSE
     (B, Hq, S)."""
@@ -51,10 +44,16 @@ def ring_forward(q, k, v, world: int, *, causal: bool = False, window=None, scal
         parts = {i: [] for i in range(len(mine))}
         for blk in rank_blocks(r, world, seqlen, causal=causal, window=window, zigzag=zigzag):
             theirs = chunk_spans(blk.source, world, seqlen, zigzag)
-            o, lse = reference.attention(chunk_of(qs[r], blk.q_chunk, mine), chunk_of(ks[blk.source], blk.k_chunk, theirs),
-                                         chunk_of(vs[blk.source], blk.k_chunk, theirs), scale=scale, layout="bshd",
-                                         bias=_mask_bias(blk, causal, window), return_lse=True)
-            parts[blk.q_chunk].append((o, lse.transpose(0, 2, 1)))   # the LSE as the rows (B, L, H)
+            call = block_call(blk.q_span, blk.k_span, causal, window)   # the kernels' options
+            kc = lambda x: chunk_of(x, blk.k_chunk, theirs)[:, :call.keys]  # noqa: E731
+            o_c, lse_c = reference.attention(chunk_of(qs[r], blk.q_chunk, mine)[:, :call.rows], kc(ks[blk.source]),
+                                             kc(vs[blk.source]), scale=scale, layout="bshd", return_lse=True,
+                                             **call.options())
+            n = blk.q_span[1]   # rows past the call's see none of the block's keys: LSE -inf
+            o = np.full((q.shape[0], n, q.shape[2], v.shape[-1]), np.nan)
+            lse = np.full((q.shape[0], n, q.shape[2]), -np.inf)
+            o[:, :call.rows], lse[:, :call.rows] = o_c, lse_c.transpose(0, 2, 1)
+            parts[blk.q_chunk].append((o, lse))   # the LSE as the rows (B, L, H)
         o_chunks, l_chunks = [], []
         for i, (_, n) in enumerate(mine):
             if parts[i]:
@@ -91,15 +90,16 @@ def ring_backward(dout, q, k, v, out, lse, world: int, *, causal: bool = False, 
             mine, theirs = chunk_spans(r, world, seqlen, zigzag), chunk_spans(owner, world, seqlen, zigzag)
             for blk in (b for b in blocks[r] if b.step == step):
                 assert blk.source == owner   # the schedule's source is the shard the ring brought
-                qc = lambda x: chunk_of(x, blk.q_chunk, mine)  # noqa: E731
-                lse_c = chunk_of(ls[r].transpose(0, 2, 1), blk.q_chunk, mine).transpose(0, 2, 1)
+                call = block_call(blk.q_span, blk.k_span, causal, window)
+                qc = lambda x: chunk_of(x, blk.q_chunk, mine)[:, :call.rows]  # noqa: E731
+                kc = lambda x: chunk_of(x, blk.k_chunk, theirs)[:, :call.keys]  # noqa: E731
+                lse_c = qc(ls[r].transpose(0, 2, 1)).transpose(0, 2, 1)
                 dq, dk, dv = reference.attention_backward(
-                    qc(dos[r]), qc(qs[r]), chunk_of(k_r, blk.k_chunk, theirs), chunk_of(v_r, blk.k_chunk, theirs),
-                    qc(os_[r]), lse_c, scale=scale, layout="bshd",
-                    bias=_mask_bias(blk, causal, window))
+                    qc(dos[r]), qc(qs[r]), kc(k_r), kc(v_r), qc(os_[r]), lse_c, scale=scale, layout="bshd",
+                    **call.options())
                 qc(dqs[r])[...] += dq
-                chunk_of(dk_r, blk.k_chunk, theirs)[...] += dk
-                chunk_of(dv_r, blk.k_chunk, theirs)[...] += dv
+                kc(dk_r)[...] += dk
+                kc(dv_r)[...] += dv
         held = [held[(r - 1) % world] for r in range(world)]   # each passes to rank + 1
     # after N passes every shard (with its sums) is back with its owner
     assert all(held[r][0] == r for r in range(world))
