@@ -1,6 +1,7 @@
 """The ring attention schedule on the CPU (issue 27): zigzag sharding, the blocks each rank
-computes, and the whole ring simulated on N virtual ranks (flashcore_cupy.distributed.simulate)
-against the float64 reference on the whole sequence, forward and backward."""
+computes, each block's call, and the whole ring simulated on N virtual ranks
+(flashcore_cupy.distributed.simulate: the GPU ring's per-rank code on the float64 reference)
+against the reference on the whole sequence, forward and backward."""
 
 import numpy as np
 import pytest
@@ -115,19 +116,23 @@ CASES = [(False, None), (True, None), (True, (5, 0)), (False, (3, 2))]
 @pytest.mark.parametrize("causal, window", CASES)
 def test_ring_forward_and_backward_equal_the_whole_sequence(world, causal, window):
     """The ring on `world` virtual ranks (zigzag when causal), GQA, a window or not: out, LSE and
-    dq, dk, dv equal the reference on the whole sequence."""
+    dq, dk, dv equal the reference on the whole sequence, in both layouts (each rank's work the
+    GPU ring's own code, rank.py, on the reference)."""
     rng = np.random.default_rng(world * 100 + len(CASES))
     seqlen = 2 * world * 3
     q, k, v = _inputs(rng, seqlen)
     dout = rng.standard_normal(q.shape)
     want, want_lse = reference.attention(q, k, v, causal=causal, window=window, layout="bshd", return_lse=True)
-    out, lse = ring_forward(q, k, v, world, causal=causal, window=window)
-    np.testing.assert_allclose(out, want, rtol=1e-10, atol=1e-12)
-    np.testing.assert_allclose(lse, want_lse, rtol=1e-10, atol=1e-12)
     wants = reference.attention_backward(dout, q, k, v, want, want_lse, causal=causal, window=window, layout="bshd")
-    grads = ring_backward(dout, q, k, v, out, lse, world, causal=causal, window=window)
-    for name, g, w in zip(("dq", "dk", "dv"), grads, wants):
-        np.testing.assert_allclose(g, w, rtol=1e-9, atol=1e-11, err_msg=name)
+    for layout in ("bshd", "bhsd"):
+        turn = (lambda x: x) if layout == "bshd" else (lambda x: x.transpose(0, 2, 1, 3))
+        opts = dict(causal=causal, window=window, layout=layout)
+        out, lse = ring_forward(turn(q), turn(k), turn(v), world, **opts)
+        np.testing.assert_allclose(turn(out), want, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(lse, want_lse, rtol=1e-10, atol=1e-12)
+        grads = ring_backward(turn(dout), turn(q), turn(k), turn(v), out, lse, world, **opts)
+        for name, g, w in zip(("dq", "dk", "dv"), grads, wants):
+            np.testing.assert_allclose(turn(g), w, rtol=1e-9, atol=1e-11, err_msg=f"{name} {layout}")
 
 
 def test_contiguous_shards_under_a_causal_mask_also_equal_the_reference():
