@@ -1,12 +1,14 @@
 """The ring attention schedule on the CPU (issue 27): zigzag sharding, the blocks each rank
-computes, and the whole ring simulated on N virtual ranks (flashcore_cupy.distributed.simulate)
-against the float64 reference on the whole sequence, forward and backward."""
+computes, each block's call, and the whole ring simulated on N virtual ranks
+(flashcore_cupy.distributed.simulate: the GPU ring's per-rank code on the float64 reference)
+against the reference on the whole sequence, forward and backward."""
 
 import numpy as np
 import pytest
 
 from flashcore_cupy import reference
 from flashcore_cupy.distributed import block_kind, chunk_spans, rank_blocks, ring_source, shard, unshard
+from flashcore_cupy.distributed.schedule import BlockCall, block_call
 from flashcore_cupy.distributed.simulate import ring_backward, ring_forward, visible
 
 WORLDS = (1, 2, 3, 4, 8)
@@ -54,6 +56,39 @@ def test_block_kinds_against_the_mask():
                     assert block_kind(q_span, k_span, causal, window) == want, (causal, window, q_span, k_span)
 
 
+def test_block_calls_mask_what_the_block_masks():
+    """block_call's call (leading rows and keys, causal flag, window aligned bottom-right), as the
+    reference masks it and padded with invisible pairs, is the block's mask in global positions,
+    for random spans and masks; its options are ones attention accepts; full blocks run
+    unmasked, the causal diagonal as causal=True; some calls drop rows or keys."""
+    from flashcore_cupy.validation import check_window
+
+    rng = np.random.default_rng(11)
+    trimmed = 0
+    for _ in range(4000):
+        (qs, ks), (n, m) = rng.integers(0, 40, 2), rng.integers(1, 12, 2)
+        causal = bool(rng.integers(2))
+        window = None if rng.random() < 0.2 else tuple(int(x) for x in rng.integers(-1, 15, 2))
+        kind = block_kind((qs, n), (ks, m), causal, window)
+        if kind == "skip":
+            with pytest.raises(ValueError, match="no visible pair"):
+                block_call((qs, n), (ks, m), causal, window)
+            continue
+        call = block_call((qs, n), (ks, m), causal, window)
+        assert 1 <= call.rows <= n and 1 <= call.keys <= m, call
+        if call.window is not None:
+            check_window(call.window)
+        got = np.zeros((n, m), bool)
+        got[:call.rows, :call.keys] = reference.visible(np.arange(call.rows), call.rows, call.keys, **call.options())
+        np.testing.assert_array_equal(got, visible((qs, n), (ks, m), causal, window),
+                                      err_msg=str((qs, n, ks, m, causal, window, call)))
+        if kind == "full":
+            assert call == BlockCall(n, m, False, None)
+        trimmed += (call.rows, call.keys) != (n, m)
+    assert block_call((8, 4), (8, 4), True, None) == BlockCall(4, 4, True, None)
+    assert trimmed > 100
+
+
 @pytest.mark.parametrize("world", WORLDS[1:])
 def test_zigzag_balances_causal_work_and_masks_only_the_diagonal(world):
     """Under a causal mask with zigzag shards every rank sees the same number of (query, key)
@@ -81,19 +116,23 @@ CASES = [(False, None), (True, None), (True, (5, 0)), (False, (3, 2))]
 @pytest.mark.parametrize("causal, window", CASES)
 def test_ring_forward_and_backward_equal_the_whole_sequence(world, causal, window):
     """The ring on `world` virtual ranks (zigzag when causal), GQA, a window or not: out, LSE and
-    dq, dk, dv equal the reference on the whole sequence."""
+    dq, dk, dv equal the reference on the whole sequence, in both layouts (each rank's work the
+    GPU ring's own code, rank.py, on the reference)."""
     rng = np.random.default_rng(world * 100 + len(CASES))
     seqlen = 2 * world * 3
     q, k, v = _inputs(rng, seqlen)
     dout = rng.standard_normal(q.shape)
     want, want_lse = reference.attention(q, k, v, causal=causal, window=window, layout="bshd", return_lse=True)
-    out, lse = ring_forward(q, k, v, world, causal=causal, window=window)
-    np.testing.assert_allclose(out, want, rtol=1e-10, atol=1e-12)
-    np.testing.assert_allclose(lse, want_lse, rtol=1e-10, atol=1e-12)
     wants = reference.attention_backward(dout, q, k, v, want, want_lse, causal=causal, window=window, layout="bshd")
-    grads = ring_backward(dout, q, k, v, out, lse, world, causal=causal, window=window)
-    for name, g, w in zip(("dq", "dk", "dv"), grads, wants):
-        np.testing.assert_allclose(g, w, rtol=1e-9, atol=1e-11, err_msg=name)
+    for layout in ("bshd", "bhsd"):
+        turn = (lambda x: x) if layout == "bshd" else (lambda x: x.transpose(0, 2, 1, 3))
+        opts = dict(causal=causal, window=window, layout=layout)
+        out, lse = ring_forward(turn(q), turn(k), turn(v), world, **opts)
+        np.testing.assert_allclose(turn(out), want, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(lse, want_lse, rtol=1e-10, atol=1e-12)
+        grads = ring_backward(turn(dout), turn(q), turn(k), turn(v), out, lse, world, **opts)
+        for name, g, w in zip(("dq", "dk", "dv"), grads, wants):
+            np.testing.assert_allclose(turn(g), w, rtol=1e-9, atol=1e-11, err_msg=f"{name} {layout}")
 
 
 def test_contiguous_shards_under_a_causal_mask_also_equal_the_reference():

@@ -1,16 +1,12 @@
 """Ring attention on the GPUs of an NCCL group (cupyx.distributed): each rank holds a shard of
 the sequence, the K/V shards travel around the ring, and each rank attends its own queries to
-the shard it holds, the blocks of schedule.rank_blocks on the library's kernels.
+the shard it holds (rank.RankForward / RankBackward on the library's kernels: the blocks of
+schedule.rank_blocks, each one attention call whose mask is the kernels' own options, the
+partials merged by their LSE with `merge_states`).
 
-Forward: a block is `attention` on one query chunk against one key chunk (a causal diagonal
-block with causal=True, a window's edge block with a 0 / -inf float32 bias in global
-positions, a full block unmasked); each query chunk's partials are merged by their LSE
-(`merge_states`, float32 arithmetic). The next shard's send / receive runs on a stream of its
-own, ordered against the blocks by events, so it overlaps them.
-
-Backward: `attention_backward` per block with the forward's merged out and LSE; dQ stays local
-(a float32 accumulator), the held shard's dK/dV accumulate in float32 and travel with it, one
-last pass bringing them home.
+The next shard's send / receive runs on a stream of its own, ordered against the blocks by
+events, so it overlaps them. Backward: dQ stays local (a float32 accumulator); the held shard's
+dK/dV accumulate in float32 and travel with it, one last pass bringing them home.
 
 Partials are each block's output in q's dtype (the kernels write that), merged in float32;
 the LSE, the merge and the travelling gradients are float32.
@@ -22,12 +18,11 @@ from typing import Any
 
 import numpy as np
 
-from .. import api, backward
-from ..merge import merge_states
+from .. import api
 from ..validation import check_window
-from .schedule import Block, rank_blocks
-from .simulate import visible
-from .sharding import chunk_of, chunk_spans
+from .rank import RankBackward, RankForward, kernel_ops
+from .schedule import rank_blocks
+from .sharding import chunk_spans
 
 LAYOUTS = ("bshd", "bhsd")
 
@@ -63,20 +58,6 @@ def _prepare(q, k, v, group, causal, layout, window):
     return q, k, v, rank, world, axis, seqlen, zigzag, mine, blocks, window
 
 
-def _mask(blk: Block, causal: bool, window) -> dict:
-    """The block's mask as attention options: none (full), causal=True (a causal diagonal: the
-    chunks start together), or a float32 bias of 0 / -inf in global positions (a window's edge)."""
-    import cupy
-
-    if blk.kind == "full":
-        return {}
-    if window is None:
-        assert blk.q_span == blk.k_span, blk   # under a causal mask alone only the diagonal is masked
-        return dict(causal=True)
-    keep = visible(blk.q_span, blk.k_span, causal, window)
-    return dict(bias=cupy.asarray(np.where(keep, 0.0, -np.inf).astype(np.float32))[None, None])
-
-
 def _pass_on(group, sends, recvs, rank: int, world: int, comm, compute) -> None:
     """sends to rank + 1 and recvs from rank - 1 on stream `comm`, once `compute` has done what
     it has queued (the sent arrays are ready and the received ones free); as bytes (NCCL has
@@ -107,36 +88,17 @@ def ring_attention(q, k, v, *, group, causal: bool = False, scale: float | None 
     compute, comm = cupy.cuda.get_current_stream(), cupy.cuda.Stream(non_blocking=True)
     held = (cupy.ascontiguousarray(k), cupy.ascontiguousarray(v))
     spare = tuple(cupy.empty_like(x) for x in held) if world > 1 else ()
-    parts: dict[int, list] = {i: [] for i in range(len(mine))}
+    me = RankForward(kernel_ops(), q, v.shape[3], mine, blocks, causal=bool(causal), window=window, scale=scale,
+                     layout=layout)
     for step in range(world):
         if step + 1 < world:
             _pass_on(group, held, spare, rank, world, comm, compute)
-        theirs = chunk_spans((rank - step) % world, world, seqlen, zigzag)
-        for blk in (b for b in blocks if b.step == step):
-            o, lse = api.attention(chunk_of(q, blk.q_chunk, mine, axis), chunk_of(held[0], blk.k_chunk, theirs, axis),
-                                   chunk_of(held[1], blk.k_chunk, theirs, axis), scale=scale, layout=layout,
-                                   return_lse=True, **_mask(blk, causal, window))
-            parts[blk.q_chunk].append((o, lse))
+        me.step(step, *held, chunk_spans((rank - step) % world, world, seqlen, zigzag))
         if step + 1 < world:
             compute.wait_event(comm.record())
             held, spare = spare, held
-    out_shape = q.shape[:3] + (v.shape[3],)
-    out = cupy.empty(out_shape, q.dtype)
-    lse_all = cupy.empty((q.shape[0], q.shape[2] if axis == 1 else q.shape[1], q.shape[axis]), np.float32)
-    for i in range(len(mine)):
-        o_dst, l_dst = chunk_of(out, i, mine, axis), chunk_of(lse_all, i, mine, 2)
-        if not parts[i]:   # no key visible to any of these queries
-            o_dst[...] = 0
-            l_dst[...] = -np.inf
-            continue
-        # rows as the merge takes them: bshd's (B, L, H) or bhsd's (B, H, L), the LSE to match
-        rows = (lambda lse: lse.transpose(0, 2, 1)) if axis == 1 else (lambda lse: lse)
-        outs = cupy.stack([o for o, _ in parts[i]])
-        lses = cupy.ascontiguousarray(cupy.stack([rows(lse) for _, lse in parts[i]]))
-        merged, merged_lse = merge_states(outs, lses, out=cupy.empty(o_dst.shape, q.dtype))
-        o_dst[...] = merged
-        l_dst[...] = rows(merged_lse)
-    return (out, lse_all) if return_lse else out
+    out, lse = me.result()
+    return (out, lse) if return_lse else out
 
 
 def ring_attention_backward(dout, q, k, v, out, lse, *, group, causal: bool = False, scale: float | None = None,
@@ -151,26 +113,17 @@ def ring_attention_backward(dout, q, k, v, out, lse, *, group, causal: bool = Fa
                                                                                   window)
     dout, out, lse = (api._as_device_array(x, n) for x, n in ((dout, "dout"), (out, "out"), (lse, "lse")))
     compute, comm = cupy.cuda.get_current_stream(), cupy.cuda.Stream(non_blocking=True)
-    dq = cupy.zeros(q.shape, np.float32)
     held = (cupy.ascontiguousarray(k), cupy.ascontiguousarray(v), cupy.zeros(k.shape, np.float32),
             cupy.zeros(v.shape, np.float32))
     spare = tuple(cupy.empty_like(x) for x in held) if world > 1 else ()
+    me = RankBackward(kernel_ops(), dout, q, out, lse, mine, blocks, causal=bool(causal), window=window, scale=scale,
+                      layout=layout)
     for step in range(world):
         if step + 1 < world:   # this step only reads K/V: they travel on now, dK/dV after it
             _pass_on(group, held[:2], spare[:2], rank, world, comm, compute)
-        theirs = chunk_spans((rank - step) % world, world, seqlen, zigzag)
-        for blk in (b for b in blocks if b.step == step):
-            mine_of = lambda x: chunk_of(x, blk.q_chunk, mine, axis)  # noqa: E731
-            theirs_of = lambda x: chunk_of(x, blk.k_chunk, theirs, axis)  # noqa: E731
-            g_q, g_k, g_v = backward.attention_backward(
-                mine_of(dout), mine_of(q), theirs_of(held[0]), theirs_of(held[1]), mine_of(out),
-                cupy.ascontiguousarray(chunk_of(lse, blk.q_chunk, mine, 2)), scale=scale, layout=layout,
-                **_mask(blk, causal, window))
-            mine_of(dq)[...] += g_q
-            theirs_of(held[2])[...] += g_k
-            theirs_of(held[3])[...] += g_v
+        me.step(step, *held, chunk_spans((rank - step) % world, world, seqlen, zigzag))
         if world > 1:   # the shard's dK/dV follow it (after the last step: home)
             _pass_on(group, held[2:], spare[2:], rank, world, comm, compute)
             compute.wait_event(comm.record())
             held, spare = spare, held
-    return dq.astype(q.dtype), held[2].astype(k.dtype), held[3].astype(v.dtype)
+    return me.result(), held[2].astype(k.dtype), held[3].astype(v.dtype)

@@ -7,6 +7,8 @@ shard travels with its float32 dK/dV accumulators, and one last pass after step 
 them home; dQ stays local. A block is one query chunk against one key chunk, in global
 positions; under a causal mask a key chunk wholly after the query chunk is skipped, one wholly
 before it is full, and only the diagonal is masked; a window skips the chunks outside it.
+`block_call` restates a masked block's mask in the kernels' own terms (a causal flag and a
+window aligned bottom-right on the block's leading rows and keys), so no block needs a bias.
 """
 
 from __future__ import annotations
@@ -71,3 +73,49 @@ def rank_blocks(rank: int, world: int, seqlen: int, *, causal: bool, window: tup
                 if kind != "skip":
                     blocks.append(Block(step, source, qi, ki, q_span, k_span, kind))
     return blocks
+
+
+@dataclass(frozen=True)
+class BlockCall:
+    """A block as one attention call on its leading `rows` queries and `keys` keys, with the
+    kernels' own options (aligned bottom-right: off = keys - rows). The block's later queries
+    see none of its keys and its later keys are visible to none of its queries."""
+    rows: int
+    keys: int
+    causal: bool
+    window: tuple[int, int] | None
+
+    def options(self) -> dict:
+        """The call's mask as attention's keyword arguments."""
+        return dict(causal=self.causal, window=self.window)
+
+
+def block_call(q_span: tuple[int, int], k_span: tuple[int, int], causal: bool,
+               window: tuple[int, int] | None) -> BlockCall:
+    """The block of queries q_span x keys k_span under block_kind's mask (in global positions)
+    as a call the kernels run without a bias.
+
+    In the block's own positions i, j (d = q start - k start) key j is visible to query i iff
+    i + d - L <= j <= i + d + R (L the window's left, R its right or 0 under a causal mask;
+    either unbounded). A call on the first `rows` queries and `keys` keys with window (l, r)
+    keeps i + (keys - rows) - l <= j <= i + (keys - rows) + r, so l = keys - rows - d + L and
+    r = d + R - (keys - rows). Both must be >= 0: keys past the last query's band (n + d + R)
+    are dropped, then queries whose band starts past the last key (rows = keys - d + L); since
+    L + R >= 0 that leaves both >= 0. A bound no pair of the call crosses is left off (-1), and
+    r = 0 is the causal flag. ValueError for a block with no visible pair."""
+    (qs, n), (ks, m) = q_span, k_span
+    if block_kind(q_span, k_span, causal, window) == "skip":
+        raise ValueError(f"block {q_span} x {k_span} has no visible pair")
+    left, right = window if window is not None else (-1, -1)
+    lo = left if left >= 0 else None                   # L
+    hi = 0 if causal else (right if right >= 0 else None)   # R
+    d = qs - ks
+    keys = m if hi is None else min(m, n + d + hi)
+    rows = n if lo is None else min(n, keys - d + lo)
+    shift = keys - rows
+    # a bound binds iff some pair of the call lies past it
+    l_k = shift - d + lo if lo is not None and rows - 1 + d - lo > 0 else -1
+    r_k = d + hi - shift if hi is not None and keys - 1 > d + hi else -1
+    if r_k == 0:
+        return BlockCall(rows, keys, True, None if l_k < 0 else (l_k, 0))
+    return BlockCall(rows, keys, False, None if (l_k, r_k) == (-1, -1) else (l_k, r_k))

@@ -1,6 +1,6 @@
-"""The ring on N virtual ranks, in float64 NumPy: the schedule's blocks through the reference
-with their masks in global positions, the partials merged by their LSE, K/V and the backward's
-dK/dV accumulators passed from rank to rank as the ring passes them. What the CPU tests hold to
+"""The ring on N virtual ranks, in float64 NumPy: each rank's work is the GPU ring's own
+(rank.RankForward / RankBackward) on the reference instead of the kernels, and K/V and the
+backward's dK/dV accumulators pass from rank to rank as the ring passes them. What the CPU tests hold to
 the reference on the whole sequence; layout bshd (B, S, H, D), the sequence on axis 1.
 """
 
@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import reference
+from .rank import RankBackward, RankForward, reference_ops
 from .schedule import rank_blocks
-from .sharding import chunk_of, chunk_spans, shard, unshard
+from .sharding import chunk_spans, shard, unshard
 
 
 def visible(q_span: tuple[int, int], k_span: tuple[int, int], causal: bool,
@@ -31,78 +31,50 @@ def visible(q_span: tuple[int, int], k_span: tuple[int, int], causal: bool,
     return keep
 
 
-def _mask_bias(blk, causal, window) -> np.ndarray | None:
-    """A masked block's mask as an additive bias (0 or -inf); a full block runs unmasked, as
-    the kernels will run it."""
-    if blk.kind == "full":
-        return None
-    return np.where(visible(blk.q_span, blk.k_span, causal, window), 0.0, -np.inf)[None, None]
-
-
-def ring_forward(q, k, v, world: int, *, causal: bool = False, window=None, scale=None, zigzag=None):
-    """(out, lse) of attention over the whole sequence, computed as the ring does: bshd, LSE
-    (B, Hq, S)."""
+def ring_forward(q, k, v, world: int, *, causal: bool = False, window=None, scale=None, zigzag=None,
+                 layout: str = "bshd"):
+    """(out, lse) of attention over the whole sequence, computed as the ring does: LSE (B, Hq, S)."""
     zigzag = causal if zigzag is None else zigzag
-    seqlen = q.shape[1]
-    qs, ks, vs = ([shard(x, r, world, axis=1, zigzag=zigzag) for r in range(world)] for x in (q, k, v))
-    outs, lses = [], []
-    for r in range(world):
-        mine = chunk_spans(r, world, seqlen, zigzag)
-        parts = {i: [] for i in range(len(mine))}
-        for blk in rank_blocks(r, world, seqlen, causal=causal, window=window, zigzag=zigzag):
-            theirs = chunk_spans(blk.source, world, seqlen, zigzag)
-            o, lse = reference.attention(chunk_of(qs[r], blk.q_chunk, mine), chunk_of(ks[blk.source], blk.k_chunk, theirs),
-                                         chunk_of(vs[blk.source], blk.k_chunk, theirs), scale=scale, layout="bshd",
-                                         bias=_mask_bias(blk, causal, window), return_lse=True)
-            parts[blk.q_chunk].append((o, lse.transpose(0, 2, 1)))   # the LSE as the rows (B, L, H)
-        o_chunks, l_chunks = [], []
-        for i, (_, n) in enumerate(mine):
-            if parts[i]:
-                o, lse = reference.merge_states(np.stack([p[0] for p in parts[i]]), np.stack([p[1] for p in parts[i]]))
-            else:   # no key visible to any of these queries
-                o = np.zeros((q.shape[0], n, q.shape[2], v.shape[-1]))
-                lse = np.full((q.shape[0], n, q.shape[2]), -np.inf)
-            o_chunks.append(o)
-            l_chunks.append(lse)
-        outs.append(np.concatenate(o_chunks, axis=1))
-        lses.append(np.concatenate(l_chunks, axis=1))
-    out = unshard(outs, world, axis=1, zigzag=zigzag)
-    lse = unshard(lses, world, axis=1, zigzag=zigzag).transpose(0, 2, 1)
-    return out, lse
+    axis = 1 if layout == "bshd" else 2
+    seqlen = q.shape[axis]
+    opts = dict(causal=causal, window=window, scale=scale, layout=layout)
+    ranks = [RankForward(reference_ops(), shard(q, r, world, axis=axis, zigzag=zigzag), v.shape[3],
+                         chunk_spans(r, world, seqlen, zigzag),
+                         rank_blocks(r, world, seqlen, causal=causal, window=window, zigzag=zigzag), **opts)
+             for r in range(world)]
+    # what each rank holds: (owner, k, v); step 0 its own
+    held = [(r, shard(k, r, world, axis=axis, zigzag=zigzag), shard(v, r, world, axis=axis, zigzag=zigzag))
+            for r in range(world)]
+    for step in range(world):
+        for r, (owner, k_r, v_r) in enumerate(held):
+            ranks[r].step(step, k_r, v_r, chunk_spans(owner, world, seqlen, zigzag))
+        held = [held[(r - 1) % world] for r in range(world)]   # each passes to rank + 1
+    outs, lses = zip(*(me.result() for me in ranks))
+    return unshard(outs, world, axis=axis, zigzag=zigzag), unshard(lses, world, axis=2, zigzag=zigzag)
 
 
 def ring_backward(dout, q, k, v, out, lse, world: int, *, causal: bool = False, window=None, scale=None,
-                  zigzag=None):
+                  zigzag=None, layout: str = "bshd"):
     """(dq, dk, dv) over the whole sequence as the ring computes them: each rank's dQ local, the
     held K/V's dK/dV accumulated where the shard is and passed on with it, home after the last
     step. lse: (B, Hq, S), the forward's."""
     zigzag = causal if zigzag is None else zigzag
-    seqlen = q.shape[1]
-    cut = lambda x: [shard(x, r, world, axis=1, zigzag=zigzag) for r in range(world)]  # noqa: E731
-    qs, ks, vs, dos, os_ = cut(q), cut(k), cut(v), cut(dout), cut(out)
-    ls = [shard(lse.transpose(0, 2, 1), r, world, axis=1, zigzag=zigzag).transpose(0, 2, 1) for r in range(world)]
-    dqs = [np.zeros_like(x, dtype=np.float64) for x in qs]
+    axis = 1 if layout == "bshd" else 2
+    seqlen = q.shape[axis]
+    cut = lambda x, r, ax=axis: shard(x, r, world, axis=ax, zigzag=zigzag)  # noqa: E731
+    opts = dict(causal=causal, window=window, scale=scale, layout=layout)
+    ranks = [RankBackward(reference_ops(), cut(dout, r), cut(q, r), cut(out, r), cut(lse, r, 2),
+                          chunk_spans(r, world, seqlen, zigzag),
+                          rank_blocks(r, world, seqlen, causal=causal, window=window, zigzag=zigzag), **opts)
+             for r in range(world)]
     # what each rank holds: (owner, k, v, dk, dv); step 0 its own
-    held = [(r, ks[r], vs[r], np.zeros(ks[r].shape), np.zeros(vs[r].shape)) for r in range(world)]
-    blocks = [rank_blocks(r, world, seqlen, causal=causal, window=window, zigzag=zigzag) for r in range(world)]
+    held = [(r, cut(k, r), cut(v, r), np.zeros(cut(k, r).shape), np.zeros(cut(v, r).shape)) for r in range(world)]
     for step in range(world):
-        for r in range(world):
-            owner, k_r, v_r, dk_r, dv_r = held[r]
-            mine, theirs = chunk_spans(r, world, seqlen, zigzag), chunk_spans(owner, world, seqlen, zigzag)
-            for blk in (b for b in blocks[r] if b.step == step):
-                assert blk.source == owner   # the schedule's source is the shard the ring brought
-                qc = lambda x: chunk_of(x, blk.q_chunk, mine)  # noqa: E731
-                lse_c = chunk_of(ls[r].transpose(0, 2, 1), blk.q_chunk, mine).transpose(0, 2, 1)
-                dq, dk, dv = reference.attention_backward(
-                    qc(dos[r]), qc(qs[r]), chunk_of(k_r, blk.k_chunk, theirs), chunk_of(v_r, blk.k_chunk, theirs),
-                    qc(os_[r]), lse_c, scale=scale, layout="bshd",
-                    bias=_mask_bias(blk, causal, window))
-                qc(dqs[r])[...] += dq
-                chunk_of(dk_r, blk.k_chunk, theirs)[...] += dk
-                chunk_of(dv_r, blk.k_chunk, theirs)[...] += dv
+        for r, (owner, *arrays) in enumerate(held):
+            ranks[r].step(step, *arrays, chunk_spans(owner, world, seqlen, zigzag))
         held = [held[(r - 1) % world] for r in range(world)]   # each passes to rank + 1
     # after N passes every shard (with its sums) is back with its owner
     assert all(held[r][0] == r for r in range(world))
-    dk = unshard([h[3] for h in held], world, axis=1, zigzag=zigzag)
-    dv = unshard([h[4] for h in held], world, axis=1, zigzag=zigzag)
-    return unshard(dqs, world, axis=1, zigzag=zigzag), dk, dv
+    dk = unshard([h[3] for h in held], world, axis=axis, zigzag=zigzag)
+    dv = unshard([h[4] for h in held], world, axis=axis, zigzag=zigzag)
+    return unshard([me.result() for me in ranks], world, axis=axis, zigzag=zigzag), dk, dv
