@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# One device call for branch gpu-pending's CPU-checked work (varlen's dynamic deal and variants on
+# Hopper, the Hopper backward at D96 / D256, the Hopper KV cache's speculative rows, ALiBi's
+# 192-key tiles): its GPU tests, the rows each change is meant to move side by side with the
+# peers, and compute-sanitizer on sanitize_case.py (which runs the new paths). Logs go to $OUT.
+# Usage on the device machine, from the repository root:  bash scripts/dev/pending_run.sh
+# PYTEST=0 / BENCH=0 / SANITIZE=0 skip those steps; PYTEST_FILES replaces the test files.
+set -uo pipefail
+source "$(dirname "$0")/../steps.sh"
+export FLASHCORE_REQUIRE_GPU=1
+step device.txt nvidia-smi --query-gpu=name,driver_version,clocks.sm --format=csv
+if [ "${PYTEST:-1}" = 1 ]; then
+  step pytest.txt timeout 330 python3 -m pytest ${PYTEST_FILES:-tests/test_varlen_gpu.py tests/test_backward_gpu.py \
+    tests/test_kvcache_gpu.py tests/test_sm90_protocol.py} -q -rs -p no:cacheprovider
+fi
+if [ "${BENCH:-1}" = 1 ]; then
+  step bench.txt timeout 150 python3 scripts/bench.py --shape varlen-16seq-32k-h16-d128-causal \
+    --shape varlen-64seq-h32kv8-d128-causal --shape b2-h16-s4k-d128-causal \
+    --shape specdec-b8-h32kv8-sq4-s8k-d128-causal --impl flashcore --impl flashcore_varlen \
+    --impl flashcore_kvcache --impl torch_nested --impl sdpa_cudnn --out "$OUT/bench_inference.json"
+  step bench.txt timeout 120 python3 scripts/bench.py --direction backward --shape b2-h16-s4k-d256 \
+    --shape b2-h16-s4k-d96 --impl flashcore --impl sdpa_cudnn --out "$OUT/bench_backward.json"
+  step bench.txt timeout 90 python3 scripts/bench.py --shape alibi-b2-h16-s4k-d128-causal --impl flashcore \
+    --impl flashcore_plain --impl sdpa_cudnn --out "$OUT/bench_alibi.json"
+  for f in bench_inference bench_backward bench_alibi; do
+    [ -f "$OUT/$f.json" ] && step bench.txt python3 scripts/report.py "$OUT/$f.json"
+  done
+fi
+if [ "${SANITIZE:-1}" = 1 ]; then
+  for tool in memcheck racecheck synccheck; do
+    step sanitizer.txt timeout 90 compute-sanitizer --tool $tool --error-exitcode 3 python3 scripts/sanitize_case.py
+  done
+fi
+echo "pending_run exit status: $status"
+exit $status
