@@ -87,8 +87,9 @@ _SEQ_EXPRESSIONS = {"dense": "fc::Dense", "dense_split": "fc::DenseSplit", "varl
                     "cache": "fc::KvCache<fc::kCacheContiguous>", "paged": "fc::KvCache<fc::kCachePageRows>",
                     "paged_tiles": "fc::KvCache<fc::kCachePageTiles>"}
 CACHE_KINDS = ("cache", "paged", "paged_tiles")
-# The Hopper kernel's: a paged cache there is always loaded by TMA boxes of whole pages (or tiles).
-SM90_SEQ_KINDS = ("dense", "dense_split", "varlen", "cache", "paged_tiles")
+# The Hopper kernel's: a paged cache there is loaded by TMA boxes of whole pages (or tiles) where
+# they tile a key tile ("paged_tiles"), else gathered row by row by cp.async ("paged").
+SM90_SEQ_KINDS = ("dense", "dense_split", "varlen", "cache", "paged", "paged_tiles")
 SM90_ITEM_SLOT_BYTES = 40   # a dynamic deal's two item slots and their four barriers, after the kernel's
 
 
@@ -405,7 +406,7 @@ class Sm90FwdConfig:
     producers: int = 1    # TMA-issuing threads: 1 (Q, K and V) or 2 (Q and K; V)
     warp_rows: int = 16   # query rows per warp's 16-row GEMM slice: 8 halves split tiles to 32 rows
     variant: KernelVariant = PLAIN
-    seq: str = "dense"    # "dense", "dense_split" (split-KV), "varlen" (no bias), or a plain KV cache: "cache" | "paged_tiles"
+    seq: str = "dense"    # "dense", "dense_split" (split-KV), "varlen" (no bias), or a plain KV cache: "cache" | "paged_tiles" | "paged" (gathered)
     head_dim_v: int | None = None   # V's and O's width where it differs from head_dim (a built width)
 
     kernel_file = "flash_fwd_sm90.cu"
@@ -735,10 +736,12 @@ def with_value_dim(config: Sm80FwdConfig | Sm90FwdConfig, head_dim: int,
                                **_SM90_PAIR_TILES.get((d, dv, grid), {}))
 
 
-def sm90_cache_config(dtype: str, head_dim: int, paged: bool) -> Sm90FwdConfig:
+def sm90_cache_config(dtype: str, head_dim: int, paged: bool, gather: bool = False) -> Sm90FwdConfig:
     """The Hopper kernel's tile for a KV-cache decode step: the small grids' split tile (64 rows
-    of the packed GQA group, two consumers splitting the keys), with the cache's sequence policy."""
-    return dataclasses.replace(sm90_config(dtype, head_dim, "small"), seq="paged_tiles" if paged else "cache")
+    of the packed GQA group, two consumers splitting the keys), with the cache's sequence policy
+    (gather: a paged cache whose pages are not TMA boxes that tile a key tile, copied row by row)."""
+    seq = ("paged" if gather else "paged_tiles") if paged else "cache"
+    return dataclasses.replace(sm90_config(dtype, head_dim, "small"), seq=seq)
 
 
 def sm90_varlen_config(dtype: str, head_dim: int, variant: KernelVariant = PLAIN) -> Sm90FwdConfig:
@@ -748,15 +751,20 @@ def sm90_varlen_config(dtype: str, head_dim: int, variant: KernelVariant = PLAIN
 
 
 SM90_PRODUCER_REGISTERS = 24   # the producer warpgroup's after setmaxnreg (Sm90Tile::kProducerRegs)
+SM90_GATHER_PRODUCER_REGISTERS = 40   # a gathered paged cache's (seq "paged": kGatherProducerRegs)
 
 
-def sm90_consumer_registers(consumers: int) -> int:
-    """Registers per consumer thread after setmaxnreg (mirrors Sm90Tile::kConsumerRegs): the
+def sm90_producer_registers(config: "Sm90FwdConfig") -> int:
+    """The producer warpgroup's registers after setmaxnreg in `config`'s kernel."""
+    return SM90_GATHER_PRODUCER_REGISTERS if config.seq == "paged" else SM90_PRODUCER_REGISTERS
+
+
+def sm90_consumer_registers(consumers: int, producer: int = SM90_PRODUCER_REGISTERS) -> int:
+    """Registers per consumer thread after setmaxnreg (mirrors Sm90Tile::consumer_regs): the
     launch bound's share of the 64K file (multiples of 8) for every warpgroup, less the
-    producer's drop to SM90_PRODUCER_REGISTERS, split among the consumers, in multiples of 8,
-    at most 256."""
+    producer's drop to `producer`, split among the consumers, in multiples of 8, at most 256."""
     launch = 65536 // (128 * (consumers + 1)) // 8 * 8
-    return min(256, (launch * (consumers + 1) - SM90_PRODUCER_REGISTERS) // consumers // 8 * 8)
+    return min(256, (launch * (consumers + 1) - producer) // consumers // 8 * 8)
 
 
 def sm90_problem_class(dtype: str, head_dim: int, batch_heads: int, seqlen_q: int,

@@ -179,8 +179,9 @@ class _Plan:
         self.config = config
         key_tiles = math.ceil(layout.capacity / config.block_n)
         # Hopper: half the SMs stream the DRAM, but a tile of pages smaller than it (a TMA box
-        # and a lookup a page, from one lane) streams at about half a CTA's speed: those fill them.
-        small_pages = layout.paged and layout.page_size < config.block_n
+        # and a lookup a page, from one lane) streams at about half a CTA's speed: those fill them,
+        # as do gathered pages (a warp's 16-byte copies; not timed yet).
+        small_pages = layout.paged and (layout.page_size < config.block_n or config.seq == "paged")
         self.splits = num_splits or max(
             sm90_splits(tiles, key_tiles, dev.num_sms) if hopper is not None and not small_pages
             else choose_splits(tiles, key_tiles, slots),
@@ -198,9 +199,12 @@ class _Plan:
             # one work tile a CTA (split tiles), split i % splits of tile i / splits
             # (one query a sequence: the causal mask hides nothing; speculative rows: by query)
             causal = p.causal and (pack == 1 or sq > 1)
+            # gathered pages: the pools' strides (their maps are not read)
+            gather = dict(**stride_values("k", p.k_strides), **stride_values("v", p.v_strides)) \
+                if config.seq == "paged" else {}
             scalars = sm90_scalars(p, o_strides, causal, heads, heads_per_kv, m_blocks, 1, tiles, tiles * self.splits,
                                    pack, **cache, by_page_size=fast_divisor(cache["page_size"]),
-                                   **stride_values("lse", lse_strides), splits=self.splits, **split_fields)
+                                   **stride_values("lse", lse_strides), splits=self.splits, **split_fields, **gather)
             specs = sm90_cache_map_specs(p, layout.paged, layout.num_pages, layout.page_size, config, pack)
             self.attention = Sm90SeqLaunch.build_seq(config, p.device, dev.arch, (tiles * self.splits, 1, 1), scalars,
                                                      specs)
@@ -236,7 +240,8 @@ class _Plan:
             self.append.start(dict(k_new=ptr("k_new"), v_new=ptr("v_new"), k=k_cache.data.ptr, v=v_cache.data.ptr,
                                    **meta), stream.ptr)
         pointers = dict(q=q.data.ptr, k=k_cache.data.ptr, v=v_cache.data.ptr, alibi=ptr("alibi_slopes"),
-                        o=out.data.ptr, lse=0 if lse is None else lse.data.ptr, **meta)
+                        o=out.data.ptr, lse=0 if lse is None else lse.data.ptr, k_rows=k_cache.data.ptr,
+                        v_rows=v_cache.data.ptr, **meta)
         if self.splits == 1:
             self.attention.start(pointers, stream.ptr)
             return
@@ -250,14 +255,18 @@ def sm90_cache_plan(p: Problem, layout: CacheLayout, arch: str) -> tuple[Sm90Fwd
     None where it does not take it: sm_90 only, a plain problem (causal at most) of a built head
     dim; one query a sequence (decode: its GQA group of up to 64 heads packed into a tile's
     rows), or speculative rows that fit one tile (Sq x the group <= 64, the group dividing 64:
-    (query, head) rows); a paged cache whose pages are TMA boxes that tile the key tiles (a
-    multiple of 8 keys that divides block_n or that block_n divides); and maps the driver takes."""
+    (query, head) rows); and maps the driver takes. A paged cache's pages are TMA boxes where they
+    tile the key tiles (a multiple of 8 keys that divides block_n or that block_n divides); other
+    page sizes are gathered row by row (seq "paged"), where the pool's rows (page x slot: one index,
+    validation holding a page's stride to page_size slots) number below 2^31."""
     if arch != SM90_ARCH or not p.kernel_variant.plain or p.head_dim > SM90_HEAD_DIMS[-1]:
         return None
-    config = sm90_cache_config(p.dtype, p.head_dim, layout.paged)
-    size, block_n = layout.page_size, config.block_n
-    if layout.paged and (size % 8 or (size % block_n and block_n % size)):
+    size = layout.page_size
+    block_n = sm90_cache_config(p.dtype, p.head_dim, layout.paged).block_n
+    gather = layout.paged and bool(size % 8 or (size % block_n and block_n % size))
+    if gather and layout.num_pages * size >= 2 ** 31:
         return None
+    config = sm90_cache_config(p.dtype, p.head_dim, layout.paged, gather)
     group = p.heads_q // p.heads_kv
     if p.seqlen_q == 1:
         pack = group if group <= 64 else 1

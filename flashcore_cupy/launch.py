@@ -574,7 +574,8 @@ def sm90_sequence_scalars(**given) -> dict:
     """params.FWD_SM90's KV-cache, split-KV and varlen fields of a dense call (no cache, one split,
     no offsets), with `given` in their place."""
     fields = dict.fromkeys((*params.cache_field_names(), "lse_sb", "lse_sh", "lse_ss", "tile_counter",
-                            "cu_seqlens_q", "cu_seqlens_k"), 0)
+                            "cu_seqlens_q", "cu_seqlens_k", "k_rows", "v_rows",
+                            *params.stride_values("k", (0, 0, 0)), *params.stride_values("v", (0, 0, 0))), 0)
     return {**fields, "page_size": 1, "by_page_size": fast_divisor(1), "splits": 1, **given}
 
 
@@ -584,7 +585,8 @@ class Sm90SeqLaunch(Sm90FwdLaunch):
     "dense"): the maps encoded per (q, k, v) addresses as Sm90FwdLaunch's, the call's other
     addresses packed per call by field name (POINTERS; absent: 0)."""
     POINTERS: ClassVar[tuple[str, ...]] = ("o", "lse", "alibi", "bias", "seqused_k", "block_table", "o_accum",
-                                           "lse_accum", "split_count", "cu_seqlens_q", "cu_seqlens_k", "tile_counter")
+                                           "lse_accum", "split_count", "cu_seqlens_q", "cu_seqlens_k", "tile_counter",
+                                           "k_rows", "v_rows")
 
     @classmethod
     def build_seq(cls, config: Sm90FwdConfig, device: int, arch: str, grid: tuple[int, int, int], scalars: dict,

@@ -216,6 +216,11 @@ FWD_SM90 = Schema("Sm90Params", [
                                   "and the CTAs done (kernels/sm90_scheduler.cuh); else null"),
     # packed sequences (kernels/sequence.cuh): seqlen_q and seqlen_k are total_q and total_k
     *_varlen_fields(),
+    # a paged cache gathered row by row (pages that do not tile the key tiles: sm90_producer.cuh)
+    Field("k_rows", "const u16*", "paged gather: k's pool (the map's address); else null"),
+    Field("v_rows", "const u16*", "paged gather: v's pool"),
+    *_strides("k", "paged gather: the pools' (page, head, slot) strides, elements"),
+    *_strides("v", "paged gather: v's"),
 ], "The Hopper forward kernel's one argument (flash_fwd_sm90), __grid_constant__.")
 
 def _bwd_gradients() -> list[Field]:

@@ -87,7 +87,7 @@ def _sm90_static_reason(config: Sm90FwdConfig, arch: str) -> str | None:
         if config.combine_bytes > 4 * config.stages * config.block_n * config.d_pad:
             return f"the split combine's {config.combine_bytes} B do not fit in the K/V ring"
     regs = config.block_n // 2 + config.block_n // 4 + config.head_dim // 2   # S, P, O per thread
-    budget = configs.sm90_consumer_registers(config.consumers) - _SM90_SPARE_REGS
+    budget = configs.sm90_consumer_registers(config.consumers, configs.sm90_producer_registers(config)) - _SM90_SPARE_REGS
     if regs > budget:
         return f"S, P and O need {regs} registers per consumer thread (> {budget})"
     return None
@@ -134,7 +134,8 @@ def _register_pool_reason(config: Config, registers: int) -> str | None:
     thread): consumers asking for more than the producer frees would wait forever."""
     if not isinstance(config, Sm90FwdConfig):
         return None
-    need = configs.SM90_PRODUCER_REGISTERS + config.consumers * configs.sm90_consumer_registers(config.consumers)
+    producer = configs.sm90_producer_registers(config)
+    need = producer + config.consumers * configs.sm90_consumer_registers(config.consumers, producer)
     have = registers * (config.consumers + 1)
     return (f"setmaxnreg needs {need} registers per thread of the warpgroups, the CTA holds {have}"
             if need > have else None)
@@ -289,8 +290,8 @@ def sequence_configs(arch: str, dtypes: tuple[str, ...] = configs.DTYPES) -> lis
     found = {configs.seq_config(c, seq, v, rows, arch) for c in base for seq in configs.SEQ_KINDS[1:]
              for v in _SEQUENCE_VARIANTS for rows in (None, configs.DECODE_ROWS)}
     if arch == configs.SM90_ARCH:
-        found |= {configs.sm90_cache_config(dt, hd, paged) for dt in dtypes for hd in configs.SM90_HEAD_DIMS
-                  for paged in (False, True)}
+        found |= {configs.sm90_cache_config(dt, hd, paged, gather) for dt in dtypes for hd in configs.SM90_HEAD_DIMS
+                  for paged, gather in ((False, False), (True, False), (True, True))}
         found |= {configs.sm90_varlen_config(dt, hd, v) for dt in dtypes for hd in configs.SM90_HEAD_DIMS
                   for v in _SEQUENCE_VARIANTS}
         found |= {dataclasses.replace(configs.variant_config(c, v), seq="dense_split")

@@ -32,8 +32,10 @@
 // KV cache (S = KvCache<...>, kernels/sequence.cuh; plain decode steps, SPLIT tiles): a work
 // tile's keys are its sequence's (seqused_k + new keys, read per item), its K/V tiles loaded
 // from the cache's room (contiguous) or page by page (TMA boxes of a page, or of a tile in one;
-// the producer's warp looks the pages up). Rows of a tile past its sequence hold what the cache
-// held there: the consumer zeroes V's before P V reads them. Split-KV: item i is split
+// the producer's warp looks the pages up; pages that do not tile the key tiles, as pages of 1
+// key: gathered row by row by the warp's cp.async, KvCache<kCachePageRows>). Rows of a tile past
+// its sequence hold what the cache held there (gathered: zeros): the consumer zeroes V's before
+// P V reads them. Split-KV: item i is split
 // i % splits of its tile, a share of its key tiles, stored as float32 partials (split_kv.cuh)
 // that merge_states combines.
 //
@@ -121,10 +123,15 @@ struct Sm90Tile {
     // (ptxas compiles to it: 64K / threads in multiples of 8); setmaxnreg only moves
     // registers inside that allocation, so the consumers share what the producer's drop to
     // 24 frees (asking for more waits forever: four consumers hung at 120). At most 256.
-    static constexpr int kProducerRegs = 24;
+    // A gathered paged cache's producer warps hold a tile's row indices and compute each copy's
+    // address (gather_tile): 40 registers (24 spilled).
+    static constexpr int kProducerRegs = 24, kGatherProducerRegs = 40;
     static constexpr int kLaunchRegs = 65536 / (128 * (CONSUMERS + 1)) / 8 * 8;
-    static constexpr int kPoolShare = (kLaunchRegs * (CONSUMERS + 1) - kProducerRegs) / CONSUMERS / 8 * 8;
-    static constexpr int kConsumerRegs = kPoolShare > 256 ? 256 : kPoolShare;
+    __host__ __device__ static constexpr int consumer_regs(int producer) {
+        return (kLaunchRegs * (CONSUMERS + 1) - producer) / CONSUMERS / 8 * 8 > 256
+                   ? 256 : (kLaunchRegs * (CONSUMERS + 1) - producer) / CONSUMERS / 8 * 8;
+    }
+    static constexpr int kConsumerRegs = consumer_regs(kProducerRegs);
 
     static_assert(HEAD_DIM == 64 || HEAD_DIM == 96 || HEAD_DIM == 128 || HEAD_DIM == 192 || HEAD_DIM == 256,
                   "HEAD_DIM: 64, 96, 128, 192 or 256 (wgmma widths built)");
@@ -171,6 +178,7 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
     // its Q rows, its turns and key tiles) then lives in uniform registers, and the wgmma
     // descriptors are built there instead of moved over from vector registers (R2UR).
     const int warpgroup = __shfl_sync(0xffffffffu, threadIdx.x / 128, 0); FC_TRACE(0); FC_TRACE_NS(22);
+    constexpr int kProducerRegs = S::kPaged && !S::kPageTiles ? Tile::kGatherProducerRegs : Tile::kProducerRegs;
     if (threadIdx.x == 0) {
         mbar_init(bar.q_full(), 1);
         mbar_init(bar.q_empty(), 4 * CONSUMERS);           // one arrival per consumer warp
@@ -186,7 +194,7 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
     __syncthreads(); FC_TRACE(1);
 
     if (warpgroup == 0) {
-        regs_release<Tile::kProducerRegs>(); FC_TRACE(2);
+        regs_release<kProducerRegs>(); FC_TRACE(2);
         // one thread each (a paged cache, packed sequences: the thread's warp, see produce)
         const int producer = S::kPaged || S::kVarlen || threadIdx.x % 32 == 0 ? threadIdx.x / 32 : -1;
         if (producer == 0) produce<Tile, HEAD_DIM, DV, BLOCK_N, STAGES, true, PRODUCERS == 1, V, S>(p, sbase, bar);
@@ -195,7 +203,7 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
         return;
     }
 
-    regs_claim<Tile::kConsumerRegs>(); FC_TRACE(3);
+    regs_claim<Tile::consumer_regs(kProducerRegs)>(); FC_TRACE(3);
     const int consumer = warpgroup - 1, lane = threadIdx.x % 32, warp = (threadIdx.x / 32) % 4;
     const int seqlen_q = p.seqlen_q;
     // Operand descriptors: Q's rows of this consumer (in each column block), ring slot 0's K and V.
@@ -341,8 +349,11 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
         // A KV cache's tile past its sequence's end: V's rows there are whatever the cache held
         // (the maps span every sequence's room; packed sequences: the next sequence's rows) and a
         // masked P (0) times a NaN is NaN: zero them.
+        // A gathered paged cache's tiles (cp.async, the generic proxy) before the wgmma reads them.
+        constexpr bool kGather = S::kPaged && !S::kPageTiles;
+        auto landed = [&] { if constexpr (kGather) fence_async_shared(); };
         auto clear_stale = [&](int k) {
-            if constexpr (S::kCache || S::kVarlen) {
+            if constexpr ((S::kCache && !kGather) || S::kVarlen) {   // (gathered rows past it: zeros)
                 const int from = seqlen_k - w.key_tile<V>(tile(k)) * BLOCK_N;
                 if (from < BLOCK_N)
                     clear_tile_rows<DV, BLOCK_N>(sbase + Tile::kOffV + Ring<STAGES>{it + tile(k)}.slot() *
@@ -357,6 +368,7 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
         if (my_blocks > 0) {
             const Ring<STAGES> r{it + tile(0)};
             mbar_wait(bar.k_full(r.slot()), r.parity()); FC_TRACE(5);
+            landed();
             await_turn();
             qk_wgmma<T, Tile::kQRows, HEAD_DIM, BLOCK_N>(s[0], q_desc, k_tile(r));
             pass_turn(false);
@@ -371,6 +383,7 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
             const Ring<STAGES> r{it + tile(k)}, prev{it + tile(k - 1)};
             mbar_wait(bar.k_full(r.slot()), r.parity());
             mbar_wait(bar.v_full(prev.slot()), prev.parity()); FC_TRACE(8);
+            landed();
             clear_stale(k - 1);
             await_turn(); FC_TRACE(20);
             qk_wgmma<T, Tile::kQRows, HEAD_DIM, BLOCK_N>(s[0], q_desc, k_tile(r));
@@ -390,6 +403,7 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
         if (my_blocks > 0) {
             const Ring<STAGES> last{it + tile(my_blocks - 1)};
             mbar_wait(bar.v_full(last.slot()), last.parity());
+            landed();
             clear_stale(my_blocks - 1);
             await_turn();
             pv_wgmma<T, DV, BLOCK_N>(o[0], a, v_tile(last));

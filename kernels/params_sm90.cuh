@@ -67,8 +67,16 @@ struct Sm90Params {
     int* tile_counter;       // probe builds (-DFLASHCORE_DYNAMIC): two zeroed ints, the next work item and the CTAs done (kernels/sm90_scheduler.cuh); else null
     const int* cu_seqlens_q; // varlen: (B + 1) offsets of the sequences' rows in q, o
     const int* cu_seqlens_k; // varlen: (B + 1) offsets of their keys in k, v
+    const u16* k_rows;       // paged gather: k's pool (the map's address); else null
+    const u16* v_rows;       // paged gather: v's pool
+    i64 k_sb;                // paged gather: the pools' (page, head, slot) strides, elements
+    i64 k_sh;
+    i64 k_ss;
+    i64 v_sb;                // paged gather: v's
+    i64 v_sh;
+    i64 v_ss;
 };
-static_assert(sizeof(Sm90Params) == 768, "Sm90Params: declared in flashcore_cupy/params.py: run scripts/gen_params.py");
+static_assert(sizeof(Sm90Params) == 832, "Sm90Params: declared in flashcore_cupy/params.py: run scripts/gen_params.py");
 static_assert(FC_OFFSETOF(Sm90Params, q) == 0, "Sm90Params::q");
 static_assert(FC_OFFSETOF(Sm90Params, k) == 128, "Sm90Params::k");
 static_assert(FC_OFFSETOF(Sm90Params, v) == 256, "Sm90Params::v");
@@ -125,5 +133,13 @@ static_assert(FC_OFFSETOF(Sm90Params, split_count) == 696, "Sm90Params::split_co
 static_assert(FC_OFFSETOF(Sm90Params, tile_counter) == 704, "Sm90Params::tile_counter");
 static_assert(FC_OFFSETOF(Sm90Params, cu_seqlens_q) == 712, "Sm90Params::cu_seqlens_q");
 static_assert(FC_OFFSETOF(Sm90Params, cu_seqlens_k) == 720, "Sm90Params::cu_seqlens_k");
+static_assert(FC_OFFSETOF(Sm90Params, k_rows) == 728, "Sm90Params::k_rows");
+static_assert(FC_OFFSETOF(Sm90Params, v_rows) == 736, "Sm90Params::v_rows");
+static_assert(FC_OFFSETOF(Sm90Params, k_sb) == 744, "Sm90Params::k_sb");
+static_assert(FC_OFFSETOF(Sm90Params, k_sh) == 752, "Sm90Params::k_sh");
+static_assert(FC_OFFSETOF(Sm90Params, k_ss) == 760, "Sm90Params::k_ss");
+static_assert(FC_OFFSETOF(Sm90Params, v_sb) == 768, "Sm90Params::v_sb");
+static_assert(FC_OFFSETOF(Sm90Params, v_sh) == 776, "Sm90Params::v_sh");
+static_assert(FC_OFFSETOF(Sm90Params, v_ss) == 784, "Sm90Params::v_ss");
 
 }  // namespace fc

@@ -12,8 +12,10 @@
 //   KvCache<PAGING> a KV cache: batch b's keys are its first seqused_k[b] + new_keys positions,
 //                  of a (B, S_max) cache (kContiguous) or of the pages block_table[b][t / page_size]
 //                  (slot t % page_size) of a (num_pages, page_size) pool: gathered row by row
-//                  (kCachePageRows), or a key tile at a time where every tile lies in one page
-//                  (kCachePageTiles: page_size a multiple of the tile's keys)
+//                  (kCachePageRows: the portable kernel's loads; the Hopper kernel's cp.async
+//                  where its pages are not TMA boxes that tile a key tile), or a key tile at a
+//                  time where every tile lies in one page (kCachePageTiles: page_size a
+//                  multiple of the tile's keys; on the Hopper kernel, any page a box tiles)
 //
 // Masks align bottom-right within each sequence (off = Sk_b - Sq_b). Values read on the
 // device are clamped so that no access leaves the arrays (the host checks them only with

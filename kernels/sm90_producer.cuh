@@ -6,6 +6,41 @@
 
 namespace fc {
 
+// A paged cache gathered row by row (S = KvCache<kCachePageRows>: pages that do not tile the key
+// tiles, as pages of 1 key): the producer's warp copies a tile's rows in 16-byte chunks with
+// cp.async into the layout TMA's boxes give (column block c / 8 of 128-byte rows, chunk c of
+// row r at 16 (c % 8 ^ r % 8): the 128-byte swizzle), zero-filled past the sequence, past the
+// head dim (`cols`) and where the page is outside the pool. Each lane's copies arrive on the
+// slot's full barrier once they land (cp.async.mbarrier.arrive, which adds its own pending
+// arrival first), and lane 0 arrives once after the warp's: the barrier's one expected arrival,
+// as TMA's producer gives it. rows[k]: for tile row 32 k + lane, its row of the pool as one
+// (page * page_size + slot) index of slot stride ss (the host checks that a page's stride is
+// page_size slots), or -1: zeros. The consumers fence the async proxy after the wait.
+template <int WIDTH, int BLOCK_N>
+__device__ __forceinline__ void gather_tile(u32 dst, u32 full, const u16* pool, i64 ss, i64 head_off, int cols,
+                                            const int (&rows)[BLOCK_N / 32], int lane) {
+    static_assert(BLOCK_N % 32 == 0, "gather: key tiles of whole 32-row blocks");
+    constexpr int kChunks = (WIDTH + 63) / 64 * 8;   // a row's 16-byte chunks, in whole column blocks
+    constexpr int kRowsPerPass = 32 / kChunks;
+    static_assert(kRowsPerPass >= 1 && 32 % kChunks == 0, "gather: a row's chunks divide a warp");
+    const int c = lane % kChunks;
+    const bool in_row = c * 8 < cols;
+    const u16* col = pool + head_off + c * 8;
+    #pragma unroll
+    for (int k = 0; k < BLOCK_N / 32; ++k) {   // 32 rows (lane l's rows[k] is row 32 k + l's)
+        #pragma unroll 2
+        for (int r = lane / kChunks; r < 32; r += kRowsPerPass) {
+            const int at = __shfl_sync(0xffffffffu, rows[k], r);
+            const bool copy = in_row && at >= 0;
+            cp_async_16(dst + ((c / 8) * BLOCK_N + 32 * k + r) * 128 + 16 * ((c % 8) ^ (r % 8)),
+                        copy ? col + static_cast<i64>(at) * ss : pool, copy ? 16 : 0);
+        }
+    }
+    asm volatile("cp.async.mbarrier.arrive.shared::cta.b64 [%0];" :: "r"(full) : "memory");
+    __syncwarp();
+    if (lane == 0) mbar_arrive(full);
+}
+
 // Producer: per work tile, Q (once the consumers released the previous one), then
 // the K and V tiles through their rings, each slot refilled once released. With
 // PRODUCERS = 1 one thread issues them all (Q, K_0, V_0, K_1, ...); with 2 the K
@@ -19,7 +54,8 @@ namespace fc {
 // the map's boxes of min(page_size, BLOCK_N) rows, each at its page: the producer's whole warp
 // runs this (PAGED_WARP), lane b looking up box b's page, and lane 0 issues the copies. A page
 // index outside the pool, and positions past the sequence, load as zeros (coordinates past the
-// map: TMA's fill).
+// map: TMA's fill). Pages that do not tile the key tiles (S = KvCache<kCachePageRows>) are
+// gathered row by row by the warp's lanes (gather_tile).
 // Packed sequences (S = Varlen): the warp runs this too (work_tile's scan is warp-wide), lane 0
 // issuing; boxes at the sequence's rows of the packed tensors (the maps' one batch entry).
 template <class Tile, int HEAD_DIM, int DV, int BLOCK_N, int STAGES, bool LOADS_K, bool LOADS_V, class V,
@@ -27,6 +63,7 @@ template <class Tile, int HEAD_DIM, int DV, int BLOCK_N, int STAGES, bool LOADS_
 __device__ __forceinline__ void produce(const Sm90Params& p, u32 sbase, const Barriers<STAGES>& bar) {
     const int lane = threadIdx.x % 32;
     const bool issues = !(S::kPaged || S::kVarlen) || lane == 0;   // paged: the warp looks up, lane 0 copies
+    constexpr bool kGather = S::kPaged && !S::kPageTiles;              // (the warp copies: gather_tile)
     if (issues) {
         if (LOADS_K) {
             prefetch_tensor_map(&p.q);
@@ -53,6 +90,18 @@ __device__ __forceinline__ void produce(const Sm90Params& p, u32 sbase, const Ba
                 if (lane * box < BLOCK_N && key < w.seqlen_k) return table_page(p, w.batch, p.by_page_size(key), 0).page;
             }
             return -1;
+        };
+        // Gathered pages: tile row 32 k + lane's row of the pool (-1: none, zeros), looked up
+        // before the copies wait for their slot.
+        auto pool_rows = [&](int j, int (&rows)[BLOCK_N / 32]) {
+            const int key0 = w.key_tile<V>(j) * BLOCK_N;
+            #pragma unroll
+            for (int k = 0; k < BLOCK_N / 32; ++k) {
+                const int key = key0 + 32 * k + lane, n = p.by_page_size(key);
+                const CachePage at = key < w.seqlen_k ? table_page(p, w.batch, n, key - n * p.page_size)
+                                                      : CachePage{-1, 0};
+                rows[k] = at.page < 0 ? -1 : at.page * p.page_size + at.slot;
+            }
         };
         // (a K tile HEAD_DIM columns wide, a V tile DV: a constant `is_v` at each call)
         auto load_box = [&](bool is_v, u32 dst, const TensorMap& map, u32 full, int row0, int batch, int at = 0) {
@@ -93,6 +142,24 @@ __device__ __forceinline__ void produce(const Sm90Params& p, u32 sbase, const Ba
         // the copies slowly enough that V_0 ahead of K_1 delayed consumer 1's start.
         for (int j = 0; j < w.n_blocks + Tile::kKAhead; ++j) {
             const int jk = j, jv = j - Tile::kKAhead;
+            if constexpr (kGather) {   // every lane copies: see gather_tile
+                int rows[BLOCK_N / 32];
+                if (LOADS_K && jk < w.n_blocks) {
+                    const Ring<STAGES> r{it + jk};
+                    pool_rows(jk, rows);
+                    if (it + jk >= STAGES) mbar_wait(bar.k_empty(r.slot()), r.parity() ^ 1);
+                    gather_tile<HEAD_DIM, BLOCK_N>(sbase + Tile::kOffK + r.slot() * Tile::kKBytes, bar.k_full(r.slot()),
+                                                   p.k_rows, p.k_ss, head_kv * p.k_sh, p.head_dim, rows, lane);
+                }
+                if (LOADS_V && jv >= 0) {
+                    const Ring<STAGES> r{it + jv};
+                    pool_rows(jv, rows);
+                    if (it + jv >= STAGES) mbar_wait(bar.v_empty(r.slot()), r.parity() ^ 1);
+                    gather_tile<DV, BLOCK_N>(sbase + Tile::kOffV + r.slot() * Tile::kVBytes, bar.v_full(r.slot()),
+                                             p.v_rows, p.v_ss, head_kv * p.v_sh, p.head_dim_v, rows, lane);
+                }
+                continue;
+            }
             if (LOADS_K && jk < w.n_blocks) {
                 const Ring<STAGES> r{it + jk};
                 const int page = lookup(jk);

@@ -109,7 +109,7 @@ def setmaxnreg(sass: str) -> tuple[int | None, int | None]:
 
 
 def report(folder: Path, arch: str) -> int:
-    from flashcore_cupy.configs import SM90_PRODUCER_REGISTERS, sm90_consumer_registers
+    from flashcore_cupy.configs import sm90_consumer_registers, sm90_producer_registers
 
     configs = dispatchable(arch)
     bad = 0
@@ -131,8 +131,8 @@ def report(folder: Path, arch: str) -> int:
         ok = ok and (not hopper or under == 0)
         # the kernel's register split is the one configs.py (and so the tuner's pool check) assumes
         regs = setmaxnreg(sass) if hopper else None
-        ok = ok and (not hopper or regs == (sm90_consumer_registers(configs[path.stem].consumers),
-                                              SM90_PRODUCER_REGISTERS))
+        producer = sm90_producer_registers(configs[path.stem]) if hopper else None
+        ok = ok and (not hopper or regs == (sm90_consumer_registers(configs[path.stem].consumers, producer), producer))
         bad += not ok
         print(f"{path.stem:<40} {hgmma:>6} {hmma:>6} {local:>8} {'' if under is None else under:>13}"
               f" {p_writes:>9} {'' if regs is None else '%s/%s' % regs:>8}{'' if ok else '  <-- FAIL'}")

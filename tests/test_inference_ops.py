@@ -248,8 +248,8 @@ def test_sequence_launch_packs_scalars_and_each_calls_addresses(monkeypatch):
 
 @pytest.mark.parametrize("paged, sq, window, hopper", [
     (None, 1, None, "cache"), ((600, 16, 128), 1, None, "paged_tiles"), ((40, 256, 8), 1, None, "paged_tiles"),
-    ((600, 3, 683), 1, None, None),       # pages of 3 keys: no TMA box tiles a key tile
-    ((600, 24, 86), 1, None, None),       # 24 neither divides 128 nor is a multiple of it
+    ((600, 3, 683), 1, None, "paged"),    # pages of 3 keys: no TMA box tiles a key tile, gathered
+    ((600, 24, 86), 1, None, "paged"),    # 24 neither divides 128 nor is a multiple of it
     (None, 4, None, "cache"),             # speculative rows: (query, head)s packed, 16 of a tile's 64
     (None, 32, None, None),               # 32 x 4 rows: over a tile (the portable kernel)
     (None, 1, (64, 0), None),             # a variant
@@ -303,13 +303,42 @@ def test_kvcache_plan_takes_the_hopper_kernel_where_it_can(monkeypatch, paged, s
     plan.attention.start(dict(q=0x100, k=0x200, v=0x300, o=0x400, seqused_k=0x500, split_count=0x600), stream=7)
     block = plan.attention._blocks[(0x100, 0x200, 0x300)]
     fields = params.FWD_SM90.offsets
-    for name, value in (("o", 0x400), ("seqused_k", 0x500), ("split_count", 0x600), ("lse", 0), ("o_accum", 0)):
+    gathered = plan.config.seq == "paged"   # the pools' own addresses and strides (no map)
+    rows = dict(k_rows=0x200, v_rows=0x300) if gathered else {}
+    if gathered:
+        plan.attention._blocks.clear()
+        plan.attention.start(dict(q=0x100, k=0x200, v=0x300, o=0x400, seqused_k=0x500, split_count=0x600, **rows),
+                             stream=7)
+        block = plan.attention._blocks[(0x100, 0x200, 0x300)]
+        assert tuple(s[f"k_s{d}"] for d in "bhs") == p.k_strides and tuple(s[f"v_s{d}"] for d in "bhs") == p.v_strides
+    else:
+        assert s["k_sb"] == s["v_ss"] == 0
+    for name, value in (("o", 0x400), ("seqused_k", 0x500), ("split_count", 0x600), ("lse", 0), ("o_accum", 0),
+                        ("k_rows", rows.get("k_rows", 0)), ("v_rows", rows.get("v_rows", 0))):
         assert int.from_bytes(block.data[fields[name]:fields[name] + 8].tobytes(), "little") == value, name
     at = fields["splits"]
     assert int.from_bytes(block.data[at:at + 4].tobytes(), "little") == plan.splits
     assert launched[-1][:4] == (1, tiles * plan.splits, 1, 1) and launched[-1][-3] == 7
     forced = kv._Plan(p, layout, n_new, 1, ())
     assert forced.splits == 1 and forced.workspace is None and forced.attention.scalars["o_accum"] == 0
+
+
+def test_gathered_pages_need_a_pool_row_index(monkeypatch):
+    """The Hopper kernel gathers pages that no TMA box tiles by one int32 row index of the pool
+    (page * page_size + slot): a pool of 2^31 rows or more goes to the portable kernel; a
+    whole-tile page keeps its TMA boxes at any pool size."""
+    from flashcore_cupy import kvcache as kv
+
+    def plan(paged, **changes):
+        p, layout, _ = kvcache(paged=paged, **changes)
+        return kv.sm90_cache_plan(p, layout, "sm_90a")
+
+    monkeypatch.setattr(kv.tma, "unsupported_reason", lambda spec: None)
+    assert plan((600, 3, 683))[0].seq == "paged" and plan((600, 1, 2048))[0].seq == "paged"
+    assert plan((600, 16, 128))[0].seq == "paged_tiles"
+    assert plan(((1 << 31) // 3, 3, 683))[0].seq == "paged"
+    assert plan(((1 << 31) // 3 + 1, 3, 683)) is None
+    assert plan(((1 << 31) // 16 + 1, 16, 128))[0].seq == "paged_tiles"
 
 
 @pytest.mark.parametrize("hopper", [True, False])

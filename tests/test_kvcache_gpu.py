@@ -150,7 +150,7 @@ def test_positions_past_each_sequence_are_never_used_even_nan(rng, page_size, dt
 def test_decode_runs_on_the_hopper_kernel_on_sm90():
     """What the tests above cover there: a plain decode step over a contiguous cache or pages of
     16 keys is the Hopper kernel's (kvcache.sm90_cache_plan), as are speculative rows that fit a
-    tile (Sq 4 of a group of 4: (query, head) rows), pages of 3 the portable one's."""
+    tile (Sq 4 of a group of 4: (query, head) rows) and pages of 1 or 3 (gathered row by row)."""
     import cupy
 
     from flashcore_cupy import api, kvcache
@@ -159,13 +159,15 @@ def test_decode_runs_on_the_hopper_kernel_on_sm90():
     if api.device_info(cupy.cuda.Device().id).arch != "sm_90a":
         pytest.skip("needs an sm_90 GPU (H100/H200)")
     rng = np.random.default_rng(0)
-    for page_size, sq, hopper in ((None, 1, True), (16, 1, True), (3, 1, False), (None, 4, True), (16, 4, True)):
+    for page_size, sq, hopper in ((None, 1, "cache"), (16, 1, "paged_tiles"), (3, 1, "paged"), (1, 1, "paged"),
+                                  (None, 4, "cache"), (16, 4, "paged_tiles"), (3, 4, "paged")):
         case = Case(rng, "bf16", page_size=page_size, sq=sq)
         specs = {n: None if a is None else api._spec(a, n) for n, a in case.dev.items()}
         p, layout, _ = check_kvcache(specs["q"], specs["k_cache"], specs["v_cache"], specs["cache_seqlens"],
                                      specs["block_table"], None, None, causal=False, scale=None, window=None,
                                      softcap=0.0, alibi_slopes=None)
-        assert (kvcache.sm90_cache_plan(p, layout, "sm_90a") is not None) == hopper, (page_size, sq)
+        plan = kvcache.sm90_cache_plan(p, layout, "sm_90a")
+        assert (plan and plan[0].seq) == hopper, (page_size, sq)
 
 
 @pytest.mark.parametrize("hq, hkv, sq, page_size", [(4, 4, 4, None), (8, 1, 8, 16), (16, 2, 3, None)])

@@ -27,7 +27,7 @@ def test_layout_follows_c_rules():
     assert s.values({"a": 1, "p": 2, "d": (3, 4), "b": 5}) == [1, 2, 3, 4, 5]
     with pytest.raises(KeyError, match="b"):
         s.values({"a": 1, "p": 2, "d": (3, 4)})
-    assert params.FWD_SM90.size == 768 and params.FWD_SM90.offsets["o"] == 384   # after three 128-byte maps; 64-byte multiple
+    assert params.FWD_SM90.size == 832 and params.FWD_SM90.offsets["o"] == 384   # after three 128-byte maps; 64-byte multiple
     assert params.FWD_SM80.size == 376 and params.FWD_SM80.offsets["alibi"] == 216   # 4 bytes of padding before it
 
 

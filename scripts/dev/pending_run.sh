@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device call for branch gpu-pending's CPU-checked work (varlen's dynamic deal and variants on
-# Hopper, the Hopper backward at D96 / D256, the Hopper KV cache's speculative rows, ALiBi's
-# 192-key tiles): its GPU tests, the rows each change is meant to move side by side with the
+# Hopper, the Hopper backward at D96 / D256, the Hopper KV cache's speculative rows and gathered
+# pages, ALiBi's 192-key tiles): its GPU tests, the rows each change is meant to move side by side with the
 # peers, and compute-sanitizer on sanitize_case.py (which runs the new paths). Logs go to $OUT.
 # Usage on the device machine, from the repository root:  bash scripts/dev/pending_run.sh
 # PYTEST=0 / BENCH=0 / SANITIZE=0 skip those steps; PYTEST_FILES replaces the test files.
@@ -22,7 +22,9 @@ if [ "${BENCH:-1}" = 1 ]; then
     --shape b2-h16-s4k-d96 --impl flashcore --impl sdpa_cudnn --out "$OUT/bench_backward.json"
   step bench.txt timeout 90 python3 scripts/bench.py --shape alibi-b2-h16-s4k-d128-causal --impl flashcore \
     --impl flashcore_plain --impl sdpa_cudnn --out "$OUT/bench_alibi.json"
-  for f in bench_inference bench_backward bench_alibi; do
+  step bench.txt timeout 90 python3 scripts/bench.py --shape paged1-decode-b8-h32kv8-s8k-d128 \
+    --shape paged16-decode-b8-h32kv8-s8k-d128 --out "$OUT/bench_paged.json"
+  for f in bench_inference bench_backward bench_alibi bench_paged; do
     [ -f "$OUT/$f.json" ] && step bench.txt python3 scripts/report.py "$OUT/$f.json"
   done
 fi
