@@ -250,6 +250,13 @@ class _Plan:
                                   split_count=counters.data.ptr), stream.ptr)
 
 
+def sm90_gathers_pages(page_size: int, block_n: int) -> bool:
+    """Whether the Hopper kernel gathers pages of page_size keys row by row (seq "paged") rather
+    than load them as TMA boxes: where no box of whole pages tiles a key tile of block_n (a box
+    is a multiple of 8 rows, the swizzle's period, and a page or a tile in one)."""
+    return bool(page_size % 8 or (page_size % block_n and block_n % page_size))
+
+
 def sm90_cache_plan(p: Problem, layout: CacheLayout, arch: str) -> tuple[Sm90FwdConfig, int] | None:
     """The Hopper kernel's config and GQA pack (query heads a tile's rows) for a KV-cache call, or
     None where it does not take it: sm_90 only, a plain problem (causal at most) of a built head
@@ -262,8 +269,7 @@ def sm90_cache_plan(p: Problem, layout: CacheLayout, arch: str) -> tuple[Sm90Fwd
     if arch != SM90_ARCH or not p.kernel_variant.plain or p.head_dim > SM90_HEAD_DIMS[-1]:
         return None
     size = layout.page_size
-    block_n = sm90_cache_config(p.dtype, p.head_dim, layout.paged).block_n
-    gather = layout.paged and bool(size % 8 or (size % block_n and block_n % size))
+    gather = layout.paged and sm90_gathers_pages(size, sm90_cache_config(p.dtype, p.head_dim, True).block_n)
     if gather and layout.num_pages * size >= 2 ** 31:
         return None
     config = sm90_cache_config(p.dtype, p.head_dim, layout.paged, gather)

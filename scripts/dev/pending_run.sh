@@ -24,6 +24,7 @@ if [ "${BENCH:-1}" = 1 ]; then
     --impl flashcore_plain --impl sdpa_cudnn --out "$OUT/bench_alibi.json"
   step bench.txt timeout 90 python3 scripts/bench.py --shape paged1-decode-b8-h32kv8-s8k-d128 \
     --shape paged16-decode-b8-h32kv8-s8k-d128 --out "$OUT/bench_paged.json"
+  step bench.txt timeout 120 python3 scripts/dev/gather_probe.py --pages 1,3,8,16,64   # gathered pages against boxes
   for f in bench_inference bench_backward bench_alibi bench_paged; do
     [ -f "$OUT/$f.json" ] && step bench.txt python3 scripts/report.py "$OUT/$f.json"
   done
