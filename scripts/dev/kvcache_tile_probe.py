@@ -85,8 +85,9 @@ def main():
         for cand, splits in [(c, int(n)) for c in args.candidates.split(",") for n in args.splits.split(",")]:
             kw["num_splits"] = splits
             tile = CANDIDATES[cand]
-            kvcache.sm90_cache_config = lambda dtype, hd, paged, tile=tile: C(  # noqa: E731
-                dtype, hd, pingpong=False, split=True, producers=2, seq="paged_tiles" if paged else "cache", **tile)
+            kvcache.sm90_cache_config = lambda dtype, hd, paged, gather=False, tile=tile: C(  # noqa: E731
+                dtype, hd, pingpong=False, split=True, producers=2,
+                seq=("paged" if gather else "paged_tiles") if paged else "cache", **tile)
             kvcache._plans.clear()
             kvcache._calls.clear()
             stream = cupy.cuda.Stream(non_blocking=True)
@@ -108,6 +109,10 @@ def main():
                 us = events_us(lambda: graph.launch(stream), stream=stream) / 20
             plan = next(iter(kvcache._plans.values()))
             parts = {}   # host time of the call's parts (us), 200 calls each
+            workspace = {}
+            if plan.workspace is not None:   # split: the partials and the tiles' counters
+                o_acc, lse_acc, counters = plan.workspace.get(stream.ptr)
+                workspace = dict(o_accum=o_acc.data.ptr, lse_accum=lse_acc.data.ptr, split_count=counters.data.ptr)
             arrays = dict(cache_seqlens=seqlens, block_table=kw.get("block_table"), k_new=None, v_new=None,
                           alibi_slopes=None)
             for part, fn in (("signature", lambda: kvcache._signature(q, kc, vc, seqlens, kw.get("block_table"), None,
@@ -116,8 +121,7 @@ def main():
                              ("attention.start", lambda: plan.attention.start(dict(
                                  q=q.data.ptr, k=kc.data.ptr, v=vc.data.ptr, o=out.data.ptr,
                                  seqused_k=seqlens.data.ptr, block_table=0 if not s.page_size else
-                                 kw["block_table"].data.ptr, o_accum=plan._workspace(stream)[0].data.ptr,
-                                 lse_accum=plan._workspace(stream)[1].data.ptr), stream.ptr))):
+                                 kw["block_table"].data.ptr, **workspace), stream.ptr))):
                 t0 = time.perf_counter()
                 for _ in range(200):
                     fn()
