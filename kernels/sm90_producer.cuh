@@ -21,19 +21,15 @@ __device__ __forceinline__ void gather_tile(u32 dst, u32 full, const u16* pool, 
                                             const int (&rows)[BLOCK_N / 32], int lane) {
     static_assert(BLOCK_N % 32 == 0, "gather: key tiles of whole 32-row blocks");
     constexpr int kChunks = (WIDTH + 63) / 64 * 8;   // a row's 16-byte chunks, in whole column blocks
-    constexpr int kRowsPerPass = 32 / kChunks;
-    static_assert(kRowsPerPass >= 1 && 32 % kChunks == 0, "gather: a row's chunks divide a warp");
-    const int c = lane % kChunks;
-    const bool in_row = c * 8 < cols;
-    const u16* col = pool + head_off + c * 8;
     #pragma unroll
     for (int k = 0; k < BLOCK_N / 32; ++k) {   // 32 rows (lane l's rows[k] is row 32 k + l's)
         #pragma unroll 2
-        for (int r = lane / kChunks; r < 32; r += kRowsPerPass) {
+        for (int pass = 0; pass < kChunks; ++pass) {   // their 32 x kChunks chunks, a warp's 32 a pass
+            const int id = pass * 32 + lane, r = id / kChunks, c = id % kChunks;
             const int at = __shfl_sync(0xffffffffu, rows[k], r);
-            const bool copy = in_row && at >= 0;
+            const bool copy = c * 8 < cols && at >= 0;
             cp_async_16(dst + ((c / 8) * BLOCK_N + 32 * k + r) * 128 + 16 * ((c % 8) ^ (r % 8)),
-                        copy ? col + static_cast<i64>(at) * ss : pool, copy ? 16 : 0);
+                        copy ? pool + head_off + c * 8 + static_cast<i64>(at) * ss : pool, copy ? 16 : 0);
         }
     }
     asm volatile("cp.async.mbarrier.arrive.shared::cta.b64 [%0];" :: "r"(full) : "memory");
@@ -184,6 +180,7 @@ __device__ __forceinline__ void produce(const Sm90Params& p, u32 sbase, const Ba
         }
         if (Tile::kSplit) break;   // a CTA a work tile (Sm90Config.schedule): gridDim.x need not stay live
     }
+    if constexpr (kGather) asm volatile("cp.async.wait_all;" ::: "memory");   // none in flight past its exit
     if (kDynamic && issues) items_done(p.tile_counter);
 }
 
