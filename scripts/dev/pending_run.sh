@@ -4,7 +4,9 @@
 # pages, ALiBi's 192-key tiles): its GPU tests, the rows each change is meant to move side by side with the
 # peers, and compute-sanitizer on sanitize_case.py (which runs the new paths). Logs go to $OUT.
 # Usage on the device machine, from the repository root:  bash scripts/dev/pending_run.sh
-# PYTEST=0 / BENCH=0 / SANITIZE=0 skip those steps; PYTEST_FILES replaces the test files.
+# PYTEST=0 / BENCH=0 / SANITIZE=0 skip those steps; PYTEST_FILES replaces the test files. On a bare
+# machine the tests' compiles take most of a 10-minute call: run it as two calls there,
+# BENCH=0 first (tests and sanitizers), then PYTEST=0 SANITIZE=0 (the rows and the probe).
 set -uo pipefail
 source "$(dirname "$0")/../steps.sh"
 export FLASHCORE_REQUIRE_GPU=1
