@@ -13,7 +13,7 @@ export FLASHCORE_REQUIRE_GPU=1
 step device.txt nvidia-smi --query-gpu=name,driver_version,clocks.sm --format=csv
 if [ "${PYTEST:-1}" = 1 ]; then
   step pytest.txt timeout 330 python3 -m pytest ${PYTEST_FILES:-tests/test_varlen_gpu.py tests/test_backward_gpu.py \
-    tests/test_kvcache_gpu.py tests/test_sm90_protocol.py} -q -rs -p no:cacheprovider
+    tests/test_kvcache_gpu.py tests/test_sm90_protocol.py tests/test_distributed_gpu.py} -q -rs -p no:cacheprovider
 fi
 if [ "${BENCH:-1}" = 1 ]; then
   step bench.txt timeout 150 python3 scripts/bench.py --shape varlen-16seq-32k-h16-d128-causal \
