@@ -37,8 +37,8 @@ def group_rank_world(group: Any) -> tuple[int, int]:
 
 
 def _prepare(q, k, v, group, causal, layout, window):
-    """The shards as CuPy arrays, (rank, world), the sequence axis, the whole length, zigzag,
-    this rank's chunks and blocks; errors name the argument."""
+    """The shards as CuPy arrays, (rank, world), the whole length, zigzag, this rank's chunks and
+    blocks, the window; errors name the argument."""
     rank, world = group_rank_world(group)
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
@@ -55,7 +55,7 @@ def _prepare(q, k, v, group, causal, layout, window):
     seqlen, zigzag = q.shape[axis] * world, bool(causal)
     mine = chunk_spans(rank, world, seqlen, zigzag)   # ValueError when the shard does not split in chunks
     blocks = rank_blocks(rank, world, seqlen, causal=bool(causal), window=window, zigzag=zigzag)
-    return q, k, v, rank, world, axis, seqlen, zigzag, mine, blocks, window
+    return q, k, v, rank, world, seqlen, zigzag, mine, blocks, window
 
 
 def _pass_on(group, sends, recvs, rank: int, world: int, comm, compute) -> None:
@@ -83,8 +83,7 @@ def ring_attention(q, k, v, *, group, causal: bool = False, scale: float | None 
     and bottom-right agree); scale defaults to 1/sqrt(D)."""
     import cupy
 
-    q, k, v, rank, world, axis, seqlen, zigzag, mine, blocks, window = _prepare(q, k, v, group, causal, layout,
-                                                                                  window)
+    q, k, v, rank, world, seqlen, zigzag, mine, blocks, window = _prepare(q, k, v, group, causal, layout, window)
     compute, comm = cupy.cuda.get_current_stream(), cupy.cuda.Stream(non_blocking=True)
     held = (cupy.ascontiguousarray(k), cupy.ascontiguousarray(v))
     spare = tuple(cupy.empty_like(x) for x in held) if world > 1 else ()
@@ -109,8 +108,7 @@ def ring_attention_backward(dout, q, k, v, out, lse, *, group, causal: bool = Fa
     dtypes."""
     import cupy
 
-    q, k, v, rank, world, axis, seqlen, zigzag, mine, blocks, window = _prepare(q, k, v, group, causal, layout,
-                                                                                  window)
+    q, k, v, rank, world, seqlen, zigzag, mine, blocks, window = _prepare(q, k, v, group, causal, layout, window)
     dout, out, lse = (api._as_device_array(x, n) for x, n in ((dout, "dout"), (out, "out"), (lse, "lse")))
     compute, comm = cupy.cuda.get_current_stream(), cupy.cuda.Stream(non_blocking=True)
     held = (cupy.ascontiguousarray(k), cupy.ascontiguousarray(v), cupy.zeros(k.shape, np.float32),
