@@ -178,13 +178,13 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
     // its Q rows, its turns and key tiles) then lives in uniform registers, and the wgmma
     // descriptors are built there instead of moved over from vector registers (R2UR).
     const int warpgroup = __shfl_sync(0xffffffffu, threadIdx.x / 128, 0); FC_TRACE(0); FC_TRACE_NS(22);
-    constexpr int kProducerRegs = S::kPaged && !S::kPageTiles ? Tile::kGatherProducerRegs : Tile::kProducerRegs;
+    constexpr int kProducerRegs = gathers_rows<S>() ? Tile::kGatherProducerRegs : Tile::kProducerRegs;
     if (threadIdx.x == 0) {
         mbar_init(bar.q_full(), 1);
         mbar_init(bar.q_empty(), 4 * CONSUMERS);           // one arrival per consumer warp
         for (int s = 0; s < STAGES; ++s) {
-            mbar_init(bar.k_full(s), 1);
-            mbar_init(bar.v_full(s), 1);
+            mbar_init(bar.k_full(s), gathers_rows<S>() ? kGatherArrivals : 1);   // TMA: one thread's expect_tx
+            mbar_init(bar.v_full(s), gathers_rows<S>() ? kGatherArrivals : 1);
             mbar_init(bar.k_empty(s), 4 * Tile::kTileUsers);   // one arrival per using warp
             mbar_init(bar.v_empty(s), 4 * Tile::kTileUsers);
         }
@@ -350,7 +350,7 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
         // (the maps span every sequence's room; packed sequences: the next sequence's rows) and a
         // masked P (0) times a NaN is NaN: zero them.
         // A gathered paged cache's tiles (cp.async, the generic proxy) before the wgmma reads them.
-        constexpr bool kGather = S::kPaged && !S::kPageTiles;
+        constexpr bool kGather = gathers_rows<S>();
         auto landed = [&] { if constexpr (kGather) fence_async_shared(); };
         auto clear_stale = [&](int k) {
             if constexpr ((S::kCache && !kGather) || S::kVarlen) {   // (gathered rows past it: zeros)

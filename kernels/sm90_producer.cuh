@@ -11,11 +11,15 @@ namespace fc {
 // cp.async into the layout TMA's boxes give (column block c / 8 of 128-byte rows, chunk c of
 // row r at 16 (c % 8 ^ r % 8): the 128-byte swizzle), zero-filled past the sequence, past the
 // head dim (`cols`) and where the page is outside the pool. Each lane's copies arrive on the
-// slot's full barrier once they land (cp.async.mbarrier.arrive, which adds its own pending
-// arrival first), and lane 0 arrives once after the warp's: the barrier's one expected arrival,
-// as TMA's producer gives it. rows[k]: for tile row 32 k + lane, its row of the pool as one
+// slot's full barrier once they land (cp.async.mbarrier.arrive.noinc: one of the barrier's 32
+// expected arrivals, kGatherArrivals; v42's compute-sanitizer synccheck called the counting form,
+// whose arrivals add their own pending count, a barrier overflow). rows[k]: for tile row 32 k + lane, its row of the pool as one
 // (page * page_size + slot) index of slot stride ss (the host checks that a page's stride is
 // page_size slots), or -1: zeros. The consumers fence the async proxy after the wait.
+template <class S>
+__device__ constexpr bool gathers_rows() { return S::kPaged && !S::kPageTiles; }
+constexpr int kGatherArrivals = 32;   // a gathered slot's full barrier: each lane of the producer's warp
+
 template <int WIDTH, int BLOCK_N>
 __device__ __forceinline__ void gather_tile(u32 dst, u32 full, const u16* pool, i64 ss, i64 head_off, int cols,
                                             const int (&rows)[BLOCK_N / 32], int lane) {
@@ -32,9 +36,7 @@ __device__ __forceinline__ void gather_tile(u32 dst, u32 full, const u16* pool, 
                         copy ? pool + head_off + c * 8 + static_cast<i64>(at) * ss : pool, copy ? 16 : 0);
         }
     }
-    asm volatile("cp.async.mbarrier.arrive.shared::cta.b64 [%0];" :: "r"(full) : "memory");
-    __syncwarp();
-    if (lane == 0) mbar_arrive(full);
+    asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];" :: "r"(full) : "memory");
 }
 
 // Producer: per work tile, Q (once the consumers released the previous one), then
@@ -59,7 +61,7 @@ template <class Tile, int HEAD_DIM, int DV, int BLOCK_N, int STAGES, bool LOADS_
 __device__ __forceinline__ void produce(const Sm90Params& p, u32 sbase, const Barriers<STAGES>& bar) {
     const int lane = threadIdx.x % 32;
     const bool issues = !(S::kPaged || S::kVarlen) || lane == 0;   // paged: the warp looks up, lane 0 copies
-    constexpr bool kGather = S::kPaged && !S::kPageTiles;              // (the warp copies: gather_tile)
+    constexpr bool kGather = gathers_rows<S>();   // (the warp copies: gather_tile)
     if (issues) {
         if (LOADS_K) {
             prefetch_tensor_map(&p.q);
