@@ -20,7 +20,7 @@ import flashcore_cupy as fc
 from flashcore_cupy import api, loader, workload
 from flashcore_cupy.launch import ParamBlock
 from flashcore_cupy.shapes import parse_shape
-from flashcore_cupy.timing import time_graph_replay, time_latency
+from flashcore_cupy.timing import time_graph_replay, time_latency, time_throughput
 from flashcore_cupy.workload import random_inputs
 
 BATCH, BATCHES = 100, 30
@@ -44,6 +44,22 @@ def host_us(fn) -> float:
 def graph_us(fn, calls: int = 20) -> float:
     """Kernel time alone: `calls` launches captured in a graph, replayed, per call."""
     return time_graph_replay(fn, calls=calls).p50
+
+
+def graph_each_us(fn) -> tuple[float, float]:
+    """(GPU us, host us) per replay of a graph holding one launch of fn, the graph replayed
+    back to back (the benchmark's graph mode): the floor a replayed call cannot go under, and
+    what the host takes to issue one replay."""
+    stream = cupy.cuda.Stream(non_blocking=True)
+    with stream:
+        fn()
+        stream.synchronize()
+        stream.begin_capture()
+        fn()
+        graph = stream.end_capture()
+        gpu = time_throughput(lambda i: graph.launch(stream), 50, calls=20).p50
+        host = host_us(lambda: graph.launch(stream))
+    return gpu, host
 
 
 _CLOCK_SRC = r"""
@@ -179,6 +195,11 @@ def main():
         launch(*sets[turn[0] % len(sets)], out, None)
     print(f"  {'  inputs in turn':<24} {graph_us(rotate, calls=2 * len(sets)):7.2f} us")
     print(f"  SM clock after the replays: {sm_clock_mhz():.0f} MHz")
+    print("\none launch a graph, graphs replayed back to back (bench's graph mode; GPU / host us a replay):")
+    for name, fn in (("empty kernel", lambda: empty((1,), (32,), ())),
+                     (str(launch.config), lambda: launch(q, k, v, out, None))):
+        gpu, host = graph_each_us(fn)
+        print(f"  {name:<24} {gpu:7.2f} / {host:5.2f} us")
     kernel_by_size()
     for backend in ("sm80",):
         fc.attention(q, k, v, out=out, backend=backend)
