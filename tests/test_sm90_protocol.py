@@ -1,6 +1,6 @@
 """A CPU model of the Hopper kernel's synchronisation (kernels/flash_fwd_sm90.cu): one
 CTA's producers (one thread for Q, K and V, or one for Q and K and one for V), their
-TMA copies (landing in any order) and consumers as coroutines over the same mbarriers (Q full/empty, the K/V
+TMA copies or a gathered slot's 32 lane copies (landing in any order) and consumers as coroutines over the same mbarriers (Q full/empty, the K/V
 ring, the dynamic deal's item slots) and ping-pong named barriers, run in random interleavings. It checks the protocol, not the kernel: a change to the kernel's
 waits, releases or turns belongs here too. It reproduces the deadlock of the first
 idle-consumer order (every skipped key tile released before any turn), and the parity
@@ -22,7 +22,8 @@ class Mbarrier:
             self.arrived, self.phases = 0, self.phases + 1
 
 
-def cta(consumers, stages, pingpong, items, skip_per_turn=True, split=False, producers=1, dynamic=False):
+def cta(consumers, stages, pingpong, items, skip_per_turn=True, split=False, producers=1, dynamic=False,
+        copies=1, full_count=None):
     """Coroutines of one CTA. items: per work item (n_blocks, per-consumer key tiles)
     where a consumer's count is None when it has no rows in the item. skip_per_turn=False
     is the first version's order for skipped tiles (all released, then the turns).
@@ -32,10 +33,15 @@ def cta(consumers, stages, pingpong, items, skip_per_turn=True, split=False, pro
     publishes item n's successor once it has issued item n's copies (slot n % 2, after the
     consumers took the slot's previous item), every consumer takes it when item n ends; the
     last one published is past the items (where the kernel's loops stop). (The slot's empty wait
-    is insurance: Q's release already keeps the producer within an item of every consumer.)"""
+    is insurance: Q's release already keeps the producer within an item of every consumer.)
+    copies: a K/V slot's copies that arrive on its full barrier one by one as they land (a
+    gathered paged cache: each lane of the producer's warp, cp.async.mbarrier.arrive.noinc),
+    full_count the barrier's expected arrivals (default: copies, as the kernel initialises it).
+    A consumer past a full wait checks that none of the slot's copies is still in flight."""
     users = 1 if split else consumers
     q_full, q_empty = Mbarrier(1), Mbarrier(consumers)
-    k_full, v_full = [Mbarrier(1) for _ in range(stages)], [Mbarrier(1) for _ in range(stages)]
+    full_count = copies if full_count is None else full_count
+    k_full, v_full = ([Mbarrier(full_count) for _ in range(stages)] for _ in range(2))
     k_empty = [Mbarrier(users) for _ in range(stages)]
     v_empty = [Mbarrier(users) for _ in range(stages)]
     arrivals, syncs = [0] * consumers, [0] * consumers   # named barrier 1 + c
@@ -49,6 +55,7 @@ def cta(consumers, stages, pingpong, items, skip_per_turn=True, split=False, pro
         while bar.phases <= phase:
             yield
         assert bar.phases == phase + 1, "a waiter saw two phases go by (parity aliasing)"
+        assert bar not in in_flight, "a slot's wait ended with copies of it still in flight"
 
     def ring(it):
         return it % stages, it // stages
@@ -69,7 +76,7 @@ def cta(consumers, stages, pingpong, items, skip_per_turn=True, split=False, pro
                         slot, use = ring(it + t)
                         if it + t >= stages:
                             yield from wait(empty[slot], use - 1)
-                        in_flight.append(full[slot])
+                        in_flight.extend([full[slot]] * copies)
             it += n_blocks
             if dynamic and loads_k:   # publish the next item (ItemSlots.publish)
                 if n >= 2:
@@ -241,3 +248,19 @@ def test_releasing_skipped_tiles_before_the_turns_deadlocks():
     assert runs_to_the_end(cta(2, 2, True, items), random.Random(0))
     assert not runs_to_the_end(cta(2, 2, True, items, skip_per_turn=False), random.Random(0),
                                patience=2000)
+
+
+@pytest.mark.parametrize("producers", [1, 2])
+@pytest.mark.parametrize("consumers, stages, pingpong", [(2, 2, True), (1, 2, False), (2, 3, True)])
+def test_gathered_slots_wait_for_every_lane(consumers, stages, pingpong, producers):
+    """A gathered paged cache: each of a slot's 32 lane copies arrives on its full barrier as it
+    lands, on a barrier that expects 32; with one expected arrival (TMA's count) a consumer
+    would read the slot after the first lane's copies, or its phases run ahead of the waits."""
+    for seed in range(50):
+        rng = random.Random(seed)
+        items = random_items(rng, consumers)
+        assert runs_to_the_end(cta(consumers, stages, pingpong, items, producers=producers, copies=32), rng), items
+    items = [(3, [3] * consumers)]
+    with pytest.raises(AssertionError, match="still in flight|phases? (go by|two ahead)"):
+        runs_to_the_end(cta(consumers, stages, pingpong, items, producers=producers, copies=32, full_count=1),
+                        random.Random(0))
