@@ -1,18 +1,21 @@
 #!/usr/bin/env bash
-# One device call for branch gpu-pending's CPU-checked work (varlen's dynamic deal and variants on
-# Hopper, the Hopper backward at D96 / D256, the Hopper KV cache's speculative rows and gathered
-# pages, ALiBi's 192-key tiles): its GPU tests, the rows each change is meant to move side by side with the
-# peers, and compute-sanitizer on sanitize_case.py (which runs the new paths). Logs go to $OUT.
+# One device call for the work landed in v42 on GPU tests alone, not yet timed (varlen's dynamic
+# deal and variants on Hopper, the Hopper backward at D96 / D256, the Hopper KV cache's
+# speculative rows and gathered pages, ALiBi's 192-key tiles): its GPU tests, the rows each
+# change is meant to move side by side with the peers, the gather probe, and compute-sanitizer on
+# sanitize_case.py (its sections run the new paths). Logs go to $OUT.
 # Usage on the device machine, from the repository root:  bash scripts/dev/pending_run.sh
-# PYTEST=0 / BENCH=0 / SANITIZE=0 skip those steps; PYTEST_FILES replaces the test files. On a bare
-# machine the tests' compiles take most of a 10-minute call: run it as two calls there,
-# BENCH=0 first (tests and sanitizers), then PYTEST=0 SANITIZE=0 (the rows and the probe).
+# PYTEST=0 / BENCH=0 / SANITIZE=0 skip those steps; PYTEST_FILES replaces the test files. Each
+# step alone fits a 10-minute call on a bare machine, not two: run one a call (BENCH=0
+# SANITIZE=0, then PYTEST=0 BENCH=0, then PYTEST=0 SANITIZE=0). v42 call1 (tests and sanitizers
+# in one call) ran out of time in the tests (330 s) and in racecheck (90 s): hence the longer
+# timeouts, and racecheck on the new paths' sections only.
 set -uo pipefail
 source "$(dirname "$0")/../steps.sh"
 export FLASHCORE_REQUIRE_GPU=1
 step device.txt nvidia-smi --query-gpu=name,driver_version,clocks.sm --format=csv
 if [ "${PYTEST:-1}" = 1 ]; then
-  step pytest.txt timeout 330 python3 -m pytest ${PYTEST_FILES:-tests/test_varlen_gpu.py tests/test_backward_gpu.py \
+  step pytest.txt timeout 400 python3 -m pytest ${PYTEST_FILES:-tests/test_varlen_gpu.py tests/test_backward_gpu.py \
     tests/test_kvcache_gpu.py tests/test_sm90_protocol.py tests/test_distributed_gpu.py} -q -rs -p no:cacheprovider
 fi
 if [ "${BENCH:-1}" = 1 ]; then
@@ -32,9 +35,11 @@ if [ "${BENCH:-1}" = 1 ]; then
   done
 fi
 if [ "${SANITIZE:-1}" = 1 ]; then
-  for tool in memcheck racecheck synccheck; do
-    step sanitizer.txt timeout 90 compute-sanitizer --tool $tool --error-exitcode 3 python3 scripts/sanitize_case.py
+  for tool in memcheck synccheck; do
+    step sanitizer.txt timeout 120 compute-sanitizer --tool $tool --error-exitcode 3 python3 scripts/sanitize_case.py
   done
+  step sanitizer.txt timeout 150 compute-sanitizer --tool racecheck --error-exitcode 3 python3 scripts/sanitize_case.py \
+    backward varlen paged
 fi
 echo "pending_run exit status: $status"
 exit $status
