@@ -23,6 +23,13 @@ rng = np.random.default_rng()
 backends = ["sm80"] + (["sm90", "auto"] if api.device_info(0).arch == configs.SM90_ARCH else [])
 
 
+def checked(label, out, ref) -> bool:
+    """Prints out's error against ref; whether it is within fp16's tolerance (whole and worst row)."""
+    err, row = reference.rel_error(out, ref), reference.row_rel_error(out, ref)
+    print(f"{label}: rel err {err:.2e}, worst row {row:.2e}")
+    return workload.within_tolerance("fp16", err, row)
+
+
 def dense():
     ok = True
     for backend in backends:
@@ -33,10 +40,8 @@ def dense():
                 v = cupy.asarray(rng.standard_normal((2, 1, sk, dv)).astype(np.float16))
                 out, lse = fc.attention(q, k, v, causal=causal, return_lse=True, backend=backend)
                 cupy.cuda.get_current_stream().synchronize()
-                ref = reference.attention(q, k, v, causal=causal)
-                err, row = reference.rel_error(out, ref), reference.row_rel_error(out, ref)
-                print(f"{backend} causal={causal} D={d} Dv={dv} {sq}x{sk}: rel err {err:.2e}, worst row {row:.2e}")
-                ok &= workload.within_tolerance("fp16", err, row)
+                ok &= checked(f"{backend} causal={causal} D={d} Dv={dv} {sq}x{sk}", out,
+                              reference.attention(q, k, v, causal=causal))
     return ok
 
 
@@ -59,10 +64,8 @@ def variants():
             backend = kernel if kernel in ("sm80", "auto") else "auto"
             out = fc.plan(q, k, v, config=config, backend=backend, **opts, **arrays).run(q, k, v, **arrays)
             cupy.cuda.get_current_stream().synchronize()
-            ref = reference.attention(q, k, v, **opts, **arrays)
-            err, row = reference.rel_error(out, ref), reference.row_rel_error(out, ref)
-            print(f"variant ({kernel}) bias {np.dtype(bias_dtype)} {sq}x{sk}: rel err {err:.2e}, worst row {row:.2e}")
-            ok &= workload.within_tolerance("fp16", err, row)
+            ok &= checked(f"variant ({kernel}) bias {np.dtype(bias_dtype)} {sq}x{sk}", out,
+                          reference.attention(q, k, v, **opts, **arrays))
     return ok
 
 
