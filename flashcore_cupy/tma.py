@@ -7,13 +7,16 @@ a 128-wide head dim takes two boxes. The driver is reached through ctypes on
 libcuda, which every CUDA installation has, so this adds no dependency.
 
 `map_spec` and `unsupported_reason` are pure (tested on CPU); `encode_maps`
-needs the driver.
+needs the driver. The driver's encode costs ~8 us a map through ctypes (v26: a call on
+arrays at new addresses paid ~25 us for its three), so each spec's map is encoded once and
+later maps of it are that map re-aimed (`cuTensorMapReplaceAddress`).
 """
 
 from __future__ import annotations
 
 import ctypes
 import functools
+import threading
 from typing import NamedTuple
 
 import numpy as np
@@ -85,12 +88,47 @@ def _geometry(spec: MapSpec) -> tuple:
     return _U64X4(*spec.dims), _U64X3(*spec.strides), _U32X4(*spec.box)
 
 
+@functools.cache
+def _replace():
+    """cuTensorMapReplaceAddress (the driver's way to re-aim an encoded map at another global
+    address, CUDA 12.0+), or None where the driver has no such entry point."""
+    try:
+        replace = ctypes.CDLL("libcuda.so.1").cuTensorMapReplaceAddress
+    except (OSError, AttributeError):   # (no driver: the encode says so)
+        return None
+    replace.restype = ctypes.c_int
+    replace.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+    return replace
+
+
+# (dtype, spec) -> the map the driver encoded for it (at some address), the oldest evicted
+# past _TEMPLATE_LIMIT: a map of the same geometry elsewhere is this one re-aimed.
+_templates: dict[tuple[str, MapSpec], bytes] = {}
+_TEMPLATE_LIMIT = 4096
+_templates_lock = threading.Lock()
+
+
 def encode_maps(dest: np.ndarray, dtype: str, specs: tuple[MapSpec, ...], ptrs: tuple[int, ...]) -> None:
     """Encode the tensor maps of `specs` aimed at `ptrs` back to back into `dest`
-    (uint8, 64-byte aligned: the head of a kernel's by-value parameter block)."""
+    (uint8, 64-byte aligned: the head of a kernel's by-value parameter block): a spec's
+    first map by the driver's encode, the next ones as a copy of it re-aimed (`_replace`;
+    the driver's encode where that fails, which raises on an address it refuses)."""
     assert dest.ctypes.data % MAP_ALIGN == 0 and dest.size >= len(specs) * MAP_BYTES
+    base = dest.ctypes.data
+    replace = _replace()
     for i, (spec, ptr) in enumerate(zip(specs, ptrs)):
-        rc = _encode()(dest.ctypes.data + i * MAP_BYTES, _DATA_TYPE[dtype], 4, ptr, *_geometry(spec),
+        at = base + i * MAP_BYTES
+        template = _templates.get((dtype, spec)) if replace is not None else None
+        if template is not None:
+            ctypes.memmove(at, template, MAP_BYTES)
+            if replace(at, ptr) == 0:
+                continue
+        rc = _encode()(at, _DATA_TYPE[dtype], 4, ptr, *_geometry(spec),
                        _UNIT_STEPS, _INTERLEAVE_NONE, _SWIZZLE_128B, _L2_PROMOTION_256B, _OOB_FILL_ZEROS)
         if rc != 0:
             raise RuntimeError(f"cuTensorMapEncodeTiled({spec}) failed with CUresult {rc}")
+        if replace is not None and template is None:
+            with _templates_lock:
+                if len(_templates) >= _TEMPLATE_LIMIT:
+                    del _templates[next(iter(_templates))]   # the oldest
+                _templates[(dtype, spec)] = ctypes.string_at(at, MAP_BYTES)

@@ -1,7 +1,8 @@
 """Where one mission-shape call's latency goes, on the device: kernel time alone (CUDA
 graph replay, no host in the loop), the host time of each layer of a call, and the
 event-measured latency (GPU idle, events around one call) of launch paths from an
-empty kernel up to `attention(q, k, v)`; the SM clock after the latency samples and after
+empty kernel up to `attention(q, k, v)`, on arrays seen before and at new addresses (the
+tensor maps' encode, driver's against re-aimed); the SM clock after the latency samples and after
 the replays (a spin timed by the global timer); the kernel alone for mission-like sizes
 (fewer keys, one CTA, more heads), which separates its fixed cost from the key loop.
 
@@ -17,8 +18,8 @@ import numpy as np
 from cupy_backends.cuda.api import driver
 
 import flashcore_cupy as fc
-from flashcore_cupy import api, loader, workload
-from flashcore_cupy.launch import ParamBlock
+from flashcore_cupy import api, loader, tma, workload
+from flashcore_cupy.launch import _MAPS_PER_LAUNCH, ParamBlock
 from flashcore_cupy.shapes import parse_shape
 from flashcore_cupy.timing import time_graph_replay, time_latency, time_throughput
 from flashcore_cupy.workload import random_inputs
@@ -104,6 +105,30 @@ def kernel_by_size():
               f"{graph_us(lambda: launch(q, k, v, out, None)):7.2f} us")
 
 
+def fresh_views(x, count: int) -> list:
+    """`count` arrays of x's shape at distinct addresses (16 bytes apart in one buffer): each
+    call on the next is a call on arrays the launch has not seen (a training loop's activations)."""
+    buf = cupy.empty(x.size + 8 * count, x.dtype)
+    return [buf[8 * j:8 * j + x.size].reshape(x.shape) for j in range(count)]
+
+
+def encode_us(launch, sets) -> tuple[float, float]:
+    """Host us to encode a launch's three maps: the driver's encode each time, and a spec's
+    first map re-aimed (tma.encode_maps)."""
+    block, turn = ParamBlock(3 * tma.MAP_BYTES), [0]
+
+    def encode():
+        turn[0] += 1
+        q, k, v = sets[turn[0] % len(sets)]
+        tma.encode_maps(block.data, launch.config.dtype, launch.specs, (q.data.ptr, k.data.ptr, v.data.ptr))
+    replace, tma._replace = tma._replace, lambda: None
+    try:
+        direct = host_us(encode)
+    finally:
+        tma._replace = replace
+    return direct, host_us(encode)
+
+
 def main():
     shape = parse_shape("mission")
     rng = np.random.default_rng()
@@ -164,9 +189,12 @@ def main():
     for s in sets:
         fc.attention(*s)
     bench_fn = lambda q_, k_, v_: fc.attention(q_, k_, v_, causal=False)   # noqa: E731
+    # Arrays at new addresses every call: more of them than a launch keeps maps for.
+    fresh = list(zip(*(fresh_views(x, 2 * _MAPS_PER_LAUNCH) for x in (q, k, v))))
     rotating = {
         f"attention, {len(sets)} input sets in turn": lambda i: fc.attention(*sets[i % len(sets)]),
         "  the same through bench.py's lambdas": lambda i: bench_fn(*sets[i % len(sets)]),
+        "attention, arrays at new addresses": lambda i: fc.attention(*fresh[i % len(fresh)]),
     }
     print(f"\n{'path':<40} {'host us/call':>12} {'latency p50':>12} {'p90':>8}")
     for name, fn in pieces.items():
@@ -184,6 +212,8 @@ def main():
         lat = time_latency(fn, 200)
         print(f"{name:<40} {host_us(step):12.2f} {lat.p50:12.2f} {lat.p90:8.2f}")
 
+    direct, reaimed = encode_us(launch, fresh)
+    print(f"three maps at new addresses: driver's encode {direct:.2f} us, re-aimed {reaimed:.2f} us")
     print(f"SM clock after the latency samples: {sm_clock_mhz():.0f} MHz")
     print("\nkernel alone (graph replay, per launch):")
     print(f"  empty kernel             {graph_us(lambda: empty((1,), (32,), ())):7.2f} us")

@@ -483,6 +483,39 @@ def test_auto_dispatch_takes_the_hopper_kernel_where_it_fills_the_gpu(rng):
         fc.attention(q, k, v, backend="sm90")
 
 
+def test_maps_reaimed_at_new_addresses_are_the_drivers_own(rng, monkeypatch):
+    """tma.encode_maps re-aims a spec's first map at later addresses (cuTensorMapReplaceAddress):
+    byte for byte what the driver's encode gives there, for the q, k and v maps of both layouts
+    and of strided views; and calls on fresh arrays of one shape (their maps re-aimed) match
+    float64."""
+    import cupy
+
+    from flashcore_cupy import launch, tma
+
+    need_backend("sm90", 128)
+    assert tma._replace() is not None, "this driver has no cuTensorMapReplaceAddress"
+    qkv = _draw(rng, "bf16", (2, 300, 3, 4, 128))
+    for layout, (q, k, v) in (("bhsd", make_inputs(rng, "bf16", 128, "bhsd", (2, 8, 2), (300, 500))),
+                              ("bshd", (qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]))):
+        plan = fc.plan(q, k, v, layout=layout, backend="sm90")
+        specs = plan.launch.specs
+        first, again = (launch.ParamBlock(3 * tma.MAP_BYTES) for _ in range(2))
+        tma.encode_maps(first.data, "bf16", specs, (q.data.ptr, k.data.ptr, v.data.ptr))
+        for q2, k2, v2 in ((k, v, q), (q[:, 1:], k[:, 1:], v[:, 1:]) if layout == "bhsd" else (q, q, q)):
+            ptrs = (q2.data.ptr, k2.data.ptr, v2.data.ptr)
+            tma.encode_maps(again.data, "bf16", specs, ptrs)   # re-aimed
+            reaimed = again.data.copy()
+            with monkeypatch.context() as m:
+                m.setattr(tma, "_replace", lambda: None)   # the driver's encode itself
+                tma.encode_maps(again.data, "bf16", specs, ptrs)
+            assert (again.data == reaimed).all(), f"{layout}: a re-aimed map differs from the encode"
+    for _ in range(3):   # fresh arrays, the earlier ones still held: new addresses each time
+        q, k, v = make_inputs(rng, "fp16", 128, "bhsd", (1, 4, 4), (200, 333))
+        out = cupy.full(q.shape, np.nan, q.dtype)
+        fc.attention(q, k, v, causal=True, out=out, backend="sm90")
+        assert_close(out, reference.attention(q, k, v, causal=True), "fp16", "fresh arrays:")
+
+
 @pytest.mark.parametrize("backend", ["sm80", "sm90"])
 def test_a_plan_is_what_attention_runs(rng, backend):
     """fc.plan: the Plan attention made for these arrays (the same object), whose run writes the

@@ -1,6 +1,8 @@
 """The Hopper path's host side: configs, dispatch, tensor-map geometry, generated header (CPU)."""
 
+import ctypes
 import dataclasses
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -119,6 +121,7 @@ def test_encode_maps_passes_each_spec_to_the_driver(monkeypatch):
         return 0 if ptr else 1
 
     monkeypatch.setattr(tma, "_encode", lambda: driver)
+    monkeypatch.setattr(tma, "_replace", lambda: None)   # a driver without it: every map encoded
     q, k, _ = launch.sm90_map_specs(problem((2, 8, 100, 128), (2, 2, 80, 128)), configs.sm90_config("bf16", 128))
     block = launch.ParamBlock(params.FWD_SM90.size)
     for _ in range(2):
@@ -129,6 +132,52 @@ def test_encode_maps_passes_each_spec_to_the_driver(monkeypatch):
     assert calls[2:] == calls[:2] and tma._geometry(q) is tma._geometry(q)
     with pytest.raises(RuntimeError, match="cuTensorMapEncodeTiled.*failed with CUresult 1"):
         tma.encode_maps(block.data, "bf16", (q,), (0,))
+
+
+def test_encode_maps_reaims_a_specs_first_map(monkeypatch):
+    """A spec's first map is the driver's encode; a later one (any block) is that map copied and
+    re-aimed by cuTensorMapReplaceAddress, byte for byte what an encode at the new address gives;
+    where the re-aim fails the encode runs (and raises on an address it refuses too); past the
+    limit the oldest spec's map is dropped. The fake driver writes a map as its fields."""
+    encodes, replaces = [], []
+    layout = struct.Struct("<QQ4Q3Q4I")   # ptr, dtype, dims, strides, box
+
+    def encode(dest, dtype, rank, ptr, dims, strides, box, steps, *modes):
+        encodes.append((dest, ptr))
+        ctypes.memmove(dest, layout.pack(ptr, dtype, *dims, *strides, *box), layout.size)
+        return 0 if ptr % 16 == 0 else 1
+
+    def replace(dest, ptr):
+        replaces.append((dest, ptr))
+        if ptr % 16:
+            return 1
+        ctypes.memmove(dest, struct.pack("<Q", ptr), 8)
+        return 0
+
+    monkeypatch.setattr(tma, "_encode", lambda: encode)
+    monkeypatch.setattr(tma, "_replace", lambda: replace)
+    monkeypatch.setattr(tma, "_templates", {})
+    q, k, _ = launch.sm90_map_specs(problem((2, 8, 100, 128), (2, 2, 80, 128)), configs.sm90_config("bf16", 128))
+    first, second = (launch.ParamBlock(params.FWD_SM90.size) for _ in range(2))
+    tma.encode_maps(first.data, "bf16", (q, k), (1 << 20, 2 << 20))
+    assert [p for _, p in encodes] == [1 << 20, 2 << 20] and not replaces
+    tma.encode_maps(second.data, "bf16", (q, k), (3 << 20, 4 << 20))
+    at = second.data.ctypes.data
+    assert len(encodes) == 2 and replaces == [(at, 3 << 20), (at + tma.MAP_BYTES, 4 << 20)]
+    reaimed = second.data[:2 * tma.MAP_BYTES].copy()
+    monkeypatch.setattr(tma, "_replace", lambda: None)   # the same maps encoded directly
+    tma.encode_maps(second.data, "bf16", (q, k), (3 << 20, 4 << 20))
+    assert (second.data[:2 * tma.MAP_BYTES] == reaimed).all()
+    assert layout.unpack_from(reaimed.tobytes())[:2] == (3 << 20, 9)
+
+    monkeypatch.setattr(tma, "_replace", lambda: replace)
+    with pytest.raises(RuntimeError, match=r"cuTensorMapEncodeTiled\(MapSpec.*failed with CUresult 1"):
+        tma.encode_maps(second.data, "bf16", (q,), ((5 << 20) + 8,))
+    assert replaces[-1] == (at, (5 << 20) + 8) and encodes[-1] == (at, (5 << 20) + 8)
+    monkeypatch.setattr(tma, "_TEMPLATE_LIMIT", 2)
+    other = launch.sm90_map_specs(problem((2, 8, 64, 128), (2, 2, 80, 128)), configs.sm90_config("bf16", 128))[0]
+    tma.encode_maps(first.data, "bf16", (other,), (1 << 20,))
+    assert list(tma._templates) == [("bf16", k), ("bf16", other)]
 
 
 def test_map_specs_follow_both_layouts():
