@@ -113,8 +113,8 @@ def encode_maps(dest: np.ndarray, dtype: str, specs: tuple[MapSpec, ...], ptrs: 
     (uint8, 64-byte aligned: the head of a kernel's by-value parameter block): a spec's
     first map by the driver's encode, the next ones as a copy of it re-aimed (`_replace`;
     the driver's encode where that fails, which raises on an address it refuses)."""
-    assert dest.ctypes.data % MAP_ALIGN == 0 and dest.size >= len(specs) * MAP_BYTES
     base = dest.ctypes.data
+    assert base % MAP_ALIGN == 0 and dest.size >= len(specs) * MAP_BYTES
     replace = _replace()
     for i, (spec, ptr) in enumerate(zip(specs, ptrs)):
         at = base + i * MAP_BYTES

@@ -204,8 +204,8 @@ def test_step_launches_pack_their_scalars_once_and_addresses_per_call(monkeypatc
             assert launched[-1][0] == 1234 and launched[-1][1:4] == grid and launched[-1][8] == 77
 
 
-def test_hopper_launch_packs_scalars_per_block_and_addresses_per_call(monkeypatch):
-    """Sm90BwdLaunch: a block per maps' addresses with the scalars packed when it is made; each
+def test_hopper_launch_copies_its_scalars_into_each_block_and_packs_addresses_per_call(monkeypatch):
+    """Sm90BwdLaunch: a block per maps' addresses with the scalars (packed once) copied in; each
     call writes the other addresses (POINTERS, in the schema's order) over the last call's."""
     from flashcore_cupy import launch, params
 
@@ -223,7 +223,11 @@ def test_hopper_launch_packs_scalars_per_block_and_addresses_per_call(monkeypatc
         values = dict(zip(schema.names[first:], schema.run("lse")[1].unpack_from(block.data, schema.offsets["lse"])))
         assert values["lse"] == lse and values["dk"] == 0x300 + call and values["delta"] == 0
         assert values["seqlen_q"] == 7 and values["scale"] == 7.0
-    assert encoded == [(1, 2, 3, 4)] and len(launched) == 2 and launched[-1][0] == 99
+    run.start((5, 6, 7, 8), dict(lse=0x400), stream=5)   # a second block: the same scalars
+    block = run._blocks[(5, 6, 7, 8)]
+    values = dict(zip(schema.names[first:], schema.run("lse")[1].unpack_from(block.data, schema.offsets["lse"])))
+    assert values["lse"] == 0x400 and values["dk"] == 0 and values["seqlen_q"] == 7 and values["scale"] == 7.0
+    assert encoded == [(1, 2, 3, 4), (5, 6, 7, 8)] and len(launched) == 3 and launched[-1][0] == 99
 
 
 def test_portable_launch_packs_scalars_once_and_addresses_per_call(monkeypatch):
