@@ -14,6 +14,9 @@
 //                             (Variant::kDescending in variant.cuh; ablate_sm90.py)
 //   FLASHCORE_DYNAMIC         the Hopper forward's persistent CTAs take their next tile from a
 //                             counter (sm90_scheduler.cuh; scripts/dev/schedule_probe.py)
+//   FLASHCORE_ALIBI_LINEAR    candidate: the Hopper forward's causal ALiBi scores one FFMA each,
+//                             key-linear, the row terms in the softmax's frame (variant.cuh's
+//                             LINEAR, softmax.cuh's SHIFTED; ablate_sm90.py)
 #pragma once
 
 #define FC_TRACE_POINTS 24

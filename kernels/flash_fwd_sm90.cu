@@ -305,6 +305,13 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
             }
         }
         const float softmax_scale = V::kPlain ? p.scale_log2 : mod.units;
+        // Candidate (-DFLASHCORE_ALIBI_LINEAR, v43): a causal ALiBi's scores one FFMA each, key-linear
+        // (variant_scores' LINEAR) in a frame per row that the softmax takes in (SHIFTED).
+#if defined(FLASHCORE_ALIBI_LINEAR) && !defined(FLASHCORE_ABLATE_NO_SOFTMAX)
+        const bool alibi_linear = V::kAlibi && mod.win_right == 0;
+#else
+        constexpr bool alibi_linear = false;
+#endif
         auto softmax_tile = [&](int j, bool first = false) {
             const int key0 = w.key_tile<V>(j) * BLOCK_N;
             if constexpr (V::kPlain) {
@@ -324,13 +331,27 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
                 const int own = SPLIT ? (j - consumer) / CONSUMERS : j;   // this consumer's own-th tile
                 const int slot = own % kBiasSlots;
                 if constexpr (V::kBias != 0) stage.wait();
-                variant_scores<V, 1, BLOCK_N / 8, H>(s, mod, stage.reader(slot), needs_mask, w_row0, key0, lane);
+                if constexpr (V::kAlibi) {
+                    using Reader = decltype(stage.reader(slot));
+                    if (alibi_linear)
+                        variant_scores<V, 1, BLOCK_N / 8, H, Reader, false, true>(s, mod, stage.reader(slot), needs_mask,
+                                                                                 w_row0, key0, lane);
+                }
+                if (!alibi_linear)
+                    variant_scores<V, 1, BLOCK_N / 8, H>(s, mod, stage.reader(slot), needs_mask, w_row0, key0, lane);
                 if constexpr (V::kBias != 0) {
                     __syncwarp();   // every lane has read the slot: it may be refilled
                     if (own + kBiasSlots < my_blocks)
                         stage.load(slot, mod, w_row0, w.key_tile<V>(tile(own + kBiasSlots)) * BLOCK_N, lane);
                     else if (kBiasSlots == 2)
                         stage.skip();
+                }
+                if (alibi_linear) {   // (its softmax takes the row terms the scores left out)
+                    float shift[2];
+                    alibi_shift<H>(shift, mod, w_row0, key0, lane);
+                    if (first) seed_max<BLOCK_N / 8, H, true>(s, m, softmax_scale, shift);
+                    softmax_update_lazy<T, BLOCK_N / 8, H, true>(s, a, m, l, alpha, softmax_scale, shift);
+                    return;
                 }
             }
             if (first) seed_max<BLOCK_N / 8, H>(s, m, softmax_scale);

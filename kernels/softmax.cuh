@@ -53,13 +53,19 @@ __device__ __forceinline__ void scale_and_mask(float (&s)[M_TILES][N_TILES][4], 
 // was left out (positive), else 1 (S already scaled).
 __device__ __forceinline__ float exp2_fold(float scale_log2) { return scale_log2 > 0.f ? scale_log2 : 1.f; }
 
+// SHIFTED (one row block, M_TILES = 1): the scores stand in a frame of their own per thread and
+// row, shift[half] (scaled log2 units) below their values: a score's exponent is s * fold +
+// shift[half] (a causal ALiBi's key-linear scores: variant_scores' LINEAR). m, l and P are as
+// without a shift; only the row maxima and the exponentials' bases take it in.
+//
 // Online softmax, first half: update (m, l) (m in scaled log2 units), turn S
 // (from scale_and_mask) into P in place, and return in alpha the factor
 // exp2(m_old - m_new) by which each row of O must shrink.
-template <int M_TILES, int N_TILES, int HALVES = 2>
+template <int M_TILES, int N_TILES, int HALVES = 2, bool SHIFTED = false>
 __device__ __forceinline__ void softmax_update(float (&s)[M_TILES][N_TILES][4], float (&m)[M_TILES][2],
                                                float (&l)[M_TILES][2], float (&alpha)[M_TILES][2],
-                                               float scale_log2) {
+                                               float scale_log2, const float* shift = nullptr) {
+    static_assert(!SHIFTED || M_TILES == 1, "SHIFTED: one row block");
     const float fold = exp2_fold(scale_log2);
     #pragma unroll
     for (int mt = 0; mt < M_TILES; ++mt)
@@ -69,7 +75,9 @@ __device__ __forceinline__ void softmax_update(float (&s)[M_TILES][N_TILES][4], 
             #pragma unroll
             for (int nt = 0; nt < N_TILES; ++nt)
                 row_max = fmaxf(row_max, fmaxf(s[mt][nt][2 * half], s[mt][nt][2 * half + 1]));
-            const float m_new = fmaxf(m[mt][half], quad_max(row_max) * fold);
+            // (shifted: each thread's maximum into the row's common frame before the quad's)
+            const float m_new = fmaxf(m[mt][half], SHIFTED ? quad_max(fmaf(row_max, fold, shift[half]))
+                                                           : quad_max(row_max) * fold);
             // A row with every key masked so far has m_new = -inf: subtract 0
             // instead, so that exp2 sees -inf - 0, never -inf - (-inf) = NaN.
             const float m_base = m_new == neg_inf() ? 0.f : m_new;
@@ -80,7 +88,7 @@ __device__ __forceinline__ void softmax_update(float (&s)[M_TILES][N_TILES][4], 
             for (int nt = 0; nt < N_TILES; ++nt)
                 #pragma unroll
                 for (int e = 2 * half; e < 2 * half + 2; ++e) {
-                    s[mt][nt][e] = FC_SCORE_EXP2(fmaf(s[mt][nt][e], fold, -m_base));
+                    s[mt][nt][e] = FC_SCORE_EXP2(fmaf(s[mt][nt][e], fold, SHIFTED ? shift[half] - m_base : -m_base));
                     row_sum += s[mt][nt][e];
                 }
             l[mt][half] = l[mt][half] * alpha[mt][half] + row_sum;   // per-lane partial; reduced at the end
@@ -110,12 +118,15 @@ __device__ __forceinline__ void pack_p(u32 (&a)[N_TILES / 2][4], const float (&s
 // allows (or n-tile 0 is masked: -inf), the lazy update redoes the tile exactly. The full
 // row maximum's chain (BLOCK_N / 8 dependent maxima, then the shuffles) held up the first
 // exponentials of every row block.
-template <int N_TILES, int HALVES = 2>
-__device__ __forceinline__ void seed_max(const float (&s)[1][N_TILES][4], float (&m)[1][2], float scale_log2) {
+template <int N_TILES, int HALVES = 2, bool SHIFTED = false>
+__device__ __forceinline__ void seed_max(const float (&s)[1][N_TILES][4], float (&m)[1][2], float scale_log2,
+                                         const float* shift = nullptr) {
     const float fold = exp2_fold(scale_log2);
     #pragma unroll
-    for (int half = 0; half < HALVES; ++half)
-        m[0][half] = quad_max(fmaxf(s[0][0][2 * half], s[0][0][2 * half + 1])) * fold;
+    for (int half = 0; half < HALVES; ++half) {
+        const float top = fmaxf(s[0][0][2 * half], s[0][0][2 * half + 1]);
+        m[0][half] = SHIFTED ? quad_max(fmaf(top, fold, shift[half])) : quad_max(top) * fold;
+    }
 }
 
 // The largest row sum (over one thread's part of a row) that softmax_update_lazy keeps:
@@ -130,14 +141,18 @@ constexpr float kLazySumLimit = 32768.f;
 // every such sum in the warp stays under kLazySumLimit (and no row without a key so far,
 // m = -inf, gets its first), m stays and alpha = 1 (O keeps its scale); otherwise the tile
 // is redone by softmax_update from S, which this leaves as scale_and_mask made it.
-template <class T, int N_TILES, int HALVES = 2>
+template <class T, int N_TILES, int HALVES = 2, bool SHIFTED = false>
 __device__ __forceinline__ void softmax_update_lazy(float (&s)[1][N_TILES][4], u32 (&a)[N_TILES / 2][4],
                                                     float (&m)[1][2], float (&l)[1][2],
-                                                    float (&alpha)[1][2], float scale_log2) {
+                                                    float (&alpha)[1][2], float scale_log2,
+                                                    const float* shift = nullptr) {
     const float fold = exp2_fold(scale_log2);
     float base[2], row_sum[2] = {0.f, 0.f};
     #pragma unroll
-    for (int half = 0; half < HALVES; ++half) base[half] = m[0][half] == neg_inf() ? 0.f : m[0][half];
+    for (int half = 0; half < HALVES; ++half) {   // (shifted: m in this thread's frame of the row)
+        base[half] = m[0][half] == neg_inf() ? 0.f : m[0][half];
+        if constexpr (SHIFTED) base[half] -= shift[half];
+    }
     #pragma unroll
     for (int nt = 0; nt < N_TILES; ++nt)
         #pragma unroll
@@ -156,7 +171,7 @@ __device__ __forceinline__ void softmax_update_lazy(float (&s)[1][N_TILES][4], u
     for (int half = 0; half < HALVES; ++half)   // a NaN sum fails both tests and stays NaN
         redo |= row_sum[half] > kLazySumLimit || (m[0][half] == neg_inf() && row_sum[half] > 0.f);
     if (__any_sync(0xffffffffu, redo)) {   // warp-uniform, like rescale_rows's skip
-        softmax_update<1, N_TILES, HALVES>(s, m, l, alpha, scale_log2);
+        softmax_update<1, N_TILES, HALVES, SHIFTED>(s, m, l, alpha, scale_log2, shift);
         pack_p<T, N_TILES, HALVES>(a, s[0]);
         return;
     }

@@ -367,10 +367,17 @@ struct BiasStage {
 // q . k to capped, ALiBi'd and biased scores, and with MASK (the tile is partial:
 // tile_partial) -inf where a key is hidden. bias: this tile's, fetched. PACKED (GQA-packed
 // tiles, no ALiBi or bias: kernels/sequence.cuh): row r holds query r / pack.
-template <class V, int M_TILES, int N_TILES, int HALVES, bool MASK, class Bias, bool PACKED = false>
+// LINEAR (ALiBi where no visible key lies past the diagonal: a window's right side 0, causal):
+// there -slope |i + off - j| is slope (j - key0) - slope dist0 (dist0 = i + off - key0, this
+// thread's first key key0), so a score takes slope * its key's offset from key0 (one FFMA with
+// a constant) and leaves out -slope dist0, the same for the thread's whole row of the tile:
+// alibi_shift gives it for the softmax's SHIFTED frame.
+template <class V, int M_TILES, int N_TILES, int HALVES, bool MASK, class Bias, bool PACKED = false,
+          bool LINEAR = false>
 __device__ __forceinline__ void variant_scores(float (&s)[M_TILES][N_TILES][4], const ScoreMod& m,
                                                const Bias& bias, int first_row, int first_key, int lane,
                                                int pack = 1) {
+    static_assert(!LINEAR || (V::kAlibi && !PACKED), "LINEAR: ALiBi's scores");
     if constexpr (!V::kSoftcap) {
         if (!(m.scale_log2 > 0.f)) {   // units 1: the scale goes in here (exp2_fold)
             #pragma unroll
@@ -400,7 +407,13 @@ __device__ __forceinline__ void variant_scores(float (&s)[M_TILES][N_TILES][4], 
                 for (int c = 0; c < 2; ++c) {
                     const int at = nt * 8 + c;
                     float x = s[mt][nt][2 * half + c];
-                    FC_SCORE_STEP(V, x, m, dist0 - static_cast<float>(at), bias.at(mt, half, nt, c));
+                    if constexpr (LINEAR) {   // FC_SCORE_STEP's, ALiBi less its row term
+                        if constexpr (V::kSoftcap) x = fast_tanh(x * m.cap_scale);
+                        x = fmaf(m.slope_units, static_cast<float>(at), x);
+                        if constexpr (V::kBias != 0) x = fmaf(bias.at(mt, half, nt, c), m.bias_units, x);
+                    } else {
+                        FC_SCORE_STEP(V, x, m, dist0 - static_cast<float>(at), bias.at(mt, half, nt, c));
+                    }
                     if constexpr (MASK) {
                         if (at >= hi || at < lo) x = neg_inf();
                     }
@@ -411,12 +424,26 @@ __device__ __forceinline__ void variant_scores(float (&s)[M_TILES][N_TILES][4], 
 
 // The score step for a tile: masked only where tile_partial says a key is hidden. bias: a
 // BiasFrag or a BiasStage (anything with at(mt, half, nt, c)).
-template <class V, int M_TILES, int N_TILES, int HALVES, class Bias, bool PACKED = false>
+template <class V, int M_TILES, int N_TILES, int HALVES, class Bias, bool PACKED = false, bool LINEAR = false>
 __device__ __forceinline__ void variant_scores(float (&s)[M_TILES][N_TILES][4], const ScoreMod& m,
                                                const Bias& bias, bool mask, int first_row, int first_key, int lane,
                                                int pack = 1) {
-    if (mask) variant_scores<V, M_TILES, N_TILES, HALVES, true, Bias, PACKED>(s, m, bias, first_row, first_key, lane, pack);
-    else variant_scores<V, M_TILES, N_TILES, HALVES, false, Bias, PACKED>(s, m, bias, first_row, first_key, lane, pack);
+    if (mask)
+        variant_scores<V, M_TILES, N_TILES, HALVES, true, Bias, PACKED, LINEAR>(s, m, bias, first_row, first_key, lane, pack);
+    else
+        variant_scores<V, M_TILES, N_TILES, HALVES, false, Bias, PACKED, LINEAR>(s, m, bias, first_row, first_key, lane, pack);
+}
+
+// What variant_scores<..., LINEAR> left out of the thread's rows (half: row first_row + lane / 4
+// + 8 half) of the tile at first_key, -slope dist0, in the softmax's scaled log2 units (its
+// SHIFTED frame: the units times ScoreMod.units, which softmax folds into its exp2).
+template <int HALVES>
+__device__ __forceinline__ void alibi_shift(float (&shift)[2], const ScoreMod& m, int first_row, int first_key,
+                                            int lane) {
+    #pragma unroll
+    for (int half = 0; half < HALVES; ++half)
+        shift[half] = -(m.slope_units * m.units) *
+                      static_cast<float>(first_row + lane / 4 + 8 * half + m.diag - first_key - 2 * (lane % 4));
 }
 
 }  // namespace fc

@@ -295,7 +295,7 @@ def test_ablation_builds_compile():
     from flashcore_cupy import loader
 
     variants = _script("ablate_sm90.py")["VARIANTS"]
-    assert variants[0][1] == () and len(variants) == 7
+    assert variants[0][1] == () and len(variants) == 8
     alibi = configs.variant_config(configs.sm90_config("fp16", 128), configs.KernelVariant(window=True, alibi=True))
     for _, defines in variants[1:]:
         for cfg in (configs.sm90_config("fp16", 64), configs.sm90_config("fp16", 128),

@@ -251,6 +251,47 @@ def test_hopper_variant_kernels_match_reference(rng, grid, d):
                 assert cupy.array_equal(first, out), what
 
 
+@pytest.mark.parametrize("grid", configs.SM90_GRIDS)
+def test_linear_alibi_candidate_matches_reference(rng, grid):
+    """The candidate build -DFLASHCORE_ALIBI_LINEAR (causal ALiBi's scores key-linear, the row
+    terms in the softmax's frame; ablate_sm90.py times it): causal, top-left and (L, 0) windows,
+    ALiBi alone and with every option, slopes up to 0.5 and up to 8 a head, ragged lengths with
+    Sq > Sk (rows that see no key: LSE -inf); and a window open on the right (the |i + off - j|
+    path of the same build). Outputs poisoned, LSE, the same bits twice."""
+    import cupy
+
+    import flashcore_cupy as fc
+    from flashcore_cupy import api
+
+    if api.device_info(0).arch != configs.SM90_ARCH:
+        pytest.skip("the Hopper kernel needs sm_90a")
+    cases = [(True, None, "alibi"), ("top_left", None, "alibi"), (True, (100, 0), "all"), (True, None, "all"),
+             (False, (40, 0), "alibi"), (False, (33, 70), "alibi"), (False, None, "alibi")]
+    for (causal, window, option), dtype, lengths in itertools.product(
+            cases, ("fp16", "bf16"), ((1, 1), (200, 77), (77, 300), (799, 1000), (1000, 799))):
+        heads = (2, 4, 2)
+        q, k, v = make_inputs(rng, dtype, 128, "bhsd", heads, lengths)
+        opts = _options(rng, option, dtype, heads, lengths, per_batch=True)
+        if rng.integers(2):
+            opts["alibi_slopes"] *= 16
+        arrays = {n: opts.pop(n) for n in ("alibi_slopes", "bias") if n in opts}
+        what = f"{grid} {dtype} causal={causal} window={window} {option} lengths {lengths}:"
+        out = cupy.full(q.shape, np.nan, dtype=q.dtype)
+        p = fc.plan(q, k, v, causal=causal, window=window, return_lse=True, out=out,
+                    config=configs.sm90_config(dtype, 128, grid), defines=("FLASHCORE_ALIBI_LINEAR",), **opts,
+                    **arrays)
+        _, lse = p.run(q, k, v, out=out, **arrays)
+        ref, ref_lse = reference.attention(q, k, v, causal=causal, window=window, return_lse=True, **opts, **arrays)
+        assert_close(out, ref, dtype, what)
+        lse = lse.get()
+        np.testing.assert_array_equal(np.isneginf(lse), np.isneginf(ref_lse), err_msg=what)
+        finite = np.isfinite(ref_lse)
+        np.testing.assert_allclose(lse[finite], ref_lse[finite], rtol=1e-3, atol=2e-3, err_msg=what)
+        first = out.copy()
+        p.run(q, k, v, out=out, **arrays)
+        assert cupy.array_equal(first, out), what
+
+
 SPLIT_CASES = [(False, None, "none"), (True, None, "none"), ("top_left", (100, 3), "all"), (True, (16, 0), "none"),
                (False, (-1, 40), "alibi"), (False, None, "bias32"), (True, None, "softcap")]
 

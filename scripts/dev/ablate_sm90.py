@@ -33,6 +33,8 @@ VARIANTS = [
     ("no S GEMM", ("FLASHCORE_ABLATE_NO_QK",)),
     ("schedule: no ping-pong turns", ("FLASHCORE_ABLATE_NO_TURNS",)),
     ("schedule: key tiles ascending", ("FLASHCORE_ABLATE_ASCENDING",)),   # only ALiBi's differ
+    # a candidate, not an ablation (right outputs): causal ALiBi's scores one FFMA each
+    ("candidate: ALiBi key-linear", ("FLASHCORE_ALIBI_LINEAR",)),
 ]
 _GRAPH_BELOW_US = 30   # kernels shorter than this are timed by CUDA-graph replay
 

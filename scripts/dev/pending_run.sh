@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # One device call for the work landed in v42 on GPU tests alone, not yet timed (varlen's dynamic
 # deal and variants on Hopper, the Hopper backward at D96 / D256, the Hopper KV cache's
-# speculative rows and gathered pages, ALiBi's 192-key tiles), and the tensor maps re-aimed at new
-# addresses (gpu-pending, tma.encode_maps): its GPU tests, the rows each
+# speculative rows and gathered pages, ALiBi's 192-key tiles), and gpu-pending's (the tensor maps
+# re-aimed at new addresses, tma.encode_maps; the ALiBi candidate -DFLASHCORE_ALIBI_LINEAR): its GPU tests, the rows each
 # change is meant to move side by side with the peers, the gather probe, and compute-sanitizer on
 # sanitize_case.py (its sections run the new paths). Logs go to $OUT.
 # Usage on the device machine, from the repository root:  bash scripts/dev/pending_run.sh
@@ -16,8 +16,8 @@ source "$(dirname "$0")/../steps.sh"
 export FLASHCORE_REQUIRE_GPU=1
 step device.txt nvidia-smi --query-gpu=name,driver_version,clocks.sm --format=csv
 if [ "${PYTEST:-1}" = 1 ]; then
-  step pytest.txt timeout 90 python3 -m pytest tests/test_attention_gpu.py -k "reaimed or plan_is or fresh" \
-    -q -rs -p no:cacheprovider
+  step pytest.txt timeout 150 python3 -m pytest tests/test_attention_gpu.py tests/test_variants_gpu.py \
+    -k "reaimed or plan_is or linear_alibi" -q -rs -p no:cacheprovider
   step pytest.txt timeout 400 python3 -m pytest ${PYTEST_FILES:-tests/test_varlen_gpu.py tests/test_backward_gpu.py \
     tests/test_kvcache_gpu.py tests/test_sm90_protocol.py tests/test_distributed_gpu.py} -q -rs -p no:cacheprovider
 fi
@@ -32,6 +32,10 @@ if [ "${BENCH:-1}" = 1 ]; then
     --impl flashcore_plain --impl sdpa_cudnn --out "$OUT/bench_alibi.json"
   step bench.txt timeout 90 python3 scripts/bench.py --shape paged1-decode-b8-h32kv8-s8k-d128 \
     --shape paged16-decode-b8-h32kv8-s8k-d128 --out "$OUT/bench_paged.json"
+  for dt in fp16 bf16; do   # the ALiBi candidate (-DFLASHCORE_ALIBI_LINEAR) beside the shipped kernel
+    step bench.txt timeout 90 python3 scripts/dev/ablate_sm90.py --shape alibi-b2-h16-s4k-d128-causal \
+      --dtype $dt --variant candidate
+  done
   step bench.txt timeout 150 python3 scripts/latency_probe.py   # arrays at new addresses; graph replay floor
   step bench.txt timeout 120 python3 scripts/dev/gather_probe.py --pages 1,3,8,16,64   # gathered pages against boxes
   for f in bench_inference bench_backward bench_alibi bench_paged; do
