@@ -1,18 +1,24 @@
 #!/usr/bin/env bash
-# One device call for the work landed in v42 on GPU tests alone, not yet timed (varlen's dynamic
+# The device steps for the work landed in v42 on GPU tests alone, not yet timed (varlen's dynamic
 # deal and variants on Hopper, the Hopper backward at D96 / D256, the Hopper KV cache's
-# speculative rows and gathered pages, ALiBi's 192-key tiles), and gpu-pending's (the tensor maps
-# re-aimed at new addresses, tma.encode_maps; the ALiBi candidate -DFLASHCORE_ALIBI_LINEAR): its GPU tests, the rows each
-# change is meant to move side by side with the peers, the gather probe, and compute-sanitizer on
-# sanitize_case.py (its sections run the new paths). Logs go to $OUT.
+# speculative rows and gathered pages, ALiBi's 192-key tiles), and for gpu-pending's (the tensor
+# maps re-aimed at new addresses, tma.encode_maps; the ALiBi candidate -DFLASHCORE_ALIBI_LINEAR):
+# their GPU tests, the rows each change is meant to move side by side with the peers, probes
+# (the candidate, host latency, gathered pages), and compute-sanitizer on sanitize_case.py (its
+# sections run the new paths). Logs go to $OUT.
 # Usage on the device machine, from the repository root:  bash scripts/dev/pending_run.sh
-# PYTEST=0 / BENCH=0 / SANITIZE=0 skip those steps; PYTEST_FILES replaces the test files. Each
-# step alone fits a 10-minute call on a bare machine, not two: run one a call (BENCH=0
-# SANITIZE=0, then PYTEST=0 BENCH=0, then PYTEST=0 SANITIZE=0). v42 call1 (tests and sanitizers
+# PYTEST=0 / BENCH=0 / PROBES=0 / SANITIZE=0 skip those steps; PYTEST_FILES replaces the test
+# files. Each step alone fits a 10-minute call on a bare machine, not two: run one a call
+# (ONLY=pytest, sanitize, bench or probes runs that step alone). v42 call1 (tests and sanitizers
 # in one call) ran out of time in the tests (330 s) and in racecheck (90 s): hence the longer
 # timeouts, and racecheck on the new paths' sections only.
 set -uo pipefail
 source "$(dirname "$0")/../steps.sh"
+if [ -n "${ONLY:-}" ]; then
+  PYTEST=0 BENCH=0 PROBES=0 SANITIZE=0
+  case "$ONLY" in pytest) PYTEST=1 ;; bench) BENCH=1 ;; probes) PROBES=1 ;; sanitize) SANITIZE=1 ;;
+    *) echo "ONLY: pytest, sanitize, bench or probes" >&2; exit 2 ;; esac
+fi
 export FLASHCORE_REQUIRE_GPU=1
 step device.txt nvidia-smi --query-gpu=name,driver_version,clocks.sm --format=csv
 if [ "${PYTEST:-1}" = 1 ]; then
@@ -32,15 +38,17 @@ if [ "${BENCH:-1}" = 1 ]; then
     --impl flashcore_plain --impl sdpa_cudnn --out "$OUT/bench_alibi.json"
   step bench.txt timeout 90 python3 scripts/bench.py --shape paged1-decode-b8-h32kv8-s8k-d128 \
     --shape paged16-decode-b8-h32kv8-s8k-d128 --out "$OUT/bench_paged.json"
-  for dt in fp16 bf16; do   # the ALiBi candidate (-DFLASHCORE_ALIBI_LINEAR) beside the shipped kernel
-    step bench.txt timeout 90 python3 scripts/dev/ablate_sm90.py --shape alibi-b2-h16-s4k-d128-causal \
-      --dtype $dt --variant candidate
-  done
-  step bench.txt timeout 150 python3 scripts/latency_probe.py   # arrays at new addresses; graph replay floor
-  step bench.txt timeout 120 python3 scripts/dev/gather_probe.py --pages 1,3,8,16,64   # gathered pages against boxes
   for f in bench_inference bench_backward bench_alibi bench_paged; do
     [ -f "$OUT/$f.json" ] && step bench.txt python3 scripts/report.py "$OUT/$f.json"
   done
+fi
+if [ "${PROBES:-1}" = 1 ]; then
+  for dt in fp16 bf16; do   # the ALiBi candidate (-DFLASHCORE_ALIBI_LINEAR) beside the shipped kernel
+    step probes.txt timeout 90 python3 scripts/dev/ablate_sm90.py --shape alibi-b2-h16-s4k-d128-causal \
+      --dtype $dt --variant candidate
+  done
+  step probes.txt timeout 150 python3 scripts/latency_probe.py   # arrays at new addresses; graph replay floor
+  step probes.txt timeout 120 python3 scripts/dev/gather_probe.py --pages 1,3,8,16,64   # gathered pages against boxes
 fi
 if [ "${SANITIZE:-1}" = 1 ]; then
   for tool in memcheck synccheck; do
