@@ -1,6 +1,6 @@
 """Time candidate tile configs of both kernels on a few shapes (throughput mode; kernels
 under 30 us by CUDA-graph replay, as back-to-back launches would time the host), beside
-SDPA's cuDNN backend when torch is there.
+SDPA's cuDNN backend when torch is there; a variant row with its options (top-left causal).
 
 Each candidate is validated against the float64 reference before it is timed.
 Usage: python3 scripts/tile_sweep.py [--family sm80|sm90|all] [--dtype fp16|bf16]
@@ -13,7 +13,7 @@ import json
 import cupy
 import numpy as np
 
-from flashcore_cupy import api
+from flashcore_cupy import api, bench
 from flashcore_cupy.bench import peer_call
 from flashcore_cupy.configs import Sm80FwdConfig, Sm90FwdConfig
 from flashcore_cupy.shapes import parse_shape
@@ -43,6 +43,11 @@ SM90 = {   # shape -> (block_n, stages, consumers, pingpong[, split[, producers[
     "1,4,1024,64": [(128, 4, 2, False, True), (128, 4, 2, False, True, 1, 8)],
     "1,2,2048,128": [(128, 2, 2, False, True, 2), (128, 2, 2, False, True, 2, 8)],
     "1,1,4096,64": [(128, 4, 2, False, True), (128, 4, 2, False, True, 1, 8)],
+    # short causal tiles, a CTA each (issue 22's top-left bar: 1.0x cuDNN; the held-out S1k causal row)
+    "topleft-b4-h16-sq1k-sk4k-d128-causal": [(128, 2, 2, True), (192, 2, 2, True), (176, 2, 2, True),
+                                             (128, 3, 2, True), (64, 4, 2, True)],
+    "held-b16-h12-s1k-d64-causal": [(128, 2, 3, True), (128, 2, 2, True), (192, 2, 2, True), (64, 4, 3, True),
+                                    (176, 2, 2, True)],
     "decode-b8-h32kv8-s8k-d128": [(128, 2, 2, False, True, 2), (128, 2, 2, False, True), (64, 4, 2, False, True),
                                   (64, 4, 2, False, True, 2), (64, 3, 3, False, True, 2)],
 }
@@ -50,8 +55,8 @@ FAMILIES = {"sm80": (SM80, Sm80FwdConfig), "sm90": (SM90, Sm90FwdConfig)}
 _GRAPH_BELOW_US = 30   # kernels shorter than this are timed by CUDA-graph replay
 
 
-def cudnn_us(shape, q, k, v):
-    peer = peer_call(shape, "sdpa_cudnn", q, k, v)
+def cudnn_us(shape, q, k, v, arrays, dtype):
+    peer = peer_call(shape, "sdpa_cudnn", q, k, v, arrays, dtype)
     if peer is None:
         return None
     fn, context = peer
@@ -78,23 +83,26 @@ results = []
 for name, tiles, config_cls in sweep:
     shape = parse_shape(name)
     q, k, v = random_inputs(shape, args.dtype, rng)
+    arrays = bench.variant_arrays(shape, args.dtype, rng)
+    opts = bench.attention_options(shape, arrays)   # a variant row's options (top-left causal, ...)
     out = cupy.empty_like(q)
-    peer = cudnn_us(shape, q, k, v)
+    peer = cudnn_us(shape, q, k, v, arrays, args.dtype)
     if peer:
         print(f"{name:<26} {'sdpa_cudnn':<30} {peer:9.1f} us {shape.flops / (peer * 1e-6) / 1e12:7.1f} TFLOP/s")
     for tile in tiles:
         cfg = config_cls(args.dtype, shape.head_dim, *tile)
         try:
-            launch = api.plan(q, k, v, causal=shape.causal, out=out, config=cfg).launch
+            plan = api.plan(q, k, v, out=out, config=cfg, **opts)
         except Exception as e:   # noqa: BLE001 - a candidate that cannot build is reported
             print(f"{name:<26} {str(cfg):<30} failed to build: {e}")
             continue
+        run = lambda: plan.run(q, k, v, out=out, **arrays)   # noqa: E731
         out.fill(np.nan)
-        launch(q, k, v, out, None)
-        err = verify(shape, q, k, v, out, rng)[0]   # the whole output's
-        t = time_throughput(lambda i: launch(q, k, v, out, None), 10)
+        run()
+        err = verify(shape, q, k, v, out, rng, options=opts)[0]   # the whole output's
+        t = time_throughput(lambda i: run(), 10)
         if t.p50 < _GRAPH_BELOW_US:   # back-to-back launches would time the host
-            t = time_graph_replay(lambda: launch(q, k, v, out, None))
+            t = time_graph_replay(run)
         tf = shape.flops / (t.p50 * 1e-6) / 1e12
         ratio = f"  {peer / t.p50:.2f}x cuDNN" if peer else ""
         results.append(dict(shape=name, config=str(cfg), tile=tile, us_p50=t.p50, tflops=tf,
