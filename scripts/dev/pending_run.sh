@@ -4,7 +4,7 @@
 # speculative rows and gathered pages, ALiBi's 192-key tiles), and for gpu-pending's (the tensor
 # maps re-aimed at new addresses, tma.encode_maps; the ALiBi candidate -DFLASHCORE_ALIBI_LINEAR):
 # their GPU tests, the rows each change is meant to move side by side with the peers, probes
-# (the candidate, short causal tiles, host latency, gathered pages), and compute-sanitizer on sanitize_case.py (its
+# (the candidate, short causal tiles, the deal's makespan, host latency, gathered pages), and compute-sanitizer on sanitize_case.py (its
 # sections run the new paths). Logs go to $OUT.
 # Usage on the device machine, from the repository root:  bash scripts/dev/pending_run.sh
 # PYTEST=0 / BENCH=0 / PROBES=0 / SANITIZE=0 skip those steps; PYTEST_FILES replaces the test
@@ -49,6 +49,7 @@ if [ "${PROBES:-1}" = 1 ]; then
   done
   step probes.txt timeout 150 python3 scripts/tile_sweep.py --family sm90 \
     --shape topleft-b4-h16-sq1k-sk4k-d128-causal --shape held-b16-h12-s1k-d64-causal   # short causal tiles
+  step probes.txt timeout 120 python3 scripts/dev/wave_probe.py   # the static deal's makespan (stream-K's case)
   step probes.txt timeout 150 python3 scripts/latency_probe.py   # arrays at new addresses; graph replay floor
   step probes.txt timeout 120 python3 scripts/dev/gather_probe.py --pages 1,3,8,16,64   # gathered pages against boxes
 fi

@@ -1,0 +1,75 @@
+"""Probe: does a non-causal Hopper launch cost its busiest CTA's work (the static deal's
+makespan), as the schedule model says? The persistent grid deals work tiles round the CTAs;
+where the tiles leave a partial last round (S4k D128: 1024 tiles on 132 SMs, the last round 100
+busy) or a head's last row block is partial (S1k D64: 192-row tiles, a 64-row sixth block a
+head), the busiest CTA holds more than the average. The model: a tile costs its consumers with
+rows over the tile's consumers (a one-consumer tile a third of a three-consumer one), a CTA the
+sum of its tiles; the launch its busiest CTA's. This times one config (the base shape's
+dispatch) over query lengths around the base's, and prints time per model unit: flat where the
+model holds, and then `ideal` (the average CTA's work) bounds what a balanced deal (stream-K:
+the last round's key tiles spread over every SM) could win.
+Usage: PYTHONPATH=$PWD python3 scripts/dev/wave_probe.py [--dtype fp16] [B,H,S,D ...]
+"""
+
+import argparse
+
+import cupy
+import numpy as np
+
+from flashcore_cupy import api, configs
+from flashcore_cupy.shapes import Shape
+from flashcore_cupy.timing import time_graph_replay, time_throughput
+from flashcore_cupy.workload import random_inputs, verify
+
+_GRAPH_BELOW_US = 30
+
+
+def model(config: configs.Sm90FwdConfig, batch: int, heads: int, seqlen_q: int, num_sms: int) -> tuple[float, float]:
+    """(the busiest CTA's work, the average CTA's) in full tiles, under the shipped non-causal
+    schedule (Sm90FwdConfig.schedule and work_tile, the kernel's mirrors)."""
+    plan = config.schedule(batch, heads, seqlen_q, num_sms, False)
+    m_blocks = -(-seqlen_q // config.block_m)
+    loads = [0.0] * plan.grid[0]
+    for i in range(plan.items):
+        w = config.work_tile(i, seqlen_q=seqlen_q, seqlen_k=seqlen_q, causal=False, heads=heads, m_blocks=m_blocks,
+                             group=plan.group, tail_start=plan.tail_start)
+        loads[i % plan.grid[0]] += w.consumers / config.consumers
+    return max(loads), sum(loads) / num_sms
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("bases", nargs="*", default=["4,16,1024,64", "2,16,4096,128"])
+    ap.add_argument("--dtype", default="fp16", choices=["fp16", "bf16"])
+    args = ap.parse_args()
+    rng = np.random.default_rng()
+    props = cupy.cuda.runtime.getDeviceProperties(0)
+    num_sms = props["multiProcessorCount"]
+    print(f"# {props['name'].decode()} {args.dtype}, {num_sms} SMs; Sk = the base's S throughout")
+    for base in args.bases:
+        b, h, s, d = (int(x) for x in base.split(","))
+        q, k, v = random_inputs(Shape(base, b, h, h, s, s, d, False), args.dtype, rng)
+        config = api.plan(q, k, v).config
+        if not isinstance(config, configs.Sm90FwdConfig):
+            print(f"{base}: dispatch takes {config}, not the Hopper kernel")
+            continue
+        print(f"\n{base} on {config}:")
+        print(f"  {'Sq':>6} {'us':>9} {'busiest':>8} {'ideal':>7} {'us/unit':>8} {'ideal/busiest':>13}  err")
+        for sq in sorted({s - 2 * config.block_m, s - config.block_m, s - 64, s, s + 64, s + config.block_m}):
+            shape = Shape(f"{b},{h},{sq},{d}", b, h, h, sq, s, d, False)
+            q = random_inputs(shape, args.dtype, rng)[0]
+            out = cupy.empty_like(q)
+            plan = api.plan(q, k, v, out=out, config=config)
+            out.fill(np.nan)
+            plan.run(q, k, v, out=out)
+            err = verify(shape, q, k, v, out, rng)[0]
+            t = time_throughput(lambda i: plan.run(q, k, v, out=out), 10).p50
+            if t < _GRAPH_BELOW_US:
+                t = time_graph_replay(lambda: plan.run(q, k, v, out=out)).p50
+            busiest, ideal = model(config, b, h, sq, num_sms)
+            print(f"  {sq:6d} {t:9.1f} {busiest:8.2f} {ideal:7.2f} {t / busiest:8.2f} {ideal / busiest:13.3f}  {err:.1e}",
+                  flush=True)
+
+
+if __name__ == "__main__":
+    main()
