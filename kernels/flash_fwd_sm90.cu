@@ -117,7 +117,8 @@ struct Sm90Tile {
     // A bias variant's per-warp bias tiles (BiasStage), after the barriers.
     static constexpr u32 kBarsEnd = kOffBars + 8 * (2 + 4 * STAGES);
     static constexpr u32 kOffBias = (kBarsEnd + 127) / 128 * 128;
-    // The dynamic deal's item slots (probe build: sm90_scheduler.cuh), after the barriers.
+    // The dynamic deal's item slots (sm90_scheduler.cuh), or stream-K's flags (one int a consumer),
+    // after the barriers.
     static constexpr u32 kOffItems = kBarsEnd;
     // Register split of setmaxnreg. The CTA holds what the launch bound gives every thread
     // (ptxas compiles to it: 64K / threads in multiples of 8); setmaxnreg only moves
@@ -247,8 +248,8 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
     static_assert(!kDynamic || ((S::kDense || S::kVarlen) && PRODUCERS == 1 && !SPLIT && V::kBias == 0),
                   "a dynamic deal: dense or varlen, one producer thread, no split tiles, no bias (its tiles' place)");
     const ItemSlots items{sbase + Tile::kOffItems};
-    for (int i = blockIdx.x; i < p.n_items;
-         ++n_done, i = kDynamic ? items.take(n_done - 1, lane) : i + gridDim.x) {
+    for (int i = first_item<Tile, BLOCK_N, S>(p); i < p.n_items;
+         ++n_done, i = kDynamic ? items.take(n_done - 1, lane) : next_item<Tile, BLOCK_N, S>(p, i)) {
         const WorkTile w = work_tile<Tile, BLOCK_N, V, S>(p, i);
         if (S::kVarlen && w.batch < 0) break;   // past the sequences' items (the producer stops there too)
         const int n_blocks = w.n_blocks;
@@ -257,10 +258,13 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
         const int seqlen_k = w.seqlen_k, causal_diag = seqlen_k - seq_q;
         const bool has_rows = consumer < w.consumers;
 #ifdef FLASHCORE_RECORD_WORK
-        if (threadIdx.x == 128 && i < FLASHCORE_RECORD_WORK) {
+        // (stream-K: a CTA's items at CTA * kStreamKRecordItems + its count, their part and parts
+        // in place of the count: several CTAs share an item there)
+        const int record_at = S::kStreamK ? static_cast<int>(blockIdx.x) * kStreamKRecordItems + n_done : i;
+        if (threadIdx.x == 128 && record_at < FLASHCORE_RECORD_WORK) {
             const int entry[8] = {static_cast<int>(blockIdx.x), w.row0, w.head, w.batch, w.consumers, n_blocks,
-                                  n_done, w.first};
-            for (int f = 0; f < 8; ++f) fc_work_log[i][f] = entry[f];
+                                  S::kStreamK ? (w.split << 16 | w.parts) : n_done, w.first};
+            for (int f = 0; f < 8; ++f) fc_work_log[record_at][f] = entry[f];
         }
 #endif
         const int c_row0 = w.row0 + (SPLIT ? 0 : 64 * consumer);   // this warpgroup's first query
@@ -454,6 +458,29 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
             combine_split<DV, CONSUMERS, H>(reinterpret_cast<float*>(smem + (sbase - smem_addr(smem)) +
                                                                         Tile::kOffK), consumer, o, m, l); FC_TRACE(13);
         if (!has_rows || (SPLIT && consumer > 0)) continue;
+        if constexpr (S::kStreamK) {
+            if (w.parts > 1) {   // part w.split of a stream-K tile: partials; the tile's last part merges
+                const int s = i - p.tail_start;   // the stream-K tile (its partials' and counters' index)
+                const i64 rows_at = static_cast<i64>(s) * Tile::kBlockM;
+                const TilePartials at{p.o_accum + rows_at * DV, p.lse_accum + rows_at, p.o_split, p.lse_split, DV,
+                                      p.head_dim_v};
+                write_partials<DV / 8, 1, H>(at, o, m, l, w.split, 0, 0, w_row0 - w.row0, seq_q - w.row0, 1, lane);
+                // each consumer's flag after the barriers (configs.Sm90FwdConfig.smem_bytes counts them)
+                int* part_last = reinterpret_cast<int*>(smem + (sbase - smem_addr(smem)) + Tile::kOffItems);
+                const i64 lse_row0 = (static_cast<i64>(w.batch) * p.heads + w.head) * seq_q + w.row0;
+                merge_if_last(p.split_count + s * CONSUMERS + consumer, w.parts, c_row0 - w.row0,
+                              min(c_row0 + 64, seq_q) - w.row0, threadIdx.x - 128 * (consumer + 1), 128,
+                              part_last + consumer, [&] { named_barrier_sync(2 + CONSUMERS + consumer, 128); },
+                              [&](int r, int row_lane) {
+                    merge_row<f32, T, DV>(
+                        w.parts, p.head_dim_v, [&](int k) { return __ldcg(at.lse_accum + k * at.lse_split + r); },
+                        [&](int k) -> const void* { return at.o_accum + k * at.o_split; }, r * at.o_ss, p.o,
+                        w.batch * p.o_sb + w.head * p.o_sh + (w.row0 + r) * p.o_ss,
+                        p.lse == nullptr ? nullptr : p.lse + lse_row0 + r, row_lane);
+                });
+                continue;
+            }
+        }
         if constexpr (S::kSplitKV) {
             if (p.o_accum != nullptr) {   // split-KV: this split's float32 partials, from the registers
                 const int rows = seqlen_q * p.pack, head0 = w.head * p.pack;

@@ -2,7 +2,8 @@
 # The device steps for the work landed in v42 on GPU tests alone, not yet timed (varlen's dynamic
 # deal and variants on Hopper, the Hopper backward at D96 / D256, the Hopper KV cache's
 # speculative rows and gathered pages, ALiBi's 192-key tiles), and for gpu-pending's (the tensor
-# maps re-aimed at new addresses, tma.encode_maps; the ALiBi candidate -DFLASHCORE_ALIBI_LINEAR):
+# maps re-aimed at new addresses, tma.encode_maps; the ALiBi candidate -DFLASHCORE_ALIBI_LINEAR;
+# stream-K's "dense_sk" configs, streamk.py, which wave_probe times against the shipped deal):
 # their GPU tests, the rows each change is meant to move side by side with the peers, probes
 # (the candidate, short causal tiles, the deal's makespan, host latency, gathered pages), and compute-sanitizer on sanitize_case.py (its
 # sections run the new paths). Logs go to $OUT.
@@ -23,7 +24,7 @@ export FLASHCORE_REQUIRE_GPU=1
 step device.txt nvidia-smi --query-gpu=name,driver_version,clocks.sm --format=csv
 if [ "${PYTEST:-1}" = 1 ]; then
   step pytest.txt timeout 150 python3 -m pytest tests/test_attention_gpu.py tests/test_variants_gpu.py \
-    -k "reaimed or plan_is or linear_alibi" -q -rs -p no:cacheprovider
+    -k "reaimed or plan_is or linear_alibi or stream_k" -q -rs -p no:cacheprovider
   step pytest.txt timeout 400 python3 -m pytest ${PYTEST_FILES:-tests/test_varlen_gpu.py tests/test_backward_gpu.py \
     tests/test_kvcache_gpu.py tests/test_sm90_protocol.py tests/test_distributed_gpu.py} -q -rs -p no:cacheprovider
 fi
