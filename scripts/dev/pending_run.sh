@@ -5,8 +5,9 @@
 # maps re-aimed at new addresses, tma.encode_maps; the ALiBi candidate -DFLASHCORE_ALIBI_LINEAR;
 # stream-K's "dense_sk" configs, streamk.py, which wave_probe times against the shipped deal):
 # their GPU tests, the rows each change is meant to move side by side with the peers, probes
-# (the candidate, short causal tiles, the deal's makespan, host latency, gathered pages), and compute-sanitizer on sanitize_case.py (its
-# sections run the new paths). Logs go to $OUT.
+# (the ALiBi candidate, short causal tiles, stream-K against the shipped deal, host latency,
+# gathered pages), and compute-sanitizer on sanitize_case.py (its sections run the new paths).
+# Logs go to $OUT.
 # Usage on the device machine, from the repository root:  bash scripts/dev/pending_run.sh
 # PYTEST=0 / BENCH=0 / PROBES=0 / SANITIZE=0 skip those steps; PYTEST_FILES replaces the test
 # files. Each step alone fits a 10-minute call on a bare machine, not two: run one a call
