@@ -2,10 +2,12 @@
 128 and 256, and V of its own 128 beside D192), a decode step
 (one query, three query heads per kv head: the Hopper kernel packs them into one tile), and
 variant calls (a window with every score option, the bias broadcast and ragged) on each
-kernel, backward calls, a merge_states, a varlen prefill on each kernel and a paged decode, small enough for compute-sanitizer; exits 1 on a wrong result.
+kernel, backward calls, a merge_states, a varlen prefill on each kernel and a paged decode, and
+stream-K configs on the Hopper kernel, small enough for compute-sanitizer; exits 1 on a wrong
+result.
 
   python3 scripts/sanitize_case.py [SECTION ...]   (dense variants backward merge varlen paged
-                                                    contiguous; default: all)
+                                                    contiguous streamk; default: all)
 """
 
 import itertools
@@ -173,8 +175,26 @@ def contiguous():
     return ok
 
 
+def stream_k():
+    ok = True
+    # Stream-K configs (Hopper only): every tile shared (28 tiles of D128 on the SMs, rows of 9 in
+    # each head's last) and whole rounds then shares (176 tiles of D64, 160 whole)
+    if api.device_info(0).arch != configs.SM90_ARCH:
+        return ok
+    import dataclasses
+
+    for d, (b, h, sq, sk) in ((128, (1, 4, 777, 1500)), (64, (1, 16, 2048, 2048))):
+        q = cupy.asarray(rng.standard_normal((b, h, sq, d)).astype(np.float16))
+        k, v = (cupy.asarray(rng.standard_normal((b, h, sk, d)).astype(np.float16)) for _ in range(2))
+        config = dataclasses.replace(configs.sm90_config("fp16", d), seq="dense_sk")
+        out, lse = fc.plan(q, k, v, return_lse=True, config=config).run(q, k, v)
+        cupy.cuda.get_current_stream().synchronize()
+        ok &= checked(f"stream-K D{d} B{b} H{h} {sq}x{sk}", out, reference.attention(q, k, v))
+    return ok
+
+
 SECTIONS = dict(dense=dense, variants=variants, backward=backward, merge=merge, varlen=varlen, paged=paged,
-                contiguous=contiguous)
+                contiguous=contiguous, streamk=stream_k)
 if __name__ == "__main__":   # sections named on the command line (default: all)
     names = sys.argv[1:] or list(SECTIONS)
     unknown = sorted(set(names) - set(SECTIONS))

@@ -60,7 +60,7 @@ if [ "${SANITIZE:-1}" = 1 ]; then
     step sanitizer.txt timeout 120 compute-sanitizer --tool $tool --error-exitcode 3 python3 scripts/sanitize_case.py
   done
   step sanitizer.txt timeout 150 compute-sanitizer --tool racecheck --error-exitcode 3 python3 scripts/sanitize_case.py \
-    backward varlen paged
+    backward varlen paged streamk
 fi
 echo "pending_run exit status: $status"
 exit $status
