@@ -238,17 +238,7 @@ def test_hopper_variant_kernels_match_reference(rng, grid, d):
                 p = fc.plan(q, k, v, causal=causal, window=window, return_lse=True, out=out,
                             config=configs.sm90_config(dtype, d, grid), **opts, **arrays)
                 assert isinstance(p.config, configs.Sm90FwdConfig), what
-                _, lse = p.run(q, k, v, out=out, **arrays)
-                ref, ref_lse = reference.attention(q, k, v, causal=causal, window=window, return_lse=True,
-                                                   **opts, **arrays)
-                assert_close(out, ref, dtype, what)
-                lse = lse.get()
-                np.testing.assert_array_equal(np.isneginf(lse), np.isneginf(ref_lse), err_msg=what)
-                finite = np.isfinite(ref_lse)
-                np.testing.assert_allclose(lse[finite], ref_lse[finite], rtol=1e-3, atol=2e-3, err_msg=what)
-                first = out.copy()
-                p.run(q, k, v, out=out, **arrays)
-                assert cupy.array_equal(first, out), what
+                _check_plan(p, q, k, v, out, arrays, dict(causal=causal, window=window, **opts), dtype, what)
 
 
 @pytest.mark.parametrize("grid", configs.SM90_GRIDS)
@@ -280,16 +270,25 @@ def test_linear_alibi_candidate_matches_reference(rng, grid):
         p = fc.plan(q, k, v, causal=causal, window=window, return_lse=True, out=out,
                     config=configs.sm90_config(dtype, 128, grid), defines=("FLASHCORE_ALIBI_LINEAR",), **opts,
                     **arrays)
-        _, lse = p.run(q, k, v, out=out, **arrays)
-        ref, ref_lse = reference.attention(q, k, v, causal=causal, window=window, return_lse=True, **opts, **arrays)
-        assert_close(out, ref, dtype, what)
-        lse = lse.get()
-        np.testing.assert_array_equal(np.isneginf(lse), np.isneginf(ref_lse), err_msg=what)
-        finite = np.isfinite(ref_lse)
-        np.testing.assert_allclose(lse[finite], ref_lse[finite], rtol=1e-3, atol=2e-3, err_msg=what)
-        first = out.copy()
-        p.run(q, k, v, out=out, **arrays)
-        assert cupy.array_equal(first, out), what
+        _check_plan(p, q, k, v, out, arrays, dict(causal=causal, window=window, **opts), dtype, what)
+
+
+def _check_plan(p, q, k, v, out, arrays: dict, options: dict, dtype: str, what: str) -> None:
+    """A plan (return_lse, into the poisoned `out`) run with `arrays`, against the reference with
+    `options` and `arrays` (the LSE -inf exactly where a row sees no key); the same bits when run
+    again."""
+    import cupy
+
+    _, lse = p.run(q, k, v, out=out, **arrays)
+    ref, ref_lse = reference.attention(q, k, v, return_lse=True, **options, **arrays)
+    assert_close(out, ref, dtype, what)
+    lse = lse.get()
+    np.testing.assert_array_equal(np.isneginf(lse), np.isneginf(ref_lse), err_msg=what)
+    finite = np.isfinite(ref_lse)
+    np.testing.assert_allclose(lse[finite], ref_lse[finite], rtol=1e-3, atol=2e-3, err_msg=what)
+    first = out.copy()
+    p.run(q, k, v, out=out, **arrays)
+    assert cupy.array_equal(first, out), what
 
 
 SPLIT_CASES = [(False, None, "none"), (True, None, "none"), ("top_left", (100, 3), "all"), (True, (16, 0), "none"),
