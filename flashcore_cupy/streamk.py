@@ -189,3 +189,18 @@ def plan(consumers: int, block_n: int, heads: int, batch: int, seqlen_q: int, se
     rest = StreamK(consumers, block_n, heads, batch, seqlen_q, seqlen_k, num_sms, dp_items, 0)
     sk_ctas = min(num_sms, rest.units // (MIN_SHARE * consumers)) if rest.units else 0
     return StreamK(consumers, block_n, heads, batch, seqlen_q, seqlen_k, num_sms, dp_items, max(sk_ctas, 1 if rest.units else 0))
+
+
+def shipped_busiest(config, batch: int, heads: int, seqlen_q: int, num_sms: int) -> tuple[float, float]:
+    """(the busiest CTA's work, the average CTA's) in whole tiles under the shipped non-causal
+    deal of an Sm90FwdConfig (its schedule and work_tile, the kernel's mirrors): the model stream-K
+    is weighed against (scripts/dev/wave_probe.py times both)."""
+    plan_ = config.schedule(batch, heads, seqlen_q, num_sms, False)
+    m_blocks = _ceil_div(seqlen_q, config.block_m)
+    loads = [0.0] * plan_.grid[0]
+    for i in range(plan_.items):
+        w = config.work_tile(i, seqlen_q=seqlen_q, seqlen_k=seqlen_q, causal=False, heads=heads, m_blocks=m_blocks,
+                             group=plan_.group, tail_start=plan_.tail_start)
+        loads[i % plan_.grid[0]] += w.consumers / config.consumers
+    return max(loads), sum(loads) / num_sms
+

@@ -77,12 +77,17 @@ def test_tiles_follow_the_numbering_whole_ones_first(geometry):
 
 def test_the_busiest_cta_holds_less_than_under_the_shipped_deal():
     """The model's gain where the shipped deal leaves a ragged last round (the wave probe's
-    shapes): S1k D64 3 -> 2.6 tiles, S4k D128 8 -> 7.8."""
+    shapes): S1k D64 3 -> 2.63 tiles (the shipped deal's average 2.59), S4k D128 8 -> 7.77."""
+    import dataclasses
+
     for (b, h, s, d), shipped in (((4, 16, 1024, 64), 3.0), ((2, 16, 4096, 128), 8.0)):
         config = configs.sm90_config("fp16", d)
-        block_n = 192 if d == 128 else config.block_n   # the tuned D128 tile
-        sk = streamk.plan(config.consumers, block_n, h, b, s, s, 132)
-        assert sk.busiest() < shipped * 0.985, (b, h, s, d, sk.busiest())
+        if d == 128:
+            config = dataclasses.replace(config, block_n=192)   # the tuned D128 tile
+        busiest, average = streamk.shipped_busiest(config, b, h, s, 132)
+        sk = streamk.plan(config.consumers, config.block_n, h, b, s, s, 132)
+        assert busiest == shipped and sk.busiest() < shipped * 0.985, (b, h, s, d, sk.busiest())
+        assert sk.busiest() < average * 1.02
 
 
 @pytest.fixture

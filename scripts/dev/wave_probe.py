@@ -26,19 +26,6 @@ from flashcore_cupy.workload import random_inputs, verify
 _GRAPH_BELOW_US = 30
 
 
-def model(config: configs.Sm90FwdConfig, batch: int, heads: int, seqlen_q: int, num_sms: int) -> tuple[float, float]:
-    """(the busiest CTA's work, the average CTA's) in full tiles, under the shipped non-causal
-    schedule (Sm90FwdConfig.schedule and work_tile, the kernel's mirrors)."""
-    plan = config.schedule(batch, heads, seqlen_q, num_sms, False)
-    m_blocks = -(-seqlen_q // config.block_m)
-    loads = [0.0] * plan.grid[0]
-    for i in range(plan.items):
-        w = config.work_tile(i, seqlen_q=seqlen_q, seqlen_k=seqlen_q, causal=False, heads=heads, m_blocks=m_blocks,
-                             group=plan.group, tail_start=plan.tail_start)
-        loads[i % plan.grid[0]] += w.consumers / config.consumers
-    return max(loads), sum(loads) / num_sms
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("bases", nargs="*", default=["4,16,1024,64", "2,16,4096,128"])
@@ -64,7 +51,7 @@ def main() -> None:
             q = random_inputs(shape, args.dtype, rng)[0]
             out = cupy.empty_like(q)
             (t, err), (t_sk, err_sk) = (timed(shape, q, k, v, out, c, rng) for c in (config, sk_config))
-            busiest, ideal = model(config, b, h, sq, num_sms)
+            busiest, ideal = streamk.shipped_busiest(config, b, h, sq, num_sms)
             sk_busiest = streamk.plan(config.consumers, config.block_n, h, b, sq, s, num_sms).busiest()
             print(f"  {sq:6d} {t:9.1f} {busiest:8.2f} {ideal:7.2f} {t / busiest:8.2f} {ideal / busiest:13.3f}  {err:.1e}"
                   f"  {t_sk:11.1f} {sk_busiest:8.2f} {t / t_sk:7.3f}x  {err_sk:.1e}", flush=True)
