@@ -52,6 +52,10 @@ if [ "${PROBES:-1}" = 1 ]; then
   step probes.txt timeout 150 python3 scripts/tile_sweep.py --family sm90 \
     --shape topleft-b4-h16-sq1k-sk4k-d128-causal --shape held-b16-h12-s1k-d64-causal   # short causal tiles
   step probes.txt timeout 120 python3 scripts/dev/wave_probe.py   # the static deal's makespan (stream-K's case)
+  # window1k's cost a work tile: the shipped kernel over windows of 2..16 key tiles (a fit of key
+  # tiles and work tiles; no copy's label matches "none", so the shipped kernel alone)
+  step probes.txt timeout 120 python3 scripts/dev/ablate_sm90.py --shape window1k-b2-h16-s8k-d128 --window 127 \
+    --window 255 --window 511 --window 2047 --variant none
   step probes.txt timeout 150 python3 scripts/latency_probe.py   # arrays at new addresses; graph replay floor
   step probes.txt timeout 120 python3 scripts/dev/gather_probe.py --pages 1,3,8,16,64   # gathered pages against boxes
 fi
