@@ -168,3 +168,64 @@ def test_stream_k_builds_compile_without_spills(head_dim):
     for config in {base, dataclasses.replace(base, block_n=192)} if head_dim == 128 else {base}:
         report = loader.compile_only(dataclasses.replace(config, seq="dense_sk"), "sm_90a")
         assert (report.spill_bytes, report.static_smem_bytes, report.perf_warnings) == (0, 0, ()), str(config)
+
+
+_HARNESS = r"""
+#include <algorithm>
+#include <cstdio>
+using std::min;
+#define __device__
+#define __forceinline__ inline
+struct Sm90Params { int seqlen_q, seqlen_k, heads, batch, tail_start, sk_ctas; };
+%s
+int main() {
+    int consumers, block_n, heads, batch, sq, sk, grid, dp, ctas;
+    while (std::scanf("%%d %%d %%d %%d %%d %%d %%d %%d %%d", &consumers, &block_n, &heads, &batch, &sq, &sk, &grid,
+                      &dp, &ctas) == 9) {
+        const Sm90Params p{sq, sk, heads, batch, dp, ctas};
+        const StreamK s(p, consumers, block_n);
+        for (int c = 0; c < grid; ++c)
+            for (int i = s.next(c, grid, -1, s.tiles); i < s.tiles; i = s.next(c, grid, i, s.tiles)) {
+                int first = 0, end = s.key_tiles, part = 0, parts = 1;
+                if (i >= s.dp) s.share(c, i - s.dp, first, end, part, parts);
+                std::printf("%%d %%d %%d %%d %%d %%d\n", c, i, first, end - first, part, parts);
+            }
+        std::printf("end\n");
+    }
+}
+"""
+
+
+def test_the_kernels_stream_k_arithmetic_is_the_mirrors(tmp_path):
+    """kernels/sm90_scheduler.cuh's StreamK (its text, compiled for the host with g++) deals
+    every CTA the items streamk.py's mirror does, share by share, on the geometries above and 100
+    drawn ones: the kernel's own arithmetic, checked without a GPU."""
+    import random
+    import re
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    compiler = shutil.which("g++") or shutil.which("c++")
+    if compiler is None:
+        pytest.skip("no host C++ compiler (g++) to build the kernel's StreamK for the host")
+    text = (Path(__file__).resolve().parent.parent / "kernels" / "sm90_scheduler.cuh").read_text()
+    struct = re.search(r"^struct StreamK \{.*?^\};", text, re.S | re.M).group(0)
+    source = tmp_path / "streamk.cpp"
+    source.write_text(_HARNESS % struct)
+    binary = tmp_path / "streamk"
+    subprocess.run([compiler, "-std=c++17", "-O1", "-o", str(binary), str(source)], check=True)
+    rng = random.Random(11)
+    geometries = list(GEOMETRIES) + [
+        (rng.randint(1, 3), rng.choice((64, 80, 128, 192)), rng.randint(1, 24), rng.randint(1, 4), rng.randint(1, 3000),
+         rng.randint(1, 3000), rng.choice((16, 66, 114, 132))) for _ in range(100)]
+    plans = [streamk.plan(*g) for g in geometries]
+    stdin = "".join(f"{sk.consumers} {sk.block_n} {sk.heads} {sk.batch} {sk.seqlen_q} {sk.seqlen_k} {sk.grid} "
+                    f"{sk.dp_items} {sk.sk_ctas}\n" for sk in plans)
+    out = subprocess.run([str(binary)], input=stdin, capture_output=True, text=True, check=True).stdout
+    runs = out.split("end\n")
+    for geometry, sk, run in zip(geometries, plans, runs):
+        kernel = [tuple(map(int, line.split())) for line in run.splitlines()]
+        mirror = [(cta, item.tile, item.first, item.n_blocks, item.part, item.parts)
+                  for cta in range(sk.grid) for item in sk.items(cta)]
+        assert kernel == mirror, geometry
