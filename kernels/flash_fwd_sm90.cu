@@ -47,6 +47,11 @@
 // dynamic deal (sm90_scheduler.cuh): many tiles of unequal work, the next one's loads under this
 // one's end.
 //
+// Stream-K (S = DenseStreamK, plain non-causal dense calls; sm90_scheduler.cuh's StreamK): a CTA
+// runs whole tiles round the grid, then its share of the last tiles' key tiles; a share of a tile
+// with several parts stores float32 partials, and the tile's last part merges them
+// (split_kv.cuh's merge_if_last), per consumer's 64 rows.
+//
 // SPLIT (small grids: short sequences, decode): a work tile is 64 rows that all
 // consumers share; consumer c takes key tiles c, c + CONSUMERS, ... and the
 // partial (m, l, O) merge into consumer 0's at the end (combine_split), which
