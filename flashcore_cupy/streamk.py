@@ -1,6 +1,7 @@
 """Stream-K for the Hopper forward's non-causal dense calls: the last round's key tiles spread
-over every SM (the Python mirror of kernels/sm90_scheduler.cuh's StreamK; the CPU tests hold
-the two to the rules below, the GPU tests the kernel to the reference).
+over every SM (the Python mirror of kernels/sm90_scheduler.cuh's StreamK: the CPU tests hold the
+mirror to the rules below and the kernel's StreamK, compiled for the host, to the mirror; the GPU
+tests the kernel to the reference).
 
 The shipped persistent deal gives each CTA whole work tiles in turn, so where the tiles leave a
 partial last round (B2 H16 S4k D128: 1024 tiles of 128 rows on 132 SMs, the last round 100
@@ -187,8 +188,8 @@ def plan(consumers: int, block_n: int, heads: int, batch: int, seqlen_q: int, se
     probe = StreamK(consumers, block_n, heads, batch, seqlen_q, seqlen_k, num_sms, 0, 0)
     dp_items = probe.whole_tiles // num_sms * num_sms
     rest = StreamK(consumers, block_n, heads, batch, seqlen_q, seqlen_k, num_sms, dp_items, 0)
-    sk_ctas = min(num_sms, rest.units // (MIN_SHARE * consumers)) if rest.units else 0
-    return StreamK(consumers, block_n, heads, batch, seqlen_q, seqlen_k, num_sms, dp_items, max(sk_ctas, 1 if rest.units else 0))
+    sk_ctas = max(1, min(num_sms, rest.units // (MIN_SHARE * consumers))) if rest.units else 0
+    return StreamK(consumers, block_n, heads, batch, seqlen_q, seqlen_k, num_sms, dp_items, sk_ctas)
 
 
 def shipped_busiest(config, batch: int, heads: int, seqlen_q: int, num_sms: int) -> tuple[float, float]:
