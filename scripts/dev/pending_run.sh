@@ -9,17 +9,18 @@
 # gathered pages), and compute-sanitizer on sanitize_case.py (its sections run the new paths).
 # Logs go to $OUT.
 # Usage on the device machine, from the repository root:  bash scripts/dev/pending_run.sh
-# PYTEST=0 / BENCH=0 / PROBES=0 / SANITIZE=0 skip those steps; PYTEST_FILES replaces the test
-# files. Each step alone fits a 10-minute call on a bare machine, not two: run one a call
-# (ONLY=pytest, sanitize, bench or probes runs that step alone). v42 call1 (tests and sanitizers
+# PYTEST=0 / BENCH=0 / PROBES=0 / PROBES2=0 / SANITIZE=0 skip those steps; PYTEST_FILES replaces
+# the test files. Each step alone fits a 10-minute call on a bare machine, not two: run one a call
+# (ONLY=pytest, sanitize, bench, probes or probes2 runs that step alone), in that order of need:
+# sanitize (last session's gather fix), pytest, probes (stream-K and the ALiBi candidate decide). v42 call1 (tests and sanitizers
 # in one call) ran out of time in the tests (330 s) and in racecheck (90 s): hence the longer
 # timeouts, and racecheck on the new paths' sections only.
 set -uo pipefail
 source "$(dirname "$0")/../steps.sh"
 if [ -n "${ONLY:-}" ]; then
-  PYTEST=0 BENCH=0 PROBES=0 SANITIZE=0
-  case "$ONLY" in pytest) PYTEST=1 ;; bench) BENCH=1 ;; probes) PROBES=1 ;; sanitize) SANITIZE=1 ;;
-    *) echo "ONLY: pytest, sanitize, bench or probes" >&2; exit 2 ;; esac
+  PYTEST=0 BENCH=0 PROBES=0 PROBES2=0 SANITIZE=0
+  case "$ONLY" in pytest) PYTEST=1 ;; bench) BENCH=1 ;; probes) PROBES=1 ;; probes2) PROBES2=1 ;;
+    sanitize) SANITIZE=1 ;; *) echo "ONLY: pytest, sanitize, bench, probes or probes2" >&2; exit 2 ;; esac
 fi
 export FLASHCORE_REQUIRE_GPU=1
 step device.txt nvidia-smi --query-gpu=name,driver_version,clocks.sm --format=csv
@@ -44,14 +45,16 @@ if [ "${BENCH:-1}" = 1 ]; then
     [ -f "$OUT/$f.json" ] && step bench.txt python3 scripts/report.py "$OUT/$f.json"
   done
 fi
-if [ "${PROBES:-1}" = 1 ]; then
+if [ "${PROBES:-1}" = 1 ]; then   # the decisions first: stream-K, the ALiBi candidate
+  step probes.txt timeout 150 python3 scripts/dev/wave_probe.py   # the static deal's makespan beside stream-K
   for dt in fp16 bf16; do   # the ALiBi candidate (-DFLASHCORE_ALIBI_LINEAR) beside the shipped kernel
     step probes.txt timeout 90 python3 scripts/dev/ablate_sm90.py --shape alibi-b2-h16-s4k-d128-causal \
       --dtype $dt --variant candidate
   done
   step probes.txt timeout 150 python3 scripts/tile_sweep.py --family sm90 \
     --shape topleft-b4-h16-sq1k-sk4k-d128-causal --shape held-b16-h12-s1k-d64-causal   # short causal tiles
-  step probes.txt timeout 120 python3 scripts/dev/wave_probe.py   # the static deal's makespan (stream-K's case)
+fi
+if [ "${PROBES2:-1}" = 1 ]; then
   # window1k's cost a work tile: the shipped kernel over windows of 2..16 key tiles (a fit of key
   # tiles and work tiles; no copy's label matches "none", so the shipped kernel alone)
   step probes.txt timeout 120 python3 scripts/dev/ablate_sm90.py --shape window1k-b2-h16-s8k-d128 --window 127 \
