@@ -31,6 +31,10 @@ if [ "${PYTEST:-1}" = 1 ]; then
     tests/test_kvcache_gpu.py tests/test_sm90_protocol.py tests/test_distributed_gpu.py} -q -rs -p no:cacheprovider
 fi
 if [ "${BENCH:-1}" = 1 ]; then
+  # stream-K (opt-in) beside flashcore and cuDNN on the plain non-causal rows, balanced order
+  step bench.txt timeout 170 python3 scripts/bench.py --shape b4-h16-s1k-d64 --shape b2-h16-s4k-d64 \
+    --shape b2-h16-s4k-d128 --shape b2-h16-s4k-d256 --shape held-b3-h20kv4-s1900-d64 --held-out include \
+    --impl flashcore --impl flashcore_streamk --impl sdpa_cudnn --out "$OUT/bench_streamk.json"
   step bench.txt timeout 150 python3 scripts/bench.py --shape varlen-16seq-32k-h16-d128-causal \
     --shape varlen-64seq-h32kv8-d128-causal --shape b2-h16-s4k-d128-causal \
     --shape specdec-b8-h32kv8-sq4-s8k-d128-causal --impl flashcore --impl flashcore_varlen \
@@ -39,9 +43,7 @@ if [ "${BENCH:-1}" = 1 ]; then
     --shape b2-h16-s4k-d96 --impl flashcore --impl sdpa_cudnn --out "$OUT/bench_backward.json"
   step bench.txt timeout 90 python3 scripts/bench.py --shape alibi-b2-h16-s4k-d128-causal --impl flashcore \
     --impl flashcore_plain --impl sdpa_cudnn --out "$OUT/bench_alibi.json"
-  step bench.txt timeout 90 python3 scripts/bench.py --shape paged1-decode-b8-h32kv8-s8k-d128 \
-    --shape paged16-decode-b8-h32kv8-s8k-d128 --out "$OUT/bench_paged.json"
-  for f in bench_inference bench_backward bench_alibi bench_paged; do
+  for f in bench_streamk bench_inference bench_backward bench_alibi; do
     [ -f "$OUT/$f.json" ] && step bench.txt python3 scripts/report.py "$OUT/$f.json"
   done
 fi
@@ -61,6 +63,9 @@ if [ "${PROBES2:-1}" = 1 ]; then
     --window 255 --window 511 --window 2047 --variant none
   step probes.txt timeout 150 python3 scripts/latency_probe.py   # arrays at new addresses; graph replay floor
   step probes.txt timeout 120 python3 scripts/dev/gather_probe.py --pages 1,3,8,16,64   # gathered pages against boxes
+  step probes.txt timeout 90 python3 scripts/bench.py --shape paged1-decode-b8-h32kv8-s8k-d128 \
+    --shape paged16-decode-b8-h32kv8-s8k-d128 --out "$OUT/bench_paged.json"
+  [ -f "$OUT/bench_paged.json" ] && step probes.txt python3 scripts/report.py "$OUT/bench_paged.json"
 fi
 if [ "${SANITIZE:-1}" = 1 ]; then
   for tool in memcheck synccheck; do
