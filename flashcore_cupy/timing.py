@@ -199,6 +199,17 @@ def predecessors(order: list[Round]) -> dict[tuple[str, str], int]:
     return counts
 
 
+GRAPH_BELOW_US = 30   # kernels shorter than this are timed by CUDA-graph replay (back-to-back launches
+                      # from Python would time the host)
+
+
+def time_kernel(fn: Callable[[], object], iters: int = 10) -> Timing:
+    """A probe's timing of fn's kernel: back-to-back calls (time_throughput), or, where a call takes
+    under GRAPH_BELOW_US, calls captured in a CUDA graph and replayed (time_graph_replay)."""
+    t = time_throughput(lambda i: fn(), iters)
+    return time_graph_replay(fn) if t.p50 < GRAPH_BELOW_US else t
+
+
 def time_graph_replay(fn: Callable[[], object], iters: int = 50, calls: int = 20) -> Timing:
     """Kernel time without the host: `calls` calls of fn captured in a CUDA graph on a
     stream of its own, the graph replayed `iters` times, per call. For kernels short

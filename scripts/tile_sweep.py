@@ -17,7 +17,7 @@ from flashcore_cupy import api, bench
 from flashcore_cupy.bench import peer_call
 from flashcore_cupy.configs import Sm80FwdConfig, Sm90FwdConfig
 from flashcore_cupy.shapes import parse_shape
-from flashcore_cupy.timing import time_graph_replay, time_throughput
+from flashcore_cupy.timing import time_kernel, time_throughput
 from flashcore_cupy.workload import random_inputs, verify
 
 SM80 = {   # shape -> (warps, m_tiles, block_n, stages)
@@ -52,7 +52,6 @@ SM90 = {   # shape -> (block_n, stages, consumers, pingpong[, split[, producers[
                                   (64, 4, 2, False, True, 2), (64, 3, 3, False, True, 2)],
 }
 FAMILIES = {"sm80": (SM80, Sm80FwdConfig), "sm90": (SM90, Sm90FwdConfig)}
-_GRAPH_BELOW_US = 30   # kernels shorter than this are timed by CUDA-graph replay
 
 
 def cudnn_us(shape, q, k, v, arrays, dtype):
@@ -100,9 +99,7 @@ for name, tiles, config_cls in sweep:
         out.fill(np.nan)
         run()
         err = verify(shape, q, k, v, out, rng, options=opts)[0]   # the whole output's
-        t = time_throughput(lambda i: run(), 10)
-        if t.p50 < _GRAPH_BELOW_US:   # back-to-back launches would time the host
-            t = time_graph_replay(run)
+        t = time_kernel(run)
         tf = shape.flops / (t.p50 * 1e-6) / 1e12
         ratio = f"  {peer / t.p50:.2f}x cuDNN" if peer else ""
         results.append(dict(shape=name, config=str(cfg), tile=tile, us_p50=t.p50, tflops=tf,

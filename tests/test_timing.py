@@ -151,3 +151,17 @@ def test_peer_call_prepares_inputs_once_and_pins_the_backend(monkeypatch):
     fn(0), fn(1)
     assert prepared == [(1, 2, 3)] and calls == [(10, 20, 30)] * 2 and ctx is context
     assert asked == [({"bias": 4}, "bf16")]   # a variant row's arrays reach its mask
+
+
+def test_time_kernel_replays_a_graph_below_the_threshold(monkeypatch):
+    """time_kernel: back-to-back calls' timing, or a graph replay's where a call takes under
+    GRAPH_BELOW_US (the probes' rule: Python would otherwise be what is timed)."""
+    import numpy as np
+
+    replayed = []
+    monkeypatch.setattr(timing, "time_graph_replay", lambda fn: replayed.append(fn) or "graph")
+    for p50, graphed in ((timing.GRAPH_BELOW_US + 1.0, False), (timing.GRAPH_BELOW_US - 1.0, True)):
+        monkeypatch.setattr(timing, "time_throughput", lambda fn, iters, p50=p50: timing.Timing(np.array([p50])))
+        got = timing.time_kernel(lambda: None)
+        assert (got == "graph") == graphed and (graphed or got.p50 == p50)
+    assert len(replayed) == 1

@@ -20,7 +20,7 @@ import numpy as np
 
 from flashcore_cupy import api, bench
 from flashcore_cupy.shapes import parse_shape
-from flashcore_cupy.timing import time_graph_replay, time_throughput
+from flashcore_cupy.timing import time_kernel
 from flashcore_cupy.workload import random_inputs, verify
 
 # (label, the -D switches of kernels/diagnostics.cuh that build the copy)
@@ -36,7 +36,6 @@ VARIANTS = [
     # a candidate, not an ablation (right outputs): causal ALiBi's scores one FFMA each
     ("candidate: ALiBi key-linear", ("FLASHCORE_ALIBI_LINEAR",)),
 ]
-_GRAPH_BELOW_US = 30   # kernels shorter than this are timed by CUDA-graph replay
 
 
 def main():
@@ -71,9 +70,7 @@ def main():
             run()
             # the whole output's; only the schedule copies should pass
             err = verify(shape, q, k, v, out, rng, options=opts)[0]
-            t = time_throughput(lambda i: run(), 10).p50
-            if t < _GRAPH_BELOW_US:   # back-to-back launches would time the host
-                t = time_graph_replay(run).p50
+            t = time_kernel(run).p50
             base = base or t
             print(f"  {label:<32} {t:9.1f} us  {t / base:5.2f}x  "
                   f"{shape.flops / (t * 1e-6) / 1e12:6.1f} TFLOP/s  err {err:.1e}", flush=True)

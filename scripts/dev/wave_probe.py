@@ -20,10 +20,8 @@ import numpy as np
 
 from flashcore_cupy import api, configs, streamk
 from flashcore_cupy.shapes import Shape
-from flashcore_cupy.timing import time_graph_replay, time_throughput
+from flashcore_cupy.timing import time_kernel
 from flashcore_cupy.workload import random_inputs, verify
-
-_GRAPH_BELOW_US = 30
 
 
 def main() -> None:
@@ -63,10 +61,7 @@ def timed(shape, q, k, v, out, config, rng) -> tuple[float, float]:
     out.fill(np.nan)
     plan.run(q, k, v, out=out)
     err = verify(shape, q, k, v, out, rng)[0]
-    t = time_throughput(lambda i: plan.run(q, k, v, out=out), 10).p50
-    if t < _GRAPH_BELOW_US:
-        t = time_graph_replay(lambda: plan.run(q, k, v, out=out)).p50
-    return t, err
+    return time_kernel(lambda: plan.run(q, k, v, out=out)).p50, err
 
 
 if __name__ == "__main__":
