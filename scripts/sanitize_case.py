@@ -10,6 +10,7 @@ result.
                                                     contiguous streamk; default: all)
 """
 
+import dataclasses
 import itertools
 import sys
 
@@ -181,8 +182,6 @@ def stream_k():
     # each head's last) and whole rounds then shares (176 tiles of D64, 160 whole)
     if api.device_info(0).arch != configs.SM90_ARCH:
         return ok
-    import dataclasses
-
     for d, (b, h, sq, sk) in ((128, (1, 4, 777, 1500)), (64, (1, 16, 2048, 2048))):
         q = cupy.asarray(rng.standard_normal((b, h, sq, d)).astype(np.float16))
         k, v = (cupy.asarray(rng.standard_normal((b, h, sk, d)).astype(np.float16)) for _ in range(2))
