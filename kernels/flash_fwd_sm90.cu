@@ -313,6 +313,51 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
                 }
             }
         }
+        // Candidate (-DFLASHCORE_NARROW_EDGES): a key tile whose keys this consumer's rows see lie in
+        // one half of it (the causal diagonal's tile for the first rows, a window's left edge for
+        // the last, a last tile Sk ends in the first half of) runs S and P V over that half alone
+        // (variant.cuh's tile_half; the other half's scores are masked, its P 0). Not for rows
+        // that are packed heads (pack > 1) or split tiles; two consumers of 128-key tiles without a
+        // bias (three, or a bias's tiles, spilled with the half's own accumulators, sh).
+#ifdef FLASHCORE_NARROW_EDGES
+        constexpr bool kNarrow = !SPLIT && BLOCK_N == 128 && WARP_ROWS == 16 && CONSUMERS == 2 && V::kBias == 0;
+#else
+        constexpr bool kNarrow = false;
+#endif
+        KeyRange seen{0, 0};
+        if constexpr (kNarrow)
+            seen = V::kPlain ? window_keys(SeqWindow{seqlen_k, causal_diag, -1, p.causal ? 0 : -1}, c_row0, 64)
+                             : window_keys(mod, c_row0, 64);
+        auto half_of = [&](int k) {   // the consumer's k-th key tile: 0 whole, 1 / 2 one half
+            if constexpr (kNarrow) return p.pack == 1 ? tile_half(seen, w.key_tile<V>(tile(k)) * BLOCK_N) : 0;
+            return 0;
+        };
+        float sh[BLOCK_N / 16][4];   // (candidate) a half tile's S
+        auto issue_s = [&](Ring<STAGES> r, int half) {
+            if constexpr (kNarrow) {
+                if (half == 1) return qk_wgmma_keys<T, Tile::kQRows, HEAD_DIM, BLOCK_N, 64, 0>(sh, q_desc, k_tile(r));
+                if (half == 2) return qk_wgmma_keys<T, Tile::kQRows, HEAD_DIM, BLOCK_N, 64, 64>(sh, q_desc, k_tile(r));
+            }
+            qk_wgmma<T, Tile::kQRows, HEAD_DIM, BLOCK_N>(s[0], q_desc, k_tile(r));
+        };
+        auto skipped_half = [&](int half) {
+            if constexpr (kNarrow) {
+                if (half == 0) return;
+                fence_registers(sh);
+                #pragma unroll
+                for (int nt = 0; nt < BLOCK_N / 8; ++nt)
+                    #pragma unroll
+                    for (int e = 0; e < 4; ++e)
+                        s[0][nt][e] = half == 1 ? (nt < 8 ? sh[nt % 8][e] : neg_inf()) : (nt < 8 ? neg_inf() : sh[nt % 8][e]);
+            }
+        };
+        auto issue_pv = [&](Ring<STAGES> r, int half) {
+            if constexpr (kNarrow) {
+                if (half == 1) return pv_wgmma_keys<T, DV, BLOCK_N, 0, 64>(o[0], a, v_tile(r));
+                if (half == 2) return pv_wgmma_keys<T, DV, BLOCK_N, 64, 128>(o[0], a, v_tile(r));
+            }
+            pv_wgmma<T, DV, BLOCK_N>(o[0], a, v_tile(r));
+        };
         const float softmax_scale = V::kPlain ? p.scale_log2 : mod.units;
         // Candidate (-DFLASHCORE_ALIBI_LINEAR, v43): a causal ALiBi's scores one FFMA each, key-linear
         // (variant_scores' LINEAR) in a frame per row that the softmax takes in (SHIFTED).
@@ -400,10 +445,11 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
             mbar_wait(bar.k_full(r.slot()), r.parity()); FC_TRACE(5);
             landed();
             await_turn();
-            qk_wgmma<T, Tile::kQRows, HEAD_DIM, BLOCK_N>(s[0], q_desc, k_tile(r));
+            issue_s(r, half_of(0));
             pass_turn(false);
             wgmma_wait<0>();
             fence_registers(s[0]); FC_TRACE(6);
+            skipped_half(half_of(0));
             release(bar.k_empty(r.slot()));
             softmax_tile(tile(0), true); FC_TRACE(7);
         }
@@ -416,14 +462,15 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
             landed();
             clear_stale(k - 1);
             await_turn(); FC_TRACE(20);
-            qk_wgmma<T, Tile::kQRows, HEAD_DIM, BLOCK_N>(s[0], q_desc, k_tile(r));
-            pv_wgmma<T, DV, BLOCK_N>(o[0], a, v_tile(prev));
+            issue_s(r, half_of(k));
+            issue_pv(prev, half_of(k - 1));
             pass_turn(false);
             wgmma_wait<1>();                  // S_k landed (groups retire in order)
             fence_registers(s[0]); FC_TRACE(9);
             release(bar.k_empty(r.slot()));
             wgmma_wait<0>();
             pv_done(k - 1); FC_TRACE(21);
+            skipped_half(half_of(k));
             softmax_tile(tile(k)); FC_TRACE(10);
             rescale_rows<1, DV / 8, H>(o, alpha); FC_TRACE(11);
         }
@@ -436,7 +483,7 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
             landed();
             clear_stale(my_blocks - 1);
             await_turn();
-            pv_wgmma<T, DV, BLOCK_N>(o[0], a, v_tile(last));
+            issue_pv(last, half_of(my_blocks - 1));
             pass_turn(c_blocks == n_blocks);
             wgmma_wait<0>();
             pv_done(my_blocks - 1); FC_TRACE(12);

@@ -273,6 +273,43 @@ def test_linear_alibi_candidate_matches_reference(rng, grid):
         _check_plan(p, q, k, v, out, arrays, dict(causal=causal, window=window, **opts), dtype, what)
 
 
+@pytest.mark.parametrize("grid", configs.SM90_GRIDS)
+def test_narrow_edges_candidate_matches_reference(rng, grid):
+    """The candidate build -DFLASHCORE_NARROW_EDGES (a key tile whose keys a consumer's rows see
+    lie in one half of it runs S and P V over that half alone; ablate_sm90.py times it): the
+    causal diagonal both ways, windows whose edges fall in either half of a tile, a last tile that
+    Sk ends in its first half (Sk 1000 = 7 x 128 + 104, 300, 77), Sq > Sk (rows that see no key),
+    with softcap, ALiBi and a bias, D96 and D128; GQA decode (packed heads: never narrowed). Outputs
+    poisoned, LSE, the same bits twice."""
+    import cupy
+
+    import flashcore_cupy as fc
+    from flashcore_cupy import api
+
+    if api.device_info(0).arch != configs.SM90_ARCH:
+        pytest.skip("the Hopper kernel needs sm_90a")
+    cases = [(True, None, "none"), ("top_left", None, "none"), (False, None, "none"), (True, (100, 0), "none"),
+             (False, (63, 63), "none"), (False, (150, 20), "softcap"), ("top_left", (200, 0), "alibi"),
+             (True, (1000, 0), "all")]
+    for (causal, window, option), dtype, d, lengths in itertools.product(
+            cases, ("fp16", "bf16"), (96, 128), ((1, 1), (200, 77), (77, 300), (799, 1000), (1000, 799), (1000, 1000))):
+        heads = (2, 4, 2)
+        q, k, v = make_inputs(rng, dtype, d, "bhsd", heads, lengths)
+        opts = _options(rng, option, dtype, heads, lengths, per_batch=True)
+        arrays = {n: opts.pop(n) for n in ("alibi_slopes", "bias") if n in opts}   # (a bias: never narrowed)
+        what = f"{grid} {dtype} D{d} causal={causal} window={window} {option} lengths {lengths}:"
+        out = cupy.full(q.shape, np.nan, dtype=q.dtype)
+        p = fc.plan(q, k, v, causal=causal, window=window, return_lse=True, out=out,
+                    config=configs.sm90_config(dtype, d, grid), defines=("FLASHCORE_NARROW_EDGES",), **opts,
+                    **arrays)
+        _check_plan(p, q, k, v, out, arrays, dict(causal=causal, window=window, **opts), dtype, what)
+    q, k, v = make_inputs(rng, "fp16", 128, "bhsd", (2, 8, 2), (1, 1000))   # packed GQA decode
+    out = cupy.full(q.shape, np.nan, dtype=q.dtype)
+    p = fc.plan(q, k, v, return_lse=True, out=out, config=configs.sm90_config("fp16", 128, grid),
+                defines=("FLASHCORE_NARROW_EDGES",))
+    _check_plan(p, q, k, v, out, {}, {}, "fp16", f"{grid} packed decode:")
+
+
 def _check_plan(p, q, k, v, out, arrays: dict, options: dict, dtype: str, what: str) -> None:
     """A plan (return_lse, into the poisoned `out`) run with `arrays`, against the reference with
     `options` and `arrays` (the LSE -inf exactly where a row sees no key); the same bits when run

@@ -3,10 +3,11 @@
 # deal and variants on Hopper, the Hopper backward at D96 / D256, the Hopper KV cache's
 # speculative rows and gathered pages, ALiBi's 192-key tiles), and for gpu-pending's (the tensor
 # maps re-aimed at new addresses, tma.encode_maps; the ALiBi candidate -DFLASHCORE_ALIBI_LINEAR;
-# stream-K's "dense_sk" configs, streamk.py, which wave_probe times against the shipped deal):
-# their GPU tests, the rows each change is meant to move side by side with the peers, probes
-# (the ALiBi candidate, short causal tiles, stream-K against the shipped deal, host latency,
-# gathered pages), and compute-sanitizer on sanitize_case.py (its sections run the new paths).
+# the narrow edge tiles -DFLASHCORE_NARROW_EDGES; stream-K's "dense_sk" configs, streamk.py, which
+# wave_probe times against the shipped deal): their GPU tests, the rows each change is meant to
+# move side by side with the peers, probes (the candidates, short causal tiles, stream-K against
+# the shipped deal, host latency, gathered pages), and compute-sanitizer on sanitize_case.py (its
+# sections run the new paths).
 # Logs go to $OUT.
 # Usage on the device machine, from the repository root:  bash scripts/dev/pending_run.sh
 # PYTEST=0 / BENCH=0 / PROBES=0 / PROBES2=0 / SANITIZE=0 skip those steps; PYTEST_FILES replaces
@@ -25,8 +26,8 @@ fi
 export FLASHCORE_REQUIRE_GPU=1
 step device.txt nvidia-smi --query-gpu=name,driver_version,clocks.sm --format=csv
 if [ "${PYTEST:-1}" = 1 ]; then
-  step pytest.txt timeout 150 python3 -m pytest tests/test_attention_gpu.py tests/test_variants_gpu.py \
-    -k "reaimed or plan_is or linear_alibi or stream_k" -q -rs -p no:cacheprovider
+  step pytest.txt timeout 200 python3 -m pytest tests/test_attention_gpu.py tests/test_variants_gpu.py \
+    tests/test_varlen_gpu.py -k "reaimed or plan_is or linear_alibi or stream_k or narrow" -q -rs -p no:cacheprovider
   step pytest.txt timeout 400 python3 -m pytest ${PYTEST_FILES:-tests/test_varlen_gpu.py tests/test_backward_gpu.py \
     tests/test_kvcache_gpu.py tests/test_sm90_protocol.py tests/test_distributed_gpu.py} -q -rs -p no:cacheprovider
 fi
@@ -51,8 +52,13 @@ if [ "${PROBES:-1}" = 1 ]; then   # the decisions first: stream-K, the ALiBi can
   step probes.txt timeout 150 python3 scripts/dev/wave_probe.py   # the static deal's makespan beside stream-K
   for dt in fp16 bf16; do   # the ALiBi candidate (-DFLASHCORE_ALIBI_LINEAR) beside the shipped kernel
     step probes.txt timeout 90 python3 scripts/dev/ablate_sm90.py --shape alibi-b2-h16-s4k-d128-causal \
-      --dtype $dt --variant candidate
+      --dtype $dt --variant "ALiBi key-linear"
   done
+  # the narrow edge tiles (-DFLASHCORE_NARROW_EDGES) beside the shipped kernel, where it narrows:
+  # the causal diagonal (short and long tiles), window1k's edges, top-left, Sq < Sk
+  step probes.txt timeout 150 python3 scripts/dev/ablate_sm90.py --shape window1k-b2-h16-s8k-d128 \
+    --shape topleft-b4-h16-sq1k-sk4k-d128-causal --shape b2-h16-s4k-d128-causal \
+    --shape held-b2-h24-s2560-d128-causal --shape held-b2-h16kv2-sq777-sk3001-d128-causal --variant narrow
   step probes.txt timeout 150 python3 scripts/tile_sweep.py --family sm90 \
     --shape topleft-b4-h16-sq1k-sk4k-d128-causal --shape held-b16-h12-s1k-d64-causal   # short causal tiles
 fi
