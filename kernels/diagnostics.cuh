@@ -17,6 +17,14 @@
 //   FLASHCORE_ALIBI_LINEAR    candidate: the Hopper forward's causal ALiBi scores one FFMA each,
 //                             key-linear, the row terms in the softmax's frame (variant.cuh's
 //                             LINEAR, softmax.cuh's SHIFTED; ablate_sm90.py)
+//   FLASHCORE_NARROW_EDGES    candidate: the Hopper forward runs S and P V over the half of a key
+//                             tile that a consumer's rows see, where they see one half (variant.cuh's
+//                             tile_half; ablate_sm90.py)
+//   FLASHCORE_TRACE_ITEMS=<n> FC_ITEM(i, n): thread 0 of each warpgroup of the Hopper forward stores
+//                             the SM clock at point n of work item i (< the define) into
+//                             fc_items[(i * 4 + warpgroup) * FC_ITEM_POINTS + n]; FC_ITEM_SET(i, n, v)
+//                             a value there, FC_ITEM_WHERE(i) its CTA and SM (scripts/dev/item_trace.py:
+//                             where a work tile's time goes)
 #pragma once
 
 #define FC_TRACE_POINTS 24
@@ -35,6 +43,28 @@ extern "C" __device__ unsigned long long fc_trace[4096 * 4 * FC_TRACE_POINTS];
 #else
 #define FC_TRACE(n) do {} while (0)
 #define FC_TRACE_NS(n) do {} while (0)
+#endif
+
+#define FC_ITEM_POINTS 8
+#ifdef FLASHCORE_TRACE_ITEMS
+extern "C" __device__ unsigned long long fc_items[FLASHCORE_TRACE_ITEMS * 4 * FC_ITEM_POINTS];
+#define FC_ITEM_SET(i, n, v_)                                                             \
+    do {                                                                                   \
+        if (threadIdx.x % 128 == 0 && (i) >= 0 && (i) < FLASHCORE_TRACE_ITEMS)              \
+            fc_items[((i) * 4 + threadIdx.x / 128) * FC_ITEM_POINTS + (n)] = (v_);         \
+    } while (0)
+#define FC_ITEM(i, n) FC_ITEM_SET(i, n, clock64())
+// point 7 of item i: its CTA (high word) and SM
+#define FC_ITEM_WHERE(i)                                                                   \
+    do {                                                                                   \
+        unsigned sm_;                                                                      \
+        asm volatile("mov.u32 %0, %%smid;" : "=r"(sm_));                                   \
+        FC_ITEM_SET(i, 7, static_cast<unsigned long long>(blockIdx.x) << 32 | sm_);        \
+    } while (0)
+#else
+#define FC_ITEM_SET(i, n, v_) do {} while (0)
+#define FC_ITEM(i, n) do {} while (0)
+#define FC_ITEM_WHERE(i) do {} while (0)
 #endif
 
 #ifdef FLASHCORE_ABLATE_NO_EXP2

@@ -257,6 +257,7 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
          ++n_done, i = kDynamic ? items.take(n_done - 1, lane) : next_item<Tile, BLOCK_N, S>(p, i)) {
         const WorkTile w = work_tile<Tile, BLOCK_N, V, S>(p, i);
         if (S::kVarlen && w.batch < 0) break;   // past the sequences' items (the producer stops there too)
+        FC_ITEM(i, 0); FC_ITEM_WHERE(i);
         const int n_blocks = w.n_blocks;
         // The tile's sequence: its queries (varlen: its own; else p.seqlen_q) and keys.
         const int seq_q = S::kVarlen ? w.seqlen_q : seqlen_q;
@@ -419,7 +420,7 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
         if (kTurns && consumer == CONSUMERS - 1 && n_blocks > 0) named_barrier_arrive(1, 256);
         // wgmma issue stays out of data-dependent branches: ptxas serialises every
         // wgmma of a kernel that waits on one inside a divergent path (C7518).
-        mbar_wait(bar.q_full(), n_done & 1); FC_TRACE(4);
+        mbar_wait(bar.q_full(), n_done & 1); FC_TRACE(4); FC_ITEM(i, 1); FC_ITEM_SET(i, 6, my_blocks);
         // P_k V_k is done: its V tile goes back to the producer, `a` and O are free.
         // A KV cache's tile past its sequence's end: V's rows there are whatever the cache held
         // (the maps span every sequence's room; packed sequences: the next sequence's rows) and a
@@ -451,7 +452,7 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
             fence_registers(s[0]); FC_TRACE(6);
             skipped_half(half_of(0));
             release(bar.k_empty(r.slot()));
-            softmax_tile(tile(0), true); FC_TRACE(7);
+            softmax_tile(tile(0), true); FC_TRACE(7); FC_ITEM(i, 2);
         }
         // Step k: S_k = Q K_k^T and O += P_{k-1} V_{k-1} in flight together; then, once
         // both are done, the softmax of S_k (P_k into `a`) and O *= alpha_k.
@@ -486,7 +487,7 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
             issue_pv(last, half_of(my_blocks - 1));
             pass_turn(c_blocks == n_blocks);
             wgmma_wait<0>();
-            pv_done(my_blocks - 1); FC_TRACE(12);
+            pv_done(my_blocks - 1); FC_TRACE(12); FC_ITEM(i, 3);
         }
         // Key tiles this consumer's rows do not need (causal: the other consumers' part
         // of the diagonal; or it has no rows here): release each once landed and keep
@@ -509,6 +510,7 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
         if constexpr (SPLIT)   // one work tile per CTA (see Sm90Config.schedule): the ring is done
             combine_split<DV, CONSUMERS, H>(reinterpret_cast<float*>(smem + (sbase - smem_addr(smem)) +
                                                                         Tile::kOffK), consumer, o, m, l); FC_TRACE(13);
+        if (!has_rows) FC_ITEM(i, 4);
         if (!has_rows || (SPLIT && consumer > 0)) continue;
         if constexpr (S::kStreamK) {
             if (w.parts > 1) {   // part w.split of a stream-K tile: partials; the tile's last part merges
@@ -575,7 +577,7 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
             if (p.lse != nullptr && lane % 4 == 0)
                 p.lse[(static_cast<i64>(S::kVarlen ? 0 : w.batch) * p.heads * p.pack + q_head) * seqlen_q + q_pos] =
                     row_lse(m[0][half], l_row);
-        } FC_TRACE(14); FC_TRACE_NS(23);
+        } FC_TRACE(14); FC_TRACE_NS(23); FC_ITEM(i, 4);
     }
 }
 

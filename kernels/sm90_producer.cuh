@@ -77,6 +77,7 @@ __device__ __forceinline__ void produce(const Sm90Params& p, u32 sbase, const Ba
          ++n_done, i = kDynamic ? fetched : next_item<Tile, BLOCK_N, S>(p, i)) {
         const WorkTile w = work_tile<Tile, BLOCK_N, V, S>(p, i);
         if (S::kVarlen && w.batch < 0) break;   // past the sequences' items, as is every later one
+        FC_ITEM(i, 0);
         int next = 0;
         if (kDynamic && issues) next = items.fetch(p.tile_counter);   // its latency under this tile's loads
         const int head_kv = p.by_heads_per_kv(w.head);
@@ -135,6 +136,7 @@ __device__ __forceinline__ void produce(const Sm90Params& p, u32 sbase, const Ba
                                             q_swapped ? w.head * p.pack : w.q_row0 + w.row0 + box * Tile::kQBoxRows,
                                             q_swapped ? 0 : w.head * p.pack, S::kVarlen ? 0 : w.batch); FC_TRACE(18);
             }
+            FC_ITEM(i, 1);
         }
         // K runs kKAhead tiles ahead of V: with split keys each consumer's first S needs
         // its own K tile, and with 64 CTAs loading at once (the mission shape) the L2 serves
@@ -176,7 +178,7 @@ __device__ __forceinline__ void produce(const Sm90Params& p, u32 sbase, const Ba
                         page);
             }
         }
-        it += w.n_blocks;
+        it += w.n_blocks; FC_ITEM(i, 2);
         if constexpr (kDynamic) {
             if (issues) items.publish(next, n_done);   // the consumers take it when this tile ends
             fetched = S::kVarlen ? __shfl_sync(0xffffffffu, next, 0) : next;

@@ -335,6 +335,32 @@ def test_every_trace_point_is_stamped_once_and_the_trace_build_compiles():
     loader.compile_only(configs.Sm90FwdConfig("fp16", 64, 128, 4, 2, False, True), "sm_90a", trace["TRACE"])
 
 
+def test_every_item_point_is_stamped_and_the_item_trace_build_compiles():
+    """scripts/dev/item_trace.py reads FC_ITEM points: the consumers' in flash_fwd_sm90.cu (the
+    end twice: an item's rows, or none), the producer's in sm90_producer.cuh, the values of
+    FC_ITEM_SET and FC_ITEM_WHERE at the script's indices; the FLASHCORE_TRACE_ITEMS build of a
+    plain, a window and a varlen tile compiles without spills (NVRTC, no GPU)."""
+    import re
+
+    from flashcore_cupy import loader
+
+    items = _script("item_trace.py")
+    fwd = (ROOT / "kernels" / "flash_fwd_sm90.cu").read_text()
+    producer = (ROOT / "kernels" / "sm90_producer.cuh").read_text()
+    diagnostics = (ROOT / "kernels" / "diagnostics.cuh").read_text()
+    assert sorted(int(n) for n in re.findall(r"FC_ITEM\(i, (\d+)\)", fwd)) == sorted(
+        [items[n] for n in ("START", "Q_LANDED", "FIRST_READY", "LAST_PV", "END")] + [items["END"]])
+    assert re.findall(r"FC_ITEM_SET\(i, (\d+), my_blocks\)", fwd) == [str(items["BLOCKS"])]
+    assert "FC_ITEM_WHERE(i)" in fwd and f"FC_ITEM_SET(i, {items['WHERE']}, " in diagnostics
+    assert sorted(int(n) for n in re.findall(r"FC_ITEM\(i, (\d+)\)", producer)) == sorted(
+        items[n] for n in ("P_START", "P_Q_ISSUED", "P_KV_ISSUED"))
+    assert f"#define FC_ITEM_POINTS {items['POINTS']}" in diagnostics
+    window = configs.variant_config(configs.sm90_config("fp16", 128), configs.KernelVariant(window=True), sides=(1023, 0))
+    for cfg in (configs.sm90_config("fp16", 128), window, configs.sm90_varlen_config("fp16", 128)):
+        report = loader.compile_only(cfg, "sm_90a", items["TRACE"])
+        assert report.spill_bytes == 0, (str(cfg), report)
+
+
 def _rows_of_item(cfg, p, i):
     """((batch, head), range of rows) of work item i, by Sm90FwdConfig.work_tile (the kernel's
     work_tile in Python: the GPU tests compare the two on a debug build's record)."""
@@ -570,3 +596,27 @@ def test_the_narrow_edges_candidate_compiles_without_spills():
         regs, _, spills, stack = loader.parse_ptxas_log(log)
         assert spills == 0 and stack == 0, (str(cfg), spills, stack)
         assert "(C75" not in log, (str(cfg), [line for line in log.splitlines() if "(C75" in line])
+
+
+def test_item_trace_splits_a_consumers_time_into_its_parts():
+    """scripts/dev/item_trace.py's consumer_parts on a made-up record: two items of one persistent
+    CTA and a CTA alone on another SM, and an item whose consumer had no rows there: each part's
+    cycles as the points give them, the gap measured on the same SM only."""
+    items = _script("item_trace.py")
+    t = np.zeros((8, 4, items["POINTS"]), np.int64)
+
+    def item(i, sm, cta, start, q, first, last_pv, end, blocks):
+        t[i, 1, [items["START"], items["Q_LANDED"], items["FIRST_READY"], items["LAST_PV"], items["END"],
+                 items["BLOCKS"]]] = (start, q, first, last_pv, end, blocks)
+        t[i, 1, items["WHERE"]] = cta << 32 | sm
+
+    item(0, 0, 0, 1000, 1100, 1300, 2300, 2500, 5)
+    item(3, 0, 0, 2600, 2700, 2900, 3900, 4100, 5)   # the next item of CTA 0: a gap of 100
+    item(1, 7, 1, 5000, 5400, 5600, 5800, 5850, 3)   # alone on SM 7
+    item(2, 7, 2, 6000, 6050, 0, 0, 6090, 0)         # no key tiles: its tail from Q landed
+    per, steps = items["consumer_parts"](t, 1)
+    assert per["gap"] == [100, 150]
+    assert sorted(per["Q wait"]) == [50, 100, 100, 400]
+    assert sorted(per["ramp"]) == [200, 200, 200] and sorted(per["steps"]) == [200, 1000, 1000]
+    assert sorted(per["tail"]) == [40, 50, 200, 200]
+    assert sorted(steps) == [100, 250, 250]

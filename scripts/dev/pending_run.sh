@@ -8,8 +8,8 @@
 #                   fix, ddb75b7), synccheck of the gathered pages and memcheck of stream-K. Passing,
 #                   gpu-pending may land (its shipped path: the re-aimed maps; the rest opt-in).
 #   CALL=2 decide   the candidates beside the shipped kernel: stream-K (wave_probe: the schedule
-#                   model, then the deals), ALiBi key-linear, narrow edge tiles (window1k, top-left,
-#                   causal S4k and the held-out causal rows).
+#                   model, then the deals), narrow edge tiles (window1k, top-left, the causal rows),
+#                   ALiBi key-linear; item_trace.py: where short work tiles' time goes.
 #   CALL=3 bench    the open bars' rows beside the peers: varlen (the dynamic deal), speculative
 #                   decode, the backward at D96 / D256, ALiBi, stream-K on the plain rows.
 #   CALL=4 rest     the other GPU test files, racecheck of the new paths' sections.
@@ -33,15 +33,16 @@ case "${CALL:-}" in
   ;;
 2|decide)
   step probes.txt timeout 150 python3 scripts/dev/wave_probe.py   # the static deal's makespan beside stream-K
-  # the narrow edge tiles (-DFLASHCORE_NARROW_EDGES) where they narrow: the causal diagonal (short
-  # and long tiles), window1k's edges, top-left, Sq < Sk
-  step probes.txt timeout 170 python3 scripts/dev/ablate_sm90.py --shape window1k-b2-h16-s8k-d128 \
-    --shape topleft-b4-h16-sq1k-sk4k-d128-causal --shape b2-h16-s4k-d128-causal \
-    --shape held-b2-h24-s2560-d128-causal --shape held-b2-h16kv2-sq777-sk3001-d128-causal --variant narrow
-  for dt in fp16 bf16; do   # the ALiBi candidate (-DFLASHCORE_ALIBI_LINEAR) beside the shipped kernel
-    step probes.txt timeout 90 python3 scripts/dev/ablate_sm90.py --shape alibi-b2-h16-s4k-d128-causal \
-      --dtype $dt --variant "ALiBi key-linear"
-  done
+  # where short tiles' time goes (gaps, Q waits, ramps, steps, tails), shipped and with the narrow
+  # edge tiles (-DFLASHCORE_NARROW_EDGES), whose time it prints beside the shipped kernel's
+  step probes.txt timeout 200 python3 scripts/dev/item_trace.py --shape window1k-b2-h16-s8k-d128 \
+    --shape topleft-b4-h16-sq1k-sk4k-d128-causal --shape held-b2-h16kv2-sq777-sk3001-d128-causal \
+    --define FLASHCORE_NARROW_EDGES
+  step probes.txt timeout 90 python3 scripts/dev/ablate_sm90.py --shape b2-h16-s4k-d128-causal \
+    --shape held-b2-h24-s2560-d128-causal --variant narrow   # the narrow edge tiles on longer causal tiles
+  # the ALiBi candidate (-DFLASHCORE_ALIBI_LINEAR) beside the shipped kernel
+  step probes.txt timeout 90 python3 scripts/dev/ablate_sm90.py --shape alibi-b2-h16-s4k-d128-causal \
+    --variant "ALiBi key-linear"
   ;;
 3|bench)
   step bench.txt timeout 150 python3 scripts/bench.py --shape varlen-16seq-32k-h16-d128-causal \
