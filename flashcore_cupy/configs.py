@@ -757,7 +757,7 @@ def sm90_varlen_config(dtype: str, head_dim: int, variant: KernelVariant = PLAIN
 
 
 SM90_PRODUCER_REGISTERS = 24   # the producer warpgroup's after setmaxnreg (Sm90Tile::kProducerRegs)
-SM90_GATHER_PRODUCER_REGISTERS = 40   # a gathered paged cache's (seq "paged": kGatherProducerRegs)
+SM90_GATHER_PRODUCER_REGISTERS = 48   # a gathered paged cache's (seq "paged": kGatherProducerRegs)
 
 
 def sm90_producer_registers(config: "Sm90FwdConfig") -> int:

@@ -130,8 +130,9 @@ struct Sm90Tile {
     // registers inside that allocation, so the consumers share what the producer's drop to
     // 24 frees (asking for more waits forever: four consumers hung at 120). At most 256.
     // A gathered paged cache's producer warps hold a tile's row indices and compute each copy's
-    // address (gather_tile): 40 registers (24 spilled).
-    static constexpr int kProducerRegs = 24, kGatherProducerRegs = 40;
+    // address (gather_tile): 48 registers (24 spilled; 40 spilled 72 bytes at 128-key tiles under
+    // NVRTC 13.5, none under 12.9).
+    static constexpr int kProducerRegs = 24, kGatherProducerRegs = 48;
     static constexpr int kLaunchRegs = 65536 / (128 * (CONSUMERS + 1)) / 8 * 8;
     __host__ __device__ static constexpr int consumer_regs(int producer) {
         return (kLaunchRegs * (CONSUMERS + 1) - producer) / CONSUMERS / 8 * 8 > 256
