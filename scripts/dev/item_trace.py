@@ -15,6 +15,7 @@ producer's Q issue (after the previous item's Q is released) against the consume
 --define adds a candidate's switch (e.g. FLASHCORE_NARROW_EDGES) to the traced build, so that
 its parts can be set beside the shipped kernel's. The clock is the SM's (cycles; microseconds
 at the device's nominal clock, approximate under boost). The shipped kernel is untouched.
+Dense and varlen rows (a varlen row: its Hopper launch on packed inputs of its lengths).
 Usage: python3 scripts/dev/item_trace.py --shape NAME [--shape ...] [--define SWITCH ...] [--dtype bf16]
 """
 
@@ -26,7 +27,7 @@ import numpy as np
 from flashcore_cupy import api, bench, configs, loader
 from flashcore_cupy.shapes import parse_shape
 from flashcore_cupy.timing import time_kernel
-from flashcore_cupy.workload import random_inputs
+from flashcore_cupy.workload import np_dtype, random_inputs
 
 ITEMS = 1 << 15
 TRACE = (f"FLASHCORE_TRACE_ITEMS={ITEMS}",)
@@ -39,22 +40,47 @@ P_START, P_Q_ISSUED, P_KV_ISSUED = 0, 1, 2
 def traced(shape_name: str, dtype: str, defines: tuple[str, ...], rng) -> tuple[np.ndarray, configs.Sm90FwdConfig, float, float]:
     """(fc_items of one warm launch as (items, 4, POINTS), the config, shipped us, traced us)."""
     shape = parse_shape(shape_name)
-    q, k, v = random_inputs(shape, dtype, rng)
-    arrays = bench.variant_arrays(shape, dtype, rng)
-    opts = bench.attention_options(shape, arrays)
-    out = cupy.empty_like(q)
-    shipped = api.plan(q, k, v, out=out, defines=defines, **opts) if defines else api.plan(q, k, v, out=out, **opts)
-    plan = api.plan(q, k, v, out=out, defines=TRACE + defines, **opts)
-    if not isinstance(plan.config, configs.Sm90FwdConfig):
-        raise SystemExit(f"{shape_name}: {plan.config} is not the Hopper kernel")
+    if shape.kind == "varlen":
+        config, launches = _varlen_launches(shape, dtype, defines, rng)
+    else:
+        q, k, v = random_inputs(shape, dtype, rng)
+        arrays = bench.variant_arrays(shape, dtype, rng)
+        opts = bench.attention_options(shape, arrays)
+        out = cupy.empty_like(q)
+        plans = [api.plan(q, k, v, out=out, defines=d, **opts) for d in (defines, TRACE + defines)]
+        config = plans[1].config
+        launches = [(lambda p: lambda: p.run(q, k, v, out=out, **arrays))(p) for p in plans]
+    if not isinstance(config, configs.Sm90FwdConfig):
+        raise SystemExit(f"{shape_name}: {config} is not the Hopper kernel")
     buf = cupy.ndarray((ITEMS * 4 * POINTS,), cupy.uint64,
-                       loader.get_global(plan.config, q.device.id, "sm_90a", "fc_items", TRACE + defines))
-    run = lambda p: p.run(q, k, v, out=out, **arrays)   # noqa: E731
-    t_shipped, t_traced = time_kernel(lambda: run(shipped)).p50, time_kernel(lambda: run(plan)).p50
+                       loader.get_global(config, cupy.cuda.Device().id, "sm_90a", "fc_items", TRACE + defines))
+    t_shipped, t_traced = (time_kernel(run).p50 for run in launches)
     buf.fill(0)
-    run(plan)
+    launches[1]()
     cupy.cuda.get_current_stream().synchronize()
-    return buf.get().reshape(ITEMS, 4, POINTS).astype(np.int64), plan.config, t_shipped, t_traced
+    return buf.get().reshape(ITEMS, 4, POINTS).astype(np.int64), config, t_shipped, t_traced
+
+
+def _varlen_launches(shape, dtype: str, defines: tuple[str, ...], rng):
+    """A varlen row's Hopper config and its launches, built with `defines` and with the trace too,
+    on packed inputs of the row's sequence lengths (causal as the row)."""
+    from flashcore_cupy import validation, varlen
+
+    cu = cupy.asarray(np.concatenate([[0], np.cumsum(shape.seqlens)]).astype(np.int32))
+    total = int(sum(shape.seqlens))
+    q, k, v = (cupy.asarray(rng.standard_normal((total, h, shape.head_dim), dtype=np.float32).astype(np_dtype(dtype)))
+               for h in (shape.heads_q, shape.heads_kv, shape.heads_kv))
+    problem, _ = validation.check_varlen(*(api._spec(a, n) for a, n in (
+        (q, "q"), (k, "k"), (v, "v"), (cu, "cu_seqlens_q"), (cu, "cu_seqlens_k"))),
+        causal=shape.causal, scale=None, window=None, softcap=0.0, alibi_slopes=None)
+    config = configs.sm90_varlen_config(dtype, shape.head_dim, problem.kernel_variant)
+    out = cupy.empty_like(q)
+    ptrs = dict(q=q.data.ptr, k=k.data.ptr, v=v.data.ptr, o=out.data.ptr, cu_seqlens_q=cu.data.ptr,
+                cu_seqlens_k=cu.data.ptr)
+    sms = api.device_info(q.device.id).num_sms
+    built = [varlen._sm90_launch(problem, config, (out.strides[1] // 2, out.strides[0] // 2), "sm_90a", sms, d)
+             for d in (defines, TRACE + defines)]
+    return config, [(lambda b: lambda: b.start(ptrs, cupy.cuda.get_current_stream().ptr))(b) for b in built]
 
 
 def consumer_parts(t: np.ndarray, c: int) -> tuple[dict[str, list[int]], list[float]]:

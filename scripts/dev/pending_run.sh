@@ -32,11 +32,11 @@ case "${CALL:-}" in
   step sanitizer.txt timeout 70 compute-sanitizer --tool memcheck --error-exitcode 3 python3 scripts/sanitize_case.py streamk
   ;;
 2|decide)
-  step probes.txt timeout 150 python3 scripts/dev/wave_probe.py   # the static deal's makespan beside stream-K
+  step probes.txt timeout 120 python3 scripts/dev/wave_probe.py   # the static deal's makespan beside stream-K
   # where short tiles' time goes (gaps, Q waits, ramps, steps, tails), shipped and with the narrow
   # edge tiles (-DFLASHCORE_NARROW_EDGES), whose time it prints beside the shipped kernel's
-  step probes.txt timeout 200 python3 scripts/dev/item_trace.py --shape window1k-b2-h16-s8k-d128 \
-    --shape topleft-b4-h16-sq1k-sk4k-d128-causal --shape held-b2-h16kv2-sq777-sk3001-d128-causal \
+  step probes.txt timeout 240 python3 scripts/dev/item_trace.py --shape window1k-b2-h16-s8k-d128 \
+    --shape topleft-b4-h16-sq1k-sk4k-d128-causal --shape varlen-64seq-h32kv8-d128-causal \
     --define FLASHCORE_NARROW_EDGES
   step probes.txt timeout 90 python3 scripts/dev/ablate_sm90.py --shape b2-h16-s4k-d128-causal \
     --shape held-b2-h24-s2560-d128-causal --variant narrow   # the narrow edge tiles on longer causal tiles
