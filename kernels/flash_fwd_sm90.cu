@@ -342,15 +342,25 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
             }
             qk_wgmma<T, Tile::kQRows, HEAD_DIM, BLOCK_N>(s[0], q_desc, k_tile(r));
         };
+        // Once P V's wait is passed: S is the half's, its other half -inf (written into S while a
+        // group is in flight, or left live, ptxas serialised every wgmma; the mask would hide it).
         auto skipped_half = [&](int half) {
             if constexpr (kNarrow) {
                 if (half == 0) return;
                 fence_registers(sh);
+                constexpr int kHalf = BLOCK_N / 16;   // n-tiles a half
                 #pragma unroll
-                for (int nt = 0; nt < BLOCK_N / 8; ++nt)
+                for (int nt = 0; nt < kHalf; ++nt)
                     #pragma unroll
-                    for (int e = 0; e < 4; ++e)
-                        s[0][nt][e] = half == 1 ? (nt < 8 ? sh[nt % 8][e] : neg_inf()) : (nt < 8 ? neg_inf() : sh[nt % 8][e]);
+                    for (int e = 0; e < 4; ++e) {
+                        if (half == 1) {
+                            s[0][nt][e] = sh[nt][e];
+                            s[0][kHalf + nt][e] = neg_inf();
+                        } else {
+                            s[0][nt][e] = neg_inf();
+                            s[0][kHalf + nt][e] = sh[nt][e];
+                        }
+                    }
             }
         };
         auto issue_pv = [&](Ring<STAGES> r, int half) {

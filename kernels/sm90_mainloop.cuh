@@ -22,7 +22,7 @@ __device__ __forceinline__ void qk_wgmma_keys(float (&s)[N / 8][4], u64 q_desc, 
     for (int ks = 0; ks < HEAD_DIM / 16; ++ks) {
         const u32 cb = ks / 4, in_block = (ks % 4) * 32;
         wgmma_ss<T, N>(s, desc_advance(q_desc, cb * A_ROWS * 128 + in_block),
-                    desc_advance(k_desc, cb * BLOCK_N * 128 + AT * 128 + in_block), ks > 0);
+                       desc_advance(k_desc, cb * BLOCK_N * 128 + AT * 128 + in_block), ks > 0);
     }
     wgmma_commit();
 }
