@@ -36,7 +36,6 @@ per call, so no call finds its inputs in L2 (the same for every implementation).
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import datetime
 import functools
 import json
@@ -55,10 +54,8 @@ from .timing import balanced_orders, predecessors, time_latency, time_side_by_si
 KVCACHE_IMPLS = ("flashcore_kvcache", "flashcore_contiguous", "flashcore_paged")   # decode and paged rows
 IMPLS = ("flashcore", "flashcore_sm80", "flashcore_plain", *KVCACHE_IMPLS, "flashcore_varlen", "naive_cupy",
          "sdpa_flash", "sdpa_cudnn", "sdpa_efficient", "torch_nested")
-# Candidates timed only where named (--impl): stream-K, not dispatched yet (flashcore_cupy/streamk.py)
-OPT_IN_IMPLS = ("flashcore_streamk",)
 OURS = ("flashcore", "flashcore_sm80", "flashcore_plain", "flashcore_deterministic",
-        *KVCACHE_IMPLS, "flashcore_varlen", *OPT_IN_IMPLS)   # their failures fail the run
+        *KVCACHE_IMPLS, "flashcore_varlen")   # their failures fail the run
 BACKWARD_IMPLS = ("flashcore", "flashcore_deterministic", "flashcore_sm80", "sdpa_flash", "sdpa_cudnn",
                   "sdpa_efficient")
 _SDPA_BACKENDS = {"sdpa_flash": "FLASH_ATTENTION", "sdpa_cudnn": "CUDNN_ATTENTION",
@@ -203,8 +200,6 @@ def _impls(shape: Shape, torch, arrays: dict | None = None, dtype: str = "fp16")
     }
     if shape.kind in ("decode", "paged"):
         fns.update(kvcache_impls(shape, opts))
-    elif not shape.causal and not shape.is_variant and shape.seqlen_q > 1:
-        fns["flashcore_streamk"] = Impl(_streamk_fn(), _identity, none)
     if shape.is_variant:
         plain = attention_options(shape.plain(), {})
         fns["flashcore_plain"] = Impl(lambda q, k, v: api.attention(q, k, v, **plain), _identity, none, True)
@@ -232,25 +227,6 @@ def _impls(shape: Shape, torch, arrays: dict | None = None, dtype: str = "fp16")
     for name, backend in _SDPA_BACKENDS.items():
         fns[name] = Impl(fn, to_torch, functools.partial(sdpa_kernel, getattr(SDPBackend, backend)))
     return fns
-
-
-def _streamk_fn() -> Callable:
-    """attention on dispatch's Hopper tile as a stream-K config (streamk.py; a plain non-causal
-    call), a plan per input layout; where dispatch takes another kernel, that kernel."""
-    from . import api, configs
-
-    plans = {}
-
-    def fn(q, k, v, out=None):
-        key = (q.shape, q.strides, k.shape, k.strides, v.shape, v.strides, out is None)
-        plan = plans.get(key)
-        if plan is None:
-            chosen = api.plan(q, k, v, out=out).config
-            if isinstance(chosen, configs.Sm90FwdConfig) and not chosen.split:
-                chosen = dataclasses.replace(chosen, seq="dense_sk")
-            plan = plans[key] = api.plan(q, k, v, out=out, config=chosen)
-        return plan.run(q, k, v, out=out)
-    return fn
 
 
 def kvcache_impls(shape: Shape, opts: dict) -> dict[str, Impl]:

@@ -230,9 +230,8 @@ def bench(shape_names, dtypes, impls, iters, held_out, out_path, plot_path, dire
         raise click.BadParameter(f"no shape of the list is left with --held-out {held_out}",
                                  param_hint="--shape")
     known_impls = bench_mod.IMPLS if direction == "forward" else bench_mod.BACKWARD_IMPLS
-    if set(impls) - set(known_impls) - (set(bench_mod.OPT_IN_IMPLS) if direction == "forward" else set()):
-        raise click.BadParameter(f"expected some of {known_impls} (direction {direction}; forward also takes "
-                                 f"the opt-in {bench_mod.OPT_IN_IMPLS})", param_hint="--impl")
+    if set(impls) - set(known_impls):
+        raise click.BadParameter(f"expected some of {known_impls} (direction {direction})", param_hint="--impl")
     if gpu_count() == 0:
         click.echo("no CUDA GPU found: `flashcore-cupy bench` needs one.")
         sys.exit(2)

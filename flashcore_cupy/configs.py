@@ -88,10 +88,8 @@ _SEQ_EXPRESSIONS = {"dense": "fc::Dense", "dense_split": "fc::DenseSplit", "varl
                     "paged_tiles": "fc::KvCache<fc::kCachePageTiles>"}
 CACHE_KINDS = ("cache", "paged", "paged_tiles")
 # The Hopper kernel's: a paged cache there is loaded by TMA boxes of whole pages (or tiles) where
-# they tile a key tile ("paged_tiles"), else gathered row by row by cp.async ("paged"); and dense
-# calls whose last round's key tiles spread over every SM ("dense_sk", stream-K: streamk.py).
-SM90_SEQ_KINDS = ("dense", "dense_split", "dense_sk", "varlen", "cache", "paged", "paged_tiles")
-_SEQ_EXPRESSIONS["dense_sk"] = "fc::DenseStreamK"
+# they tile a key tile ("paged_tiles"), else gathered row by row by cp.async ("paged").
+SM90_SEQ_KINDS = ("dense", "dense_split", "varlen", "cache", "paged", "paged_tiles")
 SM90_ITEM_SLOT_BYTES = 40   # a dynamic deal's two item slots and their four barriers, after the kernel's
 
 
@@ -408,7 +406,7 @@ class Sm90FwdConfig:
     producers: int = 1    # TMA-issuing threads: 1 (Q, K and V) or 2 (Q and K; V)
     warp_rows: int = 16   # query rows per warp's 16-row GEMM slice: 8 halves split tiles to 32 rows
     variant: KernelVariant = PLAIN
-    seq: str = "dense"    # "dense", "dense_split" (split-KV), "dense_sk" (stream-K), "varlen" (no bias), or a plain KV cache: "cache" | "paged_tiles" | "paged" (gathered)
+    seq: str = "dense"    # "dense", "dense_split" (split-KV), "varlen" (no bias), or a plain KV cache: "cache" | "paged_tiles" | "paged" (gathered)
     head_dim_v: int | None = None   # V's and O's width where it differs from head_dim (a built width)
 
     kernel_file = "flash_fwd_sm90.cu"
@@ -421,8 +419,6 @@ class Sm90FwdConfig:
             raise ValueError("a Hopper varlen config has whole tiles and no bias")
         if self.seq in CACHE_KINDS and not (self.split and self.warp_rows == 16 and self.variant.plain):
             raise ValueError("a Hopper KV-cache config has split tiles of 16-row warps and no variant")
-        if self.seq == "dense_sk" and (self.split or not self.variant.plain):
-            raise ValueError("a Hopper stream-K config has whole tiles and no variant")
         if self.head_dim_v == self.head_dim:
             raise ValueError("head_dim_v: None where V's width is head_dim (one config, one name)")
 
@@ -482,8 +478,6 @@ class Sm90FwdConfig:
         end = tiles + 8 * (2 + 4 * self.stages)
         if self.seq == "varlen":   # the dynamic deal's item slots (sm90_scheduler.cuh's ItemSlots)
             end += SM90_ITEM_SLOT_BYTES
-        elif self.seq == "dense_sk":   # stream-K's flag a consumer (the tile's last part: flash_fwd_sm90.cu)
-            end += 4 * self.consumers
         if self.variant.bias == "none":
             return end, 0
         elem = 4 if self.variant.bias == "fp32" else 2

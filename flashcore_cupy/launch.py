@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from . import loader, params, split, streamk, tma
+from . import loader, params, split, tma
 from .configs import (GRID_YZ_MAX, SM90_ARCH, SM90_BWD_HEAD_DIMS, SM90_HEAD_DIMS, AppendConfig, BwdStepConfig, MergeConfig,
                       Sm80BwdConfig, Sm80FwdConfig, Sm90BwdConfig, Sm90FwdConfig, WorkTile, fold_heads_batch, sm90_bwd_width,
                       sm90_config)
@@ -595,7 +595,7 @@ def sm90_sequence_scalars(**given) -> dict:
     fields = dict.fromkeys((*params.cache_field_names(), "lse_sb", "lse_sh", "lse_ss", "tile_counter",
                             "cu_seqlens_q", "cu_seqlens_k", "k_rows", "v_rows",
                             *params.stride_values("k", (0, 0, 0)), *params.stride_values("v", (0, 0, 0))), 0)
-    return {**fields, "page_size": 1, "by_page_size": fast_divisor(1), "splits": 1, "sk_ctas": 0, **given}
+    return {**fields, "page_size": 1, "by_page_size": fast_divisor(1), "splits": 1, **given}
 
 
 @dataclass(frozen=True, eq=False)
@@ -801,43 +801,10 @@ class SplitFwdLaunch:
         self.start((q.data.ptr, k.data.ptr, v.data.ptr), out, lse, _current_stream().ptr if stream is None else stream)
 
 
-@dataclass(frozen=True, eq=False)
-class StreamKLaunch(SplitFwdLaunch):
-    """A plain non-causal dense call on a "dense_sk" Hopper config (streamk.py): whole rounds of
-    whole tiles, then every CTA's share of the last tiles' key tiles; a tile's parts store float32
-    partials in `workspace` (compact: splits = the most parts a tile has, o_split a part's rows of
-    every stream-K tile), and its last part merges them. `start` and `__call__` as SplitFwdLaunch's."""
-
-    @classmethod
-    def build(cls, problem: Problem, config: Sm80FwdConfig | Sm90FwdConfig, arch: str, num_sms: int,
-              o_strides: tuple[int, int, int], return_lse: bool, defines: tuple[str, ...] = ()) -> "StreamKLaunch | None":
-        if not (isinstance(config, Sm90FwdConfig) and config.seq == "dense_sk"):
-            return None
-        p = problem
-        pack, heads, heads_per_kv, m_blocks, causal = sm90_tiling(p, config)
-        if p.causal or pack > 1 or not config.variant.plain:
-            raise ValueError(f"config {config}: stream-K runs plain non-causal dense calls (no mask, no packed "
-                             f"GQA decode); this call is not one")
-        sk = streamk.plan(config.consumers, config.block_n, heads, p.batch, p.seqlen_q, p.seqlen_k, num_sms)
-        if sk.sk_ctas * sk.units >= 1 << 31:
-            raise ValueError(f"config {config}: stream-K's units ({sk.units} over {sk.sk_ctas} CTAs) pass its "
-                             f"32-bit arithmetic; run this call on the plain dense tile")
-        sk_tiles = sk.tiles - sk.dp_items
-        o_split, lse_split = sk_tiles * config.block_m * config.dv, sk_tiles * config.block_m
-        scalars = sm90_scalars(p, o_strides, False, heads, heads_per_kv, m_blocks, 1, sk.dp_items, sk.tiles, 1,
-                               splits=sk.max_parts, o_split=o_split, lse_split=lse_split, sk_ctas=sk.sk_ctas)
-        inner = Sm90SeqLaunch.build_seq(config, p.device, arch, (sk.grid, 1, 1), scalars, sm90_map_specs(p, config),
-                                        defines)
-        return cls(inner, split.Workspace(sk.max_parts, o_split, lse_split, sk_tiles * config.consumers), p.device,
-                   p.out_shape, (p.batch, p.heads_q, p.seqlen_q) if return_lse else None)
-
-
 def build_launch(problem: Problem, config: Sm80FwdConfig | Sm90FwdConfig, arch: str, num_sms: int,
                  o_strides: tuple[int, int, int], return_lse: bool,
                  defines: tuple[str, ...] = ()) -> Sm80FwdLaunch | Sm90FwdLaunch | SplitFwdLaunch:
     """defines: a diagnostic build's macros (loader.nvrtc_options); () for the product. A long
-    Sk's call splits its keys (SplitFwdLaunch); a stream-K config spreads its last tiles
-    (StreamKLaunch)."""
+    Sk's call splits its keys (SplitFwdLaunch)."""
     return (SplitFwdLaunch.build(problem, config, arch, num_sms, o_strides, return_lse, defines)
-            or StreamKLaunch.build(problem, config, arch, num_sms, o_strides, return_lse, defines)
             or _LAUNCH_CLASSES[type(config)].build(problem, config, arch, num_sms, o_strides, return_lse, defines))

@@ -221,9 +221,6 @@ FWD_SM90 = Schema("Sm90Params", [
     Field("v_rows", "const u16*", "paged gather: v's pool"),
     *_strides("k", "paged gather: the pools' (page, head, slot) strides, elements"),
     *_strides("v", "paged gather: v's"),
-    # stream-K (kernels/sm90_scheduler.cuh's StreamK): tail_start is the tiles run whole, splits the
-    # most parts a tile has, and o_accum, lse_accum, split_count the parts' partials and counts
-    Field("sk_ctas", "int", "stream-K: the CTAs sharing the tiles past tail_start; else 0"),
 ], "The Hopper forward kernel's one argument (flash_fwd_sm90), __grid_constant__.")
 
 def _bwd_gradients() -> list[Field]:

@@ -14,12 +14,6 @@
 //                             (Variant::kDescending in variant.cuh; ablate_sm90.py)
 //   FLASHCORE_DYNAMIC         the Hopper forward's persistent CTAs take their next tile from a
 //                             counter (sm90_scheduler.cuh; scripts/dev/schedule_probe.py)
-//   FLASHCORE_ALIBI_LINEAR    candidate: the Hopper forward's causal ALiBi scores one FFMA each,
-//                             key-linear, the row terms in the softmax's frame (variant.cuh's
-//                             LINEAR, softmax.cuh's SHIFTED; ablate_sm90.py)
-//   FLASHCORE_NARROW_EDGES    candidate: the Hopper forward runs S and P V over the half of a key
-//                             tile that a consumer's rows see, where they see one half (variant.cuh's
-//                             tile_half; ablate_sm90.py)
 //   FLASHCORE_TRACE_ITEMS=<n> FC_ITEM(i, n): thread 0 of each warpgroup of the Hopper forward stores
 //                             the SM clock at point n of work item i (< the define) into
 //                             fc_items[(i * 4 + warpgroup) * FC_ITEM_POINTS + n]; FC_ITEM_SET(i, n, v)

@@ -47,11 +47,6 @@
 // dynamic deal (sm90_scheduler.cuh): many tiles of unequal work, the next one's loads under this
 // one's end.
 //
-// Stream-K (S = DenseStreamK, plain non-causal dense calls; sm90_scheduler.cuh's StreamK): a CTA
-// runs whole tiles round the grid, then its share of the last tiles' key tiles; a share of a tile
-// with several parts stores float32 partials, and the tile's last part merges them
-// (split_kv.cuh's merge_if_last), per consumer's 64 rows.
-//
 // SPLIT (small grids: short sequences, decode): a work tile is 64 rows that all
 // consumers share; consumer c takes key tiles c, c + CONSUMERS, ... and the
 // partial (m, l, O) merge into consumer 0's at the end (combine_split), which
@@ -122,8 +117,7 @@ struct Sm90Tile {
     // A bias variant's per-warp bias tiles (BiasStage), after the barriers.
     static constexpr u32 kBarsEnd = kOffBars + 8 * (2 + 4 * STAGES);
     static constexpr u32 kOffBias = (kBarsEnd + 127) / 128 * 128;
-    // The dynamic deal's item slots (sm90_scheduler.cuh), or stream-K's flags (one int a consumer),
-    // after the barriers.
+    // The dynamic deal's item slots (sm90_scheduler.cuh), after the barriers.
     static constexpr u32 kOffItems = kBarsEnd;
     // Register split of setmaxnreg. The CTA holds what the launch bound gives every thread
     // (ptxas compiles to it: 64K / threads in multiples of 8); setmaxnreg only moves
@@ -254,8 +248,8 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
     static_assert(!kDynamic || ((S::kDense || S::kVarlen) && PRODUCERS == 1 && !SPLIT && V::kBias == 0),
                   "a dynamic deal: dense or varlen, one producer thread, no split tiles, no bias (its tiles' place)");
     const ItemSlots items{sbase + Tile::kOffItems};
-    for (int i = first_item<Tile, BLOCK_N, S>(p); i < p.n_items;
-         ++n_done, i = kDynamic ? items.take(n_done - 1, lane) : next_item<Tile, BLOCK_N, S>(p, i)) {
+    for (int i = blockIdx.x; i < p.n_items;
+         ++n_done, i = kDynamic ? items.take(n_done - 1, lane) : i + gridDim.x) {
         const WorkTile w = work_tile<Tile, BLOCK_N, V, S>(p, i);
         if (S::kVarlen && w.batch < 0) break;   // past the sequences' items (the producer stops there too)
         FC_ITEM(i, 0); FC_ITEM_WHERE(i);
@@ -265,13 +259,10 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
         const int seqlen_k = w.seqlen_k, causal_diag = seqlen_k - seq_q;
         const bool has_rows = consumer < w.consumers;
 #ifdef FLASHCORE_RECORD_WORK
-        // (stream-K: a CTA's items at CTA * kStreamKRecordItems + its count, their part and parts
-        // in place of the count: several CTAs share an item there)
-        const int record_at = S::kStreamK ? static_cast<int>(blockIdx.x) * kStreamKRecordItems + n_done : i;
-        if (threadIdx.x == 128 && record_at < FLASHCORE_RECORD_WORK) {
+        if (threadIdx.x == 128 && i < FLASHCORE_RECORD_WORK) {
             const int entry[8] = {static_cast<int>(blockIdx.x), w.row0, w.head, w.batch, w.consumers, n_blocks,
-                                  S::kStreamK ? (w.split << 16 | w.parts) : n_done, w.first};
-            for (int f = 0; f < 8; ++f) fc_work_log[record_at][f] = entry[f];
+                                  n_done, w.first};
+            for (int f = 0; f < 8; ++f) fc_work_log[i][f] = entry[f];
         }
 #endif
         const int c_row0 = w.row0 + (SPLIT ? 0 : 64 * consumer);   // this warpgroup's first query
@@ -315,65 +306,11 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
                 }
             }
         }
-        // Candidate (-DFLASHCORE_NARROW_EDGES): a key tile whose keys this consumer's rows see lie in
-        // one half of it (the causal diagonal's tile for the first rows, a window's left edge for
-        // the last, a last tile Sk ends in the first half of) runs S and P V over that half alone
-        // (variant.cuh's tile_half; the other half's scores are masked, its P 0). Not for rows
-        // that are packed heads (pack > 1) or split tiles; two consumers of 128-key tiles without a
-        // bias (three, or a bias's tiles, spilled with the half's own accumulators, sh).
-#ifdef FLASHCORE_NARROW_EDGES
-        constexpr bool kNarrow = !SPLIT && BLOCK_N == 128 && WARP_ROWS == 16 && CONSUMERS == 2 && V::kBias == 0;
-#else
-        constexpr bool kNarrow = false;
-#endif
-        KeyRange seen{0, 0};
-        if constexpr (kNarrow)
-            seen = V::kPlain ? window_keys(SeqWindow{seqlen_k, causal_diag, -1, p.causal ? 0 : -1}, c_row0, 64)
-                             : window_keys(mod, c_row0, 64);
-        auto half_of = [&](int k) {   // the consumer's k-th key tile: 0 whole, 1 / 2 one half
-            if constexpr (kNarrow) return p.pack == 1 ? tile_half(seen, w.key_tile<V>(tile(k)) * BLOCK_N) : 0;
-            return 0;
-        };
-        float sh[BLOCK_N / 16][4];   // (candidate) a half tile's S
-        auto issue_s = [&](Ring<STAGES> r, int half) {
-            if constexpr (kNarrow) {
-                if (half == 1) return qk_wgmma_keys<T, Tile::kQRows, HEAD_DIM, BLOCK_N, 64, 0>(sh, q_desc, k_tile(r));
-                if (half == 2) return qk_wgmma_keys<T, Tile::kQRows, HEAD_DIM, BLOCK_N, 64, 64>(sh, q_desc, k_tile(r));
-            }
-            qk_wgmma<T, Tile::kQRows, HEAD_DIM, BLOCK_N>(s[0], q_desc, k_tile(r));
-        };
-        // Once P V's wait is passed: S is the half's, its other half -inf (written into S while a
-        // group is in flight, or left live, ptxas serialised every wgmma; the mask would hide it).
-        auto skipped_half = [&](int half) {
-            if constexpr (kNarrow) {
-                if (half == 0) return;
-                fence_registers(sh);
-                constexpr int kHalf = BLOCK_N / 16;   // n-tiles a half
-                #pragma unroll
-                for (int nt = 0; nt < kHalf; ++nt)
-                    #pragma unroll
-                    for (int e = 0; e < 4; ++e) {
-                        if (half == 1) {
-                            s[0][nt][e] = sh[nt][e];
-                            s[0][kHalf + nt][e] = neg_inf();
-                        } else {
-                            s[0][nt][e] = neg_inf();
-                            s[0][kHalf + nt][e] = sh[nt][e];
-                        }
-                    }
-            }
-        };
-        auto issue_pv = [&](Ring<STAGES> r, int half) {
-            if constexpr (kNarrow) {
-                if (half == 1) return pv_wgmma_keys<T, DV, BLOCK_N, 0, 64>(o[0], a, v_tile(r));
-                if (half == 2) return pv_wgmma_keys<T, DV, BLOCK_N, 64, 128>(o[0], a, v_tile(r));
-            }
-            pv_wgmma<T, DV, BLOCK_N>(o[0], a, v_tile(r));
-        };
         const float softmax_scale = V::kPlain ? p.scale_log2 : mod.units;
-        // Candidate (-DFLASHCORE_ALIBI_LINEAR, v43): a causal ALiBi's scores one FFMA each, key-linear
-        // (variant_scores' LINEAR) in a frame per row that the softmax takes in (SHIFTED).
-#if defined(FLASHCORE_ALIBI_LINEAR) && !defined(FLASHCORE_ABLATE_NO_SOFTMAX)
+        // ALiBi where no key past the diagonal is seen (causal, a window's right side 0): its scores
+        // one FFMA each, key-linear (variant_scores' LINEAR), in a frame per row that the softmax
+        // takes in (SHIFTED); 0.93x the time of |i + off - j| a score at S4k D128 causal (v44, H100).
+#ifndef FLASHCORE_ABLATE_NO_SOFTMAX
         const bool alibi_linear = V::kAlibi && mod.win_right == 0;
 #else
         constexpr bool alibi_linear = false;
@@ -457,11 +394,10 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
             mbar_wait(bar.k_full(r.slot()), r.parity()); FC_TRACE(5);
             landed();
             await_turn();
-            issue_s(r, half_of(0));
+            qk_wgmma<T, Tile::kQRows, HEAD_DIM, BLOCK_N>(s[0], q_desc, k_tile(r));
             pass_turn(false);
             wgmma_wait<0>();
             fence_registers(s[0]); FC_TRACE(6);
-            skipped_half(half_of(0));
             release(bar.k_empty(r.slot()));
             softmax_tile(tile(0), true); FC_TRACE(7); FC_ITEM(i, 2);
         }
@@ -474,15 +410,14 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
             landed();
             clear_stale(k - 1);
             await_turn(); FC_TRACE(20);
-            issue_s(r, half_of(k));
-            issue_pv(prev, half_of(k - 1));
+            qk_wgmma<T, Tile::kQRows, HEAD_DIM, BLOCK_N>(s[0], q_desc, k_tile(r));
+            pv_wgmma<T, DV, BLOCK_N>(o[0], a, v_tile(prev));
             pass_turn(false);
             wgmma_wait<1>();                  // S_k landed (groups retire in order)
             fence_registers(s[0]); FC_TRACE(9);
             release(bar.k_empty(r.slot()));
             wgmma_wait<0>();
             pv_done(k - 1); FC_TRACE(21);
-            skipped_half(half_of(k));
             softmax_tile(tile(k)); FC_TRACE(10);
             rescale_rows<1, DV / 8, H>(o, alpha); FC_TRACE(11);
         }
@@ -495,7 +430,7 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
             landed();
             clear_stale(my_blocks - 1);
             await_turn();
-            issue_pv(last, half_of(my_blocks - 1));
+            pv_wgmma<T, DV, BLOCK_N>(o[0], a, v_tile(last));
             pass_turn(c_blocks == n_blocks);
             wgmma_wait<0>();
             pv_done(my_blocks - 1); FC_TRACE(12); FC_ITEM(i, 3);
@@ -523,29 +458,6 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
                                                                         Tile::kOffK), consumer, o, m, l); FC_TRACE(13);
         if (!has_rows) FC_ITEM(i, 4);
         if (!has_rows || (SPLIT && consumer > 0)) continue;
-        if constexpr (S::kStreamK) {
-            if (w.parts > 1) {   // part w.split of a stream-K tile: partials; the tile's last part merges
-                const int s = i - p.tail_start;   // the stream-K tile (its partials' and counters' index)
-                const i64 rows_at = static_cast<i64>(s) * Tile::kBlockM;
-                const TilePartials at{p.o_accum + rows_at * DV, p.lse_accum + rows_at, p.o_split, p.lse_split, DV,
-                                      p.head_dim_v};
-                write_partials<DV / 8, 1, H>(at, o, m, l, w.split, 0, 0, w_row0 - w.row0, seq_q - w.row0, 1, lane);
-                // each consumer's flag after the barriers (configs.Sm90FwdConfig.smem_bytes counts them)
-                int* part_last = reinterpret_cast<int*>(smem + (sbase - smem_addr(smem)) + Tile::kOffItems);
-                const i64 lse_row0 = (static_cast<i64>(w.batch) * p.heads + w.head) * seq_q + w.row0;
-                merge_if_last(p.split_count + s * CONSUMERS + consumer, w.parts, c_row0 - w.row0,
-                              min(c_row0 + 64, seq_q) - w.row0, threadIdx.x - 128 * (consumer + 1), 128,
-                              part_last + consumer, [&] { named_barrier_sync(2 + CONSUMERS + consumer, 128); },
-                              [&](int r, int row_lane) {
-                    merge_row<f32, T, DV>(
-                        w.parts, p.head_dim_v, [&](int k) { return __ldcg(at.lse_accum + k * at.lse_split + r); },
-                        [&](int k) -> const void* { return at.o_accum + k * at.o_split; }, r * at.o_ss, p.o,
-                        w.batch * p.o_sb + w.head * p.o_sh + (w.row0 + r) * p.o_ss,
-                        p.lse == nullptr ? nullptr : p.lse + lse_row0 + r, row_lane);
-                });
-                continue;
-            }
-        }
         if constexpr (S::kSplitKV) {
             if (p.o_accum != nullptr) {   // split-KV: this split's float32 partials, from the registers
                 const int rows = seqlen_q * p.pack, head0 = w.head * p.pack;

@@ -75,7 +75,6 @@ struct Sm90Params {
     i64 v_sb;                // paged gather: v's
     i64 v_sh;
     i64 v_ss;
-    int sk_ctas;             // stream-K: the CTAs sharing the tiles past tail_start; else 0
 };
 static_assert(sizeof(Sm90Params) == 832, "Sm90Params: declared in flashcore_cupy/params.py: run scripts/gen_params.py");
 static_assert(FC_OFFSETOF(Sm90Params, q) == 0, "Sm90Params::q");
@@ -142,6 +141,5 @@ static_assert(FC_OFFSETOF(Sm90Params, k_ss) == 760, "Sm90Params::k_ss");
 static_assert(FC_OFFSETOF(Sm90Params, v_sb) == 768, "Sm90Params::v_sb");
 static_assert(FC_OFFSETOF(Sm90Params, v_sh) == 776, "Sm90Params::v_sh");
 static_assert(FC_OFFSETOF(Sm90Params, v_ss) == 784, "Sm90Params::v_ss");
-static_assert(FC_OFFSETOF(Sm90Params, sk_ctas) == 792, "Sm90Params::sk_ctas");
 
 }  // namespace fc

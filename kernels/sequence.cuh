@@ -6,9 +6,6 @@
 //   DenseSplit     Dense with split-KV: a tile's keys in `splits` ranges, each a CTA's, their
 //                  float32 partials merged by the tile's last (split_kv.cuh): a long Sk's
 //                  (flashcore_cupy/split.py), which bounds the keys one accumulator sums
-//   DenseStreamK   Dense whose last round's key tiles spread over every CTA (the Hopper kernel's
-//                  plain non-causal calls: sm90_scheduler.cuh's StreamK), a tile's parts merged
-//                  as split-KV's
 //   Varlen         packed sequences: batch b's queries are rows cu_seqlens_q[b] .. [b + 1] of
 //                  q and o (seq strides; no batch stride), its keys rows cu_seqlens_k[b] ..
 //                  [b + 1] of k and v
@@ -34,27 +31,23 @@
 namespace fc {
 
 // kSplitKV: item i of a grid's x is split i % splits of its tile (p.splits, p.o_accum).
-// kStreamK: items past p.tail_start are the CTA's parts of the last tiles (StreamK).
 struct Dense {
     static constexpr bool kDense = true, kVarlen = false, kCache = false, kPaged = false, kPageTiles = false;
-    static constexpr bool kSplitKV = false, kStreamK = false;
+    static constexpr bool kSplitKV = false;
 };
 struct DenseSplit : Dense {
     static constexpr bool kSplitKV = true;
 };
-struct DenseStreamK : Dense {
-    static constexpr bool kStreamK = true;
-};
 struct Varlen {
     static constexpr bool kDense = false, kVarlen = true, kCache = false, kPaged = false, kPageTiles = false;
-    static constexpr bool kSplitKV = false, kStreamK = false;
+    static constexpr bool kSplitKV = false;
 };
 enum Paging { kCacheContiguous = 0, kCachePageRows = 1, kCachePageTiles = 2 };
 template <int PAGING>
 struct KvCache {
     static constexpr bool kDense = false, kVarlen = false, kCache = true;
     static constexpr bool kPaged = PAGING != kCacheContiguous, kPageTiles = PAGING == kCachePageTiles;
-    static constexpr bool kSplitKV = true, kStreamK = false;
+    static constexpr bool kSplitKV = true;
 };
 
 // One batch entry's sequence: its lengths, and its first row in q / o and in k / v (varlen).

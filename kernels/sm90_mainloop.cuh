@@ -10,10 +10,8 @@ namespace fc {
 // S(64 x BLOCK_N) = Q_c K^T: HEAD_DIM/16 k-steps, both operands K-major, in column blocks of
 // 64 (A_ROWS rows a block for A, BLOCK_N for B). The forward's S = Q K^T (A_ROWS: Q's rows)
 // and the backward's S^T = K Q^T and dP^T = V dO^T (A_ROWS: the key tile's).
-// qk_wgmma_keys: the N columns of S from key AT of the tile alone.
-template <class T, int A_ROWS, int HEAD_DIM, int BLOCK_N, int N, int AT>
-__device__ __forceinline__ void qk_wgmma_keys(float (&s)[N / 8][4], u64 q_desc, u64 k_desc) {
-    static_assert(N % 8 == 0 && AT % 64 == 0 && AT + N <= BLOCK_N, "whole swizzle atoms of the tile's keys");
+template <class T, int A_ROWS, int HEAD_DIM, int BLOCK_N>
+__device__ __forceinline__ void qk_wgmma(float (&s)[BLOCK_N / 8][4], u64 q_desc, u64 k_desc) {
 #ifdef FLASHCORE_ABLATE_NO_QK
     wgmma_fence(); wgmma_commit(); return;   // an empty group keeps the waits' counts
 #endif
@@ -21,35 +19,25 @@ __device__ __forceinline__ void qk_wgmma_keys(float (&s)[N / 8][4], u64 q_desc, 
     #pragma unroll
     for (int ks = 0; ks < HEAD_DIM / 16; ++ks) {
         const u32 cb = ks / 4, in_block = (ks % 4) * 32;
-        wgmma_ss<T, N>(s, desc_advance(q_desc, cb * A_ROWS * 128 + in_block),
-                       desc_advance(k_desc, cb * BLOCK_N * 128 + AT * 128 + in_block), ks > 0);
+        wgmma_ss<T, BLOCK_N>(s, desc_advance(q_desc, cb * A_ROWS * 128 + in_block),
+                             desc_advance(k_desc, cb * BLOCK_N * 128 + in_block), ks > 0);
     }
     wgmma_commit();
 }
-template <class T, int A_ROWS, int HEAD_DIM, int BLOCK_N>
-__device__ __forceinline__ void qk_wgmma(float (&s)[BLOCK_N / 8][4], u64 q_desc, u64 k_desc) {
-    qk_wgmma_keys<T, A_ROWS, HEAD_DIM, BLOCK_N, BLOCK_N, 0>(s, q_desc, k_desc);
-}
 
 // O(64 x HEAD_DIM) += P V: BLOCK_N/16 k-steps, P from registers, V MN-major (the backward's
-// dV += P^T dO and dK += dS^T Q). pv_wgmma_keys: over the tile's keys [K0, K1) alone.
-template <class T, int HEAD_DIM, int BLOCK_N, int K0, int K1>
-__device__ __forceinline__ void pv_wgmma_keys(float (&o)[HEAD_DIM / 8][4], const u32 (&a)[BLOCK_N / 16][4],
-                                              u64 v_desc) {
-    static_assert(K0 % 16 == 0 && K1 % 16 == 0 && 0 <= K0 && K0 < K1 && K1 <= BLOCK_N, "whole k-steps of the tile");
+// dV += P^T dO and dK += dS^T Q).
+template <class T, int HEAD_DIM, int BLOCK_N>
+__device__ __forceinline__ void pv_wgmma(float (&o)[HEAD_DIM / 8][4], const u32 (&a)[BLOCK_N / 16][4],
+                                         u64 v_desc) {
 #ifdef FLASHCORE_ABLATE_NO_PV
     wgmma_fence(); wgmma_commit(); return;   // an empty group keeps the waits' counts
 #endif
     wgmma_fence();
     #pragma unroll
-    for (int kk = K0 / 16; kk < K1 / 16; ++kk)
+    for (int kk = 0; kk < BLOCK_N / 16; ++kk)
         wgmma_rs<T, HEAD_DIM>(o, a[kk], desc_advance(v_desc, kk * 2048), true);
     wgmma_commit();
-}
-template <class T, int HEAD_DIM, int BLOCK_N>
-__device__ __forceinline__ void pv_wgmma(float (&o)[HEAD_DIM / 8][4], const u32 (&a)[BLOCK_N / 16][4],
-                                         u64 v_desc) {
-    pv_wgmma_keys<T, HEAD_DIM, BLOCK_N, 0, BLOCK_N>(o, a, v_desc);
 }
 
 }  // namespace fc

@@ -73,8 +73,7 @@ __device__ __forceinline__ void produce(const Sm90Params& p, u32 sbase, const Ba
     constexpr bool kDynamic = dynamic_deal<S>();   // (flash_fwd_sm90 asserts one producer thread)
     const ItemSlots items{sbase + Tile::kOffItems};
     int fetched = 0;
-    for (int i = first_item<Tile, BLOCK_N, S>(p); i < p.n_items;
-         ++n_done, i = kDynamic ? fetched : next_item<Tile, BLOCK_N, S>(p, i)) {
+    for (int i = blockIdx.x; i < p.n_items; ++n_done, i = kDynamic ? fetched : i + gridDim.x) {
         const WorkTile w = work_tile<Tile, BLOCK_N, V, S>(p, i);
         if (S::kVarlen && w.batch < 0) break;   // past the sequences' items, as is every later one
         FC_ITEM(i, 0);

@@ -41,7 +41,6 @@ struct WorkTile {
     int split;               // split-KV: which share (else 0)
     int seqlen_q;            // the queries of this tile's sequence (dense: p.seqlen_q)
     int q_row0, k_row0;      // varlen: the sequence's first row in q (and o) and in k, v; else 0
-    int parts = 1;           // stream-K: the tile's parts (split: this one's); 1: the whole tile
 
     // The key tile of a work tile's step j: first + j, or with V::kDescending (variant.cuh) the
     // last one down.
@@ -77,77 +76,6 @@ __device__ __forceinline__ VarlenItem varlen_item(const Sm90Params& p, int i) {
     return {-1, 0};
 }
 
-// Stream-K (S = DenseStreamK: plain non-causal dense tiles; flashcore_cupy/streamk.py is the
-// spec, and its tests the rules): tiles are numbered whole ones first, head by head (tile t: (b H
-// + h) = t / Mf, row block t % Mf, Mf = Sq / BLOCK_M), then each head's partial last row block
-// (cp consumers with rows). Tiles below p.tail_start run whole, dealt round the grid; the rest
-// are units, a key tile of a tile weighing its consumers with rows, laid end to end, and CTA
-// c < p.sk_ctas takes the key tiles whose first unit lies in [c U / n, (c + 1) U / n). Its items
-// past tail_start are tail_start + s for the stream-K tiles s it has key tiles of.
-struct StreamK {
-    // (32-bit: the host runs stream-K only where sk_ctas x units < 2^31, streamk.py's plan)
-    int consumers, key_tiles, whole_blocks, cp, whole, tiles, dp, ctas, sk_whole, units;
-
-    __device__ __forceinline__ StreamK(const Sm90Params& p, int consumers_, int block_n)
-        : consumers(consumers_), key_tiles((p.seqlen_k + block_n - 1) / block_n),
-          whole_blocks(p.seqlen_q / (64 * consumers_)), cp((p.seqlen_q % (64 * consumers_) + 63) / 64),
-          whole(whole_blocks * p.heads * p.batch), tiles(whole + (cp > 0 ? p.heads * p.batch : 0)),
-          dp(p.tail_start), ctas(p.sk_ctas), sk_whole(whole - p.tail_start),
-          units((sk_whole * consumers_ + (tiles - whole) * cp) * key_tiles) {}
-    // Stream-K tile s's first unit, and a key tile's units (its consumers with rows).
-    __device__ __forceinline__ int start(int s, int& per) const {
-        per = s < sk_whole ? consumers : cp;
-        return s < sk_whole ? s * key_tiles * consumers : (sk_whole * consumers + (s - sk_whole) * cp) * key_tiles;
-    }
-    __device__ __forceinline__ int span_start(int c) const { return c * units / ctas; }
-    __device__ __forceinline__ int owner(int unit) const { return ((unit + 1) * ctas - 1) / units; }
-    __device__ __forceinline__ int tile_of(int unit) const {
-        const int w = key_tiles * consumers;
-        return unit < sk_whole * w ? unit / w : sk_whole + (unit - sk_whole * w) / (key_tiles * cp);
-    }
-    // CTA c's key tiles of stream-K tile s: [first, end), and its part of the tile's parts.
-    __device__ __forceinline__ void share(int c, int s, int& first, int& end, int& part, int& parts) const {
-        int per;
-        const int a = start(s, per), u0 = span_start(c), u1 = span_start(c + 1);
-        first = u0 <= a ? 0 : min(key_tiles, (u0 - a + per - 1) / per);
-        end = u1 <= a ? 0 : min(key_tiles, (u1 - a + per - 1) / per);
-        const int first_cta = owner(a);
-        part = c - first_cta;
-        parts = owner(a + (key_tiles - 1) * per) - first_cta + 1;
-    }
-    __device__ __forceinline__ bool has_share(int c, int s) const {
-        int first, end, part, parts;
-        share(c, s, first, end, part, parts);
-        return end > first;
-    }
-    // The CTA's item after whole tile or stream-K item i (first: i = -1), or `none` past its last.
-    __device__ __forceinline__ int next(int c, int grid, int i, int none) const {
-        if (i < dp) {
-            const int j = i < 0 ? c : i + grid;
-            if (j < dp) return j;
-            if (c >= ctas || units == 0) return none;
-            const int s = tile_of(span_start(c));   // its span's first tile, unless no key tile
-            if (has_share(c, s)) return dp + s;     // of it starts there (then the next one)
-            i = dp + s;
-        }
-        const int s = i - dp + 1;
-        if (c >= ctas || s >= tiles - dp || s > tile_of(span_start(c + 1) - 1)) return none;
-        return has_share(c, s) ? dp + s : none;
-    }
-};
-
-// A CTA's first work item and the one after item i (the round-the-grid deal; stream-K's above).
-template <class Tile, int BLOCK_N, class S>
-__device__ __forceinline__ int first_item(const Sm90Params& p) {
-    if constexpr (S::kStreamK) return StreamK(p, Tile::kConsumers, BLOCK_N).next(blockIdx.x, gridDim.x, -1, p.n_items);
-    return blockIdx.x;
-}
-template <class Tile, int BLOCK_N, class S>
-__device__ __forceinline__ int next_item(const Sm90Params& p, int i) {
-    if constexpr (S::kStreamK) return StreamK(p, Tile::kConsumers, BLOCK_N).next(blockIdx.x, gridDim.x, i, p.n_items);
-    return i + gridDim.x;
-}
-
 template <class Tile, int BLOCK_N, class V = Plain, class S = Dense>
 __device__ __forceinline__ WorkTile work_tile(const Sm90Params& p, int i) {
     static_assert(S::kDense || S::kVarlen || (S::kCache && V::kPlain),
@@ -170,21 +98,6 @@ __device__ __forceinline__ WorkTile work_tile(const Sm90Params& p, int i) {
             const TileRange tiles = window_tiles(win, BLOCK_N, row0, rows);
             w.first = tiles.first;
             w.n_blocks = max(tiles.end, tiles.first) - tiles.first;
-        }
-        return w;
-    }
-    if constexpr (S::kStreamK) {
-        static_assert(V::kPlain && !Tile::kSplit, "stream-K: plain whole tiles");
-        const StreamK sk(p, C, BLOCK_N);
-        const int t = i, hb = t < sk.whole ? t / sk.whole_blocks : t - sk.whole;
-        const int row0 = t < sk.whole ? (t - hb * sk.whole_blocks) * Tile::kBlockM : sk.whole_blocks * Tile::kBlockM;
-        const int batch = p.by_heads(hb);
-        WorkTile w{row0, hb - batch * p.heads, batch, t < sk.whole ? C : sk.cp, sk.key_tiles, 0, p.seqlen_k, 0,
-                   p.seqlen_q, 0, 0};
-        if (t >= sk.dp) {   // this CTA's share of a stream-K tile
-            int end;
-            sk.share(blockIdx.x, t - sk.dp, w.first, end, w.split, w.parts);
-            w.n_blocks = end - w.first;
         }
         return w;
     }
@@ -300,7 +213,6 @@ __device__ __forceinline__ void items_done(int* counter) {
 // the item's place in its CTA's turn, and its first key tile. The host compares it with Sm90Config.work_tile,
 // the Python schedule the CPU tests hold to their rules. C linkage: the host reads it by name.
 extern "C" __device__ int fc_work_log[FLASHCORE_RECORD_WORK][8];
-constexpr int kStreamKRecordItems = 32;   // a stream-K CTA's entries (tests/test_attention_gpu.py's)
 #endif
 
 }  // namespace fc

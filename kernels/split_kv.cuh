@@ -44,17 +44,6 @@ __device__ __forceinline__ void write_partials(const P& p, const float (&o_acc)[
         }
 }
 
-// A stream-K tile's partials, compact (flashcore_cupy/streamk.py's workspace: part k's row r at
-// o_accum + k * o_split + r * o_ss, its LSE at lse_accum + k * lse_split + r), in the fields
-// write_partials reads (batch 0, head 0, rows from the tile's first).
-struct TilePartials {
-    float* o_accum;
-    float* lse_accum;
-    i64 o_split, lse_split, o_ss;
-    int head_dim_v;
-    static constexpr i64 o_sb = 0, o_sh = 0, lse_sb = 0, lse_sh = 0, lse_ss = 1;
-};
-
 // Split `split` of `splits`' share of key tiles [first, end): equal shares, the last ones short
 // (or empty), in place.
 __device__ __forceinline__ void split_share(int& first, int& end, int split, int splits) {
@@ -63,31 +52,14 @@ __device__ __forceinline__ void split_share(int& first, int& end, int split, int
     end = min(end, first + per_split);
 }
 
-// The in-kernel combine's count: each part's CTA, once its partials are stored, counts itself on
-// `count`; the last of `parts` runs merge(row, lane) a warp a row over rows [first_row, end_row)
-// and zeroes the count for the next call (a replayed graph finds it so). The caller's `threads`
-// threads (whole warps, `thread` this one's index) stored the partials; `sync` is their barrier,
-// and `last` a shared int of theirs that no other thread touches past it (the portable kernel's
-// Q tile; no static shared memory: its tiles fill sm_86's).
-template <class Sync, class Merge>
-__device__ __forceinline__ void merge_if_last(int* count, int parts, int first_row, int end_row, int thread,
-                                              int threads, int* last, Sync sync, Merge merge) {
-    __threadfence();   // this thread's partials, visible device-wide before the count says so
-    sync();
-    if (thread == 0) *last = atomicAdd(count, 1) == parts - 1;
-    sync();
-    if (!*last) return;
-    __threadfence();
-    for (int row = first_row + thread / 32; row < end_row; row += threads / 32) merge(row, thread % 32);
-    if (thread == 0) *count = 0;
-}
-
-// Split-KV's (split_count given): each split's CTA, once its partials are stored, counts itself
-// on its rows' counter (`counter`: a tile's, or a Hopper consumer's 64 rows'); the last one
-// merges every split's partials of tile rows [first_row, end_row) into o (T, at o's strides: the
-// partials' too) and the LSE (at lse_at(row's PackedRow); null lse: none), merge.cuh's math, and
-// zeroes the counter, as merge_if_last does (its count written out here: the split kernels'
-// SASS as it was before stream-K's parts shared it; fold it in once a GPU run has checked them).
+// The in-kernel combine (split_count given): each split's CTA, once its partials are stored,
+// counts itself on its rows' counter (`counter`: a tile's, or a Hopper consumer's 64 rows'); the
+// last one merges every split's partials of tile rows [first_row, end_row) into o (T, at o's
+// strides: the partials' too) and the LSE (at lse_at(row's PackedRow); null lse: none),
+// merge.cuh's math, and zeroes the counter for the next call (a replayed graph finds it so).
+// The caller's `threads` threads (whole warps, `thread` this one's index) stored the partials;
+// `sync` is their barrier, and `last` a shared int of theirs that no other thread touches past
+// it (the portable kernel's Q tile; no static shared memory: its tiles fill sm_86's).
 template <class T, int MAX_DV, class P, class Sync, class LseAt>
 __device__ __forceinline__ void merge_if_last_split(const P& p, int counter, int batch, int head0, int first_row,
                                                     int end_row, int pack, int thread, int threads, int* last,

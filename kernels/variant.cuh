@@ -100,14 +100,6 @@ __device__ __forceinline__ KeyRange window_keys(const P& m, int row0, int rows) 
     return r;
 }
 
-// Which half of the 128-key tile from key0 holds the keys [seen.begin, seen.end) (window_keys of a
-// consumer's rows): 1 the first 64 keys alone, 2 the second alone, 0 both (a tile with none of
-// them: 1). A half it names none of is hidden from every one of those rows, so S and P V may
-// skip it (the Hopper forward's -DFLASHCORE_NARROW_EDGES candidate; its P there is 0 anyway).
-__device__ __forceinline__ int tile_half(KeyRange seen, int key0) {
-    return seen.end <= key0 + 64 ? 1 : seen.begin >= key0 + 64 ? 2 : 0;
-}
-
 // The other way round (the backward's): query rows [begin, end) of which some sees a key of
 // [key0, key0 + keys), under the mask (diag, left, right) (-1 unbounded; a plain kernel's
 // causal flag is right = 0, left = -1); end <= begin: none. Keys past Sk are not seen.

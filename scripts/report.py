@@ -23,9 +23,7 @@ NAMES = {"flashcore": "flashcore", "flashcore_sm80": "flashcore sm80", "flashcor
          "flashcore_paged": "flashcore paged", "flashcore_contiguous": "flashcore contiguous",
          "flashcore_varlen": "flashcore varlen", "torch_nested": "SDPA nested",
          "sdpa_flash": "SDPA flash (FA2)",
-         "sdpa_cudnn": "SDPA cuDNN", "sdpa_efficient": "SDPA mem-eff", "naive_cupy": "naive CuPy",
-         "flashcore_streamk": "flashcore stream-K"}
-CANDIDATES = ("flashcore_streamk",)   # bench.OPT_IN_IMPLS: timed only where named
+         "sdpa_cudnn": "SDPA cuDNN", "sdpa_efficient": "SDPA mem-eff", "naive_cupy": "naive CuPy"}
 DTYPES = ("fp16", "bf16")
 
 
@@ -118,26 +116,6 @@ def table(data, mode: str, shapes) -> list[str]:
                 r = rows.get((s.name, dtype, peer, mode))
                 cells.append("—" if r is None else f"{r['us_p50'] / fc['us_p50']:.2f}×")
             out.append(f"| {s.name} | {dtype} | {floor_us(s):.1f} | " + " | ".join(cells) + " |")
-    return out + [""]
-
-
-def candidate_table(data, mode: str, shapes) -> list[str]:
-    """An opt-in candidate's rows (bench.OPT_IN_IMPLS) beside flashcore and cuDNN in the same
-    run: its time, flashcore's time over it and cuDNN's over it."""
-    rows = _rows(data)
-    out = ["| shape | dtype | candidate | its µs (TFLOP/s) | flashcore µs | flashcore / it | cuDNN / it |",
-           "|---" * 7 + "|"]
-    for s in shapes:
-        for dtype in DTYPES:
-            for name in CANDIDATES:
-                r = rows.get((s.name, dtype, name, mode))
-                if r is None:
-                    continue
-                fc, cudnn = rows.get((s.name, dtype, "flashcore", mode)), rows.get((s.name, dtype, "sdpa_cudnn", mode))
-                out.append(f"| {s.name} | {dtype} | {NAMES[name]} | {r['us_p50']:.1f} ({r['tflops']:.0f}) | "
-                           + ("—" if fc is None else f"{fc['us_p50']:.1f}") + " | "
-                           + ("—" if fc is None else f"{fc['us_p50'] / r['us_p50']:.3f}×") + " | "
-                           + ("—" if cudnn is None else f"{cudnn['us_p50'] / r['us_p50']:.2f}×") + " |")
     return out + [""]
 
 
@@ -317,10 +295,6 @@ def main(paths: list[str]) -> None:
         for mode in ("throughput",) if caches else ():
             print(f"### {mode}, decode and paged rows: GB/s (Q, K, V read, O written)\n")
             print("\n".join(kvcache_table(data, mode, caches)))
-        if any(r["impl"] in CANDIDATES for r in data["rows"]):
-            for mode in ("throughput", "latency"):
-                print(f"### {mode}, candidates (opt-in, not dispatched) against flashcore and cuDNN\n")
-                print("\n".join(candidate_table(data, mode, listed + held)))
         print("### flashcore against cuDNN, throughput and latency\n")
         print("\n".join(latency_vs_throughput(data, listed + held)))
 

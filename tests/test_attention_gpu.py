@@ -483,46 +483,6 @@ def test_auto_dispatch_takes_the_hopper_kernel_where_it_fills_the_gpu(rng):
         fc.attention(q, k, v, backend="sm90")
 
 
-STREAM_K = [   # (dtype, D, layout, (B, Hq, Hkv), (Sq, Sk)): whole rounds and shares of whole and partial tiles
-    ("fp16", 64, "bhsd", (2, 8, 8), (2048, 2048)),     # 176 tiles: 132 whole, then 28 whole and 16 of 2 consumers
-    ("bf16", 128, "bshd", (2, 16, 16), (1024, 1024)),  # 256 tiles: 132, then 124 shared
-    ("fp16", 128, "bhsd", (1, 4, 4), (777, 1500)),     # 28 tiles, all shared; the last row blocks of 9 rows
-    ("bf16", 64, "bhsd", (1, 8, 2), (1000, 999)),      # GQA
-    ("fp16", 64, "bhsd", (1, 1, 1), (1, 300)),         # one tile, one part
-]
-
-
-@pytest.mark.parametrize("dtype, d, layout, heads, lengths", STREAM_K, ids=[str(c) for c in STREAM_K])
-def test_stream_k_matches_reference(rng, dtype, d, layout, heads, lengths):
-    """A "dense_sk" config (streamk.py: the last tiles' key tiles spread over every SM, their parts
-    merged in the kernel): poisoned output and LSE against float64, the same bits twice (the
-    counters left zeroed for the next call), and the kernel's work as the Python mirror has it
-    (every key tile of every tile once: tests/test_streamk.py)."""
-    import dataclasses
-
-    import cupy
-
-    from flashcore_cupy import api
-
-    need_backend("sm90", d)
-    if api.device_info(0).arch != configs.SM90_ARCH:
-        pytest.skip("stream-K runs on the Hopper kernel")
-    q, k, v = make_inputs(rng, dtype, d, layout, heads, lengths)
-    config = dataclasses.replace(configs.sm90_config(dtype, d), seq="dense_sk")
-    out = cupy.full(q.shape, np.nan, dtype=q.dtype)
-    plan = fc.plan(q, k, v, layout=layout, return_lse=True, out=out, config=config)
-    assert plan.config.seq == "dense_sk"
-    _, lse = plan.run(q, k, v, out=out)
-    ref, ref_lse = reference.attention(q, k, v, layout=layout, return_lse=True)
-    assert_close(out, ref, dtype, f"stream-K {heads} {lengths}:")
-    np.testing.assert_allclose(lse.get(), ref_lse, rtol=1e-3, atol=2e-3)
-    first = out.copy()
-    for _ in range(2):
-        out.fill(np.nan)
-        plan.run(q, k, v, out=out)
-        assert cupy.array_equal(first, out), "stream-K: another call, other bits"
-
-
 def test_maps_reaimed_at_new_addresses_are_the_drivers_own(rng, monkeypatch):
     """tma.encode_maps re-aims a spec's first map at later addresses (cuTensorMapReplaceAddress):
     byte for byte what the driver's encode gives there, for the q, k and v maps of both layouts
@@ -677,49 +637,6 @@ def test_the_hopper_kernel_runs_the_python_schedule(rng, config):
                 f"{what}: item {i}: kernel {tuple(got[i, 1:6])} first {got[i, 7]}, python {w}"
             assert (got[i, 0], got[i, 6]) == (i % grid, i // grid), f"{what}: item {i} ran on CTA {got[i, 0]}"
         assert_close(out, reference.attention(q, k, v, causal=causal, window=window), config.dtype, what)
-
-
-_STREAM_K_RECORD_ITEMS = 32   # kernels/sm90_scheduler.cuh's kStreamKRecordItems
-
-
-@pytest.mark.parametrize("dtype, d, layout, heads, lengths", STREAM_K[:4], ids=[str(c) for c in STREAM_K[:4]])
-def test_stream_k_runs_the_python_schedule(rng, dtype, d, layout, heads, lengths):
-    """The record build of a "dense_sk" kernel: each CTA's items, in order, are streamk.py's (its
-    whole tiles, then its shares of the last tiles: rows, head, batch, consumers, key tiles, part
-    and parts), and that build's output still matches float64."""
-    import dataclasses
-
-    import cupy
-
-    from flashcore_cupy import api, loader, streamk
-
-    need_backend("sm90", d)
-    if api.device_info(0).arch != configs.SM90_ARCH:
-        pytest.skip("stream-K runs on the Hopper kernel")
-    sms = api.device_info(0).num_sms
-    q, k, v = make_inputs(rng, dtype, d, layout, heads, lengths)
-    config = dataclasses.replace(configs.sm90_config(dtype, d), seq="dense_sk")
-    out = cupy.full(q.shape, np.nan, dtype=q.dtype)
-    size = sms * _STREAM_K_RECORD_ITEMS
-    define = (f"FLASHCORE_RECORD_WORK={size}",)
-    launch = fc.plan(q, k, v, layout=layout, out=out, config=config, defines=define).launch
-    record = cupy.ndarray((size, 8), cupy.int32, loader.get_global(launch.config, 0, "sm_90a", "fc_work_log", define))
-    record.fill(-1)
-    launch(q, k, v, out, None)
-    got = record.get()
-    (b, hq, _), (sq, sk_len) = heads, lengths
-    sk = streamk.plan(config.consumers, config.block_n, hq, b, sq, sk_len, sms)
-    for cta in range(sms):
-        items = sk.items(cta)
-        assert len(items) <= _STREAM_K_RECORD_ITEMS
-        rows = got[cta * _STREAM_K_RECORD_ITEMS:(cta + 1) * _STREAM_K_RECORD_ITEMS]
-        for j, item in enumerate(items):
-            row0, head, batch, consumers = sk.tile(item.tile)
-            assert tuple(rows[j]) == (cta, row0, head, batch, consumers, item.n_blocks,
-                                      item.part << 16 | item.parts, item.first), f"CTA {cta} item {j}: {item}"
-        assert (rows[len(items):] == -1).all(), f"CTA {cta} ran more than {len(items)} items"
-    ref = reference.attention(q, k, v, layout=layout)
-    assert_close(out, ref, dtype, "stream-K record build:")
 
 
 @pytest.mark.parametrize("backend", ("auto", "sm80"))

@@ -318,35 +318,3 @@ def test_varlen_rows_run_packed_against_nested_sdpa_and_count_each_sequence():
     assert bench._varlen_errors(out, (picked, want)) == (0.0, 0.0)
     out[3, 1, 2] = 2.0
     assert bench._varlen_errors(out, (picked, want))[1] > 0.3
-
-
-def test_stream_k_is_an_opt_in_candidate_of_the_plain_non_causal_rows():
-    """flashcore_streamk (streamk.py, not dispatched) runs only where named: on the plain
-    non-causal rows with Sq > 1, its failures failing the run, outside the default set; the CLI
-    takes it; the report puts it beside flashcore and cuDNN."""
-    import importlib.util
-    from pathlib import Path
-
-    from click.testing import CliRunner
-
-    from flashcore_cupy import cli
-    from flashcore_cupy.shapes import bench_shapes
-
-    rows = {s.name: s for s in bench_shapes()}
-    assert "flashcore_streamk" in bench._impls(rows["b4-h16-s1k-d64"], None, {}, "fp16")
-    for name in ("b2-h16-s4k-d128-causal", "decode-b8-h32kv8-s8k-d128", "window1k-b2-h16-s8k-d128",
-                 "bias-b2-h16-s4k-d128"):
-        assert "flashcore_streamk" not in bench._impls(rows[name], None, {}, "fp16"), name
-    assert "flashcore_streamk" in bench.OURS and "flashcore_streamk" not in bench.IMPLS
-    result = CliRunner().invoke(cli.main, ["bench", "--impl", "nope"])
-    assert result.exit_code != 0 and "flashcore_streamk" in result.output
-    spec = importlib.util.spec_from_file_location("report", Path(__file__).parent.parent / "scripts" / "report.py")
-    report = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(report)
-
-    def row(impl, us):
-        return dict(shape="b4-h16-s1k-d64", dtype="fp16", impl=impl, mode="throughput", us_p50=us, us_p90=us,
-                    us_p99=us, tflops=1.0)
-    data = dict(rows=[row("flashcore", 45.0), row("flashcore_streamk", 40.0), row("sdpa_cudnn", 44.0)])
-    line = report.candidate_table(data, "throughput", [rows["b4-h16-s1k-d64"]])[2]
-    assert line == "| b4-h16-s1k-d64 | fp16 | flashcore stream-K | 40.0 (1) | 45.0 | 1.125× | 1.10× |"

@@ -295,7 +295,7 @@ def test_ablation_builds_compile():
     from flashcore_cupy import loader
 
     variants = _script("ablate_sm90.py")["VARIANTS"]
-    assert variants[0][1] == () and len(variants) == 9
+    assert variants[0][1] == () and len(variants) == 7
     alibi = configs.variant_config(configs.sm90_config("fp16", 128), configs.KernelVariant(window=True, alibi=True))
     for _, defines in variants[1:]:
         for cfg in (configs.sm90_config("fp16", 64), configs.sm90_config("fp16", 128),
@@ -497,105 +497,6 @@ def test_narrow_windows_take_128_key_tiles():
     assert configs.window_config(portable, 100) == portable
     # the narrowed tile is one dispatch compiles for `check --variants` (and the GPU tests ran)
     assert configs.window_config(wide, 1152) in tuning.variant_configs("sm_90a")
-
-
-_TILE_HALF_HARNESS = r"""
-#include <algorithm>
-#include <cstdio>
-using std::max;
-using std::min;
-#define __device__
-#define __forceinline__ inline
-%s
-int main() {
-    int seqlen_k, diag, left, right, row0, rows;
-    while (std::scanf("%%d %%d %%d %%d %%d %%d", &seqlen_k, &diag, &left, &right, &row0, &rows) == 6) {
-        const KeyRange seen = window_keys(SeqWindow{seqlen_k, diag, left, right}, row0, rows);
-        for (int key0 = 0; key0 < seqlen_k; key0 += 128) std::printf("%%d ", tile_half(seen, key0));
-        std::printf("\n");
-    }
-}
-"""
-
-
-def test_the_kernels_tile_halves_hide_only_hidden_keys(tmp_path):
-    """kernels/variant.cuh's window_keys and tile_half (their text, compiled for the host with g++),
-    which the -DFLASHCORE_NARROW_EDGES candidate skips half a key tile by: on drawn geometries
-    (causal both ways, windows, none; Sq above and below Sk; a consumer's 64 rows, some past Sq),
-    a half it leaves out holds no key that reference.visible shows any of those rows, and where
-    every row exists it names both halves only when each holds a key some row sees."""
-    import random
-    import re
-    import shutil
-
-    from flashcore_cupy import reference
-
-    compiler = shutil.which("g++") or shutil.which("c++")
-    if compiler is None:
-        pytest.skip("no host C++ compiler (g++) to build the kernel's tile_half for the host")
-    text = (ROOT / "kernels" / "variant.cuh").read_text()
-    pieces = [re.search(pattern, text, re.S | re.M).group(0) for pattern in (
-        r"^struct KeyRange \{.*?\};", r"^template <class P>\n__device__ __forceinline__ KeyRange window_keys.*?^\}",
-        r"^struct SeqWindow \{.*?\};", r"^__device__ __forceinline__ int tile_half.*?^\}")]
-    source = tmp_path / "tile_half.cpp"
-    source.write_text(_TILE_HALF_HARNESS % "\n".join(pieces))
-    binary = tmp_path / "tile_half"
-    subprocess.run([compiler, "-std=c++17", "-O1", "-o", str(binary), str(source)], check=True)
-    rng = random.Random(5)
-    cases = []
-    for _ in range(400):
-        sq, sk = rng.randint(1, 700), rng.randint(1, 700)
-        causal = rng.choice((False, True, "top_left"))
-        window = rng.choice((None, (rng.randint(0, 300), rng.randint(0, 300)), (rng.randint(0, 300), -1),
-                             (-1, rng.randint(0, 300))))
-        cases.append((sq, sk, causal, window, rng.randrange(0, sq + 63, 64) if rng.random() < 0.8 else
-                      rng.randrange(0, sq)))
-    stdin = ""
-    for sq, sk, causal, window, row0 in cases:
-        off = 0 if causal == "top_left" else sk - sq
-        left, right = window or (-1, -1)
-        if causal:
-            right = 0
-        stdin += f"{sk} {off} {left} {right} {row0} 64\n"
-    out = subprocess.run([str(binary)], input=stdin, capture_output=True, text=True, check=True).stdout.splitlines()
-    narrowed = 0
-    for (sq, sk, causal, window, row0), line in zip(cases, out):
-        halves = list(map(int, line.split()))
-        assert len(halves) == -(-sk // 128)
-        rows = np.arange(row0, min(row0 + 64, sq))
-        seen = reference.visible(rows, sq, sk, causal, window).any(axis=0) if len(rows) else np.zeros(sk, bool)
-        for t, half in enumerate(halves):
-            first, second = seen[128 * t:128 * t + 64], seen[128 * t + 64:128 * t + 128]
-            what = (sq, sk, causal, window, row0, t, half)
-            assert half in (0, 1, 2), what
-            assert not (half == 1 and second.any()) and not (half == 2 and first.any()), what
-            if row0 + 64 <= sq and half == 0:
-                assert first.any() and second.size and second.any(), what
-            narrowed += half != 0
-    assert narrowed > 100   # the draws reach both halves often
-
-
-def test_the_narrow_edges_candidate_compiles_without_spills():
-    """The -DFLASHCORE_NARROW_EDGES build (ablate_sm90.py's candidate) of the tiles it narrows
-    (128-key tiles of two consumers: D96 and D128 plain, a window, ALiBi and softcap, varlen plain
-    and windowed) and of those it leaves as they are (three consumers at D64; a bias): no spills,
-    and ptxas serialises no wgmma and injects no wait (a half tile's S in registers of its own, its
-    other half written once S landed)."""
-    from flashcore_cupy import loader
-
-    window = configs.KernelVariant(window=True)
-    d128 = configs.sm90_config("fp16", 128)
-    for cfg in (d128, configs.sm90_config("bf16", 96), configs.sm90_config("fp16", 64),
-                configs.variant_config(d128, window, sides=(1023, 0)),
-                configs.variant_config(d128, configs.KernelVariant(window=True, alibi=True), sides=(1023, 0)),
-                configs.variant_config(d128, configs.KernelVariant(window=True, softcap=True)),
-                configs.variant_config(d128, configs.KernelVariant(window=True, bias="16bit")),
-                configs.sm90_varlen_config("fp16", 128), configs.sm90_varlen_config("bf16", 128, window)):
-        log, _ = loader._nvrtc_compile(cfg, loader.nvrtc_options("sm_90a", ("FLASHCORE_NARROW_EDGES",)) +
-                                       ("-Xptxas=-v",))
-        regs, _, spills, stack = loader.parse_ptxas_log(log)
-        assert spills == 0 and stack == 0, (str(cfg), spills, stack)
-        assert "(C75" not in log, (str(cfg), [line for line in log.splitlines() if "(C75" in line])
 
 
 def test_item_trace_splits_a_consumers_time_into_its_parts():

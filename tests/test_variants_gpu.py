@@ -242,12 +242,13 @@ def test_hopper_variant_kernels_match_reference(rng, grid, d):
 
 
 @pytest.mark.parametrize("grid", configs.SM90_GRIDS)
-def test_linear_alibi_candidate_matches_reference(rng, grid):
-    """The candidate build -DFLASHCORE_ALIBI_LINEAR (causal ALiBi's scores key-linear, the row
-    terms in the softmax's frame; ablate_sm90.py times it): causal, top-left and (L, 0) windows,
-    ALiBi alone and with every option, slopes up to 0.5 and up to 8 a head, ragged lengths with
-    Sq > Sk (rows that see no key: LSE -inf); and a window open on the right (the |i + off - j|
-    path of the same build). Outputs poisoned, LSE, the same bits twice."""
+def test_hopper_alibi_matches_reference_on_both_score_paths(rng, grid):
+    """The Hopper kernel's two ALiBi score paths: where no seen key lies past the diagonal (causal,
+    top-left, (L, 0) windows) its scores key-linear, the row terms in the softmax's frame
+    (variant.cuh's LINEAR, softmax.cuh's SHIFTED); a window open on the right, or none, -slope
+    |i + off - j| a score. ALiBi alone and with every option, slopes up to 0.5 and up to 8 a head,
+    D64 (three consumers) and D128, ragged lengths with Sq > Sk (rows that see no key: LSE -inf).
+    Outputs poisoned, LSE, the same bits twice."""
     import cupy
 
     import flashcore_cupy as fc
@@ -257,57 +258,19 @@ def test_linear_alibi_candidate_matches_reference(rng, grid):
         pytest.skip("the Hopper kernel needs sm_90a")
     cases = [(True, None, "alibi"), ("top_left", None, "alibi"), (True, (100, 0), "all"), (True, None, "all"),
              (False, (40, 0), "alibi"), (False, (33, 70), "alibi"), (False, None, "alibi")]
-    for (causal, window, option), dtype, lengths in itertools.product(
-            cases, ("fp16", "bf16"), ((1, 1), (200, 77), (77, 300), (799, 1000), (1000, 799))):
+    for (causal, window, option), dtype, d, lengths in itertools.product(
+            cases, ("fp16", "bf16"), (64, 128), ((1, 1), (200, 77), (77, 300), (799, 1000), (1000, 799))):
         heads = (2, 4, 2)
-        q, k, v = make_inputs(rng, dtype, 128, "bhsd", heads, lengths)
+        q, k, v = make_inputs(rng, dtype, d, "bhsd", heads, lengths)
         opts = _options(rng, option, dtype, heads, lengths, per_batch=True)
         if rng.integers(2):
             opts["alibi_slopes"] *= 16
         arrays = {n: opts.pop(n) for n in ("alibi_slopes", "bias") if n in opts}
-        what = f"{grid} {dtype} causal={causal} window={window} {option} lengths {lengths}:"
-        out = cupy.full(q.shape, np.nan, dtype=q.dtype)
-        p = fc.plan(q, k, v, causal=causal, window=window, return_lse=True, out=out,
-                    config=configs.sm90_config(dtype, 128, grid), defines=("FLASHCORE_ALIBI_LINEAR",), **opts,
-                    **arrays)
-        _check_plan(p, q, k, v, out, arrays, dict(causal=causal, window=window, **opts), dtype, what)
-
-
-@pytest.mark.parametrize("grid", configs.SM90_GRIDS)
-def test_narrow_edges_candidate_matches_reference(rng, grid):
-    """The candidate build -DFLASHCORE_NARROW_EDGES (a key tile whose keys a consumer's rows see
-    lie in one half of it runs S and P V over that half alone; ablate_sm90.py times it): the
-    causal diagonal both ways, windows whose edges fall in either half of a tile, a last tile that
-    Sk ends in its first half (Sk 1000 = 7 x 128 + 104, 300, 77), Sq > Sk (rows that see no key),
-    with softcap, ALiBi and a bias, D96 and D128; GQA decode (packed heads: never narrowed). Outputs
-    poisoned, LSE, the same bits twice."""
-    import cupy
-
-    import flashcore_cupy as fc
-    from flashcore_cupy import api
-
-    if api.device_info(0).arch != configs.SM90_ARCH:
-        pytest.skip("the Hopper kernel needs sm_90a")
-    cases = [(True, None, "none"), ("top_left", None, "none"), (False, None, "none"), (True, (100, 0), "none"),
-             (False, (63, 63), "none"), (False, (150, 20), "softcap"), ("top_left", (200, 0), "alibi"),
-             (True, (1000, 0), "all")]
-    for (causal, window, option), dtype, d, lengths in itertools.product(
-            cases, ("fp16", "bf16"), (96, 128), ((1, 1), (200, 77), (77, 300), (799, 1000), (1000, 799), (1000, 1000))):
-        heads = (2, 4, 2)
-        q, k, v = make_inputs(rng, dtype, d, "bhsd", heads, lengths)
-        opts = _options(rng, option, dtype, heads, lengths, per_batch=True)
-        arrays = {n: opts.pop(n) for n in ("alibi_slopes", "bias") if n in opts}   # (a bias: never narrowed)
         what = f"{grid} {dtype} D{d} causal={causal} window={window} {option} lengths {lengths}:"
         out = cupy.full(q.shape, np.nan, dtype=q.dtype)
         p = fc.plan(q, k, v, causal=causal, window=window, return_lse=True, out=out,
-                    config=configs.sm90_config(dtype, d, grid), defines=("FLASHCORE_NARROW_EDGES",), **opts,
-                    **arrays)
+                    config=configs.sm90_config(dtype, d, grid), **opts, **arrays)
         _check_plan(p, q, k, v, out, arrays, dict(causal=causal, window=window, **opts), dtype, what)
-    q, k, v = make_inputs(rng, "fp16", 128, "bhsd", (2, 8, 2), (1, 1000))   # packed GQA decode
-    out = cupy.full(q.shape, np.nan, dtype=q.dtype)
-    p = fc.plan(q, k, v, return_lse=True, out=out, config=configs.sm90_config("fp16", 128, grid),
-                defines=("FLASHCORE_NARROW_EDGES",))
-    _check_plan(p, q, k, v, out, {}, {}, "fp16", f"{grid} packed decode:")
 
 
 def _check_plan(p, q, k, v, out, arrays: dict, options: dict, dtype: str, what: str) -> None:

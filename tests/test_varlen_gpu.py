@@ -169,31 +169,6 @@ def test_the_hopper_varlen_kernel_runs_the_python_schedule(rng, d):
         _check(out, reference.attention_varlen(q, k, v, cu_q, cu_k, causal=causal), "fp16", f"record build D{d}")
 
 
-@pytest.mark.parametrize("opts", [dict(causal=True), dict(causal=True, window=(100, 0)), dict(window=(70, 20)),
-                                  dict()], ids=str)
-def test_the_narrow_edges_candidate_on_packed_sequences(rng, opts):
-    """The candidate build -DFLASHCORE_NARROW_EDGES on the Hopper varlen kernel (D128, its 128-key
-    tiles): each sequence's diagonal, window edges and last key tile (lengths ending in either half
-    of a tile) narrowed by the sequence's own geometry; the output against float64."""
-    import cupy
-
-    from flashcore_cupy import api, validation, varlen
-
-    _hopper()
-    lengths_q, lengths_k = [300, 0, 1, 129, 700, 64, 1000], [200, 5, 64, 129, 900, 0, 1000]
-    q, k, v, cu_q, cu_k = _packed(rng, lengths_q, lengths_k, 4, 2, 128, "fp16")
-    problem, _ = validation.check_varlen(*(api._spec(a, n) for a, n in (
-        (q, "q"), (k, "k"), (v, "v"), (cu_q, "cu_seqlens_q"), (cu_k, "cu_seqlens_k"))),
-        causal=bool(opts.get("causal")), scale=None, window=opts.get("window"), softcap=0.0, alibi_slopes=None)
-    cfg = configs.sm90_varlen_config("fp16", 128, problem.kernel_variant)
-    out = cupy.full(q.shape, np.nan, q.dtype)
-    launch = varlen._sm90_launch(problem, cfg, (out.strides[1] // 2, out.strides[0] // 2), "sm_90a",
-                                 api.device_info(0).num_sms, ("FLASHCORE_NARROW_EDGES",))
-    launch.start(dict(q=q.data.ptr, k=k.data.ptr, v=v.data.ptr, o=out.data.ptr, cu_seqlens_q=cu_q.data.ptr,
-                      cu_seqlens_k=cu_k.data.ptr), cupy.cuda.get_current_stream().ptr)
-    _check(out, reference.attention_varlen(q, k, v, cu_q, cu_k, **opts), "fp16", f"narrow edges {opts}")
-
-
 def test_varlen_with_no_keys_at_all_gives_zeros(rng):
     import cupy
 

@@ -33,11 +33,6 @@ VARIANTS = [
     ("no S GEMM", ("FLASHCORE_ABLATE_NO_QK",)),
     ("schedule: no ping-pong turns", ("FLASHCORE_ABLATE_NO_TURNS",)),
     ("schedule: key tiles ascending", ("FLASHCORE_ABLATE_ASCENDING",)),   # only ALiBi's differ
-    # a candidate, not an ablation (right outputs): causal ALiBi's scores one FFMA each
-    ("candidate: ALiBi key-linear", ("FLASHCORE_ALIBI_LINEAR",)),
-    # a candidate: a key tile whose keys a consumer's rows see lie in one half of it runs S and
-    # P V over that half (the causal diagonal's, a window's edges; 128-key tiles of two consumers)
-    ("candidate: narrow edge tiles", ("FLASHCORE_NARROW_EDGES",)),
 ]
 
 

@@ -12,7 +12,7 @@ variant options too) once warm, then splits each consumer's time on each SM into
   tail     then to the item's end (the turns of tiles its rows skip, the epilogue's stores).
 and prints each part's share of the consumers' SM time, the medians per item, and the
 producer's Q issue (after the previous item's Q is released) against the consumers' Q landing.
---define adds a candidate's switch (e.g. FLASHCORE_NARROW_EDGES) to the traced build, so that
+--define adds a candidate's switch (a -D name of kernels/diagnostics.cuh) to the traced build, so that
 its parts can be set beside the shipped kernel's. The clock is the SM's (cycles; microseconds
 at the device's nominal clock, approximate under boost). The shipped kernel is untouched.
 Dense and varlen rows (a varlen row: its Hopper launch on packed inputs of its lengths).
