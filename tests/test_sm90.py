@@ -521,3 +521,19 @@ def test_item_trace_splits_a_consumers_time_into_its_parts():
     assert sorted(per["ramp"]) == [200, 200, 200] and sorted(per["steps"]) == [200, 1000, 1000]
     assert sorted(per["tail"]) == [40, 50, 200, 200]
     assert sorted(steps) == [100, 250, 250]
+
+
+def test_item_trace_takes_the_persistent_dynamic_grid_for_flashcore_dynamic():
+    """item_trace.py's --define FLASHCORE_DYNAMIC on a dense row: inside its _schedule the Hopper
+    config takes schedule_probe.py's persistent grid (causal tiles: a CTA an SM) and the item
+    slots' shared memory, both restored after; without the switch nothing changes."""
+    items = _script("item_trace.py")
+    cfg = configs.sm90_config("fp16", 128)
+    shipped_grid = cfg.schedule(4, 16, 1024, 132, True).grid
+    shipped_smem = cfg.smem_bytes
+    with items["_schedule"](True):
+        assert cfg.schedule(4, 16, 1024, 132, True).grid == (132, 1, 1) != shipped_grid
+        assert cfg.smem_bytes == shipped_smem + configs.SM90_ITEM_SLOT_BYTES
+    with items["_schedule"](False):
+        assert cfg.schedule(4, 16, 1024, 132, True).grid == shipped_grid
+    assert cfg.smem_bytes == shipped_smem and cfg.schedule(4, 16, 1024, 132, True).grid == shipped_grid

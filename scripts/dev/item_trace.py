@@ -12,14 +12,18 @@ variant options too) once warm, then splits each consumer's time on each SM into
   tail     then to the item's end (the turns of tiles its rows skip, the epilogue's stores).
 and prints each part's share of the consumers' SM time, the medians per item, and the
 producer's Q issue (after the previous item's Q is released) against the consumers' Q landing.
---define adds a candidate's switch (a -D name of kernels/diagnostics.cuh) to the traced build, so that
-its parts can be set beside the shipped kernel's. The clock is the SM's (cycles; microseconds
-at the device's nominal clock, approximate under boost). The shipped kernel is untouched.
+--define adds a candidate's switch (a -D name of kernels/diagnostics.cuh) to the traced build, so
+that its parts can be set beside the shipped kernel's; FLASHCORE_DYNAMIC on a dense row also
+takes schedule_probe.py's persistent grid (its tiles dealt from a counter, as varlen's are). The
+clock is the SM's (cycles; microseconds at the device's nominal clock, approximate under boost).
+The shipped kernel is untouched.
 Dense and varlen rows (a varlen row: its Hopper launch on packed inputs of its lengths).
 Usage: python3 scripts/dev/item_trace.py --shape NAME [--shape ...] [--define SWITCH ...] [--dtype bf16]
 """
 
 import argparse
+import contextlib
+from pathlib import Path
 
 import cupy
 import numpy as np
@@ -47,9 +51,17 @@ def traced(shape_name: str, dtype: str, defines: tuple[str, ...], rng) -> tuple[
         arrays = bench.variant_arrays(shape, dtype, rng)
         opts = bench.attention_options(shape, arrays)
         out = cupy.empty_like(q)
-        plans = [api.plan(q, k, v, out=out, defines=d, **opts) for d in (defines, TRACE + defines)]
-        config = plans[1].config
-        launches = [(lambda p: lambda: p.run(q, k, v, out=out, **arrays))(p) for p in plans]
+        dynamic = "FLASHCORE_DYNAMIC" in defines
+        with _schedule(dynamic):
+            plans = [api.plan(q, k, v, out=out, defines=d, **opts) for d in (defines, TRACE + defines)]
+            config = plans[1].config
+            launches = [(lambda p: lambda: p.run(q, k, v, out=out, **arrays))(p) for p in plans]
+            for p, run in zip(plans, launches):
+                if dynamic:   # (a zeroed counter pair, which the kernel's last CTA zeroes again)
+                    counter = cupy.zeros(2, np.int32)
+                    _KEEP.append(counter)
+                    p.launch.scalars["tile_counter"] = counter.data.ptr
+                run()   # (the first run inside: the launch takes the probe's shared memory then)
     if not isinstance(config, configs.Sm90FwdConfig):
         raise SystemExit(f"{shape_name}: {config} is not the Hopper kernel")
     buf = cupy.ndarray((ITEMS * 4 * POINTS,), cupy.uint64,
@@ -59,6 +71,21 @@ def traced(shape_name: str, dtype: str, defines: tuple[str, ...], rng) -> tuple[
     launches[1]()
     cupy.cuda.get_current_stream().synchronize()
     return buf.get().reshape(ITEMS, 4, POINTS).astype(np.int64), config, t_shipped, t_traced
+
+
+_KEEP = []   # the dynamic deal's counters, alive as long as their launches
+
+
+def _schedule(dynamic: bool):
+    """-DFLASHCORE_DYNAMIC on a dense row: schedule_probe.py's persistent grid with its item slots
+    (tiles dealt from a counter, as varlen's); otherwise nothing."""
+    if not dynamic:
+        return contextlib.nullcontext()
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("schedule_probe", Path(__file__).with_name("schedule_probe.py"))
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    return probe.probe_build(True, True)
 
 
 def _varlen_launches(shape, dtype: str, defines: tuple[str, ...], rng):
