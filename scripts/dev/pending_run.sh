@@ -5,10 +5,13 @@
 #                   run stopped at its 240 s timeout, 73 passed, kernels compiling on a fresh
 #                   machine): the variant tests with room, racecheck of the variant and varlen
 #                   sections (stopped at 60 s).
-#   CALL=2 varlen   the varlen tests; item_trace.py on varlen-64 (0.72x dense, bar 0.8x; v44's first
-#                   try on a varlen row stopped on an illegal address, its second at a 45 s timeout
-#                   while compiling: launches blocking, to name the launch) and on top-left, shipped
-#                   (a CTA a tile) beside the persistent dynamic deal.
+#   CALL=2 varlen   issue 24's decode and paged rows in one benchmark run (since v42 paged 1 and
+#                   speculative decode run on the Hopper kernel and the portable kernel merges its
+#                   splits in the kernel: not timed together since); item_trace.py on varlen-64
+#                   (0.72x dense, bar 0.8x; v44's first try on a varlen row stopped on an illegal
+#                   address, its second at a 45 s timeout while compiling: launches blocking, to
+#                   name the launch) and on top-left, shipped (a CTA a tile) beside the persistent
+#                   dynamic deal.
 #   CALL=3 rest     the other GPU test files, racecheck of backward and paged, then probes: window1k's
 #                   cost by window, host latency and the graph-replay floor, gathered pages against
 #                   boxes.
@@ -27,7 +30,10 @@ case "${CALL:-}" in
     variants varlen
   ;;
 2|varlen)
-  step pytest.txt timeout 240 python3 -m pytest tests/test_varlen_gpu.py -q -rs -k "not sm80" -p no:cacheprovider
+  step bench.txt timeout 330 python3 scripts/bench.py --out "$OUT/bench_decode.json" --shape decode-b8-h32kv8-s8k-d128 \
+    --shape decode-b1-h32kv8-s128k-d128 --shape decode-b64-h32kv8-s2k-d128 --shape specdec-b8-h32kv8-sq4-s8k-d128-causal \
+    --shape paged1-decode-b8-h32kv8-s8k-d128 --shape paged16-decode-b8-h32kv8-s8k-d128 \
+    --shape paged256-decode-b8-h32kv8-s8k-d128 --iters 30
   step probes.txt env CUDA_LAUNCH_BLOCKING=1 timeout 120 python3 scripts/dev/item_trace.py \
     --shape varlen-64seq-h32kv8-d128-causal
   # top-left a CTA a tile (shipped) beside the persistent dynamic deal: where v40's 0.88x (against
