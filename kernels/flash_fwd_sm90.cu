@@ -125,8 +125,9 @@ struct Sm90Tile {
     // 24 frees (asking for more waits forever: four consumers hung at 120). At most 256.
     // A gathered paged cache's producer warps hold a tile's row indices and compute each copy's
     // address (gather_tile): 48 registers (24 spilled; 40 spilled 72 bytes at 128-key tiles under
-    // NVRTC 13.5, none under 12.9).
-    static constexpr int kProducerRegs = 24, kGatherProducerRegs = 48;
+    // NVRTC 13.5, none under 12.9); a paged cache's boxes, 32 (their pages looked up a group of
+    // key tiles ahead: 24 spilled).
+    static constexpr int kProducerRegs = 24, kPagedProducerRegs = 32, kGatherProducerRegs = 48;
     static constexpr int kLaunchRegs = 65536 / (128 * (CONSUMERS + 1)) / 8 * 8;
     __host__ __device__ static constexpr int consumer_regs(int producer) {
         return (kLaunchRegs * (CONSUMERS + 1) - producer) / CONSUMERS / 8 * 8 > 256
@@ -179,13 +180,15 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
     // its Q rows, its turns and key tiles) then lives in uniform registers, and the wgmma
     // descriptors are built there instead of moved over from vector registers (R2UR).
     const int warpgroup = __shfl_sync(0xffffffffu, threadIdx.x / 128, 0); FC_TRACE(0); FC_TRACE_NS(22);
-    constexpr int kProducerRegs = gathers_rows<S>() ? Tile::kGatherProducerRegs : Tile::kProducerRegs;
+    constexpr int kProducerRegs = gathers_rows<S>() ? Tile::kGatherProducerRegs
+                                  : S::kPaged       ? Tile::kPagedProducerRegs
+                                                    : Tile::kProducerRegs;
     if (threadIdx.x == 0) {
         mbar_init(bar.q_full(), 1);
         mbar_init(bar.q_empty(), 4 * CONSUMERS);           // one arrival per consumer warp
         for (int s = 0; s < STAGES; ++s) {
-            mbar_init(bar.k_full(s), gathers_rows<S>() ? kGatherArrivals : 1);   // TMA: one thread's expect_tx
-            mbar_init(bar.v_full(s), gathers_rows<S>() ? kGatherArrivals : 1);
+            mbar_init(bar.k_full(s), gathers_rows<S>() ? gather_arrivals<S, PRODUCERS>() : 1);   // TMA: one thread's expect_tx
+            mbar_init(bar.v_full(s), gathers_rows<S>() ? gather_arrivals<S, PRODUCERS>() : 1);
             mbar_init(bar.k_empty(s), 4 * Tile::kTileUsers);   // one arrival per using warp
             mbar_init(bar.v_empty(s), 4 * Tile::kTileUsers);
         }
@@ -196,6 +199,15 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
 
     if (warpgroup == 0) {
         regs_release<kProducerRegs>(); FC_TRACE(2);
+        if constexpr (gathers_rows<S>()) {   // every warp, PARTS a role (gather_parts)
+            constexpr int PARTS = gather_parts<S, PRODUCERS>();
+            const int warp = threadIdx.x / 32, part = warp / PRODUCERS;
+            if (part < PARTS && warp % PRODUCERS == 0)
+                produce<Tile, HEAD_DIM, DV, BLOCK_N, STAGES, true, PRODUCERS == 1, V, S, PARTS>(p, sbase, bar, part);
+            if (part < PARTS && warp % PRODUCERS == 1)
+                produce<Tile, HEAD_DIM, DV, BLOCK_N, STAGES, false, true, V, S, PARTS>(p, sbase, bar, part);
+            return;
+        }
         // one thread each (a paged cache, packed sequences: the thread's warp, see produce)
         const int producer = S::kPaged || S::kVarlen || threadIdx.x % 32 == 0 ? threadIdx.x / 32 : -1;
         if (producer == 0) produce<Tile, HEAD_DIM, DV, BLOCK_N, STAGES, true, PRODUCERS == 1, V, S>(p, sbase, bar);

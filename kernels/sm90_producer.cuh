@@ -12,27 +12,46 @@ namespace fc {
 // row r at 16 (c % 8 ^ r % 8): the 128-byte swizzle), zero-filled past the sequence, past the
 // head dim (`cols`) and where the page is outside the pool. Each lane's copies arrive on the
 // slot's full barrier once they land (cp.async.mbarrier.arrive.noinc: one of the barrier's 32
-// expected arrivals, kGatherArrivals; v42's compute-sanitizer synccheck called the counting form,
+// expected arrivals, gather_arrivals; v42's compute-sanitizer synccheck called the counting form,
 // whose arrivals add their own pending count, a barrier overflow). rows[k]: for tile row 32 k + lane, its row of the pool as one
 // (page * page_size + slot) index of slot stride ss (the host checks that a page's stride is
 // page_size slots), or -1: zeros. The consumers fence the async proxy after the wait.
+// A paged producer warp's page lookups (produce): lane l holds the page of box l % boxes of key
+// tile first + l / boxes, `next` the following group's (in flight until taken).
+struct PageGroups { int first, pages, next; };
+
 template <class S>
 __device__ constexpr bool gathers_rows() { return S::kPaged && !S::kPageTiles; }
-constexpr int kGatherArrivals = 32;   // a gathered slot's full barrier: each lane of the producer's warp
+// Gathered pages take the producer's four warps: PRODUCERS (1, or 2: K's and V's) roles of
+// 4 / PRODUCERS warps each, warp w role w % PRODUCERS copying row blocks of part w / PRODUCERS
+// (one warp a role fed a slot at half a box-copied tile's speed, v44). -DFLASHCORE_GATHER_ONE_WARP:
+// one warp a role, as before (probes).
+template <class S, int PRODUCERS>
+__device__ constexpr int gather_parts() {
+#ifdef FLASHCORE_GATHER_ONE_WARP
+    return 1;
+#else
+    return gathers_rows<S>() ? 4 / PRODUCERS : 1;
+#endif
+}
+// A gathered slot's full barrier: each lane of the role's warps (one arrival a lane: see gather_tile).
+template <class S, int PRODUCERS>
+__device__ constexpr int gather_arrivals() { return 32 * gather_parts<S, PRODUCERS>(); }
 
-template <int WIDTH, int BLOCK_N>
+// Row blocks [32 k0, 32 (k0 + BLOCKS)) of a key tile, gathered by one warp.
+template <int WIDTH, int BLOCK_N, int BLOCKS>
 __device__ __forceinline__ void gather_tile(u32 dst, u32 full, const u16* pool, i64 ss, i64 head_off, int cols,
-                                            const int (&rows)[BLOCK_N / 32], int lane) {
+                                            const int (&rows)[BLOCKS], int k0, int lane) {
     static_assert(BLOCK_N % 32 == 0, "gather: key tiles of whole 32-row blocks");
     constexpr int kChunks = (WIDTH + 63) / 64 * 8;   // a row's 16-byte chunks, in whole column blocks
     #pragma unroll
-    for (int k = 0; k < BLOCK_N / 32; ++k) {   // 32 rows (lane l's rows[k] is row 32 k + l's)
+    for (int k = 0; k < BLOCKS; ++k) {   // 32 rows (lane l's rows[k] is row 32 (k0 + k) + l's)
         #pragma unroll 2
         for (int pass = 0; pass < kChunks; ++pass) {   // their 32 x kChunks chunks, a warp's 32 a pass
             const int id = pass * 32 + lane, r = id / kChunks, c = id % kChunks;
             const int at = __shfl_sync(0xffffffffu, rows[k], r);
             const bool copy = c * 8 < cols && at >= 0;
-            cp_async_16(dst + ((c / 8) * BLOCK_N + 32 * k + r) * 128 + 16 * ((c % 8) ^ (r % 8)),
+            cp_async_16(dst + ((c / 8) * BLOCK_N + 32 * (k0 + k) + r) * 128 + 16 * ((c % 8) ^ (r % 8)),
                         copy ? pool + head_off + c * 8 + static_cast<i64>(at) * ss : pool, copy ? 16 : 0);
         }
     }
@@ -57,8 +76,8 @@ __device__ __forceinline__ void gather_tile(u32 dst, u32 full, const u16* pool, 
 // Packed sequences (S = Varlen): the warp runs this too (work_tile's scan is warp-wide), lane 0
 // issuing; boxes at the sequence's rows of the packed tensors (the maps' one batch entry).
 template <class Tile, int HEAD_DIM, int DV, int BLOCK_N, int STAGES, bool LOADS_K, bool LOADS_V, class V,
-          class S = Dense>
-__device__ __forceinline__ void produce(const Sm90Params& p, u32 sbase, const Barriers<STAGES>& bar) {
+          class S = Dense, int PARTS = 1>
+__device__ __forceinline__ void produce(const Sm90Params& p, u32 sbase, const Barriers<STAGES>& bar, int part = 0) {
     const int lane = threadIdx.x % 32;
     const bool issues = !(S::kPaged || S::kVarlen) || lane == 0;   // paged: the warp looks up, lane 0 copies
     constexpr bool kGather = gathers_rows<S>();   // (the warp copies: gather_tile)
@@ -80,23 +99,42 @@ __device__ __forceinline__ void produce(const Sm90Params& p, u32 sbase, const Ba
         int next = 0;
         if (kDynamic && issues) next = items.fetch(p.tile_counter);   // its latency under this tile's loads
         const int head_kv = p.by_heads_per_kv(w.head);
-        // Paged: the page of box `lane` of key tile j (-1: none), looked up before the copies
-        // wait for their slot; the copies of key tile j into ring slot `dst` of `map`, on `full`.
-        // A box is a page, or a tile in one (its slot: key0 % page_size, 0 for smaller pages).
-        auto lookup = [&](int j) {
-            if constexpr (S::kPaged) {
-                const int box = min(p.page_size, BLOCK_N), key = w.key_tile<V>(j) * BLOCK_N + lane * box;
-                if (lane * box < BLOCK_N && key < w.seqlen_k) return table_page(p, w.batch, p.by_page_size(key), 0).page;
+        // Paged (boxes): the pages of key tiles [first, first + group) held one a lane (box b of
+        // tile first + t at lane t * boxes + b; -1: none), looked up in one round trip, with the
+        // next group's lookups in flight behind them: a tile's copies wait on no lookup of their
+        // own (one a tile, issued after the previous tile's copies, held each copy behind the
+        // table's latency where the ring is short: decode's two slots).
+        constexpr bool kBoxes = S::kPaged && !kGather;
+        const int box = kBoxes ? min(p.page_size, BLOCK_N) : BLOCK_N;   // the map's box rows (host: a multiple of 8)
+        const int boxes = BLOCK_N / box, group = 32 / boxes;
+        auto lookup_group = [&](int first) {
+            if constexpr (kBoxes) {
+                const int j = first + lane / boxes, key = w.key_tile<V>(j) * BLOCK_N + lane % boxes * box;
+                if (lane < group * boxes && j < w.n_blocks && key < w.seqlen_k)
+                    return table_page(p, w.batch, p.by_page_size(key), 0).page;
             }
             return -1;
         };
-        // Gathered pages: tile row 32 k + lane's row of the pool (-1: none, zeros), looked up
-        // before the copies wait for their slot.
-        auto pool_rows = [&](int j, int (&rows)[BLOCK_N / 32]) {
+        PageGroups pk{0, lookup_group(0), lookup_group(group)}, pv = pk;
+        // Key tile j's group current (the warp: each tile at most one group past the last).
+        auto advance = [&](PageGroups& g, int j) {
+            if (kBoxes && j >= g.first + group) {
+                g.first += group;
+                g.pages = g.next;
+                g.next = lookup_group(g.first + group);
+            }
+        };
+        // Gathered pages: this warp's part of the tile, row blocks k0.. (rows[k]: tile row
+        // 32 (k0 + k) + lane's row of the pool; -1: none, zeros), looked up before the copies
+        // wait for their slot.
+        constexpr int kBlocks = BLOCK_N / 32 / PARTS;
+        static_assert(BLOCK_N / 32 % PARTS == 0, "gather: whole row blocks a part");
+        const int k0 = part * kBlocks;
+        auto pool_rows = [&](int j, int (&rows)[kBlocks]) {
             const int key0 = w.key_tile<V>(j) * BLOCK_N;
             #pragma unroll
-            for (int k = 0; k < BLOCK_N / 32; ++k) {
-                const int key = key0 + 32 * k + lane, n = p.by_page_size(key);
+            for (int k = 0; k < kBlocks; ++k) {
+                const int key = key0 + 32 * (k0 + k) + lane, n = p.by_page_size(key);
                 const CachePage at = key < w.seqlen_k ? table_page(p, w.batch, n, key - n * p.page_size)
                                                       : CachePage{-1, 0};
                 rows[k] = at.page < 0 ? -1 : at.page * p.page_size + at.slot;
@@ -107,13 +145,14 @@ __device__ __forceinline__ void produce(const Sm90Params& p, u32 sbase, const Ba
             if (is_v) tma_load_tile<DV>(dst, map, full, BLOCK_N, row0, head_kv, batch, at);
             else tma_load_tile<HEAD_DIM>(dst, map, full, BLOCK_N, row0, head_kv, batch, at);
         };
-        auto load_kv = [&](bool is_v, u32 dst, const TensorMap& map, u32 full, int j, int my_page) {
+        // The copies of key tile j into ring slot `dst` of `map`, on `full` (paged: its pages from
+        // g). A box is a page, or a tile in one (its slot: key0 % page_size, 0 for smaller pages).
+        auto load_kv = [&](bool is_v, u32 dst, const TensorMap& map, u32 full, int j, const PageGroups& g) {
             const int key0 = w.key_tile<V>(j) * BLOCK_N;
             if constexpr (S::kPaged) {
-                const int box = min(p.page_size, BLOCK_N);   // the map's box rows (host: a multiple of 8)
                 const int slot = key0 - p.by_page_size(key0) * p.page_size;
                 for (int b = 0; b * box < BLOCK_N; ++b) {
-                    const int page = __shfl_sync(0xffffffffu, my_page, b);
+                    const int page = __shfl_sync(0xffffffffu, g.pages, (j - g.first) * boxes + b);
                     if (issues)
                         load_box(is_v, dst, map, full, slot, page < 0 ? p.num_pages : page, b * box);
                 }
@@ -121,7 +160,7 @@ __device__ __forceinline__ void produce(const Sm90Params& p, u32 sbase, const Ba
                 load_box(is_v, dst, map, full, w.k_row0 + key0, S::kVarlen ? 0 : w.batch);
             }
         };
-        if (LOADS_K) {
+        if (LOADS_K && part == 0) {   // (Q: one warp's)
             if (n_done > 0) mbar_wait(bar.q_empty(), (n_done - 1) & 1);
             // A KV cache's speculative rows (Sq > 1 with a packed GQA group): q's map has the
             // heads as its rows and the queries as its heads (kvcache.py), so one box at (the
@@ -143,38 +182,38 @@ __device__ __forceinline__ void produce(const Sm90Params& p, u32 sbase, const Ba
         for (int j = 0; j < w.n_blocks + Tile::kKAhead; ++j) {
             const int jk = j, jv = j - Tile::kKAhead;
             if constexpr (kGather) {   // every lane copies: see gather_tile
-                int rows[BLOCK_N / 32];
+                int rows[kBlocks];
                 if (LOADS_K && jk < w.n_blocks) {
                     const Ring<STAGES> r{it + jk};
                     pool_rows(jk, rows);
                     if (it + jk >= STAGES) mbar_wait(bar.k_empty(r.slot()), r.parity() ^ 1);
                     gather_tile<HEAD_DIM, BLOCK_N>(sbase + Tile::kOffK + r.slot() * Tile::kKBytes, bar.k_full(r.slot()),
-                                                   p.k_rows, p.k_ss, head_kv * p.k_sh, p.head_dim, rows, lane);
+                                                   p.k_rows, p.k_ss, head_kv * p.k_sh, p.head_dim, rows, k0, lane);
                 }
                 if (LOADS_V && jv >= 0) {
                     const Ring<STAGES> r{it + jv};
                     pool_rows(jv, rows);
                     if (it + jv >= STAGES) mbar_wait(bar.v_empty(r.slot()), r.parity() ^ 1);
                     gather_tile<DV, BLOCK_N>(sbase + Tile::kOffV + r.slot() * Tile::kVBytes, bar.v_full(r.slot()),
-                                             p.v_rows, p.v_ss, head_kv * p.v_sh, p.head_dim_v, rows, lane);
+                                             p.v_rows, p.v_ss, head_kv * p.v_sh, p.head_dim_v, rows, k0, lane);
                 }
                 continue;
             }
             if (LOADS_K && jk < w.n_blocks) {
                 const Ring<STAGES> r{it + jk};
-                const int page = lookup(jk);
+                advance(pk, jk);
                 if (it + jk >= STAGES) mbar_wait(bar.k_empty(r.slot()), r.parity() ^ 1);
                 if (issues) mbar_expect_tx(bar.k_full(r.slot()), Tile::kKBytes);
                 load_kv(false, sbase + Tile::kOffK + r.slot() * Tile::kKBytes, p.k, bar.k_full(r.slot()),
-                        jk, page);
+                        jk, pk);
             }
             if (LOADS_V && jv >= 0) {
                 const Ring<STAGES> r{it + jv};
-                const int page = lookup(jv);
+                advance(pv, jv);
                 if (it + jv >= STAGES) mbar_wait(bar.v_empty(r.slot()), r.parity() ^ 1); FC_TRACE(19);
                 if (issues) mbar_expect_tx(bar.v_full(r.slot()), Tile::kVBytes);
                 load_kv(true, sbase + Tile::kOffV + r.slot() * Tile::kVBytes, p.v, bar.v_full(r.slot()), jv,
-                        page);
+                        pv);
             }
         }
         it += w.n_blocks; FC_ITEM(i, 2);

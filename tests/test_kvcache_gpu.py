@@ -197,11 +197,13 @@ def test_speculative_rows_on_the_hopper_kernel(rng, hq, hkv, sq, page_size):
         _check_lse(lse, want_lse, what)
 
 
-@pytest.mark.parametrize("d", [96, 192, 256])
-@pytest.mark.parametrize("page_size", [None, 16, 64])
+@pytest.mark.parametrize("d", [96, 128, 192, 256])
+@pytest.mark.parametrize("page_size", [None, 3, 16, 64])
 def test_wide_heads_decode_on_the_hopper_kernel(rng, d, page_size):
-    """Head dims over 128 (and D96) decode on the Hopper kernel too (its 64-key split tiles):
-    GQA-packed, appending, unsplit, forced and automatic splits, against the reference."""
+    """Head dims over 128 (and D96, D128) decode on the Hopper kernel too (its 64-key split tiles
+    over 128): GQA-packed, appending, unsplit, forced and automatic splits, against the reference;
+    pages of 3 keys gathered by the producer's warps in two parts a role (D64's four: the tests
+    above)."""
     import cupy
 
     from flashcore_cupy import api, kvcache

@@ -3,18 +3,21 @@
 page sizes: GB/s of each as CUDA-graph replays (time_graph_replay: the host out of it), its
 error against the reference in float64 on a sample of heads, and which kernel ran.
 
-  PYTHONPATH=$PWD python3 scripts/dev/gather_probe.py [--row NAME] [--pages 1,3,8,16,64] [--dtype fp16]
-
 Page sizes a TMA box tiles run both ways (kvcache.sm90_gathers_pages patched to force the gather);
-the others only gathered (or on the portable kernel where the plan refuses them).
+the others only gathered (or on the portable kernel where the plan refuses them). --define SWITCH
+(a -D name of the kernels, e.g. FLASHCORE_GATHER_ONE_WARP) times each paged case again with the
+Hopper cache kernel built with it, beside the shipped build.
+
+  PYTHONPATH=$PWD python3 scripts/dev/gather_probe.py [--row NAME] [--pages 1,3,8,16,64] [--dtype fp16] [--define SWITCH]
 """
 
 import argparse
+import contextlib
 
 import numpy as np
 
 import flashcore_cupy as fc
-from flashcore_cupy import kvcache, reference, timing, workload
+from flashcore_cupy import kvcache, launch, reference, timing, workload
 from flashcore_cupy.shapes import bench_shapes
 
 
@@ -25,6 +28,7 @@ def main():
     ap.add_argument("--row", default="decode-b8-h32kv8-s8k-d128")
     ap.add_argument("--pages", default="1,3,8,16,64")
     ap.add_argument("--dtype", default="fp16")
+    ap.add_argument("--define", action="append", default=[])
     args = ap.parse_args()
     s = {x.name: x for x in bench_shapes()}[args.row]
     b, hq, hkv, sk, d = s.batch, s.heads_q, s.heads_kv, s.seqlen_k, s.head_dim
@@ -38,6 +42,15 @@ def main():
     out = cupy.empty_like(q)
 
     def run(kc, vc, **kw):
+        return "; ".join(f"{label}: {run_built(kc, vc, defines, **kw)}" for label, defines in builds)
+
+    builds = [("shipped", ())] + [(d, (d,)) for d in args.define]
+
+    def run_built(kc, vc, defines, **kw):
+        with _defines(defines):
+            return _run(kc, vc, **kw)
+
+    def _run(kc, vc, **kw):
         kvcache._plans.clear()   # (and the calls' cache of plans by signature: a forced gather replans)
         kvcache._calls.clear()
         call = lambda: fc.attention_kvcache(q, kc, vc, cache_seqlens=seqlens, out=out, **kw)  # noqa: E731
@@ -66,6 +79,19 @@ def main():
                 print(f"  page {size:4d} gathered: {run(kc, vc, block_table=bt)}", flush=True)
             finally:
                 kvcache.sm90_gathers_pages = base
+
+
+@contextlib.contextmanager
+def _defines(defines: tuple[str, ...]):
+    """Sm90SeqLaunch.build_seq (the Hopper KV-cache launch) built with `defines` inside."""
+    base = launch.Sm90SeqLaunch.build_seq.__func__
+    if defines:
+        launch.Sm90SeqLaunch.build_seq = classmethod(
+            lambda cls, *a, **kw: base(cls, *a, **{**kw, "defines": tuple(kw.get("defines", ())) + defines}))
+    try:
+        yield
+    finally:
+        launch.Sm90SeqLaunch.build_seq = classmethod(base)
 
 
 if __name__ == "__main__":

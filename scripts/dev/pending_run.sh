@@ -5,31 +5,35 @@
 #                   run stopped at its 240 s timeout, 73 passed, kernels compiling on a fresh
 #                   machine): the variant tests with room, racecheck of the variant and varlen
 #                   sections (stopped at 60 s).
-#   CALL=2 varlen   issue 24's decode and paged rows in one benchmark run (since v42 paged 1 and
+#   CALL=2 decode   issue 24's decode and paged rows in one benchmark run (since v42 paged 1 and
 #                   speculative decode run on the Hopper kernel and the portable kernel merges its
 #                   splits in the kernel: not timed together since); item_trace.py on varlen-64
 #                   (0.72x dense, bar 0.8x; v44's first try on a varlen row stopped on an illegal
 #                   address, its second at a 45 s timeout while compiling: launches blocking, to
 #                   name the launch) and on top-left, shipped (a CTA a tile) beside the persistent
 #                   dynamic deal.
-#   CALL=3 rest     the other GPU test files, racecheck of backward and paged, then probes: window1k's
-#                   cost by window, host latency and the graph-replay floor, gathered pages against
-#                   boxes.
+#   CALL=3 paged    the KV cache's tests, synccheck and racecheck of the paged section, with the
+#                   boxes' pages looked up a group of key tiles ahead and the gathered pages copied
+#                   by the producer's four warps (session 31); gather_probe.py against one warp a role
+#                   (FLASHCORE_GATHER_ONE_WARP); the paged rows in one benchmark run.
+#   CALL=4 varlen   item_trace.py on varlen-64 (0.72x dense, bar 0.8x; its first try stopped on an
+#                   illegal address, then at 45 s and 120 s timeouts while compiling: launches
+#                   blocking, room to compile).
 # Logs go to $OUT. Usage on the device machine, from the repository root:
 #   CALL=1 bash scripts/dev/pending_run.sh
 set -uo pipefail
-case "${CALL:-}" in 1|2|3|tests|varlen|rest) ;;
-  *) echo "CALL: 1 (tests), 2 (varlen) or 3 (rest)" >&2; exit 2 ;; esac
+case "${CALL:-}" in 1|2|3|4) ;;
+  *) echo "CALL: 1 (tests), 2 (decode), 3 (paged) or 4 (varlen)" >&2; exit 2 ;; esac
 source "$(dirname "$0")/../steps.sh"
 export FLASHCORE_REQUIRE_GPU=1
 step device.txt nvidia-smi --query-gpu=name,driver_version,clocks.sm --format=csv
 case "${CALL:-}" in
-1|tests)
+1)
   step pytest.txt timeout 300 python3 -m pytest tests/test_variants_gpu.py -q -rs -k "not sm80" -p no:cacheprovider
   step sanitizer.txt timeout 150 compute-sanitizer --tool racecheck --error-exitcode 3 python3 scripts/sanitize_case.py \
     variants varlen
   ;;
-2|varlen)
+2)
   step bench.txt timeout 330 python3 scripts/bench.py --out "$OUT/bench_decode.json" --shape decode-b8-h32kv8-s8k-d128 \
     --shape decode-b1-h32kv8-s128k-d128 --shape decode-b64-h32kv8-s2k-d128 --shape specdec-b8-h32kv8-sq4-s8k-d128-causal \
     --shape paged1-decode-b8-h32kv8-s8k-d128 --shape paged16-decode-b8-h32kv8-s8k-d128 \
@@ -41,17 +45,18 @@ case "${CALL:-}" in
   step probes.txt timeout 120 python3 scripts/dev/item_trace.py --shape topleft-b4-h16-sq1k-sk4k-d128-causal \
     --define FLASHCORE_DYNAMIC
   ;;
-3|rest)
-  step pytest.txt timeout 300 python3 -m pytest tests/test_attention_gpu.py tests/test_backward_gpu.py \
-    tests/test_sm90_protocol.py -q -rs -p no:cacheprovider
-  step sanitizer.txt timeout 90 compute-sanitizer --tool racecheck --error-exitcode 3 python3 scripts/sanitize_case.py \
-    backward paged
-  # window1k's cost a work tile: the shipped kernel over windows of 2..16 key tiles (no copy's
-  # label matches "none", so the shipped kernel alone)
-  step probes.txt timeout 60 python3 scripts/dev/ablate_sm90.py --shape window1k-b2-h16-s8k-d128 --window 127 \
-    --window 255 --window 511 --window 2047 --variant none
-  step probes.txt timeout 60 python3 scripts/latency_probe.py   # arrays at new addresses; graph replay floor
-  step probes.txt timeout 40 python3 scripts/dev/gather_probe.py --pages 1,3,8,16,64   # gathered pages against boxes
+3)
+  step pytest.txt timeout 200 python3 -m pytest tests/test_kvcache_gpu.py -q -rs -p no:cacheprovider
+  step sanitizer.txt timeout 80 compute-sanitizer --tool synccheck --error-exitcode 3 python3 scripts/sanitize_case.py paged
+  step sanitizer.txt timeout 80 compute-sanitizer --tool racecheck --error-exitcode 3 python3 scripts/sanitize_case.py paged
+  step probes.txt timeout 60 python3 scripts/dev/gather_probe.py --pages 1,3,16,64 --define FLASHCORE_GATHER_ONE_WARP
+  step bench.txt timeout 150 python3 scripts/bench.py --out "$OUT/bench_paged.json" --shape paged1-decode-b8-h32kv8-s8k-d128 \
+    --shape paged16-decode-b8-h32kv8-s8k-d128 --shape paged256-decode-b8-h32kv8-s8k-d128 --iters 30
+  step bench.txt python3 scripts/report.py "$OUT/bench_paged.json"
+  ;;
+4)
+  step probes.txt env CUDA_LAUNCH_BLOCKING=1 timeout 300 python3 scripts/dev/item_trace.py \
+    --shape varlen-64seq-h32kv8-d128-causal
   ;;
 esac
 echo "pending_run exit status: $status"
