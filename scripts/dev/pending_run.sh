@@ -46,13 +46,13 @@ case "${CALL:-}" in
     --define FLASHCORE_DYNAMIC
   ;;
 3)
-  step pytest.txt timeout 200 python3 -m pytest tests/test_kvcache_gpu.py -q -rs -p no:cacheprovider
-  step sanitizer.txt timeout 80 compute-sanitizer --tool synccheck --error-exitcode 3 python3 scripts/sanitize_case.py paged
-  step sanitizer.txt timeout 80 compute-sanitizer --tool racecheck --error-exitcode 3 python3 scripts/sanitize_case.py paged
+  step pytest.txt timeout 180 python3 -m pytest tests/test_kvcache_gpu.py -q -rs -p no:cacheprovider
   step probes.txt timeout 60 python3 scripts/dev/gather_probe.py --pages 1,3,16,64 --define FLASHCORE_GATHER_ONE_WARP
+  step sanitizer.txt timeout 60 compute-sanitizer --tool synccheck --error-exitcode 3 python3 scripts/sanitize_case.py paged
   step bench.txt timeout 150 python3 scripts/bench.py --out "$OUT/bench_paged.json" --shape paged1-decode-b8-h32kv8-s8k-d128 \
     --shape paged16-decode-b8-h32kv8-s8k-d128 --shape paged256-decode-b8-h32kv8-s8k-d128 --iters 30
   step bench.txt python3 scripts/report.py "$OUT/bench_paged.json"
+  step sanitizer.txt timeout 60 compute-sanitizer --tool racecheck --error-exitcode 3 python3 scripts/sanitize_case.py paged
   ;;
 4)
   step probes.txt env CUDA_LAUNCH_BLOCKING=1 timeout 300 python3 scripts/dev/item_trace.py \
