@@ -751,14 +751,12 @@ def sm90_varlen_config(dtype: str, head_dim: int, variant: KernelVariant = PLAIN
 
 
 SM90_PRODUCER_REGISTERS = 24   # the producer warpgroup's after setmaxnreg (Sm90Tile::kProducerRegs)
-SM90_PAGED_PRODUCER_REGISTERS = 32   # a paged cache's TMA boxes (seq "paged_tiles": kPagedProducerRegs)
 SM90_GATHER_PRODUCER_REGISTERS = 48   # a gathered paged cache's (seq "paged": kGatherProducerRegs)
 
 
 def sm90_producer_registers(config: "Sm90FwdConfig") -> int:
     """The producer warpgroup's registers after setmaxnreg in `config`'s kernel."""
-    return {"paged": SM90_GATHER_PRODUCER_REGISTERS,
-            "paged_tiles": SM90_PAGED_PRODUCER_REGISTERS}.get(config.seq, SM90_PRODUCER_REGISTERS)
+    return SM90_GATHER_PRODUCER_REGISTERS if config.seq == "paged" else SM90_PRODUCER_REGISTERS
 
 
 def sm90_consumer_registers(consumers: int, producer: int = SM90_PRODUCER_REGISTERS) -> int:

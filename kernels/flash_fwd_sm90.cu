@@ -125,9 +125,8 @@ struct Sm90Tile {
     // 24 frees (asking for more waits forever: four consumers hung at 120). At most 256.
     // A gathered paged cache's producer warps hold a tile's row indices and compute each copy's
     // address (gather_tile): 48 registers (24 spilled; 40 spilled 72 bytes at 128-key tiles under
-    // NVRTC 13.5, none under 12.9); a paged cache's boxes, 32 (their pages looked up a group of
-    // key tiles ahead: 24 spilled).
-    static constexpr int kProducerRegs = 24, kPagedProducerRegs = 32, kGatherProducerRegs = 48;
+    // NVRTC 13.5, none under 12.9).
+    static constexpr int kProducerRegs = 24, kGatherProducerRegs = 48;
     static constexpr int kLaunchRegs = 65536 / (128 * (CONSUMERS + 1)) / 8 * 8;
     __host__ __device__ static constexpr int consumer_regs(int producer) {
         return (kLaunchRegs * (CONSUMERS + 1) - producer) / CONSUMERS / 8 * 8 > 256
@@ -180,9 +179,7 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
     // its Q rows, its turns and key tiles) then lives in uniform registers, and the wgmma
     // descriptors are built there instead of moved over from vector registers (R2UR).
     const int warpgroup = __shfl_sync(0xffffffffu, threadIdx.x / 128, 0); FC_TRACE(0); FC_TRACE_NS(22);
-    constexpr int kProducerRegs = gathers_rows<S>() ? Tile::kGatherProducerRegs
-                                  : S::kPaged       ? Tile::kPagedProducerRegs
-                                                    : Tile::kProducerRegs;
+    constexpr int kProducerRegs = gathers_rows<S>() ? Tile::kGatherProducerRegs : Tile::kProducerRegs;
     if (threadIdx.x == 0) {
         mbar_init(bar.q_full(), 1);
         mbar_init(bar.q_empty(), 4 * CONSUMERS);           // one arrival per consumer warp

@@ -16,10 +16,6 @@ namespace fc {
 // whose arrivals add their own pending count, a barrier overflow). rows[k]: for tile row 32 k + lane, its row of the pool as one
 // (page * page_size + slot) index of slot stride ss (the host checks that a page's stride is
 // page_size slots), or -1: zeros. The consumers fence the async proxy after the wait.
-// A paged producer warp's page lookups (produce): lane l holds the page of box l % boxes of key
-// tile first + l / boxes, `next` the following group's (in flight until taken).
-struct PageGroups { int first, pages, next; };
-
 template <class S>
 __device__ constexpr bool gathers_rows() { return S::kPaged && !S::kPageTiles; }
 // Gathered pages take the producer's four warps: PRODUCERS (1, or 2: K's and V's) roles of
@@ -99,30 +95,15 @@ __device__ __forceinline__ void produce(const Sm90Params& p, u32 sbase, const Ba
         int next = 0;
         if (kDynamic && issues) next = items.fetch(p.tile_counter);   // its latency under this tile's loads
         const int head_kv = p.by_heads_per_kv(w.head);
-        // Paged (boxes): the pages of key tiles [first, first + group) held one a lane (box b of
-        // tile first + t at lane t * boxes + b; -1: none), looked up in one round trip, with the
-        // next group's lookups in flight behind them: a tile's copies wait on no lookup of their
-        // own (one a tile, issued after the previous tile's copies, held each copy behind the
-        // table's latency where the ring is short: decode's two slots).
-        constexpr bool kBoxes = S::kPaged && !kGather;
-        const int box = kBoxes ? min(p.page_size, BLOCK_N) : BLOCK_N;   // the map's box rows (host: a multiple of 8)
-        const int boxes = BLOCK_N / box, group = 32 / boxes;
-        auto lookup_group = [&](int first) {
-            if constexpr (kBoxes) {
-                const int j = first + lane / boxes, key = w.key_tile<V>(j) * BLOCK_N + lane % boxes * box;
-                if (lane < group * boxes && j < w.n_blocks && key < w.seqlen_k)
-                    return table_page(p, w.batch, p.by_page_size(key), 0).page;
+        // Paged: the page of box `lane` of key tile j (-1: none), looked up before the copies
+        // wait for their slot; the copies of key tile j into ring slot `dst` of `map`, on `full`.
+        // A box is a page, or a tile in one (its slot: key0 % page_size, 0 for smaller pages).
+        auto lookup = [&](int j) {
+            if constexpr (S::kPaged) {
+                const int box = min(p.page_size, BLOCK_N), key = w.key_tile<V>(j) * BLOCK_N + lane * box;
+                if (lane * box < BLOCK_N && key < w.seqlen_k) return table_page(p, w.batch, p.by_page_size(key), 0).page;
             }
             return -1;
-        };
-        PageGroups pk{0, lookup_group(0), lookup_group(group)}, pv = pk;
-        // Key tile j's group current (the warp: each tile at most one group past the last).
-        auto advance = [&](PageGroups& g, int j) {
-            if (kBoxes && j >= g.first + group) {
-                g.first += group;
-                g.pages = g.next;
-                g.next = lookup_group(g.first + group);
-            }
         };
         // Gathered pages: this warp's part of the tile, row blocks k0.. (rows[k]: tile row
         // 32 (k0 + k) + lane's row of the pool; -1: none, zeros), looked up before the copies
@@ -145,14 +126,13 @@ __device__ __forceinline__ void produce(const Sm90Params& p, u32 sbase, const Ba
             if (is_v) tma_load_tile<DV>(dst, map, full, BLOCK_N, row0, head_kv, batch, at);
             else tma_load_tile<HEAD_DIM>(dst, map, full, BLOCK_N, row0, head_kv, batch, at);
         };
-        // The copies of key tile j into ring slot `dst` of `map`, on `full` (paged: its pages from
-        // g). A box is a page, or a tile in one (its slot: key0 % page_size, 0 for smaller pages).
-        auto load_kv = [&](bool is_v, u32 dst, const TensorMap& map, u32 full, int j, const PageGroups& g) {
+        auto load_kv = [&](bool is_v, u32 dst, const TensorMap& map, u32 full, int j, int my_page) {
             const int key0 = w.key_tile<V>(j) * BLOCK_N;
             if constexpr (S::kPaged) {
+                const int box = min(p.page_size, BLOCK_N);   // the map's box rows (host: a multiple of 8)
                 const int slot = key0 - p.by_page_size(key0) * p.page_size;
                 for (int b = 0; b * box < BLOCK_N; ++b) {
-                    const int page = __shfl_sync(0xffffffffu, g.pages, (j - g.first) * boxes + b);
+                    const int page = __shfl_sync(0xffffffffu, my_page, b);
                     if (issues)
                         load_box(is_v, dst, map, full, slot, page < 0 ? p.num_pages : page, b * box);
                 }
@@ -201,19 +181,19 @@ __device__ __forceinline__ void produce(const Sm90Params& p, u32 sbase, const Ba
             }
             if (LOADS_K && jk < w.n_blocks) {
                 const Ring<STAGES> r{it + jk};
-                advance(pk, jk);
+                const int page = lookup(jk);
                 if (it + jk >= STAGES) mbar_wait(bar.k_empty(r.slot()), r.parity() ^ 1);
                 if (issues) mbar_expect_tx(bar.k_full(r.slot()), Tile::kKBytes);
                 load_kv(false, sbase + Tile::kOffK + r.slot() * Tile::kKBytes, p.k, bar.k_full(r.slot()),
-                        jk, pk);
+                        jk, page);
             }
             if (LOADS_V && jv >= 0) {
                 const Ring<STAGES> r{it + jv};
-                advance(pv, jv);
+                const int page = lookup(jv);
                 if (it + jv >= STAGES) mbar_wait(bar.v_empty(r.slot()), r.parity() ^ 1); FC_TRACE(19);
                 if (issues) mbar_expect_tx(bar.v_full(r.slot()), Tile::kVBytes);
                 load_kv(true, sbase + Tile::kOffV + r.slot() * Tile::kVBytes, p.v, bar.v_full(r.slot()), jv,
-                        pv);
+                        page);
             }
         }
         it += w.n_blocks; FC_ITEM(i, 2);

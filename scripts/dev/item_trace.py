@@ -105,8 +105,12 @@ def _varlen_launches(shape, dtype: str, defines: tuple[str, ...], rng):
     ptrs = dict(q=q.data.ptr, k=k.data.ptr, v=v.data.ptr, o=out.data.ptr, cu_seqlens_q=cu.data.ptr,
                 cu_seqlens_k=cu.data.ptr)
     sms = api.device_info(q.device.id).num_sms
-    built = [varlen._sm90_launch(problem, config, (out.strides[1] // 2, out.strides[0] // 2), "sm_90a", sms, d)
-             for d in (defines, TRACE + defines)]
+    built = [varlen._sm90_launch(problem, config, (out.strides[1] // out.itemsize, out.strides[0] // out.itemsize),
+                                 "sm_90a", sms, d) for d in (defines, TRACE + defines)]
+    # The launches hold bare addresses: the arrays live as long as they do (freed here, out's
+    # memory went to the deal's counters, allocated at the first launch: v44-v45's illegal
+    # address and illegal instruction).
+    _KEEP.append((q, k, v, out, cu))
     return config, [(lambda b: lambda: b.start(ptrs, cupy.cuda.get_current_stream().ptr))(b) for b in built]
 
 
