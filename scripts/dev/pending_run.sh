@@ -16,14 +16,14 @@
 #                   boxes' pages looked up a group of key tiles ahead and the gathered pages copied
 #                   by the producer's four warps (session 31); gather_probe.py against one warp a role
 #                   (FLASHCORE_GATHER_ONE_WARP); the paged rows in one benchmark run.
-#   CALL=4 varlen   item_trace.py on varlen-64 (0.72x dense, bar 0.8x; its first try stopped on an
-#                   illegal address, then at 45 s and 120 s timeouts while compiling: launches
-#                   blocking, room to compile).
+#   CALL=4 probes   gather_probe.py against one warp a role (call 3's stopped on a format error);
+#                   item_trace.py on varlen-64 (0.72x dense, bar 0.8x; its earlier tries failed on
+#                   the probe's own freed arrays, fixed in session 31).
 # Logs go to $OUT. Usage on the device machine, from the repository root:
 #   CALL=1 bash scripts/dev/pending_run.sh
 set -uo pipefail
 case "${CALL:-}" in 1|2|3|4) ;;
-  *) echo "CALL: 1 (tests), 2 (decode), 3 (paged) or 4 (varlen)" >&2; exit 2 ;; esac
+  *) echo "CALL: 1 (tests), 2 (decode), 3 (paged) or 4 (probes)" >&2; exit 2 ;; esac
 source "$(dirname "$0")/../steps.sh"
 export FLASHCORE_REQUIRE_GPU=1
 step device.txt nvidia-smi --query-gpu=name,driver_version,clocks.sm --format=csv
@@ -55,8 +55,8 @@ case "${CALL:-}" in
   step sanitizer.txt timeout 60 compute-sanitizer --tool racecheck --error-exitcode 3 python3 scripts/sanitize_case.py paged
   ;;
 4)
-  step probes.txt env CUDA_LAUNCH_BLOCKING=1 timeout 300 python3 scripts/dev/item_trace.py \
-    --shape varlen-64seq-h32kv8-d128-causal
+  step probes.txt timeout 70 python3 scripts/dev/gather_probe.py --pages 1,3,16 --define FLASHCORE_GATHER_ONE_WARP
+  step probes.txt timeout 150 python3 scripts/dev/item_trace.py --shape varlen-64seq-h32kv8-d128-causal
   ;;
 esac
 echo "pending_run exit status: $status"
