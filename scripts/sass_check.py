@@ -32,10 +32,17 @@ from pathlib import Path
 
 
 def dispatchable(arch: str) -> dict:
-    """Every config dispatch can choose on `arch`, by its cubin's name."""
-    from flashcore_cupy import tuning
+    """Every config dispatch can choose on `arch`, by its cubin's name: the dense tables' and on
+    sm_90a the Hopper kernel's KV-cache tiles (contiguous, box-paged, gathered) and its plain
+    varlen tiles (the variants' are the dense variants' code: test_compile holds them to no spills)."""
+    from flashcore_cupy import configs, tuning
 
-    return {str(config).replace(" ", "_").replace("/", "v"): config for config in tuning.dispatchable_configs(arch)}
+    found = list(tuning.dispatchable_configs(arch))
+    if arch == configs.SM90_ARCH:
+        found += [configs.sm90_cache_config(dt, hd, paged, gather) for dt in configs.DTYPES for hd in configs.SM90_HEAD_DIMS
+                  for paged, gather in ((False, False), (True, False), (True, True))]
+        found += [configs.sm90_varlen_config(dt, hd) for dt in configs.DTYPES for hd in configs.SM90_HEAD_DIMS]
+    return {str(config).replace(" ", "_").replace("/", "v"): config for config in found}
 
 
 def compile_cubins(arch: str, folder: Path) -> None:

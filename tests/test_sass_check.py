@@ -49,7 +49,8 @@ def test_exps_under_pv():
 
 def test_every_dispatchable_kernel_passes_the_sass_rules(tmp_path):
     """The device suite's SASS check on this machine's NVRTC (CuPy's, e.g. 12.9 in CI):
-    every Hopper and portable kernel dispatch can choose on sm_90a compiles without
+    every Hopper and portable kernel dispatch can choose on sm_90a (the Hopper KV-cache and
+    varlen tiles among them) compiles without
     spills, with HGMMA (HMMA), no exponential under P V, and no write to an
     in-flight P; the same NVRTC the users of that CuPy wheel compile with."""
     import shutil
