@@ -1,6 +1,6 @@
 """A CPU model of the Hopper kernel's synchronisation (kernels/flash_fwd_sm90.cu): one
 CTA's producers (one thread for Q, K and V, or one for Q and K and one for V), their
-TMA copies or a gathered slot's 32 lane copies (landing in any order) and consumers as coroutines over the same mbarriers (Q full/empty, the K/V
+TMA copies or a gathered slot's lane copies from one or more warps a role (landing in any order) and consumers as coroutines over the same mbarriers (Q full/empty, the K/V
 ring, the dynamic deal's item slots) and ping-pong named barriers, run in random interleavings. It checks the protocol, not the kernel: a change to the kernel's
 waits, releases or turns belongs here too. It reproduces the deadlock of the first
 idle-consumer order (every skipped key tile released before any turn), and the parity
@@ -23,7 +23,7 @@ class Mbarrier:
 
 
 def cta(consumers, stages, pingpong, items, skip_per_turn=True, split=False, producers=1, dynamic=False,
-        copies=1, full_count=None):
+        copies=1, full_count=None, parts=1):
     """Coroutines of one CTA. items: per work item (n_blocks, per-consumer key tiles)
     where a consumer's count is None when it has no rows in the item. skip_per_turn=False
     is the first version's order for skipped tiles (all released, then the turns).
@@ -35,12 +35,14 @@ def cta(consumers, stages, pingpong, items, skip_per_turn=True, split=False, pro
     last one published is past the items (where the kernel's loops stop). (The slot's empty wait
     is insurance: Q's release already keeps the producer within an item of every consumer.)
     copies: a K/V slot's copies that arrive on its full barrier one by one as they land (a
-    gathered paged cache: each lane of the producer's warp, cp.async.mbarrier.arrive.noinc),
-    full_count the barrier's expected arrivals (default: copies, as the kernel initialises it).
+    gathered paged cache: each lane of a producer warp, cp.async.mbarrier.arrive.noinc),
+    parts the warps of each producer role that copy a slot's parts (gathered pages: 4 /
+    producers, each waiting on the slot's release itself; Q from part 0), full_count the
+    barrier's expected arrivals (default: copies x parts, as the kernel initialises it).
     A consumer past a full wait checks that none of the slot's copies is still in flight."""
     users = 1 if split else consumers
     q_full, q_empty = Mbarrier(1), Mbarrier(consumers)
-    full_count = copies if full_count is None else full_count
+    full_count = copies * parts if full_count is None else full_count
     k_full, v_full = ([Mbarrier(full_count) for _ in range(stages)] for _ in range(2))
     k_empty = [Mbarrier(users) for _ in range(stages)]
     v_empty = [Mbarrier(users) for _ in range(stages)]
@@ -62,10 +64,10 @@ def cta(consumers, stages, pingpong, items, skip_per_turn=True, split=False, pro
 
     k_ahead = consumers - 1 if split else 0   # the kernel's Tile::kKAhead
 
-    def producer(loads_k, loads_v):
+    def producer(loads_k, loads_v, part):
         it = 0
         for n, (n_blocks, _) in enumerate(items):
-            if loads_k:
+            if loads_k and part == 0:
                 if n > 0:
                     yield from wait(q_empty, n - 1)
                 in_flight.append(q_full)
@@ -78,7 +80,7 @@ def cta(consumers, stages, pingpong, items, skip_per_turn=True, split=False, pro
                             yield from wait(empty[slot], use - 1)
                         in_flight.extend([full[slot]] * copies)
             it += n_blocks
-            if dynamic and loads_k:   # publish the next item (ItemSlots.publish)
+            if dynamic and loads_k and part == 0:   # publish the next item (ItemSlots.publish)
                 if n >= 2:
                     yield from wait(item_empty[n % 2], (n - 2) // 2)
                 item_full[n % 2].arrive()
@@ -162,11 +164,12 @@ def cta(consumers, stages, pingpong, items, skip_per_turn=True, split=False, pro
                 in_flight.pop(rng.randrange(len(in_flight))).arrive()
             yield
 
-    roles = [(True, True)] if producers == 1 else [(True, False), (False, True)]
+    roles = [(k, v, part) for part in range(parts)
+             for k, v in ([(True, True)] if producers == 1 else [(True, False), (False, True)])]
     in_flight, producing = [], [len(roles)]   # producers still running
 
-    def producer_then_done(loads_k, loads_v):
-        yield from producer(loads_k, loads_v)
+    def producer_then_done(loads_k, loads_v, part):
+        yield from producer(loads_k, loads_v, part)
         producing[0] -= 1
 
     def consumer_then_done(c):
@@ -264,3 +267,27 @@ def test_gathered_slots_wait_for_every_lane(consumers, stages, pingpong, produce
     with pytest.raises(AssertionError, match="still in flight|phases? (go by|two ahead)"):
         runs_to_the_end(cta(consumers, stages, pingpong, items, producers=producers, copies=32, full_count=1),
                         random.Random(0))
+
+
+@pytest.mark.parametrize("producers", [1, 2])
+@pytest.mark.parametrize("consumers, stages, pingpong", [(2, 2, True), (2, 4, True), (2, 2, False)])
+def test_gathered_slots_wait_for_every_warp_of_the_role(consumers, stages, pingpong, producers):
+    """Gathered pages on the producer's four warps (4 / producers parts a role, each waiting on
+    the slot's release itself, Q from part 0): a slot's full barrier expects every part's 32
+    lanes; expecting one warp's 32, a consumer reads the slot with another part's copies in
+    flight (or its phases run ahead of the waits)."""
+    parts = 4 // producers
+    # (patience counts the steps since a coroutine last ended: 128 landings a slot take many)
+    for seed in range(50):
+        rng = random.Random(seed)
+        items = random_items(rng, consumers)   # persistent CTAs' items, and the KV cache's split tile
+        assert runs_to_the_end(cta(consumers, stages, pingpong, items, producers=producers, copies=32,
+                                   parts=parts), rng, patience=200000), items
+        n_blocks = rng.randint(0, 9)
+        split = [(n_blocks, [n_blocks] * consumers)]
+        assert runs_to_the_end(cta(consumers, stages, False, split, split=True, producers=producers, copies=32,
+                                   parts=parts), rng, patience=200000), split
+    items = [(3, [3] * consumers)]
+    with pytest.raises(AssertionError, match="still in flight|phases? (go by|two ahead)"):
+        runs_to_the_end(cta(consumers, stages, pingpong, items, producers=producers, copies=32, parts=parts,
+                            full_count=32), random.Random(0))
