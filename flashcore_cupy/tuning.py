@@ -281,6 +281,16 @@ _SEQUENCE_VARIANTS = (configs.PLAIN, configs.KernelVariant(window=True),
                       configs.KernelVariant(window=True, softcap=True, alibi=True))
 
 
+def sm90_sequence_tiles(dtypes: tuple[str, ...] = configs.DTYPES,
+                        variants: tuple[configs.KernelVariant, ...] = (configs.PLAIN,)) -> list[configs.Sm90FwdConfig]:
+    """The Hopper kernel's KV-cache tiles (contiguous, box-paged, gathered; plain) and its varlen
+    tiles for `variants`, at every built head dim."""
+    dims = configs.SM90_HEAD_DIMS
+    return ([configs.sm90_cache_config(dt, hd, paged, gather) for dt in dtypes for hd in dims
+             for paged, gather in ((False, False), (True, False), (True, True))] +
+            [configs.sm90_varlen_config(dt, hd, v) for dt in dtypes for hd in dims for v in variants])
+
+
 def sequence_configs(arch: str, dtypes: tuple[str, ...] = configs.DTYPES) -> list[configs.Sm80FwdConfig | configs.Sm90FwdConfig]:
     """The split-KV dense, varlen and KV-cache instantiations (configs.seq_config, decode tiles
     included) of every portable config the tables give on `arch`, for the variants that bound the
@@ -290,10 +300,7 @@ def sequence_configs(arch: str, dtypes: tuple[str, ...] = configs.DTYPES) -> lis
     found = {configs.seq_config(c, seq, v, rows, arch) for c in base for seq in configs.SEQ_KINDS[1:]
              for v in _SEQUENCE_VARIANTS for rows in (None, configs.DECODE_ROWS)}
     if arch == configs.SM90_ARCH:
-        found |= {configs.sm90_cache_config(dt, hd, paged, gather) for dt in dtypes for hd in configs.SM90_HEAD_DIMS
-                  for paged, gather in ((False, False), (True, False), (True, True))}
-        found |= {configs.sm90_varlen_config(dt, hd, v) for dt in dtypes for hd in configs.SM90_HEAD_DIMS
-                  for v in _SEQUENCE_VARIANTS}
+        found |= set(sm90_sequence_tiles(dtypes, _SEQUENCE_VARIANTS))
         found |= {dataclasses.replace(configs.variant_config(c, v), seq="dense_split")
                   for c in dispatchable_configs(arch) if isinstance(c, configs.Sm90FwdConfig) and c.dtype in dtypes
                   for v in _SEQUENCE_VARIANTS}

@@ -39,9 +39,7 @@ def dispatchable(arch: str) -> dict:
 
     found = list(tuning.dispatchable_configs(arch))
     if arch == configs.SM90_ARCH:
-        found += [configs.sm90_cache_config(dt, hd, paged, gather) for dt in configs.DTYPES for hd in configs.SM90_HEAD_DIMS
-                  for paged, gather in ((False, False), (True, False), (True, True))]
-        found += [configs.sm90_varlen_config(dt, hd) for dt in configs.DTYPES for hd in configs.SM90_HEAD_DIMS]
+        found += tuning.sm90_sequence_tiles()
     return {str(config).replace(" ", "_").replace("/", "v"): config for config in found}
 
 
