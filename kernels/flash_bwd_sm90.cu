@@ -343,19 +343,28 @@ flash_bwd_sm90(const __grid_constant__ Sm90BwdParams p) {
                 const int cb_d = consumer * kMine + pass;
                 float dq[1][8][4];
                 wgmma_fence();
+#ifndef FLASHCORE_ABLATE_NO_DQ
                 #pragma unroll
                 for (int kk = 0; kk < BN / 16; ++kk)
                     wgmma_ss_mn<T, 64>(dq[0], desc_advance(ds_desc0, (t % 2) * Tile::kDSBytes + kk * 2048),
                                        desc_advance(kt_desc, cb_d * BN * 128 + kk * 2048), kk > 0);
+#endif
                 wgmma_commit();
                 wgmma_wait<0>();
                 fence_registers(dq[0]);
+                // a thread's four floats of an n-tile, contiguous in fragment order: one reduction
                 float* dst = dq_tile + cb_d * 4096;
+#ifndef FLASHCORE_ABLATE_NO_DQ_ADD
                 #pragma unroll
                 for (int i = 0; i < 8; ++i) {
+#ifdef FLASHCORE_DQ_RED2   // (probes: v42-v45's two two-float reductions)
                     red_add2(dst + 512 * i, dq[0][i][0], dq[0][i][1]);
                     red_add2(dst + 512 * i + 2, dq[0][i][2], dq[0][i][3]);
+#else
+                    red_add4(dst + 512 * i, dq[0][i]);
+#endif
                 }
+#endif
             }
             fence_registers(dk);
             fence_registers(dv);

@@ -110,6 +110,12 @@ __device__ __forceinline__ void red_add2(float* dst, float a, float b) {
     asm volatile("red.global.add.v2.f32 [%0], {%1, %2};" :: "l"(dst), "f"(a), "f"(b) : "memory");
 }
 
+// Four float32 adds into global memory (16-byte aligned) as one vector reduction (sm_90).
+__device__ __forceinline__ void red_add4(float* dst, const float (&x)[4]) {
+    asm volatile("red.global.add.v4.f32 [%0], {%1, %2, %3, %4};" :: "l"(dst), "f"(x[0]), "f"(x[1]), "f"(x[2]),
+                 "f"(x[3]) : "memory");
+}
+
 __device__ __forceinline__ void prefetch_tensor_map(const void* tensor_map) {
     asm volatile("prefetch.tensormap [%0];" :: "l"(reinterpret_cast<u64>(tensor_map)) : "memory");
 }

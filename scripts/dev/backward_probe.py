@@ -62,6 +62,9 @@ def main() -> int:
     ap.add_argument("--ablate", action="append", default=[],
                     help="also time the Hopper backward built with -DFLASHCORE_ABLATE_<NAME> (wrong "
                          "gradients, time only; repeatable: --ablate NO_DQ --ablate NO_DQ_ADD)")
+    ap.add_argument("--define", action="append", default=[],
+                    help="also time the Hopper backward built with -D<NAME> (a probe build: "
+                         "time only; repeatable: --define FLASHCORE_DQ_RED2)")
     ap.add_argument("--config", action="append", default=[],
                     help="also time the Hopper backward with Sm90BwdConfig fields replaced (checked "
                          "like the others; repeatable: --config stages=1)")
@@ -91,6 +94,9 @@ def main() -> int:
             for name_ in args.ablate:
                 fns[f"ablate_{name_.lower()}"] = (lambda d: lambda i: _ablated(d, lambda: fc.attention_backward(
                     dout, q, k, v, out, lse, causal=causal)))(f"FLASHCORE_ABLATE_{name_}")
+            for name_ in args.define:
+                fns[f"define_{name_.lower()}"] = (lambda d: lambda i: _ablated(d, lambda: fc.attention_backward(
+                    dout, q, k, v, out, lse, causal=causal)))(name_)
             for text in args.config:
                 fields = {kv.split("=")[0]: int(kv.split("=")[1]) for kv in text.split(",")}
                 fns[f"fc_{text}"] = (lambda f: lambda i: _with_config(f, lambda: fc.attention_backward(

@@ -20,11 +20,15 @@
 #   CALL=4 probes   gather_probe.py against one warp a role (call 3's stopped on a format error);
 #                   item_trace.py on varlen-64 (0.72x dense, bar 0.8x; its earlier tries failed on
 #                   the probe's own freed arrays, fixed in session 31).
+#   CALL=5 bwd256   the head-dim-256 backward (0.49x cuDNN, v44): its GPU tests with dQ's blocks
+#                   added four floats a reduction (red.global.add.v4); backward_probe.py against
+#                   the two-float adds (FLASHCORE_DQ_RED2), without dQ's GEMM (NO_DQ) or its adds
+#                   (NO_DQ_ADD), one ring slot; ncu of the main kernel; then call 4's item trace.
 # Logs go to $OUT. Usage on the device machine, from the repository root:
 #   CALL=1 bash scripts/dev/pending_run.sh
 set -uo pipefail
-case "${CALL:-}" in 1|2|3|4) ;;
-  *) echo "CALL: 1 (tests), 2 (decode), 3 (paged) or 4 (probes)" >&2; exit 2 ;; esac
+case "${CALL:-}" in 1|2|3|4|5) ;;
+  *) echo "CALL: 1 (tests), 2 (decode), 3 (paged), 4 (probes) or 5 (bwd256)" >&2; exit 2 ;; esac
 source "$(dirname "$0")/../steps.sh"
 export FLASHCORE_REQUIRE_GPU=1
 step device.txt nvidia-smi --query-gpu=name,driver_version,clocks.sm --format=csv
@@ -58,6 +62,14 @@ case "${CALL:-}" in
 4)
   step probes.txt timeout 70 python3 scripts/dev/gather_probe.py --pages 1,3,16 --define FLASHCORE_GATHER_ONE_WARP
   step probes.txt timeout 150 python3 scripts/dev/item_trace.py --shape varlen-64seq-h32kv8-d128-causal
+  ;;
+5)
+  step pytest.txt timeout 200 python3 -m pytest tests/test_backward_gpu.py -q -rs -k 256 -p no:cacheprovider
+  step probe.txt timeout 150 python3 scripts/dev/backward_probe.py --dtype fp16 --shapes b2-h16-s4k-d256 \
+    --define FLASHCORE_DQ_RED2 --ablate NO_DQ --ablate NO_DQ_ADD --config stages=1
+  step ncu_d256.txt timeout 150 ncu --clock-control none --set full -k regex:flash_bwd_sm90 \
+    --launch-skip 2 --launch-count 1 python3 scripts/profile_case.py b2-h16-s4k-d256 fp16 backward
+  step probes.txt timeout 120 python3 scripts/dev/item_trace.py --shape varlen-64seq-h32kv8-d128-causal
   ;;
 esac
 echo "pending_run exit status: $status"
