@@ -208,8 +208,8 @@ class Sm90BwdConfig:
     and a producer, over query tiles of block_m rows (128 at head dim 64, 64 at 128: one
     64 x 64 block of the tile's dQ a consumer, which the dQ accumulator holds in fragment order:
     bwd_convert's frag_rows = block_m) through a ring of `stages` slots. Head dim 256 (split_d):
-    a CTA per 64 keys that both consumers share, each holding half of dK's and dV's columns and
-    adding two of dQ's blocks from registers."""
+    a CTA per 64 keys that both consumers share, each computing S^T and dP^T for half the query
+    tile, holding half of dK's and dV's columns and adding two of dQ's blocks from registers."""
 
     dtype: str        # "fp16" | "bf16"
     head_dim: int     # 64 | 96 | 128 | 256 (the runtime head dim rounded up; TMA zero-fills the rest)
@@ -246,12 +246,12 @@ class Sm90BwdConfig:
 
     @property
     def smem_bytes(self) -> int:
-        # Mirrors Sm90BwdTile: K and V; the ring's Q, dO, LSE and delta; two dS^T buffers; the
-        # consumers' dQ blocks; the barriers; 1024 for the base's alignment.
+        # Mirrors Sm90BwdTile: K and V; the ring's Q, dO, LSE and delta; two dS^T buffers (split_d:
+        # and two P^T buffers); the consumers' dQ blocks; the barriers; 1024 for the base's alignment.
         kv = self.block_n * self.d_pad * 2
         q = self.block_m * self.d_pad * 2
         dq = 0 if self.split_d else 2 * 64 * 64 * 4
-        return 1024 + 2 * kv + 2 * self.stages * q + 2 * self.block_n * self.block_m * 2 \
+        return 1024 + 2 * kv + 2 * self.stages * q + (4 if self.split_d else 2) * self.block_n * self.block_m * 2 \
             + 2 * self.stages * self.block_m * 4 + dq + 8 * (5 + 2 * self.stages)
 
     def grid(self, batch: int, heads_q: int, seqlen_k: int) -> tuple[int, int, int]:

@@ -29,11 +29,14 @@
 //
 // Head dim 256 (SPLIT_D: 64 keys' dK and dV in full would take 256 registers a thread): the CTA
 // owns 64 keys, which both consumers share; consumer c holds columns 128c.. of their dK and dV.
-// Both compute the tile's S^T and dP^T over every column (the same values: a third more tensor
-// work than the split needs, against an exchange of partial sums through shared memory), each
-// stores its half of dS^T's query columns, and each computes dQ's column blocks 2c and 2c + 1
-// over the 64 keys, added from registers into the accumulator's blocks (its fragment order,
-// with red.global: no shared memory is left for dQ blocks beside two ring slots).
+// Each computes S^T and dP^T for half the query tile's columns (32c..: wgmma m64n32, B from
+// its half of the slot's Q and dO rows) and stores its P^T and dS^T columns into shared
+// memory; once both halves are there (the named barrier), dV += P^T dO and dK += dS^T Q run
+// over the whole tile with A from shared memory (K-major), and each consumer computes dQ's
+// column blocks 2c and 2c + 1 over the 64 keys, added from registers into the accumulator's
+// blocks (its fragment order, red.global.add.v4: no shared memory is left for dQ blocks
+// beside two ring slots). Until v46 both consumers computed S^T and dP^T over every column
+// (P^T and dS^T from registers: 1.4x the tensor work, twice the exponentials).
 //
 // At the end dK *= scale; dK and dV are stored in the inputs' type, or with GQA added into
 // float32 accumulators the host converts. dS^T has two buffers (tile parity): a consumer
@@ -44,8 +47,8 @@
 // Shared memory (1024-byte aligned base; every tile 128B-swizzled in column blocks of 64
 // elements, the layout sm90_mainloop.cuh's descriptors describe): K, V (BLOCK_N rows), the
 // ring's Q and dO slots (BLOCK_M rows), two dS^T buffers (per key, BLOCK_M / 64 blocks of 64
-// query rows: the MN-major A operand of dQ), the slots' LSE and delta, the consumers' dQ
-// blocks, the barriers. The host mirrors smem_bytes in flashcore_cupy/configs.py (Sm90BwdConfig).
+// query rows: the MN-major A operand of dQ; SPLIT_D: the K-major A of dK too), SPLIT_D's two
+// P^T buffers (the same layout), the slots' LSE and delta, the consumers' dQ blocks, the barriers. The host mirrors smem_bytes in flashcore_cupy/configs.py (Sm90BwdConfig).
 #include "grid.cuh"
 #include "sm90.cuh"
 #include "mask.cuh"
@@ -69,6 +72,7 @@ struct Sm90BwdTile {
     static constexpr int kDPad = (HEAD_DIM + 63) / 64 * 64;
     static constexpr int kBlockN = kSplitD ? 64 : 64 * kConsumers;   // keys of the CTA: 64 a consumer, or shared
     static constexpr int kDkv = kSplitD ? HEAD_DIM / kConsumers : HEAD_DIM;   // dK / dV columns a consumer holds
+    static constexpr int kQCols = kSplitD ? BLOCK_M / kConsumers : BLOCK_M;   // query columns of its S^T and dP^T
     static constexpr int kRowBlocks = BLOCK_M / 64;        // dQ's 64 x 64 blocks of a query tile,
     static constexpr int kColBlocks = kDPad / 64;          //   one a consumer (SPLIT_D: two)
     static constexpr u32 kKVBytes = kBlockN * kDPad * 2;     // K or V
@@ -80,7 +84,8 @@ struct Sm90BwdTile {
     static constexpr u32 kOffQ = 2 * kKVBytes;
     static constexpr u32 kOffDO = kOffQ + STAGES * kQBytes;
     static constexpr u32 kOffDS = kOffDO + STAGES * kQBytes;
-    static constexpr u32 kOffLse = kOffDS + 2 * kDSBytes;
+    static constexpr u32 kOffP = kOffDS + 2 * kDSBytes;     // SPLIT_D: two P^T buffers (as dS^T's)
+    static constexpr u32 kOffLse = kOffP + (kSplitD ? 2 * kDSBytes : 0);
     static constexpr u32 kOffDelta = kOffLse + STAGES * kRowBytes;
     // Each consumer's dQ block (64 x 64 float32, in fragment order) for the producer's bulk
     // reduction (SPLIT_D: none, dQ goes from registers).
@@ -116,7 +121,7 @@ template <class T, int HEAD_DIM, int BLOCK_M, int STAGES, class V = Plain>
 __global__ void __launch_bounds__(384, 1)
 flash_bwd_sm90(const __grid_constant__ Sm90BwdParams p) {
     using Tile = Sm90BwdTile<HEAD_DIM, BLOCK_M, STAGES>;
-    constexpr int BN = Tile::kBlockN, NT = BLOCK_M / 8;
+    constexpr int BN = Tile::kBlockN, NQ = Tile::kQCols, NT = NQ / 8;
     extern __shared__ __align__(1024) unsigned char smem[];
     const u32 sbase = (smem_addr(smem) + 1023) & ~1023u;
     const float* s_rows = reinterpret_cast<const float*>(smem + (sbase - smem_addr(smem)));
@@ -236,6 +241,11 @@ flash_bwd_sm90(const __grid_constant__ Sm90BwdParams p) {
     const u64 ds_desc0 = smem_desc_sw128(sbase + Tile::kOffDS + rb * BN * 128, BN * 128, 1024);
     // (SPLIT_D: column block 0's, each pass's block an advance from it)
     const u64 kt_desc = smem_desc_sw128(sbase + Tile::kOffK + (Tile::kSplitD ? 0 : cb) * BN * 128, BN * 128, 1024);
+    // SPLIT_D: P^T and dS^T buffer 0 as the K-major A of dV and dK (keys x the tile's queries);
+    // this consumer's query columns of S^T and dP^T (B: its half of the slot's Q and dO rows).
+    const u64 pt_desc0 = smem_desc_sw128(sbase + Tile::kOffP, 16, 1024);
+    const u64 dst_desc0 = smem_desc_sw128(sbase + Tile::kOffDS, 16, 1024);
+    const int q_col0 = Tile::kSplitD ? consumer * NQ : 0;
 
     float dk[DKV / 8][4], dv[DKV / 8][4];
     #pragma unroll
@@ -244,21 +254,24 @@ flash_bwd_sm90(const __grid_constant__ Sm90BwdParams p) {
         for (int e = 0; e < 4; ++e) dk[dt][e] = dv[dt][e] = 0.f;
 
     // This thread's accumulator rows are keys c_key0 + 16 warp + lane / 4 (+ 8), its columns
-    // query rows 8 i + 2 (lane % 4) (+ 1) of the tile.
-    const int key_lane = c_key0 + 16 * warp + lane / 4, col_lane = 2 * (lane % 4);
+    // query rows q_col0 + 8 i + 2 (lane % 4) (+ 1) of the tile.
+    const int key_lane = c_key0 + 16 * warp + lane / 4, col_lane = 2 * (lane % 4), q_lane = q_col0 + col_lane;
     // dS^T's shared stores: key k's 16-byte chunk j of a 64-row block at k * 128 + 16 (j ^ k % 8).
     const u32 ds_lane = 128 * ((Tile::kSplitD ? 0 : 64 * consumer) + 16 * warp + lane / 4) + 4 * (lane % 4);
-    // The dS^T columns (n-tiles of 8 query rows) this consumer stores: all of its keys', or with
-    // SPLIT_D (both hold the same dS^T) its half of them; dbias likewise adds each score once.
-    auto stores_ds = [&](int i) { return !Tile::kSplitD || i / (NT / 2) == consumer; };
+    // A score's 16-byte chunk in a dS^T (or P^T) buffer: n-tile i of the consumer's columns is
+    // chunk q_col0 / 8 + i of the tile's query rows, in 64-row blocks.
+    auto chunk_at = [&](u32 buf, int i) {
+        const int n = q_col0 / 8 + i;
+        return buf + (n / 8) * BN * 128 + ds_lane + 16 * ((n % 8) ^ (lane / 4));
+    };
     if (n_tiles > 0) mbar_wait(bar.kv_full(), 0);
     for (int t = 0; t < n_tiles; ++t) {
         const Ring<STAGES> r{t};
         const int row0 = row_first + t * BLOCK_M, slot = r.slot();
         mbar_wait(bar.q_full(slot), r.parity());
         float st[1][NT][4], dpt[1][NT][4];
-        qk_wgmma<T, BN, HEAD_DIM, BLOCK_M>(st[0], k_desc, desc_advance(q_desc0, slot * Tile::kQBytes));
-        qk_wgmma<T, BN, HEAD_DIM, BLOCK_M>(dpt[0], v_desc, desc_advance(do_desc0, slot * Tile::kQBytes));
+        qk_wgmma<T, BN, HEAD_DIM, NQ, BLOCK_M>(st[0], k_desc, desc_advance(q_desc0, slot * Tile::kQBytes + q_col0 * 128));
+        qk_wgmma<T, BN, HEAD_DIM, NQ, BLOCK_M>(dpt[0], v_desc, desc_advance(do_desc0, slot * Tile::kQBytes + q_col0 * 128));
         wgmma_wait<1>();
         fence_registers(st[0]);
         // P^T: the columns' LSE from the slot; hidden pairs (past Sk, above the diagonal, outside
@@ -270,11 +283,11 @@ flash_bwd_sm90(const __grid_constant__ Sm90BwdParams p) {
             const bool partial = FC_TILE_PARTIAL(64, seqlen_k, diag, p.causal, c_key0, row0);
             #pragma unroll
             for (int i = 0; i < NT; ++i) {
-                const float2 l2 = *reinterpret_cast<const float2*>(lse + 8 * i + col_lane);
+                const float2 l2 = *reinterpret_cast<const float2*>(lse + 8 * i + q_lane);
                 #pragma unroll
                 for (int e = 0; e < 4; ++e) {
                     const float x = st[0][i][e] * p.scale_log2 - (e % 2 ? l2.y : l2.x);
-                    const int key = key_lane + 8 * (e / 2), row = row0 + 8 * i + col_lane + e % 2;
+                    const int key = key_lane + 8 * (e / 2), row = row0 + 8 * i + q_lane + e % 2;
                     st[0][i][e] = partial && FC_KEY_HIDDEN(seqlen_k, diag, p.causal, row, key) ? 0.f : fast_exp2(x);
                 }
             }
@@ -284,10 +297,10 @@ flash_bwd_sm90(const __grid_constant__ Sm90BwdParams p) {
             const float pre = !V::kSoftcap && !(mod.scale_log2 > 0.f) ? mod.scale_log2 : 1.f;
             #pragma unroll
             for (int i = 0; i < NT; ++i) {
-                const float2 l2 = *reinterpret_cast<const float2*>(lse + 8 * i + col_lane);
+                const float2 l2 = *reinterpret_cast<const float2*>(lse + 8 * i + q_lane);
                 #pragma unroll
                 for (int e = 0; e < 4; ++e) {
-                    const int key = key_lane + 8 * (e / 2), row = row0 + 8 * i + col_lane + e % 2;
+                    const int key = key_lane + 8 * (e / 2), row = row0 + 8 * i + q_lane + e % 2;
                     if constexpr (V::kSoftcap) raw[i][e] = st[0][i][e];
                     float x = st[0][i][e] * pre;
                     FC_SCORE_STEP(V, x, mod, static_cast<float>(row + mod.diag - key), (bias_at<T, V::kBias>(mod, row, key)));
@@ -297,21 +310,34 @@ flash_bwd_sm90(const __grid_constant__ Sm90BwdParams p) {
                 }
             }
         }
+        // P^T: into registers (A of dV), or with SPLIT_D this consumer's query columns into
+        // shared memory (both consumers' then the A of dV).
         u32 pa[NT / 2][4], dsa[NT / 2][4];
-        pack_p<T, NT>(pa, st[0]);
+        const u32 ds_buf = sbase + Tile::kOffDS + (t % 2) * Tile::kDSBytes;
+        if constexpr (Tile::kSplitD) {
+            const u32 pt_buf = sbase + Tile::kOffP + (t % 2) * Tile::kDSBytes;
+            #pragma unroll
+            for (int i = 0; i < NT; ++i)
+                #pragma unroll
+                for (int h = 0; h < 2; ++h)   // key + 8 h: same chunk pattern (k % 8 unchanged), 8 rows on
+                    asm volatile("st.shared.u32 [%0], %1;" :: "r"(chunk_at(pt_buf, i) + h * 8 * 128),
+                                 "r"(pack2<T>(st[0][i][2 * h], st[0][i][2 * h + 1])) : "memory");
+        } else {
+            pack_p<T, NT>(pa, st[0]);
+        }
         wgmma_wait<0>();
         fence_registers(dpt[0]);
-        // dS^T = P^T (dP^T - delta), into registers (A of dK) and shared memory (A of dQ).
-        const u32 ds_buf = sbase + Tile::kOffDS + (t % 2) * Tile::kDSBytes;
+        // dS^T = P^T (dP^T - delta), into registers (A of dK) and shared memory (A of dQ;
+        // SPLIT_D: of dK too).
         #pragma unroll
         for (int i = 0; i < NT; ++i) {
-            const float2 d2 = *reinterpret_cast<const float2*>(delta + 8 * i + col_lane);
+            const float2 d2 = *reinterpret_cast<const float2*>(delta + 8 * i + q_lane);
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
                 float ds = st[0][i][e] * (dpt[0][i][e] - (e % 2 ? d2.y : d2.x));
                 if constexpr (V::kBias != 0) {   // dbias: the score's gradient, over its broadcasts
-                    const int key = key_lane + 8 * (e / 2), row = row0 + 8 * i + col_lane + e % 2;
-                    if (p.dbias != nullptr && stores_ds(i) && row < seqlen_q && key < seqlen_k && ds != 0.f)
+                    const int key = key_lane + 8 * (e / 2), row = row0 + 8 * i + q_lane + e % 2;
+                    if (p.dbias != nullptr && row < seqlen_q && key < seqlen_k && ds != 0.f)
                         atomicAdd(p.dbias + batch * p.dbias_sb + head * p.dbias_sh + row * p.dbias_ss + key, ds);
                 }
                 if constexpr (V::kSoftcap) {
@@ -320,19 +346,24 @@ flash_bwd_sm90(const __grid_constant__ Sm90BwdParams p) {
                 }
                 dpt[0][i][e] = ds;
             }
-            const u32 at = ds_buf + (i / 8) * BN * 128 + ds_lane + 16 * ((i % 8) ^ (lane / 4));
             #pragma unroll
-            for (int h = 0; h < 2; ++h)   // key + 8 h: same chunk pattern (k % 8 unchanged), 8 rows on
-                if (stores_ds(i))
-                    asm volatile("st.shared.u32 [%0], %1;" :: "r"(at + h * 8 * 128),
-                                 "r"(pack2<T>(dpt[0][i][2 * h], dpt[0][i][2 * h + 1])) : "memory");
+            for (int h = 0; h < 2; ++h)
+                asm volatile("st.shared.u32 [%0], %1;" :: "r"(chunk_at(ds_buf, i) + h * 8 * 128),
+                             "r"(pack2<T>(dpt[0][i][2 * h], dpt[0][i][2 * h + 1])) : "memory");
         }
-        pack_p<T, NT>(dsa, dpt[0]);
-        pv_wgmma<T, DKV, BLOCK_M>(dv, pa, desc_advance(do_mn_desc0, slot * Tile::kQBytes));
-        pv_wgmma<T, DKV, BLOCK_M>(dk, dsa, desc_advance(q_mn_desc0, slot * Tile::kQBytes));
+        if constexpr (!Tile::kSplitD) {
+            pack_p<T, NT>(dsa, dpt[0]);
+            pv_wgmma<T, DKV, BLOCK_M>(dv, pa, desc_advance(do_mn_desc0, slot * Tile::kQBytes));
+            pv_wgmma<T, DKV, BLOCK_M>(dk, dsa, desc_advance(q_mn_desc0, slot * Tile::kQBytes));
+        }
         fence_async_shared();
-        named_barrier_sync(1, 128 * Tile::kConsumers);   // both consumers' dS^T are in shared memory
+        named_barrier_sync(1, 128 * Tile::kConsumers);   // both consumers' dS^T (SPLIT_D: and P^T) are in shared memory
         if constexpr (Tile::kSplitD) {
+            // dV += P^T dO and dK += dS^T Q over the whole query tile, A from shared memory.
+            pv_wgmma_ss<T, DKV, BLOCK_M>(dv, desc_advance(pt_desc0, (t % 2) * Tile::kDSBytes),
+                                         desc_advance(do_mn_desc0, slot * Tile::kQBytes));
+            pv_wgmma_ss<T, DKV, BLOCK_M>(dk, desc_advance(dst_desc0, (t % 2) * Tile::kDSBytes),
+                                         desc_advance(q_mn_desc0, slot * Tile::kQBytes));
             // dQ's column blocks of this consumer (64 x 64 each, over the CTA's 64 keys), added
             // from registers into the accumulator's blocks in their fragment order (thread j's
             // n-tile i at floats 512 i + 4 j of a block, as the reducer's bulk adds lay them).
@@ -368,8 +399,6 @@ flash_bwd_sm90(const __grid_constant__ Sm90BwdParams p) {
             }
             fence_registers(dk);
             fence_registers(dv);
-            fence_registers(pa);
-            fence_registers(dsa);
             mbar_arrive(bar.q_empty(slot));   // (every thread its own reads, as below)
             continue;
         }

@@ -12,10 +12,14 @@ HEADER = Path(__file__).resolve().parent.parent / "kernels" / "wgmma_sm90.cuh"
 # N of S = Q K^T (the key tile: 64 to 192) and of O += P V (the head dim: 64 to 256)
 WIDTHS = (64, 80, 96, 112, 128, 176, 192, 256)
 MN_WIDTHS = (64,)   # wgmma_ss_mn: the backward's dQ = dS K (64 columns a warpgroup)
+SS_WIDTHS = (32,)   # wgmma_ss only: the head-dim-256 backward's S^T and dP^T (half a query tile)
+BMN_WIDTHS = (128,)   # wgmma_ss_bmn: its dV += P^T dO and dK += dS^T Q (half the head dim)
+# the transpose flags of an SS form: both K-major, both MN-major, or A K-major and B MN-major
+SS_FORMS = {"wgmma_ss": "1, 1, 0, 0", "wgmma_ss_mn": "1, 1, 1, 1", "wgmma_ss_bmn": "1, 1, 0, 1"}
 TYPES = {"fp16": "f16", "bf16": "bf16"}
 
 
-def _wrapper(n: int, a_in_regs: bool, tag: str, ptx_type: str, mn_major: bool = False) -> str:
+def _wrapper(n: int, a_in_regs: bool, tag: str, ptx_type: str, name: str = "wgmma_ss") -> str:
     regs = n // 2
     acc = ", ".join(f"%{i}" for i in range(regs))
     acc_ops = ",\n          ".join(
@@ -31,9 +35,8 @@ def _wrapper(n: int, a_in_regs: bool, tag: str, ptx_type: str, mn_major: bool = 
     else:
         a_ops, a_txt = '"l"(desc_a), ', f"%{regs}"
         b_idx, flag = regs + 1, regs + 2
-        tail = "1, 1, 1, 1" if mn_major else "1, 1, 0, 0"   # both operands MN-major, or both K-major
+        tail = SS_FORMS[name]
         sig = f"float (&d)[{n // 8}][4], u64 desc_a, u64 desc_b, bool accumulate"
-        name = "wgmma_ss_mn" if mn_major else "wgmma_ss"
     return (
         f"template <> __device__ __forceinline__ void {name}<{tag}, {n}>({sig}) {{\n"
         f"    asm volatile(\n"
@@ -54,7 +57,9 @@ def render() -> str:
         "//   wgmma_ss: D (+)= A * B, A and B K-major in shared memory (descriptors);\n"
         "//   wgmma_rs: D (+)= A * B, A from registers (4 x 2 16-bit values per thread,\n"
         "//             mma.sync's A layout per warp), B MN-major in shared memory;\n"
-        f"//   wgmma_ss_mn (N in {{{', '.join(map(str, MN_WIDTHS))}}}): A and B both MN-major in shared memory.\n"
+        f"//   wgmma_ss_mn (N in {{{', '.join(map(str, MN_WIDTHS))}}}): A and B both MN-major in shared memory;\n"
+        f"//   wgmma_ss_bmn (N in {{{', '.join(map(str, BMN_WIDTHS))}}}): A K-major, B MN-major in shared memory;\n"
+        f"//   wgmma_ss also at N in {{{', '.join(map(str, SS_WIDTHS))}}}.\n"
         "// d[i][e] is accumulator register 4i + e; `accumulate` false overwrites D.\n"
         "// Issue between wgmma_fence() and wgmma_commit(); see sm90.cuh.\n"
         "#pragma once\n"
@@ -66,13 +71,19 @@ def render() -> str:
         "template <class T, int N>\n"
         "__device__ void wgmma_rs(float (&d)[N / 8][4], const u32 (&a)[4], u64 desc_b, bool accumulate);\n"
         "template <class T, int N>\n"
-        "__device__ void wgmma_ss_mn(float (&d)[N / 8][4], u64 desc_a, u64 desc_b, bool accumulate);\n\n"]
+        "__device__ void wgmma_ss_mn(float (&d)[N / 8][4], u64 desc_a, u64 desc_b, bool accumulate);\n"
+        "template <class T, int N>\n"
+        "__device__ void wgmma_ss_bmn(float (&d)[N / 8][4], u64 desc_a, u64 desc_b, bool accumulate);\n\n"]
     for tag, ptx_type in TYPES.items():
         for n in WIDTHS:
             parts.append(_wrapper(n, False, tag, ptx_type) + "\n")
             parts.append(_wrapper(n, True, tag, ptx_type) + "\n")
+        for n in SS_WIDTHS:
+            parts.append(_wrapper(n, False, tag, ptx_type) + "\n")
         for n in MN_WIDTHS:
-            parts.append(_wrapper(n, False, tag, ptx_type, mn_major=True) + "\n")
+            parts.append(_wrapper(n, False, tag, ptx_type, "wgmma_ss_mn") + "\n")
+        for n in BMN_WIDTHS:
+            parts.append(_wrapper(n, False, tag, ptx_type, "wgmma_ss_bmn") + "\n")
     parts.append("}  // namespace fc\n")
     return "".join(parts)
 

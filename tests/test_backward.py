@@ -55,13 +55,14 @@ def test_hopper_tiles_at_head_dim_96_pad_their_rows():
 
 
 def test_hopper_tiles_at_head_dim_256_split_its_columns():
-    """Head dim 256: 64 keys a CTA that both consumers share (dK's and dV's columns split), 64-row
+    """Head dim 256: 64 keys a CTA that both consumers share (dK's and dV's columns split, S^T and
+    dP^T a half of the query tile each, P^T and dS^T exchanged through two buffers each), 64-row
     query tiles (dQ's four 64 x 64 blocks, two a consumer, added from registers: no dQ blocks in
     shared memory), within sm_90's shared memory with two ring slots."""
     cfg = configs.Sm90BwdConfig("fp16", 256)
     assert cfg.split_d and (cfg.block_n, cfg.block_m) == (64, 64) and not configs.Sm90BwdConfig("fp16", 128).split_d
     assert cfg.name_expression == "fc::flash_bwd_sm90<fc::fp16, 256, 64, 2>"
-    assert cfg.smem_bytes == 1024 + 2 * 64 * 256 * 2 + 2 * 2 * 64 * 256 * 2 + 2 * 64 * 64 * 2 + 2 * 2 * 64 * 4 + 8 * 9
+    assert cfg.smem_bytes == 1024 + 2 * 64 * 256 * 2 + 2 * 2 * 64 * 256 * 2 + 4 * 64 * 64 * 2 + 2 * 2 * 64 * 4 + 8 * 9
     assert cfg.smem_bytes <= configs.SMEM_LIMIT["sm_90a"]
     assert cfg.grid(batch=3, heads_q=5, seqlen_k=129) == (5, 3, 3)
     assert [configs.sm90_bwd_width(d) for d in (32, 64, 80, 96, 128, 160, 256)] == [64, 64, 96, 96, 128, 256, 256]

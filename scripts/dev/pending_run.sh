@@ -20,10 +20,11 @@
 #   CALL=4 probes   gather_probe.py against one warp a role (call 3's stopped on a format error);
 #                   item_trace.py on varlen-64 (0.72x dense, bar 0.8x; its earlier tries failed on
 #                   the probe's own freed arrays, fixed in session 31).
-#   CALL=5 bwd256   the head-dim-256 backward (0.49x cuDNN, v44): its GPU tests with dQ's blocks
-#                   added four floats a reduction (red.global.add.v4); backward_probe.py against
-#                   the two-float adds (FLASHCORE_DQ_RED2), without dQ's GEMM (NO_DQ) or its adds
-#                   (NO_DQ_ADD), one ring slot; ncu of the main kernel; then call 4's item trace.
+#   CALL=5 bwd256   the head-dim-256 backward (0.49x cuDNN, v44), now S^T and dP^T a half query
+#                   tile a consumer (P^T and dS^T exchanged through shared memory) and dQ's blocks
+#                   added four floats a reduction (red.global.add.v4): its GPU tests; backward_probe.py
+#                   against the two-float adds (FLASHCORE_DQ_RED2), without dQ's GEMM (NO_DQ) or its
+#                   adds (NO_DQ_ADD), one ring slot; ncu of the main kernel; then call 4's item trace.
 # Logs go to $OUT. Usage on the device machine, from the repository root:
 #   CALL=1 bash scripts/dev/pending_run.sh
 set -uo pipefail
