@@ -215,6 +215,7 @@ class Sm90BwdConfig:
     head_dim: int     # 64 | 96 | 128 | 256 (the runtime head dim rounded up; TMA zero-fills the rest)
     stages: int = 2
     variant: KernelVariant = PLAIN
+    keys_fastest: bool = False   # the grid's blocks numbered key tile first (a launch scalar)
 
     kernel_file = "flash_bwd_sm90.cu"
     arch = "sm_90a"

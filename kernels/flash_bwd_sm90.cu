@@ -130,10 +130,17 @@ flash_bwd_sm90(const __grid_constant__ Sm90BwdParams p) {
     const int warpgroup = __shfl_sync(0xffffffffu, threadIdx.x / 128, 0);
     // Grid (heads, key tiles, batch): CTAs start head by head within a key tile, so under a
     // causal mask the longest (key tile 0 sees every query tile) start first. Past 65535
-    // batches, x is heads x batch (grid.cuh).
-    const HeadBatch at_grid = fold_head_batch(blockIdx.x, gridDim.x, blockIdx.z, p.heads);
+    // batches, x is heads x batch (grid.cuh). keys_fastest renumbers the blocks key tile
+    // first: the CTAs running at once then share a few heads' Q, dO and dQ rows in L2.
+    unsigned bx = blockIdx.x, by = blockIdx.y;
+    if (p.keys_fastest) {
+        const unsigned n = bx + gridDim.x * by;
+        by = n % gridDim.y;
+        bx = n / gridDim.y;
+    }
+    const HeadBatch at_grid = fold_head_batch(bx, gridDim.x, blockIdx.z, p.heads);
     if (at_grid.batch >= p.batch) return;
-    const int key0 = blockIdx.y * BN, head = at_grid.head, batch = at_grid.batch;
+    const int key_tile = static_cast<int>(by), key0 = key_tile * BN, head = at_grid.head, batch = at_grid.batch;
     const int seqlen_q = p.seqlen_q, seqlen_k = p.seqlen_k, diag = seqlen_k - seqlen_q;
     // The query rows that see some key of this tile, and a variant's score state.
     ScoreMod mod{};
@@ -199,7 +206,7 @@ flash_bwd_sm90(const __grid_constant__ Sm90BwdParams p) {
                 for (int c = 0; c < Tile::kConsumers; ++c) {
                     mbar_wait(bar.dq_full(c), t & 1);
                     if (c == 0 && sem != nullptr) {
-                        while (ld_acquire(sem) != static_cast<int>(blockIdx.y)) {}
+                        while (ld_acquire(sem) != key_tile) {}
                         fence_async_global();   // the adds below after the count's acquire
                     }
                     bulk_reduce_add(dst + c * (Tile::kDQBytes / 4), sbase + Tile::kOffDQ + c * Tile::kDQBytes,

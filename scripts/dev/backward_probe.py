@@ -62,6 +62,8 @@ def main() -> int:
     ap.add_argument("--ablate", action="append", default=[],
                     help="also time the Hopper backward built with -DFLASHCORE_ABLATE_<NAME> (wrong "
                          "gradients, time only; repeatable: --ablate NO_DQ --ablate NO_DQ_ADD)")
+    ap.add_argument("--skip", default="", help="comma-separated implementations not to time "
+                                              "(flashcore_det, flashcore_sm80, sdpa_flash, sdpa_efficient)")
     ap.add_argument("--define", action="append", default=[],
                     help="also time the Hopper backward built with -D<NAME> (a probe build: "
                          "time only; repeatable: --define FLASHCORE_DQ_RED2)")
@@ -101,12 +103,17 @@ def main() -> int:
                 fields = {kv.split("=")[0]: int(kv.split("=")[1]) for kv in text.split(",")}
                 fns[f"fc_{text}"] = (lambda f: lambda i: _with_config(f, lambda: fc.attention_backward(
                     dout, q, k, v, out, lse, causal=causal)))(fields)
+            skip = set(filter(None, args.skip.split(",")))
+            for n in skip & set(fns):
+                del fns[n]
             ctx = {n: contextlib.nullcontext for n in fns}
             tq, tk, tv = (torch.from_dlpack(x).detach().requires_grad_() for x in (q, k, v))
             tdo = torch.from_dlpack(dout)
             gqa = shape.heads_q != shape.heads_kv
             for peer, backend in (("sdpa_cudnn", SDPBackend.CUDNN_ATTENTION), ("sdpa_flash", SDPBackend.FLASH_ATTENTION),
                                   ("sdpa_efficient", SDPBackend.EFFICIENT_ATTENTION)):
+                if peer in skip:
+                    continue
                 try:
                     with sdpa_kernel(backend):
                         o = torch.nn.functional.scaled_dot_product_attention(tq, tk, tv, is_causal=bool(causal),
@@ -121,6 +128,8 @@ def main() -> int:
                 with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
                     peer_grads = fns["sdpa_cudnn"](0)
                 for mode in ("flashcore", "flashcore_det", "flashcore_sm80", *(f"fc_{c}" for c in args.config)):
+                    if mode not in fns:
+                        continue
                     ours = fns[mode](0)
                     diffs = [reference.rel_error(a, b.float().cpu().numpy()) for a, b in zip(ours, peer_grads)]
                     print(f"{name} {dt} {mode}: rel diff to cuDNN's dq {diffs[0]:.2e} dk {diffs[1]:.2e} dv {diffs[2]:.2e}")
