@@ -184,7 +184,10 @@ def _choose(p: Problem, arch: str, do_strides: tuple[int, int, int], determinist
     spills = head_dim == 64 and (variant.softcap or variant.bias != "none")
     if backend == "sm80" or blocker or (backend == "auto" and spills):
         return bwd_config(p.dtype, bucket_head_dim(p.head_dim), variant)
-    return Sm90BwdConfig(p.dtype, head_dim, variant=variant)
+    # Key tiles first where every key tile has the same work (no mask): causal's keep the
+    # longest first.
+    equal_work = not p.causal and p.variant.mask(p.seqlen_q, p.seqlen_k)[1:] == (-1, -1)
+    return Sm90BwdConfig(p.dtype, head_dim, variant=variant, keys_fastest=equal_work)
 
 
 @dataclass(frozen=True, eq=False)

@@ -72,8 +72,18 @@ def _dispatch(arch, backend="auto", head_dim=64, deterministic=False, **opts):
     from flashcore_cupy import backward
     q = spec("q", (2, 4, 100, head_dim))
     k, v = spec("k", (2, 2, 80, head_dim)), spec("v", (2, 2, 80, head_dim))
-    p = check_problem(q, k, v, causal=True, scale=None, layout="bhsd", **opts)
+    p = check_problem(q, k, v, causal=opts.pop("causal", True), scale=None, layout="bhsd", **opts)
     return backward._choose(p, arch, q.strides[:3], deterministic, backend)
+
+
+def test_hopper_grids_run_key_tiles_first_where_every_key_tile_has_the_same_work():
+    """keys_fastest (the CTAs running at once share a few heads' rows in L2) without a mask;
+    a causal mask or a window keeps the head-fastest order, its longest key tiles first."""
+    assert _dispatch("sm_90a", causal=False).keys_fastest
+    assert _dispatch("sm_90a", causal=False, head_dim=256, softcap=5.0).keys_fastest
+    for opts in (dict(), dict(causal=False, window=(16, -1)), dict(causal=False, window=(-1, 0)),
+                 dict(causal="top_left")):
+        assert not _dispatch("sm_90a", **opts).keys_fastest, opts
 
 
 def test_dispatch_takes_the_hopper_kernel_where_it_applies():
