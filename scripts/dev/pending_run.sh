@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The device calls for what is not yet run on a GPU, one call each, in order of need (each under
-# 9 minutes of timeouts). Calls 1-3 ran in session 31 (docs/results/2026-12-05-h100-v45-pending/);
-# call 4 is still to run (no device time was left):
+# 9 minutes of timeouts). Calls 1-3 ran in session 31 (docs/results/2026-12-05-h100-v45-pending/),
+# call 5 (with call 4's item trace) in session 32 (docs/results/2026-12-06-h100-v46-bwd256/call1/);
+# call 4's gather A/B is still to run:
 #   CALL=1 tests    the Hopper kernel's ALiBi on its key-linear path by default (v44; its first
 #                   run stopped at its 240 s timeout, 73 passed, kernels compiling on a fresh
 #                   machine): the variant tests with room, racecheck of the variant and varlen
