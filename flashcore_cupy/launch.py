@@ -185,7 +185,7 @@ class Sm80BwdLaunch:
                        heads_kv=p.heads_kv, heads_per_kv=p.heads_q // p.heads_kv, batch=p.batch,
                        q_tiles=-(-p.seqlen_q // config.block_m), dkv_by_q_head=int(deterministic),
                        scale_log2=p.scale * math.log2(math.e), scale=p.scale, causal=int(p.causal),
-                       keys_fastest=int(config.keys_fastest), **variant_scalars(p))
+                       **variant_scalars(p))
         return cls(config, loader.get_function(config, p.device, arch), p.device,
                    config.grid(p.batch, p.heads_q, p.seqlen_k), scalars)
 
