@@ -20,6 +20,24 @@ from flashcore_cupy import reference, timing, workload
 from flashcore_cupy.shapes import bench_shapes
 
 
+_PLANS: dict = {}   # a probe build's or config's own plans, by its tag
+
+
+@contextlib.contextmanager
+def _own_plans(tag: str):
+    """attention_backward's plans for `tag` apart from the default's: the plans are cached by
+    the call's signature alone, so without this a patched build or config, called after the
+    default with the same arrays, ran the default's plan (v46: every --ablate, --define and
+    --config row of this probe before it timed the default kernel)."""
+    from flashcore_cupy import backward
+    real = backward._plans
+    backward._plans = _PLANS.setdefault(tag, {})
+    try:
+        yield
+    finally:
+        backward._plans = real
+
+
 def _ablated(define: str, call):
     """call() with the Hopper backward compiled with `define` (the loader's diagnostic builds)."""
     from flashcore_cupy import configs, loader
@@ -31,7 +49,8 @@ def _ablated(define: str, call):
 
     loader.get_function = get_function
     try:
-        return call()
+        with _own_plans(define):
+            return call()
     finally:
         loader.get_function = real
 
@@ -49,7 +68,8 @@ def _with_config(fields: dict, call):
 
     backward._choose = choose
     try:
-        return call()
+        with _own_plans(repr(sorted(fields.items()))):
+            return call()
     finally:
         backward._choose = real
 
