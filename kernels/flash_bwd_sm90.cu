@@ -48,7 +48,8 @@
 // elements, the layout sm90_mainloop.cuh's descriptors describe): K, V (BLOCK_N rows), the
 // ring's Q and dO slots (BLOCK_M rows), two dS^T buffers (per key, BLOCK_M / 64 blocks of 64
 // query rows: the MN-major A operand of dQ; SPLIT_D: the K-major A of dK too), SPLIT_D's two
-// P^T buffers (the same layout), the slots' LSE and delta, the consumers' dQ blocks, the barriers. The host mirrors smem_bytes in flashcore_cupy/configs.py (Sm90BwdConfig).
+// P^T buffers (the same layout), the slots' LSE and delta, the consumers' dQ blocks, the
+// barriers. The host mirrors smem_bytes in flashcore_cupy/configs.py (Sm90BwdConfig).
 #include "grid.cuh"
 #include "sm90.cuh"
 #include "mask.cuh"
@@ -394,14 +395,7 @@ flash_bwd_sm90(const __grid_constant__ Sm90BwdParams p) {
                 float* dst = dq_tile + cb_d * 4096;
 #ifndef FLASHCORE_ABLATE_NO_DQ_ADD
                 #pragma unroll
-                for (int i = 0; i < 8; ++i) {
-#ifdef FLASHCORE_DQ_RED2   // (probes: v42-v45's two two-float reductions)
-                    red_add2(dst + 512 * i, dq[0][i][0], dq[0][i][1]);
-                    red_add2(dst + 512 * i + 2, dq[0][i][2], dq[0][i][3]);
-#else
-                    red_add4(dst + 512 * i, dq[0][i]);
-#endif
-                }
+                for (int i = 0; i < 8; ++i) red_add4(dst + 512 * i, dq[0][i]);
 #endif
             }
             fence_registers(dk);

@@ -38,7 +38,7 @@ def _own_plans(tag: str):
         backward._plans = real
 
 
-def _ablated(define: str, call):
+def _with_define(define: str, call):
     """call() with the Hopper backward compiled with `define` (the loader's diagnostic builds)."""
     from flashcore_cupy import configs, loader
     real = loader.get_function
@@ -86,7 +86,7 @@ def main() -> int:
                                               "(flashcore_det, flashcore_sm80, sdpa_flash, sdpa_efficient)")
     ap.add_argument("--define", action="append", default=[],
                     help="also time the Hopper backward built with -D<NAME> (a probe build: "
-                         "time only; repeatable: --define FLASHCORE_DQ_RED2)")
+                         "time only; repeatable: --define FLASHCORE_GATHER_ONE_WARP)")
     ap.add_argument("--config", action="append", default=[],
                     help="also time the Hopper backward with Sm90BwdConfig fields replaced (checked "
                          "like the others; repeatable: --config stages=1)")
@@ -114,10 +114,10 @@ def main() -> int:
                                                                   backend="sm80"),
             }
             for name_ in args.ablate:
-                fns[f"ablate_{name_.lower()}"] = (lambda d: lambda i: _ablated(d, lambda: fc.attention_backward(
+                fns[f"ablate_{name_.lower()}"] = (lambda d: lambda i: _with_define(d, lambda: fc.attention_backward(
                     dout, q, k, v, out, lse, causal=causal)))(f"FLASHCORE_ABLATE_{name_}")
             for name_ in args.define:
-                fns[f"define_{name_.lower()}"] = (lambda d: lambda i: _ablated(d, lambda: fc.attention_backward(
+                fns[f"define_{name_.lower()}"] = (lambda d: lambda i: _with_define(d, lambda: fc.attention_backward(
                     dout, q, k, v, out, lse, causal=causal)))(name_)
             for text in args.config:
                 fields = {kv.split("=")[0]: int(kv.split("=")[1]) for kv in text.split(",")}

@@ -24,8 +24,9 @@
 #   CALL=5 bwd256   the head-dim-256 backward (0.49x cuDNN, v44), now S^T and dP^T a half query
 #                   tile a consumer (P^T and dS^T exchanged through shared memory) and dQ's blocks
 #                   added four floats a reduction (red.global.add.v4): its GPU tests; backward_probe.py
-#                   against the two-float adds (FLASHCORE_DQ_RED2), without dQ's GEMM (NO_DQ) or its
-#                   adds (NO_DQ_ADD), one ring slot; ncu of the main kernel; then call 4's item trace.
+#                   without dQ's GEMM (NO_DQ) or its adds (NO_DQ_ADD), one ring slot (these rows timed
+#                   the default: the probe's plan cache, fixed since); ncu of the main kernel; then
+#                   call 4's item trace.
 # Logs go to $OUT. Usage on the device machine, from the repository root:
 #   CALL=1 bash scripts/dev/pending_run.sh
 set -uo pipefail
@@ -68,7 +69,7 @@ case "${CALL:-}" in
 5)
   step pytest.txt timeout 200 python3 -m pytest tests/test_backward_gpu.py -q -rs -k 256 -p no:cacheprovider
   step probe.txt timeout 150 python3 scripts/dev/backward_probe.py --dtype fp16 --shapes b2-h16-s4k-d256 \
-    --define FLASHCORE_DQ_RED2 --ablate NO_DQ --ablate NO_DQ_ADD --config stages=1
+    --ablate NO_DQ --ablate NO_DQ_ADD --config stages=1
   step ncu_d256.txt timeout 150 ncu --clock-control none --set full -k regex:flash_bwd_sm90 \
     --launch-skip 2 --launch-count 1 python3 scripts/profile_case.py b2-h16-s4k-d256 fp16 backward
   step probes.txt timeout 120 python3 scripts/dev/item_trace.py --shape varlen-64seq-h32kv8-d128-causal
