@@ -16,11 +16,12 @@ out, lse and the gradient buffers; then three launches on CuPy's current stream:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from . import api
-from .configs import SM90_BWD_HEAD_DIMS, Sm80BwdConfig, Sm90BwdConfig, bucket_head_dim, bwd_config, sm90_bwd_width
+from .configs import (SM90_BWD_HEAD_DIMS, Sm80BwdConfig, Sm90BwdConfig, bucket_head_dim, bwd_config, bwd_head_group,
+                      sm90_bwd_width)
 from .launch import Sm80BwdLaunch, Sm90BwdLaunch, StepLaunch, sm90_bwd_blocker
 from .params import stride_values
 from .validation import (Problem, TensorSpec, check_capability, check_lse, check_no_overlap, check_options,
@@ -184,10 +185,9 @@ def _choose(p: Problem, arch: str, do_strides: tuple[int, int, int], determinist
     spills = head_dim == 64 and (variant.softcap or variant.bias != "none")
     if backend == "sm80" or blocker or (backend == "auto" and spills):
         return bwd_config(p.dtype, bucket_head_dim(p.head_dim), variant)
-    # Key tiles first where every key tile has the same work (no mask): causal's keep the
-    # longest first.
-    equal_work = not p.causal and p.variant.mask(p.seqlen_q, p.seqlen_k)[1:] == (-1, -1)
-    return Sm90BwdConfig(p.dtype, head_dim, variant=variant, keys_fastest=equal_work)
+    masked = p.causal or p.variant.mask(p.seqlen_q, p.seqlen_k)[1:] != (-1, -1)
+    config = Sm90BwdConfig(p.dtype, head_dim, variant=variant)
+    return replace(config, head_group=bwd_head_group(masked, p.heads_q, p.seqlen_q, config.d_pad))
 
 
 @dataclass(frozen=True, eq=False)

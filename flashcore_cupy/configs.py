@@ -215,7 +215,7 @@ class Sm90BwdConfig:
     head_dim: int     # 64 | 96 | 128 | 256 (the runtime head dim rounded up; TMA zero-fills the rest)
     stages: int = 2
     variant: KernelVariant = PLAIN
-    keys_fastest: bool = False   # the grid's blocks numbered key tile first (a launch scalar)
+    head_group: int = 0   # the CTAs take the grid's blocks by groups of this many heads (a launch scalar; bwd_head_group)
 
     kernel_file = "flash_bwd_sm90.cu"
     arch = "sm_90a"
@@ -256,8 +256,8 @@ class Sm90BwdConfig:
             + 2 * self.stages * self.block_m * 4 + dq + 8 * (5 + 2 * self.stages)
 
     def grid(self, batch: int, heads_q: int, seqlen_k: int) -> tuple[int, int, int]:
-        """(heads, key tiles, batch): causal's longest CTAs (the first key tiles) start first;
-        past 65535 batches, (heads x batch, key tiles, 1) (kernels/grid.cuh)."""
+        """(heads, key tiles, batch); past 65535 batches, (heads x batch, key tiles, 1)
+        (kernels/grid.cuh). The CTAs take its blocks by groups of head_group heads."""
         tiles = -(-seqlen_k // self.block_n)
         return (heads_q, tiles, batch) if batch <= GRID_YZ_MAX else (heads_q * batch, tiles, 1)
 
@@ -271,6 +271,17 @@ class Sm90BwdConfig:
 
 
 SM90_BWD_HEAD_DIMS = (64, 96, 128, 256)
+
+
+def bwd_head_group(masked: bool, heads: int, seqlen_q: int, d_pad: int) -> int:
+    """The Hopper backward's head_group (kernels/grid.cuh's grouped_item: the CTAs take the
+    blocks by groups of this many heads, key tiles in order within a group). With no mask every
+    key tile has the same work: a head's tiles one after the other (1), so the CTAs running at
+    once share one or two heads' Q, dO and dQ rows in L2 (1.3x at D256 S4k, v46). Under a mask
+    (causal, a window) the first key tiles see the most query tiles: groups of heads as the
+    forward's causal tiles (causal_group), the rows a head's CTAs share (Q, dO: 2 bytes an
+    element; dQ's accumulator: 4) counted as its K/V there."""
+    return causal_group(heads, seqlen_q * d_pad * 8) if masked else 1
 
 
 def sm90_bwd_width(head_dim: int) -> int:

@@ -242,7 +242,7 @@ class Sm90BwdLaunch:
                        heads_kv=p.heads_kv, heads_per_kv=p.heads_q // p.heads_kv, batch=p.batch,
                        rows_pad=config.rows_pad(p.seqlen_q), dkv_by_q_head=int(deterministic),
                        scale_log2=p.scale * math.log2(math.e), scale=p.scale, causal=int(p.causal),
-                       keys_fastest=int(config.keys_fastest), **variant_scalars(p))
+                       head_group=config.head_group, **variant_scalars(p))
         return cls(config, loader.get_function(config, p.device, arch), p.device,
                    config.grid(p.batch, p.heads_q, p.seqlen_k), scalars, sm90_bwd_map_specs(p, config, strides["do"]))
 

@@ -275,8 +275,9 @@ BWD_SM90 = Schema("Sm90BwdParams", [
     *_strides("dk", "(batch, head, seq) strides, elements"), *_strides("dv", ""),
     *_strides("dbias", "(batch, head, row) strides of dbias, elements; 0 where the bias broadcasts"),
     *_bwd_problem(Field("rows_pad", "int", "Sq rounded up to the query tile")),
-    Field("keys_fastest", "int", "1: the CTAs take their grid's blocks key tile fastest (numbered "
-                                 "x + X y, they are (y', x') = (n % Y, n / Y)), else head fastest"),
+    Field("head_group", "int", "the CTAs take their grid's blocks (numbered x + X y) by groups of this "
+                               "many heads, key tiles in order within a group and its heads in turn "
+                               "(grid.cuh's grouped_item); 0 or >= X: the grid's own order, heads fastest"),
 ], "The Hopper backward kernel's one argument (flash_bwd_sm90), __grid_constant__.")
 
 # The backward's steps around its main kernel (kernels/flash_bwd_steps.cu).

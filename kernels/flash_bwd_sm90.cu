@@ -129,16 +129,13 @@ flash_bwd_sm90(const __grid_constant__ Sm90BwdParams p) {
     const BwdBarriers<STAGES> bar{sbase + Tile::kOffBars};
 
     const int warpgroup = __shfl_sync(0xffffffffu, threadIdx.x / 128, 0);
-    // Grid (heads, key tiles, batch): CTAs start head by head within a key tile, so under a
-    // causal mask the longest (key tile 0 sees every query tile) start first. Past 65535
-    // batches, x is heads x batch (grid.cuh). keys_fastest renumbers the blocks key tile
-    // first: the CTAs running at once then share a few heads' Q, dO and dQ rows in L2.
-    unsigned bx = blockIdx.x, by = blockIdx.y;
-    if (p.keys_fastest) {
-        const unsigned n = bx + gridDim.x * by;
-        by = n % gridDim.y;
-        bx = n / gridDim.y;
-    }
+    // Grid (heads, key tiles, batch); past 65535 batches, x is heads x batch (grid.cuh). The
+    // CTAs take the blocks by groups of head_group heads, key tiles in order within a group
+    // (grouped_item): the CTAs running at once share a few heads' Q, dO and dQ rows in L2, and
+    // under a causal mask each head's longest key tiles (the first: they see every query tile)
+    // start first.
+    const GridItem at = grouped_item(blockIdx.x, blockIdx.y, gridDim.x, gridDim.y, p.head_group);
+    const unsigned bx = at.item, by = at.tile;
     const HeadBatch at_grid = fold_head_batch(bx, gridDim.x, blockIdx.z, p.heads);
     if (at_grid.batch >= p.batch) return;
     const int key_tile = static_cast<int>(by), key0 = key_tile * BN, head = at_grid.head, batch = at_grid.batch;

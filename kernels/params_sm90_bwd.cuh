@@ -57,7 +57,7 @@ struct Sm90BwdParams {
     i64 bias_sb;        // (batch, head, row) strides, elements; 0 broadcasts
     i64 bias_sh;
     i64 bias_ss;
-    int keys_fastest;   // 1: the CTAs take their grid's blocks key tile fastest (numbered x + X y, they are (y', x') = (n % Y, n / Y)), else head fastest
+    int head_group;     // the CTAs take their grid's blocks (numbered x + X y) by groups of this many heads, key tiles in order within a group and its heads in turn (grid.cuh's grouped_item); 0 or >= X: the grid's own order, heads fastest
 };
 static_assert(sizeof(Sm90BwdParams) == 832, "Sm90BwdParams: declared in flashcore_cupy/params.py: run scripts/gen_params.py");
 static_assert(FC_OFFSETOF(Sm90BwdParams, q) == 0, "Sm90BwdParams::q");
@@ -106,6 +106,6 @@ static_assert(FC_OFFSETOF(Sm90BwdParams, bias) == 752, "Sm90BwdParams::bias");
 static_assert(FC_OFFSETOF(Sm90BwdParams, bias_sb) == 760, "Sm90BwdParams::bias_sb");
 static_assert(FC_OFFSETOF(Sm90BwdParams, bias_sh) == 768, "Sm90BwdParams::bias_sh");
 static_assert(FC_OFFSETOF(Sm90BwdParams, bias_ss) == 776, "Sm90BwdParams::bias_ss");
-static_assert(FC_OFFSETOF(Sm90BwdParams, keys_fastest) == 784, "Sm90BwdParams::keys_fastest");
+static_assert(FC_OFFSETOF(Sm90BwdParams, head_group) == 784, "Sm90BwdParams::head_group");
 
 }  // namespace fc

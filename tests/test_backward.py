@@ -76,14 +76,22 @@ def _dispatch(arch, backend="auto", head_dim=64, deterministic=False, **opts):
     return backward._choose(p, arch, q.strides[:3], deterministic, backend)
 
 
-def test_hopper_grids_run_key_tiles_first_where_every_key_tile_has_the_same_work():
-    """keys_fastest (the CTAs running at once share a few heads' rows in L2) without a mask;
-    a causal mask or a window keeps the head-fastest order, its longest key tiles first."""
-    assert _dispatch("sm_90a", causal=False).keys_fastest
-    assert _dispatch("sm_90a", causal=False, head_dim=256, softcap=5.0).keys_fastest
+def test_hopper_grids_run_a_heads_key_tiles_together():
+    """head_group (grid.cuh's grouped_item): with no mask a head's key tiles one after the other
+    (the CTAs running at once share one or two heads' rows in L2); under a mask (causal, a
+    window, top-left) groups that divide the heads, whose Q, dO and dQ rows fit the L2 budget
+    the forward's causal groups keep their K/V within, or single heads."""
+    assert _dispatch("sm_90a", causal=False).head_group == 1
+    assert _dispatch("sm_90a", causal=False, head_dim=256, softcap=5.0).head_group == 1
     for opts in (dict(), dict(causal=False, window=(16, -1)), dict(causal=False, window=(-1, 0)),
                  dict(causal="top_left")):
-        assert not _dispatch("sm_90a", **opts).keys_fastest, opts
+        assert _dispatch("sm_90a", **opts).head_group == 4, opts   # all four heads of 100 rows
+    for seqlen_q, d_pad, heads, group in ((4096, 128, 16, 4), (4096, 64, 16, 8), (4096, 128, 12, 4),
+                                          (4096, 128, 10, 2), (16384, 128, 16, 1), (8192, 256, 16, 1)):
+        got = configs.bwd_head_group(True, heads, seqlen_q, d_pad)
+        assert got == group and heads % got == 0, (seqlen_q, d_pad, heads, got)
+        assert got == 1 or got * seqlen_q * d_pad * 8 <= configs._CAUSAL_GROUP_KV_BYTES
+        assert configs.bwd_head_group(False, heads, seqlen_q, d_pad) == 1
 
 
 def test_dispatch_takes_the_hopper_kernel_where_it_applies():

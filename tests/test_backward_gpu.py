@@ -286,6 +286,30 @@ def test_hopper_kernel_is_dispatchs_choice_there(rng):
                               backend="sm90")
 
 
+@pytest.mark.parametrize("d", [64, 256])
+def test_every_head_grouping_of_the_hopper_grid_covers_every_block(rng, monkeypatch, d):
+    """grid.cuh's grouped_item with groups of 1, 2 and 3 of five heads (a last group of fewer) and
+    the grid's own order (0), causal (key tiles of unequal work) and not, default and
+    deterministic (its adds wait on the key tiles before: each head's tiles must start in
+    order): every key tile's gradients, within the bounds, whichever the host picks."""
+    from dataclasses import replace
+
+    from flashcore_cupy import backward
+
+    if api.device_info(0).arch != "sm_90a":
+        pytest.skip("the Hopper backward needs an sm_90 GPU")
+    real = backward._choose
+    for group, causal, deterministic in itertools.product((1, 2, 3, 0), (True, False), (False, True)):
+        monkeypatch.setattr(backward, "_plans", {})   # plans are cached by signature: a plan per group
+        monkeypatch.setattr(backward, "_choose", lambda *a, g=group: replace(real(*a), head_group=g))
+        q, k, v, dout = (*make_inputs(rng, "fp16", d, "bhsd", (2, 5, 5), (300, 520)),
+                         make_inputs(rng, "fp16", d, "bhsd", (2, 5, 5), (300, 520))[0])
+        out, lse = fc.attention(q, k, v, causal=causal, return_lse=True)
+        got = _backward((q, k, v, dout, out, lse), "bhsd", causal=causal, deterministic=deterministic)
+        ref = reference.attention_backward(dout, q, k, v, out, lse, causal=causal)
+        _assert_grads(got, ref, "fp16", f"D{d} head_group={group} causal={causal} deterministic={deterministic}")
+
+
 @pytest.mark.parametrize("d, causal", [(64, True), (128, False), (128, True)])
 def test_deterministic_plain_backward_gives_the_same_bits(rng, d, causal):
     """The plain mask (the Hopper kernel on H100/H200: dQ's bulk adds in key tile order, GQA per

@@ -27,11 +27,16 @@
 #                   without dQ's GEMM (NO_DQ) or its adds (NO_DQ_ADD), one ring slot (these rows timed
 #                   the default: the probe's plan cache, fixed since); ncu of the main kernel; then
 #                   call 4's item trace.
+#   CALL=6 groups   the backward's head groups (grid.cuh's grouped_item, session 33): the GPU tests
+#                   of every grouping and the deterministic mode; backward_probe on the causal rows
+#                   with head_group 1, 2, 4, 8 and the grid's own order (0) beside dispatch's.
+#   CALL=7 bwdbench issue 25's backward bar: the benchmark's backward mode on the D96 and D256 rows
+#                   (fp16, bf16) against SDPA cuDNN and flash; racecheck of the backward section.
 # Logs go to $OUT. Usage on the device machine, from the repository root:
 #   CALL=1 bash scripts/dev/pending_run.sh
 set -uo pipefail
-case "${CALL:-}" in 1|2|3|4|5) ;;
-  *) echo "CALL: 1 (tests), 2 (decode), 3 (paged), 4 (probes) or 5 (bwd256)" >&2; exit 2 ;; esac
+case "${CALL:-}" in 1|2|3|4|5|6|7) ;;
+  *) echo "CALL: 1 (tests), 2 (decode), 3 (paged), 4 (probes), 5 (bwd256), 6 (groups) or 7 (bwdbench)" >&2; exit 2 ;; esac
 source "$(dirname "$0")/../steps.sh"
 export FLASHCORE_REQUIRE_GPU=1
 step device.txt nvidia-smi --query-gpu=name,driver_version,clocks.sm --format=csv
@@ -73,6 +78,21 @@ case "${CALL:-}" in
   step ncu_d256.txt timeout 150 ncu --clock-control none --set full -k regex:flash_bwd_sm90 \
     --launch-skip 2 --launch-count 1 python3 scripts/profile_case.py b2-h16-s4k-d256 fp16 backward
   step probes.txt timeout 120 python3 scripts/dev/item_trace.py --shape varlen-64seq-h32kv8-d128-causal
+  ;;
+6)
+  step pytest.txt timeout 200 python3 -m pytest tests/test_backward_gpu.py -q -rs -p no:cacheprovider \
+    -k "grouping or deterministic"
+  step probe.txt timeout 330 python3 scripts/dev/backward_probe.py --dtype fp16 \
+    --shapes b2-h16-s4k-d128-causal,b1-h16-s16k-d128-causal,b1-h16-s16k-d256-causal \
+    --skip flashcore_det,flashcore_sm80,sdpa_efficient,sdpa_flash \
+    --config head_group=1 --config head_group=2 --config head_group=4 --config head_group=8 --config head_group=0
+  ;;
+7)
+  step bench.txt timeout 300 python3 scripts/bench.py --direction backward --out "$OUT/bench_bwd.json" \
+    --shape b2-h16-s4k-d96 --shape b2-h16-s4k-d256 --shape b1-h16-s16k-d256-causal \
+    --impl flashcore --impl sdpa_cudnn --impl sdpa_flash --iters 20
+  step bench.txt python3 scripts/report.py "$OUT/bench_bwd.json"
+  step sanitizer.txt timeout 200 compute-sanitizer --tool racecheck --error-exitcode 3 python3 scripts/sanitize_case.py backward
   ;;
 esac
 echo "pending_run exit status: $status"
