@@ -78,7 +78,12 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--shapes", default="b2-h16-s4k-d128-causal,b1-h16-s16k-d128-causal,b4-h16-s1k-d64")
     ap.add_argument("--dtype", default="fp16,bf16")
-    ap.add_argument("--samples", type=int, default=10)
+    ap.add_argument("--samples", type=int, default=0,
+                    help="samples an implementation (default: one a round)")
+    ap.add_argument("--rounds", type=int, default=0,
+                    help="rounds of turns (default: a whole balanced design, so that each row comes "
+                         "first and after each other alike; with 3 rounds of 7 rows, v47 call 1, the "
+                         "default kernel's row ran 6-11 %% faster than the same kernel as a --config row)")
     ap.add_argument("--ablate", action="append", default=[],
                     help="also time the Hopper backward built with -DFLASHCORE_ABLATE_<NAME> (wrong "
                          "gradients, time only; repeatable: --ablate NO_DQ --ablate NO_DQ_ADD)")
@@ -157,8 +162,9 @@ def main() -> int:
                 with ctx[n]():
                     fn(0)
             cupy.cuda.Device().synchronize()
-            result = timing.time_side_by_side({n: (fns[n], ctx[n]) for n in fns}, args.samples, calls=3,
-                                              warmup_s=0.05, rounds=3)
+            rounds = args.rounds or len(timing.balanced_orders(list(fns)))
+            result = timing.time_side_by_side({n: (fns[n], ctx[n]) for n in fns}, args.samples or rounds, calls=3,
+                                              warmup_s=0.05, rounds=rounds)
             flops = 2.5 * shape.flops
             ours = result["flashcore"].p50
             print(f"{name} {dt}: backward, {flops / 1e12:.2f} TFLOP")

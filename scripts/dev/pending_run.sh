@@ -31,7 +31,8 @@
 #                   of every grouping and the deterministic mode; backward_probe on the causal rows
 #                   with head_group 1, 2, 4, 8 and the grid's own order (0) beside dispatch's.
 #   CALL=7 bwdbench issue 25's backward bar: the benchmark's backward mode on the D96 and D256 rows
-#                   (fp16, bf16) against SDPA cuDNN and flash; racecheck of the backward section.
+#                   (fp16, bf16) against SDPA cuDNN and flash, with S4k D64 and D128 (issue 23's);
+#                   racecheck of the backward section.
 # Logs go to $OUT. Usage on the device machine, from the repository root:
 #   CALL=1 bash scripts/dev/pending_run.sh
 set -uo pipefail
@@ -89,7 +90,8 @@ case "${CALL:-}" in
   ;;
 7)
   step bench.txt timeout 300 python3 scripts/bench.py --direction backward --out "$OUT/bench_bwd.json" \
-    --shape b2-h16-s4k-d96 --shape b2-h16-s4k-d256 --shape b1-h16-s16k-d256-causal \
+    --shape b2-h16-s4k-d96 --shape b2-h16-s4k-d256 --shape b1-h16-s16k-d256-causal --shape b2-h16-s4k-d64 \
+    --shape b2-h16-s4k-d128 \
     --impl flashcore --impl sdpa_cudnn --impl sdpa_flash --iters 20
   step bench.txt python3 scripts/report.py "$OUT/bench_bwd.json"
   step sanitizer.txt timeout 200 compute-sanitizer --tool racecheck --error-exitcode 3 python3 scripts/sanitize_case.py backward
