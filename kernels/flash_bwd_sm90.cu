@@ -68,6 +68,14 @@ struct Sm90BwdTile {
     static constexpr int kConsumers = 2;
     // SPLIT_D (head dim 256): the consumers share 64 keys and split dK's and dV's columns.
     static constexpr bool kSplitD = HEAD_DIM > 128;
+    // Probe build (-DFLASHCORE_BWD_DQ_KEYS): each consumer computes the whole tile's dQ over its
+    // own 64 keys (no dS^T exchange, so the consumers need not meet every tile) and adds it from
+    // registers (red.global.add.v4, twice the adds); not with SPLIT_D nor deterministic.
+#ifdef FLASHCORE_BWD_DQ_KEYS
+    static constexpr bool kDqKeys = !kSplitD;
+#else
+    static constexpr bool kDqKeys = false;
+#endif
     // A row in shared memory and in dQ's accumulator: whole 64-column blocks (D96's second block
     // half zero-filled by TMA; the S, dP, dK and dV GEMMs stop at HEAD_DIM, dQ's runs the block).
     static constexpr int kDPad = (HEAD_DIM + 63) / 64 * 64;
@@ -190,7 +198,7 @@ flash_bwd_sm90(const __grid_constant__ Sm90BwdParams p) {
                           Tile::kRowBytes, bar.q_full(r.slot()));
             }
         }
-        if (!Tile::kSplitD && threadIdx.x == 32 && n_tiles > 0) {
+        if (!Tile::kSplitD && !Tile::kDqKeys && threadIdx.x == 32 && n_tiles > 0) {
             // The dQ reducer: each tile's blocks, once stored, added into the accumulator (its
             // tile's rows hold the consumers' blocks one after the other, in fragment order:
             // bwd_convert reads them back), and released once read. Deterministic (dq_sem): the
@@ -362,6 +370,38 @@ flash_bwd_sm90(const __grid_constant__ Sm90BwdParams p) {
             pv_wgmma<T, DKV, BLOCK_M>(dk, dsa, desc_advance(q_mn_desc0, slot * Tile::kQBytes));
         }
         fence_async_shared();
+        if constexpr (Tile::kDqKeys) {
+            named_barrier_sync(2 + consumer, 128);   // this consumer's dS^T is in shared memory
+            // dQ's blocks over this consumer's 64 keys (k-steps 4c..4c + 3), one at a time, added
+            // from registers into the accumulator's blocks (block cb R + rb, fragment order)
+            float* dq_tile = p.dq_accum + (bh * p.rows_pad + row0) * Tile::kDPad + 4 * (threadIdx.x % 128);
+            const u64 ds_base = smem_desc_sw128(sbase + Tile::kOffDS, BN * 128, 1024);
+            const u64 k_base = smem_desc_sw128(sbase + Tile::kOffK, BN * 128, 1024);
+            #pragma unroll
+            for (int b = 0; b < Tile::kRowBlocks * Tile::kColBlocks; ++b) {
+                const int rb_ = b % Tile::kRowBlocks, cb_ = b / Tile::kRowBlocks;
+                float dq[1][8][4];
+                wgmma_fence();
+                #pragma unroll
+                for (int kk = 0; kk < 4; ++kk)
+                    wgmma_ss_mn<T, 64>(dq[0], desc_advance(ds_base, rb_ * BN * 128 + (t % 2) * Tile::kDSBytes
+                                                                    + (4 * consumer + kk) * 2048),
+                                       desc_advance(k_base, cb_ * BN * 128 + (4 * consumer + kk) * 2048), kk > 0);
+                wgmma_commit();
+                wgmma_wait<0>();
+                fence_registers(dq[0]);
+                if (b == 0) {
+                    fence_registers(dk);
+                    fence_registers(dv);
+                    fence_registers(pa);
+                    fence_registers(dsa);
+                    mbar_arrive(bar.q_empty(slot));   // the slot's GEMMs are done (every thread its own reads)
+                }
+                #pragma unroll
+                for (int i = 0; i < 8; ++i) red_add4(dq_tile + b * 4096 + 512 * i, dq[0][i]);
+            }
+            continue;
+        }
         named_barrier_sync(1, 128 * Tile::kConsumers);   // both consumers' dS^T (SPLIT_D: and P^T) are in shared memory
         if constexpr (Tile::kSplitD) {
             // dV += P^T dO and dK += dS^T Q over the whole query tile, A from shared memory.

@@ -90,8 +90,8 @@ def main() -> int:
     ap.add_argument("--skip", default="", help="comma-separated implementations not to time "
                                               "(flashcore_det, flashcore_sm80, sdpa_flash, sdpa_efficient)")
     ap.add_argument("--define", action="append", default=[],
-                    help="also time the Hopper backward built with -D<NAME> (a probe build: "
-                         "time only; repeatable: --define FLASHCORE_GATHER_ONE_WARP)")
+                    help="also time the Hopper backward built with -D<NAME> (a probe build, checked "
+                         "like the others; repeatable: --define FLASHCORE_BWD_DQ_KEYS)")
     ap.add_argument("--config", action="append", default=[],
                     help="also time the Hopper backward with Sm90BwdConfig fields replaced (checked "
                          "like the others; repeatable: --config stages=1)")
@@ -152,7 +152,8 @@ def main() -> int:
             if "sdpa_cudnn" in fns:   # a sanity check against a peer (the tests hold us to float64)
                 with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
                     peer_grads = fns["sdpa_cudnn"](0)
-                for mode in ("flashcore", "flashcore_det", "flashcore_sm80", *(f"fc_{c}" for c in args.config)):
+                for mode in ("flashcore", "flashcore_det", "flashcore_sm80", *(f"fc_{c}" for c in args.config),
+                             *(f"define_{d.lower()}" for d in args.define)):
                     if mode not in fns:
                         continue
                     ours = fns[mode](0)

@@ -30,14 +30,18 @@
 #   CALL=6 groups   the backward's head groups (grid.cuh's grouped_item, session 33): the GPU tests
 #                   of every grouping and the deterministic mode; backward_probe on the causal rows
 #                   with head_group 1, 2, 4, 8 and the grid's own order (0) beside dispatch's.
+#   CALL=8 dqkeys   backward_probe with -DFLASHCORE_BWD_DQ_KEYS (each consumer's dQ over its own
+#                   keys from registers, no dS^T exchange: the consumers need not meet every tile;
+#                   v34's rows of it timed the default kernel) on D64, D96, D128, D128 causal.
 #   CALL=7 bwdbench issue 25's backward bar: the benchmark's backward mode on the D96 and D256 rows
 #                   (fp16, bf16) against SDPA cuDNN and flash, with S4k D64 and D128 (issue 23's);
 #                   racecheck of the backward section.
 # Logs go to $OUT. Usage on the device machine, from the repository root:
 #   CALL=1 bash scripts/dev/pending_run.sh
 set -uo pipefail
-case "${CALL:-}" in 1|2|3|4|5|6|7) ;;
-  *) echo "CALL: 1 (tests), 2 (decode), 3 (paged), 4 (probes), 5 (bwd256), 6 (groups) or 7 (bwdbench)" >&2; exit 2 ;; esac
+case "${CALL:-}" in 1|2|3|4|5|6|7|8) ;;
+  *) echo "CALL: 1 (tests), 2 (decode), 3 (paged), 4 (probes), 5 (bwd256), 6 (groups), 7 (bwdbench) or 8 (dqkeys)" >&2
+     exit 2 ;; esac
 source "$(dirname "$0")/../steps.sh"
 export FLASHCORE_REQUIRE_GPU=1
 step device.txt nvidia-smi --query-gpu=name,driver_version,clocks.sm --format=csv
@@ -95,6 +99,11 @@ case "${CALL:-}" in
     --impl flashcore --impl sdpa_cudnn --impl sdpa_flash --iters 20
   step bench.txt python3 scripts/report.py "$OUT/bench_bwd.json"
   step sanitizer.txt timeout 200 compute-sanitizer --tool racecheck --error-exitcode 3 python3 scripts/sanitize_case.py backward
+  ;;
+8)
+  step probe.txt timeout 400 python3 scripts/dev/backward_probe.py --dtype fp16 \
+    --shapes b2-h16-s4k-d128,b2-h16-s4k-d64,b2-h16-s4k-d96,b2-h16-s4k-d128-causal \
+    --skip flashcore_det,flashcore_sm80,sdpa_efficient,sdpa_flash --define FLASHCORE_BWD_DQ_KEYS
   ;;
 esac
 echo "pending_run exit status: $status"
