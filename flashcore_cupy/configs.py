@@ -248,12 +248,13 @@ class Sm90BwdConfig:
     @property
     def smem_bytes(self) -> int:
         # Mirrors Sm90BwdTile: K and V; the ring's Q, dO, LSE and delta; two dS^T buffers (split_d:
-        # and two P^T buffers); the consumers' dQ blocks; the barriers; 1024 for the base's alignment.
+        # and two P^T buffers); the consumers' dQ blocks; the barriers (BwdBarriers); 1024 for the
+        # base's alignment.
         kv = self.block_n * self.d_pad * 2
         q = self.block_m * self.d_pad * 2
         dq = 0 if self.split_d else 2 * 64 * 64 * 4
         return 1024 + 2 * kv + 2 * self.stages * q + (4 if self.split_d else 2) * self.block_n * self.block_m * 2 \
-            + 2 * self.stages * self.block_m * 4 + dq + 8 * (5 + 2 * self.stages)
+            + 2 * self.stages * self.block_m * 4 + dq + 8 * (9 + 2 * self.stages)
 
     def grid(self, batch: int, heads_q: int, seqlen_k: int) -> tuple[int, int, int]:
         """(heads, key tiles, batch); past 65535 batches, (heads x batch, key tiles, 1)

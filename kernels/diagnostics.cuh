@@ -11,9 +11,6 @@
 //   FLASHCORE_ABLATE_NO_DQ    the Hopper backward without dQ's GEMM (an empty group; head dim
 //                             256: nor its adds); _NO_DQ_ADD (head dim 256): without dQ's adds
 //                             (scripts/dev/backward_probe.py --ablate NO_DQ --ablate NO_DQ_ADD)
-//   FLASHCORE_BWD_DQ_KEYS     the Hopper backward (head dim <= 128, not deterministic): each
-//                             consumer's dQ over its own keys, added from registers, no dS^T
-//                             exchange (flash_bwd_sm90.cu; backward_probe.py --define)
 //   FLASHCORE_ABLATE_ASCENDING  the Hopper forward's variants run their key tiles first to last
 //                             (Variant::kDescending in variant.cuh; ablate_sm90.py)
 //   FLASHCORE_DYNAMIC         the Hopper forward's persistent CTAs take their next tile from a

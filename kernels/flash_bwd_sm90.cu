@@ -19,9 +19,13 @@
 //   P^T, dS^T in registers (each column a query row: its LSE and delta from the slot), then
 //   dV  += P^T dO        wgmma with P^T from registers, dO MN-major (pv_wgmma)
 //   dK  += dS^T Q        the same form
-//   dS^T -> shared memory; once both consumers' are there (a named barrier):
+//   dS^T -> shared memory; with a tile's lag, once both consumers' of the tile before are
+//   there (ds_full):
 //   dQ   = dS K          one 64 x 64 block a consumer (rows rb, columns cb of the tile's dQ),
-//                        over all 128 keys: dS and K both MN-major (wgmma_ss_mn)
+//                        over all 128 keys: dS and K both MN-major (wgmma_ss_mn); the lag lets
+//                        the consumers drift apart instead of meeting every tile (v47: a
+//                        named barrier there held them in step, one's exponentials never
+//                        under the other's GEMMs)
 //   dQ -> shared memory in fragment order, whence the reducer adds it into the accumulator
 //         with one bulk reduction (cp.reduce.async.bulk) a block: the tile's rows of the
 //         accumulator hold its blocks one after the other, as bwd_convert reads them (1.14-1.30x
@@ -40,9 +44,9 @@
 //
 // At the end dK *= scale; dK and dV are stored in the inputs' type, or with GQA added into
 // float32 accumulators the host converts. dS^T has two buffers (tile parity): a consumer
-// writes tile t's only after both passed tile t-1's barrier, so the other's dQ of tile t-2
-// has finished reading it. A consumer's dQ block is rewritten once the reducer has read it
-// (dq_empty).
+// writes tile t's once both consumers' dQ of tile t - 2 have read it (ds_empty; SPLIT_D: once
+// both passed tile t-1's barrier). A consumer's dQ block is rewritten once the reducer has
+// read it (dq_empty).
 //
 // Shared memory (1024-byte aligned base; every tile 128B-swizzled in column blocks of 64
 // elements, the layout sm90_mainloop.cuh's descriptors describe): K, V (BLOCK_N rows), the
@@ -68,14 +72,6 @@ struct Sm90BwdTile {
     static constexpr int kConsumers = 2;
     // SPLIT_D (head dim 256): the consumers share 64 keys and split dK's and dV's columns.
     static constexpr bool kSplitD = HEAD_DIM > 128;
-    // Probe build (-DFLASHCORE_BWD_DQ_KEYS): each consumer computes the whole tile's dQ over its
-    // own 64 keys (no dS^T exchange, so the consumers need not meet every tile) and adds it from
-    // registers (red.global.add.v4, twice the adds); not with SPLIT_D nor deterministic.
-#ifdef FLASHCORE_BWD_DQ_KEYS
-    static constexpr bool kDqKeys = !kSplitD;
-#else
-    static constexpr bool kDqKeys = false;
-#endif
     // A row in shared memory and in dQ's accumulator: whole 64-column blocks (D96's second block
     // half zero-filled by TMA; the S, dP, dK and dV GEMMs stop at HEAD_DIM, dQ's runs the block).
     static constexpr int kDPad = (HEAD_DIM + 63) / 64 * 64;
@@ -101,7 +97,7 @@ struct Sm90BwdTile {
     static constexpr u32 kDQBytes = 64 * 64 * 4;
     static constexpr u32 kOffDQ = kOffDelta + STAGES * kRowBytes;
     static constexpr u32 kOffBars = kOffDQ + (kSplitD ? 0 : kConsumers * kDQBytes);
-    static constexpr u32 kSmemBytes = 1024 + kOffBars + 8 * (1 + 2 * STAGES + 2 * kConsumers);   // + the base's alignment
+    static constexpr u32 kSmemBytes = 1024 + kOffBars + 8 * (5 + 2 * STAGES + 2 * kConsumers);   // + the base's alignment
     // setmaxnreg: the producer drops to 24, the two consumers share the rest (as the forward).
     static constexpr int kProducerRegs = 24;
     static constexpr int kLaunchRegs = 65536 / (128 * (kConsumers + 1)) / 8 * 8;
@@ -115,7 +111,8 @@ struct Sm90BwdTile {
 };
 
 // The backward's mbarriers, after the tiles: K and V landed; each slot's Q, dO, LSE and delta
-// landed / released by every consumer warp.
+// landed / released by every consumer warp; each consumer's dQ block stored / read by the
+// reducer; each dS^T buffer written / read (by the dQ GEMMs) by every consumer thread.
 template <int STAGES>
 struct BwdBarriers {
     u32 base;
@@ -124,6 +121,8 @@ struct BwdBarriers {
     __device__ u32 q_empty(int s) const { return base + 8 * (1 + STAGES + s); }
     __device__ u32 dq_full(int c) const { return base + 8 * (1 + 2 * STAGES + c); }
     __device__ u32 dq_empty(int c) const { return base + 8 * (3 + 2 * STAGES + c); }
+    __device__ u32 ds_full(int b) const { return base + 8 * (5 + 2 * STAGES + b); }
+    __device__ u32 ds_empty(int b) const { return base + 8 * (7 + 2 * STAGES + b); }
 };
 
 template <class T, int HEAD_DIM, int BLOCK_M, int STAGES, class V = Plain>
@@ -167,6 +166,10 @@ flash_bwd_sm90(const __grid_constant__ Sm90BwdParams p) {
             mbar_init(bar.dq_full(c), 128);   // every thread of consumer c, after its stores
             mbar_init(bar.dq_empty(c), 1);
         }
+        for (int b = 0; b < 2; ++b) {
+            mbar_init(bar.ds_full(b), 128 * Tile::kConsumers);
+            mbar_init(bar.ds_empty(b), 128 * Tile::kConsumers);
+        }
         mbar_fence_init();
     }
     __syncthreads();
@@ -198,7 +201,7 @@ flash_bwd_sm90(const __grid_constant__ Sm90BwdParams p) {
                           Tile::kRowBytes, bar.q_full(r.slot()));
             }
         }
-        if (!Tile::kSplitD && !Tile::kDqKeys && threadIdx.x == 32 && n_tiles > 0) {
+        if (!Tile::kSplitD && threadIdx.x == 32 && n_tiles > 0) {
             // The dQ reducer: each tile's blocks, once stored, added into the accumulator (its
             // tile's rows hold the consumers' blocks one after the other, in fragment order:
             // bwd_convert reads them back), and released once read. Deterministic (dq_sem): the
@@ -277,6 +280,31 @@ flash_bwd_sm90(const __grid_constant__ Sm90BwdParams p) {
         const int n = q_col0 / 8 + i;
         return buf + (n / 8) * BN * 128 + ds_lane + 16 * ((n % 8) ^ (lane / 4));
     };
+    // dQ block (rb, cb) of query tile u = dS K over the CTA's 128 keys, from dS^T buffer u % 2
+    // (the caller waits for both consumers' dS^T there); then to shared memory in fragment order
+    // (16 bytes of thread j's n-tile i at (128 i + j) * 16: conflict-free) for the reducer's bulk
+    // reduction.
+    auto dq_issue = [&](float (&dq)[8][4], int u) {
+        wgmma_fence();
+#ifndef FLASHCORE_ABLATE_NO_DQ   // (timing probes: an empty group keeps the waits' counts)
+        #pragma unroll
+        for (int kk = 0; kk < BN / 16; ++kk)
+            wgmma_ss_mn<T, 64>(dq, desc_advance(ds_desc0, (u % 2) * Tile::kDSBytes + kk * 2048),
+                               desc_advance(kt_desc, kk * 2048), kk > 0);
+#endif
+        wgmma_commit();
+    };
+    auto dq_store = [&](const float (&dq)[8][4], int u) {
+        if (u > 0) mbar_wait(bar.dq_empty(consumer), (u - 1) & 1);
+        const u32 dq_smem = sbase + Tile::kOffDQ + consumer * Tile::kDQBytes + 16 * (threadIdx.x % 128);
+        #pragma unroll
+        for (int i = 0; i < 8; ++i)
+            asm volatile("st.shared.v4.f32 [%0], {%1, %2, %3, %4};"
+                         :: "r"(dq_smem + i * 128 * 16), "f"(dq[i][0]), "f"(dq[i][1]), "f"(dq[i][2]), "f"(dq[i][3])
+                         : "memory");
+        fence_async_shared();
+        mbar_arrive(bar.dq_full(consumer));
+    };
     if (n_tiles > 0) mbar_wait(bar.kv_full(), 0);
     for (int t = 0; t < n_tiles; ++t) {
         const Ring<STAGES> r{t};
@@ -341,7 +369,8 @@ flash_bwd_sm90(const __grid_constant__ Sm90BwdParams p) {
         wgmma_wait<0>();
         fence_registers(dpt[0]);
         // dS^T = P^T (dP^T - delta), into registers (A of dK) and shared memory (A of dQ;
-        // SPLIT_D: of dK too).
+        // SPLIT_D: of dK too). Its buffer was last read by both consumers' dQ GEMMs at tile t - 1.
+        if (!Tile::kSplitD && t >= 1) mbar_wait(bar.ds_empty(t % 2), ((t - 1) / 2) & 1);
         #pragma unroll
         for (int i = 0; i < NT; ++i) {
             const float2 d2 = *reinterpret_cast<const float2*>(delta + 8 * i + q_lane);
@@ -365,44 +394,39 @@ flash_bwd_sm90(const __grid_constant__ Sm90BwdParams p) {
                              "r"(pack2<T>(dpt[0][i][2 * h], dpt[0][i][2 * h + 1])) : "memory");
         }
         if constexpr (!Tile::kSplitD) {
+            // (the tile before's dS^T from both consumers, for dQ below: waited here, with no GEMM
+            // in flight, so that ptxas keeps the GEMMs below asynchronous)
+            if (t >= 1) mbar_wait(bar.ds_full((t - 1) % 2), ((t - 1) / 2) & 1);
             pack_p<T, NT>(dsa, dpt[0]);
             pv_wgmma<T, DKV, BLOCK_M>(dv, pa, desc_advance(do_mn_desc0, slot * Tile::kQBytes));
             pv_wgmma<T, DKV, BLOCK_M>(dk, dsa, desc_advance(q_mn_desc0, slot * Tile::kQBytes));
         }
         fence_async_shared();
-        if constexpr (Tile::kDqKeys) {
-            named_barrier_sync(2 + consumer, 128);   // this consumer's dS^T is in shared memory
-            // dQ's blocks over this consumer's 64 keys (k-steps 4c..4c + 3), one at a time, added
-            // from registers into the accumulator's blocks (block cb R + rb, fragment order)
-            float* dq_tile = p.dq_accum + (bh * p.rows_pad + row0) * Tile::kDPad + 4 * (threadIdx.x % 128);
-            const u64 ds_base = smem_desc_sw128(sbase + Tile::kOffDS, BN * 128, 1024);
-            const u64 k_base = smem_desc_sw128(sbase + Tile::kOffK, BN * 128, 1024);
-            #pragma unroll
-            for (int b = 0; b < Tile::kRowBlocks * Tile::kColBlocks; ++b) {
-                const int rb_ = b % Tile::kRowBlocks, cb_ = b / Tile::kRowBlocks;
-                float dq[1][8][4];
-                wgmma_fence();
-                #pragma unroll
-                for (int kk = 0; kk < 4; ++kk)
-                    wgmma_ss_mn<T, 64>(dq[0], desc_advance(ds_base, rb_ * BN * 128 + (t % 2) * Tile::kDSBytes
-                                                                    + (4 * consumer + kk) * 2048),
-                                       desc_advance(k_base, cb_ * BN * 128 + (4 * consumer + kk) * 2048), kk > 0);
-                wgmma_commit();
-                wgmma_wait<0>();
-                fence_registers(dq[0]);
-                if (b == 0) {
-                    fence_registers(dk);
-                    fence_registers(dv);
-                    fence_registers(pa);
-                    fence_registers(dsa);
-                    mbar_arrive(bar.q_empty(slot));   // the slot's GEMMs are done (every thread its own reads)
-                }
-                #pragma unroll
-                for (int i = 0; i < 8; ++i) red_add4(dq_tile + b * 4096 + 512 * i, dq[0][i]);
-            }
+        if constexpr (!Tile::kSplitD) {
+            // This thread's dS^T of tile t is stored; dQ of the tile before (a tile's lag: the
+            // consumers need not meet every tile, so one's exponentials can run under the
+            // other's GEMMs), its slot's and dS^T buffer's reads released once done. At tile 0
+            // the GEMM runs on the other buffer's unwritten contents and is dropped (no branch
+            // around a GEMM: ptxas would serialise them all), its reads released as any.
+            mbar_arrive(bar.ds_full(t % 2));
+            float dq[8][4];
+            dq_issue(dq, t + 1);
+            wgmma_wait<0>();
+            fence_registers(dk);
+            fence_registers(dv);
+            fence_registers(pa);
+            fence_registers(dsa);
+            // Q, dO, LSE and delta of the slot are read: every thread releases its own reads (an
+            // arrive orders only the arriving thread's accesses: one lane's after a __syncwarp
+            // left racecheck reporting the next bulk copies into the slot against the other
+            // lanes' reads)
+            mbar_arrive(bar.q_empty(slot));
+            fence_registers(dq);
+            mbar_arrive(bar.ds_empty((t + 1) % 2));
+            if (t >= 1) dq_store(dq, t - 1);
             continue;
         }
-        named_barrier_sync(1, 128 * Tile::kConsumers);   // both consumers' dS^T (SPLIT_D: and P^T) are in shared memory
+        named_barrier_sync(1, 128 * Tile::kConsumers);   // SPLIT_D: both consumers' dS^T and P^T are in shared memory
         if constexpr (Tile::kSplitD) {
             // dV += P^T dO and dK += dS^T Q over the whole query tile, A from shared memory.
             pv_wgmma_ss<T, DKV, BLOCK_M>(dv, desc_advance(pt_desc0, (t % 2) * Tile::kDSBytes),
@@ -437,39 +461,17 @@ flash_bwd_sm90(const __grid_constant__ Sm90BwdParams p) {
             }
             fence_registers(dk);
             fence_registers(dv);
-            mbar_arrive(bar.q_empty(slot));   // (every thread its own reads, as below)
-            continue;
+            mbar_arrive(bar.q_empty(slot));   // (every thread its own reads, as above)
         }
-        float dq[1][8][4];
-        wgmma_fence();
-#ifndef FLASHCORE_ABLATE_NO_DQ   // (timing probes: an empty group keeps the waits' counts)
-        #pragma unroll
-        for (int kk = 0; kk < BN / 16; ++kk)
-            wgmma_ss_mn<T, 64>(dq[0], desc_advance(ds_desc0, (t % 2) * Tile::kDSBytes + kk * 2048),
-                               desc_advance(kt_desc, kk * 2048), kk > 0);
-#endif
-        wgmma_commit();
+    }
+    if (!Tile::kSplitD && n_tiles > 0) {   // the last tile's dQ
+        const int u = n_tiles - 1;
+        mbar_wait(bar.ds_full(u % 2), (u / 2) & 1);
+        float dq[8][4];
+        dq_issue(dq, u);
         wgmma_wait<0>();
-        fence_registers(dq[0]);
-        fence_registers(dk);
-        fence_registers(dv);
-        fence_registers(pa);
-        fence_registers(dsa);
-        // Q, dO, LSE and delta of the slot are read: every thread releases its own reads (an
-        // arrive orders only the arriving thread's accesses: one lane's after a __syncwarp left
-        // racecheck reporting the next bulk copies into the slot against the other lanes' reads)
-        mbar_arrive(bar.q_empty(slot));
-        // dQ block (rb, cb) to shared memory in fragment order (16 bytes of thread j's n-tile i
-        // at (128 i + j) * 16: conflict-free), for the producer's bulk reduction.
-        if (t > 0) mbar_wait(bar.dq_empty(consumer), (t - 1) & 1);
-        const u32 dq_smem = sbase + Tile::kOffDQ + consumer * Tile::kDQBytes + 16 * (threadIdx.x % 128);
-        #pragma unroll
-        for (int i = 0; i < 8; ++i)
-            asm volatile("st.shared.v4.f32 [%0], {%1, %2, %3, %4};"
-                         :: "r"(dq_smem + i * 128 * 16), "f"(dq[0][i][0]), "f"(dq[0][i][1]), "f"(dq[0][i][2]),
-                            "f"(dq[0][i][3]) : "memory");
-        fence_async_shared();
-        mbar_arrive(bar.dq_full(consumer));
+        fence_registers(dq);
+        dq_store(dq, n_tiles - 1);
     }
 
     // dK *= scale; this thread's keys and columns out: stored, or added over the GQA group.

@@ -55,6 +55,29 @@ def _with_define(define: str, call):
         loader.get_function = real
 
 
+def _with_kernel_file(name: str, call):
+    """call() with dispatch's Hopper backward compiled from kernels/`name` (an earlier version of
+    flash_bwd_sm90.cu beside the tree's, same parameters: an A/B in one process)."""
+    import dataclasses
+
+    from flashcore_cupy import backward, configs
+    real = backward._choose
+    kind = type("Sm90BwdFile", (configs.Sm90BwdConfig,), {"kernel_file": name})
+
+    def choose(*a):
+        config = real(*a)
+        if not isinstance(config, configs.Sm90BwdConfig):
+            return config
+        return kind(**{f.name: getattr(config, f.name) for f in dataclasses.fields(config)})
+
+    backward._choose = choose
+    try:
+        with _own_plans(f"file {name}"):
+            return call()
+    finally:
+        backward._choose = real
+
+
 def _with_config(fields: dict, call):
     """call() with dispatch's Hopper backward config given `fields` (dataclasses.replace)."""
     import dataclasses
@@ -95,6 +118,9 @@ def main() -> int:
     ap.add_argument("--config", action="append", default=[],
                     help="also time the Hopper backward with Sm90BwdConfig fields replaced (checked "
                          "like the others; repeatable: --config stages=1)")
+    ap.add_argument("--kernel-file", action="append", default=[],
+                    help="also time the Hopper backward compiled from kernels/FILE (an earlier "
+                         "flash_bwd_sm90.cu copied there, untracked; checked like the others)")
     args = ap.parse_args()
     import cupy
     import torch
@@ -128,6 +154,9 @@ def main() -> int:
                 fields = {kv.split("=")[0]: int(kv.split("=")[1]) for kv in text.split(",")}
                 fns[f"fc_{text}"] = (lambda f: lambda i: _with_config(f, lambda: fc.attention_backward(
                     dout, q, k, v, out, lse, causal=causal)))(fields)
+            for name_ in args.kernel_file:
+                fns[f"file_{name_}"] = (lambda f: lambda i: _with_kernel_file(f, lambda: fc.attention_backward(
+                    dout, q, k, v, out, lse, causal=causal)))(name_)
             skip = set(filter(None, args.skip.split(",")))
             for n in skip & set(fns):
                 del fns[n]
@@ -153,7 +182,7 @@ def main() -> int:
                 with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
                     peer_grads = fns["sdpa_cudnn"](0)
                 for mode in ("flashcore", "flashcore_det", "flashcore_sm80", *(f"fc_{c}" for c in args.config),
-                             *(f"define_{d.lower()}" for d in args.define)):
+                             *(f"define_{d.lower()}" for d in args.define), *(f"file_{f}" for f in args.kernel_file)):
                     if mode not in fns:
                         continue
                     ours = fns[mode](0)

@@ -33,14 +33,18 @@
 #   CALL=8 dqkeys   backward_probe with -DFLASHCORE_BWD_DQ_KEYS (each consumer's dQ over its own
 #                   keys from registers, no dS^T exchange: the consumers need not meet every tile;
 #                   v34's rows of it timed the default kernel) on D64, D96, D128, D128 causal.
+#   CALL=9 dqlag    the Hopper backward's dQ a tile late (no named barrier a tile: the consumers
+#                   drift apart): its GPU tests, backward_probe against the kernel before it
+#                   (kernels/flash_bwd_sm90_v47base.cu, untracked, carried) on D64, D96, D128,
+#                   D128 causal; racecheck and synccheck of the backward section.
 #   CALL=7 bwdbench issue 25's backward bar: the benchmark's backward mode on the D96 and D256 rows
 #                   (fp16, bf16) against SDPA cuDNN and flash, with S4k D64 and D128 (issue 23's);
 #                   racecheck of the backward section.
 # Logs go to $OUT. Usage on the device machine, from the repository root:
 #   CALL=1 bash scripts/dev/pending_run.sh
 set -uo pipefail
-case "${CALL:-}" in 1|2|3|4|5|6|7|8) ;;
-  *) echo "CALL: 1 (tests), 2 (decode), 3 (paged), 4 (probes), 5 (bwd256), 6 (groups), 7 (bwdbench) or 8 (dqkeys)" >&2
+case "${CALL:-}" in 1|2|3|4|5|6|7|8|9) ;;
+  *) echo "CALL: 1 (tests), 2 (decode), 3 (paged), 4 (probes), 5 (bwd256), 6 (groups), 7 (bwdbench), 8 (dqkeys), 9 (dqlag)" >&2
      exit 2 ;; esac
 source "$(dirname "$0")/../steps.sh"
 export FLASHCORE_REQUIRE_GPU=1
@@ -104,6 +108,15 @@ case "${CALL:-}" in
   step probe.txt timeout 400 python3 scripts/dev/backward_probe.py --dtype fp16 \
     --shapes b2-h16-s4k-d128,b2-h16-s4k-d64,b2-h16-s4k-d96,b2-h16-s4k-d128-causal \
     --skip flashcore_det,flashcore_sm80,sdpa_efficient,sdpa_flash --define FLASHCORE_BWD_DQ_KEYS
+  ;;
+9)
+  step pytest.txt timeout 240 python3 -m pytest tests/test_backward_gpu.py -q -rs -x -p no:cacheprovider
+  step probe.txt timeout 170 python3 scripts/dev/backward_probe.py --dtype fp16 \
+    --shapes b2-h16-s4k-d128,b2-h16-s4k-d64,b2-h16-s4k-d96,b2-h16-s4k-d128-causal \
+    --skip flashcore_det,flashcore_sm80,sdpa_efficient,sdpa_flash --kernel-file flash_bwd_sm90_v47base.cu
+  for tool in racecheck synccheck; do
+    step sanitizer.txt timeout 100 compute-sanitizer --tool $tool --error-exitcode 3 python3 scripts/sanitize_case.py backward
+  done
   ;;
 esac
 echo "pending_run exit status: $status"
