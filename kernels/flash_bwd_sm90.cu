@@ -306,6 +306,7 @@ flash_bwd_sm90(const __grid_constant__ Sm90BwdParams p) {
         mbar_arrive(bar.dq_full(consumer));
     };
     if (n_tiles > 0) mbar_wait(bar.kv_full(), 0);
+    if (!Tile::kSplitD) mbar_arrive(bar.ds_full(1));   // buffer 1 "written" before tile 0 (its dQ dropped)
     for (int t = 0; t < n_tiles; ++t) {
         const Ring<STAGES> r{t};
         const int row0 = row_first + t * BLOCK_M, slot = r.slot();
@@ -394,9 +395,6 @@ flash_bwd_sm90(const __grid_constant__ Sm90BwdParams p) {
                              "r"(pack2<T>(dpt[0][i][2 * h], dpt[0][i][2 * h + 1])) : "memory");
         }
         if constexpr (!Tile::kSplitD) {
-            // (the tile before's dS^T from both consumers, for dQ below: waited here, with no GEMM
-            // in flight, so that ptxas keeps the GEMMs below asynchronous)
-            if (t >= 1) mbar_wait(bar.ds_full((t - 1) % 2), ((t - 1) / 2) & 1);
             pack_p<T, NT>(dsa, dpt[0]);
             pv_wgmma<T, DKV, BLOCK_M>(dv, pa, desc_advance(do_mn_desc0, slot * Tile::kQBytes));
             pv_wgmma<T, DKV, BLOCK_M>(dk, dsa, desc_advance(q_mn_desc0, slot * Tile::kQBytes));
@@ -406,9 +404,11 @@ flash_bwd_sm90(const __grid_constant__ Sm90BwdParams p) {
             // This thread's dS^T of tile t is stored; dQ of the tile before (a tile's lag: the
             // consumers need not meet every tile, so one's exponentials can run under the
             // other's GEMMs), its slot's and dS^T buffer's reads released once done. At tile 0
-            // the GEMM runs on the other buffer's unwritten contents and is dropped (no branch
-            // around a GEMM: ptxas would serialise them all), its reads released as any.
+            // the GEMM runs on buffer 1's unwritten contents (its ds_full arrived before the
+            // loop) and is dropped: no branch around a GEMM or its wait, which would make ptxas
+            // serialise every wgmma (C7512); its reads are released as any.
             mbar_arrive(bar.ds_full(t % 2));
+            mbar_wait(bar.ds_full((t + 1) % 2), (t / 2) & 1);   // the tile before's from both
             float dq[8][4];
             dq_issue(dq, t + 1);
             wgmma_wait<0>();
@@ -466,7 +466,7 @@ flash_bwd_sm90(const __grid_constant__ Sm90BwdParams p) {
     }
     if (!Tile::kSplitD && n_tiles > 0) {   // the last tile's dQ
         const int u = n_tiles - 1;
-        mbar_wait(bar.ds_full(u % 2), (u / 2) & 1);
+        mbar_wait(bar.ds_full(u % 2), ((u + 1) / 2) & 1);
         float dq[8][4];
         dq_issue(dq, u);
         wgmma_wait<0>();

@@ -36,7 +36,8 @@
 #   CALL=9 dqlag    the Hopper backward's dQ a tile late (no named barrier a tile: the consumers
 #                   drift apart): its GPU tests, backward_probe against the kernel before it
 #                   (kernels/flash_bwd_sm90_v47base.cu, untracked, carried) on D64, D96, D128,
-#                   D128 causal; racecheck and synccheck of the backward section.
+#                   D128 causal (PROBE_ARGS: more files); racecheck and synccheck of the
+#                   backward section; BENCH=1: call 7's benchmark rows after it.
 #   CALL=7 bwdbench issue 25's backward bar: the benchmark's backward mode on the D96 and D256 rows
 #                   (fp16, bf16) against SDPA cuDNN and flash, with S4k D64 and D128 (issue 23's);
 #                   racecheck of the backward section.
@@ -113,10 +114,17 @@ case "${CALL:-}" in
   step pytest.txt timeout 240 python3 -m pytest tests/test_backward_gpu.py -q -rs -x -p no:cacheprovider
   step probe.txt timeout 170 python3 scripts/dev/backward_probe.py --dtype fp16 \
     --shapes b2-h16-s4k-d128,b2-h16-s4k-d64,b2-h16-s4k-d96,b2-h16-s4k-d128-causal \
-    --skip flashcore_det,flashcore_sm80,sdpa_efficient,sdpa_flash --kernel-file flash_bwd_sm90_v47base.cu
+    --skip flashcore_det,flashcore_sm80,sdpa_efficient,sdpa_flash --kernel-file flash_bwd_sm90_v47base.cu \
+    ${PROBE_ARGS:-}
   for tool in racecheck synccheck; do
     step sanitizer.txt timeout 100 compute-sanitizer --tool $tool --error-exitcode 3 python3 scripts/sanitize_case.py backward
   done
+  if [ "${BENCH:-0}" = 1 ]; then
+    step bench.txt timeout 200 python3 scripts/bench.py --direction backward --out "$OUT/bench_bwd.json" \
+      --shape b2-h16-s4k-d96 --shape b2-h16-s4k-d256 --shape b2-h16-s4k-d64 --shape b2-h16-s4k-d128 \
+      --impl flashcore --impl sdpa_cudnn --iters 10
+    step bench.txt python3 scripts/report.py "$OUT/bench_bwd.json"
+  fi
   ;;
 esac
 echo "pending_run exit status: $status"
