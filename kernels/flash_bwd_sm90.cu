@@ -72,6 +72,10 @@ struct Sm90BwdTile {
     static constexpr int kConsumers = 2;
     // SPLIT_D (head dim 256): the consumers share 64 keys and split dK's and dV's columns.
     static constexpr bool kSplitD = HEAD_DIM > 128;
+    // dQ a tile late (the consumers need not meet every tile; see the header). Not at head dim
+    // 96, where it ran 0.97x of the named barrier's time and the others 1.01-1.08x of it (v47
+    // call 5, H100: backward_probe, the earlier kernel file beside this one in one process).
+    static constexpr bool kDqLag = !kSplitD && HEAD_DIM != 96;
     // A row in shared memory and in dQ's accumulator: whole 64-column blocks (D96's second block
     // half zero-filled by TMA; the S, dP, dK and dV GEMMs stop at HEAD_DIM, dQ's runs the block).
     static constexpr int kDPad = (HEAD_DIM + 63) / 64 * 64;
@@ -166,7 +170,7 @@ flash_bwd_sm90(const __grid_constant__ Sm90BwdParams p) {
             mbar_init(bar.dq_full(c), 128);   // every thread of consumer c, after its stores
             mbar_init(bar.dq_empty(c), 1);
         }
-        for (int b = 0; b < 2; ++b) {
+        for (int b = 0; b < (Tile::kDqLag ? 2 : 0); ++b) {
             mbar_init(bar.ds_full(b), 128 * Tile::kConsumers);
             mbar_init(bar.ds_empty(b), 128 * Tile::kConsumers);
         }
@@ -306,7 +310,7 @@ flash_bwd_sm90(const __grid_constant__ Sm90BwdParams p) {
         mbar_arrive(bar.dq_full(consumer));
     };
     if (n_tiles > 0) mbar_wait(bar.kv_full(), 0);
-    if (!Tile::kSplitD) mbar_arrive(bar.ds_full(1));   // buffer 1 "written" before tile 0 (its dQ dropped)
+    if (Tile::kDqLag) mbar_arrive(bar.ds_full(1));   // buffer 1 "written" before tile 0 (its dQ dropped)
     for (int t = 0; t < n_tiles; ++t) {
         const Ring<STAGES> r{t};
         const int row0 = row_first + t * BLOCK_M, slot = r.slot();
@@ -371,7 +375,7 @@ flash_bwd_sm90(const __grid_constant__ Sm90BwdParams p) {
         fence_registers(dpt[0]);
         // dS^T = P^T (dP^T - delta), into registers (A of dK) and shared memory (A of dQ;
         // SPLIT_D: of dK too). Its buffer was last read by both consumers' dQ GEMMs at tile t - 1.
-        if (!Tile::kSplitD && t >= 1) mbar_wait(bar.ds_empty(t % 2), ((t - 1) / 2) & 1);
+        if (Tile::kDqLag && t >= 1) mbar_wait(bar.ds_empty(t % 2), ((t - 1) / 2) & 1);
         #pragma unroll
         for (int i = 0; i < NT; ++i) {
             const float2 d2 = *reinterpret_cast<const float2*>(delta + 8 * i + q_lane);
@@ -400,7 +404,7 @@ flash_bwd_sm90(const __grid_constant__ Sm90BwdParams p) {
             pv_wgmma<T, DKV, BLOCK_M>(dk, dsa, desc_advance(q_mn_desc0, slot * Tile::kQBytes));
         }
         fence_async_shared();
-        if constexpr (!Tile::kSplitD) {
+        if constexpr (Tile::kDqLag) {
             // This thread's dS^T of tile t is stored; dQ of the tile before (a tile's lag: the
             // consumers need not meet every tile, so one's exponentials can run under the
             // other's GEMMs), its slot's and dS^T buffer's reads released once done. At tile 0
@@ -426,7 +430,19 @@ flash_bwd_sm90(const __grid_constant__ Sm90BwdParams p) {
             if (t >= 1) dq_store(dq, t - 1);
             continue;
         }
-        named_barrier_sync(1, 128 * Tile::kConsumers);   // SPLIT_D: both consumers' dS^T and P^T are in shared memory
+        named_barrier_sync(1, 128 * Tile::kConsumers);   // both consumers' dS^T (SPLIT_D: and P^T) are in shared memory
+        if constexpr (!Tile::kSplitD) {   // (head dim 96) dQ of this tile
+            float dq[8][4];
+            dq_issue(dq, t);
+            wgmma_wait<0>();
+            fence_registers(dq);
+            fence_registers(dk);
+            fence_registers(dv);
+            fence_registers(pa);
+            fence_registers(dsa);
+            mbar_arrive(bar.q_empty(slot));   // (every thread its own reads, as above)
+            dq_store(dq, t);
+        }
         if constexpr (Tile::kSplitD) {
             // dV += P^T dO and dK += dS^T Q over the whole query tile, A from shared memory.
             pv_wgmma_ss<T, DKV, BLOCK_M>(dv, desc_advance(pt_desc0, (t % 2) * Tile::kDSBytes),
@@ -464,7 +480,7 @@ flash_bwd_sm90(const __grid_constant__ Sm90BwdParams p) {
             mbar_arrive(bar.q_empty(slot));   // (every thread its own reads, as above)
         }
     }
-    if (!Tile::kSplitD && n_tiles > 0) {   // the last tile's dQ
+    if (Tile::kDqLag && n_tiles > 0) {   // the last tile's dQ
         const int u = n_tiles - 1;
         mbar_wait(bar.ds_full(u % 2), ((u + 1) / 2) & 1);
         float dq[8][4];
