@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The device calls for what is not yet run on a GPU, one call each, in order of need (each under
 # 9 minutes of timeouts). Calls 1-3 ran in session 31 (docs/results/2026-12-05-h100-v45-pending/),
-# call 5 (with call 4's item trace) in session 32 (docs/results/2026-12-06-h100-v46-bwd256/call1/);
-# call 4's gather A/B is still to run:
+# call 5 (with call 4's item trace) in session 32 (docs/results/2026-12-06-h100-v46-bwd256/call1/),
+# calls 6, 7 and 9 in session 33 (docs/results/2026-12-06-h100-v47-bwd-groups/); call 4's gather
+# A/B is still to run:
 #   CALL=1 tests    the Hopper kernel's ALiBi on its key-linear path by default (v44; its first
 #                   run stopped at its 240 s timeout, 73 passed, kernels compiling on a fresh
 #                   machine): the variant tests with room, racecheck of the variant and varlen
@@ -30,12 +31,10 @@
 #   CALL=6 groups   the backward's head groups (grid.cuh's grouped_item, session 33): the GPU tests
 #                   of every grouping and the deterministic mode; backward_probe on the causal rows
 #                   with head_group 1, 2, 4, 8 and the grid's own order (0) beside dispatch's.
-#   CALL=8 dqkeys   backward_probe with -DFLASHCORE_BWD_DQ_KEYS (each consumer's dQ over its own
-#                   keys from registers, no dS^T exchange: the consumers need not meet every tile;
-#                   v34's rows of it timed the default kernel) on D64, D96, D128, D128 causal.
 #   CALL=9 dqlag    the Hopper backward's dQ a tile late (no named barrier a tile: the consumers
 #                   drift apart): its GPU tests, backward_probe against the kernel before it
-#                   (kernels/flash_bwd_sm90_v47base.cu, untracked, carried) on D64, D96, D128,
+#                   (kernels/flash_bwd_sm90_v47base.cu: `git show 41dee32:kernels/flash_bwd_sm90.cu`,
+#                   untracked, travels with the tree) on D64, D96, D128,
 #                   D128 causal (PROBE_ARGS: more files); racecheck and synccheck of the
 #                   backward section; BENCH=1: call 7's benchmark rows after it.
 #   CALL=7 bwdbench issue 25's backward bar: the benchmark's backward mode on the D96 and D256 rows
@@ -44,8 +43,8 @@
 # Logs go to $OUT. Usage on the device machine, from the repository root:
 #   CALL=1 bash scripts/dev/pending_run.sh
 set -uo pipefail
-case "${CALL:-}" in 1|2|3|4|5|6|7|8|9) ;;
-  *) echo "CALL: 1 (tests), 2 (decode), 3 (paged), 4 (probes), 5 (bwd256), 6 (groups), 7 (bwdbench), 8 (dqkeys), 9 (dqlag)" >&2
+case "${CALL:-}" in 1|2|3|4|5|6|7|9) ;;
+  *) echo "CALL: 1 (tests), 2 (decode), 3 (paged), 4 (probes), 5 (bwd256), 6 (groups), 7 (bwdbench), 9 (dqlag)" >&2
      exit 2 ;; esac
 source "$(dirname "$0")/../steps.sh"
 export FLASHCORE_REQUIRE_GPU=1
@@ -104,11 +103,6 @@ case "${CALL:-}" in
     --impl flashcore --impl sdpa_cudnn --impl sdpa_flash --iters 20
   step bench.txt python3 scripts/report.py "$OUT/bench_bwd.json"
   step sanitizer.txt timeout 200 compute-sanitizer --tool racecheck --error-exitcode 3 python3 scripts/sanitize_case.py backward
-  ;;
-8)
-  step probe.txt timeout 400 python3 scripts/dev/backward_probe.py --dtype fp16 \
-    --shapes b2-h16-s4k-d128,b2-h16-s4k-d64,b2-h16-s4k-d96,b2-h16-s4k-d128-causal \
-    --skip flashcore_det,flashcore_sm80,sdpa_efficient,sdpa_flash --define FLASHCORE_BWD_DQ_KEYS
   ;;
 9)
   step pytest.txt timeout 240 python3 -m pytest tests/test_backward_gpu.py -q -rs -x -p no:cacheprovider
