@@ -284,17 +284,17 @@ flash_bwd_sm90(const __grid_constant__ Sm90BwdParams p) {
         const int n = q_col0 / 8 + i;
         return buf + (n / 8) * BN * 128 + ds_lane + 16 * ((n % 8) ^ (lane / 4));
     };
-    // dQ block (rb, cb) of query tile u = dS K over the CTA's 128 keys, from dS^T buffer u % 2
-    // (the caller waits for both consumers' dS^T there); then to shared memory in fragment order
-    // (16 bytes of thread j's n-tile i at (128 i + j) * 16: conflict-free) for the reducer's bulk
-    // reduction.
-    auto dq_issue = [&](float (&dq)[8][4], int u) {
+    // dQ block (rb, cb) of query tile u = dS K over the CTA's keys, from dS^T buffer u % 2 (the
+    // caller waits for both consumers' dS^T there; SPLIT_D: K's column block at k_cols bytes from
+    // block 0); then, but with SPLIT_D, to shared memory in fragment order (16 bytes of thread
+    // j's n-tile i at (128 i + j) * 16: conflict-free) for the reducer's bulk reduction.
+    auto dq_issue = [&](float (&dq)[8][4], int u, u32 k_cols = 0) {
         wgmma_fence();
 #ifndef FLASHCORE_ABLATE_NO_DQ   // (timing probes: an empty group keeps the waits' counts)
         #pragma unroll
         for (int kk = 0; kk < BN / 16; ++kk)
             wgmma_ss_mn<T, 64>(dq, desc_advance(ds_desc0, (u % 2) * Tile::kDSBytes + kk * 2048),
-                               desc_advance(kt_desc, kk * 2048), kk > 0);
+                               desc_advance(kt_desc, k_cols + kk * 2048), kk > 0);
 #endif
         wgmma_commit();
     };
@@ -359,6 +359,19 @@ flash_bwd_sm90(const __grid_constant__ Sm90BwdParams p) {
         // P^T: into registers (A of dV), or with SPLIT_D this consumer's query columns into
         // shared memory (both consumers' then the A of dV).
         u32 pa[NT / 2][4], dsa[NT / 2][4];
+        // Once the slot's GEMMs are done (Q, dO, LSE and delta of it read), every thread releases
+        // its own reads (an arrive orders only the arriving thread's accesses: one lane's after a
+        // __syncwarp left racecheck reporting the next bulk copies into the slot against the
+        // other lanes' reads).
+        auto release_slot = [&] {
+            fence_registers(dk);
+            fence_registers(dv);
+            if constexpr (!Tile::kSplitD) {
+                fence_registers(pa);
+                fence_registers(dsa);
+            }
+            mbar_arrive(bar.q_empty(slot));
+        };
         const u32 ds_buf = sbase + Tile::kOffDS + (t % 2) * Tile::kDSBytes;
         if constexpr (Tile::kSplitD) {
             const u32 pt_buf = sbase + Tile::kOffP + (t % 2) * Tile::kDSBytes;
@@ -416,15 +429,7 @@ flash_bwd_sm90(const __grid_constant__ Sm90BwdParams p) {
             float dq[8][4];
             dq_issue(dq, t + 1);
             wgmma_wait<0>();
-            fence_registers(dk);
-            fence_registers(dv);
-            fence_registers(pa);
-            fence_registers(dsa);
-            // Q, dO, LSE and delta of the slot are read: every thread releases its own reads (an
-            // arrive orders only the arriving thread's accesses: one lane's after a __syncwarp
-            // left racecheck reporting the next bulk copies into the slot against the other
-            // lanes' reads)
-            mbar_arrive(bar.q_empty(slot));
+            release_slot();
             fence_registers(dq);
             mbar_arrive(bar.ds_empty((t + 1) % 2));
             if (t >= 1) dq_store(dq, t - 1);
@@ -436,11 +441,7 @@ flash_bwd_sm90(const __grid_constant__ Sm90BwdParams p) {
             dq_issue(dq, t);
             wgmma_wait<0>();
             fence_registers(dq);
-            fence_registers(dk);
-            fence_registers(dv);
-            fence_registers(pa);
-            fence_registers(dsa);
-            mbar_arrive(bar.q_empty(slot));   // (every thread its own reads, as above)
+            release_slot();
             dq_store(dq, t);
         }
         if constexpr (Tile::kSplitD) {
@@ -457,27 +458,18 @@ flash_bwd_sm90(const __grid_constant__ Sm90BwdParams p) {
             #pragma unroll
             for (int pass = 0; pass < kMine; ++pass) {
                 const int cb_d = consumer * kMine + pass;
-                float dq[1][8][4];
-                wgmma_fence();
-#ifndef FLASHCORE_ABLATE_NO_DQ
-                #pragma unroll
-                for (int kk = 0; kk < BN / 16; ++kk)
-                    wgmma_ss_mn<T, 64>(dq[0], desc_advance(ds_desc0, (t % 2) * Tile::kDSBytes + kk * 2048),
-                                       desc_advance(kt_desc, cb_d * BN * 128 + kk * 2048), kk > 0);
-#endif
-                wgmma_commit();
+                float dq[8][4];
+                dq_issue(dq, t, cb_d * BN * 128);
                 wgmma_wait<0>();
-                fence_registers(dq[0]);
+                fence_registers(dq);
                 // a thread's four floats of an n-tile, contiguous in fragment order: one reduction
                 float* dst = dq_tile + cb_d * 4096;
 #ifndef FLASHCORE_ABLATE_NO_DQ_ADD
                 #pragma unroll
-                for (int i = 0; i < 8; ++i) red_add4(dst + 512 * i, dq[0][i]);
+                for (int i = 0; i < 8; ++i) red_add4(dst + 512 * i, dq[i]);
 #endif
             }
-            fence_registers(dk);
-            fence_registers(dv);
-            mbar_arrive(bar.q_empty(slot));   // (every thread its own reads, as above)
+            release_slot();
         }
     }
     if (Tile::kDqLag && n_tiles > 0) {   // the last tile's dQ
