@@ -55,46 +55,39 @@ def _with_define(define: str, call):
         loader.get_function = real
 
 
+def _with_choice(tag: str, transform, call):
+    """call() with dispatch's Hopper backward config passed through transform(config) (its own
+    plans, under `tag`); other configs as dispatch chose them."""
+    from flashcore_cupy import backward, configs
+    real = backward._choose
+
+    def choose(*a):
+        config = real(*a)
+        return transform(config) if isinstance(config, configs.Sm90BwdConfig) else config
+
+    backward._choose = choose
+    try:
+        with _own_plans(tag):
+            return call()
+    finally:
+        backward._choose = real
+
+
 def _with_kernel_file(name: str, call):
     """call() with dispatch's Hopper backward compiled from kernels/`name` (an earlier version of
     flash_bwd_sm90.cu beside the tree's, same parameters: an A/B in one process)."""
     import dataclasses
 
-    from flashcore_cupy import backward, configs
-    real = backward._choose
+    from flashcore_cupy import configs
     kind = type("Sm90BwdFile", (configs.Sm90BwdConfig,), {"kernel_file": name})
-
-    def choose(*a):
-        config = real(*a)
-        if not isinstance(config, configs.Sm90BwdConfig):
-            return config
-        return kind(**{f.name: getattr(config, f.name) for f in dataclasses.fields(config)})
-
-    backward._choose = choose
-    try:
-        with _own_plans(f"file {name}"):
-            return call()
-    finally:
-        backward._choose = real
+    return _with_choice(f"file {name}", lambda c: kind(**{f.name: getattr(c, f.name) for f in dataclasses.fields(c)}),
+                        call)
 
 
 def _with_config(fields: dict, call):
     """call() with dispatch's Hopper backward config given `fields` (dataclasses.replace)."""
     import dataclasses
-
-    from flashcore_cupy import backward, configs
-    real = backward._choose
-
-    def choose(*a):
-        config = real(*a)
-        return dataclasses.replace(config, **fields) if isinstance(config, configs.Sm90BwdConfig) else config
-
-    backward._choose = choose
-    try:
-        with _own_plans(repr(sorted(fields.items()))):
-            return call()
-    finally:
-        backward._choose = real
+    return _with_choice(repr(sorted(fields.items())), lambda c: dataclasses.replace(c, **fields), call)
 
 
 def main() -> int:
