@@ -75,7 +75,11 @@ struct Sm90BwdTile {
     // dQ a tile late (the consumers need not meet every tile; see the header). Not at head dim
     // 96, where it ran 0.97x of the named barrier's time and the others 1.01-1.08x of it (v47
     // call 5, H100: backward_probe, the earlier kernel file beside this one in one process).
-    static constexpr bool kDqLag = !kSplitD && HEAD_DIM != 96;
+    static constexpr bool kDqLag = !kSplitD && (HEAD_DIM != 96
+#ifdef FLASHCORE_BWD_LAG_ALL   // (probe builds: the lag at head dim 96 too)
+                                                || true
+#endif
+                                               );
     // A row in shared memory and in dQ's accumulator: whole 64-column blocks (D96's second block
     // half zero-filled by TMA; the S, dP, dK and dV GEMMs stop at HEAD_DIM, dQ's runs the block).
     static constexpr int kDPad = (HEAD_DIM + 63) / 64 * 64;
@@ -309,27 +313,53 @@ flash_bwd_sm90(const __grid_constant__ Sm90BwdParams p) {
         fence_async_shared();
         mbar_arrive(bar.dq_full(consumer));
     };
+    // Probe builds: consumer turns (FLASHCORE_BWD_TURNS: named barriers 2 and 3, the forward's
+    // ping-pong: consumer 0 issues its S^T and dP^T, then 1, then 0 its dV, dK and dQ, then 1),
+    // and the slot's LSE and delta read into registers before the GEMMs' waits
+    // (FLASHCORE_BWD_ROWS_EARLY).
+#ifdef FLASHCORE_BWD_TURNS   // 1: turns to issue S^T and dP^T; 2: to issue dV, dK and dQ as well
+    constexpr int kTurns = Tile::kDqLag ? FLASHCORE_BWD_TURNS : 0;
+#else
+    constexpr int kTurns = 0;
+#endif
+#ifdef FLASHCORE_BWD_ROWS_EARLY
+    constexpr bool kRowsEarly = V::kPlain;
+#else
+    constexpr bool kRowsEarly = false;
+#endif
+    auto await_turn = [&](int kind) { if (kTurns >= kind) named_barrier_sync(2 + consumer, 256); };
+    auto pass_turn = [&](int kind, bool last_turn) {
+        if (kTurns >= kind && !(last_turn && consumer == 1)) named_barrier_arrive(2 + (consumer ^ 1), 256);
+    };
     if (n_tiles > 0) mbar_wait(bar.kv_full(), 0);
+    if (kTurns > 0 && consumer == 1 && n_tiles > 0) named_barrier_arrive(2, 256);   // consumer 0 first
     if (Tile::kDqLag) mbar_arrive(bar.ds_full(1));   // buffer 1 "written" before tile 0 (its dQ dropped)
     for (int t = 0; t < n_tiles; ++t) {
         const Ring<STAGES> r{t};
         const int row0 = row_first + t * BLOCK_M, slot = r.slot();
         mbar_wait(bar.q_full(slot), r.parity());
         float st[1][NT][4], dpt[1][NT][4];
+        await_turn(1);
         qk_wgmma<T, BN, HEAD_DIM, NQ, BLOCK_M>(st[0], k_desc, desc_advance(q_desc0, slot * Tile::kQBytes + q_col0 * 128));
         qk_wgmma<T, BN, HEAD_DIM, NQ, BLOCK_M>(dpt[0], v_desc, desc_advance(do_desc0, slot * Tile::kQBytes + q_col0 * 128));
-        wgmma_wait<1>();
-        fence_registers(st[0]);
+        pass_turn(1, kTurns == 1 && t == n_tiles - 1);
         // P^T: the columns' LSE from the slot; hidden pairs (past Sk, above the diagonal, outside
         // a window) 0. A variant's scores go through the forward's score step first.
         const float* lse = s_rows + (Tile::kOffLse + slot * Tile::kRowBytes) / 4;
         const float* delta = s_rows + (Tile::kOffDelta + slot * Tile::kRowBytes) / 4;
+        float2 lse_r[kRowsEarly ? NT : 1], delta_r[kRowsEarly ? NT : 1];
+        if constexpr (kRowsEarly) {
+            #pragma unroll
+            for (int i = 0; i < NT; ++i) lse_r[i] = *reinterpret_cast<const float2*>(lse + 8 * i + q_lane);
+        }
+        wgmma_wait<1>();
+        fence_registers(st[0]);
         float raw[V::kSoftcap ? NT : 1][4];   // softcap's derivative needs the raw scores
         if constexpr (V::kPlain) {
             const bool partial = FC_TILE_PARTIAL(64, seqlen_k, diag, p.causal, c_key0, row0);
             #pragma unroll
             for (int i = 0; i < NT; ++i) {
-                const float2 l2 = *reinterpret_cast<const float2*>(lse + 8 * i + q_lane);
+                const float2 l2 = kRowsEarly ? lse_r[i] : *reinterpret_cast<const float2*>(lse + 8 * i + q_lane);
                 #pragma unroll
                 for (int e = 0; e < 4; ++e) {
                     const float x = st[0][i][e] * p.scale_log2 - (e % 2 ? l2.y : l2.x);
@@ -384,6 +414,10 @@ flash_bwd_sm90(const __grid_constant__ Sm90BwdParams p) {
         } else {
             pack_p<T, NT>(pa, st[0]);
         }
+        if constexpr (kRowsEarly) {
+            #pragma unroll
+            for (int i = 0; i < NT; ++i) delta_r[i] = *reinterpret_cast<const float2*>(delta + 8 * i + q_lane);
+        }
         wgmma_wait<0>();
         fence_registers(dpt[0]);
         // dS^T = P^T (dP^T - delta), into registers (A of dK) and shared memory (A of dQ;
@@ -391,7 +425,7 @@ flash_bwd_sm90(const __grid_constant__ Sm90BwdParams p) {
         if (Tile::kDqLag && t >= 1) mbar_wait(bar.ds_empty(t % 2), ((t - 1) / 2) & 1);
         #pragma unroll
         for (int i = 0; i < NT; ++i) {
-            const float2 d2 = *reinterpret_cast<const float2*>(delta + 8 * i + q_lane);
+            const float2 d2 = kRowsEarly ? delta_r[i] : *reinterpret_cast<const float2*>(delta + 8 * i + q_lane);
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
                 float ds = st[0][i][e] * (dpt[0][i][e] - (e % 2 ? d2.y : d2.x));
@@ -413,6 +447,7 @@ flash_bwd_sm90(const __grid_constant__ Sm90BwdParams p) {
         }
         if constexpr (!Tile::kSplitD) {
             pack_p<T, NT>(dsa, dpt[0]);
+            await_turn(2);
             pv_wgmma<T, DKV, BLOCK_M>(dv, pa, desc_advance(do_mn_desc0, slot * Tile::kQBytes));
             pv_wgmma<T, DKV, BLOCK_M>(dk, dsa, desc_advance(q_mn_desc0, slot * Tile::kQBytes));
         }
@@ -428,6 +463,7 @@ flash_bwd_sm90(const __grid_constant__ Sm90BwdParams p) {
             mbar_wait(bar.ds_full((t + 1) % 2), (t / 2) & 1);   // the tile before's from both
             float dq[8][4];
             dq_issue(dq, t + 1);
+            pass_turn(2, t == n_tiles - 1);
             wgmma_wait<0>();
             release_slot();
             fence_registers(dq);

@@ -39,12 +39,13 @@ def _own_plans(tag: str):
 
 
 def _with_define(define: str, call):
-    """call() with the Hopper backward compiled with `define` (the loader's diagnostic builds)."""
+    """call() with the Hopper backward compiled with `define` ("A+B": both; the loader's
+    diagnostic builds)."""
     from flashcore_cupy import configs, loader
     real = loader.get_function
 
     def get_function(config, device_id, arch, defines=()):
-        extra = (define,) if isinstance(config, configs.Sm90BwdConfig) else ()
+        extra = tuple(define.split("+")) if isinstance(config, configs.Sm90BwdConfig) else ()
         return real(config, device_id, arch, defines + extra)
 
     loader.get_function = get_function
@@ -107,7 +108,7 @@ def main() -> int:
                                               "(flashcore_det, flashcore_sm80, sdpa_flash, sdpa_efficient)")
     ap.add_argument("--define", action="append", default=[],
                     help="also time the Hopper backward built with -D<NAME> (a probe build, checked "
-                         "like the others; repeatable: --define FLASHCORE_BWD_DQ_KEYS)")
+                         "like the others; repeatable; A+B: both in one build: --define FLASHCORE_BWD_TURNS=2+FLASHCORE_BWD_ROWS_EARLY)")
     ap.add_argument("--config", action="append", default=[],
                     help="also time the Hopper backward with Sm90BwdConfig fields replaced (checked "
                          "like the others; repeatable: --config stages=1)")

@@ -37,14 +37,19 @@
 #                   untracked, travels with the tree) on D64, D96, D128,
 #                   D128 causal (PROBE_ARGS: more files); racecheck and synccheck of the
 #                   backward section; BENCH=1: call 7's benchmark rows after it.
+#   CALL=10 turns   the Hopper backward's probe builds of session 34: consumer turns on top of the
+#                   dQ lag (FLASHCORE_BWD_TURNS=1: S^T and dP^T issued in turns; =2: dV, dK and
+#                   dQ too), the slot's LSE and delta read before the GEMMs' waits
+#                   (FLASHCORE_BWD_ROWS_EARLY), the lag with turns at D96 (FLASHCORE_BWD_LAG_ALL)
+#                   beside the default kernel and cuDNN in one process.
 #   CALL=7 bwdbench issue 25's backward bar: the benchmark's backward mode on the D96 and D256 rows
 #                   (fp16, bf16) against SDPA cuDNN and flash, with S4k D64 and D128 (issue 23's);
 #                   racecheck of the backward section.
 # Logs go to $OUT. Usage on the device machine, from the repository root:
 #   CALL=1 bash scripts/dev/pending_run.sh
 set -uo pipefail
-case "${CALL:-}" in 1|2|3|4|5|6|7|9) ;;
-  *) echo "CALL: 1 (tests), 2 (decode), 3 (paged), 4 (probes), 5 (bwd256), 6 (groups), 7 (bwdbench), 9 (dqlag)" >&2
+case "${CALL:-}" in 1|2|3|4|5|6|7|9|10) ;;
+  *) echo "CALL: 1 (tests), 2 (decode), 3 (paged), 4 (probes), 5 (bwd256), 6 (groups), 7 (bwdbench), 9 (dqlag), 10 (turns)" >&2
      exit 2 ;; esac
 source "$(dirname "$0")/../steps.sh"
 export FLASHCORE_REQUIRE_GPU=1
@@ -119,6 +124,14 @@ case "${CALL:-}" in
       --impl flashcore --impl sdpa_cudnn --iters 10
     step bench.txt python3 scripts/report.py "$OUT/bench_bwd.json"
   fi
+  ;;
+10)
+  step probe.txt timeout 400 python3 scripts/dev/backward_probe.py --dtype fp16 \
+    --shapes b2-h16-s4k-d128,b2-h16-s4k-d64,b2-h16-s4k-d128-causal,b2-h16-s4k-d96 \
+    --skip flashcore_det,flashcore_sm80,sdpa_efficient,sdpa_flash \
+    --define FLASHCORE_BWD_TURNS=1 --define FLASHCORE_BWD_TURNS=2 --define FLASHCORE_BWD_ROWS_EARLY \
+    --define FLASHCORE_BWD_TURNS=2+FLASHCORE_BWD_ROWS_EARLY --define FLASHCORE_BWD_LAG_ALL+FLASHCORE_BWD_TURNS=2 \
+    ${PROBE_ARGS:-}
   ;;
 esac
 echo "pending_run exit status: $status"
