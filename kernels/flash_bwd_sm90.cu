@@ -322,10 +322,10 @@ flash_bwd_sm90(const __grid_constant__ Sm90BwdParams p) {
 #else
     constexpr int kTurns = 0;
 #endif
-#ifdef FLASHCORE_BWD_ROWS_EARLY
-    constexpr bool kRowsEarly = V::kPlain;
+#ifdef FLASHCORE_BWD_ROWS_EARLY   // 1: the LSE; 2: delta; 3: both
+    constexpr int kRowsEarly = V::kPlain ? FLASHCORE_BWD_ROWS_EARLY : 0;
 #else
-    constexpr bool kRowsEarly = false;
+    constexpr int kRowsEarly = 0;
 #endif
     auto await_turn = [&](int kind) { if (kTurns >= kind) named_barrier_sync(2 + consumer, 256); };
     auto pass_turn = [&](int kind, bool last_turn) {
@@ -347,8 +347,8 @@ flash_bwd_sm90(const __grid_constant__ Sm90BwdParams p) {
         // a window) 0. A variant's scores go through the forward's score step first.
         const float* lse = s_rows + (Tile::kOffLse + slot * Tile::kRowBytes) / 4;
         const float* delta = s_rows + (Tile::kOffDelta + slot * Tile::kRowBytes) / 4;
-        float2 lse_r[kRowsEarly ? NT : 1], delta_r[kRowsEarly ? NT : 1];
-        if constexpr (kRowsEarly) {
+        float2 lse_r[kRowsEarly & 1 ? NT : 1], delta_r[kRowsEarly & 2 ? NT : 1];
+        if constexpr (kRowsEarly & 1) {
             #pragma unroll
             for (int i = 0; i < NT; ++i) lse_r[i] = *reinterpret_cast<const float2*>(lse + 8 * i + q_lane);
         }
@@ -359,7 +359,7 @@ flash_bwd_sm90(const __grid_constant__ Sm90BwdParams p) {
             const bool partial = FC_TILE_PARTIAL(64, seqlen_k, diag, p.causal, c_key0, row0);
             #pragma unroll
             for (int i = 0; i < NT; ++i) {
-                const float2 l2 = kRowsEarly ? lse_r[i] : *reinterpret_cast<const float2*>(lse + 8 * i + q_lane);
+                const float2 l2 = kRowsEarly & 1 ? lse_r[i] : *reinterpret_cast<const float2*>(lse + 8 * i + q_lane);
                 #pragma unroll
                 for (int e = 0; e < 4; ++e) {
                     const float x = st[0][i][e] * p.scale_log2 - (e % 2 ? l2.y : l2.x);
@@ -414,7 +414,7 @@ flash_bwd_sm90(const __grid_constant__ Sm90BwdParams p) {
         } else {
             pack_p<T, NT>(pa, st[0]);
         }
-        if constexpr (kRowsEarly) {
+        if constexpr (kRowsEarly & 2) {
             #pragma unroll
             for (int i = 0; i < NT; ++i) delta_r[i] = *reinterpret_cast<const float2*>(delta + 8 * i + q_lane);
         }
@@ -425,7 +425,7 @@ flash_bwd_sm90(const __grid_constant__ Sm90BwdParams p) {
         if (Tile::kDqLag && t >= 1) mbar_wait(bar.ds_empty(t % 2), ((t - 1) / 2) & 1);
         #pragma unroll
         for (int i = 0; i < NT; ++i) {
-            const float2 d2 = kRowsEarly ? delta_r[i] : *reinterpret_cast<const float2*>(delta + 8 * i + q_lane);
+            const float2 d2 = kRowsEarly & 2 ? delta_r[i] : *reinterpret_cast<const float2*>(delta + 8 * i + q_lane);
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
                 float ds = st[0][i][e] * (dpt[0][i][e] - (e % 2 ? d2.y : d2.x));

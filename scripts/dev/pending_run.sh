@@ -42,14 +42,17 @@
 #                   dQ too), the slot's LSE and delta read before the GEMMs' waits
 #                   (FLASHCORE_BWD_ROWS_EARLY), the lag with turns at D96 (FLASHCORE_BWD_LAG_ALL)
 #                   beside the default kernel and cuDNN in one process.
+#   CALL=11 early   call 10's winners again, both dtypes and S1k D64: the LSE read early
+#                   (ROWS_EARLY=1), LSE and delta (=3), turns for S^T and dP^T (TURNS=1), and
+#                   turns with either.
 #   CALL=7 bwdbench issue 25's backward bar: the benchmark's backward mode on the D96 and D256 rows
 #                   (fp16, bf16) against SDPA cuDNN and flash, with S4k D64 and D128 (issue 23's);
 #                   racecheck of the backward section.
 # Logs go to $OUT. Usage on the device machine, from the repository root:
 #   CALL=1 bash scripts/dev/pending_run.sh
 set -uo pipefail
-case "${CALL:-}" in 1|2|3|4|5|6|7|9|10) ;;
-  *) echo "CALL: 1 (tests), 2 (decode), 3 (paged), 4 (probes), 5 (bwd256), 6 (groups), 7 (bwdbench), 9 (dqlag), 10 (turns)" >&2
+case "${CALL:-}" in 1|2|3|4|5|6|7|9|10|11) ;;
+  *) echo "CALL: 1 (tests), 2 (decode), 3 (paged), 4 (probes), 5 (bwd256), 6 (groups), 7 (bwdbench), 9 (dqlag), 10 (turns), 11 (early)" >&2
      exit 2 ;; esac
 source "$(dirname "$0")/../steps.sh"
 export FLASHCORE_REQUIRE_GPU=1
@@ -132,6 +135,15 @@ case "${CALL:-}" in
     --define FLASHCORE_BWD_TURNS=1 --define FLASHCORE_BWD_TURNS=2 --define FLASHCORE_BWD_ROWS_EARLY \
     --define FLASHCORE_BWD_TURNS=2+FLASHCORE_BWD_ROWS_EARLY --define FLASHCORE_BWD_LAG_ALL+FLASHCORE_BWD_TURNS=2 \
     ${PROBE_ARGS:-}
+  ;;
+11)
+  E=FLASHCORE_BWD_ROWS_EARLY T=FLASHCORE_BWD_TURNS
+  for spec in fp16:b2-h16-s4k-d128,b2-h16-s4k-d64,b2-h16-s4k-d96,b4-h16-s1k-d64,b2-h16-s4k-d128-causal \
+              bf16:b2-h16-s4k-d128,b2-h16-s4k-d64; do
+    step probe.txt timeout 280 python3 scripts/dev/backward_probe.py --dtype ${spec%%:*} --shapes ${spec#*:} \
+      --skip flashcore_det,flashcore_sm80,sdpa_efficient,sdpa_flash \
+      --define $E=1 --define $E=3 --define $T=1 --define $T=1+$E=1 --define $T=1+$E=3 ${PROBE_ARGS:-}
+  done
   ;;
 esac
 echo "pending_run exit status: $status"
