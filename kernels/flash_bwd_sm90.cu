@@ -16,7 +16,8 @@
 //
 //   S^T  = K_c Q^T       wgmma m64nBLOCK_Mk16, both K-major in shared memory (qk_wgmma)
 //   dP^T = V_c dO^T      the same form
-//   P^T, dS^T in registers (each column a query row: its LSE and delta from the slot), then
+//   P^T, dS^T in registers (each column a query row: its LSE and delta from the slot, read
+//                        into registers before the GEMMs' waits at head dims 64 and 96), then
 //   dV  += P^T dO        wgmma with P^T from registers, dO MN-major (pv_wgmma)
 //   dK  += dS^T Q        the same form
 //   dS^T -> shared memory; with a tile's lag, once both consumers' of the tile before are
@@ -25,7 +26,8 @@
 //                        over all 128 keys: dS and K both MN-major (wgmma_ss_mn); the lag lets
 //                        the consumers drift apart instead of meeting every tile (v47: a
 //                        named barrier there held them in step, one's exponentials never
-//                        under the other's GEMMs)
+//                        under the other's GEMMs); with the lag the consumers also take
+//                        turns to issue S^T and dP^T (the forward's ping-pong)
 //   dQ -> shared memory in fragment order, whence the reducer adds it into the accumulator
 //         with one bulk reduction (cp.reduce.async.bulk) a block: the tile's rows of the
 //         accumulator hold its blocks one after the other, as bwd_convert reads them (1.14-1.30x
@@ -75,11 +77,16 @@ struct Sm90BwdTile {
     // dQ a tile late (the consumers need not meet every tile; see the header). Not at head dim
     // 96, where it ran 0.97x of the named barrier's time and the others 1.01-1.08x of it (v47
     // call 5, H100: backward_probe, the earlier kernel file beside this one in one process).
-    static constexpr bool kDqLag = !kSplitD && (HEAD_DIM != 96
-#ifdef FLASHCORE_BWD_LAG_ALL   // (probe builds: the lag at head dim 96 too)
-                                                || true
-#endif
-                                               );
+    static constexpr bool kDqLag = !kSplitD && HEAD_DIM != 96;
+    // With the lag, the consumers take turns to issue their S^T and dP^T GEMMs (named barriers
+    // 2 and 3, the forward's ping-pong: 0's, then 1's, then 0's next): one's exponentials run
+    // under the other's GEMMs. v48 (H100, backward_probe, one process): 0.96-0.97x the time at
+    // D128, 0.98x D128 causal, 0.99-1.00x at D64; turns for dV, dK and dQ too were 1.01-1.05x.
+    static constexpr bool kTurns = kDqLag;
+    // The slot's LSE and delta read into registers before the GEMMs' waits (the exponentials and
+    // dS^T no longer wait on shared loads after them; plain mask): v48 0.91-0.93x the time at
+    // D64 S4k, 0.97x at S1k D64 and D96; at D128 1.02-1.05x (without causal), so not there.
+    static constexpr bool kRowsEarly = HEAD_DIM <= 96;
     // A row in shared memory and in dQ's accumulator: whole 64-column blocks (D96's second block
     // half zero-filled by TMA; the S, dP, dK and dV GEMMs stop at HEAD_DIM, dQ's runs the block).
     static constexpr int kDPad = (HEAD_DIM + 63) / 64 * 64;
@@ -313,42 +320,31 @@ flash_bwd_sm90(const __grid_constant__ Sm90BwdParams p) {
         fence_async_shared();
         mbar_arrive(bar.dq_full(consumer));
     };
-    // Probe builds: consumer turns (FLASHCORE_BWD_TURNS: named barriers 2 and 3, the forward's
-    // ping-pong: consumer 0 issues its S^T and dP^T, then 1, then 0 its dV, dK and dQ, then 1),
-    // and the slot's LSE and delta read into registers before the GEMMs' waits
-    // (FLASHCORE_BWD_ROWS_EARLY).
-#ifdef FLASHCORE_BWD_TURNS   // 1: turns to issue S^T and dP^T; 2: to issue dV, dK and dQ as well
-    constexpr int kTurns = Tile::kDqLag ? FLASHCORE_BWD_TURNS : 0;
-#else
-    constexpr int kTurns = 0;
-#endif
-#ifdef FLASHCORE_BWD_ROWS_EARLY   // 1: the LSE; 2: delta; 3: both
-    constexpr int kRowsEarly = V::kPlain ? FLASHCORE_BWD_ROWS_EARLY : 0;
-#else
-    constexpr int kRowsEarly = 0;
-#endif
-    auto await_turn = [&](int kind) { if (kTurns >= kind) named_barrier_sync(2 + consumer, 256); };
-    auto pass_turn = [&](int kind, bool last_turn) {
-        if (kTurns >= kind && !(last_turn && consumer == 1)) named_barrier_arrive(2 + (consumer ^ 1), 256);
+    // Turns (Tile::kTurns): consumer c waits on named barrier 2 + c, the other arrives there.
+    auto await_turn = [&] { if constexpr (Tile::kTurns) named_barrier_sync(2 + consumer, 256); };
+    auto pass_turn = [&](bool last_turn) {
+        if constexpr (Tile::kTurns)
+            if (!(last_turn && consumer == 1)) named_barrier_arrive(2 + (consumer ^ 1), 256);
     };
+    constexpr bool kRowsEarly = Tile::kRowsEarly && V::kPlain;
     if (n_tiles > 0) mbar_wait(bar.kv_full(), 0);
-    if (kTurns > 0 && consumer == 1 && n_tiles > 0) named_barrier_arrive(2, 256);   // consumer 0 first
+    if (Tile::kTurns && consumer == 1 && n_tiles > 0) named_barrier_arrive(2, 256);   // consumer 0 first
     if (Tile::kDqLag) mbar_arrive(bar.ds_full(1));   // buffer 1 "written" before tile 0 (its dQ dropped)
     for (int t = 0; t < n_tiles; ++t) {
         const Ring<STAGES> r{t};
         const int row0 = row_first + t * BLOCK_M, slot = r.slot();
         mbar_wait(bar.q_full(slot), r.parity());
         float st[1][NT][4], dpt[1][NT][4];
-        await_turn(1);
+        await_turn();
         qk_wgmma<T, BN, HEAD_DIM, NQ, BLOCK_M>(st[0], k_desc, desc_advance(q_desc0, slot * Tile::kQBytes + q_col0 * 128));
         qk_wgmma<T, BN, HEAD_DIM, NQ, BLOCK_M>(dpt[0], v_desc, desc_advance(do_desc0, slot * Tile::kQBytes + q_col0 * 128));
-        pass_turn(1, kTurns == 1 && t == n_tiles - 1);
+        pass_turn(t == n_tiles - 1);
         // P^T: the columns' LSE from the slot; hidden pairs (past Sk, above the diagonal, outside
         // a window) 0. A variant's scores go through the forward's score step first.
         const float* lse = s_rows + (Tile::kOffLse + slot * Tile::kRowBytes) / 4;
         const float* delta = s_rows + (Tile::kOffDelta + slot * Tile::kRowBytes) / 4;
-        float2 lse_r[kRowsEarly & 1 ? NT : 1], delta_r[kRowsEarly & 2 ? NT : 1];
-        if constexpr (kRowsEarly & 1) {
+        float2 lse_r[kRowsEarly ? NT : 1], delta_r[kRowsEarly ? NT : 1];   // (kRowsEarly)
+        if constexpr (kRowsEarly) {
             #pragma unroll
             for (int i = 0; i < NT; ++i) lse_r[i] = *reinterpret_cast<const float2*>(lse + 8 * i + q_lane);
         }
@@ -359,7 +355,7 @@ flash_bwd_sm90(const __grid_constant__ Sm90BwdParams p) {
             const bool partial = FC_TILE_PARTIAL(64, seqlen_k, diag, p.causal, c_key0, row0);
             #pragma unroll
             for (int i = 0; i < NT; ++i) {
-                const float2 l2 = kRowsEarly & 1 ? lse_r[i] : *reinterpret_cast<const float2*>(lse + 8 * i + q_lane);
+                const float2 l2 = kRowsEarly ? lse_r[i] : *reinterpret_cast<const float2*>(lse + 8 * i + q_lane);
                 #pragma unroll
                 for (int e = 0; e < 4; ++e) {
                     const float x = st[0][i][e] * p.scale_log2 - (e % 2 ? l2.y : l2.x);
@@ -414,7 +410,7 @@ flash_bwd_sm90(const __grid_constant__ Sm90BwdParams p) {
         } else {
             pack_p<T, NT>(pa, st[0]);
         }
-        if constexpr (kRowsEarly & 2) {
+        if constexpr (kRowsEarly) {
             #pragma unroll
             for (int i = 0; i < NT; ++i) delta_r[i] = *reinterpret_cast<const float2*>(delta + 8 * i + q_lane);
         }
@@ -425,7 +421,7 @@ flash_bwd_sm90(const __grid_constant__ Sm90BwdParams p) {
         if (Tile::kDqLag && t >= 1) mbar_wait(bar.ds_empty(t % 2), ((t - 1) / 2) & 1);
         #pragma unroll
         for (int i = 0; i < NT; ++i) {
-            const float2 d2 = kRowsEarly & 2 ? delta_r[i] : *reinterpret_cast<const float2*>(delta + 8 * i + q_lane);
+            const float2 d2 = kRowsEarly ? delta_r[i] : *reinterpret_cast<const float2*>(delta + 8 * i + q_lane);
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
                 float ds = st[0][i][e] * (dpt[0][i][e] - (e % 2 ? d2.y : d2.x));
@@ -447,7 +443,6 @@ flash_bwd_sm90(const __grid_constant__ Sm90BwdParams p) {
         }
         if constexpr (!Tile::kSplitD) {
             pack_p<T, NT>(dsa, dpt[0]);
-            await_turn(2);
             pv_wgmma<T, DKV, BLOCK_M>(dv, pa, desc_advance(do_mn_desc0, slot * Tile::kQBytes));
             pv_wgmma<T, DKV, BLOCK_M>(dk, dsa, desc_advance(q_mn_desc0, slot * Tile::kQBytes));
         }
@@ -463,7 +458,6 @@ flash_bwd_sm90(const __grid_constant__ Sm90BwdParams p) {
             mbar_wait(bar.ds_full((t + 1) % 2), (t / 2) & 1);   // the tile before's from both
             float dq[8][4];
             dq_issue(dq, t + 1);
-            pass_turn(2, t == n_tiles - 1);
             wgmma_wait<0>();
             release_slot();
             fence_registers(dq);

@@ -72,10 +72,12 @@ def variants():
 
 def backward():
     ok = True
-    # The backward: GQA, causal (dispatch's kernel: Hopper's on sm_90a), deterministic, and a
-    # variant with every option (the portable kernel at D64, Hopper's at D128 and D256: its split
-    # head dim).
+    # The backward: GQA, causal (dispatch's kernel: Hopper's on sm_90a), deterministic, each
+    # Hopper head-dim path (D64 and D128: dQ a tile late and turns; D64 and D96: rows read early;
+    # D256: split columns), and a variant with every option (the portable kernel at D64,
+    # Hopper's at D128 and D256).
     for opts, det, d in ((dict(causal=True), False, 64), (dict(causal=True), True, 64),
+                         (dict(causal=True), False, 128), (dict(), False, 96),
                          (dict(causal="top_left", window=(40, 3), softcap=4.0), False, 64),
                          (dict(causal="top_left", window=(40, 3), softcap=4.0), False, 128),
                          (dict(causal=True), False, 256),

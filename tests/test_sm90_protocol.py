@@ -4,7 +4,9 @@ TMA copies or a gathered slot's lane copies from one or more warps a role (landi
 ring, the dynamic deal's item slots) and ping-pong named barriers, run in random interleavings. It checks the protocol, not the kernel: a change to the kernel's
 waits, releases or turns belongs here too. It reproduces the deadlock of the first
 idle-consumer order (every skipped key tile released before any turn), and the parity
-aliasing that split keys would have with a ring not a multiple of the consumers.
+aliasing that split keys would have with a ring not a multiple of the consumers. A second
+model below does the same for the backward (kernels/flash_bwd_sm90.cu): its ring, the dQ
+reducer, dQ a tile late behind the dS^T buffers' barriers, and the consumers' turns.
 """
 
 import random
@@ -291,3 +293,132 @@ def test_gathered_slots_wait_for_every_warp_of_the_role(consumers, stages, pingp
     with pytest.raises(AssertionError, match="still in flight|phases? (go by|two ahead)"):
         runs_to_the_end(cta(consumers, stages, pingpong, items, producers=producers, copies=32, parts=parts,
                             full_count=32), random.Random(0))
+
+
+# The backward (kernels/flash_bwd_sm90.cu, head dims 64 and 128: dQ a tile late, with turns): a
+# producer thread fills the ring's slots (Q, dO, LSE, delta of a query tile), the dQ reducer adds
+# each consumer's dQ block once stored, and two consumers run every query tile: S^T and dP^T in
+# turns, dS^T of tile t into buffer t % 2 (once both consumers' dQ GEMMs of tile t - 2 read it),
+# then dQ of tile t - 1 from buffer (t + 1) % 2 (once both consumers' dS^T of tile t - 1 are
+# there; at tile 0 a dropped GEMM on buffer 1, whose full barrier is arrived before the loop),
+# the slot and that buffer released, and the block of tile t - 1 stored for the reducer.
+
+def bwd_cta(n_tiles, stages, turns=True, lag_arrive=True, skip_last_pass=True):
+    """Coroutines of one backward CTA over n_tiles query tiles. lag_arrive=False leaves out the
+    arrival on dS^T buffer 1 before the loop; skip_last_pass=False has consumer 1 pass its last
+    turn too (nobody takes it)."""
+    q_full, q_empty = [Mbarrier(1) for _ in range(stages)], [Mbarrier(2) for _ in range(stages)]
+    dq_full, dq_empty = [Mbarrier(1) for _ in range(2)], [Mbarrier(1) for _ in range(2)]
+    ds_full, ds_empty = [Mbarrier(2) for _ in range(2)], [Mbarrier(2) for _ in range(2)]
+    slot_tile = [None] * stages              # the tile whose rows a slot holds
+    ds_written, ds_read = [0] * n_tiles, [0] * n_tiles   # consumers that wrote / read dS^T of a tile
+    dq_block = [None, None]                  # the tile whose dQ a consumer's block holds
+    arrivals, syncs = [0, 0], [0, 0]         # named barriers 2 + c
+    landing = []
+
+    def wait(bar, phase):
+        assert bar.phases >= phase, "waits for a phase two ahead (parity aliasing)"
+        while bar.phases <= phase:
+            yield
+        assert bar.phases == phase + 1, "a waiter saw two phases go by (parity aliasing)"
+
+    def producer():
+        for t in range(n_tiles):
+            slot, use = t % stages, t // stages
+            if t >= stages:
+                yield from wait(q_empty[slot], use - 1)
+            landing.append((slot, t))
+
+    def land():
+        while producing[0] or landing:
+            if landing:
+                slot, t = landing.pop(0)
+                slot_tile[slot] = t
+                q_full[slot].arrive()
+            yield
+
+    def reducer():
+        for t in range(n_tiles):
+            for c in range(2):
+                yield from wait(dq_full[c], t)
+                assert dq_block[c] == t, "the reducer read a dQ block of another tile"
+            for c in range(2):
+                dq_empty[c].arrive()
+
+    def consumer(c):
+        def await_turn():
+            if turns:
+                syncs[c] += 1
+                while arrivals[c] < syncs[c]:
+                    yield
+
+        def pass_turn(last):
+            if turns and not (last and c == 1 and skip_last_pass):
+                arrivals[1 - c] += 1
+                assert arrivals[1 - c] - syncs[1 - c] <= 1, "a named barrier took two arrivals at once"
+
+        def dq_store(u):
+            if u > 0:
+                yield from wait(dq_empty[c], u - 1)
+            dq_block[c] = u
+            dq_full[c].arrive()
+
+        if turns and c == 1 and n_tiles > 0:
+            pass_turn(False)
+        if lag_arrive:
+            ds_full[1].arrive()
+        for t in range(n_tiles):
+            slot = t % stages
+            yield from wait(q_full[slot], t // stages)
+            assert slot_tile[slot] == t, "a slot read before its tile's rows landed"
+            yield from await_turn()   # S^T and dP^T
+            pass_turn(t == n_tiles - 1)
+            yield
+            if t >= 1:
+                yield from wait(ds_empty[t % 2], (t - 1) // 2)
+            assert t < 2 or ds_read[t - 2] == 2, "dS^T overwritten before both dQ GEMMs read it"
+            ds_written[t] += 1
+            ds_full[t % 2].arrive()
+            yield from wait(ds_full[(t + 1) % 2], t // 2)
+            if t >= 1:   # dQ of tile t - 1 (at tile 0 a dropped GEMM)
+                assert ds_written[t - 1] == 2, "dQ read dS^T before both consumers wrote it"
+                ds_read[t - 1] += 1
+            assert slot_tile[slot] == t, "a slot refilled before its tile's GEMMs were done"
+            q_empty[slot].arrive()
+            ds_empty[(t + 1) % 2].arrive()
+            if t >= 1:
+                yield from dq_store(t - 1)
+        if n_tiles > 0:   # the last tile's dQ
+            u = n_tiles - 1
+            yield from wait(ds_full[u % 2], (u + 1) // 2)
+            assert ds_written[u] == 2, "dQ read dS^T before both consumers wrote it"
+            yield from dq_store(u)
+        consuming[0] -= 1
+        if consuming[0] == 0:
+            assert arrivals == syncs, "a turn left open at the end"
+
+    def producer_then_done():
+        yield from producer()
+        producing[0] -= 1
+
+    producing, consuming = [1], [2]
+    return [producer_then_done(), land(), reducer(), consumer(0), consumer(1)]
+
+
+@pytest.mark.parametrize("stages", [1, 2, 3])
+@pytest.mark.parametrize("turns", [True, False])
+def test_backward_lag_and_turns_run_to_the_end(stages, turns):
+    """Every query-tile count (0 included: a key tile no row sees) in random interleavings: no
+    deadlock, no slot, dS^T buffer or dQ block reused early, no turn left open."""
+    for seed in range(150):
+        rng = random.Random(seed)
+        n_tiles = rng.choice([0, 1, 2, 3, 4, 7])
+        assert runs_to_the_end(bwd_cta(n_tiles, stages, turns), rng), n_tiles
+
+
+def test_backward_protocol_model_catches_its_mistakes():
+    """Without buffer 1's arrival before the loop tile 0's dropped dQ GEMM waits forever; with
+    consumer 1 passing its last turn, a turn outlives the CTA."""
+    assert not runs_to_the_end(bwd_cta(3, 2, lag_arrive=False), random.Random(0), patience=2000)
+    with pytest.raises(AssertionError, match="turn left open"):
+        runs_to_the_end(bwd_cta(3, 2, skip_last_pass=False), random.Random(0))

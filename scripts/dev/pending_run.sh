@@ -45,14 +45,18 @@
 #   CALL=11 early   call 10's winners again, both dtypes and S1k D64: the LSE read early
 #                   (ROWS_EARLY=1), LSE and delta (=3), turns for S^T and dP^T (TURNS=1), and
 #                   turns with either.
+#   CALL=12 bwdship the backward with turns at D64 and D128 and rows read early at D64 and D96
+#                   (Sm90BwdTile::kTurns, kRowsEarly; SASS the same as call 11's probe builds):
+#                   test_backward_gpu, racecheck and synccheck of the backward section, the
+#                   benchmark's backward mode on issue 23's and 25's rows against cuDNN.
 #   CALL=7 bwdbench issue 25's backward bar: the benchmark's backward mode on the D96 and D256 rows
 #                   (fp16, bf16) against SDPA cuDNN and flash, with S4k D64 and D128 (issue 23's);
 #                   racecheck of the backward section.
 # Logs go to $OUT. Usage on the device machine, from the repository root:
 #   CALL=1 bash scripts/dev/pending_run.sh
 set -uo pipefail
-case "${CALL:-}" in 1|2|3|4|5|6|7|9|10|11) ;;
-  *) echo "CALL: 1 (tests), 2 (decode), 3 (paged), 4 (probes), 5 (bwd256), 6 (groups), 7 (bwdbench), 9 (dqlag), 10 (turns), 11 (early)" >&2
+case "${CALL:-}" in 1|2|3|4|5|6|7|9|10|11|12) ;;
+  *) echo "CALL: 1 (tests), 2 (decode), 3 (paged), 4 (probes), 5 (bwd256), 6 (groups), 7 (bwdbench), 9 (dqlag), 10 (turns), 11 (early), 12 (bwdship)" >&2
      exit 2 ;; esac
 source "$(dirname "$0")/../steps.sh"
 export FLASHCORE_REQUIRE_GPU=1
@@ -144,6 +148,16 @@ case "${CALL:-}" in
       --skip flashcore_det,flashcore_sm80,sdpa_efficient,sdpa_flash \
       --define $E=1 --define $E=3 --define $T=1 --define $T=1+$E=1 --define $T=1+$E=3 ${PROBE_ARGS:-}
   done
+  ;;
+12)
+  step pytest.txt timeout 240 python3 -m pytest tests/test_backward_gpu.py -q -rs -x -p no:cacheprovider
+  for tool in racecheck synccheck; do
+    step sanitizer.txt timeout 150 compute-sanitizer --tool $tool --error-exitcode 3 python3 scripts/sanitize_case.py backward
+  done
+  step bench.txt timeout 240 python3 scripts/bench.py --direction backward --out "$OUT/bench_bwd.json" \
+    --shape b2-h16-s4k-d64 --shape b2-h16-s4k-d128 --shape b2-h16-s4k-d96 --shape b2-h16-s4k-d256 \
+    --shape b4-h16-s1k-d64 --shape b2-h16-s4k-d128-causal --impl flashcore --impl sdpa_cudnn --iters 10
+  step bench.txt python3 scripts/report.py "$OUT/bench_bwd.json"
   ;;
 esac
 echo "pending_run exit status: $status"
