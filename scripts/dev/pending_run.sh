@@ -49,14 +49,18 @@
 #                   (Sm90BwdTile::kTurns, kRowsEarly; SASS the same as call 11's probe builds):
 #                   test_backward_gpu, racecheck and synccheck of the backward section, the
 #                   benchmark's backward mode on issue 23's and 25's rows against cuDNN.
+#   CALL=13 bwd128  call 12's kernel beside probe copies (untracked kernels/flash_bwd_sm90_x*.cu,
+#                   session 34): x2 dQ of the tile before issued ahead of dV and dK (its store
+#                   under them), x3 the slot released once dV and dK are done (before dQ's wait),
+#                   x4 delta read early at every head dim; a ring of 3 slots at D128.
 #   CALL=7 bwdbench issue 25's backward bar: the benchmark's backward mode on the D96 and D256 rows
 #                   (fp16, bf16) against SDPA cuDNN and flash, with S4k D64 and D128 (issue 23's);
 #                   racecheck of the backward section.
 # Logs go to $OUT. Usage on the device machine, from the repository root:
 #   CALL=1 bash scripts/dev/pending_run.sh
 set -uo pipefail
-case "${CALL:-}" in 1|2|3|4|5|6|7|9|10|11|12) ;;
-  *) echo "CALL: 1 (tests), 2 (decode), 3 (paged), 4 (probes), 5 (bwd256), 6 (groups), 7 (bwdbench), 9 (dqlag), 10 (turns), 11 (early), 12 (bwdship)" >&2
+case "${CALL:-}" in 1|2|3|4|5|6|7|9|10|11|12|13) ;;
+  *) echo "CALL: 1 (tests), 2 (decode), 3 (paged), 4 (probes), 5 (bwd256), 6 (groups), 7 (bwdbench), 9 (dqlag), 10 (turns), 11 (early), 12 (bwdship), 13 (bwd128)" >&2
      exit 2 ;; esac
 source "$(dirname "$0")/../steps.sh"
 export FLASHCORE_REQUIRE_GPU=1
@@ -158,6 +162,13 @@ case "${CALL:-}" in
     --shape b2-h16-s4k-d64 --shape b2-h16-s4k-d128 --shape b2-h16-s4k-d96 --shape b2-h16-s4k-d256 \
     --shape b4-h16-s1k-d64 --shape b2-h16-s4k-d128-causal --impl flashcore --impl sdpa_cudnn --iters 10
   step bench.txt python3 scripts/report.py "$OUT/bench_bwd.json"
+  ;;
+13)
+  for spec in fp16:b2-h16-s4k-d128,b2-h16-s4k-d128-causal,b2-h16-s4k-d64,b1-h16-s16k-d128 bf16:b2-h16-s4k-d128; do
+    step probe.txt timeout 200 python3 scripts/dev/backward_probe.py --dtype ${spec%%:*} --shapes ${spec#*:} \
+      --skip flashcore_det,flashcore_sm80,sdpa_efficient,sdpa_flash --kernel-file flash_bwd_sm90_x2.cu \
+      --kernel-file flash_bwd_sm90_x3.cu --kernel-file flash_bwd_sm90_x4.cu --config stages=3 ${PROBE_ARGS:-}
+  done
   ;;
 esac
 echo "pending_run exit status: $status"
