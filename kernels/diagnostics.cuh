@@ -11,6 +11,7 @@
 //   FLASHCORE_ABLATE_NO_DQ    the Hopper backward without dQ's GEMM (an empty group; head dim
 //                             256: nor its adds); _NO_DQ_ADD (head dim 256): without dQ's adds
 //                             (scripts/dev/backward_probe.py --ablate NO_DQ --ablate NO_DQ_ADD)
+//   FLASHCORE_ABLATE_NO_STORE the Hopper forward's epilogue without O's stores (its LSE's kept)
 //   FLASHCORE_ABLATE_ASCENDING  the Hopper forward's variants run their key tiles first to last
 //                             (Variant::kDescending in variant.cuh; ablate_sm90.py)
 //   FLASHCORE_DYNAMIC         the Hopper forward's persistent CTAs take their next tile from a

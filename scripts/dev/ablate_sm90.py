@@ -31,6 +31,7 @@ VARIANTS = [
     ("no online softmax (P = S)", ("FLASHCORE_ABLATE_NO_SOFTMAX",)),
     ("no P V GEMM", ("FLASHCORE_ABLATE_NO_PV",)),
     ("no S GEMM", ("FLASHCORE_ABLATE_NO_QK",)),
+    ("no O stores (the epilogue's)", ("FLASHCORE_ABLATE_NO_STORE",)),
     ("schedule: no ping-pong turns", ("FLASHCORE_ABLATE_NO_TURNS",)),
     ("schedule: key tiles ascending", ("FLASHCORE_ABLATE_ASCENDING",)),   # only ALiBi's differ
 ]
