@@ -12,6 +12,8 @@
 //                             256: nor its adds); _NO_DQ_ADD (head dim 256): without dQ's adds
 //                             (scripts/dev/backward_probe.py --ablate NO_DQ --ablate NO_DQ_ADD)
 //   FLASHCORE_ABLATE_NO_STORE the Hopper forward's epilogue without O's stores (its LSE's kept)
+//   FLASHCORE_O_STORE32       the Hopper forward's O stored 4 bytes a lane on every output (v48's
+//                             16-byte stores off: the fallback path for unaligned outputs)
 //   FLASHCORE_ABLATE_ASCENDING  the Hopper forward's variants run their key tiles first to last
 //                             (Variant::kDescending in variant.cuh; ablate_sm90.py)
 //   FLASHCORE_DYNAMIC         the Hopper forward's persistent CTAs take their next tile from a

@@ -486,32 +486,44 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
             }
         }
 
-        // Epilogue: O /= l straight from registers (each quad writes 16 contiguous bytes
-        // of a row) while the producer already loads the next tile. A row is a position of
-        // query head w.head, or with packed GQA query head w.head * pack + row at position 0.
+        // Epilogue: O /= l straight from registers while the producer already loads the next
+        // tile: 16 bytes a lane (store_o_row16) where the output's rows are 16-byte aligned, else
+        // each quad's 16 contiguous bytes of a row. A row is a position of query head w.head, or
+        // with packed GQA query head w.head * pack + row at position 0.
         const bool packed = p.pack > 1;
+#ifdef FLASHCORE_O_STORE32   // (timing probes: every row 4 bytes a lane, as before v48)
+        constexpr bool kStore16 = false;
+#else
+        constexpr bool kStore16 = true;
+#endif
+        const bool o_vec16 = kStore16 && ((reinterpret_cast<unsigned long long>(p.o) |
+                               static_cast<unsigned long long>(p.o_sb | p.o_sh | p.o_ss) * 2) & 15) == 0;
         #pragma unroll
         for (int half = 0; half < H; ++half) {
             const float l_row = quad_sum(l[0][half]);
             const float inv_l = l_row > 0.f ? 1.f / l_row : 0.f; FC_TRACE(17);
             const int row = w_row0 + lane / 4 + 8 * half;
             // packed: a KV cache's rows are (query, head)s, query r / pack (one query a dense call's)
-            if (row >= (packed ? p.pack * (S::kCache ? seq_q : 1) : seq_q)) continue;
+            const bool stored = row < (packed ? p.pack * (S::kCache ? seq_q : 1) : seq_q);
             // varlen: the row of packed o and of the LSE's (Hq, total_q) (o_sb 0: one "batch")
             const int q_head = w.head * p.pack + (packed ? (S::kCache ? row % p.pack : row) : 0);
             const int q_pos = packed ? (S::kCache ? row / p.pack : 0) : w.q_row0 + row;
-            u16* o_row = p.o + w.batch * p.o_sb + q_head * p.o_sh + q_pos * p.o_ss + 2 * (lane % 4);
+            u16* o_row = p.o + w.batch * p.o_sb + q_head * p.o_sh + q_pos * p.o_ss;
 #ifdef FLASHCORE_ABLATE_NO_STORE   // (a bound that p.head_dim_v never passes: O still computed)
             constexpr int kStoreOff = 1 << 20;
 #else
             constexpr int kStoreOff = 0;
 #endif
-            #pragma unroll
-            for (int dt = 0; dt < DV / 8; ++dt)
-                if (dt * 8 + kStoreOff < p.head_dim_v)
-                    *reinterpret_cast<u32*>(o_row + dt * 8) =
-                        pack2<T>(o[0][dt][2 * half] * inv_l, o[0][dt][2 * half + 1] * inv_l);
-            if (p.lse != nullptr && lane % 4 == 0)
+            if (o_vec16) {
+                store_o_row16<T, DV>(o_row, o, half, inv_l, stored, p.head_dim_v - kStoreOff, lane);
+            } else if (stored) {
+                #pragma unroll
+                for (int dt = 0; dt < DV / 8; ++dt)
+                    if (dt * 8 + kStoreOff < p.head_dim_v)
+                        *reinterpret_cast<u32*>(o_row + dt * 8 + 2 * (lane % 4)) =
+                            pack2<T>(o[0][dt][2 * half] * inv_l, o[0][dt][2 * half + 1] * inv_l);
+            }
+            if (stored && p.lse != nullptr && lane % 4 == 0)
                 p.lse[(static_cast<i64>(S::kVarlen ? 0 : w.batch) * p.heads * p.pack + q_head) * seqlen_q + q_pos] =
                     row_lse(m[0][half], l_row);
         } FC_TRACE(14); FC_TRACE_NS(23); FC_ITEM(i, 4);

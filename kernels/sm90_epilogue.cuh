@@ -1,10 +1,45 @@
 // The Hopper forward kernel's epilogue helpers: the split-keys merge of the consumers' softmax
-// states (the output and LSE stores stay in the kernel, beside the registers they read).
+// states, and a row of O stored 16 bytes a lane (the kernel computes which rows go where).
 #pragma once
 #include "diagnostics.cuh"
 #include "softmax.cuh"
 
 namespace fc {
+
+// One accumulator row half of O (rows lane / 4 + 8 half of the warp's 16), times inv_l, into the
+// output row at o_row: the quad's 8-column blocks four at a time, transposed across the quad
+// (two shuffle stages) so that lane q stores block 4g + q whole, one 16-byte store (a quad's
+// stores of a row: 64 contiguous bytes; each lane's 4-byte piece of every block a store of its
+// own left 16 bytes of a row an instruction, v48's ablation: the stores' instructions cost
+// 5-12 % of the time of short work tiles). Blocks from head_dim_v on are not stored; `store` is
+// the row's (all lanes shuffle). Needs o_row 16-byte aligned.
+template <class T, int DV>
+__device__ __forceinline__ void store_o_row16(u16* o_row, const float (&o)[1][DV / 8][4], int half, float inv_l,
+                                              bool store, int head_dim_v, int lane) {
+    static_assert(DV % 32 == 0, "DV: whole groups of four 8-column blocks");
+    const int q = lane % 4;
+    #pragma unroll
+    for (int g = 0; g < DV / 32; ++g) {
+        u32 x[4];   // x[i]: this lane's columns 2q, 2q + 1 of block 4g + i
+        #pragma unroll
+        for (int i = 0; i < 4; ++i)
+            x[i] = pack2<T>(o[0][4 * g + i][2 * half] * inv_l, o[0][4 * g + i][2 * half + 1] * inv_l);
+        #pragma unroll
+        for (int d = 2; d >= 1; d /= 2)   // lane q ends with block 4g + q: x[j] its columns 2j, 2j + 1
+            #pragma unroll
+            for (int i = 0; i < 4; ++i) {
+                if (i & d) continue;
+                const bool upper = q & d;
+                const u32 recv = __shfl_xor_sync(0xffffffffu, upper ? x[i] : x[i + d], d);
+                if (upper) x[i] = recv;
+                else x[i + d] = recv;
+            }
+        const int col = 8 * (4 * g + q);
+        if (store && col < head_dim_v)
+            asm volatile("st.global.v4.b32 [%0], {%1, %2, %3, %4};"
+                         :: "l"(o_row + col), "r"(x[0]), "r"(x[1]), "r"(x[2]), "r"(x[3]) : "memory");
+    }
+}
 
 // SPLIT: merge the consumers' partial softmax states of the same rows into consumer
 // 0's, through `scratch` (the ring, free once all consumers reach the barrier). Each

@@ -32,6 +32,7 @@ VARIANTS = [
     ("no P V GEMM", ("FLASHCORE_ABLATE_NO_PV",)),
     ("no S GEMM", ("FLASHCORE_ABLATE_NO_QK",)),
     ("no O stores (the epilogue's)", ("FLASHCORE_ABLATE_NO_STORE",)),
+    ("O stored 4 bytes a lane (v47's)", ("FLASHCORE_O_STORE32",)),   # also checks that path's output
     ("schedule: no ping-pong turns", ("FLASHCORE_ABLATE_NO_TURNS",)),
     ("schedule: key tiles ascending", ("FLASHCORE_ABLATE_ASCENDING",)),   # only ALiBi's differ
 ]

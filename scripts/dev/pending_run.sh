@@ -60,14 +60,18 @@
 #                   deterministic mode, against cuDNN.
 #   CALL=15 stores  call 14's ablation again, O still computed (its stores predicated off at run
 #                   time: call 14's build lost the P V GEMMs as dead code, 32 -> 18 HGMMA).
+#   CALL=16 store16 the forward's O stored 16 bytes a lane (store_o_row16: a quad's blocks transposed
+#                   by shuffles): beside the 4-byte stores (FLASHCORE_O_STORE32, also checking that
+#                   path's output) and the stores' bound (NO_STORE); the forward GPU tests (Hopper),
+#                   varlen's and the KV cache's; the forward benchmark's short-tile rows vs cuDNN.
 #   CALL=7 bwdbench issue 25's backward bar: the benchmark's backward mode on the D96 and D256 rows
 #                   (fp16, bf16) against SDPA cuDNN and flash, with S4k D64 and D128 (issue 23's);
 #                   racecheck of the backward section.
 # Logs go to $OUT. Usage on the device machine, from the repository root:
 #   CALL=1 bash scripts/dev/pending_run.sh
 set -uo pipefail
-case "${CALL:-}" in 1|2|3|4|5|6|7|9|10|11|12|13|14|15) ;;
-  *) echo "CALL: 1 (tests), 2 (decode), 3 (paged), 4 (probes), 5 (bwd256), 6 (groups), 7 (bwdbench), 9 (dqlag), 10 (turns), 11 (early), 12 (bwdship), 13 (bwd128), 14 (tail), 15 (stores)" >&2
+case "${CALL:-}" in 1|2|3|4|5|6|7|9|10|11|12|13|14|15|16) ;;
+  *) echo "CALL: 1 (tests), 2 (decode), 3 (paged), 4 (probes), 5 (bwd256), 6 (groups), 7 (bwdbench), 9 (dqlag), 10 (turns), 11 (early), 12 (bwdship), 13 (bwd128), 14 (tail), 15 (stores), 16 (store16)" >&2
      exit 2 ;; esac
 source "$(dirname "$0")/../steps.sh"
 export FLASHCORE_REQUIRE_GPU=1
@@ -190,6 +194,18 @@ case "${CALL:-}" in
   step ablate.txt timeout 150 python3 scripts/dev/ablate_sm90.py --variant "no O stores" \
     --shape topleft-b4-h16-sq1k-sk4k-d128-causal --shape window1k-b2-h16-s8k-d128 --shape b4-h16-s1k-d64 \
     --shape b2-h16-s4k-d128 --shape b2-h16-s4k-d128-causal --shape b2-h16-s4k-d64
+  ;;
+16)
+  step ablate.txt timeout 100 python3 scripts/dev/ablate_sm90.py --variant "O stored" --variant "no O stores" \
+    --shape topleft-b4-h16-sq1k-sk4k-d128-causal --shape window1k-b2-h16-s8k-d128 --shape b4-h16-s1k-d64 \
+    --shape b2-h16-s4k-d128 --shape b2-h16-s4k-d128-causal
+  step pytest.txt timeout 200 python3 -m pytest tests/test_attention_gpu.py -q -rs -x -p no:cacheprovider -k "not sm80"
+  step pytest.txt timeout 90 python3 -m pytest tests/test_varlen_gpu.py tests/test_kvcache_gpu.py -q -rs -x \
+    -p no:cacheprovider -k "not sm80"
+  step bench.txt timeout 100 python3 scripts/bench.py --out "$OUT/bench_fwd.json" \
+    --shape topleft-b4-h16-sq1k-sk4k-d128-causal --shape b4-h16-s1k-d64 --shape b2-h16-s4k-d128 \
+    --impl flashcore --impl sdpa_cudnn --iters 10
+  step bench.txt python3 scripts/report.py "$OUT/bench_fwd.json"
   ;;
 esac
 echo "pending_run exit status: $status"
