@@ -422,3 +422,75 @@ def test_backward_protocol_model_catches_its_mistakes():
     assert not runs_to_the_end(bwd_cta(3, 2, lag_arrive=False), random.Random(0), patience=2000)
     with pytest.raises(AssertionError, match="turn left open"):
         runs_to_the_end(bwd_cta(3, 2, skip_last_pass=False), random.Random(0))
+
+
+# The deterministic backward across CTAs (flash_bwd_sm90.cu's dQ reducer): each key tile's CTA
+# visits the query tiles that see its keys, in order, and adds into each once the tile's count
+# reaches its turn; the GPU runs `resident` CTAs at once, launched in grid order (grid.cuh's
+# grouped_item, key tiles last first under keys_descending). A CTA waiting on a CTA not yet
+# launched holds its SM: if every resident CTA waits so, the grid hangs.
+
+def grouped_order(heads, key_tiles, group):
+    """(head, key tile) of the blocks in launch order: grid.cuh's grouped_item over x (heads,
+    fastest) and y (key tiles)."""
+    order = []
+    for n in range(heads * key_tiles):
+        x, y = n % heads, n // heads
+        if group == 0 or group >= heads:
+            order.append((x, y))
+            continue
+        first = n // (group * key_tiles) * group
+        in_group = n - first * key_tiles
+        items = min(group, heads - first)
+        tile = in_group // items
+        order.append((first + in_group - tile * items, tile))
+    return order
+
+
+def deterministic_grid_runs(seqlen_q, seqlen_k, block_m, block_n, heads, group, resident, launch_descending,
+                            adds_descending, rng):
+    key_tiles, diag = -(-seqlen_k // block_n), seqlen_k - seqlen_q
+
+    def last(q):   # the last key tile that sees query tile q (causal, bottom-right)
+        return min(key_tiles - 1, (min((q + 1) * block_m, seqlen_q) - 1 + diag) // block_n)
+
+    def visits(j):   # the query tiles key tile j's rows see, in order
+        return [q for q in range(-(-seqlen_q // block_m)) if (min((q + 1) * block_m, seqlen_q) - 1 + diag) >= j * block_n]
+
+    order = [(h, key_tiles - 1 - t if launch_descending else t) for h, t in grouped_order(heads, key_tiles, group)]
+    count = {}
+    pending, running = list(order), []
+    while pending or running:
+        while pending and len(running) < resident:
+            h, j = pending.pop(0)
+            running.append([h, j, visits(j)])
+        ready = [cta for cta in running if not cta[2] or
+                 count.get((cta[0], cta[2][0]), 0) == (last(cta[2][0]) - cta[1] if adds_descending else cta[1])]
+        if not ready:
+            return False   # every resident CTA waits on one not launched: a hang
+        cta = rng.choice(ready)
+        if cta[2]:
+            q = cta[2].pop(0)
+            count[(cta[0], q)] = count.get((cta[0], q), 0) + 1
+        else:
+            running.remove(cta)
+    assert all(n == last(q) + 1 for (_, q), n in count.items()), "a query tile missed some key tile's adds"
+    return True
+
+
+@pytest.mark.parametrize("descending", [False, True])
+def test_the_deterministic_order_never_hangs_the_grid(descending):
+    """Key tiles launched and added in the same order (ascending, or descending under a causal
+    mask) finish on any residency, grouping and shape, Sq != Sk included."""
+    rng = random.Random(0)
+    for _ in range(60):
+        sq, sk = rng.choice([(1000, 1000), (4096, 4096), (777, 1500), (1500, 700), (16384, 16384)])
+        block_m = rng.choice([64, 128])
+        assert deterministic_grid_runs(sq, sk, block_m, 128, rng.randint(1, 5), rng.choice([0, 1, 2, 3]),
+                                       rng.choice([1, 4, 13, 132]), descending, descending, rng)
+
+
+def test_descending_adds_need_descending_launches():
+    """Adds descending on the grid's ascending order: the resident CTAs (key tiles 0..) all wait on
+    key tiles not yet launched, and a long causal grid hangs."""
+    assert not deterministic_grid_runs(16384, 16384, 64, 128, 2, 1, 132, False, True, random.Random(0))

@@ -64,14 +64,20 @@
 #                   by shuffles): beside the 4-byte stores (FLASHCORE_O_STORE32, also checking that
 #                   path's output) and the stores' bound (NO_STORE); the forward GPU tests (Hopper),
 #                   varlen's and the KV cache's; the forward benchmark's short-tile rows vs cuDNN.
+#   CALL=17 detdesc (branch gpu-pending) the deterministic backward under a plain causal mask with its
+#                   key tiles launched last first and its adds descending (CPU model in
+#                   test_sm90_protocol: no hang; a timed model predicted ~1.07x the default's
+#                   time where ascending took ~1.8x; measured v48: 1.56x): test_backward_gpu's
+#                   deterministic tests, racecheck and synccheck of the backward section, the
+#                   benchmark's backward mode on the causal rows (default, deterministic, cuDNN).
 #   CALL=7 bwdbench issue 25's backward bar: the benchmark's backward mode on the D96 and D256 rows
 #                   (fp16, bf16) against SDPA cuDNN and flash, with S4k D64 and D128 (issue 23's);
 #                   racecheck of the backward section.
 # Logs go to $OUT. Usage on the device machine, from the repository root:
 #   CALL=1 bash scripts/dev/pending_run.sh
 set -uo pipefail
-case "${CALL:-}" in 1|2|3|4|5|6|7|9|10|11|12|13|14|15|16) ;;
-  *) echo "CALL: 1 (tests), 2 (decode), 3 (paged), 4 (probes), 5 (bwd256), 6 (groups), 7 (bwdbench), 9 (dqlag), 10 (turns), 11 (early), 12 (bwdship), 13 (bwd128), 14 (tail), 15 (stores), 16 (store16)" >&2
+case "${CALL:-}" in 1|2|3|4|5|6|7|9|10|11|12|13|14|15|16|17) ;;
+  *) echo "CALL: 1 (tests), 2 (decode), 3 (paged), 4 (probes), 5 (bwd256), 6 (groups), 7 (bwdbench), 9 (dqlag), 10 (turns), 11 (early), 12 (bwdship), 13 (bwd128), 14 (tail), 15 (stores), 16 (store16), 17 (detdesc)" >&2
      exit 2 ;; esac
 source "$(dirname "$0")/../steps.sh"
 export FLASHCORE_REQUIRE_GPU=1
@@ -206,6 +212,17 @@ case "${CALL:-}" in
     --shape topleft-b4-h16-sq1k-sk4k-d128-causal --shape b4-h16-s1k-d64 --shape b2-h16-s4k-d128 \
     --impl flashcore --impl sdpa_cudnn --iters 10
   step bench.txt python3 scripts/report.py "$OUT/bench_fwd.json"
+  ;;
+17)
+  step pytest.txt timeout 200 python3 -m pytest tests/test_backward_gpu.py -q -rs -x -p no:cacheprovider \
+    -k "deterministic or grouping"
+  for tool in racecheck synccheck; do
+    step sanitizer.txt timeout 150 compute-sanitizer --tool $tool --error-exitcode 3 python3 scripts/sanitize_case.py backward
+  done
+  step bench.txt timeout 240 python3 scripts/bench.py --direction backward --out "$OUT/bench_bwd.json" \
+    --shape b1-h16-s16k-d128-causal --shape gqa-b2-h32kv8-s4k-d128-causal --shape b2-h16-s4k-d128-causal \
+    --dtype fp16 --impl flashcore --impl flashcore_deterministic --impl sdpa_cudnn --iters 10
+  step bench.txt python3 scripts/report.py "$OUT/bench_bwd.json"
   ;;
 esac
 echo "pending_run exit status: $status"
