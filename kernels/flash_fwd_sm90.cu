@@ -487,7 +487,7 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
         }
 
         // Epilogue: O /= l straight from registers while the producer already loads the next
-        // tile: 16 bytes a lane (store_o_row16) where the output's rows are 16-byte aligned, else
+        // tile: 16 bytes a lane (store_row16) where the output's rows are 16-byte aligned, else
         // each quad's 16 contiguous bytes of a row. A row is a position of query head w.head, or
         // with packed GQA query head w.head * pack + row at position 0.
         const bool packed = p.pack > 1;
@@ -496,8 +496,7 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
 #else
         constexpr bool kStore16 = true;
 #endif
-        const bool o_vec16 = kStore16 && ((reinterpret_cast<unsigned long long>(p.o) |
-                               static_cast<unsigned long long>(p.o_sb | p.o_sh | p.o_ss) * 2) & 15) == 0;
+        const bool o_vec16 = kStore16 && rows_aligned16(p.o, p.o_sb, p.o_sh, p.o_ss);
         #pragma unroll
         for (int half = 0; half < H; ++half) {
             const float l_row = quad_sum(l[0][half]);
@@ -515,7 +514,7 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
             constexpr int kStoreOff = 0;
 #endif
             if (o_vec16) {
-                store_o_row16<T, DV>(o_row, o, half, inv_l, stored, p.head_dim_v - kStoreOff, lane);
+                store_row16<T, DV>(o_row, o[0], half, inv_l, stored, p.head_dim_v - kStoreOff, lane);
             } else if (stored) {
                 #pragma unroll
                 for (int dt = 0; dt < DV / 8; ++dt)

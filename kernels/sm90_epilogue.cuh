@@ -1,29 +1,31 @@
 // The Hopper forward kernel's epilogue helpers: the split-keys merge of the consumers' softmax
-// states, and a row of O stored 16 bytes a lane (the kernel computes which rows go where).
+// states, and an accumulator's row stored 16 bytes a lane (the kernels compute which rows go
+// where; the backward's dK and dV too).
 #pragma once
 #include "diagnostics.cuh"
 #include "softmax.cuh"
 
 namespace fc {
 
-// One accumulator row half of O (rows lane / 4 + 8 half of the warp's 16), times inv_l, into the
-// output row at o_row: the quad's 8-column blocks four at a time, transposed across the quad
-// (two shuffle stages) so that lane q stores block 4g + q whole, one 16-byte store (a quad's
-// stores of a row: 64 contiguous bytes; each lane's 4-byte piece of every block a store of its
-// own left 16 bytes of a row an instruction, v48's ablation: the stores' instructions cost
-// 5-12 % of the time of short work tiles). Blocks from head_dim_v on are not stored; `store` is
-// the row's (all lanes shuffle). Needs o_row 16-byte aligned.
-template <class T, int DV>
-__device__ __forceinline__ void store_o_row16(u16* o_row, const float (&o)[1][DV / 8][4], int half, float inv_l,
-                                              bool store, int head_dim_v, int lane) {
-    static_assert(DV % 32 == 0, "DV: whole groups of four 8-column blocks");
+// One accumulator row half (rows lane / 4 + 8 half of the warp's 16) of a wgmma accumulator N
+// columns wide, times `scale`, into the row at `row`: the quad's 8-column blocks four at a time,
+// transposed across the quad (two shuffle stages) so that lane q stores block 4g + q whole, one
+// 16-byte store (a quad's stores of a row: 64 contiguous bytes; each lane's 4-byte piece of
+// every block a store of its own left 16 bytes of a row an instruction, v48's ablation: the
+// forward's O stores cost short work tiles 5-12 % of their time). Blocks from `cols` on are not
+// stored; `store` is the row's (all lanes shuffle). Needs `row` 16-byte aligned. The Hopper
+// forward's O (scale 1 / l) and the backward's dK (the softmax scale) and dV.
+template <class T, int N>
+__device__ __forceinline__ void store_row16(u16* row, const float (&acc)[N / 8][4], int half, float scale,
+                                            bool store, int cols, int lane) {
+    static_assert(N % 32 == 0, "N: whole groups of four 8-column blocks");
     const int q = lane % 4;
     #pragma unroll
-    for (int g = 0; g < DV / 32; ++g) {
+    for (int g = 0; g < N / 32; ++g) {
         u32 x[4];   // x[i]: this lane's columns 2q, 2q + 1 of block 4g + i
         #pragma unroll
         for (int i = 0; i < 4; ++i)
-            x[i] = pack2<T>(o[0][4 * g + i][2 * half] * inv_l, o[0][4 * g + i][2 * half + 1] * inv_l);
+            x[i] = pack2<T>(acc[4 * g + i][2 * half] * scale, acc[4 * g + i][2 * half + 1] * scale);
         #pragma unroll
         for (int d = 2; d >= 1; d /= 2)   // lane q ends with block 4g + q: x[j] its columns 2j, 2j + 1
             #pragma unroll
@@ -35,10 +37,15 @@ __device__ __forceinline__ void store_o_row16(u16* o_row, const float (&o)[1][DV
                 else x[i + d] = recv;
             }
         const int col = 8 * (4 * g + q);
-        if (store && col < head_dim_v)
+        if (store && col < cols)
             asm volatile("st.global.v4.b32 [%0], {%1, %2, %3, %4};"
-                         :: "l"(o_row + col), "r"(x[0]), "r"(x[1]), "r"(x[2]), "r"(x[3]) : "memory");
+                         :: "l"(row + col), "r"(x[0]), "r"(x[1]), "r"(x[2]), "r"(x[3]) : "memory");
     }
+}
+
+// Whether rows at `base` + any multiple of the element strides are 16-byte aligned (store_row16).
+__device__ __forceinline__ bool rows_aligned16(const u16* base, i64 s0, i64 s1, i64 s2) {
+    return ((reinterpret_cast<unsigned long long>(base) | static_cast<unsigned long long>(s0 | s1 | s2) * 2) & 15) == 0;
 }
 
 // SPLIT: merge the consumers' partial softmax states of the same rows into consumer
