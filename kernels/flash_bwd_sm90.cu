@@ -26,8 +26,8 @@
 //                        over all 128 keys: dS and K both MN-major (wgmma_ss_mn); the lag lets
 //                        the consumers drift apart instead of meeting every tile (v47: a
 //                        named barrier there held them in step, one's exponentials never
-//                        under the other's GEMMs); with the lag the consumers also take
-//                        turns to issue S^T and dP^T (the forward's ping-pong)
+//                        under the other's GEMMs); with the lag (plain mask) the consumers
+//                        also take turns to issue S^T and dP^T (the forward's ping-pong)
 //   dQ -> shared memory in fragment order, whence the reducer adds it into the accumulator
 //         with one bulk reduction (cp.reduce.async.bulk) a block: the tile's rows of the
 //         accumulator hold its blocks one after the other, as bwd_convert reads them (1.14-1.30x
@@ -83,6 +83,8 @@ struct Sm90BwdTile {
     // 2 and 3, the forward's ping-pong: 0's, then 1's, then 0's next): one's exponentials run
     // under the other's GEMMs. v48 (H100, backward_probe, one process): 0.96-0.97x the time at
     // D128, 0.98x D128 causal, 0.99-1.00x at D64; turns for dV, dK and dQ too were 1.01-1.05x.
+    // The plain mask's builds only: a window's spilled 384 bytes (D128) and 1156 (D64) with
+    // them, and ptxas serialised their wgmma (C7512).
     static constexpr bool kTurns = kDqLag;
     // The slot's LSE and delta read into registers before the GEMMs' waits (the exponentials and
     // dS^T no longer wait on shared loads after them; plain mask): v48 0.91-0.93x the time at
@@ -332,15 +334,17 @@ flash_bwd_sm90(const __grid_constant__ Sm90BwdParams p) {
         fence_async_shared();
         mbar_arrive(bar.dq_full(consumer));
     };
-    // Turns (Tile::kTurns): consumer c waits on named barrier 2 + c, the other arrives there.
-    auto await_turn = [&] { if constexpr (Tile::kTurns) named_barrier_sync(2 + consumer, 256); };
+    // Turns (Tile::kTurns, plain mask): consumer c waits on named barrier 2 + c, the other
+    // arrives there.
+    constexpr bool kTurns = Tile::kTurns && V::kPlain;
+    auto await_turn = [&] { if constexpr (kTurns) named_barrier_sync(2 + consumer, 256); };
     auto pass_turn = [&](bool last_turn) {
-        if constexpr (Tile::kTurns)
+        if constexpr (kTurns)
             if (!(last_turn && consumer == 1)) named_barrier_arrive(2 + (consumer ^ 1), 256);
     };
     constexpr bool kRowsEarly = Tile::kRowsEarly && V::kPlain;
     if (n_tiles > 0) mbar_wait(bar.kv_full(), 0);
-    if (Tile::kTurns && consumer == 1 && n_tiles > 0) named_barrier_arrive(2, 256);   // consumer 0 first
+    if (kTurns && consumer == 1 && n_tiles > 0) named_barrier_arrive(2, 256);   // consumer 0 first
     if (Tile::kDqLag) mbar_arrive(bar.ds_full(1));   // buffer 1 "written" before tile 0 (its dQ dropped)
     for (int t = 0; t < n_tiles; ++t) {
         const Ring<STAGES> r{t};
