@@ -70,14 +70,19 @@
 #                   time where ascending took ~1.8x; measured v48: 1.56x): test_backward_gpu's
 #                   deterministic tests, racecheck and synccheck of the backward section, the
 #                   benchmark's backward mode on the causal rows (default, deterministic, cuDNN).
+#   CALL=18 dkv16   (branch gpu-pending) the Hopper backward's dK and dV stored 16 bytes a lane
+#                   (store_row16): test_backward_gpu; backward_probe against main's kernel (copy
+#                   it first, untracked: git show main:kernels/flash_bwd_sm90.cu >
+#                   kernels/flash_bwd_sm90_main.cu) on S1k D64 (its CTAs' epilogue weighs most),
+#                   S4k D64, S4k D128.
 #   CALL=7 bwdbench issue 25's backward bar: the benchmark's backward mode on the D96 and D256 rows
 #                   (fp16, bf16) against SDPA cuDNN and flash, with S4k D64 and D128 (issue 23's);
 #                   racecheck of the backward section.
 # Logs go to $OUT. Usage on the device machine, from the repository root:
 #   CALL=1 bash scripts/dev/pending_run.sh
 set -uo pipefail
-case "${CALL:-}" in 1|2|3|4|5|6|7|9|10|11|12|13|14|15|16|17) ;;
-  *) echo "CALL: 1 (tests), 2 (decode), 3 (paged), 4 (probes), 5 (bwd256), 6 (groups), 7 (bwdbench), 9 (dqlag), 10 (turns), 11 (early), 12 (bwdship), 13 (bwd128), 14 (tail), 15 (stores), 16 (store16), 17 (detdesc)" >&2
+case "${CALL:-}" in 1|2|3|4|5|6|7|9|10|11|12|13|14|15|16|17|18) ;;
+  *) echo "CALL: 1 (tests), 2 (decode), 3 (paged), 4 (probes), 5 (bwd256), 6 (groups), 7 (bwdbench), 9 (dqlag), 10 (turns), 11 (early), 12 (bwdship), 13 (bwd128), 14 (tail), 15 (stores), 16 (store16), 17 (detdesc), 18 (dkv16)" >&2
      exit 2 ;; esac
 source "$(dirname "$0")/../steps.sh"
 export FLASHCORE_REQUIRE_GPU=1
@@ -223,6 +228,12 @@ case "${CALL:-}" in
     --shape b1-h16-s16k-d128-causal --shape gqa-b2-h32kv8-s4k-d128-causal --shape b2-h16-s4k-d128-causal \
     --dtype fp16 --impl flashcore --impl flashcore_deterministic --impl sdpa_cudnn --iters 10
   step bench.txt python3 scripts/report.py "$OUT/bench_bwd.json"
+  ;;
+18)
+  step pytest.txt timeout 240 python3 -m pytest tests/test_backward_gpu.py -q -rs -x -p no:cacheprovider
+  step probe.txt timeout 240 python3 scripts/dev/backward_probe.py --dtype fp16 \
+    --shapes b4-h16-s1k-d64,b2-h16-s4k-d64,b2-h16-s4k-d128 \
+    --skip flashcore_det,flashcore_sm80,sdpa_efficient,sdpa_flash --kernel-file flash_bwd_sm90_main.cu
   ;;
 esac
 echo "pending_run exit status: $status"
