@@ -290,12 +290,12 @@ def _script(name: str) -> dict:
 
 def test_ablation_builds_compile():
     """scripts/dev/ablate_sm90.py's copies are builds with kernels/diagnostics.cuh's
-    FLASHCORE_ABLATE_* switches: each compiles for sm_90a (NVRTC, no GPU) for the large,
-    split and ping-pong tiles."""
+    FLASHCORE_ABLATE_* switches (and FLASHCORE_O_STORE32): each compiles for sm_90a (NVRTC, no
+    GPU) for the large, split and ping-pong tiles."""
     from flashcore_cupy import loader
 
     variants = _script("ablate_sm90.py")["VARIANTS"]
-    assert variants[0][1] == () and len(variants) == 7
+    assert variants[0][1] == () and len(variants) == 9
     alibi = configs.variant_config(configs.sm90_config("fp16", 128), configs.KernelVariant(window=True, alibi=True))
     for _, defines in variants[1:]:
         for cfg in (configs.sm90_config("fp16", 64), configs.sm90_config("fp16", 128),
