@@ -64,7 +64,6 @@
 // Sm90BwdParams, the one by-value argument (__grid_constant__): the q, k, v and dout tensor
 // maps, then what flashcore_cupy/launch.py packs after them; declared in flashcore_cupy/params.py.
 #include "params_sm90_bwd.cuh"
-#include "sm90_epilogue.cuh"
 #include "sm90_mainloop.cuh"
 #include "sm90_pipeline.cuh"
 
@@ -528,22 +527,9 @@ flash_bwd_sm90(const __grid_constant__ Sm90BwdParams p) {
         dq_store(dq, n_tiles - 1);
     }
 
-    // dK *= scale; this thread's keys and columns out: stored (16 bytes a lane where the rows
-    // are aligned: store_row16), or added over the GQA group.
+    // dK *= scale; this thread's keys and columns out: stored, or added over the GQA group.
     const float scale = p.scale;
     const int head_kv = head / p.heads_per_kv;
-    if (p.dk_accum == nullptr && rows_aligned16(p.dk, p.dk_sb, p.dk_sh, p.dk_ss) &&
-        rows_aligned16(p.dv, p.dv_sb, p.dv_sh, p.dv_ss)) {
-        #pragma unroll
-        for (int h = 0; h < 2; ++h) {
-            const int key = key_lane + 8 * h;
-            const i64 at_k = batch * p.dk_sb + head_kv * p.dk_sh + key * p.dk_ss + c_col0;
-            const i64 at_v = batch * p.dv_sb + head_kv * p.dv_sh + key * p.dv_ss + c_col0;
-            store_row16<T, DKV>(p.dk + at_k, dk, h, scale, key < seqlen_k, p.head_dim - c_col0, lane);
-            store_row16<T, DKV>(p.dv + at_v, dv, h, 1.f, key < seqlen_k, p.head_dim - c_col0, lane);
-        }
-        return;
-    }
     #pragma unroll
     for (int h = 0; h < 2; ++h) {
         const int key = key_lane + 8 * h;

@@ -492,5 +492,7 @@ def test_the_deterministic_order_never_hangs_the_grid(descending):
 
 def test_descending_adds_need_descending_launches():
     """Adds descending on the grid's ascending order: the resident CTAs (key tiles 0..) all wait on
-    key tiles not yet launched, and a long causal grid hangs."""
-    assert not deterministic_grid_runs(16384, 16384, 64, 128, 2, 1, 132, False, True, random.Random(0))
+    key tiles not yet launched, and a long causal grid hangs (16 heads, key tiles slowest: the 132
+    resident CTAs are key tiles 0-8 of every head; one head's 128 key tiles all resident would not)."""
+    assert not deterministic_grid_runs(16384, 16384, 64, 128, 16, 0, 132, False, True, random.Random(0))
+    assert deterministic_grid_runs(16384, 16384, 64, 128, 16, 0, 132, True, True, random.Random(0))
