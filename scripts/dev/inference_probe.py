@@ -9,6 +9,10 @@ expanded to Hq heads) and dense flashcore's causal b2-h16-s4k-d128, as TFLOP/s. 
 implementation's output is checked against flashcore's first.
 
   PYTHONPATH=$PWD python3 scripts/dev/inference_probe.py [--shapes NAME,...] [--dtype fp16,bf16]
+      [--define NAME[=VALUE] ...]
+
+--define (varlen rows, Hopper): a row more per define, the varlen kernel built with it (e.g.
+FLASHCORE_ONE_Q_SLOT, the one Q slot before v49), checked against the default's output.
 """
 
 import argparse
@@ -85,7 +89,25 @@ def decode_row(s, dtype, samples, rng, results):
     results.append((s.name, dtype, line, copy_gbps))
 
 
-def varlen_row(s, dtype, samples, rng, results):
+def _varlen_build(q, k, v, cu, causal, define):
+    """attention_varlen's Hopper launch of this call built with `define`: its start as a row's call."""
+    import cupy
+
+    from flashcore_cupy import api, configs, validation, varlen
+
+    problem, _ = validation.check_varlen(*(api._spec(a, n) for a, n in (
+        (q, "q"), (k, "k"), (v, "v"), (cu, "cu_seqlens_q"), (cu, "cu_seqlens_k"))),
+        causal=causal, scale=None, window=None, softcap=0.0, alibi_slopes=None)
+    cfg = configs.sm90_varlen_config(problem.dtype, problem.head_dim)
+    out = cupy.empty(q.shape, q.dtype)
+    launch = varlen._sm90_launch(problem, cfg, (out.strides[1] // 2, out.strides[0] // 2), "sm_90a",
+                                 api.device_info(0).num_sms, (define,))
+    ptrs = dict(q=q.data.ptr, k=k.data.ptr, v=v.data.ptr, o=out.data.ptr, cu_seqlens_q=cu.data.ptr,
+                cu_seqlens_k=cu.data.ptr)
+    return lambda i: launch.start(ptrs, cupy.cuda.get_current_stream().ptr) or out
+
+
+def varlen_row(s, dtype, samples, rng, results, defines=()):
     import cupy
     import torch
     from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -101,6 +123,12 @@ def varlen_row(s, dtype, samples, rng, results):
     fns, ctx = {}, {}
     fns["flashcore_varlen"] = lambda i: fc.attention_varlen(q, k, v, cu, cu, max_seqlen_q=longest, max_seqlen_k=longest,
                                                             causal=s.causal)
+    for define in defines:
+        fns[f"varlen+{define}"] = _varlen_build(q, k, v, cu, bool(s.causal), define)
+        diff = float(cupy.abs(fns[f"varlen+{define}"](0).astype(np.float32) -
+                              fns["flashcore_varlen"](0).astype(np.float32)).max())
+        print(f"  varlen+{define}: max |diff| to the default's output {diff:.3g}", flush=True)
+        assert diff < 1e-2, define
     offsets = torch.from_dlpack(cu).to(torch.int64)
     group = hq // hkv
     tq = torch.nested.nested_tensor_from_jagged(torch.from_dlpack(q), offsets).transpose(1, 2)
@@ -129,6 +157,7 @@ def main() -> None:
     ap.add_argument("--shapes", default="")
     ap.add_argument("--dtype", default="fp16")
     ap.add_argument("--samples", type=int, default=15)
+    ap.add_argument("--define", action="append", default=[], help="varlen rows: a build with this define too")
     args = ap.parse_args()
     rng = np.random.default_rng(0)
     rows = [s for s in bench_shapes() if s.kind in ("decode", "paged", "varlen")]
@@ -138,7 +167,10 @@ def main() -> None:
     results = []
     for dtype in args.dtype.split(","):
         for s in rows:
-            (varlen_row if s.kind == "varlen" else decode_row)(s, dtype, args.samples, rng, results)
+            if s.kind == "varlen":
+                varlen_row(s, dtype, args.samples, rng, results, tuple(args.define))
+            else:
+                decode_row(s, dtype, args.samples, rng, results)
 
 
 if __name__ == "__main__":
