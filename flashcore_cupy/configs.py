@@ -485,32 +485,12 @@ class Sm90FwdConfig:
         bias_at, slot = self._bias_layout()
         return 1024 + bias_at + self.bias_slots * slot
 
-    @property
-    def q_slots(self) -> int:
-        """Q's slots in shared memory (the kernel's q_slots): two for packed sequences where they
-        fit (the next work tile's Q loaded under this one), else one."""
-        return self.q_slots_where(self.seq == "varlen")
-
-    def q_slots_where(self, wanted: bool) -> int:
-        """Two Q slots if `wanted` and they fit, else one (ablate_sm90.py's dense copy asks for
-        them on whole tiles, as the kernel's -DFLASHCORE_TWO_Q_SLOTS does)."""
-        return 2 if wanted and 1024 + self._layout_end(1) + self._q_slot_bytes + 16 <= SMEM_LIMIT[self.arch] else 1
-
-    @property
-    def _q_slot_bytes(self) -> int:
-        return 2 * self.d_pad * max(self.block_m, 64)
-
-    def _layout_end(self, q_slots: int) -> int:
-        """Where Q's slots, the K and V rings, the barriers and a dynamic deal's item slots end."""
-        tiles = q_slots * self._q_slot_bytes + 2 * (self.d_pad + self.dv_pad) * self.stages * self.block_n
-        end = tiles + 8 * (2 + 4 * self.stages) + 16 * (q_slots - 1)
-        if self.seq == "varlen":   # the dynamic deal's item slots (sm90_scheduler.cuh's ItemSlots)
-            end += SM90_ITEM_SLOT_BYTES
-        return end
-
     def _bias_layout(self) -> tuple[int, int]:
         """(where the bias tiles start, one slot of them for every warp), as flash_fwd_sm90.cu."""
-        end = self._layout_end(self.q_slots)
+        tiles = 2 * (self.d_pad * (max(self.block_m, 64) + self.stages * self.block_n) + self.dv_pad * self.stages * self.block_n)
+        end = tiles + 8 * (2 + 4 * self.stages)
+        if self.seq == "varlen":   # the dynamic deal's item slots (sm90_scheduler.cuh's ItemSlots)
+            end += SM90_ITEM_SLOT_BYTES
         if self.variant.bias == "none":
             return end, 0
         elem = 4 if self.variant.bias == "fp32" else 2

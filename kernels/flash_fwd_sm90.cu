@@ -8,9 +8,8 @@
 // turn (see work_tile):
 //
 //   producer (warpgroup 0, 24 registers): one thread (or PRODUCERS = 2: one for Q
-//     and K, one for V) issues TMA copies: a tile's Q once its slot's previous one is
-//     released (packed sequences: two slots, q_slots), then K_j and V_j into rings of
-//     STAGES slots, each slot refilled
+//     and K, one for V) issues TMA copies: a tile's Q once the previous tile's is
+//     released, then K_j and V_j into rings of STAGES slots, each slot refilled
 //     once every consumer has released it;
 //   consumer c (64 query rows each, the rest of the register file): for each key tile j
 //     S   = Q_c K_j^T         wgmma m64nBLOCK_Nk16, Q and K from shared memory
@@ -91,8 +90,7 @@
 
 namespace fc {
 
-template <int HEAD_DIM, int DV, int BLOCK_N, int STAGES, int CONSUMERS, bool PINGPONG, bool SPLIT, int WARP_ROWS,
-          int Q_SLOTS = 1>
+template <int HEAD_DIM, int DV, int BLOCK_N, int STAGES, int CONSUMERS, bool PINGPONG, bool SPLIT, int WARP_ROWS>
 struct Sm90Tile {
     static constexpr int kConsumers = CONSUMERS;
     static constexpr bool kSplit = SPLIT;
@@ -111,16 +109,13 @@ struct Sm90Tile {
     static constexpr u32 kQBytes = kBlockM * kDPad * 2;             // what Q's boxes bring
     static constexpr u32 kKBytes = BLOCK_N * kDPad * 2;             // one K tile
     static constexpr u32 kVBytes = BLOCK_N * kDvPad * 2;            // one V tile
-    // Q's slots: one, or two where the next work tile's Q loads under this one (q_slots).
-    static constexpr int kQSlots = Q_SLOTS;
-    static constexpr u32 kQSlotBytes = kQRows * kDPad * 2;
-    // Shared layout (offsets from a 1024-byte aligned base): Q's slots, K ring, V ring, barriers
-    // (a second Q slot's last), and a bias variant's bias tiles.
-    static constexpr u32 kOffK = Q_SLOTS * kQSlotBytes;
+    // Shared layout (offsets from a 1024-byte aligned base): Q, K ring, V ring, barriers,
+    // and a bias variant's bias tiles.
+    static constexpr u32 kOffK = kQRows * kDPad * 2;
     static constexpr u32 kOffV = kOffK + STAGES * kKBytes;
     static constexpr u32 kOffBars = kOffV + STAGES * kVBytes;
     // A bias variant's per-warp bias tiles (BiasStage), after the barriers.
-    static constexpr u32 kBarsEnd = kOffBars + 8 * (2 + 4 * STAGES) + 16 * (Q_SLOTS - 1);
+    static constexpr u32 kBarsEnd = kOffBars + 8 * (2 + 4 * STAGES);
     static constexpr u32 kOffBias = (kBarsEnd + 127) / 128 * 128;
     // The dynamic deal's item slots (sm90_scheduler.cuh), after the barriers.
     static constexpr u32 kOffItems = kBarsEnd;
@@ -153,41 +148,17 @@ struct Sm90Tile {
     static_assert(!SPLIT || (CONSUMERS >= 2 && !PINGPONG && STAGES % CONSUMERS == 0),
                   "SPLIT: 2+ consumers, no ping-pong, ring slots a multiple of the consumers");
     static_assert(WARP_ROWS == 16 || (WARP_ROWS == 8 && SPLIT), "WARP_ROWS: 16, or 8 with SPLIT");
-    static_assert(Q_SLOTS == 1 || (Q_SLOTS == 2 && !SPLIT), "Q_SLOTS: 1, or 2 for whole tiles (a CTA's next)");
     // SPLIT combine: each consumer but the first leaves O, m and l (kHalves * (DV / 4 + 2)
     // floats per thread) in the ring, free once every consumer is done with it.
     static_assert(!SPLIT || (CONSUMERS - 1) * 128 * kHalves * (DV / 4 + 2) * 4 <= STAGES * (kKBytes + kVBytes),
                   "SPLIT: the combine's scratch must fit in the K/V ring");
 };
 
-// Q's slots: packed sequences' work tiles (a few key tiles each, many a CTA: the dynamic deal)
-// take two where they fit, so that the producer loads the next tile's Q as soon as it has issued
-// this tile's loads instead of once this tile's last S GEMM has read Q (an item trace of such
-// tiles, v44: ~15 % of their time waiting on Q). configs.Sm90FwdConfig.q_slots mirrors this.
-// Probes: -DFLASHCORE_ONE_Q_SLOT one; -DFLASHCORE_TWO_Q_SLOTS dense whole tiles too (the host
-// must then give the shared memory: ablate_sm90.py's copy does).
-template <class S, class Tile1>
-__device__ constexpr u32 layout_end() {   // (Tile1's: one Q slot) where the kernel's shared memory ends
-    return Tile1::kOffItems + (dynamic_deal<S>() ? kItemSlotBytes : 0);
-}
-template <class S, class Tile1>
-__device__ constexpr int q_slots() {
-#if defined(FLASHCORE_ONE_Q_SLOT)
-    constexpr bool kWants = false;
-#elif defined(FLASHCORE_TWO_Q_SLOTS)
-    constexpr bool kWants = S::kVarlen || (S::kDense && !Tile1::kSplit);
-#else
-    constexpr bool kWants = S::kVarlen;
-#endif
-    return kWants && 1024 + layout_end<S, Tile1>() + Tile1::kQSlotBytes + 16 <= kSm90SmemLimit ? 2 : 1;
-}
-
 template <class T, int HEAD_DIM, int DV, int BLOCK_N, int STAGES, int CONSUMERS, bool PINGPONG, bool SPLIT,
           int PRODUCERS, int WARP_ROWS, class V = Plain, class S = Dense>
 __global__ void __launch_bounds__(128 * (CONSUMERS + 1), 1)
 flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
-    using Tile = Sm90Tile<HEAD_DIM, DV, BLOCK_N, STAGES, CONSUMERS, PINGPONG, SPLIT, WARP_ROWS,
-                          q_slots<S, Sm90Tile<HEAD_DIM, DV, BLOCK_N, STAGES, CONSUMERS, PINGPONG, SPLIT, WARP_ROWS>>()>;
+    using Tile = Sm90Tile<HEAD_DIM, DV, BLOCK_N, STAGES, CONSUMERS, PINGPONG, SPLIT, WARP_ROWS>;
     constexpr int H = Tile::kHalves;
 #ifdef FLASHCORE_ABLATE_NO_TURNS
     constexpr bool kTurns = false;
@@ -210,10 +181,8 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
     const int warpgroup = __shfl_sync(0xffffffffu, threadIdx.x / 128, 0); FC_TRACE(0); FC_TRACE_NS(22);
     constexpr int kProducerRegs = gathers_rows<S>() ? Tile::kGatherProducerRegs : Tile::kProducerRegs;
     if (threadIdx.x == 0) {
-        for (int s = 0; s < Tile::kQSlots; ++s) {
-            mbar_init(bar.q_full(s), 1);
-            mbar_init(bar.q_empty(s), 4 * CONSUMERS);      // one arrival per consumer warp
-        }
+        mbar_init(bar.q_full(), 1);
+        mbar_init(bar.q_empty(), 4 * CONSUMERS);           // one arrival per consumer warp
         for (int s = 0; s < STAGES; ++s) {
             mbar_init(bar.k_full(s), gathers_rows<S>() ? gather_arrivals<S, PRODUCERS>() : 1);   // TMA: one thread's expect_tx
             mbar_init(bar.v_full(s), gathers_rows<S>() ? gather_arrivals<S, PRODUCERS>() : 1);
@@ -265,13 +234,10 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
     using Stage = BiasStage<T, V::kBias == 2 ? 2 : 1, WARP_ROWS, BLOCK_N, kBiasSlots>;
     const Stage stage{reinterpret_cast<char*>(smem) + (sbase - smem_addr(smem)) + Tile::kOffBias +
                       (consumer * 4 + warp) * Stage::kBytes};
-    // The host's smem_bytes mirrors the layouts that grow past the barriers (bias tiles, a second
-    // Q slot's dynamic deal): trap, never overrun.
-    if constexpr (V::kBias != 0 || Tile::kQSlots == 2) {
+    if constexpr (V::kBias != 0) {   // the host's smem_bytes mirrors this layout: trap, never overrun
         u32 given;
         asm("mov.u32 %0, %%dynamic_smem_size;" : "=r"(given));
-        const u32 needs = V::kBias != 0 ? Tile::kOffBias + 4 * CONSUMERS * Stage::kBytes : layout_end<S, Tile>();
-        if (given < (sbase - smem_addr(smem)) + needs) __trap();
+        if (given < (sbase - smem_addr(smem)) + Tile::kOffBias + 4 * CONSUMERS * Stage::kBytes) __trap();
     }
     // Ping-pong: consumers take turns issuing their GEMMs (hardware barrier 1 + c
     // is consumer c's turn), so one's softmax runs while another's GEMMs do.
@@ -411,10 +377,7 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
         if (kTurns && consumer == CONSUMERS - 1 && n_blocks > 0) named_barrier_arrive(1, 256);
         // wgmma issue stays out of data-dependent branches: ptxas serialises every
         // wgmma of a kernel that waits on one inside a divergent path (C7518).
-        // This tile's Q slot (its n_done-th: slot n_done % kQSlots, used n_done / kQSlots times before).
-        const int q_slot = n_done % Tile::kQSlots;
-        const u64 q_tile = desc_advance(q_desc, q_slot * Tile::kQSlotBytes);
-        mbar_wait(bar.q_full(q_slot), (n_done / Tile::kQSlots) & 1); FC_TRACE(4); FC_ITEM(i, 1); FC_ITEM_SET(i, 6, my_blocks);
+        mbar_wait(bar.q_full(), n_done & 1); FC_TRACE(4); FC_ITEM(i, 1); FC_ITEM_SET(i, 6, my_blocks);
         // P_k V_k is done: its V tile goes back to the producer, `a` and O are free.
         // A KV cache's tile past its sequence's end: V's rows there are whatever the cache held
         // (the maps span every sequence's room; packed sequences: the next sequence's rows) and a
@@ -440,7 +403,7 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
             mbar_wait(bar.k_full(r.slot()), r.parity()); FC_TRACE(5);
             landed();
             await_turn();
-            qk_wgmma<T, Tile::kQRows, HEAD_DIM, BLOCK_N>(s[0], q_tile, k_tile(r));
+            qk_wgmma<T, Tile::kQRows, HEAD_DIM, BLOCK_N>(s[0], q_desc, k_tile(r));
             pass_turn(false);
             wgmma_wait<0>();
             fence_registers(s[0]); FC_TRACE(6);
@@ -456,7 +419,7 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
             landed();
             clear_stale(k - 1);
             await_turn(); FC_TRACE(20);
-            qk_wgmma<T, Tile::kQRows, HEAD_DIM, BLOCK_N>(s[0], q_tile, k_tile(r));
+            qk_wgmma<T, Tile::kQRows, HEAD_DIM, BLOCK_N>(s[0], q_desc, k_tile(r));
             pv_wgmma<T, DV, BLOCK_N>(o[0], a, v_tile(prev));
             pass_turn(false);
             wgmma_wait<1>();                  // S_k landed (groups retire in order)
@@ -469,7 +432,7 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
         }
         // Every S GEMM has landed: Q is free, so the producer loads the next tile's Q
         // during the last P V and the epilogue.
-        release(bar.q_empty(q_slot));
+        release(bar.q_empty());
         if (my_blocks > 0) {
             const Ring<STAGES> last{it + tile(my_blocks - 1)};
             mbar_wait(bar.v_full(last.slot()), last.parity());

@@ -30,24 +30,6 @@ def test_geometry_and_name():
     assert (cfg.threads, cfg.block_m) == (384, 128)
     assert cfg.smem_bytes == 1024 + 2 * 128 * (128 + 2 * 2 * 128) + 8 * 10
     assert cfg.smem_bytes <= configs.SMEM_LIMIT["sm_90a"]
-    assert cfg.q_slots == 1
-
-
-def test_packed_sequences_take_two_q_slots_where_they_fit():
-    """A varlen config's next work tile's Q loads into a second slot (flash_fwd_sm90.cu's
-    q_slots): its layout adds Q's bytes and the slot's two barriers after the item slots' own."""
-    varlen = configs.sm90_varlen_config("fp16", 128)
-    assert (varlen.block_m, varlen.block_n, varlen.stages, varlen.q_slots) == (128, 128, 2, 2)
-    assert varlen.smem_bytes == 1024 + 2 * 128 * (2 * 128 + 2 * 2 * 128) + 8 * 10 + 16 + configs.SM90_ITEM_SLOT_BYTES
-    for dtype in ("fp16", "bf16"):
-        for d in (64, 96, 128, 192, 256):
-            cfg = configs.sm90_varlen_config(dtype, d)
-            one = configs.Sm90FwdConfig(**{**cfg.__dict__, "seq": "dense"})
-            assert cfg.smem_bytes <= configs.SMEM_LIMIT["sm_90a"]
-            # two slots wherever the second fits (D192 and D256's rings leave no room)
-            assert cfg.q_slots == (2 if d <= 128 else 1), (d, cfg.smem_bytes)
-            assert cfg.smem_bytes == one.smem_bytes + configs.SM90_ITEM_SLOT_BYTES + (cfg.q_slots - 1) * (
-                2 * cfg.d_pad * cfg.block_m + 16)
     assert cfg.work_tiles(batch=3, heads_q=5, seqlen_q=129) == 2 * 5 * 3
     assert cfg.schedule(batch=3, heads_q=5, seqlen_q=129, num_sms=132, causal=False)[:3] == ((30, 1, 1), 30, 30)
     # 300 tiles: 2 rounds of 132 and 36 left over, which run as 72 sub-tiles of 64 rows
@@ -308,12 +290,12 @@ def _script(name: str) -> dict:
 
 def test_ablation_builds_compile():
     """scripts/dev/ablate_sm90.py's copies are builds with kernels/diagnostics.cuh's
-    FLASHCORE_ABLATE_* switches (and FLASHCORE_O_STORE32, FLASHCORE_TWO_Q_SLOTS): each compiles
-    for sm_90a (NVRTC, no GPU) for the large, split and ping-pong tiles."""
+    FLASHCORE_ABLATE_* switches (and FLASHCORE_O_STORE32): each compiles for sm_90a (NVRTC, no
+    GPU) for the large, split and ping-pong tiles."""
     from flashcore_cupy import loader
 
     variants = _script("ablate_sm90.py")["VARIANTS"]
-    assert variants[0][1] == () and len(variants) == 10
+    assert variants[0][1] == () and len(variants) == 9
     alibi = configs.variant_config(configs.sm90_config("fp16", 128), configs.KernelVariant(window=True, alibi=True))
     for _, defines in variants[1:]:
         for cfg in (configs.sm90_config("fp16", 64), configs.sm90_config("fp16", 128),
@@ -335,8 +317,7 @@ def test_schedule_probe_build_compiles():
         assert report.spill_bytes == 0 and report.static_smem_bytes == 0, (str(cfg), report)
     assert _script("schedule_probe.py")["_ITEM_SLOTS_BYTES"] == configs.SM90_ITEM_SLOT_BYTES == 8 * 4 + 4 * 2
     plain, varlen = configs.sm90_config("fp16", 128), configs.sm90_varlen_config("fp16", 128)
-    # 4 barriers, 2 items; and varlen's second Q slot (128 rows of 128 columns, its 2 barriers)
-    assert varlen.smem_bytes == plain.smem_bytes + configs.SM90_ITEM_SLOT_BYTES + 2 * 128 * 128 + 16
+    assert varlen.smem_bytes == plain.smem_bytes + configs.SM90_ITEM_SLOT_BYTES   # 4 barriers, 2 items
 
 
 def test_every_trace_point_is_stamped_once_and_the_trace_build_compiles():

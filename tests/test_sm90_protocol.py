@@ -25,7 +25,7 @@ class Mbarrier:
 
 
 def cta(consumers, stages, pingpong, items, skip_per_turn=True, split=False, producers=1, dynamic=False,
-        copies=1, full_count=None, parts=1, q_slots=1):
+        copies=1, full_count=None, parts=1):
     """Coroutines of one CTA. items: per work item (n_blocks, per-consumer key tiles)
     where a consumer's count is None when it has no rows in the item. skip_per_turn=False
     is the first version's order for skipped tiles (all released, then the turns).
@@ -34,11 +34,8 @@ def cta(consumers, stages, pingpong, items, skip_per_turn=True, split=False, pro
     dynamic: the dynamic deal's item slots (sm90_scheduler.cuh's ItemSlots): the producer
     publishes item n's successor once it has issued item n's copies (slot n % 2, after the
     consumers took the slot's previous item), every consumer takes it when item n ends; the
-    last one published is past the items (where the kernel's loops stop). (With one Q slot the
-    item slot's empty wait is insurance: Q's release already keeps the producer within an item of
-    every consumer; with two it is what holds the producer back.)
-    q_slots: Q's slots (the kernel's Tile::kQSlots: two for packed sequences), item n's Q in slot
-    n % q_slots, loaded once the slot's previous item released it.
+    last one published is past the items (where the kernel's loops stop). (The slot's empty wait
+    is insurance: Q's release already keeps the producer within an item of every consumer.)
     copies: a K/V slot's copies that arrive on its full barrier one by one as they land (a
     gathered paged cache: each lane of a producer warp, cp.async.mbarrier.arrive.noinc),
     parts the warps of each producer role that copy a slot's parts (gathered pages: 4 /
@@ -46,7 +43,7 @@ def cta(consumers, stages, pingpong, items, skip_per_turn=True, split=False, pro
     barrier's expected arrivals (default: copies x parts, as the kernel initialises it).
     A consumer past a full wait checks that none of the slot's copies is still in flight."""
     users = 1 if split else consumers
-    q_full, q_empty = [Mbarrier(1) for _ in range(q_slots)], [Mbarrier(consumers) for _ in range(q_slots)]
+    q_full, q_empty = Mbarrier(1), Mbarrier(consumers)
     full_count = copies * parts if full_count is None else full_count
     k_full, v_full = ([Mbarrier(full_count) for _ in range(stages)] for _ in range(2))
     k_empty = [Mbarrier(users) for _ in range(stages)]
@@ -73,9 +70,9 @@ def cta(consumers, stages, pingpong, items, skip_per_turn=True, split=False, pro
         it = 0
         for n, (n_blocks, _) in enumerate(items):
             if loads_k and part == 0:
-                if n >= q_slots:
-                    yield from wait(q_empty[n % q_slots], n // q_slots - 1)
-                in_flight.append(q_full[n % q_slots])
+                if n > 0:
+                    yield from wait(q_empty, n - 1)
+                in_flight.append(q_full)
             for j in range(n_blocks + k_ahead):   # K_j, then V_{j - k_ahead}
                 for loads, t, empty, full in ((loads_k, j, k_empty, k_full),
                                               (loads_v, j - k_ahead, v_empty, v_full)):
@@ -112,7 +109,7 @@ def cta(consumers, stages, pingpong, items, skip_per_turn=True, split=False, pro
             own = len(range(c, blocks, consumers)) if split else blocks
             if pingpong and c == consumers - 1 and n_blocks > 0:
                 pass_turn(False)
-            yield from wait(q_full[n % q_slots], n // q_slots)
+            yield from wait(q_full, n)
             if own > 0:                                      # S_0
                 slot, use = ring(it + tile(0))
                 yield from wait(k_full[slot], use)
@@ -128,7 +125,7 @@ def cta(consumers, stages, pingpong, items, skip_per_turn=True, split=False, pro
                 pass_turn(False)
                 k_empty[slot].arrive()
                 v_empty[prev].arrive()
-            q_empty[n % q_slots].arrive()
+            q_empty.arrive()
             if own > 0:                                      # the last P V
                 slot, use = ring(it + tile(own - 1))
                 yield from wait(v_full[slot], use)
@@ -217,16 +214,14 @@ def random_items(rng, consumers):
     return items
 
 
-@pytest.mark.parametrize("q_slots", [1, 2])
 @pytest.mark.parametrize("consumers, stages, pingpong", [(2, 2, True), (3, 2, True), (2, 3, False), (1, 2, False)])
-def test_the_dynamic_deal_never_deadlocks(consumers, stages, pingpong, q_slots):
+def test_the_dynamic_deal_never_deadlocks(consumers, stages, pingpong):
     """The dynamic deal (varlen's, and the probe's on dense tiles): one producer thread, whole
-    tiles; up to 8 items a CTA so that both item slots (and both Q slots) turn over, in random
-    interleavings."""
+    tiles; up to 8 items a CTA so that both slots turn over, in random interleavings."""
     for seed in range(200):
         rng = random.Random(seed)
         items = random_items(rng, consumers) + random_items(rng, consumers)
-        assert runs_to_the_end(cta(consumers, stages, pingpong, items, dynamic=True, q_slots=q_slots), rng), items
+        assert runs_to_the_end(cta(consumers, stages, pingpong, items, dynamic=True), rng), items
 
 
 @pytest.mark.parametrize("producers", [1, 2])

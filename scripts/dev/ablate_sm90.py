@@ -35,12 +35,7 @@ VARIANTS = [
     ("O stored 4 bytes a lane (v47's)", ("FLASHCORE_O_STORE32",)),   # also checks that path's output
     ("schedule: no ping-pong turns", ("FLASHCORE_ABLATE_NO_TURNS",)),
     ("schedule: key tiles ascending", ("FLASHCORE_ABLATE_ASCENDING",)),   # only ALiBi's differ
-    # the next work tile's Q in a second slot (varlen's since v49) on dense whole tiles: checked too
-    ("schedule: two Q slots", ("FLASHCORE_TWO_Q_SLOTS",)),
 ]
-# The shared memory every launch is given: with the two-slot copy selected, its size for all of
-# them (the shipped kernel's too, so that both run with the same L1 carve-out).
-_TWO_Q_SLOTS = "FLASHCORE_TWO_Q_SLOTS"
 
 
 def main():
@@ -54,10 +49,6 @@ def main():
     args = parser.parse_args()
     rng = np.random.default_rng()
     print(cupy.cuda.runtime.getDeviceProperties(0)["name"].decode())
-    if any(_TWO_Q_SLOTS in d for label, d in VARIANTS if not args.variant or any(t in label for t in args.variant)):
-        from flashcore_cupy import configs
-        configs.Sm90FwdConfig.q_slots = property(   # the host's smem_bytes for the copy's layout
-            lambda c: c.q_slots_where(c.seq == "varlen" or (c.seq == "dense" and not c.split)))
     shapes = [parse_shape(name) for name in args.shape or ["b4-h16-s1k-d64", "b2-h16-s4k-d64", "b2-h16-s4k-d128"]]
     shapes += [dataclasses.replace(shape, name=f"{shape.name} window ({left}, 0)", window=(left, 0))
                for shape in list(shapes) if shape.window is not None for left in args.window]
@@ -77,7 +68,7 @@ def main():
             run = lambda: plan.run(q, k, v, out=out, **arrays)   # noqa: E731
             out.fill(np.nan)
             run()
-            # the whole output's; only the schedule and store copies should pass
+            # the whole output's; only the schedule copies should pass
             err = verify(shape, q, k, v, out, rng, options=opts)[0]
             t = time_kernel(run).p50
             base = base or t
