@@ -9,6 +9,11 @@ expanded to Hq heads) and dense flashcore's causal b2-h16-s4k-d128, as TFLOP/s. 
 implementation's output is checked against flashcore's first.
 
   PYTHONPATH=$PWD python3 scripts/dev/inference_probe.py [--shapes NAME,...] [--dtype fp16,bf16]
+      [--define NAME[=VALUE] ...] [--varlen-tile BLOCK_N:STAGES[:CONSUMERS] ...]
+
+Varlen rows, Hopper: --define adds a row per define, the varlen kernel built with it (a probe
+build); --varlen-tile a row per tile (the dispatched config with that key tile, ring and
+consumers); each checked against the default's output.
 """
 
 import argparse
@@ -85,7 +90,30 @@ def decode_row(s, dtype, samples, rng, results):
     results.append((s.name, dtype, line, copy_gbps))
 
 
-def varlen_row(s, dtype, samples, rng, results):
+def _varlen_build(q, k, v, cu, causal, define=None, tile=None):
+    """attention_varlen's Hopper launch of this call built with `define`, or with `tile`'s
+    (block_n, stages, consumers): its start as a row's call."""
+    import dataclasses
+
+    import cupy
+
+    from flashcore_cupy import api, configs, validation, varlen
+
+    problem, _ = validation.check_varlen(*(api._spec(a, n) for a, n in (
+        (q, "q"), (k, "k"), (v, "v"), (cu, "cu_seqlens_q"), (cu, "cu_seqlens_k"))),
+        causal=causal, scale=None, window=None, softcap=0.0, alibi_slopes=None)
+    cfg = configs.sm90_varlen_config(problem.dtype, problem.head_dim)
+    if tile:
+        cfg = dataclasses.replace(cfg, block_n=tile[0], stages=tile[1], consumers=tile[2] if len(tile) > 2 else cfg.consumers)
+    out = cupy.empty(q.shape, q.dtype)
+    launch = varlen._sm90_launch(problem, cfg, (out.strides[1] // 2, out.strides[0] // 2), "sm_90a",
+                                 api.device_info(0).num_sms, (define,) if define else ())
+    ptrs = dict(q=q.data.ptr, k=k.data.ptr, v=v.data.ptr, o=out.data.ptr, cu_seqlens_q=cu.data.ptr,
+                cu_seqlens_k=cu.data.ptr)
+    return lambda i: launch.start(ptrs, cupy.cuda.get_current_stream().ptr) or out
+
+
+def varlen_row(s, dtype, samples, rng, results, defines=(), tiles=()):
     import cupy
     import torch
     from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -101,6 +129,13 @@ def varlen_row(s, dtype, samples, rng, results):
     fns, ctx = {}, {}
     fns["flashcore_varlen"] = lambda i: fc.attention_varlen(q, k, v, cu, cu, max_seqlen_q=longest, max_seqlen_k=longest,
                                                             causal=s.causal)
+    builds = [(f"varlen+{d}", dict(define=d)) for d in defines]
+    builds += [("varlen_" + "x".join(map(str, t)), dict(tile=t)) for t in tiles]
+    for name, how in builds:
+        fns[name] = _varlen_build(q, k, v, cu, bool(s.causal), **how)
+        diff = float(cupy.abs(fns[name](0).astype(np.float32) - fns["flashcore_varlen"](0).astype(np.float32)).max())
+        print(f"  {name}: max |diff| to the default's output {diff:.3g}", flush=True)
+        assert diff < 1e-2, name
     offsets = torch.from_dlpack(cu).to(torch.int64)
     group = hq // hkv
     tq = torch.nested.nested_tensor_from_jagged(torch.from_dlpack(q), offsets).transpose(1, 2)
@@ -129,6 +164,8 @@ def main() -> None:
     ap.add_argument("--shapes", default="")
     ap.add_argument("--dtype", default="fp16")
     ap.add_argument("--samples", type=int, default=15)
+    ap.add_argument("--define", action="append", default=[], help="varlen rows: a build with this define too")
+    ap.add_argument("--varlen-tile", action="append", default=[], help="varlen rows: BLOCK_N:STAGES[:CONSUMERS] too")
     args = ap.parse_args()
     rng = np.random.default_rng(0)
     rows = [s for s in bench_shapes() if s.kind in ("decode", "paged", "varlen")]
@@ -138,7 +175,11 @@ def main() -> None:
     results = []
     for dtype in args.dtype.split(","):
         for s in rows:
-            (varlen_row if s.kind == "varlen" else decode_row)(s, dtype, args.samples, rng, results)
+            if s.kind == "varlen":
+                varlen_row(s, dtype, args.samples, rng, results, tuple(args.define),
+                           tuple(tuple(int(x) for x in t.split(":")) for t in args.varlen_tile))
+            else:
+                decode_row(s, dtype, args.samples, rng, results)
 
 
 if __name__ == "__main__":
