@@ -49,10 +49,11 @@ def _draw(rng, dtype, dims):
     return cupy.asarray(host.astype(np.float16 if dtype == "fp16" else ml_dtypes.bfloat16))
 
 
-def make_inputs(rng, dtype, d, layout, heads, lengths):
+def make_inputs(rng, dtype, d, layout, heads, lengths, dv=None):
+    """q, k and v (v dv wide: d unless given)."""
     (b, hq, hkv), (sq, sk) = heads, lengths
-    dims = (lambda h, s: (b, h, s, d)) if layout == "bhsd" else (lambda h, s: (b, s, h, d))
-    return _draw(rng, dtype, dims(hq, sq)), _draw(rng, dtype, dims(hkv, sk)), _draw(rng, dtype, dims(hkv, sk))
+    dims = (lambda h, s, w=d: (b, h, s, w)) if layout == "bhsd" else (lambda h, s, w=d: (b, s, h, w))
+    return _draw(rng, dtype, dims(hq, sq)), _draw(rng, dtype, dims(hkv, sk)), _draw(rng, dtype, dims(hkv, sk, dv or d))
 
 
 def sdpa_error(q, k, v, ref, causal, layout):
@@ -429,8 +430,8 @@ def test_hopper_sub_tiles_of_a_partial_last_round(rng, config, tiles_per_head):
     sq = (t - 1) * config.block_m + 108
     plan = config.schedule(1, sms + 2, sq, sms, causal=False)
     assert plan.tail_start == t * sms and plan.items == t * sms + 2 * t * config.consumers
-    q, k, v = make_inputs(rng, config.dtype, config.head_dim, "bhsd", (1, sms + 2, 2), (sq, 333))
-    out = cupy.full(q.shape, np.nan, dtype=q.dtype)
+    q, k, v = make_inputs(rng, config.dtype, config.head_dim, "bhsd", (1, sms + 2, 2), (sq, 333), config.dv)
+    out = cupy.full(q.shape[:-1] + v.shape[-1:], np.nan, dtype=q.dtype)
     _, lse = fc.plan(q, k, v, config=config, out=out, return_lse=True).run(q, k, v, out=out)
     ref, ref_lse = reference.attention(q, k, v, return_lse=True)
     assert_close(out, ref, config.dtype, f"{config}:")
@@ -615,8 +616,8 @@ def test_the_hopper_kernel_runs_the_python_schedule(rng, config):
                 ((1, 3, 1), (129, 64), True, None), ((2, 6, 2), (1000, 1300), True, (200, 0)),
                 ((1, 4, 4), (700, 500), "top_left", None), ((2, 3, 3), (600, 900), False, (50, 300))]
     for (b, hq, hkv), (sq, sk), causal, window in problems:
-        q, k, v = make_inputs(rng, config.dtype, config.head_dim, "bhsd", (b, hq, hkv), (sq, sk))
-        out = cupy.full(q.shape, np.nan, dtype=q.dtype)
+        q, k, v = make_inputs(rng, config.dtype, config.head_dim, "bhsd", (b, hq, hkv), (sq, sk), config.dv)
+        out = cupy.full(q.shape[:-1] + v.shape[-1:], np.nan, dtype=q.dtype)
         launch = fc.plan(q, k, v, causal=causal, window=window, out=out, config=config,
                          defines=_RECORD_DEFINE).launch
         expected = launch.work_tiles()
