@@ -108,7 +108,7 @@ def main() -> int:
                                               "(flashcore_det, flashcore_sm80, sdpa_flash, sdpa_efficient)")
     ap.add_argument("--define", action="append", default=[],
                     help="also time the Hopper backward built with -D<NAME> (a probe build, checked "
-                         "like the others; repeatable; A+B: both in one build: --define FLASHCORE_BWD_TURNS=2+FLASHCORE_BWD_ROWS_EARLY)")
+                         "like the others; repeatable; A+B: both in one build, e.g. --define FLASHCORE_ABLATE_NO_DQ+FLASHCORE_ABLATE_NO_DQ_ADD)")
     ap.add_argument("--config", action="append", default=[],
                     help="also time the Hopper backward with Sm90BwdConfig fields replaced (checked "
                          "like the others; repeatable: --config stages=1)")
