@@ -1,6 +1,11 @@
 #!/usr/bin/env bash
 # The device calls still to run, one call each, in order of need (each under 9 minutes of
 # timeouts). Earlier calls and what they found: docs/results/ (v44-v49) and git history.
+#   CALL=0 backward main's backward build (v49's deterministic order with v48's 4-byte dK/dV stores,
+#                   never run on a GPU in v49): test_backward_gpu and the torch adapter's tests, then
+#                   the benchmark's backward mode, fp16 and bf16, default / deterministic / cuDNN, on
+#                   the causal rows (issue 23's deterministic bar, 0.75x the default) and S4k D128.
+#   CALL=7 bwdsan   compute-sanitizer memcheck, racecheck and synccheck of sanitize_case's backward.
 #   CALL=1 decode   issue 24's decode rows in one benchmark run, fp16 and bf16 (B8 Sk 8k, B1 Sk
 #                   128k, B64 Sk 2k, speculative Sq 4): its bar is >= 1.0x the fastest SDPA peer
 #                   on every row (v45: B1 128k 0.96-0.97x back to back, 1.00x as graph replays).
@@ -21,8 +26,8 @@
 # Logs go to $OUT. Usage on the device machine, from the repository root:
 #   CALL=1 bash scripts/dev/pending_run.sh
 set -uo pipefail
-case "${CALL:-}" in 1|2|3|4|5|6) ;;
-  *) echo "CALL: 1 (decode), 2 (paged), 3 (varlen3), 4 (h200), 5 (matrix), 6 (gather)" >&2
+case "${CALL:-}" in 0|1|2|3|4|5|6|7) ;;
+  *) echo "CALL: 0 (backward), 1 (decode), 2 (paged), 3 (varlen3), 4 (h200), 5 (matrix), 6 (gather), 7 (bwdsan)" >&2
      exit 2 ;; esac
 source "$(dirname "$0")/../steps.sh"
 export FLASHCORE_REQUIRE_GPU=1
@@ -34,6 +39,19 @@ bench() {   # bench NAME SHAPE... : one benchmark run of these rows (both dtypes
   step bench.txt python3 scripts/report.py "$OUT/bench_$name.json"
 }
 case "${CALL:-}" in
+0)
+  step pytest.txt timeout 280 python3 -m pytest tests/test_backward_gpu.py tests/test_torch_adapter_gpu.py -q -rs \
+    -p no:cacheprovider
+  step bench.txt timeout 260 python3 scripts/bench.py --direction backward --out "$OUT/bench_backward.json" \
+    --shape b2-h16-s4k-d128-causal --shape b1-h16-s16k-d128-causal --shape gqa-b2-h32kv8-s4k-d128-causal \
+    --shape b2-h16-s4k-d128 --impl flashcore --impl flashcore_deterministic --impl sdpa_cudnn --iters 10
+  step bench.txt python3 scripts/report.py "$OUT/bench_backward.json"
+  ;;
+7)
+  for tool in memcheck racecheck synccheck; do
+    step sanitizer.txt timeout 150 compute-sanitizer --tool $tool --error-exitcode 3 python3 scripts/sanitize_case.py backward
+  done
+  ;;
 1)
   bench decode decode-b8-h32kv8-s8k-d128 decode-b1-h32kv8-s128k-d128 decode-b64-h32kv8-s2k-d128 \
     specdec-b8-h32kv8-sq4-s8k-d128-causal
