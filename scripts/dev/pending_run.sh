@@ -13,7 +13,7 @@
 #                   16, 256; varlen 16 and 64 sequences, with dense S4k causal): bars 0.95x the
 #                   contiguous cache at page 16 and over, 0.7x at page 1; varlen >= 2x SDPA
 #                   nested and >= 0.8x dense flashcore (v49 probes: 0.78-0.82x, 1.96-2.03x).
-#   CALL=3 varlen3  varlen's 64-key tiles with three consumers (192 query rows; 1.05x the shipped
+#   CALL=3 varlen3  varlen's 64-key tiles with three consumers, 2 and 4 slots (192 query rows; 1.05x the shipped
 #                   128x128 tile once, v49 call 5) beside the shipped tile, both dtypes, both
 #                   varlen rows, 20 samples: the candidate for sm90_varlen_config at D128.
 #   CALL=4 h200     (an H200: `kind` nvidia-h200) issue 22's variant rows and top-left against the
@@ -63,7 +63,7 @@ case "${CALL:-}" in
   ;;
 3)
   step probe.txt timeout 400 python3 scripts/dev/inference_probe.py --dtype fp16,bf16 --samples 20 \
-    --shapes varlen-64seq-h32kv8-d128-causal,varlen-16seq-32k-h16-d128-causal --varlen-tile 64:2:3
+    --shapes varlen-64seq-h32kv8-d128-causal,varlen-16seq-32k-h16-d128-causal --varlen-tile 64:2:3 --varlen-tile 64:4:3
   ;;
 4)
   bench variants window1k-b2-h16-s8k-d128 window4k-b1-h32kv8-s16k-d128 softcap50-b2-h16kv8-s4k-d256-causal \
