@@ -8,7 +8,8 @@
 #   CALL=7 bwdsan   compute-sanitizer memcheck, racecheck and synccheck of sanitize_case's backward.
 #   CALL=1 decode   issue 24's decode rows in one benchmark run, fp16 and bf16 (B8 Sk 8k, B1 Sk
 #                   128k, B64 Sk 2k, speculative Sq 4): its bar is >= 1.0x the fastest SDPA peer
-#                   on every row (v45: B1 128k 0.96-0.97x back to back, 1.00x as graph replays).
+#                   on every row (v45: B1 128k 0.96-0.97x back to back, 1.00x as graph replays);
+#                   then B1 128k's tiles by split count as graph replays (8 splits: 64 CTAs).
 #   CALL=2 paged    issue 24's paged and varlen rows in one benchmark run, fp16 and bf16 (paged 1,
 #                   16, 256; varlen 16 and 64 sequences, with dense S4k causal): bars 0.95x the
 #                   contiguous cache at page 16 and over, 0.7x at page 1; varlen >= 2x SDPA
@@ -55,6 +56,8 @@ case "${CALL:-}" in
 1)
   bench decode decode-b8-h32kv8-s8k-d128 decode-b1-h32kv8-s128k-d128 decode-b64-h32kv8-s2k-d128 \
     specdec-b8-h32kv8-sq4-s8k-d128-causal
+  step probe.txt timeout 150 python3 scripts/dev/kvcache_tile_probe.py --rows decode-b1-h32kv8-s128k-d128 \
+    --splits 0,6,10,12,16
   ;;
 2)
   bench paged paged1-decode-b8-h32kv8-s8k-d128 paged16-decode-b8-h32kv8-s8k-d128 \
