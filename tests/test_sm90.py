@@ -316,8 +316,10 @@ def test_schedule_probe_build_compiles():
         report = loader.compile_only(cfg, "sm_90a", ("FLASHCORE_DYNAMIC",))
         assert report.spill_bytes == 0 and report.static_smem_bytes == 0, (str(cfg), report)
     assert _script("schedule_probe.py")["_ITEM_SLOTS_BYTES"] == configs.SM90_ITEM_SLOT_BYTES == 8 * 4 + 4 * 2
-    plain, varlen = configs.sm90_config("fp16", 128), configs.sm90_varlen_config("fp16", 128)
-    assert varlen.smem_bytes == plain.smem_bytes + configs.SM90_ITEM_SLOT_BYTES   # 4 barriers, 2 items
+    for hd in (64, 128):
+        varlen = configs.sm90_varlen_config("fp16", hd)
+        dense = dataclasses.replace(varlen, seq="dense")
+        assert varlen.smem_bytes == dense.smem_bytes + configs.SM90_ITEM_SLOT_BYTES   # 4 barriers, 2 items
 
 
 def test_every_trace_point_is_stamped_once_and_the_trace_build_compiles():
