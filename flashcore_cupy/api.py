@@ -64,6 +64,27 @@ def _spec(a, name: str) -> TensorSpec:
                       a.data.device_id, a.data.ptr)
 
 
+class _StreamHandle:
+    """A raw stream handle under the CUDA stream protocol (`__cuda_stream__`: version 0, handle)."""
+
+    def __init__(self, handle: int):
+        self.handle = handle
+
+    def __cuda_stream__(self) -> tuple[int, int]:
+        return 0, self.handle
+
+
+def external_stream(handle: int):
+    """A CuPy stream over a stream another library owns (a raw cudaStream_t), not owning it: for
+    `with external_stream(h):` around calls that should run there (the torch adapter: torch's
+    current stream). CuPy 14's Stream.from_external (its ExternalStream is deprecated), else
+    ExternalStream."""
+    from_external = getattr(_cupy.cuda.Stream, "from_external", None)
+    if from_external is not None:
+        return from_external(_StreamHandle(handle))
+    return _cupy.cuda.ExternalStream(handle)
+
+
 class DeviceInfo(NamedTuple):
     name: str
     capability: tuple[int, int]

@@ -2,10 +2,10 @@
 differentiable (a torch.autograd.Function over attention and attention_backward).
 
 Importing this module imports torch; `import flashcore_cupy` never does. Tensors cross by
-DLPack without copies, and the kernels run on torch's current stream (CuPy's ExternalStream
-over it) on the tensors' device. The forward saves out and its LSE for the backward. Under
-torch.compile the call is a graph break (torch.compiler.disable): the kernels stay outside the
-traced graph.
+DLPack without copies, and the kernels run on torch's current stream (a CuPy stream over its
+handle, api.external_stream) on the tensors' device. The forward saves out and its LSE for the
+backward. Under torch.compile the call is a graph break (torch.compiler.disable): the kernels
+stay outside the traced graph.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import contextlib
 import torch
 
 from .api import attention as _attention
+from .api import external_stream
 from .backward import attention_backward as _attention_backward
 
 
@@ -29,7 +30,7 @@ def _on_torch_stream(device: torch.device):
     """CuPy's current device and stream set to torch's on `device`."""
     import cupy
 
-    with cupy.cuda.Device(device.index), cupy.cuda.ExternalStream(torch.cuda.current_stream(device).cuda_stream):
+    with cupy.cuda.Device(device.index), external_stream(torch.cuda.current_stream(device).cuda_stream):
         yield
 
 

@@ -3,11 +3,12 @@ tensor-map encoding are replaced by recorders) for both kernel families."""
 
 import ctypes
 import struct
+import warnings
 from types import SimpleNamespace
 
 import pytest
 
-from flashcore_cupy import launch, params, tma
+from flashcore_cupy import api, launch, params, tma
 from flashcore_cupy.configs import KernelVariant, Sm80FwdConfig, Sm90FwdConfig
 
 
@@ -146,3 +147,14 @@ def test_fast_divisor_divides_like_the_kernel():
                 assert (n if mul == 0 else (n * mul >> 32) >> shr) == n // d, (d, n)
     with pytest.raises(ValueError, match="divisor"):
         launch.fast_divisor(0)
+
+
+def test_external_stream_wraps_the_handle_given():
+    """api.external_stream (the torch adapter's way onto torch's current stream): a CuPy stream
+    whose handle is the one given, made without CuPy 14's deprecated ExternalStream (no GPU
+    needed to make one)."""
+    pytest.importorskip("cupy")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)
+        stream = api.external_stream(0x1234)
+    assert stream.ptr == 0x1234
