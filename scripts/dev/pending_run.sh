@@ -13,11 +13,15 @@
 #                   GPU suite not run on v48's 16-byte O stores: ~81 % of it ran, none failed).
 #   CALL=4 gather   the gathered pages' four warps a role against one (FLASHCORE_GATHER_ONE_WARP):
 #                   gather_probe.py on pages of 1, 3 and 16 keys.
+#   CALL=5 tiles    varlen's three-consumer 64-key tile (1.02-1.09x the 128x128 one on varlen, v50
+#                   call 3) on the variant rows of short work tiles: window1k (9 key tiles an item;
+#                   0.69x plain, bar 0.85x), top-left (4 an item) and ALiBi, variant_probe with
+#                   --tile 64,2,3 and 64,4,3 beside the dispatched tile, fp16 and bf16.
 # Logs go to $OUT. Usage on the device machine, from the repository root:
 #   CALL=1 bash scripts/dev/pending_run.sh
 set -uo pipefail
-case "${CALL:-}" in 1|2|3|4) ;;
-  *) echo "CALL: 1 (backward), 2 (h200), 3 (matrix), 4 (gather)" >&2
+case "${CALL:-}" in 1|2|3|4|5) ;;
+  *) echo "CALL: 1 (backward), 2 (h200), 3 (matrix), 4 (gather), 5 (tiles)" >&2
      exit 2 ;; esac
 source "$(dirname "$0")/../steps.sh"
 export FLASHCORE_REQUIRE_GPU=1
@@ -46,6 +50,10 @@ case "${CALL:-}" in
   ;;
 4)
   step probes.txt timeout 120 python3 scripts/dev/gather_probe.py --pages 1,3,16 --define FLASHCORE_GATHER_ONE_WARP
+  ;;
+5)
+  step probe.txt timeout 400 python3 scripts/dev/variant_probe.py --samples 15 --tile 64,2,3 --tile 64,4,3 \
+    --shapes window1k-b2-h16-s8k-d128,topleft-b4-h16-sq1k-sk4k-d128-causal,alibi-b2-h16-s4k-d128-causal
   ;;
 esac
 echo "pending_run exit status: $status"

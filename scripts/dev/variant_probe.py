@@ -5,7 +5,7 @@ SDPA through the benchmark's mask (cuDNN, memory-efficient). TFLOP/s count visib
 (Shape.flops). A quick look without the benchmark's checks and input rotation: `flashcore-cupy
 bench --shape NAME` measures these rows properly.
 
-  PYTHONPATH=$PWD python3 scripts/dev/variant_probe.py [--shapes NAME,...] [--dtype fp16] [--tile 128 --tile 128,3]
+  PYTHONPATH=$PWD python3 scripts/dev/variant_probe.py [--shapes NAME,...] [--dtype fp16] [--tile 128,3 --tile 64,2,3]
 """
 
 import argparse
@@ -25,8 +25,8 @@ def main() -> int:
     ap.add_argument("--dtype", default="fp16,bf16")
     ap.add_argument("--samples", type=int, default=10)
     ap.add_argument("--tile", action="append", default=[],
-                    help="also time the Hopper kernel dispatch chose with BLOCK_N[,STAGES] instead "
-                         "(repeatable: --tile 128 --tile 128,3)")
+                    help="also time the Hopper kernel dispatch chose with BLOCK_N[,STAGES[,CONSUMERS]] "
+                         "instead (repeatable: --tile 128 --tile 128,3 --tile 64,2,3)")
     args = ap.parse_args()
     import cupy
 
@@ -52,11 +52,14 @@ def main() -> int:
             }
             chosen = api.plan(q, k, v, **opts).config
             for text in args.tile:
-                block_n, stages = (int(x) for x in (text + f",{chosen.stages}").split(",")[:2])
-                if isinstance(chosen, configs.Sm90FwdConfig) and (block_n, stages) != (chosen.block_n, chosen.stages):
-                    cfg = dataclasses.replace(chosen, block_n=block_n, stages=stages)
+                given_tile = [int(x) for x in text.split(",")]
+                block_n, stages, consumers = given_tile + [chosen.stages, chosen.consumers][len(given_tile) - 1:]
+                if isinstance(chosen, configs.Sm90FwdConfig) and \
+                        (block_n, stages, consumers) != (chosen.block_n, chosen.stages, chosen.consumers):
+                    cfg = dataclasses.replace(chosen, block_n=block_n, stages=stages, consumers=consumers)
                     tile = api.plan(q, k, v, config=cfg, **opts)
-                    fns[f"flashcore_n{block_n}s{stages}"] = (lambda t: lambda i: t.run(q, k, v, **arrays))(tile)
+                    run = (lambda t: lambda i: t.run(q, k, v, **arrays))(tile)
+                    fns[f"flashcore_n{block_n}s{stages}c{consumers}"] = run
             ctx = {name: contextlib.nullcontext for name in fns}
             given = None if torch is None else bench.sdpa_mask(
                 shape, arrays, torch, torch.float16 if dt == "fp16" else torch.bfloat16)
