@@ -77,12 +77,9 @@ class _StreamHandle:
 def external_stream(handle: int):
     """A CuPy stream over a stream another library owns (a raw cudaStream_t), not owning it: for
     `with external_stream(h):` around calls that should run there (the torch adapter: torch's
-    current stream). CuPy 14's Stream.from_external (its ExternalStream is deprecated), else
-    ExternalStream."""
-    from_external = getattr(_cupy.cuda.Stream, "from_external", None)
-    if from_external is not None:
-        return from_external(_StreamHandle(handle))
-    return _cupy.cuda.ExternalStream(handle)
+    current stream), through CuPy's Stream.from_external (CuPy >= 14, which the extras require;
+    its ExternalStream is deprecated)."""
+    return _cupy.cuda.Stream.from_external(_StreamHandle(handle))
 
 
 class DeviceInfo(NamedTuple):
