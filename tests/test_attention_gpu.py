@@ -149,8 +149,7 @@ def test_value_head_dim_of_its_own(rng, backend, d, dv, causal, layout, heads, l
 
     need_backend(backend, max(d, dv))
     dtype = "bf16" if dv == 128 else "fp16"
-    q, k, _ = make_inputs(rng, dtype, d, layout, heads, lengths)
-    v = make_inputs(rng, dtype, dv, layout, heads, lengths)[2]
+    q, k, v = make_inputs(rng, dtype, d, layout, heads, lengths, dv)
     out_shape = q.shape[:3] + (dv,)
     out = cupy.full(out_shape, np.nan, dtype=q.dtype)
     got, lse = fc.attention(q, k, v, causal=causal, layout=layout, return_lse=True, out=out, backend=backend)
@@ -184,8 +183,7 @@ def test_split_kv_at_wide_heads(rng, monkeypatch, backend, d, dv):
     monkeypatch.setattr(api, "_launches", {})
     monkeypatch.setattr(api, "_plans", {})
     for causal, lengths in ((False, (77, 1000)), (True, (300, 3000)), (False, (8, 3000))):
-        q, k, _ = make_inputs(rng, "bf16", d, "bhsd", (1, 4, 2), lengths)
-        v = make_inputs(rng, "bf16", dv, "bhsd", (1, 4, 2), lengths)[2]
+        q, k, v = make_inputs(rng, "bf16", d, "bhsd", (1, 4, 2), lengths, dv)
         out = cupy.full(q.shape[:3] + (dv,), np.nan, dtype=q.dtype)
         plan = fc.plan(q, k, v, causal=causal, return_lse=True, backend=backend, out=out)
         assert isinstance(plan.launch, launch.SplitFwdLaunch), (backend, d, lengths)
@@ -399,8 +397,7 @@ def test_every_dispatchable_config(rng, config, causal):
     for lengths, d, dv in (((1, 1), config.head_dim, dv_full), ((65, 63), config.head_dim - 8, dv_full - 8),
                            ((239, 1000), config.head_dim, dv_full), ((1000, 239), config.head_dim, dv_full),
                            ((799, 1500), config.head_dim, dv_full)):
-        q, k, _ = make_inputs(rng, dtype, d, "bhsd", (2, 3, 1), lengths)
-        v = make_inputs(rng, dtype, dv, "bhsd", (2, 3, 1), lengths)[2]
+        q, k, v = make_inputs(rng, dtype, d, "bhsd", (2, 3, 1), lengths, dv)
         out = cupy.full(q.shape[:3] + (dv,), np.nan, dtype=q.dtype)
         fc.plan(q, k, v, config=config, causal=causal, out=out).run(q, k, v, out=out)
         assert_close(out, reference.attention(q, k, v, causal=causal), dtype, f"{config} {lengths} D{d} Dv{dv}:")
