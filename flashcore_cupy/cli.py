@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import click
 import numpy as np
@@ -172,8 +171,7 @@ def check(archs: list[str], variants: bool) -> None:
         except loader.KernelCompileError as e:
             return e
 
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        results = list(pool.map(compile_one, jobs))
+    results = loader.in_parallel(compile_one, jobs)
 
     failures = 0
     click.echo(f"{'arch':<7} {'kernel':<20} {'config':<32} {'regs':>4} {'smem B':>7} "

@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 
 import itertools
-from concurrent.futures import ThreadPoolExecutor
 import json
 import os
 import warnings
@@ -148,8 +147,7 @@ def legal_configs(arch: str, dtype: str, head_dim: int, family: str = "sm80",
         return static_reason(config, arch) or (compile_reason(config, arch) if compile_check else None)
 
     cands = space(dtype, head_dim, family)
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:   # NVRTC drops the GIL
-        reasons = list(pool.map(reason, cands))
+    reasons = loader.in_parallel(reason, cands)
     return ([c for c, r in zip(cands, reasons) if r is None],
             [Rejected(c, r) for c, r in zip(cands, reasons) if r is not None])
 

@@ -46,8 +46,10 @@ def dispatchable(arch: str) -> dict:
 def compile_cubins(arch: str, folder: Path) -> None:
     from flashcore_cupy import loader
 
-    for name, config in dispatchable(arch).items():
-        (folder / f"{name}.cubin").write_bytes(loader.compile_cubin(config, arch))
+    found = dispatchable(arch)
+    cubins = loader.in_parallel(lambda config: loader.compile_cubin(config, arch), found.values())
+    for name, cubin in zip(found, cubins):
+        (folder / f"{name}.cubin").write_bytes(cubin)
 
 
 @functools.cache
@@ -114,14 +116,16 @@ def setmaxnreg(sass: str) -> tuple[int | None, int | None]:
 
 
 def report(folder: Path, arch: str) -> int:
+    from flashcore_cupy import loader
     from flashcore_cupy.configs import sm90_consumer_registers, sm90_producer_registers
 
     configs = dispatchable(arch)
+    paths = sorted(folder.glob("*.cubin"))
+    sasses = loader.in_parallel(disassemble, paths)   # a disassembler process per core
     bad = 0
     print(f"{'kernel':<40} {'HGMMA':>6} {'HMMA':>6} {'LDL/STL':>8} {'EX2 under PV':>13} {'P writes':>9}"
           f" {'maxnreg':>8}")
-    for path in sorted(folder.glob("*.cubin")):
-        sass = disassemble(path)
+    for path, sass in zip(paths, sasses):
         if sass is None:   # unchecked is not passed
             print(f"{path.stem:<40} no nvdisasm/cuobjdump here reads this cubin  <-- FAIL")
             bad += 1

@@ -14,11 +14,10 @@ def test_every_dispatchable_kernel_compiles_without_spills(arch):
     (KernelCompileError), as do spills, a ptxas performance warning (serialised wgmma), more
     registers than one CTA of the config can get on an SM, and more shared memory than the
     arch gives a block."""
-    dispatchable = tuning.dispatchable_configs(arch)
+    dispatchable = list(tuning.dispatchable_configs(arch))
     assert set(configs.all_configs(arch)) <= set(dispatchable)
     assert tuning.shipped_configs(arch) <= set(dispatchable)
-    for cfg in dispatchable:
-        report = loader.compile_only(cfg, arch)
+    for cfg, report in zip(dispatchable, loader.compile_reports(dispatchable, arch)):
         assert report.spill_bytes == 0 and report.stack_frame_bytes == 0, (arch, str(cfg), report)
         assert not report.perf_warnings, (arch, str(cfg), report.perf_warnings)   # e.g. serialised wgmma
         assert report.registers * cfg.threads <= _REGISTER_FILE, (arch, str(cfg), report.registers)
@@ -78,8 +77,8 @@ def test_variant_kernels_compile_without_spills(arch):
     """tuning.variant_configs (every dispatchable tile's variant instantiations, for the variants
     that bound the rest), as `check --variants` compiles them: no spills, no serialised wgmma,
     registers and shared memory within the arch's."""
-    for cfg in tuning.variant_configs(arch):
-        report = loader.compile_only(cfg, arch)
+    variants = list(tuning.variant_configs(arch))
+    for cfg, report in zip(variants, loader.compile_reports(variants, arch)):
         assert report.spill_bytes == 0 and report.stack_frame_bytes == 0, (arch, str(cfg), report)
         assert not report.perf_warnings, (arch, str(cfg), report.perf_warnings)   # e.g. serialised wgmma
         assert report.registers * cfg.threads <= _REGISTER_FILE, (arch, str(cfg), report.registers)
@@ -94,11 +93,24 @@ def test_varlen_and_kvcache_kernels_compile_without_spills(arch):
     instantiations of every portable tile, plain and for the variants that bound the rest; the
     Hopper kernel's KV-cache, varlen and split-KV dense tiles), fp16 (`check
     --variants` compiles bf16 too): no spills, registers and shared memory within the arch's."""
-    for cfg in tuning.sequence_configs(arch, ("fp16",)):
-        report = loader.compile_only(cfg, arch)
+    sequences = list(tuning.sequence_configs(arch, ("fp16",)))
+    for cfg, report in zip(sequences, loader.compile_reports(sequences, arch)):
         assert report.spill_bytes == 0 and report.stack_frame_bytes == 0, (arch, str(cfg), report)
         assert not report.perf_warnings, (arch, str(cfg), report.perf_warnings)
         assert report.registers * cfg.threads <= _REGISTER_FILE, (arch, str(cfg), report.registers)
         if isinstance(cfg, configs.Sm90FwdConfig):   # the Hopper kernel's sequence tiles
             assert tuning._register_pool_reason(cfg, report.registers) is None, (str(cfg), report.registers)
         assert report.static_smem_bytes + cfg.smem_bytes <= configs.SMEM_LIMIT[arch], (arch, str(cfg))
+
+
+def test_in_parallel_keeps_order_and_raises_the_first_error():
+    assert loader.in_parallel(lambda x: x * x, range(7)) == [0, 1, 4, 9, 16, 25, 36]
+    assert loader.in_parallel(str, []) == []
+
+    def fail_on_three(x):
+        if x == 3:
+            raise ValueError("three")
+        return x
+
+    with pytest.raises(ValueError, match="three"):
+        loader.in_parallel(fail_on_three, range(6))
