@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # The device calls still to run, one call each, in order of need (each under 9 minutes of
 # timeouts). Earlier calls and what they found: docs/results/ (v44-v50) and git history.
+#   CALL=0 adapter  the torch adapter's GPU tests on api.external_stream (74a610e: not yet run on a
+#                   GPU; session 37 got no device), DeprecationWarnings as errors; first, with
+#                   another call's rows after it.
 #   CALL=1 backward issue 23's rows in one benchmark run: the backward mode on every dense D64 and
 #                   D128 row with Sk >= 1024 (S1k D64, S4k D64, S4k D128, S4k D128 causal, S16k
 #                   D128, S16k D128 causal, GQA S4k causal), fp16 and bf16, default /
@@ -20,8 +23,8 @@
 # Logs go to $OUT. Usage on the device machine, from the repository root:
 #   CALL=1 bash scripts/dev/pending_run.sh
 set -uo pipefail
-case "${CALL:-}" in 1|2|3|4|5) ;;
-  *) echo "CALL: 1 (backward), 2 (h200), 3 (matrix), 4 (gather), 5 (tiles)" >&2
+case "${CALL:-}" in 0|1|2|3|4|5) ;;
+  *) echo "CALL: 0 (adapter), 1 (backward), 2 (h200), 3 (matrix), 4 (gather), 5 (tiles)" >&2
      exit 2 ;; esac
 source "$(dirname "$0")/../steps.sh"
 export FLASHCORE_REQUIRE_GPU=1
@@ -33,6 +36,10 @@ bench() {   # bench NAME SHAPE... : one benchmark run of these rows (both dtypes
   step bench.txt python3 scripts/report.py "$OUT/bench_$name.json"
 }
 case "${CALL:-}" in
+0)
+  step pytest.txt timeout 150 python3 -m pytest tests/test_torch_adapter_gpu.py -q -rs -p no:cacheprovider \
+    -W error::DeprecationWarning
+  ;;
 1)
   step bench.txt timeout 540 python3 scripts/bench.py --direction backward --out "$OUT/bench_backward.json" \
     --shape b4-h16-s1k-d64 --shape b2-h16-s4k-d64 --shape b2-h16-s4k-d128 --shape b2-h16-s4k-d128-causal \
