@@ -7,6 +7,20 @@ from flashcore_cupy import configs, loader, tuning
 _REGISTER_FILE = 65536   # 32-bit registers per SM on sm_80..sm_90: one CTA must fit
 
 
+def _assert_fit(arch: str, cfgs: list) -> None:
+    """Each config compiled for `arch` (in parallel): no spills or stack frame, no ptxas
+    performance warning (e.g. serialised wgmma), no more registers than one CTA of it can get on
+    an SM (Hopper: setmaxnreg moves registers within the CTA's pool), and its shared memory
+    within what the arch gives a block."""
+    for cfg, report in zip(cfgs, loader.compile_reports(cfgs, arch)):
+        assert report.spill_bytes == 0 and report.stack_frame_bytes == 0, (arch, str(cfg), report)
+        assert not report.perf_warnings, (arch, str(cfg), report.perf_warnings)
+        assert report.registers * cfg.threads <= _REGISTER_FILE, (arch, str(cfg), report.registers)
+        if isinstance(cfg, configs.Sm90FwdConfig):
+            assert tuning._register_pool_reason(cfg, report.registers) is None, (str(cfg), report.registers)
+        assert report.static_smem_bytes + cfg.smem_bytes <= configs.SMEM_LIMIT[arch], (arch, str(cfg))
+
+
 @pytest.mark.parametrize("arch", configs.SUPPORTED_ARCHS)
 def test_every_dispatchable_kernel_compiles_without_spills(arch):
     """What dispatch can choose on `arch` (the tile tables' configs and the shipped tuned
@@ -17,13 +31,7 @@ def test_every_dispatchable_kernel_compiles_without_spills(arch):
     dispatchable = list(tuning.dispatchable_configs(arch))
     assert set(configs.all_configs(arch)) <= set(dispatchable)
     assert tuning.shipped_configs(arch) <= set(dispatchable)
-    for cfg, report in zip(dispatchable, loader.compile_reports(dispatchable, arch)):
-        assert report.spill_bytes == 0 and report.stack_frame_bytes == 0, (arch, str(cfg), report)
-        assert not report.perf_warnings, (arch, str(cfg), report.perf_warnings)   # e.g. serialised wgmma
-        assert report.registers * cfg.threads <= _REGISTER_FILE, (arch, str(cfg), report.registers)
-        if isinstance(cfg, configs.Sm90FwdConfig):   # setmaxnreg moves registers within the CTA's pool
-            assert tuning._register_pool_reason(cfg, report.registers) is None, (str(cfg), report.registers)
-        assert report.static_smem_bytes + cfg.smem_bytes <= configs.SMEM_LIMIT[arch], (arch, str(cfg))
+    _assert_fit(arch, dispatchable)
 
 
 def test_the_shipped_tuned_tiles_are_among_what_is_compiled():
@@ -78,13 +86,7 @@ def test_variant_kernels_compile_without_spills(arch):
     that bound the rest), as `check --variants` compiles them: no spills, no serialised wgmma,
     registers and shared memory within the arch's."""
     variants = list(tuning.variant_configs(arch))
-    for cfg, report in zip(variants, loader.compile_reports(variants, arch)):
-        assert report.spill_bytes == 0 and report.stack_frame_bytes == 0, (arch, str(cfg), report)
-        assert not report.perf_warnings, (arch, str(cfg), report.perf_warnings)   # e.g. serialised wgmma
-        assert report.registers * cfg.threads <= _REGISTER_FILE, (arch, str(cfg), report.registers)
-        if isinstance(cfg, configs.Sm90FwdConfig):
-            assert tuning._register_pool_reason(cfg, report.registers) is None, (str(cfg), report.registers)
-        assert report.static_smem_bytes + cfg.smem_bytes <= configs.SMEM_LIMIT[arch], (arch, str(cfg))
+    _assert_fit(arch, variants)
 
 
 @pytest.mark.parametrize("arch", configs.SUPPORTED_ARCHS)
@@ -94,13 +96,7 @@ def test_varlen_and_kvcache_kernels_compile_without_spills(arch):
     Hopper kernel's KV-cache, varlen and split-KV dense tiles), fp16 (`check
     --variants` compiles bf16 too): no spills, registers and shared memory within the arch's."""
     sequences = list(tuning.sequence_configs(arch, ("fp16",)))
-    for cfg, report in zip(sequences, loader.compile_reports(sequences, arch)):
-        assert report.spill_bytes == 0 and report.stack_frame_bytes == 0, (arch, str(cfg), report)
-        assert not report.perf_warnings, (arch, str(cfg), report.perf_warnings)
-        assert report.registers * cfg.threads <= _REGISTER_FILE, (arch, str(cfg), report.registers)
-        if isinstance(cfg, configs.Sm90FwdConfig):   # the Hopper kernel's sequence tiles
-            assert tuning._register_pool_reason(cfg, report.registers) is None, (str(cfg), report.registers)
-        assert report.static_smem_bytes + cfg.smem_bytes <= configs.SMEM_LIMIT[arch], (arch, str(cfg))
+    _assert_fit(arch, sequences)
 
 
 def test_in_parallel_keeps_order_and_raises_the_first_error():
