@@ -20,11 +20,17 @@
 #                   call 3) on the variant rows of short work tiles: window1k (9 key tiles an item;
 #                   0.69x plain, bar 0.85x), top-left (4 an item) and ALiBi, variant_probe with
 #                   --tile 64,2,3 and 64,4,3 beside the dispatched tile, fp16 and bf16.
+#   CALL=6 schedule window1k, ALiBi and top-left on a persistent grid (schedule_probe.py: the static
+#                   deal and the dynamic one) beside the shipped CTA a tile. A narrow window's work
+#                   tiles are all ~9 key tiles long, so the uneven-lengths reason for a CTA a causal
+#                   tile does not hold there, and a persistent CTA loads the next item's Q and first
+#                   K/V under this one's end (window1k's ramp, 1.68 of ~16 us an item, v44). Never
+#                   run on a window (v40 ran it on top-left, S4k causal and S1k D64).
 # Logs go to $OUT. Usage on the device machine, from the repository root:
 #   CALL=1 bash scripts/dev/pending_run.sh
 set -uo pipefail
-case "${CALL:-}" in 0|1|2|3|4|5) ;;
-  *) echo "CALL: 0 (adapter), 1 (backward), 2 (h200), 3 (matrix), 4 (gather), 5 (tiles)" >&2
+case "${CALL:-}" in 0|1|2|3|4|5|6) ;;
+  *) echo "CALL: 0 (adapter), 1 (backward), 2 (h200), 3 (matrix), 4 (gather), 5 (tiles), 6 (schedule)" >&2
      exit 2 ;; esac
 source "$(dirname "$0")/../steps.sh"
 export FLASHCORE_REQUIRE_GPU=1
@@ -61,6 +67,12 @@ case "${CALL:-}" in
 5)
   step probe.txt timeout 400 python3 scripts/dev/variant_probe.py --samples 15 --tile 64,2,3 --tile 64,4,3 \
     --shapes window1k-b2-h16-s8k-d128,topleft-b4-h16-sq1k-sk4k-d128-causal,alibi-b2-h16-s4k-d128-causal
+  ;;
+6)
+  for dtype in fp16 bf16; do
+    step schedule.txt timeout 200 python3 scripts/dev/schedule_probe.py --dtype $dtype --samples 11 \
+      window1k-b2-h16-s8k-d128 alibi-b2-h16-s4k-d128-causal topleft-b4-h16-sq1k-sk4k-d128-causal
+  done
   ;;
 esac
 echo "pending_run exit status: $status"
