@@ -90,7 +90,8 @@
 
 namespace fc {
 
-template <int HEAD_DIM, int DV, int BLOCK_N, int STAGES, int CONSUMERS, bool PINGPONG, bool SPLIT, int WARP_ROWS>
+template <int HEAD_DIM, int DV, int BLOCK_N, int STAGES, int CONSUMERS, bool PINGPONG, bool SPLIT, int WARP_ROWS,
+          int Q_SLOTS = 1>
 struct Sm90Tile {
     static constexpr int kConsumers = CONSUMERS;
     static constexpr bool kSplit = SPLIT;
@@ -109,13 +110,16 @@ struct Sm90Tile {
     static constexpr u32 kQBytes = kBlockM * kDPad * 2;             // what Q's boxes bring
     static constexpr u32 kKBytes = BLOCK_N * kDPad * 2;             // one K tile
     static constexpr u32 kVBytes = BLOCK_N * kDvPad * 2;            // one V tile
-    // Shared layout (offsets from a 1024-byte aligned base): Q, K ring, V ring, barriers,
-    // and a bias variant's bias tiles.
-    static constexpr u32 kOffK = kQRows * kDPad * 2;
+    // Q's slots: one, or two where the next work tile's Q loads under this one (stream_items).
+    static constexpr int kQSlots = Q_SLOTS;
+    static constexpr u32 kQSlotBytes = kQRows * kDPad * 2;
+    // Shared layout (offsets from a 1024-byte aligned base): Q's slots, K ring, V ring, barriers
+    // (a second Q slot's last), and a bias variant's bias tiles.
+    static constexpr u32 kOffK = Q_SLOTS * kQSlotBytes;
     static constexpr u32 kOffV = kOffK + STAGES * kKBytes;
     static constexpr u32 kOffBars = kOffV + STAGES * kVBytes;
     // A bias variant's per-warp bias tiles (BiasStage), after the barriers.
-    static constexpr u32 kBarsEnd = kOffBars + 8 * (2 + 4 * STAGES);
+    static constexpr u32 kBarsEnd = kOffBars + 8 * (2 + 4 * STAGES) + 16 * (Q_SLOTS - 1);
     static constexpr u32 kOffBias = (kBarsEnd + 127) / 128 * 128;
     // The dynamic deal's item slots (sm90_scheduler.cuh), after the barriers.
     static constexpr u32 kOffItems = kBarsEnd;
@@ -148,18 +152,41 @@ struct Sm90Tile {
     static_assert(!SPLIT || (CONSUMERS >= 2 && !PINGPONG && STAGES % CONSUMERS == 0),
                   "SPLIT: 2+ consumers, no ping-pong, ring slots a multiple of the consumers");
     static_assert(WARP_ROWS == 16 || (WARP_ROWS == 8 && SPLIT), "WARP_ROWS: 16, or 8 with SPLIT");
+    static_assert(Q_SLOTS == 1 || (Q_SLOTS == 2 && !SPLIT), "Q_SLOTS: 1, or 2 for whole tiles (a CTA's next)");
     // SPLIT combine: each consumer but the first leaves O, m and l (kHalves * (DV / 4 + 2)
     // floats per thread) in the ring, free once every consumer is done with it.
     static_assert(!SPLIT || (CONSUMERS - 1) * 128 * kHalves * (DV / 4 + 2) * 4 <= STAGES * (kKBytes + kVBytes),
                   "SPLIT: the combine's scratch must fit in the K/V ring");
 };
 
+// Streamed work tiles (a probe build: -DFLASHCORE_STREAM_ITEMS): a consumer's turns run as one
+// chain across its CTA's work tiles. A tile's last P V waits (pending) to go out with the next
+// tile's first S GEMM (Q' in a second slot, loaded under this tile), and its epilogue runs after
+// that pair, so that neither the ramp (K_0, S_0 alone, the first softmax) nor the last P V runs
+// alone: window1k's items spent 1.68 and 1.94 of ~16 us there (v44 item trace). Dense whole tiles
+// without a bias on the static deal, where a second Q slot fits (configs' q_slots mirrors it).
+template <class S, class V, bool SPLIT>
+__device__ constexpr bool stream_items() {
+#ifdef FLASHCORE_STREAM_ITEMS
+    return S::kDense && !S::kSplitKV && !SPLIT && V::kBias == 0 && !dynamic_deal<S>();
+#else
+    return false;
+#endif
+}
+template <class S, class V, class Tile1>   // (Tile1: the tile with one Q slot)
+__device__ constexpr int q_slots() {
+    return stream_items<S, V, Tile1::kSplit>() && 1024 + Tile1::kOffItems + Tile1::kQSlotBytes + 16 <= kSm90SmemLimit
+               ? 2 : 1;
+}
+
 template <class T, int HEAD_DIM, int DV, int BLOCK_N, int STAGES, int CONSUMERS, bool PINGPONG, bool SPLIT,
           int PRODUCERS, int WARP_ROWS, class V = Plain, class S = Dense>
 __global__ void __launch_bounds__(128 * (CONSUMERS + 1), 1)
 flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
-    using Tile = Sm90Tile<HEAD_DIM, DV, BLOCK_N, STAGES, CONSUMERS, PINGPONG, SPLIT, WARP_ROWS>;
+    using Tile = Sm90Tile<HEAD_DIM, DV, BLOCK_N, STAGES, CONSUMERS, PINGPONG, SPLIT, WARP_ROWS,
+                          q_slots<S, V, Sm90Tile<HEAD_DIM, DV, BLOCK_N, STAGES, CONSUMERS, PINGPONG, SPLIT, WARP_ROWS>>()>;
     constexpr int H = Tile::kHalves;
+    constexpr bool kStream = Tile::kQSlots == 2;   // (stream_items)
 #ifdef FLASHCORE_ABLATE_NO_TURNS
     constexpr bool kTurns = false;
 #else
@@ -181,8 +208,10 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
     const int warpgroup = __shfl_sync(0xffffffffu, threadIdx.x / 128, 0); FC_TRACE(0); FC_TRACE_NS(22);
     constexpr int kProducerRegs = gathers_rows<S>() ? Tile::kGatherProducerRegs : Tile::kProducerRegs;
     if (threadIdx.x == 0) {
-        mbar_init(bar.q_full(), 1);
-        mbar_init(bar.q_empty(), 4 * CONSUMERS);           // one arrival per consumer warp
+        for (int s = 0; s < Tile::kQSlots; ++s) {
+            mbar_init(bar.q_full(s), 1);
+            mbar_init(bar.q_empty(s), 4 * CONSUMERS);      // one arrival per consumer warp
+        }
         for (int s = 0; s < STAGES; ++s) {
             mbar_init(bar.k_full(s), gathers_rows<S>() ? gather_arrivals<S, PRODUCERS>() : 1);   // TMA: one thread's expect_tx
             mbar_init(bar.v_full(s), gathers_rows<S>() ? gather_arrivals<S, PRODUCERS>() : 1);
@@ -234,10 +263,13 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
     using Stage = BiasStage<T, V::kBias == 2 ? 2 : 1, WARP_ROWS, BLOCK_N, kBiasSlots>;
     const Stage stage{reinterpret_cast<char*>(smem) + (sbase - smem_addr(smem)) + Tile::kOffBias +
                       (consumer * 4 + warp) * Stage::kBytes};
-    if constexpr (V::kBias != 0) {   // the host's smem_bytes mirrors this layout: trap, never overrun
+    // The host's smem_bytes mirrors the layouts that grow past the barriers (bias tiles, a second
+    // Q slot): trap, never overrun.
+    if constexpr (V::kBias != 0 || kStream) {
         u32 given;
         asm("mov.u32 %0, %%dynamic_smem_size;" : "=r"(given));
-        if (given < (sbase - smem_addr(smem)) + Tile::kOffBias + 4 * CONSUMERS * Stage::kBytes) __trap();
+        const u32 needs = V::kBias != 0 ? Tile::kOffBias + 4 * CONSUMERS * Stage::kBytes : Tile::kOffItems;
+        if (given < (sbase - smem_addr(smem)) + needs) __trap();
     }
     // Ping-pong: consumers take turns issuing their GEMMs (hardware barrier 1 + c
     // is consumer c's turn), so one's softmax runs while another's GEMMs do.
@@ -248,6 +280,90 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
         if constexpr (kTurns)
             if (!(last_turn && consumer == CONSUMERS - 1))
                 named_barrier_arrive(1 + (consumer + 1) % CONSUMERS, 256);
+    };
+
+    // O, the row maxima and sums, and P as P V's A operand: a work tile's, and with streamed
+    // tiles (stream_items) the pending one's until its last P V has gone out with the next S.
+    float o[1][DV / 8][4];
+    float m[1][2], l[1][2];
+    u32 a[BLOCK_N / 16][4];          // P_j as the 16-bit A operand of P V_j
+    auto reset_rows = [&] {
+        m[0][0] = m[0][1] = neg_inf();
+        l[0][0] = l[0][1] = 0.f;
+        #pragma unroll
+        for (int dt = 0; dt < DV / 8; ++dt)
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) o[0][dt][e] = 0.f;
+    };
+    // Epilogue: O /= l straight from registers while the producer already loads the next
+    // tile: 16 bytes a lane (store_row16) where the output's rows are 16-byte aligned, else
+    // each quad's 16 contiguous bytes of a row. A row is a position of query head w.head, or
+    // with packed GQA query head w.head * pack + row at position 0.
+    auto store_tile = [&](const WorkTile& w) {
+        const int seq_q = S::kVarlen ? w.seqlen_q : seqlen_q;
+        const int w_row0 = w.row0 + (SPLIT ? 0 : 64 * consumer) + WARP_ROWS * warp;   // this warp's first query
+        const bool packed = p.pack > 1;
+#ifdef FLASHCORE_O_STORE32   // (timing probes: every row 4 bytes a lane, as before v48)
+        constexpr bool kStore16 = false;
+#else
+        constexpr bool kStore16 = true;
+#endif
+        const bool o_vec16 = kStore16 && rows_aligned16(p.o, p.o_sb, p.o_sh, p.o_ss);
+        #pragma unroll
+        for (int half = 0; half < H; ++half) {
+            const float l_row = quad_sum(l[0][half]);
+            const float inv_l = l_row > 0.f ? 1.f / l_row : 0.f; FC_TRACE(17);
+            const int row = w_row0 + lane / 4 + 8 * half;
+            // packed: a KV cache's rows are (query, head)s, query r / pack (one query a dense call's)
+            const bool stored = row < (packed ? p.pack * (S::kCache ? seq_q : 1) : seq_q);
+            // varlen: the row of packed o and of the LSE's (Hq, total_q) (o_sb 0: one "batch")
+            const int q_head = w.head * p.pack + (packed ? (S::kCache ? row % p.pack : row) : 0);
+            const int q_pos = packed ? (S::kCache ? row / p.pack : 0) : w.q_row0 + row;
+            u16* o_row = p.o + w.batch * p.o_sb + q_head * p.o_sh + q_pos * p.o_ss;
+#ifdef FLASHCORE_ABLATE_NO_STORE   // (a bound that p.head_dim_v never passes: O still computed)
+            constexpr int kStoreOff = 1 << 20;
+#else
+            constexpr int kStoreOff = 0;
+#endif
+            if (o_vec16) {
+                store_row16<T, DV>(o_row, o[0], half, inv_l, stored, p.head_dim_v - kStoreOff, lane);
+            } else if (stored) {
+                #pragma unroll
+                for (int dt = 0; dt < DV / 8; ++dt)
+                    if (dt * 8 + kStoreOff < p.head_dim_v)
+                        *reinterpret_cast<u32*>(o_row + dt * 8 + 2 * (lane % 4)) =
+                            pack2<T>(o[0][dt][2 * half] * inv_l, o[0][dt][2 * half + 1] * inv_l);
+            }
+            if (stored && p.lse != nullptr && lane % 4 == 0)
+                p.lse[(static_cast<i64>(S::kVarlen ? 0 : w.batch) * p.heads * p.pack + q_head) * seqlen_q + q_pos] =
+                    row_lse(m[0][half], l_row);
+        } FC_TRACE(14); FC_TRACE_NS(23);
+    };
+    // Streamed tiles: `chain` while a chain of turns is open (its last consumer opened consumer
+    // 0's first); `pending` while the last P V of work item pend_i (its V at ring position
+    // pend_it) waits for the next turn. finish_pending: that P V has landed; its V slot goes back,
+    // its tile is stored, and the rows start over.
+    bool chain = false, pending = false;
+    int pend_it = 0, pend_i = 0;
+    auto finish_pending = [&] {
+        fence_registers(o[0]);
+        fence_registers(a);
+        release(bar.v_empty(Ring<STAGES>{pend_it}.slot()));
+        store_tile(work_tile<Tile, BLOCK_N, V, S>(p, pend_i));
+        pending = false;
+        reset_rows();
+    };
+    // A turn with no S GEMM of this consumer's: a pending P V goes out alone in it, if any (the
+    // chain's last turn: `last`).
+    auto flush_turn = [&](bool last) {
+        const Ring<STAGES> r{pend_it};
+        const bool flushes = pending;
+        if (flushes) mbar_wait(bar.v_full(r.slot()), r.parity());
+        await_turn();
+        if (flushes) pv_wgmma<T, DV, BLOCK_N>(o[0], a, v_tile(r));
+        pass_turn(last);
+        wgmma_wait<0>();
+        if (flushes) finish_pending();
     };
 
     int it = 0, n_done = 0;                                   // K/V tiles and work items so far
@@ -288,14 +404,20 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
                             : c_blocks > consumer ? (c_blocks - consumer - 1) / CONSUMERS + 1 : 0;
         auto tile = [&](int k) { return SPLIT ? consumer + k * CONSUMERS : k; };
 
-        float o[1][DV / 8][4];
-        float m[1][2] = {{neg_inf(), neg_inf()}}, l[1][2] = {{0.f, 0.f}};
-        #pragma unroll
-        for (int dt = 0; dt < DV / 8; ++dt)
-            #pragma unroll
-            for (int e = 0; e < 4; ++e) o[0][dt][e] = 0.f;
+        // Streamed: a tile whose CTA has no next one, or a next one of no key tiles, closes the
+        // chain as every tile does unstreamed (its last P V in a turn of its own, n_blocks + 1
+        // turns); the others take n_blocks turns and leave the chain open (the last consumer opens
+        // a chain at a tile of some key tiles where none is open). The rows start over once
+        // nothing is pending.
+        bool closes = true;
+        if constexpr (kStream) {
+            const int next = i + static_cast<int>(gridDim.x);
+            closes = next >= p.n_items || work_tile<Tile, BLOCK_N, V, S>(p, next).n_blocks == 0;
+        }
+        if (kTurns && consumer == CONSUMERS - 1 && n_blocks > 0 && !chain) named_barrier_arrive(1, 256);
+        chain = kStream && n_blocks > 0 && !closes;
+        if (!pending) reset_rows();
         float s[1][BLOCK_N / 8][4];      // S_j, then P_j in fp32
-        u32 a[BLOCK_N / 16][4];          // P_j as the 16-bit A operand of P V_j
         float alpha[1][2];
         // S_j (landed in s) -> P_j in `a` and alpha for O. The lazy update writes `a` during
         // the softmax, so it runs once the previous P V is done; without a row maximum to
@@ -374,10 +496,12 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
 #endif
         };
 
-        if (kTurns && consumer == CONSUMERS - 1 && n_blocks > 0) named_barrier_arrive(1, 256);
         // wgmma issue stays out of data-dependent branches: ptxas serialises every
         // wgmma of a kernel that waits on one inside a divergent path (C7518).
-        mbar_wait(bar.q_full(), n_done & 1); FC_TRACE(4); FC_ITEM(i, 1); FC_ITEM_SET(i, 6, my_blocks);
+        // This tile's Q slot (its n_done-th: slot n_done % kQSlots, used n_done / kQSlots times before).
+        const int q_slot = n_done % Tile::kQSlots;
+        const u64 q_tile = desc_advance(q_desc, q_slot * Tile::kQSlotBytes);
+        mbar_wait(bar.q_full(q_slot), (n_done / Tile::kQSlots) & 1); FC_TRACE(4); FC_ITEM(i, 1); FC_ITEM_SET(i, 6, my_blocks);
         // P_k V_k is done: its V tile goes back to the producer, `a` and O are free.
         // A KV cache's tile past its sequence's end: V's rows there are whatever the cache held
         // (the maps span every sequence's room; packed sequences: the next sequence's rows) and a
@@ -399,15 +523,20 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
             release(bar.v_empty(Ring<STAGES>{it + tile(k)}.slot()));
         };
         if (my_blocks > 0) {
-            const Ring<STAGES> r{it + tile(0)};
+            // (streamed: with the previous tile's last P V where it is pending, then its epilogue)
+            const Ring<STAGES> r{it + tile(0)}, pend{pend_it};
+            const bool merges = kStream && pending;
             mbar_wait(bar.k_full(r.slot()), r.parity()); FC_TRACE(5);
+            if (merges) mbar_wait(bar.v_full(pend.slot()), pend.parity());
             landed();
             await_turn();
-            qk_wgmma<T, Tile::kQRows, HEAD_DIM, BLOCK_N>(s[0], q_desc, k_tile(r));
+            qk_wgmma<T, Tile::kQRows, HEAD_DIM, BLOCK_N>(s[0], q_tile, k_tile(r));
+            if (merges) pv_wgmma<T, DV, BLOCK_N>(o[0], a, v_tile(pend));
             pass_turn(false);
             wgmma_wait<0>();
             fence_registers(s[0]); FC_TRACE(6);
             release(bar.k_empty(r.slot()));
+            if (merges) finish_pending();
             softmax_tile(tile(0), true); FC_TRACE(7); FC_ITEM(i, 2);
         }
         // Step k: S_k = Q K_k^T and O += P_{k-1} V_{k-1} in flight together; then, once
@@ -419,7 +548,7 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
             landed();
             clear_stale(k - 1);
             await_turn(); FC_TRACE(20);
-            qk_wgmma<T, Tile::kQRows, HEAD_DIM, BLOCK_N>(s[0], q_desc, k_tile(r));
+            qk_wgmma<T, Tile::kQRows, HEAD_DIM, BLOCK_N>(s[0], q_tile, k_tile(r));
             pv_wgmma<T, DV, BLOCK_N>(o[0], a, v_tile(prev));
             pass_turn(false);
             wgmma_wait<1>();                  // S_k landed (groups retire in order)
@@ -432,24 +561,40 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
         }
         // Every S GEMM has landed: Q is free, so the producer loads the next tile's Q
         // during the last P V and the epilogue.
-        release(bar.q_empty());
-        if (my_blocks > 0) {
+        release(bar.q_empty(q_slot));
+        if (!closes && my_blocks > 0 && c_blocks == n_blocks) {   // the last P V waits for the next turn
+            pending = true;
+            pend_it = it + tile(my_blocks - 1);
+            pend_i = i;
+        } else if (my_blocks > 0) {
             const Ring<STAGES> last{it + tile(my_blocks - 1)};
             mbar_wait(bar.v_full(last.slot()), last.parity());
             landed();
             clear_stale(my_blocks - 1);
             await_turn();
             pv_wgmma<T, DV, BLOCK_N>(o[0], a, v_tile(last));
-            pass_turn(c_blocks == n_blocks);
+            pass_turn(closes && c_blocks == n_blocks);
             wgmma_wait<0>();
             pv_done(my_blocks - 1); FC_TRACE(12); FC_ITEM(i, 3);
+        }
+        // Streamed: turns c_blocks .. n_blocks - 1 release the key tiles this consumer's rows skip,
+        // tile t in turn t (turn c_blocks was the last P V's, above, where there was one; a first
+        // turn sends a pending P V out alone).
+        for (int t = c_blocks; !closes && t < n_blocks; ++t) {
+            if (!(t == c_blocks && c_blocks > 0)) flush_turn(false);
+            const Ring<STAGES> r{it + t};
+            mbar_wait(bar.k_full(r.slot()), r.parity());
+            mbar_wait(bar.v_full(r.slot()), r.parity());
+            release(bar.k_empty(r.slot()));
+            release(bar.v_empty(r.slot()));
         }
         // Key tiles this consumer's rows do not need (causal: the other consumers' part
         // of the diagonal; or it has no rows here): release each once landed and keep
         // taking turns, so that every consumer takes n_blocks + 1. One tile per turn:
         // a tile past the ring's depth loads only after the other consumers have used
         // earlier ones, which takes this consumer's turns.
-        for (int turn = c_blocks > 0 ? c_blocks + 1 : 0; !SPLIT && n_blocks > 0 && turn <= n_blocks;
+        // (Streamed: a closing tile's, its first turn sending out a pending P V.)
+        for (int turn = c_blocks > 0 ? c_blocks + 1 : 0; closes && !SPLIT && n_blocks > 0 && turn <= n_blocks;
              ++turn) {
             if (turn > 0) {
                 const Ring<STAGES> r{it + turn - 1};
@@ -458,8 +603,12 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
                 release(bar.k_empty(r.slot()));
                 release(bar.v_empty(r.slot()));
             }
-            await_turn();
-            pass_turn(turn == n_blocks);
+            if constexpr (kStream) {
+                flush_turn(turn == n_blocks);
+            } else {
+                await_turn();
+                pass_turn(turn == n_blocks);
+            }
         }
         it += n_blocks;
         if constexpr (SPLIT)   // one work tile per CTA (see Sm90Config.schedule): the ring is done
@@ -486,46 +635,8 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
             }
         }
 
-        // Epilogue: O /= l straight from registers while the producer already loads the next
-        // tile: 16 bytes a lane (store_row16) where the output's rows are 16-byte aligned, else
-        // each quad's 16 contiguous bytes of a row. A row is a position of query head w.head, or
-        // with packed GQA query head w.head * pack + row at position 0.
-        const bool packed = p.pack > 1;
-#ifdef FLASHCORE_O_STORE32   // (timing probes: every row 4 bytes a lane, as before v48)
-        constexpr bool kStore16 = false;
-#else
-        constexpr bool kStore16 = true;
-#endif
-        const bool o_vec16 = kStore16 && rows_aligned16(p.o, p.o_sb, p.o_sh, p.o_ss);
-        #pragma unroll
-        for (int half = 0; half < H; ++half) {
-            const float l_row = quad_sum(l[0][half]);
-            const float inv_l = l_row > 0.f ? 1.f / l_row : 0.f; FC_TRACE(17);
-            const int row = w_row0 + lane / 4 + 8 * half;
-            // packed: a KV cache's rows are (query, head)s, query r / pack (one query a dense call's)
-            const bool stored = row < (packed ? p.pack * (S::kCache ? seq_q : 1) : seq_q);
-            // varlen: the row of packed o and of the LSE's (Hq, total_q) (o_sb 0: one "batch")
-            const int q_head = w.head * p.pack + (packed ? (S::kCache ? row % p.pack : row) : 0);
-            const int q_pos = packed ? (S::kCache ? row / p.pack : 0) : w.q_row0 + row;
-            u16* o_row = p.o + w.batch * p.o_sb + q_head * p.o_sh + q_pos * p.o_ss;
-#ifdef FLASHCORE_ABLATE_NO_STORE   // (a bound that p.head_dim_v never passes: O still computed)
-            constexpr int kStoreOff = 1 << 20;
-#else
-            constexpr int kStoreOff = 0;
-#endif
-            if (o_vec16) {
-                store_row16<T, DV>(o_row, o[0], half, inv_l, stored, p.head_dim_v - kStoreOff, lane);
-            } else if (stored) {
-                #pragma unroll
-                for (int dt = 0; dt < DV / 8; ++dt)
-                    if (dt * 8 + kStoreOff < p.head_dim_v)
-                        *reinterpret_cast<u32*>(o_row + dt * 8 + 2 * (lane % 4)) =
-                            pack2<T>(o[0][dt][2 * half] * inv_l, o[0][dt][2 * half + 1] * inv_l);
-            }
-            if (stored && p.lse != nullptr && lane % 4 == 0)
-                p.lse[(static_cast<i64>(S::kVarlen ? 0 : w.batch) * p.heads * p.pack + q_head) * seqlen_q + q_pos] =
-                    row_lse(m[0][half], l_row);
-        } FC_TRACE(14); FC_TRACE_NS(23); FC_ITEM(i, 4);
+        if (kStream && pending) continue;   // (this tile's: stored after its last P V, next turn)
+        store_tile(w); FC_ITEM(i, 4);
     }
 }
 

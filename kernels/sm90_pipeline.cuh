@@ -12,8 +12,9 @@ namespace fc {
 template <int STAGES>
 struct Barriers {
     u32 base;
-    __device__ u32 q_full() const { return base; }
-    __device__ u32 q_empty() const { return base + 8; }
+    // Q's slot s: slot 0's barriers first, a second slot's (Sm90Tile::kQSlots) after the rings'.
+    __device__ u32 q_full(int s = 0) const { return s == 0 ? base : base + 8 * (2 + 4 * STAGES); }
+    __device__ u32 q_empty(int s = 0) const { return s == 0 ? base + 8 : base + 8 * (3 + 4 * STAGES); }
     __device__ u32 k_full(int s) const { return base + 8 * (2 + s); }
     __device__ u32 v_full(int s) const { return base + 8 * (2 + STAGES + s); }
     __device__ u32 k_empty(int s) const { return base + 8 * (2 + 2 * STAGES + s); }

@@ -54,7 +54,8 @@ __device__ __forceinline__ void gather_tile(u32 dst, u32 full, const u16* pool, 
     asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];" :: "r"(full) : "memory");
 }
 
-// Producer: per work tile, Q (once the consumers released the previous one), then
+// Producer: per work tile, Q (once the consumers released its slot's previous one: the previous
+// tile's, or with two slots the one before it), then
 // the K and V tiles through their rings, each slot refilled once released. With
 // PRODUCERS = 1 one thread issues them all (Q, K_0, V_0, K_1, ...); with 2 the K
 // thread (Q and K) and the V thread each wait only on their own releases: one thread
@@ -141,16 +142,19 @@ __device__ __forceinline__ void produce(const Sm90Params& p, u32 sbase, const Ba
             }
         };
         if (LOADS_K && part == 0) {   // (Q: one warp's)
-            if (n_done > 0) mbar_wait(bar.q_empty(), (n_done - 1) & 1);
+            // Q's slot for this tile (its n_done-th), free once its previous tile's S GEMMs are done.
+            const int q_slot = n_done % Tile::kQSlots, q_use = n_done / Tile::kQSlots;
+            if (q_use > 0) mbar_wait(bar.q_empty(q_slot), (q_use - 1) & 1);
             // A KV cache's speculative rows (Sq > 1 with a packed GQA group): q's map has the
             // heads as its rows and the queries as its heads (kvcache.py), so one box at (the
             // group's first head, query 0) lands query-major: row r is query r / pack.
             const bool q_swapped = S::kCache && p.pack > 1 && p.seqlen_q > 1;
             if (issues) {
-                mbar_expect_tx(bar.q_full(), Tile::kQBytes);
+                mbar_expect_tx(bar.q_full(q_slot), Tile::kQBytes);
                 #pragma unroll
                 for (int box = 0; box < Tile::kBlockM / Tile::kQBoxRows; ++box)   // slice `box`'s first rows
-                    tma_load_tile<HEAD_DIM>(sbase + box * 16 * 128, p.q, bar.q_full(), Tile::kQRows,
+                    tma_load_tile<HEAD_DIM>(sbase + q_slot * Tile::kQSlotBytes + box * 16 * 128, p.q, bar.q_full(q_slot),
+                                            Tile::kQRows,
                                             q_swapped ? w.head * p.pack : w.q_row0 + w.row0 + box * Tile::kQBoxRows,
                                             q_swapped ? 0 : w.head * p.pack, S::kVarlen ? 0 : w.batch); FC_TRACE(18);
             }

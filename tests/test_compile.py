@@ -1,5 +1,7 @@
 """Every kernel dispatch can choose compiles for every target arch, with no GPU (CPU)."""
 
+import dataclasses
+
 import pytest
 
 from flashcore_cupy import configs, loader, tuning
@@ -7,12 +9,12 @@ from flashcore_cupy import configs, loader, tuning
 _REGISTER_FILE = 65536   # 32-bit registers per SM on sm_80..sm_90: one CTA must fit
 
 
-def _assert_fit(arch: str, cfgs: list) -> None:
-    """Each config compiled for `arch` (in parallel): no spills or stack frame, no ptxas
+def _assert_fit(arch: str, cfgs: list, defines: tuple[str, ...] = ()) -> None:
+    """Each config compiled for `arch` (in parallel, with `defines`): no spills or stack frame, no ptxas
     performance warning (e.g. serialised wgmma), no more registers than one CTA of it can get on
     an SM (Hopper: setmaxnreg moves registers within the CTA's pool), and its shared memory
     within what the arch gives a block."""
-    for cfg, report in zip(cfgs, loader.compile_reports(cfgs, arch)):
+    for cfg, report in zip(cfgs, loader.compile_reports(cfgs, arch, defines)):
         assert report.spill_bytes == 0 and report.stack_frame_bytes == 0, (arch, str(cfg), report)
         assert not report.perf_warnings, (arch, str(cfg), report.perf_warnings)
         assert report.registers * cfg.threads <= _REGISTER_FILE, (arch, str(cfg), report.registers)
@@ -97,6 +99,18 @@ def test_varlen_and_kvcache_kernels_compile_without_spills(arch):
     --variants` compiles bf16 too): no spills, registers and shared memory within the arch's."""
     sequences = list(tuning.sequence_configs(arch, ("fp16",)))
     _assert_fit(arch, sequences)
+
+
+def test_streamed_tiles_compile_without_spills():
+    """The streamed-tiles probe build (-DFLASHCORE_STREAM_ITEMS, scripts/dev/stream_probe.py) of the
+    persistent tiles it streams (a second Q slot fits): plain D64 and D96, a D128 window alone and
+    with ALiBi or a softcap. A held-back P V issued under a condition ptxas cannot prove uniform
+    would serialise every wgmma (C7518)."""
+    base = configs.Sm90FwdConfig("fp16", 128, 128, 2, 2, True)
+    cfgs = [configs.Sm90FwdConfig("fp16", 64, 128, 2, 3, True), configs.Sm90FwdConfig("bf16", 96, 128, 2, 2, True)]
+    cfgs += [dataclasses.replace(base, variant=configs.KernelVariant(window=True, **extra))
+             for extra in ({}, dict(alibi=True), dict(softcap=True))]
+    _assert_fit("sm_90a", cfgs, ("FLASHCORE_STREAM_ITEMS",))
 
 
 def test_in_parallel_keeps_order_and_raises_the_first_error():

@@ -25,7 +25,7 @@ class Mbarrier:
 
 
 def cta(consumers, stages, pingpong, items, skip_per_turn=True, split=False, producers=1, dynamic=False,
-        copies=1, full_count=None, parts=1):
+        copies=1, full_count=None, parts=1, stream=False, q_slots=1, early_release=False):
     """Coroutines of one CTA. items: per work item (n_blocks, per-consumer key tiles)
     where a consumer's count is None when it has no rows in the item. skip_per_turn=False
     is the first version's order for skipped tiles (all released, then the turns).
@@ -41,9 +41,15 @@ def cta(consumers, stages, pingpong, items, skip_per_turn=True, split=False, pro
     parts the warps of each producer role that copy a slot's parts (gathered pages: 4 /
     producers, each waiting on the slot's release itself; Q from part 0), full_count the
     barrier's expected arrivals (default: copies x parts, as the kernel initialises it).
-    A consumer past a full wait checks that none of the slot's copies is still in flight."""
+    A consumer past a full wait checks that none of the slot's copies is still in flight.
+    stream: streamed work tiles (-DFLASHCORE_STREAM_ITEMS, q_slots=2): a consumer's turns run as
+    one chain across the CTA's tiles, a tile's last P V (where its rows see every key tile) held
+    back to go out in the next tile's first turn, with its S_0; a tile whose next one is absent or
+    has no key tiles closes the chain as every tile does unstreamed. A P V checks that its V slot
+    still holds its tile (not refilled under a held-back P V); early_release=True releases a
+    held-back P V's slot when it is held back (a bug the check must catch)."""
     users = 1 if split else consumers
-    q_full, q_empty = Mbarrier(1), Mbarrier(consumers)
+    q_full, q_empty = [Mbarrier(1) for _ in range(q_slots)], [Mbarrier(consumers) for _ in range(q_slots)]
     full_count = copies * parts if full_count is None else full_count
     k_full, v_full = ([Mbarrier(full_count) for _ in range(stages)] for _ in range(2))
     k_empty = [Mbarrier(users) for _ in range(stages)]
@@ -70,9 +76,9 @@ def cta(consumers, stages, pingpong, items, skip_per_turn=True, split=False, pro
         it = 0
         for n, (n_blocks, _) in enumerate(items):
             if loads_k and part == 0:
-                if n > 0:
-                    yield from wait(q_empty, n - 1)
-                in_flight.append(q_full)
+                if n >= q_slots:
+                    yield from wait(q_empty[n % q_slots], n // q_slots - 1)
+                in_flight.append(q_full[n % q_slots])
             for j in range(n_blocks + k_ahead):   # K_j, then V_{j - k_ahead}
                 for loads, t, empty, full in ((loads_k, j, k_empty, k_full),
                                               (loads_v, j - k_ahead, v_empty, v_full)):
@@ -103,34 +109,68 @@ def cta(consumers, stages, pingpong, items, skip_per_turn=True, split=False, pro
         def tile(k):
             return c + k * consumers if split else k
 
-        it = 0
+        def reads_v(slot, use):   # a P V reads V slot `slot` in its use-th fill
+            assert v_full[slot].phases == use + 1, "a V slot refilled before its P V read it"
+
+        pending = None   # streamed: the held-back last P V's V slot and use
+
+        def flush_turn(last):   # a turn with no S of this consumer's (a held-back P V goes out in it)
+            nonlocal pending
+            if pending:
+                yield from wait(v_full[pending[0]], pending[1])
+            yield from await_turn()
+            if pending:
+                reads_v(*pending)
+            pass_turn(last)
+            if pending:
+                if not early_release:
+                    v_empty[pending[0]].arrive()
+                pending = None
+
+        it, chain = 0, False
         for n, (n_blocks, mine) in enumerate(items):
             blocks = mine[c] or 0
             own = len(range(c, blocks, consumers)) if split else blocks
-            if pingpong and c == consumers - 1 and n_blocks > 0:
+            closes = not stream or n + 1 == len(items) or items[n + 1][0] == 0
+            if pingpong and c == consumers - 1 and n_blocks > 0 and not chain:
                 pass_turn(False)
-            yield from wait(q_full, n)
-            if own > 0:                                      # S_0
+            chain = stream and n_blocks > 0 and not closes
+            yield from wait(q_full[n % q_slots], n // q_slots)
+            if own > 0:                                      # S_0 (with a held-back P V)
                 slot, use = ring(it + tile(0))
                 yield from wait(k_full[slot], use)
+                if pending:
+                    yield from wait(v_full[pending[0]], pending[1])
                 yield from await_turn()
+                if pending:
+                    reads_v(*pending)
                 pass_turn(False)
                 k_empty[slot].arrive()
+                if pending:
+                    if not early_release:
+                        v_empty[pending[0]].arrive()
+                    pending = None
             for k in range(1, own):                          # S_k with P_{k-1} V_{k-1}
                 slot, use = ring(it + tile(k))
                 prev, prev_use = ring(it + tile(k - 1))
                 yield from wait(k_full[slot], use)
                 yield from wait(v_full[prev], prev_use)
                 yield from await_turn()
+                reads_v(prev, prev_use)
                 pass_turn(False)
                 k_empty[slot].arrive()
                 v_empty[prev].arrive()
-            q_empty.arrive()
-            if own > 0:                                      # the last P V
+            q_empty[n % q_slots].arrive()
+            if not closes and own > 0 and blocks == n_blocks:   # held back for the next turn
+                pending = ring(it + tile(own - 1))
+                if early_release:
+                    v_empty[pending[0]].arrive()
+            elif own > 0:                                    # the last P V
                 slot, use = ring(it + tile(own - 1))
                 yield from wait(v_full[slot], use)
                 yield from await_turn()
-                pass_turn(blocks == n_blocks)
+                reads_v(slot, use)
+                pass_turn(closes and blocks == n_blocks)
                 v_empty[slot].arrive()
             if split:                                        # merge: two barriers
                 for meeting in (1, 2):
@@ -146,19 +186,28 @@ def cta(consumers, stages, pingpong, items, skip_per_turn=True, split=False, pro
                     yield from wait(v_full[slot], use)
                     k_empty[slot].arrive()
                     v_empty[slot].arrive()
-            for turn in range(blocks + 1 if blocks > 0 else 0, n_blocks + 1 if n_blocks > 0 else 0):
+            if not closes:   # streamed: tile t skipped in turn t (turn `blocks` was the last P V's)
+                for t in range(blocks, n_blocks):
+                    if not (t == blocks and blocks > 0):
+                        yield from flush_turn(False)
+                    slot, use = ring(it + t)
+                    yield from wait(k_full[slot], use)
+                    yield from wait(v_full[slot], use)
+                    k_empty[slot].arrive()
+                    v_empty[slot].arrive()
+            for turn in range(blocks + 1 if blocks > 0 else 0, n_blocks + 1 if n_blocks > 0 and closes else 0):
                 if turn > 0 and skip_per_turn:               # a tile these rows skip
                     slot, use = ring(it + turn - 1)
                     yield from wait(k_full[slot], use)
                     yield from wait(v_full[slot], use)
                     k_empty[slot].arrive()
                     v_empty[slot].arrive()
-                yield from await_turn()
-                pass_turn(turn == n_blocks)
+                yield from flush_turn(turn == n_blocks)
             it += n_blocks
             if dynamic:   # take the next item (ItemSlots.take)
                 yield from wait(item_full[n % 2], n // 2)
                 item_empty[n % 2].arrive()
+        assert pending is None, "a held-back P V never went out"
 
     def tma(rng):   # lands the copies in flight in any order
         while not (in_flight == [] and producing[0] == 0):
@@ -233,6 +282,32 @@ def test_no_deadlock_in_any_interleaving(consumers, stages, pingpong, producers)
         rng = random.Random(seed)
         items = random_items(rng, consumers)
         assert runs_to_the_end(cta(consumers, stages, pingpong, items, producers=producers), rng), items
+
+
+@pytest.mark.parametrize("producers", [1, 2])
+@pytest.mark.parametrize("consumers, stages, pingpong",
+                         [(2, 2, True), (3, 2, True), (2, 3, True), (3, 3, True), (2, 2, False), (1, 2, False)])
+def test_streamed_tiles_never_deadlock(consumers, stages, pingpong, producers):
+    """Streamed work tiles (-DFLASHCORE_STREAM_ITEMS, two Q slots): up to 8 tiles a CTA, some of
+    no key tiles (where the chain closes and opens again), causal ones (a consumer's rows skip
+    the last tiles: its last P V in a turn of its own) and ones whose last consumers have no
+    rows, in random interleavings: no deadlock, no turn left open, no held-back P V left, and no
+    V slot refilled under one."""
+    for seed in range(150):
+        rng = random.Random(seed)
+        items = random_items(rng, consumers) + random_items(rng, consumers)
+        assert runs_to_the_end(cta(consumers, stages, pingpong, items, producers=producers, stream=True,
+                                   q_slots=2), rng), items
+
+
+def test_a_held_back_p_v_keeps_its_v_slot():
+    """The check that streamed tiles rest on: releasing a held-back P V's V slot when it is held
+    back, not once it has gone out, lets the producer refill the slot under it."""
+    items = [(3, [3, 3]), (3, [3, 3]), (2, [2, 2])]
+    assert runs_to_the_end(cta(2, 2, True, items, stream=True, q_slots=2), random.Random(0))
+    with pytest.raises(AssertionError, match="refilled before its P V read it|phases go by"):
+        for seed in range(20):
+            runs_to_the_end(cta(2, 2, True, items, stream=True, q_slots=2, early_release=True), random.Random(seed))
 
 
 @pytest.mark.parametrize("producers", [1, 2])

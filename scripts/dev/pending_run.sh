@@ -26,11 +26,15 @@
 #                   tile does not hold there, and a persistent CTA loads the next item's Q and first
 #                   K/V under this one's end (window1k's ramp, 1.68 of ~16 us an item, v44). Never
 #                   run on a window (v40 ran it on top-left, S4k causal and S1k D64).
+#   CALL=7 stream   streamed work tiles (-DFLASHCORE_STREAM_ITEMS: a tile's last P V issued with the
+#                   next tile's first S, Q' in a second slot; not yet run on a GPU): stream_probe's
+#                   edge cases against the reference, then the persistent rows it applies to
+#                   (window1k, S1k/S4k D64, D96, the held-out D64 rows) beside the shipped kernel.
 # Logs go to $OUT. Usage on the device machine, from the repository root:
 #   CALL=1 bash scripts/dev/pending_run.sh
 set -uo pipefail
-case "${CALL:-}" in 0|1|2|3|4|5|6) ;;
-  *) echo "CALL: 0 (adapter), 1 (backward), 2 (h200), 3 (matrix), 4 (gather), 5 (tiles), 6 (schedule)" >&2
+case "${CALL:-}" in 0|1|2|3|4|5|6|7) ;;
+  *) echo "CALL: 0 (adapter), 1 (backward), 2 (h200), 3 (matrix), 4 (gather), 5 (tiles), 6 (schedule), 7 (stream)" >&2
      exit 2 ;; esac
 source "$(dirname "$0")/../steps.sh"
 export FLASHCORE_REQUIRE_GPU=1
@@ -73,6 +77,10 @@ case "${CALL:-}" in
     step schedule.txt timeout 200 python3 scripts/dev/schedule_probe.py --dtype $dtype --samples 11 \
       window1k-b2-h16-s8k-d128 alibi-b2-h16-s4k-d128-causal topleft-b4-h16-sq1k-sk4k-d128-causal
   done
+  ;;
+7)
+  step stream.txt timeout 420 python3 scripts/dev/stream_probe.py --samples 11 window1k-b2-h16-s8k-d128 \
+    b4-h16-s1k-d64 b2-h16-s4k-d64 b2-h16-s4k-d96 held-b3-h20kv4-s1900-d64 held-b4-h8-s6144-d64
   ;;
 esac
 echo "pending_run exit status: $status"

@@ -1,0 +1,158 @@
+"""Probe: streamed work tiles (-DFLASHCORE_STREAM_ITEMS, kernels/flash_fwd_sm90.cu's stream_items)
+against the shipped Hopper kernel. A streamed consumer holds a tile's last P V back to issue it
+with the next tile's first S GEMM (Q' in a second slot) and stores the tile after that pair, so
+that a persistent CTA's tiles run as one chain of turns.
+
+First the edge cases, shipped and streamed: the whole output and LSE against the float64
+reference (flashcore_cupy.reference), outputs poisoned with NaN before each run, fresh inputs,
+and the streamed build run twice for bitwise equal results. They cover several tiles a CTA
+(more tiles than SMs), tiles whose last consumers have no rows, tiles of no key tiles (rows that
+see no key: the chain closes and opens again), causal tiles (a CTA a tile: every tile closes),
+GQA, the bshd layout, D64, D96 and D128, windows with ALiBi and a softcap. Then the timed rows
+(shape list names), shipped and streamed side by side with SDPA cuDNN (throughput, CUDA events,
+medians), each checked on sampled rows first.
+
+Usage: PYTHONPATH=$PWD python3 scripts/dev/stream_probe.py [--dtype fp16,bf16] [--samples 11]
+           [--skip-edges] [SHAPE ...]
+"""
+
+import argparse
+import contextlib
+import dataclasses
+
+import cupy
+import numpy as np
+
+from flashcore_cupy import api, bench, configs, reference
+from flashcore_cupy.shapes import parse_shape
+from flashcore_cupy.timing import time_side_by_side
+from flashcore_cupy.workload import np_dtype, random_inputs, verify, within_tolerance
+
+DEFINE = "FLASHCORE_STREAM_ITEMS"
+_shipped_smem = configs.Sm90FwdConfig.smem_bytes.fget
+
+
+def q_slot_bytes(config) -> int:
+    """The second Q slot streamed tiles take where it fits (the kernel's q_slots), else 0."""
+    slot = 2 * config.d_pad * max(config.block_m, 64)
+    eligible = config.seq == "dense" and not config.split and config.variant.bias == "none"
+    return slot + 16 if eligible and _shipped_smem(config) + slot + 16 <= configs.SMEM_LIMIT[config.arch] else 0
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamedConfig(configs.Sm90FwdConfig):
+    """A config's tile built streamed: its launches give the kernel the second Q slot."""
+
+    @property
+    def smem_bytes(self) -> int:
+        return _shipped_smem(self) + q_slot_bytes(self)
+
+
+def plans(q, k, v, out, **options):
+    """(label, plan) of the shipped kernel dispatch chooses and of that tile streamed."""
+    shipped = api.plan(q, k, v, out=out, **options)
+    fields = {f.name: getattr(shipped.config, f.name) for f in dataclasses.fields(shipped.config)}
+    return [("shipped", shipped),
+            ("streamed", api.plan(q, k, v, out=out, config=StreamedConfig(**fields), defines=(DEFINE,), **options))]
+
+
+# (name, B, Hq, Hkv, Sq, Sk, D, options): see the module's text
+EDGES = [
+    ("plain s1000 d64", 4, 16, 16, 1000, 1000, 64, {}),
+    ("plain gqa bshd s777/1500 d128", 3, 16, 4, 777, 1500, 128, dict(layout="bshd")),
+    ("plain s1100 d96", 4, 8, 8, 1100, 1100, 96, {}),
+    ("window(200,0) sq1500 sk700 d128", 2, 16, 16, 1500, 700, 128, dict(causal=True, window=(200, 0))),
+    ("window(300,50) alibi softcap gqa d128", 2, 16, 4, 900, 900, 128,
+     dict(window=(300, 50), softcap=30.0, alibi=True)),
+    ("window(64,64) sq300 sk2000 d64", 4, 16, 16, 300, 2000, 64, dict(window=(64, 64))),
+    ("top-left window(500,-1) d128", 2, 16, 16, 1200, 2500, 128, dict(causal="top_left", window=(500, -1))),
+    ("causal s700 d128", 2, 16, 16, 700, 700, 128, dict(causal=True)),
+]
+
+
+def edge_case(name, b, hq, hkv, sq, sk, d, options, dtype, rng) -> bool:
+    opts = dict(options)
+    alibi = opts.pop("alibi", False)
+    layout = opts.get("layout", "bhsd")
+    npdt = np_dtype(dtype)
+    shape = lambda h, s: (b, h, s, d) if layout == "bhsd" else (b, s, h, d)   # noqa: E731
+    host = [rng.standard_normal(shape(h, s)).astype(npdt) for h, s in ((hq, sq), (hkv, sk), (hkv, sk))]
+    q, k, v = (cupy.asarray(x) for x in host)
+    slopes = (2.0 ** (-8.0 * (np.arange(hq) + 1) / hq)).astype(np.float32) if alibi else None
+    extra = dict(alibi_slopes=cupy.asarray(slopes)) if alibi else {}
+    ref_out, ref_lse = reference.attention(*(x.astype(np.float64) for x in host), return_lse=True,
+                                           alibi_slopes=slopes, **opts)
+    ok = True
+    out = cupy.empty(q.shape, q.dtype)
+    for label, plan in plans(q, k, v, out, return_lse=True, **extra, **opts):
+        results = []
+        for _ in range(2):
+            out.fill(np.nan)
+            o, lse = plan.run(q, k, v, out=out, **extra)
+            results.append((cupy.asnumpy(o).astype(np.float64), cupy.asnumpy(lse).astype(np.float64)))
+        (o, lse), (o2, lse2) = results
+        err = float(np.linalg.norm(o - ref_out) / max(np.linalg.norm(ref_out), 1e-30)) if np.isfinite(o).all() \
+            else float("nan")
+        finite = np.isfinite(ref_lse)
+        lse_ok = (np.array_equal(np.isinf(lse), np.isinf(ref_lse)) and
+                  np.allclose(lse[finite], ref_lse[finite], atol=2e-2, rtol=0))
+        same = np.array_equal(o, o2) and np.array_equal(lse, lse2)
+        good = err <= (2e-3 if dtype == "fp16" else 1e-2) and lse_ok and same
+        ok &= good
+        print(f"  {name:<40} {label:<9} {plan.config}  err {err:.1e}  lse {'ok' if lse_ok else 'WRONG'}"
+              f"  repeat {'same' if same else 'DIFFERS'}{'' if good else '  FAILED'}", flush=True)
+    return ok
+
+
+def timed_row(name, dtype, samples, rng) -> bool:
+    shape = parse_shape(name)
+    q, k, v = random_inputs(shape, dtype, rng)
+    arrays = bench.variant_arrays(shape, dtype, rng)
+    opts = bench.attention_options(shape, arrays)
+    fns, ok = {}, True
+    for label, plan in plans(q, k, v, cupy.empty(q.shape[:-1] + (v.shape[-1],), q.dtype), **opts):
+        out = cupy.empty(q.shape[:-1] + (v.shape[-1],), q.dtype)
+        run = (lambda plan, out: lambda i: plan.run(q, k, v, out=out, **arrays))(plan, out)
+        out.fill(np.nan)
+        run(0)
+        err, row_err = verify(shape, q, k, v, out, rng, rows=64, options=opts)
+        good = within_tolerance(dtype, err, row_err)
+        ok &= good
+        print(f"{name:<34} {label:<9} {plan.config}  smem {plan.config.smem_bytes}"
+              f"  grid {plan.launch._dims[0]}  err {err:.1e}{'' if good else '  FAILED'}", flush=True)
+        if good:
+            fns[label] = (run, contextlib.nullcontext)
+    peer = bench.peer_call(shape, "sdpa_cudnn", q, k, v, arrays, dtype)
+    if peer is not None:
+        fns["sdpa_cudnn"] = peer
+    t = time_side_by_side(fns, samples, 20, warmup_s=0.0, rounds=samples)
+    ref = t["shipped"].p50 if "shipped" in t else None
+    for impl, timing in t.items():
+        ratio = f"{ref / timing.p50:5.3f}x shipped's speed" if ref else ""
+        print(f"{name:<34} {impl:<11} p50 {timing.p50:8.1f} us  p90 {timing.p90:8.1f}  {ratio}", flush=True)
+    return ok
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("shapes", nargs="*")
+    ap.add_argument("--dtype", default="fp16,bf16")
+    ap.add_argument("--samples", type=int, default=11)
+    ap.add_argument("--skip-edges", action="store_true")
+    args = ap.parse_args()
+    rng = np.random.default_rng()
+    ok = True
+    print(f"# {cupy.cuda.runtime.getDeviceProperties(0)['name'].decode()}")
+    for dtype in args.dtype.split(","):
+        print(f"# {dtype}")
+        if not args.skip_edges:
+            for case in EDGES:
+                ok &= edge_case(*case, dtype, rng)
+        for name in args.shapes:
+            ok &= timed_row(name, dtype, args.samples, rng)
+    print("stream_probe:", "every check passed" if ok else "SOME CHECK FAILED")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
