@@ -282,89 +282,16 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
                 named_barrier_arrive(1 + (consumer + 1) % CONSUMERS, 256);
     };
 
-    // O, the row maxima and sums, and P as P V's A operand: a work tile's, and with streamed
-    // tiles (stream_items) the pending one's until its last P V has gone out with the next S.
-    float o[1][DV / 8][4];
-    float m[1][2], l[1][2];
-    u32 a[BLOCK_N / 16][4];          // P_j as the 16-bit A operand of P V_j
-    auto reset_rows = [&] {
-        m[0][0] = m[0][1] = neg_inf();
-        l[0][0] = l[0][1] = 0.f;
-        #pragma unroll
-        for (int dt = 0; dt < DV / 8; ++dt)
-            #pragma unroll
-            for (int e = 0; e < 4; ++e) o[0][dt][e] = 0.f;
-    };
-    // Epilogue: O /= l straight from registers while the producer already loads the next
-    // tile: 16 bytes a lane (store_row16) where the output's rows are 16-byte aligned, else
-    // each quad's 16 contiguous bytes of a row. A row is a position of query head w.head, or
-    // with packed GQA query head w.head * pack + row at position 0.
-    auto store_tile = [&](const WorkTile& w) {
-        const int seq_q = S::kVarlen ? w.seqlen_q : seqlen_q;
-        const int w_row0 = w.row0 + (SPLIT ? 0 : 64 * consumer) + WARP_ROWS * warp;   // this warp's first query
-        const bool packed = p.pack > 1;
-#ifdef FLASHCORE_O_STORE32   // (timing probes: every row 4 bytes a lane, as before v48)
-        constexpr bool kStore16 = false;
-#else
-        constexpr bool kStore16 = true;
-#endif
-        const bool o_vec16 = kStore16 && rows_aligned16(p.o, p.o_sb, p.o_sh, p.o_ss);
-        #pragma unroll
-        for (int half = 0; half < H; ++half) {
-            const float l_row = quad_sum(l[0][half]);
-            const float inv_l = l_row > 0.f ? 1.f / l_row : 0.f; FC_TRACE(17);
-            const int row = w_row0 + lane / 4 + 8 * half;
-            // packed: a KV cache's rows are (query, head)s, query r / pack (one query a dense call's)
-            const bool stored = row < (packed ? p.pack * (S::kCache ? seq_q : 1) : seq_q);
-            // varlen: the row of packed o and of the LSE's (Hq, total_q) (o_sb 0: one "batch")
-            const int q_head = w.head * p.pack + (packed ? (S::kCache ? row % p.pack : row) : 0);
-            const int q_pos = packed ? (S::kCache ? row / p.pack : 0) : w.q_row0 + row;
-            u16* o_row = p.o + w.batch * p.o_sb + q_head * p.o_sh + q_pos * p.o_ss;
-#ifdef FLASHCORE_ABLATE_NO_STORE   // (a bound that p.head_dim_v never passes: O still computed)
-            constexpr int kStoreOff = 1 << 20;
-#else
-            constexpr int kStoreOff = 0;
-#endif
-            if (o_vec16) {
-                store_row16<T, DV>(o_row, o[0], half, inv_l, stored, p.head_dim_v - kStoreOff, lane);
-            } else if (stored) {
-                #pragma unroll
-                for (int dt = 0; dt < DV / 8; ++dt)
-                    if (dt * 8 + kStoreOff < p.head_dim_v)
-                        *reinterpret_cast<u32*>(o_row + dt * 8 + 2 * (lane % 4)) =
-                            pack2<T>(o[0][dt][2 * half] * inv_l, o[0][dt][2 * half + 1] * inv_l);
-            }
-            if (stored && p.lse != nullptr && lane % 4 == 0)
-                p.lse[(static_cast<i64>(S::kVarlen ? 0 : w.batch) * p.heads * p.pack + q_head) * seqlen_q + q_pos] =
-                    row_lse(m[0][half], l_row);
-        } FC_TRACE(14); FC_TRACE_NS(23);
-    };
     // Streamed tiles: `chain` while a chain of turns is open (its last consumer opened consumer
     // 0's first); `pending` while the last P V of work item pend_i (its V at ring position
-    // pend_it) waits for the next turn. finish_pending: that P V has landed; its V slot goes back,
-    // its tile is stored, and the rows start over.
+    // pend_it) waits for the next turn, O, m, l and P (`carried`) held across tiles for it.
     bool chain = false, pending = false;
     int pend_it = 0, pend_i = 0;
-    auto finish_pending = [&] {
-        fence_registers(o[0]);
-        fence_registers(a);
-        release(bar.v_empty(Ring<STAGES>{pend_it}.slot()));
-        store_tile(work_tile<Tile, BLOCK_N, V, S>(p, pend_i));
-        pending = false;
-        reset_rows();
-    };
-    // A turn with no S GEMM of this consumer's: a pending P V goes out alone in it, if any (the
-    // chain's last turn: `last`).
-    auto flush_turn = [&](bool last) {
-        const Ring<STAGES> r{pend_it};
-        const bool flushes = pending;
-        if (flushes) mbar_wait(bar.v_full(r.slot()), r.parity());
-        await_turn();
-        if (flushes) pv_wgmma<T, DV, BLOCK_N>(o[0], a, v_tile(r));
-        pass_turn(last);
-        wgmma_wait<0>();
-        if (flushes) finish_pending();
-    };
+    struct Rows {
+        float o[1][DV / 8][4];
+        float m[1][2], l[1][2];
+        u32 a[BLOCK_N / 16][4];          // P_j as the 16-bit A operand of P V_j
+    } carried;
 
     int it = 0, n_done = 0;                                   // K/V tiles and work items so far
     // The deal (sm90_scheduler.cuh): round the grid, or dynamic (the m-th item after the first
@@ -376,6 +303,86 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
     for (int i = blockIdx.x; i < p.n_items;
          ++n_done, i = kDynamic ? items.take(n_done - 1, lane) : i + gridDim.x) {
         const WorkTile w = work_tile<Tile, BLOCK_N, V, S>(p, i);
+        // O, the row maxima and sums, and P as P V's A operand: this tile's (streamed: the carried
+        // ones, the pending tile's until its last P V has gone out with this tile's first S).
+        Rows fresh;
+        Rows& rows = kStream ? carried : fresh;
+        auto& o = rows.o;
+        auto& m = rows.m;
+        auto& l = rows.l;
+        auto& a = rows.a;
+        auto reset_rows = [&] {
+            m[0][0] = m[0][1] = neg_inf();
+            l[0][0] = l[0][1] = 0.f;
+            #pragma unroll
+            for (int dt = 0; dt < DV / 8; ++dt)
+                #pragma unroll
+                for (int e = 0; e < 4; ++e) o[0][dt][e] = 0.f;
+        };
+        // Epilogue: O /= l straight from registers while the producer already loads the next
+        // tile: 16 bytes a lane (store_row16) where the output's rows are 16-byte aligned, else
+        // each quad's 16 contiguous bytes of a row. A row is a position of query head w.head, or
+        // with packed GQA query head w.head * pack + row at position 0.
+        auto store_tile = [&](const WorkTile& w) {
+            const int seq_q = S::kVarlen ? w.seqlen_q : seqlen_q;
+            const int w_row0 = w.row0 + (SPLIT ? 0 : 64 * consumer) + WARP_ROWS * warp;   // this warp's first query
+            const bool packed = p.pack > 1;
+    #ifdef FLASHCORE_O_STORE32   // (timing probes: every row 4 bytes a lane, as before v48)
+            constexpr bool kStore16 = false;
+    #else
+            constexpr bool kStore16 = true;
+    #endif
+            const bool o_vec16 = kStore16 && rows_aligned16(p.o, p.o_sb, p.o_sh, p.o_ss);
+            #pragma unroll
+            for (int half = 0; half < H; ++half) {
+                const float l_row = quad_sum(l[0][half]);
+                const float inv_l = l_row > 0.f ? 1.f / l_row : 0.f; FC_TRACE(17);
+                const int row = w_row0 + lane / 4 + 8 * half;
+                // packed: a KV cache's rows are (query, head)s, query r / pack (one query a dense call's)
+                const bool stored = row < (packed ? p.pack * (S::kCache ? seq_q : 1) : seq_q);
+                // varlen: the row of packed o and of the LSE's (Hq, total_q) (o_sb 0: one "batch")
+                const int q_head = w.head * p.pack + (packed ? (S::kCache ? row % p.pack : row) : 0);
+                const int q_pos = packed ? (S::kCache ? row / p.pack : 0) : w.q_row0 + row;
+                u16* o_row = p.o + w.batch * p.o_sb + q_head * p.o_sh + q_pos * p.o_ss;
+    #ifdef FLASHCORE_ABLATE_NO_STORE   // (a bound that p.head_dim_v never passes: O still computed)
+                constexpr int kStoreOff = 1 << 20;
+    #else
+                constexpr int kStoreOff = 0;
+    #endif
+                if (o_vec16) {
+                    store_row16<T, DV>(o_row, o[0], half, inv_l, stored, p.head_dim_v - kStoreOff, lane);
+                } else if (stored) {
+                    #pragma unroll
+                    for (int dt = 0; dt < DV / 8; ++dt)
+                        if (dt * 8 + kStoreOff < p.head_dim_v)
+                            *reinterpret_cast<u32*>(o_row + dt * 8 + 2 * (lane % 4)) =
+                                pack2<T>(o[0][dt][2 * half] * inv_l, o[0][dt][2 * half + 1] * inv_l);
+                }
+                if (stored && p.lse != nullptr && lane % 4 == 0)
+                    p.lse[(static_cast<i64>(S::kVarlen ? 0 : w.batch) * p.heads * p.pack + q_head) * seqlen_q + q_pos] =
+                        row_lse(m[0][half], l_row);
+            } FC_TRACE(14); FC_TRACE_NS(23);
+        };
+        auto finish_pending = [&] {
+            fence_registers(o[0]);
+            fence_registers(a);
+            release(bar.v_empty(Ring<STAGES>{pend_it}.slot()));
+            store_tile(work_tile<Tile, BLOCK_N, V, S>(p, pend_i));
+            pending = false;
+            reset_rows();
+        };
+        // A turn with no S GEMM of this consumer's: a pending P V goes out alone in it, if any (the
+        // chain's last turn: `last`).
+        auto flush_turn = [&](bool last) {
+            const Ring<STAGES> r{pend_it};
+            const bool flushes = pending;
+            if (flushes) mbar_wait(bar.v_full(r.slot()), r.parity());
+            await_turn();
+            if (flushes) pv_wgmma<T, DV, BLOCK_N>(o[0], a, v_tile(r));
+            pass_turn(last);
+            wgmma_wait<0>();
+            if (flushes) finish_pending();
+        };
         if (S::kVarlen && w.batch < 0) break;   // past the sequences' items (the producer stops there too)
         FC_ITEM(i, 0); FC_ITEM_WHERE(i);
         const int n_blocks = w.n_blocks;
@@ -404,19 +411,7 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
                             : c_blocks > consumer ? (c_blocks - consumer - 1) / CONSUMERS + 1 : 0;
         auto tile = [&](int k) { return SPLIT ? consumer + k * CONSUMERS : k; };
 
-        // Streamed: a tile whose CTA has no next one, or a next one of no key tiles, closes the
-        // chain as every tile does unstreamed (its last P V in a turn of its own, n_blocks + 1
-        // turns); the others take n_blocks turns and leave the chain open (the last consumer opens
-        // a chain at a tile of some key tiles where none is open). The rows start over once
-        // nothing is pending.
-        bool closes = true;
-        if constexpr (kStream) {
-            const int next = i + static_cast<int>(gridDim.x);
-            closes = next >= p.n_items || work_tile<Tile, BLOCK_N, V, S>(p, next).n_blocks == 0;
-        }
-        if (kTurns && consumer == CONSUMERS - 1 && n_blocks > 0 && !chain) named_barrier_arrive(1, 256);
-        chain = kStream && n_blocks > 0 && !closes;
-        if (!pending) reset_rows();
+        if (!pending) reset_rows();   // (streamed: after the pending tile's store)
         float s[1][BLOCK_N / 8][4];      // S_j, then P_j in fp32
         float alpha[1][2];
         // S_j (landed in s) -> P_j in `a` and alpha for O. The lazy update writes `a` during
@@ -496,6 +491,17 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
 #endif
         };
 
+        // Streamed: a tile whose CTA has no next one, or a next one of no key tiles, closes the
+        // chain as every tile does unstreamed (its last P V in a turn of its own, n_blocks + 1
+        // turns); the others take n_blocks turns and leave the chain open (the last consumer opens
+        // a chain at a tile of some key tiles where none is open).
+        bool closes = true;
+        if constexpr (kStream) {
+            const int next = i + static_cast<int>(gridDim.x);
+            closes = next >= p.n_items || work_tile<Tile, BLOCK_N, V, S>(p, next).n_blocks == 0;
+        }
+        if (kTurns && consumer == CONSUMERS - 1 && n_blocks > 0 && !chain) named_barrier_arrive(1, 256);
+        chain = kStream && n_blocks > 0 && !closes;
         // wgmma issue stays out of data-dependent branches: ptxas serialises every
         // wgmma of a kernel that waits on one inside a divergent path (C7518).
         // This tile's Q slot (its n_done-th: slot n_done % kQSlots, used n_done / kQSlots times before).
