@@ -312,8 +312,10 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
         auto& l = rows.l;
         auto& a = rows.a;
         auto reset_rows = [&] {
-            m[0][0] = m[0][1] = neg_inf();
-            l[0][0] = l[0][1] = 0.f;
+            m[0][0] = neg_inf();
+            m[0][1] = neg_inf();
+            l[0][0] = 0.f;
+            l[0][1] = 0.f;
             #pragma unroll
             for (int dt = 0; dt < DV / 8; ++dt)
                 #pragma unroll
