@@ -114,18 +114,21 @@ def cta(consumers, stages, pingpong, items, skip_per_turn=True, split=False, pro
 
         pending = None   # streamed: the held-back last P V's V slot and use
 
-        def flush_turn(last):   # a turn with no S of this consumer's (a held-back P V goes out in it)
+        def goes_out():   # a held-back P V has gone out in this turn: its V slot back
             nonlocal pending
-            if pending:
-                yield from wait(v_full[pending[0]], pending[1])
+            reads_v(*pending)
+            if not early_release:
+                v_empty[pending[0]].arrive()
+            pending = None
+
+        def flush_turn(last):   # a turn with no S of this consumer's (a held-back P V goes out in it)
+            held = pending
+            if held:
+                yield from wait(v_full[held[0]], held[1])
             yield from await_turn()
-            if pending:
-                reads_v(*pending)
             pass_turn(last)
-            if pending:
-                if not early_release:
-                    v_empty[pending[0]].arrive()
-                pending = None
+            if held:
+                goes_out()
 
         it, chain = 0, False
         for n, (n_blocks, mine) in enumerate(items):
@@ -139,17 +142,14 @@ def cta(consumers, stages, pingpong, items, skip_per_turn=True, split=False, pro
             if own > 0:                                      # S_0 (with a held-back P V)
                 slot, use = ring(it + tile(0))
                 yield from wait(k_full[slot], use)
-                if pending:
-                    yield from wait(v_full[pending[0]], pending[1])
+                held = pending
+                if held:
+                    yield from wait(v_full[held[0]], held[1])
                 yield from await_turn()
-                if pending:
-                    reads_v(*pending)
                 pass_turn(False)
                 k_empty[slot].arrive()
-                if pending:
-                    if not early_release:
-                        v_empty[pending[0]].arrive()
-                    pending = None
+                if held:
+                    goes_out()
             for k in range(1, own):                          # S_k with P_{k-1} V_{k-1}
                 slot, use = ring(it + tile(k))
                 prev, prev_use = ring(it + tile(k - 1))
