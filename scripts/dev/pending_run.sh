@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The device calls still to run, one call each, in order of need (each under 9 minutes of
 # timeouts). Earlier calls and what they found: docs/results/ (v44-v50) and git history.
+# The first call of a session (sessions 37 and 38 got no device): CALL=0, then CALL=7 in the same
+# command (about 2 + 6 minutes): `export OUT; CALL=0 bash ...; CALL=7 bash ...`.
 #   CALL=0 adapter  the torch adapter's GPU tests on api.external_stream (74a610e: not yet run on a
 #                   GPU; session 37 got no device), DeprecationWarnings as errors; first, with
 #                   another call's rows after it.
