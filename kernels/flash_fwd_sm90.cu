@@ -164,7 +164,11 @@ struct Sm90Tile {
 // tile's first S GEMM (Q' in a second slot, loaded under this tile), and its epilogue runs after
 // that pair, so that neither the ramp (K_0, S_0 alone, the first softmax) nor the last P V runs
 // alone: window1k's items spent 1.68 and 1.94 of ~16 us there (v44 item trace). Dense whole tiles
-// without a bias on the static deal, where a second Q slot fits (configs' q_slots mirrors it).
+// without a bias on the static deal, where a second Q slot fits (stream_probe.py's q_slot_bytes
+// mirrors it). Not the dynamic deal (packed sequences): a streamed consumer must know its next
+// tile before its last P V, but the deal publishes it once this tile's copies are issued, which
+// waits on the releases of a consumer whose rows skip the last key tiles, after that P V (the
+// protocol model deadlocks when the next tile is taken after the S GEMMs).
 template <class S, class V, bool SPLIT>
 __device__ constexpr bool stream_items() {
 #ifdef FLASHCORE_STREAM_ITEMS
