@@ -110,8 +110,10 @@ struct Sm90Tile {
     static constexpr u32 kQBytes = kBlockM * kDPad * 2;             // what Q's boxes bring
     static constexpr u32 kKBytes = BLOCK_N * kDPad * 2;             // one K tile
     static constexpr u32 kVBytes = BLOCK_N * kDvPad * 2;            // one V tile
-    // Q's slots: one, or two where the next work tile's Q loads under this one (stream_items).
+    // Q's slots: one, or two where the next work tile's Q loads under this one: streamed tiles
+    // (stream_items).
     static constexpr int kQSlots = Q_SLOTS;
+    static constexpr bool kStream = Q_SLOTS == 2;
     static constexpr u32 kQSlotBytes = kQRows * kDPad * 2;
     // Shared layout (offsets from a 1024-byte aligned base): Q's slots, K ring, V ring, barriers
     // (a second Q slot's last), and a bias variant's bias tiles.
@@ -163,23 +165,28 @@ struct Sm90Tile {
 // chain across its CTA's work tiles. A tile's last P V waits (pending) to go out with the next
 // tile's first S GEMM (Q' in a second slot, loaded under this tile), and its epilogue runs after
 // that pair, so that neither the ramp (K_0, S_0 alone, the first softmax) nor the last P V runs
-// alone: window1k's items spent 1.68 and 1.94 of ~16 us there (v44 item trace). Dense whole tiles
-// without a bias on the static deal, where a second Q slot fits (stream_probe.py's q_slot_bytes
-// mirrors it). Not the dynamic deal (packed sequences): a streamed consumer must know its next
-// tile before its last P V, but the deal publishes it once this tile's copies are issued, which
-// waits on the releases of a consumer whose rows skip the last key tiles, after that P V (the
-// protocol model deadlocks when the next tile is taken after the S GEMMs).
+// alone: window1k's items spent 1.68 and 1.94 of ~16 us there (v44 item trace). Whole tiles of
+// dense batches or packed sequences without a bias, where a second Q slot fits
+// (stream_probe.py's q_slot_bytes mirrors it). A streamed consumer must know its next tile
+// before its last P V: the dynamic deal (packed sequences) publishes it once the tile's first
+// copies are issued and a streamed consumer takes it once its S GEMMs are done (published after
+// all the tile's copies, as unstreamed, it would wait on a consumer whose rows skip the last key
+// tiles and release them after that P V: the protocol model deadlocks so).
 template <class S, class V, bool SPLIT>
 __device__ constexpr bool stream_items() {
 #ifdef FLASHCORE_STREAM_ITEMS
-    return S::kDense && !S::kSplitKV && !SPLIT && V::kBias == 0 && !dynamic_deal<S>();
+    return (S::kDense || S::kVarlen) && !S::kSplitKV && !SPLIT && V::kBias == 0;
 #else
     return false;
 #endif
 }
+template <class S, class Tile1>   // where the kernel's shared memory ends (the barriers, the deal's slots)
+__device__ constexpr u32 layout_end() {
+    return Tile1::kOffItems + (dynamic_deal<S>() ? kItemSlotBytes : 0);
+}
 template <class S, class V, class Tile1>   // (Tile1: the tile with one Q slot)
 __device__ constexpr int q_slots() {
-    return stream_items<S, V, Tile1::kSplit>() && 1024 + Tile1::kOffItems + Tile1::kQSlotBytes + 16 <= kSm90SmemLimit
+    return stream_items<S, V, Tile1::kSplit>() && 1024 + layout_end<S, Tile1>() + Tile1::kQSlotBytes + 16 <= kSm90SmemLimit
                ? 2 : 1;
 }
 
@@ -190,7 +197,7 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
     using Tile = Sm90Tile<HEAD_DIM, DV, BLOCK_N, STAGES, CONSUMERS, PINGPONG, SPLIT, WARP_ROWS,
                           q_slots<S, V, Sm90Tile<HEAD_DIM, DV, BLOCK_N, STAGES, CONSUMERS, PINGPONG, SPLIT, WARP_ROWS>>()>;
     constexpr int H = Tile::kHalves;
-    constexpr bool kStream = Tile::kQSlots == 2;   // (stream_items)
+    constexpr bool kStream = Tile::kStream;   // (stream_items)
 #ifdef FLASHCORE_ABLATE_NO_TURNS
     constexpr bool kTurns = false;
 #else
@@ -272,7 +279,7 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
     if constexpr (V::kBias != 0 || kStream) {
         u32 given;
         asm("mov.u32 %0, %%dynamic_smem_size;" : "=r"(given));
-        const u32 needs = V::kBias != 0 ? Tile::kOffBias + 4 * CONSUMERS * Stage::kBytes : Tile::kOffItems;
+        const u32 needs = V::kBias != 0 ? Tile::kOffBias + 4 * CONSUMERS * Stage::kBytes : layout_end<S, Tile>();
         if (given < (sbase - smem_addr(smem)) + needs) __trap();
     }
     // Ping-pong: consumers take turns issuing their GEMMs (hardware barrier 1 + c
@@ -290,7 +297,7 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
     // 0's first); `pending` while the last P V of work item pend_i (its V at ring position
     // pend_it) waits for the next turn, O, m, l and P (`carried`) held across tiles for it.
     bool chain = false, pending = false;
-    int pend_it = 0, pend_i = 0;
+    int pend_it = 0, pend_i = 0, next_i = 0;   // (next_i: the dynamic deal's next tile, taken early)
     struct Rows {
         float o[1][DV / 8][4];
         float m[1][2], l[1][2];
@@ -305,7 +312,7 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
                   "a dynamic deal: dense or varlen, one producer thread, no split tiles, no bias (its tiles' place)");
     const ItemSlots items{sbase + Tile::kOffItems};
     for (int i = blockIdx.x; i < p.n_items;
-         ++n_done, i = kDynamic ? items.take(n_done - 1, lane) : i + gridDim.x) {
+         ++n_done, i = kDynamic ? (kStream ? next_i : items.take(n_done - 1, lane)) : i + gridDim.x) {
         const WorkTile w = work_tile<Tile, BLOCK_N, V, S>(p, i);
         // O, the row maxima and sums, and P as P V's A operand: this tile's (streamed: the carried
         // ones, the pending tile's until its last P V has gone out with this tile's first S).
@@ -503,7 +510,10 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
         // a chain at a tile of some key tiles where none is open).
         bool closes = true;
         if constexpr (kStream) {
-            const int next = i + static_cast<int>(gridDim.x);
+            // (the dynamic deal's next tile, published once this tile's first copies were issued;
+            // past the sequences' tiles a varlen one has no key tiles)
+            if constexpr (kDynamic) next_i = items.take(n_done, lane);
+            const int next = kDynamic ? next_i : i + static_cast<int>(gridDim.x);
             closes = next >= p.n_items || work_tile<Tile, BLOCK_N, V, S>(p, next).n_blocks == 0;
         }
         if (kTurns && consumer == CONSUMERS - 1 && n_blocks > 0 && !chain) named_barrier_arrive(1, 256);
@@ -575,6 +585,11 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
         // during the last P V and the epilogue.
         release(bar.q_empty(q_slot));
         if (!closes && my_blocks > 0 && c_blocks == n_blocks) {   // the last P V waits for the next turn
+            if constexpr (S::kVarlen) {   // (its V rows past this tile's sequence cleared now)
+                const Ring<STAGES> last{it + tile(my_blocks - 1)};
+                mbar_wait(bar.v_full(last.slot()), last.parity());
+                clear_stale(my_blocks - 1);
+            }
             pending = true;
             pend_it = it + tile(my_blocks - 1);
             pend_i = i;

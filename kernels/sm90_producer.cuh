@@ -199,10 +199,14 @@ __device__ __forceinline__ void produce(const Sm90Params& p, u32 sbase, const Ba
                 load_kv(true, sbase + Tile::kOffV + r.slot() * Tile::kVBytes, p.v, bar.v_full(r.slot()), jv,
                         page);
             }
+            // Streamed tiles: the next tile once this one's first copies are issued (its consumers
+            // take it once their S GEMMs are done: see stream_items)
+            if (kDynamic && Tile::kStream && j == 0 && issues) items.publish(next, n_done);
         }
         it += w.n_blocks; FC_ITEM(i, 2);
         if constexpr (kDynamic) {
-            if (issues) items.publish(next, n_done);   // the consumers take it when this tile ends
+            // the consumers take it when this tile ends
+            if (issues && (!Tile::kStream || w.n_blocks == 0)) items.publish(next, n_done);
             fetched = S::kVarlen ? __shfl_sync(0xffffffffu, next, 0) : next;
         }
         if (Tile::kSplit) break;   // a CTA a work tile (Sm90Config.schedule): gridDim.x need not stay live

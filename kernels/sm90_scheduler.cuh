@@ -157,6 +157,7 @@ __device__ constexpr bool dynamic_deal() {
 #endif
 }
 
+constexpr u32 kItemSlotBytes = 40;   // the slots and their barriers (configs.SM90_ITEM_SLOT_BYTES)
 struct ItemSlots {
     u32 at;   // full(0), full(1), empty(0), empty(1), then the two items (shared memory)
     __device__ u32 full(int s) const { return at + 8 * s; }

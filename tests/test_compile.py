@@ -104,12 +104,14 @@ def test_varlen_and_kvcache_kernels_compile_without_spills(arch):
 def test_streamed_tiles_compile_without_spills():
     """The streamed-tiles probe build (-DFLASHCORE_STREAM_ITEMS, scripts/dev/stream_probe.py) of the
     persistent tiles it streams (a second Q slot fits): plain D64 and D96, a D128 window alone and
-    with ALiBi or a softcap. A held-back P V issued under a condition ptxas cannot prove uniform
+    with ALiBi or a softcap, and packed sequences' tiles (the dynamic deal). A held-back P V issued under a condition ptxas cannot prove uniform
     would serialise every wgmma (C7518)."""
     base = configs.Sm90FwdConfig("fp16", 128, 128, 2, 2, True)
     cfgs = [configs.Sm90FwdConfig("fp16", 64, 128, 2, 3, True), configs.Sm90FwdConfig("bf16", 96, 128, 2, 2, True)]
     cfgs += [dataclasses.replace(base, variant=configs.KernelVariant(window=True, **extra))
              for extra in ({}, dict(alibi=True), dict(softcap=True))]
+    cfgs += [configs.sm90_varlen_config("fp16", 128), configs.sm90_varlen_config("bf16", 64),
+             configs.sm90_varlen_config("fp16", 128, configs.KernelVariant(window=True))]
     _assert_fit("sm_90a", cfgs, ("FLASHCORE_STREAM_ITEMS",))
 
 

@@ -25,7 +25,8 @@ class Mbarrier:
 
 
 def cta(consumers, stages, pingpong, items, skip_per_turn=True, split=False, producers=1, dynamic=False,
-        copies=1, full_count=None, parts=1, stream=False, q_slots=1, early_release=False):
+        copies=1, full_count=None, parts=1, stream=False, q_slots=1, early_release=False,
+        late_publish=False):
     """Coroutines of one CTA. items: per work item (n_blocks, per-consumer key tiles)
     where a consumer's count is None when it has no rows in the item. skip_per_turn=False
     is the first version's order for skipped tiles (all released, then the turns).
@@ -47,7 +48,9 @@ def cta(consumers, stages, pingpong, items, skip_per_turn=True, split=False, pro
     back to go out in the next tile's first turn, with its S_0; a tile whose next one is absent or
     has no key tiles closes the chain as every tile does unstreamed. A P V checks that its V slot
     still holds its tile (not refilled under a held-back P V); early_release=True releases a
-    held-back P V's slot when it is held back (a bug the check must catch)."""
+    held-back P V's slot when it is held back (a bug the check must catch); late_publish=True
+    publishes a streamed dynamic deal's next item after all of an item's copies (the unstreamed
+    order)."""
     users = 1 if split else consumers
     q_full, q_empty = [Mbarrier(1) for _ in range(q_slots)], [Mbarrier(consumers) for _ in range(q_slots)]
     full_count = copies * parts if full_count is None else full_count
@@ -73,6 +76,12 @@ def cta(consumers, stages, pingpong, items, skip_per_turn=True, split=False, pro
     k_ahead = consumers - 1 if split else 0   # the kernel's Tile::kKAhead
 
     def producer(loads_k, loads_v, part):
+        def publish(n):   # the dynamic deal's next item (ItemSlots.publish)
+            if dynamic and loads_k and part == 0:
+                if n >= 2:
+                    yield from wait(item_empty[n % 2], (n - 2) // 2)
+                item_full[n % 2].arrive()
+
         it = 0
         for n, (n_blocks, _) in enumerate(items):
             if loads_k and part == 0:
@@ -87,11 +96,11 @@ def cta(consumers, stages, pingpong, items, skip_per_turn=True, split=False, pro
                         if it + t >= stages:
                             yield from wait(empty[slot], use - 1)
                         in_flight.extend([full[slot]] * copies)
+                if stream and not late_publish and j == 0:   # streamed: once the first copies are issued
+                    yield from publish(n)
             it += n_blocks
-            if dynamic and loads_k and part == 0:   # publish the next item (ItemSlots.publish)
-                if n >= 2:
-                    yield from wait(item_empty[n % 2], (n - 2) // 2)
-                item_full[n % 2].arrive()
+            if not stream or late_publish or n_blocks == 0:   # once the item's copies are issued
+                yield from publish(n)
 
     def consumer(c):
         def await_turn():
@@ -161,6 +170,9 @@ def cta(consumers, stages, pingpong, items, skip_per_turn=True, split=False, pro
                 k_empty[slot].arrive()
                 v_empty[prev].arrive()
             q_empty[n % q_slots].arrive()
+            if dynamic and stream:   # streamed: the next item taken here (whether this one closes)
+                yield from wait(item_full[n % 2], n // 2)
+                item_empty[n % 2].arrive()
             if not closes and own > 0 and blocks == n_blocks:   # held back for the next turn
                 pending = ring(it + tile(own - 1))
                 if early_release:
@@ -204,7 +216,7 @@ def cta(consumers, stages, pingpong, items, skip_per_turn=True, split=False, pro
                     v_empty[slot].arrive()
                 yield from flush_turn(turn == n_blocks)
             it += n_blocks
-            if dynamic:   # take the next item (ItemSlots.take)
+            if dynamic and not stream:   # take the next item (ItemSlots.take)
                 yield from wait(item_full[n % 2], n // 2)
                 item_empty[n % 2].arrive()
         assert pending is None, "a held-back P V never went out"
@@ -288,16 +300,29 @@ def test_no_deadlock_in_any_interleaving(consumers, stages, pingpong, producers)
 @pytest.mark.parametrize("consumers, stages, pingpong",
                          [(2, 2, True), (3, 2, True), (2, 3, True), (3, 3, True), (2, 2, False), (1, 2, False)])
 def test_streamed_tiles_never_deadlock(consumers, stages, pingpong, producers):
-    """Streamed work tiles (-DFLASHCORE_STREAM_ITEMS, two Q slots): up to 8 tiles a CTA, some of
-    no key tiles (where the chain closes and opens again), causal ones (a consumer's rows skip
-    the last tiles: its last P V in a turn of its own) and ones whose last consumers have no
-    rows, in random interleavings: no deadlock, no turn left open, no held-back P V left, and no
-    V slot refilled under one."""
+    """Streamed work tiles (-DFLASHCORE_STREAM_ITEMS, two Q slots), on the static deal and on the
+    dynamic one (its next item published once the item's first copies are issued, taken by a
+    streamed consumer once its S GEMMs are done): up to 8 tiles a CTA, some of no key tiles
+    (where the chain closes and opens again), causal ones (a consumer's rows skip the last
+    tiles: its last P V in a turn of its own) and ones whose last consumers have no rows, in
+    random interleavings: no deadlock, no turn left open, no held-back P V left, and no V slot
+    refilled under one."""
     for seed in range(150):
         rng = random.Random(seed)
         items = random_items(rng, consumers) + random_items(rng, consumers)
-        assert runs_to_the_end(cta(consumers, stages, pingpong, items, producers=producers, stream=True,
-                                   q_slots=2), rng), items
+        for dynamic in (False, True) if producers == 1 else (False,):   # (the dynamic deal: one producer)
+            assert runs_to_the_end(cta(consumers, stages, pingpong, items, producers=producers, stream=True,
+                                       q_slots=2, dynamic=dynamic), rng), (items, dynamic)
+
+
+def test_a_streamed_deal_published_after_the_copies_deadlocks():
+    """Why the dynamic deal publishes a streamed item's successor after its first copies: after
+    all of them (the unstreamed order), a consumer that takes it once its S GEMMs are done waits
+    on copies that wait on its own skipped tiles' releases."""
+    items = [(6, [2, None]), (4, [4, 4]), (2, [2, 2])]
+    assert runs_to_the_end(cta(2, 2, True, items, stream=True, q_slots=2, dynamic=True), random.Random(0))
+    assert not runs_to_the_end(cta(2, 2, True, items, stream=True, q_slots=2, dynamic=True, late_publish=True),
+                               random.Random(0), patience=2000)
 
 
 def test_a_held_back_p_v_keeps_its_v_slot():

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The device calls still to run, one call each, in order of need (each under 9 minutes of
 # timeouts). Earlier calls and what they found: docs/results/ (v44-v50) and git history.
-# The first call of a session (sessions 37 and 38 got no device): CALL=0, then CALL=7 in the same
-# command (about 2 + 6 minutes): `export OUT; CALL=0 bash ...; CALL=7 bash ...`.
+# The first call of a session (sessions 37 and 38 got no device): CALL=7, then CALL=0 in the same
+# command (under 7 + 2 minutes): `export OUT; CALL=7 bash ...; CALL=0 bash ...`.
 #   CALL=0 adapter  the torch adapter's GPU tests on api.external_stream (74a610e: not yet run on a
 #                   GPU; session 37 got no device), DeprecationWarnings as errors; first, with
 #                   another call's rows after it.
@@ -30,8 +30,9 @@
 #                   run on a window (v40 ran it on top-left, S4k causal and S1k D64).
 #   CALL=7 stream   streamed work tiles (-DFLASHCORE_STREAM_ITEMS: a tile's last P V issued with the
 #                   next tile's first S, Q' in a second slot; not yet run on a GPU): stream_probe's
-#                   edge cases against the reference, then the persistent rows it applies to
-#                   (window1k, S1k/S4k D64, D96, the held-out D64 rows) beside the shipped kernel.
+#                   edge cases against the reference (dense and packed sequences), then the rows it
+#                   applies to (window1k, S1k D64, D96, a held-out D64 row, both varlen rows)
+#                   beside the shipped kernel.
 # Logs go to $OUT. Usage on the device machine, from the repository root:
 #   CALL=1 bash scripts/dev/pending_run.sh
 set -uo pipefail
@@ -81,8 +82,9 @@ case "${CALL:-}" in
   done
   ;;
 7)
-  step stream.txt timeout 420 python3 scripts/dev/stream_probe.py --samples 11 window1k-b2-h16-s8k-d128 \
-    b4-h16-s1k-d64 b2-h16-s4k-d64 b2-h16-s4k-d96 held-b3-h20kv4-s1900-d64 held-b4-h8-s6144-d64
+  step stream.txt timeout 430 python3 scripts/dev/stream_probe.py --samples 9 window1k-b2-h16-s8k-d128 \
+    b4-h16-s1k-d64 b2-h16-s4k-d96 held-b3-h20kv4-s1900-d64 varlen-64seq-h32kv8-d128-causal \
+    varlen-16seq-32k-h16-d128-causal
   ;;
 esac
 echo "pending_run exit status: $status"

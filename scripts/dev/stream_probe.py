@@ -8,9 +8,11 @@ reference (flashcore_cupy.reference), outputs poisoned with NaN before each run,
 and the streamed build run twice for bitwise equal results. They cover several tiles a CTA
 (more tiles than SMs), tiles whose last consumers have no rows, tiles of no key tiles (rows that
 see no key: the chain closes and opens again), causal tiles (a CTA a tile: every tile closes),
-GQA, the bshd layout, D64, D96 and D128, windows with ALiBi and a softcap. Then the timed rows
-(shape list names), shipped and streamed side by side with SDPA cuDNN (throughput, CUDA events,
-medians), each checked on sampled rows first.
+GQA, the bshd layout, D64, D96 and D128, windows with ALiBi and a softcap, and packed sequences
+(the dynamic deal: empty sequences, a sequence of one query, windows) against attention_varlen's
+reference. Then the timed rows (shape list names), shipped and streamed side by side (dense rows
+with SDPA cuDNN; throughput, CUDA events, medians), each checked first (dense: sampled rows;
+varlen: against the reference where it is small, and bitwise repeats).
 
 Usage: PYTHONPATH=$PWD python3 scripts/dev/stream_probe.py [--dtype fp16,bf16] [--samples 11]
            [--skip-edges] [SHAPE ...]
@@ -35,7 +37,7 @@ _shipped_smem = configs.Sm90FwdConfig.smem_bytes.fget
 def q_slot_bytes(config) -> int:
     """The second Q slot streamed tiles take where it fits (the kernel's q_slots), else 0."""
     slot = 2 * config.d_pad * max(config.block_m, 64)
-    eligible = config.seq == "dense" and not config.split and config.variant.bias == "none"
+    eligible = config.seq in ("dense", "varlen") and not config.split and config.variant.bias == "none"
     return slot + 16 if eligible and _shipped_smem(config) + slot + 16 <= configs.SMEM_LIMIT[config.arch] else 0
 
 
@@ -104,6 +106,79 @@ def edge_case(name, b, hq, hkv, sq, sk, d, options, dtype, rng) -> bool:
     return ok
 
 
+def varlen_builds(q, k, v, cu, causal, window=None):
+    """(label, call) of attention_varlen's Hopper launch (its dynamic deal) and of that tile
+    streamed: each call returns out."""
+    from flashcore_cupy import validation, varlen
+
+    problem, _ = validation.check_varlen(*(api._spec(a, n) for a, n in (
+        (q, "q"), (k, "k"), (v, "v"), (cu, "cu_seqlens_q"), (cu, "cu_seqlens_k"))),
+        causal=causal, scale=None, window=window, softcap=0.0, alibi_slopes=None)
+    shipped = configs.sm90_varlen_config(problem.dtype, problem.head_dim, problem.kernel_variant)
+    streamed = StreamedConfig(**{f.name: getattr(shipped, f.name) for f in dataclasses.fields(shipped)})
+    builds = []
+    for label, config, defines in (("shipped", shipped, ()), ("streamed", streamed, (DEFINE,))):
+        out = cupy.empty(q.shape[:-1] + (v.shape[-1],), q.dtype)
+        launch = varlen._sm90_launch(problem, config, (out.strides[1] // 2, out.strides[0] // 2), "sm_90a",
+                                     api.device_info(0).num_sms, defines)
+        ptrs = dict(q=q.data.ptr, k=k.data.ptr, v=v.data.ptr, o=out.data.ptr, cu_seqlens_q=cu.data.ptr,
+                    cu_seqlens_k=cu.data.ptr)
+        builds.append((label, config, (lambda launch, ptrs, out: lambda i: launch.start(
+            ptrs, cupy.cuda.get_current_stream().ptr) or out)(launch, ptrs, out)))
+    return builds
+
+
+def varlen_case(name, lengths, hq, hkv, d, causal, window, dtype, rng, samples=0) -> bool:
+    """Packed sequences: both builds against attention_varlen's float64 reference (poisoned
+    outputs, two runs bitwise equal; rows too large for it: streamed against shipped), then
+    (samples > 0) timed side by side."""
+    npdt = np_dtype(dtype)
+    total = sum(lengths)
+    cu = cupy.asarray(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32))
+    host = [rng.standard_normal((total, h, d)).astype(npdt) for h in (hq, hkv, hkv)]
+    q, k, v = (cupy.asarray(x) for x in host)
+    ok, fns, shipped_out = True, {}, None
+    ref = None
+    if samples == 0 or total * hq <= 1 << 20:
+        cu_h = cupy.asnumpy(cu)
+        ref = reference.attention_varlen(*(x.astype(np.float64) for x in host), cu_h, cu_h, causal=causal,
+                                         window=window)
+    for label, config, call in varlen_builds(q, k, v, cu, causal, window):
+        outs = []
+        for _ in range(2):
+            out = call(0)
+            out.fill(np.nan)
+            outs.append(cupy.asnumpy(call(0)).astype(np.float64))
+        same = np.array_equal(outs[0], outs[1])
+        against = ref if ref is not None else shipped_out
+        err = 0.0 if against is None else (
+            float(np.linalg.norm(outs[0] - against) / max(np.linalg.norm(against), 1e-30))
+            if np.isfinite(outs[0]).all() else float("inf"))
+        good = same and err <= (2e-3 if dtype == "fp16" else 1e-2) and np.isfinite(outs[0]).all()
+        if label == "shipped":
+            shipped_out = outs[0]
+        ok &= good
+        print(f"  {name:<40} {label:<9} {config}  err {err:.1e}  repeat {'same' if same else 'DIFFERS'}"
+              f"{'' if good else '  FAILED'}", flush=True)
+        if good:
+            fns[label] = (call, contextlib.nullcontext)
+    if samples and fns:
+        t = time_side_by_side(fns, samples, 20, warmup_s=0.0, rounds=samples)
+        ref_t = t["shipped"].p50 if "shipped" in t else None
+        for impl, timing in t.items():
+            ratio = f"{ref_t / timing.p50:5.3f}x shipped's speed" if ref_t else ""
+            print(f"{name:<34} {impl:<11} p50 {timing.p50:8.1f} us  p90 {timing.p90:8.1f}  {ratio}", flush=True)
+    return ok
+
+
+# packed sequences: (name, lengths, Hq, Hkv, D, causal, window)
+VARLEN_EDGES = [
+    ("varlen causal 0/1/700/33/2100", (0, 1, 700, 33, 2100, 0, 450), 16, 4, 128, True, None),
+    ("varlen window(100,0) sq=sk", (900, 17, 1300, 64), 8, 8, 128, True, (100, 0)),
+    ("varlen d64 non-causal", (300, 1000, 5, 640), 16, 16, 64, False, None),
+]
+
+
 def timed_row(name, dtype, samples, rng) -> bool:
     shape = parse_shape(name)
     q, k, v = random_inputs(shape, dtype, rng)
@@ -148,8 +223,15 @@ def main() -> int:
         if not args.skip_edges:
             for case in EDGES:
                 ok &= edge_case(*case, dtype, rng)
+            for case in VARLEN_EDGES:
+                ok &= varlen_case(*case, dtype, rng)
         for name in args.shapes:
-            ok &= timed_row(name, dtype, args.samples, rng)
+            shape = parse_shape(name)
+            if shape.kind == "varlen":
+                ok &= varlen_case(name, shape.seqlens, shape.heads_q, shape.heads_kv, shape.head_dim, shape.causal,
+                                  shape.window, dtype, rng, args.samples)
+            else:
+                ok &= timed_row(name, dtype, args.samples, rng)
     print("stream_probe:", "every check passed" if ok else "SOME CHECK FAILED")
     return 0 if ok else 1
 
