@@ -169,9 +169,9 @@ struct Sm90Tile {
 // dense batches or packed sequences without a bias, where a second Q slot fits
 // (stream_probe.py's q_slot_bytes mirrors it). A streamed consumer must know its next tile
 // before its last P V: the dynamic deal (packed sequences) publishes it once the tile's first
-// copies are issued and a streamed consumer takes it once its S GEMMs are done (published after
-// all the tile's copies, as unstreamed, it would wait on a consumer whose rows skip the last key
-// tiles and release them after that P V: the protocol model deadlocks so).
+// copies are issued and a streamed consumer takes it as the tile starts (published after all the
+// tile's copies, as unstreamed, it would wait on copies that wait on that consumer's own
+// releases: the protocol model deadlocks so).
 template <class S, class V, bool SPLIT>
 __device__ constexpr bool stream_items() {
 #ifdef FLASHCORE_STREAM_ITEMS

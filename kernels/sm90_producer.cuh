@@ -200,7 +200,7 @@ __device__ __forceinline__ void produce(const Sm90Params& p, u32 sbase, const Ba
                         page);
             }
             // Streamed tiles: the next tile once this one's first copies are issued (its consumers
-            // take it once their S GEMMs are done: see stream_items)
+            // take it as this one starts: see stream_items)
             if (kDynamic && Tile::kStream && j == 0 && issues) items.publish(next, n_done);
         }
         it += w.n_blocks; FC_ITEM(i, 2);

@@ -143,6 +143,9 @@ def cta(consumers, stages, pingpong, items, skip_per_turn=True, split=False, pro
         for n, (n_blocks, mine) in enumerate(items):
             blocks = mine[c] or 0
             own = len(range(c, blocks, consumers)) if split else blocks
+            if dynamic and stream:   # streamed: the next item taken as this one starts (whether it closes)
+                yield from wait(item_full[n % 2], n // 2)
+                item_empty[n % 2].arrive()
             closes = not stream or n + 1 == len(items) or items[n + 1][0] == 0
             if pingpong and c == consumers - 1 and n_blocks > 0 and not chain:
                 pass_turn(False)
@@ -170,9 +173,6 @@ def cta(consumers, stages, pingpong, items, skip_per_turn=True, split=False, pro
                 k_empty[slot].arrive()
                 v_empty[prev].arrive()
             q_empty[n % q_slots].arrive()
-            if dynamic and stream:   # streamed: the next item taken here (whether this one closes)
-                yield from wait(item_full[n % 2], n // 2)
-                item_empty[n % 2].arrive()
             if not closes and own > 0 and blocks == n_blocks:   # held back for the next turn
                 pending = ring(it + tile(own - 1))
                 if early_release:
@@ -302,7 +302,7 @@ def test_no_deadlock_in_any_interleaving(consumers, stages, pingpong, producers)
 def test_streamed_tiles_never_deadlock(consumers, stages, pingpong, producers):
     """Streamed work tiles (-DFLASHCORE_STREAM_ITEMS, two Q slots), on the static deal and on the
     dynamic one (its next item published once the item's first copies are issued, taken by a
-    streamed consumer once its S GEMMs are done): up to 8 tiles a CTA, some of no key tiles
+    streamed consumer as the item starts): up to 8 tiles a CTA, some of no key tiles
     (where the chain closes and opens again), causal ones (a consumer's rows skip the last
     tiles: its last P V in a turn of its own) and ones whose last consumers have no rows, in
     random interleavings: no deadlock, no turn left open, no held-back P V left, and no V slot
@@ -317,8 +317,8 @@ def test_streamed_tiles_never_deadlock(consumers, stages, pingpong, producers):
 
 def test_a_streamed_deal_published_after_the_copies_deadlocks():
     """Why the dynamic deal publishes a streamed item's successor after its first copies: after
-    all of them (the unstreamed order), a consumer that takes it once its S GEMMs are done waits
-    on copies that wait on its own skipped tiles' releases."""
+    all of them (the unstreamed order), a consumer that takes it as the item starts waits on
+    copies that wait on its own releases of the item's tiles."""
     items = [(6, [2, None]), (4, [4, 4]), (2, [2, 2])]
     assert runs_to_the_end(cta(2, 2, True, items, stream=True, q_slots=2, dynamic=True), random.Random(0))
     assert not runs_to_the_end(cta(2, 2, True, items, stream=True, q_slots=2, dynamic=True, late_publish=True),
