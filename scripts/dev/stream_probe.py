@@ -163,11 +163,7 @@ def varlen_case(name, lengths, hq, hkv, d, causal, window, dtype, rng, samples=0
         if good:
             fns[label] = (call, contextlib.nullcontext)
     if samples and fns:
-        t = time_side_by_side(fns, samples, 20, warmup_s=0.0, rounds=samples)
-        ref_t = t["shipped"].p50 if "shipped" in t else None
-        for impl, timing in t.items():
-            ratio = f"{ref_t / timing.p50:5.3f}x shipped's speed" if ref_t else ""
-            print(f"{name:<34} {impl:<11} p50 {timing.p50:8.1f} us  p90 {timing.p90:8.1f}  {ratio}", flush=True)
+        time_and_print(name, fns, samples)
     return ok
 
 
@@ -200,12 +196,17 @@ def timed_row(name, dtype, samples, rng) -> bool:
     peer = bench.peer_call(shape, "sdpa_cudnn", q, k, v, arrays, dtype)
     if peer is not None:
         fns["sdpa_cudnn"] = peer
+    time_and_print(name, fns, samples)
+    return ok
+
+
+def time_and_print(name, fns, samples) -> None:
+    """The calls side by side (20 a sample), each row's median against the shipped kernel's."""
     t = time_side_by_side(fns, samples, 20, warmup_s=0.0, rounds=samples)
     ref = t["shipped"].p50 if "shipped" in t else None
     for impl, timing in t.items():
         ratio = f"{ref / timing.p50:5.3f}x shipped's speed" if ref else ""
         print(f"{name:<34} {impl:<11} p50 {timing.p50:8.1f} us  p90 {timing.p90:8.1f}  {ratio}", flush=True)
-    return ok
 
 
 def main() -> int:
