@@ -22,12 +22,10 @@
 #                   call 3) on the variant rows of short work tiles: window1k (9 key tiles an item;
 #                   0.69x plain, bar 0.85x), top-left (4 an item) and ALiBi, variant_probe with
 #                   --tile 64,2,3 and 64,4,3 beside the dispatched tile, fp16 and bf16.
-#   CALL=6 schedule window1k, ALiBi and top-left on a persistent grid (schedule_probe.py: the static
-#                   deal and the dynamic one) beside the shipped CTA a tile. A narrow window's work
-#                   tiles are all ~9 key tiles long, so the uneven-lengths reason for a CTA a causal
-#                   tile does not hold there, and a persistent CTA loads the next item's Q and first
-#                   K/V under this one's end (window1k's ramp, 1.68 of ~16 us an item, v44). Never
-#                   run on a window (v40 ran it on top-left, S4k causal and S1k D64).
+#   CALL=6 schedule window1k, ALiBi and top-left through schedule_probe.py: its dynamic deal beside
+#                   the shipped schedule. (window1k, a window bounded on both sides, already runs on
+#                   the persistent static deal: launch.py's `uneven`, so its "persistent" row is the
+#                   shipped one; ALiBi causal and top-left run a CTA a tile.)
 #   CALL=7 stream   streamed work tiles (-DFLASHCORE_STREAM_ITEMS: a tile's last P V issued with the
 #                   next tile's first S, Q' in a second slot; not yet run on a GPU): stream_probe's
 #                   edge cases against the reference (dense and packed sequences), then the rows it
