@@ -340,11 +340,11 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
             const int seq_q = S::kVarlen ? w.seqlen_q : seqlen_q;
             const int w_row0 = w.row0 + (SPLIT ? 0 : 64 * consumer) + WARP_ROWS * warp;   // this warp's first query
             const bool packed = p.pack > 1;
-    #ifdef FLASHCORE_O_STORE32   // (timing probes: every row 4 bytes a lane, as before v48)
+#ifdef FLASHCORE_O_STORE32   // (timing probes: every row 4 bytes a lane, as before v48)
             constexpr bool kStore16 = false;
-    #else
+#else
             constexpr bool kStore16 = true;
-    #endif
+#endif
             const bool o_vec16 = kStore16 && rows_aligned16(p.o, p.o_sb, p.o_sh, p.o_ss);
             #pragma unroll
             for (int half = 0; half < H; ++half) {
@@ -357,11 +357,11 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
                 const int q_head = w.head * p.pack + (packed ? (S::kCache ? row % p.pack : row) : 0);
                 const int q_pos = packed ? (S::kCache ? row / p.pack : 0) : w.q_row0 + row;
                 u16* o_row = p.o + w.batch * p.o_sb + q_head * p.o_sh + q_pos * p.o_ss;
-    #ifdef FLASHCORE_ABLATE_NO_STORE   // (a bound that p.head_dim_v never passes: O still computed)
+#ifdef FLASHCORE_ABLATE_NO_STORE   // (a bound that p.head_dim_v never passes: O still computed)
                 constexpr int kStoreOff = 1 << 20;
-    #else
+#else
                 constexpr int kStoreOff = 0;
-    #endif
+#endif
                 if (o_vec16) {
                     store_row16<T, DV>(o_row, o[0], half, inv_l, stored, p.head_dim_v - kStoreOff, lane);
                 } else if (stored) {
