@@ -130,7 +130,8 @@ class Sm80FwdConfig:
 
     @property
     def smem_bytes(self) -> int:
-        # Mirrors FwdTile: Q, then `stages` K and V tiles; rows padded by 8 elements.
+        # Mirrors FwdTile::kSmemBytes (flash_fwd_smem; test_compile holds them equal): Q, then
+        # `stages` K and V tiles; rows padded by 8 elements.
         row = self.head_dim + 8
         return 2 * row * (self.block_m + 2 * self.stages * self.block_n)
 
@@ -176,8 +177,9 @@ class Sm80BwdConfig:
 
     @property
     def smem_bytes(self) -> int:
-        # Mirrors BwdTile: K, V (block_n rows), Q_i, dO_i (block_m rows), rows padded by 8
-        # elements; P and dS (block_m rows of block_n + 8); the query tile's LSE and delta.
+        # Mirrors BwdTile::kSmemBytes (flash_bwd_smem; test_compile holds them equal): K, V
+        # (block_n rows), Q_i, dO_i (block_m rows), rows padded by 8 elements; P and dS (block_m
+        # rows of block_n + 8); the query tile's LSE and delta.
         row = self.head_dim + 8
         return 2 * (2 * self.block_n * row + 2 * self.block_m * row + 2 * self.block_m * (self.block_n + 8)) \
             + 8 * self.block_m
@@ -247,9 +249,9 @@ class Sm90BwdConfig:
 
     @property
     def smem_bytes(self) -> int:
-        # Mirrors Sm90BwdTile: K and V; the ring's Q, dO, LSE and delta; two dS^T buffers (split_d:
-        # and two P^T buffers); the consumers' dQ blocks; the barriers (BwdBarriers); 1024 for the
-        # base's alignment.
+        # Mirrors Sm90BwdTile::kSmemBytes (test_compile holds them equal): K and V; the ring's Q,
+        # dO, LSE and delta; two dS^T buffers (split_d: and two P^T buffers); the consumers' dQ
+        # blocks; the barriers (BwdBarriers); 1024 for the base's alignment.
         kv = self.block_n * self.d_pad * 2
         q = self.block_m * self.d_pad * 2
         dq = 0 if self.split_d else 2 * 64 * 64 * 4
@@ -480,8 +482,9 @@ class Sm90FwdConfig:
 
     @property
     def smem_bytes(self) -> int:
-        # Mirrors Sm90Tile: 1024 bytes of alignment slack, Q (64 rows at least), the K and V
-        # rings, barriers; a bias variant's per-warp bias tiles (BiasStage) at the next 128 bytes.
+        # Mirrors flash_fwd_sm90_smem (Sm90FwdSmem; test_compile holds them equal): 1024 bytes of
+        # alignment slack, Q (64 rows at least), the K and V rings, barriers; a bias variant's
+        # per-warp bias tiles (BiasStage) at the next 128 bytes.
         bias_at, slot = self._bias_layout()
         return 1024 + bias_at + self.bias_slots * slot
 

@@ -170,15 +170,23 @@ def parse_ptxas_log(log: str) -> tuple[int, int, int, int]:
 
 def _nvrtc_compile(config: KernelConfig, options: tuple[str, ...]) -> tuple[str, bytes]:
     """(NVRTC log, cubin) of `config` compiled with NVRTC directly."""
+    return _nvrtc_program(config.kernel_file, _read_source(config.kernel_file), config.name_expression, options)
+
+
+def _nvrtc_program(kernel_file: str, source: str, name_expression: str | None,
+                   options: tuple[str, ...]) -> tuple[str, bytes]:
+    """(NVRTC log, cubin) of `source` (kernel_file's text, or more), instantiating
+    `name_expression` where one is given."""
     from cupy_backends.cuda.libs import nvrtc
 
-    prog = nvrtc.createProgram(_read_source(config.kernel_file), config.kernel_file, [], [])
+    prog = nvrtc.createProgram(source, kernel_file, [], [])
     try:
-        nvrtc.addNameExpression(prog, config.name_expression)
+        if name_expression is not None:
+            nvrtc.addNameExpression(prog, name_expression)
         try:
             nvrtc.compileProgram(prog, list(options))
         except nvrtc.NVRTCError:
-            raise KernelCompileError(config.kernel_file, config.name_expression, options,
+            raise KernelCompileError(kernel_file, name_expression or "(none)", options,
                                      nvrtc.getProgramLog(prog)) from None
         # CuPy's getCUBIN drops the image's last byte (it treats it like PTX's
         # terminating NUL); put a zero back so ELF readers accept the file.
@@ -213,6 +221,32 @@ def compile_reports(configs: Iterable[KernelConfig], arch: str,
                     defines: tuple[str, ...] = ()) -> list[CompileReport]:
     """compile_only of each config, compiled in parallel (in_parallel), in order."""
     return in_parallel(lambda config: compile_only(config, arch, defines), configs)
+
+
+def smem_expression(config: KernelConfig) -> str:
+    """The kernel's own count of the dynamic shared memory a launch of `config` gives: the
+    constexpr function `<kernel>_smem<its template arguments>()` beside each kernel that takes
+    some (configs' smem_bytes mirror it)."""
+    kernel, args = config.name_expression.split("<", 1)
+    return f"{kernel}_smem<{args}()"
+
+
+def check_smem_bytes(configs: Iterable[KernelConfig], arch: str) -> None:
+    """Hold each config's smem_bytes (the host's mirror, what its launches give) to the kernel's
+    own count (smem_expression): one NVRTC compile a kernel file, of static_asserts, which fail
+    (KernelCompileError, the configs named in its log) where the two differ."""
+    by_file: dict[str, list[KernelConfig]] = {}
+    for config in configs:
+        by_file.setdefault(config.kernel_file, []).append(config)
+
+    def check(item: tuple[str, list[KernelConfig]]) -> None:
+        kernel_file, group = item
+        asserts = "".join(f'    static_assert({smem_expression(c)} == {c.smem_bytes}u, '
+                          f'"smem_bytes {c.smem_bytes} of {c} is not the kernel\'s");\n' for c in group)
+        source = f"{_read_source(kernel_file)}\n__device__ void flashcore_smem_bytes() {{\n{asserts}}}\n"
+        _nvrtc_program(kernel_file, source, None, nvrtc_options(arch))
+
+    in_parallel(check, sorted(by_file.items()))
 
 
 def compile_cubin(config: KernelConfig, arch: str) -> bytes:

@@ -56,6 +56,8 @@ struct BwdTile {
     static constexpr int kSmemKV = kBlockN * kRowStride;    // K or V, elements
     static constexpr int kSmemQ = kBlockM * kRowStride;     // Q_i or dO_i, elements
     static constexpr int kSmemP = kBlockM * kPStride;       // P or dS, elements
+    // K, V, Q_i, dO_i, P, dS, then the query tile's LSE and delta (floats)
+    static constexpr u32 kSmemBytes = 2 * (2 * kSmemKV + 2 * kSmemQ + 2 * kSmemP) + 2 * 4 * kBlockM;
     static_assert(HEAD_DIM % 32 == 0 && HEAD_DIM <= 256, "HEAD_DIM: multiple of 32 up to 256");
     static_assert(WARPS == 2 || WARPS == 4 || WARPS == 8, "WARPS: 2, 4 or 8");
     static_assert((D_SPLIT == 1 || D_SPLIT == 2 || D_SPLIT == 4) && WARPS % D_SPLIT == 0 && kDPart % 16 == 0,
@@ -156,6 +158,12 @@ __device__ __forceinline__ void dq_add(const u32 (&ds)[Tile::kKeySteps][4], u32 
         }
     }
 }
+
+// The dynamic shared memory a launch of flash_bwd gives (its template arguments):
+// configs.Sm80BwdConfig.smem_bytes mirrors it, and test_compile holds the two equal for every
+// instantiation it compiles.
+template <class T, int HEAD_DIM, int WARPS, int D_SPLIT, class V = Plain>
+__device__ constexpr u32 flash_bwd_smem() { return BwdTile<HEAD_DIM, WARPS, D_SPLIT>::kSmemBytes; }
 
 template <class T, int HEAD_DIM, int WARPS, int D_SPLIT, class V = Plain>
 __global__ void __launch_bounds__(WARPS * 32, 1)

@@ -142,6 +142,12 @@ struct BwdBarriers {
     __device__ u32 ds_empty(int b) const { return base + 8 * (7 + 2 * STAGES + b); }
 };
 
+// The dynamic shared memory a launch of flash_bwd_sm90 gives (its template arguments):
+// configs.Sm90BwdConfig.smem_bytes mirrors it, and test_compile holds the two equal for every
+// instantiation it compiles.
+template <class T, int HEAD_DIM, int BLOCK_M, int STAGES, class V = Plain>
+__device__ constexpr u32 flash_bwd_sm90_smem() { return Sm90BwdTile<HEAD_DIM, BLOCK_M, STAGES>::kSmemBytes; }
+
 template <class T, int HEAD_DIM, int BLOCK_M, int STAGES, class V = Plain>
 __global__ void __launch_bounds__(384, 1)
 flash_bwd_sm90(const __grid_constant__ Sm90BwdParams p) {

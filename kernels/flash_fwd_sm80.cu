@@ -65,6 +65,7 @@ struct FwdTile {
     static constexpr bool kQInRegs = M_TILES * HEAD_DIM <= 128;
     static constexpr int kSmemQ = kBlockM * kRowStride;     // elements
     static constexpr int kSmemKV = BLOCK_N * kRowStride;    // one K or V tile, elements
+    static constexpr u32 kSmemBytes = 2 * (kSmemQ + 2 * STAGES * kSmemKV);   // Q, the K tiles, the V tiles
 
     static_assert(HEAD_DIM % 32 == 0 && HEAD_DIM <= 256, "HEAD_DIM: multiple of 32 up to 256");
     static_assert(BLOCK_N % 16 == 0, "BLOCK_N: multiple of 16");
@@ -230,6 +231,13 @@ __device__ __forceinline__ void pv_gemm(float (&o)[M_TILES][Tile::kDTiles][4],
     }
 }
 
+
+// The dynamic shared memory a launch of flash_fwd gives (its template arguments):
+// configs.Sm80FwdConfig.smem_bytes mirrors it, and test_compile holds the two equal for every
+// instantiation it compiles.
+template <class T, int HEAD_DIM, int WARPS, int M_TILES, int BLOCK_N, int STAGES, class V = Plain,
+          class S = Dense>
+__device__ constexpr u32 flash_fwd_smem() { return FwdTile<HEAD_DIM, WARPS, M_TILES, BLOCK_N, STAGES>::kSmemBytes; }
 
 template <class T, int HEAD_DIM, int WARPS, int M_TILES, int BLOCK_N, int STAGES, class V = Plain,
           class S = Dense>

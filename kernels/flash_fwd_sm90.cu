@@ -190,12 +190,39 @@ __device__ constexpr int q_slots() {
                ? 2 : 1;
 }
 
+// The kernel's shared memory: the tile's layout (Q's slots, the K and V rings, the barriers), then
+// the dynamic deal's item slots or a bias variant's per-warp bias tiles (BiasStage: two slots a
+// warp where they fit beside the ring, else one), from a 1024-byte aligned base.
+template <class T, int HEAD_DIM, int DV, int BLOCK_N, int STAGES, int CONSUMERS, bool PINGPONG, bool SPLIT,
+          int WARP_ROWS, class V, class S>
+struct Sm90FwdSmem {
+    using Tile1 = Sm90Tile<HEAD_DIM, DV, BLOCK_N, STAGES, CONSUMERS, PINGPONG, SPLIT, WARP_ROWS>;
+    using Tile = Sm90Tile<HEAD_DIM, DV, BLOCK_N, STAGES, CONSUMERS, PINGPONG, SPLIT, WARP_ROWS, q_slots<S, V, Tile1>()>;
+    static constexpr u32 kBiasSlot = 4 * CONSUMERS * WARP_ROWS * BLOCK_N * (V::kBias == 2 ? 4 : 2);
+#ifdef FLASHCORE_BIAS_SLOTS
+    static constexpr int kBiasSlots = FLASHCORE_BIAS_SLOTS;   // A/B: -DFLASHCORE_BIAS_SLOTS=1
+#else
+    static constexpr int kBiasSlots = 1024 + Tile::kOffBias + 2 * kBiasSlot <= kSm90SmemLimit ? 2 : 1;
+#endif
+    using Stage = BiasStage<T, V::kBias == 2 ? 2 : 1, WARP_ROWS, BLOCK_N, kBiasSlots>;
+    static constexpr u32 kEnd = V::kBias != 0 ? Tile::kOffBias + 4 * CONSUMERS * Stage::kBytes : layout_end<S, Tile>();
+};
+
+// The dynamic shared memory a launch of flash_fwd_sm90 gives (its template arguments):
+// configs.Sm90FwdConfig.smem_bytes mirrors it, and test_compile holds the two equal for every
+// instantiation it compiles (with the 1024 bytes of slack for the base's alignment).
+template <class T, int HEAD_DIM, int DV, int BLOCK_N, int STAGES, int CONSUMERS, bool PINGPONG, bool SPLIT,
+          int PRODUCERS, int WARP_ROWS, class V = Plain, class S = Dense>
+__device__ constexpr u32 flash_fwd_sm90_smem() {
+    return 1024 + Sm90FwdSmem<T, HEAD_DIM, DV, BLOCK_N, STAGES, CONSUMERS, PINGPONG, SPLIT, WARP_ROWS, V, S>::kEnd;
+}
+
 template <class T, int HEAD_DIM, int DV, int BLOCK_N, int STAGES, int CONSUMERS, bool PINGPONG, bool SPLIT,
           int PRODUCERS, int WARP_ROWS, class V = Plain, class S = Dense>
 __global__ void __launch_bounds__(128 * (CONSUMERS + 1), 1)
 flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
-    using Tile = Sm90Tile<HEAD_DIM, DV, BLOCK_N, STAGES, CONSUMERS, PINGPONG, SPLIT, WARP_ROWS,
-                          q_slots<S, V, Sm90Tile<HEAD_DIM, DV, BLOCK_N, STAGES, CONSUMERS, PINGPONG, SPLIT, WARP_ROWS>>()>;
+    using Smem = Sm90FwdSmem<T, HEAD_DIM, DV, BLOCK_N, STAGES, CONSUMERS, PINGPONG, SPLIT, WARP_ROWS, V, S>;
+    using Tile = typename Smem::Tile;
     constexpr int H = Tile::kHalves;
     constexpr bool kStream = Tile::kStream;   // (stream_items)
 #ifdef FLASHCORE_ABLATE_NO_TURNS
@@ -263,15 +290,10 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
     auto k_tile = [&](Ring<STAGES> r) { return desc_advance(k_desc0, r.slot() * Tile::kKBytes); };
     auto v_tile = [&](Ring<STAGES> r) { return desc_advance(v_desc0, r.slot() * Tile::kVBytes); };
     auto release = [&](u32 barrier) { if (lane == 0) mbar_arrive(barrier); };
-    // A bias variant's tiles (used with a bias only): two slots a warp where they fit beside
-    // the ring, else one (configs.Sm90FwdConfig.bias_slots mirrors this).
-    constexpr u32 kBiasSlot = 4 * CONSUMERS * WARP_ROWS * BLOCK_N * (V::kBias == 2 ? 4 : 2);
-#ifdef FLASHCORE_BIAS_SLOTS
-    constexpr int kBiasSlots = FLASHCORE_BIAS_SLOTS;   // A/B: -DFLASHCORE_BIAS_SLOTS=1
-#else
-    constexpr int kBiasSlots = 1024 + Tile::kOffBias + 2 * kBiasSlot <= kSm90SmemLimit ? 2 : 1;
-#endif
-    using Stage = BiasStage<T, V::kBias == 2 ? 2 : 1, WARP_ROWS, BLOCK_N, kBiasSlots>;
+    // A bias variant's tiles (used with a bias only; configs.Sm90FwdConfig.bias_slots mirrors
+    // their count).
+    constexpr int kBiasSlots = Smem::kBiasSlots;
+    using Stage = typename Smem::Stage;
     const Stage stage{reinterpret_cast<char*>(smem) + (sbase - smem_addr(smem)) + Tile::kOffBias +
                       (consumer * 4 + warp) * Stage::kBytes};
     // The host's smem_bytes mirrors the layouts that grow past the barriers (bias tiles, a second
@@ -279,8 +301,7 @@ flash_fwd_sm90(const __grid_constant__ Sm90Params p) {
     if constexpr (V::kBias != 0 || kStream) {
         u32 given;
         asm("mov.u32 %0, %%dynamic_smem_size;" : "=r"(given));
-        const u32 needs = V::kBias != 0 ? Tile::kOffBias + 4 * CONSUMERS * Stage::kBytes : layout_end<S, Tile>();
-        if (given < (sbase - smem_addr(smem)) + needs) __trap();
+        if (given < (sbase - smem_addr(smem)) + Smem::kEnd) __trap();
     }
     // Ping-pong: consumers take turns issuing their GEMMs (hardware barrier 1 + c
     // is consumer c's turn), so one's softmax runs while another's GEMMs do.

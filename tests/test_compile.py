@@ -115,6 +115,42 @@ def test_streamed_tiles_compile_without_spills():
     _assert_fit("sm_90a", cfgs, ("FLASHCORE_STREAM_ITEMS",))
 
 
+def _launched_configs(arch: str) -> list:
+    """Every instantiation the checks above compile whose launches give dynamic shared memory
+    (the backward's steps take none)."""
+    found = {*tuning.dispatchable_configs(arch), *tuning.variant_configs(arch), *tuning.sequence_configs(arch),
+             *tuning.backward_configs(arch)}
+    return sorted((c for c in found if c.smem_bytes > 0), key=str)
+
+
+@pytest.mark.parametrize("arch", configs.SUPPORTED_ARCHS)
+def test_each_launch_gives_the_shared_memory_its_kernel_lays_out(arch):
+    """A config's smem_bytes (what its launches give; the host mirrors each kernel's layout by
+    hand) equals the kernel's own count beside it (`<kernel>_smem<...>()`), for every
+    instantiation compiled above, both dtypes: a launch that gave less would let the kernel
+    read and write past its block's shared memory (the Hopper forward traps only for a bias or
+    a second Q slot)."""
+    launched = _launched_configs(arch)
+    assert {type(c) for c in launched} >= ({configs.Sm80FwdConfig, configs.Sm80BwdConfig} |
+                                           ({configs.Sm90FwdConfig, configs.Sm90BwdConfig} if arch == configs.SM90_ARCH else set()))
+    loader.check_smem_bytes(launched, arch)
+
+
+def test_a_host_mirror_off_by_a_barrier_fails_the_check():
+    """The check above can fail: a config whose smem_bytes is 8 bytes short of its kernel's."""
+
+    @dataclasses.dataclass(frozen=True)
+    class Short(configs.Sm90BwdConfig):
+        @property
+        def smem_bytes(self) -> int:
+            return super().smem_bytes - 8
+
+    with pytest.raises(loader.KernelCompileError) as info:
+        loader.check_smem_bytes([configs.Sm90BwdConfig("fp16", 128), Short("fp16", 64)], "sm_90a")
+    assert "static assertion failed" in info.value.log and str(Short("fp16", 64)) in info.value.log
+    assert str(configs.Sm90BwdConfig("fp16", 128)) + " is" not in info.value.log
+
+
 def test_in_parallel_keeps_order_and_raises_the_first_error():
     assert loader.in_parallel(lambda x: x * x, range(7)) == [0, 1, 4, 9, 16, 25, 36]
     assert loader.in_parallel(str, []) == []
