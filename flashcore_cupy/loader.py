@@ -231,10 +231,11 @@ def smem_expression(config: KernelConfig) -> str:
     return f"{kernel}_smem<{args}()"
 
 
-def check_smem_bytes(configs: Iterable[KernelConfig], arch: str) -> None:
+def check_smem_bytes(configs: Iterable[KernelConfig], arch: str, defines: tuple[str, ...] = ()) -> None:
     """Hold each config's smem_bytes (the host's mirror, what its launches give) to the kernel's
-    own count (smem_expression): one NVRTC compile a kernel file, of static_asserts, which fail
-    (KernelCompileError, the configs named in its log) where the two differ."""
+    own count (smem_expression) in a build with `defines`: one NVRTC compile a kernel file, of
+    static_asserts, which fail (KernelCompileError, the configs named in its log) where the two
+    differ."""
     by_file: dict[str, list[KernelConfig]] = {}
     for config in configs:
         by_file.setdefault(config.kernel_file, []).append(config)
@@ -244,7 +245,7 @@ def check_smem_bytes(configs: Iterable[KernelConfig], arch: str) -> None:
         asserts = "".join(f'    static_assert({smem_expression(c)} == {c.smem_bytes}u, '
                           f'"smem_bytes {c.smem_bytes} of {c} is not the kernel\'s");\n' for c in group)
         source = f"{_read_source(kernel_file)}\n__device__ void flashcore_smem_bytes() {{\n{asserts}}}\n"
-        _nvrtc_program(kernel_file, source, None, nvrtc_options(arch))
+        _nvrtc_program(kernel_file, source, None, nvrtc_options(arch, defines))
 
     in_parallel(check, sorted(by_file.items()))
 

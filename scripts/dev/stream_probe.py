@@ -21,11 +21,12 @@ Usage: PYTHONPATH=$PWD python3 scripts/dev/stream_probe.py [--dtype fp16,bf16] [
 import argparse
 import contextlib
 import dataclasses
+import functools
 
 import cupy
 import numpy as np
 
-from flashcore_cupy import api, bench, configs, reference
+from flashcore_cupy import api, bench, configs, loader, reference
 from flashcore_cupy.shapes import parse_shape
 from flashcore_cupy.timing import time_side_by_side
 from flashcore_cupy.workload import np_dtype, random_inputs, verify, within_tolerance
@@ -50,12 +51,20 @@ class StreamedConfig(configs.Sm90FwdConfig):
         return _shipped_smem(self) + q_slot_bytes(self)
 
 
+@functools.lru_cache(maxsize=None)
+def streamed(config) -> StreamedConfig:
+    """`config` built streamed, its shared memory (q_slot_bytes) first held to the streamed build's
+    own count (loader.check_smem_bytes: a compile on the CPU)."""
+    cfg = StreamedConfig(**{f.name: getattr(config, f.name) for f in dataclasses.fields(config)})
+    loader.check_smem_bytes([cfg], cfg.arch, (DEFINE,))
+    return cfg
+
+
 def plans(q, k, v, out, **options):
     """(label, plan) of the shipped kernel dispatch chooses and of that tile streamed."""
     shipped = api.plan(q, k, v, out=out, **options)
-    fields = {f.name: getattr(shipped.config, f.name) for f in dataclasses.fields(shipped.config)}
     return [("shipped", shipped),
-            ("streamed", api.plan(q, k, v, out=out, config=StreamedConfig(**fields), defines=(DEFINE,), **options))]
+            ("streamed", api.plan(q, k, v, out=out, config=streamed(shipped.config), defines=(DEFINE,), **options))]
 
 
 # (name, B, Hq, Hkv, Sq, Sk, D, options): see the module's text
@@ -115,9 +124,8 @@ def varlen_builds(q, k, v, cu, causal, window=None):
         (q, "q"), (k, "k"), (v, "v"), (cu, "cu_seqlens_q"), (cu, "cu_seqlens_k"))),
         causal=causal, scale=None, window=window, softcap=0.0, alibi_slopes=None)
     shipped = configs.sm90_varlen_config(problem.dtype, problem.head_dim, problem.kernel_variant)
-    streamed = StreamedConfig(**{f.name: getattr(shipped, f.name) for f in dataclasses.fields(shipped)})
     builds = []
-    for label, config, defines in (("shipped", shipped, ()), ("streamed", streamed, (DEFINE,))):
+    for label, config, defines in (("shipped", shipped, ()), ("streamed", streamed(shipped), (DEFINE,))):
         out = cupy.empty(q.shape[:-1] + (v.shape[-1],), q.dtype)
         launch = varlen._sm90_launch(problem, config, (out.strides[1] // 2, out.strides[0] // 2), "sm_90a",
                                      api.device_info(0).num_sms, defines)
