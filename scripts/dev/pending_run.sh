@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # The device calls still to run, one call each, in order of need (each under 9 minutes of
 # timeouts). Earlier calls and what they found: docs/results/ (v44-v50) and git history.
-# The first call of a session (sessions 37 and 38 got no device): CALL=7, then CALL=0 in the same
+# The first call of a session (sessions 37, 38 and 39 got no device): CALL=7, then CALL=0 in the same
 # command (under 7 + 2 minutes): `export OUT; CALL=7 bash ...; CALL=0 bash ...`.
 #   CALL=0 adapter  the torch adapter's GPU tests on api.external_stream (74a610e: not yet run on a
-#                   GPU; session 37 got no device), DeprecationWarnings as errors; first, with
+#                   GPU; sessions 37-39 got no device), DeprecationWarnings as errors; first, with
 #                   another call's rows after it.
 #   CALL=1 backward issue 23's rows in one benchmark run: the backward mode on every dense D64 and
 #                   D128 row with Sk >= 1024 (S1k D64, S4k D64, S4k D128, S4k D128 causal, S16k
