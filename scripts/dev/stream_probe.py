@@ -26,7 +26,7 @@ import functools
 import cupy
 import numpy as np
 
-from flashcore_cupy import api, bench, configs, loader, reference
+from flashcore_cupy import api, bench, configs, launch, loader, reference
 from flashcore_cupy.shapes import parse_shape
 from flashcore_cupy.timing import time_side_by_side
 from flashcore_cupy.workload import np_dtype, random_inputs, verify, within_tolerance
@@ -52,6 +52,9 @@ class StreamedConfig(configs.Sm90FwdConfig):
 
 
 @functools.lru_cache(maxsize=None)
+launch._LAUNCH_CLASSES[StreamedConfig] = launch.Sm90FwdLaunch   # launches as the Hopper forward
+
+
 def streamed(config) -> StreamedConfig:
     """`config` built streamed, its shared memory (q_slot_bytes) first held to the streamed build's
     own count (loader.check_smem_bytes: a compile on the CPU)."""
