@@ -51,10 +51,10 @@ class StreamedConfig(configs.Sm90FwdConfig):
         return _shipped_smem(self) + q_slot_bytes(self)
 
 
-@functools.lru_cache(maxsize=None)
 launch._LAUNCH_CLASSES[StreamedConfig] = launch.Sm90FwdLaunch   # launches as the Hopper forward
 
 
+@functools.lru_cache(maxsize=None)
 def streamed(config) -> StreamedConfig:
     """`config` built streamed, its shared memory (q_slot_bytes) first held to the streamed build's
     own count (loader.check_smem_bytes: a compile on the CPU)."""
