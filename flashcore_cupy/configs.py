@@ -483,17 +483,36 @@ class Sm90FwdConfig:
     @property
     def smem_bytes(self) -> int:
         # Mirrors flash_fwd_sm90_smem (Sm90FwdSmem; test_compile holds them equal): 1024 bytes of
-        # alignment slack, Q (64 rows at least), the K and V rings, barriers; a bias variant's
-        # per-warp bias tiles (BiasStage) at the next 128 bytes.
+        # alignment slack, Q's slots (64 rows at least), the K and V rings, barriers; a bias
+        # variant's per-warp bias tiles (BiasStage) at the next 128 bytes.
         bias_at, slot = self._bias_layout()
         return 1024 + bias_at + self.bias_slots * slot
 
-    def _bias_layout(self) -> tuple[int, int]:
-        """(where the bias tiles start, one slot of them for every warp), as flash_fwd_sm90.cu."""
-        tiles = 2 * (self.d_pad * (max(self.block_m, 64) + self.stages * self.block_n) + self.dv_pad * self.stages * self.block_n)
-        end = tiles + 8 * (2 + 4 * self.stages)
+    @property
+    def streamed(self) -> bool:
+        """Whether the kernel streams its work tiles (flash_fwd_sm90.cu's stream_items): whole
+        tiles of a dense batch without a bias."""
+        return self.seq == "dense" and not self.split and self.variant.bias == "none"
+
+    @property
+    def q_slots(self) -> int:
+        """Q's slots in shared memory (the kernel's q_slots): two where the tiles stream and a
+        second fits (the next work tile's Q loads under this one), else one."""
+        return 2 if self.streamed and 1024 + self._layout_end(2) <= SMEM_LIMIT[self.arch] else 1
+
+    def _layout_end(self, q_slots: int) -> int:
+        """Where the tile's layout ends (the kernel's layout_end): Q's slots, the K and V rings,
+        the barriers (a second Q slot's last), the dynamic deal's item slots."""
+        tiles = 2 * (self.d_pad * (q_slots * max(self.block_m, 64) + self.stages * self.block_n) +
+                     self.dv_pad * self.stages * self.block_n)
+        end = tiles + 8 * (2 + 4 * self.stages) + 16 * (q_slots - 1)
         if self.seq == "varlen":   # the dynamic deal's item slots (sm90_scheduler.cuh's ItemSlots)
             end += SM90_ITEM_SLOT_BYTES
+        return end
+
+    def _bias_layout(self) -> tuple[int, int]:
+        """(where the bias tiles start, one slot of them for every warp), as flash_fwd_sm90.cu."""
+        end = self._layout_end(self.q_slots)
         if self.variant.bias == "none":
             return end, 0
         elem = 4 if self.variant.bias == "fp32" else 2

@@ -161,24 +161,26 @@ struct Sm90Tile {
                   "SPLIT: the combine's scratch must fit in the K/V ring");
 };
 
-// Streamed work tiles (a probe build: -DFLASHCORE_STREAM_ITEMS): a consumer's turns run as one
-// chain across its CTA's work tiles. A tile's last P V waits (pending) to go out with the next
-// tile's first S GEMM (Q' in a second slot, loaded under this tile), and its epilogue runs after
-// that pair, so that neither the ramp (K_0, S_0 alone, the first softmax) nor the last P V runs
-// alone: window1k's items spent 1.68 and 1.94 of ~16 us there (v44 item trace). Whole tiles of
-// dense batches or packed sequences without a bias, where a second Q slot fits
-// (stream_probe.py's q_slot_bytes mirrors it). A streamed consumer must know its next tile
-// before its last P V: the dynamic deal (packed sequences) publishes it once the tile's first
-// copies are issued and a streamed consumer takes it as the tile starts (published after all the
-// tile's copies, as unstreamed, it would wait on copies that wait on that consumer's own
-// releases: the protocol model deadlocks so).
+// Streamed work tiles: a consumer's turns run as one chain across its CTA's work tiles. A tile's
+// last P V waits (pending) to go out with the next tile's first S GEMM (Q' in a second slot,
+// loaded under this tile), and its epilogue runs after that pair, so that neither the ramp (K_0,
+// S_0 alone, the first softmax) nor the last P V runs alone: window1k's items spent 1.68 and 1.94
+// of ~16 us there (v44 item trace). Whole tiles of dense batches without a bias, where a second Q
+// slot fits (configs.Sm90FwdConfig.q_slots mirrors it): 1.01-1.05x the unstreamed kernel's speed
+// on the dense rows, D64 and D128 (v51, H100). Packed sequences' tiles can stream too
+// (FLASHCORE_STREAM_ITEMS=2) but lost there (0.94-0.99x, v51); 0 streams none (the probe's A/B:
+// scripts/dev/stream_probe.py). A streamed consumer must know its next tile before its last P V:
+// the dynamic deal (packed sequences) publishes it once the tile's first copies are issued and a
+// streamed consumer takes it as the tile starts (published after all the tile's copies, as
+// unstreamed, it would wait on copies that wait on that consumer's own releases: the protocol
+// model deadlocks so).
+#ifndef FLASHCORE_STREAM_ITEMS
+#define FLASHCORE_STREAM_ITEMS 1
+#endif
 template <class S, class V, bool SPLIT>
 __device__ constexpr bool stream_items() {
-#ifdef FLASHCORE_STREAM_ITEMS
-    return (S::kDense || S::kVarlen) && !S::kSplitKV && !SPLIT && V::kBias == 0;
-#else
-    return false;
-#endif
+    return ((FLASHCORE_STREAM_ITEMS >= 1 && S::kDense) || (FLASHCORE_STREAM_ITEMS >= 2 && S::kVarlen)) &&
+           !S::kSplitKV && !SPLIT && V::kBias == 0;
 }
 template <class S, class Tile1>   // where the kernel's shared memory ends (the barriers, the deal's slots)
 __device__ constexpr u32 layout_end() {

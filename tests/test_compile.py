@@ -101,18 +101,32 @@ def test_varlen_and_kvcache_kernels_compile_without_spills(arch):
     _assert_fit(arch, sequences)
 
 
-def test_streamed_tiles_compile_without_spills():
-    """The streamed-tiles probe build (-DFLASHCORE_STREAM_ITEMS, scripts/dev/stream_probe.py) of the
-    persistent tiles it streams (a second Q slot fits): plain D64 and D96, a D128 window alone and
-    with ALiBi or a softcap, and packed sequences' tiles (the dynamic deal). A held-back P V issued under a condition ptxas cannot prove uniform
-    would serialise every wgmma (C7518)."""
+def test_streamed_packed_sequences_compile_without_spills():
+    """Packed sequences' tiles streamed (-DFLASHCORE_STREAM_ITEMS=2, scripts/dev/stream_probe.py's
+    A/B; dense tiles stream in the shipped build, which the tests above compile): the dynamic
+    deal's tiles, plain and with a window. A held-back P V issued under a condition ptxas cannot
+    prove uniform would serialise every wgmma (C7518)."""
+    cfgs = [configs.sm90_varlen_config("fp16", 128), configs.sm90_varlen_config("bf16", 64),
+            configs.sm90_varlen_config("fp16", 128, configs.KernelVariant(window=True))]
+    _assert_fit("sm_90a", cfgs, ("FLASHCORE_STREAM_ITEMS=2",))
+
+
+def test_dense_whole_tiles_stream_where_a_second_q_slot_fits():
+    """Which Hopper tiles stream (Sm90FwdConfig.q_slots, held to the kernel's by the shared-memory
+    check below): the dispatched D64 and D128 tiles of dense batches, plain or with a window;
+    not split tiles, packed sequences, a KV cache, a bias, nor D256 (no room for a second Q)."""
     base = configs.Sm90FwdConfig("fp16", 128, 128, 2, 2, True)
-    cfgs = [configs.Sm90FwdConfig("fp16", 64, 128, 2, 3, True), configs.Sm90FwdConfig("bf16", 96, 128, 2, 2, True)]
-    cfgs += [dataclasses.replace(base, variant=configs.KernelVariant(window=True, **extra))
-             for extra in ({}, dict(alibi=True), dict(softcap=True))]
-    cfgs += [configs.sm90_varlen_config("fp16", 128), configs.sm90_varlen_config("bf16", 64),
-             configs.sm90_varlen_config("fp16", 128, configs.KernelVariant(window=True))]
-    _assert_fit("sm_90a", cfgs, ("FLASHCORE_STREAM_ITEMS",))
+    assert base.q_slots == 2
+    assert dataclasses.replace(base, variant=configs.KernelVariant(window=True, alibi=True)).q_slots == 2
+    assert dataclasses.replace(base, variant=configs.KernelVariant(window=True, bias="16bit")).q_slots == 1
+    assert dataclasses.replace(base, seq="varlen").q_slots == 1
+    assert configs.Sm90FwdConfig("fp16", 64, 128, 2, 3, True).q_slots == 2
+    assert configs.Sm90FwdConfig("fp16", 64, 128, 4, 2, False, split=True).q_slots == 1
+    assert configs.Sm90FwdConfig("fp16", 256, 80, 2, 2, True).q_slots == 1
+    assert all(configs.sm90_config(dt, d).q_slots == 2 for dt in ("fp16", "bf16") for d in (64, 96, 128))
+    # Q's two slots, the K and V rings, the barriers and a second Q's: what v51's streamed build ran on
+    d64 = configs.Sm90FwdConfig("fp16", 64, 128, 2, 3, True)
+    assert d64.smem_bytes == 1024 + 2 * (64 * (2 * 192 + 2 * 128) + 64 * 2 * 128) + 8 * (2 + 4 * 2) + 16 == 115808
 
 
 def _launched_configs(arch: str) -> list:

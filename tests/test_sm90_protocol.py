@@ -43,7 +43,7 @@ def cta(consumers, stages, pingpong, items, skip_per_turn=True, split=False, pro
     producers, each waiting on the slot's release itself; Q from part 0), full_count the
     barrier's expected arrivals (default: copies x parts, as the kernel initialises it).
     A consumer past a full wait checks that none of the slot's copies is still in flight.
-    stream: streamed work tiles (-DFLASHCORE_STREAM_ITEMS, q_slots=2): a consumer's turns run as
+    stream: streamed work tiles (q_slots=2; the kernel's stream_items): a consumer's turns run as
     one chain across the CTA's tiles, a tile's last P V (where its rows see every key tile) held
     back to go out in the next tile's first turn, with its S_0; a tile whose next one is absent or
     has no key tiles closes the chain as every tile does unstreamed. A P V checks that its V slot
@@ -300,7 +300,7 @@ def test_no_deadlock_in_any_interleaving(consumers, stages, pingpong, producers)
 @pytest.mark.parametrize("consumers, stages, pingpong",
                          [(2, 2, True), (3, 2, True), (2, 3, True), (3, 3, True), (2, 2, False), (1, 2, False)])
 def test_streamed_tiles_never_deadlock(consumers, stages, pingpong, producers):
-    """Streamed work tiles (-DFLASHCORE_STREAM_ITEMS, two Q slots), on the static deal and on the
+    """Streamed work tiles (two Q slots; the kernel's stream_items), on the static deal and on the
     dynamic one (its next item published once the item's first copies are issued, taken by a
     streamed consumer as the item starts): up to 8 tiles a CTA, some of no key tiles
     (where the chain closes and opens again), causal ones (a consumer's rows skip the last

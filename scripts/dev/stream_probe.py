@@ -1,18 +1,20 @@
-"""Probe: streamed work tiles (-DFLASHCORE_STREAM_ITEMS, kernels/flash_fwd_sm90.cu's stream_items)
-against the shipped Hopper kernel. A streamed consumer holds a tile's last P V back to issue it
-with the next tile's first S GEMM (Q' in a second slot) and stores the tile after that pair, so
-that a persistent CTA's tiles run as one chain of turns.
+"""Probe: streamed work tiles (kernels/flash_fwd_sm90.cu's stream_items) A/B. A streamed consumer
+holds a tile's last P V back to issue it with the next tile's first S GEMM (Q' in a second slot)
+and stores the tile after that pair, so that a persistent CTA's tiles run as one chain of turns.
+The shipped build streams a dense batch's whole tiles (v51: 1.01-1.05x); each is set beside the
+same tile unstreamed (-DFLASHCORE_STREAM_ITEMS=0), and attention_varlen's tiles (shipped
+unstreamed: 0.94-0.99x streamed, v51) beside them streamed (=2).
 
-First the edge cases, shipped and streamed: the whole output and LSE against the float64
-reference (flashcore_cupy.reference), outputs poisoned with NaN before each run, fresh inputs,
-and the streamed build run twice for bitwise equal results. They cover several tiles a CTA
-(more tiles than SMs), tiles whose last consumers have no rows, tiles of no key tiles (rows that
-see no key: the chain closes and opens again), causal tiles (a CTA a tile: every tile closes),
-GQA, the bshd layout, D64, D96 and D128, windows with ALiBi and a softcap, and packed sequences
-(the dynamic deal: empty sequences, a sequence of one query, windows) against attention_varlen's
-reference. Then the timed rows (shape list names), shipped and streamed side by side (dense rows
-with SDPA cuDNN; throughput, CUDA events, medians), each checked first (dense: sampled rows;
-varlen: against the reference where it is small, and bitwise repeats).
+First the edge cases, both builds: the whole output and LSE against the float64 reference
+(flashcore_cupy.reference), outputs poisoned with NaN before each run, fresh inputs, and each
+build run twice for bitwise equal results. They cover several tiles a CTA (more tiles than SMs),
+tiles whose last consumers have no rows, tiles of no key tiles (rows that see no key: the chain
+closes and opens again), causal tiles (a CTA a tile: every tile closes), GQA, the bshd layout,
+D64, D96 and D128, windows with ALiBi and a softcap, and packed sequences (the dynamic deal:
+empty sequences, a sequence of one query, windows) against attention_varlen's reference. Then
+the timed rows (shape list names), both builds side by side (dense rows with SDPA cuDNN;
+throughput, CUDA events, medians), each checked first (dense: sampled rows; varlen: against the
+reference where it is small, and bitwise repeats).
 
 Usage: PYTHONPATH=$PWD python3 scripts/dev/stream_probe.py [--dtype fp16,bf16] [--samples 11]
            [--skip-edges] [SHAPE ...]
@@ -31,43 +33,43 @@ from flashcore_cupy.shapes import parse_shape
 from flashcore_cupy.timing import time_side_by_side
 from flashcore_cupy.workload import np_dtype, random_inputs, verify, within_tolerance
 
-DEFINE = "FLASHCORE_STREAM_ITEMS"
-_shipped_smem = configs.Sm90FwdConfig.smem_bytes.fget
-
-
-def q_slot_bytes(config) -> int:
-    """The second Q slot streamed tiles take where it fits (the kernel's q_slots), else 0."""
-    slot = 2 * config.d_pad * max(config.block_m, 64)
-    eligible = config.seq in ("dense", "varlen") and not config.split and config.variant.bias == "none"
-    return slot + 16 if eligible and _shipped_smem(config) + slot + 16 <= configs.SMEM_LIMIT[config.arch] else 0
-
-
-@dataclasses.dataclass(frozen=True)
-class StreamedConfig(configs.Sm90FwdConfig):
-    """A config's tile built streamed: its launches give the kernel the second Q slot."""
+class Rebuilt(configs.Sm90FwdConfig):
+    """A config built with the other choice of streaming: a dense batch's tiles unstreamed
+    (FLASHCORE_STREAM_ITEMS=0: one Q slot), packed sequences' streamed (=2: a second Q slot where
+    it fits, as the kernel's q_slots)."""
 
     @property
-    def smem_bytes(self) -> int:
-        return _shipped_smem(self) + q_slot_bytes(self)
+    def define(self) -> str:
+        return "FLASHCORE_STREAM_ITEMS=" + ("0" if self.seq == "dense" else "2")
+
+    @property
+    def label(self) -> str:
+        return "unstreamed" if self.seq == "dense" else "streamed"
+
+    @property
+    def q_slots(self) -> int:
+        fits = 1024 + self._layout_end(2) <= configs.SMEM_LIMIT[self.arch]
+        return 2 if self.seq == "varlen" and fits else 1
 
 
-launch._LAUNCH_CLASSES[StreamedConfig] = launch.Sm90FwdLaunch   # launches as the Hopper forward
+launch._LAUNCH_CLASSES[Rebuilt] = launch.Sm90FwdLaunch   # launches as the Hopper forward
 
 
 @functools.lru_cache(maxsize=None)
-def streamed(config) -> StreamedConfig:
-    """`config` built streamed, its shared memory (q_slot_bytes) first held to the streamed build's
+def rebuilt(config) -> Rebuilt:
+    """`config` with the other choice of streaming, its shared memory first held to that build's
     own count (loader.check_smem_bytes: a compile on the CPU)."""
-    cfg = StreamedConfig(**{f.name: getattr(config, f.name) for f in dataclasses.fields(config)})
-    loader.check_smem_bytes([cfg], cfg.arch, (DEFINE,))
+    cfg = Rebuilt(**{f.name: getattr(config, f.name) for f in dataclasses.fields(config)})
+    loader.check_smem_bytes([cfg], cfg.arch, (cfg.define,))
     return cfg
 
 
 def plans(q, k, v, out, **options):
-    """(label, plan) of the shipped kernel dispatch chooses and of that tile streamed."""
+    """(label, plan) of the shipped kernel dispatch chooses and of that tile rebuilt."""
     shipped = api.plan(q, k, v, out=out, **options)
-    return [("shipped", shipped),
-            ("streamed", api.plan(q, k, v, out=out, config=streamed(shipped.config), defines=(DEFINE,), **options))]
+    other = rebuilt(shipped.config)
+    return [("shipped", shipped), (other.label, api.plan(q, k, v, out=out, config=other, defines=(other.define,),
+                                                          **options))]
 
 
 # (name, B, Hq, Hkv, Sq, Sk, D, options): see the module's text
@@ -113,14 +115,14 @@ def edge_case(name, b, hq, hkv, sq, sk, d, options, dtype, rng) -> bool:
         same = np.array_equal(o, o2) and np.array_equal(lse, lse2)
         good = err <= (2e-3 if dtype == "fp16" else 1e-2) and lse_ok and same
         ok &= good
-        print(f"  {name:<40} {label:<9} {plan.config}  err {err:.1e}  lse {'ok' if lse_ok else 'WRONG'}"
+        print(f"  {name:<40} {label:<10} {plan.config}  err {err:.1e}  lse {'ok' if lse_ok else 'WRONG'}"
               f"  repeat {'same' if same else 'DIFFERS'}{'' if good else '  FAILED'}", flush=True)
     return ok
 
 
 def varlen_builds(q, k, v, cu, causal, window=None):
     """(label, call) of attention_varlen's Hopper launch (its dynamic deal) and of that tile
-    streamed: each call returns out."""
+    streamed (rebuilt): each call returns out."""
     from flashcore_cupy import validation, varlen
 
     problem, _ = validation.check_varlen(*(api._spec(a, n) for a, n in (
@@ -128,7 +130,8 @@ def varlen_builds(q, k, v, cu, causal, window=None):
         causal=causal, scale=None, window=window, softcap=0.0, alibi_slopes=None)
     shipped = configs.sm90_varlen_config(problem.dtype, problem.head_dim, problem.kernel_variant)
     builds = []
-    for label, config, defines in (("shipped", shipped, ()), ("streamed", streamed(shipped), (DEFINE,))):
+    other = rebuilt(shipped)
+    for label, config, defines in (("shipped", shipped, ()), (other.label, other, (other.define,))):
         out = cupy.empty(q.shape[:-1] + (v.shape[-1],), q.dtype)
         launch = varlen._sm90_launch(problem, config, (out.strides[1] // 2, out.strides[0] // 2), "sm_90a",
                                      api.device_info(0).num_sms, defines)
@@ -141,7 +144,7 @@ def varlen_builds(q, k, v, cu, causal, window=None):
 
 def varlen_case(name, lengths, hq, hkv, d, causal, window, dtype, rng, samples=0) -> bool:
     """Packed sequences: both builds against attention_varlen's float64 reference (poisoned
-    outputs, two runs bitwise equal; rows too large for it: streamed against shipped), then
+    outputs, two runs bitwise equal; rows too large for it: the rebuilt against shipped), then
     (samples > 0) timed side by side."""
     npdt = np_dtype(dtype)
     total = sum(lengths)
@@ -169,7 +172,7 @@ def varlen_case(name, lengths, hq, hkv, d, causal, window, dtype, rng, samples=0
         if label == "shipped":
             shipped_out = outs[0]
         ok &= good
-        print(f"  {name:<40} {label:<9} {config}  err {err:.1e}  repeat {'same' if same else 'DIFFERS'}"
+        print(f"  {name:<40} {label:<10} {config}  err {err:.1e}  repeat {'same' if same else 'DIFFERS'}"
               f"{'' if good else '  FAILED'}", flush=True)
         if good:
             fns[label] = (call, contextlib.nullcontext)
@@ -200,7 +203,7 @@ def timed_row(name, dtype, samples, rng) -> bool:
         err, row_err = verify(shape, q, k, v, out, rng, rows=64, options=opts)
         good = within_tolerance(dtype, err, row_err)
         ok &= good
-        print(f"{name:<34} {label:<9} {plan.config}  smem {plan.config.smem_bytes}"
+        print(f"{name:<34} {label:<10} {plan.config}  smem {plan.config.smem_bytes}"
               f"  grid {plan.launch._dims[0]}  err {err:.1e}{'' if good else '  FAILED'}", flush=True)
         if good:
             fns[label] = (run, contextlib.nullcontext)
