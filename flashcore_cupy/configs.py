@@ -491,8 +491,9 @@ class Sm90FwdConfig:
     @property
     def streamed(self) -> bool:
         """Whether the kernel streams its work tiles (flash_fwd_sm90.cu's stream_items): whole
-        tiles of a dense batch without a bias."""
-        return self.seq == "dense" and not self.split and self.variant.bias == "none"
+        tiles of a dense batch without a bias, not three consumers' with a variant (they spill)."""
+        return (self.seq == "dense" and not self.split and self.variant.bias == "none"
+                and (self.variant.plain or self.consumers < 3))
 
     @property
     def q_slots(self) -> int:

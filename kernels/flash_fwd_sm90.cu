@@ -167,7 +167,8 @@ struct Sm90Tile {
 // S_0 alone, the first softmax) nor the last P V runs alone: window1k's items spent 1.68 and 1.94
 // of ~16 us there (v44 item trace). Whole tiles of dense batches without a bias, where a second Q
 // slot fits (configs.Sm90FwdConfig.q_slots mirrors it): 1.01-1.05x the unstreamed kernel's speed
-// on the dense rows, D64 and D128 (v51, H100). Packed sequences' tiles can stream too
+// on the dense rows, D64 and D128 (v51, H100). Not three consumers' tiles with a variant: their
+// 128 registers a thread spill 8 bytes streamed. Packed sequences' tiles can stream too
 // (FLASHCORE_STREAM_ITEMS=2) but lost there (0.94-0.99x, v51); 0 streams none (the probe's A/B:
 // scripts/dev/stream_probe.py). A streamed consumer must know its next tile before its last P V:
 // the dynamic deal (packed sequences) publishes it once the tile's first copies are issued and a
@@ -177,10 +178,10 @@ struct Sm90Tile {
 #ifndef FLASHCORE_STREAM_ITEMS
 #define FLASHCORE_STREAM_ITEMS 1
 #endif
-template <class S, class V, bool SPLIT>
+template <class S, class V, class Tile1>
 __device__ constexpr bool stream_items() {
     return ((FLASHCORE_STREAM_ITEMS >= 1 && S::kDense) || (FLASHCORE_STREAM_ITEMS >= 2 && S::kVarlen)) &&
-           !S::kSplitKV && !SPLIT && V::kBias == 0;
+           !S::kSplitKV && !Tile1::kSplit && V::kBias == 0 && (V::kPlain || Tile1::kConsumers < 3);
 }
 template <class S, class Tile1>   // where the kernel's shared memory ends (the barriers, the deal's slots)
 __device__ constexpr u32 layout_end() {
@@ -188,7 +189,7 @@ __device__ constexpr u32 layout_end() {
 }
 template <class S, class V, class Tile1>   // (Tile1: the tile with one Q slot)
 __device__ constexpr int q_slots() {
-    return stream_items<S, V, Tile1::kSplit>() && 1024 + layout_end<S, Tile1>() + Tile1::kQSlotBytes + 16 <= kSm90SmemLimit
+    return stream_items<S, V, Tile1>() && 1024 + layout_end<S, Tile1>() + Tile1::kQSlotBytes + 16 <= kSm90SmemLimit
                ? 2 : 1;
 }
 
