@@ -1,5 +1,6 @@
 """One causal and one non-causal call per kernel family and Hopper tile kind (head dims 64, 96,
-128 and 256, and V of its own 128 beside D192), a decode step
+128 and 256, and V of its own 128 beside D192), the Hopper kernel's streamed tiles (several a
+CTA), a decode step
 (one query, three query heads per kv head: the Hopper kernel packs them into one tile), and
 variant calls (a window with every score option, the bias broadcast and ragged) on each
 kernel, backward calls, a merge_states, a varlen prefill on each kernel and a paged decode, small enough for compute-sanitizer; exits 1 on a wrong result.
@@ -42,6 +43,17 @@ def dense():
                 cupy.cuda.get_current_stream().synchronize()
                 ok &= checked(f"{backend} causal={causal} D={d} Dv={dv} {sq}x{sk}", out,
                               reference.attention(q, k, v, causal=causal))
+    if "sm90" in backends:
+        # Streamed work tiles: more tiles than SMs, so each persistent CTA chains two or three (a
+        # tile's last P V held back to go out with the next tile's first S, Q' in the second slot):
+        # D64's three consumers, D128's two, and D128 under a window
+        heads = api.device_info(0).num_sms + 5
+        for d, opts in ((64, {}), (128, {}), (128, dict(window=(100, 20)))):
+            q = cupy.asarray(rng.standard_normal((1, heads, 300, d)).astype(np.float16))
+            k, v = (cupy.asarray(rng.standard_normal((1, heads, 333, d)).astype(np.float16)) for _ in range(2))
+            out = fc.attention(q, k, v, backend="sm90", **opts)
+            cupy.cuda.get_current_stream().synchronize()
+            ok &= checked(f"sm90 streamed D={d} {opts} {heads} heads 300x333", out, reference.attention(q, k, v, **opts))
     return ok
 
 
