@@ -28,7 +28,9 @@ def test_geometry_and_name():
     cfg = configs.Sm90FwdConfig("bf16", 128, 128, 2, 2, True)
     assert cfg.name_expression == "fc::flash_fwd_sm90<fc::bf16, 128, 128, 128, 2, 2, true, false, 1, 16>"
     assert (cfg.threads, cfg.block_m) == (384, 128)
-    assert cfg.smem_bytes == 1024 + 2 * 128 * (128 + 2 * 2 * 128) + 8 * 10
+    # streamed tiles: Q's two slots, the K and V rings, the barriers and the second slot's
+    assert cfg.q_slots == 2
+    assert cfg.smem_bytes == 1024 + 2 * 128 * (2 * 128 + 2 * 2 * 128) + 8 * 10 + 16
     assert cfg.smem_bytes <= configs.SMEM_LIMIT["sm_90a"]
     assert cfg.work_tiles(batch=3, heads_q=5, seqlen_q=129) == 2 * 5 * 3
     assert cfg.schedule(batch=3, heads_q=5, seqlen_q=129, num_sms=132, causal=False)[:3] == ((30, 1, 1), 30, 30)
@@ -311,15 +313,18 @@ def test_schedule_probe_build_compiles():
     128x192)."""
     from flashcore_cupy import loader
 
+    probe = _script("schedule_probe.py")
     window = configs.variant_config(configs.sm90_config("fp16", 128), configs.KernelVariant(window=True))
     for cfg in (configs.sm90_config("fp16", 128), window):
-        report = loader.compile_only(cfg, "sm_90a", ("FLASHCORE_DYNAMIC",))
+        report = loader.compile_only(cfg, "sm_90a", probe["DYNAMIC"])
         assert report.spill_bytes == 0 and report.static_smem_bytes == 0, (str(cfg), report)
-    assert _script("schedule_probe.py")["_ITEM_SLOTS_BYTES"] == configs.SM90_ITEM_SLOT_BYTES == 8 * 4 + 4 * 2
-    for hd in (64, 128):
+    assert probe["_ITEM_SLOTS_BYTES"] == configs.SM90_ITEM_SLOT_BYTES == 8 * 4 + 4 * 2
+    for hd in (64, 128):   # the probe's dense tiles (unstreamed, the deal's slots) as a varlen config counts them
         varlen = configs.sm90_varlen_config("fp16", hd)
-        dense = dataclasses.replace(varlen, seq="dense")
-        assert varlen.smem_bytes == dense.smem_bytes + configs.SM90_ITEM_SLOT_BYTES   # 4 barriers, 2 items
+        counted = varlen.smem_bytes
+        with probe["probe_build"](persistent=True, dynamic=True):
+            assert dataclasses.replace(varlen, seq="dense").smem_bytes == counted
+        assert dataclasses.replace(varlen, seq="dense").q_slots == 2   # restored on leaving
 
 
 def test_every_trace_point_is_stamped_once_and_the_trace_build_compiles():
@@ -535,7 +540,8 @@ def test_item_trace_takes_the_persistent_dynamic_grid_for_flashcore_dynamic():
     shipped_smem = cfg.smem_bytes
     with items["_schedule"](True):
         assert cfg.schedule(4, 16, 1024, 132, True).grid == (132, 1, 1) != shipped_grid
-        assert cfg.smem_bytes == shipped_smem + configs.SM90_ITEM_SLOT_BYTES
+        # unstreamed (one Q slot of 128 rows x 128 columns, and its barrier, fewer) and the item slots
+        assert cfg.smem_bytes == shipped_smem - (2 * 128 * 128 + 16) + configs.SM90_ITEM_SLOT_BYTES
     with items["_schedule"](False):
         assert cfg.schedule(4, 16, 1024, 132, True).grid == shipped_grid
     assert cfg.smem_bytes == shipped_smem and cfg.schedule(4, 16, 1024, 132, True).grid == shipped_grid

@@ -14,7 +14,8 @@ and prints each part's share of the consumers' SM time, the medians per item, an
 producer's Q issue (after the previous item's Q is released) against the consumers' Q landing.
 --define adds a candidate's switch (a -D name of kernels/diagnostics.cuh) to the traced build, so
 that its parts can be set beside the shipped kernel's; FLASHCORE_DYNAMIC on a dense row also
-takes schedule_probe.py's persistent grid (its tiles dealt from a counter, as varlen's are). The
+takes schedule_probe.py's persistent grid (its tiles dealt from a counter, as varlen's are, and
+unstreamed). The
 clock is the SM's (cycles; microseconds at the device's nominal clock, approximate under boost).
 The shipped kernel is untouched.
 Dense and varlen rows (a varlen row: its Hopper launch on packed inputs of its lengths).
@@ -52,6 +53,8 @@ def traced(shape_name: str, dtype: str, defines: tuple[str, ...], rng) -> tuple[
         opts = bench.attention_options(shape, arrays)
         out = cupy.empty_like(q)
         dynamic = "FLASHCORE_DYNAMIC" in defines
+        if dynamic:   # schedule_probe.py's dynamic build: its tiles unstreamed
+            defines = defines + ("FLASHCORE_STREAM_ITEMS=0",)
         with _schedule(dynamic):
             plans = [api.plan(q, k, v, out=out, defines=d, **opts) for d in (defines, TRACE + defines)]
             config = plans[1].config

@@ -5,7 +5,8 @@ looping over the tiles (the next tile's K/V and Q load under this one's epilogue
 the grid as numbered (longest first by groups of heads; a zig-zag deal, odd rounds from the
 grid's end, was slower still and is gone: v40), or dynamically (-DFLASHCORE_DYNAMIC: each CTA's next tile from a
 counter in global memory, fetched by its producer a tile ahead; the probe gives the kernel the 64
-bytes of shared memory its item slots take and a zeroed counter). Each is checked against the
+bytes of shared memory its item slots take and a zeroed counter; its tiles unstreamed,
+-DFLASHCORE_STREAM_ITEMS=0: a dense window's streamed tiles spill on the dynamic deal). Each is checked against the
 reference, then timed side by side with SDPA cuDNN (throughput: 20 calls a sample).
 Usage: PYTHONPATH=$PWD python3 scripts/dev/schedule_probe.py [--dtype fp16] SHAPE...
        (a name of the shape list, or B,H,S,D[,causal])
@@ -25,21 +26,25 @@ from flashcore_cupy.workload import random_inputs, verify, within_tolerance
 
 _shipped_schedule = configs.Sm90FwdConfig.schedule
 _shipped_smem = configs.Sm90FwdConfig.smem_bytes
+_shipped_q_slots = configs.Sm90FwdConfig.q_slots
 _ITEM_SLOTS_BYTES = configs.SM90_ITEM_SLOT_BYTES
+DYNAMIC = ("FLASHCORE_DYNAMIC", "FLASHCORE_STREAM_ITEMS=0")   # the dynamic deal's build
 
 
 @contextlib.contextmanager
 def probe_build(persistent: bool, dynamic: bool):
     """Plans made (and first run) inside take the persistent schedule, and with `dynamic` the
-    item slots' shared memory."""
+    unstreamed tiles' shared memory (one Q slot) and the item slots'."""
     configs.Sm90FwdConfig.schedule = persistent_schedule if persistent else _shipped_schedule
     if dynamic:
+        configs.Sm90FwdConfig.q_slots = property(lambda self: 1)
         configs.Sm90FwdConfig.smem_bytes = property(lambda self: _shipped_smem.fget(self) + _ITEM_SLOTS_BYTES)
     try:
         yield
     finally:
         configs.Sm90FwdConfig.schedule = _shipped_schedule
         configs.Sm90FwdConfig.smem_bytes = _shipped_smem
+        configs.Sm90FwdConfig.q_slots = _shipped_q_slots
 
 
 def persistent_schedule(self, batch, heads_q, seqlen_q, num_sms, causal, kv_bytes_per_head=0):
@@ -67,7 +72,7 @@ def main() -> int:
         opts = bench.attention_options(shape, arrays)
         fns = {}
         for label, persistent, defines in (("shipped", False, ()), ("persistent", True, ()),
-                                           ("persistent dynamic", True, ("FLASHCORE_DYNAMIC",))):
+                                           ("persistent dynamic", True, DYNAMIC)):
             dynamic = "FLASHCORE_DYNAMIC" in defines
             out = cupy.empty(q.shape[:-1] + (v.shape[-1],), q.dtype)
             with probe_build(persistent, dynamic):
