@@ -17,6 +17,10 @@
 #                   calls: several tiles a CTA) under memcheck, racecheck and synccheck, then
 #                   test_variants_gpu on the Hopper kernel (v51's run of the Hopper tests stopped at
 #                   ~98 %, 1539 passed), then stream_probe's edge cases (each build beside the other).
+#   CALL=4 d128     issue 25's last plain gap (S4k D128 1.01/1.02x cuDNN in v51): D128's tiles
+#                   through tile_ab.py, the shipped 128-key tile (streamed: two Q slots) beside
+#                   192-key and 3-slot 128-key ones (no room for a second Q slot: unstreamed; the
+#                   H200's tune v3 took 128x192 for bf16 large grids), fp16 and bf16.
 #   CALL=6 schedule window1k, ALiBi and top-left through schedule_probe.py: its dynamic deal beside
 #                   the shipped schedule. (window1k, a window bounded on both sides, already runs on
 #                   the persistent static deal: launch.py's `uneven`, so its "persistent" row is the
@@ -24,8 +28,8 @@
 # Logs go to $OUT. Usage on the device machine, from the repository root:
 #   CALL=1 bash scripts/dev/pending_run.sh
 set -uo pipefail
-case "${CALL:-}" in 1|2|3|6) ;;
-  *) echo "CALL: 1 (backward), 2 (h200), 3 (streamed), 6 (schedule)" >&2
+case "${CALL:-}" in 1|2|3|4|6) ;;
+  *) echo "CALL: 1 (backward), 2 (h200), 3 (streamed), 4 (d128), 6 (schedule)" >&2
      exit 2 ;; esac
 source "$(dirname "$0")/../steps.sh"
 export FLASHCORE_REQUIRE_GPU=1
@@ -54,6 +58,12 @@ case "${CALL:-}" in
   done
   step pytest.txt timeout 200 python3 -m pytest tests/test_variants_gpu.py -q -rs -p no:cacheprovider -k "not sm80"
   step stream.txt timeout 100 python3 scripts/dev/stream_probe.py --dtype fp16
+  ;;
+4)
+  for dtype in fp16 bf16; do
+    step tiles.txt timeout 250 python3 scripts/dev/tile_ab.py --dtype $dtype --samples 15 b2-h16-s4k-d128 \
+      b1-h16-s16k-d128 --tile 128,2,2,1 --tile 192,2,2,1 --tile 128,3,2,1
+  done
   ;;
 6)
   for dtype in fp16 bf16; do
