@@ -18,6 +18,9 @@
 //                             (Variant::kDescending in variant.cuh; ablate_sm90.py)
 //   FLASHCORE_DYNAMIC         the Hopper forward's persistent CTAs take their next tile from a
 //                             counter (sm90_scheduler.cuh; scripts/dev/schedule_probe.py)
+//   FLASHCORE_STREAM_ITEMS=<n> which Hopper forward tiles stream (flash_fwd_sm90.cu's stream_items;
+//                             scripts/dev/stream_probe.py): 1 (the product's) a dense batch's, 0
+//                             none, 2 packed sequences' too
 //   FLASHCORE_TRACE_ITEMS=<n> FC_ITEM(i, n): thread 0 of each warpgroup of the Hopper forward stores
 //                             the SM clock at point n of work item i (< the define) into
 //                             fc_items[(i * 4 + warpgroup) * FC_ITEM_POINTS + n]; FC_ITEM_SET(i, n, v)
