@@ -488,11 +488,15 @@ class Sm90FwdConfig:
         bias_at, slot = self._bias_layout()
         return 1024 + bias_at + self.bias_slots * slot
 
+    # The sequence kinds whose tiles stream: the kernel's FLASHCORE_STREAM_ITEMS (1, shipped:
+    # dense; 0: none; 2: varlen too), which probes of other builds set on a subclass.
+    STREAMED_SEQS = ("dense",)
+
     @property
     def streamed(self) -> bool:
         """Whether the kernel streams its work tiles (flash_fwd_sm90.cu's stream_items): whole
         tiles of a dense batch without a bias, not three consumers' with a variant (they spill)."""
-        return (self.seq == "dense" and not self.split and self.variant.bias == "none"
+        return (self.seq in self.STREAMED_SEQS and not self.split and self.variant.bias == "none"
                 and (self.variant.plain or self.consumers < 3))
 
     @property

@@ -26,7 +26,7 @@ from flashcore_cupy.workload import random_inputs, verify, within_tolerance
 
 _shipped_schedule = configs.Sm90FwdConfig.schedule
 _shipped_smem = configs.Sm90FwdConfig.smem_bytes
-_shipped_q_slots = configs.Sm90FwdConfig.q_slots
+_shipped_streamed = configs.Sm90FwdConfig.STREAMED_SEQS
 _ITEM_SLOTS_BYTES = configs.SM90_ITEM_SLOT_BYTES
 DYNAMIC = ("FLASHCORE_DYNAMIC", "FLASHCORE_STREAM_ITEMS=0")   # the dynamic deal's build
 
@@ -37,14 +37,14 @@ def probe_build(persistent: bool, dynamic: bool):
     unstreamed tiles' shared memory (one Q slot) and the item slots'."""
     configs.Sm90FwdConfig.schedule = persistent_schedule if persistent else _shipped_schedule
     if dynamic:
-        configs.Sm90FwdConfig.q_slots = property(lambda self: 1)
+        configs.Sm90FwdConfig.STREAMED_SEQS = ()
         configs.Sm90FwdConfig.smem_bytes = property(lambda self: _shipped_smem.fget(self) + _ITEM_SLOTS_BYTES)
     try:
         yield
     finally:
         configs.Sm90FwdConfig.schedule = _shipped_schedule
         configs.Sm90FwdConfig.smem_bytes = _shipped_smem
-        configs.Sm90FwdConfig.q_slots = _shipped_q_slots
+        configs.Sm90FwdConfig.STREAMED_SEQS = _shipped_streamed
 
 
 def persistent_schedule(self, batch, heads_q, seqlen_q, num_sms, causal, kv_bytes_per_head=0):

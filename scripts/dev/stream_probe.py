@@ -47,9 +47,8 @@ class Rebuilt(configs.Sm90FwdConfig):
         return "unstreamed" if self.seq == "dense" else "streamed"
 
     @property
-    def q_slots(self) -> int:
-        fits = 1024 + self._layout_end(2) <= configs.SMEM_LIMIT[self.arch]
-        return 2 if self.seq == "varlen" and fits else 1
+    def STREAMED_SEQS(self) -> tuple[str, ...]:   # (the kernel's q_slots follows: where a second fits)
+        return () if self.seq == "dense" else ("varlen",)
 
 
 launch._LAUNCH_CLASSES[Rebuilt] = launch.Sm90FwdLaunch   # launches as the Hopper forward
