@@ -9,8 +9,10 @@
 # CHECKS=0 the run, sanitizers and SASS alone: pytest takes ~8 of a call's 10 minutes), HOST=0
 # the latency probe and tile sweep (runs that fit the device's 10-minute limit per command);
 # BENCH_ARGS passes options to the benchmark (e.g. --held-out exclude / only, to split it);
-# PYTEST_ARGS adds pytest options. Pass FLASHCORE_GIT_SHA=<commit> for the benchmark JSON: the
-# device's copy of the tree may carry a stale .git.
+# PYTEST_ARGS adds pytest options, PYTEST_TIMEOUT its limit (540 s); SHARDS=N runs the tests as
+# N processes on the GPU at once (PYTEST_ARGS="-m gpu" SHARDS=6: the GPU tests in one call; the
+# CPU tests' compiles take CI's ~18 minutes). Pass FLASHCORE_GIT_SHA=<commit> for the benchmark
+# JSON: the device's copy of the tree may carry a stale .git.
 set -uo pipefail
 source "$(dirname "$0")/steps.sh"
 # A run meant for a GPU that finds none fails (pytest exits 3 with the reason) instead of
@@ -24,15 +26,29 @@ step device.txt nvidia-smi --query-gpu=name,uuid,serial,vbios_version,driver_ver
 step device.txt python3 -m flashcore_cupy info
 if [ "${TESTS:-1}" = 1 ] && [ "${PYTEST:-1}" = 1 ]; then
   step device.txt python3 -m flashcore_cupy check --arch sm_90a,sm_80
-  step pytest_gpu.txt timeout 540 python3 -m pytest tests -q -rs -p no:cacheprovider ${PYTEST_ARGS:-}
+  if [ "${SHARDS:-1}" = 1 ]; then
+    step pytest_gpu.txt timeout ${PYTEST_TIMEOUT:-540} python3 -m pytest tests -q -rs -p no:cacheprovider ${PYTEST_ARGS:-}
+  else   # SHARDS pytest processes on the one GPU at once, each a contiguous part (conftest's --shard)
+    for ((i = 1; i <= SHARDS; i++)); do
+      step pytest_gpu_$i.txt timeout ${PYTEST_TIMEOUT:-540} python3 -m pytest tests -q -rs -p no:cacheprovider --shard $i/$SHARDS \
+        ${PYTEST_ARGS:-} > /dev/null &
+    done
+    wait
+    grep -h "^FAILED" "$OUT"/pytest_gpu_*.txt > /dev/null && status=1   # a background step's own status is lost
+    tail -n 2 "$OUT"/pytest_gpu_*.txt
+  fi
 fi
 if [ "${TESTS:-1}" = 1 ] && [ "${CHECKS:-1}" = 1 ]; then
   step run.txt python3 -m flashcore_cupy run --shape mission
   step run.txt python3 -m flashcore_cupy run --shape mission --dtype bf16
   step run.txt python3 -m flashcore_cupy run --shape b2-h16-s4k-d128-causal
-  for tool in memcheck racecheck synccheck; do
-    step sanitizer.txt timeout 120 compute-sanitizer --tool $tool --error-exitcode 3 python3 scripts/sanitize_case.py
+  for tool in memcheck racecheck synccheck; do   # the three at once, a log each
+    step sanitizer_$tool.txt timeout 420 compute-sanitizer --tool $tool --error-exitcode 3 \
+      python3 scripts/sanitize_case.py > /dev/null &
   done
+  wait
+  grep -h "^FAILED" "$OUT"/sanitizer_*.txt > /dev/null && status=1
+  tail -n 3 "$OUT"/sanitizer_*.txt
   step sass.txt python3 scripts/sass_check.py --arch sm_90a
 fi
 if [ "${LONGSK:-1}" = 1 ]; then   # long-Sk numerics: flashcore within 1.5x SDPA flash's error

@@ -19,7 +19,35 @@ def pytest_configure(config):
                     returncode=3)
 
 
+def pytest_addoption(parser):
+    parser.addoption("--shard", default=None, metavar="I/N",
+                     help="run the I-th of N parts of the collected tests (1 <= I <= N; conftest.shard_indices): "
+                          "scripts/gpu_suite.sh's SHARDS runs N pytest processes on one GPU at once")
+
+
+SHARD_BLOCK = 8   # consecutive tests (mostly one kernel's) that stay in one part
+
+
+def shard_indices(shard: str, count: int) -> list[int]:
+    """The indices of the collected tests that part I of N ("I/N") runs: blocks of SHARD_BLOCK
+    consecutive tests dealt to the parts in turn, so every part gets its share of each file
+    (the slow variant tests too) while a block's tests share their kernels' compiles."""
+    try:
+        i, n = (int(x) for x in shard.split("/"))
+    except ValueError:
+        raise pytest.UsageError(f"--shard: expected I/N with integers, got {shard!r}") from None
+    if not 1 <= i <= n:
+        raise pytest.UsageError(f"--shard: expected 1 <= I <= N, got {shard!r}")
+    return [k for k in range(count) if (k // SHARD_BLOCK) % n == i - 1]
+
+
+@pytest.hookimpl(trylast=True)   # after `-m`'s deselection: the parts split what runs
 def pytest_collection_modifyitems(config, items):
+    shard = config.getoption("--shard")
+    if shard is not None:
+        keep = set(shard_indices(shard, len(items)))
+        config.hook.pytest_deselected(items=[t for k, t in enumerate(items) if k not in keep])
+        items[:] = [t for k, t in enumerate(items) if k in keep]
     if HAS_GPU:
         return
     skip = pytest.mark.skip(reason=f"needs a CUDA GPU ({gpu_missing_reason()}); "

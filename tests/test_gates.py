@@ -37,6 +37,28 @@ def test_a_gpu_run_with_the_gpu_hidden_fails():
     assert r.returncode == 0, r.stdout[-2000:]
 
 
+def _collected(args: list[str]) -> list[str]:
+    r = _pytest(["--collect-only", "-q", *args], CUDA_VISIBLE_DEVICES="")
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    return [line for line in r.stdout.splitlines() if "::" in line]
+
+
+def test_the_suites_parts_run_every_test_once():
+    """gpu_suite.sh's SHARDS: `--shard I/N` over the tests `-m gpu` selects gives N parts that
+    together hold each of those tests exactly once, in blocks of consecutive tests, their sizes
+    within a block of each other; a malformed part is a usage error."""
+    files = ["tests/test_merge_gpu.py", "tests/test_varlen_gpu.py", "tests/test_reference.py"]
+    whole = _collected([*files, "-m", "gpu"])
+    assert len(whole) > 8 * 3 and not any("test_reference.py" in t for t in whole)
+    parts = [_collected([*files, "-m", "gpu", "--shard", f"{i}/3"]) for i in (1, 2, 3)]
+    assert sorted(sum(parts, [])) == sorted(whole)
+    assert max(map(len, parts)) - min(map(len, parts)) <= 8
+    assert parts[0][:8] == whole[:8] and parts[1][:8] == whole[8:16]
+    for bad in ("0/3", "4/3", "1/x", "2"):
+        r = _pytest([*files, "--collect-only", "-q", "--shard", bad], CUDA_VISIBLE_DEVICES="")
+        assert r.returncode != 0 and "--shard: expected" in r.stdout + r.stderr, (bad, r.stderr[-500:])
+
+
 @pytest.mark.skipif(os.environ.get(_SELFTEST) != "1",
                     reason="fails on purpose, only inside test_a_failure_prints_the_seed_that_replays_it")
 def test_fails_on_purpose(rng):
