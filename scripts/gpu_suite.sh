@@ -9,9 +9,9 @@
 # CHECKS=0 the run, sanitizers and SASS alone: pytest takes ~8 of a call's 10 minutes), HOST=0
 # the latency probe and tile sweep (runs that fit the device's 10-minute limit per command);
 # BENCH_ARGS passes options to the benchmark (e.g. --held-out exclude / only, to split it);
-# PYTEST_ARGS adds pytest options, PYTEST_TIMEOUT its limit (540 s); SHARDS=N runs the tests as
-# N processes on the GPU at once (PYTEST_ARGS="-m gpu" SHARDS=6: the GPU tests in one call; the
-# CPU tests' compiles take CI's ~18 minutes). Pass FLASHCORE_GIT_SHA=<commit> for the benchmark
+# PYTEST_ARGS adds pytest options, PYTEST_FILES replaces `tests`, PYTEST_TIMEOUT is its limit
+# (540 s); SHARDS=N runs the tests as N processes on the GPU at once (PYTEST_ARGS="-m gpu"
+# SHARDS=6: the GPU tests; the CPU tests' compiles take CI's ~18 minutes). Pass FLASHCORE_GIT_SHA=<commit> for the benchmark
 # JSON: the device's copy of the tree may carry a stale .git.
 set -uo pipefail
 source "$(dirname "$0")/steps.sh"
@@ -27,14 +27,19 @@ step device.txt python3 -m flashcore_cupy info
 if [ "${TESTS:-1}" = 1 ] && [ "${PYTEST:-1}" = 1 ]; then
   step device.txt python3 -m flashcore_cupy check --arch sm_90a,sm_80
   if [ "${SHARDS:-1}" = 1 ]; then
-    step pytest_gpu.txt timeout ${PYTEST_TIMEOUT:-540} python3 -m pytest tests -q -rs -p no:cacheprovider ${PYTEST_ARGS:-}
+    step pytest_gpu.txt timeout ${PYTEST_TIMEOUT:-540} python3 -m pytest ${PYTEST_FILES:-tests} -q -rs -p no:cacheprovider ${PYTEST_ARGS:-}
   else   # SHARDS pytest processes on the one GPU at once, each a contiguous part (conftest's --shard)
+    # each process's NumPy BLAS on its share of the cores (v52: six processes with every core's
+    # BLAS threads ran the GPU tests no faster than one)
+    threads=$(( $(nproc) / SHARDS > 0 ? $(nproc) / SHARDS : 1 ))
     for ((i = 1; i <= SHARDS; i++)); do
-      step pytest_gpu_$i.txt timeout ${PYTEST_TIMEOUT:-540} python3 -m pytest tests -q -rs -p no:cacheprovider --shard $i/$SHARDS \
-        ${PYTEST_ARGS:-} > /dev/null &
+      OMP_NUM_THREADS=$threads OPENBLAS_NUM_THREADS=$threads MKL_NUM_THREADS=$threads \
+        step pytest_gpu_$i.txt timeout ${PYTEST_TIMEOUT:-540} python3 -m pytest ${PYTEST_FILES:-tests} -q -rs \
+        -p no:cacheprovider --shard $i/$SHARDS ${PYTEST_ARGS:-} > /dev/null &
     done
     wait
-    grep -h "^FAILED" "$OUT"/pytest_gpu_*.txt > /dev/null && status=1   # a background step's own status is lost
+    # a background step's own status is lost; its FAILED line may follow pytest's progress dots
+    grep -h "FAILED: " "$OUT"/pytest_gpu_*.txt > /dev/null && status=1
     tail -n 2 "$OUT"/pytest_gpu_*.txt
   fi
 fi
@@ -47,7 +52,7 @@ if [ "${TESTS:-1}" = 1 ] && [ "${CHECKS:-1}" = 1 ]; then
       python3 scripts/sanitize_case.py > /dev/null &
   done
   wait
-  grep -h "^FAILED" "$OUT"/sanitizer_*.txt > /dev/null && status=1
+  grep -h "FAILED: " "$OUT"/sanitizer_*.txt > /dev/null && status=1
   tail -n 3 "$OUT"/sanitizer_*.txt
   step sass.txt python3 scripts/sass_check.py --arch sm_90a
 fi
