@@ -11,7 +11,8 @@
 # BENCH_ARGS passes options to the benchmark (e.g. --held-out exclude / only, to split it);
 # PYTEST_ARGS adds pytest options, PYTEST_FILES replaces `tests`, PYTEST_TIMEOUT is its limit
 # (540 s); SHARDS=N runs the tests as N processes on the GPU at once (PYTEST_ARGS="-m gpu"
-# SHARDS=6: the GPU tests; the CPU tests' compiles take CI's ~18 minutes). Pass FLASHCORE_GIT_SHA=<commit> for the benchmark
+# SHARDS=6: the GPU tests; the CPU tests' compiles take CI's ~18 minutes), COMPILE_CHECK=0 skips
+# `check` before them. Pass FLASHCORE_GIT_SHA=<commit> for the benchmark
 # JSON: the device's copy of the tree may carry a stale .git.
 set -uo pipefail
 source "$(dirname "$0")/steps.sh"
@@ -25,7 +26,7 @@ step device.txt date -u
 step device.txt nvidia-smi --query-gpu=name,uuid,serial,vbios_version,driver_version,power.limit,clocks.sm,clocks.max.sm --format=csv
 step device.txt python3 -m flashcore_cupy info
 if [ "${TESTS:-1}" = 1 ] && [ "${PYTEST:-1}" = 1 ]; then
-  step device.txt python3 -m flashcore_cupy check --arch sm_90a,sm_80
+  [ "${COMPILE_CHECK:-1}" = 1 ] && step device.txt python3 -m flashcore_cupy check --arch sm_90a,sm_80
   if [ "${SHARDS:-1}" = 1 ]; then
     step pytest_gpu.txt timeout ${PYTEST_TIMEOUT:-540} python3 -m pytest ${PYTEST_FILES:-tests} -q -rs -p no:cacheprovider ${PYTEST_ARGS:-}
   else   # SHARDS pytest processes on the one GPU at once, each a contiguous part (conftest's --shard)
