@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The device calls still to run, one call each, in order of need (each under 9 minutes of
 # timeouts). Earlier calls and what they found: docs/results/ (v44-v51) and git history.
-# The first call of a session: CALL=3 (the streamed default's checks not yet run), then CALL=2 on
-# an H200. Session 40 (v51) ran the old CALL=7 (streamed tiles: shipped for dense batches since),
-# CALL=0 (adapter: 3 passed), CALL=4 (one-warp gathers: no gain) and CALL=5 (64-key variant tiles:
-# no gain).
+# The first call of a session: CALL=3 (the GPU test files v52's sharded suite did not reach), then
+# CALL=5 (the sanitizers), then CALL=2 on an H200. Session 40 (v51) ran the old CALL=7 (streamed
+# tiles: shipped for dense batches since), CALL=0 (adapter: 3 passed), CALL=4 (one-warp gathers:
+# no gain) and CALL=5 (64-key variant tiles: no gain); session 41 (v52) the GPU tests in six
+# processes (2044 of 2276 passed, none failed, before the timeouts).
 #   CALL=1 backward issue 23's rows in one benchmark run: the backward mode on every dense D64 and
 #                   D128 row with Sk >= 1024 (S1k D64, S4k D64, S4k D128, S4k D128 causal, S16k
 #                   D128, S16k D128 causal, GQA S4k causal), fp16 and bf16, default /
@@ -13,10 +14,11 @@
 #   CALL=2 h200     (an H200: `kind` nvidia-h200) issue 22's variant rows and top-left against the
 #                   SDPA peers and flashcore_plain in one benchmark run, fp16 and bf16 (its bars
 #                   were measured on the H200; top-left 1.00-1.01x cuDNN on H100s since v48).
-#   CALL=3 streamed the streamed default (eda3e7d): test_variants_gpu on the Hopper kernel whole
-#                   (v51's run of the Hopper tests stopped at ~98 %, 1539 passed; its last 40 then
-#                   at 27 passed), then stream_probe's edge cases (each build beside the other).
-#                   v51 ran sanitize_case's dense section with its streamed calls: clean.
+#   CALL=3 tests    the GPU test files v52 did not reach (test_variants_gpu but 8, test_varlen_gpu,
+#                   test_merge_gpu, and test_validation's and test_timing's GPU tests), six pytest
+#                   processes at once (gpu_suite.sh's SHARDS), then stream_probe's edge cases.
+#   CALL=5 checks   gpu_suite.sh's checks: `run` on the mission and S4k causal, the three
+#                   sanitizers over every section of sanitize_case.py at once, the SASS rules.
 #   CALL=4 d128     issue 25's last plain gap (S4k D128 1.01/1.02x cuDNN in v51): D128's tiles
 #                   through tile_ab.py, the shipped 128-key tile (streamed: two Q slots) beside
 #                   192-key and 3-slot 128-key ones (no room for a second Q slot: unstreamed; the
@@ -28,8 +30,8 @@
 # Logs go to $OUT. Usage on the device machine, from the repository root:
 #   CALL=1 bash scripts/dev/pending_run.sh
 set -uo pipefail
-case "${CALL:-}" in 1|2|3|4|6) ;;
-  *) echo "CALL: 1 (backward), 2 (h200), 3 (streamed), 4 (d128), 6 (schedule)" >&2
+case "${CALL:-}" in 1|2|3|4|5|6) ;;
+  *) echo "CALL: 1 (backward), 2 (h200), 3 (tests), 4 (d128), 5 (checks), 6 (schedule)" >&2
      exit 2 ;; esac
 source "$(dirname "$0")/../steps.sh"
 export FLASHCORE_REQUIRE_GPU=1
@@ -53,8 +55,13 @@ case "${CALL:-}" in
     alibi-b2-h16-s4k-d128-causal bias-b2-h16-s4k-d128 topleft-b4-h16-sq1k-sk4k-d128-causal
   ;;
 3)
-  step pytest.txt timeout 400 python3 -m pytest tests/test_variants_gpu.py -q -rs -p no:cacheprovider -k "not sm80"
+  PYTEST_FILES="tests/test_variants_gpu.py tests/test_varlen_gpu.py tests/test_merge_gpu.py tests/test_validation.py
+    tests/test_timing.py" PYTEST_ARGS="-m gpu" SHARDS=6 PYTEST_TIMEOUT=420 COMPILE_CHECK=0 CHECKS=0 BENCH=0 HOST=0 \
+    NOTEBOOK=0 LONGSK=0 bash scripts/gpu_suite.sh > /dev/null || status=1
   step stream.txt timeout 100 python3 scripts/dev/stream_probe.py --dtype fp16
+  ;;
+5)
+  PYTEST=0 BENCH=0 HOST=0 NOTEBOOK=0 LONGSK=0 bash scripts/gpu_suite.sh > /dev/null || status=1
   ;;
 4)
   for dtype in fp16 bf16; do
