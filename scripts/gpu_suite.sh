@@ -2,18 +2,22 @@
 # The device run: GPU tests, the mission shape, compute-sanitizer, the latency
 # probe and the benchmark (JSON + plot). Logs go to $OUT.
 # Usage on the device machine, from the repository root:  bash scripts/gpu_suite.sh
-# BENCH=0 skips the benchmark, NOTEBOOK=0 the quickstart's run, LONGSK=0 the error at Sk 1M..16M
-# (scripts/long_sk_numerics.py, against SDPA flash), SWEEP=1 adds the random sweep
-# (scripts/random_sweep.py; SWEEP_ARGS="--seed S --first i" continues one), RING=1 the ring's benchmark on every GPU
-# and memcheck on 2 ranks (multi-GPU kinds; RING_ARGS passes --seqlen ...), TESTS=0 the tests, sanitizers and SASS (PYTEST=0 the tests alone,
-# CHECKS=0 the run, sanitizers and SASS alone: pytest takes ~8 of a call's 10 minutes), HOST=0
-# the latency probe and tile sweep (runs that fit the device's 10-minute limit per command);
-# BENCH_ARGS passes options to the benchmark (e.g. --held-out exclude / only, to split it);
-# PYTEST_ARGS adds pytest options, PYTEST_FILES replaces `tests`, PYTEST_TIMEOUT is its limit
-# (540 s); SHARDS=N runs the tests as N processes on the GPU at once (PYTEST_ARGS="-m gpu"
-# SHARDS=6: the GPU tests; the CPU tests' compiles take CI's ~18 minutes), COMPILE_CHECK=0 skips
-# `check` before them. Pass FLASHCORE_GIT_SHA=<commit> for the benchmark
-# JSON: the device's copy of the tree may carry a stale .git.
+# Switches (each 1 by default unless named otherwise):
+#   TESTS=0     skips the tests, sanitizers and SASS; PYTEST=0 the tests alone; CHECKS=0 the run,
+#               sanitizers and SASS alone (pytest takes ~8 of a call's 10 minutes)
+#   BENCH=0     skips the benchmark (BENCH_ARGS passes options to it, e.g. --held-out exclude/only)
+#   NOTEBOOK=0  skips the quickstart's run
+#   LONGSK=0    skips the error at Sk 1M..16M (scripts/long_sk_numerics.py, against SDPA flash)
+#   HOST=0      skips the latency probe and tile sweep
+#   SWEEP=1     adds the random sweep (scripts/random_sweep.py; SWEEP_ARGS="--seed S --first i"
+#               continues one)
+#   RING=1      adds the ring's benchmark on every GPU and memcheck on 2 ranks (multi-GPU kinds;
+#               RING_ARGS passes --seqlen ...)
+# Pytest: PYTEST_ARGS adds options, PYTEST_FILES replaces `tests`, PYTEST_TIMEOUT is its limit
+# (540 s), COMPILE_CHECK=0 skips `check` before it; SHARDS=N runs the tests as N processes on the
+# GPU at once (PYTEST_ARGS="-m gpu" SHARDS=6: the GPU tests; the CPU tests' compiles take CI's
+# ~18 minutes). Pass FLASHCORE_GIT_SHA=<commit> for the benchmark JSON: the device's copy of the
+# tree may carry a stale .git.
 set -uo pipefail
 source "$(dirname "$0")/steps.sh"
 # A run meant for a GPU that finds none fails (pytest exits 3 with the reason) instead of
@@ -29,7 +33,7 @@ if [ "${TESTS:-1}" = 1 ] && [ "${PYTEST:-1}" = 1 ]; then
   [ "${COMPILE_CHECK:-1}" = 1 ] && step device.txt python3 -m flashcore_cupy check --arch sm_90a,sm_80
   if [ "${SHARDS:-1}" = 1 ]; then
     step pytest_gpu.txt timeout ${PYTEST_TIMEOUT:-540} python3 -m pytest ${PYTEST_FILES:-tests} -q -rs -p no:cacheprovider ${PYTEST_ARGS:-}
-  else   # SHARDS pytest processes on the one GPU at once, each a contiguous part (conftest's --shard)
+  else   # SHARDS pytest processes on the one GPU at once, blocks of tests dealt in turn (conftest's --shard)
     # each process's NumPy BLAS on its share of the cores (v52: six processes with every core's
     # BLAS threads ran the GPU tests no faster than one)
     threads=$(( $(nproc) / SHARDS > 0 ? $(nproc) / SHARDS : 1 ))
@@ -38,10 +42,7 @@ if [ "${TESTS:-1}" = 1 ] && [ "${PYTEST:-1}" = 1 ]; then
         step pytest_gpu_$i.txt timeout ${PYTEST_TIMEOUT:-540} python3 -m pytest ${PYTEST_FILES:-tests} -q -rs \
         -p no:cacheprovider --shard $i/$SHARDS ${PYTEST_ARGS:-} > /dev/null &
     done
-    wait
-    # a background step's own status is lost; its FAILED line may follow pytest's progress dots
-    grep -h "FAILED: " "$OUT"/pytest_gpu_*.txt > /dev/null && status=1
-    tail -n 2 "$OUT"/pytest_gpu_*.txt
+    join_steps 2 'pytest_gpu_*.txt'
   fi
 fi
 if [ "${TESTS:-1}" = 1 ] && [ "${CHECKS:-1}" = 1 ]; then
@@ -52,9 +53,7 @@ if [ "${TESTS:-1}" = 1 ] && [ "${CHECKS:-1}" = 1 ]; then
     step sanitizer_$tool.txt timeout 420 compute-sanitizer --tool $tool --error-exitcode 3 \
       python3 scripts/sanitize_case.py > /dev/null &
   done
-  wait
-  grep -h "FAILED: " "$OUT"/sanitizer_*.txt > /dev/null && status=1
-  tail -n 3 "$OUT"/sanitizer_*.txt
+  join_steps 3 'sanitizer_*.txt'
   step sass.txt python3 scripts/sass_check.py --arch sm_90a
 fi
 if [ "${LONGSK:-1}" = 1 ]; then   # long-Sk numerics: flashcore within 1.5x SDPA flash's error
