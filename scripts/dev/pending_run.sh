@@ -17,7 +17,7 @@
 #   CALL=3 tests    test_kvcache_gpu in six pytest processes (gpu_suite.sh's SHARDS), then issue
 #                   25's D128 rows and the variant rows derived from D128's tile in one benchmark
 #                   run against SDPA cuDNN (the H100 takes 128x192 there since v53; the benchmark
-#                   has not timed it on an H100).
+#                   has not timed it on an H100), and top-left (unmeasured on the H200 since v48).
 #   CALL=5 checks   gpu_suite.sh's checks: `run` on the mission and S4k causal, the three
 #                   sanitizers over every section of sanitize_case.py at once, the SASS rules.
 #   CALL=6 schedule window1k, ALiBi and top-left through schedule_probe.py: its dynamic deal beside
@@ -57,6 +57,7 @@ case "${CALL:-}" in
   step bench.txt timeout 380 python3 scripts/bench.py --out "$OUT/bench_d128.json" --iters 20 \
     --shape b2-h16-s4k-d128 --shape b1-h16-s16k-d128 --shape b2-h16-s4k-d128-causal --shape b1-h16-s16k-d128-causal \
     --shape gqa-b2-h32kv8-s4k-d128-causal --shape window1k-b2-h16-s8k-d128 --shape alibi-b2-h16-s4k-d128-causal \
+    --shape topleft-b4-h16-sq1k-sk4k-d128-causal \
     --impl flashcore --impl flashcore_plain --impl sdpa_cudnn
   step bench.txt python3 scripts/report.py "$OUT/bench_d128.json"
   ;;
