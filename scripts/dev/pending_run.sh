@@ -52,9 +52,9 @@ case "${CALL:-}" in
     alibi-b2-h16-s4k-d128-causal bias-b2-h16-s4k-d128 topleft-b4-h16-sq1k-sk4k-d128-causal
   ;;
 3)
-  PYTEST_FILES=tests/test_kvcache_gpu.py PYTEST_ARGS="-m gpu" SHARDS=6 PYTEST_TIMEOUT=200 COMPILE_CHECK=0 CHECKS=0 \
+  PYTEST_FILES=tests/test_kvcache_gpu.py PYTEST_ARGS="-m gpu" SHARDS=6 PYTEST_TIMEOUT=150 COMPILE_CHECK=0 CHECKS=0 \
     BENCH=0 HOST=0 NOTEBOOK=0 LONGSK=0 bash scripts/gpu_suite.sh > /dev/null || status=1
-  step bench.txt timeout 380 python3 scripts/bench.py --out "$OUT/bench_d128.json" --iters 20 \
+  step bench.txt timeout 330 python3 scripts/bench.py --out "$OUT/bench_d128.json" --iters 20 \
     --shape b2-h16-s4k-d128 --shape b1-h16-s16k-d128 --shape b2-h16-s4k-d128-causal --shape b1-h16-s16k-d128-causal \
     --shape gqa-b2-h32kv8-s4k-d128-causal --shape window1k-b2-h16-s8k-d128 --shape alibi-b2-h16-s4k-d128-causal \
     --shape topleft-b4-h16-sq1k-sk4k-d128-causal \
