@@ -6,7 +6,7 @@ portable kernel, "sm90/fp16/d128/large" for the Hopper one in the files) to a ti
 looked up in the per-user cache file first (keyed by GPU, compute capability,
 CuPy and NVRTC versions and the kernels' source hash, so any of those changing
 makes an entry stale), then in the defaults shipped with the package (measured
-on the device's H200, keyed by GPU name and capability). A stale or corrupt
+on the device's H200 and H100, keyed by GPU name and capability). A stale or corrupt
 file is ignored with a warning.
 """
 
