@@ -2,7 +2,7 @@
 # The device run: GPU tests, the mission shape, compute-sanitizer, the latency
 # probe and the benchmark (JSON + plot). Logs go to $OUT.
 # Usage on the device machine, from the repository root:  bash scripts/gpu_suite.sh
-# Switches (each 1 by default unless named otherwise):
+# Switches (1 by default; SWEEP and RING 0):
 #   TESTS=0     skips the tests, sanitizers and SASS; PYTEST=0 the tests alone; CHECKS=0 the run,
 #               sanitizers and SASS alone (pytest takes ~8 of a call's 10 minutes)
 #   BENCH=0     skips the benchmark (BENCH_ARGS passes options to it, e.g. --held-out exclude/only)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The device calls still to run, one call each, in order of need (each under 9 minutes of
-# timeouts). Earlier calls and what they found: docs/results/ (v44-v51) and git history.
+# timeouts). Earlier calls and what they found: docs/results/ (v44-v53) and git history.
 # The first call of a session: CALL=3 (test_kvcache_gpu, which v52 did not finish, and the D128
 # rows in the benchmark with the H100's tuned table), then CALL=2 on an H200. Session 41 (v52) ran
 # the GPU tests in six processes (2044 of 2276 passed, none failed, before the timeouts); session
