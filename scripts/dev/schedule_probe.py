@@ -89,7 +89,7 @@ def main() -> int:
                 assert int(counter.sum()) == 0, f"the counter was left at {counter.get()}"
             err, row_err = verify(shape, q, k, v, out, rng, rows=64, options=opts)
             ok = within_tolerance(args.dtype, err, row_err)
-            print(f"{name:<34} {label:<18} {plan.config}  grid {plan.launch._dims[0]}  err {err:.1e}"
+            print(f"{name:<34} {label:<18} {plan.config}  grid {plan.launch.grid[0]}  err {err:.1e}"
                   f"{'' if ok else '  FAILED'}", flush=True)
             if ok:
                 fns[label] = (run, contextlib.nullcontext)
