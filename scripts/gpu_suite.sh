@@ -42,7 +42,7 @@ if [ "${TESTS:-1}" = 1 ] && [ "${PYTEST:-1}" = 1 ]; then
         step pytest_gpu_$i.txt timeout ${PYTEST_TIMEOUT:-540} python3 -m pytest ${PYTEST_FILES:-tests} -q -rs \
         -p no:cacheprovider --shard $i/$SHARDS ${PYTEST_ARGS:-} > /dev/null &
     done
-    join_steps 2 'pytest_gpu_*.txt'
+    join_steps 2 'pytest_gpu_*.txt' pytest_gpu.txt
   fi
 fi
 if [ "${TESTS:-1}" = 1 ] && [ "${CHECKS:-1}" = 1 ]; then
@@ -53,7 +53,7 @@ if [ "${TESTS:-1}" = 1 ] && [ "${CHECKS:-1}" = 1 ]; then
     step sanitizer_$tool.txt timeout 420 compute-sanitizer --tool $tool --error-exitcode 3 \
       python3 scripts/sanitize_case.py > /dev/null &
   done
-  join_steps 3 'sanitizer_*.txt'
+  join_steps 3 'sanitizer_*.txt' sanitizer.txt
   step sass.txt python3 scripts/sass_check.py --arch sm_90a
 fi
 if [ "${LONGSK:-1}" = 1 ]; then   # long-Sk numerics: flashcore within 1.5x SDPA flash's error

@@ -3,7 +3,8 @@
 # timeouts). Earlier calls and what they found: docs/results/ (v44-v54) and git history. v54
 # (session 44) ran the old CALL=3 (test_kvcache_gpu's last tests: every GPU test of main has now
 # passed on an H100; the D128 rows on the H100's 192-key tile), CALL=1 (the backward rows) and
-# CALL=6 (the schedule probe). A call returns at most 8 files from $OUT: keep to that.
+# CALL=6 (the schedule probe). A call returns at most 8 files from $OUT (gpu_suite joins its
+# parallel logs into one file each since then).
 # The first call of a session: CALL=2 on an H200, else CALL=4 on an H100.
 #   CALL=2 h200     (an H200: `kind` nvidia-h200) issue 22's variant rows and top-left against the
 #                   SDPA peers and flashcore_plain in one benchmark run, fp16 and bf16 (its bars
